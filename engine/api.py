@@ -1,0 +1,242 @@
+"""The engine's public data types: what the CLI and the UI exchange with it.
+
+All are plain frozen dataclasses or enums so they cross threads safely and serialise to JSON.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class Degradation(str, enum.Enum):
+    """The paper's four classes."""
+
+    A = "A"  # super-resolution degradation: low resolution, noise, blur, JPEG
+    B = "B"  # reflection artifacts
+    C = "C"  # motion blur
+    D = "D"  # no visible degradation
+
+    @property
+    def display_name(self) -> str:
+        return _DISPLAY[self]
+
+    @property
+    def short_name(self) -> str:
+        return _SHORT[self]
+
+    @classmethod
+    def parse(cls, text: str) -> "Degradation":
+        try:
+            return cls(text.strip().upper())
+        except ValueError:
+            raise ValueError(f"unknown degradation class {text!r} (expected A, B, C or D)") from None
+
+
+_DISPLAY = {
+    Degradation.A: "Super-resolution degradation (low resolution, noise, blur, JPEG)",
+    Degradation.B: "Reflection artifacts",
+    Degradation.C: "Motion blur",
+    Degradation.D: "No visible degradation",
+}
+_SHORT = {
+    Degradation.A: "Low quality",
+    Degradation.B: "Reflection",
+    Degradation.C: "Motion blur",
+    Degradation.D: "Clean",
+}
+
+CLASSES: tuple[Degradation, ...] = (Degradation.A, Degradation.B, Degradation.C, Degradation.D)
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What is wrong with a photo, how sure, and how bad.
+
+    ``scores`` holds one probability per class (summing to 1). ``flags`` lists every
+    degradation judged present (multi-label; may be empty for D). ``estimates`` holds physical
+    measurements, e.g. ``noise_sigma`` (0-255 scale), ``jpeg_quality`` (1-100),
+    ``blur_length`` (px), ``blur_angle`` (degrees), ``sharpness``, ``reflection_area`` (0-1).
+    """
+
+    label: Degradation
+    scores: Mapping[str, float]
+    flags: tuple[str, ...] = ()
+    estimates: Mapping[str, Any] = field(default_factory=dict)
+    rationale: str = ""
+    backend: str = "builtin"
+
+    @property
+    def confidence(self) -> float:
+        return float(self.scores.get(self.label.value, 0.0))
+
+    @property
+    def runner_up(self) -> Degradation | None:
+        ranked = sorted(
+            ((v, k) for k, v in self.scores.items() if k != self.label.value), reverse=True
+        )
+        return Degradation(ranked[0][1]) if ranked else None
+
+    def with_label(self, label: Degradation, reason: str = "overridden by the user") -> "Diagnosis":
+        return Diagnosis(label, self.scores, self.flags, self.estimates,
+                         f"{reason}; {self.rationale}".strip("; "), self.backend)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label.value,
+            "scores": {k: round(float(v), 4) for k, v in self.scores.items()},
+            "flags": list(self.flags),
+            "estimates": _jsonable(dict(self.estimates)),
+            "rationale": self.rationale,
+            "backend": self.backend,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Diagnosis":
+        return cls(Degradation(d["label"]), dict(d["scores"]), tuple(d.get("flags", ())),
+                   dict(d.get("estimates", {})), d.get("rationale", ""), d.get("backend", "builtin"))
+
+
+def normalise_scores(raw: Mapping[str, float]) -> dict[str, float]:
+    """Clip to >= 0 and make the four class scores sum to 1 (uniform if all are 0)."""
+    vals = {c.value: max(0.0, float(raw.get(c.value, 0.0))) for c in CLASSES}
+    total = sum(vals.values())
+    if total <= 0:
+        return {k: 0.25 for k in vals}
+    return {k: v / total for k, v in vals.items()}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One restoration step: a registered step name and its parameters."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "params": _jsonable(dict(self.params)), "enabled": self.enabled}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Step":
+        return cls(d["name"], dict(d.get("params", {})), bool(d.get("enabled", True)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Ordered, editable list of steps for one degradation class under one profile."""
+
+    label: Degradation
+    profile: str
+    steps: tuple[Step, ...] = ()
+
+    def replace_step(self, index: int, step: Step) -> "Plan":
+        steps = list(self.steps)
+        steps[index] = step
+        return Plan(self.label, self.profile, tuple(steps))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label.value, "profile": self.profile,
+                "steps": [s.to_json() for s in self.steps]}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Plan":
+        return cls(Degradation(d["label"]), d["profile"],
+                   tuple(Step.from_json(s) for s in d.get("steps", ())))
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How the result is written. ``format`` None keeps the source format when it can be saved."""
+
+    out_dir: Path | None = None
+    format: str | None = None  # "jpeg" | "png" | "tiff" | "webp"
+    quality: int = 95
+    bit_depth: int | None = None  # 8 or 16; None keeps the source depth where the format allows
+    keep_metadata: bool = True
+    suffix: str = "_mend"
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """Restore one photo. ``plan`` None means: diagnose, then build the plan for ``label``/auto."""
+
+    path: Path
+    output: OutputOptions = field(default_factory=OutputOptions)
+    label: Degradation | None = None  # override the class; None = auto
+    plan: Plan | None = None
+    profile: str = "auto"  # builtin | laptop | quality | auto
+    device: str = "auto"  # auto | cpu | cuda | mps
+    backend: str = "auto"  # classifier backend
+    mask_path: Path | None = None  # reflection mask (8-bit, white = remove)
+    diagnosis: Diagnosis | None = None  # reuse an earlier diagnosis
+    guard: bool = True  # regression guard
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    job_id: int
+    fraction: float
+    message: str
+    eta_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    model: str
+    seconds: float
+    notes: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"name": self.name, "model": self.model, "seconds": round(self.seconds, 3)}
+        if self.notes:
+            d["notes"] = self.notes
+        return d
+
+
+@dataclass(frozen=True)
+class JobResult:
+    path: Path
+    output: Path | None
+    label: Degradation
+    diagnosis: Diagnosis
+    plan: Plan
+    steps: tuple[StepRecord, ...] = ()
+    warnings: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    seconds: float = 0.0
+    artifacts: Mapping[str, Any] = field(default_factory=dict)  # e.g. mask path, face/text boxes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "output": str(self.output) if self.output else None,
+            "label": self.label.value,
+            "steps": [s.to_json() for s in self.steps],
+            "warnings": list(self.warnings),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays and tuples to plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return _jsonable(asdict(obj))

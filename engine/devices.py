@@ -1,0 +1,165 @@
+"""The only place that decides device, dtype, thread count and memory budget."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .errors import DeviceUnavailable
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: str  # "cuda" | "mps" | "cpu"
+    name: str
+    threads: int
+    memory_budget: int  # bytes the engine may use for models + activations on this device
+    total_memory: int  # bytes of the device (system RAM for cpu/mps)
+    supports_half: bool
+    supports_bf16: bool
+
+    @property
+    def torch_device(self) -> str:
+        return "cuda:0" if self.kind == "cuda" else self.kind
+
+    def dtype_for(self, model_supports_half: bool = True, model_supports_bf16: bool = False):
+        """fp16/bf16 on GPUs where the model allows, fp32 on CPU."""
+        import torch
+
+        if self.kind == "cpu":
+            return torch.float32
+        if model_supports_half and self.supports_half:
+            return torch.float16
+        if model_supports_bf16 and self.supports_bf16:
+            return torch.bfloat16
+        return torch.float32
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "threads": self.threads,
+                "memory_budget": self.memory_budget, "total_memory": self.total_memory,
+                "supports_half": self.supports_half, "supports_bf16": self.supports_bf16}
+
+
+def system_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # psutil missing: fall back to sysconf
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return 8 << 30
+
+
+def available_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        return system_memory() // 2
+
+
+def cpu_threads() -> int:
+    """cores - 1 (at least 1): torch on all cores collapses when another process holds one."""
+    env = os.environ.get("MEND_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    n = os.cpu_count() or 1
+    return max(1, n - 1)
+
+
+def _cuda_info(threads: int) -> DeviceInfo:
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    total = int(props.total_memory)
+    bf16 = bool(torch.cuda.is_bf16_supported())
+    return DeviceInfo("cuda", props.name, threads, int(total * 0.85), total, True, bf16)
+
+
+def _mps_info(threads: int) -> DeviceInfo:
+    total = system_memory()
+    # unified memory: leave room for the OS and the UI
+    return DeviceInfo("mps", "Apple GPU (MPS)", threads, int(total * 0.5), total, True, False)
+
+
+def _cpu_info(threads: int) -> DeviceInfo:
+    total = system_memory()
+    budget = int(min(total * 0.6, max(available_memory() * 0.8, 1 << 30)))
+    return DeviceInfo("cpu", f"CPU ({os.cpu_count()} cores)", threads, budget, total, False, False)
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+
+        return True
+    except Exception:
+        return False
+
+
+@lru_cache(maxsize=8)
+def select_device(preference: str = "auto") -> DeviceInfo:
+    """cuda -> mps -> cpu for ``auto``; an explicit choice that is absent raises."""
+    pref = (preference or "auto").lower()
+    if pref not in ("auto", "cpu", "cuda", "mps"):
+        raise DeviceUnavailable(f"unknown device {preference!r} (auto, cpu, cuda or mps)")
+    threads = cpu_threads()
+    if pref == "cpu" or not _torch_available():
+        if pref in ("cuda", "mps"):
+            raise DeviceUnavailable(f"{pref} requested but PyTorch is not installed")
+        return _cpu_info(threads)
+    import torch
+
+    if pref in ("auto", "cuda") and torch.cuda.is_available():
+        return _cuda_info(threads)
+    if pref == "cuda":
+        raise DeviceUnavailable("CUDA requested but no CUDA GPU is available")
+    mps = getattr(torch.backends, "mps", None)
+    if pref in ("auto", "mps") and mps is not None and mps.is_available():
+        # let ops without an MPS kernel fall back to the CPU instead of failing
+        os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+        return _mps_info(threads)
+    if pref == "mps":
+        raise DeviceUnavailable("Apple MPS requested but not available on this machine")
+    return _cpu_info(threads)
+
+
+def configure_torch(device: DeviceInfo) -> None:
+    """Apply the thread policy once per process."""
+    import torch
+
+    if torch.get_num_threads() != device.threads:
+        torch.set_num_threads(device.threads)
+
+
+def empty_cache(device: DeviceInfo) -> None:
+    try:
+        import torch
+
+        if device.kind == "cuda":
+            torch.cuda.empty_cache()
+        elif device.kind == "mps":
+            torch.mps.empty_cache()
+    except Exception:
+        pass
+    import gc
+
+    gc.collect()
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for a device out-of-memory error (typed where torch gives a type)."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except Exception:
+        pass
+    if isinstance(exc, MemoryError):
+        return True
+    # MPS raises a RuntimeError with this text and has no dedicated type
+    return isinstance(exc, RuntimeError) and "MPS backend out of memory" in str(exc)

@@ -1,0 +1,67 @@
+"""Typed engine errors. Every error carries a message fit to show a photographer."""
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose (user-facing message in ``str(e)``)."""
+
+
+class BadImage(EngineError):
+    """A file that cannot be read as a photo (corrupt, truncated, unsupported, too large)."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ImageTooLarge(BadImage):
+    """Over the pixel limit, or a decompression bomb."""
+
+
+class SaveFailed(EngineError):
+    """An output could not be written (disk full, permissions...). Nothing partial is left."""
+
+
+class ModelMissing(EngineError):
+    """A model the chain needs is not in the store (and offline mode / no network)."""
+
+    def __init__(self, model_id: str, hint: str = "") -> None:
+        self.model_id = model_id
+        msg = f"model '{model_id}' is not installed"
+        if hint:
+            msg += f": {hint}"
+        else:
+            msg += f" (run: mend models pull {model_id})"
+        super().__init__(msg)
+
+
+class ChecksumMismatch(EngineError):
+    def __init__(self, name: str, expected: str, actual: str) -> None:
+        self.name, self.expected, self.actual = name, expected, actual
+        super().__init__(f"{name}: sha256 mismatch (expected {expected[:12]}…, got {actual[:12]}…)")
+
+
+class DownloadError(EngineError):
+    pass
+
+
+class OfflineError(DownloadError):
+    """A download was needed while offline mode (MEND_OFFLINE=1) is on."""
+
+
+class DeviceUnavailable(EngineError):
+    pass
+
+
+class OutOfMemory(EngineError):
+    pass
+
+
+class Cancelled(EngineError):
+    def __init__(self, message: str = "cancelled") -> None:
+        super().__init__(message)
+
+
+class UsageError(EngineError):
+    """Bad arguments or an impossible request (CLI exit code 2)."""

@@ -1,0 +1,1 @@
+"""Model manifest, store (download/verify/import), loaders and the loaded-model cache."""

@@ -1,0 +1,91 @@
+"""Progress reporting with sub-ranges, and a cancel token checked in every tile and step."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from .errors import Cancelled
+
+ProgressCallback = Callable[[float, str], None]
+
+
+class CancelToken:
+    """Thread-safe flag; ``check()`` raises :class:`Cancelled` once set."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled()
+
+
+class Progress:
+    """Reports a fraction in [0, 1] of a job through ``callback(fraction, message)``.
+
+    ``sub(offset, length)`` returns a child whose own 0..1 maps onto
+    ``[offset, offset + length]`` of this one, so a chain hands each step a slice.
+    ``check()`` raises :class:`Cancelled` when the token was cancelled.
+    """
+
+    def __init__(
+        self,
+        callback: ProgressCallback | None = None,
+        token: CancelToken | None = None,
+        *,
+        _offset: float = 0.0,
+        _length: float = 1.0,
+        _root: "Progress | None" = None,
+    ) -> None:
+        self.token = token or CancelToken()
+        self._callback = callback
+        self._offset = _offset
+        self._length = _length
+        self._root = _root or self
+        if _root is None:
+            self.last_fraction = 0.0
+            self.last_message = ""
+            self.started = time.monotonic()
+            self._lock = threading.Lock()
+
+    def sub(self, offset: float, length: float) -> "Progress":
+        return Progress(
+            self._callback,
+            self.token,
+            _offset=self._offset + offset * self._length,
+            _length=length * self._length,
+            _root=self._root,
+        )
+
+    def check(self) -> None:
+        self.token.check()
+
+    def update(self, fraction: float, message: str = "") -> None:
+        """Report ``fraction`` (0..1 of this range) and check for cancel."""
+        self.token.check()
+        f = self._offset + max(0.0, min(1.0, fraction)) * self._length
+        root = self._root
+        with root._lock:
+            root.last_fraction = max(root.last_fraction, f)
+            if message:
+                root.last_message = message
+            f = root.last_fraction
+            msg = root.last_message
+        if self._callback is not None:
+            self._callback(f, msg)
+
+    def eta_seconds(self) -> float | None:
+        root = self._root
+        done = root.last_fraction
+        if done <= 0.01:
+            return None
+        elapsed = time.monotonic() - root.started
+        return elapsed * (1.0 - done) / done

@@ -1,0 +1,1 @@
+"""Specialist restoration steps (sr, text, reflection, deblur, face), profiles and tiling."""

@@ -1,0 +1,5 @@
+"""Imports every module that registers restoration steps (kept in one list)."""
+from __future__ import annotations
+
+# Each import registers its steps. Add new specialist modules here.
+from . import builtin  # noqa: F401
