@@ -1,0 +1,40 @@
+"""Shared fixtures. Tests never touch the network or the user's model cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("MEND_THREADS", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", "/tmp/mend-yolo-config")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_IMAGES = (ROOT.parent / "shared" / "images").resolve()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_models_dir(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty model store unless it sets one itself."""
+    d = tmp_path_factory.mktemp("models")
+    monkeypatch.setenv("MEND_MODELS_DIR", str(d))
+    yield d
+
+
+@pytest.fixture(scope="session")
+def shared_images() -> Path:
+    if not SHARED_IMAGES.is_dir():
+        pytest.skip(f"real test photos not found at {SHARED_IMAGES} (../shared/images is absent)")
+    return SHARED_IMAGES
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("MEND_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow test: run with MEND_SLOW=1 or -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
