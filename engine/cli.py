@@ -1,0 +1,354 @@
+"""The `mend` command: classify, restore, models, doctor.
+
+Exit codes: 0 all done, 1 some inputs failed (each reported, the run goes on), 2 usage error.
+User errors print one message, no traceback (``--debug`` shows it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import __version__
+from .api import Degradation, JobRequest, OutputOptions
+from .errors import EngineError, UsageError
+
+log = logging.getLogger("mend")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit code is already 2
+        self.print_usage(sys.stderr)
+        print(f"mend: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mend", description="Diagnose what is wrong with photos and fix them, offline.")
+    p.add_argument("--version", action="version", version=f"Mend {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("classify", help="say what is wrong with each photo (A/B/C/D)")
+    c.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="photos or folders")
+    c.add_argument("--backend", default="auto", choices=["auto", "builtin", "clip", "vlm"])
+    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    r = sub.add_parser("restore", help="fix each photo and write the result to a folder")
+    r.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="photos or folders")
+    r.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    r.add_argument("--plan", default="auto", choices=["auto", "A", "B", "C", "D"],
+                   help="force a class's chain instead of the diagnosis")
+    r.add_argument("--profile", default="auto", choices=["auto", "builtin", "laptop", "quality"])
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    r.add_argument("--backend", default="auto", choices=["auto", "builtin", "clip", "vlm"])
+    r.add_argument("--mask", type=Path, help="reflection mask (8-bit PNG, white = remove)")
+    r.add_argument("--format", choices=["jpeg", "png", "tiff", "webp"], help="output format")
+    r.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
+    r.add_argument("--bit-depth", type=int, choices=[8, 16])
+    r.add_argument("--no-metadata", action="store_true", help="do not copy EXIF/ICC/XMP")
+    r.add_argument("--no-guard", action="store_true", help="keep results even if they look worse")
+    r.add_argument("--tile", type=int, default=512, help="tile size in pixels")
+    r.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    m = sub.add_parser("models", help="list, download, verify, remove and import models")
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
+    ml = msub.add_parser("list", help="every model with its licence and status")
+    ml.add_argument("--json", action="store_true")
+    for name, helptext in (("pull", "download"), ("verify", "check the sha256 of"),
+                           ("remove", "delete")):
+        a = msub.add_parser(name, help=f"{helptext} models")
+        a.add_argument("ids", nargs="*", metavar="ID")
+        a.add_argument("--profile", choices=["builtin", "laptop", "quality"],
+                       help="every model a profile needs")
+        a.add_argument("--json", action="store_true")
+    mi = msub.add_parser("import", help="import model files, a folder or an offline pack")
+    mi.add_argument("path", type=Path)
+    mi.add_argument("--json", action="store_true")
+    mp = msub.add_parser("pack", help="write an offline model pack for a profile")
+    mp.add_argument("--profile", required=True, choices=["builtin", "laptop", "quality"])
+    mp.add_argument("-o", "--output", type=Path, required=True)
+    mp.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("doctor", help="devices, memory, models, offline mode")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    handler = {"classify": cmd_classify, "restore": cmd_restore, "models": cmd_models,
+               "doctor": cmd_doctor}[args.command]
+    try:
+        return handler(args)
+    except UsageError as e:
+        _fail(e, args)
+        return EXIT_USAGE
+    except EngineError as e:
+        _fail(e, args)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("mend: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(e: BaseException, args: argparse.Namespace) -> None:
+    if args.debug:
+        traceback.print_exc()
+    print(f"mend: {e}", file=sys.stderr)
+
+
+def _emit(obj: dict[str, Any], as_json: bool, human: str) -> None:
+    if as_json:
+        print(json.dumps(obj, ensure_ascii=False), flush=True)
+    else:
+        print(human, flush=True)
+
+
+def _expand(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Folders expand to the photos inside; missing paths become per-input errors."""
+    from .imageio import iter_photos
+
+    found: list[Path] = []
+    errors: list[tuple[Path, str]] = []
+    for p in paths:
+        try:
+            found += iter_photos([p])
+        except EngineError as e:
+            errors.append((p, str(e)))
+    return found, errors
+
+
+def _error_line(path: Path, message: str, as_json: bool) -> None:
+    _emit({"path": str(path), "error": message}, as_json, f"{path}: error: {message}")
+
+
+def _per_input(exc: BaseException, path: Path, args: argparse.Namespace) -> str:
+    """Message for one failed input; unexpected errors are logged with their traceback."""
+    if isinstance(exc, EngineError):
+        if args.debug:
+            traceback.print_exc()
+        return str(exc)
+    log.error("unexpected error on %s", path, exc_info=args.debug)
+    if args.debug:
+        traceback.print_exc()
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .imageio import load_photo
+    from .pipeline import Engine
+
+    photos, failed = _expand(args.paths)
+    for path, msg in failed:
+        _error_line(path, msg, args.json)
+    engine = Engine(args.device)
+    n_failed = len(failed)
+    for path in photos:
+        try:
+            photo = load_photo(path)
+            d = engine.diagnose(photo, args.backend)
+        except (UsageError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # one bad photo never stops the run
+            n_failed += 1
+            _error_line(path, _per_input(e, path, args), args.json)
+            continue
+        obj = {"path": str(path), "label": d.label.value,
+               "scores": {k: round(float(v), 4) for k, v in d.scores.items()},
+               "estimates": d.to_json()["estimates"], "backend": d.backend}
+        best = d.label
+        human = (f"{path}: {best.value} {best.short_name} ({d.confidence:.0%})"
+                 + (f", runner-up {d.runner_up.value}" if d.runner_up else "")
+                 + (f" — {d.rationale}" if d.rationale else ""))
+        _emit(obj, args.json, human)
+    return EXIT_FAILED if n_failed else EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .pipeline import Engine
+    from .progress import Progress
+
+    if not 1 <= args.quality <= 100:
+        raise UsageError("--quality must be between 1 and 100")
+    if args.mask is not None and not args.mask.is_file():
+        raise UsageError(f"mask file not found: {args.mask}")
+    out_dir: Path = args.output
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the output folder {out_dir}: {e.strerror or e}") from None
+    photos, failed = _expand(args.paths)
+    for path, msg in failed:
+        _error_line(path, msg, args.json)
+    engine = Engine(args.device, tile_size=args.tile)
+    options = OutputOptions(out_dir=out_dir, format=args.format, quality=args.quality,
+                            bit_depth=args.bit_depth, keep_metadata=not args.no_metadata)
+    label = None if args.plan == "auto" else Degradation(args.plan)
+    n_failed = len(failed)
+    for path in photos:
+        req = JobRequest(path=path, output=options, label=label, profile=args.profile,
+                         device=args.device, backend=args.backend, mask_path=args.mask,
+                         guard=not args.no_guard)
+        try:
+            result = engine.run(req, Progress(_stderr_progress(path) if not args.json else None))
+        except (UsageError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            n_failed += 1
+            _error_line(path, _per_input(e, path, args), args.json)
+            continue
+        obj = result.to_json()
+        steps = ", ".join(f"{s.name} [{s.model}] {s.seconds:.1f}s" for s in result.steps)
+        human = f"{path} -> {result.output} ({result.label.value}: {steps})"
+        for w in result.warnings:
+            human += f"\n  warning: {w}"
+        _emit(obj, args.json, human)
+    return EXIT_FAILED if n_failed else EXIT_OK
+
+
+def _stderr_progress(path: Path):
+    if not sys.stderr.isatty():
+        return None
+    name = path.name
+
+    def cb(fraction: float, message: str) -> None:
+        print(f"\r{name}: {fraction:4.0%} {message[:60]:<60}", end="", file=sys.stderr, flush=True)
+        if fraction >= 1.0:
+            print(file=sys.stderr)
+
+    return cb
+
+
+def _store():
+    from .models.store import ModelStore
+
+    return ModelStore()
+
+
+def _ids_for(args: argparse.Namespace) -> list[str]:
+    ids = list(args.ids)
+    if args.profile:
+        from .restore.profiles import profile_models
+
+        ids += sorted(profile_models(args.profile))
+    if not ids:
+        raise UsageError("name at least one model ID or --profile")
+    return list(dict.fromkeys(ids))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import store as store_mod
+
+    action = args.models_command
+    if not action:
+        raise UsageError("models: choose one of list, pull, verify, remove, import, pack")
+    store = _store()
+    as_json = getattr(args, "json", False)
+    if action == "list":
+        table = store_mod.models_table(store)
+        if as_json:
+            print(json.dumps(table, ensure_ascii=False, indent=None))
+        else:
+            for m in table:
+                size = sum(f.get("size") or 0 for f in m["files"])
+                nc = "" if m["commercial_use"] else "  [non-commercial]"
+                print(f"{m['id']:<28} {m['status']:<14} {size / 1e6:>9.1f} MB  {m['license']}{nc}")
+        return EXIT_OK
+    if action == "import":
+        from .models.packs import import_any
+
+        report = import_any(args.path, store)
+        _emit(report, as_json, f"imported: {json.dumps(report)}")
+        return EXIT_OK
+    if action == "pack":
+        from .models.packs import create_pack
+
+        dest = create_pack(args.profile, args.output, store)
+        _emit({"pack": str(dest)}, as_json, f"wrote {dest}")
+        return EXIT_OK
+    n_failed = 0
+    for model_id in _ids_for(args):
+        try:
+            if action == "pull":
+                store.pull(model_id, progress=None if as_json else _download_progress(model_id))
+            elif action == "verify":
+                store.verify(model_id)
+            elif action == "remove":
+                store.remove(model_id)
+            status = store.status(model_id)
+            _emit({"id": model_id, "status": status}, as_json, f"{model_id}: {status}")
+        except EngineError as e:
+            n_failed += 1
+            _emit({"id": model_id, "error": str(e)}, as_json, f"{model_id}: error: {e}")
+    return EXIT_FAILED if n_failed else EXIT_OK
+
+
+def _download_progress(model_id: str):
+    if not sys.stderr.isatty():
+        return None
+
+    def cb(*a: Any, **kw: Any) -> None:
+        done, total = (a + (0, 0))[:2] if a and isinstance(a[0], (int, float)) else (0, 0)
+        if total:
+            print(f"\r{model_id}: {done / total:5.1%} of {total / 1e6:.0f} MB", end="",
+                  file=sys.stderr, flush=True)
+
+    return cb
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .devices import available_memory, select_device, system_memory
+
+    info: dict[str, Any] = {"version": __version__, "python": platform.python_version(),
+                            "platform": platform.platform(), "machine": platform.machine()}
+    dev = select_device(args.device)
+    devices: dict[str, Any] = {"selected": dev.to_json(), "cuda": False, "mps": False}
+    try:
+        import torch
+
+        devices["torch"] = torch.__version__
+        devices["cuda"] = bool(torch.cuda.is_available())
+        mps = getattr(torch.backends, "mps", None)
+        devices["mps"] = bool(mps is not None and mps.is_available())
+    except Exception as e:  # torch missing or broken: the built-in tier still works
+        devices["torch"] = f"unavailable ({e})"
+    info["devices"] = devices
+    info["memory"] = {"total": system_memory(), "available": available_memory()}
+    info["offline"] = os.environ.get("MEND_OFFLINE") == "1"
+    try:
+        from .models.store import doctor_models
+
+        store = _store()
+        info["models"] = doctor_models(store)
+    except EngineError as e:
+        info["models"] = {"error": str(e)}
+    from .restore.profiles import recommend_profile
+
+    info["recommended_profile"] = recommend_profile(dev)
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+    else:
+        for k, v in info.items():
+            print(f"{k}: {v}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

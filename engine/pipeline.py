@@ -1,0 +1,243 @@
+"""Diagnose -> plan -> run. The one facade the CLI and the UI use."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan, StepRecord
+from .devices import DeviceInfo, configure_torch, select_device
+from .errors import EngineError, SaveFailed, UsageError
+from .imageio import Photo, load_photo
+from .progress import Progress
+from .restore.registry import StepContext, get_step
+
+log = logging.getLogger("mend.pipeline")
+
+# progress slices of one job
+_LOAD, _DIAG, _STEPS, _SAVE = 0.03, 0.07, 0.85, 0.05
+
+
+class Engine:
+    """Owns the device choice, the model runtime (store + loaded-model cache) and runs jobs.
+
+    Not thread-safe: one thread (the CLI's, or the UI's engine thread) uses one Engine.
+    """
+
+    def __init__(self, device: str = "auto", store: Any | None = None, *, tile_size: int = 512):
+        self.device: DeviceInfo = select_device(device)
+        self.tile_size = tile_size
+        self._store = store
+        self._runtime: Any | None = None
+        if self.device.kind != "cpu" or _torch_loaded():
+            configure_torch(self.device)
+
+    # -- models ---------------------------------------------------------------------------
+    @property
+    def runtime(self) -> Any:
+        if self._runtime is None:
+            from .models.runtime import ModelRuntime
+
+            self._runtime = ModelRuntime(self.device, self._store)
+        return self._runtime
+
+    @property
+    def store(self) -> Any:
+        return self.runtime.store
+
+    def profile_available(self, profile: str) -> tuple[bool, list[str]]:
+        """Whether every model the profile needs is installed; returns the missing ids."""
+        from .restore.profiles import profile_models
+
+        missing = sorted(m for m in profile_models(profile) if not self.runtime.is_available(m))
+        return (not missing, missing)
+
+    def resolve_profile(self, profile: str = "auto") -> tuple[str, list[str]]:
+        """``auto`` -> the device's recommended profile when its models are installed, else builtin."""
+        from .restore.profiles import PROFILES, recommend_profile
+
+        if profile != "auto":
+            if profile not in PROFILES:
+                raise UsageError(f"unknown profile {profile!r} (auto, builtin, laptop or quality)")
+            return profile, []
+        rec = recommend_profile(self.device)
+        ok, missing = self.profile_available(rec)
+        if ok:
+            return rec, []
+        return "builtin", [
+            f"the '{rec}' profile's models are not installed ({', '.join(missing)}); used the built-in "
+            f"methods instead (install them with: mend models pull --profile {rec})"
+        ]
+
+    # -- diagnosis ------------------------------------------------------------------------
+    def diagnose(self, src: Photo | str | Path, backend: str = "auto") -> Diagnosis:
+        photo = src if isinstance(src, Photo) else load_photo(src)
+        from .understand import diagnose
+
+        return diagnose(photo.pixels, photo, backend=backend, runtime=self.runtime)
+
+    def plan(self, diagnosis: Diagnosis, label: Degradation | None = None,
+             profile: str = "auto") -> Plan:
+        from .restore.profiles import build_plan
+
+        resolved, _ = self.resolve_profile(profile)
+        return build_plan(label or diagnosis.label, resolved, diagnosis)
+
+    # -- restoration ----------------------------------------------------------------------
+    def run(self, request: JobRequest, progress: Progress | None = None) -> JobResult:
+        """Restore one photo and write the result; the source file is only ever read."""
+        progress = progress or Progress()
+        t_start = time.perf_counter()
+        warnings: list[str] = []
+        progress.update(0.0, f"loading {Path(request.path).name}")
+        photo = load_photo(request.path)
+        progress.update(_LOAD, "diagnosing")
+
+        diagnosis = request.diagnosis
+        if diagnosis is None:
+            # with a forced class only the measurements matter: the analyzer is enough
+            backend = "builtin" if (request.label or request.plan) else request.backend
+            diagnosis = self.diagnose(photo, backend)
+        if request.plan is not None:
+            plan = request.plan
+            label = plan.label
+        else:
+            label = request.label or diagnosis.label
+            profile, notes = self.resolve_profile(request.profile)
+            warnings += notes
+            from .restore.profiles import build_plan
+
+            plan = build_plan(label, profile, diagnosis)
+        if label is not diagnosis.label:
+            diagnosis = diagnosis.with_label(label)
+        progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
+
+        mask = None
+        if request.mask_path is not None:
+            from .imageio import load_mask
+
+            mask = load_mask(request.mask_path, (photo.height, photo.width))
+
+        image, records, ctx = self._run_steps(photo, plan, diagnosis, mask, progress, warnings)
+        models = tuple(dict.fromkeys(r.model for r in records if not r.model.startswith("builtin")))
+
+        passthrough = all(s.name == "passthrough" for s in plan.steps if s.enabled)
+        if not passthrough and request.guard:
+            from .restore.guard import check
+
+            verdict = check(photo.pixels, image)
+            if not verdict.ok:
+                warnings.append(f"kept the original: the result looked worse ({verdict.reason})")
+                image = photo.pixels
+                passthrough = True
+
+        progress.update(_LOAD + _DIAG + _STEPS, "saving")
+        record = {
+            "software": f"Mend {__version__}",
+            "label": label.value,
+            "profile": plan.profile,
+            "steps": [r.to_json() for r in records],
+            "models": list(models),
+            "kept_original": passthrough,
+        }
+        out = self._save(photo, image, request.output, record, passthrough)
+        artifacts = {k: v for k, v in ctx.artifacts.items() if k != "source"}
+        if ctx.mask is not None and label is Degradation.B:
+            from .imageio import save_mask
+
+            mask_path = out.with_name(out.stem + "_mask.png")
+            artifacts["mask_path"] = save_mask(ctx.mask, mask_path)
+        progress.update(1.0, "done")
+        return JobResult(
+            path=Path(request.path), output=out, label=label, diagnosis=diagnosis, plan=plan,
+            steps=tuple(records), warnings=tuple(warnings + ctx.warnings), models=models,
+            seconds=time.perf_counter() - t_start, artifacts=artifacts,
+        )
+
+    def _run_steps(self, photo: Photo, plan: Plan, diagnosis: Diagnosis, mask: np.ndarray | None,
+                   progress: Progress, warnings: list[str]):
+        image = photo.pixels
+        ctx = StepContext(device=self.device, progress=progress, runtime=self.runtime,
+                          diagnosis=diagnosis, mask=mask, tile_size=self.tile_size,
+                          warnings=[], artifacts={"source": photo.pixels})
+        steps = [s for s in plan.steps if s.enabled]
+        records: list[StepRecord] = []
+        span = _STEPS / max(1, len(steps))
+        for i, step in enumerate(steps):
+            spec = get_step(step.name)
+            params = {**spec.defaults, **step.params}
+            ctx.progress = progress.sub(_LOAD + _DIAG + i * span, span)
+            ctx.progress.update(0.0, f"step {i + 1}/{len(steps)}: {step.name}")
+            t0 = time.perf_counter()
+            out = spec.fn(image, params, ctx)
+            seconds = time.perf_counter() - t0
+            result = np.asarray(out.image, dtype=np.float32)
+            if result.ndim != 3 or result.shape[2] != 3 or not np.isfinite(result).all():
+                raise EngineError(f"step {step.name} produced an invalid image {result.shape}")
+            image = np.clip(result, 0.0, 1.0)
+            records.append(StepRecord(step.name, out.model, seconds, out.notes))
+            log.info("step %s (%s) %.2fs", step.name, out.model, seconds)
+        ctx.progress = progress
+        return image, records, ctx
+
+    def _save(self, photo: Photo, image: np.ndarray, options: OutputOptions, record: dict,
+              passthrough: bool) -> Path:
+        from .imageio import output_path_for, save_photo
+
+        dest = output_path_for(photo.path, options)
+        same_format = options.format is None or _format_matches(photo.format, options.format)
+        if passthrough and same_format and options.bit_depth in (None, photo.bit_depth):
+            # nothing changed: copy the original bytes (pixels and metadata identical)
+            return _atomic_copy(photo.path, dest)
+        alpha = photo.alpha
+        if alpha is not None and alpha.shape[:2] != image.shape[:2]:
+            import cv2
+
+            alpha = cv2.resize(alpha, (image.shape[1], image.shape[0]),
+                               interpolation=cv2.INTER_LINEAR)
+        return save_photo(image, dest, like=photo, options=options, alpha=alpha, record=record)
+
+
+def _format_matches(source_format: str, wanted: str) -> bool:
+    aliases = {"jpg": "jpeg", "tif": "tiff"}
+    w = aliases.get(wanted.lower(), wanted.lower())
+    return source_format.lower() == w
+
+
+def _torch_loaded() -> bool:
+    import sys
+
+    return "torch" in sys.modules
+
+
+def default_output_options(out_dir: Path | None, **kw: Any) -> OutputOptions:
+    return replace(OutputOptions(), out_dir=out_dir, **kw)
+
+
+def _atomic_copy(src: Path, dest: Path) -> Path:
+    """Copy ``src`` to ``dest`` through a temp file in the target folder and ``os.replace``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise SaveFailed(f"could not write {dest}: {e.strerror or e}") from e
+        raise
+    return dest
