@@ -1,0 +1,45 @@
+# Mend — two commands: `make run` and `make test` (both set up .venv on first use).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mend-installed
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: run test test-all bench lint dist setup clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements.lock 2>&1 | grep -v "is ignored" || true
+	@$(PY) -c "import torch, torchvision, PySide6, spandrel, cv2" \
+	  || { echo "set-up failed: the locked packages did not install"; exit 1; }
+	$(PIP) install --no-deps -e .
+	@touch $(STAMP)
+
+# The GUI where there is a display; otherwise restore the bundled samples with the CLI.
+run: $(STAMP)
+	@if [ -n "$${DISPLAY:-}$${WAYLAND_DISPLAY:-}" ] || [ "$$(uname)" = Darwin ]; then \
+	  $(PY) main.py; \
+	else \
+	  echo "No display found: restoring the bundled sample photos with the CLI instead."; \
+	  rm -rf out/samples; \
+	  $(VENV)/bin/mend restore resources/samples -o out/samples; status=$$?; \
+	  echo "Results are in $$(pwd)/out/samples"; exit $$status; \
+	fi
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	MEND_SLOW=1 $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check engine ui tests bench scripts main.py
+
+clean:
+	rm -rf out build dist .pytest_cache
