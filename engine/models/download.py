@@ -1,0 +1,211 @@
+"""HTTPS downloads for the model store: ``.part`` file, HTTP Range resume, retries with backoff,
+incremental sha256, only to hosts the manifest names, never when offline.
+
+No hub client is used and nothing downloaded is ever executed here.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ipaddress
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..errors import DownloadError, OfflineError
+
+CHUNK = 1 << 20
+USER_AGENT = "Mend-model-store/0.1 (+https://github.com/)"
+_LOOPBACK_NAMES = {"localhost"}
+
+
+def offline_mode() -> bool:
+    """``MEND_OFFLINE=1`` (or true/yes/on): the store never opens a socket."""
+    return os.environ.get("MEND_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """One progress report of a model download (bytes of the current file and of the model)."""
+
+    model_id: str
+    file: str
+    file_done: int
+    file_total: int
+    done: int  # bytes of the whole model (all its files) so far
+    total: int
+    speed: float  # bytes per second, smoothed
+    file_index: int = 0
+    file_count: int = 1
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total > 0 else 0.0
+
+
+ProgressFn = Callable[[DownloadProgress], None]
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, allowed_hosts: frozenset[str] | set[str],
+              allow_http_hosts: tuple[str, ...] = ()) -> None:
+    """Raise DownloadError unless ``url`` is HTTPS to an allowed host.
+
+    Plain HTTP is accepted only for loopback hosts explicitly listed in ``allow_http_hosts``
+    (test servers); never by default.
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https":
+        if host in allowed_hosts:
+            return
+        raise DownloadError(f"refusing to download from {host!r}: not a host the model list names")
+    if parts.scheme == "http" and host in allow_http_hosts and _is_loopback(host):
+        if host in allowed_hosts:
+            return
+        raise DownloadError(f"refusing to download from {host!r}: not a host the model list names")
+    raise DownloadError(f"refusing a non-HTTPS download: {url}")
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    def __init__(self, allowed: frozenset[str], allow_http: tuple[str, ...]) -> None:
+        self.allowed = allowed
+        self.allow_http = allow_http
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        check_url(newurl, self.allowed, self.allow_http)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and req.has_header("Range"):
+            new.add_header("Range", req.get_header("Range"))
+        return new
+
+
+def _opener(allowed: frozenset[str], allow_http: tuple[str, ...]):
+    # no ProxyHandler defaults beyond the environment's, no FTP/file handlers
+    return urllib.request.build_opener(
+        _CheckedRedirects(allowed, allow_http),
+    )
+
+
+_RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
+              socket.timeout, OSError)
+
+
+def _hash_existing(part: Path) -> tuple[hashlib._Hash, int]:  # type: ignore[name-defined]
+    h = hashlib.sha256()
+    n = 0
+    with open(part, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return h, n
+
+
+def fetch(
+    url: str,
+    part: Path,
+    *,
+    allowed_hosts: frozenset[str] | set[str],
+    allow_http_hosts: tuple[str, ...] = (),
+    expected_size: int | None = None,
+    on_bytes: Callable[[int, int | None], None] | None = None,
+    check_cancel: Callable[[], None] | None = None,
+    retries: int = 4,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+) -> str:
+    """Download ``url`` into ``part`` (appending to what is already there) and return its sha256.
+
+    Resumes with ``Range: bytes=N-`` after a dropped connection or on a later call; a server that
+    ignores ranges (200) restarts the file. ``on_bytes(done, total)`` after every chunk.
+    """
+    if offline_mode():
+        raise OfflineError(
+            "offline mode is on (MEND_OFFLINE=1): cannot download models; "
+            "import them from a folder or an offline pack instead")
+    allowed = frozenset(h.lower() for h in allowed_hosts)
+    check_url(url, allowed, allow_http_hosts)
+    opener = _opener(allowed, allow_http_hosts)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    if part.exists():
+        hasher, have = _hash_existing(part)
+    else:
+        hasher, have = hashlib.sha256(), 0
+    attempt = 0
+    while True:
+        if check_cancel:
+            check_cancel()
+        if expected_size is not None and have == expected_size:
+            return hasher.hexdigest()
+        if expected_size is not None and have > expected_size:
+            part.unlink(missing_ok=True)
+            hasher, have = hashlib.sha256(), 0
+        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        if have:
+            req.add_header("Range", f"bytes={have}-")
+        try:
+            with opener.open(req, timeout=timeout) as resp:
+                status = getattr(resp, "status", 200)
+                if have and status == 200:  # server ignored the range: start over
+                    hasher, have = hashlib.sha256(), 0
+                    mode = "wb"
+                else:
+                    mode = "ab" if have else "wb"
+                length = resp.headers.get("Content-Length")
+                total = (have + int(length)) if length and length.isdigit() else expected_size
+                with open(part, mode) as out:
+                    while True:
+                        if check_cancel:
+                            check_cancel()
+                        chunk = resp.read(CHUNK)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        hasher.update(chunk)
+                        have += len(chunk)
+                        attempt = 0  # progress made: reset the retry budget
+                        if on_bytes:
+                            on_bytes(have, total)
+                if total is not None and have < total:
+                    raise http.client.IncompleteRead(b"", total - have)
+                return hasher.hexdigest()
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:
+                # range not satisfiable: the part is complete (or bigger than the file)
+                if expected_size is None or have == expected_size:
+                    return hasher.hexdigest()
+                part.unlink(missing_ok=True)
+                hasher, have = hashlib.sha256(), 0
+                continue
+            if e.code in (408, 425, 429, 500, 502, 503, 504) and attempt < retries:
+                attempt += 1
+                time.sleep(backoff * (2 ** (attempt - 1)))
+                continue
+            raise DownloadError(f"download failed ({e.code} {e.reason}): {url}") from e
+        except DownloadError:
+            raise
+        except _RETRYABLE as e:
+            if attempt >= retries:
+                raise DownloadError(
+                    f"download failed after {retries + 1} attempts ({e}); "
+                    f"run the same command again to resume: {url}") from e
+            attempt += 1
+            # re-sync with what actually reached the disk (normally it matches already)
+            on_disk = part.stat().st_size if part.exists() else 0
+            if on_disk != have:
+                hasher, have = _hash_existing(part) if on_disk else (hashlib.sha256(), 0)
+            time.sleep(backoff * (2 ** (attempt - 1)))

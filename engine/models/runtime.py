@@ -1,0 +1,155 @@
+"""ModelRuntime: where the steps get model files and loaded models from.
+
+It owns the loaded-model cache: an LRU bounded by the device memory budget, keyed by
+(kind, model id, device, dtype). Transformers/diffusers models are loaded by their own areas from
+``runtime.path(id)`` with ``local_files_only=True`` and may be kept here through ``cached()``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..devices import DeviceInfo, empty_cache
+from ..errors import ModelMissing, UsageError
+from .store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+class ModelRuntime:
+    """Paths to installed models and an LRU of loaded ones (bounded by ``budget`` bytes,
+    ``device.memory_budget`` by default)."""
+
+    def __init__(self, device: DeviceInfo, store: ModelStore | None = None, *,
+                 budget: int | None = None) -> None:
+        self.device = device
+        self.store = store if store is not None else ModelStore()
+        self.budget = int(budget if budget is not None else device.memory_budget)
+        self._cache: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ files
+    def is_available(self, model_id: str) -> bool:
+        """Installed and usable (verified, unpinned-but-recorded, bundled, or a configured slot)."""
+        try:
+            return self.store.is_installed(model_id)
+        except UsageError:
+            return False
+
+    def path(self, model_id: str) -> Path:
+        """The folder holding the model's files (cheap integrity check; raises ModelMissing or
+        ModelFileCorrupt)."""
+        return self.store.require(model_id)
+
+    def file(self, model_id: str, name: str | None = None) -> Path:
+        """One file of the model: ``name`` or the manifest's main file."""
+        spec = self.store.spec(model_id)
+        folder = self.store.require(model_id)
+        if spec.slot:
+            p = self.store.slot_path(model_id)
+            if p is None:
+                raise ModelMissing(model_id, spec.notes)
+            return p if name is None else folder / name
+        try:
+            f = spec.get_file(name)
+        except KeyError as e:
+            raise UsageError(str(e)) from None
+        return folder / f.name
+
+    # ------------------------------------------------------------------ cache
+    @property
+    def cached_bytes(self) -> int:
+        with self._lock:
+            return sum(size for _, size in self._cache.values())
+
+    def cached_keys(self) -> list[Any]:
+        with self._lock:
+            return list(self._cache)
+
+    def cached(self, key: Any, factory: Callable[[], Any], size_bytes: int | None = None) -> Any:
+        """Return the cached object for ``key`` or build it with ``factory()``; least recently
+        used entries are evicted until it fits in the budget. ``size_bytes=None`` measures the
+        parameters of the built model."""
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key][0]
+        if size_bytes is not None:
+            self._evict_for(int(size_bytes))
+        obj = factory()
+        if size_bytes is None:
+            from .loader import param_bytes
+
+            size_bytes = param_bytes(obj)
+            self._evict_for(int(size_bytes))
+        with self._lock:
+            if int(size_bytes) > self.budget:
+                log.warning("model %s (%d MB) is larger than the memory budget (%d MB)",
+                            key, int(size_bytes) >> 20, self.budget >> 20)
+            self._cache[key] = (obj, int(size_bytes))
+            self._cache.move_to_end(key)
+        return obj
+
+    def _evict_for(self, size: int) -> None:
+        evicted = False
+        with self._lock:
+            while self._cache and self.cached_bytes + size > self.budget:
+                key, _ = self._cache.popitem(last=False)
+                log.info("evicting %s from the model cache", key)
+                evicted = True
+        if evicted:
+            empty_cache(self.device)
+
+    def evict(self, key: Any) -> bool:
+        with self._lock:
+            found = self._cache.pop(key, None) is not None
+        if found:
+            empty_cache(self.device)
+        return found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+        empty_cache(self.device)
+
+    # ------------------------------------------------------------------ loaders
+    def dtype_for(self, model_id: str, supports_half: bool = True, supports_bf16: bool = False):
+        spec = self.store.spec(model_id)
+        half = supports_half and "fp16" in spec.dtypes
+        bf16 = supports_bf16 and "bf16" in spec.dtypes
+        return self.device.dtype_for(half, bf16)
+
+    def load_image_model(self, model_id: str):
+        """A spandrel ``ImageModelDescriptor`` for the model, on the device, eval mode, in the
+        dtype devices.py picks for it; cached."""
+        spec = self.store.spec(model_id)
+        if spec.loader != "spandrel":
+            raise UsageError(f"'{model_id}' is not an image model spandrel can load "
+                             f"(loader {spec.loader})")
+        weights = self.file(model_id)
+        key = ("image", model_id, self.device.torch_device)
+
+        def build():
+            import torch
+
+            from .loader import load_spandrel
+
+            desc = load_spandrel(weights, "cpu")
+            dtype = self.dtype_for(model_id, desc.supports_half, desc.supports_bfloat16)
+            if dtype != torch.float32:
+                desc.to(dtype)
+            desc.to(torch.device(self.device.torch_device))
+            return desc
+
+        return self.cached(key, build, None)
+
+    def load_state_dict(self, model_id: str, name: str | None = None) -> dict[str, Any]:
+        """A raw state dict (safetensors / weights_only torch.load) of one file, on CPU, not
+        cached (the caller builds its module and may cache that with ``cached``)."""
+        from .loader import load_state_dict
+
+        return load_state_dict(self.file(model_id, name), "cpu")

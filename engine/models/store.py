@@ -1,0 +1,578 @@
+"""The model store: one folder per model id under the cache root, with a small state file
+(``.mend-state.json``) recording, for every file, its sha256 and the size + mtime it had when it
+was last verified.
+
+* Cache root: ``MEND_MODELS_DIR`` if set, else ``platformdirs.user_data_dir("Mend")/models``.
+* ``pull`` downloads to ``<file>.part`` (Range resume, retries), checks the sha256 BEFORE the
+  rename; a mismatch deletes the ``.part`` and raises :class:`ChecksumMismatch`.
+* Pinned files are checked against the manifest hash; unpinned files get their hash recorded
+  on first download/import and are checked against that record afterwards.
+* ``require`` (used at load time) does a cheap check (size + mtime recorded at verification);
+  when that changed it re-hashes, and a changed file raises :class:`ModelFileCorrupt`.
+* ``MEND_OFFLINE=1``: nothing here opens a socket; ``pull`` raises :class:`OfflineError`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ChecksumMismatch, DownloadError, ModelMissing, OfflineError, UsageError
+from . import download as dl
+from .manifest import Manifest, ModelFile, ModelSpec, default_manifest, safe_relpath
+
+STATE_FILE = ".mend-state.json"
+PART_SUFFIX = ".part"
+
+# model / file statuses
+MISSING = "missing"
+PARTIAL = "partial"
+VERIFIED = "verified"
+UNPINNED = "unpinned"
+CORRUPT = "corrupt"
+BUNDLED = "bundled"
+NOT_CONFIGURED = "not configured"
+STATUSES = (MISSING, PARTIAL, VERIFIED, UNPINNED, CORRUPT, BUNDLED, NOT_CONFIGURED)
+
+
+class ModelFileCorrupt(ChecksumMismatch):
+    """A model file no longer has the hash it had when verified (or the pinned one)."""
+
+    def __init__(self, model_id: str, name: str, expected: str, actual: str) -> None:
+        super().__init__(f"{model_id}/{name}", expected, actual)
+        self.model_id = model_id
+        self.file = name
+        self.args = (
+            (f"model '{model_id}' is damaged: {name} changed since it was verified "
+            f"(sha256 expected {expected[:12]}…, got {actual[:12]}…). "
+            f"Repair it with: mend models verify {model_id} --repair"),
+        )
+
+
+def default_root() -> Path:
+    env = os.environ.get("MEND_MODELS_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("Mend", appauthor=False)) / "models"
+
+
+def sha256_file(path: Path, check_cancel: Callable[[], None] | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(dl.CHUNK):
+            if check_cancel:
+                check_cancel()
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class FileStatus:
+    name: str
+    status: str  # missing / partial / verified / unpinned / corrupt
+    size: int  # bytes on disk (the .part's size when partial)
+    expected_size: int
+    sha256: str | None  # pinned hash, else the recorded one
+    pinned: bool
+
+
+@dataclass
+class VerifyReport:
+    model_id: str
+    ok: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    status: str = MISSING
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.model_id, "status": self.status, "ok": self.ok,
+                "missing": self.missing, "corrupt": self.corrupt, "repaired": self.repaired}
+
+
+@dataclass
+class ImportReport:
+    imported: list[tuple[str, str]] = field(default_factory=list)  # (model id, file name)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # already in the store
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"imported": [f"{m}/{n}" for m, n in self.imported],
+                "skipped": [f"{m}/{n}" for m, n in self.skipped],
+                "rejected": [{"path": p, "reason": r} for p, r in self.rejected]}
+
+
+class ModelStore:
+    """Models on disk: status, pull (download), verify/repair, remove, import, disk usage."""
+
+    def __init__(self, root: str | Path | None = None, manifest: Manifest | None = None, *,
+                 allow_http_hosts: tuple[str, ...] = (), retries: int = 4,
+                 backoff: float = 1.0, timeout: float = 30.0) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.manifest = manifest if manifest is not None else default_manifest()
+        # plain-HTTP loopback hosts for test servers only; empty (HTTPS only) by default
+        self.allow_http_hosts = tuple(allow_http_hosts)
+        self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self._lock = threading.RLock()
+
+    # ---------------------------------------------------------------- paths and state
+    def spec(self, model_id: str) -> ModelSpec:
+        return self.manifest.get(model_id)
+
+    def model_dir(self, model_id: str) -> Path:
+        self.spec(model_id)
+        return self.root / model_id
+
+    def file_path(self, model_id: str, name: str) -> Path:
+        return self.model_dir(model_id) / safe_relpath(name)
+
+    def _state_path(self, model_id: str) -> Path:
+        return self.root / model_id / STATE_FILE
+
+    def _read_state(self, model_id: str) -> dict[str, Any]:
+        p = self._state_path(model_id)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and isinstance(data.get("files"), dict):
+                return data
+        except (OSError, json.JSONDecodeError):
+            pass
+        return {"files": {}}
+
+    def _record(self, model_id: str, name: str, sha: str, pinned: bool) -> None:
+        with self._lock:
+            st = (self.root / model_id / safe_relpath(name)).stat()
+            state = self._read_state(model_id)
+            state["files"][name] = {"sha256": sha, "size": st.st_size,
+                                    "mtime_ns": st.st_mtime_ns, "pinned": pinned,
+                                    "verified_at": time.time()}
+            _atomic_write_json(self._state_path(model_id), state)
+
+    def _forget(self, model_id: str, names: list[str] | None = None) -> None:
+        with self._lock:
+            p = self._state_path(model_id)
+            if not p.exists():
+                return
+            state = self._read_state(model_id)
+            for n in (names if names is not None else list(state["files"])):
+                state["files"].pop(n, None)
+            _atomic_write_json(p, state)
+
+    def _slot_files(self, spec: ModelSpec) -> list[str]:
+        """Files in a slot model's folder (user-supplied weights), by relative name."""
+        d = self.root / spec.id
+        if not d.is_dir():
+            return []
+        return sorted(str(p.relative_to(d).as_posix()) for p in d.rglob("*")
+                      if p.is_file() and not p.name.startswith(".")
+                      and not p.name.endswith(PART_SUFFIX))
+
+    def slot_path(self, model_id: str) -> Path | None:
+        """The user-supplied weights of a slot model (env var first, then the store folder)."""
+        spec = self.spec(model_id)
+        if not spec.slot:
+            return None
+        if spec.env and os.environ.get(spec.env):
+            p = Path(os.environ[spec.env]).expanduser()
+            return p if p.is_file() else None
+        files = self._slot_files(spec)
+        return (self.root / spec.id / files[0]) if files else None
+
+    def expected_sha(self, model_id: str, f: ModelFile) -> str | None:
+        if f.sha256:
+            return f.sha256
+        rec = self._read_state(model_id)["files"].get(f.name)
+        return rec.get("sha256") if rec else None
+
+    # ---------------------------------------------------------------- status
+    def _check_file(self, model_id: str, f: ModelFile, deep: bool,
+                    state: dict[str, Any]) -> FileStatus:
+        path = self.root / model_id / safe_relpath(f.name)
+        part = path.with_name(path.name + PART_SUFFIX)
+        rec = state["files"].get(f.name)
+        expected = f.sha256 or (rec or {}).get("sha256")
+        if not path.is_file():
+            if part.is_file():
+                return FileStatus(f.name, PARTIAL, part.stat().st_size, f.size, expected,
+                                  f.pinned)
+            return FileStatus(f.name, MISSING, 0, f.size, expected, f.pinned)
+        st = path.stat()
+        good = VERIFIED if f.pinned else UNPINNED
+        if f.pinned and f.size_exact and st.st_size != f.size:
+            return FileStatus(f.name, CORRUPT, st.st_size, f.size, expected, f.pinned)
+        cheap_ok = (rec is not None and rec.get("sha256") == expected
+                    and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns)
+        if cheap_ok and not deep:
+            return FileStatus(f.name, good, st.st_size, f.size, expected, f.pinned)
+        actual = sha256_file(path)
+        if expected is None:  # unpinned and never seen: record it now
+            self._record(model_id, f.name, actual, False)
+            state["files"][f.name] = self._read_state(model_id)["files"][f.name]
+            return FileStatus(f.name, UNPINNED, st.st_size, f.size, actual, False)
+        if actual != expected:
+            return FileStatus(f.name, CORRUPT, st.st_size, f.size, expected, f.pinned)
+        self._record(model_id, f.name, actual, f.pinned)
+        return FileStatus(f.name, good, st.st_size, f.size, expected, f.pinned)
+
+    def file_statuses(self, model_id: str, deep: bool = False) -> list[FileStatus]:
+        spec = self.spec(model_id)
+        state = self._read_state(model_id)
+        if spec.slot:
+            p = self.slot_path(model_id)
+            if p is None:
+                return []
+            return [FileStatus(p.name, UNPINNED, p.stat().st_size, p.stat().st_size, None, False)]
+        return [self._check_file(model_id, f, deep, state) for f in spec.files]
+
+    @staticmethod
+    def _combine(statuses: list[str]) -> str:
+        if not statuses:
+            return MISSING
+        if CORRUPT in statuses:
+            return CORRUPT
+        if all(s == MISSING for s in statuses):
+            return MISSING
+        if any(s in (MISSING, PARTIAL) for s in statuses):
+            return PARTIAL
+        return UNPINNED if UNPINNED in statuses else VERIFIED
+
+    def status(self, model_id: str) -> str:
+        """missing / partial / verified / unpinned / corrupt / bundled / not configured."""
+        spec = self.spec(model_id)
+        if spec.bundled:
+            return BUNDLED
+        if spec.slot:
+            return UNPINNED if self.slot_path(model_id) is not None else NOT_CONFIGURED
+        return self._combine([fs.status for fs in self.file_statuses(model_id)])
+
+    def is_installed(self, model_id: str) -> bool:
+        return self.status(model_id) in (VERIFIED, UNPINNED, BUNDLED)
+
+    # ---------------------------------------------------------------- load-time check
+    def require(self, model_id: str) -> Path:
+        """The model's folder, after a cheap integrity check. Raises ModelMissing /
+        ModelFileCorrupt (a ChecksumMismatch) so the caller can offer a repair."""
+        spec = self.spec(model_id)
+        if spec.bundled:
+            return self.root / model_id
+        if spec.slot:
+            p = self.slot_path(model_id)
+            if p is None:
+                hint = spec.notes or "this slot needs your own weights"
+                raise ModelMissing(model_id, hint)
+            return p.parent
+        state = self._read_state(model_id)
+        missing = []
+        for f in spec.files:
+            fs = self._check_file(model_id, f, False, state)
+            if fs.status in (MISSING, PARTIAL):
+                missing.append(f.name)
+            elif fs.status == CORRUPT:
+                path = self.file_path(model_id, f.name)
+                actual = sha256_file(path) if path.is_file() else ""
+                raise ModelFileCorrupt(model_id, f.name, fs.sha256 or "", actual or "size differs")
+        if missing:
+            if len(missing) == len(spec.files):
+                raise ModelMissing(model_id)
+            raise ModelMissing(model_id, f"{len(missing)} of its files are missing "
+                                         f"(run: mend models pull {model_id})")
+        return self.root / model_id
+
+    # ---------------------------------------------------------------- download
+    def pull(self, model_id: str, progress: dl.ProgressFn | None = None,
+             token: Any = None) -> str:
+        """Download whatever of the model is missing; returns the model's status afterwards.
+
+        ``progress(DownloadProgress)`` per chunk; ``token`` (a CancelToken) cancels between
+        chunks (the ``.part`` stays for a later resume).
+        """
+        spec = self.spec(model_id)
+        if spec.bundled:
+            return BUNDLED
+        if spec.slot:
+            raise UsageError(f"'{model_id}' has no public weights: {spec.notes}")
+        state = self._read_state(model_id)
+        todo = []
+        for f in spec.files:
+            fs = self._check_file(model_id, f, False, state)
+            if fs.status in (VERIFIED, UNPINNED):
+                continue
+            if fs.status == CORRUPT:
+                self.file_path(model_id, f.name).unlink(missing_ok=True)
+                self._forget(model_id, [f.name])
+            todo.append(f)
+        if not todo:
+            return self.status(model_id)
+        if dl.offline_mode():
+            raise OfflineError(
+                f"'{model_id}' is not installed and offline mode is on (MEND_OFFLINE=1): "
+                "import it from a folder or an offline pack (mend models import PATH)")
+        total = sum(f.size for f in todo)
+        base = 0
+        check = token.check if token is not None else None
+        for i, f in enumerate(todo):
+            if not f.url:
+                raise DownloadError(f"{model_id}/{f.name} has no download address in the manifest")
+            self._download_file(model_id, f, progress, check, base, total, i, len(todo))
+            base += f.size
+        return self.status(model_id)
+
+    def _download_file(self, model_id: str, f: ModelFile, progress: dl.ProgressFn | None,
+                       check: Callable[[], None] | None, base: int, total: int, index: int,
+                       count: int) -> None:
+        dest = self.file_path(model_id, f.name)
+        part = dest.with_name(dest.name + PART_SUFFIX)
+        t0, d0 = time.monotonic(), None
+        speed = 0.0
+
+        def on_bytes(done: int, ftotal: int | None) -> None:
+            nonlocal t0, d0, speed
+            now = time.monotonic()
+            if d0 is None:
+                t0, d0 = now, done
+            elif now - t0 > 0.2:
+                inst = (done - d0) / (now - t0)
+                speed = inst if speed == 0 else 0.7 * speed + 0.3 * inst
+                t0, d0 = now, done
+            if progress:
+                progress(dl.DownloadProgress(model_id, f.name, done, ftotal or f.size,
+                                             base + done, total, speed, index, count))
+
+        actual = dl.fetch(f.url or "", part, allowed_hosts=self.manifest.hosts,
+                          allow_http_hosts=self.allow_http_hosts,
+                          expected_size=f.size if f.size_exact else None, on_bytes=on_bytes,
+                          check_cancel=check, retries=self.retries, backoff=self.backoff,
+                          timeout=self.timeout)
+        if f.sha256 and actual != f.sha256:
+            part.unlink(missing_ok=True)
+            raise ChecksumMismatch(f"{model_id}/{f.name}", f.sha256, actual)
+        if not f.sha256 and f.size_exact and part.stat().st_size != f.size:
+            size = part.stat().st_size
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"{model_id}/{f.name}: got {size} bytes, expected {f.size}")
+        os.replace(part, dest)
+        self._record(model_id, f.name, actual, f.pinned)
+
+    # ---------------------------------------------------------------- verify / remove
+    def verify(self, model_id: str, repair: bool = False,
+               progress: dl.ProgressFn | None = None, token: Any = None) -> VerifyReport:
+        """Full sha256 of every file. ``repair=True`` deletes damaged files and pulls them again
+        (needs the network, or raises OfflineError after deleting nothing)."""
+        spec = self.spec(model_id)
+        rep = VerifyReport(model_id)
+        if spec.bundled or spec.slot:
+            rep.status = self.status(model_id)
+            if spec.slot and (p := self.slot_path(model_id)) is not None:
+                rep.ok.append(p.name)
+            return rep
+        for fs in self.file_statuses(model_id, deep=True):
+            if fs.status in (VERIFIED, UNPINNED):
+                rep.ok.append(fs.name)
+            elif fs.status == CORRUPT:
+                rep.corrupt.append(fs.name)
+            else:
+                rep.missing.append(fs.name)
+        if repair and (rep.corrupt or rep.missing):
+            if dl.offline_mode():
+                raise OfflineError(
+                    f"cannot repair '{model_id}' in offline mode (MEND_OFFLINE=1): "
+                    "import a good copy with: mend models import PATH")
+            for name in rep.corrupt:
+                self.file_path(model_id, name).unlink(missing_ok=True)
+            self._forget(model_id, rep.corrupt)
+            self.pull(model_id, progress, token)
+            rep.repaired = rep.corrupt + rep.missing
+        rep.status = self.status(model_id)
+        return rep
+
+    def remove(self, model_id: str) -> int:
+        """Delete the model's folder; returns the bytes freed."""
+        spec = self.spec(model_id)
+        d = self.root / spec.id
+        if not d.exists():
+            return 0
+        freed = _tree_size(d)
+        shutil.rmtree(d)
+        return freed
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk per model id (including .part files) and ``"total"``."""
+        out: dict[str, int] = {}
+        if self.root.is_dir():
+            for d in sorted(self.root.iterdir()):
+                if d.is_dir() and d.name in self.manifest:
+                    out[d.name] = _tree_size(d)
+        out["total"] = sum(out.values())
+        return out
+
+    # ---------------------------------------------------------------- import
+    def install_file(self, model_id: str, name: str, src: Path, *, sha256: str | None = None,
+                     move: bool = False) -> None:
+        """Put ``src`` into the store as ``model_id/name`` after checking its hash (pinned, or
+        ``sha256`` for an unpinned file — recorded). Temp file + rename, never half a file."""
+        spec = self.spec(model_id)
+        if spec.slot:
+            pinned = False
+            expected = sha256
+        else:
+            f = spec.get_file(name)
+            pinned = f.pinned
+            expected = f.sha256 or sha256
+        actual = sha256 if (sha256 and move) else sha256_file(src)
+        if expected and actual != expected:
+            raise ChecksumMismatch(f"{model_id}/{name}", expected, actual)
+        dest = self.file_path(model_id, name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            os.replace(src, dest)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=".import-", suffix=PART_SUFFIX, dir=dest.parent)
+            os.close(fd)
+            try:
+                shutil.copyfile(src, tmp)
+                if sha256_file(Path(tmp)) != actual:
+                    raise ChecksumMismatch(f"{model_id}/{name}", actual, sha256_file(Path(tmp)))
+                os.replace(tmp, dest)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        self._record(model_id, name, actual, pinned)
+
+    def import_path(self, path: str | Path, model_id: str | None = None) -> ImportReport:
+        """Import model files from a folder, a single file, or an offline pack (.zip).
+
+        Files are recognised by their sha256 (pinned files) or, inside a model's folder, by
+        their name (unpinned files, e.g. a transformers config next to its pinned weights;
+        a folder named like a model id or a copy of another store counts as that model's
+        folder). ``model_id`` forces the target model (needed for slots such as
+        ``reflection-yolo``).
+        """
+        from . import packs
+
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise UsageError(f"{p}: no such file or folder")
+        if p.is_file() and packs.is_pack(p):
+            return packs.import_pack(p, self)
+        if model_id is not None:
+            self.spec(model_id)
+        rep = ImportReport()
+        if p.is_file():
+            self._import_single(p, model_id, rep)
+            return rep
+        roots: dict[str, Path] = {}
+        if model_id is not None:
+            roots[model_id] = p
+        elif p.name in self.manifest:
+            roots[p.name] = p
+        for sub in p.iterdir():
+            if sub.is_dir() and sub.name in self.manifest and sub.name not in roots:
+                roots[sub.name] = sub
+        # pinned files anywhere below, found by size then hash
+        by_size: dict[int, list[tuple[ModelSpec, ModelFile]]] = {}
+        for spec in self.manifest:
+            for f in spec.files:
+                if f.pinned:
+                    by_size.setdefault(f.size, []).append((spec, f))
+        seen: set[tuple[str, str]] = set()
+        for cand in sorted(q for q in p.rglob("*") if q.is_file() and not q.is_symlink()):
+            if cand.name.startswith(".") or cand.name.endswith(PART_SUFFIX):
+                continue
+            matches = by_size.get(cand.stat().st_size)
+            if not matches:
+                continue
+            digest = sha256_file(cand)
+            for spec, f in matches:
+                if f.sha256 != digest or (spec.id, f.name) in seen:
+                    continue
+                seen.add((spec.id, f.name))
+                self._import_one(spec.id, f.name, cand, digest, rep)
+                rel = f.name.split("/")
+                if cand.parts[-len(rel):] == tuple(rel) and spec.id not in roots:
+                    roots[spec.id] = Path(*cand.parts[: len(cand.parts) - len(rel)])
+        for mid, root in roots.items():
+            spec = self.spec(mid)
+            if spec.slot:
+                for q in sorted(root.iterdir()):
+                    if q.is_file() and not q.name.startswith("."):
+                        self._import_one(mid, q.name, q, None, rep)
+                continue
+            for f in spec.files:
+                if (mid, f.name) in seen:
+                    continue
+                cand = root / safe_relpath(f.name)
+                if cand.is_file() and not cand.is_symlink():
+                    seen.add((mid, f.name))
+                    self._import_one(mid, f.name, cand, None, rep)
+        if not rep.imported and not rep.skipped and not rep.rejected:
+            rep.rejected.append((str(p), "no file of a known model was found here"))
+        return rep
+
+    def _import_single(self, p: Path, model_id: str | None, rep: ImportReport) -> None:
+        digest = sha256_file(p)
+        for spec in ([self.spec(model_id)] if model_id else list(self.manifest)):
+            if spec.slot and model_id:
+                self._import_one(spec.id, p.name, p, digest, rep)
+                return
+            for f in spec.files:
+                if f.sha256 == digest or (model_id and not f.pinned and
+                                          f.name.split("/")[-1] == p.name):
+                    self._import_one(spec.id, f.name, p, digest, rep)
+                    return
+        rep.rejected.append((str(p), ("not a file of any model Mend knows (sha256 "
+                                     f"{digest[:12]}…); pass the model id for unpinned files")))
+
+    def _import_one(self, model_id: str, name: str, src: Path, digest: str | None,
+                    rep: ImportReport) -> None:
+        spec = self.spec(model_id)
+        state = self._read_state(model_id)
+        if not spec.slot:
+            f = spec.get_file(name)
+            fs = self._check_file(model_id, f, False, state)
+            if fs.status in (VERIFIED, UNPINNED):
+                rep.skipped.append((model_id, name))
+                return
+        digest = digest or sha256_file(src)
+        try:
+            self.install_file(model_id, name, src, sha256=None if spec.slot else digest)
+        except ChecksumMismatch as e:
+            rep.rejected.append((str(src), str(e)))
+            return
+        if spec.slot:
+            self._record(model_id, name, digest, False)
+        rep.imported.append((model_id, name))
+
+
+def _tree_size(d: Path) -> int:
+    total = 0
+    for q in d.rglob("*"):
+        try:
+            if q.is_file() and not q.is_symlink():
+                total += q.stat().st_size
+        except OSError:
+            pass
+    return total
