@@ -3,3 +3,6 @@ from __future__ import annotations
 
 # Each import registers its steps. Add new specialist modules here.
 from . import builtin  # noqa: F401
+from . import classical  # noqa: F401
+from . import deblur  # noqa: F401
+from . import face  # noqa: F401

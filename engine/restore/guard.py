@@ -1,0 +1,203 @@
+"""Regression guard: is a restoration result worse than its input?
+
+``check(before, after)`` compares a chain's result with the photo it started from:
+
+* **validity** - NaN/inf, wrong shape, a changed aspect ratio;
+* **fidelity on the downscaled content** - both images are reduced to the same small size
+  (``FIDELITY_SIDE`` px, area averaging, so a legitimate x2/x4 result compares fairly) and
+  compared with PSNR and SSIM on the luma; a result whose *content* changed that much is a
+  failure, not a restoration. Blank/black outputs and a global colour cast (mean colour
+  distance in CIELAB) are caught here too;
+* **no-reference quality** at the input's resolution - noise (Immerkaer sigma), JPEG-style
+  8x8 blockiness and edge sharpness of the result against the input. A result noticeably
+  noisier, blockier, or blurrier without being cleaner, is rejected.
+
+``mask`` (uint8, 255 = pixels the chain was asked to replace, e.g. an inpainted reflection)
+excludes those pixels from the fidelity and colour checks. The pipeline keeps the original
+and reports ``reason`` when ``ok`` is False.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .classical import estimate_noise_sigma, luminance
+
+FIDELITY_SIDE = 256
+
+
+@dataclass(frozen=True)
+class GuardThresholds:
+    min_psnr: float = 16.0  # dB on the downscaled content
+    min_ssim: float = 0.45
+    max_color_shift: float = 10.0  # CIELAB distance between the mean colours
+    max_mean_shift: float = 0.2  # brightness (0-1) change of the mean
+    noise_ratio: float = 1.6  # after sigma may be at most ratio * before + noise_margin
+    noise_margin: float = 4.0
+    blockiness_margin: float = 0.25
+    min_sharpness_ratio: float = 0.55  # when the input was not noisy
+    max_aspect_change: float = 0.03
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    ok: bool
+    reason: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _fail(reason: str, metrics: dict[str, Any]) -> GuardVerdict:
+    return GuardVerdict(False, reason, metrics)
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    if (img.shape[1], img.shape[0]) == size:
+        return img.astype(np.float32, copy=False)
+    return cv2.resize(img.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+
+
+def _ssim(a: np.ndarray, b: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """Mean SSIM of two single-channel images in [0, 1] (Gaussian window, sigma 1.5)."""
+    import cv2
+
+    c1, c2 = (0.01) ** 2, (0.03) ** 2
+
+    def blur(x):
+        return cv2.GaussianBlur(x, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a * mu_a
+    var_b = blur(b * b) - mu_b * mu_b
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2))
+    if weight is not None and weight.sum() > 0:
+        return float((s * weight).sum() / weight.sum())
+    return float(s.mean())
+
+
+def _psnr(a: np.ndarray, b: np.ndarray, weight: np.ndarray | None = None) -> float:
+    d = (a - b) ** 2
+    if d.ndim == 3 and weight is not None:
+        weight = weight[..., None] * np.ones_like(d)
+    mse = float((d * weight).sum() / weight.sum()) if weight is not None and weight.sum() > 0 \
+        else float(d.mean())
+    return 99.0 if mse <= 1e-12 else 10.0 * math.log10(1.0 / mse)
+
+
+def blockiness(image: np.ndarray) -> float:
+    """Ratio of the mean luma jump across 8x8 block borders to the jump elsewhere (1 = none)."""
+    y = luminance(image) * 255.0
+    if min(y.shape) < 32:
+        return 1.0
+    dx = np.abs(np.diff(y, axis=1))
+    dy = np.abs(np.diff(y, axis=0))
+    bx = dx[:, 7::8].mean()
+    by = dy[7::8, :].mean()
+    ox = (dx.sum() - dx[:, 7::8].sum()) / max(1, dx.size - dx[:, 7::8].size)
+    oy = (dy.sum() - dy[7::8, :].sum()) / max(1, dy.size - dy[7::8, :].size)
+    return float((bx + by + 1e-3) / (ox + oy + 1e-3))
+
+
+def sharpness(image: np.ndarray) -> float:
+    """Edge strength: the 95th percentile of the luma gradient magnitude (0-255 scale)."""
+    import cv2
+
+    y = luminance(image) * 255.0
+    gx = cv2.Sobel(y, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(y, cv2.CV_32F, 0, 1, ksize=3)
+    return float(np.percentile(np.hypot(gx, gy), 95))
+
+
+def _mean_lab(img: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
+    import cv2
+
+    lab = cv2.cvtColor(np.clip(img, 0, 1).astype(np.float32), cv2.COLOR_RGB2Lab)
+    if weight is not None and weight.sum() > 0:
+        return (lab * weight[..., None]).sum(axis=(0, 1)) / weight.sum()
+    return lab.reshape(-1, 3).mean(axis=0)
+
+
+def check(before: np.ndarray, after: np.ndarray, *, mask: np.ndarray | None = None,
+          thresholds: GuardThresholds | None = None) -> GuardVerdict:
+    """Compare a result with its input; ``after`` may be larger by an integer SR scale.
+
+    Returns ``GuardVerdict(ok, reason, metrics)``; ``reason`` is a short sentence for the
+    user when ``ok`` is False (and "" otherwise).
+    """
+    t = thresholds or GuardThresholds()
+    m: dict[str, Any] = {}
+    after = np.asarray(after)
+    before = np.asarray(before, dtype=np.float32)
+    if after.ndim != 3 or after.shape[2] != 3:
+        return _fail(f"the result has an unexpected shape {tuple(after.shape)}", m)
+    if not np.isfinite(after).all():
+        return _fail("the result contains invalid (NaN/infinite) pixels", m)
+    after = after.astype(np.float32, copy=False)
+    bh, bw = before.shape[:2]
+    ah, aw = after.shape[:2]
+    m["scale"] = round(aw / bw, 3)
+    if abs((ah / aw) / (bh / bw) - 1.0) > t.max_aspect_change or ah < bh // 2 or aw < bw // 2:
+        return _fail(f"the result is {aw}x{ah}, which does not match the {bw}x{bh} input", m)
+
+    # --- fidelity on the downscaled content -------------------------------------------------
+    s = min(1.0, FIDELITY_SIDE / max(bh, bw))
+    size = (max(8, round(bw * s)), max(8, round(bh * s)))
+    b_small = np.clip(_resize(before, size), 0, 1)
+    a_small = np.clip(_resize(after, size), 0, 1)
+    weight = None
+    if mask is not None and np.any(mask):
+        weight = (_resize((mask > 127).astype(np.float32), size) < 0.5).astype(np.float32)
+        if weight.sum() < 0.05 * weight.size:
+            weight = None  # almost everything was replaced: nothing left to compare
+    by, ay = luminance(b_small), luminance(a_small)
+    m["std_before"] = round(float(by.std()), 4)
+    m["std_after"] = round(float(ay.std()), 4)
+    m["mean_before"] = round(float(by.mean()), 4)
+    m["mean_after"] = round(float(ay.mean()), 4)
+    if m["std_after"] < 0.01 and m["std_before"] > 0.03:
+        return _fail("the result is a blank, flat image", m)
+    if m["mean_after"] < 0.02 and m["mean_before"] > 0.08:
+        return _fail("the result is black", m)
+    if m["mean_after"] > 0.98 and m["mean_before"] < 0.92:
+        return _fail("the result is white", m)
+    lab_b, lab_a = _mean_lab(b_small, weight), _mean_lab(a_small, weight)
+    m["color_shift"] = round(float(np.linalg.norm(lab_a - lab_b)), 3)
+    m["mean_shift"] = round(abs(m["mean_after"] - m["mean_before"]), 4)
+    m["psnr_small"] = round(_psnr(a_small, b_small, weight), 3)
+    m["ssim_small"] = round(_ssim(ay, by, weight), 4)
+    if m["mean_shift"] > t.max_mean_shift:
+        return _fail(f"the brightness changed too much ({m['mean_shift']:.2f})", m)
+    if m["color_shift"] > t.max_color_shift:
+        return _fail(f"the colours shifted (mean colour distance {m['color_shift']:.1f})", m)
+    if m["psnr_small"] < t.min_psnr or m["ssim_small"] < t.min_ssim:
+        return _fail(f"the picture content changed too much (PSNR {m['psnr_small']:.1f} dB, "
+                     f"SSIM {m['ssim_small']:.2f} against the input, downscaled)", m)
+
+    # --- no-reference quality at the input's resolution ------------------------------------
+    a_same = np.clip(_resize(after, (bw, bh)), 0, 1)
+    nb, na = estimate_noise_sigma(before), estimate_noise_sigma(a_same)
+    kb, ka = blockiness(before), blockiness(a_same)
+    sb, sa = sharpness(before), sharpness(a_same)
+    m.update(noise_before=round(nb, 3), noise_after=round(na, 3), blockiness_before=round(kb, 3),
+             blockiness_after=round(ka, 3), sharpness_before=round(sb, 3),
+             sharpness_after=round(sa, 3))
+    m["quality_before"] = round(_nr_quality(nb, kb, sb), 3)
+    m["quality_after"] = round(_nr_quality(na, ka, sa), 3)
+    if na > t.noise_ratio * nb + t.noise_margin:
+        return _fail(f"the result is noisier (noise {na:.1f} vs {nb:.1f})", m)
+    if ka > max(kb, 1.0) + t.blockiness_margin:
+        return _fail(f"the result shows block artefacts (blockiness {ka:.2f} vs {kb:.2f})", m)
+    if nb < 3.0 and sb > 1.0 and sa < t.min_sharpness_ratio * sb:
+        return _fail(f"the result is blurrier (edge strength {sa:.0f} vs {sb:.0f})", m)
+    return GuardVerdict(True, "", m)
+
+
+def _nr_quality(noise: float, block: float, sharp: float) -> float:
+    """A single no-reference score for display: edge strength penalised by noise and blocks."""
+    return sharp / (1.0 + 0.1 * noise) / max(1.0, block)
