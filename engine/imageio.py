@@ -1,20 +1,73 @@
 """Photo I/O: load upright float RGB with metadata; save atomically with metadata kept.
 
-(Initial version; hardened by the photo-I/O work: ICC/EXIF/XMP/16-bit/alpha/CMYK/bombs.)
+Loading (``load_photo``)
+    JPEG/MPO, PNG/APNG, TIFF (8/16-bit, int, float), WebP, BMP, GIF and whatever else Pillow reads
+    by content (the extension is never trusted), plus HEIC/HEIF when ``pillow-heif`` is installed.
+    16-bit colour PNG/TIFF is decoded with OpenCV because Pillow truncates it to 8 bits. EXIF
+    orientation (all 8) is applied and then reset to 1 in ``photo.exif``; the stale EXIF thumbnail
+    is dropped; ICC, XMP, DPI and the JPEG quantization tables are kept. Every failure is a
+    ``BadImage`` (``ImageTooLarge`` for size limits and decompression bombs) naming the file.
+
+Saving (``save_photo``)
+    JPEG/WebP through Pillow, PNG through OpenCV with our metadata chunks spliced in, TIFF through
+    a small writer of our own (Pillow cannot write 16-bit RGB). The source ICC, EXIF (orientation
+    1, no thumbnail, pixel dimensions updated, broken EXIF dropped), XMP and DPI are kept.
+
+The Mend record (what was done: steps, models, versions) is stored in XMP in every format, as
+``<mend:record>`` (namespace ``urn:x-mend:ns:1.0#``) holding the record as JSON, inside its own
+``rdf:Description`` merged into the source XMP packet. JPEG: APP1 XMP segment; PNG: iTXt
+``XML:com.adobe.xmp``; TIFF: tag 700; WebP: XMP chunk. ``read_record(path)`` reads it back.
+
+Writes are atomic and never clobber: on Linux the data goes to an unnamed ``O_TMPFILE`` in the
+target folder, is fsynced, then linked to its final name (nothing is left behind if the process
+dies mid-write). Elsewhere a ``.<name>.mend-<pid>-<rand>.part`` temp file is fsynced and
+``os.replace``d; leftovers of dead processes are swept on the next save in that folder
+(``sweep_partials``).
 """
 from __future__ import annotations
 
+import errno
+import functools
+import html
+import json
+import logging
 import os
-import tempfile
+import re
+import secrets
+import stat
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import BadImage
+from .api import OutputOptions
+from .errors import BadImage, EngineError, ImageTooLarge, SaveFailed
 
-PHOTO_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".heic", ".heif"}
+log = logging.getLogger(__name__)
+
+PHOTO_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp", ".heic",
+                    ".heif", ".gif"}
+DEFAULT_MAX_MEGAPIXELS = 200.0
+MEND_XMP_NS = "urn:x-mend:ns:1.0#"
+
+# output format name -> (canonical extension, accepted extensions)
+_OUT_FORMATS = {
+    "jpeg": (".jpg", {".jpg", ".jpeg", ".jpe"}),
+    "png": (".png", {".png"}),
+    "tiff": (".tif", {".tif", ".tiff"}),
+    "webp": (".webp", {".webp"}),
+}
+_FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
+# source format (PIL name) -> output format when the user did not choose one
+_SOURCE_TO_OUT = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "TIFF": "tiff", "WEBP": "webp",
+                  "HEIF": "jpeg", "AVIF": "jpeg"}
+_EXT_TO_OUT = {".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".png": "png", ".tif": "tiff",
+               ".tiff": "tiff", ".webp": "webp", ".heic": "jpeg", ".heif": "jpeg"}
 
 
 @dataclass
@@ -42,48 +95,1422 @@ class Photo:
 
 
 def is_photo_path(path: Path) -> bool:
-    return path.suffix.lower() in PHOTO_EXTENSIONS
+    return Path(path).suffix.lower() in PHOTO_EXTENSIONS
 
 
-def load_photo(path: str | os.PathLike[str]) -> Photo:
-    from PIL import Image, ImageOps
+# --------------------------------------------------------------------------------------------
+# limits and Pillow set-up
 
-    p = Path(path)
+
+def max_pixels_default() -> int:
+    """The pixel limit: ``MEND_MAX_MEGAPIXELS`` (megapixels) or 200 megapixels."""
+    raw = os.environ.get("MEND_MAX_MEGAPIXELS", "").strip()
+    mp = DEFAULT_MAX_MEGAPIXELS
+    if raw:
+        try:
+            val = float(raw)
+            if val > 0:
+                mp = val
+        except ValueError:
+            log.warning("ignoring MEND_MAX_MEGAPIXELS=%r (not a number)", raw)
+    return int(mp * 1_000_000)
+
+
+_BOMB_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _pil():
+    """Import Pillow once, register the HEIF opener when pillow-heif is importable."""
+    import warnings
+
+    from PIL import Image
+
+    # Mend applies its own (configurable) pixel limit before decoding anything.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
-        with Image.open(p) as im:
-            im.load()
-            fmt = im.format or "PNG"
-            icc = im.info.get("icc_profile")
-            exif = im.info.get("exif")
-            im = ImageOps.exif_transpose(im)
-            alpha = None
-            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                rgba = im.convert("RGBA")
-                alpha = np.asarray(rgba, dtype=np.float32)[..., 3] / 255.0
-                im = rgba.convert("RGB")
-            elif im.mode != "RGB":
-                im = im.convert("RGB")
-            pixels = np.asarray(im, dtype=np.float32) / 255.0
+        import pillow_heif
+
+        pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+    except Exception:  # not installed or broken: HEIC then reads as "unsupported"
+        pass
+    return Image
+
+
+def heif_supported() -> bool:
+    _pil()
+    from PIL import Image
+
+    return "HEIF" in Image.OPEN
+
+
+def _check_path(p: Path) -> None:
+    try:
+        st = p.stat()
     except FileNotFoundError:
         raise BadImage(p, "file not found") from None
-    except Exception as e:  # PIL raises many types for broken files
-        raise BadImage(p, f"cannot read image ({e})") from None
-    return Photo(p, pixels, alpha, 8, fmt, icc, exif)
+    except PermissionError:
+        raise BadImage(p, "permission denied (cannot look at this file)") from None
+    except OSError as e:
+        raise BadImage(p, f"cannot open the file ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise BadImage(p, "this is a folder, not a photo")
+    if not stat.S_ISREG(st.st_mode):
+        raise BadImage(p, "not a regular file")
+    if st.st_size == 0:
+        raise BadImage(p, "the file is empty (0 bytes)")
+    if not os.access(p, os.R_OK):
+        raise BadImage(p, "permission denied (the file is not readable)")
 
 
-def atomic_write_bytes(dest: Path, data: bytes) -> None:
-    """Write to a temp file in the target folder, fsync, then ``os.replace``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+_BOMB_RE = re.compile(r"\((\d+) pixels\)")
+
+
+def _open_image(p: Path, limit: int):
+    """Open (header only) and enforce the pixel limit before anything is decoded."""
+    Image = _pil()
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
+        im = Image.open(p)
+    except Image.DecompressionBombError as e:
+        m = _BOMB_RE.search(str(e))
+        n = int(m.group(1)) if m else None
+        if n is None or n > limit:
+            raise _too_large(p, n, limit) from None
+        with _BOMB_LOCK:  # our limit is above Pillow's: let Pillow open it, our check applies
+            old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                im = Image.open(p)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        im.close()
+        raise BadImage(p, "the image has no pixels")
+    if w * h > limit:
+        im.close()
+        raise _too_large(p, w * h, limit)
+    return im
+
+
+def _too_large(p: Path, n: int | None, limit: int) -> ImageTooLarge:
+    size = f"{n / 1e6:.0f} megapixels" if n else "too many pixels"
+    return ImageTooLarge(
+        p, f"the image is too large ({size}; the limit is {limit / 1e6:.0f} megapixels, "
+           "set MEND_MAX_MEGAPIXELS to change it) or is a decompression bomb")
+
+
+def _reason(e: BaseException) -> str:
+    """A photographer-readable reason for a decoder exception."""
+    Image = _pil()
+    msg = str(e).strip()
+    low = msg.lower()
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not a photo format Mend can read (the content is not a known image type)"
+    if "truncated" in low or isinstance(e, EOFError):
+        return "the file is truncated (incomplete download or copy?)"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if isinstance(e, MemoryError):
+        return "not enough memory to decode this image"
+    detail = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    if len(detail) > 160:
+        detail = detail[:157] + "..."
+    return f"the file is damaged or unsupported ({detail})"
+
+
+def _fail(p: Path, e: BaseException) -> BadImage:
+    Image = _pil()
+    if isinstance(e, BadImage):
+        return e
+    if isinstance(e, Image.DecompressionBombError):
+        m = _BOMB_RE.search(str(e))
+        return _too_large(p, int(m.group(1)) if m else None, max_pixels_default())
+    return BadImage(p, _reason(e))
+
+
+# --------------------------------------------------------------------------------------------
+# EXIF (raw TIFF structure) helpers: read orientation, reset it, drop the thumbnail — in place,
+# so maker notes and everything else stay byte-identical.
+
+_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_EXIF_PREFIX = b"Exif\x00\x00"
+
+
+def _tiff_body(blob: bytes | None) -> bytes | None:
+    """The TIFF structure inside an EXIF blob (with or without the ``Exif\\0\\0`` prefix)."""
+    if not blob:
+        return None
+    if blob.startswith(_EXIF_PREFIX):
+        blob = blob[6:]
+    for start in range(min(len(blob), 16)):
+        if blob[start:start + 4] in (b"II*\x00", b"MM\x00*"):
+            return bytes(blob[start:])
+    return None
+
+
+class _Tiff:
+    """Bounds-checked reader of a TIFF structure (EXIF blob body)."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        if len(data) < 8 or data[:4] not in (b"II*\x00", b"MM\x00*"):
+            raise ValueError("not a TIFF/EXIF structure")
+        self.data = data
+        self.bo = "<" if data[:2] == b"II" else ">"
+
+    def u16(self, off: int) -> int:
+        if off < 0 or off + 2 > len(self.data):
+            raise ValueError("offset out of range")
+        return struct.unpack_from(self.bo + "H", self.data, off)[0]
+
+    def u32(self, off: int) -> int:
+        if off < 0 or off + 4 > len(self.data):
+            raise ValueError("offset out of range")
+        return struct.unpack_from(self.bo + "I", self.data, off)[0]
+
+    def entries(self, ifd: int):
+        """Yield (entry_offset, tag, type, count, value_offset, nbytes) of one IFD."""
+        n = self.u16(ifd)
+        if n > 1000 or ifd + 2 + 12 * n + 4 > len(self.data):
+            raise ValueError("IFD out of range")
+        for i in range(n):
+            e = ifd + 2 + 12 * i
+            tag, typ = self.u16(e), self.u16(e + 2)
+            count = self.u32(e + 4)
+            nbytes = _TYPE_SIZE.get(typ, 1) * count
+            voff = e + 8 if nbytes <= 4 else self.u32(e + 8)
+            yield e, tag, typ, count, voff, nbytes
+
+    def next_ifd_ptr(self, ifd: int) -> int:
+        return ifd + 2 + 12 * self.u16(ifd)
+
+    def value(self, typ: int, voff: int) -> int | None:
+        if typ == 3:
+            return self.u16(voff)
+        if typ == 4:
+            return self.u32(voff)
+        return None
+
+
+def exif_orientation(blob: bytes | None) -> int:
+    """EXIF orientation 1..8 of a raw EXIF blob (1 when absent or unreadable)."""
+    body = _tiff_body(blob)
+    if body is None:
+        return 1
+    try:
+        t = _Tiff(body)
+        for _e, tag, typ, _c, voff, _n in t.entries(t.u32(4)):
+            if tag == 0x0112:
+                v = t.value(typ, voff)
+                return v if v in range(1, 9) else 1
+    except (ValueError, struct.error):
+        pass
+    return 1
+
+
+def clean_exif(blob: bytes | None, width: int | None = None,
+               height: int | None = None) -> bytes | None:
+    """EXIF fit for an upright, edited copy: orientation 1, thumbnail dropped, pixel size updated.
+
+    Patches the blob in place (maker notes and unknown tags stay intact). Returns the blob with
+    the ``Exif\\0\\0`` prefix, or None when it is not a readable EXIF structure (it is dropped).
+    """
+    body = _tiff_body(blob)
+    if body is None:
+        return None
+    data = bytearray(body)
+    try:
+        t = _Tiff(data)
+        bo = t.bo
+        ifd0 = t.u32(4)
+        keep_end = 8
+        sub: dict[int, int] = {}
+
+        def scan(ifd: int) -> None:
+            nonlocal keep_end
+            keep_end = max(keep_end, t.next_ifd_ptr(ifd) + 4)
+            for e, tag, typ, count, voff, nbytes in list(t.entries(ifd)):
+                if nbytes > 4:
+                    keep_end = max(keep_end, voff + nbytes)
+                if tag in (0x8769, 0x8825, 0xA005) and typ in (4, 13) and count == 1:
+                    sub[tag] = t.u32(e + 8)
+                if tag == 0x0112 and typ == 3 and ifd == ifd0:
+                    struct.pack_into(bo + "H", data, e + 8, 1)
+                if tag in (0xA002, 0xA003) and count == 1 and typ in (3, 4):
+                    dim = width if tag == 0xA002 else height
+                    if dim is not None:
+                        struct.pack_into(bo + "HHI", data, e + 2, 4, 1, dim)
+                        struct.pack_into(bo + "I", data, e + 8, dim)
+
+        scan(ifd0)
+        for tag in (0x8769, 0x8825):
+            if tag in sub:
+                try:
+                    scan(sub[tag])
+                except ValueError:
+                    pass
+        if 0xA005 in sub:
+            try:
+                scan(sub[0xA005])
+            except ValueError:
+                pass
+        # unlink IFD1 (the thumbnail) and cut it off when it sits after everything else
+        ptr = t.next_ifd_ptr(ifd0)
+        ifd1 = t.u32(ptr)
+        if ifd1:
+            struct.pack_into(bo + "I", data, ptr, 0)
+            thumb = ifd1
+            try:
+                for _e, tag, typ, _c, voff, _n in t.entries(ifd1):
+                    if tag == 0x0201:
+                        thumb = min(thumb, t.value(typ, voff) or thumb)
+            except ValueError:
+                pass
+            if 8 < keep_end <= min(ifd1, thumb) <= len(data):
+                del data[keep_end:]
+    except (ValueError, struct.error):
+        return None
+    out = _EXIF_PREFIX + bytes(data)
+    return out if len(out) <= 65533 else None
+
+
+_XMP_ORIENT = [
+    (re.compile(rb'(tiff:Orientation\s*=\s*["\'])\d(["\'])'), rb"\g<1>1\g<2>"),
+    (re.compile(rb"(<tiff:Orientation>\s*)\d(\s*</tiff:Orientation>)"), rb"\g<1>1\g<2>"),
+]
+_XMP_ORIENT_READ = re.compile(rb'tiff:Orientation(?:\s*=\s*["\']|>\s*)(\d)')
+
+
+def _xmp_orientation(xmp: bytes | None) -> int:
+    if not xmp:
+        return 1
+    m = _XMP_ORIENT_READ.search(xmp)
+    v = int(m.group(1)) if m else 1
+    return v if 1 <= v <= 8 else 1
+
+
+def _xmp_reset_orientation(xmp: bytes | None) -> bytes | None:
+    if not xmp:
+        return xmp
+    for rx, rep in _XMP_ORIENT:
+        xmp = rx.sub(rep, xmp)
+    return xmp
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation to an (H, W, ...) array (returns a view)."""
+    if orientation == 2:
+        return a[:, ::-1]
+    if orientation == 3:
+        return a[::-1, ::-1]
+    if orientation == 4:
+        return a[::-1]
+    if orientation == 5:
+        return a.swapaxes(0, 1)
+    if orientation == 6:
+        return a[::-1].swapaxes(0, 1)
+    if orientation == 7:
+        return a[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return a[:, ::-1].swapaxes(0, 1)
+    return a
+
+
+def _to_float(a: np.ndarray, maxval: float) -> np.ndarray:
+    """Contiguous float32 copy scaled to [0, 1] (one allocation)."""
+    out = np.empty(a.shape, dtype=np.float32)
+    np.multiply(a, np.float32(1.0 / maxval), out=out, casting="unsafe")
+    return out
+
+
+def _raw_exif(im) -> bytes | None:
+    """The source EXIF as raw bytes, whatever the container."""
+    info = im.info
+    exif = info.get("exif")
+    if isinstance(exif, (bytes, bytearray)) and exif:
+        return bytes(exif)
+    raw = info.get("Raw profile type exif")  # ImageMagick PNG text chunk
+    if isinstance(raw, str):
         try:
-            os.unlink(tmp)
+            return bytes.fromhex("".join(raw.split("\n")[3:]))
+        except ValueError:
+            return None
+    if im.format == "TIFF":
+        try:  # a TIFF's own tags: keep only the descriptive ones + Exif/GPS sub-IFDs
+            src = im.getexif()
+            out = _pil().Exif()
+            for tag in _TIFF_DESCRIPTIVE:
+                if tag in src:
+                    out[tag] = src[tag]
+            for tag in (0x8769, 0x8825):
+                ifd = src.get_ifd(tag)
+                if ifd:
+                    out[tag] = ifd
+            if len(out):
+                return out.tobytes()
+        except Exception:
+            return None
+    return None
+
+
+_TIFF_DESCRIPTIVE = (269, 270, 271, 272, 285, 305, 306, 315, 316, 33432, 18246, 18249)
+
+
+def _xmp_of(im) -> bytes | None:
+    info = im.info
+    for key in ("xmp", "XML:com.adobe.xmp"):
+        v = info.get(key)
+        if isinstance(v, str) and v:
+            return v.encode("utf-8")
+        if isinstance(v, (bytes, bytearray)) and v:
+            return bytes(v)
+    if im.format == "TIFF":
+        try:
+            v = im.tag_v2.get(700)
+            if isinstance(v, (bytes, bytearray)) and v:
+                return bytes(v)
+            if isinstance(v, str) and v:
+                return v.encode("utf-8")
+        except Exception:
+            return None
+    return None
+
+
+def _icc_space(icc: bytes | None) -> bytes | None:
+    return bytes(icc[16:20]) if icc and len(icc) >= 128 else None
+
+
+def _dpi_of(im) -> tuple[float, float] | None:
+    dpi = im.info.get("dpi")
+    try:
+        x, y = float(dpi[0]), float(dpi[1])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if not (0 < x < 100_000 and 0 < y < 100_000):
+        return None
+    return (x, y)
+
+
+def _is_16bit_colour(im) -> bool:
+    if im.mode not in ("RGB", "RGBA", "LA"):
+        return False
+    if im.format == "PNG":
+        try:
+            return ";16" in str(im.tile[0][3])
+        except (IndexError, TypeError):
+            return False
+    if im.format == "TIFF":
+        try:
+            bits = im.tag_v2.get(258)
+            bits = bits if isinstance(bits, tuple) else (bits,)
+            return any(int(b) == 16 for b in bits if b is not None)
+        except Exception:
+            return False
+    return False
+
+
+def _decode16_cv2(p: Path, w: int, h: int):
+    """16-bit colour PNG/TIFF with OpenCV: (rgb uint16 (H,W,3), alpha uint16 | None) or None."""
+    import cv2
+
+    buf = np.fromfile(p, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype != np.uint16 or img.shape[:2] != (h, w):
+        return None
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2), None
+    c = img.shape[2]
+    if c == 2:
+        return np.repeat(img[..., :1], 3, axis=2), img[..., 1]
+    if c == 3:
+        return img[..., ::-1], None
+    if c == 4:
+        return img[..., 2::-1], img[..., 3]
+    return None
+
+
+def _pixels_of(im, p: Path, info: dict[str, Any]):
+    """Decoded image -> (array (H,W,3) of some dtype, maxval, alpha array | None, maxval_a, depth,
+    icc override flag)."""
+    mode = im.mode
+    icc = im.info.get("icc_profile")
+    space = _icc_space(icc)
+    alpha = None
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I;16S", "I;16BS", "I;16LS"):
+        a = np.asarray(im)
+        if a.dtype.kind == "i":
+            a = np.clip(a, 0, None)
+        return np.repeat(a[..., None], 3, axis=2), 65535.0, None, 1.0, 16
+    if mode == "I":
+        a = np.asarray(im)
+        bits = 16
+        if im.format == "TIFF":
+            try:
+                b = im.tag_v2.get(258)
+                bits = int(b[0] if isinstance(b, tuple) else b)
+            except Exception:
+                bits = 16
+        maxval = float(2 ** min(max(bits, 8), 32) - 1)
+        a = np.clip(a.astype(np.float64), 0, maxval)
+        return np.repeat(a[..., None], 3, axis=2), maxval, None, 1.0, 16
+    if mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        peak = float(a.max()) if a.size else 1.0
+        scale = 1.0 if peak <= 1.0 + 1e-3 else (max(255.0, peak))
+        a = np.clip(a / scale, 0.0, 1.0)
+        info["source_sample_format"] = "float"
+        return np.repeat(a[..., None], 3, axis=2), 1.0, None, 1.0, 16
+    if mode == "CMYK":
+        info["converted_from"] = "CMYK"
+        if space == b"CMYK":
+            try:
+                from PIL import ImageCms
+
+                src = ImageCms.ImageCmsProfile(_bytes_io(icc))
+                dst = ImageCms.createProfile("sRGB")
+                im = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+                info["icc_converted"] = "CMYK profile -> sRGB"
+            except Exception:
+                im = im.convert("RGB")
+        else:
+            im = im.convert("RGB")
+        info["drop_icc"] = True
+        return np.asarray(im), 255.0, None, 1.0, 8
+    if mode in ("L", "LA", "La", "1", "P", "PA") and space == b"GRAY" and mode in ("L", "LA"):
+        try:  # a grey profile cannot be embedded in an RGB file: convert to sRGB now
+            from PIL import ImageCms
+
+            a_band = im.getchannel("A") if mode == "LA" else None
+            src = ImageCms.ImageCmsProfile(_bytes_io(icc))
+            im = ImageCms.profileToProfile(im.convert("L"), src, ImageCms.createProfile("sRGB"),
+                                           outputMode="RGB")
+            info["icc_converted"] = "grey profile -> sRGB"
+            info["drop_icc"] = True
+            if a_band is not None:
+                alpha = np.asarray(a_band)
+            return np.asarray(im), 255.0, alpha, 255.0, 8
+        except Exception:
+            info["drop_icc"] = True
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        t = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                    "LAB", "RGB")
+        im = ImageCms.applyTransform(im, t)
+        info["converted_from"] = "LAB"
+        info["drop_icc"] = True
+        return np.asarray(im), 255.0, None, 1.0, 8
+    has_alpha = mode in ("RGBA", "LA", "La", "PA", "RGBa") or "transparency" in im.info
+    if mode == "L" and not has_alpha:
+        return np.repeat(np.asarray(im)[..., None], 3, axis=2), 255.0, None, 1.0, 8
+    if mode == "LA":
+        a = np.asarray(im)
+        return np.repeat(a[..., :1], 3, axis=2), 255.0, a[..., 1], 255.0, 8
+    if has_alpha:
+        if mode not in ("RGBA",):
+            im = im.convert("RGBA")
+        a = np.asarray(im)
+        return a[..., :3], 255.0, a[..., 3], 255.0, 8
+    if mode != "RGB":
+        if mode not in ("YCbCr", "HSV", "RGBX", "1", "P", "L"):
+            info["converted_from"] = mode
+        im = im.convert("RGB")
+        if im.mode != "RGB":
+            raise BadImage(p, f"unsupported colour mode {mode}")
+    return np.asarray(im), 255.0, alpha, 255.0, 8
+
+
+def _bytes_io(b: bytes):
+    import io
+
+    return io.BytesIO(b)
+
+
+def load_photo(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> Photo:
+    """Decode a photo upright as float32 RGB in [0, 1] with its metadata.
+
+    Raises ``BadImage`` (file named, reason given) for anything unreadable and ``ImageTooLarge``
+    above ``max_pixels`` (default: ``MEND_MAX_MEGAPIXELS`` or 200 megapixels).
+    """
+    p = Path(path)
+    limit = int(max_pixels) if max_pixels else max_pixels_default()
+    _check_path(p)
+    try:
+        return _load(p, limit)
+    except EngineError:
+        raise
+    except RecursionError:
+        raise BadImage(p, "the file is damaged (nested structure too deep)") from None
+    except Exception as e:  # decoders raise many types for broken files
+        raise _fail(p, e) from None
+
+
+def _load(p: Path, limit: int) -> Photo:
+    im = _open_image(p, limit)
+    with im:
+        fmt = im.format or "unknown"
+        info: dict[str, Any] = {"source_mode": im.mode, "warnings": []}
+        n_frames = int(getattr(im, "n_frames", 1) or 1)
+        if n_frames > 1:
+            info["frames"] = n_frames
+            im.seek(0)
+        is16 = _is_16bit_colour(im)  # needs the tile list, which load() clears
+        im.load()
+        if im.size[0] * im.size[1] > limit:  # a frame can differ from the header
+            raise _too_large(p, im.size[0] * im.size[1], limit)
+        if fmt in ("JPEG", "MPO"):
+            q = getattr(im, "quantization", None) or {}
+            info["jpeg_quantization"] = {int(k): [int(x) for x in v] for k, v in q.items()}
+            if im.info.get("progressive") or im.info.get("progression"):
+                info["progressive"] = True
+            if isinstance(im.info.get("comment"), bytes):
+                info["comment"] = im.info["comment"]
+        raw_exif = _raw_exif(im)
+        xmp = _xmp_of(im)
+        icc = im.info.get("icc_profile") or None
+        dpi = _dpi_of(im)
+        if fmt == "TIFF":
+            try:
+                orientation = int(im.tag_v2.get(274, 1) or 1)
+            except Exception:
+                orientation = 1
+        else:
+            orientation = exif_orientation(raw_exif)
+        if orientation == 1 and raw_exif is None:
+            orientation = _xmp_orientation(xmp)
+        if orientation not in range(1, 9):
+            orientation = 1
+        if im.info.get("original_orientation"):  # pillow-heif has applied it already
+            info["exif_orientation"] = int(im.info["original_orientation"])
+        else:
+            info["exif_orientation"] = orientation
+
+        w, h = im.size
+        alpha = None
+        a16 = _decode16_cv2(p, w, h) if is16 else None
+        if a16 is not None:
+            arr, maxval, alpha, amax, depth = a16[0], 65535.0, a16[1], 65535.0, 16
+            info["decoder"] = "opencv"
+        else:
+            arr, maxval, alpha, amax, depth = _pixels_of(im, p, info)
+        if info.pop("drop_icc", False):
+            icc = None
+        elif icc is not None and _icc_space(icc) not in (b"RGB ", None):
+            info["warnings"].append(f"dropped an ICC profile for {_icc_space(icc)!r} data")
+            icc = None
+
+    if orientation != 1:
+        arr = _orient(arr, orientation)
+        if alpha is not None:
+            alpha = _orient(alpha, orientation)
+        if orientation >= 5 and dpi:
+            dpi = (dpi[1], dpi[0])
+    pixels = _to_float(arr, maxval)
+    alpha_f = _to_float(alpha, amax) if alpha is not None else None
+    if alpha_f is not None and float(alpha_f.min()) >= 1.0:
+        alpha_f = None  # fully opaque: no alpha to carry around
+
+    exif = None
+    if raw_exif is not None:
+        exif = clean_exif(raw_exif)
+        if exif is None:
+            info["warnings"].append("dropped unreadable EXIF data")
+    return Photo(
+        path=p, pixels=pixels, alpha=alpha_f, bit_depth=depth, format=fmt, icc_profile=icc,
+        exif=exif, xmp=_xmp_reset_orientation(xmp), dpi=dpi, info=info,
+    )
+
+
+def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
+    """A fast upright uint8 RGB (h, w, 3) view no larger than ``max_side`` (JPEG draft mode)."""
+    p = Path(path)
+    _check_path(p)
+    max_side = max(1, int(max_side))
+    try:
+        im = _open_image(p, max_pixels_default())
+        with im:
+            fmt = im.format
+            if fmt in ("JPEG", "MPO"):
+                im.draft("RGB", (max_side, max_side))
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            im.load()
+            if fmt == "TIFF":
+                try:
+                    orientation = int(im.tag_v2.get(274, 1) or 1)
+                except Exception:
+                    orientation = 1
+            else:
+                orientation = exif_orientation(_raw_exif(im))
+            small = _preview_rgb8(im, max_side)
+        if orientation in range(2, 9):
+            small = _orient(small, orientation)
+        return np.ascontiguousarray(small)
+    except EngineError:
+        raise
+    except Exception as e:
+        raise _fail(p, e) from None
+
+
+def _preview_rgb8(im, max_side: int) -> np.ndarray:
+    Image = _pil()
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im).astype(np.float32)
+        top = 65535.0 if mode != "F" else max(1.0, float(a.max()) if a.size else 1.0)
+        im = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if im.mode != "RGB":
+        im = im.convert("RGBA").convert("RGB") if "transparency" in im.info else im.convert("RGB")
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(im)
+
+
+# --------------------------------------------------------------------------------------------
+# XMP packet with the Mend record
+
+
+_RECORD_DESC_RE = re.compile(
+    r"<rdf:Description\b[^>]*xmlns:mend=[\"']" + re.escape(MEND_XMP_NS) + r"[\"'][^>]*>.*?"
+    r"</rdf:Description>\s*", re.DOTALL)
+_RECORD_RE = re.compile(r"<mend:record>(.*?)</mend:record>", re.DOTALL)
+
+
+def _record_description(record: dict) -> str:
+    text = json.dumps(record, ensure_ascii=False, sort_keys=True, default=str)
+    esc = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return (f'<rdf:Description rdf:about="" xmlns:mend="{MEND_XMP_NS}">'
+            f"<mend:record>{esc}</mend:record></rdf:Description>")
+
+
+def xmp_with_record(xmp: bytes | None, record: dict | None) -> bytes | None:
+    """Merge the Mend record into an XMP packet (a new packet when there is none)."""
+    if record is None:
+        return xmp
+    desc = _record_description(record)
+    if xmp:
+        try:
+            text = xmp.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        text = text.rstrip("\x00")
+        text = _RECORD_DESC_RE.sub("", text)
+        i = text.rfind("</rdf:RDF>")
+        if i >= 0:
+            return (text[:i] + desc + text[i:]).encode("utf-8")
+        log.warning("source XMP is not well formed: writing a fresh XMP packet")
+    return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+            '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            f"{desc}</rdf:RDF></x:xmpmeta>"
+            '<?xpacket end="w"?>').encode()
+
+
+def record_from_xmp(xmp: bytes | str | None) -> dict | None:
+    if not xmp:
+        return None
+    text = xmp.decode("utf-8", "replace") if isinstance(xmp, (bytes, bytearray)) else xmp
+    found = _RECORD_RE.findall(text)
+    if not found:
+        return None
+    try:
+        value = json.loads(html.unescape(found[-1]))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_record(path: str | os.PathLike[str]) -> dict | None:
+    """The Mend record stored in a file written by ``save_photo`` (None when there is none)."""
+    p = Path(path)
+    _check_path(p)
+    try:
+        im = _pil().open(p)
+        with im:
+            xmp = _xmp_of(im)
+            if xmp is None and im.format == "PNG":
+                im.load()  # an iTXt chunk after the image data
+                xmp = _xmp_of(im)
+            return record_from_xmp(xmp)
+    except Exception as e:
+        raise _fail(p, e) from None
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+
+
+_PART_RE = re.compile(r"^\..+\.mend-(\d+)-[0-9a-f]+\.part$")
+_USE_O_TMPFILE = hasattr(os, "O_TMPFILE")
+
+
+def sweep_partials(folder: str | os.PathLike[str]) -> int:
+    """Delete temp files left in ``folder`` by Mend processes that died mid-write.
+
+    Only files named ``.<name>.mend-<pid>-<hex>.part`` whose process no longer runs.
+    Returns how many were removed.
+    """
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        m = _PART_RE.match(name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed += 1
         except OSError:
             pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@functools.lru_cache(maxsize=1)
+def _linkat():
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    fn = libc.linkat
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn, ctypes
+
+
+def _link_fd(fd: int, dest: Path) -> None:
+    """Give an O_TMPFILE file a name (raises FileExistsError when ``dest`` exists)."""
+    fn, ctypes = _linkat()
+    at_fdcwd, at_empty_path = -100, 0x1000
+    if fn(fd, b"", at_fdcwd, os.fsencode(dest), at_empty_path) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(errno.EEXIST, os.strerror(err), str(dest))
+    os.link(f"/proc/self/fd/{fd}", dest)  # needs /proc; may raise
+
+
+def _candidates(dest: Path):
+    yield dest
+    for i in range(1, 10_000):
+        yield dest.with_name(f"{dest.stem}_{i}{dest.suffix}")
+    raise SaveFailed(f"{dest}: too many files with this name")
+
+
+def _save_error(dest: Path, e: OSError) -> SaveFailed:
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return SaveFailed(f"{dest}: the disk is full; nothing was written (free some space "
+                          "or choose another folder)")
+    if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return SaveFailed(f"{dest}: cannot write here (permission denied or read-only folder)")
+    return SaveFailed(f"{dest}: could not write the file ({e.strerror or e})")
+
+
+def _atomic_write(dest: Path, write: Callable[[BinaryIO], None], *, overwrite: bool) -> Path:
+    """Write via ``write(fileobj)`` atomically; returns the final path (suffixed on clashes when
+    ``overwrite`` is false). No partial file is ever visible under a final name."""
+    dest = Path(dest)
+    folder = dest.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _save_error(dest, e) from None
+    sweep_partials(folder)
+    if _USE_O_TMPFILE:
+        try:
+            fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o666)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS):
+                raise _save_error(dest, e) from None
+            fd = -1  # filesystem without O_TMPFILE: fall back to a named temp file
+        if fd >= 0:
+            return _write_tmpfile(fd, dest, write, overwrite)
+    return _write_named(dest, write, overwrite)
+
+
+def _write_tmpfile(fd: int, dest: Path, write, overwrite: bool) -> Path:
+    with os.fdopen(fd, "wb") as f:  # closing an unnamed O_TMPFILE frees it: nothing is left
+        try:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:
+            raise _save_error(dest, e) from None
+        try:
+            final = _name_tmpfile(f.fileno(), dest, overwrite)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, getattr(errno, "EDQUOT", -1)):
+                raise _save_error(dest, e) from None
+            data_fd = f.fileno()  # linking not allowed here: copy into a named temp file
+
+            def copy(out: BinaryIO) -> None:
+                os.lseek(data_fd, 0, os.SEEK_SET)
+                with os.fdopen(os.dup(data_fd), "rb") as src:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+
+            return _write_named(dest, copy, overwrite)
+    _fsync_dir(dest.parent)
+    return final
+
+
+def _name_tmpfile(fd: int, dest: Path, overwrite: bool) -> Path:
+    if overwrite:
+        tmp = _temp_name(dest)
+        _link_fd(fd, tmp)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        return dest
+    for cand in _candidates(dest):
+        try:
+            _link_fd(fd, cand)
+        except FileExistsError:
+            continue
+        return cand
+    raise SaveFailed(f"{dest}: too many files with this name")  # pragma: no cover
+
+
+def _temp_name(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.mend-{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
+def _unlink_quiet(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def _write_named(dest: Path, write, overwrite: bool) -> Path:
+    tmp = _temp_name(dest)
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, dest)
+            final = dest
+        else:
+            final = None
+            for cand in _candidates(dest):
+                if cand.exists():
+                    continue
+                try:
+                    os.link(tmp, cand)  # no-clobber where hard links work
+                    os.unlink(tmp)
+                except FileExistsError:
+                    continue
+                except OSError:
+                    os.replace(tmp, cand)
+                final = cand
+                break
+    except OSError as e:
+        _unlink_quiet(tmp)
+        raise _save_error(dest, e) from None
+    except BaseException:
+        _unlink_quiet(tmp)
         raise
+    _fsync_dir(dest.parent)
+    return final
+
+
+def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes, *,
+                       overwrite: bool = True) -> Path:
+    """Write ``data`` atomically (temp file in the target folder, fsync, rename).
+
+    Replaces ``dest`` by default; with ``overwrite=False`` a clash gets a ``_1``, ``_2``...
+    suffix. Returns the final path. Raises ``SaveFailed`` (disk full, permissions...).
+    """
+    return _atomic_write(Path(dest), lambda f: f.write(data), overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------------------------
+# saving
+
+
+def _norm_format(name: str | None) -> str | None:
+    if not name:
+        return None
+    n = name.lower().lstrip(".")
+    n = _FORMAT_ALIASES.get(n, n)
+    if n not in _OUT_FORMATS:
+        raise SaveFailed(f"cannot save as {name!r} (choose jpeg, png, tiff or webp)")
+    return n
+
+
+def _output_format(dest: Path, options: OutputOptions, like: Photo | None) -> str:
+    fmt = _norm_format(options.format)
+    if fmt:
+        return fmt
+    by_ext = _EXT_TO_OUT.get(dest.suffix.lower())
+    if by_ext:
+        return by_ext
+    if like is not None:
+        return _SOURCE_TO_OUT.get(like.format, "png")
+    return "png"
+
+
+def output_path_for(src: str | os.PathLike[str], options: OutputOptions | None = None) -> Path:
+    """Where the result of ``src`` goes: ``<out_dir or src folder>/<stem><suffix>.<ext>``,
+    with ``_1``, ``_2``... when taken; never the source itself."""
+    options = options or OutputOptions()
+    src = Path(src)
+    fmt = _norm_format(options.format) or _EXT_TO_OUT.get(src.suffix.lower(), "png")
+    folder = Path(options.out_dir) if options.out_dir else src.parent
+    dest = folder / f"{src.stem}{options.suffix}{_OUT_FORMATS[fmt][0]}"
+    for cand in _candidates(dest):
+        if not cand.exists() and not _same_file(cand, src):
+            return cand
+    raise SaveFailed(f"{dest}: too many files with this name")  # pragma: no cover
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _quantise(pixels: np.ndarray, depth: int) -> np.ndarray:
+    a = np.asarray(pixels)
+    if a.dtype == np.uint8 and depth == 8:
+        return a
+    if a.dtype == np.uint16 and depth == 16:
+        return a
+    if a.dtype == np.uint8:
+        return a.astype(np.uint16) * 257
+    if a.dtype == np.uint16:
+        return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    top = 255.0 if depth == 8 else 65535.0
+    f = np.nan_to_num(a.astype(np.float32, copy=True), nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(f, 0.0, 1.0, out=f)
+    f *= top
+    f += 0.5
+    return f.astype(np.uint8 if depth == 8 else np.uint16)
+
+
+def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo | None = None,
+               options: OutputOptions | None = None, alpha: np.ndarray | None = None,
+               record: dict | None = None, overwrite: bool = False) -> Path:
+    """Save float RGB [0, 1] (H, W, 3) atomically with the source's metadata; return the path.
+
+    The format comes from ``options.format``, else ``dest``'s extension, else the source; the
+    extension is fixed to match. 16-bit output when the source was 16-bit and the format allows
+    (PNG/TIFF) unless ``options.bit_depth`` says otherwise. Never writes the source file
+    (``SaveFailed``); an existing ``dest`` gets a ``_1``, ``_2``... suffix unless ``overwrite``.
+    """
+    options = options or OutputOptions()
+    dest = Path(dest)
+    fmt = _output_format(dest, options, like)
+    ext, accepted = _OUT_FORMATS[fmt]
+    if dest.suffix.lower() not in accepted:
+        dest = dest.with_name(dest.name + ext) if not dest.suffix else dest.with_suffix(ext)
+    if like is not None and _same_file(dest, Path(like.path)):
+        raise SaveFailed(f"{dest}: refusing to overwrite the original photo")
+
+    arr = np.asarray(pixels)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise SaveFailed(f"{dest}: not an RGB image (shape {arr.shape})")
+    if arr.shape[2] == 4:
+        if alpha is None:
+            alpha = arr[..., 3]
+        arr = arr[..., :3]
+    h, w = arr.shape[:2]
+
+    depth = options.bit_depth or (like.bit_depth if like is not None else
+                                  (16 if arr.dtype == np.uint16 else 8))
+    depth = 16 if depth >= 16 and fmt in ("png", "tiff") else 8
+    rgb = _quantise(arr, depth)
+    a = None
+    if alpha is not None and fmt != "jpeg":
+        al = np.asarray(alpha)
+        if al.ndim == 3:
+            al = al[..., 0]
+        if al.shape != (h, w):
+            import cv2
+
+            al = cv2.resize(al.astype(np.float32) / (255.0 if al.dtype == np.uint8 else 1.0),
+                            (w, h), interpolation=cv2.INTER_LINEAR)
+        a = _quantise(al, depth)
+
+    keep = options.keep_metadata and like is not None
+    icc = like.icc_profile if keep and _icc_space(like.icc_profile) == b"RGB " else None
+    exif = clean_exif(like.exif, w, h) if keep and like.exif else None
+    xmp = _xmp_reset_orientation(like.xmp) if keep else None
+    dpi = None
+    if keep and like.dpi:
+        s = w / max(1, like.width)  # keep the print size when the result is larger
+        dpi = (like.dpi[0] * s, like.dpi[1] * s)
+    xmp = xmp_with_record(xmp, record)
+    meta = _Meta(icc=icc, exif=exif, xmp=xmp, dpi=dpi,
+                 comment=like.info.get("comment") if keep else None)
+
+    encoder = {"jpeg": _encode_jpeg, "png": _encode_png, "tiff": _encode_tiff,
+               "webp": _encode_webp}[fmt]
+    try:
+        data = encoder(rgb, a, meta, options)
+    except EngineError:
+        raise
+    except MemoryError:
+        raise SaveFailed(f"{dest}: not enough memory to encode the image") from None
+    except Exception as e:
+        raise SaveFailed(f"{dest}: could not encode the image ({type(e).__name__}: {e})") from e
+    return _atomic_write(dest, lambda f: f.write(data), overwrite=overwrite)
+
+
+@dataclass
+class _Meta:
+    icc: bytes | None
+    exif: bytes | None
+    xmp: bytes | None
+    dpi: tuple[float, float] | None
+    comment: bytes | None = None
+
+
+def _pil_save(im, fmt: str, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _encode_jpeg(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
+    Image = _pil()
+    im = Image.fromarray(rgb, "RGB")
+    q = int(min(100, max(1, options.quality)))
+    kw: dict[str, Any] = {"quality": q, "subsampling": 0 if q >= 90 else 2}
+    if meta.icc:
+        kw["icc_profile"] = meta.icc
+    if meta.exif:
+        kw["exif"] = meta.exif
+    if meta.dpi:
+        kw["dpi"] = (int(round(meta.dpi[0])), int(round(meta.dpi[1])))
+    if meta.comment:
+        kw["comment"] = meta.comment
+    xmp = meta.xmp
+    if xmp and len(xmp) > 65000:  # one APP1 segment; keep the record, drop the source XMP
+        log.warning("source XMP too large for a JPEG segment: dropped")
+        xmp = xmp_with_record(None, record_from_xmp(xmp))
+    if xmp:
+        kw["xmp"] = xmp
+    return _pil_save(im, "JPEG", **kw)
+
+
+def _encode_webp(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
+    Image = _pil()
+    im = Image.fromarray(rgb, "RGB")
+    if a is not None:
+        im.putalpha(Image.fromarray(a, "L"))
+    kw: dict[str, Any] = {"quality": int(min(100, max(1, options.quality))), "method": 4}
+    if meta.icc:
+        kw["icc_profile"] = meta.icc
+    if meta.exif:
+        kw["exif"] = meta.exif[6:]
+    if meta.xmp:
+        kw["xmp"] = meta.xmp
+    return _pil_save(im, "WEBP", **kw)
+
+
+def _png_chunk(ctype: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + ctype + data
+            + struct.pack(">I", zlib.crc32(ctype + data) & 0xFFFFFFFF))
+
+
+def _encode_png(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
+    import cv2
+
+    if a is not None:
+        img = np.dstack([rgb[..., ::-1], a])
+    else:
+        img = np.ascontiguousarray(rgb[..., ::-1])
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 4])
+    if not ok:
+        raise SaveFailed("PNG encoder failed")
+    png = buf.tobytes()
+    extra = b""
+    if meta.icc:
+        extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(meta.icc))
+    if meta.dpi:
+        ppm = [max(1, int(round(d / 0.0254))) for d in meta.dpi]
+        extra += _png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
+    if meta.exif:
+        extra += _png_chunk(b"eXIf", meta.exif[6:])
+    if meta.xmp:
+        extra += _png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + meta.xmp)
+    # drop colour/density chunks the encoder may have written, then insert ours after IHDR
+    out = [png[:8]]
+    pos = 8
+    while pos + 8 <= len(png):
+        (length,) = struct.unpack_from(">I", png, pos)
+        ctype = png[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if ctype not in (b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"pHYs", b"eXIf"):
+            out.append(png[pos:end])
+            if ctype == b"IHDR":
+                out.append(extra)
+        pos = end
+    return b"".join(out)
+
+
+# TIFF writer (8/16-bit RGB[A], Adobe deflate with horizontal predictor, EXIF/GPS sub-IFDs)
+
+_TIFF_SKIP_EXIF = {0x927C, 0xA005, 0xA002, 0xA003}  # maker note, interop pointer, pixel size
+
+
+def _exif_entries(exif: bytes | None):
+    """(byte order, IFD0 descriptive entries, Exif IFD entries, GPS entries) of an EXIF blob."""
+    body = _tiff_body(exif)
+    if body is None:
+        return None
+    try:
+        t = _Tiff(body)
+        ifd0: list = []
+        exif_e: list = []
+        gps: list = []
+        subs: dict[int, int] = {}
+        for e, tag, typ, count, voff, nbytes in t.entries(t.u32(4)):
+            if tag in (0x8769, 0x8825) and typ in (4, 13):
+                subs[tag] = t.u32(e + 8)
+            elif tag in _TIFF_DESCRIPTIVE and typ in _TYPE_SIZE and voff + nbytes <= len(body):
+                ifd0.append((tag, typ, count, body[voff:voff + nbytes]))
+        for ptr, bucket, skip in ((0x8769, exif_e, _TIFF_SKIP_EXIF), (0x8825, gps, set())):
+            if ptr not in subs:
+                continue
+            try:
+                for _e, tag, typ, count, voff, nbytes in t.entries(subs[ptr]):
+                    if tag in skip or typ not in _TYPE_SIZE or voff + nbytes > len(body):
+                        continue
+                    bucket.append((tag, typ, count, body[voff:voff + nbytes]))
+            except ValueError:
+                continue
+        return t.bo, ifd0, exif_e, gps
+    except (ValueError, struct.error):
+        return None
+
+
+def _ifd_blob(bo: str, entries: list, base: int) -> bytes:
+    entries = sorted(entries, key=lambda x: x[0])
+    table = bytearray(struct.pack(bo + "H", len(entries)))
+    overflow = bytearray()
+    data_at = base + 2 + 12 * len(entries) + 4
+    for tag, typ, count, payload in entries:
+        if len(payload) <= 4:
+            table += struct.pack(bo + "HHI", tag, typ, count) + payload.ljust(4, b"\x00")
+        else:
+            table += struct.pack(bo + "HHII", tag, typ, count, data_at + len(overflow))
+            overflow += payload
+            if len(overflow) % 2:
+                overflow += b"\x00"
+    table += struct.pack(bo + "I", 0)
+    return bytes(table + overflow)
+
+
+def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
+    parsed = _exif_entries(meta.exif) if meta.exif else None
+    bo = parsed[0] if parsed else "<"
+    img = np.dstack([rgb, a]) if a is not None else rgb
+    h, w, spp = img.shape
+    depth = 16 if img.dtype == np.uint16 else 8
+    dt = np.dtype(bo + ("u2" if depth == 16 else "u1"))
+    rows = max(1, min(h, (1 << 18) // max(1, w * spp * (depth // 8))))
+    strips: list[bytes] = []
+    for y in range(0, h, rows):
+        block = img[y:y + rows].astype(dt, copy=True)
+        block[:, 1:] -= img[y:y + rows, :-1].astype(dt)  # predictor 2 (wraps modulo 2^depth)
+        strips.append(zlib.compress(block.tobytes(), 6))
+
+    def short(*v):
+        return (3, len(v), struct.pack(bo + "H" * len(v), *v))
+
+    def long_(*v):
+        return (4, len(v), struct.pack(bo + "I" * len(v), *v))
+
+    def rational(x: float):
+        num = int(round(x * 1000))
+        return (5, 1, struct.pack(bo + "II", max(1, num), 1000))
+
+    def build(strip_offsets, exif_off, gps_off):
+        e: dict[int, tuple] = {}
+        if parsed:
+            for tag, typ, count, payload in parsed[1]:
+                e[tag] = (typ, count, payload)
+        e.update({
+            256: long_(w), 257: long_(h), 258: short(*([depth] * spp)), 259: short(8),
+            262: short(2), 273: long_(*strip_offsets), 274: short(1), 277: short(spp),
+            278: long_(rows), 279: long_(*[len(s) for s in strips]), 284: short(1),
+            317: short(2), 339: short(*([1] * spp)),
+        })
+        if spp == 4:
+            e[338] = short(2)  # unassociated alpha
+        if meta.dpi:
+            e[282], e[283], e[296] = rational(meta.dpi[0]), rational(meta.dpi[1]), short(2)
+        if meta.xmp:
+            e[700] = (1, len(meta.xmp), meta.xmp)
+        if meta.icc:
+            e[34675] = (7, len(meta.icc), meta.icc)
+        if exif_off:
+            e[0x8769] = long_(exif_off)
+        if gps_off:
+            e[0x8825] = long_(gps_off)
+        return [(tag, *v) for tag, v in e.items()]
+
+    n = len(strips)
+    exif_entries = list(parsed[2]) if parsed else []
+    gps_entries = list(parsed[3]) if parsed else []
+    if exif_entries:
+        exif_entries += [(0xA002, 4, 1, struct.pack(bo + "I", w)),
+                         (0xA003, 4, 1, struct.pack(bo + "I", h))]
+    # sizes do not depend on the offsets: lay out with placeholders, then fill in
+    size0 = len(_ifd_blob(bo, build([0] * n, 1 if exif_entries else 0,
+                                     1 if gps_entries else 0), 8))
+    exif_off = 8 + size0 if exif_entries else 0
+    exif_blob = _ifd_blob(bo, exif_entries, exif_off) if exif_entries else b""
+    gps_off = 8 + size0 + len(exif_blob) if gps_entries else 0
+    gps_blob = _ifd_blob(bo, gps_entries, gps_off) if gps_entries else b""
+    pos = 8 + size0 + len(exif_blob) + len(gps_blob)
+    offsets = []
+    for s in strips:
+        offsets.append(pos)
+        pos += len(s)
+    ifd0 = _ifd_blob(bo, build(offsets, exif_off, gps_off), 8)
+    assert len(ifd0) == size0
+    header = (b"II*\x00" if bo == "<" else b"MM\x00*") + struct.pack(bo + "I", 8)
+    out = b"".join([header, ifd0, exif_blob, gps_blob, *strips])
+    if len(out) >= 1 << 32:
+        raise SaveFailed("image too large for a TIFF file (over 4 GB)")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# folders and masks
+
+
+def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "raise") -> list[Path]:
+    """Files as given, folders expanded to the photos inside (sorted, not recursive, hidden files
+    skipped). A missing path raises ``BadImage`` (``on_missing="keep"`` passes it through so
+    that loading it reports the error later)."""
+    out: list[Path] = []
+    seen: set[str] = set()
+
+    def add(p: Path) -> None:
+        key = os.path.normcase(os.path.abspath(p))
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            try:
+                entries = sorted(os.scandir(p), key=lambda e: (e.name.lower(), e.name))
+            except OSError as e:
+                raise BadImage(p, f"cannot list this folder ({e.strerror or e})") from None
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_file() and is_photo_path(Path(entry.name)):
+                        add(Path(entry.path))
+                except OSError:
+                    continue
+        elif p.exists() or on_missing == "keep":
+            add(p)
+        else:
+            raise BadImage(p, "no such file or folder")
+    return out
+
+
+def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:
+    """An 8-bit mask (white = selected) as uint8 (H, W), resized (nearest) to ``size`` = (H, W)."""
+    p = Path(path)
+    _check_path(p)
+    try:
+        im = _open_image(p, max_pixels_default())
+        with im:
+            im.load()
+            orientation = exif_orientation(_raw_exif(im)) if im.format != "TIFF" else 1
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                rgba = im.convert("RGBA")
+                grey = np.asarray(rgba.convert("L"))
+                alpha = np.asarray(rgba.getchannel("A"))
+                mask = alpha if int(grey.min()) == int(grey.max()) else grey
+            elif im.mode.startswith("I;16") or im.mode == "I":
+                mask = (np.clip(np.asarray(im, dtype=np.float32) / 257.0, 0, 255)).astype(np.uint8)
+            else:
+                mask = np.asarray(im.convert("L"))
+        mask = np.ascontiguousarray(_orient(mask, orientation))
+    except EngineError:
+        raise
+    except Exception as e:
+        raise _fail(p, e) from None
+    if size is not None:
+        hh, ww = int(size[0]), int(size[1])
+        if mask.shape != (hh, ww):
+            import cv2
+
+            mask = cv2.resize(mask, (ww, hh), interpolation=cv2.INTER_NEAREST)
+    return mask
+
+
+def save_mask(mask: np.ndarray, dest: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
+    """Save a mask as an 8-bit grey PNG (bool/float [0, 1]/uint8 accepted). Returns the path."""
+    import cv2
+
+    m = np.asarray(mask)
+    if m.ndim == 3:
+        m = m[..., 0]
+    if m.dtype == bool:
+        m = m.astype(np.uint8) * 255
+    elif m.dtype != np.uint8:
+        m = _quantise(np.asarray(m, dtype=np.float32), 8)
+    dest = Path(dest)
+    if dest.suffix.lower() != ".png":
+        dest = dest.with_suffix(".png")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(m))
+    if not ok:
+        raise SaveFailed(f"{dest}: could not encode the mask")
+    return atomic_write_bytes(dest, buf.tobytes(), overwrite=overwrite)
