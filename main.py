@@ -1,0 +1,136 @@
+"""Mend desktop app.
+
+    python main.py [FOLDER]                     open the app (optionally on a folder)
+    python main.py --screenshot FILE [--open FOLDER] [--state browser|viewer|mask]
+                                                render the window offscreen to a PNG and exit
+
+Batch and scripting: the ``mend`` command (``mend --help``), e.g. ``mend fix photo.jpg``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="main.py",
+        description="Mend: diagnose what is wrong with a photo and fix it, offline.",
+        epilog="For batch work and scripts use the command-line tool: mend --help "
+               "(e.g. mend diagnose PHOTO, mend fix PHOTO, mend models list).")
+    p.add_argument("folder", nargs="?", help="folder of photos to open")
+    p.add_argument("--open", dest="open_folder", metavar="FOLDER", help="folder of photos to open")
+    p.add_argument("--screenshot", metavar="FILE", help="render the window offscreen to FILE (PNG)")
+    p.add_argument("--state", choices=("browser", "viewer", "mask"), default="browser",
+                   help="what the screenshot shows (default: browser)")
+    p.add_argument("--photo", help="photo (file name in the folder) for --state viewer/mask")
+    p.add_argument("--size", default="1440x900", help="window size for --screenshot")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for thumbnails / the engine in --screenshot")
+    return p
+
+
+def _has_display() -> bool:
+    if os.environ.get("QT_QPA_PLATFORM"):
+        return True
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    folder = args.open_folder or args.folder
+    if args.screenshot:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        return _screenshot(args, folder)
+    if not _has_display():
+        print("mend: no display found (DISPLAY / WAYLAND_DISPLAY unset). "
+              "Use the command-line tool instead: mend --help", file=sys.stderr)
+        return 2
+    from ui.app import create_app
+    from ui.main_window import MainWindow
+
+    app = create_app(sys.argv[:1])
+    win = MainWindow()
+    win.show()
+    if folder:
+        win.open_folder(Path(folder))
+    return app.exec()
+
+
+def _wait(app, cond, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        app.processEvents()
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _screenshot(args, folder: str | None) -> int:
+    import tempfile
+
+    # a private settings file: screenshots never read or change the user's settings
+    tmp = Path(tempfile.mkdtemp(prefix="mend-shot-"))
+    os.environ.setdefault("MEND_UI_SETTINGS", str(tmp / "settings.ini"))
+    os.environ.setdefault("MEND_UI_DATA_DIR", str(tmp / "data"))
+    from ui.app import create_app
+    from ui.engine_client import EngineClient
+    from ui.main_window import MainWindow
+    from ui.settings import AppSettings
+
+    app = create_app(sys.argv[:1])
+    client = EngineClient()
+    win = MainWindow(client, AppSettings(backend="builtin", profile="builtin",
+                                         out_dir=str(tmp / "out")), ask_resume=False)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    win.resize(w, h)
+    win.show()
+    status = 0
+    try:
+        if folder:
+            win.open_folder(Path(folder))
+            n = min(win.model.rowCount(), 24)
+            _wait(app, lambda: win.model.ready_count() + win.model.failed_count() >= n,
+                  args.timeout)
+            items = win.model.items()
+            target = None
+            if args.photo:
+                target = next((i.path for i in items if i.path.name == args.photo), None)
+            elif items:
+                target = items[0].path
+            if args.state == "browser":
+                win.diagnose_all()
+                _wait(app, win.client.is_idle, args.timeout)
+                if target is not None:
+                    win.select_path(target)
+            elif target is not None:
+                win.select_path(target)
+                win.diagnose([target])
+                _wait(app, win.client.is_idle, args.timeout)
+                win.fix(target)
+                _wait(app, win.client.is_idle, args.timeout)
+                win.show_viewer(target)
+                _wait(app, lambda: win._view is not None and win.bg.pending() == 0, args.timeout)
+                if args.state == "mask":
+                    win.show_mask_editor()
+        _wait(app, lambda: False, 0.3)
+        img = win.grab()
+        if not img.save(args.screenshot):
+            print(f"could not write {args.screenshot}", file=sys.stderr)
+            status = 1
+        else:
+            print(args.screenshot)
+    finally:
+        win.close()
+        client.shutdown()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""QApplication set-up: high-DPI, dark theme, logging to a rotating file."""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QGuiApplication, QPalette
+from PySide6.QtWidgets import QApplication
+
+from .settings import APP, ORG, data_dir
+
+STYLE = Path(__file__).resolve().parents[1] / "resources" / "style" / "dark.qss"
+
+
+def dark_palette() -> QPalette:
+    p = QPalette()
+    roles = {
+        QPalette.ColorRole.Window: "#1e2024", QPalette.ColorRole.WindowText: "#e4e6ea",
+        QPalette.ColorRole.Base: "#1a1c20", QPalette.ColorRole.AlternateBase: "#23262b",
+        QPalette.ColorRole.ToolTipBase: "#2a2d33", QPalette.ColorRole.ToolTipText: "#e4e6ea",
+        QPalette.ColorRole.Text: "#e4e6ea", QPalette.ColorRole.Button: "#2a2d33",
+        QPalette.ColorRole.ButtonText: "#e4e6ea", QPalette.ColorRole.BrightText: "#ffffff",
+        QPalette.ColorRole.Highlight: "#3a6ea5", QPalette.ColorRole.HighlightedText: "#ffffff",
+        QPalette.ColorRole.Link: "#6aaef0", QPalette.ColorRole.Mid: "#5a5f68",
+        QPalette.ColorRole.PlaceholderText: "#7a7f88",
+    }
+    for role, colour in roles.items():
+        p.setColor(role, QColor(colour))
+    p.setColor(QPalette.ColorGroup.Disabled, QPalette.ColorRole.Text, QColor("#6a6f78"))
+    p.setColor(QPalette.ColorGroup.Disabled, QPalette.ColorRole.ButtonText, QColor("#6a6f78"))
+    return p
+
+
+def setup_logging() -> Path | None:
+    try:
+        d = data_dir() / "logs"
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "mend.log"
+        h = logging.handlers.RotatingFileHandler(path, maxBytes=2 << 20, backupCount=3,
+                                                 encoding="utf-8")
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("mend")
+        root.addHandler(h)
+        root.setLevel(logging.INFO)
+        return path
+    except OSError:
+        return None
+
+
+def create_app(argv: list[str] | None = None) -> QApplication:
+    app = QApplication.instance()
+    if app is not None:
+        return app  # type: ignore[return-value]
+    QGuiApplication.setHighDpiScaleFactorRoundingPolicy(
+        Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+    app = QApplication(argv if argv is not None else sys.argv[:1])
+    app.setOrganizationName(ORG)
+    app.setApplicationName(APP)
+    app.setApplicationDisplayName("Mend")
+    apply_theme(app)
+    setup_logging()
+    return app
+
+
+def apply_theme(app: QApplication) -> None:
+    app.setStyle("Fusion")
+    app.setPalette(dark_palette())
+    try:
+        app.setStyleSheet(STYLE.read_text())
+    except OSError:
+        pass

@@ -1,0 +1,1 @@
+"""Thumbnail browser: model, delegate, disk-cached thumbnail loader, grid view."""

@@ -1,0 +1,246 @@
+"""The photo grid's model: lazy rows (fetchMore), thumbnails on demand, per-photo state badges."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QImage, QPixmap
+
+from engine.api import Diagnosis
+from engine.imageio import is_photo_path
+
+from ..engine_client import JobState
+from .thumbs import ThumbnailLoader
+
+PathRole = Qt.ItemDataRole.UserRole + 1
+DiagnosisRole = Qt.ItemDataRole.UserRole + 2
+JobStateRole = Qt.ItemDataRole.UserRole + 3
+LabelRole = Qt.ItemDataRole.UserRole + 4
+OutputRole = Qt.ItemDataRole.UserRole + 5
+ErrorRole = Qt.ItemDataRole.UserRole + 6
+ThumbStateRole = Qt.ItemDataRole.UserRole + 7  # "loading" | "ready" | "failed"
+
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class PhotoItem:
+    path: Path
+    mtime_ns: int
+    size: int
+    diagnosis: Diagnosis | None = None
+    job_state: JobState | None = None
+    output: Path | None = None
+    error: str = ""
+
+
+def scan_folder(folder: Path) -> list[PhotoItem]:
+    """The photos directly inside ``folder``, sorted by name (case-insensitive)."""
+    items: list[PhotoItem] = []
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.name.startswith(".") or not is_photo_path(Path(e.name)):
+                    continue
+                try:
+                    if not e.is_file():
+                        continue
+                    st = e.stat()
+                except OSError:
+                    continue
+                items.append(PhotoItem(Path(e.path), st.st_mtime_ns, st.st_size))
+    except OSError:
+        return []
+    items.sort(key=lambda p: p.path.name.lower())
+    return items
+
+
+class ThumbnailModel(QAbstractListModel):
+    """Rows are photos of one folder; rows appear in batches via ``fetchMore``."""
+
+    folder_changed = Signal(object)
+
+    def __init__(self, loader: ThumbnailLoader, parent: QObject | None = None,
+                 pixmap_cache: int = 800) -> None:
+        super().__init__(parent)
+        self.loader = loader
+        self.folder: Path | None = None
+        self._all: list[PhotoItem] = []
+        self._loaded = 0
+        self._row: dict[Path, int] = {}
+        self._pixmaps: OrderedDict[Path, QPixmap] = OrderedDict()
+        self._cap = pixmap_cache
+        self._pending: set[Path] = set()
+        self._failed: dict[Path, str] = {}
+        loader.ready.connect(self._on_ready)
+        loader.failed.connect(self._on_failed)
+
+    # -- folder ---------------------------------------------------------------------------
+    def set_folder(self, folder: Path | None, items: list[PhotoItem] | None = None) -> None:
+        self.loader.new_generation()
+        self.beginResetModel()
+        self.folder = folder
+        self._all = items if items is not None else (scan_folder(folder) if folder else [])
+        self._row = {it.path: i for i, it in enumerate(self._all)}
+        self._loaded = 0
+        self._pixmaps.clear()
+        self._pending.clear()
+        self._failed.clear()
+        self.endResetModel()
+        self.folder_changed.emit(folder)
+
+    def total(self) -> int:
+        return len(self._all)
+
+    def items(self) -> list[PhotoItem]:
+        return list(self._all)
+
+    def item(self, path: Path) -> PhotoItem | None:
+        i = self._row.get(Path(path))
+        return None if i is None else self._all[i]
+
+    def row_of(self, path: Path) -> int | None:
+        i = self._row.get(Path(path))
+        return i if i is not None and i < self._loaded else None
+
+    # -- Qt model API ---------------------------------------------------------------------
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:
+        return 0 if parent.isValid() else self._loaded
+
+    def canFetchMore(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> bool:
+        return not parent.isValid() and self._loaded < len(self._all)
+
+    def fetchMore(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> None:
+        if parent.isValid():
+            return
+        n = min(BATCH, len(self._all) - self._loaded)
+        if n <= 0:
+            return
+        self.beginInsertRows(QModelIndex(), self._loaded, self._loaded + n - 1)
+        self._loaded += n
+        self.endInsertRows()
+
+    def fetch_all(self) -> None:
+        while self.canFetchMore():
+            self.fetchMore()
+
+    def flags(self, index: QModelIndex | QPersistentModelIndex) -> Qt.ItemFlag:
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+
+    def data(self, index: QModelIndex | QPersistentModelIndex,
+             role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or index.row() >= self._loaded or index.column() != 0:
+            return None
+        it = self._all[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return it.path.name
+        if role == Qt.ItemDataRole.ToolTipRole:
+            tip = str(it.path)
+            if it.diagnosis is not None:
+                d = it.diagnosis
+                tip += f"\n{d.label.short_name} ({d.confidence:.0%})"
+            if it.error or it.path in self._failed:
+                tip += f"\n{it.error or self._failed[it.path]}"
+            return tip
+        if role == Qt.ItemDataRole.DecorationRole:
+            return self._pixmap(it)
+        if role == PathRole:
+            return it.path
+        if role == DiagnosisRole:
+            return it.diagnosis
+        if role == LabelRole:
+            return it.diagnosis.label.value if it.diagnosis else ""
+        if role == JobStateRole:
+            return it.job_state
+        if role == OutputRole:
+            return it.output
+        if role == ErrorRole:
+            return it.error or self._failed.get(it.path, "")
+        if role == ThumbStateRole:
+            if it.path in self._pixmaps:
+                return "ready"
+            return "failed" if it.path in self._failed else "loading"
+        return None
+
+    # -- thumbnails -----------------------------------------------------------------------
+    def _pixmap(self, it: PhotoItem) -> QPixmap | None:
+        pm = self._pixmaps.get(it.path)
+        if pm is not None:
+            self._pixmaps.move_to_end(it.path)
+            return pm
+        if it.path not in self._pending and it.path not in self._failed:
+            self._pending.add(it.path)
+            self.loader.request(it.path, it.mtime_ns, it.size)
+        return None
+
+    def _on_ready(self, gen: int, path: str, img: QImage) -> None:
+        p = Path(path)
+        self._pending.discard(p)
+        row = self._row.get(p)
+        if row is None:
+            return
+        self._pixmaps[p] = QPixmap.fromImage(img)  # GUI thread only
+        while len(self._pixmaps) > self._cap:
+            self._pixmaps.popitem(last=False)
+        self._changed_row(row)
+
+    def _on_failed(self, gen: int, path: str, msg: str) -> None:
+        p = Path(path)
+        self._pending.discard(p)
+        self._failed[p] = msg
+        row = self._row.get(p)
+        if row is not None:
+            self._changed_row(row)
+
+    def _changed_row(self, row: int) -> None:
+        if row < self._loaded:
+            ix = self.index(row)
+            self.dataChanged.emit(ix, ix)
+
+    def ready_count(self) -> int:
+        return len(self._pixmaps)
+
+    def failed_count(self) -> int:
+        return len(self._failed)
+
+    # -- per-photo state ------------------------------------------------------------------
+    def update_item(self, path: Path, **changes: Any) -> None:
+        row = self._row.get(Path(path))
+        if row is None:
+            return
+        self._all[row] = replace(self._all[row], **changes)
+        self._changed_row(row)
+
+
+class ClassFilterProxy(QSortFilterProxyModel):
+    """Show only photos diagnosed as one of ``classes`` ("?" = not diagnosed yet)."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._classes: set[str] | None = None
+        self.setDynamicSortFilter(True)
+
+    def set_classes(self, classes: set[str] | None) -> None:
+        self._classes = classes
+        self.invalidateFilter()
+
+    def filterAcceptsRow(self, source_row: int,
+                         source_parent: QModelIndex | QPersistentModelIndex) -> bool:
+        if self._classes is None:
+            return True
+        label = self.sourceModel().index(source_row, 0, source_parent).data(LabelRole) or "?"
+        return label in self._classes

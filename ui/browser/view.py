@@ -1,0 +1,86 @@
+"""The thumbnail grid widget (QListView in icon mode over the filter proxy)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtWidgets import QAbstractItemView, QListView
+
+from .delegate import ThumbnailDelegate
+from .model import PathRole
+
+
+class ThumbnailGrid(QListView):
+    activated_path = Signal(object)  # Path (double-click / Enter)
+    current_path = Signal(object)  # Path | None
+    folder_dropped = Signal(object)  # Path
+
+    def __init__(self, parent=None, cell: int = 176) -> None:
+        super().__init__(parent)
+        self.setViewMode(QListView.ViewMode.IconMode)
+        self.setFlow(QListView.Flow.LeftToRight)
+        self.setWrapping(True)
+        self.setResizeMode(QListView.ResizeMode.Adjust)
+        self.setMovement(QListView.Movement.Static)
+        self.setUniformItemSizes(True)
+        self.setLayoutMode(QListView.LayoutMode.Batched)
+        self.setBatchSize(200)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.setSpacing(2)
+        self.setGridSize(QSize(cell + 4, cell + 26))
+        self.setItemDelegate(ThumbnailDelegate(cell, self))
+        self.setAcceptDrops(True)
+        self.setDragEnabled(False)
+        self.doubleClicked.connect(lambda ix: self.activated_path.emit(ix.data(PathRole)))
+
+    def setModel(self, model) -> None:
+        super().setModel(model)
+        self.selectionModel().currentChanged.connect(
+            lambda cur, _prev: self.current_path.emit(cur.data(PathRole) if cur.isValid() else None))
+
+    def selected_paths(self) -> list[Path]:
+        rows = sorted(self.selectionModel().selectedIndexes(), key=lambda ix: ix.row())
+        return [ix.data(PathRole) for ix in rows]
+
+    def visible_paths(self) -> list[Path]:
+        out = []
+        m = self.model()
+        if m is None:
+            return out
+        vp = self.viewport().rect()
+        for row in range(m.rowCount()):
+            ix = m.index(row, 0)
+            if self.visualRect(ix).intersects(vp):
+                out.append(ix.data(PathRole))
+        return out
+
+    def keyPressEvent(self, e) -> None:
+        if e.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self.currentIndex().isValid():
+            self.activated_path.emit(self.currentIndex().data(PathRole))
+            return
+        super().keyPressEvent(e)
+
+    # drag and drop a folder (or photos: their folder) onto the grid
+    def dragEnterEvent(self, e) -> None:
+        if e.mimeData().hasUrls():
+            e.acceptProposedAction()
+        else:
+            super().dragEnterEvent(e)
+
+    def dragMoveEvent(self, e) -> None:
+        if e.mimeData().hasUrls():
+            e.acceptProposedAction()
+        else:
+            super().dragMoveEvent(e)
+
+    def dropEvent(self, e) -> None:
+        for url in e.mimeData().urls():
+            p = Path(url.toLocalFile())
+            if p.is_dir():
+                self.folder_dropped.emit(p)
+                break
+            if p.is_file():
+                self.folder_dropped.emit(p.parent)
+                break
+        e.acceptProposedAction()

@@ -1,0 +1,277 @@
+"""Model manager over the manifest: size, licence, status; download (resumable), verify, remove,
+import an offline pack; and the first-run profile recommendation for this computer."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDialog,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+)
+
+from ..engine_client import EngineClient
+from ..messages import describe_error
+
+COLUMNS = ("Model", "Task", "Size", "Licence", "Status", "Profiles")
+STATUS_COLOURS = {"verified": "#3fb27f", "bundled": "#3fb27f", "unpinned": "#e0a43a",
+                  "partial": "#e0a43a", "corrupt": "#e05a4f", "missing": "#8a8f98",
+                  "not configured": "#8a8f98", "downloading": "#3a8ee6"}
+
+
+def human_size(n: float) -> str:
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def profile_download(store: Any, profile: str) -> tuple[list[str], int]:
+    """Models of ``profile`` not installed yet, and their total size in bytes."""
+    from engine.restore.profiles import profile_models
+
+    missing, total = [], 0
+    for mid in sorted(profile_models(profile)):
+        try:
+            spec = store.spec(mid)
+            if store.status(mid) not in ("verified", "bundled", "unpinned"):
+                missing.append(mid)
+                total += spec.total_size
+        except Exception:  # noqa: BLE001, S112 - an unknown id in a profile is not fatal here
+            continue
+    return missing, total
+
+
+class ModelManagerDialog(QDialog):
+    def __init__(self, client: EngineClient, store: Any | None = None, parent=None,
+                 first_run: bool = False) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Models")
+        self.resize(900, 520)
+        self.client = client
+        if store is None:
+            from engine.models.store import ModelStore
+
+            store = ModelStore()
+        self.store = store
+        self._downloading: dict[str, float] = {}
+        lay = QVBoxLayout(self)
+        self.recommend = QLabel("Checking this computer…" if first_run else "")
+        self.recommend.setWordWrap(True)
+        self.recommend.setObjectName("recommend")
+        lay.addWidget(self.recommend)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        hh = self.table.horizontalHeader()
+        hh.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        hh.setStretchLastSection(True)
+        lay.addWidget(self.table, 1)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setVisible(False)
+        lay.addWidget(self.progress)
+        self.note = QLabel(f"Store: {self.store.root}")
+        self.note.setObjectName("dim")
+        self.note.setWordWrap(True)
+        lay.addWidget(self.note)
+        row = QHBoxLayout()
+        self.pull_btn = QPushButton("Download")
+        self.cancel_btn = QPushButton("Stop download")
+        self.verify_btn = QPushButton("Verify")
+        self.remove_btn = QPushButton("Remove")
+        self.import_btn = QPushButton("Import pack…")
+        self.profile_btn = QPushButton("Download recommended")
+        close = QPushButton("Close")
+        for b in (self.pull_btn, self.cancel_btn, self.verify_btn, self.remove_btn,
+                  self.import_btn, self.profile_btn):
+            row.addWidget(b)
+        row.addStretch(1)
+        row.addWidget(close)
+        lay.addLayout(row)
+        self.pull_btn.clicked.connect(lambda: [self.pull(m) for m in self.selected()])
+        self.cancel_btn.clicked.connect(lambda: [client.cancel_model_task(m)
+                                                 for m in self.selected()])
+        self.verify_btn.clicked.connect(lambda: [self.verify(m) for m in self.selected()])
+        self.remove_btn.clicked.connect(self._remove)
+        self.import_btn.clicked.connect(self._import)
+        self.profile_btn.clicked.connect(self._pull_recommended)
+        close.clicked.connect(self.accept)
+        client.model_progress.connect(self._on_progress)
+        client.model_finished.connect(self._on_done)
+        client.model_failed.connect(self._on_failed)
+        self._recommended: list[str] = []
+        self.profile_btn.setEnabled(False)
+        self.refresh()
+        self._start_recommendation()
+
+    # -- table ----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        specs = list(self.store.manifest)
+        self.table.setRowCount(len(specs))
+        for r, spec in enumerate(specs):
+            try:
+                status = self.store.status(spec.id)
+            except Exception as e:  # noqa: BLE001
+                status = f"error: {describe_error(e)}"
+            if spec.id in self._downloading:
+                status = f"downloading {self._downloading[spec.id]:.0%}"
+            lic = spec.license + ("" if spec.commercial_use else "  ⚠ non-commercial")
+            cells = (spec.name or spec.id, spec.task,
+                     human_size(spec.total_size) if spec.total_size else "–",
+                     lic, status, ", ".join(spec.profiles))
+            for c, text in enumerate(cells):
+                it = QTableWidgetItem(text)
+                if c == 0:
+                    it.setData(Qt.ItemDataRole.UserRole, spec.id)
+                    it.setToolTip(f"{spec.id}\n{spec.description}\n{spec.notes}".strip())
+                if c == 3 and not spec.commercial_use:
+                    it.setForeground(QColor("#e0a43a"))
+                    it.setToolTip("Not for commercial use: " + (spec.license_url or spec.license))
+                if c == 4:
+                    key = status.split(" ")[0] if status.startswith("downloading") else status
+                    it.setForeground(QColor(STATUS_COLOURS.get(key, "#e05a4f")))
+                self.table.setItem(r, c, it)
+
+    def selected(self) -> list[str]:
+        rows = sorted({ix.row() for ix in self.table.selectedIndexes()})
+        return [self.table.item(r, 0).data(Qt.ItemDataRole.UserRole) for r in rows]
+
+    def row_of(self, model_id: str) -> int:
+        for r in range(self.table.rowCount()):
+            if self.table.item(r, 0).data(Qt.ItemDataRole.UserRole) == model_id:
+                return r
+        return -1
+
+    # -- actions (all in the client's model pool) -----------------------------------------
+    def pull(self, model_id: str) -> None:
+        store = self.store
+        self._downloading[model_id] = 0.0
+
+        def work(report, token):
+            def on_progress(dp) -> None:
+                report(dp.done / dp.total if dp.total else 0.0,
+                       f"{dp.file} {human_size(dp.done)} / {human_size(dp.total)}"
+                       f" · {human_size(dp.speed)}/s")
+
+            return ("pull", store.pull(model_id, on_progress, token))
+
+        self.client.model_task(model_id, work)
+        self.refresh()
+
+    def verify(self, model_id: str) -> None:
+        store = self.store
+        self.client.model_task(model_id, lambda report, token: ("verify",
+                                                                store.verify(model_id)))
+
+    def _remove(self) -> None:
+        ids = self.selected()
+        if not ids:
+            return
+        if QMessageBox.question(self, "Remove models",
+                                f"Delete {', '.join(ids)} from disk?") != QMessageBox.StandardButton.Yes:
+            return
+        store = self.store
+        for mid in ids:
+            self.client.model_task(mid, lambda report, token, m=mid: ("remove", store.remove(m)))
+
+    def _import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import an offline model pack", "",
+                                              "Model packs (*.zip);;All files (*)")
+        if not path:
+            path = QFileDialog.getExistingDirectory(self, "…or import a folder of model files")
+        if path:
+            self.import_from(Path(path))
+
+    def import_from(self, path: Path) -> None:
+        store = self.store
+        self.client.model_task(f"import:{path.name}",
+                               lambda report, token: ("import", store.import_path(path)))
+
+    def _start_recommendation(self) -> None:
+        store = self.store
+
+        def work(report, token):
+            from engine.devices import select_device
+            from engine.restore.profiles import recommend_profile
+
+            dev = select_device("auto")
+            prof = recommend_profile(dev)
+            missing, total = profile_download(store, prof)
+            return ("recommend", (dev, prof, missing, total))
+
+        self.client.model_task("recommend", work)
+
+    # -- results --------------------------------------------------------------------------
+    def _on_progress(self, model_id: str, fraction: float, message: str) -> None:
+        if model_id in self._downloading:
+            self._downloading[model_id] = fraction
+            self.progress.setVisible(True)
+            self.progress.setValue(int(fraction * 1000))
+            self.progress.setFormat(f"{model_id}: {message}")
+            r = self.row_of(model_id)
+            if r >= 0:
+                self.table.item(r, 4).setText(f"downloading {fraction:.0%}")
+
+    def _on_done(self, model_id: str, result: Any) -> None:
+        kind, value = result if isinstance(result, tuple) and len(result) == 2 else ("", result)
+        self._downloading.pop(model_id, None)
+        self.progress.setVisible(bool(self._downloading))
+        if kind == "recommend":
+            dev, prof, missing, total = value
+            self._recommended = missing
+            if missing:
+                self.recommend.setText(
+                    f"<b>Recommended for this computer ({dev.name}): the “{prof}” profile.</b> "
+                    f"It would download {len(missing)} model(s), {human_size(total)}: "
+                    f"{', '.join(missing)}. The built-in profile works without any download.")
+            else:
+                self.recommend.setText(f"<b>This computer ({dev.name}) uses the “{prof}” "
+                                       "profile; all its models are installed.</b>")
+            self.profile_btn.setEnabled(bool(missing))
+            return
+        if kind == "verify":
+            rep = value
+            msg = f"{model_id}: {rep.status}"
+            if getattr(rep, "corrupt", None):
+                msg += f" — damaged: {', '.join(rep.corrupt)}"
+            if getattr(rep, "missing", None):
+                msg += f" — missing: {', '.join(rep.missing)}"
+            self.note.setText(msg)
+        elif kind == "import":
+            rep = value
+            self.note.setText(f"Imported {len(rep.imported)} file(s), skipped "
+                              f"{len(rep.skipped)}, rejected {len(rep.rejected)}.")
+        elif kind == "remove":
+            self.note.setText(f"Removed {model_id} ({human_size(value)} freed).")
+        elif kind == "pull":
+            self.note.setText(f"{model_id}: {value}")
+        self.refresh()
+
+    def _on_failed(self, model_id: str, message: str) -> None:
+        self._downloading.pop(model_id, None)
+        self.progress.setVisible(bool(self._downloading))
+        self.note.setText(f"{model_id}: {message}")
+        if model_id == "recommend":
+            self.recommend.setText(f"Could not check this computer: {message}")
+        self.refresh()
+
+    def _pull_recommended(self) -> None:
+        for mid in self._recommended:
+            self.pull(mid)

@@ -1,0 +1,1 @@
+"""Viewer (before/after canvas) and the reflection-mask editor."""

@@ -1,0 +1,538 @@
+"""The UI's one door to the engine.
+
+``EngineClient`` owns one ``QThread`` in which a single ``engine.pipeline.Engine`` lives (with its
+loaded models), a queue of jobs that the GUI can reorder / cancel / retry, a separate thread pool for
+thumbnails and photo decoding, and one more single-thread pool for model-store work (downloads).
+The engine emits no Qt: its progress callbacks and results are turned into signals here, carrying
+frozen dataclasses, numpy arrays or QImages. Nothing here blocks the GUI thread.
+"""
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal, Slot
+
+from engine.api import Degradation, Diagnosis, JobProgress, JobRequest, OutputOptions, Plan
+from engine.errors import Cancelled
+from engine.progress import CancelToken, Progress
+
+from .messages import describe_error
+
+log = logging.getLogger("mend.ui.engine")
+
+EngineFactory = Callable[[], Any]
+
+
+class JobKind(str, enum.Enum):
+    DIAGNOSE = "diagnose"
+    RUN = "run"
+    SAM = "sam"
+    CALL = "call"
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A snapshot of one job for the queue panel and the thumbnail badges."""
+
+    id: int
+    kind: JobKind
+    path: Path | None
+    state: JobState
+    fraction: float = 0.0
+    message: str = ""
+    eta_seconds: float | None = None
+    error: str = ""
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class DiagnoseOutcome:
+    diagnosis: Diagnosis
+    plan: Plan | None
+    plan_error: str = ""
+
+
+@dataclass
+class _Job:
+    info: JobInfo
+    payload: Any
+    token: CancelToken = field(default_factory=CancelToken)
+    started: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Ticket:
+    id: int
+    kind: JobKind
+    payload: Any
+    token: CancelToken
+
+
+def _default_factory(device: str = "auto", tile_size: int = 512) -> EngineFactory:
+    def make() -> Any:
+        from engine.pipeline import Engine
+
+        return Engine(device=device, tile_size=tile_size)
+
+    return make
+
+
+class _Worker(QObject):
+    """Lives in the engine thread; everything it does may be slow."""
+
+    done = Signal(int, object)
+    error = Signal(int, object)
+    progressed = Signal(int, float, str, object)
+    engine_ready = Signal(object)
+
+    def __init__(self, factory: EngineFactory, throttle: float = 0.05) -> None:
+        super().__init__()
+        self._factory = factory
+        self._engine: Any = None
+        self._throttle = throttle
+
+    def engine(self) -> Any:
+        if self._engine is None:
+            self._engine = self._factory()
+            self.engine_ready.emit(getattr(self._engine, "device", None))
+        return self._engine
+
+    @Slot(object)
+    def execute(self, ticket: _Ticket) -> None:
+        last = [0.0]
+        holder: dict[str, Progress] = {}
+
+        def callback(fraction: float, message: str) -> None:
+            now = time.monotonic()
+            if now - last[0] < self._throttle and fraction < 1.0:
+                return
+            last[0] = now
+            p = holder.get("p")
+            self.progressed.emit(ticket.id, fraction, message, p.eta_seconds() if p else None)
+
+        progress = Progress(callback, ticket.token)
+        holder["p"] = progress
+        try:
+            ticket.token.check()
+            engine = self.engine()
+            result = _HANDLERS[ticket.kind](engine, ticket.payload, progress)
+            ticket.token.check()
+        except BaseException as e:
+            if not isinstance(e, Exception):
+                raise
+            self.error.emit(ticket.id, e)
+            return
+        self.done.emit(ticket.id, result)
+
+
+def _do_diagnose(engine: Any, payload: dict, progress: Progress) -> DiagnoseOutcome:
+    progress.update(0.05, "analysing")
+    diagnosis = engine.diagnose(payload["path"], backend=payload.get("backend", "auto"))
+    progress.update(0.8, "planning")
+    plan, err = None, ""
+    try:
+        plan = engine.plan(diagnosis, payload.get("label"), payload.get("profile", "auto"))
+    except Exception as e:  # noqa: BLE001 - a class without a chain still has a diagnosis
+        err = describe_error(e)
+    progress.update(1.0, "diagnosed")
+    return DiagnoseOutcome(diagnosis, plan, err)
+
+
+def _do_run(engine: Any, request: JobRequest, progress: Progress) -> Any:
+    return engine.run(request, progress)
+
+
+def _do_sam(engine: Any, payload: dict, progress: Progress) -> Any:
+    from engine.restore import reflection  # provided by the reflection engineer
+
+    fn = getattr(reflection, "sam_select", None) or getattr(reflection, "sam_mask", None)
+    if fn is None:
+        raise RuntimeError("click-to-select is not available in this engine version")
+    progress.update(0.1, "segmenting")
+    from engine.imageio import load_photo
+
+    photo = load_photo(payload["path"])
+    mask = fn(photo.pixels, payload["points"], runtime=engine.runtime)
+    progress.update(1.0, "selected")
+    return mask
+
+
+def _do_call(engine: Any, fn: Callable[[Any, Progress], Any], progress: Progress) -> Any:
+    return fn(engine, progress)
+
+
+_HANDLERS: dict[JobKind, Callable[[Any, Any, Progress], Any]] = {
+    JobKind.DIAGNOSE: _do_diagnose,
+    JobKind.RUN: _do_run,
+    JobKind.SAM: _do_sam,
+    JobKind.CALL: _do_call,
+}
+
+
+class _Task(QRunnable):
+    def __init__(self, fn: Callable[[], None]) -> None:
+        super().__init__()
+        self._fn = fn
+        self.setAutoDelete(True)
+
+    def run(self) -> None:
+        self._fn()
+
+
+class _ModelSignals(QObject):
+    progress = Signal(str, float, str)
+    done = Signal(str, object)
+    failed = Signal(str, str)
+
+
+class EngineClient(QObject):
+    """Submit / cancel / reorder / retry engine jobs; every result arrives as a signal."""
+
+    progress = Signal(object)  # JobProgress
+    finished = Signal(int, object)  # job id, DiagnoseOutcome | JobResult | np.ndarray | any
+    failed = Signal(int, str)  # job id, readable message ("Cancelled." when cancelled)
+    job_changed = Signal(object)  # JobInfo
+    queue_changed = Signal()
+    overall_progress = Signal(float, object)  # fraction of the current batch, eta seconds | None
+    model_progress = Signal(str, float, str)  # model id, fraction, message
+    model_finished = Signal(str, object)
+    model_failed = Signal(str, str)
+    engine_ready = Signal(object)  # DeviceInfo
+    _dispatch = Signal(object)
+
+    def __init__(self, factory: EngineFactory | None = None, *, journal: Path | None = None,
+                 parent: QObject | None = None, thumbnail_threads: int = 2) -> None:
+        super().__init__(parent)
+        self._factory = factory or _default_factory()
+        self._journal = journal
+        self._ids = itertools.count(1)
+        self._jobs: dict[int, _Job] = {}
+        self._order: list[int] = []  # queued job ids in run order
+        self._running: int | None = None
+        self._batch_total = 0
+        self._batch_done = 0
+        self._durations: list[float] = []
+        self._thread = QThread()
+        self._thread.setObjectName("mend-engine")
+        self._worker = _Worker(self._factory)
+        self._worker.moveToThread(self._thread)
+        self._dispatch.connect(self._worker.execute)
+        self._worker.done.connect(self._on_done)
+        self._worker.error.connect(self._on_error)
+        self._worker.progressed.connect(self._on_progress)
+        self._worker.engine_ready.connect(self.engine_ready)
+        self._thread.finished.connect(self._worker.deleteLater)
+        self._thread.start()
+        # photo decoding and thumbnails: never on the engine thread, never on the GUI thread
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(max(1, thumbnail_threads))
+        # model downloads / verification: one at a time, beside the engine
+        self.model_pool = QThreadPool(self)
+        self.model_pool.setMaxThreadCount(1)
+        self._model_signals = _ModelSignals()
+        self._model_signals.progress.connect(self.model_progress)
+        self._model_signals.done.connect(self.model_finished)
+        self._model_signals.failed.connect(self.model_failed)
+        self._model_tokens: dict[str, CancelToken] = {}
+        self._closed = False
+
+    # -- submitting -----------------------------------------------------------------------
+    def submit(self, request: JobRequest) -> int:
+        """Queue a restoration; returns the job id."""
+        return self._add(JobKind.RUN, Path(request.path), request,
+                         f"Fix {Path(request.path).name}")
+
+    def diagnose(self, path: Path, *, backend: str = "auto", profile: str = "auto",
+                 label: Degradation | None = None) -> int:
+        payload = {"path": Path(path), "backend": backend, "profile": profile, "label": label}
+        return self._add(JobKind.DIAGNOSE, Path(path), payload, f"Diagnose {Path(path).name}")
+
+    def sam_select(self, path: Path, points: list[tuple[float, float, int]]) -> int:
+        """Click-to-select: points are (x, y, 1=include/0=exclude) in full-resolution pixels."""
+        return self._add(JobKind.SAM, Path(path), {"path": Path(path), "points": points},
+                         f"Select in {Path(path).name}")
+
+    def call(self, fn: Callable[[Any, Progress], Any], title: str = "engine task") -> int:
+        """Run ``fn(engine, progress)`` in the engine thread (e.g. a re-plan)."""
+        return self._add(JobKind.CALL, None, fn, title)
+
+    def _add(self, kind: JobKind, path: Path | None, payload: Any, title: str) -> int:
+        if self._closed:
+            raise RuntimeError("the engine client is shut down")
+        job_id = next(self._ids)
+        info = JobInfo(job_id, kind, path, JobState.QUEUED, title=title)
+        self._jobs[job_id] = _Job(info, payload)
+        self._order.append(job_id)
+        self._batch_total += 1
+        self.job_changed.emit(info)
+        self._changed()
+        self._pump()
+        return job_id
+
+    # -- queue control --------------------------------------------------------------------
+    def cancel(self, job_id: int) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or job.info.state.finished:
+            return
+        job.token.cancel()
+        if job_id in self._order:  # not started: drop it now
+            self._order.remove(job_id)
+            self._finish(job_id, JobState.CANCELLED, "Cancelled.")
+            self.failed.emit(job_id, "Cancelled.")
+            self._pump()
+        # a running job stops at its next tile / step check (see _on_error)
+
+    def cancel_all(self) -> None:
+        for jid in list(self._order):
+            self.cancel(jid)
+        if self._running is not None:
+            self.cancel(self._running)
+
+    def retry(self, job_id: int) -> int | None:
+        job = self._jobs.get(job_id)
+        if job is None or not job.info.state.finished or job.info.state is JobState.DONE:
+            return None
+        return self._add(job.info.kind, job.info.path, job.payload, job.info.title)
+
+    def move(self, job_id: int, delta: int) -> None:
+        """Move a queued job ``delta`` places (negative: earlier)."""
+        if job_id not in self._order:
+            return
+        i = self._order.index(job_id)
+        j = max(0, min(len(self._order) - 1, i + delta))
+        self._order.insert(j, self._order.pop(i))
+        self._changed()
+
+    def jobs(self) -> list[JobInfo]:
+        return [j.info for j in self._jobs.values()]
+
+    def job(self, job_id: int) -> JobInfo | None:
+        j = self._jobs.get(job_id)
+        return j.info if j else None
+
+    def queued_ids(self) -> list[int]:
+        return list(self._order)
+
+    def running_id(self) -> int | None:
+        return self._running
+
+    def is_idle(self) -> bool:
+        return self._running is None and not self._order
+
+    def clear_finished(self) -> None:
+        for jid in [j for j, job in self._jobs.items() if job.info.state.finished]:
+            del self._jobs[jid]
+        self._changed()
+
+    # -- engine thread plumbing -----------------------------------------------------------
+    def _pump(self) -> None:
+        if self._running is not None or not self._order or self._closed:
+            if self._running is None and not self._order:
+                self._batch_total = self._batch_done = 0
+            return
+        job_id = self._order.pop(0)
+        job = self._jobs[job_id]
+        self._running = job_id
+        job.started = time.monotonic()
+        self._update(job_id, state=JobState.RUNNING, message="starting")
+        self._dispatch.emit(_Ticket(job_id, job.info.kind, job.payload, job.token))
+        self._changed()
+
+    @Slot(int, float, str, object)
+    def _on_progress(self, job_id: int, fraction: float, message: str, eta: Any) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or job.info.state is not JobState.RUNNING:
+            return
+        self._update(job_id, fraction=fraction, message=message, eta_seconds=eta)
+        self.progress.emit(JobProgress(job_id, fraction, message, eta))
+        self._emit_overall()
+
+    @Slot(int, object)
+    def _on_done(self, job_id: int, result: Any) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            self._durations.append(time.monotonic() - job.started)
+        self._finish(job_id, JobState.DONE, "done", fraction=1.0)
+        self._running = None
+        self.finished.emit(job_id, result)
+        self._pump()
+
+    @Slot(int, object)
+    def _on_error(self, job_id: int, exc: BaseException) -> None:
+        cancelled = isinstance(exc, Cancelled)
+        msg = describe_error(exc)
+        self._finish(job_id, JobState.CANCELLED if cancelled else JobState.FAILED, msg)
+        self._running = None
+        self.failed.emit(job_id, msg)
+        self._pump()
+
+    def _finish(self, job_id: int, state: JobState, message: str, fraction: float | None = None
+                ) -> None:
+        kw: dict[str, Any] = {"state": state, "message": message, "eta_seconds": None}
+        if state is not JobState.DONE:
+            kw["error"] = message
+        if fraction is not None:
+            kw["fraction"] = fraction
+        self._update(job_id, **kw)
+        self._batch_done += 1
+        self._emit_overall()
+        self._changed()
+
+    def _update(self, job_id: int, **kw: Any) -> None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        job.info = replace(job.info, **kw)
+        self.job_changed.emit(job.info)
+
+    def _emit_overall(self) -> None:
+        total = max(1, self._batch_total)
+        cur = 0.0
+        eta: float | None = None
+        if self._running is not None:
+            info = self._jobs[self._running].info
+            cur = info.fraction
+            eta = info.eta_seconds
+        frac = min(1.0, (self._batch_done + cur) / total)
+        if self._order:
+            avg = (sum(self._durations[-10:]) / len(self._durations[-10:])
+                   if self._durations else None)
+            eta = None if avg is None else (eta or 0.0) + avg * len(self._order)
+        self.overall_progress.emit(frac, eta)
+
+    def _changed(self) -> None:
+        self.queue_changed.emit()
+        if not self._closed:
+            self._write_journal()
+
+    def clear_journal(self) -> None:
+        """A normal quit: nothing to offer again on the next start."""
+        if self._journal is not None:
+            self._journal.unlink(missing_ok=True)
+
+    # -- crash journal --------------------------------------------------------------------
+    def _write_journal(self) -> None:
+        if self._journal is None:
+            return
+        pending = [self._jobs[i] for i in ([self._running] if self._running else []) + self._order]
+        entries = [request_to_json(j.payload) for j in pending if j.info.kind is JobKind.RUN]
+        try:
+            from engine.imageio import atomic_write_bytes
+
+            if not entries:
+                self._journal.unlink(missing_ok=True)
+                return
+            data = json.dumps({"version": 1, "jobs": entries}, indent=1).encode()
+            atomic_write_bytes(self._journal, data)
+        except OSError as e:
+            log.warning("could not write the queue journal %s: %s", self._journal, e)
+
+    # -- model store (downloads never run on the engine thread or the GUI thread) -----------
+    def model_task(self, model_id: str, fn: Callable[[Callable[[float, str], None], CancelToken],
+                                                     Any]) -> None:
+        """Run ``fn(report, token)`` in the model pool; ``report(fraction, message)``."""
+        token = CancelToken()
+        self._model_tokens[model_id] = token
+        sig = self._model_signals
+
+        def work() -> None:
+            try:
+                result = fn(lambda f, m="": sig.progress.emit(model_id, float(f), m), token)
+            except Exception as e:  # noqa: BLE001
+                sig.failed.emit(model_id, describe_error(e))
+                return
+            sig.done.emit(model_id, result)
+
+        self.model_pool.start(_Task(work))
+
+    def cancel_model_task(self, model_id: str) -> None:
+        tok = self._model_tokens.get(model_id)
+        if tok is not None:
+            tok.cancel()
+
+    def run_in_pool(self, fn: Callable[[], None]) -> None:
+        """Decode / save work off the GUI thread (the thumbnail pool)."""
+        self.pool.start(_Task(fn))
+
+    # -- shutdown -------------------------------------------------------------------------
+    def shutdown(self, timeout_ms: int = 30000) -> None:
+        """Cancel everything, stop the engine thread and wait for the pools. Idempotent."""
+        if self._closed:
+            return
+        journal, self._journal = self._journal, None  # keep unfinished jobs in the journal
+        self.cancel_all()
+        self._journal = journal
+        self._closed = True
+        for tok in self._model_tokens.values():
+            tok.cancel()
+        self.pool.clear()
+        self.model_pool.clear()
+        self._thread.quit()
+        if not self._thread.wait(timeout_ms):
+            log.error("the engine thread did not stop within %d ms", timeout_ms)
+        self.pool.waitForDone(timeout_ms)
+        self.model_pool.waitForDone(timeout_ms)
+
+
+# -- JobRequest <-> JSON (the crash journal) -------------------------------------------------
+def request_to_json(r: JobRequest) -> dict[str, Any]:
+    o = r.output
+    return {
+        "path": str(r.path),
+        "output": {"out_dir": str(o.out_dir) if o.out_dir else None, "format": o.format,
+                   "quality": o.quality, "bit_depth": o.bit_depth,
+                   "keep_metadata": o.keep_metadata, "suffix": o.suffix},
+        "label": r.label.value if r.label else None,
+        "plan": r.plan.to_json() if r.plan else None,
+        "profile": r.profile, "device": r.device, "backend": r.backend,
+        "mask_path": str(r.mask_path) if r.mask_path else None,
+        "diagnosis": r.diagnosis.to_json() if r.diagnosis else None,
+        "guard": r.guard,
+    }
+
+
+def request_from_json(d: dict[str, Any]) -> JobRequest:
+    o = d.get("output") or {}
+    out = OutputOptions(out_dir=Path(o["out_dir"]) if o.get("out_dir") else None,
+                        format=o.get("format"), quality=int(o.get("quality", 95)),
+                        bit_depth=o.get("bit_depth"), keep_metadata=bool(o.get("keep_metadata", True)),
+                        suffix=o.get("suffix", "_mend"))
+    return JobRequest(
+        path=Path(d["path"]), output=out,
+        label=Degradation(d["label"]) if d.get("label") else None,
+        plan=Plan.from_json(d["plan"]) if d.get("plan") else None,
+        profile=d.get("profile", "auto"), device=d.get("device", "auto"),
+        backend=d.get("backend", "auto"),
+        mask_path=Path(d["mask_path"]) if d.get("mask_path") else None,
+        diagnosis=Diagnosis.from_json(d["diagnosis"]) if d.get("diagnosis") else None,
+        guard=bool(d.get("guard", True)),
+    )
+
+
+def read_journal(path: Path) -> list[JobRequest]:
+    """Unfinished jobs left by a crash (empty when none or unreadable)."""
+    try:
+        data = json.loads(path.read_text())
+        return [request_from_json(j) for j in data.get("jobs", [])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []

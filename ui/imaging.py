@@ -1,0 +1,62 @@
+"""numpy <-> QImage, and photo decoding for the UI (always called off the GUI thread)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtGui import QImage
+
+
+def rgb_to_qimage(arr: np.ndarray) -> QImage:
+    """uint8 or float [0, 1] RGB (H, W, 3) -> an independent QImage (RGB888)."""
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    arr = np.ascontiguousarray(arr[..., :3])
+    h, w = arr.shape[:2]
+    return QImage(arr.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+
+
+def gray_to_qimage(arr: np.ndarray) -> QImage:
+    arr = np.ascontiguousarray(arr.astype(np.uint8, copy=False))
+    h, w = arr.shape
+    return QImage(arr.data, w, h, w, QImage.Format.Format_Grayscale8).copy()
+
+
+def qimage_to_rgb(img: QImage) -> np.ndarray:
+    img = img.convertToFormat(QImage.Format.Format_RGB888)
+    w, h, bpl = img.width(), img.height(), img.bytesPerLine()
+    buf = np.frombuffer(img.constBits(), dtype=np.uint8, count=h * bpl).reshape(h, bpl)
+    return buf[:, : w * 3].reshape(h, w, 3).copy()
+
+
+def load_preview(path: Path, max_side: int) -> np.ndarray:
+    """uint8 RGB, upright, longest side <= max_side. Uses the engine's fast preview loader."""
+    try:
+        from engine.imageio import load_preview as engine_preview
+    except ImportError:  # older engine: full decode, then shrink
+        engine_preview = None
+    if engine_preview is not None:
+        return engine_preview(path, max_side)
+    from engine.imageio import load_photo
+
+    photo = load_photo(path)
+    return _shrink((photo.pixels * 255 + 0.5).astype(np.uint8), max_side)
+
+
+def load_full(path: Path) -> np.ndarray:
+    """Full-resolution uint8 RGB, upright (for the viewer and the mask editor)."""
+    from engine.imageio import load_photo
+
+    px = load_photo(path).pixels
+    return (np.clip(px, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _shrink(arr: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    s = max_side / max(h, w)
+    if s >= 1:
+        return arr
+    import cv2
+
+    return cv2.resize(arr, (max(1, round(w * s)), max(1, round(h * s))),
+                      interpolation=cv2.INTER_AREA)

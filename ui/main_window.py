@@ -1,0 +1,926 @@
+"""Mend's main window: browser, viewer / mask editor, diagnosis panel, queue."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (
+    QColorDialog,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QStackedWidget,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.api import Degradation, Diagnosis, JobRequest, JobResult, Plan
+
+from .browser.model import ClassFilterProxy, ThumbnailModel, scan_folder
+from .browser.thumbs import ThumbnailLoader
+from .browser.view import ThumbnailGrid
+from .editor.canvas import Compare
+from .editor.mask import MaskDocument
+from .editor.mask_canvas import MaskCanvas
+from .engine_client import DiagnoseOutcome, EngineClient, JobInfo, JobKind, JobState
+from .panels.diagnosis import DiagnosisPanel
+from .panels.queue import QueuePanel, format_eta
+from .photo_io import Background, ViewImages, build_view, export_copy
+from .settings import (
+    AppSettings,
+    add_recent_folder,
+    cache_dir,
+    data_dir,
+    load_settings,
+    qsettings,
+    recent_folders,
+    save_settings,
+)
+from .sidecar import Sidecar, SidecarStore
+
+log = logging.getLogger("mend.ui")
+
+
+@dataclass
+class PhotoState:
+    diagnosis: Diagnosis | None = None
+    plan: Plan | None = None
+    plan_note: str = ""
+    result: JobResult | None = None
+    output: Path | None = None
+    mask_path: Path | None = None
+    outputs: list[str] = field(default_factory=list)
+
+
+class MainWindow(QMainWindow):
+    view_loaded = Signal(object)  # Path (tests and screenshots wait on it)
+    diagnosed = Signal(object)  # Path
+    fixed = Signal(object)  # Path
+    exported = Signal(object)  # Path of the exported copy
+
+    def __init__(self, client: EngineClient | None = None, settings: AppSettings | None = None,
+                 *, ask_resume: bool = True) -> None:
+        super().__init__()
+        self.setWindowTitle("Mend")
+        self.qs: QSettings = qsettings()
+        self.settings = settings or load_settings(self.qs)
+        self.settings.apply_environment()
+        self.client = client or EngineClient(journal=data_dir() / "queue.json")
+        self._own_client = client is None
+        self.states: dict[Path, PhotoState] = {}
+        self.current: Path | None = None
+        self.sidecars: SidecarStore | None = None
+        self._job_path: dict[int, Path] = {}
+        self._view: ViewImages | None = None
+        self._view_token = 0
+        self.device: Any = None
+        self.bg = Background(self.client.run_in_pool, self)
+
+        self.loader = ThumbnailLoader(self.client.pool, cache_dir() / "thumbs", parent=self)
+        self.model = ThumbnailModel(self.loader, self)
+        self.proxy = ClassFilterProxy(self)
+        self.proxy.setSourceModel(self.model)
+
+        self._build_browser()
+        self._build_editor()
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.browser_page)
+        self.stack.addWidget(self.editor_page)
+        self.setCentralWidget(self.stack)
+
+        self.panel = DiagnosisPanel()
+        dock = QDockWidget("Diagnosis", self)
+        dock.setObjectName("diagnosisDock")
+        dock.setWidget(self.panel)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        self.queue = QueuePanel(self.client)
+        qdock = QDockWidget("Queue", self)
+        qdock.setObjectName("queueDock")
+        qdock.setWidget(self.queue)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, qdock)
+        self.tabifyDockWidget(dock, qdock)
+        dock.raise_()
+        self.diag_dock, self.queue_dock = dock, qdock
+
+        self._build_menus()
+        self.status_label = QLabel("")
+        self.statusBar().addWidget(self.status_label, 1)
+        self.eta_label = QLabel("")
+        self.statusBar().addPermanentWidget(self.eta_label)
+
+        c = self.client
+        c.finished.connect(self._on_finished)
+        c.failed.connect(self._on_failed)
+        c.job_changed.connect(self._on_job_changed)
+        c.overall_progress.connect(self._on_overall)
+        c.engine_ready.connect(self._on_engine_ready)
+        c.queue_changed.connect(lambda: self.client.is_idle() and self.eta_label.setText(""))
+        p = self.panel
+        p.run_requested.connect(self._run_current)
+        p.override_requested.connect(self._override)
+        p.diagnose_requested.connect(lambda: self.current and self.diagnose([self.current]))
+        p.edit_mask_requested.connect(lambda: self.show_mask_editor())
+
+        self.resize(1400, 880)
+        self._restore_window()
+        self.show_browser()
+        if ask_resume:
+            QTimer.singleShot(0, self._offer_resume)
+
+    # -- layout ---------------------------------------------------------------------------
+    def _build_browser(self) -> None:
+        self.browser_page = QWidget()
+        lay = QVBoxLayout(self.browser_page)
+        lay.setContentsMargins(6, 6, 6, 6)
+        bar = QHBoxLayout()
+        self.folder_label = QLabel("Drop a folder of photos here, or File ▸ Open folder…")
+        self.folder_label.setObjectName("folderLabel")
+        bar.addWidget(self.folder_label, 1)
+        bar.addWidget(QLabel("Show"))
+        self.filter = QComboBox()
+        self.filter.addItem("All photos", None)
+        for d in Degradation:
+            self.filter.addItem(f"{d.value} · {d.short_name}", {d.value})
+        self.filter.addItem("Not diagnosed", {"?"})
+        self.filter.currentIndexChanged.connect(
+            lambda _i: self.proxy.set_classes(self.filter.currentData()))
+        bar.addWidget(self.filter)
+        self.diagnose_all_btn = QPushButton("Diagnose all")
+        self.diagnose_all_btn.clicked.connect(self.diagnose_all)
+        bar.addWidget(self.diagnose_all_btn)
+        self.fix_btn = QPushButton("Fix selected")
+        self.fix_btn.setObjectName("primary")
+        self.fix_btn.clicked.connect(self.fix_selected)
+        bar.addWidget(self.fix_btn)
+        lay.addLayout(bar)
+        self.grid = ThumbnailGrid()
+        self.grid.setModel(self.proxy)
+        self.grid.current_path.connect(self._on_current)
+        self.grid.activated_path.connect(lambda p: self.show_viewer(p))
+        self.grid.folder_dropped.connect(self.open_folder)
+        lay.addWidget(self.grid, 1)
+        self.model.rowsInserted.connect(lambda *_: self._update_count())
+        self.model.modelReset.connect(self._update_count)
+
+    def _build_editor(self) -> None:
+        self.editor_page = QWidget()
+        lay = QVBoxLayout(self.editor_page)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        self.canvas = MaskCanvas()
+        self.view_bar = QToolBar("View")
+        back = self.view_bar.addAction("◀ Photos")
+        back.setToolTip("Back to the thumbnails (Esc)")
+        back.triggered.connect(self.show_browser)
+        self.view_bar.addSeparator()
+        self.view_bar.addAction("Fit").triggered.connect(lambda: self.canvas.fit())
+        self.view_bar.addAction("100 %").triggered.connect(lambda: self.canvas.actual_size())
+        self.compare = QComboBox()
+        for text, mode in (("After", Compare.AFTER), ("Before", Compare.BEFORE),
+                           ("Split", Compare.SPLIT), ("Side by side", Compare.SIDE)):
+            self.compare.addItem(text, mode)
+        self.compare.currentIndexChanged.connect(
+            lambda _i: self.canvas.set_mode(self.compare.currentData()))
+        self.view_bar.addWidget(self.compare)
+        self.toggle_mask = self.view_bar.addAction("Mask")
+        self.toggle_removed = self.view_bar.addAction("Removed layer")
+        self.toggle_boxes = self.view_bar.addAction("Text/face boxes")
+        for a, attr in ((self.toggle_mask, "show_mask"), (self.toggle_removed, "show_removed"),
+                        (self.toggle_boxes, "show_boxes")):
+            a.setCheckable(True)
+            a.toggled.connect(lambda on, attr=attr: self._set_canvas_flag(attr, on))
+        self.toggle_mask.setChecked(True)
+        self.toggle_boxes.setChecked(True)
+        self.view_bar.addSeparator()
+        self.mask_action = self.view_bar.addAction("Edit mask")
+        self.mask_action.setCheckable(True)
+        self.mask_action.toggled.connect(lambda on: self.show_mask_editor() if on
+                                         else self.leave_mask_editor())
+        self.export_action = self.view_bar.addAction("Export…")
+        self.export_action.triggered.connect(lambda: self.export_current())
+        lay.addWidget(self.view_bar)
+
+        self.mask_bar = self._build_mask_bar()
+        lay.addWidget(self.mask_bar)
+        self.canvas.sam_clicked.connect(self._sam_click)
+        lay.addWidget(self.canvas, 1)
+        self.mask_doc: MaskDocument | None = None
+        self.mask_bar.setVisible(False)
+
+    def _build_mask_bar(self) -> QToolBar:
+        bar = QToolBar("Mask")
+        group = QActionGroup(bar)
+        self.tool_actions: dict[str, QAction] = {}
+        for tool, text, key, tip in (
+                ("pan", "Pan", "H", "Pan and zoom (H)"),
+                ("brush", "Brush", "B", "Paint the reflection mask (B); Shift erases"),
+                ("erase", "Eraser", "E", "Erase from the mask (E)"),
+                ("lasso", "Lasso", "L", "Drag to fill a shape, or click points and "
+                                        "double-click (L); Shift subtracts"),
+                ("sam", "Click-select", "S", "Click an object to select it with SAM (S)")):
+            a = bar.addAction(text)
+            a.setCheckable(True)
+            a.setToolTip(tip)
+            a.setShortcut(QKeySequence(key))
+            a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+            a.triggered.connect(lambda _c=False, t=tool: self.set_tool(t))
+            group.addAction(a)
+            self.tool_actions[tool] = a
+        self.tool_actions["pan"].setChecked(True)
+        bar.addSeparator()
+        bar.addWidget(QLabel(" Size "))
+        self.size_slider = QSlider(Qt.Orientation.Horizontal)
+        self.size_slider.setRange(1, 500)
+        self.size_slider.setValue(int(self.canvas.brush_radius) if hasattr(self, "canvas")
+                                  else 24)
+        self.size_slider.setFixedWidth(110)
+        self.size_slider.valueChanged.connect(lambda v: self.canvas.set_brush(radius=v))
+        bar.addWidget(self.size_slider)
+        bar.addWidget(QLabel(" Hardness "))
+        self.hard_slider = QSlider(Qt.Orientation.Horizontal)
+        self.hard_slider.setRange(0, 100)
+        self.hard_slider.setValue(70)
+        self.hard_slider.setFixedWidth(80)
+        self.hard_slider.valueChanged.connect(lambda v: self.canvas.set_brush(hardness=v / 100))
+        bar.addWidget(self.hard_slider)
+        bar.addSeparator()
+        self.morph_px = QSpinBox()
+        self.morph_px.setRange(1, 200)
+        self.morph_px.setValue(4)
+        self.morph_px.setSuffix(" px")
+        bar.addWidget(self.morph_px)
+        for text, fn in (("Grow", lambda: self.mask_doc and self.mask_doc.grow(
+                              self.morph_px.value())),
+                         ("Shrink", lambda: self.mask_doc and self.mask_doc.shrink(
+                             self.morph_px.value())),
+                         ("Feather", lambda: self.mask_doc and self.mask_doc.feather(
+                             self.morph_px.value())),
+                         ("Invert", lambda: self.mask_doc and self.mask_doc.invert()),
+                         ("Clear", lambda: self.mask_doc and self.mask_doc.clear())):
+            bar.addAction(text).triggered.connect(fn)
+        bar.addSeparator()
+        self.undo_action = bar.addAction("Undo")
+        self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
+        self.undo_action.triggered.connect(lambda: self.mask_doc and self.mask_doc.undo.undo())
+        self.redo_action = bar.addAction("Redo")
+        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        self.redo_action.triggered.connect(lambda: self.mask_doc and self.mask_doc.undo.redo())
+        bar.addSeparator()
+        bar.addAction("Colour…").triggered.connect(self._pick_mask_colour)
+        bar.addWidget(QLabel(" Opacity "))
+        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
+        self.opacity_slider.setRange(0, 100)
+        self.opacity_slider.setValue(50)
+        self.opacity_slider.setFixedWidth(70)
+        self.opacity_slider.valueChanged.connect(
+            lambda v: self.mask_doc and self.mask_doc.set_style(opacity=v / 100))
+        bar.addWidget(self.opacity_slider)
+        bar.addSeparator()
+        bar.addAction("Save mask…").triggered.connect(self._save_mask_dialog)
+        bar.addAction("Load mask…").triggered.connect(self._load_mask_dialog)
+        self.inpaint_action = bar.addAction("Inpaint again")
+        self.inpaint_action.setToolTip("Re-run the reflection chain with this mask")
+        self.inpaint_action.triggered.connect(self.inpaint_again)
+        return bar
+
+    def _build_menus(self) -> None:
+        mb = self.menuBar()
+        fm = mb.addMenu("&File")
+        a = fm.addAction("&Open folder…")
+        a.setShortcut(QKeySequence.StandardKey.Open)
+        a.triggered.connect(self._open_dialog)
+        self.recent_menu = fm.addMenu("Open &recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        fm.addSeparator()
+        fm.addAction("&Export result…").triggered.connect(lambda: self.export_current())
+        fm.addSeparator()
+        q = fm.addAction("&Quit")
+        q.setShortcut(QKeySequence.StandardKey.Quit)
+        q.triggered.connect(self.close)
+        pm = mb.addMenu("&Photo")
+        pm.addAction("&Diagnose all").triggered.connect(self.diagnose_all)
+        fx = pm.addAction("&Fix selected")
+        fx.setShortcut(QKeySequence("Ctrl+R"))
+        fx.triggered.connect(self.fix_selected)
+        pm.addAction("Cancel all jobs").triggered.connect(self.client.cancel_all)
+        vm = mb.addMenu("&View")
+        self.space_action = vm.addAction("Toggle before/after")
+        self.space_action.setShortcut(QKeySequence(Qt.Key.Key_Space))
+        self.space_action.triggered.connect(self.toggle_before_after)
+        nxt = vm.addAction("Next photo")
+        nxt.setShortcut(QKeySequence(Qt.Key.Key_Right))
+        nxt.triggered.connect(lambda: self.step_photo(1))
+        prv = vm.addAction("Previous photo")
+        prv.setShortcut(QKeySequence(Qt.Key.Key_Left))
+        prv.triggered.connect(lambda: self.step_photo(-1))
+        self._viewer_only = [self.space_action, nxt, prv]
+        bigger = vm.addAction("Bigger brush")
+        bigger.setShortcut(QKeySequence("]"))
+        bigger.triggered.connect(lambda: self.size_slider.setValue(
+            int(self.size_slider.value() * 1.25) + 1))
+        smaller = vm.addAction("Smaller brush")
+        smaller.setShortcut(QKeySequence("["))
+        smaller.triggered.connect(lambda: self.size_slider.setValue(
+            max(1, int(self.size_slider.value() / 1.25))))
+        back = vm.addAction("Back to photos")
+        back.setShortcut(QKeySequence(Qt.Key.Key_Escape))
+        back.triggered.connect(self.show_browser)
+        vm.addSeparator()
+        vm.addAction(self.diag_dock.toggleViewAction())
+        vm.addAction(self.queue_dock.toggleViewAction())
+        tm = mb.addMenu("&Tools")
+        tm.addAction("&Models…").triggered.connect(lambda: self.show_models())
+        tm.addAction("&Settings…").triggered.connect(self.show_settings)
+        hm = mb.addMenu("&Help")
+        hm.addAction("&About Mend").triggered.connect(self.show_about)
+
+    # -- folders --------------------------------------------------------------------------
+    def _open_dialog(self) -> None:
+        start = recent_folders(self.qs)[0] if recent_folders(self.qs) else str(Path.home())
+        d = QFileDialog.getExistingDirectory(self, "Open a folder of photos", start)
+        if d:
+            self.open_folder(Path(d))
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        for f in recent_folders(self.qs):
+            self.recent_menu.addAction(f).triggered.connect(
+                lambda _c=False, f=f: self.open_folder(Path(f)))
+        if self.recent_menu.isEmpty():
+            self.recent_menu.addAction("(none)").setEnabled(False)
+
+    def open_folder(self, folder: Path) -> None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            self.set_status(f"Not a folder: {folder}")
+            return
+        self.leave_mask_editor()
+        self.show_browser()
+        self.states.clear()
+        self.current = None
+        self._view = None
+        self.canvas.set_images(None, None)
+        self.panel.set_photo_name(None)
+        self.panel.set_diagnosis(None)
+        self.panel.set_plan(None)
+        self.model.set_folder(folder, scan_folder(folder))
+        self.sidecars = SidecarStore(folder, data_dir())
+        add_recent_folder(folder, self.qs)
+        self.folder_label.setText(str(folder))
+        self.setWindowTitle(f"Mend — {folder.name}")
+        self._restore_sidecars(folder)
+
+    def _restore_sidecars(self, folder: Path) -> None:
+        """Read every photo's sidecar off the GUI thread; stale if the folder changed since."""
+        store = self.sidecars
+        paths = [it.path for it in self.model.items()]
+        gen = self.loader.generation
+
+        def read() -> list[tuple[Path, Sidecar]]:
+            out = []
+            for p in paths:
+                sc = store.load(p) if store else None
+                if sc is not None:
+                    out.append((p, sc))
+            return out
+
+        def apply(found: list[tuple[Path, Sidecar]]) -> None:
+            if gen != self.loader.generation:
+                return
+            for p, sc in found:
+                st = self._state(p)
+                st.diagnosis, st.plan = sc.diagnosis, sc.plan
+                st.mask_path = Path(sc.mask) if sc.mask and Path(sc.mask).exists() else None
+                st.outputs = sc.outputs
+                existing = [o for o in sc.outputs if Path(o).exists()]
+                st.output = Path(existing[-1]) if existing else None
+                self.model.update_item(p, diagnosis=sc.diagnosis,
+                                       job_state=JobState.DONE if st.output else None,
+                                       output=st.output)
+                if p == self.current:
+                    self._show_state(p)
+            if found:
+                self.set_status(f"Restored {len(found)} photo(s) from their sidecars")
+
+        self.bg.run(read, apply)
+
+    def _update_count(self) -> None:
+        if self.model.folder is not None:
+            self.folder_label.setText(f"{self.model.folder}  ·  {self.model.total()} photos")
+
+    # -- selection / viewer ---------------------------------------------------------------
+    def _state(self, path: Path) -> PhotoState:
+        return self.states.setdefault(Path(path), PhotoState())
+
+    def _on_current(self, path: Path | None) -> None:
+        self.current = path
+        self.panel.set_photo_name(path.name if path else None)
+        if path is not None:
+            self._show_state(path)
+            if self.stack.currentIndex() == 1:
+                self.load_view(path)
+
+    def _show_state(self, path: Path) -> None:
+        st = self._state(path)
+        self.panel.set_diagnosis(st.diagnosis)
+        self.panel.reset_override()
+        self.panel.set_plan(st.plan, st.plan_note)
+        msg = ""
+        if st.output:
+            msg = f"Result: {st.output}"
+        if st.result and st.result.warnings:
+            msg += "\n" + "\n".join(st.result.warnings)
+        self.panel.set_status(msg)
+
+    def select_path(self, path: Path) -> None:
+        row = self.model.row_of(path)
+        while row is None and self.model.canFetchMore():
+            self.model.fetchMore()
+            row = self.model.row_of(path)
+        if row is None:
+            return
+        ix = self.proxy.mapFromSource(self.model.index(row))
+        if ix.isValid():
+            self.grid.setCurrentIndex(ix)
+        else:
+            self._on_current(Path(path))
+
+    def show_browser(self) -> None:
+        if self.mask_action.isChecked():
+            self.mask_action.setChecked(False)
+        self.stack.setCurrentIndex(0)
+        for a in self._viewer_only if hasattr(self, "_viewer_only") else []:
+            a.setEnabled(False)
+        self.grid.setFocus()
+
+    def show_viewer(self, path: Path | None = None) -> None:
+        path = Path(path) if path else self.current
+        if path is None:
+            return
+        if path != self.current:
+            self.select_path(path)
+        self.current = path
+        self.stack.setCurrentIndex(1)
+        for a in self._viewer_only:
+            a.setEnabled(True)
+        self.load_view(path)
+        self.canvas.setFocus()
+
+    def load_view(self, path: Path) -> None:
+        """Decode the photo (and its result) in the pool; the canvas updates when ready."""
+        st = self._state(path)
+        self._view_token += 1
+        token = self._view_token
+        self.canvas.message = f"Loading {path.name}…"
+        output = st.output
+
+        def done(v: ViewImages) -> None:
+            if token != self._view_token:
+                return  # another photo was picked meanwhile
+            self._view = v
+            self.canvas.set_images(v.before, v.after, v.before_proxy, v.after_proxy)
+            self.canvas.removed = v.removed
+            arts = st.result.artifacts if st.result else {}
+            self.canvas.set_boxes(arts.get("text_boxes") or (), arts.get("face_boxes") or ())
+            if v.after is not None and self.compare.currentData() is Compare.AFTER:
+                self.compare.setCurrentIndex(self.compare.findData(Compare.SPLIT))
+            if self.mask_action.isChecked():
+                self._open_mask_doc()
+            else:
+                self._show_result_mask()
+            self.view_loaded.emit(path)
+
+        def fail(msg: str) -> None:
+            if token == self._view_token:
+                self.canvas.set_images(None, None)
+                self.canvas.message = msg
+                self.canvas.update()
+                self.set_status(msg)
+
+        self.bg.run(lambda: build_view(path, output), done, fail)
+
+    def _show_result_mask(self) -> None:
+        """Show the mask the engine used (or the edited one) as a read-only overlay."""
+        st = self._state(self.current) if self.current else None
+        mp = None
+        if st is not None:
+            mp = st.mask_path or (st.result.artifacts.get("mask_path") if st.result else None)
+        if mp is None or self._view is None:
+            self.canvas.set_document(None)
+            return
+        self._open_mask_doc(readonly=True)
+
+    def _set_canvas_flag(self, attr: str, on: bool) -> None:
+        setattr(self.canvas, attr, on)
+        self.canvas.update()
+
+    def toggle_before_after(self) -> None:
+        if self.stack.currentIndex() != 1:
+            return
+        mode = self.compare.currentData()
+        target = Compare.BEFORE if mode is not Compare.BEFORE else (
+            Compare.SPLIT if self.canvas.after is not None else Compare.AFTER)
+        self._last_mode = mode
+        self.compare.setCurrentIndex(self.compare.findData(target))
+
+    def step_photo(self, d: int) -> None:
+        ix = self.grid.currentIndex()
+        n = self.proxy.rowCount()
+        if n == 0:
+            return
+        row = 0 if not ix.isValid() else max(0, min(n - 1, ix.row() + d))
+        if row == n - 1 and self.proxy.canFetchMore(ix.parent()):
+            self.proxy.fetchMore(ix.parent())
+        self.grid.setCurrentIndex(self.proxy.index(row, 0))
+
+    # -- diagnosis and runs ---------------------------------------------------------------
+    def diagnose(self, paths: list[Path]) -> list[int]:
+        ids = []
+        s = self.settings
+        for p in paths:
+            jid = self.client.diagnose(p, backend=s.backend, profile=s.profile)
+            self._job_path[jid] = Path(p)
+            ids.append(jid)
+        return ids
+
+    def diagnose_all(self) -> list[int]:
+        return self.diagnose([it.path for it in self.model.items()])
+
+    def selected_paths(self) -> list[Path]:
+        paths = self.grid.selected_paths()
+        if not paths and self.current:
+            paths = [self.current]
+        return paths
+
+    def fix_selected(self) -> list[int]:
+        return [self.fix(p) for p in self.selected_paths()]
+
+    def request_for(self, path: Path, plan: Plan | None = None,
+                    label: Degradation | None = None, mask_path: Path | None = None
+                    ) -> JobRequest:
+        st = self._state(path)
+        s = self.settings
+        return JobRequest(
+            path=Path(path), output=s.output_options(Path(path)), label=label,
+            plan=plan, profile=s.profile, device=s.device, backend=s.backend,
+            mask_path=mask_path or st.mask_path, diagnosis=st.diagnosis, guard=s.guard)
+
+    def fix(self, path: Path, plan: Plan | None = None, label: Degradation | None = None,
+            mask_path: Path | None = None) -> int:
+        st = self._state(path)
+        plan = plan if plan is not None else st.plan
+        jid = self.client.submit(self.request_for(path, plan, label, mask_path))
+        self._job_path[jid] = Path(path)
+        self.model.update_item(path, job_state=JobState.QUEUED, error="")
+        return jid
+
+    def _run_current(self, plan: Plan | None) -> None:
+        if self.current is None:
+            return
+        st = self._state(self.current)
+        st.plan = plan or st.plan
+        self.fix(self.current, st.plan, self.panel.override_label())
+        self.set_status(f"Queued {self.current.name}")
+
+    def _override(self, label: Degradation | None) -> None:
+        path = self.current
+        if path is None:
+            return
+        st = self._state(path)
+        if st.diagnosis is None:
+            self.diagnose([path])
+            return
+        diag = st.diagnosis
+        profile = self.settings.profile
+
+        def replan(engine, progress):
+            return engine.plan(diag, label, profile)
+
+        jid = self.client.call(replan, f"Plan {path.name}")
+        self._job_path[jid] = path
+
+    def _on_finished(self, job_id: int, result: Any) -> None:
+        path = self._job_path.pop(job_id, None)
+        if path is None:
+            return
+        st = self._state(path)
+        if isinstance(result, DiagnoseOutcome):
+            st.diagnosis, st.plan, st.plan_note = result.diagnosis, result.plan, result.plan_error
+            self.model.update_item(path, diagnosis=result.diagnosis)
+            if self.sidecars:
+                self.sidecars.update(path, diagnosis=result.diagnosis, plan=result.plan)
+            if path == self.current:
+                self._show_state(path)
+            self.diagnosed.emit(path)
+        elif isinstance(result, JobResult):
+            st.result, st.output = result, result.output
+            st.diagnosis, st.plan = result.diagnosis, result.plan
+            if result.output:
+                st.outputs = [o for o in st.outputs if o != str(result.output)] + [
+                    str(result.output)]
+            self.model.update_item(path, job_state=JobState.DONE, output=result.output,
+                                   diagnosis=result.diagnosis)
+            if self.sidecars:
+                self.sidecars.update(path, diagnosis=result.diagnosis, plan=result.plan,
+                                     outputs=st.outputs, warnings=list(result.warnings),
+                                     mask=str(st.mask_path) if st.mask_path else None)
+            if path == self.current:
+                self._show_state(path)
+                if self.stack.currentIndex() == 1:
+                    self.load_view(path)
+            self.set_status(f"Fixed {path.name} in {result.seconds:.1f} s"
+                            + (f" — {result.warnings[0]}" if result.warnings else ""))
+            self.fixed.emit(path)
+        elif isinstance(result, Plan):
+            st.plan = result
+            if path == self.current:
+                self.panel.set_plan(result)
+        elif result is not None and hasattr(result, "shape"):  # SAM mask
+            if self.mask_doc is not None and path == self.current:
+                self.mask_doc.set_mask(result, "Click-select", combine="add")
+
+    def _on_failed(self, job_id: int, message: str) -> None:
+        path = self._job_path.pop(job_id, None)
+        info = self.client.job(job_id)
+        if path is not None and info is not None and info.kind is JobKind.RUN:
+            self.model.update_item(path, error=message)
+        self.set_status(f"{path.name if path else 'Job'}: {message}")
+        if path == self.current:
+            self.panel.set_status(message)
+
+    def _on_job_changed(self, info: JobInfo) -> None:
+        if info.kind is not JobKind.RUN or info.path is None:
+            return
+        self.model.update_item(info.path, job_state=info.state)
+
+    def _on_overall(self, fraction: float, eta: Any) -> None:
+        if self.client.is_idle():
+            self.eta_label.setText("")
+        else:
+            self.eta_label.setText(f"{fraction:.0%} {format_eta(eta)}")
+
+    def _on_engine_ready(self, device: Any) -> None:
+        self.device = device
+        if device is not None:
+            self.statusBar().showMessage(f"Engine ready on {device.name}", 5000)
+
+    # -- mask editor ----------------------------------------------------------------------
+    def show_mask_editor(self) -> None:
+        if self.current is None:
+            return
+        if self.stack.currentIndex() != 1:
+            self.show_viewer(self.current)
+        if not self.mask_action.isChecked():
+            self.mask_action.setChecked(True)  # re-enters via the toggled signal
+            return
+        self.mask_bar.setVisible(True)
+        sam_ok = self._sam_available()
+        self.tool_actions["sam"].setEnabled(sam_ok)
+        self.tool_actions["sam"].setToolTip(
+            "Click an object to select it with SAM (S)" if sam_ok else
+            "Click-to-select needs the SAM model (sam-vit-base): install it in Tools ▸ Models")
+        if self._view is not None:
+            self._open_mask_doc()
+        self.set_tool("brush")
+        self.toggle_mask.setChecked(True)
+
+    def leave_mask_editor(self) -> None:
+        if not hasattr(self, "mask_bar"):
+            return
+        self.mask_bar.setVisible(False)
+        self.set_tool("pan")
+        if self.mask_action.isChecked():
+            self.mask_action.setChecked(False)
+
+    def _sam_available(self) -> bool:
+        try:
+            from engine.models.store import ModelStore
+            from engine.restore import reflection
+
+            if not (hasattr(reflection, "sam_select") or hasattr(reflection, "sam_mask")):
+                return False
+            return ModelStore().status("sam-vit-base") in ("verified", "unpinned")
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _open_mask_doc(self, readonly: bool = False) -> None:
+        v = self._view
+        if v is None or self.current is None:
+            return
+        h, w = v.before_rgb.shape[:2]
+        doc = MaskDocument(h, w, parent=self)
+        st = self._state(self.current)
+        src = st.mask_path or (st.result.artifacts.get("mask_path") if st.result else None)
+        arr = st.result.artifacts.get("mask") if st.result else None
+        try:
+            if src is not None and Path(src).exists():
+                from .editor.mask import read_mask
+
+                doc.set_mask(read_mask(Path(src), (h, w)), "Detected mask")
+            elif arr is not None and hasattr(arr, "shape"):
+                doc.set_mask(arr, "Detected mask")
+        except Exception as e:  # noqa: BLE001
+            from .messages import describe_error
+
+            self.set_status(f"Could not load the mask: {describe_error(e)}")
+        doc.undo.clear()  # the starting point is not an undoable edit
+        doc.set_style(opacity=self.opacity_slider.value() / 100)
+        self.mask_doc = None if readonly else doc
+        self.canvas.set_document(doc)
+
+    def set_tool(self, tool: str) -> None:
+        if tool != "pan" and self.mask_doc is None:
+            if self.current is not None and self.stack.currentIndex() == 1:
+                self.show_mask_editor()
+            if self.mask_doc is None:
+                tool = "pan"
+        if tool == "sam" and not self.tool_actions["sam"].isEnabled():
+            tool = "pan"
+        self.canvas.set_tool(tool)
+        self.tool_actions[tool].setChecked(True)
+
+    def _pick_mask_colour(self) -> None:
+        if self.mask_doc is None:
+            return
+        c = QColorDialog.getColor(self.mask_doc.colour, self, "Mask colour")
+        if c.isValid():
+            self.mask_doc.set_style(colour=c)
+
+    def _save_mask_dialog(self) -> None:
+        if self.mask_doc is None or self.current is None:
+            return
+        f, _ = QFileDialog.getSaveFileName(self, "Save mask", str(
+            self.current.with_name(self.current.stem + "_mask.png")), "PNG (*.png)")
+        if f:
+            self.save_mask(Path(f))
+
+    def save_mask(self, dest: Path, on_done=None) -> None:
+        """Write the mask PNG in the pool (a 24 MP PNG takes a while)."""
+        if self.mask_doc is None:
+            return
+        data = self.mask_doc.full.copy()
+        shape = data.shape
+
+        def write() -> Path:
+            doc = MaskDocument.__new__(MaskDocument)  # only .full is used by save()
+            doc.full = data
+            return MaskDocument.save(doc, dest)
+
+        def done(p: Path) -> None:
+            self.set_status(f"Mask saved: {p} ({shape[1]}×{shape[0]})")
+            if on_done:
+                on_done(p)
+
+        self.bg.run(write, done, self.set_status)
+
+    def _load_mask_dialog(self) -> None:
+        if self.mask_doc is None:
+            return
+        f, _ = QFileDialog.getOpenFileName(self, "Load mask", str(self.current.parent)
+                                           if self.current else "", "Images (*.png *.jpg *.tif)")
+        if f:
+            self.load_mask(Path(f))
+
+    def load_mask(self, path: Path) -> None:
+        doc = self.mask_doc
+        if doc is None:
+            return
+        shape = doc.full.shape
+        from .editor.mask import read_mask
+
+        self.bg.run(lambda: read_mask(path, shape),
+                    lambda m: doc.set_mask(m, f"Load {path.name}"), self.set_status)
+
+    def inpaint_again(self) -> int | None:
+        """Save the edited mask beside the photo's sidecar and re-run chain B with it."""
+        path = self.current
+        if path is None or self.mask_doc is None or self.sidecars is None:
+            return None
+        dest = self.sidecars.mask_path_for(path)
+        st = self._state(path)
+        st.mask_path = dest
+        self.sidecars.update(path, mask=str(dest))
+        plan = st.plan if st.plan is not None and st.plan.label is Degradation.B else None
+        job: dict[str, int] = {}
+
+        def submit(_p: Path) -> None:
+            job["id"] = self.fix(path, plan, Degradation.B, dest)
+            self.set_status(f"Inpainting {path.name} again with the edited mask")
+
+        self.save_mask(dest, submit)
+        return 0
+
+    def _sam_click(self, x: float, y: float, include: int) -> None:
+        if self.current is None:
+            return
+        jid = self.client.sam_select(self.current, [(x, y, include)])
+        self._job_path[jid] = self.current
+
+    # -- export ---------------------------------------------------------------------------
+    def export_current(self, dest: Path | None = None) -> None:
+        path = self.current
+        st = self._state(path) if path else None
+        if path is None or st is None or st.output is None or not st.output.exists():
+            self.set_status("Nothing to export yet: fix the photo first")
+            return
+        if dest is None:
+            f, _ = QFileDialog.getSaveFileName(self, "Export result", str(
+                st.output.parent / st.output.name))
+            if not f:
+                return
+            dest = Path(f)
+        output = st.output
+        self.bg.run(lambda: export_copy(output, Path(dest), path),
+                    lambda p: (self.set_status(f"Exported {p}"), self.exported.emit(p)),
+                    lambda m: self.set_status(f"Export failed: {m}"))
+
+    # -- dialogs --------------------------------------------------------------------------
+    def show_models(self, first_run: bool = False) -> None:
+        from .dialogs.models import ModelManagerDialog
+
+        try:
+            dlg = ModelManagerDialog(self.client, parent=self, first_run=first_run)
+        except Exception as e:  # noqa: BLE001
+            from .messages import describe_error
+
+            QMessageBox.warning(self, "Models", describe_error(e))
+            return
+        dlg.exec()
+
+    def show_settings(self) -> None:
+        from .dialogs.settings import SettingsDialog
+
+        dlg = SettingsDialog(self.settings, self)
+        if dlg.exec():
+            old = self.settings
+            self.settings = dlg.value()
+            save_settings(self.settings, self.qs)
+            self.settings.apply_environment()
+            if (old.device, old.tile_size) != (self.settings.device, self.settings.tile_size):
+                self.set_status("Device and tile size apply after a restart")
+
+    def show_about(self) -> None:
+        from .dialogs.about import show_about
+
+        show_about(self, self.device)
+
+    # -- misc -----------------------------------------------------------------------------
+    def set_status(self, text: str) -> None:
+        self.status_label.setText(text)
+
+    def _offer_resume(self) -> None:
+        from .engine_client import read_journal
+
+        journal = data_dir() / "queue.json"
+        jobs = read_journal(journal)
+        if not jobs:
+            if not self.qs.value("firstRunDone"):
+                self.qs.setValue("firstRunDone", True)
+                QTimer.singleShot(200, lambda: self.show_models(first_run=True))
+            return
+        r = QMessageBox.question(
+            self, "Unfinished jobs",
+            f"Mend stopped with {len(jobs)} unfinished job(s). Queue them again?")
+        if r == QMessageBox.StandardButton.Yes:
+            for req in jobs:
+                if Path(req.path).exists():
+                    jid = self.client.submit(req)
+                    self._job_path[jid] = Path(req.path)
+        else:
+            journal.unlink(missing_ok=True)
+
+    def _restore_window(self) -> None:
+        g = self.qs.value("window/geometry")
+        s = self.qs.value("window/state")
+        if isinstance(g, QByteArray):
+            self.restoreGeometry(g)
+        if isinstance(s, QByteArray):
+            self.restoreState(s)
+
+    def closeEvent(self, e) -> None:
+        if not self.client.is_idle() and self._own_client:
+            r = QMessageBox.question(self, "Quit Mend",
+                                     "Jobs are still running. Stop them and quit?")
+            if r != QMessageBox.StandardButton.Yes:
+                e.ignore()
+                return
+        self.qs.setValue("window/geometry", self.saveGeometry())
+        self.qs.setValue("window/state", self.saveState())
+        self.qs.sync()
+        self.loader.new_generation()
+        if self._own_client:
+            self.client.clear_journal()
+            self.client.shutdown()
+        super().closeEvent(e)

@@ -1,0 +1,1 @@
+"""Side panels: diagnosis / plan editor, job queue, mask tools."""

@@ -1,0 +1,340 @@
+"""Diagnosis panel: label, score bars, runner-up, estimates, rationale; class override; plan editor."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.api import CLASSES, Degradation, Diagnosis, Plan, Step
+
+CHOICES: dict[str, list[Any]] = {
+    "scale": [1, 2, 4],
+    "model": ["realesr-general-x4v3", "realesrgan-x4plus"],
+    "detector": ["auto", "yolo", "sam", "builtin"],
+}
+RANGES: dict[str, tuple[float, float, float]] = {  # min, max, step
+    "strength": (0.0, 1.0, 0.05),
+    "fidelity": (0.0, 1.0, 0.05),
+    "steps": (1, 5, 1),
+}
+ESTIMATE_NAMES = {
+    "noise_sigma": ("Noise σ", "{:.1f}"),
+    "jpeg_quality": ("JPEG quality", "{:.0f}"),
+    "blur_length": ("Blur length", "{:.1f} px"),
+    "blur_angle": ("Blur angle", "{:.0f}°"),
+    "sharpness": ("Sharpness", "{:.3g}"),
+    "reflection_area": ("Reflection area", "{:.0%}"),
+}
+
+
+def step_names() -> list[str]:
+    try:
+        from engine.restore.registry import all_steps
+
+        return sorted(all_steps())
+    except Exception:  # noqa: BLE001 - a broken specialist module must not take the panel down
+        return []
+
+
+def step_defaults(name: str) -> Mapping[str, Any]:
+    try:
+        from engine.restore.registry import get_step
+
+        return get_step(name).defaults
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+class DiagnosisPanel(QWidget):
+    run_requested = Signal(object)  # Plan | None
+    override_requested = Signal(object)  # Degradation | None (None = back to auto)
+    diagnose_requested = Signal()
+    edit_mask_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.diagnosis: Diagnosis | None = None
+        self.plan: Plan | None = None
+        self._updating = False
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(8, 8, 8, 8)
+
+        self.title = QLabel("No photo")
+        self.title.setObjectName("panelTitle")
+        self.title.setWordWrap(True)
+        lay.addWidget(self.title)
+        self.label = QLabel("Not diagnosed yet")
+        self.label.setObjectName("diagnosisLabel")
+        self.label.setWordWrap(True)
+        lay.addWidget(self.label)
+        self.runner_up = QLabel("")
+        self.runner_up.setObjectName("dim")
+        lay.addWidget(self.runner_up)
+
+        scores = QGroupBox("Scores")
+        sl = QFormLayout(scores)
+        self.bars: dict[str, QProgressBar] = {}
+        for c in CLASSES:
+            bar = QProgressBar()
+            bar.setRange(0, 1000)
+            bar.setTextVisible(True)
+            bar.setFormat("0 %")
+            bar.setObjectName(f"score{c.value}")
+            self.bars[c.value] = bar
+            sl.addRow(f"{c.value} · {c.short_name}", bar)
+        lay.addWidget(scores)
+
+        est = QGroupBox("Measurements")
+        self.est_form = QFormLayout(est)
+        lay.addWidget(est)
+        self.rationale = QLabel("")
+        self.rationale.setWordWrap(True)
+        self.rationale.setObjectName("dim")
+        self.rationale.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay.addWidget(self.rationale)
+
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Fix as"))
+        self.override = QComboBox()
+        self.override.addItem("Automatic", None)
+        for c in CLASSES:
+            self.override.addItem(f"{c.value} · {c.short_name}", c)
+        self.override.currentIndexChanged.connect(self._on_override)
+        row.addWidget(self.override, 1)
+        self.diagnose_btn = QPushButton("Diagnose")
+        self.diagnose_btn.clicked.connect(self.diagnose_requested)
+        row.addWidget(self.diagnose_btn)
+        lay.addLayout(row)
+
+        plan_box = QGroupBox("Plan")
+        pl = QVBoxLayout(plan_box)
+        self.profile_label = QLabel("")
+        self.profile_label.setObjectName("dim")
+        pl.addWidget(self.profile_label)
+        self.steps = QListWidget()
+        self.steps.setMaximumHeight(130)
+        self.steps.currentRowChanged.connect(self._show_params)
+        self.steps.itemChanged.connect(self._on_step_toggled)
+        pl.addWidget(self.steps)
+        btns = QHBoxLayout()
+        self.add_combo = QComboBox()
+        self.add_combo.setToolTip("Step to add")
+        btns.addWidget(self.add_combo, 1)
+        for text, tip, fn in (("+", "Add the step", self._add_step),
+                              ("−", "Remove the selected step", self._remove_step),
+                              ("↑", "Move up", lambda: self._move_step(-1)),
+                              ("↓", "Move down", lambda: self._move_step(1))):
+            b = QToolButton()
+            b.setText(text)
+            b.setToolTip(tip)
+            b.clicked.connect(fn)
+            btns.addWidget(b)
+        pl.addLayout(btns)
+        self.params_box = QGroupBox("Parameters")
+        self.params_form = QFormLayout(self.params_box)
+        pl.addWidget(self.params_box)
+        lay.addWidget(plan_box)
+
+        self.mask_btn = QPushButton("Edit reflection mask…")
+        self.mask_btn.clicked.connect(self.edit_mask_requested)
+        lay.addWidget(self.mask_btn)
+        self.run_btn = QPushButton("Fix this photo")
+        self.run_btn.setObjectName("primary")
+        self.run_btn.clicked.connect(lambda: self.run_requested.emit(self.plan))
+        lay.addWidget(self.run_btn)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setObjectName("dim")
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        self.set_photo_name(None)
+
+    # -- content --------------------------------------------------------------------------
+    def set_photo_name(self, name: str | None) -> None:
+        self.title.setText(name or "No photo selected")
+        enabled = name is not None
+        for w in (self.run_btn, self.diagnose_btn, self.override, self.mask_btn):
+            w.setEnabled(enabled)
+
+    def set_diagnosis(self, d: Diagnosis | None) -> None:
+        self.diagnosis = d
+        while self.est_form.rowCount():
+            self.est_form.removeRow(0)
+        if d is None:
+            self.label.setText("Not diagnosed yet")
+            self.runner_up.setText("")
+            self.rationale.setText("")
+            for bar in self.bars.values():
+                bar.setValue(0)
+                bar.setFormat("–")
+            return
+        self.label.setText(f"<b>{d.label.value} · {d.label.short_name}</b> — {d.confidence:.0%}"
+                           f"<br><span>{d.label.display_name}</span>")
+        ru = d.runner_up
+        self.runner_up.setText(
+            f"Runner-up: {ru.value} · {ru.short_name} ({float(d.scores.get(ru.value, 0)):.0%})"
+            if ru else "")
+        for k, bar in self.bars.items():
+            v = float(d.scores.get(k, 0.0))
+            bar.setValue(int(round(v * 1000)))
+            bar.setFormat(f"{v:.0%}")
+        for key, value in d.estimates.items():
+            name, fmt = ESTIMATE_NAMES.get(key, (key.replace("_", " ").capitalize(), "{}"))
+            try:
+                text = fmt.format(value) if value is not None else "–"
+            except (ValueError, TypeError):
+                text = str(value)
+            self.est_form.addRow(name, QLabel(text))
+        if d.flags:
+            self.est_form.addRow("Also present", QLabel(", ".join(d.flags)))
+        self.rationale.setText(d.rationale + (f"  ({d.backend})" if d.backend else ""))
+
+    def set_plan(self, plan: Plan | None, note: str = "") -> None:
+        self.plan = plan
+        self._updating = True
+        self.steps.clear()
+        if self.add_combo.count() == 0:
+            for n in step_names():
+                self.add_combo.addItem(n)
+        if plan is not None:
+            self.profile_label.setText(f"Profile: {plan.profile} · class {plan.label.value}")
+            for s in plan.steps:
+                it = QListWidgetItem(s.name)
+                it.setFlags(it.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                it.setCheckState(Qt.CheckState.Checked if s.enabled else Qt.CheckState.Unchecked)
+                self.steps.addItem(it)
+        else:
+            self.profile_label.setText(note or "No plan yet (the plan is built when diagnosed)")
+        self._updating = False
+        self.steps.setCurrentRow(0 if plan and plan.steps else -1)
+        self._show_params(self.steps.currentRow())
+        self.mask_btn.setVisible(plan is not None and plan.label is Degradation.B
+                                 or (self.diagnosis is not None
+                                     and self.diagnosis.label is Degradation.B))
+
+    def set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    # -- plan editing ---------------------------------------------------------------------
+    def _on_override(self, _i: int) -> None:
+        if not self._updating:
+            self.override_requested.emit(self.override.currentData())
+
+    def override_label(self) -> Degradation | None:
+        return self.override.currentData()
+
+    def reset_override(self) -> None:
+        self._updating = True
+        self.override.setCurrentIndex(0)
+        self._updating = False
+
+    def _on_step_toggled(self, item: QListWidgetItem) -> None:
+        if self._updating or self.plan is None:
+            return
+        i = self.steps.row(item)
+        s = self.plan.steps[i]
+        self.plan = self.plan.replace_step(
+            i, Step(s.name, s.params, item.checkState() == Qt.CheckState.Checked))
+
+    def _add_step(self) -> None:
+        name = self.add_combo.currentText()
+        if not name:
+            return
+        label = self.plan.label if self.plan else (
+            self.diagnosis.label if self.diagnosis else Degradation.D)
+        profile = self.plan.profile if self.plan else "custom"
+        steps = tuple(self.plan.steps if self.plan else ()) + (Step(name, dict(step_defaults(name))),)
+        self.set_plan(Plan(label, profile, steps))
+        self.steps.setCurrentRow(len(steps) - 1)
+
+    def _remove_step(self) -> None:
+        i = self.steps.currentRow()
+        if self.plan is None or i < 0:
+            return
+        steps = list(self.plan.steps)
+        del steps[i]
+        self.set_plan(Plan(self.plan.label, self.plan.profile, tuple(steps)))
+
+    def _move_step(self, d: int) -> None:
+        i = self.steps.currentRow()
+        if self.plan is None or i < 0 or not 0 <= i + d < len(self.plan.steps):
+            return
+        steps = list(self.plan.steps)
+        steps[i], steps[i + d] = steps[i + d], steps[i]
+        self.set_plan(Plan(self.plan.label, self.plan.profile, tuple(steps)))
+        self.steps.setCurrentRow(i + d)
+
+    def _show_params(self, i: int) -> None:
+        while self.params_form.rowCount():
+            self.params_form.removeRow(0)
+        if self.plan is None or not 0 <= i < len(self.plan.steps):
+            self.params_box.setTitle("Parameters")
+            return
+        s = self.plan.steps[i]
+        self.params_box.setTitle(f"Parameters · {s.name}")
+        params = {**step_defaults(s.name), **s.params}
+        if not params:
+            self.params_form.addRow(QLabel("This step has no parameters."))
+        for key, value in params.items():
+            self.params_form.addRow(key.replace("_", " "), self._editor(i, key, value))
+
+    def _editor(self, i: int, key: str, value: Any) -> QWidget:
+        def setter(v: Any) -> None:
+            if self.plan is None:
+                return
+            s = self.plan.steps[i]
+            self.plan = self.plan.replace_step(i, Step(s.name, {**s.params, key: v}, s.enabled))
+
+        if key in CHOICES:
+            w = QComboBox()
+            opts = list(CHOICES[key])
+            if value not in opts:
+                opts.append(value)
+            for o in opts:
+                w.addItem(str(o), o)
+            w.setCurrentIndex(opts.index(value))
+            w.currentIndexChanged.connect(lambda _i: setter(w.currentData()))
+            return w
+        if isinstance(value, bool):
+            cb = QCheckBox()
+            cb.setChecked(value)
+            cb.toggled.connect(setter)
+            return cb
+        if isinstance(value, int):
+            sp = QSpinBox()
+            lo, hi, _ = RANGES.get(key, (0, 10000, 1))
+            sp.setRange(int(lo), int(hi))
+            sp.setValue(value)
+            sp.valueChanged.connect(setter)
+            return sp
+        if isinstance(value, float):
+            ds = QDoubleSpinBox()
+            lo, hi, st = RANGES.get(key, (0.0, 1000.0, 0.1))
+            ds.setRange(lo, hi)
+            ds.setSingleStep(st)
+            ds.setDecimals(2)
+            ds.setValue(value)
+            ds.valueChanged.connect(setter)
+            return ds
+        le = QLineEdit(str(value))
+        le.editingFinished.connect(lambda: setter(le.text()))
+        return le

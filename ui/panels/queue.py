@@ -1,0 +1,141 @@
+"""The job queue: per-job progress, reorder, cancel, retry; overall progress with ETA."""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..engine_client import EngineClient, JobInfo, JobState
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s left"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s left"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min left"
+
+
+class QueuePanel(QWidget):
+    def __init__(self, client: EngineClient, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.client = client
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(8, 8, 8, 8)
+        self.overall = QProgressBar()
+        self.overall.setRange(0, 1000)
+        self.overall.setFormat("Idle")
+        lay.addWidget(self.overall)
+        self.list = QListWidget()
+        self.list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
+        lay.addWidget(self.list, 1)
+        row = QHBoxLayout()
+        self.up = QPushButton("Up")
+        self.down = QPushButton("Down")
+        self.cancel = QPushButton("Cancel")
+        self.retry = QPushButton("Retry")
+        self.clear = QPushButton("Clear finished")
+        for b in (self.up, self.down, self.cancel, self.retry, self.clear):
+            row.addWidget(b)
+        lay.addLayout(row)
+        self.detail = QLabel("")
+        self.detail.setWordWrap(True)
+        self.detail.setObjectName("dim")
+        lay.addWidget(self.detail)
+        self.up.clicked.connect(lambda: self._move(-1))
+        self.down.clicked.connect(lambda: self._move(1))
+        self.cancel.clicked.connect(self._cancel)
+        self.retry.clicked.connect(self._retry)
+        self.clear.clicked.connect(client.clear_finished)
+        self.list.currentItemChanged.connect(lambda *_: self._show_detail())
+        client.queue_changed.connect(self.refresh)
+        client.job_changed.connect(self._on_job)
+        client.overall_progress.connect(self._on_overall)
+        self._items: dict[int, QListWidgetItem] = {}
+        self.refresh()
+
+    def _selected(self) -> list[int]:
+        return [it.data(Qt.ItemDataRole.UserRole) for it in self.list.selectedItems()]
+
+    def _move(self, d: int) -> None:
+        ids = self._selected()
+        for jid in (ids if d < 0 else reversed(ids)):
+            self.client.move(jid, d)
+        self._reselect(ids)
+
+    def _cancel(self) -> None:
+        for jid in self._selected():
+            self.client.cancel(jid)
+
+    def _retry(self) -> None:
+        for jid in self._selected():
+            self.client.retry(jid)
+
+    def _reselect(self, ids: list[int]) -> None:
+        for jid in ids:
+            it = self._items.get(jid)
+            if it is not None:
+                it.setSelected(True)
+
+    def refresh(self) -> None:
+        sel = self._selected()
+        self.list.clear()
+        self._items.clear()
+        infos = {j.id: j for j in self.client.jobs()}
+        order: list[int] = []
+        if self.client.running_id() is not None:
+            order.append(self.client.running_id())
+        order += self.client.queued_ids()
+        order += sorted((i for i in infos if i not in order), reverse=True)
+        for jid in order:
+            info = infos.get(jid)
+            if info is None:
+                continue
+            it = QListWidgetItem(self._text(info))
+            it.setData(Qt.ItemDataRole.UserRole, jid)
+            it.setToolTip(info.error or info.message)
+            self.list.addItem(it)
+            self._items[jid] = it
+        self._reselect(sel)
+        if self.client.is_idle():
+            self.overall.setValue(0)
+            self.overall.setFormat("Idle")
+
+    def _text(self, j: JobInfo) -> str:
+        extra = ""
+        if j.state is JobState.RUNNING:
+            extra = f" — {j.fraction:.0%} {j.message} {format_eta(j.eta_seconds)}".rstrip()
+        elif j.state in (JobState.FAILED, JobState.CANCELLED):
+            extra = f" — {j.error}"
+        return f"[{j.state.value}] {j.title}{extra}"
+
+    def _on_job(self, info: JobInfo) -> None:
+        it = self._items.get(info.id)
+        if it is not None:
+            it.setText(self._text(info))
+            it.setToolTip(info.error or info.message)
+        self._show_detail()
+
+    def _on_overall(self, fraction: float, eta) -> None:
+        self.overall.setValue(int(fraction * 1000))
+        self.overall.setFormat(f"{fraction:.0%}  {format_eta(eta)}".strip())
+
+    def _show_detail(self) -> None:
+        it = self.list.currentItem()
+        if it is None:
+            self.detail.setText("")
+            return
+        info = self.client.job(it.data(Qt.ItemDataRole.UserRole))
+        if info is not None:
+            self.detail.setText(info.error or info.message)

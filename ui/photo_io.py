@@ -1,0 +1,124 @@
+"""Off-GUI-thread photo work for the viewer: decode full images + display proxies, the removed
+layer, export copies. Results come back through a signal carrying QImages / numpy arrays."""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QImage
+
+from .imaging import load_full, rgb_to_qimage
+from .messages import describe_error
+
+PROXY_SIDE = 2048
+
+
+@dataclass(frozen=True)
+class ViewImages:
+    path: Path
+    before: QImage
+    before_proxy: QImage | None
+    after: QImage | None
+    after_proxy: QImage | None
+    removed: QImage | None
+    before_rgb: np.ndarray  # uint8, for the mask editor's size and SAM
+
+
+def _proxy(img: QImage) -> QImage | None:
+    if max(img.width(), img.height()) <= PROXY_SIDE:
+        return None
+    return img.scaled(PROXY_SIDE, PROXY_SIDE, Qt.AspectRatioMode.KeepAspectRatio,
+                      Qt.TransformationMode.SmoothTransformation)
+
+
+def removed_layer(before: np.ndarray, after: np.ndarray, gain: float = 3.0) -> np.ndarray:
+    """|input − output| (after resized onto the input), amplified so faint layers show."""
+    import cv2
+
+    if after.shape[:2] != before.shape[:2]:
+        after = cv2.resize(after, (before.shape[1], before.shape[0]), interpolation=cv2.INTER_AREA)
+    diff = np.abs(before.astype(np.int16) - after.astype(np.int16)).astype(np.float32)
+    return np.clip(diff * gain, 0, 255).astype(np.uint8)
+
+
+def build_view(path: Path, output: Path | None) -> ViewImages:
+    before_rgb = load_full(path)
+    before = rgb_to_qimage(before_rgb)
+    after = after_proxy = removed = None
+    if output is not None and Path(output).exists():
+        after_rgb = load_full(Path(output))
+        after = rgb_to_qimage(after_rgb)
+        after_proxy = _proxy(after)
+        removed = rgb_to_qimage(removed_layer(before_rgb, after_rgb))
+    return ViewImages(Path(path), before, _proxy(before), after, after_proxy, removed, before_rgb)
+
+
+def export_copy(src: Path, dest: Path, original: Path) -> Path:
+    """Copy a result to ``dest`` atomically; refuses to overwrite the original photo."""
+    if dest.resolve() == Path(original).resolve() or dest.resolve() == Path(src).resolve():
+        raise OSError(f"refusing to overwrite {dest}: export never replaces the original")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+class Background(QObject):
+    """``run(fn, on_done, on_error)`` in a pool; callbacks are called on the GUI thread."""
+
+    _done = Signal(int, object)
+    _fail = Signal(int, str)
+
+    def __init__(self, start: Callable[[Callable[[], None]], None], parent=None) -> None:
+        super().__init__(parent)
+        self._start = start
+        self._ids = itertools.count(1)
+        self._callbacks: dict[int, tuple[Callable[[Any], None], Callable[[str], None] | None]] = {}
+        self._done.connect(self._on_done)
+        self._fail.connect(self._on_fail)
+
+    def run(self, fn: Callable[[], Any], on_done: Callable[[Any], None],
+            on_error: Callable[[str], None] | None = None) -> int:
+        tid = next(self._ids)
+        self._callbacks[tid] = (on_done, on_error)
+        done, fail = self._done, self._fail
+
+        def work() -> None:
+            try:
+                result = fn()
+            except Exception as e:  # noqa: BLE001
+                fail.emit(tid, describe_error(e))
+                return
+            done.emit(tid, result)
+
+        self._start(work)
+        return tid
+
+    def pending(self) -> int:
+        return len(self._callbacks)
+
+    def _on_done(self, tid: int, result: Any) -> None:
+        cb = self._callbacks.pop(tid, None)
+        if cb is not None:
+            cb[0](result)
+
+    def _on_fail(self, tid: int, msg: str) -> None:
+        cb = self._callbacks.pop(tid, None)
+        if cb is not None and cb[1] is not None:
+            cb[1](msg)

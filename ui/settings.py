@@ -1,0 +1,116 @@
+"""App settings (QSettings-backed) as one frozen dataclass, plus the user folders."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSettings
+
+from engine.api import OutputOptions
+
+ORG, APP = "Mend", "Mend"
+
+
+def data_dir() -> Path:
+    env = os.environ.get("MEND_UI_DATA_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("mend", "Mend"))
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("MEND_UI_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("mend", "Mend"))
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    tile_size: int = 512
+    threads: int = 0  # 0 = automatic (cores - 1)
+    profile: str = "auto"  # auto | builtin | laptop | quality
+    backend: str = "auto"  # classifier backend
+    out_dir: str = ""  # "" = "<photo folder>/mended"
+    suffix: str = "_mend"
+    format: str = ""  # "" = same as source
+    quality: int = 95
+    bit_depth: int = 0  # 0 = same as source
+    keep_metadata: bool = True
+    offline: bool = False
+    guard: bool = True
+
+    def output_options(self, photo: Path) -> OutputOptions:
+        out = Path(self.out_dir) if self.out_dir else Path(photo).parent / "mended"
+        return OutputOptions(out_dir=out, format=self.format or None, quality=int(self.quality),
+                             bit_depth=int(self.bit_depth) or None,
+                             keep_metadata=bool(self.keep_metadata), suffix=self.suffix or "_mend")
+
+    def apply_environment(self) -> None:
+        """Settings the engine reads from the environment (threads, offline mode, precision)."""
+        if self.threads > 0:
+            os.environ["MEND_THREADS"] = str(self.threads)
+        if self.offline:
+            os.environ["MEND_OFFLINE"] = "1"
+            os.environ["HF_HUB_OFFLINE"] = "1"
+        elif os.environ.get("MEND_OFFLINE") == "1" and "MEND_OFFLINE_FROM_UI" in os.environ:
+            os.environ.pop("MEND_OFFLINE", None)
+        if self.precision != "auto":
+            os.environ["MEND_PRECISION"] = self.precision
+
+
+def qsettings() -> QSettings:
+    path = os.environ.get("MEND_UI_SETTINGS")
+    if path:
+        return QSettings(path, QSettings.Format.IniFormat)
+    return QSettings(ORG, APP)
+
+
+def load_settings(qs: QSettings | None = None) -> AppSettings:
+    qs = qs or qsettings()
+    kw: dict[str, Any] = {}
+    for f in fields(AppSettings):
+        v = qs.value(f"settings/{f.name}")
+        if v is None:
+            continue
+        default = getattr(AppSettings, f.name)
+        try:
+            if isinstance(default, bool):
+                kw[f.name] = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                kw[f.name] = int(v)
+            else:
+                kw[f.name] = str(v)
+        except (TypeError, ValueError):
+            continue
+    return replace(AppSettings(), **kw)
+
+
+def save_settings(s: AppSettings, qs: QSettings | None = None) -> None:
+    qs = qs or qsettings()
+    for f in fields(AppSettings):
+        qs.setValue(f"settings/{f.name}", getattr(s, f.name))
+    qs.sync()
+
+
+def recent_folders(qs: QSettings | None = None) -> list[str]:
+    qs = qs or qsettings()
+    v = qs.value("recent/folders") or []
+    if isinstance(v, str):
+        v = [v]
+    return [str(x) for x in v if x]
+
+
+def add_recent_folder(folder: Path, qs: QSettings | None = None, limit: int = 10) -> list[str]:
+    qs = qs or qsettings()
+    items = [str(folder)] + [f for f in recent_folders(qs) if f != str(folder)]
+    qs.setValue("recent/folders", items[:limit])
+    return items[:limit]

@@ -1,0 +1,115 @@
+"""Non-destructive per-photo sidecars: diagnosis, plan, mask and outputs, restored on reopen.
+
+Beside the photos in ``<folder>/.mend/<photo name>.json`` (masks as ``<photo name>.mask.png``);
+when that folder is read-only, in the user data folder under a hash of the photo folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.api import Diagnosis, Plan
+
+log = logging.getLogger("mend.ui.sidecar")
+VERSION = 1
+
+
+@dataclass
+class Sidecar:
+    diagnosis: Diagnosis | None = None
+    plan: Plan | None = None
+    mask: str | None = None  # path of the edited mask PNG
+    outputs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    source_size: int | None = None
+    source_mtime_ns: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "diagnosis": self.diagnosis.to_json() if self.diagnosis else None,
+            "plan": self.plan.to_json() if self.plan else None,
+            "mask": self.mask,
+            "outputs": list(self.outputs),
+            "warnings": list(self.warnings),
+            "source": {"size": self.source_size, "mtime_ns": self.source_mtime_ns},
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Sidecar:
+        src = d.get("source") or {}
+        return cls(
+            diagnosis=Diagnosis.from_json(d["diagnosis"]) if d.get("diagnosis") else None,
+            plan=Plan.from_json(d["plan"]) if d.get("plan") else None,
+            mask=d.get("mask"), outputs=[str(o) for o in d.get("outputs", [])],
+            warnings=[str(w) for w in d.get("warnings", [])],
+            source_size=src.get("size"), source_mtime_ns=src.get("mtime_ns"),
+        )
+
+
+class SidecarStore:
+    def __init__(self, folder: Path, fallback_root: Path) -> None:
+        self.folder = Path(folder)
+        beside = self.folder / ".mend"
+        if _writable(beside):
+            self.root = beside
+        else:
+            h = hashlib.sha1(os.fspath(self.folder.resolve()).encode()).hexdigest()[:16]
+            self.root = Path(fallback_root) / "sidecars" / h
+        self._fallback = Path(fallback_root) / "sidecars"
+
+    def path_for(self, photo: Path) -> Path:
+        return self.root / f"{Path(photo).name}.json"
+
+    def mask_path_for(self, photo: Path) -> Path:
+        return self.root / f"{Path(photo).name}.mask.png"
+
+    def load(self, photo: Path) -> Sidecar | None:
+        p = self.path_for(photo)
+        try:
+            sc = Sidecar.from_json(json.loads(p.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring unreadable sidecar %s: %s", p, e)
+            return None
+        try:  # the photo changed since: the diagnosis no longer applies
+            st = Path(photo).stat()
+            if sc.source_size is not None and (st.st_size != sc.source_size
+                                               or st.st_mtime_ns != sc.source_mtime_ns):
+                sc.diagnosis, sc.plan = None, None
+        except OSError:
+            pass
+        return sc
+
+    def save(self, photo: Path, sc: Sidecar) -> None:
+        from engine.imageio import atomic_write_bytes
+
+        try:
+            st = Path(photo).stat()
+            sc.source_size, sc.source_mtime_ns = st.st_size, st.st_mtime_ns
+        except OSError:
+            pass
+        try:
+            atomic_write_bytes(self.path_for(photo), json.dumps(sc.to_json(), indent=1).encode())
+        except OSError as e:
+            log.warning("could not write sidecar for %s: %s", photo, e)
+
+    def update(self, photo: Path, **changes: Any) -> Sidecar:
+        sc = self.load(photo) or Sidecar()
+        for k, v in changes.items():
+            setattr(sc, k, v)
+        self.save(photo, sc)
+        return sc
+
+
+def _writable(d: Path) -> bool:
+    if d.is_dir():
+        return os.access(d, os.W_OK)
+    parent = d.parent
+    return parent.is_dir() and os.access(parent, os.W_OK)
