@@ -62,3 +62,112 @@ def make_runtime(store: ModelStore, budget: int | None = None) -> ModelRuntime:
     from engine.devices import select_device
 
     return ModelRuntime(select_device("cpu"), store, budget=budget)
+
+
+class LoopbackServer:
+    """A tiny HTTP server on 127.0.0.1 standing in for the model hosts in tests.
+
+    ``files`` maps URL paths ("/a.bin") to bytes. Supports ``Range: bytes=N-`` (206) unless
+    ``honour_range`` is False. ``drop_after[path] = n`` makes the next request for ``path``
+    announce the full length but close the connection after ``n`` bytes (once).
+    ``redirects[path] = url`` answers 302. Every request is logged in ``requests`` as
+    (path, range header or None).
+    """
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.files: dict[str, bytes] = {}
+        self.drop_after: dict[str, int] = {}
+        self.redirects: dict[str, str] = {}
+        self.honour_range = True
+        self.requests: list[tuple[str, str | None]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                outer.requests.append((self.path, rng))
+                if self.path in outer.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = outer.files.get(self.path)
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start = 0
+                if rng and outer.honour_range and rng.startswith("bytes="):
+                    start = int(rng[6:].split("-")[0])
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range",
+                                     f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                cut = outer.drop_after.pop(self.path, None)
+                if cut is not None:
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    import socket as _s
+
+                    try:
+                        self.connection.shutdown(_s.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def served_store(root: Path, server: LoopbackServer, model_id: str, files: dict[str, bytes],
+                 *, pinned: bool | dict[str, bool] = True, retries: int = 3,
+                 base: Manifest | None = None) -> ModelStore:
+    """A store whose manifest entry for ``model_id`` downloads ``files`` (name -> bytes) from
+    the loopback ``server``; http://127.0.0.1 is allowed explicitly, as only tests may."""
+    new_files = []
+    for name, data in files.items():
+        server.files[f"/{model_id}/{name}"] = data
+        pin = pinned if isinstance(pinned, bool) else pinned.get(name, True)
+        new_files.append(ModelFile(
+            name=name, url=f"{server.url}/{model_id}/{name}", size=len(data),
+            sha256=hashlib.sha256(data).hexdigest() if pin else None,
+            sha256_source="test" if pin else None))
+    base = base or default_manifest()
+    spec = dataclasses.replace(base.get(model_id), files=tuple(new_files), slot=False,
+                               main_file=next(iter(files)) if len(files) == 1 else None)
+    return ModelStore(root, base.with_model(spec), allow_http_hosts=("127.0.0.1",),
+                      retries=retries, backoff=0.0, timeout=5.0)

@@ -1,19 +1,334 @@
-"""Offline model packs (zip archives). Full create/import comes in the next commit."""
+"""Offline model packs: carry models to a machine with no network.
+
+Format: a ZIP archive (ZIP64, stored uncompressed — weights do not compress) holding
+
+* ``mend-pack.json`` — ``{"format": "mend-model-pack", "version": 1, "created", "profile",
+  "models": [manifest entries], "entries": [{"path", "model", "name", "size", "sha256",
+  "pinned"}]}``
+* ``models/<model id>/<file name>`` — one member per model file.
+
+Import trusts nothing in the archive: every member must be listed in the index under a model id
+and file name the local manifest knows, with a safe relative path (no ``..``, no absolute path,
+no backslash, no symlink); pinned files must carry the manifest's own hash. Everything is
+extracted into a temporary folder inside the store root and hashed there; only when every file
+checks out are they moved into place. On any refusal nothing is left in the store.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
 import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+from ..errors import ChecksumMismatch, EngineError, ModelMissing, UsageError
+from . import download as dl
+from .manifest import PROFILES, ManifestError, safe_relpath
+from .store import PART_SUFFIX, UNPINNED, VERIFIED, ImportReport, ModelStore, sha256_file
 
 PACK_INDEX = "mend-pack.json"
+PACK_FORMAT = "mend-model-pack"
+PACK_VERSION = 1
+CHUNK = 1 << 20
+
+PackProgress = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
 
-def is_pack(path: Path) -> bool:
+class PackRefused(EngineError):
+    """An offline pack failed a check; nothing was written to the model store."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{self.path}: refused ({reason}); nothing was imported")
+
+
+def is_pack(path: str | Path) -> bool:
     p = Path(path)
     if not p.is_file() or not zipfile.is_zipfile(p):
         return False
-    with zipfile.ZipFile(p) as z:
-        return PACK_INDEX in z.namelist()
+    try:
+        with zipfile.ZipFile(p) as z:
+            return PACK_INDEX in z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
-def import_pack(path, store):  # pragma: no cover - replaced in the next commit
-    raise NotImplementedError("offline packs: not implemented yet")
+def _resolve_ids(profile_or_ids: str | Iterable[str], store: ModelStore) -> tuple[list[str], str]:
+    if isinstance(profile_or_ids, str):
+        if profile_or_ids in PROFILES:
+            return [m.id for m in store.manifest.for_profile(profile_or_ids)], profile_or_ids
+        ids = [profile_or_ids]
+    else:
+        ids = list(profile_or_ids)
+    for i in ids:
+        store.spec(i)
+    return ids, ""
+
+
+def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: ModelStore,
+                progress: PackProgress | None = None) -> Path:
+    """Write the models of a profile (or the given ids) into one pack at ``dest``.
+
+    Bundled models are skipped (they ship with Mend); a profile that needs nothing (builtin)
+    gives a pack with an empty index. Every file is re-hashed while it is written; a missing
+    or damaged model raises before the pack is renamed into place.
+    """
+    ids, profile = _resolve_ids(profile_or_ids, store)
+    plan: list[tuple[str, str, Path, str | None, bool]] = []
+    missing = []
+    specs = []
+    for mid in ids:
+        spec = store.spec(mid)
+        if spec.bundled:
+            continue
+        if spec.slot:
+            p = store.slot_path(mid)
+            if p is None or p.parent != store.root / mid:
+                if not isinstance(profile_or_ids, str) or profile_or_ids == mid:
+                    missing.append(mid)
+                continue
+            rec = store._read_state(mid)["files"].get(p.name, {})
+            plan.append((mid, p.name, p, rec.get("sha256"), False))
+            specs.append(spec)
+            continue
+        try:
+            folder = store.require(mid)
+        except ModelMissing:
+            missing.append(mid)
+            continue
+        for f in spec.files:
+            plan.append((mid, f.name, folder / f.name, store.expected_sha(mid, f), f.pinned))
+        specs.append(spec)
+    if missing:
+        raise ModelMissing(", ".join(missing),
+                           "install them first (mend models pull ID) to put them in a pack")
+    dest = Path(dest).expanduser()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + PART_SUFFIX)
+    total = sum(src.stat().st_size for _m, _n, src, _s, _p in plan)
+    done = 0
+    entries = []
+    try:
+        with zipfile.ZipFile(part, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+            for mid, name, src, expected, pinned in plan:
+                arc = f"models/{mid}/{name}"
+                h = hashlib.sha256()
+                info = zipfile.ZipInfo(arc, date_time=time.localtime(src.stat().st_mtime)[:6])
+                info.compress_type = zipfile.ZIP_STORED
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                size = 0
+                with open(src, "rb") as fin, z.open(info, "w", force_zip64=True) as fout:
+                    while chunk := fin.read(CHUNK):
+                        h.update(chunk)
+                        fout.write(chunk)
+                        size += len(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(done, total, f"{mid}/{name}")
+                digest = h.hexdigest()
+                if expected and digest != expected:
+                    raise ChecksumMismatch(f"{mid}/{name}", expected, digest)
+                entries.append({"path": arc, "model": mid, "name": name, "size": size,
+                                "sha256": digest, "pinned": pinned})
+            index = {"format": PACK_FORMAT, "version": PACK_VERSION,
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "profile": profile,
+                     "models": [s.to_json() for s in specs], "entries": entries}
+            z.writestr(PACK_INDEX, json.dumps(index, indent=1))
+        os.replace(part, dest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _is_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _read_index(p: Path, z: zipfile.ZipFile) -> dict[str, Any]:
+    try:
+        raw = z.read(PACK_INDEX)
+        index = json.loads(raw.decode("utf-8"))
+    except KeyError:
+        raise PackRefused(p, f"no {PACK_INDEX} inside: not a Mend model pack") from None
+    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+        raise PackRefused(p, f"unreadable {PACK_INDEX} ({e})") from None
+    if not isinstance(index, dict) or index.get("format") != PACK_FORMAT:
+        raise PackRefused(p, "not a Mend model pack")
+    if index.get("version") != PACK_VERSION:
+        raise PackRefused(p, f"pack version {index.get('version')!r} is not supported")
+    if not isinstance(index.get("entries"), list):
+        raise PackRefused(p, "the pack index has no entry list")
+    return index
+
+
+def check_pack(path: str | Path, store: ModelStore) -> list[dict[str, Any]]:
+    """Validate a pack's structure against the local manifest without extracting anything.
+    Returns the index entries; raises :class:`PackRefused`."""
+    p = Path(path).expanduser()
+    try:
+        z = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise PackRefused(p, f"not a readable zip archive ({e})") from None
+    with z:
+        index = _read_index(p, z)
+        infos: dict[str, zipfile.ZipInfo] = {}
+        for info in z.infolist():
+            name = info.filename
+            if name in infos:
+                raise PackRefused(p, f"duplicate entry {name!r}")
+            if name.startswith("/") or "\\" in name or ".." in name.split("/") or (
+                    len(name) > 1 and name[1] == ":"):
+                raise PackRefused(p, f"unsafe path {name!r} (path traversal)")
+            if _is_symlink(info):
+                raise PackRefused(p, f"{name!r} is a symbolic link")
+            infos[name] = info
+        listed: dict[str, dict[str, Any]] = {}
+        for e in index["entries"]:
+            if not isinstance(e, dict):
+                raise PackRefused(p, "malformed entry in the pack index")
+            arc, mid, name = str(e.get("path", "")), str(e.get("model", "")), str(e.get("name", ""))
+            try:
+                safe_relpath(name)
+            except ManifestError:
+                raise PackRefused(p, f"unsafe file name {name!r} (path traversal)") from None
+            if arc != f"models/{mid}/{name}":
+                raise PackRefused(p, f"entry {arc!r} does not match its model/name")
+            if mid not in store.manifest:
+                raise PackRefused(p, f"unknown model {mid!r} (not in this Mend's model list)")
+            spec = store.manifest.get(mid)
+            sha = str(e.get("sha256", "")).lower()
+            if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+                raise PackRefused(p, f"{arc}: malformed sha256")
+            if spec.bundled:
+                raise PackRefused(p, f"{mid} ships with Mend and cannot come from a pack")
+            if not spec.slot:
+                try:
+                    f = spec.get_file(name)
+                except KeyError:
+                    raise PackRefused(p, f"unknown file {name!r} for model {mid}") from None
+                if f.sha256 and sha != f.sha256:
+                    raise PackRefused(p, f"{arc}: its hash is not the one Mend's model list pins")
+                if f.pinned and f.size_exact and int(e.get("size", -1)) != f.size:
+                    raise PackRefused(p, f"{arc}: wrong size for this model file")
+            if arc not in infos:
+                raise PackRefused(p, f"{arc} is listed but missing from the archive")
+            if infos[arc].file_size != int(e.get("size", -1)):
+                raise PackRefused(p, f"{arc}: size differs from the pack index")
+            if arc in listed:
+                raise PackRefused(p, f"{arc} listed twice")
+            listed[arc] = {**e, "sha256": sha}
+        for name, info in infos.items():
+            if name == PACK_INDEX or name in listed:
+                continue
+            raise PackRefused(p, f"unknown entry {name!r} (not in the pack index)")
+        return list(listed.values())
+
+
+def import_pack(path: str | Path, store: ModelStore,
+                progress: PackProgress | None = None) -> ImportReport:
+    """Import an offline pack into ``store``: every hash is verified before anything lands in
+    the cache; files already installed are skipped; any problem raises :class:`PackRefused`
+    (or ChecksumMismatch) and leaves the store exactly as it was."""
+    p = Path(path).expanduser()
+    entries = check_pack(p, store)
+    rep = ImportReport()
+    todo = []
+    for e in entries:
+        mid, name = e["model"], e["name"]
+        spec = store.spec(mid)
+        if spec.slot:
+            existing = store.file_path(mid, name)
+            if existing.is_file() and sha256_file(existing) == e["sha256"]:
+                rep.skipped.append((mid, name))
+                continue
+        else:
+            f = spec.get_file(name)
+            fs = store._check_file(mid, f, False, store._read_state(mid))
+            if fs.status in (VERIFIED, UNPINNED) and (f.pinned or fs.sha256 == e["sha256"]):
+                rep.skipped.append((mid, name))
+                continue
+        todo.append(e)
+    if not todo:
+        return rep
+    need = sum(int(e["size"]) for e in todo)
+    root_existed = store.root.exists()
+    store.root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(store.root).free
+    if free < need:
+        if not root_existed:
+            _rmdir_quiet(store.root)
+        raise PackRefused(p, f"not enough disk space ({need >> 20} MB needed, {free >> 20} MB free)")
+    tmp = Path(tempfile.mkdtemp(prefix=".import-pack-", dir=store.root))
+    try:
+        done = 0
+        staged = []
+        with zipfile.ZipFile(p) as z:
+            for i, e in enumerate(todo):
+                out = tmp / f"{i:05d}"
+                h = hashlib.sha256()
+                with z.open(e["path"]) as fin, open(out, "wb") as fout:
+                    while chunk := fin.read(CHUNK):
+                        h.update(chunk)
+                        fout.write(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(done, need, f"{e['model']}/{e['name']}")
+                digest = h.hexdigest()
+                if digest != e["sha256"]:
+                    raise ChecksumMismatch(f"{p.name}: {e['path']}", e["sha256"], digest)
+                staged.append((e, out, digest))
+        # every file checked: move them into place
+        for e, out, digest in staged:
+            store.install_file(e["model"], e["name"], out, sha256=digest, move=True)
+            rep.imported.append((e["model"], e["name"]))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not root_existed:
+            shutil.rmtree(store.root, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return rep
+
+
+def _rmdir_quiet(p: Path) -> None:
+    try:
+        p.rmdir()
+    except OSError:
+        pass
+
+
+def pull_profile(profile: str, store: ModelStore, progress: dl.ProgressFn | None = None,
+                 token: Any = None) -> dict[str, str]:
+    """Download every model a profile needs, in one go, with resume; returns id -> status.
+
+    ``progress`` gets :class:`DownloadProgress` whose ``done``/``total`` cover the whole
+    profile (``file_done``/``file_total`` the current file).
+    """
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile {profile!r} (builtin, laptop or quality)")
+    specs = [s for s in store.manifest.for_profile(profile) if not s.bundled and not s.slot]
+    need = {s.id: store.missing_bytes(s.id) for s in specs}
+    total = sum(need.values())
+    offset = 0
+    out: dict[str, str] = {}
+    for s in store.manifest.for_profile(profile):
+        if s.bundled or s.slot:
+            out[s.id] = store.status(s.id)
+            continue
+
+        def relay(ev: dl.DownloadProgress, _off: int = offset) -> None:
+            if progress:
+                progress(dl.DownloadProgress(ev.model_id, ev.file, ev.file_done, ev.file_total,
+                                             _off + ev.done, total, ev.speed, ev.file_index,
+                                             ev.file_count))
+
+        out[s.id] = store.pull(s.id, relay if progress else None, token)
+        offset += need[s.id]
+    return out

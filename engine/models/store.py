@@ -269,6 +269,15 @@ class ModelStore:
             return UNPINNED if self.slot_path(model_id) is not None else NOT_CONFIGURED
         return self._combine([fs.status for fs in self.file_statuses(model_id)])
 
+    def missing_bytes(self, model_id: str) -> int:
+        """Bytes ``pull`` would still fetch for this model (whole files, before resume)."""
+        spec = self.spec(model_id)
+        if spec.bundled or spec.slot:
+            return 0
+        state = self._read_state(model_id)
+        return sum(f.size for f in spec.files
+                   if self._check_file(model_id, f, False, state).status not in (VERIFIED, UNPINNED))
+
     def is_installed(self, model_id: str) -> bool:
         return self.status(model_id) in (VERIFIED, UNPINNED, BUNDLED)
 
@@ -562,8 +571,6 @@ class ModelStore:
         except ChecksumMismatch as e:
             rep.rejected.append((str(src), str(e)))
             return
-        if spec.slot:
-            self._record(model_id, name, digest, False)
         rep.imported.append((model_id, name))
 
 

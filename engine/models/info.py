@@ -1,0 +1,63 @@
+"""Summaries of the model store for the CLI (``mend models list --json``, ``mend doctor``) and
+the UI's model manager."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from typing import Any
+
+from . import download as dl
+from .manifest import PROFILES
+from .store import BUNDLED, NOT_CONFIGURED, UNPINNED, VERIFIED, ModelStore
+
+
+def models_table(store: ModelStore | None = None) -> list[dict[str, Any]]:
+    """One row per manifest model: ``{"id", "task", "license", "commercial_use", "status",
+    "files": [{"name", "size", "sha256", "pinned"}]}``. ``sha256`` is the pinned hash, or the
+    hash recorded at first download/import for an unpinned file (None until then)."""
+    store = store or ModelStore()
+    rows = []
+    for spec in store.manifest:
+        status = store.status(spec.id)
+        if spec.slot:
+            files = [{"name": fs.name, "size": fs.size, "sha256": store._read_state(spec.id)
+                      ["files"].get(fs.name, {}).get("sha256"), "pinned": False}
+                     for fs in store.file_statuses(spec.id)]
+        else:
+            files = [{"name": f.name, "size": f.size, "sha256": store.expected_sha(spec.id, f),
+                      "pinned": f.pinned} for f in spec.files]
+        rows.append({"id": spec.id, "task": spec.task, "license": spec.license,
+                     "commercial_use": spec.commercial_use, "status": status, "files": files})
+    return rows
+
+
+def doctor_models(store: ModelStore | None = None) -> dict[str, Any]:
+    """Store health for ``mend doctor --json``: root, offline mode, disk use and free space,
+    status per model, problems (corrupt/partial), and which profiles are ready."""
+    store = store or ModelStore()
+    statuses = {spec.id: store.status(spec.id) for spec in store.manifest}
+    ok = {VERIFIED, UNPINNED, BUNDLED}
+    profiles = {}
+    for p in PROFILES:
+        need = [s.id for s in store.manifest.for_profile(p)]
+        missing = [i for i in need if statuses[i] not in ok]
+        profiles[p] = {"ready": not missing, "missing": missing,
+                       "download_bytes": sum(store.missing_bytes(i) for i in missing)}
+    usage = store.disk_usage()
+    try:
+        free = shutil.disk_usage(store.root if store.root.exists() else store.root.parent).free
+    except OSError:
+        free = None
+    return {
+        "root": str(store.root),
+        "manifest": str(store.manifest.source) if store.manifest.source else None,
+        "offline": dl.offline_mode(),
+        "disk_usage_bytes": usage["total"],
+        "free_bytes": free,
+        "models": statuses,
+        "installed": [i for i, s in statuses.items() if s in ok],
+        "problems": {i: s for i, s in statuses.items() if s in ("corrupt", "partial")},
+        "not_configured": [i for i, s in statuses.items() if s == NOT_CONFIGURED],
+        "profiles": profiles,
+        "extra_arches": importlib.util.find_spec("spandrel_extra_arches") is not None,
+    }
