@@ -339,8 +339,7 @@ def clean_exif(blob: bytes | None, width: int | None = None,
                 if tag in (0xA002, 0xA003) and count == 1 and typ in (3, 4):
                     dim = width if tag == 0xA002 else height
                     if dim is not None:
-                        struct.pack_into(bo + "HHI", data, e + 2, 4, 1, dim)
-                        struct.pack_into(bo + "I", data, e + 8, dim)
+                        struct.pack_into(bo + "HII", data, e + 2, 4, 1, dim)
 
         scan(ifd0)
         for tag in (0x8769, 0x8825):
@@ -554,7 +553,8 @@ def _pixels_of(im, p: Path, info: dict[str, Any]):
                 bits = int(b[0] if isinstance(b, tuple) else b)
             except Exception:
                 bits = 16
-        maxval = float(2 ** min(max(bits, 8), 32) - 1)
+        # 16-bit data often arrives as "I"; only use the full 32-bit range when it is used
+        maxval = 65535.0 if a.size and int(a.max()) <= 65535 else float(2 ** min(bits, 32) - 1)
         a = np.clip(a.astype(np.float64), 0, maxval)
         return np.repeat(a[..., None], 3, axis=2), maxval, None, 1.0, 16
     if mode == "F":
