@@ -6,3 +6,6 @@ from . import builtin  # noqa: F401
 from . import classical  # noqa: F401
 from . import deblur  # noqa: F401
 from . import face  # noqa: F401
+from . import sr  # noqa: F401
+from . import invsr  # noqa: F401
+from . import reflection  # noqa: F401

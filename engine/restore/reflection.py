@@ -1,0 +1,547 @@
+"""Chain B, reflections: find them (mask), inpaint the strong ones, soften the weak ones.
+
+Mask proposal, ``reflection_mask`` (params ``detector``: auto | yolo | sam | builtin):
+
+1. **YOLO-seg** (ultralytics) when the ``reflection-yolo`` slot holds your weights. No public
+   reflection detector exists (the paper's is unpublished). To train one: label photos with
+   polygons around strong reflections / glare (CVAT, Label Studio, Roboflow... exported in the
+   YOLO segmentation format, one class ``reflection``), write a ``data.yaml`` listing the train
+   and val folders, run ``yolo segment train model=yolo11n-seg.pt data=data.yaml imgsz=1024
+   epochs=100`` (``pip install ultralytics``, AGPL-3.0), then give Mend ``runs/segment/train/
+   weights/best.pt`` with ``MEND_REFLECTION_YOLO=/path/best.pt`` or ``mend models import
+   best.pt --id reflection-yolo``.
+2. **SAM** (transformers ``SamModel``, ``sam-vit-base``) turns boxes (from YOLO or the
+   built-in detector) into pixel masks, and powers click-to-select in the mask editor
+   (:func:`sam_mask_from_points`). It replaces the paper's YOSO: promptable, maintained and
+   in transformers.
+3. A **built-in glare detector** (no download, :func:`detect_glare`): very bright,
+   low-saturation blobs (specular highlights) and bright, washed-out, low-texture patches that
+   stand out from their surroundings (veiling glare).
+
+The mask is uint8 (H, W), 255 = remove; a mask the user gave (``ctx.mask``) is never replaced.
+
+Removal: ``inpaint_lama`` (big-lama through spandrel) inpaints each connected masked region
+on a crop with context around it, never the whole photo; ``inpaint_builtin`` does the same
+with OpenCV's Telea inpainting. Both change pixels only inside the slightly dilated,
+feathered mask. ``dereflect_nafnet`` then runs NAFNet over the photo for weak reflections.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import EngineError
+from .classical import luminance, to_uint8
+from .registry import StepContext, StepOutput, register_step
+
+YOLO_ID = "reflection-yolo"
+SAM_ID = "sam-vit-base"
+LAMA_ID = "big-lama"
+NAFNET_SIDD = "nafnet-sidd-w64"
+
+PASTE_DILATE = 4  # px the inpainted area extends past the mask (covers halos); feathered
+DETECT_SIDE = 1024  # the glare detector works on a view at most this large
+
+InpaintFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+# ------------------------------------------------------------------------- mask helpers
+
+def _ellipse(r: int) -> np.ndarray:
+    import cv2
+
+    r = max(0, int(r))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def dilate_mask(mask: np.ndarray, r: int) -> np.ndarray:
+    import cv2
+
+    m = (mask > 127).astype(np.uint8) * 255
+    return cv2.dilate(m, _ellipse(r)) if r > 0 else m
+
+
+def paste_alpha(mask: np.ndarray, dilate: int = PASTE_DILATE) -> np.ndarray:
+    """Blend weight for pasting an inpainted result: 1 on the mask, fading to 0 across a
+    ``dilate``-px band around it, exactly 0 outside ``dilate_mask(mask, dilate)``."""
+    import cv2
+
+    inner = mask > 127
+    if dilate <= 0:
+        return inner.astype(np.float32)
+    dil = dilate_mask(mask, dilate)
+    dist = cv2.distanceTransform((dil > 0).astype(np.uint8), cv2.DIST_L2, 3)
+    alpha = np.clip(dist / float(dilate + 1), 0.0, 1.0).astype(np.float32)
+    alpha[inner] = 1.0
+    alpha[dil == 0] = 0.0
+    return alpha
+
+
+def mask_regions(mask: np.ndarray, context: float = 1.0, min_context: int = 32,
+                 merge: bool = True) -> list[tuple[int, int, int, int]]:
+    """Crops (x0, y0, x1, y1) around each connected masked region, grown by ``context`` x the
+    region's size (at least ``min_context`` px) on every side; overlapping crops are merged."""
+    import cv2
+
+    h, w = mask.shape[:2]
+    n, _, stats, _ = cv2.connectedComponentsWithStats((mask > 127).astype(np.uint8), 8)
+    rects = []
+    for i in range(1, n):
+        x, y, bw, bh, _ = stats[i]
+        m = max(min_context, int(context * max(bw, bh)))
+        rects.append([max(0, x - m), max(0, y - m), min(w, x + bw + m), min(h, y + bh + m)])
+    if merge:
+        changed = True
+        while changed and len(rects) > 1:
+            changed = False
+            out: list[list[int]] = []
+            for r in rects:
+                for o in out:
+                    if r[0] < o[2] and o[0] < r[2] and r[1] < o[3] and o[1] < r[3]:
+                        o[0], o[1] = min(o[0], r[0]), min(o[1], r[1])
+                        o[2], o[3] = max(o[2], r[2]), max(o[3], r[3])
+                        changed = True
+                        break
+                else:
+                    out.append(list(r))
+            rects = out
+    return [tuple(int(v) for v in r) for r in rects]
+
+
+def _fit_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    m = np.asarray(mask)
+    if m.ndim == 3:
+        m = m[..., 0]
+    if m.dtype != np.uint8:
+        m = ((m > (0.5 if m.dtype.kind == "f" and m.max() <= 1.0 else 127)) * 255).astype(
+            np.uint8)
+    if m.shape != tuple(shape):
+        m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return m
+
+
+def _clean_mask(mask: np.ndarray, min_area: int) -> np.ndarray:
+    import cv2
+
+    m = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(1))
+    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, _ellipse(2))
+    n, lab, stats, _ = cv2.connectedComponentsWithStats((m > 0).astype(np.uint8), 8)
+    keep = np.zeros(n, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    return (keep[lab] * 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ built-in glare detector
+
+def detect_glare(image: np.ndarray, *, sensitivity: float = 1.0,
+                 max_area: float = 0.35) -> np.ndarray:
+    """Strong highlights and veiling glare, no download. Returns uint8 (H, W), 255 = glare.
+
+    * specular: near-white (max channel >= ~0.93), low saturation, clearly brighter than the
+      local background;
+    * veiling glare: bright, washed-out (low saturation) and low-texture patches lifted well
+      above their surroundings (a reflection adds a smooth veil and flattens contrast).
+    Tiny specks are dropped, the rest closed and grown by 2 px to cover halos. When more than
+    ``max_area`` of the frame is flagged, only the brightest regions up to that share are
+    kept (a photo is not mostly reflection). ``sensitivity`` > 1 finds weaker glare.
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    s = min(1.0, DETECT_SIDE / max(h, w))
+    view = image if s >= 1.0 else cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
+                                             interpolation=cv2.INTER_AREA)
+    view = np.clip(view.astype(np.float32), 0.0, 1.0)
+    vh, vw = view.shape[:2]
+    mx = view.max(axis=2)
+    mn = view.min(axis=2)
+    sat = (mx - mn) / np.maximum(mx, 1e-3)
+    y = luminance(view)
+    big = max(8.0, max(vh, vw) / 24.0)
+    # background brightness: a wide blur of a median-filtered luma (ignores small blobs)
+    k = min(255, max(3, int(big) | 1))
+    bg = cv2.GaussianBlur(cv2.medianBlur(to_uint8(y), k).astype(np.float32) / 255.0,
+                          (0, 0), big)
+    lift = y - bg
+    mean = cv2.blur(y, (9, 9))
+    texture = np.sqrt(np.maximum(cv2.blur(y * y, (9, 9)) - mean * mean, 0.0))
+    sens = float(np.clip(sensitivity, 0.25, 4.0))
+    spec = (mx >= 1.0 - 0.07 * sens) & (sat <= 0.25 + 0.05 * sens) & (lift >= 0.10 / sens)
+    veil = ((y >= 0.7 / sens ** 0.25) & (sat <= 0.12 * sens) & (lift >= 0.2 / sens)
+            & (texture <= 0.03 * sens))
+    raw = ((spec | veil) * 255).astype(np.uint8)
+    min_area = max(6, int(0.00004 * vh * vw))
+    m = _clean_mask(raw, min_area)
+    if m.any():
+        m = cv2.dilate(m, _ellipse(2))
+        m = _cap_area(m, lift, max_area)
+    if s < 1.0:
+        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        m = ((m > 127) * 255).astype(np.uint8)
+    return m
+
+
+def _cap_area(mask: np.ndarray, strength: np.ndarray, max_area: float) -> np.ndarray:
+    import cv2
+
+    total = mask.size
+    if (mask > 0).sum() <= max_area * total:
+        return mask
+    n, lab, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), 8)
+    score = np.array([strength[lab == i].mean() if i else -1 for i in range(n)])
+    keep = np.zeros(n, bool)
+    used = 0
+    for i in np.argsort(-score):
+        if i == 0:
+            continue
+        a = stats[i, cv2.CC_STAT_AREA]
+        if used + a > max_area * total:
+            continue
+        keep[i] = True
+        used += a
+    return (keep[lab] * 255).astype(np.uint8)
+
+
+def mask_boxes(mask: np.ndarray, pad: int = 4) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes (x0, y0, x1, y1) of the mask's connected regions, padded."""
+    return mask_regions(mask, context=0.0, min_context=pad, merge=False)
+
+
+# ------------------------------------------------------------------------------ SAM
+
+def load_sam(runtime: Any) -> tuple[Any, Any]:
+    """(SamModel, SamProcessor) from the store's ``sam-vit-base`` folder, cached."""
+    folder = runtime.path(SAM_ID)
+
+    def build():
+        import torch
+        from transformers import SamModel, SamProcessor
+
+        model = SamModel.from_pretrained(str(folder), local_files_only=True)
+        dtype = runtime.dtype_for(SAM_ID) if hasattr(runtime, "dtype_for") else torch.float32
+        model = model.to(device=runtime.device.torch_device, dtype=dtype).eval()
+        proc = SamProcessor.from_pretrained(str(folder), local_files_only=True)
+        return model, proc
+
+    return runtime.cached(("sam", SAM_ID, runtime.device.torch_device), build, None)
+
+
+def _sam_run(image: np.ndarray, runtime: Any, *, boxes=None, points=None, labels=None,
+             multimask: bool = False, max_side: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (N, K, H, W) bool and IoU scores (N, K) for N prompts at the image's size."""
+    import cv2
+    import torch
+    from PIL import Image
+
+    model, proc = load_sam(runtime)
+    h, w = image.shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    view = image if s >= 1.0 else cv2.resize(image, (round(w * s), round(h * s)),
+                                             interpolation=cv2.INTER_AREA)
+    kw: dict[str, Any] = {}
+    if boxes is not None:
+        kw["input_boxes"] = [[[float(v) * s for v in b] for b in boxes]]
+    if points is not None:
+        kw["input_points"] = [[[[float(x) * s, float(y) * s] for x, y in points]]]
+        kw["input_labels"] = [[[int(v) for v in (labels if labels is not None
+                                                 else [1] * len(points))]]]
+    inputs = proc(images=Image.fromarray(to_uint8(view)), return_tensors="pt", **kw)
+    param = next(model.parameters())
+    inputs = {k: (v.to(param.device, dtype=param.dtype) if k == "pixel_values" else
+                  v.to(param.device)) for k, v in inputs.items()}
+    with torch.inference_mode():
+        out = model(**inputs, multimask_output=multimask)
+    masks = proc.image_processor.post_process_masks(
+        out.pred_masks.float().cpu(), inputs["original_sizes"].cpu(),
+        inputs["reshaped_input_sizes"].cpu())[0].numpy()
+    scores = out.iou_scores[0].float().cpu().numpy()
+    if s < 1.0:
+        masks = np.stack([np.stack([cv2.resize(m.astype(np.uint8), (w, h),
+                                               interpolation=cv2.INTER_NEAREST) > 0
+                                    for m in mk]) for mk in masks])
+    return masks.astype(bool), scores
+
+
+def sam_mask_from_boxes(image: np.ndarray, boxes: list[tuple[float, float, float, float]],
+                        runtime: Any) -> np.ndarray:
+    """Union of SAM's masks for ``boxes`` (x0, y0, x1, y1), each clipped to its box.
+    uint8 (H, W), 255 = selected."""
+    h, w = image.shape[:2]
+    out = np.zeros((h, w), np.uint8)
+    if not boxes:
+        return out
+    masks, _ = _sam_run(image, runtime, boxes=boxes)
+    for (x0, y0, x1, y1), mk in zip(boxes, masks):
+        clip = np.zeros((h, w), bool)
+        clip[max(0, int(y0)):math.ceil(y1), max(0, int(x0)):math.ceil(x1)] = True
+        out[mk[0] & clip] = 255
+    return out
+
+
+def sam_mask_from_points(image: np.ndarray, points: list[tuple[float, float]],
+                         labels: list[int] | None, runtime: Any) -> np.ndarray:
+    """Click-to-select for the mask editor: ``points`` (x, y) in image pixels, ``labels`` 1 =
+    include / 0 = exclude. Returns SAM's best mask (highest predicted IoU) as uint8, 255 = in."""
+    if not points:
+        return np.zeros(image.shape[:2], np.uint8)
+    masks, scores = _sam_run(image, runtime, points=points, labels=labels,
+                             multimask=len(points) == 1)
+    best = int(np.argmax(scores[0]))
+    return (masks[0, best] * 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------ YOLO
+
+def yolo_detect(image: np.ndarray, runtime: Any, conf: float = 0.25
+                ) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+    """Mask and boxes from the user's YOLO(-seg) reflection weights (``reflection-yolo``).
+
+    A detection-only model gives boxes (the mask is then the filled boxes unless SAM refines
+    them). Needs the optional ``ultralytics`` package (AGPL-3.0).
+    """
+    import cv2
+
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        raise EngineError(
+            "the YOLO reflection detector needs the optional 'ultralytics' package "
+            "(pip install 'mend[yolo]' or pip install ultralytics); choose the built-in or "
+            "SAM detector instead") from None
+    weights = runtime.file(YOLO_ID)
+    model = runtime.cached(("yolo", str(weights)), lambda: YOLO(str(weights)), 300 << 20)
+    h, w = image.shape[:2]
+    dev = runtime.device.torch_device
+    res = model.predict(np.ascontiguousarray(to_uint8(image)[..., ::-1]), conf=conf,
+                        verbose=False, device=dev if dev != "cuda:0" else 0)[0]
+    mask = np.zeros((h, w), np.uint8)
+    boxes: list[tuple[float, float, float, float]] = []
+    if res.boxes is not None and len(res.boxes):
+        boxes = [tuple(float(v) for v in b) for b in res.boxes.xyxy.cpu().numpy()]
+    if getattr(res, "masks", None) is not None and res.masks is not None:
+        for poly in res.masks.xy:
+            if len(poly) >= 3:
+                cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 255)
+    else:
+        for x0, y0, x1, y1 in boxes:
+            mask[int(y0):math.ceil(y1), int(x0):math.ceil(x1)] = 255
+    return mask, boxes
+
+
+# ------------------------------------------------------------------------------ steps
+
+@register_step(
+    "reflection_mask",
+    models=(YOLO_ID, SAM_ID),
+    description="Find strong reflections / glare and build the editable removal mask.",
+    defaults={"detector": "auto", "sensitivity": 1.0, "max_area": 0.35},
+)
+def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
+    if ctx.mask is not None:
+        ctx.mask = _fit_mask(ctx.mask, image.shape[:2])
+        ctx.artifacts["mask"] = ctx.mask
+        ctx.progress.update(1.0, "using your mask")
+        share = float((ctx.mask > 127).mean())
+        return StepOutput(image, "user:mask", f"mask given by the user ({share:.1%} of the photo)")
+    detector = str(params.get("detector", "auto")).lower()
+    if detector not in ("auto", "yolo", "sam", "builtin"):
+        raise EngineError(f"unknown reflection detector {detector!r} (auto, yolo, sam, builtin)")
+    rt = ctx.runtime
+    have_yolo = rt is not None and rt.is_available(YOLO_ID)
+    have_sam = rt is not None and rt.is_available(SAM_ID)
+    if detector == "auto":
+        detector = "yolo" if have_yolo and _ultralytics_installed() else "builtin"
+    notes = []
+    ctx.progress.update(0.0, f"finding reflections ({detector})")
+    if detector == "yolo":
+        mask, boxes = yolo_detect(image, rt)
+        model = YOLO_ID
+        notes.append(f"{len(boxes)} region(s) from YOLO")
+        if have_sam and boxes:
+            ctx.progress.update(0.5, "refining with SAM")
+            refined = sam_mask_from_boxes(image, boxes, rt)
+            if refined.any():
+                mask = refined
+                model = f"{YOLO_ID}+{SAM_ID}"
+                notes.append("refined by SAM")
+    else:
+        mask = detect_glare(image, sensitivity=float(params.get("sensitivity", 1.0)),
+                            max_area=float(params.get("max_area", 0.35)))
+        model = "builtin:glare"
+        if detector == "sam":
+            boxes = mask_boxes(mask)
+            notes.append(f"{len(boxes)} glare region(s) refined by SAM")
+            ctx.progress.update(0.5, "refining with SAM")
+            mask = sam_mask_from_boxes(image, boxes, rt) if boxes else mask
+            model = f"builtin:glare+{SAM_ID}"
+    ctx.mask = mask
+    ctx.artifacts["mask"] = mask
+    share = float((mask > 127).mean())
+    ctx.progress.update(1.0, f"mask covers {share:.1%}")
+    notes.append(f"mask covers {share:.1%} of the photo")
+    return StepOutput(image, model, "; ".join(notes))
+
+
+def _ultralytics_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ultralytics") is not None
+
+
+def inpaint_regions(image: np.ndarray, mask: np.ndarray, fn: InpaintFn, *,
+                    context: float = 1.0, max_side: int = 1024, pad_multiple: int = 8,
+                    progress: Any = None) -> np.ndarray:
+    """Inpaint each masked region on a crop with context and paste it back in the mask only.
+
+    ``fn(crop, crop_mask)`` gets float RGB (h, w, 3) and a float (h, w) mask of 0/1, with h
+    and w multiples of ``pad_multiple``, and returns the filled (h, w, 3) crop. Crops larger
+    than ``max_side`` are processed at that size and scaled back. Only pixels with
+    :func:`paste_alpha` > 0 change.
+    """
+    import cv2
+
+    mask = _fit_mask(mask, image.shape[:2])
+    out = image.astype(np.float32, copy=True)
+    hole = dilate_mask(mask, PASTE_DILATE)  # the model also refills the halo band
+    rects = mask_regions(hole, context=context)
+    for i, (x0, y0, x1, y1) in enumerate(rects):
+        if progress is not None:
+            progress.update(i / max(1, len(rects)), f"region {i + 1}/{len(rects)}")
+        crop = image[y0:y1, x0:x1].astype(np.float32)
+        cm = (hole[y0:y1, x0:x1] > 0).astype(np.float32)
+        ch, cw = crop.shape[:2]
+        s = min(1.0, max_side / max(ch, cw))
+        if s < 1.0:
+            size = (max(8, round(cw * s)), max(8, round(ch * s)))
+            work = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+            wm = (cv2.resize(cm, size, interpolation=cv2.INTER_LINEAR) > 0).astype(np.float32)
+        else:
+            work, wm = crop, cm
+        wh, ww = work.shape[:2]
+        ph, pw = (-wh) % pad_multiple, (-ww) % pad_multiple
+        if ph or pw:
+            work = np.pad(work, ((0, ph), (0, pw), (0, 0)), mode="reflect" if
+                          (ph < wh and pw < ww) else "edge")
+            wm = np.pad(wm, ((0, ph), (0, pw)), mode="constant")
+        filled = np.asarray(fn(np.ascontiguousarray(work), np.ascontiguousarray(wm)),
+                            dtype=np.float32)[:wh, :ww]
+        if not np.isfinite(filled).all():
+            raise EngineError("the inpainting model returned an invalid image")
+        if s < 1.0:
+            filled = cv2.resize(filled, (cw, ch), interpolation=cv2.INTER_CUBIC)
+        a = paste_alpha(mask[y0:y1, x0:x1])[..., None]
+        region = out[y0:y1, x0:x1]
+        sel = a[..., 0] > 0
+        blended = region * (1.0 - a) + np.clip(filled, 0, 1) * a
+        region[sel] = blended[sel]
+    if progress is not None:
+        progress.update(1.0, f"{len(rects)} region(s) filled")
+    return out
+
+
+def lama_fn(descriptor: Any) -> InpaintFn:
+    import torch
+
+    param = next(descriptor.model.parameters())
+
+    def fn(crop: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(crop.transpose(2, 0, 1))[None].to(param.device, param.dtype)
+        m = torch.from_numpy(mask)[None, None].to(param.device, param.dtype)
+        with torch.inference_mode():
+            y = descriptor(x, m)
+        return y[0].float().permute(1, 2, 0).cpu().numpy()
+
+    return fn
+
+
+def telea_fn(radius: float = 5.0) -> InpaintFn:
+    import cv2
+
+    def fn(crop: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        u8 = to_uint8(crop)
+        res = cv2.inpaint(u8, (mask > 0).astype(np.uint8) * 255, float(radius), cv2.INPAINT_TELEA)
+        return res.astype(np.float32) / 255.0
+
+    return fn
+
+
+def _mask_or_skip(image: np.ndarray, ctx: StepContext) -> np.ndarray | None:
+    if ctx.mask is None:
+        return None
+    m = _fit_mask(ctx.mask, image.shape[:2])
+    return m if (m > 127).any() else None
+
+
+@register_step(
+    "inpaint_lama",
+    models=(LAMA_ID,),
+    description="LaMa inpainting of the masked reflections, region by region.",
+    defaults={"context": 1.0, "max_side": 1024},
+)
+def inpaint_lama(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
+    mask = _mask_or_skip(image, ctx)
+    if mask is None:
+        ctx.progress.update(1.0, "nothing to inpaint")
+        return StepOutput(image, LAMA_ID, "skipped: the mask is empty")
+    ctx.progress.update(0.0, "loading LaMa")
+    desc = ctx.runtime.load_image_model(LAMA_ID)
+    out = inpaint_regions(image, mask, lama_fn(desc), context=float(params.get("context", 1.0)),
+                          max_side=int(params.get("max_side", 1024)), progress=ctx.progress)
+    return StepOutput(out, LAMA_ID, f"{len(mask_regions(dilate_mask(mask, PASTE_DILATE)))} "
+                                    "region(s) inpainted")
+
+
+@register_step(
+    "inpaint_builtin",
+    description="OpenCV Telea inpainting of the masked reflections (no download).",
+    defaults={"radius": 5.0, "context": 0.5},
+)
+def inpaint_builtin(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
+    mask = _mask_or_skip(image, ctx)
+    if mask is None:
+        ctx.progress.update(1.0, "nothing to inpaint")
+        return StepOutput(image, "builtin:telea", "skipped: the mask is empty")
+    out = inpaint_regions(image, mask, telea_fn(float(params.get("radius", 5.0))),
+                          context=float(params.get("context", 0.5)), max_side=4096,
+                          pad_multiple=1, progress=ctx.progress)
+    return StepOutput(out, "builtin:telea", "masked regions filled")
+
+
+@register_step(
+    "dereflect_nafnet",
+    models=(NAFNET_SIDD,),
+    description="NAFNet refinement for weak reflections (public SIDD weights: see notes).",
+    defaults={"strength": 1.0, "tile": None},
+)
+def dereflect_nafnet(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext
+                     ) -> StepOutput:
+    """Weak-reflection refinement with NAFNet, tiled.
+
+    Plainly: the paper's NAFNet weights for weak reflections are unpublished. The public
+    substitute is ``nafnet-sidd-w64``, NAFNet width 64 trained on SIDD real camera-noise
+    denoising (MIT). It suppresses faint, low-contrast residue such as noise and smooth
+    ghosting left after inpainting; it was never trained to separate a reflection layer and
+    will not remove a visible reflection. ``strength`` (0..1) blends it with its input.
+    """
+    from ..tiling import run_tiled, torch_fn
+
+    strength = float(np.clip(params.get("strength", 1.0), 0.0, 1.0))
+    if strength <= 0:
+        ctx.progress.update(1.0, "off")
+        return StepOutput(image, NAFNET_SIDD, "skipped: strength 0")
+    ctx.progress.update(0.0, "loading NAFNet")
+    desc = ctx.runtime.load_image_model(NAFNET_SIDD)
+    dtype = next(desc.model.parameters()).dtype
+    tile = int(params.get("tile") or ctx.tile_size)
+    out = run_tiled(image, torch_fn(desc, ctx.device, dtype), tile=tile, overlap=32,
+                    pad_multiple=16, progress=ctx.progress, device=ctx.device)
+    if strength < 1.0:
+        out = image + strength * (out - image)
+    return StepOutput(out, NAFNET_SIDD,
+                      f"SIDD denoising weights as the weak-reflection stand-in, strength "
+                      f"{strength:g}")
