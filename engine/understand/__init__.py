@@ -1,1 +1,36 @@
-"""Degradation understanding: built-in analyzer, CLIP zero-shot, Qwen2.5-VL."""
+"""Degradation understanding: built-in analyzer, CLIP zero-shot, Qwen2.5-VL.
+
+``diagnose(image, photo=None, backend="auto", runtime=None) -> Diagnosis`` is the entry point;
+backends ("builtin", "clip", "vlm", "auto") are registered in ``base.CLASSIFIERS``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..api import Diagnosis
+from .base import CLASSIFIERS, get_classifier, register_classifier
+
+__all__ = ["diagnose", "diagnose_many", "get_classifier", "register_classifier", "CLASSIFIERS"]
+
+
+def diagnose(image: np.ndarray, photo: Any | None = None, backend: str = "auto",
+             runtime: Any | None = None, **options: Any) -> Diagnosis:
+    """What is wrong with ``image`` (float32 RGB in [0, 1], (H, W, 3)).
+
+    ``photo`` (the loaded Photo) gives metadata such as the JPEG quantisation tables.
+    ``backend``: "builtin" (no download), "clip", "vlm" (Qwen2.5-VL, ``mode="paper"`` or
+    ``"structured"``) or "auto" (the VLM on a GPU when installed, else the analyzer).
+    The analyzer's physical estimates are in ``Diagnosis.estimates`` for every backend.
+    """
+    return diagnose_many([image], [photo], backend, runtime, **options)[0]
+
+
+def diagnose_many(images: list[np.ndarray], photos: list[Any | None] | None = None,
+                  backend: str = "auto", runtime: Any | None = None,
+                  **options: Any) -> list[Diagnosis]:
+    """Several photos at once (the VLM batches them)."""
+    photos = list(photos) if photos is not None else [None] * len(images)
+    clf = get_classifier(backend, runtime=runtime, **options)
+    return clf.classify_batch(list(images), photos)

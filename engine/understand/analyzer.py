@@ -1,0 +1,194 @@
+"""The built-in analyzer: physical measurements + a small calibrated model (no download).
+
+The model is a multinomial logistic regression over standardised features, fitted by
+``scripts/fit_analyzer.py`` and stored in ``resources/analyzer_model.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..api import CLASSES, Degradation, Diagnosis
+from ..errors import EngineError
+from . import measure as M
+from .base import register_classifier
+
+MODEL_PATH = Path(__file__).resolve().parents[2] / "resources" / "analyzer_model.json"
+
+# feature name -> how to read it from measure() output
+FEATURES: tuple[str, ...] = (
+    "noise", "jpeg_badness", "blockiness", "motion_evidence", "view_motion_evidence",
+    "view_blur_length", "band_slope_0", "band_slope_1", "band_slope_2", "band_slope_3",
+    "cutoff", "lap_ratio", "aniso_1", "aniso_2", "ghosting", "dyn_range", "median_luma",
+    "local_contrast", "dark_channel", "saturation", "specular", "log_pixels",
+)
+
+
+def feature_vector(meas: Mapping[str, Any], names: tuple[str, ...] = FEATURES) -> np.ndarray:
+    vf = meas["features"]
+    jpeg_bad = 0.0
+    if meas.get("jpeg_source") == "tables" or meas.get("jpeg_evidence", 0.0) >= 0.3:
+        jpeg_bad = (100.0 - float(meas["jpeg_quality"])) / 100.0
+    derived = {
+        "noise": math.log1p(float(meas["noise_sigma"])),
+        "jpeg_badness": jpeg_bad,
+        "blockiness": min(float(meas["blockiness"]), 4.0),
+        "motion_evidence": float(meas["motion_evidence"]),
+    }
+    out = []
+    for n in names:
+        v = derived[n] if n in derived else float(vf[n])
+        out.append(v if math.isfinite(v) else 0.0)
+    return np.asarray(out, dtype=np.float64)
+
+
+class LogisticModel:
+    """Standardise -> linear -> softmax. Parameters from JSON."""
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.features = tuple(params["features"])
+        self.classes = tuple(params["classes"])
+        self.mean = np.asarray(params["mean"], dtype=np.float64)
+        self.scale = np.asarray(params["scale"], dtype=np.float64)
+        self.W = np.asarray(params["W"], dtype=np.float64)
+        self.b = np.asarray(params["b"], dtype=np.float64)
+        self.temperature = float(params.get("temperature", 1.0))
+        self.meta = dict(params.get("fit", {}))
+        if self.W.shape != (len(self.classes), len(self.features)):
+            raise ValueError("analyzer model: weight shape does not match features/classes")
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        z = ((np.atleast_2d(x) - self.mean) / self.scale) @ self.W.T + self.b
+        z = z / self.temperature
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+@lru_cache(maxsize=2)
+def load_model(path: str | None = None) -> LogisticModel:
+    p = Path(path) if path else MODEL_PATH
+    try:
+        return LogisticModel(json.loads(p.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise EngineError(f"the analyzer's model file is missing ({p}); reinstall Mend") from None
+    except (ValueError, KeyError) as e:
+        raise EngineError(f"the analyzer's model file is damaged ({p}): {e}") from None
+
+
+# thresholds for the multi-label flags (physical units)
+NOISE_FLAG = 6.0  # sigma on 0-255
+JPEG_FLAG = 60.0  # quality below
+BLUR_SHARPNESS_FLAG = 0.35
+LOWRES_PIXELS = 0.3e6
+UPSCALED_CUTOFF = 0.6
+
+
+def estimates_from(meas: Mapping[str, Any]) -> dict[str, Any]:
+    """The physical estimates every Diagnosis carries (units in the keys' docs)."""
+    vf = meas["features"]
+    cutoff = float(vf.get("cutoff", 1.0))
+    return {
+        "noise_sigma": round(float(meas["noise_sigma"]), 2),  # 0-255, per channel
+        "jpeg_quality": int(round(float(meas["jpeg_quality"]))),  # IJG 1-100 (100 = none seen)
+        "jpeg_source": meas.get("jpeg_source", "pixels"),  # "tables" (exact) | "pixels"
+        "blur_length": round(float(meas["blur_length"]), 2),  # px, original resolution
+        "blur_angle": round(float(meas["blur_angle"]), 1),  # degrees, 0 = horizontal, ccw
+        "motion_evidence": round(float(meas["motion_evidence"]), 2),
+        "sharpness": round(float(meas["sharpness"]), 3),  # 0 (blurred) .. 1 (crisp), on view
+        "upscale_factor": round(1.0 / max(cutoff, 0.1), 2),  # ~1 native, k = upscaled k times
+        "reflection_area": round(float(meas.get("reflection_area", 0.0)), 3),  # 0-1 of frame
+        "specular_area": round(float(vf.get("specular", 0.0)), 4),
+        "width": int(meas["width"]),
+        "height": int(meas["height"]),
+        "units": "px at original resolution; noise_sigma on 0-255; view features on a copy "
+                 f"downscaled {float(meas.get('view_scale', 1.0)):.2f}x",
+    }
+
+
+def flags_from(meas: Mapping[str, Any], scores: Mapping[str, float]) -> tuple[str, ...]:
+    est = estimates_from(meas)
+    flags = []
+    if est["noise_sigma"] >= NOISE_FLAG:
+        flags.append("noise")
+    if est["jpeg_quality"] < JPEG_FLAG:
+        flags.append("jpeg")
+    if est["width"] * est["height"] < LOWRES_PIXELS:
+        flags.append("low_resolution")
+    if est["upscale_factor"] >= 1 / UPSCALED_CUTOFF:
+        flags.append("upscaled")
+    if est["sharpness"] < BLUR_SHARPNESS_FLAG and scores.get("C", 0) < 0.5:
+        flags.append("blur")
+    if scores.get("C", 0) >= 0.3:
+        flags.append("motion_blur")
+    if scores.get("B", 0) >= 0.3:
+        flags.append("reflection")
+    return tuple(flags)
+
+
+def _reflection_area(view: np.ndarray) -> float:
+    """Rough share of the frame under a veil (raised dark channel with low local contrast)."""
+    import cv2
+
+    small = cv2.resize(view, (128, max(1, int(128 * view.shape[0] / view.shape[1]))),
+                       interpolation=cv2.INTER_AREA) if view.shape[1] > 128 else view
+    dark = cv2.erode(small.min(axis=2), np.ones((7, 7), np.uint8))
+    return float((dark > 0.25).mean())
+
+
+def analyze(image: np.ndarray, photo: Any | None = None,
+            model: LogisticModel | None = None) -> Diagnosis:
+    """Measure, score and explain one photo with the built-in analyzer."""
+    meas = M.measure(image, photo)
+    model = model or load_model()
+    x = feature_vector(meas, model.features)
+    p = model.proba(x)[0]
+    scores = {c: float(p[model.classes.index(c)]) for c in (d.value for d in CLASSES)}
+    label = Degradation(max(scores, key=scores.get))
+    view, _ = M.view_of(np.asarray(image[..., :3], dtype=np.float32))
+    meas["reflection_area"] = _reflection_area(view) if scores["B"] >= 0.3 else 0.0
+    est = estimates_from(meas)
+    flags = flags_from(meas, scores)
+    return Diagnosis(label, scores, flags, est, _rationale(label, scores, est, flags), "builtin")
+
+
+def _rationale(label: Degradation, scores: Mapping[str, float], est: Mapping[str, Any],
+               flags: tuple[str, ...]) -> str:
+    parts = [f"{label.short_name} ({scores[label.value]:.0%})"]
+    if "noise" in flags:
+        parts.append(f"noise σ≈{est['noise_sigma']:.0f}")
+    if "jpeg" in flags:
+        parts.append(f"JPEG quality≈{est['jpeg_quality']}")
+    if "motion_blur" in flags:
+        parts.append(f"motion blur ≈{est['blur_length']:.0f}px at {est['blur_angle']:.0f}°")
+    if "upscaled" in flags:
+        parts.append(f"looks upscaled ≈{est['upscale_factor']:.1f}×")
+    if "low_resolution" in flags:
+        parts.append(f"low resolution {est['width']}×{est['height']}")
+    if "reflection" in flags:
+        parts.append("reflection cues")
+    return "; ".join(parts)
+
+
+@register_classifier("builtin")
+class BuiltinAnalyzer:
+    """Always available: measurements + calibrated logistic model."""
+
+    name = "builtin"
+
+    def __init__(self, runtime: Any | None = None, model_path: str | None = None, **_: Any):
+        self._model_path = model_path
+
+    def available(self) -> bool:
+        return True
+
+    def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
+        return analyze(image, photo, load_model(self._model_path))
+
+    def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]) -> list[Diagnosis]:
+        return [self.classify(i, p) for i, p in zip(images, photos)]

@@ -1,0 +1,161 @@
+"""CLIP / SigLIP zero-shot diagnosis (the paper's related-work alternative).
+
+Each class has a prompt ensemble (resources/prompts/clip_prompts.json); a class's text
+embedding is the normalised mean of its prompts' normalised embeddings; scores are the softmax
+of the scaled cosine similarities. Weights come from the model store with
+``local_files_only=True``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
+from ..errors import EngineError, ModelMissing
+from .base import register_classifier
+
+MODEL_IDS = ("clip-vit-large-patch14", "siglip-base-patch16-224")
+PROMPTS_FILE = Path(__file__).resolve().parents[2] / "resources" / "prompts" / "clip_prompts.json"
+LETTERS = tuple(c.value for c in CLASSES)
+
+
+def load_prompts(path: Path = PROMPTS_FILE) -> dict[str, list[str]]:
+    d = json.loads(path.read_text(encoding="utf-8"))
+    missing = [c for c in LETTERS if not d.get(c)]
+    if missing:
+        raise EngineError(f"CLIP prompt file has no prompts for {', '.join(missing)}")
+    return {c: list(d[c]) for c in LETTERS}
+
+
+def _features(out: Any):
+    """transformers returns a tensor (4.x) or an output whose pooler_output is projected (5.x)."""
+    return out if hasattr(out, "norm") else out.pooler_output
+
+
+class _LoadedClip:
+    def __init__(self, model, processor, text_emb, logit_scale, model_id: str):
+        self.model, self.processor = model, processor
+        self.text_emb, self.logit_scale, self.model_id = text_emb, logit_scale, model_id
+
+
+def load_clip(runtime: Any, model_id: str, prompts: dict[str, list[str]]) -> _LoadedClip:
+    device = runtime.device
+    folder = runtime.path(model_id)
+    key = ("clip", model_id, device.torch_device, tuple(tuple(prompts[c]) for c in LETTERS))
+
+    def build() -> _LoadedClip:
+        import torch
+        from transformers import AutoModel, AutoProcessor
+
+        dtype = runtime.dtype_for(model_id, supports_half=True)
+        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True,
+                                                  trust_remote_code=False)
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True,
+                                          trust_remote_code=False, dtype=dtype)
+        model.to(device.torch_device).eval()
+        texts = [t for c in LETTERS for t in prompts[c]]
+        kw = {"padding": "max_length"} if "siglip" in type(model).__name__.lower() else \
+            {"padding": True}
+        tok = processor(text=texts, return_tensors="pt", truncation=True, **kw)
+        tok = {k: v.to(device.torch_device) for k, v in tok.items()
+               if k in ("input_ids", "attention_mask")}
+        with torch.inference_mode():
+            te = _features(model.get_text_features(**tok)).float()
+        te = te / te.norm(dim=-1, keepdim=True)
+        per, i = [], 0
+        for c in LETTERS:
+            n = len(prompts[c])
+            m = te[i:i + n].mean(dim=0)
+            per.append(m / m.norm())
+            i += n
+        scale = float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 100.0
+        return _LoadedClip(model, processor, torch.stack(per), scale, model_id)
+
+    mb = 0
+    try:
+        mb = int(runtime.store.spec(model_id).memory_mb or 0)
+    except Exception:
+        mb = 0
+    return runtime.cached(key, build, (mb << 20) if mb else None)
+
+
+@register_classifier("clip")
+class ClipClassifier:
+    name = "clip"
+
+    def __init__(self, runtime: Any | None = None, model_id: str | None = None,
+                 with_measurements: bool = True, **_: Any) -> None:
+        self.runtime = runtime
+        self.model_id = model_id
+        self.with_measurements = with_measurements
+
+    def _rt(self):
+        if self.runtime is None:
+            from .runtime_default import default_runtime
+
+            self.runtime = default_runtime()
+        return self.runtime
+
+    def pick_model(self) -> str:
+        rt = self._rt()
+        if self.model_id:
+            return self.model_id
+        for mid in MODEL_IDS:
+            if rt.is_available(mid):
+                return mid
+        raise ModelMissing(MODEL_IDS[0], "install a CLIP model (mend models pull "
+                                         "clip-vit-large-patch14) or use the built-in analyzer")
+
+    def available(self) -> bool:
+        try:
+            self.pick_model()
+            return True
+        except EngineError:
+            return False
+
+    def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
+        return self.classify_batch([image], [photo])[0]
+
+    def classify_batch(self, images: list[np.ndarray], photos: list[Any | None],
+                       batch_size: int = 8) -> list[Diagnosis]:
+        import torch
+        from PIL import Image
+
+        rt = self._rt()
+        loaded = load_clip(rt, self.pick_model(), load_prompts())
+        out = []
+        dev = rt.device.torch_device
+        dtype = next(loaded.model.parameters()).dtype
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            pils = [Image.fromarray((np.clip(im[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8))
+                    for im in chunk]
+            px = loaded.processor(images=pils, return_tensors="pt")["pixel_values"]
+            with torch.inference_mode():
+                ie = _features(loaded.model.get_image_features(
+                    pixel_values=px.to(dev, dtype))).float()
+            ie = ie / ie.norm(dim=-1, keepdim=True)
+            logits = loaded.logit_scale * ie @ loaded.text_emb.T
+            probs = torch.softmax(logits, dim=-1).cpu().numpy()
+            for j, im in enumerate(chunk):
+                photo = photos[i + j] if i + j < len(photos) else None
+                sc = normalise_scores({c: float(p) for c, p in zip(LETTERS, probs[j])})
+                out.append(self._finish(sc, im, photo, loaded.model_id))
+        return out
+
+    def _finish(self, sc: dict[str, float], image: np.ndarray, photo: Any | None,
+                model_id: str) -> Diagnosis:
+        from .vlm import _merge_estimates, class_flags
+
+        label = Degradation(max(sc, key=sc.get))
+        extra = {"clip_model": model_id}
+        if self.with_measurements:
+            base, est = _merge_estimates(image, photo, extra)
+            flags = class_flags(base.flags, sc)
+        else:
+            est, flags = extra, class_flags((), sc)
+        why = f"zero-shot {model_id}: {label.short_name} ({sc[label.value]:.0%})"
+        return Diagnosis(label, sc, flags, est, why, "clip")

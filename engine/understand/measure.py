@@ -1,0 +1,534 @@
+"""Physical measurements of a photo's degradations (numpy / OpenCV only, no download).
+
+Every function takes float32 RGB in [0, 1] (H, W, 3) unless it says otherwise. Estimates are in
+ORIGINAL pixel units and on the 0-255 intensity scale:
+
+- ``noise_sigma``: std of additive white noise per colour channel (0-255), from the finest
+  diagonal Haar band of full-resolution crops (MAD over weakly textured blocks).
+- ``jpeg_quality``: IJG quality 1-100; exact from the file's quantisation tables when known,
+  otherwise a blind estimate from the 8x8 DCT coefficient histograms of the pixels.
+- ``blur_length`` / ``blur_angle``: length (px) and direction (degrees, 0 = horizontal,
+  counter-clockwise) of a linear motion blur, from the cepstrum of full-resolution crops.
+- the rest are dimensionless features used by the classifier (computed on a copy downscaled
+  to at most ``VIEW_SIDE`` pixels on its long side, the "view").
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+
+VIEW_SIDE = 1024
+
+# IJG (libjpeg) base tables, natural (row-major) order: Annex K of the JPEG standard.
+STD_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+], dtype=np.float64)
+STD_CHROMA = np.array([
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99,
+    24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99, 99, 99, 99,
+] + [99] * 32, dtype=np.float64)
+
+# zig-zag scan order: ZIGZAG[k] = natural index of the k-th coefficient in scan order
+ZIGZAG = np.array([
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27,
+    20, 13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58,
+    59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+])
+
+
+def ijg_table(quality: int, base: np.ndarray = STD_LUMA) -> np.ndarray:
+    """The table libjpeg writes for ``quality`` (1-100), baseline (clipped to 1..255)."""
+    q = min(100, max(1, int(quality)))
+    scale = 5000 / q if q < 50 else 200 - 2 * q
+    return np.clip(np.floor((base * scale + 50) / 100), 1, 255)
+
+
+_IJG_LUMA = np.stack([ijg_table(q) for q in range(1, 101)])  # (100, 64)
+_IJG_CHROMA = np.stack([ijg_table(q, STD_CHROMA) for q in range(1, 101)])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """Rec.601 luma, same scale as the input."""
+    if rgb.ndim == 2:
+        return rgb.astype(np.float32, copy=False)
+    return cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2GRAY)
+
+
+def view_of(image: np.ndarray, side: int = VIEW_SIDE) -> tuple[np.ndarray, float]:
+    """Copy downscaled (area) so that the long side is at most ``side``; returns (view, factor)
+    where factor = original px per view px (>= 1)."""
+    h, w = image.shape[:2]
+    f = max(h, w) / side
+    if f <= 1.0:
+        return image, 1.0
+    nh, nw = max(1, round(h / f)), max(1, round(w / f))
+    return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA), max(h / nh, w / nw)
+
+
+def _grid_crops(h: int, w: int, size: int, n: int) -> list[tuple[int, int, int, int]]:
+    """Up to n x n crops of ``size`` spread evenly over the image, 8-px aligned."""
+    if h <= size and w <= size:
+        return [(0, 0, h, w)]
+    ch, cw = min(size, h), min(size, w)
+    ys = np.linspace(0, h - ch, n).astype(int) if h > ch else np.array([0])
+    xs = np.linspace(0, w - cw, n).astype(int) if w > cw else np.array([0])
+    out = []
+    for y in np.unique(ys // 8 * 8):
+        for x in np.unique(xs // 8 * 8):
+            out.append((int(y), int(x), ch, cw))
+    return out
+
+
+# ----------------------------------------------------------------------------- noise
+
+def _haar_blocks(ch: np.ndarray, block: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For one channel (0-255): per block of ``block`` x ``block`` Haar coefficients returns
+    (MAD-sigma of HH, texture = mean LH^2 + HL^2, mean intensity)."""
+    h, w = ch.shape
+    if min(h, w) < 4 * block:  # tiny image: smaller blocks
+        block = max(2, min(h, w) // 4)
+    h2, w2 = (h // (2 * block)) * 2 * block, (w // (2 * block)) * 2 * block
+    if h2 == 0 or w2 == 0:
+        e = np.zeros(0, np.float32)
+        return e, e, e
+    c = ch[:h2, :w2].astype(np.float32)
+    a, b, cc, d = c[0::2, 0::2], c[0::2, 1::2], c[1::2, 0::2], c[1::2, 1::2]
+    hh = (a - b - cc + d) * 0.5
+    lh = (a + b - cc - d) * 0.5
+    hl = (a - b + cc - d) * 0.5
+    ll = (a + b + cc + d) * 0.25
+    bh, bw = h2 // 2 // block, w2 // 2 // block
+
+    def blocks(x: np.ndarray) -> np.ndarray:
+        return x.reshape(bh, block, bw, block).transpose(0, 2, 1, 3).reshape(bh * bw, -1)
+
+    hb = blocks(hh)
+    mad = np.median(np.abs(hb), axis=1) / 0.6745
+    tex = blocks(lh * lh + hl * hl).mean(axis=1)
+    mean = blocks(ll).mean(axis=1)
+    return mad, tex, mean
+
+
+def estimate_noise(image: np.ndarray, crop: int = 256, grid: int = 3) -> float:
+    """Noise sigma (0-255, per channel) on full-resolution crops.
+
+    Haar bands are orthogonal, so under white noise the block texture measure (LH, HL) is
+    independent of the HH band: selecting the least textured blocks does not bias the
+    estimate, and excludes edges/texture that would inflate it. Blocks near black/white are
+    skipped (clipping shrinks the noise there).
+    """
+    img = image if image.ndim == 3 else image[..., None]
+    h, w = img.shape[:2]
+    per_channel = []
+    for c in range(img.shape[2]):
+        mads, texs, means = [], [], []
+        for y, x, ch, cw in _grid_crops(h, w, crop, grid):
+            m, t, mu = _haar_blocks(img[y:y + ch, x:x + cw, c] * 255.0)
+            mads.append(m)
+            texs.append(t)
+            means.append(mu)
+        if not mads:
+            return 0.0
+        mad, tex, mean = np.concatenate(mads), np.concatenate(texs), np.concatenate(means)
+        if mad.size == 0:
+            return 0.0
+        est = _select_median(mad, tex, (mean > 12) & (mean < 243))
+        for _ in range(2):  # clipped blocks look clean: keep 2.5 sigma away from 0 and 255
+            m = max(12.0, 2.5 * est)
+            est = _select_median(mad, tex, (mean > m) & (mean < 255 - m))
+        per_channel.append(est)
+        if img.shape[2] == 3 and np.allclose(img[..., 0][::7, ::7], img[..., 1][::7, ::7]):
+            break  # grey image stored as RGB: one channel is enough
+    return float(np.median(per_channel)) * NOISE_CALIBRATION
+
+
+def _select_median(mad: np.ndarray, tex: np.ndarray, ok: np.ndarray) -> float:
+    if ok.sum() >= 8:
+        mad, tex = mad[ok], tex[ok]
+    k = max(4, int(0.3 * mad.size))
+    sel = np.argpartition(tex, k - 1)[:k] if k < tex.size else np.arange(tex.size)
+    return float(np.median(mad[sel]))
+
+
+# median of block MADs over the 30 % least textured blocks slightly under-reads pure noise;
+# this factor was measured on pure Gaussian noise (see tests/engine/test_analyzer_estimates.py)
+NOISE_CALIBRATION = 1.0
+
+
+# ----------------------------------------------------------------------------- JPEG
+
+def quality_from_tables(tables: Mapping[int, Any]) -> tuple[int, float]:
+    """IJG quality that best explains the quantisation tables, and the mean abs table error.
+
+    Matches both natural and zig-zag orderings (readers differ) and keeps the better fit;
+    error 0 means the file was written by libjpeg at exactly that quality.
+    """
+    if not tables:
+        raise ValueError("no quantisation tables")
+    keys = sorted(int(k) for k in tables)
+    luma = np.asarray(list(tables[keys[0]]), dtype=np.float64)[:64]
+    chroma = np.asarray(list(tables[keys[1]]), dtype=np.float64)[:64] if len(keys) > 1 else None
+    best = (50, math.inf)
+    for order in (np.arange(64), ZIGZAG):
+        err = np.abs(_IJG_LUMA[:, order] - luma[None, :]).mean(axis=1)
+        if chroma is not None:
+            err = 0.5 * (err + np.abs(_IJG_CHROMA[:, order] - chroma[None, :]).mean(axis=1))
+        q = int(np.argmin(err))
+        if err[q] < best[1]:
+            best = (q + 1, float(err[q]))
+    return best
+
+
+_DCT8 = np.array([[math.sqrt((1 if k == 0 else 2) / 8) * math.cos(math.pi * (2 * n + 1) * k / 16)
+                   for n in range(8)] for k in range(8)])  # orthonormal DCT-II basis (rows)
+
+
+def _dct_blocks(gray255: np.ndarray, max_blocks: int = 6000) -> np.ndarray:
+    """8x8 DCT coefficients (n, 64) of grid-aligned blocks of a 0-255 luma image."""
+    h, w = gray255.shape
+    bh, bw = h // 8, w // 8
+    if bh == 0 or bw == 0:
+        return np.zeros((0, 64))
+    x = gray255[:bh * 8, :bw * 8].astype(np.float64) - 128.0
+    blk = x.reshape(bh, 8, bw, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
+    if blk.shape[0] > max_blocks:
+        idx = np.linspace(0, blk.shape[0] - 1, max_blocks).astype(int)
+        blk = blk[idx]
+    coef = np.einsum("ij,njk,lk->nil", _DCT8, blk, _DCT8)
+    return coef.reshape(-1, 64)
+
+
+def estimate_jpeg_blind(image: np.ndarray) -> dict[str, float]:
+    """Blind JPEG estimate from decoded pixels (grid assumed aligned at 0,0).
+
+    For each of the first low-frequency coefficients the quantisation step is the largest
+    step whose multiples the non-zero coefficients cluster on; the IJG quality whose table
+    best matches those steps is returned. ``jpeg_evidence`` (0-1) says how clearly the
+    coefficients cluster (about 0 for never-compressed photos), ``blockiness`` compares
+    gradients across the 8-px grid with those inside blocks.
+    """
+    h, w = image.shape[:2]
+    # a centred, 8-aligned region of up to 768 x 768 at full resolution
+    ch, cw = min(h, 768) // 8 * 8, min(w, 768) // 8 * 8
+    y0, x0 = ((h - ch) // 2) // 8 * 8, ((w - cw) // 2) // 8 * 8
+    region = image[y0:y0 + ch, x0:x0 + cw]
+    gray = to_gray(region) * 255.0
+    # JPEG's luma is computed before rounding: use the same weights (full-range YCbCr)
+    coef = _dct_blocks(gray)
+    out = {"jpeg_quality": 100.0, "jpeg_evidence": 0.0, "blockiness": _blockiness(gray)}
+    if coef.shape[0] < 32:
+        return out
+    positions = ZIGZAG[1:10]
+    steps, weights = [], []
+    for pos in positions:
+        c = coef[:, pos]
+        best_q, best_s = 1, 0.0
+        for q in range(2, 121):
+            nz = np.abs(c) > 0.5 * q
+            n = int(nz.sum())
+            if n < 50:
+                break
+            s = float(np.cos(2 * np.pi * c[nz] / q).mean())
+            # a larger step that still fits explains the data better than its divisors
+            if s > 0.55 and s >= best_s * 0.8:
+                best_q, best_s = q, s
+        steps.append(best_q)
+        weights.append(best_s)
+    steps_a, w_a = np.asarray(steps, float), np.asarray(weights, float)
+    evidence = float(w_a.mean())
+    out["jpeg_evidence"] = evidence
+    if evidence < 0.3 or (w_a > 0).sum() < 3:
+        return out
+    use = w_a > 0
+    tab = _IJG_LUMA[:, positions][:, use]
+    err = np.abs(np.log(tab) - np.log(steps_a[use])[None, :]).mean(axis=1)
+    out["jpeg_quality"] = float(np.argmin(err) + 1)
+    return out
+
+
+def _blockiness(gray255: np.ndarray) -> float:
+    """Mean |horizontal+vertical step| across 8-px block borders over that inside blocks."""
+    if min(gray255.shape) < 24:
+        return 1.0
+    dx = np.abs(np.diff(gray255, axis=1))
+    dy = np.abs(np.diff(gray255, axis=0))
+    bx = dx[:, 7::8].mean() + dy[7::8, :].mean()
+    mx = np.delete(dx, np.s_[7::8], axis=1).mean() + np.delete(dy, np.s_[7::8], axis=0).mean()
+    return float(bx / (mx + 1e-6))
+
+
+def jpeg_estimate(image: np.ndarray, photo: Any | None) -> dict[str, Any]:
+    """JPEG quality: exact from the photo's tables when it is a JPEG, else blind."""
+    out = estimate_jpeg_blind(image)
+    tables = _photo_tables(photo)
+    if tables:
+        try:
+            q, err = quality_from_tables(tables)
+            out.update(jpeg_quality=float(q), jpeg_table_error=err, jpeg_source="tables",
+                       jpeg_evidence=max(out["jpeg_evidence"], 1.0))
+            return out
+        except (ValueError, TypeError, IndexError):
+            pass
+    out["jpeg_source"] = "pixels"
+    return out
+
+
+def _photo_tables(photo: Any | None) -> Mapping[int, Any] | None:
+    if photo is None:
+        return None
+    info = getattr(photo, "info", None) or {}
+    tables = info.get("jpeg_quantization")
+    if tables:
+        return tables
+    fmt = str(getattr(photo, "format", "") or "").upper()
+    path = getattr(photo, "path", None)
+    if fmt in ("JPEG", "MPO") and path is not None:
+        try:  # header only: cheap
+            from PIL import Image
+
+            with Image.open(path) as im:
+                q = getattr(im, "quantization", None)
+                return dict(q) if q else None
+        except Exception:
+            return None
+    return None
+
+
+# ----------------------------------------------------------------------------- motion blur
+
+def _log_spectrum(gray: np.ndarray, patch: int = 256, max_patches: int = 9) -> np.ndarray:
+    """Welch-averaged log power spectrum (patch x patch, DC at the centre)."""
+    h, w = gray.shape
+    p = min(patch, h, w)
+    p = p - p % 2
+    win = np.outer(np.hanning(p), np.hanning(p)).astype(np.float32)
+    acc = np.zeros((p, p), np.float64)
+    n = 0
+    grid = int(math.ceil(math.sqrt(max_patches)))
+    for y, x, _, _ in _grid_crops(h, w, p, grid)[:max_patches]:
+        t = gray[y:y + p, x:x + p].astype(np.float32)
+        t = (t - t.mean()) * win
+        f = np.fft.fft2(t)
+        acc += (f.real ** 2 + f.imag ** 2)
+        n += 1
+    return np.fft.fftshift(np.log(acc / max(n, 1) + 1e-6))
+
+
+def _cepstrum_polar(logspec: np.ndarray, rmax: int, angles: np.ndarray) -> np.ndarray:
+    """Real cepstrum sampled on rays: (len(angles), rmax + 1), baseline-free per radius."""
+    ls = np.fft.ifftshift(logspec)
+    cep = np.fft.fftshift(np.real(np.fft.ifft2(ls - ls.mean()))).astype(np.float32)
+    p = cep.shape[0]
+    c = p // 2
+    r = np.arange(rmax + 1, dtype=np.float32)
+    th = np.deg2rad(angles).astype(np.float32)[:, None]
+    mx = (c + r[None, :] * np.cos(th)).astype(np.float32)
+    my = (c - r[None, :] * np.sin(th)).astype(np.float32)  # image y grows downwards
+    polar = cv2.remap(cep, mx, my, interpolation=cv2.INTER_LINEAR)
+    return polar - polar.mean(axis=0, keepdims=True)
+
+
+# the cepstral minimum of a line PSF with L px support sits at about L - 0.7 (measured on
+# synthetic lines 5-30 px, see bench/classify.py --synthetic)
+BLUR_LENGTH_OFFSET = 0.7
+
+
+def estimate_motion_blur(gray: np.ndarray, max_len: int = 80) -> dict[str, float]:
+    """Linear motion blur (length px, angle deg, evidence) from the cepstrum.
+
+    A length-L line PSF zeroes the spectrum every 1/L along its direction, which puts a
+    negative cepstral peak at distance L along that direction. Evidence is that peak's depth
+    over the spread of the angle-normalised cepstrum (about 0-2 for sharp or isotropic blur).
+    """
+    h, w = gray.shape
+    patch = 256 if min(h, w) >= 256 else max(32, min(h, w) // 2 * 2)
+    rmax = min(max_len, patch // 2 - 2)
+    if rmax < 6:
+        return {"blur_length": 0.0, "blur_angle": 0.0, "motion_evidence": 0.0}
+    ls = _log_spectrum(gray, patch)
+    angles = np.arange(0, 180, 1.0)
+    pol = _cepstrum_polar(ls, rmax, angles)
+    r0 = 3
+    sub = pol[:, r0:]
+    spread = float(sub.std()) + 1e-9
+    i, j = np.unravel_index(int(np.argmin(sub)), sub.shape)
+    depth = float(-sub[i, j] / spread)
+    r = j + r0
+    # sub-pixel refinement of the radius (parabola through the neighbours)
+    if 0 < j < sub.shape[1] - 1:
+        a, b, c = sub[i, j - 1], sub[i, j], sub[i, j + 1]
+        den = a - 2 * b + c
+        if den > 1e-12:
+            r = r + 0.5 * (a - c) / den
+    r = r + BLUR_LENGTH_OFFSET
+    return {"blur_length": float(r), "blur_angle": float(angles[i]) % 180.0,
+            "motion_evidence": depth}
+
+
+# ----------------------------------------------------------------------------- view features
+
+def _band_energies(gray: np.ndarray) -> np.ndarray:
+    """log10 power in octave bands of radial frequency (Nyquist/32 .. Nyquist), 5 values."""
+    ls = _log_spectrum(gray, 256 if min(gray.shape) >= 256 else min(gray.shape) // 2 * 2)
+    p = ls.shape[0]
+    yy, xx = np.mgrid[0:p, 0:p]
+    rad = np.hypot(yy - p // 2, xx - p // 2) / (p / 2)  # 1 = Nyquist
+    power = np.exp(ls)
+    edges = [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (rad >= lo) & (rad < hi)
+        out.append(np.log10(power[m].mean() + 1e-12) if m.any() else np.nan)
+    out = list(_fill_nan(np.asarray(out)))
+    return np.asarray(out), _cutoff(rad, power)
+
+
+def _fill_nan(a: np.ndarray) -> np.ndarray:
+    """Missing bands (tiny images) take the nearest known value."""
+    ok = np.isfinite(a)
+    if not ok.any():
+        return np.zeros_like(a)
+    idx = np.arange(a.size)
+    return np.interp(idx, idx[ok], a[ok])
+
+
+def _cutoff(rad: np.ndarray, power: np.ndarray) -> float:
+    """Fraction of Nyquist where the radial spectrum first falls 2 decades under the power
+    law fitted on the low frequencies (about 1 for full-resolution detail, 1/k for a photo
+    upscaled k times or blurred to that extent)."""
+    bins = np.linspace(0.02, 1.0, 50)
+    idx = np.digitize(rad.ravel(), bins)
+    pw = power.ravel()
+    prof = np.array([pw[idx == i].mean() if np.any(idx == i) else np.nan
+                     for i in range(1, len(bins))])
+    fr = 0.5 * (bins[1:] + bins[:-1])
+    ok = np.isfinite(prof) & (prof > 0)
+    lo = ok & (fr < 0.15)
+    if lo.sum() < 3:
+        return 1.0
+    a, b = np.polyfit(np.log10(fr[lo]), np.log10(prof[lo]), 1)
+    drop = np.log10(np.where(ok, prof, 1e-30)) - (a * np.log10(fr) + b)
+    below = np.nonzero((drop < -2.0) & (fr > 0.1))[0]
+    return float(fr[below[0]]) if below.size else 1.0
+
+
+def _directional(gray: np.ndarray) -> tuple[float, float]:
+    """Anisotropy of gradient energy over 8 orientations (1 - min/max), at 2 scales."""
+    res = []
+    g = gray
+    for _ in range(2):
+        gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+        sxx, syy, sxy = float((gx * gx).mean()), float((gy * gy).mean()), float((gx * gy).mean())
+        e = []
+        for t in np.deg2rad(np.arange(0, 180, 22.5)):
+            c, s = math.cos(t), math.sin(t)
+            e.append(c * c * sxx + s * s * syy + 2 * c * s * sxy)
+        e_a = np.asarray(e)
+        res.append(float(1 - e_a.min() / (e_a.max() + 1e-12)))
+        g = cv2.pyrDown(g)
+        if min(g.shape) < 16:
+            res.append(res[-1])
+            break
+    return res[0], res[1]
+
+
+def _ghosting(gray: np.ndarray) -> float:
+    """Secondary autocorrelation peak of the edge map at shifts 4-40 px (double edges)."""
+    g = gray
+    if max(g.shape) > 512:
+        f = 512 / max(g.shape)
+        g = cv2.resize(g, (max(1, int(g.shape[1] * f)), max(1, int(g.shape[0] * f))),
+                       interpolation=cv2.INTER_AREA)
+    lap = cv2.Laplacian(g, cv2.CV_32F, ksize=3)
+    lap = lap - lap.mean()
+    f = np.fft.fft2(lap)
+    ac = np.fft.fftshift(np.real(np.fft.ifft2(f * np.conj(f))))
+    ac /= ac.max() + 1e-12
+    h, w = ac.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    rad = np.hypot(yy - h // 2, xx - w // 2)
+    ring = (rad >= 4) & (rad <= 40)
+    if not ring.any():
+        return 0.0
+    vals = ac[ring]
+    return float((vals.max() - np.median(vals)) / (vals.std() + 1e-9))
+
+
+def view_features(view: np.ndarray) -> dict[str, float]:
+    """Dimensionless cues on the downscaled view (float RGB 0-1)."""
+    gray = to_gray(view)
+    h, w = gray.shape
+    f: dict[str, float] = {}
+    bands, cutoff = _band_energies(gray)
+    f["cutoff"] = cutoff
+    for i in range(4):
+        f[f"band_slope_{i}"] = float(bands[i + 1] - bands[i])
+    # gradient ratio across scales (sharp ~ high, blurred/upscaled ~ low)
+    g1 = cv2.Laplacian(gray, cv2.CV_32F)
+    half = cv2.pyrDown(gray) if min(h, w) >= 16 else gray
+    g2 = cv2.Laplacian(half, cv2.CV_32F)
+    f["lap_ratio"] = float(np.log((np.abs(g1).mean() + 1e-6) / (np.abs(g2).mean() + 1e-6)))
+    an1, an2 = _directional(gray)
+    f["aniso_1"], f["aniso_2"] = an1, an2
+    mb = estimate_motion_blur(gray, max_len=60)
+    f["view_motion_evidence"] = mb["motion_evidence"]
+    f["view_blur_length"] = float(np.log1p(mb["blur_length"]))
+    f["ghosting"] = _ghosting(gray)
+    # contrast / veiling glare
+    p1, p50, p99 = np.percentile(gray[::2, ::2], [1, 50, 99])
+    f["dyn_range"] = float(p99 - p1)
+    f["median_luma"] = float(p50)
+    small = cv2.resize(view, (128, max(1, int(128 * h / w)))) if w > 128 else view
+    sg = to_gray(small)
+    mu = cv2.blur(sg, (7, 7))
+    sd = np.sqrt(np.maximum(cv2.blur(sg * sg, (7, 7)) - mu * mu, 0))
+    f["local_contrast"] = float((sd / (mu + 0.05)).mean())
+    dark = cv2.erode(small.min(axis=2), np.ones((7, 7), np.uint8))
+    f["dark_channel"] = float(dark.mean())
+    mx, mn = small.max(axis=2), small.min(axis=2)
+    sat = (mx - mn) / (mx + 1e-6)
+    f["saturation"] = float(sat.mean())
+    f["specular"] = float(((mx > 0.96) & (sat < 0.12)).mean())
+    f["log_pixels"] = float(math.log10(h * w))
+    return f
+
+
+# ----------------------------------------------------------------------------- all together
+
+def measure(image: np.ndarray, photo: Any | None = None) -> dict[str, Any]:
+    """Every measurement. Estimates in original-pixel units; features on the view."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    image = np.asarray(image[..., :3], dtype=np.float32)
+    h, w = image.shape[:2]
+    out: dict[str, Any] = {"width": w, "height": h}
+    out["noise_sigma"] = estimate_noise(image)
+    out.update(jpeg_estimate(image, photo))
+    # motion blur length on full-resolution crops (original pixels)
+    gray_full_crop = _center(to_gray(image), 768)
+    mb = estimate_motion_blur(gray_full_crop)
+    out["blur_length"] = mb["blur_length"]
+    out["blur_angle"] = mb["blur_angle"]
+    out["motion_evidence"] = mb["motion_evidence"]
+    view, factor = view_of(image)
+    out["view_scale"] = factor
+    vf = view_features(view)
+    out["features"] = vf
+    out["sharpness"] = float(np.clip((vf["lap_ratio"] + 0.2) / 1.4, 0, 1))
+    return out
+
+
+def _center(a: np.ndarray, size: int) -> np.ndarray:
+    h, w = a.shape[:2]
+    ch, cw = min(h, size), min(w, size)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return a[y:y + ch, x:x + cw]

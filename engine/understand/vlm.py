@@ -1,0 +1,426 @@
+"""Qwen2.5-VL diagnosis: the paper's zero-shot prompt, and a structured (DU-VLM style) mode.
+
+"paper": the paper's prompt word for word (resources/prompts/paper_classify.txt); the class
+scores are the softmax of the logits of the answer-letter tokens A/B/C/D at the position where
+the model writes its letter (the first generated token when it answers plainly), so every
+diagnosis has a confidence and a runner-up. The text is parsed tolerantly ("B.", "**C**",
+"Answer: a"); an answer that names no class is an error, never a guess.
+
+"structured": asks for JSON of every degradation with a severity and physical parameters
+(zero-shot, the idea of DU-VLM); the values are validated, clipped to physical ranges and
+merged with the built-in analyzer's measurements.
+
+Weights come from the model store (``runtime.path("qwen2.5-vl-3b" | "qwen2.5-vl-7b")``) with
+``local_files_only=True``; remote code is never trusted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
+from ..errors import EngineError, ModelMissing
+from .base import register_classifier
+
+PROMPTS = Path(__file__).resolve().parents[2] / "resources" / "prompts"
+MODEL_IDS = ("qwen2.5-vl-7b", "qwen2.5-vl-3b")  # best first
+LETTERS = tuple(c.value for c in CLASSES)
+
+
+class VLMAnswerError(EngineError):
+    """The vision-language model's answer could not be read as a diagnosis."""
+
+    def __init__(self, answer: str, what: str = "a class letter A, B, C or D") -> None:
+        self.answer = answer
+        short = answer if len(answer) <= 120 else answer[:117] + "…"
+        super().__init__(f"the vision-language model did not answer with {what}: {short!r}")
+
+
+def load_prompt(name: str) -> str:
+    return (PROMPTS / f"{name}.txt").read_text(encoding="utf-8").strip()
+
+
+# ----------------------------------------------------------------------------- parsing
+
+_NAMES = {
+    "A": ("super-resolution", "super resolution", "low resolution", "noise", "jpeg"),
+    "B": ("reflection",),
+    "C": ("motion blur", "motion-blur"),
+    "D": ("no visible degradation", "high-quality", "high quality", "no degradation"),
+}
+
+
+def parse_letter(text: str) -> Degradation | None:
+    """The class a free-text answer names, or None when it names none (or several)."""
+    t = (text or "").strip()
+    if not t:
+        return None
+    clean = re.sub(r"[*_`#>\"'“”‘’\[\]]", " ", t).strip()
+    m = re.match(r"^(?:(?:the\s+)?(?:final\s+)?(?:answer|result|category|class|type|degradation"
+                 r"(?:\s+type)?)\s*(?:is)?\s*[:\-=]?\s*)?\(?([A-Da-d])\)?(?=$|[\s.,:;)!\-])",
+                 clean, flags=re.IGNORECASE)
+    if m:
+        return Degradation(m.group(1).upper())
+    m = re.search(r"(?:answer|result|category|class)\s*(?:is)?\s*[:\-=]?\s*\(?([A-Da-d])\)?"
+                  r"(?=$|[\s.,:;)!])", clean, flags=re.IGNORECASE)
+    if m:
+        return Degradation(m.group(1).upper())
+    letters = set(re.findall(r"(?<![A-Za-z])([ABCD])(?=[.):]|\s*$)", clean))
+    if len(letters) == 1:
+        return Degradation(letters.pop())
+    low = clean.lower()
+    hits = {k for k, names in _NAMES.items() if any(n in low for n in names)}
+    if len(hits) == 1:
+        return Degradation(hits.pop())
+    return None
+
+
+# physical ranges for the structured mode (clip into these)
+PARAM_RANGES: dict[str, tuple[float, float]] = {
+    "noise_sigma": (0.0, 100.0),
+    "jpeg_quality": (1.0, 100.0),
+    "blur_sigma": (0.0, 20.0),
+    "scale": (1.0, 8.0),
+    "blur_length": (0.0, 200.0),
+    "blur_angle": (0.0, 180.0),
+    "reflection_strength": (0.0, 1.0),
+}
+TYPE_CLASS = {"noise": "A", "jpeg": "A", "blur": "A", "low_resolution": "A",
+              "motion_blur": "C", "reflection": "B"}
+_TYPE_ALIASES = {"jpeg_compression": "jpeg", "compression": "jpeg", "lowres": "low_resolution",
+                 "low-resolution": "low_resolution", "motion": "motion_blur",
+                 "motion-blur": "motion_blur", "defocus": "blur", "defocus_blur": "blur",
+                 "reflections": "reflection", "glare": "reflection"}
+
+
+def parse_structured(text: str) -> dict[str, Any]:
+    """Validate the structured answer: {"class", "degradations": [{type, severity, params}]}.
+
+    Unknown types and parameters are dropped, numbers clipped to physical ranges (angles
+    wrapped into [0, 180)). Raises VLMAnswerError when there is no usable JSON object.
+    """
+    m = re.search(r"\{.*\}", text or "", flags=re.DOTALL)
+    if not m:
+        raise VLMAnswerError(text, "JSON")
+    try:
+        obj = json.loads(m.group(0))
+    except json.JSONDecodeError:
+        raise VLMAnswerError(text, "valid JSON") from None
+    if not isinstance(obj, dict):
+        raise VLMAnswerError(text, "a JSON object")
+    degs = []
+    for d in obj.get("degradations") or []:
+        if not isinstance(d, dict):
+            continue
+        typ = str(d.get("type", "")).strip().lower().replace(" ", "_")
+        typ = _TYPE_ALIASES.get(typ, typ)
+        if typ not in TYPE_CLASS:
+            continue
+        sev = _num(d.get("severity"), 0.5)
+        params = {}
+        for k, v in (d.get("params") or {}).items() if isinstance(d.get("params"), dict) else []:
+            if k in PARAM_RANGES:
+                x = _num(v, None)
+                if x is None:
+                    continue
+                if k == "blur_angle":
+                    x = x % 180.0
+                lo, hi = PARAM_RANGES[k]
+                params[k] = float(min(hi, max(lo, x)))
+        degs.append({"type": typ, "severity": float(min(1.0, max(0.0, sev))), "params": params})
+    cls = str(obj.get("class", "")).strip().upper()[:1]
+    if cls not in LETTERS:
+        cls = ""
+    if not cls and not degs and "degradations" not in obj:
+        raise VLMAnswerError(text, "a class or a list of degradations")
+    return {"class": cls or None, "degradations": degs}
+
+
+def _num(v: Any, default: float | None) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return default
+    return x if math.isfinite(x) else default
+
+
+def structured_scores(parsed: Mapping[str, Any]) -> dict[str, float]:
+    """Class scores from the structured answer: severities summed per class, the named
+    class boosted, D when nothing is wrong."""
+    raw = {c: 0.0 for c in LETTERS}
+    for d in parsed["degradations"]:
+        raw[TYPE_CLASS[d["type"]]] += 0.1 + d["severity"]
+    if parsed["class"]:
+        raw[parsed["class"]] += 1.0 + max(raw.values())
+    if not parsed["degradations"] and not parsed["class"]:
+        raw["D"] = 1.0
+    if sum(raw.values()) == 0:
+        raw["D"] = 1.0
+    return normalise_scores(raw)
+
+
+# ----------------------------------------------------------------------------- model
+
+def max_pixels_for(device: Any) -> int:
+    """Image budget (pixels after the processor's resize), bounded by the device memory."""
+    budget = int(getattr(device, "memory_budget", 0))
+    kind = getattr(device, "kind", "cpu")
+    if kind == "cpu":
+        tokens = 256
+    elif budget >= 20 << 30:
+        tokens = 1280
+    elif budget >= 10 << 30:
+        tokens = 768
+    else:
+        tokens = 384
+    return tokens * 28 * 28
+
+
+def _to_pil(image: np.ndarray, max_pixels: int):
+    from PIL import Image
+
+    arr = (np.clip(np.asarray(image[..., :3], dtype=np.float32), 0, 1) * 255 + 0.5)
+    im = Image.fromarray(arr.astype(np.uint8))
+    w, h = im.size
+    if w * h > 2 * max_pixels:  # the processor resizes anyway: shrink early, cheaply
+        f = math.sqrt(2 * max_pixels / (w * h))
+        im = im.resize((max(28, int(w * f)), max(28, int(h * f))), Image.Resampling.BICUBIC)
+    return im
+
+
+class _Loaded:
+    def __init__(self, model, processor, letter_ids: dict[str, list[int]], model_id: str):
+        self.model = model
+        self.processor = processor
+        self.letter_ids = letter_ids
+        self.model_id = model_id
+
+
+def letter_token_ids(tokenizer) -> dict[str, list[int]]:
+    """Token ids that spell each answer letter on their own ("A", " A")."""
+    out: dict[str, list[int]] = {}
+    for c in LETTERS:
+        ids = []
+        for s in (c, " " + c):
+            enc = tokenizer.encode(s, add_special_tokens=False)
+            if len(enc) == 1 and enc[0] not in ids:
+                ids.append(int(enc[0]))
+        if not ids:
+            raise EngineError(f"the vision-language model's tokenizer has no token for '{c}'")
+        out[c] = ids
+    return out
+
+
+def load_vlm(runtime: Any, model_id: str) -> _Loaded:
+    """Load (cached in the runtime) the model + processor from the store, offline only."""
+    device = runtime.device
+    folder = runtime.path(model_id)
+    max_pixels = max_pixels_for(device)
+    key = ("vlm", model_id, device.torch_device, max_pixels)
+
+    def build() -> _Loaded:
+        import torch
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        dtype = runtime.dtype_for(model_id, supports_half=True, supports_bf16=True)
+        if device.kind == "cuda" and getattr(device, "supports_bf16", False):
+            dtype = torch.bfloat16  # Qwen2.5-VL is trained in bf16: prefer it over fp16
+        processor = AutoProcessor.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=False,
+            min_pixels=4 * 28 * 28, max_pixels=max_pixels)
+        ip = getattr(processor, "image_processor", None)
+        if ip is not None:  # some versions ignore the kwargs: set the bounds explicitly
+            for attr, val in (("min_pixels", 4 * 28 * 28), ("max_pixels", max_pixels)):
+                if hasattr(ip, attr):
+                    setattr(ip, attr, val)
+            size = getattr(ip, "size", None)
+            if isinstance(size, dict) and "longest_edge" in size:
+                ip.size = {"shortest_edge": 4 * 28 * 28, "longest_edge": max_pixels}
+        processor.tokenizer.padding_side = "left"
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=False, dtype=dtype)
+        model.to(device.torch_device).eval()
+        return _Loaded(model, processor, letter_token_ids(processor.tokenizer), model_id)
+
+    spec_mb = 0
+    try:
+        spec_mb = int(runtime.store.spec(model_id).memory_mb or 0)
+    except Exception:
+        spec_mb = 0
+    return runtime.cached(key, build, (spec_mb << 20) if spec_mb else None)
+
+
+def _generate(loaded: _Loaded, pils: list, prompt: str, max_new_tokens: int):
+    import torch
+
+    proc = loaded.processor
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = proc(text=[text] * len(pils), images=pils, return_tensors="pt", padding=True)
+    dev = next(loaded.model.parameters()).device
+    inputs = {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in inputs.items()}
+    with torch.inference_mode():
+        out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    output_scores=True, return_dict_in_generate=True,
+                                    num_beams=1)
+    start = inputs["input_ids"].shape[1]
+    seqs = out.sequences[:, start:]
+    texts = proc.batch_decode(seqs, skip_special_tokens=True)
+    scores = torch.stack([s.float() for s in out.scores], dim=1)  # (batch, steps, vocab)
+    return seqs.cpu(), texts, scores.cpu()
+
+
+def letter_scores(step_logits, letter_ids: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """Softmax over the letters' logits at one position (a letter's spellings are pooled)."""
+    import torch
+
+    lg = torch.as_tensor(step_logits, dtype=torch.float32)
+    per = []
+    for c in LETTERS:
+        per.append(torch.logsumexp(lg[list(letter_ids[c])], dim=0))
+    p = torch.softmax(torch.stack(per), dim=0).tolist()
+    return {c: float(v) for c, v in zip(LETTERS, p)}
+
+
+def _merge_estimates(image: np.ndarray, photo: Any | None, extra: Mapping[str, Any] | None):
+    from .analyzer import analyze
+
+    base = analyze(image, photo)
+    est = dict(base.estimates)
+    if extra:
+        est.update(extra)
+    return base, est
+
+
+def class_flags(measured: Sequence[str], scores: Mapping[str, float]) -> tuple[str, ...]:
+    """The analyzer's measurement flags, with the class flags taken from this backend's scores."""
+    keep = [f for f in measured if f not in ("motion_blur", "reflection")]
+    if scores.get("C", 0.0) >= 0.3:
+        keep.append("motion_blur")
+    if scores.get("B", 0.0) >= 0.3:
+        keep.append("reflection")
+    return tuple(keep)
+
+
+@register_classifier("vlm")
+class VLMClassifier:
+    """Qwen2.5-VL zero-shot diagnosis (``mode`` "paper" or "structured")."""
+
+    name = "vlm"
+
+    def __init__(self, runtime: Any | None = None, model_id: str | None = None,
+                 mode: str = "paper", max_new_tokens: int | None = None,
+                 with_measurements: bool = True, **_: Any) -> None:
+        if mode not in ("paper", "structured"):
+            raise EngineError(f"unknown VLM mode {mode!r} (paper or structured)")
+        self.runtime = runtime
+        self.model_id = model_id
+        self.mode = mode
+        self.max_new_tokens = max_new_tokens or (8 if mode == "paper" else 256)
+        self.with_measurements = with_measurements
+
+    def _rt(self):
+        if self.runtime is None:
+            from .runtime_default import default_runtime
+
+            self.runtime = default_runtime()
+        return self.runtime
+
+    def pick_model(self) -> str:
+        rt = self._rt()
+        if self.model_id:
+            return self.model_id
+        budget = int(getattr(rt.device, "memory_budget", 0))
+        for mid in MODEL_IDS:
+            if not rt.is_available(mid):
+                continue
+            try:
+                need = int(rt.store.spec(mid).memory_mb or 0) << 20
+            except Exception:
+                need = 0
+            if mid == MODEL_IDS[0] and need and budget < need and rt.is_available(MODEL_IDS[1]):
+                continue  # the 7B does not fit; the 3B is there
+            return mid
+        raise ModelMissing(MODEL_IDS[1], "install a Qwen2.5-VL model (mend models pull "
+                                         "qwen2.5-vl-3b) or use the built-in analyzer")
+
+    def available(self) -> bool:
+        try:
+            self.pick_model()
+            return True
+        except (ModelMissing, EngineError):
+            return False
+
+    def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
+        return self.classify_batch([image], [photo])[0]
+
+    def classify_batch(self, images: list[np.ndarray], photos: list[Any | None],
+                       batch_size: int = 4) -> list[Diagnosis]:
+        rt = self._rt()
+        loaded = load_vlm(rt, self.pick_model())
+        mp = max_pixels_for(rt.device)
+        out: list[Diagnosis] = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            pchunk = list(photos[i:i + batch_size]) + [None] * max(0, len(chunk) - len(photos))
+            pils = [_to_pil(im, mp) for im in chunk]
+            prompt = load_prompt("paper_classify" if self.mode == "paper"
+                                 else "structured_degradations")
+            seqs, texts, scores = _generate(loaded, pils, prompt, self.max_new_tokens)
+            for j, im in enumerate(chunk):
+                if self.mode == "paper":
+                    d = self._paper(loaded, seqs[j], texts[j], scores[j])
+                else:
+                    d = self._structured(texts[j])
+                out.append(self._finish(d, im, pchunk[j], loaded.model_id))
+        return out
+
+    # -- modes
+    def _paper(self, loaded: _Loaded, seq, text: str, scores) -> tuple[Degradation, dict, str]:
+        parsed = parse_letter(text)
+        if parsed is None:
+            raise VLMAnswerError(text)
+        all_ids = {t: c for c, ids in loaded.letter_ids.items() for t in ids}
+        # the letter's own position: the first generated token when the model answers plainly
+        pos = next((k for k, t in enumerate(seq.tolist()) if all_ids.get(int(t)) == parsed.value),
+                   None)
+        if pos is None:
+            sc = {c: (1.0 if c == parsed.value else 0.0) for c in LETTERS}
+            note = "letter read from the text (no letter token to score)"
+        else:
+            sc = letter_scores(scores[pos], loaded.letter_ids)
+            note = f"letter at generated position {pos}"
+        label = Degradation(max(sc, key=sc.get))
+        return label, sc, f"answer {text.strip()!r}; {note}"
+
+    def _structured(self, text: str) -> tuple[Degradation, dict, str, dict]:
+        parsed = parse_structured(text)
+        sc = structured_scores(parsed)
+        label = Degradation(max(sc, key=sc.get))
+        extra: dict[str, Any] = {}
+        for d in parsed["degradations"]:
+            for k, v in d["params"].items():
+                extra[f"vlm_{k}"] = round(v, 3)
+            extra[f"vlm_{d['type']}_severity"] = round(d["severity"], 3)
+        return label, sc, "structured answer: " + ", ".join(
+            d["type"] for d in parsed["degradations"]) if parsed["degradations"] else \
+            "structured answer: no degradation", extra
+
+    def _finish(self, d: tuple, image: np.ndarray, photo: Any | None, model_id: str) -> Diagnosis:
+        label, sc, why = d[0], d[1], d[2]
+        extra = dict(d[3]) if len(d) > 3 else {}
+        extra["vlm_model"] = model_id
+        extra["vlm_mode"] = self.mode
+        flags: tuple[str, ...] = ()
+        if self.with_measurements:
+            base, est = _merge_estimates(image, photo, extra)
+            flags = class_flags(base.flags, sc)
+        else:
+            est = extra
+            flags = class_flags((), sc)
+        return Diagnosis(label, normalise_scores(sc), flags, est, why, "vlm")

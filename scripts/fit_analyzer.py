@@ -1,0 +1,377 @@
+"""Fit the built-in analyzer's model and write resources/analyzer_model.json.
+
+Training data: synthetic degradations (known noise sigma, JPEG quality, motion-blur lines,
+downscale/upscale, reflections blended from two clean photos) of the clean photos in
+../shared/images, plus the labelled real photos there (labels: see its README). Generalisation is
+judged by leave-one-source-repository-out cross-validation (a fold drops a repository's real
+photos AND every synthetic sample made from that repository's photos) and on a held-out set of
+other real camera photos (camera_jpeg_exif, upright exif_orientation files) that are never
+used for fitting.
+
+Deterministic: fixed seeds, sorted inputs. Usage:
+    python scripts/fit_analyzer.py [--images ../shared/images] [--out resources/analyzer_model.json]
+                                   [--cache /tmp/mend-fit-cache] [--report report.json]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.understand import measure as M  # noqa: E402
+from engine.understand import synthetic as S  # noqa: E402
+from engine.understand.analyzer import FEATURES, LogisticModel, feature_vector  # noqa: E402
+
+CLASSES = ("A", "B", "C", "D")
+SEED = 20261122
+L2 = 0.005  # ridge strength on the standardised weights
+SYN_WEIGHT = 0.6  # total weight of the synthetic samples of a class relative to the real ones
+
+
+# ----------------------------------------------------------------------------- labels
+
+def label_for(file: str, category: str) -> str | None:
+    """The class of a manifest row, or None when it is not used (see ../shared/images/README)."""
+    name = Path(file).name
+    stem = Path(file).stem
+    if category == "motion_blur":
+        return "D" if "_sharp" in name else "C"
+    if category == "defocus_blur":
+        return "A"
+    if category == "lowres_noise_jpeg":
+        if name.endswith(".mp4"):
+            return None
+        if any(k in file for k in ("__HR__", "_gt", "__GT", "McMaster", "Set12", "classic5")):
+            return "D"
+        return "A"
+    if category == "text_degraded":
+        return "A"
+    if category == "reflection":
+        if stem.endswith(("_T", "_R")) or "flash" in stem:
+            return None
+        return "B"
+    if category in ("clean", "text_clean_ocr"):
+        return "D"
+    return None  # faces (A or C, ambiguous) and robustness folders
+
+
+@dataclass
+class Sample:
+    key: str  # unique id for the cache
+    label: str
+    group: str  # repository (fold)
+    synthetic: bool
+    features: np.ndarray | None = None
+
+
+def read_manifest(images: Path) -> list[dict[str, str]]:
+    with open(images / "manifest.tsv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def labelled_rows(images: Path) -> list[tuple[Path, str, str]]:
+    out = []
+    for r in read_manifest(images):
+        lab = label_for(r["file"], r["category"])
+        if lab is not None and (images / r["file"]).is_file():
+            out.append((images / r["file"], lab, r["repo"]))
+    return sorted(out)
+
+
+def heldout_rows(images: Path) -> list[tuple[Path, str, str]]:
+    """Other real photos never used for fitting: camera files (assumed clean, D)."""
+    out = []
+    for r in read_manifest(images):
+        f = r["file"]
+        if r["category"] == "camera_jpeg_exif" and f.lower().endswith(".jpg"):
+            out.append((images / f, "D", r["repo"]))
+        elif r["category"] == "exif_orientation" and f.endswith(("_1.jpg", "_0.jpg")):
+            out.append((images / f, "D", r["repo"]))
+    return sorted(p for p in out if p[0].is_file())
+
+
+def clean_sources(images: Path) -> list[tuple[Path, str]]:
+    """Clean photos used as the base of synthetic degradations (with their repo)."""
+    out = []
+    for path, lab, repo in labelled_rows(images):
+        if lab == "D" and "text_clean_ocr" not in str(path) and min(_size(path)) >= 200:
+            out.append((path, repo))
+    for r in read_manifest(images):  # reflection-free transmission layers are clean photos too
+        if r["category"] == "reflection" and Path(r["file"]).stem.endswith("_T"):
+            out.append((images / r["file"], r["repo"]))
+    return sorted(out)
+
+
+def _size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+# ----------------------------------------------------------------------------- features
+
+class _FakePhoto:
+    def __init__(self, tables):
+        self.info = {"jpeg_quantization": tables} if tables else {}
+        self.format = "JPEG" if tables else "PNG"
+        self.path = None
+
+
+def _load(path: Path):
+    from engine.imageio import load_photo
+
+    photo = load_photo(path)
+    return photo.pixels, photo
+
+
+def _cached(cache: Path | None, key: str, fn) -> np.ndarray:
+    if cache is None:
+        return fn()
+    cache.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha1((key + "|" + ",".join(FEATURES)).encode()).hexdigest()[:20]
+    f = cache / f"{h}.npy"
+    if f.is_file():
+        return np.load(f)
+    v = fn()
+    np.save(f, v)
+    return v
+
+
+def real_samples(rows, cache) -> list[Sample]:
+    out = []
+    for path, lab, repo in rows:
+        def fn(path=path):
+            img, photo = _load(path)
+            return feature_vector(M.measure(img, photo))
+        s = Sample(str(path), lab, repo, False)
+        s.features = _cached(cache, "real:" + str(path), fn)
+        out.append(s)
+    return out
+
+
+def _fit_size(img: np.ndarray, max_side: int = 720) -> np.ndarray:
+    import cv2
+
+    h, w = img.shape[:2]
+    f = max(h, w) / max_side
+    if f <= 1:
+        return img
+    return S.quantise(cv2.resize(img, (round(w / f), round(h / f)), interpolation=cv2.INTER_AREA))
+
+
+def synthetic_variants(img: np.ndarray, other: np.ndarray, rng: np.random.Generator):
+    """(label, description, image, tables) for one clean photo."""
+    v = []
+    v.append(("D", "clean", img, None))
+    q = int(rng.integers(88, 96))
+    j, t = S.jpeg(img, q)
+    v.append(("D", f"jpeg{q}", j, t))
+    v.append(("D", "down1.6", S.down_up(img, 1.6, upscale=False), None))
+    s = float(rng.uniform(8, 40))
+    v.append(("A", f"noise{s:.0f}", S.add_noise(img, s, rng), None))
+    q = int(rng.integers(10, 40))
+    j, t = S.jpeg(img, q)
+    v.append(("A", f"jpeg{q}", j, t if rng.random() < 0.5 else None))
+    f = float(rng.uniform(2.5, 4.5))
+    v.append(("A", f"downup{f:.1f}", S.down_up(img, f), None))
+    g = float(rng.uniform(1.5, 3.5))
+    v.append(("A", f"gblur{g:.1f}", S.gaussian_blur(img, g), None))
+    combo = S.add_noise(S.down_up(img, 2.0), float(rng.uniform(4, 12)), rng)
+    q = int(rng.integers(30, 70))
+    j, _ = S.jpeg(combo, q)
+    v.append(("A", f"combo{q}", j, None))
+    small = S.down_up(img, float(rng.uniform(3, 5)), upscale=False)
+    j, t = S.jpeg(small, int(rng.integers(30, 70)))
+    v.append(("A", "tiny", j, t))
+    for k in range(2):
+        a = float(rng.uniform(0.25, 0.6))
+        ghost = (int(rng.integers(-12, 13)), int(rng.integers(3, 15))) if k == 1 else None
+        v.append(("B", f"refl{a:.2f}", S.reflection(img, other, a, float(rng.uniform(0, 3)),
+                                                     ghost), None))
+    for k in range(2):
+        L = float(rng.uniform(8, 35))
+        ang = float(rng.uniform(0, 180))
+        b = S.motion_blur(img, L, ang)
+        if k == 1:
+            b = S.add_noise(b, float(rng.uniform(1, 4)), rng)
+        v.append(("C", f"motion{L:.0f}@{ang:.0f}", b, None))
+    return v
+
+
+# labels of synthetic_variants' outputs, in order (checked when the images are built)
+_VARIANT_LABELS = ("D", "D", "D", "A", "A", "A", "A", "A", "A", "B", "B", "C", "C")
+
+
+def synthetic_samples(sources, cache) -> list[Sample]:
+    out = []
+    for i, (path, repo) in enumerate(sources):
+        other_path = sources[(i + 7) % len(sources)][0]
+        built: list = []
+
+        def build(path=path, other_path=other_path, i=i, built=built):
+            if not built:
+                img = _fit_size(_load(path)[0])
+                oth = _fit_size(_load(other_path)[0])
+                built.extend(synthetic_variants(img, oth, np.random.default_rng(SEED + i)))
+                assert tuple(v[0] for v in built) == _VARIANT_LABELS
+            return built
+
+        for j, lab in enumerate(_VARIANT_LABELS):
+            key = f"syn:{SEED}:{path}:{other_path}:{j}"
+
+            def fn(j=j, build=build):
+                _lab, _desc, im, tables = build()[j]
+                return feature_vector(M.measure(im, _FakePhoto(tables)))
+
+            s = Sample(key, lab, repo, True)
+            s.features = _cached(cache, key, fn)
+            out.append(s)
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+def _weights(samples: list[Sample]) -> np.ndarray:
+    w = np.zeros(len(samples))
+    for syn, gw in ((False, 1.0), (True, SYN_WEIGHT)):
+        for c in CLASSES:
+            idx = [i for i, s in enumerate(samples) if s.synthetic == syn and s.label == c]
+            for i in idx:
+                w[i] = gw / len(idx)
+    return w * len(samples) / w.sum()
+
+
+def fit(samples: list[Sample], l2: float = L2) -> dict:
+    from scipy.optimize import minimize
+
+    X = np.stack([s.features for s in samples])
+    y = np.array([CLASSES.index(s.label) for s in samples])
+    w = _weights(samples)
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0) + 1e-6
+    Z = (X - mean) / scale
+    n, d = Z.shape
+    k = len(CLASSES)
+    Y = np.eye(k)[y]
+
+    def loss(theta):
+        W = theta[:k * d].reshape(k, d)
+        b = theta[k * d:]
+        logits = Z @ W.T + b
+        logits -= logits.max(axis=1, keepdims=True)
+        P = np.exp(logits)
+        P /= P.sum(axis=1, keepdims=True)
+        nll = -(w * np.log(P[np.arange(n), y] + 1e-12)).sum() / n
+        G = (w[:, None] * (P - Y)) / n
+        gW = G.T @ Z + 2 * l2 * W
+        gb = G.sum(axis=0)
+        return nll + l2 * (W * W).sum(), np.concatenate([gW.ravel(), gb])
+
+    res = minimize(loss, np.zeros(k * d + k), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 2000})
+    W = res.x[:k * d].reshape(k, d)
+    b = res.x[k * d:]
+    return {"version": 1, "kind": "multinomial-logistic", "features": list(FEATURES),
+            "classes": list(CLASSES), "mean": mean.tolist(), "scale": scale.tolist(),
+            "W": W.tolist(), "b": b.tolist(), "temperature": 1.0}
+
+
+def predict(params: dict, samples: list[Sample]) -> np.ndarray:
+    m = LogisticModel(params)
+    return m.proba(np.stack([s.features for s in samples]))
+
+
+def metrics(labels: list[str], pred: list[str]) -> dict:
+    conf = {a: {b: 0 for b in CLASSES} for a in CLASSES}
+    for t, p in zip(labels, pred):
+        conf[t][p] += 1
+    recall = {c: (conf[c][c] / sum(conf[c].values())) if sum(conf[c].values()) else None
+              for c in CLASSES}
+    acc = float(np.mean([t == p for t, p in zip(labels, pred)])) if labels else None
+    return {"n": len(labels), "accuracy": acc, "recall": recall, "confusion": conf}
+
+
+def cross_validate(real: list[Sample], syn: list[Sample], l2: float) -> tuple[dict, dict]:
+    """Leave one source repository out (its real photos and its synthetic offspring)."""
+    groups = sorted({s.group for s in real})
+    preds: dict[str, str] = {}
+    for g in groups:
+        train = [s for s in real + syn if s.group != g]
+        test = [s for s in real if s.group == g]
+        params = fit(train, l2)
+        P = predict(params, test)
+        for s, p in zip(test, P):
+            preds[s.key] = CLASSES[int(np.argmax(p))]
+    labels = [s.label for s in real]
+    return metrics(labels, [preds[s.key] for s in real]), preds
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "images")
+    ap.add_argument("--out", type=Path, default=ROOT / "resources" / "analyzer_model.json")
+    ap.add_argument("--cache", type=Path, default=None, help="feature cache folder (speed)")
+    ap.add_argument("--report", type=Path, default=None, help="write the full report JSON here")
+    ap.add_argument("--l2", type=float, default=L2)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    import cv2
+
+    cv2.setNumThreads(1)
+    t0 = time.time()
+    real = real_samples(labelled_rows(args.images), args.cache)
+    held = real_samples(heldout_rows(args.images), args.cache)
+    syn = synthetic_samples(clean_sources(args.images), args.cache)
+    print(f"features: {len(real)} real, {len(syn)} synthetic, {len(held)} held-out "
+          f"({time.time() - t0:.1f}s)", file=sys.stderr)
+    cv, _ = cross_validate(real, syn, args.l2)
+    params = fit(real + syn, args.l2)
+    P = predict(params, real)
+    train_m = metrics([s.label for s in real], [CLASSES[int(i)] for i in P.argmax(1)])
+    Ph = predict(params, held)
+    held_m = metrics([s.label for s in held], [CLASSES[int(i)] for i in Ph.argmax(1)])
+    Ps = predict(params, syn)
+    syn_m = metrics([s.label for s in syn], [CLASSES[int(i)] for i in Ps.argmax(1)])
+    params["fit"] = {
+        "seed": SEED, "l2": args.l2, "synthetic_weight": SYN_WEIGHT,
+        "n_real": len(real), "n_synthetic": len(syn),
+        "real_accuracy_resubstitution": train_m["accuracy"],
+        "real_accuracy_leave_one_repo_out": cv["accuracy"],
+        "real_recall_leave_one_repo_out": cv["recall"],
+        "heldout_camera_accuracy": held_m["accuracy"],
+    }
+    report = {"resubstitution": train_m, "leave_one_repo_out": cv, "heldout_camera": held_m,
+              "synthetic_resubstitution": syn_m}
+    print(json.dumps(report, indent=1))
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=1))
+    if not args.no_write:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(_rounded(params), indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _rounded(x):
+    if isinstance(x, float):
+        return float(f"{x:.6g}")
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    return x
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
