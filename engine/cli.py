@@ -13,7 +13,8 @@ import platform
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import __version__
 from .api import Degradation, JobRequest, OutputOptions
@@ -166,7 +167,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             d = engine.diagnose(photo, args.backend)
         except (UsageError, KeyboardInterrupt):
             raise
-        except Exception as e:  # one bad photo never stops the run
+        except Exception as e:  # noqa: BLE001 — one bad photo never stops the run
             n_failed += 1
             _error_line(path, _per_input(e, path, args), args.json)
             continue
@@ -210,7 +211,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             result = engine.run(req, Progress(_stderr_progress(path) if not args.json else None))
         except (UsageError, KeyboardInterrupt):
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 — one bad photo never stops the run
             n_failed += 1
             _error_line(path, _per_input(e, path, args), args.json)
             continue

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +12,7 @@ import numpy as np
 from . import __version__
 from .api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan, StepRecord
 from .devices import DeviceInfo, configure_torch, select_device
-from .errors import EngineError, SaveFailed, UsageError
+from .errors import EngineError, UsageError
 from .imageio import Photo, load_photo
 from .progress import Progress
 from .restore.registry import StepContext, get_step
@@ -190,13 +187,14 @@ class Engine:
 
     def _save(self, photo: Photo, image: np.ndarray, options: OutputOptions, record: dict,
               passthrough: bool) -> Path:
-        from .imageio import output_path_for, save_photo
+        from .imageio import atomic_write_bytes, output_path_for, save_photo
 
         dest = output_path_for(photo.path, options)
-        same_format = options.format is None or _format_matches(photo.format, options.format)
+        same_format = dest.suffix.lower() == photo.path.suffix.lower() or (
+            _format_matches(photo.format, dest.suffix.lstrip(".")))
         if passthrough and same_format and options.bit_depth in (None, photo.bit_depth):
             # nothing changed: copy the original bytes (pixels and metadata identical)
-            return _atomic_copy(photo.path, dest)
+            return atomic_write_bytes(dest, photo.path.read_bytes(), overwrite=False)
         alpha = photo.alpha
         if alpha is not None and alpha.shape[:2] != image.shape[:2]:
             import cv2
@@ -220,24 +218,3 @@ def _torch_loaded() -> bool:
 
 def default_output_options(out_dir: Path | None, **kw: Any) -> OutputOptions:
     return replace(OutputOptions(), out_dir=out_dir, **kw)
-
-
-def _atomic_copy(src: Path, dest: Path) -> Path:
-    """Copy ``src`` to ``dest`` through a temp file in the target folder and ``os.replace``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise SaveFailed(f"could not write {dest}: {e.strerror or e}") from e
-        raise
-    return dest

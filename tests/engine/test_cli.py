@@ -1,0 +1,180 @@
+"""The `mend` CLI contract, end to end on real photos (subprocesses, like a user runs it)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def mend(*args: str, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=e)
+
+
+def lines(out: str) -> list[dict]:
+    return [json.loads(x) for x in out.splitlines() if x.strip()]
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def picks(shared_images: Path) -> dict[str, Path]:
+    return {
+        "A": shared_images / "lowres_noise_jpeg" / "NAFNet__demo__noisy.png",
+        "B": shared_images / "reflection" / "perceptual-reflection-re__test_images__real__23.jpg",
+        "C": shared_images / "motion_blur" / "NAFNet__demo__blurry.jpg",
+        "D": shared_images / "clean" / "Pillow__Tests__images__hopper.jpg",
+        "corrupt": shared_images / "odd_corrupt" / "Pillow__Tests__images__broken.png",
+    }
+
+
+def test_classify_json_contract_and_failures(picks):
+    good = [picks[k] for k in "ABCD"]
+    r = mend("classify", *map(str, good), str(picks["corrupt"]), "/nonexistent/x.jpg",
+             "--backend", "builtin", "--json")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    out = {o["path"]: o for o in lines(r.stdout)}
+    assert len(out) == 6
+    for p in good:
+        o = out[str(p)]
+        assert set(o) == {"path", "label", "scores", "estimates", "backend"}
+        assert o["label"] in "ABCD" and set(o["scores"]) == set("ABCD")
+        assert sum(o["scores"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert o["backend"] == "builtin" and isinstance(o["estimates"], dict)
+    assert set(out[str(picks["corrupt"])]) == {"path", "error"}
+    assert "broken.png" in out[str(picks["corrupt"])]["error"]
+    assert "not found" in out["/nonexistent/x.jpg"]["error"]
+
+
+def test_classify_folder_expands_to_photos(shared_images):
+    folder = shared_images / "defocus_blur"
+    r = mend("classify", str(folder), "--backend", "builtin", "--json")
+    assert r.returncode == 0, r.stderr
+    got = sorted(Path(o["path"]).name for o in lines(r.stdout))
+    assert got == sorted(p.name for p in folder.iterdir())
+
+
+def test_usage_errors_exit_2_without_traceback(tmp_path):
+    for args in (["restore", "x.jpg"], ["classify"], ["restore", "x.jpg", "-o", str(tmp_path),
+                                                      "--plan", "E"], ["frobnicate"]):
+        r = mend(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr and "usage" in r.stderr.lower()
+
+
+@pytest.mark.parametrize("cls", ["A", "B", "C"])
+def test_restore_builtin_chain_on_real_photo(picks, tmp_path, cls):
+    src = picks[cls]
+    before = sha(src)
+    r = mend("restore", str(src), "-o", str(tmp_path), "--plan", cls, "--profile", "builtin",
+             "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (o,) = lines(r.stdout)
+    assert set(o) == {"path", "output", "label", "steps", "warnings"}
+    assert o["label"] == cls and o["steps"], o
+    for s in o["steps"]:
+        assert set(s) >= {"name", "model", "seconds"} and s["model"].startswith("builtin")
+    out = Path(o["output"])
+    assert out.is_file() and out.parent == tmp_path
+    assert sha(src) == before  # the original is never written
+    from engine.imageio import load_photo, read_record
+
+    assert load_photo(out).pixels.shape == load_photo(src).pixels.shape
+    rec = read_record(out)
+    kept = any("kept the original" in w for w in o["warnings"])
+    if not kept:  # a written result carries the record of what was done
+        assert rec and rec["label"] == cls and [s["name"] for s in rec["steps"]] == [
+            s["name"] for s in o["steps"]]
+
+
+def test_restore_plan_d_is_byte_identical_and_unique_names(picks, tmp_path):
+    src = picks["D"]
+    outs = []
+    for _ in range(2):
+        r = mend("restore", str(src), "-o", str(tmp_path), "--plan", "D", "--json")
+        assert r.returncode == 0, r.stderr
+        (o,) = lines(r.stdout)
+        outs.append(Path(o["output"]))
+        assert [s["name"] for s in o["steps"]] == ["passthrough"]
+    assert outs[0] != outs[1]  # a name clash gets a suffix, nothing is overwritten
+    assert sha(outs[0]) == sha(outs[1]) == sha(src)
+
+
+def test_restore_png_plan_d_pixels_identical_when_reencoded(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in.png"
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(src)
+    r = mend("restore", str(src), "-o", str(tmp_path / "o"), "--plan", "D", "--format", "tiff",
+             "--json")
+    assert r.returncode == 0, r.stderr
+    (o,) = lines(r.stdout)
+    a = np.asarray(Image.open(src).convert("RGB"))
+    b = np.asarray(Image.open(o["output"]).convert("RGB"))
+    assert np.array_equal(a, b)
+
+
+def test_restore_missing_models_names_the_pull_command(picks, tmp_path):
+    r = mend("restore", str(picks["C"]), "-o", str(tmp_path), "--plan", "C", "--profile", "laptop",
+             "--json")
+    assert r.returncode == 1
+    (o,) = lines(r.stdout)
+    assert "error" in o and "mend models pull" in o["error"], o
+
+
+def test_restore_auto_profile_falls_back_to_builtin_with_a_warning(picks, tmp_path):
+    r = mend("restore", str(picks["A"]), "-o", str(tmp_path), "--plan", "A", "--json")
+    assert r.returncode == 0, r.stderr
+    (o,) = lines(r.stdout)
+    assert any("built-in" in w for w in o["warnings"]), o
+    assert all(s["model"].startswith("builtin") for s in o["steps"])
+
+
+def test_restore_bad_inputs_go_on(picks, tmp_path):
+    (tmp_path / "dir.jpg").mkdir()
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    r = mend("restore", str(empty), str(picks["corrupt"]), str(picks["D"]), "-o",
+             str(tmp_path / "out"), "--plan", "D", "--json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    res = lines(r.stdout)
+    assert [("error" in o) for o in res] == [True, True, False]
+
+
+def test_models_list_and_doctor_json():
+    r = mend("models", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    table = json.loads(r.stdout)
+    assert isinstance(table, list) and table
+    for m in table:
+        assert set(m) >= {"id", "task", "license", "commercial_use", "status", "files"}
+        for f in m["files"]:
+            assert set(f) >= {"name", "size", "sha256", "pinned"}
+    ids = {m["id"] for m in table}
+    assert {"realesr-general-x4v3", "nafnet-gopro-w64", "big-lama", "codeformer"} <= ids
+    r = mend("doctor", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["devices"]["selected"]["kind"] in ("cpu", "cuda", "mps")
+    assert {"memory", "models", "offline", "recommended_profile"} <= set(d)
+
+
+def test_offline_pull_fails_clearly_without_network():
+    r = mend("models", "pull", "realesr-general-x4v3", "--json", env={"MEND_OFFLINE": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (o,) = lines(r.stdout)
+    assert "offline" in o["error"].lower()
