@@ -1,5 +1,20 @@
-"""Profiles (builtin / laptop / quality) and the plan each one builds for a diagnosis."""
+"""Profiles (builtin / laptop / quality) and the plan each one builds for a diagnosis.
+
+* ``quality`` (CUDA/MPS): the paper's chains - A: InvSR + text fusion; B: reflection mask
+  (YOLO when configured, SAM refinement) + LaMa + NAFNet; C: NAFNet + CodeFormer.
+* ``laptop`` (CPU): Real-ESRGAN general-x4v3 instead of InvSR; B and C as in quality, tiled.
+* ``builtin``: no downloads - non-local means + unsharp mask (A), glare detector + OpenCV
+  inpainting (B), Wiener deconvolution of the measured blur (C).
+* D: the photo passes through untouched.
+
+Parameters follow the diagnosis' measurements: denoising strength from the noise sigma (and
+JPEG quality), deconvolution only above a measurable blur length, sharpening gentler on noisy
+photos.
+"""
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from ..api import Degradation, Diagnosis, Plan, Step
 from ..devices import DeviceInfo
@@ -7,15 +22,101 @@ from ..errors import UsageError
 
 PROFILES = ("builtin", "laptop", "quality")
 
+# Model ids each profile needs (kept equal to the manifest's per-model "profiles" lists; a
+# test checks both directions). Optional models used when present (the reflection-yolo slot,
+# SAM on the laptop profile) are not listed.
+_COMMON_GPU_CPU = {"realesrgan-x4plus", "pp-ocr", "nafnet-gopro-w64", "nafnet-sidd-w64",
+                   "big-lama", "codeformer", "yunet-2023mar"}
+PROFILE_MODELS: dict[str, frozenset[str]] = {
+    "builtin": frozenset(),
+    "laptop": frozenset(_COMMON_GPU_CPU | {"realesr-general-x4v3"}),
+    "quality": frozenset(_COMMON_GPU_CPU | {"invsr-noise-predictor-v5", "sd-turbo",
+                                            "sam-vit-base"}),
+}
+
+MIN_NOISE_SIGMA = 1.5  # below: no denoising pass
+MIN_BLUR_LENGTH = 3.0  # px; below: no deconvolution (a mild sharpening instead)
+FACE_FIDELITY = 0.7  # CodeFormer w: keeps identity, still repairs
+
 
 def recommend_profile(device: DeviceInfo) -> str:
     """quality on a GPU, laptop on a CPU."""
     return "quality" if device.kind in ("cuda", "mps") else "laptop"
 
 
+def profile_models(profile: str) -> set[str]:
+    """Model ids the profile's chains need (what ``mend models pull --profile`` fetches)."""
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile {profile!r} (builtin, laptop or quality)")
+    return set(PROFILE_MODELS[profile])
+
+
+def _num(est: Mapping[str, Any], key: str) -> float | None:
+    v = est.get(key)
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def effective_noise_sigma(diagnosis: Diagnosis | None) -> float | None:
+    """Noise sigma (0-255) to denoise for: the measured sigma, raised for heavy JPEG
+    compression (NLM also smooths blocking). None when nothing was measured."""
+    if diagnosis is None:
+        return None
+    est = diagnosis.estimates
+    sigma = _num(est, "noise_sigma")
+    q = _num(est, "jpeg_quality")
+    if q is not None and q < 75:
+        jpeg_sigma = (75.0 - q) / 6.0  # q 50 -> ~4, q 20 -> ~9
+        sigma = max(sigma or 0.0, jpeg_sigma)
+    return sigma
+
+
+def _chain_a(profile: str, diagnosis: Diagnosis | None) -> tuple[Step, ...]:
+    if profile == "quality":
+        return (Step("sr_invsr", {"scale": 1, "steps": 1}), Step("text_fusion"))
+    if profile == "laptop":
+        return (Step("sr_realesrgan", {"model": "realesr-general-x4v3", "scale": 1}),
+                Step("text_fusion"))
+    sigma = effective_noise_sigma(diagnosis)
+    steps = []
+    if sigma is None:
+        steps.append(Step("denoise_builtin", {"strength": 1.0}))  # measures sigma itself
+    elif sigma >= MIN_NOISE_SIGMA:
+        steps.append(Step("denoise_builtin", {"sigma": round(sigma, 2), "strength": 1.0}))
+    # gentler sharpening on noisy photos (it would bring residual noise back)
+    amount = 0.6 if sigma is None or sigma < 8 else 0.35
+    steps.append(Step("sharpen_builtin", {"strength": amount, "radius": 1.2}))
+    return tuple(steps)
+
+
+def _chain_b(profile: str, diagnosis: Diagnosis | None) -> tuple[Step, ...]:
+    if profile == "builtin":
+        return (Step("reflection_mask", {"detector": "builtin"}), Step("inpaint_builtin"))
+    return (Step("reflection_mask", {"detector": "auto"}), Step("inpaint_lama"),
+            Step("dereflect_nafnet", {"strength": 1.0}))
+
+
+def _chain_c(profile: str, diagnosis: Diagnosis | None) -> tuple[Step, ...]:
+    if profile != "builtin":
+        return (Step("deblur_nafnet"), Step("face_codeformer", {"fidelity": FACE_FIDELITY}))
+    est = diagnosis.estimates if diagnosis is not None else {}
+    length = _num(est, "blur_length")
+    if length is not None and length >= MIN_BLUR_LENGTH:
+        return (Step("deblur_builtin", {"length": round(length, 2),
+                                        "angle": round(_num(est, "blur_angle") or 0.0, 1)}),)
+    # no measurable linear blur: deconvolution would only ring; sharpen a little instead
+    return (Step("sharpen_builtin", {"strength": 0.4, "radius": 1.5}),)
+
+
+_CHAINS = {Degradation.A: _chain_a, Degradation.B: _chain_b, Degradation.C: _chain_c}
+
+
 def build_plan(label: Degradation, profile: str, diagnosis: Diagnosis | None = None) -> Plan:
+    """The ordered steps for ``label`` under ``profile``, tuned by ``diagnosis``."""
     if profile not in PROFILES:
         raise UsageError(f"unknown profile {profile!r} (builtin, laptop or quality)")
     if label is Degradation.D:
         return Plan(label, profile, (Step("passthrough"),))
-    raise UsageError(f"no chain for class {label.value} in profile {profile!r} yet")
+    return Plan(label, profile, _CHAINS[label](profile, diagnosis))

@@ -354,8 +354,11 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     rt = ctx.runtime
     have_yolo = rt is not None and rt.is_available(YOLO_ID)
     have_sam = rt is not None and rt.is_available(SAM_ID)
-    if detector == "auto":
-        detector = "yolo" if have_yolo and _ultralytics_installed() else "builtin"
+    if detector == "auto":  # YOLO (+SAM) when configured, else built-in (+SAM when installed)
+        if have_yolo and _ultralytics_installed():
+            detector = "yolo"
+        else:
+            detector = "sam" if have_sam else "builtin"
     notes = []
     ctx.progress.update(0.0, f"finding reflections ({detector})")
     if detector == "yolo":
