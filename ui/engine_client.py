@@ -372,8 +372,8 @@ class EngineClient(QObject):
         job = self._jobs.get(job_id)
         if job is not None:
             self._durations.append(time.monotonic() - job.started)
-        self._finish(job_id, JobState.DONE, "done", fraction=1.0)
         self._running = None
+        self._finish(job_id, JobState.DONE, "done", fraction=1.0)
         self.finished.emit(job_id, result)
         self._pump()
 
@@ -381,8 +381,8 @@ class EngineClient(QObject):
     def _on_error(self, job_id: int, exc: BaseException) -> None:
         cancelled = isinstance(exc, Cancelled)
         msg = describe_error(exc)
-        self._finish(job_id, JobState.CANCELLED if cancelled else JobState.FAILED, msg)
         self._running = None
+        self._finish(job_id, JobState.CANCELLED if cancelled else JobState.FAILED, msg)
         self.failed.emit(job_id, msg)
         self._pump()
 

@@ -88,7 +88,8 @@ class ThumbnailDelegate(QStyledItemDelegate):
             p.drawText(badge, Qt.AlignmentFlag.AlignCenter, text)
         # job state chip (top-right)
         state = index.data(JobStateRole)
-        if isinstance(state, JobState):
+        if state:
+            state = JobState(state)
             text = STATE_TEXT[state]
             w = fm.horizontalAdvance(text) + 10
             chip = QRectF(pic.right() - w - 2, pic.y() + 2, w, fm.height() + 4)

@@ -94,7 +94,7 @@ class ThumbnailModel(QAbstractListModel):
         self.folder = folder
         self._all = items if items is not None else (scan_folder(folder) if folder else [])
         self._row = {it.path: i for i, it in enumerate(self._all)}
-        self._loaded = 0
+        self._loaded = min(BATCH, len(self._all))  # the first screen is there at once
         self._pixmaps.clear()
         self._pending.clear()
         self._failed.clear()
@@ -164,8 +164,8 @@ class ThumbnailModel(QAbstractListModel):
             return it.diagnosis
         if role == LabelRole:
             return it.diagnosis.label.value if it.diagnosis else ""
-        if role == JobStateRole:
-            return it.job_state
+        if role == JobStateRole:  # a plain string: QVariant turns str enums into str anyway
+            return it.job_state.value if it.job_state else None
         if role == OutputRole:
             return it.output
         if role == ErrorRole:

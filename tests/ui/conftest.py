@@ -1,0 +1,103 @@
+"""UI test fixtures: offscreen Qt, isolated settings/data/cache folders, small photo folders,
+and a guard that FAILS any test leaving a QThread (or a pool thread) running."""
+from __future__ import annotations
+
+import os
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import QThread, QThreadPool  # noqa: E402
+
+_threads: "weakref.WeakSet[QThread]" = weakref.WeakSet()
+_pools: "weakref.WeakSet[QThreadPool]" = weakref.WeakSet()
+_orig_thread_start = QThread.start
+_orig_pool_start = QThreadPool.start
+
+
+def _tracked_thread_start(self, *a, **kw):
+    _threads.add(self)
+    return _orig_thread_start(self, *a, **kw)
+
+
+def _tracked_pool_start(self, *a, **kw):
+    _pools.add(self)
+    return _orig_pool_start(self, *a, **kw)
+
+
+QThread.start = _tracked_thread_start  # type: ignore[method-assign]
+QThreadPool.start = _tracked_pool_start  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads(qapp):
+    """Fail the test if it leaves a QThread running or a thread pool busy."""
+    yield
+    qapp.processEvents()
+    running = []
+    for t in list(_threads):
+        try:
+            if t.isRunning():
+                running.append(t.objectName() or repr(t))
+        except RuntimeError:  # C++ object already deleted: not running
+            continue
+    busy = []
+    for p in list(_pools):
+        try:
+            if p.activeThreadCount() > 0:
+                busy.append(p)
+        except RuntimeError:
+            continue
+    if running or busy:
+        for t in list(_threads):  # stop them so the next test starts clean
+            try:
+                t.quit()
+                t.wait(5000)
+            except RuntimeError:
+                pass
+        for p in busy:
+            p.waitForDone(5000)
+        pytest.fail(f"test left threads running: QThreads {running}, busy pools {len(busy)}")
+
+
+@pytest.fixture(autouse=True)
+def isolated_ui_dirs(tmp_path, monkeypatch):
+    """Settings, data (journal, sidecar fallback, logs) and thumbnail cache in tmp."""
+    monkeypatch.setenv("MEND_UI_SETTINGS", str(tmp_path / "ui-settings.ini"))
+    monkeypatch.setenv("MEND_UI_DATA_DIR", str(tmp_path / "ui-data"))
+    monkeypatch.setenv("MEND_UI_CACHE_DIR", str(tmp_path / "ui-cache"))
+    yield tmp_path
+
+
+def write_photo(path: Path, w: int = 96, h: int = 64, seed: int = 0, kind: str = "smooth"
+                ) -> Path:
+    """A small synthetic photo (smooth gradients + shapes), saved with PIL."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([xx / w, yy / h, 0.5 + 0.4 * np.sin(xx / 7.0 + seed)], -1)
+    cx, cy = rng.integers(w // 4, 3 * w // 4), rng.integers(h // 4, 3 * h // 4)
+    img[(xx - cx) ** 2 + (yy - cy) ** 2 < (min(w, h) / 5) ** 2] = rng.random(3)
+    if kind == "noisy":
+        img = img + rng.normal(0, 0.08, img.shape)
+    arr = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, quality=92) if path.suffix.lower() in (".jpg", ".jpeg") \
+        else Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture
+def photo_folder(tmp_path) -> Path:
+    d = tmp_path / "photos"
+    for i in range(6):
+        write_photo(d / f"photo_{i:02d}.{'jpg' if i % 2 else 'png'}", seed=i,
+                    kind="noisy" if i % 3 == 0 else "smooth")
+    (d / "notes.txt").write_text("not a photo")
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    return d

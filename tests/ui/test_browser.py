@@ -1,0 +1,166 @@
+"""Thumbnail model: Qt model contract, lazy fetching, off-thread thumbnails, disk cache, filter."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QModelIndex, QThreadPool
+from PySide6.QtGui import QPixmap
+from PySide6.QtTest import QAbstractItemModelTester
+
+from engine.api import Diagnosis, Degradation
+from ui.browser import model as bm
+from ui.browser.model import (ClassFilterProxy, DiagnosisRole, LabelRole, PathRole,
+                              ThumbnailModel, ThumbStateRole, scan_folder)
+from ui.browser.thumbs import ThumbnailLoader, cache_key
+from ui.engine_client import JobState
+
+from .conftest import write_photo
+
+
+@pytest.fixture
+def pool():
+    p = QThreadPool()
+    p.setMaxThreadCount(2)
+    yield p
+    p.clear()
+    p.waitForDone(10000)
+
+
+def _diag(label: str, conf: float = 0.7) -> Diagnosis:
+    rest = (1 - conf) / 3
+    return Diagnosis(Degradation(label), {c: (conf if c == label else rest) for c in "ABCD"})
+
+
+def _load_all_thumbs(qtbot, model: ThumbnailModel) -> None:
+    model.fetch_all()
+    for r in range(model.rowCount()):
+        model.index(r).data(bm.Qt.ItemDataRole.DecorationRole)
+    qtbot.waitUntil(lambda: model.ready_count() + model.failed_count() == model.rowCount(),
+                    timeout=20000)
+
+
+def test_model_passes_qabstractitemmodeltester(qtbot, qtlog, pool, photo_folder, tmp_path):
+    loader = ThumbnailLoader(pool, tmp_path / "cache")
+    model = ThumbnailModel(loader)
+    tester = QAbstractItemModelTester(
+        model, QAbstractItemModelTester.FailureReportingMode.Warning)
+    model.set_folder(photo_folder)
+    assert model.total() == 7  # 6 photos + broken.jpg; notes.txt is not a photo
+    _load_all_thumbs(qtbot, model)
+    model.update_item(model.items()[0].path, diagnosis=_diag("B"), job_state=JobState.RUNNING)
+    model.set_folder(None)
+    model.set_folder(photo_folder)
+    model.fetch_all()
+    failures = [r.message for r in qtlog.records if "FAIL" in r.message]
+    assert not failures, failures
+    del tester
+
+
+def test_fetch_more_in_batches(qtbot, pool, tmp_path, monkeypatch):
+    monkeypatch.setattr(bm, "BATCH", 4)
+    d = tmp_path / "many"
+    for i in range(10):
+        write_photo(d / f"p{i:02d}.png", 16, 12, seed=i)
+    model = ThumbnailModel(ThumbnailLoader(pool, None))
+    model.set_folder(d)
+    assert model.rowCount() == 4 and model.canFetchMore()  # the first batch comes at once
+    model.fetchMore()
+    assert model.rowCount() == 8
+    model.fetch_all()
+    assert model.rowCount() == 10 and not model.canFetchMore()
+    assert model.rowCount(model.index(0)) == 0  # a list: no children
+
+
+def test_thumbnails_are_built_off_thread_and_cached_atomically(qtbot, pool, photo_folder,
+                                                               tmp_path):
+    cache = tmp_path / "cache"
+    loader = ThumbnailLoader(pool, cache)
+    model = ThumbnailModel(loader)
+    model.set_folder(photo_folder)
+    _load_all_thumbs(qtbot, model)
+    assert loader.built == 6
+    assert model.failed_count() == 1  # broken.jpg
+    broken = next(i for i in model.items() if i.path.name == "broken.jpg")
+    row = model.row_of(broken.path)
+    assert model.index(row).data(ThumbStateRole) == "failed"
+    ok = model.index(model.row_of(photo_folder / "photo_01.jpg"))
+    assert isinstance(ok.data(bm.Qt.ItemDataRole.DecorationRole), QPixmap)
+    jpgs = list(cache.rglob("*.jpg"))
+    fails = list(cache.rglob("*.fail"))
+    assert len(jpgs) == 6 and len(fails) == 1
+    assert not list(cache.rglob("*.part"))  # atomic writes leave no temp files
+
+    # a second session reads the cache: nothing decoded again, failures not retried
+    loader2 = ThumbnailLoader(pool, cache)
+    model2 = ThumbnailModel(loader2)
+    model2.set_folder(photo_folder)
+    _load_all_thumbs(qtbot, model2)
+    assert loader2.built == 0 and model2.failed_count() == 1
+
+    # a changed file (new mtime/size) gets a new key
+    it = next(i for i in model2.items() if i.path.name == "photo_00.png")
+    write_photo(it.path, 100, 70, seed=42)
+    st = it.path.stat()
+    assert cache_key(it.path, st.st_mtime_ns, st.st_size) != cache_key(it.path, it.mtime_ns,
+                                                                      it.size)
+
+
+def test_stale_results_dropped_when_folder_changes(qtbot, pool, photo_folder, tmp_path):
+    loader = ThumbnailLoader(pool, None)
+    model = ThumbnailModel(loader)
+    model.set_folder(photo_folder)
+    model.fetch_all()
+    got = []
+    loader.ready.connect(lambda g, p, img: got.append(p))
+    for r in range(model.rowCount()):
+        model.index(r).data(bm.Qt.ItemDataRole.DecorationRole)
+    other = tmp_path / "other"
+    write_photo(other / "x.png", seed=9)
+    model.set_folder(other)  # new generation: queued work dropped, late results ignored
+    model.fetch_all()
+    model.index(0).data(bm.Qt.ItemDataRole.DecorationRole)
+    qtbot.waitUntil(lambda: model.ready_count() == 1, timeout=10000)
+    pool.waitForDone(10000)
+    qtbot.wait(50)
+    assert model.ready_count() == 1
+    assert all(Path(p).parent == other for p in got[-1:])
+    assert all(Path(p).parent in (other, photo_folder) for p in got)
+    assert model.index(0).data(PathRole) == other / "x.png"
+
+
+def test_filter_by_class_and_badge_roles(qtbot, pool, photo_folder):
+    model = ThumbnailModel(ThumbnailLoader(pool, None))
+    model.set_folder(photo_folder)
+    model.fetch_all()
+    items = model.items()
+    model.update_item(items[0].path, diagnosis=_diag("B", 0.9))
+    model.update_item(items[1].path, diagnosis=_diag("D"))
+    model.update_item(items[2].path, job_state=JobState.FAILED, error="boom")
+    proxy = ClassFilterProxy()
+    proxy.setSourceModel(model)
+    assert proxy.rowCount() == 7
+    proxy.set_classes({"B"})
+    assert proxy.rowCount() == 1
+    ix = proxy.index(0, 0)
+    assert ix.data(LabelRole) == "B" and ix.data(DiagnosisRole).confidence == pytest.approx(0.9)
+    proxy.set_classes({"?"})
+    assert proxy.rowCount() == 5
+    proxy.set_classes(None)
+    assert proxy.rowCount() == 7
+    assert JobState(model.index(2).data(bm.JobStateRole)) is JobState.FAILED
+    assert not model.index(0, 0, QModelIndex()).parent().isValid()
+
+
+def test_scan_folder_10k_is_fast(tmp_path):
+    d = tmp_path / "big"
+    d.mkdir()
+    for i in range(10000):
+        (d / f"img_{i:05d}.jpg").touch()
+    import time
+
+    t = time.perf_counter()
+    items = scan_folder(d)
+    dt = time.perf_counter() - t
+    assert len(items) == 10000 and items[0].path.name == "img_00000.jpg"
+    assert dt < 1.0, dt

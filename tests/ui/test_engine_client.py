@@ -1,0 +1,189 @@
+"""The engine client: jobs run in its QThread, progress/ETA signals, cancel within one tile,
+reorder / cancel / retry, readable errors, the crash journal, model tasks."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan, Step
+from engine.errors import BadImage, ModelMissing, OutOfMemory
+from ui.engine_client import (DiagnoseOutcome, EngineClient, JobState, read_journal,
+                              request_from_json, request_to_json)
+from ui.messages import describe_error
+
+
+class TiledEngine:
+    """Stands in for engine.pipeline.Engine to exercise the client: 'tiles' of fixed length,
+    progress + cancel check per tile, like the real tiler."""
+
+    def __init__(self, tiles: int = 10, tile_seconds: float = 0.02) -> None:
+        self.tiles, self.tile_seconds = tiles, tile_seconds
+        self.threads: set[int] = set()
+        self.device = None
+        self.runs: list[Path] = []
+
+    def diagnose(self, path, backend="auto"):
+        self.threads.add(threading.get_ident())
+        if Path(path).name.startswith("bad"):
+            raise BadImage(path, "truncated file")
+        return Diagnosis(Degradation.A, {"A": 0.7, "B": 0.1, "C": 0.1, "D": 0.1})
+
+    def plan(self, diagnosis, label=None, profile="auto"):
+        return Plan(label or diagnosis.label, "builtin", (Step("denoise_builtin"),))
+
+    def run(self, request, progress):
+        self.threads.add(threading.get_ident())
+        if Path(request.path).name.startswith("missing"):
+            raise ModelMissing("big-lama")
+        for i in range(self.tiles):
+            time.sleep(self.tile_seconds)
+            progress.update((i + 1) / self.tiles, f"tile {i + 1}/{self.tiles}")
+        self.runs.append(Path(request.path))
+        d = self.diagnose(request.path)
+        return JobResult(Path(request.path), None, d.label, d, self.plan(d))
+
+
+@pytest.fixture
+def client(qtbot):
+    eng = TiledEngine()
+    c = EngineClient(lambda: eng)
+    c.fake = eng
+    yield c
+    c.shutdown()
+
+
+def test_jobs_run_in_the_engine_thread_with_progress(qtbot, client):
+    progress = []
+    client.progress.connect(progress.append)
+    with qtbot.waitSignal(client.finished, timeout=5000) as sig:
+        jid = client.diagnose(Path("/x/a.jpg"))
+    assert sig.args[0] == jid and isinstance(sig.args[1], DiagnoseOutcome)
+    assert sig.args[1].plan.steps[0].name == "denoise_builtin"
+    assert threading.get_ident() not in client.fake.threads  # never on the GUI thread
+    with qtbot.waitSignal(client.finished, timeout=5000) as sig:
+        jid = client.submit(JobRequest(Path("/x/a.jpg")))
+    assert isinstance(sig.args[1], JobResult)
+    assert client.job(jid).state is JobState.DONE
+    fr = [p.fraction for p in progress if p.job_id == jid]
+    assert fr and fr[-1] == pytest.approx(1.0) and fr == sorted(fr)
+    assert any(p.eta_seconds is not None for p in progress if p.job_id == jid)
+
+
+def test_cancel_takes_effect_within_one_tile(qtbot, client):
+    client.fake.tiles, client.fake.tile_seconds = 200, 0.02
+    jid = client.submit(JobRequest(Path("/x/long.jpg")))
+    qtbot.waitUntil(lambda: (client.job(jid).fraction or 0) > 0.02, timeout=5000)
+    t = time.monotonic()
+    with qtbot.waitSignal(client.failed, timeout=5000) as sig:
+        client.cancel(jid)
+    dt = time.monotonic() - t
+    assert sig.args == [jid, "Cancelled."]
+    assert client.job(jid).state is JobState.CANCELLED
+    assert dt < 0.5, dt  # one tile is 20 ms; signal delivery adds a little
+    assert client.is_idle()
+
+
+def test_queue_reorder_cancel_retry(qtbot, client):
+    client.fake.tiles, client.fake.tile_seconds = 5, 0.05
+    done: list[int] = []
+    client.finished.connect(lambda j, r: done.append(j))
+    a = client.submit(JobRequest(Path("/x/a.jpg")))
+    b = client.submit(JobRequest(Path("/x/b.jpg")))
+    c = client.submit(JobRequest(Path("/x/c.jpg")))
+    d = client.submit(JobRequest(Path("/x/d.jpg")))
+    assert client.running_id() == a and client.queued_ids() == [b, c, d]
+    client.move(d, -2)
+    assert client.queued_ids() == [d, b, c]
+    client.cancel(b)
+    assert client.job(b).state is JobState.CANCELLED and client.queued_ids() == [d, c]
+    qtbot.waitUntil(client.is_idle, timeout=10000)
+    assert done == [a, d, c]
+    assert [p.name for p in client.fake.runs] == ["a.jpg", "d.jpg", "c.jpg"]
+    r = client.retry(b)
+    assert r is not None and r != b
+    qtbot.waitUntil(client.is_idle, timeout=10000)
+    assert client.job(r).state is JobState.DONE
+    assert client.retry(a) is None  # done jobs are not retried
+    client.clear_finished()
+    assert client.jobs() == []
+
+
+def test_engine_errors_become_readable_messages(qtbot, client):
+    with qtbot.waitSignal(client.failed, timeout=5000) as sig:
+        client.diagnose(Path("/x/bad.jpg"))
+    assert sig.args[1] == "Cannot read this photo: truncated file."
+    with qtbot.waitSignal(client.failed, timeout=5000) as sig:
+        jid = client.submit(JobRequest(Path("/x/missing.jpg")))
+    assert "big-lama" in sig.args[1] and "Models" in sig.args[1]
+    assert client.job(jid).state is JobState.FAILED
+
+
+def test_describe_error_covers_the_engine_errors():
+    assert "smaller tile" in describe_error(OutOfMemory("CUDA out of memory"))
+    assert describe_error(OSError(2, "No such file", "/a")) == "File error: No such file (/a)"
+    assert "Unexpected error (ValueError" in describe_error(ValueError("x"))
+
+
+def test_overall_progress_and_eta(qtbot, client):
+    client.fake.tiles, client.fake.tile_seconds = 5, 0.03
+    seen = []
+    client.overall_progress.connect(lambda f, eta: seen.append((f, eta)))
+    for n in "abc":
+        client.submit(JobRequest(Path(f"/x/{n}.jpg")))
+    qtbot.waitUntil(client.is_idle, timeout=10000)
+    fr = [f for f, _ in seen]
+    assert fr[-1] == pytest.approx(1.0)
+    assert any(0.3 < f < 0.7 for f in fr)
+    assert any(eta is not None and eta > 0 for f, eta in seen if f < 0.9)
+
+
+def test_crash_journal_keeps_unfinished_jobs(qtbot, tmp_path):
+    eng = TiledEngine(tiles=100, tile_seconds=0.02)
+    journal = tmp_path / "queue.json"
+    c = EngineClient(lambda: eng, journal=journal)
+    req = JobRequest(Path("/x/a.jpg"), OutputOptions(out_dir=tmp_path / "o", format="png",
+                                                      bit_depth=16),
+                     label=Degradation.B, mask_path=tmp_path / "m.png",
+                     plan=Plan(Degradation.B, "builtin", (Step("inpaint_builtin", {"r": 3}),)))
+    c.submit(req)
+    c.submit(JobRequest(Path("/x/b.jpg")))
+    assert len(read_journal(journal)) == 2
+    c.shutdown()  # like a crash: unfinished work stays in the journal
+    back = read_journal(journal)
+    assert [str(r.path) for r in back] == ["/x/a.jpg", "/x/b.jpg"]
+    assert back[0] == req
+    c2 = EngineClient(lambda: TiledEngine(tiles=1), journal=journal)
+    with qtbot.waitSignal(c2.finished, timeout=5000):
+        c2.submit(back[1])
+    qtbot.waitUntil(c2.is_idle, timeout=5000)
+    assert not journal.exists()  # nothing left to offer
+    c2.shutdown()
+
+
+def test_request_json_round_trip():
+    d = Diagnosis(Degradation.C, {"A": 0.1, "B": 0.1, "C": 0.7, "D": 0.1},
+                  estimates={"blur_length": 12.5})
+    r = JobRequest(Path("p.jpg"), diagnosis=d, profile="laptop", guard=False)
+    assert request_from_json(request_to_json(r)) == r
+
+
+def test_model_tasks_run_in_their_own_pool(qtbot, client):
+    ids = []
+
+    def work(report, token):
+        ids.append(threading.get_ident())
+        report(0.5, "half")
+        return "ok"
+
+    prog = []
+    client.model_progress.connect(lambda m, f, msg: prog.append((m, f, msg)))
+    with qtbot.waitSignal(client.model_finished, timeout=5000) as sig:
+        client.model_task("x", work)
+    assert sig.args == ["x", "ok"] and prog == [("x", 0.5, "half")]
+    assert ids[0] != threading.get_ident()
+    with qtbot.waitSignal(client.model_failed, timeout=5000) as sig:
+        client.model_task("y", lambda r, t: (_ for _ in ()).throw(ModelMissing("y")))
+    assert "'y' is not installed" in sig.args[1]
