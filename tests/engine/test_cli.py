@@ -56,7 +56,7 @@ def test_classify_json_contract_and_failures(picks):
         assert o["backend"] == "builtin" and isinstance(o["estimates"], dict)
     assert set(out[str(picks["corrupt"])]) == {"path", "error"}
     assert "broken.png" in out[str(picks["corrupt"])]["error"]
-    assert "not found" in out["/nonexistent/x.jpg"]["error"]
+    assert "no such file" in out["/nonexistent/x.jpg"]["error"]
 
 
 def test_classify_folder_expands_to_photos(shared_images):
