@@ -190,9 +190,9 @@ class MainWindow(QMainWindow):
         self.compare = QComboBox()
         for text, mode in (("After", Compare.AFTER), ("Before", Compare.BEFORE),
                            ("Split", Compare.SPLIT), ("Side by side", Compare.SIDE)):
-            self.compare.addItem(text, mode)
+            self.compare.addItem(text, mode.value)
         self.compare.currentIndexChanged.connect(
-            lambda _i: self.canvas.set_mode(self.compare.currentData()))
+            lambda _i: self.canvas.set_mode(self.compare_mode()))
         self.view_bar.addWidget(self.compare)
         self.toggle_mask = self.view_bar.addAction("Mask")
         self.toggle_removed = self.view_bar.addAction("Removed layer")
@@ -494,8 +494,8 @@ class MainWindow(QMainWindow):
             self.canvas.removed = v.removed
             arts = st.result.artifacts if st.result else {}
             self.canvas.set_boxes(arts.get("text_boxes") or (), arts.get("face_boxes") or ())
-            if v.after is not None and self.compare.currentData() is Compare.AFTER:
-                self.compare.setCurrentIndex(self.compare.findData(Compare.SPLIT))
+            if v.after is not None and self.compare_mode() is Compare.AFTER:
+                self.set_compare(Compare.SPLIT)
             if self.mask_action.isChecked():
                 self._open_mask_doc()
             else:
@@ -529,11 +529,19 @@ class MainWindow(QMainWindow):
     def toggle_before_after(self) -> None:
         if self.stack.currentIndex() != 1:
             return
-        mode = self.compare.currentData()
-        target = Compare.BEFORE if mode is not Compare.BEFORE else (
-            Compare.SPLIT if self.canvas.after is not None else Compare.AFTER)
-        self._last_mode = mode
-        self.compare.setCurrentIndex(self.compare.findData(target))
+        mode = self.compare_mode()
+        if mode is not Compare.BEFORE:
+            self._last_mode = mode
+            self.set_compare(Compare.BEFORE)
+        else:
+            back = getattr(self, "_last_mode", Compare.SPLIT)
+            self.set_compare(back if self.canvas.after is not None else Compare.AFTER)
+
+    def compare_mode(self) -> Compare:
+        return Compare(self.compare.currentData())
+
+    def set_compare(self, mode: Compare) -> None:
+        self.compare.setCurrentIndex(self.compare.findData(Compare(mode).value))
 
     def step_photo(self, d: int) -> None:
         ix = self.grid.currentIndex()

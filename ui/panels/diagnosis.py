@@ -117,7 +117,7 @@ class DiagnosisPanel(QWidget):
         self.override = QComboBox()
         self.override.addItem("Automatic", None)
         for c in CLASSES:
-            self.override.addItem(f"{c.value} · {c.short_name}", c)
+            self.override.addItem(f"{c.value} · {c.short_name}", c.value)
         self.override.currentIndexChanged.connect(self._on_override)
         row.addWidget(self.override, 1)
         self.diagnose_btn = QPushButton("Diagnose")
@@ -237,10 +237,15 @@ class DiagnosisPanel(QWidget):
     # -- plan editing ---------------------------------------------------------------------
     def _on_override(self, _i: int) -> None:
         if not self._updating:
-            self.override_requested.emit(self.override.currentData())
+            self.override_requested.emit(self.override_label())
 
     def override_label(self) -> Degradation | None:
-        return self.override.currentData()
+        v = self.override.currentData()
+        return Degradation(v) if v else None
+
+    def set_override(self, label: Degradation | None) -> None:
+        self.override.setCurrentIndex(max(0, self.override.findData(label.value if label
+                                                                        else None)))
 
     def reset_override(self) -> None:
         self._updating = True

@@ -1,0 +1,141 @@
+"""The whole app with the real engine: open a folder → diagnose (builtin analyzer) → fix
+(builtin profile) → compare → export; outputs on disk, originals unchanged; sidecars restore
+the state on reopen; mask editor "Inpaint again" with the edited mask."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.api import Degradation
+from ui.editor.canvas import Compare
+from ui.engine_client import EngineClient, JobState
+from ui.main_window import MainWindow
+from ui.settings import AppSettings
+
+from .conftest import write_photo
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    d = tmp_path / "shoot"
+    write_photo(d / "a_noisy.jpg", 96, 72, seed=1, kind="noisy")
+    write_photo(d / "b_clean.png", 96, 72, seed=2)
+    write_photo(d / "c_smooth.jpg", 80, 60, seed=3)
+    return d
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    client = EngineClient(journal=tmp_path / "ui-data" / "queue.json")
+    settings = AppSettings(backend="builtin", profile="builtin", out_dir=str(tmp_path / "out"))
+    win = MainWindow(client, settings, ask_resume=False)
+    qtbot.addWidget(win)
+    win.resize(1200, 800)
+    win.show()
+    yield win
+    win.close()
+    client.shutdown()
+
+
+def test_open_diagnose_fix_compare_export(qtbot, window, folder, tmp_path):
+    before = {p.name: _sha(p) for p in folder.iterdir()}
+    win = window
+    win.open_folder(folder)
+    assert win.model.total() == 3
+    qtbot.waitUntil(lambda: win.model.ready_count() == 3, timeout=20000)
+
+    win.diagnose_all()
+    qtbot.waitUntil(win.client.is_idle, timeout=60000)
+    diags = {it.path.name: it.diagnosis for it in win.model.items()}
+    assert all(d is not None for d in diags.values()), diags
+    assert all(abs(sum(d.scores.values()) - 1) < 1e-3 for d in diags.values())
+
+    target = folder / "a_noisy.jpg"
+    win.select_path(target)
+    assert win.current == target
+    assert win.panel.diagnosis is diags["a_noisy.jpg"]
+    assert win.panel.plan is not None and win.panel.plan.profile == "builtin"
+
+    win.grid.selectAll()
+    ids = win.fix_selected()
+    assert len(ids) == 3
+    assert win.model.item(target).job_state in (JobState.QUEUED, JobState.RUNNING)
+    qtbot.waitUntil(win.client.is_idle, timeout=90000)
+    failed = [j for j in win.client.jobs() if j.state is not JobState.DONE]
+    assert not failed, failed
+    for it in win.model.items():
+        assert it.job_state is JobState.DONE and it.output is not None and it.output.exists()
+        assert it.output.parent == tmp_path / "out" and it.output != it.path
+
+    # compare: the viewer loads the original and the result off the GUI thread
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        win.show_viewer(target)
+    assert win.canvas.before is not None and win.canvas.after is not None
+    assert win.canvas.mode is Compare.SPLIT
+    win.toggle_before_after()
+    assert win.canvas.mode is Compare.BEFORE
+    win.toggle_before_after()
+    assert win.canvas.mode is Compare.SPLIT
+    win.set_compare(Compare.SIDE)
+    assert win.canvas.mode is Compare.SIDE
+    win.canvas.zoom_by(2.0)
+    win.canvas.repaint()
+
+    dest = tmp_path / "exported" / "final.jpg"
+    with qtbot.waitSignal(win.exported, timeout=10000):
+        win.export_current(dest)
+    assert dest.exists() and _sha(dest) == _sha(win.model.item(target).output)
+    # export never overwrites the original
+    win.export_current(target)
+    qtbot.wait(300)
+    assert {p.name: _sha(p) for p in folder.iterdir() if p.is_file()} == before
+    assert "never replaces the original" in win.status_label.text()
+
+    # the sidecars restore diagnosis and outputs when the folder is opened again
+    assert (folder / ".mend" / "a_noisy.jpg.json").exists()
+    win.open_folder(tmp_path)  # elsewhere
+    win.open_folder(folder)
+    qtbot.waitUntil(lambda: win.model.item(target).diagnosis is not None, timeout=10000)
+    it = win.model.item(target)
+    assert it.diagnosis.label == diags["a_noisy.jpg"].label and it.output.exists()
+    assert it.job_state is JobState.DONE
+
+
+def test_override_class_and_inpaint_again_with_edited_mask(qtbot, window, folder, tmp_path):
+    win = window
+    win.open_folder(folder)
+    target = folder / "b_clean.png"
+    win.select_path(target)
+    win.diagnose([target])
+    qtbot.waitUntil(win.client.is_idle, timeout=60000)
+    win.panel.set_override(Degradation.B)
+    qtbot.waitUntil(lambda: win.panel.plan is not None
+                    and win.panel.plan.label is Degradation.B, timeout=20000)
+    assert [s.name for s in win.panel.plan.steps][-1].startswith("inpaint")
+
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        win.show_viewer(target)
+    win.show_mask_editor()
+    doc = win.mask_doc
+    assert doc is not None and doc.full.shape == (72, 96)
+    assert win.mask_bar.isVisible() or not win.isVisible()
+    assert not win.tool_actions["sam"].isEnabled()  # no SAM weights in the test store
+    assert "sam-vit-base" in win.tool_actions["sam"].toolTip()
+    doc.fill_polygon([(30, 20), (60, 20), (60, 50), (30, 50)])
+    with qtbot.waitSignal(win.fixed, timeout=90000):
+        win.inpaint_again()
+    st = win.states[target]
+    assert st.mask_path is not None and st.mask_path.exists()
+    saved = st.mask_path
+    from ui.editor.mask import read_mask
+
+    assert np.array_equal(read_mask(saved, (72, 96)) > 127, doc.full > 127)
+    assert st.result.label is Degradation.B
+    assert st.output is not None and st.output.exists()
