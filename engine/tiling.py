@@ -146,7 +146,7 @@ def _run_once(image, fn, scale, tile, overlap, pad_multiple, progress):
     pad_multiple = max(1, int(pad_multiple))
     if pad_multiple > 1 and tile >= pad_multiple:
         tile -= tile % pad_multiple  # full tiles need no padding
-    overlap = max(0, min(int(overlap), tile // 4))
+    overlap = max(0, min(int(overlap), tile // 2))
     ys = tile_starts(h, tile, overlap)
     xs = tile_starts(w, tile, overlap)
     total = len(ys) * len(xs)
@@ -194,6 +194,8 @@ def torch_fn(model: Any, device: DeviceInfo, dtype: Any = None, *, clamp: bool =
     import torch
 
     if dtype is None:
+        dtype = _model_dtype(model)
+    if dtype is None:
         supports_half = bool(getattr(model, "supports_half", True))
         supports_bf16 = bool(getattr(model, "supports_bfloat16", False))
         dtype = device.dtype_for(supports_half, supports_bf16)
@@ -211,6 +213,20 @@ def torch_fn(model: Any, device: DeviceInfo, dtype: Any = None, *, clamp: bool =
         return res
 
     return fn
+
+
+def _model_dtype(model: Any) -> Any:
+    """The dtype the model's weights are in (spandrel descriptor or nn.Module), else None."""
+    import torch
+
+    dt = getattr(model, "dtype", None)
+    if isinstance(dt, torch.dtype):
+        return dt
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.dtype
+    return None
 
 
 def model_tiling_hints(descriptor: Any) -> tuple[int, int]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import pytest
@@ -44,7 +46,7 @@ def test_tile_starts_cover_and_overlap():
             s = tile_starts(length, tile, ov)
             assert s[0] == 0
             assert min(length, s[-1] + tile) == length
-            for a, b in zip(s, s[1:]):
+            for a, b in itertools.pairwise(s):
                 assert b > a and a + tile - b >= ov
 
 
