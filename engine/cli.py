@@ -255,7 +255,7 @@ def _ids_for(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import store as store_mod
+    from .models.info import models_table
 
     action = args.models_command
     if not action:
@@ -263,7 +263,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     store = _store()
     as_json = getattr(args, "json", False)
     if action == "list":
-        table = store_mod.models_table(store)
+        table = models_table(store)
         if as_json:
             print(json.dumps(table, ensure_ascii=False, indent=None))
         else:
@@ -273,11 +273,18 @@ def cmd_models(args: argparse.Namespace) -> int:
                 print(f"{m['id']:<28} {m['status']:<14} {size / 1e6:>9.1f} MB  {m['license']}{nc}")
         return EXIT_OK
     if action == "import":
-        from .models.packs import import_any
+        from .models.packs import import_pack, is_pack
 
-        report = import_any(args.path, store)
-        _emit(report, as_json, f"imported: {json.dumps(report)}")
-        return EXIT_OK
+        if not args.path.exists():
+            raise UsageError(f"nothing to import at {args.path}")
+        rep = import_pack(args.path, store) if is_pack(args.path) else store.import_path(args.path)
+        report = rep.to_json()
+        human = (f"imported {len(report['imported'])} file(s), skipped {len(report['skipped'])} "
+                 f"already installed, rejected {len(report['rejected'])}")
+        for r in report["rejected"]:
+            human += f"\n  rejected {r['path']}: {r['reason']}"
+        _emit(report, as_json, human)
+        return EXIT_FAILED if report["rejected"] and not report["imported"] else EXIT_OK
     if action == "pack":
         from .models.packs import create_pack
 
@@ -305,11 +312,12 @@ def _download_progress(model_id: str):
     if not sys.stderr.isatty():
         return None
 
-    def cb(*a: Any, **kw: Any) -> None:
-        done, total = (a + (0, 0))[:2] if a and isinstance(a[0], (int, float)) else (0, 0)
-        if total:
-            print(f"\r{model_id}: {done / total:5.1%} of {total / 1e6:.0f} MB", end="",
-                  file=sys.stderr, flush=True)
+    def cb(p: Any) -> None:
+        if p.total:
+            print(f"\r{model_id}: {p.fraction:6.1%} of {p.total / 1e6:.0f} MB "
+                  f"({p.speed / 1e6:.1f} MB/s) {p.file}", end="", file=sys.stderr, flush=True)
+            if p.done >= p.total:
+                print(file=sys.stderr)
 
     return cb
 
@@ -334,7 +342,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     info["memory"] = {"total": system_memory(), "available": available_memory()}
     info["offline"] = os.environ.get("MEND_OFFLINE") == "1"
     try:
-        from .models.store import doctor_models
+        from .models.info import doctor_models
 
         store = _store()
         info["models"] = doctor_models(store)
