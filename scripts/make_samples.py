@@ -46,7 +46,7 @@ def motion_kernel(length: int, angle_deg: float) -> np.ndarray:
     a = math.radians(angle_deg)
     for t in np.linspace(-c, c, 4 * length):
         x, y = c + t * math.cos(a), c - t * math.sin(a)
-        k[int(round(y)), int(round(x))] = 1.0
+        k[round(y), round(x)] = 1.0
     return k / k.sum()
 
 

@@ -1,6 +1,7 @@
 """Photo I/O over the real test photos in ../shared/images (skipped when absent)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -46,20 +47,26 @@ def test_orientation_upright(shared_images, tmp_path, name):
     assert ref_name, f"no reference rule for {name}"
     folder = shared_images / "exif_orientation"
     ph = mio.load_photo(folder / name)
-    ref = mio.load_photo(folder / ref_name)
-    assert ph.pixels.shape == ref.pixels.shape, "not upright: shape differs from reference"
-    got, want = _small(ph.pixels), _small(ref.pixels)
+    ref_shape, want = _reference_small(str(folder / ref_name))
+    assert ph.pixels.shape == ref_shape, "not upright: shape differs from reference"
+    got = _small(ph.pixels)
     err = float(np.abs(got - want).mean())
-    # the wrong answers (other orientations of the reference) must be clearly worse
-    wrong = [np.abs(_small(np.ascontiguousarray(mio._orient(ref.pixels, o))) - got).mean()
-             for o in range(2, 9) if mio._orient(ref.pixels, o).shape == ref.pixels.shape]
+    # the wrong answers (mirrored / upside-down reference) must be clearly worse; the
+    # transposing orientations already fail the shape check above for non-square pictures
+    wrong = [float(np.abs(mio._orient(want, o) - got).mean()) for o in (2, 3, 4)]
     assert err < 0.08, f"{name}: mean difference {err:.3f} to the upright reference"
     assert err < min(wrong), f"{name}: an un-applied/wrong orientation matches better"
     assert mio.exif_orientation(ph.exif) == 1
-    out = mio.save_photo(ph.pixels, tmp_path / "o.jpg", like=ph)
+    out = mio.save_photo(ph.pixels[:96, :128], tmp_path / "o.jpg", like=ph)
     with Image.open(out) as im:
         assert im.getexif().get(0x0112, 1) == 1
-    assert mio.load_photo(out).pixels.shape == ph.pixels.shape
+    assert mio.load_photo(out).pixels.shape == (96, 128, 3)
+
+
+@functools.cache
+def _reference_small(path: str):
+    ref = mio.load_photo(path)
+    return ref.pixels.shape, _small(ref.pixels)
 
 
 def _exif_summary(path: Path) -> dict:
@@ -77,7 +84,7 @@ def test_camera_jpegs_load_and_keep_exif(shared_images, tmp_path, name):
     ph = mio.load_photo(src)
     assert np.isfinite(ph.pixels).all() and ph.pixels.min() >= 0 and ph.pixels.max() <= 1
     assert ph.info["jpeg_quantization"]
-    out = mio.save_photo(ph.pixels, tmp_path / "o.jpg", like=ph, record={"t": name})
+    out = mio.save_photo(ph.pixels[:256, :256], tmp_path / "o.jpg", like=ph, record={"t": name})
     assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
     assert mio.read_record(out) == {"t": name}
     if ph.exif is not None:
@@ -129,9 +136,11 @@ def test_odd_corrupt_loads_or_one_bad_image(shared_images, tmp_path, name):
         assert px.ndim == 3 and px.shape[2] == 3 and px.shape[0] > 0 and px.shape[1] > 0
         assert np.isfinite(px).all() and px.min() >= 0 and px.max() <= 1
         if isinstance(result, mio.Photo):  # a good load must also save
-            out = mio.save_photo(result.pixels, tmp_path / "o.png", like=result,
-                                 alpha=result.alpha)
-            assert mio.load_photo(out).pixels.shape == result.pixels.shape
+            crop = (slice(0, 256), slice(0, 256))
+            alpha = result.alpha[crop] if result.alpha is not None else None
+            out = mio.save_photo(result.pixels[crop], tmp_path / "o.png", like=result,
+                                 alpha=alpha)
+            assert mio.load_photo(out).pixels.shape == result.pixels[crop].shape
     if name.endswith("README") or name in ("Pillow__Tests__images__broken.png",):
         with pytest.raises(BadImage):
             mio.load_photo(path)
