@@ -95,26 +95,32 @@ class ModelRuntime:
         return obj
 
     def _evict_for(self, size: int) -> None:
-        evicted = False
+        freed = 0
         with self._lock:
             while self._cache and self.cached_bytes + size > self.budget:
-                key, _ = self._cache.popitem(last=False)
+                key, (_, nbytes) = self._cache.popitem(last=False)
                 log.info("evicting %s from the model cache", key)
-                evicted = True
-        if evicted:
+                freed += nbytes
+        self._release(freed)
+
+    def _release(self, freed: int) -> None:
+        # a GPU keeps freed blocks cached; on CPU refcounting already returned the memory and
+        # a full gc pass is only worth it after dropping something big
+        if freed and (self.device.kind != "cpu" or freed >= 64 << 20):
             empty_cache(self.device)
 
     def evict(self, key: Any) -> bool:
         with self._lock:
-            found = self._cache.pop(key, None) is not None
-        if found:
-            empty_cache(self.device)
-        return found
+            item = self._cache.pop(key, None)
+        if item is not None:
+            self._release(item[1])
+        return item is not None
 
     def clear(self) -> None:
         with self._lock:
+            freed = sum(n for _, n in self._cache.values())
             self._cache.clear()
-        empty_cache(self.device)
+        self._release(freed)
 
     # ------------------------------------------------------------------ loaders
     def dtype_for(self, model_id: str, supports_half: bool = True, supports_bf16: bool = False):

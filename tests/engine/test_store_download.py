@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import socket
 
@@ -51,7 +52,7 @@ def test_interrupted_download_resumes_from_part(server, tmp_path):
     start = int(server.requests[1][1].split("=")[1].rstrip("-"))
     assert 0 < start <= 100_000
     assert events[-1].done == events[-1].total == len(data)
-    assert all(b.done >= a.done for a, b in zip(events, events[1:]))
+    assert all(b.done >= a.done for a, b in itertools.pairwise(events))
 
 
 def test_resume_across_calls_after_giving_up(server, tmp_path):
@@ -172,3 +173,33 @@ def test_default_root(monkeypatch, tmp_path):
     r = default_root()
     assert r.name == "models" and "mend" in str(r).lower()
     assert os.path.isabs(r)
+
+
+def test_pull_profile_fetches_every_model_with_one_progress(server, tmp_path, monkeypatch):
+    from engine.models.packs import pull_profile
+    from tests.model_helpers import served_store as ss
+
+    store = ss(tmp_path / "s", server, MID, {NAME: _blob(20_000, 8)})
+    store = ss(tmp_path / "s", server, "big-lama", {"big-lama.pt": _blob(30_000, 9)},
+               base=store.manifest)
+    # a tiny "laptop" profile: only these two models (plus the bundled OCR)
+    import dataclasses
+
+    m = store.manifest
+    for spec in list(m):
+        if "laptop" in spec.profiles and spec.id not in (MID, "big-lama", "pp-ocr"):
+            m = m.with_model(dataclasses.replace(
+                spec, profiles=tuple(p for p in spec.profiles if p != "laptop")))
+    store.manifest = m
+    server.drop_after["/big-lama/big-lama.pt"] = 10_000
+    events = []
+    out = pull_profile("laptop", store, progress=events.append)
+    assert out == {MID: "verified", "big-lama": "verified", "pp-ocr": "bundled"}
+    assert events[-1].done == events[-1].total == 50_000
+    assert all(b.done >= a.done for a, b in itertools.pairwise(events))
+    # nothing left to do: a second pull opens no connection
+    n = len(server.requests)
+    assert pull_profile("laptop", store) == out
+    assert len(server.requests) == n
+    monkeypatch.setenv("MEND_OFFLINE", "1")
+    assert pull_profile("laptop", store) == out  # all installed: fine offline too

@@ -1,0 +1,202 @@
+"""Offline model packs: round trip, and refusal of tampered packs with nothing written."""
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ChecksumMismatch, ModelMissing
+from engine.models.packs import PACK_INDEX, PackRefused, create_pack, import_pack, is_pack
+from engine.models.store import ModelStore
+from tests.model_helpers import install_test_model, manifest_with
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture
+def source(tmp_path):
+    """A store with two installed models (one multi-file with a sub-folder)."""
+    a = tmp_path / "build" / "realesr-general-x4v3.pth"
+    a.parent.mkdir()
+    a.write_bytes(b"compact-weights" * 1000)
+    st = install_test_model(tmp_path / "src", "realesr-general-x4v3",
+                            {"realesr-general-x4v3.pth": a})
+    cfg = tmp_path / "build" / "config.json"
+    cfg.write_text('{"model_type": "sam"}')
+    w = tmp_path / "build" / "model.safetensors"
+    w.write_bytes(b"sam-weights" * 3000)
+    st = install_test_model(tmp_path / "src", "sam-vit-base",
+                            {"config.json": cfg, "model.safetensors": w}, store=st)
+    return st
+
+
+def _target(source: ModelStore, root: Path) -> ModelStore:
+    return ModelStore(root, source.manifest)
+
+
+def test_pack_round_trip_into_empty_store(source, tmp_path):
+    pack = create_pack(["realesr-general-x4v3", "sam-vit-base", "pp-ocr"],
+                       tmp_path / "laptop.mendpack.zip", source)
+    assert is_pack(pack)
+    with zipfile.ZipFile(pack) as z:
+        index = json.loads(z.read(PACK_INDEX))
+        names = set(z.namelist())
+    assert names == {PACK_INDEX, "models/realesr-general-x4v3/realesr-general-x4v3.pth",
+                     "models/sam-vit-base/config.json", "models/sam-vit-base/model.safetensors"}
+    assert {e["model"] for e in index["entries"]} == {"realesr-general-x4v3", "sam-vit-base"}
+    dest = _target(source, tmp_path / "empty")
+    assert not dest.root.exists()
+    rep = import_pack(pack, dest)
+    assert len(rep.imported) == 3 and not rep.skipped
+    for mid in ("realesr-general-x4v3", "sam-vit-base"):
+        assert dest.status(mid) == "verified"
+        assert dest.verify(mid).status == "verified"
+        assert _tree(dest.root / mid).keys() >= _tree(source.root / mid).keys() - {".mend-state.json"}
+    assert not [p for p in dest.root.iterdir() if p.name.startswith(".import")]
+    # importing again skips everything
+    rep2 = dest.import_path(pack)
+    assert not rep2.imported and len(rep2.skipped) == 3
+
+
+def test_pack_of_a_profile_needs_its_models(source, tmp_path):
+    with pytest.raises(ModelMissing):
+        create_pack("laptop", tmp_path / "p.zip", source)
+    assert not (tmp_path / "p.zip").exists() and not (tmp_path / "p.zip.part").exists()
+    empty = create_pack("builtin", tmp_path / "b.zip", source)
+    with zipfile.ZipFile(empty) as z:
+        assert json.loads(z.read(PACK_INDEX))["entries"] == []
+
+
+def _rewrite(pack: Path, out: Path, *, change=None, extra=None, index_fn=None, symlink=None):
+    """Copy a pack, optionally changing a member's bytes, adding members, editing the index."""
+    with zipfile.ZipFile(pack) as zin, zipfile.ZipFile(out, "w") as zout:
+        index = json.loads(zin.read(PACK_INDEX))
+        if index_fn:
+            index_fn(index)
+        for info in zin.infolist():
+            if info.filename == PACK_INDEX:
+                continue
+            data = zin.read(info)
+            if change and info.filename == change:
+                data = bytes([data[0] ^ 1]) + data[1:]
+            zout.writestr(info.filename, data)
+        for name, data in (extra or {}).items():
+            zout.writestr(name, data)
+        if symlink:
+            zi = zipfile.ZipInfo(symlink)
+            zi.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zout.writestr(zi, "/etc/passwd")
+        zout.writestr(PACK_INDEX, json.dumps(index))
+    return out
+
+
+@pytest.fixture
+def pack(source, tmp_path):
+    return create_pack(["realesr-general-x4v3", "sam-vit-base"], tmp_path / "ok.zip", source)
+
+
+def _refused(bad: Path, dest: ModelStore, exc=PackRefused):
+    before = _tree(dest.root)
+    existed = dest.root.exists()
+    with pytest.raises(exc) as ei:
+        import_pack(bad, dest)
+    assert _tree(dest.root) == before, "a refused pack wrote into the store"
+    assert dest.root.exists() == existed
+    return ei.value
+
+
+def test_one_changed_byte_is_refused(source, pack, tmp_path):
+    bad = _rewrite(pack, tmp_path / "bad.zip", change="models/sam-vit-base/model.safetensors")
+    e = _refused(bad, _target(source, tmp_path / "empty"), ChecksumMismatch)
+    assert "model.safetensors" in str(e)
+
+
+def test_changed_byte_refused_even_when_store_has_other_models(source, pack, tmp_path):
+    dest = _target(source, tmp_path / "busy")
+    (dest.root / "realesr-general-x4v3").mkdir(parents=True)
+    (dest.root / "notes.txt").write_text("keep me")
+    # the last member is damaged: the earlier, good ones must not land either
+    bad = _rewrite(pack, tmp_path / "bad.zip", change="models/sam-vit-base/model.safetensors")
+    _refused(bad, dest, ChecksumMismatch)
+
+
+def test_changed_byte_in_unpinned_file_is_refused(source, pack, tmp_path):
+    # config.json has no pinned hash: only the pack's own index protects it
+    dest = _target(source, tmp_path / "busy")
+    (dest.root).mkdir(parents=True)
+    bad = _rewrite(pack, tmp_path / "bad.zip", change="models/sam-vit-base/config.json")
+    _refused(bad, dest, ChecksumMismatch)
+
+
+def test_dotdot_entry_is_refused(source, pack, tmp_path):
+    bad = _rewrite(pack, tmp_path / "bad.zip", extra={"../evil.txt": b"x"})
+    assert "traversal" in str(_refused(bad, _target(source, tmp_path / "e")))
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_dotdot_in_index_name_is_refused(source, pack, tmp_path):
+    data = b"x"
+    sha = hashlib.sha256(data).hexdigest()
+
+    def add(index):
+        index["entries"].append({"path": "models/sam-vit-base/../../../evil.txt",
+                                 "model": "sam-vit-base", "name": "../../../evil.txt",
+                                 "size": 1, "sha256": sha, "pinned": False})
+
+    bad = _rewrite(pack, tmp_path / "bad.zip", index_fn=add)
+    _refused(bad, _target(source, tmp_path / "e"))
+
+
+def test_absolute_path_is_refused(source, pack, tmp_path):
+    bad = _rewrite(pack, tmp_path / "bad.zip", extra={"/tmp/evil.txt": b"x"})
+    _refused(bad, _target(source, tmp_path / "e"))
+
+
+def test_unknown_entry_is_refused(source, pack, tmp_path):
+    bad = _rewrite(pack, tmp_path / "bad.zip",
+                   extra={"models/sam-vit-base/extra.bin": b"surprise"})
+    assert "unknown entry" in str(_refused(bad, _target(source, tmp_path / "e")))
+
+
+def test_unknown_model_is_refused(source, pack, tmp_path):
+    def rename(index):
+        for e in index["entries"]:
+            if e["model"] == "sam-vit-base":
+                e["model"] = "not-a-model"
+                e["path"] = e["path"].replace("sam-vit-base", "not-a-model")
+
+    bad = _rewrite(pack, tmp_path / "bad.zip", index_fn=rename)
+    _refused(bad, _target(source, tmp_path / "e"))
+
+
+def test_symlink_member_is_refused(source, pack, tmp_path):
+    bad = _rewrite(pack, tmp_path / "bad.zip", symlink="models/sam-vit-base/link")
+    assert "symbolic link" in str(_refused(bad, _target(source, tmp_path / "e")))
+
+
+def test_pinned_hash_must_match_manifest(source, pack, tmp_path):
+    # a pack built against other weights (consistent in itself) is refused for a pinned file
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"other weights" * 500)
+    m = manifest_with("realesr-general-x4v3", {"realesr-general-x4v3.pth": other},
+                      base=source.manifest)
+    st = ModelStore(tmp_path / "other-src", m)
+    st.import_path(other, "realesr-general-x4v3")
+    assert st.status("realesr-general-x4v3") == "verified"
+    p2 = create_pack(["realesr-general-x4v3"], tmp_path / "other.zip", st)
+    assert "pins" in str(_refused(p2, _target(source, tmp_path / "e")))
+
+
+def test_not_a_zip_is_refused(source, tmp_path):
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"PK\x03\x04 not really")
+    _refused(junk, _target(source, tmp_path / "e"))

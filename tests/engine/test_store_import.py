@@ -1,0 +1,115 @@
+"""Importing model files from folders and single files; slots; status values."""
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import ModelMissing
+from engine.models import doctor_models, models_table
+from engine.models.store import ModelStore
+from tests.model_helpers import manifest_with
+
+
+@pytest.fixture
+def built(tmp_path):
+    d = tmp_path / "download"
+    d.mkdir()
+    (d / "realesr-general-x4v3.pth").write_bytes(b"compact" * 700)
+    sam = d / "some-folder" / "sam"
+    sam.mkdir(parents=True)
+    (sam / "config.json").write_text('{"model_type": "sam"}')
+    (sam / "preprocessor_config.json").write_text("{}")
+    (sam / "model.safetensors").write_bytes(b"sam" * 5000)
+    m = manifest_with("realesr-general-x4v3",
+                      {"realesr-general-x4v3.pth": d / "realesr-general-x4v3.pth"})
+    m = manifest_with("sam-vit-base", {"model.safetensors": sam / "model.safetensors"}, base=m)
+    # config files stay unpinned, as in the real manifest
+    import dataclasses
+
+    real = m.get("sam-vit-base")
+    from engine.models.manifest import ModelFile
+
+    cfgs = tuple(ModelFile(n, None, 100, None, size_exact=False)
+                 for n in ("config.json", "preprocessor_config.json"))
+    m = m.with_model(dataclasses.replace(real, files=cfgs + real.files))
+    return d, m
+
+
+def test_import_folder_matches_by_hash_and_takes_unpinned_neighbours(built, tmp_path):
+    src, manifest = built
+    store = ModelStore(tmp_path / "store", manifest)
+    rep = store.import_path(src)
+    assert ("realesr-general-x4v3", "realesr-general-x4v3.pth") in rep.imported
+    assert {("sam-vit-base", "config.json"), ("sam-vit-base", "model.safetensors"),
+            ("sam-vit-base", "preprocessor_config.json")} <= set(rep.imported)
+    assert store.status("realesr-general-x4v3") == "verified"
+    assert store.status("sam-vit-base") == "unpinned"  # configs have no published hash
+    assert (src / "realesr-general-x4v3.pth").exists()  # import copies, never moves
+    again = store.import_path(src)
+    assert not again.imported and len(again.skipped) == 4
+
+
+def test_import_single_file_and_unknown_file(built, tmp_path):
+    src, manifest = built
+    store = ModelStore(tmp_path / "store", manifest)
+    rep = store.import_path(src / "realesr-general-x4v3.pth")
+    assert rep.imported == [("realesr-general-x4v3", "realesr-general-x4v3.pth")]
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"nothing known")
+    rep = store.import_path(junk)
+    assert not rep.imported and rep.rejected
+    assert "not a file of any model" in rep.rejected[0][1]
+
+
+def test_reflection_yolo_slot(tmp_path, monkeypatch):
+    store = ModelStore(tmp_path / "store")
+    assert store.status("reflection-yolo") == "not configured"
+    with pytest.raises(ModelMissing, match="MEND_REFLECTION_YOLO"):
+        store.require("reflection-yolo")
+    w = tmp_path / "best.pt"
+    w.write_bytes(b"yolo weights")
+    monkeypatch.setenv("MEND_REFLECTION_YOLO", str(w))
+    assert store.status("reflection-yolo") == "unpinned"
+    assert store.slot_path("reflection-yolo") == w
+    monkeypatch.delenv("MEND_REFLECTION_YOLO")
+    rep = store.import_path(w, "reflection-yolo")
+    assert rep.imported == [("reflection-yolo", "best.pt")]
+    assert store.slot_path("reflection-yolo") == store.root / "reflection-yolo" / "best.pt"
+    assert store.status("reflection-yolo") == "unpinned"
+
+
+def test_bundled_and_missing_and_partial(tmp_path, built):
+    _, manifest = built
+    store = ModelStore(tmp_path / "store", manifest)
+    assert store.status("pp-ocr") == "bundled"
+    assert store.status("big-lama") == "missing"
+    d = store.root / "sam-vit-base"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    assert store.status("sam-vit-base") == "partial"
+    with pytest.raises(ModelMissing, match="missing"):
+        store.require("sam-vit-base")
+
+
+def test_models_table_and_doctor(tmp_path, built):
+    src, manifest = built
+    store = ModelStore(tmp_path / "store", manifest)
+    store.import_path(src)
+    rows = {r["id"]: r for r in models_table(store)}
+    assert set(rows) == set(manifest.ids())
+    for r in rows.values():
+        assert set(r) == {"id", "task", "license", "commercial_use", "status", "files"}
+        for f in r["files"]:
+            assert set(f) == {"name", "size", "sha256", "pinned"}
+    assert rows["realesr-general-x4v3"]["status"] == "verified"
+    cfg = next(f for f in rows["sam-vit-base"]["files"] if f["name"] == "config.json")
+    assert cfg["pinned"] is False and len(cfg["sha256"]) == 64  # recorded at import
+    assert rows["codeformer"]["commercial_use"] is False
+    doc = doctor_models(store)
+    assert doc["models"]["realesr-general-x4v3"] == "verified"
+    assert doc["profiles"]["builtin"]["ready"] is True
+    assert doc["profiles"]["laptop"]["ready"] is False
+    assert "big-lama" in doc["profiles"]["laptop"]["missing"]
+    assert doc["offline"] is False
+    import json
+
+    json.dumps(doc)
