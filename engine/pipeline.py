@@ -108,10 +108,13 @@ class Engine:
             label = plan.label
         else:
             label = request.label or diagnosis.label
-            profile, notes = self.resolve_profile(request.profile)
-            warnings += notes
             from .restore.profiles import build_plan
 
+            if label is Degradation.D:  # nothing to fix: no models, no profile to resolve
+                profile = request.profile if request.profile != "auto" else "builtin"
+            else:
+                profile, notes = self.resolve_profile(request.profile)
+                warnings += notes
             plan = build_plan(label, profile, diagnosis)
         if label is not diagnosis.label:
             diagnosis = diagnosis.with_label(label)

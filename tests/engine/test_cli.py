@@ -178,3 +178,49 @@ def test_offline_pull_fails_clearly_without_network():
     assert r.returncode == 1 and "Traceback" not in r.stderr
     (o,) = lines(r.stdout)
     assert "offline" in o["error"].lower()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc to spot the export")
+def test_kill_9_during_export_leaves_no_partial_file(tmp_path):
+    """A real `mend restore` is killed with SIGKILL while it holds a file open in the output
+    folder (i.e. during export): nothing partial may be left and the original is untouched."""
+    import signal
+    import time
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 256, (2400, 3200, 3), dtype=np.uint8)).save(
+        src, compress_level=1)
+    before = sha(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    killed_during_export = 0
+    for attempt in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "restore", str(src), "-o",
+                                 str(out), "--plan", "D", "--format", "png", "--json"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                targets = [os.readlink(f"/proc/{proc.pid}/fd/{fd}")
+                           for fd in os.listdir(f"/proc/{proc.pid}/fd")]
+            except OSError:
+                targets = []
+            if any(t.startswith(str(out)) for t in targets):
+                time.sleep(0.05 * attempt)  # a little later into the write each time
+                proc.send_signal(signal.SIGKILL)
+                killed_during_export += 1
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        proc.stderr.close()
+        for f in out.iterdir():  # only complete, valid images may exist
+            assert not f.name.startswith(".") and not f.name.endswith(".part"), f
+            with Image.open(f) as im:
+                im.load()
+                assert im.size == (3200, 2400)
+    assert killed_during_export >= 1, "never caught the process during export"
+    assert sha(src) == before
