@@ -43,3 +43,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf out build dist .pytest_cache
+
+# The frozen app for this machine (dist/Mend): installer/build_dist.py builds, measures, smoke-tests.
+dist: $(STAMP)
+	$(PY) installer/build_dist.py

@@ -408,15 +408,18 @@ def make_plan(args: argparse.Namespace, hw: Hardware | None = None) -> Plan:
     steps: list[Step] = []
     if args.download_wheels:
         dest = str(Path(args.download_wheels).resolve())
-        target_os = args.target_os or {"Windows": "windows", "Darwin": "macos"}.get(system, "linux")
+        target_os = {"windows-cuda": "windows", "linux-cuda": "linux",
+                     "macos-arm64": "macos"}.get(name) or args.target_os or {
+            "Windows": "windows", "Darwin": "macos"}.get(system, "linux")
         cmd = [python, "-m", "pip", "download", "--disable-pip-version-check", "-r",
                str(lock_path), "-d", dest, "--only-binary=:all:", "--implementation", "cp",
                "--python-version", f"{version[0]}.{version[1]}"]
         for plat in _wheel_platforms(name, target_os):
             cmd += ["--platform", plat]
         steps.append(Step(f"download every wheel of {lock_path.name} into {dest}", cmd))
-        if target_os == "windows" and system != "Windows":
+        if target_os == "windows" and system != "Windows" and name != "windows-cuda":
             # pip evaluates markers for this machine, not the target: add what Windows needs
+            # (the windows-cuda lock pins it without a marker)
             steps.append(Step("download the Windows-only dependencies",
                               cmd[:5] + ["colorama==0.4.6"] + cmd[7:]))
         return Plan(hw, name, str(lock_path), reasons, str(prefix), str(env_dir), str(app_dir),
