@@ -195,6 +195,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create the output folder {out_dir}: {e.strerror or e}") from None
+    from .imageio import sweep_partials
+
+    sweep_partials(out_dir)  # temp files a crashed earlier run may have left
     photos, failed = _expand(args.paths)
     for path, msg in failed:
         _error_line(path, msg, args.json)
