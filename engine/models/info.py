@@ -44,8 +44,11 @@ def doctor_models(store: ModelStore | None = None) -> dict[str, Any]:
         profiles[p] = {"ready": not missing, "missing": missing,
                        "download_bytes": sum(store.missing_bytes(i) for i in missing)}
     usage = store.disk_usage()
+    probe = store.root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        free = shutil.disk_usage(store.root if store.root.exists() else store.root.parent).free
+        free = shutil.disk_usage(probe).free
     except OSError:
         free = None
     return {

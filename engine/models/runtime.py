@@ -60,6 +60,15 @@ class ModelRuntime:
             raise UsageError(str(e)) from None
         return folder / f.name
 
+    def estimate_bytes(self, model_id: str) -> int:
+        """The manifest's memory estimate (weights + working memory) in bytes: a ``size_bytes``
+        for ``cached()`` when a transformers/diffusers model is built by another area."""
+        return int(self.store.spec(model_id).memory_mb) << 20
+
+    def fits(self, model_id: str) -> bool:
+        """Whether the model's memory estimate fits the device budget at all."""
+        return self.estimate_bytes(model_id) <= self.budget
+
     # ------------------------------------------------------------------ cache
     @property
     def cached_bytes(self) -> int:

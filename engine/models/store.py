@@ -53,7 +53,7 @@ class ModelFileCorrupt(ChecksumMismatch):
         self.args = (
             (f"model '{model_id}' is damaged: {name} changed since it was verified "
             f"(sha256 expected {expected[:12]}…, got {actual[:12]}…). "
-            f"Repair it with: mend models verify {model_id} --repair"),
+            f"Repair it with: mend models pull {model_id} (or import a good copy)"),
         )
 
 
@@ -172,6 +172,16 @@ class ModelStore:
                                     "verified_at": time.time()}
             _atomic_write_json(self._state_path(model_id), state)
 
+    def _try_record(self, model_id: str, name: str, sha: str, pinned: bool,
+                    state: dict[str, Any]) -> None:
+        """Record during a status check; a read-only store still answers (it just re-hashes
+        next time)."""
+        try:
+            self._record(model_id, name, sha, pinned)
+            state["files"][name] = self._read_state(model_id)["files"].get(name)
+        except OSError:
+            pass
+
     def _forget(self, model_id: str, names: list[str] | None = None) -> None:
         with self._lock:
             p = self._state_path(model_id)
@@ -230,12 +240,11 @@ class ModelStore:
             return FileStatus(f.name, good, st.st_size, f.size, expected, f.pinned)
         actual = sha256_file(path)
         if expected is None:  # unpinned and never seen: record it now
-            self._record(model_id, f.name, actual, False)
-            state["files"][f.name] = self._read_state(model_id)["files"][f.name]
+            self._try_record(model_id, f.name, actual, False, state)
             return FileStatus(f.name, UNPINNED, st.st_size, f.size, actual, False)
         if actual != expected:
             return FileStatus(f.name, CORRUPT, st.st_size, f.size, expected, f.pinned)
-        self._record(model_id, f.name, actual, f.pinned)
+        self._try_record(model_id, f.name, actual, f.pinned, state)
         return FileStatus(f.name, good, st.st_size, f.size, expected, f.pinned)
 
     def file_statuses(self, model_id: str, deep: bool = False) -> list[FileStatus]:
@@ -264,7 +273,7 @@ class ModelStore:
         """missing / partial / verified / unpinned / corrupt / bundled / not configured."""
         spec = self.spec(model_id)
         if spec.bundled:
-            return BUNDLED
+            return BUNDLED if _package_present(spec) else MISSING
         if spec.slot:
             return UNPINNED if self.slot_path(model_id) is not None else NOT_CONFIGURED
         return self._combine([fs.status for fs in self.file_statuses(model_id)])
@@ -287,6 +296,9 @@ class ModelStore:
         ModelFileCorrupt (a ChecksumMismatch) so the caller can offer a repair."""
         spec = self.spec(model_id)
         if spec.bundled:
+            if not _package_present(spec):
+                raise ModelMissing(model_id, f"it ships with the Python package "
+                                             f"'{spec.extra.get('package')}', which is not installed")
             return self.root / model_id
         if spec.slot:
             p = self.slot_path(model_id)
@@ -572,6 +584,15 @@ class ModelStore:
             rep.rejected.append((str(src), str(e)))
             return
         rep.imported.append((model_id, name))
+
+
+def _package_present(spec: ModelSpec) -> bool:
+    pkg = spec.extra.get("package")
+    if not pkg:
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec(pkg) is not None
 
 
 def _tree_size(d: Path) -> int:

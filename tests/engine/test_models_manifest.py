@@ -93,6 +93,14 @@ def test_profiles(manifest):
                              "big-lama", "nafnet-sidd-w64", "codeformer", "yunet-2023mar"}
 
 
+def test_profiles_agree_with_the_restore_chains(manifest):
+    from engine.restore.profiles import profile_models
+
+    for p in ("builtin", "laptop", "quality"):
+        ours = {m.id for m in manifest.for_profile(p) if not m.bundled}
+        assert ours == set(profile_models(p)) - {"pp-ocr"}, p
+
+
 def test_loaders_and_layouts(manifest):
     assert manifest.get("big-lama").files[0].name.endswith(".pt")  # spandrel jit-loads .pt only
     assert manifest.get("pp-ocr").loader == "bundled"

@@ -84,8 +84,15 @@ def test_corrupted_after_verify_is_caught_at_load(tmp_path):
     rt = make_runtime(store)
     with pytest.raises(ModelFileCorrupt) as ei:
         rt.load_image_model("realesr-general-x4v3")
-    assert "mend models verify realesr-general-x4v3 --repair" in str(ei.value)
+    assert "mend models pull realesr-general-x4v3" in str(ei.value)
     assert store.status("realesr-general-x4v3") == "corrupt"
+    # a touched but unchanged file passes (re-hashed once, then cheap again)
+    import os
+
+    store.verify("realesr-general-x4v3", repair=False)
+    f.write_bytes(src.read_bytes())
+    os.utime(f, ns=(1, 1))
+    assert rt.path("realesr-general-x4v3") == store.root / "realesr-general-x4v3"
 
 
 def test_lru_evicts_least_recently_used_within_budget(tmp_path):

@@ -200,3 +200,17 @@ def test_not_a_zip_is_refused(source, tmp_path):
     junk = tmp_path / "junk.zip"
     junk.write_bytes(b"PK\x03\x04 not really")
     _refused(junk, _target(source, tmp_path / "e"))
+
+
+def test_pack_import_offline_opens_no_socket(source, pack, tmp_path, monkeypatch):
+    import socket
+
+    def boom(*a, **k):
+        raise AssertionError("a socket was opened")
+
+    monkeypatch.setenv("MEND_OFFLINE", "1")
+    monkeypatch.setattr(socket, "socket", boom)
+    monkeypatch.setattr(socket, "create_connection", boom)
+    dest = _target(source, tmp_path / "offline")
+    assert len(import_pack(pack, dest).imported) == 3
+    assert dest.status("realesr-general-x4v3") == "verified"

@@ -203,3 +203,14 @@ def test_pull_profile_fetches_every_model_with_one_progress(server, tmp_path, mo
     assert len(server.requests) == n
     monkeypatch.setenv("MEND_OFFLINE", "1")
     assert pull_profile("laptop", store) == out  # all installed: fine offline too
+
+
+def test_pull_repairs_a_file_damaged_after_verification(server, tmp_path):
+    data = _blob(30_000, 10)
+    store = served_store(tmp_path / "s", server, MID, {NAME: data})
+    store.pull(MID)
+    f = store.file_path(MID, NAME)
+    f.write_bytes(data[:-1] + b"?")  # same size, new content
+    assert store.status(MID) == "corrupt"
+    assert store.pull(MID) == "verified"
+    assert f.read_bytes() == data
