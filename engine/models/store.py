@@ -13,6 +13,7 @@ was last verified.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -199,7 +200,7 @@ class ModelStore:
             return []
         return sorted(str(p.relative_to(d).as_posix()) for p in d.rglob("*")
                       if p.is_file() and not p.name.startswith(".")
-                      and not p.name.endswith(PART_SUFFIX))
+                      and not p.name.endswith((PART_SUFFIX, ".lock")))
 
     def slot_path(self, model_id: str) -> Path | None:
         """The user-supplied weights of a slot model (env var first, then the store folder)."""
@@ -383,11 +384,16 @@ class ModelStore:
                 progress(dl.DownloadProgress(model_id, f.name, done, ftotal or f.size,
                                              base + done, total, speed, index, count))
 
-        actual = dl.fetch(f.url or "", part, allowed_hosts=self.manifest.hosts,
-                          allow_http_hosts=self.allow_http_hosts,
-                          expected_size=f.size if f.size_exact else None, on_bytes=on_bytes,
-                          check_cancel=check, retries=self.retries, backoff=self.backoff,
-                          timeout=self.timeout)
+        with _part_lock(part):
+            actual = dl.fetch(f.url or "", part, allowed_hosts=self.manifest.hosts,
+                              allow_http_hosts=self.allow_http_hosts,
+                              expected_size=f.size if f.size_exact else None,
+                              on_bytes=on_bytes, check_cancel=check, retries=self.retries,
+                              backoff=self.backoff, timeout=self.timeout)
+            self._finish_download(model_id, f, part, dest, actual)
+
+    def _finish_download(self, model_id: str, f: ModelFile, part: Path, dest: Path,
+                         actual: str) -> None:
         if f.sha256 and actual != f.sha256:
             part.unlink(missing_ok=True)
             raise ChecksumMismatch(f"{model_id}/{f.name}", f.sha256, actual)
@@ -584,6 +590,31 @@ class ModelStore:
             rep.rejected.append((str(src), str(e)))
             return
         rep.imported.append((model_id, name))
+
+
+@contextlib.contextmanager
+def _part_lock(part: Path):
+    """One writer per ``.part`` file across processes (the app and ``mend models pull``)."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    lock = part.with_name(part.name + ".lock")
+    fh = open(lock, "a+b")  # noqa: SIM115 - held for the whole download
+    try:
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DownloadError(f"{part.name[:-len(PART_SUFFIX)]} is being downloaded by another "
+                                "Mend process; wait for it to finish") from None
+        yield
+    finally:
+        fh.close()
+        lock.unlink(missing_ok=True)
 
 
 def _package_present(spec: ModelSpec) -> bool:

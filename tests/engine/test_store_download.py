@@ -214,3 +214,15 @@ def test_pull_repairs_a_file_damaged_after_verification(server, tmp_path):
     assert store.status(MID) == "corrupt"
     assert store.pull(MID) == "verified"
     assert f.read_bytes() == data
+
+
+def test_two_writers_never_share_a_part_file(server, tmp_path):
+    from engine.models.store import _part_lock
+
+    store = served_store(tmp_path / "s", server, MID, {NAME: _blob(5_000, 11)})
+    part = store.file_path(MID, NAME).with_name(NAME + ".part")
+    with _part_lock(part), pytest.raises(DownloadError, match="another Mend process"):
+        store.pull(MID)
+    assert server.requests == []
+    assert store.pull(MID) == "verified"
+    assert not list((store.root / MID).glob("*.lock"))
