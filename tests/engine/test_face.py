@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from engine.devices import select_device
+from engine.errors import ModelMissing
+from engine.models.store import ModelStore
+from engine.progress import Progress
+from engine.restore.face import (
+    FFHQ_TEMPLATE_512,
+    Face,
+    detect_faces,
+    face_matrix,
+    landmark_matrix,
+    order_landmarks,
+    paste_region,
+    restore_faces,
+)
+from engine.restore.registry import StepContext, get_step
+from tests.model_helpers import install_test_model, make_runtime
+
+torch.set_num_threads(1)
+
+# Faces a person counts in the real test photos (whole images, not crops).
+WHOLE = {
+    "faces/CodeFormer__inputs__whole_imgs__01.jpg": 4,
+    "faces/CodeFormer__inputs__whole_imgs__03.jpg": 1,
+    "faces/CodeFormer__inputs__whole_imgs__06.png": 2,
+    "faces/GFPGAN__inputs__whole_imgs__00.jpg": 2,
+}
+
+
+def _read(path):
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None, path
+    return img[..., ::-1].astype(np.float32) / 255.0
+
+
+def _ctx(runtime):
+    return StepContext(device=select_device("cpu"), progress=Progress(), runtime=runtime)
+
+
+@pytest.mark.parametrize("rel,count", sorted(WHOLE.items()))
+def test_haar_fallback_finds_the_faces_in_real_photos(shared_images, rel, count):
+    img = _read(shared_images / rel)
+    faces, detector = detect_faces(img, None)
+    assert detector == "builtin:haar"
+    assert len(faces) == count
+    for f in faces:
+        x0, y0, x1, y1 = f.box
+        assert 0 <= x0 < x1 <= img.shape[1] and 0 <= y0 < y1 <= img.shape[0]
+        assert f.size >= 48
+
+
+def test_landmarks_are_put_in_template_order_even_when_tilted():
+    t = FFHQ_TEMPLATE_512.copy()
+    th = math.radians(35)
+    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], np.float32)
+    tilted = (t - 256) @ rot.T + 300
+    yunet_like = tilted[[1, 0, 2, 4, 3]]  # right/left swapped as some detectors report
+    np.testing.assert_allclose(order_landmarks(yunet_like), tilted, atol=1e-4)
+    m = landmark_matrix(tilted)
+    mapped = np.c_[tilted, np.ones(5)] @ m.T
+    np.testing.assert_allclose(mapped, t, atol=0.5)
+    assert math.degrees(math.atan2(m[1, 0], m[0, 0])) == pytest.approx(-35, abs=0.5)
+
+
+def test_box_alignment_puts_the_eyes_near_the_template(shared_images):
+    img = _read(shared_images / "faces/CodeFormer__inputs__cropped_faces__0345.png")
+    # the CodeFormer inputs are already FFHQ-aligned 512 crops: a Haar box maps back close
+    faces, _ = detect_faces(img, None)
+    m = face_matrix(faces[0])
+    eyes = np.c_[FFHQ_TEMPLATE_512[:2], np.ones(2)] @ m.T
+    assert np.abs(eyes - FFHQ_TEMPLATE_512[:2]).max() < 40
+
+
+def test_paste_back_leaves_everything_outside_the_faces_identical(shared_images):
+    img = _read(shared_images / "faces/CodeFormer__inputs__whole_imgs__01.jpg")
+    faces, _ = detect_faces(img, None)
+    assert faces
+    out = restore_faces(img, faces, lambda crop: 1.0 - crop)  # a stand-in "restorer"
+    touched = np.zeros(img.shape[:2], bool)
+    for f in faces:
+        x0, y0, x1, y1 = paste_region(face_matrix(f), img.shape[:2])
+        touched[y0:y1, x0:x1] = True
+        # the paste region is the aligned crop: about 2x the face box on each side at most
+        bx0, by0, bx1, by1 = f.box
+        s = max(bx1 - bx0, by1 - by0)
+        assert x0 >= bx0 - 1.2 * s - 2 and x1 <= bx1 + 1.2 * s + 2
+        # the face itself was replaced
+        cx, cy = int((bx0 + bx1) / 2), int((by0 + by1) / 2)
+        assert np.abs(out[cy, cx] - img[cy, cx]).max() > 0.05
+    assert touched.mean() < 1.0
+    np.testing.assert_array_equal(out[~touched], img[~touched])
+
+
+def test_face_step_without_faces_loads_no_model(tmp_path):
+    rt = make_runtime(ModelStore(tmp_path / "store"))  # no CodeFormer installed
+    img = np.full((120, 160, 3), 0.5, np.float32)
+    ctx = _ctx(rt)
+    out = get_step("face_codeformer").fn(img, {}, ctx)
+    assert out.image is img and out.model == "builtin:haar"
+    assert ctx.artifacts["face_boxes"] == []
+
+
+def test_face_step_with_a_face_needs_codeformer(shared_images, tmp_path):
+    rt = make_runtime(ModelStore(tmp_path / "store"))
+    img = _read(shared_images / "faces/CodeFormer__inputs__whole_imgs__03.jpg")
+    ctx = _ctx(rt)
+    with pytest.raises(ModelMissing):
+        get_step("face_codeformer").fn(img, {}, ctx)
+    assert len(ctx.artifacts["face_boxes"]) == 1
+
+
+def test_tiny_faces_are_skipped():
+    f = Face((10, 10, 40, 40), 5.0, None)
+    assert f.size < 48
+
+
+@pytest.mark.slow
+def test_codeformer_real_architecture_through_the_store(shared_images, tmp_path):
+    """CodeFormer's encoder/decoder cannot be made small (fixed 512 input); one face takes
+    ~25 s on one loaded CPU core, so this runs with MEND_SLOW=1."""
+    from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
+
+    torch.manual_seed(0)
+    net = CodeFormer(dim_embd=32, n_head=2, n_layers=1, codebook_size=16, latent_size=256,
+                     connect_list=["32", "64", "128", "256"])
+    src = tmp_path / "codeformer.pth"
+    torch.save({"params_ema": net.state_dict()}, src)
+    rt = make_runtime(install_test_model(tmp_path / "store", "codeformer",
+                                         {"codeformer.pth": src}))
+    img = _read(shared_images / "faces/CodeFormer__inputs__whole_imgs__03.jpg")
+    ctx = _ctx(rt)
+    out = get_step("face_codeformer").fn(img, {"fidelity": 0.5}, ctx)
+    assert out.model == "codeformer"
+    assert out.image.shape == img.shape and np.isfinite(out.image).all()
+    faces, _ = detect_faces(img, None)
+    x0, y0, x1, y1 = paste_region(face_matrix(faces[0]), img.shape[:2])
+    outside = np.ones(img.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    np.testing.assert_array_equal(out.image[outside], img[outside])

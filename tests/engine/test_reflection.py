@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import importlib.util
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from engine.api import Degradation, Diagnosis
+from engine.devices import select_device
+from engine.errors import EngineError
+from engine.models.store import ModelStore
+from engine.progress import Progress
+from engine.restore.reflection import (
+    PASTE_DILATE,
+    detect_glare,
+    dilate_mask,
+    inpaint_regions,
+    mask_regions,
+    paste_alpha,
+    sam_mask_from_points,
+)
+from engine.restore.registry import StepContext, get_step
+from tests.model_helpers import install_test_model, make_runtime
+
+torch.set_num_threads(1)
+
+
+def _ctx(runtime=None, mask=None, progress=None, tile=64):
+    diag = Diagnosis(Degradation.B, {"A": 0, "B": 1.0, "C": 0, "D": 0})
+    return StepContext(device=select_device("cpu"), progress=progress or Progress(),
+                       runtime=runtime, diagnosis=diag, mask=mask, tile_size=tile)
+
+
+def _textured(h=120, w=160, seed=0):
+    """A mid-tone, coloured, textured scene (no highlights)."""
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 3)
+    base = (base - base.min()) / (base.max() - base.min())
+    img = 0.15 + 0.45 * base
+    img[..., 0] *= 0.9
+    return img.astype(np.float32)
+
+
+def _with_glare(img, cy, cx, r):
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (r / 2) ** 2))).astype(np.float32)
+    return np.clip(img + 1.2 * blob[..., None], 0, 1).astype(np.float32), blob > 0.5
+
+
+def test_builtin_glare_detector_finds_a_synthetic_highlight():
+    img, truth = _with_glare(_textured(), 50, 100, 14)
+    mask = detect_glare(img)
+    assert mask.dtype == np.uint8 and mask.shape == img.shape[:2]
+    found = mask > 0
+    assert found[truth].mean() > 0.9  # the highlight core is covered
+    assert found.mean() < 0.1  # and not much else
+    ys, xs = np.nonzero(found)
+    assert abs(ys.mean() - 50) < 6 and abs(xs.mean() - 100) < 6
+    assert not detect_glare(_textured(seed=3)).any()
+
+
+def test_reflection_mask_step_builtin_and_user_mask():
+    img, _ = _with_glare(_textured(), 60, 60, 12)
+    ctx = _ctx()
+    out = get_step("reflection_mask").fn(img, {"detector": "builtin"}, ctx)
+    assert out.image is img and out.model == "builtin:glare"
+    assert ctx.mask is not None and ctx.mask.any()
+    assert ctx.artifacts["mask"] is ctx.mask
+    user = np.zeros(img.shape[:2], np.uint8)
+    user[5:10, 5:10] = 255
+    ctx = _ctx(mask=user)
+    out = get_step("reflection_mask").fn(img, {"detector": "builtin"}, ctx)
+    assert out.model == "user:mask"
+    np.testing.assert_array_equal(ctx.mask, user)  # never replaced
+
+
+def test_regions_and_paste_alpha():
+    m = np.zeros((100, 100), np.uint8)
+    m[10:20, 10:20] = 255
+    m[15:25, 22:30] = 255  # overlaps the first crop: merged
+    m[80:90, 80:90] = 255
+    rects = mask_regions(m, context=1.0, min_context=8)
+    assert len(rects) == 2
+    a = paste_alpha(m)
+    assert (a[m > 0] == 1).all()
+    assert (a[dilate_mask(m, PASTE_DILATE) == 0] == 0).all()
+    assert ((a > 0) & (a < 1)).any()  # feathered band
+
+
+def _two_hole_mask(shape):
+    """Two reflections far enough apart to be inpainted as separate crops (width >= 200)."""
+    m = np.zeros(shape, np.uint8)
+    cv2.circle(m, (30, 40), 9, 255, -1)
+    cv2.rectangle(m, (165, 50), (180, 70), 255, -1)
+    return m
+
+
+def test_inpaint_builtin_changes_only_the_dilated_mask():
+    img = _textured(100, 210)
+    mask = _two_hole_mask(img.shape[:2])
+    hole = img.copy()
+    hole[mask > 0] = 1.0  # a burnt-out reflection to remove
+    ctx = _ctx(mask=mask)
+    out = get_step("inpaint_builtin").fn(hole, {}, ctx).image
+    outside = dilate_mask(mask, PASTE_DILATE) == 0
+    np.testing.assert_array_equal(out[outside], hole[outside])
+    assert np.abs(out[mask > 0] - img[mask > 0]).mean() < 0.25  # filled from the surroundings
+    assert out[mask > 0].mean() < 0.8
+
+
+def test_inpaint_steps_skip_an_empty_mask():
+    img = _textured()
+    for name in ("inpaint_builtin", "inpaint_lama"):
+        out = get_step(name).fn(img, {}, _ctx(mask=np.zeros(img.shape[:2], np.uint8)))
+        assert out.image is img and out.notes.startswith("skipped")
+
+
+def test_inpaint_regions_crops_and_pads():
+    img = _textured(90, 210)
+    mask = _two_hole_mask(img.shape[:2])
+    seen = []
+
+    def fake(crop, m):
+        seen.append((crop.shape, m.shape))
+        assert crop.shape[0] % 8 == 0 and crop.shape[1] % 8 == 0
+        return np.zeros_like(crop)
+
+    out = inpaint_regions(img, mask, fake)
+    assert len(seen) == 2  # one crop per region, not the whole photo
+    assert all(s[0][0] * s[0][1] < img.shape[0] * img.shape[1] for s in seen)
+    assert (out[mask > 0] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def lama_runtime(tmp_path_factory):
+    """big-lama at its real architecture (random weights, fp16 on disk to halve the file),
+    installed under the real id and loaded through store + runtime + spandrel."""
+    from spandrel.architectures.LaMa import LaMa
+
+    d = tmp_path_factory.mktemp("lama")
+    with torch.device("meta"):  # shapes only: random init of 51 M parameters is slow here
+        shapes = {k: (v.shape, v.dtype) for k, v in LaMa(in_nc=4, out_nc=3).state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, (shape, dtype) in shapes.items():
+        if not dtype.is_floating_point:
+            sd[k] = torch.zeros(shape, dtype=dtype)
+        elif k.endswith("running_var"):
+            sd[k] = torch.ones(shape, dtype=torch.float16)
+        else:
+            sd[k] = (torch.randn(shape, generator=g) * 0.02).half()
+    src = d / "big-lama.pt"
+    torch.save(sd, src)
+    del sd
+    return make_runtime(install_test_model(d / "store", "big-lama", {"big-lama.pt": src}))
+
+
+def test_inpaint_lama_only_changes_pixels_inside_the_dilated_mask(lama_runtime):
+    img = _textured(96, 210)
+    mask = _two_hole_mask(img.shape[:2])
+    ctx = _ctx(lama_runtime, mask=mask)
+    out = get_step("inpaint_lama").fn(img, {}, ctx)
+    assert out.model == "big-lama" and "2 region(s)" in out.notes
+    res = out.image
+    assert res.shape == img.shape and np.isfinite(res).all()
+    outside = dilate_mask(mask, PASTE_DILATE) == 0
+    np.testing.assert_array_equal(res[outside], img[outside])
+    assert np.abs(res[mask > 0] - img[mask > 0]).max() > 1e-3  # the holes were repainted
+
+
+def _tiny_nafnet(path):
+    from spandrel.architectures.NAFNet import NAFNet
+
+    torch.manual_seed(1)
+    net = NAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
+    torch.save({"params": net.state_dict()}, path)
+
+
+def test_dereflect_nafnet_runs_tiled_with_strength(tmp_path):
+    src = tmp_path / "NAFNet-SIDD-width64.pth"
+    _tiny_nafnet(src)
+    rt = make_runtime(install_test_model(tmp_path / "store", "nafnet-sidd-w64",
+                                         {"NAFNet-SIDD-width64.pth": src}))
+    img = _textured(70, 90)
+    full = get_step("dereflect_nafnet").fn(img, {"strength": 1.0}, _ctx(rt)).image
+    half = get_step("dereflect_nafnet").fn(img, {"strength": 0.5}, _ctx(rt)).image
+    assert full.shape == img.shape and np.isfinite(full).all()
+    np.testing.assert_allclose(half, img + 0.5 * (full - img), atol=1e-5)
+
+
+def _tiny_sam(folder):
+    from transformers import SamConfig, SamImageProcessor, SamModel
+    from transformers.models.sam.configuration_sam import (
+        SamMaskDecoderConfig,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    s = 64
+    vc = SamVisionConfig(hidden_size=16, output_channels=16, num_hidden_layers=1,
+                         num_attention_heads=2, image_size=s, patch_size=16, window_size=2,
+                         global_attn_indexes=[0], num_pos_feats=8, mlp_dim=32)
+    pc = SamPromptEncoderConfig(hidden_size=16, image_size=s, patch_size=16, mask_input_channels=4)
+    mc = SamMaskDecoderConfig(hidden_size=16, mlp_dim=32, num_hidden_layers=1,
+                              num_attention_heads=2, iou_head_hidden_dim=16)
+    torch.manual_seed(0)
+    model = SamModel(SamConfig(vision_config=vc.to_dict(), prompt_encoder_config=pc.to_dict(),
+                               mask_decoder_config=mc.to_dict()))
+    model.save_pretrained(folder)
+    SamImageProcessor(size={"longest_edge": s}, pad_size={"height": s, "width": s},
+                      mask_size={"longest_edge": s // 4},
+                      mask_pad_size={"height": s // 4, "width": s // 4}).save_pretrained(folder)
+    return {n: folder / n for n in ("config.json", "preprocessor_config.json", "model.safetensors")}
+
+
+def test_sam_click_select_and_box_refinement_through_the_store(tmp_path):
+    files = _tiny_sam(tmp_path / "sam")
+    rt = make_runtime(install_test_model(tmp_path / "store", "sam-vit-base", files))
+    img, _ = _with_glare(_textured(90, 120), 40, 60, 12)
+    m = sam_mask_from_points(img, [(60, 40), (10, 10)], [1, 0], rt)
+    assert m.shape == img.shape[:2] and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 255}
+    ctx = _ctx(rt)
+    out = get_step("reflection_mask").fn(img, {"detector": "auto"}, ctx)  # SAM installed
+    assert out.model == "builtin:glare+sam-vit-base"
+    assert ctx.mask.shape == img.shape[:2]
+    glare = detect_glare(img)
+    ys, xs = np.nonzero(glare)
+    box = np.zeros_like(glare, bool)
+    box[ys.min() - 4:ys.max() + 5, xs.min() - 4:xs.max() + 5] = True
+    assert not ctx.mask[~box].any()  # SAM's masks are clipped to the proposal boxes
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ultralytics") is not None,
+                    reason="ultralytics is installed: the missing-package message cannot show")
+def test_yolo_slot_without_ultralytics_explains(tmp_path, monkeypatch):
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"not really weights")
+    monkeypatch.setenv("MEND_REFLECTION_YOLO", str(weights))
+    rt = make_runtime(ModelStore(tmp_path / "store"))
+    assert rt.is_available("reflection-yolo")
+    img = _textured()
+    with pytest.raises(EngineError, match="ultralytics"):
+        get_step("reflection_mask").fn(img, {"detector": "yolo"}, _ctx(rt))
+    # auto falls back to the built-in detector
+    out = get_step("reflection_mask").fn(img, {"detector": "auto"}, _ctx(rt))
+    assert out.model == "builtin:glare"
