@@ -32,6 +32,8 @@ LOCKS = ("linux-cuda", "windows-cuda", "macos-arm64", "cpu")
 TESTED_PYTHON = (3, 11)
 # CUDA 13.0 (the build every CUDA lock uses) needs at least these NVIDIA drivers.
 MIN_CUDA_DRIVER = {"Linux": (580, 65), "Windows": (580, 88)}
+# ... and a Turing (GTX 16xx / RTX 20xx) or newer GPU: CUDA 13 dropped Maxwell, Pascal, Volta.
+MIN_COMPUTE_CAPABILITY = (7, 5)
 # What is copied from the source tree into <prefix>/app.
 APP_ITEMS = ("engine", "ui", "resources", "main.py", "pyproject.toml", "README.md", "LICENSE",
              "ARCHITECTURE.md")
@@ -51,6 +53,7 @@ class Gpu:
     name: str
     driver: str
     memory_mb: int | None = None
+    compute_capability: str | None = None  # "8.9"; None where the driver does not say
 
 
 @dataclass
@@ -83,29 +86,32 @@ def _nvidia_smi_candidates() -> list[str]:
 
 
 def parse_nvidia_smi(text: str) -> list[Gpu]:
-    """Lines of ``nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader,
-    nounits``."""
+    """Lines of ``nvidia-smi --query-gpu=name,driver_version,memory.total[,compute_cap]
+    --format=csv,noheader,nounits``."""
     gpus = []
     for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) < 2 or not parts[0] or not re.match(r"^\d+(\.\d+)+$", parts[1]):
             continue
         mem = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
-        gpus.append(Gpu(parts[0], parts[1], mem))
+        cc = parts[3] if len(parts) > 3 and re.fullmatch(r"\d+\.\d+", parts[3]) else None
+        gpus.append(Gpu(parts[0], parts[1], mem, cc))
     return gpus
 
 
 def _nvidia_from_smi() -> tuple[list[Gpu], str] | None:
     for exe in _nvidia_smi_candidates():
-        try:
-            r = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total",
-                                "--format=csv,noheader,nounits"],
-                               capture_output=True, text=True, timeout=15, check=False)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        gpus = parse_nvidia_smi(r.stdout) if r.returncode == 0 else []
-        if gpus:
-            return gpus, exe
+        # compute_cap is known to drivers from 2021 on; older ones reject the whole query
+        for fields in ("name,driver_version,memory.total,compute_cap",
+                       "name,driver_version,memory.total"):
+            try:
+                r = subprocess.run([exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                                   capture_output=True, text=True, timeout=15, check=False)
+            except (OSError, subprocess.SubprocessError):
+                break
+            gpus = parse_nvidia_smi(r.stdout) if r.returncode == 0 else []
+            if gpus:
+                return gpus, exe
     return None
 
 
@@ -207,6 +213,12 @@ def choose_lock(hw: Hardware) -> tuple[str, list[str]]:
             return "cpu", [(f"NVIDIA driver {hw.driver} is older than CUDA 13.0 needs "
                             f"({need[0]}.{need[1]} or newer): using the CPU build. Update the "
                             "driver and run the installer again to use the GPU")]
+        old = [g for g in hw.gpus if g.compute_capability
+               and _version_tuple(g.compute_capability) < MIN_COMPUTE_CAPABILITY]
+        if old and len(old) == len(hw.gpus):
+            return "cpu", [(f"{old[0].name} (compute capability {old[0].compute_capability}) is "
+                            "older than the Turing generation that CUDA 13.0 builds of PyTorch "
+                            "support: using the CPU build")]
         lock = "linux-cuda" if hw.system == "Linux" else "windows-cuda"
         return lock, [f"NVIDIA GPU ({names}, driver {hw.driver}): PyTorch with CUDA 13.0"]
     return "cpu", [(f"no NVIDIA GPU found on {hw.system} {hw.machine} ({hw.detected_by}): "

@@ -121,6 +121,13 @@ def test_old_nvidia_driver_falls_back_to_cpu(monkeypatch, tmp_path):
     assert "535.104.05 is older" in plan.reasons[0]
 
 
+def test_pre_turing_gpu_falls_back_to_cpu(monkeypatch, tmp_path):
+    gpu = bootstrap.Gpu("NVIDIA GeForce GTX 1060", "580.95.05", 6144, "6.1")
+    _simulate(monkeypatch, "Windows", "AMD64", nvidia=([gpu], "nvidia-smi"))
+    plan = bootstrap.make_plan(_args(tmp_path), bootstrap.detect_hardware())
+    assert plan.lock == "cpu" and "compute capability 6.1" in plan.reasons[0]
+
+
 def test_nvidia_on_arm_linux_uses_cpu_lock(monkeypatch, tmp_path):
     _simulate(monkeypatch, "Linux", "aarch64", nvidia=_gpu("580.95.05"))
     plan = bootstrap.make_plan(_args(tmp_path), bootstrap.detect_hardware())
@@ -180,13 +187,13 @@ def test_download_wheels_plan(monkeypatch, tmp_path):
 
 
 def test_parse_nvidia_smi():
-    text = ("NVIDIA GeForce RTX 3060, 580.95.05, 12288\n"
+    text = ("NVIDIA GeForce RTX 3060, 580.95.05, 12288, 8.6\n"
             "NVIDIA RTX A2000 Laptop GPU, 580.95.05, 4096\n"
             "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n")
     gpus = bootstrap.parse_nvidia_smi(text)
-    assert [(g.name, g.driver, g.memory_mb) for g in gpus] == [
-        ("NVIDIA GeForce RTX 3060", "580.95.05", 12288),
-        ("NVIDIA RTX A2000 Laptop GPU", "580.95.05", 4096)]
+    assert [(g.name, g.driver, g.memory_mb, g.compute_capability) for g in gpus] == [
+        ("NVIDIA GeForce RTX 3060", "580.95.05", 12288, "8.6"),
+        ("NVIDIA RTX A2000 Laptop GPU", "580.95.05", 4096, None)]
     assert bootstrap.parse_nvidia_smi("No devices were found\n") == []
 
 
