@@ -28,9 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.understand import measure as M  # noqa: E402
-from engine.understand import synthetic as S  # noqa: E402
-from engine.understand.analyzer import FEATURES, LogisticModel, feature_vector  # noqa: E402
+from engine.understand import measure as M
+from engine.understand import synthetic as S
+from engine.understand.analyzer import FEATURES, LogisticModel, feature_vector
 
 CLASSES = ("A", "B", "C", "D")
 SEED = 20261122
@@ -93,9 +93,7 @@ def heldout_rows(images: Path) -> list[tuple[Path, str, str]]:
     out = []
     for r in read_manifest(images):
         f = r["file"]
-        if r["category"] == "camera_jpeg_exif" and f.lower().endswith(".jpg"):
-            out.append((images / f, "D", r["repo"]))
-        elif r["category"] == "exif_orientation" and f.endswith(("_1.jpg", "_0.jpg")):
+        if r["category"] == "camera_jpeg_exif" and f.lower().endswith(".jpg") or r["category"] == "exif_orientation" and f.endswith(("_1.jpg", "_0.jpg")):
             out.append((images / f, "D", r["repo"]))
     return sorted(p for p in out if p[0].is_file())
 

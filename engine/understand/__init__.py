@@ -12,7 +12,7 @@ import numpy as np
 from ..api import Diagnosis
 from .base import CLASSIFIERS, get_classifier, register_classifier
 
-__all__ = ["diagnose", "diagnose_many", "get_classifier", "register_classifier", "CLASSIFIERS"]
+__all__ = ["CLASSIFIERS", "diagnose", "diagnose_many", "get_classifier", "register_classifier"]
 
 
 def diagnose(image: np.ndarray, photo: Any | None = None, backend: str = "auto",

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -131,16 +132,6 @@ def flags_from(meas: Mapping[str, Any], scores: Mapping[str, float]) -> tuple[st
     return tuple(flags)
 
 
-def _reflection_area(view: np.ndarray) -> float:
-    """Rough share of the frame under a veil (raised dark channel with low local contrast)."""
-    import cv2
-
-    small = cv2.resize(view, (128, max(1, int(128 * view.shape[0] / view.shape[1]))),
-                       interpolation=cv2.INTER_AREA) if view.shape[1] > 128 else view
-    dark = cv2.erode(small.min(axis=2), np.ones((7, 7), np.uint8))
-    return float((dark > 0.25).mean())
-
-
 def analyze(image: np.ndarray, photo: Any | None = None,
             model: LogisticModel | None = None) -> Diagnosis:
     """Measure, score and explain one photo with the built-in analyzer."""
@@ -150,8 +141,7 @@ def analyze(image: np.ndarray, photo: Any | None = None,
     p = model.proba(x)[0]
     scores = {c: float(p[model.classes.index(c)]) for c in (d.value for d in CLASSES)}
     label = Degradation(max(scores, key=scores.get))
-    view, _ = M.view_of(np.asarray(image[..., :3], dtype=np.float32))
-    meas["reflection_area"] = _reflection_area(view) if scores["B"] >= 0.3 else 0.0
+    meas["reflection_area"] = meas["features"].get("veil_area", 0.0) if scores["B"] >= 0.3 else 0.0
     est = estimates_from(meas)
     flags = flags_from(meas, scores)
     return Diagnosis(label, scores, flags, est, _rationale(label, scores, est, flags), "builtin")

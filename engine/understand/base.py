@@ -1,7 +1,8 @@
 """The one interface every degradation classifier implements, and its registry."""
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 

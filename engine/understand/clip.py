@@ -77,7 +77,7 @@ def load_clip(runtime: Any, model_id: str, prompts: dict[str, list[str]]) -> _Lo
     mb = 0
     try:
         mb = int(runtime.store.spec(model_id).memory_mb or 0)
-    except Exception:
+    except (KeyError, EngineError, AttributeError):
         mb = 0
     return runtime.cached(key, build, (mb << 20) if mb else None)
 

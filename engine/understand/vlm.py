@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,11 +62,16 @@ def parse_letter(text: str) -> Degradation | None:
     if not t:
         return None
     clean = re.sub(r"[*_`#>\"'“”‘’\[\]]", " ", t).strip()
-    m = re.match(r"^(?:(?:the\s+)?(?:final\s+)?(?:answer|result|category|class|type|degradation"
-                 r"(?:\s+type)?)\s*(?:is)?\s*[:\-=]?\s*)?\(?([A-Da-d])\)?(?=$|[\s.,:;)!\-])",
-                 clean, flags=re.IGNORECASE)
+    # a bare leading letter must be upper case ("a photo..." is not an answer)
+    m = re.match(r"^\(?([ABCD])\)?(?=$|[\s.,:;)!\-])", clean)
+    if not m:
+        m = re.match(r"^(?:the\s+)?(?:final\s+)?(?:answer|result|category|class|type|"
+                     r"degradation(?:\s+type)?)\s*(?:is)?\s*[:\-=]?\s*\(?([A-Da-d])\)?"
+                     r"(?=$|[\s.,:;)!\-])", clean, flags=re.IGNORECASE)
+    standalone = set(re.findall(r"(?<![A-Za-z])([ABCD])(?![A-Za-z])", clean))
     if m:
-        return Degradation(m.group(1).upper())
+        letter = m.group(1).upper()
+        return Degradation(letter) if standalone <= {letter} else None
     m = re.search(r"(?:answer|result|category|class)\s*(?:is)?\s*[:\-=]?\s*\(?([A-Da-d])\)?"
                   r"(?=$|[\s.,:;)!])", clean, flags=re.IGNORECASE)
     if m:
@@ -166,6 +172,9 @@ def structured_scores(parsed: Mapping[str, Any]) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- model
 
+MIN_PIXELS = 4 * 28 * 28
+
+
 def max_pixels_for(device: Any) -> int:
     """Image budget (pixels after the processor's resize), bounded by the device memory."""
     budget = int(getattr(device, "memory_budget", 0))
@@ -230,17 +239,13 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
         dtype = runtime.dtype_for(model_id, supports_half=True, supports_bf16=True)
         if device.kind == "cuda" and getattr(device, "supports_bf16", False):
             dtype = torch.bfloat16  # Qwen2.5-VL is trained in bf16: prefer it over fp16
+        size = {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels}
         processor = AutoProcessor.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=False,
-            min_pixels=4 * 28 * 28, max_pixels=max_pixels)
+            str(folder), local_files_only=True, trust_remote_code=False, size=size)
         ip = getattr(processor, "image_processor", None)
-        if ip is not None:  # some versions ignore the kwargs: set the bounds explicitly
-            for attr, val in (("min_pixels", 4 * 28 * 28), ("max_pixels", max_pixels)):
-                if hasattr(ip, attr):
-                    setattr(ip, attr, val)
-            size = getattr(ip, "size", None)
-            if isinstance(size, dict) and "longest_edge" in size:
-                ip.size = {"shortest_edge": 4 * 28 * 28, "longest_edge": max_pixels}
+        got = getattr(ip, "size", None)
+        if ip is not None and getattr(got, "longest_edge", None) != max_pixels:
+            ip.size = size  # an older processor class ignored the kwarg: bound it explicitly
         processor.tokenizer.padding_side = "left"
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False, dtype=dtype)
@@ -250,7 +255,7 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
     spec_mb = 0
     try:
         spec_mb = int(runtime.store.spec(model_id).memory_mb or 0)
-    except Exception:
+    except (KeyError, EngineError, AttributeError):
         spec_mb = 0
     return runtime.cached(key, build, (spec_mb << 20) if spec_mb else None)
 
@@ -341,7 +346,7 @@ class VLMClassifier:
                 continue
             try:
                 need = int(rt.store.spec(mid).memory_mb or 0) << 20
-            except Exception:
+            except (KeyError, EngineError, AttributeError):
                 need = 0
             if mid == MODEL_IDS[0] and need and budget < need and rt.is_available(MODEL_IDS[1]):
                 continue  # the 7B does not fit; the 3B is there

@@ -1,0 +1,101 @@
+"""CLIP zero-shot backend with a tiny random CLIP built offline and installed under the real
+manifest id (loaded through the real store + runtime + transformers path). Mechanics only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from engine.api import CLASSES
+from engine.understand import diagnose
+from engine.understand.clip import ClipClassifier, load_prompts
+from tests.model_helpers import install_test_model, make_runtime
+
+
+def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A tiny CLIPModel + CLIPTokenizer (a small BPE vocabulary written here) + image
+    processor, saved like the release (config.json, model.safetensors, tokenizer files)."""
+    import json
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = sorted(set("abcdefghijklmnopqrstuvwxyz,.-"))
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in letters:
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(cfg).eval()
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                            crop_size={"height": 32, "width": 32}),
+                         tokenizer=tok)
+    model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip_runtime(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("clip")
+    src = build_tiny_clip(root / "src")
+    files = {p.name: p for p in sorted(src.iterdir()) if p.is_file()}
+    return make_runtime(install_test_model(root / "store", "clip-vit-large-patch14", files))
+
+
+def _img(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((48, 64, 3)).astype(np.float32)
+
+
+def test_prompt_ensembles_cover_every_class():
+    p = load_prompts()
+    assert set(p) == {c.value for c in CLASSES}
+    assert all(len(v) >= 3 for v in p.values())
+
+
+def test_clip_zero_shot_scores(clip_runtime):
+    clf = ClipClassifier(runtime=clip_runtime)
+    assert clf.available() and clf.pick_model() == "clip-vit-large-patch14"
+    d = clf.classify(_img(0))
+    assert d.backend == "clip"
+    assert abs(sum(d.scores.values()) - 1) < 1e-6
+    assert d.label.value == max(d.scores, key=d.scores.get)
+    assert "noise_sigma" in d.estimates and d.estimates["clip_model"] == "clip-vit-large-patch14"
+
+
+def test_clip_batch_and_diagnose(clip_runtime):
+    imgs = [_img(1), _img(2)]
+    clf = ClipClassifier(runtime=clip_runtime, with_measurements=False)
+    batch = clf.classify_batch(imgs, [None, None])
+    one = diagnose(imgs[1], backend="clip", runtime=clip_runtime, with_measurements=False)
+    assert len(batch) == 2
+    for k in one.scores:
+        assert abs(batch[1].scores[k] - one.scores[k]) < 1e-4
+    # the model is deterministic and sees the images: different inputs, different scores
+    assert any(abs(batch[0].scores[k] - batch[1].scores[k]) > 1e-7 for k in one.scores)
+
+
+def test_clip_missing(tmp_path):
+    from engine.errors import ModelMissing
+    from engine.models.store import ModelStore
+
+    clf = ClipClassifier(runtime=make_runtime(ModelStore(tmp_path / "empty")))
+    assert not clf.available()
+    with pytest.raises(ModelMissing):
+        clf.classify(_img(3))

@@ -1,0 +1,257 @@
+"""Qwen2.5-VL backend: a tiny random Qwen2.5-VL built offline, installed in a store under the
+real id, loaded through the real store + runtime + transformers path. Random weights give
+random letters, so these tests check the mechanics (prompt, scores, parsing, errors), never
+accuracy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from engine.api import Degradation
+from engine.understand import diagnose, get_classifier
+from engine.understand.vlm import (
+    VLMAnswerError,
+    VLMClassifier,
+    load_prompt,
+    parse_letter,
+    parse_structured,
+    structured_scores,
+)
+from tests.model_helpers import install_test_model, make_runtime
+
+PAPER_PROMPT = (
+    "Analyze this image and determine the type of image degradation it exhibits. Categorize it "
+    "into one of the following degradation types: A. Super-resolution degradation (including "
+    "noise, blur, JPEG compression); B. Reflection artifacts; C. Motion blur; D. No visible "
+    "degradation (high-quality image). Provide a simple result, i.e. A, B, C, or D."
+)
+SEEDS = Path(__file__).resolve().parents[3] / "shared" / "seeds"
+
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+                "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+                "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                "<|image_pad|>", "<|video_pad|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen(folder: Path, rig: tuple[str, str] | None = None, seed: int = 0) -> Path:
+    """A ~200k-parameter Qwen2.5-VL with a byte-level tokenizer and Qwen's special tokens,
+    saved like a release (config, safetensors, tokenizer, processor). ``rig=(x, y)`` wires the
+    output head so that every step emits token x or token y (which one depends on the input):
+    the final norm keeps one hidden unit, whose sign picks x (+) or y (-)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2TokenizerFast,
+    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL])
+    tokenizer = Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token=None)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64),
+        tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [2, 3, 3]},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=64, patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    if rig is not None:
+        with torch.no_grad():
+            norm = model.model.language_model.norm.weight
+            norm.zero_()
+            norm[0] = 1.0
+            head = model.lm_head.weight
+            head.zero_()
+            x, y = (tokenizer.encode(t, add_special_tokens=False)[0] for t in rig)
+            head[x, 0] = 8.0
+            head[y, 0] = -8.0
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.do_sample = False
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _install(tmp: Path, src: Path, model_id: str = "qwen2.5-vl-3b"):
+    files = {p.name: p for p in sorted(src.iterdir()) if p.is_file()}
+    return install_test_model(tmp / "store", model_id, files)
+
+
+@pytest.fixture(scope="module")
+def letter_runtime(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("qwen_letters")
+    src = build_tiny_qwen(root / "src", rig=("B", "C"))
+    return make_runtime(_install(root, src))
+
+
+@pytest.fixture(scope="module")
+def garbage_runtime(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("qwen_garbage")
+    src = build_tiny_qwen(root / "src", rig=("@", "#"))
+    return make_runtime(_install(root, src))
+
+
+def _img(seed: int, h: int = 60, w: int = 80) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = cv_smooth(rng.random((h, w, 3)).astype(np.float32))
+    return base
+
+
+def cv_smooth(a: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(a, (0, 0), 2.0)
+
+
+def test_paper_prompt_is_word_for_word():
+    assert load_prompt("paper_classify") == PAPER_PROMPT
+    seed = sorted(SEEDS.glob("001_*.txt"))
+    if seed:
+        assert PAPER_PROMPT in seed[0].read_text(encoding="utf-8")
+
+
+def test_vlm_paper_mode_scores_and_letter(letter_runtime):
+    clf = VLMClassifier(runtime=letter_runtime, max_new_tokens=1)
+    assert clf.available() and clf.pick_model() == "qwen2.5-vl-3b"
+    d = clf.classify(_img(0))
+    assert d.backend == "vlm"
+    assert abs(sum(d.scores.values()) - 1.0) < 1e-6
+    assert d.label in (Degradation.B, Degradation.C)
+    assert d.label.value == max(d.scores, key=d.scores.get)
+    assert d.scores[d.label.value] > 0.5 and d.runner_up is not None
+    # the analyzer's measurements ride along
+    assert "noise_sigma" in d.estimates and d.estimates["vlm_model"] == "qwen2.5-vl-3b"
+    assert d.estimates["vlm_mode"] == "paper"
+
+
+def test_vlm_batch_matches_single(letter_runtime):
+    clf = VLMClassifier(runtime=letter_runtime, max_new_tokens=1, with_measurements=False)
+    imgs = [_img(1), _img(2, 40, 100)]
+    batch = clf.classify_batch(imgs, [None, None])
+    single = [clf.classify(i) for i in imgs]
+    for a, b in zip(batch, single):
+        assert a.label == b.label
+        for k in a.scores:
+            assert abs(a.scores[k] - b.scores[k]) < 1e-3
+
+
+def test_vlm_through_diagnose(letter_runtime):
+    d = diagnose(_img(3), backend="vlm", runtime=letter_runtime, max_new_tokens=1)
+    assert d.backend == "vlm" and d.label.value in "BC"
+
+
+def test_vlm_unreadable_answer_is_an_error(garbage_runtime):
+    clf = VLMClassifier(runtime=garbage_runtime, max_new_tokens=3)
+    with pytest.raises(VLMAnswerError):
+        clf.classify(_img(4))
+
+
+def test_structured_mode_garbage_is_an_error(garbage_runtime):
+    clf = VLMClassifier(runtime=garbage_runtime, mode="structured", max_new_tokens=4)
+    with pytest.raises(VLMAnswerError):
+        clf.classify(_img(5))
+
+
+def test_vlm_missing_weights(tmp_path):
+    from engine.errors import ModelMissing
+    from engine.models.store import ModelStore
+
+    rt = make_runtime(ModelStore(tmp_path / "empty"))
+    clf = VLMClassifier(runtime=rt)
+    assert not clf.available()
+    with pytest.raises(ModelMissing):
+        clf.classify(_img(6))
+
+
+def test_auto_prefers_vlm_only_on_gpu(letter_runtime):
+    import dataclasses
+
+    from engine.models.runtime import ModelRuntime
+
+    auto = get_classifier("auto", runtime=letter_runtime)
+    assert auto.choose().name == "builtin"  # CPU: the analyzer
+    gpu = dataclasses.replace(letter_runtime.device, kind="cuda", memory_budget=20 << 30)
+    auto = get_classifier("auto", runtime=ModelRuntime(gpu, letter_runtime.store))
+    assert auto.choose().name == "vlm"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("B", "B"), ("B.", "B"), ("**C**", "C"), ("Answer: a", "A"), ("answer is d", "D"),
+    (" D\n", "D"), ("(A)", "A"), ("The answer is C.", "C"), ("C. Motion blur", "C"),
+    ("Reflection artifacts", "B"), ("No visible degradation (high-quality image).", "D"),
+    ("Category: B", "B"), ("`A`", "A"),
+])
+def test_parse_letter_tolerant(text, expected):
+    assert parse_letter(text) == Degradation(expected)
+
+
+@pytest.mark.parametrize("text", ["", "@@@", "I cannot tell", "A or B", "a photo of a cat",
+                                  "Motion blur and reflection artifacts"])
+def test_parse_letter_rejects_garbage(text):
+    assert parse_letter(text) is None
+
+
+def test_parse_structured_validates_and_clips():
+    text = ('Sure! {"class": "a", "degradations": ['
+            '{"type": "noise", "severity": 1.7, "params": {"noise_sigma": 400, "bogus": 1}},'
+            '{"type": "JPEG compression", "severity": 0.4, "params": {"jpeg_quality": "35"}},'
+            '{"type": "motion blur", "severity": 0.2, "params": {"blur_angle": 370,'
+            ' "blur_length": -3}},'
+            '{"type": "aliens", "severity": 1}]}')
+    p = parse_structured(text)
+    assert p["class"] == "A"
+    types = [d["type"] for d in p["degradations"]]
+    assert types == ["noise", "jpeg", "motion_blur"]
+    assert p["degradations"][0]["severity"] == 1.0
+    assert p["degradations"][0]["params"] == {"noise_sigma": 100.0}
+    assert p["degradations"][1]["params"] == {"jpeg_quality": 35.0}
+    assert p["degradations"][2]["params"] == {"blur_angle": 10.0, "blur_length": 0.0}
+    sc = structured_scores(p)
+    assert abs(sum(sc.values()) - 1) < 1e-9 and max(sc, key=sc.get) == "A"
+    clean = structured_scores(parse_structured('{"class": "D", "degradations": []}'))
+    assert max(clean, key=clean.get) == "D"
+    for bad in ("no json here", "{not json}", "[1, 2]"):
+        with pytest.raises(VLMAnswerError):
+            parse_structured(bad)
