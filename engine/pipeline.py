@@ -133,7 +133,9 @@ class Engine:
         if not passthrough and request.guard:
             from .restore.guard import check
 
-            verdict = check(photo.pixels, image)
+            # inpainted regions are meant to change: fidelity is judged outside the mask
+            verdict = check(photo.pixels, image,
+                            mask=ctx.mask if label is Degradation.B else None)
             if not verdict.ok:
                 warnings.append(f"kept the original: the result looked worse ({verdict.reason})")
                 image = photo.pixels
