@@ -1,0 +1,131 @@
+"""Engine.run end to end: tiny models through the real store, the guard, cancel, masks."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.api import Degradation, JobRequest, OutputOptions, Plan, Step
+from engine.errors import Cancelled, ModelMissing
+from engine.imageio import load_photo, read_record
+from engine.pipeline import Engine
+from engine.progress import CancelToken, Progress
+from tests.model_helpers import install_test_model
+
+
+def _photo(path, h=96, w=128, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx / w), (yy / h), 0.5 + 0.3 * np.sin(xx / 5.0)], -1)
+    img = np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _sha(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def nafnet_store(tmp_path):
+    from spandrel.architectures.NAFNet import NAFNet
+
+    torch.manual_seed(0)
+    net = NAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1],
+                 dec_blk_nums=[1, 1])
+    f = tmp_path / "NAFNet-GoPro-width64.pth"
+    torch.save({"params": net.state_dict()}, f)
+    return install_test_model(tmp_path / "store", "nafnet-gopro-w64",
+                              {"NAFNet-GoPro-width64.pth": f})
+
+
+def test_chain_c_laptop_runs_the_stored_model_and_records_it(tmp_path, nafnet_store):
+    src = _photo(tmp_path / "in.png")
+    before = _sha(src)
+    engine = Engine("cpu", nafnet_store, tile_size=64)
+    seen = []
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), label=Degradation.C,
+                     profile="laptop", guard=False)
+    res = engine.run(req, Progress(lambda f, m: seen.append(f)))
+    assert [s.name for s in res.steps] == ["deblur_nafnet", "face_codeformer"]
+    assert res.steps[0].model == "nafnet-gopro-w64" and res.models[0] == "nafnet-gopro-w64"
+    assert all(s.seconds >= 0 for s in res.steps)
+    assert seen == sorted(seen) and seen[-1] == 1.0  # monotonic progress to the end
+    assert _sha(src) == before
+    rec = read_record(res.output)
+    assert rec["models"] == ["nafnet-gopro-w64"] and rec["profile"] == "laptop"
+    assert load_photo(res.output).pixels.shape == (96, 128, 3)
+
+
+def test_guard_keeps_the_original_when_a_result_is_worse(tmp_path, nafnet_store, monkeypatch):
+    from engine.restore import guard
+
+    src = _photo(tmp_path / "in.png")
+    engine = Engine("cpu", nafnet_store, tile_size=64)
+    monkeypatch.setattr(guard, "check", lambda b, a, mask=None: guard.GuardVerdict(
+        False, "it lost detail", {}))
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), label=Degradation.C,
+                     profile="laptop")
+    res = engine.run(req)
+    assert any("kept the original" in w and "lost detail" in w for w in res.warnings)
+    # the original's bytes are what was written
+    assert _sha(res.output) == _sha(src)
+
+
+def test_cancel_mid_chain_writes_nothing(tmp_path, nafnet_store):
+    src = _photo(tmp_path / "in.png", 200, 260)
+    engine = Engine("cpu", nafnet_store, tile_size=64)
+    token = CancelToken()
+
+    def cb(fraction, message):
+        if "deblur" in message or fraction > 0.3:
+            token.cancel()
+
+    out = tmp_path / "out"
+    req = JobRequest(src, OutputOptions(out_dir=out), label=Degradation.C, profile="laptop")
+    with pytest.raises(Cancelled):
+        engine.run(req, Progress(cb, token))
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    src = _photo(tmp_path / "in.png")
+    engine = Engine("cpu")
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path / "o"), label=Degradation.C,
+                     profile="laptop")
+    with pytest.raises(ModelMissing, match="nafnet-gopro-w64"):
+        engine.run(req)
+
+
+def test_user_mask_drives_chain_b_and_is_saved_with_the_job(tmp_path):
+    from engine.imageio import load_mask, save_mask
+
+    src = _photo(tmp_path / "in.png")
+    mask = np.zeros((96, 128), np.uint8)
+    mask[30:50, 40:70] = 255
+    mpath = save_mask(mask, tmp_path / "mask.png")
+    engine = Engine("cpu")
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), label=Degradation.B,
+                     profile="builtin", mask_path=mpath, guard=False)
+    res = engine.run(req)
+    assert [s.name for s in res.steps] == ["reflection_mask", "inpaint_builtin"]
+    saved = load_mask(res.artifacts["mask_path"])
+    assert np.array_equal(saved, mask)
+    a, b = load_photo(src).pixels, load_photo(res.output).pixels
+    outside = np.ones_like(mask, bool)
+    outside[24:56, 34:76] = False  # the mask plus its feathered border
+    assert np.abs(a - b)[outside].max() <= 1 / 255 + 1e-6
+    assert np.abs(a - b)[mask > 0].max() > 0
+
+
+def test_edited_plan_runs_as_given(tmp_path):
+    src = _photo(tmp_path / "in.png")
+    plan = Plan(Degradation.A, "builtin", (Step("denoise_builtin", {"strength": 1.0}),
+                                            Step("sharpen_builtin", enabled=False)))
+    res = Engine("cpu").run(JobRequest(src, OutputOptions(out_dir=tmp_path / "o"), plan=plan,
+                                       guard=False))
+    assert [s.name for s in res.steps] == ["denoise_builtin"]
+    assert res.label is Degradation.A and res.diagnosis.label is Degradation.A
