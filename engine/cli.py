@@ -72,8 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--profile", choices=["builtin", "laptop", "quality"],
                        help="every model a profile needs")
         a.add_argument("--json", action="store_true")
+        if name == "verify":
+            a.add_argument("--repair", action="store_true",
+                           help="delete damaged files and download them again")
     mi = msub.add_parser("import", help="import model files, a folder or an offline pack")
     mi.add_argument("path", type=Path)
+    mi.add_argument("--id", dest="model_id", metavar="ID",
+                    help="the model the files belong to (for unpinned files or the YOLO slot)")
     mi.add_argument("--json", action="store_true")
     mp = msub.add_parser("pack", help="write an offline model pack for a profile")
     mp.add_argument("--profile", required=True, choices=["builtin", "laptop", "quality"])
@@ -280,7 +285,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
         if not args.path.exists():
             raise UsageError(f"nothing to import at {args.path}")
-        rep = import_pack(args.path, store) if is_pack(args.path) else store.import_path(args.path)
+        if is_pack(args.path):
+            rep = import_pack(args.path, store)
+        else:
+            rep = store.import_path(args.path, model_id=args.model_id)
         report = rep.to_json()
         human = (f"imported {len(report['imported'])} file(s), skipped {len(report['skipped'])} "
                  f"already installed, rejected {len(report['rejected'])}")
@@ -300,7 +308,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             if action == "pull":
                 store.pull(model_id, progress=None if as_json else _download_progress(model_id))
             elif action == "verify":
-                store.verify(model_id)
+                store.verify(model_id, repair=args.repair)
             elif action == "remove":
                 store.remove(model_id)
             status = store.status(model_id)
