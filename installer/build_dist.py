@@ -5,7 +5,7 @@
     python installer/build_dist.py --smoke-only       # only re-run the checks on dist/Mend
 
 Writes dist/Mend/BUILD-INFO.json (version, platform, torch mode, seconds, bytes, smoke results),
-and on Linux dist/Mend/mend.desktop. The checks: the frozen `mend --help` and
+and on Linux dist/Mend/install-menu-entry.sh. The checks: the frozen `mend --help` and
 `mend doctor --json` (plain, and with MEND_ENV pointing at this Python's environment so torch
 comes from there). Exit code 1 if the build or a check fails.
 """
@@ -88,12 +88,22 @@ def smoke(bundle: Path, env_dir: Path | None = None, timeout: float = 300) -> di
 
 
 def write_desktop_entry(bundle: Path) -> None:
-    (bundle / "mend.desktop").write_text(
+    """A script in the bundle that adds Mend to the Linux application menu wherever the folder
+    was unpacked (.desktop files need absolute paths)."""
+    script = bundle / "install-menu-entry.sh"
+    script.write_text(
+        "#!/bin/sh\n# Add Mend to the application menu (run again after moving this folder).\n"
+        'here=$(cd "$(dirname "$0")" && pwd)\n'
+        'apps="${XDG_DATA_HOME:-$HOME/.local/share}/applications"\n'
+        'mkdir -p "$apps"\n'
+        'cat > "$apps/mend.desktop" <<EOF\n'
         "[Desktop Entry]\nType=Application\nName=Mend\n"
         "Comment=Diagnose and fix damaged photos, offline\n"
-        "Exec=sh -c 'exec \"$(dirname \"$(readlink -f \"%k\")\")/mend-gui\" \"$@\"' mend %F\n"
-        "Icon=_internal/resources/icons/mend-app.png\nTerminal=false\n"
-        "Categories=Graphics;Photography;\n", encoding="utf-8")
+        'Exec="$here/mend-gui" %F\nIcon=$here/_internal/resources/icons/mend-app.png\n'
+        "Terminal=false\nCategories=Graphics;Photography;\n"
+        "MimeType=image/jpeg;image/png;image/tiff;image/webp;image/heic;\nEOF\n"
+        'echo "added $apps/mend.desktop"\n', encoding="utf-8")
+    script.chmod(0o755)
 
 
 def main(argv: list[str] | None = None) -> int:
