@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 VIEW_SIDE = 1024
+MIN_SIDE = 32  # smaller images are edge-padded to this before measuring
 
 # IJG (libjpeg) base tables, natural (row-major) order: Annex K of the JPEG standard.
 STD_LUMA = np.array([
@@ -46,7 +47,7 @@ ZIGZAG = np.array([
 def ijg_table(quality: int, base: np.ndarray = STD_LUMA) -> np.ndarray:
     """The table libjpeg writes for ``quality`` (1-100), baseline (clipped to 1..255)."""
     q = min(100, max(1, int(quality)))
-    scale = 5000 / q if q < 50 else 200 - 2 * q
+    scale = 5000 // q if q < 50 else 200 - 2 * q  # libjpeg's integer arithmetic
     return np.clip(np.floor((base * scale + 50) / 100), 1, 255)
 
 
@@ -207,7 +208,7 @@ _DCT8 = np.array([[math.sqrt((1 if k == 0 else 2) / 8) * math.cos(math.pi * (2 *
                    for n in range(8)] for k in range(8)])  # orthonormal DCT-II basis (rows)
 
 
-def _dct_blocks(gray255: np.ndarray, max_blocks: int = 1500) -> np.ndarray:
+def _dct_blocks(gray255: np.ndarray, max_blocks: int = 6000) -> np.ndarray:
     """8x8 DCT coefficients (n, 64) of grid-aligned blocks of a 0-255 luma image."""
     h, w = gray255.shape
     bh, bw = h // 8, w // 8
@@ -234,6 +235,8 @@ def estimate_jpeg_blind(image: np.ndarray) -> dict[str, float]:
     h, w = image.shape[:2]
     # a centred, 8-aligned region of up to 768 x 768 at full resolution
     ch, cw = min(h, 768) // 8 * 8, min(w, 768) // 8 * 8
+    if ch < 8 or cw < 8:
+        return {"jpeg_quality": 100.0, "jpeg_evidence": 0.0, "blockiness": 1.0}
     y0, x0 = ((h - ch) // 2) // 8 * 8, ((w - cw) // 2) // 8 * 8
     gray = to_gray(image[y0:y0 + ch, x0:x0 + cw]) * 255.0
     # JPEG's luma is computed before rounding: use the same weights (full-range YCbCr)
@@ -250,7 +253,7 @@ def estimate_jpeg_blind(image: np.ndarray) -> dict[str, float]:
         nz = np.abs(c)[:, None] > 0.5 * qs[None, :]  # (n, Q)
         n = nz.sum(axis=0)
         cs = np.where(nz, np.cos(2 * np.pi * c[:, None] / qs[None, :]), 0.0).sum(axis=0)
-        score = np.where(n >= 50, cs / np.maximum(n, 1), 0.0)
+        score = np.where(n >= 30, cs / np.maximum(n, 1), 0.0)
         best_q, best_s = 1, 0.0
         for q, sc in zip(qs, score):
             # a larger step that still fits explains the data better than its divisors
@@ -536,6 +539,10 @@ def measure(image: np.ndarray, photo: Any | None = None) -> dict[str, Any]:
     image = np.asarray(image[..., :3], dtype=np.float32)
     h, w = image.shape[:2]
     out: dict[str, Any] = {"width": w, "height": h}
+    if min(h, w) < MIN_SIDE:  # a sliver or a few pixels: edge-pad so every measure is defined
+        ph, pw = max(0, MIN_SIDE - h), max(0, MIN_SIDE - w)
+        image = np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)),
+                       mode="edge")
     out["noise_sigma"] = estimate_noise(image)
     out.update(jpeg_estimate(image, photo))
     # motion blur length on full-resolution crops (original pixels)

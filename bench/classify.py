@@ -1,0 +1,195 @@
+"""Benchmark of the degradation classifiers and the analyzer's estimates. Prints JSON.
+
+    python bench/classify.py [FOLDER] [--labels labels.csv] [--backend builtin|clip|vlm|auto]
+    python bench/classify.py --synthetic [FOLDER]      # estimation errors on known degradations
+    python bench/classify.py --speed                   # analyzer ms on a 12-megapixel photo
+
+Labels come from FOLDER/manifest.tsv categories (rules of ../shared/images/README.md, the same
+as scripts/fit_analyzer.py) or from a CSV of ``path,label`` rows (label A/B/C/D).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import numpy as np  # noqa: E402
+
+CLASSES = ("A", "B", "C", "D")
+
+
+def machine() -> dict:
+    return {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "load_average": [round(x, 2) for x in os.getloadavg()], "threads": 1}
+
+
+def _labels(folder: Path, csv_path: Path | None) -> list[tuple[Path, str, str]]:
+    if csv_path is not None:
+        rows = []
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            for r in csv.reader(f):
+                if len(r) >= 2 and r[1].strip().upper() in CLASSES:
+                    p = Path(r[0])
+                    rows.append((p if p.is_absolute() else folder / p, r[1].strip().upper(), ""))
+        return rows
+    from fit_analyzer import labelled_rows
+
+    return labelled_rows(folder)
+
+
+def _heldout(folder: Path) -> list[tuple[Path, str, str]]:
+    from fit_analyzer import heldout_rows
+
+    return heldout_rows(folder)
+
+
+def run_labelled(rows, backend: str, runtime=None) -> dict:
+    import cv2
+
+    from engine.imageio import load_photo
+    from engine.understand import get_classifier
+    from fit_analyzer import metrics
+
+    cv2.setNumThreads(1)
+    clf = get_classifier(backend, runtime=runtime)
+    truth, pred, ms, per = [], [], [], []
+    tracemalloc.start()
+    for path, label, _repo in rows:
+        photo = load_photo(path)
+        t = time.perf_counter()
+        d = clf.classify(photo.pixels, photo)
+        ms.append((time.perf_counter() - t) * 1000)
+        truth.append(label)
+        pred.append(d.label.value)
+        per.append({"file": str(path.name), "label": label, "pred": d.label.value,
+                    "confidence": round(d.confidence, 3)})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    m = metrics(truth, pred)
+    m.update({"backend": backend, "ms_per_photo_mean": round(statistics.mean(ms), 1) if ms else None,
+              "ms_per_photo_median": round(statistics.median(ms), 1) if ms else None,
+              "peak_traced_mb": round(peak / 2**20, 1), "errors": [p for p in per
+                                                                  if p["label"] != p["pred"]]})
+    return m
+
+
+def run_speed(folder: Path, repeats: int = 5) -> dict:
+    import cv2
+
+    from engine.imageio import load_photo
+    from engine.understand.analyzer import analyze
+
+    cv2.setNumThreads(1)
+    src = folder / "clean" / "scikit-image__skimage__data__astronaut.png"
+    base = load_photo(src).pixels if src.is_file() else \
+        np.random.default_rng(0).random((512, 512, 3)).astype(np.float32)
+    big = cv2.resize(base, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    rng = np.random.default_rng(1)
+    big = np.clip(big + rng.normal(0, 0.01, big.shape).astype(np.float32), 0, 1)
+    analyze(big[:512, :512])
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        analyze(big)
+        times.append((time.perf_counter() - t) * 1000)
+    return {"photo": "4000x3000 float32 RGB (12 MP)", "ms_median": round(statistics.median(times), 1),
+            "ms_min": round(min(times), 1), "repeats": repeats}
+
+
+def run_synthetic(folder: Path, limit: int = 8) -> dict:
+    """Known noise sigma / JPEG quality / motion-blur lines on clean photos; estimation errors."""
+    import cv2
+
+    from engine.imageio import load_photo
+    from engine.understand import measure as M
+    from engine.understand import synthetic as S
+    from fit_analyzer import clean_sources
+
+    cv2.setNumThreads(1)
+    sources = [p for p, _ in clean_sources(folder)][:limit]
+    rng = np.random.default_rng(7)
+    noise_err, jq_tab_err, jq_blind_err, blen_err, bang_err = [], [], [], [], []
+    noise_rows = []
+    for path in sources:
+        img = load_photo(path).pixels
+        img = img[: min(img.shape[0], 512), : min(img.shape[1], 512)]
+        base_sigma = M.estimate_noise(img)
+        for sigma in (5, 10, 15, 20, 30, 40, 50):
+            est = M.estimate_noise(S.add_noise(img, sigma, rng))
+            noise_err.append(abs(est - sigma))
+            noise_rows.append((sigma, round(est, 2), round(base_sigma, 2)))
+        for q in (10, 20, 30, 40, 50, 60, 70, 80, 90, 95):
+            j, tables = S.jpeg(img, q)
+            qt, _ = M.quality_from_tables(tables)
+            jq_tab_err.append(abs(qt - q))
+            jq_blind_err.append(abs(M.estimate_jpeg_blind(j)["jpeg_quality"] - q))
+        gray = M.to_gray(img)
+        for L in (5, 8, 10, 15, 20, 25, 30):
+            ang = float(rng.uniform(0, 180))
+            b = S.motion_blur(np.repeat(gray[..., None], 3, axis=2), L, ang)
+            e = M.estimate_motion_blur(M.to_gray(b))
+            blen_err.append(abs(e["blur_length"] - L))
+            d = abs(e["blur_angle"] - ang) % 180
+            bang_err.append(min(d, 180 - d))
+
+    def mae(v):
+        return round(float(np.mean(v)), 3) if v else None
+
+    return {
+        "photos": len(sources),
+        "noise_sigma_mae_5_50": mae(noise_err),
+        "noise_sigma_max_err": round(float(np.max(noise_err)), 2) if noise_err else None,
+        "jpeg_quality_mae_from_tables_10_95": mae(jq_tab_err),
+        "jpeg_quality_mae_blind_pixels_10_95": mae(jq_blind_err),
+        "blur_length_mae_5_30px": mae(blen_err),
+        "blur_angle_mae_deg": mae(bang_err),
+        "notes": "noise added per channel (0-255 scale) on 8-bit clean photos whose own noise is "
+                 "not removed; blind JPEG assumes the 8x8 grid at (0,0)",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", nargs="?", type=Path, default=ROOT.parent / "shared" / "images")
+    ap.add_argument("--labels", type=Path, default=None, help="CSV of path,label")
+    ap.add_argument("--backend", default="builtin")
+    ap.add_argument("--synthetic", action="store_true")
+    ap.add_argument("--speed", action="store_true")
+    ap.add_argument("--all", action="store_true", help="labelled + held-out + synthetic + speed")
+    args = ap.parse_args(argv)
+    out: dict = {"machine": machine()}
+    t0 = time.time()
+    if args.synthetic or args.all:
+        out["synthetic"] = run_synthetic(args.folder)
+    if args.speed or args.all:
+        out["speed_12mp"] = run_speed(args.folder)
+    if not (args.synthetic or args.speed) or args.all:
+        out["labelled"] = run_labelled(_labels(args.folder, args.labels), args.backend)
+        if args.labels is None:
+            out["heldout_camera_photos_D"] = run_labelled(_heldout(args.folder), args.backend)
+            try:
+                fit = json.loads((ROOT / "resources" / "analyzer_model.json").read_text())["fit"]
+                out["fit_report"] = fit
+            except (OSError, KeyError, ValueError):
+                pass
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["seconds"] = round(time.time() - t0, 1)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Built-in analyzer: estimates on synthetic degradations with known parameters, the model file,
+diagnose() on odd inputs, and the class of a handful of real labelled photos."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.api import Degradation, Diagnosis
+from engine.understand import diagnose, get_classifier
+from engine.understand import measure as M
+from engine.understand import synthetic as S
+from engine.understand.analyzer import FEATURES, analyze, load_model
+
+
+def scene(h: int = 384, w: int = 512, seed: int = 0) -> np.ndarray:
+    """A photo-like test scene: smooth shading, hard-edged shapes, mild texture, 8-bit."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([0.3 + 0.4 * xx / w, 0.35 + 0.3 * yy / h, 0.5 - 0.2 * xx / w], axis=2)
+    for _ in range(25):
+        c = tuple(float(v) for v in rng.uniform(0.1, 0.9, 3))
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        if rng.random() < 0.5:
+            cv2.circle(img, (x, y), int(rng.integers(8, 60)), c, -1, cv2.LINE_AA)
+        else:
+            cv2.rectangle(img, (x, y), (x + int(rng.integers(10, 90)), y + int(rng.integers(10, 90))),
+                          c, -1, cv2.LINE_AA)
+    tex = cv2.GaussianBlur(rng.normal(0, 0.03, (h, w)).astype(np.float32), (0, 0), 1.5)
+    return S.quantise(np.clip(img + tex[..., None], 0, 1).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return scene()
+
+
+@pytest.mark.parametrize("sigma", [5, 15, 30, 50])
+def test_noise_sigma_estimate(clean, sigma):
+    noisy = S.add_noise(clean, sigma, np.random.default_rng(sigma))
+    assert abs(M.estimate_noise(noisy) - sigma) <= max(2.0, 0.08 * sigma)
+
+
+def test_noise_on_clean_scene_is_low(clean):
+    assert M.estimate_noise(clean) < 2.0
+
+
+@pytest.mark.parametrize("q", [10, 23, 50, 77, 95])
+def test_jpeg_quality_exact_from_tables(clean, q):
+    pixels, tables = S.jpeg(clean, q)
+    qt, err = M.quality_from_tables(tables)
+    assert qt == q and err == 0.0
+
+    class P:  # what load_photo fills for a JPEG
+        info = {"jpeg_quantization": tables}
+        format = "JPEG"
+        path = None
+
+    d = analyze(pixels, P())
+    assert d.estimates["jpeg_quality"] == q and d.estimates["jpeg_source"] == "tables"
+
+
+@pytest.mark.parametrize("q", [15, 40, 75])
+def test_jpeg_quality_blind_from_pixels(clean, q):
+    pixels, _ = S.jpeg(clean, q)
+    est = M.estimate_jpeg_blind(pixels)
+    assert abs(est["jpeg_quality"] - q) <= 5 and est["jpeg_evidence"] > 0.3
+
+
+def test_no_jpeg_evidence_on_uncompressed(clean):
+    assert M.estimate_jpeg_blind(clean)["jpeg_evidence"] < 0.3
+
+
+def test_zigzag_ordered_tables_also_match():
+    tab = M.ijg_table(60)
+    zz = {0: [int(tab[i]) for i in M.ZIGZAG]}
+    assert M.quality_from_tables(zz)[0] == 60
+
+
+@pytest.mark.parametrize("length,angle", [(6, 0.0), (12, 35.0), (20, 90.0), (28, 140.0)])
+def test_motion_blur_length_and_angle(clean, length, angle):
+    blurred = S.motion_blur(clean, length, angle)
+    e = M.estimate_motion_blur(M.to_gray(blurred))
+    assert abs(e["blur_length"] - length) <= 2.0
+    d = abs(e["blur_angle"] - angle) % 180
+    assert min(d, 180 - d) <= (15 if length < 10 else 8)
+
+
+def test_upscale_lowers_cutoff_and_sharpness(clean):
+    up = S.down_up(clean, 4.0)
+    f_clean = M.view_features(clean)
+    f_up = M.view_features(up)
+    assert f_up["cutoff"] < f_clean["cutoff"]
+    assert M.measure(up)["sharpness"] < M.measure(clean)["sharpness"]
+
+
+def test_view_is_downscaled_by_an_integer_factor():
+    big = np.zeros((3000, 4000, 3), np.float32)
+    v, k = M.view_of(big)
+    assert k == 4.0 and v.shape == (750, 1000, 3)
+
+
+def test_model_file_matches_features():
+    m = load_model()
+    assert m.features == FEATURES and m.classes == ("A", "B", "C", "D")
+    assert m.W.shape == (4, len(FEATURES))
+    p = m.proba(np.zeros(len(FEATURES)))
+    assert abs(p.sum() - 1) < 1e-9
+
+
+def test_diagnose_builtin_contract(clean):
+    d = diagnose(clean, backend="builtin")
+    assert isinstance(d, Diagnosis) and d.backend == "builtin"
+    assert abs(sum(d.scores.values()) - 1) < 1e-6
+    assert d.label.value == max(d.scores, key=d.scores.get)
+    for k in ("noise_sigma", "jpeg_quality", "blur_length", "blur_angle", "sharpness",
+              "reflection_area", "upscale_factor"):
+        assert k in d.estimates
+    assert Diagnosis.from_json(d.to_json()).label == d.label
+
+
+@pytest.mark.parametrize("shape", [(12, 52, 3), (1, 1, 3), (7, 300, 3), (40, 40)])
+def test_tiny_and_odd_images_do_not_crash(shape):
+    img = np.random.default_rng(0).random(shape).astype(np.float32)
+    d = get_classifier("builtin").classify(img)
+    assert abs(sum(d.scores.values()) - 1) < 1e-6
+    assert all(np.isfinite(v) for v in d.scores.values())
+
+
+def test_noise_flags_and_motion_flag(clean):
+    noisy = analyze(S.add_noise(clean, 25, np.random.default_rng(1)))
+    assert "noise" in noisy.flags and noisy.estimates["noise_sigma"] > 20
+    moving = analyze(S.motion_blur(clean, 25, 20))
+    assert moving.label == Degradation.C and "motion_blur" in moving.flags
+
+
+def test_auto_on_cpu_is_the_analyzer(clean):
+    d = diagnose(clean, backend="auto")
+    assert d.backend == "builtin"
+
+
+REAL = [
+    ("motion_blur/NAFNet__demo__blurry.jpg", "C"),
+    ("motion_blur/DeepDeblur_release__dataset__examples__blur_gamma__seq_id-6_frame-8_Input.png",
+     "C"),
+    ("reflection/windowseat-reflection-re__example_images__bakery.jpg", "B"),
+    ("clean/scikit-image__skimage__data__astronaut.png", "D"),
+    ("text_degraded/MARCONet__Testsets__LQs__real_lq08.png", "A"),
+    ("lowres_noise_jpeg/SwinIR__testsets__RealSRSet+5images__oldphoto6.png", "A"),
+]
+
+
+@pytest.mark.parametrize("rel,label", REAL)
+def test_real_labelled_photos(shared_images, rel, label):
+    from engine.imageio import load_photo
+
+    path = shared_images / rel
+    if not path.is_file():
+        pytest.skip(f"{rel} not in the shared images")
+    photo = load_photo(path)
+    d = diagnose(photo.pixels, photo, backend="builtin")
+    assert d.label == Degradation(label), (d.scores, d.rationale)
