@@ -9,3 +9,4 @@ from . import face  # noqa: F401
 from . import sr  # noqa: F401
 from . import invsr  # noqa: F401
 from . import reflection  # noqa: F401
+from . import text  # noqa: F401

