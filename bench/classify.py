@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 CLASSES = ("A", "B", "C", "D")
 
@@ -58,10 +58,10 @@ def _heldout(folder: Path) -> list[tuple[Path, str, str]]:
 
 def run_labelled(rows, backend: str, runtime=None) -> dict:
     import cv2
+    from fit_analyzer import metrics
 
     from engine.imageio import load_photo
     from engine.understand import get_classifier
-    from fit_analyzer import metrics
 
     cv2.setNumThreads(1)
     clf = get_classifier(backend, runtime=runtime)
@@ -112,11 +112,11 @@ def run_speed(folder: Path, repeats: int = 5) -> dict:
 def run_synthetic(folder: Path, limit: int = 8) -> dict:
     """Known noise sigma / JPEG quality / motion-blur lines on clean photos; estimation errors."""
     import cv2
+    from fit_analyzer import clean_sources
 
     from engine.imageio import load_photo
     from engine.understand import measure as M
     from engine.understand import synthetic as S
-    from fit_analyzer import clean_sources
 
     cv2.setNumThreads(1)
     sources = [p for p, _ in clean_sources(folder)][:limit]

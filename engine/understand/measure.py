@@ -381,6 +381,9 @@ def estimate_motion_blur(gray: np.ndarray, max_len: int = 80,
     spread = float(sub.std()) + 1e-9
     i, j = np.unravel_index(int(np.argmin(sub)), sub.shape)
     depth = float(-sub[i, j] / spread)
+    if j == 0:  # the minimum sits on the search boundary: no resolvable line blur
+        return {"blur_length": 0.0, "blur_angle": float(angles[i]) % 180.0,
+                "motion_evidence": depth}
     r = j + r0
     # sub-pixel refinement of the radius (parabola through the neighbours)
     if 0 < j < sub.shape[1] - 1:

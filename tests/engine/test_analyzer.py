@@ -147,7 +147,7 @@ REAL = [
     ("reflection/windowseat-reflection-re__example_images__bakery.jpg", "B"),
     ("clean/scikit-image__skimage__data__astronaut.png", "D"),
     ("text_degraded/MARCONet__Testsets__LQs__real_lq08.png", "A"),
-    ("lowres_noise_jpeg/SwinIR__testsets__RealSRSet+5images__oldphoto6.png", "A"),
+    ("lowres_noise_jpeg/NAFNet__demo__noisy.png", "A"),
 ]
 
 
