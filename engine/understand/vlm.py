@@ -239,6 +239,8 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
         dtype = runtime.dtype_for(model_id, supports_half=True, supports_bf16=True)
         if device.kind == "cuda" and getattr(device, "supports_bf16", False):
             dtype = torch.bfloat16  # Qwen2.5-VL is trained in bf16: prefer it over fp16
+        elif device.kind == "mps":
+            dtype = torch.float32  # fp16 attention/rotary ops overflow or lack kernels on MPS
         size = {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels}
         processor = AutoProcessor.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False, size=size)
@@ -271,12 +273,15 @@ def _generate(loaded: _Loaded, pils: list, prompt: str, max_new_tokens: int):
     inputs = {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in inputs.items()}
     with torch.inference_mode():
         out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    output_scores=True, return_dict_in_generate=True,
-                                    num_beams=1)
+                                    output_scores=True, output_logits=True,
+                                    return_dict_in_generate=True, num_beams=1)
     start = inputs["input_ids"].shape[1]
     seqs = out.sequences[:, start:]
     texts = proc.batch_decode(seqs, skip_special_tokens=True)
-    scores = torch.stack([s.float() for s in out.scores], dim=1)  # (batch, steps, vocab)
+    # raw logits (before repetition penalty etc., which would tilt the letters the prompt
+    # itself contains); processed scores where this transformers version gives no logits
+    steps = getattr(out, "logits", None) or out.scores
+    scores = torch.stack([s.float() for s in steps], dim=1)  # (batch, steps, vocab)
     return seqs.cpu(), texts, scores.cpu()
 
 

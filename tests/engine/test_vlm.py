@@ -161,6 +161,10 @@ def test_vlm_paper_mode_scores_and_letter(letter_runtime):
     assert d.label in (Degradation.B, Degradation.C)
     assert d.label.value == max(d.scores, key=d.scores.get)
     assert d.scores[d.label.value] > 0.5 and d.runner_up is not None
+    # scores are the softmax over the letters' logits: the rigged head gives A and D the same
+    # logit (0) and B, C opposite ones, so A == D and B * C == A * D
+    assert abs(d.scores["A"] - d.scores["D"]) < 1e-6
+    assert abs(d.scores["B"] * d.scores["C"] - d.scores["A"] * d.scores["D"]) < 1e-6
     # the analyzer's measurements ride along
     assert "noise_sigma" in d.estimates and d.estimates["vlm_model"] == "qwen2.5-vl-3b"
     assert d.estimates["vlm_mode"] == "paper"
