@@ -60,6 +60,9 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     app.setOrganizationName(ORG)
     app.setApplicationName(APP)
     app.setApplicationDisplayName("Mend")
+    from . import qtcompat
+
+    qtcompat.install()  # PySide6 6.12 + Python 3.11 refcount bug: see ui/qtcompat.py
     apply_theme(app)
     setup_logging()
     return app

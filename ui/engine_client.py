@@ -12,13 +12,14 @@ import enum
 import itertools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, QTimer, Signal, Slot
 
 from engine.api import Degradation, Diagnosis, JobProgress, JobRequest, OutputOptions, Plan
 from engine.errors import Cancelled
@@ -255,6 +256,13 @@ class EngineClient(QObject):
         self._model_signals.failed.connect(self.model_failed)
         self._model_tokens: dict[str, CancelToken] = {}
         self._closed = False
+        self._journal_seq = 0
+        self._journal_written = 0
+        self._journal_lock = threading.Lock()
+        self._journal_timer = QTimer(self)
+        self._journal_timer.setSingleShot(True)
+        self._journal_timer.setInterval(150)
+        self._journal_timer.timeout.connect(self._write_journal)
 
     # -- submitting -----------------------------------------------------------------------
     def submit(self, request: JobRequest) -> int:
@@ -275,6 +283,29 @@ class EngineClient(QObject):
     def call(self, fn: Callable[[Any, Progress], Any], title: str = "engine task") -> int:
         """Run ``fn(engine, progress)`` in the engine thread (e.g. a re-plan)."""
         return self._add(JobKind.CALL, None, fn, title)
+
+    def warm_up(self) -> int:
+        """Create the engine (and import torch) in the engine thread now, not at the first job.
+
+        Importing torch holds Python's GIL for up to a second inside its C initialisers, which
+        no thread layout can hide; doing it at start-up keeps it out of the user's work.
+        """
+        def start(engine: Any, progress: Progress) -> Any:
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                pass
+            try:  # every specialist and classifier module: their imports (scipy, cv2...)
+                from engine.restore.registry import all_steps
+                from engine.understand.base import get_classifier
+
+                all_steps()
+                get_classifier("builtin")
+            except Exception as e:  # noqa: BLE001 - a broken module shows up at its first job
+                log.warning("engine warm-up: %s", e)
+            return getattr(engine, "device", None)
+
+        return self.call(start, "Start the engine")
 
     def _add(self, kind: JobKind, path: Path | None, payload: Any, title: str) -> int:
         if self._closed:
@@ -422,30 +453,56 @@ class EngineClient(QObject):
 
     def _changed(self) -> None:
         self.queue_changed.emit()
-        if not self._closed:
-            self._write_journal()
+        if not self._closed and self._journal is not None and not self._journal_timer.isActive():
+            self._journal_timer.start()  # coalesce: one write for a burst of queue changes
 
     def clear_journal(self) -> None:
         """A normal quit: nothing to offer again on the next start."""
+        self._journal_timer.stop()
         if self._journal is not None:
-            self._journal.unlink(missing_ok=True)
+            with self._journal_lock:
+                self._journal_written = self._journal_seq = self._journal_seq + 1
+                self._journal.unlink(missing_ok=True)
 
     # -- crash journal --------------------------------------------------------------------
-    def _write_journal(self) -> None:
-        if self._journal is None:
+    def _write_journal(self, wait: bool = False) -> None:
+        """Snapshot the unfinished RUN jobs here; write (with fsync) in the pool."""
+        journal = self._journal
+        if journal is None:
             return
-        pending = [self._jobs[i] for i in ([self._running] if self._running else []) + self._order]
+        pending = [self._jobs[i] for i in ([self._running] if self._running else []) + self._order
+                   if i in self._jobs]
         entries = [request_to_json(j.payload) for j in pending if j.info.kind is JobKind.RUN]
-        try:
-            from engine.imageio import atomic_write_bytes
+        data = json.dumps({"version": 1, "jobs": entries}, indent=1).encode() if entries else None
+        self._journal_seq += 1
+        seq = self._journal_seq
+        lock = self._journal_lock
+        holder = self
 
-            if not entries:
-                self._journal.unlink(missing_ok=True)
-                return
-            data = json.dumps({"version": 1, "jobs": entries}, indent=1).encode()
-            atomic_write_bytes(self._journal, data)
-        except OSError as e:
-            log.warning("could not write the queue journal %s: %s", self._journal, e)
+        def write() -> None:
+            with lock:
+                if seq < holder._journal_written:
+                    return  # a newer snapshot is already on disk
+                holder._journal_written = seq
+                try:
+                    from engine.imageio import atomic_write_bytes
+
+                    if data is None:
+                        journal.unlink(missing_ok=True)
+                    else:
+                        atomic_write_bytes(journal, data)
+                except OSError as e:
+                    log.warning("could not write the queue journal %s: %s", journal, e)
+
+        if wait:
+            write()
+        else:
+            self.pool.start(_Task(write))
+
+    def flush_journal(self) -> None:
+        """Write the journal now (synchronously)."""
+        self._journal_timer.stop()
+        self._write_journal(wait=True)
 
     # -- model store (downloads never run on the engine thread or the GUI thread) -----------
     def model_task(self, model_id: str, fn: Callable[[Callable[[float, str], None], CancelToken],
@@ -479,10 +536,13 @@ class EngineClient(QObject):
         """Cancel everything, stop the engine thread and wait for the pools. Idempotent."""
         if self._closed:
             return
+        if self._journal_timer.isActive():
+            self.flush_journal()
         journal, self._journal = self._journal, None  # keep unfinished jobs in the journal
         self.cancel_all()
         self._journal = journal
         self._closed = True
+        self._journal_timer.stop()
         for tok in self._model_tokens.values():
             tok.cancel()
         self.pool.clear()

@@ -115,6 +115,8 @@ class MainWindow(QMainWindow):
         self.diag_dock, self.queue_dock = dock, qdock
 
         self._build_menus()
+        # mask tools and undo work from the keyboard even while their toolbar is hidden
+        self.addActions([*self.tool_actions.values(), self.undo_action, self.redo_action])
         self.status_label = QLabel("")
         self.statusBar().addWidget(self.status_label, 1)
         self.eta_label = QLabel("")
@@ -138,6 +140,9 @@ class MainWindow(QMainWindow):
         self.show_browser()
         if ask_resume:
             QTimer.singleShot(0, self._offer_resume)
+        if self._own_client:
+            self.set_status("Starting the engine…")
+            self.client.warm_up()
 
     # -- layout ---------------------------------------------------------------------------
     def _build_browser(self) -> None:
@@ -627,8 +632,7 @@ class MainWindow(QMainWindow):
         if isinstance(result, DiagnoseOutcome):
             st.diagnosis, st.plan, st.plan_note = result.diagnosis, result.plan, result.plan_error
             self.model.update_item(path, diagnosis=result.diagnosis)
-            if self.sidecars:
-                self.sidecars.update(path, diagnosis=result.diagnosis, plan=result.plan)
+            self._save_sidecar(path, diagnosis=result.diagnosis, plan=result.plan)
             if path == self.current:
                 self._show_state(path)
             self.diagnosed.emit(path)
@@ -640,10 +644,9 @@ class MainWindow(QMainWindow):
                     str(result.output)]
             self.model.update_item(path, job_state=JobState.DONE, output=result.output,
                                    diagnosis=result.diagnosis)
-            if self.sidecars:
-                self.sidecars.update(path, diagnosis=result.diagnosis, plan=result.plan,
-                                     outputs=st.outputs, warnings=list(result.warnings),
-                                     mask=str(st.mask_path) if st.mask_path else None)
+            self._save_sidecar(path, diagnosis=result.diagnosis, plan=result.plan,
+                               outputs=list(st.outputs), warnings=list(result.warnings),
+                               mask=str(st.mask_path) if st.mask_path else None)
             if path == self.current:
                 self._show_state(path)
                 if self.stack.currentIndex() == 1:
@@ -658,6 +661,13 @@ class MainWindow(QMainWindow):
         elif result is not None and hasattr(result, "shape"):  # SAM mask
             if self.mask_doc is not None and path == self.current:
                 self.mask_doc.set_mask(result, "Click-select", combine="add")
+
+    def _save_sidecar(self, path: Path, **changes: Any) -> None:
+        """Sidecar writes (fsync'd) go to the pool, never the GUI thread."""
+        store = self.sidecars
+        if store is not None:
+            self.bg.run(lambda: store.update(path, **changes), lambda _sc: None,
+                        lambda m: self.set_status(f"Could not save the sidecar: {m}"))
 
     def _on_failed(self, job_id: int, message: str) -> None:
         path = self._job_path.pop(job_id, None)
@@ -682,7 +692,7 @@ class MainWindow(QMainWindow):
     def _on_engine_ready(self, device: Any) -> None:
         self.device = device
         if device is not None:
-            self.statusBar().showMessage(f"Engine ready on {device.name}", 5000)
+            self.set_status(f"Engine ready on {device.name}")
 
     # -- mask editor ----------------------------------------------------------------------
     def show_mask_editor(self) -> None:
@@ -819,7 +829,7 @@ class MainWindow(QMainWindow):
         dest = self.sidecars.mask_path_for(path)
         st = self._state(path)
         st.mask_path = dest
-        self.sidecars.update(path, mask=str(dest))
+        self._save_sidecar(path, mask=str(dest))
         plan = st.plan if st.plan is not None and st.plan.label is Degradation.B else None
         job: dict[str, int] = {}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from .imaging import load_full, rgb_to_qimage
@@ -32,11 +32,18 @@ class ViewImages:
     before_rgb: np.ndarray  # uint8, for the mask editor's size and SAM
 
 
-def _proxy(img: QImage) -> QImage | None:
-    if max(img.width(), img.height()) <= PROXY_SIDE:
+def _proxy(rgb: np.ndarray) -> QImage | None:
+    """Display proxy via OpenCV (releases the GIL; QImage.scaled would hold it and stall the
+    GUI thread for a quarter of a second on a 12 MP photo)."""
+    h, w = rgb.shape[:2]
+    if max(h, w) <= PROXY_SIDE:
         return None
-    return img.scaled(PROXY_SIDE, PROXY_SIDE, Qt.AspectRatioMode.KeepAspectRatio,
-                      Qt.TransformationMode.SmoothTransformation)
+    import cv2
+
+    s = PROXY_SIDE / max(h, w)
+    small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))),
+                       interpolation=cv2.INTER_AREA)
+    return rgb_to_qimage(small)
 
 
 def removed_layer(before: np.ndarray, after: np.ndarray, gain: float = 3.0) -> np.ndarray:
@@ -56,9 +63,10 @@ def build_view(path: Path, output: Path | None) -> ViewImages:
     if output is not None and Path(output).exists():
         after_rgb = load_full(Path(output))
         after = rgb_to_qimage(after_rgb)
-        after_proxy = _proxy(after)
+        after_proxy = _proxy(after_rgb)
         removed = rgb_to_qimage(removed_layer(before_rgb, after_rgb))
-    return ViewImages(Path(path), before, _proxy(before), after, after_proxy, removed, before_rgb)
+    return ViewImages(Path(path), before, _proxy(before_rgb), after, after_proxy, removed,
+                      before_rgb)
 
 
 def export_copy(src: Path, dest: Path, original: Path) -> Path:

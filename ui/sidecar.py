@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ class SidecarStore:
             h = hashlib.sha1(os.fspath(self.folder.resolve()).encode()).hexdigest()[:16]
             self.root = Path(fallback_root) / "sidecars" / h
         self._fallback = Path(fallback_root) / "sidecars"
+        self._lock = threading.Lock()
 
     def path_for(self, photo: Path) -> Path:
         return self.root / f"{Path(photo).name}.json"
@@ -101,11 +103,13 @@ class SidecarStore:
             log.warning("could not write sidecar for %s: %s", photo, e)
 
     def update(self, photo: Path, **changes: Any) -> Sidecar:
-        sc = self.load(photo) or Sidecar()
-        for k, v in changes.items():
-            setattr(sc, k, v)
-        self.save(photo, sc)
-        return sc
+        """Read-modify-write one sidecar (thread-safe; the UI calls it from its pool)."""
+        with self._lock:
+            sc = self.load(photo) or Sidecar()
+            for k, v in changes.items():
+                setattr(sc, k, v)
+            self.save(photo, sc)
+            return sc
 
 
 def _writable(d: Path) -> bool:

@@ -1,6 +1,7 @@
 """Thumbnail model: Qt model contract, lazy fetching, off-thread thumbnails, disk cache, filter."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -152,15 +153,15 @@ def test_filter_by_class_and_badge_roles(qtbot, pool, photo_folder):
     assert not model.index(0, 0, QModelIndex()).parent().isValid()
 
 
-def test_scan_folder_10k_is_fast(tmp_path):
+def test_scan_folder_is_fast(tmp_path):
     d = tmp_path / "big"
     d.mkdir()
-    for i in range(10000):
-        (d / f"img_{i:05d}.jpg").touch()
+    for i in range(1000):
+        os.close(os.open(d / f"img_{i:05d}.jpg", os.O_CREAT | os.O_WRONLY))
     import time
 
     t = time.perf_counter()
     items = scan_folder(d)
     dt = time.perf_counter() - t
-    assert len(items) == 10000 and items[0].path.name == "img_00000.jpg"
-    assert dt < 1.0, dt
+    assert len(items) == 1000 and items[0].path.name == "img_00000.jpg"
+    assert dt < 0.25, dt  # listing happens on the GUI thread: it must stay cheap

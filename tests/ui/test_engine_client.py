@@ -150,7 +150,7 @@ def test_crash_journal_keeps_unfinished_jobs(qtbot, tmp_path):
                      plan=Plan(Degradation.B, "builtin", (Step("inpaint_builtin", {"r": 3}),)))
     c.submit(req)
     c.submit(JobRequest(Path("/x/b.jpg")))
-    assert len(read_journal(journal)) == 2
+    qtbot.waitUntil(lambda: len(read_journal(journal)) == 2, timeout=5000)  # debounced write
     c.shutdown()  # like a crash: unfinished work stays in the journal
     back = read_journal(journal)
     assert [str(r.path) for r in back] == ["/x/a.jpg", "/x/b.jpg"]
@@ -159,7 +159,7 @@ def test_crash_journal_keeps_unfinished_jobs(qtbot, tmp_path):
     with qtbot.waitSignal(c2.finished, timeout=5000):
         c2.submit(back[1])
     qtbot.waitUntil(c2.is_idle, timeout=5000)
-    assert not journal.exists()  # nothing left to offer
+    qtbot.waitUntil(lambda: not journal.exists(), timeout=5000)  # nothing left to offer
     c2.shutdown()
 
 

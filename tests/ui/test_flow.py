@@ -79,10 +79,20 @@ def test_open_diagnose_fix_compare_export(qtbot, window, folder, tmp_path):
         win.show_viewer(target)
     assert win.canvas.before is not None and win.canvas.after is not None
     assert win.canvas.mode is Compare.SPLIT
-    win.toggle_before_after()
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    win.activateWindow()
+    QTest.keyClick(win.canvas, Qt.Key.Key_Space)
     assert win.canvas.mode is Compare.BEFORE
-    win.toggle_before_after()
+    QTest.keyClick(win.canvas, Qt.Key.Key_Space)
     assert win.canvas.mode is Compare.SPLIT
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        QTest.keyClick(win.canvas, Qt.Key.Key_Right)  # next photo
+    assert win.current == folder / "b_clean.png"
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        QTest.keyClick(win.canvas, Qt.Key.Key_Left)
+    assert win.current == target
     win.set_compare(Compare.SIDE)
     assert win.canvas.mode is Compare.SIDE
     win.canvas.zoom_by(2.0)
@@ -99,7 +109,8 @@ def test_open_diagnose_fix_compare_export(qtbot, window, folder, tmp_path):
     assert "never replaces the original" in win.status_label.text()
 
     # the sidecars restore diagnosis and outputs when the folder is opened again
-    assert (folder / ".mend" / "a_noisy.jpg.json").exists()
+    qtbot.waitUntil(lambda: (folder / ".mend" / "a_noisy.jpg.json").exists(), timeout=5000)
+    qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=5000)
     win.open_folder(tmp_path)  # elsewhere
     win.open_folder(folder)
     qtbot.waitUntil(lambda: win.model.item(target).diagnosis is not None, timeout=10000)
@@ -129,6 +140,28 @@ def test_override_class_and_inpaint_again_with_edited_mask(qtbot, window, folder
     assert not win.tool_actions["sam"].isEnabled()  # no SAM weights in the test store
     assert "sam-vit-base" in win.tool_actions["sam"].toolTip()
     doc.fill_polygon([(30, 20), (60, 20), (60, 50), (30, 50)])
+
+    # keyboard: E eraser, B brush, ] bigger, Ctrl+Z / Ctrl+Shift+Z
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    win.activateWindow()
+    win.canvas.setFocus()
+    QTest.keyClick(win.canvas, Qt.Key.Key_E)
+    assert win.canvas.tool == "erase"
+    QTest.keyClick(win.canvas, Qt.Key.Key_B)
+    assert win.canvas.tool == "brush"
+    r0 = win.canvas.brush_radius
+    QTest.keyClick(win.canvas, Qt.Key.Key_BracketRight)
+    assert win.canvas.brush_radius > r0
+    QTest.keyClick(win.canvas, Qt.Key.Key_BracketLeft)
+    assert win.canvas.brush_radius < r0 * 1.25 + 1
+    filled = doc.full.copy()
+    QTest.keyClick(win.canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert doc.full.max() == 0
+    QTest.keyClick(win.canvas, Qt.Key.Key_Z,
+                   Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert np.array_equal(doc.full, filled)
     with qtbot.waitSignal(win.fixed, timeout=90000):
         win.inpaint_again()
     st = win.states[target]

@@ -13,6 +13,7 @@ from PySide6.QtCore import (
     QObject,
     QPersistentModelIndex,
     QSortFilterProxyModel,
+    QTimer,
     Qt,
     Signal,
 )
@@ -84,6 +85,11 @@ class ThumbnailModel(QAbstractListModel):
         self._cap = pixmap_cache
         self._pending: set[Path] = set()
         self._failed: dict[Path, str] = {}
+        self._dirty: set[int] = set()
+        self._flush = QTimer(self)  # thumbnails arriving together -> one repaint
+        self._flush.setSingleShot(True)
+        self._flush.setInterval(25)
+        self._flush.timeout.connect(self._flush_dirty)
         loader.ready.connect(self._on_ready)
         loader.failed.connect(self._on_failed)
 
@@ -98,6 +104,7 @@ class ThumbnailModel(QAbstractListModel):
         self._pixmaps.clear()
         self._pending.clear()
         self._failed.clear()
+        self._dirty.clear()
         self.endResetModel()
         self.folder_changed.emit(folder)
 
@@ -193,10 +200,21 @@ class ThumbnailModel(QAbstractListModel):
         row = self._row.get(p)
         if row is None:
             return
-        self._pixmaps[p] = QPixmap.fromImage(img)  # GUI thread only
+        pm = QPixmap.fromImage(img)  # GUI thread only
+        pm.setDevicePixelRatio(self.loader.display_dpr)
+        self._pixmaps[p] = pm
         while len(self._pixmaps) > self._cap:
             self._pixmaps.popitem(last=False)
-        self._changed_row(row)
+        self._dirty.add(row)
+        if not self._flush.isActive():
+            self._flush.start()
+
+    def _flush_dirty(self) -> None:
+        rows = [r for r in self._dirty if r < self._loaded]
+        self._dirty.clear()
+        if rows:
+            self.dataChanged.emit(self.index(min(rows)), self.index(max(rows)),
+                                  [Qt.ItemDataRole.DecorationRole])
 
     def _on_failed(self, gen: int, path: str, msg: str) -> None:
         p = Path(path)

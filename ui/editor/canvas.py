@@ -57,8 +57,8 @@ class ImageCanvas(QWidget):
                    before_proxy: QImage | None = None, after_proxy: QImage | None = None) -> None:
         old = self.scene_size()
         self.before, self.after = before, after
-        self.before_proxy = before_proxy or _proxy(before)
-        self.after_proxy = after_proxy or _proxy(after)
+        self.before_proxy = before_proxy  # made off the GUI thread by ui.photo_io
+        self.after_proxy = after_proxy
         self.removed = None
         if self.scene_size() != old or self.fit_mode:
             self.fit()
@@ -303,10 +303,3 @@ class ImageCanvas(QWidget):
         if self.fit_mode:
             self.fit()
         super().resizeEvent(e)
-
-
-def _proxy(img: QImage | None) -> QImage | None:
-    if img is None or img.isNull() or max(img.width(), img.height()) <= PROXY_SIDE:
-        return None
-    return img.scaled(PROXY_SIDE, PROXY_SIDE, Qt.AspectRatioMode.KeepAspectRatio,
-                      Qt.TransformationMode.SmoothTransformation)

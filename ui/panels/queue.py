@@ -1,7 +1,7 @@
 """The job queue: per-job progress, reorder, cancel, retry; overall progress with ETA."""
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -59,7 +59,11 @@ class QueuePanel(QWidget):
         self.retry.clicked.connect(self._retry)
         self.clear.clicked.connect(client.clear_finished)
         self.list.currentItemChanged.connect(lambda *_: self._show_detail())
-        client.queue_changed.connect(self.refresh)
+        self._refresh_timer = QTimer(self)  # a burst of 1,000 submits -> one rebuild
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(60)
+        self._refresh_timer.timeout.connect(self.refresh)
+        client.queue_changed.connect(self._refresh_timer.start)
         client.job_changed.connect(self._on_job)
         client.overall_progress.connect(self._on_overall)
         self._items: dict[int, QListWidgetItem] = {}

@@ -1,0 +1,145 @@
+"""main.py entry points, the model manager over a real store, settings, sidecars, keyboard."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+
+from engine.api import Degradation, Diagnosis, Plan, Step
+from ui.dialogs.models import ModelManagerDialog, human_size
+from ui.engine_client import EngineClient
+from ui.settings import AppSettings, load_settings, qsettings, save_settings
+from ui.sidecar import Sidecar, SidecarStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env_without_display() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    return env
+
+
+def test_main_without_display_exits_2():
+    r = subprocess.run([sys.executable, str(ROOT / "main.py")], env=_env_without_display(),
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2
+    assert "mend --help" in r.stderr
+
+
+def test_main_help_points_to_the_cli():
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0 and "mend --help" in r.stdout and "--screenshot" in r.stdout
+
+
+def test_model_manager_over_a_real_store(qtbot, tmp_path):
+    from tests.model_helpers import install_test_model
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not really weights but hashed like them" * 10)
+    store = install_test_model(tmp_path / "store", "codeformer",
+                               {"codeformer.pth": weights})
+    client = EngineClient(lambda: None)
+    try:
+        dlg = ModelManagerDialog(client, store)
+        qtbot.addWidget(dlg)
+        ids = [dlg.table.item(r, 0).data(Qt.ItemDataRole.UserRole)
+               for r in range(dlg.table.rowCount())]
+        assert "codeformer" in ids and "big-lama" in ids
+        r = dlg.row_of("codeformer")
+        assert dlg.table.item(r, 4).text() == "verified"
+        assert "non-commercial" in dlg.table.item(r, 3).text()
+        assert dlg.table.item(dlg.row_of("big-lama"), 4).text() == "missing"
+        assert "non-commercial" not in dlg.table.item(dlg.row_of("big-lama"), 3).text()
+        # first-run recommendation is computed off the GUI thread
+        qtbot.waitUntil(lambda: "Recommended" in dlg.recommend.text()
+                        or "uses the" in dlg.recommend.text(), timeout=30000)
+        with qtbot.waitSignal(client.model_finished, timeout=10000):
+            dlg.verify("codeformer")
+        assert "codeformer: verified" in dlg.note.text()
+        # a damaged file is found by verify
+        store.file_path("codeformer", "codeformer.pth").write_bytes(b"x" * 390)
+        with qtbot.waitSignal(client.model_finished, timeout=10000):
+            dlg.verify("codeformer")
+        assert "damaged" in dlg.note.text()
+        # import an offline "pack" (a folder with the good file) repairs it
+        pack = tmp_path / "pack"
+        pack.mkdir()
+        (pack / "codeformer.pth").write_bytes(weights.read_bytes())
+        with qtbot.waitSignal(client.model_finished, timeout=10000):
+            dlg.import_from(pack)
+        assert "Imported 1 file" in dlg.note.text()
+        assert dlg.table.item(dlg.row_of("codeformer"), 4).text() == "verified"
+        # offline: downloading fails with a readable message, not a crash
+        os.environ["MEND_OFFLINE"] = "1"
+        try:
+            with qtbot.waitSignal(client.model_failed, timeout=10000) as sig:
+                dlg.pull("big-lama")
+        finally:
+            os.environ.pop("MEND_OFFLINE", None)
+        assert "Offline mode" in sig.args[1] or "offline" in sig.args[1]
+        dlg.close()
+    finally:
+        client.shutdown()
+    assert human_size(1536) == "2 KB" and human_size(3 << 30) == "3.0 GB"
+
+
+def test_settings_round_trip_and_output_options(tmp_path):
+    s = AppSettings(device="cpu", tile_size=256, threads=1, format="png", bit_depth=16,
+                    keep_metadata=False, offline=True, out_dir=str(tmp_path / "o"), suffix="_x")
+    save_settings(s, qsettings())
+    back = load_settings(qsettings())
+    assert back == s
+    o = back.output_options(tmp_path / "p.jpg")
+    assert o.out_dir == tmp_path / "o" and o.format == "png" and o.bit_depth == 16
+    assert not o.keep_metadata and o.suffix == "_x"
+    d = AppSettings().output_options(tmp_path / "p.jpg")
+    assert d.out_dir == tmp_path / "mended" and d.format is None and d.bit_depth is None
+
+
+def test_sidecar_beside_photos_or_in_user_data_when_read_only(tmp_path, monkeypatch):
+    photos = tmp_path / "ph"
+    photos.mkdir()
+    p = photos / "a.jpg"
+    p.write_bytes(b"123")
+    diag = Diagnosis(Degradation.B, {"A": 0.1, "B": 0.7, "C": 0.1, "D": 0.1},
+                     estimates={"reflection_area": 0.2})
+    plan = Plan(Degradation.B, "builtin", (Step("reflection_mask", {"detector": "builtin"}),))
+    store = SidecarStore(photos, tmp_path / "data")
+    assert store.root == photos / ".mend"
+    store.update(p, diagnosis=diag, plan=plan, outputs=["/o/a_mend.jpg"])
+    sc = SidecarStore(photos, tmp_path / "data").load(p)
+    assert sc.diagnosis == diag and sc.plan == plan and sc.outputs == ["/o/a_mend.jpg"]
+    # the photo changed: its old diagnosis no longer applies
+    p.write_bytes(b"12345")
+    sc = store.load(p)
+    assert sc.diagnosis is None and sc.outputs == ["/o/a_mend.jpg"]
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "b.jpg").write_bytes(b"1")
+    ro.chmod(0o555)
+    real_access = os.access
+    # (tests may run as root, which ignores permissions: ask os.access the way a user would)
+    monkeypatch.setattr("ui.sidecar.os.access",
+                        lambda p, mode: False if Path(p) in (ro, ro / ".mend")
+                        else real_access(p, mode))
+    try:
+        s2 = SidecarStore(ro, tmp_path / "data")
+        assert str(s2.root).startswith(str(tmp_path / "data" / "sidecars"))
+        s2.update(ro / "b.jpg", outputs=["x"])
+        assert s2.load(ro / "b.jpg").outputs == ["x"]
+        assert not (ro / ".mend").exists()
+    finally:
+        ro.chmod(0o755)
+
+
+def test_sidecar_survives_garbage(tmp_path):
+    store = SidecarStore(tmp_path, tmp_path / "data")
+    store.path_for(tmp_path / "x.jpg").parent.mkdir(parents=True, exist_ok=True)
+    store.path_for(tmp_path / "x.jpg").write_text("{not json")
+    assert store.load(tmp_path / "x.jpg") is None
+    assert Sidecar.from_json(Sidecar().to_json()) == Sidecar()
