@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="photos or folders")
     c.add_argument("--backend", default="auto", choices=["auto", "builtin", "clip", "vlm"])
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    c.add_argument("--vlm-mode", default="paper", choices=["paper", "structured"],
+                   help="VLM prompt: the paper's A/B/C/D question, or a structured JSON report")
     c.add_argument("--json", action="store_true", help="one JSON object per line")
 
     r = sub.add_parser("restore", help="fix each photo and write the result to a folder")
@@ -169,7 +171,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for path in photos:
         try:
             photo = load_photo(path)
-            d = engine.diagnose(photo, args.backend)
+            opts = {"mode": args.vlm_mode} if args.backend in ("vlm", "auto") else {}
+            d = engine.diagnose(photo, args.backend, **opts)
         except (UsageError, KeyboardInterrupt):
             raise
         except Exception as e:  # noqa: BLE001 — one bad photo never stops the run

@@ -75,11 +75,12 @@ class Engine:
         ]
 
     # -- diagnosis ------------------------------------------------------------------------
-    def diagnose(self, src: Photo | str | Path, backend: str = "auto") -> Diagnosis:
+    def diagnose(self, src: Photo | str | Path, backend: str = "auto", **options: Any) -> Diagnosis:
+        """``options`` go to the backend, e.g. ``mode="structured"`` for the VLM."""
         photo = src if isinstance(src, Photo) else load_photo(src)
         from .understand import diagnose
 
-        return diagnose(photo.pixels, photo, backend=backend, runtime=self.runtime)
+        return diagnose(photo.pixels, photo, backend=backend, runtime=self.runtime, **options)
 
     def plan(self, diagnosis: Diagnosis, label: Degradation | None = None,
              profile: str = "auto") -> Plan:
