@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/run_all.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check engine ui tests bench scripts main.py
+	$(VENV)/bin/ruff check engine ui tests bench scripts installer main.py
 
 clean:
 	rm -rf out build dist .pytest_cache

@@ -354,7 +354,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         devices["torch"] = f"unavailable ({e})"
     info["devices"] = devices
     info["memory"] = {"total": system_memory(), "available": available_memory()}
-    info["offline"] = os.environ.get("MEND_OFFLINE") == "1"
+    info["offline"] = os.environ.get("MEND_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if getattr(sys, "frozen", False):  # the frozen app loads torch from the private environment
+        info["runtime_env"] = os.environ.get("MEND_RUNTIME_ENV")
+        info["runtime_env_error"] = os.environ.get("MEND_RUNTIME_ENV_ERROR")
     try:
         from .models.info import doctor_models
 
