@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ..errors import ModelMissing, UsageError
@@ -162,7 +163,8 @@ def feather_mask(h: int, w: int, ramp_y: int, ramp_x: int,
     models=("pp-ocr", "realesrgan-x4plus"),
     description="Detect text (PP-OCR), super-resolve the text regions of the source with "
                 "Real-ESRGAN and blend them into the result.",
-    defaults={"ocr": "auto", "model": "realesrgan-x4plus", "pad": 0.3, "guard": True},
+    defaults={"ocr": "auto", "model": "realesrgan-x4plus", "pad": 0.3, "guard": True,
+              "det_max_side": 2048},
 )
 def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     model_id = str(params.get("model", "realesrgan-x4plus"))
@@ -179,7 +181,14 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
 
     ctx.progress.update(0.0, "finding text")
     ocr = get_ocr(ctx, str(params.get("ocr", "auto")))
-    quads = ocr.detect(to_u8_bgr(source))
+    # PP-OCR detection keeps big photos at full size (its limit is on the short side): look for
+    # text on a copy at most det_max_side px, then scale the boxes back
+    det_max = int(params.get("det_max_side", 2048))
+    f = min(1.0, det_max / max(sh, sw))
+    det_src = source if f >= 1.0 else cv2.resize(
+        source, (max(1, round(sw * f)), max(1, round(sh * f))), interpolation=cv2.INTER_AREA)
+    quads = [q / f for q in ocr.detect(to_u8_bgr(det_src))]
+    del det_src
     ctx.progress.update(0.1, f"{len(quads)} text region(s)")
     out = image.copy()
     cands: list[dict[str, Any]] = []

@@ -153,3 +153,15 @@ def test_text_fusion_with_official_weights(shared_images, tmp_path):
     print(f"OCR confidence on {len(ctx.artifacts['text_boxes'])} regions: bicubic x2 "
           f"{before:.3f} -> fused official Real-ESRGAN (animevideov3) {after:.3f}")
     assert ctx.artifacts["text_boxes"] and out.image.shape == current.shape
+
+
+def test_detection_runs_on_a_downscaled_copy_of_big_photos(shared_images, tiny_store,
+                                                          tiny_runtime):
+    source = _load(shared_images, CLEAN, max_side=320, rows=0.5)
+    out, ctx = _run(tiny_store, source, source.copy(), runtime=tiny_runtime, guard=False,
+                    det_max_side=200)
+    boxes = ctx.artifacts["text_boxes"]
+    assert boxes  # found on the 200-px copy, mapped back to the 320-px photo
+    h, w = source.shape[:2]
+    assert all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for x0, y0, x1, y1 in boxes)
+    assert max(x1 for _, _, x1, _ in boxes) > 200 * 0.8  # in photo pixels, not the copy's
