@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="what the screenshot shows (default: browser)")
     p.add_argument("--photo", help="photo (file name in the folder) for --state viewer/mask")
     p.add_argument("--size", default="1440x900", help="window size for --screenshot")
+    p.add_argument("--max-kb", type=int, default=0,
+                   help="keep the PNG under this size (palette, then smaller) for docs")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for thumbnails / the engine in --screenshot")
     return p
@@ -79,6 +81,7 @@ def _screenshot(args, folder: str | None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mend-shot-"))
     os.environ.setdefault("MEND_UI_SETTINGS", str(tmp / "settings.ini"))
     os.environ.setdefault("MEND_UI_DATA_DIR", str(tmp / "data"))
+    os.environ.setdefault("MEND_UI_CACHE_DIR", str(tmp / "cache"))
     from ui.app import create_app
     from ui.engine_client import EngineClient
     from ui.main_window import MainWindow
@@ -86,13 +89,15 @@ def _screenshot(args, folder: str | None) -> int:
 
     app = create_app(sys.argv[:1])
     client = EngineClient()
-    win = MainWindow(client, AppSettings(backend="builtin", profile="builtin",
-                                         out_dir=str(tmp / "out")), ask_resume=False)
-    w, h = (int(v) for v in args.size.lower().split("x"))
-    win.resize(w, h)
-    win.show()
     status = 0
+    win = None
     try:
+        win = MainWindow(client, AppSettings(backend="builtin", profile="builtin",
+                                             out_dir=str(tmp / "out")), ask_resume=False,
+                           sidecars_beside_photos=False)  # never write into the photo folder
+        w, h = (int(v) for v in args.size.lower().split("x"))
+        win.resize(w, h)
+        win.show()
         if folder:
             win.open_folder(Path(folder))
             n = min(win.model.rowCount(), 24)
@@ -121,15 +126,42 @@ def _screenshot(args, folder: str | None) -> int:
                     win.show_mask_editor()
         _wait(app, lambda: False, 0.3)
         img = win.grab()
-        if not img.save(args.screenshot):
+        if not _save_png(img, Path(args.screenshot), args.max_kb * 1024):
             print(f"could not write {args.screenshot}", file=sys.stderr)
             status = 1
         else:
             print(args.screenshot)
     finally:
-        win.close()
+        if win is not None:
+            win.close()
         client.shutdown()
     return status
+
+
+def _save_png(pixmap, dest: Path, max_bytes: int = 0) -> bool:
+    """Save a PNG; with ``max_bytes``, use a 256-colour palette and then shrink until it fits."""
+    if not max_bytes:
+        return pixmap.save(str(dest), "PNG")
+    import io
+
+    from PIL import Image
+
+    from ui.imaging import qimage_to_rgb
+
+    im = Image.fromarray(qimage_to_rgb(pixmap.toImage()))
+    scale = 1.0
+    while True:
+        cur = im if scale == 1.0 else im.resize(
+            (round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+        pal = cur.quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                           dither=Image.Dither.FLOYDSTEINBERG)
+        buf = io.BytesIO()
+        pal.save(buf, "PNG", optimize=True)
+        if buf.tell() <= max_bytes or scale < 0.4:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(buf.getvalue())
+            return True
+        scale *= 0.9
 
 
 if __name__ == "__main__":

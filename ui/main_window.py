@@ -10,6 +10,7 @@ from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
     QColorDialog,
+    QScrollArea,
     QComboBox,
     QDockWidget,
     QFileDialog,
@@ -71,8 +72,9 @@ class MainWindow(QMainWindow):
     exported = Signal(object)  # Path of the exported copy
 
     def __init__(self, client: EngineClient | None = None, settings: AppSettings | None = None,
-                 *, ask_resume: bool = True) -> None:
+                 *, ask_resume: bool = True, sidecars_beside_photos: bool = True) -> None:
         super().__init__()
+        self._sidecars_beside = sidecars_beside_photos
         self.setWindowTitle("Mend")
         self.qs: QSettings = qsettings()
         self.settings = settings or load_settings(self.qs)
@@ -103,7 +105,11 @@ class MainWindow(QMainWindow):
         self.panel = DiagnosisPanel()
         dock = QDockWidget("Diagnosis", self)
         dock.setObjectName("diagnosisDock")
-        dock.setWidget(self.panel)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setWidget(self.panel)
+        dock.setWidget(scroll)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
         self.queue = QueuePanel(self.client)
         qdock = QDockWidget("Queue", self)
@@ -136,6 +142,7 @@ class MainWindow(QMainWindow):
         p.edit_mask_requested.connect(lambda: self.show_mask_editor())
 
         self.resize(1400, 880)
+        self.resizeDocks([dock], [400], Qt.Orientation.Horizontal)
         self._restore_window()
         self.show_browser()
         if ask_resume:
@@ -219,6 +226,8 @@ class MainWindow(QMainWindow):
 
         self.mask_bar = self._build_mask_bar()
         lay.addWidget(self.mask_bar)
+        lay.addWidget(self.mask_bar2)
+        self.mask_bar2.setVisible(False)
         self.canvas.sam_clicked.connect(self._sam_click)
         lay.addWidget(self.canvas, 1)
         self.mask_doc: MaskDocument | None = None
@@ -226,6 +235,7 @@ class MainWindow(QMainWindow):
 
     def _build_mask_bar(self) -> QToolBar:
         bar = QToolBar("Mask")
+        first = bar
         group = QActionGroup(bar)
         self.tool_actions: dict[str, QAction] = {}
         for tool, text, key, tip in (
@@ -261,6 +271,15 @@ class MainWindow(QMainWindow):
         self.hard_slider.valueChanged.connect(lambda v: self.canvas.set_brush(hardness=v / 100))
         bar.addWidget(self.hard_slider)
         bar.addSeparator()
+        self.undo_action = bar.addAction("Undo")
+        self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
+        self.undo_action.triggered.connect(lambda: self.mask_doc and self.mask_doc.undo.undo())
+        self.redo_action = bar.addAction("Redo")
+        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        self.redo_action.triggered.connect(lambda: self.mask_doc and self.mask_doc.undo.redo())
+        bar2 = QToolBar("Mask 2")
+        self.mask_bar2 = bar2
+        bar = bar2
         self.morph_px = QSpinBox()
         self.morph_px.setRange(1, 200)
         self.morph_px.setValue(4)
@@ -275,13 +294,6 @@ class MainWindow(QMainWindow):
                          ("Invert", lambda: self.mask_doc and self.mask_doc.invert()),
                          ("Clear", lambda: self.mask_doc and self.mask_doc.clear())):
             bar.addAction(text).triggered.connect(fn)
-        bar.addSeparator()
-        self.undo_action = bar.addAction("Undo")
-        self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
-        self.undo_action.triggered.connect(lambda: self.mask_doc and self.mask_doc.undo.undo())
-        self.redo_action = bar.addAction("Redo")
-        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
-        self.redo_action.triggered.connect(lambda: self.mask_doc and self.mask_doc.undo.redo())
         bar.addSeparator()
         bar.addAction("Colour…").triggered.connect(self._pick_mask_colour)
         bar.addWidget(QLabel(" Opacity "))
@@ -298,7 +310,7 @@ class MainWindow(QMainWindow):
         self.inpaint_action = bar.addAction("Inpaint again")
         self.inpaint_action.setToolTip("Re-run the reflection chain with this mask")
         self.inpaint_action.triggered.connect(self.inpaint_again)
-        return bar
+        return first
 
     def _build_menus(self) -> None:
         mb = self.menuBar()
@@ -381,7 +393,7 @@ class MainWindow(QMainWindow):
         self.panel.set_diagnosis(None)
         self.panel.set_plan(None)
         self.model.set_folder(folder, scan_folder(folder))
-        self.sidecars = SidecarStore(folder, data_dir())
+        self.sidecars = SidecarStore(folder, data_dir(), beside_photos=self._sidecars_beside)
         add_recent_folder(folder, self.qs)
         self.folder_label.setText(str(folder))
         self.setWindowTitle(f"Mend — {folder.name}")
@@ -704,6 +716,10 @@ class MainWindow(QMainWindow):
             self.mask_action.setChecked(True)  # re-enters via the toggled signal
             return
         self.mask_bar.setVisible(True)
+        self.mask_bar2.setVisible(True)
+        if self.compare_mode() is not Compare.BEFORE:
+            self._mode_before_mask = self.compare_mode()
+            self.set_compare(Compare.BEFORE)  # the mask is drawn on the original
         sam_ok = self._sam_available()
         self.tool_actions["sam"].setEnabled(sam_ok)
         self.tool_actions["sam"].setToolTip(
@@ -718,7 +734,12 @@ class MainWindow(QMainWindow):
         if not hasattr(self, "mask_bar"):
             return
         self.mask_bar.setVisible(False)
+        self.mask_bar2.setVisible(False)
         self.set_tool("pan")
+        back = getattr(self, "_mode_before_mask", None)
+        if back is not None:
+            self._mode_before_mask = None
+            self.set_compare(back)
         if self.mask_action.isChecked():
             self.mask_action.setChecked(False)
 

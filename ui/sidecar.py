@@ -54,10 +54,10 @@ class Sidecar:
 
 
 class SidecarStore:
-    def __init__(self, folder: Path, fallback_root: Path) -> None:
+    def __init__(self, folder: Path, fallback_root: Path, *, beside_photos: bool = True) -> None:
         self.folder = Path(folder)
         beside = self.folder / ".mend"
-        if _writable(beside):
+        if beside_photos and _writable(beside):
             self.root = beside
         else:
             h = hashlib.sha1(os.fspath(self.folder.resolve()).encode()).hexdigest()[:16]
@@ -113,7 +113,12 @@ class SidecarStore:
 
 
 def _writable(d: Path) -> bool:
-    if d.is_dir():
-        return os.access(d, os.W_OK)
-    parent = d.parent
-    return parent.is_dir() and os.access(parent, os.W_OK)
+    """Writable, and not marked read-only (root passes os.access on read-only folders, but a
+    folder whose owner made it read-only is not ours to add files to)."""
+    target = d if d.is_dir() else d.parent
+    if not target.is_dir() or not os.access(target, os.W_OK):
+        return False
+    try:
+        return bool(target.stat().st_mode & 0o222)
+    except OSError:
+        return False

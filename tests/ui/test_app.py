@@ -101,7 +101,7 @@ def test_settings_round_trip_and_output_options(tmp_path):
     assert d.out_dir == tmp_path / "mended" and d.format is None and d.bit_depth is None
 
 
-def test_sidecar_beside_photos_or_in_user_data_when_read_only(tmp_path, monkeypatch):
+def test_sidecar_beside_photos_or_in_user_data_when_read_only(tmp_path):
     photos = tmp_path / "ph"
     photos.mkdir()
     p = photos / "a.jpg"
@@ -122,12 +122,7 @@ def test_sidecar_beside_photos_or_in_user_data_when_read_only(tmp_path, monkeypa
     ro.mkdir()
     (ro / "b.jpg").write_bytes(b"1")
     ro.chmod(0o555)
-    real_access = os.access
-    # (tests may run as root, which ignores permissions: ask os.access the way a user would)
-    monkeypatch.setattr("ui.sidecar.os.access",
-                        lambda p, mode: False if Path(p) in (ro, ro / ".mend")
-                        else real_access(p, mode))
-    try:
+    try:  # (root passes os.access here; the read-only mode bits still count)
         s2 = SidecarStore(ro, tmp_path / "data")
         assert str(s2.root).startswith(str(tmp_path / "data" / "sidecars"))
         s2.update(ro / "b.jpg", outputs=["x"])
@@ -135,6 +130,8 @@ def test_sidecar_beside_photos_or_in_user_data_when_read_only(tmp_path, monkeypa
         assert not (ro / ".mend").exists()
     finally:
         ro.chmod(0o755)
+    forced = SidecarStore(photos, tmp_path / "data", beside_photos=False)
+    assert str(forced.root).startswith(str(tmp_path / "data" / "sidecars"))
 
 
 def test_sidecar_survives_garbage(tmp_path):

@@ -43,7 +43,11 @@ ESTIMATE_NAMES = {
     "blur_angle": ("Blur angle", "{:.0f}°"),
     "sharpness": ("Sharpness", "{:.3g}"),
     "reflection_area": ("Reflection area", "{:.0%}"),
+    "specular_area": ("Specular area", "{:.1%}"),
+    "motion_evidence": ("Motion evidence", "{:.2f}"),
+    "upscale_factor": ("Upscale factor", "{:.2g}×"),
 }
+HIDDEN_ESTIMATES = {"width", "height", "units", "jpeg_source"}
 
 
 def step_names() -> list[str]:
@@ -104,6 +108,7 @@ class DiagnosisPanel(QWidget):
         lay.addWidget(scores)
 
         est = QGroupBox("Measurements")
+        self.est_box = est
         self.est_form = QFormLayout(est)
         lay.addWidget(est)
         self.rationale = QLabel("")
@@ -198,14 +203,17 @@ class DiagnosisPanel(QWidget):
             bar.setValue(int(round(v * 1000)))
             bar.setFormat(f"{v:.0%}")
         for key, value in d.estimates.items():
-            name, fmt = ESTIMATE_NAMES.get(key, (key.replace("_", " ").capitalize(), "{}"))
+            if key in HIDDEN_ESTIMATES or key not in ESTIMATE_NAMES:
+                continue
+            name, fmt = ESTIMATE_NAMES[key]
             try:
                 text = fmt.format(value) if value is not None else "–"
             except (ValueError, TypeError):
                 text = str(value)
             self.est_form.addRow(name, QLabel(text))
         if d.flags:
-            self.est_form.addRow("Also present", QLabel(", ".join(d.flags)))
+            self.est_form.addRow("Present", QLabel(", ".join(d.flags)))
+        self.est_box.setToolTip("\n".join(f"{k}: {v}" for k, v in d.estimates.items()))
         self.rationale.setText(d.rationale + (f"  ({d.backend})" if d.backend else ""))
 
     def set_plan(self, plan: Plan | None, note: str = "") -> None:
