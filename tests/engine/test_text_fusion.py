@@ -158,7 +158,7 @@ def test_text_fusion_with_official_weights(shared_images, tmp_path):
 def test_detection_runs_on_a_downscaled_copy_of_big_photos(shared_images, tiny_store,
                                                           tiny_runtime):
     source = _load(shared_images, CLEAN, max_side=320, rows=0.5)
-    out, ctx = _run(tiny_store, source, source.copy(), runtime=tiny_runtime, guard=False,
+    _, ctx = _run(tiny_store, source, source.copy(), runtime=tiny_runtime, guard=False,
                     det_max_side=200)
     boxes = ctx.artifacts["text_boxes"]
     assert boxes  # found on the 200-px copy, mapped back to the 320-px photo
