@@ -146,6 +146,22 @@ class _Worker(QObject):
         self.done.emit(ticket.id, result)
 
 
+def _tiny_job(engine: Any) -> None:
+    """Run one 64 x 48 photo through diagnose + the builtin chain in a temp folder."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="mend-warmup-") as tmp:
+        src = Path(tmp) / "warmup.jpg"
+        yy, xx = np.mgrid[0:48, 0:64]
+        rgb = np.stack([xx * 4, yy * 5, (xx + yy) * 2], -1).astype(np.uint8)
+        Image.fromarray(rgb).save(src, quality=80)
+        engine.run(JobRequest(src, OutputOptions(out_dir=Path(tmp) / "out"), profile="builtin",
+                              backend="builtin"), None)
+
+
 def _do_diagnose(engine: Any, payload: dict, progress: Progress) -> DiagnoseOutcome:
     progress.update(0.05, "analysing")
     diagnosis = engine.diagnose(payload["path"], backend=payload.get("backend", "auto"))
@@ -301,6 +317,7 @@ class EngineClient(QObject):
 
                 all_steps()
                 get_classifier("builtin")
+                _tiny_job(engine)  # the common path's lazy imports (PIL plugins, codecs...)
             except Exception as e:  # noqa: BLE001 - a broken module shows up at its first job
                 log.warning("engine warm-up: %s", e)
             return getattr(engine, "device", None)

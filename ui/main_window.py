@@ -10,7 +10,6 @@ from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
     QColorDialog,
-    QScrollArea,
     QComboBox,
     QDockWidget,
     QFileDialog,
@@ -19,6 +18,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QPushButton,
+    QScrollArea,
     QSlider,
     QSpinBox,
     QStackedWidget,
@@ -526,15 +526,15 @@ class MainWindow(QMainWindow):
                 self.canvas.update()
                 self.set_status(msg)
 
-        self.bg.run(lambda: build_view(path, output), done, fail)
+        mask_path = st.mask_path or (st.result.artifacts.get("mask_path") if st.result else None)
+        self.bg.run(lambda: build_view(path, output, mask_path), done, fail)
 
     def _show_result_mask(self) -> None:
         """Show the mask the engine used (or the edited one) as a read-only overlay."""
         st = self._state(self.current) if self.current else None
-        mp = None
-        if st is not None:
-            mp = st.mask_path or (st.result.artifacts.get("mask_path") if st.result else None)
-        if mp is None or self._view is None:
+        has = self._view is not None and (self._view.mask is not None or (
+            st is not None and st.result is not None and "mask" in st.result.artifacts))
+        if not has:
             self.canvas.set_document(None)
             return
         self._open_mask_doc(readonly=True)
@@ -761,14 +761,11 @@ class MainWindow(QMainWindow):
         h, w = v.before_rgb.shape[:2]
         doc = MaskDocument(h, w, parent=self)
         st = self._state(self.current)
-        src = st.mask_path or (st.result.artifacts.get("mask_path") if st.result else None)
-        arr = st.result.artifacts.get("mask") if st.result else None
+        arr = v.mask  # read in the pool with the photo
+        if arr is None and st.result is not None:
+            arr = st.result.artifacts.get("mask")
         try:
-            if src is not None and Path(src).exists():
-                from .editor.mask import read_mask
-
-                doc.set_mask(read_mask(Path(src), (h, w)), "Detected mask")
-            elif arr is not None and hasattr(arr, "shape"):
+            if arr is not None and hasattr(arr, "shape"):
                 doc.set_mask(arr, "Detected mask")
         except Exception as e:  # noqa: BLE001
             from .messages import describe_error

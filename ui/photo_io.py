@@ -30,6 +30,7 @@ class ViewImages:
     after_proxy: QImage | None
     removed: QImage | None
     before_rgb: np.ndarray  # uint8, for the mask editor's size and SAM
+    mask: np.ndarray | None = None  # the reflection mask (uint8, photo size), if any
 
 
 def _proxy(rgb: np.ndarray) -> QImage | None:
@@ -56,8 +57,13 @@ def removed_layer(before: np.ndarray, after: np.ndarray, gain: float = 3.0) -> n
     return np.clip(diff * gain, 0, 255).astype(np.uint8)
 
 
-def build_view(path: Path, output: Path | None) -> ViewImages:
+def build_view(path: Path, output: Path | None, mask_path: Path | None = None) -> ViewImages:
     before_rgb = load_full(path)
+    mask = None
+    if mask_path is not None and Path(mask_path).exists():
+        from .editor.mask import read_mask
+
+        mask = read_mask(Path(mask_path), before_rgb.shape[:2])
     before = rgb_to_qimage(before_rgb)
     after = after_proxy = removed = None
     if output is not None and Path(output).exists():
@@ -66,7 +72,7 @@ def build_view(path: Path, output: Path | None) -> ViewImages:
         after_proxy = _proxy(after_rgb)
         removed = rgb_to_qimage(removed_layer(before_rgb, after_rgb))
     return ViewImages(Path(path), before, _proxy(before_rgb), after, after_proxy, removed,
-                      before_rgb)
+                      before_rgb, mask)
 
 
 def export_copy(src: Path, dest: Path, original: Path) -> Path:

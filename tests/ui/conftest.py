@@ -11,10 +11,10 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from PySide6.QtCore import QThread, QThreadPool  # noqa: E402
+from PySide6.QtCore import QThread, QThreadPool
 
-_threads: "weakref.WeakSet[QThread]" = weakref.WeakSet()
-_pools: "weakref.WeakSet[QThreadPool]" = weakref.WeakSet()
+_threads: weakref.WeakSet[QThread] = weakref.WeakSet()
+_pools: weakref.WeakSet[QThreadPool] = weakref.WeakSet()
 _orig_thread_start = QThread.start
 _orig_pool_start = QThreadPool.start
 

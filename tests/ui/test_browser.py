@@ -9,10 +9,17 @@ from PySide6.QtCore import QModelIndex, QThreadPool
 from PySide6.QtGui import QPixmap
 from PySide6.QtTest import QAbstractItemModelTester
 
-from engine.api import Diagnosis, Degradation
+from engine.api import Degradation, Diagnosis
 from ui.browser import model as bm
-from ui.browser.model import (ClassFilterProxy, DiagnosisRole, LabelRole, PathRole,
-                              ThumbnailModel, ThumbStateRole, scan_folder)
+from ui.browser.model import (
+    ClassFilterProxy,
+    DiagnosisRole,
+    LabelRole,
+    PathRole,
+    ThumbnailModel,
+    ThumbStateRole,
+    scan_folder,
+)
 from ui.browser.thumbs import ThumbnailLoader, cache_key
 from ui.engine_client import JobState
 

@@ -10,8 +10,14 @@ import pytest
 
 from engine.api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan, Step
 from engine.errors import BadImage, ModelMissing, OutOfMemory
-from ui.engine_client import (DiagnoseOutcome, EngineClient, JobState, read_journal,
-                              request_from_json, request_to_json)
+from ui.engine_client import (
+    DiagnoseOutcome,
+    EngineClient,
+    JobState,
+    read_journal,
+    request_from_json,
+    request_to_json,
+)
 from ui.messages import describe_error
 
 
