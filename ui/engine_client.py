@@ -182,14 +182,16 @@ def _do_run(engine: Any, request: JobRequest, progress: Progress) -> Any:
 def _do_sam(engine: Any, payload: dict, progress: Progress) -> Any:
     from engine.restore import reflection  # provided by the reflection engineer
 
-    fn = getattr(reflection, "sam_select", None) or getattr(reflection, "sam_mask", None)
+    fn = getattr(reflection, "sam_mask_from_points", None)
     if fn is None:
         raise RuntimeError("click-to-select is not available in this engine version")
     progress.update(0.1, "segmenting")
     from engine.imageio import load_photo
 
     photo = load_photo(payload["path"])
-    mask = fn(photo.pixels, payload["points"], runtime=engine.runtime)
+    pts = [(float(x), float(y)) for x, y, _ in payload["points"]]
+    labels = [int(lab) for _, _, lab in payload["points"]]
+    mask = fn(photo.pixels, pts, labels, engine.runtime)
     progress.update(1.0, "selected")
     return mask
 

@@ -85,6 +85,7 @@ class MainWindow(QMainWindow):
         self.current: Path | None = None
         self.sidecars: SidecarStore | None = None
         self._job_path: dict[int, Path] = {}
+        self._sam_include: dict[int, bool] = {}
         self._view: ViewImages | None = None
         self._view_token = 0
         self.device: Any = None
@@ -671,8 +672,11 @@ class MainWindow(QMainWindow):
             if path == self.current:
                 self.panel.set_plan(result)
         elif result is not None and hasattr(result, "shape"):  # SAM mask
+            include = self._sam_include.pop(job_id, True)
             if self.mask_doc is not None and path == self.current:
-                self.mask_doc.set_mask(result, "Click-select", combine="add")
+                self.mask_doc.set_mask(result, "Click-select" if include else "Click-deselect",
+                                       combine="add" if include else "subtract")
+                self.set_status("")
 
     def _save_sidecar(self, path: Path, **changes: Any) -> None:
         """Sidecar writes (fsync'd) go to the pool, never the GUI thread."""
@@ -748,7 +752,7 @@ class MainWindow(QMainWindow):
             from engine.models.store import ModelStore
             from engine.restore import reflection
 
-            if not (hasattr(reflection, "sam_select") or hasattr(reflection, "sam_mask")):
+            if not hasattr(reflection, "sam_mask_from_points"):
                 return False
             return ModelStore().status("sam-vit-base") in ("verified", "unpinned")
         except Exception:  # noqa: BLE001
@@ -861,8 +865,11 @@ class MainWindow(QMainWindow):
     def _sam_click(self, x: float, y: float, include: int) -> None:
         if self.current is None:
             return
-        jid = self.client.sam_select(self.current, [(x, y, include)])
+        # each click selects one object (a positive point); Shift/Alt-click removes it
+        jid = self.client.sam_select(self.current, [(x, y, 1)])
         self._job_path[jid] = self.current
+        self._sam_include[jid] = bool(include)
+        self.set_status("Selecting…")
 
     # -- export ---------------------------------------------------------------------------
     def export_current(self, dest: Path | None = None) -> None:

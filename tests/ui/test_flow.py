@@ -172,3 +172,42 @@ def test_override_class_and_inpaint_again_with_edited_mask(qtbot, window, folder
     assert np.array_equal(read_mask(saved, (72, 96)) > 127, doc.full > 127)
     assert st.result.label is Degradation.B
     assert st.output is not None and st.output.exists()
+
+
+def test_click_to_select_runs_in_the_engine_thread(qtbot, window, folder, monkeypatch):
+    """The SAM wiring (the SAM model itself is tested by the engine): a click on the canvas
+    becomes a job in the engine thread whose mask is added (or, Shift-click, removed)."""
+    import threading
+
+    from engine.restore import reflection
+
+    calls = []
+
+    def fake_sam(image, points, labels, runtime):
+        calls.append((threading.get_ident(), points, labels))
+        m = np.zeros(image.shape[:2], np.uint8)
+        x, y = (int(round(v)) for v in points[0])
+        m[max(0, y - 5):y + 5, max(0, x - 5):x + 5] = 255
+        return m
+
+    monkeypatch.setattr(reflection, "sam_mask_from_points", fake_sam)
+    monkeypatch.setattr(MainWindow, "_sam_available", lambda self: True)
+    win = window
+    win.open_folder(folder)
+    target = folder / "b_clean.png"
+    win.select_path(target)
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        win.show_viewer(target)
+    win.show_mask_editor()
+    assert win.tool_actions["sam"].isEnabled()
+    win.set_tool("sam")
+    assert win.canvas.tool == "sam"
+    doc = win.mask_doc
+    win._sam_click(40.0, 30.0, 1)
+    qtbot.waitUntil(lambda: doc.full[30, 40] == 255, timeout=20000)
+    assert calls and calls[0][0] != threading.get_ident() and calls[0][2] == [1]
+    assert doc.undo.undoText() == "Click-select"
+    win._sam_click(40.0, 30.0, 0)
+    qtbot.waitUntil(lambda: doc.full[30, 40] == 0, timeout=20000)
+    doc.undo.undo()
+    assert doc.full[30, 40] == 255
