@@ -60,6 +60,11 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     app.setOrganizationName(ORG)
     app.setApplicationName(APP)
     app.setApplicationDisplayName("Mend")
+    icon = STYLE.parents[1] / "icons" / "mend-app.png"
+    if icon.exists():
+        from PySide6.QtGui import QIcon
+
+        app.setWindowIcon(QIcon(str(icon)))
     from . import qtcompat
 
     qtcompat.install()  # PySide6 6.12 + Python 3.11 refcount bug: see ui/qtcompat.py
