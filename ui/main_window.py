@@ -79,8 +79,15 @@ class MainWindow(QMainWindow):
         self.qs: QSettings = qsettings()
         self.settings = settings or load_settings(self.qs)
         self.settings.apply_environment()
-        self.client = client or EngineClient(journal=data_dir() / "queue.json")
-        self._own_client = client is None
+        if client is None:
+            from .engine_client import _default_factory
+
+            client = EngineClient(_default_factory(self.settings.device, self.settings.tile_size),
+                                  journal=data_dir() / "queue.json")
+            self._own_client = True
+        else:
+            self._own_client = False
+        self.client = client
         self.states: dict[Path, PhotoState] = {}
         self.current: Path | None = None
         self.sidecars: SidecarStore | None = None
