@@ -65,9 +65,6 @@ def create_app(argv: list[str] | None = None) -> QApplication:
         from PySide6.QtGui import QIcon
 
         app.setWindowIcon(QIcon(str(icon)))
-    from . import qtcompat
-
-    qtcompat.install()  # PySide6 6.12 + Python 3.11 refcount bug: see ui/qtcompat.py
     apply_theme(app)
     setup_logging()
     return app

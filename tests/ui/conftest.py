@@ -33,14 +33,6 @@ QThread.start = _tracked_thread_start  # type: ignore[method-assign]
 QThreadPool.start = _tracked_pool_start  # type: ignore[method-assign]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _pyside_refcount_guard(qapp):
-    from ui import qtcompat
-
-    qtcompat.install()  # PySide6 6.12 on Python 3.11 leaks refs of None/True per emit
-    yield
-
-
 @pytest.fixture(autouse=True)
 def no_leftover_threads(qapp):
     """Fail the test if it leaves a QThread running or a thread pool busy."""
