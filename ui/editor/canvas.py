@@ -38,7 +38,7 @@ class ImageCanvas(QWidget):
         self.after_proxy: QImage | None = None
         self.removed: QImage | None = None
         self.mask_overlay: QImage | None = None  # ARGB, any size, stretched over the scene
-        self.text_boxes: list[tuple[float, float, float, float]] = []  # in source pixels
+        self.text_boxes: list[tuple[float, float, float, float]] = []  # x0, y0, x1, y1 source px
         self.face_boxes: list[tuple[float, float, float, float]] = []
         self.show_mask = True
         self.show_removed = False
@@ -246,9 +246,9 @@ class ImageCanvas(QWidget):
             for boxes, colour in ((self.text_boxes, QColor("#ffd54a")),
                                   (self.face_boxes, QColor("#5ad1ff"))):
                 p.setPen(QPen(colour, 2))
-                for x, y, w, h in boxes:
-                    a = self.to_widget(QPointF(x * k, y * k), pane)
-                    b = self.to_widget(QPointF((x + w) * k, (y + h) * k), pane)
+                for x0, y0, x1, y1 in boxes:  # engine artifacts: (x0, y0, x1, y1), source px
+                    a = self.to_widget(QPointF(x0 * k, y0 * k), pane)
+                    b = self.to_widget(QPointF(x1 * k, y1 * k), pane)
                     p.drawRect(QRectF(a, b))
         del s
 
