@@ -23,11 +23,20 @@ class DeviceInfo:
         return "cuda:0" if self.kind == "cuda" else self.kind
 
     def dtype_for(self, model_supports_half: bool = True, model_supports_bf16: bool = False):
-        """fp16/bf16 on GPUs where the model allows, fp32 on CPU."""
+        """fp16/bf16 on GPUs where the model allows, fp32 on CPU.
+
+        ``MEND_PRECISION`` (fp32 | fp16 | bf16 | auto, the app's precision setting) narrows the
+        choice: fp32 forces full precision; fp16/bf16 are used only where device and model allow.
+        """
         import torch
 
-        if self.kind == "cpu":
+        want = os.environ.get("MEND_PRECISION", "auto").strip().lower()
+        if self.kind == "cpu" or want == "fp32":
             return torch.float32
+        if want == "bf16":
+            return torch.bfloat16 if (model_supports_bf16 and self.supports_bf16) else torch.float32
+        if want == "fp16":
+            return torch.float16 if (model_supports_half and self.supports_half) else torch.float32
         if model_supports_half and self.supports_half:
             return torch.float16
         if model_supports_bf16 and self.supports_bf16:

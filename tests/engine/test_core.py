@@ -103,3 +103,20 @@ def test_engine_never_imports_qt():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_precision_setting_narrows_gpu_dtypes(monkeypatch):
+    import dataclasses
+
+    import torch
+
+    gpu = dataclasses.replace(select_device("cpu"), kind="cuda", supports_half=True,
+                              supports_bf16=True)
+    assert gpu.dtype_for(True, True) == torch.float16
+    monkeypatch.setenv("MEND_PRECISION", "fp32")
+    assert gpu.dtype_for(True, True) == torch.float32
+    monkeypatch.setenv("MEND_PRECISION", "bf16")
+    assert gpu.dtype_for(True, True) == torch.bfloat16
+    assert gpu.dtype_for(True, False) == torch.float32  # the model cannot run bf16
+    monkeypatch.setenv("MEND_PRECISION", "fp16")
+    assert select_device("cpu").dtype_for(True, True) == torch.float32  # never half on CPU
