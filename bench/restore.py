@@ -145,7 +145,7 @@ def load_image(size: tuple[int, int]):
 
 # --------------------------------------------------------------------------- one run (worker)
 def worker(chain: str, profile: str, size: tuple[int, int], tile: int,
-           max_tiles: int = 0) -> dict:
+           max_tiles: int = 0, overrides: dict | None = None) -> dict:
     import torch
 
     from engine.devices import configure_torch, select_device
@@ -169,26 +169,29 @@ def worker(chain: str, profile: str, size: tuple[int, int], tile: int,
             result["no_weights_for"] = missing
         image = load_image(size)
         rss0 = peak_rss_mb()
-        tiles = {"n": 0, "of": None}
+        tiles = {"n": 0, "of": None, "sample": False}
         token = CancelToken()
 
         def on_progress(fraction, message):
             if message.startswith("tile "):
                 done, of = message[5:].split("/")
                 tiles["n"], tiles["of"] = int(done), int(of)
-                if max_tiles and int(done) >= max_tiles and int(done) < int(of):
+                if (tiles["sample"] and max_tiles and int(done) >= max_tiles
+                        and int(done) < int(of)):
                     token.cancel()  # a sample of tiles: the run stops at the next check
 
         ctx = StepContext(device=device, progress=Progress(on_progress, token),
                           runtime=ModelRuntime(device, store), tile_size=tile)
         ctx.artifacts["source"] = image
         total = 0.0
-        for step in steps:
+        for i, step in enumerate(steps):
             t = time.perf_counter()
-            rec = {"name": step.name, "params": dict(step.params)}
-            tiles["n"], tiles["of"] = 0, None
+            params = dict(step.params)
+            params.update((overrides or {}).get(step.name, {}))
+            rec = {"name": step.name, "params": params}
+            tiles["n"], tiles["of"], tiles["sample"] = 0, None, i == 0  # sample the first step
             try:
-                out = get_step(step.name).fn(image, step.params, ctx)
+                out = get_step(step.name).fn(image, params, ctx)
                 image = out.image
                 rec["model"] = out.model
             except Cancelled:
@@ -214,9 +217,11 @@ def worker(chain: str, profile: str, size: tuple[int, int], tile: int,
     return result
 
 
-def run_worker(chain, profile, size, tile, timeout, max_tiles=0) -> dict:
+def run_worker(chain, profile, size, tile, timeout, max_tiles=0, sets=()) -> dict:
     cmd = [sys.executable, __file__, "--worker", chain, profile, f"{size[0]}x{size[1]}",
            "--tile", str(tile), "--max-tiles", str(max_tiles)]
+    for s in sets:
+        cmd += ["--set", s]
     env = dict(os.environ)
     env.setdefault("MEND_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
     try:
@@ -314,7 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tiles", type=int, default=0,
                     help="stop each tiled step after N tiles and project its time (memory is "
                          "allocated up front, so the peak is reached in the first tiles)")
+    ap.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE",
+                    help="override a step parameter, e.g. text_fusion.model=realesr-general-x4v3")
     args = ap.parse_args(argv)
+    overrides: dict = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        step, param = key.split(".", 1)
+        overrides.setdefault(step, {})[param] = int(value) if value.isdigit() else value
 
     def parse_size(s):
         w, h = s.lower().split("x")
@@ -322,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker:
         chain, profile, size = args.worker
-        print(json.dumps(worker(chain, profile, parse_size(size), args.tile, args.max_tiles)))
+        print(json.dumps(worker(chain, profile, parse_size(size), args.tile, args.max_tiles,
+                                overrides)))
         return 0
     report: dict = {"machine": machine(), "runs": []}
     for chain in args.chains.split(","):
@@ -333,10 +346,10 @@ def main(argv: list[str] | None = None) -> int:
                                        "patch-step on one CPU core; run with --invsr"})
                 continue
             report["runs"].append(run_worker(chain, profile, parse_size(args.size), args.tile,
-                                             args.timeout, args.max_tiles))
+                                             args.timeout, args.max_tiles, args.set))
     if args.big:
         big = run_worker("A", "laptop", parse_size(args.big_size), args.tile, args.timeout,
-                         args.max_tiles)
+                         args.max_tiles, args.set)
         big["under_4_gb"] = bool(big.get("peak_rss_mb", 1e9) < 4096)
         report["laptop_a_24mp"] = big
     if args.ncnn:
