@@ -1,0 +1,151 @@
+"""`make bench`: run every benchmark in bench/ and write docs/PERFORMANCE.md.
+
+Each benchmark prints JSON; this script keeps the raw JSON under docs/bench/ and writes a report
+whose every figure comes from those files, with the machine and the date. Benchmarks on random
+weights measure time and memory only — never quality.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "images"
+
+# name -> (arguments, timeout seconds)
+BENCHES: dict[str, tuple[list[str], int]] = {
+    "classify": (["bench/classify.py", "--all"], 3600),
+    "restore": (["bench/restore.py", "--big", "--ncnn", "--max-tiles", "6"], 5400),
+    "ui": (["bench/ui.py", "--photos", "1000"], 1800),
+}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
+            "os": platform.platform(), "python": platform.python_version()}
+    try:
+        import psutil
+
+        info["ram_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def run(name: str, args: list[str], timeout: int) -> dict:
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    took = round(time.perf_counter() - t0, 1)
+    if p.returncode != 0:
+        return {"error": f"exit {p.returncode}: {p.stderr.strip()[-2000:]}", "seconds": took}
+    try:
+        data = json.loads(p.stdout)
+    except json.JSONDecodeError as e:
+        return {"error": f"not JSON ({e}): {p.stdout[-500:]}", "seconds": took}
+    return {"result": data, "seconds": took}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        s = json.dumps(v)
+        return s if len(s) <= 120 else s[:117] + "…"
+    return str(v)
+
+
+def flatten(obj, prefix: str = "", depth: int = 0, out: list | None = None) -> list:
+    """Scalar leaves as (path, value), for a compact table of every figure."""
+    out = [] if out is None else out
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            flatten(v, f"{prefix}.{k}" if prefix else str(k), depth + 1, out)
+    elif isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj) and depth < 4:
+        for i, v in enumerate(obj):
+            label = v.get("chain") or v.get("name") or v.get("id") or str(i)
+            if "profile" in v:
+                label = f"{label}/{v['profile']}"
+            flatten(v, f"{prefix}[{label}]", depth + 1, out)
+    else:
+        out.append((prefix, obj))
+    return out
+
+
+def render(results: dict, info: dict, when: str) -> str:
+    lines = ["# Mend — performance report", "",
+             f"Measured {when} by `make bench` (bench/run_all.py). Raw JSON: docs/bench/.", "",
+             "## Machine", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in info.items()]
+    lines += ["", "Figures from full-size architectures with **random weights** (flagged "
+              "`random_weights` in the JSON) are compute and memory measurements only: they say "
+              "nothing about restoration quality.", ""]
+    for name, res in results.items():
+        lines += [f"## {name}", ""]
+        if "error" in res:
+            lines += [f"Not measured: {res['error']}", ""]
+            continue
+        lines += [f"Benchmark wall time: {res['seconds']} s", "", "| figure | value |",
+                  "|---|---|"]
+        for path, v in flatten(res["result"]):
+            lines.append(f"| `{path}` | {_fmt(v)} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
+    args = ap.parse_args()
+    names = args.only or list(BENCHES)
+    raw_dir = args.out.parent / "bench"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results = {}
+    for name in BENCHES:
+        raw = raw_dir / f"{name}.json"
+        if name in names:
+            print(f"running {name} …", file=sys.stderr, flush=True)
+            res = run(name, *BENCHES[name])
+            res["measured"] = when
+            res["machine"] = info
+            raw.write_text(json.dumps(res, indent=1))
+        elif raw.exists():  # keep the last measurement of benches not re-run
+            res = json.loads(raw.read_text())
+        else:
+            continue
+        results[name] = res
+    args.out.write_text(render(results, info, when))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
