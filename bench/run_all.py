@@ -99,7 +99,8 @@ def flatten(obj, prefix: str = "", depth: int = 0, out: list | None = None) -> l
 
 def render(results: dict, info: dict, when: str) -> str:
     lines = ["# Mend — performance report", "",
-             f"Measured {when} by `make bench` (bench/run_all.py). Raw JSON: docs/bench/.", "",
+             f"Written {when} by `make bench` (bench/run_all.py); each section says when it was "
+             "measured. Raw JSON: docs/bench/.", "",
              "## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in info.items()]
     lines += ["", "Figures from full-size architectures with **random weights** (flagged "
@@ -110,7 +111,8 @@ def render(results: dict, info: dict, when: str) -> str:
         if "error" in res:
             lines += [f"Not measured: {res['error']}", ""]
             continue
-        lines += [f"Benchmark wall time: {res['seconds']} s", "", "| figure | value |",
+        lines += [f"Measured {res.get('measured', when)}; benchmark wall time {res['seconds']} s.",
+                  "", "| figure | value |",
                   "|---|---|"]
         for path, v in flatten(res["result"]):
             lines.append(f"| `{path}` | {_fmt(v)} |")
