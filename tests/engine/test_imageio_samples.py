@@ -15,7 +15,7 @@ SAMPLES = ROOT / "resources" / "samples"
 
 
 def _photos() -> list[Path]:
-    return sorted(p for p in SAMPLES.iterdir() if p.name != "SOURCES")
+    return sorted(p for p in SAMPLES.iterdir() if p.name != "SOURCES" and not p.name.startswith("."))
 
 
 def test_samples_small_documented_and_cover_all_classes():
