@@ -7,7 +7,7 @@ image's scale and feathered into the current (InvSR / Real-ESRGAN) result. OCR r
 confidence on the text regions is measured before and after; a region whose confidence drops is
 left as it was (``guard``).
 
-Artifacts for the UI: ``text_boxes`` (x0, y0, x1, y1 in output pixels), ``ocr_confidence_before``
+Artifacts for the UI: ``text_boxes`` (x0, y0, x1, y1 in source pixels), ``ocr_confidence_before``
 / ``ocr_confidence_after`` (mean over regions, 0-1), ``ocr_regions`` (per-region details).
 """
 from __future__ import annotations
@@ -215,6 +215,7 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
         fused = region * (1.0 - mask) + sr * mask
         inner = (slice(by0 - oy0, by1 - oy0), slice(bx0 - ox0, bx1 - ox0))
         cands.append({"padded": (ox0, oy0, ox1, oy1), "box": (bx0, by0, bx1, by1),
+                      "source_box": (int(tx0), int(ty0), int(tx1), int(ty1)),
                       "fused": fused, "before_crop": to_u8_bgr(region[inner]),
                       "after_crop": to_u8_bgr(fused[inner])})
     ctx.progress.update(0.9, "reading the text before and after")
@@ -233,7 +234,7 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
                 np.any(out[oy0:oy1, ox0:ox1] != image[oy0:oy1, ox0:ox1], axis=-1,
                        keepdims=True),
                 0.5 * (out[oy0:oy1, ox0:ox1] + mask_region), mask_region)
-        boxes.append(list(c["box"]))
+        boxes.append(list(c["source_box"]))
         regions.append({"box": list(c["box"]), "padded": list(c["padded"]),
                         "text_before": text_before, "confidence_before": conf_before,
                         "text_after": text_after if kept else text_before,

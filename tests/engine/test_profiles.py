@@ -34,8 +34,9 @@ def test_plans_name_only_registered_steps(profile, label):
 
 def _models_of(step) -> set[str]:
     spec = all_steps()[step.name]
-    if step.name == "sr_realesrgan":
-        return {step.params.get("model", spec.defaults.get("model"))}
+    if step.name in ("sr_realesrgan", "text_fusion"):  # one Real-ESRGAN model, by parameter
+        return {step.params.get("model", spec.defaults.get("model"))} | (
+            set(spec.models) & {"pp-ocr"})
     if step.name == "reflection_mask" and step.params.get("detector") == "builtin":
         return set()
     return set(spec.models) - OPTIONAL
