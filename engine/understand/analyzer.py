@@ -23,11 +23,24 @@ MODEL_PATH = Path(__file__).resolve().parents[2] / "resources" / "analyzer_model
 
 # feature name -> how to read it from measure() output
 FEATURES: tuple[str, ...] = (
-    "noise", "jpeg_badness", "blockiness", "motion_evidence", "view_motion_evidence",
-    "view_blur_length", "band_slope_0", "band_slope_1", "band_slope_2", "band_slope_3",
-    "cutoff", "lap_ratio", "aniso_1", "aniso_2", "ghosting", "dyn_range", "median_luma",
-    "local_contrast", "dark_channel", "saturation", "specular", "log_pixels",
+    "noise", "jpeg_badness", "blockiness", "motion_evidence",
+    # spectrum and sharpness across scales
+    "cutoff", "band_slope_0", "band_slope_1", "band_slope_2", "band_slope_3", "lap_ratio",
+    "lp_r01", "lp_r12", "lp_r23", "edge_steep", "edge_steep_med",
+    # direction (motion blur is anisotropic, defocus/upscaling are not)
+    "aniso_1", "aniso_2", "view_motion_evidence", "view_blur_length", "spec_aniso_mid",
+    "spec_aniso_mid_std", "spec_aniso_high", "spec_aniso_high_std",
+    # natural-scene statistics (BRISQUE-style MSCN moments, paired products) at two scales
+    "nss0_var", "nss0_rho", "nss0_kurt", "nss0_pp_h", "nss0_pp_v", "nss0_pp_d",
+    "nss1_var", "nss1_rho", "nss1_kurt", "nss1_pp_h", "nss1_pp_v", "nss1_pp_d",
+    # layers, glare, colour
+    "ghosting", "dyn_range", "median_luma", "local_contrast", "dark_channel", "saturation",
+    "specular", "black_level", "black_level_med", "flat_frac", "contrast_p90", "sat_p90",
+    "colorful", "chroma_sharpness", "chroma_sharp_rel",
 )
+# The image's pixel count is deliberately NOT a feature: in the fitting photos size tracks
+# the source repository (motion-blur and reflection sets are large, low-quality sets small),
+# a shortcut that would push every 12-24 MP user photo towards B/C.
 
 
 def feature_vector(meas: Mapping[str, Any], names: tuple[str, ...] = FEATURES) -> np.ndarray:

@@ -528,6 +528,146 @@ def view_features(view: np.ndarray) -> dict[str, float]:
     f["specular"] = float(((mx > 0.96) & (sat < 0.12)).mean())
     f["veil_area"] = float((dark > 0.25).mean())  # raised dark channel: veiling glare
     f["log_pixels"] = float(math.log10(h * w))
+    f.update(extra_view_features(view, gray, ls))
+    return f
+
+
+# ----------------------------------------------------------------------------- NSS / sharpness
+
+def _mscn(gray: np.ndarray) -> np.ndarray:
+    """Mean-subtracted contrast-normalised coefficients (BRISQUE), gray on 0-1."""
+    mu = cv2.GaussianBlur(gray, (7, 7), 7 / 6, borderType=cv2.BORDER_REFLECT)
+    var = cv2.GaussianBlur(gray * gray, (7, 7), 7 / 6, borderType=cv2.BORDER_REFLECT) - mu * mu
+    return (gray - mu) / (np.sqrt(np.maximum(var, 0)) + 1.0 / 255.0)
+
+
+def _nss(gray: np.ndarray, prefix: str) -> dict[str, float]:
+    """MSCN moments and paired-product statistics at one scale (dimensionless)."""
+    m = _mscn(gray)
+    f: dict[str, float] = {}
+    v = float((m * m).mean())
+    a = float(np.abs(m).mean())
+    f[prefix + "var"] = v
+    # GGD shape proxy: E|x|^2 / E[x^2] (0.64 Gaussian, lower = heavier tails)
+    f[prefix + "rho"] = float(a * a / (v + 1e-9))
+    f[prefix + "kurt"] = float(np.log((m ** 4).mean() / (v * v + 1e-12) + 1e-9))
+    for name, (dy, dx) in (("h", (0, 1)), ("v", (1, 0)), ("d", (1, 1))):
+        p = m[:m.shape[0] - dy, :m.shape[1] - dx] * m[dy:, dx:]
+        f[prefix + "pp_" + name] = float(p.mean() / (v + 1e-9))
+    return f
+
+
+def _edge_sharpness(gray: np.ndarray) -> dict[str, float]:
+    """How steep the strongest edges are relative to their local range: gradient magnitude
+    over (max - min) in a 5x5 window, at the strongest 2 % of edge pixels (about 0.5 for a
+    step edge at pixel scale, lower for edges spread over several pixels)."""
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    mag = np.sqrt(gx * gx + gy * gy)
+    k = np.ones((5, 5), np.uint8)
+    rng = cv2.dilate(gray, k) - cv2.erode(gray, k)
+    ok = rng > 0.08
+    if ok.sum() < 50:
+        return {"edge_steep": 0.25, "edge_steep_med": 0.2}
+    r = mag[ok] / rng[ok]
+    thr = np.percentile(mag[ok], 90)
+    strong = r[mag[ok] >= thr]
+    return {"edge_steep": float(np.percentile(strong, 80)),
+            "edge_steep_med": float(np.median(strong))}
+
+
+def _spectral_anisotropy(ls: np.ndarray) -> dict[str, float]:
+    """Directional spread of the log power in two radial bands (motion blur removes high
+    frequencies along one direction only; isotropic blur and upscaling remove them all)."""
+    p = ls.shape[0]
+    yy, xx = np.mgrid[0:p, 0:p]
+    yy, xx = yy - p // 2, xx - p // 2
+    rad = np.hypot(yy, xx) / (p / 2)
+    ang = np.mod(np.arctan2(yy, xx), np.pi)
+    sector = np.minimum((ang / (np.pi / 12)).astype(int), 11)
+    out = {}
+    for name, lo, hi in (("mid", 0.15, 0.35), ("high", 0.35, 0.7)):
+        band = (rad >= lo) & (rad < hi)
+        e = np.array([ls[band & (sector == s)].mean() for s in range(12)])
+        out[f"spec_aniso_{name}"] = float(e.max() - e.min())
+        out[f"spec_aniso_{name}_std"] = float(e.std())
+    return out
+
+
+def _reflection_cues(view: np.ndarray) -> dict[str, float]:
+    """Layer and colour cues on a 256-px copy: a second weak layer lifts the local minimum
+    (black level), flattens local contrast and washes out saturation; JPEG and cheap
+    sensors smear colour edges relative to luma edges (chroma_sharpness)."""
+    h, w = view.shape[:2]
+    small = cv2.resize(view, (256, max(8, int(256 * h / w))), interpolation=cv2.INTER_AREA) \
+        if w > 256 else view
+    mn = small.min(axis=2)
+    lo = cv2.erode(mn, np.ones((15, 15), np.uint8))
+    f = {"black_level": float(np.percentile(lo, 5)),
+         "black_level_med": float(np.median(lo))}
+    sg = to_gray(small)
+    mu = cv2.blur(sg, (9, 9))
+    sd = np.sqrt(np.maximum(cv2.blur(sg * sg, (9, 9)) - mu * mu, 0))
+    f["flat_frac"] = float((sd < 0.02).mean())
+    f["contrast_p90"] = float(np.percentile(sd, 90))
+    mx = small.max(axis=2)
+    sat = (mx - mn) / (mx + 1e-3)
+    f["sat_p90"] = float(np.percentile(sat, 90))
+    f["colorful"] = float(np.std(small[..., 0] - small[..., 1]) + np.std(
+        0.5 * (small[..., 0] + small[..., 1]) - small[..., 2]))
+    return f
+
+
+def _chroma_sharpness(view: np.ndarray, gray: np.ndarray) -> dict[str, float]:
+    """Fine-scale chroma energy relative to fine-scale luma energy on the view (log): low
+    when colour is smeared (JPEG 4:2:0, cheap sensors, old video) or the photo is grey."""
+    c1 = view[..., 0] - view[..., 1]
+    c2 = 0.5 * (view[..., 0] + view[..., 1]) - view[..., 2]
+
+    def fine(x: np.ndarray) -> float:
+        return float(np.abs(cv2.Laplacian(x, cv2.CV_32F)).mean())
+
+    lf = fine(gray) + 1e-5
+    chroma = fine(c1) + fine(c2)
+    colour = float(np.abs(c1).mean() + np.abs(c2).mean())
+    return {"chroma_sharpness": float(np.log((chroma + 1e-5) / lf)),
+            "chroma_sharp_rel": float(np.log((chroma + 1e-5) / (colour + 1e-3)) -
+                                      np.log(lf / (float(np.abs(gray - gray.mean()).mean())
+                                                   + 1e-3)))}
+
+
+def _scale_energy(gray: np.ndarray) -> dict[str, float]:
+    """Fine-scale energy relative to coarser scales (Laplacian pyramid), log ratios."""
+    g = gray
+    e = []
+    for _ in range(4):
+        if min(g.shape) < 16:
+            e.append(e[-1] if e else 1e-6)
+            continue
+        d = cv2.pyrDown(g)
+        up = cv2.pyrUp(d, dstsize=(g.shape[1], g.shape[0]))
+        e.append(float(((g - up) ** 2).mean()) + 1e-9)
+        g = d
+    e_a = np.log(np.asarray(e))
+    return {"lp_r01": float(e_a[0] - e_a[1]), "lp_r12": float(e_a[1] - e_a[2]),
+            "lp_r23": float(e_a[2] - e_a[3])}
+
+
+def extra_view_features(view: np.ndarray, gray: np.ndarray, ls: np.ndarray | None
+                        ) -> dict[str, float]:
+    f: dict[str, float] = {}
+    f.update(_nss(gray, "nss0_"))
+    half = cv2.pyrDown(gray) if min(gray.shape) >= 16 else gray
+    f.update(_nss(half, "nss1_"))
+    f.update(_edge_sharpness(gray))
+    if ls is not None:
+        f.update(_spectral_anisotropy(ls))
+    else:
+        f.update({k: 0.0 for k in ("spec_aniso_mid", "spec_aniso_mid_std",
+                                   "spec_aniso_high", "spec_aniso_high_std")})
+    f.update(_reflection_cues(view))
+    f.update(_chroma_sharpness(view, gray))
+    f.update(_scale_energy(gray))
     return f
 
 

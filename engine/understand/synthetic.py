@@ -88,3 +88,71 @@ def reflection(transmission: np.ndarray, reflected: np.ndarray, alpha: float,
         r = (r + ghost_gain * np.roll(r, (dy, dx), axis=(0, 1))) / (1 + ghost_gain)
     mix = transmission * (1 - 0.5 * alpha) + alpha * r
     return quantise(mix / max(1.0, float(np.percentile(mix, 99.5))))
+
+
+def shake_kernel(length: float, rng: np.random.Generator, smooth: float = 0.7) -> np.ndarray:
+    """A camera-shake PSF: a random smooth trajectory about ``length`` px long (its path),
+    drawn with bilinear splatting and normalised (curved, uneven, like real hand shake)."""
+    n = max(8, int(4 * length))
+    ang = float(rng.uniform(0, 2 * math.pi))
+    turn = rng.normal(0, 1.0 - smooth, n).cumsum() * 0.15
+    steps = np.stack([np.cos(ang + turn), np.sin(ang + turn)], axis=1)
+    speed = np.clip(1 + rng.normal(0, 0.4, n).cumsum() * 0.05, 0.2, 2.0)
+    steps *= (speed / speed.sum() * length)[:, None]
+    pts = np.vstack([[0.0, 0.0], steps.cumsum(axis=0)])
+    pts -= pts.mean(axis=0)
+    size = int(math.ceil(np.abs(pts).max() * 2)) + 5
+    size += 1 - size % 2
+    k = np.zeros((size, size), np.float64)
+    c = (size - 1) / 2
+    for x, y in pts + c:
+        x0, y0 = int(math.floor(x)), int(math.floor(y))
+        fx, fy = x - x0, y - y0
+        k[y0, x0] += (1 - fx) * (1 - fy)
+        k[y0, x0 + 1] += fx * (1 - fy)
+        k[y0 + 1, x0] += (1 - fx) * fy
+        k[y0 + 1, x0 + 1] += fx * fy
+    return (k / k.sum()).astype(np.float32)
+
+
+def convolve(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    return quantise(cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT))
+
+
+def soft_downscale(img: np.ndarray, factor: float, pre_blur: float) -> np.ndarray:
+    """A soft low-resolution copy: Gaussian pre-blur (``pre_blur`` px at the small size)
+    then area downscale by ``factor`` (what cheap cameras, web resizes and old scans give)."""
+    if pre_blur > 0:
+        img = cv2.GaussianBlur(img, (0, 0), pre_blur * factor)
+    return down_up(img, factor, upscale=False)
+
+
+_WORDS = ("invoice", "total", "Mend", "photo", "receipt", "2026", "hello world", "station",
+          "Gare du Nord", "No. 17", "exit", "menu", "price 4.50", "open daily", "OCR test",
+          "quick brown fox", "AB-1234", "lorem ipsum", "page 12", "café")
+
+
+def render_text(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A crisp synthetic text image (scanned page, sign or label): lines of words in
+    OpenCV's Hershey fonts over a plain or gently shaded background."""
+    bg = rng.uniform(0.75, 1.0, 3) if rng.random() < 0.8 else rng.uniform(0.0, 0.3, 3)
+    fg = 1.0 - bg if rng.random() < 0.7 else rng.uniform(0, 1, 3)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    shade = 1 + 0.08 * rng.uniform(-1, 1) * (xx / width - 0.5)
+    img = (np.ones((height, width, 3), np.float32) * bg.astype(np.float32)) * shade[..., None]
+    img = np.ascontiguousarray(np.clip(img, 0, 1))
+    scale = float(rng.uniform(0.5, 1.6)) * max(0.4, min(height, 200) / 120)
+    thick = max(1, int(round(scale * rng.uniform(1.0, 2.2))))
+    font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX,
+                           cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX]))
+    line_h = max(8, int(30 * scale))
+    y = int(line_h * 1.1)
+    while y < height:
+        x = int(rng.integers(2, max(3, width // 10)))
+        while x < width:
+            word = _WORDS[int(rng.integers(0, len(_WORDS)))]
+            cv2.putText(img, word, (x, y), font, scale, tuple(float(v) for v in fg), thick,
+                        cv2.LINE_AA)
+            x += int(cv2.getTextSize(word, font, scale, thick)[0][0] + 15 * scale)
+        y += int(line_h * rng.uniform(1.3, 2.2))
+    return quantise(img)
