@@ -111,7 +111,10 @@ def render(results: dict, info: dict, when: str) -> str:
         if "error" in res:
             lines += [f"Not measured: {res['error']}", ""]
             continue
-        lines += [f"Measured {res.get('measured', when)}; benchmark wall time {res['seconds']} s.",
+        load = res.get("load_average_before")
+        lines += [f"Measured {res.get('measured', when)}; benchmark wall time {res['seconds']} s"
+                  + (f"; load average before it ran {load} (other work on the 2 cores slows "
+                     "every figure)" if load else "") + ".",
                   "", "| figure | value |",
                   "|---|---|"]
         for path, v in flatten(res["result"]):
@@ -137,6 +140,7 @@ def main() -> int:
             print(f"running {name} …", file=sys.stderr, flush=True)
             res = run(name, *BENCHES[name])
             res["measured"] = when
+            res["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
             res["machine"] = info
             raw.write_text(json.dumps(res, indent=1))
         elif raw.exists():  # keep the last measurement of benches not re-run
