@@ -3,9 +3,6 @@ layer, export copies. Results come back through a signal carrying QImages / nump
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,20 +74,11 @@ def build_view(path: Path, output: Path | None, mask_path: Path | None = None) -
 
 def export_copy(src: Path, dest: Path, original: Path) -> Path:
     """Copy a result to ``dest`` atomically; refuses to overwrite the original photo."""
+    from engine.imageio import atomic_write_bytes
+
     if dest.resolve() == Path(original).resolve() or dest.resolve() == Path(src).resolve():
         raise OSError(f"refusing to overwrite {dest}: export never replaces the original")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return atomic_write_bytes(dest, Path(src).read_bytes())
 
 
 class Background(QObject):
