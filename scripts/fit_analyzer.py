@@ -398,6 +398,7 @@ def cross_validate(real: list[Sample], syn: list[Sample], l2: float) -> tuple[di
     """Leave one source repository out (its real photos and its synthetic offspring)."""
     groups = sorted({s.group for s in real})
     preds: dict[str, str] = {}
+    probs: dict[str, np.ndarray] = {}
     for g in groups:
         train = [s for s in real + syn if s.group != g]
         test = [s for s in real if s.group == g]
@@ -405,8 +406,28 @@ def cross_validate(real: list[Sample], syn: list[Sample], l2: float) -> tuple[di
         P = predict(params, test)
         for s, p in zip(test, P):
             preds[s.key] = CLASSES[int(np.argmax(p))]
+            probs[s.key] = p
     labels = [s.label for s in real]
-    return metrics(labels, [preds[s.key] for s in real]), preds
+    m = metrics(labels, [preds[s.key] for s in real])
+    m["probabilities"] = {k: v.tolist() for k, v in probs.items()}
+    return m, preds
+
+
+def calibrate_temperature(real: list[Sample], probs: dict) -> float:
+    """Softmax temperature that makes the held-out (leave-one-repository-out) probabilities
+    of the real photos honest: minimises their negative log-likelihood (argmax unchanged)."""
+    if not probs:
+        return 1.0
+    logp = np.log(np.stack([np.asarray(probs[s.key]) for s in real]) + 1e-12)
+    y = np.array([CLASSES.index(s.label) for s in real])
+    best_t, best = 1.0, np.inf
+    for t in np.round(np.arange(0.5, 6.01, 0.05), 2):
+        z = logp / t
+        z -= z.max(axis=1, keepdims=True)
+        nll = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1))).mean()
+        if nll < best - 1e-12:
+            best_t, best = float(t), float(nll)
+    return best_t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({time.time() - t0:.1f}s)", file=sys.stderr)
     cv, _ = cross_validate(real, syn, args.l2)
     params = fit(real + syn, args.l2)
+    params["temperature"] = calibrate_temperature(real, cv.pop("probabilities"))
     P = predict(params, real)
     train_m = metrics([s.label for s in real], [CLASSES[int(i)] for i in P.argmax(1)])
     Ph = predict(params, held)
@@ -445,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     params["fit"] = {
         "seed": SEED, "l2": args.l2, "synthetic_weight": SYN_WEIGHT, "real_weight": REAL_WEIGHT,
         "measure_version": MEASURE_VERSION,
+        "temperature_from": "leave-one-repository-out NLL of the real photos",
         "n_real": len(real), "n_synthetic": len(syn),
         "real_accuracy_resubstitution": train_m["accuracy"],
         "real_accuracy_leave_one_repo_out": cv["accuracy"],

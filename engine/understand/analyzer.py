@@ -101,6 +101,9 @@ JPEG_FLAG = 60.0  # quality below
 BLUR_SHARPNESS_FLAG = 0.35
 LOWRES_PIXELS = 0.3e6
 UPSCALED_CUTOFF = 0.6
+# class flags: the label, or any class at least this likely (the scores are calibrated on
+# held-out repositories, so they are soft: 0.25 is chance)
+CLASS_FLAG = 0.4
 
 
 def estimates_from(meas: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,9 +141,10 @@ def flags_from(meas: Mapping[str, Any], scores: Mapping[str, float]) -> tuple[st
         flags.append("upscaled")
     if est["sharpness"] < BLUR_SHARPNESS_FLAG and scores.get("C", 0) < 0.5:
         flags.append("blur")
-    if scores.get("C", 0) >= 0.3:
+    top = max(scores, key=scores.get) if scores else None
+    if scores.get("C", 0) >= CLASS_FLAG or top == "C":
         flags.append("motion_blur")
-    if scores.get("B", 0) >= 0.3:
+    if scores.get("B", 0) >= CLASS_FLAG or top == "B":
         flags.append("reflection")
     return tuple(flags)
 
@@ -154,7 +158,8 @@ def analyze(image: np.ndarray, photo: Any | None = None,
     p = model.proba(x)[0]
     scores = {c: float(p[model.classes.index(c)]) for c in (d.value for d in CLASSES)}
     label = Degradation(max(scores, key=scores.get))
-    meas["reflection_area"] = meas["features"].get("veil_area", 0.0) if scores["B"] >= 0.3 else 0.0
+    refl = scores["B"] >= CLASS_FLAG or label == Degradation.B
+    meas["reflection_area"] = meas["features"].get("veil_area", 0.0) if refl else 0.0
     est = estimates_from(meas)
     flags = flags_from(meas, scores)
     return Diagnosis(label, scores, flags, est, _rationale(label, scores, est, flags), "builtin")

@@ -95,6 +95,44 @@ def test_upscale_lowers_cutoff_and_sharpness(clean):
     assert M.measure(up)["sharpness"] < M.measure(clean)["sharpness"]
 
 
+@pytest.fixture(scope="module")
+def degraded_features(clean):
+    other = scene(seed=3)
+    variants = {
+        "clean": clean,
+        "gblur": S.gaussian_blur(clean, 2.0),
+        "downup": S.down_up(clean, 3.0),
+        "motion": S.motion_blur(clean, 15, 30.0),
+        "noise": S.add_noise(clean, 15, np.random.default_rng(0)),
+        "jpeg": S.jpeg(clean, 20)[0],
+        "half": S.down_up(clean, 2.0, upscale=False),  # a sharp smaller copy: not degraded
+        "reflection": S.reflection(clean, other, 0.6, 2.0, None),
+    }
+    return {k: M.view_features(v) for k, v in variants.items()}
+
+
+def test_edge_steepness_drops_with_blur_not_with_size(degraded_features):
+    f = degraded_features
+    assert f["clean"]["edge_steep"] > 0.4
+    for k in ("gblur", "downup", "motion"):
+        assert f[k]["edge_steep"] < f["clean"]["edge_steep"] - 0.1, k
+    assert abs(f["half"]["edge_steep"] - f["clean"]["edge_steep"]) < 0.05
+    assert f["gblur"]["lp_r01"] < f["clean"]["lp_r01"] - 1.0
+
+
+def test_spectral_anisotropy_separates_motion_from_defocus(degraded_features):
+    f = degraded_features
+    assert f["motion"]["spec_aniso_mid"] > max(f["gblur"]["spec_aniso_mid"],
+                                               f["clean"]["spec_aniso_mid"]) + 1.0
+
+
+def test_nss_chroma_and_layer_cues(degraded_features):
+    f = degraded_features
+    assert f["noise"]["nss0_var"] > 5 * f["clean"]["nss0_var"]  # noise fills flat regions
+    assert f["jpeg"]["chroma_sharpness"] < f["clean"]["chroma_sharpness"] - 0.5  # 4:2:0
+    assert f["reflection"]["black_level"] > f["clean"]["black_level"] + 0.05  # veil
+
+
 def test_view_is_downscaled_by_an_integer_factor():
     big = np.zeros((3000, 4000, 3), np.float32)
     v, k = M.view_of(big)
