@@ -101,12 +101,12 @@ def shake_kernel(length: float, rng: np.random.Generator, smooth: float = 0.7) -
     steps *= (speed / speed.sum() * length)[:, None]
     pts = np.vstack([[0.0, 0.0], steps.cumsum(axis=0)])
     pts -= pts.mean(axis=0)
-    size = int(math.ceil(np.abs(pts).max() * 2)) + 5
+    size = math.ceil(float(np.abs(pts).max()) * 2) + 5
     size += 1 - size % 2
     k = np.zeros((size, size), np.float64)
     c = (size - 1) / 2
     for x, y in pts + c:
-        x0, y0 = int(math.floor(x)), int(math.floor(y))
+        x0, y0 = math.floor(x), math.floor(y)
         fx, fy = x - x0, y - y0
         k[y0, x0] += (1 - fx) * (1 - fy)
         k[y0, x0 + 1] += fx * (1 - fy)
@@ -137,12 +137,12 @@ def render_text(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     OpenCV's Hershey fonts over a plain or gently shaded background."""
     bg = rng.uniform(0.75, 1.0, 3) if rng.random() < 0.8 else rng.uniform(0.0, 0.3, 3)
     fg = 1.0 - bg if rng.random() < 0.7 else rng.uniform(0, 1, 3)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    xx = np.mgrid[0:height, 0:width][1].astype(np.float32)
     shade = 1 + 0.08 * rng.uniform(-1, 1) * (xx / width - 0.5)
     img = (np.ones((height, width, 3), np.float32) * bg.astype(np.float32)) * shade[..., None]
     img = np.ascontiguousarray(np.clip(img, 0, 1))
     scale = float(rng.uniform(0.5, 1.6)) * max(0.4, min(height, 200) / 120)
-    thick = max(1, int(round(scale * rng.uniform(1.0, 2.2))))
+    thick = max(1, round(scale * rng.uniform(1.0, 2.2)))
     font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX,
                            cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX]))
     line_h = max(8, int(30 * scale))
