@@ -97,6 +97,72 @@ def flatten(obj, prefix: str = "", depth: int = 0, out: list | None = None) -> l
     return out
 
 
+def _get(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def summary(results: dict) -> list[str]:
+    """The headline figures the issues ask for, read from the raw JSON (absent ones say so)."""
+    out = ["## Summary", "", "| figure | value | measured |", "|---|---|---|"]
+
+    def row(name, value, bench):
+        when = results.get(bench, {}).get("measured", "—")
+        out.append(f"| {name} | {value if value is not None else 'not measured'} | {when} |")
+
+    c = _get(results, "classify", "result")
+    row("analyzer ms per 12-MP photo (median, 1 thread)", _get(c, "speed_12mp", "ms_median"),
+        "classify")
+    acc = _get(c, "labelled", "accuracy")
+    row("analyzer accuracy on the labelled real photos", None if acc is None else f"{acc:.1%}",
+        "classify")
+    r = _get(results, "restore", "result")
+    for run in (_get(r, "runs") or []):
+        errs = [s["name"] for s in run.get("steps", []) if "error" in s]
+        spm = run.get("seconds_per_megapixel")
+        val = "not run" if spm is None else (
+            f"{spm:.3g} s/MP, peak RSS {run.get('peak_rss_mb', 0) / 1024:.2f} GB"
+            + (", random weights" if run.get("random_weights") else "")
+            + (f" (steps not run, model absent: {', '.join(errs)})" if errs else ""))
+        row(f"chain {run.get('chain')} / {run.get('profile')} "
+            f"({'x'.join(map(str, run.get('size', [])))} px)", val, "restore")
+    big = _get(r, "laptop_a_24mp")
+    if big:
+        row("laptop A on 24 MP: peak RSS", f"{big.get('peak_rss_mb', 0) / 1024:.2f} GB "
+            f"(sr tiles run: {_get(big, 'steps')[0].get('stopped_after_tiles', 'all')} of "
+            f"{_get(big, 'steps')[0].get('tiles_total', '?')}; projected "
+            f"{big.get('seconds', 0) / 60:.0f} min)", "restore")
+    nc = _get(r, "realesrgan_x4plus_vs_ncnn")
+    if nc and nc.get("ncnn_seconds"):
+        row("Real-ESRGAN x4plus, ours vs ncnn reference (same weights)",
+            f"{nc['ours_seconds']} s vs {nc['ncnn_seconds']} s = {nc['ours_seconds'] / nc['ncnn_seconds']:.2f}× "
+            f"the reference's time, agreement {nc.get('psnr_db')} dB", "restore")
+    row("Real-ESRGAN vs `realesrgan` RealESRGANer", _get(r, "realesrganer_reference"), "restore")
+    u = _get(results, "ui", "result")
+    cold = _get(u, "thumbnails", "cold_cache")
+    if cold:
+        row("thumbnails, cold cache: first screen / throughput",
+            f"{cold['first_screen_s']} s / {cold['thumbs_per_s']} per s "
+            f"(longest GUI stall {cold['gui_stall']['max_ms']} ms)", "ui")
+    warm = _get(u, "thumbnails", "warm_cache")
+    if warm:
+        row("thumbnails, warm cache: first screen / throughput",
+            f"{warm['first_screen_s']} s / {warm['thumbs_per_s']} per s "
+            f"(longest GUI stall {warm['gui_stall']['max_ms']} ms)", "ui")
+    eng = _get(u, "engine", "gui_stall")
+    if eng:
+        row("longest GUI-thread stall while the engine works (target < 50 ms)",
+            f"{eng['max_ms']} ms", "ui")
+    start = _get(u, "engine", "engine_startup")
+    if start:
+        row("engine start-up (once per session): seconds / longest GUI stall",
+            f"{start['seconds']} s / {start['gui_stall']['max_ms']} ms", "ui")
+    return out + [""]
+
+
 def render(results: dict, info: dict, when: str) -> str:
     lines = ["# Mend — performance report", "",
              f"Written {when} by `make bench` (bench/run_all.py); each section says when it was "
@@ -106,8 +172,10 @@ def render(results: dict, info: dict, when: str) -> str:
     lines += ["", "Figures from full-size architectures with **random weights** (flagged "
               "`random_weights` in the JSON) are compute and memory measurements only: they say "
               "nothing about restoration quality.", ""]
+    lines += summary(results)
+    lines += ["## Every figure", ""]
     for name, res in results.items():
-        lines += [f"## {name}", ""]
+        lines += [f"### {name}", ""]
         if "error" in res:
             lines += [f"Not measured: {res['error']}", ""]
             continue
@@ -127,8 +195,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the report from docs/bench/")
     args = ap.parse_args()
-    names = args.only or list(BENCHES)
+    names = [] if args.render_only else (args.only or list(BENCHES))
     raw_dir = args.out.parent / "bench"
     raw_dir.mkdir(parents=True, exist_ok=True)
     info = machine()
