@@ -211,3 +211,34 @@ def test_click_to_select_runs_in_the_engine_thread(qtbot, window, folder, monkey
     qtbot.waitUntil(lambda: doc.full[30, 40] == 0, timeout=20000)
     doc.undo.undo()
     assert doc.full[30, 40] == 255
+
+
+def test_cancel_mid_job_leaves_the_sidecar_consistent(qtbot, window, tmp_path):
+    """Issue 7: a job cancelled while it runs changes neither the photo, its sidecar (still the
+    last complete JSON) nor the outputs; the job says cancelled."""
+    import json
+
+    d = tmp_path / "big"
+    photo = write_photo(d / "noisy.jpg", 1600, 1200, seed=4, kind="noisy")
+    before = _sha(photo)
+    win = window
+    win.open_folder(d)
+    qtbot.waitUntil(lambda: win.model.ready_count() == 1, timeout=20000)
+    win.select_path(photo)
+    (first,) = win.fix_selected()  # a complete run writes the sidecar
+    qtbot.waitUntil(win.client.is_idle, timeout=120000)
+    assert win.client.job(first).state is JobState.DONE
+    side = d / ".mend" / "noisy.jpg.json"
+    qtbot.waitUntil(lambda: side.exists() and win.bg.pending() == 0, timeout=10000)
+    saved = side.read_bytes()
+    outputs = sorted((tmp_path / "out").iterdir())
+
+    (second,) = win.fix_selected()
+    qtbot.waitUntil(lambda: win.client.job(second).state is JobState.RUNNING, timeout=30000)
+    win.client.cancel(second)
+    qtbot.waitUntil(win.client.is_idle, timeout=30000)
+    assert win.client.job(second).state is JobState.CANCELLED
+    qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
+    assert side.read_bytes() == saved and json.loads(saved)  # untouched, still valid JSON
+    assert sorted((tmp_path / "out").iterdir()) == outputs  # nothing partial was written
+    assert _sha(photo) == before
