@@ -172,7 +172,8 @@ class Runs:
 
     def get(self, key: tuple) -> dict:
         if not self.results:
-            batch = [k for k in ORDER if k[:2] not in SLOW]
+            slow_on = os.environ.get("MEND_SLOW") == "1"
+            batch = [k for k in ORDER if slow_on or k[:2] not in SLOW]
             with ThreadPoolExecutor(max_workers=2) as pool:
                 jobs = [pool.submit(self._one, k) for k in batch if k[1] == "builtin"]
                 for profile in ("laptop", "quality"):  # meanwhile, in this thread

@@ -2,9 +2,6 @@
 format, installed into a real store under the real ids, run end to end offline."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -23,81 +20,18 @@ from engine.restore.invsr import (
 )
 from engine.restore.registry import StepContext, get_step
 from tests.model_helpers import install_test_model, make_runtime
+from tests.tiny_models import TINY_NP, write_invsr_noise_predictor, write_sd_turbo
 
 torch.set_num_threads(1)
-
-# group count (32) and attention head size (64) are not readable from tensor shapes, so the
-# tiny predictor keeps the release values: 64 channels = one 64-wide head
-TINY_NP = {"block_out_channels": (64, 64), "layers_per_block": (1, 1), "temb_channels": 64}
-
-
-def _write_tiny_sd_turbo(root: Path) -> dict[str, Path]:
-    """A tiny SD-Turbo-shaped pipeline (diffusers layout, save_pretrained): VAE with 4 levels
-    (latent = 1/8), a 2-level UNet with cross-attention, a tiny CLIP text model + tokenizer."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=8, norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=8, sample_size=64,
-    )
-    vocab_dir = root / "_tok"
-    vocab_dir.mkdir(parents=True, exist_ok=True)
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in letters + list(",.0123456789-"):
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    (vocab_dir / "vocab.json").write_text(json.dumps(vocab))
-    (vocab_dir / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"),
-                        model_max_length=16)
-    te = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-        pad_token_id=1,
-    ))
-    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
-                                   beta_schedule="scaled_linear", timestep_spacing="trailing",
-                                   prediction_type="epsilon")
-    # the layout StableDiffusionPipeline.save_pretrained writes (importing the pipeline
-    # classes costs ~20 s here, so the components are saved one by one)
-    out = root / "sd-turbo"
-    for sub, comp in (("unet", unet), ("vae", vae), ("text_encoder", te), ("tokenizer", tok),
-                      ("scheduler", sched)):
-        comp.save_pretrained(out / sub)
-    (out / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
-        "feature_extractor": [None, None], "requires_safety_checker": False,
-        "safety_checker": [None, None], "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-    }, indent=2))
-    return {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*")) if p.is_file()}
-
 
 @pytest.fixture(scope="module")
 def invsr_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("invsr")
-    sd_files = _write_tiny_sd_turbo(root)
-    torch.manual_seed(1)
-    npred = build_noise_predictor(TINY_NP)
-    # the release format: a plain state dict pickled with torch.save
-    pth = root / "noise_predictor_sd_turbo_v5.pth"
-    torch.save(npred.state_dict(), pth)
+    sd_files = write_sd_turbo(root)
+    np_files = write_invsr_noise_predictor(root, seed=1)
     store_root = root / "store"
     store = install_test_model(store_root, "sd-turbo", sd_files)
-    store = install_test_model(store_root, "invsr-noise-predictor-v5",
-                               {"noise_predictor_sd_turbo_v5.pth": pth}, store=store)
+    store = install_test_model(store_root, "invsr-noise-predictor-v5", np_files, store=store)
     return store
 
 

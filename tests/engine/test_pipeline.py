@@ -5,7 +5,6 @@ import hashlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from engine.api import Degradation, JobRequest, OutputOptions, Plan, Step
@@ -14,6 +13,7 @@ from engine.imageio import load_photo, read_record
 from engine.pipeline import Engine
 from engine.progress import CancelToken, Progress
 from tests.model_helpers import install_test_model
+from tests.tiny_models import write_nafnet_gopro
 
 
 def _photo(path, h=96, w=128, seed=0):
@@ -31,15 +31,8 @@ def _sha(p):
 
 @pytest.fixture()
 def nafnet_store(tmp_path):
-    from spandrel.architectures.NAFNet import NAFNet
-
-    torch.manual_seed(0)
-    net = NAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1, 1],
-                 dec_blk_nums=[1, 1])
-    f = tmp_path / "NAFNet-GoPro-width64.pth"
-    torch.save({"params": net.state_dict()}, f)
     return install_test_model(tmp_path / "store", "nafnet-gopro-w64",
-                              {"NAFNet-GoPro-width64.pth": f})
+                              write_nafnet_gopro(tmp_path, seed=0))
 
 
 def test_chain_c_laptop_runs_the_stored_model_and_records_it(tmp_path, nafnet_store):

@@ -23,6 +23,7 @@ from engine.restore.reflection import (
 )
 from engine.restore.registry import StepContext, get_step
 from tests.model_helpers import install_test_model, make_runtime
+from tests.tiny_models import write_big_lama, write_nafnet_sidd, write_sam
 
 torch.set_num_threads(1)
 
@@ -138,24 +139,9 @@ def test_inpaint_regions_crops_and_pads():
 def lama_runtime(tmp_path_factory):
     """big-lama at its real architecture (random weights, fp16 on disk to halve the file),
     installed under the real id and loaded through store + runtime + spandrel."""
-    from spandrel.architectures.LaMa import LaMa
-
     d = tmp_path_factory.mktemp("lama")
-    with torch.device("meta"):  # shapes only: random init of 51 M parameters is slow here
-        shapes = {k: (v.shape, v.dtype) for k, v in LaMa(in_nc=4, out_nc=3).state_dict().items()}
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for k, (shape, dtype) in shapes.items():
-        if not dtype.is_floating_point:
-            sd[k] = torch.zeros(shape, dtype=dtype)
-        elif k.endswith("running_var"):
-            sd[k] = torch.ones(shape, dtype=torch.float16)
-        else:
-            sd[k] = (torch.randn(shape, generator=g) * 0.02).half()
-    src = d / "big-lama.pt"
-    torch.save(sd, src)
-    del sd
-    return make_runtime(install_test_model(d / "store", "big-lama", {"big-lama.pt": src}))
+    files = write_big_lama(d)
+    return make_runtime(install_test_model(d / "store", "big-lama", files))
 
 
 def test_inpaint_lama_only_changes_pixels_inside_the_dilated_mask(lama_runtime):
@@ -171,19 +157,9 @@ def test_inpaint_lama_only_changes_pixels_inside_the_dilated_mask(lama_runtime):
     assert np.abs(res[mask > 0] - img[mask > 0]).max() > 1e-3  # the holes were repainted
 
 
-def _tiny_nafnet(path):
-    from spandrel.architectures.NAFNet import NAFNet
-
-    torch.manual_seed(1)
-    net = NAFNet(img_channel=3, width=8, middle_blk_num=1, enc_blk_nums=[1], dec_blk_nums=[1])
-    torch.save({"params": net.state_dict()}, path)
-
-
 def test_dereflect_nafnet_runs_tiled_with_strength(tmp_path):
-    src = tmp_path / "NAFNet-SIDD-width64.pth"
-    _tiny_nafnet(src)
-    rt = make_runtime(install_test_model(tmp_path / "store", "nafnet-sidd-w64",
-                                         {"NAFNet-SIDD-width64.pth": src}))
+    files = write_nafnet_sidd(tmp_path, seed=1, enc_blk_nums=(1,), dec_blk_nums=(1,))
+    rt = make_runtime(install_test_model(tmp_path / "store", "nafnet-sidd-w64", files))
     img = _textured(70, 90)
     full = get_step("dereflect_nafnet").fn(img, {"strength": 1.0}, _ctx(rt)).image
     half = get_step("dereflect_nafnet").fn(img, {"strength": 0.5}, _ctx(rt)).image
@@ -191,33 +167,8 @@ def test_dereflect_nafnet_runs_tiled_with_strength(tmp_path):
     np.testing.assert_allclose(half, img + 0.5 * (full - img), atol=1e-5)
 
 
-def _tiny_sam(folder):
-    from transformers import SamConfig, SamImageProcessor, SamModel
-    from transformers.models.sam.configuration_sam import (
-        SamMaskDecoderConfig,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
-    )
-
-    s = 64
-    vc = SamVisionConfig(hidden_size=16, output_channels=16, num_hidden_layers=1,
-                         num_attention_heads=2, image_size=s, patch_size=16, window_size=2,
-                         global_attn_indexes=[0], num_pos_feats=8, mlp_dim=32)
-    pc = SamPromptEncoderConfig(hidden_size=16, image_size=s, patch_size=16, mask_input_channels=4)
-    mc = SamMaskDecoderConfig(hidden_size=16, mlp_dim=32, num_hidden_layers=1,
-                              num_attention_heads=2, iou_head_hidden_dim=16)
-    torch.manual_seed(0)
-    model = SamModel(SamConfig(vision_config=vc.to_dict(), prompt_encoder_config=pc.to_dict(),
-                               mask_decoder_config=mc.to_dict()))
-    model.save_pretrained(folder)
-    SamImageProcessor(size={"longest_edge": s}, pad_size={"height": s, "width": s},
-                      mask_size={"longest_edge": s // 4},
-                      mask_pad_size={"height": s // 4, "width": s // 4}).save_pretrained(folder)
-    return {n: folder / n for n in ("config.json", "preprocessor_config.json", "model.safetensors")}
-
-
 def test_sam_click_select_and_box_refinement_through_the_store(tmp_path):
-    files = _tiny_sam(tmp_path / "sam")
+    files = write_sam(tmp_path / "sam")
     rt = make_runtime(install_test_model(tmp_path / "store", "sam-vit-base", files))
     img, _ = _with_glare(_textured(90, 120), 40, 60, 12)
     m = sam_mask_from_points(img, [(60, 40), (10, 10)], [1, 0], rt)

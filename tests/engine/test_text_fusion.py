@@ -18,6 +18,7 @@ from engine.progress import Progress
 from engine.restore.registry import StepContext, get_step
 from engine.restore.text import feather_mask, padded_box
 from tests.model_helpers import install_test_model, make_runtime
+from tests.tiny_models import write_compact
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,14 +30,9 @@ DEGRADED = "text_degraded/textbsr__textbsr__testsets__OnlyLR__t2.jpg"
 
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
-    from spandrel.architectures.Compact import Compact
-
     root = tmp_path_factory.mktemp("text")
-    torch.manual_seed(0)
-    torch.save({"params": Compact(num_feat=16, num_conv=2, upscale=4).state_dict()},
-               root / "realesr-general-x4v3.pth")
     return install_test_model(root / "store", "realesr-general-x4v3",
-                              {"realesr-general-x4v3.pth": root / "realesr-general-x4v3.pth"})
+                              write_compact(root, num_feat=16, num_conv=2, seed=0))
 
 
 @pytest.fixture(scope="module")
