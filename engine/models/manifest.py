@@ -8,6 +8,7 @@ on first download (or import) and verified against that record afterwards.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -279,8 +280,10 @@ def _load_default(path: str) -> Manifest:
 
 
 def default_manifest() -> Manifest:
-    """The shipped ``resources/models.json`` (parsed once per process)."""
-    return _load_default(str(DEFAULT_MANIFEST))
+    """The shipped ``resources/models.json`` (parsed once per process), or the file named by
+    ``MEND_MANIFEST`` (e.g. an organisation's mirror with its own hosts and pins)."""
+    override = os.environ.get("MEND_MANIFEST", "").strip()
+    return _load_default(override or str(DEFAULT_MANIFEST))
 
 
 def profile_model_ids(profile: str, manifest: Manifest | None = None) -> set[str]:

@@ -34,13 +34,6 @@ from tests.tiny_models import TINY_IDS, install_models, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAINS = ("A", "B", "C")
-BOOT = (
-    "import os, runpy, sys\n"
-    "from pathlib import Path\n"
-    "import engine.models.manifest as m\n"
-    "m.DEFAULT_MANIFEST = Path(os.environ['MEND_TEST_MANIFEST'])\n"
-    "runpy.run_module('engine.cli', run_name='__main__', alter_sys=True)\n"
-)
 
 
 # ------------------------------------------------------------------ photos (no faces)
@@ -124,15 +117,13 @@ def photos(tmp_path_factory):
 def _mend(args: list[str], store_dir: Path, manifest: Path | None
           ) -> tuple[subprocess.CompletedProcess, float]:
     """``mend ARGS`` in a subprocess, offline, over ``store_dir``; ``manifest``: the test
-    manifest (None: plain ``python -m engine.cli`` with the shipped one)."""
+    manifest, given through ``MEND_MANIFEST`` (None: the shipped one)."""
     env = dict(os.environ, MEND_MODELS_DIR=str(store_dir), MEND_OFFLINE="1", MEND_THREADS="1",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    if manifest is None:
-        cmd = [sys.executable, "-m", "engine.cli", *args]
-    else:
-        env["MEND_TEST_MANIFEST"] = str(manifest)
-        cmd = [sys.executable, "-c", BOOT, *args]
+    if manifest is not None:
+        env["MEND_MANIFEST"] = str(manifest)
+    cmd = [sys.executable, "-m", "engine.cli", *args]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
