@@ -33,7 +33,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mend", description="Diagnose what is wrong with photos and fix them, offline.")
+    p = _Parser(prog="mend",
+                description="Diagnose what is wrong with photos and fix them, offline.")
     p.add_argument("--version", action="version", version=f"Mend {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -159,6 +160,23 @@ def _per_input(exc: BaseException, path: Path, args: argparse.Namespace) -> str:
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
+def _for_each(photos: list[Path], work, args: argparse.Namespace) -> int:
+    """Run ``work(path) -> (json_obj, human_line)`` per photo; one bad photo never stops the
+    run. Returns how many failed."""
+    n_failed = 0
+    for path in photos:
+        try:
+            obj, human = work(path)
+        except (UsageError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 — reported per input, the batch goes on
+            n_failed += 1
+            _error_line(path, _per_input(e, path, args), args.json)
+            continue
+        _emit(obj, args.json, human)
+    return n_failed
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from .imageio import load_photo
     from .pipeline import Engine
@@ -167,18 +185,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for path, msg in failed:
         _error_line(path, msg, args.json)
     engine = Engine(args.device)
-    n_failed = len(failed)
-    for path in photos:
-        try:
-            photo = load_photo(path)
-            opts = {"mode": args.vlm_mode} if args.backend in ("vlm", "auto") else {}
-            d = engine.diagnose(photo, args.backend, **opts)
-        except (UsageError, KeyboardInterrupt):
-            raise
-        except Exception as e:  # noqa: BLE001 — one bad photo never stops the run
-            n_failed += 1
-            _error_line(path, _per_input(e, path, args), args.json)
-            continue
+
+    def work(path: Path) -> tuple[dict[str, Any], str]:
+        opts = {"mode": args.vlm_mode} if args.backend in ("vlm", "auto") else {}
+        d = engine.diagnose(load_photo(path), args.backend, **opts)
         obj = {"path": str(path), "label": d.label.value,
                "scores": {k: round(float(v), 4) for k, v in d.scores.items()},
                "estimates": d.to_json()["estimates"], "backend": d.backend}
@@ -186,7 +196,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
         human = (f"{path}: {best.value} {best.short_name} ({d.confidence:.0%})"
                  + (f", runner-up {d.runner_up.value}" if d.runner_up else "")
                  + (f" — {d.rationale}" if d.rationale else ""))
-        _emit(obj, args.json, human)
+        return obj, human
+
+    n_failed = len(failed) + _for_each(photos, work, args)
     return EXIT_FAILED if n_failed else EXIT_OK
 
 
@@ -213,25 +225,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
     options = OutputOptions(out_dir=out_dir, format=args.format, quality=args.quality,
                             bit_depth=args.bit_depth, keep_metadata=not args.no_metadata)
     label = None if args.plan == "auto" else Degradation(args.plan)
-    n_failed = len(failed)
-    for path in photos:
+
+    def work(path: Path) -> tuple[dict[str, Any], str]:
         req = JobRequest(path=path, output=options, label=label, profile=args.profile,
                          device=args.device, backend=args.backend, mask_path=args.mask,
                          guard=not args.no_guard)
-        try:
-            result = engine.run(req, Progress(_stderr_progress(path) if not args.json else None))
-        except (UsageError, KeyboardInterrupt):
-            raise
-        except Exception as e:  # noqa: BLE001 — one bad photo never stops the run
-            n_failed += 1
-            _error_line(path, _per_input(e, path, args), args.json)
-            continue
-        obj = result.to_json()
+        result = engine.run(req, Progress(_stderr_progress(path) if not args.json else None))
         steps = ", ".join(f"{s.name} [{s.model}] {s.seconds:.1f}s" for s in result.steps)
         human = f"{path} -> {result.output} ({result.label.value}: {steps})"
         for w in result.warnings:
             human += f"\n  warning: {w}"
-        _emit(obj, args.json, human)
+        return result.to_json(), human
+
+    n_failed = len(failed) + _for_each(photos, work, args)
     return EXIT_FAILED if n_failed else EXIT_OK
 
 
@@ -354,7 +360,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         devices["torch"] = f"unavailable ({e})"
     info["devices"] = devices
     info["memory"] = {"total": system_memory(), "available": available_memory()}
-    info["offline"] = os.environ.get("MEND_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = os.environ.get("MEND_OFFLINE", "").strip().lower()
+    info["offline"] = offline in ("1", "true", "yes", "on")
     if getattr(sys, "frozen", False):  # the frozen app loads torch from the private environment
         info["runtime_env"] = os.environ.get("MEND_RUNTIME_ENV")
         info["runtime_env_error"] = os.environ.get("MEND_RUNTIME_ENV_ERROR")

@@ -41,3 +41,52 @@ def get_classifier(name: str, **kwargs: Any) -> Classifier:
     if name not in CLASSIFIERS:
         raise UsageError(f"unknown classifier backend {name!r}; known: {', '.join(sorted(CLASSIFIERS))}")
     return CLASSIFIERS[name](**kwargs)
+
+
+class StoredModelClassifier:
+    """Shared plumbing of the backends whose weights come from the model store (CLIP, VLM):
+    the runtime, the model choice, availability, and the analyzer's measurements merged in."""
+
+    name = "model"
+
+    def __init__(self, runtime: Any | None = None, model_id: str | None = None,
+                 with_measurements: bool = True) -> None:
+        self.runtime = runtime
+        self.model_id = model_id
+        self.with_measurements = with_measurements
+
+    def _rt(self) -> Any:
+        if self.runtime is None:
+            from .runtime_default import default_runtime
+
+            self.runtime = default_runtime()
+        return self.runtime
+
+    def pick_model(self) -> str:  # pragma: no cover - each backend chooses its own
+        raise NotImplementedError
+
+    def available(self) -> bool:
+        from ..errors import EngineError
+
+        try:
+            self.pick_model()
+            return True
+        except EngineError:
+            return False
+
+    def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
+        return self.classify_batch([image], [photo])[0]
+
+    def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]
+                       ) -> list[Diagnosis]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _measured(self, image: np.ndarray, photo: Any | None, extra: dict[str, Any],
+                  scores: dict[str, float]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The analyzer's estimates merged with ``extra``, and flags from ``scores``."""
+        from .vlm import _merge_estimates, class_flags
+
+        if self.with_measurements:
+            base, est = _merge_estimates(image, photo, extra)
+            return est, class_flags(base.flags, scores)
+        return extra, class_flags((), scores)

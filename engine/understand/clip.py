@@ -15,7 +15,7 @@ import numpy as np
 
 from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
 from ..errors import EngineError, ModelMissing
-from .base import register_classifier
+from .base import StoredModelClassifier, register_classifier
 
 MODEL_IDS = ("clip-vit-large-patch14", "siglip-base-patch16-224")
 PROMPTS_FILE = Path(__file__).resolve().parents[2] / "resources" / "prompts" / "clip_prompts.json"
@@ -83,21 +83,12 @@ def load_clip(runtime: Any, model_id: str, prompts: dict[str, list[str]]) -> _Lo
 
 
 @register_classifier("clip")
-class ClipClassifier:
+class ClipClassifier(StoredModelClassifier):
     name = "clip"
 
     def __init__(self, runtime: Any | None = None, model_id: str | None = None,
                  with_measurements: bool = True, **_: Any) -> None:
-        self.runtime = runtime
-        self.model_id = model_id
-        self.with_measurements = with_measurements
-
-    def _rt(self):
-        if self.runtime is None:
-            from .runtime_default import default_runtime
-
-            self.runtime = default_runtime()
-        return self.runtime
+        super().__init__(runtime, model_id, with_measurements)
 
     def pick_model(self) -> str:
         rt = self._rt()
@@ -108,16 +99,6 @@ class ClipClassifier:
                 return mid
         raise ModelMissing(MODEL_IDS[0], "install a CLIP model (mend models pull "
                                          "clip-vit-large-patch14) or use the built-in analyzer")
-
-    def available(self) -> bool:
-        try:
-            self.pick_model()
-            return True
-        except EngineError:
-            return False
-
-    def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
-        return self.classify_batch([image], [photo])[0]
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None],
                        batch_size: int = 8) -> list[Diagnosis]:
@@ -148,14 +129,7 @@ class ClipClassifier:
 
     def _finish(self, sc: dict[str, float], image: np.ndarray, photo: Any | None,
                 model_id: str) -> Diagnosis:
-        from .vlm import _merge_estimates, class_flags
-
         label = Degradation(max(sc, key=sc.get))
-        extra = {"clip_model": model_id}
-        if self.with_measurements:
-            base, est = _merge_estimates(image, photo, extra)
-            flags = class_flags(base.flags, sc)
-        else:
-            est, flags = extra, class_flags((), sc)
+        est, flags = self._measured(image, photo, {"clip_model": model_id}, sc)
         why = f"zero-shot {model_id}: {label.short_name} ({sc[label.value]:.0%})"
         return Diagnosis(label, sc, flags, est, why, "clip")

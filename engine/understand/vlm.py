@@ -26,7 +26,7 @@ import numpy as np
 
 from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
 from ..errors import EngineError, ModelMissing
-from .base import register_classifier
+from .base import StoredModelClassifier, register_classifier
 
 PROMPTS = Path(__file__).resolve().parents[2] / "resources" / "prompts"
 MODEL_IDS = ("qwen2.5-vl-7b", "qwen2.5-vl-3b")  # best first
@@ -318,7 +318,7 @@ def class_flags(measured: Sequence[str], scores: Mapping[str, float]) -> tuple[s
 
 
 @register_classifier("vlm")
-class VLMClassifier:
+class VLMClassifier(StoredModelClassifier):
     """Qwen2.5-VL zero-shot diagnosis (``mode`` "paper" or "structured")."""
 
     name = "vlm"
@@ -328,18 +328,9 @@ class VLMClassifier:
                  with_measurements: bool = True, **_: Any) -> None:
         if mode not in ("paper", "structured"):
             raise EngineError(f"unknown VLM mode {mode!r} (paper or structured)")
-        self.runtime = runtime
-        self.model_id = model_id
+        super().__init__(runtime, model_id, with_measurements)
         self.mode = mode
         self.max_new_tokens = max_new_tokens or (8 if mode == "paper" else 256)
-        self.with_measurements = with_measurements
-
-    def _rt(self):
-        if self.runtime is None:
-            from .runtime_default import default_runtime
-
-            self.runtime = default_runtime()
-        return self.runtime
 
     def pick_model(self) -> str:
         rt = self._rt()
@@ -358,16 +349,6 @@ class VLMClassifier:
             return mid
         raise ModelMissing(MODEL_IDS[1], "install a Qwen2.5-VL model (mend models pull "
                                          "qwen2.5-vl-3b) or use the built-in analyzer")
-
-    def available(self) -> bool:
-        try:
-            self.pick_model()
-            return True
-        except (ModelMissing, EngineError):
-            return False
-
-    def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
-        return self.classify_batch([image], [photo])[0]
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None],
                        batch_size: int = 4) -> list[Diagnosis]:
@@ -426,11 +407,5 @@ class VLMClassifier:
         extra = dict(d[3]) if len(d) > 3 else {}
         extra["vlm_model"] = model_id
         extra["vlm_mode"] = self.mode
-        flags: tuple[str, ...] = ()
-        if self.with_measurements:
-            base, est = _merge_estimates(image, photo, extra)
-            flags = class_flags(base.flags, sc)
-        else:
-            est = extra
-            flags = class_flags((), sc)
+        est, flags = self._measured(image, photo, extra, sc)
         return Diagnosis(label, normalise_scores(sc), flags, est, why, "vlm")
