@@ -783,6 +783,9 @@ class MainWindow(QMainWindow):
 
             self.set_status(f"Could not load the mask: {describe_error(e)}")
         doc.undo.clear()  # the starting point is not an undoable edit
+        doc.busy_changed.connect(  # grow/feather/... on a big mask finish in a worker
+            lambda b: self.set_status("Applying the mask edit at full resolution…" if b else ""))
+        doc.failed.connect(self.set_status)
         doc.set_style(opacity=self.opacity_slider.value() / 100)
         self.mask_doc = None if readonly else doc
         self.canvas.set_document(doc)
@@ -817,20 +820,25 @@ class MainWindow(QMainWindow):
         """Write the mask PNG in the pool (a 24 MP PNG takes a while)."""
         if self.mask_doc is None:
             return
-        data = self.mask_doc.full.copy()
-        shape = data.shape
+        doc = self.mask_doc
 
-        def write() -> Path:
-            doc = MaskDocument.__new__(MaskDocument)  # only .full is used by save()
-            doc.full = data
-            return MaskDocument.save(doc, dest)
+        def write_when_final() -> None:  # after any grow/feather still computing
+            data = doc.full.copy()
+            shape = data.shape
 
-        def done(p: Path) -> None:
-            self.set_status(f"Mask saved: {p} ({shape[1]}×{shape[0]})")
-            if on_done:
-                on_done(p)
+            def write() -> Path:
+                tmp = MaskDocument.__new__(MaskDocument)  # only .full is used by save()
+                tmp.full = data
+                return MaskDocument.save(tmp, dest)
 
-        self.bg.run(write, done, self.set_status)
+            def done(p: Path) -> None:
+                self.set_status(f"Mask saved: {p} ({shape[1]}×{shape[0]})")
+                if on_done:
+                    on_done(p)
+
+            self.bg.run(write, done, self.set_status)
+
+        doc.when_idle(write_when_final)
 
     def _load_mask_dialog(self) -> None:
         if self.mask_doc is None:

@@ -140,3 +140,75 @@ def _move_event(pt: QPoint):
     return QMouseEvent(QEvent.Type.MouseMove, QPointF(pt), QPointF(pt),
                        Qt.MouseButton.NoButton, Qt.MouseButton.LeftButton,
                        Qt.KeyboardModifier.NoModifier)
+
+
+def _ellipse(px: int) -> np.ndarray:
+    import cv2
+
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+
+
+def test_whole_mask_edits_on_24mp_do_not_block_the_gui_thread(qtbot):
+    """Grow / shrink / feather on a 6000x4000 mask: the call returns at once with a proxy
+    preview, the full-resolution result comes from the worker and equals the synchronous cv2
+    result; edits made while one is computing, undo/redo and a brush stroke stay in order."""
+    import time
+
+    import cv2
+
+    base = np.zeros((4000, 6000), np.uint8)
+    cv2.circle(base, (3000, 2000), 900, 255, -1)
+    cv2.rectangle(base, (300, 300), (1200, 900), 255, -1)
+    doc = MaskDocument(4000, 6000)
+    doc.set_mask(base, "Start")
+    doc.flush()
+    doc.undo.clear()
+    assert np.array_equal(doc.full, base) and not doc.busy()
+    busy_events: list[bool] = []
+    doc.busy_changed.connect(busy_events.append)
+    stall = []
+
+    def timed(fn, *a):
+        t = time.perf_counter()
+        fn(*a)
+        stall.append(time.perf_counter() - t)
+
+    proxy_area = (doc.proxy > 127).sum()
+    timed(doc.grow, 12)
+    assert doc.busy() and busy_events == [True]
+    assert (doc.proxy > 127).sum() > proxy_area * 1.005  # the preview is on screen at once
+    timed(doc.feather, 4)  # a second edit while the first is still computing
+    assert doc.undo.count() == 2 and doc.undo.undoText() == "Feather 4px"
+    qtbot.waitUntil(lambda: not doc.busy(), timeout=30000)
+    grown = cv2.dilate(base, _ellipse(12))
+    feathered = cv2.GaussianBlur(grown, (0, 0), 4.0)
+    assert np.array_equal(doc.full, feathered)  # exact, and in order
+    assert busy_events[-1] is False
+    assert np.abs(doc.proxy.astype(int) - doc._proxy_of(feathered).astype(int)).max() == 0
+
+    timed(doc.undo.undo)
+    timed(doc.undo.undo)  # queued behind the first undo
+    qtbot.waitUntil(lambda: not doc.busy(), timeout=30000)
+    assert np.array_equal(doc.full, base)
+    timed(doc.undo.redo)
+    qtbot.waitUntil(lambda: not doc.busy(), timeout=30000)
+    assert np.array_equal(doc.full, grown)
+
+    # shrink, then undo and redo it before its result exists, with a brush stroke queued between
+    timed(doc.shrink, 7)
+    timed(doc.undo.undo)
+    timed(doc.undo.redo)
+    doc.begin_stroke(5000, 3500, radius=40, hardness=1.0)
+    doc.extend_stroke(5200, 3500)
+    timed(doc.end_stroke)
+    assert doc.busy()
+    qtbot.waitUntil(lambda: not doc.busy(), timeout=30000)
+    expect = cv2.erode(grown, _ellipse(7))
+    assert np.array_equal(doc.full[:3000], expect[:3000])
+    assert doc.full[3500, 5100] == 255 and doc.full[3500, 4900] == 0
+    doc.undo.undo()  # the stroke
+    doc.undo.undo()  # the shrink
+    qtbot.waitUntil(lambda: not doc.busy(), timeout=30000)
+    assert np.array_equal(doc.full, grown)
+    print("GUI-thread ms per call:", [round(s * 1000, 1) for s in stall])
+    assert max(stall) < 0.05, stall

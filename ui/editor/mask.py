@@ -5,19 +5,32 @@ Brush strokes are painted on the proxy as the mouse moves (cheap, immediate) and
 when the stroke ends the same dabs are applied to the full-resolution mask inside the stroke's
 bounding box only, and the proxy is rebuilt from it. Global edits (grow, shrink, feather, invert,
 clear, fill, load) keep compressed snapshots for undo.
+
+Whole-mask edits never block the GUI thread on a large mask: the edit is previewed on the proxy at
+once, and the full-resolution work (the operation itself, the undo snapshots, the proxy rebuild)
+runs in a one-thread pool. Every change to the full-resolution mask (edits, undo, redo, brush
+patches) goes through one ordered queue, so consecutive edits stay in order, an edit made while
+another is computing is applied after it, and undo/redo of a command whose result is not ready yet
+is queued behind it. The undo command holds the exact full-resolution before/after once computed.
+``busy()`` tells whether work is pending; ``when_idle(fn)`` runs ``fn`` once the full-resolution
+mask is final; ``flush()`` waits (tests, shutdown).
 """
 from __future__ import annotations
 
 import zlib
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QObject, QRect, Signal
+from PySide6.QtCore import QObject, QRect, QThreadPool, Signal
 from PySide6.QtGui import QColor, QImage, QUndoCommand, QUndoStack
 
 PROXY_SIDE = 2048
+ASYNC_MIN_PIXELS = 2_000_000  # below this, whole-mask work is quick enough to run inline
 
 
 def dab_kernel(radius: float, hardness: float) -> np.ndarray:
@@ -76,6 +89,8 @@ class MaskDocument(QObject):
     """``changed(QRect)``: the proxy region (proxy pixels) that needs repainting."""
 
     changed = Signal(QRect)
+    busy_changed = Signal(bool)  # full-resolution work pending / all done
+    failed = Signal(str)  # a whole-mask edit could not be computed (the mask is unchanged)
 
     def __init__(self, height: int, width: int, proxy_side: int = PROXY_SIDE,
                  parent: QObject | None = None) -> None:
@@ -92,6 +107,15 @@ class MaskDocument(QObject):
         self._overlay = np.zeros((self.proxy.shape[0], self.proxy.shape[1], 4), np.uint8)
         self._overlay_img: QImage | None = None
         self._stroke: _Stroke | None = None
+        self.async_min_pixels = ASYNC_MIN_PIXELS
+        self._queue: deque[_Task] = deque()
+        self._running: _Task | None = None
+        self._busy = False
+        self._proxy_stale = False
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(1)  # one worker: full-resolution work stays ordered
+        self._relay = _Relay()
+        self._relay.done.connect(self._on_job_done)
         self._rebuild_overlay()
 
     @property
@@ -114,13 +138,16 @@ class MaskDocument(QObject):
 
     def _rebuild_overlay(self, box: tuple[int, int, int, int] | None = None) -> None:
         x0, y0, x1, y1 = box or (0, 0, self.proxy.shape[1], self.proxy.shape[0])
-        a = self.proxy[y0:y1, x0:x1].astype(np.float32) * self.opacity
+        # one table lookup per pixel (premultiplied BGRA as uint32): ~8 ms for a full proxy
+        a = np.arange(256, dtype=np.float32) * self.opacity
         c = self.colour
-        o = self._overlay[y0:y1, x0:x1]
-        o[..., 0] = (a * c.blue() / 255.0 + 0.5).astype(np.uint8)  # premultiplied BGRA
-        o[..., 1] = (a * c.green() / 255.0 + 0.5).astype(np.uint8)
-        o[..., 2] = (a * c.red() / 255.0 + 0.5).astype(np.uint8)
-        o[..., 3] = (a + 0.5).astype(np.uint8)
+        lut = np.empty((256, 4), np.uint8)
+        lut[:, 0] = (a * c.blue() / 255.0 + 0.5).astype(np.uint8)
+        lut[:, 1] = (a * c.green() / 255.0 + 0.5).astype(np.uint8)
+        lut[:, 2] = (a * c.red() / 255.0 + 0.5).astype(np.uint8)
+        lut[:, 3] = (a + 0.5).astype(np.uint8)
+        o32 = self._overlay.view(np.uint32)[..., 0]
+        o32[y0:y1, x0:x1] = lut.view(np.uint32)[:, 0][self.proxy[y0:y1, x0:x1]]
         if self._overlay_img is None:
             h, w = self.proxy.shape
             self._overlay_img = QImage(self._overlay.data, w, h, 4 * w,
@@ -205,13 +232,13 @@ class MaskDocument(QObject):
         if box[2] <= box[0] or box[3] <= box[1]:
             self._proxy_from_full()
             return
-        x0, y0, x1, y1 = box
-        before = self.full[y0:y1, x0:x1].copy()
-        after = before.copy()
-        for cx, cy in dabs:
-            apply_dab(after, cx - x0, cy - y0, k, st.erase)
-        self.undo.push(_PatchCommand(self, box, before, after,
-                                     "Erase" if st.erase else "Brush"))
+        x0, y0 = box[0], box[1]
+
+        def paint(region: np.ndarray) -> None:
+            for cx, cy in dabs:
+                apply_dab(region, cx - x0, cy - y0, k, st.erase)
+
+        self.undo.push(_PatchCommand(self, box, paint, "Erase" if st.erase else "Brush"))
 
     def stroking(self) -> bool:
         return self._stroke is not None
@@ -220,30 +247,38 @@ class MaskDocument(QObject):
     def fill_polygon(self, points: list[tuple[float, float]], erase: bool = False) -> None:
         if len(points) < 3:
             return
-        new = self.full.copy()
-        pts = np.round(np.asarray(points, np.float64) * 16).astype(np.int32)
-        cv2.fillPoly(new, [pts], 0 if erase else 255, lineType=cv2.LINE_AA, shift=4)
-        self._commit(new, "Lasso erase" if erase else "Lasso fill")
+        v = 0 if erase else 255
+        pts = np.asarray(points, np.float64)
+
+        def fill(m: np.ndarray, scale: float) -> np.ndarray:
+            out = m.copy()
+            q = np.round(pts * scale * 16).astype(np.int32)
+            cv2.fillPoly(out, [q], v, lineType=cv2.LINE_AA, shift=4)
+            return out
+
+        self._global("Lasso erase" if erase else "Lasso fill",
+                     lambda f: fill(f, 1.0), lambda p: fill(p, self.scale))
 
     def grow(self, px: int) -> None:
         if px > 0:
-            k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
-            self._commit(cv2.dilate(self.full, k), f"Grow {px}px")
+            self._global(f"Grow {px}px", lambda f: _morph(f, px, cv2.dilate),
+                         lambda p: _morph(p, round(px * self.scale), cv2.dilate))
 
     def shrink(self, px: int) -> None:
         if px > 0:
-            k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
-            self._commit(cv2.erode(self.full, k), f"Shrink {px}px")
+            self._global(f"Shrink {px}px", lambda f: _morph(f, px, cv2.erode),
+                         lambda p: _morph(p, round(px * self.scale), cv2.erode))
 
     def feather(self, px: float) -> None:
         if px > 0:
-            self._commit(cv2.GaussianBlur(self.full, (0, 0), float(px)), f"Feather {px}px")
+            self._global(f"Feather {px}px", lambda f: _blur(f, float(px)),
+                         lambda p: _blur(p, float(px) * self.scale))
 
     def invert(self) -> None:
-        self._commit(255 - self.full, "Invert")
+        self._global("Invert", lambda f: 255 - f, lambda p: 255 - p)
 
     def clear(self) -> None:
-        self._commit(np.zeros_like(self.full), "Clear")
+        self._global("Clear", np.zeros_like, np.zeros_like)
 
     def set_mask(self, mask: np.ndarray, text: str = "Set mask", combine: str = "replace") -> None:
         """Replace (or ``add`` / ``subtract``) with a uint8 / bool / float mask of any size."""
@@ -254,21 +289,137 @@ class MaskDocument(QObject):
             m = (np.clip(m.astype(np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
         if m.ndim == 3:
             m = m[..., 0]
-        if m.shape != self.full.shape:
-            m = cv2.resize(m, (self.full.shape[1], self.full.shape[0]),
-                           interpolation=cv2.INTER_LINEAR)
-        if combine == "add":
-            m = np.maximum(self.full, m)
-        elif combine == "subtract":
-            m = np.minimum(self.full, 255 - m)
-        self._commit(m, text)
 
-    def _commit(self, new: np.ndarray, text: str) -> None:
-        self.undo.push(_SnapshotCommand(self, self.full, new, text))
+        def put(cur: np.ndarray, interpolation: int) -> np.ndarray:
+            n = m
+            if n.shape != cur.shape:
+                n = cv2.resize(n, (cur.shape[1], cur.shape[0]), interpolation=interpolation)
+            if combine == "add":
+                return np.maximum(cur, n)
+            if combine == "subtract":
+                return np.minimum(cur, 255 - n)
+            return np.array(n, np.uint8, copy=True)
 
-    def _replace_full(self, new: np.ndarray) -> None:
-        self.full[...] = new
-        self._proxy_from_full()
+        self._global(text, lambda f: put(f, cv2.INTER_LINEAR), lambda p: put(p, cv2.INTER_AREA))
+
+    def _global(self, text: str, full_fn: Callable[[np.ndarray], np.ndarray],
+                proxy_fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        """One undoable whole-mask edit: ``proxy_fn`` previews it now (GUI thread, proxy
+        pixels), ``full_fn`` computes it at full resolution in its turn (worker on a large
+        mask, so the GUI thread never waits for it)."""
+        before = self.proxy.copy()
+        self.undo.push(_GlobalCommand(self, full_fn, text, before, proxy_fn(before)))
+
+    # -- the ordered full-resolution queue ------------------------------------------------
+    def busy(self) -> bool:
+        """Full-resolution work is pending (``full`` is not yet the final mask)."""
+        return self._running is not None or bool(self._queue)
+
+    def when_idle(self, fn: Callable[[], Any]) -> None:
+        """Call ``fn`` on the GUI thread once every edit made so far is applied to ``full``."""
+        self._enqueue(lambda _r: fn())
+
+    def flush(self) -> None:
+        """Block until all pending full-resolution work is applied (tests, shutdown)."""
+        saved = self.async_min_pixels
+        try:
+            while self.busy() or self._proxy_stale:
+                if self._running is not None:
+                    self._pool.waitForDone()
+                    task, self._running = self._running, None
+                    self._finish(task)
+                self.async_min_pixels = 1 << 62  # run the rest inline
+                self._pump()
+        finally:
+            self.async_min_pixels = saved
+
+    def _enqueue(self, apply: Callable[[Any], None],
+                 work: Callable[[np.ndarray], Any] | None = None,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
+        self._queue.append(_Task(apply, work, on_error))
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._running is None:
+            if not self._queue:
+                if not self._proxy_stale:
+                    break
+                self._proxy_stale = False  # rebuild the exact proxy from the final mask
+                self._queue.append(_Task(self._apply_proxy, self._proxy_of))
+            task = self._queue.popleft()
+            if task.work is None:
+                task.apply(None)
+            elif self.full.size < self.async_min_pixels:
+                self._run_inline(task)
+            else:
+                self._running = task
+                self._set_busy(True)
+                def job(task: _Task = task, full: np.ndarray = self.full,
+                        relay: _Relay = self._relay, tid: int = id(task)) -> None:
+                    try:
+                        task.result = task.work(full)  # type: ignore[misc]
+                    except BaseException as e:  # noqa: BLE001 - reported on the GUI thread
+                        task.error = e
+                    relay.done.emit(tid)
+
+                self._pool.start(job)
+        self._set_busy(self.busy())
+
+    def _run_inline(self, task: _Task) -> None:
+        try:
+            task.result = task.work(self.full)  # type: ignore[misc]
+        except Exception as e:  # noqa: BLE001
+            task.error = e
+        self._finish(task)
+
+    def _on_job_done(self, tid: int) -> None:
+        task = self._running
+        if task is None or id(task) != tid:
+            return  # already finished by flush()
+        self._running = None
+        self._finish(task)
+        self._pump()
+
+    def _finish(self, task: _Task) -> None:
+        if task.error is not None:
+            self._proxy_stale = True  # drop the preview: show the mask as it really is
+            if task.on_error is not None:
+                task.on_error(task.error)
+            self.failed.emit(f"Could not change the mask: {task.error}")
+            return
+        task.apply(task.result)
+
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self._busy:
+            self._busy = busy
+            self.busy_changed.emit(busy)
+
+    def _proxy_of(self, full: np.ndarray) -> np.ndarray:
+        """The proxy for a full-resolution mask (called in the worker too)."""
+        if self.scale >= 1.0:
+            return np.array(full, copy=True)
+        return cv2.resize(full, self.proxy_size, interpolation=cv2.INTER_AREA)
+
+    def _apply_proxy(self, proxy: np.ndarray | None) -> None:
+        if proxy is None:
+            return
+        if self._queue:  # later edits are previewed on the proxy: keep them on screen
+            self._proxy_stale = True
+        else:
+            self._show_proxy(proxy)
+
+    def _show_proxy(self, proxy: np.ndarray) -> None:
+        self.proxy[...] = proxy
+        self._rebuild_overlay()
+        self.changed.emit(QRect(0, 0, *self.proxy_size))
+
+    def _apply_full(self, payload: tuple[np.ndarray, np.ndarray] | None) -> None:
+        if payload is None:  # an edit that failed: replace its preview by the real mask
+            self._proxy_stale = True
+            return
+        full, proxy = payload
+        self.full[...] = full
+        self._apply_proxy(proxy)
 
     # -- files ----------------------------------------------------------------------------
     def save(self, path: Path) -> Path:
@@ -311,41 +462,124 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
+def _morph(m: np.ndarray, px: int, op: Callable[..., np.ndarray]) -> np.ndarray:
+    if px <= 0:
+        return m.copy()
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+    return op(m, k)
+
+
+def _blur(m: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma < 0.2:
+        return m.copy()
+    return cv2.GaussianBlur(m, (0, 0), sigma)
+
+
+def _z(a: np.ndarray) -> bytes:
+    return zlib.compress(memoryview(np.ascontiguousarray(a)).cast("B"), 1)  # no extra copy
+
+
+def _unz(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    n = int(np.prod(shape))  # exact output size: one allocation, zlib runs without the GIL
+    return np.frombuffer(zlib.decompress(data, 15, n), np.uint8).reshape(shape)
+
+
+@dataclass(eq=False)
+class _Task:
+    apply: Callable[[Any], None]  # GUI thread, in queue order
+    work: Callable[[np.ndarray], Any] | None = None  # worker (inline on a small mask)
+    on_error: Callable[[BaseException], None] | None = None
+    result: Any = None
+    error: BaseException | None = None
+
+
+class _Relay(QObject):
+    done = Signal(object)  # id of the finished task (queued to the GUI thread)
+
+
 class _PatchCommand(QUndoCommand):
-    def __init__(self, doc: MaskDocument, box: tuple[int, int, int, int], before: np.ndarray,
-                 after: np.ndarray, text: str) -> None:
-        super().__init__(text)
-        self.doc, self.box = doc, box
-        self.before = zlib.compress(before.tobytes(), 1)
-        self.after = zlib.compress(after.tobytes(), 1)
-        self.shape = before.shape
+    """A brush stroke in its bounding box; before/after are taken in the stroke's turn."""
 
-    def _put(self, data: bytes) -> None:
+    def __init__(self, doc: MaskDocument, box: tuple[int, int, int, int],
+                 paint: Callable[[np.ndarray], None], text: str) -> None:
+        super().__init__(text)
+        self.doc, self.box, self.paint = doc, box, paint
+        x0, y0, x1, y1 = box
+        self.shape = (y1 - y0, x1 - x0)
+        self.before: bytes | None = None
+        self.after: bytes | None = None
+
+    def _put(self, which: str) -> None:
         x0, y0, x1, y1 = self.box
-        self.doc.full[y0:y1, x0:x1] = np.frombuffer(zlib.decompress(data), np.uint8).reshape(
-            self.shape)
-        self.doc._proxy_from_full(self.box)
+        doc = self.doc
+        if self.after is None:  # first redo, in the stroke's turn
+            region = doc.full[y0:y1, x0:x1]
+            self.before = _z(region)
+            self.paint(region)
+            self.after = _z(region)
+            self.paint = None  # type: ignore[assignment]
+        else:
+            data = self.after if which == "after" else self.before
+            doc.full[y0:y1, x0:x1] = _unz(data, self.shape)  # type: ignore[arg-type]
+        if doc._queue:
+            doc._proxy_stale = True
+        else:
+            doc._proxy_from_full(self.box)
 
     def redo(self) -> None:
-        self._put(self.after)
+        self.doc._enqueue(lambda _r: self._put("after"))
 
     def undo(self) -> None:
-        self._put(self.before)
+        self.doc._enqueue(lambda _r: self._put("before"))
 
 
-class _SnapshotCommand(QUndoCommand):
-    def __init__(self, doc: MaskDocument, before: np.ndarray, after: np.ndarray, text: str):
+class _GlobalCommand(QUndoCommand):
+    """A whole-mask edit. The proxy shows its preview (or, on undo, the proxy it replaced) at
+    once; the full-resolution result and the compressed before/after snapshots are computed in
+    the edit's turn of the document's queue; undo/redo restore the exact snapshots."""
+
+    def __init__(self, doc: MaskDocument, fn: Callable[[np.ndarray], np.ndarray], text: str,
+                 proxy_before: np.ndarray, proxy_after: np.ndarray) -> None:
         super().__init__(text)
-        self.doc = doc
-        self.shape = before.shape
-        self.before = zlib.compress(np.ascontiguousarray(before).tobytes(), 1)
-        self.after = zlib.compress(np.ascontiguousarray(after).tobytes(), 1)
+        self.doc, self.fn, self.shape = doc, fn, doc.full.shape
+        self._p = {"before": proxy_before, "after": proxy_after}  # raw until compressed
+        self._pz: dict[str, bytes] = {}
+        self.before: bytes | None = None  # full resolution, zlib, once computed
+        self.after: bytes | None = None
+        self.broken = False
 
-    def _put(self, data: bytes) -> None:
-        self.doc._replace_full(np.frombuffer(zlib.decompress(data), np.uint8).reshape(self.shape))
+    def ready(self) -> bool:
+        return self.after is not None
+
+    def _preview(self, which: str) -> None:
+        p = self._p.get(which)
+        if p is None:
+            p = _unz(self._pz[which], self.doc.proxy.shape)
+        self.doc._show_proxy(p)
+
+    def _restore(self, which: str, full: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.broken:
+            return None
+        if self.after is None:  # first redo: compute (worker)
+            new = self.fn(full)
+            self.before, self.after = _z(full), _z(new)
+            for w in ("before", "after"):  # the previews, compressed off the GUI thread
+                self._pz[w] = _z(self._p[w])
+            self._p = {}
+            self.fn = None  # type: ignore[assignment]
+            return new, self.doc._proxy_of(new)
+        data = self.after if which == "after" else self.before
+        arr = _unz(data, self.shape)  # type: ignore[arg-type]
+        return arr, self.doc._proxy_of(arr)
+
+    def _fail(self, _e: BaseException) -> None:
+        self.broken = True  # nothing changed: undo/redo of this edit do nothing
 
     def redo(self) -> None:
-        self._put(self.after)
+        self._preview("after")
+        self.doc._enqueue(self.doc._apply_full, lambda f: self._restore("after", f), self._fail)
 
     def undo(self) -> None:
-        self._put(self.before)
+        self._preview("before")
+        self.doc._enqueue(self.doc._apply_full, lambda f: self._restore("before", f), self._fail)
