@@ -210,5 +210,17 @@ def test_whole_mask_edits_on_24mp_do_not_block_the_gui_thread(qtbot):
     doc.undo.undo()  # the shrink
     qtbot.waitUntil(lambda: not doc.busy(), timeout=30000)
     assert np.array_equal(doc.full, grown)
+
+    # a stroke still being painted when a result arrives stays on screen
+    doc.grow(3)
+    doc.begin_stroke(5000, 300, radius=60, hardness=1.0)
+    px, py = round(5000 * doc.scale), round(300 * doc.scale)
+    assert doc.proxy[py, px] == 255
+    qtbot.waitUntil(lambda: not doc.busy(), timeout=30000)
+    assert doc.proxy[py, px] == 255 and doc.full[300, 5000] == 0
+    doc.end_stroke()
+    qtbot.waitUntil(lambda: not doc.busy(), timeout=30000)
+    assert doc.full[300, 5000] == 255 and doc.proxy[py, px] == 255
+    assert np.array_equal(doc.full[1000:], cv2.dilate(grown, _ellipse(3))[1000:])
     print("GUI-thread ms per call:", [round(s * 1000, 1) for s in stall])
     assert max(stall) < 0.05, stall

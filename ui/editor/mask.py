@@ -323,7 +323,7 @@ class MaskDocument(QObject):
         """Block until all pending full-resolution work is applied (tests, shutdown)."""
         saved = self.async_min_pixels
         try:
-            while self.busy() or self._proxy_stale:
+            while self.busy() or (self._proxy_stale and self._stroke is None):
                 if self._running is not None:
                     self._pool.waitForDone()
                     task, self._running = self._running, None
@@ -342,8 +342,8 @@ class MaskDocument(QObject):
     def _pump(self) -> None:
         while self._running is None:
             if not self._queue:
-                if not self._proxy_stale:
-                    break
+                if not self._proxy_stale or self._stroke is not None:
+                    break  # (a stroke being painted on the proxy: refresh after it ends)
                 self._proxy_stale = False  # rebuild the exact proxy from the final mask
                 self._queue.append(_Task(self._apply_proxy, self._proxy_of))
             task = self._queue.popleft()
@@ -403,8 +403,8 @@ class MaskDocument(QObject):
     def _apply_proxy(self, proxy: np.ndarray | None) -> None:
         if proxy is None:
             return
-        if self._queue:  # later edits are previewed on the proxy: keep them on screen
-            self._proxy_stale = True
+        if self._queue or self._stroke is not None:  # later edits / the stroke being painted
+            self._proxy_stale = True  # are previewed on the proxy: keep them on screen
         else:
             self._show_proxy(proxy)
 
