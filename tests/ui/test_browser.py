@@ -35,6 +35,14 @@ def pool():
     p.waitForDone(10000)
 
 
+def _drain(pool: QThreadPool, qtbot) -> None:
+    """Let queued thumbnail work finish and deliver while the test's model and loader still
+    exist: pytest-qt processes events at teardown, after the test's locals are gone, and a
+    late delivery to a deleted model can crash the process."""
+    pool.waitForDone(10000)
+    qtbot.wait(60)
+
+
 def _diag(label: str, conf: float = 0.7) -> Diagnosis:
     rest = (1 - conf) / 3
     return Diagnosis(Degradation(label), {c: (conf if c == label else rest) for c in "ABCD"})
@@ -62,6 +70,7 @@ def test_model_passes_qabstractitemmodeltester(qtbot, qtlog, pool, photo_folder,
     model.fetch_all()
     failures = [r.message for r in qtlog.records if "FAIL" in r.message]
     assert not failures, failures
+    _drain(pool, qtbot)
     del tester
 
 
@@ -113,6 +122,7 @@ def test_model_passes_qabstractitemmodeltester_beyond_one_batch(qtbot, qtlog, po
     assert model.rowCount() == 600 and not model.canFetchMore()
     failures = [r.message for r in qtlog.records if "FAIL" in r.message]
     assert not failures, failures[:4]
+    _drain(pool, qtbot)
     del tester, driver
 
 
@@ -129,6 +139,7 @@ def test_fetch_more_in_batches(qtbot, pool, tmp_path, monkeypatch):
     model.fetch_all()
     assert model.rowCount() == 10 and not model.canFetchMore()
     assert model.rowCount(model.index(0)) == 0  # a list: no children
+    _drain(pool, qtbot)
 
 
 def test_thumbnails_are_built_off_thread_and_cached_atomically(qtbot, pool, photo_folder,
@@ -163,6 +174,7 @@ def test_thumbnails_are_built_off_thread_and_cached_atomically(qtbot, pool, phot
     st = it.path.stat()
     assert cache_key(it.path, st.st_mtime_ns, st.st_size) != cache_key(it.path, it.mtime_ns,
                                                                       it.size)
+    _drain(pool, qtbot)
 
 
 def test_stale_results_dropped_when_folder_changes(qtbot, pool, photo_folder, tmp_path):
@@ -186,6 +198,7 @@ def test_stale_results_dropped_when_folder_changes(qtbot, pool, photo_folder, tm
     assert all(Path(p).parent == other for p in got[-1:])
     assert all(Path(p).parent in (other, photo_folder) for p in got)
     assert model.index(0).data(PathRole) == other / "x.png"
+    _drain(pool, qtbot)
 
 
 def test_filter_by_class_and_badge_roles(qtbot, pool, photo_folder):
@@ -209,6 +222,7 @@ def test_filter_by_class_and_badge_roles(qtbot, pool, photo_folder):
     assert proxy.rowCount() == 7
     assert JobState(model.index(2).data(bm.JobStateRole)) is JobState.FAILED
     assert not model.index(0, 0, QModelIndex()).parent().isValid()
+    _drain(pool, qtbot)
 
 
 def test_scan_folder_is_fast(tmp_path):
