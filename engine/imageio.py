@@ -400,6 +400,21 @@ def _xmp_reset_orientation(xmp: bytes | None) -> bytes | None:
 # loading
 
 
+def _source_orientation(im, fmt: str, raw_exif: bytes | None, xmp: bytes | None) -> int:
+    """The orientation the file asks for: TIFF tag 274, else EXIF, else XMP (one rule for the
+    full load and the preview, so a thumbnail is never rotated differently from the photo)."""
+    if fmt == "TIFF":
+        try:
+            orientation = int(im.tag_v2.get(274, 1) or 1)
+        except Exception:  # noqa: BLE001 — a broken tag means "as stored"
+            orientation = 1
+    else:
+        orientation = exif_orientation(raw_exif)
+    if orientation == 1 and raw_exif is None:
+        orientation = _xmp_orientation(xmp)
+    return orientation
+
+
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
     """Apply EXIF orientation to an (H, W, ...) array (returns a view)."""
     if orientation == 2:
@@ -673,15 +688,7 @@ def _load(p: Path, limit: int) -> Photo:
         xmp = _xmp_of(im)
         icc = im.info.get("icc_profile") or None
         dpi = _dpi_of(im)
-        if fmt == "TIFF":
-            try:
-                orientation = int(im.tag_v2.get(274, 1) or 1)
-            except Exception:
-                orientation = 1
-        else:
-            orientation = exif_orientation(raw_exif)
-        if orientation == 1 and raw_exif is None:
-            orientation = _xmp_orientation(xmp)
+        orientation = _source_orientation(im, fmt, raw_exif, xmp)
         if orientation not in range(1, 9):
             orientation = 1
         if im.info.get("original_orientation"):  # pillow-heif has applied it already
@@ -739,13 +746,7 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             im.load()
-            if fmt == "TIFF":
-                try:
-                    orientation = int(im.tag_v2.get(274, 1) or 1)
-                except Exception:
-                    orientation = 1
-            else:
-                orientation = exif_orientation(_raw_exif(im))
+            orientation = _source_orientation(im, fmt, _raw_exif(im), _xmp_of(im))
             small = _preview_rgb8(im, max_side)
         if orientation in range(2, 9):
             small = _orient(small, orientation)

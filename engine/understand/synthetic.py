@@ -45,14 +45,18 @@ def motion_kernel(length: float, angle_deg: float) -> np.ndarray:
     dx = math.cos(math.radians(angle_deg)) * (L - 1) / 2
     dy = -math.sin(math.radians(angle_deg)) * (L - 1) / 2
     for t in np.linspace(-1, 1, max(2, int(4 * L))):
-        x, y = c + dx * t, c + dy * t
-        x0, y0 = int(math.floor(x)), int(math.floor(y))
-        fx, fy = x - x0, y - y0
-        k[y0, x0] += (1 - fx) * (1 - fy)
-        k[y0, x0 + 1] += fx * (1 - fy)
-        k[y0 + 1, x0] += (1 - fx) * fy
-        k[y0 + 1, x0 + 1] += fx * fy
+        _splat(k, c + dx * t, c + dy * t)
     return (k / k.sum()).astype(np.float32)
+
+
+def _splat(k: np.ndarray, x: float, y: float) -> None:
+    """Add one unit at sub-pixel (x, y) to ``k`` with bilinear weights."""
+    x0, y0 = int(math.floor(x)), int(math.floor(y))
+    fx, fy = x - x0, y - y0
+    k[y0, x0] += (1 - fx) * (1 - fy)
+    k[y0, x0 + 1] += fx * (1 - fy)
+    k[y0 + 1, x0] += (1 - fx) * fy
+    k[y0 + 1, x0 + 1] += fx * fy
 
 
 def motion_blur(img: np.ndarray, length: float, angle_deg: float) -> np.ndarray:
@@ -106,12 +110,7 @@ def shake_kernel(length: float, rng: np.random.Generator, smooth: float = 0.7) -
     k = np.zeros((size, size), np.float64)
     c = (size - 1) / 2
     for x, y in pts + c:
-        x0, y0 = math.floor(x), math.floor(y)
-        fx, fy = x - x0, y - y0
-        k[y0, x0] += (1 - fx) * (1 - fy)
-        k[y0, x0 + 1] += fx * (1 - fy)
-        k[y0 + 1, x0] += (1 - fx) * fy
-        k[y0 + 1, x0 + 1] += fx * fy
+        _splat(k, x, y)
     return (k / k.sum()).astype(np.float32)
 
 
