@@ -15,6 +15,7 @@ invent a face).
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EngineError
+from ..errors import Cancelled, EngineError, UsageError
 from .classical import to_uint8
 from .registry import StepContext, StepOutput, register_step
 
@@ -44,6 +45,7 @@ CODEFORMER_ID = "codeformer"
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 
 RestoreFn = Callable[[np.ndarray], np.ndarray]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,47 +86,96 @@ def order_landmarks(points: np.ndarray) -> np.ndarray:
     return np.stack([eyes[0], eyes[1], nose, mouth[0], mouth[1]]).astype(np.float32)
 
 
-def _detection_view(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+def _detection_view(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float, float]:
+    """BGR uint8 view of ``image`` with its longer side at most ``max_side``; returns
+    (view, sx, sy): view pixel = image pixel * (sx, sy) (exact per axis after rounding)."""
     import cv2
 
     bgr = to_uint8(image)[..., ::-1]
     h, w = bgr.shape[:2]
     s = min(1.0, max_side / max(h, w))
     if s < 1.0:
-        bgr = cv2.resize(bgr, (max(1, round(w * s)), max(1, round(h * s))),
-                         interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(bgr), s
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        bgr = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(bgr), nw / w, nh / h
+    return np.ascontiguousarray(bgr), 1.0, 1.0
 
 
-def _cached(runtime: Any, key: str, factory: Callable[[], Any], size: int) -> Any:
+def _cached(runtime: Any, key: Any, factory: Callable[[], Any], size: int) -> Any:
     if runtime is not None and hasattr(runtime, "cached"):
         return runtime.cached(key, factory, size)
     return factory()
 
 
-def detect_yunet(image: np.ndarray, model_path: str, *, runtime: Any = None,
-                 score_threshold: float = 0.7, max_side: int = 1280) -> list[Face]:
-    """Faces with 5 landmarks from OpenCV YuNet (``model_path``: the ONNX file)."""
-    import cv2
+def _plausible_landmarks(lm: np.ndarray, box: tuple[float, float, float, float]) -> bool:
+    """Five points inside the box (with a margin of a quarter of its size) and the eyes
+    apart: otherwise the box alone is the better guide for alignment."""
+    x0, y0, x1, y1 = box
+    mx, my = 0.25 * (x1 - x0), 0.25 * (y1 - y0)
+    inside = ((lm[:, 0] >= x0 - mx) & (lm[:, 0] <= x1 + mx)
+              & (lm[:, 1] >= y0 - my) & (lm[:, 1] <= y1 + my))
+    eye_gap = float(np.hypot(*(lm[1] - lm[0])))
+    return bool(inside.all()) and eye_gap >= 0.1 * (x1 - x0)
 
-    bgr, s = _detection_view(image, max_side)
-    h, w = bgr.shape[:2]
 
-    def make():
-        return cv2.FaceDetectorYN.create(str(model_path), "", (w, h), score_threshold, 0.3, 5000)
+def yunet_faces(rows: Any, sx: float, sy: float, shape: tuple[int, int]) -> list[Face]:
+    """Faces from ``cv2.FaceDetectorYN.detect`` rows (x, y, w, h, 5 landmarks, score; in the
+    detection view scaled by ``sx``, ``sy``), mapped to image pixels.
 
-    det = _cached(runtime, f"yunet:{model_path}", make, 1 << 20)
-    det.setInputSize((w, h))
-    det.setScoreThreshold(score_threshold)
-    _, rows = det.detect(bgr)
+    Rows a sane detector never gives are dropped (non-finite values, empty boxes, a centre
+    outside the image, a box over twice the image's longer side); landmarks off the face are
+    dropped (the face is then aligned by its box).
+    """
     faces: list[Face] = []
     if rows is None:
         return faces
-    for r in np.asarray(rows, dtype=np.float32).reshape(-1, 15):
-        x, y, bw, bh = (float(v) / s for v in r[:4])
-        lm = order_landmarks(r[4:14].reshape(5, 2) / s)
-        faces.append(Face((x, y, x + bw, y + bh), float(r[14]), lm))
+    h, w = shape
+    for r in np.asarray(rows, dtype=np.float64).reshape(-1, 15):
+        if not np.isfinite(r).all():
+            continue
+        x, y, bw, bh = r[0] / sx, r[1] / sy, r[2] / sx, r[3] / sy
+        cx, cy = x + bw / 2, y + bh / 2
+        if bw <= 0 or bh <= 0 or max(bw, bh) > 2 * max(h, w):
+            continue
+        if not (0 <= cx < w and 0 <= cy < h):
+            continue
+        box = (float(x), float(y), float(x + bw), float(y + bh))
+        lm: np.ndarray | None = order_landmarks(
+            r[4:14].reshape(5, 2) / np.array([sx, sy]))
+        if not _plausible_landmarks(lm, box):
+            lm = None
+        faces.append(Face(box, float(np.clip(r[14], 0.0, 1.0)), lm))
     return faces
+
+
+def detect_yunet(image: np.ndarray, model_path: str, *, runtime: Any = None,
+                 score_threshold: float = 0.7, nms_threshold: float = 0.3,
+                 max_side: int = 1280) -> list[Face]:
+    """Faces with 5 landmarks from OpenCV YuNet (``model_path``: the ONNX file).
+
+    The 2023mar file declares a static 1x3x640x640 input; OpenCV's DNN (4.x) re-shapes the
+    graph to the size given by ``setInputSize`` (padded up to a multiple of 32), so each image
+    is detected at its own size, downscaled first when its longer side exceeds ``max_side``.
+    """
+    import os
+
+    import cv2
+
+    bgr, sx, sy = _detection_view(image, max_side)
+    h, w = bgr.shape[:2]
+
+    def make():
+        return cv2.FaceDetectorYN.create(str(model_path), "", (w, h), score_threshold,
+                                         nms_threshold, 5000)
+
+    st = os.stat(model_path)  # a re-pulled file gets a fresh detector
+    det = _cached(runtime, ("yunet", str(model_path), st.st_size, st.st_mtime_ns), make,
+                  1 << 20)
+    det.setInputSize((w, h))
+    det.setScoreThreshold(float(score_threshold))
+    det.setNMSThreshold(float(nms_threshold))
+    _, rows = det.detect(bgr)
+    return yunet_faces(rows, sx, sy, image.shape[:2])
 
 
 def detect_haar(image: np.ndarray, *, min_size: int = 48, max_side: int = 1280,
@@ -140,7 +191,7 @@ def detect_haar(image: np.ndarray, *, min_size: int = 48, max_side: int = 1280,
     if data is None or not hasattr(cv2, "CascadeClassifier"):
         raise EngineError("this OpenCV build has no Haar cascades; install the YuNet face "
                           f"detector (mend models pull {YUNET_ID})")
-    bgr, s = _detection_view(image, max_side)
+    bgr, sx, sy = _detection_view(image, max_side)
     gray = cv2.equalizeHist(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
     cascade = _HAAR.get("face")
     if cascade is None:
@@ -148,14 +199,14 @@ def detect_haar(image: np.ndarray, *, min_size: int = 48, max_side: int = 1280,
         if cascade.empty():
             raise EngineError("OpenCV's Haar face cascade could not be loaded")
         _HAAR["face"] = cascade
-    ms = max(12, int(min_size * s))
+    ms = max(12, int(min_size * min(sx, sy)))
     rects, _, weights = cascade.detectMultiScale3(gray, scaleFactor=1.1, minNeighbors=6,
                                                   minSize=(ms, ms), outputRejectLevels=True)
     faces = []
     for (x, y, bw, bh), wt in zip(np.asarray(rects).reshape(-1, 4),
                                   np.asarray(weights).reshape(-1)):
         if float(wt) >= min_score:
-            faces.append(Face((x / s, y / s, (x + bw) / s, (y + bh) / s), float(wt), None))
+            faces.append(Face((x / sx, y / sy, (x + bw) / sx, (y + bh) / sy), float(wt), None))
     return faces
 
 
@@ -163,19 +214,65 @@ _HAAR: dict[str, Any] = {}
 
 
 def detect_faces(image: np.ndarray, runtime: Any = None, *, min_size: int = 48,
-                 detector: str = "auto") -> tuple[list[Face], str]:
+                 detector: str = "auto", score_threshold: float = 0.7,
+                 warnings: list[str] | None = None) -> tuple[list[Face], str]:
     """Detect faces; returns (faces at least ``min_size`` px, detector name).
 
-    ``detector``: ``auto`` (YuNet when installed, else Haar), ``yunet`` or ``haar``.
+    ``detector``: ``auto`` (YuNet when installed, else Haar), ``yunet`` or ``haar``. In
+    ``auto``, a YuNet that fails (damaged file, an OpenCV error) does not fail the job: the
+    Haar cascade is used and the reason is appended to ``warnings``.
     """
+    if detector not in ("auto", "yunet", "haar"):
+        raise UsageError(f"unknown face detector {detector!r} (auto, yunet or haar)")
     use_yunet = detector == "yunet" or (
         detector == "auto" and runtime is not None and runtime.is_available(YUNET_ID))
+    faces: list[Face] | None = None
     if use_yunet:
-        path = runtime.file(YUNET_ID)
-        faces, name = detect_yunet(image, str(path), runtime=runtime), YUNET_ID
-    else:
+        import cv2
+
+        if runtime is None:
+            raise UsageError("the YuNet face detector needs the model store")
+        try:
+            path = runtime.file(YUNET_ID)
+            faces = detect_yunet(image, str(path), runtime=runtime,
+                                 score_threshold=score_threshold)
+            name = YUNET_ID
+        except Cancelled:
+            raise
+        except (cv2.error, EngineError, OSError, ValueError) as e:
+            if detector == "yunet":
+                if isinstance(e, EngineError):
+                    raise
+                raise EngineError(f"the YuNet face detector failed: {_short(e)}") from e
+            _warn(warnings, f"the YuNet face detector failed ({_short(e)}); used the "
+                            f"built-in Haar detector instead (landmark-free alignment). "
+                            f"Check it with: mend models verify {YUNET_ID}")
+    elif detector == "auto" and runtime is not None and _store_status(runtime) == "corrupt":
+        _warn(warnings, f"the YuNet face detector's file is damaged; used the built-in Haar "
+                        f"detector instead (landmark-free alignment). Repair it with: "
+                        f"mend models verify --repair {YUNET_ID}")
+    if faces is None:
         faces, name = detect_haar(image, min_size=min_size), "builtin:haar"
     return [f for f in faces if f.size >= min_size], name
+
+
+def _store_status(runtime: Any) -> str | None:
+    store = getattr(runtime, "store", None)
+    try:
+        return store.status(YUNET_ID) if store is not None else None
+    except EngineError:
+        return None
+
+
+def _warn(warnings: list[str] | None, msg: str) -> None:
+    log.warning(msg)
+    if warnings is not None:
+        warnings.append(msg)
+
+
+def _short(e: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ------------------------------------------------------------------------------ alignment
@@ -185,11 +282,34 @@ def landmark_matrix(landmarks: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     import cv2
 
     dst = FFHQ_TEMPLATE_512 * (size / 512.0)
-    m, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32), dst,
-                                       method=cv2.LMEDS)
-    if m is None:  # degenerate landmarks: least squares on all points
-        m, _ = cv2.estimateAffinePartial2D(np.asarray(landmarks, np.float32), dst, method=0)
+    src = np.asarray(landmarks, np.float32).reshape(5, 2)
+    eye_gap = float(np.hypot(*(src[1] - src[0])))
+    eyes_to_mouth = float(np.hypot(*(src[3:].mean(0) - src[:2].mean(0))))
+    if not np.isfinite(src).all() or min(eye_gap, eyes_to_mouth) < 2.0:
+        raise ValueError("the five landmarks do not define an alignment")
+    m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
+    if m is None:  # LMEDS found no consensus: least squares on all points
+        m = _similarity_lstsq(src, dst)
+    if m is None or not np.isfinite(m).all() or abs(np.linalg.det(m[:, :2])) < 1e-12:
+        raise ValueError("the five landmarks do not define an alignment")
+    # a face's five points fit the template up to a fraction of the face's size; other
+    # point sets are squeezed by the fit until the misfit dwarfs the face
+    mapped = np.c_[src, np.ones(5)] @ np.asarray(m, np.float64).T
+    misfit = float(np.sqrt(((mapped - dst) ** 2).sum(1).mean()))
+    face_len = float(np.hypot(*(mapped[3:].mean(0) - mapped[:2].mean(0))))
+    if misfit > 0.5 * face_len:
+        raise ValueError("the five landmarks are not a face's")
     return np.asarray(m, dtype=np.float64)
+
+
+def _similarity_lstsq(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity [[a, -b, tx], [b, a, ty]] mapping ``src`` onto ``dst``."""
+    x, y = src[:, 0].astype(np.float64), src[:, 1].astype(np.float64)
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    a_mat = np.concatenate([np.stack([x, -y, one, zero], 1), np.stack([y, x, zero, one], 1)])
+    rhs = np.concatenate([dst[:, 0], dst[:, 1]]).astype(np.float64)
+    (a, b, tx, ty), *_ = np.linalg.lstsq(a_mat, rhs, rcond=None)
+    return np.array([[a, -b, tx], [b, a, ty]])
 
 
 def box_matrix(box: tuple[float, float, float, float], size: int = FACE_SIZE) -> np.ndarray:
@@ -204,8 +324,13 @@ def box_matrix(box: tuple[float, float, float, float], size: int = FACE_SIZE) ->
 
 
 def face_matrix(face: Face, size: int = FACE_SIZE) -> np.ndarray:
-    return landmark_matrix(face.landmarks, size) if face.landmarks is not None \
-        else box_matrix(face.box, size)
+    """Landmark alignment when the face has landmarks that define one, else box alignment."""
+    if face.landmarks is not None:
+        try:
+            return landmark_matrix(face.landmarks, size)
+        except ValueError:
+            pass
+    return box_matrix(face.box, size)
 
 
 def warp_face(image: np.ndarray, matrix: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
@@ -326,12 +451,16 @@ def codeformer_fn(descriptor: Any, device: Any, fidelity: float) -> RestoreFn:
     "face_codeformer",
     models=(CODEFORMER_ID, YUNET_ID),
     description="Restore faces with CodeFormer (YuNet detection, FFHQ alignment, paste-back).",
-    defaults={"fidelity": 0.7, "min_face": 48, "max_faces": 32},
+    defaults={"fidelity": 0.7, "min_face": 48, "max_faces": 32, "detector": "auto",
+              "face_score": 0.7},
 )
 def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     min_face = int(params.get("min_face", 48))
     ctx.progress.update(0.0, "looking for faces")
-    faces, detector = detect_faces(image, ctx.runtime, min_size=min_face)
+    faces, detector = detect_faces(image, ctx.runtime, min_size=min_face,
+                                   detector=str(params.get("detector", "auto")),
+                                   score_threshold=float(params.get("face_score", 0.7)),
+                                   warnings=ctx.warnings)
     faces.sort(key=lambda f: f.size, reverse=True)
     faces = faces[: int(params.get("max_faces", 32))]
     ctx.artifacts["face_boxes"] = [f.to_json()["box"] for f in faces]
