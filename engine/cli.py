@@ -48,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one JSON object per line")
 
     r = sub.add_parser("restore", help="fix each photo and write the result to a folder")
+    p.restore_parser = r  # main() checks -o/--dry-run with its usage line
     r.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="photos or folders")
-    r.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    r.add_argument("-o", "--output", type=Path, metavar="DIR",
+                   help="folder for the results (required unless --dry-run)")
     r.add_argument("--plan", default="auto", choices=["auto", "A", "B", "C", "D"],
                    help="force a class's chain instead of the diagnosis")
     r.add_argument("--profile", default="auto", choices=["auto", "builtin", "laptop", "quality"])
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-metadata", action="store_true", help="do not copy EXIF/ICC/XMP")
     r.add_argument("--no-guard", action="store_true", help="keep results even if they look worse")
     r.add_argument("--tile", type=int, default=512, help="tile size in pixels")
+    r.add_argument("--dry-run", action="store_true",
+                   help="diagnose and show each photo's plan with a time and memory estimate; "
+                        "run nothing and write nothing")
     r.add_argument("--json", action="store_true", help="one JSON object per line")
 
     m = sub.add_parser("models", help="list, download, verify, remove and import models")
@@ -102,6 +107,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
+    if args.command == "restore" and args.output is None and not args.dry_run:
+        parser.restore_parser.error("the following arguments are required: -o/--output "
+                                    "(or --dry-run to only see the plans)")
     handler = {"classify": cmd_classify, "restore": cmd_restore, "models": cmd_models,
                "doctor": cmd_doctor}[args.command]
     try:
@@ -210,6 +218,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError("--quality must be between 1 and 100")
     if args.mask is not None and not args.mask.is_file():
         raise UsageError(f"mask file not found: {args.mask}")
+    if args.dry_run:
+        return _restore_dry_run(args)
+    if args.output is None:
+        raise UsageError("restore needs an output folder: -o DIR (or --dry-run)")  # via main()
     out_dir: Path = args.output
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,18 +236,45 @@ def cmd_restore(args: argparse.Namespace) -> int:
     engine = Engine(args.device, tile_size=args.tile)
     options = OutputOptions(out_dir=out_dir, format=args.format, quality=args.quality,
                             bit_depth=args.bit_depth, keep_metadata=not args.no_metadata)
-    label = None if args.plan == "auto" else Degradation(args.plan)
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
-        req = JobRequest(path=path, output=options, label=label, profile=args.profile,
-                         device=args.device, backend=args.backend, mask_path=args.mask,
-                         guard=not args.no_guard)
+        req = _restore_request(args, path, options)
         result = engine.run(req, Progress(_stderr_progress(path) if not args.json else None))
         steps = ", ".join(f"{s.name} [{s.model}] {s.seconds:.1f}s" for s in result.steps)
         human = f"{path} -> {result.output} ({result.label.value}: {steps})"
         for w in result.warnings:
             human += f"\n  warning: {w}"
         return result.to_json(), human
+
+    n_failed = len(failed) + _for_each(photos, work, args)
+    return EXIT_FAILED if n_failed else EXIT_OK
+
+
+def _restore_request(args: argparse.Namespace, path: Path, options: OutputOptions) -> JobRequest:
+    label = None if args.plan == "auto" else Degradation(args.plan)
+    return JobRequest(path=path, output=options, label=label, profile=args.profile,
+                      device=args.device, backend=args.backend, mask_path=args.mask,
+                      guard=not args.no_guard)
+
+
+def _restore_dry_run(args: argparse.Namespace) -> int:
+    """``mend restore --dry-run``: what each photo's job would do, and its cost; no writes."""
+    from .pipeline import Engine
+
+    photos, failed = _expand(args.paths)
+    for path, msg in failed:
+        _error_line(path, msg, args.json)
+    engine = Engine(args.device, tile_size=args.tile)
+    options = OutputOptions(out_dir=args.output)
+
+    def work(path: Path) -> tuple[dict[str, Any], str]:
+        prep = engine.prepare(_restore_request(args, path, options))
+        steps = ", ".join(s.name for s in prep.plan.steps if s.enabled)
+        human = (f"{path}: {prep.plan.label.value} {prep.plan.label.short_name}, profile "
+                 f"{prep.plan.profile}: {steps} — {prep.estimate.describe()}")
+        for w in prep.warnings:
+            human += f"\n  warning: {w}"
+        return prep.to_json(), human
 
     n_failed = len(failed) + _for_each(photos, work, args)
     return EXIT_FAILED if n_failed else EXIT_OK

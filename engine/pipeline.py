@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from . import __version__
 from .api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan, StepRecord
 from .devices import DeviceInfo, configure_torch, select_device
 from .errors import EngineError, UsageError
+from .estimate import CostHistory, Estimate, estimate_plan, manifest_model_memory, step_model
 from .imageio import Photo, load_photo
 from .progress import Progress
 from .restore.registry import StepContext, get_step
@@ -23,16 +24,38 @@ log = logging.getLogger("mend.pipeline")
 _LOAD, _DIAG, _STEPS, _SAVE = 0.03, 0.07, 0.85, 0.05
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What a job would do (``Engine.prepare``): nothing has run, nothing is written."""
+
+    path: Path
+    size: tuple[int, int]  # (height, width) of the upright photo
+    diagnosis: Diagnosis
+    plan: Plan
+    warnings: tuple[str, ...]
+    estimate: Estimate
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "label": self.plan.label.value,
+                "profile": self.plan.profile, "size": list(self.size),
+                "diagnosis": self.diagnosis.to_json(), "plan": self.plan.to_json(),
+                "estimate": self.estimate.to_json(), "warnings": list(self.warnings),
+                "dry_run": True}
+
+
 class Engine:
     """Owns the device choice, the model runtime (store + loaded-model cache) and runs jobs.
 
     Not thread-safe: one thread (the CLI's, or the UI's engine thread) uses one Engine.
     """
 
-    def __init__(self, device: str = "auto", store: Any | None = None, *, tile_size: int = 512):
+    def __init__(self, device: str = "auto", store: Any | None = None, *, tile_size: int = 512,
+                 history: CostHistory | None = None):
         self.device: DeviceInfo = select_device(device)
         self.tile_size = tile_size
         self._store = store
+        # seconds per megapixel of finished steps on this machine, for estimates before a run
+        self.history = history if history is not None else CostHistory.default()
         self._runtime: Any | None = None
         if self.device.kind != "cpu" or _torch_loaded():
             configure_torch(self.device)
@@ -89,16 +112,45 @@ class Engine:
         resolved, _ = self.resolve_profile(profile)
         return build_plan(label or diagnosis.label, resolved, diagnosis)
 
-    # -- restoration ----------------------------------------------------------------------
-    def run(self, request: JobRequest, progress: Progress | None = None) -> JobResult:
-        """Restore one photo and write the result; the source file is only ever read."""
-        progress = progress or Progress()
-        t_start = time.perf_counter()
-        warnings: list[str] = []
-        progress.update(0.0, f"loading {Path(request.path).name}")
-        photo = load_photo(request.path)
-        progress.update(_LOAD, "diagnosing")
+    def estimate(self, plan: Plan, size: tuple[int, int]) -> Estimate:
+        """Time and memory of ``plan`` on a photo of ``size`` = (height, width), before running
+        it (figures from earlier runs here, else reference CPU figures; see engine.estimate)."""
+        return estimate_plan(plan, size, device_kind=self.device.kind,
+                             threads=self.device.threads, history=self.history,
+                             model_memory=manifest_model_memory(self.store))
 
+    def prepare(self, request: JobRequest) -> Prepared:
+        """Everything ``run`` would decide for ``request`` - diagnosis, plan, warnings and an
+        estimate of time and memory - without running a step or writing a file."""
+        photo = load_photo(request.path)
+        diagnosis, plan, warnings = self._resolve(request, photo)
+        missing = self.missing_models(plan)
+        if missing:
+            warnings.append(f"this plan needs models that are not installed ({', '.join(missing)}); "
+                            "install them with: mend models pull " + " ".join(missing))
+        return Prepared(Path(request.path), (photo.height, photo.width), diagnosis, plan,
+                        tuple(warnings), self.estimate(plan, (photo.height, photo.width)))
+
+    def missing_models(self, plan: Plan) -> list[str]:
+        """Models the plan's enabled steps need that are not installed (models a step can do
+        without - ``profiles.OPTIONAL_MODELS`` - are not counted)."""
+        from .estimate import step_model
+        from .restore.profiles import OPTIONAL_MODELS, PROFILE_MODELS
+
+        needed: list[str] = []
+        for step in plan.steps:
+            if not step.enabled:
+                continue
+            chosen = step_model(step)
+            ids = [chosen] if chosen else list(get_step(step.name).models)
+            # optional models: only count those the plan's profile requires
+            wanted = PROFILE_MODELS.get(plan.profile, frozenset())
+            needed += [m for m in ids
+                       if m == chosen or (m in wanted and m not in OPTIONAL_MODELS)]
+        return sorted(m for m in dict.fromkeys(needed) if not self.runtime.is_available(m))
+
+    def _resolve(self, request: JobRequest, photo: Photo) -> tuple[Diagnosis, Plan, list[str]]:
+        warnings: list[str] = []
         diagnosis = request.diagnosis
         if diagnosis is None:
             # with a forced class only the measurements matter: the analyzer is enough
@@ -119,6 +171,20 @@ class Engine:
             plan = build_plan(label, profile, diagnosis)
         if label is not diagnosis.label:
             diagnosis = diagnosis.with_label(label)
+        return diagnosis, plan, warnings
+
+    # -- restoration ----------------------------------------------------------------------
+    def run(self, request: JobRequest, progress: Progress | None = None) -> JobResult:
+        """Restore one photo and write the result; the source file is only ever read."""
+        progress = progress or Progress()
+        t_start = time.perf_counter()
+        warnings: list[str] = []
+        progress.update(0.0, f"loading {Path(request.path).name}")
+        photo = load_photo(request.path)
+        progress.update(_LOAD, "diagnosing")
+        diagnosis, plan, notes = self._resolve(request, photo)
+        warnings += notes
+        label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
 
         mask = None
@@ -185,6 +251,10 @@ class Engine:
             result = np.asarray(out.image, dtype=np.float32)
             if result.ndim != 3 or result.shape[2] != 3 or not np.isfinite(result).all():
                 raise EngineError(f"step {step.name} produced an invalid image {result.shape}")
+            if step.name != "passthrough":
+                self.history.record(step.name, step_model(step), self.device.kind,
+                                    self.device.threads, image.shape[0] * image.shape[1] / 1e6,
+                                    seconds)
             image = np.clip(result, 0.0, 1.0)
             records.append(StepRecord(step.name, out.model, seconds, out.notes))
             log.info("step %s (%s) %.2fs", step.name, out.model, seconds)

@@ -21,6 +21,8 @@ def _isolated_models_dir(tmp_path_factory, monkeypatch):
     """Every test gets its own empty model store unless it sets one itself."""
     d = tmp_path_factory.mktemp("models")
     monkeypatch.setenv("MEND_MODELS_DIR", str(d))
+    # and its own step-cost history (estimates), never the user's cache
+    monkeypatch.setenv("MEND_COST_HISTORY", str(d.parent / f"{d.name}-step_costs.json"))
     yield d
 
 

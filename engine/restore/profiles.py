@@ -35,6 +35,10 @@ PROFILE_MODELS: dict[str, frozenset[str]] = {
                                             "sd-turbo", "sam-vit-base"}),
 }
 
+# Models a step uses when installed and does without otherwise (YuNet -> Haar faces, SAM and
+# YOLO -> the built-in reflection detector): never reported as missing for a plan.
+OPTIONAL_MODELS = frozenset({"yunet-2023mar", "sam-vit-base", "reflection-yolo"})
+
 MIN_NOISE_SIGMA = 1.5  # below: no denoising pass
 MIN_BLUR_LENGTH = 3.0  # px; below: no deconvolution (a mild sharpening instead)
 FACE_FIDELITY = 0.7  # CodeFormer w: keeps identity, still repairs

@@ -1,0 +1,278 @@
+"""How long a plan will take and how much memory it needs, before it runs.
+
+Time comes from two sources, best first:
+
+1. **Measured here**: every finished step records its seconds per input megapixel for its
+   (step, model, device kind, thread count) in a small history file; the estimate uses the
+   running average of those runs.
+2. **Reference**: seconds per megapixel of each step measured by ``bench/restore.py`` on one core
+   of the 2-core AMD EPYC development machine (docs/PERFORMANCE.md, 2026-11-22; model steps at
+   the real architecture sizes with random weights: time only). They are divided by the thread
+   count (an optimistic, ideal scaling) and exist for CPUs only: a GPU has no estimate until its
+   first photo has run.
+
+Memory is the largest model the plan loads (the manifest's ``memory_mb``: weights + working
+memory) plus the image buffers (input, output at the step's scale and the tiler's accumulators).
+
+Pure Python: no torch import, cheap enough for the UI thread to call on every plan edit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .api import Plan, Step
+
+log = logging.getLogger("mend.estimate")
+
+# seconds per input megapixel, 1 CPU thread (see the module docstring for where they come from)
+REFERENCE_CPU_S_PER_MP: dict[tuple[str, str | None], float] = {
+    ("passthrough", None): 0.0,
+    ("denoise_builtin", None): 2.7,
+    ("sharpen_builtin", None): 0.25,
+    ("upscale_builtin", None): 0.2,
+    ("deblur_builtin", None): 1.5,
+    ("reflection_mask", None): 0.5,
+    ("inpaint_builtin", None): 0.8,
+    ("sr_realesrgan", "realesr-general-x4v3"): 65.0,  # 24 MP run: 101.5 s over 6 tiles of 512²
+    ("sr_realesrgan", "realesrgan-x4plus"): 950.0,  # ~15x Compact (RRDB, 23 blocks)
+    ("text_fusion", None): 8.0,  # OCR of the whole photo; the text regions add to it
+    ("deblur_nafnet", None): 60.0,
+    ("dereflect_nafnet", None): 90.0,
+    ("inpaint_lama", None): 25.0,  # on the masked crops only; per photo megapixel, rough
+    ("face_codeformer", None): 2.0,  # per megapixel of photo; ~1 s per face found
+    # ~53 s per 128-px patch-step on one core, patches at stride 64: ~244 patches per LR MP
+    ("sr_invsr", None): 12900.0,
+}
+
+# memory of the image buffers per output pixel: input + output + the tiler's sum and weights
+_BYTES_PER_PIXEL = 3 * 4
+_BUFFERS = 4
+
+
+@dataclass(frozen=True)
+class StepEstimate:
+    name: str
+    model: str | None
+    seconds: float | None
+    basis: str  # "measured" | "reference" | "unknown"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float | None  # None: at least one step has no figure on this device
+    peak_bytes: int
+    steps: tuple[StepEstimate, ...] = field(default_factory=tuple)
+
+    @property
+    def basis(self) -> str:
+        bases = {s.basis for s in self.steps if s.name != "passthrough"}
+        if not bases:
+            return "measured"
+        if "unknown" in bases:
+            return "unknown"
+        return "measured" if bases == {"measured"} else "reference"
+
+    @property
+    def nothing_to_run(self) -> bool:
+        return all(s.name == "passthrough" for s in self.steps)
+
+    def describe(self) -> str:
+        """One line for people: '~2 min, ~1.4 GB (from earlier runs here)'."""
+        if self.nothing_to_run:
+            return "nothing to run: the photo is kept as it is"
+        mem = f"~{format_bytes(self.peak_bytes)}"
+        if self.seconds is None:
+            return f"time unknown until a photo has run on this device, {mem}"
+        how = {"measured": "from earlier runs here",
+               "reference": "rough, from a reference CPU"}.get(self.basis, "")
+        return f"~{format_seconds(self.seconds)}, {mem}" + (f" ({how})" if how else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seconds": None if self.seconds is None else round(self.seconds, 1),
+                "peak_bytes": self.peak_bytes, "basis": self.basis,
+                "steps": [{"name": s.name, "model": s.model,
+                           "seconds": None if s.seconds is None else round(s.seconds, 2),
+                           "basis": s.basis} for s in self.steps]}
+
+
+def format_seconds(s: float) -> str:
+    if s < 1:
+        return "1 s"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 90 * 60:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def format_bytes(n: int) -> str:
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.1f} GB"
+    return f"{max(1, round(n / (1 << 20)))} MB"
+
+
+def step_model(step: Step) -> str | None:
+    """The model a step will use, from its params (Real-ESRGAN's choice matters 15x)."""
+    if step.name == "sr_realesrgan":
+        return str(step.params.get("model", "realesr-general-x4v3"))
+    return None
+
+
+def step_scale(step: Step) -> int:
+    if step.name in ("sr_realesrgan", "sr_invsr"):
+        default = 1
+    elif step.name == "upscale_builtin":
+        default = 2
+    else:
+        return 1
+    try:
+        return max(1, int(step.params.get("scale", default)))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _key(name: str, model: str | None, device_kind: str, threads: int) -> str:
+    return f"{name}|{model or ''}|{device_kind}|{threads}"
+
+
+class CostHistory:
+    """Seconds per input megapixel of finished steps on this machine (a running average over
+    the last runs), kept in a small JSON file. Safe to read from one thread while another
+    records; a file that cannot be read or written only costs the estimate its history."""
+
+    WINDOW = 8  # the average follows the last ~8 runs of a step
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, float]] | None = None
+
+    @classmethod
+    def default(cls) -> CostHistory:
+        """``MEND_COST_HISTORY`` (a file; empty = keep no history), else the user cache."""
+        env = os.environ.get("MEND_COST_HISTORY")
+        if env is not None:
+            return cls(Path(env) if env else None)
+        import platformdirs
+
+        return cls(Path(platformdirs.user_cache_dir("Mend", appauthor=False)) / "step_costs.json")
+
+    def _load(self) -> dict[str, dict[str, float]]:
+        if self._data is None:
+            data: dict[str, dict[str, float]] = {}
+            if self.path is not None and self.path.is_file():
+                try:
+                    raw = json.loads(self.path.read_text("utf-8"))
+                    data = {str(k): {"s_per_mp": float(v["s_per_mp"]), "n": float(v["n"])}
+                            for k, v in raw.get("steps", {}).items()
+                            if math.isfinite(float(v["s_per_mp"])) and float(v["s_per_mp"]) >= 0}
+                except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                    log.warning("ignoring the step-cost history %s: %s", self.path, e)
+                    data = {}
+            self._data = data
+        return self._data
+
+    def get(self, name: str, model: str | None, device_kind: str, threads: int) -> float | None:
+        with self._lock:
+            entry = self._load().get(_key(name, model, device_kind, threads))
+            return None if entry is None else entry["s_per_mp"]
+
+    def record(self, name: str, model: str | None, device_kind: str, threads: int,
+               megapixels: float, seconds: float) -> None:
+        if megapixels <= 0 or not math.isfinite(seconds) or seconds < 0:
+            return
+        rate = seconds / megapixels
+        with self._lock:
+            data = self._load()
+            k = _key(name, model, device_kind, threads)
+            old = data.get(k)
+            if old is None:
+                data[k] = {"s_per_mp": rate, "n": 1.0}
+            else:
+                n = min(old["n"] + 1.0, float(self.WINDOW))
+                data[k] = {"s_per_mp": old["s_per_mp"] + (rate - old["s_per_mp"]) / n, "n": n}
+            self._save(data)
+
+    def _save(self, data: dict[str, dict[str, float]]) -> None:
+        if self.path is None:
+            return
+        try:
+            from .imageio import atomic_write_bytes
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            blob = json.dumps({"version": 1, "steps": data}, indent=1).encode("utf-8")
+            atomic_write_bytes(self.path, blob, overwrite=True)
+        except OSError as e:
+            log.warning("could not save the step-cost history %s: %s", self.path, e)
+
+
+def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, threads: int,
+                  history: CostHistory | None = None,
+                  model_memory: Mapping[str, int] | None = None) -> Estimate:
+    """Seconds and peak bytes of running ``plan`` on a photo of ``size`` = (height, width).
+
+    ``model_memory`` maps model ids to bytes (the manifest's estimates; see
+    :func:`manifest_model_memory`); models absent from it count as 0.
+    """
+    h, w = size
+    pixels = max(1, int(h) * int(w))
+    threads = max(1, int(threads))
+    model_memory = model_memory or {}
+    steps: list[StepEstimate] = []
+    total: float | None = 0.0
+    peak = 0
+    for step in plan.steps:
+        if not step.enabled:
+            continue
+        model = step_model(step)
+        mp = pixels / 1e6
+        rate = history.get(step.name, model, device_kind, threads) if history else None
+        basis = "measured"
+        if rate is None and device_kind == "cpu":
+            ref = REFERENCE_CPU_S_PER_MP.get((step.name, model),
+                                             REFERENCE_CPU_S_PER_MP.get((step.name, None)))
+            if ref is not None:
+                rate, basis = ref / threads, "reference"
+        if rate is None:
+            seconds, basis = None, "unknown"
+        else:
+            seconds = rate * mp
+            if step.name == "sr_invsr":
+                try:
+                    seconds *= max(1, int(step.params.get("steps", 1)))
+                except (TypeError, ValueError):
+                    pass
+        steps.append(StepEstimate(step.name, model, seconds, basis))
+        total = None if (total is None or seconds is None) else total + seconds
+        scale = step_scale(step)
+        out_pixels = pixels * scale * scale
+        buffers = (pixels + _BUFFERS * out_pixels) * _BYTES_PER_PIXEL
+        from .errors import UsageError
+        from .restore.registry import get_step
+
+        try:
+            spec_models = get_step(step.name).models
+        except UsageError:  # an unknown step fails when the plan runs, not here
+            spec_models = ()
+        ids = [model] if model else list(spec_models)
+        weights = max((int(model_memory.get(m, 0)) for m in ids), default=0)
+        peak = max(peak, buffers + weights)
+        pixels = out_pixels
+    return Estimate(total, int(peak), tuple(steps))
+
+
+def manifest_model_memory(store: Any) -> dict[str, int]:
+    """Model id -> bytes from the store's manifest (``memory_mb``); empty if unreadable."""
+    try:
+        return {mid: int(spec.memory_mb) << 20 for mid, spec in store.manifest.models.items()}
+    except (AttributeError, TypeError, ValueError) as e:  # never break a plan's display
+        log.warning("no model memory figures: %s", e)
+        return {}

@@ -1,0 +1,156 @@
+"""Estimates of time and memory before a job runs; the history learned from finished steps;
+`mend restore --dry-run`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.api import Degradation, JobRequest, OutputOptions, Plan, Step
+from engine.estimate import REFERENCE_CPU_S_PER_MP, CostHistory, estimate_plan
+from engine.pipeline import Engine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _plan(*steps: Step, label=Degradation.A, profile="builtin") -> Plan:
+    return Plan(label, profile, tuple(steps))
+
+
+def test_reference_cpu_estimate_scales_with_pixels_and_threads():
+    plan = _plan(Step("denoise_builtin"), Step("sharpen_builtin"))
+    one = estimate_plan(plan, (1000, 1000), device_kind="cpu", threads=1)
+    ref = REFERENCE_CPU_S_PER_MP[("denoise_builtin", None)] + \
+        REFERENCE_CPU_S_PER_MP[("sharpen_builtin", None)]
+    assert one.seconds == pytest.approx(ref)
+    assert one.basis == "reference" and "reference CPU" in one.describe()
+    four = estimate_plan(plan, (2000, 2000), device_kind="cpu", threads=1)
+    assert four.seconds == pytest.approx(4 * one.seconds)
+    two_threads = estimate_plan(plan, (2000, 2000), device_kind="cpu", threads=2)
+    assert two_threads.seconds == pytest.approx(2 * one.seconds)
+    # the Real-ESRGAN model chosen matters: x4plus is far heavier than Compact
+    compact = estimate_plan(_plan(Step("sr_realesrgan", {"model": "realesr-general-x4v3"})),
+                            (1000, 1000), device_kind="cpu", threads=1)
+    rrdb = estimate_plan(_plan(Step("sr_realesrgan", {"model": "realesrgan-x4plus"})),
+                         (1000, 1000), device_kind="cpu", threads=1)
+    assert rrdb.seconds > 10 * compact.seconds
+
+
+def test_a_gpu_has_no_time_estimate_until_it_has_history(tmp_path):
+    plan = _plan(Step("deblur_nafnet"), label=Degradation.C, profile="quality")
+    est = estimate_plan(plan, (1000, 1000), device_kind="cuda", threads=1)
+    assert est.seconds is None and est.basis == "unknown"
+    assert "unknown" in est.describe()
+    h = CostHistory(tmp_path / "costs.json")
+    h.record("deblur_nafnet", None, "cuda", 1, megapixels=2.0, seconds=1.0)
+    est = estimate_plan(plan, (1000, 1000), device_kind="cuda", threads=1, history=h)
+    assert est.seconds == pytest.approx(0.5) and est.basis == "measured"
+
+
+def test_disabled_steps_and_passthrough_cost_nothing():
+    plan = _plan(Step("sr_realesrgan", enabled=False), Step("passthrough"), label=Degradation.D)
+    est = estimate_plan(plan, (4000, 3000), device_kind="cpu", threads=1)
+    assert est.seconds == 0 and est.nothing_to_run
+    assert "nothing to run" in est.describe()
+
+
+def test_memory_counts_the_largest_model_and_the_upscaled_buffers():
+    small = estimate_plan(_plan(Step("upscale_builtin", {"scale": 1})), (1000, 1000),
+                          device_kind="cpu", threads=1)
+    x4 = estimate_plan(_plan(Step("upscale_builtin", {"scale": 4})), (1000, 1000),
+                       device_kind="cpu", threads=1)
+    assert x4.peak_bytes > 10 * small.peak_bytes  # output buffers grow with scale²
+    mem = {"nafnet-gopro-w64": 800 << 20}
+    with_model = estimate_plan(_plan(Step("deblur_nafnet"), label=Degradation.C, profile="laptop"),
+                               (1000, 1000), device_kind="cpu", threads=1, model_memory=mem)
+    assert with_model.peak_bytes >= 800 << 20
+    assert with_model.peak_bytes < (800 << 20) + 200_000_000
+    # a step after an upscale works on the larger image
+    chain = estimate_plan(_plan(Step("upscale_builtin", {"scale": 2}), Step("denoise_builtin")),
+                          (1000, 1000), device_kind="cpu", threads=1)
+    alone = estimate_plan(_plan(Step("denoise_builtin")), (1000, 1000), device_kind="cpu",
+                          threads=1)
+    assert chain.steps[1].seconds == pytest.approx(4 * alone.steps[0].seconds)
+
+
+def test_history_is_a_running_average_that_persists_and_survives_bad_files(tmp_path):
+    path = tmp_path / "sub" / "costs.json"
+    h = CostHistory(path)
+    h.record("denoise_builtin", None, "cpu", 1, megapixels=1.0, seconds=2.0)
+    h.record("denoise_builtin", None, "cpu", 1, megapixels=1.0, seconds=4.0)
+    assert h.get("denoise_builtin", None, "cpu", 1) == pytest.approx(3.0)
+    assert h.get("denoise_builtin", None, "cpu", 2) is None  # thread count is part of the key
+    again = CostHistory(path)  # read back from the file
+    assert again.get("denoise_builtin", None, "cpu", 1) == pytest.approx(3.0)
+    # the average follows recent runs: old figures fade out
+    for _ in range(40):
+        again.record("denoise_builtin", None, "cpu", 1, megapixels=1.0, seconds=10.0)
+    assert again.get("denoise_builtin", None, "cpu", 1) > 9.0
+    path.write_text("{not json")
+    broken = CostHistory(path)
+    assert broken.get("denoise_builtin", None, "cpu", 1) is None
+    broken.record("sharpen_builtin", None, "cpu", 1, megapixels=0.5, seconds=0.1)  # rewrites it
+    assert json.loads(path.read_text())["steps"]
+    # an unwritable location costs the history, never the job
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    CostHistory(blocker / "costs.json").record("sharpen_builtin", None, "cpu", 1, 1.0, 1.0)
+
+
+def _photo(path: Path, h=120, w=160) -> Path:
+    rng = np.random.default_rng(1)
+    img = np.clip(0.5 + 0.1 * rng.standard_normal((h, w, 3)), 0, 1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_engine_learns_step_costs_from_runs_and_prepare_writes_nothing(tmp_path):
+    src = _photo(tmp_path / "in.png")
+    history = CostHistory(tmp_path / "costs.json")
+    engine = Engine("cpu", history=history)
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), label=Degradation.A,
+                     profile="builtin", guard=False)
+    prep = engine.prepare(req)
+    assert not (tmp_path / "out").exists()
+    assert prep.size == (120, 160) and prep.plan.label is Degradation.A
+    assert prep.estimate.basis == "reference" and prep.estimate.seconds > 0
+    result = engine.run(req)
+    for rec in result.steps:
+        rate = history.get(rec.name, None, "cpu", engine.device.threads)
+        assert rate == pytest.approx(rec.seconds / (120 * 160 / 1e6), rel=1e-6)
+    after = engine.prepare(req)
+    assert after.estimate.basis == "measured"
+    assert after.estimate.seconds == pytest.approx(sum(r.seconds for r in result.steps), rel=1e-6)
+
+
+def test_prepare_names_the_models_a_forced_profile_lacks(tmp_path):
+    src = _photo(tmp_path / "in.png")
+    engine = Engine("cpu", history=CostHistory(None))
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), label=Degradation.C,
+                     profile="laptop")
+    prep = engine.prepare(req)
+    assert any("nafnet-gopro-w64" in w and "codeformer" in w for w in prep.warnings)
+    assert not any("yunet" in w for w in prep.warnings)  # Haar stands in: optional
+    data = prep.to_json()
+    assert data["dry_run"] is True and data["plan"]["steps"][0]["name"] == "deblur_nafnet"
+    assert data["estimate"]["steps"][0]["basis"] == "reference"
+
+
+def test_cli_dry_run_prints_plans_and_estimates_and_writes_nothing(tmp_path):
+    src = _photo(tmp_path / "in.png")
+    out = tmp_path / "out"
+    env = dict(os.environ, MEND_COST_HISTORY=str(tmp_path / "costs.json"))
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "restore", str(src), "--plan", "A",
+                        "--profile", "builtin", "--dry-run", "-o", str(out), "--json"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    assert obj["dry_run"] and obj["label"] == "A" and obj["size"] == [120, 160]
+    assert obj["estimate"]["seconds"] > 0 and obj["estimate"]["peak_bytes"] > 0
+    assert not out.exists() and not (tmp_path / "costs.json").exists()
