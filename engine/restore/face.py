@@ -2,7 +2,9 @@
 
 * Detection: OpenCV YuNet (``cv2.FaceDetectorYN``) with the store's ``yunet-2023mar`` ONNX
   gives boxes and five landmarks; without it, OpenCV's bundled Haar cascade (no download)
-  gives boxes only.
+  gives boxes only. A YuNet that fails (damaged file, an OpenCV error) falls back to Haar
+  with a warning rather than failing the job; step params ``face_detector``
+  (auto | yunet | haar) and ``face_score`` (YuNet's score threshold).
 * Alignment: a similarity transform (rotation, uniform scale, shift) maps the five landmarks
   onto the 512x512 FFHQ template used by facexlib / GFPGAN / CodeFormer; with boxes only,
   the box is mapped onto the template's face area.
@@ -451,14 +453,14 @@ def codeformer_fn(descriptor: Any, device: Any, fidelity: float) -> RestoreFn:
     "face_codeformer",
     models=(CODEFORMER_ID, YUNET_ID),
     description="Restore faces with CodeFormer (YuNet detection, FFHQ alignment, paste-back).",
-    defaults={"fidelity": 0.7, "min_face": 48, "max_faces": 32, "detector": "auto",
+    defaults={"fidelity": 0.7, "min_face": 48, "max_faces": 32, "face_detector": "auto",
               "face_score": 0.7},
 )
 def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     min_face = int(params.get("min_face", 48))
     ctx.progress.update(0.0, "looking for faces")
     faces, detector = detect_faces(image, ctx.runtime, min_size=min_face,
-                                   detector=str(params.get("detector", "auto")),
+                                   detector=str(params.get("face_detector", "auto")),
                                    score_threshold=float(params.get("face_score", 0.7)),
                                    warnings=ctx.warnings)
     faces.sort(key=lambda f: f.size, reverse=True)

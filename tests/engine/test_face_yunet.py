@@ -202,6 +202,10 @@ def test_yunet_score_threshold(marker_rt):
     ctx = _ctx(marker_rt)
     out = get_step("face_codeformer").fn(img, {"face_score": 0.95}, ctx)
     assert out.image is img and out.model == YUNET_ID and ctx.artifacts["face_boxes"] == []
+    # the step can be told to use Haar although YuNet is installed (no face for Haar here)
+    ctx = _ctx(marker_rt)
+    out = get_step("face_codeformer").fn(img, {"face_detector": "haar"}, ctx)
+    assert out.model == "builtin:haar" and ctx.artifacts["face_boxes"] == []
 
 
 def test_min_face_applies_to_yunet_faces(marker_rt):
@@ -323,3 +327,32 @@ def test_degenerate_landmarks_align_by_the_box(landmarks):
         landmark_matrix(landmarks)
     m = face_matrix(Face(box, 0.9, np.asarray(landmarks, np.float32)))
     np.testing.assert_array_equal(m, box_matrix(box))
+
+
+@pytest.mark.slow
+def test_codeformer_on_a_yunet_face_through_the_step(built, tmp_path):
+    """The whole step: YuNet (marker model) + a random CodeFormer of the real architecture,
+    both from one store. ~25 s on one loaded core (CodeFormer's 512 input), so MEND_SLOW=1."""
+    from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
+
+    torch.manual_seed(0)
+    net = CodeFormer(dim_embd=32, n_head=2, n_layers=1, codebook_size=16, latent_size=256,
+                     connect_list=["32", "64", "128", "256"])
+    cf = tmp_path / "codeformer.pth"
+    torch.save({"params_ema": net.state_dict()}, cf)
+    store = install_test_model(tmp_path / "store", YUNET_ID,
+                               {"face_detection_yunet_2023mar.onnx": built["marker"]})
+    store = install_test_model(tmp_path / "store", "codeformer", {"codeformer.pth": cf},
+                               store=store)
+    rt = make_runtime(store)
+    img = _marker_image(192, 256, [(11, 15)])
+    ctx = _ctx(rt)
+    out = get_step("face_codeformer").fn(img, {"fidelity": 0.5}, ctx)
+    assert out.model == "codeformer" and YUNET_ID in out.notes and ctx.warnings == []
+    assert out.image.shape == img.shape and np.isfinite(out.image).all()
+    (face,) = detect_faces(img, rt)[0]
+    x0, y0, x1, y1 = paste_region(face_matrix(face), img.shape[:2])
+    outside = np.ones(img.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    np.testing.assert_array_equal(out.image[outside], img[outside])
+    assert not np.array_equal(out.image[y0:y1, x0:x1], img[y0:y1, x0:x1])
