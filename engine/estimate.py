@@ -154,6 +154,7 @@ class CostHistory:
         self.path = path
         self._lock = threading.Lock()
         self._data: dict[str, dict[str, float]] | None = None
+        self._mtime: int | None = None  # of the file as last read or written
 
     @classmethod
     def default(cls) -> CostHistory:
@@ -165,8 +166,17 @@ class CostHistory:
 
         return cls(Path(platformdirs.user_cache_dir("Mend", appauthor=False)) / "step_costs.json")
 
+    def _file_mtime(self) -> int | None:
+        try:
+            return None if self.path is None else self.path.stat().st_mtime_ns
+        except OSError:
+            return None
+
     def _load(self) -> dict[str, dict[str, float]]:
-        if self._data is None:
+        mtime = self._file_mtime()
+        if self._data is None or (mtime is not None and mtime != self._mtime):
+            # first use, or another process/thread (the engine) has written newer figures
+            self._mtime = mtime
             data: dict[str, dict[str, float]] = {}
             if self.path is not None and self.path.is_file():
                 try:
@@ -210,6 +220,7 @@ class CostHistory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             blob = json.dumps({"version": 1, "steps": data}, indent=1).encode("utf-8")
             atomic_write_bytes(self.path, blob, overwrite=True)
+            self._mtime = self._file_mtime()
         except OSError as e:
             log.warning("could not save the step-cost history %s: %s", self.path, e)
 

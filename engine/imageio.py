@@ -757,6 +757,21 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
         raise _fail(p, e) from None
 
 
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(height, width) of the upright photo from its header alone (no pixels decoded)."""
+    p = Path(path)
+    _check_path(p)
+    try:
+        with _open_image(p, max_pixels_default()) as im:
+            w, h = im.size
+            orientation = _source_orientation(im, im.format, _raw_exif(im), _xmp_of(im))
+        return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+    except EngineError:
+        raise
+    except Exception as e:
+        raise _fail(p, e) from None
+
+
 def _preview_rgb8(im, max_side: int) -> np.ndarray:
     Image = _pil()
     mode = im.mode

@@ -8,9 +8,9 @@ Builders write into a folder and return ``{manifest file name: built path}``.
 ``built(model_id, build_root)`` caches them per process (= per pytest session);
 ``install_models(store_root, ids, build_root)`` puts them into one store.
 
-CodeFormer and YuNet cannot be made tiny (CodeFormer's fixed 512 input; YuNet is an ONNX
-graph): chains that use ``face_codeformer`` are run on photos without faces, where the step
-falls back to the Haar detector and loads no model.
+CodeFormer cannot be made tiny (its fixed 512 input): chains that use ``face_codeformer`` are
+run on photos without faces, where the step finds none and loads no model. Tiny YuNet ONNX
+graphs of the 2023mar interface are built by ``tests/tiny_yunet.py``.
 """
 from __future__ import annotations
 

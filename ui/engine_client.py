@@ -71,6 +71,7 @@ class DiagnoseOutcome:
     diagnosis: Diagnosis
     plan: Plan | None
     plan_error: str = ""
+    size: tuple[int, int] | None = None  # (height, width) of the upright photo
 
 
 @dataclass
@@ -172,7 +173,13 @@ def _do_diagnose(engine: Any, payload: dict, progress: Progress) -> DiagnoseOutc
     except Exception as e:  # noqa: BLE001 - a class without a chain still has a diagnosis
         err = describe_error(e)
     progress.update(1.0, "diagnosed")
-    return DiagnoseOutcome(diagnosis, plan, err)
+    try:
+        from engine.imageio import image_size
+
+        size = image_size(payload["path"])  # header only: for the plan's estimate
+    except Exception:  # noqa: BLE001 - the estimate is optional; the diagnosis stands
+        size = None
+    return DiagnoseOutcome(diagnosis, plan, err, size)
 
 
 def _do_run(engine: Any, request: JobRequest, progress: Progress) -> Any:
@@ -259,7 +266,10 @@ class EngineClient(QObject):
         self._worker.done.connect(self._on_done)
         self._worker.error.connect(self._on_error)
         self._worker.progressed.connect(self._on_progress)
-        self._worker.engine_ready.connect(self.engine_ready)
+        self._worker.engine_ready.connect(self._on_engine_ready)
+        self.device: Any = None  # DeviceInfo once the engine has started
+        self._history: Any = None  # engine.estimate.CostHistory, read-only here
+        self._model_memory: dict[str, int] | None = None
         self._thread.finished.connect(self._worker.deleteLater)
         self._thread.start()
         # photo decoding and thumbnails: never on the engine thread, never on the GUI thread
@@ -281,6 +291,31 @@ class EngineClient(QObject):
         self._journal_timer.setSingleShot(True)
         self._journal_timer.setInterval(150)
         self._journal_timer.timeout.connect(self._write_journal)
+
+    def _on_engine_ready(self, device: Any) -> None:
+        self.device = device
+        self.engine_ready.emit(device)
+
+    def estimate(self, plan: Plan, size: tuple[int, int]) -> Any:
+        """``engine.estimate.Estimate`` of ``plan`` on a photo of ``size``, or None before the
+        engine has started. Cheap (no torch, one small JSON file): fine on the GUI thread."""
+        if self.device is None:
+            return None
+        from engine.estimate import CostHistory, estimate_plan
+
+        if self._history is None:
+            self._history = CostHistory.default()  # the file the engine thread writes
+        if self._model_memory is None:
+            try:
+                from engine.models.manifest import default_manifest
+
+                self._model_memory = {m: int(s.memory_mb) << 20
+                                      for m, s in default_manifest().models.items()}
+            except Exception:  # noqa: BLE001 - a broken manifest is reported elsewhere
+                self._model_memory = {}
+        return estimate_plan(plan, size, device_kind=self.device.kind,
+                             threads=self.device.threads, history=self._history,
+                             model_memory=self._model_memory)
 
     # -- submitting -----------------------------------------------------------------------
     def submit(self, request: JobRequest) -> int:

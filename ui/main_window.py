@@ -63,6 +63,7 @@ class PhotoState:
     output: Path | None = None
     mask_path: Path | None = None
     outputs: list[str] = field(default_factory=list)
+    size: tuple[int, int] | None = None  # (height, width), known once diagnosed
 
 
 class MainWindow(QMainWindow):
@@ -651,6 +652,7 @@ class MainWindow(QMainWindow):
         st = self._state(path)
         if isinstance(result, DiagnoseOutcome):
             st.diagnosis, st.plan, st.plan_note = result.diagnosis, result.plan, result.plan_error
+            st.size = result.size or st.size
             self.model.update_item(path, diagnosis=result.diagnosis)
             self._save_sidecar(path, diagnosis=result.diagnosis, plan=result.plan)
             if path == self.current:
@@ -712,8 +714,17 @@ class MainWindow(QMainWindow):
         else:
             self.eta_label.setText(f"{fraction:.0%} {format_eta(eta)}")
 
+    def _estimate_text(self, plan: Plan) -> str | None:
+        """The diagnosis panel's estimate line for the current photo (None: not known yet)."""
+        if self.current is None:
+            return None
+        size = self._state(self.current).size
+        est = self.client.estimate(plan, size) if size else None
+        return None if est is None else est.describe()
+
     def _on_engine_ready(self, device: Any) -> None:
         self.device = device
+        self.panel.set_estimator(self._estimate_text)
         if device is not None:
             self.set_status(f"Engine ready on {device.name}")
 

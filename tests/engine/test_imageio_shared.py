@@ -162,3 +162,14 @@ def test_16bit_sources_stay_16bit(shared_images, tmp_path):
             back = mio.load_photo(out)
             assert back.bit_depth == 16
             assert np.abs(back.pixels - ph.pixels).max() < 1 / 65535 + 1e-6
+
+
+def test_image_size_reads_the_upright_size_from_the_header(shared_images):
+    from engine.imageio import image_size, load_photo
+
+    folder = shared_images / "exif_orientation"
+    files = sorted(folder.iterdir())[:8]
+    assert files
+    for f in files:
+        photo = load_photo(f)
+        assert image_size(f) == (photo.height, photo.width), f.name

@@ -62,6 +62,11 @@ def test_open_diagnose_fix_compare_export(qtbot, window, folder, tmp_path):
     assert win.current == target
     assert win.panel.diagnosis is diags["a_noisy.jpg"]
     assert win.panel.plan is not None and win.panel.plan.profile == "builtin"
+    # before anything runs, the plan shows what it will cost (reference figures on a CPU)
+    qtbot.waitUntil(lambda: win.panel.estimate_label.text().startswith("Estimate:"),
+                    timeout=10000)
+    first = win.panel.estimate_label.text()
+    assert "nothing to run" in first or ("MB" in first and "reference CPU" in first), first
 
     win.grid.selectAll()
     ids = win.fix_selected()
@@ -73,6 +78,12 @@ def test_open_diagnose_fix_compare_export(qtbot, window, folder, tmp_path):
     for it in win.model.items():
         assert it.job_state is JobState.DONE and it.output is not None and it.output.exists()
         assert it.output.parent == tmp_path / "out" and it.output != it.path
+
+    # after a run the estimate comes from this machine's own step timings
+    if "nothing to run" not in first:
+        win.select_path(folder / "b_clean.png")
+        win.select_path(target)
+        assert "from earlier runs here" in win.panel.estimate_label.text()
 
     # compare: the viewer loads the original and the result off the GUI thread
     with qtbot.waitSignal(win.view_loaded, timeout=20000):
@@ -242,3 +253,28 @@ def test_cancel_mid_job_leaves_the_sidecar_consistent(qtbot, window, tmp_path):
     assert side.read_bytes() == saved and json.loads(saved)  # untouched, still valid JSON
     assert sorted((tmp_path / "out").iterdir()) == outputs  # nothing partial was written
     assert _sha(photo) == before
+
+
+def test_plan_edits_update_the_estimate(qtbot, window, folder):
+    win = window
+    win.open_folder(folder)
+    qtbot.waitUntil(lambda: win.model.ready_count() == 3, timeout=20000)
+    target = folder / "a_noisy.jpg"
+    win.select_path(target)
+    win.diagnose_all()
+    qtbot.waitUntil(win.client.is_idle, timeout=60000)
+    win.select_path(target)
+    win.panel.set_override(Degradation.A)  # builtin A: denoise + sharpen
+    qtbot.waitUntil(lambda: win.panel.plan is not None and win.panel.plan.label is Degradation.A
+                    and len(win.panel.plan.steps) >= 1, timeout=20000)
+    qtbot.waitUntil(lambda: "Estimate: ~" in win.panel.estimate_label.text(), timeout=10000)
+    from PySide6.QtCore import Qt
+
+    est = win.client.estimate(win.panel.plan, win._state(target).size)
+    assert est is not None and est.seconds > 0
+    assert win.panel.estimate_label.text() == f"Estimate: {est.describe()}"
+    for i in range(win.panel.steps.count()):  # untick every step: nothing left to run
+        win.panel.steps.item(i).setCheckState(Qt.CheckState.Unchecked)
+    est_off = win.client.estimate(win.panel.plan, win._state(target).size)
+    assert est_off.seconds == 0
+    assert win.panel.estimate_label.text() == f"Estimate: {est_off.describe()}"

@@ -1,7 +1,7 @@
 """Diagnosis panel: label, score bars, runner-up, estimates, rationale; class override; plan editor."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -30,11 +30,13 @@ CHOICES: dict[str, list[Any]] = {
     "scale": [1, 2, 4],
     "model": ["realesr-general-x4v3", "realesrgan-x4plus"],
     "detector": ["auto", "yolo", "sam", "builtin"],
+    "face_detector": ["auto", "yunet", "haar"],
 }
 RANGES: dict[str, tuple[float, float, float]] = {  # min, max, step
     "strength": (0.0, 1.0, 0.05),
     "fidelity": (0.0, 1.0, 0.05),
     "steps": (1, 5, 1),
+    "face_score": (0.0, 1.0, 0.05),
 }
 ESTIMATE_NAMES = {
     "noise_sigma": ("Noise σ", "{:.1f}"),
@@ -135,6 +137,12 @@ class DiagnosisPanel(QWidget):
         self.profile_label = QLabel("")
         self.profile_label.setObjectName("dim")
         pl.addWidget(self.profile_label)
+        # "Estimate: ~40 s, ~1.2 GB ..." for the plan as edited (set_estimator provides it)
+        self.estimate_label = QLabel("")
+        self.estimate_label.setObjectName("dim")
+        self.estimate_label.setWordWrap(True)
+        pl.addWidget(self.estimate_label)
+        self._estimator: Callable[[Plan], str | None] | None = None
         self.steps = QListWidget()
         self.steps.setMaximumHeight(130)
         self.steps.currentRowChanged.connect(self._show_params)
@@ -238,6 +246,18 @@ class DiagnosisPanel(QWidget):
         self.mask_btn.setVisible(plan is not None and plan.label is Degradation.B
                                  or (self.diagnosis is not None
                                      and self.diagnosis.label is Degradation.B))
+        self._refresh_estimate()
+
+    def set_estimator(self, fn: Callable[[Plan], str | None] | None) -> None:
+        """``fn(plan)`` -> one line of time/memory estimate (None: no estimate yet)."""
+        self._estimator = fn
+        self._refresh_estimate()
+
+    def _refresh_estimate(self) -> None:
+        text = None
+        if self.plan is not None and self._estimator is not None:
+            text = self._estimator(self.plan)
+        self.estimate_label.setText(f"Estimate: {text}" if text else "")
 
     def set_status(self, text: str) -> None:
         self.status.setText(text)
@@ -267,6 +287,7 @@ class DiagnosisPanel(QWidget):
         s = self.plan.steps[i]
         self.plan = self.plan.replace_step(
             i, Step(s.name, s.params, item.checkState() == Qt.CheckState.Checked))
+        self._refresh_estimate()
 
     def _add_step(self) -> None:
         name = self.add_combo.currentText()
@@ -316,6 +337,7 @@ class DiagnosisPanel(QWidget):
                 return
             s = self.plan.steps[i]
             self.plan = self.plan.replace_step(i, Step(s.name, {**s.params, key: v}, s.enabled))
+            self._refresh_estimate()
 
         if key in CHOICES:
             w = QComboBox()
