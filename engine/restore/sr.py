@@ -20,6 +20,7 @@ from .registry import StepContext, StepOutput, register_step
 REALESRGAN_MODELS = ("realesr-general-x4v3", "realesrgan-x4plus", "realesrgan-x2plus",
                      "realesrgan-x4plus-anime-6b")
 SCALES = (1, 2, 4)
+OVERLAP = 16  # input px shared by neighbouring tiles (8 px of context each side of a cut)
 
 
 def _check_scale(value: Any) -> int:
@@ -64,9 +65,9 @@ def realesrgan(image: np.ndarray, model_id: str, scale: int, ctx: StepContext,
     model_scale, multiple = model_tiling_hints(desc)
     fn = scaled_tile_fn(torch_fn(desc, ctx.device, channels_last=ctx.device.kind == "cpu"),
                         model_scale, scale)
-    return run_tiled(image, fn, scale=scale, tile=ctx.tile_size, overlap=16,
+    return run_tiled(image, fn, scale=scale, tile=ctx.tile_size, overlap=OVERLAP,
                      pad_multiple=multiple, progress=progress or ctx.progress,
-                     device=ctx.device, min_tile=32)
+                     device=ctx.device, min_tile=32, balance=True)
 
 
 @register_step(
