@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from engine.restore.classical import nlm_denoise
 from engine.restore.guard import check
@@ -81,3 +82,91 @@ def test_mask_excludes_inpainted_pixels_from_fidelity():
     assert not check(clean, after).ok
     v = check(clean, after, mask=mask)
     assert v.ok, v.reason
+
+
+# --- deconvolution results: real GoPro blur (no ground truth seen by the guard) and synthetic
+
+def _gopro(shared_images):
+    from engine.imageio import load_photo
+
+    d = shared_images / "motion_blur"
+    blur, sharp = (d / "DeepDeblur_release__images__Flower_blur1.png",
+                   d / "DeepDeblur_release__images__Flower_sharp1.png")
+    if not (blur.is_file() and sharp.is_file()):
+        pytest.skip("the GoPro Flower pair is not in the shared photos")
+    return load_photo(blur).pixels, load_photo(sharp).pixels
+
+
+def _psnr(a, b):
+    return 10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - b) ** 2))
+
+
+def test_rejects_a_wiener_result_that_lowered_psnr_on_real_gopro_blur(shared_images):
+    """The old built-in deblur (3.7 px line kernel, flat NSR) on real camera shake: PSNR
+    against the sharp frame drops (25.1 -> 23.8 dB); the guard, blind to the sharp frame,
+    must reject it, and accept the sharp frame itself as a result."""
+    from engine.restore.deblur import motion_psf, wiener_deconvolve
+
+    blur, sharp = _gopro(shared_images)
+    old = wiener_deconvolve(blur, motion_psf(3.7, 110.0), 0.0085)
+    assert _psnr(old, sharp) < _psnr(blur, sharp) - 1.0
+    v = check(blur, old)
+    assert not v.ok and "noisier" in v.reason, v
+    v = check(blur, sharp)
+    assert v.ok, v.reason
+
+
+def _blurred_scene(length, angle, sigma=1.0, seed=0):
+    from engine.restore.deblur import motion_psf
+
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.random((48, 48, 3)).astype(np.float32), (0, 0), 1.0)
+    img = cv2.resize(img, (192, 192), interpolation=cv2.INTER_CUBIC)
+    sharp = np.clip((img - img.min()) / (img.max() - img.min()), 0, 1).astype(np.float32)
+    for _ in range(12):
+        y0, x0 = rng.integers(0, 170, 2)
+        sharp[y0:y0 + rng.integers(6, 20), x0:x0 + rng.integers(6, 20)] = rng.uniform(0, 1, 3)
+    blur = cv2.filter2D(sharp, -1, motion_psf(length, angle), borderType=cv2.BORDER_REFLECT)
+    blur = np.clip(blur + rng.normal(0, sigma / 255, blur.shape), 0, 1).astype(np.float32)
+    return sharp, blur
+
+
+def test_accepts_a_good_deconvolution_and_rejects_wrong_kernels():
+    from engine.restore.deblur import motion_psf, regularisation, wiener_deconvolve
+
+    sharp, blur = _blurred_scene(13, 30)
+    nsr, lam = regularisation(1.0)
+    good = wiener_deconvolve(blur, motion_psf(13, 30), nsr, grad_weight=lam)
+    assert _psnr(good, sharp) > _psnr(blur, sharp) + 2.0
+    v = check(blur, good)
+    assert v.ok, v.reason
+    assert check(blur, sharp).ok  # a perfect restoration
+    # the same filter with a kernel 1.6x too long: ringing
+    long = wiener_deconvolve(blur, motion_psf(21, 30), nsr, grad_weight=lam)
+    assert _psnr(long, sharp) < _psnr(blur, sharp)
+    v = check(blur, long)
+    assert not v.ok, v.metrics
+
+
+def test_rejects_deconvolving_a_sharp_real_photo(shared_images):
+    """A sharp photo misread as blurred and deconvolved: amplified noise and ripples."""
+    from engine.restore.deblur import motion_psf, regularisation, wiener_deconvolve
+
+    _, sharp = _gopro(shared_images)
+    sharp = np.ascontiguousarray(sharp[160:560, 440:840])
+    nsr, lam = regularisation(1.0)
+    v = check(sharp, wiener_deconvolve(sharp, motion_psf(9, 30), nsr, grad_weight=lam))
+    assert not v.ok and ("ripples" in v.reason or "noisier" in v.reason), v
+    assert check(sharp, sharp).ok
+
+
+def test_accepts_sharpened_upscales_at_x2_and_x4():
+    """The A chains' SR scale case: `after` larger than `before`, sharpened."""
+    from engine.restore.classical import unsharp_mask
+
+    clean = _photo()
+    for s in (2, 4):
+        up = cv2.resize(clean, None, fx=s, fy=s, interpolation=cv2.INTER_CUBIC)
+        v = check(clean, unsharp_mask(np.clip(up, 0, 1), 0.6, 1.2))
+        assert v.ok, (s, v.reason)
+        assert v.metrics["scale"] == float(s)
