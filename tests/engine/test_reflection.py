@@ -198,3 +198,17 @@ def test_yolo_slot_without_ultralytics_explains(tmp_path, monkeypatch):
     # auto falls back to the built-in detector
     out = get_step("reflection_mask").fn(img, {"detector": "auto"}, _ctx(rt))
     assert out.model == "builtin:glare"
+
+
+def test_builtin_glare_detector_skips_crisp_lights_and_white_objects():
+    """A burnt-out lamp / white object has a crisp edge; a glare veil a soft one."""
+    img = _textured(seed=5)
+    lamp = img.copy()
+    lamp[30:50, 40:70] = 1.0  # compact, saturated, crisp-edged
+    lamp[70:100, 100:140] = 0.97  # a white object
+    assert not detect_glare(lamp).any()
+    soft, truth = _with_glare(img, 60, 80, 16)
+    soft[30:50, 10:30] = 1.0  # plus a lamp beside the glare
+    found = detect_glare(soft) > 0
+    assert found[truth].mean() > 0.9
+    assert not found[30:50, 10:30].any()
