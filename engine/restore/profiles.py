@@ -4,7 +4,8 @@
   (YOLO when configured, SAM refinement) + LaMa + NAFNet; C: NAFNet + CodeFormer.
 * ``laptop`` (CPU): Real-ESRGAN general-x4v3 instead of InvSR; B and C as in quality, tiled.
 * ``builtin``: no downloads - non-local means + unsharp mask (A), glare detector + OpenCV
-  inpainting (B), Wiener deconvolution of the measured blur (C).
+  inpainting (B), Wiener deconvolution of a confidently measured line blur, else gentle
+  sharpening (C).
 * D: the photo passes through untouched.
 
 Parameters follow the diagnosis' measurements: denoising strength from the noise sigma (and
@@ -107,12 +108,16 @@ def _chain_b(profile: str, diagnosis: Diagnosis | None) -> tuple[Step, ...]:
 def _chain_c(profile: str, diagnosis: Diagnosis | None) -> tuple[Step, ...]:
     if profile != "builtin":
         return (Step("deblur_nafnet"), Step("face_codeformer", {"fidelity": FACE_FIDELITY}))
+    from .deblur import blur_confidence
+
     est = diagnosis.estimates if diagnosis is not None else {}
     length = _num(est, "blur_length")
-    if length is not None and length >= MIN_BLUR_LENGTH:
+    if length is not None and length >= MIN_BLUR_LENGTH and \
+            blur_confidence(length, _num(est, "motion_evidence"))[0]:
         return (Step("deblur_builtin", {"length": round(length, 2),
                                         "angle": round(_num(est, "blur_angle") or 0.0, 1)}),)
-    # no measurable linear blur: deconvolution would only ring; sharpen a little instead
+    # no confidently measured straight-line blur (real camera shake rarely is one):
+    # deconvolution would only ring; sharpen a little instead
     return (Step("sharpen_builtin", {"strength": 0.4, "radius": 1.5}),)
 
 

@@ -77,6 +77,13 @@ def test_parameters_follow_the_diagnosis():
     assert blur.steps[0].params == {"length": 11.2, "angle": 30.0}
     small = build_plan(Degradation.C, "builtin", _diag("C", blur_length=1.2))
     assert [s.name for s in small.steps] == ["sharpen_builtin"]
+    # a length at the analyzer's floor, or with weak evidence, is not deconvolved
+    floor = build_plan(Degradation.C, "builtin", _diag("C", blur_length=3.7, motion_evidence=20))
+    assert [s.name for s in floor.steps] == ["sharpen_builtin"]
+    weak = build_plan(Degradation.C, "builtin", _diag("C", blur_length=11.2, motion_evidence=2))
+    assert [s.name for s in weak.steps] == ["sharpen_builtin"]
+    sure = build_plan(Degradation.C, "builtin", _diag("C", blur_length=11.2, motion_evidence=9))
+    assert sure.steps[0].name == "deblur_builtin"
 
 
 def test_chains_per_profile():
