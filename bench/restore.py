@@ -270,8 +270,9 @@ def run_worker(chain, profile, size, tile, timeout, max_tiles=0, sets=()) -> dic
                 "error": f"timed out after {timeout} s"}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
+        errs = [ln for ln in p.stderr.strip().splitlines() if "warn" not in ln.lower()]
         return {"chain": chain, "profile": profile, "size": list(size),
-                "error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+                "error": f"exit status {p.returncode}: " + (errs or ["no message"])[-1].strip()}
     return json.loads(lines[-1])
 
 
@@ -587,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.big and not args.only_reference:
         big = run_worker("A", "laptop", parse_size(args.big_size), args.tile, args.timeout,
                          args.max_tiles, args.set)
-        big["under_4_gb"] = bool(big.get("peak_rss_mb", 1e9) < 4096)
+        if "peak_rss_mb" in big:
+            big["under_4_gb"] = bool(big["peak_rss_mb"] < 4096)
         report["laptop_a_24mp"] = big
     if args.ncnn:
         report["realesrgan_x4plus_vs_ncnn"] = ncnn_compare()

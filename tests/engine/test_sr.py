@@ -107,3 +107,32 @@ def test_upscale_builtin(sr_store):
     assert same.image is img
     with pytest.raises(UsageError):
         step.fn(img, {"method": "sinc"}, _ctx(sr_store))
+
+
+def test_sr_tiles_are_balanced(sr_store, monkeypatch):
+    """The step asks for equal tiles just big enough (same model calls, fewer pixels than
+    full-size tiles spread evenly): 100 px in 48 px tiles with 16 of overlap -> 3 tiles of
+    44 px a side instead of 3 of 48 (16 % fewer pixels), and the result stays seamless."""
+    from engine import tiling
+
+    seen = []
+    real_torch_fn = tiling.torch_fn
+
+    def recording_torch_fn(*a, **kw):
+        fn = real_torch_fn(*a, **kw)
+
+        def rec(t):
+            seen.append(t.shape[:2])
+            return fn(t)
+
+        return rec
+
+    monkeypatch.setattr("engine.restore.sr.torch_fn", recording_torch_fn)
+    img = np.full((100, 100, 3), 0.4, np.float32)
+    img[:, 50:] = 0.6
+    params = {"model": "realesr-general-x4v3", "scale": 4}
+    out = get_step("sr_realesrgan").fn(img, params, _ctx(sr_store, tile=48)).image
+    assert seen == [(44, 44)] * 9
+    ctx = _ctx(sr_store, tile=256)
+    whole = get_step("sr_realesrgan").fn(img, params, ctx).image
+    assert np.abs(out - whole).max() < 2e-2
