@@ -152,6 +152,13 @@ def _load(path: Path):
 MEASURE_VERSION = "3"  # bump when measure.py changes what it returns
 
 
+def _measure_version() -> str:
+    """MEASURE_VERSION plus a digest of the CNN file (its scores are measurements too)."""
+    p = Path(M.CNN_PATH)
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()[:12] if p.is_file() else "no-cnn"
+    return f"{MEASURE_VERSION}-{digest}"
+
+
 def _slim(meas: dict) -> dict:
     """The JSON-safe part of measure()'s output that feature_vector reads."""
     out = {k: v for k, v in meas.items() if isinstance(v, (int, float, str))}
@@ -163,7 +170,7 @@ def _cached(cache: Path | None, key: str, fn) -> dict:
     if cache is None:
         return _slim(fn())
     cache.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha1((key + "|" + MEASURE_VERSION).encode()).hexdigest()[:20]
+    h = hashlib.sha1((key + "|" + _measure_version()).encode()).hexdigest()[:20]
     f = cache / f"{h}.json"
     if f.is_file():
         return json.loads(f.read_text())
@@ -430,6 +437,27 @@ def calibrate_temperature(real: list[Sample], probs: dict) -> float:
     return best_t
 
 
+CNN_NAMES = ("cnn_A", "cnn_B", "cnn_C", "cnn_D")
+
+
+def cnn_alone(samples: list[Sample]) -> dict | None:
+    """The CNN's own verdict (argmax of its mean patch scores): it never saw a real photo, so
+    on the real photos this is a fully held-out figure."""
+    if not samples or not all(n in s.meas["features"] for s in samples for n in CNN_NAMES):
+        return None
+    pred = [CLASSES[int(np.argmax([s.meas["features"][n] for n in CNN_NAMES]))]
+            for s in samples]
+    return metrics([s.label for s in samples], pred)
+
+
+def _cnn_meta() -> dict | None:
+    net = M.load_cnn()
+    if net is None:
+        return None
+    digest = hashlib.sha256(Path(M.CNN_PATH).read_bytes()).hexdigest()
+    return {**net.meta, "sha256": digest, "grid": M.CNN_GRID}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "images")
@@ -464,9 +492,10 @@ def main(argv: list[str] | None = None) -> int:
                          [p for p, b in zip(held_pred, big) if not b])
     Ps = predict(params, syn)
     syn_m = metrics([s.label for s in syn], [CLASSES[int(i)] for i in Ps.argmax(1)])
+    cnn_real, cnn_held = cnn_alone(real), cnn_alone(held)
     params["fit"] = {
         "seed": SEED, "l2": args.l2, "synthetic_weight": SYN_WEIGHT, "real_weight": REAL_WEIGHT,
-        "measure_version": MEASURE_VERSION,
+        "measure_version": _measure_version(),
         "temperature_from": "leave-one-repository-out NLL of the real photos",
         "n_real": len(real), "n_synthetic": len(syn),
         "real_accuracy_resubstitution": train_m["accuracy"],
@@ -476,10 +505,15 @@ def main(argv: list[str] | None = None) -> int:
         "heldout_camera_accuracy": held_m["accuracy"],
         "heldout_camera_accuracy_min_side_200": held_big["accuracy"],
         "heldout_camera_accuracy_thumbnails": held_small["accuracy"],
+        "cnn": _cnn_meta(),
+        "cnn_alone_real_accuracy": cnn_real["accuracy"] if cnn_real else None,
+        "cnn_alone_real_recall": cnn_real["recall"] if cnn_real else None,
+        "cnn_alone_heldout_camera_accuracy": cnn_held["accuracy"] if cnn_held else None,
     }
     report = {"resubstitution": train_m, "leave_one_repo_out": cv, "heldout_camera": held_m,
               "heldout_camera_min_side_200": held_big, "heldout_camera_thumbnails": held_small,
-              "synthetic_resubstitution": syn_m}
+              "synthetic_resubstitution": syn_m, "cnn_alone_real": cnn_real,
+              "cnn_alone_heldout_camera": cnn_held}
     print(json.dumps(report, indent=1))
     if args.report:
         args.report.write_text(json.dumps(report, indent=1))

@@ -14,8 +14,11 @@ ORIGINAL pixel units and on the 0-255 intensity scale:
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -671,6 +674,98 @@ def extra_view_features(view: np.ndarray, gray: np.ndarray, ls: np.ndarray | Non
     return f
 
 
+# ----------------------------------------------------------------------------- patch CNN
+
+# A small CNN trained only on synthetic degradations (scripts/train_analyzer_cnn.py) that scores
+# 64 x 64 patches of the view A/B/C/D. Optional: without its file the features are absent.
+CNN_PATH = Path(__file__).resolve().parents[2] / "resources" / "analyzer_cnn.npz"
+CNN_GRID = 4  # up to 4 x 4 patches over the view
+CNN_MIN_STD = 0.04  # patches flatter than this show no degradation (unless all are flat)
+
+
+class PatchCNN:
+    """Numpy inference of the exported network: 3x3 convs (BatchNorm folded in) with ReLU,
+    global average pooling, one linear layer."""
+
+    def __init__(self, path: str | Path) -> None:
+        with np.load(path) as d:
+            self.convs = []
+            i = 0
+            while f"conv{i}_w" in d:
+                w = d[f"conv{i}_w"].astype(np.float32)  # (out, in, 3, 3)
+                wmat = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
+                self.convs.append((wmat, d[f"conv{i}_b"].astype(np.float32),
+                                   int(d[f"conv{i}_stride"])))
+                i += 1
+            self.fc_w = d["fc_w"].astype(np.float32)
+            self.fc_b = d["fc_b"].astype(np.float32)
+            self.meta = json.loads(str(d["meta"]))
+        self.patch = int(self.meta.get("patch", 64))
+        if not self.convs:
+            raise ValueError("no convolution layers")
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """(N, P, P, 3) float in [0, 1] -> pooled features (N, C)."""
+        x = np.asarray(x, dtype=np.float32) - 0.5
+        for wmat, b, s in self.convs:
+            n, h, w, c = x.shape
+            ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
+            xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            # im2col as 9 shifted (strided) views side by side: (kh, kw, c) order
+            cols = np.concatenate([xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+                                   for i in range(3) for j in range(3)], axis=3)
+            y = cols.reshape(n * ho * wo, 9 * c) @ wmat
+            y += b
+            x = np.maximum(y, 0.0, out=y).reshape(n, ho, wo, -1)
+        return x.mean(axis=(1, 2))
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.embed(x) @ self.fc_w.T + self.fc_b
+
+
+@lru_cache(maxsize=2)
+def load_cnn(path: str | None = None) -> PatchCNN | None:
+    p = Path(path) if path else CNN_PATH
+    if not p.is_file():
+        return None
+    return PatchCNN(p)
+
+
+def pad_to(img: np.ndarray, p: int) -> np.ndarray:
+    """Edge-pad an image smaller than p x p (centred)."""
+    h, w = img.shape[:2]
+    ph, pw = max(0, p - h), max(0, p - w)
+    if ph == 0 and pw == 0:
+        return img
+    return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="edge")
+
+
+def cnn_patches(view: np.ndarray, p: int = 64, grid: int = CNN_GRID) -> np.ndarray:
+    """Up to grid x grid patches spread over the view, flat ones dropped (at least 3 kept)."""
+    v = pad_to(np.clip(view, 0, 1), p)
+    h, w = v.shape[:2]
+    ys = np.unique(np.linspace(0, h - p, grid).astype(int))
+    xs = np.unique(np.linspace(0, w - p, grid).astype(int))
+    cs = np.stack([v[y:y + p, x:x + p] for y in ys for x in xs])
+    sd = cs[:, ::4, ::4].std(axis=(1, 2, 3))
+    keep = np.nonzero(sd > CNN_MIN_STD)[0]
+    if keep.size < 3:
+        keep = np.argsort(-sd)[:min(3, sd.size)]
+    return cs[keep]
+
+
+def cnn_features(view: np.ndarray, path: str | None = None) -> dict[str, float]:
+    """Mean patch log-probabilities of the CNN (cnn_A..cnn_D); {} without the CNN file."""
+    net = load_cnn(path)
+    if net is None:
+        return {}
+    lg = net.logits(cnn_patches(view, net.patch)).astype(np.float64)
+    lg -= lg.max(axis=1, keepdims=True)
+    lp = lg - np.log(np.exp(lg).sum(axis=1, keepdims=True))
+    m = lp.mean(axis=0)
+    return {f"cnn_{c}": float(v) for c, v in zip("ABCD", m)}
+
+
 # ----------------------------------------------------------------------------- all together
 
 def measure(image: np.ndarray, photo: Any | None = None) -> dict[str, Any]:
@@ -695,6 +790,7 @@ def measure(image: np.ndarray, photo: Any | None = None) -> dict[str, Any]:
     view, factor = view_of(image)
     out["view_scale"] = factor
     vf = view_features(view)
+    vf.update(cnn_features(view))
     out["features"] = vf
     # log Laplacian ratio across one octave: about -1 for Gaussian blur sigma 1.5-3.5 or a 3x
     # upscale, 0..0.7 for sharp photos (measured on the fitting set); mapped to 0..1

@@ -1,0 +1,460 @@
+"""Train the analyzer's small patch CNN on SYNTHETIC degradations; write resources/analyzer_cnn.npz.
+
+The CNN looks at 64 x 64 patches of the analyzer's view (the photo reduced by an integer box
+factor to at most 1024 px on its long side) and scores A/B/C/D. It is trained only on
+synthetic degradations of clean sources that are NOT evaluation photos:
+
+- scikit-image 0.26.0's bundled sample photos that are not in ../shared/images' labelled set
+  (chelsea, coffee, coins, grass, hubble, ihc, moon, motorcycle, retina, cell, color, logo,
+  horse) and matplotlib's grace_hopper.jpg: pass their folder with --sources
+  (``pip download scikit-image==0.26.0 matplotlib --no-deps`` and unzip skimage/data/*,
+  mpl-data/sample_data/* into one folder);
+- the phone HEIC photos of ../shared/images/camera_heic (robustness files, never evaluated);
+- procedural images: rendered text (engine.understand.synthetic.render_text) and dead-leaves
+  collages (occluding discs and boxes, the classic model of natural-image statistics).
+
+Degradations (per patch, randomised, seeded):
+- A: Real-ESRGAN-style first- and second-order chains (Gaussian / anisotropic / disc blur,
+  area/bilinear/bicubic downscale by 1-4, Gaussian or grey noise, JPEG 15-90), sometimes
+  upscaled back (old web copies);
+- B: a glass photo: attenuated transmission + a blurred, sometimes ghosted second photo;
+- C: straight and curved (hand-shake) motion blur, 5-40 px at the view scale, mild noise/JPEG;
+- D: the clean source area-downscaled 1-3x, sometimes with a camera-grade JPEG or faint noise.
+
+Deterministic for a given --seed (numpy + torch seeds, one thread). Usage:
+    python scripts/train_analyzer_cnn.py --sources DIR [--images ../shared/images]
+        [--patches 24000] [--epochs 8] [--out resources/analyzer_cnn.npz]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.understand import synthetic as S
+
+CLASSES = ("A", "B", "C", "D")
+P = 64
+SEED = 20261122
+# scikit-image sample files that ARE evaluation photos (labelled set): never used here
+EXCLUDED = {"astronaut", "brick", "camera", "gravel", "rocket", "page", "text", "clock_motion"}
+
+
+# ----------------------------------------------------------------------------- sources
+
+def _view(img: np.ndarray, side: int = 1024) -> np.ndarray:
+    h, w = img.shape[:2]
+    k = math.ceil(max(h, w) / side)
+    if k <= 1:
+        return img
+    return cv2.resize(img[:h // k * k, :w // k * k], (w // k, h // k),
+                      interpolation=cv2.INTER_AREA)
+
+
+def load_sources(dirs: list[Path], images: Path | None) -> list[np.ndarray]:
+    from engine.imageio import load_photo
+
+    files: list[Path] = []
+    for d in dirs:
+        for f in sorted(d.iterdir()):
+            stem = f.stem.split("_", 1)[-1] if f.stem.startswith(("sk_", "mpl_")) else f.stem
+            if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".bmp") and \
+                    stem not in EXCLUDED:
+                files.append(f)
+    if images is not None and (images / "camera_heic").is_dir():
+        files += sorted((images / "camera_heic").iterdir())
+    out = []
+    for f in files:
+        try:
+            img = load_photo(f).pixels
+        except Exception as e:  # noqa: BLE001 - a source that does not load is skipped
+            print(f"skip {f.name}: {e}", file=sys.stderr)
+            continue
+        img = _view(np.ascontiguousarray(img[..., :3], dtype=np.float32))
+        if min(img.shape[:2]) >= 96:
+            out.append(img)
+    return out
+
+
+def dead_leaves(rng: np.random.Generator, size: int) -> np.ndarray:
+    img = np.full((size, size, 3), rng.uniform(0, 1, 3), np.float32)
+    n = int(rng.integers(30, 200))
+    rmin, rmax = 2.0, size / 3
+    for _ in range(n):
+        # radius ~ r^-3 (scale invariance), drawn by inverse CDF
+        u = rng.random()
+        r = (rmin ** -2 - u * (rmin ** -2 - rmax ** -2)) ** -0.5
+        c = tuple(float(v) for v in rng.uniform(0, 1, 3))
+        x, y = int(rng.integers(0, size)), int(rng.integers(0, size))
+        if rng.random() < 0.7:
+            cv2.circle(img, (x, y), int(r), c, -1, cv2.LINE_AA)
+        else:
+            cv2.rectangle(img, (x, y), (x + int(r * rng.uniform(0.5, 2)),
+                                        y + int(r * rng.uniform(0.5, 2))), c, -1, cv2.LINE_AA)
+    if rng.random() < 0.5:  # texture inside the leaves
+        img += rng.normal(0, rng.uniform(0.005, 0.03), (size, size, 1)).astype(np.float32)
+    img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.3, 0.9)))
+    return np.clip(img, 0, 1)
+
+
+def text_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    h = int(rng.integers(size, 3 * size))
+    w = int(rng.integers(size, 4 * size))
+    return S.render_text(rng, h, w)
+
+
+# ----------------------------------------------------------------------------- degradations
+
+def _crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape[:2]
+    if h < size or w < size:
+        f = size / min(h, w) * 1.01
+        img = cv2.resize(img, (math.ceil(w * f), math.ceil(h * f)), interpolation=cv2.INTER_CUBIC)
+        h, w = img.shape[:2]
+    for _ in range(6):  # flat crops show no degradation: look for some texture
+        y = int(rng.integers(0, h - size + 1))
+        x = int(rng.integers(0, w - size + 1))
+        c = img[y:y + size, x:x + size]
+        if float(c[::4, ::4].std()) > 0.04:
+            break
+    return np.ascontiguousarray(c)
+
+
+def _resize(img: np.ndarray, size: int, rng: np.random.Generator, down: bool = True) -> np.ndarray:
+    interp = [cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC][int(rng.integers(0, 3))] \
+        if down else [cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_NEAREST][
+            int(rng.choice(3, p=[0.45, 0.45, 0.1]))]
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def _jpeg(img: np.ndarray, q: int) -> np.ndarray:
+    u8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    _ok, buf = cv2.imencode(".jpg", u8[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(q)])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+
+
+def _noise(img: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    s = float(rng.uniform(lo, hi)) / 255.0
+    if rng.random() < 0.3:  # grey (luma) noise
+        n = rng.normal(0, s, img.shape[:2] + (1,))
+    elif rng.random() < 0.3:  # signal-dependent (shot-like)
+        n = rng.normal(0, 1, img.shape) * s * np.sqrt(np.clip(img, 0.02, 1) / 0.5)
+    else:
+        n = rng.normal(0, s, img.shape)
+    return img + n.astype(np.float32)
+
+
+def _blur(img: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    kind = rng.random()
+    s = float(rng.uniform(lo, hi))
+    if kind < 0.55:
+        return cv2.GaussianBlur(img, (0, 0), s)
+    if kind < 0.85:  # anisotropic Gaussian
+        k = 2 * math.ceil(3 * s) + 1
+        ax = np.arange(k) - k // 2
+        xx, yy = np.meshgrid(ax, ax)
+        t = rng.uniform(0, np.pi)
+        s2 = s * float(rng.uniform(0.3, 1.0))
+        u = xx * math.cos(t) + yy * math.sin(t)
+        v = -xx * math.sin(t) + yy * math.cos(t)
+        ker = np.exp(-0.5 * (u * u / s ** 2 + v * v / s2 ** 2)).astype(np.float32)
+        return cv2.filter2D(img, -1, ker / ker.sum(), borderType=cv2.BORDER_REFLECT)
+    r = max(1, round(s * 1.5))  # defocus disc
+    ker = np.zeros((2 * r + 1, 2 * r + 1), np.float32)
+    cv2.circle(ker, (r, r), r, 1.0, -1, cv2.LINE_AA)
+    return cv2.filter2D(img, -1, ker / ker.sum(), borderType=cv2.BORDER_REFLECT)
+
+
+def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if rng.random() < 0.15:
+        g = img @ np.array([0.299, 0.587, 0.114], np.float32)
+        img = np.repeat(g[..., None], 3, axis=2)
+    a = float(rng.uniform(0.8, 1.15))
+    b = float(rng.uniform(-0.08, 0.08))
+    gamma = float(np.exp(rng.uniform(-0.25, 0.25)))
+    return np.clip(np.clip(img * a + b, 0, 1) ** gamma, 0, 1).astype(np.float32)
+
+
+def make_A(src: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    mode = rng.random()
+    if mode < 0.7:  # second-order chain ending at the patch size (low-res input of SR)
+        s = float(rng.uniform(1.0, 4.0))
+        img = _crop(src, int(P * s) + 8, rng)
+        if rng.random() < 0.8:
+            img = _blur(img, rng, 0.3, 2.5 if s > 1.5 else 3.0)
+        mid = max(P, int(P * s / rng.uniform(1.0, max(1.0, s)))) if rng.random() < 0.5 else P
+        img = _resize(img, mid, rng)
+        degraded = False
+        if rng.random() < 0.7:
+            img, degraded = _noise(img, rng, 1, 25), True
+        if rng.random() < 0.7:
+            img, degraded = _jpeg(img, int(rng.integers(15, 90))), True
+        if mid != P:
+            if rng.random() < 0.6:
+                img = _blur(img, rng, 0.2, 1.2)
+            img = _resize(img, P, rng)
+            if rng.random() < 0.5:
+                img, degraded = _noise(img, rng, 1, 15), True
+            if rng.random() < 0.6:
+                img, degraded = _jpeg(img, int(rng.integers(25, 95))), True
+        if not degraded and s < 2.0:
+            img = _jpeg(_noise(img, rng, 4, 20), int(rng.integers(15, 70)))
+        return img
+    if mode < 0.85:  # degraded small copy upscaled back (old web image)
+        f = float(rng.uniform(2.0, 4.0))
+        img = _crop(src, P, rng)
+        small = cv2.resize(img, (int(P / f), int(P / f)), interpolation=cv2.INTER_AREA)
+        if rng.random() < 0.6:
+            small = _jpeg(small, int(rng.integers(20, 80)))
+        return _resize(small, P, rng, down=False)
+    # defocus / strong isotropic blur at native size, maybe noisy
+    img = _blur(_crop(src, P + 24, rng), rng, 1.5, 4.0)[12:12 + P, 12:12 + P]
+    if rng.random() < 0.5:
+        img = _noise(img, rng, 1, 10)
+    if rng.random() < 0.5:
+        img = _jpeg(img, int(rng.integers(30, 95)))
+    return img
+
+
+def make_B(src: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    s = float(rng.uniform(1.0, 2.5))
+    t = _resize(_crop(src, int(P * s), rng), P, rng)
+    r = _resize(_crop(other, int(P * rng.uniform(1.0, 3.0)), rng), P, rng)
+    r = _photometric(r, rng)
+    sig = float(rng.uniform(0, 4))
+    if sig > 0.3:
+        r = cv2.GaussianBlur(r, (0, 0), sig)
+    if rng.random() < 0.4:  # ghost: second, shifted reflection off the glass's back face
+        dy, dx = int(rng.integers(-8, 9)), int(rng.integers(2, 10))
+        g = float(rng.uniform(0.3, 0.8))
+        r = (r + g * np.roll(r, (dy, dx), axis=(0, 1))) / (1 + g)
+    alpha = float(rng.uniform(0.2, 0.8))
+    att = float(rng.uniform(0.55, 0.95))
+    mix = att * t + alpha * r
+    if rng.random() < 0.5:  # keep the energy in range (overexposed reflections clip otherwise)
+        mix = mix / max(1.0, float(np.percentile(mix, 99)))
+    mix = np.clip(mix, 0, 1)
+    if rng.random() < 0.5:
+        mix = _jpeg(mix, int(rng.integers(70, 98)))
+    return mix
+
+
+def make_C(src: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    L = float(np.exp(rng.uniform(np.log(5), np.log(40))))
+    k = S.motion_kernel(L, float(rng.uniform(0, 180))) if rng.random() < 0.45 else \
+        S.shake_kernel(L, rng)
+    pad = k.shape[0] // 2 + 2
+    s = float(rng.uniform(1.0, 1.6))
+    img = _crop(src, int(P * s) + 2 * pad, rng)
+    img = cv2.filter2D(img, -1, k, borderType=cv2.BORDER_REFLECT)[pad:-pad, pad:-pad]
+    img = _resize(img, P, rng)
+    if rng.random() < 0.5:
+        img = _noise(img, rng, 0.5, 5)
+    if rng.random() < 0.5:
+        img = _jpeg(img, int(rng.integers(70, 98)))
+    return img
+
+
+def make_D(src: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    s = float(np.exp(rng.uniform(0, np.log(3.0))))
+    img = _crop(src, max(P, int(P * s)), rng)
+    img = cv2.resize(img, (P, P), interpolation=cv2.INTER_AREA) if img.shape[0] != P else img
+    if rng.random() < 0.3:
+        img = _noise(img, rng, 0.3, 2.5)
+    if rng.random() < 0.45:
+        img = _jpeg(img, int(rng.integers(80, 99)))
+    return img
+
+
+def _tiny(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Now and then a patch cut from a photo smaller than the patch, edge-padded like the
+    analyzer pads small photos."""
+    h = int(rng.integers(12, P))
+    w = int(rng.integers(24, P + 1))
+    small = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) if rng.random() < 0.5 else \
+        img[:h, :w]
+    return pad_to(small, P)
+
+
+def pad_to(img: np.ndarray, p: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    ph, pw = max(0, p - h), max(0, p - w)
+    if ph == 0 and pw == 0:
+        return img
+    return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="edge")
+
+
+class Pool:
+    """The clean sources: photos plus pre-rendered text pages and dead-leaves collages."""
+
+    def __init__(self, photos: list[np.ndarray], rng: np.random.Generator, n_text: int = 150,
+                 n_leaves: int = 80) -> None:
+        self.photos = photos
+        self.text = [text_image(rng, P * 2) for _ in range(n_text)]
+        self.leaves = [dead_leaves(rng, P * 4) for _ in range(n_leaves)]
+
+    def pick(self, rng: np.random.Generator) -> np.ndarray:
+        u = rng.random()
+        group = self.text if u < 0.2 else self.leaves if u < 0.32 else self.photos
+        return group[int(rng.integers(0, len(group)))]
+
+
+def make_patch(label: str, pool: Pool, rng: np.random.Generator) -> np.ndarray:
+    def pick() -> np.ndarray:
+        return pool.pick(rng)
+
+    src = pick()
+    if label == "A":
+        out = make_A(src, rng)
+    elif label == "B":
+        out = make_B(src, pick(), rng)
+    elif label == "C":
+        out = make_C(src, rng)
+    else:
+        out = make_D(src, rng)
+    out = _photometric(np.clip(out, 0, 1), rng)  # after: cheap on the patch
+    if label in ("A", "D") and rng.random() < 0.08:
+        out = _tiny(out, rng)
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def make_dataset(n: int, sources: list[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    pool = Pool(sources, rng)
+    X = np.zeros((n, P, P, 3), np.uint8)
+    y = np.zeros(n, np.int64)
+    for i in range(n):
+        c = i % 4
+        X[i] = make_patch(CLASSES[c], pool, rng)
+        y[i] = c
+    return X, y
+
+
+# ----------------------------------------------------------------------------- model
+
+def build_model(width: int = 16):
+    from torch import nn
+
+    w = width
+    chans = [(3, w, 1), (w, w, 2), (w, 2 * w, 2), (2 * w, 2 * w, 2), (2 * w, 3 * w, 2)]
+    layers: list = []
+    for cin, cout, s in chans:  # BatchNorm is folded into the conv when exported
+        layers += [nn.Conv2d(cin, cout, 3, stride=s, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3 * w, 4))
+
+
+def train(X: np.ndarray, y: np.ndarray, epochs: int, seed: int, width: int = 16,
+          batch: int = 64, lr: float = 3e-3, log=print):
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    model = build_model(width)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    n = len(X)
+    steps = epochs * (n // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    rng = np.random.default_rng(seed + 1)
+    Xt = torch.from_numpy(X)
+    yt = torch.from_numpy(y)
+    step = 0
+    for ep in range(epochs):
+        perm = rng.permutation(n)
+        tot, correct, t0 = 0.0, 0, time.time()
+        for b in range(n // batch):
+            idx = torch.from_numpy(perm[b * batch:(b + 1) * batch])
+            xb = Xt[idx].permute(0, 3, 1, 2).float() / 255.0 - 0.5
+            # flips / 90-degree turns keep the degradation's class
+            if rng.random() < 0.5:
+                xb = xb.flip(3)
+            if rng.random() < 0.5:
+                xb = xb.transpose(2, 3)
+            out = model(xb)
+            loss = torch.nn.functional.cross_entropy(out, yt[idx], label_smoothing=0.05)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            tot += float(loss.detach()) * len(idx)
+            correct += int((out.argmax(1) == yt[idx]).sum())
+        log(f"epoch {ep + 1}/{epochs}: loss {tot / (n // batch * batch):.3f} "
+            f"acc {correct / (n // batch * batch):.3f} ({time.time() - t0:.0f}s)")
+    return model
+
+
+def export(model, path: Path, meta: dict) -> None:
+    """Weights as a plain .npz (conv{i}_w/b, fc_w/b) that numpy inference reads."""
+    import json
+
+    from torch import nn
+
+    arrays = {}
+    i = 0
+    mods = list(model)
+    model.eval()
+    for j, m in enumerate(mods):
+        if isinstance(m, nn.Conv2d):
+            wt = m.weight.detach().double().numpy()
+            b = m.bias.detach().double().numpy()
+            bn = mods[j + 1] if j + 1 < len(mods) else None
+            if isinstance(bn, nn.BatchNorm2d):
+                g = (bn.weight.detach().double() /
+                     (bn.running_var.detach().double() + bn.eps).sqrt()).numpy()
+                wt = wt * g[:, None, None, None]
+                b = (b - bn.running_mean.detach().double().numpy()) * g + \
+                    bn.bias.detach().double().numpy()
+            arrays[f"conv{i}_w"] = wt.astype(np.float32)
+            arrays[f"conv{i}_b"] = b.astype(np.float32)
+            arrays[f"conv{i}_stride"] = np.array(m.stride[0])
+            i += 1
+        elif isinstance(m, nn.Linear):
+            arrays["fc_w"] = m.weight.detach().numpy().astype(np.float32)
+            arrays["fc_b"] = m.bias.detach().numpy().astype(np.float32)
+    arrays["meta"] = np.array(json.dumps(meta))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sources", type=Path, action="append", required=True)
+    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "images")
+    ap.add_argument("--patches", type=int, default=24000)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--data-cache", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "resources" / "analyzer_cnn.npz")
+    args = ap.parse_args(argv)
+    cv2.setNumThreads(1)
+    t0 = time.time()
+    if args.data_cache is not None and args.data_cache.is_file():
+        d = np.load(args.data_cache)
+        X, y = d["X"], d["y"]
+    else:
+        sources = load_sources(args.sources, args.images)
+        print(f"{len(sources)} clean sources", file=sys.stderr)
+        X, y = make_dataset(args.patches, sources, args.seed)
+        if args.data_cache is not None:
+            np.savez(args.data_cache, X=X, y=y)
+    print(f"{len(X)} patches ({time.time() - t0:.0f}s)", file=sys.stderr)
+    model = train(X, y, args.epochs, args.seed, args.width, lr=args.lr,
+                  log=lambda s: print(s, file=sys.stderr, flush=True))
+    export(model, args.out, {"seed": args.seed, "patches": len(X), "epochs": args.epochs,
+                             "width": args.width, "patch": P, "classes": list(CLASSES)})
+    print(f"wrote {args.out} ({time.time() - t0:.0f}s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

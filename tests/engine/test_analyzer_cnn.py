@@ -1,0 +1,80 @@
+"""The analyzer's patch CNN: numpy inference equals the torch network it was exported from,
+and the synthetic training patches carry the degradation they are labelled with."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.understand import measure as M
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def train_mod():
+    spec = importlib.util.spec_from_file_location("train_analyzer_cnn",
+                                                  ROOT / "scripts" / "train_analyzer_cnn.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_analyzer_cnn", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_numpy_inference_matches_torch(train_mod, tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = train_mod.build_model(8)
+    # non-trivial BatchNorm statistics, so folding them into the convs is really tested
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    model.eval()
+    path = tmp_path / "cnn.npz"
+    train_mod.export(model, path, {"patch": 64, "classes": list("ABCD")})
+    x = np.random.default_rng(0).random((3, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x).permute(0, 3, 1, 2) - 0.5).numpy()
+    net = M.PatchCNN(path)
+    np.testing.assert_allclose(net.logits(x), ref, rtol=1e-4, atol=1e-4)
+    f = M.cnn_features(np.random.default_rng(1).random((100, 150, 3)).astype(np.float32),
+                       str(path))
+    assert set(f) == {"cnn_A", "cnn_B", "cnn_C", "cnn_D"}
+    assert abs(sum(np.exp(v) for v in f.values()) - 1.0) < 0.5  # mean log-probs
+
+
+def test_patches_of_tiny_and_large_views():
+    tiny = np.random.default_rng(0).random((12, 40, 3)).astype(np.float32)
+    p = M.cnn_patches(tiny)
+    assert p.shape[1:] == (64, 64, 3) and len(p) >= 1
+    flat = np.full((300, 400, 3), 0.5, np.float32)
+    flat[100:140, 100:300] = np.random.default_rng(1).random((40, 200, 3))
+    p = M.cnn_patches(flat)
+    assert 3 <= len(p) <= 25
+
+
+def test_training_patches_by_class(train_mod):
+    rng = np.random.default_rng(3)
+    photo = np.asarray(np.random.default_rng(4).random((256, 256, 3)) ** 2, np.float32)
+    import cv2
+
+    photo = cv2.GaussianBlur(photo, (0, 0), 1.0)
+    pool = train_mod.Pool([photo], rng, n_text=3, n_leaves=3)
+    for label in "ABCD":
+        for _ in range(4):
+            p = train_mod.make_patch(label, pool, rng)
+            assert p.shape == (64, 64, 3) and p.dtype == np.uint8
+    # motion blur really smears: a C patch from a sharp checkerboard has less gradient energy
+    board = np.kron((np.indices((16, 16)).sum(0) % 2), np.ones((16, 16)))[..., None]
+    board = np.repeat(board, 3, axis=2).astype(np.float32)
+    c = train_mod.make_C(board, np.random.default_rng(5))
+    d = train_mod.make_D(board, np.random.default_rng(5))
+    assert np.abs(np.diff(c, axis=1)).mean() < np.abs(np.diff(d, axis=1)).mean()
