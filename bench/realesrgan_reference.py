@@ -17,10 +17,10 @@ stderr):
 from __future__ import annotations
 
 import json
-from importlib import metadata
 import os
 import sys
 import time
+from importlib import metadata
 
 
 def main() -> int:

@@ -556,8 +556,10 @@ def main(argv: list[str] | None = None) -> int:
                          "here, so it needs sd-turbo installed)")
     ap.add_argument("--timeout", type=int, default=3600)
     ap.add_argument("--max-tiles", type=int, default=0,
-                    help="stop each tiled step after N tiles and project its time (memory is "
-                         "allocated up front, so the peak is reached in the first tiles)")
+                    help="stop the first tiled step after N tiles and project its time; its "
+                         "peak RSS is then a lower bound: the output buffers (np.zeros) are "
+                         "only paged in as tiles land, and the next steps see the input "
+                         "instead of a second full-size image")
     ap.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE",
                     help="override a step parameter, e.g. text_fusion.model=realesr-general-x4v3")
     args = ap.parse_args(argv)
