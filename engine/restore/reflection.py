@@ -593,7 +593,7 @@ def dereflect_nafnet(image: np.ndarray, params: Mapping[str, Any], ctx: StepCont
     dtype = next(desc.model.parameters()).dtype
     tile = int(params.get("tile") or ctx.tile_size)
     out = run_tiled(image, torch_fn(desc, ctx.device, dtype), tile=tile, overlap=32,
-                    pad_multiple=16, progress=ctx.progress, device=ctx.device)
+                    pad_multiple=16, balance=True, progress=ctx.progress, device=ctx.device)
     if strength < 1.0:
         out = image + strength * (out - image)
     return StepOutput(out, NAFNET_SIDD,
