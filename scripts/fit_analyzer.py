@@ -8,6 +8,11 @@ photos AND every synthetic sample made from that repository's photos) and on a h
 other real camera photos (camera_jpeg_exif, upright exif_orientation files) that are never
 used for fitting.
 
+The shipped model (--model cnn, the default) is the patch CNN's own verdict
+(resources/analyzer_cnn.npz, scripts/train_analyzer_cnn.py): it beat the logistic model over all
+measurements on both leave-one-repository-out and the held-out camera photos; --model features
+fits that logistic model instead (both are always reported).
+
 Deterministic: fixed seeds, sorted inputs. Usage:
     python scripts/fit_analyzer.py [--images ../shared/images] [--out resources/analyzer_model.json]
                                    [--cache /tmp/mend-fit-cache] [--report report.json]
@@ -388,7 +393,9 @@ def fit(samples: list[Sample], l2: float = L2) -> dict:
 
 def predict(params: dict, samples: list[Sample]) -> np.ndarray:
     m = LogisticModel(params)
-    return m.proba(np.stack([s.features for s in samples]))
+    if m.features == tuple(FEATURES):
+        return m.proba(np.stack([s.features for s in samples]))
+    return m.proba(np.stack([feature_vector(s.meas, m.features) for s in samples]))
 
 
 def metrics(labels: list[str], pred: list[str]) -> dict:
@@ -450,6 +457,19 @@ def cnn_alone(samples: list[Sample]) -> dict | None:
     return metrics([s.label for s in samples], pred)
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def cnn_model() -> dict:
+    """The analyzer model that passes the CNN's mean patch log-probabilities straight to the
+    softmax (identity weights): argmax = the CNN's verdict; only the temperature is fitted."""
+    return {"version": 1, "kind": "cnn-scores", "features": list(CNN_NAMES),
+            "classes": list(CLASSES), "mean": [0.0] * 4, "scale": [1.0] * 4,
+            "W": np.eye(4).tolist(), "b": [0.0] * 4, "temperature": 1.0}
+
+
 def _cnn_meta() -> dict | None:
     net = M.load_cnn()
     if net is None:
@@ -466,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", type=Path, default=None, help="write the full report JSON here")
     ap.add_argument("--l2", type=float, default=L2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--model", choices=("cnn", "features"), default="cnn",
+                    help="cnn: ship the CNN's own scores (default; best on held-out photos); "
+                         "features: logistic regression over all measurements + CNN scores")
     args = ap.parse_args(argv)
     import cv2
 
@@ -479,6 +502,25 @@ def main(argv: list[str] | None = None) -> int:
     cv, _ = cross_validate(real, syn, args.l2)
     params = fit(real + syn, args.l2)
     params["temperature"] = calibrate_temperature(real, cv.pop("probabilities"))
+    feature_model = None
+    if args.model == "cnn":
+        # the shipped model: the CNN's own scores, no real photo used for fitting, so its
+        # accuracy on every real photo is a held-out figure (the same model in every
+        # leave-one-repository-out fold). The feature model above is kept for comparison.
+        fm_P, fm_h = predict(params, real), predict(params, held)
+        feature_model = {
+            "leave_one_repo_out": cv,
+            "resubstitution": metrics([s.label for s in real],
+                                      [CLASSES[int(i)] for i in fm_P.argmax(1)]),
+            "heldout_camera": metrics([s.label for s in held],
+                                      [CLASSES[int(i)] for i in fm_h.argmax(1)])}
+        params = cnn_model()
+        cv = cnn_alone(real)
+        if cv is None:
+            raise SystemExit("--model cnn needs resources/analyzer_cnn.npz")
+        probs = {s.key: _softmax(np.array([s.meas["features"][n] for n in CNN_NAMES]))
+                 for s in real}
+        params["temperature"] = calibrate_temperature(real, probs)
     P = predict(params, real)
     train_m = metrics([s.label for s in real], [CLASSES[int(i)] for i in P.argmax(1)])
     Ph = predict(params, held)
@@ -494,9 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     syn_m = metrics([s.label for s in syn], [CLASSES[int(i)] for i in Ps.argmax(1)])
     cnn_real, cnn_held = cnn_alone(real), cnn_alone(held)
     params["fit"] = {
+        "model": args.model,
         "seed": SEED, "l2": args.l2, "synthetic_weight": SYN_WEIGHT, "real_weight": REAL_WEIGHT,
         "measure_version": _measure_version(),
-        "temperature_from": "leave-one-repository-out NLL of the real photos",
+        "temperature_from": "leave-one-repository-out NLL of the real photos" if
+        args.model == "features" else "NLL of the CNN's scores on the real photos",
         "n_real": len(real), "n_synthetic": len(syn),
         "real_accuracy_resubstitution": train_m["accuracy"],
         "real_accuracy_leave_one_repo_out": cv["accuracy"],
@@ -513,7 +557,14 @@ def main(argv: list[str] | None = None) -> int:
     report = {"resubstitution": train_m, "leave_one_repo_out": cv, "heldout_camera": held_m,
               "heldout_camera_min_side_200": held_big, "heldout_camera_thumbnails": held_small,
               "synthetic_resubstitution": syn_m, "cnn_alone_real": cnn_real,
-              "cnn_alone_heldout_camera": cnn_held}
+              "cnn_alone_heldout_camera": cnn_held, "feature_model": feature_model}
+    if feature_model is not None:
+        params["fit"]["feature_model_accuracy_leave_one_repo_out"] = \
+            feature_model["leave_one_repo_out"]["accuracy"]
+        params["fit"]["feature_model_accuracy_resubstitution"] = \
+            feature_model["resubstitution"]["accuracy"]
+        params["fit"]["feature_model_heldout_camera_accuracy"] = \
+            feature_model["heldout_camera"]["accuracy"]
     print(json.dumps(report, indent=1))
     if args.report:
         args.report.write_text(json.dumps(report, indent=1))

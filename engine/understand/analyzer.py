@@ -1,7 +1,9 @@
 """The built-in analyzer: physical measurements + a small calibrated model (no download).
 
 The model is a multinomial logistic regression over standardised features, fitted by
-``scripts/fit_analyzer.py`` and stored in ``resources/analyzer_model.json``.
+``scripts/fit_analyzer.py`` and stored in ``resources/analyzer_model.json``. Four of the
+features are the scores of a small patch CNN (``resources/analyzer_cnn.npz``, trained by
+``scripts/train_analyzer_cnn.py`` on synthetic degradations only, run in numpy).
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ FEATURES: tuple[str, ...] = (
     "ghosting", "dyn_range", "median_luma", "local_contrast", "dark_channel", "saturation",
     "specular", "black_level", "black_level_med", "flat_frac", "contrast_p90", "sat_p90",
     "colorful", "chroma_sharpness", "chroma_sharp_rel",
+    # mean patch log-probabilities of the small CNN trained only on synthetic degradations
+    # (measure.cnn_features, resources/analyzer_cnn.npz, scripts/train_analyzer_cnn.py)
+    "cnn_A", "cnn_B", "cnn_C", "cnn_D",
 )
 # The image's pixel count is deliberately NOT a feature: in the fitting photos size tracks
 # the source repository (motion-blur and reflection sets are large, low-quality sets small),
@@ -56,6 +61,11 @@ def feature_vector(meas: Mapping[str, Any], names: tuple[str, ...] = FEATURES) -
     }
     out = []
     for n in names:
+        if n not in derived and n not in vf:
+            if n.startswith("cnn_"):
+                raise EngineError(f"the analyzer's network file is missing ({M.CNN_PATH}); "
+                                  "reinstall Mend")
+            raise EngineError(f"the analyzer's model needs a measurement it lacks ({n})")
         v = derived[n] if n in derived else float(vf[n])
         out.append(v if math.isfinite(v) else 0.0)
     return np.asarray(out, dtype=np.float64)
@@ -112,7 +122,7 @@ def estimates_from(meas: Mapping[str, Any]) -> dict[str, Any]:
     cutoff = float(vf.get("cutoff", 1.0))
     return {
         "noise_sigma": round(float(meas["noise_sigma"]), 2),  # 0-255, per channel
-        "jpeg_quality": int(round(float(meas["jpeg_quality"]))),  # IJG 1-100 (100 = none seen)
+        "jpeg_quality": round(float(meas["jpeg_quality"])),  # IJG 1-100 (100 = none seen)
         "jpeg_source": meas.get("jpeg_source", "pixels"),  # "tables" (exact) | "pixels"
         "blur_length": round(float(meas["blur_length"]), 2),  # px, original resolution
         "blur_angle": round(float(meas["blur_angle"]), 1),  # degrees, 0 = horizontal, ccw

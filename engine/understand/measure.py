@@ -14,6 +14,7 @@ ORIGINAL pixel units and on the 0-255 intensity scale:
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -71,7 +72,7 @@ def view_of(image: np.ndarray, side: int = VIEW_SIDE) -> tuple[np.ndarray, float
     """Copy reduced by the smallest integer factor k (box filter, OpenCV's fast area path)
     that brings the long side to at most ``side``; returns (view, k). k = 1: the image."""
     h, w = image.shape[:2]
-    k = int(math.ceil(max(h, w) / side))
+    k = math.ceil(max(h, w) / side)
     if k <= 1:
         return image, 1.0
     nh, nw = max(1, h // k), max(1, w // k)
@@ -333,7 +334,7 @@ def _log_spectrum(gray: np.ndarray, patch: int = 256, max_patches: int = 9) -> n
     p = min(patch, h, w)
     p = p - p % 2
     win = np.outer(np.hanning(p), np.hanning(p)).astype(np.float32)
-    grid = int(math.ceil(math.sqrt(max_patches)))
+    grid = math.ceil(math.sqrt(max_patches))
     tiles = np.stack([gray[y:y + p, x:x + p] for y, x, _, _ in
                       _grid_crops(h, w, p, grid)[:max_patches]]).astype(np.float32)
     tiles -= tiles.mean(axis=(1, 2), keepdims=True)
@@ -414,7 +415,7 @@ def _band_energies(gray: np.ndarray, ls: np.ndarray | None = None) -> tuple[np.n
     power = np.exp(ls)
     edges = [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]
     out = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         m = (rad >= lo) & (rad < hi)
         out.append(np.log10(power[m].mean() + 1e-12) if m.any() else np.nan)
     out = list(_fill_nan(np.asarray(out)))

@@ -38,7 +38,7 @@ def motion_kernel(length: float, angle_deg: float) -> np.ndarray:
     """A normalised line PSF ``length`` px long (support), direction ``angle_deg`` (0 =
     horizontal, counter-clockwise), drawn with bilinear splatting."""
     L = max(1.0, float(length))
-    size = int(math.ceil(L)) + 4
+    size = math.ceil(L) + 4
     size += 1 - size % 2
     k = np.zeros((size, size), np.float64)
     c = (size - 1) / 2
@@ -51,7 +51,7 @@ def motion_kernel(length: float, angle_deg: float) -> np.ndarray:
 
 def _splat(k: np.ndarray, x: float, y: float) -> None:
     """Add one unit at sub-pixel (x, y) to ``k`` with bilinear weights."""
-    x0, y0 = int(math.floor(x)), int(math.floor(y))
+    x0, y0 = math.floor(x), math.floor(y)
     fx, fy = x - x0, y - y0
     k[y0, x0] += (1 - fx) * (1 - fy)
     k[y0, x0 + 1] += fx * (1 - fy)

@@ -2,6 +2,8 @@
 diagnose() on odd inputs, and the class of a handful of real labelled photos."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 
@@ -53,7 +55,7 @@ def test_jpeg_quality_exact_from_tables(clean, q):
     assert qt == q and err == 0.0
 
     class P:  # what load_photo fills for a JPEG
-        info = {"jpeg_quantization": tables}
+        info: ClassVar[dict] = {"jpeg_quantization": tables}
         format = "JPEG"
         path = None
 
@@ -141,10 +143,36 @@ def test_view_is_downscaled_by_an_integer_factor():
 
 def test_model_file_matches_features():
     m = load_model()
-    assert m.features == FEATURES and m.classes == ("A", "B", "C", "D")
-    assert m.W.shape == (4, len(FEATURES))
-    p = m.proba(np.zeros(len(FEATURES)))
+    # the shipped model reads the CNN's scores (or, fitted with --model features, all of them)
+    assert set(m.features) <= set(FEATURES) and m.classes == ("A", "B", "C", "D")
+    assert m.W.shape == (4, len(m.features))
+    p = m.proba(np.zeros(len(m.features)))
     assert abs(p.sum() - 1) < 1e-9
+
+
+def test_shipped_cnn_loads_and_scores(clean):
+    """The committed network file loads and gives four mean log-probabilities."""
+    net = M.load_cnn()
+    assert net is not None, "resources/analyzer_cnn.npz is missing"
+    f = M.cnn_features(clean)
+    assert set(f) == {"cnn_A", "cnn_B", "cnn_C", "cnn_D"}
+    assert all(v <= 0 for v in f.values())
+
+
+def test_missing_network_file_is_a_clear_error(clean, tmp_path):
+    from engine.errors import EngineError
+
+    if not any(n.startswith("cnn_") for n in load_model().features):
+        pytest.skip("the shipped model does not use the CNN")
+    old = M.CNN_PATH
+    M.CNN_PATH = tmp_path / "absent.npz"
+    M.load_cnn.cache_clear()
+    try:
+        with pytest.raises(EngineError, match="reinstall"):
+            analyze(clean)
+    finally:
+        M.CNN_PATH = old
+        M.load_cnn.cache_clear()
 
 
 def test_diagnose_builtin_contract(clean):
