@@ -32,24 +32,30 @@ from .api import Plan, Step
 
 log = logging.getLogger("mend.estimate")
 
-# seconds per input megapixel, 1 CPU thread (see the module docstring for where they come from)
+# seconds per input megapixel, 1 CPU thread (see the module docstring for where they come from;
+# bench/restore.py on a 512² photo, 2026-11-22 09:56 UTC, load average ~1.5-2.5)
 REFERENCE_CPU_S_PER_MP: dict[tuple[str, str | None], float] = {
     ("passthrough", None): 0.0,
-    ("denoise_builtin", None): 2.7,
-    ("sharpen_builtin", None): 0.25,
+    ("denoise_builtin", None): 3.0,
+    ("sharpen_builtin", None): 0.15,
     ("upscale_builtin", None): 0.2,
     ("deblur_builtin", None): 1.5,
-    ("reflection_mask", None): 0.5,
-    ("inpaint_builtin", None): 0.8,
-    ("sr_realesrgan", "realesr-general-x4v3"): 65.0,  # 24 MP run: 101.5 s over 6 tiles of 512²
-    ("sr_realesrgan", "realesrgan-x4plus"): 950.0,  # ~15x Compact (RRDB, 23 blocks)
-    ("text_fusion", None): 8.0,  # OCR of the whole photo; the text regions add to it
-    ("deblur_nafnet", None): 60.0,
-    ("dereflect_nafnet", None): 90.0,
-    ("inpaint_lama", None): 25.0,  # on the masked crops only; per photo megapixel, rough
-    ("face_codeformer", None): 2.0,  # per megapixel of photo; ~1 s per face found
+    ("reflection_mask", None): 0.4,
+    ("inpaint_builtin", None): 0.4,
+    ("sr_realesrgan", "realesr-general-x4v3"): 52.0,
+    ("sr_realesrgan", "realesrgan-x4plus"): 510.0,  # untiled 160² crop: 12.98 s
+    ("text_fusion", None): 7.0,  # OCR of the whole photo; text regions add to it
+    ("deblur_nafnet", None): 67.0,
+    ("dereflect_nafnet", None): 85.0,
     # ~53 s per 128-px patch-step on one core, patches at stride 64: ~244 patches per LR MP
     ("sr_invsr", None): 12900.0,
+}
+# steps whose cost follows what they find (faces, masked regions), not the photo's size:
+# seconds per photo (history records them the same way)
+PER_PHOTO_STEPS = frozenset({"face_codeformer", "inpaint_lama"})
+REFERENCE_CPU_S_PER_PHOTO: dict[str, float] = {
+    "face_codeformer": 19.0,  # one face (CodeFormer at 512²); photos without faces cost ~0
+    "inpaint_lama": 10.6,  # one masked region crop
 }
 
 # memory of the image buffers per output pixel: input + output + the tiler's sum and weights
@@ -139,12 +145,18 @@ def step_scale(step: Step) -> int:
         return 1
 
 
+def work_units(step_name: str, pixels: int) -> float:
+    """What a step's cost is proportional to: megapixels, or 1 for per-photo steps."""
+    return 1.0 if step_name in PER_PHOTO_STEPS else pixels / 1e6
+
+
 def _key(name: str, model: str | None, device_kind: str, threads: int) -> str:
     return f"{name}|{model or ''}|{device_kind}|{threads}"
 
 
 class CostHistory:
-    """Seconds per input megapixel of finished steps on this machine (a running average over
+    """Seconds per input megapixel (per photo for ``PER_PHOTO_STEPS``) of finished steps on this
+    machine (a running average over
     the last runs), kept in a small JSON file. Safe to read from one thread while another
     records; a file that cannot be read or written only costs the estimate its history."""
 
@@ -244,12 +256,15 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
         if not step.enabled:
             continue
         model = step_model(step)
-        mp = pixels / 1e6
+        mp = work_units(step.name, pixels)
         rate = history.get(step.name, model, device_kind, threads) if history else None
         basis = "measured"
         if rate is None and device_kind == "cpu":
-            ref = REFERENCE_CPU_S_PER_MP.get((step.name, model),
-                                             REFERENCE_CPU_S_PER_MP.get((step.name, None)))
+            if step.name in PER_PHOTO_STEPS:
+                ref = REFERENCE_CPU_S_PER_PHOTO.get(step.name)
+            else:
+                ref = REFERENCE_CPU_S_PER_MP.get((step.name, model),
+                                                 REFERENCE_CPU_S_PER_MP.get((step.name, None)))
             if ref is not None:
                 rate, basis = ref / threads, "reference"
         if rate is None:

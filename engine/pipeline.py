@@ -13,7 +13,14 @@ from . import __version__
 from .api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan, StepRecord
 from .devices import DeviceInfo, configure_torch, select_device
 from .errors import EngineError, UsageError
-from .estimate import CostHistory, Estimate, estimate_plan, manifest_model_memory, step_model
+from .estimate import (
+    CostHistory,
+    Estimate,
+    estimate_plan,
+    manifest_model_memory,
+    step_model,
+    work_units,
+)
 from .imageio import Photo, load_photo
 from .progress import Progress
 from .restore.registry import StepContext, get_step
@@ -253,7 +260,8 @@ class Engine:
                 raise EngineError(f"step {step.name} produced an invalid image {result.shape}")
             if step.name != "passthrough":
                 self.history.record(step.name, step_model(step), self.device.kind,
-                                    self.device.threads, image.shape[0] * image.shape[1] / 1e6,
+                                    self.device.threads,
+                                    work_units(step.name, image.shape[0] * image.shape[1]),
                                     seconds)
             image = np.clip(result, 0.0, 1.0)
             records.append(StepRecord(step.name, out.model, seconds, out.notes))

@@ -39,7 +39,7 @@ def test_reference_cpu_estimate_scales_with_pixels_and_threads():
                             (1000, 1000), device_kind="cpu", threads=1)
     rrdb = estimate_plan(_plan(Step("sr_realesrgan", {"model": "realesrgan-x4plus"})),
                          (1000, 1000), device_kind="cpu", threads=1)
-    assert rrdb.seconds > 10 * compact.seconds
+    assert rrdb.seconds > 5 * compact.seconds
 
 
 def test_a_gpu_has_no_time_estimate_until_it_has_history(tmp_path):
@@ -154,3 +154,19 @@ def test_cli_dry_run_prints_plans_and_estimates_and_writes_nothing(tmp_path):
     assert obj["dry_run"] and obj["label"] == "A" and obj["size"] == [120, 160]
     assert obj["estimate"]["seconds"] > 0 and obj["estimate"]["peak_bytes"] > 0
     assert not out.exists() and not (tmp_path / "costs.json").exists()
+
+
+def test_face_and_inpainting_steps_cost_per_photo_not_per_megapixel(tmp_path):
+    from engine.estimate import REFERENCE_CPU_S_PER_PHOTO
+
+    plan = _plan(Step("deblur_nafnet"), Step("face_codeformer"), label=Degradation.C,
+                 profile="laptop")
+    small = estimate_plan(plan, (500, 500), device_kind="cpu", threads=1)
+    big = estimate_plan(plan, (5000, 5000), device_kind="cpu", threads=1)
+    assert small.steps[1].seconds == big.steps[1].seconds == \
+        REFERENCE_CPU_S_PER_PHOTO["face_codeformer"]
+    assert big.steps[0].seconds == pytest.approx(100 * small.steps[0].seconds)
+    h = CostHistory(tmp_path / "c.json")
+    h.record("face_codeformer", None, "cpu", 1, megapixels=1.0, seconds=3.0)
+    again = estimate_plan(plan, (5000, 5000), device_kind="cpu", threads=1, history=h)
+    assert again.steps[1].seconds == pytest.approx(3.0) and again.steps[1].basis == "measured"
