@@ -48,6 +48,9 @@ FEATURES: tuple[str, ...] = (
 # a shortcut that would push every 12-24 MP user photo towards B/C.
 
 
+_DERIVED = ("noise", "jpeg_badness", "blockiness", "motion_evidence")
+
+
 def feature_vector(meas: Mapping[str, Any], names: tuple[str, ...] = FEATURES) -> np.ndarray:
     vf = meas["features"]
     jpeg_bad = 0.0
@@ -162,8 +165,10 @@ def flags_from(meas: Mapping[str, Any], scores: Mapping[str, float]) -> tuple[st
 def analyze(image: np.ndarray, photo: Any | None = None,
             model: LogisticModel | None = None) -> Diagnosis:
     """Measure, score and explain one photo with the built-in analyzer."""
-    meas = M.measure(image, photo)
     model = model or load_model()
+    # the extra view cues are measured only when the model reads them
+    meas = M.measure(image, photo, extra=not all(n.startswith("cnn_") or n in _DERIVED
+                                                 for n in model.features))
     x = feature_vector(meas, model.features)
     p = model.proba(x)[0]
     scores = {c: float(p[model.classes.index(c)]) for c in (d.value for d in CLASSES)}

@@ -494,8 +494,9 @@ def _ghosting(gray: np.ndarray) -> float:
     return float((vals.max() - np.median(vals)) / (vals.std() + 1e-9))
 
 
-def view_features(view: np.ndarray) -> dict[str, float]:
-    """Dimensionless cues on the downscaled view (float RGB 0-1)."""
+def view_features(view: np.ndarray, extra: bool = True) -> dict[str, float]:
+    """Dimensionless cues on the downscaled view (float RGB 0-1). ``extra=False`` leaves out
+    the cues only the feature model reads (ghosting, NSS, edge, layer and chroma cues)."""
     gray = to_gray(view)
     h, w = gray.shape
     f: dict[str, float] = {}
@@ -514,7 +515,8 @@ def view_features(view: np.ndarray) -> dict[str, float]:
     mb = estimate_motion_blur(gray, max_len=60, logspec=ls)
     f["view_motion_evidence"] = mb["motion_evidence"]
     f["view_blur_length"] = float(np.log1p(mb["blur_length"]))
-    f["ghosting"] = _ghosting(gray)
+    if extra:
+        f["ghosting"] = _ghosting(gray)
     # contrast / veiling glare
     p1, p50, p99 = np.percentile(gray[::2, ::2], [1, 50, 99])
     f["dyn_range"] = float(p99 - p1)
@@ -532,7 +534,8 @@ def view_features(view: np.ndarray) -> dict[str, float]:
     f["specular"] = float(((mx > 0.96) & (sat < 0.12)).mean())
     f["veil_area"] = float((dark > 0.25).mean())  # raised dark channel: veiling glare
     f["log_pixels"] = float(math.log10(h * w))
-    f.update(extra_view_features(view, gray, ls))
+    if extra:
+        f.update(extra_view_features(view, gray, ls))
     return f
 
 
@@ -769,8 +772,10 @@ def cnn_features(view: np.ndarray, path: str | None = None) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- all together
 
-def measure(image: np.ndarray, photo: Any | None = None) -> dict[str, Any]:
-    """Every measurement. Estimates in original-pixel units; features on the view."""
+def measure(image: np.ndarray, photo: Any | None = None, *, extra: bool = True
+            ) -> dict[str, Any]:
+    """Every measurement. Estimates in original-pixel units; features on the view.
+    ``extra=False`` skips the view cues that only the feature model reads (faster)."""
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     image = np.asarray(image[..., :3], dtype=np.float32)
@@ -790,7 +795,7 @@ def measure(image: np.ndarray, photo: Any | None = None) -> dict[str, Any]:
     out["motion_evidence"] = mb["motion_evidence"]
     view, factor = view_of(image)
     out["view_scale"] = factor
-    vf = view_features(view)
+    vf = view_features(view, extra=extra)
     vf.update(cnn_features(view))
     out["features"] = vf
     # log Laplacian ratio across one octave: about -1 for Gaussian blur sigma 1.5-3.5 or a 3x
