@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.understand import synthetic as S
+from engine.understand.measure import pad_to  # the analyzer pads small photos the same way
 
 CLASSES = ("A", "B", "C", "D")
 P = 64
@@ -285,12 +286,6 @@ def _tiny(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return pad_to(small, P)
 
 
-def pad_to(img: np.ndarray, p: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    ph, pw = max(0, p - h), max(0, p - w)
-    if ph == 0 and pw == 0:
-        return img
-    return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="edge")
 
 
 class Pool:
