@@ -202,7 +202,8 @@ def render(results: dict, info: dict, when: str) -> str:
         load = res.get("load_average_before")
         lines += [f"Measured {res.get('measured', when)}; benchmark wall time {res['seconds']} s"
                   + (f"; load average before it ran {load} (other work on the 2 cores slows "
-                     "every figure)" if load else "") + ".",
+                     "every figure)" if load else "") + "."
+                  + (f" {res['note']}." if res.get("note") else ""),
                   "", "| figure | value |",
                   "|---|---|"]
         for path, v in flatten(res["result"]):
