@@ -295,10 +295,15 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
     return Estimate(total, int(peak), tuple(steps))
 
 
-def manifest_model_memory(store: Any) -> dict[str, int]:
-    """Model id -> bytes from the store's manifest (``memory_mb``); empty if unreadable."""
+def manifest_model_memory(manifest: Any = None) -> dict[str, int]:
+    """Model id -> bytes (``memory_mb``) from ``manifest`` (the default manifest when None);
+    empty when it cannot be read: a broken manifest never breaks a plan's display."""
     try:
-        return {mid: int(spec.memory_mb) << 20 for mid, spec in store.manifest.models.items()}
-    except (AttributeError, TypeError, ValueError) as e:  # never break a plan's display
+        if manifest is None:
+            from .models.manifest import default_manifest
+
+            manifest = default_manifest()
+        return {mid: int(spec.memory_mb) << 20 for mid, spec in manifest.models.items()}
+    except (AttributeError, TypeError, ValueError, OSError) as e:
         log.warning("no model memory figures: %s", e)
         return {}

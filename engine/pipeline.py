@@ -124,7 +124,7 @@ class Engine:
         it (figures from earlier runs here, else reference CPU figures; see engine.estimate)."""
         return estimate_plan(plan, size, device_kind=self.device.kind,
                              threads=self.device.threads, history=self.history,
-                             model_memory=manifest_model_memory(self.store))
+                             model_memory=manifest_model_memory(self.store.manifest))
 
     def prepare(self, request: JobRequest) -> Prepared:
         """Everything ``run`` would decide for ``request`` - diagnosis, plan, warnings and an

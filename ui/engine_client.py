@@ -301,18 +301,12 @@ class EngineClient(QObject):
         engine has started. Cheap (no torch, one small JSON file): fine on the GUI thread."""
         if self.device is None:
             return None
-        from engine.estimate import CostHistory, estimate_plan
+        from engine.estimate import CostHistory, estimate_plan, manifest_model_memory
 
         if self._history is None:
             self._history = CostHistory.default()  # the file the engine thread writes
         if self._model_memory is None:
-            try:
-                from engine.models.manifest import default_manifest
-
-                self._model_memory = {m: int(s.memory_mb) << 20
-                                      for m, s in default_manifest().models.items()}
-            except Exception:  # noqa: BLE001 - a broken manifest is reported elsewhere
-                self._model_memory = {}
+            self._model_memory = manifest_model_memory()
         return estimate_plan(plan, size, device_kind=self.device.kind,
                              threads=self.device.threads, history=self._history,
                              model_memory=self._model_memory)
