@@ -10,9 +10,11 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
 
+from engine.resources import resource
+
 from .settings import APP, ORG, data_dir
 
-STYLE = Path(__file__).resolve().parents[1] / "resources" / "style" / "dark.qss"
+STYLE = resource("style", "dark.qss")
 
 
 def dark_palette() -> QPalette:

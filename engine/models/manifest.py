@@ -16,12 +16,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from ..resources import resource
+
 LOADERS = ("spandrel", "transformers", "diffusers", "onnx", "torch-state-dict", "bundled", "yolo")
 PROFILES = ("builtin", "laptop", "quality")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _REV_RE = re.compile(r"^[0-9a-f]{40}$")
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "resources" / "models.json"
+DEFAULT_MANIFEST = resource("models.json")
 
 
 class ManifestError(ValueError):

@@ -18,10 +18,11 @@ import numpy as np
 
 from ..api import CLASSES, Degradation, Diagnosis
 from ..errors import EngineError
+from ..resources import resource
 from . import measure as M
 from .base import register_classifier
 
-MODEL_PATH = Path(__file__).resolve().parents[2] / "resources" / "analyzer_model.json"
+MODEL_PATH = resource("analyzer_model.json")
 
 # feature name -> how to read it from measure() output
 FEATURES: tuple[str, ...] = (

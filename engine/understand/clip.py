@@ -15,10 +15,11 @@ import numpy as np
 
 from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
 from ..errors import EngineError, ModelMissing
+from ..resources import resource
 from .base import StoredModelClassifier, register_classifier
 
 MODEL_IDS = ("clip-vit-large-patch14", "siglip-base-patch16-224")
-PROMPTS_FILE = Path(__file__).resolve().parents[2] / "resources" / "prompts" / "clip_prompts.json"
+PROMPTS_FILE = resource("prompts", "clip_prompts.json")
 LETTERS = tuple(c.value for c in CLASSES)
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..resources import resource
+
 VIEW_SIDE = 1024
 MIN_SIDE = 32  # smaller images are edge-padded to this before measuring
 
@@ -682,7 +684,7 @@ def extra_view_features(view: np.ndarray, gray: np.ndarray, ls: np.ndarray | Non
 
 # A small CNN trained only on synthetic degradations (scripts/train_analyzer_cnn.py) that scores
 # 64 x 64 patches of the view A/B/C/D. Optional: without its file the features are absent.
-CNN_PATH = Path(__file__).resolve().parents[2] / "resources" / "analyzer_cnn.npz"
+CNN_PATH = resource("analyzer_cnn.npz")
 CNN_GRID = 4  # up to 4 x 4 patches over the view
 CNN_MIN_STD = 0.04  # patches flatter than this show no degradation (unless all are flat)
 

@@ -19,16 +19,16 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
 from ..errors import EngineError, ModelMissing
+from ..resources import resource
 from .base import StoredModelClassifier, register_classifier
 
-PROMPTS = Path(__file__).resolve().parents[2] / "resources" / "prompts"
+PROMPTS = resource("prompts")
 MODEL_IDS = ("qwen2.5-vl-7b", "qwen2.5-vl-3b")  # best first
 LETTERS = tuple(c.value for c in CLASSES)
 
