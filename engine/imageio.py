@@ -2,7 +2,11 @@
 
 Loading (``load_photo``)
     JPEG/MPO, PNG/APNG, TIFF (8/16-bit, int, float), WebP, BMP, GIF and whatever else Pillow reads
-    by content (the extension is never trusted), plus HEIC/HEIF when ``pillow-heif`` is installed.
+    by content (the extension is never trusted), plus HEIC/HEIF when ``pillow-heif`` is installed,
+    JPEG XL when ``pillow-jxl-plugin`` is installed and camera RAW (DNG, CR2, CR3, NEF, ARW, RAF,
+    ORF, RW2, PEF, SRW...) when ``rawpy`` is installed (``engine/rawio.py``: LibRaw decodes it to
+    16-bit sRGB; a RAW exports as 16-bit TIFF, a JPEG XL as PNG). Without the optional package
+    such a file gets a ``BadImage`` naming the extra to install.
     16-bit colour PNG/TIFF is decoded with OpenCV because Pillow truncates it to 8 bits. EXIF
     orientation (all 8) is applied and then reset to 1 in ``photo.exif``; the stale EXIF thumbnail
     is dropped; ICC, XMP, DPI and the JPEG quantization tables are kept. Every failure is a
@@ -50,8 +54,16 @@ from .errors import BadImage, EngineError, ImageTooLarge, SaveFailed
 
 log = logging.getLogger(__name__)
 
+RAW_EXTENSIONS = {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf",
+                  ".orf", ".rw2", ".pef", ".srw", ".x3f", ".mrw", ".3fr", ".erf", ".kdc", ".dcr",
+                  ".mos", ".iiq", ".rwl", ".raw"}
 PHOTO_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp", ".heic",
-                    ".heif", ".gif"}
+                    ".heif", ".gif", ".jxl"} | RAW_EXTENSIONS
+# RAW kinds (``Photo.format`` of a RAW source, see rawio.sniff)
+RAW_FORMATS = {"DNG", "CR2", "CR3", "NEF", "ARW", "RAF", "ORF", "RW2", "PEF", "SRW", "X3F", "MRW",
+               "RWL", "3FR", "ERF", "DCR", "MOS", "IIQ", "RAW"}
+JXL_HINT = ("this is a JPEG XL file; reading JPEG XL needs the optional 'jxl' extra: "
+            "pip install 'mend[jxl]' (or pip install pillow-jxl-plugin)")
 DEFAULT_MAX_MEGAPIXELS = 200.0
 MEND_XMP_NS = "urn:x-mend:ns:1.0#"
 
@@ -64,10 +76,14 @@ _OUT_FORMATS = {
 }
 _FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 # source format (PIL name) -> output format when the user did not choose one
+# (a RAW is never written: its result is a 16-bit TIFF; a JPEG XL's is a PNG, lossless like most
+# JXL sources and 16-bit when the source was; the plugin cannot write 16-bit colour JXL)
 _SOURCE_TO_OUT = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "TIFF": "tiff", "WEBP": "webp",
-                  "HEIF": "jpeg", "AVIF": "jpeg"}
+                  "HEIF": "jpeg", "AVIF": "jpeg", "JXL": "png",
+                  **{k: "tiff" for k in RAW_FORMATS}}
 _EXT_TO_OUT = {".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".png": "png", ".tif": "tiff",
-               ".tiff": "tiff", ".webp": "webp", ".heic": "jpeg", ".heif": "jpeg"}
+               ".tiff": "tiff", ".webp": "webp", ".heic": "jpeg", ".heif": "jpeg", ".jxl": "png",
+               **{e: "tiff" for e in RAW_EXTENSIONS}}
 
 
 @dataclass
@@ -134,6 +150,10 @@ def _pil():
         pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
     except Exception:  # not installed or broken: HEIC then reads as "unsupported"
         pass
+    try:
+        import pillow_jxl  # noqa: F401 — registers the JXL opener/saver with Pillow
+    except Exception as e:  # noqa: BLE001 — not installed or broken: JXL gets JXL_HINT
+        log.debug("JPEG XL support unavailable: %s", e)
     return Image
 
 
@@ -142,6 +162,89 @@ def heif_supported() -> bool:
     from PIL import Image
 
     return "HEIF" in Image.OPEN
+
+
+def jxl_supported() -> bool:
+    _pil()
+    from PIL import Image
+
+    return "JXL" in Image.OPEN
+
+
+def raw_supported() -> bool:
+    from . import rawio
+
+    return rawio.rawpy_available()
+
+
+_JXL_BOX = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
+_JXL_RATIOS = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}
+
+
+def _jxl_header(p: Path) -> tuple[int, int, int] | None:
+    """None when ``p`` is not JPEG XL, else its stored (width, height, orientation) from the
+    codestream header ((0, 0, 1) when the header cannot be read)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(12)
+            if head[:2] == b"\xff\x0a":
+                code = head[2:] + f.read(32)
+            elif head == _JXL_BOX:
+                code = b""
+                pos = 12
+                for _ in range(64):  # boxes: find the first codestream box
+                    f.seek(pos)
+                    hdr = f.read(8)
+                    if len(hdr) < 8:
+                        break
+                    size, btype = struct.unpack(">I4s", hdr)
+                    skip = 8
+                    if size == 1:
+                        size = struct.unpack(">Q", f.read(8))[0]
+                        skip = 16
+                    if btype in (b"jxlc", b"jxlp"):
+                        data = f.read(48)
+                        code = data[4:] if btype == b"jxlp" else data
+                        break
+                    if size < skip:
+                        break
+                    pos += size
+                if code[:2] != b"\xff\x0a":
+                    return (0, 0, 1)
+                code = code[2:]
+            else:
+                return None
+    except OSError:
+        return None
+    bitpos = 0
+
+    def u(n: int) -> int:
+        nonlocal bitpos
+        v = 0
+        for i in range(n):
+            byte = code[(bitpos + i) >> 3]
+            v |= ((byte >> ((bitpos + i) & 7)) & 1) << i
+        bitpos += n
+        return v
+
+    def u32() -> int:
+        return u((9, 13, 18, 30)[u(2)]) + 1
+
+    try:
+        small = u(1)
+        h = (u(5) + 1) * 8 if small else u32()
+        ratio = u(3)
+        if ratio:
+            num, den = _JXL_RATIOS[ratio]
+            w = h * num // den
+        else:
+            w = (u(5) + 1) * 8 if small else u32()
+        orientation = 1
+        if not u(1) and u(1):  # ImageMetadata: not all_default, extra_fields
+            orientation = u(3) + 1
+        return (w, h, orientation)
+    except IndexError:
+        return (0, 0, 1)
 
 
 def _check_path(p: Path) -> None:
@@ -169,6 +272,12 @@ _BOMB_RE = re.compile(r"\((\d+) pixels\)")
 def _open_image(p: Path, limit: int):
     """Open (header only) and enforce the pixel limit before anything is decoded."""
     Image = _pil()
+    jxl = _jxl_header(p)
+    if jxl is not None:  # the JXL plugin decodes the whole file in open(): check first
+        if "JXL" not in Image.OPEN:
+            raise BadImage(p, JXL_HINT)
+        if jxl[0] * jxl[1] > limit:
+            raise _too_large(p, jxl[0] * jxl[1], limit)
     try:
         im = Image.open(p)
     except Image.DecompressionBombError as e:
@@ -408,6 +517,8 @@ def _source_orientation(im, fmt: str, raw_exif: bytes | None, xmp: bytes | None)
             orientation = int(im.tag_v2.get(274, 1) or 1)
         except Exception:  # noqa: BLE001 — a broken tag means "as stored"
             orientation = 1
+    elif fmt == "JXL" and not getattr(im, "jpeg", False):
+        return 1  # libjxl renders upright (codestream orientation); EXIF's must not apply twice
     else:
         orientation = exif_orientation(raw_exif)
     if orientation == 1 and raw_exif is None:
@@ -655,6 +766,9 @@ def load_photo(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     limit = int(max_pixels) if max_pixels else max_pixels_default()
     _check_path(p)
     try:
+        kind = _raw_kind(p)
+        if kind:
+            return _load_raw(p, limit, kind)
         return _load(p, limit)
     except EngineError:
         raise
@@ -664,8 +778,52 @@ def load_photo(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         raise _fail(p, e) from None
 
 
+def _raw_kind(p: Path, unidentified: bool = False) -> str | None:
+    """The RAW kind of ``p`` by content; with ``unidentified`` (Pillow could not identify it)
+    also whatever LibRaw recognises. Raises ``BadImage`` naming the extra when rawpy is absent."""
+    from . import rawio
+
+    kind = rawio.sniff(p)
+    if kind is None and unidentified:
+        kind = rawio.libraw_opens(p)
+    if kind and not rawio.rawpy_available():
+        raise BadImage(p, rawio.INSTALL_HINT.format(kind=kind))
+    return kind
+
+
+def _load_raw(p: Path, limit: int, kind: str) -> Photo:
+    from . import rawio
+
+    d = rawio.decode(p, kind, limit)
+    exif = None
+    if d["exif"] is not None:
+        exif = clean_exif(d["exif"])  # LibRaw has rotated: orientation 1 from now on
+        if exif is None:
+            d["info"]["warnings"].append("dropped unreadable EXIF data")
+    return Photo(path=p, pixels=d["pixels"], bit_depth=16, format=kind, exif=exif,
+                 info=d["info"])
+
+
+def _unidentified_raw(p: Path) -> str | None:
+    """After Pillow failed to identify ``p``: LibRaw's kind for it, or None."""
+    from . import rawio
+
+    if not rawio.rawpy_available():
+        if p.suffix.lower() in RAW_EXTENSIONS:  # a hint only: nothing is decoded by extension
+            raise BadImage(p, "not a photo format Mend can read; if this is a camera RAW file, "
+                              "install the optional 'raw' extra: pip install 'mend[raw]'")
+        return None
+    return _raw_kind(p, unidentified=True)
+
+
 def _load(p: Path, limit: int) -> Photo:
-    im = _open_image(p, limit)
+    try:
+        im = _open_image(p, limit)
+    except _pil().UnidentifiedImageError:
+        kind = _unidentified_raw(p)
+        if kind:
+            return _load_raw(p, limit, kind)
+        raise
     with im:
         fmt = im.format or "unknown"
         info: dict[str, Any] = {"source_mode": im.mode, "warnings": []}
@@ -738,7 +896,20 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
     _check_path(p)
     max_side = max(1, int(max_side))
     try:
-        im = _open_image(p, max_pixels_default())
+        kind = _raw_kind(p)
+        if kind:
+            from . import rawio
+
+            return rawio.preview(p, kind, max_side, max_pixels_default())
+        try:
+            im = _open_image(p, max_pixels_default())
+        except _pil().UnidentifiedImageError:
+            kind = _unidentified_raw(p)
+            if kind:
+                from . import rawio
+
+                return rawio.preview(p, kind, max_side, max_pixels_default())
+            raise
         with im:
             fmt = im.format
             if fmt in ("JPEG", "MPO"):
@@ -762,6 +933,17 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     p = Path(path)
     _check_path(p)
     try:
+        kind = _raw_kind(p)
+        if kind:
+            from . import rawio
+
+            return rawio.size(p, kind, max_pixels_default())
+        jxl = _jxl_header(p)
+        if jxl is not None and jxl[0] > 0 and jxl[1] > 0 and "JXL" in _pil().OPEN:
+            w, h, orientation = jxl  # the plugin decodes everything on open: use the header
+            if w * h > max_pixels_default():
+                raise _too_large(p, w * h, max_pixels_default())
+            return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
         with _open_image(p, max_pixels_default()) as im:
             w, h = im.size
             orientation = _source_orientation(im, im.format, _raw_exif(im), _xmp_of(im))

@@ -1,0 +1,383 @@
+"""Camera RAW input for ``engine.imageio`` through ``rawpy`` (LibRaw), an optional dependency.
+
+A file is a RAW by its content, never its extension: TIFF-based RAWs (DNG, CR2, NEF, ARW, PEF,
+SRW...) are told from ordinary TIFFs by a DNGVersion tag, the CR2 signature or a colour-filter-
+array IFD (PhotometricInterpretation 32803 / LinearRaw 34892) anywhere in the IFD chain or its
+SubIFDs; ORF, RW2, RAF, CR3, X3F and MRW have their own signatures. Anything Pillow cannot
+identify is also offered to LibRaw (``libraw_opens``).
+
+Decoding (``decode``) is LibRaw's own postprocess: camera white balance (``use_camera_wb``, LibRaw
+falls back to its daylight multipliers when the file has none), sRGB primaries, the sRGB tone
+curve (``gamma=(2.4, 12.92)``, not rawpy's BT.709 default), 16 bits per sample, and
+``no_auto_bright=True`` so the exposure is the camera's (LibRaw's auto-brightness would stretch
+every photo so that 1 % of its pixels clip, a different brightness per photo). LibRaw rotates by
+``sizes.flip`` itself; the EXIF we carry has its orientation reset to 1, so the rotation is
+applied exactly once. The pixel limit is checked on LibRaw's header sizes before anything is
+unpacked.
+
+EXIF: TIFF-based RAWs give their IFD0 descriptive tags plus the Exif and GPS IFDs (maker notes
+are left out: their offsets point into the RAW); other containers give the EXIF of their embedded
+JPEG preview when it has one; otherwise ``photo.info["exif_note"]`` says none could be read.
+"""
+from __future__ import annotations
+
+import io
+import mmap
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadImage
+from .imageio import (
+    _TIFF_DESCRIPTIVE,
+    _TIFF_SKIP_EXIF,
+    _TYPE_SIZE,
+    _ifd_blob,
+    _orient,
+    _pil,
+    _Tiff,
+    _too_large,
+)
+
+INSTALL_HINT = ("this is a camera RAW file ({kind}); reading RAW files needs the optional 'raw' "
+                "extra: pip install 'mend[raw]' (or pip install rawpy)")
+_EXIF_TO_FLIP = {1: 0, 2: 1, 3: 3, 4: 2, 5: 4, 6: 6, 7: 7, 8: 5}
+FLIP_TO_EXIF = {v: k for k, v in _EXIF_TO_FLIP.items()}
+_MAKE_KIND = (("NIKON", "NEF"), ("SONY", "ARW"), ("PENTAX", "PEF"), ("RICOH", "PEF"),
+              ("SAMSUNG", "SRW"), ("CANON", "CR2"), ("OLYMPUS", "ORF"), ("OM DIGITAL", "ORF"),
+              ("PANASONIC", "RW2"), ("LEICA", "RWL"), ("HASSELBLAD", "3FR"), ("EPSON", "ERF"),
+              ("KODAK", "DCR"), ("MAMIYA", "MOS"), ("PHASE ONE", "IIQ"))
+
+
+def rawpy_available() -> bool:
+    try:
+        import rawpy  # noqa: F401
+    except Exception:  # noqa: BLE001 — not installed, or a broken binary wheel
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# content sniffing
+
+
+class _RawTiff(_Tiff):
+    """A ``_Tiff`` over a memory map that also accepts the ORF/RW2 header variants."""
+
+    def __init__(self, data) -> None:
+        if len(data) < 8 or bytes(data[:2]) not in (b"II", b"MM"):
+            raise ValueError("not a TIFF structure")
+        self.data = data
+        self.bo = "<" if bytes(data[:2]) == b"II" else ">"
+
+
+def _map(p: Path):
+    with open(p, "rb") as f:  # the map stays valid after the file is closed
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def sniff(p: Path) -> str | None:
+    """The RAW kind ("DNG", "NEF", "CR3"...) of a file by its content, or None."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if head.startswith(b"FUJIFILMCCD-RAW"):
+        return "RAF"
+    if head[4:8] == b"ftyp" and head[8:12] == b"crx ":
+        return "CR3"
+    if head.startswith(b"FOVb"):
+        return "X3F"
+    if head.startswith(b"\x00MRM"):
+        return "MRW"
+    if head[:4] in (b"IIRO", b"IIRS", b"MMOR"):
+        return "ORF"
+    if head[:4] == b"IIU\x00":
+        return "RW2"
+    if head[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    if head[8:10] == b"CR":
+        return "CR2"
+    try:
+        mm = _map(p)
+    except (OSError, ValueError):
+        return None
+    try:
+        return _tiff_raw_kind(_RawTiff(mm))
+    except (ValueError, struct.error):
+        return None
+    finally:
+        mm.close()
+
+
+def _tiff_raw_kind(t) -> str | None:
+    """Walk IFD0's chain and SubIFDs (bounded) looking for RAW markers."""
+    make = ""
+    cfa = dng = False
+    todo = [t.u32(4)]
+    seen: set[int] = set()
+    while todo and len(seen) < 32:
+        ifd = todo.pop()
+        if ifd in seen or ifd < 8:
+            continue
+        seen.add(ifd)
+        try:
+            for e, tag, typ, count, voff, nbytes in t.entries(ifd):
+                if tag == 50706:
+                    dng = True
+                elif tag == 262 and typ == 3 and t.u16(voff) in (32803, 34892):
+                    cfa = True
+                elif tag == 271 and typ == 2 and not make:
+                    make = bytes(t.data[voff:voff + min(nbytes, 64)]).split(b"\x00")[0] \
+                        .decode("latin-1").strip().upper()
+                elif tag == 330 and typ in (4, 13) and count <= 16:
+                    todo.extend(t.u32(voff + 4 * i) for i in range(count))
+            nxt = t.u32(t.next_ifd_ptr(ifd))
+            if nxt:
+                todo.append(nxt)
+        except (ValueError, struct.error):
+            continue
+    if dng:
+        return "DNG"
+    if cfa:
+        for prefix, kind in _MAKE_KIND:
+            if make.startswith(prefix):
+                return kind
+        return "RAW"
+    return None
+
+
+def libraw_opens(p: Path) -> str | None:
+    """"RAW" when LibRaw recognises a file Pillow could not identify (None otherwise)."""
+    if not rawpy_available():
+        return None
+    import rawpy
+
+    try:
+        with rawpy.imread(str(p)) as raw:
+            s = raw.sizes
+            return "RAW" if s.width > 0 and s.height > 0 else None
+    except Exception:  # noqa: BLE001 — LibRaw does not know it either
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# decoding
+
+
+def _open(p: Path, kind: str):
+    if not rawpy_available():
+        raise BadImage(p, INSTALL_HINT.format(kind=kind))
+    import rawpy
+
+    try:
+        return rawpy.imread(str(p))
+    except rawpy.LibRawFileUnsupportedError:
+        raise BadImage(p, f"this {kind} file is not supported by LibRaw "
+                          f"{'.'.join(map(str, rawpy.libraw_version))}") from None
+    except (rawpy.LibRawIOError, EOFError):
+        raise BadImage(p, "the file is truncated (incomplete download or copy?)") from None
+    except rawpy.LibRawError as e:
+        raise BadImage(p, f"the RAW file is damaged ({_libraw_msg(e)})") from None
+
+
+def _libraw_msg(e: BaseException) -> str:
+    msg = e.args[0] if e.args else str(e)
+    if isinstance(msg, bytes):
+        msg = msg.decode("utf-8", "replace")
+    return f"{type(e).__name__}: {msg}"[:160]
+
+
+def _sizes(raw) -> tuple[int, int, int]:
+    """(height, width) of LibRaw's upright output and its flip, from the header alone."""
+    s = raw.sizes
+    h, w = int(s.height), int(s.width)
+    if s.pixel_aspect and abs(float(s.pixel_aspect) - 1.0) > 1e-3:  # LibRaw stretches one axis
+        if s.pixel_aspect < 1:
+            h = round(h / float(s.pixel_aspect))
+        else:
+            w = round(w * float(s.pixel_aspect))
+    flip = int(s.flip)
+    return ((w, h) if flip & 4 else (h, w)) + (flip,)
+
+
+def size(p: Path, kind: str, limit: int) -> tuple[int, int]:
+    with _open(p, kind) as raw:
+        h, w, _flip = _sizes(raw)
+    _check_limit(p, raw_pixels=h * w, limit=limit)
+    return h, w
+
+
+def _check_limit(p: Path, *, raw_pixels: int, limit: int) -> None:
+    if raw_pixels <= 0:
+        raise BadImage(p, "the image has no pixels")
+    if raw_pixels > limit:
+        raise _too_large(p, raw_pixels, limit)
+
+
+def decode(p: Path, kind: str, limit: int) -> dict[str, Any]:
+    """Full decode: dict(pixels float32 (H,W,3) upright sRGB, exif, info) for ``Photo``."""
+    import rawpy
+
+    info: dict[str, Any] = {"warnings": [], "raw_format": kind, "decoder": "rawpy"}
+    with _open(p, kind) as raw:
+        h, w, flip = _sizes(raw)
+        s = raw.sizes
+        _check_limit(p, raw_pixels=max(h * w, int(s.raw_height) * int(s.raw_width)), limit=limit)
+        info["exif_orientation"] = FLIP_TO_EXIF.get(flip, 1)
+        try:
+            rgb = raw.postprocess(
+                use_camera_wb=True, use_auto_wb=False, output_color=rawpy.ColorSpace.sRGB,
+                output_bps=16, no_auto_bright=True, gamma=(2.4, 12.92),
+                highlight_mode=rawpy.HighlightMode.Clip)
+        except (rawpy.LibRawIOError, EOFError):
+            raise BadImage(p, "the file is truncated (incomplete download or copy?)") from None
+        except rawpy.LibRawTooBigError:
+            raise BadImage(p, "the RAW image is too large for LibRaw to decode") from None
+        except rawpy.LibRawUnsufficientMemoryError:
+            raise BadImage(p, "not enough memory to decode this RAW file") from None
+        except rawpy.LibRawError as e:
+            raise BadImage(p, f"the RAW file is damaged ({_libraw_msg(e)})") from None
+        wb = [float(x) for x in raw.camera_whitebalance]
+        info["white_balance"] = "camera" if any(wb[:3]) else "daylight (none in the file)"
+        info["libraw"] = ".".join(map(str, rawpy.libraw_version))
+        thumb_exif = None
+        exif = tiff_exif(p)
+        if exif is None:
+            thumb_exif = _thumb_exif(raw)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint16:
+        raise BadImage(p, f"LibRaw returned an unexpected image ({rgb.dtype}, {rgb.shape})")
+    pixels = np.empty(rgb.shape, dtype=np.float32)
+    np.multiply(rgb, np.float32(1.0 / 65535.0), out=pixels, casting="unsafe")
+    exif = exif or thumb_exif
+    if exif is None:
+        info["exif_note"] = f"no EXIF could be read from this {kind} container"
+    elif thumb_exif is not None:
+        info["exif_source"] = "embedded JPEG preview"
+    return {"pixels": pixels, "exif": exif, "info": info}
+
+
+def _thumb_exif(raw) -> bytes | None:
+    """EXIF of the RAW's embedded JPEG preview (RAF, CR3... keep their EXIF there)."""
+    import rawpy
+
+    try:
+        th = raw.extract_thumb()
+    except (rawpy.LibRawError, Exception):  # noqa: BLE001 — no/odd thumbnail: no EXIF
+        return None
+    if th.format != rawpy.ThumbFormat.JPEG:
+        return None
+    try:
+        with _pil().open(io.BytesIO(th.data)) as im:
+            ex = im.info.get("exif")
+            return bytes(ex) if ex else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def tiff_exif(p: Path) -> bytes | None:
+    """An EXIF blob (``Exif\\0\\0`` + TIFF) of a TIFF-based RAW: IFD0's descriptive tags, the
+    Exif IFD (without the maker note) and the GPS IFD, copied tag by tag. None otherwise."""
+    try:
+        mm = _map(p)
+    except (OSError, ValueError):
+        return None
+    try:
+        t = _RawTiff(mm)
+        bo = t.bo
+        ifd0: list = []
+        subs: dict[int, list] = {0x8769: [], 0x8825: []}
+        ptrs: dict[int, int] = {}
+        wanted = set(_TIFF_DESCRIPTIVE) | {274}
+        for e, tag, typ, count, voff, nbytes in t.entries(t.u32(4)):
+            if tag in subs and typ in (4, 13):
+                ptrs[tag] = t.u32(e + 8)
+            elif tag in wanted and typ in _TYPE_SIZE and voff + nbytes <= len(mm) \
+                    and nbytes <= 65536:
+                ifd0.append((tag, typ, count, bytes(mm[voff:voff + nbytes])))
+        for ptr, off in ptrs.items():
+            skip = _TIFF_SKIP_EXIF if ptr == 0x8769 else set()
+            try:
+                for _e, tag, typ, count, voff, nbytes in t.entries(off):
+                    if tag in skip or typ not in _TYPE_SIZE or voff + nbytes > len(mm) \
+                            or nbytes > 65536 or tag in (0x8769, 0x8825, 0xA005):
+                        continue
+                    subs[ptr].append((tag, typ, count, bytes(mm[voff:voff + nbytes])))
+            except ValueError:
+                continue
+    except (ValueError, struct.error):
+        return None
+    finally:
+        mm.close()
+    if not ifd0 and not subs[0x8769]:
+        return None
+    # lay out: header, IFD0, Exif IFD, GPS IFD (pointer values fixed after sizing)
+    exif_e, gps_e = subs[0x8769], subs[0x8825]
+
+    def ifd0_entries(exif_off: int, gps_off: int) -> list:
+        out = list(ifd0)
+        if exif_e:
+            out.append((0x8769, 4, 1, struct.pack(bo + "I", exif_off)))
+        if gps_e:
+            out.append((0x8825, 4, 1, struct.pack(bo + "I", gps_off)))
+        return out
+
+    size0 = len(_ifd_blob(bo, ifd0_entries(0, 0), 8))
+    exif_off = 8 + size0
+    exif_blob = _ifd_blob(bo, exif_e, exif_off) if exif_e else b""
+    gps_off = exif_off + len(exif_blob)
+    gps_blob = _ifd_blob(bo, gps_e, gps_off) if gps_e else b""
+    header = (b"II*\x00" if bo == "<" else b"MM\x00*") + struct.pack(bo + "I", 8)
+    body = header + _ifd_blob(bo, ifd0_entries(exif_off, gps_off), 8) + exif_blob + gps_blob
+    return b"Exif\x00\x00" + body if len(body) <= 65000 else None
+
+
+def preview(p: Path, kind: str, max_side: int, limit: int) -> np.ndarray:
+    """uint8 RGB upright preview: the embedded JPEG/bitmap thumbnail when LibRaw finds one,
+    else a half-size decode (no demosaicing) of the RAW itself."""
+    import rawpy
+
+    Image = _pil()
+    with _open(p, kind) as raw:
+        h, w, flip = _sizes(raw)
+        s = raw.sizes
+        _check_limit(p, raw_pixels=max(h * w, int(s.raw_height) * int(s.raw_width)), limit=limit)
+        small = None
+        try:
+            th = raw.extract_thumb()
+        except Exception:  # noqa: BLE001 — no thumbnail (or an unsupported kind): decode
+            th = None
+        if th is not None and th.format == rawpy.ThumbFormat.JPEG:
+            try:
+                with Image.open(io.BytesIO(th.data)) as im:
+                    im.draft("RGB", (max_side, max_side))
+                    im = im.convert("RGB")
+                    small = np.asarray(im)
+            except Exception:  # noqa: BLE001 — a broken preview: decode the RAW instead
+                small = None
+        elif th is not None and th.format == rawpy.ThumbFormat.BITMAP:
+            small = np.asarray(th.data)
+            if small.ndim != 3 or small.shape[2] != 3:
+                small = None
+            elif small.dtype != np.uint8:
+                small = (small.astype(np.float32) * (255.0 / 65535.0) + 0.5).astype(np.uint8)
+        if small is not None:  # stored as the sensor sees it: LibRaw's flip makes it upright
+            small = _orient(small, FLIP_TO_EXIF.get(flip, 1))
+        else:
+            try:
+                rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8,
+                                      no_auto_bright=True, gamma=(2.4, 12.92),
+                                      output_color=rawpy.ColorSpace.sRGB)
+            except (rawpy.LibRawIOError, EOFError):
+                raise BadImage(p, "the file is truncated (incomplete download or copy?)") \
+                    from None
+            except rawpy.LibRawError as e:
+                raise BadImage(p, f"the RAW file is damaged ({_libraw_msg(e)})") from None
+            small = rgb
+    im = Image.fromarray(np.ascontiguousarray(small), "RGB")
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.array(im)
