@@ -801,7 +801,7 @@ def _load_raw(p: Path, limit: int, kind: str) -> Photo:
         if exif is None:
             d["info"]["warnings"].append("dropped unreadable EXIF data")
     return Photo(path=p, pixels=d["pixels"], bit_depth=16, format=kind, exif=exif,
-                 info=d["info"])
+                 xmp=_xmp_reset_orientation(d["xmp"]), info=d["info"])
 
 
 def _unidentified_raw(p: Path) -> str | None:

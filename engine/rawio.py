@@ -16,7 +16,7 @@ applied exactly once. The pixel limit is checked on LibRaw's header sizes before
 unpacked.
 
 EXIF: TIFF-based RAWs give their IFD0 descriptive tags plus the Exif and GPS IFDs (maker notes
-are left out: their offsets point into the RAW); other containers give the EXIF of their embedded
+are left out: their offsets point into the RAW), and their XMP (IFD0 tag 700); other containers give the EXIF of their embedded
 JPEG preview when it has one; otherwise ``photo.info["exif_note"]`` says none could be read.
 """
 from __future__ import annotations
@@ -246,6 +246,7 @@ def decode(p: Path, kind: str, limit: int) -> dict[str, Any]:
         info["libraw"] = ".".join(map(str, rawpy.libraw_version))
         thumb_exif = None
         exif = tiff_exif(p)
+        xmp = tiff_xmp(p)
         if exif is None:
             thumb_exif = _thumb_exif(raw)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint16:
@@ -257,7 +258,7 @@ def decode(p: Path, kind: str, limit: int) -> dict[str, Any]:
         info["exif_note"] = f"no EXIF could be read from this {kind} container"
     elif thumb_exif is not None:
         info["exif_source"] = "embedded JPEG preview"
-    return {"pixels": pixels, "exif": exif, "info": info}
+    return {"pixels": pixels, "exif": exif, "xmp": xmp, "info": info}
 
 
 def _thumb_exif(raw) -> bytes | None:
@@ -333,6 +334,24 @@ def tiff_exif(p: Path) -> bytes | None:
     header = (b"II*\x00" if bo == "<" else b"MM\x00*") + struct.pack(bo + "I", 8)
     body = header + _ifd_blob(bo, ifd0_entries(exif_off, gps_off), 8) + exif_blob + gps_blob
     return b"Exif\x00\x00" + body if len(body) <= 65000 else None
+
+
+def tiff_xmp(p: Path) -> bytes | None:
+    """The XMP packet (IFD0 tag 700) of a TIFF-based RAW (DNG writers put one there)."""
+    try:
+        mm = _map(p)
+    except (OSError, ValueError):
+        return None
+    try:
+        t = _RawTiff(mm)
+        for _e, tag, typ, _count, voff, nbytes in t.entries(t.u32(4)):
+            if tag == 700 and typ in (1, 7) and 0 < nbytes <= 1 << 22 and voff + nbytes <= len(mm):
+                return bytes(mm[voff:voff + nbytes])
+    except (ValueError, struct.error):
+        return None
+    finally:
+        mm.close()
+    return None
 
 
 def preview(p: Path, kind: str, max_side: int, limit: int) -> np.ndarray:

@@ -39,6 +39,10 @@ PATCHES = {"red": (0.7, 0.04, 0.04), "green": (0.04, 0.5, 0.04), "blue": (0.04, 
 LAYOUT = (("red", "green"), ("blue", "grey"))  # quadrants as stored on the sensor
 GAINS = (0.5, 1.0, 0.7)  # the synthetic camera's channel response relative to linear sRGB
 H, W = 96, 128  # stored size (landscape)
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+       b'22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+       b'xmlns:xmp="http://ns.adobe.com/xap/1.0/" tiff:Orientation="%d" xmp:Rating="4"/>'
+       b"</rdf:RDF></x:xmpmeta>")
 
 
 def _srgb(x: float) -> float:
@@ -110,6 +114,7 @@ def make_dng(orientation: int = 6, *, preview: bytes | None = None, size: tuple[
         50708: (2, b"MendCam Synthetic DNG 1\0"),
         50721: (10, [_rat(x) for x in cm.ravel()]), 50728: (5, [_rat(g) for g in GAINS]),
         50778: (3, [21]),  # D65
+        700: (1, list(XMP % orientation)),
     }
     exif = {33434: (5, [(1, 125)]), 34855: (3, [200]), 36867: (2, b"2024:05:06 07:08:09\0")}
 
@@ -203,6 +208,7 @@ def test_dng_metadata_is_carried_with_orientation_reset(dng):
     assert sub[34855] == 200 and float(sub[33434]) == pytest.approx(1 / 125)
     assert sub[36867] == "2024:05:06 07:08:09"
     assert ph.info["white_balance"] == "camera"
+    assert b'xmp:Rating="4"' in ph.xmp and b'tiff:Orientation="1"' in ph.xmp
 
 
 def test_dng_exports_as_16bit_tiff_and_source_untouched(dng, tmp_path):
