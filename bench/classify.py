@@ -117,12 +117,15 @@ def run_synthetic(folder: Path, limit: int = 8) -> dict:
     from engine.imageio import load_photo
     from engine.understand import measure as M
     from engine.understand import synthetic as S
+    from engine.understand.blurextent import estimate_blur_extent
 
     cv2.setNumThreads(1)
     sources = [p for p, _ in clean_sources(folder)][:limit]
     rng = np.random.default_rng(7)
     noise_err, jq_tab_err, jq_blind_err, blen_err, bang_err = [], [], [], [], []
     noise_rows = []
+    extent_rows: list[tuple[float, float]] = []
+    rng_e = np.random.default_rng(11)  # its own stream: the older figures stay reproducible
     for path in sources:
         img = load_photo(path).pixels
         img = img[: min(img.shape[0], 512), : min(img.shape[1], 512)]
@@ -144,6 +147,15 @@ def run_synthetic(folder: Path, limit: int = 8) -> dict:
             blen_err.append(abs(e["blur_length"] - L))
             d = abs(e["blur_angle"] - ang) % 180
             bang_err.append(min(d, 180 - d))
+        # the smear of any path: straight lines and curved hand shake, light noise
+        for L in (5, 8, 12, 16, 20, 25, 30, 40):
+            for kind in ("line", "shake"):
+                k = S.motion_kernel(L, float(rng_e.uniform(0, 180))) if kind == "line" else \
+                    S.shake_kernel(L, rng_e)
+                truth = S.kernel_extent(k)
+                b = S.add_noise(S.convolve(img, k), 1.5, rng_e)
+                est = estimate_blur_extent(M.to_gray(b))["blur_extent"]
+                extent_rows.append((truth, est))
 
     def mae(v):
         return round(float(np.mean(v)), 3) if v else None
@@ -156,9 +168,23 @@ def run_synthetic(folder: Path, limit: int = 8) -> dict:
         "jpeg_quality_mae_blind_pixels_10_95": mae(jq_blind_err),
         "blur_length_mae_5_30px": mae(blen_err),
         "blur_angle_mae_deg": mae(bang_err),
+        "blur_extent_line_and_shake": _extent_report(extent_rows),
         "notes": "noise added per channel (0-255 scale) on 8-bit clean photos whose own noise is "
                  "not removed; blind JPEG assumes the 8x8 grid at (0,0)",
     }
+
+
+def _extent_report(rows: list[tuple[float, float]]) -> dict:
+    """blur_extent error by true extent band (px) and the median read/true ratio."""
+    out = {}
+    for lo, hi in ((4, 12), (12, 20), (20, 45)):
+        sel = [(t, e) for t, e in rows if lo <= t < hi]
+        if sel:
+            out[f"{lo}-{hi}px"] = {
+                "cases": len(sel),
+                "mae": round(float(np.mean([abs(e - t) for t, e in sel])), 2),
+                "median_ratio": round(float(np.median([e / t for t, e in sel])), 2)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         out["labelled"] = run_labelled(_labels(args.folder, args.labels), args.backend)
         if args.labels is None:
             out["heldout_camera_photos_D"] = run_labelled(_heldout(args.folder), args.backend)
+            from fit_analyzer import heldout_face_rows
+
+            out["heldout_faces_A"] = run_labelled(heldout_face_rows(args.folder), args.backend)
             try:
                 fit = json.loads((ROOT / "resources" / "analyzer_model.json").read_text())["fit"]
                 out["fit_report"] = fit

@@ -57,7 +57,8 @@ class Diagnosis:
     ``scores`` holds one probability per class (summing to 1). ``flags`` lists every
     degradation judged present (multi-label; may be empty for D). ``estimates`` holds physical
     measurements, e.g. ``noise_sigma`` (0-255 scale), ``jpeg_quality`` (1-100),
-    ``blur_length`` (px), ``blur_angle`` (degrees), ``sharpness``, ``reflection_area`` (0-1).
+    ``blur_length`` (px, a straight-line fit), ``blur_angle`` (degrees), ``blur_extent`` (px,
+    the blur in the worst direction, any cause), ``sharpness``, ``reflection_area`` (0-1).
     """
 
     label: Degradation

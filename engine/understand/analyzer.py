@@ -4,6 +4,12 @@ The model is a multinomial logistic regression over standardised features, fitte
 ``scripts/fit_analyzer.py`` and stored in ``resources/analyzer_model.json``. Four of the
 features are the scores of a small patch CNN (``resources/analyzer_cnn.npz``, trained by
 ``scripts/train_analyzer_cnn.py`` on synthetic degradations only, run in numpy).
+
+One physical cross-check follows the model: a photo whose edges show less than
+``MIN_MOTION_SMEAR`` px of blur in any direction (``blurextent.estimate_blur_extent``) is not a
+motion-blur photo, so class C's score is cut before the label is chosen. 3 px is a physical
+floor, not a fitted figure: the cepstral line estimator's own floor is 3.7 px, and a blur that
+small is not what the C chain is for (real camera shake in ../shared/images reads 4-34 px).
 """
 from __future__ import annotations
 
@@ -118,6 +124,12 @@ UPSCALED_CUTOFF = 0.6
 # class flags: the label, or any class at least this likely (the scores are calibrated on
 # held-out repositories, so they are soft: 0.25 is chance)
 CLASS_FLAG = 0.4
+# C needs a measured blur extent of at least this many px (original resolution) ...
+MIN_MOTION_SMEAR = 3.0
+# ... else its probability is multiplied by this before renormalising
+NO_SMEAR_C_FACTOR = 0.1
+# the straight-line (cepstral) estimate is shown when it is off its ~3.7 px floor
+LINE_FLOOR = 4.5
 
 
 def estimates_from(meas: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,6 +142,9 @@ def estimates_from(meas: Mapping[str, Any]) -> dict[str, Any]:
         "jpeg_source": meas.get("jpeg_source", "pixels"),  # "tables" (exact) | "pixels"
         "blur_length": round(float(meas["blur_length"]), 2),  # px, original resolution
         "blur_angle": round(float(meas["blur_angle"]), 1),  # degrees, 0 = horizontal, ccw
+        # blur in the worst direction, any cause or path (curved shake too), from edge widths
+        "blur_extent": round(float(meas.get("blur_extent", 0.0)), 1),  # px, original resolution
+        "blur_extent_angle": round(float(meas.get("blur_extent_angle", 0.0)), 1),
         "motion_evidence": round(float(meas["motion_evidence"]), 2),
         "sharpness": round(float(meas["sharpness"]), 3),  # 0 (blurred) .. 1 (crisp), on view
         "upscale_factor": round(1.0 / max(cutoff, 0.1), 2),  # ~1 native, k = upscaled k times
@@ -172,13 +187,26 @@ def analyze(image: np.ndarray, photo: Any | None = None,
                                                  for n in model.features))
     x = feature_vector(meas, model.features)
     p = model.proba(x)[0]
-    scores = {c: float(p[model.classes.index(c)]) for c in (d.value for d in CLASSES)}
+    scores = smear_check({c: float(p[model.classes.index(c)]) for c in (d.value for d in CLASSES)},
+                         meas)
     label = Degradation(max(scores, key=scores.get))
     refl = scores["B"] >= CLASS_FLAG or label == Degradation.B
     meas["reflection_area"] = meas["features"].get("veil_area", 0.0) if refl else 0.0
     est = estimates_from(meas)
     flags = flags_from(meas, scores)
     return Diagnosis(label, scores, flags, est, _rationale(label, scores, est, flags), "builtin")
+
+
+def smear_check(scores: dict[str, float], meas: Mapping[str, Any]) -> dict[str, float]:
+    """Cut class C when the edges show no blur worth the name (see the module docstring).
+    A photo with too few clean edges to measure (``blur_extent_edges`` 0) is left alone."""
+    if float(meas.get("blur_extent_edges", 0.0)) <= 0 or \
+            float(meas.get("blur_extent", 0.0)) >= MIN_MOTION_SMEAR or "C" not in scores:
+        return scores
+    out = dict(scores)
+    out["C"] *= NO_SMEAR_C_FACTOR
+    total = sum(out.values())
+    return {k: v / total for k, v in out.items()} if total > 0 else scores
 
 
 def _rationale(label: Degradation, scores: Mapping[str, float], est: Mapping[str, Any],
@@ -189,7 +217,14 @@ def _rationale(label: Degradation, scores: Mapping[str, float], est: Mapping[str
     if "jpeg" in flags:
         parts.append(f"JPEG quality≈{est['jpeg_quality']}")
     if "motion_blur" in flags:
-        parts.append(f"motion blur ≈{est['blur_length']:.0f}px at {est['blur_angle']:.0f}°")
+        if est["blur_length"] >= LINE_FLOOR:  # a straight line was resolved: its exact length
+            parts.append(f"motion blur ≈{est['blur_length']:.0f}px line at "
+                         f"{est['blur_angle']:.0f}°")
+        elif est.get("blur_extent", 0) > 0:
+            parts.append(f"motion blur, blur extent ≈{est['blur_extent']:.0f}px at "
+                         f"{est['blur_extent_angle']:.0f}°")
+        else:
+            parts.append("motion blur (extent not measurable)")
     if "upscaled" in flags:
         parts.append(f"looks upscaled ≈{est['upscale_factor']:.1f}×")
     if "low_resolution" in flags:

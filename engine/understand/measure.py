@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from ..resources import resource
+from .blurextent import estimate_blur_extent
 
 VIEW_SIDE = 1024
 MIN_SIDE = 32  # smaller images are edge-padded to this before measuring
@@ -795,6 +796,8 @@ def measure(image: np.ndarray, photo: Any | None = None, *, extra: bool = True
     out["blur_length"] = mb["blur_length"]
     out["blur_angle"] = mb["blur_angle"]
     out["motion_evidence"] = mb["motion_evidence"]
+    # the blur in the worst direction, any cause or path (curved hand shake too), from edges
+    out.update(estimate_blur_extent(gray_full_crop))
     view, factor = view_of(image)
     out["view_scale"] = factor
     vf = view_features(view, extra=extra)

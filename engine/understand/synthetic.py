@@ -114,6 +114,19 @@ def shake_kernel(length: float, rng: np.random.Generator, smooth: float = 0.7) -
     return (k / k.sum()).astype(np.float32)
 
 
+def kernel_extent(kernel: np.ndarray) -> float:
+    """A blur kernel's extent as the engine reports it (``blur_extent``): sqrt(12) x its standard
+    deviation along its major axis, i.e. the length of the straight line of the same spread."""
+    k = np.asarray(kernel, np.float64)
+    k = k / k.sum()
+    yy, xx = np.mgrid[:k.shape[0], :k.shape[1]]
+    mx, my = float((k * xx).sum()), float((k * yy).sum())
+    cxx = float((k * (xx - mx) ** 2).sum())
+    cyy = float((k * (yy - my) ** 2).sum())
+    cxy = float((k * (xx - mx) * (yy - my)).sum())
+    return math.sqrt(12.0 * float(np.linalg.eigvalsh([[cxx, cxy], [cxy, cyy]])[1]))
+
+
 def convolve(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return quantise(cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT))
 

@@ -43,6 +43,8 @@ ESTIMATE_NAMES = {
     "jpeg_quality": ("JPEG quality", "{:.0f}"),
     "blur_length": ("Blur length", "{:.1f} px"),
     "blur_angle": ("Blur angle", "{:.0f}°"),
+    "blur_extent": ("Blur extent", "{:.1f} px"),
+    "blur_extent_angle": ("Blur extent angle", "{:.0f}°"),
     "sharpness": ("Sharpness", "{:.3g}"),
     "reflection_area": ("Reflection area", "{:.0%}"),
     "specular_area": ("Specular area", "{:.1%}"),
