@@ -282,13 +282,7 @@ def _thumb_exif(raw) -> bytes | None:
 def tiff_exif(p: Path) -> bytes | None:
     """An EXIF blob (``Exif\\0\\0`` + TIFF) of a TIFF-based RAW: IFD0's descriptive tags, the
     Exif IFD (without the maker note) and the GPS IFD, copied tag by tag. None otherwise."""
-    try:
-        mm = _map(p)
-    except (OSError, ValueError):
-        return None
-    try:
-        t = _RawTiff(mm)
-        bo = t.bo
+    def collect(t: _RawTiff, mm) -> tuple[list, dict[int, list]]:
         ifd0: list = []
         subs: dict[int, list] = {0x8769: [], 0x8825: []}
         ptrs: dict[int, int] = {}
@@ -309,10 +303,12 @@ def tiff_exif(p: Path) -> bytes | None:
                     subs[ptr].append((tag, typ, count, bytes(mm[voff:voff + nbytes])))
             except ValueError:
                 continue
-    except (ValueError, struct.error):
+        return ifd0, subs
+
+    got = _with_tiff(p, lambda t, mm: (t.bo, *collect(t, mm)))
+    if got is None:
         return None
-    finally:
-        mm.close()
+    bo, ifd0, subs = got
     if not ifd0 and not subs[0x8769]:
         return None
     # lay out: header, IFD0, Exif IFD, GPS IFD (pointer values fixed after sizing)
@@ -338,20 +334,28 @@ def tiff_exif(p: Path) -> bytes | None:
 
 def tiff_xmp(p: Path) -> bytes | None:
     """The XMP packet (IFD0 tag 700) of a TIFF-based RAW (DNG writers put one there)."""
+    def find(t: _RawTiff, mm) -> bytes | None:
+        for _e, tag, typ, _count, voff, nbytes in t.entries(t.u32(4)):
+            if tag == 700 and typ in (1, 7) and 0 < nbytes <= 1 << 22 and voff + nbytes <= len(mm):
+                return bytes(mm[voff:voff + nbytes])
+        return None
+
+    return _with_tiff(p, find)
+
+
+def _with_tiff(p: Path, fn):
+    """fn(parsed TIFF, its memory map) for a TIFF-based RAW; None when the file cannot be
+    mapped or its structure is damaged. The map is always closed."""
     try:
         mm = _map(p)
     except (OSError, ValueError):
         return None
     try:
-        t = _RawTiff(mm)
-        for _e, tag, typ, _count, voff, nbytes in t.entries(t.u32(4)):
-            if tag == 700 and typ in (1, 7) and 0 < nbytes <= 1 << 22 and voff + nbytes <= len(mm):
-                return bytes(mm[voff:voff + nbytes])
+        return fn(_RawTiff(mm), mm)
     except (ValueError, struct.error):
         return None
     finally:
         mm.close()
-    return None
 
 
 def preview(p: Path, kind: str, max_side: int, limit: int) -> np.ndarray:
