@@ -35,6 +35,10 @@ DEV_PACKAGES = {"hypothesis", "iniconfig", "pluggy", "pytest", "pytest-qt", "pyt
                 "ruff", "sortedcontainers",
                 # the Real-ESRGAN ncnn validation test's reference runtime
                 "ncnn", "portalocker"}
+# Optional-format packages without a wheel for every platform a lock covers: the marker keeps
+# pip from trying to build them from source there (the app then says the format needs them).
+# pillow-jxl-plugin 1.3.8 has no Linux aarch64 wheel (the cpu lock covers Linux aarch64).
+PLATFORM_MARKERS = {"pillow-jxl-plugin": 'platform_machine != "aarch64"'}
 # The platform-specific part of the PyTorch stack on Linux x86_64 with CUDA.
 _CUDA_STACK = re.compile(r"^(torch|torchvision|triton|cuda-.*|nvidia-.*)$")
 
@@ -105,7 +109,8 @@ def render(spec: LockSpec, pins: dict[str, tuple[str, str]]) -> str:
             elif spec.keep_cuda_stack:
                 body.append(f"{name}=={version}")
             continue
-        body.append(f"{name}=={version}")
+        marker = PLATFORM_MARKERS.get(key)
+        body.append(f"{name}=={version}" + (f" ; {marker}" if marker else ""))
     body += spec.extra
     body.sort(key=lambda s: canonical(re.split(r"[=<> ;]", s, maxsplit=1)[0]))
     return "\n".join(lines + body) + "\n"
