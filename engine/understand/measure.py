@@ -692,42 +692,85 @@ CNN_MIN_STD = 0.04  # patches flatter than this show no degradation (unless all 
 
 class PatchCNN:
     """Numpy inference of the exported network: 3x3 convs (BatchNorm folded in) with ReLU,
-    global average pooling, one linear layer."""
+    global average pooling, one linear layer. A file may hold several members trained the same
+    way from different seeds (arrays prefixed ``m1_``, ``m2_``...; member 0 unprefixed):
+    ``log_probs`` averages their patch log-probabilities."""
 
     def __init__(self, path: str | Path) -> None:
         with np.load(path) as d:
-            self.convs = []
-            i = 0
-            while f"conv{i}_w" in d:
-                w = d[f"conv{i}_w"].astype(np.float32)  # (out, in, 3, 3)
-                wmat = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
-                self.convs.append((wmat, d[f"conv{i}_b"].astype(np.float32),
-                                   int(d[f"conv{i}_stride"])))
-                i += 1
-            self.fc_w = d["fc_w"].astype(np.float32)
-            self.fc_b = d["fc_b"].astype(np.float32)
+            self.members = []
+            for k in range(int(d["n_members"]) if "n_members" in d else 1):
+                pre = f"m{k}_" if k else ""
+                convs = []
+                i = 0
+                while f"{pre}conv{i}_w" in d:
+                    w = d[f"{pre}conv{i}_w"].astype(np.float32)  # (out, in, 3, 3)
+                    wmat = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
+                    convs.append((wmat, d[f"{pre}conv{i}_b"].astype(np.float32),
+                                  int(d[f"{pre}conv{i}_stride"])))
+                    i += 1
+                if not convs:
+                    raise ValueError(f"member {k}: no convolution layers")
+                self.members.append((convs, d[f"{pre}fc_w"].astype(np.float32),
+                                     d[f"{pre}fc_b"].astype(np.float32)))
             self.meta = json.loads(str(d["meta"]))
+        self.convs, self.fc_w, self.fc_b = self.members[0]
         self.patch = int(self.meta.get("patch", 64))
-        if not self.convs:
-            raise ValueError("no convolution layers")
 
-    def embed(self, x: np.ndarray) -> np.ndarray:
-        """(N, P, P, 3) float in [0, 1] -> pooled features (N, C)."""
-        x = np.asarray(x, dtype=np.float32) - 0.5
-        for wmat, b, s in self.convs:
-            n, h, w, c = x.shape
-            ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
-            xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-            # im2col as 9 shifted (strided) views side by side: (kh, kw, c) order
-            cols = np.concatenate([xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
-                                   for i in range(3) for j in range(3)], axis=3)
-            y = cols.reshape(n * ho * wo, 9 * c) @ wmat
+    @staticmethod
+    def _cols(x: np.ndarray, s: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """im2col of a 3x3 conv with padding 1 and stride s: 9 shifted (strided) views side by
+        side in (kh, kw, c) order -> (N * Ho * Wo, 9 C), (N, Ho, Wo)."""
+        n, h, w, c = x.shape
+        ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
+        xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        cols = np.concatenate([xp[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+                               for i in range(3) for j in range(3)], axis=3)
+        return cols.reshape(n * ho * wo, 9 * c), (n, ho, wo)
+
+    def _layers(self, x: np.ndarray, convs: list) -> np.ndarray:
+        for wmat, b, s in convs:
+            cols, shape = self._cols(x, s)
+            y = cols @ wmat
             y += b
-            x = np.maximum(y, 0.0, out=y).reshape(n, ho, wo, -1)
+            x = np.maximum(y, 0.0, out=y).reshape(*shape, -1)
         return x.mean(axis=(1, 2))
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        return self.embed(x) @ self.fc_w.T + self.fc_b
+    def embed(self, x: np.ndarray, member: int = 0) -> np.ndarray:
+        """(N, P, P, 3) float in [0, 1] -> pooled features (N, C) of one member."""
+        return self._layers(np.asarray(x, dtype=np.float32) - 0.5, self.members[member][0])
+
+    def logits(self, x: np.ndarray, member: int = 0) -> np.ndarray:
+        _convs, fc_w, fc_b = self.members[member]
+        return self.embed(x, member) @ fc_w.T + fc_b
+
+    def log_probs(self, x: np.ndarray) -> np.ndarray:
+        """(N, 4) patch log-probabilities, averaged over the members. The members share their
+        input, so the first layer's im2col (the costliest step, at full patch size) is built
+        once and multiplied by all members' first-layer weights together."""
+        x = np.asarray(x, dtype=np.float32) - 0.5
+        first = [convs[0] for convs, _w, _b in self.members]
+        s0 = first[0][2]
+        if any(f[2] != s0 or f[0].shape[0] != first[0][0].shape[0] for f in first):
+            lgs = [self.logits(x + 0.5, k) for k in range(len(self.members))]
+        else:
+            cols, shape = self._cols(x, s0)
+            y = cols @ np.concatenate([f[0] for f in first], axis=1)
+            y += np.concatenate([f[1] for f in first])
+            y = np.maximum(y, 0.0, out=y).reshape(*shape, -1)
+            lgs = []
+            at = 0
+            for convs, fc_w, fc_b in self.members:
+                width = convs[0][0].shape[1]
+                h = np.ascontiguousarray(y[..., at:at + width])
+                at += width
+                lgs.append(self._layers(h, convs[1:]) @ fc_w.T + fc_b)
+        out = np.zeros((len(x), 4))
+        for lg in lgs:
+            lg = lg.astype(np.float64)
+            lg -= lg.max(axis=1, keepdims=True)
+            out += lg - np.log(np.exp(lg).sum(axis=1, keepdims=True))
+        return out / len(self.members)
 
 
 @lru_cache(maxsize=2)
@@ -766,10 +809,7 @@ def cnn_features(view: np.ndarray, path: str | None = None) -> dict[str, float]:
     net = load_cnn(path)
     if net is None:
         return {}
-    lg = net.logits(cnn_patches(view, net.patch)).astype(np.float64)
-    lg -= lg.max(axis=1, keepdims=True)
-    lp = lg - np.log(np.exp(lg).sum(axis=1, keepdims=True))
-    m = lp.mean(axis=0)
+    m = net.log_probs(cnn_patches(view, net.patch)).mean(axis=0)
     return {f"cnn_{c}": float(v) for c, v in zip("ABCD", m)}
 
 

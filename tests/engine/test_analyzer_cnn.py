@@ -78,3 +78,38 @@ def test_training_patches_by_class(train_mod):
     c = train_mod.make_C(board, np.random.default_rng(5))
     d = train_mod.make_D(board, np.random.default_rng(5))
     assert np.abs(np.diff(c, axis=1)).mean() < np.abs(np.diff(d, axis=1)).mean()
+
+
+def test_ensemble_file_averages_its_members(train_mod, tmp_path):
+    """--merge packs several trained networks into one file; PatchCNN averages the members'
+    log-probabilities, and each member still equals the network it came from."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    paths, models = [], []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        model = train_mod.build_model(8).eval()
+        p = tmp_path / f"m{seed}.npz"
+        train_mod.export(model, p, {"patch": 64, "classes": list("ABCD"), "seed": seed})
+        paths.append(p)
+        models.append(model)
+    merged = tmp_path / "ensemble.npz"
+    assert train_mod.main(["--merge", *map(str, paths), "--out", str(merged)]) == 0
+    x = np.random.default_rng(0).random((4, 64, 64, 3)).astype(np.float32)
+    net = M.PatchCNN(merged)
+    assert len(net.members) == 3 and [m["seed"] for m in net.meta["members"]] == [0, 1, 2]
+    singles = []
+    for k, model in enumerate(models):
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x).permute(0, 3, 1, 2) - 0.5).numpy()
+        np.testing.assert_allclose(net.logits(x, k), ref, rtol=1e-4, atol=1e-4)
+        singles.append(M.PatchCNN(paths[k]).log_probs(x))
+    np.testing.assert_allclose(net.log_probs(x), np.mean(singles, axis=0), rtol=1e-6, atol=1e-6)
+    # a single-network file is a one-member ensemble: log_probs is its log-softmax
+    one = M.PatchCNN(paths[0])
+    lg = one.logits(x).astype(np.float64)
+    ls = lg - lg.max(1, keepdims=True)
+    ls -= np.log(np.exp(ls).sum(1, keepdims=True))
+    np.testing.assert_allclose(one.log_probs(x), ls, rtol=1e-9, atol=1e-9)
+    with pytest.raises(SystemExit, match="already an ensemble"):
+        train_mod.merge([merged], tmp_path / "again.npz")
