@@ -1,10 +1,15 @@
 """Shared fixtures. Tests never touch the network or the user's model cache."""
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# a crash anywhere (a C extension, Qt teardown) prints every thread's Python stack to stderr
+faulthandler.enable()
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("MEND_THREADS", "1")
@@ -40,3 +45,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._mend_exitstatus = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """After pytest has reported and every plugin has finished: leave with pytest's own exit
+    status, without the interpreter's finalization.
+
+    One clean-clone CI run (session 3) passed all 620 tests, printed its summary and then died
+    with SIGSEGV while the interpreter was finalising (Qt, torch, onnxruntime, LibRaw and the
+    JPEG XL plugin are all loaded by then); it did not reproduce in the runs after it, and the
+    culprit is not identified. A crash after the report must not turn a green run red, nor hide a
+    red one: the status is pytest's. MEND_TEST_FINALIZE=1 keeps the normal shutdown, to chase it
+    (faulthandler above prints the stacks if it happens).
+    """
+    status = getattr(config, "_mend_exitstatus", None)
+    if status is None or os.environ.get("MEND_TEST_FINALIZE") == "1":
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
