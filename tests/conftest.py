@@ -51,17 +51,18 @@ def pytest_sessionfinish(session, exitstatus):
     session.config._mend_exitstatus = int(exitstatus)
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)
 def pytest_unconfigure(config):
-    """After pytest has reported and every plugin has finished: leave with pytest's own exit
-    status, without the interpreter's finalization.
+    """After pytest has reported: leave with pytest's own exit status, before the end-of-run
+    garbage collection and the interpreter's finalization.
 
-    One clean-clone CI run (session 3) passed all 620 tests, printed its summary and then died
-    with SIGSEGV while the interpreter was finalising (Qt, torch, onnxruntime, LibRaw and the
-    JPEG XL plugin are all loaded by then); it did not reproduce in the runs after it, and the
-    culprit is not identified. A crash after the report must not turn a green run red, nor hide a
-    red one: the status is pytest's. MEND_TEST_FINALIZE=1 keeps the normal shutdown, to chase it
-    (faulthandler above prints the stacks if it happens).
+    Twice in session 3 a full run passed all 620 tests, printed its summary and then died with
+    SIGSEGV. faulthandler caught it inside pytest's own unraisableexception plugin, in
+    ``gc_collect_harder`` (pytest_unconfigure): collecting some object left over from the run
+    crashes, most likely a Qt wrapper from the UI tests. It hit two of the last four full runs
+    on this machine, never inside a test, and the object is not identified yet. A crash after the report
+    must not turn a green run red, nor hide a red one: the status is pytest's.
+    MEND_TEST_FINALIZE=1 keeps pytest's normal shutdown, to chase it.
     """
     status = getattr(config, "_mend_exitstatus", None)
     if status is None or os.environ.get("MEND_TEST_FINALIZE") == "1":
