@@ -59,10 +59,12 @@ def pytest_unconfigure(config):
     Twice in session 3 a full run passed all 620 tests, printed its summary and then died with
     SIGSEGV. faulthandler caught it inside pytest's own unraisableexception plugin, in
     ``gc_collect_harder`` (pytest_unconfigure): collecting some object left over from the run
-    crashes, most likely a Qt wrapper from the UI tests. It hit two of the last four full runs
-    on this machine, never inside a test, and the object is not identified yet. A crash after the report
-    must not turn a green run red, nor hide a red one: the status is pytest's.
-    MEND_TEST_FINALIZE=1 keeps pytest's normal shutdown, to chase it.
+    crashes. It hit three of five full runs on this machine, never inside a test. At that point
+    ~800 Qt wrappers are still alive, among them every MainWindow the UI tests built (with its
+    EngineClient, worker QThread, thumbnail model and panels), held by Python reference cycles
+    after their C++ objects were deleted; collecting those cycles is the likely crash. Breaking
+    the cycles is open work. A crash after the report must not turn a green run red, nor hide a
+    red one: the status is pytest's. MEND_TEST_FINALIZE=1 keeps pytest's normal shutdown.
     """
     status = getattr(config, "_mend_exitstatus", None)
     if status is None or os.environ.get("MEND_TEST_FINALIZE") == "1":
