@@ -41,8 +41,8 @@ RANGES: dict[str, tuple[float, float, float]] = {  # min, max, step
 ESTIMATE_NAMES = {
     "noise_sigma": ("Noise σ", "{:.1f}"),
     "jpeg_quality": ("JPEG quality", "{:.0f}"),
-    "blur_length": ("Blur length", "{:.1f} px"),
-    "blur_angle": ("Blur angle", "{:.0f}°"),
+    "blur_length": ("Line blur length", "{:.1f} px"),  # straight-line fit; ~3.7 = none resolved
+    "blur_angle": ("Line blur angle", "{:.0f}°"),
     "blur_extent": ("Blur extent", "{:.1f} px"),
     "blur_extent_angle": ("Blur extent angle", "{:.0f}°"),
     "sharpness": ("Sharpness", "{:.3g}"),
