@@ -148,13 +148,36 @@ def _ellipse(px: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
 
 
-def test_whole_mask_edits_on_24mp_do_not_block_the_gui_thread(qtbot):
+def test_whole_mask_edits_on_24mp_do_not_block_the_gui_thread(qtbot, monkeypatch):
     """Grow / shrink / feather on a 6000x4000 mask: the call returns at once with a proxy
     preview, the full-resolution result comes from the worker and equals the synchronous cv2
-    result; edits made while one is computing, undo/redo and a brush stroke stay in order."""
+    result; edits made while one is computing, undo/redo and a brush stroke stay in order.
+
+    "Does not block" is checked two ways that do not depend on how loaded the machine is: every
+    full-resolution snapshot (compress / decompress of the 24 MP mask) runs on the worker thread,
+    and each call costs the GUI thread little CPU time (``time.thread_time``). Wall-clock time is
+    only bounded loosely: on a shared CI runner the OS may preempt the GUI thread for 100 ms
+    (seen once), which is not work this code does."""
+    import threading
     import time
 
     import cv2
+
+    from ui.editor import mask as mask_mod
+
+    gui_thread = threading.get_ident()
+    full_res_on_gui: list[str] = []
+    real_z, real_unz = mask_mod._z, mask_mod._unz
+
+    def watched_z(a):
+        if a.size >= 24_000_000 and threading.get_ident() == gui_thread:
+            full_res_on_gui.append("compress")
+        return real_z(a)
+
+    def watched_unz(data, shape):
+        if int(np.prod(shape)) >= 24_000_000 and threading.get_ident() == gui_thread:
+            full_res_on_gui.append("decompress")
+        return real_unz(data, shape)
 
     base = np.zeros((4000, 6000), np.uint8)
     cv2.circle(base, (3000, 2000), 900, 255, -1)
@@ -166,12 +189,15 @@ def test_whole_mask_edits_on_24mp_do_not_block_the_gui_thread(qtbot):
     assert np.array_equal(doc.full, base) and not doc.busy()
     busy_events: list[bool] = []
     doc.busy_changed.connect(busy_events.append)
-    stall = []
+    monkeypatch.setattr(mask_mod, "_z", watched_z)
+    monkeypatch.setattr(mask_mod, "_unz", watched_unz)
+    stall, wall = [], []
 
     def timed(fn, *a):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         fn(*a)
-        stall.append(time.perf_counter() - t)
+        stall.append(time.thread_time() - c)
+        wall.append(time.perf_counter() - t)
 
     proxy_area = (doc.proxy > 127).sum()
     timed(doc.grow, 12)
@@ -222,5 +248,8 @@ def test_whole_mask_edits_on_24mp_do_not_block_the_gui_thread(qtbot):
     qtbot.waitUntil(lambda: not doc.busy(), timeout=30000)
     assert doc.full[300, 5000] == 255 and doc.proxy[py, px] == 255
     assert np.array_equal(doc.full[1000:], cv2.dilate(grown, _ellipse(3))[1000:])
-    print("GUI-thread ms per call:", [round(s * 1000, 1) for s in stall])
+    print("GUI-thread CPU ms per call:", [round(s * 1000, 1) for s in stall],
+          "wall ms:", [round(s * 1000, 1) for s in wall])
+    assert not full_res_on_gui, full_res_on_gui
     assert max(stall) < 0.05, stall
+    assert max(wall) < 1.0, wall
