@@ -222,7 +222,7 @@ def main() -> int:
     raw_dir = args.out.parent / "bench"
     raw_dir.mkdir(parents=True, exist_ok=True)
     info = machine()
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     results = {}
     for name in BENCHES:
         raw = raw_dir / f"{name}.json"

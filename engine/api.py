@@ -5,9 +5,10 @@ All are plain frozen dataclasses or enums so they cross threads safely and seria
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 class Degradation(str, enum.Enum):
@@ -27,7 +28,7 @@ class Degradation(str, enum.Enum):
         return _SHORT[self]
 
     @classmethod
-    def parse(cls, text: str) -> "Degradation":
+    def parse(cls, text: str) -> Degradation:
         try:
             return cls(text.strip().upper())
         except ValueError:
@@ -79,7 +80,7 @@ class Diagnosis:
         )
         return Degradation(ranked[0][1]) if ranked else None
 
-    def with_label(self, label: Degradation, reason: str = "overridden by the user") -> "Diagnosis":
+    def with_label(self, label: Degradation, reason: str = "overridden by the user") -> Diagnosis:
         return Diagnosis(label, self.scores, self.flags, self.estimates,
                          f"{reason}; {self.rationale}".strip("; "), self.backend)
 
@@ -94,7 +95,7 @@ class Diagnosis:
         }
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Diagnosis":
+    def from_json(cls, d: Mapping[str, Any]) -> Diagnosis:
         return cls(Degradation(d["label"]), dict(d["scores"]), tuple(d.get("flags", ())),
                    dict(d.get("estimates", {})), d.get("rationale", ""), d.get("backend", "builtin"))
 
@@ -120,7 +121,7 @@ class Step:
         return {"name": self.name, "params": _jsonable(dict(self.params)), "enabled": self.enabled}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Step":
+    def from_json(cls, d: Mapping[str, Any]) -> Step:
         return cls(d["name"], dict(d.get("params", {})), bool(d.get("enabled", True)))
 
 
@@ -132,7 +133,7 @@ class Plan:
     profile: str
     steps: tuple[Step, ...] = ()
 
-    def replace_step(self, index: int, step: Step) -> "Plan":
+    def replace_step(self, index: int, step: Step) -> Plan:
         steps = list(self.steps)
         steps[index] = step
         return Plan(self.label, self.profile, tuple(steps))
@@ -142,7 +143,7 @@ class Plan:
                 "steps": [s.to_json() for s in self.steps]}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Plan":
+    def from_json(cls, d: Mapping[str, Any]) -> Plan:
         return cls(Degradation(d["label"]), d["profile"],
                    tuple(Step.from_json(s) for s in d.get("steps", ())))
 

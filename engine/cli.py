@@ -12,8 +12,8 @@ import os
 import platform
 import sys
 import traceback
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from . import __version__

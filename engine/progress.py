@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import Cancelled
 
@@ -43,7 +43,7 @@ class Progress:
         *,
         _offset: float = 0.0,
         _length: float = 1.0,
-        _root: "Progress | None" = None,
+        _root: Progress | None = None,
     ) -> None:
         self.token = token or CancelToken()
         self._callback = callback
@@ -56,7 +56,7 @@ class Progress:
             self.started = time.monotonic()
             self._lock = threading.Lock()
 
-    def sub(self, offset: float, length: float) -> "Progress":
+    def sub(self, offset: float, length: float) -> Progress:
         return Progress(
             self._callback,
             self.token,

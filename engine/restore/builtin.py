@@ -1,7 +1,8 @@
 """Built-in steps that need no download (classical OpenCV / NumPy methods)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

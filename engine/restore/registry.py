@@ -6,8 +6,9 @@ must call ``ctx.progress.check()`` (or ``update``) at least once per tile.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 

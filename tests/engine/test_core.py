@@ -8,8 +8,7 @@ import threading
 
 import pytest
 
-from engine.api import (Degradation, Diagnosis, JobResult, Plan, Step, StepRecord,
-                        normalise_scores)
+from engine.api import Degradation, Diagnosis, JobResult, Plan, Step, StepRecord, normalise_scores
 from engine.devices import cpu_threads, select_device
 from engine.errors import BadImage, Cancelled, DeviceUnavailable
 from engine.progress import CancelToken, Progress
