@@ -83,6 +83,12 @@ def wait(app, cond, timeout: float) -> bool:
     return False
 
 
+def _collector(done: set[str]):
+    """A slot for ``ready(gen, path, img)`` / ``failed(gen, path, msg)`` adding the path to
+    ``done`` (bound now, not looked up when the signal arrives)."""
+    return lambda _gen, path, _payload: done.add(path)
+
+
 def bench_thumbnails(app, folder: Path, cache: Path, n: int) -> dict:
     from PySide6.QtCore import Qt, QThreadPool
 
@@ -101,8 +107,9 @@ def bench_thumbnails(app, folder: Path, cache: Path, n: int) -> dict:
         grid.setModel(model)
         grid.show()
         done_paths: set[str] = set()
-        loader.ready.connect(lambda _g, p, _i: done_paths.add(p))
-        loader.failed.connect(lambda _g, p, _m: done_paths.add(p))
+        # bound to this round's set: a late signal must never count towards the next round
+        loader.ready.connect(_collector(done_paths))
+        loader.failed.connect(_collector(done_paths))
         hb = Heartbeat()
         hb.start()
         t0 = time.perf_counter()
@@ -112,7 +119,7 @@ def bench_thumbnails(app, folder: Path, cache: Path, n: int) -> dict:
                    if grid.visualRect(ix := model.index(r)).intersects(grid.viewport().rect())]
         vis_paths = {ix.data(Qt.ItemDataRole.UserRole + 1) for ix in visible}
 
-        def first_screen_ready() -> bool:
+        def first_screen_ready(model=model, vis_paths=vis_paths) -> bool:
             return all(model.item(p) is not None and model.row_of(p) is not None
                        and model.index(model.row_of(p)).data(Qt.ItemDataRole.UserRole + 7)
                        != "loading" for p in vis_paths)
