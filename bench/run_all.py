@@ -65,7 +65,7 @@ def run(name: str, args: list[str], timeout: int) -> dict:
     t0 = time.perf_counter()
     try:
         p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                           timeout=timeout)
+                           timeout=timeout, check=False)  # a failed bench is reported below
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     took = round(time.perf_counter() - t0, 1)
@@ -185,13 +185,13 @@ def summary(results: dict) -> list[str]:
 
 def render(results: dict, info: dict, when: str) -> str:
     lines = ["# Mend — performance report", "",
-             f"Written {when} by `make bench` (bench/run_all.py); each section says when it was "
-             "measured. Raw JSON: docs/bench/.", "",
+             (f"Written {when} by `make bench` (bench/run_all.py); each section says when it "
+              "was measured. Raw JSON: docs/bench/."), "",
              "## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in info.items()]
-    lines += ["", "Figures from full-size architectures with **random weights** (flagged "
-              "`random_weights` in the JSON) are compute and memory measurements only: they say "
-              "nothing about restoration quality.", ""]
+    lines += ["", ("Figures from full-size architectures with **random weights** (flagged "
+                   "`random_weights` in the JSON) are compute and memory measurements only: they "
+                   "say nothing about restoration quality."), ""]
     lines += summary(results)
     lines += ["## Every figure", ""]
     for name, res in results.items():
@@ -224,12 +224,12 @@ def main() -> int:
     info = machine()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     results = {}
-    for name in BENCHES:
+    for name, (bench_args, timeout) in BENCHES.items():
         raw = raw_dir / f"{name}.json"
         if name in names:
             print(f"running {name} …", file=sys.stderr, flush=True)
             load_before = [round(x, 2) for x in os.getloadavg()]
-            res = run(name, *BENCHES[name])
+            res = run(name, bench_args, timeout)
             res["measured"] = when
             res["load_average_before"] = load_before
             res["machine"] = info
