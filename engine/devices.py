@@ -54,7 +54,7 @@ def system_memory() -> int:
         import psutil
 
         return int(psutil.virtual_memory().total)
-    except Exception:  # psutil missing: fall back to sysconf
+    except Exception:  # noqa: BLE001 - psutil missing or failing (any error): use sysconf
         try:
             return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
@@ -66,7 +66,7 @@ def available_memory() -> int:
         import psutil
 
         return int(psutil.virtual_memory().available)
-    except Exception:
+    except Exception:  # noqa: BLE001 - psutil missing or failing (any error): assume half free
         return system_memory() // 2
 
 
@@ -105,7 +105,7 @@ def _torch_available() -> bool:
         import torch  # noqa: F401
 
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken torch fails with any error; CPU built-ins still run
         return False
 
 
@@ -152,7 +152,9 @@ def empty_cache(device: DeviceInfo) -> None:
             torch.cuda.empty_cache()
         elif device.kind == "mps":
             torch.mps.empty_cache()
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - runs while recovering from an error, must not raise
+        # returning cached GPU blocks is only an optimisation: if it fails nothing is lost, the
+        # memory stays with torch's allocator for reuse, and gc.collect() below still runs
         pass
     import gc
 
@@ -166,7 +168,9 @@ def is_oom(exc: BaseException) -> bool:
 
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             return True
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - classifying an error must not raise one of its own
+        # no torch (or a broken one, failing with any error): there is no CUDA OOM type to match,
+        # the generic checks below still apply
         pass
     if isinstance(exc, MemoryError):
         return True

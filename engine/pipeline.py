@@ -100,8 +100,8 @@ class Engine:
         if ok:
             return rec, []
         return "builtin", [
-            f"the '{rec}' profile's models are not installed ({', '.join(missing)}); used the built-in "
-            f"methods instead (install them with: mend models pull --profile {rec})"
+            (f"the '{rec}' profile's models are not installed ({', '.join(missing)}); used the "
+             f"built-in methods instead (install them with: mend models pull --profile {rec})")
         ]
 
     # -- diagnosis ------------------------------------------------------------------------
