@@ -148,8 +148,8 @@ def _pil():
         import pillow_heif
 
         pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
-    except Exception:  # not installed or broken: HEIC then reads as "unsupported"
-        pass
+    except Exception as e:  # noqa: BLE001 - not installed or broken: HEIC reads as "unsupported"
+        log.debug("HEIF support unavailable: %s", e)
     try:
         import pillow_jxl  # noqa: F401 — registers the JXL opener/saver with Pillow
     except Exception as e:  # noqa: BLE001 — not installed or broken: JXL gets JXL_HINT
@@ -577,7 +577,7 @@ def _raw_exif(im) -> bytes | None:
                     out[tag] = ifd
             if len(out):
                 return out.tobytes()
-        except Exception:
+        except Exception:  # noqa: BLE001 - damaged TIFF tags: keep no Exif rather than fail
             return None
     return None
 
@@ -600,7 +600,7 @@ def _xmp_of(im) -> bytes | None:
                 return bytes(v)
             if isinstance(v, str) and v:
                 return v.encode("utf-8")
-        except Exception:
+        except Exception:  # noqa: BLE001 - a damaged XMP tag means no XMP, not a failed load
             return None
     return None
 
@@ -633,7 +633,7 @@ def _is_16bit_colour(im) -> bool:
             bits = im.tag_v2.get(258)
             bits = bits if isinstance(bits, tuple) else (bits,)
             return any(int(b) == 16 for b in bits if b is not None)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a damaged bits tag reads as 8-bit
             return False
     return False
 
@@ -677,7 +677,7 @@ def _pixels_of(im, p: Path, info: dict[str, Any]):
             try:
                 b = im.tag_v2.get(258)
                 bits = int(b[0] if isinstance(b, tuple) else b)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a damaged bits tag means the 16-bit default
                 bits = 16
         # 16-bit data often arrives as "I"; only use the full 32-bit range when it is used
         maxval = 65535.0 if a.size and int(a.max()) <= 65535 else float(2 ** min(bits, 32) - 1)
@@ -700,7 +700,7 @@ def _pixels_of(im, p: Path, info: dict[str, Any]):
                 dst = ImageCms.createProfile("sRGB")
                 im = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
                 info["icc_converted"] = "CMYK profile -> sRGB"
-            except Exception:
+            except Exception:  # noqa: BLE001 - bad embedded profile: plain CMYK conversion
                 im = im.convert("RGB")
         else:
             im = im.convert("RGB")
@@ -719,7 +719,7 @@ def _pixels_of(im, p: Path, info: dict[str, Any]):
             if a_band is not None:
                 alpha = np.asarray(a_band)
             return np.asarray(im), 255.0, alpha, 255.0, 8
-        except Exception:
+        except Exception:  # noqa: BLE001 - bad grey profile: decode as untagged grey
             info["drop_icc"] = True
     if mode == "LAB":
         from PIL import ImageCms
@@ -774,7 +774,7 @@ def load_photo(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         raise
     except RecursionError:
         raise BadImage(p, "the file is damaged (nested structure too deep)") from None
-    except Exception as e:  # decoders raise many types for broken files
+    except Exception as e:  # noqa: BLE001 - decoders raise many types; _fail names the file
         raise _fail(p, e) from None
 
 
@@ -924,7 +924,7 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
         return np.ascontiguousarray(small)
     except EngineError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - decoders raise many types; _fail names the file
         raise _fail(p, e) from None
 
 
@@ -950,7 +950,7 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
     except EngineError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - decoders raise many types; _fail names the file
         raise _fail(p, e) from None
 
 
@@ -1034,7 +1034,7 @@ def read_record(path: str | os.PathLike[str]) -> dict | None:
                 im.load()  # an iTXt chunk after the image data
                 xmp = _xmp_of(im)
             return record_from_xmp(xmp)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - decoders raise many types; _fail names the file
         raise _fail(p, e) from None
 
 
@@ -1426,7 +1426,7 @@ def _encode_jpeg(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     if meta.exif:
         kw["exif"] = meta.exif
     if meta.dpi:
-        kw["dpi"] = (int(round(meta.dpi[0])), int(round(meta.dpi[1])))
+        kw["dpi"] = (round(float(meta.dpi[0])), round(float(meta.dpi[1])))
     if meta.comment:
         kw["comment"] = meta.comment
     xmp = meta.xmp
@@ -1473,7 +1473,7 @@ def _encode_png(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     if meta.icc:
         extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(meta.icc))
     if meta.dpi:
-        ppm = [max(1, int(round(d / 0.0254))) for d in meta.dpi]
+        ppm = [max(1, round(float(d) / 0.0254)) for d in meta.dpi]
         extra += _png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
     if meta.exif:
         extra += _png_chunk(b"eXIf", meta.exif[6:])
@@ -1568,7 +1568,7 @@ def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
         return (4, len(v), struct.pack(bo + "I" * len(v), *v))
 
     def rational(x: float):
-        num = int(round(x * 1000))
+        num = round(float(x) * 1000)
         return (5, 1, struct.pack(bo + "II", max(1, num), 1000))
 
     def build(strip_offsets, exif_off, gps_off):
@@ -1683,7 +1683,7 @@ def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None)
         mask = np.ascontiguousarray(_orient(mask, orientation))
     except EngineError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - decoders raise many types; _fail names the file
         raise _fail(p, e) from None
     if size is not None:
         hh, ww = int(size[0]), int(size[1])

@@ -18,7 +18,7 @@ def mend(*args: str, env: dict | None = None, timeout: int = 240) -> subprocess.
     e = dict(os.environ)
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=e)
+                          text=True, timeout=timeout, cwd=ROOT, env=e, check=False)
 
 
 def lines(out: str) -> list[dict]:
