@@ -104,6 +104,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # libraries' own warnings (Pillow's "Corrupt EXIF data" on a damaged file, deprecations)
+    # are not the photographer's business: each photo's error or warnings say what matters.
+    # --debug shows them.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if args.debug else logging.ERROR)
     if not args.command:
         parser.print_help()
         return EXIT_USAGE

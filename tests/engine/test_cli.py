@@ -256,3 +256,19 @@ def test_every_odd_and_camera_file_gives_a_result_or_one_clear_message(shared_im
         assert Path(o["path"]).parent.name in ROBUSTNESS_FOLDERS
         if command == "restore":
             assert Path(o["output"]).is_file()
+
+
+def test_a_damaged_file_gives_one_error_line_and_no_library_warnings(tmp_path):
+    """A TIFF header followed by garbage makes Pillow warn "Corrupt EXIF data" while it tries;
+    the photographer sees Mend's one error line, not the library's warning (``--debug`` shows
+    it)."""
+    bad = tmp_path / "damaged.dng"
+    bad.write_bytes(b"II*\x00garbage")
+    r = mend("classify", str(bad), "--backend", "builtin")
+    assert r.returncode == 1
+    assert r.stdout.strip().splitlines() == [
+        f"{bad}: error: {bad}: not a photo format Mend can read "
+        "(the content is not a known image type)"], r.stdout
+    assert r.stderr == "", r.stderr
+    dbg = mend("--debug", "classify", str(bad), "--backend", "builtin")
+    assert dbg.returncode == 1 and "Corrupt EXIF data" in dbg.stderr
