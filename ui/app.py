@@ -1,10 +1,14 @@
 """QApplication set-up: high-DPI, dark theme, logging to a rotating file."""
 from __future__ import annotations
 
+import inspect
 import logging
 import logging.handlers
 import sys
+import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
@@ -15,6 +19,33 @@ from engine.resources import resource
 from .settings import APP, ORG, data_dir
 
 STYLE = resource("style", "dark.qss")
+
+
+def weak_slot(owner: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A slot that calls ``fn(owner, *signal_args)`` through a weak reference to ``owner``.
+
+    PySide holds a lambda connected to a signal for as long as the sender lives. A lambda that
+    captures ``self`` and is connected to a signal of one of the window's own widgets (or of the
+    engine client) therefore keeps the window's Python wrapper alive from C++, where Python's
+    collector cannot see it: a closed window was never freed, and every UI test's window, engine
+    client, worker and panels survived until the end of the run (collecting them there crashed
+    the interpreter). PySide holds bound methods weakly; this does the same for the slots that
+    need arguments. Like a lambda slot, ``fn`` receives as many signal arguments as it takes.
+    Also for callbacks a child keeps (returns ``fn``'s result; None once ``owner`` is gone).
+    """
+    if any(c.cell_contents is owner for c in fn.__closure__ or ()):
+        raise TypeError("a weak slot must not capture its owner (use the first argument)")
+    ref = weakref.ref(owner)
+    code = fn.__code__
+    n = None if code.co_flags & inspect.CO_VARARGS else code.co_argcount - 1
+
+    def slot(*args: Any) -> Any:
+        o = ref()
+        if o is None:
+            return None
+        return fn(o, *(args if n is None else args[:n]))
+
+    return slot
 
 
 def dark_palette() -> QPalette:

@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -123,14 +124,20 @@ class _Worker(QObject):
     def execute(self, ticket: _Ticket) -> None:
         last = [0.0]
         holder: dict[str, Progress] = {}
+        # weakly: a Progress refers to itself (its root), so it is freed by the garbage
+        # collector, and must not keep this QObject alive in that cycle until then
+        me = weakref.ref(self)
 
         def callback(fraction: float, message: str) -> None:
+            worker = me()
+            if worker is None:
+                return
             now = time.monotonic()
-            if now - last[0] < self._throttle and fraction < 1.0:
+            if now - last[0] < worker._throttle and fraction < 1.0:
                 return
             last[0] = now
             p = holder.get("p")
-            self.progressed.emit(ticket.id, fraction, message, p.eta_seconds() if p else None)
+            worker.progressed.emit(ticket.id, fraction, message, p.eta_seconds() if p else None)
 
         progress = Progress(callback, ticket.token)
         holder["p"] = progress
@@ -216,13 +223,20 @@ _HANDLERS: dict[JobKind, Callable[[Any, Any, Progress], Any]] = {
 
 
 class _Task(QRunnable):
+    """A function for a thread pool; it lets go of the function once run. The Python side of a
+    runnable whose C++ object the pool had deleted was seen (rarely, in the UI test suite) to
+    stay alive; it must not keep what the function refers to (an engine client, a window)
+    alive with it."""
+
     def __init__(self, fn: Callable[[], None]) -> None:
         super().__init__()
-        self._fn = fn
+        self._fn: Callable[[], None] | None = fn
         self.setAutoDelete(True)
 
     def run(self) -> None:
-        self._fn()
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
 
 
 class _ModelSignals(QObject):
@@ -285,7 +299,7 @@ class EngineClient(QObject):
         self._model_tokens: dict[str, CancelToken] = {}
         self._closed = False
         self._journal_seq = 0
-        self._journal_written = 0
+        self._journal_written = [0]  # newest snapshot on disk (shared with the pool's writers)
         self._journal_lock = threading.Lock()
         self._journal_timer = QTimer(self)
         self._journal_timer.setSingleShot(True)
@@ -509,7 +523,8 @@ class EngineClient(QObject):
         self._journal_timer.stop()
         if self._journal is not None:
             with self._journal_lock:
-                self._journal_written = self._journal_seq = self._journal_seq + 1
+                self._journal_seq += 1
+                self._journal_written[0] = self._journal_seq
                 self._journal.unlink(missing_ok=True)
 
     # -- crash journal --------------------------------------------------------------------
@@ -525,13 +540,13 @@ class EngineClient(QObject):
         self._journal_seq += 1
         seq = self._journal_seq
         lock = self._journal_lock
-        holder = self
+        written = self._journal_written  # (not self: a queued write never holds the client)
 
         def write() -> None:
             with lock:
-                if seq < holder._journal_written:
+                if seq < written[0]:
                     return  # a newer snapshot is already on disk
-                holder._journal_written = seq
+                written[0] = seq
                 try:
                     from engine.imageio import atomic_write_bytes
 

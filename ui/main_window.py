@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 
 from engine.api import Degradation, Diagnosis, JobRequest, JobResult, Plan
 
+from .app import weak_slot
 from .browser.model import ClassFilterProxy, ThumbnailModel, scan_folder
 from .browser.thumbs import ThumbnailLoader
 from .browser.view import ThumbnailGrid
@@ -52,6 +53,17 @@ from .settings import (
 from .sidecar import Sidecar, SidecarStore
 
 log = logging.getLogger("mend.ui")
+
+
+
+class _Background(Background):
+    """The window's pool work (see photo_io.Background), which it can let go of on close."""
+
+    def forget_pending(self) -> None:
+        """Drop the callbacks of work that has not reported back. Closing the window drops the
+        queued pool work, whose callbacks would otherwise wait forever and, as closures over the
+        window, keep it in a reference cycle (freed only by the garbage collector)."""
+        self._callbacks.clear()
 
 
 @dataclass
@@ -97,7 +109,7 @@ class MainWindow(QMainWindow):
         self._view: ViewImages | None = None
         self._view_token = 0
         self.device: Any = None
-        self.bg = Background(self.client.run_in_pool, self)
+        self.bg = _Background(self.client.run_in_pool, self)
 
         self.loader = ThumbnailLoader(self.client.pool, cache_dir() / "thumbs", parent=self)
         self.model = ThumbnailModel(self.loader, self)
@@ -143,12 +155,12 @@ class MainWindow(QMainWindow):
         c.job_changed.connect(self._on_job_changed)
         c.overall_progress.connect(self._on_overall)
         c.engine_ready.connect(self._on_engine_ready)
-        c.queue_changed.connect(lambda: self.client.is_idle() and self.eta_label.setText(""))
+        c.queue_changed.connect(self._on_queue_changed)
         p = self.panel
         p.run_requested.connect(self._run_current)
         p.override_requested.connect(self._override)
-        p.diagnose_requested.connect(lambda: self.current and self.diagnose([self.current]))
-        p.edit_mask_requested.connect(lambda: self.show_mask_editor())
+        p.diagnose_requested.connect(self._diagnose_current)
+        p.edit_mask_requested.connect(self.show_mask_editor)
 
         self.resize(1400, 880)
         self.resizeDocks([dock], [400], Qt.Orientation.Horizontal)
@@ -176,7 +188,7 @@ class MainWindow(QMainWindow):
             self.filter.addItem(f"{d.value} · {d.short_name}", {d.value})
         self.filter.addItem("Not diagnosed", {"?"})
         self.filter.currentIndexChanged.connect(
-            lambda _i: self.proxy.set_classes(self.filter.currentData()))
+            weak_slot(self, lambda w, _i: w.proxy.set_classes(w.filter.currentData())))
         bar.addWidget(self.filter)
         self.diagnose_all_btn = QPushButton("Diagnose all")
         self.diagnose_all_btn.clicked.connect(self.diagnose_all)
@@ -189,10 +201,10 @@ class MainWindow(QMainWindow):
         self.grid = ThumbnailGrid()
         self.grid.setModel(self.proxy)
         self.grid.current_path.connect(self._on_current)
-        self.grid.activated_path.connect(lambda p: self.show_viewer(p))
+        self.grid.activated_path.connect(self.show_viewer)
         self.grid.folder_dropped.connect(self.open_folder)
         lay.addWidget(self.grid, 1)
-        self.model.rowsInserted.connect(lambda *_: self._update_count())
+        self.model.rowsInserted.connect(weak_slot(self, lambda w, *_: w._update_count()))
         self.model.modelReset.connect(self._update_count)
 
     def _build_editor(self) -> None:
@@ -206,14 +218,15 @@ class MainWindow(QMainWindow):
         back.setToolTip("Back to the thumbnails (Esc)")
         back.triggered.connect(self.show_browser)
         self.view_bar.addSeparator()
-        self.view_bar.addAction("Fit").triggered.connect(lambda: self.canvas.fit())
-        self.view_bar.addAction("100 %").triggered.connect(lambda: self.canvas.actual_size())
+        self.view_bar.addAction("Fit").triggered.connect(weak_slot(self, lambda w: w.canvas.fit()))
+        self.view_bar.addAction("100 %").triggered.connect(
+            weak_slot(self, lambda w: w.canvas.actual_size()))
         self.compare = QComboBox()
         for text, mode in (("After", Compare.AFTER), ("Before", Compare.BEFORE),
                            ("Split", Compare.SPLIT), ("Side by side", Compare.SIDE)):
             self.compare.addItem(text, mode.value)
         self.compare.currentIndexChanged.connect(
-            lambda _i: self.canvas.set_mode(self.compare_mode()))
+            weak_slot(self, lambda w, _i: w.canvas.set_mode(w.compare_mode())))
         self.view_bar.addWidget(self.compare)
         self.toggle_mask = self.view_bar.addAction("Mask")
         self.toggle_removed = self.view_bar.addAction("Removed layer")
@@ -221,16 +234,17 @@ class MainWindow(QMainWindow):
         for a, attr in ((self.toggle_mask, "show_mask"), (self.toggle_removed, "show_removed"),
                         (self.toggle_boxes, "show_boxes")):
             a.setCheckable(True)
-            a.toggled.connect(lambda on, attr=attr: self._set_canvas_flag(attr, on))
+            a.toggled.connect(
+                weak_slot(self, lambda w, on, attr=attr: w._set_canvas_flag(attr, on)))
         self.toggle_mask.setChecked(True)
         self.toggle_boxes.setChecked(True)
         self.view_bar.addSeparator()
         self.mask_action = self.view_bar.addAction("Edit mask")
         self.mask_action.setCheckable(True)
-        self.mask_action.toggled.connect(lambda on: self.show_mask_editor() if on
-                                         else self.leave_mask_editor())
+        self.mask_action.toggled.connect(weak_slot(
+            self, lambda w, on: w.show_mask_editor() if on else w.leave_mask_editor()))
         self.export_action = self.view_bar.addAction("Export…")
-        self.export_action.triggered.connect(lambda: self.export_current())
+        self.export_action.triggered.connect(weak_slot(self, lambda w: w.export_current()))
         lay.addWidget(self.view_bar)
 
         self.mask_bar = self._build_mask_bar()
@@ -259,7 +273,7 @@ class MainWindow(QMainWindow):
             a.setToolTip(tip)
             a.setShortcut(QKeySequence(key))
             a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
-            a.triggered.connect(lambda _c=False, t=tool: self.set_tool(t))
+            a.triggered.connect(weak_slot(self, lambda w, _c=False, t=tool: w.set_tool(t)))
             group.addAction(a)
             self.tool_actions[tool] = a
         self.tool_actions["pan"].setChecked(True)
@@ -270,22 +284,26 @@ class MainWindow(QMainWindow):
         self.size_slider.setValue(int(self.canvas.brush_radius) if hasattr(self, "canvas")
                                   else 24)
         self.size_slider.setFixedWidth(110)
-        self.size_slider.valueChanged.connect(lambda v: self.canvas.set_brush(radius=v))
+        self.size_slider.valueChanged.connect(
+            weak_slot(self, lambda w, v: w.canvas.set_brush(radius=v)))
         bar.addWidget(self.size_slider)
         bar.addWidget(QLabel(" Hardness "))
         self.hard_slider = QSlider(Qt.Orientation.Horizontal)
         self.hard_slider.setRange(0, 100)
         self.hard_slider.setValue(70)
         self.hard_slider.setFixedWidth(80)
-        self.hard_slider.valueChanged.connect(lambda v: self.canvas.set_brush(hardness=v / 100))
+        self.hard_slider.valueChanged.connect(
+            weak_slot(self, lambda w, v: w.canvas.set_brush(hardness=v / 100)))
         bar.addWidget(self.hard_slider)
         bar.addSeparator()
         self.undo_action = bar.addAction("Undo")
         self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
-        self.undo_action.triggered.connect(lambda: self.mask_doc and self.mask_doc.undo.undo())
+        self.undo_action.triggered.connect(
+            weak_slot(self, lambda w: w.mask_doc and w.mask_doc.undo.undo()))
         self.redo_action = bar.addAction("Redo")
         self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
-        self.redo_action.triggered.connect(lambda: self.mask_doc and self.mask_doc.undo.redo())
+        self.redo_action.triggered.connect(
+            weak_slot(self, lambda w: w.mask_doc and w.mask_doc.undo.redo()))
         bar2 = QToolBar("Mask 2")
         self.mask_bar2 = bar2
         bar = bar2
@@ -294,15 +312,15 @@ class MainWindow(QMainWindow):
         self.morph_px.setValue(4)
         self.morph_px.setSuffix(" px")
         bar.addWidget(self.morph_px)
-        for text, fn in (("Grow", lambda: self.mask_doc and self.mask_doc.grow(
-                              self.morph_px.value())),
-                         ("Shrink", lambda: self.mask_doc and self.mask_doc.shrink(
-                             self.morph_px.value())),
-                         ("Feather", lambda: self.mask_doc and self.mask_doc.feather(
-                             self.morph_px.value())),
-                         ("Invert", lambda: self.mask_doc and self.mask_doc.invert()),
-                         ("Clear", lambda: self.mask_doc and self.mask_doc.clear())):
-            bar.addAction(text).triggered.connect(fn)
+        for text, fn in (("Grow", lambda w: w.mask_doc and w.mask_doc.grow(
+                              w.morph_px.value())),
+                         ("Shrink", lambda w: w.mask_doc and w.mask_doc.shrink(
+                             w.morph_px.value())),
+                         ("Feather", lambda w: w.mask_doc and w.mask_doc.feather(
+                             w.morph_px.value())),
+                         ("Invert", lambda w: w.mask_doc and w.mask_doc.invert()),
+                         ("Clear", lambda w: w.mask_doc and w.mask_doc.clear())):
+            bar.addAction(text).triggered.connect(weak_slot(self, fn))
         bar.addSeparator()
         bar.addAction("Colour…").triggered.connect(self._pick_mask_colour)
         bar.addWidget(QLabel(" Opacity "))
@@ -311,7 +329,7 @@ class MainWindow(QMainWindow):
         self.opacity_slider.setValue(50)
         self.opacity_slider.setFixedWidth(70)
         self.opacity_slider.valueChanged.connect(
-            lambda v: self.mask_doc and self.mask_doc.set_style(opacity=v / 100))
+            weak_slot(self, lambda w, v: w.mask_doc and w.mask_doc.set_style(opacity=v / 100)))
         bar.addWidget(self.opacity_slider)
         bar.addSeparator()
         bar.addAction("Save mask…").triggered.connect(self._save_mask_dialog)
@@ -330,7 +348,8 @@ class MainWindow(QMainWindow):
         self.recent_menu = fm.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         fm.addSeparator()
-        fm.addAction("&Export result…").triggered.connect(lambda: self.export_current())
+        fm.addAction("&Export result…").triggered.connect(
+            weak_slot(self, lambda w: w.export_current()))
         fm.addSeparator()
         q = fm.addAction("&Quit")
         q.setShortcut(QKeySequence.StandardKey.Quit)
@@ -347,19 +366,19 @@ class MainWindow(QMainWindow):
         self.space_action.triggered.connect(self.toggle_before_after)
         nxt = vm.addAction("Next photo")
         nxt.setShortcut(QKeySequence(Qt.Key.Key_Right))
-        nxt.triggered.connect(lambda: self.step_photo(1))
+        nxt.triggered.connect(weak_slot(self, lambda w: w.step_photo(1)))
         prv = vm.addAction("Previous photo")
         prv.setShortcut(QKeySequence(Qt.Key.Key_Left))
-        prv.triggered.connect(lambda: self.step_photo(-1))
+        prv.triggered.connect(weak_slot(self, lambda w: w.step_photo(-1)))
         self._viewer_only = [self.space_action, nxt, prv]
         bigger = vm.addAction("Bigger brush")
         bigger.setShortcut(QKeySequence("]"))
-        bigger.triggered.connect(lambda: self.size_slider.setValue(
-            int(self.size_slider.value() * 1.25) + 1))
+        bigger.triggered.connect(weak_slot(self, lambda w: w.size_slider.setValue(
+            int(w.size_slider.value() * 1.25) + 1)))
         smaller = vm.addAction("Smaller brush")
         smaller.setShortcut(QKeySequence("["))
-        smaller.triggered.connect(lambda: self.size_slider.setValue(
-            max(1, int(self.size_slider.value() / 1.25))))
+        smaller.triggered.connect(weak_slot(self, lambda w: w.size_slider.setValue(
+            max(1, int(w.size_slider.value() / 1.25)))))
         back = vm.addAction("Back to photos")
         back.setShortcut(QKeySequence(Qt.Key.Key_Escape))
         back.triggered.connect(self.show_browser)
@@ -367,7 +386,7 @@ class MainWindow(QMainWindow):
         vm.addAction(self.diag_dock.toggleViewAction())
         vm.addAction(self.queue_dock.toggleViewAction())
         tm = mb.addMenu("&Tools")
-        tm.addAction("&Models…").triggered.connect(lambda: self.show_models())
+        tm.addAction("&Models…").triggered.connect(weak_slot(self, lambda w: w.show_models()))
         tm.addAction("&Settings…").triggered.connect(self.show_settings)
         hm = mb.addMenu("&Help")
         hm.addAction("&About Mend").triggered.connect(self.show_about)
@@ -383,7 +402,7 @@ class MainWindow(QMainWindow):
         self.recent_menu.clear()
         for f in recent_folders(self.qs):
             self.recent_menu.addAction(f).triggered.connect(
-                lambda _c=False, f=f: self.open_folder(Path(f)))
+                weak_slot(self, lambda w, _c=False, f=f: w.open_folder(Path(f))))
         if self.recent_menu.isEmpty():
             self.recent_menu.addAction("(none)").setEnabled(False)
 
@@ -589,6 +608,10 @@ class MainWindow(QMainWindow):
             ids.append(jid)
         return ids
 
+    def _diagnose_current(self) -> None:
+        if self.current:
+            self.diagnose([self.current])
+
     def diagnose_all(self) -> list[int]:
         return self.diagnose([it.path for it in self.model.items()])
 
@@ -708,6 +731,10 @@ class MainWindow(QMainWindow):
             return
         self.model.update_item(info.path, job_state=info.state)
 
+    def _on_queue_changed(self) -> None:
+        if self.client.is_idle():
+            self.eta_label.setText("")
+
     def _on_overall(self, fraction: float, eta: Any) -> None:
         if self.client.is_idle():
             self.eta_label.setText("")
@@ -724,7 +751,8 @@ class MainWindow(QMainWindow):
 
     def _on_engine_ready(self, device: Any) -> None:
         self.device = device
-        self.panel.set_estimator(self._estimate_text)
+        # (weakly: the panel is the window's child, a bound method would make a cycle)
+        self.panel.set_estimator(weak_slot(self, lambda w, plan: w._estimate_text(plan)))
         if device is not None:
             self.set_status(f"Engine ready on {device.name}")
 
@@ -795,7 +823,8 @@ class MainWindow(QMainWindow):
             self.set_status(f"Could not load the mask: {describe_error(e)}")
         doc.undo.clear()  # the starting point is not an undoable edit
         doc.busy_changed.connect(  # grow/feather/... on a big mask finish in a worker
-            lambda b: self.set_status("Applying the mask edit at full resolution…" if b else ""))
+            weak_slot(self, lambda w, b: w.set_status(
+                "Applying the mask edit at full resolution…" if b else "")))
         doc.failed.connect(self.set_status)
         doc.set_style(opacity=self.opacity_slider.value() / 100)
         self.mask_doc = None if readonly else doc
@@ -988,7 +1017,8 @@ class MainWindow(QMainWindow):
         self.qs.setValue("window/geometry", self.saveGeometry())
         self.qs.setValue("window/state", self.saveState())
         self.qs.sync()
-        self.loader.new_generation()
+        self.loader.new_generation()  # (drops queued pool work: thumbnails and self.bg's)
+        self.bg.forget_pending()
         if self._own_client:
             self.client.clear_journal()
             self.client.shutdown()

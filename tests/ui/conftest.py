@@ -1,7 +1,10 @@
 """UI test fixtures: offscreen Qt, isolated settings/data/cache folders, small photo folders,
-and a guard that FAILS any test leaving a QThread (or a pool thread) running."""
+and a guard that FAILS any test leaving a QThread (or a pool thread) running, or leaving a
+MainWindow / EngineClient / MaskDocument it built alive once the test's references are gone
+(a reference cycle: freed only by the garbage collector, or not at all)."""
 from __future__ import annotations
 
+import gc
 import os
 import weakref
 from pathlib import Path
@@ -11,7 +14,11 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from PySide6.QtCore import QThread, QThreadPool
+from PySide6.QtCore import QCoreApplication, QEvent, QThread, QThreadPool
+
+from ui.editor.mask import MaskDocument
+from ui.engine_client import EngineClient
+from ui.main_window import MainWindow
 
 _threads: weakref.WeakSet[QThread] = weakref.WeakSet()
 _pools: weakref.WeakSet[QThreadPool] = weakref.WeakSet()
@@ -32,10 +39,46 @@ def _tracked_pool_start(self, *a, **kw):
 QThread.start = _tracked_thread_start  # type: ignore[method-assign]
 QThreadPool.start = _tracked_pool_start  # type: ignore[method-assign]
 
+# every MainWindow / EngineClient / MaskDocument built (weakly). Once dropped (and, for widgets,
+# closed and deleteLater()'d) each must be freed at once, by reference counting. One kept alive
+# from C++ (a lambda capturing self connected to a signal) is never freed; one in a plain Python
+# cycle is freed by the garbage collector, whose clearing of the cycle deletes C++ objects (an
+# undo stack and its commands) under the collector's feet: the end-of-run segfault.
+_owners: weakref.WeakSet = weakref.WeakSet()
+
+
+def _track_construction(cls: type) -> None:
+    init = cls.__init__
+
+    def tracked_init(self, *a, **kw):
+        init(self, *a, **kw)
+        _owners.add(self)
+
+    cls.__init__ = tracked_init  # type: ignore[method-assign]
+
+
+_track_construction(MainWindow)
+_track_construction(EngineClient)
+_track_construction(MaskDocument)
+
+
+def _leftover_owners() -> tuple[list[str], list[str]]:
+    """(alive once deleteLater() has run, still alive after gc.collect()) by type name."""
+    if not _owners:
+        return [], []
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)  # qtbot's deleteLater()
+    cyclic = sorted(type(o).__name__ for o in list(_owners))
+    if not cyclic:
+        return [], []
+    gc.collect()
+    return cyclic, sorted(type(o).__name__ for o in list(_owners))
+
 
 @pytest.fixture(autouse=True)
-def no_leftover_threads(qapp):
-    """Fail the test if it leaves a QThread running or a thread pool busy."""
+def no_leftover_threads(qapp, request):
+    """Fail the test if it leaves a QThread running or a thread pool busy, or if a MainWindow /
+    EngineClient / MaskDocument it built outlives the test's references to it."""
+    _owners.clear()  # only what this test builds counts
     yield
     qapp.processEvents()
     running = []
@@ -62,6 +105,18 @@ def no_leftover_threads(qapp):
         for p in busy:
             p.waitForDone(5000)
         pytest.fail(f"test left threads running: QThreads {running}, busy pools {len(busy)}")
+    # the test's fixture values stay referenced from item.funcargs until pytest's own teardown
+    # ends (pytest drops them right after): drop them now, so only a real leak keeps one alive
+    if isinstance(getattr(request.node, "funcargs", None), dict):
+        request.node.funcargs.clear()
+    cyclic, alive = _leftover_owners()  # (after the threads: never collect a running QThread)
+    _owners.clear()  # reported here, not again by the next test
+    if alive:
+        pytest.fail(f"test left {alive} alive even after gc.collect(): something (e.g. a lambda "
+                    "capturing self, connected to a signal) keeps them; use ui.app.weak_slot")
+    if cyclic:
+        pytest.fail(f"test left {cyclic} in a reference cycle, freed only by the garbage "
+                    "collector (which then deletes Qt objects mid-collection: a crash risk)")
 
 
 @pytest.fixture(autouse=True)

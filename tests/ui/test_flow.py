@@ -278,3 +278,51 @@ def test_plan_edits_update_the_estimate(qtbot, window, folder):
     est_off = win.client.estimate(win.panel.plan, win._state(target).size)
     assert est_off.seconds == 0
     assert win.panel.estimate_label.text() == f"Estimate: {est_off.describe()}"
+
+
+
+def test_a_closed_window_is_freed_at_once_without_the_garbage_collector(qtbot, folder, tmp_path):
+    """The app's quit path: nobody deletes the window, it is just dropped. It must be freed at
+    once, with its engine client, worker, panels and mask document, by reference counting: a
+    lambda capturing the window, connected to a signal, kept it alive from C++ for good, and a
+    window freed by the garbage collector has its C++ widgets deleted mid-collection."""
+    import gc
+    import weakref
+
+    def open_edit_close() -> dict[str, weakref.ref]:
+        client = EngineClient(journal=tmp_path / "ui-data" / "queue.json")
+        win = MainWindow(client, AppSettings(backend="builtin", profile="builtin",
+                                             out_dir=str(tmp_path / "out")), ask_resume=False)
+        win.show()
+        win.open_folder(folder)
+        qtbot.waitUntil(lambda: win.model.ready_count() == 3, timeout=20000)
+        win.diagnose_all()
+        qtbot.waitUntil(client.is_idle, timeout=60000)
+        target = folder / "a_noisy.jpg"
+        win.select_path(target)
+        with qtbot.waitSignal(win.view_loaded, timeout=20000):
+            win.show_viewer(target)
+        win.show_mask_editor()
+        doc = win.mask_doc
+        assert doc is not None
+        doc.fill_polygon([(10, 10), (40, 10), (40, 40)])  # an undoable edit
+        qtbot.waitUntil(lambda: not doc.busy() and win.bg.pending() == 0, timeout=10000)
+        # (not the engine worker: the process's first `import torch`, in the worker's thread,
+        # keeps the importing frames alive, and with them the worker; its C++ side is deleted
+        # with the thread)
+        refs = {name: weakref.ref(o) for name, o in (
+            ("MainWindow", win), ("EngineClient", client), ("DiagnosisPanel", win.panel),
+            ("QueuePanel", win.queue), ("MaskCanvas", win.canvas),
+            ("ThumbnailLoader", win.loader), ("MaskDocument", doc))}
+        win.close()
+        client.shutdown()
+        return refs
+
+    gc.collect()
+    gc.disable()  # whatever is freed below is freed by reference counting
+    try:
+        refs = open_edit_close()
+        alive = sorted(name for name, r in refs.items() if r() is not None)
+    finally:
+        gc.enable()
+    assert alive == [], f"still alive once dropped (a reference cycle): {alive}"

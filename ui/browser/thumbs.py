@@ -93,11 +93,12 @@ class _ThumbTask(QRunnable):
     def __init__(self, loader: ThumbnailLoader, gen: int, path: Path, key: str) -> None:
         super().__init__()
         self.setAutoDelete(True)
-        self.loader, self.gen, self.path, self.key = loader, gen, path, key
+        self.loader: ThumbnailLoader | None = loader
+        self.gen, self.path, self.key = gen, path, key
 
     def run(self) -> None:
-        ld = self.loader
-        if ld.generation != self.gen:  # the folder changed: stale work
+        ld, self.loader = self.loader, None  # see engine_client._Task: hold nothing once run
+        if ld is None or ld.generation != self.gen:  # the folder changed: stale work
             return
         cached = ld.cache.get(self.key)
         if isinstance(cached, QImage):

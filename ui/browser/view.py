@@ -6,6 +6,7 @@ from pathlib import Path
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtWidgets import QAbstractItemView, QListView
 
+from ..app import weak_slot
 from .delegate import ThumbnailDelegate
 from .model import PathRole
 
@@ -32,12 +33,14 @@ class ThumbnailGrid(QListView):
         self.setItemDelegate(ThumbnailDelegate(cell, self))
         self.setAcceptDrops(True)
         self.setDragEnabled(False)
-        self.doubleClicked.connect(lambda ix: self.activated_path.emit(ix.data(PathRole)))
+        self.doubleClicked.connect(
+            weak_slot(self, lambda g, ix: g.activated_path.emit(ix.data(PathRole))))
 
     def setModel(self, model) -> None:
         super().setModel(model)
-        self.selectionModel().currentChanged.connect(
-            lambda cur, _prev: self.current_path.emit(cur.data(PathRole) if cur.isValid() else None))
+        self.selectionModel().currentChanged.connect(weak_slot(
+            self, lambda g, cur, _prev: g.current_path.emit(
+                cur.data(PathRole) if cur.isValid() else None)))
 
     def selected_paths(self) -> list[Path]:
         rows = sorted(self.selectionModel().selectedIndexes(), key=lambda ix: ix.row())

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
+from ..app import weak_slot
 from ..engine_client import EngineClient
 from ..messages import describe_error
 
@@ -105,10 +106,12 @@ class ModelManagerDialog(QDialog):
         row.addStretch(1)
         row.addWidget(close)
         lay.addLayout(row)
-        self.pull_btn.clicked.connect(lambda: [self.pull(m) for m in self.selected()])
-        self.cancel_btn.clicked.connect(lambda: [client.cancel_model_task(m)
-                                                 for m in self.selected()])
-        self.verify_btn.clicked.connect(lambda: [self.verify(m) for m in self.selected()])
+        self.pull_btn.clicked.connect(
+            weak_slot(self, lambda d: [d.pull(m) for m in d.selected()]))
+        self.cancel_btn.clicked.connect(
+            weak_slot(self, lambda d: [d.client.cancel_model_task(m) for m in d.selected()]))
+        self.verify_btn.clicked.connect(
+            weak_slot(self, lambda d: [d.verify(m) for m in d.selected()]))
         self.remove_btn.clicked.connect(self._remove)
         self.import_btn.clicked.connect(self._import)
         self.profile_btn.clicked.connect(self._pull_recommended)

@@ -17,6 +17,7 @@ mask is final; ``flush()`` waits (tests, shutdown).
 """
 from __future__ import annotations
 
+import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -497,13 +498,34 @@ class _Relay(QObject):
     done = Signal(object)  # id of the finished task (queued to the GUI thread)
 
 
-class _PatchCommand(QUndoCommand):
+class _DocCommand(QUndoCommand):
+    """An undo command of a document's stack, holding its document weakly.
+
+    The stack belongs to the document; a command referring back to it strongly makes a
+    reference cycle, so a dropped document was freed by the garbage collector, whose clearing
+    of the cycle deletes the C++ stack and its commands under the collector's feet: a
+    segfault (a document with a redo branch, collected at the end of the UI tests). Without
+    the cycle the document is freed the moment it is dropped."""
+
+    def __init__(self, doc: MaskDocument, text: str) -> None:
+        super().__init__(text)
+        self._doc = weakref.ref(doc)
+
+    @property
+    def doc(self) -> MaskDocument:
+        doc = self._doc()
+        if doc is None:
+            raise RuntimeError("the mask document is gone")
+        return doc
+
+
+class _PatchCommand(_DocCommand):
     """A brush stroke in its bounding box; before/after are taken in the stroke's turn."""
 
     def __init__(self, doc: MaskDocument, box: tuple[int, int, int, int],
                  paint: Callable[[np.ndarray], None], text: str) -> None:
-        super().__init__(text)
-        self.doc, self.box, self.paint = doc, box, paint
+        super().__init__(doc, text)
+        self.box, self.paint = box, paint
         x0, y0, x1, y1 = box
         self.shape = (y1 - y0, x1 - x0)
         self.before: bytes | None = None
@@ -533,15 +555,15 @@ class _PatchCommand(QUndoCommand):
         self.doc._enqueue(lambda _r: self._put("before"))
 
 
-class _GlobalCommand(QUndoCommand):
+class _GlobalCommand(_DocCommand):
     """A whole-mask edit. The proxy shows its preview (or, on undo, the proxy it replaced) at
     once; the full-resolution result and the compressed before/after snapshots are computed in
     the edit's turn of the document's queue; undo/redo restore the exact snapshots."""
 
     def __init__(self, doc: MaskDocument, fn: Callable[[np.ndarray], np.ndarray], text: str,
                  proxy_before: np.ndarray, proxy_after: np.ndarray) -> None:
-        super().__init__(text)
-        self.doc, self.fn, self.shape = doc, fn, doc.full.shape
+        super().__init__(doc, text)
+        self.fn, self.shape = fn, doc.full.shape
         self._p = {"before": proxy_before, "after": proxy_after}  # raw until compressed
         self._pz: dict[str, bytes] = {}
         self.before: bytes | None = None  # full resolution, zlib, once computed

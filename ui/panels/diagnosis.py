@@ -26,6 +26,8 @@ from PySide6.QtWidgets import (
 
 from engine.api import CLASSES, Degradation, Diagnosis, Plan, Step
 
+from ..app import weak_slot
+
 CHOICES: dict[str, list[Any]] = {
     "scale": [1, 2, 4],
     "model": ["realesr-general-x4v3", "realesrgan-x4plus"],
@@ -156,8 +158,8 @@ class DiagnosisPanel(QWidget):
         btns.addWidget(self.add_combo, 1)
         for text, tip, fn in (("+", "Add the step", self._add_step),
                               ("−", "Remove the selected step", self._remove_step),
-                              ("↑", "Move up", lambda: self._move_step(-1)),
-                              ("↓", "Move down", lambda: self._move_step(1))):
+                              ("↑", "Move up", weak_slot(self, lambda p: p._move_step(-1))),
+                              ("↓", "Move down", weak_slot(self, lambda p: p._move_step(1)))):
             b = QToolButton()
             b.setText(text)
             b.setToolTip(tip)
@@ -174,7 +176,7 @@ class DiagnosisPanel(QWidget):
         lay.addWidget(self.mask_btn)
         self.run_btn = QPushButton("Fix this photo")
         self.run_btn.setObjectName("primary")
-        self.run_btn.clicked.connect(lambda: self.run_requested.emit(self.plan))
+        self.run_btn.clicked.connect(weak_slot(self, lambda p: p.run_requested.emit(p.plan)))
         lay.addWidget(self.run_btn)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -333,13 +335,15 @@ class DiagnosisPanel(QWidget):
         for key, value in params.items():
             self.params_form.addRow(key.replace("_", " "), self._editor(i, key, value))
 
+    def _set_param(self, i: int, key: str, v: Any) -> None:
+        if self.plan is None:
+            return
+        s = self.plan.steps[i]
+        self.plan = self.plan.replace_step(i, Step(s.name, {**s.params, key: v}, s.enabled))
+        self._refresh_estimate()
+
     def _editor(self, i: int, key: str, value: Any) -> QWidget:
-        def setter(v: Any) -> None:
-            if self.plan is None:
-                return
-            s = self.plan.steps[i]
-            self.plan = self.plan.replace_step(i, Step(s.name, {**s.params, key: v}, s.enabled))
-            self._refresh_estimate()
+        setter = weak_slot(self, lambda p, v: p._set_param(i, key, v))
 
         if key in CHOICES:
             w = QComboBox()

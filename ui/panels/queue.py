@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..app import weak_slot
 from ..engine_client import EngineClient, JobInfo, JobState
 
 
@@ -53,12 +54,12 @@ class QueuePanel(QWidget):
         self.detail.setWordWrap(True)
         self.detail.setObjectName("dim")
         lay.addWidget(self.detail)
-        self.up.clicked.connect(lambda: self._move(-1))
-        self.down.clicked.connect(lambda: self._move(1))
+        self.up.clicked.connect(weak_slot(self, lambda p: p._move(-1)))
+        self.down.clicked.connect(weak_slot(self, lambda p: p._move(1)))
         self.cancel.clicked.connect(self._cancel)
         self.retry.clicked.connect(self._retry)
         self.clear.clicked.connect(client.clear_finished)
-        self.list.currentItemChanged.connect(lambda *_: self._show_detail())
+        self.list.currentItemChanged.connect(weak_slot(self, lambda p, *_: p._show_detail()))
         self._refresh_timer = QTimer(self)  # a burst of 1,000 submits -> one rebuild
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(60)
