@@ -123,6 +123,8 @@ def run_synthetic(folder: Path, limit: int = 8) -> dict:
     sources = [p for p, _ in clean_sources(folder)][:limit]
     rng = np.random.default_rng(7)
     noise_err, jq_tab_err, jq_blind_err, blen_err, bang_err = [], [], [], [], []
+    jq_crop_err: list[float] = []
+    rng_j = np.random.default_rng(13)  # crop offsets: its own stream (older figures unchanged)
     noise_rows = []
     extent_rows: list[tuple[float, float]] = []
     rng_e = np.random.default_rng(11)  # its own stream: the older figures stay reproducible
@@ -139,6 +141,9 @@ def run_synthetic(folder: Path, limit: int = 8) -> dict:
             qt, _ = M.quality_from_tables(tables)
             jq_tab_err.append(abs(qt - q))
             jq_blind_err.append(abs(M.estimate_jpeg_blind(j)["jpeg_quality"] - q))
+            # cropped after compression: the block grid is off (0, 0)
+            dy, dx = (int(v) for v in rng_j.integers(1, 8, 2))
+            jq_crop_err.append(abs(M.estimate_jpeg_blind(j[dy:, dx:])["jpeg_quality"] - q))
         gray = M.to_gray(img)
         for L in (5, 8, 10, 15, 20, 25, 30):
             ang = float(rng.uniform(0, 180))
@@ -166,11 +171,13 @@ def run_synthetic(folder: Path, limit: int = 8) -> dict:
         "noise_sigma_max_err": round(float(np.max(noise_err)), 2) if noise_err else None,
         "jpeg_quality_mae_from_tables_10_95": mae(jq_tab_err),
         "jpeg_quality_mae_blind_pixels_10_95": mae(jq_blind_err),
+        "jpeg_quality_mae_blind_cropped_off_grid_10_95": mae(jq_crop_err),
         "blur_length_mae_5_30px": mae(blen_err),
         "blur_angle_mae_deg": mae(bang_err),
         "blur_extent_line_and_shake": _extent_report(extent_rows),
         "notes": "noise added per channel (0-255 scale) on 8-bit clean photos whose own noise is "
-                 "not removed; blind JPEG assumes the 8x8 grid at (0,0)",
+                 "not removed; blind JPEG: decoded as is (grid at 0,0) and cropped at a random "
+                 "1-7 px row and column offset after compression",
     }
 
 

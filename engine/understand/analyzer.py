@@ -61,7 +61,7 @@ _DERIVED = ("noise", "jpeg_badness", "blockiness", "motion_evidence")
 def feature_vector(meas: Mapping[str, Any], names: tuple[str, ...] = FEATURES) -> np.ndarray:
     vf = meas["features"]
     jpeg_bad = 0.0
-    if meas.get("jpeg_source") == "tables" or meas.get("jpeg_evidence", 0.0) >= 0.3:
+    if meas.get("jpeg_source") == "tables" or meas.get("jpeg_evidence", 0.0) >= M.JPEG_EVIDENCE:
         jpeg_bad = (100.0 - float(meas["jpeg_quality"])) / 100.0
     derived = {
         "noise": math.log1p(float(meas["noise_sigma"])),

@@ -75,6 +75,37 @@ def test_no_jpeg_evidence_on_uncompressed(clean):
     assert M.estimate_jpeg_blind(clean)["jpeg_evidence"] < 0.3
 
 
+def test_jpeg_grid_phase_on_real_photos(shared_images):
+    """Never-compressed photos show no block grid; a JPEG decoded as is has it at (0, 0).
+    (On the synthetic scene above a phase can stand out, because its axis-aligned rectangles
+    put edges on block borders; the coefficient clustering then finds no JPEG there.)"""
+    from engine.imageio import load_photo
+
+    for name in ("clean/SwinIR__testsets__McMaster__13.tif",
+                 "clean/scikit-image__skimage__data__astronaut.png"):
+        p = shared_images / name
+        if not p.is_file():
+            p = next(shared_images.rglob(Path(name).name))
+        assert M.jpeg_grid_phase(load_photo(p).pixels) is None, name
+    jpg = next(shared_images.rglob("Pillow__Tests__images__flower.jpg"))
+    assert M.jpeg_grid_phase(load_photo(jpg).pixels) == (0, 0)
+
+
+@pytest.mark.parametrize(("q", "dy", "dx"), [(30, 3, 5), (60, 0, 7), (85, 6, 2)])
+def test_jpeg_quality_blind_on_a_crop_off_the_block_grid(clean, q, dy, dx):
+    """A JPEG cropped after compression (at a row/column offset that is not a multiple of 8)
+    keeps its artefacts on a shifted grid: the estimator finds the grid and the quality."""
+    pixels, _ = S.jpeg(clean, q)
+    crop = pixels[dy:, dx:]
+    want = ((8 - dy) % 8, (8 - dx) % 8)  # where the original blocks start in the crop
+    assert M.jpeg_grid_phase(crop) == want
+    est = M.estimate_jpeg_blind(crop)
+    assert tuple(est["jpeg_grid"]) == want
+    assert abs(est["jpeg_quality"] - q) <= 5 and est["jpeg_evidence"] > 0.3
+    if (dy, dx) != (0, 0):  # the aligned-only estimate saw nothing
+        assert M._jpeg_blind_at(crop, 0, 0)["jpeg_evidence"] < 0.3
+
+
 def test_zigzag_ordered_tables_also_match():
     tab = M.ijg_table(60)
     zz = {0: [int(tab[i]) for i in M.ZIGZAG]}
