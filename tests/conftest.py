@@ -59,12 +59,20 @@ def pytest_unconfigure(config):
     Twice in session 3 a full run passed all 620 tests, printed its summary and then died with
     SIGSEGV. faulthandler caught it inside pytest's own unraisableexception plugin, in
     ``gc_collect_harder`` (pytest_unconfigure): collecting some object left over from the run
-    crashes. It hit three of five full runs on this machine, never inside a test. At that point
-    ~800 Qt wrappers are still alive, among them every MainWindow the UI tests built (with its
-    EngineClient, worker QThread, thumbnail model and panels), held by Python reference cycles
-    after their C++ objects were deleted; collecting those cycles is the likely crash. Breaking
-    the cycles is open work. A crash after the report must not turn a green run red, nor hide a
-    red one: the status is pytest's. MEND_TEST_FINALIZE=1 keeps pytest's normal shutdown.
+    crashes. It hit three of five full runs on this machine, never inside a test.
+
+    Found and fixed in ui/: Qt wrappers left in reference cycles by the UI code.
+    A MaskDocument's undo commands referred back to it (document -> undo stack -> commands ->
+    document); collecting that cycle deletes the C++ stack and its commands in the middle of the
+    collection: a gc.collect() after tests/ui/test_mask_editor.py alone segfaulted 5 of 5 times.
+    And every MainWindow the UI tests built stayed alive with its EngineClient, worker and
+    panels (~800 wrappers at the end), kept from C++ by lambdas capturing the window connected
+    to signals. Commands now hold their document weakly, slots use ui.app.weak_slot, and
+    tests/ui/conftest.py fails any UI test whose window, engine client or mask document outlives
+    the test or is freed only by the garbage collector. After the fix, 3 of 3 full runs with
+    MEND_TEST_FINALIZE=1 finished cleanly. This exit stays as a safety net: a crash after the
+    report must not turn a green run red, nor hide a red one: the status is pytest's.
+    MEND_TEST_FINALIZE=1 keeps pytest's normal shutdown.
     """
     status = getattr(config, "_mend_exitstatus", None)
     if status is None or os.environ.get("MEND_TEST_FINALIZE") == "1":

@@ -33,8 +33,13 @@ def weak_slot(owner: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
     need arguments. Like a lambda slot, ``fn`` receives as many signal arguments as it takes.
     Also for callbacks a child keeps (returns ``fn``'s result; None once ``owner`` is gone).
     """
-    if any(c.cell_contents is owner for c in fn.__closure__ or ()):
-        raise TypeError("a weak slot must not capture its owner (use the first argument)")
+    for cell in fn.__closure__ or ():
+        try:
+            captured = cell.cell_contents
+        except ValueError:  # a variable the enclosing function has not assigned yet
+            continue
+        if captured is owner:
+            raise TypeError("a weak slot must not capture its owner (use the first argument)")
     ref = weakref.ref(owner)
     code = fn.__code__
     n = None if code.co_flags & inspect.CO_VARARGS else code.co_argcount - 1
