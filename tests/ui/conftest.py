@@ -62,6 +62,17 @@ _track_construction(EngineClient)
 _track_construction(MaskDocument)
 
 
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[_CALL_FAILED] = True
+    return report
+
+
 def _leftover_owners() -> tuple[list[str], list[str]]:
     """(alive once deleteLater() has run, still alive after gc.collect()) by type name."""
     if not _owners:
@@ -105,6 +116,9 @@ def no_leftover_threads(qapp, request):
         for p in busy:
             p.waitForDone(5000)
         pytest.fail(f"test left threads running: QThreads {running}, busy pools {len(busy)}")
+    if request.node.stash.get(_CALL_FAILED, False):
+        _owners.clear()  # the failure's traceback keeps the test's locals: no leak check
+        return
     # the test's fixture values stay referenced from item.funcargs until pytest's own teardown
     # ends (pytest drops them right after): drop them now, so only a real leak keeps one alive
     if isinstance(getattr(request.node, "funcargs", None), dict):
