@@ -258,3 +258,22 @@ def test_whole_mask_edits_on_24mp_do_not_block_the_gui_thread(qtbot, monkeypatch
     assert not full_res_on_gui, full_res_on_gui
     assert max(stall) < 0.05, stall
     assert max(wall) < 1.0, wall
+
+
+def test_an_edit_right_after_flush_is_not_finished_by_the_flushed_jobs_late_signal(qtbot):
+    """flush() finishes a pool job itself; that job's "done" signal still arrives later. It must
+    not be taken for the next job's (session 4: jobs were matched by id(task), the freed task's
+    address was reused by the next one, and its result was lost in 4 of 10 tries)."""
+    import cv2
+
+    base = np.zeros((2000, 1500), np.uint8)
+    cv2.circle(base, (700, 1000), 300, 255, -1)
+    want = cv2.dilate(base, _ellipse(5))
+    for _ in range(10):
+        doc = MaskDocument(2000, 1500)
+        doc.async_min_pixels = 1000  # every whole-mask edit goes to the pool
+        doc.set_mask(base, "Start")
+        doc.flush()  # finished here; its signal is still queued
+        doc.grow(5)
+        qtbot.waitUntil(lambda d=doc: not d.busy(), timeout=10000)
+        assert np.array_equal(doc.full, want)

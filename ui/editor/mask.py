@@ -111,6 +111,7 @@ class MaskDocument(QObject):
         self.async_min_pixels = ASYNC_MIN_PIXELS
         self._queue: deque[_Task] = deque()
         self._running: _Task | None = None
+        self._job_seq = 0
         self._busy = False
         self._proxy_stale = False
         self._pool = QThreadPool(self)
@@ -355,13 +356,15 @@ class MaskDocument(QObject):
             else:
                 self._running = task
                 self._set_busy(True)
+                self._job_seq += 1
+                task.seq = self._job_seq
                 def job(task: _Task = task, full: np.ndarray = self.full,
-                        relay: _Relay = self._relay, tid: int = id(task)) -> None:
+                        relay: _Relay = self._relay, seq: int = task.seq) -> None:
                     try:
                         task.result = task.work(full)  # type: ignore[misc]
                     except BaseException as e:  # noqa: BLE001 - reported on the GUI thread
                         task.error = e
-                    relay.done.emit(tid)
+                    relay.done.emit(seq)
 
                 self._pool.start(job)
         self._set_busy(self.busy())
@@ -373,10 +376,13 @@ class MaskDocument(QObject):
             task.error = e
         self._finish(task)
 
-    def _on_job_done(self, tid: int) -> None:
+    def _on_job_done(self, seq: int) -> None:
         task = self._running
-        if task is None or id(task) != tid:
-            return  # already finished by flush()
+        # a job that flush() already finished still signals later: its number is not the
+        # running job's. (A sequence number, not id(task): a freed task's address is reused by
+        # the next one, and the stale signal then "finished" a job still computing.)
+        if task is None or task.seq != seq:
+            return
         self._running = None
         self._finish(task)
         self._pump()
@@ -492,10 +498,11 @@ class _Task:
     on_error: Callable[[BaseException], None] | None = None
     result: Any = None
     error: BaseException | None = None
+    seq: int = 0  # the document's job number once started in the pool
 
 
 class _Relay(QObject):
-    done = Signal(object)  # id of the finished task (queued to the GUI thread)
+    done = Signal(object)  # job number of the finished task (queued to the GUI thread)
 
 
 class _DocCommand(QUndoCommand):
