@@ -50,6 +50,10 @@ _SHORT = {
 
 CLASSES: tuple[Degradation, ...] = (Degradation.A, Degradation.B, Degradation.C, Degradation.D)
 
+# ``estimates["blur_length"]`` below this (px) means no straight-line blur was resolved: the
+# built-in analyzer's cepstral search bottoms out at about 3.7 px
+BLUR_LINE_RESOLVED_MIN = 4.5
+
 
 @dataclass(frozen=True)
 class Diagnosis:
@@ -58,7 +62,8 @@ class Diagnosis:
     ``scores`` holds one probability per class (summing to 1). ``flags`` lists every
     degradation judged present (multi-label; may be empty for D). ``estimates`` holds physical
     measurements, e.g. ``noise_sigma`` (0-255 scale), ``jpeg_quality`` (1-100),
-    ``blur_length`` (px, a straight-line fit), ``blur_angle`` (degrees), ``blur_extent`` (px,
+    ``blur_length`` (px, a straight-line fit; below ``BLUR_LINE_RESOLVED_MIN`` none was
+    resolved), ``blur_angle`` (degrees), ``blur_extent`` (px,
     the blur in the worst direction, any cause), ``sharpness``, ``reflection_area`` (0-1).
     """
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..api import CLASSES, Degradation, Diagnosis
+from ..api import BLUR_LINE_RESOLVED_MIN, CLASSES, Degradation, Diagnosis
 from ..errors import EngineError
 from ..resources import resource
 from . import measure as M
@@ -129,7 +129,7 @@ MIN_MOTION_SMEAR = 3.0
 # ... else its probability is multiplied by this before renormalising
 NO_SMEAR_C_FACTOR = 0.1
 # the straight-line (cepstral) estimate is shown when it is off its ~3.7 px floor
-LINE_FLOOR = 4.5
+LINE_FLOOR = BLUR_LINE_RESOLVED_MIN
 
 
 def estimates_from(meas: Mapping[str, Any]) -> dict[str, Any]:

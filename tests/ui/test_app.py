@@ -25,13 +25,15 @@ def _env_without_display() -> dict[str, str]:
 
 def test_main_without_display_exits_2():
     r = subprocess.run([sys.executable, str(ROOT / "main.py")], env=_env_without_display(),
+                       check=False,
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2
     assert "mend --help" in r.stderr
 
 
 def test_main_help_points_to_the_cli():
-    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True,
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "--help"], check=False,
+                       capture_output=True,
                        text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0 and "mend --help" in r.stdout and "--screenshot" in r.stdout
 
@@ -140,3 +142,39 @@ def test_sidecar_survives_garbage(tmp_path):
     store.path_for(tmp_path / "x.jpg").write_text("{not json")
     assert store.load(tmp_path / "x.jpg") is None
     assert Sidecar.from_json(Sidecar().to_json()) == Sidecar()
+
+
+def test_diagnosis_panel_shows_an_unresolved_line_blur_as_such(qtbot):
+    """The straight-line estimator's floor (~3.7 px) is not a measurement: the panel says "none
+    resolved" and leaves the line's angle out; a resolved line and the blur extent show their
+    numbers."""
+    from PySide6.QtWidgets import QFormLayout
+
+    from engine.api import BLUR_LINE_RESOLVED_MIN
+    from ui.panels.diagnosis import DiagnosisPanel
+
+    def rows(panel: DiagnosisPanel) -> dict[str, str]:
+        form = panel.est_form
+        out = {}
+        for i in range(form.rowCount()):
+            name = form.itemAt(i, QFormLayout.ItemRole.LabelRole)
+            field = form.itemAt(i, QFormLayout.ItemRole.FieldRole)
+            if name is not None and field is not None:
+                out[name.widget().text()] = field.widget().text()
+        return out
+
+    panel = DiagnosisPanel()
+    qtbot.addWidget(panel)
+    shake = {"noise_sigma": 0.4, "blur_length": 3.7, "blur_angle": 110.0, "blur_extent": 20.5,
+             "blur_extent_angle": 30.0}
+    panel.set_diagnosis(Diagnosis(Degradation.C, {"A": 0.1, "B": 0.1, "C": 0.7, "D": 0.1},
+                                  ("motion_blur",), shake))
+    shown = rows(panel)
+    assert shown["Line blur length"] == "none resolved"
+    assert "Line blur angle" not in shown
+    assert shown["Blur extent"] == "20.5 px" and shown["Blur extent angle"] == "30°"
+    line = dict(shake, blur_length=BLUR_LINE_RESOLVED_MIN + 7.5)
+    panel.set_diagnosis(Diagnosis(Degradation.C, {"A": 0.1, "B": 0.1, "C": 0.7, "D": 0.1},
+                                  ("motion_blur",), line))
+    shown = rows(panel)
+    assert shown["Line blur length"] == "12.0 px" and shown["Line blur angle"] == "110°"

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import CLASSES, Degradation, Diagnosis, Plan, Step
+from engine.api import BLUR_LINE_RESOLVED_MIN, CLASSES, Degradation, Diagnosis, Plan, Step
 
 from ..app import weak_slot
 
@@ -43,7 +43,7 @@ RANGES: dict[str, tuple[float, float, float]] = {  # min, max, step
 ESTIMATE_NAMES = {
     "noise_sigma": ("Noise σ", "{:.1f}"),
     "jpeg_quality": ("JPEG quality", "{:.0f}"),
-    "blur_length": ("Line blur length", "{:.1f} px"),  # straight-line fit; ~3.7 = none resolved
+    "blur_length": ("Line blur length", "{:.1f} px"),  # straight-line fit (see _estimate_rows)
     "blur_angle": ("Line blur angle", "{:.0f}°"),
     "blur_extent": ("Blur extent", "{:.1f} px"),
     "blur_extent_angle": ("Blur extent angle", "{:.0f}°"),
@@ -54,6 +54,30 @@ ESTIMATE_NAMES = {
     "upscale_factor": ("Upscale factor", "{:.2g}×"),
 }
 HIDDEN_ESTIMATES = {"width", "height", "units", "jpeg_source"}
+
+
+def estimate_rows(estimates: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name, text) rows for the estimates the panel shows, in the diagnosis's order. A
+    straight-line blur length under the resolvable minimum reads "none resolved" (it is the
+    estimator's floor, not a measurement) and its angle is left out."""
+    rows = []
+    line = estimates.get("blur_length")
+    unresolved = isinstance(line, (int, float)) and line < BLUR_LINE_RESOLVED_MIN
+    for key, value in estimates.items():
+        if key in HIDDEN_ESTIMATES or key not in ESTIMATE_NAMES:
+            continue
+        name, fmt = ESTIMATE_NAMES[key]
+        if unresolved and key == "blur_angle":
+            continue
+        if unresolved and key == "blur_length":
+            rows.append((name, "none resolved"))
+            continue
+        try:
+            text = fmt.format(value) if value is not None else "–"
+        except (ValueError, TypeError):
+            text = str(value)
+        rows.append((name, text))
+    return rows
 
 
 def step_names() -> list[str]:
@@ -212,16 +236,9 @@ class DiagnosisPanel(QWidget):
             if ru else "")
         for k, bar in self.bars.items():
             v = float(d.scores.get(k, 0.0))
-            bar.setValue(int(round(v * 1000)))
+            bar.setValue(round(v * 1000))
             bar.setFormat(f"{v:.0%}")
-        for key, value in d.estimates.items():
-            if key in HIDDEN_ESTIMATES or key not in ESTIMATE_NAMES:
-                continue
-            name, fmt = ESTIMATE_NAMES[key]
-            try:
-                text = fmt.format(value) if value is not None else "–"
-            except (ValueError, TypeError):
-                text = str(value)
+        for name, text in estimate_rows(d.estimates):
             self.est_form.addRow(name, QLabel(text))
         if d.flags:
             self.est_form.addRow("Present", QLabel(", ".join(d.flags)))
