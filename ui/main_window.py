@@ -265,8 +265,8 @@ class MainWindow(QMainWindow):
                 ("pan", "Pan", "H", "Pan and zoom (H)"),
                 ("brush", "Brush", "B", "Paint the reflection mask (B); Shift erases"),
                 ("erase", "Eraser", "E", "Erase from the mask (E)"),
-                ("lasso", "Lasso", "L", "Drag to fill a shape, or click points and "
-                                        "double-click (L); Shift subtracts"),
+                ("lasso", "Lasso", "L", ("Drag to fill a shape, or click points and "
+                                         "double-click (L); Shift subtracts")),
                 ("sam", "Click-select", "S", "Click an object to select it with SAM (S)")):
             a = bar.addAction(text)
             a.setCheckable(True)

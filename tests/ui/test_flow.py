@@ -197,7 +197,7 @@ def test_click_to_select_runs_in_the_engine_thread(qtbot, window, folder, monkey
     def fake_sam(image, points, labels, runtime):
         calls.append((threading.get_ident(), points, labels))
         m = np.zeros(image.shape[:2], np.uint8)
-        x, y = (int(round(v)) for v in points[0])
+        x, y = (round(float(v)) for v in points[0])
         m[max(0, y - 5):y + 5, max(0, x - 5):x + 5] = 255
         return m
 

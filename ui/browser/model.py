@@ -34,6 +34,7 @@ ErrorRole = Qt.ItemDataRole.UserRole + 6
 ThumbStateRole = Qt.ItemDataRole.UserRole + 7  # "loading" | "ready" | "failed"
 
 BATCH = 256
+_NO_PARENT = QModelIndex()  # the root: the default parent of the list model's API
 
 
 @dataclass(frozen=True)
@@ -123,13 +124,13 @@ class ThumbnailModel(QAbstractListModel):
         return i if i is not None and i < self._loaded else None
 
     # -- Qt model API ---------------------------------------------------------------------
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = _NO_PARENT) -> int:
         return 0 if parent.isValid() else self._loaded
 
-    def canFetchMore(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> bool:
+    def canFetchMore(self, parent: QModelIndex | QPersistentModelIndex = _NO_PARENT) -> bool:
         return not parent.isValid() and self._loaded < len(self._all)
 
-    def fetchMore(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> None:
+    def fetchMore(self, parent: QModelIndex | QPersistentModelIndex = _NO_PARENT) -> None:
         if parent.isValid():
             return
         n = min(BATCH, len(self._all) - self._loaded)

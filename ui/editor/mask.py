@@ -17,6 +17,7 @@ mask is final; ``flush()`` waits (tests, shutdown).
 """
 from __future__ import annotations
 
+import itertools
 import weakref
 import zlib
 from collections import deque
@@ -47,7 +48,7 @@ def dab_kernel(radius: float, hardness: float) -> np.ndarray:
 
 def apply_dab(mask: np.ndarray, cx: float, cy: float, kernel: np.ndarray, erase: bool) -> None:
     n = kernel.shape[0] // 2
-    ix, iy = int(round(cx)), int(round(cy))
+    ix, iy = round(float(cx)), round(float(cy))
     x0, y0, x1, y1 = ix - n, iy - n, ix + n + 1, iy + n + 1
     H, W = mask.shape
     cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(W, x1), min(H, y1)
@@ -66,7 +67,7 @@ def interpolate(points: list[tuple[float, float]], spacing: float) -> list[tuple
     if not points:
         return []
     out = [points[0]]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         dist = float(np.hypot(x1 - x0, y1 - y0))
         n = int(dist // max(0.5, spacing))
         for i in range(1, n + 1):

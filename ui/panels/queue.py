@@ -20,7 +20,7 @@ from ..engine_client import EngineClient, JobInfo, JobState
 def format_eta(seconds: float | None) -> str:
     if seconds is None:
         return ""
-    s = int(round(seconds))
+    s = round(float(seconds))
     if s < 60:
         return f"{s} s left"
     if s < 3600:
