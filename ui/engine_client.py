@@ -608,7 +608,8 @@ class EngineClient(QObject):
         self._journal_timer.stop()
         for tok in self._model_tokens.values():
             tok.cancel()
-        self.pool.clear()
+        # queued pool work is NOT dropped: it is the windows' sidecar / mask saves, exports and
+        # journal writes (short), and dropping one loses what the photographer did
         self.model_pool.clear()
         self._thread.quit()
         if not self._thread.wait(timeout_ms):

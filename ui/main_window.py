@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QSettings, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
     QColorDialog,
@@ -56,16 +56,6 @@ log = logging.getLogger("mend.ui")
 
 
 
-class _Background(Background):
-    """The window's pool work (see photo_io.Background), which it can let go of on close."""
-
-    def forget_pending(self) -> None:
-        """Drop the callbacks of work that has not reported back. Closing the window drops the
-        queued pool work, whose callbacks would otherwise wait forever and, as closures over the
-        window, keep it in a reference cycle (freed only by the garbage collector)."""
-        self._callbacks.clear()
-
-
 @dataclass
 class PhotoState:
     diagnosis: Diagnosis | None = None
@@ -109,9 +99,14 @@ class MainWindow(QMainWindow):
         self._view: ViewImages | None = None
         self._view_token = 0
         self.device: Any = None
-        self.bg = _Background(self.client.run_in_pool, self)
+        self.bg = Background(self.client.run_in_pool, self)
 
-        self.loader = ThumbnailLoader(self.client.pool, cache_dir() / "thumbs", parent=self)
+        # thumbnails get a pool of their own: a folder switch drops the queued ones, and that must
+        # never drop the window's other pool work (sidecar and mask saves, exports, viewer
+        # decodes), which also should not wait behind a big folder's thumbnails
+        self.thumb_pool = QThreadPool(self)
+        self.thumb_pool.setMaxThreadCount(self.client.pool.maxThreadCount())
+        self.loader = ThumbnailLoader(self.thumb_pool, cache_dir() / "thumbs", parent=self)
         self.model = ThumbnailModel(self.loader, self)
         self.proxy = ClassFilterProxy(self)
         self.proxy.setSourceModel(self.model)
@@ -1017,8 +1012,11 @@ class MainWindow(QMainWindow):
         self.qs.setValue("window/geometry", self.saveGeometry())
         self.qs.setValue("window/state", self.saveState())
         self.qs.sync()
-        self.loader.new_generation()  # (drops queued pool work: thumbnails and self.bg's)
+        self.loader.new_generation()  # drops the queued thumbnails
+        # the window's queued saves and exports still run (in the client's pool), but their
+        # GUI callbacks are let go: they would keep the closed window alive
         self.bg.forget_pending()
+        self.thumb_pool.waitForDone(10000)
         if self._own_client:
             self.client.clear_journal()
             self.client.shutdown()

@@ -115,6 +115,12 @@ class Background(QObject):
     def pending(self) -> int:
         return len(self._callbacks)
 
+    def forget_pending(self) -> None:
+        """Let go of the callbacks of work that has not reported back (the work itself still
+        runs). For an owner that is closing: the callbacks are closures over it and would keep
+        it alive (in a reference cycle, freed only by the garbage collector)."""
+        self._callbacks.clear()
+
     def _on_done(self, tid: int, result: Any) -> None:
         cb = self._callbacks.pop(tid, None)
         if cb is not None:

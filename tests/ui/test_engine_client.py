@@ -193,3 +193,26 @@ def test_model_tasks_run_in_their_own_pool(qtbot, client):
     with qtbot.waitSignal(client.model_failed, timeout=5000) as sig:
         client.model_task("y", lambda r, t: (_ for _ in ()).throw(ModelMissing("y")))
     assert "'y' is not installed" in sig.args[1]
+
+
+def test_shutdown_runs_the_pool_work_still_queued(qtbot, tmp_path):
+    """Quitting must not drop a save waiting in the pool (a sidecar, a mask, an export): the
+    queued work runs before shutdown() returns."""
+    import threading
+
+    eng = TiledEngine()
+    c = EngineClient(lambda: eng)
+    gate, started = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        gate.wait(20)
+
+    for _ in range(c.pool.maxThreadCount()):
+        c.run_in_pool(hold)
+    assert started.wait(10)
+    out = tmp_path / "saved.txt"
+    c.run_in_pool(lambda: out.write_text("kept"))  # queued behind hold()
+    threading.Timer(0.3, gate.set).start()
+    c.shutdown()
+    assert out.read_text() == "kept"

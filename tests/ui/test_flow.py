@@ -326,3 +326,35 @@ def test_a_closed_window_is_freed_at_once_without_the_garbage_collector(qtbot, f
     finally:
         gc.enable()
     assert alive == [], f"still alive once dropped (a reference cycle): {alive}"
+
+
+def test_a_queued_sidecar_save_survives_a_folder_switch(qtbot, window, folder, tmp_path):
+    """Switching folders drops the queued thumbnails. It used to clear the whole shared pool,
+    so a sidecar save (or an export) still waiting there was silently lost. Thumbnails have
+    their own pool now; the save runs."""
+    import threading
+
+    win = window
+    win.open_folder(folder)
+    qtbot.waitUntil(lambda: win.model.ready_count() == 3, timeout=20000)
+    gate = threading.Event()
+    started = threading.Event()
+
+    def hold() -> None:  # occupy every thread of the pool the window's saves go to
+        started.set()
+        gate.wait(20)
+
+    for _ in range(win.client.pool.maxThreadCount()):
+        win.client.run_in_pool(hold)
+    assert started.wait(10)
+    photo = folder / "b_clean.png"
+    win._save_sidecar(photo, warnings=["kept through the switch"])  # queued behind hold()
+    other = tmp_path / "other"
+    write_photo(other / "x.png", 64, 48, seed=5)
+    store = win.sidecars
+    win.open_folder(other)  # drops queued thumbnails only
+    gate.set()
+    qtbot.waitUntil(lambda: win.client.pool.activeThreadCount() == 0, timeout=20000)
+    win.client.pool.waitForDone(10000)
+    sc = store.load(photo)
+    assert sc is not None and sc.warnings == ["kept through the switch"]
