@@ -49,12 +49,18 @@ class Progress:
         self._callback = callback
         self._offset = _offset
         self._length = _length
-        self._root = _root or self
+        # the root's shared state lives on the root; a root does not point at itself (that
+        # would be a reference cycle, and every job's Progress would wait for the collector)
+        self._parent_root = _root
         if _root is None:
             self.last_fraction = 0.0
             self.last_message = ""
             self.started = time.monotonic()
             self._lock = threading.Lock()
+
+    @property
+    def _root(self) -> Progress:
+        return self if self._parent_root is None else self._parent_root
 
     def sub(self, offset: float, length: float) -> Progress:
         return Progress(

@@ -66,6 +66,25 @@ def test_progress_sub_ranges_are_monotonic():
     assert seen[-1][1] == "second"
 
 
+def test_a_finished_progress_is_freed_without_the_garbage_collector():
+    """Every job makes a Progress tree; the root must not refer to itself (a cycle would leave
+    each one, and what its callback holds, to the collector)."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        root = Progress(lambda f, m: None)
+        child = root.sub(0.5, 0.5)
+        child.update(1.0, "done")
+        assert root.last_fraction == 1.0 and child.eta_seconds() is not None
+        ref = weakref.ref(root)
+        del root, child
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 def test_cancel_from_another_thread_stops_next_check():
     token = CancelToken()
     p = Progress(token=token)
