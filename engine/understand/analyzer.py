@@ -10,6 +10,11 @@ One physical cross-check follows the model: a photo whose edges show less than
 motion-blur photo, so class C's score is cut before the label is chosen. 3 px is a physical
 floor, not a fitted figure: the cepstral line estimator's own floor is 3.7 px, and a blur that
 small is not what the C chain is for (real camera shake in ../shared/images reads 4-34 px).
+
+A second one covers what the CNN cannot see: it looks at a copy reduced to at most 1024 px, so on
+a larger photo noise and JPEG blocks are averaged away. When the full-resolution noise or JPEG
+measurement passes its flag's physical threshold there, most of D's score moves to A
+(``full_resolution_check``).
 """
 from __future__ import annotations
 
@@ -128,6 +133,9 @@ CLASS_FLAG = 0.4
 MIN_MOTION_SMEAR = 3.0
 # ... else its probability is multiplied by this before renormalising
 NO_SMEAR_C_FACTOR = 0.1
+# share of D's probability kept when full-resolution damage hides from the CNN's reduced view
+# (the rest moves to A; see full_resolution_check)
+HIDDEN_DAMAGE_D_FACTOR = 0.1
 # the straight-line (cepstral) estimate is shown when it is off its ~3.7 px floor
 LINE_FLOOR = BLUR_LINE_RESOLVED_MIN
 
@@ -189,6 +197,7 @@ def analyze(image: np.ndarray, photo: Any | None = None,
     p = model.proba(x)[0]
     scores = smear_check({c: float(p[model.classes.index(c)]) for c in (d.value for d in CLASSES)},
                          meas)
+    scores = full_resolution_check(scores, meas)
     label = Degradation(max(scores, key=scores.get))
     refl = scores["B"] >= CLASS_FLAG or label == Degradation.B
     meas["reflection_area"] = meas["features"].get("veil_area", 0.0) if refl else 0.0
@@ -207,6 +216,29 @@ def smear_check(scores: dict[str, float], meas: Mapping[str, Any]) -> dict[str, 
     out["C"] *= NO_SMEAR_C_FACTOR
     total = sum(out.values())
     return {k: v / total for k, v in out.items()} if total > 0 else scores
+
+
+def full_resolution_check(scores: dict[str, float], meas: Mapping[str, Any]) -> dict[str, float]:
+    """D means "nothing to fix". On a photo larger than the CNN's view (reduced k >= 2 times)
+    the CNN cannot see damage at the pixel level: a k-times box reduction divides the noise by
+    k and averages JPEG blocks away (a 12 MP photo with noise sigma 15 or JPEG quality 30 read D).
+    There the full-resolution measurements speak: with noise at or above the ``noise`` flag
+    (``NOISE_FLAG``) or JPEG quality below the ``jpeg`` flag (``JPEG_FLAG``), what the CNN
+    called clean is class A's damage, so most of D's score moves to A (B and C, which the CNN
+    could see, keep theirs). Photos the CNN saw at their own resolution (k = 1) are left to it."""
+    if float(meas.get("view_scale", 1.0)) < 2 or "D" not in scores:
+        return scores
+    jpeg_measured = meas.get("jpeg_source") == "tables" or \
+        float(meas.get("jpeg_evidence", 0.0)) >= M.JPEG_EVIDENCE
+    noisy = float(meas.get("noise_sigma", 0.0)) >= NOISE_FLAG
+    compressed = jpeg_measured and float(meas.get("jpeg_quality", 100.0)) < JPEG_FLAG
+    if not (noisy or compressed):
+        return scores
+    out = dict(scores)
+    moved = out["D"] * (1.0 - HIDDEN_DAMAGE_D_FACTOR)
+    out["D"] -= moved
+    out["A"] = out.get("A", 0.0) + moved
+    return out
 
 
 def _rationale(label: Degradation, scores: Mapping[str, float], est: Mapping[str, Any],

@@ -287,3 +287,44 @@ def test_accuracy_on_the_real_photo_sets_does_not_regress(shared_images):
             hits += analyze(photo.pixels, photo).label.value == label
         got[name] = hits / len(rows)
     assert all(got[k] >= REAL_SET_FLOORS[k] for k in got), got
+
+
+def test_full_resolution_check_moves_d_to_a_only_where_the_cnn_could_not_see():
+    from engine.understand.analyzer import (HIDDEN_DAMAGE_D_FACTOR, JPEG_FLAG, NOISE_FLAG,
+                                            full_resolution_check)
+
+    scores = {"A": 0.1, "B": 0.2, "C": 0.1, "D": 0.6}
+    clean = {"view_scale": 3.0, "noise_sigma": 1.0, "jpeg_quality": 92.0, "jpeg_source": "tables"}
+    assert full_resolution_check(scores, clean) == scores
+    for damage in ({"noise_sigma": NOISE_FLAG}, {"jpeg_quality": JPEG_FLAG - 1}):
+        out = full_resolution_check(scores, dict(clean, **damage))
+        assert out["D"] == pytest.approx(0.6 * HIDDEN_DAMAGE_D_FACTOR)
+        assert out["A"] == pytest.approx(0.1 + 0.6 * (1 - HIDDEN_DAMAGE_D_FACTOR))
+        assert (out["B"], out["C"]) == (0.2, 0.1) and sum(out.values()) == pytest.approx(1.0)
+        # the CNN saw the photo at its own resolution: its judgement stands
+        assert full_resolution_check(scores, dict(clean, view_scale=1.0, **damage)) == scores
+    # a blind JPEG estimate without evidence is not a measurement
+    blind = dict(clean, jpeg_source="pixels", jpeg_quality=40.0, jpeg_evidence=0.1)
+    assert full_resolution_check(scores, blind) == scores
+
+
+@pytest.mark.parametrize("damage", ["noise 15", "jpeg 30"])
+def test_a_large_noisy_or_compressed_photo_is_not_called_clean(shared_images, damage):
+    """A real 8 MP phone photo (clean: D). With noise the CNN's 3x-reduced view cannot show, or
+    heavy JPEG compression, it used to stay D ("nothing to fix"); the full-resolution
+    measurements now make it A."""
+    from engine.imageio import load_photo
+
+    p = shared_images / "camera_jpeg_exif" / "exif-samples__jpg__hdr__iphone_hdr_YES.jpg"
+    if not p.is_file():
+        pytest.skip(f"{p.name} is not in ../shared/images")
+    photo = load_photo(p)
+    img = photo.pixels[..., :3]
+    assert analyze(img, photo).label is Degradation.D
+    if damage == "noise 15":
+        bad = S.add_noise(img, 15, np.random.default_rng(0))
+    else:
+        bad, _ = S.jpeg(img, 30)
+    d = analyze(bad)
+    assert d.label is Degradation.A, d.scores
+    assert ("noise" if damage == "noise 15" else "jpeg") in d.flags
