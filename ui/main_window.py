@@ -55,7 +55,6 @@ from .sidecar import Sidecar, SidecarStore
 log = logging.getLogger("mend.ui")
 
 
-
 @dataclass
 class PhotoState:
     diagnosis: Diagnosis | None = None
