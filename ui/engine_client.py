@@ -124,8 +124,8 @@ class _Worker(QObject):
     def execute(self, ticket: _Ticket) -> None:
         last = [0.0]
         holder: dict[str, Progress] = {}
-        # weakly: a Progress refers to itself (its root), so it is freed by the garbage
-        # collector, and must not keep this QObject alive in that cycle until then
+        # weakly: the Progress (and so this callback) is handed to the engine, which may keep it
+        # after the job; it must not keep this QObject alive
         me = weakref.ref(self)
 
         def callback(fraction: float, message: str) -> None:
