@@ -41,7 +41,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
-lint: $(STAMP)
+lint: $(STAMP)  # (tests/test_lint.py runs the same check in make test)
 	$(VENV)/bin/ruff check engine ui tests bench scripts installer main.py
 
 clean:

@@ -290,8 +290,12 @@ def test_accuracy_on_the_real_photo_sets_does_not_regress(shared_images):
 
 
 def test_full_resolution_check_moves_d_to_a_only_where_the_cnn_could_not_see():
-    from engine.understand.analyzer import (HIDDEN_DAMAGE_D_FACTOR, JPEG_FLAG, NOISE_FLAG,
-                                            full_resolution_check)
+    from engine.understand.analyzer import (
+        HIDDEN_DAMAGE_D_FACTOR,
+        JPEG_FLAG,
+        NOISE_FLAG,
+        full_resolution_check,
+    )
 
     scores = {"A": 0.1, "B": 0.2, "C": 0.1, "D": 0.6}
     clean = {"view_scale": 3.0, "noise_sigma": 1.0, "jpeg_quality": 92.0, "jpeg_source": "tables"}
