@@ -123,8 +123,9 @@ def edge_widths(gray: np.ndarray, window: int = WINDOW, per_bin: int = PER_BIN,
     return contrast[ok] / dmax[ok], b[ok]
 
 
-def _raw(gray: np.ndarray) -> tuple[float, float, int] | None:
-    """(widest orientation's edge width px, its angle deg, edges measured) or None."""
+def _raw(gray: np.ndarray) -> tuple[float, float, int, float] | None:
+    """(widest orientation's edge width px, its angle deg, edges measured, isotropy) or None.
+    Isotropy: the narrowest orientation's blur beyond a sharp edge over the widest's."""
     res = edge_widths(gray)
     if res is None:
         return None
@@ -137,7 +138,10 @@ def _raw(gray: np.ndarray) -> tuple[float, float, int] | None:
     if np.isnan(q).sum() > BINS // 3:  # too few orientations seen to judge
         return None
     imax = int(np.nanargmax(q))
-    return float(q[imax]), imax * 180.0 / BINS, int(wid.size)
+    beyond = np.sqrt(np.maximum(q * q - SHARP_WIDTH * SHARP_WIDTH, 0.0))
+    widest = float(np.nanmax(beyond))
+    iso = float(np.nanmin(beyond)) / widest if widest > 0 else 1.0
+    return float(q[imax]), imax * 180.0 / BINS, int(wid.size), iso
 
 
 def _beyond_sharp(width: float) -> float:
@@ -151,30 +155,31 @@ def estimate_blur_extent(gray: np.ndarray) -> dict[str, float]:
     ``blur_extent_angle`` (degrees, the direction of the widest blur, 0 = horizontal,
     counter-clockwise, in 15-degree steps) and ``blur_extent_edges`` (how many edges were
     measured; 0 when the photo has too few clean edges to say)."""
-    none = {"blur_extent": 0.0, "blur_extent_angle": 0.0, "blur_extent_edges": 0.0}
+    none = {"blur_extent": 0.0, "blur_extent_angle": 0.0, "blur_extent_edges": 0.0,
+            "blur_isotropy": 1.0}
     gray = np.asarray(gray, dtype=np.float32)
     if gray.ndim != 2 or min(gray.shape) < 32:
         return none
     res = raw_extent(gray)
     if res is None:
         return none
-    extent, angle, edges = res
-    return {"blur_extent": float(extent),
-            "blur_extent_angle": float(angle), "blur_extent_edges": float(edges)}
+    extent, angle, edges, iso = res
+    return {"blur_extent": float(extent), "blur_extent_angle": float(angle),
+            "blur_extent_edges": float(edges), "blur_isotropy": round(float(iso), 3)}
 
 
-def raw_extent(gray: np.ndarray) -> tuple[float, float, int] | None:
-    """(extent px, angle deg, edges measured). A long smear's ramps outgrow the profile window
-    and get cut by neighbouring structures, so beyond RESCALE_ABOVE the photo is also measured
-    at half size and the larger reading is kept."""
+def raw_extent(gray: np.ndarray) -> tuple[float, float, int, float] | None:
+    """(extent px, angle deg, edges measured, isotropy). A long smear's ramps outgrow the profile
+    window and get cut by neighbouring structures, so beyond RESCALE_ABOVE the photo is also
+    measured at half size and the larger reading (with its isotropy) is kept."""
     res = _raw(gray)
     if res is None:
         return None
-    best = (_beyond_sharp(res[0]), res[1], res[2])
+    best = (_beyond_sharp(res[0]), res[1], res[2], res[3])
     if best[0] > RESCALE_ABOVE and min(gray.shape) >= 192:
         half = cv2.resize(gray, (gray.shape[1] // 2, gray.shape[0] // 2),
                           interpolation=cv2.INTER_AREA)
         res2 = _raw(half)
         if res2 is not None and 2.0 * _beyond_sharp(res2[0]) > best[0]:
-            best = (2.0 * _beyond_sharp(res2[0]), res2[1], res2[2])
+            best = (2.0 * _beyond_sharp(res2[0]), res2[1], res2[2], res2[3])
     return best

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.understand import synthetic as S
-from engine.understand.analyzer import MIN_MOTION_SMEAR, smear_check
+from engine.understand.analyzer import MIN_MOTION_SMEAR, MOTION_MAX_ISOTROPY, smear_check
 from engine.understand.blurextent import estimate_blur_extent
 from engine.understand.measure import to_gray
 
@@ -82,7 +82,8 @@ def test_defocus_reads_as_blur_of_its_width(sigma):
                                  np.random.default_rng(0).random((64, 64)).astype(np.float32) * 0.01])
 def test_featureless_or_tiny_inputs_read_nothing(img):
     r = estimate_blur_extent(img)
-    assert r == {"blur_extent": 0.0, "blur_extent_angle": 0.0, "blur_extent_edges": 0.0}
+    assert r == {"blur_extent": 0.0, "blur_extent_angle": 0.0, "blur_extent_edges": 0.0,
+                 "blur_isotropy": 1.0}
 
 
 def test_smear_check_cuts_c_only_when_edges_show_no_blur():
@@ -94,6 +95,35 @@ def test_smear_check_cuts_c_only_when_edges_show_no_blur():
     # a measured smear, or no measurement at all (too few edges), leaves the scores alone
     assert smear_check(scores, {"blur_extent": 6.0, "blur_extent_edges": 2400.0}) == scores
     assert smear_check(scores, {"blur_extent": 0.0, "blur_extent_edges": 0.0}) == scores
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_isotropy_tells_motion_from_defocus(seed):
+    """A straight or hand-shake smear is wide one way only; a Gaussian or disc blur of the same
+    size is wide every way (MOTION_MAX_ISOTROPY sits between them)."""
+    rng = np.random.default_rng(seed)
+    img = _scene(seed)
+    line = S.motion_kernel(14, float(rng.uniform(0, 180)))
+    shake = S.shake_kernel(14, rng)
+    g = cv2.getGaussianKernel(23, 3.5)
+    gauss = (g @ g.T).astype(np.float32)
+    yy, xx = np.mgrid[-7:8, -7:8]
+    disc = ((xx * xx + yy * yy) <= 49).astype(np.float32)
+    disc /= disc.sum()
+    for k in (line, shake):
+        r = _extent(S.convolve(img, k))
+        assert r["blur_extent"] >= MIN_MOTION_SMEAR and r["blur_isotropy"] < MOTION_MAX_ISOTROPY
+    for k in (gauss, disc):
+        r = _extent(S.convolve(img, k))
+        assert r["blur_extent"] >= MIN_MOTION_SMEAR and r["blur_isotropy"] >= MOTION_MAX_ISOTROPY
+
+
+def test_smear_check_cuts_c_for_a_blur_as_wide_every_way():
+    scores = {"A": 0.1, "B": 0.1, "C": 0.7, "D": 0.1}
+    meas = {"blur_extent": 12.0, "blur_extent_edges": 2400.0}
+    assert smear_check(scores, dict(meas, blur_isotropy=0.3)) == scores
+    cut = smear_check(scores, dict(meas, blur_isotropy=MOTION_MAX_ISOTROPY + 0.1))
+    assert max(cut, key=cut.get) != "C" and abs(sum(cut.values()) - 1.0) < 1e-9
 
 
 def test_real_camera_shake_reads_more_than_its_sharp_frame(shared_images):

@@ -47,6 +47,7 @@ ESTIMATE_NAMES = {
     "blur_angle": ("Line blur angle", "{:.0f}°"),
     "blur_extent": ("Blur extent", "{:.1f} px"),
     "blur_extent_angle": ("Blur extent angle", "{:.0f}°"),
+    "blur_isotropy": ("Blur isotropy", "{:.2f}"),  # ~1 same every way (defocus), low: motion
     "sharpness": ("Sharpness", "{:.3g}"),
     "reflection_area": ("Reflection area", "{:.0%}"),
     "specular_area": ("Specular area", "{:.1%}"),
