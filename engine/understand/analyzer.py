@@ -12,9 +12,10 @@ floor, not a fitted figure: the cepstral line estimator's own floor is 3.7 px, a
 small is not what the C chain is for (real camera shake in ../shared/images reads 4-34 px).
 The same check cuts C when the blur is about as wide in every direction (``blur_isotropy`` at
 least ``MOTION_MAX_ISOTROPY``): that is defocus or softness (class A), not motion, which smears
-one way more than the others. 0.5 separates them on synthetic blurs of clean sources that are
-not evaluation photos (straight and hand-shake paths: median 0.33, 95th percentile 0.55;
-Gaussian and disc blurs: median 0.65, 5th percentile 0.48).
+one way more than the others. 0.5 about minimises the errors on synthetic 6-24 px blurs of
+clean photos that are not evaluation photos (``scripts/blur_isotropy_threshold.py``: straight
+and hand-shake paths median 0.33, 14.8 % at or above 0.5; Gaussian and disc blurs median 0.65,
+7.9 % below it).
 
 A second one covers what the CNN cannot see: it looks at a copy reduced to at most 1024 px, so on
 a larger photo noise and JPEG blocks are averaged away. When the full-resolution noise or JPEG

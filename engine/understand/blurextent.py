@@ -16,7 +16,9 @@ floor. This module measures the blur's extent directly instead:
 
 It is the blur in the worst direction whatever made it: motion (straight or curved) and defocus
 alike, so it says how bad the blur is, not what caused it (the classifier says that). Long blurs
-are also measured on a 2x-reduced copy so the profile window still spans them. Units: px at the
+are also measured on a 2x-reduced copy so the profile window still spans them. ``blur_isotropy``
+is the narrowest orientation's blur over the widest's (near 1: as wide every way, defocus or
+softness; low: one way, motion). Units: px at the
 resolution of the image passed in; 0 = no blur beyond a sharp edge. For a straight line of L px
 it reads about L. Accuracy (bench/classify.py --synthetic: line and hand-shake kernels on the
 benchmark photos, whose own softness adds in): see the README; real sharp photos read 0-5 px,
@@ -171,7 +173,9 @@ def estimate_blur_extent(gray: np.ndarray) -> dict[str, float]:
 def raw_extent(gray: np.ndarray) -> tuple[float, float, int, float] | None:
     """(extent px, angle deg, edges measured, isotropy). A long smear's ramps outgrow the profile
     window and get cut by neighbouring structures, so beyond RESCALE_ABOVE the photo is also
-    measured at half size and the larger reading (with its isotropy) is kept."""
+    measured at half size and the larger reading is kept. The isotropy always comes from the
+    full-size measurement: at half size a sharp edge's own width weighs relatively more in the
+    narrow directions, which lifts the isotropy of long motion blurs towards a defocus's."""
     res = _raw(gray)
     if res is None:
         return None
@@ -181,5 +185,5 @@ def raw_extent(gray: np.ndarray) -> tuple[float, float, int, float] | None:
                           interpolation=cv2.INTER_AREA)
         res2 = _raw(half)
         if res2 is not None and 2.0 * _beyond_sharp(res2[0]) > best[0]:
-            best = (2.0 * _beyond_sharp(res2[0]), res2[1], res2[2], res2[3])
+            best = (2.0 * _beyond_sharp(res2[0]), res2[1], res2[2], best[3])
     return best

@@ -263,7 +263,7 @@ def test_real_labelled_photos(shared_images, rel, label):
 
 # Floors a little under the shipped analyzer's measured figures (README, docs/bench/classify.json):
 # a change that loses more than a couple of photos on any real set fails here.
-REAL_SET_FLOORS = {"labelled": 0.59, "camera_D": 0.63, "faces_A": 0.67}
+REAL_SET_FLOORS = {"labelled": 0.59, "camera_D": 0.63, "faces_A": 0.64}
 
 
 def test_accuracy_on_the_real_photo_sets_does_not_regress(shared_images):
