@@ -167,7 +167,7 @@ def _load(path: Path):
     return photo.pixels, photo
 
 
-MEASURE_VERSION = "4"  # bump when measure.py changes what it returns
+MEASURE_VERSION = "5"  # bump when measure.py changes what it returns
 
 
 def _measure_version() -> str:
