@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor, QGuiApplication, QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtGui import QColor, QGuiApplication, QPainter, QPalette, QPixmap
+from PySide6.QtWidgets import QApplication, QLabel
 
 from engine.resources import resource
 
@@ -106,6 +106,32 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     apply_theme(app)
     setup_logging()
     return app
+
+
+def starting_splash(message: str) -> QLabel:
+    """A small "starting" window with ``message``, for the wait before the main window; close
+    it once that is shown. A plain frameless label, not a QSplashScreen: that one's show()
+    waits for the window system holding Python's GIL (a full second on the offscreen platform),
+    which stalls the thread doing the work being waited for."""
+    pix = QPixmap(420, 140)
+    pix.fill(QColor("#1e2024"))
+    painter = QPainter(pix)
+    icon = STYLE.parents[1] / "icons" / "mend-app.png"
+    img = QPixmap(str(icon)) if icon.exists() else QPixmap()
+    if not img.isNull():
+        img = img.scaled(72, 72, Qt.AspectRatioMode.KeepAspectRatio,
+                         Qt.TransformationMode.SmoothTransformation)
+        painter.drawPixmap(24, (pix.height() - img.height()) // 2, img)
+    painter.setPen(QColor("#e4e6ea"))
+    painter.drawText(pix.rect().adjusted(112, 0, -16, 0),
+                     int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), message)
+    painter.end()
+    splash = QLabel()
+    splash.setWindowFlags(Qt.WindowType.SplashScreen | Qt.WindowType.FramelessWindowHint)
+    splash.setPixmap(pix)
+    splash.setWindowTitle("Mend")
+    splash.show()
+    return splash
 
 
 def apply_theme(app: QApplication) -> None:

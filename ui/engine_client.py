@@ -154,6 +154,45 @@ class _Worker(QObject):
         self.done.emit(ticket.id, result)
 
 
+_WARMUP_SETTLE = 0.3  # seconds the warm-up's tiny job waits for the window to settle
+
+
+def import_engine_modules() -> float:
+    """Import torch, the engine facade, every restoration step and the builtin classifier in
+    the calling thread; returns the seconds it took (about 0 once done). Thread-safe, never
+    raises: a missing torch leaves the CPU built-ins, a broken module shows up at its first job.
+
+    Importing torch holds the GIL through long C initialisers (~0.4 s at a time here), which
+    stalls every other Python thread, the GUI thread included: main.py calls this before the
+    window is shown; the engine thread's warm-up calls it again (a no-op by then).
+    """
+    t0 = time.perf_counter()
+    try:
+        import torch  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - a broken torch fails with any error
+        log.info("torch not importable (%s): CPU built-ins only", e)
+    try:  # every specialist and classifier module: their imports (scipy, cv2...)
+        import engine.pipeline
+        from engine.restore.registry import all_steps
+        from engine.understand.base import get_classifier
+
+        all_steps()
+        get_classifier("builtin")
+        # what the first job imports lazily: the store and runtime, the plan and the guard,
+        # Pillow's format plugins, and scipy's FFT (the analyzer's blur measure)
+        import scipy.fft  # noqa: F401
+        from PIL import Image
+
+        import engine.models.runtime
+        import engine.restore.guard
+        import engine.restore.profiles  # noqa: F401
+
+        Image.init()
+    except Exception as e:  # noqa: BLE001 - a broken module shows up at its first job
+        log.warning("engine modules: %s", e)
+    return time.perf_counter() - t0
+
+
 def _tiny_job(engine: Any) -> None:
     """Run one 64 x 48 photo through diagnose + the builtin chain in a temp folder."""
     import tempfile
@@ -346,22 +385,21 @@ class EngineClient(QObject):
         return self._add(JobKind.CALL, None, fn, title)
 
     def warm_up(self) -> int:
-        """Create the engine (and import torch) in the engine thread now, not at the first job.
+        """Create the engine in the engine thread now, not at the first job.
 
-        Importing torch holds Python's GIL for up to a second inside its C initialisers, which
-        no thread layout can hide; doing it at start-up keeps it out of the user's work.
+        Its imports (torch above all) are best done by ``import_engine_modules`` before the
+        window is shown (main.py does): importing torch holds Python's GIL for up to half a
+        second at a time inside its C initialisers, which froze the shown window however the
+        threads were laid out. Whatever is not imported yet is imported here, so that it stays
+        out of the user's work.
         """
         def start(engine: Any, progress: Progress) -> Any:
+            import_engine_modules()
+            # the window's first paints run more Python than any later frame; the tiny job's
+            # numpy work beside them, competing for the GIL, stretched one to ~0.2 s (measured)
+            if not progress.token.cancelled():
+                time.sleep(_WARMUP_SETTLE)
             try:
-                import torch  # noqa: F401
-            except ImportError:
-                pass
-            try:  # every specialist and classifier module: their imports (scipy, cv2...)
-                from engine.restore.registry import all_steps
-                from engine.understand.base import get_classifier
-
-                all_steps()
-                get_classifier("builtin")
                 _tiny_job(engine)  # the common path's lazy imports (PIL plugins, codecs...)
             except Exception as e:  # noqa: BLE001 - a broken module shows up at its first job
                 log.warning("engine warm-up: %s", e)
