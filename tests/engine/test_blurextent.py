@@ -151,3 +151,12 @@ def test_analyzer_reports_the_extent_in_estimates_and_rationale():
     assert "blur_extent_angle" in d.estimates
     if "motion_blur" in d.flags and d.estimates["blur_length"] < 4.5:
         assert "blur extent" in d.rationale
+
+
+def test_rationale_says_an_isotropic_blur_is_not_motion():
+    from engine.understand.analyzer import analyze
+
+    g = cv2.getGaussianKernel(31, 5.0)
+    d = analyze(S.convolve(_scene(3, 512), (g @ g.T).astype(np.float32)))
+    assert d.estimates["blur_isotropy"] >= MOTION_MAX_ISOTROPY
+    assert d.label.value != "C" and "every direction" in d.rationale, d.rationale
