@@ -271,8 +271,9 @@ def _rationale(label: Degradation, scores: Mapping[str, float], est: Mapping[str
                          f"{est['blur_extent_angle']:.0f}°")
         else:
             parts.append("motion blur (extent not measurable)")
-    elif est.get("blur_extent", 0) >= MIN_MOTION_SMEAR and \
+    elif label == Degradation.A and est.get("blur_extent", 0) >= MIN_MOTION_SMEAR and \
             est.get("blur_isotropy", 0) >= MOTION_MAX_ISOTROPY:
+        # (only where it explains the label: a sharp phone photo's edges read a few px too)
         parts.append(f"blurred ≈{est['blur_extent']:.0f}px, about as much in every direction "
                      "(defocus or softness, not motion)")
     if "upscaled" in flags:

@@ -324,7 +324,10 @@ def test_a_large_noisy_or_compressed_photo_is_not_called_clean(shared_images, da
         pytest.skip(f"{p.name} is not in ../shared/images")
     photo = load_photo(p)
     img = photo.pixels[..., :3]
-    assert analyze(img, photo).label is Degradation.D
+    clean = analyze(img, photo)
+    assert clean.label is Degradation.D
+    # its edges read a few px of even blur, as every phone photo's do: not worth a mention
+    assert "every direction" not in clean.rationale, clean.rationale
     if damage == "noise 15":
         bad = S.add_noise(img, 15, np.random.default_rng(0))
     else:
