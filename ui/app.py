@@ -83,6 +83,13 @@ def setup_logging() -> Path | None:
         root = logging.getLogger("mend")
         root.addHandler(h)
         root.setLevel(logging.INFO)
+        # libraries' own warnings (Pillow's "Corrupt EXIF data" on a damaged file...) go to the
+        # log file, as the CLI does, not to a terminal the photographer never sees; the photo's
+        # own error says what matters
+        logging.captureWarnings(True)
+        pw = logging.getLogger("py.warnings")
+        pw.addHandler(h)
+        pw.propagate = False
         return path
     except OSError:
         return None

@@ -178,3 +178,16 @@ def test_diagnosis_panel_shows_an_unresolved_line_blur_as_such(qtbot):
                                   ("motion_blur",), line))
     shown = rows(panel)
     assert shown["Line blur length"] == "12.0 px" and shown["Line blur angle"] == "110°"
+
+
+def test_library_warnings_go_to_the_app_log_not_the_terminal(tmp_path):
+    code = ("import warnings\nfrom ui.app import setup_logging\nlog = setup_logging()\n"
+            "warnings.warn('Corrupt EXIF data.', UserWarning)\n"
+            "for h in __import__('logging').getLogger('mend').handlers: h.flush()\n"
+            "print(log)\n")
+    env = dict(os.environ, MEND_UI_DATA_DIR=str(tmp_path / "data"))
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "Corrupt EXIF" not in r.stderr
+    assert "Corrupt EXIF data." in Path(r.stdout.strip()).read_text(encoding="utf-8")
