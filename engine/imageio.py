@@ -1275,24 +1275,38 @@ def _norm_format(name: str | None) -> str | None:
     return n
 
 
+def _default_format(suffix: str, source_format: str | None) -> str:
+    """The output format when the user chose none: what the source really is when that is known
+    (``Photo.format``: a PNG named .dng is a PNG), else what its extension says."""
+    if source_format:
+        return _SOURCE_TO_OUT.get(source_format, "png")
+    return _EXT_TO_OUT.get(suffix.lower(), "png")
+
+
 def _output_format(dest: Path, options: OutputOptions, like: Photo | None) -> str:
+    """``options.format``, else the format ``dest``'s extension names when it is one Mend
+    writes, else the source's (as ``output_path_for`` decides, so the two agree)."""
     fmt = _norm_format(options.format)
     if fmt:
         return fmt
-    by_ext = _EXT_TO_OUT.get(dest.suffix.lower())
-    if by_ext:
-        return by_ext
-    if like is not None:
-        return _SOURCE_TO_OUT.get(like.format, "png")
-    return "png"
+    suffix = dest.suffix.lower()
+    for name, (_ext, accepted) in _OUT_FORMATS.items():
+        if suffix in accepted:
+            return name
+    return _default_format(suffix, like.format if like is not None else None)
 
 
-def output_path_for(src: str | os.PathLike[str], options: OutputOptions | None = None) -> Path:
+def output_path_for(src: str | os.PathLike[str], options: OutputOptions | None = None, *,
+                    source_format: str | None = None) -> Path:
     """Where the result of ``src`` goes: ``<out_dir or src folder>/<stem><suffix>.<ext>``,
-    with ``_1``, ``_2``... when taken; never the source itself."""
+    with ``_1``, ``_2``... when taken; never the source itself.
+
+    The format is ``options.format``, else that of the decoded source when ``source_format``
+    (``Photo.format``) is given - a PNG misnamed ``.dng`` exports as ``.png``, a RAW as a TIFF -
+    else the one ``src``'s extension implies."""
     options = options or OutputOptions()
     src = Path(src)
-    fmt = _norm_format(options.format) or _EXT_TO_OUT.get(src.suffix.lower(), "png")
+    fmt = _norm_format(options.format) or _default_format(src.suffix, source_format)
     folder = Path(options.out_dir) if options.out_dir else src.parent
     dest = folder / f"{src.stem}{options.suffix}{_OUT_FORMATS[fmt][0]}"
     for cand in _candidates(dest):

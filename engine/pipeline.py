@@ -273,7 +273,7 @@ class Engine:
               passthrough: bool) -> Path:
         from .imageio import atomic_write_bytes, output_path_for, save_photo
 
-        dest = output_path_for(photo.path, options)
+        dest = output_path_for(photo.path, options, source_format=photo.format)
         same_format = dest.suffix.lower() == photo.path.suffix.lower() or (
             _format_matches(photo.format, dest.suffix.lstrip(".")))
         if passthrough and same_format and options.bit_depth in (None, photo.bit_depth):

@@ -477,6 +477,57 @@ def test_name_clash_suffix_and_never_source(tmp_path):
     assert mio.output_path_for(tmp_path / "x.heic").suffix == ".jpg"
 
 
+def test_misnamed_source_exports_as_what_it_really_is(tmp_path):
+    """The export follows the decoded format, not the source's extension: a PNG named .dng is
+    saved as a PNG called .png; the file name and the bytes written agree."""
+    px = (_rgb() * 255).astype(np.uint8)
+    cases = [("photo.dng", "PNG", ".png"), ("scan.NEF", "JPEG", ".jpg"),
+             ("shot.png", "JPEG", ".jpg"), ("pic.heic", "PNG", ".png"),
+             ("page.jpg", "TIFF", ".tif")]
+    for name, real, want in cases:
+        src = _save_pil(tmp_path / name, Image.fromarray(px), real)
+        ph = mio.load_photo(src)
+        assert ph.format == real
+        dest = mio.output_path_for(src, OutputOptions(), source_format=ph.format)
+        assert dest.name == Path(name).stem + "_mend" + want, name
+        out = mio.save_photo(ph.pixels, dest, like=ph)
+        assert out == dest  # save_photo kept the name output_path_for chose
+        with Image.open(out) as im:
+            assert im.format == real, name  # and wrote the bytes its extension says
+        # a destination with an extension Mend never writes (.dng, .heic) goes by the content;
+        # one Mend writes (.png, .jpg) is what the caller asked for: either way name == bytes
+        out2 = mio.save_photo(ph.pixels, tmp_path / "o" / name, like=ph)
+        writable = Path(name).suffix.lower() in (".png", ".jpg")
+        assert out2.suffix == (Path(name).suffix if writable else want), name
+        with Image.open(out2) as im:
+            assert im.format == ({".png": "PNG", ".jpg": "JPEG"}[out2.suffix] if writable
+                                 else real), name
+    src = tmp_path / "photo.dng"
+    # without the decoded format only the extension is known (the old call keeps working)
+    assert mio.output_path_for(src).suffix == ".tif"
+    # the user's explicit choice still wins
+    assert mio.output_path_for(src, OutputOptions(format="webp"),
+                               source_format="PNG").suffix == ".webp"
+    assert mio.output_path_for(src, OutputOptions(), source_format="PNG").suffix == ".png"
+    assert mio.output_path_for(tmp_path / "a.gif", source_format="GIF").suffix == ".png"
+
+
+def test_engine_exports_a_misnamed_png_as_png(tmp_path):
+    """Through Engine.run (the pipeline's call to output_path_for): nothing to fix, so the
+    original PNG bytes are kept, under a .png name."""
+    from engine.api import Degradation, JobRequest
+    from engine.pipeline import Engine
+
+    src = _save_pil(tmp_path / "photo.dng", Image.fromarray((_rgb() * 255).astype(np.uint8)),
+                    "PNG")
+    res = Engine("cpu").run(JobRequest(src, OutputOptions(out_dir=tmp_path / "o"),
+                                       label=Degradation.D))
+    assert res.output == tmp_path / "o" / "photo_mend.png"
+    with Image.open(res.output) as im:
+        assert im.format == "PNG"
+    assert mio.load_photo(res.output).pixels.shape == mio.load_photo(src).pixels.shape
+
+
 def test_symlink_to_source_refused(tmp_path):
     p = _save_pil(tmp_path / "photo.png", Image.fromarray((_rgb() * 255).astype(np.uint8)))
     link = tmp_path / "alias.png"

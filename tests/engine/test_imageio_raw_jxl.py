@@ -303,6 +303,26 @@ def test_content_wins_over_the_extension(tmp_path, dng):
         mio.load_photo(garbage)
 
 
+def test_export_follows_the_content_not_the_extension(tmp_path, dng):
+    """A PNG named .dng exports as PNG; a real DNG (whatever its name) as a 16-bit TIFF."""
+    fake = tmp_path / "really_png.dng"
+    Image.fromarray(np.full((10, 12, 3), 200, np.uint8)).save(fake, "PNG")
+    ph = mio.load_photo(fake)
+    dest = mio.output_path_for(fake, OutputOptions(), source_format=ph.format)
+    assert dest.name == "really_png_mend.png"
+    out = mio.save_photo(ph.pixels, dest, like=ph)
+    assert out == dest and Image.open(out).format == "PNG"
+    disguised = tmp_path / "holiday.png"
+    disguised.write_bytes(dng.read_bytes())
+    ph = mio.load_photo(disguised)
+    dest = mio.output_path_for(disguised, OutputOptions(), source_format=ph.format)
+    assert dest.name == "holiday_mend.tif"
+    out = mio.save_photo(ph.pixels, dest, like=ph)
+    back = mio.load_photo(out)
+    assert out == dest and back.format == "TIFF" and back.bit_depth == 16
+    assert mio.output_path_for(dng, source_format="DNG").suffix == ".tif"
+
+
 def test_ordinary_tiff_is_not_taken_for_a_raw(tmp_path):
     p = tmp_path / "plain.tif"
     Image.fromarray(np.full((8, 9, 3), 90, np.uint8)).save(p, "TIFF")
