@@ -15,15 +15,31 @@ every photo so that 1 % of its pixels clip, a different brightness per photo). L
 applied exactly once. The pixel limit is checked on LibRaw's header sizes before anything is
 unpacked.
 
+Threads: rawpy's wheels build LibRaw with OpenMP (``rawpy.flags["OPENMP"]``; rawpy 0.28.0 /
+LibRaw 0.22.2 on Linux bundle ``rawpy.libs/libgomp-*.so``). Uncapped, ``postprocess`` runs its
+parallel parts on a team of one thread per CPU whatever Mend's thread setting: measured here
+(2 CPUs, a 6 MP synthetic DNG) the decoding thread used 0.36 s of CPU and a second, OpenMP thread
+0.22 s. ``OMP_NUM_THREADS`` is read only when libgomp loads, and ``omp_set_num_threads`` sets
+the count of the *calling* thread only (libgomp keeps it per thread: set in the main thread it
+did not cap a decode in a worker thread). So ``_cap_openmp`` calls it, with
+``devices.cpu_threads()``, in the decoding thread right before every ``postprocess``; measured:
+with a cap of 1 no OpenMP thread is started, with 2 one is. ``info["libraw_threads"]`` records
+the cap (or why there is none). Only the Linux wheel's bundled libgomp was measured; a bundled
+``libomp`` (macOS) / ``vcomp`` (Windows) is capped the same way when found, unmeasured.
+
 EXIF: TIFF-based RAWs give their IFD0 descriptive tags plus the Exif and GPS IFDs (maker notes
 are left out: their offsets point into the RAW), and their XMP (IFD0 tag 700); other containers give the EXIF of their embedded
 JPEG preview when it has one; otherwise ``photo.info["exif_note"]`` says none could be read.
 """
 from __future__ import annotations
 
+import ctypes
+import glob
 import io
+import logging
 import mmap
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +56,8 @@ from .imageio import (
     _Tiff,
     _too_large,
 )
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = ("this is a camera RAW file ({kind}); reading RAW files needs the optional 'raw' "
                 "extra: pip install 'mend[raw]' (or pip install rawpy)")
@@ -165,6 +183,65 @@ def libraw_opens(p: Path) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
+# threads
+
+_OMP_LOCK = threading.Lock()
+_OMP_FN: list = []  # [omp_set_num_threads or None] once looked up
+_OMP_NAMES = ("libgomp*", "libomp*", "libiomp*", "vcomp*")
+
+
+def _omp_set_num_threads():
+    """``omp_set_num_threads`` of the OpenMP runtime bundled with rawpy's LibRaw, or None
+    (LibRaw built without OpenMP, or no runtime found next to rawpy)."""
+    with _OMP_LOCK:
+        if _OMP_FN:
+            return _OMP_FN[0]
+        fn = None
+        try:
+            import rawpy
+
+            if (getattr(rawpy, "flags", None) or {}).get("OPENMP"):
+                pkg = Path(rawpy.__file__).resolve().parent
+                libs = [lib for folder in (pkg.parent / "rawpy.libs", pkg / ".dylibs", pkg)
+                        for pattern in _OMP_NAMES for lib in sorted(glob.glob(str(folder / pattern)))]
+                for lib in libs:
+                    try:
+                        fn = ctypes.CDLL(lib).omp_set_num_threads
+                    except (OSError, AttributeError):
+                        continue
+                    fn.argtypes, fn.restype = [ctypes.c_int], None
+                    break
+                if fn is None:
+                    log.info("LibRaw uses OpenMP but its runtime was not found next to rawpy: "
+                             "RAW decoding may use every core")
+        except Exception as e:  # noqa: BLE001 — no cap is possible: decoding still works
+            log.debug("no OpenMP cap for LibRaw: %s", e)
+            fn = None
+        _OMP_FN.append(fn)
+        return fn
+
+
+def _cap_openmp(info: dict[str, Any] | None = None) -> None:
+    """Cap LibRaw's OpenMP team at Mend's thread count, for the calling thread (libgomp keeps
+    the count per thread): call it in the thread that decodes, right before ``postprocess``."""
+    import rawpy
+
+    from .devices import cpu_threads
+
+    if not (getattr(rawpy, "flags", None) or {}).get("OPENMP"):
+        note: int | str = 1  # LibRaw without OpenMP decodes on the calling thread only
+    else:
+        fn = _omp_set_num_threads()
+        if fn is None:
+            note = "not capped (LibRaw's OpenMP runtime not found)"
+        else:
+            note = cpu_threads()
+            fn(note)
+    if info is not None:
+        info["libraw_threads"] = note
+
+
+# --------------------------------------------------------------------------------------------
 # decoding
 
 
@@ -228,6 +305,7 @@ def decode(p: Path, kind: str, limit: int) -> dict[str, Any]:
         s = raw.sizes
         _check_limit(p, raw_pixels=max(h * w, int(s.raw_height) * int(s.raw_width)), limit=limit)
         info["exif_orientation"] = FLIP_TO_EXIF.get(flip, 1)
+        _cap_openmp(info)
         try:
             rgb = raw.postprocess(
                 use_camera_wb=True, use_auto_wb=False, output_color=rawpy.ColorSpace.sRGB,
@@ -390,6 +468,7 @@ def preview(p: Path, kind: str, max_side: int, limit: int) -> np.ndarray:
         if small is not None:  # stored as the sensor sees it: LibRaw's flip makes it upright
             small = _orient(small, FLIP_TO_EXIF.get(flip, 1))
         else:
+            _cap_openmp()
             try:
                 rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8,
                                       no_auto_bright=True, gamma=(2.4, 12.92),

@@ -468,6 +468,52 @@ def test_missing_optional_packages_give_one_clear_message(tmp_path, dng):
         assert "'jxl' extra" in o["jxl." + fn], o
 
 
+def _libraw_new_threads(dng: Path, mend_threads: str, preview: bool = False) -> dict:
+    """In a fresh process (no OMP_NUM_THREADS): how many threads one RAW decode started, counted
+    in the decoding thread (a worker thread, as in the app) from /proc."""
+    script = textwrap.dedent(f"""
+        import json, os, threading
+        import rawpy  # noqa: F401 - imported (and its libraries loaded) before counting
+        from engine import imageio as mio
+        tasks = lambda: len(os.listdir("/proc/self/task"))
+        res = {{}}
+        def work():
+            before = tasks()
+            if {preview!r}:
+                mio.load_preview({str(dng)!r}, 16)
+                res["info"] = None
+            else:
+                res["info"] = mio.load_photo({str(dng)!r}).info.get("libraw_threads")
+            res["new"] = tasks() - before
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        print(json.dumps(res))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
+    env.update(PYTHONPATH=str(ROOT), MEND_THREADS=mend_threads)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                       env=env, timeout=60, check=False)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+def test_libraw_openmp_threads_follow_mends_thread_setting(tmp_path):
+    """rawpy's LibRaw is built with OpenMP: uncapped, a decode starts a team of one thread per
+    CPU whatever Mend's setting. Capped (omp_set_num_threads in the decoding thread), a setting
+    of 1 starts no thread and a setting of 2 starts one (the control: the count sees them)."""
+    if not rawpy.flags.get("OPENMP"):
+        pytest.skip("this rawpy's LibRaw is built without OpenMP: it decodes on one thread")
+    p = tmp_path / "t.dng"
+    p.write_bytes(make_dng(1))
+    two = _libraw_new_threads(p, "2")
+    assert two == {"info": 2, "new": 1}, two
+    one = _libraw_new_threads(p, "1")
+    assert one == {"info": 1, "new": 0}, one
+    assert _libraw_new_threads(p, "1", preview=True)["new"] == 0
+
+
 # ------------------------------------------------------------------------------- CLI end to end
 
 
