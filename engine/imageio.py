@@ -7,7 +7,10 @@ Loading (``load_photo``)
     ORF, RW2, PEF, SRW...) when ``rawpy`` is installed (``engine/rawio.py``: LibRaw decodes it to
     16-bit sRGB; a RAW exports as 16-bit TIFF, a JPEG XL as PNG). Without the optional package
     such a file gets a ``BadImage`` naming the extra to install.
-    16-bit colour PNG/TIFF is decoded with OpenCV because Pillow truncates it to 8 bits. EXIF
+    16-bit colour PNG/TIFF is decoded with OpenCV because Pillow truncates it to 8 bits. JPEG XL
+    keeps 16 bits for greyscale (with or without alpha) only: pillow-jxl-plugin 1.3.8 decodes
+    colour JXL to 8 bits (``bit_depth`` 8, ``info["source_bit_depth"]`` and a warning say so).
+    The export's format is that of the decoded source (``Photo.format``), not its extension. EXIF
     orientation (all 8) is applied and then reset to 1 in ``photo.exif``; the stale EXIF thumbnail
     is dropped; ICC, XMP, DPI and the JPEG quantization tables are kept. Every failure is a
     ``BadImage`` (``ImageTooLarge`` for size limits and decompression bombs) naming the file.
@@ -77,7 +80,8 @@ _OUT_FORMATS = {
 _FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
 # source format (PIL name) -> output format when the user did not choose one
 # (a RAW is never written: its result is a 16-bit TIFF; a JPEG XL's is a PNG, lossless like most
-# JXL sources and 16-bit when the source was; the plugin cannot write 16-bit colour JXL)
+# JXL sources and 16-bit when the decoded pixels are - greyscale only: pillow-jxl-plugin decodes
+# colour JXL to 8 bits and cannot write 16-bit colour JXL)
 _SOURCE_TO_OUT = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "TIFF": "tiff", "WEBP": "webp",
                   "HEIF": "jpeg", "AVIF": "jpeg", "JXL": "png",
                   **{k: "tiff" for k in RAW_FORMATS}}
@@ -184,11 +188,25 @@ _JXL_RATIOS = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 
 def _jxl_header(p: Path) -> tuple[int, int, int] | None:
     """None when ``p`` is not JPEG XL, else its stored (width, height, orientation) from the
     codestream header ((0, 0, 1) when the header cannot be read)."""
+    h = _jxl_parse(p)
+    return None if h is None else h[:3]
+
+
+def _jxl_bit_depth(p: Path) -> int | None:
+    """Bits per sample a JPEG XL declares (ImageMetadata's BitDepth; 8 when all-default), or
+    None when ``p`` is not JPEG XL or its header cannot be read."""
+    h = _jxl_parse(p)
+    return None if h is None else h[3]
+
+
+def _jxl_parse(p: Path) -> tuple[int, int, int, int | None] | None:
+    """(width, height, orientation, bits per sample or None) of a JPEG XL codestream header
+    (ISO/IEC 18181-1 SizeHeader and the start of ImageMetadata), None when not JPEG XL."""
     try:
         with open(p, "rb") as f:
             head = f.read(12)
             if head[:2] == b"\xff\x0a":
-                code = head[2:] + f.read(32)
+                code = head[2:] + f.read(52)
             elif head == _JXL_BOX:
                 code = b""
                 pos = 12
@@ -203,14 +221,14 @@ def _jxl_header(p: Path) -> tuple[int, int, int] | None:
                         size = struct.unpack(">Q", f.read(8))[0]
                         skip = 16
                     if btype in (b"jxlc", b"jxlp"):
-                        data = f.read(48)
+                        data = f.read(68)
                         code = data[4:] if btype == b"jxlp" else data
                         break
                     if size < skip:
                         break
                     pos += size
                 if code[:2] != b"\xff\x0a":
-                    return (0, 0, 1)
+                    return (0, 0, 1, None)
                 code = code[2:]
             else:
                 return None
@@ -227,24 +245,52 @@ def _jxl_header(p: Path) -> tuple[int, int, int] | None:
         bitpos += n
         return v
 
-    def u32() -> int:
-        return u((9, 13, 18, 30)[u(2)]) + 1
+    def u32(*dist: int | tuple[int, int]) -> int:  # U32(): Val(v) or BitsOffset(n, offset)
+        d = dist[u(2)]
+        return d if isinstance(d, int) else u(d[0]) + d[1]
 
-    try:
+    def size_header() -> tuple[int, int]:
         small = u(1)
-        h = (u(5) + 1) * 8 if small else u32()
+        h = (u(5) + 1) * 8 if small else u32((9, 1), (13, 1), (18, 1), (30, 1))
         ratio = u(3)
         if ratio:
             num, den = _JXL_RATIOS[ratio]
             w = h * num // den
         else:
-            w = (u(5) + 1) * 8 if small else u32()
-        orientation = 1
-        if not u(1) and u(1):  # ImageMetadata: not all_default, extra_fields
-            orientation = u(3) + 1
-        return (w, h, orientation)
+            w = (u(5) + 1) * 8 if small else u32((9, 1), (13, 1), (18, 1), (30, 1))
+        return w, h
+
+    try:
+        w, h = size_header()
     except IndexError:
-        return (0, 0, 1)
+        return (0, 0, 1, None)
+    orientation = 1
+    try:
+        if u(1):  # ImageMetadata.all_default: 8-bit integer samples
+            return (w, h, orientation, 8)
+        if u(1):  # extra_fields
+            orientation = u(3) + 1
+            if u(1):  # have_intr_size
+                size_header()
+            if u(1):  # have_preview: PreviewHeader
+                div8 = u(1)
+                pdist = ((16, 32, (5, 1), (9, 33)) if div8 else
+                         ((6, 1), (8, 65), (10, 321), (12, 1345)))
+                u32(*pdist)
+                if not u(3):
+                    u32(*pdist)
+            if u(1):  # have_animation: AnimationHeader
+                u32(100, 1000, (10, 1), (30, 1))
+                u32(1, 1001, (8, 1), (10, 1))
+                u32(0, (3, 0), (16, 0), (32, 0))
+                u(1)
+        if u(1):  # BitDepth.float_sample
+            bits = u32(32, 16, 24, (6, 1))
+        else:
+            bits = u32(8, 10, 12, (6, 1))
+        return (w, h, orientation, bits)
+    except IndexError:
+        return (w, h, orientation, None)
 
 
 def _check_path(p: Path) -> None:
@@ -804,6 +850,45 @@ def _load_raw(p: Path, limit: int, kind: str) -> Photo:
                  xmp=_xmp_reset_orientation(d["xmp"]), info=d["info"])
 
 
+def _jxl_la16(im) -> tuple[np.ndarray, np.ndarray] | None:
+    """16-bit grey + alpha of a JPEG XL, read from the plugin's own buffer.
+
+    pillow-jxl-plugin (1.3.8; its decode.rs) hands one-colour-channel images out in their
+    decoded sample type but names them "LA" (8-bit) when they have alpha: for 16-bit grey +
+    alpha Pillow then reads the first half of a 16-bit buffer as 8-bit pairs (garbage). The
+    buffer (native byte order, grey/alpha interleaved) is used when its size says exactly that."""
+    if im.mode != "LA":
+        return None
+    data = getattr(im, "_data", None)
+    w, h = im.size
+    if not isinstance(data, (bytes, bytearray)) or len(data) != w * h * 4:
+        return None
+    a = np.frombuffer(data, dtype=np.uint16).reshape(h, w, 2)
+    return np.repeat(a[..., :1], 3, axis=2), a[..., 1].copy()
+
+
+def _jxl_depth_note(p: Path, depth: int, info: dict[str, Any]) -> None:
+    """Say so when a JPEG XL stores more bits than the decoder handed out.
+
+    pillow-jxl-plugin (1.3.8) decodes colour JPEG XL to 8 bits whatever the file holds (its
+    decode.rs casts 16-bit samples with ``>> 8``; the Python API has no pixel-format choice);
+    only greyscale keeps 16 bits. ``Photo.bit_depth`` is what the pixels carry (8)."""
+    bits = _jxl_bit_depth(p)
+    if bits is None or bits <= 8 or depth >= 16:
+        return
+    try:
+        from importlib.metadata import version
+
+        plugin = f"pillow-jxl-plugin {version('pillow-jxl-plugin')}"
+    except Exception:  # noqa: BLE001 — metadata missing: name the plugin without a version
+        plugin = "pillow-jxl-plugin"
+    info["source_bit_depth"] = bits
+    msg = (f"this JPEG XL holds {bits}-bit samples but the JPEG XL decoder ({plugin}) hands "
+           f"colour images out as 8 bits: the extra precision is lost")
+    info["warnings"].append(msg)
+    log.warning("%s: %s", p.name, msg)
+
+
 def _unidentified_raw(p: Path) -> str | None:
     """After Pillow failed to identify ``p``: LibRaw's kind for it, or None."""
     from . import rawio
@@ -857,11 +942,17 @@ def _load(p: Path, limit: int) -> Photo:
         w, h = im.size
         alpha = None
         a16 = _decode16_cv2(p, w, h) if is16 else None
+        la16 = _jxl_la16(im) if fmt == "JXL" else None
         if a16 is not None:
             arr, maxval, alpha, amax, depth = a16[0], 65535.0, a16[1], 65535.0, 16
             info["decoder"] = "opencv"
+        elif la16 is not None:
+            arr, maxval, alpha, amax, depth = la16[0], 65535.0, la16[1], 65535.0, 16
+            info["decoder"] = "pillow-jxl-plugin (16-bit grey + alpha buffer)"
         else:
             arr, maxval, alpha, amax, depth = _pixels_of(im, p, info)
+        if fmt == "JXL" and not getattr(im, "jpeg", False):
+            _jxl_depth_note(p, depth, info)
         if info.pop("drop_icc", False):
             icc = None
         elif icc is not None and _icc_space(icc) not in (b"RGB ", None):

@@ -396,6 +396,85 @@ def test_jxl_16bit_grey_keeps_16_bits_and_exports_16bit_png(tmp_path):
     assert np.array_equal(np.round(back.pixels[..., 0] * 65535).astype(np.uint16), g)
 
 
+def _cjxl(src: Path, dst: Path) -> Path:
+    """Lossless JXL by libjxl's own encoder: pillow-jxl-plugin cannot write 16-bit colour (its
+    encoder takes RGB, RGBA, L, LA, I;16, F) nor 16-bit grey with alpha."""
+    import shutil
+
+    exe = shutil.which("cjxl")
+    if exe is None:
+        pytest.skip("cjxl (Debian's libjxl-tools) is needed to make a 16-bit colour JPEG XL")
+    r = subprocess.run([exe, "-d", "0", "-e", "1", str(src), str(dst)], capture_output=True,
+                       timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    return dst
+
+
+def _png16(path: Path, a: np.ndarray) -> Path:
+    """A 16-bit PNG of (H, W, C) uint16 (C = 2: grey + alpha, 3: RGB), written by hand."""
+    import zlib
+
+    h, w, c = a.shape
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    rows = b"".join(b"\0" + a[y].astype(">u2").tobytes() for y in range(h))
+    colour = {2: 4, 3: 2}[c]
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour,
+                     0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_jxl_header_bit_depth(tmp_path):
+    _need_jxl()
+    p8 = tmp_path / "c8.jxl"
+    Image.fromarray(np.zeros((8, 24, 3), np.uint8)).save(p8, "JXL", lossless=True, effort=1)
+    assert mio._jxl_bit_depth(p8) == 8
+    g16 = tmp_path / "g16.jxl"
+    Image.fromarray(np.zeros((8, 24), np.uint16)).save(g16, "JXL", lossless=True, effort=1)
+    assert mio._jxl_bit_depth(g16) == 16
+    c16 = _cjxl(_png16(tmp_path / "c16.png", np.zeros((8, 24, 3), np.uint16)),
+                tmp_path / "c16.jxl")
+    assert mio._jxl_bit_depth(c16) == 16 and mio._jxl_header(c16) == (24, 8, 1)
+    assert mio._jxl_bit_depth(tmp_path / "c16.png") is None
+
+
+def test_jxl_16bit_colour_is_8bit_from_the_plugin_and_says_so(tmp_path, caplog):
+    """pillow-jxl-plugin (1.3.8) hands colour JXL out as 8 bits (``pixel >> 8``): Mend's
+    bit_depth says 8, the source's 16 is recorded with a warning, the export is 8-bit."""
+    _need_jxl()
+    a = np.random.default_rng(5).integers(0, 65536, (12, 16, 3), dtype=np.uint16)
+    p = _cjxl(_png16(tmp_path / "c16.png", a), tmp_path / "c16.jxl")
+    with caplog.at_level("WARNING", logger="engine.imageio"):
+        ph = mio.load_photo(p)
+    assert ph.format == "JXL" and ph.bit_depth == 8
+    assert ph.info["source_bit_depth"] == 16
+    assert any("16-bit" in w and "8 bits" in w for w in ph.info["warnings"]), ph.info
+    assert "8 bits" in caplog.text
+    assert np.array_equal(np.round(ph.pixels * 255).astype(np.uint16), a >> 8)
+    out = mio.save_photo(ph.pixels, tmp_path / "o", like=ph)
+    assert out.suffix == ".png" and mio.load_photo(out).bit_depth == 8
+
+
+def test_jxl_16bit_grey_with_alpha_keeps_its_16_bits(tmp_path):
+    """The plugin hands 16-bit grey + alpha out as 16-bit samples under Pillow's 8-bit "LA"
+    mode (Pillow alone would read garbage): Mend reads the 16-bit buffer itself."""
+    _need_jxl()
+    ga = np.random.default_rng(6).integers(0, 65536, (10, 14, 2), dtype=np.uint16)
+    # cjxl 0.7 keeps this alpha at 8-bit precision (54891 comes back as 54998 = 214 * 257, from
+    # PNG or PAM input alike): alpha values it can keep, to check where Mend finds them
+    ga[..., 1] = (ga[..., 1] >> 8) * 257
+    p = _cjxl(_png16(tmp_path / "ga16.png", ga), tmp_path / "ga16.jxl")
+    ph = mio.load_photo(p)
+    assert ph.bit_depth == 16 and ph.pixels.shape == (10, 14, 3)
+    assert np.array_equal(np.round(ph.pixels[..., 0] * 65535).astype(np.uint16), ga[..., 0])
+    assert np.array_equal(np.round(ph.pixels[..., 2] * 65535).astype(np.uint16), ga[..., 0])
+    assert ph.alpha is not None
+    assert np.array_equal(np.round(ph.alpha * 65535).astype(np.uint16), ga[..., 1])
+    assert ph.info["decoder"].startswith("pillow-jxl-plugin")
+    assert "source_bit_depth" not in ph.info
+    assert not any("bit" in w for w in ph.info["warnings"]), ph.info
+
+
 def test_jxl_exif_orientation_is_not_applied_over_the_codestream(tmp_path):
     """libjxl renders the codestream orientation itself; an EXIF tag must not rotate again."""
     _need_jxl()
