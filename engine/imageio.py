@@ -1009,7 +1009,11 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
                 im.seek(0)
             im.load()
             orientation = _source_orientation(im, fmt, _raw_exif(im), _xmp_of(im))
-            small = _preview_rgb8(im, max_side)
+            la16 = _jxl_la16(im) if fmt == "JXL" else None
+            if la16 is not None:  # 16-bit grey + alpha the plugin calls "LA": its grey
+                small = _preview_rgb8(_pil().fromarray(la16[0][..., 0]), max_side)
+            else:
+                small = _preview_rgb8(im, max_side)
         if orientation in range(2, 9):
             small = _orient(small, orientation)
         return np.ascontiguousarray(small)

@@ -471,6 +471,9 @@ def test_jxl_16bit_grey_with_alpha_keeps_its_16_bits(tmp_path):
     assert ph.alpha is not None
     assert np.array_equal(np.round(ph.alpha * 65535).astype(np.uint16), ga[..., 1])
     assert ph.info["decoder"].startswith("pillow-jxl-plugin")
+    small = mio.load_preview(p, 14)
+    assert small.shape == (10, 14, 3)
+    assert np.abs(small[..., 1].astype(int) - ga[..., 0] / 257.0).max() <= 1.0
     assert "source_bit_depth" not in ph.info
     assert not any("bit" in w for w in ph.info["warnings"]), ph.info
 
