@@ -67,7 +67,11 @@ def label_for(file: str, category: str) -> str | None:
     if category == "text_degraded":
         return "A"
     if category == "reflection":
-        if stem.endswith(("_T", "_R")) or "flash" in stem:
+        # the rules read the file's own name, after the "<repo>__<folders>__" prefix: the
+        # flash-reflection-removal repository's name holds "flash" too, and its *_ambient
+        # inputs are B (until session 5 that prefix dropped both from the labelled set)
+        own = stem.split("__")[-1]
+        if own.endswith(("_T", "_R")) or "flash" in own:
             return None
         return "B"
     if category in ("clean", "text_clean_ocr"):
@@ -138,8 +142,14 @@ def clean_sources(images: Path) -> list[tuple[Path, str]]:
     for path, lab, repo in labelled_rows(images):
         if lab == "D" and "text_clean_ocr" not in str(path) and min(_size(path)) >= 200:
             out.append((path, repo))
-    for r in read_manifest(images):  # reflection-free transmission layers are clean photos too
-        if r["category"] == "reflection" and Path(r["file"]).stem.endswith("_T"):
+    # reflection-free transmission layers are clean photos too, but not the layer of an
+    # evaluation photo (the *_ambient inputs are labelled B: their own transmission would leak
+    # that photo into the fit), which since session 5 is every one in ../shared/images
+    labelled = {p.name for p, _lab, _repo in labelled_rows(images)}
+    for r in read_manifest(images):
+        f = Path(r["file"])
+        if r["category"] == "reflection" and f.stem.endswith("_T") and \
+                f.stem[:-2] + f.suffix not in labelled:
             out.append((images / r["file"], r["repo"]))
     return sorted(out)
 
