@@ -131,6 +131,7 @@ class Engine:
         estimate of time and memory - without running a step or writing a file."""
         photo = load_photo(request.path)
         diagnosis, plan, warnings = self._resolve(request, photo)
+        warnings[:0] = _load_warnings(photo)
         missing = self.missing_models(plan)
         if missing:
             warnings.append(f"this plan needs models that are not installed ({', '.join(missing)}); "
@@ -188,6 +189,7 @@ class Engine:
         warnings: list[str] = []
         progress.update(0.0, f"loading {Path(request.path).name}")
         photo = load_photo(request.path)
+        warnings += _load_warnings(photo)  # e.g. metadata that could not be kept
         progress.update(_LOAD, "diagnosing")
         diagnosis, plan, notes = self._resolve(request, photo)
         warnings += notes
@@ -302,3 +304,10 @@ def _torch_loaded() -> bool:
 
 def default_output_options(out_dir: Path | None, **kw: Any) -> OutputOptions:
     return replace(OutputOptions(), out_dir=out_dir, **kw)
+
+
+def _load_warnings(photo: Photo) -> list[str]:
+    """What loading had to give up (unreadable EXIF, an ICC profile for the wrong colour space,
+    precision a decoder drops), said once per job so the photographer sees it with the result,
+    not only in the log."""
+    return [str(w) for w in dict.fromkeys((photo.info or {}).get("warnings", ()))]

@@ -122,3 +122,18 @@ def test_edited_plan_runs_as_given(tmp_path):
                                        guard=False))
     assert [s.name for s in res.steps] == ["denoise_builtin"]
     assert res.label is Degradation.A and res.diagnosis.label is Degradation.A
+
+
+def test_what_loading_gave_up_is_in_the_job_warnings(tmp_path):
+    """A JPEG whose EXIF block cannot be parsed loads (the EXIF is dropped): the job result and
+    the dry run say so, not only the log."""
+    src = tmp_path / "in.jpg"
+    arr = np.asarray(Image.open(_photo(tmp_path / "in.png")).convert("RGB"))
+    Image.fromarray(arr).save(src, quality=95, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff")
+    assert "dropped unreadable EXIF data" in load_photo(src).info["warnings"]
+    eng = Engine("cpu")
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path / "o"), label=Degradation.D)
+    assert "dropped unreadable EXIF data" in eng.prepare(req).warnings
+    res = eng.run(req)
+    assert res.warnings.count("dropped unreadable EXIF data") == 1
+    assert res.output.is_file() and load_photo(res.output).exif is None
