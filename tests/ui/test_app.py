@@ -173,6 +173,15 @@ def test_diagnosis_panel_shows_an_unresolved_line_blur_as_such(qtbot):
     assert shown["Line blur length"] == "none resolved"
     assert "Line blur angle" not in shown
     assert shown["Blur extent"] == "20.5 px" and shown["Blur extent angle"] == "30°"
+    # every measurement row says what it means (its tooltip), the unresolved line included
+    from ui.panels.diagnosis import ESTIMATE_HELP, ESTIMATE_NAMES
+
+    assert set(ESTIMATE_HELP) == set(ESTIMATE_NAMES)
+    form = panel.est_form
+    for i in range(form.rowCount()):
+        name = form.itemAt(i, QFormLayout.ItemRole.LabelRole).widget()
+        value = form.itemAt(i, QFormLayout.ItemRole.FieldRole).widget()
+        assert len(name.toolTip()) > 20 and value.toolTip() == name.toolTip(), name.text()
     line = dict(shake, blur_length=BLUR_LINE_RESOLVED_MIN + 7.5)
     panel.set_diagnosis(Diagnosis(Degradation.C, {"A": 0.1, "B": 0.1, "C": 0.7, "D": 0.1},
                                   ("motion_blur",), line))

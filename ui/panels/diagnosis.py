@@ -55,10 +55,39 @@ ESTIMATE_NAMES = {
     "upscale_factor": ("Upscale factor", "{:.2g}×"),
 }
 HIDDEN_ESTIMATES = {"width", "height", "units", "jpeg_source"}
+# what each measurement means, for a photographer (the rows' tooltips)
+ESTIMATE_HELP = {
+    "noise_sigma": "Grain: the spread of random noise on the 0–255 scale, measured at full size "
+                   "in the flattest areas. About 0–2 is clean; from about 6 it shows (then "
+                   "\u201cnoise\u201d is listed under Present).",
+    "jpeg_quality": "JPEG compression on the 1–100 scale (100: none seen). Exact from a JPEG's "
+                    "own tables, else estimated from its 8×8 block edges. Below about 60 the "
+                    "blocks show (\u201cjpeg\u201d under Present).",
+    "blur_length": "Length of a straight-line motion blur, in pixels at full size. \u201cNone "
+                   "resolved\u201d: no straight streak was found; real hand shake is usually "
+                   "curved (see Blur extent).",
+    "blur_angle": "Direction of that straight-line blur (0° horizontal, counter-clockwise).",
+    "blur_extent": "How far edges are smeared in their worst direction, in pixels at full size, "
+                   "whatever the cause (motion, defocus, softness). A few pixels is normal for a "
+                   "sharp photo.",
+    "blur_extent_angle": "Direction of the worst smear (0° horizontal, counter-clockwise).",
+    "blur_isotropy": "The narrowest direction's blur divided by the widest: near 1, the same in "
+                     "every direction (defocus or softness); low, smeared one way (motion).",
+    "sharpness": "0 (blurred) to 1 (crisp): fine detail compared with coarser detail.",
+    "reflection_area": "Share of the frame that looks veiled by a reflection (when a reflection "
+                       "is likely).",
+    "specular_area": "Share of the frame in small burnt-out highlights (glints).",
+    "motion_evidence": "How clearly a straight-line blur stands out in the photo's spectrum "
+                       "(in standard deviations of the background): the built-in deblurring "
+                       "only undoes a line blur when this is strong.",
+    "upscale_factor": "About 1: detail down to single pixels. k: the photo looks enlarged about "
+                      "k times from a smaller original.",
+}
 
 
 def estimate_rows(estimates: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(name, text) rows for the estimates the panel shows, in the diagnosis's order. A
+    """(name, text) rows for the estimates the panel shows, in the diagnosis's order (each
+    name's explanation: ``ESTIMATE_HELP`` under the same key as ``ESTIMATE_NAMES``). A
     straight-line blur length under the resolvable minimum reads "none resolved" (it is the
     estimator's floor, not a measurement) and its angle is left out."""
     rows = []
@@ -239,11 +268,17 @@ class DiagnosisPanel(QWidget):
             v = float(d.scores.get(k, 0.0))
             bar.setValue(round(v * 1000))
             bar.setFormat(f"{v:.0%}")
+        helps = {ESTIMATE_NAMES[k][0]: h for k, h in ESTIMATE_HELP.items()}
         for name, text in estimate_rows(d.estimates):
-            self.est_form.addRow(name, QLabel(text))
+            name_label, value_label = QLabel(name), QLabel(text)
+            for w in (name_label, value_label):
+                w.setToolTip(helps.get(name, ""))
+            self.est_form.addRow(name_label, value_label)
         if d.flags:
-            self.est_form.addRow("Present", QLabel(", ".join(d.flags)))
-        self.est_box.setToolTip("\n".join(f"{k}: {v}" for k, v in d.estimates.items()))
+            name_label, present = QLabel("Present"), QLabel(", ".join(d.flags))
+            for w in (name_label, present):
+                w.setToolTip("Every problem judged present, whatever the class")
+            self.est_form.addRow(name_label, present)
         self.rationale.setText(d.rationale + (f"  ({d.backend})" if d.backend else ""))
 
     def set_plan(self, plan: Plan | None, note: str = "") -> None:
