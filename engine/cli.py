@@ -207,7 +207,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
                "estimates": d.to_json()["estimates"], "backend": d.backend}
         best = d.label
         human = (f"{path}: {best.value} {best.short_name} ({d.confidence:.0%})"
-                 + (f", runner-up {d.runner_up.value}" if d.runner_up else "")
+                 + (f", runner-up {d.runner_up.value} {d.runner_up.short_name} "
+                    f"({float(d.scores.get(d.runner_up.value, 0.0)):.0%})" if d.runner_up else "")
                  + (f" — {d.rationale}" if d.rationale else ""))
         return obj, human
 

@@ -59,6 +59,16 @@ def test_classify_json_contract_and_failures(picks):
     assert "no such file" in out["/nonexistent/x.jpg"]["error"]
 
 
+def test_classify_human_line_names_the_runner_up_with_its_score(picks):
+    r = mend("classify", str(picks["D"]), "--backend", "builtin")
+    j = mend("classify", str(picks["D"]), "--backend", "builtin", "--json")
+    assert r.returncode == 0 and j.returncode == 0, r.stderr + j.stderr
+    scores = lines(j.stdout)[0]["scores"]
+    ru = sorted(scores, key=scores.get)[-2]
+    names = {"A": "Low quality", "B": "Reflection", "C": "Motion blur", "D": "Clean"}
+    assert f"runner-up {ru} {names[ru]} ({scores[ru]:.0%})" in r.stdout, r.stdout
+
+
 def test_classify_folder_expands_to_photos(shared_images):
     folder = shared_images / "defocus_blur"
     r = mend("classify", str(folder), "--backend", "builtin", "--json")
