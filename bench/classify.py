@@ -202,8 +202,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic", action="store_true")
     ap.add_argument("--speed", action="store_true")
     ap.add_argument("--all", action="store_true", help="labelled + held-out + synthetic + speed")
+    ap.add_argument("--cnn", type=Path, default=None, metavar="NPZ",
+                    help="judge this patch CNN (scripts/train_analyzer_cnn.py --out) in place of "
+                         "the shipped resources/analyzer_cnn.npz, through the same analyzer")
     args = ap.parse_args(argv)
+    if args.cnn is not None:
+        from engine.understand import measure as M
+
+        if not args.cnn.is_file():
+            ap.error(f"--cnn: no such file: {args.cnn}")
+        M.CNN_PATH = args.cnn
+        M.load_cnn.cache_clear()
     out: dict = {"machine": machine()}
+    if args.cnn is not None:
+        out["cnn"] = str(args.cnn)
     t0 = time.time()
     if args.synthetic or args.all:
         out["synthetic"] = run_synthetic(args.folder)

@@ -34,9 +34,11 @@ def jpeg(img: np.ndarray, quality: int) -> tuple[np.ndarray, dict[int, list[int]
     return out, tables
 
 
-def motion_kernel(length: float, angle_deg: float) -> np.ndarray:
+def motion_kernel(length: float, angle_deg: float, frames: int | None = None) -> np.ndarray:
     """A normalised line PSF ``length`` px long (support), direction ``angle_deg`` (0 =
-    horizontal, counter-clockwise), drawn with bilinear splatting."""
+    horizontal, counter-clockwise), drawn with bilinear splatting. ``frames``: only that many
+    evenly spaced points of the line, the blur of a few sharp frames averaged (how the GoPro
+    deblurring sets are made) rather than one continuous exposure."""
     L = max(1.0, float(length))
     size = math.ceil(L) + 4
     size += 1 - size % 2
@@ -44,7 +46,7 @@ def motion_kernel(length: float, angle_deg: float) -> np.ndarray:
     c = (size - 1) / 2
     dx = math.cos(math.radians(angle_deg)) * (L - 1) / 2
     dy = -math.sin(math.radians(angle_deg)) * (L - 1) / 2
-    for t in np.linspace(-1, 1, max(2, int(4 * L))):
+    for t in np.linspace(-1, 1, frames or max(2, int(4 * L))):
         _splat(k, c + dx * t, c + dy * t)
     return (k / k.sum()).astype(np.float32)
 
@@ -94,9 +96,11 @@ def reflection(transmission: np.ndarray, reflected: np.ndarray, alpha: float,
     return quantise(mix / max(1.0, float(np.percentile(mix, 99.5))))
 
 
-def shake_kernel(length: float, rng: np.random.Generator, smooth: float = 0.7) -> np.ndarray:
+def shake_kernel(length: float, rng: np.random.Generator, smooth: float = 0.7,
+                 frames: int | None = None) -> np.ndarray:
     """A camera-shake PSF: a random smooth trajectory about ``length`` px long (its path),
-    drawn with bilinear splatting and normalised (curved, uneven, like real hand shake)."""
+    drawn with bilinear splatting and normalised (curved, uneven, like real hand shake).
+    ``frames``: only that many evenly spaced points of the path (see ``motion_kernel``)."""
     n = max(8, int(4 * length))
     ang = float(rng.uniform(0, 2 * math.pi))
     turn = rng.normal(0, 1.0 - smooth, n).cumsum() * 0.15
@@ -109,6 +113,8 @@ def shake_kernel(length: float, rng: np.random.Generator, smooth: float = 0.7) -
     size += 1 - size % 2
     k = np.zeros((size, size), np.float64)
     c = (size - 1) / 2
+    if frames:
+        pts = pts[np.linspace(0, len(pts) - 1, frames).round().astype(int)]
     for x, y in pts + c:
         _splat(k, x, y)
     return (k / k.sum()).astype(np.float32)

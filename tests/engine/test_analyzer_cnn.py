@@ -24,11 +24,12 @@ def train_mod():
     return mod
 
 
-def test_numpy_inference_matches_torch(train_mod, tmp_path):
+@pytest.mark.parametrize("tail", [0, 2])
+def test_numpy_inference_matches_torch(train_mod, tmp_path, tail):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = train_mod.build_model(8)
+    model = train_mod.build_model(8, tail)
     # non-trivial BatchNorm statistics, so folding them into the convs is really tested
     with torch.no_grad():
         for m in model:
@@ -113,3 +114,42 @@ def test_ensemble_file_averages_its_members(train_mod, tmp_path):
     np.testing.assert_allclose(one.log_probs(x), ls, rtol=1e-9, atol=1e-9)
     with pytest.raises(SystemExit, match="already an ensemble"):
         train_mod.merge([merged], tmp_path / "again.npz")
+
+
+def test_frame_averaged_kernels_are_separate_points_on_the_same_path():
+    """``frames=n``: n sharp frames averaged (GoPro-style blur), not one continuous exposure."""
+    from scipy import ndimage
+
+    from engine.understand import synthetic as S
+
+    k = S.motion_kernel(21, 0.0, frames=5)
+    assert abs(float(k.sum()) - 1.0) < 1e-5
+    _lab, blobs = ndimage.label(k > 1e-6)
+    assert blobs == 5
+    full = S.motion_kernel(21, 0.0)
+    _lab, one = ndimage.label(full > 1e-6)
+    assert one == 1 and k.shape == full.shape
+    # the shake path is drawn from the same random numbers, so recipe 1 is reproducible and the
+    # frames lie on the continuous path
+    cont = S.shake_kernel(16, np.random.default_rng(2))
+    pts = S.shake_kernel(16, np.random.default_rng(2), frames=7)
+    assert pts.shape == cont.shape
+    assert np.all(cont[pts > 1e-6] > 0)
+    _lab, blobs = ndimage.label(pts > 1e-6)
+    assert 2 <= blobs <= 7 and np.count_nonzero(pts) < np.count_nonzero(cont)
+
+
+def test_recipe_2_patches_and_veil(train_mod, monkeypatch):
+    rng = np.random.default_rng(3)
+    board = np.kron((np.indices((8, 8)).sum(0) % 2), np.ones((8, 8)))[..., None]
+    board = np.repeat(board, 3, axis=2).astype(np.float32)
+    veiled = train_mod._veil(board, rng)
+    # a veil lifts the blacks and lowers the contrast, and adds no structure of its own
+    assert veiled.min() > board.min() and veiled.std() < board.std()
+    assert np.corrcoef(veiled[..., 0].ravel(), board[..., 0].ravel())[0, 1] > 0.95
+    monkeypatch.setattr(train_mod, "RECIPE", 2)
+    pool = train_mod.Pool([board.repeat(4, 0).repeat(4, 1)], rng, n_text=2, n_leaves=2)
+    for label in "ABCD":
+        for _ in range(6):
+            p = train_mod.make_patch(label, pool, rng)
+            assert p.shape == (64, 64, 3) and p.dtype == np.uint8
