@@ -3,6 +3,8 @@
     python bench/classify.py [FOLDER] [--labels labels.csv] [--backend builtin|clip|vlm|auto]
     python bench/classify.py --synthetic [FOLDER]      # estimation errors on known degradations
     python bench/classify.py --speed                   # analyzer ms on a 12-megapixel photo
+    python bench/classify.py --fetch-large-clean DIR   # once: the large clean photos (Debian)
+    python bench/classify.py --all --large-clean DIR   # ... and judge them too (all D)
 
 Labels come from FOLDER/manifest.tsv categories (rules of ../shared/images/README.md, the same
 as scripts/fit_analyzer.py) or from a CSV of ``path,label`` rows (label A/B/C/D).
@@ -29,6 +31,83 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import numpy as np
 
 CLASSES = ("A", "B", "C", "D")
+
+# A held-out set of LARGE clean photos (session 6): 33 professional photos, 1.3-20 MP, many with a
+# shallow depth of field, from Debian's wallpaper packages (pinned below; sha256 of the .deb as
+# downloaded from deb.debian.org bookworm). Closer to what photographers open than the other sets
+# (112 labelled photos of <= 1.5 MP, camera files of which 13 are 100-px thumbnails). All D. Not
+# in ../shared/images: --fetch-large-clean DIR downloads and unpacks them (apt-get download,
+# dpkg-deb). No shipped network was trained on them (session 6's unshipped "Debian sources"
+# experiment used them as training sources: do not judge that one here).
+LARGE_CLEAN_DEBS = {
+    "lomiri-wallpapers-16.04": ("20.04.0-2",
+                                "a99ff6a3bfe451e4cc0682ecb3cc82e71740626d59e4845ae34a0a0e45421eab"),
+    "lomiri-wallpapers-20.04": ("20.04.0-2",
+                                "d44e89b8473aafe64a5b678f014862dc31335aaaf18665c544d985d854f1a709"),
+    "mate-backgrounds": ("1.26.0-1",
+                         "7bf4c2209f34b4f61ba6d24c8b58c28b361e82e4b943aae6d42c030169af9e04"),
+    "plasma-workspace-wallpapers": ("4:5.27.5-2",
+                                    "32cd18b71c8c938a18b3b351f217c02ac590e323caa3cf322fbb875ce8892f8b"),
+}
+# the photographs among the packages' pictures (renders and graphics left out), looked at one by
+# one before any was analysed
+LARGE_CLEAN_FILES = (
+    *(("lomiri-wallpapers-16.04", f"usr/share/backgrounds/{n}.jpg") for n in (
+        "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace",
+        "Picture_1A_by_freespace", "aitzgorri_by_Aitzol_Berasategi", "free_by_Peter_Nerlich",
+        "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich",
+        "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi",
+        "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi")),
+    ("lomiri-wallpapers-20.04", "usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg"),
+    *(("mate-backgrounds", f"usr/share/backgrounds/mate/nature/{n}.jpg") for n in (
+        "Aqua", "Blinds", "Dune", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
+        "TwoWings", "Wood", "YellowFlower")),
+    *(("plasma-workspace-wallpapers", f"usr/share/wallpapers/{n}/contents/images/2560x1600.jpg")
+      for n in ("BytheWater", "ColdRipple", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+                "Kite", "OneStandsOut", "Path")),
+)
+
+
+def fetch_large_clean(dest: Path) -> list[Path]:
+    """Download the pinned Debian packages, check their sha256, write LARGE_CLEAN_FILES to
+    ``dest`` as ``<package>__<picture>.jpg``. Needs apt-get and dpkg-deb (Debian, Ubuntu)."""
+    import hashlib
+    import shutil
+    import subprocess
+    import tempfile
+
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"--fetch-large-clean needs {tool} (a Debian-based system)")
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for pkg, (version, sha) in LARGE_CLEAN_DEBS.items():
+            d = Path(tmp) / pkg
+            d.mkdir()
+            subprocess.run(["apt-get", "download", "-q", f"{pkg}={version}"], cwd=d, check=True)
+            deb = next(d.glob("*.deb"))
+            got = hashlib.sha256(deb.read_bytes()).hexdigest()
+            if got != sha:
+                raise SystemExit(f"{deb.name}: sha256 {got}, expected {sha}")
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(d / "root")], check=True)
+            for p, member in LARGE_CLEAN_FILES:
+                if p != pkg:
+                    continue
+                parts = Path(member).parts
+                name = parts[-4] if parts[-2] == "images" else Path(member).stem
+                target = dest / f"{pkg}__{name}.jpg"
+                shutil.copyfile(d / "root" / member, target)
+                written.append(target)
+    return written
+
+
+def _large_clean(folder: Path) -> list[tuple[Path, str, str]]:
+    rows = [(p, "D", p.name.split("__", 1)[0]) for p in sorted(folder.glob("*__*.jpg"))]
+    if len(rows) != len(LARGE_CLEAN_FILES):
+        raise SystemExit(f"{folder} holds {len(rows)} of the {len(LARGE_CLEAN_FILES)} large clean "
+                         "photos: fill it with --fetch-large-clean")
+    return rows
 
 
 def machine() -> dict:
@@ -205,7 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cnn", type=Path, default=None, metavar="NPZ",
                     help="judge this patch CNN (scripts/train_analyzer_cnn.py --out) in place of "
                          "the shipped resources/analyzer_cnn.npz, through the same analyzer")
+    ap.add_argument("--large-clean", type=Path, default=None, metavar="DIR",
+                    help="also judge the large clean photos in DIR (see --fetch-large-clean)")
+    ap.add_argument("--fetch-large-clean", type=Path, default=None, metavar="DIR",
+                    help="download the large clean photos (Debian packages) into DIR and stop")
     args = ap.parse_args(argv)
+    if args.fetch_large_clean is not None:
+        files = fetch_large_clean(args.fetch_large_clean)
+        print(f"wrote {len(files)} photos to {args.fetch_large_clean}", file=sys.stderr)
+        return 0
     if args.cnn is not None:
         from engine.understand import measure as M
 
@@ -228,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             from fit_analyzer import heldout_face_rows
 
             out["heldout_faces_A"] = run_labelled(heldout_face_rows(args.folder), args.backend)
+            if args.large_clean is not None:
+                out["heldout_large_clean_D"] = run_labelled(_large_clean(args.large_clean),
+                                                            args.backend)
             try:
                 fit = json.loads((ROOT / "resources" / "analyzer_model.json").read_text())["fit"]
                 out["fit_report"] = fit

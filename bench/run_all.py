@@ -21,7 +21,10 @@ SHARED = ROOT.parent / "shared" / "images"
 
 # name -> (arguments, timeout seconds)
 BENCHES: dict[str, tuple[list[str], int]] = {
-    "classify": (["bench/classify.py", "--all"], 3600),
+    # MEND_LARGE_CLEAN names the folder of bench/classify.py --fetch-large-clean (else not run)
+    "classify": (["bench/classify.py", "--all"]
+                 + (["--large-clean", os.environ["MEND_LARGE_CLEAN"]]
+                    if os.environ.get("MEND_LARGE_CLEAN") else []), 3600),
     # --reference runs RealESRGANer in the bench-only venv named by MEND_REFERENCE_PYTHON
     # (recipe: bench/restore.py's docstring); without it that row says "not run"
     "restore": (["bench/restore.py", "--big", "--ncnn", "--max-tiles", "6"]
@@ -126,6 +129,9 @@ def summary(results: dict) -> list[str]:
     acc = _get(c, "labelled", "accuracy")
     row("analyzer accuracy on the labelled real photos", None if acc is None else f"{acc:.1%}",
         "classify")
+    acc = _get(c, "heldout_large_clean_D", "accuracy")
+    row("analyzer: large clean photos called D (held out)",
+        None if acc is None else f"{acc:.1%}", "classify")
     r = _get(results, "restore", "result")
     for run in (_get(r, "runs") or []):
         errs = [s["name"] for s in run.get("steps", []) if "error" in s]
