@@ -35,7 +35,7 @@ CLASSES = ("A", "B", "C", "D")
 # A held-out set of LARGE clean photos (session 6): 33 professional photos, 1.3-20 MP, many with a
 # shallow depth of field, from Debian's wallpaper packages (pinned below; sha256 of the .deb as
 # downloaded from deb.debian.org bookworm). Closer to what photographers open than the other sets
-# (112 labelled photos of <= 1.5 MP, camera files of which 13 are 100-px thumbnails). All D. Not
+# (112 labelled photos of <= 1.6 MP, camera files of which 13 are 100-px thumbnails). All D. Not
 # in ../shared/images: --fetch-large-clean DIR downloads and unpacks them (apt-get download,
 # dpkg-deb). No shipped network was trained on them (session 6's unshipped "Debian sources"
 # experiment used them as training sources: do not judge that one here).
