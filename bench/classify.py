@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--cnn: no such file: {args.cnn}")
         M.CNN_PATH = args.cnn
         M.load_cnn.cache_clear()
+    large = _large_clean(args.large_clean) if args.large_clean is not None else None
     out: dict = {"machine": machine()}
     if args.cnn is not None:
         out["cnn"] = str(args.cnn)
@@ -315,9 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             from fit_analyzer import heldout_face_rows
 
             out["heldout_faces_A"] = run_labelled(heldout_face_rows(args.folder), args.backend)
-            if args.large_clean is not None:
-                out["heldout_large_clean_D"] = run_labelled(_large_clean(args.large_clean),
-                                                            args.backend)
+            if large is not None:
+                out["heldout_large_clean_D"] = run_labelled(large, args.backend)
             try:
                 fit = json.loads((ROOT / "resources" / "analyzer_model.json").read_text())["fit"]
                 out["fit_report"] = fit
