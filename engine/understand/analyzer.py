@@ -279,7 +279,11 @@ def _rationale(label: Degradation, scores: Mapping[str, float], est: Mapping[str
     if "upscaled" in flags:
         parts.append(f"looks upscaled ≈{est['upscale_factor']:.1f}×")
     if "low_resolution" in flags:
-        parts.append(f"low resolution {est['width']}×{est['height']}")
+        if label == Degradation.D:  # small but undamaged: say so, not "low resolution" beside "Clean"
+            parts.append(f"only {est['width']}×{est['height']} px, no damage seen "
+                         "(choose A to enlarge it)")
+        else:
+            parts.append(f"low resolution {est['width']}×{est['height']}")
     if "reflection" in flags:
         parts.append("reflection cues")
     return "; ".join(parts)

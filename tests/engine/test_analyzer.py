@@ -335,3 +335,14 @@ def test_a_large_noisy_or_compressed_photo_is_not_called_clean(shared_images, da
     d = analyze(bad)
     assert d.label is Degradation.A, d.scores
     assert ("noise" if damage == "noise 15" else "jpeg") in d.flags
+
+
+def test_rationale_of_a_small_clean_photo_does_not_read_like_damage():
+    from engine.understand.analyzer import _rationale
+    est = {"width": 512, "height": 384}
+    scores = {"A": 0.3, "B": 0.1, "C": 0.1, "D": 0.5}
+    clean = _rationale(Degradation.D, scores, est, ("low_resolution",))
+    assert clean.startswith("Clean (50%)") and "low resolution" not in clean, clean
+    assert "512×384" in clean and "choose A" in clean, clean
+    damaged = _rationale(Degradation.A, {**scores, "A": 0.6, "D": 0.2}, est, ("low_resolution",))
+    assert "low resolution 512×384" in damaged, damaged
