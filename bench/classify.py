@@ -135,7 +135,7 @@ def _heldout(folder: Path) -> list[tuple[Path, str, str]]:
     return heldout_rows(folder)
 
 
-def run_labelled(rows, backend: str, runtime=None) -> dict:
+def run_labelled(rows, backend: str, runtime=None, by_size: bool = False) -> dict:
     import cv2
     from fit_analyzer import metrics
 
@@ -154,7 +154,8 @@ def run_labelled(rows, backend: str, runtime=None) -> dict:
         truth.append(label)
         pred.append(d.label.value)
         per.append({"file": str(path.name), "label": label, "pred": d.label.value,
-                    "confidence": round(d.confidence, 3)})
+                    "confidence": round(d.confidence, 3),
+                    "min_side": int(min(photo.pixels.shape[:2]))})
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     m = metrics(truth, pred)
@@ -162,7 +163,27 @@ def run_labelled(rows, backend: str, runtime=None) -> dict:
               "ms_per_photo_median": round(statistics.median(ms), 1) if ms else None,
               "peak_traced_mb": round(peak / 2**20, 1), "errors": [p for p in per
                                                                   if p["label"] != p["pred"]]})
+    if by_size:
+        m["by_size"] = _by_size(per)
     return m
+
+
+THUMBNAIL_SIDE = 200  # px: a photo whose short side is below this is an embedded-size thumbnail
+
+
+def _by_size(per: list[dict]) -> dict:
+    """Accuracy on full-size photos and on thumbnails apart: a 100 px JPEG at quality 50-78 is
+    arguably class A (low resolution, JPEG damage) even when the camera's photo was clean."""
+    out = {}
+    for name, keep in ((f"full_size (short side >= {THUMBNAIL_SIDE} px)",
+                        lambda p: p["min_side"] >= THUMBNAIL_SIDE),
+                       (f"thumbnails (short side < {THUMBNAIL_SIDE} px)",
+                        lambda p: p["min_side"] < THUMBNAIL_SIDE)):
+        sub = [p for p in per if keep(p)]
+        if sub:
+            right = sum(p["label"] == p["pred"] for p in sub)
+            out[name] = {"n": len(sub), "correct": right, "accuracy": round(right / len(sub), 3)}
+    return out
 
 
 def run_speed(folder: Path, repeats: int = 5) -> dict:
@@ -312,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.synthetic or args.speed) or args.all:
         out["labelled"] = run_labelled(_labels(args.folder, args.labels), args.backend)
         if args.labels is None:
-            out["heldout_camera_photos_D"] = run_labelled(_heldout(args.folder), args.backend)
+            out["heldout_camera_photos_D"] = run_labelled(_heldout(args.folder), args.backend,
+                                                          by_size=True)
             from fit_analyzer import heldout_face_rows
 
             out["heldout_faces_A"] = run_labelled(heldout_face_rows(args.folder), args.backend)
