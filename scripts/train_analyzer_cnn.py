@@ -46,12 +46,13 @@ Deterministic for a given --seed (numpy + torch seeds, one thread). Usage:
         [--seed N] [--out X.npz]
     python scripts/train_analyzer_cnn.py --merge A.npz B.npz C.npz --out resources/analyzer_cnn.npz
 
-The shipped file is a 3-member ensemble (--merge) of these defaults trained with seeds 20261122,
-20261123 and 20261124 (10-17 minutes each on one shared core): single seeds of the same recipe
-differ by several points on the real photos (labelled 60.0 / 57.3 / 57.3 %, held-out camera
-66.7 / 63.3 / 60.0 %, held-out faces 51.6 / 51.6 / 41.9 %), and averaging removes that lottery.
-Shipping the 3-seed ensemble (unless clearly worse than the first seed alone) was decided
-before the third seed had finished training.
+The shipped file (session 7) is a 3-member ensemble (--merge) of width-24 networks trained on
+150 000 patches for 6 epochs (recipe 1, the 25 --fetch-sources photos) with seeds 20261122,
+20261123 and 20261124 (37-47 minutes each on one core):
+    --width 24 --patches 150000 --epochs 6 --seed N
+It replaced three width-16 / 48 000-patch networks (same seeds) under a rule written down before
+the third seed was trained (README, "How well the diagnosis works"). Single seeds differ by
+several points on the real photos, and averaging removes that lottery.
 """
 from __future__ import annotations
 
