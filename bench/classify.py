@@ -168,12 +168,11 @@ def run_labelled(rows, backend: str, runtime=None, by_size: bool = False) -> dic
     return m
 
 
-THUMBNAIL_SIDE = 200  # px: a photo whose short side is below this is an embedded-size thumbnail
-
-
 def _by_size(per: list[dict]) -> dict:
     """Accuracy on full-size photos and on thumbnails apart: a 100 px JPEG at quality 50-78 is
     arguably class A (low resolution, JPEG damage) even when the camera's photo was clean."""
+    from fit_analyzer import THUMBNAIL_SIDE
+
     out = {}
     for name, keep in ((f"full_size (short side >= {THUMBNAIL_SIDE} px)",
                         lambda p: p["min_side"] >= THUMBNAIL_SIDE),
