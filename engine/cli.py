@@ -1,6 +1,7 @@
 """The `mend` command: classify, restore, models, doctor.
 
-Exit codes: 0 all done, 1 some inputs failed (each reported, the run goes on), 2 usage error.
+Exit codes: 0 all done, 1 some inputs failed (each reported, the run goes on), 2 usage error,
+130 interrupted, 141 the reader of the output went away (``| head``).
 User errors print one message, no traceback (``--debug`` shows it).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import platform
 import sys
 import traceback
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from .errors import EngineError, UsageError
 log = logging.getLogger("mend")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell shows for a program its pipe reader left
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     c.add_argument("--vlm-mode", default="paper", choices=["paper", "structured"],
                    help="VLM prompt: the paper's A/B/C/D question, or a structured JSON report")
+    c.add_argument("-r", "--recursive", action="store_true",
+                   help="also the photos in the folders' subfolders")
     c.add_argument("--json", action="store_true", help="one JSON object per line")
 
     r = sub.add_parser("restore", help="fix each photo and write the result to a folder")
@@ -64,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-metadata", action="store_true", help="do not copy EXIF/ICC/XMP")
     r.add_argument("--no-guard", action="store_true", help="keep results even if they look worse")
     r.add_argument("--tile", type=int, default=512, help="tile size in pixels")
+    r.add_argument("-r", "--recursive", action="store_true",
+                   help="also the photos in the folders' subfolders (their results go to the "
+                        "same subfolders of the output folder)")
     r.add_argument("--dry-run", action="store_true",
                    help="diagnose and show each photo's plan with a time and memory estimate; "
                         "run nothing and write nothing")
@@ -128,6 +136,15 @@ def main(argv: Iterable[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mend: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`mend classify ... | head`): stop quietly, as a program killed by
+        # SIGPIPE would; stdout goes to devnull so that flushing it at exit cannot raise again
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_PIPE
 
 
 def _fail(e: BaseException, args: argparse.Namespace) -> None:
@@ -143,18 +160,34 @@ def _emit(obj: dict[str, Any], as_json: bool, human: str) -> None:
         print(human, flush=True)
 
 
-def _expand(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Folders expand to the photos inside; missing paths become per-input errors."""
-    from .imageio import iter_photos
+def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...] = ()
+            ) -> tuple[list[Path], list[tuple[Path, str]], dict[Path, Path]]:
+    """Folders expand to the photos inside (``recursive``: in every subfolder too, except
+    ``exclude``); missing paths and folders without a photo become per-input errors. Also
+    returns each photo's subfolder relative to the folder it was found under (restore mirrors
+    it in the output folder)."""
+    from .imageio import count_subfolder_photos, iter_photos
 
     found: list[Path] = []
     errors: list[tuple[Path, str]] = []
+    rel: dict[Path, Path] = {}
     for p in paths:
         try:
-            found += iter_photos([p])
+            got = iter_photos([p], recursive=recursive, exclude=exclude)
         except EngineError as e:
             errors.append((p, str(e)))
-    return found, errors
+            continue
+        if p.is_dir() and not got:
+            n = 0 if recursive else count_subfolder_photos(p)
+            hint = (f" ({n}{'+' if n >= 1000 else ''} in its subfolders: add --recursive)"
+                    if n else "")
+            errors.append((p, f"no photos in this folder{hint}"))
+            continue
+        for photo in got:
+            if photo not in rel:
+                found.append(photo)
+                rel[photo] = photo.parent.relative_to(p) if p.is_dir() else Path()
+    return found, errors, rel
 
 
 def _error_line(path: Path, message: str, as_json: bool) -> None:
@@ -194,7 +227,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .imageio import load_photo
     from .pipeline import Engine
 
-    photos, failed = _expand(args.paths)
+    photos, failed, _rel = _expand(args.paths, args.recursive)
     for path, msg in failed:
         _error_line(path, msg, args.json)
     engine = Engine(args.device)
@@ -236,15 +269,30 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .imageio import sweep_partials
 
     sweep_partials(out_dir)  # temp files a crashed earlier run may have left
-    photos, failed = _expand(args.paths)
+    # results written inside an input folder are not inputs (a second run would restore them)
+    photos, failed, rel = _expand(args.paths, args.recursive, exclude=(out_dir,))
     for path, msg in failed:
         _error_line(path, msg, args.json)
     engine = Engine(args.device, tile_size=args.tile)
     options = OutputOptions(out_dir=out_dir, format=args.format, quality=args.quality,
                             bit_depth=args.bit_depth, keep_metadata=not args.no_metadata)
 
+    swept = {out_dir}
+
     def work(path: Path) -> tuple[dict[str, Any], str]:
-        req = _restore_request(args, path, options)
+        opts = options
+        if rel[path] != Path():
+            sub = out_dir / rel[path]
+            try:
+                sub.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EngineError(f"cannot create the output folder {sub}: "
+                                  f"{e.strerror or e}") from None
+            if sub not in swept:
+                swept.add(sub)
+                sweep_partials(sub)
+            opts = replace(options, out_dir=sub)
+        req = _restore_request(args, path, opts)
         result = engine.run(req, Progress(_stderr_progress(path) if not args.json else None))
         steps = ", ".join(f"{s.name} [{s.model}] {s.seconds:.1f}s" for s in result.steps)
         human = f"{path} -> {result.output} ({result.label.value}: {steps})"
@@ -267,14 +315,18 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
     """``mend restore --dry-run``: what each photo's job would do, and its cost; no writes."""
     from .pipeline import Engine
 
-    photos, failed = _expand(args.paths)
+    photos, failed, rel = _expand(args.paths, args.recursive,
+                                  exclude=(args.output,) if args.output else ())
     for path, msg in failed:
         _error_line(path, msg, args.json)
     engine = Engine(args.device, tile_size=args.tile)
     options = OutputOptions(out_dir=args.output)
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
-        prep = engine.prepare(_restore_request(args, path, options))
+        opts = options
+        if args.output is not None and rel[path] != Path():
+            opts = replace(options, out_dir=args.output / rel[path])
+        prep = engine.prepare(_restore_request(args, path, opts))
         steps = ", ".join(s.name for s in prep.plan.steps if s.enabled)
         human = (f"{path}: {prep.plan.label.value} {prep.plan.label.short_name}, profile "
                  f"{prep.plan.profile}: {steps} — {prep.estimate.describe()}")

@@ -1736,12 +1736,17 @@ def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
 # folders and masks
 
 
-def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "raise") -> list[Path]:
-    """Files as given, folders expanded to the photos inside (sorted, not recursive, hidden files
-    skipped). A missing path raises ``BadImage`` (``on_missing="keep"`` passes it through so
-    that loading it reports the error later)."""
+def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "raise",
+                recursive: bool = False,
+                exclude: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
+    """Files as given, folders expanded to the photos inside (sorted, hidden files and folders
+    skipped; with ``recursive`` also the photos in every subfolder, a folder's own photos before
+    its subfolders', symlinked folders not followed). Folders in ``exclude`` (and below them)
+    are skipped, e.g. an output folder inside the input tree. A missing path raises ``BadImage``
+    (``on_missing="keep"`` passes it through so that loading it reports the error later)."""
     out: list[Path] = []
     seen: set[str] = set()
+    skip = {os.path.normcase(os.path.abspath(e)) for e in exclude}
 
     def add(p: Path) -> None:
         key = os.path.normcase(os.path.abspath(p))
@@ -1749,26 +1754,53 @@ def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "r
             seen.add(key)
             out.append(p)
 
+    def walk(folder: Path, top: bool) -> None:
+        if os.path.normcase(os.path.abspath(folder)) in skip:
+            return
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: (e.name.lower(), e.name))
+        except OSError as e:
+            if top:
+                raise BadImage(folder, f"cannot list this folder ({e.strerror or e})") from None
+            log.warning("skipped folder %s: %s", folder, e.strerror or e)
+            return
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_file() and is_photo_path(Path(entry.name)):
+                    add(Path(entry.path))
+                elif recursive and entry.is_dir(follow_symlinks=False):
+                    subfolders.append(Path(entry.path))
+            except OSError:
+                continue
+        for sub in subfolders:
+            walk(sub, False)
+
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            try:
-                entries = sorted(os.scandir(p), key=lambda e: (e.name.lower(), e.name))
-            except OSError as e:
-                raise BadImage(p, f"cannot list this folder ({e.strerror or e})") from None
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    if entry.is_file() and is_photo_path(Path(entry.name)):
-                        add(Path(entry.path))
-                except OSError:
-                    continue
+            walk(p, True)
         elif p.exists() or on_missing == "keep":
             add(p)
         else:
             raise BadImage(p, "no such file or folder")
     return out
+
+
+def count_subfolder_photos(folder: str | os.PathLike[str], limit: int = 1000) -> int:
+    """How many photos the subfolders of ``folder`` hold (stops counting at ``limit``); for the
+    hint on a folder whose photos are all in subfolders."""
+    n = 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if os.path.samefile(root, folder):
+            continue
+        n += sum(1 for f in files if not f.startswith(".") and is_photo_path(Path(f)))
+        if n >= limit:
+            break
+    return n
 
 
 def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:

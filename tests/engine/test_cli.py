@@ -236,6 +236,63 @@ def test_kill_9_during_export_leaves_no_partial_file(tmp_path):
     assert sha(src) == before
 
 
+
+def _tiny_photos(folder: Path, rels: list[str]) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for rel in rels:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / rel)
+
+
+def test_recursive_restore_mirrors_subfolders_and_skips_its_own_output(tmp_path):
+    src = tmp_path / "shoot"
+    _tiny_photos(src, ["top.png", "2024/jan/a.png", "2025/a.png"])
+    before = {p: sha(p) for p in src.rglob("*.png")}
+    out = src / "mended"  # inside the input tree: a second run must not restore the results
+    for _run in range(2):
+        r = mend("restore", str(src), "-r", "-o", str(out), "--plan", "D", "--json")
+        assert r.returncode == 0, r.stderr
+        got = {o["path"]: o["output"] for o in lines(r.stdout)}
+        assert got == {str(src / "top.png"): str(out / "top_mend.png"),
+                       str(src / "2024/jan/a.png"): str(out / "2024/jan/a_mend.png"),
+                       str(src / "2025/a.png"): str(out / "2025/a_mend.png")}
+        for f in got.values():
+            Path(f).unlink()  # the next run writes the same names again (no _1 clash suffix)
+    assert {p: sha(p) for p in before} == before
+    # without -r: the folder's own photo only
+    r = mend("classify", str(src), "--backend", "builtin", "--json")
+    assert [o["path"] for o in lines(r.stdout)] == [str(src / "top.png")]
+
+
+def test_a_folder_without_photos_is_an_error_with_a_hint(tmp_path):
+    _tiny_photos(tmp_path / "nested", ["sub/a.png", "sub/b.png"])
+    (tmp_path / "void").mkdir()
+    r = mend("classify", str(tmp_path / "nested"), str(tmp_path / "void"), "--json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    out = {o["path"]: o for o in lines(r.stdout)}
+    assert out[str(tmp_path / "nested")]["error"] == \
+        "no photos in this folder (2 in its subfolders: add --recursive)"
+    assert out[str(tmp_path / "void")]["error"] == "no photos in this folder"
+    r = mend("classify", str(tmp_path / "nested"), "-r", "--backend", "builtin", "--json")
+    assert r.returncode == 0 and len(lines(r.stdout)) == 2
+
+
+def test_a_closed_pipe_stops_the_run_quietly(tmp_path):
+    """`mend classify FOLDER | head -1`: no traceback, the exit status of a SIGPIPE'd program."""
+    _tiny_photos(tmp_path, [f"p{i:02d}.png" for i in range(40)])
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "classify", str(tmp_path),
+                             "--backend", "builtin", "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert json.loads(first)["label"] in "ABCD"
+    assert "Traceback" not in err and "Broken pipe" not in err, err
+
+
 ROBUSTNESS_FOLDERS = ("odd_corrupt", "camera_jpeg_exif", "camera_heic", "exif_orientation")
 
 

@@ -637,6 +637,25 @@ def test_iter_photos(tmp_path):
         [tmp_path / "missing.jpg"]
 
 
+
+def test_iter_photos_recursive(tmp_path):
+    """Subfolders only with recursive=True: a folder's own photos first, then each subfolder's
+    (sorted); hidden folders, excluded folders and symlinked folders are not entered."""
+    for rel in ("z.png", "b/x.jpg", "b/c/y.png", "a/w.png", ".hid/h.png", "out/o_mend.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    try:
+        (tmp_path / "link").symlink_to(tmp_path / "b", target_is_directory=True)
+    except OSError:
+        pass  # no symlinks on this file system: the rest still holds
+    assert [p.name for p in mio.iter_photos([tmp_path])] == ["z.png"]
+    got = mio.iter_photos([tmp_path], recursive=True, exclude=[tmp_path / "out"])
+    assert [p.relative_to(tmp_path).as_posix() for p in got] == \
+        ["z.png", "a/w.png", "b/x.jpg", "b/c/y.png"]
+    # a/w, b/x, b/c/y, out/o; not .hid/h, not through the symlink
+    assert mio.count_subfolder_photos(tmp_path) == 4
+
+
 def test_masks_roundtrip_and_resize(tmp_path):
     m = np.zeros((20, 30), np.uint8)
     m[5:10, 5:20] = 255
