@@ -420,6 +420,24 @@ class MainWindow(QMainWindow):
         self.folder_label.setText(str(folder))
         self.setWindowTitle(f"Mend — {folder.name}")
         self._restore_sidecars(folder)
+        if self.model.total() == 0:
+            self._explain_empty(folder)
+
+    def _explain_empty(self, folder: Path) -> None:
+        """A folder without photos says so, and whether its subfolders hold some (counted off
+        the GUI thread: a deep tree on a network drive takes a while)."""
+        from engine.imageio import count_subfolder_photos
+
+        self.set_status(f"No photos in {folder.name}")
+        gen = self.loader.generation
+
+        def done(n: int) -> None:
+            if gen == self.loader.generation and n:
+                more = "+" if n >= 1000 else ""
+                self.set_status(f"No photos in {folder.name} itself — its subfolders hold "
+                                f"{n}{more}: open one of them")
+
+        self.bg.run(lambda: count_subfolder_photos(folder), done)
 
     def _restore_sidecars(self, folder: Path) -> None:
         """Read every photo's sidecar off the GUI thread; stale if the folder changed since."""

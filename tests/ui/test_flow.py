@@ -358,3 +358,20 @@ def test_a_queued_sidecar_save_survives_a_folder_switch(qtbot, window, folder, t
     win.client.pool.waitForDone(10000)
     sc = store.load(photo)
     assert sc is not None and sc.warnings == ["kept through the switch"]
+
+
+def test_a_folder_without_photos_says_where_they_are(qtbot, window, tmp_path):
+    """Opening a folder whose photos are all in subfolders (a year folder of a shoot archive)
+    says so instead of showing an empty grid without a word."""
+    top = tmp_path / "archive"
+    write_photo(top / "2024" / "a.png", 64, 48, seed=5)
+    write_photo(top / "2025" / "b.png", 64, 48, seed=6)
+    (tmp_path / "void").mkdir()
+    win = window
+    win.open_folder(top)
+    assert win.model.total() == 0
+    qtbot.waitUntil(lambda: "subfolders hold 2" in win.status_label.text(), timeout=10000)
+    win.open_folder(tmp_path / "void")
+    assert win.status_label.text() == "No photos in void"
+    qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
+    assert win.status_label.text() == "No photos in void"
