@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
+import sys
 from pathlib import Path
 
 import cv2
@@ -19,6 +19,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.understand.synthetic import motion_kernel
+
 ASTRONAUT = "scikit-image__skimage__data__astronaut.png"
 ROCKET = "scikit-image__skimage__data__rocket.jpg"
 
@@ -37,17 +41,6 @@ def _jpeg(img: np.ndarray, quality: int) -> bytes:
     u8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     Image.fromarray(u8).save(buf, "JPEG", quality=quality, subsampling=2 if quality < 90 else 0)
     return buf.getvalue()
-
-
-def motion_kernel(length: int, angle_deg: float) -> np.ndarray:
-    """A normalised linear motion-blur kernel (a centred line of ``length`` px at ``angle``)."""
-    k = np.zeros((length, length), np.float32)
-    c = (length - 1) / 2
-    a = math.radians(angle_deg)
-    for t in np.linspace(-c, c, 4 * length):
-        x, y = c + t * math.cos(a), c - t * math.sin(a)
-        k[round(y), round(x)] = 1.0
-    return k / k.sum()
 
 
 def build(source_dir: Path) -> dict[str, bytes]:
@@ -72,7 +65,11 @@ def build(source_dir: Path) -> dict[str, bytes]:
     ghost = 0.6 * r + 0.4 * np.roll(r, (6, 9), axis=(0, 1))
     out["B_rocket_reflection_of_astronaut.jpg"] = _jpeg(0.8 * t + 0.35 * ghost, 90)
 
-    # C: linear camera-motion blur
+    # C: linear camera-motion blur: the camera moving straight during one continuous exposure,
+    # the line drawn with sub-pixel weights (engine.understand.synthetic, as in the benchmark).
+    # Until session 8 it was a line of whole pixels, a staircase at 30 degrees whose spectrum
+    # has no regular zeros: the line-length estimator could not resolve it, so the built-in
+    # chain sharpened the sample instead of deconvolving it.
     k = motion_kernel(21, 30.0)
     blurred = cv2.filter2D(_resize(astro, 384, 384), -1, k, borderType=cv2.BORDER_REFLECT)
     out["C_astronaut_motion_blur_21px_30deg.jpg"] = _jpeg(blurred, 92)

@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from engine import imageio as mio
 from tests.conftest import SHARED_IMAGES
@@ -56,13 +55,17 @@ def test_samples_regenerate(shared_images):
         assert np.abs(fresh - shipped).mean() < 1.0, name  # same up to JPEG library drift
 
 
-def test_motion_kernel_is_a_normalised_line():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import make_samples
-    finally:
-        sys.path.pop(0)
-    k = make_samples.motion_kernel(21, 30.0)
-    assert k.shape == (21, 21) and abs(float(k.sum()) - 1) < 1e-6
-    assert (k > 0).sum() >= 21 and k[10, 10] > 0
-    pytest.importorskip("cv2")
+def test_the_motion_blur_sample_is_the_blur_its_name_says_and_gets_deconvolved():
+    """The C sample is a 21-px line at 30 degrees (one continuous exposure): the analyzer
+    resolves that line, so the built-in chain deconvolves it rather than only sharpening."""
+    from engine.pipeline import Engine
+    from engine.restore.profiles import build_plan
+
+    photo = mio.load_photo(SAMPLES / "C_astronaut_motion_blur_21px_30deg.jpg")
+    d = Engine("cpu").diagnose(photo, "builtin")
+    assert d.label.value == "C"
+    assert abs(d.estimates["blur_length"] - 21) <= 2
+    assert abs(d.estimates["blur_angle"] - 30) <= 5
+    plan = build_plan(d.label, "builtin", d)
+    assert [s.name for s in plan.steps] == ["deblur_builtin"]
+    assert abs(plan.steps[0].params["length"] - 21) <= 2
