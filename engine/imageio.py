@@ -1793,9 +1793,9 @@ def count_subfolder_photos(folder: str | os.PathLike[str], limit: int = 1000) ->
     """How many photos the subfolders of ``folder`` hold (stops counting at ``limit``); for the
     hint on a folder whose photos are all in subfolders."""
     n = 0
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if os.path.samefile(root, folder):
+    for i, (_root, dirs, files) in enumerate(os.walk(folder)):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if i == 0:  # the folder's own files
             continue
         n += sum(1 for f in files if not f.startswith(".") and is_photo_path(Path(f)))
         if n >= limit:
