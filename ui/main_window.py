@@ -197,6 +197,7 @@ class MainWindow(QMainWindow):
         self.grid.current_path.connect(self._on_current)
         self.grid.activated_path.connect(self.show_viewer)
         self.grid.folder_dropped.connect(self.open_folder)
+        self.grid.set_placeholder("Drop a folder of photos here, or File ▸ Open folder…")
         lay.addWidget(self.grid, 1)
         self.model.rowsInserted.connect(weak_slot(self, lambda w, *_: w._update_count()))
         self.model.modelReset.connect(self._update_count)
@@ -422,20 +423,26 @@ class MainWindow(QMainWindow):
         self._restore_sidecars(folder)
         if self.model.total() == 0:
             self._explain_empty(folder)
+        else:
+            self.grid.set_placeholder("No photo matches this filter")
 
     def _explain_empty(self, folder: Path) -> None:
-        """A folder without photos says so, and whether its subfolders hold some (counted off
-        the GUI thread: a deep tree on a network drive takes a while)."""
+        """A folder without photos says so, in the grid and the status bar, and whether its
+        subfolders hold some (counted off the GUI thread: a deep tree on a network drive takes
+        a while)."""
         from engine.imageio import count_subfolder_photos
 
         self.set_status(f"No photos in {folder.name}")
+        self.grid.set_placeholder(f"No photos in {folder.name}")
         gen = self.loader.generation
 
         def done(n: int) -> None:
             if gen == self.loader.generation and n:
                 more = "+" if n >= 1000 else ""
-                self.set_status(f"No photos in {folder.name} itself — its subfolders hold "
-                                f"{n}{more}: open one of them")
+                text = (f"No photos in {folder.name} itself — its subfolders hold "
+                        f"{n}{more}: open one of them")
+                self.set_status(text)
+                self.grid.set_placeholder(text)
 
         self.bg.run(lambda: count_subfolder_photos(folder), done)
 

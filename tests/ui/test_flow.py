@@ -371,7 +371,15 @@ def test_a_folder_without_photos_says_where_they_are(qtbot, window, tmp_path):
     win.open_folder(top)
     assert win.model.total() == 0
     qtbot.waitUntil(lambda: "subfolders hold 2" in win.status_label.text(), timeout=10000)
+    assert win.grid.placeholder() == win.status_label.text()
     win.open_folder(tmp_path / "void")
-    assert win.status_label.text() == "No photos in void"
+    assert win.status_label.text() == win.grid.placeholder() == "No photos in void"
     qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
     assert win.status_label.text() == "No photos in void"
+    # a folder with photos: the grid's empty text is for a filter that hides them all
+    win.open_folder(top / "2024")
+    assert win.model.total() == 1
+    assert win.grid.placeholder() == "No photo matches this filter"
+    win.filter.setCurrentIndex(win.filter.findText("B · Reflection"))
+    assert win.proxy.rowCount() == 0  # not diagnosed: no B
+    win.grid.grab()  # paints the placeholder (no exception from the paint path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QPainter, QPalette
 from PySide6.QtWidgets import QAbstractItemView, QListView
 
 from ..app import weak_slot
@@ -35,6 +36,27 @@ class ThumbnailGrid(QListView):
         self.setDragEnabled(False)
         self.doubleClicked.connect(
             weak_slot(self, lambda g, ix: g.activated_path.emit(ix.data(PathRole))))
+        self._placeholder = ""
+
+    def set_placeholder(self, text: str) -> None:
+        """What the empty grid says (no folder yet, a folder without photos, a filter that
+        hides every photo)."""
+        self._placeholder = text
+        self.viewport().update()
+
+    def placeholder(self) -> str:
+        return self._placeholder
+
+    def paintEvent(self, e) -> None:
+        super().paintEvent(e)
+        m = self.model()
+        if self._placeholder and (m is None or m.rowCount() == 0):
+            p = QPainter(self.viewport())
+            p.setPen(self.palette().color(QPalette.ColorRole.PlaceholderText))
+            p.drawText(self.viewport().rect().adjusted(24, 24, -24, -24),
+                       int(Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap),
+                       self._placeholder)
+            p.end()
 
     def setModel(self, model) -> None:
         super().setModel(model)
