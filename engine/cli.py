@@ -278,6 +278,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                             bit_depth=args.bit_depth, keep_metadata=not args.no_metadata)
 
     swept = {out_dir}
+    said = _Warnings()
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
         opts = options
@@ -295,9 +296,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         req = _restore_request(args, path, opts)
         result = engine.run(req, Progress(_stderr_progress(path) if not args.json else None))
         steps = ", ".join(f"{s.name} [{s.model}] {s.seconds:.1f}s" for s in result.steps)
-        human = f"{path} -> {result.output} ({result.label.value}: {steps})"
-        for w in result.warnings:
-            human += f"\n  warning: {w}"
+        human = f"{path} -> {result.output} ({result.label.value}: {steps})" + \
+            said.lines(result.warnings)
         return result.to_json(), human
 
     n_failed = len(failed) + _for_each(photos, work, args)
@@ -321,6 +321,7 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
         _error_line(path, msg, args.json)
     engine = Engine(args.device, tile_size=args.tile)
     options = OutputOptions(out_dir=args.output)
+    said = _Warnings()
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
         opts = options
@@ -329,13 +330,31 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
         prep = engine.prepare(_restore_request(args, path, opts))
         steps = ", ".join(s.name for s in prep.plan.steps if s.enabled)
         human = (f"{path}: {prep.plan.label.value} {prep.plan.label.short_name}, profile "
-                 f"{prep.plan.profile}: {steps} — {prep.estimate.describe()}")
-        for w in prep.warnings:
-            human += f"\n  warning: {w}"
+                 f"{prep.plan.profile}: {steps} — {prep.estimate.describe()}") + \
+            said.lines(prep.warnings)
         return prep.to_json(), human
 
     n_failed = len(failed) + _for_each(photos, work, args)
     return EXIT_FAILED if n_failed else EXIT_OK
+
+
+class _Warnings:
+    """A batch's human-readable warning lines: one that every photo repeats (models not
+    installed, say) is printed in full once, then referred to. ``--json`` keeps every photo's
+    own list."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def lines(self, warnings: Iterable[str]) -> str:
+        out = ""
+        for w in warnings:
+            if w in self.seen:
+                out += "\n  warning: (as above) " + (w if len(w) <= 60 else w[:57] + "...")
+            else:
+                self.seen.add(w)
+                out += f"\n  warning: {w}"
+        return out
 
 
 def _stderr_progress(path: Path):

@@ -154,6 +154,21 @@ def test_restore_auto_profile_falls_back_to_builtin_with_a_warning(picks, tmp_pa
     assert all(s["model"].startswith("builtin") for s in o["steps"])
 
 
+def test_a_warning_every_photo_repeats_is_printed_in_full_once(tmp_path):
+    """Human output of a batch: the 'models not installed' fallback warning comes once in full,
+    then as a short reference; --json keeps every photo's own full list."""
+    src = tmp_path / "in"
+    _tiny_photos(src, ["a.png", "b.png", "c.png"])
+    r = mend("restore", str(src), "-o", str(tmp_path / "out"), "--plan", "A")
+    assert r.returncode == 0, r.stderr
+    warns = [ln.strip() for ln in r.stdout.splitlines()
+             if ln.strip().startswith("warning:") and "profile's models" in ln]
+    assert len(warns) == 3 and "mend models pull --profile" in warns[0], r.stdout
+    assert all(w.startswith("warning: (as above) ") and len(w) < 100 for w in warns[1:]), warns
+    r = mend("restore", str(src), "-o", str(tmp_path / "out2"), "--plan", "A", "--json")
+    full = warns[0].removeprefix("warning: ")
+    assert [full in o["warnings"] for o in lines(r.stdout)] == [True] * 3
+
 def test_restore_bad_inputs_go_on(picks, tmp_path):
     (tmp_path / "dir.jpg").mkdir()
     empty = tmp_path / "empty.jpg"
