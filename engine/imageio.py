@@ -1754,34 +1754,37 @@ def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "r
             seen.add(key)
             out.append(p)
 
-    def walk(folder: Path, top: bool) -> None:
-        if os.path.normcase(os.path.abspath(folder)) in skip:
-            return
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: (e.name.lower(), e.name))
-        except OSError as e:
-            if top:
-                raise BadImage(folder, f"cannot list this folder ({e.strerror or e})") from None
-            log.warning("skipped folder %s: %s", folder, e.strerror or e)
-            return
-        subfolders = []
-        for entry in entries:
-            if entry.name.startswith("."):
+    def walk(top: Path) -> None:
+        stack = [top]  # depth first, a folder's subfolders in name order (no recursion limit)
+        while stack:
+            folder = stack.pop()
+            if os.path.normcase(os.path.abspath(folder)) in skip:
                 continue
             try:
-                if entry.is_file() and is_photo_path(Path(entry.name)):
-                    add(Path(entry.path))
-                elif recursive and entry.is_dir(follow_symlinks=False):
-                    subfolders.append(Path(entry.path))
-            except OSError:
+                entries = sorted(os.scandir(folder), key=lambda e: (e.name.lower(), e.name))
+            except OSError as e:
+                if folder is top:
+                    raise BadImage(folder, f"cannot list this folder ({e.strerror or e})") \
+                        from None
+                log.warning("skipped folder %s: %s", folder, e.strerror or e)
                 continue
-        for sub in subfolders:
-            walk(sub, False)
+            subfolders = []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_file() and is_photo_path(Path(entry.name)):
+                        add(Path(entry.path))
+                    elif recursive and entry.is_dir(follow_symlinks=False):
+                        subfolders.append(Path(entry.path))
+                except OSError:
+                    continue
+            stack.extend(reversed(subfolders))
 
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            walk(p, True)
+            walk(p)
         elif p.exists() or on_missing == "keep":
             add(p)
         else:
