@@ -200,3 +200,17 @@ def test_library_warnings_go_to_the_app_log_not_the_terminal(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Corrupt EXIF" not in r.stderr
     assert "Corrupt EXIF data." in Path(r.stdout.strip()).read_text(encoding="utf-8")
+
+
+def test_the_plan_editor_waits_for_a_photo(qtbot):
+    """With no photo selected there is nothing to plan: the step editor is disabled like the
+    Fix and Diagnose buttons (before, '+' built a plan for no photo)."""
+    from ui.panels.diagnosis import DiagnosisPanel
+
+    panel = DiagnosisPanel()
+    qtbot.addWidget(panel)
+    assert panel._plan_edit and not any(w.isEnabled() for w in panel._plan_edit)
+    panel.set_photo_name("a.jpg")
+    assert all(w.isEnabled() for w in panel._plan_edit)
+    panel.set_photo_name(None)
+    assert not any(w.isEnabled() for w in panel._plan_edit)

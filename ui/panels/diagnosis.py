@@ -210,6 +210,7 @@ class DiagnosisPanel(QWidget):
         self.add_combo = QComboBox()
         self.add_combo.setToolTip("Step to add")
         btns.addWidget(self.add_combo, 1)
+        self._plan_edit = [self.add_combo]  # enabled only with a photo to plan for
         for text, tip, fn in (("+", "Add the step", self._add_step),
                               ("−", "Remove the selected step", self._remove_step),
                               ("↑", "Move up", weak_slot(self, lambda p: p._move_step(-1))),
@@ -219,6 +220,7 @@ class DiagnosisPanel(QWidget):
             b.setToolTip(tip)
             b.clicked.connect(fn)
             btns.addWidget(b)
+            self._plan_edit.append(b)
         pl.addLayout(btns)
         self.params_box = QGroupBox("Parameters")
         self.params_form = QFormLayout(self.params_box)
@@ -243,7 +245,8 @@ class DiagnosisPanel(QWidget):
     def set_photo_name(self, name: str | None) -> None:
         self.title.setText(name or "No photo selected")
         enabled = name is not None
-        for w in (self.run_btn, self.diagnose_btn, self.override, self.mask_btn):
+        for w in (self.run_btn, self.diagnose_btn, self.override, self.mask_btn,
+                  *self._plan_edit):
             w.setEnabled(enabled)
 
     def set_diagnosis(self, d: Diagnosis | None) -> None:
