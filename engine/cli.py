@@ -330,7 +330,8 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
         prep = engine.prepare(_restore_request(args, path, opts))
         steps = ", ".join(s.name for s in prep.plan.steps if s.enabled)
         human = (f"{path}: {prep.plan.label.value} {prep.plan.label.short_name}, profile "
-                 f"{prep.plan.profile}: {steps} — {prep.estimate.describe()}") + \
+                 f"{prep.plan.profile}: {steps} — {prep.estimate.describe()}"
+                 + (f" → {prep.output}" if prep.output is not None else "")) + \
             said.lines(prep.warnings)
         return prep.to_json(), human
 

@@ -41,12 +41,16 @@ class Prepared:
     plan: Plan
     warnings: tuple[str, ...]
     estimate: Estimate
+    # where the result would be written (as of now: a file that appears there before the run
+    # moves it to a _1 name); None when the request names no output folder
+    output: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"path": str(self.path), "label": self.plan.label.value,
                 "profile": self.plan.profile, "size": list(self.size),
                 "diagnosis": self.diagnosis.to_json(), "plan": self.plan.to_json(),
                 "estimate": self.estimate.to_json(), "warnings": list(self.warnings),
+                "output": str(self.output) if self.output is not None else None,
                 "dry_run": True}
 
 
@@ -136,8 +140,13 @@ class Engine:
         if missing:
             warnings.append(f"this plan needs models that are not installed ({', '.join(missing)}); "
                             "install them with: mend models pull " + " ".join(missing))
+        output = None
+        if request.output.out_dir is not None:
+            from .imageio import output_path_for
+
+            output = output_path_for(photo.path, request.output, source_format=photo.format)
         return Prepared(Path(request.path), (photo.height, photo.width), diagnosis, plan,
-                        tuple(warnings), self.estimate(plan, (photo.height, photo.width)))
+                        tuple(warnings), self.estimate(plan, (photo.height, photo.width)), output)
 
     def missing_models(self, plan: Plan) -> list[str]:
         """Models the plan's enabled steps need that are not installed (models a step can do

@@ -276,6 +276,11 @@ def test_recursive_restore_mirrors_subfolders_and_skips_its_own_output(tmp_path)
         for f in got.values():
             Path(f).unlink()  # the next run writes the same names again (no _1 clash suffix)
     assert {p: sha(p) for p in before} == before
+    # a dry run says where each result would go, and writes nothing
+    r = mend("restore", str(src), "-r", "-o", str(out), "--plan", "D", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {o["path"]: o["output"] for o in lines(r.stdout)} == got
+    assert not any(out.rglob("*.png"))
     # without -r: the folder's own photo only
     r = mend("classify", str(src), "--backend", "builtin", "--json")
     assert [o["path"] for o in lines(r.stdout)] == [str(src / "top.png")]
