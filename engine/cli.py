@@ -231,10 +231,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for path, msg in failed:
         _error_line(path, msg, args.json)
     engine = Engine(args.device)
+    counts = dict.fromkeys((d.value for d in Degradation), 0)
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
         opts = {"mode": args.vlm_mode} if args.backend in ("vlm", "auto") else {}
         d = engine.diagnose(load_photo(path), args.backend, **opts)
+        counts[d.label.value] += 1
         obj = {"path": str(path), "label": d.label.value,
                "scores": {k: round(float(v), 4) for k, v in d.scores.items()},
                "estimates": d.to_json()["estimates"], "backend": d.backend}
@@ -246,6 +248,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
         return obj, human
 
     n_failed = len(failed) + _for_each(photos, work, args)
+    if not args.json and len(photos) + len(failed) > 1:  # a batch ends with its tally
+        tally = " · ".join(f"{k} {Degradation(k).short_name} {n}" for k, n in counts.items())
+        print(f"{sum(counts.values())} photo(s): {tally}"
+              + (f"; {n_failed} failed" if n_failed else ""), flush=True)
     return EXIT_FAILED if n_failed else EXIT_OK
 
 
@@ -279,8 +285,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     swept = {out_dir}
     said = _Warnings()
+    done = 0
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
+        nonlocal done
         opts = options
         if rel[path] != Path():
             sub = out_dir / rel[path]
@@ -295,12 +303,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
             opts = replace(options, out_dir=sub)
         req = _restore_request(args, path, opts)
         result = engine.run(req, Progress(_stderr_progress(path) if not args.json else None))
+        done += 1
         steps = ", ".join(f"{s.name} [{s.model}] {s.seconds:.1f}s" for s in result.steps)
         human = f"{path} -> {result.output} ({result.label.value}: {steps})" + \
             said.lines(result.warnings)
         return result.to_json(), human
 
     n_failed = len(failed) + _for_each(photos, work, args)
+    if not args.json and len(photos) + len(failed) > 1:
+        print(f"{done} photo(s) written to {out_dir}" + (f"; {n_failed} failed" if n_failed else ""),
+              flush=True)
     return EXIT_FAILED if n_failed else EXIT_OK
 
 

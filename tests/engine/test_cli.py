@@ -297,6 +297,16 @@ def test_a_folder_without_photos_is_an_error_with_a_hint(tmp_path):
     assert out[str(tmp_path / "void")]["error"] == "no photos in this folder"
     r = mend("classify", str(tmp_path / "nested"), "-r", "--backend", "builtin", "--json")
     assert r.returncode == 0 and len(lines(r.stdout)) == 2
+    # human output of a batch ends with its tally (JSON output has none: one object per photo)
+    r = mend("classify", str(tmp_path / "nested"), str(tmp_path / "void"), "-r",
+             "--backend", "builtin")
+    last = r.stdout.splitlines()[-1]
+    assert last.startswith("2 photo(s): A ") and last.endswith("; 1 failed"), r.stdout
+    counts = [int(x.split()[-1]) for x in last.split(":", 1)[1].split(";")[0].split("·")]
+    assert sum(counts) == 2
+    r = mend("restore", str(tmp_path / "nested"), "-r", "-o", str(tmp_path / "out"),
+             "--plan", "D")
+    assert r.stdout.splitlines()[-1] == f"2 photo(s) written to {tmp_path / 'out'}", r.stdout
 
 
 def test_a_closed_pipe_stops_the_run_quietly(tmp_path):
