@@ -22,7 +22,7 @@ synthetic degradations of clean sources that are NOT evaluation photos:
   seeds gave 56.4 % and 52.7 % on the labelled photos (the shipped network: 60.0 %), 70.0 % on
   the held-out camera photos (66.7 %) and 48.4 % / 35.5 % on the held-out faces (51.6 %): more
   sources did not help, and seed-to-seed spread is several points;
-- experiments, not the shipped network (session 6; figures in the README, judged with
+- experiments, not the shipped network (session 6; figures in docs/ANALYZER.md, judged with
   ``bench/classify.py --cnn FILE``): ``--width 24 --patches 150000`` (+4-5 points on the labelled
   photos, -10 on the camera photos), ``--tail 2`` (two more convolutions at 4 x 4 px, so each
   unit sees the whole patch) and ``--recipe 2`` (C also from 5-15 averaged frames and in linear
