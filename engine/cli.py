@@ -178,8 +178,8 @@ def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...
             errors.append((p, str(e)))
             continue
         if p.is_dir() and not got:
-            n = 0 if recursive else count_subfolder_photos(p)
-            hint = (f" ({n}{'+' if n >= 1000 else ''} in its subfolders: add --recursive)"
+            n, complete = (0, True) if recursive else count_subfolder_photos(p)
+            hint = (f" ({n}{'' if complete else '+'} in its subfolders: add --recursive)"
                     if n else "")
             errors.append((p, f"no photos in this folder{hint}"))
             continue

@@ -1792,18 +1792,21 @@ def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "r
     return out
 
 
-def count_subfolder_photos(folder: str | os.PathLike[str], limit: int = 1000) -> int:
-    """How many photos the subfolders of ``folder`` hold (stops counting at ``limit``); for the
-    hint on a folder whose photos are all in subfolders."""
+def count_subfolder_photos(folder: str | os.PathLike[str], limit: int = 1000,
+                           max_folders: int = 5000) -> tuple[int, bool]:
+    """How many photos the subfolders of ``folder`` hold, for the hint on a folder whose photos
+    are all in subfolders: ``(count, complete)``. Counting stops at ``limit`` photos or after
+    ``max_folders`` folders (a home folder given by mistake must not be walked to the end);
+    then the count is a lower bound and ``complete`` is False."""
     n = 0
     for i, (_root, dirs, files) in enumerate(os.walk(folder)):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         if i == 0:  # the folder's own files
             continue
         n += sum(1 for f in files if not f.startswith(".") and is_photo_path(Path(f)))
-        if n >= limit:
-            break
-    return n
+        if n >= limit or i >= max_folders:
+            return n, False
+    return n, True
 
 
 def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:

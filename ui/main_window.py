@@ -436,9 +436,10 @@ class MainWindow(QMainWindow):
         self.grid.set_placeholder(f"No photos in {folder.name}")
         gen = self.loader.generation
 
-        def done(n: int) -> None:
+        def done(counted: tuple[int, bool]) -> None:
+            n, complete = counted
             if gen == self.loader.generation and n:
-                more = "+" if n >= 1000 else ""
+                more = "" if complete else "+"
                 text = (f"No photos in {folder.name} itself — its subfolders hold "
                         f"{n}{more}: open one of them")
                 self.set_status(text)

@@ -653,7 +653,10 @@ def test_iter_photos_recursive(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in got] == \
         ["z.png", "a/w.png", "b/x.jpg", "b/c/y.png"]
     # a/w, b/x, b/c/y, out/o; not .hid/h, not through the symlink
-    assert mio.count_subfolder_photos(tmp_path) == 4
+    assert mio.count_subfolder_photos(tmp_path) == (4, True)
+    assert mio.count_subfolder_photos(tmp_path, limit=2) == (2, False)  # "2+"
+    n, complete = mio.count_subfolder_photos(tmp_path, max_folders=1)  # a huge tree: stops early
+    assert not complete and n <= 4
 
 
 def test_masks_roundtrip_and_resize(tmp_path):
