@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QModelIndex, QSize, Qt, Signal
 from PySide6.QtGui import QPainter, QPalette
 from PySide6.QtWidgets import QAbstractItemView, QListView
 
@@ -50,7 +50,9 @@ class ThumbnailGrid(QListView):
     def paintEvent(self, e) -> None:
         super().paintEvent(e)
         m = self.model()
-        if self._placeholder and (m is None or m.rowCount() == 0):
+        # (rows that are still to be fetched are not "no photos")
+        if self._placeholder and (m is None or (m.rowCount() == 0
+                                                and not m.canFetchMore(QModelIndex()))):
             p = QPainter(self.viewport())
             p.setPen(self.palette().color(QPalette.ColorRole.PlaceholderText))
             p.drawText(self.viewport().rect().adjusted(24, 24, -24, -24),
