@@ -93,6 +93,7 @@ class MainWindow(QMainWindow):
         self.states: dict[Path, PhotoState] = {}
         self.current: Path | None = None
         self.sidecars: SidecarStore | None = None
+        self.folder_loading = False  # a folder's listing is on its way (open_folder)
         self._job_path: dict[int, Path] = {}
         self._sam_include: dict[int, bool] = {}
         self._view: ViewImages | None = None
@@ -415,16 +416,35 @@ class MainWindow(QMainWindow):
         self.panel.set_photo_name(None)
         self.panel.set_diagnosis(None)
         self.panel.set_plan(None)
-        self.model.set_folder(folder, scan_folder(folder))
+        # the listing runs off the GUI thread (a folder on a network drive answers slowly);
+        # the grid is empty and says so until it arrives
+        self.model.set_folder(folder, [])
+        self.folder_loading = True
         self.sidecars = SidecarStore(folder, data_dir(), beside_photos=self._sidecars_beside)
         add_recent_folder(folder, self.qs)
         self.folder_label.setText(str(folder))
         self.setWindowTitle(f"Mend — {folder.name}")
-        self._restore_sidecars(folder)
-        if self.model.total() == 0:
-            self._explain_empty(folder)
-        else:
-            self.grid.set_placeholder("No photo matches this filter")
+        self.grid.set_placeholder(f"Reading {folder.name}…")
+        gen = self.loader.generation
+
+        def listed(items: list) -> None:
+            if gen != self.loader.generation:  # another folder was opened meanwhile
+                return
+            self.folder_loading = False
+            self.model.set_folder(folder, items)
+            self._restore_sidecars(folder)
+            if self.model.total() == 0:
+                self._explain_empty(folder)
+            else:
+                self.grid.set_placeholder("No photo matches this filter")
+
+        def failed(message: str) -> None:
+            if gen == self.loader.generation:
+                self.folder_loading = False
+                self.grid.set_placeholder(f"Could not read {folder.name}: {message}")
+                self.set_status(f"Could not read {folder}: {message}")
+
+        self.bg.run(lambda: scan_folder(folder), listed, failed)
 
     def _explain_empty(self, folder: Path) -> None:
         """A folder without photos says so, in the grid and the status bar, and whether its

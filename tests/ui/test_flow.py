@@ -22,6 +22,12 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+def opened(qtbot, win, folder: Path) -> None:
+    """Open a folder and wait for its listing, which arrives off the GUI thread."""
+    win.open_folder(folder)
+    qtbot.waitUntil(lambda: not win.folder_loading, timeout=10000)
+
+
 @pytest.fixture
 def folder(tmp_path) -> Path:
     d = tmp_path / "shoot"
@@ -47,7 +53,7 @@ def window(qtbot, tmp_path):
 def test_open_diagnose_fix_compare_export(qtbot, window, folder, tmp_path):
     before = {p.name: _sha(p) for p in folder.iterdir()}
     win = window
-    win.open_folder(folder)
+    opened(qtbot, win, folder)
     assert win.model.total() == 3
     qtbot.waitUntil(lambda: win.model.ready_count() == 3, timeout=20000)
 
@@ -122,8 +128,8 @@ def test_open_diagnose_fix_compare_export(qtbot, window, folder, tmp_path):
     # the sidecars restore diagnosis and outputs when the folder is opened again
     qtbot.waitUntil(lambda: (folder / ".mend" / "a_noisy.jpg.json").exists(), timeout=5000)
     qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=5000)
-    win.open_folder(tmp_path)  # elsewhere
-    win.open_folder(folder)
+    opened(qtbot, win, tmp_path)  # elsewhere
+    opened(qtbot, win, folder)
     qtbot.waitUntil(lambda: win.model.item(target).diagnosis is not None, timeout=10000)
     it = win.model.item(target)
     assert it.diagnosis.label == diags["a_noisy.jpg"].label and it.output.exists()
@@ -132,7 +138,7 @@ def test_open_diagnose_fix_compare_export(qtbot, window, folder, tmp_path):
 
 def test_override_class_and_inpaint_again_with_edited_mask(qtbot, window, folder, tmp_path):
     win = window
-    win.open_folder(folder)
+    opened(qtbot, win, folder)
     target = folder / "b_clean.png"
     win.select_path(target)
     win.diagnose([target])
@@ -204,7 +210,7 @@ def test_click_to_select_runs_in_the_engine_thread(qtbot, window, folder, monkey
     monkeypatch.setattr(reflection, "sam_mask_from_points", fake_sam)
     monkeypatch.setattr(MainWindow, "_sam_available", lambda self: True)
     win = window
-    win.open_folder(folder)
+    opened(qtbot, win, folder)
     target = folder / "b_clean.png"
     win.select_path(target)
     with qtbot.waitSignal(win.view_loaded, timeout=20000):
@@ -233,7 +239,7 @@ def test_cancel_mid_job_leaves_the_sidecar_consistent(qtbot, window, tmp_path):
     photo = write_photo(d / "noisy.jpg", 1600, 1200, seed=4, kind="noisy")
     before = _sha(photo)
     win = window
-    win.open_folder(d)
+    opened(qtbot, win, d)
     qtbot.waitUntil(lambda: win.model.ready_count() == 1, timeout=20000)
     win.select_path(photo)
     (first,) = win.fix_selected()  # a complete run writes the sidecar
@@ -257,7 +263,7 @@ def test_cancel_mid_job_leaves_the_sidecar_consistent(qtbot, window, tmp_path):
 
 def test_plan_edits_update_the_estimate(qtbot, window, folder):
     win = window
-    win.open_folder(folder)
+    opened(qtbot, win, folder)
     qtbot.waitUntil(lambda: win.model.ready_count() == 3, timeout=20000)
     target = folder / "a_noisy.jpg"
     win.select_path(target)
@@ -294,7 +300,7 @@ def test_a_closed_window_is_freed_at_once_without_the_garbage_collector(qtbot, f
         win = MainWindow(client, AppSettings(backend="builtin", profile="builtin",
                                              out_dir=str(tmp_path / "out")), ask_resume=False)
         win.show()
-        win.open_folder(folder)
+        opened(qtbot, win, folder)
         qtbot.waitUntil(lambda: win.model.ready_count() == 3, timeout=20000)
         win.diagnose_all()
         qtbot.waitUntil(client.is_idle, timeout=60000)
@@ -335,7 +341,7 @@ def test_a_queued_sidecar_save_survives_a_folder_switch(qtbot, window, folder, t
     import threading
 
     win = window
-    win.open_folder(folder)
+    opened(qtbot, win, folder)
     qtbot.waitUntil(lambda: win.model.ready_count() == 3, timeout=20000)
     gate = threading.Event()
     started = threading.Event()
@@ -368,18 +374,45 @@ def test_a_folder_without_photos_says_where_they_are(qtbot, window, tmp_path):
     write_photo(top / "2025" / "b.png", 64, 48, seed=6)
     (tmp_path / "void").mkdir()
     win = window
-    win.open_folder(top)
+    opened(qtbot, win, top)
     assert win.model.total() == 0
     qtbot.waitUntil(lambda: "subfolders hold 2" in win.status_label.text(), timeout=10000)
     assert win.grid.placeholder() == win.status_label.text()
-    win.open_folder(tmp_path / "void")
+    opened(qtbot, win, tmp_path / "void")
     assert win.status_label.text() == win.grid.placeholder() == "No photos in void"
     qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
     assert win.status_label.text() == "No photos in void"
     # a folder with photos: the grid's empty text is for a filter that hides them all
-    win.open_folder(top / "2024")
+    opened(qtbot, win, top / "2024")
     assert win.model.total() == 1
     assert win.grid.placeholder() == "No photo matches this filter"
     win.filter.setCurrentIndex(win.filter.findText("B · Reflection"))
     assert win.proxy.rowCount() == 0  # not diagnosed: no B
     win.grid.grab()  # paints the placeholder (no exception from the paint path)
+
+
+def test_a_folder_is_listed_off_the_gui_thread(qtbot, window, folder, monkeypatch):
+    """A folder on a slow network drive must not freeze the window: open_folder returns at once,
+    the grid says it is reading, and the listing arrives from a pool thread."""
+    import threading
+    import time
+
+    import ui.main_window as mw
+
+    threads = []
+    real = mw.scan_folder
+
+    def slow_scan(f):
+        threads.append(threading.current_thread())
+        time.sleep(0.5)
+        return real(f)
+
+    monkeypatch.setattr(mw, "scan_folder", slow_scan)
+    win = window
+    t0 = time.monotonic()
+    win.open_folder(folder)
+    assert time.monotonic() - t0 < 0.4 and win.folder_loading
+    assert win.grid.placeholder() == f"Reading {folder.name}…" and win.model.total() == 0
+    qtbot.waitUntil(lambda: not win.folder_loading, timeout=10000)
+    assert win.model.total() == 3
+    assert threads and threads[0] is not threading.main_thread()
