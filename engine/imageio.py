@@ -45,7 +45,7 @@ import stat
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -1736,6 +1736,40 @@ def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
 # folders and masks
 
 
+def _photo_folders(top: Path, recursive: bool, skip: set[str]
+                   ) -> Iterator[tuple[Path, list[Path]]]:
+    """``(folder, its photos)`` for ``top`` and, with ``recursive``, every folder below it:
+    depth first, names sorted case-insensitively, hidden files and folders skipped, symlinked
+    folders not followed, folders in ``skip`` (normcased absolute paths) and below them left
+    out. ``top`` that cannot be listed raises ``BadImage``; a subfolder is skipped with a log."""
+    stack = [top]  # an explicit stack: no recursion limit on deep trees
+    while stack:
+        folder = stack.pop()
+        if os.path.normcase(os.path.abspath(folder)) in skip:
+            continue
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: (e.name.lower(), e.name))
+        except OSError as e:
+            if folder is top:
+                raise BadImage(folder, f"cannot list this folder ({e.strerror or e})") from None
+            log.warning("skipped folder %s: %s", folder, e.strerror or e)
+            continue
+        photos: list[Path] = []
+        subfolders: list[Path] = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_file() and is_photo_path(Path(entry.name)):
+                    photos.append(Path(entry.path))
+                elif recursive and entry.is_dir(follow_symlinks=False):
+                    subfolders.append(Path(entry.path))
+            except OSError:
+                continue
+        yield folder, photos
+        stack.extend(reversed(subfolders))
+
+
 def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "raise",
                 recursive: bool = False,
                 exclude: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
@@ -1754,37 +1788,12 @@ def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "r
             seen.add(key)
             out.append(p)
 
-    def walk(top: Path) -> None:
-        stack = [top]  # depth first, a folder's subfolders in name order (no recursion limit)
-        while stack:
-            folder = stack.pop()
-            if os.path.normcase(os.path.abspath(folder)) in skip:
-                continue
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: (e.name.lower(), e.name))
-            except OSError as e:
-                if folder is top:
-                    raise BadImage(folder, f"cannot list this folder ({e.strerror or e})") \
-                        from None
-                log.warning("skipped folder %s: %s", folder, e.strerror or e)
-                continue
-            subfolders = []
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    if entry.is_file() and is_photo_path(Path(entry.name)):
-                        add(Path(entry.path))
-                    elif recursive and entry.is_dir(follow_symlinks=False):
-                        subfolders.append(Path(entry.path))
-                except OSError:
-                    continue
-            stack.extend(reversed(subfolders))
-
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            walk(p)
+            for _folder, photos in _photo_folders(p, recursive, skip):
+                for photo in photos:
+                    add(photo)
         elif p.exists() or on_missing == "keep":
             add(p)
         else:
@@ -1794,16 +1803,17 @@ def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "r
 
 def count_subfolder_photos(folder: str | os.PathLike[str], limit: int = 1000,
                            max_folders: int = 5000) -> tuple[int, bool]:
-    """How many photos the subfolders of ``folder`` hold, for the hint on a folder whose photos
-    are all in subfolders: ``(count, complete)``. Counting stops at ``limit`` photos or after
-    ``max_folders`` folders (a home folder given by mistake must not be walked to the end);
-    then the count is a lower bound and ``complete`` is False."""
+    """How many photos the subfolders of ``folder`` hold (the same walk as ``iter_photos(...,
+    recursive=True)``), for the hint on a folder whose photos are all in subfolders:
+    ``(count, complete)``. Counting stops at ``limit`` photos or after ``max_folders`` folders
+    (a home folder given by mistake must not be walked to the end); then the count is a lower
+    bound and ``complete`` is False."""
     n = 0
-    for i, (_root, dirs, files) in enumerate(os.walk(folder)):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if i == 0:  # the folder's own files
+    walk = _photo_folders(Path(folder), True, set())
+    for i, (_folder, photos) in enumerate(walk):
+        if i == 0:  # the folder's own photos
             continue
-        n += sum(1 for f in files if not f.startswith(".") and is_photo_path(Path(f)))
+        n += len(photos)
         if n >= limit or i >= max_folders:
             return n, False
     return n, True
