@@ -416,3 +416,18 @@ def test_a_folder_is_listed_off_the_gui_thread(qtbot, window, folder, monkeypatc
     qtbot.waitUntil(lambda: not win.folder_loading, timeout=10000)
     assert win.model.total() == 3
     assert threads and threads[0] is not threading.main_thread()
+
+
+def test_a_folder_that_cannot_be_read_says_so(qtbot, window, folder, monkeypatch):
+    """An unreadable folder (permissions, a network drive gone) is not shown as 'no photos'."""
+    import ui.main_window as mw
+
+    def denied(f):
+        raise PermissionError(13, "Permission denied", str(f))
+
+    monkeypatch.setattr(mw, "scan_folder", denied)
+    win = window
+    opened(qtbot, win, folder)
+    assert win.model.total() == 0
+    assert win.grid.placeholder().startswith(f"Could not read {folder.name}: ")
+    assert "Permission denied" in win.status_label.text()

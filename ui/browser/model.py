@@ -49,24 +49,30 @@ class PhotoItem:
 
 
 def scan_folder(folder: Path) -> list[PhotoItem]:
-    """The photos directly inside ``folder``, sorted by name (case-insensitive)."""
+    """The photos directly inside ``folder``, sorted by name (case-insensitive). A folder that
+    cannot be listed raises ``OSError`` (the window says so instead of "no photos"); a file
+    that vanishes or cannot be read while listing is left out."""
     items: list[PhotoItem] = []
-    try:
-        with os.scandir(folder) as it:
-            for e in it:
-                if e.name.startswith(".") or not is_photo_path(Path(e.name)):
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.name.startswith(".") or not is_photo_path(Path(e.name)):
+                continue
+            try:
+                if not e.is_file():
                     continue
-                try:
-                    if not e.is_file():
-                        continue
-                    st = e.stat()
-                except OSError:
-                    continue
-                items.append(PhotoItem(Path(e.path), st.st_mtime_ns, st.st_size))
-    except OSError:
-        return []
+                st = e.stat()
+            except OSError:
+                continue
+            items.append(PhotoItem(Path(e.path), st.st_mtime_ns, st.st_size))
     items.sort(key=lambda p: p.path.name.lower())
     return items
+
+
+def _scan_or_empty(folder: Path) -> list[PhotoItem]:
+    try:
+        return scan_folder(folder)
+    except OSError:
+        return []
 
 
 class ThumbnailModel(QAbstractListModel):
@@ -99,7 +105,7 @@ class ThumbnailModel(QAbstractListModel):
         self.loader.new_generation()
         self.beginResetModel()
         self.folder = folder
-        self._all = items if items is not None else (scan_folder(folder) if folder else [])
+        self._all = items if items is not None else (_scan_or_empty(folder) if folder else [])
         self._row = {it.path: i for i, it in enumerate(self._all)}
         self._loaded = min(BATCH, len(self._all))  # the first screen is there at once
         self._pixmaps.clear()
