@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tile", type=int, default=512, help="tile size in pixels")
     r.add_argument("-r", "--recursive", action="store_true",
                    help="also the photos in the folders' subfolders (their results go to the "
-                        "same subfolders of the output folder)")
+                        "same subfolders of the output folder); in folders, results and masks "
+                        "Mend wrote are skipped either way")
     r.add_argument("--dry-run", action="store_true",
                    help="diagnose and show each photo's plan with a time and memory estimate; "
                         "run nothing and write nothing")
@@ -160,17 +161,21 @@ def _emit(obj: dict[str, Any], as_json: bool, human: str) -> None:
         print(human, flush=True)
 
 
-def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...] = ()
-            ) -> tuple[list[Path], list[tuple[Path, str]], dict[Path, Path]]:
+def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...] = (),
+            skip_outputs: bool = False
+            ) -> tuple[list[Path], list[tuple[Path, str]], dict[Path, Path], list[tuple[Path, str]]]:
     """Folders expand to the photos inside (``recursive``: in every subfolder too, except
     ``exclude``); missing paths and folders without a photo become per-input errors. Also
     returns each photo's subfolder relative to the folder it was found under (restore mirrors
-    it in the output folder)."""
-    from .imageio import count_subfolder_photos, iter_photos
+    it in the output folder) and, with ``skip_outputs``, the files Mend wrote itself (results,
+    masks) that a folder held: restoring a result again would restore it twice. A file named
+    on the command line is always taken."""
+    from .imageio import count_subfolder_photos, iter_photos, mend_output_kind
 
     found: list[Path] = []
     errors: list[tuple[Path, str]] = []
     rel: dict[Path, Path] = {}
+    outputs: list[tuple[Path, str]] = []
     for p in paths:
         try:
             got = iter_photos([p], recursive=recursive, exclude=exclude)
@@ -184,10 +189,21 @@ def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...
             errors.append((p, f"no photos in this folder{hint}"))
             continue
         for photo in got:
-            if photo not in rel:
-                found.append(photo)
-                rel[photo] = photo.parent.relative_to(p) if p.is_dir() else Path()
-    return found, errors, rel
+            if photo in rel:
+                continue
+            kind = mend_output_kind(photo) if skip_outputs and p.is_dir() else None
+            if kind is not None:
+                outputs.append((photo, kind))
+                continue
+            found.append(photo)
+            rel[photo] = photo.parent.relative_to(p) if p.is_dir() else Path()
+    return found, errors, rel, outputs
+
+
+def _skipped_line(path: Path, kind: str, as_json: bool) -> None:
+    what = "a Mend result" if kind == "result" else "a mask Mend saved"
+    _emit({"path": str(path), "skipped": f"mend {kind}"}, as_json,
+          f"{path}: skipped: {what} (name the file itself to restore it)")
 
 
 def _error_line(path: Path, message: str, as_json: bool) -> None:
@@ -227,7 +243,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .imageio import load_photo
     from .pipeline import Engine
 
-    photos, failed, _rel = _expand(args.paths, args.recursive)
+    photos, failed, _rel, _ = _expand(args.paths, args.recursive)
     for path, msg in failed:
         _error_line(path, msg, args.json)
     engine = Engine(args.device)
@@ -276,9 +292,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     sweep_partials(out_dir)  # temp files a crashed earlier run may have left
     # results written inside an input folder are not inputs (a second run would restore them)
-    photos, failed, rel = _expand(args.paths, args.recursive, exclude=(out_dir,))
+    photos, failed, rel, outputs = _expand(args.paths, args.recursive, exclude=(out_dir,),
+                                           skip_outputs=True)
     for path, msg in failed:
         _error_line(path, msg, args.json)
+    for path, kind in outputs:
+        _skipped_line(path, kind, args.json)
     engine = Engine(args.device, tile_size=args.tile)
     options = OutputOptions(out_dir=out_dir, format=args.format, quality=args.quality,
                             bit_depth=args.bit_depth, keep_metadata=not args.no_metadata)
@@ -310,9 +329,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return result.to_json(), human
 
     n_failed = len(failed) + _for_each(photos, work, args)
-    if not args.json and len(photos) + len(failed) > 1:
-        print(f"{done} photo(s) written to {out_dir}" + (f"; {n_failed} failed" if n_failed else ""),
-              flush=True)
+    if not args.json and len(photos) + len(failed) + len(outputs) > 1:
+        print(f"{done} photo(s) written to {out_dir}"
+              + (f"; {len(outputs)} file(s) Mend wrote skipped" if outputs else "")
+              + (f"; {n_failed} failed" if n_failed else ""), flush=True)
     return EXIT_FAILED if n_failed else EXIT_OK
 
 
@@ -327,10 +347,13 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
     """``mend restore --dry-run``: what each photo's job would do, and its cost; no writes."""
     from .pipeline import Engine
 
-    photos, failed, rel = _expand(args.paths, args.recursive,
-                                  exclude=(args.output,) if args.output else ())
+    photos, failed, rel, outputs = _expand(args.paths, args.recursive,
+                                           exclude=(args.output,) if args.output else (),
+                                           skip_outputs=True)
     for path, msg in failed:
         _error_line(path, msg, args.json)
+    for path, kind in outputs:
+        _skipped_line(path, kind, args.json)
     engine = Engine(args.device, tile_size=args.tile)
     options = OutputOptions(out_dir=args.output)
     said = _Warnings()

@@ -1117,20 +1117,37 @@ def record_from_xmp(xmp: bytes | str | None) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def read_record(path: str | os.PathLike[str]) -> dict | None:
-    """The Mend record stored in a file written by ``save_photo`` (None when there is none)."""
+def read_record(path: str | os.PathLike[str], *, header_only: bool = False) -> dict | None:
+    """The Mend record stored in a file written by ``save_photo`` or ``save_mask`` (None when
+    there is none). ``header_only`` never decodes pixels: it looks only where Mend itself puts
+    the record (a PNG's iTXt before the image data), so checking a folder of big PNGs for Mend
+    results stays cheap; another program's XMP after a PNG's image data is then not read."""
     p = Path(path)
     _check_path(p)
     try:
         im = _pil().open(p)
         with im:
             xmp = _xmp_of(im)
-            if xmp is None and im.format == "PNG":
+            if xmp is None and im.format == "PNG" and not header_only:
                 im.load()  # an iTXt chunk after the image data
                 xmp = _xmp_of(im)
             return record_from_xmp(xmp)
     except Exception as e:  # noqa: BLE001 - decoders raise many types; _fail names the file
         raise _fail(p, e) from None
+
+
+def mend_output_kind(path: str | os.PathLike[str]) -> str | None:
+    """``"result"`` or ``"mask"`` when ``path`` was written by Mend (its record says so), else
+    None, also for a file that cannot be read (loading it reports that). A result Mend copied
+    byte for byte (nothing to fix, or the original kept) is the original's bytes and carries no
+    record: it is not recognised. Reads headers only."""
+    try:
+        rec = read_record(path, header_only=True)
+    except EngineError:
+        return None
+    if not rec or not str(rec.get("software", "")).startswith("Mend"):
+        return None
+    return "mask" if rec.get("kind") == "mask" else "result"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1587,8 +1604,16 @@ def _encode_png(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     if meta.exif:
         extra += _png_chunk(b"eXIf", meta.exif[6:])
     if meta.xmp:
-        extra += _png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + meta.xmp)
-    # drop colour/density chunks the encoder may have written, then insert ours after IHDR
+        extra += _png_chunk(b"iTXt", _PNG_XMP_KEY + meta.xmp)
+    return _png_splice(png, extra)
+
+
+_PNG_XMP_KEY = b"XML:com.adobe.xmp\x00\x00\x00\x00\x00"  # iTXt keyword, uncompressed, no language
+
+
+def _png_splice(png: bytes, extra: bytes) -> bytes:
+    """``png`` without the colour/density chunks an encoder may write, with ``extra`` (our
+    chunks) right after IHDR, i.e. before the image data, where readers find it at open."""
     out = [png[:8]]
     pos = 8
     while pos + 8 <= len(png):
@@ -1868,4 +1893,10 @@ def save_mask(mask: np.ndarray, dest: str | os.PathLike[str], *, overwrite: bool
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(m))
     if not ok:
         raise SaveFailed(f"{dest}: could not encode the mask")
-    return atomic_write_bytes(dest, buf.tobytes(), overwrite=overwrite)
+    from . import __version__
+
+    # a small record marks the file as Mend's mask, so a batch over its folder does not take it
+    # for a photo to restore (``mend_output_kind``); mask readers ignore the chunk
+    xmp = xmp_with_record(None, {"software": f"Mend {__version__}", "kind": "mask"})
+    png = _png_splice(buf.tobytes(), _png_chunk(b"iTXt", _PNG_XMP_KEY + xmp))
+    return atomic_write_bytes(dest, png, overwrite=overwrite)

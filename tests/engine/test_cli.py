@@ -286,6 +286,44 @@ def test_recursive_restore_mirrors_subfolders_and_skips_its_own_output(tmp_path)
     assert [o["path"] for o in lines(r.stdout)] == [str(src / "top.png")]
 
 
+def test_files_mend_wrote_are_skipped_in_folders_but_taken_when_named(tmp_path):
+    """The app exports to <shoot>/mended; a later `restore -r shoot -o elsewhere` must not
+    restore those results (or a saved mask) a second time. Recognised by Mend's record."""
+    from engine.imageio import read_record, save_mask
+
+    src = tmp_path / "shoot"
+    _tiny_photos(src, ["top.png", "sub/a.png"])
+    first = src / "mended"
+    r = mend("restore", str(src), "-r", "-o", str(first), "--plan", "A", "--profile", "builtin",
+             "--no-guard", "--json")  # no guard: noise photos would be kept as byte copies
+    assert r.returncode == 0, r.stderr
+    results = sorted(Path(o["output"]) for o in lines(r.stdout))
+    assert results == [first / "sub/a_mend.png", first / "top_mend.png"]
+    assert all(read_record(f)["label"] == "A" for f in results)  # a real restore, not a copy
+    mask = save_mask(np.ones((48, 64), bool), src / "top_mask.png")
+    other = tmp_path / "elsewhere"
+    r = mend("restore", str(src), "-r", "-o", str(other), "--plan", "A", "--profile", "builtin",
+             "--json")
+    assert r.returncode == 0, r.stderr
+    got = lines(r.stdout)
+    assert {o["path"] for o in got if "output" in o} == {str(src / "top.png"),
+                                                          str(src / "sub/a.png")}
+    assert {o["path"]: o["skipped"] for o in got if "skipped" in o} == {
+        str(first / "sub/a_mend.png"): "mend result", str(first / "top_mend.png"): "mend result",
+        str(mask): "mend mask"}
+    assert not list(other.rglob("*_mend_mend*")) and not list(other.rglob("*mask*"))
+    # the dry run skips them too; the human tally counts them
+    r = mend("restore", str(src / "mended"), "--dry-run", "--plan", "A", "--json")
+    assert r.returncode == 0 and [o.get("skipped") for o in lines(r.stdout)] == ["mend result"]
+    r = mend("restore", str(src), "-r", "-o", str(tmp_path / "third"), "--plan", "D")
+    assert f"{first / 'top_mend.png'}: skipped: a Mend result" in r.stdout
+    assert r.stdout.splitlines()[-1] == (f"2 photo(s) written to {tmp_path / 'third'}; "
+                                         "3 file(s) Mend wrote skipped"), r.stdout
+    # named on the command line, a result is restored as asked
+    r = mend("restore", str(first / "top_mend.png"), "-o", str(other), "--plan", "D", "--json")
+    assert r.returncode == 0 and lines(r.stdout)[0]["output"] == str(other / "top_mend_mend.png")
+
+
 def test_a_folder_without_photos_is_an_error_with_a_hint(tmp_path):
     _tiny_photos(tmp_path / "nested", ["sub/a.png", "sub/b.png"])
     (tmp_path / "void").mkdir()

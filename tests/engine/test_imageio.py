@@ -659,6 +659,30 @@ def test_iter_photos_recursive(tmp_path):
     assert not complete and n <= 4
 
 
+def test_files_mend_wrote_are_recognised_from_their_headers(tmp_path):
+    assert mio.mend_output_kind(mio.save_mask(np.ones((8, 9), bool), tmp_path / "m.png")) == "mask"
+    rec = {"software": "Mend 0.1.0", "label": "A"}
+    for fmt in ("png", "jpg", "tiff", "webp"):
+        assert mio.mend_output_kind(mio.save_photo(_rgb(), tmp_path / f"r.{fmt}", record=rec)) \
+            == "result", fmt
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "plain.png")
+    assert mio.mend_output_kind(tmp_path / "plain.png") is None
+    assert mio.mend_output_kind(mio.save_photo(_rgb(), tmp_path / "x.png", record={"a": 1})) \
+        is None  # a record that is not Mend's
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    assert mio.mend_output_kind(tmp_path / "broken.jpg") is None  # loading says what is wrong
+    # another program's XMP after a PNG's image data: read in full, not from the header alone
+    body = bytearray(open(mio.save_photo(_rgb(), tmp_path / "t.png", record=rec), "rb").read())
+    i = body.index(b"iTXt") - 4
+    (n,) = np.frombuffer(bytes(body[i:i + 4]), ">u4")
+    chunk = bytes(body[i:i + 12 + int(n)])
+    del body[i:i + 12 + int(n)]
+    j = body.index(b"IEND") - 4
+    (tmp_path / "late.png").write_bytes(bytes(body[:j]) + chunk + bytes(body[j:]))
+    assert mio.read_record(tmp_path / "late.png") == rec
+    assert mio.read_record(tmp_path / "late.png", header_only=True) is None
+
+
 def test_masks_roundtrip_and_resize(tmp_path):
     m = np.zeros((20, 30), np.uint8)
     m[5:10, 5:20] = 255
