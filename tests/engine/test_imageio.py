@@ -672,7 +672,7 @@ def test_files_mend_wrote_are_recognised_from_their_headers(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     assert mio.mend_output_kind(tmp_path / "broken.jpg") is None  # loading says what is wrong
     # another program's XMP after a PNG's image data: read in full, not from the header alone
-    body = bytearray(open(mio.save_photo(_rgb(), tmp_path / "t.png", record=rec), "rb").read())
+    body = bytearray(mio.save_photo(_rgb(), tmp_path / "t.png", record=rec).read_bytes())
     i = body.index(b"iTXt") - 4
     (n,) = np.frombuffer(bytes(body[i:i + 4]), ">u4")
     chunk = bytes(body[i:i + 12 + int(n)])
