@@ -261,6 +261,11 @@ _HANDLERS: dict[JobKind, Callable[[Any, Any, Progress], Any]] = {
 }
 
 
+def start_in(pool: QThreadPool, fn: Callable[[], None]) -> None:
+    """Run ``fn`` in ``pool`` (as a runnable that lets go of it once run, see ``_Task``)."""
+    pool.start(_Task(fn))
+
+
 class _Task(QRunnable):
     """A function for a thread pool; it lets go of the function once run. The Python side of a
     runnable whose C++ object the pool had deleted was seen (rarely, in the UI test suite) to

@@ -36,7 +36,7 @@ from .browser.view import ThumbnailGrid
 from .editor.canvas import Compare
 from .editor.mask import MaskDocument
 from .editor.mask_canvas import MaskCanvas
-from .engine_client import DiagnoseOutcome, EngineClient, JobInfo, JobKind, JobState
+from .engine_client import DiagnoseOutcome, EngineClient, JobInfo, JobKind, JobState, start_in
 from .panels.diagnosis import DiagnosisPanel
 from .panels.queue import QueuePanel, format_eta
 from .photo_io import Background, ViewImages, build_view, export_copy
@@ -65,6 +65,8 @@ class PhotoState:
     mask_path: Path | None = None
     outputs: list[str] = field(default_factory=list)
     size: tuple[int, int] | None = None  # (height, width), known once diagnosed
+    record: dict | None = None  # the Mend record in the file itself (a result Mend wrote)
+    record_read: bool = False
 
 
 class MainWindow(QMainWindow):
@@ -107,6 +109,9 @@ class MainWindow(QMainWindow):
         self.thumb_pool = QThreadPool(self)
         self.thumb_pool.setMaxThreadCount(self.client.pool.maxThreadCount())
         self.loader = ThumbnailLoader(self.thumb_pool, cache_dir() / "thumbs", parent=self)
+        # per-folder header reads (which files Mend wrote) go with the thumbnails' work
+        pool = self.thumb_pool  # (not self: the window would keep itself alive in a cycle)
+        self.folder_bg = Background(lambda fn: start_in(pool, fn), self)
         self.model = ThumbnailModel(self.loader, self)
         self.proxy = ClassFilterProxy(self)
         self.proxy.setSourceModel(self.model)
@@ -418,7 +423,8 @@ class MainWindow(QMainWindow):
         self.panel.set_plan(None)
         # the listing runs off the GUI thread (a folder on a network drive answers slowly);
         # the grid is empty and says so until it arrives
-        self.model.set_folder(folder, [])
+        self.model.set_folder(folder, [])  # (drops the old folder's queued thumbnails)
+        self.folder_bg.forget_pending()  # and its header reads' callbacks: all about that folder
         self.folder_loading = True
         self.sidecars = SidecarStore(folder, data_dir(), beside_photos=self._sidecars_beside)
         add_recent_folder(folder, self.qs)
@@ -433,6 +439,7 @@ class MainWindow(QMainWindow):
             self.folder_loading = False
             self.model.set_folder(folder, items)
             self._restore_sidecars(folder)
+            self._mark_mend_outputs(folder, items)
             if self.model.total() == 0:
                 self._explain_empty(folder)
             else:
@@ -445,6 +452,31 @@ class MainWindow(QMainWindow):
                 self.set_status(f"Could not read {folder}: {message}")
 
         self.bg.run(lambda: scan_folder(folder), listed, failed)
+
+    def _mark_mend_outputs(self, folder: Path, items: list) -> None:
+        """Badge the files Mend wrote itself (results, masks: their record says so), read from
+        the files' headers off the GUI thread; stops when another folder is opened."""
+        from engine.imageio import mend_output_kind
+
+        gen = self.loader.generation
+        loader = self.loader
+
+        def scan() -> list[tuple[Path, str]]:
+            found = []
+            for it in items:
+                if loader.generation != gen:
+                    break
+                kind = mend_output_kind(it.path)
+                if kind:
+                    found.append((it.path, kind))
+            return found
+
+        def done(found: list[tuple[Path, str]]) -> None:
+            if gen == self.loader.generation:
+                for path, kind in found:
+                    self.model.update_item(path, mend_kind=kind)
+
+        self.folder_bg.run(scan, done, lambda _m: None)
 
     def _explain_empty(self, folder: Path) -> None:
         """A folder without photos says so, in the grid and the status bar, and whether its
@@ -519,6 +551,9 @@ class MainWindow(QMainWindow):
 
     def _show_state(self, path: Path) -> None:
         st = self._state(path)
+        self.panel.set_record(st.record)
+        if not st.record_read:
+            self._read_record(path)
         self.panel.set_diagnosis(st.diagnosis)
         self.panel.reset_override()
         self.panel.set_plan(st.plan, st.plan_note)
@@ -528,6 +563,21 @@ class MainWindow(QMainWindow):
         if st.result and st.result.warnings:
             msg += "\n" + "\n".join(st.result.warnings)
         self.panel.set_status(msg)
+
+    def _read_record(self, path: Path) -> None:
+        """Whether the file is a result Mend wrote, and what was done (its header, off the GUI
+        thread); shown in the panel while the photo is still the current one."""
+        from engine.imageio import read_record
+
+        st = self._state(path)
+        st.record_read = True
+
+        def done(record: dict | None) -> None:
+            st.record = record
+            if self.current == path:
+                self.panel.set_record(record)
+
+        self.bg.run(lambda: read_record(path, header_only=True), done, lambda _m: None)
 
     def select_path(self, path: Path) -> None:
         row = self.model.row_of(path)
@@ -1061,6 +1111,7 @@ class MainWindow(QMainWindow):
         # the window's queued saves and exports still run (in the client's pool), but their
         # GUI callbacks are let go: they would keep the closed window alive
         self.bg.forget_pending()
+        self.folder_bg.forget_pending()
         self.thumb_pool.waitForDone(10000)
         if self._own_client:
             self.client.clear_journal()

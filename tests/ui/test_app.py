@@ -214,3 +214,17 @@ def test_the_plan_editor_waits_for_a_photo(qtbot):
     assert all(w.isEnabled() for w in panel._plan_edit)
     panel.set_photo_name(None)
     assert not any(w.isEnabled() for w in panel._plan_edit)
+
+
+def test_a_mend_record_reads_as_one_line_for_the_photographer():
+    from ui.panels.diagnosis import describe_record
+
+    assert describe_record(None) == describe_record({"a": 1}) == ""  # not Mend's: nothing
+    assert describe_record({"software": "Mend 0.2", "label": "C", "kept_original": True}) == (
+        "Written by Mend 0.2 as C · Motion blur: the original, unchanged (nothing was applied).")
+    line = describe_record({"software": "Mend 0.2", "label": "B", "steps": [
+        {"name": "inpaint", "model": "lama"}, {"name": "dereflect", "model": ""}, "junk"]})
+    assert line == ("A result written by Mend 0.2 as B · Reflection: inpaint (lama), dereflect. "
+                    "Fixing it again applies the chain twice.")
+    assert describe_record({"software": "Mend 0.2", "label": "?"}).startswith(
+        "A result written by Mend 0.2: no steps recorded")

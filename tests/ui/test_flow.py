@@ -431,3 +431,35 @@ def test_a_folder_that_cannot_be_read_says_so(qtbot, window, folder, monkeypatch
     assert win.model.total() == 0
     assert win.grid.placeholder().startswith(f"Could not read {folder.name}: ")
     assert "Permission denied" in win.status_label.text()
+
+
+def test_files_mend_wrote_are_badged_and_say_what_was_done(qtbot, window, folder, tmp_path):
+    """A result (its record says what Mend did) and a saved mask are told apart from the
+    photographer's originals: a chip in the grid, the record in the panel."""
+    from engine.imageio import load_photo, save_mask, save_photo
+
+    src = load_photo(folder / "b_clean.png")
+    record = {"software": "Mend 0.1.0", "label": "A", "profile": "builtin",
+              "steps": [{"name": "denoise", "model": "builtin-nlmeans", "seconds": 0.1}],
+              "models": [], "kept_original": False}
+    save_photo(src.pixels, folder / "b_clean_mend.png", like=src, record=record)
+    save_mask(np.ones((72, 96), bool), folder / "b_clean_mask.png")
+    win = window
+    opened(qtbot, win, folder)
+    kinds = lambda: {it.path.name: it.mend_kind for it in win.model.items()}
+    qtbot.waitUntil(lambda: kinds()["b_clean_mend.png"] == "result", timeout=10000)
+    assert kinds() == {"a_noisy.jpg": "", "b_clean.png": "", "b_clean_mask.png": "mask",
+                       "b_clean_mend.png": "result", "c_smooth.jpg": ""}
+    win.grid.viewport().grab()  # the chips paint
+
+    win.select_path(folder / "b_clean_mend.png")
+    qtbot.waitUntil(lambda: win.panel.history.isVisible(), timeout=10000)
+    text = win.panel.history.text()
+    assert text.startswith("A result written by Mend 0.1.0 as A · ") and \
+        "denoise (builtin-nlmeans)" in text, text
+    win.select_path(folder / "b_clean.png")  # an original: no record, nothing shown
+    qtbot.wait(200)
+    assert not win.panel.history.isVisible() and win.panel.history.text() == ""
+    win.select_path(folder / "b_clean_mask.png")
+    qtbot.waitUntil(lambda: win.panel.history.isVisible(), timeout=10000)
+    assert win.panel.history.text() == "A reflection mask saved by Mend 0.1.0."

@@ -1,4 +1,5 @@
-"""Paints one thumbnail cell: the picture, its name, the class badge and the job-state chip.
+"""Paints one thumbnail cell: the picture, its name, the class badge, the job-state chip and,
+for a file Mend wrote, a "Mend result" / "Mend mask" chip.
 
 Painting runs for every visible cell on every scroll step, in Python: badges are cached as
 pixmaps and elided names per width, and the cell background is a plain fill, which keeps a
@@ -11,7 +12,7 @@ from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPixmap
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from ..engine_client import JobState
-from .model import DiagnosisRole, JobStateRole, ThumbStateRole
+from .model import DiagnosisRole, JobStateRole, MendKindRole, ThumbStateRole
 
 CLASS_COLOURS = {
     "A": QColor("#4f9dde"),  # low quality: blue
@@ -26,6 +27,7 @@ STATE_COLOURS = {
     JobState.FAILED: QColor("#e05a4f"),
     JobState.CANCELLED: QColor("#8a8f98"),
 }
+MEND_COLOUR = QColor("#5b6370")  # a file Mend wrote: neutral slate, apart from class colours
 CELL_BG = QColor("#26292e")  # opaque: no blending per cell
 
 
@@ -120,6 +122,11 @@ class ThumbnailDelegate(QStyledItemDelegate):
             b = self._badge(f"{diag.label.value} {diag.confidence:.0%}",
                             CLASS_COLOURS.get(diag.label.value, QColor("#888")), self._font, dpr)
             p.drawPixmap(pic.x() + 2, pic.y() + 2, b)
+        kind = index.data(MendKindRole)
+        if kind:  # a file Mend wrote (a result or a mask), bottom-left: not an original
+            b = self._badge("Mend result" if kind == "result" else "Mend mask", MEND_COLOUR,
+                            self._font, dpr)
+            p.drawPixmap(pic.x() + 2, pic.bottom() - int(b.height() / b.devicePixelRatio()) - 2, b)
         state = index.data(JobStateRole)
         if state:  # job state chip, top-right
             st = JobState(state)

@@ -32,6 +32,7 @@ LabelRole = Qt.ItemDataRole.UserRole + 4
 OutputRole = Qt.ItemDataRole.UserRole + 5
 ErrorRole = Qt.ItemDataRole.UserRole + 6
 ThumbStateRole = Qt.ItemDataRole.UserRole + 7  # "loading" | "ready" | "failed"
+MendKindRole = Qt.ItemDataRole.UserRole + 8  # "result" | "mask": a file Mend wrote, else ""
 
 BATCH = 256
 _NO_PARENT = QModelIndex()  # the root: the default parent of the list model's API
@@ -46,6 +47,7 @@ class PhotoItem:
     job_state: JobState | None = None
     output: Path | None = None
     error: str = ""
+    mend_kind: str = ""  # "result" / "mask" when Mend wrote the file (its record says so)
 
 
 def scan_folder(folder: Path) -> list[PhotoItem]:
@@ -167,6 +169,9 @@ class ThumbnailModel(QAbstractListModel):
             if it.diagnosis is not None:
                 d = it.diagnosis
                 tip += f"\n{d.label.short_name} ({d.confidence:.0%})"
+            if it.mend_kind:
+                tip += ("\nA result Mend wrote" if it.mend_kind == "result"
+                        else "\nA mask Mend saved")
             if it.error or it.path in self._failed:
                 tip += f"\n{it.error or self._failed[it.path]}"
             return tip
@@ -182,6 +187,8 @@ class ThumbnailModel(QAbstractListModel):
             return it.job_state.value if it.job_state else None
         if role == OutputRole:
             return it.output
+        if role == MendKindRole:
+            return it.mend_kind
         if role == ErrorRole:
             return it.error or self._failed.get(it.path, "")
         if role == ThumbStateRole:

@@ -85,6 +85,31 @@ ESTIMATE_HELP = {
 }
 
 
+def describe_record(record: Mapping[str, Any] | None) -> str:
+    """A photographer's line for the record Mend writes into its results and masks ("" for a
+    file without one): which class it was fixed as, with which steps and models."""
+    if not record or not str(record.get("software", "")).startswith("Mend"):
+        return ""
+    who = str(record["software"])
+    if record.get("kind") == "mask":
+        return f"A reflection mask saved by {who}."
+    try:
+        label = Degradation(record.get("label"))
+        as_what = f" as {label.value} · {label.short_name}"
+    except ValueError:
+        as_what = ""
+    if record.get("kept_original"):
+        return f"Written by {who}{as_what}: the original, unchanged (nothing was applied)."
+    steps = []
+    for st in record.get("steps") or ():
+        if isinstance(st, Mapping) and st.get("name"):
+            model = str(st.get("model") or "")
+            steps.append(f"{st['name']} ({model})" if model and model != st["name"] else
+                         str(st["name"]))
+    done = ", ".join(steps) if steps else "no steps recorded"
+    return f"A result written by {who}{as_what}: {done}. Fixing it again applies the chain twice."
+
+
 def estimate_rows(estimates: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(name, text) rows for the estimates the panel shows, in the diagnosis's order (each
     name's explanation: ``ESTIMATE_HELP`` under the same key as ``ESTIMATE_NAMES``). A
@@ -153,6 +178,13 @@ class DiagnosisPanel(QWidget):
         self.runner_up = QLabel("")
         self.runner_up.setObjectName("dim")
         lay.addWidget(self.runner_up)
+        # what Mend did to this file, when it is a result Mend wrote (its record, set_record)
+        self.history = QLabel("")
+        self.history.setObjectName("mendHistory")
+        self.history.setWordWrap(True)
+        self.history.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.history.hide()
+        lay.addWidget(self.history)
 
         scores = QGroupBox("Scores")
         sl = QFormLayout(scores)
@@ -321,6 +353,12 @@ class DiagnosisPanel(QWidget):
 
     def set_status(self, text: str) -> None:
         self.status.setText(text)
+
+    def set_record(self, record: Mapping[str, Any] | None) -> None:
+        """Show what Mend did to this file (the record it wrote into the file), or nothing."""
+        text = describe_record(record)
+        self.history.setText(text)
+        self.history.setVisible(bool(text))
 
     # -- plan editing ---------------------------------------------------------------------
     def _on_override(self, _i: int) -> None:
