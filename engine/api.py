@@ -161,6 +161,8 @@ class OutputOptions:
     format: str | None = None  # "jpeg" | "png" | "tiff" | "webp"
     quality: int = 95
     bit_depth: int | None = None  # 8 or 16; None keeps the source depth where the format allows
+    # False drops EXIF (camera, GPS, dates), XMP, DPI and comments; the ICC profile is always
+    # kept (it defines the pixels' colours) and so is Mend's own record of what was done
     keep_metadata: bool = True
     suffix: str = "_mend"
 

@@ -1501,7 +1501,10 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
         a = _quantise(al, depth)
 
     keep = options.keep_metadata and like is not None
-    icc = like.icc_profile if keep and _icc_space(like.icc_profile) == b"RGB " else None
+    # the ICC profile is kept either way: the pixels are in its colour space, and without it
+    # every viewer would show other colours (it says nothing about the photographer)
+    icc = like.icc_profile if like is not None and _icc_space(like.icc_profile) == b"RGB " \
+        else None
     exif = clean_exif(like.exif, w, h) if keep and like.exif else None
     xmp = _xmp_reset_orientation(like.xmp) if keep else None
     dpi = None
@@ -1845,7 +1848,8 @@ def count_subfolder_photos(folder: str | os.PathLike[str], limit: int = 1000,
 
 
 def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:
-    """An 8-bit mask (white = selected) as uint8 (H, W), resized (nearest) to ``size`` = (H, W)."""
+    """An 8-bit mask (white = selected) as uint8 (H, W), resized (nearest) to ``size`` = (H, W).
+    A mask whose shape (aspect ratio) is not that of ``size`` is a ``BadImage``."""
     p = Path(path)
     _check_path(p)
     try:
@@ -1869,6 +1873,12 @@ def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None)
         raise _fail(p, e) from None
     if size is not None:
         hh, ww = int(size[0]), int(size[1])
+        mh, mw = mask.shape[:2]
+        # a mask drawn at another scale is fine; one of another shape (made on another photo,
+        # or on this one before it was rotated) would mark the wrong places
+        if abs(mw - mh * ww / max(hh, 1)) > max(1.0, 0.02 * mw):
+            raise BadImage(p, f"the mask is {mw}×{mh} px but the photo is {ww}×{hh}: a mask "
+                              "must have the photo's shape (it may be smaller or larger)")
         if mask.shape != (hh, ww):
             import cv2
 

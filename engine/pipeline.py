@@ -27,6 +27,8 @@ from .restore.registry import StepContext, get_step
 
 log = logging.getLogger("mend.pipeline")
 
+MIN_TILE, MAX_TILE = 64, 8192  # px, the tile sizes the engine accepts
+
 # progress slices of one job
 _LOAD, _DIAG, _STEPS, _SAVE = 0.03, 0.07, 0.85, 0.05
 
@@ -62,8 +64,12 @@ class Engine:
 
     def __init__(self, device: str = "auto", store: Any | None = None, *, tile_size: int = 512,
                  history: CostHistory | None = None):
+        if not MIN_TILE <= int(tile_size) <= MAX_TILE:
+            # (a tile of a few pixels means a model call per pixel: a 12 MP photo would never end)
+            raise UsageError(f"the tile size must be between {MIN_TILE} and {MAX_TILE} px "
+                             f"(got {tile_size})")
         self.device: DeviceInfo = select_device(device)
-        self.tile_size = tile_size
+        self.tile_size = int(tile_size)
         self._store = store
         # seconds per megapixel of finished steps on this machine, for estimates before a run
         self.history = history if history is not None else CostHistory.default()
@@ -211,7 +217,11 @@ class Engine:
 
             mask = load_mask(request.mask_path, (photo.height, photo.width))
 
-        image, records, ctx = self._run_steps(photo, plan, diagnosis, mask, progress, warnings)
+        # the colour stored under fully transparent pixels is not image data (often black): the
+        # steps' neighbourhoods would pull it into the visible edge as a dark or bright halo
+        source = fill_transparent(photo.pixels, photo.alpha)
+        image, records, ctx = self._run_steps(photo, source, plan, diagnosis, mask, progress,
+                                              warnings)
         models = tuple(dict.fromkeys(r.model for r in records if not r.model.startswith("builtin")))
 
         passthrough = all(s.name == "passthrough" for s in plan.steps if s.enabled)
@@ -219,13 +229,15 @@ class Engine:
             from .restore.guard import check
 
             # inpainted regions are meant to change: fidelity is judged outside the mask
-            verdict = check(photo.pixels, image,
+            verdict = check(source, image,
                             mask=ctx.mask if label is Degradation.B else None)
             if not verdict.ok:
                 warnings.append(f"kept the original: the result looked worse ({verdict.reason})")
                 image = photo.pixels
                 passthrough = True
 
+        # the last point where a cancel stops the job: once writing starts the job finishes, so
+        # a file on disk is never reported as a cancelled job (nor left behind by one)
         progress.update(_LOAD + _DIAG + _STEPS, "saving")
         record = {
             "software": f"Mend {__version__}",
@@ -241,20 +253,22 @@ class Engine:
             from .imageio import save_mask
 
             mask_path = out.with_name(out.stem + "_mask.png")
-            artifacts["mask_path"] = save_mask(ctx.mask, mask_path)
-        progress.update(1.0, "done")
+            # never replace a file: x.png and x.jpg restored into one folder give x_mend.png and
+            # x_mend.jpg, whose masks would otherwise share x_mend_mask.png
+            artifacts["mask_path"] = save_mask(ctx.mask, mask_path, overwrite=False)
+        progress.finish("done")
         return JobResult(
             path=Path(request.path), output=out, label=label, diagnosis=diagnosis, plan=plan,
             steps=tuple(records), warnings=tuple(warnings + ctx.warnings), models=models,
             seconds=time.perf_counter() - t_start, artifacts=artifacts,
         )
 
-    def _run_steps(self, photo: Photo, plan: Plan, diagnosis: Diagnosis, mask: np.ndarray | None,
-                   progress: Progress, warnings: list[str]):
-        image = photo.pixels
+    def _run_steps(self, photo: Photo, source: np.ndarray, plan: Plan, diagnosis: Diagnosis,
+                   mask: np.ndarray | None, progress: Progress, warnings: list[str]):
+        image = source
         ctx = StepContext(device=self.device, progress=progress, runtime=self.runtime,
                           diagnosis=diagnosis, mask=mask, tile_size=self.tile_size,
-                          warnings=[], artifacts={"source": photo.pixels})
+                          warnings=[], artifacts={"source": source})
         steps = [s for s in plan.steps if s.enabled]
         records: list[StepRecord] = []
         span = _STEPS / max(1, len(steps))
@@ -269,7 +283,9 @@ class Engine:
             result = np.asarray(out.image, dtype=np.float32)
             if result.ndim != 3 or result.shape[2] != 3 or not np.isfinite(result).all():
                 raise EngineError(f"step {step.name} produced an invalid image {result.shape}")
-            if step.name != "passthrough":
+            if step.name != "passthrough" and not out.notes.startswith("skipped"):
+                # (a step that skipped its work took no time: it would teach the estimate that
+                # the step is nearly free)
                 self.history.record(step.name, step_model(step), self.device.kind,
                                     self.device.threads,
                                     work_units(step.name, image.shape[0] * image.shape[1]),
@@ -287,8 +303,10 @@ class Engine:
         dest = output_path_for(photo.path, options, source_format=photo.format)
         same_format = dest.suffix.lower() == photo.path.suffix.lower() or (
             _format_matches(photo.format, dest.suffix.lstrip(".")))
-        if passthrough and same_format and options.bit_depth in (None, photo.bit_depth):
-            # nothing changed: copy the original bytes (pixels and metadata identical)
+        if passthrough and same_format and options.bit_depth in (None, photo.bit_depth) and \
+                options.keep_metadata:
+            # nothing changed: copy the original bytes (pixels and metadata identical); without
+            # metadata it is written afresh, so that the camera, GPS and dates are dropped
             return atomic_write_bytes(dest, photo.path.read_bytes(), overwrite=False)
         alpha = photo.alpha
         if alpha is not None and alpha.shape[:2] != image.shape[:2]:
@@ -297,6 +315,37 @@ class Engine:
             alpha = cv2.resize(alpha, (image.shape[1], image.shape[0]),
                                interpolation=cv2.INTER_LINEAR)
         return save_photo(image, dest, like=photo, options=options, alpha=alpha, record=record)
+
+
+def fill_transparent(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """``rgb`` with the colour under fully transparent pixels replaced by that of the nearest
+    visible ones, spread smoothly (push-pull over an image pyramid). What a file stores there is
+    arbitrary (usually black) and invisible; a step that looks at neighbourhoods would carry it
+    into the visible edge. Visible and partly transparent pixels are untouched; without
+    transparent pixels ``rgb`` is returned as is."""
+    if alpha is None:
+        return rgb
+    hole = np.asarray(alpha) <= 0.5 / 255.0
+    if not hole.any() or hole.all():
+        return rgb
+    import cv2
+
+    weight = (~hole).astype(np.float32)
+    levels = [(rgb * weight[..., None], weight)]
+    while max(levels[-1][1].shape) > 1:  # pull: weighted means, halving down to one pixel
+        col, w = levels[-1]
+        size = (max(1, (w.shape[1] + 1) // 2), max(1, (w.shape[0] + 1) // 2))
+        levels.append((cv2.resize(col, size, interpolation=cv2.INTER_AREA).reshape(
+            size[1], size[0], 3), cv2.resize(w, size, interpolation=cv2.INTER_AREA)))
+    fill = None
+    for col, w in reversed(levels):  # push: coarse colour where a level has too little weight
+        own = col / np.maximum(w, 1e-6)[..., None]
+        if fill is not None:
+            up = cv2.resize(fill, (w.shape[1], w.shape[0]), interpolation=cv2.INTER_LINEAR)
+            a = np.minimum(w, 1.0)[..., None]
+            own = own * a + up.reshape(own.shape) * (1.0 - a)
+        fill = own
+    return np.where(hole[..., None], np.clip(fill, 0.0, 1.0), rgb).astype(np.float32)
 
 
 def _format_matches(source_format: str, wanted: str) -> bool:

@@ -88,6 +88,18 @@ class Progress:
         if self._callback is not None:
             self._callback(f, msg)
 
+    def finish(self, message: str = "done") -> None:
+        """Report the end of this range without checking for cancel: for work that has
+        committed (a result is written) and must not be reported as cancelled."""
+        f = self._offset + self._length
+        root = self._root
+        with root._lock:
+            root.last_fraction = max(root.last_fraction, f)
+            root.last_message = message or root.last_message
+            f, msg = root.last_fraction, root.last_message
+        if self._callback is not None:
+            self._callback(f, msg)
+
     def eta_seconds(self) -> float | None:
         root = self._root
         done = root.last_fraction

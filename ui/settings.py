@@ -91,6 +91,8 @@ def load_settings(qs: QSettings | None = None) -> AppSettings:
                 kw[f.name] = str(v)
         except (TypeError, ValueError):
             continue
+    if "tile_size" in kw:  # a hand-edited value the engine would refuse: the dialog's range
+        kw["tile_size"] = min(4096, max(64, kw["tile_size"]))
     return replace(AppSettings(), **kw)
 
 

@@ -137,3 +137,129 @@ def test_what_loading_gave_up_is_in_the_job_warnings(tmp_path):
     res = eng.run(req)
     assert res.warnings.count("dropped unreadable EXIF data") == 1
     assert res.output.is_file() and load_photo(res.output).exif is None
+
+
+def test_masks_of_two_results_with_one_stem_do_not_replace_each_other(tmp_path):
+    """x.png and x.jpg (a RAW+JPEG-like pair) restored with chain B into one folder."""
+    from engine.imageio import load_mask, save_mask
+
+    png = _photo(tmp_path / "x.png")
+    Image.open(png).convert("RGB").save(tmp_path / "x.jpg", quality=95)
+    masks = []
+    for i, src in enumerate((png, tmp_path / "x.jpg")):
+        m = np.zeros((96, 128), np.uint8)
+        m[10 + 40 * i:30 + 40 * i, 20:60] = 255
+        masks.append(m)
+        req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), label=Degradation.B,
+                         profile="builtin", guard=False,
+                         mask_path=save_mask(m, tmp_path / f"m{i}.png"))
+        res = Engine("cpu").run(req)
+        assert np.array_equal(load_mask(res.artifacts["mask_path"]), m)
+        masks.append(res.artifacts["mask_path"])
+    assert masks[1] != masks[3] and np.array_equal(load_mask(masks[1]), masks[0])
+
+
+def test_without_metadata_a_kept_original_is_written_afresh(tmp_path):
+    """Nothing to fix normally copies the original's bytes; asked for no metadata, the camera
+    and GPS EXIF must go (a privacy promise), while the ICC profile stays (colours)."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = tmp_path / "gps.jpg"
+    exif = Image.Exif()
+    exif[0x010F] = "Camera Maker"
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 24.0)}
+    Image.open(_photo(tmp_path / "in.png")).convert("RGB").save(src, quality=95,
+                                                               exif=exif.tobytes(), icc_profile=icc)
+    engine = Engine("cpu")
+    kept = engine.run(JobRequest(src, OutputOptions(out_dir=tmp_path / "a"), label=Degradation.D))
+    assert _sha(kept.output) == _sha(src)  # with metadata: the original's bytes
+    res = engine.run(JobRequest(src, OutputOptions(out_dir=tmp_path / "b", keep_metadata=False),
+                                label=Degradation.D))
+    out = Image.open(res.output)
+    assert not out.getexif() and out.info.get("icc_profile") == icc
+    assert np.abs(load_photo(res.output).pixels - load_photo(src).pixels).max() < 0.05
+
+
+def test_a_cancel_that_arrives_while_saving_finishes_the_job(tmp_path):
+    """Once the result is being written the job completes: never a file on disk behind a job
+    reported as cancelled (the app would show 'cancelled' and a re-run would make _1 copies)."""
+    src = _photo(tmp_path / "in.png")
+    token = CancelToken()
+
+    def cb(fraction, message):
+        if message == "saving":
+            token.cancel()
+
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), label=Degradation.A,
+                     profile="builtin", guard=False)
+    res = Engine("cpu").run(req, Progress(cb, token))
+    assert res.output.is_file() and list((tmp_path / "out").iterdir()) == [res.output]
+
+
+def test_a_mask_of_another_shape_is_refused(tmp_path):
+    from engine.errors import BadImage
+    from engine.imageio import save_mask
+
+    src = _photo(tmp_path / "in.png")  # 128 x 96, landscape
+    engine = Engine("cpu")
+    for shape, ok in (((48, 64), True), ((97, 128), True), ((128, 96), False), ((20, 1000), False)):
+        req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), label=Degradation.B,
+                         profile="builtin", guard=False,
+                         mask_path=save_mask(np.ones(shape, bool), tmp_path / "m.png"))
+        if ok:
+            assert engine.run(req).output.is_file()
+        else:
+            with pytest.raises(BadImage, match=f"the mask is {shape[1]}×{shape[0]} px but the "
+                                               "photo is 128×96"):
+                engine.run(req)
+
+
+def test_a_step_that_skipped_its_work_does_not_teach_the_time_estimate(tmp_path):
+    from engine.estimate import CostHistory
+
+    hist = CostHistory(tmp_path / "history.json")
+    src = _photo(tmp_path / "in.png")
+    plan = Plan(Degradation.A, "builtin", (Step("denoise_builtin", {"strength": 1.0}),
+                                            Step("sharpen_builtin", {"strength": 0.0})))
+    res = Engine("cpu", history=hist).run(JobRequest(
+        src, OutputOptions(out_dir=tmp_path / "o"), plan=plan, guard=False))
+    notes = {s.name: s.notes for s in res.steps}
+    assert notes["sharpen_builtin"].startswith("skipped")
+    assert hist.get("sharpen_builtin", None, "cpu", Engine("cpu").device.threads) is None
+    ran = not notes["denoise_builtin"].startswith("skipped")
+    assert (hist.get("denoise_builtin", None, "cpu", Engine("cpu").device.threads) is not None) \
+        == ran
+
+
+def test_tile_sizes_that_would_never_finish_are_refused():
+    from engine.errors import UsageError
+
+    for bad in (0, -5, 8, 100_000):
+        with pytest.raises(UsageError, match="tile size must be between 64 and 8192"):
+            Engine("cpu", tile_size=bad)
+    assert Engine("cpu", tile_size=64).tile_size == 64
+
+
+def test_colour_hidden_under_transparent_pixels_does_not_leak_into_the_visible_edge(tmp_path):
+    """An RGBA cut-out stores black under alpha 0; sharpening must not darken its rim."""
+    from engine.pipeline import fill_transparent
+
+    h, w = 96, 128
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = (yy - 48) ** 2 + (xx - 64) ** 2 < 36 ** 2
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[inside] = (200, 180, 160, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    photo = load_photo(tmp_path / "cut.png")
+    filled = fill_transparent(photo.pixels, photo.alpha)
+    assert np.array_equal(filled[inside], photo.pixels[inside])  # visible pixels untouched
+    assert np.abs(filled[~inside] - np.array([200, 180, 160]) / 255).max() < 2 / 255
+    assert fill_transparent(photo.pixels, None) is photo.pixels
+    plan = Plan(Degradation.A, "builtin", (Step("sharpen_builtin", {"strength": 1.0}),))
+    res = Engine("cpu").run(JobRequest(tmp_path / "cut.png", OutputOptions(out_dir=tmp_path / "o"),
+                                       plan=plan, guard=False))
+    out = np.asarray(Image.open(res.output).convert("RGBA")).astype(int)
+    assert np.array_equal(out[..., 3], rgba[..., 3])
+    # a flat colour sharpened stays that colour, up to the rim
+    assert np.abs(out[inside][:, :3] - (200, 180, 160)).max() <= 2

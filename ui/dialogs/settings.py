@@ -69,7 +69,9 @@ class SettingsDialog(QDialog):
         self.quality.setValue(s.quality)
         self.bit_depth = _combo([("Same as the photo", 0), ("8-bit", 8), ("16-bit", 16)],
                                 s.bit_depth)
-        self.keep_metadata = QCheckBox("Keep EXIF, ICC profile and XMP")
+        self.keep_metadata = QCheckBox("Keep EXIF and XMP (camera, GPS, dates)")
+        self.keep_metadata.setToolTip("The ICC colour profile is always kept: without it the "
+                                      "colours would change.")
         self.keep_metadata.setChecked(s.keep_metadata)
         self.offline = QCheckBox("Offline mode (never download)")
         self.offline.setChecked(s.offline)
