@@ -1420,11 +1420,29 @@ def output_path_for(src: str | os.PathLike[str], options: OutputOptions | None =
     src = Path(src)
     fmt = _norm_format(options.format) or _default_format(src.suffix, source_format)
     folder = Path(options.out_dir) if options.out_dir else src.parent
-    dest = folder / f"{src.stem}{options.suffix}{_OUT_FORMATS[fmt][0]}"
+    tail = f"{options.suffix}{_OUT_FORMATS[fmt][0]}"
+    dest = folder / f"{_fit_stem(src.stem, tail)}{tail}"
     for cand in _candidates(dest):
-        if not cand.exists() and not _same_file(cand, src):
-            return cand
+        try:
+            if not cand.exists() and not _same_file(cand, src):
+                return cand
+        except OSError as e:  # (exists() raises for a name the file system refuses)
+            raise SaveFailed(f"{cand}: cannot use this name ({e.strerror or e})") from None
     raise SaveFailed(f"{dest}: too many files with this name")  # pragma: no cover
+
+
+NAME_MAX_BYTES = 255  # a file name's limit on the common file systems (ext4, APFS, NTFS)
+
+
+def _fit_stem(stem: str, tail: str) -> str:
+    """``stem`` shortened (whole characters) so that ``stem + tail`` plus a ``_9999`` clash
+    suffix fits in ``NAME_MAX_BYTES``: a source named near the limit still gets a result."""
+    room = NAME_MAX_BYTES - len(os.fsencode(tail)) - 5
+    if len(os.fsencode(stem)) <= room:
+        return stem
+    while stem and len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    return stem
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -1434,6 +1452,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
     except OSError:
         return False
+
+
+def _to_unit(pixels: np.ndarray) -> np.ndarray:
+    """Float32 in [0, 1] from uint8 / uint16 / float pixels (NaN 0, clipped)."""
+    a = np.asarray(pixels)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    return np.clip(np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
 
 
 def _quantise(pixels: np.ndarray, depth: int) -> np.ndarray:
@@ -1456,13 +1484,17 @@ def _quantise(pixels: np.ndarray, depth: int) -> np.ndarray:
 
 def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo | None = None,
                options: OutputOptions | None = None, alpha: np.ndarray | None = None,
-               record: dict | None = None, overwrite: bool = False) -> Path:
+               record: dict | None = None, overwrite: bool = False,
+               notes: list[str] | None = None) -> Path:
     """Save float RGB [0, 1] (H, W, 3) atomically with the source's metadata; return the path.
 
     The format comes from ``options.format``, else ``dest``'s extension, else the source; the
     extension is fixed to match. 16-bit output when the source was 16-bit and the format allows
     (PNG/TIFF) unless ``options.bit_depth`` says otherwise. Never writes the source file
     (``SaveFailed``); an existing ``dest`` gets a ``_1``, ``_2``... suffix unless ``overwrite``.
+    What the format could not hold is appended to ``notes`` (for the photographer): 16 bits
+    asked of an 8-bit format, transparency in a JPEG (flattened onto white), XMP too large for
+    a JPEG segment.
     """
     options = options or OutputOptions()
     dest = Path(dest)
@@ -1484,21 +1516,33 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
         arr = arr[..., :3]
     h, w = arr.shape[:2]
 
+    notes = notes if notes is not None else []
     depth = options.bit_depth or (like.bit_depth if like is not None else
                                   (16 if arr.dtype == np.uint16 else 8))
+    if options.bit_depth == 16 and fmt not in ("png", "tiff"):
+        notes.append(f"{fmt.upper()} holds 8 bits per channel: written as 8-bit "
+                     "(choose PNG or TIFF for 16-bit)")
     depth = 16 if depth >= 16 and fmt in ("png", "tiff") else 8
-    rgb = _quantise(arr, depth)
-    a = None
-    if alpha is not None and fmt != "jpeg":
+    al = None
+    if alpha is not None:
         al = np.asarray(alpha)
         if al.ndim == 3:
             al = al[..., 0]
+        if al.dtype == np.uint8 or al.dtype == np.uint16:
+            al = al.astype(np.float32) / (255.0 if al.dtype == np.uint8 else 65535.0)
         if al.shape != (h, w):
             import cv2
 
-            al = cv2.resize(al.astype(np.float32) / (255.0 if al.dtype == np.uint8 else 1.0),
-                            (w, h), interpolation=cv2.INTER_LINEAR)
-        a = _quantise(al, depth)
+            al = cv2.resize(al.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        if fmt == "jpeg":
+            if float(al.min()) < 1.0:  # no transparency in JPEG: flatten onto white, not black
+                a3 = np.clip(np.nan_to_num(al.astype(np.float32)), 0.0, 1.0)[..., None]
+                arr = _to_unit(arr) * a3 + (1.0 - a3)
+                notes.append("JPEG has no transparency: the transparent areas were filled with "
+                             "white (choose PNG, TIFF or WebP to keep them)")
+            al = None
+    rgb = _quantise(arr, depth)
+    a = _quantise(al, depth) if al is not None else None
 
     keep = options.keep_metadata and like is not None
     # the ICC profile is kept either way: the pixels are in its colour space, and without it
@@ -1513,7 +1557,7 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
         dpi = (like.dpi[0] * s, like.dpi[1] * s)
     xmp = xmp_with_record(xmp, record)
     meta = _Meta(icc=icc, exif=exif, xmp=xmp, dpi=dpi,
-                 comment=like.info.get("comment") if keep else None)
+                 comment=like.info.get("comment") if keep else None, notes=notes)
 
     encoder = {"jpeg": _encode_jpeg, "png": _encode_png, "tiff": _encode_tiff,
                "webp": _encode_webp}[fmt]
@@ -1535,6 +1579,7 @@ class _Meta:
     xmp: bytes | None
     dpi: tuple[float, float] | None
     comment: bytes | None = None
+    notes: list[str] = field(default_factory=list)  # what the format could not hold
 
 
 def _pil_save(im, fmt: str, **kw) -> bytes:
@@ -1561,6 +1606,9 @@ def _encode_jpeg(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     xmp = meta.xmp
     if xmp and len(xmp) > 65000:  # one APP1 segment; keep the record, drop the source XMP
         log.warning("source XMP too large for a JPEG segment: dropped")
+        meta.notes.append(f"the photo's XMP ({len(xmp) // 1024} KB: keywords, ratings...) is "
+                          "too large for a JPEG and was not copied (choose PNG, TIFF or WebP "
+                          "to keep it)")
         xmp = xmp_with_record(None, record_from_xmp(xmp))
     if xmp:
         kw["xmp"] = xmp

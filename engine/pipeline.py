@@ -247,7 +247,7 @@ class Engine:
             "models": list(models),
             "kept_original": passthrough,
         }
-        out = self._save(photo, image, request.output, record, passthrough)
+        out = self._save(photo, image, request.output, record, passthrough, warnings)
         artifacts = {k: v for k, v in ctx.artifacts.items() if k != "source"}
         if ctx.mask is not None and label is Degradation.B:
             from .imageio import save_mask
@@ -297,13 +297,16 @@ class Engine:
         return image, records, ctx
 
     def _save(self, photo: Photo, image: np.ndarray, options: OutputOptions, record: dict,
-              passthrough: bool) -> Path:
+              passthrough: bool, notes: list[str]) -> Path:
         from .imageio import atomic_write_bytes, output_path_for, save_photo
 
         dest = output_path_for(photo.path, options, source_format=photo.format)
-        same_format = dest.suffix.lower() == photo.path.suffix.lower() or (
-            _format_matches(photo.format, dest.suffix.lstrip(".")))
-        if passthrough and same_format and options.bit_depth in (None, photo.bit_depth) and \
+        # what the file really is, not its name: a HEIF or WebP named .jpg is re-encoded
+        same_format = _format_matches(photo.format, dest.suffix.lstrip("."))
+        depth = options.bit_depth
+        if depth is not None and dest.suffix.lower() not in (".png", ".tif", ".tiff"):
+            depth = 8  # (JPEG/WebP hold 8 bits: a 16 asked of them changes nothing)
+        if passthrough and same_format and depth in (None, photo.bit_depth) and \
                 options.keep_metadata:
             # nothing changed: copy the original bytes (pixels and metadata identical); without
             # metadata it is written afresh, so that the camera, GPS and dates are dropped
@@ -314,7 +317,8 @@ class Engine:
 
             alpha = cv2.resize(alpha, (image.shape[1], image.shape[0]),
                                interpolation=cv2.INTER_LINEAR)
-        return save_photo(image, dest, like=photo, options=options, alpha=alpha, record=record)
+        return save_photo(image, dest, like=photo, options=options, alpha=alpha, record=record,
+                          notes=notes)
 
 
 def fill_transparent(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
@@ -349,9 +353,12 @@ def fill_transparent(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
 
 
 def _format_matches(source_format: str, wanted: str) -> bool:
-    aliases = {"jpg": "jpeg", "tif": "tiff"}
+    """Whether a decoded source (PIL format name) already is a file of format ``wanted``
+    (an extension or format name). An MPO (a phone's JPEG with a depth map) is a JPEG."""
+    aliases = {"jpg": "jpeg", "tif": "tiff", "mpo": "jpeg"}
     w = aliases.get(wanted.lower(), wanted.lower())
-    return source_format.lower() == w
+    src = source_format.lower()
+    return aliases.get(src, src) == w
 
 
 def _torch_loaded() -> bool:

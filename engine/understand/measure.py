@@ -76,6 +76,9 @@ def view_of(image: np.ndarray, side: int = VIEW_SIDE) -> tuple[np.ndarray, float
     that brings the long side to at most ``side``; returns (view, k). k = 1: the image."""
     h, w = image.shape[:2]
     k = math.ceil(max(h, w) / side)
+    # a long thin strip (a 8 x 20000 panorama slice) is not reduced to a line of pixels: the
+    # view keeps a short side of 32 px or the image's own
+    k = min(k, max(1, min(h, w) // 32))
     if k <= 1:
         return image, 1.0
     nh, nw = max(1, h // k), max(1, w // k)

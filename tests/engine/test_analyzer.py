@@ -348,3 +348,11 @@ def test_rationale_of_a_small_clean_photo_does_not_read_like_damage():
     assert "512×384" in clean and "choose A" in clean, clean
     damaged = _rationale(Degradation.A, {**scores, "A": 0.6, "D": 0.2}, est, ("low_resolution",))
     assert "low resolution 512×384" in damaged, damaged
+
+
+@pytest.mark.parametrize("shape", [(8, 20000), (20000, 8), (1, 1), (3, 70000)])
+def test_thin_strips_and_single_pixels_get_a_diagnosis(shape):
+    """A panorama slice used to be reduced to a line of pixels and crashed the spectrum."""
+    img = np.random.default_rng(0).random((*shape, 3)).astype(np.float32)
+    d = analyze(img)
+    assert d.label.value in "ABCD" and abs(sum(d.scores.values()) - 1) < 1e-6

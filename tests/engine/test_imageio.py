@@ -696,3 +696,16 @@ def test_masks_roundtrip_and_resize(tmp_path):
     rgba[..., 3] = m
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
     assert np.array_equal(mio.load_mask(tmp_path / "alpha.png"), m)
+
+
+def test_a_source_named_near_the_length_limit_still_gets_a_result_name(tmp_path):
+    for stem in ("x" * 250, "写" * 82):  # 250 bytes; 246 bytes of 3-byte characters
+        name = stem + ".png"
+        src = tmp_path / name
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(src)
+        dest = mio.output_path_for(src, OutputOptions(out_dir=tmp_path / "o"))
+        assert len(os.fsencode(dest.name)) <= 250 and dest.name.endswith("_mend.png")
+        assert stem.startswith(dest.name[:-len("_mend.png")])
+        ph = mio.load_photo(src)
+        out = mio.save_photo(ph.pixels, dest, like=ph)
+        assert out == dest and out.exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -263,3 +264,49 @@ def test_colour_hidden_under_transparent_pixels_does_not_leak_into_the_visible_e
     assert np.array_equal(out[..., 3], rgba[..., 3])
     # a flat colour sharpened stays that colour, up to the rim
     assert np.abs(out[inside][:, :3] - (200, 180, 160)).max() <= 2
+
+
+def test_what_the_output_format_cannot_hold_is_said_and_handled(tmp_path):
+    """A WebP named .jpg asked for as JPEG is re-encoded, not copied; transparency in a JPEG is
+    flattened onto white (with a warning); 16 bits asked of a JPEG is said; a JPEG kept as it
+    is with --bit-depth 16 stays the original's bytes; XMP too large for a JPEG is said."""
+    rgb = np.asarray(Image.open(_photo(tmp_path / "in.png")).convert("RGB"))
+    Image.fromarray(rgb).save(tmp_path / "web.jpg", "WEBP", quality=90)  # misnamed
+    engine = Engine("cpu")
+    jpeg = OutputOptions(out_dir=tmp_path / "o", format="jpeg")
+    res = engine.run(JobRequest(tmp_path / "web.jpg", jpeg, label=Degradation.D))
+    assert Image.open(res.output).format == "JPEG"
+
+    rgba = np.zeros((96, 128, 4), np.uint8)
+    rgba[:, 64:] = (30, 60, 90, 255)  # the left half is transparent (black underneath)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    res = engine.run(JobRequest(tmp_path / "cut.png", replace(jpeg, bit_depth=16),
+                                label=Degradation.D))
+    out = np.asarray(Image.open(res.output).convert("RGB")).astype(int)
+    assert out[:, :56].min() >= 250 and np.abs(out[:, 72:] - (30, 60, 90)).max() <= 3
+    assert any("filled with white" in w for w in res.warnings), res.warnings
+    assert any("JPEG holds 8 bits" in w for w in res.warnings), res.warnings
+
+    Image.fromarray(rgb).save(tmp_path / "cam.jpg", quality=90)
+    res = engine.run(JobRequest(tmp_path / "cam.jpg", OutputOptions(out_dir=tmp_path / "p",
+                                                                    bit_depth=16),
+                                label=Degradation.D))
+    assert _sha(res.output) == _sha(tmp_path / "cam.jpg")
+
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+           '02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/'
+           'elements/1.1/"><dc:subject><rdf:Bag>'
+           + "".join(f"<rdf:li>keyword{i}</rdf:li>" for i in range(4000))
+           + "</rdf:Bag></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>").encode()
+    Image.fromarray(rgb).save(tmp_path / "tagged.png", pnginfo=_xmp_pnginfo(xmp))
+    assert len(load_photo(tmp_path / "tagged.png").xmp) > 65000
+    res = engine.run(JobRequest(tmp_path / "tagged.png", jpeg, label=Degradation.D))
+    assert any("too large for a JPEG" in w for w in res.warnings), res.warnings
+
+
+def _xmp_pnginfo(xmp: bytes):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    return info
