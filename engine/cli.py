@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", choices=["jpeg", "png", "tiff", "webp"], help="output format")
     r.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
     r.add_argument("--bit-depth", type=int, choices=[8, 16])
-    r.add_argument("--no-metadata", action="store_true", help="do not copy EXIF/ICC/XMP")
+    r.add_argument("--no-metadata", action="store_true",
+                   help="do not copy EXIF (camera, GPS, dates) or XMP; the ICC colour profile "
+                        "is kept")
     r.add_argument("--no-guard", action="store_true", help="keep results even if they look worse")
     r.add_argument("--tile", type=int, default=512, help="tile size in pixels")
     r.add_argument("-r", "--recursive", action="store_true",
@@ -277,6 +279,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if not 1 <= args.quality <= 100:
         raise UsageError("--quality must be between 1 and 100")
+    from .pipeline import MAX_TILE, MIN_TILE
+
+    if not MIN_TILE <= args.tile <= MAX_TILE:
+        raise UsageError(f"--tile must be between {MIN_TILE} and {MAX_TILE} (pixels)")
     if args.mask is not None and not args.mask.is_file():
         raise UsageError(f"mask file not found: {args.mask}")
     if args.dry_run:
@@ -441,39 +447,58 @@ def cmd_models(args: argparse.Namespace) -> int:
                 nc = "" if m["commercial_use"] else "  [non-commercial]"
                 print(f"{m['id']:<28} {m['status']:<14} {size / 1e6:>9.1f} MB  {m['license']}{nc}")
         return EXIT_OK
-    if action == "import":
-        from .models.packs import import_pack, is_pack
+    if action in ("import", "pack"):
+        from .models.packs import create_pack, import_pack, is_pack
 
-        if not args.path.exists():
-            raise UsageError(f"nothing to import at {args.path}")
-        if is_pack(args.path):
-            rep = import_pack(args.path, store)
-        else:
-            rep = store.import_path(args.path, model_id=args.model_id)
+        try:
+            if action == "pack":
+                dest = create_pack(args.profile, args.output, store)
+                _emit({"pack": str(dest)}, as_json, f"wrote {dest}")
+                return EXIT_OK
+            if not args.path.exists():
+                raise UsageError(f"nothing to import at {args.path}")
+            if is_pack(args.path):
+                rep = import_pack(args.path, store)
+            else:
+                rep = store.import_path(args.path, model_id=args.model_id)
+        except EngineError as e:
+            if not as_json:
+                raise
+            # like pull: a JSON error object on stdout, the exit code main() would give
+            where = args.path if action == "import" else args.output
+            _emit({"path": str(where), "error": str(e)}, True, "")
+            return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
         report = rep.to_json()
         human = (f"imported {len(report['imported'])} file(s), skipped {len(report['skipped'])} "
                  f"already installed, rejected {len(report['rejected'])}")
         for r in report["rejected"]:
             human += f"\n  rejected {r['path']}: {r['reason']}"
         _emit(report, as_json, human)
-        return EXIT_FAILED if report["rejected"] and not report["imported"] else EXIT_OK
-    if action == "pack":
-        from .models.packs import create_pack
+        return EXIT_FAILED if report["rejected"] else EXIT_OK  # any file refused: say so
+    from .models.store import BUNDLED, UNPINNED, VERIFIED
 
-        dest = create_pack(args.profile, args.output, store)
-        _emit({"pack": str(dest)}, as_json, f"wrote {dest}")
-        return EXIT_OK
     n_failed = 0
     for model_id in _ids_for(args):
         try:
+            out: dict[str, Any] = {"id": model_id}
             if action == "pull":
                 store.pull(model_id, progress=None if as_json else _download_progress(model_id))
             elif action == "verify":
-                store.verify(model_id, repair=args.repair)
+                out = store.verify(model_id, repair=args.repair).to_json()
             elif action == "remove":
                 store.remove(model_id)
-            status = store.status(model_id)
-            _emit({"id": model_id, "status": status}, as_json, f"{model_id}: {status}")
+            status = out["status"] = store.status(model_id)
+            human = f"{model_id}: {status}"
+            for key in ("corrupt", "missing", "repaired"):
+                for name in out.get(key, ()):
+                    human += f"\n  {key}: {name}"
+            if action in ("pull", "verify") and status not in (VERIFIED, UNPINNED, BUNDLED):
+                n_failed += 1  # damaged or incomplete: the command did not reach its goal
+                if action == "pull":
+                    out["error"] = (f"'{model_id}' is {status} after the download; run: "
+                                    f"mend models verify --repair {model_id}")
+                    human += f"\n  error: {out['error']}"
+            _emit(out, as_json, human)
         except EngineError as e:
             n_failed += 1
             _emit({"id": model_id, "error": str(e)}, as_json, f"{model_id}: error: {e}")

@@ -5,6 +5,7 @@ No hub client is used and nothing downloaded is ever executed here.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import ipaddress
@@ -103,6 +104,18 @@ def _opener(allowed: frozenset[str], allow_http: tuple[str, ...]):
 
 _RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
               socket.timeout, OSError)
+# the local disk, not the network: retrying cannot help
+_DISK_FULL = frozenset(e for e in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None))
+                       if e is not None)
+
+
+def _disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in _DISK_FULL
+
+
+def _too_big(have: int, expected_size: int | None, url: str) -> DownloadError:
+    return DownloadError(f"the host sends more than the {expected_size} bytes the model list "
+                         f"pins for this file (at least {have}); stopped: {url}")
 
 
 def _hash_existing(part: Path) -> tuple[hashlib._Hash, int]:  # type: ignore[name-defined]
@@ -132,6 +145,13 @@ def fetch(
 
     Resumes with ``Range: bytes=N-`` after a dropped connection or on a later call; a server that
     ignores ranges (200) restarts the file. ``on_bytes(done, total)`` after every chunk.
+
+    Gives up with :class:`DownloadError` after ``retries`` failed attempts in a row; only bytes
+    past the furthest point reached so far count as progress and reset that count (a host that
+    ignores ranges and keeps dropping the connection re-sends the same bytes: no progress).
+    With ``expected_size``, a body that would make the file bigger stops at once (the ``.part``
+    is deleted: it is not the file). A full disk (ENOSPC, EFBIG) stops at once too, keeping the
+    ``.part`` for a resume once space is freed.
     """
     if offline_mode():
         raise OfflineError(
@@ -146,6 +166,8 @@ def fetch(
     else:
         hasher, have = hashlib.sha256(), 0
     attempt = 0
+    furthest = have  # retries reset only when the download gets past this point
+    restarted = False  # the host ignored a Range request at least once
     while True:
         if check_cancel:
             check_cancel()
@@ -163,10 +185,14 @@ def fetch(
                 if have and status == 200:  # server ignored the range: start over
                     hasher, have = hashlib.sha256(), 0
                     mode = "wb"
+                    restarted = True
                 else:
                     mode = "ab" if have else "wb"
                 length = resp.headers.get("Content-Length")
                 total = (have + int(length)) if length and length.isdigit() else expected_size
+                if expected_size is not None and total is not None and total > expected_size:
+                    part.unlink(missing_ok=True)
+                    raise _too_big(total, expected_size, url)
                 with open(part, mode) as out:
                     while True:
                         if check_cancel:
@@ -174,10 +200,15 @@ def fetch(
                         chunk = resp.read(CHUNK)
                         if not chunk:
                             break
+                        if expected_size is not None and have + len(chunk) > expected_size:
+                            out.close()
+                            part.unlink(missing_ok=True)
+                            raise _too_big(have + len(chunk), expected_size, url)
                         out.write(chunk)
                         hasher.update(chunk)
                         have += len(chunk)
-                        attempt = 0  # progress made: reset the retry budget
+                        if have > furthest:  # new ground: reset the retry budget
+                            furthest, attempt = have, 0
                         if on_bytes:
                             on_bytes(have, total)
                 if total is not None and have < total:
@@ -199,10 +230,15 @@ def fetch(
         except DownloadError:
             raise
         except _RETRYABLE as e:
-            if attempt >= retries:
+            if _disk_full(e):
                 raise DownloadError(
-                    f"download failed after {retries + 1} attempts ({e}); "
-                    f"run the same command again to resume: {url}") from e
+                    f"disk full while downloading to {part.parent} ({e.strerror or e}); free "
+                    f"some space and run the same command again to resume: {url}") from e
+            if attempt >= retries:
+                hint = ("the host does not resume downloads, so each attempt starts over"
+                        if restarted else "run the same command again to resume")
+                raise DownloadError(
+                    f"download failed after {retries + 1} attempts ({e}); {hint}: {url}") from e
             attempt += 1
             # re-sync with what actually reached the disk (normally it matches already)
             on_disk = part.stat().st_size if part.exists() else 0

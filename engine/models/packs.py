@@ -9,12 +9,16 @@ Format: a ZIP archive (ZIP64, stored uncompressed — weights do not compress) h
 
 Import trusts nothing in the archive: every member must be listed in the index under a model id
 and file name the local manifest knows, with a safe relative path (no ``..``, no absolute path,
-no backslash, no symlink); pinned files must carry the manifest's own hash. Everything is
-extracted into a temporary folder inside the store root and hashed there; only when every file
-checks out are they moved into place. On any refusal nothing is left in the store.
+no backslash, no symlink); pinned files must carry the manifest's own hash. A pack never carries
+a slot's file (``reflection-yolo``: the user's own weights, which nobody can pin a hash for);
+such a pack is refused, the slot is filled only by ``mend models import FILE --id ID``.
+Everything is extracted into a temporary folder inside the store root and hashed there; only
+when every file checks out are they moved into place. On any refusal nothing is left in the
+store. A damaged archive (bad CRC, truncated) is refused the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,14 +27,15 @@ import stat
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ChecksumMismatch, EngineError, ModelMissing, UsageError
+from ..errors import ChecksumMismatch, EngineError, ModelMissing, SaveFailed, UsageError
 from . import download as dl
 from .manifest import PROFILES, ManifestError, safe_relpath
-from .store import PART_SUFFIX, UNPINNED, VERIFIED, ImportReport, ModelStore, sha256_file
+from .store import PART_SUFFIX, UNPINNED, VERIFIED, ImportReport, ModelStore
 
 PACK_INDEX = "mend-pack.json"
 PACK_FORMAT = "mend-model-pack"
@@ -76,8 +81,11 @@ def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: Mo
     """Write the models of a profile (or the given ids) into one pack at ``dest``.
 
     Bundled models are skipped (they ship with Mend); a profile that needs nothing (builtin)
-    gives a pack with an empty index. Every file is re-hashed while it is written; a missing
-    or damaged model raises before the pack is renamed into place.
+    gives a pack with an empty index. Slots (the user's own weights) never go into a pack: a
+    slot named explicitly raises UsageError. Every file is re-hashed while it is written; a
+    missing or damaged model raises before the pack is renamed into place. ``dest`` must be
+    a file name (UsageError for an existing folder); a place that cannot be written raises
+    :class:`SaveFailed`.
     """
     ids, profile = _resolve_ids(profile_or_ids, store)
     plan: list[tuple[str, str, Path, str | None, bool]] = []
@@ -88,14 +96,9 @@ def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: Mo
         if spec.bundled:
             continue
         if spec.slot:
-            p = store.slot_path(mid)
-            if p is None or p.parent != store.root / mid:
-                if not isinstance(profile_or_ids, str) or profile_or_ids == mid:
-                    missing.append(mid)
-                continue
-            rec = store._read_state(mid)["files"].get(p.name, {})
-            plan.append((mid, p.name, p, rec.get("sha256"), False))
-            specs.append(spec)
+            if not profile:
+                raise UsageError(f"{mid} holds your own weights and cannot go into a pack; copy "
+                                 f"the file and import it with: mend models import FILE --id {mid}")
             continue
         try:
             folder = store.require(mid)
@@ -109,12 +112,15 @@ def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: Mo
         raise ModelMissing(", ".join(missing),
                            "install them first (mend models pull ID) to put them in a pack")
     dest = Path(dest).expanduser()
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir():
+        raise UsageError(f"{dest} is a folder: give the pack a file name, e.g. "
+                         f"{dest / ((profile or 'models') + '.mendpack.zip')}")
     part = dest.with_name(dest.name + PART_SUFFIX)
     total = sum(src.stat().st_size for _m, _n, src, _s, _p in plan)
     done = 0
     entries = []
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(part, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
             for mid, name, src, expected, pinned in plan:
                 arc = f"models/{mid}/{name}"
@@ -141,8 +147,14 @@ def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: Mo
                      "models": [s.to_json() for s in specs], "entries": entries}
             z.writestr(PACK_INDEX, json.dumps(index, indent=1))
         os.replace(part, dest)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
+        detail = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        raise SaveFailed(f"could not write the pack {dest} ({detail})") from None
     except BaseException:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
         raise
     return dest
 
@@ -208,15 +220,18 @@ def check_pack(path: str | Path, store: ModelStore) -> list[dict[str, Any]]:
                 raise PackRefused(p, f"{arc}: malformed sha256")
             if spec.bundled:
                 raise PackRefused(p, f"{mid} ships with Mend and cannot come from a pack")
-            if not spec.slot:
-                try:
-                    f = spec.get_file(name)
-                except KeyError:
-                    raise PackRefused(p, f"unknown file {name!r} for model {mid}") from None
-                if f.sha256 and sha != f.sha256:
-                    raise PackRefused(p, f"{arc}: its hash is not the one Mend's model list pins")
-                if f.pinned and f.size_exact and int(e.get("size", -1)) != f.size:
-                    raise PackRefused(p, f"{arc}: wrong size for this model file")
+            if spec.slot:
+                raise PackRefused(p, f"{arc}: {mid} takes your own weights, never a file from a "
+                                     f"pack; import a file you trust with: "
+                                     f"mend models import FILE --id {mid}")
+            try:
+                f = spec.get_file(name)
+            except KeyError:
+                raise PackRefused(p, f"unknown file {name!r} for model {mid}") from None
+            if f.sha256 and sha != f.sha256:
+                raise PackRefused(p, f"{arc}: its hash is not the one Mend's model list pins")
+            if f.pinned and f.size_exact and int(e.get("size", -1)) != f.size:
+                raise PackRefused(p, f"{arc}: wrong size for this model file")
             if arc not in infos:
                 raise PackRefused(p, f"{arc} is listed but missing from the archive")
             if infos[arc].file_size != int(e.get("size", -1)):
@@ -242,24 +257,17 @@ def import_pack(path: str | Path, store: ModelStore,
     todo = []
     for e in entries:
         mid, name = e["model"], e["name"]
-        spec = store.spec(mid)
-        if spec.slot:
-            existing = store.file_path(mid, name)
-            if existing.is_file() and sha256_file(existing) == e["sha256"]:
-                rep.skipped.append((mid, name))
-                continue
-        else:
-            f = spec.get_file(name)
-            fs = store._check_file(mid, f, False, store._read_state(mid))
-            if fs.status in (VERIFIED, UNPINNED) and (f.pinned or fs.sha256 == e["sha256"]):
-                rep.skipped.append((mid, name))
-                continue
+        f = store.spec(mid).get_file(name)  # check_pack refused slots and unknown files
+        fs = store._check_file(mid, f, False, store._read_state(mid))
+        if fs.status in (VERIFIED, UNPINNED) and (f.pinned or fs.sha256 == e["sha256"]):
+            rep.skipped.append((mid, name))
+            continue
         todo.append(e)
     if not todo:
         return rep
     need = sum(int(e["size"]) for e in todo)
     root_existed = store.root.exists()
-    store.root.mkdir(parents=True, exist_ok=True)
+    store._make_dir(store.root)
     free = shutil.disk_usage(store.root).free
     if free < need:
         if not root_existed:
@@ -273,13 +281,17 @@ def import_pack(path: str | Path, store: ModelStore,
             for i, e in enumerate(todo):
                 out = tmp / f"{i:05d}"
                 h = hashlib.sha256()
-                with z.open(e["path"]) as fin, open(out, "wb") as fout:
-                    while chunk := fin.read(CHUNK):
-                        h.update(chunk)
-                        fout.write(chunk)
-                        done += len(chunk)
-                        if progress:
-                            progress(done, need, f"{e['model']}/{e['name']}")
+                try:
+                    with z.open(e["path"]) as fin, open(out, "wb") as fout:
+                        while chunk := fin.read(CHUNK):
+                            h.update(chunk)
+                            fout.write(chunk)
+                            done += len(chunk)
+                            if progress:
+                                progress(done, need, f"{e['model']}/{e['name']}")
+                except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+                    raise PackRefused(p, f"{e['path']} is damaged in the archive ({err}); copy "
+                                         "the pack again") from None
                 digest = h.hexdigest()
                 if digest != e["sha256"]:
                     raise ChecksumMismatch(f"{p.name}: {e['path']}", e["sha256"], digest)

@@ -3,13 +3,20 @@
 was last verified.
 
 * Cache root: ``MEND_MODELS_DIR`` if set, else ``platformdirs.user_data_dir("Mend")/models``.
-* ``pull`` downloads to ``<file>.part`` (Range resume, retries), checks the sha256 BEFORE the
-  rename; a mismatch deletes the ``.part`` and raises :class:`ChecksumMismatch`.
+* ``pull`` downloads to ``<file>.part`` (Range resume, retries) while holding
+  ``<file>.part.lock`` (one writer per file across processes), then hashes the ``.part`` on disk
+  — the very file that is renamed — BEFORE the rename; a mismatch deletes the ``.part`` and
+  raises :class:`ChecksumMismatch`.
 * Pinned files are checked against the manifest hash; unpinned files get their hash recorded
   on first download/import and are checked against that record afterwards.
 * ``require`` (used at load time) does a cheap check (size + mtime recorded at verification);
   when that changed it re-hashes, and a changed file raises :class:`ModelFileCorrupt`.
-* ``MEND_OFFLINE=1``: nothing here opens a socket; ``pull`` raises :class:`OfflineError`.
+* ``MEND_OFFLINE=1``: nothing here opens a socket; ``pull`` raises :class:`OfflineError` (and
+  keeps a damaged file: repairing it needs the network or a good copy to import).
+* Slots (``reflection-yolo``): the user's own weights, never downloaded and never taken from an
+  offline pack. ``mend models import FILE --id reflection-yolo`` copies FILE into the slot's
+  folder and records it as the slot's file; the last file imported that way is the one used,
+  whatever else appears in the folder.
 """
 from __future__ import annotations
 
@@ -26,12 +33,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ChecksumMismatch, DownloadError, ModelMissing, OfflineError, UsageError
+from ..errors import (
+    ChecksumMismatch,
+    DownloadError,
+    ModelMissing,
+    OfflineError,
+    SaveFailed,
+    UsageError,
+)
 from . import download as dl
-from .manifest import Manifest, ModelFile, ModelSpec, default_manifest, safe_relpath
+from .manifest import (
+    Manifest,
+    ManifestError,
+    ModelFile,
+    ModelSpec,
+    default_manifest,
+    safe_relpath,
+)
 
 STATE_FILE = ".mend-state.json"
 PART_SUFFIX = ".part"
+LOCK_SUFFIX = ".lock"
+SLOT_KEY = "slot"  # state-file key of a slot model: the file chosen by the last explicit import
 
 # model / file statuses
 MISSING = "missing"
@@ -143,6 +166,17 @@ class ModelStore:
     def file_path(self, model_id: str, name: str) -> Path:
         return self.model_dir(model_id) / safe_relpath(name)
 
+    def _make_dir(self, d: Path) -> None:
+        """Create a folder of the store; a clear :class:`SaveFailed` instead of an OSError
+        (``MEND_MODELS_DIR`` naming a file, no permission...)."""
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise SaveFailed(f"cannot use the model folder {self.root}: {d} or a folder above it "
+                             "is a file, not a folder (check MEND_MODELS_DIR)") from None
+        except OSError as e:
+            raise SaveFailed(f"cannot create the model folder {d}: {e.strerror or e}") from None
+
     def _state_path(self, model_id: str) -> Path:
         return self.root / model_id / STATE_FILE
 
@@ -192,18 +226,33 @@ class ModelStore:
             return []
         return sorted(str(p.relative_to(d).as_posix()) for p in d.rglob("*")
                       if p.is_file() and not p.name.startswith(".")
-                      and not p.name.endswith((PART_SUFFIX, ".lock")))
+                      and not p.name.endswith((PART_SUFFIX, LOCK_SUFFIX)))
 
     def slot_path(self, model_id: str) -> Path | None:
-        """The user-supplied weights of a slot model (env var first, then the store folder)."""
+        """The user-supplied weights of a slot model: the file the slot's env var names, else the
+        file recorded by the last explicit import (``mend models import FILE --id ID``), else
+        the folder's only file when it holds exactly one (weights put there by hand).
+
+        A file that merely appears in the folder never changes the answer: with a recorded
+        file it is ignored; with several unrecorded files (or a recorded file since deleted)
+        there is no answer (None, the slot is not configured) rather than a guess.
+        """
         spec = self.spec(model_id)
         if not spec.slot:
             return None
         if spec.env and os.environ.get(spec.env):
             p = Path(os.environ[spec.env]).expanduser()
             return p if p.is_file() else None
+        d = self.root / spec.id
+        chosen = self._read_state(model_id).get(SLOT_KEY)
+        if isinstance(chosen, str):
+            try:
+                p = d / safe_relpath(chosen)
+            except ManifestError:
+                return None
+            return p if p.is_file() else None
         files = self._slot_files(spec)
-        return (self.root / spec.id / files[0]) if files else None
+        return (d / files[0]) if len(files) == 1 else None
 
     def expected_sha(self, model_id: str, f: ModelFile) -> str | None:
         if f.sha256:
@@ -330,21 +379,29 @@ class ModelStore:
         if spec.slot:
             raise UsageError(f"'{model_id}' has no public weights: {spec.notes}")
         state = self._read_state(model_id)
-        todo = []
+        todo, corrupt = [], []
         for f in spec.files:
             fs = self._check_file(model_id, f, False, state)
             if fs.status in (VERIFIED, UNPINNED):
                 continue
             if fs.status == CORRUPT:
-                self.file_path(model_id, f.name).unlink(missing_ok=True)
-                self._forget(model_id, [f.name])
+                corrupt.append(f.name)
             todo.append(f)
         if not todo:
             return self.status(model_id)
-        if dl.offline_mode():
+        if dl.offline_mode():  # nothing deleted: the damaged file is all the user has here
+            if corrupt:
+                raise OfflineError(
+                    f"'{model_id}' is damaged ({', '.join(corrupt)}) and offline mode is on "
+                    "(MEND_OFFLINE=1): it was kept as it is; repairing it needs the network, "
+                    "or import a good copy (mend models import PATH)")
             raise OfflineError(
                 f"'{model_id}' is not installed and offline mode is on (MEND_OFFLINE=1): "
                 "import it from a folder or an offline pack (mend models import PATH)")
+        for name in corrupt:
+            self.file_path(model_id, name).unlink(missing_ok=True)
+        if corrupt:
+            self._forget(model_id, corrupt)
         total = sum(f.size for f in todo)
         base = 0
         check = token.check if token is not None else None
@@ -360,6 +417,7 @@ class ModelStore:
                        count: int) -> None:
         dest = self.file_path(model_id, f.name)
         part = dest.with_name(dest.name + PART_SUFFIX)
+        self._make_dir(dest.parent)
         t0, d0 = time.monotonic(), None
         speed = 0.0
 
@@ -385,15 +443,30 @@ class ModelStore:
             self._finish_download(model_id, f, part, dest, actual)
 
     def _finish_download(self, model_id: str, f: ModelFile, part: Path, dest: Path,
-                         actual: str) -> None:
+                         received: str) -> None:
+        """Check the ``.part`` on disk — the file that is renamed, not the bytes this process
+        received — then rename it into place and record it. Called with the part lock held."""
+        before = part.stat()
+        actual = sha256_file(part)
+        if actual != received:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"{model_id}/{f.name}: the downloaded file changed on disk while "
+                                "it was being written (another program?); deleted it, run the "
+                                "same command again")
         if f.sha256 and actual != f.sha256:
             part.unlink(missing_ok=True)
             raise ChecksumMismatch(f"{model_id}/{f.name}", f.sha256, actual)
-        if not f.sha256 and f.size_exact and part.stat().st_size != f.size:
-            size = part.stat().st_size
+        if f.size_exact and before.st_size != f.size:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"{model_id}/{f.name}: got {size} bytes, expected {f.size}")
+            raise DownloadError(f"{model_id}/{f.name}: got {before.st_size} bytes, "
+                                f"expected {f.size}")
         os.replace(part, dest)
+        after = dest.stat()
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            dest.unlink(missing_ok=True)
+            raise DownloadError(f"{model_id}/{f.name}: the downloaded file changed on disk while "
+                                "it was being checked (another program?); deleted it, run the "
+                                "same command again")
         self._record(model_id, f.name, actual, f.pinned)
 
     # ---------------------------------------------------------------- verify / remove
@@ -429,13 +502,24 @@ class ModelStore:
         return rep
 
     def remove(self, model_id: str) -> int:
-        """Delete the model's folder; returns the bytes freed."""
+        """Delete the model's folder; returns the bytes freed.
+
+        A model folder that is a symbolic link (models kept on another disk) loses only the
+        link: the folder it points to and its files are left in place (0 bytes freed), since
+        they may be shared or outside what Mend manages.
+        """
         spec = self.spec(model_id)
         d = self.root / spec.id
-        if not d.exists():
-            return 0
-        freed = _tree_size(d)
-        shutil.rmtree(d)
+        try:
+            if d.is_symlink():
+                d.unlink()
+                return 0
+            if not d.exists():
+                return 0
+            freed = _tree_size(d)
+            shutil.rmtree(d)
+        except OSError as e:
+            raise SaveFailed(f"cannot remove {d}: {e.strerror or e}") from None
         return freed
 
     def disk_usage(self) -> dict[str, int]:
@@ -465,7 +549,7 @@ class ModelStore:
         if expected and actual != expected:
             raise ChecksumMismatch(f"{model_id}/{name}", expected, actual)
         dest = self.file_path(model_id, name)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dir(dest.parent)
         if move:
             os.replace(src, dest)
         else:
@@ -480,6 +564,11 @@ class ModelStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         self._record(model_id, name, actual, pinned)
+        if spec.slot:  # the file just imported is the slot's file from now on
+            with self._lock:
+                state = self._read_state(model_id)
+                state[SLOT_KEY] = name
+                _atomic_write_json(self._state_path(model_id), state)
 
     def import_path(self, path: str | Path, model_id: str | None = None) -> ImportReport:
         """Import model files from a folder, a single file, or an offline pack (.zip).
@@ -487,8 +576,10 @@ class ModelStore:
         Files are recognised by their sha256 (pinned files) or, inside a model's folder, by
         their name (unpinned files, e.g. a transformers config next to its pinned weights;
         a folder named like a model id or a copy of another store counts as that model's
-        folder). ``model_id`` forces the target model (needed for slots such as
-        ``reflection-yolo``).
+        folder). ``model_id`` forces the target model (needed for unpinned files). A slot such
+        as ``reflection-yolo`` is filled only by one file named with its id
+        (``import_path(FILE, "reflection-yolo")``), stored under its own name made safe by
+        :func:`slot_file_name`; a folder is never imported into a slot.
         """
         from . import packs
 
@@ -535,10 +626,10 @@ class ModelStore:
                     roots[spec.id] = Path(*cand.parts[: len(cand.parts) - len(rel)])
         for mid, root in roots.items():
             spec = self.spec(mid)
-            if spec.slot:
-                for q in sorted(root.iterdir()):
-                    if q.is_file() and not q.name.startswith("."):
-                        self._import_one(mid, q.name, q, None, rep)
+            if spec.slot:  # a slot takes one file, named explicitly, never a whole folder
+                rep.rejected.append((str(root), (
+                    f"{mid} takes one weights file of your own; import that file with: "
+                    f"mend models import FILE --id {mid}")))
                 continue
             for f in spec.files:
                 if (mid, f.name) in seen:
@@ -555,7 +646,7 @@ class ModelStore:
         digest = sha256_file(p)
         for spec in ([self.spec(model_id)] if model_id else list(self.manifest)):
             if spec.slot and model_id:
-                self._import_one(spec.id, p.name, p, digest, rep)
+                self._import_one(spec.id, slot_file_name(p.name), p, digest, rep)
                 return
             for f in spec.files:
                 if f.sha256 == digest or (model_id and not f.pinned and
@@ -584,29 +675,75 @@ class ModelStore:
         rep.imported.append((model_id, name))
 
 
+def slot_file_name(name: str) -> str:
+    """The name a slot file gets in the store: its own name with ``:``, ``\\``, ``/`` and control
+    characters replaced by ``_``, without leading dots (hidden names are Mend's own), and never
+    ending like Mend's ``.part``/``.lock`` files."""
+    safe = "".join("_" if c in ":\\/" or ord(c) < 32 else c for c in name).lstrip(".")
+    if not safe:
+        safe = "weights"
+    if safe.endswith((PART_SUFFIX, LOCK_SUFFIX)):
+        safe += "_"
+    return safe
+
+
+def _try_lock(fh: Any) -> bool:
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _same_file(fh: Any, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fh.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 @contextlib.contextmanager
 def _part_lock(part: Path):
-    """One writer per ``.part`` file across processes (the app and ``mend models pull``)."""
+    """One writer per ``.part`` file across processes (the app and ``mend models pull``).
+
+    The lock is an OS lock on ``<part>.lock``. Only its holder removes that file, and does so
+    while it still holds the lock; a process that locked a lock file removed meanwhile (opened
+    just before the holder finished) sees it is no longer the file at that path and takes the
+    new one, so two processes never both hold the lock. A refused process leaves the file alone.
+    """
     part.parent.mkdir(parents=True, exist_ok=True)
-    lock = part.with_name(part.name + ".lock")
-    fh = open(lock, "a+b")  # noqa: SIM115 - held for the whole download
+    lock = part.with_name(part.name + LOCK_SUFFIX)
+    name = part.name[:-len(PART_SUFFIX)]
+    for _ in range(20):
+        fh = open(lock, "a+b")  # noqa: SIM115 - held for the whole download
+        if not _try_lock(fh):
+            fh.close()  # another process holds it: never touch its lock file
+            raise DownloadError(f"{name} is being downloaded by another Mend process; "
+                                "wait for it to finish")
+        if os.name == "nt" or _same_file(fh, lock):
+            break
+        fh.close()  # its holder removed this lock file while we opened it: take the new one
+    else:
+        raise DownloadError(f"{name}: could not take the download lock; try again")
     try:
-        try:
-            if os.name == "nt":
-                import msvcrt
-
-                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DownloadError(f"{part.name[:-len(PART_SUFFIX)]} is being downloaded by another "
-                                "Mend process; wait for it to finish") from None
         yield
     finally:
-        fh.close()
-        lock.unlink(missing_ok=True)
+        if os.name == "nt":  # an open file cannot be removed there: release, then try
+            fh.close()
+            with contextlib.suppress(OSError):
+                lock.unlink()
+        else:
+            with contextlib.suppress(OSError):
+                lock.unlink()  # still locked by us: nobody else is using this file
+            fh.close()
 
 
 def _package_present(spec: ModelSpec) -> bool:

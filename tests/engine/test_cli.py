@@ -83,6 +83,8 @@ def test_usage_errors_exit_2_without_traceback(tmp_path):
         r = mend(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr and "usage" in r.stderr.lower()
+    r = mend("restore", "x.jpg", "-o", str(tmp_path), "--tile", "0")  # a model call per pixel
+    assert r.returncode == 2 and "--tile must be between 64 and 8192" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("cls", ["A", "B", "C"])
@@ -203,6 +205,68 @@ def test_offline_pull_fails_clearly_without_network():
     assert r.returncode == 1 and "Traceback" not in r.stderr
     (o,) = lines(r.stdout)
     assert "offline" in o["error"].lower()
+
+
+def test_models_verify_exits_1_with_the_file_report_when_damaged_or_missing(tmp_path):
+    root = tmp_path / "models"
+    (root / "realesr-general-x4v3").mkdir(parents=True)
+    (root / "realesr-general-x4v3" / "realesr-general-x4v3.pth").write_bytes(b"damaged")
+    env = {"MEND_MODELS_DIR": str(root), "MEND_OFFLINE": "1"}
+    r = mend("models", "verify", "realesr-general-x4v3", "big-lama", "--json", env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    esr, lama = lines(r.stdout)
+    assert esr["status"] == "corrupt" and esr["corrupt"] == ["realesr-general-x4v3.pth"]
+    assert esr["ok"] == [] and esr["missing"] == []
+    assert lama["status"] == "missing" and lama["missing"] == ["big-lama.pt"]
+    r = mend("models", "verify", "realesr-general-x4v3", env=env)
+    assert r.returncode == 1 and "corrupt: realesr-general-x4v3.pth" in r.stdout
+
+
+def test_models_pull_that_ends_damaged_exits_1(tmp_path, monkeypatch, capsys):
+    from engine import cli
+    from engine.models.store import ModelStore
+
+    store = ModelStore(tmp_path / "models")
+
+    def pull(model_id, progress=None, token=None):  # the download ends with a damaged file
+        f = store.file_path(model_id, "realesr-general-x4v3.pth")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"damaged")
+        return store.status(model_id)
+
+    monkeypatch.setattr(store, "pull", pull)
+    monkeypatch.setattr(cli, "_store", lambda: store)
+    assert cli.main(["models", "pull", "realesr-general-x4v3", "--json"]) == 1
+    (o,) = lines(capsys.readouterr().out)
+    assert o["status"] == "corrupt" and "verify --repair" in o["error"]
+
+
+def test_models_import_and_pack_errors_exit_codes_and_json(tmp_path):
+    env = {"MEND_MODELS_DIR": str(tmp_path / "models"), "MEND_OFFLINE": "1"}
+    # a folder where one file is refused: exit 1, naming it
+    d = tmp_path / "sam-vit-base"
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "sam"}')
+    (d / "model.safetensors").write_bytes(b"not the weights")
+    r = mend("models", "import", str(d), "--json", env=env)
+    assert r.returncode == 1, r.stderr
+    (o,) = lines(r.stdout)
+    assert o["imported"] == ["sam-vit-base/config.json"]
+    assert o["rejected"][0]["path"].endswith("model.safetensors")
+    # --json errors are a JSON object on stdout, with the usual exit code, no traceback
+    folder = tmp_path / "packs"
+    folder.mkdir()
+    r = mend("models", "pack", "--profile", "builtin", "-o", str(folder), "--json", env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    (o,) = lines(r.stdout)
+    assert "is a folder" in o["error"]
+    r = mend("models", "pack", "--profile", "laptop", "-o", str(folder / "l.zip"), "--json",
+             env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    (o,) = lines(r.stdout)
+    assert "not installed" in o["error"]
+    r = mend("models", "pack", "--profile", "builtin", "-o", str(folder), env=env)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("mend: ")
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc to spot the export")

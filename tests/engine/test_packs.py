@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ChecksumMismatch, ModelMissing
+from engine.errors import ChecksumMismatch, ModelMissing, SaveFailed, UsageError
 from engine.models.packs import PACK_INDEX, PackRefused, create_pack, import_pack, is_pack
 from engine.models.store import ModelStore
 from tests.model_helpers import install_test_model, manifest_with
@@ -214,3 +214,55 @@ def test_pack_import_offline_opens_no_socket(source, pack, tmp_path, monkeypatch
     dest = _target(source, tmp_path / "offline")
     assert len(import_pack(pack, dest).imported) == 3
     assert dest.status("realesr-general-x4v3") == "verified"
+
+
+def test_pack_carrying_a_slot_file_is_refused(source, tmp_path):
+    """reflection-yolo holds the user's own weights: no pack may fill or switch it."""
+    payload = b"an unverified pickle"
+    bad = tmp_path / "slot.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("models/reflection-yolo/0.pt", payload)
+        z.writestr(PACK_INDEX, json.dumps({"format": "mend-model-pack", "version": 1,
+                                           "models": [], "entries": [{
+            "path": "models/reflection-yolo/0.pt", "model": "reflection-yolo", "name": "0.pt",
+            "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
+            "pinned": False}]}))
+    dest = _target(source, tmp_path / "dest")
+    own = tmp_path / "best.pt"
+    own.write_bytes(b"the user's detector")
+    dest.import_path(own, "reflection-yolo")
+    e = _refused(bad, dest)
+    assert "mend models import FILE --id reflection-yolo" in str(e)
+    assert dest.slot_path("reflection-yolo") == dest.root / "reflection-yolo" / "best.pt"
+
+
+def test_a_slot_is_never_written_into_a_pack(source, tmp_path):
+    own = tmp_path / "best.pt"
+    own.write_bytes(b"the user's detector")
+    source.import_path(own, "reflection-yolo")
+    with pytest.raises(UsageError, match="cannot go into a pack"):
+        create_pack(["realesr-general-x4v3", "reflection-yolo"], tmp_path / "p.zip", source)
+    assert not (tmp_path / "p.zip").exists()
+
+
+def test_damaged_archive_member_bad_crc_is_refused(source, pack, tmp_path):
+    """A byte flipped inside a stored member (bad USB stick): zip's CRC check fails while it is
+    read; that is a refusal with nothing written, not a crash."""
+    raw = bytearray(pack.read_bytes())
+    i = raw.index(b"models/sam-vit-base/model.safetensors") + 200
+    raw[i] ^= 0xFF
+    bad = tmp_path / "flipped.zip"
+    bad.write_bytes(bytes(raw))
+    assert "damaged" in str(_refused(bad, _target(source, tmp_path / "e")))
+
+
+def test_pack_onto_a_folder_or_an_unwritable_place_is_a_clear_error(source, tmp_path):
+    folder = tmp_path / "packs"
+    folder.mkdir()
+    with pytest.raises(UsageError, match="is a folder"):
+        create_pack(["realesr-general-x4v3"], folder, source)
+    assert list(folder.iterdir()) == []
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SaveFailed, match="could not write the pack"):
+        create_pack(["realesr-general-x4v3"], blocker / "p.zip", source)

@@ -226,3 +226,186 @@ def test_two_writers_never_share_a_part_file(server, tmp_path):
     assert server.requests == []
     assert store.pull(MID) == "verified"
     assert not list((store.root / MID).glob("*.lock"))
+
+
+def test_a_refused_puller_leaves_the_lock_to_its_holder(tmp_path):
+    """B is refused while A downloads; B must not remove A's lock file on its way out, or a
+    third process C would get a lock of its own and write into the same .part."""
+    from engine.models.store import _part_lock
+
+    part = tmp_path / "m" / (NAME + ".part")
+    with _part_lock(part):  # A
+        for _ in ("B", "C"):
+            with pytest.raises(DownloadError, match="another Mend process"), _part_lock(part):
+                pass
+        assert part.with_name(NAME + ".part.lock").exists()
+    assert not part.with_name(NAME + ".part.lock").exists()  # the holder cleans up
+
+
+def test_a_lock_file_removed_under_a_new_locker_is_taken_again(tmp_path, monkeypatch):
+    """B opens the lock file just before A finishes and removes it; B must not keep a lock on
+    that removed file (C would then lock a new one at the same path)."""
+    import contextlib
+
+    from engine.models import store as store_mod
+
+    part = tmp_path / "m" / (NAME + ".part")
+    a = contextlib.ExitStack()
+    a.enter_context(store_mod._part_lock(part))
+    real_open = open
+
+    def open_then_a_finishes(*args, **kwargs):
+        fh = real_open(*args, **kwargs)
+        a.close()  # A finishes right after B opened the lock file
+        return fh
+
+    monkeypatch.setattr(store_mod, "open", open_then_a_finishes, raising=False)
+    with store_mod._part_lock(part):  # B
+        monkeypatch.undo()
+        with pytest.raises(DownloadError, match="another Mend process"), \
+                store_mod._part_lock(part):  # C
+            pass
+
+
+def test_pull_installs_only_the_file_on_disk_it_verified(server, tmp_path):
+    """Another writer changes the .part during the download: the hash of the bytes this process
+    received still matches the pin, but the file on disk does not; it must not be installed."""
+    data = _blob(30_000, 12)
+    store = served_store(tmp_path / "s", server, MID, {NAME: data})
+    part = store.file_path(MID, NAME).with_name(NAME + ".part")
+
+    def other_writer(ev):
+        with open(part, "r+b") as f:
+            f.write(b"!")
+
+    with pytest.raises(DownloadError, match="changed on disk"):
+        store.pull(MID, progress=other_writer)
+    assert not store.file_path(MID, NAME).exists()
+    assert store.status(MID) == "missing"
+    assert store.pull(MID) == "verified"
+    assert store.file_path(MID, NAME).read_bytes() == data
+
+
+def test_host_ignoring_range_and_dropping_every_time_gives_up(server, tmp_path):
+    """Each attempt restarts from byte 0 and drops at the same point: no new ground, so the
+    retries run out instead of looping forever."""
+    import threading
+
+    class DropEveryTime(dict):
+        def pop(self, key, default=None):
+            return 40_000
+
+    store = served_store(tmp_path / "s", server, MID, {NAME: _blob(120_000, 13)}, retries=2)
+    server.honour_range = False
+    server.drop_after = DropEveryTime()
+    out = {}
+
+    def run():
+        try:
+            out["status"] = store.pull(MID)
+        except DownloadError as e:
+            out["error"] = str(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), f"still retrying after {len(server.requests)} requests"
+    assert "after 3 attempts" in out["error"] and "does not resume" in out["error"]
+    assert len(server.requests) == 3
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once it would pass ``limit`` bytes."""
+
+    def __init__(self, f, limit: int) -> None:
+        self.f, self.limit = f, limit
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data: bytes) -> int:
+        room = self.limit - self.f.tell()
+        if len(data) > room:
+            self.f.write(data[:max(room, 0)])
+            self.f.flush()
+            import errno
+
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def test_disk_full_stops_at_once_and_keeps_the_part(server, tmp_path, monkeypatch):
+    data = _blob(200_000, 14)
+    store = served_store(tmp_path / "s", server, MID, {NAME: data})
+    real_open = open
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return _FullDisk(f, 50_000) if mode in ("wb", "ab") else f
+
+    monkeypatch.setattr(dl, "open", full_disk_open, raising=False)
+    with pytest.raises(DownloadError, match="disk full"):
+        store.pull(MID)
+    assert len(server.requests) == 1  # not retried like a network error
+    part = store.file_path(MID, NAME).with_name(NAME + ".part")
+    assert part.stat().st_size == 50_000
+    monkeypatch.undo()  # space freed: the next pull resumes
+    assert store.pull(MID) == "verified"
+    assert server.requests[-1][1] == "bytes=50000-"
+    assert store.file_path(MID, NAME).read_bytes() == data
+
+
+def test_body_bigger_than_the_pinned_size_is_not_downloaded(server, tmp_path):
+    data = _blob(20_000, 15)
+    store = served_store(tmp_path / "s", server, MID, {NAME: data})
+    server.files[f"/{MID}/{NAME}"] = data + b"\0" * 500_000
+    with pytest.raises(DownloadError, match="more than the 20000 bytes"):
+        store.pull(MID)
+    folder = store.root / MID
+    assert not [p for p in folder.rglob("*") if p.name.startswith(NAME)]
+    assert len(server.requests) == 1
+
+
+def test_offline_pull_keeps_a_damaged_file(server, tmp_path, monkeypatch):
+    data = _blob(30_000, 16)
+    store = served_store(tmp_path / "s", server, MID, {NAME: data})
+    store.pull(MID)
+    f = store.file_path(MID, NAME)
+    f.write_bytes(data[:-1] + b"?")
+    monkeypatch.setenv("MEND_OFFLINE", "1")
+    n = len(server.requests)
+    with pytest.raises(OfflineError, match="damaged.*kept"):
+        store.pull(MID)
+    assert len(server.requests) == n
+    assert f.read_bytes() == data[:-1] + b"?"  # the only copy here: not deleted
+    assert store.status(MID) == "corrupt"
+
+
+def test_models_dir_that_is_a_file_is_a_clear_error(server, tmp_path):
+    from engine.errors import SaveFailed
+
+    (tmp_path / "notadir").write_text("")
+    store = served_store(tmp_path / "notadir", server, MID, {NAME: _blob(1000)})
+    with pytest.raises(SaveFailed, match="not a folder"):
+        store.pull(MID)
+    assert server.requests == []
+
+
+def test_remove_a_symlinked_model_folder_removes_only_the_link(server, tmp_path):
+    data = _blob(10_000, 17)
+    store = served_store(tmp_path / "s", server, MID, {NAME: data})
+    store.pull(MID)
+    elsewhere = tmp_path / "other-disk"
+    (store.root / MID).rename(elsewhere)
+    (store.root / MID).symlink_to(elsewhere, target_is_directory=True)
+    assert store.status(MID) == "verified"
+    assert store.remove(MID) == 0
+    assert not (store.root / MID).exists() and not (store.root / MID).is_symlink()
+    assert (elsewhere / NAME).read_bytes() == data  # the target is left alone
+    assert store.status(MID) == "missing"

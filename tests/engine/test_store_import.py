@@ -113,3 +113,53 @@ def test_models_table_and_doctor(tmp_path, built):
     import json
 
     json.dumps(doc)
+
+
+def test_slot_file_is_the_last_one_imported_never_a_new_arrival(tmp_path):
+    store = ModelStore(tmp_path / "store")
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"the user's own detector")
+    store.import_path(best, "reflection-yolo")
+    slot = store.root / "reflection-yolo"
+    (slot / "0.pt").write_bytes(b"a file that appeared later")  # sorts before best.pt
+    assert store.slot_path("reflection-yolo") == slot / "best.pt"
+    other = tmp_path / "v2.pt"
+    other.write_bytes(b"a newer detector")
+    assert store.import_path(other, "reflection-yolo").imported == [("reflection-yolo", "v2.pt")]
+    assert store.slot_path("reflection-yolo") == slot / "v2.pt"  # an explicit import switches
+
+
+def test_slot_with_several_files_put_there_by_hand_is_not_guessed(tmp_path):
+    store = ModelStore(tmp_path / "store")
+    slot = store.root / "reflection-yolo"
+    slot.mkdir(parents=True)
+    (slot / "best.pt").write_bytes(b"weights")
+    assert store.slot_path("reflection-yolo") == slot / "best.pt"  # the only file: used
+    (slot / "0.pt").write_bytes(b"another")
+    assert store.slot_path("reflection-yolo") is None
+    assert store.status("reflection-yolo") == "not configured"
+
+
+@pytest.mark.parametrize(("name", "stored"), [("best:v2.pt", "best_v2.pt"),
+                                              ("run\\best.pt", "run_best.pt"),
+                                              (".hidden.pt", "hidden.pt")])
+def test_slot_file_with_an_unsafe_name_is_stored_under_a_safe_one(tmp_path, name, stored):
+    store = ModelStore(tmp_path / "store")
+    w = tmp_path / name
+    w.write_bytes(b"yolo weights")
+    rep = store.import_path(w, "reflection-yolo")
+    assert rep.imported == [("reflection-yolo", stored)]
+    assert store.slot_path("reflection-yolo") == store.root / "reflection-yolo" / stored
+    assert store.slot_path("reflection-yolo").read_bytes() == b"yolo weights"
+
+
+def test_a_folder_is_never_imported_into_a_slot(tmp_path):
+    store = ModelStore(tmp_path / "store")
+    d = tmp_path / "reflection-yolo"
+    d.mkdir()
+    (d / "best.pt").write_bytes(b"a")
+    (d / "last.pt").write_bytes(b"b")
+    for rep in (store.import_path(d, "reflection-yolo"), store.import_path(d)):
+        assert not rep.imported
+        assert "mend models import FILE --id reflection-yolo" in rep.rejected[0][1]
+    assert store.status("reflection-yolo") == "not configured"
