@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     r.add_argument("--backend", default="auto", choices=["auto", "builtin", "clip", "vlm"])
     r.add_argument("--mask", type=Path, help="reflection mask (8-bit PNG, white = remove)")
-    r.add_argument("--format", choices=["jpeg", "png", "tiff", "webp"], help="output format")
+    r.add_argument("--format", choices=["jpeg", "jpg", "png", "tiff", "tif", "webp"],
+                   help="output format")
     r.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
     r.add_argument("--bit-depth", type=int, choices=[8, 16])
     r.add_argument("--no-metadata", action="store_true",
@@ -113,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Iterable[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
+    # a file name that is not valid UTF-8 (or a "σ" on a cp1252 console) prints as an escape
+    # (\udcff, \u03c3: valid in JSON too) instead of ending the batch with an encoding error
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            pass
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # libraries' own warnings (Pillow's "Corrupt EXIF data" on a damaged file, deprecations)
@@ -178,9 +186,13 @@ def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...
     errors: list[tuple[Path, str]] = []
     rel: dict[Path, Path] = {}
     outputs: list[tuple[Path, str]] = []
+    seen: set[str] = set()  # one photo named twice (a/x.jpg, a/../a/x.jpg, a link to it)
     for p in paths:
+        # an output folder that IS the input folder is read (results next to the originals;
+        # Mend's own are recognised by their record): only one below it is left out
+        excl = tuple(e for e in exclude if not _same_dir(e, p))
         try:
-            got = iter_photos([p], recursive=recursive, exclude=exclude)
+            got = iter_photos([p], recursive=recursive, exclude=excl)
         except EngineError as e:
             errors.append((p, str(e)))
             continue
@@ -191,15 +203,53 @@ def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...
             errors.append((p, f"no photos in this folder{hint}"))
             continue
         for photo in got:
-            if photo in rel:
+            key = os.path.normcase(os.path.realpath(photo))
+            if key in seen:
                 continue
             kind = mend_output_kind(photo) if skip_outputs and p.is_dir() else None
             if kind is not None:
                 outputs.append((photo, kind))
                 continue
+            seen.add(key)
             found.append(photo)
             rel[photo] = photo.parent.relative_to(p) if p.is_dir() else Path()
+    # a result skipped in a folder but also named on its own is restored, not both
+    outputs = [(o, k) for o, k in outputs if os.path.normcase(os.path.realpath(o)) not in seen]
     return found, errors, rel, outputs
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.is_dir() and b.is_dir() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _unread_output_folder(out_dir: Path | None, paths: list[Path], recursive: bool,
+                          as_json: bool) -> None:
+    """Say so when the output folder lies inside an input folder read with ``-r`` (so it was
+    left out) and holds photos that are not Mend's own results: they were not restored."""
+    from .imageio import iter_photos, mend_output_kind
+
+    if out_dir is None or not recursive or not out_dir.is_dir():
+        return
+    inside = False
+    for p in paths:
+        if p.is_dir() and not _same_dir(out_dir, p):
+            try:
+                inside = inside or out_dir.resolve().is_relative_to(p.resolve())
+            except OSError:
+                continue
+    if not inside:
+        return
+    try:
+        n = sum(1 for f in iter_photos([out_dir], recursive=True) if mend_output_kind(f) is None)
+    except EngineError:
+        return
+    if n:
+        _emit({"path": str(out_dir), "skipped": "output folder", "photos": n}, as_json,
+              f"{out_dir}: note: the output folder is not read as input; {n} photo(s) in it "
+              "that are not Mend results were not restored (use another -o for them)")
 
 
 def _skipped_line(path: Path, kind: str, as_json: bool) -> None:
@@ -209,7 +259,9 @@ def _skipped_line(path: Path, kind: str, as_json: bool) -> None:
 
 
 def _error_line(path: Path, message: str, as_json: bool) -> None:
-    _emit({"path": str(path), "error": message}, as_json, f"{path}: error: {message}")
+    # (the human line names the file once; the JSON "error" keeps the full message)
+    _emit({"path": str(path), "error": message}, as_json,
+          f"{path}: error: {message.removeprefix(f'{path}: ')}")
 
 
 def _per_input(exc: BaseException, path: Path, args: argparse.Namespace) -> str:
@@ -304,6 +356,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         _error_line(path, msg, args.json)
     for path, kind in outputs:
         _skipped_line(path, kind, args.json)
+    _unread_output_folder(out_dir, args.paths, args.recursive, args.json)
     engine = Engine(args.device, tile_size=args.tile)
     options = OutputOptions(out_dir=out_dir, format=args.format, quality=args.quality,
                             bit_depth=args.bit_depth, keep_metadata=not args.no_metadata)
@@ -360,6 +413,7 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
         _error_line(path, msg, args.json)
     for path, kind in outputs:
         _skipped_line(path, kind, args.json)
+    _unread_output_folder(args.output, args.paths, args.recursive, args.json)
     engine = Engine(args.device, tile_size=args.tile)
     options = OutputOptions(out_dir=args.output)
     said = _Warnings()

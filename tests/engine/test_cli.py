@@ -466,8 +466,58 @@ def test_a_damaged_file_gives_one_error_line_and_no_library_warnings(tmp_path):
     r = mend("classify", str(bad), "--backend", "builtin")
     assert r.returncode == 1
     assert r.stdout.strip().splitlines() == [
-        (f"{bad}: error: {bad}: not a photo format Mend can read "
+        (f"{bad}: error: not a photo format Mend can read "
          "(the content is not a known image type)")], r.stdout
     assert r.stderr == "", r.stderr
     dbg = mend("--debug", "classify", str(bad), "--backend", "builtin")
     assert dbg.returncode == 1 and "Corrupt EXIF data" in dbg.stderr
+
+
+def test_output_folder_equal_to_or_inside_the_input(tmp_path):
+    shoot = tmp_path / "shoot"
+    _tiny_photos(shoot, ["a.png", "b.png", "2024/c.png"])
+    args = ("--plan", "A", "--profile", "builtin", "--no-guard", "--json")
+    # results next to the originals: the originals are read, Mend's results are not (2nd run)
+    for run in range(2):
+        r = mend("restore", str(shoot), "-o", str(shoot), *args)
+        assert r.returncode == 0, r.stderr
+        got = lines(r.stdout)
+        assert sorted(Path(o["path"]).name for o in got if "output" in o) == ["a.png", "b.png"]
+        assert len([o for o in got if "skipped" in o]) == 2 * run
+    # -o below the input with -r: that folder is left out, and its own photos are announced
+    r = mend("restore", str(shoot), "-r", "-o", str(shoot / "2024"), *args)
+    assert r.returncode == 0, r.stderr
+    got = lines(r.stdout)
+    note = [o for o in got if o.get("skipped") == "output folder"]
+    assert note == [{"path": str(shoot / "2024"), "skipped": "output folder", "photos": 1}]
+    assert not any(o["path"] == str(shoot / "2024" / "c.png") for o in got)
+
+
+def test_one_photo_named_twice_is_restored_once(tmp_path):
+    _tiny_photos(tmp_path / "d", ["a.png"])
+    (tmp_path / "link.png").symlink_to(tmp_path / "d" / "a.png")
+    r = mend("restore", str(tmp_path / "d" / "a.png"), str(tmp_path / "d" / ".." / "d" / "a.png"),
+             str(tmp_path / "d"), str(tmp_path / "link.png"), "-o", str(tmp_path / "o"),
+             "--plan", "D", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [Path(o["output"]).name for o in lines(r.stdout)] == ["a_mend.png"]
+
+
+def test_names_that_are_not_utf8_and_errors_print_cleanly(tmp_path):
+    """A file name with invalid UTF-8 bytes on a strict UTF-8 console: no traceback, valid
+    JSON, the batch goes on; an error names its file once."""
+    _tiny_photos(tmp_path / "u", ["ok.png"])
+    bad = os.fsdecode(b"bad\xff\xfename.png")
+    (tmp_path / "u" / "ok.png").rename(tmp_path / "u" / bad)
+    _tiny_photos(tmp_path / "u", ["z.png"])
+    (tmp_path / "u" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    env = {"PYTHONIOENCODING": "utf-8:strict"}
+    r = mend("classify", str(tmp_path / "u"), "--backend", "builtin", "--json", env=env)
+    assert "Traceback" not in r.stderr and r.returncode == 1, r.stderr
+    out = lines(r.stdout)
+    assert [Path(o["path"]).name for o in out] == ["bad\udcff\udcfename.png", "broken.png",
+                                                   "z.png"]
+    assert os.path.exists(out[0]["path"]) and out[0]["label"] in "ABCD"
+    r = mend("classify", str(tmp_path / "u"), "--backend", "builtin", env=env)
+    assert "Traceback" not in r.stderr and "bad\\udcff\\udcfename.png: " in r.stdout
+    assert f"broken.png: error: {tmp_path}" not in r.stdout
