@@ -218,3 +218,31 @@ def test_blockiness_is_not_judged_on_too_few_blocks():
     big = rng.uniform(0.3, 0.6, (256, 256, 3)).astype(np.float32)
     big[:, 7::8] += 0.2
     assert blockiness(np.clip(big, 0, 1)) > 1.2  # enough borders: measured
+
+
+def test_detail_a_deblur_brings_back_is_not_taken_for_noise(shared_images):
+    """A clean-processed photo (no grain left) shaken by a 9-21 px line: its sharp original,
+    as a result, must pass. The detail it regains read as noise to the whole-image estimator
+    alone (hopper: 0.6 -> 3.9); the least-textured blocks show no grain added (0.2 -> 0.5)."""
+    from engine.imageio import load_photo
+    from engine.understand.synthetic import motion_kernel
+
+    sharp = load_photo(shared_images / "clean" / "Pillow__Tests__images__hopper.jpg").pixels
+    for length in (9, 21):
+        blur = cv2.filter2D(sharp, -1, motion_kernel(length, 30.0).astype(np.float32),
+                            borderType=cv2.BORDER_REFLECT)
+        v = check(blur, sharp)
+        assert v.ok, (length, v.reason, v.metrics)
+        assert v.metrics["noise_after"] > 2.5 * v.metrics["noise_before"] + 1.25  # (the old rule)
+
+
+def test_a_posterised_result_is_rejected_and_heavy_denoising_is_not(shared_images):
+    from engine.imageio import load_photo
+
+    img = load_photo(shared_images / "clean" / "scikit-image__skimage__data__astronaut.png").pixels
+    v = check(img, np.round(img * 3) / 3)  # 4 levels per channel
+    assert not v.ok and "banding" in v.reason, v
+    noisy = load_photo(shared_images / "lowres_noise_jpeg" / "NAFNet__demo__noisy.png").pixels
+    v = check(noisy, nlm_denoise(noisy, 25.0))
+    assert v.metrics["tones_after"] < 0.6 * v.metrics["tones_before"]  # fewer tones, rightly
+    assert "banding" not in v.reason, v.reason
