@@ -12,7 +12,7 @@ import numpy as np
 from . import __version__
 from .api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan, StepRecord
 from .devices import DeviceInfo, configure_torch, select_device
-from .errors import EngineError, UsageError
+from .errors import EngineError, OutOfMemory, UsageError
 from .estimate import (
     CostHistory,
     Estimate,
@@ -151,8 +151,32 @@ class Engine:
             from .imageio import output_path_for
 
             output = output_path_for(photo.path, request.output, source_format=photo.format)
+        estimate = self.estimate(plan, (photo.height, photo.width))
+        try:
+            self._check_memory(estimate, photo, warnings)
+        except OutOfMemory as e:  # a dry run reports what the run would refuse
+            warnings.append(f"the run would stop: {e}")
         return Prepared(Path(request.path), (photo.height, photo.width), diagnosis, plan,
-                        tuple(warnings), self.estimate(plan, (photo.height, photo.width)), output)
+                        tuple(warnings), estimate, output)
+
+    def _check_memory(self, estimate: Estimate, photo: Photo, warnings: list[str]) -> None:
+        """Refuse a plan whose estimated peak memory exceeds this machine's RAM (it would
+        swap for hours or be killed); warn when it exceeds what is free right now."""
+        from .devices import available_memory, system_memory
+        from .estimate import format_bytes
+
+        if estimate.nothing_to_run:  # (the photo is already in memory; nothing more is needed)
+            return
+        need, total = estimate.peak_bytes, system_memory()
+        what = (f"this plan needs about {format_bytes(need)} of memory for this "
+                f"{photo.width * photo.height / 1e6:.0f}-megapixel photo")
+        if need > total:
+            raise OutOfMemory(f"{what}, more than this machine's {format_bytes(total)}: fix a "
+                              "crop of it, or leave out or lower the upscaling step")
+        free = available_memory()
+        if need > free:
+            warnings.append(f"{what}, more than the {format_bytes(free)} free now: it may be "
+                            "slow (swapping) or fail; close other programs first")
 
     def missing_models(self, plan: Plan) -> list[str]:
         """Models the plan's enabled steps need that are not installed (models a step can do
@@ -210,6 +234,7 @@ class Engine:
         warnings += notes
         label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
+        self._check_memory(self.estimate(plan, (photo.height, photo.width)), photo, warnings)
 
         mask = None
         if request.mask_path is not None:

@@ -310,3 +310,28 @@ def _xmp_pnginfo(xmp: bytes):
     info = PngImagePlugin.PngInfo()
     info.add_itxt("XML:com.adobe.xmp", xmp.decode())
     return info
+
+
+def test_a_plan_needing_more_memory_than_the_machine_has_is_refused_before_it_runs(
+        tmp_path, monkeypatch):
+    import engine.devices as dev
+    from engine.errors import OutOfMemory
+
+    src = _photo(tmp_path / "in.png")
+    engine = Engine("cpu")
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path / "o"), label=Degradation.A,
+                     profile="builtin", guard=False)
+    need = engine.prepare(req).estimate.peak_bytes
+    monkeypatch.setattr(dev, "system_memory", lambda: need - 1)
+    monkeypatch.setattr(dev, "available_memory", lambda: need - 1)
+    with pytest.raises(OutOfMemory, match="needs about .* more than this machine's"):
+        engine.run(req)
+    assert not (tmp_path / "o").exists()
+    assert any(w.startswith("the run would stop: this plan needs about")
+               for w in engine.prepare(req).warnings)
+    # nothing to run needs nothing more; enough RAM but not that much free: a warning
+    d = engine.run(JobRequest(src, OutputOptions(out_dir=tmp_path / "d"), label=Degradation.D))
+    assert d.output.is_file()
+    monkeypatch.setattr(dev, "system_memory", lambda: need * 10)
+    res = engine.run(req)
+    assert res.output.is_file() and any("free now" in w for w in res.warnings), res.warnings
