@@ -1042,6 +1042,12 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         with _open_image(p, max_pixels_default()) as im:
             w, h = im.size
             orientation = _source_orientation(im, im.format, _raw_exif(im), _xmp_of(im))
+            if im.format == "TIFF" and orientation in (5, 6, 7, 8):
+                # Pillow >= 13 reports a TIFF's size already turned upright (it applies the
+                # orientation on load); older versions report it as stored
+                stored = (im.tag_v2.get(256), im.tag_v2.get(257))
+                if stored == (h, w) and h != w:
+                    orientation = 1
         return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
     except EngineError:
         raise

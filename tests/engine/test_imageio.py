@@ -709,3 +709,13 @@ def test_a_source_named_near_the_length_limit_still_gets_a_result_name(tmp_path)
         ph = mio.load_photo(src)
         out = mio.save_photo(ph.pixels, dest, like=ph)
         assert out == dest and out.exists()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_header_size_of_an_oriented_tiff_matches_the_loaded_photo(tmp_path, orientation):
+    """Pillow 13 reports an oriented TIFF's size already upright; it must not be turned twice
+    (the app's cost estimate reads this size)."""
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    Image.fromarray(np.zeros((40, 100, 3), np.uint8)).save(tmp_path / "o.tif", exif=ex.tobytes())
+    assert mio.image_size(tmp_path / "o.tif") == mio.load_photo(tmp_path / "o.tif").pixels.shape[:2]
