@@ -732,7 +732,17 @@ def _pixels_of(im, p: Path, info: dict[str, Any]):
     if mode == "F":
         a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
         peak = float(a.max()) if a.size else 1.0
-        scale = 1.0 if peak <= 1.0 + 1e-3 else (max(255.0, peak))
+        # 0..1 data as it is; a little above 1 is HDR highlights over a 0..1 scale (clipped,
+        # said), not 0..255 data; larger peaks are the 8- or 16-bit integer scales
+        if peak <= 1.0 + 1e-3:
+            scale = 1.0
+        elif peak <= 16.0:
+            scale = 1.0
+            info.setdefault("warnings", []).append(
+                f"float values up to {peak:.2f} (HDR highlights above white) were clipped to "
+                "white")
+        else:
+            scale = 255.0 if peak <= 255.0 + 1e-3 else max(65535.0, peak)
         a = np.clip(a / scale, 0.0, 1.0)
         info["source_sample_format"] = "float"
         return np.repeat(a[..., None], 3, axis=2), 1.0, None, 1.0, 16

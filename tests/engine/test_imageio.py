@@ -719,3 +719,17 @@ def test_header_size_of_an_oriented_tiff_matches_the_loaded_photo(tmp_path, orie
     ex[0x0112] = orientation
     Image.fromarray(np.zeros((40, 100, 3), np.uint8)).save(tmp_path / "o.tif", exif=ex.tobytes())
     assert mio.image_size(tmp_path / "o.tif") == mio.load_photo(tmp_path / "o.tif").pixels.shape[:2]
+
+
+@pytest.mark.parametrize(("peak", "expected"), [(1.0, 1.0), (1.5, 1.0), (200.0, 200 / 255),
+                                                (50000.0, 50000 / 65535)])
+def test_grey_float_tiffs_are_read_on_their_own_scale(tmp_path, peak, expected):
+    """0..1 data as it is; HDR highlights a little over 1 are clipped (and said), not taken
+    for 0..255 data (which turned the whole photo almost black)."""
+    a = np.linspace(0, peak, 64, dtype=np.float32)[None, :].repeat(8, 0)
+    Image.fromarray(a, "F").save(tmp_path / "f.tif")
+    ph = mio.load_photo(tmp_path / "f.tif")
+    assert ph.pixels.max() == pytest.approx(min(1.0, expected), abs=1e-3)
+    if 1.0 < peak <= 16.0:
+        assert ph.pixels[0, 32, 0] == pytest.approx(min(1.0, 32 / 63 * peak), abs=1e-3)
+        assert any("clipped" in w for w in ph.info["warnings"])
