@@ -255,7 +255,8 @@ class Engine:
 
             # inpainted regions are meant to change: fidelity is judged outside the mask
             verdict = check(source, image,
-                            mask=ctx.mask if label is Degradation.B else None)
+                            mask=ctx.mask if label is Degradation.B else None,
+                            cancel_check=progress.check)
             if not verdict.ok:
                 warnings.append(f"kept the original: the result looked worse ({verdict.reason})")
                 image = photo.pixels

@@ -246,3 +246,21 @@ def test_a_posterised_result_is_rejected_and_heavy_denoising_is_not(shared_image
     v = check(noisy, nlm_denoise(noisy, 25.0))
     assert v.metrics["tones_after"] < 0.6 * v.metrics["tones_before"]  # fewer tones, rightly
     assert "banding" not in v.reason, v.reason
+
+
+def test_a_cancel_stops_the_guard_between_its_measurements():
+    from engine.errors import Cancelled
+
+    img = _photo()
+    calls = []
+
+    def cancel_check():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        check(img, img * 0.98, cancel_check=cancel_check)
+    ticks = []
+    assert check(img, img * 0.98, cancel_check=lambda: ticks.append(1)).ok
+    assert len(ticks) >= 8  # a check every measurement: a 12 MP photo stops within ~1 s
