@@ -1606,6 +1606,28 @@ def _pil_save(im, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
+JPEG_XMP_MAX = 65000  # bytes of XMP one JPEG APP1 segment holds (65502 less some margin)
+# what makes an XMP packet large without describing the photo: Photoshop's list of every
+# placed document, the edit history, Camera Raw's settings (elements and attributes) and
+# embedded thumbnails
+_XMP_BULK_ELEMENTS = re.compile(
+    r"<(photoshop:DocumentAncestors|xmpMM:History|xmp:Thumbnails|crs:[A-Za-z0-9]+)\b[^>]*?"
+    r"(?:/>|>.*?</\1\s*>)", re.DOTALL)
+_XMP_BULK_ATTRS = re.compile(r'\s+crs:[A-Za-z0-9]+="[^"]*"')
+
+
+def slim_xmp(xmp: bytes) -> bytes:
+    """``xmp`` without its editing history (see ``_XMP_BULK_ELEMENTS``); keywords, rating,
+    title, creator, rights and Mend's record stay."""
+    try:
+        text = xmp.decode("utf-8")
+    except UnicodeDecodeError:
+        return xmp
+    text = _XMP_BULK_ELEMENTS.sub("", text)
+    text = _XMP_BULK_ATTRS.sub("", text)
+    return text.encode("utf-8")
+
+
 def _encode_jpeg(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     Image = _pil()
     im = Image.fromarray(rgb, "RGB")
@@ -1620,7 +1642,15 @@ def _encode_jpeg(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     if meta.comment:
         kw["comment"] = meta.comment
     xmp = meta.xmp
-    if xmp and len(xmp) > 65000:  # one APP1 segment; keep the record, drop the source XMP
+    if xmp and len(xmp) > JPEG_XMP_MAX:  # one APP1 segment: first drop the bulky history
+        slim = slim_xmp(xmp)
+        if len(slim) <= JPEG_XMP_MAX:
+            meta.notes.append(f"the photo's XMP ({len(xmp) // 1024} KB) is too large for a "
+                              "JPEG: its editing history (document ancestors, history, "
+                              "Camera Raw settings, thumbnails) was left out; keywords, rating "
+                              "and the rest were kept")
+            xmp = slim
+    if xmp and len(xmp) > JPEG_XMP_MAX:  # keep the record, drop the source XMP
         log.warning("source XMP too large for a JPEG segment: dropped")
         meta.notes.append(f"the photo's XMP ({len(xmp) // 1024} KB: keywords, ratings...) is "
                           "too large for a JPEG and was not copied (choose PNG, TIFF or WebP "

@@ -733,3 +733,26 @@ def test_grey_float_tiffs_are_read_on_their_own_scale(tmp_path, peak, expected):
     if 1.0 < peak <= 16.0:
         assert ph.pixels[0, 32, 0] == pytest.approx(min(1.0, 32 / 63 * peak), abs=1e-3)
         assert any("clipped" in w for w in ph.info["warnings"])
+
+
+def test_a_large_xmp_keeps_keywords_and_rating_in_a_jpeg(tmp_path):
+    """A Photoshop TIFF's XMP is often over the 64 KB a JPEG segment holds, mostly its list of
+    document ancestors: that goes, the keywords and rating stay (with a note)."""
+    ancestors = "".join(f"<rdf:li>xmp.did:{i:032x}</rdf:li>" for i in range(3000))
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+           '22-rdf-syntax-ns#"><rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap'
+           '/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:photoshop="http://ns.adobe'
+           '.com/photoshop/1.0/" xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/" '
+           'xmp:Rating="5" crs:Exposure2012="+0.50"><dc:subject><rdf:Bag><rdf:li>harbour</rdf:li>'
+           '</rdf:Bag></dc:subject><photoshop:DocumentAncestors><rdf:Bag>' + ancestors +
+           '</rdf:Bag></photoshop:DocumentAncestors></rdf:Description></rdf:RDF></x:xmpmeta>')
+    assert len(xmp) > 100_000
+    src = mio.Photo(path=tmp_path / "src.tif", pixels=_rgb(), xmp=xmp.encode(), format="TIFF")
+    notes: list[str] = []
+    out = mio.save_photo(_rgb(), tmp_path / "o.jpg", like=src, record={"software": "Mend x"},
+                         notes=notes)
+    back = mio.load_photo(out).xmp.decode()
+    assert 'xmp:Rating="5"' in back and "<rdf:li>harbour</rdf:li>" in back
+    assert "DocumentAncestors" not in back and "crs:Exposure2012" not in back
+    assert mio.read_record(out) == {"software": "Mend x"}
+    assert any("editing history" in n for n in notes), notes
