@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__
 from .api import Degradation, JobRequest, OutputOptions
-from .errors import EngineError, UsageError
+from .errors import DeviceUnavailable, EngineError, UsageError
 
 log = logging.getLogger("mend")
 
@@ -138,8 +138,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                "doctor": cmd_doctor}[args.command]
     try:
         return handler(args)
-    except UsageError as e:
-        _fail(e, args)
+    except (UsageError, DeviceUnavailable) as e:  # (--device cuda with no CUDA GPU: the
+        _fail(e, args)                             # command line asks for what is not there)
         return EXIT_USAGE
     except EngineError as e:
         _fail(e, args)

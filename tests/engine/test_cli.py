@@ -83,6 +83,8 @@ def test_usage_errors_exit_2_without_traceback(tmp_path):
         r = mend(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr and "usage" in r.stderr.lower()
+    r = mend("classify", "x.jpg", "--device", "mps")  # asked for what this machine lacks
+    assert r.returncode == 2 and "MPS" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = mend("restore", "x.jpg", "-o", str(tmp_path), "--tile", "0")  # a model call per pixel
     assert r.returncode == 2 and "--tile must be between 64 and 8192" in r.stderr, r.stderr
 
