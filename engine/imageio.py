@@ -1434,6 +1434,10 @@ def output_path_for(src: str | os.PathLike[str], options: OutputOptions | None =
     else the one ``src``'s extension implies."""
     options = options or OutputOptions()
     src = Path(src)
+    if any(c in options.suffix for c in "/\\\0") or (os.altsep and os.altsep in options.suffix):
+        # ("_mend/../../x" would write outside the output folder)
+        raise SaveFailed(f"the name suffix {options.suffix!r} may not contain a folder "
+                         "separator")
     fmt = _norm_format(options.format) or _default_format(src.suffix, source_format)
     folder = Path(options.out_dir) if options.out_dir else src.parent
     tail = f"{options.suffix}{_OUT_FORMATS[fmt][0]}"

@@ -144,8 +144,9 @@ class _Worker(QObject):
         try:
             ticket.token.check()
             engine = self.engine()
+            # a handler that returned has finished (a result may be on disk): a cancel that
+            # came too late does not turn it into a cancelled job
             result = _HANDLERS[ticket.kind](engine, ticket.payload, progress)
-            ticket.token.check()
         except BaseException as e:
             if not isinstance(e, Exception):
                 raise
@@ -295,6 +296,7 @@ class EngineClient(QObject):
     progress = Signal(object)  # JobProgress
     finished = Signal(int, object)  # job id, DiagnoseOutcome | JobResult | np.ndarray | any
     failed = Signal(int, str)  # job id, readable message ("Cancelled." when cancelled)
+    resubmitted = Signal(int, int)  # old job id, the new job id of its retry
     job_changed = Signal(object)  # JobInfo
     queue_changed = Signal()
     overall_progress = Signal(float, object)  # fraction of the current batch, eta seconds | None
@@ -448,7 +450,9 @@ class EngineClient(QObject):
         job = self._jobs.get(job_id)
         if job is None or not job.info.state.finished or job.info.state is JobState.DONE:
             return None
-        return self._add(job.info.kind, job.info.path, job.payload, job.info.title)
+        new_id = self._add(job.info.kind, job.info.path, job.payload, job.info.title)
+        self.resubmitted.emit(job_id, new_id)
+        return new_id
 
     def move(self, job_id: int, delta: int) -> None:
         """Move a queued job ``delta`` places (negative: earlier)."""

@@ -67,6 +67,7 @@ class PhotoState:
     size: tuple[int, int] | None = None  # (height, width), known once diagnosed
     record: dict | None = None  # the Mend record in the file itself (a result Mend wrote)
     record_read: bool = False
+    mask_doc: Any = None  # the mask as edited in the editor (kept while the folder is open)
 
 
 class MainWindow(QMainWindow):
@@ -97,11 +98,15 @@ class MainWindow(QMainWindow):
         self.sidecars: SidecarStore | None = None
         self.folder_loading = False  # a folder's listing is on its way (open_folder)
         self._job_path: dict[int, Path] = {}
+        self._other_stores: dict[Path, SidecarStore] = {}  # folders of jobs from other folders
+        self._mask_doc_path: Path | None = None  # the photo self.mask_doc belongs to
         self._sam_include: dict[int, bool] = {}
         self._view: ViewImages | None = None
         self._view_token = 0
         self.device: Any = None
         self.bg = Background(self.client.run_in_pool, self)
+        self.client.resubmitted.connect(weak_slot(self, lambda w, old, new: w._on_resubmitted(
+            old, new)))
 
         # thumbnails get a pool of their own: a folder switch drops the queued ones, and that must
         # never drop the window's other pool work (sidecar and mask saves, exports, viewer
@@ -414,6 +419,12 @@ class MainWindow(QMainWindow):
             return
         self.leave_mask_editor()
         self.show_browser()
+        self.canvas.set_document(None)
+        docs = {id(d): d for d in [self.mask_doc, *(st.mask_doc for st in self.states.values())]
+                if d is not None}
+        self.mask_doc, self._mask_doc_path = None, None
+        for d in docs.values():  # the old folder's mask documents
+            d.deleteLater()
         self.states.clear()
         self.current = None
         self._view = None
@@ -795,17 +806,41 @@ class MainWindow(QMainWindow):
                 self.panel.set_plan(result)
         elif result is not None and hasattr(result, "shape"):  # SAM mask
             include = self._sam_include.pop(job_id, True)
-            if self.mask_doc is not None and path == self.current:
-                self.mask_doc.set_mask(result, "Click-select" if include else "Click-deselect",
-                                       combine="add" if include else "subtract")
+            doc = self._current_mask_doc()
+            if doc is not None and path == self.current:
+                doc.set_mask(result, "Click-select" if include else "Click-deselect",
+                             combine="add" if include else "subtract")
                 self.set_status("")
+
+    def _store_for(self, path: Path) -> SidecarStore:
+        """The sidecar store of the photo's own folder: a job that finishes after another folder
+        was opened (or one resumed after a crash) is recorded beside its photo, never in the
+        open folder under the same name."""
+        folder = Path(path).parent
+        if self.sidecars is not None and self.sidecars.folder == folder:
+            return self.sidecars
+        store = self._other_stores.get(folder)
+        if store is None:
+            store = self._other_stores[folder] = SidecarStore(
+                folder, data_dir(), beside_photos=self._sidecars_beside)
+        return store
 
     def _save_sidecar(self, path: Path, **changes: Any) -> None:
         """Sidecar writes (fsync'd) go to the pool, never the GUI thread."""
-        store = self.sidecars
+        store = self._store_for(path)
         if store is not None:
             self.bg.run(lambda: store.update(path, **changes), lambda _sc: None,
                         lambda m: self.set_status(f"Could not save the sidecar: {m}"))
+
+    def _on_resubmitted(self, old_id: int, new_id: int) -> None:
+        """A job retried from the queue panel: its result is this photo's, like the first's."""
+        info = self.client.job(new_id)
+        path = self._job_path.pop(old_id, None) or (info.path if info is not None else None)
+        if path is None:
+            return
+        self._job_path[new_id] = Path(path)
+        if info is not None and info.kind is JobKind.RUN:
+            self.model.update_item(Path(path), job_state=JobState.QUEUED, error="")
 
     def _on_failed(self, job_id: int, message: str) -> None:
         path = self._job_path.pop(job_id, None)
@@ -899,8 +934,17 @@ class MainWindow(QMainWindow):
         if v is None or self.current is None:
             return
         h, w = v.before_rgb.shape[:2]
-        doc = MaskDocument(h, w, parent=self)
         st = self._state(self.current)
+        kept = st.mask_doc
+        prev, prev_path = self.mask_doc, self._mask_doc_path
+        if not readonly and kept is not None and kept.full.shape == (h, w):
+            # edits made earlier survive leaving the editor, another photo, or a fix of this
+            # one finishing meanwhile (whose mask would otherwise replace them)
+            self.mask_doc, self._mask_doc_path = kept, self.current
+            self.canvas.set_document(kept)
+            self._release_unedited(prev, prev_path)
+            return
+        doc = MaskDocument(h, w, parent=self)
         arr = v.mask  # read in the pool with the photo
         if arr is None and st.result is not None:
             arr = st.result.artifacts.get("mask")
@@ -917,8 +961,22 @@ class MainWindow(QMainWindow):
                 "Applying the mask edit at full resolution…" if b else "")))
         doc.failed.connect(self.set_status)
         doc.set_style(opacity=self.opacity_slider.value() / 100)
+        if not readonly:
+            st.mask_doc = doc
         self.mask_doc = None if readonly else doc
+        self._mask_doc_path = None if readonly else self.current
         self.canvas.set_document(doc)
+        self._release_unedited(prev, prev_path)
+
+    def _release_unedited(self, doc: MaskDocument | None, path: Path | None) -> None:
+        """Forget another photo's mask document that holds no edit (it is rebuilt from disk
+        when needed): only edited masks are kept in memory."""
+        if doc is None or path is None or doc is self.mask_doc or doc.undo.count():
+            return
+        st = self.states.get(path)
+        if st is not None and st.mask_doc is doc:
+            st.mask_doc = None
+        doc.deleteLater()
 
     def set_tool(self, tool: str) -> None:
         if tool != "pan" and self.mask_doc is None:
@@ -948,9 +1006,9 @@ class MainWindow(QMainWindow):
 
     def save_mask(self, dest: Path, on_done=None) -> None:
         """Write the mask PNG in the pool (a 24 MP PNG takes a while)."""
-        if self.mask_doc is None:
+        doc = self._current_mask_doc()
+        if doc is None:
             return
-        doc = self.mask_doc
 
         def write_when_final() -> None:  # after any grow/feather still computing
             data = doc.full.copy()
@@ -988,12 +1046,22 @@ class MainWindow(QMainWindow):
         self.bg.run(lambda: read_mask(path, shape),
                     lambda m: doc.set_mask(m, f"Load {path.name}"), self.set_status)
 
+    def _current_mask_doc(self) -> MaskDocument | None:
+        """The mask being edited, if it is the current photo's (just after a switch it is still
+        the previous photo's until the new one has loaded)."""
+        if self.mask_doc is None or self.current is None or self._mask_doc_path != self.current:
+            return None
+        return self.mask_doc
+
     def inpaint_again(self) -> int | None:
         """Save the edited mask beside the photo's sidecar and re-run chain B with it."""
         path = self.current
         if path is None or self.mask_doc is None or self.sidecars is None:
             return None
-        dest = self.sidecars.mask_path_for(path)
+        if self._current_mask_doc() is None:
+            self.set_status(f"{path.name} is still loading: its mask is not there yet")
+            return None
+        dest = self._store_for(path).mask_path_for(path)
         st = self._state(path)
         st.mask_path = dest
         self._save_sidecar(path, mask=str(dest))

@@ -55,16 +55,30 @@ class AppSettings:
                              keep_metadata=bool(self.keep_metadata), suffix=self.suffix or "_mend")
 
     def apply_environment(self) -> None:
-        """Settings the engine reads from the environment (threads, offline mode, precision)."""
-        if self.threads > 0:
-            os.environ["MEND_THREADS"] = str(self.threads)
-        if self.offline:
-            os.environ["MEND_OFFLINE"] = "1"
-            os.environ["HF_HUB_OFFLINE"] = "1"
-        elif os.environ.get("MEND_OFFLINE") == "1" and "MEND_OFFLINE_FROM_UI" in os.environ:
-            os.environ.pop("MEND_OFFLINE", None)
-        if self.precision != "auto":
-            os.environ["MEND_PRECISION"] = self.precision
+        """Settings the engine reads from the environment (threads, offline mode, precision).
+        Turning one back to automatic / off restores what the environment held before the app
+        set it (so unticking offline mode works without a restart)."""
+        _set_env("MEND_THREADS", str(self.threads) if self.threads > 0 else None)
+        _set_env("MEND_OFFLINE", "1" if self.offline else None)
+        _set_env("HF_HUB_OFFLINE", "1" if self.offline else None)
+        _set_env("MEND_PRECISION", self.precision if self.precision != "auto" else None)
+
+
+# environment variables the app has set, with the value each had before (None: unset)
+_ENV_BEFORE: dict[str, str | None] = {}
+
+
+def _set_env(name: str, value: str | None) -> None:
+    if name not in _ENV_BEFORE:
+        if value is None:
+            return  # never set by the app: leave the user's environment alone
+        _ENV_BEFORE[name] = os.environ.get(name)
+    if value is None:
+        value = _ENV_BEFORE[name]
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def qsettings() -> QSettings:

@@ -80,11 +80,12 @@ class SidecarStore:
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("ignoring unreadable sidecar %s: %s", p, e)
             return None
-        try:  # the photo changed since: the diagnosis no longer applies
+        try:  # the photo changed since (re-imported under the same name, edited elsewhere):
+            # its diagnosis, plan, edited mask and results belonged to the old one
             st = Path(photo).stat()
             if sc.source_size is not None and (st.st_size != sc.source_size
                                                or st.st_mtime_ns != sc.source_mtime_ns):
-                sc.diagnosis, sc.plan = None, None
+                sc.diagnosis, sc.plan, sc.mask, sc.outputs, sc.warnings = None, None, None, [], []
         except OSError:
             pass
         return sc

@@ -6,9 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PySide6.QtCore import Qt
 
-from engine.api import Degradation, Diagnosis, Plan, Step
+from engine.api import Degradation, Diagnosis, OutputOptions, Plan, Step
 from ui.dialogs.models import ModelManagerDialog, human_size
 from ui.engine_client import EngineClient
 from ui.settings import AppSettings, load_settings, qsettings, save_settings
@@ -116,10 +117,12 @@ def test_sidecar_beside_photos_or_in_user_data_when_read_only(tmp_path):
     store.update(p, diagnosis=diag, plan=plan, outputs=["/o/a_mend.jpg"])
     sc = SidecarStore(photos, tmp_path / "data").load(p)
     assert sc.diagnosis == diag and sc.plan == plan and sc.outputs == ["/o/a_mend.jpg"]
-    # the photo changed: its old diagnosis no longer applies
+    # the photo changed (a card re-imported under the same name, an edit elsewhere): its old
+    # diagnosis, mask and results belonged to the old photo (the result files stay on disk)
+    store.update(p, mask="/m/a.mask.png")
     p.write_bytes(b"12345")
     sc = store.load(p)
-    assert sc.diagnosis is None and sc.outputs == ["/o/a_mend.jpg"]
+    assert sc.diagnosis is None and sc.outputs == [] and sc.mask is None
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "b.jpg").write_bytes(b"1")
@@ -228,3 +231,28 @@ def test_a_mend_record_reads_as_one_line_for_the_photographer():
                     "Fixing it again applies the chain twice.")
     assert describe_record({"software": "Mend 0.2", "label": "?"}).startswith(
         "A result written by Mend 0.2: no steps recorded")
+
+
+def test_unticking_offline_mode_turns_it_off_without_a_restart(monkeypatch):
+    from engine.models.download import offline_mode
+    from ui import settings as ui_settings
+
+    monkeypatch.setattr(ui_settings, "_ENV_BEFORE", {})  # what the app set: this test's own
+    for k in ("MEND_OFFLINE", "HF_HUB_OFFLINE", "MEND_PRECISION", "MEND_THREADS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MEND_THREADS", "3")  # the user's own environment
+    AppSettings(offline=True, precision="fp16", threads=1).apply_environment()
+    assert offline_mode() and os.environ["MEND_PRECISION"] == "fp16"
+    assert os.environ["MEND_THREADS"] == "1"
+    AppSettings(offline=False, precision="auto", threads=0).apply_environment()
+    assert not offline_mode() and "HF_HUB_OFFLINE" not in os.environ
+    assert "MEND_PRECISION" not in os.environ and os.environ["MEND_THREADS"] == "3"
+
+
+def test_a_name_suffix_with_a_folder_separator_is_refused(tmp_path):
+    from engine.errors import SaveFailed
+    from engine.imageio import output_path_for
+
+    for bad in ("/../../escaped", "_a\\b"):
+        with pytest.raises(SaveFailed, match="may not contain a folder separator"):
+            output_path_for(tmp_path / "a.jpg", OutputOptions(out_dir=tmp_path, suffix=bad))

@@ -216,3 +216,24 @@ def test_shutdown_runs_the_pool_work_still_queued(qtbot, tmp_path):
     threading.Timer(0.3, gate.set).start()
     c.shutdown()
     assert out.read_text() == "kept"
+
+
+def test_a_job_whose_engine_call_returned_is_done_even_if_cancelled_meanwhile(qtbot, client):
+    """The engine finishes a job once it is saving (its file is on disk): a cancel arriving
+    then must not report the job as cancelled (the app would forget the result)."""
+    eng = client.fake
+    saving = threading.Event()
+    real_run = eng.run
+
+    def run_then_save(request, progress):
+        result = real_run(request, progress)
+        saving.set()
+        time.sleep(0.5)  # writing the result; Engine.run no longer checks for cancel here
+        return result
+
+    eng.run = run_then_save
+    jid = client.submit(JobRequest(Path("/x/a.jpg")))
+    qtbot.waitUntil(saving.is_set, timeout=5000)
+    with qtbot.waitSignal(client.finished, timeout=5000):
+        client.cancel(jid)
+    assert client.job(jid).state is JobState.DONE

@@ -463,3 +463,80 @@ def test_files_mend_wrote_are_badged_and_say_what_was_done(qtbot, window, folder
     win.select_path(folder / "b_clean_mask.png")
     qtbot.waitUntil(lambda: win.panel.history.isVisible(), timeout=10000)
     assert win.panel.history.text() == "A reflection mask saved by Mend 0.1.0."
+
+
+def _settle(qtbot, win, ms=60000):
+    qtbot.waitUntil(win.client.is_idle, timeout=ms)
+    qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
+
+
+def test_a_job_finishing_after_a_folder_switch_is_recorded_beside_its_own_photo(
+        qtbot, window, tmp_path):
+    """Fix A/IMG_0001.jpg, open B (another IMG_0001.jpg) before the result arrives: the
+    result belongs to A's photo, never to B's photo of the same name."""
+    from .conftest import write_photo as wp
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    wp(a / "IMG_0001.jpg", 96, 72, seed=1, kind="noisy")
+    wp(b / "IMG_0001.jpg", 96, 72, seed=7)
+    win = window
+    opened(qtbot, win, a)
+    win.fix(a / "IMG_0001.jpg")
+    opened(qtbot, win, b)
+    _settle(qtbot, win)
+    assert not (b / ".mend" / "IMG_0001.jpg.json").exists()
+    assert win.model.item(b / "IMG_0001.jpg").output is None
+    opened(qtbot, win, a)  # A's photo got its result
+    qtbot.waitUntil(lambda: win.model.item(a / "IMG_0001.jpg").output is not None, timeout=10000)
+
+
+def test_mask_edits_survive_the_editor_another_photo_and_a_finished_fix(qtbot, window, folder):
+    win = window
+    opened(qtbot, win, folder)
+    target = folder / "a_noisy.jpg"
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        win.show_viewer(target)
+    win.show_mask_editor()
+    win.fix(target)  # queued earlier, finishes while the photographer paints
+    win.mask_doc.fill_polygon([(30, 20), (60, 20), (60, 50), (30, 50)])
+    painted = win.mask_doc.full.copy()
+    with qtbot.waitSignal(win.view_loaded, timeout=60000):
+        pass  # the finished fix reloads the view
+    assert np.array_equal(win.mask_doc.full, painted)
+    win.mask_action.setChecked(False)  # the editor off and on again
+    win.mask_action.setChecked(True)
+    assert np.array_equal(win.mask_doc.full, painted)
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        win.step_photo(1)  # another photo and back
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        win.step_photo(-1)
+    assert win.current == target and np.array_equal(win.mask_doc.full, painted)
+    assert win.mask_doc.undo.count() == 1  # and its undo history
+
+
+def test_inpaint_again_waits_for_the_photo_switched_to(qtbot, window, folder):
+    """Right after → the mask on screen is still the previous photo's: not used for this one."""
+    win = window
+    opened(qtbot, win, folder)
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        win.show_viewer(folder / "a_noisy.jpg")
+    win.show_mask_editor()
+    win.mask_doc.fill_polygon([(30, 20), (60, 20), (60, 50), (30, 50)])
+    win.step_photo(1)  # b_clean.png, still decoding
+    assert win.inpaint_again() is None and "still loading" in win.status_label.text()
+    assert win.client.is_idle()
+
+
+def test_a_job_retried_from_the_queue_is_recorded(qtbot, window, folder):
+    win = window
+    opened(qtbot, win, folder)
+    p = folder / "a_noisy.jpg"
+    win.fix(folder / "c_smooth.jpg")  # running first
+    jid = win.fix(p)
+    win.client.cancel(jid)  # cancelled while queued...
+    _settle(qtbot, win)
+    assert win.client.retry(jid) is not None  # ...then Retry in the queue panel
+    _settle(qtbot, win)
+    assert win.states[p].output is not None and win.states[p].output.is_file()
+    assert win.model.item(p).job_state is JobState.DONE
+    qtbot.waitUntil(lambda: (folder / ".mend" / "a_noisy.jpg.json").exists(), timeout=5000)

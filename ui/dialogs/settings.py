@@ -108,7 +108,9 @@ class SettingsDialog(QDialog):
             self._orig, device=self.device.currentData(), precision=self.precision.currentData(),
             tile_size=self.tile.value(), threads=self.threads.value(),
             profile=self.profile.currentData(), backend=self.backend.currentData(),
-            out_dir=self.out_dir.text().strip(), suffix=self.suffix.text().strip() or "_mend",
+            out_dir=self.out_dir.text().strip(),
+            # (a separator in the suffix would write results outside the output folder)
+            suffix="".join(c for c in self.suffix.text().strip() if c not in "/\\:\0") or "_mend",
             format=self.format.currentData(), quality=self.quality.value(),
             bit_depth=int(self.bit_depth.currentData()),
             keep_metadata=self.keep_metadata.isChecked(), offline=self.offline.isChecked(),
