@@ -427,6 +427,7 @@ class MainWindow(QMainWindow):
             d.deleteLater()
         self.states.clear()
         self.current = None
+        self.proxy.set_keep(None)
         self._view = None
         self.canvas.set_images(None, None)
         self.panel.set_photo_name(None)
@@ -554,6 +555,7 @@ class MainWindow(QMainWindow):
 
     def _on_current(self, path: Path | None) -> None:
         self.current = path
+        self.proxy.set_keep(path)
         self.panel.set_photo_name(path.name if path else None)
         if path is not None:
             self._show_state(path)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.api import Degradation
+from ui.browser.model import PathRole
 from ui.editor.canvas import Compare
 from ui.engine_client import EngineClient, JobState
 from ui.main_window import MainWindow
@@ -540,3 +541,20 @@ def test_a_job_retried_from_the_queue_is_recorded(qtbot, window, folder):
     assert win.states[p].output is not None and win.states[p].output.is_file()
     assert win.model.item(p).job_state is JobState.DONE
     qtbot.waitUntil(lambda: (folder / ".mend" / "a_noisy.jpg.json").exists(), timeout=5000)
+
+
+def test_the_current_photo_stays_when_its_diagnosis_moves_it_out_of_the_filter(
+        qtbot, window, folder):
+    win = window
+    opened(qtbot, win, folder)
+    win.filter.setCurrentIndex(win.filter.findText("Not diagnosed"))
+    assert win.proxy.rowCount() == 3
+    b = folder / "b_clean.png"
+    win.select_path(b)
+    win._diagnose_current()
+    _settle(qtbot, win)
+    assert win.model.item(b).diagnosis is not None
+    assert win.current == b and win.grid.currentIndex().data(PathRole) == b
+    assert win.proxy.rowCount() == 3  # shown while current...
+    win.select_path(folder / "a_noisy.jpg")
+    assert win.proxy.rowCount() == 2  # ...and filtered out once another photo is picked

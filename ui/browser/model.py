@@ -264,15 +264,27 @@ class ClassFilterProxy(QSortFilterProxyModel):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._classes: set[str] | None = None
+        self._keep: Path | None = None
         self.setDynamicSortFilter(True)
 
     def set_classes(self, classes: set[str] | None) -> None:
         self._classes = classes
         self.invalidateFilter()
 
+    def set_keep(self, path: Path | None) -> None:
+        """The photo being worked on stays shown while it is current, even when a diagnosis
+        or a fix moves it out of the filter (the view would otherwise jump to another photo,
+        which the next Fix would then act on)."""
+        if path != self._keep:
+            self._keep = path
+            if self._classes is not None:
+                self.invalidateFilter()
+
     def filterAcceptsRow(self, source_row: int,
                          source_parent: QModelIndex | QPersistentModelIndex) -> bool:
         if self._classes is None:
             return True
-        label = self.sourceModel().index(source_row, 0, source_parent).data(LabelRole) or "?"
-        return label in self._classes
+        ix = self.sourceModel().index(source_row, 0, source_parent)
+        if self._keep is not None and ix.data(PathRole) == self._keep:
+            return True
+        return (ix.data(LabelRole) or "?") in self._classes
