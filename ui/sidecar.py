@@ -57,11 +57,16 @@ class SidecarStore:
     def __init__(self, folder: Path, fallback_root: Path, *, beside_photos: bool = True) -> None:
         self.folder = Path(folder)
         beside = self.folder / ".mend"
+        h = hashlib.sha1(os.fspath(self.folder.resolve()).encode()).hexdigest()[:16]
+        in_data = Path(fallback_root) / "sidecars" / h
         if beside_photos and _writable(beside):
             self.root = beside
+            # sidecars kept in the user data folder while this folder was read-only are still
+            # read (until this photo's sidecar is written beside it)
+            self._also: Path | None = in_data
         else:
-            h = hashlib.sha1(os.fspath(self.folder.resolve()).encode()).hexdigest()[:16]
-            self.root = Path(fallback_root) / "sidecars" / h
+            self.root = in_data
+            self._also = None
         self._fallback = Path(fallback_root) / "sidecars"
         self._lock = threading.Lock()
 
@@ -74,7 +79,14 @@ class SidecarStore:
     def load(self, photo: Path) -> Sidecar | None:
         p = self.path_for(photo)
         try:
-            sc = Sidecar.from_json(json.loads(p.read_text()))
+            try:
+                text = p.read_text()
+            except FileNotFoundError:
+                if self._also is None:
+                    raise
+                p = self._also / p.name
+                text = p.read_text()
+            sc = Sidecar.from_json(json.loads(text))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as e:

@@ -135,6 +135,11 @@ def test_sidecar_beside_photos_or_in_user_data_when_read_only(tmp_path):
         assert not (ro / ".mend").exists()
     finally:
         ro.chmod(0o755)
+    # the folder writable again: those sidecars are still read, new ones go beside the photos
+    s3 = SidecarStore(ro, tmp_path / "data")
+    assert s3.root == ro / ".mend" and s3.load(ro / "b.jpg").outputs == ["x"]
+    s3.update(ro / "b.jpg", outputs=["x", "y"])
+    assert (ro / ".mend" / "b.jpg.json").exists() and s3.load(ro / "b.jpg").outputs == ["x", "y"]
     forced = SidecarStore(photos, tmp_path / "data", beside_photos=False)
     assert str(forced.root).startswith(str(tmp_path / "data" / "sidecars"))
 
