@@ -543,7 +543,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 store.remove(model_id)
             status = out["status"] = store.status(model_id)
             human = f"{model_id}: {status}"
-            for key in ("corrupt", "missing", "repaired"):
+            for key in ("corrupt", "missing", "stray", "repaired"):
                 for name in out.get(key, ()):
                     human += f"\n  {key}: {name}"
             if action in ("pull", "verify") and status not in (VERIFIED, UNPINNED, BUNDLED):

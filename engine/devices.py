@@ -1,11 +1,15 @@
 """The only place that decides device, dtype, thread count and memory budget."""
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import DeviceUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,7 @@ class DeviceInfo:
     total_memory: int  # bytes of the device (system RAM for cpu/mps)
     supports_half: bool
     supports_bf16: bool
+    note: str = ""  # why ``auto`` did not pick a GPU torch reports (it failed its probe)
 
     @property
     def torch_device(self) -> str:
@@ -30,7 +35,7 @@ class DeviceInfo:
         """
         import torch
 
-        want = os.environ.get("MEND_PRECISION", "auto").strip().lower()
+        want = precision()
         if self.kind == "cpu" or want == "fp32":
             return torch.float32
         if want == "bf16":
@@ -44,9 +49,22 @@ class DeviceInfo:
         return torch.float32
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "threads": self.threads,
-                "memory_budget": self.memory_budget, "total_memory": self.total_memory,
-                "supports_half": self.supports_half, "supports_bf16": self.supports_bf16}
+        d = {"kind": self.kind, "name": self.name, "threads": self.threads,
+             "memory_budget": self.memory_budget, "total_memory": self.total_memory,
+             "supports_half": self.supports_half, "supports_bf16": self.supports_bf16}
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def precision() -> str:
+    """The precision setting, ``MEND_PRECISION`` (auto | fp32 | fp16 | bf16; else auto). Read
+    at every load: the app changes it while running."""
+    want = os.environ.get("MEND_PRECISION", "auto").strip().lower()
+    return want if want in PRECISIONS else "auto"
 
 
 def system_memory() -> int:
@@ -79,16 +97,28 @@ def cpu_threads() -> int:
     return max(1, n - 1)
 
 
+def _probe(device: str) -> None:
+    """A tiny allocation and computation on ``device``: raises when the GPU torch reports
+    does not actually work (no driver, a busy or broken GPU, a CUDA build for another card)."""
+    import torch
+
+    x = torch.ones(8, device=device)
+    if float((x + x).sum().item()) != 16.0:
+        raise RuntimeError(f"a test computation on {device} gave a wrong result")
+
+
 def _cuda_info(threads: int) -> DeviceInfo:
     import torch
 
     props = torch.cuda.get_device_properties(0)
     total = int(props.total_memory)
     bf16 = bool(torch.cuda.is_bf16_supported())
+    _probe("cuda:0")
     return DeviceInfo("cuda", props.name, threads, int(total * 0.85), total, True, bf16)
 
 
 def _mps_info(threads: int) -> DeviceInfo:
+    _probe("mps")
     total = system_memory()
     # unified memory: leave room for the OS and the UI
     return DeviceInfo("mps", "Apple GPU (MPS)", threads, int(total * 0.5), total, True, False)
@@ -109,9 +139,19 @@ def _torch_available() -> bool:
         return False
 
 
+def _failure(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
 @lru_cache(maxsize=8)
 def select_device(preference: str = "auto") -> DeviceInfo:
-    """cuda -> mps -> cpu for ``auto``; an explicit choice that is absent raises."""
+    """cuda -> mps -> cpu for ``auto``; an explicit choice that is absent raises.
+
+    A GPU torch reports is probed (a tiny allocation and computation). Under ``auto`` a GPU
+    that fails its probe is skipped with a logged warning and the reason in ``note`` (the CPU
+    still runs everything); an explicit ``cuda``/``mps`` that fails raises DeviceUnavailable.
+    """
     pref = (preference or "auto").lower()
     if pref not in ("auto", "cpu", "cuda", "mps"):
         raise DeviceUnavailable(f"unknown device {preference!r} (auto, cpu, cuda or mps)")
@@ -122,18 +162,36 @@ def select_device(preference: str = "auto") -> DeviceInfo:
         return _cpu_info(threads)
     import torch
 
-    if pref in ("auto", "cuda") and torch.cuda.is_available():
-        return _cuda_info(threads)
-    if pref == "cuda":
-        raise DeviceUnavailable("CUDA requested but no CUDA GPU is available")
-    mps = getattr(torch.backends, "mps", None)
-    if pref in ("auto", "mps") and mps is not None and mps.is_available():
-        # let ops without an MPS kernel fall back to the CPU instead of failing
-        os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
-        return _mps_info(threads)
-    if pref == "mps":
-        raise DeviceUnavailable("Apple MPS requested but not available on this machine")
-    return _cpu_info(threads)
+    notes: list[str] = []
+    if pref in ("auto", "cuda"):
+        try:
+            if torch.cuda.is_available():
+                return _cuda_info(threads)
+            reason = "no CUDA GPU is available"
+        except Exception as e:  # noqa: BLE001 - a broken driver/GPU fails with any error
+            reason = f"the CUDA GPU does not work ({_failure(e)})"
+            notes.append(reason)
+        if pref == "cuda":
+            raise DeviceUnavailable(f"CUDA requested but {reason}")
+    if pref in ("auto", "mps"):
+        try:
+            mps = getattr(torch.backends, "mps", None)
+            if mps is not None and mps.is_available():
+                # let ops without an MPS kernel fall back to the CPU instead of failing
+                os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+                return _mps_info(threads)
+            reason = "not available on this machine"
+        except Exception as e:  # noqa: BLE001 - as for CUDA
+            reason = f"it does not work ({_failure(e)})"
+            notes.append(f"Apple MPS {reason}")
+        if pref == "mps":
+            raise DeviceUnavailable(f"Apple MPS requested but {reason}")
+    info = _cpu_info(threads)
+    if notes:
+        note = "; ".join(notes) + ": using the CPU"
+        log.warning("device auto: %s", note)
+        info = dataclasses.replace(info, note=note)
+    return info
 
 
 def configure_torch(device: DeviceInfo) -> None:

@@ -64,6 +64,19 @@ def make_runtime(store: ModelStore, budget: int | None = None) -> ModelRuntime:
     return ModelRuntime(select_device("cpu"), store, budget=budget)
 
 
+def fake_gpu(budget: int = 8 << 30):
+    """A kind-'cuda' DeviceInfo (fp16 + bf16 capable, ``budget`` bytes) whose tensors stay on
+    the CPU: the GPU dtype and cache policy, run by the real loaders on this machine."""
+    from engine.devices import DeviceInfo
+
+    class FakeGPU(DeviceInfo):
+        @property
+        def torch_device(self) -> str:
+            return "cpu"
+
+    return FakeGPU("cuda", "fake GPU", 1, budget, budget, True, True)
+
+
 class LoopbackServer:
     """A tiny HTTP server on 127.0.0.1 standing in for the model hosts in tests.
 

@@ -16,11 +16,17 @@ from .download import DownloadProgress, offline_mode
 from .info import doctor_models, models_table
 from .manifest import Manifest, ModelFile, ModelSpec, default_manifest, profile_model_ids
 from .packs import PackRefused, create_pack, import_pack, pull_profile
-from .store import ImportReport, ModelFileCorrupt, ModelStore, VerifyReport
+from .store import (
+    ImportReport,
+    ModelFileCorrupt,
+    ModelStore,
+    UnexpectedModelFiles,
+    VerifyReport,
+)
 
 __all__ = [
     "DownloadProgress", "ImportReport", "Manifest", "ModelFile", "ModelFileCorrupt", "ModelSpec",
-    "ModelStore", "PackRefused", "VerifyReport", "create_pack", "default_manifest",
-    "doctor_models", "import_pack", "models_table", "offline_mode", "profile_model_ids",
-    "pull_profile",
+    "ModelStore", "PackRefused", "UnexpectedModelFiles", "VerifyReport", "create_pack",
+    "default_manifest", "doctor_models", "import_pack", "models_table", "offline_mode",
+    "profile_model_ids", "pull_profile",
 ]

@@ -6,7 +6,9 @@ only rebuilds tensors and plain containers.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,41 @@ _EXTRA_INSTALLED: bool | None = None
 
 class UnsupportedModel(EngineError):
     """The weights file is not an architecture Mend can run."""
+
+
+def _checkpoint_error(e: BaseException) -> bool:
+    """An error a damaged or mismatched weights file raises while it is read or loaded into
+    its module (truncated safetensors, tensor shape mismatches...), not a device OOM."""
+    from ..devices import is_oom
+
+    if is_oom(e):
+        return False
+    if isinstance(e, (RuntimeError, ValueError)):
+        return True
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return False
+    return isinstance(e, SafetensorError)
+
+
+@contextlib.contextmanager
+def checkpoint_errors(what: str) -> Iterator[None]:
+    """Turn the errors of a bad checkpoint (a shape mismatch, a truncated or damaged
+    safetensors file) raised inside the block into :class:`UnsupportedModel` naming ``what``
+    (the file or model folder). Engine errors and out-of-memory errors pass unchanged."""
+    try:
+        yield
+    except EngineError:
+        raise
+    except Exception as e:
+        if not _checkpoint_error(e):
+            raise
+        lines = str(e).strip().splitlines()
+        detail = " ".join(x.strip() for x in lines[:3])[:300] if lines else ""
+        raise UnsupportedModel(
+            f"{what}: these weights cannot be loaded, the file is damaged or does not match "
+            f"the model ({type(e).__name__}: {detail})") from e
 
 
 def install_extra_arches() -> bool:
@@ -48,7 +85,8 @@ def load_state_dict(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     if ext == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(p), device=device))
+        with checkpoint_errors(p.name):
+            return dict(load_file(str(p), device=device))
     if ext in (".pth", ".pt", ".ckpt", ".bin"):
         try:
             obj = torch.load(str(p), map_location=device, weights_only=True)
@@ -97,7 +135,8 @@ def load_spandrel(path: str | Path, device: str = "cpu", dtype: Any = None,
         install_extra_arches()
     sd = spandrel_state_dict(path)
     try:
-        desc = ModelLoader("cpu").load_from_state_dict(sd)
+        with checkpoint_errors(Path(path).name):
+            desc = ModelLoader("cpu").load_from_state_dict(sd)
     except UnsupportedModelError as e:
         raise UnsupportedModel(f"{Path(path).name}: not a supported image-model architecture") from e
     desc.eval()

@@ -79,16 +79,21 @@ class ModelRuntime:
         with self._lock:
             return list(self._cache)
 
-    def cached(self, key: Any, factory: Callable[[], Any], size_bytes: int | None = None) -> Any:
+    def cached(self, key: Any, factory: Callable[[], Any], size_bytes: int | None = None, *,
+               estimate: int | None = None) -> Any:
         """Return the cached object for ``key`` or build it with ``factory()``; least recently
         used entries are evicted until it fits in the budget. ``size_bytes=None`` measures the
-        parameters of the built model."""
+        parameters of the built model; ``estimate`` (e.g. :meth:`estimate_bytes`) then makes
+        room before building, so the model being replaced leaves the device before the new one
+        arrives, and the measured size is what is counted."""
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key][0]
         if size_bytes is not None:
             self._evict_for(int(size_bytes))
+        elif estimate:
+            self._evict_for(int(estimate))
         obj = factory()
         if size_bytes is None:
             from .loader import param_bytes
@@ -138,6 +143,13 @@ class ModelRuntime:
         bf16 = supports_bf16 and "bf16" in spec.dtypes
         return self.device.dtype_for(half, bf16)
 
+    def dtype_key(self, model_id: str) -> str:
+        """Part of a cache key that changes whenever the dtype a model would be loaded in does
+        (the precision setting changes while the app runs): the dtype it gets with half and
+        bf16 support, with half only and with bf16 only (a model with neither is fp32)."""
+        return "/".join(str(self.dtype_for(model_id, h, b)).replace("torch.", "")
+                        for h, b in ((True, True), (True, False), (False, True)))
+
     def load_image_model(self, model_id: str):
         """A spandrel ``ImageModelDescriptor`` for the model, on the device, eval mode, in the
         dtype devices.py picks for it; cached."""
@@ -146,7 +158,7 @@ class ModelRuntime:
             raise UsageError(f"'{model_id}' is not an image model spandrel can load "
                              f"(loader {spec.loader})")
         weights = self.file(model_id)
-        key = ("image", model_id, self.device.torch_device)
+        key = ("image", model_id, self.device.torch_device, self.dtype_key(model_id))
 
         def build():
             import torch
@@ -160,7 +172,7 @@ class ModelRuntime:
             desc.to(torch.device(self.device.torch_device))
             return desc
 
-        return self.cached(key, build, None)
+        return self.cached(key, build, None, estimate=self.estimate_bytes(model_id))
 
     def load_state_dict(self, model_id: str, name: str | None = None) -> dict[str, Any]:
         """A raw state dict (safetensors / weights_only torch.load) of one file, on CPU, not

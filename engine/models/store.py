@@ -10,13 +10,21 @@ was last verified.
 * Pinned files are checked against the manifest hash; unpinned files get their hash recorded
   on first download/import and are checked against that record afterwards.
 * ``require`` (used at load time) does a cheap check (size + mtime recorded at verification);
-  when that changed it re-hashes, and a changed file raises :class:`ModelFileCorrupt`.
+  when that changed it re-hashes, and a changed file raises :class:`ModelFileCorrupt`. A file
+  found damaged (by any check, ``verify``'s full hash included) loses its size + mtime record,
+  so no later cheap check passes it: until it is repaired it stays corrupt.
+* Only files the manifest lists are ever loaded: a model folder that also holds other
+  weight-like files (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.onnx``,
+  ``*.index.json``), which transformers/diffusers could pick instead of the verified ones, is
+  reported corrupt and ``require`` raises :class:`UnexpectedModelFiles`; ``verify --repair``
+  and ``pull`` delete them.
 * ``MEND_OFFLINE=1``: nothing here opens a socket; ``pull`` raises :class:`OfflineError` (and
   keeps a damaged file: repairing it needs the network or a good copy to import).
 * Slots (``reflection-yolo``): the user's own weights, never downloaded and never taken from an
   offline pack. ``mend models import FILE --id reflection-yolo`` copies FILE into the slot's
   folder and records it as the slot's file; the last file imported that way is the one used,
-  whatever else appears in the folder.
+  whatever else appears in the folder. Its hash, recorded at import, is checked like an
+  unpinned file's.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ from typing import Any
 from ..errors import (
     ChecksumMismatch,
     DownloadError,
+    EngineError,
     ModelMissing,
     OfflineError,
     SaveFailed,
@@ -55,6 +64,9 @@ STATE_FILE = ".mend-state.json"
 PART_SUFFIX = ".part"
 LOCK_SUFFIX = ".lock"
 SLOT_KEY = "slot"  # state-file key of a slot model: the file chosen by the last explicit import
+BAD_KEY = "bad"  # a file record's size + mtime of the content last found damaged
+# files a loader may take weights from (transformers/diffusers look for these by name)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".index.json")
 
 # model / file statuses
 MISSING = "missing"
@@ -70,15 +82,47 @@ STATUSES = (MISSING, PARTIAL, VERIFIED, UNPINNED, CORRUPT, BUNDLED, NOT_CONFIGUR
 class ModelFileCorrupt(ChecksumMismatch):
     """A model file no longer has the hash it had when verified (or the pinned one)."""
 
-    def __init__(self, model_id: str, name: str, expected: str, actual: str) -> None:
+    def __init__(self, model_id: str, name: str, expected: str, actual: str,
+                 fix: str | None = None) -> None:
         super().__init__(f"{model_id}/{name}", expected, actual)
         self.model_id = model_id
         self.file = name
+        if fix is None:
+            fix = ("offline mode is on (MEND_OFFLINE=1): import a good copy with: "
+                   "mend models import PATH" if dl.offline_mode() else
+                   f"Repair it with: mend models pull {model_id} (or import a good copy)")
         self.args = (
             (f"model '{model_id}' is damaged: {name} changed since it was verified "
-            f"(sha256 expected {expected[:12]}…, got {actual[:12]}…). "
-            f"Repair it with: mend models pull {model_id} (or import a good copy)"),
+             f"(sha256 expected {expected[:12]}…, got {actual[:12]}…). {fix}"),
         )
+
+
+class UnexpectedModelFiles(EngineError):
+    """The model's folder holds weight files the manifest does not list: never hash-checked,
+    and a loader (transformers, diffusers) could take them instead of the verified ones."""
+
+    def __init__(self, model_id: str, folder: Path, names: list[str]) -> None:
+        self.model_id = model_id
+        self.files = list(names)
+        shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+        super().__init__(
+            f"model '{model_id}' was not loaded: its folder {folder} holds weight files that "
+            f"are not in Mend's model list and were never checked ({shown}); they could be "
+            f"loaded instead of the verified files. Remove them with: "
+            f"mend models verify --repair {model_id} (or delete them)")
+
+
+def install_hint(model_id: str) -> str:
+    """How to install a model: pull it, or (offline mode) import it."""
+    if dl.offline_mode():
+        return ("offline mode is on (MEND_OFFLINE=1): import it from a folder or an offline "
+                "pack with: mend models import PATH")
+    return f"run: mend models pull {model_id}"
+
+
+def is_weight_file(name: str) -> bool:
+    """A file name a model loader may take weights from."""
+    return name.lower().endswith(WEIGHT_SUFFIXES)
 
 
 def default_root() -> Path:
@@ -123,11 +167,14 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    stray: list[str] = field(default_factory=list)  # weight files the manifest does not list
+    removed: list[str] = field(default_factory=list)  # stray files deleted by a repair
     status: str = MISSING
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.model_id, "status": self.status, "ok": self.ok,
-                "missing": self.missing, "corrupt": self.corrupt, "repaired": self.repaired}
+                "missing": self.missing, "corrupt": self.corrupt, "repaired": self.repaired,
+                "stray": self.stray, "removed": self.removed}
 
 
 @dataclass
@@ -206,8 +253,29 @@ class ModelStore:
         try:
             self._record(model_id, name, sha, pinned)
             state["files"][name] = self._read_state(model_id)["files"].get(name)
-        except OSError:
+        except (OSError, SaveFailed):
             pass
+
+    def _mark_bad(self, model_id: str, f: ModelFile, expected: str, st: os.stat_result,
+                  state: dict[str, Any]) -> None:
+        """A file found damaged: drop the size + mtime its good content had (no cheap check
+        passes it any more) and note the damaged content's, so status checks need not re-hash
+        it each time; the sha256 stays (an unpinned file must still match it)."""
+        bad = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        rec = state["files"].get(f.name)
+        if rec is not None and rec.get(BAD_KEY) == bad and "size" not in rec:
+            return
+        try:
+            with self._lock:
+                fresh = self._read_state(model_id)
+                r = fresh["files"].setdefault(f.name, {"sha256": expected, "pinned": f.pinned})
+                for k in ("size", "mtime_ns", "verified_at"):
+                    r.pop(k, None)
+                r[BAD_KEY] = bad
+                _atomic_write_json(self._state_path(model_id), fresh)
+            state["files"][f.name] = r
+        except (OSError, SaveFailed):
+            pass  # a read-only store: the next check re-hashes and finds it again
 
     def _forget(self, model_id: str, names: list[str] | None = None) -> None:
         with self._lock:
@@ -254,6 +322,45 @@ class ModelStore:
         files = self._slot_files(spec)
         return (d / files[0]) if len(files) == 1 else None
 
+    def _slot_name(self, spec: ModelSpec, p: Path) -> str | None:
+        """The store name (relative to the slot's folder) of the slot's file ``p``; None for
+        a file the slot's env var names (the user's own file, outside the store)."""
+        if spec.env and os.environ.get(spec.env):
+            return None
+        try:
+            return p.relative_to(self.root / spec.id).as_posix()
+        except ValueError:
+            return None
+
+    def stray_files(self, model_id: str) -> list[str]:
+        """Weight-like files in the model's folder that its manifest entry does not list
+        (relative names). A loader could take them instead of the verified files: transformers
+        prefers ``model.safetensors`` over a sharded index, diffusers a plain file over a
+        variant. Hidden files and Mend's ``.part``/``.lock`` files are not weights."""
+        spec = self.spec(model_id)
+        d = self.root / spec.id
+        if spec.bundled or spec.slot or not d.is_dir():
+            return []
+        listed = {f.name for f in spec.files}
+        out = []
+        for q in d.rglob("*"):
+            rel = q.relative_to(d)
+            if any(part.startswith(".") for part in rel.parts) or not is_weight_file(q.name):
+                continue
+            if q.is_dir() and not q.is_symlink():
+                continue
+            if rel.as_posix() not in listed:
+                out.append(rel.as_posix())
+        return sorted(out)
+
+    def _remove_strays(self, model_id: str, names: list[str]) -> None:
+        d = self.root / model_id
+        for name in names:
+            try:
+                (d / safe_relpath(name)).unlink(missing_ok=True)
+            except OSError as e:
+                raise SaveFailed(f"cannot delete {d / name}: {e.strerror or e}") from None
+
     def expected_sha(self, model_id: str, f: ModelFile) -> str | None:
         if f.sha256:
             return f.sha256
@@ -280,11 +387,16 @@ class ModelStore:
                     and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns)
         if cheap_ok and not deep:
             return FileStatus(f.name, good, st.st_size, f.size, expected, f.pinned)
+        if (not deep and rec is not None
+                and rec.get(BAD_KEY) == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}):
+            # the very content found damaged before: no need to hash it again
+            return FileStatus(f.name, CORRUPT, st.st_size, f.size, expected, f.pinned)
         actual = sha256_file(path)
         if expected is None:  # unpinned and never seen: record it now
             self._try_record(model_id, f.name, actual, False, state)
             return FileStatus(f.name, UNPINNED, st.st_size, f.size, actual, False)
         if actual != expected:
+            self._mark_bad(model_id, f, expected, st, state)
             return FileStatus(f.name, CORRUPT, st.st_size, f.size, expected, f.pinned)
         self._try_record(model_id, f.name, actual, f.pinned, state)
         return FileStatus(f.name, good, st.st_size, f.size, expected, f.pinned)
@@ -296,7 +408,13 @@ class ModelStore:
             p = self.slot_path(model_id)
             if p is None:
                 return []
-            return [FileStatus(p.name, UNPINNED, p.stat().st_size, p.stat().st_size, None, False)]
+            size = p.stat().st_size
+            name = self._slot_name(spec, p)
+            if name is None:  # the env var's file: the user's own, outside the store
+                return [FileStatus(p.name, UNPINNED, size, size, None, False)]
+            # the hash recorded at import (or at first sight) is checked like an unpinned file's
+            f = ModelFile(name=name, url=None, size=size, sha256=None, size_exact=False)
+            return [self._check_file(model_id, f, deep, state)]
         return [self._check_file(model_id, f, deep, state) for f in spec.files]
 
     @staticmethod
@@ -317,8 +435,12 @@ class ModelStore:
         if spec.bundled:
             return BUNDLED if _package_present(spec) else MISSING
         if spec.slot:
-            return UNPINNED if self.slot_path(model_id) is not None else NOT_CONFIGURED
-        return self._combine([fs.status for fs in self.file_statuses(model_id)])
+            fss = self.file_statuses(model_id)
+            return self._combine([fs.status for fs in fss]) if fss else NOT_CONFIGURED
+        status = self._combine([fs.status for fs in self.file_statuses(model_id)])
+        if status in (VERIFIED, UNPINNED) and self.stray_files(model_id):
+            return CORRUPT  # unlisted weights a loader could take: not loadable as it is
+        return status
 
     def missing_bytes(self, model_id: str) -> int:
         """Bytes ``pull`` would still fetch for this model (whole files, before resume)."""
@@ -347,6 +469,11 @@ class ModelStore:
             if p is None:
                 hint = spec.notes or "this slot needs your own weights"
                 raise ModelMissing(model_id, hint)
+            for fs in self.file_statuses(model_id):
+                if fs.status == CORRUPT:
+                    raise ModelFileCorrupt(
+                        model_id, fs.name, fs.sha256 or "", sha256_file(p),
+                        f"Import your weights again with: mend models import FILE --id {model_id}")
             return p.parent
         state = self._read_state(model_id)
         missing = []
@@ -359,10 +486,13 @@ class ModelStore:
                 actual = sha256_file(path) if path.is_file() else ""
                 raise ModelFileCorrupt(model_id, f.name, fs.sha256 or "", actual or "size differs")
         if missing:
+            fix = install_hint(model_id)
             if len(missing) == len(spec.files):
-                raise ModelMissing(model_id)
-            raise ModelMissing(model_id, f"{len(missing)} of its files are missing "
-                                         f"(run: mend models pull {model_id})")
+                raise ModelMissing(model_id, fix if dl.offline_mode() else "")
+            raise ModelMissing(model_id, f"{len(missing)} of its files are missing ({fix})")
+        strays = self.stray_files(model_id)
+        if strays:
+            raise UnexpectedModelFiles(model_id, self.root / model_id, strays)
         return self.root / model_id
 
     # ---------------------------------------------------------------- download
@@ -370,6 +500,8 @@ class ModelStore:
              token: Any = None) -> str:
         """Download whatever of the model is missing; returns the model's status afterwards.
 
+        Weight files in the model's folder that the manifest does not list are deleted first
+        (a loader could take them instead of the verified files; see :meth:`stray_files`).
         ``progress(DownloadProgress)`` per chunk; ``token`` (a CancelToken) cancels between
         chunks (the ``.part`` stays for a later resume).
         """
@@ -378,6 +510,7 @@ class ModelStore:
             return BUNDLED
         if spec.slot:
             raise UsageError(f"'{model_id}' has no public weights: {spec.notes}")
+        self._remove_strays(model_id, self.stray_files(model_id))
         state = self._read_state(model_id)
         todo, corrupt = [], []
         for f in spec.files:
@@ -472,22 +605,37 @@ class ModelStore:
     # ---------------------------------------------------------------- verify / remove
     def verify(self, model_id: str, repair: bool = False,
                progress: dl.ProgressFn | None = None, token: Any = None) -> VerifyReport:
-        """Full sha256 of every file. ``repair=True`` deletes damaged files and pulls them again
-        (needs the network, or raises OfflineError after deleting nothing)."""
+        """Full sha256 of every file; the report's status is that of this full check (a file
+        found damaged is "corrupt" and loses its verification record, so the next load
+        re-hashes it and refuses it). Weight files the manifest does not list are reported in
+        ``stray`` (status "corrupt": a loader could take them).
+
+        ``repair=True`` deletes the stray files, then deletes damaged files and pulls them
+        again (needs the network, or raises OfflineError after deleting no damaged file). A
+        slot's file (the user's own weights) is checked against the hash recorded at import
+        but never repaired: import it again.
+        """
         spec = self.spec(model_id)
         rep = VerifyReport(model_id)
-        if spec.bundled or spec.slot:
+        if spec.bundled:
             rep.status = self.status(model_id)
-            if spec.slot and (p := self.slot_path(model_id)) is not None:
-                rep.ok.append(p.name)
             return rep
-        for fs in self.file_statuses(model_id, deep=True):
+        statuses = self.file_statuses(model_id, deep=True)
+        for fs in statuses:
             if fs.status in (VERIFIED, UNPINNED):
                 rep.ok.append(fs.name)
             elif fs.status == CORRUPT:
                 rep.corrupt.append(fs.name)
             else:
                 rep.missing.append(fs.name)
+        status = self._combine([fs.status for fs in statuses])
+        if spec.slot:
+            rep.status = status if statuses else NOT_CONFIGURED
+            return rep
+        rep.stray = self.stray_files(model_id)
+        if repair and rep.stray:
+            self._remove_strays(model_id, rep.stray)
+            rep.removed = list(rep.stray)
         if repair and (rep.corrupt or rep.missing):
             if dl.offline_mode():
                 raise OfflineError(
@@ -498,7 +646,12 @@ class ModelStore:
             self._forget(model_id, rep.corrupt)
             self.pull(model_id, progress, token)
             rep.repaired = rep.corrupt + rep.missing
-        rep.status = self.status(model_id)
+        if repair:
+            rep.status = self.status(model_id)
+        elif status in (VERIFIED, UNPINNED) and rep.stray:
+            rep.status = CORRUPT
+        else:
+            rep.status = status
         return rep
 
     def remove(self, model_id: str) -> int:

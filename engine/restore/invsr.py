@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -286,20 +286,24 @@ def load_noise_predictor(path: str | Path, device: str = "cpu", dtype: Any = Non
 
 
 # --------------------------------------------------------------------------- SD-Turbo
-def _variant(folder: Path, sub: str) -> str | None:
-    d = folder / sub
-    if not d.is_dir():
-        return None
-    names = [p.name for p in d.iterdir()]
-    plain = any(n.startswith("diffusion_pytorch_model.") and ".fp16." not in n for n in names) \
-        or any(n.startswith("model.") and ".fp16." not in n for n in names)
-    return None if plain else ("fp16" if any(".fp16." in n for n in names) else None)
+def _variant(files: Iterable[str], sub: str) -> str | None:
+    """The diffusers ``variant`` of sub-folder ``sub``, from the model's manifest file names
+    (never from what the folder holds: a file dropped there must not change what is loaded):
+    "fp16" when its weights are listed only as ``*.fp16.*``, else None (the plain files)."""
+    names = [n[len(sub) + 1:] for n in files if n.startswith(sub + "/")]
+    weights = [n for n in names if "/" not in n
+               and n.startswith(("diffusion_pytorch_model.", "model."))
+               and n.endswith((".safetensors", ".bin"))]
+    plain = any(".fp16." not in n for n in weights)
+    return None if plain or not weights else "fp16"
 
 
 class InvSRPipeline:
     """SD-Turbo UNet + VAE + a cached prompt embedding + the InvSR noise predictor."""
 
-    def __init__(self, sd_folder: Path, predictor_file: Path, device, dtype) -> None:
+    def __init__(self, sd_folder: Path, predictor_file: Path, device, dtype,
+                 sd_files: Iterable[str]) -> None:
+        """``sd_files``: the SD-Turbo folder's manifest file names (they decide the variants)."""
         import torch
         from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -307,11 +311,12 @@ class InvSRPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         kw = {"local_files_only": True, "torch_dtype": dtype}
+        sd_files = list(sd_files)
         self.unet = UNet2DConditionModel.from_pretrained(
-            sd_folder, subfolder="unet", variant=_variant(sd_folder, "unet"), **kw
+            sd_folder, subfolder="unet", variant=_variant(sd_files, "unet"), **kw
         ).to(self.device).eval().requires_grad_(False)
         self.vae = AutoencoderKL.from_pretrained(
-            sd_folder, subfolder="vae", variant=_variant(sd_folder, "vae"), **kw
+            sd_folder, subfolder="vae", variant=_variant(sd_files, "vae"), **kw
         ).to(self.device).eval().requires_grad_(False)
         self.vae.enable_tiling()  # tiled VAE for patches above the VAE's tile size
         sched = EulerDiscreteScheduler.from_pretrained(sd_folder, subfolder="scheduler",
@@ -325,7 +330,7 @@ class InvSRPipeline:
         # the prompt never changes: encode it once and drop the text encoder
         tok = CLIPTokenizer.from_pretrained(sd_folder, subfolder="tokenizer", local_files_only=True)
         te = CLIPTextModel.from_pretrained(
-            sd_folder, subfolder="text_encoder", variant=_variant(sd_folder, "text_encoder"),
+            sd_folder, subfolder="text_encoder", variant=_variant(sd_files, "text_encoder"),
             **kw).eval()
         ids = tok([POSITIVE_PROMPT], padding="max_length", max_length=tok.model_max_length,
                   truncation=True, return_tensors="pt").input_ids
@@ -383,8 +388,11 @@ def get_pipeline(ctx: StepContext) -> InvSRPipeline:
     device = ctx.device
     dtype = device.dtype_for(True, False)
     key = ("invsr", str(sd_folder), str(predictor_file), device.torch_device, str(dtype))
+    sd_files = [f.name for f in runtime.store.spec(SD_TURBO_ID).files]
+    estimate = runtime.estimate_bytes(SD_TURBO_ID) + runtime.estimate_bytes(NOISE_PREDICTOR_ID)
     return runtime.cached(key, lambda: InvSRPipeline(sd_folder, predictor_file,
-                                                     device.torch_device, dtype), None)
+                                                     device.torch_device, dtype, sd_files),
+                          None, estimate=estimate)
 
 
 def invsr_upscale(image: np.ndarray, pipe: InvSRPipeline, *, scale: int, steps: int,

@@ -266,20 +266,28 @@ def mask_boxes(mask: np.ndarray, pad: int = 4) -> list[tuple[int, int, int, int]
 # ------------------------------------------------------------------------------ SAM
 
 def load_sam(runtime: Any) -> tuple[Any, Any]:
-    """(SamModel, SamProcessor) from the store's ``sam-vit-base`` folder, cached."""
+    """(SamModel, SamProcessor) from the store's ``sam-vit-base`` folder, cached (per device
+    and dtype: the precision setting can change while the app runs)."""
+    import torch
+
     folder = runtime.path(SAM_ID)
+    dtype = runtime.dtype_for(SAM_ID) if hasattr(runtime, "dtype_for") else torch.float32
 
     def build():
-        import torch
         from transformers import SamModel, SamProcessor
 
-        model = SamModel.from_pretrained(str(folder), local_files_only=True)
-        dtype = runtime.dtype_for(SAM_ID) if hasattr(runtime, "dtype_for") else torch.float32
+        from ..models.loader import checkpoint_errors
+
+        with checkpoint_errors(f"{SAM_ID} ({folder})"):
+            model = SamModel.from_pretrained(str(folder), local_files_only=True,
+                                             trust_remote_code=False)
         model = model.to(device=runtime.device.torch_device, dtype=dtype).eval()
         proc = SamProcessor.from_pretrained(str(folder), local_files_only=True)
         return model, proc
 
-    return runtime.cached(("sam", SAM_ID, runtime.device.torch_device), build, None)
+    estimate = runtime.estimate_bytes(SAM_ID) if hasattr(runtime, "estimate_bytes") else None
+    return runtime.cached(("sam", SAM_ID, runtime.device.torch_device, str(dtype)), build, None,
+                          estimate=estimate)
 
 
 def _sam_run(image: np.ndarray, runtime: Any, *, boxes=None, points=None, labels=None,
@@ -364,8 +372,14 @@ def yolo_detect(image: np.ndarray, runtime: Any, conf: float = 0.25
             "the YOLO reflection detector needs the optional 'ultralytics' package "
             "(pip install 'mend[yolo]' or pip install ultralytics); choose the built-in or "
             "SAM detector instead") from None
-    weights = runtime.file(YOLO_ID)
-    model = runtime.cached(("yolo", str(weights)), lambda: YOLO(str(weights)), 300 << 20)
+    weights = runtime.file(YOLO_ID)  # checked against the hash recorded at import
+    st = weights.stat()
+    # a re-imported file (same name, other weights) is a new model: its mtime/size differ
+    key = ("yolo", str(weights), st.st_size, st.st_mtime_ns)
+    for old in getattr(runtime, "cached_keys", list)():
+        if isinstance(old, tuple) and old[:2] == key[:2] and old != key:
+            runtime.evict(old)  # the weights it was built from are gone
+    model = runtime.cached(key, lambda: YOLO(str(weights)), 300 << 20)
     h, w = image.shape[:2]
     dev = runtime.device.torch_device
     res = model.predict(np.ascontiguousarray(to_uint8(image)[..., ::-1]), conf=conf,

@@ -45,17 +45,21 @@ class _LoadedClip:
 def load_clip(runtime: Any, model_id: str, prompts: dict[str, list[str]]) -> _LoadedClip:
     device = runtime.device
     folder = runtime.path(model_id)
-    key = ("clip", model_id, device.torch_device, tuple(tuple(prompts[c]) for c in LETTERS))
+    dtype = runtime.dtype_for(model_id, supports_half=True)
+    key = ("clip", model_id, device.torch_device, str(dtype),
+           tuple(tuple(prompts[c]) for c in LETTERS))
 
     def build() -> _LoadedClip:
         import torch
         from transformers import AutoModel, AutoProcessor
 
-        dtype = runtime.dtype_for(model_id, supports_half=True)
         processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True,
                                                   trust_remote_code=False)
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True,
-                                          trust_remote_code=False, dtype=dtype)
+        from ..models.loader import checkpoint_errors
+
+        with checkpoint_errors(f"{model_id} ({folder})"):
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True,
+                                              trust_remote_code=False, dtype=dtype)
         model.to(device.torch_device).eval()
         texts = [t for c in LETTERS for t in prompts[c]]
         kw = {"padding": "max_length"} if "siglip" in type(model).__name__.lower() else \
@@ -98,8 +102,10 @@ class ClipClassifier(StoredModelClassifier):
         for mid in MODEL_IDS:
             if rt.is_available(mid):
                 return mid
-        raise ModelMissing(MODEL_IDS[0], "install a CLIP model (mend models pull "
-                                         "clip-vit-large-patch14) or use the built-in analyzer")
+        from ..models.store import install_hint
+
+        raise ModelMissing(MODEL_IDS[0], f"install a CLIP model ({install_hint(MODEL_IDS[0])}) "
+                                         "or use the built-in analyzer")
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None],
                        batch_size: int = 8) -> list[Diagnosis]:

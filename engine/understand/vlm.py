@@ -225,22 +225,35 @@ def letter_token_ids(tokenizer) -> dict[str, list[int]]:
     return out
 
 
+def vlm_dtype(runtime: Any, model_id: str):
+    """The dtype the VLM loads in: the precision setting's (``runtime.dtype_for``), except
+    that under ``auto`` a bf16-capable CUDA GPU gets bf16 (Qwen2.5-VL is trained in bf16:
+    preferred over fp16), and MPS always gets fp32 (fp16 attention/rotary ops overflow or
+    lack kernels there)."""
+    import torch
+
+    from ..devices import precision
+
+    device = runtime.device
+    if device.kind == "mps":
+        return torch.float32
+    if (device.kind == "cuda" and getattr(device, "supports_bf16", False)
+            and precision() == "auto" and "bf16" in runtime.store.spec(model_id).dtypes):
+        return torch.bfloat16
+    return runtime.dtype_for(model_id, supports_half=True, supports_bf16=True)
+
+
 def load_vlm(runtime: Any, model_id: str) -> _Loaded:
     """Load (cached in the runtime) the model + processor from the store, offline only."""
     device = runtime.device
     folder = runtime.path(model_id)
     max_pixels = max_pixels_for(device)
-    key = ("vlm", model_id, device.torch_device, max_pixels)
+    dtype = vlm_dtype(runtime, model_id)
+    key = ("vlm", model_id, device.torch_device, max_pixels, str(dtype))
 
     def build() -> _Loaded:
-        import torch
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-        dtype = runtime.dtype_for(model_id, supports_half=True, supports_bf16=True)
-        if device.kind == "cuda" and getattr(device, "supports_bf16", False):
-            dtype = torch.bfloat16  # Qwen2.5-VL is trained in bf16: prefer it over fp16
-        elif device.kind == "mps":
-            dtype = torch.float32  # fp16 attention/rotary ops overflow or lack kernels on MPS
         size = {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels}
         processor = AutoProcessor.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False, size=size)
@@ -249,8 +262,11 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
         if ip is not None and getattr(got, "longest_edge", None) != max_pixels:
             ip.size = size  # an older processor class ignored the kwarg: bound it explicitly
         processor.tokenizer.padding_side = "left"
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=False, dtype=dtype)
+        from ..models.loader import checkpoint_errors
+
+        with checkpoint_errors(f"{model_id} ({folder})"):
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=False, dtype=dtype)
         model.to(device.torch_device).eval()
         return _Loaded(model, processor, letter_token_ids(processor.tokenizer), model_id)
 
@@ -347,8 +363,11 @@ class VLMClassifier(StoredModelClassifier):
             if mid == MODEL_IDS[0] and need and budget < need and rt.is_available(MODEL_IDS[1]):
                 continue  # the 7B does not fit; the 3B is there
             return mid
-        raise ModelMissing(MODEL_IDS[1], "install a Qwen2.5-VL model (mend models pull "
-                                         "qwen2.5-vl-3b) or use the built-in analyzer")
+        from ..models.store import install_hint
+
+        raise ModelMissing(MODEL_IDS[1], f"install a Qwen2.5-VL model "
+                                         f"({install_hint(MODEL_IDS[1])}) or use the built-in "
+                                         "analyzer")
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None],
                        batch_size: int = 4) -> list[Diagnosis]:

@@ -100,3 +100,38 @@ def test_clip_missing(tmp_path):
     assert not clf.available()
     with pytest.raises(ModelMissing):
         clf.classify(_img(3))
+
+
+def test_clip_cache_follows_the_precision_setting(clip_runtime, monkeypatch):
+    from engine.models.runtime import ModelRuntime
+    from engine.understand.clip import load_clip
+    from tests.model_helpers import fake_gpu
+
+    rt = ModelRuntime(fake_gpu(), clip_runtime.store)
+    monkeypatch.setenv("MEND_PRECISION", "fp16")
+    a = load_clip(rt, "clip-vit-large-patch14", load_prompts())
+    assert next(a.model.parameters()).dtype == torch.float16
+    monkeypatch.setenv("MEND_PRECISION", "fp32")
+    b = load_clip(rt, "clip-vit-large-patch14", load_prompts())
+    assert b is not a and next(b.model.parameters()).dtype == torch.float32
+
+
+def test_clip_checkpoint_that_does_not_fit_is_a_clear_error(clip_runtime, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from engine.models.loader import UnsupportedModel
+    from engine.understand.clip import load_clip
+
+    installed = clip_runtime.store.model_dir("clip-vit-large-patch14")
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in installed.iterdir():
+        if p.is_file() and not p.name.startswith("."):
+            (src / p.name).write_bytes(p.read_bytes())
+    w = load_file(str(src / "model.safetensors"))
+    w["text_model.embeddings.token_embedding.weight"] = torch.zeros(3, 3)
+    save_file(w, str(src / "model.safetensors"), metadata={"format": "pt"})
+    files = {p.name: p for p in sorted(src.iterdir()) if p.is_file()}
+    rt = make_runtime(install_test_model(tmp_path / "store", "clip-vit-large-patch14", files))
+    with pytest.raises(UnsupportedModel, match="clip-vit-large-patch14.*do not|does not match"):
+        load_clip(rt, "clip-vit-large-patch14", load_prompts())

@@ -141,3 +141,27 @@ def test_strict_loading_reports_mismatches(tmp_path):
     torch.save({"params": {"x": torch.zeros(1)}}, p3)
     with pytest.raises(CheckpointMismatch, match="not an InvSR"):
         load_noise_predictor(p3)
+
+
+def test_variants_come_from_the_manifest_never_from_the_folder(tmp_path):
+    from engine.models.manifest import default_manifest
+    from engine.models.store import UnexpectedModelFiles
+    from engine.restore.invsr import _variant, get_pipeline
+
+    real = [f.name for f in default_manifest().get("sd-turbo").files]
+    assert _variant(real, "unet") is None  # the release's plain UNet
+    assert _variant(real, "vae") == "fp16"
+    assert _variant(real, "text_encoder") == "fp16"
+    # the release layout (fp16 VAE + text encoder), and an unlisted plain VAE dropped beside it
+    sd_files = write_sd_turbo(tmp_path / "build", fp16_variants=True)
+    store = install_test_model(tmp_path / "store", "sd-turbo", sd_files)
+    store = install_test_model(tmp_path / "store", "invsr-noise-predictor-v5",
+                               write_invsr_noise_predictor(tmp_path / "build", seed=1), store=store)
+    vae = store.model_dir("sd-turbo") / "vae"
+    planted = vae / "diffusion_pytorch_model.safetensors"
+    planted.write_bytes((vae / "diffusion_pytorch_model.fp16.safetensors").read_bytes())
+    with pytest.raises(UnexpectedModelFiles, match="vae/diffusion_pytorch_model.safetensors"):
+        get_pipeline(_ctx(store))
+    planted.unlink()
+    pipe = get_pipeline(_ctx(store))
+    assert pipe.vae is not None

@@ -6,7 +6,7 @@ import torch
 
 from engine.errors import ModelMissing
 from engine.models.store import ModelFileCorrupt, ModelStore
-from tests.model_helpers import install_test_model, make_runtime
+from tests.model_helpers import fake_gpu, install_test_model, make_runtime
 
 torch.set_num_threads(1)
 
@@ -129,7 +129,7 @@ def test_loaded_image_models_counted_by_parameter_bytes(tmp_path):
                             store=st)
     from engine.models.loader import param_bytes
 
-    probe = make_runtime(st)
+    probe = make_runtime(st, budget=8 << 30)  # room for both models' estimates
     b1 = param_bytes(probe.load_image_model("realesr-general-x4v3"))
     b2 = param_bytes(probe.load_image_model("realesrgan-x4plus"))
     assert probe.cached_bytes == b1 + b2
@@ -207,3 +207,178 @@ def test_non_image_model_is_refused_by_load_image_model(tmp_path):
 
     with pytest.raises(UsageError):
         rt.load_image_model("sam-vit-base")
+
+
+def _tamper_keeping_size_and_mtime(f, seed=123):
+    """Other weights of the same architecture (same size) written over ``f``, mtime restored."""
+    import os
+
+    from spandrel.architectures.Compact import Compact
+
+    st = f.stat()
+    torch.manual_seed(seed)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4)
+    with torch.no_grad():
+        for t in net.parameters():
+            t.fill_(0.5)
+    other = f.parent / ".other" / f.name  # torch.save records the file's name: same name
+    other.parent.mkdir()
+    torch.save({"params": net.state_dict()}, other)
+    assert other.stat().st_size == st.st_size
+    os.replace(other, f)
+    other.parent.rmdir()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_verify_reports_tampering_the_cheap_check_misses_and_the_next_load_refuses(tmp_path):
+    import os
+
+    mid, name = "realesr-general-x4v3", "realesr-general-x4v3.pth"
+    src = tmp_path / name
+    _save_compact(src)
+    store = install_test_model(tmp_path / "store", mid, {name: src})
+    f = store.file_path(mid, name)
+    good = f.stat()
+    _tamper_keeping_size_and_mtime(f)
+    assert store.status(mid) == "verified"  # size + mtime unchanged: only a full hash sees it
+    rep = store.verify(mid)
+    assert rep.corrupt == [name] and rep.ok == []
+    assert rep.status == "corrupt"  # from the full hash, not from the cheap check
+    # the record is gone: every later check (and load) re-hashes and refuses the file
+    assert store.status(mid) == "corrupt"
+    assert not store.is_installed(mid)
+    with pytest.raises(ModelFileCorrupt, match="mend models pull"):
+        make_runtime(store).load_image_model(mid)
+    assert ModelStore(store.root, store.manifest).status(mid) == "corrupt"  # on disk, too
+    # the good content back (same size and mtime again): a full verify accepts it again
+    f.write_bytes(src.read_bytes())
+    os.utime(f, ns=(good.st_atime_ns, good.st_mtime_ns))
+    assert store.verify(mid).status == "verified"
+    assert store.status(mid) == "verified"
+    make_runtime(store).load_image_model(mid)
+
+
+def test_cli_verify_exits_1_on_same_size_same_mtime_tampering(tmp_path, monkeypatch, capsys):
+    from engine.cli import main
+    from tests.tiny_models import write_manifest
+
+    mid, name = "realesr-general-x4v3", "realesr-general-x4v3.pth"
+    src = tmp_path / name
+    _save_compact(src)
+    store = install_test_model(tmp_path / "store", mid, {name: src})
+    _tamper_keeping_size_and_mtime(store.file_path(mid, name))
+    monkeypatch.setenv("MEND_OFFLINE", "1")
+    monkeypatch.setenv("MEND_MODELS_DIR", str(store.root))
+    monkeypatch.setenv("MEND_MANIFEST", str(write_manifest(store, tmp_path / "models.json")))
+    assert main(["models", "verify", mid]) == 1
+    out = capsys.readouterr().out
+    assert f"{mid}: corrupt" in out and f"corrupt: {name}" in out
+    assert main(["models", "verify", mid]) == 1  # still corrupt the second time
+
+
+def test_unlisted_weights_beside_a_model_refuse_the_load(tmp_path):
+    from engine.models.store import UnexpectedModelFiles
+
+    mid, name = "realesr-general-x4v3", "realesr-general-x4v3.pth"
+    src = tmp_path / name
+    _save_compact(src)
+    store = install_test_model(tmp_path / "store", mid, {name: src})
+    (store.model_dir(mid) / "model.safetensors").write_bytes(b"never hashed")
+    rt = make_runtime(store)
+    with pytest.raises(UnexpectedModelFiles, match=r"model\.safetensors.*verify --repair"):
+        rt.load_image_model(mid)
+    assert not rt.is_available(mid)
+
+
+def test_precision_change_reloads_a_cached_image_model(tmp_path, monkeypatch):
+    from engine.models.runtime import ModelRuntime
+
+    mid, name = "realesr-general-x4v3", "realesr-general-x4v3.pth"
+    src = tmp_path / name
+    _save_compact(src)
+    store = install_test_model(tmp_path / "store", mid, {name: src})
+    rt = ModelRuntime(fake_gpu(), store)
+    monkeypatch.setenv("MEND_PRECISION", "fp16")
+    d16 = rt.load_image_model(mid)
+    assert next(d16.model.parameters()).dtype == torch.float16
+    monkeypatch.setenv("MEND_PRECISION", "fp32")  # the app's setting, changed live
+    d32 = rt.load_image_model(mid)
+    assert d32 is not d16 and next(d32.model.parameters()).dtype == torch.float32
+    assert rt.load_image_model(mid) is d32
+
+
+def test_image_model_cache_makes_room_before_building(tmp_path, monkeypatch):
+    from engine.models import loader
+
+    a, b = tmp_path / "realesr-general-x4v3.pth", tmp_path / "RealESRGAN_x4plus.pth"
+    _save_compact(a)
+    _save_rrdb(b)
+    st = install_test_model(tmp_path / "s", "realesr-general-x4v3", {a.name: a})
+    st = install_test_model(tmp_path / "s", "realesrgan-x4plus", {b.name: b}, store=st)
+    rt = make_runtime(st, budget=st.spec("realesrgan-x4plus").memory_mb << 20)
+    rt.load_image_model("realesr-general-x4v3")
+    resident_at_build = []
+    real = loader.load_spandrel
+
+    def spy(*args, **kw):
+        resident_at_build.append(rt.cached_keys())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loader, "load_spandrel", spy)
+    rt.load_image_model("realesrgan-x4plus")  # its estimate (1200 MB) fills the budget
+    assert resident_at_build == [[]]  # the other model was evicted before this one was built
+    assert [k[1] for k in rt.cached_keys()] == ["realesrgan-x4plus"]
+
+
+def test_auto_device_falls_back_to_cpu_when_cuda_is_broken(monkeypatch, caplog):
+    from engine import devices
+    from engine.errors import DeviceUnavailable
+
+    def broken(*a, **k):
+        raise RuntimeError("Found no NVIDIA driver on your system")
+
+    class Props:
+        name, total_memory = "Fake GPU", 8 << 30
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", broken)
+    devices.select_device.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="engine.devices"):
+            dev = devices.select_device("auto")
+        assert dev.kind == "cpu" and "NVIDIA driver" in dev.note
+        assert "NVIDIA driver" in caplog.text
+        assert dev.to_json()["note"] == dev.note
+        with pytest.raises(DeviceUnavailable, match="CUDA requested but.*NVIDIA driver"):
+            devices.select_device("cuda")
+        # the properties read, but nothing can be allocated: the probe finds it
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Props())
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+        monkeypatch.setattr(devices, "_probe", broken)
+        devices.select_device.cache_clear()
+        assert devices.select_device("auto").kind == "cpu"
+        with pytest.raises(DeviceUnavailable):
+            devices.select_device("cuda")
+        assert "note" not in devices.select_device("cpu").to_json()
+    finally:
+        devices.select_device.cache_clear()
+
+
+def test_bad_checkpoints_are_clear_errors_naming_the_file(tmp_path):
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+
+    from engine.models.loader import UnsupportedModel
+
+    sd = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4).state_dict()
+    sd[sorted(sd)[2]] = torch.zeros(5)  # a tensor of the wrong shape
+    bad = tmp_path / "bad" / "realesr-general-x4v3.safetensors"
+    bad.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(bad))
+    cut = tmp_path / "cut" / "realesr-general-x4v3.safetensors"
+    cut.parent.mkdir()
+    cut.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    for src, what in ((bad, "size mismatch"), (cut, "SafetensorError")):
+        store = install_test_model(src.parent / "store", "realesr-general-x4v3", {src.name: src})
+        with pytest.raises(UnsupportedModel, match=rf"realesr-general-x4v3\.safetensors.*{what}"):
+            make_runtime(store).load_image_model("realesr-general-x4v3")

@@ -212,3 +212,63 @@ def test_builtin_glare_detector_skips_crisp_lights_and_white_objects():
     found = detect_glare(soft) > 0
     assert found[truth].mean() > 0.9
     assert not found[30:50, 10:30].any()
+
+
+def test_sam_cache_follows_the_precision_setting_and_makes_room_first(tmp_path, monkeypatch):
+    import transformers
+
+    from engine.models.runtime import ModelRuntime
+    from engine.restore.reflection import load_sam
+    from tests.model_helpers import fake_gpu
+
+    store = install_test_model(tmp_path / "store", "sam-vit-base", write_sam(tmp_path / "sam"))
+    rt = ModelRuntime(fake_gpu(), store, budget=store.spec("sam-vit-base").memory_mb << 20)
+    rt.cached("another model", object, 1 << 20)
+    resident_at_build = []
+    real = transformers.SamModel.from_pretrained
+
+    def spy(*a, **k):
+        resident_at_build.append(rt.cached_keys())
+        return real(*a, **k)
+
+    monkeypatch.setattr(transformers.SamModel, "from_pretrained", spy)
+    monkeypatch.setenv("MEND_PRECISION", "fp16")
+    m16, _ = load_sam(rt)
+    assert resident_at_build == [[]]  # SAM's estimate fills the budget: evicted before building
+    assert next(m16.parameters()).dtype == torch.float16
+    monkeypatch.setenv("MEND_PRECISION", "fp32")  # changed live in the app
+    m32, _ = load_sam(rt)
+    assert m32 is not m16 and next(m32.parameters()).dtype == torch.float32
+
+
+def test_yolo_model_is_rebuilt_when_the_slot_file_is_imported_again(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from engine.restore.reflection import yolo_detect
+
+    built = []
+
+    class FakeYOLO:
+        def __init__(self, path):
+            from pathlib import Path
+
+            self.weights = Path(path).read_bytes()
+            built.append(self.weights)
+
+        def predict(self, *a, **k):
+            return [types.SimpleNamespace(boxes=None, masks=None)]
+
+    monkeypatch.setitem(sys.modules, "ultralytics", types.SimpleNamespace(YOLO=FakeYOLO))
+    store = ModelStore(tmp_path / "store")
+    rt = make_runtime(store)
+    img = _textured(40, 40)
+    for n, data in enumerate((b"first detector", b"second detector, same file name")):
+        w = tmp_path / f"v{n}" / "best.pt"
+        w.parent.mkdir()
+        w.write_bytes(data)
+        store.import_path(w, "reflection-yolo")
+        yolo_detect(img, rt)
+        yolo_detect(img, rt)  # cached
+    assert built == [b"first detector", b"second detector, same file name"]
+    assert len([k for k in rt.cached_keys() if k[0] == "yolo"]) == 1  # the old one let go

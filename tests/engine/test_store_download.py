@@ -409,3 +409,28 @@ def test_remove_a_symlinked_model_folder_removes_only_the_link(server, tmp_path)
     assert not (store.root / MID).exists() and not (store.root / MID).is_symlink()
     assert (elsewhere / NAME).read_bytes() == data  # the target is left alone
     assert store.status(MID) == "missing"
+
+
+def test_verify_keeps_an_unpinned_file_found_damaged_corrupt(server, tmp_path):
+    """Same size, mtime restored: only the full hash sees it; the file then stays corrupt (its
+    recorded hash is kept, never replaced by the damaged file's) until repaired."""
+    data = _blob(20_000, 17)
+    store = served_store(tmp_path / "s", server, MID, {NAME: data}, pinned=False)
+    store.pull(MID)
+    spec = store.spec(MID)
+    recorded = store.expected_sha(MID, spec.files[0])
+    f = store.file_path(MID, NAME)
+    st = f.stat()
+    f.write_bytes(data[:-1] + b"!")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert store.status(MID) == "unpinned"  # the cheap check cannot tell
+    rep = store.verify(MID)
+    assert rep.status == "corrupt" and rep.corrupt == [NAME]
+    assert store.status(MID) == "corrupt"
+    assert ModelStore(store.root, store.manifest).status(MID) == "corrupt"
+    assert store.expected_sha(MID, spec.files[0]) == recorded
+    with pytest.raises(ChecksumMismatch):
+        store.require(MID)
+    rep = store.verify(MID, repair=True)
+    assert rep.repaired == [NAME] and rep.status == "unpinned"
+    assert f.read_bytes() == data

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.devices import select_device
 from engine.errors import ModelMissing
 from engine.models import doctor_models, models_table
 from engine.models.store import ModelStore
@@ -163,3 +164,103 @@ def test_a_folder_is_never_imported_into_a_slot(tmp_path):
         assert not rep.imported
         assert "mend models import FILE --id reflection-yolo" in rep.rejected[0][1]
     assert store.status("reflection-yolo") == "not configured"
+
+
+def test_slot_file_is_checked_against_the_hash_recorded_at_import(tmp_path):
+    from engine.models.runtime import ModelRuntime
+    from engine.models.store import ModelFileCorrupt
+
+    store = ModelStore(tmp_path / "store")
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"original user weights" * 100)
+    store.import_path(best, "reflection-yolo")
+    rt = ModelRuntime(select_device("cpu"), store)
+    p = rt.file("reflection-yolo")
+    assert store.status("reflection-yolo") == "unpinned" and store.verify("reflection-yolo").ok
+    p.write_bytes(b"REPLACED by something else")  # never imported
+    assert store.status("reflection-yolo") == "corrupt"
+    assert not rt.is_available("reflection-yolo")
+    with pytest.raises(ModelFileCorrupt, match="mend models import FILE --id reflection-yolo"):
+        rt.file("reflection-yolo")
+    rep = store.verify("reflection-yolo")
+    assert rep.status == "corrupt" and rep.corrupt == ["best.pt"] and not rep.ok
+    # the same bytes, same size, mtime restored: the full check still finds it
+    import os
+
+    p.write_bytes(b"original user weights" * 100)
+    assert store.status("reflection-yolo") == "unpinned"
+    st = p.stat()
+    p.write_bytes(b"Original user weights" * 100)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert store.verify("reflection-yolo").status == "corrupt"
+    assert store.status("reflection-yolo") == "corrupt"
+    # importing the weights again is the repair
+    store.import_path(best, "reflection-yolo")
+    assert store.status("reflection-yolo") == "unpinned"
+    assert rt.file("reflection-yolo").read_bytes() == best.read_bytes()
+
+
+def test_slot_file_put_there_by_hand_is_recorded_then_checked(tmp_path):
+    store = ModelStore(tmp_path / "store")
+    slot = store.root / "reflection-yolo"
+    slot.mkdir(parents=True)
+    (slot / "best.pt").write_bytes(b"weights")
+    assert store.status("reflection-yolo") == "unpinned"  # first sight: its hash is recorded
+    (slot / "best.pt").write_bytes(b"other weights")
+    assert store.status("reflection-yolo") == "corrupt"
+
+
+def test_unlisted_weight_files_make_a_model_unloadable_until_removed(tmp_path, built,
+                                                                    monkeypatch):
+    from engine.models.store import UnexpectedModelFiles
+
+    src, manifest = built
+    store = ModelStore(tmp_path / "store", manifest)
+    store.import_path(src)
+    d = store.model_dir("sam-vit-base")
+    assert store.status("sam-vit-base") == "unpinned"
+    # not weights, hidden, or Mend's own partial files: fine
+    (d / "README.md").write_text("notes")
+    (d / ".model.safetensors").write_bytes(b"x")
+    (d / "model-00001-of-00002.safetensors.part").write_bytes(b"x")
+    assert store.stray_files("sam-vit-base") == []
+    assert store.require("sam-vit-base") == d
+    # weights a loader would take (transformers prefers them) that no one ever hashed
+    (d / "sub").mkdir()
+    for name in ("pytorch_model.bin", "model.safetensors.index.json", "sub/x.onnx"):
+        (d / name).write_bytes(b"planted")
+    strays = ["model.safetensors.index.json", "pytorch_model.bin", "sub/x.onnx"]
+    assert store.stray_files("sam-vit-base") == strays
+    assert store.status("sam-vit-base") == "corrupt"
+    with pytest.raises(UnexpectedModelFiles) as ei:
+        store.require("sam-vit-base")
+    msg = str(ei.value)
+    assert all(n in msg for n in strays) and "mend models verify --repair sam-vit-base" in msg
+    rep = store.verify("sam-vit-base")
+    assert rep.status == "corrupt" and rep.stray == strays and not rep.corrupt
+    assert rep.to_json()["stray"] == strays
+    # the repair deletes them; no network needed (offline mode on)
+    monkeypatch.setenv("MEND_OFFLINE", "1")
+    rep = store.verify("sam-vit-base", repair=True)
+    assert rep.removed == strays and rep.status == "unpinned"
+    assert not (d / "pytorch_model.bin").exists() and (d / "README.md").exists()
+    assert store.require("sam-vit-base") == d
+    # pull (the app's repair) removes them too
+    (d / "pytorch_model.bin").write_bytes(b"planted")
+    assert store.pull("sam-vit-base") == "unpinned"
+    assert not (d / "pytorch_model.bin").exists()
+
+
+def test_offline_missing_model_points_to_import_not_pull(tmp_path, built, monkeypatch):
+    _, manifest = built
+    store = ModelStore(tmp_path / "store", manifest)
+    monkeypatch.setenv("MEND_OFFLINE", "1")
+    for partial in (False, True):
+        if partial:
+            d = store.root / "sam-vit-base"
+            d.mkdir(parents=True)
+            (d / "config.json").write_text("{}")
+        with pytest.raises(ModelMissing) as ei:
+            store.require("sam-vit-base")
+        assert "mend models import PATH" in str(ei.value)
+        assert "mend models pull" not in str(ei.value)

@@ -260,3 +260,57 @@ def test_parse_structured_validates_and_clips():
     for bad in ("no json here", "{not json}", "[1, 2]"):
         with pytest.raises(VLMAnswerError):
             parse_structured(bad)
+
+
+def test_unlisted_weights_in_the_folder_are_never_loaded(letter_runtime, tmp_path):
+    """Released as shards + index; an unhashed model.safetensors dropped beside them (which
+    transformers would prefer) stops the load instead, until removed."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from engine.models.store import UnexpectedModelFiles
+    from engine.understand.vlm import load_vlm
+
+    installed = letter_runtime.store.model_dir("qwen2.5-vl-3b")
+    src = tmp_path / "src"
+    src.mkdir()
+    w = load_file(str(installed / "model.safetensors"))
+    keys = sorted(w)
+    wm = {}
+    for i, part in enumerate((keys[:len(keys) // 2], keys[len(keys) // 2:]), 1):
+        name = f"model-0000{i}-of-00002.safetensors"
+        save_file({k: w[k].contiguous() for k in part}, str(src / name), metadata={"format": "pt"})
+        wm.update(dict.fromkeys(part, name))
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {},
+                                                                   "weight_map": wm}))
+    for p in installed.iterdir():
+        if p.is_file() and not p.name.startswith(".") and p.name != "model.safetensors":
+            (src / p.name).write_bytes(p.read_bytes())
+    store = _install(tmp_path, src)
+    folder = store.model_dir("qwen2.5-vl-3b")
+    save_file({k: torch.full_like(v, 0.123) for k, v in w.items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UnexpectedModelFiles, match="model.safetensors"):
+        load_vlm(make_runtime(store), "qwen2.5-vl-3b")
+    assert store.verify("qwen2.5-vl-3b", repair=True).removed == ["model.safetensors"]
+    loaded = load_vlm(make_runtime(store), "qwen2.5-vl-3b")
+    name = "lm_head.weight"
+    torch.testing.assert_close(dict(loaded.model.named_parameters())[name].detach(), w[name])
+
+
+def test_vlm_dtype_follows_the_precision_setting(letter_runtime, monkeypatch):
+    from engine.models.runtime import ModelRuntime
+    from engine.understand.vlm import load_vlm, vlm_dtype
+    from tests.model_helpers import fake_gpu
+
+    rt = ModelRuntime(fake_gpu(32 << 30), letter_runtime.store)
+    got = {}
+    for setting, dtype in (("auto", torch.bfloat16), ("fp32", torch.float32),
+                           ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        monkeypatch.setenv("MEND_PRECISION", setting)
+        assert vlm_dtype(rt, "qwen2.5-vl-3b") == dtype
+        got[setting] = load_vlm(rt, "qwen2.5-vl-3b")  # the setting changes live: no stale model
+        assert next(got[setting].model.parameters()).dtype == dtype
+    assert len({id(v) for v in got.values()}) == 3  # auto and bf16 share one (same dtype)
+    assert got["auto"] is got["bf16"]
