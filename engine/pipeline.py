@@ -274,7 +274,7 @@ class Engine:
             "kept_original": passthrough,
         }
         out = self._save(photo, image, request.output, record, passthrough, warnings)
-        artifacts = {k: v for k, v in ctx.artifacts.items() if k != "source"}
+        artifacts = {k: v for k, v in ctx.artifacts.items() if k not in ("source", "alpha")}
         if ctx.mask is not None and label is Degradation.B:
             from .imageio import save_mask
 
@@ -294,7 +294,7 @@ class Engine:
         image = source
         ctx = StepContext(device=self.device, progress=progress, runtime=self.runtime,
                           diagnosis=diagnosis, mask=mask, tile_size=self.tile_size,
-                          warnings=[], artifacts={"source": source})
+                          warnings=[], artifacts={"source": source, "alpha": photo.alpha})
         steps = [s for s in plan.steps if s.enabled]
         records: list[StepRecord] = []
         span = _STEPS / max(1, len(steps))

@@ -137,24 +137,47 @@ def padded_box(quad: np.ndarray, shape: tuple[int, int], pad: float,
     return (x0, y0, x1, y1), (max(0, x0 - p), max(0, y0 - p), min(w, x1 + p), min(h, y1 + p))
 
 
-def feather_mask(h: int, w: int, ramp_y: int, ramp_x: int,
+def feather_mask(h: int, w: int, ramp_y: int | tuple[int, int], ramp_x: int | tuple[int, int],
                  edges: tuple[bool, bool, bool, bool]) -> np.ndarray:
-    """1 inside, cosine ramp to ~0 over ``ramp`` px at the edges flagged (top, bottom, left,
-    right); edges on the photo border stay at 1."""
+    """1 inside, cosine ramp to ~0 at the edges flagged (top, bottom, left, right); edges on
+    the photo border stay at 1. ``ramp_y`` / ``ramp_x``: px, one for both ends or (start, end)
+    each, so a box clipped by the photo on one side still fades over its full padding on the
+    other."""
 
-    def axis(n, r, start, end):
+    def ramp(r: int) -> np.ndarray:
+        return (0.5 - 0.5 * np.cos(np.pi * (np.arange(r) + 0.5) / r)).astype(np.float32)
+
+    def axis(n, rs, start, end):
+        r0, r1 = (rs, rs) if isinstance(rs, int) else rs
         a = np.ones(n, np.float32)
-        r = min(r, n // 2)
-        if r > 0:
-            ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(r) + 0.5) / r)).astype(np.float32)
-            if start:
-                a[:r] = ramp
-            if end:
-                a[n - r:] = np.minimum(a[n - r:], ramp[::-1])
+        r0, r1 = min(r0, n // 2), min(r1, n // 2)
+        if start and r0 > 0:
+            a[:r0] = ramp(r0)
+        if end and r1 > 0:
+            a[n - r1:] = np.minimum(a[n - r1:], ramp(r1)[::-1])
         return a
 
     top, bottom, left, right = edges
     return axis(h, ramp_y, top, bottom)[:, None] * axis(w, ramp_x, left, right)[None, :]
+
+
+def _over_background(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``rgb`` over white where transparent, or over black when what is visible is light."""
+    a = np.clip(np.asarray(alpha, np.float32), 0.0, 1.0)[..., None]
+    visible = a[..., 0] > 0.5
+    light = bool(visible.any()) and float(rgb[visible].mean()) > 0.6
+    return rgb * a + (0.0 if light else 1.0) * (1.0 - a)
+
+
+def _read_all(ocr: Any, crops: list[np.ndarray], ctx: StepContext,
+              batch: int = 16) -> list[tuple[str, float]]:
+    """``ocr.recognize_many`` in batches, with a cancel check between them (hundreds of text
+    regions take tens of seconds to read)."""
+    out: list[tuple[str, float]] = []
+    for i in range(0, len(crops), batch):
+        ctx.progress.check()
+        out += ocr.recognize_many(crops[i:i + batch])
+    return out
 
 
 # --------------------------------------------------------------------------- the step
@@ -181,12 +204,21 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
 
     ctx.progress.update(0.0, "finding text")
     ocr = get_ocr(ctx, str(params.get("ocr", "auto")))
+    # text is looked for and read as it is seen: over a background where transparent (the
+    # colour stored under transparent pixels is not what anyone sees; a logo of black glyphs
+    # on transparency would be black on black)
+    alpha = ctx.artifacts.get("alpha")
+    seen_src, seen_img = source, image
+    if alpha is not None and float(np.min(alpha)) < 1.0:
+        seen_src = _over_background(source, alpha)
+        seen_img = _over_background(image, resize_to(alpha[..., None], ow, oh)[..., 0]
+                                    if alpha.shape[:2] != (oh, ow) else alpha)
     # PP-OCR detection keeps big photos at full size (its limit is on the short side): look for
     # text on a copy at most det_max_side px, then scale the boxes back
     det_max = int(params.get("det_max_side", 2048))
     f = min(1.0, det_max / max(sh, sw))
-    det_src = source if f >= 1.0 else cv2.resize(
-        source, (max(1, round(sw * f)), max(1, round(sh * f))), interpolation=cv2.INTER_AREA)
+    det_src = seen_src if f >= 1.0 else cv2.resize(
+        seen_src, (max(1, round(sw * f)), max(1, round(sh * f))), interpolation=cv2.INTER_AREA)
     quads = [q / f for q in ocr.detect(to_u8_bgr(det_src))]
     del det_src
     ctx.progress.update(0.1, f"{len(quads)} text region(s)")
@@ -207,20 +239,25 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
         sub = ctx.progress.sub(0.1 + 0.8 * i / n, 0.8 / n)
         sr = realesrgan(crop, model_id, 4, ctx, progress=sub)
         sr = np.clip(resize_to(sr, ox1 - ox0, oy1 - oy0), 0.0, 1.0)
-        ramp_y = max(1, round((ty0 - py0) * sy))
-        ramp_x = max(1, round((tx0 - px0) * sx))
+        # each edge fades over its own padding (one clipped by the photo has less or none)
+        ramp_y = (max(1, round((ty0 - py0) * sy)), max(1, round((py1 - ty1) * sy)))
+        ramp_x = (max(1, round((tx0 - px0) * sx)), max(1, round((px1 - tx1) * sx)))
         mask = feather_mask(oy1 - oy0, ox1 - ox0, ramp_y, ramp_x,
                             (oy0 > 0, oy1 < oh, ox0 > 0, ox1 < ow))[..., None]
         region = image[oy0:oy1, ox0:ox1]
         fused = region * (1.0 - mask) + sr * mask
         inner = (slice(by0 - oy0, by1 - oy0), slice(bx0 - ox0, bx1 - ox0))
+        seen = seen_img[oy0:oy1, ox0:ox1]
+        if seen_img is not image:  # the fused region as seen over the background too
+            fused = seen + (fused - region)
         cands.append({"padded": (ox0, oy0, ox1, oy1), "box": (bx0, by0, bx1, by1),
                       "source_box": (int(tx0), int(ty0), int(tx1), int(ty1)),
-                      "fused": fused, "before_crop": to_u8_bgr(region[inner]),
+                      "sr": sr, "mask": mask, "before_crop": to_u8_bgr(seen[inner]),
                       "after_crop": to_u8_bgr(fused[inner])})
+        del fused
     ctx.progress.update(0.9, "reading the text before and after")
-    rec_before = ocr.recognize_many([c["before_crop"] for c in cands])
-    rec_after = ocr.recognize_many([c["after_crop"] for c in cands])
+    rec_before = _read_all(ocr, [c["before_crop"] for c in cands], ctx)
+    rec_after = _read_all(ocr, [c["after_crop"] for c in cands], ctx)
     regions: list[dict[str, Any]] = []
     boxes: list[list[int]] = []
     for c, (text_before, conf_before), (text_after, conf_after) in zip(
@@ -228,12 +265,10 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
         kept = not (guard and conf_after < conf_before - 0.02)
         ox0, oy0, ox1, oy1 = c["padded"]
         if kept:
-            # overlapping regions: each one blends into what is already there
-            mask_region = c["fused"]
-            out[oy0:oy1, ox0:ox1] = np.where(
-                np.any(out[oy0:oy1, ox0:ox1] != image[oy0:oy1, ox0:ox1], axis=-1,
-                       keepdims=True),
-                0.5 * (out[oy0:oy1, ox0:ox1] + mask_region), mask_region)
+            # laid over what is already there (an earlier overlapping region included): where
+            # regions overlap the photo keeps weight prod(1 - mask), no restoration is undone
+            m = c["mask"]
+            out[oy0:oy1, ox0:ox1] = out[oy0:oy1, ox0:ox1] * (1.0 - m) + c["sr"] * m
         boxes.append(list(c["source_box"]))
         regions.append({"box": list(c["box"]), "padded": list(c["padded"]),
                         "text_before": text_before, "confidence_before": conf_before,

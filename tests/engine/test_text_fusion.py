@@ -157,3 +157,64 @@ def test_detection_runs_on_a_downscaled_copy_of_big_photos(shared_images, tiny_s
     h, w = source.shape[:2]
     assert all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for x0, y0, x1, y1 in boxes)
     assert max(x1 for _, _, x1, _ in boxes) > 200 * 0.8  # in photo pixels, not the copy's
+
+
+class _FakeOCR:
+    """Two overlapping text lines, read the same before and after."""
+
+    name = "fake"
+
+    def __init__(self, quads):
+        self.quads = quads
+
+    def detect(self, bgr):
+        return [np.array(q, np.float32) for q in self.quads]
+
+    def recognize_many(self, crops):
+        return [("text", 0.9) for _ in crops]
+
+
+def test_overlapping_and_border_clipped_regions_blend_without_undoing_each_other(
+        tiny_store, monkeypatch):
+    """Inside any text box the restoration has full weight (overlaps used to halve an earlier
+    region's), and a box clipped by the photo's edge fades over its own padding elsewhere."""
+    import engine.restore.text as T
+
+    monkeypatch.setattr(T, "realesrgan", lambda crop, *a, **k: cv2.resize(
+        crop * 0.5, (crop.shape[1] * 4, crop.shape[0] * 4), interpolation=cv2.INTER_NEAREST))
+    img = np.full((120, 200, 3), 0.8, np.float32)
+
+    def fuse(boxes):
+        quads = [[(x0, y0), (x1, y0), (x1, y1), (x0, y1)] for x0, y0, x1, y1 in boxes]
+        runtime = make_runtime(tiny_store)
+        runtime.cached(("ocr", "rapidocr"), lambda: _FakeOCR(quads), 1)
+        return _run(tiny_store, img, img, runtime=runtime, pad=0.3)[0].image
+
+    boxes = [(20, 30, 120, 50), (60, 40, 170, 60)]  # overlapping lines
+    res = fuse(boxes)
+    for x0, y0, x1, y1 in boxes:
+        assert np.allclose(res[y0:y1, x0:x1], 0.4, atol=1e-3), (x0, y0)
+    # a line at the top edge (its padding clipped above) fades to the photo below it over its
+    # own 9-px padding below, not over the 1 px left above (a hard step of 0.2 per px)
+    col = fuse([(30, 0, 120, 30)])[:, 75, 0]
+    assert np.allclose(col[:30], 0.4, atol=1e-3) and np.allclose(col[40:], 0.8, atol=1e-3)
+    assert np.abs(np.diff(col[28:42])).max() < 0.1, col[28:42]
+    m = feather_mask(10, 20, (0, 4), (2, 2), (False, True, True, True))
+    assert m[0, 10] == 1.0 and m[-1, 10] < 0.2 and m[5, 0] < 0.5
+
+
+def test_text_on_a_transparent_background_is_found(shared_images, tiny_store, tiny_runtime):
+    """Black glyphs on transparency: the filled colour under it is black, so the text is looked
+    for as it is seen, over a background."""
+    from engine.pipeline import fill_transparent
+
+    ph = load_photo(shared_images / "text_clean_ocr" /
+                    "RapidOCR__python__tests__test_files__black_font_color_transparent.png")
+    assert ph.alpha is not None and ph.alpha.min() < 0.01
+    src = fill_transparent(ph.pixels, ph.alpha)
+    ctx = StepContext(device=select_device("cpu"), progress=Progress(), runtime=tiny_runtime,
+                      tile_size=128)
+    ctx.artifacts.update(source=src, alpha=ph.alpha)
+    get_step("text_fusion").fn(src, {"model": "realesr-general-x4v3"}, ctx)
+    assert len(ctx.artifacts["text_boxes"]) >= 2
+    assert ctx.artifacts["ocr_confidence_before"] > 0.8
