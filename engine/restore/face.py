@@ -10,6 +10,8 @@
   the box is mapped onto the template's face area.
 * Restoration: CodeFormer (``spandrel_extra_arches``) on the aligned crop with the fidelity
   weight ``w`` (0 = most enhancement, 1 = most faithful to the input).
+* Identity check: a restored face whose content (luma at 64 px) no longer matches the input
+  face (the regression guard's PSNR/SSIM floors) is not pasted: that face stays as it was.
 * Paste-back: the restored crop is warped back with the inverse transform and blended with a
   feathered mask; pixels outside each face's warped crop are left bit-identical.
 Faces smaller than ``min_face`` pixels are skipped (too little to restore, and CodeFormer would
@@ -405,10 +407,34 @@ def paste_face(image: np.ndarray, restored: np.ndarray, matrix: np.ndarray,
     return image
 
 
+FACE_CHECK_SIDE = 64  # px: the face's content (who it is), not its detail
+FACE_MIN_PSNR, FACE_MIN_SSIM = 16.0, 0.45  # the regression guard's content floors, per face
+
+
+def face_kept(crop: np.ndarray, restored: np.ndarray) -> tuple[bool, float, float]:
+    """Whether a restored face still is the face it came from: PSNR (dB) and SSIM of their
+    luma at ``FACE_CHECK_SIDE`` px against the regression guard's content floors. A face the
+    model turned into another face, or into noise, fails; sharper detail does not count."""
+    from .classical import luminance
+    from .guard import _psnr, _resize, _ssim
+
+    size = (FACE_CHECK_SIDE, FACE_CHECK_SIDE)
+    a = luminance(np.clip(_resize(crop, size), 0, 1))
+    b = luminance(np.clip(_resize(restored, size), 0, 1))
+    psnr, ssim = _psnr(b, a), _ssim(b, a)
+    return psnr >= FACE_MIN_PSNR and ssim >= FACE_MIN_SSIM, psnr, ssim
+
+
 def restore_faces(image: np.ndarray, faces: list[Face], restore_fn: RestoreFn,
-                  progress: Any = None, size: int = FACE_SIZE) -> np.ndarray:
-    """Align each face, run ``restore_fn`` on the crop, paste back; returns a new image."""
+                  progress: Any = None, size: int = FACE_SIZE,
+                  kept_original: list[int] | None = None) -> np.ndarray:
+    """Align each face, run ``restore_fn`` on the crop, paste back; returns a new image.
+    A restored face that is no longer the same face (``face_kept``) is not pasted: the
+    original face stays, and its index goes to ``kept_original``. On a grey photo the
+    restored face is made grey too (the model may colour it)."""
     out = image.astype(np.float32, copy=True)
+    grey = image.ndim == 3 and bool(np.allclose(image[..., 0], image[..., 1]) and
+                                    np.allclose(image[..., 1], image[..., 2]))
     for i, face in enumerate(faces):
         if progress is not None:
             progress.update(i / max(1, len(faces)), f"face {i + 1}/{len(faces)}")
@@ -417,6 +443,16 @@ def restore_faces(image: np.ndarray, faces: list[Face], restore_fn: RestoreFn,
         restored = np.asarray(restore_fn(crop), dtype=np.float32)
         if restored.shape != crop.shape or not np.isfinite(restored).all():
             raise EngineError("the face model returned an invalid image")
+        if grey:
+            from .classical import luminance
+
+            restored = np.repeat(luminance(restored)[..., None], 3, axis=2)
+        ok, psnr, ssim = face_kept(crop, restored)
+        if not ok:
+            log.info("face %d kept as it was (PSNR %.1f dB, SSIM %.2f)", i, psnr, ssim)
+            if kept_original is not None:
+                kept_original.append(i)
+            continue
         paste_face(out, restored, m)
     if progress is not None:
         progress.update(1.0, f"{len(faces)} face(s) restored")
@@ -464,6 +500,7 @@ def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
                                    score_threshold=float(params.get("face_score", 0.7)),
                                    warnings=ctx.warnings)
     faces.sort(key=lambda f: f.size, reverse=True)
+    found = len(faces)
     faces = faces[: int(params.get("max_faces", 32))]
     ctx.artifacts["face_boxes"] = [f.to_json()["box"] for f in faces]
     if not faces:
@@ -473,7 +510,16 @@ def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     ctx.progress.update(0.05, "loading CodeFormer")
     descriptor = ctx.runtime.load_image_model(CODEFORMER_ID)
     fn = codeformer_fn(descriptor, ctx.device, fidelity)
-    out = restore_faces(image, faces, fn, ctx.progress.sub(0.1, 0.9))
+    kept: list[int] = []
+    out = restore_faces(image, faces, fn, ctx.progress.sub(0.1, 0.9), kept_original=kept)
+    ctx.artifacts["faces_kept_original"] = kept
     boxes = ", ".join(f"{int(f.size)} px" for f in faces)
-    return StepOutput(out, CODEFORMER_ID,
-                      f"{len(faces)} face(s) ({boxes}) found by {detector}, fidelity {fidelity:g}")
+    notes = f"{len(faces)} face(s) ({boxes}) found by {detector}, fidelity {fidelity:g}"
+    if found > len(faces):
+        notes += f"; {found} found, the {len(faces)} largest restored (max_faces)"
+        ctx.warnings.append(f"{found} faces found: only the {len(faces)} largest were restored "
+                            "(raise the step's max_faces to restore more)")
+    if kept:
+        notes += (f"; {len(kept)} kept as they were (the restored face was no longer the "
+                  "same face)")
+    return StepOutput(out, CODEFORMER_ID, notes)

@@ -83,7 +83,8 @@ def test_paste_back_leaves_everything_outside_the_faces_identical(shared_images)
     img = _read(shared_images / "faces/CodeFormer__inputs__whole_imgs__01.jpg")
     faces, _ = detect_faces(img, None)
     assert faces
-    out = restore_faces(img, faces, lambda crop: 1.0 - crop)  # a stand-in "restorer"
+    # a stand-in "restorer": every pixel moves 0.12, the face stays the same face
+    out = restore_faces(img, faces, lambda crop: crop + np.where(crop < 0.5, 0.12, -0.12))
     touched = np.zeros(img.shape[:2], bool)
     for f in faces:
         x0, y0, x1, y1 = paste_region(face_matrix(f), img.shape[:2])
@@ -145,3 +146,32 @@ def test_codeformer_real_architecture_through_the_store(shared_images, tmp_path)
     outside = np.ones(img.shape[:2], bool)
     outside[y0:y1, x0:x1] = False
     np.testing.assert_array_equal(out.image[outside], img[outside])
+
+
+def test_a_restored_face_that_is_no_longer_the_same_face_is_not_pasted(shared_images):
+    """Per-face identity check: a 'restoration' that turns the face into its negative (or
+    noise, as a broken model does) keeps the original face; a plausible one is pasted."""
+    from engine.restore.face import face_kept
+
+    img = _read(shared_images / "faces/CodeFormer__inputs__whole_imgs__01.jpg")
+    faces, _ = detect_faces(img, None)
+    assert faces
+    kept: list[int] = []
+    out = restore_faces(img, faces, lambda crop: 1.0 - crop, kept_original=kept)
+    assert kept == list(range(len(faces))) and np.array_equal(out, img)
+    rng = np.random.default_rng(0)
+    out = restore_faces(img, faces, lambda crop: rng.random(crop.shape).astype(np.float32),
+                        kept_original=(kept := []))
+    assert kept == list(range(len(faces))) and np.array_equal(out, img)
+    crop = np.clip(img[:128, :128], 0, 1)
+    assert face_kept(crop, cv2.GaussianBlur(crop, (0, 0), 1.0))[0]  # softer/sharper: same face
+
+
+def test_a_grey_photo_keeps_grey_faces(shared_images):
+    img = _read(shared_images / "faces/CodeFormer__inputs__whole_imgs__01.jpg")
+    grey = np.repeat(img.mean(axis=2, keepdims=True), 3, axis=2).astype(np.float32)
+    faces, _ = detect_faces(grey, None)
+    assert faces
+    tint = np.array([0.08, -0.04, -0.04], np.float32)  # a model that colours the face
+    out = restore_faces(grey, faces, lambda crop: np.clip(crop + tint, 0, 1))
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])

@@ -144,7 +144,7 @@ def test_alignment_and_paste_back_run_on_a_yunet_face(marker_rt):
     assert math.hypot(m[0, 0], m[1, 0]) == pytest.approx(3.0, rel=0.02)
     mapped = np.c_[face.landmarks, np.ones(5)] @ m.T
     assert np.abs(mapped - FFHQ_TEMPLATE_512).max() < 4.0
-    out = restore_faces(img, faces, lambda crop: 1.0 - crop)
+    out = restore_faces(img, faces, lambda crop: crop + np.where(crop < 0.5, 0.12, -0.12))
     x0, y0, x1, y1 = paste_region(m, img.shape[:2])
     outside = np.ones(img.shape[:2], bool)
     outside[y0:y1, x0:x1] = False
