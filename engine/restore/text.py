@@ -219,8 +219,12 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
     f = min(1.0, det_max / max(sh, sw))
     det_src = seen_src if f >= 1.0 else cv2.resize(
         seen_src, (max(1, round(sw * f)), max(1, round(sh * f))), interpolation=cv2.INTER_AREA)
-    quads = [q / f for q in ocr.detect(to_u8_bgr(det_src))]
-    del det_src
+    # PP-OCR's detector misses text that fills the frame (a crop of a sign, a scanned line):
+    # it is looked for with a margin of the photo's own edge pixels around it
+    m = min(64, max(8, round(0.1 * max(det_src.shape[:2]))))
+    det_bgr = cv2.copyMakeBorder(to_u8_bgr(det_src), m, m, m, m, cv2.BORDER_REPLICATE)
+    quads = [(q - m) / f for q in ocr.detect(det_bgr)]
+    del det_src, det_bgr
     ctx.progress.update(0.1, f"{len(quads)} text region(s)")
     out = image.copy()
     cands: list[dict[str, Any]] = []

@@ -164,11 +164,12 @@ class _FakeOCR:
 
     name = "fake"
 
-    def __init__(self, quads):
-        self.quads = quads
+    def __init__(self, quads, height):
+        self.quads, self.height = quads, height
 
-    def detect(self, bgr):
-        return [np.array(q, np.float32) for q in self.quads]
+    def detect(self, bgr):  # (the step looks for text with a margin around the photo)
+        m = (bgr.shape[0] - self.height) // 2
+        return [np.array(q, np.float32) + m for q in self.quads]
 
     def recognize_many(self, crops):
         return [("text", 0.9) for _ in crops]
@@ -187,7 +188,7 @@ def test_overlapping_and_border_clipped_regions_blend_without_undoing_each_other
     def fuse(boxes):
         quads = [[(x0, y0), (x1, y0), (x1, y1), (x0, y1)] for x0, y0, x1, y1 in boxes]
         runtime = make_runtime(tiny_store)
-        runtime.cached(("ocr", "rapidocr"), lambda: _FakeOCR(quads), 1)
+        runtime.cached(("ocr", "rapidocr"), lambda: _FakeOCR(quads, img.shape[0]), 1)
         return _run(tiny_store, img, img, runtime=runtime, pad=0.3)[0].image
 
     boxes = [(20, 30, 120, 50), (60, 40, 170, 60)]  # overlapping lines
@@ -218,3 +219,15 @@ def test_text_on_a_transparent_background_is_found(shared_images, tiny_store, ti
     get_step("text_fusion").fn(src, {"model": "realesr-general-x4v3"}, ctx)
     assert len(ctx.artifacts["text_boxes"]) >= 2
     assert ctx.artifacts["ocr_confidence_before"] > 0.8
+
+
+def test_text_that_fills_the_frame_is_found(shared_images, tiny_store, tiny_runtime):
+    """A photo that is one line of text edge to edge: the detector needs a margin to see it."""
+    src = np.ascontiguousarray(load_photo(
+        shared_images / "text_clean_ocr/RapidOCR__python__tests__test_files__text_rec.jpg"
+    ).pixels[..., :3])
+    out, ctx = _run(tiny_store, src, src, runtime=tiny_runtime)
+    assert ctx.artifacts["text_boxes"], out.notes
+    h, w = src.shape[:2]
+    for x0, y0, x1, y1 in ctx.artifacts["text_boxes"]:
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
