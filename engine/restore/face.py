@@ -389,7 +389,10 @@ def paste_face(image: np.ndarray, restored: np.ndarray, matrix: np.ndarray,
         r = max(8, round(size * scale * 2))
         face = cv2.resize(face, (r, r), interpolation=cv2.INTER_AREA)
         alpha = cv2.resize(alpha, (r, r), interpolation=cv2.INTER_AREA)
-        inv = inv @ np.diag([size / r, size / r, 1.0])
+        # resized pixel j covers crop pixels [k*j, k*(j+1)): its centre is k*j + (k-1)/2
+        # (without the offset a small face was pasted ~0.1 px up and left)
+        k = size / r
+        inv = inv @ np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2], [0.0, 0.0, 1.0]])
     inv = inv.copy()
     inv[0, 2] -= x0
     inv[1, 2] -= y0

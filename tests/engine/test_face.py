@@ -175,3 +175,19 @@ def test_a_grey_photo_keeps_grey_faces(shared_images):
     tint = np.array([0.08, -0.04, -0.04], np.float32)  # a model that colours the face
     out = restore_faces(grey, faces, lambda crop: np.clip(crop + tint, 0, 1))
     assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+
+
+def test_a_small_face_is_pasted_back_where_it_was(shared_images):
+    """Faces under ~110 px are shrunk before the paste; the shrink's pixel centres must be
+    accounted for (they were pasted ~0.12 px up and left)."""
+    img = _read(shared_images / "faces/CodeFormer__inputs__whole_imgs__01.jpg")
+    faces, _ = detect_faces(img, None)
+    small = [f for f in faces if f.size < 100]
+    assert small
+    out = restore_faces(img, small, lambda crop: crop)  # an identity "restorer"
+    for f in small:
+        x0, y0, x1, y1 = (int(v) for v in f.box)
+        a = cv2.cvtColor(img[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY).astype(np.float64)
+        b = cv2.cvtColor(out[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY).astype(np.float64)
+        (dx, dy), _ = cv2.phaseCorrelate(a, b)
+        assert abs(dx) < 0.06 and abs(dy) < 0.06, (dx, dy)
