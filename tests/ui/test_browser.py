@@ -240,3 +240,24 @@ def test_scan_folder_is_fast(tmp_path):
     # costs; wall time only loosely (a loaded CI runner can preempt any thread)
     assert cpu < 0.25, cpu
     assert dt < 2.0, dt
+
+
+def test_keeping_the_current_photo_refilters_only_when_it_matters(qtbot):
+    """Moving between photos the filter shows anyway must not re-filter every row (an arrow
+    key on a big folder would cost O(photos) on the GUI thread)."""
+    from PySide6.QtGui import QStandardItemModel
+
+    from ui.browser.model import ClassFilterProxy
+
+    proxy = ClassFilterProxy()
+    proxy.setSourceModel(QStandardItemModel())
+    calls = []
+    proxy.invalidateFilter = lambda: calls.append(1)
+    proxy.sourceModel().item = lambda path: None  # every photo passes the filter on its own
+    proxy._classes = {"A"}
+    proxy.set_keep(Path("a.jpg"))
+    proxy.set_keep(Path("b.jpg"))
+    assert calls == []
+    proxy.sourceModel().item = lambda path: type("I", (), {"diagnosis": None})()  # "?"
+    proxy.set_keep(Path("c.jpg"))  # shown only because it is current
+    assert calls == [1]

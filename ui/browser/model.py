@@ -275,10 +275,23 @@ class ClassFilterProxy(QSortFilterProxyModel):
         """The photo being worked on stays shown while it is current, even when a diagnosis
         or a fix moves it out of the filter (the view would otherwise jump to another photo,
         which the next Fix would then act on)."""
-        if path != self._keep:
-            self._keep = path
-            if self._classes is not None:
-                self.invalidateFilter()
+        if path == self._keep:
+            return
+        old, self._keep = self._keep, path
+        # re-filtering every row on each arrow key would be O(photos) on the GUI thread: only
+        # needed when the photo left or the one arrived is shown only because it is current
+        if self._classes is not None and not (self._passes(old) and self._passes(path)):
+            self.invalidateFilter()
+
+    def _passes(self, path: Path | None) -> bool:
+        """Whether ``path`` is shown by the class filter alone (None: nothing to keep)."""
+        if path is None:
+            return True
+        item = self.sourceModel().item(path)
+        if item is None:
+            return True
+        label = item.diagnosis.label.value if item.diagnosis is not None else "?"
+        return self._classes is None or label in self._classes
 
     def filterAcceptsRow(self, source_row: int,
                          source_parent: QModelIndex | QPersistentModelIndex) -> bool:
