@@ -180,6 +180,103 @@ def _read_all(ocr: Any, crops: list[np.ndarray], ctx: StepContext,
     return out
 
 
+def _detect_whole(ocr: Any, rgb: np.ndarray) -> list[np.ndarray]:
+    """Text quads of ``rgb`` (its pixels). PP-OCR's detector misses text that fills the frame
+    (a crop of a sign, a scanned line): it is looked for with a margin of the photo's own edge
+    pixels around it."""
+    m = min(64, max(8, round(0.1 * max(rgb.shape[:2]))))
+    bgr = cv2.copyMakeBorder(to_u8_bgr(rgb), m, m, m, m, cv2.BORDER_REPLICATE)
+    return [q - m for q in ocr.detect(bgr)]
+
+
+def _box(q: np.ndarray) -> tuple[float, float, float, float]:
+    return (float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()),
+            float(q[:, 1].max()))
+
+
+def _inside(a: tuple[float, float, float, float], b: tuple[float, float, float, float],
+            share: float = 0.7) -> bool:
+    """Whether box ``a`` lies mostly (``share`` of its area) within box ``b``."""
+    ov = (max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+          * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
+    return ov >= share * max(1e-6, (a[2] - a[0]) * (a[3] - a[1]))
+
+
+def _drop_repeats(quads: list[np.ndarray]) -> list[np.ndarray]:
+    """The quads, less those found twice: a quad whose box lies mostly within a larger kept one
+    (a line found in two overlapping tiles). Order: as found."""
+    boxes = [_box(q) for q in quads]
+    kept: list[int] = []
+    for i in sorted(range(len(quads)),
+                    key=lambda i: -(boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1])):
+        if not any(_inside(boxes[i], boxes[j]) for j in kept):
+            kept.append(i)
+    return [quads[i] for i in sorted(kept)]
+
+
+def _text_height(q: np.ndarray) -> float:
+    """The short side of a text quad (its line height, also for slanted lines)."""
+    return float(min(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[1])))
+
+
+def _merge_passes(coarse: list[np.ndarray], fine: list[np.ndarray],
+                  big: float) -> list[np.ndarray]:
+    """Text found on the reduced copy (``coarse``) and in full-resolution tiles (``fine``), each
+    line once, in reading order. The tiles outline small text more tightly (on a reduced copy
+    small lines merge into blobs spanning several of them), and see whole every line up to the
+    tiles' overlap tall (``big``). So a reduced copy's box is kept as large text when it is at
+    least ``big`` tall and no tile found lines of under half its height in it (tile boxes in it
+    are then dropped: pieces of one line that tiles cut), and otherwise only where no tile found
+    anything in it."""
+    fine = _drop_repeats(fine)
+    fb = [(_box(q), _text_height(q)) for q in fine]
+    large: list[np.ndarray] = []
+    small: list[np.ndarray] = []
+    for q in coarse:
+        box, h = _box(q), _text_height(q)
+        lines = [fh for f, fh in fb if _inside(f, box)]
+        if h >= big and not any(fh < h / 2 for fh in lines):
+            large.append(q)
+        elif not lines:
+            small.append(q)
+    lb = [_box(q) for q in large]
+    fine = [q for q, (b, _) in zip(fine, fb, strict=True) if not any(_inside(b, c) for c in lb)]
+    return sorted(large + small + fine, key=lambda q: (_box(q)[1], _box(q)[0]))
+
+
+def _detect_text(ocr: Any, rgb: np.ndarray, det_max: int, det_tile: int,
+                 ctx: StepContext) -> list[np.ndarray]:
+    """Text quads in ``rgb``'s pixels. A photo larger than ``det_max`` is looked at twice: on a
+    copy at most ``det_max`` px (PP-OCR keeps big photos at full size; large text, and text
+    that fills the frame), and at full resolution in ``det_tile`` px tiles that overlap, so that
+    small text a reduced copy blurs away is found too (12-px lines on a 6000-px page: about half
+    of them on the 2048-px copy; 10-px lines: none). Cancel is checked between tiles."""
+    h, w = rgb.shape[:2]
+    f = min(1.0, det_max / max(h, w))
+    if f >= 1.0:
+        return _detect_whole(ocr, rgb)
+    small = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))),
+                       interpolation=cv2.INTER_AREA)
+    coarse = [q / f for q in _detect_whole(ocr, small)]
+    del small
+    if det_tile <= 0:
+        return coarse
+    fine: list[np.ndarray] = []
+    tile = max(256, det_tile)
+    overlap = max(64, tile // 10)  # more than a small line's height: each is whole in a tile
+    step = tile - overlap
+    ys = list(range(0, max(1, h - overlap), step))
+    xs = list(range(0, max(1, w - overlap), step))
+    n = len(ys) * len(xs)
+    for k, (y, x) in enumerate((y, x) for y in ys for x in xs):
+        ctx.progress.check()
+        ctx.progress.update(0.1 * k / n, f"finding small text, tile {k + 1} of {n}")
+        y1, x1 = min(h, y + tile), min(w, x + tile)
+        found = ocr.detect(to_u8_bgr(rgb[y:y1, x:x1]))
+        fine += [q + np.array([x, y], np.float32) for q in found]
+    return _merge_passes(coarse, fine, overlap)
+
+
 # --------------------------------------------------------------------------- the step
 @register_step(
     "text_fusion",
@@ -187,7 +284,7 @@ def _read_all(ocr: Any, crops: list[np.ndarray], ctx: StepContext,
     description="Detect text (PP-OCR), super-resolve the text regions of the source with "
                 "Real-ESRGAN and blend them into the result.",
     defaults={"ocr": "auto", "model": "realesrgan-x4plus", "pad": 0.3, "guard": True,
-              "det_max_side": 2048},
+              "det_max_side": 2048, "det_tile": 1280},
 )
 def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     model_id = str(params.get("model", "realesrgan-x4plus"))
@@ -213,18 +310,8 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
         seen_src = _over_background(source, alpha)
         seen_img = _over_background(image, resize_to(alpha[..., None], ow, oh)[..., 0]
                                     if alpha.shape[:2] != (oh, ow) else alpha)
-    # PP-OCR detection keeps big photos at full size (its limit is on the short side): look for
-    # text on a copy at most det_max_side px, then scale the boxes back
-    det_max = int(params.get("det_max_side", 2048))
-    f = min(1.0, det_max / max(sh, sw))
-    det_src = seen_src if f >= 1.0 else cv2.resize(
-        seen_src, (max(1, round(sw * f)), max(1, round(sh * f))), interpolation=cv2.INTER_AREA)
-    # PP-OCR's detector misses text that fills the frame (a crop of a sign, a scanned line):
-    # it is looked for with a margin of the photo's own edge pixels around it
-    m = min(64, max(8, round(0.1 * max(det_src.shape[:2]))))
-    det_bgr = cv2.copyMakeBorder(to_u8_bgr(det_src), m, m, m, m, cv2.BORDER_REPLICATE)
-    quads = [(q - m) / f for q in ocr.detect(det_bgr)]
-    del det_src, det_bgr
+    quads = _detect_text(ocr, seen_src, int(params.get("det_max_side", 2048)),
+                         int(params.get("det_tile", 1280)), ctx)
     ctx.progress.update(0.1, f"{len(quads)} text region(s)")
     out = image.copy()
     cands: list[dict[str, Any]] = []

@@ -231,3 +231,76 @@ def test_text_that_fills_the_frame_is_found(shared_images, tiny_store, tiny_runt
     h, w = src.shape[:2]
     for x0, y0, x1, y1 in ctx.artifacts["text_boxes"]:
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+
+
+def _small_text_page(w=1600, h=1600, size=7):
+    """A page of ``size``-px text lines in its top half and one large headline below
+    (Pillow's own font: no system font needed)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (w, h), (245, 243, 238))
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=size)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "near", "old"]
+    rng = np.random.default_rng(0)
+    for y in range(20, h // 2, 2 * size):
+        for x in range(20, w - 300, 400):
+            d.text((x, y), " ".join(rng.choice(words, 6)), fill=(20, 20, 20), font=font)
+    d.text((60, h * 0.58), "HEADLINE", fill=(10, 10, 10), font=ImageFont.load_default(size=150))
+    return np.asarray(img, np.float32) / 255.0
+
+
+def test_small_text_on_big_photos_is_found_in_full_resolution_tiles(tiny_runtime):
+    """Small text on a photo larger than det_max_side is lost on the reduced copy (7-px lines
+    on an 800-px copy of a 1600-px page: none, or blobs of two lines), and found in the
+    full-resolution tiles; every line once (two overlapping tiles find some twice), the large
+    headline that crosses a tile border whole; cancel is honoured between tiles."""
+    import engine.restore.text as T
+    from engine.errors import Cancelled
+    from engine.progress import CancelToken
+
+    page = _small_text_page()
+    ctx = StepContext(device=select_device("cpu"), progress=Progress(), runtime=tiny_runtime,
+                      tile_size=128)
+    ocr = T.get_ocr(ctx)
+    lines = len(range(20, 800, 14)) * len(range(20, 1300, 400))  # 58 x 4
+    tiled = T._detect_text(ocr, page, 800, 1024, ctx)
+    boxes = [T._box(q) for q in tiled]
+    small = [b for b in boxes if b[3] - b[1] < 40]
+    large = [b for b in boxes if b[3] - b[1] >= 40]
+    assert lines <= len(small) <= 1.1 * lines, (len(small), lines)
+    assert max(b[3] - b[1] for b in small) < 20  # one line each, not blobs of two
+    assert len(large) == 1 and large[0][1] < 1024 - 102 + 40 < 1024 < large[0][3], large
+    for i, a in enumerate(boxes):  # no box lies mostly inside another
+        assert not any(T._inside(a, b) for j, b in enumerate(boxes) if i != j), a
+    assert all(x0 >= -2 and y0 >= -2 and x1 <= 1602 and y1 <= 1602
+               for x0, y0, x1, y1 in boxes)
+    reduced = [b for b in map(T._box, T._detect_text(ocr, page, 800, 0, ctx))
+               if b[3] - b[1] < 40]
+    assert sum(b[3] - b[1] < 20 for b in reduced) < 0.5 * lines, len(reduced)
+
+    calls = []
+
+    class Counting:
+        def detect(self, bgr):
+            calls.append(bgr.shape)
+            if len(calls) == 3:
+                token.cancel()
+            return []
+
+    token = CancelToken()
+    ctx = StepContext(device=select_device("cpu"), progress=Progress(token=token),
+                      runtime=tiny_runtime, tile_size=128)
+    with pytest.raises(Cancelled):
+        T._detect_text(Counting(), page, 800, 1024, ctx)
+    assert len(calls) == 3  # the reduced copy, two tiles, then the cancel
+    assert calls[1] == (1024, 1024, 3)  # tiles at full resolution
+
+
+def test_drop_repeats_keeps_the_larger_of_a_box_found_twice():
+    import engine.restore.text as T
+
+    q = lambda x0, y0, x1, y1: np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], np.float32)
+    quads = [q(0, 0, 100, 20), q(2, 1, 98, 19), q(90, 0, 200, 20), q(0, 40, 50, 60)]
+    kept = T._drop_repeats(quads)
+    assert [T._box(k) for k in kept] == [T._box(quads[i]) for i in (0, 2, 3)]
