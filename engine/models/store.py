@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -706,8 +705,10 @@ class ModelStore:
         if move:
             os.replace(src, dest)
         else:
-            fd, tmp = tempfile.mkstemp(prefix=".import-", suffix=PART_SUFFIX, dir=dest.parent)
-            os.close(fd)
+            # created like a download (0666 less the umask: readable by whoever the user lets
+            # read their files), not mkstemp's owner-only 0600
+            tmp = str(dest.parent / f".import-{os.getpid()}-{os.urandom(4).hex()}{PART_SUFFIX}")
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             try:
                 shutil.copyfile(src, tmp)
                 if sha256_file(Path(tmp)) != actual:

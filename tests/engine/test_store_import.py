@@ -264,3 +264,21 @@ def test_offline_missing_model_points_to_import_not_pull(tmp_path, built, monkey
             store.require("sam-vit-base")
         assert "mend models import PATH" in str(ei.value)
         assert "mend models pull" not in str(ei.value)
+
+
+def test_imported_files_are_created_like_downloads_not_owner_only(built, tmp_path):
+    """Imported weights follow the umask (0644 under the usual 022), as downloads do; they used
+    to be mkstemp's owner-only 0600."""
+    import os
+    import stat
+
+    src, manifest = built
+    old = os.umask(0o022)
+    try:
+        store = ModelStore(tmp_path / "store", manifest)
+        store.import_path(src / "realesr-general-x4v3.pth")
+    finally:
+        os.umask(old)
+    f = store.file_path("realesr-general-x4v3", "realesr-general-x4v3.pth")
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert not [p for p in f.parent.iterdir() if p.name.startswith(".import-")]
