@@ -232,5 +232,8 @@ def is_oom(exc: BaseException) -> bool:
         pass
     if isinstance(exc, MemoryError):
         return True
-    # MPS raises a RuntimeError with this text and has no dedicated type
-    return isinstance(exc, RuntimeError) and "MPS backend out of memory" in str(exc)
+    # MPS raises a RuntimeError with this text and has no dedicated type; so does the CPU
+    # allocator when an allocation fails (Windows commits memory up front: it fails there first)
+    return isinstance(exc, RuntimeError) and any(
+        t in str(exc) for t in ("MPS backend out of memory", "DefaultCPUAllocator: can't allocate",
+                                "DefaultCPUAllocator: not enough memory"))

@@ -264,7 +264,8 @@ def deblur_nafnet(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext
     desc = ctx.runtime.load_image_model(NAFNET_GOPRO)
     tile = int(params.get("tile") or ctx.tile_size)
     dtype = next(desc.model.parameters()).dtype
-    out = run_tiled(image, torch_fn(desc, ctx.device, dtype), tile=tile, overlap=32,
+    out = run_tiled(image, torch_fn(desc, ctx.device, dtype, check=ctx.progress.check),
+                    tile=tile, overlap=32,
                     pad_multiple=16, balance=True,
                     progress=ctx.progress, device=ctx.device)
     return StepOutput(out, NAFNET_GOPRO, f"tiles of {tile} px")

@@ -462,7 +462,8 @@ def restore_faces(image: np.ndarray, faces: list[Face], restore_fn: RestoreFn,
     return out
 
 
-def codeformer_fn(descriptor: Any, device: Any, fidelity: float) -> RestoreFn:
+def codeformer_fn(descriptor: Any, device: Any, fidelity: float,
+                  check: Callable[[], None] | None = None) -> RestoreFn:
     """CodeFormer on one aligned 512x512 crop (float RGB [0, 1] in and out).
 
     CodeFormer works on [-1, 1] tensors (its official inference normalises with mean 0.5,
@@ -470,6 +471,8 @@ def codeformer_fn(descriptor: Any, device: Any, fidelity: float) -> RestoreFn:
     would use [0, 1] and w = 0.5, so the module is called directly.
     """
     import torch
+
+    from ..tiling import checking
 
     model = getattr(descriptor, "model", descriptor)
     param = next(model.parameters())
@@ -479,7 +482,7 @@ def codeformer_fn(descriptor: Any, device: Any, fidelity: float) -> RestoreFn:
     def fn(face: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(face.transpose(2, 0, 1)))[None]
         x = x.to(device=dev, dtype=dtype) * 2.0 - 1.0
-        with torch.inference_mode():
+        with torch.inference_mode(), checking(model, check):  # (a cancel inside one face)
             y = model(x, weight=w)
             y = y[0] if isinstance(y, (tuple, list)) else y
             y = (y.clamp(-1.0, 1.0) + 1.0) / 2.0
@@ -512,7 +515,7 @@ def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     fidelity = float(params.get("fidelity", 0.7))
     ctx.progress.update(0.05, "loading CodeFormer")
     descriptor = ctx.runtime.load_image_model(CODEFORMER_ID)
-    fn = codeformer_fn(descriptor, ctx.device, fidelity)
+    fn = codeformer_fn(descriptor, ctx.device, fidelity, ctx.progress.check)
     kept: list[int] = []
     out = restore_faces(image, faces, fn, ctx.progress.sub(0.1, 0.9), kept_original=kept)
     ctx.artifacts["faces_kept_original"] = kept

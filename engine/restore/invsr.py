@@ -400,17 +400,24 @@ def invsr_upscale(image: np.ndarray, pipe: InvSRPipeline, *, scale: int, steps: 
     """InvSR over a whole photo in 128-px LR patches at stride 64, at output ``scale``."""
     import torch
 
+    from ..tiling import checking
     from .sr import resize_to
 
     timesteps = TIMESTEPS[steps]
+    # the noise is drawn on this CPU generator and then moved (diffusers' randn_tensor does so
+    # for a CPU generator), so a seed gives the same result on every device (it used to be
+    # dropped on CUDA/MPS, and the global random state made every run differ)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     check = progress.check if progress is not None else None
 
     def fn(tile: np.ndarray) -> np.ndarray:
         h, w = tile.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))[None]
-        with torch.inference_mode():
-            y = pipe.sr_patch(x, timesteps, generator=_gen_for(generator, pipe), check=check)
+        # a cancel is honoured inside a model call too: one 128-px patch-step of the UNet
+        # takes ~50 s on a CPU core
+        with torch.inference_mode(), checking(pipe.unet, check), checking(pipe.vae, check), \
+                checking(pipe.predictor, check):
+            y = pipe.sr_patch(x, timesteps, generator=generator, check=check)
         res = y[0].permute(1, 2, 0).cpu().numpy()
         if scale != SF:
             res = np.clip(resize_to(res, w * scale, h * scale), 0, 1)
@@ -422,11 +429,6 @@ def invsr_upscale(image: np.ndarray, pipe: InvSRPipeline, *, scale: int, steps: 
     return run_tiled(image, fn, scale=scale, tile=PATCH, overlap=PATCH - STRIDE,
                      pad_multiple=multiple, progress=progress, device=device,
                      min_tile=max(16, multiple))
-
-
-def _gen_for(generator, pipe):
-    """Noise is drawn on the CPU generator (reproducible on every device), then moved."""
-    return generator if pipe.device.type == "cpu" else None
 
 
 @register_step(

@@ -117,7 +117,10 @@ def _fit_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     m = np.asarray(mask)
     if m.ndim == 3:
         m = m[..., 0]
-    if m.dtype != np.uint8:
+    if m.dtype == np.bool_ or (m.dtype.kind in "iu" and m.size and int(m.max()) == 1):
+        # a true/false mask, or a 0/1 label image (what labelling tools export): 1 = remove
+        m = (m > 0).astype(np.uint8) * 255
+    elif m.dtype != np.uint8:
         m = ((m > (0.5 if m.dtype.kind == "f" and m.max() <= 1.0 else 127)) * 255).astype(
             np.uint8)
     if m.shape != tuple(shape):
@@ -512,15 +515,19 @@ def inpaint_regions(image: np.ndarray, mask: np.ndarray, fn: InpaintFn, *,
     return out
 
 
-def lama_fn(descriptor: Any) -> InpaintFn:
+def lama_fn(descriptor: Any, check: Callable[[], None] | None = None) -> InpaintFn:
+    """LaMa as an inpainting function; ``check`` runs inside its forward pass (one 1024-px
+    region takes ~20 s on a CPU core)."""
     import torch
+
+    from ..tiling import checking
 
     param = next(descriptor.model.parameters())
 
     def fn(crop: np.ndarray, mask: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(crop.transpose(2, 0, 1))[None].to(param.device, param.dtype)
         m = torch.from_numpy(mask)[None, None].to(param.device, param.dtype)
-        with torch.inference_mode():
+        with torch.inference_mode(), checking(descriptor, check):
             y = descriptor(x, m)
         return y[0].float().permute(1, 2, 0).cpu().numpy()
 
@@ -558,7 +565,7 @@ def inpaint_lama(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext)
         return StepOutput(image, LAMA_ID, "skipped: the mask is empty")
     ctx.progress.update(0.0, "loading LaMa")
     desc = ctx.runtime.load_image_model(LAMA_ID)
-    out = inpaint_regions(image, mask, lama_fn(desc), context=float(params.get("context", 1.0)),
+    out = inpaint_regions(image, mask, lama_fn(desc, ctx.progress.check), context=float(params.get("context", 1.0)),
                           max_side=int(params.get("max_side", 1024)), progress=ctx.progress)
     return StepOutput(out, LAMA_ID, f"{len(mask_regions(dilate_mask(mask, PASTE_DILATE)))} "
                                     "region(s) inpainted")
@@ -606,7 +613,8 @@ def dereflect_nafnet(image: np.ndarray, params: Mapping[str, Any], ctx: StepCont
     desc = ctx.runtime.load_image_model(NAFNET_SIDD)
     dtype = next(desc.model.parameters()).dtype
     tile = int(params.get("tile") or ctx.tile_size)
-    out = run_tiled(image, torch_fn(desc, ctx.device, dtype), tile=tile, overlap=32,
+    out = run_tiled(image, torch_fn(desc, ctx.device, dtype, check=ctx.progress.check),
+                    tile=tile, overlap=32,
                     pad_multiple=16, balance=True, progress=ctx.progress, device=ctx.device)
     if strength < 1.0:
         out = image + strength * (out - image)

@@ -63,10 +63,11 @@ def realesrgan(image: np.ndarray, model_id: str, scale: int, ctx: StepContext,
     """Real-ESRGAN ``model_id`` on ``image`` at output ``scale``, tiled (used by text fusion)."""
     desc = ctx.runtime.load_image_model(model_id)
     model_scale, multiple = model_tiling_hints(desc)
-    fn = scaled_tile_fn(torch_fn(desc, ctx.device, channels_last=ctx.device.kind == "cpu"),
-                        model_scale, scale)
+    prog = progress or ctx.progress
+    fn = scaled_tile_fn(torch_fn(desc, ctx.device, channels_last=ctx.device.kind == "cpu",
+                                 check=prog.check), model_scale, scale)
     return run_tiled(image, fn, scale=scale, tile=ctx.tile_size, overlap=OVERLAP,
-                     pad_multiple=multiple, progress=progress or ctx.progress,
+                     pad_multiple=multiple, progress=prog,
                      device=ctx.device, min_tile=32, balance=True)
 
 

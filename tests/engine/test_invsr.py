@@ -79,6 +79,31 @@ def test_sr_invsr_patches_at_stride_64(invsr_store, monkeypatch):
     np.testing.assert_allclose(out.image, img, atol=1e-5)
 
 
+def test_the_seed_reaches_the_noise_draw_on_every_device(monkeypatch):
+    """The CPU generator is passed on whatever the device (diffusers draws on it and moves the
+    noise); it used to be dropped on CUDA/MPS, so every run there gave another result. No GPU
+    here: the pipeline's device is faked, the noise draw itself is the CPU one."""
+    import torch.nn.functional as F
+
+    from engine.restore import invsr
+
+    gens = []
+
+    class FakePipe:
+        device = torch.device("cuda")
+        unet = vae = predictor = torch.nn.Identity()
+        vae_sf, unet_sf = 8, 2
+
+        def sr_patch(self, lr, timesteps, generator=None, check=None):
+            gens.append(generator)
+            noise = torch.randn(1, generator=generator)
+            return F.interpolate(lr, scale_factor=4, mode="nearest") + 0 * noise
+
+    img = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
+    invsr.invsr_upscale(img, FakePipe(), scale=4, steps=1, device=None)
+    assert gens and all(isinstance(g, torch.Generator) and g.device.type == "cpu" for g in gens)
+
+
 def test_sr_invsr_bad_params(invsr_store):
     img = np.zeros((16, 16, 3), np.float32)
     with pytest.raises(UsageError):

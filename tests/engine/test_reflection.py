@@ -112,6 +112,23 @@ def test_inpaint_builtin_changes_only_the_dilated_mask():
     assert out[mask > 0].mean() < 0.8
 
 
+@pytest.mark.parametrize("kind", ["0/1 labels", "true/false"])
+def test_label_and_boolean_masks_mark_what_to_remove(kind):
+    """A 0/1 label PNG (what labelling tools export) or a boolean mask used to read as empty
+    (compared with 127): nothing was removed and the step said "the mask is empty"."""
+    img = _textured(100, 210)
+    mask = _two_hole_mask(img.shape[:2])
+    given = (mask > 0).astype(np.uint8) if kind == "0/1 labels" else mask > 0
+    hole = img.copy()
+    hole[mask > 0] = 1.0
+    out = get_step("inpaint_builtin").fn(hole, {}, _ctx(mask=given))
+    assert not out.notes.startswith("skipped")
+    assert out.image[mask > 0].mean() < 0.8  # filled from the surroundings
+    ctx = _ctx(mask=given)
+    get_step("reflection_mask").fn(img, {}, ctx)
+    assert (ctx.mask > 0).sum() == (mask > 0).sum()
+
+
 def test_inpaint_steps_skip_an_empty_mask():
     img = _textured()
     for name in ("inpaint_builtin", "inpaint_lama"):

@@ -131,6 +131,56 @@ def test_oom_halves_tile_and_succeeds(exc_type):
     assert max(sizes[-1:]) <= 64 and any(s <= 64 for s in sizes)
 
 
+def test_a_failed_cpu_allocation_is_out_of_memory_too():
+    """torch's CPU allocator raises a plain RuntimeError; it used to end the run with the
+    allocator's text instead of halving the tile (the laptop profile runs on the CPU)."""
+    sizes = []
+
+    def fn(t):
+        sizes.append(max(t.shape[:2]))
+        if max(t.shape[:2]) > 64:
+            torch.empty(2 ** 60, dtype=torch.uint8)  # no machine has this: a real failure
+        return t * 2.0
+
+    img = _rng_image(150, 200)
+    out = run_tiled(img, fn, tile=256, overlap=16, device=CPU, min_tile=32)
+    np.testing.assert_allclose(out, img * 2.0, atol=1e-5)
+    assert sizes[0] == 200 and sizes[-1] <= 64
+
+
+def test_cancel_inside_one_model_call():
+    """With torch_fn(check=...), a cancel is honoured between the layers of one forward pass
+    (a 512-px NAFNet tile takes ~10 s on a CPU core), and the hooks are gone afterwards."""
+    layers = []
+
+    class Slow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(*[torch.nn.Conv2d(3, 3, 1) for _ in range(6)])
+
+        def forward(self, x):
+            return self.body(x)
+
+    model = Slow().eval()
+    token = CancelToken()
+    def seen(conv, _inp, _out):
+        layers.append(list(model.body).index(conv))
+        if layers[-1] == 2:
+            token.cancel()
+
+    for conv in model.body:
+        conv.register_forward_hook(seen)
+    fn = torch_fn(model, CPU, torch.float32, check=Progress(token=token).check)
+    with pytest.raises(Cancelled):
+        run_tiled(_rng_image(40, 40), fn, tile=64, progress=None)
+    assert layers == [0, 1, 2]  # stopped before layer 3 of the first (only) tile
+    assert all(not m._forward_pre_hooks for m in model.modules())  # (only ours were pre-hooks)
+    token2 = CancelToken()  # a later job with the same (cached) model is not cancelled
+    out = run_tiled(_rng_image(40, 40), torch_fn(model, CPU, torch.float32,
+                                                 check=Progress(token=token2).check), tile=64)
+    assert out.shape == (40, 40, 3)
+
+
 def test_oom_below_min_tile_raises():
     calls = []
 
