@@ -4,7 +4,8 @@
     python main.py --screenshot FILE [--open FOLDER] [--state browser|viewer|mask]
                                                 render the window offscreen to a PNG and exit
 
-Batch and scripting: the ``mend`` command (``mend --help``), e.g. ``mend fix photo.jpg``.
+Batch and scripting: the ``mend`` command (``mend --help``), e.g.
+``mend restore photo.jpg -o fixed/``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="Mend: diagnose what is wrong with a photo and fix it, offline.",
         epilog="For batch work and scripts use the command-line tool: mend --help "
-               "(e.g. mend diagnose PHOTO, mend fix PHOTO, mend models list).")
+               "(e.g. mend classify PHOTO, mend restore PHOTO -o OUT, mend models list).")
     p.add_argument("folder", nargs="?", help="folder of photos to open")
     p.add_argument("--open", dest="open_folder", metavar="FOLDER", help="folder of photos to open")
     p.add_argument("--screenshot", metavar="FILE", help="render the window offscreen to FILE (PNG)")

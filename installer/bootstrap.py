@@ -30,10 +30,25 @@ HERE = Path(__file__).resolve().parent
 LOCK_DIR = HERE / "locks"
 LOCKS = ("linux-cuda", "windows-cuda", "macos-arm64", "cpu")
 TESTED_PYTHON = (3, 11)
+# The operating systems (--target-os) each lock is for.
+LOCK_OS = {"linux-cuda": ("linux",), "windows-cuda": ("windows",), "macos-arm64": ("macos",),
+           "cpu": ("linux", "windows")}
+OS_NAMES = {"linux": "Linux", "windows": "Windows", "macos": "macOS"}
 # CUDA 13.0 (the build every CUDA lock uses) needs at least these NVIDIA drivers.
 MIN_CUDA_DRIVER = {"Linux": (580, 65), "Windows": (580, 88)}
 # ... and a Turing (GTX 16xx / RTX 20xx) or newer GPU: CUDA 13 dropped Maxwell, Pascal, Volta.
 MIN_COMPUTE_CAPABILITY = (7, 5)
+# Older than Turing by the model name alone, for when nothing reports the compute capability
+# (no nvidia-smi: the Linux driver files only give the name). Conservative: names that only
+# pre-Turing GPUs carry; anything else is assumed new enough, with a warning.
+PRE_TURING_NAME = re.compile(
+    r"\bGTX\s*(?:TITAN\b|[4-9]\d\d(?!\d)|10[5-8]0(?!\d))"  # GTX 4xx-9xx, GTX 1050-1080 (Ti)
+    r"|\bGT\s*(?:[1-9]\d\d|10[1-3]0)(?!\d)"  # GT 7xx, GT 1030
+    r"|\bTITAN\s+(?:X|XP|V|BLACK|Z)\b"  # not TITAN RTX (Turing)
+    r"|\bMX\s*[1-3]\d\d\b"  # MX110-MX350 (MX450 and up are Turing or newer)
+    r"|\bGEFORCE\s+[6-9]\d0MX?\b"  # GeForce 940MX, 840M, ...
+    r"|\b(?:TESLA|QUADRO)\s+(?:[KMPV]\d|G[PV]\d)"  # Tesla K80/P100/V100, Quadro P2000/GV100
+    r"|\bGRID\s+[KM]\d|\bNVS\s*\d", re.IGNORECASE)
 # What is copied from the source tree into <prefix>/app.
 APP_ITEMS = ("engine", "ui", "resources", "main.py", "pyproject.toml", "README.md", "LICENSE",
              "ARCHITECTURE.md")
@@ -192,6 +207,14 @@ def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
 
 
+def is_pre_turing(gpu: Gpu) -> bool:
+    """Older than CUDA 13.0 supports: by the compute capability, or by the model name where
+    the capability is not known."""
+    if gpu.compute_capability:
+        return _version_tuple(gpu.compute_capability) < MIN_COMPUTE_CAPABILITY
+    return bool(PRE_TURING_NAME.search(gpu.name))
+
+
 def choose_lock(hw: Hardware) -> tuple[str, list[str]]:
     """(lock name, reasons). Raises BootstrapError where no PyTorch build fits."""
     if hw.kind == "apple":
@@ -213,16 +236,33 @@ def choose_lock(hw: Hardware) -> tuple[str, list[str]]:
             return "cpu", [(f"NVIDIA driver {hw.driver} is older than CUDA 13.0 needs "
                             f"({need[0]}.{need[1]} or newer): using the CPU build. Update the "
                             "driver and run the installer again to use the GPU")]
-        old = [g for g in hw.gpus if g.compute_capability
-               and _version_tuple(g.compute_capability) < MIN_COMPUTE_CAPABILITY]
+        old = [g for g in hw.gpus if is_pre_turing(g)]
         if old and len(old) == len(hw.gpus):
-            return "cpu", [(f"{old[0].name} (compute capability {old[0].compute_capability}) is "
-                            "older than the Turing generation that CUDA 13.0 builds of PyTorch "
-                            "support: using the CPU build")]
+            how = (f"compute capability {old[0].compute_capability}" if old[0].compute_capability
+                   else "judged by its name; the compute capability is not known")
+            return "cpu", [(f"{old[0].name} ({how}) is older than the Turing generation that "
+                            "CUDA 13.0 builds of PyTorch support: using the CPU build")]
         lock = "linux-cuda" if hw.system == "Linux" else "windows-cuda"
         return lock, [f"NVIDIA GPU ({names}, driver {hw.driver}): PyTorch with CUDA 13.0"]
     return "cpu", [(f"no NVIDIA GPU found on {hw.system} {hw.machine} ({hw.detected_by}): "
                     "the CPU build of PyTorch")]
+
+
+def choose_lock_for_target(hw: Hardware, target_os: str) -> tuple[str, list[str]]:
+    """The lock for ``--download-wheels --target-os``: this machine's choice where it is a build
+    for that OS, else the build that runs on any machine of that OS."""
+    try:
+        name, reasons = choose_lock(hw)
+    except BootstrapError:  # an Intel Mac can still fetch wheels for a Windows machine
+        name, reasons = "", []
+    if target_os in LOCK_OS.get(name, ()):
+        return name, reasons
+    if target_os == "macos":
+        return "macos-arm64", [("--target-os macos: PyTorch with the Metal (MPS) backend, for "
+                                "a Mac with Apple Silicon")]
+    return "cpu", [(f"--target-os {target_os}: the CPU build of PyTorch, which runs on any "
+                    f"{OS_NAMES[target_os]} machine (for one with a recent NVIDIA GPU use "
+                    f"--lock {target_os}-cuda)")]
 
 
 def lock_file(name: str) -> Path:
@@ -342,6 +382,15 @@ class Plan:
         return asdict(self)
 
 
+def read_receipt(prefix: Path) -> dict:
+    """What the last install into ``prefix`` recorded (its mend-install.json), or {}."""
+    try:
+        data = json.loads((prefix / RECEIPT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _python_version(python: str) -> tuple[int, int]:
     if Path(python).resolve() == Path(sys.executable).resolve():
         return sys.version_info[:2]
@@ -368,7 +417,8 @@ def _launcher_paths(prefix: Path, system: str, with_gui: bool) -> list[Path]:
     if system == "Windows":
         out = [prefix / "mend.cmd"]
         if with_gui:
-            out += [prefix / "Mend.cmd", Path(os.environ.get("APPDATA", prefix)) / "Microsoft"
+            # not "Mend.cmd": Windows file names ignore case, it would overwrite mend.cmd
+            out += [prefix / "mend-gui.cmd", Path(os.environ.get("APPDATA", prefix)) / "Microsoft"
                     / "Windows" / "Start Menu" / "Programs" / "Mend.lnk"]
         return out
     out = [prefix / "bin" / "mend"]
@@ -385,18 +435,36 @@ def _launcher_paths(prefix: Path, system: str, with_gui: bool) -> list[Path]:
 def make_plan(args: argparse.Namespace, hw: Hardware | None = None) -> Plan:
     hw = hw or detect_hardware()
     warnings: list[str] = []
+    if args.target_os and not args.download_wheels:
+        raise BootstrapError("--target-os only goes with --download-wheels (it names the OS of "
+                             "the offline machine the wheels are for)")
     if args.lock:
         name = args.lock
         reasons = [f"lock chosen with --lock (the hardware says {hw.kind})"]
+        if args.target_os and args.target_os not in LOCK_OS[name]:
+            fits = " or ".join(f"--lock {n}" for n in LOCKS if args.target_os in LOCK_OS[n])
+            raise BootstrapError(f"the {name} lock is not for {OS_NAMES[args.target_os]}; with "
+                                 f"--target-os {args.target_os} use {fits}")
     elif args.lock_file:
         name = "custom"
         reasons = ["lock file given with --lock-file"]
+    elif args.download_wheels and args.target_os:
+        name, reasons = choose_lock_for_target(hw, args.target_os)
     else:
         name, reasons = choose_lock(hw)
+    if not (args.lock or args.lock_file) and name in ("linux-cuda", "windows-cuda"):
+        unsure = [g.name for g in hw.gpus if not g.compute_capability and not is_pre_turing(g)]
+        if unsure:
+            warnings.append(f"the compute capability of {', '.join(unsure)} is not known "
+                            f"({hw.detected_by} does not give it): assuming a Turing or newer "
+                            "GPU. If it is older (GTX 10xx/9xx, TITAN X/Xp/V, Tesla or Quadro "
+                            "K/M/P/V), run again with --lock cpu")
     lock_path = Path(args.lock_file).resolve() if args.lock_file else lock_file(name)
     if not lock_path.is_file():
         raise BootstrapError(f"lock file not found: {lock_path}")
     read_lock(lock_path)  # fails early on a malformed file
+    if args.import_pack and not Path(args.import_pack).is_file():
+        raise BootstrapError(f"model pack not found: {Path(args.import_pack).resolve()}")
     python = args.python or sys.executable
     version = _python_version(python)
     if version < (3, 11):
@@ -420,8 +488,8 @@ def make_plan(args: argparse.Namespace, hw: Hardware | None = None) -> Plan:
     steps: list[Step] = []
     if args.download_wheels:
         dest = str(Path(args.download_wheels).resolve())
-        target_os = {"windows-cuda": "windows", "linux-cuda": "linux",
-                     "macos-arm64": "macos"}.get(name) or args.target_os or {
+        target_os = args.target_os or {"windows-cuda": "windows", "linux-cuda": "linux",
+                                       "macos-arm64": "macos"}.get(name) or {
             "Windows": "windows", "Darwin": "macos"}.get(system, "linux")
         cmd = [python, "-m", "pip", "download", "--disable-pip-version-check", "-r",
                str(lock_path), "-d", dest, "--only-binary=:all:", "--implementation", "cp",
@@ -437,7 +505,18 @@ def make_plan(args: argparse.Namespace, hw: Hardware | None = None) -> Plan:
         return Plan(hw, name, str(lock_path), reasons, str(prefix), str(env_dir), str(app_dir),
                     python, f"{version[0]}.{version[1]}", steps, [], warnings, "download-wheels",
                     str(source))
-    if (env_dir / "pyvenv.cfg").is_file() and not args.force:
+    has_env = (env_dir / "pyvenv.cfg").is_file()
+    installed = read_receipt(prefix)
+    old_lock = installed.get("lock") if has_env else None
+    # pip keeps what satisfies a pin: torch 2.14.1+cpu stays for torch==2.14.1, so another lock
+    # needs a fresh environment
+    lock_changed = bool(old_lock) and (old_lock != name or (
+        name == "custom" and installed.get("lock_file") != str(lock_path)))
+    if lock_changed:
+        warnings.append(f"the environment at {env_dir} was installed with the {old_lock} lock; "
+                        f"it is rebuilt for {name}, because pip would keep the PyTorch build "
+                        "already there")
+    if has_env and not args.force and not lock_changed:
         old = venv_python_version(env_dir)
         if old != version:
             raise BootstrapError(f"{env_dir} was made with Python {old}; run again with --force "
@@ -446,6 +525,9 @@ def make_plan(args: argparse.Namespace, hw: Hardware | None = None) -> Plan:
     else:
         if args.force and env_dir.exists():
             steps.append(Step(f"delete the old environment at {env_dir}", None, "delete_env"))
+        elif lock_changed:
+            steps.append(Step(f"delete the old environment at {env_dir} (made with the "
+                              f"{old_lock} lock)", None, "delete_env"))
         steps.append(Step(f"create a virtual environment at {env_dir}",
                           [python, "-m", "venv", str(env_dir)]))
     steps.append(Step(f"install the locked packages ({lock_path.name})",
@@ -504,6 +586,20 @@ def _posix_script(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
+def desktop_string(value: str) -> str:
+    """A value of type string in a desktop entry (backslash escapes)."""
+    return (value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+            .replace("\r", "\\r"))
+
+
+def desktop_exec_arg(arg: str) -> str:
+    """One argument of a desktop entry's Exec key, quoted as the Desktop Entry Specification
+    says: inside double quotes `"`, backtick, `$` and backslash get a backslash; `%` is doubled
+    (a field code otherwise); then the string-value escaping doubles every backslash again."""
+    quoted = "".join("\\" + c if c in '"`$\\' else c for c in arg).replace("%", "%%")
+    return desktop_string(f'"{quoted}"')
+
+
 def _write_launchers(plan: Plan) -> None:
     env_dir, app_dir, prefix = Path(plan.env_dir), Path(plan.app_dir), Path(plan.prefix)
     system = plan.hardware.system
@@ -514,7 +610,7 @@ def _write_launchers(plan: Plan) -> None:
             py, pyw = env_python(env_dir, system), env_python(env_dir, system, gui=True)
             if name == "mend.cmd":
                 launcher.write_text(f'@echo off\r\n"{py}" -m engine.cli %*\r\n', encoding="utf-8")
-            elif name == "Mend.cmd":
+            elif name == "mend-gui.cmd":
                 launcher.write_text(f'@echo off\r\nstart "" "{pyw}" "{app_dir / "main.py"}" %*\r\n',
                                     encoding="utf-8")
             elif name.endswith(".lnk"):
@@ -538,7 +634,8 @@ def _write_launchers(plan: Plan) -> None:
             launcher.write_text(
                 "[Desktop Entry]\nType=Application\nName=Mend\n"
                 "Comment=Diagnose and fix damaged photos, offline\n"
-                f"Exec={prefix / 'bin' / 'mend-gui'} %F\nIcon={icon}\nTerminal=false\n"
+                f"Exec={desktop_exec_arg(str(prefix / 'bin' / 'mend-gui'))} %F\n"
+                f"Icon={desktop_string(str(icon))}\nTerminal=false\n"
                 "Categories=Graphics;Photography;\n"
                 "MimeType=image/jpeg;image/png;image/tiff;image/webp;image/heic;\n",
                 encoding="utf-8")
@@ -639,7 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download-wheels", metavar="DIR",
                    help="only download every wheel of the lock into DIR (for an offline install)")
     p.add_argument("--target-os", choices=["linux", "windows", "macos"],
-                   help="with --download-wheels: the OS of the offline machine (cpu lock)")
+                   help="with --download-wheels: the OS of the offline machine (a lock for it "
+                        "is chosen: this machine's if it fits, else cpu or macos-arm64)")
     p.add_argument("--models", choices=["none", "builtin", "laptop", "quality"], default="none",
                    help="also download a model profile after installing")
     p.add_argument("--import-pack", help="also import an offline model pack (mend models pack)")
@@ -681,6 +779,9 @@ def main(argv: list[str] | None = None) -> int:
     except BootstrapError as e:
         print(f"bootstrap.py: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. a folder it must look into is a file
+        print(f"bootstrap.py: {e}", file=sys.stderr)
+        return 1
     if args.dry_run:
         if args.json:
             print(json.dumps({"dry_run": True, **plan.to_json()}, indent=2))
@@ -697,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
             result: dict = {"downloaded_to": plan.steps[0].argv[plan.steps[0].argv.index("-d") + 1]}
         else:
             result = execute(plan, quiet=args.quiet, log=log)
-    except BootstrapError as e:
+    except (BootstrapError, OSError, subprocess.SubprocessError) as e:
         print(f"bootstrap.py: {e}", file=sys.stderr)
         return 1
     if args.json:

@@ -36,6 +36,16 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
 
 
+def _mend_python() -> str:
+    """The Python of the environment installer/bootstrap.py makes (for messages)."""
+    try:
+        import bootstrap  # installer/bootstrap.py, beside this script
+
+        return str(bootstrap.env_python(bootstrap.default_prefix() / "env"))
+    except ImportError:
+        return "<prefix>/env/bin/python"
+
+
 def profile_plan(store: ModelStore, profile: str) -> list[dict[str, Any]]:
     """One row per model of the profile: id, licence, size, bytes still to download, status."""
     rows = []
@@ -84,7 +94,8 @@ def prefetch(profile: str, store: ModelStore, *, retries: int = 5, backoff: floa
              log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Pull every model of ``profile`` (resuming partial files), retrying whole-profile passes.
 
-    Returns {"profile", "models": {id: status}, "attempts", "seconds", "complete", "error"}.
+    Returns {"profile", "models": {id: status}, "attempts", "seconds", "complete", "not_ready":
+    [ids still to download], "error"}.
     """
     from engine.models.packs import pull_profile
 
@@ -108,11 +119,18 @@ def prefetch(profile: str, store: ModelStore, *, retries: int = 5, backoff: floa
             sleep(pause)
     if not statuses:
         statuses = {r["id"]: r["status"] for r in profile_plan(store, profile)}
-    complete = error is None and all(
-        s in ("verified", "bundled", "unpinned") or store.spec(m).slot
-        for m, s in statuses.items())
+    # built-in models ship inside a package and slots hold the user's own weights: neither is
+    # downloaded, so neither can keep the profile from being complete
+    not_ready = [m for m, s in statuses.items() if s not in ("verified", "bundled", "unpinned")
+                 and not store.spec(m).slot and not store.spec(m).bundled]
+    builtin_missing = [m for m, s in statuses.items()
+                       if store.spec(m).bundled and s != "bundled"]
+    if builtin_missing:
+        log(f"note: {', '.join(builtin_missing)} come with packages this Python lacks (nothing "
+            "to download; they work under Mend's own Python)")
     return {"profile": profile, "models": statuses, "attempts": attempt,
-            "seconds": round(time.monotonic() - started, 1), "complete": complete,
+            "seconds": round(time.monotonic() - started, 1),
+            "complete": error is None and not not_ready, "not_ready": not_ready,
             "error": error, "root": str(store.root)}
 
 
@@ -153,13 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as e:
         print(f"prefetch: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
+    except ImportError as e:  # run with a Python that is not Mend's
+        print(f"prefetch: this Python ({sys.executable}) lacks Mend's packages ({e}); run it "
+              f"with Mend's Python: {_mend_python()} installer/prefetch.py ...", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result))
     elif result["complete"]:
         say(f"all {len(result['models'])} models of '{args.profile}' are ready "
             f"({result['seconds']} s, {result['attempts']} pass(es))")
     else:
-        say(f"incomplete after {result['attempts']} pass(es): {result['error']}. "
+        why = result["error"] or "not ready: " + ", ".join(
+            f"{m} ({result['models'][m]})" for m in result["not_ready"])
+        say(f"incomplete after {result['attempts']} pass(es): {why}. "
             "Run the same command again to resume.")
     return 0 if result["complete"] else 1
 

@@ -2,13 +2,19 @@
 install, the frozen app's environment lookup, and the profile prefetch."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import ntpath
 import os
 import platform
+import re
+import runpy
+import shlex
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -183,6 +189,187 @@ def test_download_wheels_plan(monkeypatch, tmp_path):
     assert "manylinux_2_28_x86_64" in plan.steps[0].argv and len(plan.steps) == 1
 
 
+def test_target_os_chooses_a_lock_for_that_os(monkeypatch, tmp_path):
+    # this machine: Linux with a recent NVIDIA GPU, which alone would pick linux-cuda
+    _simulate(monkeypatch, "Linux", "x86_64", nvidia=_gpu("580.95.05"))
+    hw = bootstrap.detect_hardware()
+    wh = str(tmp_path / "wh")
+
+    def plan(*extra):
+        return bootstrap.make_plan(_args(tmp_path, "--download-wheels", wh, *extra), hw)
+
+    p = plan("--target-os", "windows")
+    assert p.lock == "cpu" and "--target-os windows" in p.reasons[0]
+    assert p.steps[0].argv[p.steps[0].argv.index("--platform") + 1] == "win_amd64"
+    assert p.steps[0].argv[p.steps[0].argv.index("-r") + 1].endswith("cpu.txt")
+    assert any("colorama==0.4.6" in (s.argv or []) for s in p.steps[1:])
+    p = plan("--target-os", "macos")
+    assert p.lock == "macos-arm64" and "macosx_11_0_arm64" in p.steps[0].argv
+    p = plan("--target-os", "linux")  # this machine's choice fits
+    assert p.lock == "linux-cuda" and "manylinux_2_28_x86_64" in p.steps[0].argv
+    assert plan("--lock", "windows-cuda", "--target-os", "windows").lock == "windows-cuda"
+    with pytest.raises(bootstrap.BootstrapError, match="not for Windows.*--lock windows-cuda"):
+        plan("--lock", "linux-cuda", "--target-os", "windows")
+    with pytest.raises(bootstrap.BootstrapError, match="not for macOS"):
+        plan("--lock", "cpu", "--target-os", "macos")
+    with pytest.raises(bootstrap.BootstrapError, match="only goes with --download-wheels"):
+        bootstrap.make_plan(_args(tmp_path, "--target-os", "windows"), hw)
+    # an Intel Mac (no lock of its own) can still prepare a Windows machine
+    _simulate(monkeypatch, "Darwin", "x86_64")
+    assert bootstrap.make_plan(_args(tmp_path, "--download-wheels", wh, "--target-os", "windows"),
+                               bootstrap.detect_hardware()).lock == "cpu"
+
+
+def _driver_files_gpu(tmp_path, model: str):
+    """What the Linux driver-file fallback (no nvidia-smi) finds for a GPU named ``model``."""
+    proc = tmp_path / "root" / "proc" / "driver" / "nvidia"
+    (proc / "gpus" / "0000:01:00.0").mkdir(parents=True, exist_ok=True)
+    (proc / "version").write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  "
+                                  "580.95.05  Release Build\n")
+    (proc / "gpus" / "0000:01:00.0" / "information").write_text(f"Model: \t\t {model}\n")
+    found = bootstrap._nvidia_from_driver_files(tmp_path / "root")
+    assert found[0][0].compute_capability is None  # the driver files do not say
+    return found
+
+
+@pytest.mark.parametrize("model", [
+    "NVIDIA GeForce GTX 1080 Ti", "NVIDIA GeForce GTX 1050", "NVIDIA GeForce GTX 980M",
+    "NVIDIA GeForce GT 1030", "NVIDIA TITAN Xp", "NVIDIA TITAN X (Pascal)", "NVIDIA TITAN V",
+    "Tesla V100-SXM2-16GB", "Tesla P100-PCIE-16GB", "Tesla K80", "Quadro P2000",
+    "Quadro M4000", "Quadro GV100", "NVIDIA GeForce MX150", "NVIDIA GeForce 940MX"])
+def test_pre_turing_gpu_by_name_without_nvidia_smi(monkeypatch, tmp_path, model):
+    _simulate(monkeypatch, "Linux", "x86_64", nvidia=_driver_files_gpu(tmp_path, model))
+    plan = bootstrap.make_plan(_args(tmp_path), bootstrap.detect_hardware())
+    assert plan.lock == "cpu", model
+    assert model in plan.reasons[0] and "older than the Turing" in plan.reasons[0]
+    assert "judged by its name" in plan.reasons[0]
+
+
+@pytest.mark.parametrize("model", [
+    "NVIDIA GeForce RTX 3060", "NVIDIA GeForce GTX 1660 Ti", "NVIDIA GeForce GTX 1650",
+    "NVIDIA TITAN RTX", "Tesla T4", "Quadro RTX 4000", "Quadro T1000", "NVIDIA GeForce MX450",
+    "NVIDIA RTX A2000 Laptop GPU", "NVIDIA A100-SXM4-40GB", "NVIDIA GPU"])
+def test_unknown_capability_is_said_in_the_warnings(monkeypatch, tmp_path, model):
+    _simulate(monkeypatch, "Linux", "x86_64", nvidia=_driver_files_gpu(tmp_path, model))
+    plan = bootstrap.make_plan(_args(tmp_path), bootstrap.detect_hardware())
+    assert plan.lock == "linux-cuda", model
+    assert any("compute capability" in w and "not known" in w and model in w
+               and "--lock cpu" in w for w in plan.warnings), plan.warnings
+    # nvidia-smi's compute capability decides where it is given: no warning then
+    gpu = bootstrap.Gpu(model, "580.95.05", 8192, "8.6")
+    _simulate(monkeypatch, "Linux", "x86_64", nvidia=([gpu], "nvidia-smi"))
+    plan = bootstrap.make_plan(_args(tmp_path), bootstrap.detect_hardware())
+    assert plan.lock == "linux-cuda" and not any("compute capability" in w for w in plan.warnings)
+
+
+def test_a_different_lock_rebuilds_the_environment(monkeypatch, tmp_path):
+    """pip keeps torch 2.14.1+cpu for torch==2.14.1: going from the cpu lock to linux-cuda
+    must not reuse the environment."""
+    prefix = tmp_path / "p"
+    _fake_venv(prefix / "env", sys.version_info[:2])
+    (prefix / "mend-install.json").write_text(json.dumps(
+        {"app": "Mend", "lock": "cpu", "lock_file": str(INSTALLER / "locks" / "cpu.txt")}))
+    _simulate(monkeypatch, "Linux", "x86_64", nvidia=_gpu("580.95.05"))
+    hw = bootstrap.detect_hardware()
+    plan = bootstrap.make_plan(_args(tmp_path, "--dry-run"), hw)
+    assert plan.lock == "linux-cuda"
+    actions = [s.action for s in plan.steps]
+    assert actions[:2] == ["delete_env", "run"] and "reuse" not in actions
+    assert "cpu lock" in plan.steps[0].title
+    assert plan.steps[1].argv[1:] == ["-m", "venv", str(prefix / "env")]
+    assert any("installed with the cpu lock" in w and "rebuilt for linux-cuda" in w
+               for w in plan.warnings), plan.warnings
+    # the same lock again: reused
+    plan = bootstrap.make_plan(_args(tmp_path, "--dry-run", "--lock", "cpu"), hw)
+    assert plan.steps[0].action == "reuse" and not plan.warnings[1:]
+    # the dry run says so, and changes nothing
+    r = subprocess.run([sys.executable, str(INSTALLER / "bootstrap.py"), "--dry-run", "--prefix",
+                        str(prefix), "--lock", "macos-arm64", "--no-desktop-entry"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "delete the old environment" in r.stdout and "installed with the cpu lock" in r.stdout
+    assert (prefix / "env" / "pyvenv.cfg").is_file()
+
+
+def test_missing_import_pack_is_refused_before_anything(monkeypatch, tmp_path):
+    _simulate(monkeypatch, "Linux", "x86_64")
+    with pytest.raises(bootstrap.BootstrapError, match="model pack not found"):
+        bootstrap.make_plan(_args(tmp_path, "--import-pack", str(tmp_path / "nope.zip")),
+                            bootstrap.detect_hardware())
+    (tmp_path / "laptop.zip").write_bytes(b"PK")
+    plan = bootstrap.make_plan(_args(tmp_path, "--import-pack", str(tmp_path / "laptop.zip")),
+                               bootstrap.detect_hardware())
+    assert any(s.argv and s.argv[-1] == str(tmp_path / "laptop.zip") for s in plan.steps)
+    assert bootstrap.main(["--prefix", str(tmp_path / "q"), "--import-pack",
+                           str(tmp_path / "nope.zip")]) == 2
+    assert not (tmp_path / "q").exists()
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def test_windows_launchers_have_distinct_names(monkeypatch, tmp_path):
+    """Windows file names ignore case: mend.cmd and Mend.cmd would be one file."""
+    monkeypatch.setenv("APPDATA", str(tmp_path / "roaming"))
+    paths = bootstrap._launcher_paths(tmp_path / "p", "Windows", with_gui=True)
+    assert len({ntpath.normcase(str(p)) for p in paths}) == len(paths) == 3
+    _simulate(monkeypatch, "Windows", "AMD64")
+    plan = bootstrap.make_plan(_args(tmp_path, "--no-desktop-entry"), bootstrap.detect_hardware())
+    assert [Path(p).name for p in plan.launchers] == ["mend.cmd", "mend-gui.cmd"]
+    (tmp_path / "p").mkdir()
+    bootstrap._write_launchers(plan)
+    cli, gui = (Path(p).read_text() for p in plan.launchers)
+    assert "-m engine.cli %*" in cli and "pythonw.exe" not in cli
+    assert "pythonw.exe" in gui and "main.py" in gui
+
+
+def _desktop_string(value: str) -> str:
+    r"""A desktop entry string value without its escapes (\s \n \t \r \\)."""
+    return re.sub(r"\\(.)", lambda m: {"s": " ", "n": "\n", "t": "\t", "r": "\r"}.get(
+        m.group(1), m.group(1)), value)
+
+
+def _desktop_exec_argv(value: str) -> list[str]:
+    """An Exec value read back the way the Desktop Entry Specification says: the string escapes,
+    then the quoting (in double quotes a backslash escapes ", `, $ and itself), then %%."""
+    s = _desktop_string(value)
+    argv, cur, quoted, i = [], "", False, 0
+    while i < len(s):
+        c = s[i]
+        if quoted and c == "\\" and s[i + 1] in '"`$\\':
+            cur, i = cur + s[i + 1], i + 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == " " and not quoted:
+            argv.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    return [a.replace("%%", "%") if a != "%F" else a for a in [*argv, cur]]
+
+
+def test_desktop_entry_quotes_the_exec_path(monkeypatch, tmp_path):
+    prefix = tmp_path / 'My Photos "best" $HOME `id` back\\slash 100% é'
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    _simulate(monkeypatch, "Linux", "x86_64")
+    plan = bootstrap.make_plan(bootstrap.build_parser().parse_args(["--prefix", str(prefix)]),
+                               bootstrap.detect_hardware())
+    plan.launchers = [p for p in plan.launchers if p.endswith(".desktop")]
+    bootstrap._write_launchers(plan)
+    entry = dict(line.split("=", 1) for line in
+                 Path(plan.launchers[0]).read_text(encoding="utf-8").splitlines()[1:])
+    assert entry["Exec"].startswith('"')
+    prefix = Path(plan.prefix)
+    assert _desktop_exec_argv(entry["Exec"]) == [str(prefix / "bin" / "mend-gui"), "%F"]
+    assert _desktop_string(entry["Icon"]) == str(prefix / "app" / "resources" / "icons"
+                                                 / "mend-app.png")
+    assert bootstrap.desktop_exec_arg("/opt/Mend 1/bin/mend-gui") == '"/opt/Mend 1/bin/mend-gui"'
+    # the spec's own examples: a literal $ is \\$ and a literal backslash \\\\ in the file
+    assert bootstrap.desktop_exec_arg('a"b$c`d\\e') == r'"a\\"b\\$c\\`d\\\\e"'
+
+
 # ---------------------------------------------------------------- parsers
 
 
@@ -271,6 +458,7 @@ def test_real_install_with_empty_lock(tmp_path, monkeypatch):
     receipt = json.loads((prefix / "mend-install.json").read_text())
     assert receipt["lock"] == "custom" and receipt["env"] == str(prefix / "env")
     assert (prefix / "app" / "engine" / "cli.py").is_file()
+    assert (prefix / "app" / "LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes()
     assert not list((prefix / "app").rglob("__pycache__"))
     ver = sys.version_info
     pth = prefix / "env" / "lib" / f"python{ver[0]}.{ver[1]}" / "site-packages" / "mend-app.pth"
@@ -281,7 +469,7 @@ def test_real_install_with_empty_lock(tmp_path, monkeypatch):
         assert out.returncode == 0 and "usage: mend" in out.stdout
         desktop = tmp_path / "xdg" / "applications" / "mend.desktop"
         if (ROOT / "main.py").is_file() and platform.system() == "Linux":
-            assert f"Exec={prefix / 'bin' / 'mend-gui'}" in desktop.read_text()
+            assert f'Exec="{prefix / "bin" / "mend-gui"}" %F' in desktop.read_text()
     # a second run reuses the environment instead of making a new one
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     plan = bootstrap.make_plan(bootstrap.build_parser().parse_args(
@@ -295,6 +483,99 @@ def test_app_dir_not_made_by_installer_is_left_alone(tmp_path):
     with pytest.raises(bootstrap.BootstrapError, match="not made by this installer"):
         bootstrap._copy_app(ROOT, tmp_path / "app")
     assert (tmp_path / "app" / "precious.txt").read_text() == "x"
+
+
+def test_os_errors_are_one_line_not_a_traceback(monkeypatch, tmp_path, capsys):
+    """XDG_DATA_HOME pointing at a file: the menu entry cannot be written."""
+    (tmp_path / "xdgfile").write_text("not a folder")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdgfile"))
+    _simulate(monkeypatch, "Linux", "x86_64")
+    real = bootstrap.make_plan
+
+    def launchers_only(args, hw=None):  # the other steps need a real environment
+        plan = real(args, hw)
+        plan.steps = [s for s in plan.steps if s.action == "launchers"]
+        return plan
+
+    monkeypatch.setattr(bootstrap, "make_plan", launchers_only)
+    assert bootstrap.main(["--prefix", str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("bootstrap.py: ") and "xdgfile" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- frozen app: mend.spec
+
+
+def _exec_spec(monkeypatch, system: str) -> dict[str, list]:
+    """Run installer/mend.spec as PyInstaller would on ``system``, with PyInstaller's building
+    blocks recorded instead of run; returns {"EXE": [...], "BUNDLE": [...], ...}."""
+    made: dict[str, list] = {}
+
+    def block(kind):
+        def make(*args, **kwargs):
+            obj = types.SimpleNamespace(args=args, kwargs=kwargs, pure=[], binaries=[],
+                                        datas=kwargs.get("datas", []), scripts=[
+                                            (Path(s).stem, s, "PYSOURCE")
+                                            for s in (args[0] if kind == "Analysis" else [])])
+            made.setdefault(kind, []).append(obj)
+            return obj
+        return make
+
+    hooks = types.ModuleType("PyInstaller.utils.hooks")
+    hooks.collect_data_files = lambda *a, **k: []
+    hooks.collect_submodules = lambda *a, **k: []
+    for name in ("PyInstaller", "PyInstaller.utils"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "PyInstaller.utils.hooks", hooks)
+    monkeypatch.setenv("MEND_DIST_TORCH", "bundle")  # skips the walk over the stdlib
+    monkeypatch.setattr(platform, "system", lambda: system)
+    runpy.run_path(str(INSTALLER / "mend.spec"), run_name="__main__", init_globals={
+        "SPECPATH": str(INSTALLER),
+        **{k: block(k) for k in ("Analysis", "PYZ", "EXE", "COLLECT", "BUNDLE")}})
+    return made
+
+
+def test_spec_mac_bundle_starts_the_desktop_app(monkeypatch):
+    made = _exec_spec(monkeypatch, "Darwin")
+    exes = {e.kwargs["name"]: [s[0] for s in e.args[1]] for e in made["EXE"]}
+    assert exes == {"mend": ["mend_cli"], "mend-gui": ["main"]}
+    (bundle,) = made["BUNDLE"]
+    # PyInstaller takes the first executable collected (the CLI) unless info_plist says
+    first = made["EXE"][0].kwargs["name"]
+    assert bundle.kwargs["info_plist"].get("CFBundleExecutable", first) == "mend-gui"
+    assert (str(ROOT / "LICENSE"), ".") in made["Analysis"][0].kwargs["datas"]
+    assert "BUNDLE" not in _exec_spec(monkeypatch, "Linux")
+
+
+# ---------------------------------------------------------------- licence, help text
+
+
+def test_license_is_the_agpl_and_ships():
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.split("\n")[:2] == ["                    GNU AFFERO GENERAL PUBLIC LICENSE",
+                                    "                       Version 3, 19 November 2007"]
+    assert len(text.splitlines()) == 661 and "END OF TERMS AND CONDITIONS" in text
+    assert "13. Remote Network Interaction; Use with the GNU General Public License." in text
+    assert "LICENSE" in bootstrap.APP_ITEMS
+
+
+def test_main_help_names_real_mend_commands():
+    spec = importlib.util.spec_from_file_location("mend_main_script", ROOT / "main.py")
+    main_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main_py)
+    from engine.cli import build_parser
+
+    cli = build_parser()
+    commands = next(a for a in cli._actions if isinstance(a, argparse._SubParsersAction)).choices
+    text = main_py.__doc__ + " " + main_py._parser().epilog
+    examples = re.findall(r"``(mend [^`]+)``", text) + re.findall(r"\bmend [^,()`]+", text)
+    examples = [shlex.split(e)[1:] for e in examples]
+    examples = [e for e in examples if e and not e[0].startswith("-")]
+    assert {e[0] for e in examples} >= {"classify", "restore"}
+    for argv in examples:
+        assert argv[0] in commands, argv
+        cli.parse_args(argv)  # exits (SystemExit) on an unknown option or a missing argument
 
 
 # ---------------------------------------------------------------- frozen app: env lookup
@@ -401,3 +682,59 @@ def test_prefetch_dry_run_lists_the_real_profile(tmp_path, capsys):
     assert ids == set(profile_models("laptop"))
     assert out["to_download"] > 0
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
+def _builtin_only_store(tmp_path, *more: str):
+    """A store whose laptop profile is a built-in model whose package is not installed (as
+    pp-ocr is under a Python without rapidocr), and the models ``more``."""
+    import dataclasses
+
+    from engine.models.manifest import Manifest, default_manifest
+    from engine.models.store import ModelStore
+
+    base = default_manifest()
+    spec = base.get("pp-ocr")
+    spec = dataclasses.replace(spec, profiles=("laptop",),
+                               extra={**spec.extra, "package": "mend_no_such_package"})
+    return ModelStore(tmp_path / "m", Manifest(
+        [spec] + [dataclasses.replace(base.get(m), profiles=("laptop",)) for m in more]))
+
+
+def test_prefetch_does_not_wait_for_built_in_models(tmp_path, monkeypatch, capsys):
+    prefetch = _load("prefetch")
+    store = _builtin_only_store(tmp_path)
+    assert store.status("pp-ocr") == "missing"
+    logs: list[str] = []
+    result = prefetch.prefetch("laptop", store, retries=0, log=logs.append)
+    assert result["complete"] and result["not_ready"] == [] and result["error"] is None
+    assert any("pp-ocr" in line for line in logs)
+    monkeypatch.setattr(prefetch, "ModelStore", lambda models_dir: store)
+    assert prefetch.main(["--profile", "laptop", "--retries", "0"]) == 0
+    assert "ready" in capsys.readouterr().err
+
+
+def test_prefetch_names_the_models_not_ready(tmp_path, monkeypatch, capsys):
+    from engine.models import packs
+
+    prefetch = _load("prefetch")
+    store = _builtin_only_store(tmp_path, "yunet-2023mar")
+    monkeypatch.setattr(prefetch, "ModelStore", lambda models_dir: store)
+    monkeypatch.setattr(packs, "pull_profile",  # a pass that ends without an error, yet short
+                        lambda profile, store, progress=None: {"pp-ocr": "missing",
+                                                               "yunet-2023mar": "partial"})
+    assert prefetch.main(["--profile", "laptop", "--retries", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "not ready: yunet-2023mar (partial)" in err and "None" not in err
+    assert "pp-ocr (missing)" not in err
+
+
+def test_prefetch_under_a_python_without_mends_packages(monkeypatch, capsys):
+    prefetch = _load("prefetch")
+
+    def no_platformdirs(models_dir):
+        raise ModuleNotFoundError("No module named 'platformdirs'")
+
+    monkeypatch.setattr(prefetch, "ModelStore", no_platformdirs)
+    assert prefetch.main(["--profile", "laptop", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "platformdirs" in err and "Mend's Python" in err and "Traceback" not in err
