@@ -96,10 +96,15 @@ def write_desktop_entry(bundle: Path) -> None:
         'here=$(cd "$(dirname "$0")" && pwd)\n'
         'apps="${XDG_DATA_HOME:-$HOME/.local/share}/applications"\n'
         'mkdir -p "$apps"\n'
+        # the Desktop Entry Specification's quoting: inside "...", \ " ` $ get a backslash and
+        # % is doubled; then every backslash is doubled again (string escaping)
+        "exec_dir=$(printf '%s' \"$here\" | sed -e 's/\\\\/\\\\\\\\\\\\\\\\/g' "
+        "-e 's/[\"`$]/\\\\\\\\&/g' -e 's/%/%%/g')\n"
+        "icon_dir=$(printf '%s' \"$here\" | sed -e 's/\\\\/\\\\\\\\/g')\n"
         'cat > "$apps/mend.desktop" <<EOF\n'
         "[Desktop Entry]\nType=Application\nName=Mend\n"
         "Comment=Diagnose and fix damaged photos, offline\n"
-        'Exec="$here/mend-gui" %F\nIcon=$here/_internal/resources/icons/mend-app.png\n'
+        'Exec="$exec_dir/mend-gui" %F\nIcon=$icon_dir/_internal/resources/icons/mend-app.png\n'
         "Terminal=false\nCategories=Graphics;Photography;\n"
         "MimeType=image/jpeg;image/png;image/tiff;image/webp;image/heic;\nEOF\n"
         'echo "added $apps/mend.desktop"\n', encoding="utf-8")

@@ -738,3 +738,22 @@ def test_prefetch_under_a_python_without_mends_packages(monkeypatch, capsys):
     assert prefetch.main(["--profile", "laptop", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "platformdirs" in err and "Mend's Python" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not shutil.which("sh") or not shutil.which("sed"), reason="needs sh and sed")
+def test_frozen_bundle_menu_entry_script_quotes_its_folder(tmp_path):
+    """The frozen bundle's install-menu-entry.sh writes the same quoting as the installer, for
+    whatever folder the bundle was unpacked to (it used to write Exec="$here/mend-gui" as is)."""
+    build_dist = _load("build_dist")
+    bundle = tmp_path / 'Mend "best" $HOME `id` back\\slash 100% é'
+    bundle.mkdir()
+    build_dist.write_desktop_entry(bundle)
+    xdg = tmp_path / "xdg"
+    subprocess.run(["sh", str(bundle / "install-menu-entry.sh")], check=True,
+                   capture_output=True, env={**os.environ, "XDG_DATA_HOME": str(xdg)})
+    entry = dict(line.split("=", 1) for line in
+                 (xdg / "applications" / "mend.desktop").read_text(encoding="utf-8")
+                 .splitlines()[1:])
+    assert _desktop_exec_argv(entry["Exec"]) == [str(bundle / "mend-gui"), "%F"]
+    assert _desktop_string(entry["Icon"]) == str(bundle / "_internal" / "resources" / "icons"
+                                                 / "mend-app.png")
