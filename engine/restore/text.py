@@ -259,7 +259,10 @@ def _detect_text(ocr: Any, rgb: np.ndarray, det_max: int, det_tile: int,
                        interpolation=cv2.INTER_AREA)
     coarse = [q / f for q in _detect_whole(ocr, small)]
     del small
-    if det_tile <= 0:
+    if det_tile <= 0 or min(h, w) < 128:
+        # (a strip: PP-OCR scales a thin tile's short side up to 736 px, and a 5-px tile of a
+        # 3000-px strip became a 138-MP image, 16 GB; the reduced copy, with its margin, covers
+        # a strip's text)
         return coarse
     fine: list[np.ndarray] = []
     tile = max(256, det_tile)

@@ -269,7 +269,8 @@ def test_small_text_on_big_photos_is_found_in_full_resolution_tiles(tiny_runtime
     small = [b for b in boxes if b[3] - b[1] < 40]
     large = [b for b in boxes if b[3] - b[1] >= 40]
     assert lines <= len(small) <= 1.1 * lines, (len(small), lines)
-    assert max(b[3] - b[1] for b in small) < 20  # one line each, not blobs of two
+    heights = sorted(b[3] - b[1] for b in small)  # one line each, not blobs of two (>= 24)
+    assert heights[len(heights) // 2] < 16 and heights[-1] < 24, heights[-5:]
     assert len(large) == 1 and large[0][1] < 1024 - 102 + 40 < 1024 < large[0][3], large
     for i, a in enumerate(boxes):  # no box lies mostly inside another
         assert not any(T._inside(a, b) for j, b in enumerate(boxes) if i != j), a
@@ -295,6 +296,14 @@ def test_small_text_on_big_photos_is_found_in_full_resolution_tiles(tiny_runtime
         T._detect_text(Counting(), page, 800, 1024, ctx)
     assert len(calls) == 3  # the reduced copy, two tiles, then the cancel
     assert calls[1] == (1024, 1024, 3)  # tiles at full resolution
+    # a long thin strip is looked at on the reduced copy only: PP-OCR scales a tile's short
+    # side up to 736 px (a 5-px tile of a 3000-px strip took 16 GB)
+    calls.clear()
+    token = CancelToken()
+    ctx = StepContext(device=select_device("cpu"), progress=Progress(token=token),
+                      runtime=tiny_runtime, tile_size=128)
+    T._detect_text(Counting(), np.ones((5, 3000, 3), np.float32), 800, 1024, ctx)
+    assert len(calls) == 1 and min(calls[0][:2]) >= 16
 
 
 def test_drop_repeats_keeps_the_larger_of_a_box_found_twice():
