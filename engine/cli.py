@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import traceback
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,7 @@ log = logging.getLogger("mend")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell shows for a program its pipe reader left
+CLASSIFY_CHUNK = 4  # photos `classify` decodes and diagnoses at once with a model backend
 
 
 class _Parser(argparse.ArgumentParser):
@@ -293,19 +295,68 @@ def _for_each(photos: list[Path], work, args: argparse.Namespace) -> int:
     return n_failed
 
 
+def _classify_chunk_size(clf: Any) -> int:
+    """Photos decoded and diagnosed together: a model backend (VLM, CLIP) batches a few, the
+    analyzer gains nothing from it, so it holds one decoded photo at a time."""
+    chosen = clf.choose() if hasattr(clf, "choose") else clf
+    return 1 if getattr(chosen, "name", "") == "builtin" else CLASSIFY_CHUNK
+
+
+def _classify_chunk(clf: Any, paths: list[Path], load_photo) -> list[Any]:
+    """Per path, in order: its Diagnosis or the exception that photo met (decoding it, or
+    diagnosing it). When the batch itself fails, each photo is diagnosed alone, so the error
+    is reported on the photo that caused it."""
+    loaded: list[Any] = []
+    for path in paths:
+        try:
+            loaded.append(load_photo(path))
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 — reported on that photo's line
+            loaded.append(e)
+    ok = [i for i, p in enumerate(loaded) if not isinstance(p, BaseException)]
+
+    def diagnose(idx: list[int]) -> list[Any]:
+        try:
+            return list(clf.classify_batch([loaded[i].pixels for i in idx],
+                                           [loaded[i] for i in idx]))
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 — reported per photo
+            if len(idx) == 1:
+                return [e]
+            return [d for i in idx for d in diagnose([i])]
+
+    for i, d in zip(ok, diagnose(ok) if ok else []):
+        loaded[i] = d
+    return loaded
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from .imageio import load_photo
     from .pipeline import Engine
+    from .understand import get_classifier
 
     photos, failed, _rel, _ = _expand(args.paths, args.recursive)
     for path, msg in failed:
         _error_line(path, msg, args.json)
     engine = Engine(args.device)
     counts = dict.fromkeys((d.value for d in Degradation), 0)
+    opts = {"mode": args.vlm_mode} if args.backend in ("vlm", "auto") else {}
+    clf = get_classifier(args.backend, runtime=engine.runtime, **opts)
+    size = _classify_chunk_size(clf) if photos else 1
+    pending: deque[Any] = deque()  # the current chunk's diagnoses (or errors), in order
+    start = 0
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
-        opts = {"mode": args.vlm_mode} if args.backend in ("vlm", "auto") else {}
-        d = engine.diagnose(load_photo(path), args.backend, **opts)
+        nonlocal start
+        if not pending:  # the next few photos, decoded and diagnosed together
+            chunk = photos[start:start + size]
+            start += len(chunk)
+            pending.extend(_classify_chunk(clf, chunk, load_photo))
+        d = pending.popleft()
+        if isinstance(d, BaseException):
+            raise d  # reported on this photo's own line, as when it was diagnosed alone
         counts[d.label.value] += 1
         obj = {"path": str(path), "label": d.label.value,
                "scores": {k: round(float(v), 4) for k, v in d.scores.items()},

@@ -33,3 +33,41 @@ def test_camera_accuracy_is_split_into_full_size_photos_and_thumbnails(tmp_path)
     assert full["correct"] + thumbs["correct"] == round(m["accuracy"] * 3)
     assert {e["min_side"] for e in m["errors"]} <= {75, 240, 300}
     assert "by_size" not in bench.run_labelled(rows[:1], "builtin")
+
+
+def test_a_failed_photo_is_counted_and_the_model_load_is_timed_apart(tmp_path, monkeypatch):
+    """One unreadable VLM answer does not end the run; the first call (which loads the model)
+    is not in the per-photo times; peak memory is the process's (torch's tensors included)."""
+    import types
+
+    import engine.understand as U
+    from engine.api import Degradation, Diagnosis
+    from engine.understand.vlm import VLMAnswerError
+
+    bench = _bench()
+    clock = [0.0]  # seconds: the fake model's load takes 5, each answer 0.01
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    rows = []
+    for i in range(3):
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(tmp_path / f"p{i}.png")
+        rows.append((tmp_path / f"p{i}.png", "B", ""))
+
+    class Fake:  # loads a "model" on its first call, cannot read its answer on p1
+        name = "fake"
+        loaded = False
+
+        def classify(self, image, photo=None):
+            clock[0] += 0.01 if self.loaded else 5.01
+            self.loaded = True
+            if photo.path.name == "p1.png":
+                raise VLMAnswerError("I cannot tell")
+            return Diagnosis(Degradation.B, {"A": 0.1, "B": 0.7, "C": 0.1, "D": 0.1})
+
+    monkeypatch.setattr(U, "get_classifier", lambda backend, runtime=None: Fake())
+    m = bench.run_labelled(rows, "vlm")
+    assert (m["photos"], m["diagnosed"], m["n"], m["accuracy"]) == (3, 2, 2, 1.0)
+    assert m["accuracy_of_all_photos"] == round(2 / 3, 3)
+    assert [f["file"] for f in m["failed"]] == ["p1.png"]
+    assert "VLMAnswerError" in m["failed"][0]["error"] and m["errors"] == []
+    assert m["load_ms"] == 5000.0 and m["ms_per_photo_mean"] == 10.0
+    assert m["peak_rss_mb"] >= m["peak_rss_before_mb"] > 0 and "peak_traced_mb" not in m

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from ..api import Diagnosis
-from .base import CLASSIFIERS, get_classifier, register_classifier
+from ..errors import EngineError
+from .base import CLASSIFIERS, get_classifier, photos_for, register_classifier, single
 
 __all__ = ["CLASSIFIERS", "diagnose", "diagnose_many", "get_classifier", "register_classifier"]
 
@@ -24,13 +25,16 @@ def diagnose(image: np.ndarray, photo: Any | None = None, backend: str = "auto",
     ``"structured"``) or "auto" (the VLM on a GPU when installed, else the analyzer).
     The analyzer's physical estimates are in ``Diagnosis.estimates`` for every backend.
     """
-    return diagnose_many([image], [photo], backend, runtime, **options)[0]
+    return single(diagnose_many([image], [photo], backend, runtime, **options))
 
 
 def diagnose_many(images: list[np.ndarray], photos: list[Any | None] | None = None,
                   backend: str = "auto", runtime: Any | None = None,
-                  **options: Any) -> list[Diagnosis]:
-    """Several photos at once (the VLM batches them)."""
-    photos = list(photos) if photos is not None else [None] * len(images)
+                  **options: Any) -> list[Diagnosis | EngineError]:
+    """Several photos at once (the VLM batches them). ``photos``: one per image (or None),
+    else UsageError. One entry per image: its Diagnosis, or the EngineError of that photo
+    alone (see ``Classifier.classify_batch``)."""
+    images = list(images)
+    photos = photos_for(images, photos)
     clf = get_classifier(backend, runtime=runtime, **options)
-    return clf.classify_batch(list(images), photos)
+    return clf.classify_batch(images, photos)

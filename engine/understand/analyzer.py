@@ -37,7 +37,7 @@ from ..api import BLUR_LINE_RESOLVED_MIN, CLASSES, Degradation, Diagnosis
 from ..errors import EngineError
 from ..resources import resource
 from . import measure as M
-from .base import register_classifier
+from .base import photos_for, register_classifier
 
 MODEL_PATH = resource("analyzer_model.json")
 
@@ -304,5 +304,12 @@ class BuiltinAnalyzer:
     def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
         return analyze(image, photo, load_model(self._model_path))
 
-    def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]) -> list[Diagnosis]:
-        return [self.classify(i, p) for i, p in zip(images, photos)]
+    def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]
+                       ) -> list[Diagnosis | EngineError]:
+        out: list[Diagnosis | EngineError] = []
+        for image, photo in zip(images, photos_for(images, photos)):
+            try:
+                out.append(self.classify(image, photo))
+            except EngineError as e:  # that photo's own error; the others keep theirs
+                out.append(e)
+        return out

@@ -1,5 +1,8 @@
 """The "auto" backend: the paper's VLM on a GPU when its weights are installed, else the
-built-in analyzer. Measurements always ride along (every backend merges them)."""
+built-in analyzer. Measurements always ride along (every backend merges them). Without a
+runtime it looks at the process-wide default one (local files only, as the "vlm" backend does).
+A photo the VLM fails on (an unreadable answer; the whole batch when it runs out of memory)
+gets the analyzer's diagnosis, with the reason in its rationale."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +12,7 @@ import numpy as np
 
 from ..api import Diagnosis
 from ..errors import EngineError
-from .base import register_classifier
+from .base import photos_for, register_classifier, single
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,11 @@ class AutoClassifier:
 
         chosen: Any = BuiltinAnalyzer()
         rt = self.runtime
-        if rt is not None and getattr(rt.device, "kind", "cpu") in ("cuda", "mps"):
+        if rt is None:
+            from .runtime_default import default_runtime
+
+            rt = self.runtime = default_runtime()
+        if getattr(rt.device, "kind", "cpu") in ("cuda", "mps"):
             vlm = VLMClassifier(runtime=rt, **self._kwargs)
             if vlm.available():
                 chosen = vlm
@@ -42,20 +49,37 @@ class AutoClassifier:
         return True
 
     def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
-        return self.classify_batch([image], [photo])[0]
+        return single(self.classify_batch([image], [photo]))
 
-    def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]) -> list[Diagnosis]:
+    def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]
+                       ) -> list[Diagnosis | EngineError]:
+        photos = photos_for(images, photos)
         c = self.choose()
-        try:
+        if c.name == "builtin":
             return c.classify_batch(images, photos)
-        except EngineError as e:
-            if c.name == "builtin":
-                raise
-            # the VLM failed (unreadable answer, out of memory...): fall back, say why
-            log.warning("VLM diagnosis failed (%s); using the built-in analyzer", e)
-            from dataclasses import replace
+        try:
+            out = list(c.classify_batch(images, photos))
+        except EngineError as e:  # out of memory, a damaged model...: every photo falls back
+            return _fallback(images, photos, [e] * len(images))
+        failed = [i for i, d in enumerate(out) if isinstance(d, EngineError)]
+        if failed:  # an unreadable answer: that photo alone falls back
+            got = _fallback([images[i] for i in failed], [photos[i] for i in failed],
+                            [out[i] for i in failed])
+            for i, d in zip(failed, got):
+                out[i] = d
+        return out
 
-            from .analyzer import BuiltinAnalyzer
 
-            out = BuiltinAnalyzer().classify_batch(images, photos)
-            return [replace(d, rationale=f"{d.rationale}; VLM unavailable: {e}") for d in out]
+def _fallback(images: list[np.ndarray], photos: list[Any | None],
+              errors: list[EngineError]) -> list[Diagnosis | EngineError]:
+    """The built-in analyzer's diagnoses of the photos the VLM failed on, saying why."""
+    from dataclasses import replace
+
+    from .analyzer import BuiltinAnalyzer
+
+    log.warning("VLM diagnosis failed on %d photo(s) (%s); using the built-in analyzer",
+                len(images), errors[0])
+    out = BuiltinAnalyzer().classify_batch(images, photos)
+    return [d if isinstance(d, EngineError) else
+            replace(d, rationale=f"{d.rationale}; VLM unavailable: {e}")
+            for d, e in zip(out, errors)]

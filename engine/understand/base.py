@@ -7,7 +7,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..api import Diagnosis
-from ..errors import UsageError
+from ..errors import EngineError, UsageError
 
 
 class Classifier(Protocol):
@@ -19,8 +19,31 @@ class Classifier(Protocol):
     def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
         """``image``: float32 RGB in [0, 1], (H, W, 3). ``photo``: the loaded Photo (metadata)."""
 
-    def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]) -> list[Diagnosis]:
-        """Several photos at once (VLM batches); default loops over classify."""
+    def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]
+                       ) -> list[Diagnosis | EngineError]:
+        """Several photos at once (VLM batches). One entry per photo, in order: its Diagnosis,
+        or the EngineError that photo alone met (an unreadable VLM answer), so one photo never
+        costs the others theirs. Errors that stop them all (a missing model) are raised.
+        ``photos`` has one entry (or None) per image."""
+
+
+def photos_for(images: list[np.ndarray], photos: list[Any | None] | None) -> list[Any | None]:
+    """``photos`` checked against ``images``: one each (None for no metadata)."""
+    if photos is None:
+        return [None] * len(images)
+    photos = list(photos)
+    if len(photos) != len(images):
+        raise UsageError(f"{len(images)} image(s) but {len(photos)} photo(s): give one photo "
+                         "(or None) per image")
+    return photos
+
+
+def single(results: list[Diagnosis | EngineError]) -> Diagnosis:
+    """The one diagnosis of a one-photo batch; that photo's error is raised."""
+    (d,) = results
+    if isinstance(d, EngineError):
+        raise d
+    return d
 
 
 ClassifierFactory = Callable[..., Classifier]
@@ -75,10 +98,10 @@ class StoredModelClassifier:
             return False
 
     def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
-        return self.classify_batch([image], [photo])[0]
+        return single(self.classify_batch([image], [photo]))
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]
-                       ) -> list[Diagnosis]:  # pragma: no cover
+                       ) -> list[Diagnosis | EngineError]:  # pragma: no cover
         raise NotImplementedError
 
     def _measured(self, image: np.ndarray, photo: Any | None, extra: dict[str, Any],

@@ -16,7 +16,7 @@ import numpy as np
 from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
 from ..errors import EngineError, ModelMissing
 from ..resources import resource
-from .base import StoredModelClassifier, register_classifier
+from .base import StoredModelClassifier, photos_for, register_classifier
 
 MODEL_IDS = ("clip-vit-large-patch14", "siglip-base-patch16-224")
 PROMPTS_FILE = resource("prompts", "clip_prompts.json")
@@ -112,6 +112,7 @@ class ClipClassifier(StoredModelClassifier):
         import torch
         from PIL import Image
 
+        photos = photos_for(images, photos)
         rt = self._rt()
         loaded = load_clip(rt, self.pick_model(), load_prompts())
         out = []
@@ -129,7 +130,7 @@ class ClipClassifier(StoredModelClassifier):
             logits = loaded.logit_scale * ie @ loaded.text_emb.T
             probs = torch.softmax(logits, dim=-1).cpu().numpy()
             for j, im in enumerate(chunk):
-                photo = photos[i + j] if i + j < len(photos) else None
+                photo = photos[i + j]
                 sc = normalise_scores({c: float(p) for c, p in zip(LETTERS, probs[j])})
                 out.append(self._finish(sc, im, photo, loaded.model_id))
         return out

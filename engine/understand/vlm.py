@@ -4,7 +4,9 @@
 scores are the softmax of the logits of the answer-letter tokens A/B/C/D at the position where
 the model writes its letter (the first generated token when it answers plainly), so every
 diagnosis has a confidence and a runner-up. The text is parsed tolerantly ("B.", "**C**",
-"Answer: a"); an answer that names no class is an error, never a guess.
+"Answer: a"); an answer that names no class is an error, never a guess. A class read from
+words ("Reflection artifacts": no letter token) keeps that label, with the letters' softmax at
+the first generated position as its scores (the model's odds, not a certainty).
 
 "structured": asks for JSON of every degradation with a severity and physical parameters
 (zero-shot, the idea of DU-VLM); the values are validated, clipped to physical ranges and
@@ -26,7 +28,7 @@ import numpy as np
 from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
 from ..errors import EngineError, ModelMissing
 from ..resources import resource
-from .base import StoredModelClassifier, register_classifier
+from .base import StoredModelClassifier, photos_for, register_classifier
 
 PROMPTS = resource("prompts")
 MODEL_IDS = ("qwen2.5-vl-7b", "qwen2.5-vl-3b")  # best first
@@ -62,8 +64,9 @@ def parse_letter(text: str) -> Degradation | None:
     if not t:
         return None
     clean = re.sub(r"[*_`#>\"'“”‘’\[\]]", " ", t).strip()
-    # a bare leading letter must be upper case ("a photo..." is not an answer)
-    m = re.match(r"^\(?([ABCD])\)?(?=$|[\s.,:;)!\-])", clean)
+    # a bare leading letter must be upper case ("a photo..." is not an answer) and not an
+    # article: "A motion blurred photo." names C, not A (a lower-case word follows)
+    m = re.match(r"^\(?([ABCD])\)?(?=$|[.,:;)!\-]|\s+(?![a-z]))", clean)
     if not m:
         m = re.match(r"^(?:the\s+)?(?:final\s+)?(?:answer|result|category|class|type|"
                      r"degradation(?:\s+type)?)\s*(?:is)?\s*[:\-=]?\s*\(?([A-Da-d])\)?"
@@ -77,7 +80,7 @@ def parse_letter(text: str) -> Degradation | None:
     if m:
         return Degradation(m.group(1).upper())
     letters = set(re.findall(r"(?<![A-Za-z])([ABCD])(?=[.):]|\s*$)", clean))
-    if len(letters) == 1:
+    if len(letters) == 1 and standalone <= letters:  # "A or B" names no one class
         return Degradation(letters.pop())
     low = clean.lower()
     hits = {k for k, names in _NAMES.items() if any(n in low for n in names)}
@@ -110,17 +113,12 @@ def parse_structured(text: str) -> dict[str, Any]:
     Unknown types and parameters are dropped, numbers clipped to physical ranges (angles
     wrapped into [0, 180)). Raises VLMAnswerError when there is no usable JSON object.
     """
-    m = re.search(r"\{.*\}", text or "", flags=re.DOTALL)
-    if not m:
-        raise VLMAnswerError(text, "JSON")
-    try:
-        obj = json.loads(m.group(0))
-    except json.JSONDecodeError:
-        raise VLMAnswerError(text, "valid JSON") from None
-    if not isinstance(obj, dict):
-        raise VLMAnswerError(text, "a JSON object")
+    obj = _first_json_object(text or "")
+    raw = obj.get("degradations")
+    if isinstance(raw, dict):  # one degradation given on its own
+        raw = [raw]
     degs = []
-    for d in obj.get("degradations") or []:
+    for d in raw if isinstance(raw, list) else []:
         if not isinstance(d, dict):
             continue
         typ = str(d.get("type", "")).strip().lower().replace(" ", "_")
@@ -139,15 +137,42 @@ def parse_structured(text: str) -> dict[str, Any]:
                 lo, hi = PARAM_RANGES[k]
                 params[k] = float(min(hi, max(lo, x)))
         degs.append({"type": typ, "severity": float(min(1.0, max(0.0, sev))), "params": params})
-    cls = str(obj.get("class", "")).strip().upper()[:1]
-    if cls not in LETTERS:
-        cls = ""
-    if not cls and not degs and "degradations" not in obj:
+    cls = _class_letter(obj.get("class"))
+    if not cls and not degs and not isinstance(raw, list):
         raise VLMAnswerError(text, "a class or a list of degradations")
-    return {"class": cls or None, "degradations": degs}
+    return {"class": cls, "degradations": degs}
+
+
+def _first_json_object(text: str) -> dict[str, Any]:
+    """The first JSON object in ``text``: decoded from an opening brace to its own end, so
+    prose (or a second object) after it does not matter."""
+    dec = json.JSONDecoder()
+    found_json = False
+    for m in re.finditer(r"\{", text):
+        try:
+            obj, _ = dec.raw_decode(text, m.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+        found_json = True
+    if "{" not in text:
+        raise VLMAnswerError(text, "JSON")
+    raise VLMAnswerError(text, "a JSON object" if found_json else "valid JSON")
+
+
+def _class_letter(v: Any) -> str | None:
+    """A class named by its letter ("B", "b", "(C)", "A. Super-resolution"), else None: a word
+    ("clean", "blurry") is not read by its first character."""
+    if not isinstance(v, str):
+        return None
+    m = re.fullmatch(r"\s*\(?([A-Da-d])\)?(?:[\s.:)\-].*)?", v, flags=re.DOTALL)
+    return m.group(1).upper() if m else None
 
 
 def _num(v: Any, default: float | None) -> float | None:
+    if isinstance(v, bool):  # JSON true/false is not a number
+        return default
     try:
         x = float(v)
     except (TypeError, ValueError):
@@ -173,6 +198,9 @@ def structured_scores(parsed: Mapping[str, Any]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- model
 
 MIN_PIXELS = 4 * 28 * 28
+# the processor refuses an image more than 200 times longer than wide; a narrower strip is
+# padded to this ratio (a 16 x 4000 px panorama strip)
+MAX_ASPECT = 199
 
 
 def max_pixels_for(device: Any) -> int:
@@ -199,15 +227,25 @@ def _to_pil(image: np.ndarray, max_pixels: int):
     if w * h > 2 * max_pixels:  # the processor resizes anyway: shrink early, cheaply
         f = math.sqrt(2 * max_pixels / (w * h))
         im = im.resize((max(28, int(w * f)), max(28, int(h * f))), Image.Resampling.BICUBIC)
+        w, h = im.size
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        # pad the short side, centred, with the photo's mean colour
+        pw, ph = (w, math.ceil(w / MAX_ASPECT)) if w > h else (math.ceil(h / MAX_ASPECT), h)
+        mean = tuple(int(v) for v in np.asarray(im).reshape(-1, 3).mean(axis=0))
+        canvas = Image.new("RGB", (pw, ph), mean)
+        canvas.paste(im, ((pw - w) // 2, (ph - h) // 2))
+        im = canvas
     return im
 
 
 class _Loaded:
-    def __init__(self, model, processor, letter_ids: dict[str, list[int]], model_id: str):
+    def __init__(self, model, processor, letter_ids: dict[str, list[int]], model_id: str,
+                 device: Any | None = None):
         self.model = model
         self.processor = processor
         self.letter_ids = letter_ids
         self.model_id = model_id
+        self.device = device  # the DeviceInfo it runs on (frees its cache after an OOM)
 
 
 def letter_token_ids(tokenizer) -> dict[str, list[int]]:
@@ -254,13 +292,15 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
     def build() -> _Loaded:
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-        size = {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels}
+        # the pixel budget is set on the loaded image processor, not passed to from_pretrained:
+        # transformers hands such kwargs to the tokenizer too, which passes them to every call
+        # (overriding the image processor), and a release's preprocessor_config.json
+        # (max_pixels 12845056) is copied into a ``size`` dict given there
         processor = AutoProcessor.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=False, size=size)
+            str(folder), local_files_only=True, trust_remote_code=False)
         ip = getattr(processor, "image_processor", None)
-        got = getattr(ip, "size", None)
-        if ip is not None and getattr(got, "longest_edge", None) != max_pixels:
-            ip.size = size  # an older processor class ignored the kwarg: bound it explicitly
+        if ip is not None:
+            bound_pixels(ip, MIN_PIXELS, max_pixels)
         processor.tokenizer.padding_side = "left"
         from ..models.loader import checkpoint_errors
 
@@ -268,7 +308,8 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 str(folder), local_files_only=True, trust_remote_code=False, dtype=dtype)
         model.to(device.torch_device).eval()
-        return _Loaded(model, processor, letter_token_ids(processor.tokenizer), model_id)
+        return _Loaded(model, processor, letter_token_ids(processor.tokenizer), model_id,
+                       device)
 
     spec_mb = 0
     try:
@@ -278,27 +319,68 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
     return runtime.cached(key, build, (spec_mb << 20) if spec_mb else None)
 
 
-def _generate(loaded: _Loaded, pils: list, prompt: str, max_new_tokens: int):
+def bound_pixels(image_processor: Any, min_pixels: int, max_pixels: int) -> None:
+    """Make the image processor resize into [min_pixels, max_pixels], whatever its class
+    read from the folder's config (``size`` as a dict or an object, and/or attributes)."""
+    got = getattr(image_processor, "size", None)
+    edge = got.get("longest_edge") if isinstance(got, Mapping) else \
+        getattr(got, "longest_edge", None)
+    low = got.get("shortest_edge") if isinstance(got, Mapping) else \
+        getattr(got, "shortest_edge", None)
+    if (edge, low) != (max_pixels, min_pixels):
+        # a fresh dict: never one the processor shares with its config
+        image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    for name, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if getattr(image_processor, name, None) not in (None, v):
+            setattr(image_processor, name, v)
+
+
+def _generate(loaded: _Loaded, pils: list, prompt: str, max_new_tokens: int,
+              want_logits: bool = True) -> tuple[list, list[str], list | None]:
+    """Greedy answers for ``pils``: per photo its generated token ids, its text and (with
+    ``want_logits``) its raw logits per generated step, (steps, vocab). A device out of
+    memory raises OutOfMemory."""
     import torch
+
+    from ..devices import is_oom
+    from ..errors import OutOfMemory
 
     proc = loaded.processor
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
     text = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = proc(text=[text] * len(pils), images=pils, return_tensors="pt", padding=True)
     dev = next(loaded.model.parameters()).device
-    inputs = {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in inputs.items()}
-    with torch.inference_mode():
-        out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    output_scores=True, output_logits=True,
-                                    return_dict_in_generate=True, num_beams=1)
+    out = None
+    try:
+        inputs = {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in inputs.items()}
+        with torch.inference_mode():
+            # raw logits only, and only where the letters are scored (paper mode): processed
+            # scores would be tilted by the repetition penalty against the letters the prompt
+            # itself contains, and every step's full-vocabulary row is ~0.6 MB per photo
+            out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                        do_sample=False, output_logits=want_logits,
+                                        return_dict_in_generate=True, num_beams=1)
+    except Exception as e:  # only a device out of memory is turned into an engine error
+        if not is_oom(e):
+            raise
+    if out is None:  # out of memory (raised outside the handler: its frames are freed first)
+        inputs = None
+        if loaded.device is not None:
+            from ..devices import empty_cache
+
+            empty_cache(loaded.device)
+        raise OutOfMemory(f"not enough memory for the vision-language model on "
+                          f"{len(pils)} photo(s); close other programs or use the built-in "
+                          "analyzer")
     start = inputs["input_ids"].shape[1]
-    seqs = out.sequences[:, start:]
+    seqs = out.sequences[:, start:].cpu()
     texts = proc.batch_decode(seqs, skip_special_tokens=True)
-    # raw logits (before repetition penalty etc., which would tilt the letters the prompt
-    # itself contains); processed scores where this transformers version gives no logits
-    steps = getattr(out, "logits", None) or out.scores
-    scores = torch.stack([s.float() for s in steps], dim=1)  # (batch, steps, vocab)
-    return seqs.cpu(), texts, scores.cpu()
+    scores = None
+    if want_logits:
+        steps = getattr(out, "logits", None) or out.scores
+        stacked = torch.stack([s.float() for s in steps], dim=1).cpu()  # (batch, steps, vocab)
+        scores = list(stacked)
+    return list(seqs), texts, scores
 
 
 def letter_scores(step_logits, letter_ids: Mapping[str, Sequence[int]]) -> dict[str, float]:
@@ -370,25 +452,45 @@ class VLMClassifier(StoredModelClassifier):
                                          "analyzer")
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None],
-                       batch_size: int = 4) -> list[Diagnosis]:
+                       batch_size: int = 4) -> list[Diagnosis | EngineError]:
+        """One entry per photo: its Diagnosis, or the error of its own answer (unreadable:
+        VLMAnswerError) so that the other photos keep theirs. A missing model, or memory
+        short even for one photo, raises."""
+        photos = photos_for(images, photos)
         rt = self._rt()
         loaded = load_vlm(rt, self.pick_model())
         mp = max_pixels_for(rt.device)
-        out: list[Diagnosis] = []
+        prompt = load_prompt("paper_classify" if self.mode == "paper"
+                             else "structured_degradations")
+        out: list[Diagnosis | EngineError] = []
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
-            pchunk = list(photos[i:i + batch_size]) + [None] * max(0, len(chunk) - len(photos))
-            pils = [_to_pil(im, mp) for im in chunk]
-            prompt = load_prompt("paper_classify" if self.mode == "paper"
-                                 else "structured_degradations")
-            seqs, texts, scores = _generate(loaded, pils, prompt, self.max_new_tokens)
-            for j, im in enumerate(chunk):
-                if self.mode == "paper":
-                    d = self._paper(loaded, seqs[j], texts[j], scores[j])
-                else:
-                    d = self._structured(texts[j])
-                out.append(self._finish(d, im, pchunk[j], loaded.model_id))
+            answers = self._answers(loaded, [_to_pil(im, mp) for im in chunk], prompt)
+            for im, photo, (seq, text, scores) in zip(chunk, photos[i:i + batch_size], answers):
+                try:
+                    if self.mode == "paper":
+                        d = self._paper(loaded, seq, text, scores)
+                    else:
+                        d = self._structured(text)
+                    out.append(self._finish(d, im, photo, loaded.model_id))
+                except EngineError as e:
+                    out.append(e)
         return out
+
+    def _answers(self, loaded: _Loaded, pils: list, prompt: str) -> list[tuple]:
+        """(token ids, text, logits or None) per photo; a batch out of memory is split."""
+        from ..errors import OutOfMemory
+
+        try:
+            seqs, texts, scores = _generate(loaded, pils, prompt, self.max_new_tokens,
+                                            want_logits=self.mode == "paper")
+        except OutOfMemory:
+            if len(pils) == 1:
+                raise
+            half = len(pils) // 2
+            return (self._answers(loaded, pils[:half], prompt)
+                    + self._answers(loaded, pils[half:], prompt))
+        return list(zip(seqs, texts, scores if scores is not None else [None] * len(texts)))
 
     # -- modes
     def _paper(self, loaded: _Loaded, seq, text: str, scores) -> tuple[Degradation, dict, str]:
@@ -399,13 +501,20 @@ class VLMClassifier(StoredModelClassifier):
         # the letter's own position: the first generated token when the model answers plainly
         pos = next((k for k, t in enumerate(seq.tolist()) if all_ids.get(int(t)) == parsed.value),
                    None)
-        if pos is None:
-            sc = {c: (1.0 if c == parsed.value else 0.0) for c in LETTERS}
-            note = "letter read from the text (no letter token to score)"
-        else:
+        if pos is not None:
             sc = letter_scores(scores[pos], loaded.letter_ids)
+            label = Degradation(max(sc, key=sc.get))
             note = f"letter at generated position {pos}"
-        label = Degradation(max(sc, key=sc.get))
+        elif scores is not None and len(scores):
+            # read from the words: the label is the text's, the scores the letters' odds where
+            # a plain answer's letter would have been (so the confidence is the model's, not 1)
+            sc = letter_scores(scores[0], loaded.letter_ids)
+            label = parsed
+            note = "class read from the words; scores: the letters' odds at the first position"
+        else:  # no logits at all: say the confidence is unknown (an even split), not certain
+            sc = {c: 0.25 for c in LETTERS}
+            label = parsed
+            note = "class read from the words; confidence unknown"
         return label, sc, f"answer {text.strip()!r}; {note}"
 
     def _structured(self, text: str) -> tuple[Degradation, dict, str, dict]:

@@ -4,6 +4,7 @@ random letters, so these tests check the mechanics (prompt, scores, parsing, err
 accuracy."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -227,13 +228,19 @@ def test_auto_prefers_vlm_only_on_gpu(letter_runtime):
     (" D\n", "D"), ("(A)", "A"), ("The answer is C.", "C"), ("C. Motion blur", "C"),
     ("Reflection artifacts", "B"), ("No visible degradation (high-quality image).", "D"),
     ("Category: B", "B"), ("`A`", "A"),
+    # a leading capital "A" that is an article, not the answer
+    ("A motion blurred photo.", "C"), ("A reflection artifact is visible", "B"),
+    ("A clear, high-quality image", "D"), ("A\nExplanation: noise", "A"),
+    ("D (no visible degradation)", "D"), ("This image shows reflection artifacts, so B.", "B"),
+    ("I think it's C.", "C"),
 ])
 def test_parse_letter_tolerant(text, expected):
     assert parse_letter(text) == Degradation(expected)
 
 
 @pytest.mark.parametrize("text", ["", "@@@", "I cannot tell", "A or B", "a photo of a cat",
-                                  "Motion blur and reflection artifacts"])
+                                  "Motion blur and reflection artifacts", "It is A or B.",
+                                  "Either A or C"])
 def test_parse_letter_rejects_garbage(text):
     assert parse_letter(text) is None
 
@@ -257,9 +264,35 @@ def test_parse_structured_validates_and_clips():
     assert abs(sum(sc.values()) - 1) < 1e-9 and max(sc, key=sc.get) == "A"
     clean = structured_scores(parse_structured('{"class": "D", "degradations": []}'))
     assert max(clean, key=clean.get) == "D"
-    for bad in ("no json here", "{not json}", "[1, 2]"):
+    for bad in ("no json here", "{not json}", "[1, 2]", '{"degradations": 1}', "{}"):
         with pytest.raises(VLMAnswerError):
             parse_structured(bad)
+
+
+@pytest.mark.parametrize("cls,expected", [
+    ("clean", None), ("blurry", None), ("Motion blur", None), ("none", None), (None, None),
+    (2, None), ("b", "B"), ("(C)", "C"), ("A. Super-resolution", "A"), (" D ", "D"),
+])
+def test_parse_structured_reads_the_class_only_from_a_letter(cls, expected):
+    """"clean" is not C, "blurry" not B: a word is never read by its first character."""
+    assert parse_structured(json.dumps({"class": cls, "degradations": []}))["class"] == expected
+
+
+def test_parse_structured_odd_but_readable_answers():
+    # "degradations" that is not a list: no degradations (it raised TypeError)
+    assert parse_structured('{"class": "D", "degradations": 1}') == {"class": "D",
+                                                                     "degradations": []}
+    assert parse_structured('{"class": "A", "degradations": true}')["degradations"] == []
+    one = parse_structured('{"class": "A", "degradations": {"type": "noise", "severity": 0.4}}')
+    assert one["degradations"] == [{"type": "noise", "severity": 0.4, "params": {}}]
+    # an object followed by more text with braces (a greedy match was not JSON)
+    two = parse_structured('Here: {"class": "B", "degradations": []} and also {"note": 1}')
+    assert two == {"class": "B", "degradations": []}
+    assert parse_structured('{oops} then {"class": "C"}')["class"] == "C"
+    # true is not a number
+    p = parse_structured('{"class": "A", "degradations": [{"type": "jpeg", "severity": true, '
+                         '"params": {"jpeg_quality": true, "noise_sigma": false}}]}')
+    assert p["degradations"] == [{"type": "jpeg", "severity": 0.5, "params": {}}]
 
 
 def test_unlisted_weights_in_the_folder_are_never_loaded(letter_runtime, tmp_path):
@@ -314,3 +347,236 @@ def test_vlm_dtype_follows_the_precision_setting(letter_runtime, monkeypatch):
         assert next(got[setting].model.parameters()).dtype == dtype
     assert len({id(v) for v in got.values()}) == 3  # auto and bf16 share one (same dtype)
     assert got["auto"] is got["bf16"]
+
+
+# ----------------------------------------------------------------------------- audit fixes
+
+def _gpu(runtime):
+    from engine.models.runtime import ModelRuntime
+    from tests.model_helpers import fake_gpu
+
+    return ModelRuntime(fake_gpu(20 << 30), runtime.store)
+
+
+def _spy_generate(monkeypatch, loaded) -> list[dict]:
+    """Record each generate call's keyword arguments (and batch size) on ``loaded``'s model."""
+    calls: list[dict] = []
+    real = loaded.model.generate
+
+    def spy(**kw):
+        calls.append(dict(kw, batch=int(kw["input_ids"].shape[0])))
+        return real(**kw)
+
+    monkeypatch.setattr(loaded.model, "generate", spy)
+    return calls
+
+
+def _answers(monkeypatch, loaded, replace: dict[int, str]) -> None:
+    """Replace the decoded answers of the batch items in ``replace`` (index -> text): what a
+    real model's unreadable or wordy answer would be."""
+    real = loaded.processor.batch_decode
+
+    def decode(seqs, **kw):
+        out = real(seqs, **kw)
+        for i, t in replace.items():
+            if i < len(out):
+                out[i] = t
+        return out
+
+    monkeypatch.setattr(loaded.processor, "batch_decode", decode)
+
+
+@pytest.fixture(scope="module")
+def release_runtime(tmp_path_factory):
+    """The tiny model in a real release's processor layout: preprocessor_config.json with
+    min_pixels / max_pixels (12845056, Qwen/Qwen2.5-VL-3B-Instruct's) and chat_template.json."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("qwen_release")
+    src = build_tiny_qwen(root / "src", rig=("B", "C"))
+    rel = root / "release"
+    rel.mkdir()
+    for f in src.iterdir():
+        if f.name not in ("processor_config.json", "chat_template.jinja"):
+            (rel / f.name).write_bytes(f.read_bytes())
+    (rel / "preprocessor_config.json").write_text(json.dumps({
+        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2,
+        "merge_size": 2, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}))
+    (rel / "chat_template.json").write_text(json.dumps(
+        {"chat_template": (src / "chat_template.jinja").read_text()}))
+    return make_runtime(_install(root, rel))
+
+
+def test_a_release_processor_config_keeps_the_device_pixel_budget(release_runtime, monkeypatch):
+    from engine.understand.vlm import load_vlm, max_pixels_for
+
+    loaded = load_vlm(release_runtime, "qwen2.5-vl-3b")
+    calls = _spy_generate(monkeypatch, loaded)
+    img = np.random.default_rng(0).random((1200, 1600, 3)).astype(np.float32)
+    d = VLMClassifier(runtime=release_runtime, max_new_tokens=1,
+                      with_measurements=False).classify(img)
+    assert d.label.value in "BC"
+    _, h, w = calls[0]["image_grid_thw"][0].tolist()
+    budget = max_pixels_for(release_runtime.device)  # 256 tokens of 28 x 28 px on a CPU
+    assert h * w * 14 * 14 <= budget, (h, w)  # the release's 12845056 gave 520 tokens
+
+
+@pytest.mark.parametrize("shape", [(16, 4000), (28, 6000), (3000, 14), (1, 900), (60, 80)])
+def test_to_pil_keeps_strips_within_the_processors_aspect_ratio(shape):
+    from engine.understand.vlm import MAX_ASPECT, _to_pil
+
+    im = _to_pil(np.full((*shape, 3), 0.5, np.float32), 256 * 28 * 28)
+    w, h = im.size
+    assert max(w, h) <= MAX_ASPECT * min(w, h) and max(w, h) / min(w, h) < 200
+    assert (h >= w) == (shape[0] >= shape[1])  # still a strip the same way round
+
+
+def test_a_panorama_strip_is_diagnosed(letter_runtime):
+    clf = VLMClassifier(runtime=letter_runtime, max_new_tokens=1, with_measurements=False)
+    strip = np.random.default_rng(1).random((16, 4000, 3)).astype(np.float32)
+    assert clf.classify(strip).label.value in "BC"  # the processor raised ValueError (250:1)
+
+
+def test_out_of_memory_in_generate_is_the_engines_and_auto_falls_back(letter_runtime,
+                                                                        monkeypatch):
+    from engine.errors import OutOfMemory
+    from engine.understand.vlm import load_vlm
+
+    gpu = _gpu(letter_runtime)
+    loaded = load_vlm(gpu, "qwen2.5-vl-3b")
+
+    def oom(**kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loaded.model, "generate", oom)
+    with pytest.raises(OutOfMemory):
+        VLMClassifier(runtime=gpu, max_new_tokens=1).classify(_img(7))
+    d = get_classifier("auto", runtime=gpu, max_new_tokens=1).classify(_img(7))
+    assert d.backend == "builtin" and "VLM unavailable: not enough memory" in d.rationale
+
+
+def test_a_batch_out_of_memory_is_split(letter_runtime, monkeypatch):
+    from engine.understand.vlm import load_vlm
+
+    loaded = load_vlm(letter_runtime, "qwen2.5-vl-3b")
+    real = loaded.model.generate
+    batches = []
+
+    def small_only(**kw):
+        batches.append(int(kw["input_ids"].shape[0]))
+        if batches[-1] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(**kw)
+
+    monkeypatch.setattr(loaded.model, "generate", small_only)
+    clf = VLMClassifier(runtime=letter_runtime, max_new_tokens=1, with_measurements=False)
+    out = clf.classify_batch([_img(1), _img(2), _img(3)], [None] * 3)
+    assert [d.label.value in "BC" for d in out] == [True] * 3
+    assert batches == [3, 1, 2, 1, 1]
+
+
+def test_paper_mode_asks_for_logits_only_and_structured_for_neither(letter_runtime,
+                                                                    monkeypatch):
+    from engine.understand.vlm import load_vlm
+
+    calls = _spy_generate(monkeypatch, load_vlm(letter_runtime, "qwen2.5-vl-3b"))
+    VLMClassifier(runtime=letter_runtime, max_new_tokens=1).classify(_img(8))
+    assert calls[-1]["output_logits"] and not calls[-1].get("output_scores")
+    with pytest.raises(VLMAnswerError):  # (the rigged model writes letters, not JSON)
+        VLMClassifier(runtime=letter_runtime, mode="structured", max_new_tokens=2).classify(
+            _img(8))
+    assert not calls[-1].get("output_logits") and not calls[-1].get("output_scores")
+
+
+def test_a_class_read_from_words_gets_the_letter_odds_not_certainty(letter_runtime,
+                                                                   monkeypatch):
+    from engine.understand.vlm import load_vlm
+
+    _answers(monkeypatch, load_vlm(letter_runtime, "qwen2.5-vl-3b"), {0: "Reflection artifacts"})
+    d = VLMClassifier(runtime=letter_runtime, max_new_tokens=1,
+                      with_measurements=False).classify(_img(9))
+    assert d.label == Degradation.B  # the label is the text's
+    assert abs(sum(d.scores.values()) - 1) < 1e-6 and d.confidence < 1.0
+    # the letters' softmax at the first position (the rig gives A and D the same logit)
+    assert abs(d.scores["A"] - d.scores["D"]) < 1e-6 and 0 < d.scores["A"] < 0.5
+    assert "read from the words" in d.rationale
+
+
+def test_one_unreadable_answer_costs_only_its_own_photo(letter_runtime, monkeypatch):
+    from engine.understand.vlm import load_vlm
+
+    imgs = [_img(10), _img(11), _img(12)]
+    _answers(monkeypatch, load_vlm(letter_runtime, "qwen2.5-vl-3b"), {1: "I cannot tell"})
+    out = VLMClassifier(runtime=letter_runtime, max_new_tokens=1,
+                        with_measurements=False).classify_batch(imgs, [None] * 3)
+    assert isinstance(out[1], VLMAnswerError)
+    assert [d.backend for i, d in enumerate(out) if i != 1] == ["vlm", "vlm"]
+    gpu = _gpu(letter_runtime)
+    _answers(monkeypatch, load_vlm(gpu, "qwen2.5-vl-3b"), {1: "I cannot tell"})
+    out = get_classifier("auto", runtime=gpu, max_new_tokens=1).classify_batch(imgs, [None] * 3)
+    assert [d.backend for d in out] == ["vlm", "builtin", "vlm"]
+    assert "VLM unavailable" in out[1].rationale and "I cannot tell" in out[1].rationale
+
+
+def test_auto_without_a_runtime_uses_the_default_one(letter_runtime, monkeypatch):
+    import engine.understand.runtime_default as RD
+
+    monkeypatch.setattr(RD, "_runtime", _gpu(letter_runtime))  # a GPU with the VLM installed
+    assert diagnose(_img(13), backend="auto", max_new_tokens=1).backend == "vlm"
+    monkeypatch.setattr(RD, "_runtime", letter_runtime)  # the same on a CPU: the analyzer
+    assert diagnose(_img(13), backend="auto", max_new_tokens=1).backend == "builtin"
+
+
+@pytest.mark.parametrize("backend", ["builtin", "vlm", "auto"])
+def test_diagnose_many_needs_one_photo_per_image(backend, letter_runtime):
+    from engine.errors import UsageError
+    from engine.understand import diagnose_many
+
+    imgs = [_img(14), _img(15)]
+    with pytest.raises(UsageError, match="2 image"):
+        diagnose_many(imgs, [None], backend=backend, runtime=letter_runtime, max_new_tokens=1)
+    assert len(diagnose_many(imgs[:1], None, backend="builtin")) == 1
+
+
+def test_cli_classify_batches_a_folder_a_few_photos_at_a_time(letter_runtime, monkeypatch,
+                                                              tmp_path, capsys):
+    """`mend classify FOLDER --backend vlm`: photos go to the model 4 at a time (decoded 4 at
+    a time), one line per photo in order; an unreadable answer or a broken file is that
+    photo's error line only."""
+    from PIL import Image
+
+    from engine import cli, imageio
+    from engine.pipeline import Engine
+    from engine.understand.vlm import load_vlm
+
+    rng = np.random.default_rng(5)
+    names = ["a.png", "b.png", "c.png", "d.png", "e.png", "f.png"]
+    for n in names:
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / n)
+    (tmp_path / "c.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    monkeypatch.setattr(Engine, "runtime", property(lambda self: letter_runtime))
+    loaded = load_vlm(letter_runtime, "qwen2.5-vl-3b")
+    calls = _spy_generate(monkeypatch, loaded)
+    # (the rig repeats its letter up to the CLI's 8 tokens: read "B"; b.png's is unreadable)
+    monkeypatch.setattr(loaded.processor, "batch_decode", lambda seqs, **kw: [
+        "I cannot tell" if (len(seqs), i) == (3, 1) else "B" for i in range(len(seqs))])
+    loads = []
+    real_load = imageio.load_photo
+
+    def load(path, *a, **kw):
+        loads.append((Path(path).name, len(calls)))
+        return real_load(path, *a, **kw)
+
+    monkeypatch.setattr(imageio, "load_photo", load)
+    assert cli.main(["classify", str(tmp_path), "--backend", "vlm", "--json"]) == 1
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [Path(o["path"]).name for o in out] == names
+    assert [calls_["batch"] for calls_ in calls] == [3, 2]  # a,b,d (c broken) then e,f
+    assert [n for n, _ in loads] == names and {k for _, k in loads[:4]} == {0}
+    assert {k for _, k in loads[4:]} == {1}  # the second chunk decoded after the first ran
+    by = {Path(o["path"]).name: o for o in out}
+    assert "did not answer with a class letter" in by["b.png"]["error"]
+    assert "c.png" in by["c.png"]["error"] and "internal error" not in by["c.png"]["error"]
+    for n in ("a.png", "d.png", "e.png", "f.png"):
+        assert by[n]["backend"] == "vlm" and by[n]["label"] == "B"
