@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QSpinBox,
     QStackedWidget,
     QToolBar,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -30,7 +31,7 @@ from PySide6.QtWidgets import (
 from engine.api import Degradation, Diagnosis, JobRequest, JobResult, Plan
 
 from .app import weak_slot
-from .browser.model import ClassFilterProxy, ThumbnailModel, scan_folder
+from .browser.model import ClassFilterProxy, ThumbnailModel, TreeScan, scan_folder, scan_tree
 from .browser.thumbs import ThumbnailLoader
 from .browser.view import ThumbnailGrid
 from .editor.canvas import Compare
@@ -97,6 +98,8 @@ class MainWindow(QMainWindow):
         self.current: Path | None = None
         self.sidecars: SidecarStore | None = None
         self.folder_loading = False  # a folder's listing is on its way (open_folder)
+        self._tree_scan: TreeScan | None = None  # the listing with subfolders under way
+        self._listed_tree = False  # the grid shows the subfolders' photos too
         self._job_path: dict[int, Path] = {}
         self._other_stores: dict[Path, SidecarStore] = {}  # folders of jobs from other folders
         self._mask_doc_path: Path | None = None  # the photo self.mask_doc belongs to
@@ -186,6 +189,20 @@ class MainWindow(QMainWindow):
         self.folder_label = QLabel("Drop a folder of photos here, or File ▸ Open folder…")
         self.folder_label.setObjectName("folderLabel")
         bar.addWidget(self.folder_label, 1)
+        self.subfolders_action = QAction("Include subfolders", self)
+        self.subfolders_action.setCheckable(True)
+        self.subfolders_action.setChecked(self.settings.include_subfolders)
+        self.subfolders_action.setToolTip(
+            "Also show the photos in the folder's subfolders (a card's DCIM/100CANON, a shoot's "
+            "day1, day2…); Mend's own output folders are left out")
+        self.subfolders_action.toggled.connect(self.set_include_subfolders)
+        subfolders_btn = QToolButton()
+        subfolders_btn.setObjectName("subfoldersButton")
+        subfolders_btn.setDefaultAction(self.subfolders_action)
+        bar.addWidget(subfolders_btn)
+        self._listing_timer = QTimer(self)  # "Reading… N photos so far" while a tree is walked
+        self._listing_timer.setInterval(250)
+        self._listing_timer.timeout.connect(self._show_listing_progress)
         bar.addWidget(QLabel("Show"))
         self.filter = QComboBox()
         self.filter.addItem("All photos", None)
@@ -389,6 +406,8 @@ class MainWindow(QMainWindow):
         back.setShortcut(QKeySequence(Qt.Key.Key_Escape))
         back.triggered.connect(self.show_browser)
         vm.addSeparator()
+        vm.addAction(self.subfolders_action)
+        vm.addSeparator()
         vm.addAction(self.diag_dock.toggleViewAction())
         vm.addAction(self.queue_dock.toggleViewAction())
         tm = mb.addMenu("&Tools")
@@ -433,37 +452,114 @@ class MainWindow(QMainWindow):
         self.panel.set_photo_name(None)
         self.panel.set_diagnosis(None)
         self.panel.set_plan(None)
-        # the listing runs off the GUI thread (a folder on a network drive answers slowly);
-        # the grid is empty and says so until it arrives
-        self.model.set_folder(folder, [])  # (drops the old folder's queued thumbnails)
-        self.folder_bg.forget_pending()  # and its header reads' callbacks: all about that folder
-        self.folder_loading = True
         self.sidecars = SidecarStore(folder, data_dir(), beside_photos=self._sidecars_beside)
         add_recent_folder(folder, self.qs)
-        self.folder_label.setText(str(folder))
         self.setWindowTitle(f"Mend — {folder.name}")
+        self._list_folder(folder)
+
+    def set_include_subfolders(self, on: bool) -> None:
+        """The "Include subfolders" toggle: remembered, and the open folder is listed again
+        (what was done to its photos is kept: this is the same folder)."""
+        on = bool(on)
+        if self.subfolders_action.isChecked() != on:
+            self.subfolders_action.setChecked(on)  # re-enters via the toggled signal
+            return
+        if self.settings.include_subfolders != on:
+            self.settings = replace(self.settings, include_subfolders=on)
+            self.qs.setValue("settings/include_subfolders", on)
+            self.qs.sync()
+        if self.model.folder is not None and on != self._listed_tree:
+            self._list_folder(self.model.folder, keep=self.current)
+
+    def _list_folder(self, folder: Path, keep: Path | None = None) -> None:
+        """List ``folder`` (with its subfolders when the toggle is on) off the GUI thread; a
+        listing that arrives after another folder was opened (or the toggle flipped) is dropped.
+        ``keep``: the photo to stay on when it is listed again (a re-listing of the same folder)."""
+        # the listing runs off the GUI thread (a folder on a network drive answers slowly);
+        # the grid is empty and says so until it arrives
+        self.model.set_folder(folder, [])  # (drops the old listing's queued thumbnails)
+        self.folder_bg.forget_pending()  # and its header reads' callbacks: all about that folder
+        if self._tree_scan is not None:
+            self._tree_scan.stopped = True  # the walk of the previous listing ends at once
+        self.folder_loading = True
+        self.folder_label.setText(str(folder))
         self.grid.set_placeholder(f"Reading {folder.name}…")
         gen = self.loader.generation
+        recursive = self.settings.include_subfolders
+        self._listed_tree = recursive
+        if recursive:
+            scan = self._tree_scan = TreeScan()
+            out_dir = self.settings.out_dir
+            excl = (Path(out_dir),) if out_dir else ()
+            self._listing_timer.start()
+
+            def work() -> list:
+                return scan_tree(folder, exclude=excl, scan=scan)
+        else:
+            scan = self._tree_scan = None
+
+            def work() -> list:
+                return scan_folder(folder)
 
         def listed(items: list) -> None:
             if gen != self.loader.generation:  # another folder was opened meanwhile
                 return
-            self.folder_loading = False
+            self._end_listing()
             self.model.set_folder(folder, items)
+            self._show_known_states()
             self._restore_sidecars(folder)
             self._mark_mend_outputs(folder, items)
+            if keep is not None:
+                if self.model.item(keep) is not None:
+                    self.select_path(keep)
+                else:  # (turned off while on a subfolder's photo: it is not listed now)
+                    self.show_browser()
+                    self._on_current(None)
+                    self.panel.set_diagnosis(None)
+                    self.panel.set_plan(None)
             if self.model.total() == 0:
                 self._explain_empty(folder)
             else:
                 self.grid.set_placeholder("No photo matches this filter")
+                if scan is not None and not scan.complete:
+                    self.set_status(
+                        f"{folder.name} holds too many photos to list them all with its "
+                        f"subfolders: the first {scan.photos} are shown (open a subfolder for "
+                        "the others)")
 
         def failed(message: str) -> None:
             if gen == self.loader.generation:
-                self.folder_loading = False
+                self._end_listing()
                 self.grid.set_placeholder(f"Could not read {folder.name}: {message}")
                 self.set_status(f"Could not read {folder}: {message}")
 
-        self.bg.run(lambda: scan_folder(folder), listed, failed)
+        self.bg.run(work, listed, failed)
+
+    def _end_listing(self) -> None:
+        self.folder_loading = False
+        self._tree_scan = None
+        self._listing_timer.stop()
+
+    def _show_listing_progress(self) -> None:
+        scan, folder = self._tree_scan, self.model.folder
+        if scan is None or folder is None or not self.folder_loading:
+            self._listing_timer.stop()
+            return
+        if scan.folders > 1:
+            self.grid.set_placeholder(f"Reading {folder.name} and its subfolders… "
+                                      f"{scan.photos} photos in {scan.folders} folders so far")
+
+    def _show_known_states(self) -> None:
+        """What this window knows of the listed photos (results, diagnoses, jobs under way) on
+        their cells: a re-listing of the same folder builds fresh items."""
+        for p, st in self.states.items():
+            if self.model.item(p) is not None and (st.diagnosis or st.output):
+                self.model.update_item(p, diagnosis=st.diagnosis, output=st.output,
+                                       job_state=JobState.DONE if st.output else None)
+        for jid, p in self._job_path.items():
+            info = self.client.job(jid)
+            if info is not None and info.kind is JobKind.RUN and self.model.item(p) is not None:
+                self.model.update_item(p, job_state=info.state)
 
     def _mark_mend_outputs(self, folder: Path, items: list) -> None:
         """Badge the files Mend wrote itself (results, masks: their record says so), read from
@@ -492,48 +588,77 @@ class MainWindow(QMainWindow):
 
     def _explain_empty(self, folder: Path) -> None:
         """A folder without photos says so, in the grid and the status bar, and whether its
-        subfolders hold some (counted off the GUI thread: a deep tree on a network drive takes
-        a while)."""
-        from engine.imageio import count_subfolder_photos
-
+        subfolders hold some, then offers the "Include subfolders" toggle (counted off the GUI
+        thread the way that listing would walk: a deep tree on a network drive takes a while)."""
+        if self._listed_tree:
+            text = f"No photos in {folder.name} or its subfolders"
+            self.set_status(text)
+            self.grid.set_placeholder(text)
+            return
         self.set_status(f"No photos in {folder.name}")
         self.grid.set_placeholder(f"No photos in {folder.name}")
         gen = self.loader.generation
+        out_dir = self.settings.out_dir
+        excl = (Path(out_dir),) if out_dir else ()
+
+        def count() -> tuple[int, bool]:
+            scan = TreeScan()
+            n = len(scan_tree(folder, exclude=excl, scan=scan, max_photos=1000,
+                              max_folders=5000))
+            return n, scan.complete
 
         def done(counted: tuple[int, bool]) -> None:
             n, complete = counted
-            if gen == self.loader.generation and n:
+            if gen == self.loader.generation and n and not self._listed_tree:
                 more = "" if complete else "+"
                 text = (f"No photos in {folder.name} itself — its subfolders hold "
-                        f"{n}{more}: open one of them")
+                        f"{n}{more}: turn on “Include subfolders” to see them")
                 self.set_status(text)
                 self.grid.set_placeholder(text)
 
-        self.bg.run(lambda: count_subfolder_photos(folder), done)
+        self.bg.run(count, done, lambda _m: None)
 
     def _restore_sidecars(self, folder: Path) -> None:
-        """Read every photo's sidecar off the GUI thread; stale if the folder changed since."""
-        store = self.sidecars
+        """Read every photo's sidecar off the GUI thread, from the store of the photo's own
+        folder (a subfolder's photos have theirs in that subfolder); stale if the folder changed
+        since. What this window already knows of a photo (newer than its sidecar, whose write
+        may still be queued) is kept."""
         paths = [it.path for it in self.model.items()]
         gen = self.loader.generation
+        stores = dict(self._other_stores)
+        if self.sidecars is not None:
+            stores[self.sidecars.folder] = self.sidecars
+        root, beside = data_dir(), self._sidecars_beside
 
-        def read() -> list[tuple[Path, Sidecar]]:
+        def read() -> tuple[list[tuple[Path, Sidecar, bool, list[str]]],
+                            dict[Path, SidecarStore]]:
             out = []
+            made: dict[Path, SidecarStore] = {}  # (a store checks its folder on the disk)
             for p in paths:
-                sc = store.load(p) if store else None
+                store = stores.get(p.parent) or made.get(p.parent)
+                if store is None:
+                    store = made[p.parent] = SidecarStore(p.parent, root, beside_photos=beside)
+                sc = store.load(p)
                 if sc is not None:
-                    out.append((p, sc))
-            return out
+                    has_mask = bool(sc.mask) and Path(sc.mask).exists()
+                    out.append((p, sc, has_mask, [o for o in sc.outputs if Path(o).exists()]))
+            return out, made
 
-        def apply(found: list[tuple[Path, Sidecar]]) -> None:
+        def apply(res: tuple[list[tuple[Path, Sidecar, bool, list[str]]],
+                             dict[Path, SidecarStore]]) -> None:
+            found, made = res
+            for f, store in made.items():
+                self._other_stores.setdefault(f, store)
             if gen != self.loader.generation:
                 return
-            for p, sc in found:
+            for p, sc, has_mask, existing in found:
+                known = self.states.get(p)
+                if known is not None and (known.diagnosis is not None or known.output):
+                    continue
                 st = self._state(p)
                 st.diagnosis, st.plan = sc.diagnosis, sc.plan
-                st.mask_path = Path(sc.mask) if sc.mask and Path(sc.mask).exists() else None
+                st.mask_path = Path(sc.mask) if has_mask and sc.mask else None
                 st.outputs = sc.outputs
-                existing = [o for o in sc.outputs if Path(o).exists()]
                 st.output = Path(existing[-1]) if existing else None
                 self.model.update_item(p, diagnosis=sc.diagnosis,
                                        job_state=JobState.DONE if st.output else None,
@@ -547,7 +672,15 @@ class MainWindow(QMainWindow):
 
     def _update_count(self) -> None:
         if self.model.folder is not None:
-            self.folder_label.setText(f"{self.model.folder}  ·  {self.model.total()} photos")
+            where = " with its subfolders" if self._listed_tree else ""
+            self.folder_label.setText(
+                f"{self.model.folder}  ·  {self.model.total()} photos{where}")
+
+    def display_name(self, path: Path) -> str:
+        """The photo's name as the grid shows it: with its subfolder ("100CANON/IMG_0001.JPG")
+        when it lies below the opened folder."""
+        item = self.model.item(path)
+        return item.display_name if item is not None else Path(path).name
 
     # -- selection / viewer ---------------------------------------------------------------
     def _state(self, path: Path) -> PhotoState:
@@ -556,7 +689,7 @@ class MainWindow(QMainWindow):
     def _on_current(self, path: Path | None) -> None:
         self.current = path
         self.proxy.set_keep(path)
-        self.panel.set_photo_name(path.name if path else None)
+        self.panel.set_photo_name(self.display_name(path) if path else None)
         if path is not None:
             self._show_state(path)
             if self.stack.currentIndex() == 1:
@@ -733,7 +866,8 @@ class MainWindow(QMainWindow):
         st = self._state(path)
         s = self.settings
         return JobRequest(
-            path=Path(path), output=s.output_options(Path(path)), label=label,
+            path=Path(path), output=s.output_options(Path(path), self.model.folder),
+            label=label,
             plan=plan, profile=s.profile, device=s.device, backend=s.backend,
             mask_path=mask_path or st.mask_path, diagnosis=st.diagnosis, guard=s.guard)
 
@@ -1128,6 +1262,9 @@ class MainWindow(QMainWindow):
             self.settings.apply_environment()
             if (old.device, old.tile_size) != (self.settings.device, self.settings.tile_size):
                 self.set_status("Device and tile size apply after a restart")
+            if (old.out_dir != self.settings.out_dir and self._listed_tree
+                    and self.model.folder is not None):  # (a new output folder is left out)
+                self._list_folder(self.model.folder, keep=self.current)
 
     def show_about(self) -> None:
         from .dialogs.about import show_about

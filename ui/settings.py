@@ -47,9 +47,22 @@ class AppSettings:
     keep_metadata: bool = True
     offline: bool = False
     guard: bool = True
+    include_subfolders: bool = False  # the photo grid lists the subfolders' photos too
 
-    def output_options(self, photo: Path) -> OutputOptions:
-        out = Path(self.out_dir) if self.out_dir else Path(photo).parent / "mended"
+    def output_options(self, photo: Path, root: Path | None = None) -> OutputOptions:
+        """Where and how ``photo``'s result is written. By default in ``mended`` beside the
+        photo; in the configured output folder, a photo of a subfolder of ``root`` (the folder
+        opened with its subfolders) goes to the same subfolder there, as with the CLI's ``-r``
+        (100CANON/IMG_0001.JPG and 101CANON/IMG_0001.JPG keep apart)."""
+        if self.out_dir:
+            out = Path(self.out_dir)
+            if root is not None:
+                try:
+                    out = out / Path(photo).parent.relative_to(root)
+                except ValueError:
+                    pass
+        else:
+            out = Path(photo).parent / "mended"
         return OutputOptions(out_dir=out, format=self.format or None, quality=int(self.quality),
                              bit_depth=int(self.bit_depth) or None,
                              keep_metadata=bool(self.keep_metadata), suffix=self.suffix or "_mend")

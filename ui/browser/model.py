@@ -1,6 +1,7 @@
 """The photo grid's model: lazy rows (fetchMore), thumbnails on demand, per-photo state badges."""
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -25,6 +26,8 @@ from engine.imageio import is_photo_path
 from ..engine_client import JobState
 from .thumbs import ThumbnailLoader
 
+log = logging.getLogger("mend.ui.browser")
+
 PathRole = Qt.ItemDataRole.UserRole + 1
 DiagnosisRole = Qt.ItemDataRole.UserRole + 2
 JobStateRole = Qt.ItemDataRole.UserRole + 3
@@ -48,6 +51,40 @@ class PhotoItem:
     output: Path | None = None
     error: str = ""
     mend_kind: str = ""  # "result" / "mask" when Mend wrote the file (its record says so)
+    rel: str = ""  # "100CANON/IMG_0001.JPG" for a photo in a subfolder of the opened folder
+
+    @property
+    def display_name(self) -> str:
+        return self.rel or self.path.name
+
+
+OUTPUT_FOLDER = "mended"  # the default output folder, <photo folder>/mended (AppSettings)
+MAX_TREE_PHOTOS = 100_000  # a listing with subfolders stops there (a home folder by mistake)
+MAX_TREE_FOLDERS = 20_000
+
+
+def _list_dir(folder: Path, photos: list[PhotoItem], subfolders: list[Path] | None,
+              prefix: str = "") -> None:
+    """Append ``folder``'s photos (``rel`` = ``prefix`` + name when a prefix is given) and, when
+    ``subfolders`` is a list, its folders (not hidden, not symlinked), in directory order. A
+    folder that cannot be listed raises ``OSError``; an entry that vanishes or cannot be read
+    while listing is left out."""
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.name.startswith("."):
+                continue
+            try:
+                if subfolders is not None and e.is_dir(follow_symlinks=False):
+                    if not getattr(e, "is_junction", bool)():  # (Windows' folder links)
+                        subfolders.append(Path(e.path))
+                    continue
+                if not is_photo_path(Path(e.name)) or not e.is_file():
+                    continue
+                st = e.stat()
+            except OSError:
+                continue
+            photos.append(PhotoItem(Path(e.path), st.st_mtime_ns, st.st_size,
+                                    rel=prefix + e.name if prefix else ""))
 
 
 def scan_folder(folder: Path) -> list[PhotoItem]:
@@ -55,17 +92,7 @@ def scan_folder(folder: Path) -> list[PhotoItem]:
     cannot be listed raises ``OSError`` (the window says so instead of "no photos"); a file
     that vanishes or cannot be read while listing is left out."""
     items: list[PhotoItem] = []
-    with os.scandir(folder) as it:
-        for e in it:
-            if e.name.startswith(".") or not is_photo_path(Path(e.name)):
-                continue
-            try:
-                if not e.is_file():
-                    continue
-                st = e.stat()
-            except OSError:
-                continue
-            items.append(PhotoItem(Path(e.path), st.st_mtime_ns, st.st_size))
+    _list_dir(folder, items, None)
     items.sort(key=lambda p: p.path.name.lower())
     return items
 
@@ -75,6 +102,80 @@ def _scan_or_empty(folder: Path) -> list[PhotoItem]:
         return scan_folder(folder)
     except OSError:
         return []
+
+
+class TreeScan:
+    """One listing with subfolders: its counters, read by the GUI thread while it runs, and a
+    stop flag the GUI thread sets when another folder is opened (the walk ends at the next
+    folder; its partial result is discarded by the window's generation check)."""
+
+    def __init__(self) -> None:
+        self.photos = 0
+        self.folders = 0
+        self.stopped = False
+        self.complete = True  # False: stopped at a limit, the listing is a part of the tree
+
+
+def scan_tree(folder: Path, *, exclude: tuple[Path, ...] = (), scan: TreeScan | None = None,
+              max_photos: int = MAX_TREE_PHOTOS, max_folders: int = MAX_TREE_FOLDERS
+              ) -> list[PhotoItem]:
+    """The photos in ``folder`` and all its subfolders, sorted by their path relative to
+    ``folder`` (case-insensitive, folder by folder); a subfolder photo's ``rel`` is that path.
+
+    Left out: hidden files and folders (``.mend`` sidecars), Mend's default output folders
+    (``mended``) and the folders in ``exclude`` (a configured output folder inside the tree),
+    symlinked folders (never followed; a folder reached twice, e.g. through a bind mount, is read
+    once: no loop), and subfolders that cannot be read. ``folder`` itself that cannot be listed
+    raises ``OSError``. The walk stops after ``max_photos`` photos or ``max_folders`` folders
+    (``scan.complete`` is then False), and when ``scan.stopped`` is set.
+
+    (``engine.imageio.iter_photos(recursive=True)``, the CLI's ``-r``, walks alike but has no
+    limit or stop, no sizes and dates, and reads the ``mended`` folders below the top.)"""
+    scan = scan if scan is not None else TreeScan()
+    root = Path(folder)
+    skip = {os.path.normcase(os.path.abspath(p)) for p in exclude}
+    for p in exclude:  # named another way (a link, "..") than the walk will reach it
+        try:
+            rel = Path(p).resolve().relative_to(root.resolve())
+        except (OSError, ValueError):
+            continue
+        skip.add(os.path.normcase(os.path.abspath(root / rel)))
+    items: list[PhotoItem] = []
+    seen: set[tuple[int, int]] = set()
+    stack: list[tuple[Path, str]] = [(root, "")]  # explicit: no recursion limit on a deep tree
+    while stack:
+        if scan.stopped:
+            break
+        if scan.folders >= max_folders or len(items) >= max_photos:
+            scan.complete = False
+            break
+        d, prefix = stack.pop()
+        subfolders: list[Path] = []
+        try:
+            st = os.stat(d)
+            if st.st_ino:  # (0: a file system without inode numbers)
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            _list_dir(d, items, subfolders, prefix)
+        except OSError as e:
+            if d is root:
+                raise
+            log.info("skipped unreadable folder %s: %s", d, e)
+            continue
+        scan.folders += 1
+        scan.photos = len(items)
+        subfolders = [f for f in subfolders if f.name != OUTPUT_FOLDER
+                      and os.path.normcase(os.path.abspath(f)) not in skip]
+        # walked in name order: a listing cut at a limit holds the first folders
+        subfolders.sort(key=lambda f: f.name.lower(), reverse=True)
+        stack.extend((f, f"{prefix}{f.name}{os.sep}") for f in subfolders)
+    if len(items) > max_photos:
+        del items[max_photos:]
+        scan.complete = False
+    scan.photos = len(items)
+    items.sort(key=lambda it: (it.rel or it.path.name).lower().split(os.sep))
+    return items
 
 
 class ThumbnailModel(QAbstractListModel):
@@ -163,7 +264,7 @@ class ThumbnailModel(QAbstractListModel):
             return None
         it = self._all[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return it.path.name
+            return it.rel or it.path.name
         if role == Qt.ItemDataRole.ToolTipRole:
             tip = str(it.path)
             if it.diagnosis is not None:
