@@ -170,3 +170,21 @@ def photo_folder(tmp_path) -> Path:
     (d / "notes.txt").write_text("not a photo")
     (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     return d
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    """A main window on the built-in engine (analyzer + builtin profile), results in tmp/out."""
+    from ui.engine_client import EngineClient
+    from ui.main_window import MainWindow
+    from ui.settings import AppSettings
+
+    client = EngineClient(journal=tmp_path / "ui-data" / "queue.json")
+    settings = AppSettings(backend="builtin", profile="builtin", out_dir=str(tmp_path / "out"))
+    win = MainWindow(client, settings, ask_resume=False)
+    qtbot.addWidget(win)
+    win.resize(1200, 800)
+    win.show()
+    yield win
+    win.close()
+    client.shutdown()

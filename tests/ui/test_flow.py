@@ -38,19 +38,6 @@ def folder(tmp_path) -> Path:
     return d
 
 
-@pytest.fixture
-def window(qtbot, tmp_path):
-    client = EngineClient(journal=tmp_path / "ui-data" / "queue.json")
-    settings = AppSettings(backend="builtin", profile="builtin", out_dir=str(tmp_path / "out"))
-    win = MainWindow(client, settings, ask_resume=False)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
-    yield win
-    win.close()
-    client.shutdown()
-
-
 def test_open_diagnose_fix_compare_export(qtbot, window, folder, tmp_path):
     before = {p.name: _sha(p) for p in folder.iterdir()}
     win = window

@@ -13,7 +13,7 @@ from PySide6.QtCore import Qt
 
 import ui.browser.model as bm
 from ui.browser.model import TreeScan, scan_folder, scan_tree
-from ui.engine_client import EngineClient, JobState
+from ui.engine_client import JobState
 from ui.main_window import MainWindow
 from ui.settings import AppSettings, load_settings
 
@@ -130,19 +130,6 @@ def _opened(qtbot, win, folder: Path) -> None:
 def _settle(qtbot, win, ms=90000):
     qtbot.waitUntil(win.client.is_idle, timeout=ms)
     qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    client = EngineClient(journal=tmp_path / "ui-data" / "queue.json")
-    settings = AppSettings(backend="builtin", profile="builtin", out_dir=str(tmp_path / "out"))
-    win = MainWindow(client, settings, ask_resume=False)
-    qtbot.addWidget(win)
-    win.resize(1000, 700)
-    win.show()
-    yield win
-    win.close()
-    client.shutdown()
 
 
 @pytest.fixture
