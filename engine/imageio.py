@@ -1969,6 +1969,8 @@ def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None)
         raise
     except Exception as e:  # noqa: BLE001 - decoders raise many types; _fail names the file
         raise _fail(p, e) from None
+    if int(mask.max(initial=0)) == 1:  # a 0/1 label image (what labelling tools export)
+        mask = mask * np.uint8(255)
     if size is not None:
         hh, ww = int(size[0]), int(size[1])
         mh, mw = mask.shape[:2]

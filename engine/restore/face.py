@@ -508,7 +508,14 @@ def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     faces.sort(key=lambda f: f.size, reverse=True)
     found = len(faces)
     faces = faces[: int(params.get("max_faces", 32))]
-    ctx.artifacts["face_boxes"] = [f.to_json()["box"] for f in faces]
+    # in source pixels, as text_boxes (the viewer lays both over the original; a face step
+    # after an x2/x4 upscale finds them in the upscaled image)
+    src = ctx.artifacts.get("source")
+    fy, fx = ((src.shape[0] / image.shape[0], src.shape[1] / image.shape[1])
+              if src is not None else (1.0, 1.0))
+    ctx.artifacts["face_boxes"] = [[round(x0 * fx), round(y0 * fy), round(x1 * fx),
+                                    round(y1 * fy)] for x0, y0, x1, y1 in
+                                   (f.box for f in faces)]
     if not faces:
         ctx.progress.update(1.0, "no faces")
         return StepOutput(image, detector, f"no face of at least {min_face} px found")

@@ -118,6 +118,28 @@ def test_face_step_with_a_face_needs_codeformer(shared_images, tmp_path):
     assert len(ctx.artifacts["face_boxes"]) == 1
 
 
+def test_face_boxes_are_recorded_in_source_pixels(shared_images, tmp_path):
+    """After an x2 upscale the step finds the face in the larger image; the box is recorded in
+    the source's pixels, as text boxes are (the viewer drew it twice as far and large)."""
+    import cv2
+
+    rt = make_runtime(ModelStore(tmp_path / "store"))
+    src = _read(shared_images / "faces/CodeFormer__inputs__whole_imgs__03.jpg")
+    ctx = _ctx(rt)
+    with pytest.raises(ModelMissing):
+        get_step("face_codeformer").fn(src, {}, ctx)
+    (at_source,) = ctx.artifacts["face_boxes"]
+    up = cv2.resize(src, (src.shape[1] * 2, src.shape[0] * 2), interpolation=cv2.INTER_CUBIC)
+    ctx = _ctx(rt)
+    ctx.artifacts["source"] = src
+    with pytest.raises(ModelMissing):
+        get_step("face_codeformer").fn(up, {}, ctx)
+    (after_x2,) = ctx.artifacts["face_boxes"]
+    side = at_source[2] - at_source[0]
+    assert all(abs(a - b) <= 0.1 * side for a, b in zip(after_x2, at_source, strict=True)), \
+        (after_x2, at_source)
+
+
 def test_tiny_faces_are_skipped():
     f = Face((10, 10, 40, 40), 5.0, None)
     assert f.size < 48

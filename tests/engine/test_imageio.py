@@ -696,6 +696,9 @@ def test_masks_roundtrip_and_resize(tmp_path):
     rgba[..., 3] = m
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
     assert np.array_equal(mio.load_mask(tmp_path / "alpha.png"), m)
+    # a 0/1 label image (labelling tools export these) is a mask too, not an empty one
+    Image.fromarray((m > 0).astype(np.uint8), "L").save(tmp_path / "labels.png")
+    assert np.array_equal(mio.load_mask(tmp_path / "labels.png"), m)
 
 
 def test_a_source_named_near_the_length_limit_still_gets_a_result_name(tmp_path):
