@@ -12,18 +12,24 @@ Loading (``load_photo``)
     colour JXL to 8 bits (``bit_depth`` 8, ``info["source_bit_depth"]`` and a warning say so).
     The export's format is that of the decoded source (``Photo.format``), not its extension. EXIF
     orientation (all 8) is applied and then reset to 1 in ``photo.exif``; the stale EXIF thumbnail
-    is dropped; ICC, XMP, DPI and the JPEG quantization tables are kept. Every failure is a
-    ``BadImage`` (``ImageTooLarge`` for size limits and decompression bombs) naming the file.
+    is dropped; ICC, XMP, DPI and the JPEG quantization tables are kept. A grey ICC profile is
+    applied (8 and 16 bits: the pixels become sRGB); a HEIF's nclx colour box becomes an RGB
+    ICC profile; a JPEG XL's XMP is read from its ``xml `` (or, with brotli, ``brob``) box.
+    Every failure is a ``BadImage`` (``ImageTooLarge`` for size limits and decompression bombs)
+    naming the file.
 
 Saving (``save_photo``)
     JPEG/WebP through Pillow, PNG through OpenCV with our metadata chunks spliced in, TIFF through
     a small writer of our own (Pillow cannot write 16-bit RGB). The source ICC, EXIF (orientation
-    1, no thumbnail, pixel dimensions updated, broken EXIF dropped), XMP and DPI are kept.
+    1, no thumbnail, pixel dimensions and resolution updated, broken EXIF dropped; over 64 KB it
+    does not fit a JPEG), XMP and DPI are kept.
 
 The Mend record (what was done: steps, models, versions) is stored in XMP in every format, as
 ``<mend:record>`` (namespace ``urn:x-mend:ns:1.0#``) holding the record as JSON, inside its own
-``rdf:Description`` merged into the source XMP packet. JPEG: APP1 XMP segment; PNG: iTXt
-``XML:com.adobe.xmp``; TIFF: tag 700; WebP: XMP chunk. ``read_record(path)`` reads it back.
+``rdf:Description`` merged into the source XMP packet; an older record is taken out wherever it
+is, as an element or as the attribute the Adobe XMP Toolkit makes of it, and nothing else is.
+JPEG: APP1 XMP segment; PNG: iTXt ``XML:com.adobe.xmp``; TIFF: tag 700; WebP: XMP chunk.
+``read_record(path)`` reads it back.
 
 Writes are atomic and never clobber: on Linux the data goes to an unnamed ``O_TMPFILE`` in the
 target folder, is fsynced, then linked to its final name (nothing is left behind if the process
@@ -199,6 +205,83 @@ def _jxl_bit_depth(p: Path) -> int | None:
     return None if h is None else h[3]
 
 
+def _jxl_boxes(f: BinaryIO) -> Iterator[tuple[bytes, int, int | None]]:
+    """(type, payload offset, payload size or None for "to the end of the file") of the first
+    64 boxes of a JPEG XL container ``f``, after its signature box. Seeks ``f``."""
+    pos = 12
+    for _ in range(64):
+        f.seek(pos)
+        hdr = f.read(8)
+        if len(hdr) < 8:
+            return
+        size, btype = struct.unpack(">I4s", hdr)
+        skip = 8
+        if size == 1:
+            ext = f.read(8)
+            if len(ext) < 8:
+                return
+            size = struct.unpack(">Q", ext)[0]
+            skip = 16
+        yield btype, pos + skip, (size - skip if size >= skip else None)
+        if size < skip:  # 0: the last box, up to the end of the file
+            return
+        pos += size
+
+
+_JXL_XMP_MAX = 16 << 20  # bytes of XMP read from a JPEG XL box (decompressed)
+
+
+def _jxl_xmp(p: Path, notes: list[str] | None = None) -> bytes | None:
+    """The XMP packet of a JPEG XL container: its ``xml `` box, or a brotli-compressed ``brob``
+    one when the brotli package is importable (otherwise ``notes`` says the XMP was left out).
+    pillow-jxl-plugin (1.3.8) does not hand the XMP out in ``im.info``."""
+    try:
+        with open(p, "rb") as f:
+            if f.read(12) != _JXL_BOX:
+                return None
+            for btype, start, n in _jxl_boxes(f):
+                if btype not in (b"xml ", b"brob"):
+                    continue
+                f.seek(start)
+                if btype == b"brob":
+                    if f.read(4) != b"xml ":
+                        continue
+                    n = None if n is None else n - 4
+                data = f.read(_JXL_XMP_MAX + 1 if n is None else min(n, _JXL_XMP_MAX + 1))
+                if len(data) > _JXL_XMP_MAX:
+                    continue
+                if btype == b"brob":
+                    return _unbrotli_xmp(p, data, notes)
+                return data or None
+    except OSError:
+        return None
+    return None
+
+
+def _unbrotli_xmp(p: Path, data: bytes, notes: list[str] | None) -> bytes | None:
+    try:
+        import brotli
+    except ImportError:
+        msg = ("this JPEG XL's XMP (keywords, rating, rights...) is brotli-compressed and "
+               "reading it needs the 'brotli' package (pip install brotli): it was not copied "
+               "to the result")
+    else:
+        try:
+            d, out = brotli.Decompressor(), bytearray()
+            for i in range(0, len(data), 256):  # in small steps: stop a decompression bomb
+                out += d.process(data[i:i + 256])
+                if len(out) > _JXL_XMP_MAX:
+                    raise ValueError("larger than 16 MB")
+            return bytes(out) or None
+        except Exception as e:  # noqa: BLE001 - brotli raises its own error type
+            msg = (f"this JPEG XL's brotli-compressed XMP could not be read ({e}): it was not "
+                   "copied to the result")
+    log.warning("%s: %s", p.name, msg)
+    if notes is not None:
+        notes.append(msg)
+    return None
+
+
 def _jxl_parse(p: Path) -> tuple[int, int, int, int | None] | None:
     """(width, height, orientation, bits per sample or None) of a JPEG XL codestream header
     (ISO/IEC 18181-1 SizeHeader and the start of ImageMetadata), None when not JPEG XL."""
@@ -209,24 +292,12 @@ def _jxl_parse(p: Path) -> tuple[int, int, int, int | None] | None:
                 code = head[2:] + f.read(52)
             elif head == _JXL_BOX:
                 code = b""
-                pos = 12
-                for _ in range(64):  # boxes: find the first codestream box
-                    f.seek(pos)
-                    hdr = f.read(8)
-                    if len(hdr) < 8:
-                        break
-                    size, btype = struct.unpack(">I4s", hdr)
-                    skip = 8
-                    if size == 1:
-                        size = struct.unpack(">Q", f.read(8))[0]
-                        skip = 16
+                for btype, start, _n in _jxl_boxes(f):  # find the first codestream box
                     if btype in (b"jxlc", b"jxlp"):
+                        f.seek(start)
                         data = f.read(68)
                         code = data[4:] if btype == b"jxlp" else data
                         break
-                    if size < skip:
-                        break
-                    pos += size
                 if code[:2] != b"\xff\x0a":
                     return (0, 0, 1, None)
                 code = code[2:]
@@ -463,9 +534,16 @@ def exif_orientation(blob: bytes | None) -> int:
     return 1
 
 
-def clean_exif(blob: bytes | None, width: int | None = None,
-               height: int | None = None) -> bytes | None:
-    """EXIF fit for an upright, edited copy: orientation 1, thumbnail dropped, pixel size updated.
+def _rational(v: float) -> tuple[int, int]:
+    if abs(v - round(v)) < 1e-6:
+        return max(1, round(v)), 1
+    return max(1, round(v * 1000)), 1000
+
+
+def clean_exif(blob: bytes | None, width: int | None = None, height: int | None = None,
+               dpi: tuple[float, float] | None = None) -> bytes | None:
+    """EXIF fit for an upright, edited copy: orientation 1, thumbnail dropped, pixel size and
+    (given ``dpi``, dots per inch) X/YResolution updated.
 
     Patches the blob in place (maker notes and unknown tags stay intact). Returns the blob with
     the ``Exif\\0\\0`` prefix, or None when it is not a readable EXIF structure (it is dropped).
@@ -480,17 +558,23 @@ def clean_exif(blob: bytes | None, width: int | None = None,
         ifd0 = t.u32(4)
         keep_end = 8
         sub: dict[int, int] = {}
+        resolution: dict[int, int] = {}  # X/YResolution -> offset of its rational
+        unit = 2  # ResolutionUnit: 2 inches (the default), 3 centimetres
 
         def scan(ifd: int) -> None:
-            nonlocal keep_end
+            nonlocal keep_end, unit
             keep_end = max(keep_end, t.next_ifd_ptr(ifd) + 4)
             for e, tag, typ, count, voff, nbytes in list(t.entries(ifd)):
                 if nbytes > 4:
                     keep_end = max(keep_end, voff + nbytes)
                 if tag in (0x8769, 0x8825, 0xA005) and typ in (4, 13) and count == 1:
                     sub[tag] = t.u32(e + 8)
-                if tag == 0x0112 and typ == 3 and ifd == ifd0:
-                    struct.pack_into(bo + "H", data, e + 8, 1)
+                if tag == 0x0112 and typ in (3, 4) and ifd == ifd0:  # SHORT, or LONG as read
+                    struct.pack_into(bo + ("H" if typ == 3 else "I"), data, e + 8, 1)
+                if tag in (0x011A, 0x011B) and typ in (5, 10) and count == 1 and ifd == ifd0:
+                    resolution[tag] = voff
+                if tag == 0x0128 and typ == 3 and count == 1 and ifd == ifd0:
+                    unit = t.u16(voff)
                 if tag in (0xA002, 0xA003) and count == 1 and typ in (3, 4):
                     dim = width if tag == 0xA002 else height
                     if dim is not None:
@@ -508,6 +592,11 @@ def clean_exif(blob: bytes | None, width: int | None = None,
                 scan(sub[0xA005])
             except ValueError:
                 pass
+        if dpi is not None and unit in (2, 3):  # the print size the container says, same unit
+            for tag, value in zip((0x011A, 0x011B), dpi, strict=True):
+                if tag in resolution and resolution[tag] + 8 <= len(data):
+                    v = float(value) / (2.54 if unit == 3 else 1.0)
+                    struct.pack_into(bo + "II", data, resolution[tag], *_rational(v))
         # unlink IFD1 (the thumbnail) and cut it off when it sits after everything else
         ptr = t.next_ifd_ptr(ifd0)
         ifd1 = t.u32(ptr)
@@ -524,8 +613,7 @@ def clean_exif(blob: bytes | None, width: int | None = None,
                 del data[keep_end:]
     except (ValueError, struct.error):
         return None
-    out = _EXIF_PREFIX + bytes(data)
-    return out if len(out) <= 65533 else None
+    return _EXIF_PREFIX + bytes(data)  # a JPEG segment's 64 KB limit: see _encode_jpeg
 
 
 _XMP_ORIENT = [
@@ -631,7 +719,8 @@ def _raw_exif(im) -> bytes | None:
 _TIFF_DESCRIPTIVE = (269, 270, 271, 272, 285, 305, 306, 315, 316, 33432, 18246, 18249)
 
 
-def _xmp_of(im) -> bytes | None:
+def _xmp_of(im, notes: list[str] | None = None) -> bytes | None:
+    """The XMP packet of an opened image (``notes`` gets what could not be read)."""
     info = im.info
     for key in ("xmp", "XML:com.adobe.xmp"):
         v = info.get(key)
@@ -639,6 +728,8 @@ def _xmp_of(im) -> bytes | None:
             return v.encode("utf-8")
         if isinstance(v, (bytes, bytearray)) and v:
             return bytes(v)
+    if im.format == "JXL" and getattr(im, "filename", None):
+        return _jxl_xmp(Path(im.filename), notes)
     if im.format == "TIFF":
         try:
             v = im.tag_v2.get(700)
@@ -704,6 +795,156 @@ def _decode16_cv2(p: Path, w: int, h: int):
     return None
 
 
+def _s15(x: float) -> bytes:
+    return struct.pack(">i", round(x * 65536))
+
+
+def _icc_build(space: bytes, desc: str, tags: list[tuple[bytes, bytes]]) -> bytes:
+    """An ICC v2 display profile (D50 white) of colour ``space`` (b"GRAY", b"RGB ") with a
+    description and ``tags`` (equal tag data is stored once)."""
+    name = desc.encode("ascii", "replace")
+    tags = [(b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(name) + 1) + name + b"\0" * 79),
+            (b"wtpt", b"XYZ \0\0\0\0" + _s15(0.9642) + _s15(1.0) + _s15(0.8249)), *tags]
+    start = 128 + 4 + 12 * len(tags)
+    table, data = struct.pack(">I", len(tags)), b""
+    where: dict[bytes, tuple[int, int]] = {}
+    for sig, blob in tags:
+        if blob not in where:
+            data += b"\0" * (-(start + len(data)) % 4)
+            where[blob] = (start + len(data), len(blob))
+            data += blob
+        table += sig + struct.pack(">II", *where[blob])
+    header = (struct.pack(">I", 128 + len(table) + len(data)) + b"lcms"
+              + struct.pack(">I", 0x02100000) + b"mntr" + space + b"XYZ " + b"\0" * 12 + b"acsp"
+              + b"\0" * 28 + _s15(0.9642) + _s15(1.0) + _s15(0.8249) + b"\0" * 48)
+    return header + table + data
+
+
+# tone curves as ICC parametric curves (function type, parameters): Y = f(stored value)
+_SRGB_CURVE = (3, 2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045)
+_REC709_CURVE = (3, 1 / 0.45, 1 / 1.099, 0.099 / 1.099, 1 / 4.5, 0.081)  # inverse of its OETF
+
+
+def _para(curve: tuple[float, ...]) -> bytes:
+    return (b"para\0\0\0\0" + struct.pack(">HH", int(curve[0]), 0)
+            + b"".join(_s15(v) for v in curve[1:]))
+
+
+@functools.cache
+def _grey_icc(gamma: float | None = None) -> bytes:
+    """A grey ICC profile with a plain ``gamma`` tone curve or, by default, the sRGB one: grey
+    converted to that is the R = G = B of the same grey converted to sRGB."""
+    if gamma is None:
+        return _icc_build(b"GRAY", "Mend grey, sRGB tone curve", [(b"kTRC", _para(_SRGB_CURVE))])
+    return _icc_build(b"GRAY", f"Mend grey, gamma {gamma:g}", [(b"kTRC", _para((0, gamma)))])
+
+
+def _curv(curve: tuple[float, ...]) -> bytes:
+    """An ICC v2 ``curv`` tag (what every reader takes; ``para`` is ICC v4) of a curve."""
+    if curve[0] == 0:
+        return b"curv\0\0\0\0" + struct.pack(">IH", 1, round(curve[1] * 256)) + b"\0\0"
+    g, a, b, c, d = curve[1:]
+    x = np.linspace(0.0, 1.0, 1024)
+    y = np.where(x >= d, np.maximum(a * x + b, 0.0) ** g, c * x)
+    return (b"curv\0\0\0\0" + struct.pack(">I", x.size)
+            + np.round(np.clip(y, 0.0, 1.0) * 65535).astype(">u2").tobytes())
+
+
+_NCLX_PRIMARIES = {1: "BT.709 (sRGB)", 2: "unspecified", 9: "BT.2020", 11: "DCI-P3",
+                   12: "Display P3", 22: "EBU 3213"}
+_NCLX_TRANSFER: dict[int, tuple[str, tuple[float, ...]]] = {
+    1: ("BT.709", _REC709_CURVE), 6: ("BT.601", _REC709_CURVE),
+    14: ("BT.2020", _REC709_CURVE), 15: ("BT.2020", _REC709_CURVE),
+    2: ("unspecified (sRGB)", _SRGB_CURVE), 13: ("sRGB", _SRGB_CURVE),
+    4: ("gamma 2.2", (0, 2.2)), 5: ("gamma 2.8", (0, 2.8)), 8: ("linear", (0, 1.0)),
+}
+_NCLX_TRANSFER_NAMES = {16: "PQ (HDR)", 18: "HLG (HDR)", 7: "SMPTE 240M", 9: "logarithmic",
+                        10: "logarithmic", 11: "xvYCC", 12: "BT.1361", 17: "SMPTE 428"}
+_BRADFORD = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367],
+                      [0.0389, -0.0685, 1.0296]])
+
+
+def _xyz(x: float, y: float) -> np.ndarray:
+    return np.array([x / y, 1.0, (1.0 - x - y) / y])
+
+
+def _icc_from_nclx(nclx: dict, info: dict[str, Any]) -> bytes | None:
+    """An RGB ICC profile saying what a HEIF's nclx colour box says (primaries, white and tone
+    curve: the pixels stay as decoded, like those of any photo with an RGB profile), None when
+    that is sRGB or cannot be said in a profile (``info["warnings"]`` then says so)."""
+    try:
+        prim = int(nclx.get("color_primaries", 2))
+        trc = int(nclx.get("transfer_characteristics", 2))
+    except (TypeError, ValueError):
+        return None
+    if prim in (1, 2) and trc in (2, 13):
+        return None  # sRGB: what an untagged result is read as
+    pname = _NCLX_PRIMARIES.get(prim, f"primaries {prim}")
+    tname = _NCLX_TRANSFER.get(trc, (_NCLX_TRANSFER_NAMES.get(trc, f"transfer {trc}"),))[0]
+    keys = [f"color_primary_{c}_{xy}" for c in ("red", "green", "blue", "white") for xy in "xy"]
+    try:
+        xy = [float(nclx[k]) for k in keys]
+        if trc not in _NCLX_TRANSFER or not all(0.0 < v < 1.0 for v in xy):
+            raise ValueError("not expressible")
+        cols = np.stack([_xyz(xy[0], xy[1]), _xyz(xy[2], xy[3]), _xyz(xy[4], xy[5])], axis=1)
+        white = _xyz(xy[6], xy[7])
+        m = cols * np.linalg.solve(cols, white)  # RGB -> XYZ under the source white
+        d50 = np.array([0.9642, 1.0, 0.8249])
+        adapt = np.linalg.inv(_BRADFORD) @ np.diag((_BRADFORD @ d50) / (_BRADFORD @ white)) \
+            @ _BRADFORD
+        m50 = adapt @ m
+        if not np.all(np.isfinite(m50)):
+            raise ValueError("degenerate primaries")
+    except (KeyError, TypeError, ValueError, np.linalg.LinAlgError):
+        info["warnings"].append(
+            f"this HEIF gives its colours only as an nclx box ({pname}, {tname} tone curve) "
+            "that Mend cannot turn into a colour profile: the result is read as sRGB and its "
+            "colours will look different")
+        return None
+    curve = _curv(_NCLX_TRANSFER[trc][1])
+    tags = [(sig, b"XYZ \0\0\0\0" + b"".join(_s15(v) for v in m50[:, i]))
+            for i, sig in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))]
+    tags += [(b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    info["icc_from_nclx"] = f"{pname}, {tname} tone curve"
+    return _icc_build(b"RGB ", f"{pname}, {tname} tone curve (from nclx)", tags)
+
+
+def _grey16_lut(icc: bytes) -> np.ndarray:
+    """uint16 lookup table: 16-bit grey in the ``icc`` grey profile -> 16-bit sRGB grey (the
+    transform of a 0..65535 ramp; unoptimised, as LittleCMS's optimised 16-bit transform is off
+    by thousands in the shadows)."""
+    from PIL import ImageCms
+
+    src = ImageCms.ImageCmsProfile(_bytes_io(icc))
+    dst = ImageCms.ImageCmsProfile(_bytes_io(_grey_icc()))
+    t = ImageCms.buildTransform(src, dst, "I;16", "I;16", flags=ImageCms.Flags.NOOPTIMIZE)
+    ramp = _pil().fromarray(np.arange(65536, dtype=np.uint16).reshape(256, 256))
+    lut = np.asarray(ImageCms.applyTransform(ramp, t), dtype=np.uint16).ravel()
+    if lut.size != 65536:
+        raise ValueError("grey profile transform failed")
+    return lut
+
+
+def _grey16_to_srgb(a: np.ndarray, icc: bytes | None, info: dict[str, Any]) -> np.ndarray:
+    """16-bit grey tagged with a grey profile, converted to sRGB keeping 16 bits (a grey profile
+    cannot be embedded in an RGB file); untouched when the profile is unusable."""
+    if _icc_space(icc) != b"GRAY":
+        return a
+    try:
+        lut = _grey16_lut(icc)
+    except Exception as e:  # noqa: BLE001 - a bad profile: the grey as stored, said below
+        log.debug("grey profile unusable: %s", e)
+        return a
+    info["icc_converted"] = "grey profile -> sRGB"
+    info["drop_icc"] = True
+    return lut[np.clip(a, 0, 65535).astype(np.uint16)]
+
+
+def _is_grey(a: np.ndarray) -> bool:
+    """(H, W, 3) with three equal channels."""
+    return bool(np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]))
+
+
 def _pixels_of(im, p: Path, info: dict[str, Any]):
     """Decoded image -> (array (H,W,3) of some dtype, maxval, alpha array | None, maxval_a, depth,
     icc override flag)."""
@@ -715,6 +956,7 @@ def _pixels_of(im, p: Path, info: dict[str, Any]):
         a = np.asarray(im)
         if a.dtype.kind == "i":
             a = np.clip(a, 0, None)
+        a = _grey16_to_srgb(a, icc, info)
         return np.repeat(a[..., None], 3, axis=2), 65535.0, None, 1.0, 16
     if mode == "I":
         a = np.asarray(im)
@@ -727,6 +969,8 @@ def _pixels_of(im, p: Path, info: dict[str, Any]):
                 bits = 16
         # 16-bit data often arrives as "I"; only use the full 32-bit range when it is used
         maxval = 65535.0 if a.size and int(a.max()) <= 65535 else float(2 ** min(bits, 32) - 1)
+        if maxval == 65535.0:
+            a = _grey16_to_srgb(a, icc, info)
         a = np.clip(a.astype(np.float64), 0, maxval)
         return np.repeat(a[..., None], 3, axis=2), maxval, None, 1.0, 16
     if mode == "F":
@@ -938,8 +1182,10 @@ def _load(p: Path, limit: int) -> Photo:
             if isinstance(im.info.get("comment"), bytes):
                 info["comment"] = im.info["comment"]
         raw_exif = _raw_exif(im)
-        xmp = _xmp_of(im)
+        xmp = _xmp_of(im, info["warnings"])
         icc = im.info.get("icc_profile") or None
+        if icc is None and isinstance(im.info.get("nclx_profile"), dict):  # pillow-heif
+            icc = _icc_from_nclx(im.info["nclx_profile"], info)
         dpi = _dpi_of(im)
         orientation = _source_orientation(im, fmt, raw_exif, xmp)
         if orientation not in range(1, 9):
@@ -955,9 +1201,13 @@ def _load(p: Path, limit: int) -> Photo:
         la16 = _jxl_la16(im) if fmt == "JXL" else None
         if a16 is not None:
             arr, maxval, alpha, amax, depth = a16[0], 65535.0, a16[1], 65535.0, 16
+            # 16-bit grey + alpha (Pillow calls it RGBA) tagged with a grey profile
+            if _icc_space(icc) == b"GRAY" and _is_grey(arr):
+                arr = _grey16_to_srgb(arr, icc, info)
             info["decoder"] = "opencv"
         elif la16 is not None:
             arr, maxval, alpha, amax, depth = la16[0], 65535.0, la16[1], 65535.0, 16
+            arr = _grey16_to_srgb(arr, icc, info)
             info["decoder"] = "pillow-jxl-plugin (16-bit grey + alpha buffer)"
         else:
             arr, maxval, alpha, amax, depth = _pixels_of(im, p, info)
@@ -1083,10 +1333,70 @@ def _preview_rgb8(im, max_side: int) -> np.ndarray:
 # XMP packet with the Mend record
 
 
-_RECORD_DESC_RE = re.compile(
-    r"<rdf:Description\b[^>]*xmlns:mend=[\"']" + re.escape(MEND_XMP_NS) + r"[\"'][^>]*>.*?"
-    r"</rdf:Description>\s*", re.DOTALL)
-_RECORD_RE = re.compile(r"<mend:record>(.*?)</mend:record>", re.DOTALL)
+_RECORD_NS_PREFIX_RE = re.compile(
+    r"xmlns:([A-Za-z_][\w.-]*)\s*=\s*[\"']" + re.escape(MEND_XMP_NS) + r"[\"']")
+# an rdf:Description holding nothing and declaring only rdf:about and namespaces (what is left of
+# the one Mend wrote once its record is taken out)
+_EMPTY_DESC_RE = re.compile(
+    r"\s*<rdf:Description((?:\s+(?:rdf:about|xmlns:[\w.-]+)\s*=\s*(?:\"[^\"]*\"|'[^']*'))*)\s*"
+    r"(?:/>|>\s*</rdf:Description\s*>)")
+
+
+def _record_prefixes(text: str) -> list[str]:
+    """The prefixes bound to Mend's namespace in ``text`` ("mend" always among them)."""
+    found = {"mend", *_RECORD_NS_PREFIX_RE.findall(text)}
+    return sorted(found)
+
+
+def _record_element(p: str) -> str:
+    return rf"<{p}:record(?:\s[^>]*)?/>|<{p}:record(?:\s[^>]*)?>(.*?)</{p}:record\s*>"
+
+
+def _record_attribute(p: str) -> str:
+    return rf"(?<=\s){p}:record\s*=\s*(?:\"([^\"]*)\"|'([^']*)')"
+
+
+def _record_re(prefix: str) -> re.Pattern[str]:
+    """``mend:record`` as an element (group 1: its text) or as an attribute (group 2 or 3: its
+    value, the form the Adobe XMP Toolkit writes simple properties in)."""
+    p = re.escape(prefix)
+    return re.compile(_record_element(p) + "|" + _record_attribute(p), re.DOTALL)
+
+
+def _xml_parses(text: str) -> bool:
+    import xml.etree.ElementTree as ET
+
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:  # XMP has no DTD; no entity expansion
+        return False
+    try:
+        ET.fromstring(text.lstrip("\ufeff"))
+    except ET.ParseError:
+        return False
+    return True
+
+
+def _without_record(text: str) -> str:
+    """``text`` (an XMP packet) with every Mend record taken out and nothing else: the record
+    element or attribute only, since other programs (the Adobe XMP Toolkit: Lightroom, Bridge,
+    Photoshop) rewrite the packet as one rdf:Description holding every namespace - keywords,
+    rating, rights - and Mend's record with them; an rdf:Description left empty by it goes.
+    When the packet was well formed and the cut would break it, ``text`` is kept unchanged
+    (the new record then follows the old one, and the last one is read)."""
+    out = text
+    for prefix in _record_prefixes(text):
+        p = re.escape(prefix)
+        out = re.sub(rf"[ \t]*(?:{_record_element(p)})[ \t]*(?:\r?\n)?", "", out,
+                     flags=re.DOTALL)
+        out = re.sub(rf"\s+{_record_attribute(p)}", "", out)
+
+    def empty(m: re.Match[str]) -> str:
+        return "" if MEND_XMP_NS in m.group(1) else m.group(0)
+
+    out = _EMPTY_DESC_RE.sub(empty, out)
+    if out != text and _xml_parses(text) and not _xml_parses(out):
+        log.warning("could not take the old Mend record out of the source XMP: kept it")
+        return text
+    return out
 
 
 def _record_description(record: dict) -> str:
@@ -1097,7 +1407,8 @@ def _record_description(record: dict) -> str:
 
 
 def xmp_with_record(xmp: bytes | None, record: dict | None) -> bytes | None:
-    """Merge the Mend record into an XMP packet (a new packet when there is none)."""
+    """Merge the Mend record into an XMP packet (a new packet when there is none); a record
+    already there is replaced, everything else in the packet is kept as it is."""
     if record is None:
         return xmp
     desc = _record_description(record)
@@ -1106,8 +1417,7 @@ def xmp_with_record(xmp: bytes | None, record: dict | None) -> bytes | None:
             text = xmp.decode("utf-8")
         except UnicodeDecodeError:
             text = ""
-        text = text.rstrip("\x00")
-        text = _RECORD_DESC_RE.sub("", text)
+        text = _without_record(text.rstrip("\x00"))
         i = text.rfind("</rdf:RDF>")
         if i >= 0:
             return (text[:i] + desc + text[i:]).encode("utf-8")
@@ -1120,14 +1430,20 @@ def xmp_with_record(xmp: bytes | None, record: dict | None) -> bytes | None:
 
 
 def record_from_xmp(xmp: bytes | str | None) -> dict | None:
+    """The Mend record in an XMP packet: the last ``mend:record``, element or attribute."""
     if not xmp:
         return None
     text = xmp.decode("utf-8", "replace") if isinstance(xmp, (bytes, bytearray)) else xmp
-    found = _RECORD_RE.findall(text)
-    if not found:
+    last: tuple[int, str] | None = None
+    for prefix in _record_prefixes(text):
+        for m in _record_re(prefix).finditer(text):
+            value = next((g for g in m.groups() if g is not None), "")
+            if last is None or m.start() > last[0]:
+                last = (m.start(), value)
+    if last is None:
         return None
     try:
-        value = json.loads(html.unescape(found[-1]))
+        value = json.loads(html.unescape(last[1]))
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
@@ -1513,8 +1829,8 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
     (PNG/TIFF) unless ``options.bit_depth`` says otherwise. Never writes the source file
     (``SaveFailed``); an existing ``dest`` gets a ``_1``, ``_2``... suffix unless ``overwrite``.
     What the format could not hold is appended to ``notes`` (for the photographer): 16 bits
-    asked of an 8-bit format, transparency in a JPEG (flattened onto white), XMP too large for
-    a JPEG segment.
+    asked of an 8-bit format, transparency in a JPEG (flattened onto white), XMP or EXIF too
+    large for a JPEG segment.
     """
     options = options or OutputOptions()
     dest = Path(dest)
@@ -1569,12 +1885,12 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
     # every viewer would show other colours (it says nothing about the photographer)
     icc = like.icc_profile if like is not None and _icc_space(like.icc_profile) == b"RGB " \
         else None
-    exif = clean_exif(like.exif, w, h) if keep and like.exif else None
-    xmp = _xmp_reset_orientation(like.xmp) if keep else None
     dpi = None
     if keep and like.dpi:
         s = w / max(1, like.width)  # keep the print size when the result is larger
         dpi = (like.dpi[0] * s, like.dpi[1] * s)
+    exif = clean_exif(like.exif, w, h, dpi) if keep and like.exif else None
+    xmp = _xmp_reset_orientation(like.xmp) if keep else None
     xmp = xmp_with_record(xmp, record)
     meta = _Meta(icc=icc, exif=exif, xmp=xmp, dpi=dpi,
                  comment=like.info.get("comment") if keep else None, notes=notes)
@@ -1611,6 +1927,7 @@ def _pil_save(im, fmt: str, **kw) -> bytes:
 
 
 JPEG_XMP_MAX = 65000  # bytes of XMP one JPEG APP1 segment holds (65502 less some margin)
+JPEG_EXIF_MAX = 65533  # bytes of EXIF (with its "Exif\0\0") one JPEG APP1 segment holds
 # what makes an XMP packet large without describing the photo: Photoshop's list of every
 # placed document, the edit history, Camera Raw's settings (elements and attributes) and
 # embedded thumbnails
@@ -1639,7 +1956,11 @@ def _encode_jpeg(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     kw: dict[str, Any] = {"quality": q, "subsampling": 0 if q >= 90 else 2}
     if meta.icc:
         kw["icc_profile"] = meta.icc
-    if meta.exif:
+    if meta.exif and len(meta.exif) > JPEG_EXIF_MAX:
+        meta.notes.append(f"the photo's EXIF ({len(meta.exif) // 1024} KB: camera, date, "
+                          "GPS...) is too large for a JPEG and was not copied (choose PNG, TIFF "
+                          "or WebP to keep it)")
+    elif meta.exif:
         kw["exif"] = meta.exif
     if meta.dpi:
         kw["dpi"] = (round(float(meta.dpi[0])), round(float(meta.dpi[1])))

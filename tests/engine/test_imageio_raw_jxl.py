@@ -382,6 +382,84 @@ def test_jxl_8bit_lossless_round_trip_with_exif_and_icc(tmp_path):
     assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), a)
 
 
+_JXL_XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+            b'02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/'
+            b'xap/1.0/" xmp:Rating="3"/></rdf:RDF></x:xmpmeta>')
+
+
+def _jxl_with_xmp(p: Path) -> Path:
+    a = np.random.default_rng(5).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(a).save(p, "JXL", lossless=True, effort=1, num_threads=1, xmp=_JXL_XMP)
+    return p
+
+
+def _boxes(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, pos = [], 12
+    while pos < len(data):
+        size, btype = struct.unpack_from(">I4s", data, pos)
+        size = size or len(data) - pos
+        out.append((btype, data[pos + 8:pos + size]))
+        pos += size
+    return out
+
+
+def test_jxl_xmp_is_read_from_its_box_and_carried_to_the_result(tmp_path):
+    _need_jxl()
+    p = _jxl_with_xmp(tmp_path / "x.jxl")
+    assert any(t == b"xml " for t, _ in _boxes(p.read_bytes()))
+    ph = mio.load_photo(p)
+    assert ph.xmp == _JXL_XMP and not ph.info["warnings"]
+    out = mio.save_photo(ph.pixels, tmp_path / "o", like=ph, record={"software": "Mend t"})
+    back = mio.load_photo(out).xmp
+    assert b'xmp:Rating="3"' in back and mio.read_record(out) == {"software": "Mend t"}
+
+
+def _brotli_stored(data: bytes) -> bytes:
+    """A valid brotli stream holding ``data`` (at most 64 KB) uncompressed (RFC 7932: WBITS 16,
+    one uncompressed meta-block, then an empty last one)."""
+    head = ((len(data) - 1) << 4) | (1 << 20)  # MNIBBLES 4, MLEN - 1, ISUNCOMPRESSED
+    return head.to_bytes(3, "little") + data + b"\x03"
+
+
+class _StoredBrotli:
+    """Stands in for the brotli package (not installed here): decodes ``_brotli_stored``."""
+
+    def __init__(self):
+        self.buf, self.sent = b"", 0
+
+    def process(self, chunk: bytes) -> bytes:
+        self.buf += chunk
+        if len(self.buf) < 3:
+            return b""
+        n = ((int.from_bytes(self.buf[:3], "little") >> 4) & 0xFFFF) + 1
+        got = self.buf[3:3 + n]
+        out, self.sent = got[self.sent:], len(got)
+        return out
+
+
+def test_jxl_brotli_compressed_xmp_is_read_or_said_lost(tmp_path, monkeypatch):
+    _need_jxl()
+    data = _jxl_with_xmp(tmp_path / "x.jxl").read_bytes()
+    brob = b"xml " + _brotli_stored(_JXL_XMP)
+    body = b"".join(
+        struct.pack(">I4s", 8 + len(brob), b"brob") + brob if t == b"xml "
+        else struct.pack(">I4s", 8 + len(d), t) + d for t, d in _boxes(data))
+    p = tmp_path / "brob.jxl"
+    p.write_bytes(data[:12] + body)
+    assert not any(t == b"xml " for t, _ in _boxes(p.read_bytes()))
+
+    monkeypatch.setitem(sys.modules, "brotli", None)  # not installed: said, not silently lost
+    ph = mio.load_photo(p)
+    assert ph.xmp is None
+    assert any("brotli" in w and "XMP" in w for w in ph.info["warnings"])
+
+    fake = type(sys)("brotli")
+    fake.Decompressor = _StoredBrotli
+    monkeypatch.setitem(sys.modules, "brotli", fake)
+    ph = mio.load_photo(p)
+    assert ph.xmp == _JXL_XMP and not ph.info["warnings"]
+
+
 def test_jxl_16bit_grey_keeps_16_bits_and_exports_16bit_png(tmp_path):
     _need_jxl()
     g = np.random.default_rng(4).integers(0, 65536, (30, 20), dtype=np.uint16)
@@ -389,11 +467,17 @@ def test_jxl_16bit_grey_keeps_16_bits_and_exports_16bit_png(tmp_path):
     Image.fromarray(g).save(p, "JXL", lossless=True, effort=1, num_threads=1)
     ph = mio.load_photo(p)
     assert ph.bit_depth == 16 and ph.pixels.shape == (30, 20, 3)
-    assert np.array_equal(np.round(ph.pixels[..., 0] * 65535).astype(np.uint16), g)
+    # the plugin tags 16-bit grey as linear (libjxl's "Gra_D65_Rel_Lin" profile): it is
+    # converted to sRGB like any grey with a grey profile, in 16 bits
+    assert ph.info["icc_converted"] == "grey profile -> sRGB"
+    lin = g / 65535.0
+    srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
+    assert np.abs(ph.pixels[..., 0] - srgb).max() < 3 / 65535
+    got = np.round(ph.pixels[..., 0] * 65535).astype(np.uint16)
     out = mio.save_photo(ph.pixels, tmp_path / "o", like=ph)
     back = mio.load_photo(out)
     assert out.suffix == ".png" and back.bit_depth == 16
-    assert np.array_equal(np.round(back.pixels[..., 0] * 65535).astype(np.uint16), g)
+    assert np.array_equal(np.round(back.pixels[..., 0] * 65535).astype(np.uint16), got)
 
 
 def _cjxl(src: Path, dst: Path) -> Path:
