@@ -56,6 +56,15 @@ from .sidecar import Sidecar, SidecarStore
 log = logging.getLogger("mend.ui")
 
 
+def _delete_when_idle(doc: MaskDocument) -> None:
+    """``deleteLater()`` once the document's full-resolution work is done (deleting it earlier
+    would wait for its worker on the GUI thread). Held weakly meanwhile: no cycle."""
+    if doc.busy():
+        doc.when_idle(weak_slot(doc, lambda d: d.deleteLater()))
+    else:
+        doc.deleteLater()
+
+
 @dataclass
 class PhotoState:
     diagnosis: Diagnosis | None = None
@@ -103,9 +112,13 @@ class MainWindow(QMainWindow):
         self._job_path: dict[int, Path] = {}
         self._other_stores: dict[Path, SidecarStore] = {}  # folders of jobs from other folders
         self._mask_doc_path: Path | None = None  # the photo self.mask_doc belongs to
+        self._readonly_doc: MaskDocument | None = None  # the viewer's overlay of a saved mask
         self._sam_include: dict[int, bool] = {}
         self._view: ViewImages | None = None
         self._view_token = 0
+        # the latest view token, shared with the queued decodes: one superseded before it
+        # starts is skipped (stepping through big photos decoded every photo passed over)
+        self._view_latest = [0]
         self.device: Any = None
         self.bg = Background(self.client.run_in_pool, self)
         self.client.resubmitted.connect(weak_slot(self, lambda w, old, new: w._on_resubmitted(
@@ -438,7 +451,7 @@ class MainWindow(QMainWindow):
             return
         self.leave_mask_editor()
         self.show_browser()
-        self.canvas.set_document(None)
+        self._set_canvas_doc(None)
         docs = {id(d): d for d in [self.mask_doc, *(st.mask_doc for st in self.states.values())]
                 if d is not None}
         self.mask_doc, self._mask_doc_path = None, None
@@ -764,11 +777,16 @@ class MainWindow(QMainWindow):
         st = self._state(path)
         self._view_token += 1
         token = self._view_token
+        latest = self._view_latest
+        latest[0] = token
         self.canvas.message = f"Loading {path.name}…"
         output = st.output
 
-        def done(v: ViewImages) -> None:
-            if token != self._view_token:
+        def stale() -> bool:  # (in the pool)
+            return latest[0] != token
+
+        def done(v: ViewImages | None) -> None:
+            if v is None or token != self._view_token:
                 return  # another photo was picked meanwhile
             self._view = v
             self.canvas.set_images(v.before, v.after, v.before_proxy, v.after_proxy)
@@ -791,15 +809,16 @@ class MainWindow(QMainWindow):
                 self.set_status(msg)
 
         mask_path = st.mask_path or (st.result.artifacts.get("mask_path") if st.result else None)
-        self.bg.run(lambda: build_view(path, output, mask_path), done, fail)
+        self.bg.run(lambda: build_view(path, output, mask_path, stale), done, fail)
 
     def _show_result_mask(self) -> None:
         """Show the mask the engine used (or the edited one) as a read-only overlay."""
         st = self._state(self.current) if self.current else None
         has = self._view is not None and (self._view.mask is not None or (
-            st is not None and st.result is not None and "mask" in st.result.artifacts))
+            st is not None and (st.mask_doc is not None or (
+                st.result is not None and "mask" in st.result.artifacts))))
         if not has:
-            self.canvas.set_document(None)
+            self._set_canvas_doc(None)
             return
         self._open_mask_doc(readonly=True)
 
@@ -1073,11 +1092,16 @@ class MainWindow(QMainWindow):
         st = self._state(self.current)
         kept = st.mask_doc
         prev, prev_path = self.mask_doc, self._mask_doc_path
-        if not readonly and kept is not None and kept.full.shape == (h, w):
+        if kept is not None and kept.full.shape == (h, w):
             # edits made earlier survive leaving the editor, another photo, or a fix of this
-            # one finishing meanwhile (whose mask would otherwise replace them)
-            self.mask_doc, self._mask_doc_path = kept, self.current
-            self.canvas.set_document(kept)
+            # one finishing meanwhile (whose mask would otherwise replace them); the viewer
+            # shows them too (read-only: outside the editor the tools are off), not the
+            # saved mask they have not replaced yet
+            if readonly:
+                self.mask_doc, self._mask_doc_path = None, None
+            else:
+                self.mask_doc, self._mask_doc_path = kept, self.current
+            self._set_canvas_doc(kept)
             self._release_unedited(prev, prev_path)
             return
         doc = MaskDocument(h, w, parent=self)
@@ -1101,18 +1125,29 @@ class MainWindow(QMainWindow):
             st.mask_doc = doc
         self.mask_doc = None if readonly else doc
         self._mask_doc_path = None if readonly else self.current
-        self.canvas.set_document(doc)
+        self._set_canvas_doc(doc)
+        if readonly:
+            self._readonly_doc = doc  # released when the canvas shows another document
         self._release_unedited(prev, prev_path)
+
+    def _set_canvas_doc(self, doc: MaskDocument | None) -> None:
+        """Show ``doc`` on the canvas, releasing the read-only document it replaces (one per
+        photo viewed was kept until the window closed: ~38 MB each at 24 MP)."""
+        old, self._readonly_doc = self._readonly_doc, None
+        self.canvas.set_document(doc)
+        if old is not None and old is not doc:
+            _delete_when_idle(old)
 
     def _release_unedited(self, doc: MaskDocument | None, path: Path | None) -> None:
         """Forget another photo's mask document that holds no edit (it is rebuilt from disk
         when needed): only edited masks are kept in memory."""
-        if doc is None or path is None or doc is self.mask_doc or doc.undo.count():
+        if (doc is None or path is None or doc is self.mask_doc or doc is self.canvas.doc
+                or doc.undo.count()):
             return
         st = self.states.get(path)
         if st is not None and st.mask_doc is doc:
             st.mask_doc = None
-        doc.deleteLater()
+        _delete_when_idle(doc)
 
     def set_tool(self, tool: str) -> None:
         if tool != "pan" and self.mask_doc is None:

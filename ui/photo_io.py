@@ -50,11 +50,18 @@ def removed_layer(before: np.ndarray, after: np.ndarray, gain: float = 3.0) -> n
 
     if after.shape[:2] != before.shape[:2]:
         after = cv2.resize(after, (before.shape[1], before.shape[0]), interpolation=cv2.INTER_AREA)
-    diff = np.abs(before.astype(np.int16) - after.astype(np.int16)).astype(np.float32)
-    return np.clip(diff * gain, 0, 255).astype(np.uint8)
+    # uint8 all the way (no int16 / float32 copies of a 24 MP photo: 0.6 s -> 0.1 s); the
+    # product saturates at 255 and is rounded (the same as truncating for a whole gain)
+    diff = cv2.absdiff(np.ascontiguousarray(before), np.ascontiguousarray(after))
+    return cv2.convertScaleAbs(diff, alpha=float(gain))
 
 
-def build_view(path: Path, output: Path | None, mask_path: Path | None = None) -> ViewImages:
+def build_view(path: Path, output: Path | None, mask_path: Path | None = None,
+               stale: Callable[[], bool] | None = None) -> ViewImages | None:
+    """The viewer's images, or None when ``stale()`` says before a decode that they are no
+    longer wanted (the photographer stepped on: the photo landed on is not kept waiting)."""
+    if stale is not None and stale():
+        return None
     before_rgb = load_full(path)
     mask = None
     if mask_path is not None and Path(mask_path).exists():
@@ -64,6 +71,8 @@ def build_view(path: Path, output: Path | None, mask_path: Path | None = None) -
     before = rgb_to_qimage(before_rgb)
     after = after_proxy = removed = None
     if output is not None and Path(output).exists():
+        if stale is not None and stale():
+            return None
         after_rgb = load_full(Path(output))
         after = rgb_to_qimage(after_rgb)
         after_proxy = _proxy(after_rgb)

@@ -545,3 +545,116 @@ def test_the_current_photo_stays_when_its_diagnosis_moves_it_out_of_the_filter(
     assert win.proxy.rowCount() == 3  # shown while current...
     win.select_path(folder / "a_noisy.jpg")
     assert win.proxy.rowCount() == 2  # ...and filtered out once another photo is picked
+
+
+def _with_saved_masks(win, folder: Path) -> list[Path]:
+    """A saved mask beside each photo (as after "Inpaint again"), known to the window."""
+    from engine.imageio import save_mask
+
+    paths = sorted(p for p in folder.iterdir() if p.suffix in (".jpg", ".png"))
+    for p in paths:
+        h, w = (72, 96) if p.stem != "c_smooth" else (60, 80)
+        m = np.zeros((h, w), np.uint8)
+        m[10:40, 20:70] = 255
+        dest = folder / f"{p.stem}_edited_mask.png"
+        save_mask(m, dest)
+        win._state(p).mask_path = dest
+    return paths
+
+
+def test_viewing_photos_keeps_one_read_only_mask_document(qtbot, window, folder):
+    """The viewer's read-only overlay of a saved mask is a MaskDocument; each photo viewed built
+    one that nothing released (~38 MB at 24 MP each). The one a photo replaces is released."""
+    import weakref
+
+    from PySide6.QtCore import QCoreApplication, QEvent
+
+    from ui.editor.mask import MaskDocument
+
+    win = window
+    opened(qtbot, win, folder)
+    paths = _with_saved_masks(win, folder)
+    seen = []
+    for _round in range(2):
+        for p in paths:
+            with qtbot.waitSignal(win.view_loaded, timeout=20000):
+                win.show_viewer(p)
+            assert win.canvas.doc is not None and win.canvas.doc.full[20, 40] == 255
+            seen.append(weakref.ref(win.canvas.doc))
+            QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+            assert len(win.findChildren(MaskDocument)) == 1
+    assert sum(r() is not None for r in seen) == 1
+
+
+def test_the_viewer_overlay_shows_unsaved_mask_edits_after_another_photo(qtbot, window, folder):
+    """Leave the editor with an edit, view another photo and come back: the overlay is the
+    edited mask (read-only), not the saved one the edit has not replaced yet."""
+    win = window
+    opened(qtbot, win, folder)
+    paths = _with_saved_masks(win, folder)
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        win.show_viewer(paths[0])
+    win.show_mask_editor()
+    edited = win.mask_doc
+    edited.fill_polygon([(2, 50), (15, 50), (15, 65), (2, 65)])  # outside the saved mask
+    edited.flush()
+    win.leave_mask_editor()
+    for p in (paths[1], paths[0]):
+        with qtbot.waitSignal(win.view_loaded, timeout=20000):
+            win.show_viewer(p)
+    assert win.canvas.doc is edited and win.canvas.doc.full[58, 8] == 255
+    assert win.canvas.tool == "pan" and win.mask_doc is None  # read-only in the viewer
+    win.show_mask_editor()
+    assert win.mask_doc is edited and edited.undo.count() == 1
+
+
+def test_stepping_through_photos_decodes_only_the_one_landed_on(qtbot, window, folder,
+                                                                 monkeypatch):
+    """Every view build queued while the pool was busy used to decode its photo before the
+    photo landed on (seconds each at 24 MP); a superseded one now returns before decoding."""
+    import threading
+
+    from ui import photo_io
+
+    win = window
+    opened(qtbot, win, folder)
+    paths = sorted(p for p in folder.iterdir() if p.suffix in (".jpg", ".png"))
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        win.show_viewer(paths[0])
+    decoded: list[str] = []
+    real = photo_io.load_full
+    monkeypatch.setattr(photo_io, "load_full", lambda p: decoded.append(Path(p).name) or real(p))
+    gate = threading.Event()
+    pool = win.client.pool
+    for _ in range(pool.maxThreadCount()):  # every pool thread busy: the builds queue up
+        win.client.run_in_pool(lambda: gate.wait(10))
+    loaded: list[Path] = []
+    win.view_loaded.connect(loaded.append)
+    win.step_photo(1)
+    win.step_photo(1)
+    win.step_photo(-1)
+    win.step_photo(1)
+    landed = win.current
+    assert landed == paths[2]
+    gate.set()
+    qtbot.waitUntil(lambda: landed in loaded, timeout=20000)
+    pool.waitForDone(10000)
+    assert decoded == [landed.name] and loaded == [landed]
+
+
+def test_view_conversions_are_unchanged(qapp):
+    """load_full's float -> uint8 and the removed layer, done with fewer temporaries, give the
+    same bytes as the straightforward numpy expressions."""
+    from ui.imaging import float_to_uint8
+    from ui.photo_io import build_view, removed_layer
+
+    rng = np.random.default_rng(0)
+    px = rng.random((64, 48, 3), dtype=np.float32) * 1.2 - 0.1
+    px[0, 0] = [0.5 / 255, 1.5 / 255, 254.5 / 255]  # rounding edges
+    assert np.array_equal(float_to_uint8(px), (np.clip(px, 0, 1) * 255 + 0.5).astype(np.uint8))
+    a = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    want = np.clip(np.abs(a.astype(np.int16) - b.astype(np.int16)).astype(np.float32) * 3.0,
+                   0, 255).astype(np.uint8)
+    assert np.array_equal(removed_layer(a, b), want)
+    assert build_view(Path("nowhere.png"), None, stale=lambda: True) is None  # before decoding

@@ -71,6 +71,8 @@ class ImageCanvas(QWidget):
 
     def set_mode(self, mode: Compare) -> None:
         self.mode = Compare(mode)
+        if self.fit_mode:  # side by side halves the pane: the fitted photo must fit again
+            self.fit()
         self.update()
         self.view_changed.emit()
 

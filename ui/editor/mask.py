@@ -3,8 +3,10 @@ and every edit as a QUndoCommand.
 
 Brush strokes are painted on the proxy as the mouse moves (cheap, immediate) and recorded as dabs;
 when the stroke ends the same dabs are applied to the full-resolution mask inside the stroke's
-bounding box only, and the proxy is rebuilt from it. Global edits (grow, shrink, feather, invert,
-clear, fill, load) keep compressed snapshots for undo.
+bounding box only (in the worker when the box is big), and the proxy is rebuilt from it.
+Coordinates are pixel-centred: pixel i is centred on i (the canvas, which draws pixel i over
+[i, i + 1), converts); a full-resolution u is (u + 0.5) * scale - 0.5 on the proxy. Global edits
+(grow, shrink, feather, invert, clear, fill, load) keep compressed snapshots for undo.
 
 Whole-mask edits never block the GUI thread on a large mask: the edit is previewed on the proxy at
 once, and the full-resolution work (the operation itself, the undo snapshots, the proxy rebuild)
@@ -47,8 +49,9 @@ def dab_kernel(radius: float, hardness: float) -> np.ndarray:
 
 
 def apply_dab(mask: np.ndarray, cx: float, cy: float, kernel: np.ndarray, erase: bool) -> None:
+    """Stamp ``kernel`` centred on (cx, cy); pixel i is centred on coordinate i."""
     n = kernel.shape[0] // 2
-    ix, iy = round(float(cx)), round(float(cy))
+    ix, iy = int(np.floor(float(cx) + 0.5)), int(np.floor(float(cy) + 0.5))  # nearest centre
     x0, y0, x1, y1 = ix - n, iy - n, ix + n + 1, iy + n + 1
     H, W = mask.shape
     cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(W, x1), min(H, y1)
@@ -60,6 +63,83 @@ def apply_dab(mask: np.ndarray, cx: float, cy: float, kernel: np.ndarray, erase:
         np.minimum(region, (255.0 * (1.0 - k) + 0.5).astype(np.uint8), out=region)
     else:
         np.maximum(region, (255.0 * k + 0.5).astype(np.uint8), out=region)
+
+
+def to_proxy(v: float, scale: float) -> float:
+    """A full-resolution coordinate on the proxy (pixel i centred on i in both, as cv2.resize
+    maps them)."""
+    return (v + 0.5) * scale - 0.5
+
+
+def polygon_coverage(points, shape: tuple[int, int], factor: int = 4
+                     ) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """``((x0, y0, x1, y1), coverage)``: the uint8 coverage (0..255) of the pixels a polygon
+    touches, inside that box. Pixel i is centred on coordinate i and covers [i - 0.5, i + 0.5);
+    coverage is the share of its ``factor`` x ``factor`` sub-pixel centres inside the polygon
+    (nonzero winding: a lasso crossing itself fills every loop). Exact where cv2.fillPoly is not:
+    it fills every pixel an edge touches (half a pixel too far all round, see the tests). Cost
+    follows the box's pixel count (one int16 pass, in bands) and the outline's length."""
+    H, W = shape
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    if len(p) < 3 or not np.isfinite(p).all():
+        return None
+    x0 = max(0, int(np.floor(p[:, 0].min() + 0.5)))
+    y0 = max(0, int(np.floor(p[:, 1].min() + 0.5)))
+    x1 = min(W, int(np.floor(p[:, 0].max() + 0.5)) + 1)
+    y1 = min(H, int(np.floor(p[:, 1].max() + 0.5)) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    F = max(1, int(factor))
+    bw, bh = x1 - x0, y1 - y0
+    sw = bw * F
+    q = (p - (x0 - 0.5, y0 - 0.5)) * F - 0.5  # sub-pixel j (of the box) is centred on j
+    a, b = q, np.roll(q, -1, axis=0)
+    keep = a[:, 1] != b[:, 1]
+    a, b = a[keep], b[keep]
+    j0 = np.clip(np.ceil(np.minimum(a[:, 1], b[:, 1])), 0, bh * F).astype(np.int64)
+    j1 = np.clip(np.ceil(np.maximum(a[:, 1], b[:, 1])), 0, bh * F).astype(np.int64)
+    n = j1 - j0  # the sub-pixel rows j0 <= j < j1 cross this edge
+    total = int(n.sum())
+    cov = np.zeros((bh, bw), np.uint8)
+    if total == 0:
+        return (x0, y0, x1, y1), cov
+    e = np.repeat(np.arange(len(a)), n)
+    rows = np.repeat(j0 - np.cumsum(n) + n, n) + np.arange(total)
+    t = (rows - a[e, 1]) / (b[e, 1] - a[e, 1])
+    xs = a[e, 0] + t * (b[e, 0] - a[e, 0])
+    wind = np.where(b[e, 1] > a[e, 1], 1, -1)
+    order = np.lexsort((xs, rows))
+    rows, xs, wind = rows[order], xs[order], wind[order]
+    run = np.cumsum(wind)
+    first = np.r_[True, rows[1:] != rows[:-1]]
+    after = run - (run - wind)[first][np.cumsum(first) - 1]  # winding right of each crossing
+    before = after - wind
+    opens, closes = (before == 0) & (after != 0), (before != 0) & (after == 0)
+    sa = np.clip(np.ceil(xs[opens]), 0, sw).astype(np.int64)  # spans [sa, sb) of sub-pixels
+    sb = np.clip(np.ceil(xs[closes]), 0, sw).astype(np.int64)
+    sr = rows[opens] // F  # (a closed outline: the k-th opening and closing share a row)
+    ok = sb > sa
+    sa, sb, sr = sa[ok], sb[ok], sr[ok]
+    # per pixel, the sub-pixel centres of the spans: |[s, inf) & [cF, cF + F)| for each span
+    # end as a difference array along the row, summed over the pixel's F sub-rows
+    lut = ((np.arange(F * F + 1) * 255 + F * F // 2) // (F * F)).astype(np.uint8)
+    step = max(1, (1 << 22) // (bw + 2))  # pixel rows per band (int16 temporaries ~8 MB)
+    cuts = np.searchsorted(sr, np.arange(0, bh + step, step))
+    for i, r0 in enumerate(range(0, bh, step)):
+        k0, k1 = cuts[i], cuts[i + 1]
+        if k0 == k1:
+            continue
+        rh = min(step, bh - r0)
+        d = np.zeros((rh, bw + 2), np.int16)
+        r = sr[k0:k1] - r0
+        for s, sign in ((sa[k0:k1], 1), (sb[k0:k1], -1)):
+            c = s // F
+            part = (c + 1) * F - s
+            np.add.at(d, (r, c), sign * part)
+            np.add.at(d, (r, c + 1), sign * (F - part))
+        cnt = np.cumsum(d[:, :bw], axis=1, dtype=np.int16)
+        cov[r0:r0 + rh] = lut[np.clip(cnt, 0, F * F)]
+    return (x0, y0, x1, y1), cov
 
 
 def interpolate(points: list[tuple[float, float]], spacing: float) -> list[tuple[float, float]]:
@@ -142,6 +222,15 @@ class MaskDocument(QObject):
     def _rebuild_overlay(self, box: tuple[int, int, int, int] | None = None) -> None:
         x0, y0, x1, y1 = box or (0, 0, self.proxy.shape[1], self.proxy.shape[0])
         # one table lookup per pixel (premultiplied BGRA as uint32): ~8 ms for a full proxy
+        o32 = self._overlay.view(np.uint32)[..., 0]
+        o32[y0:y1, x0:x1] = self._lut32()[self.proxy[y0:y1, x0:x1]]
+        if self._overlay_img is None:
+            h, w = self.proxy.shape
+            self._overlay_img = QImage(self._overlay.data, w, h, 4 * w,
+                                       QImage.Format.Format_ARGB32_Premultiplied)
+
+    def _lut32(self) -> np.ndarray:
+        """Mask value -> premultiplied BGRA pixel (uint32) in the overlay's colour."""
         a = np.arange(256, dtype=np.float32) * self.opacity
         c = self.colour
         lut = np.empty((256, 4), np.uint8)
@@ -149,44 +238,64 @@ class MaskDocument(QObject):
         lut[:, 1] = (a * c.green() / 255.0 + 0.5).astype(np.uint8)
         lut[:, 2] = (a * c.red() / 255.0 + 0.5).astype(np.uint8)
         lut[:, 3] = (a + 0.5).astype(np.uint8)
-        o32 = self._overlay.view(np.uint32)[..., 0]
-        o32[y0:y1, x0:x1] = lut.view(np.uint32)[:, 0][self.proxy[y0:y1, x0:x1]]
-        if self._overlay_img is None:
-            h, w = self.proxy.shape
-            self._overlay_img = QImage(self._overlay.data, w, h, 4 * w,
-                                       QImage.Format.Format_ARGB32_Premultiplied)
+        return lut.view(np.uint32)[:, 0]
+
+    def settled(self) -> bool:
+        """The proxy shows exactly ``full`` (no stroke being painted, no edit previewed)."""
+        return self._stroke is None and not self.busy() and not self._proxy_stale
+
+    def overlay_region(self, box: tuple[int, int, int, int]) -> QImage:
+        """The overlay of the full-resolution pixels in ``box`` (x0, y0, x1, y1), for a view
+        zoomed in further than the proxy's resolution. An independent ARGB32 premultiplied
+        image; costs one table lookup per pixel of the box."""
+        x0, y0, x1, y1 = box
+        arr = np.ascontiguousarray(self._lut32()[self.full[y0:y1, x0:x1]])
+        h, w = arr.shape
+        return QImage(arr.data, w, h, 4 * w, QImage.Format.Format_ARGB32_Premultiplied).copy()
 
     def _proxy_from_full(self, box: tuple[int, int, int, int] | None = None) -> None:
         """Rebuild the proxy (all, or the proxy pixels covering full-res ``box``)."""
+        if box is None:
+            self._show_proxy(self._proxy_of(self.full))
+        else:
+            self._show_patch(*self._proxy_patch(self.full, box))
+
+    def _proxy_patch(self, full: np.ndarray, box: tuple[int, int, int, int],
+                     region: np.ndarray | None = None
+                     ) -> tuple[tuple[int, int, int, int], np.ndarray | None]:
+        """``(proxy box, its pixels)`` covering full-res ``box`` of ``full``, with ``region``
+        (the new pixels of ``box``) in place of ``full``'s when given. Reads only: called in
+        the worker too."""
+        x0, y0, x1, y1 = box
         if self.scale >= 1.0:
-            if box is None:
-                self.proxy[...] = self.full
-            else:
-                x0, y0, x1, y1 = box
-                self.proxy[y0:y1, x0:x1] = self.full[y0:y1, x0:x1]
-            pbox = box
-        elif box is None:
-            self.proxy[...] = cv2.resize(self.full, self.proxy_size, interpolation=cv2.INTER_AREA)
-            pbox = None
-        else:
-            s = self.scale
-            x0, y0, x1, y1 = box
-            pw, ph = self.proxy_size
-            px0, py0 = max(0, int(x0 * s)), max(0, int(y0 * s))
-            px1, py1 = min(pw, int(np.ceil(x1 * s)) + 1), min(ph, int(np.ceil(y1 * s)) + 1)
-            fx0, fy0 = int(px0 / s), int(py0 / s)
-            fx1 = min(self.full.shape[1], int(np.ceil(px1 / s)))
-            fy1 = min(self.full.shape[0], int(np.ceil(py1 / s)))
-            if px1 > px0 and py1 > py0 and fx1 > fx0 and fy1 > fy0:
-                self.proxy[py0:py1, px0:px1] = cv2.resize(
-                    self.full[fy0:fy1, fx0:fx1], (px1 - px0, py1 - py0),
-                    interpolation=cv2.INTER_AREA)
-            pbox = (px0, py0, px1, py1)
+            src = full[y0:y1, x0:x1] if region is None else region
+            return box, np.array(src, np.uint8, copy=True)
+        s = self.scale
+        pw, ph = self.proxy_size
+        px0, py0 = max(0, int(x0 * s)), max(0, int(y0 * s))
+        px1, py1 = min(pw, int(np.ceil(x1 * s)) + 1), min(ph, int(np.ceil(y1 * s)) + 1)
+        fx0, fy0 = int(px0 / s), int(py0 / s)
+        fx1 = min(full.shape[1], int(np.ceil(px1 / s)))
+        fy1 = min(full.shape[0], int(np.ceil(py1 / s)))
+        pbox = (px0, py0, px1, py1)
+        if not (px1 > px0 and py1 > py0 and fx1 > fx0 and fy1 > fy0):
+            return pbox, None
+        src = full[fy0:fy1, fx0:fx1]
+        if region is not None:
+            src = src.copy()
+            ix0, iy0 = max(x0, fx0), max(y0, fy0)
+            ix1, iy1 = min(x1, fx1), min(y1, fy1)
+            if ix1 > ix0 and iy1 > iy0:
+                src[iy0 - fy0:iy1 - fy0, ix0 - fx0:ix1 - fx0] = \
+                    region[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+        return pbox, cv2.resize(src, (px1 - px0, py1 - py0), interpolation=cv2.INTER_AREA)
+
+    def _show_patch(self, pbox: tuple[int, int, int, int], patch: np.ndarray | None) -> None:
+        px0, py0, px1, py1 = pbox
+        if patch is not None:
+            self.proxy[py0:py1, px0:px1] = patch
         self._rebuild_overlay(pbox)
-        if pbox is None:
-            self.changed.emit(QRect(0, 0, *self.proxy_size))
-        else:
-            self.changed.emit(QRect(pbox[0], pbox[1], pbox[2] - pbox[0], pbox[3] - pbox[1]))
+        self.changed.emit(QRect(px0, py0, px1 - px0, py1 - py0))
 
     # -- brush strokes --------------------------------------------------------------------
     def begin_stroke(self, x: float, y: float, radius: float, hardness: float = 0.7,
@@ -205,7 +314,8 @@ class MaskDocument(QObject):
         s = self.scale
         r = st.radius * s
         pts = st.points[max(0, st.painted - 1):]
-        dabs = interpolate([(x * s, y * s) for x, y in pts], max(0.5, r * 0.25))
+        dabs = interpolate([(to_proxy(x, s), to_proxy(y, s)) for x, y in pts],
+                           max(0.5, r * 0.25))
         k = dab_kernel(r, st.hardness)
         for cx, cy in dabs:
             apply_dab(self.proxy, cx, cy, k, st.erase)
@@ -226,8 +336,7 @@ class MaskDocument(QObject):
         if st is None:
             return
         dabs = interpolate(st.points, max(0.5, st.radius * 0.25))
-        k = dab_kernel(st.radius, st.hardness)
-        n = k.shape[0] // 2 + 1
+        n = int(np.ceil(max(0.5, float(st.radius)))) + 1  # dab_kernel's half size + 1
         H, W = self.full.shape
         xs, ys = [d[0] for d in dabs], [d[1] for d in dabs]
         box = (max(0, int(min(xs)) - n), max(0, int(min(ys)) - n),
@@ -237,7 +346,8 @@ class MaskDocument(QObject):
             return
         x0, y0 = box[0], box[1]
 
-        def paint(region: np.ndarray) -> None:
+        def paint(region: np.ndarray) -> None:  # in the stroke's turn (the worker if big)
+            k = dab_kernel(st.radius, st.hardness)
             for cx, cy in dabs:
                 apply_dab(region, cx - x0, cy - y0, k, st.erase)
 
@@ -250,17 +360,27 @@ class MaskDocument(QObject):
     def fill_polygon(self, points: list[tuple[float, float]], erase: bool = False) -> None:
         if len(points) < 3:
             return
-        v = 0 if erase else 255
-        pts = np.asarray(points, np.float64)
+        pts = np.asarray(points, np.float64)  # full-resolution pixels, pixel i centred on i
 
-        def fill(m: np.ndarray, scale: float) -> np.ndarray:
+        def fill(m: np.ndarray, q: np.ndarray, factor: int) -> np.ndarray:
             out = m.copy()
-            q = np.round(pts * scale * 16).astype(np.int32)
-            cv2.fillPoly(out, [q], v, lineType=cv2.LINE_AA, shift=4)
+            got = polygon_coverage(q, m.shape, factor)
+            if got is not None:
+                (x0, y0, x1, y1), cov = got
+                region = out[y0:y1, x0:x1]
+                if erase:
+                    np.minimum(region, 255 - cov, out=region)
+                else:
+                    np.maximum(region, cov, out=region)
             return out
 
-        self._global("Lasso erase" if erase else "Lasso fill",
-                     lambda f: fill(f, 1.0), lambda p: fill(p, self.scale))
+        def preview(p: np.ndarray) -> np.ndarray:
+            q = to_proxy(pts, self.scale)
+            span = q.max(axis=0) - q.min(axis=0)
+            # (a preview: a coarser sub-grid keeps a frame-sized lasso cheap on the GUI thread)
+            return fill(p, q, 4 if span[0] * span[1] <= 1_000_000 else 2)
+
+        self._global("Lasso erase" if erase else "Lasso fill", lambda f: fill(f, pts, 4), preview)
 
     def grow(self, px: int) -> None:
         if px > 0:
@@ -338,8 +458,11 @@ class MaskDocument(QObject):
 
     def _enqueue(self, apply: Callable[[Any], None],
                  work: Callable[[np.ndarray], Any] | None = None,
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
-        self._queue.append(_Task(apply, work, on_error))
+                 on_error: Callable[[BaseException], None] | None = None,
+                 size: int | None = None) -> None:
+        """``work(full)`` runs in the pool when it touches ``size`` (default: all of the
+        mask's) pixels or more, else inline; ``apply(result)`` then runs on the GUI thread."""
+        self._queue.append(_Task(apply, work, on_error, size=size))
         self._pump()
 
     def _pump(self) -> None:
@@ -352,7 +475,8 @@ class MaskDocument(QObject):
             task = self._queue.popleft()
             if task.work is None:
                 task.apply(None)
-            elif self.full.size < self.async_min_pixels:
+            elif (self.full.size if task.size is None else task.size) \
+                    < self.async_min_pixels:
                 self._run_inline(task)
             else:
                 self._running = task
@@ -500,6 +624,7 @@ class _Task:
     result: Any = None
     error: BaseException | None = None
     seq: int = 0  # the document's job number once started in the pool
+    size: int | None = None  # pixels the work touches (None: the whole mask)
 
 
 class _Relay(QObject):
@@ -528,7 +653,10 @@ class _DocCommand(QUndoCommand):
 
 
 class _PatchCommand(_DocCommand):
-    """A brush stroke in its bounding box; before/after are taken in the stroke's turn."""
+    """A brush stroke in its bounding box. In the stroke's turn of the document's queue (in the
+    worker when the box is big, so ending a big stroke and its undo/redo never block the GUI
+    thread) the dabs are painted on a copy of the box, before/after are compressed and the
+    proxy pixels over the box computed; the GUI thread only copies them in."""
 
     def __init__(self, doc: MaskDocument, box: tuple[int, int, int, int],
                  paint: Callable[[np.ndarray], None], text: str) -> None:
@@ -538,29 +666,50 @@ class _PatchCommand(_DocCommand):
         self.shape = (y1 - y0, x1 - x0)
         self.before: bytes | None = None
         self.after: bytes | None = None
+        self.broken = False
 
-    def _put(self, which: str) -> None:
+    def _work(self, which: str, full: np.ndarray) -> Any:
+        """(worker) The box's new pixels and the proxy patch over it."""
+        if self.broken:
+            return None
         x0, y0, x1, y1 = self.box
-        doc = self.doc
         if self.after is None:  # first redo, in the stroke's turn
-            region = doc.full[y0:y1, x0:x1]
+            region = np.array(full[y0:y1, x0:x1], copy=True)
             self.before = _z(region)
             self.paint(region)
             self.after = _z(region)
             self.paint = None  # type: ignore[assignment]
         else:
             data = self.after if which == "after" else self.before
-            doc.full[y0:y1, x0:x1] = _unz(data, self.shape)  # type: ignore[arg-type]
-        if doc._queue:
-            doc._proxy_stale = True
+            region = _unz(data, self.shape)  # type: ignore[arg-type]
+        return region, self.doc._proxy_patch(full, self.box, region)
+
+    def _apply(self, result: Any) -> None:
+        """(GUI thread) Copy the computed box in."""
+        if result is None:
+            return
+        region, patch = result
+        x0, y0, x1, y1 = self.box
+        doc = self.doc
+        doc.full[y0:y1, x0:x1] = region
+        if doc._queue or doc._stroke is not None:  # later edits / a stroke being painted
+            doc._proxy_stale = True  # are previewed on the proxy: keep them on screen
         else:
-            doc._proxy_from_full(self.box)
+            doc._show_patch(*patch)
+
+    def _fail(self, _e: BaseException) -> None:
+        self.broken = True  # the mask is unchanged: undo/redo of this stroke do nothing
+
+    def _enqueue(self, which: str) -> None:
+        doc = self.doc
+        doc._enqueue(self._apply, lambda f: self._work(which, f), self._fail,
+                     size=self.shape[0] * self.shape[1])
 
     def redo(self) -> None:
-        self.doc._enqueue(lambda _r: self._put("after"))
+        self._enqueue("after")
 
     def undo(self) -> None:
-        self.doc._enqueue(lambda _r: self._put("before"))
+        self._enqueue("before")
 
 
 class _GlobalCommand(_DocCommand):

@@ -1,13 +1,19 @@
 """The canvas with mask tools: brush, eraser, lasso fill (drag) / polygon (clicks), SAM click."""
 from __future__ import annotations
 
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QPainter, QPen, QPolygonF
+import math
+
+from PySide6.QtCore import QEvent, QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPolygonF
 
 from .canvas import ImageCanvas
 from .mask import MaskDocument
 
 TOOLS = ("pan", "brush", "erase", "lasso", "sam")
+# zoomed in past the proxy's resolution with at most this many photo pixels in view, the overlay
+# is made from the full-resolution mask (one table lookup per pixel, ~8 ms at this size; cached
+# with a margin until the mask changes or the view leaves it)
+FULL_OVERLAY_MAX_PIXELS = 2_500_000
 
 
 class MaskCanvas(ImageCanvas):
@@ -24,6 +30,7 @@ class MaskCanvas(ImageCanvas):
         self._cursor: QPointF | None = None
         self._lasso: list[QPointF] = []  # source pixels
         self._polygon = False
+        self._full_overlay: tuple[tuple[int, int, int, int], QImage] | None = None
 
     def set_document(self, doc: MaskDocument | None) -> None:
         if self.doc is not None:
@@ -32,6 +39,7 @@ class MaskCanvas(ImageCanvas):
             except (RuntimeError, TypeError):
                 pass
         self.doc = doc
+        self._full_overlay = None
         if doc is not None:
             doc.changed.connect(self._on_doc_changed)
             self.mask_overlay = doc.overlay()
@@ -40,6 +48,7 @@ class MaskCanvas(ImageCanvas):
         self.update()
 
     def _on_doc_changed(self, _rect) -> None:
+        self._full_overlay = None
         if self.doc is not None:
             self.mask_overlay = self.doc.overlay()
         self.update()
@@ -49,6 +58,7 @@ class MaskCanvas(ImageCanvas):
             raise ValueError(tool)
         self.tool = tool
         self._lasso.clear()
+        self._polygon = False  # (a polygon left open would turn the next lasso into clicks)
         self.setCursor(Qt.CursorShape.CrossCursor if tool != "pan"
                        else Qt.CursorShape.OpenHandCursor)
         self.tool_changed.emit(tool)
@@ -63,7 +73,10 @@ class MaskCanvas(ImageCanvas):
         self.update()
 
     def _src(self, pos: QPointF) -> QPointF:
-        return self.scene_to_source(self.to_scene(pos))
+        """The source-pixel coordinate under a widget position, pixel i centred on i (as the
+        mask's dabs and lasso take it). The canvas draws pixel i over [i, i + 1)."""
+        q = self.scene_to_source(self.to_scene(pos))
+        return QPointF(q.x() - 0.5, q.y() - 0.5)
 
     # -- mouse ----------------------------------------------------------------------------
     def mousePressEvent(self, e) -> None:
@@ -130,8 +143,21 @@ class MaskCanvas(ImageCanvas):
             self.doc.fill_polygon(pts, erase)
         self.update()
 
+    def event(self, e) -> bool:
+        # while a lasso / polygon is being drawn, Esc (cancel it) and Return/Enter (close it)
+        # belong to the canvas, not to the window's shortcuts (Esc there leaves the editor)
+        if e.type() == QEvent.Type.ShortcutOverride and self._keeps_key(e.key()):
+            e.accept()
+            return True
+        return super().event(e)
+
+    def _keeps_key(self, key: int) -> bool:
+        if key == Qt.Key.Key_Escape:
+            return bool(self._lasso) or self._polygon
+        return key in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self._polygon
+
     def keyPressEvent(self, e) -> None:
-        if e.key() == Qt.Key.Key_Escape and self._lasso:
+        if e.key() == Qt.Key.Key_Escape and (self._lasso or self._polygon):
             self._lasso.clear()
             self._polygon = False
             self.update()
@@ -147,11 +173,61 @@ class MaskCanvas(ImageCanvas):
         super().leaveEvent(e)
 
     # -- painting -------------------------------------------------------------------------
+    def _draw_overlays(self, p: QPainter, pane: QRectF) -> None:
+        if not self._draw_full_overlay(p, pane):
+            return super()._draw_overlays(p, pane)
+        shown, self.show_mask = self.show_mask, False  # (drawn: the boxes only)
+        try:
+            super()._draw_overlays(p, pane)
+        finally:
+            self.show_mask = shown
+
+    def _draw_full_overlay(self, p: QPainter, pane: QRectF) -> bool:
+        """Zoomed in past the proxy's resolution, draw the overlay of the visible part of the
+        full-resolution mask (the stretched proxy showed a thin erased gap as still selected).
+        False: the proxy overlay is drawn as usual (zoomed out, a huge visible region, or the
+        proxy holding what ``full`` does not yet: a stroke or an edit in progress)."""
+        doc = self.doc
+        if (doc is None or not self.show_mask or self.mask_overlay is None or doc.scale >= 1.0
+                or not doc.settled()):
+            return False
+        k = self.source_scale()  # scene pixels per source pixel
+        if self.zoom * self.devicePixelRatioF() * k <= doc.scale:
+            return False
+        vis = self._visible_scene(pane)
+        if vis.isEmpty():
+            return False
+        H, W = doc.shape
+        want = (max(0, math.floor(vis.left() / k)), max(0, math.floor(vis.top() / k)),
+                min(W, math.ceil(vis.right() / k)), min(H, math.ceil(vis.bottom() / k)))
+        if want[2] <= want[0] or want[3] <= want[1]:
+            return False
+        area = (want[2] - want[0]) * (want[3] - want[1])
+        if area > FULL_OVERLAY_MAX_PIXELS:
+            return False
+        got = self._full_overlay
+        if got is None or not (got[0][0] <= want[0] and got[0][1] <= want[1]
+                               and got[0][2] >= want[2] and got[0][3] >= want[3]):
+            box = want  # with a margin while the budget allows: a small pan reuses it
+            mx, my = (want[2] - want[0]) // 4, (want[3] - want[1]) // 4
+            wide = (max(0, want[0] - mx), max(0, want[1] - my),
+                    min(W, want[2] + mx), min(H, want[3] + my))
+            if (wide[2] - wide[0]) * (wide[3] - wide[1]) <= FULL_OVERLAY_MAX_PIXELS:
+                box = wide
+            got = self._full_overlay = (box, doc.overlay_region(box))
+        (bx0, by0, _bx1, _by1), img = got
+        src = QRectF(want[0] - bx0, want[1] - by0, want[2] - want[0], want[3] - want[1])
+        dst = QRectF(self.to_widget(QPointF(want[0] * k, want[1] * k), pane),
+                     self.to_widget(QPointF(want[2] * k, want[3] * k), pane))
+        p.drawImage(dst, img, src)
+        return True
+
     def paint_tool(self, p: QPainter) -> None:
         p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         if self._lasso:
             k = self.source_scale()
-            poly = QPolygonF([self.to_widget(QPointF(q.x() * k, q.y() * k)) for q in self._lasso])
+            poly = QPolygonF([self.to_widget(QPointF((q.x() + 0.5) * k, (q.y() + 0.5) * k))
+                              for q in self._lasso])
             if self._polygon and self._cursor is not None:
                 poly.append(self._cursor)
             p.setPen(QPen(QColor(255, 255, 255, 230), 1.5, Qt.PenStyle.DashLine))

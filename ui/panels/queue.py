@@ -1,7 +1,7 @@
 """The job queue: per-job progress, reorder, cancel, retry; overall progress with ETA."""
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QItemSelectionModel, Qt, QTimer
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -95,6 +95,9 @@ class QueuePanel(QWidget):
 
     def refresh(self) -> None:
         sel = self._selected()
+        cur = self.list.currentItem()  # the job whose detail (e.g. why it failed) is shown
+        cur_id = cur.data(Qt.ItemDataRole.UserRole) if cur is not None else None
+        scroll = self.list.verticalScrollBar().value()
         self.list.clear()
         self._items.clear()
         infos = {j.id: j for j in self.client.jobs()}
@@ -112,7 +115,11 @@ class QueuePanel(QWidget):
             it.setToolTip(info.error or info.message)
             self.list.addItem(it)
             self._items[jid] = it
+        it = self._items.get(cur_id) if cur_id is not None else None
+        if it is not None:  # (NoUpdate: the selection is restored as it was, just below)
+            self.list.setCurrentItem(it, QItemSelectionModel.SelectionFlag.NoUpdate)
         self._reselect(sel)
+        self.list.verticalScrollBar().setValue(scroll)
         if self.client.is_idle():
             self.overall.setValue(0)
             self.overall.setFormat("Idle")
