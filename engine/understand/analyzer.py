@@ -107,9 +107,12 @@ class LogisticModel:
         if self.W.shape != (len(self.classes), len(self.features)):
             raise ValueError("analyzer model: weight shape does not match features/classes")
 
-    def proba(self, x: np.ndarray) -> np.ndarray:
+    def proba(self, x: np.ndarray, tempered: bool = True) -> np.ndarray:
+        """Class probabilities; ``tempered=False``: before the temperature (the analyzer
+        applies it last, after its physical checks, so that it sets the confidence only)."""
         z = ((np.atleast_2d(x) - self.mean) / self.scale) @ self.W.T + self.b
-        z = z / self.temperature
+        if tempered:
+            z = z / self.temperature
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
@@ -204,16 +207,31 @@ def analyze(image: np.ndarray, photo: Any | None = None,
     meas = M.measure(image, photo, extra=not all(n.startswith("cnn_") or n in _DERIVED
                                                  for n in model.features))
     x = feature_vector(meas, model.features)
-    p = model.proba(x)[0]
+    p = model.proba(x, tempered=False)[0]
     scores = smear_check({c: float(p[model.classes.index(c)]) for c in (d.value for d in CLASSES)},
                          meas)
     scores = full_resolution_check(scores, meas)
+    # the temperature last: it keeps the order of the scores, so it sets the confidence and
+    # never the label (applied before the checks, it could: they compare probabilities)
+    scores = temper(scores, model.temperature)
     label = Degradation(max(scores, key=scores.get))
     refl = scores["B"] >= CLASS_FLAG or label == Degradation.B
     meas["reflection_area"] = meas["features"].get("veil_area", 0.0) if refl else 0.0
     est = estimates_from(meas)
     flags = flags_from(meas, scores)
     return Diagnosis(label, scores, flags, est, _rationale(label, scores, est, flags), "builtin")
+
+
+def temper(scores: dict[str, float], temperature: float) -> dict[str, float]:
+    """Scores raised to 1/``temperature`` and renormalised (= a softmax temperature on their
+    logarithms): the order, so the label, is kept."""
+    if temperature == 1.0 or not scores:
+        return dict(scores)
+    logs = {k: np.log(max(v, 1e-300)) / temperature for k, v in scores.items()}
+    top = max(logs.values())
+    e = {k: float(np.exp(v - top)) for k, v in logs.items()}
+    total = sum(e.values())
+    return {k: v / total for k, v in e.items()}
 
 
 def smear_check(scores: dict[str, float], meas: Mapping[str, Any]) -> dict[str, float]:

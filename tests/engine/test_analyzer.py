@@ -356,3 +356,25 @@ def test_thin_strips_and_single_pixels_get_a_diagnosis(shape):
     img = np.random.default_rng(0).random((*shape, 3)).astype(np.float32)
     d = analyze(img)
     assert d.label.value in "ABCD" and abs(sum(d.scores.values()) - 1) < 1e-6
+
+
+def test_the_temperature_sets_the_confidence_never_the_label(shared_images):
+    """The temperature (the one figure fitted on the labelled photos) is applied after the
+    physical checks, so it cannot change a label. Before, it came first and the checks compared
+    tempered scores: NAFNet's blurry.jpg read C at T <= 1 and A at the shipped 1.25."""
+    from engine.imageio import load_photo
+    from engine.understand.analyzer import LogisticModel, temper
+
+    photo = load_photo(shared_images / "motion_blur" / "NAFNet__demo__blurry.jpg")
+    base = load_model()
+    params = {"features": base.features, "classes": base.classes, "mean": base.mean,
+              "scale": base.scale, "W": base.W, "b": base.b}
+    runs = {t: analyze(photo.pixels, photo, model=LogisticModel({**params, "temperature": t}))
+            for t in (0.5, 1.0, 1.25, 3.0)}
+    assert len({d.label for d in runs.values()}) == 1, {t: d.label for t, d in runs.items()}
+    assert runs[3.0].confidence < runs[1.0].confidence < runs[0.5].confidence
+    s = {"A": 0.5, "B": 0.3, "C": 0.15, "D": 0.05}
+    for t in (0.3, 1.0, 2.0, 7.0):
+        out = temper(s, t)
+        assert sorted(out, key=out.get) == sorted(s, key=s.get)
+        assert abs(sum(out.values()) - 1.0) < 1e-9
