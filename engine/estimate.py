@@ -18,12 +18,15 @@ Pure Python: no torch import, cheap enough for the UI thread to call on every pl
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,8 +153,36 @@ def work_units(step_name: str, pixels: int) -> float:
     return 1.0 if step_name in PER_PHOTO_STEPS else pixels / 1e6
 
 
+# steps whose cost also follows a parameter: the history and the reference figures are per unit
+# of that parameter (InvSR: per sampling step), the estimate multiplies by it
+PER_PARAM_STEPS: dict[str, tuple[str, int]] = {"sr_invsr": ("steps", 1)}
+# history keys of the steps above carry this mark: entries written before the rate was per unit
+# (the whole step's seconds) are not read as per-unit rates
+_PER_UNIT_MARK = "/unit"
+
+
+def step_multiplier(name: str, params: Mapping[str, Any]) -> int:
+    """How many units of its cost parameter a step runs (1 for most steps): InvSR's sampling
+    steps. ``params`` as the step runs them (its defaults merged in)."""
+    spec = PER_PARAM_STEPS.get(name)
+    if spec is None:
+        return 1
+    key, default = spec
+    try:
+        return max(1, int(params.get(key, default)))
+    except (TypeError, ValueError):
+        return max(1, default)
+
+
+def step_work_units(name: str, params: Mapping[str, Any], pixels: int) -> float:
+    """What one run of a step costs in the history's units: ``work_units`` times
+    ``step_multiplier`` (an InvSR run of 3 sampling steps is 3 units per megapixel)."""
+    return work_units(name, pixels) * step_multiplier(name, params)
+
+
 def _key(name: str, model: str | None, device_kind: str, threads: int) -> str:
-    return f"{name}|{model or ''}|{device_kind}|{threads}"
+    mark = _PER_UNIT_MARK if name in PER_PARAM_STEPS else ""
+    return f"{name}{mark}|{model or ''}|{device_kind}|{threads}"
 
 
 class CostHistory:
@@ -184,9 +215,11 @@ class CostHistory:
         except OSError:
             return None
 
-    def _load(self) -> dict[str, dict[str, float]]:
+    def _load(self, fresh: bool = False) -> dict[str, dict[str, float]]:
+        """The figures, read again when the file changed (or always with ``fresh``: under the
+        file lock, where a same-timestamp write by another process must not be missed)."""
         mtime = self._file_mtime()
-        if self._data is None or (mtime is not None and mtime != self._mtime):
+        if fresh or self._data is None or (mtime is not None and mtime != self._mtime):
             # first use, or another process/thread (the engine) has written newer figures
             self._mtime = mtime
             data: dict[str, dict[str, float]] = {}
@@ -212,8 +245,10 @@ class CostHistory:
         if megapixels <= 0 or not math.isfinite(seconds) or seconds < 0:
             return
         rate = seconds / megapixels
-        with self._lock:
-            data = self._load()
+        # the file lock: another Mend (a second window, `mend restore`) records into the same
+        # file; read-modify-write under it, reading the file afresh, so neither loses entries
+        with self._lock, _file_lock(self.path):
+            data = self._load(fresh=True)
             k = _key(name, model, device_kind, threads)
             old = data.get(k)
             if old is None:
@@ -226,6 +261,8 @@ class CostHistory:
     def _save(self, data: dict[str, dict[str, float]]) -> None:
         if self.path is None:
             return
+        from .errors import EngineError
+
         try:
             from .imageio import atomic_write_bytes
 
@@ -233,8 +270,84 @@ class CostHistory:
             blob = json.dumps({"version": 1, "steps": data}, indent=1).encode("utf-8")
             atomic_write_bytes(self.path, blob, overwrite=True)
             self._mtime = self._file_mtime()
-        except OSError as e:
+        except (OSError, EngineError) as e:  # atomic_write_bytes raises SaveFailed
+            # (a full disk or a read-only cache costs the estimate its history, never a job)
             log.warning("could not save the step-cost history %s: %s", self.path, e)
+
+
+LOCK_WAIT = 5.0  # seconds a history write waits for another process's lock, then writes anyway
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None, wait: float | None = None) -> Iterator[None]:
+    """An OS lock on ``<path>.lock`` (flock / msvcrt, as the model store locks ``.part``
+    files) for one read-modify-write of ``path``. A lock that cannot be had (a read-only
+    folder, a file system without locks, a holder that keeps it past ``LOCK_WAIT``) only costs
+    the exclusion: the write goes ahead, as it did before there was a lock. The lock file is
+    left in place (removing it would race with a process about to lock it)."""
+    if path is None:
+        yield
+        return
+    wait = LOCK_WAIT if wait is None else wait
+    fh = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115 - held below
+    except OSError as e:
+        log.debug("no lock for %s: %s", path, e)
+    locked = False
+    if fh is not None:
+        deadline = time.monotonic() + wait
+        while True:
+            state = _try_file_lock(fh)
+            if state is not None:
+                locked = state
+                break
+            if time.monotonic() >= deadline:
+                log.warning("%s stayed locked for %.0f s; writing without the lock", path, wait)
+                break
+            time.sleep(0.02)
+    try:
+        yield
+    finally:
+        if fh is not None:
+            if locked:
+                with contextlib.suppress(OSError):
+                    _unlock_file(fh)
+            fh.close()
+
+
+def _try_file_lock(fh: Any) -> bool | None:
+    """True: locked; None: another holder has it (try again); False: locks do not work here."""
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            fh.seek(0)
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if isinstance(e, BlockingIOError) or e.errno in (errno.EAGAIN, errno.EACCES,
+                                                          errno.EDEADLK):
+            return None
+        log.debug("file locks unavailable for %s: %s", getattr(fh, "name", fh), e)
+        return False
+    return True
+
+
+def _unlock_file(fh: Any) -> None:
+    if os.name == "nt":
+        import msvcrt
+
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, threads: int,
@@ -267,27 +380,24 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
                                                  REFERENCE_CPU_S_PER_MP.get((step.name, None)))
             if ref is not None:
                 rate, basis = ref / threads, "reference"
+        from .errors import UsageError
+        from .restore.registry import get_step
+
+        try:
+            spec = get_step(step.name)
+            spec_models, defaults = spec.models, dict(spec.defaults)
+        except UsageError:  # an unknown step fails when the plan runs, not here
+            spec_models, defaults = (), {}
         if rate is None:
             seconds, basis = None, "unknown"
         else:
-            seconds = rate * mp
-            if step.name == "sr_invsr":
-                try:
-                    seconds *= max(1, int(step.params.get("steps", 1)))
-                except (TypeError, ValueError):
-                    pass
+            # (history and reference figures are per unit: per InvSR sampling step)
+            seconds = rate * mp * step_multiplier(step.name, {**defaults, **step.params})
         steps.append(StepEstimate(step.name, model, seconds, basis))
         total = None if (total is None or seconds is None) else total + seconds
         scale = step_scale(step)
         out_pixels = pixels * scale * scale
         buffers = (pixels + _BUFFERS * out_pixels) * _BYTES_PER_PIXEL
-        from .errors import UsageError
-        from .restore.registry import get_step
-
-        try:
-            spec_models = get_step(step.name).models
-        except UsageError:  # an unknown step fails when the plan runs, not here
-            spec_models = ()
         ids = [model] if model else list(spec_models)
         weights = max((int(model_memory.get(m, 0)) for m in ids), default=0)
         peak = max(peak, buffers + weights)

@@ -19,7 +19,7 @@ from .estimate import (
     estimate_plan,
     manifest_model_memory,
     step_model,
-    work_units,
+    step_work_units,
 )
 from .imageio import Photo, load_photo
 from .progress import Progress
@@ -115,12 +115,23 @@ class Engine:
         ]
 
     # -- diagnosis ------------------------------------------------------------------------
-    def diagnose(self, src: Photo | str | Path, backend: str = "auto", **options: Any) -> Diagnosis:
-        """``options`` go to the backend, e.g. ``mode="structured"`` for the VLM."""
+    def diagnose(self, src: Photo | str | Path, backend: str = "auto", *,
+                 progress: Progress | None = None, **options: Any) -> Diagnosis:
+        """``options`` go to the backend, e.g. ``mode="structured"`` for the VLM.
+
+        ``progress``: reported (and its cancel token checked) between the stages - after the
+        photo is loaded and after the classifier; the classifier itself is not interrupted."""
+        if progress is not None:
+            progress.update(0.0, "loading")
         photo = src if isinstance(src, Photo) else load_photo(src)
+        if progress is not None:
+            progress.update(0.2, "analysing")
         from .understand import diagnose
 
-        return diagnose(photo.pixels, photo, backend=backend, runtime=self.runtime, **options)
+        result = diagnose(photo.pixels, photo, backend=backend, runtime=self.runtime, **options)
+        if progress is not None:
+            progress.update(1.0, "analysed")
+        return result
 
     def plan(self, diagnosis: Diagnosis, label: Degradation | None = None,
              profile: str = "auto") -> Plan:
@@ -234,7 +245,8 @@ class Engine:
         warnings += notes
         label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
-        self._check_memory(self.estimate(plan, (photo.height, photo.width)), photo, warnings)
+        estimate = self.estimate(plan, (photo.height, photo.width))
+        self._check_memory(estimate, photo, warnings)
 
         mask = None
         if request.mask_path is not None:
@@ -246,7 +258,7 @@ class Engine:
         # steps' neighbourhoods would pull it into the visible edge as a dark or bright halo
         source = fill_transparent(photo.pixels, photo.alpha)
         image, records, ctx = self._run_steps(photo, source, plan, diagnosis, mask, progress,
-                                              warnings)
+                                              warnings, estimate)
         models = tuple(dict.fromkeys(r.model for r in records if not r.model.startswith("builtin")))
 
         passthrough = all(s.name == "passthrough" for s in plan.steps if s.enabled)
@@ -290,18 +302,27 @@ class Engine:
         )
 
     def _run_steps(self, photo: Photo, source: np.ndarray, plan: Plan, diagnosis: Diagnosis,
-                   mask: np.ndarray | None, progress: Progress, warnings: list[str]):
+                   mask: np.ndarray | None, progress: Progress, warnings: list[str],
+                   estimate: Estimate | None = None):
         image = source
         ctx = StepContext(device=self.device, progress=progress, runtime=self.runtime,
                           diagnosis=diagnosis, mask=mask, tile_size=self.tile_size,
                           warnings=[], artifacts={"source": source, "alpha": photo.alpha})
         steps = [s for s in plan.steps if s.enabled]
         records: list[StepRecord] = []
-        span = _STEPS / max(1, len(steps))
+        # each step's slice of the bar follows its estimated seconds (a 0.1 s sharpen and an
+        # 8 s denoise do not get half each), so that the bar, and the ETA extrapolated from it,
+        # move with time; the ETA is measured from here (loading and diagnosing have their own
+        # fixed slices, which say nothing of the steps' speed)
+        shares = step_shares(estimate, len(steps))
+        progress.restart_eta()
+        offset = _LOAD + _DIAG
         for i, step in enumerate(steps):
             spec = get_step(step.name)
             params = {**spec.defaults, **step.params}
-            ctx.progress = progress.sub(_LOAD + _DIAG + i * span, span)
+            span = _STEPS * shares[i]
+            ctx.progress = progress.sub(offset, span)
+            offset += span
             ctx.progress.update(0.0, f"step {i + 1}/{len(steps)}: {step.name}")
             t0 = time.perf_counter()
             out = spec.fn(image, params, ctx)
@@ -312,9 +333,11 @@ class Engine:
             if step.name != "passthrough" and not out.notes.startswith("skipped"):
                 # (a step that skipped its work took no time: it would teach the estimate that
                 # the step is nearly free)
+                # (per unit of the step's cost parameter: per InvSR sampling step)
                 self.history.record(step.name, step_model(step), self.device.kind,
                                     self.device.threads,
-                                    work_units(step.name, image.shape[0] * image.shape[1]),
+                                    step_work_units(step.name, params,
+                                                    image.shape[0] * image.shape[1]),
                                     seconds)
             image = np.clip(result, 0.0, 1.0)
             records.append(StepRecord(step.name, out.model, seconds, out.notes))
@@ -345,6 +368,25 @@ class Engine:
                                interpolation=cv2.INTER_LINEAR)
         return save_photo(image, dest, like=photo, options=options, alpha=alpha, record=record,
                           notes=notes)
+
+
+def step_shares(estimate: Estimate | None, count: int) -> list[float]:
+    """Each enabled step's share (summing to 1) of the steps' progress: proportional to its
+    estimated seconds; a step without a figure counts as the average of those with one, and
+    equal shares when no step has one. Every step keeps at least 1% of the total."""
+    if count <= 0:
+        return []
+    secs = [s.seconds for s in estimate.steps] if estimate is not None else []
+    known = [x for x in secs if x is not None and x > 0]
+    if len(secs) != count or not known:
+        return [1.0 / count] * count
+    mean = sum(known) / len(known)
+    raw = [mean if x is None else max(0.0, x) for x in secs]
+    total = sum(raw)
+    floor = 0.01 * total
+    raw = [max(x, floor) for x in raw]
+    total = sum(raw)
+    return [x / total for x in raw]
 
 
 def fill_transparent(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:

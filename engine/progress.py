@@ -56,6 +56,7 @@ class Progress:
             self.last_fraction = 0.0
             self.last_message = ""
             self.started = time.monotonic()
+            self._eta_origin = 0.0  # the fraction at ``started`` (see restart_eta)
             self._lock = threading.Lock()
 
     @property
@@ -100,10 +101,21 @@ class Progress:
         if self._callback is not None:
             self._callback(f, msg)
 
+    def restart_eta(self) -> None:
+        """Measure the ETA's speed from now on: the work before (loading, a diagnosis) had a
+        fixed slice of the bar that says nothing of how fast the rest goes."""
+        root = self._root
+        with root._lock:
+            root.started = time.monotonic()
+            root._eta_origin = root.last_fraction
+
     def eta_seconds(self) -> float | None:
+        """Seconds left, extrapolating the speed of the bar since it started (or since
+        ``restart_eta``); None until it has moved 1% of the way."""
         root = self._root
         done = root.last_fraction
-        if done <= 0.01:
+        moved = done - root._eta_origin
+        if moved <= 0.01:
             return None
         elapsed = time.monotonic() - root.started
-        return elapsed * (1.0 - done) / done
+        return elapsed * (1.0 - done) / moved

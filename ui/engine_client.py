@@ -23,7 +23,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, QTimer, Signal, Slot
 
 from engine.api import Degradation, Diagnosis, JobProgress, JobRequest, OutputOptions, Plan
-from engine.errors import Cancelled
+from engine.errors import Cancelled, EngineError
 from engine.progress import CancelToken, Progress
 
 from .messages import describe_error
@@ -81,6 +81,7 @@ class _Job:
     payload: Any
     token: CancelToken = field(default_factory=CancelToken)
     started: float = 0.0
+    retried: bool = False  # a retry was queued already: a second click adds nothing
 
 
 @dataclass(frozen=True)
@@ -210,9 +211,23 @@ def _tiny_job(engine: Any) -> None:
                               backend="builtin"), None)
 
 
+def _takes_progress(fn: Any) -> bool:
+    """Whether ``fn`` accepts a ``progress`` keyword (``Engine.diagnose`` does; stand-ins in
+    tests and older engines may not)."""
+    import inspect
+
+    try:
+        return "progress" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _do_diagnose(engine: Any, payload: dict, progress: Progress) -> DiagnoseOutcome:
     progress.update(0.05, "analysing")
-    diagnosis = engine.diagnose(payload["path"], backend=payload.get("backend", "auto"))
+    # the engine checks the job's cancel token between its stages (after loading the photo,
+    # after the classifier); the classifier itself runs to its end
+    extra = {"progress": progress.sub(0.05, 0.75)} if _takes_progress(engine.diagnose) else {}
+    diagnosis = engine.diagnose(payload["path"], backend=payload.get("backend", "auto"), **extra)
     progress.update(0.8, "planning")
     plan, err = None, ""
     try:
@@ -286,8 +301,34 @@ class _Task(QRunnable):
 
 class _ModelSignals(QObject):
     progress = Signal(str, float, str)
-    done = Signal(str, object)
-    failed = Signal(str, str)
+    done = Signal(str, object, bool)  # model id, result, was a download
+    failed = Signal(str, str, bool)
+
+
+def _emit(signal_owner: QObject, name: str, *args: Any) -> bool:
+    """Emit ``signal_owner.<name>(*args)`` from a pool thread; False once the owner's C++
+    object is gone (a task that outlived the client's shutdown: nobody is listening)."""
+    try:
+        getattr(signal_owner, name).emit(*args)
+    except RuntimeError:  # Internal C++ object already deleted
+        return False
+    return True
+
+
+# engine threads that did not stop within shutdown()'s timeout: kept referenced until they end,
+# so that the client's destruction does not destroy a running QThread (which aborts the app)
+_STRAGGLERS: list[tuple[QThread, QObject]] = []
+
+
+def _prune_stragglers() -> None:
+    keep = []
+    for thread, worker in _STRAGGLERS:
+        try:
+            if thread.isRunning():
+                keep.append((thread, worker))
+        except RuntimeError:  # already deleted
+            continue
+    _STRAGGLERS[:] = keep
 
 
 class EngineClient(QObject):
@@ -317,7 +358,9 @@ class EngineClient(QObject):
         self._running: int | None = None
         self._batch_total = 0
         self._batch_done = 0
-        self._durations: list[float] = []
+        self._durations: dict[JobKind, list[float]] = {}  # seconds of finished jobs, per kind
+        # plan and size of each photo diagnosed here: what a queued run of it will cost
+        self._planned: dict[Path, tuple[Plan, tuple[int, int]]] = {}
         self._thread = QThread()
         self._thread.setObjectName("mend-engine")
         self._worker = _Worker(self._factory)
@@ -339,10 +382,17 @@ class EngineClient(QObject):
         self.model_pool = QThreadPool(self)
         self.model_pool.setMaxThreadCount(1)
         self._model_signals = _ModelSignals()
-        self._model_signals.progress.connect(self.model_progress)
-        self._model_signals.done.connect(self.model_finished)
-        self._model_signals.failed.connect(self.model_failed)
-        self._model_tokens: dict[str, CancelToken] = {}
+        self._model_signals.progress.connect(self._on_model_progress)
+        self._model_signals.done.connect(self._on_model_done)
+        self._model_signals.failed.connect(self._on_model_failed)
+        # every running / queued model task's token per id (a download and a verify of one
+        # model, or a double click, are two tasks): Stop cancels them all; each task drops its
+        # own when it ends (in the pool thread, hence the lock)
+        self._model_tokens: dict[str, list[CancelToken]] = {}
+        self._model_tokens_lock = threading.Lock()
+        # downloads running or queued: model id -> [tasks, last fraction, last message]; a
+        # model dialog opened meanwhile shows them
+        self._downloads: dict[str, list[Any]] = {}
         self._closed = False
         self._journal_seq = 0
         self._journal_written = [0]  # newest snapshot on disk (shared with the pool's writers)
@@ -448,9 +498,11 @@ class EngineClient(QObject):
 
     def retry(self, job_id: int) -> int | None:
         job = self._jobs.get(job_id)
-        if job is None or not job.info.state.finished or job.info.state is JobState.DONE:
+        if job is None or not job.info.state.finished or job.info.state is JobState.DONE \
+                or job.retried:
             return None
         new_id = self._add(job.info.kind, job.info.path, job.payload, job.info.title)
+        job.retried = True
         self.resubmitted.emit(job_id, new_id)
         return new_id
 
@@ -511,7 +563,15 @@ class EngineClient(QObject):
     def _on_done(self, job_id: int, result: Any) -> None:
         job = self._jobs.get(job_id)
         if job is not None:
-            self._durations.append(time.monotonic() - job.started)
+            runs = self._durations.setdefault(job.info.kind, [])
+            runs.append(time.monotonic() - job.started)
+            del runs[:-10]
+            if isinstance(result, DiagnoseOutcome) and result.plan is not None \
+                    and result.size is not None and job.info.path is not None:
+                self._planned.pop(job.info.path, None)
+                self._planned[job.info.path] = (result.plan, result.size)
+                while len(self._planned) > 5000:  # (oldest first)
+                    self._planned.pop(next(iter(self._planned)))
         self._running = None
         self._finish(job_id, JobState.DONE, "done", fraction=1.0)
         self.finished.emit(job_id, result)
@@ -555,10 +615,34 @@ class EngineClient(QObject):
             eta = info.eta_seconds
         frac = min(1.0, (self._batch_done + cur) / total)
         if self._order:
-            avg = (sum(self._durations[-10:]) / len(self._durations[-10:])
-                   if self._durations else None)
-            eta = None if avg is None else (eta or 0.0) + avg * len(self._order)
+            queued = 0.0
+            for jid in self._order:
+                cost = self._expected_seconds(self._jobs[jid])
+                if cost is None:
+                    queued = None
+                    break
+                queued += cost
+            eta = None if queued is None else (eta or 0.0) + queued
         self.overall_progress.emit(frac, eta)
+
+    def _expected_seconds(self, job: _Job) -> float | None:
+        """What a queued job will take: a run of a photo whose plan and size are known, its
+        plan's estimate (engine.estimate: history here, else reference figures); else the
+        average of the last jobs of the same kind (a diagnosis costs nothing like a run)."""
+        if job.info.kind is JobKind.RUN and self.device is not None:
+            req = job.payload
+            planned = self._planned.get(Path(req.path))
+            plan = req.plan or (planned[0] if planned else None)
+            if plan is not None and planned is not None:
+                try:
+                    est = self.estimate(plan, planned[1])
+                except Exception as e:  # noqa: BLE001 - an estimate is never worth a failure
+                    log.debug("no estimate for %s: %s", req.path, e)
+                    est = None
+                if est is not None and est.seconds is not None:
+                    return float(est.seconds)
+        runs = self._durations.get(job.info.kind)
+        return sum(runs) / len(runs) if runs else None
 
     def _changed(self) -> None:
         self.queue_changed.emit()
@@ -601,8 +685,9 @@ class EngineClient(QObject):
                         journal.unlink(missing_ok=True)
                     else:
                         atomic_write_bytes(journal, data)
-                except OSError as e:
-                    log.warning("could not write the queue journal %s: %s", journal, e)
+                except (OSError, EngineError) as e:  # atomic_write_bytes raises SaveFailed
+                    # (the text only: the exception's traceback reaches the client's frames)
+                    log.warning("could not write the queue journal %s: %s", journal, str(e))
 
         if wait:
             write()
@@ -616,26 +701,71 @@ class EngineClient(QObject):
 
     # -- model store (downloads never run on the engine thread or the GUI thread) -----------
     def model_task(self, model_id: str, fn: Callable[[Callable[[float, str], None], CancelToken],
-                                                     Any]) -> None:
-        """Run ``fn(report, token)`` in the model pool; ``report(fraction, message)``."""
+                                                     Any], *, download: bool = False) -> None:
+        """Run ``fn(report, token)`` in the model pool; ``report(fraction, message)``.
+        ``download``: the task downloads ``model_id`` (listed by ``model_downloads`` until it
+        ends, with its last progress)."""
         token = CancelToken()
-        self._model_tokens[model_id] = token
-        sig = self._model_signals
+        tokens, lock = self._model_tokens, self._model_tokens_lock
+        with lock:
+            tokens.setdefault(model_id, []).append(token)
+        if download:
+            entry = self._downloads.setdefault(model_id, [0, 0.0, ""])
+            entry[0] += 1
+        sig = self._model_signals  # (not self: a queued task never holds the client)
+
+        def report(fraction: float, message: str = "") -> None:
+            _emit(sig, "progress", model_id, float(fraction), message)
 
         def work() -> None:
             try:
-                result = fn(lambda f, m="": sig.progress.emit(model_id, float(f), m), token)
+                try:
+                    result = fn(report, token)
+                finally:
+                    with lock:
+                        mine = tokens.get(model_id, [])
+                        if token in mine:
+                            mine.remove(token)
+                        if not mine:
+                            tokens.pop(model_id, None)
             except Exception as e:  # noqa: BLE001
-                sig.failed.emit(model_id, describe_error(e))
+                _emit(sig, "failed", model_id, describe_error(e), download)
                 return
-            sig.done.emit(model_id, result)
+            _emit(sig, "done", model_id, result, download)
 
         self.model_pool.start(_Task(work))
 
     def cancel_model_task(self, model_id: str) -> None:
-        tok = self._model_tokens.get(model_id)
-        if tok is not None:
+        """Stop every task of ``model_id`` (a download, a verify...)."""
+        with self._model_tokens_lock:
+            toks = list(self._model_tokens.get(model_id, ()))
+        for tok in toks:
             tok.cancel()
+
+    def model_downloads(self) -> dict[str, tuple[float, str]]:
+        """Downloads running or queued now: model id -> (last fraction, last message)."""
+        return {mid: (e[1], e[2]) for mid, e in self._downloads.items()}
+
+    def _on_model_progress(self, model_id: str, fraction: float, message: str) -> None:
+        entry = self._downloads.get(model_id)
+        if entry is not None:
+            entry[1], entry[2] = fraction, message
+        self.model_progress.emit(model_id, fraction, message)
+
+    def _model_ended(self, model_id: str, download: bool) -> None:
+        entry = self._downloads.get(model_id) if download else None
+        if entry is not None:
+            entry[0] -= 1
+            if entry[0] <= 0:
+                del self._downloads[model_id]
+
+    def _on_model_done(self, model_id: str, result: Any, download: bool) -> None:
+        self._model_ended(model_id, download)
+        self.model_finished.emit(model_id, result)
+
+    def _on_model_failed(self, model_id: str, message: str, download: bool) -> None:
+        self._model_ended(model_id, download)
+        self.model_failed.emit(model_id, message)
 
     def run_in_pool(self, fn: Callable[[], None]) -> None:
         """Decode / save work off the GUI thread (the thumbnail pool)."""
@@ -653,14 +783,20 @@ class EngineClient(QObject):
         self._journal = journal
         self._closed = True
         self._journal_timer.stop()
-        for tok in self._model_tokens.values():
+        with self._model_tokens_lock:
+            toks = [t for ts in self._model_tokens.values() for t in ts]
+        for tok in toks:
             tok.cancel()
         # queued pool work is NOT dropped: it is the windows' sidecar / mask saves, exports and
         # journal writes (short), and dropping one loses what the photographer did
         self.model_pool.clear()
         self._thread.quit()
+        _prune_stragglers()
         if not self._thread.wait(timeout_ms):
             log.error("the engine thread did not stop within %d ms", timeout_ms)
+            # destroying a running QThread aborts the process: keep it (and its worker) until
+            # it ends; the engine drops the job at its next cancel check
+            _STRAGGLERS.append((self._thread, self._worker))
         self.pool.waitForDone(timeout_ms)
         self.model_pool.waitForDone(timeout_ms)
 

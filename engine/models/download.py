@@ -118,6 +118,86 @@ def _too_big(have: int, expected_size: int | None, url: str) -> DownloadError:
                          f"pins for this file (at least {have}); stopped: {url}")
 
 
+POLL = 1.0  # seconds: a stalled read wakes this often to look for a cancel (or offline mode)
+
+
+def _offline_error() -> OfflineError:
+    return OfflineError(
+        "offline mode is on (MEND_OFFLINE=1): cannot download models; "
+        "import them from a folder or an offline pack instead")
+
+
+def _sleep(seconds: float, check: Callable[[], None]) -> None:
+    """``time.sleep`` that calls ``check`` (cancel, offline mode) every 0.1 s."""
+    end = time.monotonic() + seconds
+    while True:
+        check()
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(0.1, left))
+
+
+class _Stalled(TimeoutError):
+    """No byte arrived for the whole ``timeout`` (a retryable network failure)."""
+
+
+class _BodyReader:
+    """Reads a response body in chunks of up to ``CHUNK`` bytes, waking every ``poll`` seconds
+    while no data comes so that ``check`` (cancel, offline mode) runs; gives up with
+    :class:`_Stalled` after ``timeout`` seconds in a row without a byte.
+
+    The socket's timeout is lowered to ``poll`` once the headers are in (the request itself
+    keeps the full timeout). A read that times out on a socket file marks it unusable; that
+    mark is cleared, and only single reads (``read1``) are used, so that a timeout never drops
+    bytes already received. When the socket cannot be reached (another HTTP stack) the body is
+    read as before: blocking up to ``timeout``.
+    """
+
+    def __init__(self, resp, check: Callable[[], None], timeout: float, poll: float) -> None:
+        self.resp, self.check, self.timeout = resp, check, timeout
+        self.poll = max(0.05, min(poll, timeout))
+        raw = getattr(getattr(resp, "fp", None), "raw", None)
+        sock = getattr(raw, "_sock", None)
+        self._raw = raw
+        # (a chunked body is read as before: a timeout inside its size lines could lose bytes)
+        self.polling = (sock is not None and hasattr(raw, "_timeout_occurred")
+                        and hasattr(resp, "read1") and not getattr(resp, "chunked", False)
+                        and self.poll < timeout)
+        if self.polling:
+            try:
+                sock.settimeout(self.poll)
+            except OSError:
+                self.polling = False
+
+    def read(self) -> bytes:
+        """The next piece of the body (b"" at its end)."""
+        if not self.polling:
+            return self.resp.read(CHUNK)
+        buf = bytearray()
+        idle = 0.0
+        started = time.monotonic()
+        while len(buf) < CHUNK:
+            try:
+                piece = self.resp.read1(CHUNK - len(buf))
+            except TimeoutError:  # (socket.timeout)
+                self._raw._timeout_occurred = False  # the stream is fine: nothing was lost
+                if buf:
+                    break  # hand over what came; the next read goes on waiting
+                idle += self.poll
+                self.check()
+                if idle >= self.timeout:
+                    raise _Stalled(f"no data for {self.timeout:.0f} s") from None
+                continue
+            if not piece:
+                break
+            buf += piece
+            idle = 0.0
+            if time.monotonic() - started > 0.25:  # keep progress and cancel checks flowing
+                break
+        return bytes(buf)
+
+
 def _hash_existing(part: Path) -> tuple[hashlib._Hash, int]:  # type: ignore[name-defined]
     h = hashlib.sha256()
     n = 0
@@ -140,6 +220,7 @@ def fetch(
     retries: int = 4,
     backoff: float = 1.0,
     timeout: float = 30.0,
+    poll: float = POLL,
 ) -> str:
     """Download ``url`` into ``part`` (appending to what is already there) and return its sha256.
 
@@ -152,11 +233,19 @@ def fetch(
     With ``expected_size``, a body that would make the file bigger stops at once (the ``.part``
     is deleted: it is not the file). A full disk (ENOSPC, EFBIG) stops at once too, keeping the
     ``.part`` for a resume once space is freed.
+
+    ``check_cancel`` runs between chunks, every ``poll`` seconds while a connection stalls and
+    through the back-off between attempts; offline mode switched on meanwhile stops the
+    download the same way (:class:`OfflineError`), before any new connection.
     """
+    def check() -> None:
+        if check_cancel:
+            check_cancel()
+        if offline_mode():
+            raise _offline_error()
+
     if offline_mode():
-        raise OfflineError(
-            "offline mode is on (MEND_OFFLINE=1): cannot download models; "
-            "import them from a folder or an offline pack instead")
+        raise _offline_error()
     allowed = frozenset(h.lower() for h in allowed_hosts)
     check_url(url, allowed, allow_http_hosts)
     opener = _opener(allowed, allow_http_hosts)
@@ -169,8 +258,7 @@ def fetch(
     furthest = have  # retries reset only when the download gets past this point
     restarted = False  # the host ignored a Range request at least once
     while True:
-        if check_cancel:
-            check_cancel()
+        check()
         if expected_size is not None and have == expected_size:
             return hasher.hexdigest()
         if expected_size is not None and have > expected_size:
@@ -193,11 +281,11 @@ def fetch(
                 if expected_size is not None and total is not None and total > expected_size:
                     part.unlink(missing_ok=True)
                     raise _too_big(total, expected_size, url)
+                body = _BodyReader(resp, check, timeout, poll)
                 with open(part, mode) as out:
                     while True:
-                        if check_cancel:
-                            check_cancel()
-                        chunk = resp.read(CHUNK)
+                        check()
+                        chunk = body.read()
                         if not chunk:
                             break
                         if expected_size is not None and have + len(chunk) > expected_size:
@@ -224,7 +312,7 @@ def fetch(
                 continue
             if e.code in (408, 425, 429, 500, 502, 503, 504) and attempt < retries:
                 attempt += 1
-                time.sleep(backoff * (2 ** (attempt - 1)))
+                _sleep(backoff * (2 ** (attempt - 1)), check)
                 continue
             raise DownloadError(f"download failed ({e.code} {e.reason}): {url}") from e
         except DownloadError:
@@ -244,4 +332,4 @@ def fetch(
             on_disk = part.stat().st_size if part.exists() else 0
             if on_disk != have:
                 hasher, have = _hash_existing(part) if on_disk else (hashlib.sha256(), 0)
-            time.sleep(backoff * (2 ** (attempt - 1)))
+            _sleep(backoff * (2 ** (attempt - 1)), check)

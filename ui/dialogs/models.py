@@ -69,7 +69,10 @@ class ModelManagerDialog(QDialog):
 
             store = ModelStore()
         self.store = store
-        self._downloading: dict[str, float] = {}
+        # downloads running now, this dialog's or an earlier one's (the client keeps them
+        # while a closed dialog is gone): model id -> last fraction
+        running = client.model_downloads()
+        self._downloading: dict[str, float] = {m: f for m, (f, _msg) in running.items()}
         lay = QVBoxLayout(self)
         self.recommend = QLabel("Checking this computer…" if first_run else "")
         self.recommend.setWordWrap(True)
@@ -122,6 +125,9 @@ class ModelManagerDialog(QDialog):
         self._recommended: list[str] = []
         self.profile_btn.setEnabled(False)
         self.refresh()
+        if running:  # reopened during a download: show where it is
+            mid, (fraction, message) = next(reversed(running.items()))
+            self._show_progress(mid, fraction, message or "downloading")
         self._start_recommendation()
 
     # -- table ----------------------------------------------------------------------------
@@ -164,6 +170,8 @@ class ModelManagerDialog(QDialog):
 
     # -- actions (all in the client's model pool) -----------------------------------------
     def pull(self, model_id: str) -> None:
+        if model_id in self._downloading or model_id in self.client.model_downloads():
+            return  # already downloading (a double click): one download, one Stop
         store = self.store
         self._downloading[model_id] = 0.0
 
@@ -175,7 +183,7 @@ class ModelManagerDialog(QDialog):
 
             return ("pull", store.pull(model_id, on_progress, token))
 
-        self.client.model_task(model_id, work)
+        self.client.model_task(model_id, work, download=True)
         self.refresh()
 
     def verify(self, model_id: str) -> None:
@@ -225,16 +233,20 @@ class ModelManagerDialog(QDialog):
     def _on_progress(self, model_id: str, fraction: float, message: str) -> None:
         if model_id in self._downloading:
             self._downloading[model_id] = fraction
-            self.progress.setVisible(True)
-            self.progress.setValue(int(fraction * 1000))
-            self.progress.setFormat(f"{model_id}: {message}")
-            r = self.row_of(model_id)
-            if r >= 0:
-                self.table.item(r, 4).setText(f"downloading {fraction:.0%}")
+            self._show_progress(model_id, fraction, message)
+
+    def _show_progress(self, model_id: str, fraction: float, message: str) -> None:
+        self.progress.setVisible(True)
+        self.progress.setValue(int(fraction * 1000))
+        self.progress.setFormat(f"{model_id}: {message}")
+        r = self.row_of(model_id)
+        if r >= 0:
+            self.table.item(r, 4).setText(f"downloading {fraction:.0%}")
 
     def _on_done(self, model_id: str, result: Any) -> None:
         kind, value = result if isinstance(result, tuple) and len(result) == 2 else ("", result)
-        self._downloading.pop(model_id, None)
+        if model_id not in self.client.model_downloads():  # (not a verify ending meanwhile)
+            self._downloading.pop(model_id, None)
         self.progress.setVisible(bool(self._downloading))
         if kind == "recommend":
             dev, prof, missing, total = value
@@ -268,7 +280,8 @@ class ModelManagerDialog(QDialog):
         self.refresh()
 
     def _on_failed(self, model_id: str, message: str) -> None:
-        self._downloading.pop(model_id, None)
+        if model_id not in self.client.model_downloads():
+            self._downloading.pop(model_id, None)
         self.progress.setVisible(bool(self._downloading))
         self.note.setText(f"{model_id}: {message}")
         if model_id == "recommend":

@@ -1,0 +1,201 @@
+"""Downloads over a stalled connection: Stop (cancel) and offline mode take effect within about
+a second, the back-off between attempts is cancellable, a stall gives up after ``timeout``
+seconds without a byte, and no byte received before a stall is lost."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import time
+
+import pytest
+
+from engine.errors import Cancelled, DownloadError, OfflineError
+from engine.models import download as dl
+from engine.progress import CancelToken
+
+DATA = hashlib.sha256(b"mend").digest() * 8192  # 256 KB
+
+
+class StallServer:
+    """Sends the headers and the first ``stall_after`` bytes of the body, then sends nothing
+    until ``release`` is set (or ``stall_for`` seconds pass); ``status`` other than 200 answers
+    that status at once. Range requests are honoured. Requests: (path, range header)."""
+
+    def __init__(self) -> None:
+        self.stall_after: int | None = 64 * 1024
+        self.stall_for = 30.0
+        self.status = 200
+        self.release = threading.Event()
+        self.requests: list[tuple[str, str | None]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                outer.requests.append((self.path, rng))
+                if outer.status != 200:
+                    self.send_response(outer.status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start = int(rng[6:].split("-")[0]) if rng else 0
+                body = DATA[start:]
+                self.send_response(206 if rng else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                cut, outer.stall_after = outer.stall_after, None  # the first request only
+                try:
+                    if cut is not None:
+                        self.wfile.write(body[:cut])
+                        self.wfile.flush()
+                        outer.release.wait(outer.stall_for)
+                        body = body[cut:]
+                    self.wfile.write(body)
+                    self.wfile.flush()
+                except OSError:
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self.httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/m.bin"
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = StallServer()
+    yield s
+    s.close()
+
+
+def _fetch_in_thread(server, part, **kw):
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["sha"] = dl.fetch(server.url, part, allowed_hosts={"127.0.0.1"},
+                                  allow_http_hosts=("127.0.0.1",), expected_size=len(DATA), **kw)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+        out["end"] = time.monotonic()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def _wait_for_bytes(part, n, timeout=20.0) -> None:
+    end = time.monotonic() + timeout
+    while not (part.exists() and part.stat().st_size >= n):
+        assert time.monotonic() < end, "the first bytes never arrived"
+        time.sleep(0.02)
+
+
+def test_stop_ends_a_stalled_download_within_about_a_second(server, tmp_path):
+    part = tmp_path / "m.bin.part"
+    token = CancelToken()
+    t, out = _fetch_in_thread(server, part, check_cancel=token.check, timeout=60.0, retries=4,
+                              backoff=1.0)
+    _wait_for_bytes(part, 64 * 1024)
+    time.sleep(0.3)  # inside the stalled read now
+    t0 = time.monotonic()
+    token.cancel()
+    t.join(20)
+    assert not t.is_alive()
+    assert isinstance(out.get("error"), Cancelled)
+    # one poll period (1 s) plus slack for a loaded machine; it was the 60 s socket timeout
+    assert out["end"] - t0 < 8.0
+    assert part.stat().st_size == 64 * 1024  # what came before the stall is kept (resumable)
+    assert len(server.requests) == 1
+
+
+def test_a_stall_longer_than_the_timeout_retries_and_resumes_without_losing_bytes(server,
+                                                                                   tmp_path):
+    part = tmp_path / "m.bin.part"
+    server.stall_for = 20.0
+    sha = dl.fetch(server.url, part, allowed_hosts={"127.0.0.1"}, allow_http_hosts=("127.0.0.1",),
+                   expected_size=len(DATA), timeout=0.5, poll=0.1, retries=2, backoff=0.0)
+    assert sha == hashlib.sha256(DATA).hexdigest()
+    assert part.read_bytes() == DATA
+    assert [r for _, r in server.requests] == [None, f"bytes={64 * 1024}-"]
+
+
+def test_a_stall_gives_up_after_the_timeout_not_after_the_poll(server, tmp_path):
+    part = tmp_path / "m.bin.part"
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match="no data for"):
+        dl.fetch(server.url, part, allowed_hosts={"127.0.0.1"}, allow_http_hosts=("127.0.0.1",),
+                 expected_size=len(DATA), timeout=1.0, poll=0.1, retries=0)
+    assert time.monotonic() - t0 >= 0.9  # ten idle polls, not one
+    assert part.stat().st_size == 64 * 1024
+
+
+def test_stop_during_the_backoff_between_attempts(server, tmp_path):
+    server.status = 503
+    part = tmp_path / "m.bin.part"
+    token = CancelToken()
+    t, out = _fetch_in_thread(server, part, check_cancel=token.check, retries=4, backoff=30.0)
+    end = time.monotonic() + 20
+    while not server.requests:
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    time.sleep(0.3)  # sleeping 30 s before the next attempt
+    t0 = time.monotonic()
+    token.cancel()
+    t.join(20)
+    assert isinstance(out.get("error"), Cancelled)
+    assert out["end"] - t0 < 5.0
+    assert len(server.requests) == 1
+
+
+def test_offline_mode_switched_on_mid_download_stops_it(server, tmp_path, monkeypatch):
+    monkeypatch.delenv("MEND_OFFLINE", raising=False)
+    part = tmp_path / "m.bin.part"
+    t, out = _fetch_in_thread(server, part, timeout=60.0, retries=4, backoff=0.0)
+    _wait_for_bytes(part, 64 * 1024)
+    monkeypatch.setenv("MEND_OFFLINE", "1")  # Settings > Offline mode
+    t0 = time.monotonic()
+    t.join(20)
+    assert isinstance(out.get("error"), OfflineError)
+    assert out["end"] - t0 < 8.0
+    assert len(server.requests) == 1  # no reconnection once offline
+
+
+def test_offline_mode_switched_on_before_a_reconnect_opens_no_new_connection(tmp_path,
+                                                                             monkeypatch):
+    """The connection drops; offline mode came on meanwhile: no retry goes out."""
+    from tests.model_helpers import LoopbackServer
+
+    monkeypatch.delenv("MEND_OFFLINE", raising=False)
+    srv = LoopbackServer()
+    try:
+        srv.files["/m.bin"] = DATA
+        srv.drop_after["/m.bin"] = 100_000
+        part = tmp_path / "m.bin.part"
+
+        def on_bytes(done, total):
+            monkeypatch.setenv("MEND_OFFLINE", "1")
+
+        with pytest.raises(OfflineError):
+            dl.fetch(f"{srv.url}/m.bin", part, allowed_hosts={"127.0.0.1"},
+                     allow_http_hosts=("127.0.0.1",), expected_size=len(DATA),
+                     on_bytes=on_bytes, retries=4, backoff=0.0)
+        assert len(srv.requests) == 1
+    finally:
+        srv.close()
