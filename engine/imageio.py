@@ -31,6 +31,16 @@ is, as an element or as the attribute the Adobe XMP Toolkit makes of it, and not
 JPEG: APP1 XMP segment; PNG: iTXt ``XML:com.adobe.xmp``; TIFF: tag 700; WebP: XMP chunk.
 ``read_record(path)`` reads it back.
 
+IPTC-IIM (captions, keywords, copyright; ``Photo.iptc``) is read from a JPEG's APP13
+"Photoshop 3.0" resource 0x0404, a TIFF's (or TIFF-based RAW's) tag 33723 or its Photoshop
+resources (tag 34377). A JPEG result gets the source JPEG's APP13 resources as they were (less
+thumbnails, resolution and the like: ``_PS_KEEP``), after the APP0-APP2 segments where Photoshop
+puts them, or, from another source, the IIM wrapped as resource 0x0404; an APP13 over 64 KB is
+not written (a note says so). A TIFF result gets tag 33723 (UNDEFINED). PNG and WebP have no
+standard place for IIM: a note says it was not carried. ``keep_metadata=False`` (--no-metadata)
+drops IPTC with EXIF and XMP; the ICC profile is kept either way. XMP sidecars of RAW files:
+``engine/rawio.py``.
+
 Writes are atomic and never clobber: on Linux the data goes to an unnamed ``O_TMPFILE`` in the
 target folder, is fsynced, then linked to its final name (nothing is left behind if the process
 dies mid-write). Elsewhere a ``.<name>.mend-<pid>-<rand>.part`` temp file is fsynced and
@@ -110,6 +120,7 @@ class Photo:
     xmp: bytes | None = None
     dpi: tuple[float, float] | None = None
     info: dict[str, Any] = field(default_factory=dict)  # e.g. jpeg quantization tables
+    iptc: bytes | None = None  # IPTC-IIM datasets (captions, keywords, copyright)
 
     @property
     def width(self) -> int:
@@ -742,6 +753,98 @@ def _xmp_of(im, notes: list[str] | None = None) -> bytes | None:
     return None
 
 
+# IPTC-IIM (captions, keywords, copyright): in a JPEG the Photoshop image resource 0x0404 of an
+# APP13 "Photoshop 3.0" segment, in a TIFF tag 33723 (IPTC-NAA)
+_PS_APP13 = b"Photoshop 3.0\x00"
+_PS_SIGNATURES = (b"8BIM", b"PHUT", b"AgHg", b"DCSR", b"MeSa")
+_PS_IPTC = 0x0404
+# the resources a result carries: IPTC-NAA, its digest (still right: the IIM is copied as it is),
+# copyright flag, URL; thumbnails, resolution, slices... describe the source's pixels: dropped
+_PS_KEEP = {0x0404, 0x0425, 0x040A, 0x040B}
+IPTC_MAX = 1 << 20  # bytes of IIM read from a source
+JPEG_APP13_MAX = 65533  # bytes one JPEG APP13 segment holds ("Photoshop 3.0\0" included)
+IPTC_NOT_CARRIED = ("IPTC captions/keywords not carried into PNG/WebP; they remain in XMP if "
+                    "the photo had them")
+
+
+def _iim_clean(data: bytes | None) -> bytes | None:
+    """The IIM datasets at the start of ``data`` (padding after them cut off), or None when
+    ``data`` does not start with one."""
+    if not data:
+        return None
+    end, n = 0, len(data)
+    while end + 5 <= n and data[end] == 0x1C:
+        (size,) = struct.unpack_from(">H", data, end + 3)
+        head = 5
+        if size & 0x8000:  # extended dataset: the next (size & 0x7FFF) bytes hold the length
+            k = size & 0x7FFF
+            if not 0 < k <= 4 or end + 5 + k > n:
+                break
+            size, head = int.from_bytes(data[end + 5:end + 5 + k], "big"), 5 + k
+        if end + head + size > n:
+            break
+        end += head + size
+    return bytes(data[:end]) if end else None
+
+
+def _ps_resources(stream: bytes) -> list[tuple[bytes, int, bytes, bytes]]:
+    """(signature, id, whole block, data) of the Photoshop image resources in ``stream``;
+    parsing stops at the first damaged block."""
+    out: list[tuple[bytes, int, bytes, bytes]] = []
+    off, n = 0, len(stream)
+    while off + 12 <= n and stream[off:off + 4] in _PS_SIGNATURES and len(out) < 4096:
+        (rid,) = struct.unpack_from(">H", stream, off + 4)
+        name_end = off + 6 + ((stream[off + 6] + 2) & ~1)  # Pascal string, padded to even
+        if name_end + 4 > n:
+            break
+        (size,) = struct.unpack_from(">I", stream, name_end)
+        start = name_end + 4
+        if start + size > n:
+            break
+        end = min(n, start + size + (size & 1))
+        out.append((stream[off:off + 4], rid, stream[off:end], stream[start:start + size]))
+        off = end
+    return out
+
+
+def _ps_resource(rid: int, data: bytes) -> bytes:
+    """One 8BIM image resource (no name), padded to an even length."""
+    return b"8BIM" + struct.pack(">HHI", rid, 0, len(data)) + data + b"\x00" * (len(data) & 1)
+
+
+def _iptc_of(im, warnings: list[str]) -> tuple[bytes | None, bytes | None]:
+    """(IIM datasets, the Photoshop resources a JPEG result carries) of an opened image."""
+    if im.format in ("JPEG", "MPO"):
+        segs = [s for m, s in getattr(im, "applist", ()) if m == "APP13"
+                and s.startswith(_PS_APP13)]
+        # a resource too large for one segment continues in the next one (ExifTool)
+        res = _ps_resources(b"".join(s[len(_PS_APP13):] for s in segs))
+        raw = next((d for sig, rid, _b, d in res if sig == b"8BIM" and rid == _PS_IPTC), None)
+        irb = b"".join(b for sig, rid, b, _d in res if sig == b"8BIM" and rid in _PS_KEEP)
+    elif im.format == "TIFF":
+        tags = getattr(im, "tag_v2", None)
+        raw = getattr(tags, "_tagdata", {}).get(33723)  # the bytes as stored (LONG or UNDEFINED)
+        if raw is None and tags is not None:
+            v = tags.get(34377)  # Photoshop's image resources
+            if isinstance(v, (bytes, bytearray)):
+                raw = next((d for sig, rid, _b, d in _ps_resources(bytes(v))
+                            if sig == b"8BIM" and rid == _PS_IPTC), None)
+        irb = None
+    else:
+        return None, None
+    if not raw:
+        return None, None
+    if len(raw) > IPTC_MAX:
+        warnings.append(f"dropped IPTC data of {len(raw) // 1024} KB (over the "
+                        f"{IPTC_MAX >> 20} MB limit)")
+        return None, None
+    iim = _iim_clean(bytes(raw))
+    if iim is None:
+        warnings.append("dropped unreadable IPTC data")
+        return None, None
+    return iim, (irb or None)
+
+
 def _icc_space(icc: bytes | None) -> bytes | None:
     return bytes(icc[16:20]) if icc and len(icc) >= 128 else None
 
@@ -1100,8 +1203,11 @@ def _load_raw(p: Path, limit: int, kind: str) -> Photo:
         exif = clean_exif(d["exif"])  # LibRaw has rotated: orientation 1 from now on
         if exif is None:
             d["info"]["warnings"].append("dropped unreadable EXIF data")
+    iptc = _iim_clean(d.get("iptc"))
+    if d.get("iptc") and iptc is None:
+        d["info"]["warnings"].append("dropped unreadable IPTC data")
     return Photo(path=p, pixels=d["pixels"], bit_depth=16, format=kind, exif=exif,
-                 xmp=_xmp_reset_orientation(d["xmp"]), info=d["info"])
+                 xmp=_xmp_reset_orientation(d["xmp"]), info=d["info"], iptc=iptc)
 
 
 def _jxl_la16(im) -> tuple[np.ndarray, np.ndarray] | None:
@@ -1183,6 +1289,9 @@ def _load(p: Path, limit: int) -> Photo:
                 info["comment"] = im.info["comment"]
         raw_exif = _raw_exif(im)
         xmp = _xmp_of(im, info["warnings"])
+        iptc, irb = _iptc_of(im, info["warnings"])
+        if irb:
+            info["photoshop_resources"] = irb
         icc = im.info.get("icc_profile") or None
         if icc is None and isinstance(im.info.get("nclx_profile"), dict):  # pillow-heif
             icc = _icc_from_nclx(im.info["nclx_profile"], info)
@@ -1237,7 +1346,7 @@ def _load(p: Path, limit: int) -> Photo:
             info["warnings"].append("dropped unreadable EXIF data")
     return Photo(
         path=p, pixels=pixels, alpha=alpha_f, bit_depth=depth, format=fmt, icc_profile=icc,
-        exif=exif, xmp=_xmp_reset_orientation(xmp), dpi=dpi, info=info,
+        exif=exif, xmp=_xmp_reset_orientation(xmp), dpi=dpi, info=info, iptc=iptc,
     )
 
 
@@ -1363,16 +1472,20 @@ def _record_re(prefix: str) -> re.Pattern[str]:
     return re.compile(_record_element(p) + "|" + _record_attribute(p), re.DOTALL)
 
 
-def _xml_parses(text: str) -> bool:
+def _xml_root(text: str):
+    """The root element of ``text``, or None when it is not well formed or has a DTD."""
     import xml.etree.ElementTree as ET
 
     if "<!DOCTYPE" in text or "<!ENTITY" in text:  # XMP has no DTD; no entity expansion
-        return False
+        return None
     try:
-        ET.fromstring(text.lstrip("\ufeff"))
+        return ET.fromstring(text.lstrip("\ufeff"))
     except ET.ParseError:
-        return False
-    return True
+        return None
+
+
+def _xml_parses(text: str) -> bool:
+    return _xml_root(text) is not None
 
 
 def _without_record(text: str) -> str:
@@ -1829,8 +1942,8 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
     (PNG/TIFF) unless ``options.bit_depth`` says otherwise. Never writes the source file
     (``SaveFailed``); an existing ``dest`` gets a ``_1``, ``_2``... suffix unless ``overwrite``.
     What the format could not hold is appended to ``notes`` (for the photographer): 16 bits
-    asked of an 8-bit format, transparency in a JPEG (flattened onto white), XMP or EXIF too
-    large for a JPEG segment.
+    asked of an 8-bit format, transparency in a JPEG (flattened onto white), XMP, EXIF or IPTC
+    too large for a JPEG segment, IPTC in a PNG/WebP (no place for it).
     """
     options = options or OutputOptions()
     dest = Path(dest)
@@ -1892,8 +2005,13 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
     exif = clean_exif(like.exif, w, h, dpi) if keep and like.exif else None
     xmp = _xmp_reset_orientation(like.xmp) if keep else None
     xmp = xmp_with_record(xmp, record)
+    # IPTC (captions, keywords, copyright: personal data) goes with EXIF and XMP
+    iptc = getattr(like, "iptc", None) if keep else None
+    if iptc and fmt in ("png", "webp"):  # neither format has a standard place for IIM
+        notes.append(IPTC_NOT_CARRIED)
     meta = _Meta(icc=icc, exif=exif, xmp=xmp, dpi=dpi,
-                 comment=like.info.get("comment") if keep else None, notes=notes)
+                 comment=like.info.get("comment") if keep else None, notes=notes, iptc=iptc,
+                 photoshop=like.info.get("photoshop_resources") if iptc else None)
 
     encoder = {"jpeg": _encode_jpeg, "png": _encode_png, "tiff": _encode_tiff,
                "webp": _encode_webp}[fmt]
@@ -1916,6 +2034,8 @@ class _Meta:
     dpi: tuple[float, float] | None
     comment: bytes | None = None
     notes: list[str] = field(default_factory=list)  # what the format could not hold
+    iptc: bytes | None = None  # IIM datasets
+    photoshop: bytes | None = None  # the source JPEG's APP13 resources to carry (IPTC among them)
 
 
 def _pil_save(im, fmt: str, **kw) -> bytes:
@@ -1929,12 +2049,12 @@ def _pil_save(im, fmt: str, **kw) -> bytes:
 JPEG_XMP_MAX = 65000  # bytes of XMP one JPEG APP1 segment holds (65502 less some margin)
 JPEG_EXIF_MAX = 65533  # bytes of EXIF (with its "Exif\0\0") one JPEG APP1 segment holds
 # what makes an XMP packet large without describing the photo: Photoshop's list of every
-# placed document, the edit history, Camera Raw's settings (elements and attributes) and
-# embedded thumbnails
+# placed document, the edit history, Camera Raw's and darktable's develop settings (elements and
+# attributes; darktable's colour labels stay) and embedded thumbnails
 _XMP_BULK_ELEMENTS = re.compile(
-    r"<(photoshop:DocumentAncestors|xmpMM:History|xmp:Thumbnails|crs:[A-Za-z0-9]+)\b[^>]*?"
-    r"(?:/>|>.*?</\1\s*>)", re.DOTALL)
-_XMP_BULK_ATTRS = re.compile(r'\s+crs:[A-Za-z0-9]+="[^"]*"')
+    r"<(photoshop:DocumentAncestors|xmpMM:History|xmp:Thumbnails|crs:[A-Za-z0-9]+"
+    r"|darktable:(?:history|masks_history))\b[^>]*?(?:/>|>.*?</\1\s*>)", re.DOTALL)
+_XMP_BULK_ATTRS = re.compile(r'\s+(?:crs|darktable):[A-Za-z0-9_]+="[^"]*"')
 
 
 def slim_xmp(xmp: bytes) -> bytes:
@@ -1983,7 +2103,32 @@ def _encode_jpeg(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
         xmp = xmp_with_record(None, record_from_xmp(xmp))
     if xmp:
         kw["xmp"] = xmp
-    return _pil_save(im, "JPEG", **kw)
+    jpeg = _pil_save(im, "JPEG", **kw)
+    app13 = _app13(meta)
+    return _jpeg_insert(jpeg, app13) if app13 else jpeg
+
+
+def _app13(meta: _Meta) -> bytes | None:
+    """The APP13 segment holding the IPTC: the source JPEG's Photoshop resources as they were
+    (less thumbnails and the like, see ``_PS_KEEP``), else the IIM wrapped as resource 0x0404."""
+    if not meta.iptc:
+        return None
+    payload = _PS_APP13 + (meta.photoshop or _ps_resource(_PS_IPTC, meta.iptc))
+    if len(payload) > JPEG_APP13_MAX:
+        meta.notes.append(f"the photo's IPTC captions/keywords ({len(meta.iptc) // 1024} KB) "
+                          "are too large for a JPEG and were not copied (choose TIFF to keep "
+                          "them; they remain in XMP if the photo had them)")
+        return None
+    return b"\xff\xed" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _jpeg_insert(jpeg: bytes, segment: bytes) -> bytes:
+    """``segment`` after the leading APP0...APP12 segments (JFIF, EXIF, XMP, ICC): where
+    Photoshop puts its APP13."""
+    pos = 2
+    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF and 0xE0 <= jpeg[pos + 1] <= 0xEC:
+        pos += 2 + struct.unpack_from(">H", jpeg, pos + 2)[0]
+    return jpeg[:pos] + segment + jpeg[pos:]
 
 
 def _encode_webp(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
@@ -2146,6 +2291,8 @@ def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
             e[700] = (1, len(meta.xmp), meta.xmp)
         if meta.icc:
             e[34675] = (7, len(meta.icc), meta.icc)
+        if meta.iptc:  # UNDEFINED, as TIFF/EP and libtiff define it (no LONG padding)
+            e[33723] = (7, len(meta.iptc), meta.iptc)
         if exif_off:
             e[0x8769] = long_(exif_off)
         if gps_off:

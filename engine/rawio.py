@@ -30,6 +30,20 @@ the cap (or why there is none). Only the Linux wheel's bundled libgomp was measu
 EXIF: TIFF-based RAWs give their IFD0 descriptive tags plus the Exif and GPS IFDs (maker notes
 are left out: their offsets point into the RAW), and their XMP (IFD0 tag 700); other containers give the EXIF of their embedded
 JPEG preview when it has one; otherwise ``photo.info["exif_note"]`` says none could be read.
+IPTC-IIM (IFD0 tag 33723) of a TIFF-based RAW is carried like a TIFF's.
+
+XMP sidecars: Lightroom, Bridge, Capture One (``IMG_0001.xmp``) and darktable, digiKam
+(``IMG_0001.CR2.xmp``) keep a RAW's keywords, rating and rights in a sidecar next to it. For a
+proprietary RAW (CR2, NEF, ARW...) the sidecar is authoritative: those programs never write into
+the RAW, so the sidecar holds the photographer's latest edits (and what the camera embedded, which
+they read on import); it replaces an embedded XMP. For a DNG the embedded XMP is authoritative
+(Lightroom writes into the DNG itself): a sidecar is read only when the DNG has none. With both
+sidecar names present the newer one is taken. A sidecar is read only when it is a regular file
+of at most ``SIDECAR_XMP_MAX`` bytes holding well-formed XML without a DTD or entities whose root
+is ``x:xmpmeta`` (holding ``rdf:RDF``) or ``rdf:RDF``; anything else is ignored with a warning in
+``photo.info["warnings"]``. Its develop settings (Camera Raw ``crs:``, darktable history) are left
+out: they say how the RAW was rendered, and a raster result carrying them would be developed a
+second time by Lightroom. ``photo.info["xmp_source"]`` names the sidecar used.
 """
 from __future__ import annotations
 
@@ -38,6 +52,9 @@ import glob
 import io
 import logging
 import mmap
+import os
+import re
+import stat
 import struct
 import threading
 from pathlib import Path
@@ -50,11 +67,14 @@ from .imageio import (
     _TIFF_DESCRIPTIVE,
     _TIFF_SKIP_EXIF,
     _TYPE_SIZE,
+    IPTC_MAX,
     _ifd_blob,
     _orient,
     _pil,
     _Tiff,
     _too_large,
+    _xml_root,
+    slim_xmp,
 )
 
 log = logging.getLogger(__name__)
@@ -296,7 +316,8 @@ def _check_limit(p: Path, *, raw_pixels: int, limit: int) -> None:
 
 
 def decode(p: Path, kind: str, limit: int) -> dict[str, Any]:
-    """Full decode: dict(pixels float32 (H,W,3) upright sRGB, exif, info) for ``Photo``."""
+    """Full decode: dict(pixels float32 (H,W,3) upright sRGB, exif, xmp (embedded or sidecar),
+    iptc, info) for ``Photo``."""
     import rawpy
 
     info: dict[str, Any] = {"warnings": [], "raw_format": kind, "decoder": "rawpy"}
@@ -324,7 +345,8 @@ def decode(p: Path, kind: str, limit: int) -> dict[str, Any]:
         info["libraw"] = ".".join(map(str, rawpy.libraw_version))
         thumb_exif = None
         exif = tiff_exif(p)
-        xmp = tiff_xmp(p)
+        xmp = source_xmp(p, kind, tiff_xmp(p), info)
+        iptc = tiff_iptc(p)
         if exif is None:
             thumb_exif = _thumb_exif(raw)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint16:
@@ -336,7 +358,7 @@ def decode(p: Path, kind: str, limit: int) -> dict[str, Any]:
         info["exif_note"] = f"no EXIF could be read from this {kind} container"
     elif thumb_exif is not None:
         info["exif_source"] = "embedded JPEG preview"
-    return {"pixels": pixels, "exif": exif, "xmp": xmp, "info": info}
+    return {"pixels": pixels, "exif": exif, "xmp": xmp, "iptc": iptc, "info": info}
 
 
 def _thumb_exif(raw) -> bytes | None:
@@ -410,15 +432,132 @@ def tiff_exif(p: Path) -> bytes | None:
     return b"Exif\x00\x00" + body  # a JPEG result's 64 KB limit is the JPEG encoder's
 
 
-def tiff_xmp(p: Path) -> bytes | None:
-    """The XMP packet (IFD0 tag 700) of a TIFF-based RAW (DNG writers put one there)."""
+def _ifd0_bytes(p: Path, want: int, types: tuple[int, ...], cap: int) -> bytes | None:
+    """The value of IFD0 tag ``want`` of a TIFF-based RAW as bytes (at most ``cap`` of them)."""
     def find(t: _RawTiff, mm) -> bytes | None:
         for _e, tag, typ, _count, voff, nbytes in t.entries(t.u32(4)):
-            if tag == 700 and typ in (1, 7) and 0 < nbytes <= 1 << 22 and voff + nbytes <= len(mm):
+            if tag == want and typ in types and 0 < nbytes <= cap and voff + nbytes <= len(mm):
                 return bytes(mm[voff:voff + nbytes])
         return None
 
     return _with_tiff(p, find)
+
+
+def tiff_xmp(p: Path) -> bytes | None:
+    """The XMP packet (IFD0 tag 700) of a TIFF-based RAW (DNG writers put one there)."""
+    return _ifd0_bytes(p, 700, (1, 7), 1 << 22)
+
+
+def tiff_iptc(p: Path) -> bytes | None:
+    """The IPTC-IIM bytes (IFD0 tag 33723, LONG or UNDEFINED) of a TIFF-based RAW."""
+    return _ifd0_bytes(p, 33723, (1, 4, 7), IPTC_MAX)
+
+
+# --------------------------------------------------------------------------------------------
+# XMP sidecars (see the module's docstring)
+
+SIDECAR_XMP_MAX = 4 << 20  # bytes
+_XMPMETA = "{adobe:ns:meta/}xmpmeta"
+_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}RDF"
+_XML_DECL = re.compile(r"^\s*<\?xml\s[^>]*\?>\s*")
+_XPACKET = re.compile(r"<\?xpacket\s[^>]*\?>\s*")
+
+
+def source_xmp(p: Path, kind: str, embedded: bytes | None, info: dict[str, Any]) -> bytes | None:
+    """The XMP a RAW's result carries: its sidecar's or the embedded one (module docstring)."""
+    if kind == "DNG" and embedded:
+        return embedded
+    side = find_sidecar(p)
+    if side is None:
+        return embedded
+    packet = read_sidecar(side, info["warnings"])
+    if packet is None:
+        return embedded
+    info["xmp_source"] = f"sidecar {side.name}"
+    return packet
+
+
+def find_sidecar(p: Path) -> Path | None:
+    """``IMG_0001.xmp`` or ``IMG_0001.CR2.xmp`` (either case) next to ``p``; the newer one when
+    both exist."""
+    found: dict[tuple[int, int], tuple[float, Path]] = {}
+    try:
+        own = os.stat(p)
+        own_id = (own.st_dev, own.st_ino)
+    except OSError:
+        own_id = None
+    for name in (p.stem + ".xmp", p.stem + ".XMP", p.name + ".xmp", p.name + ".XMP"):
+        c = p.with_name(name)
+        try:
+            st = os.stat(c)
+        except (OSError, ValueError):
+            continue
+        key = (st.st_dev, st.st_ino)  # one file under two spellings (case-insensitive disks)
+        if key != own_id and key not in found:
+            found[key] = (st.st_mtime, c)
+    return max(found.values(), key=lambda x: x[0])[1] if found else None
+
+
+def read_sidecar(path: Path, warnings: list[str]) -> bytes | None:
+    """A sidecar's XMP packet, ready to carry; None (and a warning) when it is refused."""
+    try:
+        packet = _sidecar_packet(_read_capped(path, SIDECAR_XMP_MAX))
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        msg = f"ignored the XMP sidecar {path.name}: {reason}"
+        warnings.append(msg)
+        log.warning("%s: %s", path, msg)
+        return None
+    return packet
+
+
+def _read_capped(path: Path, cap: int) -> bytes:
+    """The bytes of a regular file of at most ``cap`` bytes (a FIFO or device is not opened for
+    reading: O_NONBLOCK, then fstat)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        too_big = ValueError(f"larger than {cap >> 20} MB")
+        if st.st_size > cap:
+            raise too_big
+        chunks, n = [], 0
+        while n <= cap:
+            b = os.read(fd, min(1 << 20, cap + 1 - n))
+            if not b:
+                break
+            chunks.append(b)
+            n += len(b)
+        if n > cap:  # grew since fstat
+            raise too_big
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _sidecar_packet(data: bytes) -> bytes:
+    """``data`` checked to be XMP, as a packet: no XML declaration, an ``x:xmpmeta`` root in a
+    fresh ``<?xpacket?>`` wrapper, develop settings left out (``slim_xmp``). ValueError says why
+    not."""
+    try:
+        text = data.decode("utf-8").lstrip("\ufeff").rstrip("\x00 \t\r\n")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise ValueError("it declares a DTD or entities (XMP has none)")
+    root = _xml_root(text)
+    if root is None:
+        raise ValueError("not well-formed XML")
+    if not (root.tag == _RDF or (root.tag == _XMPMETA and root.find(_RDF) is not None)):
+        raise ValueError("not XMP (no x:xmpmeta/rdf:RDF)")
+    text = _XPACKET.sub("", _XML_DECL.sub("", text)).strip()
+    if root.tag == _RDF:
+        text = f'<x:xmpmeta xmlns:x="adobe:ns:meta/">{text}</x:xmpmeta>'
+    out = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n' + text
+           + '\n<?xpacket end="w"?>').encode("utf-8")
+    slim = slim_xmp(out)
+    return slim if _xml_root(slim.decode("utf-8")) is not None else out
 
 
 def _with_tiff(p: Path, fn):

@@ -94,10 +94,12 @@ def _rat(x: float) -> tuple[int, int]:
 
 
 def make_dng(orientation: int = 6, *, preview: bytes | None = None, size: tuple[int, int] | None
-             = None, black: int = 64, white: int = 4095) -> bytes:
+             = None, black: int = 64, white: int = 4095, xmp: bool = True,
+             iptc: bytes | None = None) -> bytes:
     """A valid uncompressed DNG 1.4. With ``preview`` (JPEG bytes, W x H) IFD0 is that preview
     and the mosaic sits in a SubIFD, as cameras write them. ``size`` overrides the declared
-    (width, height) of the mosaic (for the pixel-limit test: no data for it is written)."""
+    (width, height) of the mosaic (for the pixel-limit test: no data for it is written).
+    ``xmp=False`` leaves the XMP (tag 700) out; ``iptc`` adds IIM bytes as tag 33723."""
     raw = _mosaic(black, white).tobytes()
     w, h = size or (W, H)
     cm = np.diag(GAINS) @ XYZ_TO_SRGB
@@ -114,8 +116,11 @@ def make_dng(orientation: int = 6, *, preview: bytes | None = None, size: tuple[
         50708: (2, b"MendCam Synthetic DNG 1\0"),
         50721: (10, [_rat(x) for x in cm.ravel()]), 50728: (5, [_rat(g) for g in GAINS]),
         50778: (3, [21]),  # D65
-        700: (1, list(XMP % orientation)),
     }
+    if xmp:
+        main[700] = (1, list(XMP % orientation))
+    if iptc:
+        main[33723] = (7, iptc)
     exif = {33434: (5, [(1, 125)]), 34855: (3, [200]), 36867: (2, b"2024:05:06 07:08:09\0")}
 
     def assemble(data_at: int) -> bytes:
@@ -340,6 +345,139 @@ def test_raw_and_jxl_extensions_are_photos(tmp_path):
         "j.srw", "k.jxl"]
     assert mio.output_path_for(tmp_path / "k.jxl").suffix == ".png"
     assert mio.output_path_for(tmp_path / "f.raf").suffix == ".tif"
+
+
+# ------------------------------------------------------------------------------ XMP sidecars
+
+LR_SIDECAR = ('<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="Adobe XMP Core 7.0">\n'
+              ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+              '  <rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/"\n'
+              '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
+              '    xmlns:tiff="http://ns.adobe.com/tiff/1.0/"\n'
+              '    xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"\n'
+              '   xmp:Rating="5" tiff:Orientation="6" crs:Exposure2012="+1.50"'
+              ' crs:HasSettings="True">\n'
+              '   <dc:subject><rdf:Bag><rdf:li>grandma</rdf:li></rdf:Bag></dc:subject>\n'
+              '   <crs:ToneCurvePV2012><rdf:Seq><rdf:li>0, 0</rdf:li></rdf:Seq>'
+              '</crs:ToneCurvePV2012>\n'
+              '  </rdf:Description>\n </rdf:RDF>\n</x:xmpmeta>\n')
+DT_SIDECAR = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+              '<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">\n'
+              ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+              '  <rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/"\n'
+              '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
+              '    xmlns:darktable="http://darktable.sf.net/"\n'
+              '   xmp:Rating="3" darktable:xmp_version="5" darktable:history_end="1">\n'
+              '   <darktable:colorlabels><rdf:Seq><rdf:li>0</rdf:li></rdf:Seq>'
+              '</darktable:colorlabels>\n'
+              '   <dc:subject><rdf:Bag><rdf:li>harvest fair</rdf:li></rdf:Bag></dc:subject>\n'
+              '   <darktable:history><rdf:Seq><rdf:li darktable:operation="exposure"'
+              ' darktable:params="0000"/></rdf:Seq></darktable:history>\n'
+              '  </rdf:Description>\n </rdf:RDF>\n</x:xmpmeta>\n')
+
+
+def _result_xmp(ph, tmp_path) -> bytes:
+    out = mio.save_photo(ph.pixels, tmp_path / "result", like=ph, record={"software": "Mend t"})
+    back = mio.load_photo(out)
+    assert mio.record_from_xmp(back.xmp) == {"software": "Mend t"}
+    return back.xmp
+
+
+def test_a_dng_without_xmp_takes_its_sidecar(tmp_path):
+    p = tmp_path / "IMG_0001.DNG"
+    p.write_bytes(make_dng(1, xmp=False))
+    (tmp_path / "IMG_0001.xmp").write_text(LR_SIDECAR)
+    ph = mio.load_photo(p)
+    assert ph.info["xmp_source"] == "sidecar IMG_0001.xmp" and not ph.info["warnings"]
+    xmp = _result_xmp(ph, tmp_path)
+    assert b"<rdf:li>grandma</rdf:li>" in xmp and b'xmp:Rating="5"' in xmp
+    assert b'tiff:Orientation="1"' in xmp  # LibRaw rotated the pixels: the sidecar's reset too
+    assert b"crs:" not in xmp.replace(b"xmlns:crs", b"")  # develop settings stay behind
+    assert xmp.startswith(b"<?xpacket begin=")
+
+
+def test_a_dngs_embedded_xmp_wins_over_a_sidecar(tmp_path):
+    p = tmp_path / "IMG_0001.DNG"
+    p.write_bytes(make_dng(1))
+    (tmp_path / "IMG_0001.xmp").write_text(LR_SIDECAR)
+    ph = mio.load_photo(p)
+    assert "xmp_source" not in ph.info and b'xmp:Rating="4"' in ph.xmp
+    assert b"grandma" not in ph.xmp
+
+
+@pytest.fixture
+def nef(tmp_path, monkeypatch) -> Path:
+    """A proprietary RAW: the synthetic DNG (with its embedded XMP) taken for a NEF."""
+    from engine import rawio
+
+    real = rawio.sniff
+    monkeypatch.setattr(rawio, "sniff", lambda p: "NEF" if p.suffix == ".NEF" else real(p))
+    p = tmp_path / "DSC_0001.NEF"
+    p.write_bytes(make_dng(1))
+    return p
+
+
+def test_a_proprietary_raws_sidecar_is_authoritative(nef, tmp_path):
+    (tmp_path / "DSC_0001.NEF.xmp").write_text(DT_SIDECAR)  # darktable's name
+    ph = mio.load_photo(nef)
+    assert ph.format == "NEF" and ph.info["xmp_source"] == "sidecar DSC_0001.NEF.xmp"
+    xmp = _result_xmp(ph, tmp_path)
+    assert b"<rdf:li>harvest fair</rdf:li>" in xmp and b'xmp:Rating="3"' in xmp
+    assert b'xmp:Rating="4"' not in xmp  # the embedded XMP is replaced, not merged
+    assert b"darktable:colorlabels" in xmp  # a colour label describes the photo
+    assert b"darktable:history" not in xmp and b"darktable:xmp_version" not in xmp
+    assert b"<?xml" not in xmp
+
+
+def test_the_newer_of_two_sidecars_is_taken(nef, tmp_path):
+    lr, dt = tmp_path / "DSC_0001.xmp", tmp_path / "DSC_0001.NEF.xmp"
+    lr.write_text(LR_SIDECAR)
+    dt.write_text(DT_SIDECAR)
+    os.utime(dt, (time.time() - 3600, time.time() - 3600))
+    assert mio.load_photo(nef).info["xmp_source"] == "sidecar DSC_0001.xmp"
+    os.utime(lr, (time.time() - 7200, time.time() - 7200))
+    assert mio.load_photo(nef).info["xmp_source"] == "sidecar DSC_0001.NEF.xmp"
+
+
+@pytest.mark.parametrize("bad,reason", [
+    (('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>'
+      '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+      '22-rdf-syntax-ns#"><rdf:Description dc:title="&b;"/></rdf:RDF></x:xmpmeta>'), "DTD"),
+    ("huge", "larger than 4 MB"),
+    ("<html><body>not xmp</body></html>", "not XMP"),
+    (LR_SIDECAR[:-40], "not well-formed"),
+    (b"\xff\xfe<\x00x\x00", "not UTF-8"),
+])
+def test_a_bad_sidecar_is_ignored_with_a_warning(nef, tmp_path, caplog, bad, reason):
+    side = tmp_path / "DSC_0001.xmp"
+    if bad == "huge":  # a keyword list that never ends
+        head = LR_SIDECAR.split("<rdf:li>grandma")[0].encode()
+        with open(side, "wb") as f:
+            f.write(head)
+            f.write(b"<rdf:li>k</rdf:li>" * 250_000)
+    else:
+        side.write_bytes(bad if isinstance(bad, bytes) else bad.encode())
+    ph = mio.load_photo(nef)
+    assert "xmp_source" not in ph.info and b'xmp:Rating="4"' in ph.xmp  # the embedded XMP
+    assert len(ph.info["warnings"]) == 1
+    assert "ignored the XMP sidecar DSC_0001.xmp" in ph.info["warnings"][0]
+    assert reason in ph.info["warnings"][0] and "DSC_0001.xmp" in caplog.text
+
+
+def test_a_sidecar_that_is_not_a_file_is_not_read(nef, tmp_path):
+    os.mkfifo(tmp_path / "DSC_0001.xmp")  # reading would block for ever
+    ph = mio.load_photo(nef)
+    assert "xmp_source" not in ph.info and "not a regular file" in ph.info["warnings"][0]
+
+
+def test_a_raws_iptc_is_carried(tmp_path):
+    iim = b"\x1c\x02\x19\x00\x06family\x1c\x02\x78\x00\x07Grandma"
+    p = tmp_path / "IMG_0002.DNG"
+    p.write_bytes(make_dng(1, iptc=iim))
+    ph = mio.load_photo(p)
+    assert ph.iptc == iim
+    out = mio.save_photo(ph.pixels, tmp_path / "res", like=ph)
+    assert mio.load_photo(out).iptc == iim
 
 
 # ----------------------------------------------------------------------------------- JPEG XL

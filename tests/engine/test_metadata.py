@@ -8,6 +8,7 @@ import io
 import struct
 import xml.etree.ElementTree as ET
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,3 +306,187 @@ def test_a_heif_with_only_an_nclx_box_keeps_its_colours(tmp_path):
     ph = mio.load_photo(tmp_path / "pq.heic")
     assert ph.icc_profile is None
     assert any("nclx" in w and "PQ" in w for w in ph.info["warnings"])
+
+
+# ------------------------------------------------------------------ IPTC-IIM (Photoshop APP13)
+
+
+def _dataset(rec: int, tag: int, value: bytes) -> bytes:
+    return b"\x1c" + bytes([rec, tag]) + struct.pack(">H", len(value)) + value
+
+
+# odd length on purpose: the 8BIM resource holding it needs its pad byte
+_IIM = (_dataset(2, 120, b"Grandma at the 1952 harvest fair") + _dataset(2, 25, b"family")
+        + _dataset(2, 25, b"1952") + _dataset(2, 116, b"(c) Smith archive"))
+_IPTC_INFO = {(2, 120): b"Grandma at the 1952 harvest fair", (2, 25): [b"family", b"1952"],
+              (2, 116): b"(c) Smith archive"}
+
+
+def _segments(jpeg: bytes) -> list[tuple[int, bytes]]:
+    """(marker, payload) of a JPEG's segments up to the scan."""
+    out, pos = [], 2
+    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF and jpeg[pos + 1] != 0xDA:
+        (n,) = struct.unpack_from(">H", jpeg, pos + 2)
+        out.append((jpeg[pos + 1], jpeg[pos + 4:pos + 2 + n]))
+        pos += 2 + n
+    return out
+
+
+def _app13s(path) -> list[bytes]:
+    return [s for m, s in _segments(Path(path).read_bytes()) if m == 0xED]
+
+
+def _iptc_jpeg(path, resources: bytes | None = None, **save) -> bytes:
+    """A JPEG with an APP13 as Photoshop writes it (after the APP0/APP1 segments); returns
+    that APP13's payload."""
+    buf = io.BytesIO()
+    Image.fromarray((_rgb() * 255).astype(np.uint8)).save(buf, "JPEG", quality=95, **save)
+    j = buf.getvalue()
+    payload = b"Photoshop 3.0\x00" + (resources if resources is not None
+                                      else mio._ps_resource(0x0404, _IIM))
+    seg = b"\xff\xed" + struct.pack(">H", len(payload) + 2) + payload
+    Path(path).write_bytes(mio._jpeg_insert(j, seg))
+    return payload
+
+
+def _iptc(path) -> dict | None:
+    from PIL import IptcImagePlugin
+
+    with Image.open(path) as im:
+        return IptcImagePlugin.getiptcinfo(im)
+
+
+def test_a_jpegs_iptc_is_carried_verbatim_into_a_jpeg_after_its_app1(tmp_path):
+    src = tmp_path / "iptc.jpg"
+    payload = _iptc_jpeg(src, exif=_exif_with_resolution(300.0, 2), xmp=_adobe_packet("").encode())
+    assert len(_IIM) % 2 == 1 and _iptc(src) == _IPTC_INFO
+    ph = mio.load_photo(src)
+    assert ph.iptc == _IIM and not ph.info["warnings"]
+    notes: list[str] = []
+    out = mio.save_photo(ph.pixels, tmp_path / "res.jpg", like=ph, notes=notes,
+                         record={"software": "Mend t"})
+    assert _app13s(out) == [payload] and _iptc(out) == _IPTC_INFO and not notes
+    markers = [m for m, _s in _segments(out.read_bytes())]
+    assert markers.index(0xED) > max(i for i, m in enumerate(markers) if m in (0xE0, 0xE1))
+    assert mio.read_record(out) == {"software": "Mend t"}  # the XMP is still found
+    with Image.open(out) as im:
+        assert im.getexif()[0x010F] == "MendCam"
+
+
+def test_a_stale_photoshop_thumbnail_is_not_carried_with_the_iptc(tmp_path):
+    digest = mio._ps_resource(0x0425, bytes(16))
+    thumb = mio._ps_resource(0x040C, b"\x00" * 301)  # the source's pixels, not the result's
+    src = tmp_path / "thumb.jpg"
+    _iptc_jpeg(src, resources=mio._ps_resource(0x0404, _IIM) + thumb + digest)
+    ph = mio.load_photo(src)
+    out = mio.save_photo(ph.pixels, tmp_path / "res.jpg", like=ph)
+    assert _app13s(out) == [b"Photoshop 3.0\x00" + mio._ps_resource(0x0404, _IIM) + digest]
+    assert _iptc(out) == _IPTC_INFO
+
+
+def test_iptc_goes_into_a_tiff_and_from_a_tiff_back_into_a_jpeg(tmp_path):
+    src = tmp_path / "iptc.jpg"
+    _iptc_jpeg(src)
+    ph = mio.load_photo(src)
+    tif = mio.save_photo(ph.pixels, tmp_path / "res", like=ph, options=OutputOptions(format="tiff"))
+    with Image.open(tif) as im:
+        assert im.tag_v2.tagtype[33723] == 7 and im.tag_v2._tagdata[33723] == _IIM
+    assert _iptc(tif) == _IPTC_INFO
+    back = mio.load_photo(tif)
+    assert back.iptc == _IIM and "photoshop_resources" not in back.info
+    out = mio.save_photo(back.pixels, tmp_path / "again.jpg", like=back)
+    # wrapped as Photoshop does: signature, one 8BIM 0x0404 resource, even-padded
+    assert _app13s(out) == [b"Photoshop 3.0\x00" + b"8BIM\x04\x04\x00\x00"
+                            + struct.pack(">I", len(_IIM)) + _IIM + b"\x00"]
+    assert _iptc(out) == _IPTC_INFO
+
+
+def _tiff_with(tag: int, typ: int, value: bytes) -> bytes:
+    """A 2x2 grey-ish RGB TIFF (big-endian, as Photoshop on a Mac writes) with one more tag."""
+    size = {1: 1, 4: 4, 7: 1}[typ]
+    entries = [(256, 3, 1, 2), (257, 3, 1, 2), (258, 3, 3, None), (259, 3, 1, 1),
+               (262, 3, 1, 2), (273, 4, 1, None), (277, 3, 1, 3), (278, 3, 1, 2),
+               (279, 4, 1, 12), (tag, typ, len(value) // size, None)]
+    table_end = 8 + 2 + 12 * len(entries) + 4
+    bps_at, pix_at = table_end, table_end + 6
+    val_at = pix_at + 12
+    out = b"MM\x00*" + struct.pack(">IH", 8, len(entries))
+    for t, ty, count, v in sorted(entries):
+        if t == 258:
+            out += struct.pack(">HHII", t, ty, count, bps_at)
+        elif t == 273:
+            out += struct.pack(">HHII", t, ty, count, pix_at)
+        elif t == tag:
+            out += struct.pack(">HHII", t, ty, count, val_at)
+        else:
+            out += struct.pack(">HHI", t, ty, count) + (struct.pack(">HH", v, 0) if ty == 3
+                                                        else struct.pack(">I", v))
+    return out + struct.pack(">I", 0) + struct.pack(">HHH", 8, 8, 8) + bytes(range(12)) + value
+
+
+def test_a_photoshop_tiffs_iptc_resource_is_read_and_long_padding_cut(tmp_path):
+    for tag, typ, value in ((34377, 1, mio._ps_resource(0x0404, _IIM)),
+                            (33723, 4, _IIM + b"\x00" * (-len(_IIM) % 4))):  # LONG, padded
+        p = tmp_path / f"ps{tag}.tif"
+        p.write_bytes(_tiff_with(tag, typ, value))
+        ph = mio.load_photo(p)
+        assert ph.iptc == _IIM and ph.pixels.shape == (2, 2, 3), tag
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_png_and_webp_results_say_the_iptc_was_not_carried(tmp_path, fmt):
+    src = tmp_path / "iptc.jpg"
+    _iptc_jpeg(src)
+    ph = mio.load_photo(src)
+    notes: list[str] = []
+    mio.save_photo(ph.pixels, tmp_path / "res", like=ph, notes=notes,
+                   options=OutputOptions(format=fmt))
+    assert notes == [mio.IPTC_NOT_CARRIED]
+    plain = mio.load_photo(mio.save_photo(ph.pixels, tmp_path / "plain.jpg"))
+    notes = []
+    mio.save_photo(plain.pixels, tmp_path / "res2", like=plain, notes=notes,
+                   options=OutputOptions(format=fmt))
+    assert notes == []
+
+
+def test_no_metadata_drops_the_iptc_and_keeps_the_icc(tmp_path):
+    icc = mio._icc_build(b"RGB ", "test", [])  # any RGB profile: kept whatever the options
+    src = tmp_path / "iptc.jpg"
+    _iptc_jpeg(src, icc_profile=icc)
+    ph = mio.load_photo(src)
+    assert ph.iptc == _IIM and ph.icc_profile == icc
+    for fmt in ("jpeg", "tiff", "png", "webp"):
+        notes: list[str] = []
+        out = mio.save_photo(ph.pixels, tmp_path / "res", like=ph, notes=notes,
+                             options=OutputOptions(format=fmt, keep_metadata=False))
+        assert not notes, fmt
+        assert _iptc(out) is None, fmt
+        with Image.open(out) as im:
+            assert im.info.get("icc_profile") == icc, fmt
+        if fmt == "jpeg":
+            assert _app13s(out) == []
+
+
+def test_iptc_too_large_for_a_jpeg_is_kept_in_a_tiff_and_said_lost_in_a_jpeg(tmp_path):
+    big = b"".join(_dataset(2, 25, b"k%05d" % i + b"x" * 60) for i in range(1100))  # ~73 KB
+    ph = mio.load_photo(mio.save_photo(_rgb(), tmp_path / "src.jpg"))
+    ph.iptc = big
+    tif = mio.save_photo(ph.pixels, tmp_path / "res", like=ph, options=OutputOptions(format="tiff"))
+    assert mio.load_photo(tif).iptc == big
+    notes: list[str] = []
+    out = mio.save_photo(ph.pixels, tmp_path / "res.jpg", like=ph, notes=notes)
+    assert _app13s(out) == [] and any("IPTC" in n and "too large" in n for n in notes)
+
+
+def test_damaged_iptc_is_dropped_with_a_warning(tmp_path):
+    src = tmp_path / "bad.jpg"
+    _iptc_jpeg(src, resources=mio._ps_resource(0x0404, b"\x00garbage"))
+    ph = mio.load_photo(src)
+    assert ph.iptc is None and ph.info["warnings"] == ["dropped unreadable IPTC data"]
+    src2 = tmp_path / "cut.jpg"  # a resource cut short: nothing read, nothing fails
+    _iptc_jpeg(src2, resources=mio._ps_resource(0x0404, _IIM)[:-20])
+    assert mio.load_photo(src2).iptc is None
+    # an IIM whose last dataset runs past the end keeps the whole datasets before it
+    assert mio._iim_clean(_IIM + _dataset(2, 25, b"cut")[:-1]) == _IIM
+    ext = b"\x1c\x02\x19\x80\x02\x00\x03abc"  # extended length (2 bytes) form
+    assert mio._iim_clean(ext + b"\x00\x00") == ext
