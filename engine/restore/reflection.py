@@ -7,9 +7,11 @@ Mask proposal, ``reflection_mask`` (params ``detector``: auto | yolo | sam | bui
    polygons around strong reflections / glare (CVAT, Label Studio, Roboflow... exported in the
    YOLO segmentation format, one class ``reflection``), write a ``data.yaml`` listing the train
    and val folders, run ``yolo segment train model=yolo11n-seg.pt data=data.yaml imgsz=1024
-   epochs=100`` (``pip install ultralytics``, AGPL-3.0), then give Mend ``runs/segment/train/
-   weights/best.pt`` with ``MEND_REFLECTION_YOLO=/path/best.pt`` or ``mend models import
-   best.pt --id reflection-yolo``.
+   epochs=100`` (``pip install ultralytics``, AGPL-3.0), export it to ONNX (``yolo export
+   model=runs/segment/train/weights/best.pt format=onnx``), then give Mend ``best.onnx`` with
+   ``MEND_REFLECTION_YOLO=/path/best.onnx`` or ``mend models import best.onnx --id
+   reflection-yolo``. Only ONNX: a ``.pt`` is a Python pickle, which runs code when loaded (and
+   ultralytics loads it with ``weights_only=False``); Mend never loads one.
 2. **SAM** (transformers ``SamModel``, ``sam-vit-base``) turns boxes (from YOLO or the
    built-in detector) into pixel masks, and powers click-to-select in the mask editor
    (:func:`sam_mask_from_points`). It replaces the paper's YOSO: promptable, maintained and
@@ -359,6 +361,12 @@ def sam_mask_from_points(image: np.ndarray, points: list[tuple[float, float]],
 
 # ------------------------------------------------------------------------------ YOLO
 
+def _yolo_is_onnx(runtime: Any) -> bool:
+    """Whether the slot holds an ONNX export (the only kind Mend loads: see yolo_detect)."""
+    path = runtime.store.slot_path(YOLO_ID)
+    return path is not None and path.suffix.lower() == ".onnx"
+
+
 def yolo_detect(image: np.ndarray, runtime: Any, conf: float = 0.25
                 ) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
     """Mask and boxes from the user's YOLO(-seg) reflection weights (``reflection-yolo``).
@@ -368,6 +376,12 @@ def yolo_detect(image: np.ndarray, runtime: Any, conf: float = 0.25
     """
     import cv2
 
+    weights = runtime.file(YOLO_ID)  # checked against the hash recorded at import
+    if weights.suffix.lower() != ".onnx":
+        raise EngineError(
+            f"the reflection detector slot holds {weights.name}; it takes an ONNX export only "
+            "(yolo export model=best.pt format=onnx, then give Mend best.onnx): a .pt file is a "
+            "Python pickle that can run code when loaded, and Mend never loads one")
     try:
         from ultralytics import YOLO
     except ImportError:
@@ -375,14 +389,15 @@ def yolo_detect(image: np.ndarray, runtime: Any, conf: float = 0.25
             "the YOLO reflection detector needs the optional 'ultralytics' package "
             "(pip install 'mend[yolo]' or pip install ultralytics); choose the built-in or "
             "SAM detector instead") from None
-    weights = runtime.file(YOLO_ID)  # checked against the hash recorded at import
     st = weights.stat()
     # a re-imported file (same name, other weights) is a new model: its mtime/size differ
     key = ("yolo", str(weights), st.st_size, st.st_mtime_ns)
     for old in getattr(runtime, "cached_keys", list)():
         if isinstance(old, tuple) and old[:2] == key[:2] and old != key:
             runtime.evict(old)  # the weights it was built from are gone
-    model = runtime.cached(key, lambda: YOLO(str(weights)), 300 << 20)
+    # (an ONNX model runs through onnxruntime; the task is given, ONNX files do not carry it
+    # in a form every ultralytics version reads)
+    model = runtime.cached(key, lambda: YOLO(str(weights), task="segment"), 300 << 20)
     h, w = image.shape[:2]
     dev = runtime.device.torch_device
     res = model.predict(np.ascontiguousarray(to_uint8(image)[..., ::-1]), conf=conf,
@@ -423,7 +438,7 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     have_yolo = rt is not None and rt.is_available(YOLO_ID)
     have_sam = rt is not None and rt.is_available(SAM_ID)
     if detector == "auto":  # YOLO (+SAM) when configured, else built-in (+SAM when installed)
-        if have_yolo and _ultralytics_installed():
+        if have_yolo and _ultralytics_installed() and _yolo_is_onnx(rt):
             detector = "yolo"
         else:
             detector = "sam" if have_sam else "builtin"

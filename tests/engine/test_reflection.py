@@ -203,8 +203,23 @@ def test_sam_click_select_and_box_refinement_through_the_store(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("ultralytics") is not None,
                     reason="ultralytics is installed: the missing-package message cannot show")
-def test_yolo_slot_without_ultralytics_explains(tmp_path, monkeypatch):
+def test_yolo_slot_takes_onnx_only_never_a_pickle(tmp_path, monkeypatch):
+    """A .pt is a pickle (ultralytics loads it with weights_only=False): refused before any
+    package is imported or byte is read; auto falls back to the built-in detector."""
     weights = tmp_path / "best.pt"
+    weights.write_bytes(b"not really weights")
+    monkeypatch.setenv("MEND_REFLECTION_YOLO", str(weights))
+    rt = make_runtime(ModelStore(tmp_path / "store"))
+    img = _textured()
+    with pytest.raises(EngineError, match="ONNX export only"):
+        get_step("reflection_mask").fn(img, {"detector": "yolo"}, _ctx(rt))
+    monkeypatch.setattr("engine.restore.reflection._ultralytics_installed", lambda: True)
+    out = get_step("reflection_mask").fn(img, {"detector": "auto"}, _ctx(rt))
+    assert out.model == "builtin:glare"
+
+
+def test_yolo_slot_without_ultralytics_explains(tmp_path, monkeypatch):
+    weights = tmp_path / "best.onnx"
     weights.write_bytes(b"not really weights")
     monkeypatch.setenv("MEND_REFLECTION_YOLO", str(weights))
     rt = make_runtime(ModelStore(tmp_path / "store"))
@@ -267,9 +282,10 @@ def test_yolo_model_is_rebuilt_when_the_slot_file_is_imported_again(tmp_path, mo
     built = []
 
     class FakeYOLO:
-        def __init__(self, path):
+        def __init__(self, path, task=None):
             from pathlib import Path
 
+            assert task == "segment"
             self.weights = Path(path).read_bytes()
             built.append(self.weights)
 
@@ -281,7 +297,7 @@ def test_yolo_model_is_rebuilt_when_the_slot_file_is_imported_again(tmp_path, mo
     rt = make_runtime(store)
     img = _textured(40, 40)
     for n, data in enumerate((b"first detector", b"second detector, same file name")):
-        w = tmp_path / f"v{n}" / "best.pt"
+        w = tmp_path / f"v{n}" / "best.onnx"
         w.parent.mkdir()
         w.write_bytes(data)
         store.import_path(w, "reflection-yolo")
