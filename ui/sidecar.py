@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,12 @@ class SidecarStore:
         beside = self.folder / ".mend"
         h = hashlib.sha1(os.fspath(self.folder.resolve()).encode()).hexdigest()[:16]
         in_data = Path(fallback_root) / "sidecars" / h
+        if beside_photos and not _own_folder(beside, self.folder):
+            # a link (or junction) to another folder's .mend: writing there would replace that
+            # folder's sidecars and hand-painted masks (photo names repeat across cards)
+            log.warning("%s is a link to another folder; keeping this folder's sidecars in %s "
+                        "instead", beside, in_data)
+            beside_photos = False
         if beside_photos and _writable(beside):
             self.root = beside
             # sidecars kept in the user data folder while this folder was read-only are still
@@ -67,14 +74,25 @@ class SidecarStore:
         else:
             self.root = in_data
             self._also = None
+        self._in_data = in_data
         self._fallback = Path(fallback_root) / "sidecars"
         self._lock = threading.Lock()
 
+    def _here(self) -> Path:
+        """The folder sidecars go to now: beside the photos, unless ``.mend`` was made a link
+        to another folder since this store was opened (then the user-data folder)."""
+        root = self.root
+        if root != self._in_data and not _own_folder(root, self.folder):
+            log.warning("%s became a link to another folder; keeping this folder's sidecars in "
+                        "%s instead", root, self._in_data)
+            self.root, self._also = self._in_data, None
+        return self.root
+
     def path_for(self, photo: Path) -> Path:
-        return self.root / f"{Path(photo).name}.json"
+        return self._here() / f"{Path(photo).name}.json"
 
     def mask_path_for(self, photo: Path) -> Path:
-        return self.root / f"{Path(photo).name}.mask.png"
+        return self._here() / f"{Path(photo).name}.mask.png"
 
     def load(self, photo: Path) -> Sidecar | None:
         p = self.path_for(photo)
@@ -123,6 +141,23 @@ class SidecarStore:
                 setattr(sc, k, v)
             self.save(photo, sc)
             return sc
+
+
+def _own_folder(d: Path, folder: Path) -> bool:
+    """``d`` (``folder/.mend``) is missing or a real folder inside ``folder``: not a symbolic
+    link (nor a junction or a link above it) leading somewhere else."""
+    try:
+        st = os.lstat(d)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        return False
+    try:
+        return d.resolve().parent == folder.resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def _writable(d: Path) -> bool:

@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import ipaddress
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -53,6 +54,44 @@ class DownloadProgress:
 ProgressFn = Callable[[DownloadProgress], None]
 
 
+def display_url(url: str) -> str:
+    """``url`` as shown to people (errors, logs, JSON): ``scheme://host[:port]/path`` only.
+    Userinfo, query and fragment — where mirrors and signed redirects carry passwords, tokens
+    and signatures — are left out (``?…`` marks a dropped query or fragment)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<unreadable URL>"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    if port is not None:
+        host = f"{host}:{port}"
+    shown = f"{parts.scheme}://{host}{parts.path}" if parts.scheme else parts.path
+    return shown + ("?…" if parts.query or parts.fragment else "")
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _scrub(text: str, *urls: str) -> str:
+    """``text`` (an exception's message) with every URL in it shown as by :func:`display_url`
+    and the secret parts of ``urls`` (the request's, its redirects') blanked wherever they
+    appear on their own (a path and query quoted by http.client, say)."""
+    text = _URL_IN_TEXT.sub(lambda m: display_url(m.group(0)), text)
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            secrets = (parts.query, parts.fragment, parts.password, parts.username)
+        except ValueError:
+            continue
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "…")
+    return text
+
+
 def _is_loopback(host: str) -> bool:
     if host in _LOOPBACK_NAMES:
         return True
@@ -79,15 +118,17 @@ def check_url(url: str, allowed_hosts: frozenset[str] | set[str],
         if host in allowed_hosts:
             return
         raise DownloadError(f"refusing to download from {host!r}: not a host the model list names")
-    raise DownloadError(f"refusing a non-HTTPS download: {url}")
+    raise DownloadError(f"refusing a non-HTTPS download: {display_url(url)}")
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, allowed: frozenset[str], allow_http: tuple[str, ...]) -> None:
         self.allowed = allowed
         self.allow_http = allow_http
+        self.seen: list[str] = []  # redirect targets (signed URLs: kept out of messages)
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.seen.append(newurl)
         check_url(newurl, self.allowed, self.allow_http)
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None and req.has_header("Range"):
@@ -96,10 +137,10 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def _opener(allowed: frozenset[str], allow_http: tuple[str, ...]):
+    """The opener, and its redirect handler (which remembers where it was sent)."""
     # no ProxyHandler defaults beyond the environment's, no FTP/file handlers
-    return urllib.request.build_opener(
-        _CheckedRedirects(allowed, allow_http),
-    )
+    redirects = _CheckedRedirects(allowed, allow_http)
+    return urllib.request.build_opener(redirects), redirects
 
 
 _RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
@@ -115,7 +156,7 @@ def _disk_full(e: BaseException) -> bool:
 
 def _too_big(have: int, expected_size: int | None, url: str) -> DownloadError:
     return DownloadError(f"the host sends more than the {expected_size} bytes the model list "
-                         f"pins for this file (at least {have}); stopped: {url}")
+                         f"pins for this file (at least {have}); stopped: {display_url(url)}")
 
 
 POLL = 1.0  # seconds: a stalled read wakes this often to look for a cancel (or offline mode)
@@ -248,7 +289,7 @@ def fetch(
         raise _offline_error()
     allowed = frozenset(h.lower() for h in allowed_hosts)
     check_url(url, allowed, allow_http_hosts)
-    opener = _opener(allowed, allow_http_hosts)
+    opener, redirects = _opener(allowed, allow_http_hosts)
     part.parent.mkdir(parents=True, exist_ok=True)
     if part.exists():
         hasher, have = _hash_existing(part)
@@ -314,19 +355,23 @@ def fetch(
                 attempt += 1
                 _sleep(backoff * (2 ** (attempt - 1)), check)
                 continue
-            raise DownloadError(f"download failed ({e.code} {e.reason}): {url}") from e
+            reason = _scrub(str(e.reason), url, *redirects.seen)
+            raise DownloadError(
+                f"download failed ({e.code} {reason}): {display_url(url)}") from e
         except DownloadError:
             raise
         except _RETRYABLE as e:
             if _disk_full(e):
                 raise DownloadError(
                     f"disk full while downloading to {part.parent} ({e.strerror or e}); free "
-                    f"some space and run the same command again to resume: {url}") from e
+                    f"some space and run the same command again to resume: "
+                    f"{display_url(url)}") from e
             if attempt >= retries:
                 hint = ("the host does not resume downloads, so each attempt starts over"
                         if restarted else "run the same command again to resume")
-                raise DownloadError(
-                    f"download failed after {retries + 1} attempts ({e}); {hint}: {url}") from e
+                why = _scrub(str(e), url, *redirects.seen)
+                raise DownloadError(f"download failed after {retries + 1} attempts ({why}); "
+                                    f"{hint}: {display_url(url)}") from e
             attempt += 1
             # re-sync with what actually reached the disk (normally it matches already)
             on_disk = part.stat().st_size if part.exists() else 0

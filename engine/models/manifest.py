@@ -22,6 +22,8 @@ LOADERS = ("spandrel", "transformers", "diffusers", "onnx", "torch-state-dict", 
 PROFILES = ("builtin", "laptop", "quality")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _REV_RE = re.compile(r"^[0-9a-f]{40}$")
+# a model id names its folder in the store: one plain path component, never "..", "/", "\\", ":"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 DEFAULT_MANIFEST = resource("models.json")
 
@@ -38,6 +40,17 @@ def safe_relpath(name: str) -> PurePosixPath:
     if p.is_absolute() or any(part in ("", ".", "..") for part in p.parts):
         raise ManifestError(f"unsafe file name {name!r}")
     return p
+
+
+def check_model_id(model_id: object) -> str:
+    """``model_id`` if it is safe as the name of the model's folder in the store: letters,
+    digits, ``.``, ``_`` and ``-``, starting with a letter or digit (so never ``.``/``..``, a
+    path, a drive or a hidden name). Raises :class:`ManifestError` otherwise."""
+    if (not isinstance(model_id, str) or not _ID_RE.fullmatch(model_id)
+            or model_id in (".", "..")):
+        raise ManifestError(f"unsafe model id {model_id!r} (letters, digits, '.', '_' and '-' "
+                            "only, starting with a letter or digit)")
+    return model_id
 
 
 @dataclass(frozen=True)
@@ -180,7 +193,9 @@ _KNOWN_KEYS = {
 
 
 def parse_model(raw: dict[str, Any]) -> ModelSpec:
-    mid = str(raw.get("id", "?"))
+    if "id" not in raw:
+        raise ManifestError(f"model entry lacks 'id' (name {raw.get('name', '?')!r})")
+    mid = check_model_id(raw["id"])
     try:
         loader = str(raw["loader"])
         if loader not in LOADERS:
@@ -218,6 +233,7 @@ class Manifest:
                  hosts: tuple[str, ...] | list[str] = (), source: Path | None = None) -> None:
         self.models: dict[str, ModelSpec] = {}
         for m in models:
+            check_model_id(m.id)  # (specs built in code, not parsed, pass here too)
             if m.id in self.models:
                 raise ManifestError(f"duplicate model id {m.id!r}")
             self.models[m.id] = m
@@ -237,7 +253,10 @@ class Manifest:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise ManifestError(f"cannot read model manifest {p}: {e}") from e
-        return cls.from_dict(data, p)
+        try:
+            return cls.from_dict(data, p)
+        except ManifestError as e:  # (name the file: MEND_MANIFEST may point at a mirror's)
+            raise ManifestError(f"model manifest {p}: {e}") from None
 
     def __contains__(self, model_id: object) -> bool:
         return model_id in self.models

@@ -55,6 +55,7 @@ from .manifest import (
     ManifestError,
     ModelFile,
     ModelSpec,
+    check_model_id,
     default_manifest,
     safe_relpath,
 )
@@ -207,6 +208,19 @@ class ModelStore:
 
     def model_dir(self, model_id: str) -> Path:
         self.spec(model_id)
+        return self._dir(model_id)
+
+    def _dir(self, model_id: str) -> Path:
+        """``<root>/<model_id>``, refused (:class:`ManifestError`) unless it is a folder directly
+        inside the store root: ids are checked when the manifest is read, this keeps a bad id
+        (``..``, a path) from ever reaching a delete. Checked on the path itself, not through
+        links: a model folder may be a symbolic link to another disk (see :meth:`remove`)."""
+        check_model_id(model_id)
+        root = Path(os.path.abspath(self.root))
+        d = Path(os.path.normpath(root / model_id))
+        if d.parent != root or d.name != model_id:
+            raise ManifestError(f"model id {model_id!r} names a folder outside the model "
+                                f"store {self.root}")
         return self.root / model_id
 
     def file_path(self, model_id: str, name: str) -> Path:
@@ -224,7 +238,7 @@ class ModelStore:
             raise SaveFailed(f"cannot create the model folder {d}: {e.strerror or e}") from None
 
     def _state_path(self, model_id: str) -> Path:
-        return self.root / model_id / STATE_FILE
+        return self._dir(model_id) / STATE_FILE
 
     def _read_state(self, model_id: str) -> dict[str, Any]:
         p = self._state_path(model_id)
@@ -238,7 +252,7 @@ class ModelStore:
 
     def _record(self, model_id: str, name: str, sha: str, pinned: bool) -> None:
         with self._lock:
-            st = (self.root / model_id / safe_relpath(name)).stat()
+            st = (self._dir(model_id) / safe_relpath(name)).stat()
             state = self._read_state(model_id)
             state["files"][name] = {"sha256": sha, "size": st.st_size,
                                     "mtime_ns": st.st_mtime_ns, "pinned": pinned,
@@ -288,7 +302,7 @@ class ModelStore:
 
     def _slot_files(self, spec: ModelSpec) -> list[str]:
         """Files in a slot model's folder (user-supplied weights), by relative name."""
-        d = self.root / spec.id
+        d = self._dir(spec.id)
         if not d.is_dir():
             return []
         return sorted(str(p.relative_to(d).as_posix()) for p in d.rglob("*")
@@ -310,7 +324,7 @@ class ModelStore:
         if spec.env and os.environ.get(spec.env):
             p = Path(os.environ[spec.env]).expanduser()
             return p if p.is_file() else None
-        d = self.root / spec.id
+        d = self._dir(spec.id)
         chosen = self._read_state(model_id).get(SLOT_KEY)
         if isinstance(chosen, str):
             try:
@@ -327,7 +341,7 @@ class ModelStore:
         if spec.env and os.environ.get(spec.env):
             return None
         try:
-            return p.relative_to(self.root / spec.id).as_posix()
+            return p.relative_to(self._dir(spec.id)).as_posix()
         except ValueError:
             return None
 
@@ -337,7 +351,7 @@ class ModelStore:
         prefers ``model.safetensors`` over a sharded index, diffusers a plain file over a
         variant. Hidden files and Mend's ``.part``/``.lock`` files are not weights."""
         spec = self.spec(model_id)
-        d = self.root / spec.id
+        d = self._dir(spec.id)
         if spec.bundled or spec.slot or not d.is_dir():
             return []
         listed = {f.name for f in spec.files}
@@ -353,12 +367,17 @@ class ModelStore:
         return sorted(out)
 
     def _remove_strays(self, model_id: str, names: list[str]) -> None:
-        d = self.root / model_id
+        d = self._dir(model_id)
+        top = d.resolve()
         for name in names:
+            p = d / safe_relpath(name)
+            # (the file itself may be a link: unlink removes the link, never its target)
+            if not p.parent.resolve().is_relative_to(top):
+                raise SaveFailed(f"not deleting {p}: it is not inside the model's folder {d}")
             try:
-                (d / safe_relpath(name)).unlink(missing_ok=True)
+                p.unlink(missing_ok=True)
             except OSError as e:
-                raise SaveFailed(f"cannot delete {d / name}: {e.strerror or e}") from None
+                raise SaveFailed(f"cannot delete {p}: {e.strerror or e}") from None
 
     def expected_sha(self, model_id: str, f: ModelFile) -> str | None:
         if f.sha256:
@@ -369,7 +388,7 @@ class ModelStore:
     # ---------------------------------------------------------------- status
     def _check_file(self, model_id: str, f: ModelFile, deep: bool,
                     state: dict[str, Any]) -> FileStatus:
-        path = self.root / model_id / safe_relpath(f.name)
+        path = self._dir(model_id) / safe_relpath(f.name)
         part = path.with_name(path.name + PART_SUFFIX)
         rec = state["files"].get(f.name)
         expected = f.sha256 or (rec or {}).get("sha256")
@@ -462,7 +481,7 @@ class ModelStore:
             if not _package_present(spec):
                 raise ModelMissing(model_id, f"it ships with the Python package "
                                              f"'{spec.extra.get('package')}', which is not installed")
-            return self.root / model_id
+            return self._dir(model_id)
         if spec.slot:
             p = self.slot_path(model_id)
             if p is None:
@@ -491,8 +510,8 @@ class ModelStore:
             raise ModelMissing(model_id, f"{len(missing)} of its files are missing ({fix})")
         strays = self.stray_files(model_id)
         if strays:
-            raise UnexpectedModelFiles(model_id, self.root / model_id, strays)
-        return self.root / model_id
+            raise UnexpectedModelFiles(model_id, self._dir(model_id), strays)
+        return self._dir(model_id)
 
     # ---------------------------------------------------------------- download
     def pull(self, model_id: str, progress: dl.ProgressFn | None = None,
@@ -500,7 +519,9 @@ class ModelStore:
         """Download whatever of the model is missing; returns the model's status afterwards.
 
         Weight files in the model's folder that the manifest does not list are deleted first
-        (a loader could take them instead of the verified files; see :meth:`stray_files`).
+        (a loader could take them instead of the verified files; see :meth:`stray_files`) —
+        unless the pull cannot happen: offline with files to fetch, it raises
+        :class:`OfflineError` having deleted nothing.
         ``progress(DownloadProgress)`` per chunk; ``token`` (a CancelToken) cancels between
         chunks (the ``.part`` stays for a later resume).
         """
@@ -509,7 +530,6 @@ class ModelStore:
             return BUNDLED
         if spec.slot:
             raise UsageError(f"'{model_id}' has no public weights: {spec.notes}")
-        self._remove_strays(model_id, self.stray_files(model_id))
         state = self._read_state(model_id)
         todo, corrupt = [], []
         for f in spec.files:
@@ -519,9 +539,8 @@ class ModelStore:
             if fs.status == CORRUPT:
                 corrupt.append(f.name)
             todo.append(f)
-        if not todo:
-            return self.status(model_id)
-        if dl.offline_mode():  # nothing deleted: the damaged file is all the user has here
+        if todo and dl.offline_mode():  # nothing deleted: the damaged file (and any stray
+            # weights) are all the user has here; a failed pull leaves the folder as it was
             if corrupt:
                 raise OfflineError(
                     f"'{model_id}' is damaged ({', '.join(corrupt)}) and offline mode is on "
@@ -530,6 +549,9 @@ class ModelStore:
             raise OfflineError(
                 f"'{model_id}' is not installed and offline mode is on (MEND_OFFLINE=1): "
                 "import it from a folder or an offline pack (mend models import PATH)")
+        self._remove_strays(model_id, self.stray_files(model_id))
+        if not todo:
+            return self.status(model_id)
         for name in corrupt:
             self.file_path(model_id, name).unlink(missing_ok=True)
         if corrupt:
@@ -661,13 +683,15 @@ class ModelStore:
         they may be shared or outside what Mend manages.
         """
         spec = self.spec(model_id)
-        d = self.root / spec.id
+        d = self._dir(spec.id)
         try:
             if d.is_symlink():
                 d.unlink()
                 return 0
             if not d.exists():
                 return 0
+            if not d.resolve().is_relative_to(self.root.resolve()):  # (not a link: see _dir)
+                raise SaveFailed(f"not removing {d}: it is not inside the model store")
             freed = _tree_size(d)
             shutil.rmtree(d)
         except OSError as e:

@@ -141,3 +141,62 @@ def test_parser_rejects_bad_entries(bad):
            "commercial_use": True, "memory_mb": 1, "files": [f]}
     with pytest.raises(ManifestError):
         parse_model(raw)
+
+
+def test_shipped_model_ids_are_safe_folder_names(manifest):
+    for mid in manifest.ids():
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", mid) and mid not in (".", ".."), mid
+
+
+@pytest.mark.parametrize("bad", [
+    "../victim", "..", ".", "/abs/path", "a/b", "a\\b", "C:x", "C:", ".hidden", "-x", "",
+    "x\n", "x y", "é", 7, None,
+])
+def test_parser_rejects_model_ids_that_are_not_plain_folder_names(bad):
+    """A model id names the model's folder in the store (which pull cleans and remove deletes):
+    a mirror manifest's ``../victim`` must not reach outside it."""
+    raw = {"id": bad, "task": "t", "loader": "spandrel", "license": "MIT",
+           "commercial_use": True, "memory_mb": 1, "files": []}
+    with pytest.raises(ManifestError, match="unsafe model id"):
+        parse_model(raw)
+    del raw["id"]
+    with pytest.raises(ManifestError, match="lacks 'id'"):
+        parse_model(raw)
+
+
+def test_a_mirror_manifest_with_a_traversing_id_is_refused(tmp_path, monkeypatch):
+    """The audit's case: MEND_MANIFEST names a mirror whose model id is ``../victim``; neither
+    ``pull`` (even offline) nor ``remove`` may touch the folder beside the store."""
+    import dataclasses
+    import json
+
+    from engine.models.manifest import default_manifest
+
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "keep.pth").write_bytes(b"a")
+    (victim / "sub" / "y.safetensors").write_bytes(b"b")
+    mirror = tmp_path / "mirror.json"
+    mirror.write_text(json.dumps({"hosts": ["mirror.example.org"], "models": [{
+        "id": "../victim", "task": "sr", "loader": "spandrel", "license": "x",
+        "commercial_use": True, "memory_mb": 1,
+        "files": [{"name": "w.pth", "url": "https://mirror.example.org/w.pth", "size": 10,
+                   "sha256": "0" * 64}]}]}))
+    monkeypatch.setenv("MEND_MANIFEST", str(mirror))
+    with pytest.raises(ManifestError, match=r"mirror\.json.*unsafe model id '\.\./victim'"):
+        default_manifest()
+    # defence in depth: a spec that got past the parser (built in code) is refused by the
+    # manifest, and one slipped into it anyway is refused by the store before any delete
+    base = Manifest.load()
+    bad = dataclasses.replace(base.get("realesr-general-x4v3"), id="../victim")
+    with pytest.raises(ManifestError, match="unsafe model id"):
+        Manifest([bad])
+    base.models["../victim"] = bad
+    store = ModelStore(tmp_path / "store", base)
+    monkeypatch.setenv("MEND_OFFLINE", "1")
+    for call in (store.pull, store.remove, store.status, store.stray_files, store.model_dir,
+                 lambda m: store.verify(m, repair=True)):
+        with pytest.raises(ManifestError):
+            call("../victim")
+    assert sorted(p.relative_to(victim).as_posix() for p in victim.rglob("*")) == [
+        "keep.pth", "sub", "sub/y.safetensors"]

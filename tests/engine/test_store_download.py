@@ -434,3 +434,90 @@ def test_verify_keeps_an_unpinned_file_found_damaged_corrupt(server, tmp_path):
     rep = store.verify(MID, repair=True)
     assert rep.repaired == [NAME] and rep.status == "unpinned"
     assert f.read_bytes() == data
+
+
+def test_offline_pull_deletes_nothing(server, tmp_path, monkeypatch):
+    """A pull that cannot happen (offline, files to fetch) leaves the folder as it was: stray
+    weights included. Online, the same pull deletes them first, as documented."""
+    data = _blob(5_000, 18)
+    store = served_store(tmp_path / "s", server, MID, {NAME: data})
+    stray = store.root / MID / "other.safetensors"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"someone's weights")
+    monkeypatch.setenv("MEND_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="not installed"):
+        store.pull(MID)
+    assert stray.read_bytes() == b"someone's weights"
+    assert server.requests == []
+    monkeypatch.delenv("MEND_OFFLINE")
+    assert store.pull(MID) == "verified"
+    assert not stray.exists()
+
+
+def test_removing_strays_never_leaves_the_model_folder(server, tmp_path):
+    from engine.errors import SaveFailed
+
+    store = served_store(tmp_path / "s", server, MID, {NAME: _blob(1000, 19)})
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "x.pth").write_bytes(b"keep")
+    (store.root / MID).mkdir(parents=True)
+    (store.root / MID / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(SaveFailed, match="not inside"):
+        store._remove_strays(MID, ["sub/x.pth"])
+    assert (outside / "x.pth").read_bytes() == b"keep"
+
+
+SECRET = "hf_SECRETSECRET"
+SIG = "SECRET_SIGNATURE_abc123"
+
+
+def _no_secret(text: str) -> None:
+    for s in (SECRET, SIG, "hunter2", "token=", "X-Amz", "user:"):
+        assert s not in text, text
+
+
+def test_display_url_keeps_scheme_host_port_and_path_only():
+    assert dl.display_url("https://user:hunter2@Mirror.example.org:8443/m/w.pth?token=x#f") == (
+        "https://mirror.example.org:8443/m/w.pth?…")
+    assert dl.display_url("https://mirror.example.org/m/w.pth") == (
+        "https://mirror.example.org/m/w.pth")
+    assert dl.display_url("http://[::1]:8080/a?b") == "http://[::1]:8080/a?…"
+    assert dl.display_url("https://h:notaport/a?token=x") == "<unreadable URL>"
+
+
+def test_download_errors_never_show_url_secrets(server, tmp_path):
+    """Mirror URLs carry tokens (query, userinfo) and signed redirects carry signatures: error
+    messages (CLI JSON, the UI, logs) show scheme://host:port/path only."""
+    allowed = {"allowed_hosts": {"127.0.0.1", "mirror.example.org"},
+               "allow_http_hosts": ("127.0.0.1",), "retries": 0, "backoff": 0.0, "timeout": 5.0}
+    # an HTTP error status
+    url = f"{server.url}/models/w.pth?X-Amz-Signature={SIG}&token={SECRET}"
+    with pytest.raises(DownloadError) as e:
+        dl.fetch(url, tmp_path / "a.part", **allowed)
+    assert f"{server.url}/models/w.pth" in str(e.value)
+    _no_secret(str(e.value))
+    # a redirect to a signed URL that then fails
+    server.redirects["/models/r.pth"] = f"{server.url}/signed/r.pth?X-Amz-Signature={SIG}"
+    with pytest.raises(DownloadError) as e:
+        dl.fetch(f"{server.url}/models/r.pth?token={SECRET}", tmp_path / "b.part", **allowed)
+    _no_secret(str(e.value))
+    # a redirect off HTTPS, and a refused URL with userinfo
+    server.redirects["/models/s.pth"] = f"http://u:hunter2@mirror.example.org/s?token={SECRET}"
+    with pytest.raises(DownloadError, match="non-HTTPS") as e:
+        dl.fetch(f"{server.url}/models/s.pth", tmp_path / "c.part", **allowed)
+    _no_secret(str(e.value))
+    with pytest.raises(DownloadError, match="non-HTTPS") as e:
+        dl.check_url(f"http://user:hunter2@mirror.example.org/x?token={SECRET}",
+                     {"mirror.example.org"})
+    _no_secret(str(e.value))
+    # a network failure whose own message quotes the request (http.client's InvalidURL)
+    with pytest.raises(DownloadError, match="after 1 attempts") as e:
+        dl.fetch(f"{server.url}/models/w.pth?token={SECRET} x", tmp_path / "d.part", **allowed)
+    _no_secret(str(e.value))
+    # a body bigger than pinned
+    server.files[f"/models/big.pth?token={SECRET}"] = b"x" * 100  # (paths include the query)
+    with pytest.raises(DownloadError, match="more than") as e:
+        dl.fetch(f"{server.url}/models/big.pth?token={SECRET}", tmp_path / "e.part",
+                 expected_size=10, **allowed)
+    _no_secret(str(e.value))

@@ -152,6 +152,50 @@ def test_sidecar_survives_garbage(tmp_path):
     assert Sidecar.from_json(Sidecar().to_json()) == Sidecar()
 
 
+def test_sidecar_folder_that_links_to_another_folder_is_not_written(tmp_path, caplog):
+    """A shared folder whose .mend is a symbolic link into another photo folder's .mend: camera
+    names repeat across cards, so writing there would replace that folder's sidecars and
+    hand-painted masks. The user-data store is used instead, and the log says why."""
+    import logging
+
+    import numpy as np
+
+    from engine.imageio import save_mask
+
+    victim, shared = tmp_path / "victim", tmp_path / "shared"
+    (victim / ".mend").mkdir(parents=True)
+    shared.mkdir()
+    theirs = {"IMG_0001.JPG.json": b'{"version": 1, "outputs": ["theirs"]}',
+              "IMG_0001.JPG.mask.png": b"their hand-painted mask"}
+    for name, data in theirs.items():
+        (victim / ".mend" / name).write_bytes(data)
+    (shared / ".mend").symlink_to(Path("..") / "victim" / ".mend", target_is_directory=True)
+    photo = shared / "IMG_0001.JPG"
+    photo.write_bytes(b"ours")
+    with caplog.at_level(logging.WARNING, logger="mend.ui.sidecar"):
+        store = SidecarStore(shared, tmp_path / "data")
+    assert str(store.root).startswith(str(tmp_path / "data" / "sidecars"))
+    assert "link to another folder" in caplog.text and str(store.root) in caplog.text
+    assert store.load(photo) is None  # the other folder's sidecar is not ours either
+    store.update(photo, outputs=["ours"])
+    save_mask(np.zeros((4, 4), np.uint8), store.mask_path_for(photo))
+    assert store.load(photo).outputs == ["ours"] and store.mask_path_for(photo).is_file()
+    assert {p.name: p.read_bytes() for p in (victim / ".mend").iterdir()} == theirs
+    # made a link only after the store was opened: noticed at the next write
+    other = tmp_path / "other"
+    other.mkdir()
+    late = SidecarStore(other, tmp_path / "data")
+    assert late.root == other / ".mend"
+    (other / ".mend").symlink_to(victim / ".mend", target_is_directory=True)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mend.ui.sidecar"):
+        late.update(other / "IMG_0001.JPG", outputs=["late"])
+        save_mask(np.zeros((4, 4), np.uint8), late.mask_path_for(other / "IMG_0001.JPG"))
+    assert "became a link" in caplog.text
+    assert str(late.root).startswith(str(tmp_path / "data" / "sidecars"))
+    assert {p.name: p.read_bytes() for p in (victim / ".mend").iterdir()} == theirs
+
+
 def test_diagnosis_panel_shows_an_unresolved_line_blur_as_such(qtbot):
     """The straight-line estimator's floor (~3.7 px) is not a measurement: the panel says "none
     resolved" and leaves the line's angle out; a resolved line and the blur extent show their
