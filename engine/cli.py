@@ -22,6 +22,7 @@ from typing import Any
 from . import __version__
 from .api import Degradation, JobRequest, OutputOptions
 from .errors import DeviceUnavailable, EngineError, UsageError
+from .models.manifest import ManifestError
 
 log = logging.getLogger("mend")
 
@@ -146,6 +147,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     except EngineError as e:
         _fail(e, args)
         return EXIT_FAILED
+    except ManifestError as e:  # a broken MEND_MANIFEST (a mirror's): one line, not a traceback
+        _fail(f"the model manifest is not usable: {e}", args)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("mend: interrupted", file=sys.stderr)
         return 130
@@ -160,7 +164,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         return EXIT_PIPE
 
 
-def _fail(e: BaseException, args: argparse.Namespace) -> None:
+def _fail(e: BaseException | str, args: argparse.Namespace) -> None:
     if args.debug:
         traceback.print_exc()
     print(f"mend: {e}", file=sys.stderr)

@@ -76,6 +76,15 @@ def _resolve_ids(profile_or_ids: str | Iterable[str], store: ModelStore) -> tupl
     return ids, ""
 
 
+def _without_urls(entry: dict[str, Any]) -> dict[str, Any]:
+    """A manifest entry for a pack's index, without its files' download URLs: a pack carries
+    the files themselves, and an organisation mirror's URLs may hold access tokens that must
+    not travel with the pack."""
+    out = dict(entry)
+    out["files"] = [{k: v for k, v in f.items() if k != "url"} for f in entry.get("files", [])]
+    return out
+
+
 def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: ModelStore,
                 progress: PackProgress | None = None) -> Path:
     """Write the models of a profile (or the given ids) into one pack at ``dest``.
@@ -144,7 +153,8 @@ def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: Mo
                                 "sha256": digest, "pinned": pinned})
             index = {"format": PACK_FORMAT, "version": PACK_VERSION,
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "profile": profile,
-                     "models": [s.to_json() for s in specs], "entries": entries}
+                     "models": [_without_urls(s.to_json()) for s in specs],
+                     "entries": entries}
             z.writestr(PACK_INDEX, json.dumps(index, indent=1))
         os.replace(part, dest)
     except OSError as e:

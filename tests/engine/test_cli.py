@@ -209,6 +209,18 @@ def test_offline_pull_fails_clearly_without_network():
     assert "offline" in o["error"].lower()
 
 
+def test_a_broken_mirror_manifest_is_one_error_line(tmp_path):
+    """MEND_MANIFEST naming a manifest with an unsafe model id (or any other flaw): exit 1 with
+    one line naming the problem, not a traceback."""
+    bad = json.loads((ROOT / "resources" / "models.json").read_text(encoding="utf-8"))
+    bad["models"][0]["id"] = "../victim"
+    (tmp_path / "m.json").write_text(json.dumps(bad), encoding="utf-8")
+    r = mend("models", "list", env={"MEND_MANIFEST": str(tmp_path / "m.json"),
+                                    "MEND_MODELS_DIR": str(tmp_path / "store")})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "manifest" in r.stderr and "../victim" in r.stderr
+
+
 def test_models_verify_exits_1_with_the_file_report_when_damaged_or_missing(tmp_path):
     root = tmp_path / "models"
     (root / "realesr-general-x4v3").mkdir(parents=True)

@@ -53,6 +53,14 @@ def test_pack_round_trip_into_empty_store(source, tmp_path):
     assert names == {PACK_INDEX, "models/realesr-general-x4v3/realesr-general-x4v3.pth",
                      "models/sam-vit-base/config.json", "models/sam-vit-base/model.safetensors"}
     assert {e["model"] for e in index["entries"]} == {"realesr-general-x4v3", "sam-vit-base"}
+    # the files travel, their download URLs do not (a mirror's may hold access tokens)
+    assert all("url" not in f for m in index["models"] for f in m["files"])
+    from engine.models.manifest import default_manifest
+    from engine.models.packs import _without_urls
+
+    real = default_manifest().get("realesr-general-x4v3").to_json()
+    assert any(f.get("url") for f in real["files"])
+    assert not any("url" in f for f in _without_urls(real)["files"])
     dest = _target(source, tmp_path / "empty")
     assert not dest.root.exists()
     rep = import_pack(pack, dest)
