@@ -49,6 +49,7 @@ dies mid-write). Elsewhere a ``.<name>.mend-<pid>-<rand>.part`` temp file is fsy
 """
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import html
@@ -216,11 +217,15 @@ def _jxl_bit_depth(p: Path) -> int | None:
     return None if h is None else h[3]
 
 
+_JXL_MAX_BOXES = 4096  # boxes of a JPEG XL container looked at (headers only, bodies skipped)
+
+
 def _jxl_boxes(f: BinaryIO) -> Iterator[tuple[bytes, int, int | None]]:
     """(type, payload offset, payload size or None for "to the end of the file") of the first
-    64 boxes of a JPEG XL container ``f``, after its signature box. Seeks ``f``."""
+    ``_JXL_MAX_BOXES`` boxes of a JPEG XL container ``f``, after its signature box; each box's
+    header is read, its body skipped by its size. Seeks ``f``."""
     pos = 12
-    for _ in range(64):
+    for _ in range(_JXL_MAX_BOXES):
         f.seek(pos)
         hdr = f.read(8)
         if len(hdr) < 8:
@@ -257,7 +262,7 @@ def _jxl_xmp(p: Path, notes: list[str] | None = None) -> bytes | None:
                 if btype == b"brob":
                     if f.read(4) != b"xml ":
                         continue
-                    n = None if n is None else n - 4
+                    n = None if n is None else max(0, n - 4)
                 data = f.read(_JXL_XMP_MAX + 1 if n is None else min(n, _JXL_XMP_MAX + 1))
                 if len(data) > _JXL_XMP_MAX:
                     continue
@@ -293,6 +298,30 @@ def _unbrotli_xmp(p: Path, data: bytes, notes: list[str] | None) -> bytes | None
     return None
 
 
+def _jxl_codestream_start(f: BinaryIO, want: int) -> bytes:
+    """The first ``want`` bytes of a JPEG XL container's codestream: a ``jxlc`` box's, or those
+    of its ``jxlp`` parts joined (each after its 4-byte index; other boxes may sit between the
+    parts); fewer when the container holds fewer (within ``_JXL_MAX_BOXES`` boxes)."""
+    code = b""
+    for btype, start, n in _jxl_boxes(f):
+        if btype == b"jxlc" and not code:
+            f.seek(start)
+            return f.read(want if n is None else min(n, want))
+        if btype != b"jxlp":
+            continue
+        if n is not None and n < 4:  # no room for its index: damaged
+            return b""
+        f.seek(start)
+        index = f.read(4)
+        if len(index) < 4:
+            break
+        n = None if n is None else n - 4
+        code += f.read(want - len(code) if n is None else min(n, want - len(code)))
+        if len(code) >= want or index[0] & 0x80:  # enough, or the last part
+            break
+    return code
+
+
 def _jxl_parse(p: Path) -> tuple[int, int, int, int | None] | None:
     """(width, height, orientation, bits per sample or None) of a JPEG XL codestream header
     (ISO/IEC 18181-1 SizeHeader and the start of ImageMetadata), None when not JPEG XL."""
@@ -302,16 +331,12 @@ def _jxl_parse(p: Path) -> tuple[int, int, int, int | None] | None:
             if head[:2] == b"\xff\x0a":
                 code = head[2:] + f.read(52)
             elif head == _JXL_BOX:
-                code = b""
-                for btype, start, _n in _jxl_boxes(f):  # find the first codestream box
-                    if btype in (b"jxlc", b"jxlp"):
-                        f.seek(start)
-                        data = f.read(68)
-                        code = data[4:] if btype == b"jxlp" else data
-                        break
+                code = _jxl_codestream_start(f, 66)
                 if code[:2] != b"\xff\x0a":
                     return (0, 0, 1, None)
                 code = code[2:]
+            elif head[4:7] == b"JXL":  # pillow-jxl-plugin takes it for JPEG XL: size unknown
+                return (0, 0, 1, None)
             else:
                 return None
     except OSError:
@@ -397,15 +422,27 @@ def _check_path(p: Path) -> None:
 _BOMB_RE = re.compile(r"\((\d+) pixels\)")
 
 
+def _jxl_precheck(p: Path, limit: int) -> tuple[int, int, int] | None:
+    """None when ``p`` is not JPEG XL, else its header's (width, height, orientation) once the
+    pixel limit is checked: pillow-jxl-plugin decodes the whole image inside Image.open, so a
+    JPEG XL whose size cannot be read from its header is refused, never opened."""
+    jxl = _jxl_header(p)
+    if jxl is None:
+        return None
+    if "JXL" not in _pil().OPEN:
+        raise BadImage(p, JXL_HINT)
+    if jxl[0] <= 0 or jxl[1] <= 0:
+        raise BadImage(p, "the JPEG XL header is damaged or unsupported (its size cannot be "
+                          "read): the file was not decoded")
+    if jxl[0] * jxl[1] > limit:
+        raise _too_large(p, jxl[0] * jxl[1], limit)
+    return jxl
+
+
 def _open_image(p: Path, limit: int):
     """Open (header only) and enforce the pixel limit before anything is decoded."""
     Image = _pil()
-    jxl = _jxl_header(p)
-    if jxl is not None:  # the JXL plugin decodes the whole file in open(): check first
-        if "JXL" not in Image.OPEN:
-            raise BadImage(p, JXL_HINT)
-        if jxl[0] * jxl[1] > limit:
-            raise _too_large(p, jxl[0] * jxl[1], limit)
+    _jxl_precheck(p, limit)
     try:
         im = Image.open(p)
     except Image.DecompressionBombError as e:
@@ -1402,11 +1439,9 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
             from . import rawio
 
             return rawio.size(p, kind, max_pixels_default())
-        jxl = _jxl_header(p)
-        if jxl is not None and jxl[0] > 0 and jxl[1] > 0 and "JXL" in _pil().OPEN:
-            w, h, orientation = jxl  # the plugin decodes everything on open: use the header
-            if w * h > max_pixels_default():
-                raise _too_large(p, w * h, max_pixels_default())
+        jxl = _jxl_precheck(p, max_pixels_default())
+        if jxl is not None:  # the plugin decodes everything on open: use the header
+            w, h, orientation = jxl
             return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
         with _open_image(p, max_pixels_default()) as im:
             w, h = im.size
@@ -1445,20 +1480,34 @@ def _preview_rgb8(im, max_side: int) -> np.ndarray:
 _RECORD_NS_PREFIX_RE = re.compile(
     r"xmlns:([A-Za-z_][\w.-]*)\s*=\s*[\"']" + re.escape(MEND_XMP_NS) + r"[\"']")
 # an rdf:Description holding nothing and declaring only rdf:about and namespaces (what is left of
-# the one Mend wrote once its record is taken out)
+# the one Mend wrote once its record is taken out). Every regex that runs over XMP text from a
+# photo stays linear in its length: a repeated prefix (\s*, [ \t]*) starts only where its run
+# does ((?<!\s)), and no part of a match may run on past where the next tag starts ([^<]...)
 _EMPTY_DESC_RE = re.compile(
-    r"\s*<rdf:Description((?:\s+(?:rdf:about|xmlns:[\w.-]+)\s*=\s*(?:\"[^\"]*\"|'[^']*'))*)\s*"
-    r"(?:/>|>\s*</rdf:Description\s*>)")
+    r"(?<!\s)\s*<rdf:Description("
+    r"(?:\s+(?:rdf:about|xmlns:[\w.-]+)\s*=\s*(?:\"[^\"<]*\"|'[^'<]*'))*"
+    r")\s*(?:/>|>\s*</rdf:Description\s*>)")
+
+
+_RECORD_PREFIXES_MAX = 8  # prefixes bound to Mend's namespace looked for (each is a pass)
 
 
 def _record_prefixes(text: str) -> list[str]:
-    """The prefixes bound to Mend's namespace in ``text`` ("mend" always among them)."""
-    found = {"mend", *_RECORD_NS_PREFIX_RE.findall(text)}
+    """The prefixes bound to Mend's namespace in ``text`` ("mend" always among them; the first
+    ``_RECORD_PREFIXES_MAX`` only: a packet declaring thousands must not cost thousands of
+    passes over it)."""
+    found = ["mend"]
+    for m in _RECORD_NS_PREFIX_RE.finditer(text):
+        if m.group(1) not in found:
+            found.append(m.group(1))
+            if len(found) >= _RECORD_PREFIXES_MAX:
+                break
     return sorted(found)
 
 
 def _record_element(p: str) -> str:
-    return rf"<{p}:record(?:\s[^>]*)?/>|<{p}:record(?:\s[^>]*)?>(.*?)</{p}:record\s*>"
+    # the record's text is escaped JSON (no "<"): its element ends at the next tag or not at all
+    return rf"<{p}:record(?:\s[^<>]*)?/>|<{p}:record(?:\s[^<>]*)?>([^<]*)</{p}:record\s*>"
 
 
 def _record_attribute(p: str) -> str:
@@ -1469,7 +1518,7 @@ def _record_re(prefix: str) -> re.Pattern[str]:
     """``mend:record`` as an element (group 1: its text) or as an attribute (group 2 or 3: its
     value, the form the Adobe XMP Toolkit writes simple properties in)."""
     p = re.escape(prefix)
-    return re.compile(_record_element(p) + "|" + _record_attribute(p), re.DOTALL)
+    return re.compile(_record_element(p) + "|" + _record_attribute(p))
 
 
 def _xml_root(text: str):
@@ -1498,9 +1547,8 @@ def _without_record(text: str) -> str:
     out = text
     for prefix in _record_prefixes(text):
         p = re.escape(prefix)
-        out = re.sub(rf"[ \t]*(?:{_record_element(p)})[ \t]*(?:\r?\n)?", "", out,
-                     flags=re.DOTALL)
-        out = re.sub(rf"\s+{_record_attribute(p)}", "", out)
+        out = re.sub(rf"(?<![ \t])[ \t]*(?:{_record_element(p)})[ \t]*(?:\r?\n)?", "", out)
+        out = re.sub(rf"(?<!\s)\s+{_record_attribute(p)}", "", out)
 
     def empty(m: re.Match[str]) -> str:
         return "" if MEND_XMP_NS in m.group(1) else m.group(0)
@@ -1570,6 +1618,8 @@ def read_record(path: str | os.PathLike[str], *, header_only: bool = False) -> d
     p = Path(path)
     _check_path(p)
     try:
+        if _jxl_header(p) is not None:  # its XMP box, not Image.open: that decodes every pixel
+            return record_from_xmp(_jxl_xmp(p))
         im = _pil().open(p)
         with im:
             xmp = _xmp_of(im)
@@ -2051,20 +2101,46 @@ JPEG_EXIF_MAX = 65533  # bytes of EXIF (with its "Exif\0\0") one JPEG APP1 segme
 # what makes an XMP packet large without describing the photo: Photoshop's list of every
 # placed document, the edit history, Camera Raw's and darktable's develop settings (elements and
 # attributes; darktable's colour labels stay) and embedded thumbnails
-_XMP_BULK_ELEMENTS = re.compile(
-    r"<(photoshop:DocumentAncestors|xmpMM:History|xmp:Thumbnails|crs:[A-Za-z0-9]+"
-    r"|darktable:(?:history|masks_history))\b[^>]*?(?:/>|>.*?</\1\s*>)", re.DOTALL)
-_XMP_BULK_ATTRS = re.compile(r'\s+(?:crs|darktable):[A-Za-z0-9_]+="[^"]*"')
+_XMP_BULK_NAMES = (r"(photoshop:DocumentAncestors|xmpMM:History|xmp:Thumbnails|crs:[A-Za-z0-9]+"
+                   r"|darktable:(?:history|masks_history))\b")
+# such an element is its start tag (group 2: "/" when it is empty) up to the first end tag of
+# the same name: start and end tags are found in one pass each and paired by position (one
+# regex "<(name)...>.*?</\1>" would scan to the end of the text from every start tag left open)
+_XMP_BULK_START = re.compile(rf"<{_XMP_BULK_NAMES}[^<>]*?(/?)>")
+_XMP_BULK_END = re.compile(rf"</{_XMP_BULK_NAMES}\s*>")
+_XMP_BULK_ATTRS = re.compile(r'(?<!\s)\s+(?:crs|darktable):[A-Za-z0-9_]+="[^"]*"')
+
+
+def _without_bulk_elements(text: str) -> str:
+    ends: dict[str, list[tuple[int, int]]] = {}
+    for m in _XMP_BULK_END.finditer(text):
+        ends.setdefault(m.group(1), []).append((m.start(), m.end()))
+    out, pos = [], 0
+    for m in _XMP_BULK_START.finditer(text):
+        if m.start() < pos:  # inside an element already taken out
+            continue
+        if m.group(2):
+            end = m.end()
+        else:
+            close = ends.get(m.group(1), [])
+            i = bisect.bisect_left(close, (m.end(), -1))
+            if i == len(close):
+                continue
+            end = close[i][1]
+        out.append(text[pos:m.start()])
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def slim_xmp(xmp: bytes) -> bytes:
-    """``xmp`` without its editing history (see ``_XMP_BULK_ELEMENTS``); keywords, rating,
+    """``xmp`` without its editing history (see ``_XMP_BULK_NAMES``); keywords, rating,
     title, creator, rights and Mend's record stay."""
     try:
         text = xmp.decode("utf-8")
     except UnicodeDecodeError:
         return xmp
-    text = _XMP_BULK_ELEMENTS.sub("", text)
+    text = _without_bulk_elements(text)
     text = _XMP_BULK_ATTRS.sub("", text)
     return text.encode("utf-8")
 
