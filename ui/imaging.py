@@ -44,9 +44,14 @@ def load_preview(path: Path, max_side: int) -> np.ndarray:
 
 
 def load_full(path: Path) -> np.ndarray:
-    """Full-resolution uint8 RGB, upright (for the viewer and the mask editor)."""
-    from engine.imageio import load_photo
+    """Full-resolution uint8 RGB, upright (for the viewer and the mask editor): a plain 8-bit
+    JPEG straight to uint8 (the same bytes, no float copy: 24 MP 1.1-2.8 s and +620 MB ->
+    ~0.4 s), anything else through the engine's float load."""
+    from engine.imageio import load_jpeg_rgb8, load_photo
 
+    rgb = load_jpeg_rgb8(path)
+    if rgb is not None:
+        return rgb
     px = load_photo(path).pixels
     return float_to_uint8(px)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QThreadPool, QTimer, Signal
-from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QColorDialog,
     QComboBox,
@@ -781,6 +781,8 @@ class MainWindow(QMainWindow):
         latest[0] = token
         self.canvas.message = f"Loading {path.name}…"
         output = st.output
+        if self._view is None or self._view.path != Path(path):
+            self._show_preview(path)
 
         def stale() -> bool:  # (in the pool)
             return latest[0] != token
@@ -810,6 +812,26 @@ class MainWindow(QMainWindow):
 
         mask_path = st.mask_path or (st.result.artifacts.get("mask_path") if st.result else None)
         self.bg.run(lambda: build_view(path, output, mask_path, stale), done, fail)
+
+    def _show_preview(self, path: Path) -> bool:
+        """The grid's thumbnail of another photo than the one shown, on the canvas while the
+        photo decodes (the decode replaces it): no seconds of the previous photo or of
+        "Loading…". Not when zoomed in (a thumbnail is a blur there: the previous photo stays
+        until the decode, as before) nor in the mask editor (its document is the previous
+        photo's until then); no thumbnail yet: as before."""
+        if not self.canvas.fit_mode or self.mask_action.isChecked():
+            return False
+        row = self.model.row_of(Path(path))
+        if row is None:
+            return False
+        pm = self.model.data(self.model.index(row), Qt.ItemDataRole.DecorationRole)
+        if not isinstance(pm, QPixmap) or pm.isNull():
+            return False
+        self._view = None  # the canvas no longer shows it (its mask editor waits for the decode)
+        self._set_canvas_doc(None)  # the previous photo's mask and boxes do not fit this one
+        self.canvas.set_boxes()
+        self.canvas.set_images(pm.toImage())  # a few hundred pixels: a copy, no decode
+        return True
 
     def _show_result_mask(self) -> None:
         """Show the mask the engine used (or the edited one) as a read-only overlay."""
