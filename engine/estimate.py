@@ -11,8 +11,10 @@ Time comes from two sources, best first:
    count (an optimistic, ideal scaling) and exist for CPUs only: a GPU has no estimate until its
    first photo has run.
 
-Memory is the largest model the plan loads (the manifest's ``memory_mb``: weights + working
-memory) plus the image buffers (input, output at the step's scale and the tiler's accumulators).
+Memory is the process itself (``PROCESS_BYTES``) plus the largest of: each step's image buffers
+(input, output at the step's scale and the tiler's accumulators) with the model it loads (the
+manifest's ``memory_mb``: weights + working memory), and what follows the last step - the photo
+and the result held while the regression guard measures them and the result is saved.
 
 Pure Python: no torch import, cheap enough for the UI thread to call on every plan edit.
 """
@@ -64,6 +66,28 @@ REFERENCE_CPU_S_PER_PHOTO: dict[str, float] = {
 # memory of the image buffers per output pixel: input + output + the tiler's sum and weights
 _BYTES_PER_PIXEL = 3 * 4
 _BUFFERS = 4
+# Peak resident memory of whole `builtin` jobs on a 24 MP photo (6000x4000 JPEG, /usr/bin/time
+# -f %M, 2026-12-06): A and C 2.16 GB (the peak is the save), B 3.06 GB (its inpainting step).
+# - the engine process before any photo: Python, NumPy, OpenCV, torch and the analyzer loaded
+#   (0.52-0.62 GB measured; a margin for the GUI's own share)
+PROCESS_BYTES = 700 << 20
+# - after the last step the photo and the result stay in memory (float32 RGB, 12 B per pixel
+#   each; a result the steps scaled is also brought back to the photo's size for the guard) and
+#   on top of them, one after the other:
+#   the regression guard's temporaries per photo pixel: the two lumas (8 B) and at most ~3
+#   float32 planes of one measurement (measured 0.48 GB at 24 MP: 20 B)
+_GUARD_BYTES_PER_PIXEL = 24
+#   saving, per result pixel: conversion to 8/16 bit and the encoder (measured 0.93 GB at 24 MP
+#   for a JPEG: 39 B)
+_SAVE_BYTES_PER_PIXEL = 40
+
+
+def finish_bytes(pixels: int, out_pixels: int) -> int:
+    """Memory after the last step, for a photo of ``pixels`` whose result has ``out_pixels``:
+    the photo and the result, and the larger of the regression guard's and the save's
+    temporaries (see the figures above)."""
+    held = (pixels + out_pixels + (pixels if out_pixels != pixels else 0)) * _BYTES_PER_PIXEL
+    return held + max(_GUARD_BYTES_PER_PIXEL * pixels, _SAVE_BYTES_PER_PIXEL * out_pixels)
 
 
 @dataclass(frozen=True)
@@ -360,6 +384,7 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
     """
     h, w = size
     pixels = max(1, int(h) * int(w))
+    photo_pixels = pixels
     threads = max(1, int(threads))
     model_memory = model_memory or {}
     steps: list[StepEstimate] = []
@@ -402,6 +427,8 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
         weights = max((int(model_memory.get(m, 0)) for m in ids), default=0)
         peak = max(peak, buffers + weights)
         pixels = out_pixels
+    if any(s.name != "passthrough" for s in steps):  # (passthrough: the file is copied)
+        peak = PROCESS_BYTES + max(peak, finish_bytes(photo_pixels, pixels))
     return Estimate(total, int(peak), tuple(steps))
 
 

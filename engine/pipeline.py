@@ -174,7 +174,7 @@ class Engine:
         """Refuse a plan whose estimated peak memory exceeds this machine's RAM (it would
         swap for hours or be killed); warn when it exceeds what is free right now."""
         from .devices import available_memory, system_memory
-        from .estimate import format_bytes
+        from .estimate import PROCESS_BYTES, format_bytes
 
         if estimate.nothing_to_run:  # (the photo is already in memory; nothing more is needed)
             return
@@ -184,8 +184,10 @@ class Engine:
         if need > total:
             raise OutOfMemory(f"{what}, more than this machine's {format_bytes(total)}: fix a "
                               "crop of it, or leave out or lower the upscaling step")
+        # (the estimate counts the engine process itself, which is already in memory: only the
+        # rest must fit in what is free now)
         free = available_memory()
-        if need > free:
+        if need - PROCESS_BYTES > free:
             warnings.append(f"{what}, more than the {format_bytes(free)} free now: it may be "
                             "slow (swapping) or fail; close other programs first")
 
