@@ -31,6 +31,19 @@ def _isolated_models_dir(tmp_path_factory, monkeypatch):
     yield d
 
 
+@pytest.fixture(scope="module")
+def train_script():
+    """scripts/train_analyzer_cnn.py as a module (it is a script, not a package module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_analyzer_cnn",
+                                                  ROOT / "scripts" / "train_analyzer_cnn.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_analyzer_cnn", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="session")
 def shared_images() -> Path:
     if not SHARED_IMAGES.is_dir():

@@ -2,8 +2,6 @@
 and the synthetic training patches carry the degradation they are labelled with."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def train_mod():
-    spec = importlib.util.spec_from_file_location("train_analyzer_cnn",
-                                                  ROOT / "scripts" / "train_analyzer_cnn.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_analyzer_cnn", mod)
-    spec.loader.exec_module(mod)
-    return mod
+def train_mod(train_script):
+    return train_script
 
 
 @pytest.mark.parametrize("tail", [0, 2])

@@ -19,6 +19,7 @@ import pytest
 from engine.restore import classical
 from engine.restore import guard as G
 from engine.restore.classical import luminance, nlm_denoise, unsharp_mask
+from tests.engine.test_guard import _photo  # (its synthetic photo)
 
 # --------------------------------------------------------------------- the reference (old code)
 
@@ -214,17 +215,6 @@ def test_same_verdict_with_a_mask_on_a_real_photo(shared_images):
     weight[60:340, 80:440] = 0
     assert_same_measurements(img, after, weight)
     assert assert_same_verdict(img, after, mask=mask).ok
-
-
-def _photo(h=160, w=200, seed=0):  # test_guard.py's synthetic photo
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([0.2 + 0.5 * xx / w, 0.4 + 0.25 * np.sin(yy / 11) * np.cos(xx / 17),
-                    0.3 + 0.4 * yy / h], -1)
-    for _ in range(10):
-        y0, x0 = rng.integers(0, h - 30), rng.integers(0, w - 30)
-        img[y0:y0 + 25, x0:x0 + 25] = rng.uniform(0.05, 0.95, 3)
-    return np.clip(img, 0, 1).astype(np.float32)
 
 
 def test_same_measurements_and_verdicts_on_the_guard_tests_cases():

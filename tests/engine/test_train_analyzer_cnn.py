@@ -4,11 +4,9 @@ identical weights for one seed. Tiny runs only (128 patches, 1 epoch, width 8)."
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import re
-import sys
 import zipfile
 from pathlib import Path
 
@@ -19,13 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def T():
-    spec = importlib.util.spec_from_file_location("train_analyzer_cnn",
-                                                  ROOT / "scripts" / "train_analyzer_cnn.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_analyzer_cnn", mod)
-    spec.loader.exec_module(mod)
-    return mod
+def T(train_script):
+    return train_script
 
 
 def _photo(seed: int, h: int = 160, w: int = 200) -> np.ndarray:
