@@ -1,6 +1,7 @@
 """The fast decode paths give what the full ones give: a HEIF's embedded thumbnail for small
-previews only, a 16-bit TIFF decoded once (by OpenCV), a plain JPEG straight to uint8 for the
-viewer (the same bytes as ``load_photo``'s pixels)."""
+previews only, a 16-bit TIFF decoded once (by OpenCV), a plain JPEG's pixels decoded by OpenCV
+for ``load_photo`` (metadata from Pillow's header) and straight to uint8 for the viewer, a
+rotated photo converted to float in slabs: the same pixels and metadata as before."""
 from __future__ import annotations
 
 import struct
@@ -24,10 +25,12 @@ def _u8(photo: mio.Photo) -> np.ndarray:
 
 def _same_photo(a: mio.Photo, b: mio.Photo) -> None:
     assert a.pixels.dtype == b.pixels.dtype and np.array_equal(a.pixels, b.pixels)
+    assert a.pixels.flags.c_contiguous and b.pixels.flags.c_contiguous
     assert (a.alpha is None) == (b.alpha is None)
     if a.alpha is not None:
         assert np.array_equal(a.alpha, b.alpha)
-    for k in ("bit_depth", "format", "icc_profile", "exif", "xmp", "dpi", "info", "iptc"):
+    for k in ("path", "bit_depth", "format", "icc_profile", "exif", "xmp", "dpi", "info",
+              "iptc"):
         assert getattr(a, k) == getattr(b, k), k
 
 
@@ -195,6 +198,7 @@ def test_jpeg_rgb8_is_load_photos_pixels(tmp_path, orientation):
     a = mio.load_jpeg_rgb8(p)
     assert a is not None and a.dtype == np.uint8 and a.flags.c_contiguous
     assert np.array_equal(a, _u8(mio.load_photo(p)))
+    assert np.array_equal(a, _u8(_old_load(p)))  # Pillow's decode
 
 
 def test_jpeg_rgb8_progressive_grey_and_xmp_orientation(tmp_path):
@@ -209,7 +213,7 @@ def test_jpeg_rgb8_progressive_grey_and_xmp_orientation(tmp_path):
     Image.fromarray(_photo(seed=3)).save(x, quality=90, xmp=xmp)
     for f in (p, g, x):
         a = mio.load_jpeg_rgb8(f)
-        assert a is not None and np.array_equal(a, _u8(mio.load_photo(f))), f.name
+        assert a is not None and np.array_equal(a, _u8(_old_load(f))), f.name
     assert mio.load_jpeg_rgb8(x).shape == (60, 40, 3)
 
 
@@ -259,7 +263,7 @@ def test_shared_jpegs_rgb8_is_bit_identical_to_load_photo(shared_images):
     fast = fallback = 0
     for f in files:
         try:
-            ref = _u8(mio.load_photo(f))
+            ref = _u8(_old_load(f))  # Pillow's decode
         except BadImage:  # the viewer goes on to load_photo and shows its error
             continue
         a = mio.load_jpeg_rgb8(f)
@@ -270,4 +274,157 @@ def test_shared_jpegs_rgb8_is_bit_identical_to_load_photo(shared_images):
         assert np.array_equal(a, ref), f.name
     for grey in shared_images.glob("*/Real-ESRGAN__inputs__wolf_gray.jpg"):
         assert mio.load_jpeg_rgb8(grey) is None  # a grey ICC profile: load_photo converts it
+    assert fast >= 0.9 * (fast + fallback), (fast, fallback)
+
+
+# ------------------------------------------------------------------------------- JPEG load_photo
+
+
+def _old_jpeg_path(monkeypatch) -> None:
+    """The path every JPEG took before: Pillow decodes, the rotated view is converted whole."""
+    monkeypatch.setattr(mio, "_jpeg_rgb8_cv2", lambda *a: None)
+    monkeypatch.setattr(mio, "_to_float_upright",
+                        lambda a, o, m: mio._to_float(mio._orient(a, o), m))
+
+
+def _old_load(path: Path) -> mio.Photo:
+    with pytest.MonkeyPatch.context() as m:
+        _old_jpeg_path(m)
+        return mio.load_photo(path)
+
+
+def _spy_decoders(monkeypatch) -> dict[str, list]:
+    """Which decoder load_photo used: OpenCV's (a result or None) and/or Pillow's load()."""
+    seen: dict[str, list] = {"cv2": [], "pillow": []}
+    real_cv2, real_pil = mio._jpeg_rgb8_cv2, mio._load_pixels
+    monkeypatch.setattr(mio, "_jpeg_rgb8_cv2",
+                        lambda *a: seen["cv2"].append(real_cv2(*a)) or seen["cv2"][-1])
+    monkeypatch.setattr(mio, "_load_pixels",
+                        lambda *a: seen["pillow"].append(1) or real_pil(*a))
+    return seen
+
+
+def _iptc_app13(caption: bytes) -> bytes:
+    iim = b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption
+    res = mio._ps_resource(0x0404, iim) + mio._ps_resource(0x03ED, b"\x00" * 16)
+    body = mio._PS_APP13 + res
+    return b"\xff\xed" + struct.pack(">H", len(body) + 2) + body
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("grey", [False, True])
+def test_jpeg_load_photo_decodes_with_opencv_and_keeps_everything(tmp_path, monkeypatch,
+                                                                   orientation, grey):
+    from PIL import ImageCms
+
+    px = _photo(37, 53, seed=orientation)  # odd sizes: partial MCUs and slabs
+    im = Image.fromarray(px[..., 1] if grey else px)
+    kw = {} if grey else {"icc_profile": ImageCms.ImageCmsProfile(
+        ImageCms.createProfile("sRGB")).tobytes()}
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+    p = tmp_path / "o.jpg"
+    im.save(p, quality=85, exif=_exif(orientation), xmp=xmp, dpi=(240, 240),
+            comment=b"a comment", progressive=orientation % 2 == 0, **kw)
+    raw = p.read_bytes()
+    p.write_bytes(raw[:2] + _iptc_app13(b"a caption") + raw[2:])  # IPTC right after SOI
+    seen = _spy_decoders(monkeypatch)
+    new = mio.load_photo(p)
+    assert seen["pillow"] == [] and len(seen["cv2"]) == 1 and seen["cv2"][0] is not None
+    assert new.iptc and new.info.get("photoshop_resources") and new.xmp and new.exif
+    assert new.dpi == (240.0, 240.0) and new.info["comment"] == b"a comment"
+    assert new.info["jpeg_quantization"] and new.info["exif_orientation"] == orientation
+    assert (new.icc_profile is None) == grey
+    monkeypatch.undo()
+    _same_photo(new, _old_load(p))
+
+
+def test_jpeg_load_photo_falls_back_to_pillow_with_the_same_result(tmp_path, monkeypatch):
+    grey_icc = tmp_path / "grey_icc.jpg"  # a grey profile: converted to sRGB
+    Image.fromarray(_photo()[..., 0]).save(grey_icc, icc_profile=mio._grey_icc(1.8))
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray(_photo()).convert("CMYK").save(cmyk, exif=_exif(6))
+    good = tmp_path / "good.jpg"
+    Image.fromarray(_photo()).save(good, quality=90, exif=_exif(3))
+    trailer = tmp_path / "trailer.jpg"  # data after the image: Pillow decodes it
+    trailer.write_bytes(good.read_bytes() + b"SAMSUNG-TRAILER")
+    for f, cv2_tried in ((grey_icc, False), (cmyk, False), (trailer, True)):
+        with monkeypatch.context() as m:
+            seen = _spy_decoders(m)
+            new = mio.load_photo(f)
+        assert seen["pillow"] == [1] and seen["cv2"] == ([None] if cv2_tried else []), f.name
+        _same_photo(new, _old_load(f))
+    assert mio.load_photo(grey_icc).info["icc_converted"] == "grey profile -> sRGB"
+    assert mio.load_photo(cmyk).info["converted_from"] == "CMYK"
+
+
+def test_a_truncated_or_broken_jpeg_gives_the_same_error_as_before(tmp_path):
+    good = tmp_path / "good.jpg"
+    Image.fromarray(_photo(200, 300)).save(good, quality=90)
+    raw = good.read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(raw[:-2000])
+    cut_eoi = tmp_path / "cut_eoi.jpg"  # an end marker, no image data: OpenCV refuses it
+    sos = raw.index(b"\xff\xda")
+    cut_eoi.write_bytes(raw[:sos] + b"\xff\xd9")
+    for f in (cut, cut_eoi):
+        with pytest.raises(BadImage) as new:
+            mio.load_photo(f)
+        with pytest.raises(BadImage) as old, pytest.MonkeyPatch.context() as m:
+            _old_jpeg_path(m)
+            mio.load_photo(f)
+        assert str(new.value) == str(old.value), f.name
+    assert "truncated" in str(new.value) or "damaged" in str(new.value)
+
+
+def test_the_pixel_limit_is_checked_before_opencv_decodes(tmp_path, monkeypatch):
+    p = tmp_path / "big.jpg"
+    Image.fromarray(_photo(100, 100)).save(p)
+    seen = _spy_decoders(monkeypatch)
+    with pytest.raises(mio.ImageTooLarge):
+        mio.load_photo(p, max_pixels=5000)
+    assert seen == {"cv2": [], "pillow": []}
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (37, 53), (256, 256), (257, 513), (600, 7)])
+def test_float_conversion_in_slabs_is_bit_identical(shape):
+    a = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    a[0, 0] = [0, 255, 128]
+    for o in range(1, 9):
+        want = mio._to_float(mio._orient(a, o), 255.0)
+        got = mio._to_float_upright(a, o, 255.0)
+        assert got.dtype == np.float32 and got.shape == want.shape and got.flags.c_contiguous
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), o
+    every = np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)
+    for o in (3, 6, 8):  # all 256 values, through the slab path
+        assert np.array_equal(mio._to_float_upright(every, o, 255.0).view(np.uint32),
+                              mio._to_float(mio._orient(every, o), 255.0).view(np.uint32))
+    u16 = a.astype(np.uint16) * 257  # other types: the plain path
+    assert np.array_equal(mio._to_float_upright(u16, 6, 65535.0),
+                          mio._to_float(mio._orient(u16, 6), 65535.0))
+
+
+@pytest.mark.shared
+def test_shared_jpegs_load_photo_is_unchanged(shared_images, monkeypatch):
+    """Every shared JPEG (and the audit's 24 MP photos when present): the same Photo, field by
+    field, as Pillow's decode and the whole-view float conversion gave."""
+    files = sorted({*shared_images.glob("*/*.jp*g"), *shared_images.glob("*/*.JP*G")})
+    perf = Path("/work/data/s10/perf")
+    files += sorted(perf.glob("jpeg24/p0[0-1].jpg")) + sorted(perf.glob("jpeg24_o6/*.jpg"))
+    fast = fallback = 0
+    for f in files:
+        try:
+            with monkeypatch.context() as m:
+                seen = _spy_decoders(m)
+                new = mio.load_photo(f)
+        except BadImage as e:
+            with pytest.raises(BadImage) as old:
+                _old_load(f)
+            assert str(old.value) == str(e), f.name
+            continue
+        if seen["cv2"] and seen["cv2"][0] is not None:
+            fast += 1
+            assert seen["pillow"] == [], f.name
+        else:
+            fallback += 1
+        _same_photo(new, _old_load(f))
     assert fast >= 0.9 * (fast + fallback), (fast, fallback)
