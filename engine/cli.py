@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import sys
+import time
 import traceback
 from collections import deque
 from collections.abc import Iterable
@@ -561,13 +562,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
         try:
             if action == "pack":
-                dest = create_pack(args.profile, args.output, store)
+                dest = create_pack(args.profile, args.output, store,
+                                   progress=None if as_json else _pack_progress("packing"))
                 _emit({"pack": str(dest)}, as_json, f"wrote {dest}")
                 return EXIT_OK
             if not args.path.exists():
                 raise UsageError(f"nothing to import at {args.path}")
             if is_pack(args.path):
-                rep = import_pack(args.path, store)
+                rep = import_pack(args.path, store,
+                                  progress=None if as_json else _pack_progress("importing"))
             else:
                 rep = store.import_path(args.path, model_id=args.model_id)
         except EngineError as e:
@@ -624,6 +627,28 @@ def _download_progress(model_id: str):
                   f"({p.speed / 1e6:.1f} MB/s) {p.file}", end="", file=sys.stderr, flush=True)
             if p.done >= p.total:
                 print(file=sys.stderr)
+
+    return cb
+
+
+def _pack_progress(verb: str, min_interval: float = 0.2):
+    """A one-line progress display on a terminal for packing or importing a (multi-GB) pack:
+    at most five updates a second, and a final newline."""
+    if not sys.stderr.isatty():
+        return None
+    last = [0.0, 0]  # time of the last update, length of the last line
+
+    def cb(done: int, total: int, name: str) -> None:
+        now = time.monotonic()
+        end = done >= total
+        if not end and now - last[0] < min_interval:
+            return
+        frac = done / total if total else 1.0
+        line = f"{verb}: {frac:6.1%} of {total / 1e6:.0f} MB  {name}"[:160]
+        print("\r" + line.ljust(last[1]), end="", file=sys.stderr, flush=True)
+        last[0], last[1] = now, len(line)
+        if end:
+            print(file=sys.stderr)
 
     return cb
 

@@ -274,3 +274,52 @@ def test_pack_onto_a_folder_or_an_unwritable_place_is_a_clear_error(source, tmp_
     blocker.write_text("")
     with pytest.raises(SaveFailed, match="could not write the pack"):
         create_pack(["realesr-general-x4v3"], blocker / "p.zip", source)
+
+
+class _Tty:
+    """stderr as a terminal: what the CLI's progress line writes."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_cli_shows_pack_and_import_progress_on_a_terminal(source, tmp_path, monkeypatch):
+    import sys
+
+    from engine.cli import _pack_progress
+
+    assert _pack_progress("packing") is None  # pytest's captured stderr is no terminal
+    tty = _Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    pack = create_pack(["realesr-general-x4v3", "sam-vit-base"], tmp_path / "p.zip", source,
+                       progress=_pack_progress("packing", min_interval=0.0))
+    lines = tty.text.split("\r")
+    assert lines[-1].startswith("packing: 100.0% of") and tty.text.endswith("\n")
+    assert "sam-vit-base/model.safetensors" in tty.text
+    tty.text = ""
+    import_pack(pack, _target(source, tmp_path / "dst"),
+                progress=_pack_progress("importing", min_interval=0.0))
+    assert tty.text.split("\r")[-1].startswith("importing: 100.0% of")
+    # a shorter line blanks out what is left of the longer one before it
+    tty.text = ""
+    cb = _pack_progress("x", min_interval=0.0)
+    cb(1, 4, "a-very-long-file-name.safetensors")
+    cb(2, 4, "b")
+    second = tty.text.split("\r")[2]
+    assert len(second) == len(tty.text.split("\r")[1]) and second.rstrip().endswith("b")
+    # throttled: 1000 chunks within one interval give the first and the last update only
+    tty.text = ""
+    cb = _pack_progress("y", min_interval=60.0)
+    for i in range(1, 1001):
+        cb(i, 1000, "f")
+    assert tty.text.count("\r") == 2 and tty.text.endswith("100.0% of 0 MB  f\n")
