@@ -26,6 +26,16 @@ _REV_RE = re.compile(r"^[0-9a-f]{40}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 DEFAULT_MANIFEST = resource("models.json")
+# names Windows reserves for devices, with or without an extension ("nul.json" opens the null
+# device), and trailing dots or spaces (Windows drops them: "x." and "x" are one file)
+_WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", "conin$", "conout$",
+                              *(f"com{i}" for i in "123456789¹²³"),
+                              *(f"lpt{i}" for i in "123456789¹²³")})
+
+
+def _windows_unsafe(part: str) -> bool:
+    return (part.endswith((".", " "))
+            or part.split(".", 1)[0].rstrip(" ").lower() in _WINDOWS_DEVICES)
 
 
 class ManifestError(ValueError):
@@ -39,17 +49,22 @@ def safe_relpath(name: str) -> PurePosixPath:
     p = PurePosixPath(name)
     if p.is_absolute() or any(part in ("", ".", "..") for part in p.parts):
         raise ManifestError(f"unsafe file name {name!r}")
+    if any(_windows_unsafe(part) for part in p.parts):
+        raise ManifestError(f"unsafe file name {name!r} (a name Windows reserves, or a trailing "
+                            "dot or space)")
     return p
 
 
 def check_model_id(model_id: object) -> str:
     """``model_id`` if it is safe as the name of the model's folder in the store: letters,
     digits, ``.``, ``_`` and ``-``, starting with a letter or digit (so never ``.``/``..``, a
-    path, a drive or a hidden name). Raises :class:`ManifestError` otherwise."""
+    path, a drive or a hidden name), not ending in a dot, and not a device name Windows
+    reserves (``CON``, ``nul.x``, ``COM1``...). Raises :class:`ManifestError` otherwise."""
     if (not isinstance(model_id, str) or not _ID_RE.fullmatch(model_id)
-            or model_id in (".", "..")):
+            or model_id in (".", "..") or _windows_unsafe(model_id)):
         raise ManifestError(f"unsafe model id {model_id!r} (letters, digits, '.', '_' and '-' "
-                            "only, starting with a letter or digit)")
+                            "only, starting with a letter or digit, not ending in '.', not a "
+                            "name Windows reserves such as CON or COM1)")
     return model_id
 
 

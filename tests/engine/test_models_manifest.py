@@ -151,6 +151,8 @@ def test_shipped_model_ids_are_safe_folder_names(manifest):
 @pytest.mark.parametrize("bad", [
     "../victim", "..", ".", "/abs/path", "a/b", "a\\b", "C:x", "C:", ".hidden", "-x", "",
     "x\n", "x y", "é", 7, None,
+    # Windows device names (any case, any extension) and a trailing dot Windows would drop
+    "CON", "nul", "Aux.json", "com1", "LPT9.x", "conin$", "model.",
 ])
 def test_parser_rejects_model_ids_that_are_not_plain_folder_names(bad):
     """A model id names the model's folder in the store (which pull cleans and remove deletes):
@@ -162,6 +164,24 @@ def test_parser_rejects_model_ids_that_are_not_plain_folder_names(bad):
     del raw["id"]
     with pytest.raises(ManifestError, match="lacks 'id'"):
         parse_model(raw)
+
+
+@pytest.mark.parametrize("bad", ["nul", "sub/CON.json", "com3.bin", "x.", "sub./a", "a "])
+def test_file_names_windows_cannot_hold_are_refused(bad):
+    from engine.models.manifest import safe_relpath
+
+    with pytest.raises(ManifestError, match="Windows reserves"):
+        safe_relpath(bad)
+
+
+def test_names_that_only_look_like_devices_pass(manifest):
+    from engine.models.manifest import check_model_id, safe_relpath
+
+    for ok in ("console", "nul-model", "com10", "lpt0.pth", "aux_x", "con-fig.json"):
+        assert check_model_id(ok) == ok and str(safe_relpath(ok)) == ok
+    for spec in manifest.models.values():  # every shipped file name still passes
+        for f in spec.files:
+            safe_relpath(f.name)
 
 
 def test_a_mirror_manifest_with_a_traversing_id_is_refused(tmp_path, monkeypatch):
