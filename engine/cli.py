@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
     r.add_argument("--bit-depth", type=int, choices=[8, 16])
     r.add_argument("--no-metadata", action="store_true",
-                   help="do not copy EXIF (camera, GPS, dates) or XMP; the ICC colour profile "
-                        "is kept")
+                   help="do not copy EXIF (camera, GPS, dates), XMP, IPTC or the resolution; "
+                        "the ICC colour profile and Mend's own record are kept")
     r.add_argument("--no-guard", action="store_true", help="keep results even if they look worse")
     r.add_argument("--tile", type=int, default=512, help="tile size in pixels")
     r.add_argument("-r", "--recursive", action="store_true",

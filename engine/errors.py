@@ -26,13 +26,19 @@ class SaveFailed(EngineError):
 class ModelMissing(EngineError):
     """A model the chain needs is not in the store (and offline mode / no network)."""
 
-    def __init__(self, model_id: str, hint: str = "") -> None:
-        self.model_id = model_id
-        msg = f"model '{model_id}' is not installed"
+    def __init__(self, model_id: str | tuple[str, ...] | list[str], hint: str = "") -> None:
+        ids = (model_id,) if isinstance(model_id, str) else tuple(model_id)
+        self.model_ids = ids
+        self.model_id = ", ".join(ids)
+        if len(ids) == 1:
+            msg = f"model '{ids[0]}' is not installed"
+        else:
+            quoted = [f"'{m}'" for m in ids]
+            msg = f"models {', '.join(quoted[:-1])} and {quoted[-1]} are not installed"
         if hint:
             msg += f": {hint}"
         else:
-            msg += f" (run: mend models pull {model_id})"
+            msg += f" (run: mend models pull {' '.join(ids)})"
         super().__init__(msg)
 
 

@@ -91,10 +91,13 @@ class Engine:
         return self.runtime.store
 
     def profile_available(self, profile: str) -> tuple[bool, list[str]]:
-        """Whether every model the profile needs is installed; returns the missing ids."""
-        from .restore.profiles import profile_models
+        """Whether every model the profile needs is installed; returns the missing ids. The
+        models a step does without (``profiles.OPTIONAL_MODELS``: YuNet -> the Haar faces, SAM
+        -> the unrefined mask) do not count: ``auto`` keeps the profile when only they lack."""
+        from .restore.profiles import OPTIONAL_MODELS, profile_models
 
-        missing = sorted(m for m in profile_models(profile) if not self.runtime.is_available(m))
+        missing = sorted(m for m in profile_models(profile) - OPTIONAL_MODELS
+                         if not self.runtime.is_available(m))
         return (not missing, missing)
 
     def resolve_profile(self, profile: str = "auto") -> tuple[str, list[str]]:

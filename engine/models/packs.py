@@ -118,8 +118,9 @@ def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: Mo
             plan.append((mid, f.name, folder / f.name, store.expected_sha(mid, f), f.pinned))
         specs.append(spec)
     if missing:
-        raise ModelMissing(", ".join(missing),
-                           "install them first (mend models pull ID) to put them in a pack")
+        pull = f"--profile {profile}" if profile else " ".join(missing)
+        raise ModelMissing(missing, f"install them first (mend models pull {pull}) to put "
+                                    f"them in a pack")
     dest = Path(dest).expanduser()
     if dest.is_dir():
         raise UsageError(f"{dest} is a folder: give the pack a file name, e.g. "

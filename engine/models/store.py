@@ -824,6 +824,13 @@ class ModelStore:
         digest = sha256_file(p)
         for spec in ([self.spec(model_id)] if model_id else list(self.manifest)):
             if spec.slot and model_id:
+                if spec.loader == "yolo" and p.suffix.lower() != ".onnx":
+                    # a .pt is a pickle (it runs code when loaded): Mend only loads ONNX exports
+                    rep.rejected.append((str(p), (
+                        f"{spec.id} takes an ONNX export of your YOLO model, not "
+                        f"{p.suffix or 'a file without an extension'}: run yolo export "
+                        f"model={p.name} format=onnx, then import the .onnx file")))
+                    return
                 self._import_one(spec.id, slot_file_name(p.name), p, digest, rep)
                 return
             for f in spec.files:

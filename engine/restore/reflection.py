@@ -442,6 +442,13 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
             detector = "yolo"
         else:
             detector = "sam" if have_sam else "builtin"
+            if have_yolo:  # your weights are there but cannot be used: say so, once per job
+                why = ("it is not an ONNX export (yolo export model=best.pt format=onnx, then "
+                       "give Mend best.onnx)" if not _yolo_is_onnx(rt) else
+                       "ultralytics is not installed (pip install 'mend[yolo]')")
+                ctx.warnings.append(f"your reflection detector ({YOLO_ID}) was not used: {why}; "
+                                    f"the {'SAM-refined ' if have_sam else ''}built-in glare "
+                                    "detector found the reflections instead")
     notes = []
     ctx.progress.update(0.0, f"finding reflections ({detector})")
     if detector == "yolo":

@@ -76,8 +76,17 @@ def test_pack_round_trip_into_empty_store(source, tmp_path):
 
 
 def test_pack_of_a_profile_needs_its_models(source, tmp_path):
-    with pytest.raises(ModelMissing):
+    with pytest.raises(ModelMissing) as e:
         create_pack("laptop", tmp_path / "p.zip", source)
+    # each missing model named apart (they were joined into one name "'a, b, c'")
+    assert set(e.value.model_ids) == {"nafnet-gopro-w64", "nafnet-sidd-w64", "big-lama",
+                                      "codeformer", "yunet-2023mar"}
+    assert str(e.value).startswith("models 'nafnet-gopro-w64', 'nafnet-sidd-w64', 'big-lama', "
+                                   "'codeformer' and 'yunet-2023mar' are not installed")
+    assert "mend models pull --profile laptop" in str(e.value)
+    assert "realesr-general-x4v3" not in e.value.model_ids  # installed in `source`
+    with pytest.raises(ModelMissing, match=r"^model 'big-lama' is not installed: .*pull big-lama"):
+        create_pack(["big-lama"], tmp_path / "p.zip", source)
     assert not (tmp_path / "p.zip").exists() and not (tmp_path / "p.zip.part").exists()
     empty = create_pack("builtin", tmp_path / "b.zip", source)
     with zipfile.ZipFile(empty) as z:

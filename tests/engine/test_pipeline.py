@@ -342,3 +342,22 @@ def test_a_plan_needing_more_memory_than_the_machine_has_is_refused_before_it_ru
     monkeypatch.setattr(dev, "available_memory", lambda: need - PROCESS_BYTES + 1)
     res = engine.run(req)
     assert not any("free now" in w for w in res.warnings), res.warnings
+
+
+def test_auto_profile_is_kept_when_only_optional_models_are_missing(tmp_path, monkeypatch):
+    """The audit's case: YuNet (0.2 MB, a face detector the C chain replaces by OpenCV's Haar
+    cascade) missing from an otherwise complete laptop install made ``auto`` drop to the
+    built-in methods for every photo. Optional models do not decide the profile; required
+    ones still do."""
+    from engine.restore.profiles import OPTIONAL_MODELS, PROFILE_MODELS
+
+    engine = Engine("cpu")
+    installed = set(PROFILE_MODELS["laptop"]) - {"yunet-2023mar"}
+    monkeypatch.setattr(type(engine.runtime), "is_available",
+                        lambda self, mid: mid in installed)
+    assert engine.resolve_profile("auto") == ("laptop", [])
+    assert "yunet-2023mar" in OPTIONAL_MODELS
+    installed.discard("big-lama")
+    profile, warnings = engine.resolve_profile("auto")
+    assert profile == "builtin" and "big-lama" in warnings[0]
+    assert "yunet" not in warnings[0]

@@ -214,8 +214,11 @@ def test_yolo_slot_takes_onnx_only_never_a_pickle(tmp_path, monkeypatch):
     with pytest.raises(EngineError, match="ONNX export only"):
         get_step("reflection_mask").fn(img, {"detector": "yolo"}, _ctx(rt))
     monkeypatch.setattr("engine.restore.reflection._ultralytics_installed", lambda: True)
-    out = get_step("reflection_mask").fn(img, {"detector": "auto"}, _ctx(rt))
+    ctx = _ctx(rt)
+    out = get_step("reflection_mask").fn(img, {"detector": "auto"}, ctx)
     assert out.model == "builtin:glare"
+    # not silently: the job's warnings say why the photographer's detector was not used
+    assert len(ctx.warnings) == 1 and "not an ONNX export" in ctx.warnings[0]
 
 
 def test_yolo_slot_without_ultralytics_explains(tmp_path, monkeypatch):
@@ -227,9 +230,11 @@ def test_yolo_slot_without_ultralytics_explains(tmp_path, monkeypatch):
     img = _textured()
     with pytest.raises(EngineError, match="ultralytics"):
         get_step("reflection_mask").fn(img, {"detector": "yolo"}, _ctx(rt))
-    # auto falls back to the built-in detector
-    out = get_step("reflection_mask").fn(img, {"detector": "auto"}, _ctx(rt))
+    # auto falls back to the built-in detector, and says why
+    ctx = _ctx(rt)
+    out = get_step("reflection_mask").fn(img, {"detector": "auto"}, ctx)
     assert out.model == "builtin:glare"
+    assert len(ctx.warnings) == 1 and "ultralytics is not installed" in ctx.warnings[0]
 
 
 def test_builtin_glare_detector_skips_crisp_lights_and_white_objects():

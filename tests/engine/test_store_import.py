@@ -66,15 +66,15 @@ def test_reflection_yolo_slot(tmp_path, monkeypatch):
     assert store.status("reflection-yolo") == "not configured"
     with pytest.raises(ModelMissing, match="MEND_REFLECTION_YOLO"):
         store.require("reflection-yolo")
-    w = tmp_path / "best.pt"
+    w = tmp_path / "best.onnx"
     w.write_bytes(b"yolo weights")
     monkeypatch.setenv("MEND_REFLECTION_YOLO", str(w))
     assert store.status("reflection-yolo") == "unpinned"
     assert store.slot_path("reflection-yolo") == w
     monkeypatch.delenv("MEND_REFLECTION_YOLO")
     rep = store.import_path(w, "reflection-yolo")
-    assert rep.imported == [("reflection-yolo", "best.pt")]
-    assert store.slot_path("reflection-yolo") == store.root / "reflection-yolo" / "best.pt"
+    assert rep.imported == [("reflection-yolo", "best.onnx")]
+    assert store.slot_path("reflection-yolo") == store.root / "reflection-yolo" / "best.onnx"
     assert store.status("reflection-yolo") == "unpinned"
 
 
@@ -118,32 +118,32 @@ def test_models_table_and_doctor(tmp_path, built):
 
 def test_slot_file_is_the_last_one_imported_never_a_new_arrival(tmp_path):
     store = ModelStore(tmp_path / "store")
-    best = tmp_path / "best.pt"
+    best = tmp_path / "best.onnx"
     best.write_bytes(b"the user's own detector")
     store.import_path(best, "reflection-yolo")
     slot = store.root / "reflection-yolo"
-    (slot / "0.pt").write_bytes(b"a file that appeared later")  # sorts before best.pt
-    assert store.slot_path("reflection-yolo") == slot / "best.pt"
-    other = tmp_path / "v2.pt"
+    (slot / "0.onnx").write_bytes(b"a file that appeared later")  # sorts before best.onnx
+    assert store.slot_path("reflection-yolo") == slot / "best.onnx"
+    other = tmp_path / "v2.onnx"
     other.write_bytes(b"a newer detector")
-    assert store.import_path(other, "reflection-yolo").imported == [("reflection-yolo", "v2.pt")]
-    assert store.slot_path("reflection-yolo") == slot / "v2.pt"  # an explicit import switches
+    assert store.import_path(other, "reflection-yolo").imported == [("reflection-yolo", "v2.onnx")]
+    assert store.slot_path("reflection-yolo") == slot / "v2.onnx"  # an explicit import switches
 
 
 def test_slot_with_several_files_put_there_by_hand_is_not_guessed(tmp_path):
     store = ModelStore(tmp_path / "store")
     slot = store.root / "reflection-yolo"
     slot.mkdir(parents=True)
-    (slot / "best.pt").write_bytes(b"weights")
-    assert store.slot_path("reflection-yolo") == slot / "best.pt"  # the only file: used
-    (slot / "0.pt").write_bytes(b"another")
+    (slot / "best.onnx").write_bytes(b"weights")
+    assert store.slot_path("reflection-yolo") == slot / "best.onnx"  # the only file: used
+    (slot / "0.onnx").write_bytes(b"another")
     assert store.slot_path("reflection-yolo") is None
     assert store.status("reflection-yolo") == "not configured"
 
 
-@pytest.mark.parametrize(("name", "stored"), [("best:v2.pt", "best_v2.pt"),
-                                              ("run\\best.pt", "run_best.pt"),
-                                              (".hidden.pt", "hidden.pt")])
+@pytest.mark.parametrize(("name", "stored"), [("best:v2.onnx", "best_v2.onnx"),
+                                              ("run\\best.onnx", "run_best.onnx"),
+                                              (".hidden.onnx", "hidden.onnx")])
 def test_slot_file_with_an_unsafe_name_is_stored_under_a_safe_one(tmp_path, name, stored):
     store = ModelStore(tmp_path / "store")
     w = tmp_path / name
@@ -158,8 +158,8 @@ def test_a_folder_is_never_imported_into_a_slot(tmp_path):
     store = ModelStore(tmp_path / "store")
     d = tmp_path / "reflection-yolo"
     d.mkdir()
-    (d / "best.pt").write_bytes(b"a")
-    (d / "last.pt").write_bytes(b"b")
+    (d / "best.onnx").write_bytes(b"a")
+    (d / "last.onnx").write_bytes(b"b")
     for rep in (store.import_path(d, "reflection-yolo"), store.import_path(d)):
         assert not rep.imported
         assert "mend models import FILE --id reflection-yolo" in rep.rejected[0][1]
@@ -171,7 +171,7 @@ def test_slot_file_is_checked_against_the_hash_recorded_at_import(tmp_path):
     from engine.models.store import ModelFileCorrupt
 
     store = ModelStore(tmp_path / "store")
-    best = tmp_path / "best.pt"
+    best = tmp_path / "best.onnx"
     best.write_bytes(b"original user weights" * 100)
     store.import_path(best, "reflection-yolo")
     rt = ModelRuntime(select_device("cpu"), store)
@@ -183,7 +183,7 @@ def test_slot_file_is_checked_against_the_hash_recorded_at_import(tmp_path):
     with pytest.raises(ModelFileCorrupt, match="mend models import FILE --id reflection-yolo"):
         rt.file("reflection-yolo")
     rep = store.verify("reflection-yolo")
-    assert rep.status == "corrupt" and rep.corrupt == ["best.pt"] and not rep.ok
+    assert rep.status == "corrupt" and rep.corrupt == ["best.onnx"] and not rep.ok
     # the same bytes, same size, mtime restored: the full check still finds it
     import os
 
@@ -204,9 +204,9 @@ def test_slot_file_put_there_by_hand_is_recorded_then_checked(tmp_path):
     store = ModelStore(tmp_path / "store")
     slot = store.root / "reflection-yolo"
     slot.mkdir(parents=True)
-    (slot / "best.pt").write_bytes(b"weights")
+    (slot / "best.onnx").write_bytes(b"weights")
     assert store.status("reflection-yolo") == "unpinned"  # first sight: its hash is recorded
-    (slot / "best.pt").write_bytes(b"other weights")
+    (slot / "best.onnx").write_bytes(b"other weights")
     assert store.status("reflection-yolo") == "corrupt"
 
 
@@ -282,3 +282,19 @@ def test_imported_files_are_created_like_downloads_not_owner_only(built, tmp_pat
     f = store.file_path("realesr-general-x4v3", "realesr-general-x4v3.pth")
     assert stat.S_IMODE(f.stat().st_mode) == 0o644
     assert not [p for p in f.parent.iterdir() if p.name.startswith(".import-")]
+
+
+@pytest.mark.parametrize("name", ["best.pt", "best.pth", "weights"])
+def test_the_yolo_slot_refuses_anything_but_an_onnx_export(tmp_path, name):
+    """A .pt is a pickle that runs code when loaded, so Mend only loads ONNX exports; the
+    import used to accept one (the slot then read "unpinned", looking configured, and every
+    B job quietly used the built-in detector). Refused at import, with the export command."""
+    store = ModelStore(tmp_path / "store")
+    w = tmp_path / name
+    w.write_bytes(b"pickled weights")
+    rep = store.import_path(w, "reflection-yolo")
+    assert not rep.imported
+    assert f"yolo export model={name} format=onnx" in rep.rejected[0][1]
+    assert store.status("reflection-yolo") == "not configured"
+    assert not (store.root / "reflection-yolo").exists() or \
+        not any((store.root / "reflection-yolo").iterdir())
