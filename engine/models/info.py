@@ -38,11 +38,17 @@ def doctor_models(store: ModelStore | None = None) -> dict[str, Any]:
     statuses = {spec.id: store.status(spec.id) for spec in store.manifest}
     ok = {VERIFIED, UNPINNED, BUNDLED}
     profiles = {}
+    from ..restore.profiles import OPTIONAL_MODELS
+
     for p in PROFILES:
         need = [s.id for s in store.manifest.for_profile(p)]
-        missing = [i for i in need if statuses[i] not in ok]
+        absent = [i for i in need if statuses[i] not in ok]
+        missing = [i for i in absent if i not in OPTIONAL_MODELS]
+        # ready = what ``--profile auto`` judges: a step does without an optional model (YuNet
+        # -> Haar faces, SAM -> the unrefined mask); pulling the profile fetches them all
         profiles[p] = {"ready": not missing, "missing": missing,
-                       "download_bytes": sum(store.missing_bytes(i) for i in missing)}
+                       "optional_missing": [i for i in absent if i in OPTIONAL_MODELS],
+                       "download_bytes": sum(store.missing_bytes(i) for i in absent)}
     usage = store.disk_usage()
     probe = store.root
     while not probe.exists() and probe != probe.parent:

@@ -110,6 +110,11 @@ def test_models_table_and_doctor(tmp_path, built):
     assert doc["profiles"]["builtin"]["ready"] is True
     assert doc["profiles"]["laptop"]["ready"] is False
     assert "big-lama" in doc["profiles"]["laptop"]["missing"]
+    # optional models are listed apart and do not decide "ready" (as for --profile auto)
+    assert "yunet-2023mar" not in doc["profiles"]["laptop"]["missing"]
+    assert doc["profiles"]["laptop"]["optional_missing"] == ["yunet-2023mar"]
+    assert doc["profiles"]["quality"]["optional_missing"] == ["yunet-2023mar"]  # SAM imported
+    assert not set(doc["profiles"]["quality"]["missing"]) & {"yunet-2023mar", "sam-vit-base"}
     assert doc["offline"] is False
     import json
 
