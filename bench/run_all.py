@@ -120,7 +120,10 @@ def summary(results: dict) -> list[str]:
     out = ["## Summary", "", "| figure | value | measured |", "|---|---|---|"]
 
     def row(name, value, bench):
-        when = results.get(bench, {}).get("measured", "—")
+        res = results.get(bench, {})
+        when = res.get("measured", "—")
+        cpu = _get(res, "machine", "cpu")
+        when += f", {cpu}" if cpu else ""
         out.append(f"| {name} | {value if value is not None else 'not measured'} | {when} |")
 
     c = _get(results, "classify", "result")
@@ -136,12 +139,16 @@ def summary(results: dict) -> list[str]:
     for run in (_get(r, "runs") or []):
         errs = [s["name"] for s in run.get("steps", []) if "error" in s]
         spm = run.get("seconds_per_megapixel")
-        val = "not run" if spm is None else (
+        val = (f"not run: {run['skipped']}" if run.get("skipped") else "not run") \
+            if spm is None else (
             f"{spm:.3g} s/MP, peak RSS {run.get('peak_rss_mb', 0) / 1024:.2f} GB"
             + (", random weights" if run.get("random_weights") else "")
-            + (f" (steps not run, model absent: {', '.join(errs)})" if errs else ""))
-        row(f"chain {run.get('chain')} / {run.get('profile')} "
-            f"({'x'.join(map(str, run.get('size', [])))} px)", val, "restore")
+            + (f" (steps not run, model absent: {', '.join(errs)})" if errs else "")
+            + (f" (no weights built for {', '.join(run['no_weights_for'])}: the step did "
+               "without it)" if run.get("no_weights_for") else ""))
+        size = "x".join(map(str, run.get("size", [])))
+        row(f"chain {run.get('chain')} / {run.get('profile')}" + (f" ({size} px)" if size else ""),
+            val, "restore")
     big = _get(r, "laptop_a_24mp")
     if big:
         row("laptop A on 24 MP: peak RSS", f"{big.get('peak_rss_mb', 0) / 1024:.2f} GB "
@@ -193,8 +200,15 @@ def render(results: dict, info: dict, when: str) -> str:
     lines = ["# Mend — performance report", "",
              (f"Written {when} by `make bench` (bench/run_all.py); each section says when it "
               "was measured. Raw JSON: docs/bench/."), "",
-             "## Machine", "", "| | |", "|---|---|"]
+             "## Machine", "", "This report was written on:", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in info.items()]
+    other = sorted(n for n, r in results.items()
+                   if _get(r, "machine", "cpu") and _get(r, "machine", "cpu") != info.get("cpu"))
+    if other:
+        lines += ["", ("Sections measured on another machine (the development VM's CPU changes "
+                       "between sessions; each section names its own): "
+                       + ", ".join(f"{n} ({_get(results[n], 'machine', 'cpu')})" for n in other)
+                       + ".")]
     lines += ["", ("Figures from full-size architectures with **random weights** (flagged "
                    "`random_weights` in the JSON) are compute and memory measurements only: they "
                    "say nothing about restoration quality."), ""]
@@ -206,7 +220,9 @@ def render(results: dict, info: dict, when: str) -> str:
             lines += [f"Not measured: {res['error']}", ""]
             continue
         load = res.get("load_average_before")
-        lines += [f"Measured {res.get('measured', when)}; benchmark wall time {res['seconds']} s"
+        cpu = _get(res, "machine", "cpu")
+        lines += [f"Measured {res.get('measured', when)}" + (f" on {cpu}" if cpu else "")
+                  + f"; benchmark wall time {res['seconds']} s"
                   + (f"; load average before it ran {load} (other work on the 2 cores slows "
                      "every figure)" if load else "") + "."
                   + (f" {res['note']}." if res.get("note") else ""),
