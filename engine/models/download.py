@@ -12,12 +12,14 @@ import ipaddress
 import os
 import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import DownloadError, OfflineError
@@ -239,6 +241,43 @@ class _BodyReader:
         return bytes(buf)
 
 
+def _open(opener, req, timeout: float, check: Callable[[], None], poll: float):
+    """``opener.open(req, timeout=timeout)`` with ``check`` (cancel, offline mode) running every
+    ``poll`` seconds while it connects and waits for the headers (a dead host or a server that
+    never answers held a Stop, or the app's quit, for the whole ``timeout``). The connection is
+    made in a helper thread; when ``check`` raises, the helper is left to end on its own (within
+    ``timeout``) and closes whatever response it still gets."""
+    lock = threading.Lock()
+    done = threading.Event()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            resp = opener.open(req, timeout=timeout)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            resp, box["error"] = None, e
+        with lock:
+            if box.get("abandoned") and resp is not None:
+                resp.close()
+            else:
+                box["resp"] = resp
+            done.set()
+
+    threading.Thread(target=work, name="mend-connect", daemon=True).start()
+    try:
+        while not done.wait(max(0.05, min(poll, timeout))):
+            check()
+    except BaseException:
+        with lock:
+            box["abandoned"] = True
+            if box.get("resp") is not None:
+                box.pop("resp").close()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["resp"]
+
+
 def _hash_existing(part: Path) -> tuple[hashlib._Hash, int]:  # type: ignore[name-defined]
     h = hashlib.sha256()
     n = 0
@@ -275,7 +314,8 @@ def fetch(
     is deleted: it is not the file). A full disk (ENOSPC, EFBIG) stops at once too, keeping the
     ``.part`` for a resume once space is freed.
 
-    ``check_cancel`` runs between chunks, every ``poll`` seconds while a connection stalls and
+    ``check_cancel`` runs between chunks, every ``poll`` seconds while connecting, waiting for
+    the headers or on a stalled connection, and
     through the back-off between attempts; offline mode switched on meanwhile stops the
     download the same way (:class:`OfflineError`), before any new connection.
     """
@@ -309,7 +349,7 @@ def fetch(
         if have:
             req.add_header("Range", f"bytes={have}-")
         try:
-            with opener.open(req, timeout=timeout) as resp:
+            with _open(opener, req, timeout, check, poll) as resp:
                 status = getattr(resp, "status", 200)
                 if have and status == 200:  # server ignored the range: start over
                     hasher, have = hashlib.sha256(), 0

@@ -199,3 +199,67 @@ def test_offline_mode_switched_on_before_a_reconnect_opens_no_new_connection(tmp
         assert len(srv.requests) == 1
     finally:
         srv.close()
+
+
+def test_stop_while_the_server_never_sends_the_headers(tmp_path):
+    """A host that accepts the connection and never answers: Stop (and the app's quit, which
+    cancels and waits for the download pool) waited for the whole connect/header timeout
+    (30 s by default). It now takes effect within a poll, and the abandoned connection is
+    closed once it ends."""
+    import socket
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(lsock.accept()), daemon=True).start()
+    url = f"http://127.0.0.1:{lsock.getsockname()[1]}/m.bin"
+    token = CancelToken()
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            dl.fetch(url, tmp_path / "m.bin.part", allowed_hosts={"127.0.0.1"},
+                     allow_http_hosts=("127.0.0.1",), check_cancel=token.check, timeout=3.0,
+                     poll=0.1, retries=0)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+        out["end"] = time.monotonic()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    end = time.monotonic() + 20
+    while not accepted:  # connected: now waiting for the headers that never come
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    token.cancel()
+    t.join(20)
+    assert isinstance(out.get("error"), Cancelled), out
+    assert out["end"] - t0 < 2.0  # was the 3 s timeout (30 s by default)
+    # the helper ends at the timeout and the server then sees the connection closed
+    conn = accepted[0][0]
+    conn.settimeout(10)
+    assert conn.recv(65536)  # the request line and headers came
+    deadline = time.monotonic() + 10
+    while conn.recv(65536):
+        assert time.monotonic() < deadline
+    conn.close()
+    lsock.close()
+
+
+def test_a_server_that_never_sends_the_headers_still_times_out(tmp_path):
+    import socket
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    url = f"http://127.0.0.1:{lsock.getsockname()[1]}/m.bin"
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match="timed out"):
+        dl.fetch(url, tmp_path / "m.bin.part", allowed_hosts={"127.0.0.1"},
+                 allow_http_hosts=("127.0.0.1",), timeout=0.5, poll=0.1, retries=1,
+                 backoff=0.0)
+    assert 0.9 <= time.monotonic() - t0 < 10  # two attempts of 0.5 s each
+    lsock.close()
