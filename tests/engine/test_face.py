@@ -57,6 +57,29 @@ def test_haar_fallback_finds_the_faces_in_real_photos(shared_images, rel, count)
         assert f.size >= 48
 
 
+# photos with no face where OpenCV's face cascade alone finds one (flowers, a vase, foliage,
+# mud, text): CodeFormer would paint a face there
+NOT_FACES = (
+    "camera_jpeg_exif/exif-samples__jpg__hdr__iphone_hdr_YES.jpg",
+    "camera_jpeg_exif/exif-samples__jpg__exif-org__fujifilm-dx10.jpg",
+    "motion_blur/DeepDeblur_release__images__Flower_blur1.png",
+    "exif_orientation/exif-orientation-example__Portrait_0.jpg",
+    "text_degraded/textbsr__testsets__PairedLRSR__LR__test2.jpg",
+)
+
+
+@pytest.mark.parametrize("rel", NOT_FACES)
+def test_haar_boxes_without_an_eye_are_not_faces(shared_images, rel):
+    from engine.restore.face import detect_haar
+
+    matches = list(shared_images.glob(rel.split("/")[0] + "/*" + rel.split("/")[1][-30:]))
+    assert matches, rel
+    img = _read(matches[0])
+    assert detect_haar(img, verify_eyes=False)  # the face cascade alone is fooled
+    assert detect_haar(img) == []
+    assert detect_faces(img, None)[0] == []
+
+
 def test_landmarks_are_put_in_template_order_even_when_tilted():
     t = FFHQ_TEMPLATE_512.copy()
     th = math.radians(35)
