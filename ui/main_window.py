@@ -1,7 +1,9 @@
 """Mend's main window: browser, viewer / mask editor, diagnosis panel, queue."""
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,14 @@ from PySide6.QtWidgets import (
 from engine.api import Degradation, Diagnosis, JobRequest, JobResult, Plan
 
 from .app import weak_slot
-from .browser.model import ClassFilterProxy, ThumbnailModel, TreeScan, scan_folder, scan_tree
+from .browser.model import (
+    ClassFilterProxy,
+    PathRole,
+    ThumbnailModel,
+    TreeScan,
+    scan_folder,
+    scan_tree,
+)
 from .browser.thumbs import ThumbnailLoader
 from .browser.view import ThumbnailGrid
 from .editor.canvas import Compare
@@ -78,6 +87,19 @@ class PhotoState:
     record: dict | None = None  # the Mend record in the file itself (a result Mend wrote)
     record_read: bool = False
     mask_doc: Any = None  # the mask as edited in the editor (kept while the folder is open)
+    override: Degradation | None = None  # "Fix as": the class the photographer chose
+    plan_job: int | None = None  # the job bringing the plan for that choice (older ones: stale)
+    # the plan was edited in the panel: it runs as it is. The engine's own plan is not sent with
+    # a fix: it is made again then, for the settings of then (another profile, models installed)
+    plan_edited: bool = False
+    plan_stale: bool = False  # made for other settings: made again when the photo is shown
+
+
+def _class_or_none(value: Any) -> Degradation | None:
+    try:
+        return Degradation(value) if value else None
+    except ValueError:
+        return None
 
 
 class MainWindow(QMainWindow):
@@ -121,6 +143,15 @@ class MainWindow(QMainWindow):
         self._view_latest = [0]
         self.device: Any = None
         self.bg = Background(self.client.run_in_pool, self)
+        self._edited_plans: set[Path] = set()  # plans edited in the panel, not yet recorded
+        # photos whose mask is being written: the fixes queued meanwhile wait for it
+        self._mask_waiters: dict[Path, list[Callable[[Path], None]]] = {}
+        self._mask_write_seq: dict[Path, int] = {}  # the latest write of each
+        self._mask_write_ids = itertools.count(1)
+        self._plan_save_timer = QTimer(self)
+        self._plan_save_timer.setSingleShot(True)
+        self._plan_save_timer.setInterval(500)
+        self._plan_save_timer.timeout.connect(self._save_edited_plans)
         self.client.resubmitted.connect(weak_slot(self, lambda w, old, new: w._on_resubmitted(
             old, new)))
 
@@ -180,6 +211,7 @@ class MainWindow(QMainWindow):
         p = self.panel
         p.run_requested.connect(self._run_current)
         p.override_requested.connect(self._override)
+        p.plan_edited.connect(self._on_plan_edited)
         p.diagnose_requested.connect(self._diagnose_current)
         p.edit_mask_requested.connect(self.show_mask_editor)
 
@@ -236,6 +268,8 @@ class MainWindow(QMainWindow):
         self.grid = ThumbnailGrid()
         self.grid.setModel(self.proxy)
         self.grid.current_path.connect(self._on_current)
+        self.grid.selectionModel().selectionChanged.connect(
+            weak_slot(self, lambda w, *_: w._on_selection_changed()))
         self.grid.activated_path.connect(self.show_viewer)
         self.grid.folder_dropped.connect(self.open_folder)
         self.grid.set_placeholder("Drop a folder of photos here, or File ▸ Open folder…")
@@ -419,6 +453,11 @@ class MainWindow(QMainWindow):
         back.setShortcut(QKeySequence(Qt.Key.Key_Escape))
         back.triggered.connect(self.show_browser)
         vm.addSeparator()
+        self.reload_action = vm.addAction("Reload folder")
+        self.reload_action.setShortcut(QKeySequence(QKeySequence.StandardKey.Refresh))
+        self.reload_action.setToolTip("List the folder again: photos added, renamed or removed "
+                                      "since it was opened (what was done to them is kept)")
+        self.reload_action.triggered.connect(self.reload_folder)
         vm.addAction(self.subfolders_action)
         vm.addSeparator()
         vm.addAction(self.diag_dock.toggleViewAction())
@@ -449,6 +488,8 @@ class MainWindow(QMainWindow):
         if not folder.is_dir():
             self.set_status(f"Not a folder: {folder}")
             return
+        saved = self._save_unsaved_masks()  # (before the documents go)
+        self._save_edited_plans()
         self.leave_mask_editor()
         self.show_browser()
         self._set_canvas_doc(None)
@@ -458,6 +499,9 @@ class MainWindow(QMainWindow):
         for d in docs.values():  # the old folder's mask documents
             d.deleteLater()
         self.states.clear()
+        for p, mask in saved.items():  # the same folder again: its masks are on their way
+            if folder in p.parents:
+                self._state(p).mask_path = mask
         self.current = None
         self.proxy.set_keep(None)
         self._view = None
@@ -469,6 +513,15 @@ class MainWindow(QMainWindow):
         add_recent_folder(folder, self.qs)
         self.setWindowTitle(f"Mend — {folder.name}")
         self._list_folder(folder)
+        if saved:
+            self.set_status(f"Saved the mask edits of {len(saved)} photo(s) beside them: they "
+                            "come back when their folder is opened again")
+
+    def reload_folder(self) -> None:
+        """List the open folder again (photos copied in, renamed or deleted meanwhile), staying
+        on the current photo; diagnoses, results, chosen classes and mask edits are kept."""
+        if self.model.folder is not None:
+            self._list_folder(self.model.folder, keep=self.current)
 
     def set_include_subfolders(self, on: bool) -> None:
         """The "Include subfolders" toggle: remembered, and the open folder is listed again
@@ -669,8 +722,10 @@ class MainWindow(QMainWindow):
                 if known is not None and (known.diagnosis is not None or known.output):
                     continue
                 st = self._state(p)
-                st.diagnosis, st.plan = sc.diagnosis, sc.plan
-                st.mask_path = Path(sc.mask) if has_mask and sc.mask else None
+                st.diagnosis, st.plan, st.plan_edited = sc.diagnosis, sc.plan, sc.plan_edited
+                st.override = _class_or_none(sc.override)
+                # (a mask written as the folder was left may not be on disk yet: kept)
+                st.mask_path = Path(sc.mask) if has_mask and sc.mask else st.mask_path
                 st.outputs = sc.outputs
                 st.output = Path(existing[-1]) if existing else None
                 self.model.update_item(p, diagnosis=sc.diagnosis,
@@ -699,10 +754,19 @@ class MainWindow(QMainWindow):
     def _state(self, path: Path) -> PhotoState:
         return self.states.setdefault(Path(path), PhotoState())
 
+    def _on_selection_changed(self) -> None:
+        sm = self.grid.selectionModel()
+        n = len(sm.selectedIndexes())
+        cur = self.grid.currentIndex()
+        # (the photo shown is among them: as _override_targets decides)
+        self.panel.set_selected_count(n if n > 1 and cur.isValid() and sm.isSelected(cur)
+                                      and cur.data(PathRole) == self.current else 0)
+
     def _on_current(self, path: Path | None) -> None:
         self.current = path
         self.proxy.set_keep(path)
         self.panel.set_photo_name(self.display_name(path) if path else None)
+        self._on_selection_changed()
         if path is not None:
             self._show_state(path)
             if self.stack.currentIndex() == 1:
@@ -713,8 +777,10 @@ class MainWindow(QMainWindow):
         self.panel.set_record(st.record)
         if not st.record_read:
             self._read_record(path)
+        if st.plan_stale and st.diagnosis is not None and st.plan_job is None:
+            self._replan(path)
         self.panel.set_diagnosis(st.diagnosis)
-        self.panel.reset_override()
+        self.panel.show_override(st.override)
         self.panel.set_plan(st.plan, st.plan_note)
         msg = ""
         if st.output:
@@ -880,7 +946,10 @@ class MainWindow(QMainWindow):
         ids = []
         s = self.settings
         for p in paths:
-            jid = self.client.diagnose(p, backend=s.backend, profile=s.profile)
+            st = self.states.get(Path(p))
+            # a class chosen for the photo stays chosen: its plan is built for that class
+            jid = self.client.diagnose(p, backend=s.backend, profile=s.profile,
+                                       label=st.override if st is not None else None)
             self._job_path[jid] = Path(p)
             ids.append(jid)
         return ids
@@ -899,7 +968,10 @@ class MainWindow(QMainWindow):
         return paths
 
     def fix_selected(self) -> list[int]:
-        return [self.fix(p) for p in self.selected_paths()]
+        """Queue every selected photo (each with its own chosen class and plan); returns the ids
+        of the jobs queued now (a photo whose edited mask is written first follows a moment
+        later)."""
+        return [jid for p in self.selected_paths() if (jid := self.fix(p)) is not None]
 
     def request_for(self, path: Path, plan: Plan | None = None,
                     label: Degradation | None = None, mask_path: Path | None = None
@@ -913,9 +985,41 @@ class MainWindow(QMainWindow):
             mask_path=mask_path or st.mask_path, diagnosis=st.diagnosis, guard=s.guard)
 
     def fix(self, path: Path, plan: Plan | None = None, label: Degradation | None = None,
-            mask_path: Path | None = None) -> int:
+            mask_path: Path | None = None) -> int | None:
+        """Queue a restoration of ``path`` with its chosen class (``label``, else the one chosen
+        in the panel) and plan (``plan``, else the photo's, as edited). Returns the job id, or
+        None when the photo's edited mask is written first (the job is queued once it is)."""
+        path = Path(path)
         st = self._state(path)
+        label = label if label is not None else st.override
         plan = plan if plan is not None else st.plan
+        if plan is not None and label is not None and plan.label is not label:
+            # the plan of the class shown before the choice (its new plan is still on its way,
+            # behind the jobs ahead in the queue): the chosen class is what runs
+            plan = None
+        if plan is not None and not st.plan_edited and plan == st.plan:
+            # the engine's own plan, made when the photo was diagnosed: made again for this
+            # run, with the settings of now (the profile chosen since, models installed since)
+            label, plan = label or plan.label, None
+        doc = self._unsaved_mask(path) if mask_path is None else None
+        waiting = self._mask_waiters.get(path)
+        if doc is not None or (waiting is not None and mask_path in (None, st.mask_path)):
+            # mask edits not on disk yet: the mask as edited is what the run uses, so the job
+            # is queued once it is written (never before: the engine would read an older mask)
+            self.model.update_item(path, job_state=JobState.QUEUED, error="")
+
+            def submit(dest: Path) -> None:
+                self._submit(path, plan, label, dest)
+
+            if doc is not None:
+                self._write_mask(path, doc, submit)
+            else:
+                waiting.append(submit)
+            return None
+        return self._submit(path, plan, label, mask_path)
+
+    def _submit(self, path: Path, plan: Plan | None, label: Degradation | None,
+                mask_path: Path | None) -> int:
         jid = self.client.submit(self.request_for(path, plan, label, mask_path))
         self._job_path[jid] = Path(path)
         self.model.update_item(path, job_state=JobState.QUEUED, error="")
@@ -929,22 +1033,75 @@ class MainWindow(QMainWindow):
         self.fix(self.current, st.plan, self.panel.override_label())
         self.set_status(f"Queued {self.current.name}")
 
+    def _on_plan_edited(self, plan: Plan) -> None:
+        """A step, a parameter or the order changed in the panel: that is the photo's chain now
+        ("Fix selected" runs it too, and it is there when the photo is picked again)."""
+        if self.current is not None:
+            st = self._state(self.current)
+            st.plan, st.plan_job, st.plan_note = plan, None, ""
+            st.plan_edited, st.plan_stale = True, False
+            self._edited_plans.add(self.current)
+            self._plan_save_timer.start()  # (a burst of spin-box steps: one sidecar write)
+
+    def _save_edited_plans(self) -> None:
+        """Record the plans edited in the panel in their photos' sidecars."""
+        self._plan_save_timer.stop()
+        paths, self._edited_plans = self._edited_plans, set()
+        for p in paths:
+            st = self.states.get(p)
+            if st is not None and st.plan is not None:
+                self._save_sidecar(p, plan=st.plan, plan_edited=st.plan_edited)
+
+    def _override_targets(self, path: Path) -> list[Path]:
+        """The photos a "Fix as" choice applies to: every selected photo when the current one
+        is among several selected, else the current one."""
+        selected = self.grid.selected_paths()
+        return selected if len(selected) > 1 and path in selected else [path]
+
     def _override(self, label: Degradation | None) -> None:
         path = self.current
         if path is None:
             return
+        paths = self._override_targets(path)
+        for p in paths:
+            self._set_override(p, label)
+        if len(paths) > 1:
+            what = f"{label.value} · {label.short_name}" if label else "automatic (as diagnosed)"
+            self.set_status(f"Fix as {what}: {len(paths)} selected photos")
+        if self.current is not None:
+            self._show_state(self.current)
+
+    def _set_override(self, path: Path, label: Degradation | None) -> None:
+        """Choose the class ``path`` is fixed as (None: as diagnosed): its plan is rebuilt for
+        it in the engine thread (diagnosing the photo first when it is not yet); meanwhile the
+        photo has no plan, so that a Fix runs the chosen class, never the previous plan."""
         st = self._state(path)
+        st.override = label
+        self._save_sidecar(path, override=label.value if label else None)
+        self._replan(path)
+
+    def _replan(self, path: Path) -> None:
+        """Make ``path``'s plan again for its chosen class and the settings of now, in the
+        engine thread (diagnosing the photo first when it is not yet); the photo has no plan
+        meanwhile."""
+        st = self._state(path)
+        label = st.override
+        st.plan, st.plan_edited, st.plan_stale = None, False, False
+        what = f"{label.value} · {label.short_name}" if label else "diagnosed"
+        s = self.settings
         if st.diagnosis is None:
-            self.diagnose([path])
-            return
-        diag = st.diagnosis
-        profile = self.settings.profile
+            jid = self.client.diagnose(path, backend=s.backend, profile=s.profile, label=label)
+            st.plan_note = f"Diagnosing, then planning as {what}…"
+        else:
+            diag, profile = st.diagnosis, s.profile
 
-        def replan(engine, progress):
-            return engine.plan(diag, label, profile)
+            def replan(engine, progress):
+                return engine.plan(diag, label, profile)
 
-        jid = self.client.call(replan, f"Plan {path.name}")
+            jid = self.client.call(replan, f"Plan {path.name}")
+            st.plan_note = f"Planning as {what}…"
         self._job_path[jid] = path
+        st.plan_job = jid
 
     def _on_finished(self, job_id: int, result: Any) -> None:
         path = self._job_path.pop(job_id, None)
@@ -952,22 +1109,29 @@ class MainWindow(QMainWindow):
             return
         st = self._state(path)
         if isinstance(result, DiagnoseOutcome):
-            st.diagnosis, st.plan, st.plan_note = result.diagnosis, result.plan, result.plan_error
+            st.diagnosis = result.diagnosis
+            if st.plan_job in (None, job_id):  # (else a newer choice's plan is on its way)
+                st.plan, st.plan_note, st.plan_job = result.plan, result.plan_error, None
+                st.plan_edited = st.plan_stale = False
             st.size = result.size or st.size
             self.model.update_item(path, diagnosis=result.diagnosis)
-            self._save_sidecar(path, diagnosis=result.diagnosis, plan=result.plan)
+            self._save_sidecar(path, diagnosis=result.diagnosis, plan=st.plan,
+                               plan_edited=st.plan_edited)
             if path == self.current:
                 self._show_state(path)
             self.diagnosed.emit(path)
         elif isinstance(result, JobResult):
             st.result, st.output = result, result.output
-            st.diagnosis, st.plan = result.diagnosis, result.plan
+            st.diagnosis = result.diagnosis
+            if st.plan is None and st.plan_job is None:  # (the plan the engine built for it)
+                st.plan = result.plan
             if result.output:
                 st.outputs = [o for o in st.outputs if o != str(result.output)] + [
                     str(result.output)]
             self.model.update_item(path, job_state=JobState.DONE, output=result.output,
                                    diagnosis=result.diagnosis)
-            self._save_sidecar(path, diagnosis=result.diagnosis, plan=result.plan,
+            self._save_sidecar(path, diagnosis=result.diagnosis, plan=st.plan or result.plan,
+                               plan_edited=st.plan_edited,
                                outputs=list(st.outputs), warnings=list(result.warnings),
                                mask=str(st.mask_path) if st.mask_path else None)
             if path == self.current:
@@ -978,7 +1142,11 @@ class MainWindow(QMainWindow):
                             + (f" — {result.warnings[0]}" if result.warnings else ""))
             self.fixed.emit(path)
         elif isinstance(result, Plan):
-            st.plan = result
+            if st.plan_job != job_id:
+                return  # a plan for an earlier choice of class
+            st.plan, st.plan_note, st.plan_job = result, "", None
+            st.plan_edited = st.plan_stale = False
+            self._save_sidecar(path, plan=result, plan_edited=False)
             if path == self.current:
                 self.panel.set_plan(result)
         elif result is not None and hasattr(result, "shape"):  # SAM mask
@@ -1024,6 +1192,11 @@ class MainWindow(QMainWindow):
         info = self.client.job(job_id)
         if path is not None and info is not None and info.kind is JobKind.RUN:
             self.model.update_item(path, error=message)
+        st = self.states.get(path) if path is not None else None
+        if st is not None and st.plan_job == job_id:  # the plan for the chosen class
+            st.plan_job, st.plan_note = None, f"No plan: {message}"
+            if path == self.current:
+                self.panel.set_plan(st.plan, st.plan_note)
         self.set_status(f"{path.name if path else 'Job'}: {message}")
         if path == self.current:
             self.panel.set_status(message)
@@ -1246,6 +1419,77 @@ class MainWindow(QMainWindow):
             return None
         return self.mask_doc
 
+    def _unsaved_mask(self, path: Path) -> MaskDocument | None:
+        """``path``'s mask document when it holds edits not written anywhere yet."""
+        st = self.states.get(Path(path))
+        doc = st.mask_doc if st is not None else None
+        return None if doc is None or doc.undo.isClean() else doc
+
+    def _write_mask(self, path: Path, doc: MaskDocument,
+                    on_done: Callable[[Path], None] | None = None, *, now: bool = False
+                    ) -> Path:
+        """Write ``doc`` (once its edits are applied; ``now``: at once, the document is about to
+        go) where the photo's sidecar keeps its mask, and record it there, in one pool task (it
+        runs even when the window closes meanwhile); then ``on_done(path written)``, with the
+        fixes of this photo queued meanwhile (``fix``: they wait for the mask they will read)."""
+        path = Path(path)
+        store = self._store_for(path)
+        dest = store.mask_path_for(path)
+        self._state(path).mask_path = dest
+        waiters = self._mask_waiters.setdefault(path, [])  # fixes waiting for this write
+        if on_done is not None:
+            waiters.append(on_done)
+        seq = self._mask_write_seq[path] = next(self._mask_write_ids)  # (the latest one)
+
+        def write_final() -> None:
+            data = doc.full.copy()
+            doc.undo.setClean()  # (the edits so far are on their way to the disk)
+
+            def write() -> Path:
+                from engine.imageio import save_mask
+
+                if not store.folder.is_dir():  # (saving would create it again)
+                    raise OSError(f"{store.folder} is gone")
+                written = Path(save_mask(data, dest))
+                store.update(path, mask=str(written))
+                return written
+
+            def written(p: Path) -> None:
+                if seq != self._mask_write_seq.get(path):
+                    return  # a later write of this photo's mask follows: they wait for it
+                self._mask_write_seq.pop(path, None)
+                for then in self._mask_waiters.pop(path, []):
+                    then(p)
+
+            def failed(msg: str) -> None:
+                doc.undo.resetClean()  # not written: still unsaved
+                self.set_status(f"Could not save the mask of {path.name}: {msg}")
+                if seq == self._mask_write_seq.get(path):
+                    self._mask_write_seq.pop(path, None)
+                    self._mask_waiters.pop(path, None)
+                    self.model.update_item(path, job_state=JobState.FAILED,
+                                           error=f"Could not save the mask: {msg}")
+
+            self.bg.run(write, written, failed)
+
+        if now:
+            doc.flush()
+            write_final()
+        else:
+            doc.when_idle(write_final)
+        return dest
+
+    def _save_unsaved_masks(self) -> dict[Path, Path]:
+        """Write every mask edited and not yet saved beside its photo's sidecar (leaving the
+        folder or quitting): it comes back when the folder is opened again. Returns where each
+        photo's mask goes."""
+        saved = {}
+        for path in list(self.states):
+            doc = self._unsaved_mask(path)
+            if doc is not None:
+                saved[path] = self._write_mask(path, doc, now=True)
+        return saved
+
     def inpaint_again(self) -> int | None:
         """Save the edited mask beside the photo's sidecar and re-run chain B with it."""
         path = self.current
@@ -1254,18 +1498,14 @@ class MainWindow(QMainWindow):
         if self._current_mask_doc() is None:
             self.set_status(f"{path.name} is still loading: its mask is not there yet")
             return None
-        dest = self._store_for(path).mask_path_for(path)
         st = self._state(path)
-        st.mask_path = dest
-        self._save_sidecar(path, mask=str(dest))
         plan = st.plan if st.plan is not None and st.plan.label is Degradation.B else None
-        job: dict[str, int] = {}
 
-        def submit(_p: Path) -> None:
-            job["id"] = self.fix(path, plan, Degradation.B, dest)
+        def submit(dest: Path) -> None:
+            self.fix(path, plan, Degradation.B, dest)
             self.set_status(f"Inpainting {path.name} again with the edited mask")
 
-        self.save_mask(dest, submit)
+        self._write_mask(path, self.mask_doc, submit)
         return 0
 
     def _sam_click(self, x: float, y: float, include: int) -> None:
@@ -1285,14 +1525,26 @@ class MainWindow(QMainWindow):
             self.set_status("Nothing to export yet: fix the photo first")
             return
         if dest is None:
-            f, _ = QFileDialog.getSaveFileName(self, "Export result", str(
-                st.output.parent / st.output.name))
+            # (not the result itself, which the export is a copy of: the last export folder,
+            # else the photo's own)
+            folder = self.qs.value("export/folder") or str(path.parent)
+            ext = st.output.suffix
+            f, _ = QFileDialog.getSaveFileName(
+                self, "Export result", str(Path(folder) / st.output.name),
+                f"{ext[1:].upper()} (*{ext})")
             if not f:
                 return
             dest = Path(f)
-        output = st.output
-        self.bg.run(lambda: export_copy(output, Path(dest), path),
-                    lambda p: (self.set_status(f"Exported {p}"), self.exported.emit(p)),
+            self.qs.setValue("export/folder", str(dest.parent))
+        output, asked = st.output, Path(dest)
+
+        def done(p: Path) -> None:
+            note = "" if p.name == asked.name else \
+                f" (named for its format: the result is a {output.suffix[1:].upper()} file)"
+            self.set_status(f"Exported {p}{note}")
+            self.exported.emit(p)
+
+        self.bg.run(lambda: export_copy(output, asked, path), done,
                     lambda m: self.set_status(f"Export failed: {m}"))
 
     # -- dialogs --------------------------------------------------------------------------
@@ -1313,15 +1565,30 @@ class MainWindow(QMainWindow):
 
         dlg = SettingsDialog(self.settings, self)
         if dlg.exec():
-            old = self.settings
-            self.settings = dlg.value()
-            save_settings(self.settings, self.qs)
-            self.settings.apply_environment()
-            if (old.device, old.tile_size) != (self.settings.device, self.settings.tile_size):
-                self.set_status("Device and tile size apply after a restart")
-            if (old.out_dir != self.settings.out_dir and self._listed_tree
-                    and self.model.folder is not None):  # (a new output folder is left out)
-                self._list_folder(self.model.folder, keep=self.current)
+            self.apply_settings(dlg.value())
+
+    def apply_settings(self, new: AppSettings) -> None:
+        """Settings chosen in the dialog: saved, and applied to what is open."""
+        old = self.settings
+        self.settings = new
+        save_settings(self.settings, self.qs)
+        self.settings.apply_environment()
+        if old.profile != new.profile:
+            self._plans_for_new_settings()
+        if (old.device, old.tile_size) != (self.settings.device, self.settings.tile_size):
+            self.set_status("Device and tile size apply after a restart")
+        if (old.out_dir != self.settings.out_dir and self._listed_tree
+                and self.model.folder is not None):  # (a new output folder is left out)
+            self._list_folder(self.model.folder, keep=self.current)
+
+    def _plans_for_new_settings(self) -> None:
+        """Another profile: the plans the engine made for the old one are made again (a fix
+        makes its plan at run time anyway; this is what the panel shows). Edited plans stay."""
+        for st in self.states.values():
+            if st.plan is not None and not st.plan_edited:
+                st.plan_stale = True
+        if self.current is not None:
+            self._show_state(self.current)
 
     def show_about(self) -> None:
         from .dialogs.about import show_about
@@ -1368,6 +1635,8 @@ class MainWindow(QMainWindow):
             if r != QMessageBox.StandardButton.Yes:
                 e.ignore()
                 return
+        self._save_unsaved_masks()  # (written in the pool, which finishes its work)
+        self._save_edited_plans()
         self.qs.setValue("window/geometry", self.saveGeometry())
         self.qs.setValue("window/state", self.saveState())
         self.qs.sync()

@@ -81,13 +81,39 @@ def build_view(path: Path, output: Path | None, mask_path: Path | None = None,
                       before_rgb, mask)
 
 
+# extensions that name the same format (a result keeps its own format when exported)
+_SAME_FORMAT = ({".jpg", ".jpeg", ".jpe"}, {".tif", ".tiff"})
+
+
+def export_name(src: Path, dest: Path) -> Path:
+    """``dest`` with the extension of the result ``src`` it is a byte copy of: a name typed
+    without one gets it (a file without an extension opens nowhere), and one naming another
+    format is replaced ("final.jpg" for a PNG result would be a PNG misnamed as a JPEG)."""
+    want = Path(src).suffix
+    have = dest.suffix.lower()
+    if have == want.lower() or any(have in s and want.lower() in s for s in _SAME_FORMAT):
+        return dest
+    from engine.imageio import is_photo_path
+
+    if is_photo_path(dest):  # another format's extension: replaced
+        return dest.with_suffix(want)
+    return dest.with_name(dest.name.rstrip(".") + want)  # none ("final"), or "shot.v2"
+
+
 def export_copy(src: Path, dest: Path, original: Path) -> Path:
-    """Copy a result to ``dest`` atomically; refuses to overwrite the original photo."""
+    """Copy a result to ``dest`` (with the result's extension, see ``export_name``)
+    atomically; refuses to overwrite the original photo or the result itself."""
     from engine.imageio import atomic_write_bytes
 
-    if dest.resolve() == Path(original).resolve() or dest.resolve() == Path(src).resolve():
+    asked = Path(dest)
+    dest = export_name(Path(src), asked)
+    if dest.resolve() == Path(original).resolve():
         raise OSError(f"refusing to overwrite {dest}: export never replaces the original")
-    return atomic_write_bytes(dest, Path(src).read_bytes())
+    if dest.resolve() == Path(src).resolve():
+        raise OSError(f"{dest} is the result itself: choose another name or folder")
+    # only the name the photographer confirmed may replace a file; a name changed here that
+    # clashes gets a _1, _2... suffix (nobody was asked about replacing that file)
+    return atomic_write_bytes(dest, Path(src).read_bytes(), overwrite=dest == asked)
 
 
 class Background(QObject):

@@ -30,6 +30,8 @@ class Sidecar:
     warnings: list[str] = field(default_factory=list)
     source_size: int | None = None
     source_mtime_ns: int | None = None
+    override: str | None = None  # the class chosen in "Fix as" ("A".."D"), None: as diagnosed
+    plan_edited: bool = False  # the plan is the photographer's edit, not the engine's own
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +42,8 @@ class Sidecar:
             "outputs": list(self.outputs),
             "warnings": list(self.warnings),
             "source": {"size": self.source_size, "mtime_ns": self.source_mtime_ns},
+            "override": self.override,
+            "plan_edited": self.plan_edited,
         }
 
     @classmethod
@@ -51,6 +55,8 @@ class Sidecar:
             mask=d.get("mask"), outputs=[str(o) for o in d.get("outputs", [])],
             warnings=[str(w) for w in d.get("warnings", [])],
             source_size=src.get("size"), source_mtime_ns=src.get("mtime_ns"),
+            override=str(d["override"]) if d.get("override") else None,
+            plan_edited=bool(d.get("plan_edited", False)),
         )
 
 
@@ -116,6 +122,7 @@ class SidecarStore:
             if sc.source_size is not None and (st.st_size != sc.source_size
                                                or st.st_mtime_ns != sc.source_mtime_ns):
                 sc.diagnosis, sc.plan, sc.mask, sc.outputs, sc.warnings = None, None, None, [], []
+                sc.override, sc.plan_edited = None, False
         except OSError:
             pass
         return sc
@@ -123,6 +130,11 @@ class SidecarStore:
     def save(self, photo: Path, sc: Sidecar) -> None:
         from engine.imageio import atomic_write_bytes
 
+        if not self.folder.is_dir():
+            # the folder was moved, deleted or unmounted meanwhile (a job that finished after):
+            # writing would create it again, holding nothing but a .mend folder
+            log.warning("not writing the sidecar of %s: its folder is gone", photo)
+            return
         try:
             st = Path(photo).stat()
             sc.source_size, sc.source_mtime_ns = st.st_size, st.st_mtime_ns

@@ -250,8 +250,13 @@ class ThumbnailModel(QAbstractListModel):
         self.endInsertRows()
 
     def fetch_all(self) -> None:
-        while self.canFetchMore():
-            self.fetchMore()
+        """Every row at once (one insertion, not one per batch)."""
+        n = len(self._all) - self._loaded
+        if n <= 0:
+            return
+        self.beginInsertRows(QModelIndex(), self._loaded, len(self._all) - 1)
+        self._loaded = len(self._all)
+        self.endInsertRows()
 
     def flags(self, index: QModelIndex | QPersistentModelIndex) -> Qt.ItemFlag:
         if not index.isValid():

@@ -70,22 +70,24 @@ class ThumbnailCache:
         base = self._base(key)
         if base is None:
             return
+        from engine.errors import EngineError
         from engine.imageio import atomic_write_bytes
 
         try:
             atomic_write_bytes(base.with_suffix(".jpg"), encode_jpeg(img))
-        except OSError as e:
+        except (OSError, EngineError) as e:  # (SaveFailed: a full disk, a read-only cache)
             log.debug("thumbnail cache write failed: %s", e)
 
     def put_failure(self, key: str, message: str) -> None:
         base = self._base(key)
         if base is None:
             return
+        from engine.errors import EngineError
         from engine.imageio import atomic_write_bytes
 
         try:
             atomic_write_bytes(base.with_suffix(".fail"), message.encode())
-        except OSError as e:
+        except (OSError, EngineError) as e:
             log.debug("thumbnail failure marker write failed: %s", e)
 
 

@@ -66,6 +66,18 @@ class ThumbnailGrid(QListView):
             self, lambda g, cur, _prev: g.current_path.emit(
                 cur.data(PathRole) if cur.isValid() else None)))
 
+    def selectAll(self) -> None:
+        """Ctrl+A selects every photo of the folder, also those whose rows are not fetched yet
+        (rows arrive in batches as the grid scrolls: it selected the first 256 of 300)."""
+        m = self.model()
+        if m is not None:
+            source = m.sourceModel() if hasattr(m, "sourceModel") else None
+            if source is not None and hasattr(source, "fetch_all"):
+                source.fetch_all()
+            while m.canFetchMore(QModelIndex()):
+                m.fetchMore(QModelIndex())
+        super().selectAll()
+
     def selected_paths(self) -> list[Path]:
         rows = sorted(self.selectionModel().selectedIndexes(), key=lambda ix: ix.row())
         return [ix.data(PathRole) for ix in rows]

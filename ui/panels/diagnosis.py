@@ -156,6 +156,7 @@ def step_defaults(name: str) -> Mapping[str, Any]:
 class DiagnosisPanel(QWidget):
     run_requested = Signal(object)  # Plan | None
     override_requested = Signal(object)  # Degradation | None (None = back to auto)
+    plan_edited = Signal(object)  # Plan: the photographer changed a step, a parameter, the order
     diagnose_requested = Signal()
     edit_mask_requested = Signal()
 
@@ -221,6 +222,12 @@ class DiagnosisPanel(QWidget):
         self.diagnose_btn.clicked.connect(self.diagnose_requested)
         row.addWidget(self.diagnose_btn)
         lay.addLayout(row)
+        # with several photos selected, "Fix as" applies to all of them: said before choosing
+        self.selection_note = QLabel("")
+        self.selection_note.setObjectName("dim")
+        self.selection_note.setWordWrap(True)
+        self.selection_note.hide()
+        lay.addWidget(self.selection_note)
 
         plan_box = QGroupBox("Plan")
         pl = QVBoxLayout(plan_box)
@@ -280,6 +287,13 @@ class DiagnosisPanel(QWidget):
         for w in (self.run_btn, self.diagnose_btn, self.override, self.mask_btn,
                   *self._plan_edit):
             w.setEnabled(enabled)
+
+    def set_selected_count(self, n: int) -> None:
+        """How many photos are selected with the one shown (a "Fix as" choice is for all)."""
+        text = (f"{n} photos selected: “Fix as” applies to all of them; the plan below is "
+                "this photo's") if n > 1 else ""
+        self.selection_note.setText(text)
+        self.selection_note.setVisible(bool(text))
 
     def set_diagnosis(self, d: Diagnosis | None) -> None:
         self.diagnosis = d
@@ -374,9 +388,20 @@ class DiagnosisPanel(QWidget):
                                                                         else None)))
 
     def reset_override(self) -> None:
+        self.show_override(None)
+
+    def show_override(self, label: Degradation | None) -> None:
+        """Show the photo's chosen class (None: automatic) without asking for a new plan."""
         self._updating = True
-        self.override.setCurrentIndex(0)
+        self.override.setCurrentIndex(max(0, self.override.findData(label.value if label
+                                                                        else None)))
         self._updating = False
+
+    def _edited(self) -> None:
+        """The plan was edited here: say so (the window keeps it as the photo's plan)."""
+        self._refresh_estimate()
+        if self.plan is not None:
+            self.plan_edited.emit(self.plan)
 
     def _on_step_toggled(self, item: QListWidgetItem) -> None:
         if self._updating or self.plan is None:
@@ -385,7 +410,7 @@ class DiagnosisPanel(QWidget):
         s = self.plan.steps[i]
         self.plan = self.plan.replace_step(
             i, Step(s.name, s.params, item.checkState() == Qt.CheckState.Checked))
-        self._refresh_estimate()
+        self._edited()
 
     def _add_step(self) -> None:
         name = self.add_combo.currentText()
@@ -397,6 +422,7 @@ class DiagnosisPanel(QWidget):
         steps = tuple(self.plan.steps if self.plan else ()) + (Step(name, dict(step_defaults(name))),)
         self.set_plan(Plan(label, profile, steps))
         self.steps.setCurrentRow(len(steps) - 1)
+        self._edited()
 
     def _remove_step(self) -> None:
         i = self.steps.currentRow()
@@ -405,6 +431,7 @@ class DiagnosisPanel(QWidget):
         steps = list(self.plan.steps)
         del steps[i]
         self.set_plan(Plan(self.plan.label, self.plan.profile, tuple(steps)))
+        self._edited()
 
     def _move_step(self, d: int) -> None:
         i = self.steps.currentRow()
@@ -414,6 +441,7 @@ class DiagnosisPanel(QWidget):
         steps[i], steps[i + d] = steps[i + d], steps[i]
         self.set_plan(Plan(self.plan.label, self.plan.profile, tuple(steps)))
         self.steps.setCurrentRow(i + d)
+        self._edited()
 
     def _show_params(self, i: int) -> None:
         while self.params_form.rowCount():
@@ -434,7 +462,7 @@ class DiagnosisPanel(QWidget):
             return
         s = self.plan.steps[i]
         self.plan = self.plan.replace_step(i, Step(s.name, {**s.params, key: v}, s.enabled))
-        self._refresh_estimate()
+        self._edited()
 
     def _editor(self, i: int, key: str, value: Any) -> QWidget:
         setter = weak_slot(self, lambda p, v: p._set_param(i, key, v))
