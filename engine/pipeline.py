@@ -122,8 +122,8 @@ class Engine:
                  progress: Progress | None = None, **options: Any) -> Diagnosis:
         """``options`` go to the backend, e.g. ``mode="structured"`` for the VLM.
 
-        ``progress``: reported (and its cancel token checked) between the stages - after the
-        photo is loaded and after the classifier; the classifier itself is not interrupted."""
+        ``progress``: reported between the stages; its cancel token is checked inside the
+        classifier too (between the analyzer's measurements, before every layer of a model)."""
         if progress is not None:
             progress.update(0.0, "loading")
         photo = src if isinstance(src, Photo) else load_photo(src)
@@ -131,7 +131,9 @@ class Engine:
             progress.update(0.2, "analysing")
         from .understand import diagnose
 
-        result = diagnose(photo.pixels, photo, backend=backend, runtime=self.runtime, **options)
+        result = diagnose(photo.pixels, photo, backend=backend, runtime=self.runtime,
+                          cancel_check=progress.check if progress is not None else None,
+                          **options)
         if progress is not None:
             progress.update(1.0, "analysed")
         return result
@@ -212,13 +214,14 @@ class Engine:
                        if m == chosen or (m in wanted and m not in OPTIONAL_MODELS)]
         return sorted(m for m in dict.fromkeys(needed) if not self.runtime.is_available(m))
 
-    def _resolve(self, request: JobRequest, photo: Photo) -> tuple[Diagnosis, Plan, list[str]]:
+    def _resolve(self, request: JobRequest, photo: Photo, progress: Progress | None = None
+                 ) -> tuple[Diagnosis, Plan, list[str]]:
         warnings: list[str] = []
         diagnosis = request.diagnosis
         if diagnosis is None:
             # with a forced class only the measurements matter: the analyzer is enough
             backend = "builtin" if (request.label or request.plan) else request.backend
-            diagnosis = self.diagnose(photo, backend)
+            diagnosis = self.diagnose(photo, backend, progress=progress)
         if request.plan is not None:
             plan = request.plan
             label = plan.label
@@ -246,7 +249,7 @@ class Engine:
         photo = load_photo(request.path)
         warnings += _load_warnings(photo)  # e.g. metadata that could not be kept
         progress.update(_LOAD, "diagnosing")
-        diagnosis, plan, notes = self._resolve(request, photo)
+        diagnosis, plan, notes = self._resolve(request, photo, progress.sub(_LOAD, _DIAG))
         warnings += notes
         label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")

@@ -224,8 +224,8 @@ def _takes_progress(fn: Any) -> bool:
 
 def _do_diagnose(engine: Any, payload: dict, progress: Progress) -> DiagnoseOutcome:
     progress.update(0.05, "analysing")
-    # the engine checks the job's cancel token between its stages (after loading the photo,
-    # after the classifier); the classifier itself runs to its end
+    # the engine checks the job's cancel token between its stages and inside the classifier
+    # (between the analyzer's measurements, before every layer of a model)
     extra = {"progress": progress.sub(0.05, 0.75)} if _takes_progress(engine.diagnose) else {}
     diagnosis = engine.diagnose(payload["path"], backend=payload.get("backend", "auto"), **extra)
     progress.update(0.8, "planning")

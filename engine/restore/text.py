@@ -9,17 +9,23 @@ left as it was (``guard``).
 
 Artifacts for the UI: ``text_boxes`` (x0, y0, x1, y1 in source pixels), ``ocr_confidence_before``
 / ``ocr_confidence_after`` (mean over regions, 0-1), ``ocr_regions`` (per-region details).
+
+Cancel: checked between detection tiles and recognition batches, and, with rapidocr, inside
+each ONNX run too (``RapidOCRBackend.cancellable``): detection on the reduced copy is one run of
+several seconds, which ONNX Runtime's ``RunOptions.terminate`` stops between two of its nodes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import cv2
 import numpy as np
 
-from ..errors import ModelMissing, UsageError
+from ..errors import Cancelled, ModelMissing, UsageError
 from .registry import StepContext, StepOutput, register_step
 from .sr import REALESRGAN_MODELS, realesrgan, resize_to
 
@@ -27,6 +33,28 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- OCR backends
+# how often the watcher of a cancellable OCR run looks at the job's cancel token (s)
+CANCEL_POLL = 0.02
+
+
+class _RunOptionsSession:
+    """Stands in for one of rapidocr's onnxruntime ``InferenceSession``s: ``run`` passes the
+    ``RunOptions`` that ``RapidOCRBackend.cancellable`` opened in this thread (none outside
+    it, as before); everything else is the session's own."""
+
+    def __init__(self, session: Any, local: threading.local) -> None:
+        self._session = session
+        self._local = local
+
+    def run(self, output_names: Any, input_feed: Any, run_options: Any = None) -> Any:
+        if run_options is None:
+            run_options = getattr(self._local, "run_options", None)
+        return self._session.run(output_names, input_feed, run_options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
 class RapidOCRBackend:
     """PP-OCR (det + rec) through rapidocr's bundled ONNX models: no download."""
 
@@ -43,14 +71,94 @@ class RapidOCRBackend:
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = int(threads)
             params["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
         self._engine = RapidOCR(params=params)
+        self._local = threading.local()  # this thread's RunOptions, while cancellable
+        self._routed: set[str] = set()
+        self._route_lock = threading.Lock()
+
+    # -- cancel inside an ONNX run
+    def _route(self, model: str, loader: str) -> None:
+        """Route the ONNX runs of rapidocr's ``model`` ("text_det" / "text_rec", loaded now by
+        ``loader`` if it was not) through :class:`_RunOptionsSession`. Where rapidocr's
+        layout is not the one known (another version), its runs stay as they were: cancel is
+        then checked between them only."""
+        with self._route_lock:
+            if model in self._routed:
+                return
+            self._routed.add(model)
+            part = getattr(self._engine, model, None)
+            if part is None and callable(getattr(self._engine, loader, None)):
+                part = getattr(self._engine, loader)()
+            infer = getattr(part, "session", None)  # rapidocr's OrtInferSession
+            session = getattr(infer, "session", None)
+            try:
+                from onnxruntime import InferenceSession
+            except ImportError:  # pragma: no cover - rapidocr's ONNX engine needs it
+                return
+            if isinstance(session, InferenceSession):
+                infer.session = _RunOptionsSession(session, self._local)
+            elif not isinstance(session, _RunOptionsSession):
+                log.debug("rapidocr %s: no onnxruntime session found; its runs are not "
+                          "cancellable inside", model)
+
+    @contextlib.contextmanager
+    def cancellable(self, token: Any) -> Iterator[None]:
+        """While open, a cancel of ``token`` (a :class:`~engine.progress.CancelToken`) stops
+        this thread's detection and recognition inside their ONNX run: a watcher thread sets
+        the run's ``RunOptions.terminate`` (ONNX Runtime's own way to stop a run from another
+        thread: it ends between two nodes of the graph with an error, and the session stays
+        usable), and ``detect`` / ``recognize_many`` raise :class:`Cancelled`. Runs in other
+        threads are not affected."""
+        try:
+            from onnxruntime import RunOptions
+        except ImportError:  # pragma: no cover - rapidocr's ONNX engine needs it
+            yield
+            return
+        if token is None:
+            yield
+            return
+        ro = RunOptions()
+        previous = getattr(self._local, "run_options", None)
+        self._local.run_options = ro
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(CANCEL_POLL):
+                if token.cancelled:
+                    ro.terminate = True
+                    return
+
+        watcher = threading.Thread(target=watch, name="mend-ocr-cancel", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()
+            self._local.run_options = previous
+
+    def _terminated(self) -> bool:
+        ro = getattr(self._local, "run_options", None)
+        return bool(ro is not None and ro.terminate)
+
+    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``; a run stopped by ``cancellable`` raises Cancelled (outside
+        the handler: the failed run's frames and buffers are freed first)."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            if not self._terminated():
+                raise
+        raise Cancelled()
 
     def detect(self, bgr: np.ndarray) -> list[np.ndarray]:
-        out = self._engine(bgr, use_det=True, use_cls=False, use_rec=False)
+        self._route("text_det", "_load_det_model")
+        out = self._run(self._engine, bgr, use_det=True, use_cls=False, use_rec=False)
         boxes = getattr(out, "boxes", None)
         return [] if boxes is None else [np.asarray(b, np.float32).reshape(-1, 2) for b in boxes]
 
     def recognize(self, bgr: np.ndarray) -> tuple[str, float]:
-        out = self._engine(bgr, use_det=False, use_cls=False, use_rec=True)
+        self._route("text_rec", "_load_rec_model")
+        out = self._run(self._engine, bgr, use_det=False, use_cls=False, use_rec=True)
         txts = getattr(out, "txts", None) or ("",)
         scores = getattr(out, "scores", None) or (0.0,)
         return str(txts[0]), float(scores[0])
@@ -59,8 +167,16 @@ class RapidOCRBackend:
         """Recognition of many line crops in batches (one ONNX run per batch)."""
         if not crops:
             return []
-        out = self._engine.recognize_txt(list(crops))
+        self._route("text_rec", "_load_rec_model")
+        out = self._run(self._engine.recognize_txt, list(crops))
         return [(str(t), float(c)) for t, c in zip(out.txts, out.scores, strict=True)]
+
+
+def _cancellable(ocr: Any, ctx: StepContext) -> contextlib.AbstractContextManager:
+    """``ocr.cancellable`` with the job's cancel token, for a backend that has it."""
+    fn = getattr(ocr, "cancellable", None)
+    token = getattr(ctx.progress, "token", None)
+    return fn(token) if callable(fn) and token is not None else contextlib.nullcontext()
 
 
 class PaddleOCRBackend:
@@ -174,9 +290,10 @@ def _read_all(ocr: Any, crops: list[np.ndarray], ctx: StepContext,
     """``ocr.recognize_many`` in batches, with a cancel check between them (hundreds of text
     regions take tens of seconds to read)."""
     out: list[tuple[str, float]] = []
-    for i in range(0, len(crops), batch):
-        ctx.progress.check()
-        out += ocr.recognize_many(crops[i:i + batch])
+    with _cancellable(ocr, ctx):
+        for i in range(0, len(crops), batch):
+            ctx.progress.check()
+            out += ocr.recognize_many(crops[i:i + batch])
     return out
 
 
@@ -250,7 +367,14 @@ def _detect_text(ocr: Any, rgb: np.ndarray, det_max: int, det_tile: int,
     copy at most ``det_max`` px (PP-OCR keeps big photos at full size; large text, and text
     that fills the frame), and at full resolution in ``det_tile`` px tiles that overlap, so that
     small text a reduced copy blurs away is found too (12-px lines on a 6000-px page: about half
-    of them on the 2048-px copy; 10-px lines: none). Cancel is checked between tiles."""
+    of them on the 2048-px copy; 10-px lines: none). Cancel is checked between tiles, and
+    inside each detection where the backend can (``RapidOCRBackend.cancellable``)."""
+    with _cancellable(ocr, ctx):
+        return _detect_passes(ocr, rgb, det_max, det_tile, ctx)
+
+
+def _detect_passes(ocr: Any, rgb: np.ndarray, det_max: int, det_tile: int,
+                   ctx: StepContext) -> list[np.ndarray]:
     h, w = rgb.shape[:2]
     f = min(1.0, det_max / max(h, w))
     if f >= 1.0:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..api import BLUR_LINE_RESOLVED_MIN, CLASSES, Degradation, Diagnosis
-from ..errors import EngineError
+from ..errors import Cancelled, EngineError
 from ..resources import resource
 from . import measure as M
 from .base import photos_for, register_classifier
@@ -200,12 +200,15 @@ def flags_from(meas: Mapping[str, Any], scores: Mapping[str, float]) -> tuple[st
 
 
 def analyze(image: np.ndarray, photo: Any | None = None,
-            model: LogisticModel | None = None) -> Diagnosis:
-    """Measure, score and explain one photo with the built-in analyzer."""
+            model: LogisticModel | None = None,
+            cancel_check: Callable[[], None] | None = None) -> Diagnosis:
+    """Measure, score and explain one photo with the built-in analyzer. ``cancel_check`` (a
+    job's ``Progress.check``) is called between the measurements (``measure.measure``)."""
     model = model or load_model()
     # the extra view cues are measured only when the model reads them
     meas = M.measure(image, photo, extra=not all(n.startswith("cnn_") or n in _DERIVED
-                                                 for n in model.features))
+                                                 for n in model.features),
+                     cancel_check=cancel_check)
     x = feature_vector(meas, model.features)
     p = model.proba(x, tempered=False)[0]
     scores = smear_check({c: float(p[model.classes.index(c)]) for c in (d.value for d in CLASSES)},
@@ -313,14 +316,16 @@ class BuiltinAnalyzer:
 
     name = "builtin"
 
-    def __init__(self, runtime: Any | None = None, model_path: str | None = None, **_: Any):
+    def __init__(self, runtime: Any | None = None, model_path: str | None = None,
+                 cancel_check: Callable[[], None] | None = None, **_: Any):
         self._model_path = model_path
+        self.cancel_check = cancel_check
 
     def available(self) -> bool:
         return True
 
     def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
-        return analyze(image, photo, load_model(self._model_path))
+        return analyze(image, photo, load_model(self._model_path), self.cancel_check)
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]
                        ) -> list[Diagnosis | EngineError]:
@@ -328,6 +333,8 @@ class BuiltinAnalyzer:
         for image, photo in zip(images, photos_for(images, photos)):
             try:
                 out.append(self.classify(image, photo))
+            except Cancelled:  # the job's, not this photo's: it stops them all
+                raise
             except EngineError as e:  # that photo's own error; the others keep theirs
                 out.append(e)
         return out

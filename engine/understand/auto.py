@@ -2,16 +2,18 @@
 built-in analyzer. Measurements always ride along (every backend merges them). Without a
 runtime it looks at the process-wide default one (local files only, as the "vlm" backend does).
 A photo the VLM fails on (an unreadable answer; the whole batch when it runs out of memory)
-gets the analyzer's diagnosis, with the reason in its rationale."""
+gets the analyzer's diagnosis, with the reason in its rationale. A cancel (``cancel_check``)
+is not a failure: it is raised, never answered with the analyzer."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..api import Diagnosis
-from ..errors import EngineError
+from ..errors import Cancelled, EngineError
 from .base import photos_for, register_classifier, single
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ class AutoClassifier:
         from .analyzer import BuiltinAnalyzer
         from .vlm import VLMClassifier
 
-        chosen: Any = BuiltinAnalyzer()
+        chosen: Any = BuiltinAnalyzer(cancel_check=self._kwargs.get("cancel_check"))
         rt = self.runtime
         if rt is None:
             from .runtime_default import default_runtime
@@ -57,21 +59,25 @@ class AutoClassifier:
         c = self.choose()
         if c.name == "builtin":
             return c.classify_batch(images, photos)
+        check = self._kwargs.get("cancel_check")
         try:
             out = list(c.classify_batch(images, photos))
+        except Cancelled:
+            raise
         except EngineError as e:  # out of memory, a damaged model...: every photo falls back
-            return _fallback(images, photos, [e] * len(images))
+            return _fallback(images, photos, [e] * len(images), check)
         failed = [i for i, d in enumerate(out) if isinstance(d, EngineError)]
         if failed:  # an unreadable answer: that photo alone falls back
             got = _fallback([images[i] for i in failed], [photos[i] for i in failed],
-                            [out[i] for i in failed])
+                            [out[i] for i in failed], check)
             for i, d in zip(failed, got):
                 out[i] = d
         return out
 
 
 def _fallback(images: list[np.ndarray], photos: list[Any | None],
-              errors: list[EngineError]) -> list[Diagnosis | EngineError]:
+              errors: list[EngineError], cancel_check: Callable[[], None] | None = None
+              ) -> list[Diagnosis | EngineError]:
     """The built-in analyzer's diagnoses of the photos the VLM failed on, saying why."""
     from dataclasses import replace
 
@@ -79,7 +85,7 @@ def _fallback(images: list[np.ndarray], photos: list[Any | None],
 
     log.warning("VLM diagnosis failed on %d photo(s) (%s); using the built-in analyzer",
                 len(images), errors[0])
-    out = BuiltinAnalyzer().classify_batch(images, photos)
+    out = BuiltinAnalyzer(cancel_check=cancel_check).classify_batch(images, photos)
     return [d if isinstance(d, EngineError) else
             replace(d, rationale=f"{d.rationale}; VLM unavailable: {e}")
             for d, e in zip(out, errors)]

@@ -1,7 +1,15 @@
-"""The one interface every degradation classifier implements, and its registry."""
+"""The one interface every degradation classifier implements, and its registry.
+
+Cancel: a classifier created with ``cancel_check`` (a job's ``Progress.check``: raises
+:class:`~engine.errors.Cancelled` once the job is cancelled) honours it inside its work - the
+analyzer between its measurements, the model backends layer by layer inside the model
+(``tiling.checking``) - and a cancel is raised for the whole batch, never kept as one photo's
+error.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,8 +31,8 @@ class Classifier(Protocol):
                        ) -> list[Diagnosis | EngineError]:
         """Several photos at once (VLM batches). One entry per photo, in order: its Diagnosis,
         or the EngineError that photo alone met (an unreadable VLM answer), so one photo never
-        costs the others theirs. Errors that stop them all (a missing model) are raised.
-        ``photos`` has one entry (or None) per image."""
+        costs the others theirs. Errors that stop them all (a missing model, a cancel:
+        ``Cancelled``) are raised. ``photos`` has one entry (or None) per image."""
 
 
 def photos_for(images: list[np.ndarray], photos: list[Any | None] | None) -> list[Any | None]:
@@ -66,17 +74,37 @@ def get_classifier(name: str, **kwargs: Any) -> Classifier:
     return CLASSIFIERS[name](**kwargs)
 
 
+CancelCheck = Callable[[], None]
+
+
 class StoredModelClassifier:
     """Shared plumbing of the backends whose weights come from the model store (CLIP, VLM):
-    the runtime, the model choice, availability, and the analyzer's measurements merged in."""
+    the runtime, the model choice, availability, the cancel check, and the analyzer's
+    measurements merged in."""
 
     name = "model"
 
     def __init__(self, runtime: Any | None = None, model_id: str | None = None,
-                 with_measurements: bool = True) -> None:
+                 with_measurements: bool = True,
+                 cancel_check: CancelCheck | None = None) -> None:
         self.runtime = runtime
         self.model_id = model_id
         self.with_measurements = with_measurements
+        self.cancel_check = cancel_check
+
+    def _check(self) -> None:
+        if self.cancel_check is not None:
+            self.cancel_check()
+
+    @contextlib.contextmanager
+    def _checking(self, model: Any) -> Iterator[None]:
+        """While open, the cancel check runs before every layer that runs in this thread
+        (one global forward pre-hook, removed on leaving: ``tiling.checking``), so a cancel
+        stops a forward pass or a ``generate`` within a layer."""
+        from ..tiling import checking
+
+        with checking(model, self.cancel_check):
+            yield
 
     def _rt(self) -> Any:
         if self.runtime is None:
@@ -110,6 +138,6 @@ class StoredModelClassifier:
         from .vlm import _merge_estimates, class_flags
 
         if self.with_measurements:
-            base, est = _merge_estimates(image, photo, extra)
+            base, est = _merge_estimates(image, photo, extra, self.cancel_check)
             return est, class_flags(base.flags, scores)
         return extra, class_flags((), scores)

@@ -3,11 +3,14 @@
 Each class has a prompt ensemble (resources/prompts/clip_prompts.json); a class's text
 embedding is the normalised mean of its prompts' normalised embeddings; scores are the softmax
 of the scaled cosine similarities. Weights come from the model store with
-``local_files_only=True``.
+``local_files_only=True``. A cancel (``cancel_check``) is checked before every layer of the
+image encoder and between batches; loading (with the prompts' text embeddings) is not
+interrupted, so a cached model is always a whole one.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +95,9 @@ class ClipClassifier(StoredModelClassifier):
     name = "clip"
 
     def __init__(self, runtime: Any | None = None, model_id: str | None = None,
-                 with_measurements: bool = True, **_: Any) -> None:
-        super().__init__(runtime, model_id, with_measurements)
+                 with_measurements: bool = True,
+                 cancel_check: Callable[[], None] | None = None, **_: Any) -> None:
+        super().__init__(runtime, model_id, with_measurements, cancel_check)
 
     def pick_model(self) -> str:
         rt = self._rt()
@@ -114,16 +118,18 @@ class ClipClassifier(StoredModelClassifier):
 
         photos = photos_for(images, photos)
         rt = self._rt()
+        self._check()
         loaded = load_clip(rt, self.pick_model(), load_prompts())
         out = []
         dev = rt.device.torch_device
         dtype = next(loaded.model.parameters()).dtype
         for i in range(0, len(images), batch_size):
+            self._check()
             chunk = images[i:i + batch_size]
             pils = [Image.fromarray((np.clip(im[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8))
                     for im in chunk]
             px = loaded.processor(images=pils, return_tensors="pt")["pixel_values"]
-            with torch.inference_mode():
+            with torch.inference_mode(), self._checking(loaded.model):
                 ie = _features(loaded.model.get_image_features(
                     pixel_values=px.to(dev, dtype))).float()
             ie = ie / ie.norm(dim=-1, keepdim=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -871,10 +871,18 @@ def cnn_features(view: np.ndarray, path: str | None = None) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- all together
 
-def measure(image: np.ndarray, photo: Any | None = None, *, extra: bool = True
-            ) -> dict[str, Any]:
+def _no_check() -> None:
+    return None
+
+
+def measure(image: np.ndarray, photo: Any | None = None, *, extra: bool = True,
+            cancel_check: Callable[[], None] | None = None) -> dict[str, Any]:
     """Every measurement. Estimates in original-pixel units; features on the view.
-    ``extra=False`` skips the view cues that only the feature model reads (faster)."""
+    ``extra=False`` skips the view cues that only the feature model reads (faster).
+    ``cancel_check`` (a job's ``Progress.check``) is called before each measurement: a cancel
+    waits for one of them at most (each under 0.1 s on a 12 MP photo on one core)."""
+    check = cancel_check or _no_check
+    check()
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     image = np.asarray(image[..., :3], dtype=np.float32)
@@ -885,18 +893,24 @@ def measure(image: np.ndarray, photo: Any | None = None, *, extra: bool = True
         image = np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)),
                        mode="edge")
     out["noise_sigma"] = estimate_noise(image)
+    check()
     out.update(jpeg_estimate(image, photo))
+    check()
     # motion blur length on full-resolution crops (original pixels)
     gray_full_crop = to_gray(_center(image, 768))
     mb = estimate_motion_blur(gray_full_crop)
     out["blur_length"] = mb["blur_length"]
     out["blur_angle"] = mb["blur_angle"]
     out["motion_evidence"] = mb["motion_evidence"]
+    check()
     # the blur in the worst direction, any cause or path (curved hand shake too), from edges
     out.update(estimate_blur_extent(gray_full_crop))
+    check()
     view, factor = view_of(image)
     out["view_scale"] = factor
+    check()
     vf = view_features(view, extra=extra)
+    check()
     vf.update(cnn_features(view))
     out["features"] = vf
     # log Laplacian ratio across one octave: about -1 for Gaussian blur sigma 1.5-3.5 or a 3x

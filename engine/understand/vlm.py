@@ -14,19 +14,25 @@ merged with the built-in analyzer's measurements.
 
 Weights come from the model store (``runtime.path("qwen2.5-vl-3b" | "qwen2.5-vl-7b")``) with
 ``local_files_only=True``; remote code is never trusted.
+
+Cancel (``cancel_check``): checked before every layer inside ``generate`` (a forward pre-hook,
+``tiling.checking``, not a StoppingCriteria: that is asked only between tokens, after the
+vision tower and the whole prompt have run, and would end the answer early instead of
+stopping), and between the analyzer's measurements. Loading the model is not interrupted: a
+cached model is always a whole one.
 """
 from __future__ import annotations
 
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
-from ..errors import EngineError, ModelMissing
+from ..errors import Cancelled, EngineError, ModelMissing
 from ..resources import resource
 from .base import StoredModelClassifier, photos_for, register_classifier
 
@@ -336,14 +342,17 @@ def bound_pixels(image_processor: Any, min_pixels: int, max_pixels: int) -> None
 
 
 def _generate(loaded: _Loaded, pils: list, prompt: str, max_new_tokens: int,
-              want_logits: bool = True) -> tuple[list, list[str], list | None]:
+              want_logits: bool = True, cancel_check: Callable[[], None] | None = None
+              ) -> tuple[list, list[str], list | None]:
     """Greedy answers for ``pils``: per photo its generated token ids, its text and (with
     ``want_logits``) its raw logits per generated step, (steps, vocab). A device out of
-    memory raises OutOfMemory."""
+    memory raises OutOfMemory. ``cancel_check`` runs before every layer of the model, so a
+    cancel stops the vision tower, the prompt or the answer within a layer (Cancelled)."""
     import torch
 
     from ..devices import is_oom
     from ..errors import OutOfMemory
+    from ..tiling import checking
 
     proc = loaded.processor
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
@@ -351,18 +360,26 @@ def _generate(loaded: _Loaded, pils: list, prompt: str, max_new_tokens: int,
     inputs = proc(text=[text] * len(pils), images=pils, return_tensors="pt", padding=True)
     dev = next(loaded.model.parameters()).device
     out = None
+    cancelled: str | None = None
     try:
         inputs = {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in inputs.items()}
-        with torch.inference_mode():
+        with torch.inference_mode(), checking(loaded.model, cancel_check):
             # raw logits only, and only where the letters are scored (paper mode): processed
             # scores would be tilted by the repetition penalty against the letters the prompt
             # itself contains, and every step's full-vocabulary row is ~0.6 MB per photo
             out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens,
                                         do_sample=False, output_logits=want_logits,
                                         return_dict_in_generate=True, num_beams=1)
+    except Cancelled as e:
+        cancelled = str(e)
     except Exception as e:  # only a device out of memory is turned into an engine error
         if not is_oom(e):
             raise
+    if cancelled is not None:
+        # raised outside the handler: generate's frames (its key/value cache, on the device)
+        # are freed now, not when the job's error is dropped
+        inputs = None
+        raise Cancelled(cancelled)
     if out is None:  # out of memory (raised outside the handler: its frames are freed first)
         inputs = None
         if loaded.device is not None:
@@ -395,10 +412,11 @@ def letter_scores(step_logits, letter_ids: Mapping[str, Sequence[int]]) -> dict[
     return {c: float(v) for c, v in zip(LETTERS, p)}
 
 
-def _merge_estimates(image: np.ndarray, photo: Any | None, extra: Mapping[str, Any] | None):
+def _merge_estimates(image: np.ndarray, photo: Any | None, extra: Mapping[str, Any] | None,
+                     cancel_check: Callable[[], None] | None = None):
     from .analyzer import analyze
 
-    base = analyze(image, photo)
+    base = analyze(image, photo, cancel_check=cancel_check)
     est = dict(base.estimates)
     if extra:
         est.update(extra)
@@ -423,10 +441,11 @@ class VLMClassifier(StoredModelClassifier):
 
     def __init__(self, runtime: Any | None = None, model_id: str | None = None,
                  mode: str = "paper", max_new_tokens: int | None = None,
-                 with_measurements: bool = True, **_: Any) -> None:
+                 with_measurements: bool = True,
+                 cancel_check: Callable[[], None] | None = None, **_: Any) -> None:
         if mode not in ("paper", "structured"):
             raise EngineError(f"unknown VLM mode {mode!r} (paper or structured)")
-        super().__init__(runtime, model_id, with_measurements)
+        super().__init__(runtime, model_id, with_measurements, cancel_check)
         self.mode = mode
         self.max_new_tokens = max_new_tokens or (8 if mode == "paper" else 256)
 
@@ -454,16 +473,18 @@ class VLMClassifier(StoredModelClassifier):
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None],
                        batch_size: int = 4) -> list[Diagnosis | EngineError]:
         """One entry per photo: its Diagnosis, or the error of its own answer (unreadable:
-        VLMAnswerError) so that the other photos keep theirs. A missing model, or memory
-        short even for one photo, raises."""
+        VLMAnswerError) so that the other photos keep theirs. A missing model, memory short
+        even for one photo, or a cancel (Cancelled), raises."""
         photos = photos_for(images, photos)
         rt = self._rt()
+        self._check()
         loaded = load_vlm(rt, self.pick_model())
         mp = max_pixels_for(rt.device)
         prompt = load_prompt("paper_classify" if self.mode == "paper"
                              else "structured_degradations")
         out: list[Diagnosis | EngineError] = []
         for i in range(0, len(images), batch_size):
+            self._check()
             chunk = images[i:i + batch_size]
             answers = self._answers(loaded, [_to_pil(im, mp) for im in chunk], prompt)
             for im, photo, (seq, text, scores) in zip(chunk, photos[i:i + batch_size], answers):
@@ -473,6 +494,8 @@ class VLMClassifier(StoredModelClassifier):
                     else:
                         d = self._structured(text)
                     out.append(self._finish(d, im, photo, loaded.model_id))
+                except Cancelled:  # (in the measurements) the job's: it stops every photo
+                    raise
                 except EngineError as e:
                     out.append(e)
         return out
@@ -483,7 +506,8 @@ class VLMClassifier(StoredModelClassifier):
 
         try:
             seqs, texts, scores = _generate(loaded, pils, prompt, self.max_new_tokens,
-                                            want_logits=self.mode == "paper")
+                                            want_logits=self.mode == "paper",
+                                            cancel_check=self.cancel_check)
         except OutOfMemory:
             if len(pils) == 1:
                 raise

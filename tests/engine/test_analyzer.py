@@ -378,3 +378,43 @@ def test_the_temperature_sets_the_confidence_never_the_label(shared_images):
         out = temper(s, t)
         assert sorted(out, key=out.get) == sorted(s, key=s.get)
         assert abs(sum(out.values()) - 1.0) < 1e-9
+
+
+@pytest.mark.parametrize("backend", ["builtin", "auto"])
+def test_a_cancel_stops_the_analyzer_between_its_measurements(clean, monkeypatch, backend):
+    """A cancel from another thread while one measurement runs stops the analyzer before the
+    next one (before, it measured everything, and every photo of the batch), as the engine's
+    Cancelled for the whole batch - not one photo's error beside the others' diagnoses."""
+    import threading
+
+    from engine.errors import Cancelled
+    from engine.progress import CancelToken
+    from engine.understand import diagnose_many
+
+    expected = diagnose(clean, backend="builtin")
+    token, ran = CancelToken(), []
+    real_jpeg = M.jpeg_estimate
+
+    def jpeg(*a, **k):
+        ran.append("jpeg_estimate")
+        th = threading.Thread(target=token.cancel)  # pressed Stop while it runs
+        th.start()
+        th.join()
+        return real_jpeg(*a, **k)
+
+    def spy(name):
+        real = getattr(M, name)
+
+        def wrapped(*a, **k):
+            ran.append(name)
+            return real(*a, **k)
+        return wrapped
+
+    for name in ("estimate_noise", "estimate_motion_blur", "view_of", "cnn_features"):
+        monkeypatch.setattr(M, name, spy(name))
+    monkeypatch.setattr(M, "jpeg_estimate", jpeg)
+    with pytest.raises(Cancelled):
+        diagnose_many([clean, clean, clean], backend=backend, cancel_check=token.check)
+    assert ran == ["estimate_noise", "jpeg_estimate"]
+    monkeypatch.undo()
+    assert diagnose(clean, backend="builtin") == expected  # the next job is the same

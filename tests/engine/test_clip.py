@@ -135,3 +135,47 @@ def test_clip_checkpoint_that_does_not_fit_is_a_clear_error(clip_runtime, tmp_pa
     rt = make_runtime(install_test_model(tmp_path / "store", "clip-vit-large-patch14", files))
     with pytest.raises(UnsupportedModel, match="clip-vit-large-patch14.*do not|does not match"):
         load_clip(rt, "clip-vit-large-patch14", load_prompts())
+
+
+def test_a_cancel_stops_the_image_encoder_between_its_layers(clip_runtime):
+    """A cancel from another thread while the image encoder runs stops it before its next layer
+    (a forward pre-hook; before, the whole batch - 3 x 8 images here - ran first), as the
+    engine's Cancelled. The cached model stays whole and gives the same scores after."""
+    import threading
+
+    from torch.nn.modules import module
+
+    from engine.errors import Cancelled
+    from engine.progress import CancelToken
+    from engine.understand.clip import load_clip
+
+    imgs = [_img(10 + i) for i in range(20)]
+    plain = ClipClassifier(runtime=clip_runtime, with_measurements=False)
+    before = plain.classify(imgs[0]).scores
+    keys, hooks = clip_runtime.cached_keys(), len(module._global_forward_pre_hooks)
+    layers = load_clip(clip_runtime, "clip-vit-large-patch14",
+                       load_prompts()).model.vision_model.encoder.layers
+    token, ran = CancelToken(), []
+
+    def first(*_):
+        ran.append(0)
+        if len(ran) == 1:  # pressed Stop while the first layer ran
+            th = threading.Thread(target=token.cancel)
+            th.start()
+            th.join()
+
+    watch = [layers[0].register_forward_hook(first),
+             layers[1].register_forward_hook(lambda *_: ran.append(1))]
+    clf = ClipClassifier(runtime=clip_runtime, with_measurements=False,
+                         cancel_check=token.check)
+    try:
+        with pytest.raises(Cancelled):
+            clf.classify_batch(imgs, [None] * len(imgs))
+    finally:
+        for h in watch:
+            h.remove()
+    assert ran == [0]  # not the second layer, nor any later batch
+    assert len(module._global_forward_pre_hooks) == hooks
+    assert clip_runtime.cached_keys() == keys
+    after = plain.classify(imgs[0]).scores
+    assert all(abs(after[k] - before[k]) < 1e-6 for k in before)

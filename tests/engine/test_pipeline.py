@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -13,6 +14,7 @@ from engine.errors import Cancelled, ModelMissing
 from engine.imageio import load_photo, read_record
 from engine.pipeline import Engine
 from engine.progress import CancelToken, Progress
+from engine.understand import measure as M
 from tests.model_helpers import install_test_model
 from tests.tiny_models import write_nafnet_gopro
 
@@ -361,3 +363,43 @@ def test_auto_profile_is_kept_when_only_optional_models_are_missing(tmp_path, mo
     profile, warnings = engine.resolve_profile("auto")
     assert profile == "builtin" and "big-lama" in warnings[0]
     assert "yunet" not in warnings[0]
+
+
+# -- a cancel reaches inside the diagnosis (Engine.diagnose, and Engine.run's own diagnosis) ---
+
+
+def _cancel_in_jpeg(monkeypatch, token, ran):
+    real = M.jpeg_estimate
+
+    def jpeg(*a, **k):
+        ran.append("jpeg")
+        th = threading.Thread(target=token.cancel)
+        th.start()
+        th.join()
+        return real(*a, **k)
+
+    real_view = M.view_of
+    monkeypatch.setattr(M, "jpeg_estimate", jpeg)
+    monkeypatch.setattr(M, "view_of", lambda *a, **k: (ran.append("view"), real_view(*a, **k))[1])
+
+
+@pytest.mark.parametrize("how", ["diagnose", "run"])
+def test_engine_cancel_reaches_inside_the_analyzer(tmp_path, monkeypatch, how):
+    src = tmp_path / "a.png"
+    Image.fromarray((np.random.default_rng(0).random((300, 400, 3)) * 255)
+                    .astype(np.uint8)).save(src)
+    token, ran = CancelToken(), []
+    _cancel_in_jpeg(monkeypatch, token, ran)
+    engine = Engine("cpu")
+    with pytest.raises(Cancelled):
+        if how == "diagnose":
+            engine.diagnose(src, "builtin", progress=Progress(token=token))
+        else:
+            engine.run(JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), profile="builtin",
+                                  backend="builtin"), Progress(token=token))
+    assert ran == ["jpeg"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    monkeypatch.undo()
+    engine.run(JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), profile="builtin",
+                          backend="builtin"), Progress())
+    assert any((tmp_path / "out").iterdir())

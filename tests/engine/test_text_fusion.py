@@ -313,3 +313,49 @@ def test_drop_repeats_keeps_the_larger_of_a_box_found_twice():
     quads = [q(0, 0, 100, 20), q(2, 1, 98, 19), q(90, 0, 200, 20), q(0, 40, 50, 60)]
     kept = T._drop_repeats(quads)
     assert [T._box(k) for k in kept] == [T._box(quads[i]) for i in (0, 2, 3)]
+
+
+def test_a_cancel_stops_text_detection_inside_its_onnx_run(tiny_runtime):
+    """Detection on the reduced copy is one ONNX run of seconds (measured up to ~7 s); a cancel
+    from another thread stops it inside (RunOptions.terminate, between two nodes of the graph)
+    as the engine's Cancelled - before, it ran to its end and returned - and the detector
+    finds the same text after it."""
+    import threading
+    import time
+
+    import engine.restore.text as T
+    from engine.errors import Cancelled
+    from engine.progress import CancelToken
+
+    page = _small_text_page(1800, 1350, 9)
+
+    def detect(token):
+        ctx = StepContext(device=select_device("cpu"), progress=Progress(token=token),
+                          runtime=tiny_runtime, tile_size=128)
+        return T._detect_text(T.get_ocr(ctx), page, 1200, 0, ctx)  # the reduced copy only
+
+    ctx = StepContext(device=select_device("cpu"), progress=Progress(), runtime=tiny_runtime)
+    T.get_ocr(ctx).detect(np.full((64, 64, 3), 255, np.uint8))  # (the detector loaded)
+    t0 = time.perf_counter()
+    reference = detect(CancelToken())
+    whole = time.perf_counter() - t0
+    assert reference
+    token, at = CancelToken(), []
+
+    def cancel():
+        time.sleep(min(0.3, whole / 4))
+        at.append(time.perf_counter())
+        token.cancel()
+
+    th = threading.Thread(target=cancel)
+    th.start()
+    try:
+        with pytest.raises(Cancelled):
+            detect(token)
+        raised = time.perf_counter()
+    finally:
+        th.join()
+    # measured: ~0.05 s after the cancel, of a ~2 s run
+    assert raised - at[0] < max(0.5, whole / 2), (raised - at[0], whole)
+    again = detect(CancelToken())
+    assert [T._box(q) for q in again] == [T._box(q) for q in reference]

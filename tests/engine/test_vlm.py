@@ -580,3 +580,118 @@ def test_cli_classify_batches_a_folder_a_few_photos_at_a_time(letter_runtime, mo
     assert "c.png" in by["c.png"]["error"] and "internal error" not in by["c.png"]["error"]
     for n in ("a.png", "d.png", "e.png", "f.png"):
         assert by[n]["backend"] == "vlm" and by[n]["label"] == "B"
+
+
+# ----------------------------------------------------------------------------- cancel inside
+
+def _pre_hooks() -> int:
+    """Global forward pre-hooks in place (``tiling.checking`` adds one while a model runs)."""
+    from torch.nn.modules import module
+
+    return len(module._global_forward_pre_hooks)
+
+
+def test_a_cancel_stops_generate_inside_the_model_and_the_next_job_works(garbage_runtime):
+    """A cancel from another thread while the model writes its answer stops ``generate`` within
+    a layer (a forward pre-hook checks before each one), as the engine's Cancelled; before, the
+    whole answer (1500 tokens here, seconds) ran first. The cached model stays whole (same
+    cache, hook removed) and the next diagnosis reads the same answer as before the cancel."""
+    import threading
+    import time
+
+    from engine.errors import Cancelled
+    from engine.progress import CancelToken
+    from engine.understand.vlm import load_vlm
+
+    img = _img(20)
+    short = VLMClassifier(runtime=garbage_runtime, max_new_tokens=6, with_measurements=False)
+    with pytest.raises(VLMAnswerError) as before:  # (the rig writes "@" and "#" only)
+        short.classify(img)
+    keys, hooks = garbage_runtime.cached_keys(), _pre_hooks()
+    model = load_vlm(garbage_runtime, "qwen2.5-vl-3b").model
+    steps: list[float] = []
+    third = threading.Event()
+
+    def on_step(*_):
+        steps.append(time.perf_counter())
+        if len(steps) == 3:
+            third.set()
+
+    token, at = CancelToken(), []
+
+    def cancel():  # from another thread, as the app's Stop button does
+        if third.wait(120):
+            token.cancel()
+            at.append((time.perf_counter(), len(steps)))
+
+    watch = model.lm_head.register_forward_hook(on_step)
+    th = threading.Thread(target=cancel)
+    th.start()
+    clf = VLMClassifier(runtime=garbage_runtime, mode="structured", max_new_tokens=1500,
+                        with_measurements=False, cancel_check=token.check)
+    try:
+        with pytest.raises(Cancelled):
+            clf.classify(img)
+        raised = time.perf_counter()
+    finally:
+        watch.remove()
+        third.set()
+        th.join()
+    assert at, "the answer ended before three tokens"
+    assert raised - at[0][0] < 2.0, raised - at[0][0]  # measured: < 1 ms (2.5 s before)
+    assert len(steps) <= at[0][1] + 1, (len(steps), at[0][1])  # not one more token after it
+    assert _pre_hooks() == hooks and garbage_runtime.cached_keys() == keys
+    with pytest.raises(VLMAnswerError) as after:
+        short.classify(img)
+    assert after.value.answer == before.value.answer
+
+
+def test_a_cancel_during_the_measurements_stops_the_whole_batch(letter_runtime, monkeypatch):
+    """The analyzer's measurements that ride along are cancellable too, and a cancel there is
+    the job's, raised for the batch - not one photo's error beside the others' diagnoses."""
+    from engine.errors import Cancelled
+    from engine.progress import CancelToken
+    from engine.understand import measure as M
+
+    token = CancelToken()
+    real = M.estimate_noise
+
+    def noise(*a, **k):
+        token.cancel()
+        return real(*a, **k)
+
+    monkeypatch.setattr(M, "estimate_noise", noise)
+    clf = VLMClassifier(runtime=letter_runtime, max_new_tokens=1, cancel_check=token.check)
+    with pytest.raises(Cancelled):
+        clf.classify_batch([_img(21), _img(22)], [None, None])
+
+
+def test_auto_does_not_answer_a_cancel_with_the_analyzer(letter_runtime):
+    """On a GPU "auto" falls back to the analyzer when the VLM fails; a cancel is not a
+    failure: it is raised, never answered with another diagnosis. Cancelled while the vision
+    tower runs, the language model never starts."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from engine.errors import Cancelled
+    from engine.progress import CancelToken
+    from engine.understand.vlm import load_vlm
+
+    gpu = _gpu(letter_runtime)
+    model = load_vlm(gpu, "qwen2.5-vl-3b").model
+    token, text_model = CancelToken(), []
+
+    def cancel_after_the_first_layer(*_):
+        token.cancel()
+
+    hooks = _pre_hooks()
+    watch = model.model.language_model.register_forward_pre_hook(
+        lambda *_: text_model.append(1))
+    handle = register_module_forward_hook(cancel_after_the_first_layer)
+    try:
+        with pytest.raises(Cancelled):
+            diagnose(_img(23), backend="auto", runtime=gpu, max_new_tokens=1,
+                     cancel_check=token.check)
+    finally:
+        handle.remove()
+        watch.remove()
+    assert text_model == [] and _pre_hooks() == hooks
