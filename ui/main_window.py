@@ -942,10 +942,26 @@ class MainWindow(QMainWindow):
         self.grid.setCurrentIndex(self.proxy.index(row, 0))
 
     # -- diagnosis and runs ---------------------------------------------------------------
+    def _diagnosis_pending(self) -> set[Path]:
+        """The photos with a diagnosis queued or running."""
+        pending = set()
+        for jid, p in self._job_path.items():
+            info = self.client.job(jid)
+            if info is not None and info.kind is JobKind.DIAGNOSE and info.state in (
+                    JobState.QUEUED, JobState.RUNNING):
+                pending.add(p)
+        return pending
+
     def diagnose(self, paths: list[Path]) -> list[int]:
+        """Queue a diagnosis of each of ``paths`` that has none queued or running already
+        ("Diagnose all" twice diagnosed every photo twice); returns the new jobs' ids."""
         ids = []
         s = self.settings
+        pending = self._diagnosis_pending()
         for p in paths:
+            if Path(p) in pending:
+                continue
+            pending.add(Path(p))
             st = self.states.get(Path(p))
             # a class chosen for the photo stays chosen: its plan is built for that class
             jid = self.client.diagnose(p, backend=s.backend, profile=s.profile,

@@ -13,7 +13,10 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, errors.Cancelled):
         return "Cancelled."
     if isinstance(exc, errors.ModelMissing):
-        return (f"The model '{exc.model_id}' is not installed. Open Models… to download it or "
+        ids = getattr(exc, "model_ids", (exc.model_id,))
+        what = (f"The model '{ids[0]}' is not installed" if len(ids) == 1 else
+                "The models " + ", ".join(f"'{m}'" for m in ids) + " are not installed")
+        return (f"{what}. Open Models… to download {'it' if len(ids) == 1 else 'them'} or "
                 "import an offline pack, or choose the built-in profile.")
     if isinstance(exc, errors.OutOfMemory):
         return (f"Not enough memory for this photo ({exc}). Try a smaller tile size in Settings, "

@@ -401,3 +401,27 @@ def test_the_profile_chosen_in_settings_is_what_runs_for_photos_diagnosed_before
     assert win.client.job(second).state is JobState.DONE, win.client.job(second).error
     assert win.states[target].result.plan.profile == "builtin"
     assert win.panel.plan.profile == "builtin"  # and the panel shows the plan made again
+
+
+def test_diagnose_all_twice_queues_each_photo_once(qtbot, window, shoot):
+    """Pressing "Diagnose all" again while the first pass is queued diagnosed every photo
+    twice; a photo whose diagnosis finished can be diagnosed again."""
+    win = window
+    opened(qtbot, win, shoot)
+    first = win.diagnose_all()
+    second = win.diagnose_all()
+    assert len(first) == 3 and second == []
+    settle(qtbot, win)
+    assert len(win.diagnose_all()) == 3  # done: again on request
+    settle(qtbot, win)
+
+
+def test_several_missing_models_are_named_one_by_one():
+    from engine.errors import ModelMissing
+    from ui.messages import describe_error
+
+    one = describe_error(ModelMissing("big-lama"))
+    assert one.startswith("The model 'big-lama' is not installed. Open Models… to download it")
+    two = describe_error(ModelMissing(["big-lama", "codeformer"]))
+    assert two.startswith("The models 'big-lama', 'codeformer' are not installed. "
+                          "Open Models… to download them")
