@@ -230,23 +230,11 @@ def detect_haar(image: np.ndarray, *, min_size: int = 48, max_side: int = 1280,
     bgr, sx, sy = _detection_view(image, max_side)
     raw = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     gray = cv2.equalizeHist(raw)
-    cascade = _HAAR.get("face")
-    if cascade is None:
-        cascade = cv2.CascadeClassifier(str(data.haarcascades) + "/" + HAAR_FILE)
-        if cascade.empty():
-            raise EngineError("OpenCV's Haar face cascade could not be loaded")
-        _HAAR["face"] = cascade
+    cascade = _cascade("face", str(data.haarcascades) + "/" + HAAR_FILE)
     ms = max(12, int(min_size * min(sx, sy)))
     rects, _, weights = cascade.detectMultiScale3(gray, scaleFactor=1.1, minNeighbors=6,
                                                   minSize=(ms, ms), outputRejectLevels=True)
-    eye = None
-    if verify_eyes:
-        eye = _HAAR.get("eye")
-        if eye is None:
-            eye = cv2.CascadeClassifier(str(data.haarcascades) + "/" + HAAR_EYE_FILE)
-            if eye.empty():
-                raise EngineError("OpenCV's Haar eye cascade could not be loaded")
-            _HAAR["eye"] = eye
+    eye = _cascade("eye", str(data.haarcascades) + "/" + HAAR_EYE_FILE) if verify_eyes else None
     faces = []
     for (x, y, bw, bh), wt in zip(np.asarray(rects).reshape(-1, 4),
                                   np.asarray(weights).reshape(-1)):
@@ -259,6 +247,19 @@ def detect_haar(image: np.ndarray, *, min_size: int = 48, max_side: int = 1280,
 
 
 _HAAR: dict[str, Any] = {}
+
+
+def _cascade(kind: str, path: str) -> Any:
+    """OpenCV's bundled ``kind`` ("face", "eye") cascade, loaded once."""
+    import cv2
+
+    cascade = _HAAR.get(kind)
+    if cascade is None:
+        cascade = cv2.CascadeClassifier(path)
+        if cascade.empty():
+            raise EngineError(f"OpenCV's Haar {kind} cascade could not be loaded")
+        _HAAR[kind] = cascade
+    return cascade
 
 
 def detect_faces(image: np.ndarray, runtime: Any = None, *, min_size: int = 48,

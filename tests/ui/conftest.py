@@ -188,3 +188,19 @@ def window(qtbot, tmp_path):
     yield win
     win.close()
     client.shutdown()
+
+
+def opened(qtbot, win, folder: Path) -> None:
+    """Open a folder and wait for its listing, which arrives off the GUI thread."""
+    win.open_folder(folder)
+    qtbot.waitUntil(lambda: not win.folder_loading, timeout=10000)
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """Three small photos: a noisy JPEG, a clean PNG, a smooth JPEG."""
+    d = tmp_path / "shoot"
+    write_photo(d / "a_noisy.jpg", 96, 72, seed=1, kind="noisy")
+    write_photo(d / "b_clean.png", 96, 72, seed=2)
+    write_photo(d / "c_smooth.jpg", 80, 60, seed=3)
+    return d

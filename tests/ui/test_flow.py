@@ -7,7 +7,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from engine.api import Degradation
 from ui.browser.model import PathRole
@@ -16,26 +15,12 @@ from ui.engine_client import EngineClient, JobState
 from ui.main_window import MainWindow
 from ui.settings import AppSettings
 
-from .conftest import write_photo
+from .conftest import opened, write_photo
 
 
 def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
-
-def opened(qtbot, win, folder: Path) -> None:
-    """Open a folder and wait for its listing, which arrives off the GUI thread."""
-    win.open_folder(folder)
-    qtbot.waitUntil(lambda: not win.folder_loading, timeout=10000)
-
-
-@pytest.fixture
-def folder(tmp_path) -> Path:
-    d = tmp_path / "shoot"
-    write_photo(d / "a_noisy.jpg", 96, 72, seed=1, kind="noisy")
-    write_photo(d / "b_clean.png", 96, 72, seed=2)
-    write_photo(d / "c_smooth.jpg", 80, 60, seed=3)
-    return d
 
 
 def test_open_diagnose_fix_compare_export(qtbot, window, folder, tmp_path):

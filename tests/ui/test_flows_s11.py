@@ -19,26 +19,12 @@ from ui.engine_client import EngineClient, JobState
 from ui.main_window import MainWindow
 from ui.settings import AppSettings
 
-from .conftest import write_photo
-
-
-def opened(qtbot, win, folder: Path) -> None:
-    win.open_folder(folder)
-    qtbot.waitUntil(lambda: not win.folder_loading, timeout=10000)
+from .conftest import opened, write_photo
 
 
 def settle(qtbot, win, ms: int = 90000) -> None:
     qtbot.waitUntil(win.client.is_idle, timeout=ms)
     qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
-
-
-@pytest.fixture
-def shoot(tmp_path) -> Path:
-    d = tmp_path / "shoot"
-    write_photo(d / "a_noisy.jpg", 96, 72, seed=1, kind="noisy")
-    write_photo(d / "b_clean.png", 96, 72, seed=2)
-    write_photo(d / "c_smooth.jpg", 80, 60, seed=3)
-    return d
 
 
 def _diagnosed(qtbot, win, folder: Path) -> dict[str, Degradation]:
@@ -88,23 +74,23 @@ def unwritable_cache(tmp_path, monkeypatch):
 
 
 def test_thumbnails_show_when_their_cache_cannot_be_written(qtbot, unwritable_cache, window,
-                                                            shoot):
+                                                            folder):
     """A failed cache write raised out of the thumbnail task (SaveFailed is no OSError): no
     thumbnail ever showed, every cell said "…"."""
     win = window
-    opened(qtbot, win, shoot)
+    opened(qtbot, win, folder)
     qtbot.waitUntil(lambda: win.model.ready_count() == 3, timeout=20000)
     assert win.model.failed_count() == 0
 
 
 # -- "Fix as" and the plan ------------------------------------------------------------------
-def test_the_class_chosen_right_before_fix_is_the_class_that_runs(qtbot, window, shoot,
+def test_the_class_chosen_right_before_fix_is_the_class_that_runs(qtbot, window, folder,
                                                                  tmp_path):
     """Choosing "Fix as" queues a re-plan behind the jobs ahead; "Fix this photo" clicked before
     it arrived ran the previous class's plan (the request's plan wins over its label)."""
     win = window
-    labels = _diagnosed(qtbot, win, shoot)
-    target = shoot / "b_clean.png"
+    labels = _diagnosed(qtbot, win, folder)
+    target = folder / "b_clean.png"
     chosen = _other_class(labels[target.name])
     win.select_path(target)
     win.panel.set_override(chosen)
@@ -119,19 +105,19 @@ def test_the_class_chosen_right_before_fix_is_the_class_that_runs(qtbot, window,
     assert Path(got.args[0]).read_bytes() == st.output.read_bytes()
 
 
-def test_a_class_chosen_before_the_diagnosis_is_kept(qtbot, window, shoot):
+def test_a_class_chosen_before_the_diagnosis_is_kept(qtbot, window, folder):
     """"Fix as" on a photo not diagnosed yet diagnosed it and then forgot the choice: the combo
     went back to Automatic and the plan was the analyzer's class."""
     win = window
-    opened(qtbot, win, shoot)
-    target = shoot / "b_clean.png"
+    opened(qtbot, win, folder)
+    target = folder / "b_clean.png"
     win.select_path(target)
     win.panel.set_override(Degradation.C)
     settle(qtbot, win)
     assert win.panel.override_label() is Degradation.C
     assert win.panel.plan is not None and win.panel.plan.label is Degradation.C
     # and it is still the choice when the photo is picked again
-    win.select_path(shoot / "a_noisy.jpg")
+    win.select_path(folder / "a_noisy.jpg")
     assert win.panel.override_label() is None
     win.select_path(target)
     assert win.panel.override_label() is Degradation.C
@@ -141,12 +127,12 @@ def test_a_class_chosen_before_the_diagnosis_is_kept(qtbot, window, shoot):
     assert win.states[target].result.label is Degradation.C
 
 
-def test_fix_as_applies_to_every_selected_photo(qtbot, window, shoot):
+def test_fix_as_applies_to_every_selected_photo(qtbot, window, folder):
     """Select several photos, choose "Fix as": only the current one was re-planned, and "Fix
     selected" fixed the others as diagnosed."""
     win = window
-    _diagnosed(qtbot, win, shoot)
-    win.select_path(shoot / "a_noisy.jpg")
+    _diagnosed(qtbot, win, folder)
+    win.select_path(folder / "a_noisy.jpg")
     assert not win.panel.selection_note.isVisibleTo(win.panel)
     win.grid.selectAll()
     assert win.panel.selection_note.text().startswith("3 photos selected")  # said beforehand
@@ -163,19 +149,19 @@ def test_fix_as_applies_to_every_selected_photo(qtbot, window, shoot):
         ("a_noisy.jpg", "b_clean.png", "c_smooth.jpg"), Degradation.C)
 
 
-def test_plan_edits_are_what_fix_selected_runs_and_stay_with_the_photo(qtbot, window, shoot):
+def test_plan_edits_are_what_fix_selected_runs_and_stay_with_the_photo(qtbot, window, folder):
     """A step unticked in the panel was run anyway by "Fix selected" (Ctrl+R), and forgotten
     when another photo was picked and this one again."""
     win = window
-    _diagnosed(qtbot, win, shoot)
-    target = shoot / "a_noisy.jpg"
+    _diagnosed(qtbot, win, folder)
+    target = folder / "a_noisy.jpg"
     win.select_path(target)
     win.panel.set_override(Degradation.A)  # builtin A: denoise + sharpen
     settle(qtbot, win)
     names = [s.name for s in win.panel.plan.steps]
     assert len(names) >= 2, names
     win.panel.steps.item(0).setCheckState(Qt.CheckState.Unchecked)
-    win.select_path(shoot / "b_clean.png")
+    win.select_path(folder / "b_clean.png")
     win.select_path(target)
     assert win.panel.steps.item(0).checkState() == Qt.CheckState.Unchecked
     assert not win.panel.plan.steps[0].enabled
@@ -184,8 +170,8 @@ def test_plan_edits_are_what_fix_selected_runs_and_stay_with_the_photo(qtbot, wi
     ran = [s.name for s in win.states[target].result.steps]
     assert names[0] not in ran and names[1] in ran, ran
     # and the next day: the folder opened again keeps the choice and the edited chain
-    opened(qtbot, win, shoot.parent)
-    opened(qtbot, win, shoot)
+    opened(qtbot, win, folder.parent)
+    opened(qtbot, win, folder)
     qtbot.waitUntil(lambda: win.model.item(target).diagnosis is not None, timeout=10000)
     win.select_path(target)
     assert win.panel.override_label() is Degradation.A
@@ -204,14 +190,14 @@ def _paint_in_editor(qtbot, win, photo: Path) -> np.ndarray:
     return doc.full.copy()
 
 
-def test_fix_this_photo_uses_the_mask_as_edited(qtbot, window, shoot, tmp_path):
+def test_fix_this_photo_uses_the_mask_as_edited(qtbot, window, folder, tmp_path):
     """Edit the reflection mask, then "Fix this photo" (not "Inpaint again"): the run used the
     automatic mask and ignored the edits on screen."""
     from ui.editor.mask import read_mask
 
     win = window
-    _diagnosed(qtbot, win, shoot)
-    target = shoot / "b_clean.png"
+    _diagnosed(qtbot, win, folder)
+    target = folder / "b_clean.png"
     win.select_path(target)
     win.panel.set_override(Degradation.B)
     settle(qtbot, win)
@@ -229,14 +215,14 @@ def test_fix_this_photo_uses_the_mask_as_edited(qtbot, window, shoot, tmp_path):
     assert len(used) == 2 and st.result.artifacts["mask_path"] in used
     for m in used:
         assert np.array_equal(read_mask(m, painted.shape) > 127, painted > 127)
-    assert st.mask_path is not None and st.mask_path.parent == shoot / ".mend"
+    assert st.mask_path is not None and st.mask_path.parent == folder / ".mend"
 
 
-def test_unsaved_mask_edits_are_kept_when_leaving_the_folder(qtbot, window, shoot, tmp_path):
+def test_unsaved_mask_edits_are_kept_when_leaving_the_folder(qtbot, window, folder, tmp_path):
     """Mask edits were dropped without a word when another folder was opened."""
     win = window
-    opened(qtbot, win, shoot)
-    target = shoot / "a_noisy.jpg"
+    opened(qtbot, win, folder)
+    target = folder / "a_noisy.jpg"
     painted = _paint_in_editor(qtbot, win, target)
     other = tmp_path / "other"
     write_photo(other / "x.png", 64, 48, seed=5)
@@ -244,9 +230,9 @@ def test_unsaved_mask_edits_are_kept_when_leaving_the_folder(qtbot, window, shoo
     assert "mask edits of 1 photo" in win.status_label.text()
     qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
     win.client.pool.waitForDone(10000)
-    side = json.loads((shoot / ".mend" / "a_noisy.jpg.json").read_text())
+    side = json.loads((folder / ".mend" / "a_noisy.jpg.json").read_text())
     assert side["mask"] and Path(side["mask"]).is_file()
-    opened(qtbot, win, shoot)  # back: the edited mask is the photo's mask again
+    opened(qtbot, win, folder)  # back: the edited mask is the photo's mask again
     qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
     with qtbot.waitSignal(win.view_loaded, timeout=20000):
         win.show_viewer(target)
@@ -257,7 +243,7 @@ def test_unsaved_mask_edits_are_kept_when_leaving_the_folder(qtbot, window, shoo
     assert "mask edits" not in win.status_label.text()
 
 
-def test_unsaved_mask_edits_are_saved_on_quit(qtbot, shoot, tmp_path):
+def test_unsaved_mask_edits_are_saved_on_quit(qtbot, folder, tmp_path):
     """Quitting with mask edits not yet used lost them."""
     from ui.editor.mask import read_mask
 
@@ -267,24 +253,24 @@ def test_unsaved_mask_edits_are_saved_on_quit(qtbot, shoot, tmp_path):
     qtbot.addWidget(win)
     win.show()
     try:
-        opened(qtbot, win, shoot)
-        painted = _paint_in_editor(qtbot, win, shoot / "c_smooth.jpg")
+        opened(qtbot, win, folder)
+        painted = _paint_in_editor(qtbot, win, folder / "c_smooth.jpg")
     finally:
         win.close()
         client.shutdown()  # (waits for the pool's work)
-    saved = shoot / ".mend" / "c_smooth.jpg.mask.png"
+    saved = folder / ".mend" / "c_smooth.jpg.mask.png"
     assert np.array_equal(read_mask(saved, painted.shape) > 127, painted > 127)
-    side = json.loads((shoot / ".mend" / "c_smooth.jpg.json").read_text())
+    side = json.loads((folder / ".mend" / "c_smooth.jpg.json").read_text())
     assert side["mask"] == str(saved)
 
 
 # -- export ---------------------------------------------------------------------------------
-def test_an_export_is_named_for_the_format_it_is(qtbot, window, shoot, tmp_path):
+def test_an_export_is_named_for_the_format_it_is(qtbot, window, folder, tmp_path):
     """The export is a byte copy of the result: a name typed without an extension gave a file
     without one, and "final.jpg" for a PNG result a PNG misnamed as a JPEG."""
     win = window
-    opened(qtbot, win, shoot)
-    target = shoot / "b_clean.png"
+    opened(qtbot, win, folder)
+    target = folder / "b_clean.png"
     win.select_path(target)
     win.fix(target, label=Degradation.A)
     settle(qtbot, win)
@@ -338,18 +324,18 @@ def test_a_job_finishing_after_its_folder_was_removed_does_not_create_it_again(
     assert not d.exists()
 
 
-def test_reload_lists_photos_added_meanwhile_and_keeps_the_work(qtbot, window, shoot):
-    """A folder that changes while open (a card still copying, a tethered shoot): nothing but
+def test_reload_lists_photos_added_meanwhile_and_keeps_the_work(qtbot, window, folder):
+    """A folder that changes while open (a card still copying, a tethered folder): nothing but
     opening it again showed the new photos, which dropped what was known in memory."""
     win = window
-    _diagnosed(qtbot, win, shoot)
-    target = shoot / "b_clean.png"
+    _diagnosed(qtbot, win, folder)
+    target = folder / "b_clean.png"
     win.select_path(target)
     win.panel.set_override(Degradation.C)
     settle(qtbot, win)
     painted = _paint_in_editor(qtbot, win, target)
-    write_photo(shoot / "d_new.png", 64, 48, seed=9)
-    (shoot / "a_noisy.jpg").unlink()
+    write_photo(folder / "d_new.png", 64, 48, seed=9)
+    (folder / "a_noisy.jpg").unlink()
     with qtbot.waitSignal(win.view_loaded, timeout=20000):
         win.reload_action.trigger()
         qtbot.waitUntil(lambda: not win.folder_loading, timeout=10000)
@@ -357,18 +343,18 @@ def test_reload_lists_photos_added_meanwhile_and_keeps_the_work(qtbot, window, s
         "b_clean.png", "c_smooth.jpg", "d_new.png"]
     assert win.current == target and win.panel.override_label() is Degradation.C
     assert win.mask_doc is not None and np.array_equal(win.mask_doc.full, painted)
-    assert win.model.item(shoot / "c_smooth.jpg").diagnosis is not None
+    assert win.model.item(folder / "c_smooth.jpg").diagnosis is not None
 
 
 def test_mask_edits_come_back_when_the_same_folder_is_opened_again_at_once(qtbot, window,
-                                                                           shoot):
+                                                                           folder):
     """Opening the folder again (Open recent) right after painting: the mask is written in the
     pool while the sidecars are read; the edited mask is still the photo's."""
     win = window
-    opened(qtbot, win, shoot)
-    target = shoot / "c_smooth.jpg"
+    opened(qtbot, win, folder)
+    target = folder / "c_smooth.jpg"
     painted = _paint_in_editor(qtbot, win, target)
-    opened(qtbot, win, shoot)
+    opened(qtbot, win, folder)
     qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
     with qtbot.waitSignal(win.view_loaded, timeout=20000):
         win.show_viewer(target)
@@ -377,7 +363,7 @@ def test_mask_edits_come_back_when_the_same_folder_is_opened_again_at_once(qtbot
 
 
 def test_the_profile_chosen_in_settings_is_what_runs_for_photos_diagnosed_before(
-        qtbot, window, shoot):
+        qtbot, window, folder):
     """"The model 'realesr-general-x4v3' is not installed … or choose the built-in profile":
     choosing it in Settings changed nothing for the photos already diagnosed, whose stored
     laptop plans were sent with every fix (and failed the same way)."""
@@ -385,8 +371,8 @@ def test_the_profile_chosen_in_settings_is_what_runs_for_photos_diagnosed_before
 
     win = window
     win.apply_settings(replace(win.settings, profile="laptop"))
-    opened(qtbot, win, shoot)
-    target = shoot / "a_noisy.jpg"
+    opened(qtbot, win, folder)
+    target = folder / "a_noisy.jpg"
     win.select_path(target)
     win.diagnose([target])
     settle(qtbot, win)
@@ -403,11 +389,11 @@ def test_the_profile_chosen_in_settings_is_what_runs_for_photos_diagnosed_before
     assert win.panel.plan.profile == "builtin"  # and the panel shows the plan made again
 
 
-def test_diagnose_all_twice_queues_each_photo_once(qtbot, window, shoot):
+def test_diagnose_all_twice_queues_each_photo_once(qtbot, window, folder):
     """Pressing "Diagnose all" again while the first pass is queued diagnosed every photo
     twice; a photo whose diagnosis finished can be diagnosed again."""
     win = window
-    opened(qtbot, win, shoot)
+    opened(qtbot, win, folder)
     first = win.diagnose_all()
     second = win.diagnose_all()
     assert len(first) == 3 and second == []
