@@ -380,8 +380,9 @@ def _thumb_exif(raw) -> bytes | None:
 
 
 def tiff_exif(p: Path) -> bytes | None:
-    """An EXIF blob (``Exif\\0\\0`` + TIFF) of a TIFF-based RAW: IFD0's descriptive tags, the
-    Exif IFD (without the maker note) and the GPS IFD, copied tag by tag. None otherwise."""
+    """An EXIF blob (``Exif\\0\\0`` + TIFF) of a TIFF-based RAW (or of a floating-point TIFF,
+    which Pillow cannot open): IFD0's descriptive tags, the Exif IFD (without the maker note)
+    and the GPS IFD, copied tag by tag. None otherwise."""
     def collect(t: _RawTiff, mm) -> tuple[list, dict[int, list]]:
         ifd0: list = []
         subs: dict[int, list] = {0x8769: [], 0x8825: []}
