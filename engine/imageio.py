@@ -494,10 +494,17 @@ def _open_image(p: Path, limit: int):
     return im
 
 
+def _megapixels(n: float) -> str:
+    """``n`` pixels in megapixels, with the digits that tell apart a size and a limit below
+    10 MP ("0.2 megapixels", never "0 megapixels")."""
+    mp = n / 1e6
+    return f"{mp:.0f}" if mp >= 10 else f"{mp:.2g}" if mp >= 0.01 else f"{mp:.1g}"
+
+
 def _too_large(p: Path, n: int | None, limit: int) -> ImageTooLarge:
-    size = f"{n / 1e6:.0f} megapixels" if n else "too many pixels"
+    size = f"{_megapixels(n)} megapixels" if n else "too many pixels"
     return ImageTooLarge(
-        p, f"the image is too large ({size}; the limit is {limit / 1e6:.0f} megapixels, "
+        p, f"the image is too large ({size}; the limit is {_megapixels(limit)} megapixels, "
            "set MEND_MAX_MEGAPIXELS to change it) or is a decompression bomb")
 
 

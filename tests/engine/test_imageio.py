@@ -338,6 +338,11 @@ def test_pixel_limit_configurable(tmp_path, monkeypatch):
     assert mio.load_photo(p, max_pixels=2_000_000).width == 1500
     monkeypatch.setenv("MEND_MAX_MEGAPIXELS", "2")
     assert mio.load_photo(p).width == 1500
+    # below 10 MP the message keeps the digits that matter (it read "0 megapixels; the limit is
+    # 0 megapixels")
+    monkeypatch.setenv("MEND_MAX_MEGAPIXELS", "0.1")
+    with pytest.raises(ImageTooLarge, match=r"\(1\.5 megapixels; the limit is 0\.1 megapixels"):
+        mio.load_photo(p)
 
 
 def test_pillow_bomb_threshold_below_our_limit(tmp_path):
