@@ -2318,6 +2318,9 @@ def _atomic_write(dest: Path, write: Callable[[BinaryIO], None], *, overwrite: b
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a folder should be
+            raise SaveFailed(f"{dest}: cannot make the folder {folder}: it, or a folder above "
+                             "it, is a file; choose another output folder") from None
         raise _save_error(dest, e) from None
     sweep_partials(folder)
     if _USE_O_TMPFILE:

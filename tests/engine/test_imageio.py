@@ -462,6 +462,17 @@ def test_alpha_put_back(tmp_path):
     assert Image.open(out).mode == "RGB"
 
 
+def test_a_file_where_the_output_folder_should_be_is_said_plainly(tmp_path):
+    ph = mio.load_photo(_save_pil(tmp_path / "photo.png",
+                                  Image.fromarray((_rgb() * 255).astype(np.uint8))))
+    (tmp_path / "mended").write_bytes(b"a file, not a folder")
+    for dest in (tmp_path / "mended" / "photo_mend.png",
+                 tmp_path / "mended" / "sub" / "photo_mend.png"):
+        with pytest.raises(SaveFailed, match="is a file; choose another output folder"):
+            mio.save_photo(ph.pixels, dest, like=ph)
+    assert (tmp_path / "mended").read_bytes() == b"a file, not a folder"
+
+
 def test_name_clash_suffix_and_never_source(tmp_path):
     p = _save_pil(tmp_path / "photo.jpg", Image.fromarray((_rgb() * 255).astype(np.uint8)))
     ph = mio.load_photo(p)
