@@ -339,10 +339,12 @@ def _jxl_codestream_start(f: BinaryIO, want: int) -> bytes:
     return code
 
 
-def _jxl_parse(p: Path) -> tuple[int, int, int, int | None, bool] | None:
+def _jxl_parse(p: Path) -> tuple[int, int, int, int | None, bool | None] | None:
     """(width, height, orientation, bits per sample or None, animated) of a JPEG XL codestream
     header (ISO/IEC 18181-1 SizeHeader and the start of ImageMetadata: ``have_animation``),
-    None when not JPEG XL."""
+    None when not JPEG XL. ``animated`` is None when the header ends before it says (a file
+    cut short, or a container whose first codestream part is followed by more boxes than are
+    looked at: such a file must not pass for a still image)."""
     try:
         with open(p, "rb") as f:
             head = f.read(12)
@@ -351,10 +353,10 @@ def _jxl_parse(p: Path) -> tuple[int, int, int, int | None, bool] | None:
             elif head == _JXL_BOX:
                 code = _jxl_codestream_start(f, 66)
                 if code[:2] != b"\xff\x0a":
-                    return (0, 0, 1, None, False)
+                    return (0, 0, 1, None, None)
                 code = code[2:]
             elif head[4:7] == b"JXL":  # pillow-jxl-plugin takes it for JPEG XL: size unknown
-                return (0, 0, 1, None, False)
+                return (0, 0, 1, None, None)
             else:
                 return None
     except OSError:
@@ -388,13 +390,15 @@ def _jxl_parse(p: Path) -> tuple[int, int, int, int | None, bool] | None:
     try:
         w, h = size_header()
     except IndexError:
-        return (0, 0, 1, None, False)
+        return (0, 0, 1, None, None)
     orientation = 1
-    animated = False
+    animated: bool | None = None  # not known until its bit is read
     try:
         if u(1):  # ImageMetadata.all_default: 8-bit integer samples
             return (w, h, orientation, 8, False)
-        if u(1):  # extra_fields
+        if not u(1):  # extra_fields (orientation, sizes, animation) absent
+            animated = False
+        else:
             orientation = u(3) + 1
             if u(1):  # have_intr_size
                 size_header()
@@ -405,8 +409,8 @@ def _jxl_parse(p: Path) -> tuple[int, int, int, int | None, bool] | None:
                 u32(*pdist)
                 if not u(3):
                     u32(*pdist)
-            if u(1):  # have_animation: AnimationHeader
-                animated = True
+            animated = bool(u(1))
+            if animated:  # have_animation: AnimationHeader
                 u32(100, 1000, (10, 1), (30, 1))
                 u32(1, 1001, (8, 1), (10, 1))
                 u32(0, (3, 0), (16, 0), (32, 0))
@@ -459,6 +463,9 @@ def _jxl_precheck(p: Path, limit: int) -> tuple[int, int, int] | None:
                           "read): the file was not decoded")
     if jxl[0] * jxl[1] > limit:
         raise _too_large(p, jxl[0] * jxl[1], limit)
+    if jxl[4] is None:  # the header ends before it says: perhaps animated, perhaps cut short
+        raise BadImage(p, "the JPEG XL header is damaged or unsupported (it ends before saying "
+                          "whether the image is animated): the file was not decoded")
     if jxl[4]:
         raise BadImage(p, "animated JPEG XL is not supported (its decoder would decode every "
                           "frame, with no bound on the time it takes): the file was not "
@@ -986,7 +993,8 @@ def _is_16bit_colour(im) -> bool:
 
 # What the C libraries inside OpenCV's decoders print: libjpeg(-turbo)'s warnings (jerror.h,
 # JWRN_*: "Corrupt JPEG data: 1214 extraneous bytes before marker 0xd0", "... premature end of
-# data segment", where the rest of the photo is grey) and libpng's ("libpng warning: iCCP: ...").
+# data segment", where the rest of the photo is grey) and libpng's ("libpng warning: iCCP: ...",
+# "libpng error: IDAT: CRC error": a damaged 16-bit PNG, which Pillow then decodes or refuses).
 # OpenCV leaves them to the libraries' default handlers, which write to the process's stderr
 # (file descriptor 2) with no API to turn them off or catch them (opencv/opencv#9477,
 # opencv/opencv-python#610): they polluted the CLI's output. ``_decoder_messages`` points fd 2
@@ -994,7 +1002,8 @@ def _is_16bit_colour(im) -> bool:
 _DECODER_LINE = re.compile(
     rb"(?:Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Inconsistent "
     rb"progression sequence|Unknown Adobe color transform|Warning: unknown JFIF|Warning: "
-    rb"thumbnail image size|Application transferred too many scanlines|libpng warning:)")
+    rb"thumbnail image size|Application transferred too many scanlines|libpng warning:"
+    rb"|libpng error:)")  # an error: OpenCV gives up, Pillow decodes or names the damage
 _DECODER_TEXT_MAX = 4096  # bytes of one decode's messages kept (a damaged scan repeats itself)
 
 
@@ -1003,7 +1012,13 @@ class _StderrCapture:
     decode that asks until the last one is done (decodes run in parallel: OpenCV lets go of
     the GIL). Each decode gets the decoder lines written while it ran (another decode's too,
     if both warn at the same moment); every other byte written meanwhile (Python's own stderr,
-    a log line) is written back to the real stderr, in order, when the last decode is done."""
+    a log line) is written back to the real stderr, in order, when the last decode is done.
+
+    Not while ``faulthandler`` is on as Python's options turn it on (``-X faulthandler``,
+    PYTHONFAULTHANDLER, ``-X dev``; it writes to fd 2): a crash inside a decoder would write
+    its report to the temporary file, deleted with the process (``faulthandler.enable()``
+    called by a program cannot be told from one writing elsewhere, as pytest's). A child
+    forked meanwhile gets the real stderr back and a capture of its own (``_after_fork``)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -1011,10 +1026,35 @@ class _StderrCapture:
         self.saved = -1
         self.sink: BinaryIO | None = None
 
+    def _before_fork(self) -> None:
+        self.lock.acquire()  # no fork halfway through _start or _stop
+
+    def _after_fork_parent(self) -> None:
+        self.lock.release()
+
+    def _after_fork(self) -> None:
+        """In a forked child: fd 2 back to the real stderr, the parent's decodes forgotten (their
+        threads are not in the child) and a lock of its own (the parent's is held for the
+        fork)."""
+        self.lock = threading.Lock()
+        if self.sink is not None:
+            with contextlib.suppress(OSError):
+                os.dup2(self.saved, 2)
+            with contextlib.suppress(OSError):
+                os.close(self.saved)
+            with contextlib.suppress(OSError):
+                self.sink.close()  # the child's copy: the parent keeps its own
+        self.users, self.saved, self.sink = 0, -1, None
+
     def _start(self) -> bool:
+        import faulthandler
         import sys
         import tempfile
 
+        if faulthandler.is_enabled() and (
+                sys._xoptions.get("faulthandler") or sys.flags.dev_mode
+                or (not sys.flags.ignore_environment and os.environ.get("PYTHONFAULTHANDLER"))):
+            return False  # its crash report must reach the real stderr
         try:
             if sys.stderr is not None:
                 sys.stderr.flush()
@@ -1066,22 +1106,26 @@ class _StderrCapture:
         with self.lock:
             active = self.users > 0 or self._start()
             if active:
-                assert self.sink is not None
+                sink = self.sink
+                assert sink is not None
                 self.users += 1
-                start = os.fstat(self.sink.fileno()).st_size
+                start = os.fstat(sink.fileno()).st_size
         if not active:
             yield
             return
+        text = b""
         try:
             yield
         finally:
             with self.lock:
-                assert self.sink is not None
-                end = os.fstat(self.sink.fileno()).st_size
-                text = self._read(self.sink, start, min(end, start + _DECODER_TEXT_MAX))
-                self.users -= 1
-                if self.users == 0:
-                    self._stop()
+                if self.sink is sink:  # else this is a forked child: _after_fork reset it
+                    try:
+                        end = os.fstat(sink.fileno()).st_size
+                        text = self._read(sink, start, min(end, start + _DECODER_TEXT_MAX))
+                    finally:
+                        self.users -= 1
+                        if self.users == 0:
+                            self._stop()
             for line in text.splitlines():
                 if _DECODER_LINE.match(line):
                     msg = line.decode("utf-8", "replace").strip()
@@ -1090,6 +1134,10 @@ class _StderrCapture:
 
 
 _decoder_messages = _StderrCapture()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_decoder_messages._before_fork,
+                        after_in_parent=_decoder_messages._after_fork_parent,
+                        after_in_child=_decoder_messages._after_fork)
 
 
 def _damaged_note(messages: list[str]) -> str:
@@ -1597,8 +1645,9 @@ def _load_float_tiff(p: Path, limit: int, layout: _FloatTiff) -> Photo:
     if layout.width * layout.height > limit:
         raise _too_large(p, layout.width * layout.height, limit)
     if layout.bits != 32:
-        raise BadImage(p, f"{layout.bits}-bit floating-point TIFF (half float) is not "
-                          "supported: save it as 32-bit float or 16-bit integer TIFF")
+        kind = " (half float)" if layout.bits in (16, 24) else ""
+        raise BadImage(p, f"{layout.bits}-bit floating-point TIFF{kind} is not supported: "
+                          "save it as 32-bit float or 16-bit integer TIFF")
     if layout.photometric != 2 or layout.samples not in (3, 4):
         raise BadImage(p, f"floating-point TIFF with {layout.samples} samples per pixel "
                           f"(photometric {layout.photometric}) is not supported: only RGB "
@@ -2757,7 +2806,8 @@ def _encode_jpeg(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
         kw["xmp"] = xmp
     jpeg = _pil_save(im, "JPEG", **kw)
     app13 = _app13(meta)
-    # Photoshop's order: APP0, EXIF, XMP, extended XMP, ICC (APP2), APP13
+    # after Pillow's APP0, EXIF, XMP and ICC (APP2) segments: extended XMP, then APP13 (the
+    # XMP specification sets no place for the extension segments; ExifTool reads them anywhere)
     extra = b"".join(extended) + (app13 or b"")
     return _jpeg_insert(jpeg, extra) if extra else jpeg
 
@@ -2955,7 +3005,7 @@ def _xmp_split(xmp: bytes, notes: list[str]) -> tuple[bytes, bytes] | None:
     slim = _without_bulk_elements(text, taken)
     attrs = [a.strip() for a in _XMP_BULK_ATTRS.findall(slim)]
     slim = _XMP_BULK_ATTRS.sub("", slim)
-    if decl is not None and (taken or attrs):
+    if decl is not None and (taken or attrs) and _bulk_only_at_top(text):
         ns = "".join(f' xmlns:{k}="{v}"' for k, v in decl.items() if k not in ("x", "rdf"))
         ext = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/'
                f'1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about={about}{ns}'
@@ -2981,6 +3031,45 @@ def _xmp_split(xmp: bytes, notes: list[str]) -> tuple[bytes, bytes] | None:
                  "software and ExifTool read but some viewers do not (choose PNG, TIFF or "
                  "WebP to keep it in one piece)")
     return split
+
+
+# a start, end or empty-element tag: (/ of an end tag, name, attributes, / of an empty one)
+_XML_TAG_RE = re.compile(r"<(/?)([A-Za-z_][\w.-]*(?::[A-Za-z_][\w.-]*)?)"
+                         r"((?:[^<>\"']|\"[^\"]*\"|'[^']*')*?)(/?)>")
+_XMP_BULK_NAME_RE = re.compile(_XMP_BULK_NAMES)
+_XMP_BULK_ATTR_RE = re.compile(r"\s(?:crs|darktable):[A-Za-z0-9_]+=\"")
+
+
+def _bulk_only_at_top(text: str) -> bool:
+    """Whether every bulky element and attribute (``_XMP_BULK_NAMES``, ``_XMP_BULK_ATTRS``) of
+    the XMP ``text`` is a property of a top-level rdf:Description (the photo's own). One
+    nested deeper belongs to something else - an ingredient's history or Camera Raw settings
+    in Photoshop's xmpMM:Pantry, a structure's field - and moved to the ExtendedXMP's
+    top-level rdf:Description it would become the photo's own property."""
+    stack: list[str] = []
+    bulk_at = -1  # depth of the bulky element being walked through (its content goes with it)
+    for m in _XML_TAG_RE.finditer(text):
+        close, name, attrs, empty = m.groups()
+        if close:
+            if stack and stack[-1] == name:
+                stack.pop()
+            if len(stack) <= bulk_at:
+                bulk_at = -1
+            continue
+        if bulk_at < 0:
+            top = len(stack) >= 2 and stack[-1] == "rdf:Description" and stack[-2] == "rdf:RDF"
+            if _XMP_BULK_NAME_RE.fullmatch(name):
+                if not top:
+                    return False
+                bulk_at = len(stack)
+            elif _XMP_BULK_ATTR_RE.search(attrs) and not (
+                    name == "rdf:Description" and stack and stack[-1] == "rdf:RDF"):
+                return False
+        if not empty:
+            stack.append(name)
+        elif bulk_at == len(stack):  # an empty bulky element
+            bulk_at = -1
+    return True
 
 
 def _xmp_pair(standard: str, extended: str, about: str) -> tuple[bytes, bytes] | None:
