@@ -454,7 +454,7 @@ class EngineClient(QObject):
             import_engine_modules()
             # the window's first paints run more Python than any later frame; the tiny job's
             # numpy work beside them, competing for the GIL, stretched one to ~0.2 s (measured)
-            if not progress.token.cancelled():
+            if not progress.token.cancelled:  # (a property)
                 time.sleep(_WARMUP_SETTLE)
             try:
                 _tiny_job(engine)  # the common path's lazy imports (PIL plugins, codecs...)

@@ -145,10 +145,15 @@ class SidecarStore:
         except OSError as e:
             log.warning("could not write sidecar for %s: %s", photo, e)
 
-    def update(self, photo: Path, **changes: Any) -> Sidecar:
-        """Read-modify-write one sidecar (thread-safe; the UI calls it from its pool)."""
+    def update(self, photo: Path, *, keep_edited_plan: bool = False, **changes: Any) -> Sidecar:
+        """Read-modify-write one sidecar (thread-safe; the UI calls it from its pool).
+        ``keep_edited_plan``: a plan the photographer edited, recorded there, stays (the caller
+        does not know the photo's plan: a job finishing after its folder was left)."""
         with self._lock:
             sc = self.load(photo) or Sidecar()
+            if keep_edited_plan and sc.plan_edited:
+                changes.pop("plan", None)
+                changes.pop("plan_edited", None)
             for k, v in changes.items():
                 setattr(sc, k, v)
             self.save(photo, sc)

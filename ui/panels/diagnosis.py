@@ -416,8 +416,10 @@ class DiagnosisPanel(QWidget):
         name = self.add_combo.currentText()
         if not name:
             return
-        label = self.plan.label if self.plan else (
-            self.diagnosis.label if self.diagnosis else Degradation.D)
+        # (no plan yet: the class chosen in "Fix as" when there is one, its plan still on its
+        # way; a chain of another class would be dropped at Fix, which runs the chosen class)
+        label = self.plan.label if self.plan else (self.override_label() or (
+            self.diagnosis.label if self.diagnosis else Degradation.D))
         profile = self.plan.profile if self.plan else "custom"
         steps = tuple(self.plan.steps if self.plan else ()) + (Step(name, dict(step_defaults(name))),)
         self.set_plan(Plan(label, profile, steps))
