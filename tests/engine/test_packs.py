@@ -245,12 +245,12 @@ def test_pack_carrying_a_slot_file_is_refused(source, tmp_path):
             "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
             "pinned": False}]}))
     dest = _target(source, tmp_path / "dest")
-    own = tmp_path / "best.pt"
+    own = tmp_path / "best.onnx"
     own.write_bytes(b"the user's detector")
-    dest.import_path(own, "reflection-yolo")
+    assert dest.import_path(own, "reflection-yolo").imported
     e = _refused(bad, dest)
     assert "mend models import FILE --id reflection-yolo" in str(e)
-    assert dest.slot_path("reflection-yolo") == dest.root / "reflection-yolo" / "best.pt"
+    assert dest.slot_path("reflection-yolo") == dest.root / "reflection-yolo" / "best.onnx"
 
 
 def test_a_slot_is_never_written_into_a_pack(source, tmp_path):
