@@ -523,7 +523,8 @@ def _exec_spec(monkeypatch, system: str) -> dict[str, list]:
         return make
 
     hooks = types.ModuleType("PyInstaller.utils.hooks")
-    hooks.collect_data_files = lambda *a, **k: []
+    hooks.collect_data_files = lambda *a, **k: made.setdefault("collect_data_files", []).append(
+        (a, k)) or []
     hooks.collect_submodules = lambda *a, **k: []
     for name in ("PyInstaller", "PyInstaller.utils"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
@@ -546,6 +547,21 @@ def test_spec_mac_bundle_starts_the_desktop_app(monkeypatch):
     assert bundle.kwargs["info_plist"].get("CFBundleExecutable", first) == "mend-gui"
     assert (str(ROOT / "LICENSE"), ".") in made["Analysis"][0].kwargs["datas"]
     assert "BUNDLE" not in _exec_spec(monkeypatch, "Linux")
+
+
+def test_spec_ships_the_haar_cascades_the_face_step_loads(monkeypatch):
+    """PyInstaller's cv2 hook collects only OpenCV's loader config: without YuNet the frozen
+    app's face step would find no Haar cascade (face, and the eye check) to load."""
+    import cv2
+
+    from engine.restore.face import HAAR_EYE_FILE, HAAR_FILE
+
+    made = _exec_spec(monkeypatch, "Linux")
+    cv2_files = [f for a, k in made["collect_data_files"] if a and a[0] == "cv2"
+                 for f in k.get("includes", [])]
+    for name in (HAAR_FILE, HAAR_EYE_FILE):
+        assert f"data/{name}" in cv2_files, name
+        assert (Path(cv2.data.haarcascades) / name).is_file()  # and cv2 has it there
 
 
 # ---------------------------------------------------------------- licence, help text
