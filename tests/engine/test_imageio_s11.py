@@ -23,6 +23,7 @@ from PIL import Image, ImageFile
 
 from engine import imageio as mio
 from engine.errors import BadImage
+from tests.engine.test_metadata import _segments
 
 EXIFTOOL = shutil.which("exiftool")
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None,
@@ -41,16 +42,6 @@ def _jpeg(rgb: np.ndarray | None = None, **save) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(_rgb() if rgb is None else rgb).save(buf, "JPEG", quality=90, **save)
     return buf.getvalue()
-
-
-def _segments(jpeg: bytes) -> list[tuple[int, bytes]]:
-    """(marker, payload) of a JPEG's segments up to the scan."""
-    out, pos = [], 2
-    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF and jpeg[pos + 1] != 0xDA:
-        (n,) = struct.unpack_from(">H", jpeg, pos + 2)
-        out.append((jpeg[pos + 1], jpeg[pos + 4:pos + 2 + n]))
-        pos += 2 + n
-    return out
 
 
 # ============================================================ 1. decoder warnings off stderr
