@@ -143,6 +143,7 @@ class MainWindow(QMainWindow):
         # starts is skipped (stepping through big photos decoded every photo passed over)
         self._view_latest = [0]
         self.device: Any = None
+        self._sam_ok = False  # SAM's weights are installed (checked in the pool)
         self.bg = Background(self.client.run_in_pool, self)
         self._edited_plans: set[Path] = set()  # plans edited in the panel, not yet recorded
         # photos whose mask is being written: the fixes queued meanwhile wait for it
@@ -1183,9 +1184,12 @@ class MainWindow(QMainWindow):
             # (the mask recorded in the sidecar stays unless this window knows the photo's:
             # a fix finishing after its folder was left erased the edited mask's record)
             mask = {"mask": str(st.mask_path)} if st.mask_path else {}
+            # (added to the outputs recorded: a fix finishing after its folder was left knows
+            # none of the photo's earlier results, and replaced the list with its own)
             self._save_sidecar(path, diagnosis=result.diagnosis, plan=st.plan or result.plan,
                                plan_edited=st.plan_edited, keep_edited_plan=not known,
-                               outputs=list(st.outputs), warnings=list(result.warnings), **mask)
+                               add_outputs=[str(result.output)] if result.output else [],
+                               warnings=list(result.warnings), **mask)
             if path == self.current:
                 self._show_state(path)
                 if self.stack.currentIndex() == 1:
@@ -1212,7 +1216,8 @@ class MainWindow(QMainWindow):
     def _store_for(self, path: Path) -> SidecarStore:
         """The sidecar store of the photo's own folder: a job that finishes after another folder
         was opened (or one resumed after a crash) is recorded beside its photo, never in the
-        open folder under the same name."""
+        open folder under the same name. (Making one reads no disk: its first use, in the pool,
+        decides where its sidecars go.)"""
         folder = Path(path).parent
         if self.sidecars is not None and self.sidecars.folder == folder:
             return self.sidecars
@@ -1297,11 +1302,10 @@ class MainWindow(QMainWindow):
         if self.compare_mode() is not Compare.BEFORE:
             self._mode_before_mask = self.compare_mode()
             self.set_compare(Compare.BEFORE)  # the mask is drawn on the original
-        sam_ok = self._sam_available()
-        self.tool_actions["sam"].setEnabled(sam_ok)
-        self.tool_actions["sam"].setToolTip(
-            "Click an object to select it with SAM (S)" if sam_ok else
-            "Click-to-select needs the SAM model (sam-vit-base): install it in Tools ▸ Models")
+        # (the last answer meanwhile: checking the weights reads the models folder, maybe
+        # hashing a file, in the pool)
+        self._show_sam_available(self._sam_ok)
+        self.bg.run(self._sam_available, self._show_sam_available, lambda _m: None)
         if self._view is not None:
             self._open_mask_doc()
         self.set_tool("brush")
@@ -1320,7 +1324,17 @@ class MainWindow(QMainWindow):
         if self.mask_action.isChecked():
             self.mask_action.setChecked(False)
 
-    def _sam_available(self) -> bool:
+    def _show_sam_available(self, ok: bool) -> None:
+        self._sam_ok = bool(ok)
+        a = self.tool_actions["sam"]
+        a.setEnabled(self._sam_ok)
+        a.setToolTip(
+            "Click an object to select it with SAM (S)" if self._sam_ok else
+            "Click-to-select needs the SAM model (sam-vit-base): install it in Tools ▸ Models")
+        if not self._sam_ok and self.canvas.tool == "sam":
+            self.set_tool("brush")
+
+    def _sam_available(self) -> bool:  # (in the pool)
         try:
             from engine.models.store import ModelStore
             from engine.restore import reflection
@@ -1479,15 +1493,18 @@ class MainWindow(QMainWindow):
 
     def _write_mask(self, path: Path, doc: MaskDocument,
                     on_done: Callable[[Path], None] | None = None, *, now: bool = False
-                    ) -> Path:
+                    ) -> Path | None:
         """Write ``doc`` (once its edits are applied; ``now``: at once, the document is about to
         go) where the photo's sidecar keeps its mask, and record it there, in one pool task (it
         runs even when the window closes meanwhile); then ``on_done(path written)``, with the
-        fixes of this photo queued meanwhile (``fix``: they wait for the mask they will read)."""
+        fixes of this photo queued meanwhile (``fix``: they wait for the mask they will read).
+        Returns where the store last put masks (None: not known yet): the write asks the disk
+        again in the pool (``.mend`` may have become a link), never the GUI thread."""
         path = Path(path)
         store = self._store_for(path)
-        dest = store.mask_path_for(path)
-        self._state(path).mask_path = dest
+        dest = store.mask_path_known(path)
+        if dest is not None:
+            self._state(path).mask_path = dest
         waiters = self._mask_waiters.setdefault(path, [])  # fixes waiting for this write
         if on_done is not None:
             waiters.append(on_done)
@@ -1508,15 +1525,18 @@ class MainWindow(QMainWindow):
                 # (it finished last and put the older mask on the disk)
                 with lock:
                     if on_disk.get(path, 0) > seq:
-                        return dest
+                        return store.mask_path_for(path)
                     if not store.folder.is_dir():  # (saving would create it again)
                         raise OSError(f"{store.folder} is gone")
-                    written = Path(save_mask(data, dest))
+                    written = Path(save_mask(data, store.mask_path_for(path)))
                     store.update(path, mask=str(written))
                     on_disk[path] = seq
                     return written
 
             def written(p: Path) -> None:
+                st = self.states.get(path)
+                if st is not None and st.mask_path in (None, dest):  # (where it went)
+                    st.mask_path = p
                 if seq != self._mask_write_seq.get(path):
                     return  # a later write of this photo's mask follows: they wait for it
                 self._mask_write_seq.pop(path, None)
@@ -1541,10 +1561,10 @@ class MainWindow(QMainWindow):
             doc.when_idle(write_final)
         return dest
 
-    def _save_unsaved_masks(self) -> dict[Path, Path]:
+    def _save_unsaved_masks(self) -> dict[Path, Path | None]:
         """Write every mask edited and not yet saved beside its photo's sidecar (leaving the
         folder or quitting): it comes back when the folder is opened again. Returns where each
-        photo's mask goes."""
+        photo's mask goes (None: not known before the write, which records it)."""
         saved = {}
         for path in list(self.states):
             doc = self._unsaved_mask(path)
@@ -1583,22 +1603,34 @@ class MainWindow(QMainWindow):
     def export_current(self, dest: Path | None = None) -> None:
         path = self.current
         st = self._state(path) if path else None
-        if path is None or st is None or st.output is None or not st.output.exists():
+        if path is None or st is None or st.output is None:
             self.set_status("Nothing to export yet: fix the photo first")
             return
+        output = st.output
+
+        def checked(exists: bool) -> None:  # (asked in the pool: the result's disk may sleep)
+            if exists:
+                self._export(path, output, dest)
+            else:
+                self.set_status("Nothing to export yet: fix the photo first")
+
+        self.bg.run(output.exists, checked, lambda m: self.set_status(f"Export failed: {m}"))
+
+    def _export(self, path: Path, output: Path, dest: Path | None) -> None:
+        """Export ``path``'s result ``output`` to ``dest`` (None: asked in a dialog)."""
         if dest is None:
             # (not the result itself, which the export is a copy of: the last export folder,
             # else the photo's own)
             folder = self.qs.value("export/folder") or str(path.parent)
-            ext = st.output.suffix
+            ext = output.suffix
             f, _ = QFileDialog.getSaveFileName(
-                self, "Export result", str(Path(folder) / st.output.name),
+                self, "Export result", str(Path(folder) / output.name),
                 f"{ext[1:].upper()} (*{ext})")
             if not f:
                 return
             dest = Path(f)
             self.qs.setValue("export/folder", str(dest.parent))
-        output, asked = st.output, Path(dest)
+        asked = Path(dest)
 
         def done(p: Path) -> None:
             note = "" if p.name == asked.name else \
@@ -1662,23 +1694,33 @@ class MainWindow(QMainWindow):
         self.status_label.setText(text)
 
     def _offer_resume(self) -> None:
+        """Offer the jobs a crash left unfinished; the journal and the photos it names (on a
+        disk that may be asleep, or gone) are read in the pool."""
         from .engine_client import read_journal
 
         journal = data_dir() / "queue.json"
-        jobs = read_journal(journal)
-        if not jobs:
+
+        def read() -> tuple[int, list[JobRequest]]:
+            jobs = read_journal(journal)
+            return len(jobs), [req for req in jobs if Path(req.path).exists()]
+
+        self.bg.run(read, self._ask_resume, lambda _m: None)
+
+    def _ask_resume(self, found: tuple[int, list[JobRequest]]) -> None:
+        n, jobs = found
+        journal = data_dir() / "queue.json"
+        if not n:
             if not self.qs.value("firstRunDone"):
                 self.qs.setValue("firstRunDone", True)
                 QTimer.singleShot(200, lambda: self.show_models(first_run=True))
             return
         r = QMessageBox.question(
             self, "Unfinished jobs",
-            f"Mend stopped with {len(jobs)} unfinished job(s). Queue them again?")
+            f"Mend stopped with {n} unfinished job(s). Queue them again?")
         if r == QMessageBox.StandardButton.Yes:
-            for req in jobs:
-                if Path(req.path).exists():
-                    jid = self.client.submit(req)
-                    self._job_path[jid] = Path(req.path)
+            for req in jobs:  # (those whose photo is still there)
+                jid = self.client.submit(req)
+                self._job_path[jid] = Path(req.path)
         else:
             journal.unlink(missing_ok=True)
 

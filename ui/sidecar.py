@@ -62,27 +62,50 @@ class Sidecar:
 
 class SidecarStore:
     def __init__(self, folder: Path, fallback_root: Path, *, beside_photos: bool = True) -> None:
+        # (nothing is read from the disk here: a store is made on the GUI thread, when a folder
+        # is opened or a job of another folder finishes; where its sidecars go is decided on its
+        # first use, in the pool: on a network drive or a disk asleep a stat takes seconds)
         self.folder = Path(folder)
-        beside = self.folder / ".mend"
-        h = hashlib.sha1(os.fspath(self.folder.resolve()).encode()).hexdigest()[:16]
-        in_data = Path(fallback_root) / "sidecars" / h
-        if beside_photos and not _own_folder(beside, self.folder):
-            # a link (or junction) to another folder's .mend: writing there would replace that
-            # folder's sidecars and hand-painted masks (photo names repeat across cards)
-            log.warning("%s is a link to another folder; keeping this folder's sidecars in %s "
-                        "instead", beside, in_data)
-            beside_photos = False
-        if beside_photos and _writable(beside):
-            self.root = beside
-            # sidecars kept in the user data folder while this folder was read-only are still
-            # read (until this photo's sidecar is written beside it)
-            self._also: Path | None = in_data
-        else:
-            self.root = in_data
-            self._also = None
-        self._in_data = in_data
+        self._beside_photos = beside_photos
         self._fallback = Path(fallback_root) / "sidecars"
+        self._root: Path | None = None
+        self._also: Path | None = None
+        self._in_data: Path | None = None
         self._lock = threading.Lock()
+        self._open_lock = threading.Lock()
+
+    def _open(self) -> Path:
+        """Decide where this folder's sidecars go (reads the disk, once)."""
+        with self._open_lock:
+            if self._root is not None:
+                return self._root
+            beside = self.folder / ".mend"
+            h = hashlib.sha1(os.fspath(self.folder.resolve()).encode()).hexdigest()[:16]
+            in_data = self._fallback / h
+            beside_photos = self._beside_photos
+            if beside_photos and not _own_folder(beside, self.folder):
+                # a link (or junction) to another folder's .mend: writing there would replace
+                # that folder's sidecars and hand-painted masks (photo names repeat across cards)
+                log.warning("%s is a link to another folder; keeping this folder's sidecars in "
+                            "%s instead", beside, in_data)
+                beside_photos = False
+            if beside_photos and _writable(beside):
+                root = beside
+                # sidecars kept in the user data folder while this folder was read-only are
+                # still read (until this photo's sidecar is written beside it)
+                self._also = in_data
+            else:
+                root = in_data
+                self._also = None
+            self._in_data = in_data
+            self._root = root
+            return root
+
+    @property
+    def root(self) -> Path:
+        """The folder sidecars go to (decided on the store's first use)."""
+        root = self._root
+        return root if root is not None else self._open()
 
     def _here(self) -> Path:
         """The folder sidecars go to now: beside the photos, unless ``.mend`` was made a link
@@ -91,14 +114,21 @@ class SidecarStore:
         if root != self._in_data and not _own_folder(root, self.folder):
             log.warning("%s became a link to another folder; keeping this folder's sidecars in "
                         "%s instead", root, self._in_data)
-            self.root, self._also = self._in_data, None
-        return self.root
+            self._root, self._also = self._in_data, None
+            root = self._root
+        return root
 
     def path_for(self, photo: Path) -> Path:
         return self._here() / f"{Path(photo).name}.json"
 
     def mask_path_for(self, photo: Path) -> Path:
         return self._here() / f"{Path(photo).name}.mask.png"
+
+    def mask_path_known(self, photo: Path) -> Path | None:
+        """Where ``photo``'s mask goes as last decided, without reading the disk (for the GUI
+        thread; None before the store's first use). A write asks ``mask_path_for`` again."""
+        root = self._root
+        return None if root is None else root / f"{Path(photo).name}.mask.png"
 
     def load(self, photo: Path) -> Sidecar | None:
         p = self.path_for(photo)
@@ -145,10 +175,13 @@ class SidecarStore:
         except OSError as e:
             log.warning("could not write sidecar for %s: %s", photo, e)
 
-    def update(self, photo: Path, *, keep_edited_plan: bool = False, **changes: Any) -> Sidecar:
+    def update(self, photo: Path, *, keep_edited_plan: bool = False,
+               add_outputs: list[str] | None = None, **changes: Any) -> Sidecar:
         """Read-modify-write one sidecar (thread-safe; the UI calls it from its pool).
         ``keep_edited_plan``: a plan the photographer edited, recorded there, stays (the caller
-        does not know the photo's plan: a job finishing after its folder was left)."""
+        does not know the photo's plan: a job finishing after its folder was left).
+        ``add_outputs``: results added (last) to the outputs recorded, which stay (the caller may
+        not know them: a job finishing after its folder was left)."""
         with self._lock:
             sc = self.load(photo) or Sidecar()
             if keep_edited_plan and sc.plan_edited:
@@ -156,6 +189,8 @@ class SidecarStore:
                 changes.pop("plan_edited", None)
             for k, v in changes.items():
                 setattr(sc, k, v)
+            if add_outputs:
+                sc.outputs = [o for o in sc.outputs if o not in add_outputs] + list(add_outputs)
             self.save(photo, sc)
             return sc
 

@@ -189,7 +189,8 @@ def test_click_to_select_runs_in_the_engine_thread(qtbot, window, folder, monkey
     with qtbot.waitSignal(win.view_loaded, timeout=20000):
         win.show_viewer(target)
     win.show_mask_editor()
-    assert win.tool_actions["sam"].isEnabled()
+    # (SAM's weights are checked in the pool: the action follows a moment later)
+    qtbot.waitUntil(win.tool_actions["sam"].isEnabled, timeout=10000)
     win.set_tool("sam")
     assert win.canvas.tool == "sam"
     doc = win.mask_doc

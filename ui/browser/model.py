@@ -228,6 +228,10 @@ class ThumbnailModel(QAbstractListModel):
         i = self._row.get(Path(path))
         return None if i is None else self._all[i]
 
+    def paths(self, top: int, bottom: int) -> list[Path]:
+        """The paths of rows ``top``..``bottom`` (the grid's selection, read per range)."""
+        return [it.path for it in self._all[top:min(bottom + 1, self._loaded)]]
+
     def row_of(self, path: Path) -> int | None:
         i = self._row.get(Path(path))
         return i if i is not None and i < self._loaded else None

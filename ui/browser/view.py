@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QModelIndex, QSize, Qt, Signal
+from PySide6.QtCore import QModelIndex, QSize, QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QPainter, QPalette
 from PySide6.QtWidgets import QAbstractItemView, QListView
 
@@ -79,8 +79,30 @@ class ThumbnailGrid(QListView):
         super().selectAll()
 
     def selected_paths(self) -> list[Path]:
-        rows = sorted(self.selectionModel().selectedIndexes(), key=lambda ix: ix.row())
-        return [ix.data(PathRole) for ix in rows]
+        """The selected photos, in grid order, read per selected range (one index at a time,
+        Ctrl+A in a folder of 100,000 photos took 0.7 s): each range is one slice of the
+        photo list, or a few where the class filter hides photos inside it."""
+        sm, m = self.selectionModel(), self.model()
+        if sm is None or m is None:
+            return []
+        source = m.sourceModel() if isinstance(m, QSortFilterProxyModel) else m
+        if not hasattr(source, "paths") or (source is not m and m.sortColumn() >= 0):
+            rows = sorted(sm.selectedIndexes(), key=lambda ix: ix.row())
+            return [ix.data(PathRole) for ix in rows]
+        runs: list[tuple[int, int]] = []
+        for r in sm.selection():
+            if r.isValid() and r.left() <= 0 <= r.right():
+                if source is m:
+                    runs.append((r.top(), r.bottom()))
+                else:
+                    _source_runs(m, r.top(), r.bottom(), runs)
+        paths: list[Path] = []
+        end = -1  # (ranges that overlap: each photo once)
+        for top, bottom in sorted(runs):
+            if bottom > end:
+                paths += source.paths(max(top, end + 1), bottom)
+                end = bottom
+        return paths
 
     def visible_paths(self) -> list[Path]:
         out = []
@@ -123,3 +145,18 @@ class ThumbnailGrid(QListView):
                 self.folder_dropped.emit(p.parent)
                 break
         e.acceptProposedAction()
+
+
+def _source_runs(proxy: QSortFilterProxyModel, top: int, bottom: int,
+                 out: list[tuple[int, int]]) -> None:
+    """The source rows of the proxy's rows ``top``..``bottom`` as runs of consecutive rows
+    (an unsorted filter keeps the source's order: rows whose source rows are as far apart as
+    they are are one run; else the range is halved), appended to ``out``."""
+    first = proxy.mapToSource(proxy.index(top, 0)).row()
+    last = proxy.mapToSource(proxy.index(bottom, 0)).row()
+    if last - first == bottom - top:
+        out.append((first, last))
+        return
+    mid = (top + bottom) // 2
+    _source_runs(proxy, top, mid, out)
+    _source_runs(proxy, mid + 1, bottom, out)
