@@ -20,7 +20,7 @@ from ui.main_window import MainWindow
 from ui.settings import AppSettings
 
 from .conftest import opened, write_photo
-from .test_flows_s11 import _diagnosed, _other_class, _paint_in_editor, settle
+from .test_flows_s11 import _diagnosed, _mask_is_back, _other_class, _paint_in_editor, settle
 
 
 # -- quitting -------------------------------------------------------------------------------
@@ -232,12 +232,7 @@ def test_an_edited_mask_stays_recorded_when_its_fix_finishes_after_the_folder_wa
     assert all(j.state is JobState.DONE for j in win.client.jobs())
     side = json.loads((folder / ".mend" / "b_clean.png.json").read_text())
     assert side["mask"] and side["outputs"]
-    opened(qtbot, win, folder)
-    qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
-    with qtbot.waitSignal(win.view_loaded, timeout=20000):
-        win.show_viewer(target)
-    win.show_mask_editor()
-    assert np.array_equal(win.mask_doc.full > 127, painted > 127)
+    _mask_is_back(qtbot, win, folder, target, painted)
 
 
 def test_automatic_chosen_again_just_before_leaving_the_folder_is_what_runs(

@@ -190,6 +190,16 @@ def _paint_in_editor(qtbot, win, photo: Path) -> np.ndarray:
     return doc.full.copy()
 
 
+def _mask_is_back(qtbot, win, folder: Path, photo: Path, painted: np.ndarray) -> None:
+    """Open ``folder`` again: ``photo``'s mask in the editor is the one painted."""
+    opened(qtbot, win, folder)
+    qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        win.show_viewer(photo)
+    win.show_mask_editor()
+    assert np.array_equal(win.mask_doc.full > 127, painted > 127)
+
+
 def test_fix_this_photo_uses_the_mask_as_edited(qtbot, window, folder, tmp_path):
     """Edit the reflection mask, then "Fix this photo" (not "Inpaint again"): the run used the
     automatic mask and ignored the edits on screen."""
@@ -232,12 +242,7 @@ def test_unsaved_mask_edits_are_kept_when_leaving_the_folder(qtbot, window, fold
     win.client.pool.waitForDone(10000)
     side = json.loads((folder / ".mend" / "a_noisy.jpg.json").read_text())
     assert side["mask"] and Path(side["mask"]).is_file()
-    opened(qtbot, win, folder)  # back: the edited mask is the photo's mask again
-    qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
-    with qtbot.waitSignal(win.view_loaded, timeout=20000):
-        win.show_viewer(target)
-    win.show_mask_editor()
-    assert np.array_equal(win.mask_doc.full > 127, painted > 127)
+    _mask_is_back(qtbot, win, folder, target, painted)  # back: the edited mask is the photo's mask again
     assert win.mask_doc.undo.isClean()  # nothing unsaved: leaving again writes nothing
     opened(qtbot, win, other)
     assert "mask edits" not in win.status_label.text()
@@ -354,12 +359,7 @@ def test_mask_edits_come_back_when_the_same_folder_is_opened_again_at_once(qtbot
     opened(qtbot, win, folder)
     target = folder / "c_smooth.jpg"
     painted = _paint_in_editor(qtbot, win, target)
-    opened(qtbot, win, folder)
-    qtbot.waitUntil(lambda: win.bg.pending() == 0, timeout=10000)
-    with qtbot.waitSignal(win.view_loaded, timeout=20000):
-        win.show_viewer(target)
-    win.show_mask_editor()
-    assert np.array_equal(win.mask_doc.full > 127, painted > 127)
+    _mask_is_back(qtbot, win, folder, target, painted)
 
 
 def test_the_profile_chosen_in_settings_is_what_runs_for_photos_diagnosed_before(
