@@ -132,9 +132,15 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         self.seen.append(newurl)
         check_url(newurl, self.allowed, self.allow_http)
+        # (cancel, offline mode, a caller that has gone: before the redirect's new connection)
+        before = getattr(req, "mend_before_redirect", None)
+        if before is not None:
+            before()
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and req.has_header("Range"):
-            new.add_header("Range", req.get_header("Range"))
+        if new is not None:
+            new.mend_before_redirect = before
+            if req.has_header("Range"):
+                new.add_header("Range", req.get_header("Range"))
         return new
 
 
@@ -246,22 +252,36 @@ def _open(opener, req, timeout: float, check: Callable[[], None], poll: float):
     ``poll`` seconds while it connects and waits for the headers (a dead host or a server that
     never answers held a Stop, or the app's quit, for the whole ``timeout``). The connection is
     made in a helper thread; when ``check`` raises, the helper is left to end on its own (within
-    ``timeout``) and closes whatever response it still gets."""
+    ``timeout``) and closes whatever response (or error response) it still gets. A redirect is
+    followed only when ``check`` passes (it runs in the helper then) and the caller is still
+    there: a Stop or offline mode opens no new connection."""
     lock = threading.Lock()
     done = threading.Event()
     box: dict[str, Any] = {}
 
+    def before_redirect() -> None:
+        if box.get("abandoned"):
+            raise _Abandoned("the download was stopped")
+        check()
+
+    req.mend_before_redirect = before_redirect
+
     def work() -> None:
+        resp = error = None
         try:
             resp = opener.open(req, timeout=timeout)
         except BaseException as e:  # noqa: BLE001 - handed to the caller
-            resp, box["error"] = None, e
+            error = e
         with lock:
-            if box.get("abandoned") and resp is not None:
-                resp.close()
+            if box.get("abandoned"):
+                for r in (resp, error):
+                    if callable(getattr(r, "close", None)):  # (an HTTPError is a response)
+                        r.close()
             else:
-                box["resp"] = resp
+                box["resp"], box["error"] = resp, error
             done.set()
+        # (the error's traceback holds this frame: no cycle through it)
+        resp = error = None
 
     threading.Thread(target=work, name="mend-connect", daemon=True).start()
     try:
@@ -270,12 +290,21 @@ def _open(opener, req, timeout: float, check: Callable[[], None], poll: float):
     except BaseException:
         with lock:
             box["abandoned"] = True
-            if box.get("resp") is not None:
-                box.pop("resp").close()
+            for r in (box.pop("resp", None), box.pop("error", None)):
+                if callable(getattr(r, "close", None)):
+                    r.close()
         raise
-    if "error" in box:
-        raise box["error"]
-    return box["resp"]
+    error = box.pop("error")
+    if error is not None:
+        try:
+            raise error
+        finally:  # (its traceback holds this frame: no cycle, it is freed when handled)
+            error = None
+    return box.pop("resp")
+
+
+class _Abandoned(DownloadError):
+    """Raised in the helper of :func:`_open` at a redirect after its caller has gone."""
 
 
 def _hash_existing(part: Path) -> tuple[hashlib._Hash, int]:  # type: ignore[name-defined]
@@ -317,7 +346,9 @@ def fetch(
     ``check_cancel`` runs between chunks, every ``poll`` seconds while connecting, waiting for
     the headers or on a stalled connection, and
     through the back-off between attempts; offline mode switched on meanwhile stops the
-    download the same way (:class:`OfflineError`), before any new connection.
+    download the same way (:class:`OfflineError`), before any new connection. It also runs
+    before a redirect is followed, in the thread that connects (so it must be thread-safe, as
+    ``CancelToken.check`` is); a stopped download's connection follows no redirect.
     """
     def check() -> None:
         if check_cancel:

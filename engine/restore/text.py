@@ -84,10 +84,11 @@ class RapidOCRBackend:
         with self._route_lock:
             if model in self._routed:
                 return
-            self._routed.add(model)
             part = getattr(self._engine, model, None)
             if part is None and callable(getattr(self._engine, loader, None)):
                 part = getattr(self._engine, loader)()
+            # (only once loaded: a load that failed is tried, and routed, again next time)
+            self._routed.add(model)
             infer = getattr(part, "session", None)  # rapidocr's OrtInferSession
             session = getattr(infer, "session", None)
             try:
