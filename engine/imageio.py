@@ -23,7 +23,9 @@ Loading (``load_photo``)
     orientation (all 8) is applied and then reset to 1 in ``photo.exif``; the stale EXIF thumbnail
     is dropped; ICC, XMP, DPI and the JPEG quantization tables are kept. A grey ICC profile is
     applied (8 and 16 bits: the pixels become sRGB); a HEIF's nclx colour box becomes an RGB
-    ICC profile; a JPEG XL's XMP is read from its ``xml `` (or, with brotli, ``brob``) box; a
+    ICC profile, and so do a PNG's gAMA/cHRM chunks (without iCCP or sRGB; sRGB-like values
+    add none) and, without any profile, EXIF ColorSpace 0xFFFF with the interoperability index
+    R03 (a camera set to Adobe RGB: an Adobe RGB (1998) profile); a JPEG XL's XMP is read from its ``xml `` (or, with brotli, ``brob``) box; a
     JPEG's extended XMP (Adobe XMP Specification Part 3: the part of a packet over 64 KB, in
     APP1 "http://ns.adobe.com/xmp/extension/" segments) is put together, checked against its
     MD5 GUID and merged into ``photo.xmp``.
@@ -1256,30 +1258,114 @@ def _icc_from_nclx(nclx: dict, info: dict[str, Any]) -> bytes | None:
     tname = _NCLX_TRANSFER.get(trc, (_NCLX_TRANSFER_NAMES.get(trc, f"transfer {trc}"),))[0]
     keys = [f"color_primary_{c}_{xy}" for c in ("red", "green", "blue", "white") for xy in "xy"]
     try:
-        xy = [float(nclx[k]) for k in keys]
-        if trc not in _NCLX_TRANSFER or not all(0.0 < v < 1.0 for v in xy):
+        if trc not in _NCLX_TRANSFER:
             raise ValueError("not expressible")
-        cols = np.stack([_xyz(xy[0], xy[1]), _xyz(xy[2], xy[3]), _xyz(xy[4], xy[5])], axis=1)
-        white = _xyz(xy[6], xy[7])
-        m = cols * np.linalg.solve(cols, white)  # RGB -> XYZ under the source white
-        d50 = np.array([0.9642, 1.0, 0.8249])
-        adapt = np.linalg.inv(_BRADFORD) @ np.diag((_BRADFORD @ d50) / (_BRADFORD @ white)) \
-            @ _BRADFORD
-        m50 = adapt @ m
-        if not np.all(np.isfinite(m50)):
-            raise ValueError("degenerate primaries")
+        tags = _rgb_matrix_tags([float(nclx[k]) for k in keys], _NCLX_TRANSFER[trc][1])
     except (KeyError, TypeError, ValueError, np.linalg.LinAlgError):
         info["warnings"].append(
             f"this HEIF gives its colours only as an nclx box ({pname}, {tname} tone curve) "
             "that Mend cannot turn into a colour profile: the result is read as sRGB and its "
             "colours will look different")
         return None
-    curve = _curv(_NCLX_TRANSFER[trc][1])
-    tags = [(sig, b"XYZ \0\0\0\0" + b"".join(_s15(v) for v in m50[:, i]))
-            for i, sig in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))]
-    tags += [(b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
     info["icc_from_nclx"] = f"{pname}, {tname} tone curve"
     return _icc_build(b"RGB ", f"{pname}, {tname} tone curve (from nclx)", tags)
+
+
+def _rgb_matrix_tags(xy: list[float], curve: tuple[float, ...]) -> list[tuple[bytes, bytes]]:
+    """The colourant and tone curve tags of a matrix/TRC RGB profile: ``xy`` the chromaticities
+    of red, green, blue and white (x, y each), adapted to the profile's D50 (Bradford); raises
+    ValueError when they make no colour space."""
+    if len(xy) != 8 or not all(0.0 < v < 1.0 for v in xy):
+        raise ValueError("not expressible")
+    cols = np.stack([_xyz(xy[0], xy[1]), _xyz(xy[2], xy[3]), _xyz(xy[4], xy[5])], axis=1)
+    white = _xyz(xy[6], xy[7])
+    m = cols * np.linalg.solve(cols, white)  # RGB -> XYZ under the source white
+    d50 = np.array([0.9642, 1.0, 0.8249])
+    adapt = np.linalg.inv(_BRADFORD) @ np.diag((_BRADFORD @ d50) / (_BRADFORD @ white)) \
+        @ _BRADFORD
+    m50 = adapt @ m
+    if not np.all(np.isfinite(m50)):
+        raise ValueError("degenerate primaries")
+    c = _curv(curve)
+    tags = [(sig, b"XYZ \0\0\0\0" + b"".join(_s15(v) for v in m50[:, i]))
+            for i, sig in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))]
+    return tags + [(b"rTRC", c), (b"gTRC", c), (b"bTRC", c)]
+
+
+# sRGB's chromaticities (red, green, blue, white x/y: BT.709, D65); Adobe RGB (1998)'s
+_SRGB_XY = (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290)
+_ADOBE_XY = (0.64, 0.33, 0.21, 0.71, 0.15, 0.06, 0.3127, 0.3290)
+
+
+def _icc_from_png_gama(pnginfo: dict, info: dict[str, Any]) -> bytes | None:
+    """An RGB ICC profile saying what a PNG's gAMA (and cHRM) chunks say when it has neither
+    an iCCP nor an sRGB chunk (PNG spec 11.3.3: then they describe the colours), so that the
+    result - of any format - shows as the source did. None for none, for values that are
+    sRGB's (gamma 1/2.2 within 1 %, sRGB or no chromaticities: what every writer of "sRGB"
+    PNGs puts there) and for unusable values."""
+    try:
+        g = float(pnginfo["gamma"])  # the file gamma: stored = linear ** g
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not 0.05 <= g <= 5.0:
+        return None
+    chrm = pnginfo.get("chromaticity")
+    try:  # Pillow: (white x, y, red x, y, green x, y, blue x, y)
+        xy = [float(v) for v in (*chrm[2:8], *chrm[0:2])] if chrm else list(_SRGB_XY)
+    except (TypeError, ValueError):
+        xy = list(_SRGB_XY)
+    if len(xy) != 8:
+        xy = list(_SRGB_XY)
+    srgb_prims = all(abs(a - b) < 0.01 for a, b in zip(xy, _SRGB_XY, strict=True))
+    if srgb_prims and abs(g * 2.2 - 1.0) < 0.01:
+        return None
+    try:
+        tags = _rgb_matrix_tags(xy, (0, 1.0 / g))
+    except (ValueError, np.linalg.LinAlgError):
+        return None
+    name = f"gamma {1.0 / g:.3g}" + ("" if srgb_prims else ", its cHRM primaries")
+    info["icc_from_png"] = name
+    return _icc_build(b"RGB ", f"PNG gAMA/cHRM: {name} (Mend)", tags)
+
+
+def _exif_colour_space(blob: bytes | None) -> str | None:
+    """What the EXIF says the colours are when a photo has no ICC profile: "Adobe RGB" for
+    ColorSpace 0xFFFF (uncalibrated) with the DCF interoperability index "R03" (DCF 2.0's
+    Adobe RGB option; cameras set to Adobe RGB write this) or the non-standard ColorSpace 2
+    some write; None otherwise (1 is sRGB, what an untagged photo is read as)."""
+    body = _tiff_body(blob)
+    if body is None:
+        return None
+    try:
+        t = _Tiff(body)
+        exif_ifd = next((t.u32(e + 8) for e, tag, typ, c, _v, _n in t.entries(t.u32(4))
+                         if tag == 0x8769 and typ in (4, 13) and c == 1), None)
+        if exif_ifd is None:
+            return None
+        space, interop = None, None
+        for e, tag, typ, c, voff, _n in t.entries(exif_ifd):
+            if tag == 0xA001 and typ in (3, 4) and c == 1:
+                space = t.value(typ, voff)
+            elif tag == 0xA005 and typ in (4, 13) and c == 1:
+                interop = t.u32(e + 8)
+        if space == 2:
+            return "Adobe RGB"
+        if space != 0xFFFF or interop is None:
+            return None
+        for _e, tag, typ, c, voff, _n in t.entries(interop):
+            if tag == 0x0001 and typ in (2, 7) and c >= 3 and \
+                    bytes(t.data[voff:voff + 3]) == b"R03":
+                return "Adobe RGB"
+    except (ValueError, struct.error):
+        return None
+    return None
+
+
+@functools.cache
+def _adobe_rgb_icc() -> bytes:
+    """Adobe RGB (1998) as a matrix/TRC profile (its primaries, D65 white, gamma 563/256)."""
+    return _icc_build(b"RGB ", "Adobe RGB (1998) (Mend, from EXIF)",
+                      _rgb_matrix_tags(list(_ADOBE_XY), (0, 563 / 256)))
 
 
 def _grey16_lut(icc: bytes) -> np.ndarray:
@@ -1797,6 +1883,11 @@ def _load(p: Path, limit: int) -> Photo:
         icc = im.info.get("icc_profile") or None
         if icc is None and isinstance(im.info.get("nclx_profile"), dict):  # pillow-heif
             icc = _icc_from_nclx(im.info["nclx_profile"], info)
+        if icc is None and fmt == "PNG" and "srgb" not in im.info:
+            icc = _icc_from_png_gama(im.info, info)
+        if icc is None and _exif_colour_space(raw_exif) == "Adobe RGB":
+            icc = _adobe_rgb_icc()
+            info["icc_from_exif"] = "Adobe RGB (1998)"
         dpi = _dpi_of(im)
         orientation = _source_orientation(im, fmt, raw_exif, xmp)
         if orientation not in range(1, 9):
