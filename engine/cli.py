@@ -32,11 +32,34 @@ EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell shows for a program its pipe read
 CLASSIFY_CHUNK = 4  # photos `classify` decodes and diagnoses at once with a model backend
 
 
+_DASH_FILES: list[str] = []  # arguments of this run that start with "-" and name a file
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own exit code is already 2
         self.print_usage(sys.stderr)
         print(f"mend: error: {message}", file=sys.stderr)
+        if _DASH_FILES:  # "-photo.jpg" was taken for an option
+            name = _DASH_FILES[0]
+            print(f"mend: {name!r} is read as an option; to name the file, put -- before the "
+                  f"files (mend ... -- {name}) or write it as ./{name}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+
+def _dash_files(argv: list[str]) -> list[str]:
+    """The arguments before any ``--`` that start with "-" and name an existing file or
+    folder (a photo named "-photo.jpg"): argparse takes them for options."""
+    out = []
+    for a in argv:
+        if a == "--":
+            break
+        if a.startswith("-") and a not in ("-", "-r", "-o", "-h"):
+            try:
+                if os.path.lexists(a):
+                    out.append(a)
+            except (OSError, ValueError):
+                continue
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,9 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    _DASH_FILES[:] = _dash_files(argv)
+    args = parser.parse_args(argv)
     # a file name that is not valid UTF-8 (or a "σ" on a cp1252 console) prints as an escape
-    # (\udcff, \u03c3: valid in JSON too) instead of ending the batch with an encoding error
+    # (\udcff, \u03c3) instead of ending the batch with an encoding error; a JSON line escapes
+    # what stdout cannot carry itself (_json_text: "\xe9" would not be JSON)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
@@ -171,9 +197,24 @@ def _fail(e: BaseException | str, args: argparse.Namespace) -> None:
     print(f"mend: {e}", file=sys.stderr)
 
 
+def _json_text(obj: Any) -> str:
+    """One JSON line that the output can carry as it is: readable characters where stdout's
+    encoding has them, else ``\\uXXXX`` escapes (an ASCII or cp1252 console: the stream's
+    backslashreplace would write ``\\xe9`` or ``\\U0001f642``, which are not JSON) - also for a
+    file name that is not valid UTF-8 (its surrogate escapes)."""
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj)
+    except LookupError:
+        pass
+    return text
+
+
 def _emit(obj: dict[str, Any], as_json: bool, human: str) -> None:
     if as_json:
-        print(json.dumps(obj, ensure_ascii=False), flush=True)
+        print(_json_text(obj), flush=True)
     else:
         print(human, flush=True)
 
@@ -193,7 +234,7 @@ def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...
     errors: list[tuple[Path, str]] = []
     rel: dict[Path, Path] = {}
     outputs: list[tuple[Path, str]] = []
-    seen: set[str] = set()  # one photo named twice (a/x.jpg, a/../a/x.jpg, a link to it)
+    seen: set[Any] = set()  # one photo named twice (a/x.jpg, a/../a/x.jpg, a link to it)
     for p in paths:
         # an output folder that IS the input folder is read (results next to the originals;
         # Mend's own are recognised by their record): only one below it is left out
@@ -210,19 +251,33 @@ def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...
             errors.append((p, f"no photos in this folder{hint}"))
             continue
         for photo in got:
-            key = os.path.normcase(os.path.realpath(photo))
-            if key in seen:
+            keys = _file_keys(photo)
+            if not seen.isdisjoint(keys):
                 continue
             kind = mend_output_kind(photo) if skip_outputs and p.is_dir() else None
             if kind is not None:
                 outputs.append((photo, kind))
                 continue
-            seen.add(key)
+            seen.update(keys)
             found.append(photo)
             rel[photo] = photo.parent.relative_to(p) if p.is_dir() else Path()
     # a result skipped in a folder but also named on its own is restored, not both
-    outputs = [(o, k) for o, k in outputs if os.path.normcase(os.path.realpath(o)) not in seen]
+    outputs = [(o, k) for o, k in outputs if seen.isdisjoint(_file_keys(o))]
     return found, errors, rel, outputs
+
+
+def _file_keys(photo: Path) -> set[Any]:
+    """What says two names are one photo: the resolved path, and the file's identity (device,
+    inode), which also sees a hard link, and IMG.JPG named as img.jpg or an NFC name for an
+    NFD one where the file system ignores case or normalisation (macOS, Windows)."""
+    keys: set[Any] = {os.path.normcase(os.path.realpath(photo))}
+    try:
+        st = os.stat(photo)
+    except (OSError, ValueError):
+        return keys
+    if st.st_ino:  # (0: a file system without file numbers)
+        keys.add((st.st_dev, st.st_ino))
+    return keys
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -550,7 +605,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if action == "list":
         table = models_table(store)
         if as_json:
-            print(json.dumps(table, ensure_ascii=False, indent=None))
+            print(_json_text(table))
         else:
             for m in table:
                 size = sum(f.get("size") or 0 for f in m["files"])
@@ -687,7 +742,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     info["recommended_profile"] = recommend_profile(dev)
     if args.json:
-        print(json.dumps(info, ensure_ascii=False))
+        print(_json_text(info))
     else:
         for k, v in info.items():
             print(f"{k}: {v}")

@@ -2521,7 +2521,14 @@ def _name_tmpfile(fd: int, dest: Path, overwrite: bool) -> Path:
 
 
 def _temp_name(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.mend-{os.getpid()}-{secrets.token_hex(4)}.part")
+    """``.<name>.mend-<pid>-<hex>.part`` beside ``dest``, with the name cut so that the temp
+    name is no longer than ``dest``'s own (at least one character of it is kept): a name near
+    the 255-byte limit (or a path near Windows' 260 characters) can be written too."""
+    name = dest.name
+    keep = name[:max(1, len(name) - 28)]  # the 28 characters the temp name adds, at most
+    while len(os.fsencode(keep)) > NAME_MAX_BYTES - 40 and len(keep) > 1:
+        keep = keep[:-1]
+    return dest.with_name(f".{keep}.mend-{os.getpid()}-{secrets.token_hex(4)}.part")
 
 
 def _unlink_quiet(p: Path) -> None:
@@ -2627,7 +2634,7 @@ def output_path_for(src: str | os.PathLike[str], options: OutputOptions | None =
     fmt = _norm_format(options.format) or _default_format(src.suffix, source_format)
     folder = Path(options.out_dir) if options.out_dir else src.parent
     tail = f"{options.suffix}{_OUT_FORMATS[fmt][0]}"
-    dest = folder / f"{_fit_stem(src.stem, tail)}{tail}"
+    dest = folder / f"{_fit_stem(src.stem, options.suffix, folder)}{tail}"
     for cand in _candidates(dest):
         try:
             if not cand.exists() and not _same_file(cand, src):
@@ -2638,16 +2645,32 @@ def output_path_for(src: str | os.PathLike[str], options: OutputOptions | None =
 
 
 NAME_MAX_BYTES = 255  # a file name's limit on the common file systems (ext4, APFS, NTFS)
+# a path's limit in characters (UTF-16 units) on Windows unless long paths are enabled
+MAX_PATH_CHARS: int | None = 259 if os.name == "nt" else None
+# the longest end of a name derived from a result ``<stem><suffix>.<ext>``: a clash suffix, then
+# its B mask (``<result stem>_mask.png``, pipeline) with the mask's own clash suffix
+_DERIVED_TAIL = "_9999_mask_9999.png"
+_MIN_STEM = 16  # characters of the source's name kept however long the output folder's path is
 
 
-def _fit_stem(stem: str, tail: str) -> str:
-    """``stem`` shortened (whole characters) so that ``stem + tail`` plus a ``_9999`` clash
-    suffix fits in ``NAME_MAX_BYTES``: a source named near the limit still gets a result."""
-    room = NAME_MAX_BYTES - len(os.fsencode(tail)) - 5
-    if len(os.fsencode(stem)) <= room:
-        return stem
+def _utf16_len(s: str) -> int:
+    return len(s.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def _fit_stem(stem: str, suffix: str, folder: str | os.PathLike[str] | None = None) -> str:
+    """``stem`` shortened (whole characters) so that every name derived from the result
+    ``stem + suffix + ext`` - with a ``_9999`` clash suffix, its mask ``..._mask.png`` with one
+    too - fits in ``NAME_MAX_BYTES``, and on Windows (``MAX_PATH_CHARS``) its whole path below
+    ``folder`` too (keeping at least ``_MIN_STEM`` characters): a source named near the limit
+    still gets a result and its mask."""
+    tail = suffix + _DERIVED_TAIL
+    room = NAME_MAX_BYTES - len(os.fsencode(tail))
     while stem and len(os.fsencode(stem)) > room:
         stem = stem[:-1]
+    if MAX_PATH_CHARS is not None and folder is not None:
+        chars = MAX_PATH_CHARS - _utf16_len(os.path.join(os.path.abspath(folder), tail))
+        while len(stem) > _MIN_STEM and _utf16_len(stem) > chars:
+            stem = stem[:-1]
     return stem
 
 
