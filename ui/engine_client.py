@@ -12,6 +12,8 @@ import enum
 import itertools
 import json
 import logging
+import os
+import secrets
 import threading
 import time
 import weakref
@@ -397,6 +399,9 @@ class EngineClient(QObject):
         self._journal_seq = 0
         self._journal_written = [0]  # newest snapshot on disk (shared with the pool's writers)
         self._journal_lock = threading.Lock()
+        # the QLockFile held on the journal while this client runs (taken at the first write,
+        # in the pool; a crashed process's lock goes stale: see orphan_journals)
+        self._journal_owner: list[Any] = []
         self._journal_timer = QTimer(self)
         self._journal_timer.setSingleShot(True)
         self._journal_timer.setInterval(150)
@@ -649,6 +654,11 @@ class EngineClient(QObject):
         if not self._closed and self._journal is not None and not self._journal_timer.isActive():
             self._journal_timer.start()  # coalesce: one write for a burst of queue changes
 
+    @property
+    def journal_path(self) -> Path | None:
+        """This client's crash journal (None: none kept)."""
+        return self._journal
+
     def clear_journal(self) -> None:
         """A normal quit: nothing to offer again on the next start."""
         self._journal_timer.stop()
@@ -659,10 +669,14 @@ class EngineClient(QObject):
                 self._journal.unlink(missing_ok=True)
 
     # -- crash journal --------------------------------------------------------------------
-    def _write_journal(self, wait: bool = False) -> None:
-        """Snapshot the unfinished RUN jobs here; write (with fsync) in the pool."""
+    def _write_journal(self, wait: bool = False, then: Callable[[], None] | None = None
+                       ) -> None:
+        """Snapshot the unfinished RUN jobs here; write (with fsync) in the pool, then call
+        ``then`` there (also when there is no journal or the write failed)."""
         journal = self._journal
         if journal is None:
+            if then is not None:
+                self.pool.start(_Task(then))
             return
         pending = [self._jobs[i] for i in ([self._running] if self._running else []) + self._order
                    if i in self._jobs]
@@ -672,8 +686,16 @@ class EngineClient(QObject):
         seq = self._journal_seq
         lock = self._journal_lock
         written = self._journal_written  # (not self: a queued write never holds the client)
+        owner = self._journal_owner
 
         def write() -> None:
+            try:
+                _write_locked()
+            finally:
+                if then is not None:
+                    then()
+
+        def _write_locked() -> None:
             with lock:
                 if seq < written[0]:
                     return  # a newer snapshot is already on disk
@@ -684,6 +706,10 @@ class EngineClient(QObject):
                     if data is None:
                         journal.unlink(missing_ok=True)
                     else:
+                        # first the journal's lock: another Mend running meanwhile (same user
+                        # data folder) sees that this journal's jobs are not a crash's
+                        if not owner:
+                            owner.append(_lock_journal(journal))
                         atomic_write_bytes(journal, data)
                 except (OSError, EngineError) as e:  # atomic_write_bytes raises SaveFailed
                     # (the text only: the exception's traceback reaches the client's frames)
@@ -698,6 +724,12 @@ class EngineClient(QObject):
         """Write the journal now (synchronously)."""
         self._journal_timer.stop()
         self._write_journal(wait=True)
+
+    def write_journal_then(self, fn: Callable[[], None]) -> None:
+        """Write the journal in the pool now, then run ``fn`` there (e.g. delete the journal of
+        a crash whose jobs were just queued here again: never before they are in this one)."""
+        self._journal_timer.stop()
+        self._write_journal(then=fn)
 
     # -- model store (downloads never run on the engine thread or the GUI thread) -----------
     def model_task(self, model_id: str, fn: Callable[[Callable[[float, str], None], CancelToken],
@@ -799,6 +831,11 @@ class EngineClient(QObject):
             _STRAGGLERS.append((self._thread, self._worker))
         self.pool.waitForDone(timeout_ms)
         self.model_pool.waitForDone(timeout_ms)
+        with self._journal_lock:  # (the journal stays when jobs were left: a later start's)
+            for lf in self._journal_owner:
+                if lf is not None:
+                    lf.unlock()
+            self._journal_owner.clear()
 
 
 # -- JobRequest <-> JSON (the crash journal) -------------------------------------------------
@@ -836,10 +873,83 @@ def request_from_json(d: dict[str, Any]) -> JobRequest:
     )
 
 
+def read_journal_entries(path: Path) -> tuple[list[JobRequest], int]:
+    """The jobs in a journal and how many of its entries could not be read (another version's,
+    damaged). Raises OSError (unreadable) or ValueError (not a journal: truncated, corrupt)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    jobs_json = data.get("jobs", []) if isinstance(data, dict) else None
+    if not isinstance(jobs_json, list):
+        raise ValueError("not a list of Mend jobs")  # noqa: TRY004 - read as damaged
+    jobs, bad = [], 0
+    for j in jobs_json:
+        try:
+            jobs.append(request_from_json(j))
+        except Exception as e:  # noqa: BLE001 - one entry of another version: the others stand
+            log.warning("journal %s: skipping an entry that cannot be read: %s", path, str(e))
+            bad += 1
+    return jobs, bad
+
+
 def read_journal(path: Path) -> list[JobRequest]:
     """Unfinished jobs left by a crash (empty when none or unreadable)."""
     try:
-        data = json.loads(path.read_text())
-        return [request_from_json(j) for j in data.get("jobs", [])]
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_journal_entries(path)[0]
+    except (OSError, ValueError):
         return []
+
+
+JOURNALS = "journals"  # (in the user data folder) one journal per running Mend
+LEGACY_JOURNAL = "queue.json"  # the one journal of earlier versions
+
+
+def new_journal_path(root: Path) -> Path:
+    """A journal of this app instance's own, in ``root``: two Mends running at once (one user
+    data folder) never write over each other's (nothing is written here)."""
+    return Path(root) / JOURNALS / f"queue-{os.getpid()}-{secrets.token_hex(4)}.json"
+
+
+def _lock_journal(journal: Path) -> Any:
+    """A QLockFile held on ``journal`` (``<journal>.lock``), or None when a running process
+    holds it. The lock of a process that died (a crash, kill -9) is stale and taken over."""
+    from PySide6.QtCore import QLockFile
+
+    try:
+        Path(journal).parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    lf = QLockFile(os.fspath(journal) + ".lock")
+    lf.setStaleLockTime(0)  # stale only when its process is gone, however long it ran
+    return lf if lf.tryLock(0) else None
+
+
+def orphan_journals(root: Path, own: Path | None = None) -> list[tuple[Path, Any]]:
+    """The journals in ``root`` left by Mend processes that are gone (not ``own``, nor one a
+    running Mend holds), each with its lock, held now: release with ``release_journals``."""
+    root = Path(root)
+    try:
+        found = sorted((root / JOURNALS).glob("queue-*.json"))
+    except OSError:
+        found = []
+    found.insert(0, root / LEGACY_JOURNAL)
+    out = []
+    for p in found:
+        if own is not None and os.path.abspath(p) == os.path.abspath(own):
+            continue
+        if not p.is_file():
+            continue
+        lf = _lock_journal(p)
+        if lf is not None:
+            out.append((p, lf))
+    return out
+
+
+def release_journals(found: list[tuple[Path, Any]], delete: bool) -> None:
+    """Let go of journals found by ``orphan_journals`` (deleting them when ``delete``)."""
+    for p, lf in found:
+        if delete:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("could not delete the journal %s: %s", p, e)
+        if lf is not None:
+            lf.unlock()

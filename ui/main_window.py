@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -118,10 +119,11 @@ class MainWindow(QMainWindow):
         self.settings = settings or load_settings(self.qs)
         self.settings.apply_environment()
         if client is None:
-            from .engine_client import _default_factory
+            from .engine_client import _default_factory, new_journal_path
 
+            # (a journal of this instance's own: a second Mend never writes over it)
             client = EngineClient(_default_factory(self.settings.device, self.settings.tile_size),
-                                  journal=data_dir() / "queue.json")
+                                  journal=new_journal_path(data_dir()))
             self._own_client = True
         else:
             self._own_client = False
@@ -1694,35 +1696,78 @@ class MainWindow(QMainWindow):
         self.status_label.setText(text)
 
     def _offer_resume(self) -> None:
-        """Offer the jobs a crash left unfinished; the journal and the photos it names (on a
-        disk that may be asleep, or gone) are read in the pool."""
-        from .engine_client import read_journal
+        """Offer the jobs a crash left unfinished; the journals and the photos they name (on a
+        disk that may be asleep, or gone) are read in the pool. Only the journals of Mends that
+        are gone: another one running now keeps its own (see engine_client.orphan_journals)."""
+        from .engine_client import orphan_journals, read_journal_entries
 
-        journal = data_dir() / "queue.json"
+        root, own = data_dir(), self.client.journal_path
 
-        def read() -> tuple[int, list[JobRequest]]:
-            jobs = read_journal(journal)
-            return len(jobs), [req for req in jobs if Path(req.path).exists()]
+        def read() -> dict[str, Any]:
+            from .messages import describe_error
+
+            found = orphan_journals(root, own)
+            jobs: list[JobRequest] = []
+            bad, unreadable = 0, []
+            for p, _lock in found:
+                try:
+                    js, nbad = read_journal_entries(p)
+                except (OSError, ValueError) as e:
+                    # kept under another name (nothing deleted), not tripped over again
+                    aside = p.with_name(p.stem + ".unreadable")
+                    try:
+                        os.replace(p, aside)
+                    except OSError:
+                        aside = p
+                    why = (f"damaged or incomplete: {e}" if isinstance(e, ValueError)
+                           else describe_error(e))
+                    unreadable.append((aside, why))
+                    continue
+                jobs += js
+                bad += nbad
+            here = [req for req in jobs if Path(req.path).exists()]
+            gone = [Path(req.path).name for req in jobs if not Path(req.path).exists()]
+            return {"found": found, "n": len(jobs) + bad, "jobs": here, "gone": gone,
+                    "bad": bad, "unreadable": unreadable}
 
         self.bg.run(read, self._ask_resume, lambda _m: None)
 
-    def _ask_resume(self, found: tuple[int, list[JobRequest]]) -> None:
-        n, jobs = found
-        journal = data_dir() / "queue.json"
+    def _ask_resume(self, offer: dict[str, Any]) -> None:
+        from .engine_client import release_journals
+
+        found = offer["found"]
+        n, jobs, gone, bad = offer["n"], offer["jobs"], offer["gone"], offer["bad"]
+        for aside, why in offer["unreadable"]:
+            self.set_status(f"The list of unfinished jobs could not be read ({why}); it was "
+                            f"kept as {aside}")
         if not n:
+            self.client.run_in_pool(lambda: release_journals(found, delete=True))
             if not self.qs.value("firstRunDone"):
                 self.qs.setValue("firstRunDone", True)
-                QTimer.singleShot(200, lambda: self.show_models(first_run=True))
+                # (weakly: a window closed meanwhile is neither kept nor shown a dialog)
+                QTimer.singleShot(200, weak_slot(self, lambda w: w.show_models(first_run=True)))
             return
-        r = QMessageBox.question(
-            self, "Unfinished jobs",
-            f"Mend stopped with {n} unfinished job(s). Queue them again?")
+        text = f"Mend stopped with {n} unfinished job(s)."
+        if gone:
+            names = ", ".join(gone[:5]) + ("…" if len(gone) > 5 else "")
+            text += (f" {len(gone)} cannot run again: the photo was moved or deleted "
+                     f"({names}).")
+        if bad:
+            text += f" {bad} could not be read (written by another version of Mend)."
+        if not jobs:
+            QMessageBox.information(self, "Unfinished jobs", text)
+            self.client.run_in_pool(lambda: release_journals(found, delete=True))
+            return
+        r = QMessageBox.question(self, "Unfinished jobs", text + (
+            " Queue them again?" if len(jobs) == n else f" Queue the other {len(jobs)} again?"))
         if r == QMessageBox.StandardButton.Yes:
             for req in jobs:  # (those whose photo is still there)
                 jid = self.client.submit(req)
                 self._job_path[jid] = Path(req.path)
+            # the crash's journals go once these jobs are in this Mend's own (in the pool)
+            self.client.write_journal_then(lambda: release_journals(found, delete=True))
         else:
-            journal.unlink(missing_ok=True)
+            self.client.run_in_pool(lambda: release_journals(found, delete=True))
 
     def _restore_window(self) -> None:
         g = self.qs.value("window/geometry")

@@ -120,7 +120,29 @@ def load_settings(qs: QSettings | None = None) -> AppSettings:
             continue
     if "tile_size" in kw:  # a hand-edited value the engine would refuse: the dialog's range
         kw["tile_size"] = min(4096, max(64, kw["tile_size"]))
+    for name, (lo, hi) in _RANGES.items():
+        if name in kw:
+            kw[name] = min(hi, max(lo, kw[name]))
+    # a name another version wrote (a profile, device or backend renamed or gone) or a hand
+    # edit: the default, as the settings dialog shows it; kept, it failed every job
+    for name, allowed in CHOICES.items():
+        if name in kw and kw[name] not in allowed:
+            kw.pop(name)
+    if "suffix" in kw:  # (a separator would write results outside the output folder)
+        kw["suffix"] = "".join(c for c in kw["suffix"] if c not in "/\\:\0") or "_mend"
     return replace(AppSettings(), **kw)
+
+
+# the values the settings dialog offers (the engine refuses others)
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "precision": ("auto", "fp32", "fp16", "bf16"),
+    "profile": ("auto", "builtin", "laptop", "quality"),
+    "backend": ("auto", "builtin", "clip", "vlm"),
+    "format": ("", "jpeg", "png", "tiff", "webp"),
+    "bit_depth": (0, 8, 16),
+}
+_RANGES = {"threads": (0, 256), "quality": (1, 100)}
 
 
 def save_settings(s: AppSettings, qs: QSettings | None = None) -> None:

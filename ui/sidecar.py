@@ -1,7 +1,8 @@
 """Non-destructive per-photo sidecars: diagnosis, plan, mask and outputs, restored on reopen.
 
 Beside the photos in ``<folder>/.mend/<photo name>.json`` (masks as ``<photo name>.mask.png``);
-when that folder is read-only, in the user data folder under a hash of the photo folder.
+when that folder is read-only, in the user data folder under a hash of the photo folder. A photo
+named near the file name limit gets its name shortened there, with a hash of the whole name.
 """
 from __future__ import annotations
 
@@ -32,8 +33,18 @@ class Sidecar:
     source_mtime_ns: int | None = None
     override: str | None = None  # the class chosen in "Fix as" ("A".."D"), None: as diagnosed
     plan_edited: bool = False  # the plan is the photographer's edit, not the engine's own
+    # what this version cannot read, written back as it was: a newer Mend's fields, and its form
+    # of a diagnosis or plan (until this version records one of its own there)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        d = self._known_json()
+        for k, v in self.extra.items():
+            if d.get(k) is None:
+                d[k] = v
+        return d
+
+    def _known_json(self) -> dict[str, Any]:
         return {
             "version": VERSION,
             "diagnosis": self.diagnosis.to_json() if self.diagnosis else None,
@@ -47,17 +58,42 @@ class Sidecar:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Sidecar:
-        src = d.get("source") or {}
+    def from_json(cls, d: Any) -> Sidecar:
+        """Raises ValueError when ``d`` is not a sidecar at all; a field of the wrong type is
+        left out, a diagnosis or plan this version cannot read is kept in ``extra``."""
+        if not isinstance(d, dict):
+            raise ValueError("not a Mend sidecar")  # noqa: TRY004 - read as damaged
+        extra = {k: v for k, v in d.items() if k not in _KNOWN}
+
+        def parse(key: str, fn: Any) -> Any:
+            if not d.get(key):
+                return None
+            try:
+                return fn(d[key])
+            except Exception as e:  # noqa: BLE001 - another version's form: kept as it was
+                log.warning("sidecar: cannot read its %s (%s); keeping it as it is", key,
+                            str(e))
+                extra[key] = d[key]
+                return None
+
+        def strings(v: Any) -> list[str]:
+            return [str(x) for x in v] if isinstance(v, list) else []
+
+        def number(v: Any) -> int | None:
+            return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+        src = d.get("source") if isinstance(d.get("source"), dict) else {}
         return cls(
-            diagnosis=Diagnosis.from_json(d["diagnosis"]) if d.get("diagnosis") else None,
-            plan=Plan.from_json(d["plan"]) if d.get("plan") else None,
-            mask=d.get("mask"), outputs=[str(o) for o in d.get("outputs", [])],
-            warnings=[str(w) for w in d.get("warnings", [])],
-            source_size=src.get("size"), source_mtime_ns=src.get("mtime_ns"),
+            diagnosis=parse("diagnosis", Diagnosis.from_json), plan=parse("plan", Plan.from_json),
+            mask=d["mask"] if isinstance(d.get("mask"), str) and d["mask"] else None,
+            outputs=strings(d.get("outputs")), warnings=strings(d.get("warnings")),
+            source_size=number(src.get("size")), source_mtime_ns=number(src.get("mtime_ns")),
             override=str(d["override"]) if d.get("override") else None,
-            plan_edited=bool(d.get("plan_edited", False)),
+            plan_edited=bool(d.get("plan_edited", False)), extra=extra,
         )
+
+
+_KNOWN = frozenset(Sidecar()._known_json())
 
 
 class SidecarStore:
@@ -71,7 +107,9 @@ class SidecarStore:
         self._root: Path | None = None
         self._also: Path | None = None
         self._in_data: Path | None = None
-        self._lock = threading.Lock()
+        # one lock per folder, not per store: two stores of one folder (the folder opened
+        # again while a save of the first one was queued; two windows) lost each other's updates
+        self._lock = _folder_lock(self.folder)
         self._open_lock = threading.Lock()
 
     def _open(self) -> Path:
@@ -80,7 +118,9 @@ class SidecarStore:
             if self._root is not None:
                 return self._root
             beside = self.folder / ".mend"
-            h = hashlib.sha1(os.fspath(self.folder.resolve()).encode()).hexdigest()[:16]
+            # (fsencode: a folder name that is not UTF-8 has surrogate escapes, which .encode()
+            # refuses; the bytes of a UTF-8 name are the same either way)
+            h = hashlib.sha1(os.fsencode(self.folder.resolve())).hexdigest()[:16]
             in_data = self._fallback / h
             beside_photos = self._beside_photos
             if beside_photos and not _own_folder(beside, self.folder):
@@ -119,16 +159,18 @@ class SidecarStore:
         return root
 
     def path_for(self, photo: Path) -> Path:
-        return self._here() / f"{Path(photo).name}.json"
+        root = self._here()
+        return root / side_name(root, Path(photo).name, ".json")
 
     def mask_path_for(self, photo: Path) -> Path:
-        return self._here() / f"{Path(photo).name}.mask.png"
+        root = self._here()
+        return root / side_name(root, Path(photo).name, ".mask.png")
 
     def mask_path_known(self, photo: Path) -> Path | None:
         """Where ``photo``'s mask goes as last decided, without reading the disk (for the GUI
         thread; None before the store's first use). A write asks ``mask_path_for`` again."""
         root = self._root
-        return None if root is None else root / f"{Path(photo).name}.mask.png"
+        return None if root is None else root / side_name(root, Path(photo).name, ".mask.png")
 
     def load(self, photo: Path) -> Sidecar | None:
         p = self.path_for(photo)
@@ -143,8 +185,10 @@ class SidecarStore:
             sc = Sidecar.from_json(json.loads(text))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring unreadable sidecar %s: %s", p, e)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            # (the text only: a logged exception keeps its traceback's frames, and the
+            # callers' through them)
+            log.warning("ignoring unreadable sidecar %s: %s", p, str(e))
             return None
         try:  # the photo changed since (re-imported under the same name, edited elsewhere):
             # its diagnosis, plan, edited mask and results belonged to the old one
@@ -153,6 +197,8 @@ class SidecarStore:
                                                or st.st_mtime_ns != sc.source_mtime_ns):
                 sc.diagnosis, sc.plan, sc.mask, sc.outputs, sc.warnings = None, None, None, [], []
                 sc.override, sc.plan_edited = None, False
+                sc.extra.pop("diagnosis", None)
+                sc.extra.pop("plan", None)
         except OSError:
             pass
         return sc
@@ -189,10 +235,51 @@ class SidecarStore:
                 changes.pop("plan_edited", None)
             for k, v in changes.items():
                 setattr(sc, k, v)
+                sc.extra.pop(k, None)  # (set here: another version's form of it is replaced)
             if add_outputs:
                 sc.outputs = [o for o in sc.outputs if o not in add_outputs] + list(add_outputs)
             self.save(photo, sc)
             return sc
+
+
+def side_name(root: Path, name: str, ext: str) -> str:
+    """The name of photo ``name``'s sidecar file ending in ``ext`` in ``root``:
+    ``<name><ext>``, or when that is longer than a file name may be (255 bytes), or makes a path
+    longer than Windows allows (``MAX_PATH_CHARS``), the start of ``name`` with a hash of all
+    of it (``<start>~<16 hex><ext>``): still one file per photo, and still readable."""
+    from engine.imageio import MAX_PATH_CHARS, NAME_MAX_BYTES
+
+    def fits(n: str) -> bool:
+        if len(os.fsencode(n)) > NAME_MAX_BYTES:
+            return False
+        if MAX_PATH_CHARS is None:
+            return True
+        path = os.path.join(os.path.abspath(root), n)  # (Windows counts UTF-16 units)
+        return len(path.encode("utf-16-le", "surrogatepass")) // 2 <= MAX_PATH_CHARS
+
+    whole = f"{name}{ext}"
+    if fits(whole):
+        return whole
+    tail = f"~{hashlib.sha1(os.fsencode(name)).hexdigest()[:16]}{ext}"
+    keep = name
+    while keep and not fits(keep + tail):
+        keep = keep[:-1]
+    return keep + tail
+
+
+_FOLDER_LOCKS: dict[str, threading.Lock] = {}
+_FOLDER_LOCKS_GUARD = threading.Lock()
+
+
+def _folder_lock(folder: Path) -> threading.Lock:
+    """The lock of every store of ``folder`` in this process (no disk access: the GUI thread
+    makes stores)."""
+    key = os.path.normcase(os.path.abspath(folder))
+    with _FOLDER_LOCKS_GUARD:
+        lock = _FOLDER_LOCKS.get(key)
+        if lock is None:
+            lock = _FOLDER_LOCKS[key] = threading.Lock()
+        return lock
 
 
 def _own_folder(d: Path, folder: Path) -> bool:

@@ -318,7 +318,7 @@ class ThumbnailModel(QAbstractListModel):
             self.loader.request(it.path, it.mtime_ns, it.size)
         return None
 
-    def _on_ready(self, gen: int, path: str, img: QImage) -> None:
+    def _on_ready(self, gen: int, path: Path, img: QImage) -> None:
         p = Path(path)
         self._pending.discard(p)
         row = self._row.get(p)
@@ -340,7 +340,7 @@ class ThumbnailModel(QAbstractListModel):
             self.dataChanged.emit(self.index(min(rows)), self.index(max(rows)),
                                   [Qt.ItemDataRole.DecorationRole])
 
-    def _on_failed(self, gen: int, path: str, msg: str) -> None:
+    def _on_failed(self, gen: int, path: Path, msg: str) -> None:
         p = Path(path)
         self._pending.discard(p)
         self._failed[p] = msg

@@ -6,6 +6,7 @@ changes, ``new_generation()`` drops queued work and results of the old generatio
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -61,9 +62,11 @@ class ThumbnailCache:
         fail = base.with_suffix(".fail")
         if fail.exists():
             try:
-                return fail.read_text(errors="replace") or "cannot read this file"
+                tag, _, msg = fail.read_text(errors="replace").partition("\n")
             except OSError:
                 return "cannot read this file"
+            if tag == _fail_tag():  # (else another version's, or before a decoder was added)
+                return msg or "cannot read this file"
         return None
 
     def put(self, key: str, img: QImage) -> None:
@@ -86,9 +89,28 @@ class ThumbnailCache:
         from engine.imageio import atomic_write_bytes
 
         try:
-            atomic_write_bytes(base.with_suffix(".fail"), message.encode())
+            atomic_write_bytes(base.with_suffix(".fail"), f"{_fail_tag()}\n{message}".encode())
         except (OSError, EngineError) as e:
             log.debug("thumbnail failure marker write failed: %s", e)
+
+
+@functools.lru_cache(maxsize=1)
+def _fail_tag() -> str:
+    """First line of a failure marker: the Mend version and its optional decoders. A file one
+    version (or one without pillow-heif, rawpy...) could not read is tried again by another."""
+    import engine
+    from engine import imageio
+
+    kinds = [name for name, ok in (("heif", imageio.heif_supported), ("jxl", imageio.jxl_supported),
+                                   ("raw", imageio.raw_supported)) if _safe(ok)]
+    return f"mend-thumb-fail {engine.__version__} {'+'.join(kinds) or '-'}"
+
+
+def _safe(fn) -> bool:
+    try:
+        return bool(fn())
+    except Exception:  # noqa: BLE001 - a broken plugin reads as absent
+        return False
 
 
 class _ThumbTask(QRunnable):
@@ -104,33 +126,36 @@ class _ThumbTask(QRunnable):
             return
         cached = ld.cache.get(self.key)
         if isinstance(cached, QImage):
-            ld.signals.ready.emit(self.gen, str(self.path), ld.for_display(cached))
+            ld.signals.ready.emit(self.gen, self.path, ld.for_display(cached))
             return
         if isinstance(cached, str):
-            ld.signals.failed.emit(self.gen, str(self.path), cached)
+            ld.signals.failed.emit(self.gen, self.path, cached)
             return
         try:
             img = rgb_to_qimage(load_preview(self.path, ld.side))
         except Exception as e:  # noqa: BLE001 - a broken photo is cached as a failure
             msg = describe_error(e)
             ld.cache.put_failure(self.key, msg)
-            ld.signals.failed.emit(self.gen, str(self.path), msg)
+            ld.signals.failed.emit(self.gen, self.path, msg)
             return
         ld.cache.put(self.key, img)
         ld.count_built()
-        ld.signals.ready.emit(self.gen, str(self.path), ld.for_display(img))
+        ld.signals.ready.emit(self.gen, self.path, ld.for_display(img))
 
 
+# the path travels as a Python object (a Path): through a Qt string a file name that is not
+# valid UTF-8 (surrogate escapes) loses those characters and names another photo, or none
 class _Signals(QObject):
-    ready = Signal(int, str, QImage)
-    failed = Signal(int, str, str)
+    ready = Signal(int, object, QImage)
+    failed = Signal(int, object, str)
 
 
 class ThumbnailLoader(QObject):
-    """Request thumbnails; ``ready(generation, path, QImage)`` / ``failed(generation, path, msg)``."""
+    """Request thumbnails; ``ready(generation, path, QImage)`` / ``failed(generation, path, msg)``
+    (``path`` the ``Path`` requested)."""
 
-    ready = Signal(int, str, QImage)
-    failed = Signal(int, str, str)
+    ready = Signal(int, object, QImage)
+    failed = Signal(int, object, str)
 
     def __init__(self, pool: QThreadPool, cache_dir: Path | None, side: int = THUMB_SIDE,
                  parent: QObject | None = None, display_side: int | None = None) -> None:
@@ -185,10 +210,10 @@ class ThumbnailLoader(QObject):
         prio = next(self._priority) % 1_000_000
         self.pool.start(_ThumbTask(self, self.generation, path, key), prio)
 
-    def _on_ready(self, gen: int, path: str, img: QImage) -> None:
+    def _on_ready(self, gen: int, path: Path, img: QImage) -> None:
         if gen == self.generation:
             self.ready.emit(gen, path, img)
 
-    def _on_failed(self, gen: int, path: str, msg: str) -> None:
+    def _on_failed(self, gen: int, path: Path, msg: str) -> None:
         if gen == self.generation:
             self.failed.emit(gen, path, msg)
