@@ -49,7 +49,9 @@ REFERENCE_CPU_S_PER_MP: dict[tuple[str, str | None], float] = {
     ("inpaint_builtin", None): 0.4,
     ("sr_realesrgan", "realesr-general-x4v3"): 52.0,
     ("sr_realesrgan", "realesrgan-x4plus"): 510.0,  # untiled 160² crop: 12.98 s
-    ("text_fusion", None): 7.0,  # OCR of the whole photo; text regions add to it
+    # OCR of the whole photo; text regions add to it (the tiled OCR pass checked at 24 MP,
+    # docs/bench/restore.json laptop_a_24mp, Intel Xeon 2026-12-06: 177.7 s = 7.4 s/MP)
+    ("text_fusion", None): 7.0,
     ("deblur_nafnet", None): 67.0,
     ("dereflect_nafnet", None): 85.0,
     # ~53 s per 128-px patch-step on one core, patches at stride 64: ~244 patches per LR MP
