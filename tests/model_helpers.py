@@ -77,7 +77,56 @@ def fake_gpu(budget: int = 8 << 30):
     return FakeGPU("cuda", "fake GPU", 1, budget, budget, True, True)
 
 
-class LoopbackServer:
+class HTTPTestServer:
+    """A loopback HTTP/1.1 server for tests, on its own thread. Subclasses answer each GET in
+    ``do_get(handler)`` (``handler``: the request's ``BaseHTTPRequestHandler``)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_GET(self):
+                outer.do_get(self)
+
+        self.release = threading.Event()  # (for servers that hold an answer back)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def do_get(self, h) -> None:
+        raise NotImplementedError
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def send_empty(h, status: int, **headers: str) -> None:
+    """Answer ``status`` with no body (and ``headers``)."""
+    h.send_response(status)
+    for k, v in headers.items():
+        h.send_header(k, v)
+    h.send_header("Content-Length", "0")
+    h.end_headers()
+
+
+class LoopbackServer(HTTPTestServer):
     """A tiny HTTP server on 127.0.0.1 standing in for the model hosts in tests.
 
     ``files`` maps URL paths ("/a.bin") to bytes. Supports ``Range: bytes=N-`` (206) unless
@@ -88,82 +137,76 @@ class LoopbackServer:
     """
 
     def __init__(self) -> None:
-        import http.server
-        import threading
-
         self.files: dict[str, bytes] = {}
         self.drop_after: dict[str, int] = {}
         self.redirects: dict[str, str] = {}
         self.honour_range = True
         self.requests: list[tuple[str, str | None]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def do_GET(self):
-                rng = self.headers.get("Range")
-                outer.requests.append((self.path, rng))
-                if self.path in outer.redirects:
-                    self.send_response(302)
-                    self.send_header("Location", outer.redirects[self.path])
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = outer.files.get(self.path)
-                if data is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                start = 0
-                if rng and outer.honour_range and rng.startswith("bytes="):
-                    start = int(rng[6:].split("-")[0])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range",
-                                     f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                cut = outer.drop_after.pop(self.path, None)
-                if cut is not None:
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    import socket as _s
-
-                    try:
-                        self.connection.shutdown(_s.SHUT_RDWR)
-                    except OSError:
-                        pass
-                    return
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
+        super().__init__()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return self.base_url
 
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+    def do_get(self, h) -> None:
+        import socket
+
+        rng = h.headers.get("Range")
+        self.requests.append((h.path, rng))
+        if h.path in self.redirects:
+            send_empty(h, 302, Location=self.redirects[h.path])
+            return
+        data = self.files.get(h.path)
+        if data is None:
+            send_empty(h, 404)
+            return
+        start = 0
+        if rng and self.honour_range and rng.startswith("bytes="):
+            start = int(rng[6:].split("-")[0])
+            if start >= len(data):
+                send_empty(h, 416, **{"Content-Range": f"bytes */{len(data)}"})
+                return
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            h.send_response(200)
+        body = data[start:]
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        cut = self.drop_after.pop(h.path, None)
+        if cut is not None:
+            h.wfile.write(body[:cut])
+            h.wfile.flush()
+            h.close_connection = True
+            try:
+                h.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        h.wfile.write(body)
+
+
+def fetch_in_thread(url: str, part: Path, **kw):
+    """``download.fetch(url, part, **kw)`` from a loopback server on a daemon thread: returns
+    the thread and a dict that gets "sha" or "error", then "end" (its monotonic time)."""
+    import threading
+    import time
+
+    from engine.models import download
+
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["sha"] = download.fetch(url, part, allowed_hosts={"127.0.0.1"},
+                                        allow_http_hosts=("127.0.0.1",), **kw)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+        out["end"] = time.monotonic()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
 
 
 def served_store(root: Path, server: LoopbackServer, model_id: str, files: dict[str, bytes],

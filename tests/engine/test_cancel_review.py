@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import http.server
-import threading
 import time
 
 import numpy as np
@@ -14,11 +12,12 @@ import pytest
 from engine.errors import Cancelled, OfflineError
 from engine.models import download as dl
 from engine.progress import CancelToken
+from tests.model_helpers import HTTPTestServer, fetch_in_thread, send_empty
 
 DATA = hashlib.sha256(b"review").digest() * 1024  # 32 KB
 
 
-class Server:
+class Server(HTTPTestServer):
     """A loopback HTTP/1.1 server. ``answers``: per request, in order, ("data" | "redirect" |
     an int status, delay in s before the headers); then "data" at once. Records the requests."""
 
@@ -26,67 +25,31 @@ class Server:
         self.answers = list(answers or [])
         self.redirect_to = ""
         self.requests: list[str] = []
-        self.release = threading.Event()
-        outer = self
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                outer.requests.append(self.path)
-                what, delay = outer.answers.pop(0) if outer.answers else ("data", 0.0)
-                if delay:
-                    outer.release.wait(delay)
-                if what == "redirect":
-                    self.send_response(302)
-                    self.send_header("Location", outer.redirect_to)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                elif what == "data":
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(DATA)))
-                    self.end_headers()
-                    self.wfile.write(DATA)
-                else:
-                    body = b"busy, try again" * 100
-                    self.send_response(int(what))
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                self.wfile.flush()
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
+    def do_get(self, h) -> None:
+        self.requests.append(h.path)
+        what, delay = self.answers.pop(0) if self.answers else ("data", 0.0)
+        if delay:
+            self.release.wait(delay)
+        if what == "redirect":
+            send_empty(h, 302, Location=self.redirect_to)
+        elif what == "data":
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(DATA)))
+            h.end_headers()
+            h.wfile.write(DATA)
+        else:
+            body = b"busy, try again" * 100
+            h.send_response(int(what))
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+        h.wfile.flush()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/m.bin"
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def _fetch_in_thread(url, part, **kw):
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            out["sha"] = dl.fetch(url, part, allowed_hosts={"127.0.0.1"},
-                                  allow_http_hosts=("127.0.0.1",), **kw)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            out["error"] = e
-        out["end"] = time.monotonic()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
+        return self.base_url + "/m.bin"
 
 
 def _wait_for(cond, limit: float = 10.0) -> None:
@@ -104,7 +67,7 @@ def test_a_stopped_download_does_not_follow_a_redirect_in_the_background(tmp_pat
     a.redirect_to = b.url
     try:
         token = CancelToken()
-        t, out = _fetch_in_thread(a.url, tmp_path / "m.bin.part", check_cancel=token.check,
+        t, out = fetch_in_thread(a.url, tmp_path / "m.bin.part", check_cancel=token.check,
                                   timeout=10.0, poll=0.05, retries=0)
         _wait_for(lambda: a.requests)
         token.cancel()
@@ -125,7 +88,7 @@ def test_offline_mode_switched_on_while_waiting_for_a_redirect_opens_no_new_conn
     a, b = Server([("redirect", 0.4)]), Server()
     a.redirect_to = b.url
     try:
-        t, out = _fetch_in_thread(a.url, tmp_path / "m.bin.part", timeout=10.0, poll=3.0,
+        t, out = fetch_in_thread(a.url, tmp_path / "m.bin.part", timeout=10.0, poll=3.0,
                                   retries=0)
         _wait_for(lambda: a.requests)
         monkeypatch.setenv("MEND_OFFLINE", "1")
@@ -199,7 +162,7 @@ def test_an_error_answer_to_a_stopped_download_is_closed_too(tmp_path, monkeypat
     gc.disable()
     try:
         token = CancelToken()
-        t, out = _fetch_in_thread(srv.url, tmp_path / "m.bin.part", check_cancel=token.check,
+        t, out = fetch_in_thread(srv.url, tmp_path / "m.bin.part", check_cancel=token.check,
                                   timeout=10.0, poll=0.05, retries=0)
         _wait_for(lambda: srv.requests)
         token.cancel()

@@ -4,7 +4,6 @@ seconds without a byte, and no byte received before a stall is lost."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import threading
 import time
 
@@ -13,11 +12,12 @@ import pytest
 from engine.errors import Cancelled, DownloadError, OfflineError
 from engine.models import download as dl
 from engine.progress import CancelToken
+from tests.model_helpers import HTTPTestServer, fetch_in_thread, send_empty
 
 DATA = hashlib.sha256(b"mend").digest() * 8192  # 256 KB
 
 
-class StallServer:
+class StallServer(HTTPTestServer):
     """Sends the headers and the first ``stall_after`` bytes of the body, then sends nothing
     until ``release`` is set (or ``stall_for`` seconds pass); ``status`` other than 200 answers
     that status at once. Range requests are honoured. Requests: (path, range header)."""
@@ -26,55 +26,35 @@ class StallServer:
         self.stall_after: int | None = 64 * 1024
         self.stall_for = 30.0
         self.status = 200
-        self.release = threading.Event()
         self.requests: list[tuple[str, str | None]] = []
-        outer = self
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                rng = self.headers.get("Range")
-                outer.requests.append((self.path, rng))
-                if outer.status != 200:
-                    self.send_response(outer.status)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                start = int(rng[6:].split("-")[0]) if rng else 0
-                body = DATA[start:]
-                self.send_response(206 if rng else 200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                cut, outer.stall_after = outer.stall_after, None  # the first request only
-                try:
-                    if cut is not None:
-                        self.wfile.write(body[:cut])
-                        self.wfile.flush()
-                        outer.release.wait(outer.stall_for)
-                        body = body[cut:]
-                    self.wfile.write(body)
-                    self.wfile.flush()
-                except OSError:
-                    pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+    def do_get(self, h) -> None:
+        rng = h.headers.get("Range")
+        self.requests.append((h.path, rng))
+        if self.status != 200:
+            send_empty(h, self.status)
+            return
+        start = int(rng[6:].split("-")[0]) if rng else 0
+        body = DATA[start:]
+        h.send_response(206 if rng else 200)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        cut, self.stall_after = self.stall_after, None  # the first request only
+        try:
+            if cut is not None:
+                h.wfile.write(body[:cut])
+                h.wfile.flush()
+                self.release.wait(self.stall_for)
+                body = body[cut:]
+            h.wfile.write(body)
+            h.wfile.flush()
+        except OSError:
+            pass
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/m.bin"
-
-    def close(self) -> None:
-        self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return self.base_url + "/m.bin"
 
 
 @pytest.fixture
@@ -85,19 +65,7 @@ def server():
 
 
 def _fetch_in_thread(server, part, **kw):
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            out["sha"] = dl.fetch(server.url, part, allowed_hosts={"127.0.0.1"},
-                                  allow_http_hosts=("127.0.0.1",), expected_size=len(DATA), **kw)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            out["error"] = e
-        out["end"] = time.monotonic()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
+    return fetch_in_thread(server.url, part, expected_size=len(DATA), **kw)
 
 
 def _wait_for_bytes(part, n, timeout=20.0) -> None:
