@@ -261,6 +261,15 @@ class CostHistory:
             self._data = data
         return self._data
 
+    def snapshot(self) -> CostHistory:
+        """A copy of the figures as they are on the disk now, that never reads the disk again
+        (no path): what a thread that must not touch the disk (the UI's) estimates with."""
+        with self._lock:
+            data = {k: dict(v) for k, v in self._load().items()}
+        copy = CostHistory(None)
+        copy._data = data
+        return copy
+
     def get(self, name: str, model: str | None, device_kind: str, threads: int) -> float | None:
         with self._lock:
             entry = self._load().get(_key(name, model, device_kind, threads))
@@ -273,7 +282,7 @@ class CostHistory:
         rate = seconds / megapixels
         # the file lock: another Mend (a second window, `mend restore`) records into the same
         # file; read-modify-write under it, reading the file afresh, so neither loses entries
-        with self._lock, _file_lock(self.path):
+        with self._lock, file_lock(self.path):
             data = self._load(fresh=True)
             k = _key(name, model, device_kind, threads)
             old = data.get(k)
@@ -305,7 +314,7 @@ LOCK_WAIT = 5.0  # seconds a history write waits for another process's lock, the
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path | None, wait: float | None = None) -> Iterator[None]:
+def file_lock(path: Path | None, wait: float | None = None) -> Iterator[None]:
     """An OS lock on ``<path>.lock`` (flock / msvcrt, as the model store locks ``.part``
     files) for one read-modify-write of ``path``. A lock that cannot be had (a read-only
     folder, a file system without locks, a holder that keeps it past ``LOCK_WAIT``) only costs
@@ -325,7 +334,7 @@ def _file_lock(path: Path | None, wait: float | None = None) -> Iterator[None]:
     if fh is not None:
         deadline = time.monotonic() + wait
         while True:
-            state = _try_file_lock(fh)
+            state = try_file_lock(fh)
             if state is not None:
                 locked = state
                 break
@@ -343,7 +352,7 @@ def _file_lock(path: Path | None, wait: float | None = None) -> Iterator[None]:
             fh.close()
 
 
-def _try_file_lock(fh: Any) -> bool | None:
+def try_file_lock(fh: Any) -> bool | None:
     """True: locked; None: another holder has it (try again); False: locks do not work here."""
     try:
         if os.name == "nt":

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor, QGuiApplication, QPainter, QPalette, QPixmap
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPainter, QPalette, QPixmap
 from PySide6.QtWidgets import QApplication, QLabel
 
 from engine.resources import resource
@@ -19,6 +19,7 @@ from engine.resources import resource
 from .settings import APP, ORG, data_dir
 
 STYLE = resource("style", "dark.qss")
+ICON = resource("icons", "mend-app.png")
 
 
 def weak_slot(owner: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -105,14 +106,18 @@ def create_app(argv: list[str] | None = None) -> QApplication:
     app.setOrganizationName(ORG)
     app.setApplicationName(APP)
     app.setApplicationDisplayName("Mend")
-    icon = STYLE.parents[1] / "icons" / "mend-app.png"
-    if icon.exists():
-        from PySide6.QtGui import QIcon
-
-        app.setWindowIcon(QIcon(str(icon)))
+    load_app_icon(app)
     apply_theme(app)
     setup_logging()
     return app
+
+
+def load_app_icon(app: QApplication) -> None:
+    """Read the app icon (once, at start-up, before the event loop) into memory: what shows it
+    later (the splash, the windows) reads no disk on the GUI thread. None found: no icon."""
+    pix = QPixmap(str(ICON))  # (a null pixmap when the file is missing or unreadable)
+    if not pix.isNull():
+        app.setWindowIcon(QIcon(pix))
 
 
 def starting_splash(message: str) -> QLabel:
@@ -123,8 +128,8 @@ def starting_splash(message: str) -> QLabel:
     pix = QPixmap(420, 140)
     pix.fill(QColor("#1e2024"))
     painter = QPainter(pix)
-    icon = STYLE.parents[1] / "icons" / "mend-app.png"
-    img = QPixmap(str(icon)) if icon.exists() else QPixmap()
+    icon = QApplication.windowIcon()  # (read by create_app: no disk here)
+    img = icon.pixmap(icon.actualSize(QSize(1024, 1024))) if not icon.isNull() else QPixmap()
     if not img.isNull():
         img = img.scaled(72, 72, Qt.AspectRatioMode.KeepAspectRatio,
                          Qt.TransformationMode.SmoothTransformation)

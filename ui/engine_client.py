@@ -110,6 +110,7 @@ class _Worker(QObject):
     error = Signal(int, object)
     progressed = Signal(int, float, str, object)
     engine_ready = Signal(object)
+    history = Signal(object, object)  # CostHistory as read here, model memory figures
 
     def __init__(self, factory: EngineFactory, throttle: float = 0.05) -> None:
         super().__init__()
@@ -120,8 +121,25 @@ class _Worker(QObject):
     def engine(self) -> Any:
         if self._engine is None:
             self._engine = self._factory()
+            self._read_history()  # (first: the estimates are ready when the engine is)
             self.engine_ready.emit(getattr(self._engine, "device", None))
         return self._engine
+
+    def _read_history(self) -> None:
+        """Send the step-cost history as it is on the disk now (and the models' memory figures)
+        to the client, whose estimates (asked on the GUI thread, on every plan shown or edited
+        and every progress update of a queue) then read no disk. Read here, where the engine's
+        modules are imported: importing them in another thread at the same time failed (a
+        partially initialised module)."""
+        try:
+            from engine.estimate import CostHistory, manifest_model_memory
+
+            history = CostHistory.default().snapshot()  # (read now; never reads the disk again)
+            memory = manifest_model_memory()
+        except Exception as e:  # noqa: BLE001 - an estimate is never worth a failure
+            log.warning("could not read the step-cost history: %s", str(e))
+            return
+        self.history.emit(history, memory)
 
     @Slot(object)
     def execute(self, ticket: _Ticket) -> None:
@@ -144,17 +162,23 @@ class _Worker(QObject):
 
         progress = Progress(callback, ticket.token)
         holder["p"] = progress
+        ran = False
         try:
             ticket.token.check()
             engine = self.engine()
+            ran = True
             # a handler that returned has finished (a result may be on disk): a cancel that
             # came too late does not turn it into a cancelled job
             result = _HANDLERS[ticket.kind](engine, ticket.payload, progress)
         except BaseException as e:
             if not isinstance(e, Exception):
                 raise
+            if ran and ticket.kind is JobKind.RUN:
+                self._read_history()  # (the steps it finished recorded their times)
             self.error.emit(ticket.id, e)
             return
+        if ticket.kind is JobKind.RUN:
+            self._read_history()  # (the run recorded its steps' times)
         self.done.emit(ticket.id, result)
 
 
@@ -307,6 +331,12 @@ class _ModelSignals(QObject):
     failed = Signal(str, str, bool)
 
 
+class _JournalSignals(QObject):
+    """What the crash journal's writes (in the pool) report back to the GUI thread."""
+
+    journal = Signal(str)  # why the crash journal cannot be written ("": it can again)
+
+
 def _emit(signal_owner: QObject, name: str, *args: Any) -> bool:
     """Emit ``signal_owner.<name>(*args)`` from a pool thread; False once the owner's C++
     object is gone (a task that outlived the client's shutdown: nobody is listening)."""
@@ -347,6 +377,7 @@ class EngineClient(QObject):
     model_finished = Signal(str, object)
     model_failed = Signal(str, str)
     engine_ready = Signal(object)  # DeviceInfo
+    journal_problem = Signal(str)  # why unfinished jobs would not survive a crash ("": they would)
     _dispatch = Signal(object)
 
     def __init__(self, factory: EngineFactory | None = None, *, journal: Path | None = None,
@@ -372,8 +403,10 @@ class EngineClient(QObject):
         self._worker.error.connect(self._on_error)
         self._worker.progressed.connect(self._on_progress)
         self._worker.engine_ready.connect(self._on_engine_ready)
+        self._worker.history.connect(self._on_history)
         self.device: Any = None  # DeviceInfo once the engine has started
-        self._history: Any = None  # engine.estimate.CostHistory, read-only here
+        # engine.estimate.CostHistory as last read in the engine thread (_Worker._read_history)
+        self._history: Any = None
         self._model_memory: dict[str, int] | None = None
         self._thread.finished.connect(self._worker.deleteLater)
         self._thread.start()
@@ -387,6 +420,8 @@ class EngineClient(QObject):
         self._model_signals.progress.connect(self._on_model_progress)
         self._model_signals.done.connect(self._on_model_done)
         self._model_signals.failed.connect(self._on_model_failed)
+        self._journal_signals = _JournalSignals()
+        self._journal_signals.journal.connect(self.journal_problem)
         # every running / queued model task's token per id (a download and a verify of one
         # model, or a double click, are two tasks): Stop cancels them all; each task drops its
         # own when it ends (in the pool thread, hence the lock)
@@ -402,6 +437,8 @@ class EngineClient(QObject):
         # the QLockFile held on the journal while this client runs (taken at the first write,
         # in the pool; a crashed process's lock goes stale: see orphan_journals)
         self._journal_owner: list[Any] = []
+        # [True] while the journal cannot be written (journal_problem said so once)
+        self._journal_failing: list[bool] = []
         self._journal_timer = QTimer(self)
         self._journal_timer.setSingleShot(True)
         self._journal_timer.setInterval(150)
@@ -411,17 +448,17 @@ class EngineClient(QObject):
         self.device = device
         self.engine_ready.emit(device)
 
+    def _on_history(self, history: Any, memory: dict[str, int]) -> None:
+        self._history, self._model_memory = history, memory
+
     def estimate(self, plan: Plan, size: tuple[int, int]) -> Any:
         """``engine.estimate.Estimate`` of ``plan`` on a photo of ``size``, or None before the
-        engine has started. Cheap (no torch, one small JSON file): fine on the GUI thread."""
+        engine has started. Reads no disk (the history was read in the engine thread): fine
+        on the GUI thread."""
         if self.device is None:
             return None
-        from engine.estimate import CostHistory, estimate_plan, manifest_model_memory
+        from engine.estimate import estimate_plan
 
-        if self._history is None:
-            self._history = CostHistory.default()  # the file the engine thread writes
-        if self._model_memory is None:
-            self._model_memory = manifest_model_memory()
         return estimate_plan(plan, size, device_kind=self.device.kind,
                              threads=self.device.threads, history=self._history,
                              model_memory=self._model_memory)
@@ -442,9 +479,11 @@ class EngineClient(QObject):
         return self._add(JobKind.SAM, Path(path), {"path": Path(path), "points": points},
                          f"Select in {Path(path).name}")
 
-    def call(self, fn: Callable[[Any, Progress], Any], title: str = "engine task") -> int:
-        """Run ``fn(engine, progress)`` in the engine thread (e.g. a re-plan)."""
-        return self._add(JobKind.CALL, None, fn, title)
+    def call(self, fn: Callable[[Any, Progress], Any], title: str = "engine task", *,
+             path: Path | None = None) -> int:
+        """Run ``fn(engine, progress)`` in the engine thread (e.g. a re-plan); ``path``: the
+        photo it is for (its retry is that photo's too, see ``resubmitted``)."""
+        return self._add(JobKind.CALL, Path(path) if path is not None else None, fn, title)
 
     def warm_up(self) -> int:
         """Create the engine in the engine thread now, not at the first job.
@@ -687,6 +726,7 @@ class EngineClient(QObject):
         lock = self._journal_lock
         written = self._journal_written  # (not self: a queued write never holds the client)
         owner = self._journal_owner
+        failing, sig = self._journal_failing, self._journal_signals
 
         def write() -> None:
             try:
@@ -707,13 +747,21 @@ class EngineClient(QObject):
                         journal.unlink(missing_ok=True)
                     else:
                         # first the journal's lock: another Mend running meanwhile (same user
-                        # data folder) sees that this journal's jobs are not a crash's
-                        if not owner:
-                            owner.append(_lock_journal(journal))
+                        # data folder) sees that this journal's jobs are not a crash's (taken
+                        # again once its folder can be made: a failed first try held none)
+                        if not owner or owner[0] is None:
+                            owner[:] = [_lock_journal(journal)]
                         atomic_write_bytes(journal, data)
                 except (OSError, EngineError) as e:  # atomic_write_bytes raises SaveFailed
                     # (the text only: the exception's traceback reaches the client's frames)
                     log.warning("could not write the queue journal %s: %s", journal, str(e))
+                    if data is not None and not failing:  # said once, not at every write
+                        failing.append(True)
+                        _emit(sig, "journal", str(e) or type(e).__name__)
+                    return
+                if data is not None and failing:  # written again
+                    failing.clear()
+                    _emit(sig, "journal", "")
 
         if wait:
             write()

@@ -91,6 +91,7 @@ class PhotoState:
     mask_doc: Any = None  # the mask as edited in the editor (kept while the folder is open)
     override: Degradation | None = None  # "Fix as": the class the photographer chose
     plan_job: int | None = None  # the job bringing the plan for that choice (older ones: stale)
+    retry_plan_job: int | None = None  # that job, cancelled or failed: its retry brings the plan
     # the plan was edited in the panel: it runs as it is. The engine's own plan is not sent with
     # a fix: it is made again then, for the settings of then (another profile, models installed)
     plan_edited: bool = False
@@ -206,6 +207,11 @@ class MainWindow(QMainWindow):
         self.statusBar().addWidget(self.status_label, 1)
         self.eta_label = QLabel("")
         self.statusBar().addPermanentWidget(self.eta_label)
+        # shown while the crash journal cannot be written (said once in the status line)
+        self.journal_label = QLabel("⚠ Queue not crash-safe")
+        self.journal_label.setObjectName("dim")
+        self.journal_label.setVisible(False)
+        self.statusBar().addPermanentWidget(self.journal_label)
 
         c = self.client
         c.finished.connect(self._on_finished)
@@ -214,6 +220,7 @@ class MainWindow(QMainWindow):
         c.overall_progress.connect(self._on_overall)
         c.engine_ready.connect(self._on_engine_ready)
         c.queue_changed.connect(self._on_queue_changed)
+        c.journal_problem.connect(self._on_journal_problem)
         p = self.panel
         p.run_requested.connect(self._run_current)
         p.override_requested.connect(self._override)
@@ -1084,7 +1091,7 @@ class MainWindow(QMainWindow):
         if self.current is not None:
             st = self._state(self.current)
             st.plan, st.plan_job, st.plan_note = plan, None, ""
-            st.plan_edited, st.plan_stale = True, False
+            st.plan_edited, st.plan_stale, st.retry_plan_job = True, False, None
             self._edited_plans.add(self.current)
             self._plan_save_timer.start()  # (a burst of spin-box steps: one sidecar write)
 
@@ -1135,6 +1142,7 @@ class MainWindow(QMainWindow):
         st = self._state(path)
         label = st.override
         st.plan, st.plan_edited, st.plan_stale = None, False, False
+        st.retry_plan_job = None  # (a new choice: the retry of an earlier one brings nothing)
         what = f"{label.value} · {label.short_name}" if label else "diagnosed"
         s = self.settings
         if st.diagnosis is None:
@@ -1146,7 +1154,7 @@ class MainWindow(QMainWindow):
             def replan(engine, progress):
                 return engine.plan(diag, label, profile)
 
-            jid = self.client.call(replan, f"Plan {path.name}")
+            jid = self.client.call(replan, f"Plan {path.name}", path=path)
             st.plan_note = f"Planning as {what}…"
         self._job_path[jid] = path
         st.plan_job = jid
@@ -1245,6 +1253,12 @@ class MainWindow(QMainWindow):
         self._job_path[new_id] = Path(path)
         if info is not None and info.kind is JobKind.RUN:
             self.model.update_item(Path(path), job_state=JobState.QUEUED, error="")
+        st = self.states.get(Path(path))
+        if st is not None and st.retry_plan_job == old_id and st.plan_job is None:
+            # the plan for the class chosen (cancelled or failed): the retry brings it
+            st.plan_job, st.retry_plan_job, st.plan_note = new_id, None, "Planning…"
+            if path == self.current:
+                self.panel.set_plan(st.plan, st.plan_note)
 
     def _on_failed(self, job_id: int, message: str) -> None:
         path = self._job_path.pop(job_id, None)
@@ -1254,6 +1268,7 @@ class MainWindow(QMainWindow):
         st = self.states.get(path) if path is not None else None
         if st is not None and st.plan_job == job_id:  # the plan for the chosen class
             st.plan_job, st.plan_note = None, f"No plan: {message}"
+            st.retry_plan_job = job_id
             if path == self.current:
                 self.panel.set_plan(st.plan, st.plan_note)
         self.set_status(f"{path.name if path else 'Job'}: {message}")
@@ -1264,6 +1279,18 @@ class MainWindow(QMainWindow):
         if info.kind is not JobKind.RUN or info.path is None:
             return
         self.model.update_item(info.path, job_state=info.state)
+
+    def _on_journal_problem(self, reason: str) -> None:
+        """The crash journal cannot be written (a full disk, a read-only data folder): said
+        once, and marked in the status bar until it can be again (``reason`` "")."""
+        if not reason:
+            self.journal_label.setVisible(False)
+            return
+        text = (f"Unfinished jobs will not survive a crash: Mend cannot save its queue "
+                f"({reason}).")
+        self.journal_label.setToolTip(text)
+        self.journal_label.setVisible(True)
+        self.set_status(text)
 
     def _on_queue_changed(self) -> None:
         if self.client.is_idle():

@@ -20,6 +20,9 @@ from engine.api import Diagnosis, Plan
 
 log = logging.getLogger("mend.ui.sidecar")
 VERSION = 1
+# seconds an update waits for another process's lock on the folder's sidecars, then goes ahead
+# without it (a hung holder, a file system without locks: the exclusion is lost, not the update)
+SIDECAR_LOCK_WAIT = 5.0
 
 
 @dataclass
@@ -227,19 +230,40 @@ class SidecarStore:
         ``keep_edited_plan``: a plan the photographer edited, recorded there, stays (the caller
         does not know the photo's plan: a job finishing after its folder was left).
         ``add_outputs``: results added (last) to the outputs recorded, which stay (the caller may
-        not know them: a job finishing after its folder was left)."""
+        not know them: a job finishing after its folder was left).
+        Across processes too (a second Mend on the same folder): under an OS lock on the
+        folder's sidecars (``lock_path``) the sidecar is read afresh, so neither loses the
+        other's updates. A lock not had within ``SIDECAR_LOCK_WAIT`` seconds (a hung holder) or
+        not available (a file system without locks) costs the exclusion, never the update."""
+        from engine.estimate import file_lock  # (flock / msvcrt, as the cost history's)
+
         with self._lock:
-            sc = self.load(photo) or Sidecar()
-            if keep_edited_plan and sc.plan_edited:
-                changes.pop("plan", None)
-                changes.pop("plan_edited", None)
-            for k, v in changes.items():
-                setattr(sc, k, v)
-                sc.extra.pop(k, None)  # (set here: another version's form of it is replaced)
-            if add_outputs:
-                sc.outputs = [o for o in sc.outputs if o not in add_outputs] + list(add_outputs)
-            self.save(photo, sc)
-            return sc
+            if not self.folder.is_dir():  # (save writes nothing; the lock would make .mend)
+                return self._update(photo, keep_edited_plan, add_outputs, changes)
+            with file_lock(self._here() / _LOCK_STEM, SIDECAR_LOCK_WAIT):
+                return self._update(photo, keep_edited_plan, add_outputs, changes)
+
+    def _update(self, photo: Path, keep_edited_plan: bool, add_outputs: list[str] | None,
+                changes: dict[str, Any]) -> Sidecar:
+        sc = self.load(photo) or Sidecar()
+        if keep_edited_plan and sc.plan_edited:
+            changes.pop("plan", None)
+            changes.pop("plan_edited", None)
+        for k, v in changes.items():
+            setattr(sc, k, v)
+            sc.extra.pop(k, None)  # (set here: another version's form of it is replaced)
+        if add_outputs:
+            sc.outputs = [o for o in sc.outputs if o not in add_outputs] + list(add_outputs)
+        self.save(photo, sc)
+        return sc
+
+
+_LOCK_STEM = ".sidecars"  # the folder's lock file: <sidecar folder>/.sidecars.lock
+
+
+def lock_path(root: Path) -> Path:
+    """The file locked (by every Mend process) around a sidecar update in ``root``."""
+    return Path(root) / f"{_LOCK_STEM}.lock"
 
 
 def side_name(root: Path, name: str, ext: str) -> str:

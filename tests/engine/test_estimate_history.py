@@ -117,7 +117,7 @@ def test_a_lock_held_too_long_delays_a_write_but_never_drops_it(tmp_path, monkey
 
     path = tmp_path / "costs.json"
     monkeypatch.setattr(est, "LOCK_WAIT", 0.2)
-    with est._file_lock(path):  # another holder that never lets go (in time)
+    with est.file_lock(path):  # another holder that never lets go (in time)
         done = threading.Event()
         t = threading.Thread(target=lambda: (CostHistory(path).record("s", None, "cpu", 1,
                                                                        1.0, 1.0), done.set()))
@@ -185,3 +185,22 @@ def test_the_engine_records_invsr_per_sampling_step(tmp_path, monkeypatch):
     assert calls and calls[0]["steps"] == 4
     (name, _model, _kind, _threads, units, _seconds), = recorded
     assert name == "sr_invsr" and units == pytest.approx(4 * 100 * 200 / 1e6)
+
+
+def test_a_snapshot_keeps_the_figures_as_read_and_never_reads_the_disk_again(tmp_path,
+                                                                               monkeypatch):
+    path = tmp_path / "costs.json"
+    CostHistory(path).record("s", None, "cpu", 1, 1.0, 2.0)
+    snap = CostHistory(path).snapshot()
+    CostHistory(path).record("s", None, "cpu", 1, 1.0, 10.0)  # the engine records meanwhile
+    touched: list = []
+    for name in ("stat", "is_file", "read_text"):
+        orig = getattr(Path, name)
+        monkeypatch.setattr(Path, name, lambda self, *a, _o=orig, **k: (touched.append(self),
+                                                                       _o(self, *a, **k))[1])
+    assert snap.get("s", None, "cpu", 1) == pytest.approx(2.0)
+    assert snap.get("t", None, "cpu", 1) is None
+    assert touched == [] and snap.path is None
+    snap.record("s", None, "cpu", 1, 1.0, 4.0)  # (no path: kept in memory only)
+    monkeypatch.undo()
+    assert CostHistory(path).get("s", None, "cpu", 1) == pytest.approx(6.0)

@@ -23,11 +23,14 @@ from ..messages import describe_error
 log = logging.getLogger("mend.ui.thumbs")
 
 THUMB_SIDE = 256
+# what the cached thumbnails are; another kind's are never read (keyed apart). "srgb": converted
+# from the photo's colour profile (earlier ones, keyed without a kind, were the stored values)
+THUMB_KIND = "srgb"
 
 
 def cache_key(path: Path, mtime_ns: int, size: int, side: int = THUMB_SIDE) -> str:
-    h = hashlib.sha1(f"{os.fspath(path)}\0{mtime_ns}\0{size}\0{side}".encode("utf-8",
-                                                                          "surrogatepass"))
+    h = hashlib.sha1(f"{os.fspath(path)}\0{mtime_ns}\0{size}\0{side}\0{THUMB_KIND}".encode(
+        "utf-8", "surrogatepass"))
     return h.hexdigest()
 
 
