@@ -1,28 +1,34 @@
 """The `mend` command: classify, restore, models, doctor.
 
 Exit codes: 0 all done, 1 some inputs failed (each reported, the run goes on), 2 usage error,
-130 interrupted, 141 the reader of the output went away (``| head``).
-User errors print one message, no traceback (``--debug`` shows it).
+130 interrupted (Ctrl+C), 143 stopped by SIGTERM, 141 the reader of the output went away
+(``| head``). User errors print one message, no traceback (``--debug`` shows it).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import filecmp
 import json
 import logging
 import os
 import platform
+import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from . import __version__
 from .api import Degradation, JobRequest, OutputOptions
-from .errors import DeviceUnavailable, EngineError, UsageError
+from .errors import DeviceUnavailable, EngineError, SaveFailed, UsageError
 from .models.manifest import ManifestError
 
 log = logging.getLogger("mend")
@@ -166,8 +172,11 @@ def main(argv: Iterable[str] | None = None) -> int:
                                     "(or --dry-run to only see the plans)")
     handler = {"classify": cmd_classify, "restore": cmd_restore, "models": cmd_models,
                "doctor": cmd_doctor}[args.command]
+    # a batch stops cleanly on Ctrl+C and on SIGTERM alike (a logout, `timeout`, a job queue)
+    args.signals = _Signals() if args.command in ("classify", "restore") else None
     try:
-        return handler(args)
+        with args.signals or contextlib.nullcontext():
+            return handler(args)
     except (UsageError, DeviceUnavailable) as e:  # (--device cuda with no CUDA GPU: the
         _fail(e, args)                             # command line asks for what is not there)
         return EXIT_USAGE
@@ -177,9 +186,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     except ManifestError as e:  # a broken MEND_MANIFEST (a mirror's): one line, not a traceback
         _fail(f"the model manifest is not usable: {e}", args)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("mend: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # (before or after the batch itself: it reports its own)
+        print(f"mend: {_interrupted_text(e)}", file=sys.stderr)
+        return 128 + getattr(e, "signum", signal.SIGINT)
     except BrokenPipeError:
         # the reader went away (`mend classify ... | head`): stop quietly, as a program killed by
         # SIGPIPE would; stdout goes to devnull so that flushing it at exit cannot raise again
@@ -213,10 +222,115 @@ def _json_text(obj: Any) -> str:
 
 
 def _emit(obj: dict[str, Any], as_json: bool, human: str) -> None:
-    if as_json:
-        print(_json_text(obj), flush=True)
-    else:
-        print(human, flush=True)
+    # one write per line: an interrupt arrives between two writes, never inside a JSON line
+    sys.stdout.write((_json_text(obj) if as_json else human) + "\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# interrupts and batches
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl+C (SIGINT) or SIGTERM during a batch; the exit code is 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupted_text(e: BaseException) -> str:
+    return "stopped by SIGTERM" if getattr(e, "signum", None) == signal.SIGTERM \
+        else "interrupted"
+
+
+class _Signals:
+    """While ``classify`` or ``restore`` runs, SIGINT and SIGTERM raise :class:`_Interrupted`
+    (SIGTERM would otherwise end the process on the spot: no summary, and a temp file left
+    where the file system has no O_TMPFILE) - except while a photo's result is being written
+    (its job's token is committed, see ``Progress.commit``) or its line printed: then the
+    photo finishes, its line is printed and the batch stops after it. A second signal
+    meanwhile stops at once; once the batch is stopping, further signals are ignored so that
+    its last lines are printed whole. A signal that was ignored when Mend started (``nohup``,
+    a background job of a script) stays ignored."""
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.stopping = False
+        self.shield = 0  # > 0: a photo's line is being printed
+        self.token: Any = None  # the running job's CancelToken (restore)
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # (signal handlers can only be set from the main thread)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old = signal.getsignal(sig)
+                if old in (signal.SIG_IGN, None):
+                    continue
+                signal.signal(sig, self._on_signal)
+            except (ValueError, OSError):
+                continue
+            self._old[sig] = old
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, old)
+        self._old.clear()
+
+    def _holding(self) -> bool:
+        return self.shield > 0 or bool(self.token is not None and self.token.committed)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stopping:
+            return
+        if self.pending is None and self._holding():
+            self.pending = signum  # raised by check() once the photo is written and reported
+            return
+        self.stopping = True
+        raise _Interrupted(signum)
+
+    def check(self) -> None:
+        if self.pending is not None and not self.stopping:
+            self.stopping = True
+            raise _Interrupted(self.pending)
+
+
+@dataclass
+class _Batch:
+    """How a batch ended: photos failed, photos not run because it stopped early, and why."""
+
+    failed: int = 0
+    not_run: int = 0
+    stop: str | None = None  # why it stopped early (said once), None when it ran to the end
+    signum: int | None = None  # the signal that stopped it
+
+    def exit_code(self, extra_failed: int = 0) -> int:
+        if self.signum is not None:
+            return 128 + self.signum
+        return EXIT_FAILED if self.failed or self.not_run or extra_failed else EXIT_OK
+
+
+def _stop_reason(exc: BaseException) -> str | None:
+    """Why a failed save means every later photo would fail the same way - the output's disk
+    is full or became read-only - else None (that photo alone failed; the batch goes on)."""
+    if not isinstance(exc, SaveFailed):
+        return None
+    reasons = {errno.ENOSPC: "the output folder's disk is full",
+               getattr(errno, "EDQUOT", -1): "the disk quota of the output folder is used up",
+               errno.EROFS: "the output folder's disk is read-only"}
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:  # SaveFailed is raised from the OSError
+        seen.add(id(e))
+        n = getattr(e, "errno", None)
+        if isinstance(n, int) and n in reasons:
+            return reasons[n]
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...] = (),
@@ -240,21 +354,30 @@ def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...
         # Mend's own are recognised by their record): only one below it is left out
         excl = tuple(e for e in exclude if not _same_dir(e, p))
         try:
-            got = iter_photos([p], recursive=recursive, exclude=excl)
+            with _unlisted_folders() as unlisted:
+                got = iter_photos([p], recursive=recursive, exclude=excl)
         except EngineError as e:
             errors.append((p, str(e)))
             continue
+        # a subfolder that could not be listed (no permission): its photos were not read, which
+        # the exit code and the JSON must say (the walk itself only logs it and goes on)
+        errors += [(f, f"cannot list this folder ({why}): the photos in it were not read")
+                   for f, why in unlisted]
         if p.is_dir() and not got:
-            n, complete = (0, True) if recursive else count_subfolder_photos(p)
+            with _unlisted_folders():  # (only a hint: a folder it cannot list is not counted)
+                n, complete = (0, True) if recursive else count_subfolder_photos(p)
             hint = (f" ({n}{'' if complete else '+'} in its subfolders: add --recursive)"
                     if n else "")
             errors.append((p, f"no photos in this folder{hint}"))
             continue
+        siblings = _by_stem(got) if skip_outputs and p.is_dir() else {}
         for photo in got:
             keys = _file_keys(photo)
             if not seen.isdisjoint(keys):
                 continue
             kind = mend_output_kind(photo) if skip_outputs and p.is_dir() else None
+            if kind is None and siblings and _is_kept_copy(photo, siblings):
+                kind = "result"
             if kind is not None:
                 outputs.append((photo, kind))
                 continue
@@ -264,6 +387,58 @@ def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...
     # a result skipped in a folder but also named on its own is restored, not both
     outputs = [(o, k) for o, k in outputs if seen.isdisjoint(_file_keys(o))]
     return found, errors, rel, outputs
+
+
+@contextlib.contextmanager
+def _unlisted_folders():
+    """The subfolders the folder walk (``imageio.iter_photos``) skipped because it could not
+    list them, as ``(folder, reason)``: it logs each one ("skipped folder %s: %s") and goes
+    on. Those log lines are taken here (the batch reports each folder as an error instead)."""
+    found: list[tuple[Path, str]] = []
+
+    def take(record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.msg == "skipped folder %s: %s" and len(args) == 2:
+            found.append((Path(args[0]), str(args[1])))
+            return False
+        return True
+
+    logger = logging.getLogger("engine.imageio")
+    logger.addFilter(take)
+    try:
+        yield found
+    finally:
+        logger.removeFilter(take)
+
+
+# the name of a result: <stem><suffix>[_N].<ext> (imageio.output_path_for, the default suffix)
+_RESULT_NAME = re.compile(r"^(?P<stem>.+)" + re.escape(OutputOptions().suffix) + r"(?:_\d+)?$")
+
+
+def _by_stem(photos: list[Path]) -> dict[tuple[Path, str], list[Path]]:
+    out: dict[tuple[Path, str], list[Path]] = {}
+    for p in photos:
+        out.setdefault((p.parent, p.stem), []).append(p)
+    return out
+
+
+def _is_kept_copy(photo: Path, siblings: dict[tuple[Path, str], list[Path]]) -> bool:
+    """Whether ``photo`` is a result Mend wrote as a byte copy of its original (nothing to fix,
+    or the original kept): such a copy carries no record, but it is named ``<stem>_mend.<ext>``
+    (``_mend_1``...) and its original ``<stem>.*`` beside it has the same bytes - results
+    written next to the originals (``-o`` = the input folder). Restoring it again would give
+    ``x_mend_mend`` on the next run, and so on: the folder doubled at every run."""
+    m = _RESULT_NAME.match(photo.stem)
+    if not m:
+        return False
+    for original in siblings.get((photo.parent, m["stem"]), ()):
+        try:
+            if (original != photo and original.stat().st_size == photo.stat().st_size
+                    and filecmp.cmp(original, photo, shallow=False)):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _file_keys(photo: Path) -> set[Any]:
@@ -305,7 +480,9 @@ def _unread_output_folder(out_dir: Path | None, paths: list[Path], recursive: bo
     if not inside:
         return
     try:
-        n = sum(1 for f in iter_photos([out_dir], recursive=True) if mend_output_kind(f) is None)
+        with _unlisted_folders():  # (only a note)
+            n = sum(1 for f in iter_photos([out_dir], recursive=True)
+                    if mend_output_kind(f) is None)
     except EngineError:
         return
     if n:
@@ -338,21 +515,63 @@ def _per_input(exc: BaseException, path: Path, args: argparse.Namespace) -> str:
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
-def _for_each(photos: list[Path], work, args: argparse.Namespace) -> int:
+def _for_each(photos: list[Path], work, args: argparse.Namespace,
+              verb: str = "done") -> _Batch:
     """Run ``work(path) -> (json_obj, human_line)`` per photo; one bad photo never stops the
-    run. Returns how many failed."""
-    n_failed = 0
-    for path in photos:
-        try:
-            obj, human = work(path)
-        except (UsageError, KeyboardInterrupt):
-            raise
-        except Exception as e:  # noqa: BLE001 — reported per input, the batch goes on
-            n_failed += 1
-            _error_line(path, _per_input(e, path, args), args.json)
-            continue
-        _emit(obj, args.json, human)
-    return n_failed
+    run. Two things do: Ctrl+C / SIGTERM, and a save that finds the output's disk full or
+    read-only (every later photo would fail the same way, after all its work). Then one
+    message says so on stderr and, with ``--json``, each photo not run gets its line
+    (``{"path", "error", "not_run": true}``), so that every input has one."""
+    sig: _Signals = getattr(args, "signals", None) or _Signals()
+    batch = _Batch()
+    i = 0
+    try:
+        while i < len(photos):
+            sig.check()
+            path = photos[i]
+            sig.token = None
+            try:
+                obj, human = work(path)  # (restore's sets sig.token to its job's)
+                failure = None
+            except (UsageError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # noqa: BLE001 — reported per input, the batch goes on
+                failure = e
+            sig.shield += 1  # (a committed job's token already holds signals back)
+            try:
+                if failure is None:
+                    _emit(obj, args.json, human)
+                else:
+                    batch.failed += 1
+                    _error_line(path, _per_input(failure, path, args), args.json)
+                    reason = _stop_reason(failure)
+                    batch.stop = f"stopped: {reason}" if reason else None
+                i += 1
+            finally:
+                sig.shield -= 1
+                sig.token = None
+            if batch.stop:
+                break
+        sig.check()  # (a signal held back while the last photo was written)
+    except KeyboardInterrupt as e:
+        sig.stopping = True  # further signals: ignored while the last lines are printed
+        batch.signum = getattr(e, "signum", signal.SIGINT)
+        batch.stop = _interrupted_text(e)
+    rest = photos[i:]
+    if batch.stop is None or (not rest and batch.signum is None):
+        return batch
+    batch.not_run = len(rest)
+    try:
+        if args.json:
+            for path in rest:
+                _emit({"path": str(path), "error": f"not {verb} ({batch.stop})",
+                       "not_run": True}, True, "")
+        tail = f": {len(rest)} photo(s) not {verb}" if rest else ""
+        print(f"mend: {batch.stop}{tail}", file=sys.stderr, flush=True)
+    except BrokenPipeError:  # (the reader went too, e.g. Ctrl+C reached `| jq` as well)
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return batch
 
 
 def _classify_chunk_size(clf: Any) -> int:
@@ -428,12 +647,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
                  + (f" — {d.rationale}" if d.rationale else ""))
         return obj, human
 
-    n_failed = len(failed) + _for_each(photos, work, args)
+    batch = _for_each(photos, work, args, "classified")
+    n_failed = len(failed) + batch.failed
     if not args.json and len(photos) + len(failed) > 1:  # a batch ends with its tally
         tally = " · ".join(f"{k} {Degradation(k).short_name} {n}" for k, n in counts.items())
-        print(f"{sum(counts.values())} photo(s): {tally}"
-              + (f"; {n_failed} failed" if n_failed else ""), flush=True)
-    return EXIT_FAILED if n_failed else EXIT_OK
+        _tally(f"{sum(counts.values())} photo(s): {tally}"
+               + (f"; {n_failed} failed" if n_failed else "")
+               + (f"; {batch.not_run} not classified" if batch.not_run else ""))
+    return batch.exit_code(len(failed))
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -457,6 +678,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create the output folder {out_dir}: {e.strerror or e}") from None
+    _check_writable(out_dir)  # before any photo's work, not after each one's
     from .imageio import sweep_partials
 
     sweep_partials(out_dir)  # temp files a crashed earlier run may have left
@@ -483,27 +705,54 @@ def cmd_restore(args: argparse.Namespace) -> int:
             sub = out_dir / rel[path]
             try:
                 sub.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise EngineError(f"cannot create the output folder {sub}: "
-                                  f"{e.strerror or e}") from None
+            except OSError as e:  # (SaveFailed: a full disk here stops the batch too)
+                raise SaveFailed(f"cannot create the output folder {sub}: "
+                                 f"{e.strerror or e}") from e
             if sub not in swept:
                 swept.add(sub)
                 sweep_partials(sub)
             opts = replace(options, out_dir=sub)
         req = _restore_request(args, path, opts)
-        result = engine.run(req, Progress(_stderr_progress(path) if not args.json else None))
+        progress = Progress(_stderr_progress(path) if not args.json else None)
+        signals = getattr(args, "signals", None)
+        if signals is not None:  # (a signal waits while the result is being written)
+            signals.token = progress.token
+        result = engine.run(req, progress)
         done += 1
         steps = ", ".join(f"{s.name} [{s.model}] {s.seconds:.1f}s" for s in result.steps)
         human = f"{path} -> {result.output} ({result.label.value}: {steps})" + \
             said.lines(result.warnings)
         return result.to_json(), human
 
-    n_failed = len(failed) + _for_each(photos, work, args)
+    batch = _for_each(photos, work, args, "restored")
+    n_failed = len(failed) + batch.failed
     if not args.json and len(photos) + len(failed) + len(outputs) > 1:
-        print(f"{done} photo(s) written to {out_dir}"
-              + (f"; {len(outputs)} file(s) Mend wrote skipped" if outputs else "")
-              + (f"; {n_failed} failed" if n_failed else ""), flush=True)
-    return EXIT_FAILED if n_failed else EXIT_OK
+        _tally(f"{done} photo(s) written to {out_dir}"
+               + (f"; {len(outputs)} file(s) Mend wrote skipped" if outputs else "")
+               + (f"; {n_failed} failed" if n_failed else "")
+               + (f"; {batch.not_run} not restored" if batch.not_run else ""))
+    return batch.exit_code(len(failed))
+
+
+def _tally(line: str) -> None:
+    _emit({}, False, line)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Refuse an output folder that cannot be written (read-only disk or folder, full disk)
+    before the first photo's work: each photo would otherwise fail only when saved."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=out_dir) as f:  # (unnamed where the system can)
+            f.write(b"\0")
+            f.flush()
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            raise UsageError(f"the disk of the output folder {out_dir} is full: free some "
+                             "space or choose another folder") from None
+        raise UsageError(f"cannot write to the output folder {out_dir}: "
+                         f"{e.strerror or e}") from None
 
 
 def _restore_request(args: argparse.Namespace, path: Path, options: OutputOptions) -> JobRequest:
@@ -541,8 +790,7 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
             said.lines(prep.warnings)
         return prep.to_json(), human
 
-    n_failed = len(failed) + _for_each(photos, work, args)
-    return EXIT_FAILED if n_failed else EXIT_OK
+    return _for_each(photos, work, args, "planned").exit_code(len(failed))
 
 
 class _Warnings:

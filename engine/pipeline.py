@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 from . import __version__
 from .api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan, StepRecord
 from .devices import DeviceInfo, configure_torch, select_device
-from .errors import EngineError, OutOfMemory, UsageError
+from .errors import EngineError, OutOfMemory, SaveFailed, UsageError
 from .estimate import (
     CostHistory,
     Estimate,
@@ -169,21 +170,27 @@ class Engine:
             output = output_path_for(photo.path, request.output, source_format=photo.format)
         estimate = self.estimate(plan, (photo.height, photo.width))
         try:
-            self._check_memory(estimate, photo, warnings)
+            self._check_memory(estimate, photo, warnings, request.output)
         except OutOfMemory as e:  # a dry run reports what the run would refuse
             warnings.append(f"the run would stop: {e}")
         return Prepared(Path(request.path), (photo.height, photo.width), diagnosis, plan,
                         tuple(warnings), estimate, output)
 
-    def _check_memory(self, estimate: Estimate, photo: Photo, warnings: list[str]) -> None:
+    def _check_memory(self, estimate: Estimate, photo: Photo, warnings: list[str],
+                      options: OutputOptions | None = None) -> None:
         """Refuse a plan whose estimated peak memory exceeds this machine's RAM (it would
         swap for hours or be killed); warn when it exceeds what is free right now."""
         from .devices import available_memory, system_memory
-        from .estimate import PROCESS_BYTES, format_bytes
+        from .estimate import PROCESS_BYTES, finish_bytes, format_bytes
 
-        if estimate.nothing_to_run:  # (the photo is already in memory; nothing more is needed)
-            return
         need, total = estimate.peak_bytes, system_memory()
+        if estimate.nothing_to_run:
+            if options is None or _copies_source(photo, options):
+                return  # the file is copied: the photo is already in memory, nothing more
+            # kept as it is but written afresh (another format or bit depth, no metadata):
+            # the save's conversion and encoder (a 60-megapixel JPEG to PNG peaked at 3.6 GB)
+            need = PROCESS_BYTES + finish_bytes(photo.width * photo.height,
+                                                photo.width * photo.height)
         what = (f"this plan needs about {format_bytes(need)} of memory for this "
                 f"{photo.width * photo.height / 1e6:.0f}-megapixel photo")
         if need > total:
@@ -246,6 +253,9 @@ class Engine:
         t_start = time.perf_counter()
         warnings: list[str] = []
         progress.update(0.0, f"loading {Path(request.path).name}")
+        # what the file was when it was read: a kept original is copied from it only if it is
+        # still that file when the result is written (it may be minutes later)
+        source_state = _file_state(request.path)
         photo = load_photo(request.path)
         warnings += _load_warnings(photo)  # e.g. metadata that could not be kept
         progress.update(_LOAD, "diagnosing")
@@ -254,7 +264,7 @@ class Engine:
         label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
         estimate = self.estimate(plan, (photo.height, photo.width))
-        self._check_memory(estimate, photo, warnings)
+        self._check_memory(estimate, photo, warnings, request.output)
 
         mask = None
         if request.mask_path is not None:
@@ -283,8 +293,9 @@ class Engine:
                 passthrough = True
 
         # the last point where a cancel stops the job: once writing starts the job finishes, so
-        # a file on disk is never reported as a cancelled job (nor left behind by one)
-        progress.update(_LOAD + _DIAG + _STEPS, "saving")
+        # a file on disk is never reported as a cancelled job (nor left behind by one); the
+        # token says so to whoever would interrupt it from outside (the CLI's Ctrl+C handler)
+        progress.commit(_LOAD + _DIAG + _STEPS, "saving")
         record = {
             "software": f"Mend {__version__}",
             "label": label.value,
@@ -293,7 +304,8 @@ class Engine:
             "models": list(models),
             "kept_original": passthrough,
         }
-        out = self._save(photo, image, request.output, record, passthrough, warnings)
+        out = self._save(photo, image, request.output, record, passthrough, warnings,
+                         source_state)
         artifacts = {k: v for k, v in ctx.artifacts.items() if k not in ("source", "alpha")}
         if ctx.mask is not None and label is Degradation.B:
             from .imageio import save_mask
@@ -301,7 +313,12 @@ class Engine:
             mask_path = out.with_name(out.stem + "_mask.png")
             # never replace a file: x.png and x.jpg restored into one folder give x_mend.png and
             # x_mend.jpg, whose masks would otherwise share x_mend_mask.png
-            artifacts["mask_path"] = save_mask(ctx.mask, mask_path, overwrite=False)
+            try:
+                artifacts["mask_path"] = save_mask(ctx.mask, mask_path, overwrite=False)
+            except SaveFailed as e:
+                # the result is written and complete: the job is done, without its mask file
+                # (failing it would report a file on disk as not written)
+                warnings.append(f"the reflection mask could not be saved: {e}")
         progress.finish("done")
         return JobResult(
             path=Path(request.path), output=out, label=label, diagnosis=diagnosis, plan=plan,
@@ -336,7 +353,11 @@ class Engine:
             out = spec.fn(image, params, ctx)
             seconds = time.perf_counter() - t0
             result = np.asarray(out.image, dtype=np.float32)
-            if result.ndim != 3 or result.shape[2] != 3 or not np.isfinite(result).all():
+            # (min and max: a NaN or an infinity shows in them, with no photo-sized temporary)
+            lo, hi = ((float(result.min()), float(result.max())) if result.size
+                      else (np.nan, np.nan))
+            if result.ndim != 3 or result.shape[2] != 3 or not (np.isfinite(lo)
+                                                                and np.isfinite(hi)):
                 raise EngineError(f"step {step.name} produced an invalid image {result.shape}")
             if step.name != "passthrough" and not out.notes.startswith("skipped"):
                 # (a step that skipped its work took no time: it would teach the estimate that
@@ -347,27 +368,27 @@ class Engine:
                                     step_work_units(step.name, params,
                                                     image.shape[0] * image.shape[1]),
                                     seconds)
-            image = np.clip(result, 0.0, 1.0)
+            image = _clipped(result, image, lo, hi)
             records.append(StepRecord(step.name, out.model, seconds, out.notes))
             log.info("step %s (%s) %.2fs", step.name, out.model, seconds)
         ctx.progress = progress
         return image, records, ctx
 
     def _save(self, photo: Photo, image: np.ndarray, options: OutputOptions, record: dict,
-              passthrough: bool, notes: list[str]) -> Path:
+              passthrough: bool, notes: list[str], source_state: tuple | None = None) -> Path:
         from .imageio import atomic_write_bytes, output_path_for, save_photo
 
         dest = output_path_for(photo.path, options, source_format=photo.format)
-        # what the file really is, not its name: a HEIF or WebP named .jpg is re-encoded
-        same_format = _format_matches(photo.format, dest.suffix.lstrip("."))
-        depth = options.bit_depth
-        if depth is not None and dest.suffix.lower() not in (".png", ".tif", ".tiff"):
-            depth = 8  # (JPEG/WebP hold 8 bits: a 16 asked of them changes nothing)
-        if passthrough and same_format and depth in (None, photo.bit_depth) and \
-                options.keep_metadata:
+        if passthrough and _copies_source(photo, options, dest):
             # nothing changed: copy the original bytes (pixels and metadata identical); without
             # metadata it is written afresh, so that the camera, GPS and dates are dropped
-            return atomic_write_bytes(dest, photo.path.read_bytes(), overwrite=False)
+            data = _unchanged_bytes(photo.path, source_state)
+            if data is not None:
+                return atomic_write_bytes(dest, data, overwrite=False)
+            # moved, deleted or rewritten since it was read: its bytes now are not the photo
+            # this job read (nor, perhaps, a photo at all); the pixels in memory are
+            notes.append("the original file changed or went away while it was being restored: "
+                         "the result was written from the photo as it was read")
         alpha = photo.alpha
         if alpha is not None and alpha.shape[:2] != image.shape[:2]:
             import cv2
@@ -376,6 +397,54 @@ class Engine:
                                interpolation=cv2.INTER_LINEAR)
         return save_photo(image, dest, like=photo, options=options, alpha=alpha, record=record,
                           notes=notes)
+
+
+def _clipped(result: np.ndarray, before: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """A step's ``result`` (of min ``lo``, max ``hi``) clipped to [0, 1] without a photo-sized
+    copy where none is needed: as it is when already in range (a skipped step hands its input
+    back), in place when it is the step's own array (the copy cost 12 bytes per pixel: 0.7 GB
+    at 60 megapixels), copied only when it shares memory with the step's input."""
+    if lo >= 0.0 and hi <= 1.0:
+        return result
+    if result.flags.writeable and not np.shares_memory(result, before):
+        return np.clip(result, 0.0, 1.0, out=result)
+    return np.clip(result, 0.0, 1.0)
+
+
+def _copies_source(photo: Photo, options: OutputOptions, dest: Path | None = None) -> bool:
+    """Whether a result kept as it is (nothing to fix, or the guard kept the original) is the
+    source file's bytes copied: same format (what the file really is, not its name: a HEIF or
+    WebP named .jpg is re-encoded) and bit depth, metadata kept. Else it is written afresh."""
+    if dest is None:
+        from .imageio import output_path_for
+
+        dest = output_path_for(photo.path, options, source_format=photo.format)
+    depth = options.bit_depth
+    if depth is not None and dest.suffix.lower() not in (".png", ".tif", ".tiff"):
+        depth = 8  # (JPEG/WebP hold 8 bits: a 16 asked of them changes nothing)
+    return (_format_matches(photo.format, dest.suffix.lstrip("."))
+            and depth in (None, photo.bit_depth) and options.keep_metadata)
+
+
+def _file_state(path: str | os.PathLike[str]) -> tuple | None:
+    """What says a file is still the one that was read: its identity, size and time."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _unchanged_bytes(path: Path, state: tuple | None) -> bytes | None:
+    """``path``'s bytes if it is still the file of ``state`` (before and after reading them),
+    else None: moved, deleted, replaced or rewritten meanwhile."""
+    if state is None or _file_state(path) != state:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if _file_state(path) == state and len(data) == state[2] else None
 
 
 def step_shares(estimate: Estimate | None, count: int) -> list[float]:

@@ -11,10 +11,15 @@ ProgressCallback = Callable[[float, str], None]
 
 
 class CancelToken:
-    """Thread-safe flag; ``check()`` raises :class:`Cancelled` once set."""
+    """Thread-safe flag; ``check()`` raises :class:`Cancelled` once set.
+
+    ``committed`` says the job has passed its point of no return (its result is being written,
+    see :meth:`Progress.commit`): a cancel no longer stops it, and whoever would interrupt it
+    from outside (the CLI's Ctrl+C / SIGTERM handler) lets it finish and report its result."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._committed = threading.Event()
 
     def cancel(self) -> None:
         self._event.set()
@@ -22,6 +27,13 @@ class CancelToken:
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
+
+    def commit(self) -> None:
+        self._committed.set()
+
+    @property
+    def committed(self) -> bool:
+        return self._committed.is_set()
 
     def check(self) -> None:
         if self._event.is_set():
@@ -88,6 +100,13 @@ class Progress:
             msg = root.last_message
         if self._callback is not None:
             self._callback(f, msg)
+
+    def commit(self, fraction: float, message: str = "") -> None:
+        """Report ``fraction`` at the job's point of no return: cancel is checked one last
+        time, then the token is marked committed (``CancelToken.committed``) - from here the
+        job finishes, so a file it writes is never behind a job reported as cancelled."""
+        self.update(fraction, message)
+        self.token.commit()
 
     def finish(self, message: str = "done") -> None:
         """Report the end of this range without checking for cancel: for work that has
