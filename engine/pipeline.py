@@ -69,14 +69,29 @@ class Engine:
             # (a tile of a few pixels means a model call per pixel: a 12 MP photo would never end)
             raise UsageError(f"the tile size must be between {MIN_TILE} and {MAX_TILE} px "
                              f"(got {tile_size})")
-        self.device: DeviceInfo = select_device(device)
+        # "auto" is chosen at the first use of the device (an estimate, a job, a model): it
+        # imports torch (~2 s, ~0.6 GB), which the built-in analyzer alone never needs. A device
+        # asked for by name is checked now (one this machine lacks is a usage error at once).
+        self._device: DeviceInfo | None = None
+        self._device_pref = device
+        if device != "auto":
+            self._choose_device()
         self.tile_size = int(tile_size)
         self._store = store
         # seconds per megapixel of finished steps on this machine, for estimates before a run
         self.history = history if history is not None else CostHistory.default()
         self._runtime: Any | None = None
-        if self.device.kind != "cpu" or _torch_loaded():
-            configure_torch(self.device)
+
+    @property
+    def device(self) -> DeviceInfo:
+        return self._device if self._device is not None else self._choose_device()
+
+    def _choose_device(self) -> DeviceInfo:
+        dev = select_device(self._device_pref)
+        if dev.kind != "cpu" or _torch_loaded():
+            configure_torch(dev)
+        self._device = dev
+        return dev
 
     # -- models ---------------------------------------------------------------------------
     @property
@@ -84,7 +99,7 @@ class Engine:
         if self._runtime is None:
             from .models.runtime import ModelRuntime
 
-            self._runtime = ModelRuntime(self.device, self._store)
+            self._runtime = ModelRuntime(self._device or (lambda: self.device), self._store)
         return self._runtime
 
     @property

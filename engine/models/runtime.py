@@ -24,13 +24,33 @@ class ModelRuntime:
     """Paths to installed models and an LRU of loaded ones (bounded by ``budget`` bytes,
     ``device.memory_budget`` by default)."""
 
-    def __init__(self, device: DeviceInfo, store: ModelStore | None = None, *,
-                 budget: int | None = None) -> None:
-        self.device = device
+    def __init__(self, device: DeviceInfo | Callable[[], DeviceInfo],
+                 store: ModelStore | None = None, *, budget: int | None = None) -> None:
+        # a callable: the device is chosen at its first use (choosing "auto" imports torch,
+        # ~2 s and ~0.6 GB, which a job that loads no model never needs)
+        self._device = device if isinstance(device, DeviceInfo) else None
+        self._device_fn = None if isinstance(device, DeviceInfo) else device
         self.store = store if store is not None else ModelStore()
-        self.budget = int(budget if budget is not None else device.memory_budget)
+        self._budget = None if budget is None else int(budget)
         self._cache: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
         self._lock = threading.RLock()
+
+    @property
+    def device(self) -> DeviceInfo:
+        if self._device is None:
+            with self._lock:
+                if self._device is None:
+                    self._device = self._device_fn()
+        return self._device
+
+    @property
+    def budget(self) -> int:
+        """Bytes the cache of loaded models may hold (``device.memory_budget`` by default)."""
+        return self._budget if self._budget is not None else int(self.device.memory_budget)
+
+    @budget.setter
+    def budget(self, value: int) -> None:
+        self._budget = int(value)
 
     # ------------------------------------------------------------------ files
     def is_available(self, model_id: str) -> bool:

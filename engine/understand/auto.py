@@ -32,6 +32,7 @@ class AutoClassifier:
         if self._chosen is not None:
             return self._chosen
         from .analyzer import BuiltinAnalyzer
+        from .vlm import MODEL_IDS as VLM_MODEL_IDS
         from .vlm import VLMClassifier
 
         chosen: Any = BuiltinAnalyzer(cancel_check=self._kwargs.get("cancel_check"))
@@ -40,7 +41,10 @@ class AutoClassifier:
             from .runtime_default import default_runtime
 
             rt = self.runtime = default_runtime()
-        if getattr(rt.device, "kind", "cpu") in ("cuda", "mps"):
+        # which models are installed first: without a VLM the device is never asked (choosing
+        # it imports torch, ~2 s and ~0.6 GB the analyzer does not need)
+        if _any_installed(rt, VLM_MODEL_IDS) and getattr(rt.device, "kind", "cpu") in ("cuda",
+                                                                                        "mps"):
             vlm = VLMClassifier(runtime=rt, **self._kwargs)
             if vlm.available():
                 chosen = vlm
@@ -89,3 +93,10 @@ def _fallback(images: list[np.ndarray], photos: list[Any | None],
     return [d if isinstance(d, EngineError) else
             replace(d, rationale=f"{d.rationale}; VLM unavailable: {e}")
             for d, e in zip(out, errors)]
+
+
+def _any_installed(rt: Any, model_ids: tuple[str, ...]) -> bool:
+    is_available = getattr(rt, "is_available", None)
+    if is_available is None:  # (a runtime that cannot say: ask the VLM itself)
+        return True
+    return any(is_available(m) for m in model_ids)

@@ -15,5 +15,5 @@ def default_runtime() -> Any:
             from ..devices import select_device
             from ..models.runtime import ModelRuntime
 
-            _runtime = ModelRuntime(select_device("auto"))
+            _runtime = ModelRuntime(lambda: select_device("auto"))  # (chosen at first use)
         return _runtime

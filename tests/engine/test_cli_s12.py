@@ -432,3 +432,48 @@ def test_a_step_result_is_clipped_without_a_photo_sized_copy_when_it_can_be():
     view = before[:, :, :]  # a view of the step's input: never written in place
     res = _clipped(view, before, 0.5, 2.0)
     assert res is not view and float(before[0, 0, 0]) == 2.0 and float(res.max()) == 1.0
+
+
+_TORCH_PROBE = """
+import sys
+from engine.cli import main
+code = main(sys.argv[1:])
+print("TORCH" if "torch" in sys.modules else "NO-TORCH", code)
+"""
+
+
+@pytest.mark.parametrize("backend", ["builtin", "auto"])
+def test_classifying_without_a_vlm_never_imports_torch(tmp_path, backend):
+    """The analyzer needs no device: choosing "auto" (which imports torch, ~2 s and ~0.6 GB)
+    waits for a model that needs it. With no VLM installed, auto is the analyzer too."""
+    _photos(tmp_path / "in", ["a.png"])
+    env = dict(os.environ, MEND_MODELS_DIR=str(tmp_path / "models"), MEND_OFFLINE="1",
+               PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", _TORCH_PROBE, "classify", str(tmp_path / "in"),
+                        "--backend", backend, "--json"], capture_output=True, text=True,
+                       cwd=ROOT, env=env, timeout=120, check=False)
+    out = r.stdout.splitlines()
+    assert out[-1] == "NO-TORCH 0", r.stdout + r.stderr
+    assert json.loads(out[0])["backend"] == "builtin"
+
+
+def test_the_auto_device_is_chosen_at_first_use_and_a_named_one_at_once(monkeypatch):
+    import engine.pipeline as pl
+    from engine.devices import DeviceInfo
+
+    chosen: list[str] = []
+    real = pl.select_device
+
+    def spy(pref="auto"):
+        chosen.append(pref)
+        return real("cpu")
+
+    monkeypatch.setattr(pl, "select_device", spy)
+    eng = Engine("auto")
+    assert chosen == []
+    rt = eng.runtime  # (a runtime alone chooses nothing either)
+    assert chosen == [] and rt.store is not None
+    assert isinstance(rt.device, DeviceInfo) and chosen == ["auto"]
+    assert eng.device is rt.device and chosen == ["auto"]  # chosen once, shared
+    Engine("cpu")
+    assert chosen == ["auto", "cpu"]
