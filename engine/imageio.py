@@ -10,9 +10,11 @@ Loading (``load_photo``)
     An RGB or untagged grey JPEG's pixels are decoded by OpenCV (the same bytes as Pillow's, in
     half the time; its metadata still comes from Pillow's header).
     16-bit colour PNG/TIFF is decoded with OpenCV because Pillow truncates it to 8 bits (once:
-    Pillow's own decode is skipped when nothing it alone reads follows the image data). What
-    libjpeg and libpng inside OpenCV print about damaged data ("Corrupt JPEG data: ...") is
-    kept off stderr and becomes one of the photo's warnings (``_decoder_messages``). A 32-bit
+    Pillow's own decode is skipped when nothing it alone reads follows the image data; a file
+    over 2 GB, which cv2.imdecode cannot take, is decoded from its path). What libjpeg,
+    libpng and libtiff inside OpenCV, and libtiff inside Pillow, print about damaged data
+    ("Corrupt JPEG data: ...", "libtiff: ...") is kept off stderr and becomes one of the
+    photo's warnings, or the reason of its ``BadImage`` (``_decoder_messages``). A 32-bit
     floating-point RGB(A) TIFF (an HDR merge; Pillow cannot open it) is decoded by OpenCV into
     a 16-bit photo: linear values (a linear profile, or none) are encoded with the sRGB curve,
     highlights above white clipped with a warning (``_load_float_tiff``). JPEG XL
@@ -22,7 +24,8 @@ Loading (``load_photo``)
     The export's format is that of the decoded source (``Photo.format``), not its extension. EXIF
     orientation (all 8) is applied and then reset to 1 in ``photo.exif``; the stale EXIF thumbnail
     is dropped; ICC, XMP, DPI and the JPEG quantization tables are kept. A grey ICC profile is
-    applied (8 and 16 bits: the pixels become sRGB); a HEIF's nclx colour box becomes an RGB
+    applied (8 and 16 bits: the pixels become sRGB), and so is a CMYK one (the preview's
+    too: LittleCMS, to sRGB); a HEIF's nclx colour box becomes an RGB
     ICC profile, and so do a PNG's gAMA/cHRM chunks (without iCCP or sRGB; sRGB-like values
     add none) and, without any profile, EXIF ColorSpace 0xFFFF with the interoperability index
     R03 (a camera set to Adobe RGB: an Adobe RGB (1998) profile); a JPEG XL's XMP is read from its ``xml `` (or, with brotli, ``brob``) box; a
@@ -35,7 +38,8 @@ Loading (``load_photo``)
 Saving (``save_photo``)
     JPEG/WebP through Pillow, PNG through OpenCV with our metadata chunks spliced in, TIFF through
     a small writer of our own (Pillow cannot write 16-bit RGB), which puts the source's EXIF
-    block first, byte for byte, so that the maker note and Interop IFD keep their offsets. The
+    block first, byte for byte, so that the maker note and Interop IFD keep their offsets (a
+    result over 4 GB, which needs BigTIFF, is refused before anything is written). The
     source ICC, EXIF (orientation 1, no thumbnail, pixel dimensions and resolution updated,
     broken EXIF dropped; over 64 KB it does not fit a JPEG), XMP (in a JPEG, over one segment:
     standard + extended XMP) and DPI are kept.
@@ -999,14 +1003,45 @@ def _is_16bit_colour(im) -> bool:
 # "libpng error: IDAT: CRC error": a damaged 16-bit PNG, which Pillow then decodes or refuses).
 # OpenCV leaves them to the libraries' default handlers, which write to the process's stderr
 # (file descriptor 2) with no API to turn them off or catch them (opencv/opencv#9477,
-# opencv/opencv-python#610): they polluted the CLI's output. ``_decoder_messages`` points fd 2
-# at a temporary file while such a decode runs and hands these lines to the caller.
+# opencv/opencv-python#610): they polluted the CLI's output. libtiff's go through OpenCV's own
+# logger, to stderr as well ("[ WARN:0@0.013] global grfmt_tiff.cpp:122 TIFF_Warning
+# TIFFReadDirectory: ...", "[ERROR:...] ... TIFF_Error ...", then OpenCV's "readData ... failed"
+# and "imdecode_ ... can't read data" when it gives up), and so do those of Pillow's libtiff
+# (a compressed TIFF: "ZIPDecode: Decoding error at scanline 0, ...", "tempfile.tif: ...",
+# libtiff's default handler). ``_decoder_messages`` points fd 2 at a temporary file while such
+# a decode runs and hands these lines to the caller (``_decoder_message``).
+_CV_TIFF_LOG = (rb"\[ ?(?:WARN|ERROR)[^\]]*\] global \S*(?:grfmt_tiff|loadsave)\.cpp"
+                rb"[:\s(]*\d*\)? (\w+) ?(.*)")
+# libtiff's default handler: "module: message." where the module is the file name Pillow gives
+# ("tempfile.tif") or a C function (TIFFFillStrip, ZIPDecode, PredictorSetup, MissingRequired):
+# a word with a capital after its first letter, not a Python exception's name nor a Qt class's
+_LIBTIFF_LOG = (rb"(?:tempfile\.tif|(?!Q[A-Z])_?[A-Za-z](?=\w*[A-Z])\w*(?<!Error)"
+                rb"(?<!Exception)(?<!Warning)(?<!Exit)(?<!Interrupt)(?<!Iteration)): ")
 _DECODER_LINE = re.compile(
     rb"(?:Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Inconsistent "
     rb"progression sequence|Unknown Adobe color transform|Warning: unknown JFIF|Warning: "
     rb"thumbnail image size|Application transferred too many scanlines|libpng warning:"
-    rb"|libpng error:)")  # an error: OpenCV gives up, Pillow decodes or names the damage
+    rb"|libpng error:"  # an error: OpenCV gives up, Pillow decodes or names the damage
+    rb"|" + _CV_TIFF_LOG + rb"|" + _LIBTIFF_LOG + rb")")
+_CV_TIFF_LINE = re.compile(_CV_TIFF_LOG)
+_LIBTIFF_LINE = re.compile(_LIBTIFF_LOG)
 _DECODER_TEXT_MAX = 4096  # bytes of one decode's messages kept (a damaged scan repeats itself)
+
+
+def _decoder_message(line: bytes) -> str | None:
+    """What a photo's warning says of one of the decoder's lines (``_DECODER_LINE``); None for
+    a line kept off stderr that says nothing about the photo: OpenCV giving up (libtiff's own
+    line says why) and a tag libtiff does not know (a private tag, not damage)."""
+    m = _CV_TIFF_LINE.match(line)
+    if m:  # OpenCV's logger: libtiff's words after the function name
+        if m.group(1) not in (b"TIFF_Error", b"TIFF_Warning"):
+            return None
+        line = b"libtiff: " + m.group(2)
+    elif _LIBTIFF_LINE.match(line):  # libtiff's default handler: "module: message."
+        line = b"libtiff: " + line.removeprefix(b"tempfile.tif: ").rstrip(b". ")
+    if b"Unknown field with tag" in line:
+        return None
+    return line.decode("utf-8", "replace").strip()
 
 
 class _StderrCapture:
@@ -1095,8 +1130,15 @@ class _StderrCapture:
         sink, self.sink, self.saved = self.sink, None, -1
         with sink:
             text = self._read(sink, 0, os.fstat(sink.fileno()).st_size)
-        other = b"".join(line for line in text.splitlines(keepends=True)
-                         if not _DECODER_LINE.match(line))
+        kept: list[bytes] = []
+        after = False
+        for line in text.splitlines(keepends=True):
+            ours = bool(_DECODER_LINE.match(line))
+            # (OpenCV ends "imdecode_ ... can't read data: <its exception>" with a blank line)
+            if not ours and not (after and not line.strip()):
+                kept.append(line)
+            after = ours
+        other = b"".join(kept)
         if other:
             try:
                 os.write(2, other)
@@ -1130,8 +1172,10 @@ class _StderrCapture:
                             self._stop()
             for line in text.splitlines():
                 if _DECODER_LINE.match(line):
-                    msg = line.decode("utf-8", "replace").strip()
-                    if msg not in messages:
+                    msg = _decoder_message(line)
+                    if msg is None:
+                        log.debug("decoder: %s", line.decode("utf-8", "replace").strip())
+                    elif msg not in messages:
                         messages.append(msg)
 
 
@@ -1148,14 +1192,42 @@ def _damaged_note(messages: list[str]) -> str:
             f"far as it could (a grey or smeared band is possible): {'; '.join(messages)}")
 
 
+# cv2.imdecode takes no buffer over 2^31 - 1 bytes (OpenCV 4.14: up to 4 GiB it raises cv2.error
+# "Bad argument", over that the size wraps and libtiff reports a seek error): a larger file - a
+# TIFF with more pages, a BigTIFF - is decoded from its path, where libtiff reads only what it
+# needs instead of the whole file into memory
+_CV2_BUFFER_MAX = (1 << 31) - 1
+
+
+def _cv2_decode_file(p: Path, flags: int, messages: list[str]):
+    """OpenCV's decode of the file ``p`` (None when it cannot): from memory (any file name,
+    any OS) up to ``_CV2_BUFFER_MAX`` bytes, else from its path when OpenCV can be given that
+    (a name that is not UTF-8 crashes cv2.imread; elsewhere than POSIX, where OpenCV opens
+    names with the narrow API, only an ASCII one is tried).
+    What the decoder prints goes to ``messages``, not to stderr."""
+    import cv2
+
+    try:
+        if p.stat().st_size <= _CV2_BUFFER_MAX:
+            buf = np.fromfile(p, dtype=np.uint8)
+            with _decoder_messages(messages):
+                return cv2.imdecode(buf, flags)
+        name = str(p)
+        name.encode("utf-8")
+        if os.name != "posix" and not name.isascii():
+            return None
+        with _decoder_messages(messages):
+            return cv2.imread(name, flags)
+    except (cv2.error, OSError, UnicodeError):
+        return None
+
+
 def _decode16_cv2(p: Path, w: int, h: int, messages: list[str] | None = None):
     """16-bit colour PNG/TIFF with OpenCV: (rgb uint16 (H,W,3), alpha uint16 | None) or None.
     What the decoder prints (libpng warnings) goes to ``messages``, not to stderr."""
     import cv2
 
-    buf = np.fromfile(p, dtype=np.uint8)
-    with _decoder_messages(messages if messages is not None else []):
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    img = _cv2_decode_file(p, cv2.IMREAD_UNCHANGED, messages if messages is not None else [])
     if img is None or img.dtype != np.uint16 or img.shape[:2] != (h, w):
         return None
     if img.ndim == 2:
@@ -1399,6 +1471,25 @@ def _grey16_to_srgb(a: np.ndarray, icc: bytes | None, info: dict[str, Any]) -> n
     return lut[np.clip(a, 0, 65535).astype(np.uint16)]
 
 
+def _cmyk_to_rgb(im, info: dict[str, Any] | None = None):
+    """A CMYK image in sRGB: through its embedded CMYK profile (LittleCMS) when it has a usable
+    one, else Pillow's plain conversion (no profile: no better guess is known)."""
+    icc = im.info.get("icc_profile")
+    if _icc_space(icc) == b"CMYK":
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(_bytes_io(icc))
+            out = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"),
+                                            outputMode="RGB")
+            if info is not None:
+                info["icc_converted"] = "CMYK profile -> sRGB"
+            return out
+        except Exception as e:  # noqa: BLE001 - bad embedded profile: plain CMYK conversion
+            log.debug("CMYK profile unusable: %s", e)
+    return im.convert("RGB")
+
+
 def _is_grey(a: np.ndarray) -> bool:
     """(H, W, 3) with three equal channels."""
     return bool(np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]))
@@ -1451,20 +1542,8 @@ def _pixels_of(im, p: Path, info: dict[str, Any]):
         return np.repeat(a[..., None], 3, axis=2), 1.0, None, 1.0, 16
     if mode == "CMYK":
         info["converted_from"] = "CMYK"
-        if space == b"CMYK":
-            try:
-                from PIL import ImageCms
-
-                src = ImageCms.ImageCmsProfile(_bytes_io(icc))
-                dst = ImageCms.createProfile("sRGB")
-                im = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
-                info["icc_converted"] = "CMYK profile -> sRGB"
-            except Exception:  # noqa: BLE001 - bad embedded profile: plain CMYK conversion
-                im = im.convert("RGB")
-        else:
-            im = im.convert("RGB")
         info["drop_icc"] = True
-        return np.asarray(im), 255.0, None, 1.0, 8
+        return np.asarray(_cmyk_to_rgb(im, info)), 255.0, None, 1.0, 8
     if mode in ("L", "LA", "La", "1", "P", "PA") and space == b"GRAY" and mode in ("L", "LA"):
         try:  # a grey profile cannot be embedded in an RGB file: convert to sRGB now
             from PIL import ImageCms
@@ -1742,13 +1821,7 @@ def _load_float_tiff(p: Path, limit: int, layout: _FloatTiff) -> Photo:
                             "warnings": [], "source_sample_format": "float",
                             "decoder": "opencv"}
     damaged: list[str] = []
-    buf = np.fromfile(p, dtype=np.uint8)
-    with _decoder_messages(damaged):
-        try:
-            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-        except cv2.error:
-            img = None
-    del buf
+    img = _cv2_decode_file(p, cv2.IMREAD_UNCHANGED, damaged)
     orientation = layout.orientation if layout.orientation in range(1, 9) else 1
     # OpenCV's TIFF decoder turns the image upright itself (all 8 orientations, checked)
     h, w = (layout.height, layout.width) if orientation < 5 else (layout.width, layout.height)
@@ -1867,7 +1940,7 @@ def _load(p: Path, limit: int) -> Photo:
         damaged: list[str] = []  # what libjpeg/libpng said about the data (not on stderr)
         rgb8 = _jpeg_rgb8_cv2(p, *im.size, damaged) if _jpeg_fast_ok(im) else None
         if not deferred and rgb8 is None:
-            _load_pixels(im, p, limit)
+            _load_pixels(im, p, limit, damaged)
         if fmt in ("JPEG", "MPO"):
             q = getattr(im, "quantization", None) or {}
             info["jpeg_quantization"] = {int(k): [int(x) for x in v] for k, v in q.items()}
@@ -1900,11 +1973,11 @@ def _load(p: Path, limit: int) -> Photo:
         w, h = im.size
         alpha = None
         a16 = _decode16_cv2(p, w, h, damaged) if is16 else None
+        if a16 is None and deferred:  # OpenCV could not: Pillow's 8 bits, as before
+            _load_pixels(im, p, limit, damaged)
         if damaged:
             info["warnings"].append(_damaged_note(damaged))
             log.info("%s: %s", p.name, "; ".join(damaged))
-        if a16 is None and deferred:  # OpenCV could not: Pillow's 8 bits, as before
-            _load_pixels(im, p, limit)
         la16 = _jxl_la16(im) if fmt == "JXL" else None
         if a16 is not None:
             arr, maxval, alpha, amax, depth = a16[0], 65535.0, a16[1], 65535.0, 16
@@ -2013,8 +2086,25 @@ def _jpeg_rgb8_cv2(p: Path, w: int, h: int,
     return a
 
 
-def _load_pixels(im, p: Path, limit: int) -> None:
-    im.load()
+def _load_pixels(im, p: Path, limit: int, messages: list[str] | None = None) -> None:
+    """Pillow's decode. A TIFF's runs under ``_decoder_messages``: Pillow decodes a compressed
+    TIFF with libtiff, whose default handler prints to stderr; what it says goes to
+    ``messages`` and, when the decode fails, into the reason of the ``BadImage``."""
+    if im.format != "TIFF" or messages is None:
+        im.load()
+    else:
+        said: list[str] = []
+        try:
+            with _decoder_messages(said):
+                im.load()
+        except OSError as e:
+            if not said or "truncated" in str(e):
+                raise
+            text = "; ".join(said)
+            text = text if len(text) <= 200 else text[:197] + "..."
+            raise BadImage(p, f"the file is damaged or unsupported ({text})") from None
+        finally:
+            messages.extend(m for m in said if m not in messages)
     if im.size[0] * im.size[1] > limit:  # a frame can differ from the header
         raise _too_large(p, im.size[0] * im.size[1], limit)
 
@@ -2090,7 +2180,10 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
                 im.seek(0)
             if fmt == "HEIF":
                 _heif_draft(im, max_side)
-            im.load()
+            said: list[str] = []  # libtiff's words about a damaged TIFF (not on stderr)
+            _load_pixels(im, p, max_pixels_default(), said)
+            if said:
+                log.debug("%s: %s", p.name, "; ".join(said))
             orientation = _source_orientation(im, fmt, _raw_exif(im),
                                               _xmp_of(im, extended=False))
             la16 = _jxl_la16(im) if fmt == "JXL" else None
@@ -2161,6 +2254,8 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
 def _preview_rgb8(im, max_side: int) -> np.ndarray:
     Image = _pil()
     mode = im.mode
+    if mode == "CMYK":  # as load_photo converts it
+        im = _cmyk_to_rgb(im)
     if mode.startswith("I;16") or mode in ("I", "F"):
         a = np.asarray(im).astype(np.float32)
         top = 65535.0 if mode != "F" else max(1.0, float(a.max()) if a.size else 1.0)
@@ -2465,7 +2560,8 @@ def _atomic_write(dest: Path, write: Callable[[BinaryIO], None], *, overwrite: b
     sweep_partials(folder)
     if _USE_O_TMPFILE:
         try:
-            fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o666)
+            # read-write: when it cannot be linked, _write_tmpfile copies it to a named file
+            fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o666)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS):
                 raise _save_error(dest, e) from None
@@ -2797,6 +2893,8 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
                "webp": _encode_webp}[fmt]
     try:
         data = encoder(rgb, a, meta, options)
+    except SaveFailed as e:  # the encoder's reason, for this file
+        raise SaveFailed(f"{dest}: {e}") from None
     except EngineError:
         raise
     except MemoryError:
@@ -3394,6 +3492,15 @@ def _ifd_blob(bo: str, entries: list, base: int) -> bytes:
     return bytes(table + overflow)
 
 
+_TIFF_MAX = 1 << 32  # bytes: a classic TIFF's offsets are 32-bit (this writer has no BigTIFF)
+
+
+def _tiff_too_large() -> SaveFailed:
+    return SaveFailed("the result is too large for a TIFF file: over 4 GB even compressed, "
+                      "the most a TIFF (not BigTIFF, which Mend does not write) can address; "
+                      "nothing was written: choose another output format or a smaller result")
+
+
 def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     parsed = _exif_entries(meta.exif) if meta.exif else None
     bo = parsed[0] if parsed else "<"
@@ -3403,10 +3510,14 @@ def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     dt = np.dtype(bo + ("u2" if depth == 16 else "u1"))
     rows = max(1, min(h, (1 << 18) // max(1, w * spp * (depth // 8))))
     strips: list[bytes] = []
+    total = 0
     for y in range(0, h, rows):
         block = img[y:y + rows].astype(dt, copy=True)
         block[:, 1:] -= img[y:y + rows, :-1].astype(dt)  # predictor 2 (wraps modulo 2^depth)
         strips.append(zlib.compress(block.tobytes(), 6))
+        total += len(strips[-1])
+        if total >= _TIFF_MAX:  # no need to compress the rest
+            raise _tiff_too_large()
 
     def short(*v):
         return (3, len(v), struct.pack(bo + "H" * len(v), *v))
@@ -3456,13 +3567,12 @@ def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
         for s in strips:
             offsets.append(pos)
             pos += len(s)
+        if pos >= _TIFF_MAX:  # before any offset is packed (struct.error otherwise)
+            raise _tiff_too_large()
         ifd0 = _ifd_blob(bo, build(offsets, exif_off, gps_off), len(prefix))
         assert len(ifd0) == size0
         header = prefix[:4] + struct.pack(bo + "I", len(prefix))
-        out = b"".join([header, prefix[8:], ifd0, *strips])
-        if len(out) >= 1 << 32:
-            raise SaveFailed("image too large for a TIFF file (over 4 GB)")
-        return out
+        return b"".join([header, prefix[8:], ifd0, *strips])
     exif_entries = list(parsed[2]) if parsed else []
     gps_entries = list(parsed[3]) if parsed else []
     if exif_entries:
@@ -3480,13 +3590,12 @@ def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     for s in strips:
         offsets.append(pos)
         pos += len(s)
+    if pos >= _TIFF_MAX:  # before any offset is packed (struct.error otherwise)
+        raise _tiff_too_large()
     ifd0 = _ifd_blob(bo, build(offsets, exif_off, gps_off), 8)
     assert len(ifd0) == size0
     header = (b"II*\x00" if bo == "<" else b"MM\x00*") + struct.pack(bo + "I", 8)
-    out = b"".join([header, ifd0, exif_blob, gps_blob, *strips])
-    if len(out) >= 1 << 32:
-        raise SaveFailed("image too large for a TIFF file (over 4 GB)")
-    return out
+    return b"".join([header, ifd0, exif_blob, gps_blob, *strips])
 
 
 # --------------------------------------------------------------------------------------------
