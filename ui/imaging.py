@@ -47,7 +47,9 @@ def load_preview(path: Path, max_side: int) -> np.ndarray:
     except ImportError:  # older engine: full decode, then shrink
         engine_preview = None
     if engine_preview is not None:
-        return to_srgb(engine_preview(path, max_side), source_icc(path))
+        from engine.imageio import source_profile
+
+        return to_srgb(engine_preview(path, max_side), source_profile(path))
     from engine.imageio import load_photo
 
     photo = load_photo(path)
@@ -59,47 +61,13 @@ def load_full(path: Path) -> np.ndarray:
     """Full-resolution uint8 sRGB, upright (for the viewer and the mask editor): a plain 8-bit
     JPEG straight to uint8 (the same bytes, no float copy: 24 MP 1.1-2.8 s and +620 MB ->
     ~0.4 s), anything else through the engine's float load."""
-    from engine.imageio import load_jpeg_rgb8, load_photo
+    from engine.imageio import load_jpeg_rgb8, load_photo, source_profile
 
     rgb = load_jpeg_rgb8(path)
     if rgb is not None:
-        return to_srgb(rgb, source_icc(path))
+        return to_srgb(rgb, source_profile(path))
     photo = load_photo(path)
     return to_srgb(float_to_uint8(photo.pixels), photo.icc_profile)
-
-
-def source_icc(path: Path) -> bytes | None:
-    """The RGB ICC profile ``engine.imageio.load_photo`` gives the photo's pixels, from its
-    header alone (no pixels decoded), for the decoders that do not say (the engine's preview
-    and 8-bit JPEG loaders): the one embedded, else the one the engine assigns (a HEIF's nclx
-    box, a PNG's gAMA/cHRM, an EXIF "Adobe RGB" colour space). None: sRGB, or not known (a
-    RAW, a JPEG XL, whose plugin decodes the whole photo to open it; a file that cannot be
-    read, whose decode says so)."""
-    from engine import imageio as mio
-    from engine import rawio
-
-    p = Path(path)
-    if p.suffix.lower() == ".jxl":
-        return None
-    try:
-        if rawio.sniff(p):
-            return None
-        with mio._open_image(p, mio.max_pixels_default()) as im:  # (header only)
-            if im.mode == "LAB":  # (converted to sRGB by the engine)
-                return None
-            # (the engine's order: see imageio._load)
-            icc = im.info.get("icc_profile") or None
-            info: dict[str, Any] = {"warnings": []}
-            if icc is None and isinstance(im.info.get("nclx_profile"), dict):
-                icc = mio._icc_from_nclx(im.info["nclx_profile"], info)
-            if icc is None and im.format == "PNG" and "srgb" not in im.info:
-                icc = mio._icc_from_png_gama(im.info, info)
-            if icc is None and mio._exif_colour_space(mio._raw_exif(im)) == "Adobe RGB":
-                icc = mio._adobe_rgb_icc()
-    except Exception as e:  # noqa: BLE001 - decoders raise many types; shown as it is
-        log.debug("no colour profile read from %s: %s", p, e)
-        return None
-    return icc if mio._icc_space(icc) == b"RGB " else None
 
 
 _STRIP_ROWS = 256  # rows converted at a time (a 24 MP photo: no second full-size copy)

@@ -456,3 +456,269 @@ def test_a_cmyk_photo_is_converted_through_its_embedded_profile(tmp_path, cmyk_i
         res = np.asarray(r).astype(np.int16)
     diff = np.abs(res - mio._quantise(photo.pixels, 8))
     assert diff.max() == 0 if fmt == "TIFF" else diff.mean() < 1.0  # JPEG: its compression
+
+
+# ============================================================ session 12, second pass:
+# one place decides a photo's profile (the UI asked seven private helpers), a SaveFailed
+# carrying its errno, the subfolders a walk cannot list handed back (not only logged), the
+# float -> integer conversion of a save in slabs, grey profiles applied in previews, and a
+# 16-bit photo decoded with 8 bits said so
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "images"
+WOLF = "lowres_noise_jpeg/Real-ESRGAN__inputs__wolf_gray.jpg"  # a grey JPEG, dot-gain profile
+
+
+def _shared_or_skip(rel: str) -> Path:
+    p = SHARED / rel
+    if not p.is_file():
+        pytest.skip(f"{rel} not found in ../shared/images")
+    return p
+
+
+def test_source_profile_is_the_profile_load_photo_gives_from_the_header_alone(
+        tmp_path, cmyk_icc, monkeypatch):
+    from tests.engine.test_colour import P3, _exif, _png_chunk, _png_with
+
+    rgb = np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+
+    def jpg(name: str, a: np.ndarray, mode: str | None = None, **kw) -> Path:
+        Image.fromarray(a, mode).save(tmp_path / name, quality=95, **kw)
+        return tmp_path / name
+
+    linear = _png_chunk(b"gAMA", struct.pack(">I", 100000))
+    adobe_exif = _exif(0xFFFF, b"R03")
+    cases = {  # file -> what source_profile says: P3, "made" (a profile Mend makes) or None
+        jpg("p3.jpg", rgb, icc_profile=P3): P3,
+        jpg("p3_and_exif.jpg", rgb, icc_profile=P3, exif=adobe_exif): P3,  # embedded first
+        jpg("camera_adobe.jpg", rgb, exif=adobe_exif): "made",
+        _png_with(tmp_path / "linear.png", rgb, linear): "made",
+        _png_with(tmp_path / "linear_exif.png", rgb, linear,  # gAMA before EXIF
+                  _png_chunk(b"eXIf", adobe_exif[6:])): "made",
+        _png_with(tmp_path / "srgb.png", rgb, _png_chunk(b"sRGB", b"\0"), linear): None,
+        jpg("grey.jpg", rgb[..., 0], icc_profile=mio._grey_icc(1.8)): None,  # made sRGB
+        jpg("cmyk.jpg", np.dstack([rgb, rgb[..., :1]]), "CMYK", icc_profile=cmyk_icc): None,
+        jpg("plain.jpg", rgb): None,
+    }
+    loaded = {path: mio.load_photo(path).icc_profile for path in cases}
+    for path, want in cases.items():
+        if want == "made":
+            assert loaded[path] is not None and loaded[path] != P3, path.name
+        else:
+            assert loaded[path] == want, path.name
+    made = {p.name: icc for p, icc in loaded.items() if cases[p] == "made"}
+    assert made["linear_exif.png"] == made["linear.png"] != made["camera_adobe.jpg"]
+    # the same profiles from the header alone: no pixels decoded
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
+    for path in cases:
+        assert mio.source_profile(path) == loaded[path], path.name
+    assert mio.source_profile(tmp_path / "missing.jpg") is None
+    assert mio.source_profile(tmp_path) is None  # a folder
+
+
+def test_source_profile_of_real_photos_is_load_photos(shared_images):
+    """HEIF (an nclx box or an embedded profile), the grey JPEG: what load_photo gives."""
+    names = [WOLF, "odd_corrupt/Pillow__Tests__images__hopper_gray.jpg"]
+    if mio.heif_supported():
+        names += [p.relative_to(shared_images).as_posix()
+                  for p in sorted((shared_images / "camera_heic").glob("*"))]
+    for rel in names:
+        p = _shared_or_skip(rel)
+        assert mio.source_profile(p) == mio.load_photo(p).icc_profile, rel
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EIO])
+def test_a_save_failure_carries_the_errno_of_its_os_error(code):
+    err = mio._save_error(Path("out/x.jpg"), OSError(code, os.strerror(code)))
+    assert isinstance(err, SaveFailed) and err.errno == code
+    assert str(err).startswith("out/x.jpg: ")
+
+
+def test_a_batch_stops_on_a_full_disk_from_the_errno_not_the_exception_chain(tmp_path,
+                                                                               monkeypatch):
+    """engine/cli.py's _stop_reason found the errno by walking __context__ (the SaveFailed is
+    raised ``from None``): one wrapper that drops the chain and the batch went on failing."""
+    from engine.cli import _stop_reason
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(SaveFailed) as got:
+        mio.save_photo(np.zeros((4, 4, 3), np.float32), tmp_path / "r.png")
+    e = got.value
+    assert e.errno == errno.ENOSPC
+    e.__context__ = e.__cause__ = None
+    assert _stop_reason(e) == "the output folder's disk is full"
+
+
+def _locked_tree(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """shoot/{a.png, locked/b.png, sub/c.png}, ``locked`` refused as a listing (any user)."""
+    shoot = tmp_path / "shoot"
+    for rel in ("a.png", "locked/b.png", "sub/c.png"):
+        (shoot / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(shoot / rel)
+    locked = shoot / "locked"
+    real = os.scandir
+
+    def scandir(p="."):
+        if Path(p) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(p))
+        return real(p)
+
+    monkeypatch.setattr(mio.os, "scandir", scandir)
+    return shoot, locked
+
+
+def test_subfolders_the_walk_cannot_list_are_handed_back(tmp_path, monkeypatch, caplog):
+    """They were only logged ("skipped folder %s: %s"); the CLI filtered that log record to
+    learn of them. A list given to iter_photos / count_subfolder_photos now receives them."""
+    import logging
+
+    shoot, locked = _locked_tree(tmp_path, monkeypatch)
+    caplog.set_level(logging.DEBUG, logger="engine.imageio")
+    unlisted: list[tuple[Path, str]] = []
+    got = mio.iter_photos([shoot], recursive=True, unlisted=unlisted)
+    assert [p.name for p in got] == ["a.png", "c.png"]
+    assert unlisted == [(locked, "Permission denied")]
+    counted: list[tuple[Path, str]] = []
+    assert mio.count_subfolder_photos(shoot, unlisted=counted) == (1, True)
+    assert counted == [(locked, "Permission denied")]
+    assert not [r for r in caplog.records if "skipped folder" in r.getMessage()]
+    # without a list: logged, as before
+    assert mio.iter_photos([shoot], recursive=True) == got
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipped folder {locked}: Permission denied"]
+    with pytest.raises(BadImage, match="cannot list this folder"):  # the folder given: raised
+        mio.iter_photos([locked], unlisted=[])
+
+
+def _quantise_whole(a: np.ndarray, depth: int) -> np.ndarray:
+    """_quantise's float branch as it was: the whole array at once."""
+    f = np.nan_to_num(np.asarray(a).astype(np.float32, copy=True), nan=0.0, posinf=1.0,
+                      neginf=0.0)
+    np.clip(f, 0.0, 1.0, out=f)
+    f *= 255.0 if depth == 8 else 65535.0
+    f += 0.5
+    return f.astype(np.uint8 if depth == 8 else np.uint16)
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_quantising_in_slabs_gives_the_same_values(depth, monkeypatch):
+    rng = np.random.default_rng(7)
+    a = (rng.standard_normal((301, 203, 3)) * 0.7 + 0.5).astype(np.float32)
+    for v in (np.nan, np.inf, -np.inf, 1.0, 0.0, -0.0, 2.0, -1.0, 0.5 / 255, 0.5 / 65535,
+              np.nextafter(np.float32(0.5 / 255), np.float32(0)), 1e30, -1e30):
+        a.flat[rng.integers(0, a.size, 500)] = v
+    monkeypatch.setattr(mio, "_QUANTISE_SLAB", 5000)  # many slabs, a last short one
+    with np.errstate(over="ignore"):  # (float16: 1e30 is inf)
+        halves = a.astype(np.float16)
+    for x in (a, a.astype(np.float64), halves, a[::-1, ::3], a[..., 1], a[:1], a[:0]):
+        want, got = _quantise_whole(x, depth), mio._quantise(x, depth)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert np.array_equal(got, want), x.shape
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_quantising_a_large_float_photo_allocates_no_full_size_float_copy(depth):
+    """60 MP float32 (measured): +2.34 GB at the peak for either depth, now +0.19 GB (8-bit)
+    and +0.37 GB (16-bit): the result and one slab. Here (6 MP): 108 MB over the result
+    (8-bit; 99 MB 16-bit), now 9.4 MB."""
+    import tracemalloc
+
+    a = np.random.default_rng(0).random((1500, 2000, 3), dtype=np.float32)  # 36 MB
+    tracemalloc.start()
+    try:
+        out = mio._quantise(a, depth)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak - out.nbytes < 3 * 4 * mio._QUANTISE_SLAB, peak  # ~2.25 slabs of float32
+    assert np.array_equal(out, _quantise_whole(a, depth))
+
+
+def _grey_profile_photos(folder: Path) -> dict[str, Path]:
+    """Grey photos tagged with a gamma 1.0 grey profile (far from sRGB's curve): 8-bit JPEG,
+    PNG and grey + alpha PNG, 16-bit PNG and TIFF."""
+    folder.mkdir(exist_ok=True)
+    icc = mio._grey_icc(1.0)
+    y, x = np.mgrid[0:48, 0:64]
+    g8 = ((x * 4 + y) % 256).astype(np.uint8)
+    g16 = (g8.astype(np.uint16) * 257 + (y * 61).astype(np.uint16))
+    out = {}
+    for name, im in (("g8.jpg", Image.fromarray(g8, "L")), ("g8.png", Image.fromarray(g8, "L")),
+                     ("la8.png", Image.merge("LA", [Image.fromarray(g8, "L"),
+                                                    Image.new("L", (64, 48), 200)])),
+                     ("g16.png", Image.fromarray(g16)), ("g16.tif", Image.fromarray(g16))):
+        im.save(folder / name, icc_profile=icc, **({"quality": 95} if name.endswith("jpg")
+                                                   else {}))
+        out[name] = folder / name
+    return out
+
+
+def test_the_preview_applies_a_grey_profile_as_load_photo_does(tmp_path):
+    """The preview (thumbnails, the browser) showed a grey photo's stored values as if they
+    were sRGB: the real grey JPEG with a dot-gain profile was 20.89 levels too dark on average
+    (35 at most) next to load_photo."""
+    for name, path in _grey_profile_photos(tmp_path / "grey").items():
+        photo = mio.load_photo(path)
+        assert photo.info.get("icc_converted") == "grey profile -> sRGB", name
+        want = mio._quantise(photo.pixels, 8).astype(np.int16)
+        with Image.open(path) as im:  # the stored values: far from it
+            stored = np.asarray(im, dtype=np.float32)
+            stored = stored[..., 0] if stored.ndim == 3 else stored
+            stored = stored / 257 if im.mode == "I;16" else stored
+        got = mio.load_preview(path, 1024).astype(np.int16)
+        assert got.shape == want.shape, name
+        # 16-bit: the preview truncates to 8 bits, load_photo rounds
+        assert np.abs(got - want).max() <= (0 if "8" in name else 1), name
+        assert np.abs(want[..., 0] - stored).mean() > 20, name
+        assert mio.source_profile(path) is None, name  # nothing left for the UI to convert
+
+
+def test_the_preview_of_a_real_grey_photo_with_a_dot_gain_profile_is_load_photos():
+    src = _shared_or_skip(WOLF)
+    want = mio._quantise(mio.load_photo(src).pixels, 8)
+    assert np.array_equal(mio.load_preview(src, 1024), want)
+    small = mio.load_preview(src, 128)  # JPEG draft mode: a close, not an equal, picture
+    ref = np.asarray(Image.fromarray(want).resize(small.shape[1::-1], Image.Resampling.BOX))
+    assert abs(float(small.mean()) - float(ref.mean())) < 1.0
+
+
+def _crc_damaged_16bit_png(path: Path) -> Path:
+    """A 16-bit RGB PNG whose IDAT CRC is wrong: libpng (OpenCV) refuses it, Pillow reads it."""
+    import cv2
+
+    png = bytearray(cv2.imencode(".png", _px16())[1].tobytes())
+    i = png.index(b"IDAT")
+    (n,) = struct.unpack(">I", png[i - 4:i])
+    png[i + 4 + n] ^= 0xFF  # the CRC's first byte
+    path.write_bytes(bytes(png))
+    return path
+
+
+LOST_16 = "this photo holds 16-bit samples but the 16-bit decoder (OpenCV) could not read it"
+
+
+def test_a_16bit_png_decoded_with_8_bits_says_so(tmp_path):
+    """A 16-bit PNG OpenCV could not decode was read with Pillow's 8 bits and nothing said the
+    precision was gone (only that the data was damaged)."""
+    ph = mio.load_photo(_crc_damaged_16bit_png(tmp_path / "crc16.png"))
+    assert ph.bit_depth == 8 and ph.info["source_bit_depth"] == 16
+    assert any("IDAT: CRC error" in w for w in ph.info["warnings"])
+    assert any(w.startswith(LOST_16) for w in ph.info["warnings"]), ph.info["warnings"]
+
+
+@pytest.mark.parametrize("orientation", [1, 6], ids=["deferred", "decoded-first"])
+def test_a_16bit_tiff_opencv_cannot_decode_says_it_lost_its_16_bits(tmp_path, monkeypatch,
+                                                                      orientation):
+    src = _tiff(tmp_path / "t16.tif", _px16(), extra={274: (3, [orientation])})
+    sound = mio.load_photo(src)
+    assert sound.bit_depth == 16 and "source_bit_depth" not in sound.info
+    assert not any(w.startswith(LOST_16) for w in sound.info["warnings"])
+    monkeypatch.setattr(mio, "_cv2_decode_file", lambda *a: None)  # OpenCV refuses it
+    ph = mio.load_photo(src)
+    assert ph.bit_depth == 8 and ph.info["source_bit_depth"] == 16
+    assert [w for w in ph.info["warnings"] if w.startswith(LOST_16)] == [
+        LOST_16 + ": it was decoded with 8 bits per channel, so the extra precision is lost"]

@@ -342,17 +342,16 @@ def _wide_gamut_photos(folder: Path) -> dict[Path, bytes]:
 
 
 def test_the_profile_read_for_display_is_the_one_the_engine_gives(tmp_path):
-    from engine.imageio import load_photo
-    from ui.imaging import source_icc
+    from engine.imageio import load_photo, source_profile
 
     photos = _wide_gamut_photos(tmp_path / "wide")
     plain = _write(tmp_path / "wide" / "plain.jpg", _patch_image())
     for path, icc in photos.items():
         want = load_photo(path).icc_profile
         assert want is not None and (icc is None or want == icc), path.name
-        assert source_icc(path) == want, path.name
-    assert source_icc(plain) is None and load_photo(plain).icc_profile is None
-    assert source_icc(tmp_path / "missing.jpg") is None
+        assert source_profile(path) == want, path.name
+    assert source_profile(plain) is None and load_photo(plain).icc_profile is None
+    assert source_profile(tmp_path / "missing.jpg") is None
 
 
 def _thumbnail(qtbot, path: Path, cache: Path | None) -> tuple[np.ndarray, int]:
@@ -433,3 +432,29 @@ def test_thumbnails_cached_before_colour_management_are_not_reused(qtbot, tmp_pa
     thumb2, built2 = _thumbnail(qtbot, path, cache)  # and the new one is cached
     assert built2 == 0
     assert float(np.abs(_centres(thumb2).astype(int) - _centres(thumb)).max()) <= 3
+
+
+def test_thumbnails_of_a_grey_photo_with_a_grey_profile_show_its_converted_grey(qtbot,
+                                                                                 tmp_path):
+    """The engine's preview ignored a grey profile (load_photo applies it): a thumbnail of a
+    grey photo tagged linear showed its stored values (here 47.9 levels off on average). One
+    cached as "srgb" before that was fixed is not reused."""
+    from engine.imageio import _grey_icc, load_photo
+    from ui.browser.thumbs import THUMB_SIDE, ThumbnailCache
+    from ui.imaging import rgb_to_qimage
+
+    y, x = np.mgrid[0:48, 0:64]
+    grey = ((x * 4 + y) % 256).astype(np.uint8)
+    path = tmp_path / "linear_grey.png"
+    Image.fromarray(grey, "L").save(path, icc_profile=_grey_icc(1.0))
+    want = np.round(load_photo(path).pixels * 255).astype(np.int16)
+    assert np.abs(want[..., 0] - grey).mean() > 40  # (what the thumbnail showed)
+    thumb, _ = _thumbnail(qtbot, path, None)
+    assert np.abs(thumb.astype(np.int16) - want).max() <= 1
+    cache = tmp_path / "thumbs"
+    st = path.stat()
+    old_key = hashlib.sha1(f"{os.fspath(path)}\0{st.st_mtime_ns}\0{st.st_size}\0{THUMB_SIDE}"
+                           "\0srgb".encode("utf-8", "surrogatepass")).hexdigest()
+    ThumbnailCache(cache).put(old_key, rgb_to_qimage(np.repeat(grey[..., None], 3, axis=2)))
+    thumb, built = _thumbnail(qtbot, path, cache)
+    assert built == 1 and np.abs(thumb.astype(np.int16) - want).max() <= 1

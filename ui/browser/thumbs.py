@@ -24,8 +24,10 @@ log = logging.getLogger("mend.ui.thumbs")
 
 THUMB_SIDE = 256
 # what the cached thumbnails are; another kind's are never read (keyed apart). "srgb": converted
-# from the photo's colour profile (earlier ones, keyed without a kind, were the stored values)
-THUMB_KIND = "srgb"
+# from the photo's colour profile (earlier ones, keyed without a kind, were the stored values);
+# "srgb.2": grey (and CMYK) profiles applied as well (were shown as if untagged: a grey JPEG
+# with a dot-gain profile was ~21 levels too dark on average)
+THUMB_KIND = "srgb.2"
 
 
 def cache_key(path: Path, mtime_ns: int, size: int, side: int = THUMB_SIDE) -> str:
