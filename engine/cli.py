@@ -28,7 +28,7 @@ from typing import Any, Self
 
 from . import __version__
 from .api import Degradation, JobRequest, OutputOptions
-from .errors import DeviceUnavailable, EngineError, SaveFailed, UsageError
+from .errors import Cancelled, DeviceUnavailable, EngineError, SaveFailed, UsageError
 from .models.manifest import ManifestError
 
 log = logging.getLogger("mend")
@@ -252,11 +252,18 @@ class _Signals:
     photo finishes, its line is printed and the batch stops after it. A second signal
     meanwhile stops at once; once the batch is stopping, further signals are ignored so that
     its last lines are printed whole. A signal that was ignored when Mend started (``nohup``,
-    a background job of a script) stays ignored."""
+    a background job of a script) stays ignored.
+
+    The exception is raised in whatever code runs: code that swallows it (Python drops any
+    exception raised in a ``__del__`` or a weakref callback) must not leave the batch running
+    with every later signal ignored. So the signal is also kept in ``pending`` (the batch stops
+    at the next photo), the running job's token is cancelled (it stops at its next check), and
+    a further signal raises again unless the first one's exception is still on its way out."""
 
     def __init__(self) -> None:
         self.pending: int | None = None
-        self.stopping = False
+        self.stopping = False  # an _Interrupted was raised (or the batch is stopping)
+        self.stopped = False  # the batch caught it: it is stopping, printing its last lines
         self.shield = 0  # > 0: a photo's line is being printed
         self.token: Any = None  # the running job's CancelToken (restore)
         self._old: dict[int, Any] = {}
@@ -285,18 +292,38 @@ class _Signals:
         return self.shield > 0 or bool(self.token is not None and self.token.committed)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        if self.stopping:
-            return
+        if self.stopping and (self.stopped or _in_flight()):
+            return  # (stopping: its finally blocks and last lines run undisturbed)
         if self.pending is None and self._holding():
             self.pending = signum  # raised by check() once the photo is written and reported
             return
+        self.pending = signum  # (check() raises it again should the exception be swallowed)
         self.stopping = True
+        token = self.token
+        if token is not None and not token.committed:
+            token.cancel()  # (likewise: the job stops at its next check)
         raise _Interrupted(signum)
 
     def check(self) -> None:
-        if self.pending is not None and not self.stopping:
+        """Raise the signal held back while a photo was written and reported, or the one
+        whose exception library code swallowed."""
+        if self.pending is not None and not self.stopped:
             self.stopping = True
             raise _Interrupted(self.pending)
+
+
+def _in_flight() -> bool:
+    """Whether an :class:`_Interrupted` is being handled where this runs (an ``except`` or
+    ``finally`` block, an ``__exit__`` on its way out): the only places Python code runs while
+    an exception propagates, ``__del__`` aside (where a new one is dropped anyway)."""
+    e: BaseException | None = sys.exc_info()[1]
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, _Interrupted):
+            return True
+        seen.add(id(e))
+        e = e.__context__
+    return False
 
 
 @dataclass
@@ -353,19 +380,21 @@ def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...
         # an output folder that IS the input folder is read (results next to the originals;
         # Mend's own are recognised by their record): only one below it is left out
         excl = tuple(e for e in exclude if not _same_dir(e, p))
+        # a subfolder that could not be listed (no permission): its photos were not read, which
+        # the exit code and the JSON must say (handed back by the walk, which goes on; not read
+        # from its log line, which is not made where warnings are not logged)
+        unlisted: list[tuple[Path, str]] = []
         try:
-            with _unlisted_folders() as unlisted:
-                got = iter_photos([p], recursive=recursive, exclude=excl)
+            got = iter_photos([p], recursive=recursive, exclude=excl, unlisted=unlisted)
         except EngineError as e:
             errors.append((p, str(e)))
             continue
-        # a subfolder that could not be listed (no permission): its photos were not read, which
-        # the exit code and the JSON must say (the walk itself only logs it and goes on)
         errors += [(f, f"cannot list this folder ({why}): the photos in it were not read")
                    for f, why in unlisted]
         if p.is_dir() and not got:
-            with _unlisted_folders():  # (only a hint: a folder it cannot list is not counted)
-                n, complete = (0, True) if recursive else count_subfolder_photos(p)
+            # (only a hint: a folder it cannot list is not counted)
+            n, complete = ((0, True) if recursive
+                           else count_subfolder_photos(p, unlisted=[]))
             hint = (f" ({n}{'' if complete else '+'} in its subfolders: add --recursive)"
                     if n else "")
             errors.append((p, f"no photos in this folder{hint}"))
@@ -387,28 +416,6 @@ def _expand(paths: list[Path], recursive: bool = False, exclude: tuple[Path, ...
     # a result skipped in a folder but also named on its own is restored, not both
     outputs = [(o, k) for o, k in outputs if seen.isdisjoint(_file_keys(o))]
     return found, errors, rel, outputs
-
-
-@contextlib.contextmanager
-def _unlisted_folders():
-    """The subfolders the folder walk (``imageio.iter_photos``) skipped because it could not
-    list them, as ``(folder, reason)``: it logs each one ("skipped folder %s: %s") and goes
-    on. Those log lines are taken here (the batch reports each folder as an error instead)."""
-    found: list[tuple[Path, str]] = []
-
-    def take(record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        if record.msg == "skipped folder %s: %s" and len(args) == 2:
-            found.append((Path(args[0]), str(args[1])))
-            return False
-        return True
-
-    logger = logging.getLogger("engine.imageio")
-    logger.addFilter(take)
-    try:
-        yield found
-    finally:
-        logger.removeFilter(take)
 
 
 # the name of a result: <stem><suffix>[_N].<ext> (imageio.output_path_for, the default suffix)
@@ -480,9 +487,8 @@ def _unread_output_folder(out_dir: Path | None, paths: list[Path], recursive: bo
     if not inside:
         return
     try:
-        with _unlisted_folders():  # (only a note)
-            n = sum(1 for f in iter_photos([out_dir], recursive=True)
-                    if mend_output_kind(f) is None)
+        n = sum(1 for f in iter_photos([out_dir], recursive=True, unlisted=[])  # (a note)
+                if mend_output_kind(f) is None)
     except EngineError:
         return
     if n:
@@ -537,6 +543,8 @@ def _for_each(photos: list[Path], work, args: argparse.Namespace,
                 raise
             except Exception as e:  # noqa: BLE001 — reported per input, the batch goes on
                 failure = e
+                if isinstance(e, Cancelled) and sig.pending is not None:
+                    sig.check()  # (the interrupt library code swallowed: not its failure)
             sig.shield += 1  # (a committed job's token already holds signals back)
             try:
                 if failure is None:
@@ -554,7 +562,8 @@ def _for_each(photos: list[Path], work, args: argparse.Namespace,
                 break
         sig.check()  # (a signal held back while the last photo was written)
     except KeyboardInterrupt as e:
-        sig.stopping = True  # further signals: ignored while the last lines are printed
+        # further signals: ignored while the last lines are printed
+        sig.stopping = sig.stopped = True
         batch.signum = getattr(e, "signum", signal.SIGINT)
         batch.stop = _interrupted_text(e)
     rest = photos[i:]
@@ -691,8 +700,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         _skipped_line(path, kind, args.json)
     _unread_output_folder(out_dir, args.paths, args.recursive, args.json)
     engine = Engine(args.device, tile_size=args.tile)
-    options = OutputOptions(out_dir=out_dir, format=args.format, quality=args.quality,
-                            bit_depth=args.bit_depth, keep_metadata=not args.no_metadata)
+    options = _output_options(args, out_dir)
 
     swept = {out_dir}
     said = _Warnings()
@@ -755,6 +763,11 @@ def _check_writable(out_dir: Path) -> None:
                          f"{e.strerror or e}") from None
 
 
+def _output_options(args: argparse.Namespace, out_dir: Path | None) -> OutputOptions:
+    return OutputOptions(out_dir=out_dir, format=args.format, quality=args.quality,
+                         bit_depth=args.bit_depth, keep_metadata=not args.no_metadata)
+
+
 def _restore_request(args: argparse.Namespace, path: Path, options: OutputOptions) -> JobRequest:
     label = None if args.plan == "auto" else Degradation(args.plan)
     return JobRequest(path=path, output=options, label=label, profile=args.profile,
@@ -775,7 +788,9 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
         _skipped_line(path, kind, args.json)
     _unread_output_folder(args.output, args.paths, args.recursive, args.json)
     engine = Engine(args.device, tile_size=args.tile)
-    options = OutputOptions(out_dir=args.output)
+    # (the run's own options: its output name and its memory check depend on the format, the
+    # bit depth and whether metadata is kept - a kept photo is copied or written afresh)
+    options = _output_options(args, args.output)
     said = _Warnings()
 
     def work(path: Path) -> tuple[dict[str, Any], str]:

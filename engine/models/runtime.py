@@ -7,13 +7,14 @@ It owns the loaded-model cache: an LRU bounded by the device memory budget, keye
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..devices import DeviceInfo, empty_cache
+from ..devices import DeviceInfo, configure_torch, empty_cache
 from ..errors import ModelMissing, UsageError
 from .store import ModelStore
 
@@ -114,7 +115,9 @@ class ModelRuntime:
             self._evict_for(int(size_bytes))
         elif estimate:
             self._evict_for(int(estimate))
+        self._torch_threads()  # (a model's loading runs torch ops too)
         obj = factory()
+        self._torch_threads()
         if size_bytes is None:
             from .loader import param_bytes
 
@@ -127,6 +130,13 @@ class ModelRuntime:
             self._cache[key] = (obj, int(size_bytes))
             self._cache.move_to_end(key)
         return obj
+
+    def _torch_threads(self) -> None:
+        """The device's thread policy, applied to torch once a model has brought it in (a
+        device chosen without torch - ``cpu`` by name - could not apply it then): before the
+        model's first call, whatever thread or device choice came first."""
+        if "torch" in sys.modules:
+            configure_torch(self.device)
 
     def _evict_for(self, size: int) -> None:
         freed = 0
