@@ -4,12 +4,34 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import DeviceUnavailable
 
 log = logging.getLogger(__name__)
+
+MPS_FALLBACK = "PYTORCH_ENABLE_MPS_FALLBACK"
+
+
+def enable_mps_fallback() -> bool:
+    """On macOS, let PyTorch run an op that has no MPS kernel on the CPU instead of failing
+    (``PYTORCH_ENABLE_MPS_FALLBACK=1`` unless the user set it). PyTorch reads the variable once,
+    when it is imported (``getenv`` in the registration of its MPS fallback kernel): set later,
+    it does nothing. So this runs when this module is imported - before the engine imports
+    torch - and returns whether the fallback is in effect (False when torch was imported first
+    without it, or the user turned it off)."""
+    if sys.platform != "darwin":
+        return False
+    had = MPS_FALLBACK in os.environ
+    if not had and "torch" in sys.modules:
+        return False  # too late to have an effect: select_device says so
+    os.environ.setdefault(MPS_FALLBACK, "1")
+    return os.environ[MPS_FALLBACK].strip() not in ("", "0")
+
+
+_MPS_FALLBACK_ON = enable_mps_fallback()
 
 
 @dataclass(frozen=True)
@@ -177,8 +199,9 @@ def select_device(preference: str = "auto") -> DeviceInfo:
         try:
             mps = getattr(torch.backends, "mps", None)
             if mps is not None and mps.is_available():
-                # let ops without an MPS kernel fall back to the CPU instead of failing
-                os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+                if not _MPS_FALLBACK_ON:  # (see enable_mps_fallback)
+                    log.warning("ops without an MPS kernel will fail instead of running on the "
+                                "CPU: set %s=1 before starting Mend", MPS_FALLBACK)
                 return _mps_info(threads)
             reason = "not available on this machine"
         except Exception as e:  # noqa: BLE001 - as for CUDA
@@ -233,7 +256,9 @@ def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     # MPS raises a RuntimeError with this text and has no dedicated type; so does the CPU
-    # allocator when an allocation fails (Windows commits memory up front: it fails there first)
+    # allocator when an allocation fails (Windows commits memory up front: it fails there first).
+    # "Invalid buffer size: 19.45 GB" is MPS refusing one buffer larger than the GPU can hold
+    # (pytorch/pytorch#141909): smaller tiles fix it as they fix running out of memory
     return isinstance(exc, RuntimeError) and any(
         t in str(exc) for t in ("MPS backend out of memory", "DefaultCPUAllocator: can't allocate",
-                                "DefaultCPUAllocator: not enough memory"))
+                                "DefaultCPUAllocator: not enough memory", "Invalid buffer size:"))

@@ -84,6 +84,7 @@ import secrets
 import stat
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -2520,6 +2521,7 @@ def mend_output_kind(path: str | os.PathLike[str]) -> str | None:
 
 _PART_RE = re.compile(r"^\..+\.mend-(\d+)-[0-9a-f]+\.part$")
 _USE_O_TMPFILE = hasattr(os, "O_TMPFILE")
+_WINDOWS = os.name == "nt"
 
 
 def sweep_partials(folder: str | os.PathLike[str]) -> int:
@@ -2551,6 +2553,10 @@ def sweep_partials(folder: str | os.PathLike[str]) -> int:
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
+    if _WINDOWS:
+        # never os.kill(pid, 0) there: signal 0 is CTRL_C_EVENT on Windows, and os.kill sends
+        # it (GenerateConsoleCtrlEvent) to the processes of a console instead of asking
+        return _pid_alive_nt(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -2558,6 +2564,56 @@ def _pid_alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True
     return True
+
+
+def _pid_alive_nt(pid: int) -> bool:
+    """Windows: whether process ``pid`` runs (OpenProcess + GetExitCodeProcess). When in doubt
+    (access denied: another user's process; a failing call) it is taken to run: its temp file
+    is left alone."""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.GetExitCodeProcess.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
+    kernel32.GetExitCodeProcess.restype = wintypes.BOOL
+    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+    kernel32.CloseHandle.restype = wintypes.BOOL
+    process_query_limited_information, still_active = 0x1000, 259
+    error_invalid_parameter = 87  # what OpenProcess says for a process id that is not in use
+    handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
+    if not handle:
+        return ctypes.get_last_error() != error_invalid_parameter
+    try:
+        code = wintypes.DWORD()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == still_active
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+# Windows refuses to rename onto (or from) a file another program has open without sharing its
+# deletion - a virus scanner or the search indexer looking at a file just written, a viewer, a
+# reader of the same cache file - for as long as it keeps it open, usually milliseconds:
+# ERROR_ACCESS_DENIED, ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION. Retried for ~1.6 s (pip
+# retries its renames alike), then the error stands.
+_WIN_BUSY = frozenset({5, 32, 33})
+_REPLACE_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+def replace_file(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """``os.replace(src, dest)``; on Windows retried for a moment while another program holds
+    one of the files open (see ``_WIN_BUSY``). Raises the last OSError."""
+    for delay in (*_REPLACE_DELAYS, None):
+        try:
+            os.replace(src, dest)
+            return
+        except PermissionError as e:
+            if delay is None or not _WINDOWS or getattr(e, "winerror", None) not in _WIN_BUSY:
+                raise
+        time.sleep(delay)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -2717,7 +2773,7 @@ def _write_named(dest: Path, write, overwrite: bool) -> Path:
             f.flush()
             os.fsync(f.fileno())
         if overwrite:
-            os.replace(tmp, dest)
+            replace_file(tmp, dest)
             final = dest
         else:
             final = None
@@ -2726,11 +2782,14 @@ def _write_named(dest: Path, write, overwrite: bool) -> Path:
                     continue
                 try:
                     os.link(tmp, cand)  # no-clobber where hard links work
-                    os.unlink(tmp)
                 except FileExistsError:
                     continue
-                except OSError:
-                    os.replace(tmp, cand)
+                except OSError:  # no hard links here (FAT, exFAT, some network shares)
+                    replace_file(tmp, cand)
+                else:
+                    # (the result is in place: a temp name that cannot be removed yet - held
+                    # open by a scanner on Windows - is swept by a later save)
+                    _unlink_quiet(tmp)
                 final = cand
                 break
     except OSError as e:
@@ -3688,18 +3747,56 @@ def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
 # folders and masks
 
 
+_IO_REPARSE_TAG_MOUNT_POINT = 0xA0000003  # (winnt.h; the stat module has it on Windows only)
+
+
+def is_junction(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is a Windows junction (a folder link ``mklink /J`` makes, which
+    ``is_dir(follow_symlinks=False)`` reports as a plain folder). ``DirEntry.is_junction`` only
+    came with Python 3.12; before, the reparse tag of the entry's own stat (Windows keeps it
+    from the listing: no extra call) says so. False elsewhere than Windows."""
+    fn = getattr(entry, "is_junction", None)
+    if fn is not None:
+        return bool(fn())
+    try:
+        tag = getattr(entry.stat(follow_symlinks=False), "st_reparse_tag", 0)
+    except OSError:
+        return False
+    return tag == _IO_REPARSE_TAG_MOUNT_POINT
+
+
+def _folder_ids(folders: Iterable[str | os.PathLike[str]]) -> set[tuple[int, int]]:
+    """(device, file number) of each of ``folders`` that exists (none where the file system
+    has no file numbers)."""
+    ids = set()
+    for f in folders:
+        try:
+            st = os.stat(f)
+        except (OSError, ValueError):
+            continue
+        if st.st_ino:
+            ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
 def _photo_folders(top: Path, recursive: bool, skip: set[str],
-                   unlisted: list[tuple[Path, str]] | None = None
+                   unlisted: list[tuple[Path, str]] | None = None,
+                   skip_ids: set[tuple[int, int]] | None = None
                    ) -> Iterator[tuple[Path, list[Path]]]:
     """``(folder, its photos)`` for ``top`` and, with ``recursive``, every folder below it:
     depth first, names sorted case-insensitively, hidden files and folders skipped, symlinked
-    folders not followed, folders in ``skip`` (normcased absolute paths) and below them left
-    out. ``top`` that cannot be listed raises ``BadImage``; a subfolder is skipped, added to
-    ``unlisted`` as ``(folder, reason)`` or, without that list, logged."""
+    folders (and Windows junctions) not followed, folders in ``skip`` (normcased absolute
+    paths) or whose (device, file number) is in ``skip_ids`` - the same folder spelt another
+    way: ``-o photos/Out`` for ``Photos/out`` on macOS, where names ignore case and Unicode
+    normalisation, and paths are not normcased - and below them left out. ``top`` that cannot
+    be listed raises ``BadImage``; a subfolder is skipped, added to ``unlisted`` as
+    ``(folder, reason)`` or, without that list, logged."""
     stack = [top]  # an explicit stack: no recursion limit on deep trees
     while stack:
         folder = stack.pop()
         if os.path.normcase(os.path.abspath(folder)) in skip:
+            continue
+        if skip_ids and folder is not top and _folder_ids([folder]) & skip_ids:
             continue
         try:
             entries = sorted(os.scandir(folder), key=lambda e: (e.name.lower(), e.name))
@@ -3719,7 +3816,8 @@ def _photo_folders(top: Path, recursive: bool, skip: set[str],
             try:
                 if entry.is_file() and is_photo_path(Path(entry.name)):
                     photos.append(Path(entry.path))
-                elif recursive and entry.is_dir(follow_symlinks=False):
+                elif (recursive and entry.is_dir(follow_symlinks=False)
+                      and not is_junction(entry)):  # (a folder link, like a symlink)
                     subfolders.append(Path(entry.path))
             except OSError:
                 continue
@@ -3740,6 +3838,7 @@ def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "r
     appended to ``unlisted`` as ``(folder, reason)`` when a list is given, else logged."""
     out: list[Path] = []
     seen: set[str] = set()
+    exclude = tuple(exclude)
     skip = {os.path.normcase(os.path.abspath(e)) for e in exclude}
 
     def add(p: Path) -> None:
@@ -3748,10 +3847,11 @@ def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "r
             seen.add(key)
             out.append(p)
 
+    skip_ids = _folder_ids(exclude) if recursive else set()
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            for _folder, photos in _photo_folders(p, recursive, skip, unlisted):
+            for _folder, photos in _photo_folders(p, recursive, skip, unlisted, skip_ids):
                 for photo in photos:
                     add(photo)
         elif p.exists() or on_missing == "keep":

@@ -577,7 +577,22 @@ def _copy_app(source: Path, app_dir: Path) -> None:
     (tmp / APP_MARKER).write_text("made by Mend's installer/bootstrap.py\n", encoding="utf-8")
     if app_dir.exists():
         shutil.rmtree(app_dir)
-    os.replace(tmp, app_dir)
+    _replace_dir(tmp, app_dir)
+
+
+def _replace_dir(src: Path, dest: Path, delays=(0.1, 0.2, 0.5, 1.0, 2.0)) -> None:
+    """``os.replace``, retried on Windows for a few seconds while the folder cannot be renamed:
+    a virus scanner or the search indexer still has one of the files just copied into it open
+    (ERROR_ACCESS_DENIED / ERROR_SHARING_VIOLATION; pip retries its renames alike)."""
+    for delay in (*delays, None):
+        try:
+            os.replace(src, dest)
+            return
+        except PermissionError as e:
+            if (delay is None or platform.system() != "Windows"
+                    or getattr(e, "winerror", None) not in (5, 32)):
+                raise
+        time.sleep(delay)
 
 
 def _posix_script(path: Path, body: str) -> None:
@@ -600,6 +615,20 @@ def desktop_exec_arg(arg: str) -> str:
     return desktop_string(f'"{quoted}"')
 
 
+def _cmd_path(target: Path, launcher: Path) -> str:
+    """``target`` as a batch file names it: ``%~dp0`` (the launcher's own folder, expanded by
+    cmd.exe) + the path below that folder, so the file is plain ASCII. cmd.exe reads a batch
+    file in the console's OEM code page (437, 850, 936...), not UTF-8: a path written into it
+    with a non-ASCII character (C:\\Users\\José\\...) would name another, missing folder, and
+    a ``%`` in it would be taken for a variable. Every target is in the prefix, where the
+    launchers are."""
+    try:
+        rel = Path(target).relative_to(Path(launcher).parent)
+    except ValueError:
+        raise BootstrapError(f"{target} is not inside {Path(launcher).parent}") from None
+    return "%~dp0" + "\\".join(rel.parts)
+
+
 def _write_launchers(plan: Plan) -> None:
     env_dir, app_dir, prefix = Path(plan.env_dir), Path(plan.app_dir), Path(plan.prefix)
     system = plan.hardware.system
@@ -609,10 +638,12 @@ def _write_launchers(plan: Plan) -> None:
         if system == "Windows":
             py, pyw = env_python(env_dir, system), env_python(env_dir, system, gui=True)
             if name == "mend.cmd":
-                launcher.write_text(f'@echo off\r\n"{py}" -m engine.cli %*\r\n', encoding="utf-8")
+                cli = _cmd_path(py, launcher)
+                launcher.write_text(f'@echo off\r\n"{cli}" -m engine.cli %*\r\n', encoding="ascii")
             elif name == "mend-gui.cmd":
-                launcher.write_text(f'@echo off\r\nstart "" "{pyw}" "{app_dir / "main.py"}" %*\r\n',
-                                    encoding="utf-8")
+                main_py = _cmd_path(app_dir / "main.py", launcher)
+                launcher.write_text(f'@echo off\r\nstart "" "{_cmd_path(pyw, launcher)}" '
+                                    f'"{main_py}" %*\r\n', encoding="ascii")
             elif name.endswith(".lnk"):
                 launcher.parent.mkdir(parents=True, exist_ok=True)
                 ps = ("$s=(New-Object -ComObject WScript.Shell).CreateShortcut($env:MEND_LNK);"

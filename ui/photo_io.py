@@ -3,6 +3,7 @@ layer, export copies. Results come back through a signal carrying QImages / nump
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,13 +108,26 @@ def export_copy(src: Path, dest: Path, original: Path) -> Path:
 
     asked = Path(dest)
     dest = export_name(Path(src), asked)
-    if dest.resolve() == Path(original).resolve():
+    if _same_file(dest, Path(original)):
         raise OSError(f"refusing to overwrite {dest}: export never replaces the original")
-    if dest.resolve() == Path(src).resolve():
+    if _same_file(dest, Path(src)):
         raise OSError(f"{dest} is the result itself: choose another name or folder")
     # only the name the photographer confirmed may replace a file; a name changed here that
     # clashes gets a _1, _2... suffix (nobody was asked about replacing that file)
     return atomic_write_bytes(dest, Path(src).read_bytes(), overwrite=dest == asked)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` names the file ``b``: by the file's identity where both exist - on macOS
+    and Windows "IMG_1.jpg" is the file "IMG_1.JPG" (names ignore case; on macOS Unicode
+    normalisation too) while the two paths differ, and resolve() does not make them equal on
+    macOS - else by their resolved paths."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        pass
+    return a.resolve() == b.resolve()
 
 
 class Background(QObject):

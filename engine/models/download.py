@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -144,11 +145,45 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
         return new
 
 
+def tls_context() -> ssl.SSLContext:
+    """The TLS context of downloads: the system's CA certificates (OpenSSL's default places,
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR``, the Windows certificate store) and, where that finds
+    none, certifi's bundle. A frozen app's OpenSSL looks where the build machine's Python kept
+    its certificates - on macOS a python.org path (``.../Python.framework/.../etc/openssl``)
+    that exists nowhere else, and Python never reads the macOS keychain - so without this every
+    download failed there with CERTIFICATE_VERIFY_FAILED (PyInstaller leaves the choice of CA
+    bundle to the app)."""
+    ctx = ssl.create_default_context()
+    if ctx.cert_store_stats().get("x509_ca", 0) == 0 and not _ca_dir_in_use():
+        try:
+            import certifi
+        except ImportError:
+            return ctx
+        ctx.load_verify_locations(cafile=certifi.where())
+    return ctx
+
+
+def _ca_dir_in_use() -> bool:
+    """Whether OpenSSL looks up CA certificates in a folder that has some (loaded on demand, so
+    not counted by ``cert_store_stats``: a Linux system with only /etc/ssl/certs)."""
+    paths = ssl.get_default_verify_paths()
+    folders = (os.environ.get(paths.openssl_capath_env) or paths.capath or "").split(os.pathsep)
+    for folder in filter(None, folders):
+        try:
+            with os.scandir(folder) as entries:
+                if any(True for _ in entries):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def _opener(allowed: frozenset[str], allow_http: tuple[str, ...]):
     """The opener, and its redirect handler (which remembers where it was sent)."""
     # no ProxyHandler defaults beyond the environment's, no FTP/file handlers
     redirects = _CheckedRedirects(allowed, allow_http)
-    return urllib.request.build_opener(redirects), redirects
+    https = urllib.request.HTTPSHandler(context=tls_context())
+    return urllib.request.build_opener(redirects, https), redirects
 
 
 _RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,

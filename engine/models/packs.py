@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import stat
 import tempfile
@@ -157,7 +156,9 @@ def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: Mo
                      "models": [_without_urls(s.to_json()) for s in specs],
                      "entries": entries}
             z.writestr(PACK_INDEX, json.dumps(index, indent=1))
-        os.replace(part, dest)
+        from ..imageio import replace_file
+
+        replace_file(part, dest)  # (retried while a scanner holds the new file, Windows)
     except OSError as e:
         with contextlib.suppress(OSError):
             part.unlink(missing_ok=True)

@@ -614,7 +614,11 @@ class ModelStore:
             part.unlink(missing_ok=True)
             raise DownloadError(f"{model_id}/{f.name}: got {before.st_size} bytes, "
                                 f"expected {f.size}")
-        os.replace(part, dest)
+        from ..imageio import replace_file
+
+        # (retried while a virus scanner still reads the file just downloaded: Windows refuses
+        # to rename a file open without shared deletion)
+        replace_file(part, dest)
         after = dest.stat()
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             dest.unlink(missing_ok=True)
@@ -726,8 +730,10 @@ class ModelStore:
             raise ChecksumMismatch(f"{model_id}/{name}", expected, actual)
         dest = self.file_path(model_id, name)
         self._make_dir(dest.parent)
+        from ..imageio import replace_file
+
         if move:
-            os.replace(src, dest)
+            replace_file(src, dest)
         else:
             # created like a download (0666 less the umask: readable by whoever the user lets
             # read their files), not mkstemp's owner-only 0600
@@ -737,7 +743,7 @@ class ModelStore:
                 shutil.copyfile(src, tmp)
                 if sha256_file(Path(tmp)) != actual:
                     raise ChecksumMismatch(f"{model_id}/{name}", actual, sha256_file(Path(tmp)))
-                os.replace(tmp, dest)
+                replace_file(tmp, dest)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise

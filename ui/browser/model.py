@@ -21,7 +21,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QImage, QPixmap
 
 from engine.api import Diagnosis
-from engine.imageio import is_photo_path
+from engine.imageio import is_junction, is_photo_path
 
 from ..engine_client import JobState
 from .thumbs import ThumbnailLoader
@@ -75,7 +75,7 @@ def _list_dir(folder: Path, photos: list[PhotoItem], subfolders: list[Path] | No
                 continue
             try:
                 if subfolders is not None and e.is_dir(follow_symlinks=False):
-                    if not getattr(e, "is_junction", bool)():  # (Windows' folder links)
+                    if not is_junction(e):  # (Windows' folder links)
                         subfolders.append(Path(e.path))
                     continue
                 if not is_photo_path(Path(e.name)) or not e.is_file():
@@ -140,6 +140,16 @@ def scan_tree(folder: Path, *, exclude: tuple[Path, ...] = (), scan: TreeScan | 
         except (OSError, ValueError):
             continue
         skip.add(os.path.normcase(os.path.abspath(root / rel)))
+    # ... or spelt another way still: "Out" for "out" on macOS, where names ignore case and
+    # Unicode normalisation but paths are not normcased (nor made canonical by resolve())
+    skip_ids: set[tuple[int, int]] = set()
+    for p in exclude:
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):
+            continue
+        if st.st_ino:
+            skip_ids.add((st.st_dev, st.st_ino))
     items: list[PhotoItem] = []
     seen: set[tuple[int, int]] = set()
     stack: list[tuple[Path, str]] = [(root, "")]  # explicit: no recursion limit on a deep tree
@@ -155,6 +165,8 @@ def scan_tree(folder: Path, *, exclude: tuple[Path, ...] = (), scan: TreeScan | 
             st = os.stat(d)
             if st.st_ino:  # (0: a file system without inode numbers)
                 if (st.st_dev, st.st_ino) in seen:
+                    continue
+                if d is not root and (st.st_dev, st.st_ino) in skip_ids:
                     continue
                 seen.add((st.st_dev, st.st_ino))
             _list_dir(d, items, subfolders, prefix)

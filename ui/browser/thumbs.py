@@ -67,7 +67,7 @@ class ThumbnailCache:
         fail = base.with_suffix(".fail")
         if fail.exists():
             try:
-                tag, _, msg = fail.read_text(errors="replace").partition("\n")
+                tag, _, msg = fail.read_text(encoding="utf-8", errors="replace").partition("\n")
             except OSError:
                 return "cannot read this file"
             if tag == _fail_tag():  # (else another version's, or before a decoder was added)
