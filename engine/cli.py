@@ -223,8 +223,15 @@ def _json_text(obj: Any) -> str:
 
 def _emit(obj: dict[str, Any], as_json: bool, human: str) -> None:
     # one write per line: an interrupt arrives between two writes, never inside a JSON line
-    sys.stdout.write((_json_text(obj) if as_json else human) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write((_json_text(obj) if as_json else human) + "\n")
+        sys.stdout.flush()
+    except OSError as e:
+        # Windows: a pipe whose reader has gone (`| more` closed) can raise EINVAL instead of
+        # BrokenPipeError (python/cpython#79935): the same quiet stop
+        if sys.platform == "win32" and e.errno == errno.EINVAL:
+            raise BrokenPipeError(errno.EPIPE, "the reader of the output went away") from e
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,9 +246,16 @@ class _Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+_SIGBREAK = (signal.SIGBREAK,) if hasattr(signal, "SIGBREAK") else ()
+
+
 def _interrupted_text(e: BaseException) -> str:
-    return "stopped by SIGTERM" if getattr(e, "signum", None) == signal.SIGTERM \
-        else "interrupted"
+    signum = getattr(e, "signum", None)
+    if signum == signal.SIGTERM:
+        return "stopped by SIGTERM"
+    if _SIGBREAK and signum == _SIGBREAK[0]:
+        return "stopped by Ctrl+Break"
+    return "interrupted"
 
 
 class _Signals:
@@ -271,7 +285,8 @@ class _Signals:
     def __enter__(self) -> Self:
         if threading.current_thread() is not threading.main_thread():
             return self  # (signal handlers can only be set from the main thread)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # (Windows: Ctrl+Break, and closing the console window, come as SIGBREAK)
+        for sig in (signal.SIGINT, signal.SIGTERM, *_SIGBREAK):
             try:
                 old = signal.getsignal(sig)
                 if old in (signal.SIG_IGN, None):

@@ -329,6 +329,11 @@ def _writable(d: Path) -> bool:
     target = d if d.is_dir() else d.parent
     if not target.is_dir() or not os.access(target, os.W_OK):
         return False
+    if os.name == "nt":
+        # a folder's read-only attribute (which st_mode reports as no write bits) is set by
+        # Explorer on Pictures and on every customised folder, and Windows does not honour it
+        # on folders (files can be added): os.access above said whether they can
+        return True
     try:
         return bool(target.stat().st_mode & 0o222)
     except OSError:

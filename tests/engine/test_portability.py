@@ -389,3 +389,43 @@ def test_an_mps_buffer_too_large_backs_off_like_out_of_memory():
     dev = DeviceInfo("cpu", "CPU", 1, 1 << 30, 1 << 30, False, False)
     out = run_tiled(img, fn, tile=256, overlap=8, min_tile=32, device=dev)
     assert np.allclose(out, img, atol=1e-5) and max(seen[-4:]) <= 64
+
+
+def test_importing_the_engine_sets_the_mps_fallback_before_torch_on_macos():
+    """The GUI imports engine.api before torch: the package itself sets it (PyTorch reads it
+    only at its own import)."""
+    code = ("import os, sys; os.environ.pop('PYTORCH_ENABLE_MPS_FALLBACK', None); "
+            "sys.platform = 'darwin'; import engine.api; "
+            "print(os.environ.get('PYTORCH_ENABLE_MPS_FALLBACK'), 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT, check=False)
+    assert r.stdout.split() == ["1", "False"], r.stdout + r.stderr
+
+
+def test_a_closed_pipe_on_windows_stops_quietly_as_a_broken_pipe(monkeypatch):
+    import errno
+    import io
+
+    from engine import cli
+
+    class Gone(io.StringIO):
+        def write(self, s):
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(sys, "stdout", Gone())
+    monkeypatch.setattr(sys, "platform", "win32")
+    with pytest.raises(BrokenPipeError):
+        cli._emit({"a": 1}, True, "")
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(OSError) as e:  # elsewhere EINVAL is a real error
+        cli._emit({"a": 1}, True, "")
+    assert not isinstance(e.value, BrokenPipeError)
+
+
+def test_ctrl_break_is_named(monkeypatch):
+    from engine import cli
+
+    monkeypatch.setattr(cli, "_SIGBREAK", (21,))
+    assert cli._interrupted_text(cli._Interrupted(21)) == "stopped by Ctrl+Break"
+    assert cli._interrupted_text(cli._Interrupted(15)) == "stopped by SIGTERM"
+    assert cli._interrupted_text(cli._Interrupted(2)) == "interrupted"

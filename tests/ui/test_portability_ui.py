@@ -104,3 +104,24 @@ def test_grid_listing_does_not_follow_windows_junctions(monkeypatch, tmp_path):
 
     monkeypatch.setattr(os, "scandir", _Listing)
     assert [it.path for it in scan_tree(photos)] == [photos / "a.jpg"]
+
+
+def test_a_windows_folder_with_the_read_only_attribute_gets_its_sidecars(tmp_path, monkeypatch):
+    """Explorer marks Pictures and customised folders read-only (no write bits in st_mode on
+    Windows); Windows does not honour that on folders, so sidecars still go beside the photos."""
+    import os
+
+    from ui import sidecar
+
+    d = tmp_path / "Pictures"
+    d.mkdir()
+    d.chmod(0o555)  # (what st_mode shows there; root or Windows: os.access still says yes)
+    monkeypatch.setattr(sidecar.os, "access", lambda *a, **k: True)
+    try:
+        assert sidecar._writable(d) is False  # POSIX: a folder its owner made read-only
+        monkeypatch.setattr(os, "name", "nt")
+        writable = sidecar._writable(d)
+        monkeypatch.setattr(os, "name", "posix")
+        assert writable is True
+    finally:
+        d.chmod(0o755)
