@@ -2731,8 +2731,8 @@ def _write_tmpfile(fd: int, dest: Path, write, overwrite: bool) -> Path:
 def _name_tmpfile(fd: int, dest: Path, overwrite: bool) -> Path:
     if overwrite:
         tmp = _temp_name(dest)
-        _link_fd(fd, tmp)
-        try:
+        try:  # (the link too: an interrupt right after it must not leave the named temp file)
+            _link_fd(fd, tmp)
             os.replace(tmp, dest)
         except BaseException:
             _unlink_quiet(tmp)
