@@ -73,17 +73,33 @@ def dark_palette() -> QPalette:
     return p
 
 
+# the log is rotated once, at start-up, when it has grown past this. Never while running: two
+# Mend windows (two processes) append to one file, and on Windows the other one's open handle
+# makes a rename fail (WinError 32) - a RotatingFileHandler then lost every later record
+LOG_MAX_BYTES = 2 << 20
+LOG_BACKUPS = 3
+
+
 def setup_logging() -> Path | None:
     try:
         d = data_dir() / "logs"
         d.mkdir(parents=True, exist_ok=True)
         path = d / "mend.log"
-        h = logging.handlers.RotatingFileHandler(path, maxBytes=2 << 20, backupCount=3,
+        # (maxBytes=0: the handler itself never rolls over)
+        h = logging.handlers.RotatingFileHandler(path, maxBytes=0, backupCount=LOG_BACKUPS,
                                                  encoding="utf-8")
+        not_rotated = None
+        try:
+            if path.stat().st_size > LOG_MAX_BYTES:
+                h.doRollover()
+        except OSError as e:  # another Mend has it open (Windows): keep appending to it
+            not_rotated = e  # (the handler opens the file again at the next record)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger("mend")
         root.addHandler(h)
         root.setLevel(logging.INFO)
+        if not_rotated is not None:
+            root.info("the log was not rotated (another Mend has it open?): %s", not_rotated)
         # libraries' own warnings (Pillow's "Corrupt EXIF data" on a damaged file...) go to the
         # log file, as the CLI does, not to a terminal the photographer never sees; the photo's
         # own error says what matters

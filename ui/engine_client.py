@@ -378,6 +378,7 @@ class EngineClient(QObject):
     model_failed = Signal(str, str)
     engine_ready = Signal(object)  # DeviceInfo
     journal_problem = Signal(str)  # why unfinished jobs would not survive a crash ("": they would)
+    history_changed = Signal()  # the step-cost history was read again: estimates may differ
     _dispatch = Signal(object)
 
     def __init__(self, factory: EngineFactory | None = None, *, journal: Path | None = None,
@@ -450,6 +451,7 @@ class EngineClient(QObject):
 
     def _on_history(self, history: Any, memory: dict[str, int]) -> None:
         self._history, self._model_memory = history, memory
+        self.history_changed.emit()
 
     def estimate(self, plan: Plan, size: tuple[int, int]) -> Any:
         """``engine.estimate.Estimate`` of ``plan`` on a photo of ``size``, or None before the

@@ -168,6 +168,7 @@ class MainWindow(QMainWindow):
         self.thumb_pool = QThreadPool(self)
         self.thumb_pool.setMaxThreadCount(self.client.pool.maxThreadCount())
         self.loader = ThumbnailLoader(self.thumb_pool, cache_dir() / "thumbs", parent=self)
+        self.loader.prune_cache()  # (other versions' entries, and the least used past the cap)
         # per-folder header reads (which files Mend wrote) go with the thumbnails' work
         pool = self.thumb_pool  # (not self: the window would keep itself alive in a cycle)
         self.folder_bg = Background(lambda fn: start_in(pool, fn), self)
@@ -219,6 +220,8 @@ class MainWindow(QMainWindow):
         c.job_changed.connect(self._on_job_changed)
         c.overall_progress.connect(self._on_overall)
         c.engine_ready.connect(self._on_engine_ready)
+        # a fix recorded its steps' times: the current photo's estimate is asked again
+        c.history_changed.connect(self.panel.refresh_estimate)
         c.queue_changed.connect(self._on_queue_changed)
         c.journal_problem.connect(self._on_journal_problem)
         p = self.panel

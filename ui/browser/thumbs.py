@@ -3,15 +3,22 @@
 QImages are made in the pool; the model turns them into QPixmaps on the GUI thread. Failures are
 cached too (a ``.fail`` marker) so a broken file is not decoded again and again. When the folder
 changes, ``new_generation()`` drops queued work and results of the old generation are ignored.
+Each THUMB_KIND has a folder of its own. The cache is pruned in the pool (at start-up, and
+when this process's writes may have taken it past its cap): other kinds' entries and other
+versions' failure markers, then the least recently used thumbnails.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
 import logging
 import os
+import re
+import stat
 import threading
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QObject, QRunnable, QThreadPool, Signal
@@ -28,6 +35,19 @@ THUMB_SIDE = 256
 # "srgb.2": grey (and CMYK) profiles applied as well (were shown as if untagged: a grey JPEG
 # with a dot-gain profile was ~21 levels too dark on average)
 THUMB_KIND = "srgb.2"
+# the disk cache's cap. A 256 px thumbnail is 10-17 KB (9.8 KB mean over 235 test photos,
+# 12-17 KB for full-size camera ones), so 512 MB keeps the last ~30,000-50,000 photos browsed,
+# many big folders' worth, yet little beside the photos themselves. Past it the least recently
+# used go, down to CACHE_PRUNE_TO of the cap (not scanned again after every few writes)
+CACHE_MAX_BYTES = 512 << 20
+CACHE_PRUNE_TO = 0.8
+# an entry read is marked used (its mtime set to now) when its mark is older than this: the
+# order the cap removes in, for one write per entry and day at most
+TOUCH_AFTER = 24 * 3600.0
+# what the cache holds: <key>.jpg thumbnails, <key>.fail markers (their version inside); nothing
+# else (temp .part files being written, files that are not the cache's) is ever removed
+_ENTRY_RE = re.compile(r"^[0-9a-f]{40}\.(jpg|fail)$")
+_SUBDIR_RE = re.compile(r"^[0-9a-f]{2}$")
 
 
 def cache_key(path: Path, mtime_ns: int, size: int, side: int = THUMB_SIDE) -> str:
@@ -48,8 +68,24 @@ def encode_jpeg(img: QImage, quality: int = 85) -> bytes:
 class ThumbnailCache:
     """``<root>/<k[:2]>/<k>.jpg`` for thumbnails, ``<k>.fail`` for files that could not be read."""
 
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self, root: Path | None, max_bytes: int = CACHE_MAX_BYTES) -> None:
         self.root = root
+        self.base: Path | None = None  # (for_kind: where the other kinds' caches are)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._pruning = threading.Lock()  # one prune at a time in this process
+        self._known: int | None = None  # bytes kept by the last prune (None: none yet)
+        self._written = 0  # bytes this process wrote since
+
+    @classmethod
+    def for_kind(cls, base: Path | None, max_bytes: int = CACHE_MAX_BYTES) -> ThumbnailCache:
+        """The cache of this THUMB_KIND, ``<base>/<THUMB_KIND>``; ``prune`` removes the other
+        kinds' beside it (and the entries from before kinds had folders, flat in ``base``). The
+        key has the kind too, but cannot be read back: without the folder another kind's entries
+        could not be told from this one's."""
+        cache = cls(None if base is None else base / THUMB_KIND, max_bytes)
+        cache.base = base
+        return cache
 
     def _base(self, key: str) -> Path | None:
         return None if self.root is None else self.root / key[:2] / key
@@ -60,12 +96,12 @@ class ThumbnailCache:
         if base is None:
             return None
         jpg = base.with_suffix(".jpg")
-        if jpg.exists():
+        if _used(jpg):
             img = QImage(str(jpg))
             if not img.isNull():
                 return img
         fail = base.with_suffix(".fail")
-        if fail.exists():
+        if _used(fail):
             try:
                 tag, _, msg = fail.read_text(encoding="utf-8", errors="replace").partition("\n")
             except OSError:
@@ -81,10 +117,22 @@ class ThumbnailCache:
         from engine.errors import EngineError
         from engine.imageio import atomic_write_bytes
 
+        data = encode_jpeg(img)
         try:
-            atomic_write_bytes(base.with_suffix(".jpg"), encode_jpeg(img))
+            atomic_write_bytes(base.with_suffix(".jpg"), data)
         except (OSError, EngineError) as e:  # (SaveFailed: a full disk, a read-only cache)
             log.debug("thumbnail cache write failed: %s", e)
+            return
+        with self._lock:
+            self._written += len(data)
+            due = self._known is not None and self._known + self._written > self.max_bytes
+        if due and self._pruning.acquire(blocking=False):  # (else another thread prunes now)
+            try:
+                self._prune()
+            except Exception:  # (the thumbnail is written: it is shown all the same)
+                log.exception("thumbnail cache prune failed")
+            finally:
+                self._pruning.release()
 
     def put_failure(self, key: str, message: str) -> None:
         base = self._base(key)
@@ -97,6 +145,140 @@ class ThumbnailCache:
             atomic_write_bytes(base.with_suffix(".fail"), f"{_fail_tag()}\n{message}".encode())
         except (OSError, EngineError) as e:
             log.debug("thumbnail failure marker write failed: %s", e)
+
+    def prune(self) -> tuple[int, int]:
+        """Remove other kinds' entries (see ``for_kind``) and other versions' failure markers,
+        then, while the cache is over ``max_bytes``, the least recently used entries (down to
+        CACHE_PRUNE_TO of it). Returns (files removed, bytes left). One stat per file (and a
+        read per failure marker): in the pool."""
+        with self._pruning:
+            return self._prune()
+
+    def _prune(self) -> tuple[int, int]:
+        if self.root is None:
+            return 0, 0
+        t0 = time.perf_counter()
+        removed = 0 if self.base is None else _remove_other_kinds(self.base, self.root)
+        tag: bytes | None = None  # (asked at the first marker: most caches have few)
+        kept: list[tuple[int, int, str]] = []  # (mtime ns, size, path) of the current entries
+        total = 0
+        for d in _subdirs(self.root):
+            try:
+                with os.scandir(d) as it:
+                    entries = [e for e in it if _ENTRY_RE.match(e.name)]
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:  # (removed meanwhile)
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                current = True
+                if e.name.endswith(".fail"):
+                    tag = tag or _fail_tag().encode()
+                    current = _marker_tag(e.path) == tag
+                if current:
+                    kept.append((st.st_mtime_ns, st.st_size, e.path))
+                    total += st.st_size
+                else:
+                    removed += _remove(e.path, st.st_mtime_ns)
+        stale, n = removed, len(kept)
+        if total > self.max_bytes:
+            kept.sort()  # least recently used first
+            target = self.max_bytes * CACHE_PRUNE_TO
+            for mtime_ns, size, path in kept:
+                if total <= target:
+                    break
+                if _remove(path, mtime_ns):
+                    total -= size
+                    removed += 1
+                    n -= 1
+        with self._lock:
+            self._known, self._written = total, 0
+        log.info("thumbnail cache: %d stale and %d least used files removed, %d kept (%d MB) "
+                 "in %.2f s", stale, removed - stale, n, total >> 20, time.perf_counter() - t0)
+        return removed, total
+
+
+def _subdirs(folder: str | os.PathLike[str]) -> list[str]:
+    """The ``<k[:2]>`` folders of a cache."""
+    try:
+        with os.scandir(folder) as it:
+            return [e.path for e in it if _SUBDIR_RE.match(e.name)
+                    and e.is_dir(follow_symlinks=False)]
+    except OSError:  # no cache yet, or not readable
+        return []
+
+
+def _remove_other_kinds(base: Path, keep: Path) -> int:
+    """Remove the cache entries in ``base`` that are not in ``keep``: other kinds' folders, and
+    the ``<k[:2]>`` folders from before kinds had folders. Entries only (never a temp file being
+    written): the folders they leave empty go too. Returns how many files were removed."""
+    removed = 0
+    try:
+        with os.scandir(base) as it:
+            folders = [e for e in it if e.is_dir(follow_symlinks=False) and e.name != keep.name]
+    except OSError:
+        return 0
+    for folder in folders:
+        flat = bool(_SUBDIR_RE.match(folder.name))
+        for d in [folder.path] if flat else _subdirs(folder.path):
+            try:
+                with os.scandir(d) as it:
+                    names = [e.path for e in it if _ENTRY_RE.match(e.name)]
+            except OSError:
+                continue
+            for path in names:
+                try:
+                    os.unlink(path)
+                    removed += 1
+                except OSError:  # (held open on Windows, or removed by another process)
+                    pass
+            with contextlib.suppress(OSError):  # (not empty: a .part, a foreign file)
+                os.rmdir(d)
+        if not flat:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder.path)
+    return removed
+
+
+def _used(path: Path) -> bool:
+    """Whether ``path`` exists; marks it used when its mark is older than TOUCH_AFTER."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if time.time() - st.st_mtime > TOUCH_AFTER:
+        try:
+            os.utime(path)
+        except OSError:  # (a read-only cache: it is only pruned sooner)
+            pass
+    return True
+
+
+def _marker_tag(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.readline(512).rstrip(b"\n")
+    except OSError:
+        return None
+
+
+def _remove(path: str, mtime_ns: int) -> bool:
+    """Delete a cache entry unless it was written or used again since it was looked at
+    (another thread or Mend process); one held open elsewhere (Windows) stays. True when it is
+    gone: one another process pruning too removed first counts (else both would remove more)."""
+    try:
+        if os.stat(path).st_mtime_ns != mtime_ns:
+            return False
+        os.unlink(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=1)
@@ -148,6 +330,21 @@ class _ThumbTask(QRunnable):
         ld.signals.ready.emit(self.gen, self.path, ld.for_display(img))
 
 
+class _PruneTask(QRunnable):
+    def __init__(self, cache: ThumbnailCache) -> None:
+        super().__init__()
+        self.setAutoDelete(True)
+        self.cache: ThumbnailCache | None = cache
+
+    def run(self) -> None:
+        cache, self.cache = self.cache, None
+        if cache is not None:
+            try:
+                cache.prune()
+            except Exception:  # (a cache that cannot be pruned still works)
+                log.exception("thumbnail cache prune failed")
+
+
 # the path travels as a Python object (a Path): through a Qt string a file name that is not
 # valid UTF-8 (surrogate escapes) loses those characters and names another photo, or none
 class _Signals(QObject):
@@ -166,7 +363,7 @@ class ThumbnailLoader(QObject):
                  parent: QObject | None = None, display_side: int | None = None) -> None:
         super().__init__(parent)
         self.pool = pool
-        self.cache = ThumbnailCache(cache_dir)
+        self.cache = ThumbnailCache.for_kind(cache_dir)
         self.side = side
         # pixels the grid shows a thumbnail at (device pixels); scaled here, in the pool, so
         # that painting a cell is a plain blit (a smooth-scaled drawPixmap costs ~2 ms a cell)
@@ -198,6 +395,11 @@ class ThumbnailLoader(QObject):
         small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))),
                            interpolation=cv2.INTER_AREA)
         return rgb_to_qimage(small)
+
+    def prune_cache(self) -> None:
+        """Prune the disk cache in the pool (see ``ThumbnailCache.prune``), ahead of thumbnails."""
+        if self.cache.root is not None:
+            self.pool.start(_PruneTask(self.cache), 2_000_000)  # (thumbnails: < 1_000_000)
 
     def count_built(self) -> None:
         with self._lock:

@@ -352,14 +352,15 @@ class DiagnosisPanel(QWidget):
         self.mask_btn.setVisible(plan is not None and plan.label is Degradation.B
                                  or (self.diagnosis is not None
                                      and self.diagnosis.label is Degradation.B))
-        self._refresh_estimate()
+        self.refresh_estimate()
 
     def set_estimator(self, fn: Callable[[Plan], str | None] | None) -> None:
         """``fn(plan)`` -> one line of time/memory estimate (None: no estimate yet)."""
         self._estimator = fn
-        self._refresh_estimate()
+        self.refresh_estimate()
 
-    def _refresh_estimate(self) -> None:
+    def refresh_estimate(self) -> None:
+        """Ask the estimator again for the plan shown (what it knows has changed)."""
         text = None
         if self.plan is not None and self._estimator is not None:
             text = self._estimator(self.plan)
@@ -399,7 +400,7 @@ class DiagnosisPanel(QWidget):
 
     def _edited(self) -> None:
         """The plan was edited here: say so (the window keeps it as the photo's plan)."""
-        self._refresh_estimate()
+        self.refresh_estimate()
         if self.plan is not None:
             self.plan_edited.emit(self.plan)
 
