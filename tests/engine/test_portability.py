@@ -338,9 +338,9 @@ class _AsOnWindows:
                                "st_ino": st.st_ino, "st_dev": st.st_dev})()
 
 
-def test_recursive_walk_does_not_follow_windows_junctions(monkeypatch, tmp_path):
-    """``-r`` follows no folder link: a junction (to another drive, or to a folder above it, a
-    loop) was walked as a folder on Windows, where Python 3.11 has no DirEntry.is_junction."""
+def windows_junction_tree(tmp_path, monkeypatch) -> Path:
+    """``Photos/a.jpg`` and ``Photos/link`` -> ``Elsewhere`` (holding b.jpg), with os.scandir
+    reporting ``link`` as Python 3.11's scandir reports a junction on Windows."""
     photos, elsewhere = tmp_path / "Photos", tmp_path / "Elsewhere"
     photos.mkdir()
     elsewhere.mkdir()
@@ -363,6 +363,14 @@ def test_recursive_walk_does_not_follow_windows_junctions(monkeypatch, tmp_path)
             self._it.close()
 
     monkeypatch.setattr(os, "scandir", _Listing)
+    return photos
+
+
+def test_recursive_walk_does_not_follow_windows_junctions(monkeypatch, tmp_path):
+    """``-r`` follows no folder link: a junction (to another drive, or to a folder above it, a
+    loop) was walked as a folder on Windows, where Python 3.11 has no DirEntry.is_junction."""
+    real = os.scandir
+    photos = windows_junction_tree(tmp_path, monkeypatch)
     assert mio.iter_photos([photos], recursive=True) == [photos / "a.jpg"]
     assert not mio.is_junction(_AsOnWindows(next(iter(real(photos))), False))
 

@@ -79,30 +79,9 @@ def test_thumbnail_failure_message_reads_back_under_a_non_utf8_locale(tmp_path):
 def test_grid_listing_does_not_follow_windows_junctions(monkeypatch, tmp_path):
     """The grid's walk meant to leave junctions out (``DirEntry.is_junction``), but that came
     with Python 3.12: on the app's 3.11 a junction was listed as a folder."""
-    from tests.engine.test_portability import _AsOnWindows
+    from tests.engine.test_portability import windows_junction_tree
 
-    photos, elsewhere = tmp_path / "Photos", tmp_path / "Elsewhere"
-    photos.mkdir()
-    elsewhere.mkdir()
-    (photos / "a.jpg").write_bytes(b"\xff\xd8a")
-    (elsewhere / "b.jpg").write_bytes(b"\xff\xd8b")
-    (photos / "link").symlink_to(elsewhere, target_is_directory=True)
-    real = os.scandir
-
-    class _Listing:
-        def __init__(self, folder):
-            self._it = real(folder)
-
-        def __iter__(self):
-            return (_AsOnWindows(e, e.name == "link") for e in self._it)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self._it.close()
-
-    monkeypatch.setattr(os, "scandir", _Listing)
+    photos = windows_junction_tree(tmp_path, monkeypatch)
     assert [it.path for it in scan_tree(photos)] == [photos / "a.jpg"]
 
 
