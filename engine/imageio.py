@@ -1413,6 +1413,15 @@ def _exif_colour_space(blob: bytes | None) -> str | None:
         return None
     try:
         t = _Tiff(body)
+    except (ValueError, struct.error):
+        return None
+    return _tiff_colour_space(t)
+
+
+def _tiff_colour_space(t: _Tiff) -> str | None:
+    """``_exif_colour_space`` of a parsed TIFF structure: an EXIF blob's, or a TIFF-based RAW
+    file's own (its Exif IFD and Interop IFD, which ``rawio.tiff_exif`` does not copy)."""
+    try:
         exif_ifd = next((t.u32(e + 8) for e, tag, typ, c, _v, _n in t.entries(t.u32(4))
                          if tag == 0x8769 and typ in (4, 13) and c == 1), None)
         if exif_ifd is None:
@@ -1528,6 +1537,24 @@ def _cmyk_to_rgb(im, info: dict[str, Any] | None = None):
         except Exception as e:  # noqa: BLE001 - bad embedded profile: plain CMYK conversion
             log.debug("CMYK profile unusable: %s", e)
     return im.convert("RGB")
+
+
+def _rgb_to_srgb(im, icc: bytes | None):
+    """An RGB image whose pixels are in the RGB profile ``icc``, in sRGB by LittleCMS
+    (perceptual intent, as ``_cmyk_to_rgb`` and the UI's ``to_srgb``); unchanged without an RGB
+    profile or with one LittleCMS cannot use. For pixels no one else converts: a RAW's embedded
+    JPEG preview (``rawio.preview``), shown next to LibRaw's sRGB decode."""
+    if _icc_space(icc) != b"RGB " or im.mode != "RGB":
+        return im
+    try:
+        from PIL import ImageCms
+
+        src = ImageCms.ImageCmsProfile(_bytes_io(icc))
+        return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"),
+                                         outputMode="RGB")
+    except Exception as e:  # noqa: BLE001 - a bad embedded profile: the pixels as stored
+        log.debug("RGB profile unusable: %s", e)
+        return im
 
 
 def _is_grey(a: np.ndarray) -> bool:

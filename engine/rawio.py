@@ -68,10 +68,16 @@ from .imageio import (
     _TIFF_SKIP_EXIF,
     _TYPE_SIZE,
     IPTC_MAX,
+    _adobe_rgb_icc,
+    _exif_colour_space,
     _ifd_blob,
     _orient,
     _pil,
+    _raw_exif,
+    _rgb_to_srgb,
+    _source_icc,
     _Tiff,
+    _tiff_colour_space,
     _too_large,
     _xml_root,
     slim_xmp,
@@ -577,11 +583,16 @@ def _with_tiff(p: Path, fn):
 
 
 def preview(p: Path, kind: str, max_side: int, limit: int) -> np.ndarray:
-    """uint8 RGB upright preview: the embedded JPEG/bitmap thumbnail when LibRaw finds one,
-    else a half-size decode (no demosaicing) of the RAW itself."""
+    """uint8 sRGB upright preview: the embedded JPEG/bitmap thumbnail when LibRaw finds one,
+    else a half-size decode (no demosaicing) of the RAW itself.
+
+    The JPEG is in the colour space the camera was set to, the full decode in sRGB (so
+    ``imageio.source_profile`` is None for a RAW): a JPEG in another RGB space is converted to
+    sRGB here (``_preview_icc``)."""
     import rawpy
 
     Image = _pil()
+    icc = None
     with _open(p, kind) as raw:
         h, w, flip = _sizes(raw)
         s = raw.sizes
@@ -595,10 +606,11 @@ def preview(p: Path, kind: str, max_side: int, limit: int) -> np.ndarray:
             try:
                 with Image.open(io.BytesIO(th.data)) as im:
                     im.draft("RGB", (max_side, max_side))
+                    icc = _preview_icc(p, im)
                     im = im.convert("RGB")
                     small = np.asarray(im)
             except Exception:  # noqa: BLE001 — a broken preview: decode the RAW instead
-                small = None
+                small, icc = None, None
         elif th is not None and th.format == rawpy.ThumbFormat.BITMAP:
             small = np.asarray(th.data)
             if small.ndim != 3 or small.shape[2] != 3:
@@ -622,4 +634,21 @@ def preview(p: Path, kind: str, max_side: int, limit: int) -> np.ndarray:
     im = Image.fromarray(np.ascontiguousarray(small), "RGB")
     if max(im.size) > max_side:
         im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.array(im)
+    return np.array(_rgb_to_srgb(im, icc))
+
+
+def _preview_icc(p: Path, im) -> bytes | None:
+    """The RGB profile of a RAW's embedded JPEG preview: what ``imageio._source_icc`` decides
+    from the JPEG (its ICC profile, else its EXIF's Adobe RGB colour space), else Adobe RGB when
+    the RAW's own Exif IFD says so (a TIFF-based RAW; the preview's EXIF is often a stub without
+    the Interop IFD). Every APP1 EXIF of the JPEG is looked at: LibRaw puts an EXIF of its own
+    first in a preview that does not start with one (a JFIF preview). Maker-note colour-space
+    tags are not read. None: sRGB."""
+    icc = _source_icc(im, _raw_exif(im), {"warnings": []})
+    if icc is not None:
+        return icc
+    exifs = [d for m, d in getattr(im, "applist", ()) if m == "APP1" and d[:6] == b"Exif\0\0"]
+    if any(_exif_colour_space(d) == "Adobe RGB" for d in exifs[1:]) or \
+            _with_tiff(p, lambda t, _mm: _tiff_colour_space(t)) == "Adobe RGB":
+        return _adobe_rgb_icc()
+    return None
