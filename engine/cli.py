@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the photos in the folders' subfolders (their results go to the "
                         "same subfolders of the output folder); in folders, results and masks "
                         "Mend wrote are skipped either way")
+    r.add_argument("--skip-existing", action="store_true",
+                   help="resume a stopped batch: skip a photo whose result is already where "
+                        "this run would write it (a file Mend wrote, or the photo's own bytes)")
     r.add_argument("--dry-run", action="store_true",
                    help="diagnose and show each photo's plan with a time and memory estimate; "
                         "run nothing and write nothing")
@@ -693,6 +696,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"--tile must be between {MIN_TILE} and {MAX_TILE} (pixels)")
     if args.mask is not None and not args.mask.is_file():
         raise UsageError(f"mask file not found: {args.mask}")
+    if args.skip_existing and args.output is None:
+        raise UsageError("--skip-existing needs the output folder: -o DIR")
     if args.dry_run:
         return _restore_dry_run(args)
     if args.output is None:
@@ -719,11 +724,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     swept = {out_dir}
     said = _Warnings()
-    done = 0
+    done = skipped = 0
+    resume = _Resume(photos, rel, options) if args.skip_existing else None
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
-        nonlocal done
+        nonlocal done, skipped
         opts = options
+        existing = resume.existing(path) if resume is not None else None
+        if existing is not None:
+            skipped += 1
+            return _already_restored(path, existing)
         if rel[path] != Path():
             sub = out_dir / rel[path]
             try:
@@ -752,9 +762,70 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not args.json and len(photos) + len(failed) + len(outputs) > 1:
         _tally(f"{done} photo(s) written to {out_dir}"
                + (f"; {len(outputs)} file(s) Mend wrote skipped" if outputs else "")
+               + (f"; {skipped} already restored" if skipped else "")
                + (f"; {n_failed} failed" if n_failed else "")
                + (f"; {batch.not_run} not restored" if batch.not_run else ""))
     return batch.exit_code(len(failed))
+
+
+class _Resume:
+    """``--skip-existing``: each photo's result from an earlier run, found where this run would
+    write it (``output_path_for``'s name before a ``_1``, ``_2``... clash suffix; the format
+    from the photo's extension, as nothing is decoded) when it is Mend's result of this photo:
+    it carries Mend's record, or it is the photo's own bytes (kept as it was). A name that
+    several photos of this run share (``a.png`` and ``a.jpg`` with ``--format jpeg``) says
+    nothing about which photo it came from - nor does a record - so those photos are restored
+    as without the flag."""
+
+    def __init__(self, photos: list[Path], rel: dict[Path, Path],
+                 options: OutputOptions) -> None:
+        self.targets: dict[Path, Path | None] = {}
+        for path in photos:
+            opts = options
+            if options.out_dir is not None and rel[path] != Path():
+                opts = replace(options, out_dir=Path(options.out_dir) / rel[path])
+            try:
+                self.targets[path] = _base_output(path, opts)
+            except (EngineError, OSError):  # (the run reports it on that photo)
+                self.targets[path] = None
+        names: dict[str, int] = {}
+        for t in self.targets.values():
+            if t is not None:
+                key = os.path.normcase(os.path.abspath(t))
+                names[key] = names.get(key, 0) + 1
+        self.shared = {k for k, n in names.items() if n > 1}
+
+    def existing(self, path: Path) -> Path | None:
+        from .imageio import mend_output_kind
+
+        dest = self.targets.get(path)
+        if dest is None or os.path.normcase(os.path.abspath(dest)) in self.shared:
+            return None
+        try:
+            if not dest.is_file():
+                return None
+            if (dest.stat().st_size == path.stat().st_size
+                    and filecmp.cmp(dest, path, shallow=False)):
+                return dest  # the photo kept byte for byte (no record in it)
+        except OSError:
+            return None
+        return dest if mend_output_kind(dest) == "result" else None  # (headers only)
+
+
+def _base_output(path: Path, options: OutputOptions) -> Path:
+    """The name ``output_path_for`` gives ``path``'s result before a clash suffix: its answer
+    is ``<stem><suffix>.<ext>``, or that name with ``_N`` when taken."""
+    from .imageio import output_path_for
+
+    free = output_path_for(path, options)
+    if free.stem.endswith(options.suffix):
+        return free
+    return free.with_name(re.sub(r"_\d+$", "", free.stem) + free.suffix)
+
+
+def _already_restored(path: Path, output: Path) -> tuple[dict[str, Any], str]:
+    return ({"path": str(path), "skipped": "already restored", "output": str(output)},
+            f"{path}: skipped: already restored as {output}")
 
 
 def _tally(line: str) -> None:
@@ -807,9 +878,14 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
     # bit depth and whether metadata is kept - a kept photo is copied or written afresh)
     options = _output_options(args, args.output)
     said = _Warnings()
+    resume = _Resume(photos, rel, options) if args.skip_existing else None
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
         opts = options
+        existing = resume.existing(path) if resume is not None else None
+        if existing is not None:
+            obj, human = _already_restored(path, existing)
+            return {**obj, "dry_run": True}, human
         if args.output is not None and rel[path] != Path():
             opts = replace(options, out_dir=args.output / rel[path])
         prep = engine.prepare(_restore_request(args, path, opts))
