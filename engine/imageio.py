@@ -3792,7 +3792,7 @@ def is_junction(entry: os.DirEntry) -> bool:
     return tag == _IO_REPARSE_TAG_MOUNT_POINT
 
 
-def _folder_ids(folders: Iterable[str | os.PathLike[str]]) -> set[tuple[int, int]]:
+def folder_ids(folders: Iterable[str | os.PathLike[str]]) -> set[tuple[int, int]]:
     """(device, file number) of each of ``folders`` that exists (none where the file system
     has no file numbers)."""
     ids = set()
@@ -3823,7 +3823,7 @@ def _photo_folders(top: Path, recursive: bool, skip: set[str],
         folder = stack.pop()
         if os.path.normcase(os.path.abspath(folder)) in skip:
             continue
-        if skip_ids and folder is not top and _folder_ids([folder]) & skip_ids:
+        if skip_ids and folder is not top and folder_ids([folder]) & skip_ids:
             continue
         try:
             entries = sorted(os.scandir(folder), key=lambda e: (e.name.lower(), e.name))
@@ -3874,7 +3874,7 @@ def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "r
             seen.add(key)
             out.append(p)
 
-    skip_ids = _folder_ids(exclude) if recursive else set()
+    skip_ids = folder_ids(exclude) if recursive else set()
     for raw in paths:
         p = Path(raw)
         if p.is_dir():

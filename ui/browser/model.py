@@ -21,7 +21,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QImage, QPixmap
 
 from engine.api import Diagnosis
-from engine.imageio import is_junction, is_photo_path
+from engine.imageio import folder_ids, is_junction, is_photo_path
 
 from ..engine_client import JobState
 from .thumbs import ThumbnailLoader
@@ -142,14 +142,7 @@ def scan_tree(folder: Path, *, exclude: tuple[Path, ...] = (), scan: TreeScan | 
         skip.add(os.path.normcase(os.path.abspath(root / rel)))
     # ... or spelt another way still: "Out" for "out" on macOS, where names ignore case and
     # Unicode normalisation but paths are not normcased (nor made canonical by resolve())
-    skip_ids: set[tuple[int, int]] = set()
-    for p in exclude:
-        try:
-            st = os.stat(p)
-        except (OSError, ValueError):
-            continue
-        if st.st_ino:
-            skip_ids.add((st.st_dev, st.st_ino))
+    skip_ids = folder_ids(exclude)
     items: list[PhotoItem] = []
     seen: set[tuple[int, int]] = set()
     stack: list[tuple[Path, str]] = [(root, "")]  # explicit: no recursion limit on a deep tree
