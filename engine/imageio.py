@@ -1539,7 +1539,7 @@ def _cmyk_to_rgb(im, info: dict[str, Any] | None = None):
     return im.convert("RGB")
 
 
-def _rgb_to_srgb(im, icc: bytes | None):
+def rgb_to_srgb(im, icc: bytes | None):
     """An RGB image whose pixels are in the RGB profile ``icc``, in sRGB by LittleCMS
     (perceptual intent, as ``_cmyk_to_rgb`` and the UI's ``to_srgb``); unchanged without an RGB
     profile or with one LittleCMS cannot use. For pixels no one else converts: a RAW's embedded

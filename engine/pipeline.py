@@ -301,7 +301,7 @@ class Engine:
             # inpainted regions are meant to change: fidelity is judged outside the mask
             verdict = check(source, image,
                             mask=ctx.mask if label is Degradation.B else None,
-                            cancel_check=progress.check)
+                            cancel_check=progress.check, icc=photo.icc_profile)
             if not verdict.ok:
                 warnings.append(f"kept the original: the result looked worse ({verdict.reason})")
                 image = photo.pixels

@@ -74,12 +74,12 @@ from .imageio import (
     _orient,
     _pil,
     _raw_exif,
-    _rgb_to_srgb,
     _source_icc,
     _Tiff,
     _tiff_colour_space,
     _too_large,
     _xml_root,
+    rgb_to_srgb,
     slim_xmp,
 )
 
@@ -634,7 +634,7 @@ def preview(p: Path, kind: str, max_side: int, limit: int) -> np.ndarray:
     im = Image.fromarray(np.ascontiguousarray(small), "RGB")
     if max(im.size) > max_side:
         im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.array(_rgb_to_srgb(im, icc))
+    return np.array(rgb_to_srgb(im, icc))
 
 
 def _preview_icc(p: Path, im) -> bytes | None:

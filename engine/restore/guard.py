@@ -253,6 +253,23 @@ def tone_levels(image: np.ndarray) -> int:
     return int((counts >= max(1.0, 0.0002 * y.size)).sum())
 
 
+def _in_srgb(img: np.ndarray, icc: bytes | None) -> np.ndarray:
+    """A small float RGB image in the profile ``icc``, in sRGB (8 bits are plenty for a mean
+    colour); as it is without a profile. Else Lab would read a wide-gamut photo's values as
+    sRGB ones: an Adobe RGB or ProPhoto colour change measured as another size than it is."""
+    if not icc:
+        return img
+    from PIL import Image
+
+    from ..imageio import rgb_to_srgb
+
+    im = Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
+    out = rgb_to_srgb(im, icc)
+    if out is im:  # (not an RGB profile LittleCMS can use: the values as they are)
+        return img
+    return np.asarray(out, dtype=np.float32) / 255.0
+
+
 def _mean_lab(img: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
     import cv2
 
@@ -264,10 +281,12 @@ def _mean_lab(img: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
 
 def check(before: np.ndarray, after: np.ndarray, *, mask: np.ndarray | None = None,
           thresholds: GuardThresholds | None = None,
-          cancel_check: Callable[[], None] | None = None) -> GuardVerdict:
+          cancel_check: Callable[[], None] | None = None,
+          icc: bytes | None = None) -> GuardVerdict:
     """Compare a result with its input; ``after`` may be larger by an integer SR scale.
     ``cancel_check`` (raises to stop) is called between the measurements, each well under a
-    second on a 12 MP photo.
+    second on a 12 MP photo. ``icc``: the RGB profile both are in (the photo's own; None:
+    sRGB): the colour shift is measured in CIELAB from the colours it describes.
 
     Returns ``GuardVerdict(ok, reason, metrics)``; ``reason`` is a short sentence for the
     user when ``ok`` is False (and "" otherwise).
@@ -310,7 +329,8 @@ def check(before: np.ndarray, after: np.ndarray, *, mask: np.ndarray | None = No
         return _fail("the result is black", m)
     if m["mean_after"] > 0.98 and m["mean_before"] < 0.92:
         return _fail("the result is white", m)
-    lab_b, lab_a = _mean_lab(b_small, weight), _mean_lab(a_small, weight)
+    lab_b, lab_a = (_mean_lab(_in_srgb(b_small, icc), weight),
+                    _mean_lab(_in_srgb(a_small, icc), weight))
     m["color_shift"] = round(float(np.linalg.norm(lab_a - lab_b)), 3)
     m["mean_shift"] = round(abs(m["mean_after"] - m["mean_before"]), 4)
     m["psnr_small"] = round(_psnr(a_small, b_small, weight), 3)

@@ -264,3 +264,33 @@ def test_a_cancel_stops_the_guard_between_its_measurements():
     ticks = []
     assert check(img, img * 0.98, cancel_check=lambda: ticks.append(1)).ok
     assert len(ticks) >= 8  # a check every measurement: a 12 MP photo stops within ~1 s
+
+
+def test_the_colour_shift_is_measured_in_the_photos_own_profile():
+    """A ProPhoto photo's values read as sRGB gave another colour shift than the colours it
+    holds: the guard now measures them through the photo's profile (as sRGB converted by
+    LittleCMS would be measured)."""
+    import io as _io
+
+    from PIL import Image, ImageCms
+
+    from tests.engine.test_colour import PROPHOTO
+
+    before = _photo()
+    grey = before.mean(axis=2, keepdims=True)
+    after = np.clip(grey + (before - grey) * 1.6 + np.float32([0.03, -0.02, 0.0]), 0, 1)
+    after = after.astype(np.float32)
+    t = ImageCms.buildTransform(ImageCms.ImageCmsProfile(_io.BytesIO(PROPHOTO)),
+                                ImageCms.createProfile("sRGB"), "RGB", "RGB")
+
+    def srgb(a):
+        im = Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
+        return np.asarray(ImageCms.applyTransform(im, t), dtype=np.float32) / 255.0
+
+    managed = check(before, after, icc=PROPHOTO).metrics["color_shift"]
+    as_srgb = check(before, after).metrics["color_shift"]
+    reference = check(srgb(before), srgb(after)).metrics["color_shift"]
+    assert managed == pytest.approx(reference, abs=0.3)
+    assert abs(managed - as_srgb) > 0.1 * as_srgb  # (what reading it as sRGB got wrong)
+    # an RGB profile LittleCMS cannot use, or none: the values as they are
+    assert check(before, after, icc=b"not a profile").metrics["color_shift"] == as_srgb

@@ -61,7 +61,7 @@ def test_guard_keeps_the_original_when_a_result_is_worse(tmp_path, nafnet_store,
 
     src = _photo(tmp_path / "in.png")
     engine = Engine("cpu", nafnet_store, tile_size=64)
-    monkeypatch.setattr(guard, "check", lambda b, a, mask=None, cancel_check=None: guard.GuardVerdict(
+    monkeypatch.setattr(guard, "check", lambda b, a, mask=None, cancel_check=None, icc=None: guard.GuardVerdict(
         False, "it lost detail", {}))
     req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), label=Degradation.C,
                      profile="laptop")
