@@ -294,13 +294,26 @@ def test_results_copied_next_to_the_originals_are_not_restored_again(tmp_path, c
 # 4. unreadable subfolders
 
 
+def refuse_listing(monkeypatch, folder: Path) -> None:
+    """os.scandir refuses ``folder`` (PermissionError), as for a user without the right."""
+    import engine.imageio as mio
+
+    real = os.scandir
+
+    def scandir(p="."):
+        if Path(p) == folder:
+            raise PermissionError(13, "Permission denied", str(p))
+        return real(p)
+
+    monkeypatch.setattr(mio.os, "scandir", scandir)
+
+
 @pytest.mark.parametrize("command", ["classify", "restore"])
 def test_an_unreadable_subfolder_is_an_error_not_a_log_line(tmp_path, monkeypatch, capsys,
                                                              command):
     """-r over a tree with a subfolder Mend may not list: it was a WARNING log line on stderr,
     with no JSON line and exit 0 - its photos silently left out. Now it is that folder's
     error line and exit 1; the other photos are done."""
-    import engine.imageio as mio
 
     shoot = tmp_path / "shoot"
     _photos(shoot, ["a.png", "locked/b.png", "sub/c.png"])
@@ -308,14 +321,7 @@ def test_an_unreadable_subfolder_is_an_error_not_a_log_line(tmp_path, monkeypatc
     if os.geteuid() != 0:
         locked.chmod(0)
     else:  # root reads any folder: refuse it as the file system would
-        real = os.scandir
-
-        def scandir(p="."):
-            if Path(p) == locked:
-                raise PermissionError(13, "Permission denied", str(p))
-            return real(p)
-
-        monkeypatch.setattr(mio.os, "scandir", scandir)
+        refuse_listing(monkeypatch, locked)
     try:
         extra = (["--backend", "builtin"] if command == "classify"
                  else ["-o", str(tmp_path / "out"), "--plan", "D"])

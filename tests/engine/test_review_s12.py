@@ -211,20 +211,14 @@ def test_an_unlisted_subfolder_is_reported_when_warnings_are_not_logged(tmp_path
     back now (``iter_photos(unlisted=...)``)."""
     import logging
 
-    import engine.imageio as mio
 
     shoot = tmp_path / "shoot"
     _photos(shoot, ["a.png"])
     _photos(shoot / "locked", ["b.png"])
+    from tests.engine.test_cli_s12 import refuse_listing
+
     locked = shoot / "locked"
-    real = os.scandir
-
-    def scandir(p="."):
-        if Path(p) == locked:
-            raise PermissionError(13, "Permission denied", str(p))
-        return real(p)
-
-    monkeypatch.setattr(mio.os, "scandir", scandir)
+    refuse_listing(monkeypatch, locked)
     logging.disable(logging.WARNING)
     try:
         rc = cli.main(["classify", str(shoot), "-r", "--json", "--backend", "builtin"])

@@ -90,16 +90,21 @@ def test_the_starting_splash_reads_no_disk(qapp, gui_disk):
         splash.deleteLater()
 
 
-# -- 2. a cancelled "Plan" job is retried from the queue panel ------------------------------
-def test_a_cancelled_plan_job_is_retried_from_the_queue_panel(qtbot, window, folder):
-    win = window
+def _diagnosed_a(qtbot, win, folder):
+    """The folder open, a_noisy.jpg diagnosed and current: (a, c_smooth.jpg, a's state)."""
     opened(qtbot, win, folder)
     a, c = folder / "a_noisy.jpg", folder / "c_smooth.jpg"
     win.select_path(a)
     with qtbot.waitSignal(win.diagnosed, timeout=90000):
         win._diagnose_current()
     settle(qtbot, win)
-    st = win.states[a]
+    return a, c, win.states[a]
+
+
+# -- 2. a cancelled "Plan" job is retried from the queue panel ------------------------------
+def test_a_cancelled_plan_job_is_retried_from_the_queue_panel(qtbot, window, folder):
+    win = window
+    _a, c, st = _diagnosed_a(qtbot, win, folder)
     win.fix(c)  # the engine is busy: the plan job waits behind it
     win._override(Degradation.C)  # "Fix as C": the plan is made again, in the engine thread
     jid = st.plan_job
@@ -126,13 +131,7 @@ def test_a_plan_job_retried_after_another_choice_does_not_replace_its_plan(qtbot
     """Cancelled, then another class chosen (its plan made), then the first job retried: the
     photo keeps the plan of the class chosen last."""
     win = window
-    opened(qtbot, win, folder)
-    a, c = folder / "a_noisy.jpg", folder / "c_smooth.jpg"
-    win.select_path(a)
-    with qtbot.waitSignal(win.diagnosed, timeout=90000):
-        win._diagnose_current()
-    settle(qtbot, win)
-    st = win.states[a]
+    _a, c, st = _diagnosed_a(qtbot, win, folder)
     win.fix(c)
     win._override(Degradation.C)
     first = st.plan_job
