@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
@@ -540,16 +540,20 @@ def _per_input(exc: BaseException, path: Path, args: argparse.Namespace) -> str:
 
 
 def _for_each(photos: list[Path], work, args: argparse.Namespace,
-              verb: str = "done") -> _Batch:
+              verb: str = "done", prepare: Callable[[], None] | None = None) -> _Batch:
     """Run ``work(path) -> (json_obj, human_line)`` per photo; one bad photo never stops the
     run. Two things do: Ctrl+C / SIGTERM, and a save that finds the output's disk full or
     read-only (every later photo would fail the same way, after all its work). Then one
     message says so on stderr and, with ``--json``, each photo not run gets its line
-    (``{"path", "error", "not_run": true}``), so that every input has one."""
+    (``{"path", "error", "not_run": true}``), so that every input has one. ``prepare`` (the
+    engine, the classifier: a VLM's import can take a while) runs first, under the same
+    rules: a signal there leaves every photo not run, each with its line."""
     sig: _Signals = getattr(args, "signals", None) or _Signals()
     batch = _Batch()
     i = 0
     try:
+        if prepare is not None:
+            prepare()
         while i < len(photos):
             sig.check()
             path = photos[i]
@@ -646,11 +650,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
     photos, failed, _rel, _ = _expand(args.paths, args.recursive)
     for path, msg in failed:
         _error_line(path, msg, args.json)
-    engine = Engine(args.device)
     counts = dict.fromkeys((d.value for d in Degradation), 0)
-    opts = {"mode": args.vlm_mode} if args.backend in ("vlm", "auto") else {}
-    clf = get_classifier(args.backend, runtime=engine.runtime, **opts)
-    size = _classify_chunk_size(clf) if photos else 1
+    clf: Any = None
+    size = 1
+
+    def prepare() -> None:
+        nonlocal clf, size
+        engine = Engine(args.device)
+        opts = {"mode": args.vlm_mode} if args.backend in ("vlm", "auto") else {}
+        clf = get_classifier(args.backend, runtime=engine.runtime, **opts)
+        size = _classify_chunk_size(clf) if photos else 1
+
     pending: deque[Any] = deque()  # the current chunk's diagnoses (or errors), in order
     start = 0
 
@@ -674,7 +684,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
                  + (f" — {d.rationale}" if d.rationale else ""))
         return obj, human
 
-    batch = _for_each(photos, work, args, "classified")
+    batch = _for_each(photos, work, args, "classified", prepare)
     n_failed = len(failed) + batch.failed
     if not args.json and len(photos) + len(failed) > 1:  # a batch ends with its tally
         tally = " · ".join(f"{k} {Degradation(k).short_name} {n}" for k, n in counts.items())
@@ -719,13 +729,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
     for path, kind in outputs:
         _skipped_line(path, kind, args.json)
     _unread_output_folder(out_dir, args.paths, args.recursive, args.json)
-    engine = Engine(args.device, tile_size=args.tile)
     options = _output_options(args, out_dir)
-
     swept = {out_dir}
     said = _Warnings()
     done = skipped = 0
-    resume = _Resume(photos, rel, options) if args.skip_existing else None
+    engine: Any = None
+    resume: _Resume | None = None
+
+    def prepare() -> None:
+        nonlocal engine, resume
+        engine = Engine(args.device, tile_size=args.tile)
+        resume = _Resume(photos, rel, options) if args.skip_existing else None
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
         nonlocal done, skipped
@@ -757,7 +771,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             said.lines(result.warnings)
         return result.to_json(), human
 
-    batch = _for_each(photos, work, args, "restored")
+    batch = _for_each(photos, work, args, "restored", prepare)
     n_failed = len(failed) + batch.failed
     if not args.json and len(photos) + len(failed) + len(outputs) > 1:
         _tally(f"{done} photo(s) written to {out_dir}"
@@ -873,12 +887,17 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
     for path, kind in outputs:
         _skipped_line(path, kind, args.json)
     _unread_output_folder(args.output, args.paths, args.recursive, args.json)
-    engine = Engine(args.device, tile_size=args.tile)
     # (the run's own options: its output name and its memory check depend on the format, the
     # bit depth and whether metadata is kept - a kept photo is copied or written afresh)
     options = _output_options(args, args.output)
     said = _Warnings()
-    resume = _Resume(photos, rel, options) if args.skip_existing else None
+    engine: Any = None
+    resume: _Resume | None = None
+
+    def prepare() -> None:
+        nonlocal engine, resume
+        engine = Engine(args.device, tile_size=args.tile)
+        resume = _Resume(photos, rel, options) if args.skip_existing else None
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
         opts = options
@@ -896,7 +915,7 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
             said.lines(prep.warnings)
         return prep.to_json(), human
 
-    return _for_each(photos, work, args, "planned").exit_code(len(failed))
+    return _for_each(photos, work, args, "planned", prepare).exit_code(len(failed))
 
 
 class _Warnings:
