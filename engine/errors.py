@@ -38,7 +38,8 @@ class ModelMissing(EngineError):
         if hint:
             msg += f": {hint}"
         else:
-            msg += f" (run: mend models pull {' '.join(ids)})"
+            msg += (f" (run: mend models pull {' '.join(ids)}; without internet, import an "
+                    "offline pack: mend models import PACK)")
         super().__init__(msg)
 
 
@@ -54,6 +55,11 @@ class DownloadError(EngineError):
 
 class OfflineError(DownloadError):
     """A download was needed while offline mode (MEND_OFFLINE=1) is on."""
+
+
+class LocalDiskError(DownloadError):
+    """A download could not be written to this machine's disk (full, read-only, no permission):
+    retrying the network cannot help. The ``.part`` file is kept for a resume."""
 
 
 class DeviceUnavailable(EngineError):

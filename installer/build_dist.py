@@ -67,13 +67,21 @@ def smoke(bundle: Path, env_dir: Path | None = None, timeout: float = 300) -> di
         else:
             env["MEND_ENV"] = str(env_dir)
         t0 = time.perf_counter()
-        r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env=env,
-                           timeout=timeout, check=False)
+        try:
+            r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env=env,
+                               timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:  # missing, not runnable, hung
+            out["help"] = out["doctor"] = {"ok": False, "error": str(e)}
+            return out
         out["help"] = {"rc": r.returncode, "seconds": round(time.perf_counter() - t0, 2),
                        "ok": r.returncode == 0 and "usage: mend" in r.stdout}
         t0 = time.perf_counter()
-        r = subprocess.run([str(exe), "doctor", "--json"], capture_output=True, text=True,
-                           env=env, timeout=timeout, check=False)
+        try:
+            r = subprocess.run([str(exe), "doctor", "--json"], capture_output=True, text=True,
+                               env=env, timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            out["doctor"] = {"ok": False, "error": str(e)}
+            return out
         doc: dict = {"rc": r.returncode, "seconds": round(time.perf_counter() - t0, 2)}
         try:
             info = json.loads(r.stdout.strip().splitlines()[-1])
@@ -122,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: this Python's)")
     args = ap.parse_args(argv)
     bundle = args.dist / "Mend"
+    if args.smoke_only and not executable(bundle, "mend").is_file():
+        print(f"build_dist: no frozen app at {bundle} to check; build it first (make dist)",
+              file=sys.stderr)
+        return 1
     info: dict = {}
     if not args.smoke_only:
         version = ensure_pyinstaller()

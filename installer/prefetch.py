@@ -27,7 +27,7 @@ try:
 except ImportError:  # run from a source checkout without Mend installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.errors import EngineError, OfflineError, UsageError
+from engine.errors import EngineError, LocalDiskError, OfflineError, SaveFailed, UsageError
 from engine.models import download as dl
 from engine.models.store import ModelStore
 
@@ -108,8 +108,8 @@ def prefetch(profile: str, store: ModelStore, *, retries: int = 5, backoff: floa
             statuses = pull_profile(profile, store, progress)
             error = None
             break
-        except (UsageError, OfflineError):
-            raise
+        except (UsageError, OfflineError, LocalDiskError, SaveFailed):
+            raise  # (this machine's disk, not the network: another pass cannot help)
         except EngineError as e:  # network trouble, a checksum mismatch (file deleted): retry
             error = str(e)
             if attempt > retries:

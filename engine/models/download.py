@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import DownloadError, OfflineError
+from ..errors import DownloadError, LocalDiskError, OfflineError
 
 CHUNK = 1 << 20
 USER_AGENT = "Mend-model-store/0.1 (+https://github.com/)"
@@ -202,6 +202,45 @@ def _too_big(have: int, expected_size: int | None, url: str) -> DownloadError:
                          f"pins for this file (at least {have}); stopped: {display_url(url)}")
 
 
+def _not_the_file(size: int, expected_size: int, url: str) -> DownloadError:
+    """A whole-file answer (200) to a resume whose size is not the pinned one: a network login
+    page, a proxy's error page... not the file. The ``.part`` is left as it was."""
+    return DownloadError(
+        f"the host answered with {size} bytes instead of the {expected_size}-byte file the model "
+        f"list pins (a network login page or a proxy's error page?); the partial download was "
+        f"kept: run the same command again once the connection works: {display_url(url)}")
+
+
+def _wrong_size(size: int, expected_size: int, url: str) -> DownloadError:
+    return DownloadError(f"the host's file is {size} bytes, not the {expected_size} bytes the "
+                         f"model list pins; stopped: {display_url(url)}")
+
+
+def _local_error(e: OSError, part: Path, url: str) -> LocalDiskError:
+    """Writing the ``.part`` failed on this machine's disk: the network is not at fault, so
+    retrying cannot help (the ``.part`` stays for a resume)."""
+    if _disk_full(e):
+        return LocalDiskError(
+            f"disk full while downloading to {part.parent} ({e.strerror or e}); free some space "
+            f"and run the same command again to resume: {display_url(url)}")
+    return LocalDiskError(
+        f"cannot write the download to {part} ({e.strerror or e}); check that the model folder "
+        f"can be written, then run the same command again to resume: {display_url(url)}")
+
+
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", re.IGNORECASE)
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None] | None:
+    """``(first byte, complete length)`` of a ``Content-Range: bytes a-b/n`` (or ``*/n``)
+    header, ``None`` for a part given as ``*``; None when the header is absent or unreadable."""
+    m = _CONTENT_RANGE.fullmatch(value or "")
+    if m is None:
+        return None
+    return (int(m.group(1)) if m.group(1) is not None else None,
+            int(m.group(2)) if m.group(2) != "*" else None)
+
+
 POLL = 1.0  # seconds: a stalled read wakes this often to look for a cancel (or offline mode)
 
 
@@ -342,11 +381,16 @@ class _Abandoned(DownloadError):
     """Raised in the helper of :func:`_open` at a redirect after its caller has gone."""
 
 
-def _hash_existing(part: Path) -> tuple[hashlib._Hash, int]:  # type: ignore[name-defined]
+def _hash_existing(part: Path, check: Callable[[], None] | None = None,
+                   ) -> tuple[hashlib._Hash, int]:  # type: ignore[name-defined]
+    """sha256 and size of what a ``.part`` already holds; ``check`` (cancel, offline mode) runs
+    between chunks: a multi-GB ``.part`` takes many seconds to hash before a resume."""
     h = hashlib.sha256()
     n = 0
     with open(part, "rb") as f:
         while chunk := f.read(CHUNK):
+            if check is not None:
+                check()
             h.update(chunk)
             n += len(chunk)
     return h, n
@@ -369,14 +413,19 @@ def fetch(
     """Download ``url`` into ``part`` (appending to what is already there) and return its sha256.
 
     Resumes with ``Range: bytes=N-`` after a dropped connection or on a later call; a server that
-    ignores ranges (200) restarts the file. ``on_bytes(done, total)`` after every chunk.
+    ignores ranges (200) restarts the file - unless the size it announces is not the pinned
+    ``expected_size`` (a network login page, a proxy's error page): then the ``.part`` is kept
+    and :class:`DownloadError` raised. A 206 must start where it was asked to (its
+    ``Content-Range``); one from byte 0 restarts the file. ``on_bytes(done, total)`` after every
+    chunk.
 
     Gives up with :class:`DownloadError` after ``retries`` failed attempts in a row; only bytes
     past the furthest point reached so far count as progress and reset that count (a host that
     ignores ranges and keeps dropping the connection re-sends the same bytes: no progress).
     With ``expected_size``, a body that would make the file bigger stops at once (the ``.part``
     is deleted: it is not the file). A full disk (ENOSPC, EFBIG) stops at once too, keeping the
-    ``.part`` for a resume once space is freed.
+    ``.part`` for a resume once space is freed, and so does any other failure to write the
+    ``.part`` (read-only disk, no permission): :class:`LocalDiskError`, never retried.
 
     ``check_cancel`` runs between chunks, every ``poll`` seconds while connecting, waiting for
     the headers or on a stalled connection, and
@@ -398,7 +447,7 @@ def fetch(
     opener, redirects = _opener(allowed, allow_http_hosts)
     part.parent.mkdir(parents=True, exist_ok=True)
     if part.exists():
-        hasher, have = _hash_existing(part)
+        hasher, have = _hash_existing(part, check)
     else:
         hasher, have = hashlib.sha256(), 0
     attempt = 0
@@ -417,19 +466,39 @@ def fetch(
         try:
             with _open(opener, req, timeout, check, poll) as resp:
                 status = getattr(resp, "status", 200)
-                if have and status == 200:  # server ignored the range: start over
-                    hasher, have = hashlib.sha256(), 0
-                    mode = "wb"
-                    restarted = True
-                else:
-                    mode = "ab" if have else "wb"
                 length = resp.headers.get("Content-Length")
-                total = (have + int(length)) if length and length.isdigit() else expected_size
-                if expected_size is not None and total is not None and total > expected_size:
+                length = int(length) if length and length.isdigit() else None
+                full = length  # the whole file's size as the answer states it
+                if status == 206:
+                    rng = _content_range(resp.headers.get("Content-Range"))
+                    start, full = rng if rng is not None else (have, None)
+                    if start != have:  # another piece than the one asked for
+                        if start != 0:
+                            raise DownloadError(
+                                f"the host answered a resume from byte {have} with the bytes "
+                                f"from {start} on; the partial download was kept: run the same "
+                                f"command again: {display_url(url)}")
+                        status, full = 200, (full if full is not None else length)
+                    elif full is None and length is not None:
+                        full = have + length
+                resume = status == 206 and have > 0
+                if expected_size is not None and full is not None and full != expected_size:
+                    if have and not resume:  # a whole answer to a resume: the .part may be fine
+                        raise _not_the_file(full, expected_size, url)
                     part.unlink(missing_ok=True)
-                    raise _too_big(total, expected_size, url)
+                    raise (_too_big if full > expected_size else _wrong_size)(
+                        full, expected_size, url)
+                if have and not resume:  # the host ignored the range: start over
+                    hasher, have = hashlib.sha256(), 0
+                    restarted = True
+                mode = "ab" if resume else "wb"
+                total = full if full is not None else expected_size
                 body = _BodyReader(resp, check, timeout, poll)
-                with open(part, mode) as out:
+                try:
+                    out = open(part, mode)  # noqa: SIM115 - closed by the with below
+                except OSError as e:
+                    raise _local_error(e, part, url) from e
+                with out:
                     while True:
                         check()
                         chunk = body.read()
@@ -439,7 +508,10 @@ def fetch(
                             out.close()
                             part.unlink(missing_ok=True)
                             raise _too_big(have + len(chunk), expected_size, url)
-                        out.write(chunk)
+                        try:
+                            out.write(chunk)
+                        except OSError as e:
+                            raise _local_error(e, part, url) from e
                         hasher.update(chunk)
                         have += len(chunk)
                         if have > furthest:  # new ground: reset the retry budget
@@ -451,8 +523,11 @@ def fetch(
                 return hasher.hexdigest()
         except urllib.error.HTTPError as e:
             if e.code == 416 and have:
-                # range not satisfiable: the part is complete (or bigger than the file)
-                if expected_size is None or have == expected_size:
+                # range not satisfiable: the part is complete (or bigger than the file; its
+                # Content-Range: bytes */N tells which)
+                rng = _content_range(e.headers.get("Content-Range") if e.headers else None)
+                size = rng[1] if rng is not None else None
+                if (expected_size is None or have == expected_size) and size in (None, have):
                     return hasher.hexdigest()
                 part.unlink(missing_ok=True)
                 hasher, have = hashlib.sha256(), 0
@@ -467,11 +542,8 @@ def fetch(
         except DownloadError:
             raise
         except _RETRYABLE as e:
-            if _disk_full(e):
-                raise DownloadError(
-                    f"disk full while downloading to {part.parent} ({e.strerror or e}); free "
-                    f"some space and run the same command again to resume: "
-                    f"{display_url(url)}") from e
+            if _disk_full(e):  # (closing the .part flushes what was buffered)
+                raise _local_error(e, part, url) from e
             if attempt >= retries:
                 hint = ("the host does not resume downloads, so each attempt starts over"
                         if restarted else "run the same command again to resume")
@@ -482,5 +554,5 @@ def fetch(
             # re-sync with what actually reached the disk (normally it matches already)
             on_disk = part.stat().st_size if part.exists() else 0
             if on_disk != have:
-                hasher, have = _hash_existing(part) if on_disk else (hashlib.sha256(), 0)
+                hasher, have = _hash_existing(part, check) if on_disk else (hashlib.sha256(), 0)
             _sleep(backoff * (2 ** (attempt - 1)), check)

@@ -40,6 +40,9 @@ PACK_INDEX = "mend-pack.json"
 PACK_FORMAT = "mend-model-pack"
 PACK_VERSION = 1
 CHUNK = 1 << 20
+# the index lists files and manifest entries: a few kB per model. A bigger one is refused unread
+# (a 1.5 MB pack whose deflated index held 1.5 GB of spaces took 4.5 GB of memory to parse)
+MAX_INDEX_BYTES = 16 << 20
 
 PackProgress = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
@@ -177,6 +180,10 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
 
 def _read_index(p: Path, z: zipfile.ZipFile) -> dict[str, Any]:
     try:
+        size = z.getinfo(PACK_INDEX).file_size
+        if size > MAX_INDEX_BYTES:  # (zipfile never unpacks more than the size it states)
+            raise PackRefused(p, f"its {PACK_INDEX} is {size >> 20} MB, far more than an index "
+                                 "of model files needs: not a Mend model pack")
         raw = z.read(PACK_INDEX)
         index = json.loads(raw.decode("utf-8"))
     except KeyError:

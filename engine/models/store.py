@@ -44,6 +44,7 @@ from ..errors import (
     ChecksumMismatch,
     DownloadError,
     EngineError,
+    LocalDiskError,
     ModelMissing,
     OfflineError,
     SaveFailed,
@@ -117,7 +118,8 @@ def install_hint(model_id: str) -> str:
     if dl.offline_mode():
         return ("offline mode is on (MEND_OFFLINE=1): import it from a folder or an offline "
                 "pack with: mend models import PATH")
-    return f"run: mend models pull {model_id}"
+    return (f"run: mend models pull {model_id}; without internet, import an offline pack: "
+            "mend models import PACK")
 
 
 def is_weight_file(name: str) -> bool:
@@ -553,7 +555,11 @@ class ModelStore:
         if not todo:
             return self.status(model_id)
         for name in corrupt:
-            self.file_path(model_id, name).unlink(missing_ok=True)
+            p = self.file_path(model_id, name)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as e:
+                raise SaveFailed(f"cannot delete the damaged {p}: {e.strerror or e}") from None
         if corrupt:
             self._forget(model_id, corrupt)
         total = sum(f.size for f in todo)
@@ -594,14 +600,16 @@ class ModelStore:
                               expected_size=f.size if f.size_exact else None,
                               on_bytes=on_bytes, check_cancel=check, retries=self.retries,
                               backoff=self.backoff, timeout=self.timeout)
-            self._finish_download(model_id, f, part, dest, actual)
+            self._finish_download(model_id, f, part, dest, actual, check)
 
     def _finish_download(self, model_id: str, f: ModelFile, part: Path, dest: Path,
-                         received: str) -> None:
+                         received: str, check: Callable[[], None] | None = None) -> None:
         """Check the ``.part`` on disk — the file that is renamed, not the bytes this process
-        received — then rename it into place and record it. Called with the part lock held."""
+        received — then rename it into place and record it. Called with the part lock held.
+        ``check`` (cancel) runs while it is hashed: a stopped check keeps the complete ``.part``
+        (the next pull only hashes it again)."""
         before = part.stat()
-        actual = sha256_file(part)
+        actual = sha256_file(part, check)
         if actual != received:
             part.unlink(missing_ok=True)
             raise DownloadError(f"{model_id}/{f.name}: the downloaded file changed on disk while "
@@ -618,7 +626,11 @@ class ModelStore:
 
         # (retried while a virus scanner still reads the file just downloaded: Windows refuses
         # to rename a file open without shared deletion)
-        replace_file(part, dest)
+        try:
+            replace_file(part, dest)
+        except OSError as e:
+            raise LocalDiskError(f"{model_id}/{f.name}: cannot move the verified download into "
+                                 f"place ({e.strerror or e}); it was kept as {part}") from None
         after = dest.stat()
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             dest.unlink(missing_ok=True)
@@ -914,7 +926,13 @@ def _part_lock(part: Path):
     lock = part.with_name(part.name + LOCK_SUFFIX)
     name = part.name[:-len(PART_SUFFIX)]
     for _ in range(20):
-        fh = open(lock, "a+b")  # noqa: SIM115 - held for the whole download
+        try:
+            fh = open(lock, "a+b")  # noqa: SIM115 - held for the whole download
+        except OSError as e:  # a read-only disk, a folder another user owns...
+            raise LocalDiskError(
+                f"cannot download {name}: the model folder {part.parent} cannot be written "
+                f"({e.strerror or e}); check its permissions and free space, or choose another "
+                "folder with MEND_MODELS_DIR") from None
         if not _try_lock(fh):
             fh.close()  # another process holds it: never touch its lock file
             raise DownloadError(f"{name} is being downloaded by another Mend process; "
