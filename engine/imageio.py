@@ -26,7 +26,13 @@ Loading (``load_photo``)
     orientation (all 8) is applied and then reset to 1 in ``photo.exif``; the stale EXIF thumbnail
     is dropped; ICC, XMP, DPI and the JPEG quantization tables are kept. A grey ICC profile is
     applied (8 and 16 bits: the pixels become sRGB), and so is a CMYK one (``load_preview``'s
-    too: LittleCMS, to sRGB); a HEIF's nclx colour box becomes an RGB
+    too: LittleCMS, to sRGB; a 16-bit CMYK TIFF keeps its 16 bits, ``_cmyk16_to_rgb``). The
+    pixels of a 16-bit photo whose RGB profile has a linear tone curve (linear sRGB, linear
+    Rec.2020, gamma 1.0) are encoded with the sRGB curve, which the restoration models expect:
+    ``Photo.icc_profile`` is then the profile's primaries with that curve, ``Photo.linear_icc``
+    the photo's own (``_linear_to_perceptual``). A JPEG XL's and a float TIFF's previews are
+    converted to sRGB (``source_profile`` cannot say their profile); a HEIF's nclx colour box
+    becomes an RGB
     ICC profile, and so do a PNG's gAMA/cHRM chunks (without iCCP or sRGB; sRGB-like values
     add none) and, without any profile, EXIF ColorSpace 0xFFFF with the interoperability index
     R03 (a camera set to Adobe RGB: an Adobe RGB (1998) profile) - ``source_profile`` gives
@@ -44,7 +50,10 @@ Saving (``save_photo``)
     result over 4 GB, which needs BigTIFF, is refused before anything is written). The
     source ICC, EXIF (orientation 1, no thumbnail, pixel dimensions and resolution updated,
     broken EXIF dropped; over 64 KB it does not fit a JPEG), XMP (in a JPEG, over one segment:
-    standard + extended XMP) and DPI are kept.
+    standard + extended XMP) and DPI are kept (a resolution no file can hold - 0, NaN, ... -
+    is left out, with a note, the EXIF kept). A linear photo's 16-bit result goes back to
+    linear light with its own profile, byte for byte; an 8-bit one keeps the sRGB curve and
+    the profile saying so (8 bits of linear light band in the shadows).
 
 The Mend record (what was done: steps, models, versions) is stored in XMP in every format, as
 ``<mend:record>`` (namespace ``urn:x-mend:ns:1.0#``) holding the record as JSON, inside its own
@@ -83,6 +92,7 @@ import re
 import secrets
 import stat
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -146,6 +156,11 @@ class Photo:
     dpi: tuple[float, float] | None = None
     info: dict[str, Any] = field(default_factory=dict)  # e.g. jpeg quantization tables
     iptc: bytes | None = None  # IPTC-IIM datasets (captions, keywords, copyright)
+    # the source's own profile when its tone curve is linear and the pixels were encoded with
+    # the sRGB curve for processing (restoration models expect gamma-encoded pixels):
+    # ``icc_profile`` is then that profile's primaries with the sRGB curve, which describes
+    # ``pixels``; a 16-bit result is converted back and gets this profile, byte for byte
+    linear_icc: bytes | None = None
 
     @property
     def width(self) -> int:
@@ -638,17 +653,48 @@ def _rational(v: float) -> tuple[int, int]:
     return max(1, round(v * 1000)), 1000
 
 
+DPI_MAX = 4_000_000.0  # dots per inch a result may say (a RATIONAL of 1/1000ths holds 4.29 M)
+
+
+def dpi_usable(dpi: Any) -> bool:
+    """Whether ``dpi`` is an (x, y) resolution a file can say: both finite, above 0 and at
+    most ``DPI_MAX`` (0, negative, NaN or infinite values come from damaged or made-up
+    metadata: written, they made the EXIF, or the whole save, fail)."""
+    try:
+        x, y = (float(v) for v in dpi)
+    except (TypeError, ValueError):
+        return False
+    return 0.0 < x <= DPI_MAX and 0.0 < y <= DPI_MAX  # (False for NaN)
+
+
+def _dpi_text(dpi: Any) -> str:
+    try:
+        return " × ".join(f"{float(v):g}" for v in dpi) + " dpi"
+    except (TypeError, ValueError):
+        return repr(dpi)
+
+
 def clean_exif(blob: bytes | None, width: int | None = None, height: int | None = None,
-               dpi: tuple[float, float] | None = None) -> bytes | None:
+               dpi: tuple[float, float] | None = None,
+               warnings: list[str] | None = None) -> bytes | None:
     """EXIF fit for an upright, edited copy: orientation 1, thumbnail dropped, pixel size and
     (given ``dpi``, dots per inch) X/YResolution updated.
 
     Patches the blob in place (maker notes and unknown tags stay intact). Returns the blob with
     the ``Exif\\0\\0`` prefix, or None when it is not a readable EXIF structure (it is dropped).
+    A ``dpi`` no file can hold (``dpi_usable``) is not written: the EXIF keeps its own
+    X/YResolution, the rest is updated as usual, and ``warnings`` (when given) says so.
     """
     body = _tiff_body(blob)
     if body is None:
         return None
+    if dpi is not None and not dpi_usable(dpi):
+        msg = (f"the resolution to write ({_dpi_text(dpi)}) is not a usable value: the EXIF "
+               "keeps its own resolution (the rest of the EXIF is kept)")
+        log.warning("%s", msg)
+        if warnings is not None:
+            warnings.append(msg)
+        dpi = None
     data = bytearray(body)
     try:
         t = _Tiff(data)
@@ -1539,6 +1585,128 @@ def _cmyk_to_rgb(im, info: dict[str, Any] | None = None):
     return im.convert("RGB")
 
 
+# 16-bit CMYK TIFF (a press file: Photoshop's 16 Bits/Channel CMYK). Pillow has no 16-bit CMYK
+# mode: its unpacker ("CMYK;16L", "CMYK;16B", "CMYK;16N" - libtiff's native order) keeps each
+# sample's high byte, and OpenCV refuses 16-bit CMYK (libtiff's RGBA reader: "Sorry, can not
+# handle image"). The same tiles decoded a second time with the other byte order's rawmode
+# hand out the low bytes: the two make the 16-bit samples exactly (raw and libtiff-decoded
+# strips, both byte orders, predictor 2, every orientation: checked against the stored
+# values). They are converted to sRGB at 16-bit precision: through the embedded CMYK profile
+# by a 4-D table of LittleCMS's own (8-bit) transform, 18 points an axis, interpolated
+# tetrahedrally (a 16-bit ramp stays a ramp: 4096 levels in, 4096 out, where the 8-bit path
+# gave 233); without one by Pillow's formula, R = (1 - C)(1 - K), at full precision.
+_CMYK16_SWAP = {"CMYK;16L": "CMYK;16B", "CMYK;16B": "CMYK;16L",
+                "CMYK;16N": "CMYK;16B" if sys.byteorder == "little" else "CMYK;16L"}
+_CMYK_GRID = 18  # table points an axis: 0, 15, 30 ... 255 (8-bit values LittleCMS takes)
+_CMYK16_SLAB = 1 << 16  # pixels converted at a time
+
+
+def _cmyk16_tiles(im) -> list | None:
+    """Before ``load()``: the tiles of a 16-bit CMYK TIFF whose low bytes a second decode can
+    give (``_cmyk16_low``), [] for a 16-bit CMYK TIFF laid out otherwise (its 8 bits only),
+    None for anything else."""
+    if im.format != "TIFF" or im.mode != "CMYK":
+        return None
+    try:
+        bits = im.tag_v2.get(258)
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        if not any(int(b) == 16 for b in bits if b is not None):
+            return None
+    except Exception:  # noqa: BLE001 - a damaged bits tag reads as 8-bit
+        return None
+    tiles = list(getattr(im, "tile", None) or [])
+    if not tiles or any(not isinstance(t.args, tuple) or not t.args
+                        or t.args[0] not in _CMYK16_SWAP for t in tiles):
+        return []
+    return tiles
+
+
+def _cmyk16_low(p: Path, tiles: list, size: tuple[int, int], limit: int,
+                messages: list[str]) -> np.ndarray | None:
+    """The low bytes (H, W, 4) of a 16-bit CMYK TIFF's samples: its ``tiles`` decoded again
+    with the other byte order's rawmode; None when that did not give an image of ``size``."""
+    with _open_image(p, limit) as im:
+        if im.mode != "CMYK" or len(im.tile) != len(tiles):
+            return None
+        im.tile = [t._replace(args=(_CMYK16_SWAP[t.args[0]], *t.args[1:])) for t in tiles]
+        _load_pixels(im, p, limit, messages)
+        if im.size != size:
+            return None
+        return np.asarray(im)
+
+
+@functools.lru_cache(maxsize=4)
+def _cmyk_table(icc: bytes) -> np.ndarray:
+    """LittleCMS's transform of the CMYK profile ``icc`` to sRGB (perceptual, as
+    ``_cmyk_to_rgb``) at ``_CMYK_GRID``^4 points: float32 (points, 3) in [0, 1], C slowest."""
+    from PIL import ImageCms
+
+    n = _CMYK_GRID
+    g = np.arange(n, dtype=np.uint8) * np.uint8(255 // (n - 1))
+    grid = np.stack(np.meshgrid(g, g, g, g, indexing="ij"), -1).reshape(1, -1, 4)
+    src = ImageCms.ImageCmsProfile(_bytes_io(icc))
+    out = ImageCms.profileToProfile(_pil().fromarray(np.ascontiguousarray(grid), "CMYK"), src,
+                                    ImageCms.createProfile("sRGB"), outputMode="RGB")
+    table = np.asarray(out, dtype=np.float32).reshape(-1, 3) / np.float32(255.0)
+    if table.shape[0] != n ** 4:
+        raise ValueError("CMYK profile transform failed")
+    return table
+
+
+def _cmyk16_interpolate(c: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """``table`` (``_cmyk_table``) at the 16-bit CMYK values ``c`` (N, 4) into ``out`` (N, 3):
+    tetrahedral interpolation (the cell's 4-D simplex: 5 of its 16 corners, the fractions
+    sorted by a 4-input sorting network)."""
+    n = _CMYK_GRID
+    cell = 65535 // (n - 1)
+    i = np.minimum(c // np.uint16(cell), np.uint16(n - 2))
+    f = (c - i * np.uint16(cell)).astype(np.float32) * np.float32(1 / cell)
+    i = i.astype(np.intp)
+    idx = ((i[:, 0] * n + i[:, 1]) * n + i[:, 2]) * n + i[:, 3]
+    v = [f[:, k] for k in range(4)]
+    step = [np.full(len(c), n ** (3 - k), np.intp) for k in range(4)]
+    for a, b in ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)):  # largest fraction first
+        swap = v[a] < v[b]
+        v[a], v[b] = np.where(swap, v[b], v[a]), np.where(swap, v[a], v[b])
+        step[a], step[b] = np.where(swap, step[b], step[a]), np.where(swap, step[a], step[b])
+    np.take(table, idx, axis=0, out=out)
+    out *= (1.0 - v[0])[:, None]
+    corner = np.empty_like(out)
+    for k in range(4):
+        idx += step[k]
+        np.take(table, idx, axis=0, out=corner)
+        corner *= (v[k] - v[k + 1] if k < 3 else v[3])[:, None]
+        out += corner
+
+
+def _cmyk16_to_rgb(high: np.ndarray, low: np.ndarray, icc: bytes | None,
+                   info: dict[str, Any]) -> np.ndarray:
+    """float32 sRGB (H, W, 3) of 16-bit CMYK given as its high and low bytes (H, W, 4): through
+    the CMYK profile ``icc`` when LittleCMS can use it, else Pillow's plain formula."""
+    table = None
+    if _icc_space(icc) == b"CMYK":
+        try:
+            table = _cmyk_table(icc)
+        except Exception as e:  # noqa: BLE001 - bad embedded profile: plain CMYK conversion
+            log.debug("CMYK profile unusable: %s", e)
+    h, w = high.shape[:2]
+    out = np.empty((h, w, 3), np.float32)
+    hi, lo, flat = high.reshape(-1, 4), low.reshape(-1, 4), out.reshape(-1, 3)
+    for a in range(0, hi.shape[0], _CMYK16_SLAB):
+        c = hi[a:a + _CMYK16_SLAB].astype(np.uint16)
+        c <<= 8
+        c |= lo[a:a + _CMYK16_SLAB]
+        if table is not None:
+            _cmyk16_interpolate(c, table, flat[a:a + _CMYK16_SLAB])
+        else:  # (1 - C)(1 - K), as Pillow's CMYK -> RGB
+            ink = c.astype(np.float32) * np.float32(1 / 65535)
+            np.subtract(np.float32(1.0), ink, out=ink)
+            np.multiply(ink[:, :3], ink[:, 3:], out=flat[a:a + _CMYK16_SLAB])
+    if table is not None:
+        info["icc_converted"] = "CMYK profile -> sRGB"
+    return out
+
+
 def rgb_to_srgb(im, icc: bytes | None):
     """An RGB image whose pixels are in the RGB profile ``icc``, in sRGB by LittleCMS
     (perceptual intent, as ``_cmyk_to_rgb`` and the UI's ``to_srgb``); unchanged without an RGB
@@ -1703,6 +1871,29 @@ def _load_raw(p: Path, limit: int, kind: str) -> Photo:
                  xmp=_xmp_reset_orientation(d["xmp"]), info=d["info"], iptc=iptc)
 
 
+def _cmyk16_rgb(im, p: Path, limit: int, tiles: list, info: dict[str, Any],
+                damaged: list[str]) -> np.ndarray | None:
+    """A loaded 16-bit CMYK TIFF (``tiles``: ``_cmyk16_tiles``) as float32 sRGB at 16-bit
+    precision; None, with a warning that the precision was reduced, when its low bytes
+    cannot be had (then ``_pixels_of`` converts Pillow's 8 bits as before)."""
+    low = None
+    if tiles:
+        try:
+            low = _cmyk16_low(p, tiles, im.size, limit, damaged)
+        except EngineError:
+            raise
+        except Exception as e:  # noqa: BLE001 - decoders raise many types: 8 bits, said
+            log.debug("16-bit CMYK low bytes not read: %s", e)
+    if low is None:
+        info["source_bit_depth"] = 16
+        msg = ("this 16-bit CMYK TIFF's layout cannot be decoded with 16 bits: it was decoded "
+               "with 8 bits per channel (Pillow's), so the extra precision is lost")
+        info["warnings"].append(msg)
+        log.info("%s: %s", p.name, msg)
+        return None
+    return _cmyk16_to_rgb(np.asarray(im), low, im.info.get("icc_profile"), info)
+
+
 def _jxl_la16(im) -> tuple[np.ndarray, np.ndarray] | None:
     """16-bit grey + alpha of a JPEG XL, read from the plugin's own buffer.
 
@@ -1856,14 +2047,34 @@ def _linear_to_srgb_icc(icc: bytes | None) -> tuple[bool, bytes | None, str]:
         "its linear profile's primaries"
 
 
+_TRC_SLAB = 1 << 20  # values re-encoded at a time (the masks: 1 MB, not one per pixel)
+
+
 def _srgb_encode(a: np.ndarray) -> np.ndarray:
-    """Linear [0, 1] float32 -> sRGB-encoded [0, 1] (the sRGB OETF), in place."""
-    low = a <= 0.0031308
-    dark = a[low] * np.float32(12.92)
-    np.maximum(a, np.float32(0.0031308), out=a)
-    np.power(a, np.float32(1 / 2.4), out=a)
-    a *= np.float32(1.055)
-    a -= np.float32(0.055)
+    """Linear [0, 1] float32 -> sRGB-encoded [0, 1] (the sRGB OETF), in place, a slab of
+    values at a time (``a`` contiguous, or any array small enough for one slab)."""
+    flat = a.reshape(-1) if a.flags.c_contiguous else None
+    for part in ([a] if flat is None else
+                 (flat[i:i + _TRC_SLAB] for i in range(0, flat.size, _TRC_SLAB))):
+        low = part <= 0.0031308
+        dark = part[low] * np.float32(12.92)
+        np.maximum(part, np.float32(0.0031308), out=part)
+        np.power(part, np.float32(1 / 2.4), out=part)
+        part *= np.float32(1.055)
+        part -= np.float32(0.055)
+        part[low] = dark
+    return a
+
+
+def _srgb_decode(a: np.ndarray) -> np.ndarray:
+    """sRGB-encoded [0, 1] float32 -> linear [0, 1] (the sRGB EOTF, ``_srgb_encode``'s
+    inverse), in place; for the slabs ``_quantise`` makes. A 16-bit code encoded and decoded
+    comes back to itself (all 65536 checked)."""
+    low = a <= 0.04045
+    dark = a[low] * np.float32(1 / 12.92)
+    a += np.float32(0.055)
+    a *= np.float32(1 / 1.055)
+    np.power(a, np.float32(2.4), out=a)
     a[low] = dark
     return a
 
@@ -1906,7 +2117,11 @@ def _load_float_tiff(p: Path, limit: int, layout: _FloatTiff) -> Photo:
         alpha = np.clip(np.nan_to_num(img[..., 3], nan=1.0), 0.0, 1.0)
     del img
     icc = rawio._ifd0_bytes(p, 34675, (7, 1), 4 << 20)
+    source_icc = icc
     linear, icc, space = _linear_to_srgb_icc(icc)
+    # a linear profile of its own: the result (16-bit) is converted back and gets it, as a
+    # 16-bit integer photo with a linear profile does (``_linear_to_perceptual``)
+    linear_icc = source_icc if linear and icc is not None else None
     peak = float(rgb.max(initial=0.0))
     over = float(np.count_nonzero((rgb > 1.0).any(axis=2))) / max(1, rgb.shape[0] * rgb.shape[1])
     np.clip(rgb, 0.0, 1.0, out=rgb)
@@ -1937,7 +2152,7 @@ def _load_float_tiff(p: Path, limit: int, layout: _FloatTiff) -> Photo:
         dpi = (dpi[1], dpi[0])
     return Photo(path=p, pixels=pixels, alpha=alpha, bit_depth=16, format="TIFF",
                  icc_profile=icc, exif=exif, xmp=_xmp_reset_orientation(xmp), dpi=dpi,
-                 info=info, iptc=iptc)
+                 info=info, iptc=iptc, linear_icc=linear_icc)
 
 
 def _float_tiff_dpi(p: Path) -> tuple[float, float] | None:
@@ -1994,6 +2209,7 @@ def _load(p: Path, limit: int) -> Photo:
             info["frames"] = n_frames
             im.seek(0)
         is16 = _is_16bit_colour(im)  # needs the tile list, which load() clears
+        cmyk16 = _cmyk16_tiles(im)  # (so does a 16-bit CMYK TIFF's second decode)
         # a 16-bit TIFF's pixels come from OpenCV below: Pillow's decode (to 8 bits) would be
         # thrown away (24 MP: 2.2 -> 1.4 s). Its metadata is all in the header. Not when it is
         # oriented: Pillow (13) turns it upright on load() and drops the tag, and OpenCV
@@ -2043,6 +2259,7 @@ def _load(p: Path, limit: int) -> Photo:
         if is16 and a16 is None:
             _lost_16bit_note(p, info)
         la16 = _jxl_la16(im) if fmt == "JXL" else None
+        rgb16 = _cmyk16_rgb(im, p, limit, cmyk16, info, damaged) if cmyk16 is not None else None
         if a16 is not None:
             arr, maxval, alpha, amax, depth = a16[0], 65535.0, a16[1], 65535.0, 16
             # 16-bit grey + alpha (Pillow calls it RGBA) tagged with a grey profile
@@ -2053,6 +2270,11 @@ def _load(p: Path, limit: int) -> Photo:
             arr, maxval, alpha, amax, depth = la16[0], 65535.0, la16[1], 65535.0, 16
             arr = _grey16_to_srgb(arr, icc, info)
             info["decoder"] = "pillow-jxl-plugin (16-bit grey + alpha buffer)"
+        elif rgb16 is not None:  # a 16-bit CMYK TIFF, in sRGB
+            arr, maxval, alpha, amax, depth = rgb16, 1.0, None, 1.0, 16
+            info["converted_from"] = "CMYK"
+            info["decoder"] = "pillow (16-bit CMYK: high and low bytes)"
+            icc = None
         elif rgb8 is not None:  # what _pixels_of gives for an RGB or untagged grey JPEG
             arr, maxval, alpha, amax, depth = rgb8, 255.0, None, 255.0, 8
         else:
@@ -2070,7 +2292,13 @@ def _load(p: Path, limit: int) -> Photo:
             alpha = _orient(alpha, orientation)
         if orientation >= 5 and dpi:
             dpi = (dpi[1], dpi[0])
-    pixels = _to_float_upright(arr, orientation, maxval)
+    if arr.dtype == np.float32 and maxval == 1.0:  # float [0, 1] already: no second copy
+        pixels = np.ascontiguousarray(_orient(arr, orientation))
+    else:
+        pixels = _to_float_upright(arr, orientation, maxval)
+    linear_icc = None
+    if depth == 16 and _icc_space(icc) == b"RGB ":
+        linear_icc, icc = _linear_to_perceptual(pixels, icc, info)
     alpha_f = _to_float(alpha, amax) if alpha is not None else None
     if alpha_f is not None and float(alpha_f.min()) >= 1.0:
         alpha_f = None  # fully opaque: no alpha to carry around
@@ -2083,7 +2311,26 @@ def _load(p: Path, limit: int) -> Photo:
     return Photo(
         path=p, pixels=pixels, alpha=alpha_f, bit_depth=depth, format=fmt, icc_profile=icc,
         exif=exif, xmp=_xmp_reset_orientation(xmp), dpi=dpi, info=info, iptc=iptc,
+        linear_icc=linear_icc,
     )
+
+
+def _linear_to_perceptual(pixels: np.ndarray, icc: bytes,
+                          info: dict[str, Any]) -> tuple[bytes | None, bytes]:
+    """16-bit pixels in the RGB profile ``icc``: when its tone curves are linear (linear sRGB,
+    linear Rec.2020, gamma 1.0), encoded in place with the sRGB curve - what the restoration
+    models are trained on - and ``(icc, that profile's primaries with the sRGB curve)``
+    returned (``Photo.linear_icc``, ``Photo.icc_profile``); else ``(None, icc)``, the pixels
+    untouched. Only 16-bit photos (and float TIFFs, ``_load_float_tiff``) are re-encoded: an
+    8-bit photo's pixels, and its result's bytes, stay as they were."""
+    linear, perceptual, _ = _linear_to_srgb_icc(icc)
+    if not linear or perceptual is None:
+        return None, icc
+    _srgb_encode(pixels)
+    info["linear_encoded"] = ("linear tone curve: encoded with the sRGB curve for processing "
+                              "(its profile's primaries kept); a 16-bit result is converted "
+                              "back and gets the photo's own profile")
+    return icc, perceptual
 
 
 def load_jpeg_rgb8(path: str | os.PathLike[str]) -> np.ndarray | None:
@@ -2212,7 +2459,8 @@ def _tiff_tag_orientation(im) -> int | None:
 
 def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
     """A fast upright uint8 RGB (h, w, 3) view no larger than ``max_side`` (JPEG draft mode; a
-    HEIF's embedded thumbnail when one is at least that large)."""
+    HEIF's embedded thumbnail when one is at least that large), in the colour space of
+    ``source_profile`` (grey, CMYK, RAW, JPEG XL and floating-point TIFF: sRGB)."""
     p = Path(path)
     _check_path(p)
     max_side = max(1, int(max_side))
@@ -2228,8 +2476,9 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
             layout = _float_tiff_layout(p)
             if layout is not None:  # rare: the whole photo, made small
                 photo = _load_float_tiff(p, max_pixels_default(), layout)
-                return _preview_rgb8(_pil().fromarray(_quantise(photo.pixels, 8), "RGB"),
-                                     max_side)
+                small = _preview_rgb8(_pil().fromarray(_quantise(photo.pixels, 8), "RGB"),
+                                      max_side)
+                return _preview_to_srgb(small, photo.icc_profile)
             kind = _unidentified_raw(p)
             if kind:
                 from . import rawio
@@ -2256,6 +2505,9 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
                                       im.info.get("icc_profile"))
             else:
                 small = _preview_rgb8(im, max_side)
+            if fmt == "JXL":  # source_profile cannot say (the plugin decodes to open)
+                small = _preview_to_srgb(small, _source_icc(im, _raw_exif(im),
+                                                            {"warnings": []}))
         if orientation in range(2, 9):
             small = _orient(small, orientation)
         return np.ascontiguousarray(small)
@@ -2322,9 +2574,12 @@ def source_profile(path: str | os.PathLike[str]) -> bytes | None:
     (``load_preview``, ``load_jpeg_rgb8``): the one embedded, else the one Mend assigns (a
     HEIF's nclx box, a PNG's gAMA/cHRM, an EXIF "Adobe RGB" colour space). None for sRGB, for
     pixels that ``load_photo`` (and ``load_preview``) turn into sRGB (a grey, CMYK or LAB
-    photo), and when it is not known without decoding: a RAW, a JPEG XL (its plugin decodes
-    the whole photo to open it), a floating-point TIFF, a file that cannot be read (its decode
-    says why)."""
+    photo), and when it is not known without decoding - a RAW, a JPEG XL (its plugin decodes
+    the whole photo to open it), a floating-point TIFF: ``load_preview`` converts their
+    previews to sRGB itself - or a file that cannot be read (its decode says why). It is the
+    profile of the pixels as stored, which is ``load_preview``'s: for a 16-bit photo with a
+    linear profile that is ``Photo.linear_icc`` (``load_photo`` encodes its pixels with the
+    sRGB curve, ``Photo.icc_profile`` saying so)."""
     p = Path(path)
     try:
         if _jxl_header(p) is not None or _raw_kind(p):
@@ -2337,6 +2592,16 @@ def source_profile(path: str | os.PathLike[str]) -> bytes | None:
         log.debug("no colour profile read from %s: %s", p, e)
         return None
     return icc if _icc_space(icc) == b"RGB " else None
+
+
+def _preview_to_srgb(small: np.ndarray, icc: bytes | None) -> np.ndarray:
+    """A preview (uint8 RGB) in the RGB profile ``icc`` converted to sRGB (``rgb_to_srgb``),
+    for the sources ``source_profile`` knows no profile of without decoding them (JPEG XL,
+    floating-point TIFF): the same colours ``load_photo``'s pixels show through their
+    profile. Unchanged without an RGB profile."""
+    if _icc_space(icc) != b"RGB ":
+        return small
+    return np.asarray(rgb_to_srgb(_pil().fromarray(np.ascontiguousarray(small), "RGB"), icc))
 
 
 def _preview_rgb8(im, max_side: int, icc: bytes | None = None) -> np.ndarray:
@@ -2940,39 +3205,47 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _to_unit(pixels: np.ndarray) -> np.ndarray:
-    """Float32 in [0, 1] from uint8 / uint16 / float pixels (NaN 0, clipped)."""
-    a = np.asarray(pixels)
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    if a.dtype == np.uint16:
-        return a.astype(np.float32) / 65535.0
-    return np.clip(np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
-
-
 _QUANTISE_SLAB = 1 << 20  # values quantised at a time (a 4 MB float32 temporary)
 
 
-def _quantise(pixels: np.ndarray, depth: int) -> np.ndarray:
+def _quantise(pixels: np.ndarray, depth: int, *, linear: bool = False,
+              over_white: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (``depth`` 8) or uint16 (16) from float [0, 1] pixels (NaN 0, clipped, rounded)
+    or uint8 / uint16 ones. ``over_white``: an alpha (H, W) to flatten the pixels onto white
+    with (JPEG has no transparency); ``linear``: the pixels are sRGB-encoded values of a
+    linear photo (``Photo.linear_icc``), converted back to linear light here."""
     a = np.asarray(pixels)
-    if a.dtype == np.uint8 and depth == 8:
-        return a
-    if a.dtype == np.uint16 and depth == 16:
-        return a
-    if a.dtype == np.uint8:
-        return a.astype(np.uint16) * 257
-    if a.dtype == np.uint16:
-        return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if not linear and over_white is None:
+        if a.dtype == np.uint8 and depth == 8:
+            return a
+        if a.dtype == np.uint16 and depth == 16:
+            return a
+        if a.dtype == np.uint8:
+            return a.astype(np.uint16) * 257
+        if a.dtype == np.uint16:
+            return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
     top = np.float32(255.0 if depth == 8 else 65535.0)
+    unit = {np.dtype(np.uint8): np.float32(255.0),
+            np.dtype(np.uint16): np.float32(65535.0)}.get(a.dtype)
     out = np.empty(a.shape, np.uint8 if depth == 8 else np.uint16)
     # in slabs of rows, the same values: one small float32 temporary instead of several
     # full-size ones (a 60 MP float32 photo: +2.34 GB at the peak -> the result and ~10 MB;
-    # 3.8-7.6 s -> 0.6-0.7 s)
+    # 3.8-7.6 s -> 0.6-0.7 s; a 48 MP JPEG flattened onto white: see save_photo)
     step = max(1, _QUANTISE_SLAB // max(1, a[:1].size))
     for y in range(0, a.shape[0], step):
         f = a[y:y + step].astype(np.float32, copy=True)
+        if unit is not None:
+            f /= unit
         np.nan_to_num(f, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
         np.clip(f, 0.0, 1.0, out=f)
+        if over_white is not None:
+            w = np.asarray(over_white[y:y + step], dtype=np.float32)
+            w = np.clip(np.nan_to_num(w), 0.0, 1.0)[..., None]
+            f *= w
+            f += 1.0 - w
+            np.clip(f, 0.0, 1.0, out=f)
+        if linear:
+            _srgb_decode(f)
         f *= top
         f += np.float32(0.5)
         out[y:y + step] = f
@@ -2991,7 +3264,8 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
     (``SaveFailed``); an existing ``dest`` gets a ``_1``, ``_2``... suffix unless ``overwrite``.
     What the format could not hold is appended to ``notes`` (for the photographer): 16 bits
     asked of an 8-bit format, transparency in a JPEG (flattened onto white), XMP, EXIF or IPTC
-    too large for a JPEG segment, IPTC in a PNG/WebP (no place for it).
+    too large for a JPEG segment, IPTC in a PNG/WebP (no place for it), a linear photo in 8
+    bits (the sRGB curve kept), a resolution no file can hold (left out).
     """
     options = options or OutputOptions()
     dest = Path(dest)
@@ -3020,7 +3294,7 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
         notes.append(f"{fmt.upper()} holds 8 bits per channel: written as 8-bit "
                      "(choose PNG or TIFF for 16-bit)")
     depth = 16 if depth >= 16 and fmt in ("png", "tiff") else 8
-    al = None
+    al = white = None
     if alpha is not None:
         al = np.asarray(alpha)
         if al.ndim == 3:
@@ -3033,24 +3307,43 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
             al = cv2.resize(al.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
         if fmt == "jpeg":
             if float(al.min()) < 1.0:  # no transparency in JPEG: flatten onto white, not black
-                a3 = np.clip(np.nan_to_num(al.astype(np.float32)), 0.0, 1.0)[..., None]
-                arr = _to_unit(arr) * a3 + (1.0 - a3)
+                white = al  # (done slab by slab as the pixels are quantised)
                 notes.append("JPEG has no transparency: the transparent areas were filled with "
                              "white (choose PNG, TIFF or WebP to keep them)")
             al = None
-    rgb = _quantise(arr, depth)
-    a = _quantise(al, depth) if al is not None else None
-
-    keep = options.keep_metadata and like is not None
     # the ICC profile is kept either way: the pixels are in its colour space, and without it
     # every viewer would show other colours (it says nothing about the photographer)
     icc = like.icc_profile if like is not None and _icc_space(like.icc_profile) == b"RGB " \
         else None
+    # a linear photo's pixels were encoded with the sRGB curve on loading: a 16-bit result
+    # goes back to linear light and gets the photo's own profile; 8 bits of linear light would
+    # band in the shadows, so an 8-bit one keeps the sRGB curve and the profile saying so
+    source_linear = getattr(like, "linear_icc", None) if icc is not None else None
+    linear = depth == 16 and _icc_space(source_linear) == b"RGB "
+    if linear:
+        icc = source_linear
+    elif source_linear is not None:
+        notes.append("this photo's colour profile has a linear tone curve, which 8 bits per "
+                     "channel would band in the shadows: the result keeps the sRGB tone curve "
+                     "with a profile of the same primaries (choose 16-bit PNG or TIFF for its "
+                     "own profile)")
+    rgb = _quantise(arr, depth, linear=linear, over_white=white)
+    del white
+    a = _quantise(al, depth) if al is not None else None
+
+    keep = options.keep_metadata and like is not None
     dpi = None
     if keep and like.dpi:
         s = w / max(1, like.width)  # keep the print size when the result is larger
-        dpi = (like.dpi[0] * s, like.dpi[1] * s)
-    exif = clean_exif(like.exif, w, h, dpi) if keep and like.exif else None
+        try:
+            dpi = (float(like.dpi[0]) * s, float(like.dpi[1]) * s)
+        except (TypeError, ValueError, IndexError):
+            dpi = like.dpi
+        if not dpi_usable(dpi):  # damaged or made up: kept out of every header
+            notes.append(f"the photo's resolution ({_dpi_text(like.dpi)}) is not a usable "
+                         "value: the result was written without it (the EXIF keeps its own)")
+            dpi = None
+    exif = clean_exif(like.exif, w, h, dpi, notes) if keep and like.exif else None
     xmp = _xmp_reset_orientation(like.xmp) if keep else None
     xmp = xmp_with_record(xmp, record)
     # IPTC (captions, keywords, copyright: personal data) goes with EXIF and XMP
@@ -3161,8 +3454,12 @@ def _encode_jpeg(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
                           "or WebP to keep it)")
     elif meta.exif:
         kw["exif"] = meta.exif
-    if meta.dpi:
+    if meta.dpi and max(meta.dpi) < 65535.5:  # JFIF's density is 16-bit (Pillow wraps it)
         kw["dpi"] = (round(float(meta.dpi[0])), round(float(meta.dpi[1])))
+    elif meta.dpi:
+        meta.notes.append(f"a JPEG's header holds at most 65535 dpi: the resolution "
+                          f"({_dpi_text(meta.dpi)}) was left out of it"
+                          + (" (the EXIF has it)" if meta.exif else ""))
     if meta.comment:
         kw["comment"] = meta.comment
     xmp = meta.xmp

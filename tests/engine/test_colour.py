@@ -145,13 +145,18 @@ def test_a_wide_gamut_photo_keeps_its_profile_bits_and_colours(tmp_path, name, f
     src = mio.save_photo(img, tmp_path / f"src.{fmt}", like=like,
                          options=OutputOptions(bit_depth=bits, quality=100))
     ph = mio.load_photo(src)
-    assert ph.icc_profile == icc and ph.bit_depth == bits
+    # 16-bit linear pixels are encoded with the sRGB curve for the models: ``icc_profile``
+    # then says so and the photo's own profile rides along in ``linear_icc``
+    assert (ph.linear_icc or ph.icc_profile) == icc and ph.bit_depth == bits
+    assert (ph.linear_icc is not None) == (name == "linear" and bits == 16)
     out = mio.save_photo(ph.pixels, tmp_path / "res", like=ph)
     rgb, ricc, rbits = _read(out)
     assert ricc == icc and rbits == bits
-    e = delta_e(lab(ph.pixels, icc), lab(rgb, ricc))
-    if bits == 16:  # lossless: only the 8-bit Lab of the comparison rounds
-        assert float(e.max()) <= 0.6, float(e.max())
+    e = delta_e(lab(ph.pixels, ph.icc_profile), lab(rgb, ricc))
+    if bits == 16:  # lossless: the source's very values (a linear one's converted back)
+        assert np.array_equal(rgb, _read(src)[0])
+        if ph.linear_icc is None:  # (8-bit Lab of linear values is too coarse to compare)
+            assert float(e.max()) <= 0.6, float(e.max())
     else:  # JPEG / WebP at quality 95 (the default): compression, no colour shift
         assert float(e.mean()) < 2.0 and float(e.max()) < 8.0, float(e.max())
 
@@ -225,9 +230,10 @@ def test_a_16bit_png_with_gama_keeps_16_bits_and_gets_the_profile(tmp_path):
     src = tmp_path / "g16.png"
     src.write_bytes(png[:33] + _png_chunk(b"gAMA", struct.pack(">I", 100000)) + png[33:])
     ph = mio.load_photo(src)
-    assert ph.bit_depth == 16 and ph.icc_profile is not None
-    _, icc, bits = _read(mio.save_photo(ph.pixels, tmp_path / "r", like=ph))
-    assert bits == 16 and icc == ph.icc_profile
+    assert ph.bit_depth == 16 and ph.linear_icc is not None  # (gamma 1.0: linear)
+    rgb, icc, bits = _read(mio.save_photo(ph.pixels, tmp_path / "r", like=ph))
+    assert bits == 16 and icc == ph.linear_icc  # the linear values, with their profile
+    assert np.array_equal(np.round(rgb * 65535).astype(np.uint16), a)
 
 
 # ------------------------------------------------------------------ EXIF ColorSpace
