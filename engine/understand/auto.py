@@ -2,8 +2,10 @@
 built-in analyzer. Measurements always ride along (every backend merges them). Without a
 runtime it looks at the process-wide default one (local files only, as the "vlm" backend does).
 A photo the VLM fails on (an unreadable answer; the whole batch when it runs out of memory)
-gets the analyzer's diagnosis, with the reason in its rationale. A cancel (``cancel_check``)
-is not a failure: it is raised, never answered with the analyzer."""
+gets the analyzer's diagnosis, with the reason in its rationale. When the model itself cannot
+be loaded (damaged files, too large for the device), the later batches of the same classifier
+go to the analyzer at once (same rationale) instead of loading it again for each one. A cancel
+(``cancel_check``) is not a failure: it is raised, never answered with the analyzer."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +19,7 @@ from ..errors import Cancelled, EngineError
 from .base import photos_for, register_classifier, single
 
 log = logging.getLogger(__name__)
+VLM_CHUNK = 4  # photos given to the VLM at once (its own batch size)
 
 
 @register_classifier("auto")
@@ -27,6 +30,7 @@ class AutoClassifier:
         self.runtime = runtime
         self._kwargs = kwargs
         self._chosen: Any = None
+        self._load_error: EngineError | None = None  # the VLM's, when it could not be loaded
 
     def choose(self) -> Any:
         if self._chosen is not None:
@@ -59,16 +63,29 @@ class AutoClassifier:
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]
                        ) -> list[Diagnosis | EngineError]:
+        """One entry per photo. The VLM gets ``VLM_CHUNK`` photos at a time, so a batch that
+        fails (out of memory) costs only its own photos the VLM's answer, not those before."""
         photos = photos_for(images, photos)
         c = self.choose()
         if c.name == "builtin":
             return c.classify_batch(images, photos)
+        out: list[Diagnosis | EngineError] = []
+        for i in range(0, len(images), VLM_CHUNK):
+            out += self._vlm_chunk(c, images[i:i + VLM_CHUNK], photos[i:i + VLM_CHUNK])
+        return out
+
+    def _vlm_chunk(self, c: Any, images: list[np.ndarray], photos: list[Any | None]
+                   ) -> list[Diagnosis | EngineError]:
         check = self._kwargs.get("cancel_check")
+        if self._load_error is not None:
+            return _fallback(images, photos, [self._load_error] * len(images), check, warn=False)
         try:
             out = list(c.classify_batch(images, photos))
         except Cancelled:
             raise
         except EngineError as e:  # out of memory, a damaged model...: every photo falls back
+            if not getattr(c, "model_loaded", True):
+                self._load_error = e  # it would fail to load again: the analyzer from now on
             return _fallback(images, photos, [e] * len(images), check)
         failed = [i for i, d in enumerate(out) if isinstance(d, EngineError)]
         if failed:  # an unreadable answer: that photo alone falls back
@@ -80,15 +97,16 @@ class AutoClassifier:
 
 
 def _fallback(images: list[np.ndarray], photos: list[Any | None],
-              errors: list[EngineError], cancel_check: Callable[[], None] | None = None
-              ) -> list[Diagnosis | EngineError]:
+              errors: list[EngineError], cancel_check: Callable[[], None] | None = None,
+              warn: bool = True) -> list[Diagnosis | EngineError]:
     """The built-in analyzer's diagnoses of the photos the VLM failed on, saying why."""
     from dataclasses import replace
 
     from .analyzer import BuiltinAnalyzer
 
-    log.warning("VLM diagnosis failed on %d photo(s) (%s); using the built-in analyzer",
-                len(images), errors[0])
+    if warn and images:
+        log.warning("VLM diagnosis failed on %d photo(s) (%s); using the built-in analyzer",
+                    len(images), errors[0])
     out = BuiltinAnalyzer(cancel_check=cancel_check).classify_batch(images, photos)
     return [d if isinstance(d, EngineError) else
             replace(d, rationale=f"{d.rationale}; VLM unavailable: {e}")

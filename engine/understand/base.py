@@ -9,13 +9,14 @@ error.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..api import Diagnosis
-from ..errors import EngineError, UsageError
+from ..errors import BadImage, EngineError, UsageError
 
 
 class Classifier(Protocol):
@@ -25,7 +26,8 @@ class Classifier(Protocol):
         """True when everything it needs (weights, packages) is installed."""
 
     def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
-        """``image``: float32 RGB in [0, 1], (H, W, 3). ``photo``: the loaded Photo (metadata)."""
+        """``image``: float32 RGB in [0, 1], (H, W, 3) (grey, alpha and 8/16-bit integer
+        arrays are read as ``as_rgb`` reads them). ``photo``: the loaded Photo (metadata)."""
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]
                        ) -> list[Diagnosis | EngineError]:
@@ -52,6 +54,72 @@ def single(results: list[Diagnosis | EngineError]) -> Diagnosis:
     if isinstance(d, EngineError):
         raise d
     return d
+
+
+def _planes(image: Any) -> np.ndarray:
+    """The photo's colour planes as a view: (H, W, 3) for RGB/RGBA, (H, W) for grey
+    ((H, W), (H, W, 1) or grey + alpha). A shape that is no photo is BadImage."""
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] in (1, 2):
+        a = a[..., 0]
+    elif a.ndim == 3 and a.shape[2] >= 3:
+        a = a[..., :3]
+    if a.ndim not in (2, 3) or a.size == 0 or a.dtype.kind not in "biuf":
+        raise BadImage("<array>", f"not a photo: an array of shape {np.shape(image)} and type "
+                                  f"{np.asarray(image).dtype}")
+    return a
+
+
+def _unit_scale(dtype: np.dtype) -> float:
+    """What 1.0 is in samples of ``dtype``: integers are scaled by their type's maximum (8 or
+    16 bits), floats and booleans are taken as they are."""
+    return float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0
+
+
+def as_rgb(image: Any) -> np.ndarray:
+    """``image`` as the classifiers' float32 RGB, (H, W, 3), on the scale [0, 1]: the contract's
+    float RGB is returned as it is (a view, no copy); grey ((H, W), (H, W, 1)) is repeated into
+    three channels, alpha dropped, integer samples (8/16 bits) scaled by their type's maximum.
+    Non-finite values are left for the caller (``measure`` re-measures a cleaned copy)."""
+    a = _planes(image)
+    scale = _unit_scale(a.dtype)
+    a = a.astype(np.float32, copy=False)
+    if scale != 1.0:
+        a = np.maximum(a / np.float32(scale), np.float32(0.0))
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    return a
+
+
+def model_rgb8(image: Any, max_pixels: int, min_side: int = 0, min_size: int = 1) -> np.ndarray:
+    """The photo as 8-bit RGB for a model's image processor, (H, W, 3) uint8, reduced (area
+    average, before anything is converted) to about ``2 * max_pixels`` when larger - the
+    processor resizes again, so the full-resolution copies (a 60 MP photo: 1.4 GB, 10 s) are
+    never made - but keeping the short side at ``min_side`` or the photo's own, and each side
+    at least ``min_size``. Grey, alpha and 8/16-bit integer photos are read as ``as_rgb``
+    reads them; NaN is 0 and values are clipped into [0, 1]."""
+    a = _planes(image)
+    scale = _unit_scale(a.dtype)
+    h, w = a.shape[:2]
+    if h * w > 2 * max_pixels:
+        f = math.sqrt(2 * max_pixels / (h * w))
+        if min_side:
+            f = max(f, min(1.0, min_side / min(h, w)))
+        if f < 1.0:
+            import cv2
+
+            if a.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+                a = a.astype(np.float32)
+            size = (max(min_size, int(w * f)), max(min_size, int(h * f)))
+            a = cv2.resize(np.ascontiguousarray(a), size, interpolation=cv2.INTER_AREA)
+    a = a.astype(np.float32)
+    if scale != 1.0:
+        a /= np.float32(scale)
+    np.nan_to_num(a, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    out = (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=2)
+    return out
 
 
 ClassifierFactory = Callable[..., Classifier]
@@ -116,9 +184,26 @@ class StoredModelClassifier:
     def pick_model(self) -> str:  # pragma: no cover - each backend chooses its own
         raise NotImplementedError
 
-    def available(self) -> bool:
-        from ..errors import EngineError
+    def _not_installed(self, model_ids: tuple[str, ...], missing: EngineError) -> EngineError:
+        """The error when none of ``model_ids`` can be used: a damaged or partly installed
+        one's own (ModelFileCorrupt naming the file, "N of its files are missing", unlisted
+        weights in its folder), which says what to repair; ``missing`` when none is there."""
+        rt = self._rt()
+        status = getattr(getattr(rt, "store", None), "status", None)
+        for mid in model_ids:
+            try:
+                state = status(mid) if status is not None else None
+            except (EngineError, KeyError):  # (an id the manifest does not know)
+                continue
+            if state not in ("corrupt", "partial"):
+                continue
+            try:
+                rt.path(mid)
+            except EngineError as e:
+                return e
+        return missing
 
+    def available(self) -> bool:
         try:
             self.pick_model()
             return True
@@ -133,11 +218,13 @@ class StoredModelClassifier:
         raise NotImplementedError
 
     def _measured(self, image: np.ndarray, photo: Any | None, extra: dict[str, Any],
-                  scores: dict[str, float]) -> tuple[dict[str, Any], tuple[str, ...]]:
-        """The analyzer's estimates merged with ``extra``, and flags from ``scores``."""
+                  scores: dict[str, float], label: Any | None = None
+                  ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The analyzer's estimates merged with ``extra``, and flags from ``scores`` and the
+        ``label`` (a Degradation)."""
         from .vlm import _merge_estimates, class_flags
 
         if self.with_measurements:
             base, est = _merge_estimates(image, photo, extra, self.cancel_check)
-            return est, class_flags(base.flags, scores)
-        return extra, class_flags((), scores)
+            return est, class_flags(base.flags, scores, label)
+        return extra, class_flags((), scores, label)

@@ -19,9 +19,13 @@ import numpy as np
 from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
 from ..errors import EngineError, ModelMissing
 from ..resources import resource
-from .base import StoredModelClassifier, photos_for, register_classifier
+from .base import StoredModelClassifier, model_rgb8, photos_for, register_classifier
 
 MODEL_IDS = ("clip-vit-large-patch14", "siglip-base-patch16-224")
+# a photo is reduced (area average) to about 2 * MAX_PIXELS before it is converted for the
+# processor, which resizes it to 224 px anyway; its short side stays at least MIN_SIDE
+MAX_PIXELS = 512 * 512
+MIN_SIDE = 448
 PROMPTS_FILE = resource("prompts", "clip_prompts.json")
 LETTERS = tuple(c.value for c in CLASSES)
 
@@ -56,14 +60,17 @@ def load_clip(runtime: Any, model_id: str, prompts: dict[str, list[str]]) -> _Lo
         import torch
         from transformers import AutoModel, AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True,
-                                                  trust_remote_code=False)
         from ..models.loader import checkpoint_errors
+        from .vlm import loading_memory
 
+        # (a damaged tokenizer or config that passed the cheap check: the model's error)
         with checkpoint_errors(f"{model_id} ({folder})"):
+            processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True,
+                                                      trust_remote_code=False)
+        with checkpoint_errors(f"{model_id} ({folder})"), loading_memory(model_id, device):
             model = AutoModel.from_pretrained(str(folder), local_files_only=True,
                                               trust_remote_code=False, dtype=dtype)
-        model.to(device.torch_device).eval()
+            model.to(device.torch_device).eval()
         texts = [t for c in LETTERS for t in prompts[c]]
         kw = {"padding": "max_length"} if "siglip" in type(model).__name__.lower() else \
             {"padding": True}
@@ -108,8 +115,9 @@ class ClipClassifier(StoredModelClassifier):
                 return mid
         from ..models.store import install_hint
 
-        raise ModelMissing(MODEL_IDS[0], f"install a CLIP model ({install_hint(MODEL_IDS[0])}) "
-                                         "or use the built-in analyzer")
+        raise self._not_installed(MODEL_IDS, ModelMissing(
+            MODEL_IDS[0], f"install a CLIP model ({install_hint(MODEL_IDS[0])}) or use the "
+                          "built-in analyzer"))
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None],
                        batch_size: int = 8) -> list[Diagnosis]:
@@ -126,7 +134,7 @@ class ClipClassifier(StoredModelClassifier):
         for i in range(0, len(images), batch_size):
             self._check()
             chunk = images[i:i + batch_size]
-            pils = [Image.fromarray((np.clip(im[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8))
+            pils = [Image.fromarray(model_rgb8(im, MAX_PIXELS, min_side=MIN_SIDE))
                     for im in chunk]
             px = loaded.processor(images=pils, return_tensors="pt")["pixel_values"]
             with torch.inference_mode(), self._checking(loaded.model):
@@ -144,6 +152,6 @@ class ClipClassifier(StoredModelClassifier):
     def _finish(self, sc: dict[str, float], image: np.ndarray, photo: Any | None,
                 model_id: str) -> Diagnosis:
         label = Degradation(max(sc, key=sc.get))
-        est, flags = self._measured(image, photo, {"clip_model": model_id}, sc)
+        est, flags = self._measured(image, photo, {"clip_model": model_id}, sc, label)
         why = f"zero-shot {model_id}: {label.short_name} ({sc[label.value]:.0%})"
         return Diagnosis(label, sc, flags, est, why, "clip")

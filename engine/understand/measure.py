@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from ..resources import resource
+from .base import as_rgb
 from .blurextent import estimate_blur_extent
 
 VIEW_SIDE = 1024
@@ -880,12 +881,31 @@ def measure(image: np.ndarray, photo: Any | None = None, *, extra: bool = True,
     """Every measurement. Estimates in original-pixel units; features on the view.
     ``extra=False`` skips the view cues that only the feature model reads (faster).
     ``cancel_check`` (a job's ``Progress.check``) is called before each measurement: a cancel
-    waits for one of them at most (each under 0.1 s on a 12 MP photo on one core)."""
+    waits for one of them at most (each under 0.1 s on a 12 MP photo on one core).
+
+    ``image``: float RGB in [0, 1]; grey, alpha and 8/16-bit integer arrays are read as
+    ``base.as_rgb`` reads them. A photo with non-finite pixels (NaN, inf: a float array that
+    did not come through ``load_photo``) is measured again on a cleaned copy (NaN 0, clipped
+    into [0, 1]) when any measurement came out non-finite, so no estimate is NaN; a finite
+    photo costs nothing more."""
     check = cancel_check or _no_check
     check()
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    image = np.asarray(image[..., :3], dtype=np.float32)
+    image = as_rgb(image)
+    out = _measure(image, photo, extra, check)
+    if not _all_finite(out):
+        clean = np.clip(np.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        out = _measure(clean, photo, extra, check)
+    return out
+
+
+def _all_finite(meas: Mapping[str, Any]) -> bool:
+    values = [v for v in meas.values() if isinstance(v, float)]
+    values += [float(v) for v in meas.get("features", {}).values()]
+    return bool(np.isfinite(values).all())
+
+
+def _measure(image: np.ndarray, photo: Any | None, extra: bool,
+             check: Callable[[], None]) -> dict[str, Any]:
     h, w = image.shape[:2]
     out: dict[str, Any] = {"width": w, "height": h}
     if min(h, w) < MIN_SIDE:  # a sliver or a few pixels: edge-pad so every measure is defined

@@ -2,9 +2,11 @@
 
 "paper": the paper's prompt word for word (resources/prompts/paper_classify.txt); the class
 scores are the softmax of the logits of the answer-letter tokens A/B/C/D at the position where
-the model writes its letter (the first generated token when it answers plainly), so every
+the model writes its letter as a word of its own (the first generated token when it answers
+plainly; never the first letter of a word split into tokens), so every
 diagnosis has a confidence and a runner-up. The text is parsed tolerantly ("B.", "**C**",
-"Answer: a"); an answer that names no class is an error, never a guess. A class read from
+"Answer: a", a bare "b", CJK punctuation "B。"); an answer that names no class is an error,
+never a guess. A class read from
 words ("Reflection artifacts": no letter token) keeps that label, with the letters' softmax at
 the first generated position as its scores (the model's odds, not a certainty).
 
@@ -23,10 +25,11 @@ cached model is always a whole one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,7 +37,7 @@ import numpy as np
 from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
 from ..errors import Cancelled, EngineError, ModelMissing
 from ..resources import resource
-from .base import StoredModelClassifier, photos_for, register_classifier
+from .base import StoredModelClassifier, model_rgb8, photos_for, register_classifier
 
 PROMPTS = resource("prompts")
 MODEL_IDS = ("qwen2.5-vl-7b", "qwen2.5-vl-3b")  # best first
@@ -69,23 +72,27 @@ def parse_letter(text: str) -> Degradation | None:
     t = (text or "").strip()
     if not t:
         return None
-    clean = re.sub(r"[*_`#>\"'“”‘’\[\]]", " ", t).strip()
+    clean = re.sub(r"[*_`#>\"'“”‘’\[\]「」【】]", " ", t).strip()
+    # the whole answer one letter, in either case ("b", "c.", "(d)", "B。")
+    m = re.fullmatch(r"\(?([A-Da-d])\)?\s*[.,:;!)。，：；！）]?", clean)
+    if m:
+        return Degradation(m.group(1).upper())
     # a bare leading letter must be upper case ("a photo..." is not an answer) and not an
     # article: "A motion blurred photo." names C, not A (a lower-case word follows)
-    m = re.match(r"^\(?([ABCD])\)?(?=$|[.,:;)!\-]|\s+(?![a-z]))", clean)
+    m = re.match(r"^\(?([ABCD])\)?(?=$|[.,:;)!\-。，：；！）]|\s+(?![a-z]))", clean)
     if not m:
         m = re.match(r"^(?:the\s+)?(?:final\s+)?(?:answer|result|category|class|type|"
-                     r"degradation(?:\s+type)?)\s*(?:is)?\s*[:\-=]?\s*\(?([A-Da-d])\)?"
-                     r"(?=$|[\s.,:;)!\-])", clean, flags=re.IGNORECASE)
+                     r"degradation(?:\s+type)?)\s*(?:is)?\s*[:\-=：]?\s*\(?([A-Da-d])\)?"
+                     r"(?=$|[\s.,:;)!\-。，：；！）])", clean, flags=re.IGNORECASE)
     standalone = set(re.findall(r"(?<![A-Za-z])([ABCD])(?![A-Za-z])", clean))
     if m:
         letter = m.group(1).upper()
         return Degradation(letter) if standalone <= {letter} else None
-    m = re.search(r"(?:answer|result|category|class)\s*(?:is)?\s*[:\-=]?\s*\(?([A-Da-d])\)?"
-                  r"(?=$|[\s.,:;)!])", clean, flags=re.IGNORECASE)
+    m = re.search(r"(?:answer|result|category|class)\s*(?:is)?\s*[:\-=：]?\s*\(?([A-Da-d])\)?"
+                  r"(?=$|[\s.,:;)!。，：；！）])", clean, flags=re.IGNORECASE)
     if m:
         return Degradation(m.group(1).upper())
-    letters = set(re.findall(r"(?<![A-Za-z])([ABCD])(?=[.):]|\s*$)", clean))
+    letters = set(re.findall(r"(?<![A-Za-z])([ABCD])(?=[.):。：）]|\s*$)", clean))
     if len(letters) == 1 and standalone <= letters:  # "A or B" names no one class
         return Degradation(letters.pop())
     low = clean.lower()
@@ -225,15 +232,13 @@ def max_pixels_for(device: Any) -> int:
 
 
 def _to_pil(image: np.ndarray, max_pixels: int):
+    """The photo as the processor's RGB image: reduced early to about ``2 * max_pixels`` (the
+    processor resizes anyway), a strip padded to ``MAX_ASPECT``. Grey, alpha and 16-bit
+    photos as ``base.model_rgb8`` reads them."""
     from PIL import Image
 
-    arr = (np.clip(np.asarray(image[..., :3], dtype=np.float32), 0, 1) * 255 + 0.5)
-    im = Image.fromarray(arr.astype(np.uint8))
+    im = Image.fromarray(model_rgb8(image, max_pixels, min_size=28))
     w, h = im.size
-    if w * h > 2 * max_pixels:  # the processor resizes anyway: shrink early, cheaply
-        f = math.sqrt(2 * max_pixels / (w * h))
-        im = im.resize((max(28, int(w * f)), max(28, int(h * f))), Image.Resampling.BICUBIC)
-        w, h = im.size
     if max(w, h) > MAX_ASPECT * min(w, h):
         # pad the short side, centred, with the photo's mean colour
         pw, ph = (w, math.ceil(w / MAX_ASPECT)) if w > h else (math.ceil(h / MAX_ASPECT), h)
@@ -302,18 +307,21 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
         # transformers hands such kwargs to the tokenizer too, which passes them to every call
         # (overriding the image processor), and a release's preprocessor_config.json
         # (max_pixels 12845056) is copied into a ``size`` dict given there
-        processor = AutoProcessor.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=False)
+        from ..models.loader import checkpoint_errors
+
+        # (a damaged config, tokenizer or chat template - same size and time, so the cheap
+        # check passed - is the model's error, UnsupportedModel, not a UnicodeDecodeError)
+        with checkpoint_errors(f"{model_id} ({folder})"):
+            processor = AutoProcessor.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=False)
         ip = getattr(processor, "image_processor", None)
         if ip is not None:
             bound_pixels(ip, MIN_PIXELS, max_pixels)
         processor.tokenizer.padding_side = "left"
-        from ..models.loader import checkpoint_errors
-
-        with checkpoint_errors(f"{model_id} ({folder})"):
+        with checkpoint_errors(f"{model_id} ({folder})"), loading_memory(model_id, device):
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 str(folder), local_files_only=True, trust_remote_code=False, dtype=dtype)
-        model.to(device.torch_device).eval()
+            model.to(device.torch_device).eval()
         return _Loaded(model, processor, letter_token_ids(processor.tokenizer), model_id,
                        device)
 
@@ -323,6 +331,30 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
     except (KeyError, EngineError, AttributeError):
         spec_mb = 0
     return runtime.cached(key, build, (spec_mb << 20) if spec_mb else None)
+
+
+@contextlib.contextmanager
+def loading_memory(model_id: str, device: Any) -> Iterator[None]:
+    """A device out of memory while a model loads (its weights moved to the GPU) is the
+    engine's OutOfMemory (so "auto" falls back to the analyzer), not torch's own error; the
+    device's cache is emptied first."""
+    from ..devices import is_oom
+    from ..errors import OutOfMemory
+
+    failed: str | None = None
+    try:
+        yield
+    except Exception as e:
+        if not is_oom(e):
+            raise
+        failed = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    if failed is not None:  # (raised outside the handler: torch's traceback is dropped)
+        from ..devices import empty_cache
+
+        empty_cache(device)
+        raise OutOfMemory(f"not enough memory to load {model_id} on "
+                          f"{getattr(device, 'torch_device', device)} ({failed}); close other "
+                          "programs or use the built-in analyzer")
 
 
 def bound_pixels(image_processor: Any, min_pixels: int, max_pixels: int) -> None:
@@ -400,6 +432,26 @@ def _generate(loaded: _Loaded, pils: list, prompt: str, max_new_tokens: int,
     return list(seqs), texts, scores
 
 
+def letter_position(ids: Sequence[int], letter: str, letter_ids: Mapping[str, Sequence[int]],
+                    tokenizer: Any) -> int | None:
+    """Where the generated ``ids`` write ``letter`` as a word of its own: its first token
+    that is a spelling of the letter and is not part of a word (the "C" of "Clearly", "B" of
+    "Bokeh" when a word is split into tokens), or None."""
+    mine = set(letter_ids[letter])
+
+    def text(i: int) -> str:
+        return tokenizer.decode([ids[i]], skip_special_tokens=True) if 0 <= i < len(ids) else ""
+
+    for k, t in enumerate(ids):
+        if t not in mine:
+            continue
+        own = text(k)
+        joined_before = own[:1].isalpha() and text(k - 1)[-1:].isalpha()
+        if not joined_before and not text(k + 1)[:1].isalpha():
+            return k
+    return None
+
+
 def letter_scores(step_logits, letter_ids: Mapping[str, Sequence[int]]) -> dict[str, float]:
     """Softmax over the letters' logits at one position (a letter's spellings are pooled)."""
     import torch
@@ -423,12 +475,17 @@ def _merge_estimates(image: np.ndarray, photo: Any | None, extra: Mapping[str, A
     return base, est
 
 
-def class_flags(measured: Sequence[str], scores: Mapping[str, float]) -> tuple[str, ...]:
-    """The analyzer's measurement flags, with the class flags taken from this backend's scores."""
+def class_flags(measured: Sequence[str], scores: Mapping[str, float],
+                label: Degradation | None = None) -> tuple[str, ...]:
+    """The analyzer's measurement flags, with the class flags taken from this backend's scores:
+    a class at least 0.3 likely, or the label (``label``, else the top score, however low:
+    there are four classes), as the analyzer's own flags do."""
     keep = [f for f in measured if f not in ("motion_blur", "reflection")]
-    if scores.get("C", 0.0) >= 0.3:
+    top = label.value if label is not None else \
+        (max(scores, key=scores.get) if scores else None)
+    if scores.get("C", 0.0) >= 0.3 or top == "C":
         keep.append("motion_blur")
-    if scores.get("B", 0.0) >= 0.3:
+    if scores.get("B", 0.0) >= 0.3 or top == "B":
         keep.append("reflection")
     return tuple(keep)
 
@@ -448,6 +505,7 @@ class VLMClassifier(StoredModelClassifier):
         super().__init__(runtime, model_id, with_measurements, cancel_check)
         self.mode = mode
         self.max_new_tokens = max_new_tokens or (8 if mode == "paper" else 256)
+        self.model_loaded = False  # set once its model has loaded ("auto" reads it)
 
     def pick_model(self) -> str:
         rt = self._rt()
@@ -466,9 +524,9 @@ class VLMClassifier(StoredModelClassifier):
             return mid
         from ..models.store import install_hint
 
-        raise ModelMissing(MODEL_IDS[1], f"install a Qwen2.5-VL model "
-                                         f"({install_hint(MODEL_IDS[1])}) or use the built-in "
-                                         "analyzer")
+        raise self._not_installed(MODEL_IDS, ModelMissing(
+            MODEL_IDS[1], f"install a Qwen2.5-VL model ({install_hint(MODEL_IDS[1])}) or use "
+                          "the built-in analyzer"))
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None],
                        batch_size: int = 4) -> list[Diagnosis | EngineError]:
@@ -479,6 +537,7 @@ class VLMClassifier(StoredModelClassifier):
         rt = self._rt()
         self._check()
         loaded = load_vlm(rt, self.pick_model())
+        self.model_loaded = True
         mp = max_pixels_for(rt.device)
         prompt = load_prompt("paper_classify" if self.mode == "paper"
                              else "structured_degradations")
@@ -521,10 +580,9 @@ class VLMClassifier(StoredModelClassifier):
         parsed = parse_letter(text)
         if parsed is None:
             raise VLMAnswerError(text)
-        all_ids = {t: c for c, ids in loaded.letter_ids.items() for t in ids}
         # the letter's own position: the first generated token when the model answers plainly
-        pos = next((k for k, t in enumerate(seq.tolist()) if all_ids.get(int(t)) == parsed.value),
-                   None)
+        pos = letter_position([int(t) for t in seq.tolist()], parsed.value, loaded.letter_ids,
+                              loaded.processor.tokenizer)
         if pos is not None:
             sc = letter_scores(scores[pos], loaded.letter_ids)
             label = Degradation(max(sc, key=sc.get))
@@ -559,5 +617,5 @@ class VLMClassifier(StoredModelClassifier):
         extra = dict(d[3]) if len(d) > 3 else {}
         extra["vlm_model"] = model_id
         extra["vlm_mode"] = self.mode
-        est, flags = self._measured(image, photo, extra, sc)
+        est, flags = self._measured(image, photo, extra, sc, label)
         return Diagnosis(label, normalise_scores(sc), flags, est, why, "vlm")
