@@ -34,6 +34,9 @@ class ModelRuntime:
         self.store = store if store is not None else ModelStore()
         self._budget = None if budget is None else int(budget)
         self._cache: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        # key -> (the error, the model folder's files as they were): weights that could not be
+        # loaded are not read again until those files change (a repair, a pull)
+        self._failed: dict[Any, tuple[BaseException, Any]] = {}
         self._lock = threading.RLock()
 
     @property
@@ -101,22 +104,42 @@ class ModelRuntime:
             return list(self._cache)
 
     def cached(self, key: Any, factory: Callable[[], Any], size_bytes: int | None = None, *,
-               estimate: int | None = None) -> Any:
+               estimate: int | None = None, model_id: str | None = None) -> Any:
         """Return the cached object for ``key`` or build it with ``factory()``; least recently
         used entries are evicted until it fits in the budget. ``size_bytes=None`` measures the
         parameters of the built model; ``estimate`` (e.g. :meth:`estimate_bytes`) then makes
         room before building, so the model being replaced leaves the device before the new one
-        arrives, and the measured size is what is counted."""
+        arrives, and the measured size is what is counted.
+
+        With ``model_id``, weights that cannot be loaded (``UnsupportedModel``: damaged in a
+        way the cheap size + time check cannot see) raise the same error again, without being
+        read, until that model's files change: the app diagnoses one photo at a time, and a
+        damaged 7B VLM was read whole (~15 GB) for every photo before failing again."""
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key][0]
+            failed = self._failed.get(key)
+        stamp = self._files_stamp(model_id) if model_id is not None else None
+        if failed is not None:
+            if stamp is not None and failed[1] == stamp:
+                raise failed[0].with_traceback(None)
+            with self._lock:
+                self._failed.pop(key, None)
         if size_bytes is not None:
             self._evict_for(int(size_bytes))
         elif estimate:
             self._evict_for(int(estimate))
         self._torch_threads()  # (a model's loading runs torch ops too)
-        obj = factory()
+        try:
+            obj = factory()
+        except Exception as e:
+            from .loader import UnsupportedModel
+
+            if stamp is not None and isinstance(e, UnsupportedModel):
+                with self._lock:
+                    self._failed[key] = (e, stamp)
+            raise
         self._torch_threads()
         if size_bytes is None:
             from .loader import param_bytes
@@ -130,6 +153,20 @@ class ModelRuntime:
             self._cache[key] = (obj, int(size_bytes))
             self._cache.move_to_end(key)
         return obj
+
+    def _files_stamp(self, model_id: str) -> Any:
+        """Name, size and modification time of every file of the model's folder (a repair, a
+        pull or an import changes them); None when there is no folder to look at."""
+        try:
+            folder = self.store.model_dir(model_id)
+            files = []
+            for p in folder.rglob("*"):
+                st = p.stat()
+                if p.is_file():
+                    files.append((str(p.relative_to(folder)), st.st_size, st.st_mtime_ns))
+            return tuple(sorted(files))
+        except Exception:  # noqa: BLE001 - no stamp: the failure is simply not remembered
+            return None
 
     def _torch_threads(self) -> None:
         """The device's thread policy, applied to torch once a model has brought it in (a
@@ -202,7 +239,8 @@ class ModelRuntime:
             desc.to(torch.device(self.device.torch_device))
             return desc
 
-        return self.cached(key, build, None, estimate=self.estimate_bytes(model_id))
+        return self.cached(key, build, None, estimate=self.estimate_bytes(model_id),
+                           model_id=model_id)
 
     def load_state_dict(self, model_id: str, name: str | None = None) -> dict[str, Any]:
         """A raw state dict (safetensors / weights_only torch.load) of one file, on CPU, not

@@ -94,7 +94,7 @@ def load_clip(runtime: Any, model_id: str, prompts: dict[str, list[str]]) -> _Lo
         mb = int(runtime.store.spec(model_id).memory_mb or 0)
     except (KeyError, EngineError, AttributeError):
         mb = 0
-    return runtime.cached(key, build, (mb << 20) if mb else None)
+    return runtime.cached(key, build, (mb << 20) if mb else None, model_id=model_id)
 
 
 @register_classifier("clip")

@@ -330,7 +330,7 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
         spec_mb = int(runtime.store.spec(model_id).memory_mb or 0)
     except (KeyError, EngineError, AttributeError):
         spec_mb = 0
-    return runtime.cached(key, build, (spec_mb << 20) if spec_mb else None)
+    return runtime.cached(key, build, (spec_mb << 20) if spec_mb else None, model_id=model_id)
 
 
 @contextlib.contextmanager
