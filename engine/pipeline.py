@@ -13,7 +13,7 @@ import numpy as np
 from . import __version__
 from .api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan, StepRecord
 from .devices import DeviceInfo, configure_torch, select_device
-from .errors import EngineError, OutOfMemory, SaveFailed, UsageError
+from .errors import EngineError, ModelMissing, OutOfMemory, SaveFailed, UsageError
 from .estimate import (
     CostHistory,
     Estimate,
@@ -292,6 +292,9 @@ class Engine:
         source = fill_transparent(photo.pixels, photo.alpha)
         image, records, ctx = self._run_steps(photo, source, plan, diagnosis, mask, progress,
                                               warnings, estimate)
+        # a black-and-white photo stays black and white: a model may tint it (InvSR's VAE,
+        # Real-ESRGAN, NAFNet work on colour; the saved file would be a faintly coloured RGB)
+        image = keep_grey(source, image)
         models = tuple(dict.fromkeys(r.model for r in records if not r.model.startswith("builtin")))
 
         passthrough = all(s.name == "passthrough" for s in plan.steps if s.enabled)
@@ -364,9 +367,15 @@ class Engine:
             ctx.progress = progress.sub(offset, span)
             offset += span
             ctx.progress.update(0.0, f"step {i + 1}/{len(steps)}: {step.name}")
+            loaded = set(self.runtime.cached_keys())
             t0 = time.perf_counter()
-            out = spec.fn(image, params, ctx)
+            out = self._run_step(spec, image, params, ctx, plan, steps[i:])
             seconds = time.perf_counter() - t0
+            # a step that loaded a model (or started OCR) spent most of a small photo's time on
+            # that, once: per megapixel it multiplied the next large photo's estimate (one
+            # 100 x 75 px photo took a 24 MP photo's from 27 min to 7.2 h for deblur_nafnet,
+            # from 3 min to 4 h for text_fusion); its next runs, model cached, teach it
+            first_load = bool(set(self.runtime.cached_keys()) - loaded)
             result = np.asarray(out.image, dtype=np.float32)
             # (min and max: a NaN or an infinity shows in them, with no photo-sized temporary)
             lo, hi = ((float(result.min()), float(result.max())) if result.size
@@ -374,7 +383,8 @@ class Engine:
             if result.ndim != 3 or result.shape[2] != 3 or not (np.isfinite(lo)
                                                                 and np.isfinite(hi)):
                 raise EngineError(f"step {step.name} produced an invalid image {result.shape}")
-            if step.name != "passthrough" and not out.notes.startswith("skipped"):
+            if step.name != "passthrough" and not out.notes.startswith("skipped") \
+                    and not first_load:
                 # (a step that skipped its work took no time: it would teach the estimate that
                 # the step is nearly free)
                 # (per unit of the step's cost parameter: per InvSR sampling step)
@@ -388,6 +398,43 @@ class Engine:
             log.info("step %s (%s) %.2fs", step.name, out.model, seconds)
         ctx.progress = progress
         return image, records, ctx
+
+    def _run_step(self, spec: Any, image: np.ndarray, params: dict[str, Any], ctx: StepContext,
+                  plan: Plan, rest: list[Any]) -> Any:
+        """``spec.fn`` on ``image``. A model it lacks is reported with every other model the
+        rest of the plan (``rest``, from this step on) lacks, so that one download gets them
+        all; running out of memory outside the tiler's own back-off (a LaMa region, a face,
+        SAM, a model's loading) is an :class:`OutOfMemory` saying so, not a device's error."""
+        from .tiling import free_memory, is_out_of_memory
+
+        try:
+            return spec.fn(image, params, ctx)
+        except ModelMissing as e:
+            raise self._with_other_missing(e, replace(plan, steps=tuple(rest))) from None
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            what = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        # (out of the handler: the failed call's tensors went with its frames)
+        free_memory(self.device)
+        log.warning("out of memory in step %s (%s)", spec.name, what)
+        raise OutOfMemory(f"not enough memory for the {spec.name} step on this device "
+                          f"({self.device.name}); close other programs, choose a smaller tile "
+                          "size or the CPU device")
+
+    def _with_other_missing(self, error: ModelMissing, rest: Plan) -> ModelMissing:
+        """``error`` naming also the other models ``rest`` needs and lacks."""
+        try:
+            others = [m for m in self.missing_models(rest) if m not in error.model_ids]
+        except EngineError:  # (a broken store or manifest: the error as it was)
+            return error
+        if not others:
+            return error
+        ids = tuple(error.model_ids) + tuple(others)
+        if str(error) == str(ModelMissing(error.model_ids)):  # the plain "pull it" message
+            return ModelMissing(ids)
+        return ModelMissing(ids, f"{error}; the plan also needs {', '.join(others)} (run: mend "
+                                 f"models pull {' '.join(others)})")
 
     def _save(self, photo: Photo, image: np.ndarray, options: OutputOptions, record: dict,
               passthrough: bool, notes: list[str], source_state: tuple | None = None) -> Path:
@@ -412,6 +459,22 @@ class Engine:
                                interpolation=cv2.INTER_LINEAR)
         return save_photo(image, dest, like=photo, options=options, alpha=alpha, record=record,
                           notes=notes)
+
+
+def keep_grey(source: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``image`` made grey (its luma in all three channels) when ``source`` is grey (three
+    equal channels) and ``image`` is not; else ``image`` as it is."""
+    if image.ndim != 3 or image.shape[2] != 3 or not _is_grey(source) or _is_grey(image):
+        return image
+    from .restore.classical import luminance
+
+    y = luminance(image)
+    return np.repeat(y[..., None], 3, axis=2)
+
+
+def _is_grey(a: np.ndarray) -> bool:
+    return bool(a.ndim == 3 and a.shape[2] == 3 and np.array_equal(a[..., 0], a[..., 1])
+                and np.array_equal(a[..., 1], a[..., 2]))
 
 
 def _clipped(result: np.ndarray, before: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -96,11 +96,12 @@ def _cos_ramp(n: int, p: int) -> np.ndarray:
 
 
 def _grad_power(shape: tuple[int, int]) -> np.ndarray:
-    """|Dx|^2 + |Dy|^2 of forward differences on the rfft2 grid of ``shape``."""
+    """|Dx|^2 + |Dy|^2 of forward differences on the rfft2 grid of ``shape`` (float32: only
+    the two axes are computed in float64, not the photo-sized grid)."""
     h, w = shape
-    fy = np.fft.fftfreq(h)[:, None]
-    fx = np.fft.rfftfreq(w)[None, :]
-    return (4.0 * np.sin(np.pi * fy) ** 2 + 4.0 * np.sin(np.pi * fx) ** 2).astype(np.float32)
+    fy = (4.0 * np.sin(np.pi * np.fft.fftfreq(h)) ** 2).astype(np.float32)
+    fx = (4.0 * np.sin(np.pi * np.fft.rfftfreq(w)) ** 2).astype(np.float32)
+    return fy[:, None] + fx[None, :]
 
 
 def regularisation(noise_sigma: float) -> tuple[float, float]:
@@ -129,11 +130,20 @@ def wiener_deconvolve(image: np.ndarray, psf: np.ndarray, nsr: float = 0.01,
     if padded.ndim == 2:
         padded = padded[..., None]
     ph, pw = padded.shape[:2]
+    # (spectra in single precision and updated in place: a 24 MP photo peaked at 1.6 GB over
+    # the photo with a photo-sized float64 grid and a new array per operation, ~1 GB now)
     otf = _psf_otf(psf, (ph, pw))
-    den = np.abs(otf) ** 2 + nsr
+    den = np.abs(otf)
+    np.square(den, out=den)
+    den += np.float32(nsr)
     if grad_weight > 0:
-        den = den + grad_weight * _grad_power((ph, pw))
-    wiener = (np.conj(otf) / den).astype(np.complex64)
+        grad = _grad_power((ph, pw))
+        grad *= np.float32(grad_weight)
+        den += grad
+        del grad
+    wiener = np.conj(otf)
+    wiener /= den
+    del den
     taper = (_cos_ramp(ph, p)[:, None] * _cos_ramp(pw, p)[None, :])
     out = np.empty((h, w, padded.shape[2]), np.float32)
     for c in range(padded.shape[2]):
@@ -141,11 +151,22 @@ def wiener_deconvolve(image: np.ndarray, psf: np.ndarray, nsr: float = 0.01,
             progress.update(c / padded.shape[2], f"deconvolving channel {c + 1}")
         ch = padded[..., c]
         f = fft.rfft2(ch)
-        blurred = fft.irfft2(f * otf, s=(ph, pw)).astype(np.float32)
-        ch = taper * ch + (1.0 - taper) * blurred
-        res = fft.irfft2(fft.rfft2(ch) * wiener, s=(ph, pw))
+        f *= otf
+        blurred = fft.irfft2(f, s=(ph, pw))
+        del f
+        # taper * ch + (1 - taper) * blurred
+        mix = taper * ch
+        blurred *= 1.0 - taper
+        mix += blurred
+        del blurred
+        f = fft.rfft2(mix)
+        del mix
+        f *= wiener
+        res = fft.irfft2(f, s=(ph, pw))
+        del f
         out[..., c] = res[p:p + h, p:p + w]
-    return np.clip(out, 0.0, 1.0)
+        del res
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def fade_to_borders(before: np.ndarray, after: np.ndarray, width: float) -> np.ndarray:
@@ -154,11 +175,19 @@ def fade_to_borders(before: np.ndarray, after: np.ndarray, width: float) -> np.n
     not in the photo, so nothing there can be deconvolved reliably (measured on a synthetic
     15 px blur: border error 0.00141 -> 0.00073, below the blurred input's 0.00093)."""
     h, w = before.shape[:2]
-    dy = np.minimum(np.arange(h), np.arange(h)[::-1])[:, None]
-    dx = np.minimum(np.arange(w), np.arange(w)[::-1])[None, :]
-    t = np.clip((np.minimum(dy, dx).astype(np.float32) + 0.5) / max(1.0, width), 0.0, 1.0)
-    wt = (0.5 - 0.5 * np.cos(np.pi * t))[..., None]
-    return (before + wt * (after - before)).astype(np.float32)
+
+    def ramp(n: int) -> np.ndarray:  # along one axis: the raised cosine of the distance
+        d = np.minimum(np.arange(n), np.arange(n)[::-1]).astype(np.float32)
+        t = np.clip((d + 0.5) / max(1.0, width), 0.0, 1.0)
+        return (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
+
+    # the ramp of the nearer border = the smaller of the two axes' ramps (it only grows): no
+    # photo-sized int64 distance grid, one float32 weight map
+    wt = np.minimum(ramp(h)[:, None], ramp(w)[None, :])
+    out = np.subtract(after, before, dtype=np.float32)
+    out *= wt[..., None]
+    out += before
+    return out
 
 
 def _num(v: Any) -> float | None:

@@ -29,6 +29,7 @@ feathered mask. ``dereflect_nafnet`` then runs NAFNet over the photo for weak re
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -46,8 +47,12 @@ NAFNET_SIDD = "nafnet-sidd-w64"
 
 PASTE_DILATE = 4  # px the inpainted area extends past the mask (covers halos); feathered
 DETECT_SIDE = 1024  # the glare detector works on a view at most this large
+# out of memory while inpainting a region: the region is retried at half the working size, down
+# to this many px on its longer side (below, an OutOfMemory)
+MIN_INPAINT_SIDE = 128
 
 InpaintFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------- mask helpers
@@ -488,16 +493,16 @@ def _ultralytics_installed() -> bool:
 
 def inpaint_regions(image: np.ndarray, mask: np.ndarray, fn: InpaintFn, *,
                     context: float = 1.0, max_side: int = 1024, pad_multiple: int = 8,
-                    progress: Any = None) -> np.ndarray:
+                    progress: Any = None, device: Any = None) -> np.ndarray:
     """Inpaint each masked region on a crop with context and paste it back in the mask only.
 
     ``fn(crop, crop_mask)`` gets float RGB (h, w, 3) and a float (h, w) mask of 0/1, with h
     and w multiples of ``pad_multiple``, and returns the filled (h, w, 3) crop. Crops larger
     than ``max_side`` are processed at that size and scaled back. Only pixels with
-    :func:`paste_alpha` > 0 change.
+    :func:`paste_alpha` > 0 change. When ``fn`` runs out of memory (``device``'s cache is
+    emptied) the region is tried again at half the size, down to ``MIN_INPAINT_SIDE`` px;
+    below that it raises :class:`~engine.errors.OutOfMemory`.
     """
-    import cv2
-
     mask = _fit_mask(mask, image.shape[:2])
     out = image.astype(np.float32, copy=True)
     hole = dilate_mask(mask, PASTE_DILATE)  # the model also refills the halo band
@@ -507,26 +512,7 @@ def inpaint_regions(image: np.ndarray, mask: np.ndarray, fn: InpaintFn, *,
             progress.update(i / max(1, len(rects)), f"region {i + 1}/{len(rects)}")
         crop = image[y0:y1, x0:x1].astype(np.float32)
         cm = (hole[y0:y1, x0:x1] > 0).astype(np.float32)
-        ch, cw = crop.shape[:2]
-        s = min(1.0, max_side / max(ch, cw))
-        if s < 1.0:
-            size = (max(8, round(cw * s)), max(8, round(ch * s)))
-            work = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
-            wm = (cv2.resize(cm, size, interpolation=cv2.INTER_LINEAR) > 0).astype(np.float32)
-        else:
-            work, wm = crop, cm
-        wh, ww = work.shape[:2]
-        ph, pw = (-wh) % pad_multiple, (-ww) % pad_multiple
-        if ph or pw:
-            work = np.pad(work, ((0, ph), (0, pw), (0, 0)), mode="reflect" if
-                          (ph < wh and pw < ww) else "edge")
-            wm = np.pad(wm, ((0, ph), (0, pw)), mode="constant")
-        filled = np.asarray(fn(np.ascontiguousarray(work), np.ascontiguousarray(wm)),
-                            dtype=np.float32)[:wh, :ww]
-        if not np.isfinite(filled).all():
-            raise EngineError("the inpainting model returned an invalid image")
-        if s < 1.0:
-            filled = cv2.resize(filled, (cw, ch), interpolation=cv2.INTER_CUBIC)
+        filled = _fill_region(crop, cm, fn, max_side, pad_multiple, device)
         a = paste_alpha(mask[y0:y1, x0:x1])[..., None]
         region = out[y0:y1, x0:x1]
         sel = a[..., 0] > 0
@@ -535,6 +521,56 @@ def inpaint_regions(image: np.ndarray, mask: np.ndarray, fn: InpaintFn, *,
     if progress is not None:
         progress.update(1.0, f"{len(rects)} region(s) filled")
     return out
+
+
+def _fill_region(crop: np.ndarray, cm: np.ndarray, fn: InpaintFn, max_side: int,
+                 pad_multiple: int, device: Any) -> np.ndarray:
+    """``fn`` on one region's crop at most ``max_side`` px, back at the crop's size; halving
+    that size on out-of-memory (a 1024-px LaMa region needs a few GB on a GPU)."""
+    from ..errors import OutOfMemory
+    from ..tiling import free_memory, is_out_of_memory
+
+    side = int(max_side)
+    while True:
+        try:
+            return _fill_once(crop, cm, fn, side, pad_multiple)
+        except Exception as exc:  # only out-of-memory is handled here
+            if not is_out_of_memory(exc):
+                raise
+        # (out of the handler: the failed call's tensors went with its frames)
+        free_memory(device)
+        side = min(side, max(crop.shape[:2])) // 2
+        if side < MIN_INPAINT_SIDE:
+            raise OutOfMemory("not enough memory to inpaint this reflection, even at a small "
+                              "size; close other programs or use the CPU device")
+        log.warning("out of memory: inpainting the region at %d px", side)
+
+
+def _fill_once(crop: np.ndarray, cm: np.ndarray, fn: InpaintFn, max_side: int,
+               pad_multiple: int) -> np.ndarray:
+    import cv2
+
+    ch, cw = crop.shape[:2]
+    s = min(1.0, max_side / max(ch, cw))
+    if s < 1.0:
+        size = (max(8, round(cw * s)), max(8, round(ch * s)))
+        work = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        wm = (cv2.resize(cm, size, interpolation=cv2.INTER_LINEAR) > 0).astype(np.float32)
+    else:
+        work, wm = crop, cm
+    wh, ww = work.shape[:2]
+    ph, pw = (-wh) % pad_multiple, (-ww) % pad_multiple
+    if ph or pw:
+        work = np.pad(work, ((0, ph), (0, pw), (0, 0)), mode="reflect" if
+                      (ph < wh and pw < ww) else "edge")
+        wm = np.pad(wm, ((0, ph), (0, pw)), mode="constant")
+    filled = np.asarray(fn(np.ascontiguousarray(work), np.ascontiguousarray(wm)),
+                        dtype=np.float32)[:wh, :ww]
+    if not np.isfinite(filled).all():
+        raise EngineError("the inpainting model returned an invalid image")
+    if s < 1.0:
+        filled = cv2.resize(filled, (cw, ch), interpolation=cv2.INTER_CUBIC)
+    return filled
 
 
 def lama_fn(descriptor: Any, check: Callable[[], None] | None = None) -> InpaintFn:
@@ -587,8 +623,10 @@ def inpaint_lama(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext)
         return StepOutput(image, LAMA_ID, "skipped: the mask is empty")
     ctx.progress.update(0.0, "loading LaMa")
     desc = ctx.runtime.load_image_model(LAMA_ID)
-    out = inpaint_regions(image, mask, lama_fn(desc, ctx.progress.check), context=float(params.get("context", 1.0)),
-                          max_side=int(params.get("max_side", 1024)), progress=ctx.progress)
+    out = inpaint_regions(image, mask, lama_fn(desc, ctx.progress.check),
+                          context=float(params.get("context", 1.0)),
+                          max_side=int(params.get("max_side", 1024)), progress=ctx.progress,
+                          device=ctx.device)
     return StepOutput(out, LAMA_ID, f"{len(mask_regions(dilate_mask(mask, PASTE_DILATE)))} "
                                     "region(s) inpainted")
 
