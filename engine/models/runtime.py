@@ -104,14 +104,16 @@ class ModelRuntime:
             return list(self._cache)
 
     def cached(self, key: Any, factory: Callable[[], Any], size_bytes: int | None = None, *,
-               estimate: int | None = None, model_id: str | None = None) -> Any:
+               estimate: int | None = None,
+               model_id: str | tuple[str, ...] | None = None) -> Any:
         """Return the cached object for ``key`` or build it with ``factory()``; least recently
         used entries are evicted until it fits in the budget. ``size_bytes=None`` measures the
         parameters of the built model; ``estimate`` (e.g. :meth:`estimate_bytes`) then makes
         room before building, so the model being replaced leaves the device before the new one
         arrives, and the measured size is what is counted.
 
-        With ``model_id``, weights that cannot be loaded (``UnsupportedModel``: damaged in a
+        With ``model_id`` (or several, for a pipeline built from more than one model), weights
+        that cannot be loaded (``UnsupportedModel``: damaged in a
         way the cheap size + time check cannot see) raise the same error again, without being
         read, until that model's files change: the app diagnoses one photo at a time, and a
         damaged 7B VLM was read whole (~15 GB) for every photo before failing again."""
@@ -154,16 +156,18 @@ class ModelRuntime:
             self._cache.move_to_end(key)
         return obj
 
-    def _files_stamp(self, model_id: str) -> Any:
-        """Name, size and modification time of every file of the model's folder (a repair, a
+    def _files_stamp(self, model_id: str | tuple[str, ...]) -> Any:
+        """Name, size and modification time of every file of the models' folders (a repair, a
         pull or an import changes them); None when there is no folder to look at."""
+        files = []
         try:
-            folder = self.store.model_dir(model_id)
-            files = []
-            for p in folder.rglob("*"):
-                st = p.stat()
-                if p.is_file():
-                    files.append((str(p.relative_to(folder)), st.st_size, st.st_mtime_ns))
+            for mid in (model_id,) if isinstance(model_id, str) else model_id:
+                folder = self.store.model_dir(mid)
+                for p in folder.rglob("*"):
+                    st = p.stat()
+                    if p.is_file():
+                        files.append((mid, str(p.relative_to(folder)), st.st_size,
+                                      st.st_mtime_ns))
             return tuple(sorted(files))
         except Exception:  # noqa: BLE001 - no stamp: the failure is simply not remembered
             return None

@@ -563,7 +563,7 @@ def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
                                    (f.box for f in faces)]
     if not faces:
         ctx.progress.update(1.0, "no faces")
-        return StepOutput(image, detector, f"no face of at least {min_face} px found")
+        return StepOutput(image, detector, f"skipped: no face of at least {min_face} px found")
     fidelity = float(params.get("fidelity", 0.7))
     ctx.progress.update(0.05, "loading CodeFormer")
     descriptor = ctx.runtime.load_image_model(CODEFORMER_ID)

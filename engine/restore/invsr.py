@@ -392,7 +392,7 @@ def get_pipeline(ctx: StepContext) -> InvSRPipeline:
     estimate = runtime.estimate_bytes(SD_TURBO_ID) + runtime.estimate_bytes(NOISE_PREDICTOR_ID)
     return runtime.cached(key, lambda: InvSRPipeline(sd_folder, predictor_file,
                                                      device.torch_device, dtype, sd_files),
-                          None, estimate=estimate)
+                          None, estimate=estimate, model_id=(SD_TURBO_ID, NOISE_PREDICTOR_ID))
 
 
 def invsr_upscale(image: np.ndarray, pipe: InvSRPipeline, *, scale: int, steps: int,

@@ -297,7 +297,7 @@ def load_sam(runtime: Any) -> tuple[Any, Any]:
 
     estimate = runtime.estimate_bytes(SAM_ID) if hasattr(runtime, "estimate_bytes") else None
     return runtime.cached(("sam", SAM_ID, runtime.device.torch_device, str(dtype)), build, None,
-                          estimate=estimate)
+                          estimate=estimate, model_id=SAM_ID)
 
 
 def _sam_run(image: np.ndarray, runtime: Any, *, boxes=None, points=None, labels=None,

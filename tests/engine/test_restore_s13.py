@@ -333,3 +333,15 @@ def test_builtin_deblurring_makes_no_needless_photo_sized_copies():
     t = np.clip((np.minimum(dy, dx).astype(np.float32) + 0.5) / 15.0, 0.0, 1.0)
     wt = (0.5 - 0.5 * np.cos(np.pi * t))[..., None]
     assert np.array_equal(faded, (img + wt * (out - img)).astype(np.float32))
+
+
+def test_a_face_step_that_found_no_face_does_not_teach_the_time_estimate(tmp_path):
+    """With no face, the face step only ran a detector (a fraction of a second): recorded, it
+    told the next photo's estimate - one with faces, CodeFormer running on each - ~0 s."""
+    hist = CostHistory(tmp_path / "costs.json")
+    engine = Engine("cpu", history=hist)
+    src = _save(tmp_path / "no_face.png", _texture(120, 160))
+    for _ in range(2):  # (the second run: any detector already loaded)
+        res = _run(engine, src, tmp_path / "out", (Step("face_codeformer"),))
+        assert res.steps[0].notes.startswith("skipped: no face")
+    assert hist.get("face_codeformer", None, "cpu", engine.device.threads) is None
