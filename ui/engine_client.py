@@ -9,6 +9,7 @@ frozen dataclasses, numpy arrays or QImages. Nothing here blocks the GUI thread.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import json
 import logging
@@ -22,7 +23,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, QTimer, Signal, Slot
+from PySide6.QtCore import (
+    QCoreApplication,
+    QEventLoop,
+    QObject,
+    QRunnable,
+    QThread,
+    QThreadPool,
+    QTimer,
+    Signal,
+    Slot,
+)
 
 from engine.api import Degradation, Diagnosis, JobProgress, JobRequest, OutputOptions, Plan
 from engine.errors import Cancelled, EngineError
@@ -303,6 +314,28 @@ _HANDLERS: dict[JobKind, Callable[[Any, Any, Progress], Any]] = {
 }
 
 
+def wait_responsive(done: Callable[[], bool], timeout_ms: int) -> bool:
+    """Wait until ``done()`` (polled every few ms), at most ``timeout_ms``; True when done. On
+    the GUI thread its pending events are processed meanwhile (timers, repaints, queued signals;
+    user input is held back): a shutdown waiting for a disk or for a job slow to stop never
+    freezes the window. Elsewhere, a plain poll. (No connection is made: see ``shutdown``.)"""
+    deadline = time.monotonic() + max(0, timeout_ms) / 1000
+    app = QCoreApplication.instance()
+    gui = app is not None and QThread.currentThread() == app.thread()
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        if gui:
+            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
+        time.sleep(0.004)  # (the GIL released: the threads waited for run)
+    return True
+
+
+def _pool_idle(pool: QThreadPool) -> bool:
+    """Nothing running or queued in ``pool`` (queued work keeps a thread active)."""
+    return pool.activeThreadCount() == 0
+
+
 def start_in(pool: QThreadPool, fn: Callable[[], None]) -> None:
     """Run ``fn`` in ``pool`` (as a runnable that lets go of it once run, see ``_Task``)."""
     pool.start(_Task(fn))
@@ -432,6 +465,7 @@ class EngineClient(QObject):
         # model dialog opened meanwhile shows them
         self._downloads: dict[str, list[Any]] = {}
         self._closed = False
+        self._journal_cleared = False  # a normal quit: the journal offers nothing (clear_journal)
         self._journal_seq = 0
         self._journal_written = [0]  # newest snapshot on disk (shared with the pool's writers)
         self._journal_lock = threading.Lock()
@@ -701,26 +735,27 @@ class EngineClient(QObject):
         return self._journal
 
     def clear_journal(self) -> None:
-        """A normal quit: nothing to offer again on the next start."""
+        """A normal quit: nothing to offer again on the next start (the jobs queued now are
+        not journaled any more). The journal is deleted in the pool, never on the GUI thread;
+        ``shutdown`` waits for it."""
+        self._journal_cleared = True
         self._journal_timer.stop()
-        if self._journal is not None:
-            with self._journal_lock:
-                self._journal_seq += 1
-                self._journal_written[0] = self._journal_seq
-                self._journal.unlink(missing_ok=True)
+        self._write_journal()
 
     # -- crash journal --------------------------------------------------------------------
-    def _write_journal(self, wait: bool = False, then: Callable[[], None] | None = None
-                       ) -> None:
+    def _write_journal(self, wait: bool = False, then: Callable[[], None] | None = None,
+                       priority: int = 0) -> None:
         """Snapshot the unfinished RUN jobs here; write (with fsync) in the pool, then call
-        ``then`` there (also when there is no journal or the write failed)."""
+        ``then`` there (also when there is no journal or the write failed). ``wait``: write
+        in this thread instead (never the GUI thread's way: see ``shutdown``)."""
         journal = self._journal
         if journal is None:
             if then is not None:
-                self.pool.start(_Task(then))
+                self.pool.start(_Task(then), priority)
             return
-        pending = [self._jobs[i] for i in ([self._running] if self._running else []) + self._order
-                   if i in self._jobs]
+        pending = [] if self._journal_cleared else [
+            self._jobs[i] for i in ([self._running] if self._running else []) + self._order
+            if i in self._jobs]
         entries = [request_to_json(j.payload) for j in pending if j.info.kind is JobKind.RUN]
         data = json.dumps({"version": 1, "jobs": entries}, indent=1).encode() if entries else None
         self._journal_seq += 1
@@ -768,10 +803,11 @@ class EngineClient(QObject):
         if wait:
             write()
         else:
-            self.pool.start(_Task(write))
+            self.pool.start(_Task(write), priority)
 
     def flush_journal(self) -> None:
-        """Write the journal now (synchronously)."""
+        """Write the journal now, synchronously in the calling thread (a disk wait: not for
+        the GUI thread; ``shutdown`` writes its last snapshot in the pool)."""
         self._journal_timer.stop()
         self._write_journal(wait=True)
 
@@ -855,16 +891,34 @@ class EngineClient(QObject):
 
     # -- shutdown -------------------------------------------------------------------------
     def shutdown(self, timeout_ms: int = 30000) -> None:
-        """Cancel everything, stop the engine thread and wait for the pools. Idempotent."""
+        """Cancel everything, stop the engine thread and wait for the pools. Idempotent.
+
+        The journal's last snapshot (the unfinished jobs, as they were before this cancelled
+        them; none after ``clear_journal``) is written in the pool, after every write queued
+        before it, and its lock released there. The waits here (for the running job to stop,
+        for the pools, so for that write too) keep the GUI thread's events processed
+        (``wait_responsive``; only the end of the idle engine thread is waited for plainly, an
+        instant): no disk is touched on this thread, the window does not freeze, and the
+        journal is on the disk (fsync'd) when this returns, unless a wait took longer than
+        ``timeout_ms``."""
         if self._closed:
             return
-        if self._journal_timer.isActive():
-            self.flush_journal()
+        self._journal_timer.stop()
+        lock, owner = self._journal_lock, self._journal_owner
+
+        def release() -> None:  # (in the pool: QLockFile.unlock deletes the lock file)
+            with lock:  # (the journal stays when jobs were left: a later start's)
+                for lf in owner:
+                    if lf is not None:
+                        lf.unlock()
+                owner.clear()
+
+        # (first in the queue: writes queued before it that have not run are older, skipped)
+        self._write_journal(then=release, priority=3_000_000)
         journal, self._journal = self._journal, None  # keep unfinished jobs in the journal
         self.cancel_all()
         self._journal = journal
         self._closed = True
-        self._journal_timer.stop()
         with self._model_tokens_lock:
             toks = [t for ts in self._model_tokens.values() for t in ts]
         for tok in toks:
@@ -872,20 +926,24 @@ class EngineClient(QObject):
         # queued pool work is NOT dropped: it is the windows' sidecar / mask saves, exports and
         # journal writes (short), and dropping one loses what the photographer did
         self.model_pool.clear()
+        # the running job stops at its next cancel check (a tile may take seconds): waited for
+        # with the event loop running. Then the engine thread, idle, ends at once: that end is
+        # waited for with the GIL released and no Python run here, as the thread deletes the
+        # worker holding Qt's locks of the objects connected to it while it takes the GIL (an
+        # emit or a connect here meanwhile, holding the GIL, could wait for one: a deadlock)
+        idle = wait_responsive(lambda: self._running is None, timeout_ms)
         self._thread.quit()
         _prune_stragglers()
-        if not self._thread.wait(timeout_ms):
+        if not self._thread.wait(timeout_ms if idle else 0):
             log.error("the engine thread did not stop within %d ms", timeout_ms)
             # destroying a running QThread aborts the process: keep it (and its worker) until
             # it ends; the engine drops the job at its next cancel check
             _STRAGGLERS.append((self._thread, self._worker))
-        self.pool.waitForDone(timeout_ms)
-        self.model_pool.waitForDone(timeout_ms)
-        with self._journal_lock:  # (the journal stays when jobs were left: a later start's)
-            for lf in self._journal_owner:
-                if lf is not None:
-                    lf.unlock()
-            self._journal_owner.clear()
+        for pool in (self.pool, self.model_pool):
+            if wait_responsive(functools.partial(_pool_idle, pool), timeout_ms):
+                pool.waitForDone(timeout_ms)  # (idle: joins its threads at once)
+            else:
+                log.error("the engine client's pool did not finish within %d ms", timeout_ms)
 
 
 # -- JobRequest <-> JSON (the crash journal) -------------------------------------------------

@@ -48,7 +48,15 @@ from .browser.view import ThumbnailGrid
 from .editor.canvas import Compare
 from .editor.mask import MaskDocument
 from .editor.mask_canvas import MaskCanvas
-from .engine_client import DiagnoseOutcome, EngineClient, JobInfo, JobKind, JobState, start_in
+from .engine_client import (
+    DiagnoseOutcome,
+    EngineClient,
+    JobInfo,
+    JobKind,
+    JobState,
+    start_in,
+    wait_responsive,
+)
 from .panels.diagnosis import DiagnosisPanel
 from .panels.queue import QueuePanel, format_eta
 from .photo_io import Background, ViewImages, build_view, export_copy
@@ -139,6 +147,9 @@ class MainWindow(QMainWindow):
         self._other_stores: dict[Path, SidecarStore] = {}  # folders of jobs from other folders
         self._mask_doc_path: Path | None = None  # the photo self.mask_doc belongs to
         self._readonly_doc: MaskDocument | None = None  # the viewer's overlay of a saved mask
+        # a mask tool picked while the photo's mask could not open yet (still decoding): taken
+        # once it opens (load_view), the editor staying on "pan" meanwhile
+        self._tool_wanted: str | None = None
         self._sam_include: dict[int, bool] = {}
         self._view: ViewImages | None = None
         self._view_token = 0
@@ -887,12 +898,23 @@ class MainWindow(QMainWindow):
                 self.set_compare(Compare.SPLIT)
             if self.mask_action.isChecked():
                 self._open_mask_doc()
+                if self._tool_wanted is not None and self.mask_doc is not None:
+                    self.set_tool(self._tool_wanted)  # (picked while the photo decoded)
             else:
                 self._show_result_mask()
             self.view_loaded.emit(path)
 
         def fail(msg: str) -> None:
             if token == self._view_token:
+                # nothing of the photo shown before stays: its mask (the editor's document,
+                # still on the canvas) took the brush, undo, clear... on an empty canvas, and
+                # a mask of its size was made for this photo and saved as this one's
+                self._view = None
+                prev, prev_path = self.mask_doc, self._mask_doc_path
+                self.mask_doc, self._mask_doc_path = None, None
+                self._set_canvas_doc(None)
+                self._release_unedited(prev, prev_path)
+                self.canvas.set_boxes()
                 self.canvas.set_images(None, None)
                 self.canvas.message = msg
                 self.canvas.update()
@@ -1444,10 +1466,18 @@ class MainWindow(QMainWindow):
 
     def set_tool(self, tool: str) -> None:
         if tool != "pan" and self.mask_doc is None:
-            if self.current is not None and self.stack.currentIndex() == 1:
+            # (not from show_mask_editor itself: the editor is open, the photo still decoding;
+            # calling it again recursed until RecursionError)
+            if self.current is not None and self.stack.currentIndex() == 1 \
+                    and not self.mask_action.isChecked():
                 self.show_mask_editor()
             if self.mask_doc is None:
+                self._tool_wanted = tool if self.mask_action.isChecked() else None
                 tool = "pan"
+            else:
+                self._tool_wanted = None
+        else:
+            self._tool_wanted = None
         if tool == "sam" and not self.tool_actions["sam"].isEnabled():
             tool = "pan"
         self.canvas.set_tool(tool)
@@ -1826,7 +1856,11 @@ class MainWindow(QMainWindow):
         self.folder_bg.forget_pending()
         # (so are the fixes waiting for a mask write: closures over the window)
         self._mask_waiters.clear()
-        self.thumb_pool.waitForDone(10000)
+        # (the running thumbnails finish: they write the cache; the window keeps painting. A
+        # close asked again meanwhile is ignored by Qt: the widget is closing)
+        pool = self.thumb_pool
+        if wait_responsive(lambda: pool.activeThreadCount() == 0, 10000):
+            pool.waitForDone(10000)  # (idle: joins its threads at once)
         if self._own_client:
             self.client.clear_journal()
             self.client.shutdown()

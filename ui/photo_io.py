@@ -154,9 +154,13 @@ class Background(QObject):
             try:
                 result = fn()
             except Exception as e:  # noqa: BLE001
-                fail.emit(tid, describe_error(e))
-                return
-            done.emit(tid, result)
+                report, args = fail, (tid, describe_error(e))
+            else:
+                report, args = done, (tid, result)
+            try:
+                report.emit(*args)
+            except RuntimeError:  # Signal source has been deleted: its owner (a window closed
+                pass  # meanwhile) is gone; the work is done, nobody waits for its report
 
         self._start(work)
         return tid

@@ -173,6 +173,16 @@ def photo_folder(tmp_path) -> Path:
 
 
 @pytest.fixture
+def pool():
+    """A two-thread pool for a loader's thumbnails, emptied and finished at the test's end."""
+    p = QThreadPool()
+    p.setMaxThreadCount(2)
+    yield p
+    p.clear()
+    p.waitForDone(10000)
+
+
+@pytest.fixture
 def window(qtbot, tmp_path):
     """A main window on the built-in engine (analyzer + builtin profile), results in tmp/out."""
     from ui.engine_client import EngineClient

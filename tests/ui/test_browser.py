@@ -26,15 +26,6 @@ from ui.engine_client import JobState
 from .conftest import write_photo
 
 
-@pytest.fixture
-def pool():
-    p = QThreadPool()
-    p.setMaxThreadCount(2)
-    yield p
-    p.clear()
-    p.waitForDone(10000)
-
-
 def _drain(pool: QThreadPool, qtbot) -> None:
     """Let queued thumbnail work finish and deliver while the test's model and loader still
     exist: pytest-qt processes events at teardown, after the test's locals are gone, and a

@@ -58,15 +58,17 @@ def asked(monkeypatch) -> list[str]:
 
 
 class _BlockingEngine:
-    """Runs nothing: a job waits until it is cancelled (an unfinished job stays unfinished)."""
+    """Runs nothing: a job waits until it is cancelled (an unfinished job stays unfinished),
+    which it sees within ``check_every`` seconds."""
 
     device = None
+    check_every = 0.02
 
     def run(self, request, progress):
         while True:
             if progress is not None:
                 progress.token.check()
-            time.sleep(0.02)
+            time.sleep(self.check_every)
 
 
 def _window(qtbot, tmp_path, client: EngineClient, ask_resume: bool = True) -> MainWindow:

@@ -31,7 +31,8 @@ def settle(qtbot, win, ms: int = 90000) -> None:
 
 
 class DiskCalls:
-    """Filesystem calls made on the GUI (main) thread while recording: (call, path)."""
+    """Filesystem calls (reads and writes) made on the GUI (main) thread while recording:
+    (call, path)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -66,7 +67,11 @@ def gui_disk(monkeypatch) -> DiskCalls:
 
         monkeypatch.setattr(mod, name, call)
 
-    for name in ("stat", "lstat", "access", "scandir", "listdir", "readlink"):
+    for name in ("stat", "lstat", "access", "scandir", "listdir", "readlink",
+                 # writes: atomic_write_bytes (os.open of the folder or the temp file, replace),
+                 # pathlib's unlink / mkdir / rmdir / touch, the cache's utime
+                 "open", "unlink", "remove", "replace", "rename", "link", "mkdir", "rmdir",
+                 "utime"):
         wrap(os, name)
     wrap(io, "open")  # (pathlib's read_text / read_bytes / open)
     return rec

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from PySide6.QtCore import QThreadPool
 from PySide6.QtGui import QPixmap
 
 from engine.api import Degradation, Diagnosis, JobRequest, OutputOptions
@@ -31,15 +30,6 @@ def _solid(path: Path, rgb: tuple[int, int, int], size: int = 40) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (size, size), rgb).save(path, "PNG" if path.suffix == ".png" else "JPEG")
     return path
-
-
-@pytest.fixture
-def pool():
-    p = QThreadPool()
-    p.setMaxThreadCount(2)
-    yield p
-    p.clear()
-    p.waitForDone(10000)
 
 
 def _diag() -> Diagnosis:

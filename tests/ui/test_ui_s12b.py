@@ -50,7 +50,7 @@ def _files(root: Path) -> set[str]:
 
 # -- 1. the thumbnail cache is pruned ---------------------------------------------------------
 def test_thumbnail_cache_prune_removes_other_kinds_and_versions_only(tmp_path):
-    """Entries were never removed: every photo ever browsed, and every entry orphaned by a
+    """(Once unused for OTHERS_KEPT_FOR: see test_ui_s13.) Entries were never removed: every photo ever browsed, and every entry orphaned by a
     change of THUMB_KIND (the key was bumped twice), stayed on the disk for ever. Orphans could
     not even be told apart (the kind is hashed into the key); each kind has a folder now, and
     failure markers carry their version. Temp files being written (.part) and files that are
@@ -73,6 +73,8 @@ def test_thumbnail_cache_prune_removes_other_kinds_and_versions_only(tmp_path):
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(b"x" * 100)
     old_fail.write_text("mend-thumb-fail 0.0.1 -\nCannot read this photo.")
+    for f in (flat, flat_fail, other_kind, old_fail):  # (unused for longer than they are kept)
+        _aged(f, thumbs.OTHERS_KEPT_FOR / DAY + 1)
     before = _files(base)
     assert len(before) == 10
 
@@ -209,6 +211,7 @@ def test_the_window_prunes_the_cache_at_start_up_off_the_gui_thread(qtbot, tmp_p
     stale = root / "ab" / ("ab" + "0" * 38 + ".jpg")  # (an earlier version's)
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"\xff\xd8 an earlier kind's thumbnail")
+    _aged(stale, thumbs.OTHERS_KEPT_FOR / DAY + 1)  # (and unused since: see test_ui_s13)
     client = EngineClient(journal=tmp_path / "ui-data" / "queue.json")
     with gui_disk:
         win = MainWindow(client, AppSettings(backend="builtin", profile="builtin"),

@@ -4,8 +4,9 @@ QImages are made in the pool; the model turns them into QPixmaps on the GUI thre
 cached too (a ``.fail`` marker) so a broken file is not decoded again and again. When the folder
 changes, ``new_generation()`` drops queued work and results of the old generation are ignored.
 Each THUMB_KIND has a folder of its own. The cache is pruned in the pool (at start-up, and
-when this process's writes may have taken it past its cap): other kinds' entries and other
-versions' failure markers, then the least recently used thumbnails.
+when this process's writes may have taken it past its cap): the least recently used entries of
+every kind past the cap, and other kinds' entries and other versions' failure markers once
+unused for OTHERS_KEPT_FOR (another Mend used side by side keeps its thumbnails).
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ THUMB_SIDE = 256
 # what the cached thumbnails are; another kind's are never read (keyed apart). "srgb": converted
 # from the photo's colour profile (earlier ones, keyed without a kind, were the stored values);
 # "srgb.2": grey (and CMYK) profiles applied as well (were shown as if untagged: a grey JPEG
-# with a dot-gain profile was ~21 levels too dark on average)
-THUMB_KIND = "srgb.2"
+# with a dot-gain profile was ~21 levels too dark on average); "srgb.3": JPEG XL and float TIFF
+# previews converted from their profiles too (a P3 JPEG XL was ~10 levels off on average)
+THUMB_KIND = "srgb.3"
 # the disk cache's cap. A 256 px thumbnail is 10-17 KB (9.8 KB mean over 235 test photos,
 # 12-17 KB for full-size camera ones), so 512 MB keeps the last ~30,000-50,000 photos browsed,
 # many big folders' worth, yet little beside the photos themselves. Past it the least recently
@@ -44,6 +46,13 @@ CACHE_PRUNE_TO = 0.8
 # an entry read is marked used (its mtime set to now) when its mark is older than this: the
 # order the cap removes in, for one write per entry and day at most
 TOUCH_AFTER = 24 * 3600.0
+# other kinds' entries (a Mend of another version used side by side, or the flat layout from
+# before kinds had folders) and other versions' failure markers: counted in the cap with this
+# kind's own, least recently used first, and removed anyway once unused for this long (an
+# abandoned kind does not sit in the cap for ever). Their last use is their mtime, or their
+# access time where the system keeps one: Mends from before kinds had folders never marked a
+# read. (Removed at once, an older Mend used beside this one rebuilt its thumbnails every time)
+OTHERS_KEPT_FOR = 30 * 24 * 3600.0
 # what the cache holds: <key>.jpg thumbnails, <key>.fail markers (their version inside); nothing
 # else (temp .part files being written, files that are not the cache's) is ever removed
 _ENTRY_RE = re.compile(r"^[0-9a-f]{40}\.(jpg|fail)$")
@@ -147,10 +156,11 @@ class ThumbnailCache:
             log.debug("thumbnail failure marker write failed: %s", e)
 
     def prune(self) -> tuple[int, int]:
-        """Remove other kinds' entries (see ``for_kind``) and other versions' failure markers,
-        then, while the cache is over ``max_bytes``, the least recently used entries (down to
-        CACHE_PRUNE_TO of it). Returns (files removed, bytes left). One stat per file (and a
-        read per failure marker): in the pool."""
+        """While the cache (every kind's entries, see ``for_kind``) is over ``max_bytes``,
+        remove the least recently used entries of any kind (down to CACHE_PRUNE_TO of it);
+        other kinds' entries and other versions' failure markers also go once unused for
+        OTHERS_KEPT_FOR. Returns (files removed, bytes left). One stat per file (and a read per
+        failure marker of this kind): in the pool."""
         with self._pruning:
             return self._prune()
 
@@ -158,11 +168,13 @@ class ThumbnailCache:
         if self.root is None:
             return 0, 0
         t0 = time.perf_counter()
-        removed = 0 if self.base is None else _remove_other_kinds(self.base, self.root)
+        stale_before = time.time_ns() - int(OTHERS_KEPT_FOR * 1e9)
+        others, tops = ([], []) if self.base is None else _other_kinds(self.base, self.root)
         tag: bytes | None = None  # (asked at the first marker: most caches have few)
-        kept: list[tuple[int, int, str]] = []  # (mtime ns, size, path) of the current entries
-        total = 0
-        for d in _subdirs(self.root):
+        # (last used ns, size, path, mtime ns) of the entries kept, every kind's
+        kept: list[tuple[int, int, str, int]] = []
+        total = removed = 0
+        for d, own in [(d, True) for d in _subdirs(self.root)] + [(d, False) for d in others]:
             try:
                 with os.scandir(d) as it:
                     entries = [e for e in it if _ENTRY_RE.match(e.name)]
@@ -175,26 +187,31 @@ class ThumbnailCache:
                     continue
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                current = True
-                if e.name.endswith(".fail"):
+                used, current = st.st_mtime_ns, own
+                if not own:  # (a stat: the scan itself changes no access time)
+                    used = max(used, st.st_atime_ns)
+                elif e.name.endswith(".fail"):
                     tag = tag or _fail_tag().encode()
                     current = _marker_tag(e.path) == tag
-                if current:
-                    kept.append((st.st_mtime_ns, st.st_size, e.path))
-                    total += st.st_size
-                else:
+                if not current and used < stale_before:
                     removed += _remove(e.path, st.st_mtime_ns)
+                    continue
+                kept.append((used, st.st_size, e.path, st.st_mtime_ns))
+                total += st.st_size
         stale, n = removed, len(kept)
         if total > self.max_bytes:
-            kept.sort()  # least recently used first
+            kept.sort()  # least recently used first, whatever its kind
             target = self.max_bytes * CACHE_PRUNE_TO
-            for mtime_ns, size, path in kept:
+            for _used_ns, size, path, mtime_ns in kept:
                 if total <= target:
                     break
                 if _remove(path, mtime_ns):
                     total -= size
                     removed += 1
                     n -= 1
+        for d in [*others, *tops]:  # the folders emptied go (not one with a .part, a foreign file)
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
         with self._lock:
             self._known, self._written = total, 0
         log.info("thumbnail cache: %d stale and %d least used files removed, %d kept (%d MB) "
@@ -212,36 +229,24 @@ def _subdirs(folder: str | os.PathLike[str]) -> list[str]:
         return []
 
 
-def _remove_other_kinds(base: Path, keep: Path) -> int:
-    """Remove the cache entries in ``base`` that are not in ``keep``: other kinds' folders, and
-    the ``<k[:2]>`` folders from before kinds had folders. Entries only (never a temp file being
-    written): the folders they leave empty go too. Returns how many files were removed."""
-    removed = 0
+def _other_kinds(base: Path, keep: Path) -> tuple[list[str], list[str]]:
+    """The entry folders in ``base`` that are not ``keep``'s: other kinds' ``<k[:2]>``
+    folders, and those from before kinds had folders (flat in ``base``); and the other kinds'
+    own folders (removed once emptied)."""
     try:
         with os.scandir(base) as it:
             folders = [e for e in it if e.is_dir(follow_symlinks=False) and e.name != keep.name]
     except OSError:
-        return 0
+        return [], []
+    dirs: list[str] = []
+    tops: list[str] = []
     for folder in folders:
-        flat = bool(_SUBDIR_RE.match(folder.name))
-        for d in [folder.path] if flat else _subdirs(folder.path):
-            try:
-                with os.scandir(d) as it:
-                    names = [e.path for e in it if _ENTRY_RE.match(e.name)]
-            except OSError:
-                continue
-            for path in names:
-                try:
-                    os.unlink(path)
-                    removed += 1
-                except OSError:  # (held open on Windows, or removed by another process)
-                    pass
-            with contextlib.suppress(OSError):  # (not empty: a .part, a foreign file)
-                os.rmdir(d)
-        if not flat:
-            with contextlib.suppress(OSError):
-                os.rmdir(folder.path)
-    return removed
+        if _SUBDIR_RE.match(folder.name):
+            dirs.append(folder.path)
+        else:
+            dirs += _subdirs(folder.path)
+            tops.append(folder.path)
+    return dirs, tops
 
 
 def _used(path: Path) -> bool:
