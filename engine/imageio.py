@@ -25,8 +25,10 @@ Loading (``load_photo``)
     The export's format is that of the decoded source (``Photo.format``), not its extension. EXIF
     orientation (all 8) is applied and then reset to 1 in ``photo.exif``; the stale EXIF thumbnail
     is dropped; ICC, XMP, DPI and the JPEG quantization tables are kept. A grey ICC profile is
-    applied (8 and 16 bits: the pixels become sRGB), and so is a CMYK one (``load_preview``'s
-    too: LittleCMS, to sRGB; a 16-bit CMYK TIFF keeps its 16 bits, ``_cmyk16_to_rgb``). The
+    applied (8 and 16 bits, through a 16-bit table: the pixels become sRGB; ``Photo.grey_icc``
+    keeps it for a grey result, ``Photo.grey`` says the source is grey), and so is a CMYK one
+    (``load_preview``'s too: LittleCMS, to sRGB; a 16-bit CMYK TIFF keeps its 16 bits,
+    ``_cmyk16_to_rgb``). The
     pixels of a 16-bit photo whose RGB profile has a linear tone curve (linear sRGB, linear
     Rec.2020, gamma 1.0) are encoded with the sRGB curve, which the restoration models expect:
     ``Photo.icc_profile`` is then the profile's primaries with that curve, ``Photo.linear_icc``
@@ -53,7 +55,11 @@ Saving (``save_photo``)
     standard + extended XMP) and DPI are kept (a resolution no file can hold - 0, NaN, ... -
     is left out, with a note, the EXIF kept). A linear photo's 16-bit result goes back to
     linear light with its own profile, byte for byte; an 8-bit one keeps the sRGB curve and
-    the profile saying so (8 bits of linear light band in the shadows).
+    the profile saying so (8 bits of linear light band in the shadows). A grey source's
+    result (``Photo.grey``) whose three channels are equal is written as grey - 8-bit L or
+    16-bit grey, LA with its alpha (a 16-bit one in TIFF stays RGBA: Pillow cannot read it);
+    WebP has no grey: RGB - converted back to the source's grey profile, which it carries
+    byte for byte (``_grey_result``).
 
 The Mend record (what was done: steps, models, versions) is stored in XMP in every format, as
 ``<mend:record>`` (namespace ``urn:x-mend:ns:1.0#``) holding the record as JSON, inside its own
@@ -161,6 +167,12 @@ class Photo:
     # ``icc_profile`` is then that profile's primaries with the sRGB curve, which describes
     # ``pixels``; a 16-bit result is converted back and gets this profile, byte for byte
     linear_icc: bytes | None = None
+    # the source stores one channel (grey, with or without alpha: L, LA, I;16, I, F, 1): its
+    # ``pixels`` are R = G = B, and a result that still is gets written as grey (``save_photo``)
+    grey: bool = False
+    # the grey ICC profile the source's values were converted from (to sRGB, on loading): a grey
+    # result is converted back to it and carries it, byte for byte (``_grey_result``)
+    grey_icc: bytes | None = None
 
     @property
     def width(self) -> int:
@@ -1514,10 +1526,11 @@ def _source_icc(im, raw_exif: bytes | None, info: dict[str, Any]) -> bytes | Non
     return icc
 
 
+@functools.lru_cache(maxsize=8)
 def _grey16_lut(icc: bytes) -> np.ndarray:
-    """uint16 lookup table: 16-bit grey in the ``icc`` grey profile -> 16-bit sRGB grey (the
-    transform of a 0..65535 ramp; unoptimised, as LittleCMS's optimised 16-bit transform is off
-    by thousands in the shadows)."""
+    """uint16 lookup table (read-only): 16-bit grey in the ``icc`` grey profile -> 16-bit sRGB
+    grey (the transform of a 0..65535 ramp; unoptimised, as LittleCMS's optimised 16-bit
+    transform is off by thousands in the shadows; ~0.14 s, so kept for the next photo)."""
     from PIL import ImageCms
 
     src = ImageCms.ImageCmsProfile(_bytes_io(icc))
@@ -1527,6 +1540,7 @@ def _grey16_lut(icc: bytes) -> np.ndarray:
     lut = np.asarray(ImageCms.applyTransform(ramp, t), dtype=np.uint16).ravel()
     if lut.size != 65536:
         raise ValueError("grey profile transform failed")
+    lut.flags.writeable = False
     return lut
 
 
@@ -1546,24 +1560,22 @@ def _grey16_to_srgb(a: np.ndarray, icc: bytes | None, info: dict[str, Any]) -> n
 
 
 def _grey8_to_srgb(a: np.ndarray, icc: bytes | None, info: dict[str, Any]) -> np.ndarray | None:
-    """8-bit grey (H, W) tagged with the grey profile ``icc`` as sRGB uint8 (H, W, 3) (a grey
-    profile cannot be embedded in an RGB file), None when the profile is unusable (the grey is
-    then read as untagged). LittleCMS converts the 256 levels; the pixels are looked up (the
-    same bytes as converting the image; 24 MP: 0.62-0.71 -> 0.24-0.28 s)."""
+    """8-bit grey (H, W) tagged with the grey profile ``icc`` as sRGB float32 (H, W, 3) in
+    [0, 1], None when the profile is unusable (the grey is then read as untagged). The 256
+    levels go through the 16-bit transform (``_grey16_lut``: level v is 16-bit v * 257), not
+    LittleCMS's 8-bit one, which is off by up to 2 levels (10 for a linear profile) and would
+    round to 8 bits: a grey result converted back to the profile (``_grey_result``) gives
+    every level it did not change back as it was."""
     if _icc_space(icc) != b"GRAY":
         return None
     try:
-        from PIL import ImageCms
-
-        src = ImageCms.ImageCmsProfile(_bytes_io(icc))
-        ramp = _pil().fromarray(np.arange(256, dtype=np.uint8).reshape(1, 256), "L")
-        lut = np.asarray(ImageCms.profileToProfile(ramp, src, ImageCms.createProfile("sRGB"),
-                                                   outputMode="RGB"))[0]
+        lut = _grey16_lut(icc)
     except Exception as e:  # noqa: BLE001 - a bad grey profile
         log.debug("grey profile unusable: %s", e)
         return None
     info["icc_converted"] = "grey profile -> sRGB"
-    return lut[a]
+    levels = lut[::257].astype(np.float32) / np.float32(65535.0)
+    return np.repeat(levels[a][..., None], 3, axis=2)
 
 
 def _cmyk_to_rgb(im, info: dict[str, Any] | None = None):
@@ -1725,6 +1737,20 @@ def rgb_to_srgb(im, icc: bytes | None):
         return im
 
 
+def _opened_grey(im) -> bool:
+    """Whether an opened (not yet decoded) image stores one channel of grey: Pillow's modes
+    1 (bilevel), L, LA, La, I;16*, I, F, and a 16-bit grey + alpha PNG, which Pillow opens as
+    RGBA (its tile's raw mode says LA;16B). A palette image does not count (its colours may be
+    anything, and are when it is a GIF)."""
+    mode = im.mode
+    if mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16"):
+        return True
+    try:
+        return mode == "RGBA" and str(im.tile[0][3]).startswith("LA;")
+    except (IndexError, TypeError, AttributeError):
+        return False
+
+
 def _is_grey(a: np.ndarray) -> bool:
     """(H, W, 3) with three equal channels."""
     return bool(np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]))
@@ -1783,8 +1809,11 @@ def _pixels_of(im, p: Path, info: dict[str, Any]):
         info["drop_icc"] = True  # converted, or unusable: then decoded as untagged grey
         rgb = _grey8_to_srgb(np.asarray(im.convert("L")), icc, info)
         if rgb is not None:
-            alpha = np.asarray(im.getchannel("A")) if mode == "LA" else None
-            return rgb, 255.0, alpha, 255.0, 8
+            if mode == "LA":
+                alpha = np.asarray(im.getchannel("A"))
+            elif "transparency" in im.info:  # a tRNS grey level
+                alpha = np.asarray(im.convert("LA").getchannel("A"))
+            return rgb, 1.0, alpha, 255.0, 8
     if mode == "LAB":
         from PIL import ImageCms
 
@@ -2209,6 +2238,7 @@ def _load(p: Path, limit: int) -> Photo:
             info["frames"] = n_frames
             im.seek(0)
         is16 = _is_16bit_colour(im)  # needs the tile list, which load() clears
+        grey = _opened_grey(im)  # (so does this)
         cmyk16 = _cmyk16_tiles(im)  # (so does a 16-bit CMYK TIFF's second decode)
         # a 16-bit TIFF's pixels come from OpenCV below: Pillow's decode (to 8 bits) would be
         # thrown away (24 MP: 2.2 -> 1.4 s). Its metadata is all in the header. Not when it is
@@ -2281,6 +2311,7 @@ def _load(p: Path, limit: int) -> Photo:
             arr, maxval, alpha, amax, depth = _pixels_of(im, p, info)
         if fmt == "JXL" and not getattr(im, "jpeg", False):
             _jxl_depth_note(p, depth, info)
+        grey_icc = icc if grey and info.get("icc_converted") == "grey profile -> sRGB" else None
         if info.pop("drop_icc", False):
             icc = None
         elif icc is not None and _icc_space(icc) not in (b"RGB ", None):
@@ -2311,7 +2342,7 @@ def _load(p: Path, limit: int) -> Photo:
     return Photo(
         path=p, pixels=pixels, alpha=alpha_f, bit_depth=depth, format=fmt, icc_profile=icc,
         exif=exif, xmp=_xmp_reset_orientation(xmp), dpi=dpi, info=info, iptc=iptc,
-        linear_icc=linear_icc,
+        linear_icc=linear_icc, grey=grey, grey_icc=grey_icc,
     )
 
 
@@ -2622,7 +2653,7 @@ def _preview_rgb8(im, max_side: int, icc: bytes | None = None) -> np.ndarray:
         im = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.uint8), "L")
     elif mode in ("L", "LA") and grey_icc:  # as load_photo converts it
         rgb = _grey8_to_srgb(np.asarray(im.convert("L")), icc, {})
-        im = im if rgb is None else Image.fromarray(rgb, "RGB")
+        im = im if rgb is None else Image.fromarray(_quantise(rgb, 8), "RGB")
     if im.mode != "RGB":
         im = im.convert("RGBA").convert("RGB") if "transparency" in im.info else im.convert("RGB")
     if max(im.size) > max_side:
@@ -3266,6 +3297,9 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
     asked of an 8-bit format, transparency in a JPEG (flattened onto white), XMP, EXIF or IPTC
     too large for a JPEG segment, IPTC in a PNG/WebP (no place for it), a linear photo in 8
     bits (the sRGB curve kept), a resolution no file can hold (left out).
+    The result of a grey source (``like.grey``) whose channels are all equal is written as
+    grey (one channel, and its alpha) in its source's grey profile, when the format has grey
+    (not WebP): see ``_grey_result``.
     """
     options = options or OutputOptions()
     dest = Path(dest)
@@ -3327,8 +3361,12 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
                      "channel would band in the shadows: the result keeps the sRGB tone curve "
                      "with a profile of the same primaries (choose 16-bit PNG or TIFF for its "
                      "own profile)")
-    rgb = _quantise(arr, depth, linear=linear, over_white=white)
-    del white
+    grey = _grey_result(arr, depth, like, fmt, al is not None, icc, linear, white, notes)
+    if grey is not None:  # one channel (and the profile a grey file carries)
+        rgb, icc = grey
+    else:
+        rgb = _quantise(arr, depth, linear=linear, over_white=white)
+    del white, grey
     a = _quantise(al, depth) if al is not None else None
 
     keep = options.keep_metadata and like is not None
@@ -3367,6 +3405,144 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
     except Exception as e:
         raise SaveFailed(f"{dest}: could not encode the image ({type(e).__name__}: {e})") from e
     return _atomic_write(dest, lambda f: f.write(data), overwrite=overwrite)
+
+
+# Grey results. A photo whose source stores one channel (``Photo.grey``) and whose result
+# still has three equal channels (``pipeline.keep_grey`` sees to that) is written as grey: 8-bit
+# L or 16-bit grey in JPEG, PNG and TIFF (with its alpha: LA), a third of the data. WebP has no
+# grey mode: RGB there. Its colour: the values of a source with a grey ICC profile were
+# converted to sRGB on loading (``_grey16_lut``); they are converted back through the inverse
+# of that table and the source's profile is embedded as it was - a level the restoration did
+# not change comes back as it was stored (8 and 16 bits: ``_grey_inverse``). An 8-bit result of
+# a linear grey profile (libjxl tags 16-bit grey so) would band in the shadows: it keeps the
+# sRGB curve and gets a grey profile saying so (``_grey_srgb_icc``), as an RGB one does. A grey
+# source read with an RGB profile (a PNG's gAMA, an EXIF "Adobe RGB") gets a grey profile with
+# that profile's tone curve (``_grey_twin``: R = G = B of a matrix profile is a neutral grey of
+# that curve); a profile that cannot be said in grey keeps the result RGB. No profile, none.
+
+
+def _grey_result(arr: np.ndarray, depth: int, like: Photo | None, fmt: str, alpha: bool,
+                 icc: bytes | None, linear: bool, white: np.ndarray | None,
+                 notes: list[str]) -> tuple[np.ndarray, bytes | None] | None:
+    """(grey uint8/uint16 (H, W), its ICC profile or None) to write for the result ``arr``
+    (H, W, 3), or None when it is written as RGB: its source is not grey, its channels differ,
+    the format (WebP) has no grey, or it is a 16-bit TIFF with ``alpha`` (Pillow, and so Mend
+    and its viewer, cannot read that). ``icc``/``linear``: the RGB profile an RGB result would
+    carry and whether its values go back to linear light; ``white``: the alpha to flatten onto
+    white (JPEG)."""
+    if like is None or not getattr(like, "grey", False) or fmt == "webp" or not _is_grey(arr):
+        return None
+    if alpha and fmt == "tiff" and depth == 16:  # Pillow reads no 16-bit grey + alpha TIFF
+        return None
+    one = arr[..., :1]
+    source = getattr(like, "grey_icc", None)
+    if _icc_space(source) != b"GRAY":
+        if icc is not None:
+            icc = _grey_twin(icc)
+            if icc is None:  # a profile a grey file cannot carry: RGB, as it was
+                return None
+        g = _quantise(one, depth, linear=linear, over_white=white)
+        return np.ascontiguousarray(g[..., 0]), icc
+    if depth == 8 and _grey_linear(source):
+        notes.append("this photo's grey profile has a linear tone curve, which 8 bits would "
+                     "band in the shadows: the result keeps the sRGB tone curve with a grey "
+                     "profile saying so (choose 16-bit PNG or TIFF for its own profile)")
+        return np.ascontiguousarray(_quantise(one, 8, over_white=white)[..., 0]), \
+            _grey_srgb_icc()
+    try:
+        inverse = _grey_inverse(source, depth)
+    except Exception as e:  # noqa: BLE001 - no inverse: the sRGB curve, a profile saying so
+        log.debug("grey profile not invertible: %s", e)
+        return np.ascontiguousarray(_quantise(one, depth, over_white=white)[..., 0]), \
+            _grey_srgb_icc()
+    return inverse[_quantise(one, 16, over_white=white)[..., 0]], source
+
+
+@functools.lru_cache(maxsize=8)
+def _grey_inverse(icc: bytes, depth: int) -> np.ndarray:
+    """Lookup table (read-only; uint8 for ``depth`` 8, else uint16) of the 65536 16-bit sRGB
+    grey values: the grey value in the profile ``icc`` of each, the inverse of what loading did
+    (``_grey16_lut``; an 8-bit source's levels are its 16-bit values v * 257). A value loading
+    made goes back to the level (the middle of the levels) it was made of; those between are
+    interpolated. ValueError when the profile's tone curve goes down somewhere (no inverse)."""
+    fwd = _grey16_lut(icc)
+    step = 257 if depth == 8 else 1
+    knots = fwd[::step].astype(np.int64)
+    if np.any(np.diff(knots) < 0):
+        raise ValueError("the grey profile's tone curve is not monotonic")
+    values, first, counts = np.unique(knots, return_index=True, return_counts=True)
+    middle = first + (counts - 1) / 2.0
+    inv = np.floor(np.interp(np.arange(65536), values, middle) + 0.5)
+    out = inv.astype(np.uint8 if depth == 8 else np.uint16)
+    out.flags.writeable = False
+    return out
+
+
+def _grey_linear(icc: bytes) -> bool:
+    """Whether a grey profile's tone curve is linear (gamma 1.0 within 1 %)."""
+    g = _trc_gamma(_icc_tags(icc).get(b"kTRC"))
+    return g is not None and abs(g - 1.0) <= 0.01
+
+
+@functools.cache
+def _grey_srgb_icc() -> bytes:
+    """The grey profile with the sRGB tone curve written into grey files: ``_grey_icc()`` with
+    a ``curv`` table (the ICC v2 type every reader takes) instead of a parametric curve. Read
+    back through LittleCMS its 16-bit values are sRGB's within 13 of 65535 (the deepest
+    shadows), every 8-bit level exactly."""
+    return _icc_build(b"GRAY", "Grey, sRGB tone curve (Mend)", [(b"kTRC", _curv(_SRGB_CURVE))])
+
+
+def _grey_twin(icc: bytes) -> bytes | None:
+    """A grey profile whose greys are R = G = B in the matrix/TRC RGB profile ``icc`` (three
+    equal tone curves, colourants adding up to the D50 white: then R = G = B is a neutral with
+    Y = the curve), None when ``icc`` is not such a profile (a LUT-based one, unequal curves)."""
+    tags = _icc_tags(icc)
+    if _icc_space(icc) != b"RGB " or any(t in tags for t in (b"A2B0", b"A2B1", b"A2B2")):
+        return None
+    trc = tags.get(b"rTRC")
+    if not trc or trc[:4] not in (b"curv", b"para") or tags.get(b"gTRC") != trc \
+            or tags.get(b"bTRC") != trc:
+        return None
+    try:
+        xyz = [struct.unpack_from(">3i", tags[sig], 8) for sig in (b"rXYZ", b"gXYZ", b"bXYZ")]
+    except (KeyError, struct.error):
+        return None
+    white = np.sum(np.array(xyz, dtype=np.float64), axis=0) / 65536.0
+    if np.abs(white - np.array([0.9642, 1.0, 0.8249])).max() > 0.01:
+        return None
+    return _icc_build(b"GRAY", "Grey, the tone curve of the photo's profile (Mend)",
+                      [(b"kTRC", trc)])
+
+
+def _png_grey_alpha(g: np.ndarray, a: np.ndarray) -> bytes:
+    """A grey + alpha PNG (colour type 4; 8 or 16 bits as ``g``'s dtype) of (H, W) ``g`` and
+    ``a``: OpenCV writes 1, 3 or 4 channels only, Pillow no 16-bit LA. Rows filtered with Sub
+    (PNG filter type 1), deflated a slab of rows at a time."""
+    h, w = g.shape
+    bits = 16 if g.dtype == np.uint16 else 8
+    dt = np.dtype(">u2" if bits == 16 else "u1")
+    bpp = 2 * (bits // 8)  # bytes per pixel
+    rows = max(1, (1 << 20) // (w * bpp))
+    z = zlib.compressobj(4)
+    parts = []
+    for y in range(0, h, rows):
+        block = np.empty((min(rows, h - y), w, 2), dt)
+        block[..., 0] = g[y:y + rows]
+        block[..., 1] = a[y:y + rows]
+        raw = block.view(np.uint8).reshape(block.shape[0], w * bpp)
+        out = np.empty((raw.shape[0], raw.shape[1] + 1), np.uint8)
+        out[:, 0] = 1
+        out[:, 1:1 + bpp] = raw[:, :bpp]
+        np.subtract(raw[:, bpp:], raw[:, :-bpp], out=out[:, 1 + bpp:])  # modulo 256
+        parts.append(z.compress(out.tobytes()))
+    parts.append(z.flush())
+    data = b"".join(parts)
+    chunk = 1 << 20
+    idat = [_png_chunk(b"IDAT", data[i:i + chunk]) for i in range(0, max(1, len(data)), chunk)]
+    return b"".join([b"\x89PNG\r\n\x1a\n",
+                     _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bits, 4, 0, 0, 0)),
+                     *idat, _png_chunk(b"IEND", b"")])
 
 
 @dataclass
@@ -3443,7 +3619,7 @@ def slim_xmp(xmp: bytes) -> bytes:
 
 def _encode_jpeg(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     Image = _pil()
-    im = Image.fromarray(rgb, "RGB")
+    im = Image.fromarray(rgb, "L" if rgb.ndim == 2 else "RGB")
     q = int(min(100, max(1, options.quality)))
     kw: dict[str, Any] = {"quality": q, "subsampling": 0 if q >= 90 else 2}
     if meta.icc:
@@ -3828,14 +4004,19 @@ def _png_chunk(ctype: bytes, data: bytes) -> bytes:
 def _encode_png(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     import cv2
 
-    if a is not None:
-        img = np.dstack([rgb[..., ::-1], a])
+    if rgb.ndim == 2 and a is not None:  # grey + alpha: OpenCV has no such PNG
+        png = _png_grey_alpha(rgb, a)
     else:
-        img = np.ascontiguousarray(rgb[..., ::-1])
-    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 4])
-    if not ok:
-        raise SaveFailed("PNG encoder failed")
-    png = buf.tobytes()
+        if rgb.ndim == 2:
+            img = rgb
+        elif a is not None:
+            img = np.dstack([rgb[..., ::-1], a])
+        else:
+            img = np.ascontiguousarray(rgb[..., ::-1])
+        ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 4])
+        if not ok:
+            raise SaveFailed("PNG encoder failed")
+        png = buf.tobytes()
     extra = b""
     if meta.icc:
         extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(meta.icc))
@@ -3869,9 +4050,10 @@ def _png_splice(png: bytes, extra: bytes) -> bytes:
     return b"".join(out)
 
 
-# TIFF writer (8/16-bit RGB[A], Adobe deflate with horizontal predictor, EXIF/GPS sub-IFDs: the
-# source's EXIF block as it is when it is sound (``_exif_block``), else its Exif and GPS entries
-# laid out anew without the maker note and Interop IFD, whose offsets would then be wrong)
+# TIFF writer (8/16-bit RGB[A] or grey[+alpha], Adobe deflate with horizontal predictor, EXIF/GPS
+# sub-IFDs: the source's EXIF block as it is when it is sound (``_exif_block``), else its Exif and
+# GPS entries laid out anew without the maker note and Interop IFD, whose offsets would then be
+# wrong)
 
 _TIFF_SKIP_EXIF = {0x927C, 0xA005, 0xA002, 0xA003}  # maker note, interop pointer, pixel size
 
@@ -3973,7 +4155,8 @@ def _tiff_too_large() -> SaveFailed:
 def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
     parsed = _exif_entries(meta.exif) if meta.exif else None
     bo = parsed[0] if parsed else "<"
-    img = np.dstack([rgb, a]) if a is not None else rgb
+    grey = rgb.ndim == 2
+    img = np.dstack([rgb, a]) if a is not None else rgb[..., None] if grey else rgb
     h, w, spp = img.shape
     depth = 16 if img.dtype == np.uint16 else 8
     dt = np.dtype(bo + ("u2" if depth == 16 else "u1"))
@@ -4005,11 +4188,12 @@ def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
                 e[tag] = (typ, count, payload)
         e.update({
             256: long_(w), 257: long_(h), 258: short(*([depth] * spp)), 259: short(8),
-            262: short(2), 273: long_(*strip_offsets), 274: short(1), 277: short(spp),
+            262: short(1 if grey else 2), 273: long_(*strip_offsets), 274: short(1),
+            277: short(spp),
             278: long_(rows), 279: long_(*[len(s) for s in strips]), 284: short(1),
             317: short(2), 339: short(*([1] * spp)),
         })
-        if spp == 4:
+        if spp in (2, 4):
             e[338] = short(2)  # unassociated alpha
         if meta.dpi:
             e[282], e[283], e[296] = rational(meta.dpi[0]), rational(meta.dpi[1]), short(2)

@@ -349,8 +349,12 @@ def test_real_grey_jpeg_with_a_dot_gain_profile_is_converted_not_reinterpreted(t
         t = ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"])),
                                     ImageCms.createProfile("LAB"), "L", "LAB")
         v = np.asarray(ImageCms.applyTransform(im, t))
+        stored, src_icc = np.asarray(im), im.info["icc_profile"]
     ref_l = v[..., 0].astype(np.float32) * (100 / 255)
+    assert float(np.abs(lab(ph.pixels, None)[..., 0] - ref_l).mean()) < 1.0  # its sRGB pixels
+    # the result is grey again: converted back to the photo's own profile, which it carries
+    # (session 13: it was RGB in sRGB, untagged), every level as it was stored
     out = mio.save_photo(ph.pixels, tmp_path / "r.png", like=ph)
-    rgb, icc, _ = _read(out)
-    assert icc is None  # sRGB
-    assert float(np.abs(lab(rgb, None)[..., 0] - ref_l).mean()) < 1.0
+    with Image.open(out) as r:
+        assert r.mode == "L" and r.info.get("icc_profile") == src_icc
+        assert np.array_equal(np.asarray(r), stored)
