@@ -695,7 +695,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from .pipeline import Engine
     from .progress import Progress
 
     if not 1 <= args.quality <= 100:
@@ -733,18 +732,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     swept = {out_dir}
     said = _Warnings()
     done = skipped = 0
-    engine: Any = None
-    resume: _Resume | None = None
-
-    def prepare() -> None:
-        nonlocal engine, resume
-        engine = Engine(args.device, tile_size=args.tile)
-        resume = _Resume(photos, rel, options) if args.skip_existing else None
+    setup = _RestoreSetup(args, photos, rel, options)
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
         nonlocal done, skipped
         opts = options
-        existing = resume.existing(path) if resume is not None else None
+        existing = setup.resume.existing(path) if setup.resume is not None else None
         if existing is not None:
             skipped += 1
             return _already_restored(path, existing)
@@ -764,14 +757,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
         signals = getattr(args, "signals", None)
         if signals is not None:  # (a signal waits while the result is being written)
             signals.token = progress.token
-        result = engine.run(req, progress)
+        result = setup.engine.run(req, progress)
         done += 1
         steps = ", ".join(f"{s.name} [{s.model}] {s.seconds:.1f}s" for s in result.steps)
         human = f"{path} -> {result.output} ({result.label.value}: {steps})" + \
             said.lines(result.warnings)
         return result.to_json(), human
 
-    batch = _for_each(photos, work, args, "restored", prepare)
+    batch = _for_each(photos, work, args, "restored", setup)
     n_failed = len(failed) + batch.failed
     if not args.json and len(photos) + len(failed) + len(outputs) > 1:
         _tally(f"{done} photo(s) written to {out_dir}"
@@ -877,7 +870,6 @@ def _restore_request(args: argparse.Namespace, path: Path, options: OutputOption
 
 def _restore_dry_run(args: argparse.Namespace) -> int:
     """``mend restore --dry-run``: what each photo's job would do, and its cost; no writes."""
-    from .pipeline import Engine
 
     photos, failed, rel, outputs = _expand(args.paths, args.recursive,
                                            exclude=(args.output,) if args.output else (),
@@ -891,23 +883,17 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
     # bit depth and whether metadata is kept - a kept photo is copied or written afresh)
     options = _output_options(args, args.output)
     said = _Warnings()
-    engine: Any = None
-    resume: _Resume | None = None
-
-    def prepare() -> None:
-        nonlocal engine, resume
-        engine = Engine(args.device, tile_size=args.tile)
-        resume = _Resume(photos, rel, options) if args.skip_existing else None
+    setup = _RestoreSetup(args, photos, rel, options)
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
         opts = options
-        existing = resume.existing(path) if resume is not None else None
+        existing = setup.resume.existing(path) if setup.resume is not None else None
         if existing is not None:
             obj, human = _already_restored(path, existing)
             return {**obj, "dry_run": True}, human
         if args.output is not None and rel[path] != Path():
             opts = replace(options, out_dir=args.output / rel[path])
-        prep = engine.prepare(_restore_request(args, path, opts))
+        prep = setup.engine.prepare(_restore_request(args, path, opts))
         steps = ", ".join(s.name for s in prep.plan.steps if s.enabled)
         human = (f"{path}: {prep.plan.label.value} {prep.plan.label.short_name}, profile "
                  f"{prep.plan.profile}: {steps} — {prep.estimate.describe()}"
@@ -915,7 +901,26 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
             said.lines(prep.warnings)
         return prep.to_json(), human
 
-    return _for_each(photos, work, args, "planned", prepare).exit_code(len(failed))
+    return _for_each(photos, work, args, "planned", setup).exit_code(len(failed))
+
+
+class _RestoreSetup:
+    """``restore``'s engine and ``--skip-existing``'s earlier results, made as ``_for_each``'s
+    ``prepare`` (a signal meanwhile leaves every photo its ``not_run`` line)."""
+
+    def __init__(self, args: argparse.Namespace, photos: list[Path], rel: dict[Path, Path],
+                 options: OutputOptions) -> None:
+        self._args, self._photos, self._rel, self._options = args, photos, rel, options
+        self.engine: Any = None
+        self.resume: _Resume | None = None
+
+    def __call__(self) -> None:
+        from .pipeline import Engine
+
+        args = self._args
+        self.engine = Engine(args.device, tile_size=args.tile)
+        self.resume = (_Resume(self._photos, self._rel, self._options) if args.skip_existing
+                       else None)
 
 
 class _Warnings:
