@@ -93,3 +93,15 @@ def pytest_unconfigure(config):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+@pytest.fixture
+def no_socket(monkeypatch):
+    """Fail the test if anything opens a socket."""
+    import socket
+
+    def boom(*a, **k):
+        raise AssertionError("a socket was opened")
+
+    monkeypatch.setattr(socket, "socket", boom)
+    monkeypatch.setattr(socket, "create_connection", boom)

@@ -9,7 +9,6 @@ import errno
 import hashlib
 import importlib.util
 import io
-import socket
 import sys
 import zipfile
 from pathlib import Path
@@ -38,15 +37,6 @@ def server():
     s = LoopbackServer()
     yield s
     s.close()
-
-
-@pytest.fixture
-def no_socket(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("a socket was opened")
-
-    monkeypatch.setattr(socket, "socket", boom)
-    monkeypatch.setattr(socket, "create_connection", boom)
 
 
 def _part(store: ModelStore, mid: str = MID, name: str = NAME) -> Path:
@@ -185,14 +175,7 @@ def test_a_model_folder_that_cannot_be_written_is_one_clear_error(server, tmp_pa
     and from prefetch.py)."""
     store = served_store(tmp_path / "s", server, MID, {NAME: _blob(10_000, 7)})
     store.model_dir(MID).mkdir(parents=True)
-    real_open = open
-
-    def deny_lock(path, *a, **k):
-        if str(path).endswith(".lock"):
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_open(path, *a, **k)
-
-    monkeypatch.setattr(store_mod, "open", deny_lock, raising=False)
+    _deny_lock_files(monkeypatch)
     with pytest.raises(DownloadError, match="cannot be written.*Permission denied"):
         store.pull(MID)
     assert server.requests == []
@@ -336,14 +319,7 @@ def test_prefetch_stops_at_once_when_the_model_folder_cannot_be_written(tmp_path
     for spec in store.manifest.for_profile("laptop"):
         if not spec.bundled:
             store.model_dir(spec.id).mkdir(parents=True)
-    real_open = open
-
-    def deny_lock(path, *a, **k):
-        if str(path).endswith(".lock"):
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_open(path, *a, **k)
-
-    monkeypatch.setattr(store_mod, "open", deny_lock, raising=False)
+    _deny_lock_files(monkeypatch)
     pauses: list[float] = []
     with pytest.raises(EngineError, match="cannot be written"):
         prefetch.prefetch("laptop", store, retries=5, backoff=5.0, sleep=pauses.append)
@@ -361,3 +337,15 @@ def test_build_dist_smoke_only_without_a_bundle_is_a_clear_error(tmp_path, capsy
     assert "no frozen app" in capsys.readouterr().err
     out = build_dist.smoke(tmp_path / "dist" / "Mend")  # (called directly: no traceback either)
     assert out["help"]["ok"] is False and out["doctor"]["ok"] is False
+
+
+def _deny_lock_files(monkeypatch) -> None:
+    """The store cannot create its ``.lock`` files: a model folder it may not write."""
+    real_open = open
+
+    def deny_lock(path, *a, **k):
+        if str(path).endswith(".lock"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(store_mod, "open", deny_lock, raising=False)

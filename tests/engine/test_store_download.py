@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import socket
 
 import pytest
 
@@ -26,16 +25,6 @@ def server():
 
 def _blob(n: int, seed: int = 1) -> bytes:
     return hashlib.sha256(str(seed).encode()).digest() * (n // 32) + b"x" * (n % 32)
-
-
-@pytest.fixture
-def no_socket(monkeypatch):
-    """Fail the test if anything opens a socket."""
-    def boom(*a, **k):
-        raise AssertionError("a socket was opened")
-
-    monkeypatch.setattr(socket, "socket", boom)
-    monkeypatch.setattr(socket, "create_connection", boom)
 
 
 def test_interrupted_download_resumes_from_part(server, tmp_path):
