@@ -15,8 +15,10 @@ import json
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -95,6 +97,8 @@ class _Job:
     token: CancelToken = field(default_factory=CancelToken)
     started: float = 0.0
     retried: bool = False  # a retry was queued already: a second click adds nothing
+    heard: float = 0.0  # when the engine last reported on it (started, progress)
+    stall_said: float = 0.0  # when the watchdog last logged it as silent
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,10 @@ class _Worker(QObject):
         self._factory = factory
         self._engine: Any = None
         self._throttle = throttle
+        # what the engine thread does, for the client's stall watchdog (read on the GUI
+        # thread: one attribute read each): the job it runs (None between jobs), its thread
+        self.current: int | None = None
+        self.thread_id: int | None = None
 
     def engine(self) -> Any:
         if self._engine is None:
@@ -154,6 +162,14 @@ class _Worker(QObject):
 
     @Slot(object)
     def execute(self, ticket: _Ticket) -> None:
+        self.thread_id = threading.get_ident()
+        self.current = ticket.id
+        try:
+            self._execute(ticket)
+        finally:
+            self.current = None
+
+    def _execute(self, ticket: _Ticket) -> None:
         last = [0.0]
         holder: dict[str, Progress] = {}
         # weakly: the Progress (and so this callback) is handed to the engine, which may keep it
@@ -194,6 +210,10 @@ class _Worker(QObject):
 
 
 _WARMUP_SETTLE = 0.3  # seconds the warm-up's tiny job waits for the window to settle
+# a running job silent this long (no progress report) is logged with what the engine thread
+# is doing then, and again after as long again: a diagnostic only, the job is left alone
+STALL_SECONDS = 300.0
+STALL_CHECK_MS = 30_000
 
 
 def import_engine_modules() -> float:
@@ -478,6 +498,10 @@ class EngineClient(QObject):
         self._journal_timer.setSingleShot(True)
         self._journal_timer.setInterval(150)
         self._journal_timer.timeout.connect(self._write_journal)
+        self._watchdog = QTimer(self)  # logs a running job that stays silent (_check_stall)
+        self._watchdog.setInterval(STALL_CHECK_MS)
+        self._watchdog.timeout.connect(self._check_stall)
+        self._watchdog.start()
 
     def _on_engine_ready(self, device: Any) -> None:
         self.device = device
@@ -625,7 +649,7 @@ class EngineClient(QObject):
         job_id = self._order.pop(0)
         job = self._jobs[job_id]
         self._running = job_id
-        job.started = time.monotonic()
+        job.started = job.heard = time.monotonic()
         self._update(job_id, state=JobState.RUNNING, message="starting")
         self._dispatch.emit(_Ticket(job_id, job.info.kind, job.payload, job.token))
         self._changed()
@@ -635,6 +659,7 @@ class EngineClient(QObject):
         job = self._jobs.get(job_id)
         if job is None or job.info.state is not JobState.RUNNING:
             return
+        job.heard = time.monotonic()
         self._update(job_id, fraction=fraction, message=message, eta_seconds=eta)
         self.progress.emit(JobProgress(job_id, fraction, message, eta))
         self._emit_overall()
@@ -665,6 +690,35 @@ class EngineClient(QObject):
         self._finish(job_id, JobState.CANCELLED if cancelled else JobState.FAILED, msg)
         self.failed.emit(job_id, msg)
         self._pump()
+
+    def _check_stall(self) -> None:
+        """Log the running job when the engine has said nothing of it for ``STALL_SECONDS``
+        (again after as long again), with the engine thread's stack: where a job that seems
+        to hang is. Its end having been lost (the engine thread runs no job, or another) is an
+        error. Nothing is cancelled or changed: a long native call (one model pass on a big
+        tile) is silent too."""
+        jid = self._running
+        job = self._jobs.get(jid) if jid is not None else None
+        if job is None:
+            return
+        now = time.monotonic()
+        silent = now - job.heard
+        if silent < STALL_SECONDS or (job.stall_said and now - job.stall_said < STALL_SECONDS):
+            return
+        job.stall_said = now
+        worker = self._worker
+        frame = sys._current_frames().get(worker.thread_id) if worker.thread_id else None
+        where = "".join(traceback.format_stack(frame)) if frame is not None else "(not known)\n"
+        busy = worker.current
+        if busy == jid:
+            log.warning("job %d (%s) has reported nothing for %.0f s (running %.0f s); the "
+                        "engine thread is at:\n%s", jid, job.info.title, silent,
+                        now - job.started, where.rstrip())
+        else:
+            log.error("job %d (%s) is shown running for %.0f s but the engine thread runs %s: "
+                      "its end was lost; the engine thread is at:\n%s", jid, job.info.title,
+                      now - job.started, "no job" if busy is None else f"job {busy}",
+                      where.rstrip())
 
     def _finish(self, job_id: int, state: JobState, message: str, fraction: float | None = None
                 ) -> None:
@@ -904,6 +958,7 @@ class EngineClient(QObject):
         if self._closed:
             return
         self._journal_timer.stop()
+        self._watchdog.stop()
         lock, owner = self._journal_lock, self._journal_owner
 
         def release() -> None:  # (in the pool: QLockFile.unlock deletes the lock file)

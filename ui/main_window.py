@@ -69,10 +69,13 @@ from .settings import (
     qsettings,
     recent_folders,
     save_settings,
+    write_settings,
 )
 from .sidecar import Sidecar, SidecarStore
 
 log = logging.getLogger("mend.ui")
+
+_ENGINE_START = "engine start"  # the status line's operation while the engine starts
 
 
 def _delete_when_idle(doc: MaskDocument) -> None:
@@ -104,6 +107,16 @@ class PhotoState:
     # a fix: it is made again then, for the settings of then (another profile, models installed)
     plan_edited: bool = False
     plan_stale: bool = False  # made for other settings: made again when the photo is shown
+
+
+@dataclass(frozen=True)
+class _StatusOwner:
+    """What the status line's message is about: it goes when that is over (see ``set_status``).
+    None everywhere: a message of its own, which stays until another replaces it."""
+
+    photo: Path | None = None
+    folder: Path | None = None
+    op: object = None
 
 
 def _class_or_none(value: Any) -> Degradation | None:
@@ -217,6 +230,7 @@ class MainWindow(QMainWindow):
         self.addActions([*self.tool_actions.values(), self.undo_action, self.redo_action])
         self.status_label = QLabel("")
         self.statusBar().addWidget(self.status_label, 1)
+        self._status_owner = _StatusOwner()
         self.eta_label = QLabel("")
         self.statusBar().addPermanentWidget(self.eta_label)
         # shown while the crash journal cannot be written (said once in the status line)
@@ -249,7 +263,7 @@ class MainWindow(QMainWindow):
         if ask_resume:
             QTimer.singleShot(0, self._offer_resume)
         if self._own_client:
-            self.set_status("Starting the engine…")
+            self.set_status("Starting the engine…", op=_ENGINE_START)
             self.client.warm_up()
 
     # -- layout ---------------------------------------------------------------------------
@@ -516,6 +530,9 @@ class MainWindow(QMainWindow):
         if not folder.is_dir():
             self.set_status(f"Not a folder: {folder}")
             return
+        # what was said of the old folder and its photos (a photo too large, a mask edit under
+        # way, a fix queued) is not about this one
+        self._drop_status(photos=True, folders=True)
         saved = self._save_unsaved_masks()  # (before the documents go)
         self._save_edited_plans()
         self.leave_mask_editor()
@@ -572,6 +589,7 @@ class MainWindow(QMainWindow):
         # the listing runs off the GUI thread (a folder on a network drive answers slowly);
         # the grid is empty and says so until it arrives
         self.model.set_folder(folder, [])  # (drops the old listing's queued thumbnails)
+        self._drop_status(folders=True)  # ("No photos in…": listed again now)
         self.folder_bg.forget_pending()  # and its header reads' callbacks: all about that folder
         if self._tree_scan is not None:
             self._tree_scan.stopped = True  # the walk of the previous listing ends at once
@@ -619,13 +637,13 @@ class MainWindow(QMainWindow):
                     self.set_status(
                         f"{folder.name} holds too many photos to list them all with its "
                         f"subfolders: the first {scan.photos} are shown (open a subfolder for "
-                        "the others)")
+                        "the others)", folder=folder)
 
         def failed(message: str) -> None:
             if gen == self.loader.generation:
                 self._end_listing()
                 self.grid.set_placeholder(f"Could not read {folder.name}: {message}")
-                self.set_status(f"Could not read {folder}: {message}")
+                self.set_status(f"Could not read {folder}: {message}", folder=folder)
 
         self.bg.run(work, listed, failed)
 
@@ -686,10 +704,10 @@ class MainWindow(QMainWindow):
         thread the way that listing would walk: a deep tree on a network drive takes a while)."""
         if self._listed_tree:
             text = f"No photos in {folder.name} or its subfolders"
-            self.set_status(text)
+            self.set_status(text, folder=folder)
             self.grid.set_placeholder(text)
             return
-        self.set_status(f"No photos in {folder.name}")
+        self.set_status(f"No photos in {folder.name}", folder=folder)
         self.grid.set_placeholder(f"No photos in {folder.name}")
         gen = self.loader.generation
         out_dir = self.settings.out_dir
@@ -707,7 +725,7 @@ class MainWindow(QMainWindow):
                 more = "" if complete else "+"
                 text = (f"No photos in {folder.name} itself — its subfolders hold "
                         f"{n}{more}: turn on “Include subfolders” to see them")
-                self.set_status(text)
+                self.set_status(text, folder=folder)
                 self.grid.set_placeholder(text)
 
         self.bg.run(count, done, lambda _m: None)
@@ -765,7 +783,8 @@ class MainWindow(QMainWindow):
                 if p == self.current:
                     self._show_state(p)
             if found:
-                self.set_status(f"Restored {len(found)} photo(s) from their sidecars")
+                self.set_status(f"Restored {len(found)} photo(s) from their sidecars",
+                                folder=folder)
 
         self.bg.run(read, apply)
 
@@ -796,6 +815,8 @@ class MainWindow(QMainWindow):
                                       and cur.data(PathRole) == self.current else 0)
 
     def _on_current(self, path: Path | None) -> None:
+        if self._status_owner.photo is not None and self._status_owner.photo != path:
+            self.set_status("")  # (it was about the photo shown before)
         self.current = path
         self.proxy.set_keep(path)
         self.panel.set_photo_name(self.display_name(path) if path else None)
@@ -918,7 +939,7 @@ class MainWindow(QMainWindow):
                 self.canvas.set_images(None, None)
                 self.canvas.message = msg
                 self.canvas.update()
-                self.set_status(msg)
+                self.set_status(msg, photo=path)
 
         mask_path = st.mask_path or (st.result.artifacts.get("mask_path") if st.result else None)
         self.bg.run(lambda: build_view(path, output, mask_path, stale), done, fail)
@@ -1108,7 +1129,7 @@ class MainWindow(QMainWindow):
         st = self._state(self.current)
         st.plan = plan or st.plan
         self.fix(self.current, st.plan, self.panel.override_label())
-        self.set_status(f"Queued {self.current.name}")
+        self.set_status(f"Queued {self.current.name}", photo=self.current)
 
     def _on_plan_edited(self, plan: Plan) -> None:
         """A step, a parameter or the order changed in the panel: that is the photo's chain now
@@ -1144,7 +1165,7 @@ class MainWindow(QMainWindow):
             self._set_override(p, label)
         if len(paths) > 1:
             what = f"{label.value} · {label.short_name}" if label else "automatic (as diagnosed)"
-            self.set_status(f"Fix as {what}: {len(paths)} selected photos")
+            self.set_status(f"Fix as {what}: {len(paths)} selected photos", photo=path)
         if self.current is not None:
             self._show_state(self.current)
 
@@ -1230,7 +1251,7 @@ class MainWindow(QMainWindow):
                 if self.stack.currentIndex() == 1:
                     self.load_view(path)
             self.set_status(f"Fixed {path.name} in {result.seconds:.1f} s"
-                            + (f" — {result.warnings[0]}" if result.warnings else ""))
+                            + (f" — {result.warnings[0]}" if result.warnings else ""), photo=path)
             self.fixed.emit(path)
         elif isinstance(result, Plan):
             if st.plan_job != job_id:
@@ -1242,11 +1263,11 @@ class MainWindow(QMainWindow):
                 self.panel.set_plan(result)
         elif result is not None and hasattr(result, "shape"):  # SAM mask
             include = self._sam_include.pop(job_id, True)
+            self.end_status(("select", job_id))  # (also when the photo is not shown any more)
             doc = self._current_mask_doc()
             if doc is not None and path == self.current:
                 doc.set_mask(result, "Click-select" if include else "Click-deselect",
                              combine="add" if include else "subtract")
-                self.set_status("")
 
     def _store_for(self, path: Path) -> SidecarStore:
         """The sidecar store of the photo's own folder: a job that finishes after another folder
@@ -1267,7 +1288,8 @@ class MainWindow(QMainWindow):
         store = self._store_for(path)
         if store is not None:
             self.bg.run(lambda: store.update(path, **changes), lambda _sc: None,
-                        lambda m: self.set_status(f"Could not save the sidecar: {m}"))
+                        lambda m: self.set_status(f"Could not save the sidecar: {m}",
+                                                  photo=path))
 
     def _on_resubmitted(self, old_id: int, new_id: int) -> None:
         """A job retried from the queue panel: its result is this photo's, like the first's."""
@@ -1296,7 +1318,8 @@ class MainWindow(QMainWindow):
             st.retry_plan_job = job_id
             if path == self.current:
                 self.panel.set_plan(st.plan, st.plan_note)
-        self.set_status(f"{path.name if path else 'Job'}: {message}")
+        self._sam_include.pop(job_id, None)
+        self.set_status(f"{path.name if path else 'Job'}: {message}", photo=path)
         if path == self.current:
             self.panel.set_status(message)
 
@@ -1341,6 +1364,8 @@ class MainWindow(QMainWindow):
         self.panel.set_estimator(weak_slot(self, lambda w, plan: w._estimate_text(plan)))
         if device is not None:
             self.set_status(f"Engine ready on {device.name}")
+        else:
+            self.end_status(_ENGINE_START)
 
     # -- mask editor ----------------------------------------------------------------------
     def show_mask_editor(self) -> None:
@@ -1429,12 +1454,13 @@ class MainWindow(QMainWindow):
         except Exception as e:  # noqa: BLE001
             from .messages import describe_error
 
-            self.set_status(f"Could not load the mask: {describe_error(e)}")
+            self.set_status(f"Could not load the mask: {describe_error(e)}", photo=self.current)
         doc.undo.clear()  # the starting point is not an undoable edit
-        doc.busy_changed.connect(  # grow/feather/... on a big mask finish in a worker
-            weak_slot(self, lambda w, b: w.set_status(
-                "Applying the mask edit at full resolution…" if b else "")))
-        doc.failed.connect(self.set_status)
+        # grow/feather/... on a big mask finish in a worker: said while they do, of this photo
+        # (another photo shown, or the document gone with its folder, takes the message away)
+        busy_op, photo = object(), self.current
+        doc.busy_changed.connect(weak_slot(self, lambda w, b: w._on_mask_busy(busy_op, photo, b)))
+        doc.failed.connect(weak_slot(self, lambda w, msg: w.set_status(msg, photo=photo)))
         doc.set_style(opacity=self.opacity_slider.value() / 100)
         if not readonly:
             st.mask_doc = doc
@@ -1503,6 +1529,7 @@ class MainWindow(QMainWindow):
         doc = self._current_mask_doc()
         if doc is None:
             return
+        photo = self.current
 
         def write_when_final() -> None:  # after any grow/feather still computing
             data = doc.full.copy()
@@ -1514,11 +1541,11 @@ class MainWindow(QMainWindow):
                 return MaskDocument.save(tmp, dest)
 
             def done(p: Path) -> None:
-                self.set_status(f"Mask saved: {p} ({shape[1]}×{shape[0]})")
+                self.set_status(f"Mask saved: {p} ({shape[1]}×{shape[0]})", photo=photo)
                 if on_done:
                     on_done(p)
 
-            self.bg.run(write, done, self.set_status)
+            self.bg.run(write, done, lambda m: self.set_status(m, photo=photo))
 
         doc.when_idle(write_when_final)
 
@@ -1535,10 +1562,12 @@ class MainWindow(QMainWindow):
         if doc is None:
             return
         shape = doc.full.shape
+        photo = self.current
         from .editor.mask import read_mask
 
         self.bg.run(lambda: read_mask(path, shape),
-                    lambda m: doc.set_mask(m, f"Load {path.name}"), self.set_status)
+                    lambda m: doc.set_mask(m, f"Load {path.name}"),
+                    lambda m: self.set_status(m, photo=photo))
 
     def _current_mask_doc(self) -> MaskDocument | None:
         """The mask being edited, if it is the current photo's (just after a switch it is still
@@ -1607,7 +1636,7 @@ class MainWindow(QMainWindow):
 
             def failed(msg: str) -> None:
                 doc.undo.resetClean()  # not written: still unsaved
-                self.set_status(f"Could not save the mask of {path.name}: {msg}")
+                self.set_status(f"Could not save the mask of {path.name}: {msg}", photo=path)
                 if seq == self._mask_write_seq.get(path):
                     self._mask_write_seq.pop(path, None)
                     self._mask_waiters.pop(path, None)
@@ -1640,14 +1669,15 @@ class MainWindow(QMainWindow):
         if path is None or self.mask_doc is None or self.sidecars is None:
             return None
         if self._current_mask_doc() is None:
-            self.set_status(f"{path.name} is still loading: its mask is not there yet")
+            self.set_status(f"{path.name} is still loading: its mask is not there yet",
+                            photo=path)
             return None
         st = self._state(path)
         plan = st.plan if st.plan is not None and st.plan.label is Degradation.B else None
 
         def submit(dest: Path) -> None:
             self.fix(path, plan, Degradation.B, dest)
-            self.set_status(f"Inpainting {path.name} again with the edited mask")
+            self.set_status(f"Inpainting {path.name} again with the edited mask", photo=path)
 
         self._write_mask(path, self.mask_doc, submit)
         return 0
@@ -1659,14 +1689,14 @@ class MainWindow(QMainWindow):
         jid = self.client.sam_select(self.current, [(x, y, 1)])
         self._job_path[jid] = self.current
         self._sam_include[jid] = bool(include)
-        self.set_status("Selecting…")
+        self.set_status("Selecting…", photo=self.current, op=("select", jid))
 
     # -- export ---------------------------------------------------------------------------
     def export_current(self, dest: Path | None = None) -> None:
         path = self.current
         st = self._state(path) if path else None
         if path is None or st is None or st.output is None:
-            self.set_status("Nothing to export yet: fix the photo first")
+            self.set_status("Nothing to export yet: fix the photo first", photo=path)
             return
         output = st.output
 
@@ -1674,9 +1704,10 @@ class MainWindow(QMainWindow):
             if exists:
                 self._export(path, output, dest)
             else:
-                self.set_status("Nothing to export yet: fix the photo first")
+                self.set_status("Nothing to export yet: fix the photo first", photo=path)
 
-        self.bg.run(output.exists, checked, lambda m: self.set_status(f"Export failed: {m}"))
+        self.bg.run(output.exists, checked,
+                    lambda m: self.set_status(f"Export failed: {m}", photo=path))
 
     def _export(self, path: Path, output: Path, dest: Path | None) -> None:
         """Export ``path``'s result ``output`` to ``dest`` (None: asked in a dialog)."""
@@ -1697,11 +1728,11 @@ class MainWindow(QMainWindow):
         def done(p: Path) -> None:
             note = "" if p.name == asked.name else \
                 f" (named for its format: the result is a {output.suffix[1:].upper()} file)"
-            self.set_status(f"Exported {p}{note}")
+            self.set_status(f"Exported {p}{note}", photo=path)
             self.exported.emit(p)
 
         self.bg.run(lambda: export_copy(output, asked, path), done,
-                    lambda m: self.set_status(f"Export failed: {m}"))
+                    lambda m: self.set_status(f"Export failed: {m}", photo=path))
 
     # -- dialogs --------------------------------------------------------------------------
     def show_models(self, first_run: bool = False) -> None:
@@ -1752,8 +1783,33 @@ class MainWindow(QMainWindow):
         show_about(self, self.device)
 
     # -- misc -----------------------------------------------------------------------------
-    def set_status(self, text: str) -> None:
+    def set_status(self, text: str, *, photo: Path | None = None, folder: Path | None = None,
+                   op: object = None) -> None:
+        """Say ``text`` in the status line, in place of what it said. A message belongs to what
+        it is about, and goes with it: ``photo``'s when another photo is shown or another folder
+        opened; ``folder``'s when a folder is opened or listed again; ``op``'s (an operation
+        under way) when ``end_status(op)`` says it ended, unless a newer message replaced it.
+        Without any: it stays until the next message."""
+        self._status_owner = _StatusOwner(Path(photo) if photo is not None else None,
+                                          Path(folder) if folder is not None else None, op)
         self.status_label.setText(text)
+
+    def end_status(self, op: object) -> None:
+        """The operation ``op`` ended: its message goes, if it is still the one shown."""
+        if op is not None and self._status_owner.op == op:
+            self.set_status("")
+
+    def _drop_status(self, *, photos: bool = False, folders: bool = False) -> None:
+        """Take away a message about a photo (``photos``) or a folder (``folders``)."""
+        owner = self._status_owner
+        if (photos and owner.photo is not None) or (folders and owner.folder is not None):
+            self.set_status("")
+
+    def _on_mask_busy(self, op: object, photo: Path | None, busy: bool) -> None:
+        if busy:
+            self.set_status("Applying the mask edit at full resolution…", photo=photo, op=op)
+        else:
+            self.end_status(op)
 
     def _offer_resume(self) -> None:
         """Offer the jobs a crash left unfinished; the journals and the photos they name (on a
@@ -1846,9 +1902,12 @@ class MainWindow(QMainWindow):
                 return
         self._save_unsaved_masks()  # (written in the pool, which finishes its work)
         self._save_edited_plans()
-        self.qs.setValue("window/geometry", self.saveGeometry())
-        self.qs.setValue("window/state", self.saveState())
-        self.qs.sync()
+        # the layout is written in the pool too, by a settings object of its own (nothing is
+        # set through the window's: it would write it on this thread, from its event or its
+        # destructor); the shutdown below waits for it
+        layout = {"window/geometry": self.saveGeometry(), "window/state": self.saveState()}
+        where = (self.qs.fileName(), self.qs.format())
+        self.client.run_in_pool(lambda: write_settings(where, layout))
         self.loader.new_generation()  # drops the queued thumbnails
         # the window's queued saves and exports still run (in the client's pool), but their
         # GUI callbacks are let go: they would keep the closed window alive

@@ -1,7 +1,9 @@
 """App settings (QSettings-backed) as one frozen dataclass, plus the user folders."""
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,8 @@ from PySide6.QtCore import QSettings
 from engine.api import OutputOptions
 
 ORG, APP = "Mend", "Mend"
+
+log = logging.getLogger("mend.ui")
 
 
 def data_dir() -> Path:
@@ -99,6 +103,22 @@ def qsettings() -> QSettings:
     if path:
         return QSettings(path, QSettings.Format.IniFormat)
     return QSettings(ORG, APP)
+
+
+def write_settings(where: tuple[str, QSettings.Format], values: Mapping[str, Any]) -> None:
+    """Set ``values`` (key -> value) in the settings at ``where`` (a ``QSettings``'s
+    ``(fileName(), format())``, the registry's path on Windows) and write them to the disk now,
+    through a QSettings object of the calling thread's own: for a pool thread, never the GUI
+    thread (the write is a file saved and fsync'd under a lock file another Mend may hold:
+    5-23 ms here, far more on a network home). QSettings is reentrant: distinct objects in
+    different threads may use one file at the same time, and what one sets is seen at once by
+    the others of this process (the window's own included)."""
+    qs = QSettings(*where)
+    for key, value in values.items():
+        qs.setValue(key, value)
+    qs.sync()
+    if qs.status() != QSettings.Status.NoError:
+        log.warning("could not write the settings file %s (%s)", qs.fileName(), qs.status().name)
 
 
 def load_settings(qs: QSettings | None = None) -> AppSettings:

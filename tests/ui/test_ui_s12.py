@@ -154,9 +154,9 @@ def test_a_crash_journal_that_cannot_be_written_is_said_once(qtbot, folder, tmp_
     said: list[str] = []
     real = MainWindow.set_status
 
-    def set_status(self, text: str) -> None:
+    def set_status(self, text: str, **about) -> None:
         said.append(text)
-        real(self, text)
+        real(self, text, **about)
 
     monkeypatch.setattr(MainWindow, "set_status", set_status)
     blocker = tmp_path / "ui-data" / "journals"  # a file where the journals' folder goes

@@ -22,6 +22,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
+from engine.errors import Cancelled
+
 from ..app import weak_slot
 from ..engine_client import EngineClient
 from ..messages import describe_error
@@ -29,7 +31,7 @@ from ..messages import describe_error
 COLUMNS = ("Model", "Task", "Size", "Licence", "Status", "Profiles")
 STATUS_COLOURS = {"verified": "#3fb27f", "bundled": "#3fb27f", "unpinned": "#e0a43a",
                   "partial": "#e0a43a", "corrupt": "#e05a4f", "missing": "#8a8f98",
-                  "not configured": "#8a8f98", "downloading": "#3a8ee6"}
+                  "not configured": "#8a8f98", "downloading": "#3a8ee6", "verifying…": "#3a8ee6"}
 
 
 def human_size(n: float) -> str:
@@ -73,6 +75,8 @@ class ModelManagerDialog(QDialog):
         # while a closed dialog is gone): model id -> last fraction
         running = client.model_downloads()
         self._downloading: dict[str, float] = {m: f for m, (f, _msg) in running.items()}
+        # verifies queued or running (this dialog's): model id -> how many (a double click)
+        self._verifying: dict[str, int] = {}
         lay = QVBoxLayout(self)
         self.recommend = QLabel("Checking this computer…" if first_run else "")
         self.recommend.setWordWrap(True)
@@ -97,7 +101,8 @@ class ModelManagerDialog(QDialog):
         lay.addWidget(self.note)
         row = QHBoxLayout()
         self.pull_btn = QPushButton("Download")
-        self.cancel_btn = QPushButton("Stop download")
+        self.cancel_btn = QPushButton("Stop")
+        self.cancel_btn.setToolTip("Stop the selected models' downloads and verifications")
         self.verify_btn = QPushButton("Verify")
         self.remove_btn = QPushButton("Remove")
         self.import_btn = QPushButton("Import pack…")
@@ -141,6 +146,8 @@ class ModelManagerDialog(QDialog):
                 status = f"error: {describe_error(e)}"
             if spec.id in self._downloading:
                 status = f"downloading {self._downloading[spec.id]:.0%}"
+            elif spec.id in self._verifying:
+                status = "verifying…"
             lic = spec.license + ("" if spec.commercial_use else "  ⚠ non-commercial")
             cells = (spec.name or spec.id, spec.task,
                      human_size(spec.total_size) if spec.total_size else "–",
@@ -187,9 +194,46 @@ class ModelManagerDialog(QDialog):
         self.refresh()
 
     def verify(self, model_id: str) -> None:
+        """Hash every file of ``model_id`` again, in the model pool (a model of several GB takes
+        minutes); Stop cancels it through the task's token, which the store's verify checks."""
         store = self.store
-        self.client.model_task(model_id, lambda report, token: ("verify",
-                                                                store.verify(model_id)))
+        self._verifying[model_id] = self._verifying.get(model_id, 0) + 1
+
+        def work(report, token):
+            # (its end always comes back as a "verify" result, an error too: a failure alone
+            # would not say whether the model's verify or its download ended)
+            try:
+                token.check()  # (stopped while it waited behind a download)
+                report(0.0, "verifying")
+                return ("verify", store.verify(model_id, token=token))
+            except Exception as e:  # noqa: BLE001 - said in the dialog, as a failure would be
+                return ("verify", e)
+
+        self.client.model_task(model_id, work)
+        self._show_verifying()
+
+    def _verify_ended(self, model_id: str) -> None:
+        n = self._verifying.pop(model_id, 0)
+        if n > 1:
+            self._verifying[model_id] = n - 1
+
+    def _show_verifying(self) -> None:
+        """Verifies under way: said in their rows, and, while no download shows its own, by a
+        busy bar (a verify reports no fraction) that Stop stops."""
+        for mid in self._verifying:
+            r = self.row_of(mid)
+            if r >= 0 and mid not in self._downloading:
+                self.table.item(r, 4).setText("verifying…")
+        if self._downloading:
+            return  # (the download's bar)
+        if not self._verifying:
+            self.progress.setVisible(False)
+            self.progress.setRange(0, 1000)
+            return
+        self.progress.setRange(0, 0)
+        self.progress.setToolTip("Verifying " + ", ".join(self._verifying)
+                                 + " (select it and click Stop to stop)")
+        self.progress.setVisible(True)
 
     def _remove(self) -> None:
         ids = self.selected()
@@ -236,6 +280,7 @@ class ModelManagerDialog(QDialog):
             self._show_progress(model_id, fraction, message)
 
     def _show_progress(self, model_id: str, fraction: float, message: str) -> None:
+        self.progress.setRange(0, 1000)
         self.progress.setVisible(True)
         self.progress.setValue(int(fraction * 1000))
         self.progress.setFormat(f"{model_id}: {message}")
@@ -247,6 +292,8 @@ class ModelManagerDialog(QDialog):
         kind, value = result if isinstance(result, tuple) and len(result) == 2 else ("", result)
         if model_id not in self.client.model_downloads():  # (not a verify ending meanwhile)
             self._downloading.pop(model_id, None)
+        if kind == "verify":
+            self._verify_ended(model_id)
         self.progress.setVisible(bool(self._downloading))
         if kind == "recommend":
             dev, prof, missing, total = value
@@ -260,8 +307,12 @@ class ModelManagerDialog(QDialog):
                 self.recommend.setText(f"<b>This computer ({dev.name}) uses the “{prof}” "
                                        "profile; all its models are installed.</b>")
             self.profile_btn.setEnabled(bool(missing))
+            self._show_verifying()
             return
-        if kind == "verify":
+        if kind == "verify" and isinstance(value, BaseException):
+            self.note.setText(f"{model_id}: verification stopped" if isinstance(
+                value, Cancelled) else f"{model_id}: {describe_error(value)}")
+        elif kind == "verify":
             rep = value
             msg = f"{model_id}: {rep.status}"
             if getattr(rep, "corrupt", None):
@@ -278,6 +329,7 @@ class ModelManagerDialog(QDialog):
         elif kind == "pull":
             self.note.setText(f"{model_id}: {value}")
         self.refresh()
+        self._show_verifying()
 
     def _on_failed(self, model_id: str, message: str) -> None:
         if model_id not in self.client.model_downloads():
@@ -287,6 +339,7 @@ class ModelManagerDialog(QDialog):
         if model_id == "recommend":
             self.recommend.setText(f"Could not check this computer: {message}")
         self.refresh()
+        self._show_verifying()
 
     def _pull_recommended(self) -> None:
         for mid in self._recommended:
