@@ -1182,13 +1182,20 @@ class _StderrCapture:
         sink.seek(start)  # O_APPEND: the decoders' writes still go to the end
         return sink.read(end - start)
 
-    def _stop(self) -> None:
+    def _stop(self) -> tuple[int, bytes]:
+        """fd 2 back to the real stderr; returns a descriptor of the real stderr and the bytes
+        that were not the decoders' lines, for the caller to write there (and close it) once
+        the lock is released: a write blocks while stderr is a pipe nobody reads, and holding
+        the lock meanwhile stopped every later decode, in every thread, for good."""
         assert self.sink is not None
+        saved, sink = self.saved, self.sink
+        self.sink, self.saved = None, -1
         try:
-            os.dup2(self.saved, 2)
-        finally:
-            os.close(self.saved)
-        sink, self.sink, self.saved = self.sink, None, -1
+            os.dup2(saved, 2)
+        except OSError:
+            os.close(saved)
+            sink.close()
+            raise
         with sink:
             text = self._read(sink, 0, os.fstat(sink.fileno()).st_size)
         kept: list[bytes] = []
@@ -1199,12 +1206,18 @@ class _StderrCapture:
             if not ours and not (after and not line.strip()):
                 kept.append(line)
             after = ours
-        other = b"".join(kept)
-        if other:
-            try:
-                os.write(2, other)
-            except OSError:
-                pass
+        return saved, b"".join(kept)
+
+    @staticmethod
+    def _write_back(fd: int, other: bytes) -> None:
+        try:
+            while other:
+                other = other[os.write(fd, other):]
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     @contextlib.contextmanager
     def __call__(self, messages: list[str]) -> Iterator[None]:
@@ -1219,6 +1232,7 @@ class _StderrCapture:
             yield
             return
         text = b""
+        back: tuple[int, bytes] | None = None
         try:
             yield
         finally:
@@ -1230,7 +1244,9 @@ class _StderrCapture:
                     finally:
                         self.users -= 1
                         if self.users == 0:
-                            self._stop()
+                            back = self._stop()
+            if back is not None:  # (written to the real stderr, the lock released)
+                self._write_back(*back)
             for line in text.splitlines():
                 if _DECODER_LINE.match(line):
                     msg = _decoder_message(line)
