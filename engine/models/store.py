@@ -389,7 +389,8 @@ class ModelStore:
 
     # ---------------------------------------------------------------- status
     def _check_file(self, model_id: str, f: ModelFile, deep: bool,
-                    state: dict[str, Any]) -> FileStatus:
+                    state: dict[str, Any],
+                    check_cancel: Callable[[], None] | None = None) -> FileStatus:
         path = self._dir(model_id) / safe_relpath(f.name)
         part = path.with_name(path.name + PART_SUFFIX)
         rec = state["files"].get(f.name)
@@ -411,7 +412,7 @@ class ModelStore:
                 and rec.get(BAD_KEY) == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}):
             # the very content found damaged before: no need to hash it again
             return FileStatus(f.name, CORRUPT, st.st_size, f.size, expected, f.pinned)
-        actual = sha256_file(path)
+        actual = sha256_file(path, check_cancel)
         if expected is None:  # unpinned and never seen: record it now
             self._try_record(model_id, f.name, actual, False, state)
             return FileStatus(f.name, UNPINNED, st.st_size, f.size, actual, False)
@@ -421,7 +422,10 @@ class ModelStore:
         self._try_record(model_id, f.name, actual, f.pinned, state)
         return FileStatus(f.name, good, st.st_size, f.size, expected, f.pinned)
 
-    def file_statuses(self, model_id: str, deep: bool = False) -> list[FileStatus]:
+    def file_statuses(self, model_id: str, deep: bool = False,
+                      check_cancel: Callable[[], None] | None = None) -> list[FileStatus]:
+        """Each file's status; ``deep`` hashes every file (``check_cancel`` runs between its
+        chunks: a multi-GB file takes many seconds)."""
         spec = self.spec(model_id)
         state = self._read_state(model_id)
         if spec.slot:
@@ -434,8 +438,8 @@ class ModelStore:
                 return [FileStatus(p.name, UNPINNED, size, size, None, False)]
             # the hash recorded at import (or at first sight) is checked like an unpinned file's
             f = ModelFile(name=name, url=None, size=size, sha256=None, size_exact=False)
-            return [self._check_file(model_id, f, deep, state)]
-        return [self._check_file(model_id, f, deep, state) for f in spec.files]
+            return [self._check_file(model_id, f, deep, state, check_cancel)]
+        return [self._check_file(model_id, f, deep, state, check_cancel) for f in spec.files]
 
     @staticmethod
     def _combine(statuses: list[str]) -> str:
@@ -650,14 +654,16 @@ class ModelStore:
         ``repair=True`` deletes the stray files, then deletes damaged files and pulls them
         again (needs the network, or raises OfflineError after deleting no damaged file). A
         slot's file (the user's own weights) is checked against the hash recorded at import
-        but never repaired: import it again.
+        but never repaired: import it again. ``token`` (a CancelToken) stops the hashing
+        between chunks (``Cancelled``) as well as a repair's download.
         """
         spec = self.spec(model_id)
         rep = VerifyReport(model_id)
         if spec.bundled:
             rep.status = self.status(model_id)
             return rep
-        statuses = self.file_statuses(model_id, deep=True)
+        statuses = self.file_statuses(model_id, deep=True,
+                                      check_cancel=token.check if token is not None else None)
         for fs in statuses:
             if fs.status in (VERIFIED, UNPINNED):
                 rep.ok.append(fs.name)
