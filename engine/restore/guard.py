@@ -226,12 +226,16 @@ def gradient_density(image: np.ndarray, weight: np.ndarray | None = None) -> flo
     import cv2
 
     y = luma(image)
+    if min(y.shape[:2]) < 2:  # a photo 1 px wide or tall has no 2-D gradient
+        return 0.0
     g = np.subtract(y[:-1, 1:], y[:-1, :-1])
     dy = np.subtract(y[1:, :-1], y[:-1, :-1])
     cv2.magnitude(g, dy, g)  # np.hypot within an ulp
     del dy
     if weight is not None and weight.sum() > 0:
         g = g[weight[:-1, :-1] > 0]
+    if g.size == 0:  # (a photo 1 px wide or tall, a weight only on its last row/column)
+        return 0.0
     l1 = float(g.mean())
     # the mean square in float64 without a float64 copy: float32 squares (relative error
     # < 6e-8 each), summed in float64 by numpy's buffered reduction
