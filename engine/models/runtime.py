@@ -34,9 +34,11 @@ class ModelRuntime:
         self.store = store if store is not None else ModelStore()
         self._budget = None if budget is None else int(budget)
         self._cache: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-        # key -> (the error, the model folder's files as they were): weights that could not be
-        # loaded are not read again until those files change (a repair, a pull)
-        self._failed: dict[Any, tuple[BaseException, Any]] = {}
+        # key -> (the error's message, the model folders' files as they were): weights that could
+        # not be loaded are not read again until those files change (a repair, a pull). Only the
+        # message is kept: the exception would hold its traceback's frames (the half-read
+        # weights, the photo being diagnosed) for as long as it is remembered
+        self._failed: dict[Any, tuple[str, Any]] = {}
         self._lock = threading.RLock()
 
     @property
@@ -125,7 +127,9 @@ class ModelRuntime:
         stamp = self._files_stamp(model_id) if model_id is not None else None
         if failed is not None:
             if stamp is not None and failed[1] == stamp:
-                raise failed[0].with_traceback(None)
+                from .loader import UnsupportedModel
+
+                raise UnsupportedModel(failed[0])
             with self._lock:
                 self._failed.pop(key, None)
         if size_bytes is not None:
@@ -140,7 +144,7 @@ class ModelRuntime:
 
             if stamp is not None and isinstance(e, UnsupportedModel):
                 with self._lock:
-                    self._failed[key] = (e, stamp)
+                    self._failed[key] = (str(e), stamp)
             raise
         self._torch_threads()
         if size_bytes is None:

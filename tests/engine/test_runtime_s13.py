@@ -92,3 +92,39 @@ def _photo(rng):
     return Photo(path=None, pixels=rng.random((48, 64, 3), dtype=np.float32), alpha=None,
                  bit_depth=8, format="PNG", icc_profile=None, exif=None, xmp=None, dpi=None,
                  info={"warnings": []})
+
+
+class _Big(np.ndarray):
+    pass
+
+
+def test_a_remembered_failure_holds_no_weights_or_photo(tmp_path):
+    """The memo kept the exception, and with it its traceback's frames: the half-read weights
+    and the caller's photo stayed in memory until the model's files changed."""
+    import gc
+    import weakref
+
+    src = tmp_path / "realesr-general-x4v3.pth"
+    src.write_bytes(b"not weights")
+    store = install_test_model(tmp_path / "store", "realesr-general-x4v3",
+                               {"realesr-general-x4v3.pth": src})
+    rt = make_runtime(store)
+    refs = []
+
+    def step(photo):
+        def factory():
+            weights = np.ones(1 << 20, np.uint8).view(_Big)
+            refs.append(weakref.ref(weights))
+            raise UnsupportedModel("these weights cannot be loaded")
+        return rt.cached(("k",), factory, 1, model_id="realesr-general-x4v3")
+
+    photo = np.zeros((100, 100, 3), np.float32).view(_Big)
+    refs.append(weakref.ref(photo))
+    with pytest.raises(UnsupportedModel):
+        step(photo)
+    del photo
+    gc.collect()
+    assert [r() is None for r in refs] == [True, True]
+    with pytest.raises(UnsupportedModel, match="these weights cannot be loaded"):
+        step(None)  # remembered: the factory is not called again
+    assert len(refs) == 2
