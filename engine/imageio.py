@@ -2668,8 +2668,12 @@ def _preview_rgb8(im, max_side: int, icc: bytes | None = None) -> np.ndarray:
         a = a.astype(np.float32)
         im = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.uint8), "L")
     elif mode in ("L", "LA") and grey_icc:  # as load_photo converts it
-        rgb = _grey8_to_srgb(np.asarray(im.convert("L")), icc, {})
-        im = im if rgb is None else Image.fromarray(_quantise(rgb, 8), "RGB")
+        # (its 256 levels through a table: the full-size float RGB load_photo makes took a
+        # 24 MP scan's thumbnail from 0.5 s and 97 MB to 1.3 s and 409 MB)
+        levels = _grey8_to_srgb(np.arange(256, dtype=np.uint8)[None], icc, {})
+        if levels is not None:
+            table = _quantise(levels, 8)[0, :, 0]
+            im = Image.fromarray(table[np.asarray(im.convert("L"))], "L")
     if im.mode != "RGB":
         im = im.convert("RGBA").convert("RGB") if "transparency" in im.info else im.convert("RGB")
     if max(im.size) > max_side:
