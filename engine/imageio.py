@@ -1123,6 +1123,8 @@ class _StderrCapture:
         self.users = 0
         self.saved = -1
         self.sink: BinaryIO | None = None
+        self.pending: list[tuple[int, bytes]] = []  # (real stderr fd, bytes) to write back
+        self.writer: threading.Thread | None = None
 
     def _before_fork(self) -> None:
         self.lock.acquire()  # no fork halfway through _start or _stop
@@ -1135,6 +1137,10 @@ class _StderrCapture:
         threads are not in the child) and a lock of its own (the parent's is held for the
         fork)."""
         self.lock = threading.Lock()
+        for fd, _ in self.pending:  # (the parent's writer thread writes them)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pending, self.writer = [], None
         if self.sink is not None:
             with contextlib.suppress(OSError):
                 os.dup2(self.saved, 2)
@@ -1208,16 +1214,42 @@ class _StderrCapture:
             after = ours
         return saved, b"".join(kept)
 
-    @staticmethod
-    def _write_back(fd: int, other: bytes) -> None:
-        try:
-            while other:
-                other = other[os.write(fd, other):]
-        except OSError:
-            pass
-        finally:
+    def _write_back(self, fd: int, other: bytes) -> None:
+        """``other`` to the real stderr (``fd``, closed after), by a daemon thread when there
+        is anything to write: a stderr pipe nobody reads blocks the write for good, and it
+        must block neither the decode's thread (the app's engine thread) nor the process's
+        exit. One thread writes in order; a second call meanwhile queues behind it."""
+        with self.lock:
+            queued = self.writer is not None and self.writer.is_alive()
+        if not queued:  # (in order: nothing written back yet waits before these bytes)
+            other = _write_unblocked(fd, other)
+        if not other:
             with contextlib.suppress(OSError):
                 os.close(fd)
+            return
+        with self.lock:
+            self.pending.append((fd, other))
+            if self.writer is not None and self.writer.is_alive():
+                return
+            self.writer = threading.Thread(target=self._drain, name="mend-stderr-writeback",
+                                           daemon=True)
+            self.writer.start()
+
+    def _drain(self) -> None:
+        while True:
+            with self.lock:
+                if not self.pending:
+                    self.writer = None
+                    return
+                fd, other = self.pending.pop(0)
+            try:
+                while other:
+                    other = other[os.write(fd, other):]
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     @contextlib.contextmanager
     def __call__(self, messages: list[str]) -> Iterator[None]:
@@ -1254,6 +1286,26 @@ class _StderrCapture:
                         log.debug("decoder: %s", line.decode("utf-8", "replace").strip())
                     elif msg not in messages:
                         messages.append(msg)
+
+
+def _write_unblocked(fd: int, data: bytes) -> bytes:
+    """Write what ``fd`` takes now without blocking (POSIX: pieces of at most ``PIPE_BUF``
+    bytes while it polls writable); returns the rest (all of it elsewhere). A write error
+    drops the bytes, as the real stderr would have."""
+    if os.name != "posix":
+        return data
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        while data:
+            if not poller.poll(0):
+                return data
+            data = data[os.write(fd, data[:select.PIPE_BUF]):]
+    except (OSError, ValueError):
+        return b""
+    return data
 
 
 _decoder_messages = _StderrCapture()

@@ -2,7 +2,8 @@
 other bytes written meanwhile go back to the real stderr when the last decode ends. When that
 stderr is a pipe nobody reads (a harness, a service manager's full pipe), that write blocks:
 it used to block holding the capture's lock, so every later decode, in every thread - the
-app's engine thread included - waited for good. Now only the thread that writes waits."""
+app's engine thread included - waited for good. Now what the pipe does not take at once is
+written by a daemon thread, and nobody else waits."""
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 _SCRIPT = r"""
-import os, threading
+import os, threading, time
 from engine.imageio import _decoder_messages
 
 r, w = os.pipe()
@@ -32,7 +33,8 @@ def writer():
 
 a = threading.Thread(target=writer, daemon=True)
 a.start()
-a.join(1.0)
+a.join(5.0)
+os.write(real, b"writer blocked\n" if a.is_alive() else b"writer free\n")
 done = threading.Event()
 
 def decode():
@@ -43,8 +45,14 @@ def decode():
 threading.Thread(target=decode, daemon=True).start()
 ok = done.wait(10.0)
 os.write(real, b"decoded\n" if ok else b"blocked\n")
-os.read(r, 1 << 20)  # (let the writer finish)
-a.join(5.0)
+os.set_blocking(r, False)
+got, deadline = b"", time.monotonic() + 10
+while b"someone else's" not in got and time.monotonic() < deadline:
+    try:
+        got += os.read(r, 1 << 20)  # the pipe drained: the line written back arrives
+    except BlockingIOError:
+        time.sleep(0.05)
+os.write(real, b"written back\n" if b"someone else's" in got else b"lost\n")
 os._exit(0)
 """
 
@@ -52,4 +60,5 @@ os._exit(0)
 def test_a_stderr_pipe_nobody_reads_does_not_stop_other_decodes():
     r = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, capture_output=True,
                        timeout=60, check=False)
-    assert r.stdout == b"" and r.stderr.strip().endswith(b"decoded"), (r.stdout, r.stderr)
+    assert r.stdout == b"" and r.stderr.split() == [b"writer", b"free", b"decoded",
+                                                    b"written", b"back"], (r.stdout, r.stderr)
