@@ -81,6 +81,7 @@ class Engine:
         # seconds per megapixel of finished steps on this machine, for estimates before a run
         self.history = history if history is not None else CostHistory.default()
         self._runtime: Any | None = None
+        self._loaded_once: set[Any] = set()  # model cache keys this engine has loaded
 
     @property
     def device(self) -> DeviceInfo:
@@ -375,7 +376,12 @@ class Engine:
             # that, once: per megapixel it multiplied the next large photo's estimate (one
             # 100 x 75 px photo took a 24 MP photo's from 27 min to 7.2 h for deblur_nafnet,
             # from 3 min to 4 h for text_fusion); its next runs, model cached, teach it
-            first_load = bool(set(self.runtime.cached_keys()) - loaded)
+            # (only a model's first load in this engine: one evicted and loaded again for each
+            # photo - a budget that holds one model at a time - loads as part of every run,
+            # which the estimate should then learn)
+            new = set(self.runtime.cached_keys()) - loaded
+            first_load = bool(new - self._loaded_once)
+            self._loaded_once |= new
             result = np.asarray(out.image, dtype=np.float32)
             # (min and max: a NaN or an infinity shows in them, with no photo-sized temporary)
             lo, hi = ((float(result.min()), float(result.max())) if result.size

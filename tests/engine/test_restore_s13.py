@@ -302,6 +302,27 @@ def test_a_step_that_loaded_its_model_does_not_teach_the_time_estimate(tmp_path,
     assert rate is not None and rate < 5.0  # the step's own time, the model cached
 
 
+def test_a_model_evicted_and_loaded_again_for_every_photo_teaches_the_estimate(tmp_path,
+                                                                              monkeypatch):
+    """Only a model's first load in the engine is left out: where the memory budget holds one
+    model at a time, each photo loads it again, and that is what its runs cost."""
+    import time
+
+    def step(image, params, ctx):
+        ctx.runtime.cached(("test-model",), lambda: time.sleep(0.05) or object(), 1)
+        return StepOutput(image * 0.99, "test-model")
+
+    _with_step(monkeypatch, "with_model", step)
+    hist = CostHistory(tmp_path / "costs.json")
+    engine = Engine("cpu", history=hist)
+    small = _save(tmp_path / "small.png", _texture(75, 100))
+    _run(engine, small, tmp_path / "out", (Step("with_model"),))
+    assert hist.get("with_model", None, "cpu", engine.device.threads) is None
+    engine.runtime.evict(("test-model",))  # (another step's model took its place)
+    _run(engine, small, tmp_path / "out", (Step("with_model"),))
+    assert hist.get("with_model", None, "cpu", engine.device.threads) is not None
+
+
 # ------------------------------------------------------------------ built-in deblurring memory
 def _peak_over(fn, nbytes: int) -> tuple[object, float]:
     import tracemalloc
