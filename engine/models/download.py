@@ -211,6 +211,14 @@ def _not_the_file(size: int, expected_size: int, url: str) -> DownloadError:
         f"kept: run the same command again once the connection works: {display_url(url)}")
 
 
+def _unknown_answer(part: Path, url: str) -> DownloadError:
+    return DownloadError(
+        f"the host answered the resume with a whole file of unknown size (a network login page "
+        f"or a proxy's error page?); the partial download was kept: run the same command again "
+        f"once the connection works, or delete {part} to download it from the start: "
+        f"{display_url(url)}")
+
+
 def _wrong_size(size: int, expected_size: int, url: str) -> DownloadError:
     return DownloadError(f"the host's file is {size} bytes, not the {expected_size} bytes the "
                          f"model list pins; stopped: {display_url(url)}")
@@ -488,6 +496,11 @@ def fetch(
                     part.unlink(missing_ok=True)
                     raise (_too_big if full > expected_size else _wrong_size)(
                         full, expected_size, url)
+                if have and not resume and full is None and expected_size is not None:
+                    # a whole answer of unknown size (no Content-Length: chunked, or ended by
+                    # the connection) to a resume: nothing says it is the file - a network
+                    # login page is sent just so - so the good bytes are not thrown away for it
+                    raise _unknown_answer(part, url)
                 if have and not resume:  # the host ignored the range: start over
                     hasher, have = hashlib.sha256(), 0
                     restarted = True

@@ -72,6 +72,7 @@ class _LoginPage(LoopbackServer):
     """While ``portal`` is set, answers everything with 200 and a small HTML page (hotel wifi)."""
 
     portal = False
+    with_length = True  # False: no Content-Length, the page ends with the connection
     PAGE = b"<html><body>Please log in to use the wifi</body></html>"
 
     def do_get(self, h) -> None:
@@ -81,7 +82,11 @@ class _LoginPage(LoopbackServer):
         self.requests.append((h.path, h.headers.get("Range")))
         h.send_response(200)
         h.send_header("Content-Type", "text/html")
-        h.send_header("Content-Length", str(len(self.PAGE)))
+        if self.with_length:
+            h.send_header("Content-Length", str(len(self.PAGE)))
+        else:
+            h.send_header("Connection", "close")
+            h.close_connection = True
         h.end_headers()
         h.wfile.write(self.PAGE)
 
@@ -120,10 +125,13 @@ def test_a_206_from_byte_0_restarts_a_pinned_file_instead_of_failing_its_hash(tm
         srv.close()
 
 
-def test_a_login_page_answering_a_resume_keeps_the_part(tmp_path):
-    """A 200 to a Range request whose length is not the pinned size is not the file: the
-    ``.part`` stays (before: truncated to the page, then deleted as a checksum mismatch)."""
+@pytest.mark.parametrize("with_length", [True, False])
+def test_a_login_page_answering_a_resume_keeps_the_part(tmp_path, with_length):
+    """A 200 to a Range request whose length is not the pinned size - or unknown: no
+    Content-Length, as captive portals often send - is not known to be the file: the ``.part``
+    stays (before: truncated to the page, then deleted as a checksum mismatch)."""
     srv = _LoginPage()
+    srv.with_length = with_length
     try:
         data = _blob(400_000, 4)
         store = served_store(tmp_path / "s", srv, MID, {NAME: data})
