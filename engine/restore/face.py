@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..errors import Cancelled, EngineError, UsageError
 from .classical import to_uint8
-from .registry import StepContext, StepOutput, register_step
+from .registry import StepContext, StepOutput, call_cancellable, register_step
 
 FACE_SIZE = 512
 # FFHQ five-point template at 512x512 (facexlib's ``face_template``): image-left eye,
@@ -49,7 +50,11 @@ CODEFORMER_ID = "codeformer"
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 
 RestoreFn = Callable[[np.ndarray], np.ndarray]
+Check = Callable[[], None]
 log = logging.getLogger(__name__)
+# one face detection (YuNet or the Haar cascade, ~0.5 s on a 1280-px view) runs at a time: a
+# cancelled job's detection is abandoned (call_cancellable) and may not overlap the next one
+_DETECT_SLOT = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -90,19 +95,28 @@ def order_landmarks(points: np.ndarray) -> np.ndarray:
     return np.stack([eyes[0], eyes[1], nose, mouth[0], mouth[1]]).astype(np.float32)
 
 
-def _detection_view(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float, float]:
+def _detection_view(image: np.ndarray, max_side: int, check: Check | None = None
+                    ) -> tuple[np.ndarray, float, float]:
     """BGR uint8 view of ``image`` with its longer side at most ``max_side``; returns
-    (view, sx, sy): view pixel = image pixel * (sx, sy) (exact per axis after rounding)."""
+    (view, sx, sy): view pixel = image pixel * (sx, sy) (exact per axis after rounding).
+
+    The same bytes as ``resize(to_uint8(image)[..., ::-1])``, with one photo-sized uint8
+    copy: ``to_uint8`` works in bands (it made three photo-sized float copies: 288 MB alive at
+    once on a 12 MP photo), and the resize (per channel) runs on the RGB copy, so only the
+    small view is put in BGR order. ``check`` is called between the bands and before the
+    resize (a 12 MP photo took 0.3-0.45 s to get here)."""
     import cv2
 
-    bgr = to_uint8(image)[..., ::-1]
-    h, w = bgr.shape[:2]
+    rgb = to_uint8(image, check)
+    h, w = rgb.shape[:2]
     s = min(1.0, max_side / max(h, w))
     if s < 1.0:
+        if check is not None:
+            check()
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
-        bgr = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(bgr), nw / w, nh / h
-    return np.ascontiguousarray(bgr), 1.0, 1.0
+        rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(rgb[..., ::-1]), nw / w, nh / h
+    return np.ascontiguousarray(rgb[..., ::-1]), 1.0, 1.0
 
 
 def _cached(runtime: Any, key: Any, factory: Callable[[], Any], size: int) -> Any:
@@ -154,18 +168,20 @@ def yunet_faces(rows: Any, sx: float, sy: float, shape: tuple[int, int]) -> list
 
 def detect_yunet(image: np.ndarray, model_path: str, *, runtime: Any = None,
                  score_threshold: float = 0.7, nms_threshold: float = 0.3,
-                 max_side: int = 1280) -> list[Face]:
+                 max_side: int = 1280, check: Check | None = None) -> list[Face]:
     """Faces with 5 landmarks from OpenCV YuNet (``model_path``: the ONNX file).
 
     The 2023mar file declares a static 1x3x640x640 input; OpenCV's DNN (4.x) re-shapes the
     graph to the size given by ``setInputSize`` (padded up to a multiple of 32), so each image
     is detected at its own size, downscaled first when its longer side exceeds ``max_side``.
+    ``check``: a cancel is honoured while the view is made and during the detection (which
+    is abandoned: :func:`~engine.restore.registry.call_cancellable`).
     """
     import os
 
     import cv2
 
-    bgr, sx, sy = _detection_view(image, max_side)
+    bgr, sx, sy = _detection_view(image, max_side, check)
     h, w = bgr.shape[:2]
 
     def make():
@@ -175,10 +191,15 @@ def detect_yunet(image: np.ndarray, model_path: str, *, runtime: Any = None,
     st = os.stat(model_path)  # a re-pulled file gets a fresh detector
     det = _cached(runtime, ("yunet", str(model_path), st.st_size, st.st_mtime_ns), make,
                   1 << 20)
-    det.setInputSize((w, h))
-    det.setScoreThreshold(float(score_threshold))
-    det.setNMSThreshold(float(nms_threshold))
-    _, rows = det.detect(bgr)
+
+    def run() -> Any:
+        # (set up in the slot: an abandoned detection may still be using the cached detector)
+        det.setInputSize((w, h))
+        det.setScoreThreshold(float(score_threshold))
+        det.setNMSThreshold(float(nms_threshold))
+        return det.detect(bgr)[1]
+
+    rows = call_cancellable(run, check, slot=_DETECT_SLOT, name="mend-face-detect")
     return yunet_faces(rows, sx, sy, image.shape[:2])
 
 
@@ -207,7 +228,8 @@ def _has_an_eye(gray: np.ndarray, box: tuple[int, int, int, int], cascade: Any) 
 
 
 def detect_haar(image: np.ndarray, *, min_size: int = 48, max_side: int = 1280,
-                min_score: float = 2.0, verify_eyes: bool = True) -> list[Face]:
+                min_score: float = 2.0, verify_eyes: bool = True,
+                check: Check | None = None) -> list[Face]:
     """Faces (boxes only) from OpenCV's bundled frontal-face Haar cascade: no download.
 
     ``min_score`` is on the cascade's final-stage weight: on the real face photos in the
@@ -220,6 +242,9 @@ def detect_haar(image: np.ndarray, *, min_size: int = 48, max_side: int = 1280,
     each. With the check 0 of those 25 stay and 54 of the 63 true faces (the ones lost: tiny,
     blurred or profile faces, left as they were). The check's settings were chosen on those
     same photos (the best of 18 tried; the others kept 0-1 false and 40-56 true boxes).
+
+    ``check``: a cancel is honoured while the view is made, during the cascade (abandoned:
+    :func:`~engine.restore.registry.call_cancellable`) and between the eye checks.
     """
     import cv2
 
@@ -227,19 +252,23 @@ def detect_haar(image: np.ndarray, *, min_size: int = 48, max_side: int = 1280,
     if data is None or not hasattr(cv2, "CascadeClassifier"):
         raise EngineError("this OpenCV build has no Haar cascades; install the YuNet face "
                           f"detector (mend models pull {YUNET_ID})")
-    bgr, sx, sy = _detection_view(image, max_side)
+    bgr, sx, sy = _detection_view(image, max_side, check)
     raw = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     gray = cv2.equalizeHist(raw)
     cascade = _cascade("face", str(data.haarcascades) + "/" + HAAR_FILE)
     ms = max(12, int(min_size * min(sx, sy)))
-    rects, _, weights = cascade.detectMultiScale3(gray, scaleFactor=1.1, minNeighbors=6,
-                                                  minSize=(ms, ms), outputRejectLevels=True)
+    rects, _, weights = call_cancellable(
+        lambda: cascade.detectMultiScale3(gray, scaleFactor=1.1, minNeighbors=6,
+                                          minSize=(ms, ms), outputRejectLevels=True),
+        check, slot=_DETECT_SLOT, name="mend-face-detect")
     eye = _cascade("eye", str(data.haarcascades) + "/" + HAAR_EYE_FILE) if verify_eyes else None
     faces = []
     for (x, y, bw, bh), wt in zip(np.asarray(rects).reshape(-1, 4),
                                   np.asarray(weights).reshape(-1)):
         if float(wt) < min_score:
             continue
+        if check is not None:
+            check()
         if eye is not None and not _has_an_eye(raw, (int(x), int(y), int(bw), int(bh)), eye):
             continue
         faces.append(Face((x / sx, y / sy, (x + bw) / sx, (y + bh) / sy), float(wt), None))
@@ -264,12 +293,14 @@ def _cascade(kind: str, path: str) -> Any:
 
 def detect_faces(image: np.ndarray, runtime: Any = None, *, min_size: int = 48,
                  detector: str = "auto", score_threshold: float = 0.7,
-                 warnings: list[str] | None = None) -> tuple[list[Face], str]:
+                 warnings: list[str] | None = None,
+                 check: Check | None = None) -> tuple[list[Face], str]:
     """Detect faces; returns (faces at least ``min_size`` px, detector name).
 
     ``detector``: ``auto`` (YuNet when installed, else Haar), ``yunet`` or ``haar``. In
     ``auto``, a YuNet that fails (damaged file, an OpenCV error) does not fail the job: the
-    Haar cascade is used and the reason is appended to ``warnings``.
+    Haar cascade is used and the reason is appended to ``warnings``. ``check`` (a progress's
+    ``check``): a cancel is honoured within a fraction of a second (it took ~1.2 s).
     """
     if detector not in ("auto", "yunet", "haar"):
         raise UsageError(f"unknown face detector {detector!r} (auto, yunet or haar)")
@@ -284,7 +315,7 @@ def detect_faces(image: np.ndarray, runtime: Any = None, *, min_size: int = 48,
         try:
             path = runtime.file(YUNET_ID)
             faces = detect_yunet(image, str(path), runtime=runtime,
-                                 score_threshold=score_threshold)
+                                 score_threshold=score_threshold, check=check)
             name = YUNET_ID
         except Cancelled:
             raise
@@ -301,7 +332,7 @@ def detect_faces(image: np.ndarray, runtime: Any = None, *, min_size: int = 48,
                         f"detector instead (landmark-free alignment). Repair it with: "
                         f"mend models verify --repair {YUNET_ID}")
     if faces is None:
-        faces, name = detect_haar(image, min_size=min_size), "builtin:haar"
+        faces, name = detect_haar(image, min_size=min_size, check=check), "builtin:haar"
     return [f for f in faces if f.size >= min_size], name
 
 
@@ -549,7 +580,7 @@ def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     faces, detector = detect_faces(image, ctx.runtime, min_size=min_face,
                                    detector=str(params.get("face_detector", "auto")),
                                    score_threshold=float(params.get("face_score", 0.7)),
-                                   warnings=ctx.warnings)
+                                   warnings=ctx.warnings, check=ctx.progress.check)
     faces.sort(key=lambda f: f.size, reverse=True)
     found = len(faces)
     faces = faces[: int(params.get("max_faces", 32))]

@@ -2,20 +2,30 @@
 
 A step is ``fn(image, params, ctx) -> StepOutput`` where ``image`` is float32 RGB in [0, 1],
 shape (H, W, 3). Steps report progress through ``ctx.progress`` (0..1 of their own slice) and
-must call ``ctx.progress.check()`` (or ``update``) at least once per tile.
+must call ``ctx.progress.check()`` (or ``update``) at least once per tile. A native call that
+cannot stop part-way and may take longer than a fraction of a second (a face cascade, an ONNX
+Runtime run, OpenCV inpainting) goes through :func:`call_cancellable`.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..api import Diagnosis
 from ..devices import DeviceInfo
-from ..errors import UsageError
+from ..errors import Cancelled, UsageError
 from ..progress import Progress
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# how often a step waiting on a native call looks at the job's cancel token (s)
+CANCEL_POLL = 0.02
 
 
 @dataclass
@@ -85,3 +95,98 @@ def all_steps() -> dict[str, StepSpec]:
 def _load_all() -> None:
     """Import every specialist module so that its steps register."""
     from . import _modules  # noqa: F401
+
+
+# ------------------------------------------------------------------------- step helpers
+
+def step_tile(params: Mapping[str, Any], ctx: StepContext, step: str) -> int:
+    """The tile size (px) of a tiled model step: its own ``tile`` param, or the engine's tile
+    size when the param is absent or None. A plan is data the user may edit: a tile outside
+    the engine's bounds (``engine.pipeline.MIN_TILE`` .. ``MAX_TILE``, as for ``--tile``) or
+    not a whole number is a :class:`UsageError` (a 1-px tile would mean one model call per
+    pixel, a 10^6-px one a photo-sized model call)."""
+    from ..pipeline import MAX_TILE, MIN_TILE  # (here: engine.pipeline imports this module)
+
+    value = params.get("tile")
+    if value is None:
+        return int(ctx.tile_size)
+    try:
+        tile = int(value)
+        whole = not isinstance(value, bool) and float(value) == tile
+    except (TypeError, ValueError, OverflowError):
+        tile, whole = 0, False
+    if not whole or not MIN_TILE <= tile <= MAX_TILE:
+        raise UsageError(f"step {step}: tile must be a whole number of px between {MIN_TILE} "
+                         f"and {MAX_TILE} (got {value!r}); leave it out to use the engine's "
+                         f"tile size ({ctx.tile_size} px)")
+    return tile
+
+
+def call_cancellable(fn: Callable[[], T], check: Callable[[], None] | None, *,
+                     slot: Any, stop: Callable[[], None] | None = None,
+                     name: str = "mend-native", poll: float = CANCEL_POLL) -> T:
+    """``fn()``, one native call that cannot stop part-way (a Haar cascade, an ONNX Runtime
+    run, ``cv2.inpaint``), run in a worker thread while this thread looks at ``check`` (a
+    progress's ``check``) every ``poll`` s. On a cancel ``Cancelled`` is raised here at once:
+    ``stop()`` asks the call to end early where it can (``RunOptions.terminate``), and the call
+    is abandoned (its result or error is dropped when it ends).
+
+    ``slot`` (a ``threading.Lock`` shared by the calls of one kind) is taken before the call
+    starts (waiting for it polls ``check`` too) and released by the worker when the call has
+    ended, abandoned or not: at most one such call runs at a time, so calls that cancelled
+    jobs left behind never pile up CPU or memory across jobs. Without ``check`` ``fn`` runs in
+    this thread (still in its slot). A failed call whose job was cancelled meanwhile raises
+    ``Cancelled`` (a stopped ONNX run fails)."""
+    if check is None:
+        with slot:
+            return fn()
+    check()
+    while not slot.acquire(timeout=poll):
+        check()
+    box: dict[str, Any] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            value = fn()
+            with lock:
+                if not box.get("abandoned"):
+                    box["value"] = value
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, raised there
+            with lock:
+                if not box.get("abandoned"):
+                    box["error"] = e
+        finally:
+            slot.release()
+            done.set()
+
+    try:
+        # (not a daemon: an abandoned call still running when the program ends is waited for;
+        # a daemon thread inside OpenCV at exit aborted the process, "terminate called")
+        threading.Thread(target=work, name=name, daemon=False).start()
+    except BaseException:
+        slot.release()
+        raise
+    try:
+        while not done.wait(poll):
+            check()
+        if "error" in box:
+            check()  # a run stopped by a cancel fails: that is the cancel
+    except Cancelled:
+        with lock:
+            box.clear()
+            box["abandoned"] = True
+        if stop is not None:
+            try:
+                stop()
+            except Exception:  # the cancel stands; the call then just runs to its end
+                log.debug("could not stop an abandoned %s call", name, exc_info=True)
+        raise
+    if "error" in box:
+        err = box.pop("error")
+        try:
+            raise err
+        finally:
+            del err
+    return box.pop("value")

@@ -10,9 +10,11 @@ left as it was (``guard``).
 Artifacts for the UI: ``text_boxes`` (x0, y0, x1, y1 in source pixels), ``ocr_confidence_before``
 / ``ocr_confidence_after`` (mean over regions, 0-1), ``ocr_regions`` (per-region details).
 
-Cancel: checked between detection tiles and recognition batches, and, with rapidocr, inside
+Cancel: checked between detection tiles and recognition batches, and, with rapidocr, during
 each ONNX run too (``RapidOCRBackend.cancellable``): detection on the reduced copy is one run of
-several seconds, which ONNX Runtime's ``RunOptions.terminate`` stops between two of its nodes.
+several seconds. The run is left to a worker thread while the job's thread watches the cancel
+token: a cancel is honoured within 0.02 s, and ONNX Runtime's ``RunOptions.terminate`` stops
+the abandoned run at its next node (one node took up to 2.7 s); one OCR run at a time.
 """
 from __future__ import annotations
 
@@ -25,22 +27,23 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import Cancelled, ModelMissing, UsageError
-from .registry import StepContext, StepOutput, register_step
+from ..errors import ModelMissing, UsageError
+from .registry import StepContext, StepOutput, call_cancellable, register_step
 from .sr import REALESRGAN_MODELS, realesrgan, resize_to
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- OCR backends
-# how often the watcher of a cancellable OCR run looks at the job's cancel token (s)
-CANCEL_POLL = 0.02
+# one OCR run (ONNX detection or recognition) at a time, whatever the backend instance: a
+# cancelled job's run is abandoned while it stops, and the next one waits for it to end
+_OCR_SLOT = threading.Lock()
 
 
 class _RunOptionsSession:
     """Stands in for one of rapidocr's onnxruntime ``InferenceSession``s: ``run`` passes the
-    ``RunOptions`` that ``RapidOCRBackend.cancellable`` opened in this thread (none outside
-    it, as before); everything else is the session's own."""
+    ``RunOptions`` of the cancellable run this thread is doing (``RapidOCRBackend._run``;
+    none outside one, as before); everything else is the session's own."""
 
     def __init__(self, session: Any, local: threading.local) -> None:
         self._session = session
@@ -71,7 +74,9 @@ class RapidOCRBackend:
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = int(threads)
             params["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
         self._engine = RapidOCR(params=params)
-        self._local = threading.local()  # this thread's RunOptions, while cancellable
+        # per thread: the cancel token (a job's thread, in ``cancellable``) and the RunOptions
+        # (the worker thread doing that job's run)
+        self._local = threading.local()
         self._routed: set[str] = set()
         self._route_lock = threading.Lock()
 
@@ -104,62 +109,57 @@ class RapidOCRBackend:
     @contextlib.contextmanager
     def cancellable(self, token: Any) -> Iterator[None]:
         """While open, a cancel of ``token`` (a :class:`~engine.progress.CancelToken`) stops
-        this thread's detection and recognition inside their ONNX run: a watcher thread sets
-        the run's ``RunOptions.terminate`` (ONNX Runtime's own way to stop a run from another
-        thread: it ends between two nodes of the graph with an error, and the session stays
-        usable), and ``detect`` / ``recognize_many`` raise :class:`Cancelled`. Runs in other
-        threads are not affected."""
-        try:
-            from onnxruntime import RunOptions
-        except ImportError:  # pragma: no cover - rapidocr's ONNX engine needs it
-            yield
-            return
-        if token is None:
-            yield
-            return
-        ro = RunOptions()
-        previous = getattr(self._local, "run_options", None)
-        self._local.run_options = ro
-        done = threading.Event()
-
-        def watch() -> None:
-            while not done.wait(CANCEL_POLL):
-                if token.cancelled:
-                    ro.terminate = True
-                    return
-
-        watcher = threading.Thread(target=watch, name="mend-ocr-cancel", daemon=True)
-        watcher.start()
+        this thread's detection and recognition within ``CANCEL_POLL`` (0.02 s): each ONNX run is
+        done in a worker thread while this one watches the token
+        (:func:`~engine.restore.registry.call_cancellable`); on a cancel ``detect`` /
+        ``recognize_many`` raise :class:`~engine.errors.Cancelled` at once, and the abandoned
+        run gets ``RunOptions.terminate`` (ONNX Runtime's own way to stop a run from another
+        thread: it ends at its next node, and the session stays usable). Stopping at a node
+        alone waited for the node: up to 2.7 s on the reduced copy of a 12 MP page. One OCR
+        run at a time (``_OCR_SLOT``), so abandoned runs never pile up. Runs in other threads
+        are not affected."""
+        previous = getattr(self._local, "token", None)
+        self._local.token = token
         try:
             yield
         finally:
-            done.set()
-            watcher.join()
-            self._local.run_options = previous
+            self._local.token = previous
 
-    def _terminated(self) -> bool:
-        ro = getattr(self._local, "run_options", None)
-        return bool(ro is not None and ro.terminate)
+    def _run(self, model: str, loader: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` with rapidocr's ``model`` routed (:meth:`_route`); inside
+        :meth:`cancellable`, in a worker thread that a cancel abandons (the model's first load
+        too), otherwise here. Either way in the OCR slot."""
+        token = getattr(self._local, "token", None)
+        if token is None:
+            with _OCR_SLOT:
+                self._route(model, loader)
+                return fn(*args, **kwargs)
+        from onnxruntime import RunOptions  # (rapidocr's ONNX engine needs it)
 
-    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``; a run stopped by ``cancellable`` raises Cancelled (outside
-        the handler: the failed run's frames and buffers are freed first)."""
-        try:
-            return fn(*args, **kwargs)
-        except Exception:
-            if not self._terminated():
-                raise
-        raise Cancelled()
+        ro = RunOptions()
+
+        def job() -> Any:
+            self._route(model, loader)
+            self._local.run_options = ro  # (the worker thread's own)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._local.run_options = None
+
+        def stop() -> None:
+            ro.terminate = True
+
+        return call_cancellable(job, token.check, slot=_OCR_SLOT, stop=stop, name="mend-ocr")
 
     def detect(self, bgr: np.ndarray) -> list[np.ndarray]:
-        self._route("text_det", "_load_det_model")
-        out = self._run(self._engine, bgr, use_det=True, use_cls=False, use_rec=False)
+        out = self._run("text_det", "_load_det_model", self._engine, bgr, use_det=True,
+                        use_cls=False, use_rec=False)
         boxes = getattr(out, "boxes", None)
         return [] if boxes is None else [np.asarray(b, np.float32).reshape(-1, 2) for b in boxes]
 
     def recognize(self, bgr: np.ndarray) -> tuple[str, float]:
-        self._route("text_rec", "_load_rec_model")
-        out = self._run(self._engine, bgr, use_det=False, use_cls=False, use_rec=True)
+        out = self._run("text_rec", "_load_rec_model", self._engine, bgr, use_det=False,
+                        use_cls=False, use_rec=True)
         txts = getattr(out, "txts", None) or ("",)
         scores = getattr(out, "scores", None) or (0.0,)
         return str(txts[0]), float(scores[0])
@@ -168,8 +168,7 @@ class RapidOCRBackend:
         """Recognition of many line crops in batches (one ONNX run per batch)."""
         if not crops:
             return []
-        self._route("text_rec", "_load_rec_model")
-        out = self._run(self._engine.recognize_txt, list(crops))
+        out = self._run("text_rec", "_load_rec_model", self._engine.recognize_txt, list(crops))
         return [(str(t), float(c)) for t, c in zip(out.txts, out.scores, strict=True)]
 
 
@@ -226,8 +225,13 @@ def get_ocr(ctx: StepContext, backend: str = "auto"):
         raise UsageError(f"unknown OCR backend {backend!r} (auto, rapidocr or paddleocr)")
     cls = BACKENDS[backend]
 
-    def build():
+    def make():
         return cls(ctx.device.threads) if cls is RapidOCRBackend else cls()
+
+    def build():
+        # (rapidocr's set-up took 0.6 s: a cancel abandons it)
+        return call_cancellable(make, getattr(ctx.progress, "check", None), slot=_OCR_SLOT,
+                                name="mend-ocr")
 
     runtime = ctx.runtime
     if runtime is not None and hasattr(runtime, "cached"):
@@ -382,6 +386,7 @@ def _detect_passes(ocr: Any, rgb: np.ndarray, det_max: int, det_tile: int,
         return _detect_whole(ocr, rgb)
     small = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))),
                        interpolation=cv2.INTER_AREA)
+    ctx.progress.check()
     coarse = [q / f for q in _detect_whole(ocr, small)]
     del small
     if det_tile <= 0 or min(h, w) < 128:
