@@ -22,6 +22,7 @@ from ui.main_window import MainWindow
 from ui.settings import AppSettings
 
 from .conftest import opened, write_photo
+from .test_engine_client_robust import FakeStore
 
 
 def _idle(qtbot, win) -> None:
@@ -118,17 +119,11 @@ def test_folder_messages_go_when_it_is_listed_again(qtbot, window, tmp_path):
 
 
 # -- 2. Stop stops a model's verify ------------------------------------------------------------
-class _SlowVerifyStore:
+class _SlowVerifyStore(FakeStore):
     """One model whose verify hashes "forever" (20 s), checking its token as the store does."""
 
-    root = Path("/nowhere")
-
     def __init__(self) -> None:
-        self.manifest = [SimpleNamespace(
-            id="m1", name="Model one", task="sr", total_size=100, license="MIT",
-            commercial_use=True, profiles=("quality",), description="", notes="",
-            license_url="")]
-        self.started = threading.Event()
+        super().__init__()
         self.threads: list[threading.Thread] = []
 
     def status(self, model_id):
