@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QThreadPool, QTimer, Signal
+from PySide6.QtCore import QByteArray, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QColorDialog,
@@ -62,6 +62,7 @@ from .panels.queue import QueuePanel, format_eta
 from .photo_io import Background, ViewImages, build_view, export_copy
 from .settings import (
     AppSettings,
+    SettingsFile,
     add_recent_folder,
     cache_dir,
     data_dir,
@@ -69,7 +70,6 @@ from .settings import (
     qsettings,
     recent_folders,
     save_settings,
-    write_settings,
 )
 from .sidecar import Sidecar, SidecarStore
 
@@ -136,9 +136,12 @@ class MainWindow(QMainWindow):
                  *, ask_resume: bool = True, sidecars_beside_photos: bool = True) -> None:
         super().__init__()
         self._sidecars_beside = sidecars_beside_photos
+        # closing (closeEvent): what the waits there let through (a job ending, a timer) is
+        # recorded, never shown (see load_view, _ask_resume)
+        self._closing = False
         self.setWindowTitle("Mend")
-        self.qs: QSettings = qsettings()
-        self.settings = settings or load_settings(self.qs)
+        read = qsettings()
+        self.settings = settings or load_settings(read)
         self.settings.apply_environment()
         if client is None:
             from .engine_client import _default_factory, new_journal_path
@@ -150,6 +153,9 @@ class MainWindow(QMainWindow):
         else:
             self._own_client = False
         self.client = client
+        # the settings: read from memory, written in the client's pool (never on this thread;
+        # the client's shutdown waits for the writes)
+        self.qs = SettingsFile(client.run_in_pool, read)
         self.states: dict[Path, PhotoState] = {}
         self.current: Path | None = None
         self.sidecars: SidecarStore | None = None
@@ -577,8 +583,7 @@ class MainWindow(QMainWindow):
             return
         if self.settings.include_subfolders != on:
             self.settings = replace(self.settings, include_subfolders=on)
-            self.qs.setValue("settings/include_subfolders", on)
-            self.qs.sync()
+            self.qs.set({"settings/include_subfolders": on})
         if self.model.folder is not None and on != self._listed_tree:
             self._list_folder(self.model.folder, keep=self.current)
 
@@ -894,6 +899,10 @@ class MainWindow(QMainWindow):
 
     def load_view(self, path: Path) -> None:
         """Decode the photo (and its result) in the pool; the canvas updates when ready."""
+        if self._closing:
+            # (a fix of the photo shown ending while the window closes: its full-size decode
+            # for nobody held the quit, which waits for the pool: 2-3 s for 24 MP)
+            return
         st = self._state(path)
         self._view_token += 1
         token = self._view_token
@@ -1722,7 +1731,7 @@ class MainWindow(QMainWindow):
             if not f:
                 return
             dest = Path(f)
-            self.qs.setValue("export/folder", str(dest.parent))
+            self.qs.set({"export/folder": str(dest.parent)})
         asked = Path(dest)
 
         def done(p: Path) -> None:
@@ -1859,9 +1868,12 @@ class MainWindow(QMainWindow):
         if not n:
             self.client.run_in_pool(lambda: release_journals(found, delete=True))
             if not self.qs.value("firstRunDone"):
-                self.qs.setValue("firstRunDone", True)
+                self.qs.set({"firstRunDone": True})
                 # (weakly: a window closed meanwhile is neither kept nor shown a dialog)
-                QTimer.singleShot(200, weak_slot(self, lambda w: w.show_models(first_run=True)))
+                # (nor while it closes: the close waits for the engine's start with the event
+                # loop running; the modal dialog shown then held the quit until dismissed)
+                QTimer.singleShot(200, weak_slot(
+                    self, lambda w: None if w._closing else w.show_models(first_run=True)))
             return
         text = f"Mend stopped with {n} unfinished job(s)."
         if gone:
@@ -1900,14 +1912,11 @@ class MainWindow(QMainWindow):
             if r != QMessageBox.StandardButton.Yes:
                 e.ignore()
                 return
+        self._closing = True
         self._save_unsaved_masks()  # (written in the pool, which finishes its work)
         self._save_edited_plans()
-        # the layout is written in the pool too, by a settings object of its own (nothing is
-        # set through the window's: it would write it on this thread, from its event or its
-        # destructor); the shutdown below waits for it
-        layout = {"window/geometry": self.saveGeometry(), "window/state": self.saveState()}
-        where = (self.qs.fileName(), self.qs.format())
-        self.client.run_in_pool(lambda: write_settings(where, layout))
+        # the layout is written in the pool too (as every setting); the shutdown below waits
+        self.qs.set({"window/geometry": self.saveGeometry(), "window/state": self.saveState()})
         self.loader.new_generation()  # drops the queued thumbnails
         # the window's queued saves and exports still run (in the client's pool), but their
         # GUI callbacks are let go: they would keep the closed window alive
@@ -1923,4 +1932,9 @@ class MainWindow(QMainWindow):
         if self._own_client:
             self.client.clear_journal()
             self.client.shutdown()
+        # the waits above ran the window's slots: a job ending meanwhile was recorded (its
+        # sidecar is written: the shutdown waited for it), and the callbacks of that work,
+        # closures over the window, are let go as well
+        self.bg.forget_pending()
+        self.folder_bg.forget_pending()
         super().closeEvent(e)

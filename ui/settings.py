@@ -1,14 +1,17 @@
 """App settings (QSettings-backed) as one frozen dataclass, plus the user folders."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from collections.abc import Mapping
+import threading
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QCoreApplication, QEvent, QSettings
 
 from engine.api import OutputOptions
 
@@ -108,20 +111,99 @@ def qsettings() -> QSettings:
 def write_settings(where: tuple[str, QSettings.Format], values: Mapping[str, Any]) -> None:
     """Set ``values`` (key -> value) in the settings at ``where`` (a ``QSettings``'s
     ``(fileName(), format())``, the registry's path on Windows) and write them to the disk now,
-    through a QSettings object of the calling thread's own: for a pool thread, never the GUI
-    thread (the write is a file saved and fsync'd under a lock file another Mend may hold:
-    5-23 ms here, far more on a network home). QSettings is reentrant: distinct objects in
-    different threads may use one file at the same time, and what one sets is seen at once by
-    the others of this process (the window's own included)."""
+    through a QSettings object of the calling thread's own, without holding Python's GIL
+    meanwhile: for a pool thread, never the GUI thread (the write is a file saved and fsync'd
+    under a lock file another Mend may hold: 5-23 ms here, far more on a network home).
+    QSettings is reentrant: distinct objects in different threads may use one file at the same
+    time, and what one sets is seen at once by the others of this process (the window's own
+    included). The GUI thread writes through a ``SettingsFile``."""
     qs = QSettings(*where)
     for key, value in values.items():
         qs.setValue(key, value)
+    # written as the event loop has it written (the update request its setValue posted): in
+    # C++ with Python's GIL released. QSettings.sync() holds the GIL for the whole write and
+    # its fsync (PySide 6.11: a 3 MB file froze the GUI thread for 150 ms from a pool thread;
+    # this way 3 ms). The sync() after it writes only what that left (nothing: it finds the
+    # file unchanged with one stat)
+    QCoreApplication.sendEvent(qs, QEvent(QEvent.Type.UpdateRequest))
     qs.sync()
     if qs.status() != QSettings.Status.NoError:
         log.warning("could not write the settings file %s (%s)", qs.fileName(), qs.status().name)
 
 
-def load_settings(qs: QSettings | None = None) -> AppSettings:
+class _Unwritten:
+    """The values set at one settings location and not on its disk yet (key -> (order of
+    setting, value)), shared by every ``SettingsFile`` of that location in this process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # (values)
+        self.values: dict[str, tuple[int, Any]] = {}
+        self.writing = threading.Lock()  # one write at a time: an older one never lands last
+
+
+# location -> its unwritten values, while a SettingsFile or a queued write refers to them
+_UNWRITTEN: weakref.WeakValueDictionary[tuple[str, Any], _Unwritten] = \
+    weakref.WeakValueDictionary()
+_UNWRITTEN_LOCK = threading.Lock()
+_ORDER = itertools.count(1)
+
+
+def _write_unwritten(where: tuple[str, QSettings.Format], unwritten: _Unwritten) -> None:
+    """Write the location's values set so far (in the pool). Each write takes every value set
+    until it starts, under the location's writing lock: whatever order the pool runs the
+    writes in, the last value set of a key is the one left on the disk."""
+    with unwritten.writing:
+        with unwritten.lock:
+            batch = dict(unwritten.values)
+        if not batch:
+            return  # (an earlier write took them)
+        try:
+            write_settings(where, {key: value for key, (_n, value) in batch.items()})
+        finally:
+            # set in this process's memory now (read back through any QSettings of the
+            # location), unless set again meanwhile: that value waits for the next write
+            with unwritten.lock:
+                for key, (n, _value) in batch.items():
+                    if unwritten.values.get(key, (None,))[0] == n:
+                        del unwritten.values[key]
+
+
+class SettingsFile:
+    """The settings as the GUI thread uses them: ``value`` reads memory only, and gives what
+    was ``set`` last, on the disk yet or not; ``set`` writes in ``start``'s threads (a pool:
+    whoever shuts it down waits for the write). A QSettings set on the GUI thread writes its
+    file there (at once when synced, else from its own event or its destructor): through this,
+    the GUI thread never waits for a settings file (a 3 MB one: 0.15-0.4 s per write here).
+    Values set in a row reach the disk in that order (the last one of a key is the one kept)."""
+
+    def __init__(self, start: Callable[[Callable[[], None]], None],
+                 qs: QSettings | None = None) -> None:
+        # (read through only: never set, it never writes)
+        self._qs = qs if qs is not None else qsettings()
+        self.where = (self._qs.fileName(), self._qs.format())
+        self._start = start
+        with _UNWRITTEN_LOCK:
+            unwritten = _UNWRITTEN.get(self.where)
+            if unwritten is None:
+                unwritten = _UNWRITTEN[self.where] = _Unwritten()
+        self._unwritten = unwritten
+
+    def value(self, key: str, default: Any = None) -> Any:
+        with self._unwritten.lock:
+            if key in self._unwritten.values:
+                return self._unwritten.values[key][1]
+        return self._qs.value(key, default)
+
+    def set(self, values: Mapping[str, Any]) -> None:
+        """Set ``values`` (key -> value): read back at once, written in the pool."""
+        unwritten, where = self._unwritten, self.where
+        with unwritten.lock:
+            for key, value in values.items():
+                unwritten.values[key] = (next(_ORDER), value)
+        self._start(lambda: _write_unwritten(where, unwritten))
+
+
+def load_settings(qs: QSettings | SettingsFile | None = None) -> AppSettings:
     qs = qs or qsettings()
     kw: dict[str, Any] = {}
     for f in fields(AppSettings):
@@ -165,14 +247,18 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 _RANGES = {"threads": (0, 256), "quality": (1, 100)}
 
 
-def save_settings(s: AppSettings, qs: QSettings | None = None) -> None:
+def save_settings(s: AppSettings, qs: QSettings | SettingsFile | None = None) -> None:
+    """Store ``s``: through a ``SettingsFile``, written in its pool; else written now, in this
+    thread (never the GUI thread's way)."""
+    values = {f"settings/{f.name}": getattr(s, f.name) for f in fields(AppSettings)}
+    if isinstance(qs, SettingsFile):
+        qs.set(values)
+        return
     qs = qs or qsettings()
-    for f in fields(AppSettings):
-        qs.setValue(f"settings/{f.name}", getattr(s, f.name))
-    qs.sync()
+    write_settings((qs.fileName(), qs.format()), values)
 
 
-def recent_folders(qs: QSettings | None = None) -> list[str]:
+def recent_folders(qs: QSettings | SettingsFile | None = None) -> list[str]:
     qs = qs or qsettings()
     v = qs.value("recent/folders") or []
     if isinstance(v, str):
@@ -180,8 +266,7 @@ def recent_folders(qs: QSettings | None = None) -> list[str]:
     return [str(x) for x in v if x]
 
 
-def add_recent_folder(folder: Path, qs: QSettings | None = None, limit: int = 10) -> list[str]:
-    qs = qs or qsettings()
-    items = [str(folder)] + [f for f in recent_folders(qs) if f != str(folder)]
-    qs.setValue("recent/folders", items[:limit])
+def add_recent_folder(folder: Path, settings: SettingsFile, limit: int = 10) -> list[str]:
+    items = [str(folder)] + [f for f in recent_folders(settings) if f != str(folder)]
+    settings.set({"recent/folders": items[:limit]})
     return items[:limit]

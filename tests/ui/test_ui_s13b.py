@@ -160,7 +160,8 @@ def test_stop_stops_a_verify(qtbot, monkeypatch):
         qtbot.waitUntil(lambda: "verification stopped" in dlg.note.text(), timeout=5000)
         assert shown == ("verifying…", False)  # said in its row, with a busy bar, while it ran
         assert dlg.progress.isHidden()
-        assert dlg.table.item(row, 4).text() == "verified"
+        # (checked again in the pool once the verify ended)
+        qtbot.waitUntil(lambda: dlg.table.item(row, 4).text() == "verified", timeout=5000)
         dlg.close()
     finally:
         client.shutdown()

@@ -2,10 +2,11 @@
 import an offline pack; and the first-run profile recommendation for this computer."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -31,7 +32,9 @@ from ..messages import describe_error
 COLUMNS = ("Model", "Task", "Size", "Licence", "Status", "Profiles")
 STATUS_COLOURS = {"verified": "#3fb27f", "bundled": "#3fb27f", "unpinned": "#e0a43a",
                   "partial": "#e0a43a", "corrupt": "#e05a4f", "missing": "#8a8f98",
-                  "not configured": "#8a8f98", "downloading": "#3a8ee6", "verifying…": "#3a8ee6"}
+                  "not configured": "#8a8f98", "downloading": "#3a8ee6", "verifying…": "#3a8ee6",
+                  "checking…": "#8a8f98"}
+CHECKING = "checking…"  # a model's status not known yet (being checked in the pool)
 
 
 def human_size(n: float) -> str:
@@ -59,7 +62,28 @@ def profile_download(store: Any, profile: str) -> tuple[list[str], int]:
     return missing, total
 
 
+class _StatusSignals(QObject):
+    """What the status checks (in the pool) report back to the dialog."""
+
+    status = Signal(int, str, str)  # check number, model id, status
+    ended = Signal(int)  # check number: every model's status was reported
+
+
+class _StatusChecks:
+    """The dialog's status checks, shared with the one pool task running them: the newest
+    check's number and model ids; whether the task runs; whether the dialog closed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latest = 0
+        self.ids: list[str] = []
+        self.running = False
+        self.closed = False
+
+
 class ModelManagerDialog(QDialog):
+    statuses_checked = Signal()  # every model's status, as the newest refresh found it, shown
+
     def __init__(self, client: EngineClient, store: Any | None = None, parent=None,
                  first_run: bool = False) -> None:
         super().__init__(parent)
@@ -77,6 +101,12 @@ class ModelManagerDialog(QDialog):
         self._downloading: dict[str, float] = {m: f for m, (f, _msg) in running.items()}
         # verifies queued or running (this dialog's): model id -> how many (a double click)
         self._verifying: dict[str, int] = {}
+        # each model's status as last checked (in the pool: see refresh)
+        self._status: dict[str, str] = {}
+        self._checks = _StatusChecks()
+        self._status_signals = _StatusSignals()
+        self._status_signals.status.connect(self._on_status)
+        self._status_signals.ended.connect(self._on_statuses_ended)
         lay = QVBoxLayout(self)
         self.recommend = QLabel("Checking this computer…" if first_run else "")
         self.recommend.setWordWrap(True)
@@ -137,21 +167,18 @@ class ModelManagerDialog(QDialog):
 
     # -- table ----------------------------------------------------------------------------
     def refresh(self) -> None:
+        """Fill the table at once, each model's status as last known ("checking…" before its
+        first check), and check the statuses again in the client's pool: a model file the
+        store has not recorded yet is hashed (seconds for a GB file), and every model's files
+        are looked at on the disk. They arrive one by one (``_on_status``); a newer refresh,
+        or the dialog's closing, drops the older check's (which stops at its next model)."""
         specs = list(self.store.manifest)
         self.table.setRowCount(len(specs))
         for r, spec in enumerate(specs):
-            try:
-                status = self.store.status(spec.id)
-            except Exception as e:  # noqa: BLE001
-                status = f"error: {describe_error(e)}"
-            if spec.id in self._downloading:
-                status = f"downloading {self._downloading[spec.id]:.0%}"
-            elif spec.id in self._verifying:
-                status = "verifying…"
             lic = spec.license + ("" if spec.commercial_use else "  ⚠ non-commercial")
             cells = (spec.name or spec.id, spec.task,
                      human_size(spec.total_size) if spec.total_size else "–",
-                     lic, status, ", ".join(spec.profiles))
+                     lic, "", ", ".join(spec.profiles))
             for c, text in enumerate(cells):
                 it = QTableWidgetItem(text)
                 if c == 0:
@@ -160,10 +187,89 @@ class ModelManagerDialog(QDialog):
                 if c == 3 and not spec.commercial_use:
                     it.setForeground(QColor("#e0a43a"))
                     it.setToolTip("Not for commercial use: " + (spec.license_url or spec.license))
-                if c == 4:
-                    key = status.split(" ")[0] if status.startswith("downloading") else status
-                    it.setForeground(QColor(STATUS_COLOURS.get(key, "#e05a4f")))
                 self.table.setItem(r, c, it)
+            self._show_status(r, spec.id)
+        self._check_statuses([spec.id for spec in specs])
+
+    def _show_status(self, row: int, model_id: str) -> None:
+        """``model_id``'s status cell (in ``row``): downloading / verifying while it is, else
+        its status as last checked."""
+        if model_id in self._downloading:
+            status = f"downloading {self._downloading[model_id]:.0%}"
+        elif model_id in self._verifying:
+            status = "verifying…"
+        else:
+            status = self._status.get(model_id, CHECKING)
+        it = self.table.item(row, 4)
+        it.setText(status)
+        key = status.split(" ")[0] if status.startswith("downloading") else status
+        it.setForeground(QColor(STATUS_COLOURS.get(key, "#e05a4f")))
+
+    def _check_statuses(self, ids: list[str]) -> None:
+        """Check ``ids``' statuses in the client's pool, by one task at a time: a check asked
+        while one runs is taken by that task once its current model is done (never two
+        hashes of one file at once, never two pool threads held)."""
+        checks, store, sig = self._checks, self.store, self._status_signals
+        with checks.lock:
+            if checks.closed:
+                return  # (a model task ending after the dialog closed)
+            checks.latest += 1
+            checks.ids = list(ids)
+            if checks.running:
+                return  # (the running task takes it)
+            checks.running = True
+
+        def work() -> None:
+            while True:
+                with checks.lock:
+                    n, todo = checks.latest, checks.ids
+                for mid in todo:
+                    if checks.latest != n or checks.closed:
+                        break  # a newer check: started again; the dialog closed: ended
+                    try:
+                        status = store.status(mid)
+                    except Exception as e:  # noqa: BLE001 - said in its row
+                        status = f"error: {describe_error(e)}"
+                    sig.status.emit(n, mid, status)  # (sig lives while this refers to it)
+                else:
+                    sig.ended.emit(n)
+                with checks.lock:
+                    if checks.latest == n or checks.closed:
+                        checks.running = False
+                        return
+
+        self.client.run_in_pool(work)
+
+    def _on_status(self, n: int, model_id: str, status: str) -> None:
+        if n != self._checks.latest or self._checks.closed:
+            return  # a check a newer one replaced, or the dialog closed meanwhile
+        self._status[model_id] = status
+        r = self.row_of(model_id)
+        if r >= 0:
+            self._show_status(r, model_id)
+
+    def _on_statuses_ended(self, n: int) -> None:
+        if n == self._checks.latest and not self._checks.closed:
+            self.statuses_checked.emit()
+
+    def done(self, result: int) -> None:
+        """Closed (accepted or rejected): the status checks under way stop, unheard."""
+        with self._checks.lock:
+            self._checks.closed = True
+        super().done(result)
+
+    def closeEvent(self, e) -> None:
+        super().closeEvent(e)
+        if e.isAccepted():
+            with self._checks.lock:
+                self._checks.closed = True
+
+    def showEvent(self, e) -> None:
+        super().showEvent(e)
+        if self._checks.closed:  # shown again: its statuses are checked again
+            with self._checks.lock:
+                self._checks.closed = False
+            self.refresh()
 
     def selected(self) -> list[str]:
         rows = sorted({ix.row() for ix in self.table.selectedIndexes()})
@@ -290,6 +396,7 @@ class ModelManagerDialog(QDialog):
 
     def _on_done(self, model_id: str, result: Any) -> None:
         kind, value = result if isinstance(result, tuple) and len(result) == 2 else ("", result)
+        self._status.pop(model_id, None)  # (checked again by the refresh below)
         if model_id not in self.client.model_downloads():  # (not a verify ending meanwhile)
             self._downloading.pop(model_id, None)
         if kind == "verify":
@@ -332,6 +439,7 @@ class ModelManagerDialog(QDialog):
         self._show_verifying()
 
     def _on_failed(self, model_id: str, message: str) -> None:
+        self._status.pop(model_id, None)  # (checked again by the refresh below)
         if model_id not in self.client.model_downloads():
             self._downloading.pop(model_id, None)
         self.progress.setVisible(bool(self._downloading))
