@@ -55,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
               "Use the command-line tool instead: mend --help", file=sys.stderr)
         return 2
     app, _win = start(folder)
-    return app.exec()
+    code = app.exec()
+    # the window has shut down (its jobs, saves and settings are done): a model load or a
+    # native call that a cancel abandoned is not waited for (engine/restore/registry.py)
+    registry = sys.modules.get("engine.restore.registry")
+    if argv is None and registry is not None:
+        registry.exit_leaving_abandoned_calls(code)
+    return code
 
 
 def start(folder: str | None = None, argv: list[str] | None = None):

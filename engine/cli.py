@@ -148,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
+    """The ``mend`` command; its exit code. Run as the program (``argv`` None: the command
+    line), it ends without waiting for what a cancel or Ctrl+C abandoned (a model still
+    loading: seconds to a minute more), ``exit_leaving_abandoned_calls``."""
+    code = _main(argv)
+    registry = sys.modules.get("engine.restore.registry")
+    if argv is None and registry is not None:  # (no call can be abandoned before it is loaded)
+        registry.exit_leaving_abandoned_calls(code)
+    return code
+
+
+def _main(argv: Iterable[str] | None) -> int:
     parser = build_parser()
     argv = list(argv) if argv is not None else sys.argv[1:]
     _DASH_FILES[:] = _dash_files(argv)

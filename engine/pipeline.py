@@ -140,7 +140,8 @@ class Engine:
         """``options`` go to the backend, e.g. ``mode="structured"`` for the VLM.
 
         ``progress``: reported between the stages; its cancel token is checked inside the
-        classifier too (between the analyzer's measurements, before every layer of a model)."""
+        classifier too (between the analyzer's measurements, while its model loads, before
+        every layer of a model)."""
         if progress is not None:
             progress.update(0.0, "loading")
         photo = src if isinstance(src, Photo) else load_photo(src)
@@ -148,9 +149,11 @@ class Engine:
             progress.update(0.2, "analysing")
         from .understand import diagnose
 
-        result = diagnose(photo.pixels, photo, backend=backend, runtime=self.runtime,
-                          cancel_check=progress.check if progress is not None else None,
-                          **options)
+        check = progress.check if progress is not None else None
+        # (and a model's loading - a VLM's takes a minute on a laptop - is abandoned on a cancel)
+        with self.runtime.cancellable(check):
+            result = diagnose(photo.pixels, photo, backend=backend, runtime=self.runtime,
+                              cancel_check=check, **options)
         if progress is not None:
             progress.update(1.0, "analysed")
         return result
@@ -410,11 +413,13 @@ class Engine:
         """``spec.fn`` on ``image``. A model it lacks is reported with every other model the
         rest of the plan (``rest``, from this step on) lacks, so that one download gets them
         all; running out of memory outside the tiler's own back-off (a LaMa region, a face,
-        SAM, a model's loading) is an :class:`OutOfMemory` saying so, not a device's error."""
+        SAM, a model's loading) is an :class:`OutOfMemory` saying so, not a device's error.
+        A cancel while the step loads a model is honoured at once (``runtime.cancellable``)."""
         from .tiling import free_memory, is_out_of_memory
 
         try:
-            return spec.fn(image, params, ctx)
+            with self.runtime.cancellable(ctx.progress.check):
+                return spec.fn(image, params, ctx)
         except ModelMissing as e:
             raise self._with_other_missing(e, replace(plan, steps=tuple(rest))) from None
         except Exception as exc:

@@ -3,14 +3,21 @@
 It owns the loaded-model cache: an LRU bounded by the device memory budget, keyed by
 (kind, model id, device, dtype). Transformers/diffusers models are loaded by their own areas from
 ``runtime.path(id)`` with ``local_files_only=True`` and may be kept here through ``cached()``.
+
+A model's loading (seconds for a checkpoint, about a minute for a 7B VLM on a laptop) is
+abandoned on a cancel of the job whose check is set with :meth:`ModelRuntime.cancellable` (the
+pipeline sets it around each step and diagnosis): it goes on in the background, one load at a
+time in the process, and its model is cached as any other. A program quitting meanwhile does not
+wait for it (``registry.exit_leaving_abandoned_calls``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,14 @@ from ..errors import ModelMissing, UsageError
 from .store import ModelStore
 
 log = logging.getLogger(__name__)
+
+# one model load at a time in the process (every runtime's: the memory is the machine's). A
+# load that a cancelled job abandoned keeps it until it has ended, so the next load (which waits
+# for it, watching its own job's cancel) never brings a second model into memory beside it
+_LOAD_SLOT = threading.Lock()
+# .active: this thread is running a load (a factory that builds a part through ``cached()``
+# builds it there, in the slot its load already holds)
+_loading = threading.local()
 
 
 class ModelRuntime:
@@ -40,6 +55,24 @@ class ModelRuntime:
         # weights, the photo being diagnosed) for as long as it is remembered
         self._failed: dict[Any, tuple[str, Any]] = {}
         self._lock = threading.RLock()
+        self._local = threading.local()  # .check: the cancel check of this thread's job
+
+    @contextlib.contextmanager
+    def cancellable(self, check: Callable[[], None] | None) -> Iterator[None]:
+        """While open, a model that ``cached()`` loads for this thread (``load_image_model``,
+        a classifier's or a step's own ``cached``) is loaded in a worker thread while this one
+        calls ``check`` (a job's ``Progress.check``) every ``CANCEL_POLL`` s
+        (:func:`~engine.restore.registry.call_cancellable`): a cancel raises ``Cancelled`` here
+        at once. The abandoned load goes on to its end in the background and its model is
+        cached (a run again does not load it again), or its failure remembered, as if it had
+        been waited for (a program quitting meanwhile leaves without waiting for it:
+        ``registry.exit_leaving_abandoned_calls``). Other threads are not affected."""
+        previous = getattr(self._local, "check", None)
+        self._local.check = check
+        try:
+            yield
+        finally:
+            self._local.check = previous
 
     @property
     def device(self) -> DeviceInfo:
@@ -114,6 +147,10 @@ class ModelRuntime:
         room before building, so the model being replaced leaves the device before the new one
         arrives, and the measured size is what is counted.
 
+        One ``factory()`` runs at a time in the process (a load abandoned by a cancel is waited
+        for: two models are never loading at once), without the cache's lock; inside
+        :meth:`cancellable` it runs in a worker thread that a cancel abandons.
+
         With ``model_id`` (or several, for a pipeline built from more than one model), weights
         that cannot be loaded (``UnsupportedModel``: damaged in a
         way the cheap size + time check cannot see) raise the same error again, without being
@@ -123,42 +160,67 @@ class ModelRuntime:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key][0]
-            failed = self._failed.get(key)
-        stamp = self._files_stamp(model_id) if model_id is not None else None
-        if failed is not None:
-            if stamp is not None and failed[1] == stamp:
+
+        def load() -> Any:
+            return self._load(key, factory, size_bytes, estimate, model_id)
+
+        if getattr(_loading, "active", False):
+            return load()  # (a part of the model this thread is loading: in that load's slot)
+        from ..restore.registry import call_cancellable
+
+        return call_cancellable(load, getattr(self._local, "check", None), slot=_LOAD_SLOT,
+                                name="mend-model-load")
+
+    def _load(self, key: Any, factory: Callable[[], Any], size_bytes: int | None,
+              estimate: int | None, model_id: str | tuple[str, ...] | None) -> Any:
+        """``cached()``'s miss, in the load slot: the entry (an abandoned load of the same key
+        may have put it there meanwhile), the remembered failure, or ``factory()`` built and
+        cached."""
+        was = getattr(_loading, "active", False)
+        _loading.active = True
+        try:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key][0]
+                failed = self._failed.get(key)
+            stamp = self._files_stamp(model_id) if model_id is not None else None
+            if failed is not None:
+                if stamp is not None and failed[1] == stamp:
+                    from .loader import UnsupportedModel
+
+                    raise UnsupportedModel(failed[0])
+                with self._lock:
+                    self._failed.pop(key, None)
+            if size_bytes is not None:
+                self._evict_for(int(size_bytes))
+            elif estimate:
+                self._evict_for(int(estimate))
+            self._torch_threads()  # (a model's loading runs torch ops too)
+            try:
+                obj = factory()
+            except Exception as e:
                 from .loader import UnsupportedModel
 
-                raise UnsupportedModel(failed[0])
+                if stamp is not None and isinstance(e, UnsupportedModel):
+                    with self._lock:
+                        self._failed[key] = (str(e), stamp)
+                raise
+            self._torch_threads()
+            if size_bytes is None:
+                from .loader import param_bytes
+
+                size_bytes = param_bytes(obj)
+                self._evict_for(int(size_bytes))
             with self._lock:
-                self._failed.pop(key, None)
-        if size_bytes is not None:
-            self._evict_for(int(size_bytes))
-        elif estimate:
-            self._evict_for(int(estimate))
-        self._torch_threads()  # (a model's loading runs torch ops too)
-        try:
-            obj = factory()
-        except Exception as e:
-            from .loader import UnsupportedModel
-
-            if stamp is not None and isinstance(e, UnsupportedModel):
-                with self._lock:
-                    self._failed[key] = (str(e), stamp)
-            raise
-        self._torch_threads()
-        if size_bytes is None:
-            from .loader import param_bytes
-
-            size_bytes = param_bytes(obj)
-            self._evict_for(int(size_bytes))
-        with self._lock:
-            if int(size_bytes) > self.budget:
-                log.warning("model %s (%d MB) is larger than the memory budget (%d MB)",
-                            key, int(size_bytes) >> 20, self.budget >> 20)
-            self._cache[key] = (obj, int(size_bytes))
-            self._cache.move_to_end(key)
-        return obj
+                if int(size_bytes) > self.budget:
+                    log.warning("model %s (%d MB) is larger than the memory budget (%d MB)",
+                                key, int(size_bytes) >> 20, self.budget >> 20)
+                self._cache[key] = (obj, int(size_bytes))
+                self._cache.move_to_end(key)
+            return obj
+        finally:
+            _loading.active = was
 
     def _files_stamp(self, model_id: str | tuple[str, ...]) -> Any:
         """Name, size and modification time of every file of the models' folders (a repair, a

@@ -9,6 +9,7 @@ Runtime run, OpenCV inpainting) goes through :func:`call_cancellable`.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..api import Diagnosis
 from ..devices import DeviceInfo
-from ..errors import Cancelled, UsageError
+from ..errors import UsageError
 from ..progress import Progress
 
 log = logging.getLogger(__name__)
@@ -126,17 +127,24 @@ def call_cancellable(fn: Callable[[], T], check: Callable[[], None] | None, *,
                      slot: Any, stop: Callable[[], None] | None = None,
                      name: str = "mend-native", poll: float = CANCEL_POLL) -> T:
     """``fn()``, one native call that cannot stop part-way (a Haar cascade, an ONNX Runtime
-    run, ``cv2.inpaint``), run in a worker thread while this thread looks at ``check`` (a
-    progress's ``check``) every ``poll`` s. On a cancel ``Cancelled`` is raised here at once:
-    ``stop()`` asks the call to end early where it can (``RunOptions.terminate``), and the call
-    is abandoned (its result or error is dropped when it ends).
+    run, ``cv2.inpaint``, a model's loading), run in a worker thread while this thread looks at
+    ``check`` (a progress's ``check``) every ``poll`` s. On a cancel ``Cancelled`` is raised
+    here at once: ``stop()`` asks the call to end early where it can (``RunOptions.terminate``),
+    and the call is abandoned (its result or error is dropped when it ends). A
+    ``KeyboardInterrupt`` (the CLI's Ctrl+C or SIGTERM) or ``SystemExit`` raised here while
+    waiting abandons it the same way.
 
     ``slot`` (a ``threading.Lock`` shared by the calls of one kind) is taken before the call
     starts (waiting for it polls ``check`` too) and released by the worker when the call has
     ended, abandoned or not: at most one such call runs at a time, so calls that cancelled
     jobs left behind never pile up CPU or memory across jobs. Without ``check`` ``fn`` runs in
     this thread (still in its slot). A failed call whose job was cancelled meanwhile raises
-    ``Cancelled`` (a stopped ONNX run fails)."""
+    ``Cancelled`` (a stopped ONNX run fails).
+
+    The worker is not a daemon thread (a daemon thread inside OpenCV or torch when the
+    interpreter finalizes is killed there, and the process aborts: "terminate called without
+    an active exception"), so a normal exit waits for an abandoned call: a program that knows
+    its exit code leaves without waiting through :func:`exit_leaving_abandoned_calls`."""
     if check is None:
         with slot:
             return fn()
@@ -160,10 +168,10 @@ def call_cancellable(fn: Callable[[], T], check: Callable[[], None] | None, *,
         finally:
             slot.release()
             done.set()
+            with _ABANDONED_LOCK:
+                _ABANDONED.discard(done)
 
     try:
-        # (not a daemon: an abandoned call still running when the program ends is waited for;
-        # a daemon thread inside OpenCV at exit aborted the process, "terminate called")
         threading.Thread(target=work, name=name, daemon=False).start()
     except BaseException:
         slot.release()
@@ -173,10 +181,13 @@ def call_cancellable(fn: Callable[[], T], check: Callable[[], None] | None, *,
             check()
         if "error" in box:
             check()  # a run stopped by a cancel fails: that is the cancel
-    except Cancelled:
+    except BaseException:  # a cancel, or the program quitting (Ctrl+C, SIGTERM)
         with lock:
             box.clear()
             box["abandoned"] = True
+        with _ABANDONED_LOCK:
+            if not done.is_set():  # (else its worker has ended already)
+                _ABANDONED.add(done)
         if stop is not None:
             try:
                 stop()
@@ -190,3 +201,42 @@ def call_cancellable(fn: Callable[[], T], check: Callable[[], None] | None, *,
         finally:
             del err
     return box.pop("value")
+
+
+# the calls abandoned while still running (their ``done`` events; a worker removes its own
+# when it ends)
+_ABANDONED: set[threading.Event] = set()
+_ABANDONED_LOCK = threading.Lock()
+
+
+def abandoned_calls() -> int:
+    """How many abandoned calls (a cancelled job's model load or native call) still run."""
+    with _ABANDONED_LOCK:
+        return sum(not d.is_set() for d in _ABANDONED)
+
+
+def exit_leaving_abandoned_calls(code: int, grace: float = 0.2) -> None:
+    """At the end of a program that has finished its work (the CLI's ``mend``, the app once
+    its window has shut down): when abandoned calls still run after ``grace`` s - a cancelled
+    model load that would take seconds to a minute more, a native call nothing can stop -
+    leave now with ``code`` instead of having Python's exit wait for their threads: the
+    standard streams and the log are flushed, then ``os._exit``. Nothing is lost: their results
+    were dropped already, and Mend writes its files atomically (an unfinished temporary file
+    is never a result). Returns, for the normal exit, when none are left."""
+    import os
+    import time
+
+    end = time.monotonic() + grace
+    while abandoned_calls() and time.monotonic() < end:
+        time.sleep(0.01)
+    if not abandoned_calls():
+        return
+    log.info("leaving %d abandoned call(s) running at exit", abandoned_calls())
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # (a closed pipe: nothing more can be said there)
+            pass
+    os._exit(code)
