@@ -29,8 +29,8 @@ Loading (``load_photo``)
     keeps it for a grey result, ``Photo.grey`` says the source is grey), and so is a CMYK one
     (``load_preview``'s too: LittleCMS, to sRGB; a 16-bit CMYK TIFF keeps its 16 bits,
     ``_cmyk16_to_rgb``). The
-    pixels of a 16-bit photo whose RGB profile has a linear tone curve (linear sRGB, linear
-    Rec.2020, gamma 1.0) are encoded with the sRGB curve, which the restoration models expect:
+    pixels of a photo (8 or 16 bits) whose RGB profile has a linear tone curve (linear sRGB,
+    linear Rec.2020, gamma 1.0) are encoded with the sRGB curve, which the models expect:
     ``Photo.icc_profile`` is then the profile's primaries with that curve, ``Photo.linear_icc``
     the photo's own (``_linear_to_perceptual``). A JPEG XL's and a float TIFF's previews are
     converted to sRGB (``source_profile`` cannot say their profile); a HEIF's nclx colour box
@@ -57,9 +57,10 @@ Saving (``save_photo``)
     linear light with its own profile, byte for byte; an 8-bit one keeps the sRGB curve and
     the profile saying so (8 bits of linear light band in the shadows). A grey source's
     result (``Photo.grey``) whose three channels are equal is written as grey - 8-bit L or
-    16-bit grey, LA with its alpha (a 16-bit one in TIFF stays RGBA: Pillow cannot read it);
-    WebP has no grey: RGB - converted back to the source's grey profile, which it carries
-    byte for byte (``_grey_result``).
+    16-bit grey, LA with its alpha; WebP has no grey: RGB - converted back to the source's
+    grey profile, which it carries byte for byte (``_grey_result``). A 16-bit grey + alpha
+    TIFF, which Pillow cannot open (nor OpenCV: 8-bit grey, no alpha), is decoded by Mend
+    itself, source or result (``_load_grey_alpha16_tiff``: uncompressed or Deflate strips).
 
 The Mend record (what was done: steps, models, versions) is stored in XMP in every format, as
 ``<mend:record>`` (namespace ``urn:x-mend:ns:1.0#``) holding the record as JSON, inside its own
@@ -2238,6 +2239,20 @@ def _load_float_tiff(p: Path, limit: int, layout: _FloatTiff) -> Photo:
         alpha = np.ascontiguousarray(alpha)
         if float(alpha.min()) >= 1.0:
             alpha = None
+    exif, xmp, iptc, dpi = _tiff_metadata(p, orientation, info)
+    return Photo(path=p, pixels=pixels, alpha=alpha, bit_depth=16, format="TIFF",
+                 icc_profile=icc, exif=exif, xmp=xmp, dpi=dpi, info=info, iptc=iptc,
+                 linear_icc=linear_icc)
+
+
+def _tiff_metadata(p: Path, orientation: int, info: dict[str, Any]
+                   ) -> tuple[bytes | None, bytes | None, bytes | None,
+                              tuple[float, float] | None]:
+    """(EXIF, XMP, IPTC, DPI) of a TIFF that Pillow cannot open, read from its first IFD as
+    ``_load`` keeps them from Pillow's header (the XMP's orientation reset, the resolution
+    swapped for a photo turned upright by ``orientation``)."""
+    from . import rawio
+
     raw_exif = rawio.tiff_exif(p)
     exif = clean_exif(raw_exif) if raw_exif else None
     if raw_exif and exif is None:
@@ -2247,9 +2262,7 @@ def _load_float_tiff(p: Path, limit: int, layout: _FloatTiff) -> Photo:
     dpi = _float_tiff_dpi(p)
     if dpi and orientation >= 5:
         dpi = (dpi[1], dpi[0])
-    return Photo(path=p, pixels=pixels, alpha=alpha, bit_depth=16, format="TIFF",
-                 icc_profile=icc, exif=exif, xmp=_xmp_reset_orientation(xmp), dpi=dpi,
-                 info=info, iptc=iptc, linear_icc=linear_icc)
+    return exif, _xmp_reset_orientation(xmp), iptc, dpi
 
 
 def _float_tiff_dpi(p: Path) -> tuple[float, float] | None:
@@ -2275,6 +2288,185 @@ def _float_tiff_dpi(p: Path) -> tuple[float, float] | None:
     return rawio._with_tiff(p, read)
 
 
+# 16-bit grey + alpha TIFF (PhotometricInterpretation BlackIsZero or WhiteIsZero, two 16-bit
+# unsigned samples, the second an ExtraSample): TIFF 6.0's layout of grey with transparency,
+# what Mend writes for a 16-bit grey result with an alpha. Pillow cannot open it (it reads grey
+# + alpha TIFF at 8 bits only) and OpenCV decodes it as 8-bit grey without its alpha, so Mend
+# decodes its strips itself: uncompressed or Deflate (code 8, or the older 32946), with or
+# without the horizontal predictor, chunky or planar. LZW, PackBits, JPEG... and tiled layouts
+# are refused, naming what to save instead.
+
+_LA16_COMPRESSIONS = frozenset({1, 8, 32946})  # none, Deflate
+_LA16_MAX_STRIP = 1 << 30  # bytes of one decompressed strip (a damaged RowsPerStrip)
+
+
+@dataclass(frozen=True)
+class _GreyAlpha16Tiff:
+    width: int
+    height: int
+    orientation: int
+    photometric: int  # 0 WhiteIsZero, 1 BlackIsZero
+    extra: int  # ExtraSamples: 0 unspecified (no alpha), 1 associated, 2 unassociated
+    compression: int
+    predictor: int
+    planar: int
+    rows_per_strip: int
+    offsets: tuple[int, ...]
+    counts: tuple[int, ...]
+    tiled: bool
+    byteorder: str
+
+
+def _grey_alpha16_layout(p: Path) -> _GreyAlpha16Tiff | None:
+    """The layout of ``p`` when its first image is a 16-bit grey + alpha TIFF, else None.
+    Reads the first IFD only."""
+    from . import rawio
+
+    def array(t, typ: int, count: int, voff: int) -> tuple[int, ...]:
+        size = _TYPE_SIZE.get(typ, 0)
+        if typ not in (3, 4) or voff + size * count > len(t.data) or count > 1 << 24:
+            raise ValueError("strip table out of range")
+        return struct.unpack_from(t.bo + ("H" if typ == 3 else "I") * count, t.data, voff)
+
+    def read(t, mm) -> _GreyAlpha16Tiff | None:
+        vals: dict[int, tuple[int, ...]] = {}
+        for _e, tag, typ, count, voff, _n in t.entries(t.u32(4)):
+            if tag in (256, 257, 258, 259, 262, 273, 274, 277, 278, 279, 284, 317, 322, 324,
+                       338, 339) and typ in (3, 4) and count >= 1:
+                vals[tag] = array(t, typ, count, voff)
+        one = {tag: v[0] for tag, v in vals.items()}
+        if one.get(277) != 2 or one.get(262) not in (0, 1) or vals.get(258) != (16, 16) \
+                or one.get(339, 1) != 1 or vals.get(339, (1, 1)) != (1, 1):
+            return None
+        w, h = one.get(256, 0), one.get(257, 0)
+        return _GreyAlpha16Tiff(
+            w, h, one.get(274, 1), one[262], one.get(338, 0), one.get(259, 1),
+            one.get(317, 1), one.get(284, 1), one.get(278, h) or h, vals.get(273, ()),
+            vals.get(279, ()), 322 in vals or 324 in vals, t.bo)
+
+    try:
+        with open(p, "rb") as f:
+            if f.read(4) not in (b"II*\x00", b"MM\x00*"):
+                return None
+    except OSError:
+        return None
+    return rawio._with_tiff(p, read)
+
+
+def _grey_alpha16_pixels(p: Path, lay: _GreyAlpha16Tiff) -> np.ndarray:
+    """The (2, H, W) uint16 grey and alpha planes of a 16-bit grey + alpha TIFF, as stored
+    (not oriented, WhiteIsZero and associated alpha as they are). BadImage for a layout or
+    compression Mend does not decode and for damaged data."""
+    from . import rawio
+
+    w, h = lay.width, lay.height
+    if lay.tiled:
+        raise BadImage(p, "tiled 16-bit grey + alpha TIFF is not supported: save it with "
+                          "strips (the usual layout)")
+    if lay.compression not in _LA16_COMPRESSIONS:
+        raise BadImage(p, f"16-bit grey + alpha TIFF with compression {lay.compression} "
+                          "(e.g. LZW) is not supported: save it uncompressed or with ZIP "
+                          "(Deflate) compression")
+    if lay.predictor not in (1, 2) or lay.planar not in (1, 2):
+        raise BadImage(p, f"16-bit grey + alpha TIFF with predictor {lay.predictor}, planar "
+                          f"configuration {lay.planar} is not supported")
+    rps = min(max(1, lay.rows_per_strip), h)
+    per_plane = -(-h // rps)
+    planes = 2 if lay.planar == 2 else 1
+    samples = 1 if planes == 2 else 2  # per pixel in one strip
+    if len(lay.offsets) < per_plane * planes or len(lay.counts) < per_plane * planes or \
+            rps * w * samples * 2 > _LA16_MAX_STRIP:
+        raise BadImage(p, "the TIFF header is damaged (its strip table does not fit the image)")
+    out = np.empty((2, h, w), np.uint16)
+    dt = np.dtype(lay.byteorder + "u2")
+    mm = rawio._map(p)
+    try:
+        for plane in range(planes):
+            for i in range(per_plane):
+                k = plane * per_plane + i
+                off, size = lay.offsets[k], lay.counts[k]
+                y, rows = i * rps, min(rps, h - i * rps)
+                want = rows * w * samples * 2
+                raw = mm[off:off + size]
+                if lay.compression != 1:
+                    try:
+                        raw = zlib.decompressobj().decompress(raw, want)
+                    except zlib.error:
+                        raw = b""
+                if len(raw) < want:
+                    raise BadImage(p, "the file is damaged (a strip of its image data is "
+                                      "missing or cut short)")
+                a = np.frombuffer(raw, dt, rows * w * samples).reshape(rows, w, samples)
+                if lay.predictor == 2:  # horizontal differencing, modulo 2^16
+                    a = np.cumsum(a, axis=1, dtype=np.uint16)
+                if planes == 2:
+                    out[plane, y:y + rows] = a[..., 0]
+                else:
+                    out[:, y:y + rows] = np.moveaxis(a, 2, 0)
+    finally:
+        mm.close()
+    return out
+
+
+def _load_grey_alpha16_tiff(p: Path, limit: int, lay: _GreyAlpha16Tiff) -> Photo:
+    """A 16-bit grey + alpha TIFF (see the notes above ``_GreyAlpha16Tiff``) as ``_load``
+    gives a 16-bit grey + alpha PNG: grey through its grey profile to sRGB (``grey_icc``),
+    16 bits, its alpha."""
+    from . import rawio
+
+    if lay.width <= 0 or lay.height <= 0:
+        raise BadImage(p, "the TIFF header is damaged (no image size)")
+    if lay.width * lay.height > limit:
+        raise _too_large(p, lay.width * lay.height, limit)
+    info: dict[str, Any] = {"source_mode": "LA;16", "warnings": [],
+                            "decoder": "mend (16-bit grey + alpha TIFF strips)"}
+    planes = _grey_alpha16_pixels(p, lay)
+    grey, alpha = planes[0], planes[1]
+    if lay.photometric == 0:  # WhiteIsZero
+        np.subtract(np.uint16(65535), grey, out=grey)
+    if lay.extra == 1:  # associated (premultiplied) alpha: the colour itself
+        a = alpha.astype(np.float32)
+        g = grey.astype(np.float32) * np.float32(65535.0)
+        np.divide(g, a, out=g, where=a > 0)
+        grey[...] = np.clip(g + np.float32(0.5), 0, 65535)
+        del a, g
+    icc = rawio._ifd0_bytes(p, 34675, (7, 1), 4 << 20)
+    grey = _grey16_to_srgb(grey, icc, info)
+    grey_icc = icc if info.get("icc_converted") == "grey profile -> sRGB" else None
+    if info.pop("drop_icc", False):
+        icc = None
+    elif icc is not None and _icc_space(icc) != b"RGB ":
+        info["warnings"].append(f"dropped an ICC profile for {_icc_space(icc)!r} data")
+        icc = None
+    orientation = lay.orientation if lay.orientation in range(1, 9) else 1
+    info["exif_orientation"] = orientation
+    pixels = _to_float(_orient(np.broadcast_to(grey[..., None], (*grey.shape, 3)),
+                               orientation), 65535.0)
+    linear_icc = None
+    if icc is not None:  # an RGB profile on grey values (rare): as ``_load`` takes one
+        linear_icc, icc = _linear_to_perceptual(pixels, icc, info)
+    alpha_f = None
+    if lay.extra in (1, 2) and int(alpha.min(initial=65535)) < 65535:
+        alpha_f = _to_float(_orient(alpha, orientation), 65535.0)
+    del planes, grey, alpha
+    exif, xmp, iptc, dpi = _tiff_metadata(p, orientation, info)
+    return Photo(path=p, pixels=pixels, alpha=alpha_f, bit_depth=16, format="TIFF",
+                 icc_profile=icc, exif=exif, xmp=xmp, dpi=dpi, info=info, iptc=iptc,
+                 linear_icc=linear_icc, grey=True, grey_icc=grey_icc)
+
+
+def _load_other_tiff(p: Path, limit: int) -> Photo | None:
+    """A TIFF Pillow cannot open that Mend decodes itself (floating-point RGB(A), 16-bit grey
+    + alpha), else None."""
+    layout = _float_tiff_layout(p)
+    if layout is not None:
+        return _load_float_tiff(p, limit, layout)
+    la16 = _grey_alpha16_layout(p)
+    if la16 is not None:
+        return _load_grey_alpha16_tiff(p, limit, la16)
+    return None
+
+
 def _unidentified_raw(p: Path) -> str | None:
     """After Pillow failed to identify ``p``: LibRaw's kind for it, or None."""
     from . import rawio
@@ -2291,9 +2483,9 @@ def _load(p: Path, limit: int) -> Photo:
     try:
         im = _open_image(p, limit)
     except _pil().UnidentifiedImageError:
-        layout = _float_tiff_layout(p)
-        if layout is not None:
-            return _load_float_tiff(p, limit, layout)
+        photo = _load_other_tiff(p, limit)
+        if photo is not None:
+            return photo
         kind = _unidentified_raw(p)
         if kind:
             return _load_raw(p, limit, kind)
@@ -2396,7 +2588,7 @@ def _load(p: Path, limit: int) -> Photo:
     else:
         pixels = _to_float_upright(arr, orientation, maxval)
     linear_icc = None
-    if depth == 16 and _icc_space(icc) == b"RGB ":
+    if _icc_space(icc) == b"RGB ":  # (8 or 16 bits: ``pixels`` is a float copy either way)
         linear_icc, icc = _linear_to_perceptual(pixels, icc, info)
     alpha_f = _to_float(alpha, amax) if alpha is not None else None
     if alpha_f is not None and float(alpha_f.min()) >= 1.0:
@@ -2416,12 +2608,14 @@ def _load(p: Path, limit: int) -> Photo:
 
 def _linear_to_perceptual(pixels: np.ndarray, icc: bytes,
                           info: dict[str, Any]) -> tuple[bytes | None, bytes]:
-    """16-bit pixels in the RGB profile ``icc``: when its tone curves are linear (linear sRGB,
-    linear Rec.2020, gamma 1.0), encoded in place with the sRGB curve - what the restoration
-    models are trained on - and ``(icc, that profile's primaries with the sRGB curve)``
-    returned (``Photo.linear_icc``, ``Photo.icc_profile``); else ``(None, icc)``, the pixels
-    untouched. Only 16-bit photos (and float TIFFs, ``_load_float_tiff``) are re-encoded: an
-    8-bit photo's pixels, and its result's bytes, stay as they were."""
+    """Pixels (8 or 16 bits; float TIFFs: ``_load_float_tiff``) in the RGB profile ``icc``:
+    when its tone curves are linear (linear sRGB, linear Rec.2020, gamma 1.0), encoded in
+    place with the sRGB curve - what the restoration models are trained on - and ``(icc, that
+    profile's primaries with the sRGB curve)`` returned (``Photo.linear_icc``,
+    ``Photo.icc_profile``); else ``(None, icc)``, the pixels untouched. An 8-bit photo's
+    levels are encoded too (before, its shadows reached the models as a few linear levels);
+    its 8-bit result keeps the sRGB curve and the profile saying so, which holds its shadows
+    in more levels than the source had (``save_photo``)."""
     linear, perceptual, _ = _linear_to_srgb_icc(icc)
     if not linear or perceptual is None:
         return None, icc
@@ -2572,9 +2766,8 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
         try:
             im = _open_image(p, max_pixels_default())
         except _pil().UnidentifiedImageError:
-            layout = _float_tiff_layout(p)
-            if layout is not None:  # rare: the whole photo, made small
-                photo = _load_float_tiff(p, max_pixels_default(), layout)
+            photo = _load_other_tiff(p, max_pixels_default())
+            if photo is not None:  # rare: the whole photo, made small
                 small = _preview_rgb8(_pil().fromarray(_quantise(photo.pixels, 8), "RGB"),
                                       max_side)
                 return _preview_to_srgb(small, photo.icc_profile)
@@ -2644,8 +2837,8 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         if jxl is not None:  # the plugin decodes everything on open: use the header
             w, h, orientation = jxl
             return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
-        ft = _float_tiff_layout(p)
-        if ft is not None:  # Pillow cannot open a floating-point RGB TIFF
+        ft = _float_tiff_layout(p) or _grey_alpha16_layout(p)
+        if ft is not None:  # Pillow cannot open a floating-point RGB, 16-bit LA TIFF
             if ft.width * ft.height > max_pixels_default():
                 raise _too_large(p, ft.width * ft.height, max_pixels_default())
             w, h = ft.width, ft.height
@@ -2676,8 +2869,8 @@ def source_profile(path: str | os.PathLike[str]) -> bytes | None:
     photo), and when it is not known without decoding - a RAW, a JPEG XL (its plugin decodes
     the whole photo to open it), a floating-point TIFF: ``load_preview`` converts their
     previews to sRGB itself - or a file that cannot be read (its decode says why). It is the
-    profile of the pixels as stored, which is ``load_preview``'s: for a 16-bit photo with a
-    linear profile that is ``Photo.linear_icc`` (``load_photo`` encodes its pixels with the
+    profile of the pixels as stored, which is ``load_preview``'s: for a photo with a linear
+    profile that is ``Photo.linear_icc`` (``load_photo`` encodes its pixels with the
     sRGB curve, ``Photo.icc_profile`` saying so)."""
     p = Path(path)
     try:
@@ -2885,7 +3078,15 @@ def read_record(path: str | os.PathLike[str], *, header_only: bool = False) -> d
     try:
         if _jxl_header(p) is not None:  # its XMP box, not Image.open: that decodes every pixel
             return record_from_xmp(_jxl_xmp(p))
-        im = _pil().open(p)
+        try:
+            im = _pil().open(p)
+        except _pil().UnidentifiedImageError:
+            # a TIFF Pillow cannot open (a 16-bit grey + alpha result): its IFD0 XMP tag
+            if _float_tiff_layout(p) is None and _grey_alpha16_layout(p) is None:
+                raise
+            from . import rawio
+
+            return record_from_xmp(rawio.tiff_xmp(p))
         with im:
             xmp = _xmp_of(im, extended=not header_only)
             if xmp is None and im.format == "PNG" and not header_only:
@@ -3433,7 +3634,7 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
                      "channel would band in the shadows: the result keeps the sRGB tone curve "
                      "with a profile of the same primaries (choose 16-bit PNG or TIFF for its "
                      "own profile)")
-    grey = _grey_result(arr, depth, like, fmt, al is not None, icc, linear, white, notes)
+    grey = _grey_result(arr, depth, like, fmt, icc, linear, white, notes)
     if grey is not None:  # one channel (and the profile a grey file carries)
         rgb, icc = grey
     else:
@@ -3493,18 +3694,18 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
 # that curve); a profile that cannot be said in grey keeps the result RGB. No profile, none.
 
 
-def _grey_result(arr: np.ndarray, depth: int, like: Photo | None, fmt: str, alpha: bool,
+def _grey_result(arr: np.ndarray, depth: int, like: Photo | None, fmt: str,
                  icc: bytes | None, linear: bool, white: np.ndarray | None,
                  notes: list[str]) -> tuple[np.ndarray, bytes | None] | None:
     """(grey uint8/uint16 (H, W), its ICC profile or None) to write for the result ``arr``
-    (H, W, 3), or None when it is written as RGB: its source is not grey, its channels differ,
-    the format (WebP) has no grey, or it is a 16-bit TIFF with ``alpha`` (Pillow, and so Mend
-    and its viewer, cannot read that). ``icc``/``linear``: the RGB profile an RGB result would
+    (H, W, 3), or None when it is written as RGB: its source is not grey, its channels differ
+    or the format (WebP) has no grey. With an alpha, a 16-bit TIFF is 16-bit grey + alpha,
+    which Pillow cannot open: Mend reads it itself (``_load_grey_alpha16_tiff``), and so does
+    libtiff's scanline reading (its RGBA interface, which OpenCV falls back on, drops the
+    alpha). ``icc``/``linear``: the RGB profile an RGB result would
     carry and whether its values go back to linear light; ``white``: the alpha to flatten onto
     white (JPEG)."""
     if like is None or not getattr(like, "grey", False) or fmt == "webp" or not _is_grey(arr):
-        return None
-    if alpha and fmt == "tiff" and depth == 16:  # Pillow reads no 16-bit grey + alpha TIFF
         return None
     one = arr[..., :1]
     source = getattr(like, "grey_icc", None)

@@ -145,13 +145,14 @@ def test_a_wide_gamut_photo_keeps_its_profile_bits_and_colours(tmp_path, name, f
     src = mio.save_photo(img, tmp_path / f"src.{fmt}", like=like,
                          options=OutputOptions(bit_depth=bits, quality=100))
     ph = mio.load_photo(src)
-    # 16-bit linear pixels are encoded with the sRGB curve for the models: ``icc_profile``
-    # then says so and the photo's own profile rides along in ``linear_icc``
+    # linear pixels (8 or 16 bits) are encoded with the sRGB curve for the models:
+    # ``icc_profile`` then says so and the photo's own profile rides along in ``linear_icc``
     assert (ph.linear_icc or ph.icc_profile) == icc and ph.bit_depth == bits
-    assert (ph.linear_icc is not None) == (name == "linear" and bits == 16)
+    assert (ph.linear_icc is not None) == (name == "linear")
     out = mio.save_photo(ph.pixels, tmp_path / "res", like=ph)
     rgb, ricc, rbits = _read(out)
-    assert ricc == icc and rbits == bits
+    # (an 8-bit linear result keeps the sRGB curve and the profile saying so)
+    assert ricc == (ph.icc_profile if bits == 8 and ph.linear_icc else icc) and rbits == bits
     e = delta_e(lab(ph.pixels, ph.icc_profile), lab(rgb, ricc))
     if bits == 16:  # lossless: the source's very values (a linear one's converted back)
         assert np.array_equal(rgb, _read(src)[0])

@@ -499,7 +499,8 @@ def test_source_profile_is_the_profile_load_photo_gives_from_the_header_alone(
         jpg("cmyk.jpg", np.dstack([rgb, rgb[..., :1]]), "CMYK", icc_profile=cmyk_icc): None,
         jpg("plain.jpg", rgb): None,
     }
-    loaded = {path: mio.load_photo(path).icc_profile for path in cases}
+    photos = {path: mio.load_photo(path) for path in cases}
+    loaded = {path: ph.icc_profile for path, ph in photos.items()}
     for path, want in cases.items():
         if want == "made":
             assert loaded[path] is not None and loaded[path] != P3, path.name
@@ -512,7 +513,8 @@ def test_source_profile_is_the_profile_load_photo_gives_from_the_header_alone(
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
     for path in cases:
-        assert mio.source_profile(path) == loaded[path], path.name
+        # (the stored pixels' profile: a linear one's own, ``linear_icc``)
+        assert mio.source_profile(path) == (photos[path].linear_icc or loaded[path]), path.name
     assert mio.source_profile(tmp_path / "missing.jpg") is None
     assert mio.source_profile(tmp_path) is None  # a folder
 

@@ -84,7 +84,7 @@ def test_a_16bit_linear_photo_is_encoded_for_the_models_and_saved_back_linear(tm
     assert mio.source_profile(src) == icc
 
 
-@pytest.mark.parametrize("name,icc,bits", [("linear 8-bit", LINEAR, 8),
+@pytest.mark.parametrize("name,icc,bits", [("Adobe RGB 8-bit", ADOBE, 8),
                                            ("Adobe RGB 16-bit", ADOBE, 16),
                                            ("Display P3 16-bit", P3, 16)])
 def test_8bit_and_gamma_encoded_photos_are_left_as_they_are(tmp_path, name, icc, bits):
