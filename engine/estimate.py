@@ -4,7 +4,8 @@ Time comes from two sources, best first:
 
 1. **Measured here**: every finished step records its seconds per input megapixel for its
    (step, model, device kind, thread count) in a small history file; the estimate uses the
-   running average of those runs.
+   running average of those runs. A step's first short run in an engine carries one-time
+   set-up (see ``COLD_RUN_S``): it is counted once, not per megapixel.
 2. **Reference**: seconds per megapixel of each step measured by ``bench/restore.py`` on one core
    of the 2-core AMD EPYC development machine (docs/PERFORMANCE.md, 2026-11-22; model steps at
    the real architecture sizes with random weights: time only). They are divided by the thread
@@ -206,6 +207,27 @@ def step_work_units(name: str, params: Mapping[str, Any], pixels: int) -> float:
     return work_units(name, pixels) * step_multiplier(name, params)
 
 
+# A step's first run in an engine pays one-time set-up that its later runs do not: OpenCV's
+# first call of an operation (a 100 x 75 px photo's non-local means: 0.05-0.10 s the first time,
+# 0.016-0.037 s after), beside a model's first load (which the engine leaves out, its
+# ``_loaded_once``). Such a run shorter than this (where the measured set-up, up to 0.2 s on a
+# busy machine, is a fifth or more of it) is "cold": it is never averaged into a figure warm runs
+# taught, a figure resting on cold runs alone is replaced by the step's next warm run, and for a
+# larger photo its seconds count once, not per megapixel (``CostHistory.lookup``). Per megapixel,
+# one cold 100 x 75 px run took a 24 MP photo's denoising estimate to 160-340 s (a 24 MP photo
+# took 31-72 s on the loaded 2-core development machine; 72 s now, the reference's).
+COLD_RUN_S = 1.0
+
+
+def _positive(v: Any) -> float | None:
+    """``v`` as a finite number above 0, else None."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) and x > 0 else None
+
+
 def _key(name: str, model: str | None, device_kind: str, threads: int) -> str:
     mark = _PER_UNIT_MARK if name in PER_PARAM_STEPS else ""
     return f"{name}{mark}|{model or ''}|{device_kind}|{threads}"
@@ -215,7 +237,12 @@ class CostHistory:
     """Seconds per input megapixel (per photo for ``PER_PHOTO_STEPS``) of finished steps on this
     machine (a running average over
     the last runs), kept in a small JSON file. Safe to read from one thread while another
-    records; a file that cannot be read or written only costs the estimate its history."""
+    records; a file that cannot be read or written only costs the estimate its history.
+
+    One history per engine: the first run of each step it records is that step's first in the
+    engine (after a model's first load, which the engine does not record), a cold run when
+    short (``COLD_RUN_S``). An entry resting on cold runs alone keeps
+    their work (``cold_units``: megapixels, or photos) beside its figure."""
 
     WINDOW = 8  # the average follows the last ~8 runs of a step
 
@@ -224,6 +251,7 @@ class CostHistory:
         self._lock = threading.Lock()
         self._data: dict[str, dict[str, float]] | None = None
         self._mtime: int | None = None  # of the file as last read or written
+        self._ran: set[str] = set()  # keys of the steps this history has seen run
 
     @classmethod
     def default(cls) -> CostHistory:
@@ -255,6 +283,10 @@ class CostHistory:
                     data = {str(k): {"s_per_mp": float(v["s_per_mp"]), "n": float(v["n"])}
                             for k, v in raw.get("steps", {}).items()
                             if math.isfinite(float(v["s_per_mp"])) and float(v["s_per_mp"]) >= 0}
+                    for k, v in raw.get("steps", {}).items():
+                        cold = _positive(v.get("cold_units")) if k in data else None
+                        if cold is not None:  # (a damaged mark: a warm figure)
+                            data[k]["cold_units"] = cold
                 except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                     log.warning("ignoring the step-cost history %s: %s", self.path, e)
                     data = {}
@@ -275,22 +307,40 @@ class CostHistory:
             entry = self._load().get(_key(name, model, device_kind, threads))
             return None if entry is None else entry["s_per_mp"]
 
+    def lookup(self, name: str, model: str | None, device_kind: str, threads: int
+               ) -> tuple[float, float | None] | None:
+        """(seconds per unit, the work of the cold runs it rests on alone - None when warm
+        runs taught it), or None with no figure."""
+        with self._lock:
+            entry = self._load().get(_key(name, model, device_kind, threads))
+            return None if entry is None else (entry["s_per_mp"], entry.get("cold_units"))
+
     def record(self, name: str, model: str | None, device_kind: str, threads: int,
                megapixels: float, seconds: float) -> None:
         if megapixels <= 0 or not math.isfinite(seconds) or seconds < 0:
             return
         rate = seconds / megapixels
+        k = _key(name, model, device_kind, threads)
         # the file lock: another Mend (a second window, `mend restore`) records into the same
         # file; read-modify-write under it, reading the file afresh, so neither loses entries
         with self._lock, file_lock(self.path):
+            cold = k not in self._ran and seconds < COLD_RUN_S
+            self._ran.add(k)
             data = self._load(fresh=True)
-            k = _key(name, model, device_kind, threads)
             old = data.get(k)
-            if old is None:
+            was_cold = old is not None and "cold_units" in old
+            if cold and old is not None and not was_cold:
+                return  # (its set-up would inflate what warm runs taught)
+            if old is None or was_cold != cold:  # (a warm run replaces cold runs' figure)
                 data[k] = {"s_per_mp": rate, "n": 1.0}
+                if cold:
+                    data[k]["cold_units"] = megapixels
             else:
                 n = min(old["n"] + 1.0, float(self.WINDOW))
                 data[k] = {"s_per_mp": old["s_per_mp"] + (rate - old["s_per_mp"]) / n, "n": n}
+                if cold:
+                    data[k]["cold_units"] = old["cold_units"] + (megapixels
+                                                                 - old["cold_units"]) / n
             self._save(data)
 
     def _save(self, data: dict[str, dict[str, float]]) -> None:
@@ -405,17 +455,6 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
         if not step.enabled:
             continue
         model = step_model(step)
-        mp = work_units(step.name, pixels)
-        rate = history.get(step.name, model, device_kind, threads) if history else None
-        basis = "measured"
-        if rate is None and device_kind == "cpu":
-            if step.name in PER_PHOTO_STEPS:
-                ref = REFERENCE_CPU_S_PER_PHOTO.get(step.name)
-            else:
-                ref = REFERENCE_CPU_S_PER_MP.get((step.name, model),
-                                                 REFERENCE_CPU_S_PER_MP.get((step.name, None)))
-            if ref is not None:
-                rate, basis = ref / threads, "reference"
         from .errors import UsageError
         from .restore.registry import get_step
 
@@ -424,11 +463,32 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
             spec_models, defaults = spec.models, dict(spec.defaults)
         except UsageError:  # an unknown step fails when the plan runs, not here
             spec_models, defaults = (), {}
+        # (history and reference figures are per unit: per InvSR sampling step)
+        units = work_units(step.name, pixels) * step_multiplier(step.name,
+                                                                {**defaults, **step.params})
+        found = history.lookup(step.name, model, device_kind, threads) if history else None
+        rate, cold_units = found if found is not None else (None, None)
+        ref = None
+        if device_kind == "cpu":
+            if step.name in PER_PHOTO_STEPS:
+                ref = REFERENCE_CPU_S_PER_PHOTO.get(step.name)
+            else:
+                ref = REFERENCE_CPU_S_PER_MP.get((step.name, model),
+                                                 REFERENCE_CPU_S_PER_MP.get((step.name, None)))
+            ref = None if ref is None else ref / threads
+        basis = "measured"
+        if rate is None and ref is not None:
+            rate, basis = ref, "reference"
         if rate is None:
             seconds, basis = None, "unknown"
+        elif cold_units is not None and units > cold_units:
+            # cold runs only (set-up included): their seconds once, for the work they did; the
+            # rest at the lower of their rate and the reference (their rate is an upper bound)
+            more = rate if ref is None or ref >= rate else ref
+            seconds = rate * cold_units + more * (units - cold_units)
+            basis = "measured" if more == rate else "reference"
         else:
-            # (history and reference figures are per unit: per InvSR sampling step)
-            seconds = rate * mp * step_multiplier(step.name, {**defaults, **step.params})
+            seconds = rate * units
         steps.append(StepEstimate(step.name, model, seconds, basis))
         total = None if (total is None or seconds is None) else total + seconds
         scale = step_scale(step)

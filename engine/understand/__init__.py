@@ -21,7 +21,7 @@ def diagnose(image: np.ndarray, photo: Any | None = None, backend: str = "auto",
              runtime: Any | None = None, *, cancel_check: Callable[[], None] | None = None,
              **options: Any) -> Diagnosis:
     """What is wrong with ``image`` (float32 RGB in [0, 1], (H, W, 3); grey (H, W) or
-    (H, W, 1), alpha and 8/16-bit integer arrays are read as that too).
+    (H, W, 1), alpha and integer arrays are read as that too: ``base.as_rgb``).
 
     ``photo`` (the loaded Photo) gives metadata such as the JPEG quantisation tables.
     ``backend``: "builtin" (no download), "clip", "vlm" (Qwen2.5-VL, ``mode="paper"`` or

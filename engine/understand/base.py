@@ -26,7 +26,7 @@ class Classifier(Protocol):
         """True when everything it needs (weights, packages) is installed."""
 
     def classify(self, image: np.ndarray, photo: Any | None = None) -> Diagnosis:
-        """``image``: float32 RGB in [0, 1], (H, W, 3) (grey, alpha and 8/16-bit integer
+        """``image``: float32 RGB in [0, 1], (H, W, 3) (grey, alpha and integer
         arrays are read as ``as_rgb`` reads them). ``photo``: the loaded Photo (metadata)."""
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None]
@@ -70,19 +70,34 @@ def _planes(image: Any) -> np.ndarray:
     return a
 
 
-def _unit_scale(dtype: np.dtype) -> float:
-    """What 1.0 is in samples of ``dtype``: integers are scaled by their type's maximum (8 or
-    16 bits), floats and booleans are taken as they are."""
-    return float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0
+_DEPTH_SCALES = (255.0, 65535.0, float(2 ** 32 - 1))  # 8, 16 and 32 bits
+
+
+def _unit_scale(a: np.ndarray) -> float:
+    """What 1.0 is in the samples of ``a``: uint8 and uint16 (the photo types) by their type,
+    255 and 65535; floats and booleans as they are (1.0). Any other integer type says nothing
+    of the photo's bit depth (an 8-bit photo's ``astype(int)``; Pillow's 32-bit "I" mode,
+    which holds 16-bit PNG and TIFF samples): its samples are read on the smallest of the 8-,
+    16- and 32-bit scales that holds their largest value (``imageio`` reads "I" data as 16-bit
+    the same way unless a sample is beyond 65535) - its type's own maximum (int32: 2**31 - 1)
+    made such a photo black. So an all-but-black 16-bit photo (every sample at most 255) held
+    in such a type reads as 8-bit: give it as uint16. Negative samples are read as 0."""
+    if a.dtype.kind not in "iu":
+        return 1.0
+    if a.dtype in (np.uint8, np.uint16):
+        return float(np.iinfo(a.dtype).max)
+    top = int(a.max())
+    return next((s for s in _DEPTH_SCALES if top <= s), _DEPTH_SCALES[-1])
 
 
 def as_rgb(image: Any) -> np.ndarray:
     """``image`` as the classifiers' float32 RGB, (H, W, 3), on the scale [0, 1]: the contract's
     float RGB is returned as it is (a view, no copy); grey ((H, W), (H, W, 1)) is repeated into
-    three channels, alpha dropped, integer samples (8/16 bits) scaled by their type's maximum.
+    three channels, alpha dropped, integer samples scaled to [0, 1] (uint8 by 255, uint16 by
+    65535, other integer types by the bit depth their values need: ``_unit_scale``).
     Non-finite values are left for the caller (``measure`` re-measures a cleaned copy)."""
     a = _planes(image)
-    scale = _unit_scale(a.dtype)
+    scale = _unit_scale(a)
     a = a.astype(np.float32, copy=False)
     if scale != 1.0:
         a = np.maximum(a / np.float32(scale), np.float32(0.0))
@@ -96,10 +111,10 @@ def model_rgb8(image: Any, max_pixels: int, min_side: int = 0, min_size: int = 1
     average, before anything is converted) to about ``2 * max_pixels`` when larger - the
     processor resizes again, so the full-resolution copies (a 60 MP photo: 1.4 GB, 10 s) are
     never made - but keeping the short side at ``min_side`` or the photo's own, and each side
-    at least ``min_size``. Grey, alpha and 8/16-bit integer photos are read as ``as_rgb``
+    at least ``min_size``. Grey, alpha and integer photos are read as ``as_rgb``
     reads them; NaN is 0 and values are clipped into [0, 1]."""
     a = _planes(image)
-    scale = _unit_scale(a.dtype)
+    scale = _unit_scale(a)
     h, w = a.shape[:2]
     if h * w > 2 * max_pixels:
         f = math.sqrt(2 * max_pixels / (h * w))

@@ -45,10 +45,13 @@ LETTERS = tuple(c.value for c in CLASSES)
 
 
 class VLMAnswerError(EngineError):
-    """The vision-language model's answer could not be read as a diagnosis."""
+    """The vision-language model's answer could not be read as a diagnosis. ``truncated``: it
+    stops inside its JSON object (cut off, as by ``max_new_tokens``)."""
 
-    def __init__(self, answer: str, what: str = "a class letter A, B, C or D") -> None:
+    def __init__(self, answer: str, what: str = "a class letter A, B, C or D",
+                 truncated: bool = False) -> None:
         self.answer = answer
+        self.truncated = truncated
         short = answer if len(answer) <= 120 else answer[:117] + "…"
         super().__init__(f"the vision-language model did not answer with {what}: {short!r}")
 
@@ -124,7 +127,8 @@ def parse_structured(text: str) -> dict[str, Any]:
     """Validate the structured answer: {"class", "degradations": [{type, severity, params}]}.
 
     Unknown types and parameters are dropped, numbers clipped to physical ranges (angles
-    wrapped into [0, 180)). Raises VLMAnswerError when there is no usable JSON object.
+    wrapped into [0, 180)). Raises VLMAnswerError when there is no usable JSON object (with
+    ``truncated`` set when the answer stops inside one).
     """
     obj = _first_json_object(text or "")
     raw = obj.get("degradations")
@@ -156,15 +160,28 @@ def parse_structured(text: str) -> dict[str, Any]:
     return {"class": cls, "degradations": degs}
 
 
+# what is left where the decoder stopped when the text ends inside a value: nothing, an
+# unterminated string (from its quote, or from a \u escape in it), a number or
+# true/false/null begun
+_CUT_VALUE = re.compile(r'(?:"|u[0-9a-fA-F]{0,4})(?:[^"\\]|\\.)*\\?'
+                        r"|-?\d*(?:\.\d*)?(?:[eE][+-]?\d*)?"
+                        r"|t(?:r(?:ue?)?)?|f(?:a(?:l(?:se?)?)?)?|n(?:u(?:ll?)?)?")
+
+
 def _first_json_object(text: str) -> dict[str, Any]:
     """The first JSON object in ``text``: decoded from an opening brace to its own end, so
-    prose (or a second object) after it does not matter."""
+    prose (or a second object) after it does not matter. An object that is valid up to the
+    end of the text but not closed is a truncated answer (VLMAnswerError, ``truncated``): the
+    objects inside it are never taken for the answer."""
     dec = json.JSONDecoder()
     found_json = False
     for m in re.finditer(r"\{", text):
         try:
             obj, _ = dec.raw_decode(text, m.start())
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as e:
+            if _CUT_VALUE.fullmatch(text[e.pos:].rstrip()):
+                raise VLMAnswerError(text, "a complete JSON object (the answer stops inside "
+                                     "it: cut off)", truncated=True) from None
             continue
         if isinstance(obj, dict):
             return obj
@@ -600,7 +617,14 @@ class VLMClassifier(StoredModelClassifier):
         return label, sc, f"answer {text.strip()!r}; {note}"
 
     def _structured(self, text: str) -> tuple[Degradation, dict, str, dict]:
-        parsed = parse_structured(text)
+        try:
+            parsed = parse_structured(text)
+        except VLMAnswerError as e:
+            if not e.truncated:
+                raise
+            raise VLMAnswerError(text, "a complete JSON object (the answer stops inside it: "
+                                 "cut off, as by the answer's length limit, max_new_tokens="
+                                 f"{self.max_new_tokens})", truncated=True) from None
         sc = structured_scores(parsed)
         label = Degradation(max(sc, key=sc.get))
         extra: dict[str, Any] = {}
