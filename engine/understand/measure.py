@@ -645,7 +645,7 @@ def _edge_sharpness(gray: np.ndarray) -> dict[str, float]:
     mag = np.sqrt(gx * gx + gy * gy)
     k = np.ones((5, 5), np.uint8)
     rng = cv2.dilate(gray, k) - cv2.erode(gray, k)
-    ok = rng > 0.08
+    ok = (rng > 0.08) & np.isfinite(mag)  # (a NaN pixel's neighbourhood has no edge)
     if ok.sum() < 50:
         return {"edge_steep": 0.25, "edge_steep_med": 0.2}
     r = mag[ok] / rng[ok]

@@ -286,3 +286,17 @@ def test_the_engine_learns_a_tiny_first_photo_without_inflating_a_24_mp_estimate
     assert hist.get("denoise_builtin", None, "cpu", threads) == pytest.approx(want)
     assert est.basis == "measured"
 
+
+
+def test_the_extra_view_cues_of_a_photo_with_nan_pixels_are_finite():
+    """``measure(extra=True)`` (the feature model's cues, used by the fitting scripts) raised an
+    IndexError on a photo with a NaN patch: the edge-steepness cue took a percentile of no
+    pixels (NaN gradients were neither kept nor left out)."""
+    from engine.understand.measure import measure
+
+    img = np.random.default_rng(0).random((200, 300, 3)).astype(np.float32)
+    img[50:60, 50:60] = np.nan
+    out = measure(img, extra=True)
+    feats = out["features"]
+    assert {"edge_steep", "edge_steep_med"} <= set(feats)
+    assert np.isfinite([float(v) for v in feats.values()]).all()
