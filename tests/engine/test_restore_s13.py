@@ -155,6 +155,9 @@ def test_text_regions_are_never_held_larger_than_the_result(compact_runtime, mon
         return res
 
     monkeypatch.setattr(text, "realesrgan", spy)
+    # (the region's pixels are compared with the model's: its tone matched to the photo's,
+    # test_blend_s14.py, would shift them)
+    monkeypatch.setattr(text, "match_tone", lambda sr, base, inner, min_ring=16: sr)
     compact_runtime.cached(("ocr", "rapidocr"), lambda: _OneLine(h, w), 1)
     ctx = StepContext(device=select_device("cpu"), progress=Progress(), runtime=compact_runtime,
                       tile_size=64, artifacts={"source": source})
