@@ -1,9 +1,10 @@
 """Model manifest, store (download/verify/import), loaders and the loaded-model cache.
 
-Public surface (the CLI and UI call these):
+Public surface (the CLI, the UI and the engine's pipeline and steps call these):
 
 * ``ModelStore`` (store.py): status / require / pull / verify / remove / import_path / disk_usage
-* ``ModelRuntime`` (runtime.py): is_available / path / file / load_image_model / cached / clear
+* ``ModelRuntime`` (runtime.py): is_available / path / file / load_image_model / cached /
+  cancellable (a load abandoned on a job's cancel) / evict / clear
 * ``create_pack`` / ``import_pack`` / ``pull_profile`` (packs.py)
 * ``models_table`` / ``doctor_models`` (info.py)
 * ``Manifest`` / ``default_manifest`` / ``profile_model_ids`` (manifest.py)
