@@ -5,11 +5,13 @@ import itertools
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QByteArray, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
@@ -139,6 +141,8 @@ class MainWindow(QMainWindow):
         # closing (closeEvent): what the waits there let through (a job ending, a timer) is
         # recorded, never shown (see load_view, _ask_resume)
         self._closing = False
+        # the Models dialog while it is open (weakly: it is deleted once closed; show_models)
+        self._models_dialog: weakref.ref[Any] | None = None
         self.setWindowTitle("Mend")
         read = qsettings()
         self.settings = settings or load_settings(read)
@@ -1745,16 +1749,32 @@ class MainWindow(QMainWindow):
 
     # -- dialogs --------------------------------------------------------------------------
     def show_models(self, first_run: bool = False) -> None:
-        from .dialogs.models import ModelManagerDialog
+        """The Models dialog, beside the window (a download takes minutes: the photos stay at
+        hand meanwhile); asked again while it is open, that one is raised. Closed, it is
+        deleted: its status check stops (mid-hash too), its connections to the client go."""
+        dlg = self._open_models_dialog()
+        if dlg is None:
+            from .dialogs.models import ModelManagerDialog
 
-        try:
-            dlg = ModelManagerDialog(self.client, parent=self, first_run=first_run)
-        except Exception as e:  # noqa: BLE001
-            from .messages import describe_error
+            try:
+                dlg = ModelManagerDialog(self.client, parent=self, first_run=first_run)
+            except Exception as e:  # noqa: BLE001
+                from .messages import describe_error
 
-            QMessageBox.warning(self, "Models", describe_error(e))
-            return
-        dlg.exec()
+                QMessageBox.warning(self, "Models", describe_error(e))
+                return
+            dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+            self._models_dialog = weakref.ref(dlg)
+        dlg.show()
+        dlg.raise_()
+        dlg.activateWindow()
+
+    def _open_models_dialog(self) -> Any:
+        """The Models dialog if it is open (not one closed, its deletion pending), else None."""
+        dlg = self._models_dialog() if self._models_dialog is not None else None
+        if dlg is None or not shiboken6.isValid(dlg) or not dlg.isVisible():
+            return None
+        return dlg
 
     def show_settings(self) -> None:
         from .dialogs.settings import SettingsDialog
@@ -1913,6 +1933,9 @@ class MainWindow(QMainWindow):
                 e.ignore()
                 return
         self._closing = True
+        models = self._open_models_dialog()
+        if models is not None:  # (its status check stops: the shutdown below waits for it)
+            models.close()
         self._save_unsaved_masks()  # (written in the pool, which finishes its work)
         self._save_edited_plans()
         # the layout is written in the pool too (as every setting); the shutdown below waits

@@ -424,8 +424,9 @@ class ModelStore:
 
     def file_statuses(self, model_id: str, deep: bool = False,
                       check_cancel: Callable[[], None] | None = None) -> list[FileStatus]:
-        """Each file's status; ``deep`` hashes every file (``check_cancel`` runs between its
-        chunks: a multi-GB file takes many seconds)."""
+        """Each file's status; ``deep`` hashes every file, else only one not recorded or
+        changed since (``check_cancel`` runs between the chunks of a hash: a multi-GB file
+        takes seconds)."""
         spec = self.spec(model_id)
         state = self._read_state(model_id)
         if spec.slot:
@@ -453,15 +454,21 @@ class ModelStore:
             return PARTIAL
         return UNPINNED if UNPINNED in statuses else VERIFIED
 
-    def status(self, model_id: str) -> str:
-        """missing / partial / verified / unpinned / corrupt / bundled / not configured."""
+    def status(self, model_id: str, token: Any = None) -> str:
+        """missing / partial / verified / unpinned / corrupt / bundled / not configured.
+
+        Cheap for a file verified before (its size + mtime are compared), but a file not
+        recorded yet, or changed since, is hashed: seconds for a multi-GB file. ``token`` (a
+        CancelToken) stops that hash between chunks (``Cancelled``; that file stays unrecorded)."""
         spec = self.spec(model_id)
         if spec.bundled:
             return BUNDLED if _package_present(spec) else MISSING
+        check = token.check if token is not None else None
         if spec.slot:
-            fss = self.file_statuses(model_id)
+            fss = self.file_statuses(model_id, check_cancel=check)
             return self._combine([fs.status for fs in fss]) if fss else NOT_CONFIGURED
-        status = self._combine([fs.status for fs in self.file_statuses(model_id)])
+        status = self._combine([fs.status
+                                for fs in self.file_statuses(model_id, check_cancel=check)])
         if status in (VERIFIED, UNPINNED) and self.stray_files(model_id):
             return CORRUPT  # unlisted weights a loader could take: not loadable as it is
         return status

@@ -139,7 +139,7 @@ class FakeStore:
         self.pulls = 0
         self.started = threading.Event()
 
-    def status(self, model_id):
+    def status(self, model_id, token=None):
         return "missing"
 
     def pull(self, model_id, on_progress, token):

@@ -126,7 +126,7 @@ class _SlowVerifyStore(FakeStore):
         super().__init__()
         self.threads: list[threading.Thread] = []
 
-    def status(self, model_id):
+    def status(self, model_id, token=None):
         return "verified"
 
     def verify(self, model_id, repair=False, progress=None, token=None):

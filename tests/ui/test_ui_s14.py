@@ -211,7 +211,7 @@ class _GatedStore(FakeStore):
         self.running = self.most = 0
         self.lock = threading.Lock()
 
-    def status(self, model_id):
+    def status(self, model_id, token=None):
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)

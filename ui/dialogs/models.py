@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.errors import Cancelled
+from engine.progress import CancelToken
 
 from ..app import weak_slot
 from ..engine_client import EngineClient
@@ -46,17 +47,27 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def profile_download(store: Any, profile: str) -> tuple[list[str], int]:
-    """Models of ``profile`` not installed yet, and their total size in bytes."""
+def model_status(store: Any, model_id: str, token: CancelToken | None = None) -> str:
+    """``store.status(model_id)``, which hashes a file not recorded yet (seconds for a GB);
+    ``token`` stops that hash between chunks (raises ``Cancelled``)."""
+    return store.status(model_id, token=token)
+
+
+def profile_download(store: Any, profile: str,
+                     token: CancelToken | None = None) -> tuple[list[str], int]:
+    """Models of ``profile`` not installed yet, and their total size in bytes. ``token`` stops
+    it (``Cancelled``), a status's hash included."""
     from engine.restore.profiles import profile_models
 
     missing, total = [], 0
     for mid in sorted(profile_models(profile)):
         try:
             spec = store.spec(mid)
-            if store.status(mid) not in ("verified", "bundled", "unpinned"):
+            if model_status(store, mid, token) not in ("verified", "bundled", "unpinned"):
                 missing.append(mid)
                 total += spec.total_size
+        except Cancelled:
+            raise
         except Exception:  # noqa: BLE001, S112 - an unknown id in a profile is not fatal here
             continue
     return missing, total
@@ -71,7 +82,9 @@ class _StatusSignals(QObject):
 
 class _StatusChecks:
     """The dialog's status checks, shared with the one pool task running them: the newest
-    check's number and model ids; whether the task runs; whether the dialog closed."""
+    check's number and model ids; whether the task runs; whether the dialog closed, and the
+    token its closing cancels (a hash under way stops at its next chunk; a new one once the
+    dialog is shown again)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -79,6 +92,7 @@ class _StatusChecks:
         self.ids: list[str] = []
         self.running = False
         self.closed = False
+        self.token = CancelToken()
 
 
 class ModelManagerDialog(QDialog):
@@ -158,6 +172,7 @@ class ModelManagerDialog(QDialog):
         client.model_finished.connect(self._on_done)
         client.model_failed.connect(self._on_failed)
         self._recommended: list[str] = []
+        self._recommending = False  # the recommendation's task is queued or running
         self.profile_btn.setEnabled(False)
         self.refresh()
         if running:  # reopened during a download: show where it is
@@ -171,7 +186,8 @@ class ModelManagerDialog(QDialog):
         first check), and check the statuses again in the client's pool: a model file the
         store has not recorded yet is hashed (seconds for a GB file), and every model's files
         are looked at on the disk. They arrive one by one (``_on_status``); a newer refresh,
-        or the dialog's closing, drops the older check's (which stops at its next model)."""
+        or the dialog's closing, drops the older check's (which stops at its next model; the
+        closing stops the hash under way too, between two of its chunks)."""
         specs = list(self.store.manifest)
         self.table.setRowCount(len(specs))
         for r, spec in enumerate(specs):
@@ -222,12 +238,14 @@ class ModelManagerDialog(QDialog):
         def work() -> None:
             while True:
                 with checks.lock:
-                    n, todo = checks.latest, checks.ids
+                    n, todo, token = checks.latest, checks.ids, checks.token
                 for mid in todo:
                     if checks.latest != n or checks.closed:
                         break  # a newer check: started again; the dialog closed: ended
                     try:
-                        status = store.status(mid)
+                        status = model_status(store, mid, token)
+                    except Cancelled:
+                        break  # the dialog closed during a hash: ended (unrecorded)
                     except Exception as e:  # noqa: BLE001 - said in its row
                         status = f"error: {describe_error(e)}"
                     sig.status.emit(n, mid, status)  # (sig lives while this refers to it)
@@ -254,21 +272,34 @@ class ModelManagerDialog(QDialog):
 
     def done(self, result: int) -> None:
         """Closed (accepted or rejected): the status checks under way stop, unheard."""
-        with self._checks.lock:
-            self._checks.closed = True
+        self._stop_checks()
         super().done(result)
 
     def closeEvent(self, e) -> None:
         super().closeEvent(e)
         if e.isAccepted():
-            with self._checks.lock:
-                self._checks.closed = True
+            self._stop_checks()
+
+    def _stop_checks(self) -> None:
+        """The status check under way stops, in the middle of a hash too (at its next chunk:
+        a GB file's hash ran on, and held the quit, 0.8 s from the page cache, more from a
+        disk). A dialog deleted on close (the window's)
+        stops its recommendation too (its own statuses: hashes as well); one kept for showing
+        again lets it end, to be shown then."""
+        with self._checks.lock:
+            if self._checks.closed:
+                return
+            self._checks.closed = True
+            self._checks.token.cancel()
+        if self._recommending and self.testAttribute(Qt.WidgetAttribute.WA_DeleteOnClose):
+            self.client.cancel_model_task("recommend")
 
     def showEvent(self, e) -> None:
         super().showEvent(e)
         if self._checks.closed:  # shown again: its statuses are checked again
             with self._checks.lock:
                 self._checks.closed = False
+                self._checks.token = CancelToken()
             self.refresh()
 
     def selected(self) -> list[str]:
@@ -372,11 +403,13 @@ class ModelManagerDialog(QDialog):
             from engine.devices import select_device
             from engine.restore.profiles import recommend_profile
 
+            token.check()  # (stopped while it waited behind a download)
             dev = select_device("auto")
             prof = recommend_profile(dev)
-            missing, total = profile_download(store, prof)
+            missing, total = profile_download(store, prof, token)
             return ("recommend", (dev, prof, missing, total))
 
+        self._recommending = True
         self.client.model_task("recommend", work)
 
     # -- results --------------------------------------------------------------------------
@@ -403,6 +436,7 @@ class ModelManagerDialog(QDialog):
             self._verify_ended(model_id)
         self.progress.setVisible(bool(self._downloading))
         if kind == "recommend":
+            self._recommending = False
             dev, prof, missing, total = value
             self._recommended = missing
             if missing:
@@ -445,6 +479,7 @@ class ModelManagerDialog(QDialog):
         self.progress.setVisible(bool(self._downloading))
         self.note.setText(f"{model_id}: {message}")
         if model_id == "recommend":
+            self._recommending = False
             self.recommend.setText(f"Could not check this computer: {message}")
         self.refresh()
         self._show_verifying()
