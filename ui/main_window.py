@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.api import Degradation, Diagnosis, JobRequest, JobResult, Plan
+from engine.progress import CancelToken
 
 from .app import weak_slot
 from .browser.model import (
@@ -141,6 +142,7 @@ class MainWindow(QMainWindow):
         # closing (closeEvent): what the waits there let through (a job ending, a timer) is
         # recorded, never shown (see load_view, _ask_resume)
         self._closing = False
+        self._quit_token = CancelToken()  # cancelled when the window closes (its pool work)
         # the Models dialog while it is open (weakly: it is deleted once closed; show_models)
         self._models_dialog: weakref.ref[Any] | None = None
         self.setWindowTitle("Mend")
@@ -1433,8 +1435,10 @@ class MainWindow(QMainWindow):
 
             if not hasattr(reflection, "sam_mask_from_points"):
                 return False
-            return ModelStore().status("sam-vit-base") in ("verified", "unpinned")
-        except Exception:  # noqa: BLE001
+            # (the quit stops a hash of a SAM file not recorded yet: it waits for this pool)
+            return ModelStore().status("sam-vit-base", token=self._quit_token) in (
+                "verified", "unpinned")
+        except Exception:  # noqa: BLE001 - Cancelled at quit too: the answer is not shown
             return False
 
     def _open_mask_doc(self, readonly: bool = False) -> None:
@@ -1933,6 +1937,7 @@ class MainWindow(QMainWindow):
                 e.ignore()
                 return
         self._closing = True
+        self._quit_token.cancel()
         models = self._open_models_dialog()
         if models is not None:  # (its status check stops: the shutdown below waits for it)
             models.close()

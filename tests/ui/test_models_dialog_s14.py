@@ -277,3 +277,34 @@ class _CancelAfter:
             self.token.cancel()
         self.left -= 1
         self.token.check()
+
+
+def test_quitting_stops_the_mask_editors_sam_check_in_its_hash(qtbot, win, monkeypatch):
+    """The mask editor asks (in the pool) whether SAM is installed: a SAM file not recorded yet
+    is hashed, and the quit waited for that hash (it waits for the pool)."""
+    from engine.restore import reflection
+
+    hashing, seen = threading.Event(), []
+
+    class _HashingStore(FakeStore):
+        def status(self, model_id, token=None):
+            seen.append(model_id)
+            hashing.set()
+            end = time.monotonic() + 5.0  # (a 375 MB file on a slow disk)
+            while time.monotonic() < end:
+                if token is not None:
+                    token.check()
+                time.sleep(0.005)
+            return "verified"
+
+    monkeypatch.setattr(store_mod, "ModelStore", lambda *a, **k: _HashingStore())
+    monkeypatch.setattr(reflection, "sam_mask_from_points", lambda *a, **k: None, raising=False)
+    answer = []
+    th = threading.Thread(target=lambda: answer.append(win._sam_available()))
+    th.start()
+    assert hashing.wait(5)
+    t0 = time.monotonic()
+    win.close()
+    th.join(5)
+    assert not th.is_alive() and time.monotonic() - t0 < 1.0
+    assert seen == ["sam-vit-base"] and answer == [False]  # (stopped: not shown as available)
