@@ -2067,7 +2067,6 @@ class _FloatTiff:
 def _float_tiff_layout(p: Path) -> _FloatTiff | None:
     """The layout of ``p`` when its first image is a floating-point (SampleFormat 3) TIFF with
     more than one sample per pixel, else None. Reads the first IFD only."""
-    from . import rawio
 
     def read(t, mm) -> _FloatTiff | None:
         vals: dict[int, int] = {}
@@ -2079,13 +2078,7 @@ def _float_tiff_layout(p: Path) -> _FloatTiff | None:
         return _FloatTiff(vals.get(256, 0), vals.get(257, 0), vals.get(277, 1),
                           vals.get(258, 1), vals.get(274, 1), vals.get(262, -1))
 
-    try:
-        with open(p, "rb") as f:
-            if f.read(4) not in (b"II*\x00", b"MM\x00*"):
-                return None
-    except OSError:
-        return None
-    return rawio._with_tiff(p, read)
+    return _read_tiff_ifd(p, read)
 
 
 def _icc_tags(icc: bytes) -> dict[bytes, bytes]:
@@ -2320,7 +2313,6 @@ class _GreyAlpha16Tiff:
 def _grey_alpha16_layout(p: Path) -> _GreyAlpha16Tiff | None:
     """The layout of ``p`` when its first image is a 16-bit grey + alpha TIFF, else None.
     Reads the first IFD only."""
-    from . import rawio
 
     def array(t, typ: int, count: int, voff: int) -> tuple[int, ...]:
         size = _TYPE_SIZE.get(typ, 0)
@@ -2343,6 +2335,14 @@ def _grey_alpha16_layout(p: Path) -> _GreyAlpha16Tiff | None:
             w, h, one.get(274, 1), one[262], one.get(338, 0), one.get(259, 1),
             one.get(317, 1), one.get(284, 1), one.get(278, h) or h, vals.get(273, ()),
             vals.get(279, ()), 322 in vals or 324 in vals, t.bo)
+
+    return _read_tiff_ifd(p, read)
+
+
+def _read_tiff_ifd(p: Path, read: Callable[[Any, Any], Any]) -> Any:
+    """``read(tiff, mapping)`` over ``p`` when it starts as a TIFF does (``rawio._with_tiff``),
+    else None (also when it cannot be opened)."""
+    from . import rawio
 
     try:
         with open(p, "rb") as f:

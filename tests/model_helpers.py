@@ -57,6 +57,25 @@ def install_test_model(store_root: Path, model_id: str, files: dict[str, Path],
     return st
 
 
+def counting_hash(monkeypatch) -> list[int]:
+    """The store's hash chunks, counted (one item each, at its cancel check): the returned
+    list grows as ``ModelStore`` hashes."""
+    from engine.models import store as store_mod
+
+    chunks: list[int] = []
+    real = store_mod.sha256_file
+
+    def counting(path, check_cancel=None):
+        def check():
+            chunks.append(1)
+            if check_cancel is not None:
+                check_cancel()
+        return real(path, check)
+
+    monkeypatch.setattr(store_mod, "sha256_file", counting)
+    return chunks
+
+
 def make_runtime(store: ModelStore, budget: int | None = None) -> ModelRuntime:
     """A ModelRuntime on the CPU over ``store``."""
     from engine.devices import select_device

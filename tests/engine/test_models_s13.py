@@ -363,23 +363,13 @@ def test_a_stopped_verify_ends_while_hashing_and_condemns_nothing(tmp_path, monk
     """The Models dialog's Stop reached ``verify`` only as the token of a repair's download:
     a multi-GB file was hashed to its end first (a 300 MB model: 0.84 s with the token
     already cancelled). Now the hashing stops between chunks, and no file is called damaged."""
-    from tests.model_helpers import install_test_model
+    from tests.model_helpers import counting_hash, install_test_model
 
     big = tmp_path / "weights.safetensors"
     big.write_bytes(b"\0" * (8 << 20))
     store = install_test_model(tmp_path / "store", "realesr-general-x4v3",
                                {"realesr-general-x4v3.pth": big})
-    chunks: list[int] = []
-    real = store_mod.sha256_file
-
-    def counting(path, check_cancel=None):
-        def check():
-            chunks.append(1)
-            if check_cancel is not None:
-                check_cancel()
-        return real(path, check)
-
-    monkeypatch.setattr(store_mod, "sha256_file", counting)
+    chunks = counting_hash(monkeypatch)
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):

@@ -21,18 +21,10 @@ from engine.errors import Cancelled
 from engine.models.runtime import ModelRuntime
 from engine.progress import CancelToken, Progress
 from engine.restore.registry import call_cancellable
+from tests.engine.test_cancel_s13 import _no_worker_left
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD = 1.2  # s: a slow model load (a real checkpoint on a laptop's disk)
-
-
-def _no_worker_left(prefix: str = "mend-", timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if not any(t.name.startswith(prefix) for t in threading.enumerate()):
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _cancel_when(started: threading.Event, token: CancelToken, delay: float,

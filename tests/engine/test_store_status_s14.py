@@ -10,25 +10,9 @@ import pytest
 from engine.errors import Cancelled
 from engine.models import store as store_mod
 from engine.progress import CancelToken
-from tests.model_helpers import install_test_model
+from tests.model_helpers import counting_hash, install_test_model
 
 CHUNKS = 8
-
-
-def _counting_hash(monkeypatch) -> list[int]:
-    """Every chunk the store hashes, counted (at its cancel check)."""
-    chunks: list[int] = []
-    real = store_mod.sha256_file
-
-    def counting(path, check_cancel=None):
-        def check():
-            chunks.append(1)
-            if check_cancel is not None:
-                check_cancel()
-        return real(path, check)
-
-    monkeypatch.setattr(store_mod, "sha256_file", counting)
-    return chunks
 
 
 class _CancelAfter(CancelToken):
@@ -50,7 +34,7 @@ def test_a_stopped_status_ends_while_hashing_and_records_nothing(tmp_path, monke
     weights.write_bytes(os.urandom(CHUNKS * store_mod.dl.CHUNK))
     store = install_test_model(tmp_path / "store", "codeformer", {"codeformer.pth": weights})
     (store.model_dir("codeformer") / store_mod.STATE_FILE).unlink()  # (not recorded)
-    chunks = _counting_hash(monkeypatch)
+    chunks = counting_hash(monkeypatch)
     with pytest.raises(Cancelled):
         store.status("codeformer", token=_CancelAfter(2))
     assert len(chunks) == 3  # stopped at the third chunk of 8
@@ -76,7 +60,7 @@ def test_a_stopped_status_of_a_slot_ends_while_hashing(tmp_path, monkeypatch):
     p = store.slot_path("reflection-yolo")
     st = p.stat()
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # (touched: hashed again)
-    chunks = _counting_hash(monkeypatch)
+    chunks = counting_hash(monkeypatch)
     with pytest.raises(Cancelled):
         store.status("reflection-yolo", token=_CancelAfter(1))
     assert len(chunks) == 2
