@@ -929,7 +929,8 @@ class MainWindow(QMainWindow):
             self.canvas.set_images(v.before, v.after, v.before_proxy, v.after_proxy)
             self.canvas.removed = v.removed
             arts = st.result.artifacts if st.result else {}
-            self.canvas.set_boxes(arts.get("text_boxes") or (), arts.get("face_boxes") or ())
+            self.canvas.set_boxes(arts.get("text_boxes") or (), arts.get("face_boxes") or (),
+                                  arts.get("text_quads"))
             if v.after is not None and self.compare_mode() is Compare.AFTER:
                 self.set_compare(Compare.SPLIT)
             if self.mask_action.isChecked():

@@ -10,7 +10,8 @@ fits its axis-aligned box has that box as its region; a line at an angle (a page
 askew) is handled as the rotated rectangle it is: cut out level, super-resolved, put back under
 a mask of its padded rectangle, and read level (``_line_region``).
 
-Artifacts for the UI: ``text_boxes`` (x0, y0, x1, y1 in source pixels), ``ocr_confidence_before``
+Artifacts for the UI: ``text_boxes`` (x0, y0, x1, y1 in source pixels), ``text_quads`` (each
+line's four corners in source pixels: a line at an angle drawn as it is), ``ocr_confidence_before``
 / ``ocr_confidence_after`` (mean over regions, 0-1), ``ocr_regions`` (per-region details: output
 pixels; ``quad`` the line's corners, ``padded`` the box of its mask, ``sr_pixels`` the source
 pixels the region model ran on).
@@ -566,6 +567,8 @@ def _box_region(quad: np.ndarray, source: np.ndarray, image: np.ndarray, pad: fl
                         (oy0 > 0, oy1 < oh, ox0 > 0, ox1 < ow))[..., None]
     return {"padded": (ox0, oy0, ox1, oy1), "box": (bx0, by0, bx1, by1),
             "source_box": (int(tx0), int(ty0), int(tx1), int(ty1)),
+            "source_quad": [[float(tx0), float(ty0)], [float(tx1), float(ty0)],
+                            [float(tx1), float(ty1)], [float(tx0), float(ty1)]],
             "quad": [[bx0, by0], [bx1, by0], [bx1, by1], [bx0, by1]],
             "sr": sr, "mask": mask, "sr_pixels": crop.shape[0] * crop.shape[1],
             "read": lambda img: to_u8_bgr(img[inner])}
@@ -696,6 +699,7 @@ def _line_region(line: TextLine, source: np.ndarray, image: np.ndarray, pad: flo
 
     return {"padded": box, "box": (bx0, by0, bx1, by1),
             "source_box": (int(tx0), int(ty0), int(tx1), int(ty1)),
+            "source_quad": [[round(float(x), 1), round(float(y), 1)] for x, y in tight],
             "quad": [[round(float(x) * sx, 1), round(float(y) * sy, 1)] for x, y in tight],
             "sr": sr, "mask": mask[..., None], "sr_pixels": size[0] * size[1], "read": read}
 
@@ -761,6 +765,7 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
     rec_after = _read_all(ocr, [c["after_crop"] for c in cands], ctx)
     regions: list[dict[str, Any]] = []
     boxes: list[list[int]] = []
+    quads: list[list[list[float]]] = []
     for c, (text_before, conf_before), (text_after, conf_after) in zip(
             cands, rec_before, rec_after, strict=True):
         kept = not (guard and conf_after < conf_before - 0.02)
@@ -771,6 +776,7 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
             m = c["mask"]
             out[oy0:oy1, ox0:ox1] = out[oy0:oy1, ox0:ox1] * (1.0 - m) + c["sr"] * m
         boxes.append(list(c["source_box"]))
+        quads.append(c["source_quad"])
         regions.append({"box": list(c["box"]), "padded": list(c["padded"]), "quad": c["quad"],
                         "sr_pixels": c["sr_pixels"],
                         "text_before": text_before, "confidence_before": conf_before,
@@ -780,6 +786,7 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
     before = float(np.mean([r["confidence_before"] for r in regions])) if regions else None
     after = float(np.mean([r["confidence_after"] for r in regions])) if regions else None
     ctx.artifacts["text_boxes"] = boxes
+    ctx.artifacts["text_quads"] = quads  # (a line at an angle: its corners, source px)
     ctx.artifacts["ocr_confidence_before"] = before
     ctx.artifacts["ocr_confidence_after"] = after
     ctx.artifacts["ocr_regions"] = regions

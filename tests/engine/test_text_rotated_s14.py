@@ -134,6 +134,10 @@ def test_a_line_at_an_angle_is_fused_in_its_own_padded_rectangle(tiny_store, mon
     outside[y0:y1, x0:x1] = False
     np.testing.assert_array_equal(out[outside], current[outside])
     assert len(region["quad"]) == 4
+    # the app draws the line as it lies: its corners in source px (its box would be 148 px wide)
+    (got,) = ctx.artifacts["text_quads"]
+    assert np.abs(np.sort(np.array(got), axis=0) - np.sort(np.array(quad, float), axis=0)
+                  ).max() <= 1.0, (got, quad)
 
 
 def test_a_line_at_an_angle_takes_the_photos_tone(tiny_store, monkeypatch):

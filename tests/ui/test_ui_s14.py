@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from PySide6.QtCore import QSettings, QThreadPool
+from PySide6.QtCore import QPointF, QSettings, QThreadPool
 from PySide6.QtWidgets import QFileDialog
 
 from engine.api import Degradation, Diagnosis, JobResult, Plan, Step
@@ -349,3 +349,41 @@ def test_the_first_run_models_dialog_does_not_open_while_the_window_quits(
     win.close()
     qtbot.wait(300)
     assert shown == []
+
+
+def test_a_text_line_at_an_angle_is_outlined_as_it_lies(qtbot):
+    """The viewer drew each text line's axis-aligned box: a line at 30 degrees got a box 3x
+    its height, over the words above and below it. The engine gives the line's corners
+    (``text_quads``): the outline follows the line."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QImage
+
+    from ui.editor.canvas import ImageCanvas
+
+    canvas = ImageCanvas()
+    qtbot.addWidget(canvas)
+    canvas.resize(400, 400)
+    canvas.show()
+    qtbot.waitExposed(canvas)
+    img = QImage(400, 400, QImage.Format.Format_RGB888)
+    img.fill(Qt.GlobalColor.black)
+    canvas.set_images(img)
+    quad = [(100, 250), (300, 135), (310, 152), (110, 267)]  # ~200 x 20 px at 30 degrees
+    box = (100, 135, 310, 267)
+    canvas.set_boxes([box], (), [quad])
+    shot = canvas.grab().toImage()
+
+    def yellow_near(x: float, y: float) -> bool:
+        pt = canvas.to_widget(QPointF(x * canvas.source_scale(), y * canvas.source_scale()))
+        for dx in range(-2, 3):
+            for dy in range(-2, 3):
+                c = shot.pixelColor(int(pt.x()) + dx, int(pt.y()) + dy)
+                if c.red() > 200 and c.green() > 150 and c.blue() < 120:
+                    return True
+        return False
+
+    assert yellow_near(200, 192.5)  # the middle of the line's long lower edge...
+    assert not yellow_near(100, 135) and not yellow_near(310, 267)  # ...not its box's corners
+    canvas.set_boxes([box], ())  # (an older result without corners: its box)
+    shot = canvas.grab().toImage()
+    assert yellow_near(100, 135)

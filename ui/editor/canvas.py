@@ -10,7 +10,7 @@ import enum
 from collections.abc import Sequence
 
 from PySide6.QtCore import QPointF, QRectF, QSizeF, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QPainter, QPen
+from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPolygonF
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 PROXY_SIDE = 2048
@@ -39,6 +39,7 @@ class ImageCanvas(QWidget):
         self.removed: QImage | None = None
         self.mask_overlay: QImage | None = None  # ARGB, any size, stretched over the scene
         self.text_boxes: list[tuple[float, float, float, float]] = []  # x0, y0, x1, y1 source px
+        self.text_quads: list[list[tuple[float, float]]] = []  # a line's corners, source px
         self.face_boxes: list[tuple[float, float, float, float]] = []
         self.show_mask = True
         self.show_removed = False
@@ -64,9 +65,14 @@ class ImageCanvas(QWidget):
             self.fit()
         self.update()
 
-    def set_boxes(self, text: Sequence = (), faces: Sequence = ()) -> None:
+    def set_boxes(self, text: Sequence = (), faces: Sequence = (),
+                  text_quads: Sequence | None = None) -> None:
+        """Boxes (x0, y0, x1, y1, source px) to draw over the photo; ``text_quads``: each text
+        line's four corners (source px), drawn instead of its box (a line at an angle)."""
         self.text_boxes = [tuple(map(float, b[:4])) for b in text]
         self.face_boxes = [tuple(map(float, b[:4])) for b in faces]
+        self.text_quads = [[(float(x), float(y)) for x, y in q[:4]] for q in text_quads or ()
+                           if len(q) == 4]
         self.update()
 
     def set_mode(self, mode: Compare) -> None:
@@ -245,13 +251,18 @@ class ImageCanvas(QWidget):
         if self.show_boxes:
             k = self.source_scale()
             p.setBrush(Qt.BrushStyle.NoBrush)
-            for boxes, colour in ((self.text_boxes, QColor("#ffd54a")),
+            text = () if self.text_quads else self.text_boxes
+            for boxes, colour in ((text, QColor("#ffd54a")),
                                   (self.face_boxes, QColor("#5ad1ff"))):
                 p.setPen(QPen(colour, 2))
                 for x0, y0, x1, y1 in boxes:  # engine artifacts: (x0, y0, x1, y1), source px
                     a = self.to_widget(QPointF(x0 * k, y0 * k), pane)
                     b = self.to_widget(QPointF(x1 * k, y1 * k), pane)
                     p.drawRect(QRectF(a, b))
+            p.setPen(QPen(QColor("#ffd54a"), 2))
+            for quad in self.text_quads:  # (a text line at an angle, drawn as it lies)
+                p.drawPolygon(QPolygonF([self.to_widget(QPointF(x * k, y * k), pane)
+                                         for x, y in quad]))
         del s
 
     def paint_tool(self, p: QPainter) -> None:
