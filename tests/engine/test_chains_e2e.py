@@ -1,14 +1,14 @@
 """Issue 4, done when: ``mend restore --plan A|B|C --profile builtin|laptop|quality`` runs each
 chain end to end and the JSON names every step and model.
 
-One subprocess per (chain, profile) runs the real command line over a model store holding
-tiny random models in the release layouts (tests/tiny_models.py), offline. Small synthetic
-photos without faces (CodeFormer and YuNet cannot be made tiny: with no face the face step
-loads no model). Random weights: the output's quality means nothing here.
+One process per (chain, profile) (started warm: tests/warm_cli.py) runs the real command line
+over a model store holding tiny random models in the release layouts (tests/tiny_models.py),
+offline. Small synthetic photos without faces (CodeFormer and YuNet cannot be made tiny: with
+no face the face step loads no model). Random weights: the output's quality means nothing here.
 
 The CLI reads the shipped manifest, whose pins (sizes, sha256) the tiny files cannot match,
-so the subprocess starts ``engine.cli`` as ``__main__`` (what ``python -m engine.cli`` does)
-after pointing ``engine.models.manifest.DEFAULT_MANIFEST`` at the test store's manifest.
+so each run (``python -m engine.cli``, started warm: tests/warm_cli.py) is given the test
+store's manifest through ``MEND_MANIFEST``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +29,7 @@ from engine.api import Degradation
 from engine.imageio import load_photo, read_record
 from engine.restore.profiles import PROFILES, build_plan, profile_models
 from engine.restore.reflection import SAM_ID
+from tests import warm_cli
 from tests.tiny_models import TINY_IDS, install_models, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,10 +123,8 @@ def _mend(args: list[str], store_dir: Path, manifest: Path | None
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     if manifest is not None:
         env["MEND_MANIFEST"] = str(manifest)
-    cmd = [sys.executable, "-m", "engine.cli", *args]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = warm_cli.run(args, env=env, cwd=ROOT, timeout=300)  # started warm: tests/warm_cli.py
     return proc, time.perf_counter() - t0
 
 

@@ -1,4 +1,5 @@
-"""The `mend` CLI contract, end to end on real photos (subprocesses, like a user runs it)."""
+"""The `mend` CLI contract, end to end on real photos (subprocesses, like a user runs it; most
+start warm: tests/warm_cli.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,14 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import warm_cli
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def mend(*args: str, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """``python -m engine.cli ARGS`` in its own process, started warm (tests/warm_cli.py)."""
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env=e, check=False)
+    return warm_cli.run(args, env=e, timeout=timeout, cwd=ROOT)
 
 
 def lines(out: str) -> list[dict]:

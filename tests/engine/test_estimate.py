@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from engine.estimate import (
     manifest_model_memory,
 )
 from engine.pipeline import Engine
+from tests import warm_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -174,9 +173,8 @@ def test_cli_dry_run_prints_plans_and_estimates_and_writes_nothing(tmp_path):
     src = _photo(tmp_path / "in.png")
     out = tmp_path / "out"
     env = dict(os.environ, MEND_COST_HISTORY=str(tmp_path / "costs.json"))
-    r = subprocess.run([sys.executable, "-m", "engine.cli", "restore", str(src), "--plan", "A",
-                        "--profile", "builtin", "--dry-run", "-o", str(out), "--json"],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120, check=False)
+    r = warm_cli.run(["restore", str(src), "--plan", "A", "--profile", "builtin", "--dry-run",
+                      "-o", str(out), "--json"], env=env, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     obj = json.loads(r.stdout)
     assert obj["dry_run"] and obj["label"] == "A" and obj["size"] == [120, 160]

@@ -17,6 +17,7 @@ from PIL import Image
 
 from engine import imageio as mio
 from engine.api import OutputOptions
+from tests import warm_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_bytes_names = pytest.mark.skipif(sys.platform in ("win32", "darwin"),
@@ -25,10 +26,11 @@ needs_bytes_names = pytest.mark.skipif(sys.platform in ("win32", "darwin"),
 
 def mend(*args: str, cwd: Path | None = None, env: dict | None = None,
          timeout: int = 240) -> subprocess.CompletedProcess:
+    """``python -m engine.cli ARGS`` in its own process (bytes out), started warm where its
+    environment allows (tests/warm_cli.py)."""
     e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True,
-                          timeout=timeout, cwd=cwd or ROOT, env=e, check=False)
+    return warm_cli.run(args, env=e, cwd=cwd or ROOT, timeout=timeout, text=False)
 
 
 def write(p: Path, seed: int = 0, size: int = 48) -> Path:
