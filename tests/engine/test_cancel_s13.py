@@ -45,9 +45,13 @@ def _read(shared_images, rel: str, size: tuple[int, int] | None = None) -> np.nd
     return np.ascontiguousarray(bgr[..., ::-1]).astype(np.float32) / 255.0
 
 
-def _cancel_after(token: CancelToken, delay: float, at: list[float]) -> threading.Thread:
+def _cancel_after(token: CancelToken, delay: float, at: list[float],
+                  started: threading.Event | None = None) -> threading.Thread:
+    """A thread that cancels ``token`` ``delay`` s after its start (or after ``started`` is
+    set), noting when in ``at``."""
     def run() -> None:
-        time.sleep(delay)
+        if started is None or started.wait(10.0):
+            time.sleep(delay)
         at.append(time.perf_counter())
         token.cancel()
 

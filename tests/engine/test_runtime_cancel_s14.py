@@ -21,23 +21,10 @@ from engine.errors import Cancelled
 from engine.models.runtime import ModelRuntime
 from engine.progress import CancelToken, Progress
 from engine.restore.registry import call_cancellable
-from tests.engine.test_cancel_s13 import _no_worker_left
+from tests.engine.test_cancel_s13 import _cancel_after, _no_worker_left
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD = 1.2  # s: a slow model load (a real checkpoint on a laptop's disk)
-
-
-def _cancel_when(started: threading.Event, token: CancelToken, delay: float,
-                 at: list[float]) -> threading.Thread:
-    def run() -> None:
-        if started.wait(10.0):
-            time.sleep(delay)
-        at.append(time.perf_counter())
-        token.cancel()
-
-    th = threading.Thread(target=run)
-    th.start()
-    return th
 
 
 def _slowed(monkeypatch, owner, name: str, seconds: float = LOAD):
@@ -81,7 +68,7 @@ def test_a_cancel_while_a_step_loads_its_model_is_honoured_at_once(tmp_path, mon
     plan = Plan(Degradation.C, "laptop", (Step("deblur_nafnet", {}),))
     req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), plan=plan, guard=False)
     token, at = CancelToken(), []
-    th = _cancel_when(started, token, 0.3, at)
+    th = _cancel_after(token, 0.3, at, started)
     try:
         with pytest.raises(Cancelled):
             engine.run(req, Progress(token=token))
@@ -118,7 +105,7 @@ def test_a_cancel_while_a_classifier_loads_its_model_is_honoured_at_once(tmp_pat
                   alpha=None, bit_depth=8, format="PNG", icc_profile=None, exif=None, xmp=None,
                   dpi=None, info={"warnings": []})
     token, at = CancelToken(), []
-    th = _cancel_when(started, token, 0.3, at)
+    th = _cancel_after(token, 0.3, at, started)
     try:
         with pytest.raises(Cancelled):
             engine.diagnose(photo, "clip", progress=Progress(token=token))
@@ -150,7 +137,7 @@ def test_an_abandoned_load_keeps_the_slot_and_is_cached():
         return build
 
     token, at = CancelToken(), []
-    th = _cancel_when(started, token, 0.2, at)
+    th = _cancel_after(token, 0.2, at, started)
     try:
         with rt.cancellable(token.check), pytest.raises(Cancelled):
             rt.cached("a", factory("a", 1.0), 1 << 20)
@@ -191,7 +178,7 @@ def test_an_abandoned_load_that_fails_is_remembered():
         raise UnsupportedModel("these weights cannot be read")
 
     token, at = CancelToken(), []
-    th = _cancel_when(started, token, 0.1, at)
+    th = _cancel_after(token, 0.1, at, started)
     try:
         with rt.cancellable(token.check), pytest.raises(Cancelled):
             rt.cached("k", damaged, 1, model_id="realesr-general-x4v3")
