@@ -16,6 +16,10 @@
   feathered mask over the face (:func:`face_mask`), not the whole square crop; where faces'
   masks overlap each pixel goes mostly to the face whose centre it is nearer
   (:func:`_composite`). Pixels outside each face's warped crop are left bit-identical.
+* Faces larger than the crop (a portrait at 12-24 MP): the crop is area-averaged, not sampled
+  (no moire), and what is pasted is the model's change at the crop's resolution, added to the
+  photo's own finer detail (:func:`_warp_back`): an unchanged 1500-px face comes back
+  unchanged, not as a 3x enlargement of 512 px.
 Faces smaller than ``min_face`` pixels are skipped (too little to restore, and CodeFormer would
 invent a face).
 """
@@ -415,11 +419,35 @@ def face_matrix(face: Face, size: int = FACE_SIZE) -> np.ndarray:
     return box_matrix(face.box, size)
 
 
+# a face more than this many times larger than the aligned crop is reduced by area averaging
+# (warped at an integer multiple of the crop's size, then box-reduced), not sampled: bilinear
+# sampling at 3x reduction folds detail finer than the crop holds back in as moire
+# (facexlib's own crop samples; see test_face_large.py). At most 8x: a 4096-px crop.
+AREA_REDUCE_ABOVE = 1.25
+MAX_AREA_FACTOR = 8
+
+
+def _shrink(matrix: np.ndarray) -> float:
+    """How many photo pixels one crop pixel spans (> 1: the face is larger than the crop)."""
+    return 1.0 / math.sqrt(max(abs(float(np.linalg.det(np.asarray(matrix)[:, :2]))), 1e-24))
+
+
 def warp_face(image: np.ndarray, matrix: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+    """The aligned ``size`` x ``size`` crop of ``image`` (``matrix``: photo -> crop), area
+    averaged where the face is larger than the crop (``AREA_REDUCE_ABOVE``)."""
     import cv2
 
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT_101)
+    shrink = _shrink(matrix)
+    k = min(MAX_AREA_FACTOR, math.ceil(shrink)) if shrink > AREA_REDUCE_ABOVE else 1
+    if k == 1:
+        return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REFLECT_101)
+    # crop pixel i is the mean of fine pixels k*i .. k*i + k-1, centred on k*i + (k-1)/2
+    fine = np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2]]) @ \
+        np.vstack([np.asarray(matrix, np.float64), [0.0, 0.0, 1.0]])
+    big = cv2.warpAffine(image, fine, (size * k, size * k), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT_101)
+    return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def paste_region(matrix: np.ndarray, shape: tuple[int, int],
@@ -473,7 +501,9 @@ def face_mask(size: int = FACE_SIZE) -> np.ndarray:
 class _Warped:
     """One face's crop warped back into the photo: its :func:`paste_region` ``box``, paste
     weight ``alpha`` and overlap ``priority`` there, and ``delta`` = restored - photo (None for
-    a face kept as it was: it still claims its pixels from its neighbours)."""
+    a face kept as it was: it still claims its pixels from its neighbours). For a face larger
+    than the crop, ``delta`` is restored - crop, both warped back: what the model changed, at
+    the crop's resolution (see :func:`_warp_back`)."""
 
     box: tuple[int, int, int, int]
     alpha: np.ndarray
@@ -482,7 +512,14 @@ class _Warped:
 
 
 def _warp_back(image: np.ndarray, restored: np.ndarray | None, matrix: np.ndarray,
-               size: int) -> _Warped | None:
+               size: int, crop: np.ndarray | None = None) -> _Warped | None:
+    """Warp one face's restored crop back into ``image``'s frame (see :class:`_Warped`).
+
+    A face larger than the crop (CodeFormer's 512 px) keeps the photo's own detail finer than
+    the crop could hold: what is pasted is the model's change (restored - ``crop``, the crop
+    it was given; taken from ``image`` when None) enlarged, added to the photo. Pasting the
+    enlarged crop itself replaced a 1500-px face's pores, lashes and hair by a 3x upscale of
+    512 px (an unchanged face came back blurred). Smaller faces paste the restored crop."""
     import cv2
 
     x0, y0, x1, y1 = paste_region(matrix, image.shape[:2], size)
@@ -514,7 +551,12 @@ def _warp_back(image: np.ndarray, restored: np.ndarray | None, matrix: np.ndarra
         # (replicated edge: no black is interpolated into the crop's outer pixels)
         delta = cv2.warpAffine(face, inv, dsize, flags=flags, borderMode=cv2.BORDER_REPLICATE)
         np.clip(delta, 0.0, 1.0, out=delta)
-        delta -= image[y0:y1, x0:x1]
+        if scale > AREA_REDUCE_ABOVE:  # the model's change, enlarged (see above)
+            given = warp_face(image, matrix, size) if crop is None else crop
+            delta -= np.clip(cv2.warpAffine(given.astype(np.float32), inv, dsize, flags=flags,
+                                            borderMode=cv2.BORDER_REPLICATE), 0.0, 1.0)
+        else:
+            delta -= image[y0:y1, x0:x1]
     return _Warped((x0, y0, x1, y1), alpha, priority, delta)
 
 
@@ -608,7 +650,7 @@ def restore_faces(image: np.ndarray, faces: list[Face], restore_fn: RestoreFn,
             if kept_original is not None:
                 kept_original.append(i)
         # (``out`` is still the photo: the faces are blended in together, below)
-        w = _warp_back(out, restored if ok else None, m, size)
+        w = _warp_back(out, restored if ok else None, m, size, crop)
         if w is not None:
             warped.append(w)
     _composite(out, warped)

@@ -14,6 +14,7 @@ from engine.devices import select_device
 from engine.errors import EngineError, ModelMissing
 from engine.models.store import ModelStore
 from engine.progress import Progress
+from engine.restore import face as face_module
 from engine.restore.face import (
     FFHQ_TEMPLATE_512,
     YUNET_ID,
@@ -330,9 +331,11 @@ def test_degenerate_landmarks_align_by_the_box(landmarks):
 
 
 @pytest.mark.slow
-def test_codeformer_on_a_yunet_face_through_the_step(built, tmp_path):
+def test_codeformer_on_a_yunet_face_through_the_step(built, tmp_path, monkeypatch):
     """The whole step: YuNet (marker model) + a random CodeFormer of the real architecture,
-    both from one store. ~25 s on one loaded core (CodeFormer's 512 input), so MEND_SLOW=1."""
+    both from one store. ~25 s on one loaded core (CodeFormer's 512 input), so MEND_SLOW=1.
+    A random CodeFormer's face is no longer the face (PSNR 13 dB): the identity check keeps
+    it as it was and says so; with the check's floors at 0 the same face is pasted."""
     from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
 
     torch.manual_seed(0)
@@ -354,5 +357,12 @@ def test_codeformer_on_a_yunet_face_through_the_step(built, tmp_path):
     x0, y0, x1, y1 = paste_region(face_matrix(face), img.shape[:2])
     outside = np.ones(img.shape[:2], bool)
     outside[y0:y1, x0:x1] = False
+    np.testing.assert_array_equal(out.image[outside], img[outside])
+    assert "1 kept as they were" in out.notes
+    np.testing.assert_array_equal(out.image, img)
+    monkeypatch.setattr(face_module, "FACE_MIN_PSNR", 0.0)
+    monkeypatch.setattr(face_module, "FACE_MIN_SSIM", -1.0)
+    out = get_step("face_codeformer").fn(img, {"fidelity": 0.5}, _ctx(rt))
+    assert "kept as they were" not in out.notes
     np.testing.assert_array_equal(out.image[outside], img[outside])
     assert not np.array_equal(out.image[y0:y1, x0:x1], img[y0:y1, x0:x1])
