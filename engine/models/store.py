@@ -146,6 +146,26 @@ def sha256_file(path: Path, check_cancel: Callable[[], None] | None = None) -> s
     return h.hexdigest()
 
 
+_HASH_LOCKS: dict[str, threading.Lock] = {}
+_HASH_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _hash_lock(path: Path, check_cancel: Callable[[], None] | None = None):
+    """Hold the process-wide lock of one file's hash; while another thread holds it, wait
+    with ``check_cancel`` called every 50 ms (a cancelled wait raises like a cancelled hash)."""
+    key = os.path.normcase(os.path.abspath(path))
+    with _HASH_LOCKS_GUARD:
+        lock = _HASH_LOCKS.setdefault(key, threading.Lock())
+    while not lock.acquire(timeout=0.05):
+        if check_cancel is not None:
+            check_cancel()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _atomic_write_json(path: Path, data: Any) -> None:
     from ..imageio import atomic_write_bytes
 
@@ -404,14 +424,41 @@ class ModelStore:
         good = VERIFIED if f.pinned else UNPINNED
         if f.pinned and f.size_exact and st.st_size != f.size:
             return FileStatus(f.name, CORRUPT, st.st_size, f.size, expected, f.pinned)
-        cheap_ok = (rec is not None and rec.get("sha256") == expected
-                    and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns)
-        if cheap_ok and not deep:
+        known = None if deep else self._known(f, rec, st, good)
+        if known is not None:
+            return known
+        # one hash of a file at a time in this process: a second caller (the Models dialog's
+        # status check and its recommendation, two pools) waits, then reads what the first
+        # recorded instead of hashing the same GB again
+        with _hash_lock(path, check_cancel):
+            if not deep:
+                rec = self._read_state(model_id)["files"].get(f.name)
+                expected = f.sha256 or (rec or {}).get("sha256")
+                known = self._known(f, rec, st, good)
+                if known is not None:
+                    return known
+            return self._hash_and_record(model_id, f, path, st, expected, good, state,
+                                         check_cancel)
+
+    @staticmethod
+    def _known(f: ModelFile, rec: dict[str, Any] | None, st: os.stat_result,
+               good: str) -> FileStatus | None:
+        """The file's status from its record when the record is of this very content (size
+        and mtime): verified, or found damaged before; None when it must be hashed."""
+        expected = f.sha256 or (rec or {}).get("sha256")
+        if rec is None:
+            return None
+        if (rec.get("sha256") == expected and rec.get("size") == st.st_size
+                and rec.get("mtime_ns") == st.st_mtime_ns):
             return FileStatus(f.name, good, st.st_size, f.size, expected, f.pinned)
-        if (not deep and rec is not None
-                and rec.get(BAD_KEY) == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}):
+        if rec.get(BAD_KEY) == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}:
             # the very content found damaged before: no need to hash it again
             return FileStatus(f.name, CORRUPT, st.st_size, f.size, expected, f.pinned)
+        return None
+
+    def _hash_and_record(self, model_id: str, f: ModelFile, path: Path, st: os.stat_result,
+                         expected: str | None, good: str, state: dict[str, Any],
+                         check_cancel: Callable[[], None] | None) -> FileStatus:
         actual = sha256_file(path, check_cancel)
         if expected is None:  # unpinned and never seen: record it now
             self._try_record(model_id, f.name, actual, False, state)

@@ -1,9 +1,11 @@
 """``ModelStore.status`` hashes a file it has not recorded (or one changed since): seconds for
 a multi-GB file, which nothing could stop. Its ``token`` now stops that hash between chunks,
-as ``verify``'s does, and nothing is recorded for the file it stopped in."""
+as ``verify``'s does, and nothing is recorded for the file it stopped in. Two checks of one
+unrecorded file at once hash it once (the second waits, stoppably, and reads the record)."""
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -67,3 +69,71 @@ def test_a_stopped_status_of_a_slot_ends_while_hashing(tmp_path, monkeypatch):
     chunks.clear()
     assert store.status("reflection-yolo", token=CancelToken()) == "unpinned"
     assert len(chunks) == CHUNKS
+
+
+def _unrecorded(tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(os.urandom(CHUNKS * store_mod.dl.CHUNK))
+    store = install_test_model(tmp_path / "store", "codeformer", {"codeformer.pth": weights})
+    (store.model_dir("codeformer") / store_mod.STATE_FILE).unlink()  # (not recorded)
+    return store
+
+
+def _held_hash(monkeypatch):
+    """The store's hash, held at its first chunk until ``go`` is set (``started`` says it got
+    there); every chunk is counted."""
+    chunks: list[int] = []
+    started, go = threading.Event(), threading.Event()
+    real = store_mod.sha256_file
+
+    def held(path, check_cancel=None):
+        def check():
+            chunks.append(1)
+            started.set()
+            assert go.wait(10)
+            if check_cancel is not None:
+                check_cancel()
+        return real(path, check)
+
+    monkeypatch.setattr(store_mod, "sha256_file", held)
+    return chunks, started, go
+
+
+def test_two_status_checks_of_one_unrecorded_file_hash_it_once(tmp_path, monkeypatch):
+    """The Models dialog checks statuses and its recommendation in two pools, each with its own
+    store: both hashed the same unrecorded file (2 x 8 chunks). The second now waits for the
+    first and reads what it recorded."""
+    store = _unrecorded(tmp_path)
+    chunks, started, go = _held_hash(monkeypatch)
+    out: dict[str, str] = {}
+    first = threading.Thread(target=lambda: out.setdefault("a", store.status("codeformer")))
+    first.start()
+    assert started.wait(10)
+    other = store_mod.ModelStore(store.root, store.manifest)
+    second = threading.Thread(target=lambda: out.setdefault("b", other.status("codeformer")))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # waiting for the first hash, not hashing
+    go.set()
+    first.join(10)
+    second.join(10)
+    assert out == {"a": "verified", "b": "verified"}
+    assert len(chunks) == CHUNKS
+
+
+def test_a_status_check_waiting_for_another_hash_can_be_stopped(tmp_path, monkeypatch):
+    store = _unrecorded(tmp_path)
+    chunks, started, go = _held_hash(monkeypatch)
+    first = threading.Thread(target=store.status, args=("codeformer",))
+    first.start()
+    try:
+        assert started.wait(10)
+        stop = CancelToken()
+        stop.cancel()
+        with pytest.raises(Cancelled):
+            store_mod.ModelStore(store.root, store.manifest).status("codeformer", token=stop)
+        assert len(chunks) == 1  # only the first one's chunk: the stopped one hashed nothing
+    finally:
+        go.set()
+        first.join(10)
+    assert store.status("codeformer") == "verified"
