@@ -181,6 +181,11 @@ class JobRequest:
     mask_path: Path | None = None  # reflection mask (8-bit, white = remove)
     diagnosis: Diagnosis | None = None  # reuse an earlier diagnosis
     guard: bool = True  # regression guard
+    # a preview of part of the photo: (x0, y0, x1, y1) in the upright photo's pixels, x1 and y1
+    # excluded. The photo is diagnosed and planned whole, the steps run on this region plus a
+    # margin of context, and the result of the region alone is written as ``<stem><suffix>
+    # _preview.<ext>`` (never a result's name; a kept photo is written afresh, never copied)
+    region: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -217,15 +222,21 @@ class JobResult:
     models: tuple[str, ...] = ()
     seconds: float = 0.0
     artifacts: Mapping[str, Any] = field(default_factory=dict)  # e.g. mask path, face/text boxes
+    # a preview's region (x0, y0, x1, y1, upright photo pixels, clipped to the photo): ``output``
+    # then holds that part of the result only, and is no result of the photo
+    region: tuple[int, int, int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "path": str(self.path),
             "output": str(self.output) if self.output else None,
             "label": self.label.value,
             "steps": [s.to_json() for s in self.steps],
             "warnings": list(self.warnings),
         }
+        if self.region is not None:
+            d["region"] = list(self.region)
+        return d
 
 
 def _jsonable(value: Any) -> Any:

@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true",
                    help="diagnose and show each photo's plan with a time and memory estimate; "
                         "run nothing and write nothing")
+    r.add_argument("--region", type=_region_arg, metavar="X0,Y0,X1,Y1",
+                   help="preview: fix only this part of one photo (upright pixels, x1 and y1 "
+                        "excluded; the photo is still diagnosed whole) and write it as "
+                        "NAME_mend_preview.EXT")
     r.add_argument("--json", action="store_true", help="one JSON object per line")
 
     m = sub.add_parser("models", help="list, download, verify, remove and import models")
@@ -145,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     d.add_argument("--json", action="store_true")
     return p
+
+
+def _region_arg(text: str) -> tuple[int, int, int, int]:
+    """``--region``'s value: four whole numbers x0,y0,x1,y1 (the engine checks them against
+    each photo: clipped to it, refused when empty or outside it)."""
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        if len(parts) != 4:
+            raise ValueError
+        x0, y0, x1, y1 = (int(t) for t in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected four whole numbers x0,y0,x1,y1 (got {text!r})") from None
+    if x1 <= x0 or y1 <= y0:
+        raise argparse.ArgumentTypeError(
+            f"the region {text} is empty: x1 must be greater than x0 and y1 than y0")
+    return (x0, y0, x1, y1)
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -718,6 +739,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"mask file not found: {args.mask}")
     if args.skip_existing and args.output is None:
         raise UsageError("--skip-existing needs the output folder: -o DIR")
+    if args.region is not None:
+        # (a region is a place in one photo; a preview is no result to resume from)
+        if len(args.paths) != 1 or not args.paths[0].is_file():
+            raise UsageError("--region previews part of one photo: name a single photo file")
+        if args.skip_existing:
+            raise UsageError("--region writes a preview, not a result: --skip-existing does "
+                             "not apply")
     if args.dry_run:
         return _restore_dry_run(args)
     if args.output is None:
@@ -773,6 +801,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         steps = ", ".join(f"{s.name} [{s.model}] {s.seconds:.1f}s" for s in result.steps)
         human = f"{path} -> {result.output} ({result.label.value}: {steps})" + \
             said.lines(result.warnings)
+        if result.region is not None:
+            x0, y0, x1, y1 = result.region
+            human = f"{path} [preview of {x0},{y0}-{x1},{y1}]" + human[len(str(path)):]
         return result.to_json(), human
 
     batch = _for_each(photos, work, args, "restored", setup)
@@ -876,7 +907,7 @@ def _restore_request(args: argparse.Namespace, path: Path, options: OutputOption
     label = None if args.plan == "auto" else Degradation(args.plan)
     return JobRequest(path=path, output=options, label=label, profile=args.profile,
                       device=args.device, backend=args.backend, mask_path=args.mask,
-                      guard=not args.no_guard)
+                      guard=not args.no_guard, region=getattr(args, "region", None))
 
 
 def _restore_dry_run(args: argparse.Namespace) -> int:

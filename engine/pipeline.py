@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -33,6 +34,15 @@ MIN_TILE, MAX_TILE = 64, 8192  # px, the tile sizes the engine accepts
 # progress slices of one job
 _LOAD, _DIAG, _STEPS, _SAVE = 0.03, 0.07, 0.85, 0.05
 
+# a preview (``JobRequest.region``) runs its steps on the region and this much of the photo
+# around it, each side, where the photo has it (upright source px): tiled models, detectors
+# and blends see the region's surroundings as in a run on the whole photo; the margin is
+# trimmed off the result (at the chain's output scale)
+PREVIEW_MARGIN = 128
+# what a preview's name adds to the output suffix: ``IMG_1_mend_preview.jpg`` is never the name
+# of a result (``<stem>_mend.<ext>``), and it is never written over an existing file either
+PREVIEW_SUFFIX = "_preview"
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -47,14 +57,20 @@ class Prepared:
     # where the result would be written (as of now: a file that appears there before the run
     # moves it to a _1 name); None when the request names no output folder
     output: Path | None = None
+    # a preview's region, clipped to the photo (the estimate is that of the region and its
+    # margin of context)
+    region: tuple[int, int, int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "label": self.plan.label.value,
-                "profile": self.plan.profile, "size": list(self.size),
-                "diagnosis": self.diagnosis.to_json(), "plan": self.plan.to_json(),
-                "estimate": self.estimate.to_json(), "warnings": list(self.warnings),
-                "output": str(self.output) if self.output is not None else None,
-                "dry_run": True}
+        d = {"path": str(self.path), "label": self.plan.label.value,
+             "profile": self.plan.profile, "size": list(self.size),
+             "diagnosis": self.diagnosis.to_json(), "plan": self.plan.to_json(),
+             "estimate": self.estimate.to_json(), "warnings": list(self.warnings),
+             "output": str(self.output) if self.output is not None else None,
+             "dry_run": True}
+        if self.region is not None:
+            d["region"] = list(self.region)
+        return d
 
 
 class Engine:
@@ -174,37 +190,48 @@ class Engine:
 
     def prepare(self, request: JobRequest) -> Prepared:
         """Everything ``run`` would decide for ``request`` - diagnosis, plan, warnings and an
-        estimate of time and memory - without running a step or writing a file."""
+        estimate of time and memory - without running a step or writing a file. With a
+        ``region`` the estimate is that of the part the preview runs on."""
         photo = load_photo(request.path)
+        region = clipped = None
+        if request.region is not None:
+            region, clipped = check_region(request.region, (photo.height, photo.width))
         diagnosis, plan, warnings = self._resolve(request, photo)
         warnings[:0] = _load_warnings(photo)
+        if clipped:
+            warnings.append(_clipped_note(region))
+        whole = photo
+        if region is not None:
+            photo = _crop_photo(photo, context_box(region, (photo.height, photo.width)))
         missing = self.missing_models(plan)
         if missing:
             warnings.append(f"this plan needs models that are not installed ({', '.join(missing)}); "
                             "install them with: mend models pull " + " ".join(missing))
+        options = preview_options(request.output) if region is not None else request.output
         output = None
-        if request.output.out_dir is not None:
+        if options.out_dir is not None:
             from .imageio import output_path_for
 
-            output = output_path_for(photo.path, request.output, source_format=photo.format)
+            output = output_path_for(photo.path, options, source_format=photo.format)
         estimate = self.estimate(plan, (photo.height, photo.width))
         try:
-            self._check_memory(estimate, photo, warnings, request.output)
+            self._check_memory(estimate, photo, warnings, options, copy=region is None)
         except OutOfMemory as e:  # a dry run reports what the run would refuse
             warnings.append(f"the run would stop: {e}")
-        return Prepared(Path(request.path), (photo.height, photo.width), diagnosis, plan,
-                        tuple(warnings), estimate, output)
+        return Prepared(Path(request.path), (whole.height, whole.width), diagnosis, plan,
+                        tuple(warnings), estimate, output, region)
 
     def _check_memory(self, estimate: Estimate, photo: Photo, warnings: list[str],
-                      options: OutputOptions | None = None) -> None:
+                      options: OutputOptions | None = None, copy: bool = True) -> None:
         """Refuse a plan whose estimated peak memory exceeds this machine's RAM (it would
-        swap for hours or be killed); warn when it exceeds what is free right now."""
+        swap for hours or be killed); warn when it exceeds what is free right now. ``copy``
+        False: a kept photo is written afresh, never copied (a preview's region)."""
         from .devices import available_memory, system_memory
         from .estimate import PROCESS_BYTES, finish_bytes, format_bytes
 
         need, total = estimate.peak_bytes, system_memory()
         if estimate.nothing_to_run:
-            if options is None or _copies_source(photo, options):
+            if options is None or (copy and _copies_source(photo, options)):
                 return  # the file is copied: the photo is already in memory, nothing more
             # kept as it is but written afresh (another format or bit depth, no metadata):
             # the save's conversion and encoder (a 60-megapixel JPEG to PNG peaked at 3.6 GB)
@@ -267,7 +294,13 @@ class Engine:
 
     # -- restoration ----------------------------------------------------------------------
     def run(self, request: JobRequest, progress: Progress | None = None) -> JobResult:
-        """Restore one photo and write the result; the source file is only ever read."""
+        """Restore one photo and write the result; the source file is only ever read.
+
+        With ``request.region`` (a preview): the whole photo is diagnosed and planned (or
+        ``request.diagnosis`` / ``request.plan`` reused), the steps run on the region plus
+        ``PREVIEW_MARGIN`` px of context, whose result is trimmed off (at the chain's output
+        scale); alpha and the reflection mask are cropped alike, the guard judges the region,
+        and the region alone is written under the preview name (``preview_options``)."""
         progress = progress or Progress()
         t_start = time.perf_counter()
         warnings: list[str] = []
@@ -276,20 +309,34 @@ class Engine:
         # still that file when the result is written (it may be minutes later)
         source_state = _file_state(request.path)
         photo = load_photo(request.path)
+        size = (photo.height, photo.width)
+        region = box = None
+        if request.region is not None:  # (checked before the diagnosis spends its time)
+            region, clipped = check_region(request.region, size)
+            box = context_box(region, size)
+            if clipped:
+                warnings.append(_clipped_note(region))
         warnings += _load_warnings(photo)  # e.g. metadata that could not be kept
         progress.update(_LOAD, "diagnosing")
         diagnosis, plan, notes = self._resolve(request, photo, progress.sub(_LOAD, _DIAG))
         warnings += notes
         label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
+        options = request.output
+        if box is not None:  # from here on the photo is the part the steps see
+            photo = _crop_photo(photo, box)
+            options = preview_options(options)
         estimate = self.estimate(plan, (photo.height, photo.width))
-        self._check_memory(estimate, photo, warnings, request.output)
+        # (a preview's part is written afresh, never copied)
+        self._check_memory(estimate, photo, warnings, options, copy=region is None)
 
         mask = None
         if request.mask_path is not None:
             from .imageio import load_mask
 
-            mask = load_mask(request.mask_path, (photo.height, photo.width))
+            mask = load_mask(request.mask_path, size)
+            if box is not None:
+                mask = np.ascontiguousarray(mask[box[1]:box[3], box[0]:box[2]])
 
         # the colour stored under fully transparent pixels is not image data (often black): the
         # steps' neighbourhoods would pull it into the visible edge as a dark or bright halo
@@ -300,6 +347,19 @@ class Engine:
         # Real-ESRGAN, NAFNet work on colour; the saved file would be a faintly coloured RGB)
         image = keep_grey(source, image, in_place=True)
         models = tuple(dict.fromkeys(r.model for r in records if not r.model.startswith("builtin")))
+        artifacts = {k: v for k, v in ctx.artifacts.items() if k not in ("source", "alpha")}
+        if box is not None:  # the margin of context goes: the region's result alone
+            inner = (region[0] - box[0], region[1] - box[1], region[2] - box[0],
+                     region[3] - box[1])
+            work = source.shape[:2]
+            image = np.ascontiguousarray(_trim(image, inner, work))
+            source = _trim(source, inner, work)
+            if ctx.mask is not None:
+                ctx.mask = np.ascontiguousarray(_trim(ctx.mask, inner, work))
+                if "mask" in artifacts:
+                    artifacts["mask"] = ctx.mask
+            photo = _crop_photo(photo, inner)
+            _boxes_to_photo(artifacts, box[0], box[1])
 
         passthrough = all(s.name == "passthrough" for s in plan.steps if s.enabled)
         if not passthrough and request.guard:
@@ -326,10 +386,13 @@ class Engine:
             "models": list(models),
             "kept_original": passthrough,
         }
-        out = self._save(photo, image, request.output, record, passthrough, warnings,
-                         source_state)
-        artifacts = {k: v for k, v in ctx.artifacts.items() if k not in ("source", "alpha")}
-        if ctx.mask is not None and label is Degradation.B:
+        if region is not None:
+            # (a preview's region is written afresh, never as a copy of the original's bytes)
+            record["preview"] = True
+            record["region"] = list(region)
+        out = self._save(photo, image, options, record, passthrough and region is None,
+                         warnings, source_state)
+        if ctx.mask is not None and label is Degradation.B and region is None:
             from .imageio import save_mask
 
             mask_path = out.with_name(out.stem + "_mask.png")
@@ -345,7 +408,7 @@ class Engine:
         return JobResult(
             path=Path(request.path), output=out, label=label, diagnosis=diagnosis, plan=plan,
             steps=tuple(records), warnings=tuple(warnings + ctx.warnings), models=models,
-            seconds=time.perf_counter() - t_start, artifacts=artifacts,
+            seconds=time.perf_counter() - t_start, artifacts=artifacts, region=region,
         )
 
     def _run_steps(self, photo: Photo, source: np.ndarray, plan: Plan, diagnosis: Diagnosis,
@@ -470,6 +533,90 @@ class Engine:
                                interpolation=cv2.INTER_LINEAR)
         return save_photo(image, dest, like=photo, options=options, alpha=alpha, record=record,
                           notes=notes)
+
+
+def check_region(region: Any, size: tuple[int, int]
+                 ) -> tuple[tuple[int, int, int, int], bool]:
+    """A preview's ``region`` (x0, y0, x1, y1: upright photo px, x1 and y1 excluded) as whole
+    pixels (outward) clipped to a photo of ``size`` = (height, width), and whether it had to be
+    clipped. A :class:`UsageError` when it is not four numbers, is empty or inverted, or lies
+    wholly outside the photo."""
+    h, w = int(size[0]), int(size[1])
+    try:
+        vals = [v for v in region]
+        if len(vals) != 4 or any(isinstance(v, (bool, str, bytes)) for v in vals):
+            raise ValueError
+        x0, y0, x1, y1 = (float(v) for v in vals)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"a preview region is four numbers x0, y0, x1, y1 in the photo's "
+                         f"pixels (got {region!r})") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise UsageError(f"a preview region's corners must be finite numbers (got {region!r})")
+    text = f"{_num(x0)},{_num(y0)},{_num(x1)},{_num(y1)}"
+    if x1 <= x0 or y1 <= y0:
+        raise UsageError(f"the preview region {text} is empty: x1 must be greater than x0 and "
+                         "y1 greater than y0")
+    box = (max(0, math.floor(x0)), max(0, math.floor(y0)), min(w, math.ceil(x1)),
+           min(h, math.ceil(y1)))
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise UsageError(f"the preview region {text} lies outside the {w} x {h} photo")
+    clipped = (x0 < 0 or y0 < 0 or x1 > w or y1 > h)
+    return box, clipped
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def _clipped_note(region: tuple[int, int, int, int]) -> str:
+    return ("the preview region reached past the photo's edge: it was clipped to "
+            f"{region[0]},{region[1]},{region[2]},{region[3]}")
+
+
+def context_box(region: tuple[int, int, int, int], size: tuple[int, int],
+                margin: int | None = None) -> tuple[int, int, int, int]:
+    """``region`` grown by ``margin`` (None: ``PREVIEW_MARGIN``) px each side, within a photo
+    of ``size`` = (h, w): the part of the photo a preview's steps run on."""
+    h, w = size
+    margin = PREVIEW_MARGIN if margin is None else int(margin)
+    return (max(0, region[0] - margin), max(0, region[1] - margin),
+            min(w, region[2] + margin), min(h, region[3] + margin))
+
+
+def preview_options(options: OutputOptions) -> OutputOptions:
+    """``options`` for a preview: its name ends in ``PREVIEW_SUFFIX`` after the result's
+    suffix (``IMG_1_mend_preview.jpg``), which is never a result's name."""
+    return replace(options, suffix=f"{options.suffix}{PREVIEW_SUFFIX}")
+
+
+def _crop_photo(photo: Photo, box: tuple[int, int, int, int]) -> Photo:
+    """``photo`` with only the pixels (and alpha) of ``box`` = (x0, y0, x1, y1); its metadata,
+    profile and path as they are (a copy: the steps get contiguous arrays)."""
+    x0, y0, x1, y1 = box
+    alpha = photo.alpha
+    return replace(photo, pixels=np.ascontiguousarray(photo.pixels[y0:y1, x0:x1]),
+                   alpha=None if alpha is None else np.ascontiguousarray(alpha[y0:y1, x0:x1]))
+
+
+def _trim(arr: np.ndarray, box: tuple[int, int, int, int], base: tuple[int, int]
+          ) -> np.ndarray:
+    """The part ``box`` (x0, y0, x1, y1 in pixels of an image of ``base`` = (h, w)) of ``arr``,
+    which may be that image at another scale (a chain's x2 or x4 result)."""
+    sy, sx = arr.shape[0] / base[0], arr.shape[1] / base[1]
+    x0, y0, x1, y1 = box
+    return arr[round(y0 * sy):round(y1 * sy), round(x0 * sx):round(x1 * sx)]
+
+
+def _boxes_to_photo(artifacts: dict[str, Any], dx: int, dy: int) -> None:
+    """The steps' text and face boxes (source px of the part they ran on) moved into the
+    whole photo's pixels, as the viewer lays them over it."""
+    for key in ("text_boxes", "face_boxes"):
+        if artifacts.get(key):
+            artifacts[key] = [[b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy, *b[4:]]
+                              for b in artifacts[key]]
+    if artifacts.get("text_quads"):
+        artifacts["text_quads"] = [[[x + dx, y + dy] for x, y in q]
+                                   for q in artifacts["text_quads"]]
 
 
 _GREY_SLAB = 1 << 18  # pixels made grey (or checked) at a time: 3 MB of float32 RGB

@@ -53,6 +53,9 @@ class JobKind(str, enum.Enum):
     RUN = "run"
     SAM = "sam"
     CALL = "call"
+    # a run of part of a photo (``JobRequest.region``): no result of the photo, so not in the
+    # crash journal (offered again after a crash it would be nobody's) nor the grid's badges
+    PREVIEW = "preview"
 
 
 class JobState(str, enum.Enum):
@@ -200,11 +203,11 @@ class _Worker(QObject):
         except BaseException as e:
             if not isinstance(e, Exception):
                 raise
-            if ran and ticket.kind is JobKind.RUN:
+            if ran and ticket.kind in _RUNS:
                 self._read_history()  # (the steps it finished recorded their times)
             self.error.emit(ticket.id, e)
             return
-        if ticket.kind is JobKind.RUN:
+        if ticket.kind in _RUNS:
             self._read_history()  # (the run recorded its steps' times)
         self.done.emit(ticket.id, result)
 
@@ -329,9 +332,13 @@ def _do_call(engine: Any, fn: Callable[[Any, Progress], Any], progress: Progress
 _HANDLERS: dict[JobKind, Callable[[Any, Any, Progress], Any]] = {
     JobKind.DIAGNOSE: _do_diagnose,
     JobKind.RUN: _do_run,
+    JobKind.PREVIEW: _do_run,
     JobKind.SAM: _do_sam,
     JobKind.CALL: _do_call,
 }
+
+
+_RUNS = (JobKind.RUN, JobKind.PREVIEW)  # the kinds whose steps teach the cost history
 
 
 def wait_responsive(done: Callable[[], bool], timeout_ms: int) -> bool:
@@ -525,9 +532,14 @@ class EngineClient(QObject):
 
     # -- submitting -----------------------------------------------------------------------
     def submit(self, request: JobRequest) -> int:
-        """Queue a restoration; returns the job id."""
-        return self._add(JobKind.RUN, Path(request.path), request,
-                         f"Fix {Path(request.path).name}")
+        """Queue a restoration; returns the job id. A request with a ``region`` is a preview
+        (``JobKind.PREVIEW``): queued, cancelled and retried as any job, never journaled."""
+        name = Path(request.path).name
+        if getattr(request, "region", None) is not None:
+            x0, y0, x1, y1 = request.region
+            return self._add(JobKind.PREVIEW, Path(request.path), request,
+                             f"Preview {name} ({x1 - x0} × {y1 - y0} px)")
+        return self._add(JobKind.RUN, Path(request.path), request, f"Fix {name}")
 
     def diagnose(self, path: Path, *, backend: str = "auto", profile: str = "auto",
                  label: Degradation | None = None) -> int:
@@ -763,13 +775,19 @@ class EngineClient(QObject):
         """What a queued job will take: a run of a photo whose plan and size are known, its
         plan's estimate (engine.estimate: history here, else reference figures); else the
         average of the last jobs of the same kind (a diagnosis costs nothing like a run)."""
-        if job.info.kind is JobKind.RUN and self.device is not None:
+        if job.info.kind in _RUNS and self.device is not None:
             req = job.payload
             planned = self._planned.get(Path(req.path))
             plan = req.plan or (planned[0] if planned else None)
             if plan is not None and planned is not None:
+                size = planned[1]
                 try:
-                    est = self.estimate(plan, planned[1])
+                    if job.info.kind is JobKind.PREVIEW:  # (its region and margin)
+                        from engine.pipeline import check_region, context_box
+
+                        x0, y0, x1, y1 = context_box(check_region(req.region, size)[0], size)
+                        size = (y1 - y0, x1 - x0)
+                    est = self.estimate(plan, size)
                 except Exception as e:  # noqa: BLE001 - an estimate is never worth a failure
                     log.debug("no estimate for %s: %s", req.path, e)
                     est = None
@@ -1015,6 +1033,7 @@ def request_to_json(r: JobRequest) -> dict[str, Any]:
         "mask_path": str(r.mask_path) if r.mask_path else None,
         "diagnosis": r.diagnosis.to_json() if r.diagnosis else None,
         "guard": r.guard,
+        "region": list(r.region) if r.region is not None else None,
     }
 
 
@@ -1033,6 +1052,7 @@ def request_from_json(d: dict[str, Any]) -> JobRequest:
         mask_path=Path(d["mask_path"]) if d.get("mask_path") else None,
         diagnosis=Diagnosis.from_json(d["diagnosis"]) if d.get("diagnosis") else None,
         guard=bool(d.get("guard", True)),
+        region=tuple(int(v) for v in d["region"]) if d.get("region") else None,
     )
 
 

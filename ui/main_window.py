@@ -1,8 +1,10 @@
 """Mend's main window: browser, viewer / mask editor, diagnosis panel, queue."""
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+import math
 import os
 import threading
 import weakref
@@ -13,7 +15,7 @@ from typing import Any
 
 import shiboken6
 from PySide6.QtCore import QByteArray, Qt, QThreadPool, QTimer, Signal
-from PySide6.QtGui import QAction, QActionGroup, QKeySequence, QPixmap
+from PySide6.QtGui import QAction, QActionGroup, QImage, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QColorDialog,
     QComboBox,
@@ -34,7 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import Degradation, Diagnosis, JobRequest, JobResult, Plan
+from engine.api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan
 from engine.progress import CancelToken
 
 from .app import weak_slot
@@ -62,7 +64,15 @@ from .engine_client import (
 )
 from .panels.diagnosis import DiagnosisPanel
 from .panels.queue import QueuePanel, format_eta
-from .photo_io import Background, ViewImages, build_view, export_copy
+from .photo_io import (
+    Background,
+    ViewImages,
+    build_view,
+    export_copy,
+    prune_previews,
+    remove_quietly,
+    take_preview,
+)
 from .settings import (
     AppSettings,
     SettingsFile,
@@ -79,6 +89,10 @@ from .sidecar import Sidecar, SidecarStore
 log = logging.getLogger("mend.ui")
 
 _ENGINE_START = "engine start"  # the status line's operation while the engine starts
+# "Preview fix here" runs on the part of the photo in view, at most this many source px a side
+# (the square at the view's centre): a preview is meant to take seconds, not the photo's time
+PREVIEW_SIDE = 1024
+PREVIEWS = "previews"  # (in the user cache folder) where the engine writes them for the viewer
 
 
 def _delete_when_idle(doc: MaskDocument) -> None:
@@ -110,6 +124,24 @@ class PhotoState:
     # a fix: it is made again then, for the settings of then (another profile, models installed)
     plan_edited: bool = False
     plan_stale: bool = False  # made for other settings: made again when the photo is shown
+
+
+@dataclass(frozen=True)
+class RegionPreview:
+    """A fix of part of a photo, shown over it in the viewer's after pane (never saved)."""
+
+    path: Path
+    region: tuple[int, int, int, int]  # x0, y0, x1, y1: upright source px
+    image: QImage  # sRGB, at the chain's output scale
+    job: int  # the job that made it (a fix or a plan asked after it does not make it stale)
+
+
+def _centred(lo: int, hi: int, side: int) -> tuple[int, int]:
+    """[lo, hi) cut to at most ``side`` around its centre."""
+    if hi - lo <= side:
+        return lo, hi
+    start = min(max(lo, round((lo + hi - side) / 2)), hi - side)
+    return start, start + side
 
 
 @dataclass(frozen=True)
@@ -191,6 +223,11 @@ class MainWindow(QMainWindow):
         self._mask_write_ids = itertools.count(1)
         self._mask_write_locks: dict[Path, threading.Lock] = {}  # one write of each at a time
         self._mask_on_disk: dict[Path, int] = {}  # the write whose mask is on the disk
+        # "Preview fix here": the preview shown (one at a time: up to 4096 px a side after an
+        # x4 chain), and the preview jobs queued, running or being decoded (job id -> photo);
+        # one dropped from here (the plan changed, a fix finished) is thrown away when it ends
+        self._preview: RegionPreview | None = None
+        self._preview_jobs: dict[int, Path] = {}
         self._plan_save_timer = QTimer(self)
         self._plan_save_timer.setSingleShot(True)
         self._plan_save_timer.setInterval(500)
@@ -277,6 +314,8 @@ class MainWindow(QMainWindow):
         if self._own_client:
             self.set_status("Starting the engine…", op=_ENGINE_START)
             self.client.warm_up()
+        # (previews a crashed Mend wrote and never showed)
+        self.client.run_in_pool(functools.partial(prune_previews, cache_dir() / PREVIEWS))
 
     # -- layout ---------------------------------------------------------------------------
     def _build_browser(self) -> None:
@@ -366,6 +405,18 @@ class MainWindow(QMainWindow):
         self.mask_action.setCheckable(True)
         self.mask_action.toggled.connect(weak_slot(
             self, lambda w, on: w.show_mask_editor() if on else w.leave_mask_editor()))
+        self.view_bar.addSeparator()
+        self.preview_action = QAction("Preview fix here", self)
+        self.preview_action.setShortcut(QKeySequence("P"))
+        self.preview_action.setToolTip(
+            "Run the photo's fix on the part in view (at most 1024 × 1024 px at the centre) and "
+            "show it over the photo in the after pane; nothing is saved (P)")
+        self.preview_action.triggered.connect(self.preview_here)
+        self.view_bar.addAction(self.preview_action)
+        self.discard_preview_action = QAction("Discard preview", self)
+        self.discard_preview_action.setEnabled(False)
+        self.discard_preview_action.triggered.connect(
+            weak_slot(self, lambda w: w._discard_preview(None)))
         self.export_action = self.view_bar.addAction("Export…")
         self.export_action.triggered.connect(weak_slot(self, lambda w: w.export_current()))
         lay.addWidget(self.view_bar)
@@ -482,6 +533,8 @@ class MainWindow(QMainWindow):
         fx = pm.addAction("&Fix selected")
         fx.setShortcut(QKeySequence("Ctrl+R"))
         fx.triggered.connect(self.fix_selected)
+        pm.addAction(self.preview_action)
+        pm.addAction(self.discard_preview_action)
         self.cancel_all_action = pm.addAction("Cancel all jobs")
         self.cancel_all_action.triggered.connect(self.cancel_all)
         vm = mb.addMenu("&View")
@@ -494,7 +547,7 @@ class MainWindow(QMainWindow):
         prv = vm.addAction("Previous photo")
         prv.setShortcut(QKeySequence(Qt.Key.Key_Left))
         prv.triggered.connect(weak_slot(self, lambda w: w.step_photo(-1)))
-        self._viewer_only = [self.space_action, nxt, prv]
+        self._viewer_only = [self.space_action, nxt, prv, self.preview_action]
         bigger = vm.addAction("Bigger brush")
         bigger.setShortcut(QKeySequence("]"))
         bigger.triggered.connect(weak_slot(self, lambda w: w.size_slider.setValue(
@@ -555,6 +608,7 @@ class MainWindow(QMainWindow):
         self.mask_doc, self._mask_doc_path = None, None
         for d in docs.values():  # the old folder's mask documents
             d.deleteLater()
+        self._discard_preview(None)  # (nobody will look at the old folder's previews)
         self.states.clear()
         for p, mask in saved.items():  # the same folder again: its masks are on their way
             if folder in p.parents:
@@ -928,6 +982,7 @@ class MainWindow(QMainWindow):
             self._view = v
             self.canvas.set_images(v.before, v.after, v.before_proxy, v.after_proxy)
             self.canvas.removed = v.removed
+            self._show_region_preview()  # (this photo's preview, if it has one)
             arts = st.result.artifacts if st.result else {}
             self.canvas.set_boxes(arts.get("text_boxes") or (), arts.get("face_boxes") or (),
                                   arts.get("text_quads"))
@@ -1071,21 +1126,37 @@ class MainWindow(QMainWindow):
         return [jid for p in self.selected_paths() if (jid := self.fix(p)) is not None]
 
     def request_for(self, path: Path, plan: Plan | None = None,
-                    label: Degradation | None = None, mask_path: Path | None = None
-                    ) -> JobRequest:
+                    label: Degradation | None = None, mask_path: Path | None = None,
+                    region: tuple[int, int, int, int] | None = None) -> JobRequest:
+        """The engine's request for a fix of ``path`` (``region``: a preview of that part of
+        it, written in the user cache for the viewer, never beside the results)."""
         st = self._state(path)
         s = self.settings
+        output = s.output_options(Path(path), self.model.folder) if region is None else \
+            self._preview_options()
         return JobRequest(
-            path=Path(path), output=s.output_options(Path(path), self.model.folder),
+            path=Path(path), output=output,
             label=label,
             plan=plan, profile=s.profile, device=s.device, backend=s.backend,
-            mask_path=mask_path or st.mask_path, diagnosis=st.diagnosis, guard=s.guard)
+            mask_path=mask_path or st.mask_path, diagnosis=st.diagnosis, guard=s.guard,
+            region=region)
+
+    def _preview_options(self) -> OutputOptions:
+        """Where and how the engine writes a preview for the viewer: in the user cache (never
+        in a folder of photos or results, whose listings and outputs it must not join) as
+        a lossless PNG (what is shown is the chain's work, not a JPEG's), without the photo's
+        EXIF, XMP and IPTC (nobody keeps it); the viewer decodes it and deletes it."""
+        return OutputOptions(out_dir=cache_dir() / PREVIEWS, format="png", keep_metadata=False,
+                             suffix=self.settings.suffix or "_mend")
 
     def fix(self, path: Path, plan: Plan | None = None, label: Degradation | None = None,
-            mask_path: Path | None = None) -> int | None:
+            mask_path: Path | None = None, region: tuple[int, int, int, int] | None = None
+            ) -> int | None:
         """Queue a restoration of ``path`` with its chosen class (``label``, else the one chosen
         in the panel) and plan (``plan``, else the photo's, as edited). Returns the job id, or
-        None when the photo's edited mask is written first (the job is queued once it is)."""
+        None when the photo's edited mask is written first (the job is queued once it is).
+        ``region``: a preview of that part of the photo (``preview_here``), the same request
+        otherwise; it is not the photo's result (no badge, sidecar or output)."""
         path = Path(path)
         st = self._state(path)
         label = label if label is not None else st.override
@@ -1103,17 +1174,18 @@ class MainWindow(QMainWindow):
         if doc is not None or (waiting is not None and mask_path in (None, st.mask_path)):
             # mask edits not on disk yet: the mask as edited is what the run uses, so the job
             # is queued once it is written (never before: the engine would read an older mask)
-            self.model.update_item(path, job_state=JobState.QUEUED, error="")
+            if region is None:
+                self.model.update_item(path, job_state=JobState.QUEUED, error="")
 
             def submit(dest: Path) -> None:
-                self._submit(path, plan, label, dest)
+                self._submit(path, plan, label, dest, region)
 
             if doc is not None:
                 self._write_mask(path, doc, submit)
             else:
                 waiting.append(submit)
             return None
-        return self._submit(path, plan, label, mask_path)
+        return self._submit(path, plan, label, mask_path, region)
 
     def cancel_all(self) -> None:
         """Cancel every job, and the fixes still waiting for their edited mask to be written
@@ -1133,8 +1205,12 @@ class MainWindow(QMainWindow):
         return jobs + sum(len(w) for w in self._mask_waiters.values())
 
     def _submit(self, path: Path, plan: Plan | None, label: Degradation | None,
-                mask_path: Path | None) -> int:
-        jid = self.client.submit(self.request_for(path, plan, label, mask_path))
+                mask_path: Path | None, region: tuple[int, int, int, int] | None = None
+                ) -> int:
+        jid = self.client.submit(self.request_for(path, plan, label, mask_path, region))
+        if region is not None:  # a preview: the viewer's, not the photo's (no badge)
+            self._preview_jobs[jid] = Path(path)
+            return jid
         self._job_path[jid] = Path(path)
         self.model.update_item(path, job_state=JobState.QUEUED, error="")
         return jid
@@ -1155,6 +1231,7 @@ class MainWindow(QMainWindow):
             st.plan, st.plan_job, st.plan_note = plan, None, ""
             st.plan_edited, st.plan_stale, st.retry_plan_job = True, False, None
             self._edited_plans.add(self.current)
+            self._discard_preview(self.current)  # (it showed another chain)
             self._plan_save_timer.start()  # (a burst of spin-box steps: one sidecar write)
 
     def _save_edited_plans(self) -> None:
@@ -1204,6 +1281,7 @@ class MainWindow(QMainWindow):
         st = self._state(path)
         label = st.override
         st.plan, st.plan_edited, st.plan_stale = None, False, False
+        self._discard_preview(path)  # (it showed the chain of before)
         st.retry_plan_job = None  # (a new choice: the retry of an earlier one brings nothing)
         what = f"{label.value} · {label.short_name}" if label else "diagnosed"
         s = self.settings
@@ -1222,6 +1300,11 @@ class MainWindow(QMainWindow):
         st.plan_job = jid
 
     def _on_finished(self, job_id: int, result: Any) -> None:
+        info = self.client.job(job_id)
+        if job_id in self._preview_jobs or (info is not None and info.kind is JobKind.PREVIEW) \
+                or (isinstance(result, JobResult) and result.region is not None):
+            self._on_preview_done(job_id, result)  # (a preview: nothing of the photo's changes)
+            return
         path = self._job_path.pop(job_id, None)
         if path is None:
             return
@@ -1234,6 +1317,9 @@ class MainWindow(QMainWindow):
             # (else a newer choice's plan is on its way, or the photographer's edited chain
             # stays: a diagnosis made again does not undo the edits)
             if st.plan_job == job_id or (st.plan_job is None and not st.plan_edited):
+                # a preview asked before it showed another diagnosis's chain (one asked while
+                # the photo was diagnosed for the class chosen was planned as this is)
+                self._discard_preview(path, before=job_id if st.plan_job == job_id else None)
                 st.plan, st.plan_note, st.plan_job = result.plan, result.plan_error, None
                 st.plan_edited = st.plan_stale = False
             st.size = result.size or st.size
@@ -1244,6 +1330,9 @@ class MainWindow(QMainWindow):
                 self._show_state(path)
             self.diagnosed.emit(path)
         elif isinstance(result, JobResult):
+            # the whole photo's result is there to compare: the preview of a part goes (one
+            # asked after this fix was queued is still wanted)
+            self._discard_preview(path, before=job_id)
             st.result, st.output = result, result.output
             st.diagnosis = result.diagnosis
             if st.plan is None and st.plan_job is None:  # (the plan the engine built for it)
@@ -1272,6 +1361,7 @@ class MainWindow(QMainWindow):
         elif isinstance(result, Plan):
             if st.plan_job != job_id:
                 return  # a plan for an earlier choice of class
+            self._discard_preview(path, before=job_id)
             st.plan, st.plan_note, st.plan_job = result, "", None
             st.plan_edited = st.plan_stale = False
             self._save_sidecar(path, plan=result, plan_edited=False)
@@ -1284,6 +1374,106 @@ class MainWindow(QMainWindow):
             if doc is not None and path == self.current:
                 doc.set_mask(result, "Click-select" if include else "Click-deselect",
                              combine="add" if include else "subtract")
+
+    # -- previews of part of a photo -------------------------------------------------------
+    def preview_region(self) -> tuple[int, int, int, int] | None:
+        """The part of the photo in view in the viewer (x0, y0, x1, y1: upright source px),
+        at most ``PREVIEW_SIDE`` px a side at the view's centre; None when no photo is shown
+        (another view, still decoding) or none of it is in view."""
+        v = self._view
+        if (v is None or self.current is None or v.path != self.current
+                or self.stack.currentIndex() != 1):
+            return None
+        r = self.canvas.visible_source_rect()
+        w, h = v.before.width(), v.before.height()
+        # (a hair of tolerance: the view's float edges at whole pixels)
+        x0, y0 = max(0, math.floor(r.left() + 1e-6)), max(0, math.floor(r.top() + 1e-6))
+        x1, y1 = min(w, math.ceil(r.right() - 1e-6)), min(h, math.ceil(r.bottom() - 1e-6))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        (x0, x1), (y0, y1) = _centred(x0, x1, PREVIEW_SIDE), _centred(y0, y1, PREVIEW_SIDE)
+        return (x0, y0, x1, y1)
+
+    def preview_here(self) -> int | None:
+        """"Preview fix here": queue the fix the photo would get (its class and chain, as "Fix"
+        builds it) on the part in view (``preview_region``), shown over the photo in the
+        after pane when done. Returns the job id (None: no photo in view, said in the status
+        line, or the photo's edited mask is written first and the job follows)."""
+        path, region = self.current, self.preview_region()
+        if path is None or region is None:
+            self.set_status("Preview fix here: show a photo in the viewer first, with part of "
+                            "it in view", photo=path)
+            return None
+        # (a preview of this photo still on its way is of another part: it would only replace
+        # the new one on the screen; the one shown stays until the new one comes)
+        self._discard_preview(path, shown=False)
+        jid = self.fix(path, region=region)
+        x0, y0, x1, y1 = region
+        self.set_status(f"Previewing the fix of {path.name} on {x1 - x0} × {y1 - y0} px at "
+                        f"{x0},{y0}…", photo=path)
+        return jid
+
+    def _on_preview_done(self, job_id: int, result: Any) -> None:
+        """A preview job ended: its file is decoded (and deleted) in the pool, then shown,
+        unless it was dropped meanwhile (the plan changed, a fix finished, another folder)."""
+        out = getattr(result, "output", None)
+        out = Path(out) if out is not None else None
+        path = self._preview_jobs.get(job_id)
+        if path is None or out is None or self._closing or getattr(result, "region", None) is None:
+            self._preview_jobs.pop(job_id, None)
+            if out is not None:
+                self.client.run_in_pool(functools.partial(remove_quietly, out))
+            return
+        region = tuple(int(v) for v in result.region)
+        seconds, warnings = result.seconds, result.warnings
+
+        def done(image: QImage) -> None:
+            if self._preview_jobs.pop(job_id, None) is None:
+                return  # dropped while it was decoded
+            self._preview = RegionPreview(path, region, image, job_id)
+            self._show_region_preview(arrived=True)
+            x0, y0, x1, y1 = region
+            self.set_status(f"Preview of {path.name} ({x1 - x0} × {y1 - y0} px at {x0},{y0}) "
+                            f"in {seconds:.1f} s: shown in the after pane, not saved — Fix "
+                            "runs the whole photo"
+                            + (f" — {warnings[0]}" if warnings else ""), photo=path)
+
+        def fail(message: str) -> None:
+            if self._preview_jobs.pop(job_id, None) is not None:
+                self.set_status(f"Preview of {path.name}: {message}", photo=path)
+
+        self.bg.run(lambda: take_preview(out), done, fail)
+
+    def _show_region_preview(self, arrived: bool = False) -> None:
+        """The preview on the canvas when it is of the photo shown (else none). ``arrived``:
+        it has just come, and is brought into view (split) unless the mask editor is open."""
+        pv, v = self._preview, self._view
+        self.discard_preview_action.setEnabled(pv is not None)
+        if pv is None or v is None or v.path != pv.path:
+            self.canvas.set_preview(None)
+            return
+        self.canvas.set_preview(pv.image, pv.region)
+        if arrived and not self.mask_action.isChecked() and self.compare_mode() in (
+                Compare.AFTER, Compare.BEFORE):
+            self.set_compare(Compare.SPLIT)
+
+    def _discard_preview(self, path: Path | None, before: int | None = None,
+                         shown: bool = True) -> None:
+        """Drop ``path``'s preview (None: any photo's): the one shown (unless not ``shown``)
+        and the preview jobs queued, running or being decoded (cancelled; their file is
+        deleted when they end). ``before``: only those asked before that job (a fix or a plan
+        asked later)."""
+        def stale(jid: int, p: Path) -> bool:
+            return (path is None or p == Path(path)) and (before is None or jid < before)
+
+        for jid, p in list(self._preview_jobs.items()):
+            if stale(jid, p):
+                del self._preview_jobs[jid]
+                self.client.cancel(jid)  # (nothing for one that has ended: its decode is dropped)
+        pv = self._preview
+        if shown and pv is not None and stale(pv.job, pv.path):
+            self._preview = None
+            self._show_region_preview()
 
     def _store_for(self, path: Path) -> SidecarStore:
         """The sidecar store of the photo's own folder: a job that finishes after another folder
@@ -1310,6 +1500,10 @@ class MainWindow(QMainWindow):
     def _on_resubmitted(self, old_id: int, new_id: int) -> None:
         """A job retried from the queue panel: its result is this photo's, like the first's."""
         info = self.client.job(new_id)
+        if info is not None and info.kind is JobKind.PREVIEW:
+            if info.path is not None:  # (asked again: shown when it ends)
+                self._preview_jobs[new_id] = Path(info.path)
+            return
         path = self._job_path.pop(old_id, None) or (info.path if info is not None else None)
         if path is None:
             return
@@ -1324,8 +1518,13 @@ class MainWindow(QMainWindow):
                 self.panel.set_plan(st.plan, st.plan_note)
 
     def _on_failed(self, job_id: int, message: str) -> None:
-        path = self._job_path.pop(job_id, None)
         info = self.client.job(job_id)
+        if job_id in self._preview_jobs or (info is not None and info.kind is JobKind.PREVIEW):
+            path = self._preview_jobs.pop(job_id, None)
+            if path is not None and not self._closing:  # (else dropped: nobody asks for it)
+                self.set_status(f"Preview of {path.name}: {message}", photo=path)
+            return
+        path = self._job_path.pop(job_id, None)
         if path is not None and info is not None and info.kind is JobKind.RUN:
             self.model.update_item(path, error=message)
         st = self.states.get(path) if path is not None else None

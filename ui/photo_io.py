@@ -82,6 +82,46 @@ def build_view(path: Path, output: Path | None, mask_path: Path | None = None,
                       before_rgb, mask)
 
 
+def take_preview(path: Path) -> QImage:
+    """The preview file the engine wrote (a fix of part of a photo, in the UI's cache) decoded
+    for the viewer as the photo is (sRGB, ``load_full``), and deleted: a preview is shown,
+    never kept. Off the GUI thread."""
+    try:
+        return rgb_to_qimage(load_full(Path(path)))
+    finally:
+        remove_quietly(Path(path))
+
+
+def remove_quietly(path: Path) -> None:
+    """Delete ``path`` if it is there (a preview nobody will show). Off the GUI thread."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def prune_previews(folder: Path, max_age: float = 86400.0) -> int:
+    """Delete the preview files in ``folder`` older than ``max_age`` seconds (a Mend that
+    crashed or was killed before showing them; a running one's are seconds old). Off the GUI
+    thread; returns how many went."""
+    import time
+
+    n = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    now = time.time()
+    for e in entries:
+        try:
+            if e.is_file(follow_symlinks=False) and now - e.stat().st_mtime > max_age:
+                os.unlink(e.path)
+                n += 1
+        except OSError:
+            continue
+    return n
+
+
 # extensions that name the same format (a result keeps its own format when exported)
 _SAME_FORMAT = ({".jpg", ".jpeg", ".jpe"}, {".tif", ".tiff"})
 

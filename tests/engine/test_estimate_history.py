@@ -174,7 +174,7 @@ def test_the_engine_records_invsr_per_sampling_step(tmp_path, monkeypatch):
     h = CostHistory(tmp_path / "h.json")
     monkeypatch.setattr(h, "record", lambda *a: recorded.append(a))
     engine = Engine("cpu", history=h)
-    monkeypatch.setattr(engine, "_check_memory", lambda *a: None)
+    monkeypatch.setattr(engine, "_check_memory", lambda *a, **k: None)
     src = tmp_path / "p.png"
     Image.fromarray(np.full((100, 200, 3), 128, np.uint8)).save(src)
     plan = Plan(Degradation.A, "quality", (Step("sr_invsr", {"scale": 1}),))  # default steps

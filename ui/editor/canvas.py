@@ -3,6 +3,10 @@ side by side with synced zoom, and overlays (mask, removed layer, text and face 
 
 Scene coordinates are the pixels of the larger of the two images (the output after upscaling);
 the smaller one is stretched onto the same rectangle so the comparison lines up.
+
+A preview (a fix of part of the photo, ``set_preview``) is laid over the photo in the after pane
+at its place, at whatever scale it came (an x4 chain's preview keeps its pixels when zoomed in),
+outlined and labelled "Preview"; the after pane shows the photo around it, not an earlier result.
 """
 from __future__ import annotations
 
@@ -41,6 +45,10 @@ class ImageCanvas(QWidget):
         self.text_boxes: list[tuple[float, float, float, float]] = []  # x0, y0, x1, y1 source px
         self.text_quads: list[list[tuple[float, float]]] = []  # a line's corners, source px
         self.face_boxes: list[tuple[float, float, float, float]] = []
+        # a fix of part of the photo, shown over it in the after pane at ``preview_rect``
+        # (source px of the before image): see set_preview
+        self.preview: QImage | None = None
+        self.preview_rect: QRectF | None = None
         self.show_mask = True
         self.show_removed = False
         self.show_boxes = True
@@ -61,6 +69,7 @@ class ImageCanvas(QWidget):
         self.before_proxy = before_proxy  # made off the GUI thread by ui.photo_io
         self.after_proxy = after_proxy
         self.removed = None
+        self.preview = self.preview_rect = None  # (of the photo shown before, if any)
         if self.scene_size() != old or self.fit_mode:
             self.fit()
         self.update()
@@ -74,6 +83,36 @@ class ImageCanvas(QWidget):
         self.text_quads = [[(float(x), float(y)) for x, y in q[:4]] for q in text_quads or ()
                            if len(q) == 4]
         self.update()
+
+    def set_preview(self, image: QImage | None, region: Sequence[float] | None = None) -> None:
+        """Show ``image``, a fix of part of the photo (at any scale), over the photo in the
+        after pane at ``region`` = (x0, y0, x1, y1, source px of the before image), outlined
+        and labelled "Preview"; None takes it away. ``set_images`` takes it away too."""
+        if image is None or image.isNull() or region is None:
+            self.preview = self.preview_rect = None
+        else:
+            x0, y0, x1, y1 = (float(v) for v in region[:4])
+            self.preview, self.preview_rect = image, QRectF(x0, y0, x1 - x0, y1 - y0)
+        if self.mode is Compare.SIDE and self.fit_mode:
+            self.fit()  # (a second pane may have come or gone)
+        self.update()
+
+    def has_after(self) -> bool:
+        """Whether there is something to show in the after pane: a result or a preview."""
+        return self.after is not None or self.preview is not None
+
+    def visible_source_rect(self) -> QRectF:
+        """The part of the photo (source px of the before image) that the after pane shows
+        now - the only pane but side by side, where both show the same part; empty when none."""
+        if self.before is None or self.before.isNull():
+            return QRectF()
+        vis = self._visible_scene(self._panes()[-1][0])
+        k = self.source_scale()
+        return QRectF(vis.x() / k, vis.y() / k, vis.width() / k, vis.height() / k)
+
+    def _preview_scene(self) -> QRectF:
+        r, k = self.preview_rect, self.source_scale()
+        return QRectF(r.x() * k, r.y() * k, r.width() * k, r.height() * k)
 
     def set_mode(self, mode: Compare) -> None:
         self.mode = Compare(mode)
@@ -98,7 +137,7 @@ class ImageCanvas(QWidget):
     # -- view -----------------------------------------------------------------------------
     def _panes(self) -> list[tuple[QRectF, str]]:
         r = QRectF(self.rect())
-        if self.mode is Compare.SIDE and self.before is not None and self.after is not None:
+        if self.mode is Compare.SIDE and self.before is not None and self.has_after():
             half = r.width() / 2
             return [(QRectF(0, 0, half - 1, r.height()), "before"),
                     (QRectF(half + 1, 0, half - 1, r.height()), "after")]
@@ -176,35 +215,72 @@ class ImageCanvas(QWidget):
             if name == "before":
                 self._draw_image(p, pane, self.before, self.before_proxy)
             elif name == "after":
-                self._draw_image(p, pane, *self._after_pair())
+                self._draw_after(p, pane)
             elif self.mode is Compare.SPLIT and self.before is not None:
                 x = pane.left() + pane.width() * self.split
                 p.setClipRect(QRectF(pane.left(), pane.top(), x - pane.left(), pane.height()))
                 self._draw_image(p, pane, self.before, self.before_proxy)
                 p.setClipRect(QRectF(x, pane.top(), pane.right() - x, pane.height()))
-                self._draw_image(p, pane, *self._after_pair())
+                self._draw_after(p, pane)
                 p.setClipRect(pane)
-            elif self.mode is Compare.BEFORE or self.after is None:
+            elif self.mode is Compare.BEFORE or not self.has_after():
                 self._draw_image(p, pane, self.before, self.before_proxy)
             else:
-                self._draw_image(p, pane, *self._after_pair())
+                self._draw_after(p, pane)
             self._draw_overlays(p, pane)
+            self._draw_preview_frame(p, pane, name)
             p.restore()
-        if self.mode is Compare.SPLIT and self.after is not None:
+        after = "Preview" if self.preview is not None else "After"
+        if self.mode is Compare.SPLIT and self.has_after():
             x = self.width() * self.split
             p.setPen(QPen(QColor(255, 255, 255, 220), 2))
             p.drawLine(QPointF(x, 0), QPointF(x, self.height()))
             p.setBrush(QColor(30, 30, 30, 200))
             p.drawEllipse(QPointF(x, self.height() / 2), 10, 10)
             self._label(p, QPointF(8, 8), "Before")
-            self._label(p, QPointF(self.width() - 60, 8), "After")
-        elif self.mode is Compare.SIDE and self.after is not None:
+            right = 60 if self.preview is None else \
+                16 + p.fontMetrics().horizontalAdvance(after)
+            self._label(p, QPointF(self.width() - right, 8), after)
+        elif self.mode is Compare.SIDE and self.has_after():
             self._label(p, QPointF(8, 8), "Before")
-            self._label(p, QPointF(self.width() / 2 + 8, 8), "After")
-        elif self.after is not None:
+            self._label(p, QPointF(self.width() / 2 + 8, 8), after)
+        elif self.has_after():
+            removed = self.show_removed and self.removed and self.preview is None
             self._label(p, QPointF(8, 8), "Before" if self.mode is Compare.BEFORE else
-                        ("Removed layer" if self.show_removed and self.removed else "After"))
+                        ("Removed layer" if removed else after))
         self.paint_tool(p)
+
+    def _draw_after(self, p: QPainter, pane: QRectF) -> None:
+        """The after pane: the result (or its removed layer), or with a preview the photo with
+        the preview laid over it at its place."""
+        if self.preview is None:
+            self._draw_image(p, pane, *self._after_pair())
+            return
+        self._draw_image(p, pane, self.before, self.before_proxy)
+        r = self._preview_scene()
+        dst = QRectF(self.to_widget(r.topLeft(), pane), self.to_widget(r.bottomRight(), pane))
+        p.drawImage(dst, self.preview, QRectF(self.preview.rect()))
+
+    def _draw_preview_frame(self, p: QPainter, pane: QRectF, name: str) -> None:
+        """The preview's outline (in every pane, so that the before side shows where it is)
+        and its "Preview" label on the after side (right of a split), kept inside the pane."""
+        if self.preview is None or self.preview_rect is None:
+            return
+        r = self._preview_scene()
+        box = QRectF(self.to_widget(r.topLeft(), pane), self.to_widget(r.bottomRight(), pane))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.setPen(QPen(QColor(0, 0, 0, 150), 3))
+        p.drawRect(box)
+        p.setPen(QPen(QColor("#ffd54a"), 1.5, Qt.PenStyle.DashLine))
+        p.drawRect(box)
+        if name == "before" or (name == "main" and self.mode is Compare.BEFORE):
+            return
+        left = pane.left()
+        if name == "main" and self.mode is Compare.SPLIT:
+            left = max(left, pane.left() + pane.width() * self.split)
+        at = QPointF(max(box.left(), left) + 4, max(box.top(), pane.top()) + 4)
+        if box.contains(at):
+            self._label(p, at, "Preview")
 
     def _after_pair(self) -> tuple[QImage | None, QImage | None]:
         if self.show_removed and self.removed is not None:
@@ -270,7 +346,7 @@ class ImageCanvas(QWidget):
 
     # -- interaction ----------------------------------------------------------------------
     def _near_split(self, pos: QPointF) -> bool:
-        return (self.mode is Compare.SPLIT and self.after is not None
+        return (self.mode is Compare.SPLIT and self.has_after()
                 and abs(pos.x() - self.width() * self.split) < 12)
 
     def mousePressEvent(self, e) -> None:

@@ -1,0 +1,211 @@
+"""Previews of part of a photo (``JobRequest.region``) on real photos with the builtin steps:
+the photo is diagnosed whole, the steps run on the region and a margin of context, and the
+region's result equals that part of a whole-photo run; SR scale, alpha and the reflection mask
+follow; the region is checked; the original is never touched and a preview never takes or
+replaces a result's name."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import pipeline
+from engine.api import Degradation, JobRequest, OutputOptions, Plan, Step
+from engine.errors import UsageError
+from engine.imageio import load_photo, read_record, save_mask
+from engine.pipeline import Engine, check_region, context_box
+from tests import warm_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+# upright 1800 x 1200 (stored 1200 x 1800 with EXIF orientation 6): regions are upright pixels
+ROTATED = "exif_orientation/exif-orientation-example__Landscape_6.jpg"
+ASTRONAUT = "clean/scikit-image__skimage__data__astronaut.png"  # 512 x 512
+DOG = "reflection/windowseat-reflection-re__example_images__dog.png"  # RGBA, 1032 x 1032
+SHARPEN = Plan(Degradation.A, "builtin", (Step("sharpen_builtin", {"strength": 0.8,
+                                                                   "radius": 1.5}),))
+X2 = Plan(Degradation.A, "builtin", (Step("upscale_builtin", {"scale": 2}),
+                                     Step("sharpen_builtin", {"strength": 0.6})))
+
+
+def _photo(shared_images: Path, rel: str) -> Path:
+    p = shared_images / rel
+    if not p.is_file():
+        pytest.skip(f"{rel} is not in {shared_images} (see its manifest.tsv)")
+    return p
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(device="cpu")
+
+
+def _run(engine: Engine, src: Path, out: Path, plan: Plan, region=None, **kw):
+    opts = OutputOptions(out_dir=out, format="png")
+    return engine.run(JobRequest(src, opts, plan=plan, profile="builtin", backend="builtin",
+                                 region=region, **kw))
+
+
+def test_a_region_is_that_part_of_the_whole_photo_run(shared_images, engine, tmp_path,
+                                                       monkeypatch):
+    """Sharpening is local (a ~10-px reach): with the margin of context the preview equals the
+    whole run's pixels over the whole region (the photo's own edge included), in the upright
+    photo's pixels of an EXIF-rotated JPEG; without the margin, its border would not."""
+    src = _photo(shared_images, ROTATED)
+    before = _sha(src)
+    whole = _run(engine, src, tmp_path, SHARPEN, guard=False)
+    full = load_photo(whole.output).pixels
+    assert full.shape == (1200, 1800, 3)
+    for region in ((701, 303, 1500, 1000), (0, 900, 400, 1200)):  # inside; at a corner
+        prev = _run(engine, src, tmp_path, SHARPEN, region=region, guard=False)
+        assert prev.region == region
+        assert prev.output.stem.startswith(f"{src.stem}_mend_preview")
+        got = load_photo(prev.output).pixels
+        x0, y0, x1, y1 = region
+        assert got.shape == (y1 - y0, x1 - x0, 3)
+        diff = np.abs(got - full[y0:y1, x0:x1])
+        assert diff.max() <= 1.5 / 255, diff.max() * 255  # (8-bit rounding at most)
+        assert diff.mean() < 1e-4
+    # the margin is what makes it so: run on the bare region, its edges are sharpened against
+    # a mirrored border, not the photo's pixels
+    monkeypatch.setattr(pipeline, "PREVIEW_MARGIN", 0)
+    bare = load_photo(_run(engine, src, tmp_path, SHARPEN, region=(701, 303, 1500, 1000),
+                           guard=False).output).pixels
+    edge = np.abs(bare[:, :3] - full[303:1000, 701:704])
+    assert edge.max() > 3 / 255
+    assert _sha(src) == before
+
+
+def test_an_upscaling_chain_trims_its_margin_at_the_output_scale(shared_images, engine,
+                                                                 tmp_path):
+    src = _photo(shared_images, ASTRONAUT)
+    whole = load_photo(_run(engine, src, tmp_path, X2, guard=False).output).pixels
+    assert whole.shape == (1024, 1024, 3)
+    region = (101, 53, 400, 350)  # odd corners: the x2 crop starts at 202, 106
+    prev = _run(engine, src, tmp_path, X2, region=region, guard=False)
+    got = load_photo(prev.output).pixels
+    assert got.shape == (2 * 297, 2 * 299, 3)
+    diff = np.abs(got - whole[106:700, 202:800])
+    assert diff.max() <= 1.5 / 255, diff.max() * 255
+    rec = read_record(prev.output)
+    assert rec["preview"] is True and rec["region"] == list(region)
+
+
+def test_the_region_is_checked_against_the_photo(shared_images, engine, tmp_path):
+    src = _photo(shared_images, ROTATED)
+    size = (1200, 1800)
+    assert check_region((10, 20, 30, 40), size) == ((10, 20, 30, 40), False)
+    assert check_region((-5, 1100, 30.5, 1300), size) == ((0, 1100, 31, 1200), True)
+    for bad, says in (((10, 10, 10, 50), "empty"), ((50, 10, 40, 60), "empty"),
+                      ((1800, 0, 1900, 100), "outside the 1800 x 1200"),
+                      ((-100, -100, -1, -1), "outside"), ((1, 2, 3), "four numbers"),
+                      (("a", 0, 1, 1), "four numbers"), ((0, 0, float("inf"), 5), "finite"),
+                      ((True, 0, 5, 5), "four numbers")):
+        with pytest.raises(UsageError, match=says):
+            check_region(bad, size)
+    # the run refuses it before any work (nothing is written) and clips what reaches out
+    with pytest.raises(UsageError, match="outside"):
+        _run(engine, src, tmp_path / "none", SHARPEN, region=(2000, 0, 2100, 50))
+    with pytest.raises(UsageError, match="empty"):
+        _run(engine, src, tmp_path / "none", SHARPEN, region=(100, 100, 100, 200))
+    assert not (tmp_path / "none").exists()
+    r = _run(engine, src, tmp_path, SHARPEN, region=(1700, 1150, 1900, 1300), guard=False)
+    assert r.region == (1700, 1150, 1800, 1200)
+    assert any("clipped to 1700,1150,1800,1200" in w for w in r.warnings)
+    assert load_photo(r.output).pixels.shape == (50, 100, 3)
+    assert context_box(r.region, size) == (1700 - pipeline.PREVIEW_MARGIN,
+                                           1150 - pipeline.PREVIEW_MARGIN, 1800, 1200)
+
+
+def test_a_preview_never_takes_a_results_name_nor_touches_the_original(shared_images, engine,
+                                                                      tmp_path):
+    """A preview goes to NAME_mend_preview.EXT (then _1, ...): never NAME_mend.EXT, never over
+    a file; a photo with nothing to fix is written afresh (its region), not copied."""
+    src = _photo(shared_images, ROTATED)
+    before = _sha(src)
+    out = tmp_path / "out"
+    real = engine.run(JobRequest(src, OutputOptions(out_dir=out), plan=SHARPEN,
+                                 profile="builtin", guard=False))
+    assert real.output.name == f"{src.stem}_mend.jpg" and real.region is None
+    kept = _sha(real.output)
+    p1 = engine.run(JobRequest(src, OutputOptions(out_dir=out), plan=SHARPEN, guard=False,
+                               region=(0, 0, 300, 200)))
+    p2 = engine.run(JobRequest(src, OutputOptions(out_dir=out), label=Degradation.D,
+                               region=(0, 0, 300, 200)))
+    assert p1.output.name == f"{src.stem}_mend_preview.jpg"
+    assert p2.output.name == f"{src.stem}_mend_preview_1.jpg"
+    assert [s.name for s in p2.steps] == ["passthrough"]
+    with_d = load_photo(p2.output)
+    assert with_d.pixels.shape == (200, 300, 3)  # the region, not the photo's bytes
+    assert np.abs(with_d.pixels - load_photo(src).pixels[:200, :300]).max() < 8 / 255
+    assert _sha(real.output) == kept and _sha(src) == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [real.output.name, p1.output.name, p2.output.name])
+    assert read_record(p1.output)["region"] == [0, 0, 300, 200]
+    assert "region" not in (read_record(real.output) or {})
+    assert p1.to_json()["region"] == [0, 0, 300, 200] and "region" not in real.to_json()
+    # what the run would do, without running: the estimate is that of the region's part
+    prep = engine.prepare(JobRequest(src, OutputOptions(out_dir=out), plan=SHARPEN,
+                                     region=(0, 0, 300, 200)))
+    whole = engine.prepare(JobRequest(src, OutputOptions(out_dir=out), plan=SHARPEN))
+    assert prep.region == (0, 0, 300, 200) and prep.size == whole.size == (1200, 1800)
+    assert prep.output.name == f"{src.stem}_mend_preview_2.jpg"
+    assert prep.estimate.peak_bytes <= whole.estimate.peak_bytes
+    assert json.loads(json.dumps(prep.to_json()))["region"] == [0, 0, 300, 200]
+
+
+def test_alpha_and_the_reflection_mask_are_cut_like_the_photo(shared_images, engine,
+                                                             tmp_path):
+    src = _photo(shared_images, DOG)
+    photo = load_photo(src)
+    assert photo.alpha is not None and photo.alpha.min() < 1.0
+    mask = np.zeros(photo.pixels.shape[:2], np.uint8)
+    mask[400:520, 380:470] = 255  # crosses the region's left edge
+    mask_path = save_mask(mask, tmp_path / "mask.png")
+    plan = Plan(Degradation.B, "builtin", (Step("reflection_mask", {"detector": "builtin"}),
+                                           Step("inpaint_builtin")))
+    region = (420, 380, 1032, 700)
+    r = engine.run(JobRequest(src, OutputOptions(out_dir=tmp_path / "out", format="png"),
+                              plan=plan, mask_path=mask_path, region=region, guard=False))
+    x0, y0, x1, y1 = r.region
+    assert r.region == (420, 380, 1032, 700)
+    assert np.array_equal(r.artifacts["mask"], mask[y0:y1, x0:x1])
+    assert "mask_path" not in r.artifacts  # (no mask file beside a preview)
+    got = load_photo(r.output)
+    assert got.pixels.shape == (y1 - y0, x1 - x0, 3)
+    assert got.alpha is not None
+    assert np.abs(got.alpha - photo.alpha[y0:y1, x0:x1]).max() <= 1 / 255
+    # the masked pixels changed, those far from the mask did not
+    changed = np.abs(got.pixels - photo.pixels[y0:y1, x0:x1]).max(-1) > 2 / 255
+    visible = photo.alpha[y0:y1, x0:x1] > 0.99
+    assert changed[30:130, 5:45][visible[30:130, 5:45]].mean() > 0.2
+    assert not changed[250:, 300:][visible[250:, 300:]].any()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{src.stem}_mend_preview.png"]
+
+
+def test_cli_region_writes_a_preview_and_refuses_what_cannot_be_one(shared_images, tmp_path):
+    src = _photo(shared_images, ROTATED)
+    env = dict(os.environ)
+    r = warm_cli.run(["restore", str(src), "-o", str(tmp_path), "--profile", "builtin",
+                      "--plan", "A", "--region", "100,50,400,250", "--json"],
+                     env=env, timeout=240, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    (line,) = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+    assert line["region"] == [100, 50, 400, 250]
+    out = Path(line["output"])
+    assert out.name == f"{src.stem}_mend_preview.jpg" and out.parent == tmp_path
+    assert load_photo(out).pixels.shape == (200, 300, 3)
+    for args, says in (([str(src.parent)], "single photo"),
+                       ([str(src), "--skip-existing"], "--skip-existing"),
+                       ([str(src), "--region", "5,5,5,9"], "empty")):
+        extra = [] if "--region" in args else ["--region", "0,0,10,10"]
+        bad = warm_cli.run(["restore", *args, *extra, "-o", str(tmp_path / "x")], env=env,
+                           timeout=240, cwd=ROOT)
+        assert bad.returncode == 2 and says in bad.stderr, bad.stderr
