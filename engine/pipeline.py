@@ -346,6 +346,9 @@ class Engine:
         # a black-and-white photo stays black and white: a model may tint it (InvSR's VAE,
         # Real-ESRGAN, NAFNet work on colour; the saved file would be a faintly coloured RGB)
         image = keep_grey(source, image, in_place=True)
+        # no step changed a pixel (each handed on the very array it was given: a fill with
+        # nothing it may fill, a sharpen of strength 0): the photo is kept as it is
+        unchanged = image is source
         models = tuple(dict.fromkeys(r.model for r in records if not r.model.startswith("builtin")))
         artifacts = {k: v for k, v in ctx.artifacts.items() if k not in ("source", "alpha")}
         if box is not None:  # the margin of context goes: the region's result alone
@@ -361,7 +364,7 @@ class Engine:
             photo = _crop_photo(photo, inner)
             _boxes_to_photo(artifacts, box[0], box[1])
 
-        passthrough = all(s.name == "passthrough" for s in plan.steps if s.enabled)
+        passthrough = unchanged or all(s.name == "passthrough" for s in plan.steps if s.enabled)
         if not passthrough and request.guard:
             from .restore.guard import check
 
