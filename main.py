@@ -2,7 +2,9 @@
 
     python main.py [FOLDER]                     open the app (optionally on a folder)
     python main.py --screenshot FILE [--open FOLDER] [--state browser|viewer|mask]
-                                                render the window offscreen to a PNG and exit
+                   [--photo NAME] [--size WxH]  render the window offscreen to a PNG and exit
+                                                (with the folder listed, its photos diagnosed
+                                                and, for viewer/mask, the photo fixed first)
 
 Batch and scripting: the ``mend`` command (``mend --help``), e.g.
 ``mend restore photo.jpg -o fixed/``.
@@ -28,12 +30,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=("browser", "viewer", "mask"), default="browser",
                    help="what the screenshot shows (default: browser)")
     p.add_argument("--photo", help="photo (file name in the folder) for --state viewer/mask")
-    p.add_argument("--size", default="1440x900", help="window size for --screenshot")
+    p.add_argument("--size", default=(1440, 900), type=_size, metavar="WxH",
+                   help="window size for --screenshot (default: 1440x900)")
     p.add_argument("--max-kb", type=int, default=0,
                    help="keep the PNG under this size (palette, then smaller) for docs")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for thumbnails / the engine in --screenshot")
     return p
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``--size`` WxH (e.g. 1440x900) -> (w, h); an argparse error for anything else."""
+    w, sep, h = text.lower().partition("x")
+    try:
+        size = (int(w), int(h)) if sep else None
+    except ValueError:
+        size = None
+    if size is None or not (100 <= size[0] <= 16384 and 100 <= size[1] <= 16384):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a window size: WIDTHxHEIGHT in pixels (100-16384), e.g. 1440x900")
+    return size
 
 
 def _has_display() -> bool:
@@ -45,9 +61,15 @@ def _has_display() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     folder = args.open_folder or args.folder
     if args.screenshot:
+        if not folder and (args.state != "browser" or args.photo):
+            parser.error(f"--state {args.state} and --photo need a folder (--open FOLDER)"
+                         if args.state != "browser" else "--photo needs a folder (--open FOLDER)")
+        if folder and not Path(folder).is_dir():
+            parser.error(f"not a folder: {folder}")
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
         return _screenshot(args, folder)
     if not _has_display():
@@ -107,24 +129,49 @@ def start(folder: str | None = None, argv: list[str] | None = None):
     return app, win
 
 
-def _wait(app, cond, timeout: float) -> bool:
+class _ShotError(Exception):
+    """The screenshot cannot show what was asked (said on stderr; exit code 1)."""
+
+
+def _wait(app, cond, timeout: float, what: str | None = None) -> bool:
+    """Process events until ``cond()`` (True) or ``timeout`` s (False; with ``what``, a
+    ``_ShotError`` saying what was waited for)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         app.processEvents()
         if cond():
             return True
         time.sleep(0.01)
+    if what is not None:
+        raise _ShotError(f"gave up after {timeout:g} s waiting for {what} (--timeout)")
     return False
 
 
 def _screenshot(args, folder: str | None) -> int:
+    """``--screenshot``: the window in ``args.state`` saved as a PNG, with private settings,
+    data, cache and step-time history (never the user's: nothing read from them shows, nothing
+    is added to them), in a temporary folder removed at the end."""
+    import shutil
     import tempfile
 
-    # a private settings file: screenshots never read or change the user's settings
     tmp = Path(tempfile.mkdtemp(prefix="mend-shot-"))
-    os.environ.setdefault("MEND_UI_SETTINGS", str(tmp / "settings.ini"))
-    os.environ.setdefault("MEND_UI_DATA_DIR", str(tmp / "data"))
-    os.environ.setdefault("MEND_UI_CACHE_DIR", str(tmp / "cache"))
+    env = {"MEND_UI_SETTINGS": tmp / "settings.ini", "MEND_UI_DATA_DIR": tmp / "data",
+           "MEND_UI_CACHE_DIR": tmp / "cache", "MEND_COST_HISTORY": tmp / "step_costs.json"}
+    saved = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():
+        os.environ.setdefault(k, str(v))
+    try:
+        return _take_screenshot(args, folder, tmp)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _take_screenshot(args, folder: str | None, tmp: Path) -> int:
     from ui.app import create_app
     from ui.engine_client import EngineClient
     from ui.main_window import MainWindow
@@ -137,48 +184,96 @@ def _screenshot(args, folder: str | None) -> int:
     try:
         win = MainWindow(client, AppSettings(backend="builtin", profile="builtin",
                                              out_dir=str(tmp / "out")), ask_resume=False,
-                           sidecars_beside_photos=False)  # never write into the photo folder
-        w, h = (int(v) for v in args.size.lower().split("x"))
-        win.resize(w, h)
+                         sidecars_beside_photos=False)  # never write into the photo folder
+        win.resize(*args.size)
         win.show()
-        if folder:
-            win.open_folder(Path(folder))
-            n = min(win.model.rowCount(), 24)
-            _wait(app, lambda: win.model.ready_count() + win.model.failed_count() >= n,
-                  args.timeout)
-            items = win.model.items()
-            target = None
-            if args.photo:
-                target = next((i.path for i in items if i.path.name == args.photo), None)
-            elif items:
-                target = items[0].path
-            if args.state == "browser":
-                win.diagnose_all()
-                _wait(app, win.client.is_idle, args.timeout)
-                if target is not None:
-                    win.select_path(target)
-            elif target is not None:
-                win.select_path(target)
-                win.diagnose([target])
-                _wait(app, win.client.is_idle, args.timeout)
-                win.fix(target)
-                _wait(app, win.client.is_idle, args.timeout)
-                win.show_viewer(target)
-                _wait(app, lambda: win._view is not None and win.bg.pending() == 0, args.timeout)
-                if args.state == "mask":
-                    win.show_mask_editor()
+        said = _show_state(app, win, args, Path(folder)) if folder else "the empty window"
         _wait(app, lambda: False, 0.3)
         img = win.grab()
         if not _save_png(img, Path(args.screenshot), args.max_kb * 1024):
             print(f"could not write {args.screenshot}", file=sys.stderr)
             status = 1
         else:
+            # (what the picture shows: a screenshot that cannot show the state asked fails)
+            print(f"screenshot: {args.state}: {said}", file=sys.stderr)
             print(args.screenshot)
+    except _ShotError as e:
+        print(f"main.py --screenshot: {e}", file=sys.stderr)
+        status = 1
     finally:
         if win is not None:
             win.close()
         client.shutdown()
     return status
+
+
+def _visible_thumbnails_done(win) -> bool:
+    """Whether every cell in view has its thumbnail (or says it cannot be read)."""
+    from PySide6.QtCore import Qt
+
+    from ui.browser.model import ThumbStateRole
+
+    grid, proxy = win.grid, win.proxy
+    view = grid.viewport().rect()
+    for row in range(proxy.rowCount()):
+        ix = proxy.index(row, 0)
+        rect = grid.visualRect(ix)
+        if not rect.isValid() or not rect.intersects(view):
+            continue
+        ix.data(Qt.ItemDataRole.DecorationRole)  # (asks for it, if nothing has yet)
+        if ix.data(ThumbStateRole) == "loading":
+            return False
+    return True
+
+
+def _show_state(app, win, args, folder: Path) -> str:
+    """Open ``folder`` and bring the window to ``args.state``; returns what it shows (one
+    line). ``_ShotError`` when it cannot (no photos, ``--photo`` not listed, a timeout)."""
+    t = args.timeout
+    win.open_folder(folder)
+    # the listing arrives off the GUI thread: until then the grid is empty
+    _wait(app, lambda: not win.folder_loading, t, f"the listing of {folder}")
+    items = win.model.items()
+    if not items:
+        raise _ShotError(f"no photo listed in {folder}: {win.grid.placeholder()}")
+    target = items[0].path
+    if args.photo:
+        found = [i.path for i in items if args.photo in (i.path.name, i.rel)]
+        if not found:
+            raise _ShotError(f"--photo {args.photo}: no such photo in {folder} "
+                             f"({len(items)} listed)")
+        target = found[0]
+    _wait(app, lambda: _visible_thumbnails_done(win), t, "the thumbnails in view")
+    if args.state == "browser":
+        win.diagnose_all()
+        _wait(app, win.client.is_idle, t, "the diagnoses")
+        win.select_path(target)
+        _wait(app, lambda: win.bg.pending() == 0, t, "the selected photo's details")
+        done = sum(1 for i in win.model.items() if i.diagnosis is not None)
+        return (f"{len(items)} photos listed in {folder}, {done} diagnosed, "
+                f"{win.model.ready_count()} thumbnails; {target.name} selected")
+    win.select_path(target)
+    win.diagnose([target])
+    _wait(app, win.client.is_idle, t, f"the diagnosis of {target.name}")
+    win.fix(target)
+    _wait(app, win.client.is_idle, t, f"the fix of {target.name}")
+    win.show_viewer(target)
+
+    def shown() -> bool:
+        v = win._view
+        return (v is not None and v.path == target and win.stack.currentIndex() == 1
+                and win.bg.pending() == 0)
+
+    _wait(app, shown, t, f"the viewer of {target.name}")
+    st = win.states.get(target)
+    diag = st.diagnosis.label.value if st is not None and st.diagnosis is not None else "none"
+    result = st.output.name if st is not None and st.output is not None else "none"
+    if args.state == "mask":
+        win.show_mask_editor()
+        if not (win.mask_action.isChecked() and win.mask_bar.isVisible()
+                and win.canvas.doc is not None):
+            raise _ShotError(f"the mask editor did not open on {target.name}")
+    return f"{target.name} (diagnosed {diag}, result {result})"
 
 
 def _save_png(pixmap, dest: Path, max_bytes: int = 0) -> bool:

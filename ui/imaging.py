@@ -3,12 +3,19 @@
 What is shown is in sRGB: a photo's pixels stay in its own colour space in the engine (its ICC
 profile rides along to the result), so the previews and thumbnails decoded here are converted
 from that profile (``to_srgb``), as a colour-managed viewer shows the photo and its result.
+
+A transparent photo is shown over a checkerboard, as photo apps show one: what a file stores
+under its fully transparent pixels is no part of the picture (a PNG's transparent half showed
+pastel rectangles). Thumbnails have it painted in (``load_thumbnail``, in the pool); the viewer
+gets the photo with its alpha (``load_full_rgba``, ``rgba_to_qimage``: premultiplied, the
+format Qt draws fastest) and paints the checkerboard behind it (ui/editor/canvas.py).
 """
 from __future__ import annotations
 
 import functools
 import io
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +23,20 @@ import numpy as np
 from PySide6.QtGui import QImage
 
 log = logging.getLogger("mend.ui.imaging")
+
+# the checkerboard behind transparent pixels: squares of CHECKER_SIDE px (on the screen in the
+# viewer, in a thumbnail's pixels in the grid) in two mid greys, which stand apart from both
+# the dark window and a photo's white or black
+CHECKER_SIDE = 8
+CHECKER_LIGHT = 153
+CHECKER_DARK = 102
+# the formats that can hold transparency (one is looked at before a thumbnail is made: only a
+# transparent photo takes the full decode its alpha needs); JPEG, RAW and others cannot
+_MAY_BE_TRANSPARENT = frozenset({".png", ".apng", ".webp", ".tif", ".tiff", ".gif", ".heic",
+                                 ".heif", ".hif", ".avif", ".bmp", ".tga", ".ico", ".jp2",
+                                 ".j2k", ".jpx", ".psd"})
+# a QImage's ARGB32 pixels in memory: B, G, R, A on a little-endian machine
+_ARGB_ORDER = (2, 1, 0, 3) if sys.byteorder == "little" else (3, 0, 1, 2)
 
 
 def rgb_to_qimage(arr: np.ndarray) -> QImage:
@@ -25,6 +46,62 @@ def rgb_to_qimage(arr: np.ndarray) -> QImage:
     arr = np.ascontiguousarray(arr[..., :3])
     h, w = arr.shape[:2]
     return QImage(arr.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+
+
+def rgba_to_qimage(rgb: np.ndarray, alpha: np.ndarray | None) -> QImage:
+    """uint8 RGB (H, W, 3) and its uint8 alpha (H, W) -> an independent QImage with the alpha,
+    premultiplied (ARGB32_Premultiplied: drawn by Qt without a conversion); without an alpha
+    the RGB888 image ``rgb_to_qimage`` makes."""
+    if alpha is None:
+        return rgb_to_qimage(rgb)
+    return argb_to_qimage(premultiplied_argb(rgb, alpha))
+
+
+def premultiplied_argb(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8: ``rgb`` premultiplied by ``alpha`` (rounded) with the alpha, in the
+    byte order of a QImage ARGB32 (``argb_to_qimage``). Averaging these (a reduction) is
+    averaging the picture: the colours under transparent pixels count for nothing."""
+    import cv2
+
+    a = np.ascontiguousarray(alpha, dtype=np.uint8)
+    pm = cv2.multiply(np.ascontiguousarray(rgb[..., :3]), cv2.merge([a, a, a]), scale=1 / 255)
+    chans = [pm[..., 0], pm[..., 1], pm[..., 2], a]
+    return cv2.merge([chans[i] for i in _ARGB_ORDER])
+
+
+def argb_to_qimage(argb: np.ndarray) -> QImage:
+    """(H, W, 4) uint8 from ``premultiplied_argb`` (or a reduction of it) -> a QImage."""
+    argb = np.ascontiguousarray(argb)
+    h, w = argb.shape[:2]
+    return QImage(argb.data, w, h, 4 * w, QImage.Format.Format_ARGB32_Premultiplied).copy()
+
+
+def checkerboard(h: int, w: int, side: int = CHECKER_SIDE) -> np.ndarray:
+    """(h, w) uint8 greys: the checkerboard shown behind transparent pixels, its first square
+    light at the top left."""
+    y = (np.arange(h) // side)[:, None]
+    x = (np.arange(w) // side)[None, :]
+    return np.where((x + y) % 2 == 0, np.uint8(CHECKER_LIGHT), np.uint8(CHECKER_DARK))
+
+
+def over_checkerboard(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """uint8 RGB (H, W, 3) with its uint8 alpha -> uint8 RGB: the photo laid over the
+    checkerboard (a fully transparent pixel is the checkerboard's, an opaque one unchanged);
+    ``rgb`` itself without an alpha."""
+    if alpha is None:
+        return rgb
+    return _composite(premultiplied_argb(rgb, alpha))
+
+
+def _composite(argb: np.ndarray) -> np.ndarray:
+    """Premultiplied (H, W, 4) ARGB-ordered uint8 -> uint8 RGB over the checkerboard."""
+    order = list(_ARGB_ORDER)
+    pm = argb[..., [order.index(i) for i in range(3)]].astype(np.uint16)
+    a = argb[..., order.index(3)].astype(np.uint16)
+    board = checkerboard(*a.shape).astype(np.uint16)
+    # pm + board * (1 - a): premultiplied "over", rounded (an opaque pixel is pm: unchanged)
+    under = (board * (255 - a) + 127) // 255
+    return np.minimum(pm + under[..., None], 255).astype(np.uint8)
 
 
 def gray_to_qimage(arr: np.ndarray) -> QImage:
@@ -57,17 +134,64 @@ def load_preview(path: Path, max_side: int) -> np.ndarray:
                    photo.icc_profile)
 
 
+def load_thumbnail(path: Path, max_side: int) -> np.ndarray:
+    """A thumbnail: ``load_preview``, but a transparent photo is decoded whole (its alpha: the
+    engine's preview has none) and laid over the checkerboard, reduced with its alpha."""
+    if may_be_transparent(path):
+        rgb, alpha = load_full_rgba(path)
+        if alpha is None:  # (an alpha that is opaque everywhere: shown as it is)
+            return _shrink(rgb, max_side)
+        argb = premultiplied_argb(rgb, alpha)
+        del rgb, alpha
+        return _composite(_shrink(argb, max_side))
+    return load_preview(path, max_side)
+
+
+def may_be_transparent(path: Path) -> bool:
+    """Whether the photo may have transparency, from its name and header (nothing decoded):
+    a format that can hold it, opened by Pillow with an alpha or a transparent colour. A TIFF
+    Pillow cannot open (16-bit grey + alpha, floating point) counts: the engine decodes one
+    whole for its preview anyway. A JPEG XL never counts (its plugin decodes the photo to open
+    it: a second decode for every thumbnail)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _MAY_BE_TRANSPARENT:
+        return False
+    from engine.imageio import heif_supported
+
+    heif_supported()  # (the HEIF opener registered with Pillow, as the engine's decodes have it)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return (im.mode in ("RGBA", "LA", "La", "PA", "RGBa")
+                    or "transparency" in im.info)
+    except UnidentifiedImageError:
+        return suffix in (".tif", ".tiff")
+    except Exception:  # noqa: BLE001 - unreadable (or too large): the preview's decode says why
+        return False
+
+
 def load_full(path: Path) -> np.ndarray:
     """Full-resolution uint8 sRGB, upright (for the viewer and the mask editor): a plain 8-bit
     JPEG straight to uint8 (the same bytes, no float copy: 24 MP 1.1-2.8 s and +620 MB ->
     ~0.4 s), anything else through the engine's float load."""
+    return load_full_rgba(path)[0]
+
+
+def load_full_rgba(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``load_full``'s pixels and the photo's uint8 alpha (None: opaque, or none)."""
     from engine.imageio import load_jpeg_rgb8, load_photo, source_profile
 
     rgb = load_jpeg_rgb8(path)
-    if rgb is not None:
-        return to_srgb(rgb, source_profile(path))
+    if rgb is not None:  # (a JPEG has no alpha)
+        return to_srgb(rgb, source_profile(path)), None
     photo = load_photo(path)
-    return to_srgb(float_to_uint8(photo.pixels), photo.icc_profile)
+    alpha = None
+    if photo.alpha is not None:
+        alpha = float_to_uint8(photo.alpha)
+        if int(alpha.min(initial=255)) == 255:
+            alpha = None
+    return to_srgb(float_to_uint8(photo.pixels), photo.icc_profile), alpha
 
 
 _STRIP_ROWS = 256  # rows converted at a time (a 24 MP photo: no second full-size copy)

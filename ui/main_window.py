@@ -26,7 +26,6 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QPushButton,
-    QScrollArea,
     QSlider,
     QSpinBox,
     QStackedWidget,
@@ -85,6 +84,7 @@ from .settings import (
     save_settings,
 )
 from .sidecar import Sidecar, SidecarStore
+from .widgets import ElidedLabel, show_overflow_button
 
 log = logging.getLogger("mend.ui")
 
@@ -256,14 +256,10 @@ class MainWindow(QMainWindow):
         self.stack.addWidget(self.editor_page)
         self.setCentralWidget(self.stack)
 
-        self.panel = DiagnosisPanel()
+        self.panel = DiagnosisPanel()  # (it scrolls itself, its Fix button kept in view)
         dock = QDockWidget("Diagnosis", self)
         dock.setObjectName("diagnosisDock")
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setWidget(self.panel)
-        dock.setWidget(scroll)
+        dock.setWidget(self.panel)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
         self.queue = QueuePanel(self.client)
         qdock = QDockWidget("Queue", self)
@@ -323,7 +319,9 @@ class MainWindow(QMainWindow):
         lay = QVBoxLayout(self.browser_page)
         lay.setContentsMargins(6, 6, 6, 6)
         bar = QHBoxLayout()
-        self.folder_label = QLabel("Drop a folder of photos here, or File ▸ Open folder…")
+        # (cut in the middle to the room there is: the whole path set the window's minimum
+        # width)
+        self.folder_label = ElidedLabel("Drop a folder of photos here, or File ▸ Open folder…")
         self.folder_label.setObjectName("folderLabel")
         bar.addWidget(self.folder_label, 1)
         self.subfolders_action = QAction("Include subfolders", self)
@@ -342,6 +340,9 @@ class MainWindow(QMainWindow):
         self._listing_timer.timeout.connect(self._show_listing_progress)
         bar.addWidget(QLabel("Show"))
         self.filter = QComboBox()
+        self.filter.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.filter.setMinimumContentsLength(7)
         self.filter.addItem("All photos", None)
         for d in Degradation:
             self.filter.addItem(f"{d.value} · {d.short_name}", {d.value})
@@ -429,6 +430,8 @@ class MainWindow(QMainWindow):
         lay.addWidget(self.canvas, 1)
         self.mask_doc: MaskDocument | None = None
         self.mask_bar.setVisible(False)
+        for bar in (self.view_bar, self.mask_bar, self.mask_bar2):
+            show_overflow_button(bar)  # (a narrow window: the tools that do not fit are there)
 
     def _build_mask_bar(self) -> QToolBar:
         bar = QToolBar("Mask")

@@ -13,7 +13,13 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
-from .imaging import load_full, rgb_to_qimage
+from .imaging import (
+    argb_to_qimage,
+    load_full_rgba,
+    premultiplied_argb,
+    rgb_to_qimage,
+    rgba_to_qimage,
+)
 from .messages import describe_error
 
 PROXY_SIDE = 2048
@@ -31,22 +37,36 @@ class ViewImages:
     mask: np.ndarray | None = None  # the reflection mask (uint8, photo size), if any
 
 
-def _proxy(rgb: np.ndarray) -> QImage | None:
+def _display(rgb: np.ndarray, alpha: np.ndarray | None = None
+             ) -> tuple[QImage, QImage | None]:
+    """The image the canvas draws and its display proxy (None: small enough); with an
+    ``alpha``, both premultiplied ARGB (the canvas paints a checkerboard behind them)."""
+    if alpha is None:
+        return rgb_to_qimage(rgb), _proxy(rgb)
+    argb = premultiplied_argb(rgb, alpha)
+    return argb_to_qimage(argb), _proxy(argb)
+
+
+def _proxy(px: np.ndarray) -> QImage | None:
     """Display proxy via OpenCV (releases the GIL; QImage.scaled would hold it and stall the
-    GUI thread for a quarter of a second on a 12 MP photo)."""
-    h, w = rgb.shape[:2]
+    GUI thread for a quarter of a second on a 12 MP photo). ``px``: uint8 RGB, or the
+    premultiplied ARGB of a transparent photo (``premultiplied_argb``)."""
+    h, w = px.shape[:2]
     if max(h, w) <= PROXY_SIDE:
         return None
     import cv2
 
     s = PROXY_SIDE / max(h, w)
-    small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))),
+    small = cv2.resize(px, (max(1, round(w * s)), max(1, round(h * s))),
                        interpolation=cv2.INTER_AREA)
-    return rgb_to_qimage(small)
+    return argb_to_qimage(small) if small.shape[2] == 4 else rgb_to_qimage(small)
 
 
-def removed_layer(before: np.ndarray, after: np.ndarray, gain: float = 3.0) -> np.ndarray:
-    """|input − output| (after resized onto the input), amplified so faint layers show."""
+def removed_layer(before: np.ndarray, after: np.ndarray, gain: float = 3.0,
+                  alpha: np.ndarray | None = None) -> np.ndarray:
+    """|input − output| (after resized onto the input), amplified so faint layers show;
+    ``alpha`` (the input's, uint8): weighted by it (what changed under transparent pixels was
+    never part of the picture)."""
     import cv2
 
     if after.shape[:2] != before.shape[:2]:
@@ -54,7 +74,11 @@ def removed_layer(before: np.ndarray, after: np.ndarray, gain: float = 3.0) -> n
     # uint8 all the way (no int16 / float32 copies of a 24 MP photo: 0.6 s -> 0.1 s); the
     # product saturates at 255 and is rounded (the same as truncating for a whole gain)
     diff = cv2.absdiff(np.ascontiguousarray(before), np.ascontiguousarray(after))
-    return cv2.convertScaleAbs(diff, alpha=float(gain))
+    out = cv2.convertScaleAbs(diff, alpha=float(gain))
+    if alpha is not None:
+        a = np.ascontiguousarray(alpha, dtype=np.uint8)
+        out = cv2.multiply(out, cv2.merge([a, a, a]), scale=1 / 255)
+    return out
 
 
 def build_view(path: Path, output: Path | None, mask_path: Path | None = None,
@@ -63,22 +87,21 @@ def build_view(path: Path, output: Path | None, mask_path: Path | None = None,
     longer wanted (the photographer stepped on: the photo landed on is not kept waiting)."""
     if stale is not None and stale():
         return None
-    before_rgb = load_full(path)
+    before_rgb, before_alpha = load_full_rgba(path)
     mask = None
     if mask_path is not None and Path(mask_path).exists():
         from .editor.mask import read_mask
 
         mask = read_mask(Path(mask_path), before_rgb.shape[:2])
-    before = rgb_to_qimage(before_rgb)
+    before, before_proxy = _display(before_rgb, before_alpha)
     after = after_proxy = removed = None
     if output is not None and Path(output).exists():
         if stale is not None and stale():
             return None
-        after_rgb = load_full(Path(output))
-        after = rgb_to_qimage(after_rgb)
-        after_proxy = _proxy(after_rgb)
-        removed = rgb_to_qimage(removed_layer(before_rgb, after_rgb))
-    return ViewImages(Path(path), before, _proxy(before_rgb), after, after_proxy, removed,
+        after_rgb, after_alpha = load_full_rgba(Path(output))
+        after, after_proxy = _display(after_rgb, after_alpha)
+        removed = rgb_to_qimage(removed_layer(before_rgb, after_rgb, alpha=before_alpha))
+    return ViewImages(Path(path), before, before_proxy, after, after_proxy, removed,
                       before_rgb, mask)
 
 
@@ -87,7 +110,7 @@ def take_preview(path: Path) -> QImage:
     for the viewer as the photo is (sRGB, ``load_full``), and deleted: a preview is shown,
     never kept. Off the GUI thread."""
     try:
-        return rgb_to_qimage(load_full(Path(path)))
+        return rgba_to_qimage(*load_full_rgba(Path(path)))  # (with its alpha, if any)
     finally:
         remove_quietly(Path(path))
 

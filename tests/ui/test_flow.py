@@ -608,8 +608,9 @@ def test_stepping_through_photos_decodes_only_the_one_landed_on(qtbot, window, f
     with qtbot.waitSignal(win.view_loaded, timeout=20000):
         win.show_viewer(paths[0])
     decoded: list[str] = []
-    real = photo_io.load_full
-    monkeypatch.setattr(photo_io, "load_full", lambda p: decoded.append(Path(p).name) or real(p))
+    real = photo_io.load_full_rgba  # (the viewer's decode: the photo and its alpha)
+    monkeypatch.setattr(photo_io, "load_full_rgba",
+                        lambda p: decoded.append(Path(p).name) or real(p))
     gate = threading.Event()
     pool = win.client.pool
     for _ in range(pool.maxThreadCount()):  # every pool thread busy: the builds queue up

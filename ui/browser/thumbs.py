@@ -25,7 +25,7 @@ from pathlib import Path
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QObject, QRunnable, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
-from ..imaging import load_preview, rgb_to_qimage
+from ..imaging import load_thumbnail, rgb_to_qimage
 from ..messages import describe_error
 
 log = logging.getLogger("mend.ui.thumbs")
@@ -35,8 +35,10 @@ THUMB_SIDE = 256
 # from the photo's colour profile (earlier ones, keyed without a kind, were the stored values);
 # "srgb.2": grey (and CMYK) profiles applied as well (were shown as if untagged: a grey JPEG
 # with a dot-gain profile was ~21 levels too dark on average); "srgb.3": JPEG XL and float TIFF
-# previews converted from their profiles too (a P3 JPEG XL was ~10 levels off on average)
-THUMB_KIND = "srgb.3"
+# previews converted from their profiles too (a P3 JPEG XL was ~10 levels off on average);
+# "srgb.4": transparent photos over a checkerboard (were the colours stored under their
+# transparent pixels)
+THUMB_KIND = "srgb.4"
 # the disk cache's cap. A 256 px thumbnail is 10-17 KB (9.8 KB mean over 235 test photos,
 # 12-17 KB for full-size camera ones), so 512 MB keeps the last ~30,000-50,000 photos browsed,
 # many big folders' worth, yet little beside the photos themselves. Past it the least recently
@@ -324,7 +326,7 @@ class _ThumbTask(QRunnable):
             ld.signals.failed.emit(self.gen, self.path, cached)
             return
         try:
-            img = rgb_to_qimage(load_preview(self.path, ld.side))
+            img = rgb_to_qimage(load_thumbnail(self.path, ld.side))
         except Exception as e:  # noqa: BLE001 - a broken photo is cached as a failure
             msg = describe_error(e)
             ld.cache.put_failure(self.key, msg)

@@ -7,6 +7,10 @@ the smaller one is stretched onto the same rectangle so the comparison lines up.
 A preview (a fix of part of the photo, ``set_preview``) is laid over the photo in the after pane
 at its place, at whatever scale it came (an x4 chain's preview keeps its pixels when zoomed in),
 outlined and labelled "Preview"; the after pane shows the photo around it, not an earlier result.
+
+A transparent photo (an image with an alpha channel: ui/imaging.py) is drawn over a
+checkerboard of fixed size on the screen, anchored at the photo's corner, as photo apps show
+transparency.
 """
 from __future__ import annotations
 
@@ -14,10 +18,26 @@ import enum
 from collections.abc import Sequence
 
 from PySide6.QtCore import QPointF, QRectF, QSizeF, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPolygonF
+from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPen, QPixmap, QPolygonF
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 PROXY_SIDE = 2048
+
+
+def checker_brush(side: int | None = None) -> QBrush:
+    """The checkerboard drawn behind transparent pixels (squares of ``side`` px, the same two
+    greys as the thumbnails': ui.imaging)."""
+    from ..imaging import CHECKER_DARK, CHECKER_LIGHT, CHECKER_SIDE
+
+    side = side or CHECKER_SIDE
+    tile = QPixmap(2 * side, 2 * side)
+    tile.fill(QColor(CHECKER_LIGHT, CHECKER_LIGHT, CHECKER_LIGHT))
+    q = QPainter(tile)
+    dark = QColor(CHECKER_DARK, CHECKER_DARK, CHECKER_DARK)
+    q.fillRect(side, 0, side, side, dark)
+    q.fillRect(0, side, side, side, dark)
+    q.end()
+    return QBrush(tile)
 
 
 class Compare(str, enum.Enum):
@@ -60,6 +80,7 @@ class ImageCanvas(QWidget):
         self.message = "Open a folder and pick a photo"
         self._drag: str | None = None
         self._last = QPointF()
+        self._checker: QBrush | None = None  # (made when a transparent photo is first drawn)
 
     # -- content --------------------------------------------------------------------------
     def set_images(self, before: QImage | None, after: QImage | None = None,
@@ -213,18 +234,18 @@ class ImageCanvas(QWidget):
             p.save()
             p.setClipRect(pane)
             if name == "before":
-                self._draw_image(p, pane, self.before, self.before_proxy)
+                self._draw_photo(p, pane, self.before, self.before_proxy)
             elif name == "after":
                 self._draw_after(p, pane)
             elif self.mode is Compare.SPLIT and self.before is not None:
                 x = pane.left() + pane.width() * self.split
                 p.setClipRect(QRectF(pane.left(), pane.top(), x - pane.left(), pane.height()))
-                self._draw_image(p, pane, self.before, self.before_proxy)
+                self._draw_photo(p, pane, self.before, self.before_proxy)
                 p.setClipRect(QRectF(x, pane.top(), pane.right() - x, pane.height()))
                 self._draw_after(p, pane)
                 p.setClipRect(pane)
             elif self.mode is Compare.BEFORE or not self.has_after():
-                self._draw_image(p, pane, self.before, self.before_proxy)
+                self._draw_photo(p, pane, self.before, self.before_proxy)
             else:
                 self._draw_after(p, pane)
             self._draw_overlays(p, pane)
@@ -254,11 +275,13 @@ class ImageCanvas(QWidget):
         """The after pane: the result (or its removed layer), or with a preview the photo with
         the preview laid over it at its place."""
         if self.preview is None:
-            self._draw_image(p, pane, *self._after_pair())
+            self._draw_photo(p, pane, *self._after_pair())
             return
-        self._draw_image(p, pane, self.before, self.before_proxy)
+        self._draw_photo(p, pane, self.before, self.before_proxy)
         r = self._preview_scene()
         dst = QRectF(self.to_widget(r.topLeft(), pane), self.to_widget(r.bottomRight(), pane))
+        if self.preview.hasAlphaChannel():  # (the photo under it is not what it shows)
+            self._fill_checker(p, pane, dst)
         p.drawImage(dst, self.preview, QRectF(self.preview.rect()))
 
     def _draw_preview_frame(self, p: QPainter, pane: QRectF, name: str) -> None:
@@ -302,8 +325,23 @@ class ImageCanvas(QWidget):
         s = self.scene_size()
         return QRectF(tl, br).intersected(QRectF(0, 0, s.width(), s.height()))
 
-    def _draw_image(self, p: QPainter, pane: QRectF, img: QImage | None,
+    def _draw_photo(self, p: QPainter, pane: QRectF, img: QImage | None,
                     proxy: QImage | None = None) -> None:
+        """``_draw_image`` for a photo: one with transparency over the checkerboard."""
+        self._draw_image(p, pane, img, proxy, backdrop=True)
+
+    def _fill_checker(self, p: QPainter, pane: QRectF, dst: QRectF) -> None:
+        if self._checker is None:
+            self._checker = checker_brush()
+        p.save()
+        p.setBrushOrigin(self.to_widget(QPointF(0, 0), pane))  # (it moves with the photo)
+        p.fillRect(dst, self._checker)
+        p.restore()
+
+    def _draw_image(self, p: QPainter, pane: QRectF, img: QImage | None,
+                    proxy: QImage | None = None, backdrop: bool = False) -> None:
+        """``img`` (or its ``proxy`` when that has enough pixels) over the scene; with
+        ``backdrop``, over the checkerboard where it has an alpha channel."""
         if img is None or img.isNull():
             return
         vis = self._visible_scene(pane)
@@ -318,6 +356,8 @@ class ImageCanvas(QWidget):
         kx, ky = use.width() / s.width(), use.height() / s.height()
         src = QRectF(vis.x() * kx, vis.y() * ky, vis.width() * kx, vis.height() * ky)
         dst = QRectF(self.to_widget(vis.topLeft(), pane), self.to_widget(vis.bottomRight(), pane))
+        if backdrop and use.hasAlphaChannel():
+            self._fill_checker(p, pane, dst)
         p.drawImage(dst, use, src)
 
     def _draw_overlays(self, p: QPainter, pane: QRectF) -> None:

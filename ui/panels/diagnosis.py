@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QSize, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -27,6 +28,7 @@ from PySide6.QtWidgets import (
 from engine.api import BLUR_LINE_RESOLVED_MIN, CLASSES, Degradation, Diagnosis, Plan, Step
 
 from ..app import weak_slot
+from ..widgets import ElidedLabel, breakable
 
 CHOICES: dict[str, list[Any]] = {
     "scale": [1, 2, 4],
@@ -165,12 +167,19 @@ class DiagnosisPanel(QWidget):
         self.diagnosis: Diagnosis | None = None
         self.plan: Plan | None = None
         self._updating = False
-        lay = QVBoxLayout(self)
+        # the panel scrolls up and down, never sideways (its contents wrap or elide to its
+        # width), above its actions (``footer``), which stay in view
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(0)
+        self.body = QWidget()
+        lay = QVBoxLayout(self.body)
         lay.setContentsMargins(8, 8, 8, 8)
 
-        self.title = QLabel("No photo")
+        # (one line, cut in the middle when it does not fit: a long file name made the dock,
+        # and with it the window, wider - or the name broke in odd places)
+        self.title = ElidedLabel("No photo")
         self.title.setObjectName("panelTitle")
-        self.title.setWordWrap(True)
         lay.addWidget(self.title)
         self.label = QLabel("Not diagnosed yet")
         self.label.setObjectName("diagnosisLabel")
@@ -178,6 +187,7 @@ class DiagnosisPanel(QWidget):
         lay.addWidget(self.label)
         self.runner_up = QLabel("")
         self.runner_up.setObjectName("dim")
+        self.runner_up.setWordWrap(True)
         lay.addWidget(self.runner_up)
         # what Mend did to this file, when it is a result Mend wrote (its record, set_record)
         self.history = QLabel("")
@@ -212,7 +222,7 @@ class DiagnosisPanel(QWidget):
 
         row = QHBoxLayout()
         row.addWidget(QLabel("Fix as"))
-        self.override = QComboBox()
+        self.override = _narrow(QComboBox())
         self.override.addItem("Automatic", None)
         for c in CLASSES:
             self.override.addItem(f"{c.value} · {c.short_name}", c.value)
@@ -233,6 +243,7 @@ class DiagnosisPanel(QWidget):
         pl = QVBoxLayout(plan_box)
         self.profile_label = QLabel("")
         self.profile_label.setObjectName("dim")
+        self.profile_label.setWordWrap(True)
         pl.addWidget(self.profile_label)
         # "Estimate: ~40 s, ~1.2 GB ..." for the plan as edited (set_estimator provides it)
         self.estimate_label = QLabel("")
@@ -246,7 +257,7 @@ class DiagnosisPanel(QWidget):
         self.steps.itemChanged.connect(self._on_step_toggled)
         pl.addWidget(self.steps)
         btns = QHBoxLayout()
-        self.add_combo = QComboBox()
+        self.add_combo = _narrow(QComboBox(), 6)
         self.add_combo.setToolTip("Step to add")
         btns.addWidget(self.add_combo, 1)
         self._plan_edit = [self.add_combo]  # enabled only with a photo to plan for
@@ -266,18 +277,29 @@ class DiagnosisPanel(QWidget):
         pl.addWidget(self.params_box)
         lay.addWidget(plan_box)
 
+        # the panel's actions, in a bar of their own below the scrolling part: after a
+        # diagnosis the panel is taller than a 900 px screen, and "Fix this photo" was below
+        # the fold
+        self.footer = QWidget()
+        self.footer.setObjectName("panelFooter")
+        foot = QVBoxLayout(self.footer)
+        foot.setContentsMargins(8, 6, 8, 6)
         self.mask_btn = QPushButton("Edit reflection mask…")
         self.mask_btn.clicked.connect(self.edit_mask_requested)
-        lay.addWidget(self.mask_btn)
+        foot.addWidget(self.mask_btn)
         self.run_btn = QPushButton("Fix this photo")
         self.run_btn.setObjectName("primary")
         self.run_btn.clicked.connect(weak_slot(self, lambda p: p.run_requested.emit(p.plan)))
-        lay.addWidget(self.run_btn)
+        foot.addWidget(self.run_btn)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setObjectName("dim")
         lay.addWidget(self.status)
         lay.addStretch(1)
+        self.scroll = _VerticalScroll()
+        self.scroll.setWidget(self.body)
+        outer.addWidget(self.scroll, 1)
+        outer.addWidget(self.footer)
         self.set_photo_name(None)
 
     # -- content --------------------------------------------------------------------------
@@ -320,11 +342,13 @@ class DiagnosisPanel(QWidget):
         helps = {ESTIMATE_NAMES[k][0]: h for k, h in ESTIMATE_HELP.items()}
         for name, text in estimate_rows(d.estimates):
             name_label, value_label = QLabel(name), QLabel(text)
+            value_label.setWordWrap(True)
             for w in (name_label, value_label):
                 w.setToolTip(helps.get(name, ""))
             self.est_form.addRow(name_label, value_label)
         if d.flags:
-            name_label, present = QLabel("Present"), QLabel(", ".join(d.flags))
+            name_label, present = QLabel("Present"), QLabel(breakable(", ".join(d.flags), 12))
+            present.setWordWrap(True)
             for w in (name_label, present):
                 w.setToolTip("Every problem judged present, whatever the class")
             self.est_form.addRow(name_label, present)
@@ -367,7 +391,8 @@ class DiagnosisPanel(QWidget):
         self.estimate_label.setText(f"Estimate: {text}" if text else "")
 
     def set_status(self, text: str) -> None:
-        self.status.setText(text)
+        # (a result's path is one long word: breakable, not wider than the panel)
+        self.status.setText(breakable(text))
 
     def set_record(self, record: Mapping[str, Any] | None) -> None:
         """Show what Mend did to this file (the record it wrote into the file), or nothing."""
@@ -471,7 +496,7 @@ class DiagnosisPanel(QWidget):
         setter = weak_slot(self, lambda p, v: p._set_param(i, key, v))
 
         if key in CHOICES:
-            w = QComboBox()
+            w = _narrow(QComboBox(), 10)
             opts = list(CHOICES[key])
             if value not in opts:
                 opts.append(value)
@@ -504,3 +529,40 @@ class DiagnosisPanel(QWidget):
         le = QLineEdit(str(value))
         le.editingFinished.connect(lambda: setter(le.text()))
         return le
+
+
+class _VerticalScroll(QScrollArea):
+    """A scroll area that scrolls vertically only: its widget is as wide as the area, which is
+    never narrower than the widget's minimum width (no part of it cut off at the right)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def setWidget(self, widget: QWidget) -> None:
+        super().setWidget(widget)
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, e) -> bool:
+        if e.type() == QEvent.Type.LayoutRequest and obj is self.widget():
+            self.updateGeometry()  # (its minimum width may have changed: rows came or went)
+        return super().eventFilter(obj, e)
+
+    def minimumSizeHint(self) -> QSize:
+        w = self.widget()
+        hint = super().minimumSizeHint()
+        if w is None:
+            return hint
+        bar = self.verticalScrollBar().sizeHint().width()
+        return QSize(w.minimumSizeHint().width() + bar + 2 * self.frameWidth(), hint.height())
+
+
+def _narrow(combo: QComboBox, chars: int = 8) -> QComboBox:
+    """``combo`` asking for ``chars`` characters' width at least, not its longest item's (a
+    step name like "reflection_inpaint_lama" set the panel's, and the window's, minimum
+    width); its list still shows the items whole."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    return combo

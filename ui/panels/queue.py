@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QItemSelectionModel, Qt, QTimer
 from PySide6.QtWidgets import (
-    QHBoxLayout,
+    QGridLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -41,15 +41,17 @@ class QueuePanel(QWidget):
         self.list = QListWidget()
         self.list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
         lay.addWidget(self.list, 1)
-        row = QHBoxLayout()
+        # (two rows: five buttons in one made the dock, and the window, 380 px wide at least)
+        rows = QGridLayout()
         self.up = QPushButton("Up")
         self.down = QPushButton("Down")
         self.cancel = QPushButton("Cancel")
         self.retry = QPushButton("Retry")
         self.clear = QPushButton("Clear finished")
-        for b in (self.up, self.down, self.cancel, self.retry, self.clear):
-            row.addWidget(b)
-        lay.addLayout(row)
+        for i, b in enumerate((self.up, self.down, self.cancel, self.retry)):
+            rows.addWidget(b, 0, i)
+        rows.addWidget(self.clear, 1, 0, 1, 4)
+        lay.addLayout(rows)
         self.detail = QLabel("")
         self.detail.setWordWrap(True)
         self.detail.setObjectName("dim")
