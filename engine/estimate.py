@@ -2,10 +2,18 @@
 
 Time comes from two sources, best first:
 
-1. **Measured here**: every finished step records its seconds per input megapixel for its
-   (step, model, device kind, thread count) in a small history file; the estimate uses the
-   running average of those runs. A step's first short run in an engine carries one-time
-   set-up (see ``COLD_RUN_S``): it is counted once, not per megapixel.
+1. **Measured here**: every finished step records its seconds and its work (input megapixels)
+   for its (step, model, device kind, thread count) in a small history file, averaged per size
+   class (``CostHistory.SIZE_RATIO``). The estimate is seconds = fixed + rate x megapixels
+   through those averages: each run pays a fixed part (set-up, Python, the tiler's bookkeeping,
+   OpenCV's first touches of its buffers; warm denoising 0.007-0.019 s) that a per-megapixel
+   rate alone spread over every megapixel of a large photo (warm 100 x 75 px runs: 2.2-3.7 s
+   per MP against 1.07-1.31 s per MP at 4-12 MP on a quiet machine). With one size only, the
+   reference rate bounds the rest (see ``CostHistory.predict``). A step's first short run in an
+   engine carries one-time set-up (see ``COLD_RUN_S``): it is counted once, not per megapixel.
+   The line is straight: a step whose rate grows with the photo (``deblur_builtin``'s
+   whole-photo FFT: 0.13-0.17 s/MP at 0.3 MP, 0.26-0.36 s/MP at 12 MP) is underestimated from
+   small photos alone (0.5-0.7x at 12 MP) until a photo near the size has run.
 2. **Reference**: seconds per megapixel of each step measured by ``bench/restore.py`` on one core
    of the 2-core AMD EPYC development machine (docs/PERFORMANCE.md, 2026-11-22; model steps at
    the real architecture sizes with random weights: time only). They are divided by the thread
@@ -213,10 +221,21 @@ def step_work_units(name: str, params: Mapping[str, Any], pixels: int) -> float:
 # ``_loaded_once``). Such a run shorter than this (where the measured set-up, up to 0.2 s on a
 # busy machine, is a fifth or more of it) is "cold": it is never averaged into a figure warm runs
 # taught, a figure resting on cold runs alone is replaced by the step's next warm run, and for a
-# larger photo its seconds count once, not per megapixel (``CostHistory.lookup``). Per megapixel,
+# larger photo its seconds count once, not per megapixel (``CostHistory.predict``). Per megapixel,
 # one cold 100 x 75 px run took a 24 MP photo's denoising estimate to 160-340 s (a 24 MP photo
 # took 31-72 s on the loaded 2-core development machine; 72 s now, the reference's).
 COLD_RUN_S = 1.0
+
+# Warm runs also pay a fixed part per run, measured by fitting seconds = fixed + rate x MP to
+# warm runs of 100 x 75 px to 2400 x 1800 px in one engine (2-core development machine, 1
+# thread, 2026-12-07): denoise_builtin 0.007-0.019 s + 1.25-1.33 s/MP, deblur_builtin
+# 0.001-0.002 s + 0.15-0.17 s/MP, sharpen_builtin ~0 + 0.06-0.07 s/MP. A 100 x 75 px warm
+# denoising (0.017-0.028 s) is half fixed: per megapixel (2.2-3.7 s) it put a 12 MP photo at
+# 27-45 s, which took 12.8 s on the quiet machine. With runs of one size only, the fixed part is
+# taken to be at most this much of a warm run (five times the largest measured), fitted to
+# several sizes too (noise in short runs' seconds cannot take a large photo's rate down with
+# it), and at most ``COLD_RUN_S`` of a cold one (``CostHistory.predict``).
+WARM_FIXED_S = 0.1
 
 
 def _positive(v: Any) -> float | None:
@@ -233,23 +252,115 @@ def _key(name: str, model: str | None, device_kind: str, threads: int) -> str:
     return f"{name}{mark}|{model or ''}|{device_kind}|{threads}"
 
 
+def _sizes(v: Any) -> list[list[float]] | None:
+    """A history entry's size classes as read from the file: [[work, seconds, runs], ...] by
+    work, or None when missing or damaged (the entry is then its average rate alone)."""
+    if not isinstance(v, list) or not v:
+        return None
+    out = []
+    for c in v:
+        if not isinstance(c, list) or len(c) != 3:
+            return None
+        units, runs = _positive(c[0]), _positive(c[2])
+        try:
+            seconds = float(c[1])
+        except (TypeError, ValueError):
+            return None
+        if units is None or runs is None or not (math.isfinite(seconds) and seconds >= 0):
+            return None
+        out.append([units, seconds, runs])
+    return sorted(out)
+
+
+def _add_run(sizes: list[list[float]], units: float, seconds: float, window: float,
+             ratio: float, most: int) -> list[list[float]]:
+    """``sizes`` (a new list) with a run of ``units`` work that took ``seconds``: averaged into
+    the class of the nearest work within ``ratio`` (a running average over ``window`` runs, of
+    the work as of the seconds), else a class of its own. Classes that came within ``ratio`` of
+    each other, and beyond ``most`` classes the two nearest in work, merge (weighted by runs):
+    the smallest and the largest work ever run are kept."""
+    out = [list(c) for c in sizes]
+    near = min(out, key=lambda c: abs(math.log(units / c[0])), default=None)
+    if near is not None and abs(math.log(units / near[0])) < math.log(ratio):
+        n = min(near[2] + 1.0, window)
+        near[:] = [near[0] + (units - near[0]) / n, near[1] + (seconds - near[1]) / n, n]
+    else:
+        out.append([units, seconds, 1.0])
+    out.sort()
+    while len(out) > 1:
+        i = min(range(len(out) - 1), key=lambda j: out[j + 1][0] / out[j][0])
+        if out[i + 1][0] / out[i][0] >= ratio and len(out) <= most:
+            break
+        (u1, s1, n1), (u2, s2, n2) = out[i], out[i + 1]
+        out[i:i + 2] = [[(u1 * n1 + u2 * n2) / (n1 + n2), (s1 * n1 + s2 * n2) / (n1 + n2),
+                         min(n1 + n2, window)]]
+    return out
+
+
+def _fixed_part(sizes: list[list[float]], reference: float | None, most: float) -> float:
+    """The fixed seconds of every run, in seconds = fixed + rate x work through ``sizes``.
+
+    Two sizes or more: the weighted least-squares line through their averages, each weighted
+    by its runs over its seconds squared (a busy machine stretches a run's seconds by a factor,
+    so each class counts by its relative error). One size tells seconds, not how they split:
+    the fixed part is what the ``reference`` rate leaves of them (the rate beyond is then the
+    lower of its own and the reference); none without a reference. Either way at least 0 and at
+    most ``most`` and the shortest class's seconds (no run costs less than its fixed part)."""
+    if len(sizes) == 1:
+        units, seconds, _ = sizes[0]
+        if reference is None:
+            return 0.0
+        return min(max(seconds - reference * units, 0.0), seconds, most)
+    sw = su = ss = suu = sus = 0.0
+    for units, seconds, runs in sizes:
+        w = runs / max(seconds, 1e-6) ** 2
+        sw, su, ss = sw + w, su + w * units, ss + w * seconds
+        suu, sus = suu + w * units * units, sus + w * units * seconds
+    det = sw * suu - su * su
+    fixed = (ss * suu - su * sus) / det if det > 0 else 0.0
+    return min(max(fixed, 0.0), min(s for _, s, _ in sizes), most)
+
+
+def _through(sizes: list[list[float]], fixed: float, units: float) -> float:
+    """Seconds at ``units`` on the line through (0, ``fixed``) and the classes' averages in
+    order of work; beyond the largest, on from it at its rate less the fixed part."""
+    u0, s0 = 0.0, fixed
+    for u1, s1, _ in sizes:
+        if units <= u1:
+            return s0 + (s1 - s0) * (units - u0) / (u1 - u0)
+        u0, s0 = u1, s1
+    return s0 + (s0 - fixed) / u0 * (units - u0)
+
+
 class CostHistory:
-    """Seconds per input megapixel (per photo for ``PER_PHOTO_STEPS``) of finished steps on this
-    machine (a running average over
-    the last runs), kept in a small JSON file. Safe to read from one thread while another
-    records; a file that cannot be read or written only costs the estimate its history.
+    """Seconds of finished steps on this machine and the work they did (input megapixels, per
+    photo for ``PER_PHOTO_STEPS``), kept in a small JSON file. Safe to read from one thread
+    while another records; a file that cannot be read or written only costs the estimate its
+    history.
+
+    Each entry keeps the running average of its seconds per unit (``s_per_mp``, ``n``: what
+    ``get`` returns and what files written before size classes hold) and, for warm runs, the
+    running averages of work and seconds per size class (``sizes``: [[work, seconds, runs],
+    ...], at most ``MAX_SIZES``, runs within ``SIZE_RATIO`` of each other's work in one class),
+    from which ``predict`` estimates seconds = fixed + rate x work.
 
     One history per engine: the first run of each step it records is that step's first in the
     engine (after a model's first load, which the engine does not record), a cold run when
     short (``COLD_RUN_S``). An entry resting on cold runs alone keeps
-    their work (``cold_units``: megapixels, or photos) beside its figure."""
+    their work (``cold_units``: megapixels, or photos) beside its figure, and no size classes."""
 
-    WINDOW = 8  # the average follows the last ~8 runs of a step
+    WINDOW = 8  # the averages follow the last ~8 runs of a step (of a size class)
+    # Runs of work within this factor of a class's average share it. Two classes are then 4x
+    # apart or more, and a busy machine's noise in the smaller one's seconds reaches the rate
+    # fitted beyond the larger divided by (4 - 1) or more: a third of it with no fixed part,
+    # two thirds when the smaller's runs are half fixed (100 x 75 px denoising)
+    SIZE_RATIO = 4.0
+    MAX_SIZES = 4  # (beyond: the two nearest merge; ~100 bytes per entry in the file)
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._data: dict[str, dict[str, float]] | None = None
+        self._data: dict[str, dict[str, Any]] | None = None
         self._mtime: int | None = None  # of the file as last read or written
         self._ran: set[str] = set()  # keys of the steps this history has seen run
 
@@ -269,14 +380,17 @@ class CostHistory:
         except OSError:
             return None
 
-    def _load(self, fresh: bool = False) -> dict[str, dict[str, float]]:
+    def _load(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
         """The figures, read again when the file changed (or always with ``fresh``: under the
-        file lock, where a same-timestamp write by another process must not be missed)."""
+        file lock, where a same-timestamp write by another process must not be missed). Without
+        a file the figures are those recorded here (read afresh, they were all lost but the
+        last recorded)."""
         mtime = self._file_mtime()
-        if fresh or self._data is None or (mtime is not None and mtime != self._mtime):
+        if (fresh and self.path is not None) or self._data is None or (
+                mtime is not None and mtime != self._mtime):
             # first use, or another process/thread (the engine) has written newer figures
             self._mtime = mtime
-            data: dict[str, dict[str, float]] = {}
+            data: dict[str, dict[str, Any]] = {}
             if self.path is not None and self.path.is_file():
                 try:
                     raw = json.loads(self.path.read_text("utf-8"))
@@ -287,6 +401,9 @@ class CostHistory:
                         cold = _positive(v.get("cold_units")) if k in data else None
                         if cold is not None:  # (a damaged mark: a warm figure)
                             data[k]["cold_units"] = cold
+                        sizes = _sizes(v.get("sizes")) if k in data and cold is None else None
+                        if sizes is not None:  # (damaged or missing: the average rate alone)
+                            data[k]["sizes"] = sizes
                 except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                     log.warning("ignoring the step-cost history %s: %s", self.path, e)
                     data = {}
@@ -297,7 +414,8 @@ class CostHistory:
         """A copy of the figures as they are on the disk now, that never reads the disk again
         (no path): what a thread that must not touch the disk (the UI's) estimates with."""
         with self._lock:
-            data = {k: dict(v) for k, v in self._load().items()}
+            data = {k: {**v, **({"sizes": [list(c) for c in v["sizes"]]} if "sizes" in v
+                                else {})} for k, v in self._load().items()}
         copy = CostHistory(None)
         copy._data = data
         return copy
@@ -314,6 +432,33 @@ class CostHistory:
         with self._lock:
             entry = self._load().get(_key(name, model, device_kind, threads))
             return None if entry is None else (entry["s_per_mp"], entry.get("cold_units"))
+
+    def predict(self, name: str, model: str | None, device_kind: str, threads: int,
+                units: float, reference: float | None = None) -> tuple[float, str] | None:
+        """(seconds of a run of ``units`` work, "measured" or "reference"), or None with no
+        figure. ``reference``: the step's reference seconds per unit here, if any.
+
+        Seconds = fixed + rate x work, through the size classes' averages (``_through``) with
+        the fixed part fitted to them (``_fixed_part``). With one size the rate beyond it is the
+        lower of its own and the reference: a run of 100 x 75 px (0.0075 MP) does not set the
+        rate of a 24 MP photo (3200 times its work); its seconds count once ("reference" then).
+        An entry of cold runs alone is one such size whose fixed part may be up to
+        ``COLD_RUN_S``; one from before size classes were kept, its average rate alone."""
+        with self._lock:
+            entry = self._load().get(_key(name, model, device_kind, threads))
+        if entry is None:
+            return None
+        rate, cold = entry["s_per_mp"], entry.get("cold_units")
+        sizes = entry.get("sizes")
+        if sizes is None and cold is None:
+            return rate * units, "measured"
+        most = WARM_FIXED_S
+        if sizes is None:
+            sizes, most = [[cold, rate * cold, 1.0]], COLD_RUN_S
+        fixed = _fixed_part(sizes, reference, most)
+        seconds = _through(sizes, fixed, units)
+        lowered = len(sizes) == 1 and fixed > 0 and units > sizes[0][0]
+        return seconds, "reference" if lowered else "measured"
 
     def record(self, name: str, model: str | None, device_kind: str, threads: int,
                megapixels: float, seconds: float) -> None:
@@ -341,9 +486,13 @@ class CostHistory:
                 if cold:
                     data[k]["cold_units"] = old["cold_units"] + (megapixels
                                                                  - old["cold_units"]) / n
+            if not cold:  # (cold runs' set-up stays out of the classes, as out of the average)
+                before = old.get("sizes", []) if old is not None and not was_cold else []
+                data[k]["sizes"] = _add_run(before, megapixels, seconds, float(self.WINDOW),
+                                            self.SIZE_RATIO, self.MAX_SIZES)
             self._save(data)
 
-    def _save(self, data: dict[str, dict[str, float]]) -> None:
+    def _save(self, data: dict[str, dict[str, Any]]) -> None:
         if self.path is None:
             return
         from .errors import EngineError
@@ -466,8 +615,6 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
         # (history and reference figures are per unit: per InvSR sampling step)
         units = work_units(step.name, pixels) * step_multiplier(step.name,
                                                                 {**defaults, **step.params})
-        found = history.lookup(step.name, model, device_kind, threads) if history else None
-        rate, cold_units = found if found is not None else (None, None)
         ref = None
         if device_kind == "cpu":
             if step.name in PER_PHOTO_STEPS:
@@ -476,19 +623,15 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
                 ref = REFERENCE_CPU_S_PER_MP.get((step.name, model),
                                                  REFERENCE_CPU_S_PER_MP.get((step.name, None)))
             ref = None if ref is None else ref / threads
-        basis = "measured"
-        if rate is None and ref is not None:
-            rate, basis = ref, "reference"
-        if rate is None:
-            seconds, basis = None, "unknown"
-        elif cold_units is not None and units > cold_units:
-            # cold runs only (set-up included): their seconds once, for the work they did; the
-            # rest at the lower of their rate and the reference (their rate is an upper bound)
-            more = rate if ref is None or ref >= rate else ref
-            seconds = rate * cold_units + more * (units - cold_units)
-            basis = "measured" if more == rate else "reference"
+        found = (history.predict(step.name, model, device_kind, threads, units, ref)
+                 if history else None)
+        seconds: float | None
+        if found is not None:  # (fixed + rate x work from the runs here: CostHistory.predict)
+            seconds, basis = found
+        elif ref is not None:
+            seconds, basis = ref * units, "reference"
         else:
-            seconds = rate * units
+            seconds, basis = None, "unknown"
         steps.append(StepEstimate(step.name, model, seconds, basis))
         total = None if (total is None or seconds is None) else total + seconds
         scale = step_scale(step)

@@ -2,6 +2,7 @@
 `mend restore --dry-run`."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -196,3 +197,135 @@ def test_face_and_inpainting_steps_cost_per_photo_not_per_megapixel(tmp_path):
     h.record("face_codeformer", None, "cpu", 1, megapixels=1.0, seconds=3.0)
     again = estimate_plan(plan, (5000, 5000), device_kind="cpu", threads=1, history=h)
     assert again.steps[1].seconds == pytest.approx(3.0) and again.steps[1].basis == "measured"
+
+
+# ------------------------------------------------------------- fixed + rate x megapixels (sizes)
+
+TINY_MP = 100 * 75 / 1e6
+
+
+def _denoise(h: CostHistory, size, device_kind="cpu"):
+    return estimate_plan(_plan(Step("denoise_builtin")), size, device_kind=device_kind,
+                         threads=1, history=h).steps[0]
+
+
+def test_fast_small_runs_and_a_slow_big_run_predict_the_sizes_between_them(tmp_path):
+    """Warm denoising in one engine on the quiet 2-core development machine (engine/estimate.py,
+    2026-12-07): 100 x 75 px 0.017-0.028 s, 640 x 480 0.38-0.40 s, 2400 x 1800 (4.32 MP) 4.74 s,
+    4000 x 3000 (12 MP) 12.8 s. As one running rate per megapixel, four small runs and the 12 MP
+    one put the 4.32 MP photo at 10.1 s and the 12 MP photo itself at 28 s."""
+    h = CostHistory(tmp_path / "c.json")
+    for _ in range(5):  # (the first, short, is a cold run: replaced by the next)
+        h.record("denoise_builtin", None, "cpu", 1, TINY_MP, 0.02)
+    h.record("denoise_builtin", None, "cpu", 1, 12.0, 12.8)
+    for h2 in (h, CostHistory(tmp_path / "c.json")):  # (and read back from the file)
+        assert _denoise(h2, (3000, 4000)).seconds == pytest.approx(12.8, rel=0.01)
+        # the line through both, fixed ~0.012 s + 1.07 s/MP, against what those sizes took
+        assert _denoise(h2, (1800, 2400)).seconds == pytest.approx(4.74, rel=0.05)
+        assert _denoise(h2, (480, 640)).seconds == pytest.approx(0.39, rel=0.15)
+        assert _denoise(h2, (75, 100)).seconds == pytest.approx(0.02, rel=0.01)
+        assert _denoise(h2, (1800, 2400)).basis == "measured"
+    # beyond the largest size: on at its rate less the fixed part
+    assert _denoise(h, (4000, 6000)).seconds == pytest.approx(25.6, rel=0.01)
+    # a step's own average rate (what `get` says, and what older files hold) is kept
+    assert h.get("denoise_builtin", None, "cpu", 1) == pytest.approx(
+        0.02 / TINY_MP + (12.8 / 12.0 - 0.02 / TINY_MP) / 5)
+
+
+def test_only_tiny_warm_runs_do_not_set_the_rate_of_a_large_photo(tmp_path):
+    """A warm 100 x 75 px run is about half fixed (0.007-0.019 s of 0.017-0.028 s for
+    denoising): with no other size, a 24 MP photo is its seconds once and the rest at the lower
+    of its rate and the reference (160 s per megapixel below)."""
+    h = CostHistory(tmp_path / "c.json")
+    for _ in range(4):
+        h.record("denoise_builtin", None, "cpu", 1, TINY_MP, 0.05)  # 6.7 s/MP
+    ref = REFERENCE_CPU_S_PER_MP[("denoise_builtin", None)]
+    big = _denoise(h, (4000, 6000))
+    assert big.seconds == pytest.approx(0.05 + ref * (24.0 - TINY_MP))  # (160 s per MP)
+    assert big.basis == "reference"
+    assert _denoise(h, (75, 100)).seconds == pytest.approx(0.05)
+    assert _denoise(h, (75, 100)).basis == "measured"
+    # a tiny rate below the reference is the step's own (sharpening: ~0.07 s/MP here)
+    for _ in range(3):
+        h.record("sharpen_builtin", None, "cpu", 1, TINY_MP, 0.0005)
+    sharpen = estimate_plan(_plan(Step("sharpen_builtin")), (4000, 6000), device_kind="cpu",
+                            threads=1, history=h).steps[0]
+    assert sharpen.seconds == pytest.approx(0.0005 / TINY_MP * 24.0)
+    assert sharpen.basis == "measured"
+    # with no reference (a GPU) its own rate is all there is
+    for _ in range(3):
+        h.record("denoise_builtin", None, "cuda", 1, TINY_MP, 0.05)
+    assert _denoise(h, (4000, 6000), "cuda").seconds == pytest.approx(0.05 / TINY_MP * 24.0)
+
+
+def test_one_size_of_long_runs_keeps_its_own_rate(tmp_path):
+    """Long runs leave little room for a fixed part (``WARM_FIXED_S``): a machine slower than the
+    reference keeps its own rate for larger photos, not the reference's."""
+    h = CostHistory(tmp_path / "c.json")
+    for _ in range(3):
+        h.record("denoise_builtin", None, "cpu", 1, 12.0, 48.0)  # 4 s/MP; the reference: 3
+    est = _denoise(h, (4000, 6000))
+    assert est.seconds == pytest.approx(96.0, rel=0.002)
+    assert est.seconds >= 96.0 - 2 * 0.1
+
+
+def test_size_classes_stay_few_and_keep_the_smallest_and_largest(tmp_path):
+    path = tmp_path / "c.json"
+    h = CostHistory(path)
+    h.record("s", None, "cpu", 1, 1.0, 1.01)
+    h.record("s", None, "cpu", 1, 1.5, 1.51)  # (within 4x: one class, its averages)
+    sizes = json.loads(path.read_text())["steps"]["s||cpu|1"]["sizes"]
+    assert sizes == [[pytest.approx(1.25), pytest.approx(1.26), 2.0]]
+    for mp in (0.001, 0.01, 0.05, 0.3, 3.0, 12.0, 50.0, 0.004, 7.0):
+        h.record("s", None, "cpu", 1, mp, 0.01 + mp)
+    sizes = json.loads(path.read_text())["steps"]["s||cpu|1"]["sizes"]
+    assert len(sizes) <= CostHistory.MAX_SIZES
+    assert all(b[0] / a[0] >= CostHistory.SIZE_RATIO for a, b in itertools.pairwise(sizes))
+    assert sizes[0][0] < 0.01 and sizes[-1][0] > 20
+    assert all(c[2] <= CostHistory.WINDOW for c in sizes)
+    # (every run was on the line 0.01 s + 1 s/MP: merged classes stay on it)
+    for mp in (0.002, 0.5, 24.0, 100.0):
+        px = int(mp * 1e6)
+        got = estimate_plan(_plan(Step("s")), (1, px), device_kind="cpu", threads=1,
+                            history=CostHistory(path)).steps[0].seconds
+        assert got == pytest.approx(0.01 + mp, rel=0.2), mp
+
+
+def test_history_files_without_size_classes_still_estimate_and_stay_readable(tmp_path):
+    """A file written before size classes (and one with damaged classes) estimates with its
+    average rate; the entries written now keep ``s_per_mp`` and ``n``, all an older Mend reads."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"version": 1, "steps": {
+        "denoise_builtin||cpu|1": {"s_per_mp": 2.0, "n": 3.0},
+        "sharpen_builtin||cpu|1": {"s_per_mp": 0.1, "n": 1.0, "sizes": [[1.0, "x", 1.0]]},
+        "upscale_builtin||cpu|1": {"s_per_mp": 0.2, "n": 1.0, "sizes": [[0.0, 1.0, 1.0]]},
+        "deblur_builtin||cpu|1": {"s_per_mp": 0.3, "n": 1.0, "sizes": "many"}}}))
+    h = CostHistory(path)
+    assert _denoise(h, (4000, 6000)).seconds == pytest.approx(48.0)
+    for name, rate in (("sharpen_builtin", 0.1), ("upscale_builtin", 0.2),
+                       ("deblur_builtin", 0.3)):
+        est = estimate_plan(_plan(Step(name, {"scale": 1})), (1000, 1000), device_kind="cpu",
+                            threads=1, history=h)
+        assert est.steps[0].seconds == pytest.approx(rate) and est.basis == "measured"
+    h.record("denoise_builtin", None, "cpu", 1, TINY_MP, 0.02)  # (a cold run: not averaged)
+    h.record("denoise_builtin", None, "cpu", 1, 12.0, 15.0)
+    entry = json.loads(path.read_text())["steps"]["denoise_builtin||cpu|1"]
+    assert entry["n"] == 4.0 and entry["s_per_mp"] == pytest.approx(2.0 + (1.25 - 2.0) / 4)
+    assert entry["sizes"] == [[12.0, 15.0, 1.0]]
+    assert _denoise(h, (4000, 6000)).seconds == pytest.approx(30.0, rel=0.01)
+
+
+def test_a_history_without_a_file_keeps_every_step_it_recorded():
+    """(``MEND_COST_HISTORY=""`` and snapshots: each record read "the file" afresh and lost
+    every other entry.)"""
+    h = CostHistory(None)
+    h.record("denoise_builtin", None, "cpu", 1, 1.0, 2.0)
+    h.record("sharpen_builtin", None, "cpu", 1, 1.0, 0.1)
+    h.record("denoise_builtin", None, "cpu", 1, 2.0, 4.0)
+    assert h.get("denoise_builtin", None, "cpu", 1) == pytest.approx(2.0)
+    assert h.get("sharpen_builtin", None, "cpu", 1) == pytest.approx(0.1)
+    snap = h.snapshot()
+    snap.record("sharpen_builtin", None, "cpu", 1, 1.0, 0.3)
+    assert snap.get("denoise_builtin", None, "cpu", 1) == pytest.approx(2.0)
+    assert snap.get("sharpen_builtin", None, "cpu", 1) == pytest.approx(0.2)
+    assert h.get("sharpen_builtin", None, "cpu", 1) == pytest.approx(0.1)  # (a copy)
