@@ -4,6 +4,7 @@ MainWindow / EngineClient / MaskDocument it built alive once the test's referenc
 (a reference cycle: freed only by the garbage collector, or not at all)."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import weakref
@@ -182,22 +183,32 @@ def pool():
     p.waitForDone(10000)
 
 
-@pytest.fixture
-def window(qtbot, tmp_path):
-    """A main window on the built-in engine (analyzer + builtin profile), results in tmp/out."""
+@contextlib.contextmanager
+def built_window(qtbot, tmp_path, **settings):
+    """A main window on the built-in engine (analyzer + builtin profile), results in tmp/out,
+    with ``settings`` (AppSettings fields) on top; closed, its engine shut down, on exit."""
     from ui.engine_client import EngineClient
     from ui.main_window import MainWindow
     from ui.settings import AppSettings
 
     client = EngineClient(journal=tmp_path / "ui-data" / "queue.json")
-    settings = AppSettings(backend="builtin", profile="builtin", out_dir=str(tmp_path / "out"))
-    win = MainWindow(client, settings, ask_resume=False)
+    chosen = AppSettings(backend="builtin", profile="builtin", out_dir=str(tmp_path / "out"),
+                         **settings)
+    win = MainWindow(client, chosen, ask_resume=False)
     qtbot.addWidget(win)
     win.resize(1200, 800)
     win.show()
-    yield win
-    win.close()
-    client.shutdown()
+    try:
+        yield win
+    finally:
+        win.close()
+        client.shutdown()
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    with built_window(qtbot, tmp_path) as win:
+        yield win
 
 
 def opened(qtbot, win, folder: Path) -> None:

@@ -22,17 +22,14 @@ from engine.restore import registry
 from ui import main_window as mw
 from ui.editor.canvas import Compare
 from ui.engine_client import (
-    EngineClient,
     JobKind,
     JobState,
     read_journal,
     request_from_json,
     request_to_json,
 )
-from ui.main_window import MainWindow
-from ui.settings import AppSettings
 
-from .conftest import opened, write_photo
+from .conftest import built_window, opened, write_photo
 from .test_gui_thread_io import gui_disk  # noqa: F401 - a fixture
 
 W, H = 640, 480
@@ -70,17 +67,9 @@ def test_steps(monkeypatch):
 @pytest.fixture
 def win(qtbot, tmp_path):
     """The conftest's window, with the regression guard off (a red photo is "worse")."""
-    client = EngineClient(journal=tmp_path / "ui-data" / "queue.json")
-    settings = AppSettings(backend="builtin", profile="builtin", out_dir=str(tmp_path / "out"),
-                           guard=False)
-    w = MainWindow(client, settings, ask_resume=False)
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    yield w
-    _GATE.set()
-    w.close()
-    client.shutdown()
+    with built_window(qtbot, tmp_path, guard=False) as w:
+        yield w
+        _GATE.set()
 
 
 @pytest.fixture
