@@ -234,6 +234,8 @@ class JobResult:
             "steps": [s.to_json() for s in self.steps],
             "warnings": list(self.warnings),
         }
+        if self.artifacts.get("mask_path"):  # a B result's mask, written beside it
+            d["mask"] = str(self.artifacts["mask_path"])
         if self.region is not None:
             d["region"] = list(self.region)
         return d

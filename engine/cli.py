@@ -95,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default="auto", choices=["auto", "builtin", "laptop", "quality"])
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     r.add_argument("--backend", default="auto", choices=["auto", "builtin", "clip", "vlm"])
-    r.add_argument("--mask", type=Path, help="reflection mask (8-bit PNG, white = remove)")
+    r.add_argument("--mask", type=Path,
+                   help="reflection mask (8-bit PNG, white = remove): the photo is fixed "
+                        "as class B and what the mask covers is inpainted (not with --plan "
+                        "A, C or D)")
     r.add_argument("--format", choices=["jpeg", "jpg", "png", "tiff", "tif", "webp"],
                    help="output format")
     r.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (1-100)")
@@ -488,13 +491,53 @@ def _is_kept_copy(photo: Path, siblings: dict[tuple[Path, str], list[Path]]) -> 
     m = _RESULT_NAME.match(photo.stem)
     if not m:
         return False
-    for original in siblings.get((photo.parent, m["stem"]), ()):
+    return _copy_of_any(photo, siblings.get((photo.parent, m["stem"]), ()))
+
+
+def _copy_of_any(photo: Path, originals: Iterable[Path]) -> bool:
+    """Whether one of ``originals`` (not ``photo`` itself) has ``photo``'s bytes."""
+    for original in originals:
         try:
             if (original != photo and original.stat().st_size == photo.stat().st_size
                     and filecmp.cmp(original, photo, shallow=False)):
                 return True
         except OSError:
             continue
+    return False
+
+
+def _originals_in(folder: Path, stem: str) -> list[Path]:
+    """The files ``<stem>.*`` in ``folder`` (a result's possible originals)."""
+    try:
+        with os.scandir(folder) as it:
+            return [Path(e.path) for e in it
+                    if Path(e.name).stem == stem and Path(e.name).suffix and e.is_file()]
+    except (OSError, ValueError):
+        return []
+
+
+def _is_kept_copy_of_input(photo: Path, out_dir: Path, paths: list[Path]) -> bool:
+    """Whether ``photo``, in the output folder ``out_dir``, is a result Mend wrote there as a
+    byte copy of a photo of this run's inputs (no record in it): named ``<stem>_mend.<ext>``
+    (``_mend_1``...) with its original ``<stem>.*`` where ``restore -r`` reads it - the same
+    subfolder of an input folder (``shoot/2024/a.jpg`` -> ``OUT/2024/a_mend.jpg``), or a photo
+    named on the command line - holding the same bytes."""
+    m = _RESULT_NAME.match(photo.stem)
+    if not m:
+        return False
+    try:
+        rel = photo.parent.relative_to(out_dir)
+    except ValueError:
+        return False
+    for p in paths:
+        if p.is_dir():
+            originals = _originals_in(p / rel, m["stem"])
+        elif rel == Path() and p.stem == m["stem"]:
+            originals = [p]
+        else:
+            continue
+        if _copy_of_any(photo, originals):
+            return True
     return False
 
 
@@ -522,7 +565,9 @@ def _same_dir(a: Path, b: Path) -> bool:
 def _unread_output_folder(out_dir: Path | None, paths: list[Path], recursive: bool,
                           as_json: bool) -> None:
     """Say so when the output folder lies inside an input folder read with ``-r`` (so it was
-    left out) and holds photos that are not Mend's own results: they were not restored."""
+    left out) and holds photos that are not Mend's own results: they were not restored. Mend's
+    own are those with its record (results, masks) and its byte copies of this run's inputs
+    (nothing to fix, or the original kept: ``_is_kept_copy_of_input``)."""
     from .imageio import iter_photos, mend_output_kind
 
     if out_dir is None or not recursive or not out_dir.is_dir():
@@ -538,7 +583,8 @@ def _unread_output_folder(out_dir: Path | None, paths: list[Path], recursive: bo
         return
     try:
         n = sum(1 for f in iter_photos([out_dir], recursive=True, unlisted=[])  # (a note)
-                if mend_output_kind(f) is None)
+                if mend_output_kind(f) is None
+                and not _is_kept_copy_of_input(f, out_dir, paths))
     except EngineError:
         return
     if n:
@@ -737,6 +783,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"--tile must be between {MIN_TILE} and {MAX_TILE} (pixels)")
     if args.mask is not None and not args.mask.is_file():
         raise UsageError(f"mask file not found: {args.mask}")
+    if args.mask is not None and args.plan not in ("auto", "B"):
+        # (a mask with the class left to Mend means class B: what it covers is removed)
+        raise UsageError(f"--mask is a reflection mask, which only class B's chain uses (it "
+                         f"removes what the mask covers), not --plan {args.plan}'s: leave out "
+                         "--plan or give --plan B")
     if args.skip_existing and args.output is None:
         raise UsageError("--skip-existing needs the output folder: -o DIR")
     if args.region is not None:

@@ -1352,12 +1352,26 @@ def _cv2_decode_file(p: Path, flags: int, messages: list[str]):
         return None
 
 
-def _decode16_cv2(p: Path, w: int, h: int, messages: list[str] | None = None):
+def _decode16_cv2(p: Path, w: int, h: int, messages: list[str] | None = None,
+                  still_png: bool = False):
     """16-bit colour PNG/TIFF with OpenCV: (rgb uint16 (H,W,3), alpha uint16 | None) or None.
-    What the decoder prints (libpng warnings) goes to ``messages``, not to stderr."""
+    What the decoder prints (libpng warnings) goes to ``messages``, not to stderr.
+    ``still_png``: an animated PNG, decoded as its default image (``_png_still_bytes``)."""
     import cv2
 
-    img = _cv2_decode_file(p, cv2.IMREAD_UNCHANGED, messages if messages is not None else [])
+    messages = messages if messages is not None else []
+    if still_png:
+        data = _png_still_bytes(p)
+        if data is None:
+            return None
+        try:
+            with _decoder_messages(messages):
+                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            return None
+        del data
+    else:
+        img = _cv2_decode_file(p, cv2.IMREAD_UNCHANGED, messages)
     if img is None or img.dtype != np.uint16 or img.shape[:2] != (h, w):
         return None
     if img.ndim == 2:
@@ -1370,6 +1384,43 @@ def _decode16_cv2(p: Path, w: int, h: int, messages: list[str] | None = None):
     if c == 4:
         return img[..., 2::-1], img[..., 3]
     return None
+
+
+_APNG_CHUNKS = (b"acTL", b"fcTL", b"fdAT")  # an animated PNG's own chunks
+
+
+def _png_still_bytes(p: Path) -> bytes | None:
+    """The PNG ``p`` without its animation chunks: a plain PNG of its default image (IDAT),
+    the picture Pillow, the thumbnails and the viewer show. OpenCV (4.14) decodes an animated
+    PNG's first animation frame instead, which is another picture when the default image is
+    not part of the animation. None when the file cannot be read or is too large for OpenCV's
+    buffer; a chunk cut short is passed on as it is (the decoder reports the damage)."""
+    try:
+        if p.stat().st_size > _CV2_BUFFER_MAX:
+            return None
+        data = p.read_bytes()
+    except OSError:
+        return None
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    view = memoryview(data)
+    parts = [view[:8]]
+    i = 8
+    while i < len(data):
+        if i + 12 > len(data):
+            parts.append(view[i:])
+            break
+        length, ctype = struct.unpack(">I4s", view[i:i + 8])
+        end = i + 12 + length
+        if end > len(data):
+            parts.append(view[i:])
+            break
+        if ctype not in _APNG_CHUNKS:
+            parts.append(view[i:end])
+        i = end
+        if ctype == b"IEND":
+            break
+    return b"".join(parts)
 
 
 def _s15(x: float) -> bytes:
@@ -2497,6 +2548,11 @@ def _load(p: Path, limit: int) -> Photo:
         if n_frames > 1:
             info["frames"] = n_frames
             im.seek(0)
+            # only the first image is restored: a result written afresh says what it lacks
+            # (``save_photo``; a kept original copied byte for byte keeps every one)
+            note = _frames_note(im, fmt, n_frames)
+            if note:
+                info["frames_note"] = note
         is16 = _is_16bit_colour(im)  # needs the tile list, which load() clears
         grey = _opened_grey(im)  # (so does this)
         cmyk16 = _cmyk16_tiles(im)  # (so does a 16-bit CMYK TIFF's second decode)
@@ -2523,6 +2579,8 @@ def _load(p: Path, limit: int) -> Photo:
                 info["progressive"] = True
             if isinstance(im.info.get("comment"), bytes):
                 info["comment"] = im.info["comment"]
+            if _has_ciff(im):  # (not carried: ``afresh_notes`` says so)
+                info["ciff"] = True
         raw_exif = _raw_exif(im)
         xmp = _xmp_of(im, info["warnings"])
         iptc, irb = _iptc_of(im, info["warnings"])
@@ -2540,7 +2598,8 @@ def _load(p: Path, limit: int) -> Photo:
 
         w, h = im.size
         alpha = None
-        a16 = _decode16_cv2(p, w, h, damaged) if is16 else None
+        # (an animated PNG: its default image, the one Pillow, thumbnails and the viewer show)
+        a16 = _decode16_cv2(p, w, h, damaged, fmt == "PNG" and n_frames > 1) if is16 else None
         if a16 is None and deferred:  # OpenCV could not: Pillow's 8 bits, as before
             _load_pixels(im, p, limit, damaged)
         if damaged:
@@ -2604,6 +2663,52 @@ def _load(p: Path, limit: int) -> Photo:
         exif=exif, xmp=_xmp_reset_orientation(xmp), dpi=dpi, info=info, iptc=iptc,
         linear_icc=linear_icc, grey=grey, grey_icc=grey_icc,
     )
+
+
+CIFF_NOT_CARRIED = ("this JPEG's Canon CIFF block (where cameras of around 2000 kept the camera, "
+                    "date and owner name) is not carried into the result: Mend writes EXIF, XMP "
+                    "and IPTC")
+
+
+def afresh_notes(photo: Photo, options: OutputOptions | None = None) -> list[str]:
+    """What a result of ``photo`` written afresh (not its original's bytes copied) lacks,
+    for the job's warnings: the pages or animation frames after the first (only the first is
+    read), and, when metadata is kept, a Canon CIFF block (Mend writes no CIFF)."""
+    info = photo.info or {}
+    notes = [info["frames_note"]] if info.get("frames_note") else []
+    if info.get("ciff") and (options is None or options.keep_metadata):
+        notes.append(CIFF_NOT_CARRIED)
+    return notes
+
+
+def _has_ciff(im) -> bool:
+    """Whether a JPEG holds a Canon CIFF block (an APP0 "HEAPJPGM" heap)."""
+    return any(m == "APP0" and d[:2] in (b"II", b"MM") and d[6:14] == b"HEAPJPGM"
+               for m, d in getattr(im, "applist", None) or ())
+
+
+def _frames_note(im, fmt: str, n: int) -> str | None:
+    """What a result of the file ``im`` of ``n`` images (pages, animation frames) leaves out:
+    only its first image is decoded, restored and written. None when the others are previews
+    (an MPO's thumbnails), dropped as the EXIF thumbnail is."""
+    if fmt == "MPO":
+        entries = (getattr(im, "mpinfo", None) or {}).get(0xB002) or []
+        n -= sum(1 for e in entries[1:] if isinstance(e, dict) and "thumbnail" in str(
+            (e.get("Attribute") or {}).get("MPType", "")).lower())
+        if n <= 1:
+            return None
+        return (f"this JPEG holds {n} images (an MPO: a stereo pair, a depth map...): the "
+                "result holds the first one alone")
+    if fmt == "TIFF":
+        return (f"this TIFF has {n} pages: the result holds the first page alone (the others "
+                "were not restored)")
+    if fmt == "PNG" and im.info.get("default_image"):
+        return (f"this PNG is animated ({n - 1} frames, and a still image for viewers that do "
+                "not play animations): the result is that still image alone")
+    if fmt in ("GIF", "PNG", "WEBP"):
+        return (f"this {fmt} is animated ({n} frames): the result is its first frame alone, a "
+                "still image")
+    return f"this {fmt} file holds {n} images: the result holds the first one alone"
 
 
 def _linear_to_perceptual(pixels: np.ndarray, icc: bytes,
@@ -3470,12 +3575,31 @@ def output_path_for(src: str | os.PathLike[str], options: OutputOptions | None =
     raise SaveFailed(f"{dest}: too many files with this name")  # pragma: no cover
 
 
+def mask_path_for(result: str | os.PathLike[str]) -> Path:
+    """Where the reflection mask of the result ``result`` goes: ``<result stem>_mask.png``
+    (``x_mend.jpg`` -> ``x_mend_mask.png``, ``x_mend_1.jpg`` -> ``x_mend_1_mask.png``); when
+    that is taken - by the mask of a result of the same stem in another format (``x_mend.jpg``
+    and ``x_mend.png`` in one folder) - ``<result stem>_<ext>_mask.png`` (``x_mend_png_mask.png``:
+    no result is named ``x_mend_png``), so that a mask's name always says its result. (Taken
+    too, ``save_mask`` adds a ``_1``... rather than write over a file.)"""
+    result = Path(result)
+    plain = result.with_name(f"{result.stem}_mask.png")
+    try:
+        if not os.path.lexists(plain):
+            return plain
+    except (OSError, ValueError):
+        return plain
+    ext = result.suffix.lstrip(".").lower() or "out"
+    return result.with_name(f"{result.stem}_{ext}_mask.png")
+
+
 NAME_MAX_BYTES = 255  # a file name's limit on the common file systems (ext4, APFS, NTFS)
 # a path's limit in characters (UTF-16 units) on Windows unless long paths are enabled
 MAX_PATH_CHARS: int | None = 259 if os.name == "nt" else None
 # the longest end of a name derived from a result ``<stem><suffix>.<ext>``: a clash suffix, then
-# its B mask (``<result stem>_mask.png``, pipeline) with the mask's own clash suffix
-_DERIVED_TAIL = "_9999_mask_9999.png"
+# its B mask (``<result stem>[_<ext>]_mask.png``, ``mask_path_for``) with the mask's own clash
+# suffix
+_DERIVED_TAIL = "_9999_webp_mask_9999.png"
 _MIN_STEM = 16  # characters of the source's name kept however long the output folder's path is
 
 
@@ -3595,6 +3719,8 @@ def save_photo(pixels: np.ndarray, dest: str | os.PathLike[str], *, like: Photo 
     h, w = arr.shape[:2]
 
     notes = notes if notes is not None else []
+    if like is not None:  # (pages and frames after the first, a CIFF block: not in it)
+        notes += afresh_notes(like, options)
     depth = options.bit_depth or (like.bit_depth if like is not None else
                                   (16 if arr.dtype == np.uint16 else 8))
     if options.bit_depth == 16 and fmt not in ("png", "tiff"):

@@ -214,6 +214,11 @@ class Engine:
 
             output = output_path_for(photo.path, options, source_format=photo.format)
         estimate = self.estimate(plan, (photo.height, photo.width))
+        if not (estimate.nothing_to_run and region is None and _copies_source(photo, options)):
+            from .imageio import afresh_notes
+
+            # (written afresh: what the result lacks - pages after the first, a CIFF block)
+            warnings += afresh_notes(photo, options)
         try:
             self._check_memory(estimate, photo, warnings, options, copy=region is None)
         except OutOfMemory as e:  # a dry run reports what the run would refuse
@@ -271,15 +276,17 @@ class Engine:
                  ) -> tuple[Diagnosis, Plan, list[str]]:
         warnings: list[str] = []
         diagnosis = request.diagnosis
+        # a reflection mask with the class left to Mend means "remove what I painted": class B
+        masked = request.mask_path is not None and not (request.label or request.plan)
         if diagnosis is None:
             # with a forced class only the measurements matter: the analyzer is enough
-            backend = "builtin" if (request.label or request.plan) else request.backend
+            backend = "builtin" if (request.label or request.plan or masked) else request.backend
             diagnosis = self.diagnose(photo, backend, progress=progress)
         if request.plan is not None:
             plan = request.plan
             label = plan.label
         else:
-            label = request.label or diagnosis.label
+            label = Degradation.B if masked else (request.label or diagnosis.label)
             from .restore.profiles import build_plan
 
             if label is Degradation.D:  # nothing to fix: no models, no profile to resolve
@@ -289,7 +296,10 @@ class Engine:
                 warnings += notes
             plan = build_plan(label, profile, diagnosis)
         if label is not diagnosis.label:
-            diagnosis = diagnosis.with_label(label)
+            diagnosis = diagnosis.with_label(
+                label, "a reflection mask was given" if masked else "overridden by the user")
+        if request.mask_path is not None and not uses_mask(plan):
+            warnings.append(mask_unused_note(plan))
         return diagnosis, plan, warnings
 
     # -- restoration ----------------------------------------------------------------------
@@ -331,7 +341,7 @@ class Engine:
         self._check_memory(estimate, photo, warnings, options, copy=region is None)
 
         mask = None
-        if request.mask_path is not None:
+        if request.mask_path is not None and uses_mask(plan):  # (else a warning says so)
             from .imageio import load_mask
 
             mask = load_mask(request.mask_path, size)
@@ -396,13 +406,14 @@ class Engine:
         out = self._save(photo, image, options, record, passthrough and region is None,
                          warnings, source_state)
         if ctx.mask is not None and label is Degradation.B and region is None:
-            from .imageio import save_mask
+            from .imageio import mask_path_for, save_mask
 
-            mask_path = out.with_name(out.stem + "_mask.png")
-            # never replace a file: x.png and x.jpg restored into one folder give x_mend.png and
-            # x_mend.jpg, whose masks would otherwise share x_mend_mask.png
+            # named after the result itself, never over a file: x.png and x.jpg restored into
+            # one folder give x_mend.png and x_mend.jpg, whose masks would otherwise share
+            # x_mend_mask.png (the second one's is x_mend_<ext>_mask.png)
             try:
-                artifacts["mask_path"] = save_mask(ctx.mask, mask_path, overwrite=False)
+                artifacts["mask_path"] = save_mask(ctx.mask, mask_path_for(out),
+                                                   overwrite=False)
             except SaveFailed as e:
                 # the result is written and complete: the job is done, without its mask file
                 # (failing it would report a file on disk as not written)
@@ -536,6 +547,25 @@ class Engine:
                                interpolation=cv2.INTER_LINEAR)
         return save_photo(image, dest, like=photo, options=options, alpha=alpha, record=record,
                           notes=notes)
+
+
+# the steps that remove what a reflection mask covers (``reflection_mask`` only hands it on)
+MASK_STEPS = frozenset({"inpaint_lama", "inpaint_builtin"})
+
+
+def uses_mask(plan: Plan) -> bool:
+    """Whether ``plan`` has an enabled step that inpaints what a reflection mask covers."""
+    return any(s.enabled and s.name in MASK_STEPS for s in plan.steps)
+
+
+def mask_unused_note(plan: Plan) -> str:
+    """The job's warning when a mask was given to a plan that does not use it."""
+    if plan.label is Degradation.B:
+        return ("the reflection mask was not used: this plan's inpainting steps are off; turn "
+                "one on to remove what the mask covers")
+    return (f"the reflection mask was not used: class {plan.label.value} "
+            f"({plan.label.short_name}) has no inpainting step; to remove what the mask covers, "
+            "fix the photo as class B (Reflection)")
 
 
 def check_region(region: Any, size: tuple[int, int]

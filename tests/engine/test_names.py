@@ -164,12 +164,13 @@ def test_a_b_result_of_a_name_near_the_limit_writes_its_mask_also_on_a_clash(tmp
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "tiff", "webp"])
 def test_every_name_derived_from_a_result_name_fits(tmp_path, fmt):
-    """Result, its ``_N`` clash, its mask (``_mask.png``) and the mask's own clash suffix all
-    stay within 255 bytes, for ASCII, 3-byte and 4-byte characters."""
+    """Result, its ``_N`` clash, its mask (``_mask.png``, or ``_<ext>_mask.png`` when another
+    format's result took that) and the mask's own clash suffix all stay within 255 bytes, for
+    ASCII, 3-byte and 4-byte characters."""
     for stem in ("x" * 251, "写" * 83, "🙂" * 62, "e\u0301" * 83):
         src = write(tmp_path / f"{stem}.jpg")
         dest = mio.output_path_for(src, OutputOptions(out_dir=tmp_path / "o", format=fmt))
-        worst = dest.with_name(f"{dest.stem}_9999_mask_9999.png")
+        worst = dest.with_name(f"{dest.stem}_9999_webp_mask_9999.png")
         assert len(os.fsencode(worst.name)) <= mio.NAME_MAX_BYTES, (fmt, len(worst.name))
         assert stem.startswith(dest.stem[:-len("_mend")])
         src.unlink()
