@@ -30,6 +30,8 @@ BENCHES: dict[str, tuple[list[str], int]] = {
     "restore": (["bench/restore.py", "--big", "--ncnn", "--max-tiles", "6"]
                 + (["--reference"] if os.environ.get("MEND_REFERENCE_PYTHON") else []), 5400),
     "ui": (["bench/ui.py", "--photos", "1000"], 1800),
+    # the text step's PP-OCR detection on the real text photos, level, turned, enlarged (~5 min)
+    "ocr_detect": (["bench/ocr_detect.py", "--large"], 1800),
     # the whole laptop A chain on a 24 MP photo, every tile (~30 min on one core): only with
     # --only restore_24mp_full
     "restore_24mp_full": (["bench/restore.py", "--worker", "A", "laptop", "6000x4000"], 5400),

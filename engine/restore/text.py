@@ -369,15 +369,19 @@ def _covers(b: tuple[Any, np.ndarray, float], a: tuple[Any, np.ndarray, float],
     return inter >= share * max(1e-6, a[2])
 
 
+def _kept_once(shapes: list[tuple[Any, np.ndarray, float]]) -> list[int]:
+    """Indices of the quads (their :func:`_shape`) kept by :func:`_drop_repeats`, in order."""
+    kept: list[int] = []
+    for i in sorted(range(len(shapes)), key=lambda i: -shapes[i][2]):
+        if not any(_covers(shapes[j], shapes[i]) for j in kept):
+            kept.append(i)
+    return sorted(kept)
+
+
 def _drop_repeats(quads: list[np.ndarray]) -> list[np.ndarray]:
     """The quads, less those found twice: a quad that lies mostly within a larger kept one
     (a line found in two overlapping tiles). Order: as found."""
-    shapes = [_shape(q) for q in quads]
-    kept: list[int] = []
-    for i in sorted(range(len(quads)), key=lambda i: -shapes[i][2]):
-        if not any(_covers(shapes[j], shapes[i]) for j in kept):
-            kept.append(i)
-    return [quads[i] for i in sorted(kept)]
+    return [quads[i] for i in _kept_once([_shape(q) for q in quads])]
 
 
 def _text_height(q: np.ndarray) -> float:
@@ -385,39 +389,83 @@ def _text_height(q: np.ndarray) -> float:
     return float(min(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[1])))
 
 
-def _merge_passes(coarse: list[np.ndarray], fine: list[np.ndarray],
-                  big: float) -> list[np.ndarray]:
+def _merge_passes(coarse: list[np.ndarray], fine: list[np.ndarray], big: float,
+                  cut: list[bool] | None = None) -> list[np.ndarray]:
     """Text found on the reduced copy (``coarse``) and in full-resolution tiles (``fine``), each
     line once, in reading order. The tiles outline small text more tightly (on a reduced copy
     small lines merge into blobs spanning several of them), and see whole every line up to the
     tiles' overlap tall (``big``). So a reduced copy's box is kept as large text when it is at
     least ``big`` tall and no tile found lines of under half its height in it (tile boxes in it
     are then dropped: pieces of one line that tiles cut), and otherwise only where no tile found
-    anything in it."""
-    fine = _drop_repeats(fine)
+    anything in it. A line a tile's edge cut (``cut``: per tile box, whether it ends at an edge
+    of its tile inside the photo) is taken whole from the reduced copy the same way, at any
+    height: a box there with a cut tile box in it and none of under half its height replaces
+    the tile boxes in it (a long line at an angle crosses the tiles' edges: on a page turned 25
+    degrees each of its long lines was kept as 2-3 overlapping pieces)."""
+    cut = [False] * len(fine) if cut is None else cut
+    once = _kept_once([_shape(q) for q in fine])
+    fine, cut = [fine[i] for i in once], [cut[i] for i in once]
     fb = [(_shape(q), _text_height(q)) for q in fine]
     large: list[np.ndarray] = []
     small: list[np.ndarray] = []
     for q in coarse:
         shape, h = _shape(q), _text_height(q)
-        lines = [fh for f, fh in fb if _covers(shape, f)]
-        if h >= big and not any(fh < h / 2 for fh in lines):
+        inside = [k for k, (f, _) in enumerate(fb) if _covers(shape, f)]
+        level = not any(fb[k][1] < h / 2 for k in inside)  # (no smaller lines in it)
+        if level and (h >= big or any(cut[k] for k in inside)):
             large.append(q)
-        elif not lines:
+        elif not inside:
             small.append(q)
     ls = [_shape(q) for q in large]
     fine = [q for q, (f, _) in zip(fine, fb, strict=True) if not any(_covers(c, f) for c in ls)]
     return sorted(large + small + fine, key=lambda q: (_box(q)[1], _box(q)[0]))
 
 
+# PP-OCR brings a photo's short side up to this many px (rapidocr's ``Det.limit_side_len``)
+DET_MIN_SIDE = 736
+
+
+def _tile_spans(n: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, end) of the detection tiles along an axis of ``n`` px: ``tile`` px each, every
+    one ``tile - overlap`` px after the last, the last moved back to be at least
+    ``DET_MIN_SIDE`` px long (or all of ``n``), overlapping the one before more. It was as
+    thin as what was left (the last 442 px of a 1594-px page; of a 2479-px one, 175): PP-OCR
+    enlarged it to 736 px (x1.7-4.2 each way), and a strip of the photo cost as much as a
+    whole tile or more (442 x 1280 px: 2.0 s, a 1280-px tile 2.1 s), looked at at a scale no
+    other tile has."""
+    least = min(n, tile, DET_MIN_SIDE)
+    spans = []
+    for s in range(0, max(1, n - overlap), tile - overlap):
+        e = min(n, s + tile)
+        spans.append((min(s, e - least), e))
+    return spans
+
+
+def _cut_by_tile(box: tuple[float, float, float, float], tile: tuple[int, int, int, int],
+                 size: tuple[int, int], near: float = 2.0) -> bool:
+    """Whether a text box found in ``tile`` (x0, y0, x1, y1) ends at one of its edges that lie
+    inside the photo (``size``: w, h): a line the tile cut (PP-OCR clips its boxes to the
+    image)."""
+    (bx0, by0, bx1, by1), (x0, y0, x1, y1), (w, h) = box, tile, size
+    return ((x0 > 0 and bx0 <= x0 + near) or (x1 < w and bx1 >= x1 - 1 - near)
+            or (y0 > 0 and by0 <= y0 + near) or (y1 < h and by1 >= y1 - 1 - near))
+
+
 def _detect_text(ocr: Any, rgb: np.ndarray, det_max: int, det_tile: int,
                  ctx: StepContext) -> list[np.ndarray]:
     """Text quads in ``rgb``'s pixels. A photo larger than ``det_max`` is looked at twice: on a
     copy at most ``det_max`` px (PP-OCR keeps big photos at full size; large text, and text
-    that fills the frame), and at full resolution in ``det_tile`` px tiles that overlap, so that
-    small text a reduced copy blurs away is found too (12-px lines on a 6000-px page: about half
-    of them on the 2048-px copy; 10-px lines: none). Cancel is checked between tiles, and
-    inside each detection where the backend can (``RapidOCRBackend.cancellable``)."""
+    that fills the frame; rapidocr brings the copy and its margin to 2000 px), and at full
+    resolution in ``det_tile`` px tiles that overlap (:func:`_tile_spans`), so that small text
+    a reduced copy blurs away is found too (12-px lines on a 6000-px page: about half of them on
+    the 2048-px copy; 10-px lines: none; lines of Pillow's 5-px font: 95 % in tiles, 67 % on a
+    copy at 0.885, as a 2128-px page's is). A line a tile's edge cuts is taken whole from the
+    copy (:func:`_merge_passes`). Cancel is checked between tiles, and inside each detection
+    where the backend can (``RapidOCRBackend.cancellable``).
+
+    Where the time goes (a real page photo turned 25 degrees, 2128 x 1594 px, one thread): the
+    ONNX runs are 94 % of it, convolutions 70 % of those; the copy was 3.1 of the 8.7 MP the
+    model looked at, the 4 tiles 5.6 (two of them strips PP-OCR enlarged) - now 4.5."""
     with _cancellable(ocr, ctx):
         return _detect_passes(ocr, rgb, det_max, det_tile, ctx)
 
@@ -439,19 +487,18 @@ def _detect_passes(ocr: Any, rgb: np.ndarray, det_max: int, det_tile: int,
         # a strip's text)
         return coarse
     fine: list[np.ndarray] = []
+    cut: list[bool] = []
     tile = max(256, det_tile)
     overlap = max(64, tile // 10)  # more than a small line's height: each is whole in a tile
-    step = tile - overlap
-    ys = list(range(0, max(1, h - overlap), step))
-    xs = list(range(0, max(1, w - overlap), step))
+    ys, xs = _tile_spans(h, tile, overlap), _tile_spans(w, tile, overlap)
     n = len(ys) * len(xs)
-    for k, (y, x) in enumerate((y, x) for y in ys for x in xs):
+    for k, ((y, y1), (x, x1)) in enumerate((y, x) for y in ys for x in xs):
         ctx.progress.check()
         ctx.progress.update(0.1 * k / n, f"finding small text, tile {k + 1} of {n}")
-        y1, x1 = min(h, y + tile), min(w, x + tile)
         found = ocr.detect(to_u8_bgr(rgb[y:y1, x:x1]))
         fine += [q + np.array([x, y], np.float32) for q in found]
-    return _merge_passes(coarse, fine, overlap)
+        cut += [_cut_by_tile(_box(q), (x, y, x1, y1), (w, h)) for q in fine[len(cut):]]
+    return _merge_passes(coarse, fine, overlap, cut)
 
 
 def region_scale(sx: float, sy: float) -> int:

