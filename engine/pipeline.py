@@ -25,7 +25,7 @@ from .estimate import (
 )
 from .imageio import Photo, load_photo
 from .progress import Progress
-from .restore.registry import StepContext, get_step
+from .restore.registry import StepContext, WholePhoto, get_step
 
 log = logging.getLogger("mend.pipeline")
 
@@ -310,7 +310,10 @@ class Engine:
         ``request.diagnosis`` / ``request.plan`` reused), the steps run on the region plus
         ``PREVIEW_MARGIN`` px of context, whose result is trimmed off (at the chain's output
         scale); alpha and the reflection mask are cropped alike, the guard judges the region,
-        and the region alone is written under the preview name (``preview_options``)."""
+        and the region alone is written under the preview name (``preview_options``). The
+        steps' detectors look at the whole photo (``StepContext.whole``, transparent pixels
+        filled from the whole photo's) and cut what they find to the part; the text and face
+        boxes and the OCR regions in ``artifacts`` are in the whole photo's (result's) pixels."""
         progress = progress or Progress()
         t_start = time.perf_counter()
         warnings: list[str] = []
@@ -333,7 +336,12 @@ class Engine:
         label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
         options = request.output
+        whole = None
         if box is not None:  # from here on the photo is the part the steps see
+            # (the chain's input as the whole fix has it - transparent pixels filled from the
+            # whole photo's - for the part and for the detectors that look at the whole photo)
+            filled = fill_transparent(photo.pixels, photo.alpha)
+            whole = WholePhoto(filled, photo.alpha, box)
             photo = _crop_photo(photo, box)
             options = preview_options(options)
         estimate = self.estimate(plan, (photo.height, photo.width))
@@ -350,9 +358,10 @@ class Engine:
 
         # the colour stored under fully transparent pixels is not image data (often black): the
         # steps' neighbourhoods would pull it into the visible edge as a dark or bright halo
-        source = fill_transparent(photo.pixels, photo.alpha)
+        source = fill_transparent(photo.pixels, photo.alpha) if whole is None else \
+            np.ascontiguousarray(whole.part)
         image, records, ctx = self._run_steps(photo, source, plan, diagnosis, mask, progress,
-                                              warnings, estimate)
+                                              warnings, estimate, whole)
         # a black-and-white photo stays black and white: a model may tint it (InvSR's VAE,
         # Real-ESRGAN, NAFNet work on colour; the saved file would be a faintly coloured RGB)
         image = keep_grey(source, image, in_place=True)
@@ -365,6 +374,7 @@ class Engine:
             inner = (region[0] - box[0], region[1] - box[1], region[2] - box[0],
                      region[3] - box[1])
             work = source.shape[:2]
+            scale = (image.shape[1] / work[1], image.shape[0] / work[0])
             image = np.ascontiguousarray(_trim(image, inner, work))
             source = _trim(source, inner, work)
             if ctx.mask is not None:
@@ -372,7 +382,7 @@ class Engine:
                 if "mask" in artifacts:
                     artifacts["mask"] = ctx.mask
             photo = _crop_photo(photo, inner)
-            _boxes_to_photo(artifacts, box[0], box[1])
+            _boxes_to_photo(artifacts, box[0], box[1], scale)
 
         passthrough = unchanged or all(s.name == "passthrough" for s in plan.steps if s.enabled)
         if not passthrough and request.guard:
@@ -427,11 +437,12 @@ class Engine:
 
     def _run_steps(self, photo: Photo, source: np.ndarray, plan: Plan, diagnosis: Diagnosis,
                    mask: np.ndarray | None, progress: Progress, warnings: list[str],
-                   estimate: Estimate | None = None):
+                   estimate: Estimate | None = None, whole: WholePhoto | None = None):
         image = source
         ctx = StepContext(device=self.device, progress=progress, runtime=self.runtime,
                           diagnosis=diagnosis, mask=mask, tile_size=self.tile_size,
-                          warnings=[], artifacts={"source": source, "alpha": photo.alpha})
+                          warnings=[], artifacts={"source": source, "alpha": photo.alpha},
+                          whole=whole)
         steps = [s for s in plan.steps if s.enabled]
         records: list[StepRecord] = []
         # each step's slice of the bar follows its estimated seconds (a 0.1 s sharpen and an
@@ -640,9 +651,12 @@ def _trim(arr: np.ndarray, box: tuple[int, int, int, int], base: tuple[int, int]
     return arr[round(y0 * sy):round(y1 * sy), round(x0 * sx):round(x1 * sx)]
 
 
-def _boxes_to_photo(artifacts: dict[str, Any], dx: int, dy: int) -> None:
+def _boxes_to_photo(artifacts: dict[str, Any], dx: int, dy: int,
+                    scale: tuple[float, float] = (1.0, 1.0)) -> None:
     """The steps' text and face boxes (source px of the part they ran on) moved into the
-    whole photo's pixels, as the viewer lays them over it."""
+    whole photo's pixels, as the viewer lays them over it; the text step's ``ocr_regions``
+    (``box``, ``padded``, ``quad``: output px of the part, ``scale`` = (x, y) output px per
+    source px) moved into the whole result's output pixels."""
     for key in ("text_boxes", "face_boxes"):
         if artifacts.get(key):
             artifacts[key] = [[b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy, *b[4:]]
@@ -650,6 +664,13 @@ def _boxes_to_photo(artifacts: dict[str, Any], dx: int, dy: int) -> None:
     if artifacts.get("text_quads"):
         artifacts["text_quads"] = [[[x + dx, y + dy] for x, y in q]
                                    for q in artifacts["text_quads"]]
+    if artifacts.get("ocr_regions"):
+        ox, oy = round(dx * scale[0]), round(dy * scale[1])
+        artifacts["ocr_regions"] = [
+            {**r, **{k: [r[k][0] + ox, r[k][1] + oy, r[k][2] + ox, r[k][3] + oy]
+                     for k in ("box", "padded") if k in r},
+             **({"quad": [[x + ox, y + oy] for x, y in r["quad"]]} if "quad" in r else {})}
+            for r in artifacts["ocr_regions"]]
 
 
 _GREY_SLAB = 1 << 18  # pixels made grey (or checked) at a time: 3 MB of float32 RGB

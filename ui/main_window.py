@@ -1306,7 +1306,9 @@ class MainWindow(QMainWindow):
         info = self.client.job(job_id)
         if job_id in self._preview_jobs or (info is not None and info.kind is JobKind.PREVIEW) \
                 or (isinstance(result, JobResult) and result.region is not None):
-            self._on_preview_done(job_id, result)  # (a preview: nothing of the photo's changes)
+            # (a preview: nothing of the photo's changes, but for the diagnosis the engine made)
+            self._keep_preview_diagnosis(result)
+            self._on_preview_done(job_id, result)
             return
         path = self._job_path.pop(job_id, None)
         if path is None:
@@ -1415,6 +1417,28 @@ class MainWindow(QMainWindow):
         self.set_status(f"Previewing the fix of {path.name} on {x1 - x0} × {y1 - y0} px at "
                         f"{x0},{y0}…", photo=path)
         return jid
+
+    def _keep_preview_diagnosis(self, result: Any) -> None:
+        """A preview of a photo not yet diagnosed diagnosed it whole (the engine plans the
+        photo whole): the photo keeps that diagnosis, as a diagnosis job's - its badge, the
+        panel, the sidecar and, when it has none, the plan the engine made - so that the next
+        preview or fix does not diagnose it again. One that has a diagnosis keeps its own (the
+        preview was given it), also when the preview was dropped meanwhile."""
+        if not isinstance(result, JobResult) or result.diagnosis is None:
+            return
+        path = Path(result.path)
+        st = self.states.get(path)
+        if st is None or st.diagnosis is not None:
+            return  # (a photo of a folder left since, or one diagnosed already)
+        st.diagnosis = result.diagnosis
+        if st.plan is None and st.plan_job is None and not st.plan_edited:
+            st.plan = result.plan
+        self.model.update_item(path, diagnosis=result.diagnosis)
+        self._save_sidecar(path, diagnosis=result.diagnosis, plan=st.plan,
+                           plan_edited=st.plan_edited)
+        if path == self.current:
+            self._show_state(path)
+        self.diagnosed.emit(path)
 
     def _on_preview_done(self, job_id: int, result: Any) -> None:
         """A preview job ended: its file is decoded (and deleted) in the pool, then shown,

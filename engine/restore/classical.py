@@ -206,7 +206,9 @@ def _sigma_for(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -
             return float(est), "diagnosis"
         except (TypeError, ValueError):
             pass
-    return estimate_noise_sigma(image, ctx.progress.check), "measured"
+    # (a preview measures the whole photo's noise, as the whole fix does)
+    seen = image if ctx.whole is None else ctx.whole.view(image)
+    return estimate_noise_sigma(seen, ctx.progress.check), "measured"
 
 
 def _tiled(image: np.ndarray, fn, ctx: StepContext, overlap: int = 32) -> np.ndarray:

@@ -20,6 +20,9 @@
   (no moire), and what is pasted is the model's change at the crop's resolution, added to the
   photo's own finer detail (:func:`_warp_back`): an unchanged 1500-px face comes back
   unchanged, not as a 3x enlargement of 512 px.
+* Previews (``ctx.whole``): faces are looked for in the whole photo (the part as the steps
+  before left it), and those that reach the part are restored from all their pixels
+  (:func:`_faces_for_part`), as the whole fix restores them.
 Faces smaller than ``min_face`` pixels are skipped (too little to restore, and CodeFormer would
 invent a face).
 """
@@ -688,6 +691,41 @@ def codeformer_fn(descriptor: Any, device: Any, fidelity: float,
     return fn
 
 
+def _faces_for_part(faces: list[Face], whole: Any, image: np.ndarray, seen: np.ndarray
+                    ) -> tuple[list[Face], np.ndarray, tuple[int, int, int, int] | None]:
+    """A preview's faces (found in ``seen``, the whole photo of ``whole.view``) that reach its
+    part (their paste-back rectangle meets it), and where to restore them: (faces, work
+    image, place). At source scale ``work`` is the whole photo around the part and those
+    faces (a face the part's edge cuts is aligned from all of its pixels, as in the whole fix)
+    with the faces in its pixels, and ``place`` the part within it (x0, y0, x1, y1); after an
+    upscale (``image`` at another scale than the source) the faces are moved into ``image``
+    itself (``place`` None): a face the part's edge cuts then has only the part's pixels."""
+    x0, y0, x1, y1 = whole.box
+    h, w = seen.shape[:2]
+    reach = []
+    for f in faces:
+        rx0, ry0, rx1, ry1 = paste_region(face_matrix(f), (h, w))
+        if rx0 < x1 and rx1 > x0 and ry0 < y1 and ry1 > y0:
+            reach.append((f, (rx0, ry0, rx1, ry1)))
+
+    def moved(f: Face, dx: float, dy: float, sx: float = 1.0, sy: float = 1.0) -> Face:
+        b = f.box
+        lm = None if f.landmarks is None else (f.landmarks - (dx, dy)) * (sx, sy)
+        return Face(((b[0] - dx) * sx, (b[1] - dy) * sy, (b[2] - dx) * sx, (b[3] - dy) * sy),
+                    f.score, lm)
+
+    sx, sy = whole.scale_of(image)
+    if abs(sx - 1.0) > 1e-6 or abs(sy - 1.0) > 1e-6:
+        return [moved(f, x0, y0, sx, sy) for f, _ in reach], image, None
+    ex0 = min([x0] + [r[0] for _, r in reach])
+    ey0 = min([y0] + [r[1] for _, r in reach])
+    ex1 = max([x1] + [r[2] for _, r in reach])
+    ey1 = max([y1] + [r[3] for _, r in reach])
+    work = np.ascontiguousarray(seen[ey0:ey1, ex0:ex1])
+    return ([moved(f, ex0, ey0) for f, _ in reach], work,
+            (x0 - ex0, y0 - ey0, x1 - ex0, y1 - ey0))
+
+
 @register_step(
     "face_codeformer",
     models=(CODEFORMER_ID, YUNET_ID),
@@ -698,36 +736,52 @@ def codeformer_fn(descriptor: Any, device: Any, fidelity: float,
 def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     min_face = int(params.get("min_face", 48))
     ctx.progress.update(0.0, "looking for faces")
-    faces, detector = detect_faces(image, ctx.runtime, min_size=min_face,
+    whole = ctx.whole
+    # a preview looks for faces in the whole photo, as the whole fix does (the same detection
+    # view and scale, the same largest max_faces; a face the part's edge cuts is found whole)
+    seen = image if whole is None else whole.view(image)
+    faces, detector = detect_faces(seen, ctx.runtime, min_size=min_face,
                                    detector=str(params.get("face_detector", "auto")),
                                    score_threshold=float(params.get("face_score", 0.7)),
                                    warnings=ctx.warnings, check=ctx.progress.check)
     faces.sort(key=lambda f: f.size, reverse=True)
     found = len(faces)
     faces = faces[: int(params.get("max_faces", 32))]
+    in_photo = len(faces)
+    work, place = image, None
+    if whole is not None:
+        faces, work, place = _faces_for_part(faces, whole, image, seen)
     # in source pixels, as text_boxes (the viewer lays both over the original; a face step
     # after an x2/x4 upscale finds them in the upscaled image)
     src = ctx.artifacts.get("source")
     fy, fx = ((src.shape[0] / image.shape[0], src.shape[1] / image.shape[1])
               if src is not None else (1.0, 1.0))
-    ctx.artifacts["face_boxes"] = [[round(x0 * fx), round(y0 * fy), round(x1 * fx),
-                                    round(y1 * fy)] for x0, y0, x1, y1 in
-                                   (f.box for f in faces)]
+    if place is not None:  # (faces in the work area at source scale: from there to the part)
+        fx = fy = 1.0
+    ox, oy = place[:2] if place is not None else (0, 0)
+    ctx.artifacts["face_boxes"] = [[round((x0 - ox) * fx), round((y0 - oy) * fy),
+                                    round((x1 - ox) * fx), round((y1 - oy) * fy)]
+                                   for x0, y0, x1, y1 in (f.box for f in faces)]
+    where = "" if whole is None else f" in the previewed part ({in_photo} in the whole photo)"
     if not faces:
         ctx.progress.update(1.0, "no faces")
-        return StepOutput(image, detector, f"skipped: no face of at least {min_face} px found")
+        return StepOutput(image, detector,
+                          f"skipped: no face of at least {min_face} px found{where}")
     fidelity = float(params.get("fidelity", 0.7))
     ctx.progress.update(0.05, "loading CodeFormer")
     descriptor = ctx.runtime.load_image_model(CODEFORMER_ID)
     fn = codeformer_fn(descriptor, ctx.device, fidelity, ctx.progress.check)
     kept: list[int] = []
-    out = restore_faces(image, faces, fn, ctx.progress.sub(0.1, 0.9), kept_original=kept)
+    out = restore_faces(work, faces, fn, ctx.progress.sub(0.1, 0.9), kept_original=kept)
+    if place is not None:  # the part, out of the work area
+        px0, py0, px1, py1 = place
+        out = np.ascontiguousarray(out[py0:py1, px0:px1])
     ctx.artifacts["faces_kept_original"] = kept
     boxes = ", ".join(f"{int(f.size)} px" for f in faces)
-    notes = f"{len(faces)} face(s) ({boxes}) found by {detector}, fidelity {fidelity:g}"
-    if found > len(faces):
-        notes += f"; {found} found, the {len(faces)} largest restored (max_faces)"
-        ctx.warnings.append(f"{found} faces found: only the {len(faces)} largest were restored "
+    notes = f"{len(faces)} face(s) ({boxes}) found by {detector}{where}, fidelity {fidelity:g}"
+    if found > in_photo:
+        notes += f"; {found} found, the {in_photo} largest restored (max_faces)"
+        ctx.warnings.append(f"{found} faces found: only the {in_photo} largest were restored "
                             "(raise the step's max_faces to restore more)")
     if kept:
         notes += (f"; {len(kept)} kept as they were (the restored face was no longer the "

@@ -464,6 +464,7 @@ def yolo_detect(image: np.ndarray, runtime: Any, conf: float = 0.25
     defaults={"detector": "auto", "sensitivity": 1.0, "max_area": 0.35},
 )
 def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
+    given = image
     if ctx.mask is not None:
         ctx.mask = _fit_mask(ctx.mask, image.shape[:2])
         ctx.artifacts["mask"] = ctx.mask
@@ -491,6 +492,11 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
                                     "detector found the reflections instead")
     notes = []
     ctx.progress.update(0.0, f"finding reflections ({detector})")
+    # a preview's detector looks at the whole photo, as in the whole fix (the glare detector's
+    # view, background and area cap follow the whole frame), and the mask is cut to the part
+    part_shape = image.shape[:2]
+    if ctx.whole is not None:
+        image = ctx.whole.view(image)
     if detector == "yolo":
         mask, boxes = yolo_detect(image, rt)
         model = YOLO_ID
@@ -513,13 +519,16 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
             ctx.progress.update(0.5, "refining with SAM")
             mask = sam_mask_from_boxes(image, boxes, rt) if boxes else mask
             model = f"builtin:glare+{SAM_ID}"
+    share = float((mask > 127).mean())  # (of the whole photo, in a preview too)
+    if ctx.whole is not None:
+        mask = ctx.whole.to_part(mask, part_shape)
+        notes.append("found on the whole photo, cut to the previewed part")
     ctx.mask = mask
     ctx.artifacts["mask"] = mask
     ctx.artifacts[MASK_SOURCE] = model
-    share = float((mask > 127).mean())
     ctx.progress.update(1.0, f"mask covers {share:.1%}")
     notes.append(f"mask covers {share:.1%} of the photo")
-    return StepOutput(image, model, "; ".join(notes))
+    return StepOutput(given, model, "; ".join(notes))  # (its input, handed on: the part)
 
 
 def _ultralytics_installed() -> bool:

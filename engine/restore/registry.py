@@ -29,6 +29,61 @@ T = TypeVar("T")
 CANCEL_POLL = 0.02
 
 
+@dataclass(frozen=True)
+class WholePhoto:
+    """A preview's whole photo (``JobRequest.region``): the steps run on the part ``box``
+    (x0, y0, x1, y1, source px) of it, and a step whose detector looks at the whole photo in a
+    whole-photo run (the glare mask, faces, text lines) looks at it here too, through
+    :meth:`view`, and cuts what it found to the part (:meth:`to_part`), so that a face or a
+    line the part's edge cuts, or a threshold that follows the whole photo's statistics, is
+    found as the real fix finds it."""
+
+    pixels: np.ndarray  # float32 RGB (H, W, 3): the chain's input (transparent pixels filled)
+    alpha: np.ndarray | None  # float (H, W) or None
+    box: tuple[int, int, int, int]
+
+    @property
+    def part(self) -> np.ndarray:
+        x0, y0, x1, y1 = self.box
+        return self.pixels[y0:y1, x0:x1]
+
+    def scale_of(self, image: np.ndarray) -> tuple[float, float]:
+        """(sx, sy): ``image`` px per source px (a chain's x2 / x4 result)."""
+        x0, y0, x1, y1 = self.box
+        return image.shape[1] / (x1 - x0), image.shape[0] / (y1 - y0)
+
+    def view(self, image: np.ndarray) -> np.ndarray:
+        """The whole photo (source px) as a step that gets ``image`` (the part, as the steps
+        before it left it, at any scale) would see it in a whole-photo run: the photo itself
+        where the steps before changed nothing (no copy), else a copy with ``image`` (brought
+        to source scale) in place of its part; outside the part the photo is as it was (the
+        steps before did not run there: a detector near the part's edge sees unprocessed
+        pixels beyond it)."""
+        part = self.part
+        if image is part or (image.shape == part.shape and np.array_equal(image, part)):
+            return self.pixels
+        x0, y0, x1, y1 = self.box
+        if image.shape[:2] != part.shape[:2]:
+            import cv2
+
+            image = cv2.resize(np.ascontiguousarray(image, np.float32), (x1 - x0, y1 - y0),
+                               interpolation=cv2.INTER_AREA)
+        out = self.pixels.copy()
+        out[y0:y1, x0:x1] = image
+        return out
+
+    def to_part(self, arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """``arr`` (a whole-photo map at source scale, e.g. a mask) cut to the part and brought
+        to ``shape`` (h, w: the step's image, nearest neighbour)."""
+        x0, y0, x1, y1 = self.box
+        cut = np.ascontiguousarray(arr[y0:y1, x0:x1])
+        if cut.shape[:2] != tuple(shape):
+            import cv2
+
+            cut = cv2.resize(cut, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+        return cut
+
+
 @dataclass
 class StepContext:
     device: DeviceInfo
@@ -39,6 +94,8 @@ class StepContext:
     tile_size: int = 512
     warnings: list[str] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)  # boxes, masks, OCR scores for the UI
+    # a preview's whole photo (None in a whole-photo run): detectors look at it, see WholePhoto
+    whole: WholePhoto | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ Artifacts for the UI: ``text_boxes`` (x0, y0, x1, y1 in source pixels), ``text_q
 line's four corners in source pixels: a line at an angle drawn as it is), ``ocr_confidence_before``
 / ``ocr_confidence_after`` (mean over regions, 0-1), ``ocr_regions`` (per-region details: output
 pixels; ``quad`` the line's corners, ``padded`` the box of its mask, ``sr_pixels`` the source
-pixels the region model ran on).
+pixels the region model ran on). In a preview (``ctx.whole``) lines are looked for in the whole
+photo (:func:`_detect_for_part`) and the pipeline moves these into the whole photo's pixels.
 
 Cancel: checked between detection tiles and recognition batches, and, with rapidocr, during
 each ONNX run too (``RapidOCRBackend.cancellable``): detection on the reduced copy is one run of
@@ -470,8 +471,36 @@ def _detect_text(ocr: Any, rgb: np.ndarray, det_max: int, det_tile: int,
         return _detect_passes(ocr, rgb, det_max, det_tile, ctx)
 
 
+def _detect_for_part(ocr: Any, whole: Any, det_max: int, det_tile: int,
+                     ctx: StepContext) -> list[np.ndarray]:
+    """A preview's text lines: looked for in the whole photo (``whole``, a
+    :class:`~engine.restore.registry.WholePhoto`: the chain's input, as the whole fix's text
+    step sees it), where the whole fix looks - its reduced copy, and of its full-resolution
+    tiles those near the part (:func:`_detect_passes` ``near``) - and those that reach the
+    part, in the part's source pixels (a line the part's edge cuts is found whole; its
+    region is then cut by the part's edge)."""
+    seen = whole.pixels
+    if whole.alpha is not None and float(np.min(whole.alpha)) < 1.0:
+        seen = _over_background(seen, whole.alpha)
+    x0, y0, x1, y1 = whole.box
+    with _cancellable(ocr, ctx):
+        quads = _detect_passes(ocr, seen, det_max, det_tile, ctx, near=whole.box)
+    out = []
+    for q in quads:
+        bx0, by0, bx1, by1 = _box(q)
+        if bx0 < x1 and bx1 > x0 and by0 < y1 and by1 > y0:
+            out.append((q - np.array([x0, y0], np.float32)).astype(np.float32))
+    return out
+
+
 def _detect_passes(ocr: Any, rgb: np.ndarray, det_max: int, det_tile: int,
-                   ctx: StepContext) -> list[np.ndarray]:
+                   ctx: StepContext, near: tuple[int, int, int, int] | None = None
+                   ) -> list[np.ndarray]:
+    """``near`` (x0, y0, x1, y1; a preview's part): of the full-resolution tiles, only those
+    that meet it, or a line of the reduced copy that meets it, grown by the tiles' overlap,
+    are looked at (the lines found elsewhere are not the part's; a long line the copy saw
+    across the part is looked at in every tile it crosses, as :func:`_merge_passes` weighs
+    them)."""
     h, w = rgb.shape[:2]
     f = min(1.0, det_max / max(h, w))
     if f >= 1.0:
@@ -491,8 +520,17 @@ def _detect_passes(ocr: Any, rgb: np.ndarray, det_max: int, det_tile: int,
     tile = max(256, det_tile)
     overlap = max(64, tile // 10)  # more than a small line's height: each is whole in a tile
     ys, xs = _tile_spans(h, tile, overlap), _tile_spans(w, tile, overlap)
-    n = len(ys) * len(xs)
-    for k, ((y, y1), (x, x1)) in enumerate((y, x) for y in ys for x in xs):
+    spans = [(y, x) for y in ys for x in xs]
+    if near is not None:
+        areas = [tuple(float(v) for v in near)] + [
+            b for b in (_box(q) for q in coarse)
+            if b[0] < near[2] and b[2] > near[0] and b[1] < near[3] and b[3] > near[1]]
+        areas = [(a[0] - overlap, a[1] - overlap, a[2] + overlap, a[3] + overlap)
+                 for a in areas]
+        spans = [((y, y1), (x, x1)) for (y, y1), (x, x1) in spans
+                 if any(x < a[2] and x1 > a[0] and y < a[3] and y1 > a[1] for a in areas)]
+    n = len(spans)
+    for k, ((y, y1), (x, x1)) in enumerate(spans):
         ctx.progress.check()
         ctx.progress.update(0.1 * k / n, f"finding small text, tile {k + 1} of {n}")
         found = ocr.detect(to_u8_bgr(rgb[y:y1, x:x1]))
@@ -782,8 +820,11 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
         seen_src = _over_background(source, alpha)
         seen_img = _over_background(image, resize_to(alpha[..., None], ow, oh)[..., 0]
                                     if alpha.shape[:2] != (oh, ow) else alpha)
-    quads = _detect_text(ocr, seen_src, int(params.get("det_max_side", 2048)),
-                         int(params.get("det_tile", 1280)), ctx)
+    det_max, det_tile = int(params.get("det_max_side", 2048)), int(params.get("det_tile", 1280))
+    if ctx.whole is None:
+        quads = _detect_text(ocr, seen_src, det_max, det_tile, ctx)
+    else:
+        quads = _detect_for_part(ocr, ctx.whole, det_max, det_tile, ctx)
     ctx.progress.update(0.1, f"{len(quads)} text region(s)")
     out = image.copy()
     cands: list[dict[str, Any]] = []

@@ -209,3 +209,157 @@ def test_cli_region_writes_a_preview_and_refuses_what_cannot_be_one(shared_image
         bad = warm_cli.run(["restore", *args, *extra, "-o", str(tmp_path / "x")], env=env,
                            timeout=240, cwd=ROOT)
         assert bad.returncode == 2 and says in bad.stderr, bad.stderr
+
+
+# -- detectors that look at the whole photo: a preview sees what the whole fix sees -----------
+BAKERY = "reflection/windowseat-reflection-re__example_images__bakery.jpg"  # 1024 x 682
+GROUP = "faces/GFPGAN__inputs__whole_imgs__00.jpg"  # 1297 x 1920, two faces
+PAGE_LR = "text_degraded/textbsr__textbsr__testsets__OnlyLR__t1.png"  # 720 x 576, one line
+GLARE_FILLED = Plan(Degradation.B, "builtin", (
+    Step("reflection_mask", {"detector": "builtin"}),
+    Step("inpaint_builtin", {"fill_detected": True})))
+
+
+def test_a_previews_glare_mask_is_the_whole_photos_cut_to_the_part(shared_images, engine,
+                                                                   tmp_path):
+    """The built-in glare detector's view, background and thresholds follow the whole frame:
+    on the part and its margin alone it drew another mask (1.7 % of the part instead of the
+    photo's 1.9 %, and fills up to 81 levels apart). Now it looks at the whole photo and the
+    mask is cut to the part: the same mask and the same filled pixels as the whole fix."""
+    src = _photo(shared_images, BAKERY)
+    before = _sha(src)
+    whole = _run(engine, src, tmp_path, GLARE_FILLED, guard=False)
+    region = (204, 260, 684, 682)  # its left edge cuts a glare region (166..242 x 456..544)
+    prev = _run(engine, src, tmp_path, GLARE_FILLED, region=region, guard=False)
+    x0, y0, x1, y1 = region
+    assert (whole.artifacts["mask"][y0:y1, x0:x1] > 0).any()
+    assert np.array_equal(prev.artifacts["mask"], whole.artifacts["mask"][y0:y1, x0:x1])
+    full = load_photo(whole.output).pixels
+    got = load_photo(prev.output).pixels
+    assert np.abs(got - full[y0:y1, x0:x1]).max() <= 1.5 / 255
+    assert "found on the whole photo" in prev.steps[0].notes
+    assert prev.steps[0].notes.endswith(whole.steps[0].notes)  # (the photo's share)
+    assert _sha(src) == before
+
+
+def _standin_faces(monkeypatch, engine):
+    """CodeFormer's weights are not here: each aligned face is restored by a fixed change
+    (sharper, a little brighter) that the identity check accepts; detection (OpenCV's Haar
+    cascade), alignment and paste-back are the real ones."""
+    import cv2
+
+    from engine.restore import face
+
+    def fn(descriptor, device, fidelity, check=None):
+        def restore(crop):
+            blur = cv2.GaussianBlur(crop, (0, 0), 2.0)
+            return np.clip(crop + 1.5 * (crop - blur) + 0.03, 0.0, 1.0)
+        return restore
+
+    monkeypatch.setattr(face, "codeformer_fn", fn)
+    monkeypatch.setattr(engine.runtime, "load_image_model", lambda model_id: None)
+
+
+def test_a_preview_finds_and_restores_faces_as_the_whole_fix(shared_images, engine, tmp_path,
+                                                             monkeypatch):
+    """Faces were looked for in the part and its margin, at another detection scale than the
+    whole photo's (its 1280-px view): a face the part's edge cuts came out 186 px instead of
+    191, the other face was not found, and the preview's pixels were up to 32 levels from the
+    whole fix's. Now the faces are found in the whole photo and restored from all their
+    pixels: the same pixels, and the face boxes in the photo's pixels."""
+    _standin_faces(monkeypatch, engine)
+    src = _photo(shared_images, GROUP)
+    plan = Plan(Degradation.C, "laptop", (Step("face_codeformer", {"face_detector": "haar"}),))
+    whole = _run(engine, src, tmp_path, plan, guard=False)
+    assert len(whole.artifacts["face_boxes"]) == 2
+    region = (850, 237, 1297, 717)  # its left edge cuts the larger face (754..946)
+    prev = _run(engine, src, tmp_path, plan, region=region, guard=False)
+    x0, y0, x1, y1 = region
+    full = load_photo(whole.output).pixels
+    got = load_photo(prev.output).pixels
+    changed = np.abs(full[y0:y1, x0:x1] - load_photo(src).pixels[y0:y1, x0:x1]).max(-1)
+    assert (changed > 4 / 255).mean() > 0.05  # (the faces were restored there)
+    assert np.abs(got - full[y0:y1, x0:x1]).max() <= 1.5 / 255
+    assert sorted(prev.artifacts["face_boxes"]) == sorted(whole.artifacts["face_boxes"])
+    assert "in the previewed part (2 in the whole photo)" in prev.steps[0].notes
+
+
+@pytest.fixture(scope="module")
+def text_engine(tmp_path_factory):
+    from tests.model_helpers import install_test_model
+    from tests.tiny_models import write_compact
+
+    root = tmp_path_factory.mktemp("text-preview")
+    store = install_test_model(root / "store", "realesr-general-x4v3",
+                               write_compact(root, num_feat=8, num_conv=2, seed=0))
+    return Engine(device="cpu", store=store)
+
+
+def test_a_previews_text_lines_and_ocr_regions_are_in_the_photos_pixels(shared_images,
+                                                                        text_engine, tmp_path):
+    """PP-OCR looks at the whole photo (a line the part's edge cuts is found whole), and the
+    text step's ``ocr_regions`` come back in the whole result's pixels, as ``text_boxes`` do:
+    they were in the working crop's (off by the part's corner less its margin)."""
+    src = _photo(shared_images, PAGE_LR)
+    plan = Plan(Degradation.A, "laptop", (Step("text_fusion", {"model": "realesr-general-x4v3"}),))
+    whole = text_engine.run(JobRequest(src, OutputOptions(out_dir=tmp_path, format="png"),
+                                       plan=plan, guard=False))
+    (line,) = whole.artifacts["ocr_regions"]
+    (tb,) = whole.artifacts["text_boxes"]
+    # a part that holds the line with room to spare: its region as in the whole fix
+    region = (200, 300, 700, 576)
+    prev = text_engine.run(JobRequest(src, OutputOptions(out_dir=tmp_path, format="png"),
+                                      plan=plan, guard=False, region=region))
+    assert context_box(region, (576, 720))[0] > 0  # (the crop does not start at the corner)
+    (got,) = prev.artifacts["ocr_regions"]
+    assert got["box"] == line["box"] and got["padded"] == line["padded"]
+    assert got["quad"] == line["quad"]
+    # a part whose edge cuts the line (164..551): found whole, its box as the whole fix's
+    cut = _run(text_engine, src, tmp_path, plan, region=(357, 238, 720, 576), guard=False)
+    (cb,) = cut.artifacts["text_boxes"]
+    x0 = context_box((357, 238, 720, 576), (576, 720))[0]
+    assert cb[0] == max(tb[0], x0) and cb[1:] == tb[1:]
+
+
+def test_text_detection_near_a_part_looks_at_the_tiles_around_it_only():
+    """Over ``det_max_side`` the whole fix looks at a reduced copy and at every full-resolution
+    tile; a preview looks at the copy and the tiles that meet its part (or a line of the copy
+    that meets it): the lines found there are the same."""
+    from engine.progress import Progress
+    from engine.restore.registry import StepContext
+    from engine.restore.text import _detect_passes
+
+    rng = np.random.default_rng(0)
+    page = np.full((3000, 4000, 3), 0.9, np.float32)
+    lines = [(x, y) for y in range(200, 2900, 400) for x in range(150, 3700, 900)]
+    for x, y in lines:
+        page[y:y + 24, x:x + 300] = rng.uniform(0.0, 0.3, (24, 300, 3))
+
+    class Ink:
+        """Stands in for PP-OCR's detector: the boxes of dark ink in what it is given."""
+
+        def __init__(self):
+            self.calls = []
+
+        def detect(self, bgr):
+            import cv2
+
+            self.calls.append(bgr.shape[:2])
+            dark = (bgr.max(-1) < 128).astype(np.uint8)
+            _, _, stats, _ = cv2.connectedComponentsWithStats(dark, 8)
+            return [np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)
+                    for x, y, w, h, _ in stats[1:]]
+
+    ctx = StepContext(device=None, progress=Progress(), runtime=None)
+    every, near = Ink(), Ink()
+    all_lines = _detect_passes(every, page, 2048, 1280, ctx)
+    part = (1000, 1000, 1800, 1600)
+    some = _detect_passes(near, page, 2048, 1280, ctx, near=part)
+    assert len(near.calls) < len(every.calls)
+
+    def meets(q):
+        return q[:, 0].min() < part[2] and q[:, 0].max() > part[0] and \
+            q[:, 1].min() < part[3] and q[:, 1].max() > part[1]
+
+    want = sorted(q.round(1).tolist() for q in all_lines if meets(q))
+    assert want and sorted(q.round(1).tolist() for q in some if meets(q)) == want

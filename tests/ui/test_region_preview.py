@@ -146,9 +146,11 @@ def test_preview_runs_the_fix_on_the_part_in_view_and_shows_it_there(
     region = req.region
     assert all(abs(a - b) <= 1 for a, b in zip(region, expect, strict=True)), (region, expect)
     # the request "Fix" builds for this photo (its edited chain), with the region and the
-    # preview's own output (the user cache, never the results' folder)
+    # preview's own output (the user cache, never the results' folder); the photo was not
+    # diagnosed then (it keeps the diagnosis the preview made: see the last test)
+    assert req.diagnosis is None
     assert replace(req, output=None, region=None) == replace(
-        win.request_for(photo, RED, None), output=None)
+        win.request_for(photo, RED, None), output=None, diagnosis=None)
     assert req.output.out_dir == tmp_path / "ui-cache" / "previews"
     x0, y0, x1, y1 = region
     assert win.canvas.preview_rect.getRect() == (x0, y0, x1 - x0, y1 - y0)
@@ -282,3 +284,30 @@ def test_a_new_preview_replaces_one_still_on_its_way(qtbot, win, photo):
     x0, y0, x1, y1 = win._preview.region
     assert (x1 - x0) < W and (y1 - y0) < H
     assert "Cancelled" not in win.status_label.text()
+
+
+def test_a_preview_of_a_photo_never_diagnosed_keeps_the_diagnosis_it_made(qtbot, win, photo):
+    """The engine diagnoses a photo the app has no diagnosis of before it plans the preview:
+    the photo keeps that diagnosis (badge, panel, sidecar), as a diagnosis job's, so that the
+    next preview or fix is given it and does not diagnose the photo again."""
+    _viewer(qtbot, win, photo)
+    st = win.states[photo]
+    assert st.diagnosis is None and win.model.item(photo).diagnosis is None
+    jid = win.preview_here()
+    assert win.client._jobs[jid].payload.diagnosis is None
+    _shown(qtbot, win)
+    _idle(qtbot, win)
+    assert st.diagnosis is not None
+    assert win.model.item(photo).diagnosis == st.diagnosis
+    assert st.plan == RED and st.plan_edited  # (the edited chain stays the photo's)
+    sidecar = photo.parent / ".mend" / "wide.png.json"
+    qtbot.waitUntil(lambda: sidecar.exists()
+                    and json.loads(sidecar.read_text()).get("diagnosis") is not None,
+                    timeout=5000)
+    assert json.loads(sidecar.read_text()).get("outputs", []) == []
+    # the next preview (and a fix) is given it
+    again = win.preview_here()
+    assert win.client._jobs[again].payload.diagnosis == st.diagnosis
+    assert win.request_for(photo).diagnosis == st.diagnosis
+    _shown(qtbot, win)
+    _idle(qtbot, win)
