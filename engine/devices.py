@@ -218,11 +218,25 @@ def select_device(preference: str = "auto") -> DeviceInfo:
 
 
 def configure_torch(device: DeviceInfo) -> None:
-    """Apply the thread policy once per process."""
+    """Apply the thread policy once per process (torch, and OpenCV: ``configure_opencv``)."""
     import torch
 
+    configure_opencv(device.threads)
     if torch.get_num_threads() != device.threads:
         torch.set_num_threads(device.threads)
+
+
+def configure_opencv(threads: int | None = None) -> None:
+    """OpenCV's thread count = the engine's (``threads``, else ``cpu_threads()``: what
+    ``select_device`` gives every device). OpenCV otherwise runs its parallel loops (resize,
+    non-local means, filters) on every core, also with ``MEND_THREADS=1``. Its pool is one per
+    process: the app's thumbnail and viewer decodes follow the same count. Needs no torch: the
+    engine applies it when it is made, before the device (``auto``: at first use) is chosen."""
+    import cv2
+
+    n = cpu_threads() if threads is None else max(1, int(threads))
+    if cv2.getNumThreads() != n:
+        cv2.setNumThreads(n)
 
 
 def empty_cache(device: DeviceInfo) -> None:

@@ -11,9 +11,11 @@ Time comes from two sources, best first:
    per MP against 1.07-1.31 s per MP at 4-12 MP on a quiet machine). With one size only, the
    reference rate bounds the rest (see ``CostHistory.predict``). A step's first short run in an
    engine carries one-time set-up (see ``COLD_RUN_S``): it is counted once, not per megapixel.
-   The line is straight: a step whose rate grows with the photo (``deblur_builtin``'s
-   whole-photo FFT: 0.13-0.17 s/MP at 0.3 MP, 0.26-0.36 s/MP at 12 MP) is underestimated from
-   small photos alone (0.5-0.7x at 12 MP) until a photo near the size has run.
+   The line is straight: a step whose rate differs from photo to photo (``deblur_builtin``'s
+   whole-photo FFTs, 2-4x slower on some padded sizes than others: 0.15-0.28 s/MP at 0.3 MP,
+   0.22-0.33 s/MP at 12 MP) was underestimated from small photos alone (0.40-0.55x at 12 MP);
+   such a step (``RATE_FLOOR_STEPS``) does not go below its reference rate beyond four times
+   the largest photo run here.
 2. **Reference**: seconds per megapixel of each step measured by ``bench/restore.py`` on one core
    of the 2-core AMD EPYC development machine (docs/PERFORMANCE.md, 2026-11-22; model steps at
    the real architecture sizes with random weights: time only). They are divided by the thread
@@ -53,7 +55,10 @@ REFERENCE_CPU_S_PER_MP: dict[tuple[str, str | None], float] = {
     ("denoise_builtin", None): 3.0,
     ("sharpen_builtin", None): 0.15,
     ("upscale_builtin", None): 0.2,
-    ("deblur_builtin", None): 1.5,
+    # (re-measured at 12 MP: 0.22-0.33 s/MP on two real photos resized, a 9 px kernel, Intel
+    # Xeon 2-core development machine, 1 thread, 2026-12-07; the 512² figure was 1.5. It is
+    # also the floor of a photo far larger than any run here: see RATE_FLOOR_STEPS)
+    ("deblur_builtin", None): 0.3,
     ("reflection_mask", None): 0.4,
     ("inpaint_builtin", None): 0.4,
     ("sr_realesrgan", "realesr-general-x4v3"): 52.0,
@@ -236,6 +241,15 @@ COLD_RUN_S = 1.0
 # several sizes too (noise in short runs' seconds cannot take a large photo's rate down with
 # it), and at most ``COLD_RUN_S`` of a cold one (``CostHistory.predict``).
 WARM_FIXED_S = 0.1
+
+# Steps whose seconds per megapixel on one photo say little of another's: the built-in
+# deblurring's whole-photo FFTs run 2-4x faster on some padded sizes than on others (a 9 px
+# kernel, 1 thread, 2026-12-07: one real photo resized to 0.3 MP took 0.15-0.23 s/MP and
+# 0.29-0.33 s/MP at 12 MP, another 0.25-0.28 and 0.22-0.28). From runs of small photos alone a
+# 12 MP estimate was 0.40-0.55x the time. For a photo more than ``CostHistory.SIZE_RATIO``
+# times the work of the largest run here, each megapixel beyond it costs at least the
+# reference rate (``CostHistory.predict``)
+RATE_FLOOR_STEPS = frozenset({"deblur_builtin"})
 
 
 def _positive(v: Any) -> float | None:
@@ -442,6 +456,9 @@ class CostHistory:
         the fixed part fitted to them (``_fixed_part``). With one size the rate beyond it is the
         lower of its own and the reference: a run of 100 x 75 px (0.0075 MP) does not set the
         rate of a 24 MP photo (3200 times its work); its seconds count once ("reference" then).
+        A step of ``RATE_FLOOR_STEPS`` costs, for work more than ``SIZE_RATIO`` times that of
+        its largest size class, at least that class's seconds plus the reference rate for the
+        rest ("reference" then too).
         An entry of cold runs alone is one such size whose fixed part may be up to
         ``COLD_RUN_S``; one from before size classes were kept, its average rate alone."""
         with self._lock:
@@ -458,6 +475,12 @@ class CostHistory:
         fixed = _fixed_part(sizes, reference, most)
         seconds = _through(sizes, fixed, units)
         lowered = len(sizes) == 1 and fixed > 0 and units > sizes[0][0]
+        top_units, top_seconds = sizes[-1][0], sizes[-1][1]
+        if (name in RATE_FLOOR_STEPS and reference is not None
+                and units > self.SIZE_RATIO * top_units):
+            floor = top_seconds + reference * (units - top_units)
+            if floor > seconds:
+                seconds, lowered = floor, True
         return seconds, "reference" if lowered else "measured"
 
     def record(self, name: str, model: str | None, device_kind: str, threads: int,

@@ -94,6 +94,7 @@ import functools
 import html
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -2859,28 +2860,50 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
     """A fast upright uint8 RGB (h, w, 3) view no larger than ``max_side`` (JPEG draft mode; a
     HEIF's embedded thumbnail when one is at least that large), in the colour space of
     ``source_profile`` (grey, CMYK, RAW, JPEG XL and floating-point TIFF: sRGB)."""
-    p = Path(path)
+    return _load_preview(Path(path), max_side, with_alpha=False)[0]
+
+
+def load_preview_rgba(path: str | os.PathLike[str], max_side: int
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``load_preview`` with the photo's transparency: (uint8 RGB (h, w, 3), uint8 alpha
+    (h, w)), the alpha None when the photo has none or is opaque everywhere in the preview.
+    The reduction weighs each pixel's colour by its alpha (premultiplied: what a file stores
+    under fully transparent pixels counts for nothing; a preview pixel that is fully
+    transparent has colour 0). The same single decode as ``load_preview`` (8 bits per sample;
+    a JPEG XL's alpha is in the decode its plugin makes anyway), reduced in bands of rows:
+    no full-size copy beside the decoded image (a 24 MP RGBA PNG: its 96 MB)."""
+    return _load_preview(Path(path), max_side, with_alpha=True)
+
+
+def _load_preview(p: Path, max_side: int, *, with_alpha: bool
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
     _check_path(p)
     max_side = max(1, int(max_side))
+    alpha: np.ndarray | None = None
     try:
         kind = _raw_kind(p)
         if kind:
             from . import rawio
 
-            return rawio.preview(p, kind, max_side, max_pixels_default())
+            return rawio.preview(p, kind, max_side, max_pixels_default()), None
         try:
             im = _open_image(p, max_pixels_default())
         except _pil().UnidentifiedImageError:
             photo = _load_other_tiff(p, max_pixels_default())
             if photo is not None:  # rare: the whole photo, made small
-                small = _preview_rgb8(_pil().fromarray(_quantise(photo.pixels, 8), "RGB"),
-                                      max_side)
-                return _preview_to_srgb(small, photo.icc_profile)
+                rgb8 = _pil().fromarray(_quantise(photo.pixels, 8), "RGB")
+                if with_alpha and photo.alpha is not None:
+                    rgb8.putalpha(_pil().fromarray(_quantise(photo.alpha[..., None], 8)[..., 0],
+                                                   "L"))
+                    small, alpha = _preview_rgba8(rgb8, max_side)
+                else:
+                    small = _preview_rgb8(rgb8, max_side)
+                return _preview_to_srgb(small, photo.icc_profile), alpha
             kind = _unidentified_raw(p)
             if kind:
                 from . import rawio
 
-                return rawio.preview(p, kind, max_side, max_pixels_default())
+                return rawio.preview(p, kind, max_side, max_pixels_default()), None
             raise
         with im:
             fmt = im.format
@@ -2897,9 +2920,16 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
             orientation = _source_orientation(im, fmt, _raw_exif(im),
                                               _xmp_of(im, extended=False))
             la16 = _jxl_la16(im) if fmt == "JXL" else None
-            if la16 is not None:  # 16-bit grey + alpha the plugin calls "LA": its grey
+            if la16 is not None and with_alpha:  # (16-bit grey + alpha: 8 bits of each)
+                la8 = np.stack([la16[0][..., 0], la16[1]], axis=-1)
+                la8 = (la8.astype(np.uint32) * 255 + 32767) // 65535
+                small, alpha = _preview_rgba8(_pil().fromarray(la8.astype(np.uint8), "LA"),
+                                              max_side, im.info.get("icc_profile"))
+            elif la16 is not None:  # 16-bit grey + alpha the plugin calls "LA": its grey
                 small = _preview_rgb8(_pil().fromarray(la16[0][..., 0]), max_side,
                                       im.info.get("icc_profile"))
+            elif with_alpha and _has_alpha(im):
+                small, alpha = _preview_rgba8(im, max_side)
             else:
                 small = _preview_rgb8(im, max_side)
             if fmt == "JXL":  # source_profile cannot say (the plugin decodes to open)
@@ -2907,7 +2937,9 @@ def load_preview(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
                                                             {"warnings": []}))
         if orientation in range(2, 9):
             small = _orient(small, orientation)
-        return np.ascontiguousarray(small)
+            alpha = None if alpha is None else _orient(alpha, orientation)
+        return (np.ascontiguousarray(small),
+                None if alpha is None else np.ascontiguousarray(alpha))
     except EngineError:
         raise
     except Exception as e:  # noqa: BLE001 - decoders raise many types; _fail names the file
@@ -3029,6 +3061,72 @@ def _preview_rgb8(im, max_side: int, icc: bytes | None = None) -> np.ndarray:
     if max(im.size) > max_side:
         im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(im)
+
+
+# modes whose alpha a preview keeps (as ``load_photo`` keeps it); a transparent colour
+# ("transparency") is an alpha for these modes too (a 16-bit grey's is not kept by either)
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_TRNS_MODES = frozenset({"P", "L", "RGB", "1"})
+_PREVIEW_BAND_ROWS = 256  # source rows made premultiplied and reduced at a time
+
+
+def _thumbnail_size(w: int, h: int, max_side: int) -> tuple[int, int]:
+    """The size Pillow's ``thumbnail`` gives a w x h image within max_side x max_side (what
+    ``_preview_rgb8`` makes): the side rounded to the nearer aspect ratio."""
+    if max(w, h) <= max_side:
+        return w, h
+    aspect = w / h
+    if aspect >= 1:
+        n = max(1, min(math.floor(max_side / aspect), math.ceil(max_side / aspect),
+                       key=lambda k: 0 if k == 0 else abs(aspect - max_side / k)))
+        return max_side, n
+    n = max(1, min(math.floor(max_side * aspect), math.ceil(max_side * aspect),
+                   key=lambda k: abs(aspect - k / max_side)))
+    return n, max_side
+
+
+def _has_alpha(im) -> bool:
+    return im.mode in _ALPHA_MODES or (im.mode in _TRNS_MODES and
+                                       im.info.get("transparency") is not None)
+
+
+def _preview_rgba8(im, max_side: int, icc: bytes | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``_preview_rgb8`` of a decoded image with an alpha (``_has_alpha``): (uint8 RGB, uint8
+    alpha or None when opaque everywhere). Reduced premultiplied (RGBa / La): an integer box
+    reduction to at least twice the size, in bands of ``_PREVIEW_BAND_ROWS`` source rows
+    (Pillow's own premultiplies a whole copy of the image first), then OpenCV's area
+    reduction; the colours of the small image as ``_preview_rgb8`` makes them."""
+    Image = _pil()
+    icc = icc or im.info.get("icc_profile")
+    straight = "LA" if im.mode in ("L", "LA", "La", "1") else "RGBA"
+    pm = {"LA": "La", "RGBA": "RGBa"}[straight]
+    w, h = im.size
+    size = _thumbnail_size(w, h, max_side)
+    f = max(1, int(min(w / size[0], h / size[1]) / 2.0))  # (reducing_gap 2, as thumbnail)
+    rows = f * max(1, _PREVIEW_BAND_ROWS // f)
+    out = Image.new(pm, (-(-w // f), -(-h // f)))
+    for y in range(0, h, rows):
+        band = im.crop((0, y, w, min(h, y + rows)))
+        if band.mode != straight:  # (a palette, a transparent colour, RGBa / La)
+            band = band.convert(straight)
+        band = band.convert(pm)
+        out.paste(band.reduce(f) if f > 1 else band, (0, y // f))
+        del band
+    pm_arr = np.asarray(out)
+    del out
+    if pm_arr.shape[1::-1] != size:
+        import cv2
+
+        pm_arr = cv2.resize(pm_arr, size, interpolation=cv2.INTER_AREA)
+    alpha = np.ascontiguousarray(pm_arr[..., -1])
+    # straight colours again (rounded; 0 where nothing is left of the picture)
+    a = alpha.astype(np.uint32)[..., None]
+    colour = (pm_arr[..., :-1].astype(np.uint32) * 255 + a // 2) // np.maximum(a, 1)
+    colour = np.minimum(colour, 255).astype(np.uint8)
+    rgb = _preview_rgb8(Image.fromarray(colour[..., 0] if straight == "LA" else colour),
+                        max_side, icc)
+    return rgb, (None if int(alpha.min(initial=255)) == 255 else alpha)
 
 
 # --------------------------------------------------------------------------------------------

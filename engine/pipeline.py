@@ -13,7 +13,7 @@ import numpy as np
 
 from . import __version__
 from .api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan, StepRecord
-from .devices import DeviceInfo, configure_torch, select_device
+from .devices import DeviceInfo, configure_opencv, configure_torch, select_device
 from .errors import EngineError, ModelMissing, OutOfMemory, SaveFailed, UsageError
 from .estimate import (
     CostHistory,
@@ -90,6 +90,7 @@ class Engine:
         # asked for by name is checked now (one this machine lacks is a usage error at once).
         self._device: DeviceInfo | None = None
         self._device_pref = device
+        configure_opencv()  # (the thread count needs no device: the analyzer uses OpenCV first)
         if device != "auto":
             self._choose_device()
         self.tile_size = int(tile_size)
@@ -105,6 +106,7 @@ class Engine:
 
     def _choose_device(self) -> DeviceInfo:
         dev = select_device(self._device_pref)
+        configure_opencv(dev.threads)
         if dev.kind != "cpu" or _torch_loaded():
             configure_torch(dev)
         self._device = dev

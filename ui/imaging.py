@@ -6,7 +6,8 @@ from that profile (``to_srgb``), as a colour-managed viewer shows the photo and 
 
 A transparent photo is shown over a checkerboard, as photo apps show one: what a file stores
 under its fully transparent pixels is no part of the picture (a PNG's transparent half showed
-pastel rectangles). Thumbnails have it painted in (``load_thumbnail``, in the pool); the viewer
+pastel rectangles). Thumbnails have it painted in (``load_thumbnail``, in the pool, from the
+engine's reduced decode with the alpha: ``engine.imageio.load_preview_rgba``); the viewer
 gets the photo with its alpha (``load_full_rgba``, ``rgba_to_qimage``: premultiplied, the
 format Qt draws fastest) and paints the checkerboard behind it (ui/editor/canvas.py).
 """
@@ -30,11 +31,6 @@ log = logging.getLogger("mend.ui.imaging")
 CHECKER_SIDE = 8
 CHECKER_LIGHT = 153
 CHECKER_DARK = 102
-# the formats that can hold transparency (one is looked at before a thumbnail is made: only a
-# transparent photo takes the full decode its alpha needs); JPEG, RAW and others cannot
-_MAY_BE_TRANSPARENT = frozenset({".png", ".apng", ".webp", ".tif", ".tiff", ".gif", ".heic",
-                                 ".heif", ".hif", ".avif", ".bmp", ".tga", ".ico", ".jp2",
-                                 ".j2k", ".jpx", ".psd"})
 # a QImage's ARGB32 pixels in memory: B, G, R, A on a little-endian machine
 _ARGB_ORDER = (2, 1, 0, 3) if sys.byteorder == "little" else (3, 0, 1, 2)
 
@@ -117,58 +113,14 @@ def qimage_to_rgb(img: QImage) -> np.ndarray:
     return buf[:, : w * 3].reshape(h, w, 3).copy()
 
 
-def load_preview(path: Path, max_side: int) -> np.ndarray:
-    """uint8 sRGB, upright, longest side <= max_side. Uses the engine's fast preview loader."""
-    try:
-        from engine.imageio import load_preview as engine_preview
-    except ImportError:  # older engine: full decode, then shrink
-        engine_preview = None
-    if engine_preview is not None:
-        from engine.imageio import source_profile
-
-        return to_srgb(engine_preview(path, max_side), source_profile(path))
-    from engine.imageio import load_photo
-
-    photo = load_photo(path)
-    return to_srgb(_shrink((photo.pixels * 255 + 0.5).astype(np.uint8), max_side),
-                   photo.icc_profile)
-
-
 def load_thumbnail(path: Path, max_side: int) -> np.ndarray:
-    """A thumbnail: ``load_preview``, but a transparent photo is decoded whole (its alpha: the
-    engine's preview has none) and laid over the checkerboard, reduced with its alpha."""
-    if may_be_transparent(path):
-        rgb, alpha = load_full_rgba(path)
-        if alpha is None:  # (an alpha that is opaque everywhere: shown as it is)
-            return _shrink(rgb, max_side)
-        argb = premultiplied_argb(rgb, alpha)
-        del rgb, alpha
-        return _composite(_shrink(argb, max_side))
-    return load_preview(path, max_side)
+    """A thumbnail in sRGB: the engine's fast reduced decode (``load_preview``: a JPEG's draft,
+    a HEIF's embedded thumbnail) with the photo's transparency (``load_preview_rgba``: reduced
+    with its alpha, in bands, from one 8-bit decode) laid over the checkerboard."""
+    from engine.imageio import load_preview_rgba, source_profile
 
-
-def may_be_transparent(path: Path) -> bool:
-    """Whether the photo may have transparency, from its name and header (nothing decoded):
-    a format that can hold it, opened by Pillow with an alpha or a transparent colour. A TIFF
-    Pillow cannot open (16-bit grey + alpha, floating point) counts: the engine decodes one
-    whole for its preview anyway. A JPEG XL never counts (its plugin decodes the photo to open
-    it: a second decode for every thumbnail)."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in _MAY_BE_TRANSPARENT:
-        return False
-    from engine.imageio import heif_supported
-
-    heif_supported()  # (the HEIF opener registered with Pillow, as the engine's decodes have it)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return (im.mode in ("RGBA", "LA", "La", "PA", "RGBa")
-                    or "transparency" in im.info)
-    except UnidentifiedImageError:
-        return suffix in (".tif", ".tiff")
-    except Exception:  # noqa: BLE001 - unreadable (or too large): the preview's decode says why
-        return False
+    rgb, alpha = load_preview_rgba(path, max_side)
+    return over_checkerboard(to_srgb(rgb, source_profile(path)), alpha)
 
 
 def load_full(path: Path) -> np.ndarray:

@@ -37,8 +37,9 @@ THUMB_SIDE = 256
 # with a dot-gain profile was ~21 levels too dark on average); "srgb.3": JPEG XL and float TIFF
 # previews converted from their profiles too (a P3 JPEG XL was ~10 levels off on average);
 # "srgb.4": transparent photos over a checkerboard (were the colours stored under their
-# transparent pixels)
-THUMB_KIND = "srgb.4"
+# transparent pixels); "srgb.5": a transparent JPEG XL's too (its alpha was not read), and
+# transparent photos reduced before their colour profile is applied, as opaque ones are
+THUMB_KIND = "srgb.5"
 # the disk cache's cap. A 256 px thumbnail is 10-17 KB (9.8 KB mean over 235 test photos,
 # 12-17 KB for full-size camera ones), so 512 MB keeps the last ~30,000-50,000 photos browsed,
 # many big folders' worth, yet little beside the photos themselves. Past it the least recently
