@@ -223,6 +223,10 @@ def worker(chain: str, profile: str, size: tuple[int, int], tile: int,
         for i, step in enumerate(steps):
             t = time.perf_counter()
             params = dict(step.params)
+            if step.name in ("inpaint_builtin", "inpaint_lama"):
+                # timed as a checked mask is filled (a mask the glare detector found alone
+                # waits for the photographer's check: the step would skip it)
+                params["fill_detected"] = True
             params.update((overrides or {}).get(step.name, {}))
             rec = {"name": step.name, "params": params}
             tiles["n"], tiles["of"], tiles["sample"] = 0, None, i == 0  # sample the first step

@@ -750,14 +750,24 @@ def _mask_or_skip(image: np.ndarray, ctx: StepContext) -> np.ndarray | None:
 @register_step(
     "inpaint_lama",
     models=(LAMA_ID,),
-    description="LaMa inpainting of the masked reflections, region by region.",
-    defaults={"context": 1.0, "max_side": 1024},
+    description="LaMa inpainting of the masked reflections, region by region; a mask the "
+                "built-in glare detector found alone is filled only with fill_detected.",
+    defaults={"context": 1.0, "max_side": 1024, "fill_detected": False},
 )
 def inpaint_lama(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
+    """LaMa on each masked region. A mask the built-in glare detector found alone (SAM's
+    refinement of its proposals too) is not filled, as with the built-in fill
+    (:func:`inpaint_builtin`): LaMa's fill is plausible, but what the detector took for glare
+    (a white wall, an overcast sky, white petals) is still repainted, and the regression guard
+    does not judge masked pixels. A checked mask (the mask editor, ``--mask``) or a trained
+    detector's (the ``reflection-yolo`` slot) is filled."""
     mask = _mask_or_skip(image, ctx)
     if mask is None:
         ctx.progress.update(1.0, "nothing to inpaint")
         return StepOutput(image, LAMA_ID, "skipped: the mask is empty")
+    held = _hold_unchecked(mask, params, ctx, "LaMa filled nothing")
+    if held is not None:
+        return StepOutput(image, LAMA_ID, held)
     ctx.progress.update(0.0, "loading LaMa")
     desc = ctx.runtime.load_image_model(LAMA_ID)
     out = inpaint_regions(image, mask, lama_fn(desc, ctx.progress.check),
@@ -778,6 +788,22 @@ def _builtin_glare_mask(ctx: StepContext) -> bool:
     return str(ctx.artifacts.get(MASK_SOURCE, "")).startswith("builtin:glare")
 
 
+def _hold_unchecked(mask: np.ndarray, params: Mapping[str, Any], ctx: StepContext,
+                    what: str) -> str | None:
+    """When ``mask`` is the built-in glare detector's and the step's ``fill_detected`` is off:
+    the job's warning that says so (``what``: what the step did not do) and how to fill it,
+    and the step's notes; else None (fill it)."""
+    if not _builtin_glare_mask(ctx) or bool(params.get("fill_detected", False)):
+        return None
+    share = float((mask > 127).mean())
+    ctx.progress.update(1.0, "not filled: check the mask first")
+    ctx.warnings.append(
+        f"reflections: the built-in detector marked {share:.1%} of the photo, but it cannot "
+        f"tell glare from sky or white things, so {what}; check the mask (Edit mask in the "
+        "viewer, or mend restore --mask FILE) and fix again to fill it")
+    return f"skipped: a detected mask ({share:.1%}) no one has checked is not filled"
+
+
 @register_step(
     "inpaint_builtin",
     description="OpenCV Telea inpainting of the masked reflections (no download); a mask the "
@@ -795,22 +821,14 @@ def inpaint_builtin(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     regression guard does not judge masked pixels, which are meant to change. So a mask that
     detector found alone is not filled (``fill_detected`` True fills it): the step says how
     much it found, and the photographer checks it in the mask editor (or gives ``--mask``) and
-    fixes again, which fills it. LaMa (laptop profile) fills detected masks as before."""
+    fixes again, which fills it. LaMa holds such a mask back too (:func:`inpaint_lama`)."""
     mask = _mask_or_skip(image, ctx)
     if mask is None:
         ctx.progress.update(1.0, "nothing to inpaint")
         return StepOutput(image, "builtin:telea", "skipped: the mask is empty")
-    if _builtin_glare_mask(ctx) and not bool(params.get("fill_detected", False)):
-        share = float((mask > 127).mean())
-        ctx.progress.update(1.0, "not filled: check the mask first")
-        ctx.warnings.append(
-            f"reflections: the built-in detector marked {share:.1%} of the photo, but it "
-            "cannot tell glare from sky or white things, so nothing was filled; check the "
-            "mask (Edit mask in the viewer, or mend restore --mask FILE) and fix again to fill "
-            "it, or install the laptop models (LaMa)")
-        return StepOutput(image, "builtin:telea",
-                          f"skipped: a detected mask ({share:.1%}) no one has checked is "
-                          "not filled")
+    held = _hold_unchecked(mask, params, ctx, "nothing was filled")
+    if held is not None:
+        return StepOutput(image, "builtin:telea", held)
     out = inpaint_regions(image, mask, telea_fn(float(params.get("radius", 5.0)),
                                                 ctx.progress.check),
                           context=float(params.get("context", 0.5)), max_side=4096,

@@ -174,6 +174,33 @@ def test_inpaint_lama_only_changes_pixels_inside_the_dilated_mask(lama_runtime):
     assert np.abs(res[mask > 0] - img[mask > 0]).max() > 1e-3  # the holes were repainted
 
 
+@pytest.mark.parametrize("source,filled", [
+    ("builtin:glare", False), ("builtin:glare+sam-vit-base", False),  # no one has checked it
+    ("user:mask", True), ("reflection-yolo", True)])
+def test_inpaint_lama_holds_back_a_mask_the_glare_detector_found_alone(lama_runtime, source,
+                                                                         filled):
+    """LaMa's fill is plausible, but a white wall the glare detector took for glare would still
+    be repainted, unseen by the regression guard: such a mask waits for the photographer's
+    check, as with the built-in fill; a checked or a trained detector's mask is filled."""
+    img = _textured(96, 210)
+    mask = _two_hole_mask(img.shape[:2])
+    ctx = _ctx(lama_runtime, mask=mask)
+    ctx.artifacts["mask_source"] = source
+    out = get_step("inpaint_lama").fn(img, {}, ctx)
+    said = [w for w in ctx.warnings if w.startswith("reflections: the built-in detector")]
+    if filled:
+        assert not said and "2 region(s)" in out.notes
+        assert np.abs(out.image - img)[mask > 0].max() > 1e-3
+    else:
+        assert out.image is img and out.notes.startswith("skipped")
+        assert len(said) == 1 and "LaMa filled nothing" in said[0] and "--mask" in said[0]
+        # the step's own switch fills it (what the mask editor's checked mask amounts to)
+        ctx2 = _ctx(lama_runtime, mask=mask)
+        ctx2.artifacts["mask_source"] = source
+        again = get_step("inpaint_lama").fn(img, {"fill_detected": True}, ctx2)
+        assert not ctx2.warnings and np.abs(again.image - img)[mask > 0].max() > 1e-3
+
+
 def test_dereflect_nafnet_runs_tiled_with_strength(tmp_path):
     files = write_nafnet_sidd(tmp_path, seed=1, enc_blk_nums=(1,), dec_blk_nums=(1,))
     rt = make_runtime(install_test_model(tmp_path / "store", "nafnet-sidd-w64", files))
