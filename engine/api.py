@@ -225,6 +225,10 @@ class JobResult:
     # a preview's region (x0, y0, x1, y1, upright photo pixels, clipped to the photo): ``output``
     # then holds that part of the result only, and is no result of the photo
     region: tuple[int, int, int, int] | None = None
+    # the result is the photo as it was (the record's ``kept_original``): nothing to fix (D),
+    # no step changed a pixel (a built-in fill of a mask no one checked, an empty mask), or the
+    # regression guard kept the original; ``warnings`` say why
+    kept_original: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d = {
@@ -234,7 +238,7 @@ class JobResult:
             "steps": [s.to_json() for s in self.steps],
             "warnings": list(self.warnings),
         }
-        if self.artifacts.get("mask_path"):  # a B result's mask, written beside it
+        if self.artifacts.get("mask_path"):  # an inpainting plan's mask, written beside it
             d["mask"] = str(self.artifacts["mask_path"])
         if self.region is not None:
             d["region"] = list(self.region)

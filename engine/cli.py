@@ -850,8 +850,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         result = setup.engine.run(req, progress)
         done += 1
         steps = ", ".join(f"{s.name} [{s.model}] {s.seconds:.1f}s" for s in result.steps)
+        mask = result.artifacts.get("mask_path")  # (the reflection mask, saved beside it)
         human = f"{path} -> {result.output} ({result.label.value}: {steps})" + \
-            said.lines(result.warnings)
+            (f"\n  mask: {mask}" if mask else "") + said.lines(result.warnings)
         if result.region is not None:
             x0, y0, x1, y1 = result.region
             human = f"{path} [preview of {x0},{y0}-{x1},{y1}]" + human[len(str(path)):]

@@ -387,12 +387,13 @@ class Engine:
             _boxes_to_photo(artifacts, box[0], box[1], scale)
 
         passthrough = unchanged or all(s.name == "passthrough" for s in plan.steps if s.enabled)
+        inpaints = uses_mask(plan)  # it removes what its mask covers (its mask is saved too)
         if not passthrough and request.guard:
             from .restore.guard import check
 
             # inpainted regions are meant to change: fidelity is judged outside the mask
-            verdict = check(source, image,
-                            mask=ctx.mask if label is Degradation.B else None,
+            # (whatever the class: an edited plan of another class may inpaint too)
+            verdict = check(source, image, mask=ctx.mask if inpaints else None,
                             cancel_check=progress.check, icc=photo.icc_profile)
             if not verdict.ok:
                 warnings.append(f"kept the original: the result looked worse ({verdict.reason})")
@@ -417,7 +418,7 @@ class Engine:
             record["region"] = list(region)
         out = self._save(photo, image, options, record, passthrough and region is None,
                          warnings, source_state)
-        if ctx.mask is not None and label is Degradation.B and region is None:
+        if ctx.mask is not None and inpaints and region is None:
             from .imageio import mask_path_for, save_mask
 
             # named after the result itself, never over a file: x.png and x.jpg restored into
@@ -435,6 +436,7 @@ class Engine:
             path=Path(request.path), output=out, label=label, diagnosis=diagnosis, plan=plan,
             steps=tuple(records), warnings=tuple(warnings + ctx.warnings), models=models,
             seconds=time.perf_counter() - t_start, artifacts=artifacts, region=region,
+            kept_original=passthrough,
         )
 
     def _run_steps(self, photo: Photo, source: np.ndarray, plan: Plan, diagnosis: Diagnosis,

@@ -901,12 +901,15 @@ class MainWindow(QMainWindow):
             self._read_record(path)
         if st.plan_stale and st.diagnosis is not None and st.plan_job is None:
             self._replan(path)
+        self._follow_mask(path)  # (a mask recorded in the sidecar, with an older plan)
         self.panel.set_diagnosis(st.diagnosis)
         self.panel.show_override(st.override)
-        self.panel.set_plan(st.plan, st.plan_note)
+        self.panel.set_plan(st.plan, st.plan_note, why=self._plan_why(path))
         msg = ""
         if st.output:
-            msg = f"Result: {st.output}"
+            kept = st.result is not None and st.result.output == st.output \
+                and st.result.kept_original
+            msg = f"Result{' (the original, unchanged)' if kept else ''}: {st.output}"
         if st.result and st.result.warnings:
             msg += "\n" + "\n".join(st.result.warnings)
         self.panel.set_status(msg)
@@ -1101,10 +1104,10 @@ class MainWindow(QMainWindow):
             if Path(p) in pending:
                 continue
             pending.add(Path(p))
-            st = self.states.get(Path(p))
-            # a class chosen for the photo stays chosen: its plan is built for that class
+            # a class chosen for the photo stays chosen: its plan is built for that class (B
+            # for a photo with a reflection mask and no class chosen)
             jid = self.client.diagnose(p, backend=s.backend, profile=s.profile,
-                                       label=st.override if st is not None else None)
+                                       label=self.plan_label(p))
             self._job_path[jid] = Path(p)
             ids.append(jid)
         return ids
@@ -1170,8 +1173,12 @@ class MainWindow(QMainWindow):
             plan = None
         if plan is not None and not st.plan_edited and plan == st.plan:
             # the engine's own plan, made when the photo was diagnosed: made again for this
-            # run, with the settings of now (the profile chosen since, models installed since)
-            label, plan = label or plan.label, None
+            # run, with the settings of now (the profile chosen since, models installed since).
+            # Its class is not sent: the engine tells a class the photographer chose (``label``)
+            # from one Mend diagnosed, and with a reflection mask and no class chosen it fixes
+            # the photo as B, as ``mend restore --mask`` does (the plan shown is B's then:
+            # ``plan_label``)
+            plan = None
         doc = self._unsaved_mask(path) if mask_path is None else None
         waiting = self._mask_waiters.get(path)
         if doc is not None or (waiting is not None and mask_path in (None, st.mask_path)):
@@ -1246,6 +1253,40 @@ class MainWindow(QMainWindow):
             if st is not None and st.plan is not None:
                 self._save_sidecar(p, plan=st.plan, plan_edited=st.plan_edited)
 
+    def plan_label(self, path: Path) -> Degradation | None:
+        """The class ``path``'s plan is made for, as its fix will run it: the class chosen in
+        "Fix as"; else B when the photographer made a reflection mask for it (saved from the
+        mask editor: the engine fixes a photo with a mask and no class chosen as B, removing
+        what the mask covers); else None, the class diagnosed."""
+        st = self.states.get(Path(path))
+        if st is None:
+            return None
+        if st.override is not None:
+            return st.override
+        return Degradation.B if st.mask_path is not None else None
+
+    def _plan_why(self, path: Path) -> str:
+        """Why the plan shown is not of the class diagnosed, when a mask decided it."""
+        st = self.states.get(Path(path))
+        if (st is None or st.override is not None or st.mask_path is None or st.plan is None
+                or st.plan.label is not Degradation.B or st.plan_edited
+                or (st.diagnosis is not None and st.diagnosis.label is Degradation.B)):
+            return ""
+        return ("your reflection mask is removed; choose another class in “Fix as” to fix the "
+                "photo without it")
+
+    def _follow_mask(self, path: Path) -> bool:
+        """A reflection mask the photographer made, with no class chosen: the photo's plan is
+        made again as B's (what its fix runs) unless it is B's already or was edited (an edited
+        chain runs as it is). Returns whether it is made again."""
+        st = self.states.get(Path(path))
+        if (st is not None and not self._closing and st.mask_path is not None
+                and st.override is None and not st.plan_edited and st.plan_job is None and st.plan is not None
+                and st.plan.label is not Degradation.B):
+            self._replan(path)
+            return True
+        return False
+
     def _override_targets(self, path: Path) -> list[Path]:
         """The photos a "Fix as" choice applies to: every selected photo when the current one
         is among several selected, else the current one."""
@@ -1282,11 +1323,13 @@ class MainWindow(QMainWindow):
         engine thread (diagnosing the photo first when it is not yet); the photo has no plan
         meanwhile."""
         st = self._state(path)
-        label = st.override
+        label = self.plan_label(path)
         st.plan, st.plan_edited, st.plan_stale = None, False, False
         self._discard_preview(path)  # (it showed the chain of before)
         st.retry_plan_job = None  # (a new choice: the retry of an earlier one brings nothing)
         what = f"{label.value} · {label.short_name}" if label else "diagnosed"
+        if label is not None and st.override is None:
+            what += " (your reflection mask)"
         s = self.settings
         if st.diagnosis is None:
             jid = self.client.diagnose(path, backend=s.backend, profile=s.profile, label=label)
@@ -1360,8 +1403,9 @@ class MainWindow(QMainWindow):
                 self._show_state(path)
                 if self.stack.currentIndex() == 1:
                     self.load_view(path)
-            self.set_status(f"Fixed {path.name} in {result.seconds:.1f} s"
-                            + (f" — {result.warnings[0]}" if result.warnings else ""), photo=path)
+            from .messages import describe_result
+
+            self.set_status(describe_result(path.name, result), photo=path)
             self.fixed.emit(path)
         elif isinstance(result, Plan):
             if st.plan_job != job_id:
@@ -1371,7 +1415,7 @@ class MainWindow(QMainWindow):
             st.plan_edited = st.plan_stale = False
             self._save_sidecar(path, plan=result, plan_edited=False)
             if path == self.current:
-                self.panel.set_plan(result)
+                self.panel.set_plan(result, why=self._plan_why(path))
         elif result is not None and hasattr(result, "shape"):  # SAM mask
             include = self._sam_include.pop(job_id, True)
             self.end_status(("select", job_id))  # (also when the photo is not shown any more)
@@ -1872,6 +1916,9 @@ class MainWindow(QMainWindow):
                 st = self.states.get(path)
                 if st is not None and st.mask_path in (None, dest):  # (where it went)
                     st.mask_path = p
+                # (its fix runs B now: the plan shown is made again to say so)
+                if self._follow_mask(path) and path == self.current:
+                    self.panel.set_plan(st.plan, st.plan_note)
                 if seq != self._mask_write_seq.get(path):
                     return  # a later write of this photo's mask follows: they wait for it
                 self._mask_write_seq.pop(path, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from engine import errors
+from engine.api import JobResult
 
 log = logging.getLogger("mend.ui")
 
@@ -41,3 +42,30 @@ def describe_error(exc: BaseException) -> str:
         return f"File error: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
     log.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
     return f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the log file."
+
+
+def describe_result(name: str, result: JobResult) -> str:
+    """The status line for a finished fix of the photo ``name``, leading with what happened.
+    A result that is the original kept as it was (``kept_original``) says so first - nothing to
+    fix, the fix dropped by the regression guard, nothing filled (an inpainting step skipped its
+    mask), or nothing changed - then why (the last warning: the steps' own warnings come last;
+    else the skipped steps' notes); a fix that changed the photo gives its time and its first
+    warning."""
+    secs = f"{result.seconds:.1f} s"
+    warnings = list(result.warnings)
+    if not result.kept_original:
+        return f"Fixed {name} in {secs}" + (f" — {warnings[0]}" if warnings else "")
+    if all(s.name == "passthrough" for s in result.plan.steps if s.enabled):
+        return (f"Nothing to fix in {name}: the original is kept as it is ({secs})"
+                + (f" — {warnings[0]}" if warnings else ""))
+    guard = "kept the original: "
+    verdict = next((w for w in warnings if w.startswith(guard)), None)
+    if verdict is not None:
+        return f"Kept the original of {name} ({secs}): {verdict[len(guard):]}"
+    from engine.pipeline import MASK_STEPS
+
+    skipped = [s for s in result.steps if s.notes.startswith("skipped")]
+    why = warnings[-1] if warnings else "; ".join(f"{s.name} {s.notes}" for s in skipped)
+    what = "was filled" if any(s.name in MASK_STEPS for s in skipped) else "changed"
+    return (f"Nothing {what} in {name}: the original is kept as it was ({secs})"
+            + (f" — {why}" if why else ""))

@@ -354,7 +354,10 @@ class DiagnosisPanel(QWidget):
             self.est_form.addRow(name_label, present)
         self.rationale.setText(d.rationale + (f"  ({d.backend})" if d.backend else ""))
 
-    def set_plan(self, plan: Plan | None, note: str = "") -> None:
+    def set_plan(self, plan: Plan | None, note: str = "", why: str = "") -> None:
+        """Show ``plan`` (None: ``note`` says why there is none). ``why``: why the plan is of
+        another class than the one diagnosed, when it is not the photographer's choice (a
+        reflection mask they made: class B)."""
         self.plan = plan
         self._updating = True
         self.steps.clear()
@@ -362,7 +365,8 @@ class DiagnosisPanel(QWidget):
             for n in step_names():
                 self.add_combo.addItem(n)
         if plan is not None:
-            self.profile_label.setText(f"Profile: {plan.profile} · class {plan.label.value}")
+            self.profile_label.setText(f"Profile: {plan.profile} · class {plan.label.value}"
+                                       + (f" — {why}" if why else ""))
             for s in plan.steps:
                 it = QListWidgetItem(s.name)
                 it.setFlags(it.flags() | Qt.ItemFlag.ItemIsUserCheckable)
