@@ -2069,8 +2069,16 @@ class MainWindow(QMainWindow):
         self.settings.apply_environment()
         if old.profile != new.profile:
             self._plans_for_new_settings()
-        if (old.device, old.tile_size) != (self.settings.device, self.settings.tile_size):
-            self.set_status("Device and tile size apply after a restart")
+        # the engine chooses its device, tile size and thread count once, when it starts
+        # (torch's and the OCR sessions' threads are set then: a new count reached only the
+        # RAW decoder at once)
+        later = [name for name, a, b in (("device", old.device, new.device),
+                                         ("tile size", old.tile_size, new.tile_size),
+                                         ("threads", old.threads, new.threads)) if a != b]
+        if later:
+            what = " and ".join([", ".join(later[:-1]), later[-1]] if len(later) > 1 else later)
+            verb = "applies" if len(later) == 1 and later[0] != "threads" else "apply"
+            self.set_status(f"{what[0].upper()}{what[1:]} {verb} after a restart of Mend")
         if (old.out_dir != self.settings.out_dir and self._listed_tree
                 and self.model.folder is not None):  # (a new output folder is left out)
             self._list_folder(self.model.folder, keep=self.current)
