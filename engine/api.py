@@ -215,7 +215,7 @@ class JobResult:
     path: Path
     output: Path | None
     label: Degradation
-    diagnosis: Diagnosis
+    diagnosis: Diagnosis  # with the class that ran (``label``) when one was chosen or a mask given
     plan: Plan
     steps: tuple[StepRecord, ...] = ()
     warnings: tuple[str, ...] = ()
@@ -229,6 +229,9 @@ class JobResult:
     # no step changed a pixel (a built-in fill of a mask no one checked, an empty mask), or the
     # regression guard kept the original; ``warnings`` say why
     kept_original: bool = False
+    # the photo's diagnosis as Mend made it, before a class chosen (or B, for a reflection
+    # mask) took its place in ``diagnosis``: what "Automatic" plans. None: ``diagnosis``
+    diagnosed: Diagnosis | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = {

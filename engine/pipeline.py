@@ -198,7 +198,7 @@ class Engine:
         region = clipped = None
         if request.region is not None:
             region, clipped = check_region(request.region, (photo.height, photo.width))
-        diagnosis, plan, warnings = self._resolve(request, photo)
+        diagnosis, plan, warnings, _ = self._resolve(request, photo)
         warnings[:0] = _load_warnings(photo)
         if clipped:
             warnings.append(_clipped_note(region))
@@ -275,7 +275,8 @@ class Engine:
         return sorted(m for m in dict.fromkeys(needed) if not self.runtime.is_available(m))
 
     def _resolve(self, request: JobRequest, photo: Photo, progress: Progress | None = None
-                 ) -> tuple[Diagnosis, Plan, list[str]]:
+                 ) -> tuple[Diagnosis, Plan, list[str], Diagnosis]:
+        """(diagnosis with the class that runs, plan, warnings, the diagnosis as made)."""
         warnings: list[str] = []
         diagnosis = request.diagnosis
         # a reflection mask with the class left to Mend means "remove what I painted": class B
@@ -284,6 +285,7 @@ class Engine:
             # with a forced class only the measurements matter: the analyzer is enough
             backend = "builtin" if (request.label or request.plan or masked) else request.backend
             diagnosis = self.diagnose(photo, backend, progress=progress)
+        made = diagnosis
         if request.plan is not None:
             plan = request.plan
             label = plan.label
@@ -302,7 +304,7 @@ class Engine:
                 label, "a reflection mask was given" if masked else "overridden by the user")
         if request.mask_path is not None and not uses_mask(plan):
             warnings.append(mask_unused_note(plan))
-        return diagnosis, plan, warnings
+        return diagnosis, plan, warnings, made
 
     # -- restoration ----------------------------------------------------------------------
     def run(self, request: JobRequest, progress: Progress | None = None) -> JobResult:
@@ -333,7 +335,8 @@ class Engine:
                 warnings.append(_clipped_note(region))
         warnings += _load_warnings(photo)  # e.g. metadata that could not be kept
         progress.update(_LOAD, "diagnosing")
-        diagnosis, plan, notes = self._resolve(request, photo, progress.sub(_LOAD, _DIAG))
+        diagnosis, plan, notes, made = self._resolve(request, photo,
+                                                     progress.sub(_LOAD, _DIAG))
         warnings += notes
         label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
@@ -436,7 +439,7 @@ class Engine:
             path=Path(request.path), output=out, label=label, diagnosis=diagnosis, plan=plan,
             steps=tuple(records), warnings=tuple(warnings + ctx.warnings), models=models,
             seconds=time.perf_counter() - t_start, artifacts=artifacts, region=region,
-            kept_original=passthrough,
+            kept_original=passthrough, diagnosed=made,
         )
 
     def _run_steps(self, photo: Photo, source: np.ndarray, plan: Plan, diagnosis: Diagnosis,

@@ -99,9 +99,21 @@ def _delete_when_idle(doc: MaskDocument) -> None:
     """``deleteLater()`` once the document's full-resolution work is done (deleting it earlier
     would wait for its worker on the GUI thread). Held weakly meanwhile: no cycle."""
     if doc.busy():
-        doc.when_idle(weak_slot(doc, lambda d: d.deleteLater()))
+        doc.when_idle(weak_slot(doc, lambda d: d.dispose()))
     else:
         doc.deleteLater()
+
+
+def _reads_mask(request: JobRequest) -> bool:
+    """The engine reads the request's mask file: its plan inpaints (with no plan: the class
+    it runs is B's, as a mask with no class chosen makes it)."""
+    if request.mask_path is None:
+        return False
+    if request.plan is not None:
+        from engine.pipeline import uses_mask
+
+        return uses_mask(request.plan)
+    return request.label in (None, Degradation.B)
 
 
 @dataclass
@@ -117,6 +129,9 @@ class PhotoState:
     record: dict | None = None  # the Mend record in the file itself (a result Mend wrote)
     record_read: bool = False
     mask_doc: Any = None  # the mask as edited in the editor (kept while the folder is open)
+    # the photographer deleted their mask ("Delete mask"): the last result's mask (theirs, when
+    # the fix used it) is neither shown nor edited until a new mask or fix comes
+    mask_deleted: bool = False
     override: Degradation | None = None  # "Fix as": the class the photographer chose
     plan_job: int | None = None  # the job bringing the plan for that choice (older ones: stale)
     retry_plan_job: int | None = None  # that job, cancelled or failed: its retry brings the plan
@@ -218,11 +233,13 @@ class MainWindow(QMainWindow):
         self.bg = Background(self.client.run_in_pool, self)
         self._edited_plans: set[Path] = set()  # plans edited in the panel, not yet recorded
         # photos whose mask is being written: the fixes queued meanwhile wait for it
-        self._mask_waiters: dict[Path, list[Callable[[Path], None]]] = {}
+        self._mask_waiters: dict[Path, list[Callable[[Path | None], None]]] = {}
         self._mask_write_seq: dict[Path, int] = {}  # the latest write of each
         self._mask_write_ids = itertools.count(1)
         self._mask_write_locks: dict[Path, threading.Lock] = {}  # one write of each at a time
         self._mask_on_disk: dict[Path, int] = {}  # the write whose mask is on the disk
+        self._mask_deleted_at: dict[Path, int] = {}  # the latest "Delete mask" (a write number)
+        self._mask_jobs: dict[int, Path] = {}  # fixes and previews that read a mask file
         # "Preview fix here": the preview shown (one at a time: up to 4096 px a side after an
         # x4 chain), and the preview jobs queued, running or being decoded (job id -> photo);
         # one dropped from here (the plan changed, a fix finished) is thrown away when it ends
@@ -300,6 +317,9 @@ class MainWindow(QMainWindow):
         p.plan_edited.connect(self._on_plan_edited)
         p.diagnose_requested.connect(self._diagnose_current)
         p.edit_mask_requested.connect(self.show_mask_editor)
+        # (weakly: the panel is the window's child, a bound method would make a cycle)
+        p.set_label_source(weak_slot(
+            self, lambda w: w.plan_label(w.current) if w.current is not None else None))
 
         self.resize(1400, 880)
         self.resizeDocks([dock], [400], Qt.Orientation.Horizontal)
@@ -511,6 +531,11 @@ class MainWindow(QMainWindow):
         bar.addSeparator()
         bar.addAction("Save mask…").triggered.connect(self._save_mask_dialog)
         bar.addAction("Load mask…").triggered.connect(self._load_mask_dialog)
+        self.delete_mask_action = bar.addAction("Delete mask…")
+        self.delete_mask_action.setToolTip(
+            "Delete the reflection mask you made for this photo (the saved one and edits not "
+            "saved): Mend's diagnosis decides its class again")
+        self.delete_mask_action.triggered.connect(self._delete_mask_dialog)
         self.inpaint_action = bar.addAction("Inpaint again")
         self.inpaint_action.setToolTip("Re-run the reflection chain with this mask")
         self.inpaint_action.triggered.connect(self.inpaint_again)
@@ -1018,7 +1043,8 @@ class MainWindow(QMainWindow):
                 self.canvas.update()
                 self.set_status(msg, photo=path)
 
-        mask_path = st.mask_path or (st.result.artifacts.get("mask_path") if st.result else None)
+        mask_path = st.mask_path or (st.result.artifacts.get("mask_path")
+                                     if st.result and not st.mask_deleted else None)
         self.bg.run(lambda: build_view(path, output, mask_path, stale), done, fail)
 
     def _show_preview(self, path: Path) -> bool:
@@ -1046,7 +1072,8 @@ class MainWindow(QMainWindow):
         st = self._state(self.current) if self.current else None
         has = self._view is not None and (self._view.mask is not None or (
             st is not None and (st.mask_doc is not None or (
-                st.result is not None and "mask" in st.result.artifacts))))
+                st.result is not None and "mask" in st.result.artifacts
+                and not st.mask_deleted))))
         if not has:
             self._set_canvas_doc(None)
             return
@@ -1187,7 +1214,7 @@ class MainWindow(QMainWindow):
             if region is None:
                 self.model.update_item(path, job_state=JobState.QUEUED, error="")
 
-            def submit(dest: Path) -> None:
+            def submit(dest: Path | None) -> None:  # (None: the mask was deleted)
                 self._submit(path, plan, label, dest, region)
 
             if doc is not None:
@@ -1217,7 +1244,10 @@ class MainWindow(QMainWindow):
     def _submit(self, path: Path, plan: Plan | None, label: Degradation | None,
                 mask_path: Path | None, region: tuple[int, int, int, int] | None = None
                 ) -> int:
-        jid = self.client.submit(self.request_for(path, plan, label, mask_path, region))
+        request = self.request_for(path, plan, label, mask_path, region)
+        jid = self.client.submit(request)
+        if _reads_mask(request):  # (cancelled when the photographer deletes the mask)
+            self._mask_jobs[jid] = Path(path)
         if region is not None:  # a preview: the viewer's, not the photo's (no badge)
             self._preview_jobs[jid] = Path(path)
             return jid
@@ -1347,6 +1377,7 @@ class MainWindow(QMainWindow):
 
     def _on_finished(self, job_id: int, result: Any) -> None:
         info = self.client.job(job_id)
+        self._mask_jobs.pop(job_id, None)
         if job_id in self._preview_jobs or (info is not None and info.kind is JobKind.PREVIEW) \
                 or (isinstance(result, JobResult) and result.region is not None):
             # (a preview: nothing of the photo's changes, but for the diagnosis the engine made)
@@ -1381,21 +1412,24 @@ class MainWindow(QMainWindow):
             # the whole photo's result is there to compare: the preview of a part goes (one
             # asked after this fix was queued is still wanted)
             self._discard_preview(path, before=job_id)
-            st.result, st.output = result, result.output
-            st.diagnosis = result.diagnosis
+            st.result, st.output, st.mask_deleted = result, result.output, False
+            # the photo's diagnosis stays Mend's: "Automatic" plans it, the badge shows it. The
+            # class that ran (one chosen, or B for a reflection mask) is the result's
+            # (``result.label``; ``result.diagnosis`` carries it)
+            diagnosis = st.diagnosis = result.diagnosed or result.diagnosis
             if st.plan is None and st.plan_job is None:  # (the plan the engine built for it)
                 st.plan = result.plan
             if result.output:
                 st.outputs = [o for o in st.outputs if o != str(result.output)] + [
                     str(result.output)]
             self.model.update_item(path, job_state=JobState.DONE, output=result.output,
-                                   diagnosis=result.diagnosis)
+                                   diagnosis=diagnosis)
             # (the mask recorded in the sidecar stays unless this window knows the photo's:
             # a fix finishing after its folder was left erased the edited mask's record)
             mask = {"mask": str(st.mask_path)} if st.mask_path else {}
             # (added to the outputs recorded: a fix finishing after its folder was left knows
             # none of the photo's earlier results, and replaced the list with its own)
-            self._save_sidecar(path, diagnosis=result.diagnosis, plan=st.plan or result.plan,
+            self._save_sidecar(path, diagnosis=diagnosis, plan=st.plan or result.plan,
                                plan_edited=st.plan_edited, keep_edited_plan=not known,
                                add_outputs=[str(result.output)] if result.output else [],
                                warnings=list(result.warnings), **mask)
@@ -1474,11 +1508,12 @@ class MainWindow(QMainWindow):
         st = self.states.get(path)
         if st is None or st.diagnosis is not None:
             return  # (a photo of a folder left since, or one diagnosed already)
-        st.diagnosis = result.diagnosis
+        # (Mend's diagnosis, not the class the preview ran: see _on_finished)
+        diagnosis = st.diagnosis = result.diagnosed or result.diagnosis
         if st.plan is None and st.plan_job is None and not st.plan_edited:
             st.plan = result.plan
-        self.model.update_item(path, diagnosis=result.diagnosis)
-        self._save_sidecar(path, diagnosis=result.diagnosis, plan=st.plan,
+        self.model.update_item(path, diagnosis=diagnosis)
+        self._save_sidecar(path, diagnosis=diagnosis, plan=st.plan,
                            plan_edited=st.plan_edited)
         if path == self.current:
             self._show_state(path)
@@ -1571,6 +1606,8 @@ class MainWindow(QMainWindow):
     def _on_resubmitted(self, old_id: int, new_id: int) -> None:
         """A job retried from the queue panel: its result is this photo's, like the first's."""
         info = self.client.job(new_id)
+        if old_id in self._mask_jobs:  # (the same request: the same mask file)
+            self._mask_jobs[new_id] = self._mask_jobs.pop(old_id)
         if info is not None and info.kind is JobKind.PREVIEW:
             if info.path is not None:  # (asked again: shown when it ends)
                 self._preview_jobs[new_id] = Path(info.path)
@@ -1590,6 +1627,7 @@ class MainWindow(QMainWindow):
 
     def _on_failed(self, job_id: int, message: str) -> None:
         info = self.client.job(job_id)
+        self._mask_jobs.pop(job_id, None)
         if job_id in self._preview_jobs or (info is not None and info.kind is JobKind.PREVIEW):
             path = self._preview_jobs.pop(job_id, None)
             if path is not None and not self._closing:  # (else dropped: nobody asks for it)
@@ -1734,7 +1772,7 @@ class MainWindow(QMainWindow):
             return
         doc = MaskDocument(h, w, parent=self)
         arr = v.mask  # read in the pool with the photo
-        if arr is None and st.result is not None:
+        if arr is None and st.result is not None and not st.mask_deleted:
             arr = st.result.artifacts.get("mask")
         try:
             if arr is not None and hasattr(arr, "shape"):
@@ -1882,6 +1920,7 @@ class MainWindow(QMainWindow):
         path = Path(path)
         store = self._store_for(path)
         dest = store.mask_path_known(path)
+        self._state(path).mask_deleted = False
         if dest is not None:
             self._state(path).mask_path = dest
         waiters = self._mask_waiters.setdefault(path, [])  # fixes waiting for this write
@@ -1914,10 +1953,13 @@ class MainWindow(QMainWindow):
 
             def written(p: Path) -> None:
                 st = self.states.get(path)
-                if st is not None and st.mask_path in (None, dest):  # (where it went)
-                    st.mask_path = p
+                # (a "Delete mask" since: this write was skipped or its file deleted after it;
+                # the mask is not the photo's again)
+                gone = self._mask_deleted_at.get(path, 0) > seq
+                if st is not None and st.mask_path in (None, dest) and not gone:
+                    st.mask_path = p  # (where it went)
                 # (its fix runs B now: the plan shown is made again to say so)
-                if self._follow_mask(path) and path == self.current:
+                if not gone and self._follow_mask(path) and path == self.current:
                     self.panel.set_plan(st.plan, st.plan_note)
                 if seq != self._mask_write_seq.get(path):
                     return  # a later write of this photo's mask follows: they wait for it
@@ -1953,6 +1995,117 @@ class MainWindow(QMainWindow):
             if doc is not None:
                 saved[path] = self._write_mask(path, doc, now=True)
         return saved
+
+    def has_own_mask(self, path: Path) -> bool:
+        """``path`` has a reflection mask the photographer made: saved (or being written)
+        beside it, or edited and not saved yet."""
+        st = self.states.get(Path(path))
+        return st is not None and (st.mask_path is not None or Path(path) in self._mask_write_seq
+                                   or self._unsaved_mask(path) is not None)
+
+    def _delete_mask_dialog(self) -> None:
+        """"Delete mask…": asks first (a deleted mask cannot be brought back)."""
+        path = self.current
+        if path is None:
+            return
+        if not self.has_own_mask(path):
+            self.set_status(f"{path.name} has no reflection mask of yours to delete (Clear "
+                            "empties the mask shown)", photo=path)
+            return
+        r = QMessageBox.question(
+            self, "Delete mask",
+            f"Delete the reflection mask you made for {path.name}?\n\nThe saved mask and the "
+            "edits not saved go, and Mend's diagnosis decides the photo's class again. This "
+            "cannot be undone. (The results already written and their masks stay.)")
+        if r == QMessageBox.StandardButton.Yes:
+            self.delete_mask(path)
+
+    def delete_mask(self, path: Path) -> None:
+        """Forget the reflection mask the photographer made for ``path``: the mask files Mend
+        wrote for it are deleted and its sidecar records none (in the pool,
+        ``SidecarStore.forget_mask``; never a photo, a result or a mask saved elsewhere), the
+        edits not saved are dropped, and its plan is made again for the class Mend diagnosed
+        (unless a class is chosen in "Fix as" or the plan was edited: those stay). A write of
+        the mask still on its way is superseded (it writes nothing, or its file is deleted
+        after it); the fixes and previews waiting for it, or queued or running to read the
+        mask file, are cancelled: they were to remove what the photographer no longer wants
+        removed (a fix of a class chosen whose chain does not read it goes on). Fixes asked
+        meanwhile wait for the deletion, then run without a mask."""
+        path = Path(path)
+        st = self._state(path)
+        known, st.mask_path, st.mask_deleted = st.mask_path, None, True
+        doc, st.mask_doc = st.mask_doc, None
+        cancelled = 0
+        waiting = self._mask_waiters.get(path)
+        if waiting:
+            cancelled += len(waiting)
+            self.model.update_item(path, job_state=JobState.CANCELLED,
+                                   error="Cancelled: its reflection mask was deleted.")
+        for jid, p in list(self._mask_jobs.items()):
+            info = self.client.job(jid)
+            if p == path and info is not None and not info.state.finished:
+                cancelled += 1
+                self.client.cancel(jid)
+        # this deletion is the latest "write" of the photo's mask: an earlier one still on its
+        # way writes nothing once it is done (or is deleted here after it), and fixes asked
+        # from now on wait for it (``fix``)
+        seq = self._mask_write_seq[path] = next(self._mask_write_ids)
+        self._mask_deleted_at[path] = seq
+        self._mask_waiters[path] = []
+        store = self._store_for(path)
+        lock = self._mask_write_locks.setdefault(path, threading.Lock())
+        on_disk = self._mask_on_disk
+
+        def work() -> list[Path]:  # (in the pool; not the window's attributes)
+            with lock:
+                removed = store.forget_mask(path, also=known)
+                on_disk[path] = max(on_disk.get(path, 0), seq)
+                return removed
+
+        def done(_removed: list[Path]) -> None:
+            if seq != self._mask_write_seq.get(path):
+                return  # a mask made since is being written: the fixes wait for it
+            self._mask_write_seq.pop(path, None)
+            for then in self._mask_waiters.pop(path, []):
+                then(None)
+
+        def failed(msg: str) -> None:
+            self.set_status(f"Could not delete the mask of {path.name}: {msg}", photo=path)
+            if seq == self._mask_write_seq.get(path):
+                self._mask_write_seq.pop(path, None)
+                if self._mask_waiters.pop(path, None):
+                    self.model.update_item(path, job_state=JobState.FAILED,
+                                           error=f"Could not delete the mask: {msg}")
+
+        self.bg.run(work, done, failed)
+        # the editor and the viewer show no mask of this photo any more
+        if doc is not None:
+            if self.mask_doc is doc:
+                self.mask_doc, self._mask_doc_path = None, None
+            if self.canvas.doc is doc:
+                self._set_canvas_doc(None)
+        if self._view is not None and self._view.path == path:
+            self._view = replace(self._view, mask=None)
+            if path == self.current and self.stack.currentIndex() == 1:
+                if self.mask_action.isChecked():
+                    self._open_mask_doc()  # a new, empty mask to paint on
+                else:
+                    self._show_result_mask()
+        if doc is not None:
+            _delete_when_idle(doc)
+        # its plan: the class diagnosed again (one chosen, or a chain edited, stays)
+        if st.override is None and not st.plan_edited and (
+                st.plan is not None or st.plan_job is not None) and not self._closing:
+            self._replan(path)
+        if path == self.current:
+            self._show_state(path)
+        diag = st.diagnosis
+        what = f"{diag.label.value} · {diag.label.short_name}" if diag else "diagnosed"
+        then = f"it is fixed as {what} again" if st.override is None and not st.plan_edited \
+            else "its chosen class or edited plan stays"
+        self.set_status(f"Deleted the reflection mask of {path.name}: {then}"
+                        + (f" ({cancelled} fix(es) waiting for it cancelled)" if cancelled
+                           else ""), photo=path)
 
     def inpaint_again(self) -> int | None:
         """Save the edited mask beside the photo's sidecar and re-run chain B with it."""

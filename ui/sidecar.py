@@ -243,6 +243,45 @@ class SidecarStore:
             with file_lock(self._here() / _LOCK_STEM, SIDECAR_LOCK_WAIT):
                 return self._update(photo, keep_edited_plan, add_outputs, changes)
 
+    def forget_mask(self, photo: Path, also: Path | None = None) -> list[Path]:
+        """Forget the reflection mask the photographer made for ``photo`` (thread-safe, under
+        the same locks as ``update``): the mask files Mend wrote for it (``<photo
+        name>.mask.png`` in either folder its sidecars may be in) are deleted and its sidecar
+        records no mask. The path the sidecar records, and ``also`` (one the caller knew), are
+        deleted only when they are one of those files: a file anywhere else - a photo, a mask
+        saved elsewhere and recorded by hand, a result's mask - never is. Returns the files
+        deleted."""
+        from engine.estimate import file_lock
+
+        with self._lock:
+            if not self.folder.is_dir():  # (nothing of it is left to forget)
+                return []
+            with file_lock(self._here() / _LOCK_STEM, SIDECAR_LOCK_WAIT):
+                sc = self.load(photo)
+                own = {_key(p): p for p in self._own_mask_files(photo)}
+                named = [*own.values(), sc.mask if sc is not None else None, also]
+                removed = []
+                for c in dict.fromkeys(_key(Path(n)) for n in named if n):
+                    p = own.get(c)
+                    if p is None or _key(p) == _key(Path(photo)):
+                        continue  # not a mask file Mend wrote for this photo: kept
+                    try:
+                        p.unlink()
+                    except FileNotFoundError:
+                        continue
+                    removed.append(p)
+                if sc is not None and (sc.mask is not None or "mask" in sc.extra):
+                    sc.mask = None
+                    sc.extra.pop("mask", None)
+                    self.save(photo, sc)
+                return removed
+
+    def _own_mask_files(self, photo: Path) -> list[Path]:
+        """Where Mend writes ``photo``'s mask: beside the photos and in the user data folder."""
+        here = self._here()
+        roots = dict.fromkeys(r for r in (here, self._in_data, self._also) if r is not None)
+        return [r / side_name(r, Path(photo).name, ".mask.png") for r in roots]
+
     def _update(self, photo: Path, keep_edited_plan: bool, add_outputs: list[str] | None,
                 changes: dict[str, Any]) -> Sidecar:
         sc = self.load(photo) or Sidecar()
@@ -289,6 +328,11 @@ def side_name(root: Path, name: str, ext: str) -> str:
     while keep and not fits(keep + tail):
         keep = keep[:-1]
     return keep + tail
+
+
+def _key(path: Path) -> str:
+    """A path compared as the OS compares it (links not followed: a link is itself)."""
+    return os.path.normcase(os.path.abspath(path))
 
 
 _FOLDER_LOCKS: dict[str, threading.Lock] = {}

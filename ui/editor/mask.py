@@ -442,6 +442,14 @@ class MaskDocument(QObject):
         """Call ``fn`` on the GUI thread once every edit made so far is applied to ``full``."""
         self._enqueue(lambda _r: fn())
 
+    def dispose(self) -> None:
+        """``deleteLater()`` a document nobody shows or edits any more, without the exact
+        proxy rebuilt first (for nobody: on a large mask that rebuild starts in the worker, and
+        its task, holding the document, was never finished once it was deleted - a reference
+        cycle). Called from ``when_idle`` it waits for the work queued before."""
+        self._proxy_stale = False
+        self.deleteLater()
+
     def flush(self) -> None:
         """Block until all pending full-resolution work is applied (tests, shutdown)."""
         saved = self.async_min_pixels

@@ -251,6 +251,9 @@ class DiagnosisPanel(QWidget):
         self.estimate_label.setWordWrap(True)
         pl.addWidget(self.estimate_label)
         self._estimator: Callable[[Plan], str | None] | None = None
+        # the class a plan is made for when none is chosen here (the window's ``plan_label``:
+        # B for a photo with a reflection mask of the photographer's); None: as diagnosed
+        self._label_source: Callable[[], Degradation | None] | None = None
         self.steps = QListWidget()
         self.steps.setMaximumHeight(130)
         self.steps.currentRowChanged.connect(self._show_params)
@@ -387,6 +390,11 @@ class DiagnosisPanel(QWidget):
         self._estimator = fn
         self.refresh_estimate()
 
+    def set_label_source(self, fn: Callable[[], Degradation | None] | None) -> None:
+        """``fn()`` -> the class the photo's plan is made for with no class chosen in "Fix as"
+        (None: the class diagnosed); "+" with no plan yet makes its plan of that class."""
+        self._label_source = fn
+
     def refresh_estimate(self) -> None:
         """Ask the estimator again for the plan shown (what it knows has changed)."""
         text = None
@@ -447,8 +455,11 @@ class DiagnosisPanel(QWidget):
         if not name:
             return
         # (no plan yet: the class chosen in "Fix as" when there is one, its plan still on its
-        # way; a chain of another class would be dropped at Fix, which runs the chosen class)
-        label = self.plan.label if self.plan else (self.override_label() or (
+        # way; a chain of another class would be dropped at Fix, which runs the chosen class.
+        # None chosen: the class the fix runs, B with a reflection mask of the photographer's)
+        planned = self.override_label() or (self._label_source() if self._label_source
+                                            else None)
+        label = self.plan.label if self.plan else (planned or (
             self.diagnosis.label if self.diagnosis else Degradation.D))
         profile = self.plan.profile if self.plan else "custom"
         steps = tuple(self.plan.steps if self.plan else ()) + (Step(name, dict(step_defaults(name))),)
