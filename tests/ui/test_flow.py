@@ -244,7 +244,7 @@ def test_plan_edits_update_the_estimate(qtbot, window, folder):
     win.diagnose_all()
     qtbot.waitUntil(win.client.is_idle, timeout=60000)
     win.select_path(target)
-    win.panel.set_override(Degradation.A)  # builtin A: denoise + sharpen
+    win.panel.set_override(Degradation.A)  # builtin A: denoise (sharpening listed, off)
     qtbot.waitUntil(lambda: win.panel.plan is not None and win.panel.plan.label is Degradation.A
                     and len(win.panel.plan.steps) >= 1, timeout=20000)
     qtbot.waitUntil(lambda: "Estimate: ~" in win.panel.estimate_label.text(), timeout=10000)

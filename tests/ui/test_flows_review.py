@@ -164,9 +164,11 @@ def test_a_diagnosis_made_again_keeps_the_edited_chain(qtbot, window, folder):
     _diagnosed(qtbot, win, folder)
     target = folder / "a_noisy.jpg"
     win.select_path(target)
-    win.panel.set_override(Degradation.A)  # builtin A: denoise + sharpen
+    win.panel.set_override(Degradation.A)  # builtin A: denoise (sharpening listed, off)
     settle(qtbot, win)
+    # the edit: sharpening instead of denoising
     win.panel.steps.item(0).setCheckState(Qt.CheckState.Unchecked)
+    win.panel.steps.item(1).setCheckState(Qt.CheckState.Checked)
     assert win.states[target].plan_edited
     assert len(win.diagnose_all()) == 3
     settle(qtbot, win)
@@ -198,6 +200,7 @@ def test_an_edited_chain_stays_when_its_diagnosis_finishes_after_the_folder_was_
     win.panel.set_override(Degradation.A)
     settle(qtbot, win)
     win.panel.steps.item(0).setCheckState(Qt.CheckState.Unchecked)
+    win.panel.steps.item(1).setCheckState(Qt.CheckState.Checked)  # (listed but off after NLM)
     assert len(win.diagnose_all()) == 3
     other = tmp_path / "other"
     write_photo(other / "x.png", 64, 48, seed=5)

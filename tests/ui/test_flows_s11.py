@@ -156,11 +156,13 @@ def test_plan_edits_are_what_fix_selected_runs_and_stay_with_the_photo(qtbot, wi
     _diagnosed(qtbot, win, folder)
     target = folder / "a_noisy.jpg"
     win.select_path(target)
-    win.panel.set_override(Degradation.A)  # builtin A: denoise + sharpen
+    win.panel.set_override(Degradation.A)  # builtin A: denoise (sharpening listed, off)
     settle(qtbot, win)
     names = [s.name for s in win.panel.plan.steps]
     assert len(names) >= 2, names
+    # the edit: sharpening instead of denoising
     win.panel.steps.item(0).setCheckState(Qt.CheckState.Unchecked)
+    win.panel.steps.item(1).setCheckState(Qt.CheckState.Checked)
     win.select_path(folder / "b_clean.png")
     win.select_path(target)
     assert win.panel.steps.item(0).checkState() == Qt.CheckState.Unchecked

@@ -317,7 +317,7 @@ def test_the_estimate_shown_follows_the_history_read_after_a_fix(qtbot, window, 
     win.diagnose_all()
     settle(qtbot, win)
     win.select_path(b)
-    win.panel.set_override(Degradation.A)  # builtin A: denoise + sharpen
+    win.panel.set_override(Degradation.A)  # builtin A: denoise (sharpening listed, off)
     qtbot.waitUntil(lambda: win.panel.plan is not None and win.panel.plan.label is Degradation.A
                     and len(win.panel.plan.steps) >= 1, timeout=20000)
     plan = win.panel.plan
