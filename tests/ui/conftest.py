@@ -217,6 +217,27 @@ def opened(qtbot, win, folder: Path) -> None:
     qtbot.waitUntil(lambda: not win.folder_loading, timeout=10000)
 
 
+def diagnosed(qtbot, win, target: Path):
+    """Select ``target``, diagnose it and wait: its state, with a diagnosis and a plan."""
+    win.select_path(target)
+    win.diagnose([target])
+    qtbot.waitUntil(win.client.is_idle, timeout=60000)
+    st = win.states[target]
+    assert st.diagnosis is not None and st.plan is not None
+    return st
+
+
+def painted(qtbot, win, target: Path):
+    """``target`` in the viewer's mask editor with a square painted (not saved): its document."""
+    with qtbot.waitSignal(win.view_loaded, timeout=20000):
+        win.show_viewer(target)
+    win.show_mask_editor()
+    doc = win.mask_doc
+    assert doc is not None
+    doc.fill_polygon([(30, 20), (60, 20), (60, 50), (30, 50)])
+    return doc
+
+
 @pytest.fixture
 def folder(tmp_path) -> Path:
     """Three small photos: a noisy JPEG, a clean PNG, a smooth JPEG."""

@@ -15,30 +15,13 @@ from PIL import Image
 
 from engine.api import Degradation
 from engine.imageio import load_mask
+from tests.ui.conftest import diagnosed as _diagnosed
 from tests.ui.conftest import opened
+from tests.ui.conftest import painted as _paint
 
 
 def _sha(p):
     return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
-def _diagnosed(qtbot, win, target):
-    win.select_path(target)
-    win.diagnose([target])
-    qtbot.waitUntil(win.client.is_idle, timeout=60000)
-    st = win.states[target]
-    assert st.diagnosis is not None and st.plan is not None
-    return st
-
-
-def _paint(qtbot, win, target):
-    with qtbot.waitSignal(win.view_loaded, timeout=20000):
-        win.show_viewer(target)
-    win.show_mask_editor()
-    doc = win.mask_doc
-    assert doc is not None
-    doc.fill_polygon([(30, 20), (60, 20), (60, 50), (30, 50)])
-    return doc
 
 
 def test_a_mask_painted_on_a_photo_diagnosed_otherwise_fixes_it_as_b(qtbot, window, folder):

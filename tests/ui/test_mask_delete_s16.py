@@ -1,5 +1,5 @@
 """Deleting the reflection mask in the app, and the photo's diagnosis kept apart from the class
-a fix ran (session 17).
+a fix ran (session 16).
 
 A mask saved beside the photo (``.mend/``) made it class B for good: nothing in the app took it
 away. "Delete mask" (mask editor) removes Mend's own mask file, forgets it in the sidecar and
@@ -15,30 +15,13 @@ import numpy as np
 from PySide6.QtWidgets import QMessageBox
 
 from engine.api import Degradation
+from tests.ui.conftest import diagnosed as _diagnosed
 from tests.ui.conftest import opened
+from tests.ui.conftest import painted as _paint
 
 
 def _sha(p):
     return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
-def _diagnosed(qtbot, win, target):
-    win.select_path(target)
-    win.diagnose([target])
-    qtbot.waitUntil(win.client.is_idle, timeout=60000)
-    st = win.states[target]
-    assert st.diagnosis is not None and st.plan is not None
-    return st
-
-
-def _paint(qtbot, win, target):
-    with qtbot.waitSignal(win.view_loaded, timeout=20000):
-        win.show_viewer(target)
-    win.show_mask_editor()
-    doc = win.mask_doc
-    assert doc is not None
-    doc.fill_polygon([(30, 20), (60, 20), (60, 50), (30, 50)])
-    return doc
 
 
 def _settled(qtbot, win):
