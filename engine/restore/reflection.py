@@ -526,6 +526,7 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     ctx.mask = mask
     ctx.artifacts["mask"] = mask
     ctx.artifacts[MASK_SOURCE] = model
+    ctx.artifacts[MASK_SHARE] = share
     ctx.progress.update(1.0, f"mask covers {share:.1%}")
     notes.append(f"mask covers {share:.1%} of the photo")
     return StepOutput(given, model, "; ".join(notes))  # (its input, handed on: the part)
@@ -781,6 +782,8 @@ def inpaint_lama(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext)
 # where ``reflection_mask`` says its mask came from: "user" (the request's mask: drawn or
 # checked in the mask editor, or --mask) or the detector that found it ("builtin:glare", ...)
 MASK_SOURCE = "mask_source"
+# ... and the share of the photo its detector marked (of the whole photo in a preview too)
+MASK_SHARE = "mask_share"
 
 
 def _builtin_glare_mask(ctx: StepContext) -> bool:
@@ -795,7 +798,8 @@ def _hold_unchecked(mask: np.ndarray, params: Mapping[str, Any], ctx: StepContex
     and the step's notes; else None (fill it)."""
     if not _builtin_glare_mask(ctx) or bool(params.get("fill_detected", False)):
         return None
-    share = float((mask > 127).mean())
+    # (the detector's share of the whole photo: a preview's mask is the part's)
+    share = float(ctx.artifacts.get(MASK_SHARE, (mask > 127).mean()))
     ctx.progress.update(1.0, "not filled: check the mask first")
     ctx.warnings.append(
         f"reflections: the built-in detector marked {share:.1%} of the photo, but it cannot "

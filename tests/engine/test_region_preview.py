@@ -242,6 +242,24 @@ def test_a_previews_glare_mask_is_the_whole_photos_cut_to_the_part(shared_images
     assert _sha(src) == before
 
 
+def test_a_previews_unfilled_mask_warning_gives_the_whole_photos_share(shared_images, engine,
+                                                                         tmp_path):
+    """An unchecked glare mask is not filled; the warning says how much of the photo the
+    detector marked, the same in a preview (it gave the previewed part's share: 1.7 % of the
+    part against the photo's 1.9 %)."""
+    src = _photo(shared_images, BAKERY)
+    plan = Plan(Degradation.B, "builtin", (Step("reflection_mask", {"detector": "builtin"}),
+                                           Step("inpaint_builtin")))
+    whole = _run(engine, src, tmp_path, plan, guard=False)
+    prev = _run(engine, src, tmp_path, plan, region=(204, 260, 684, 682), guard=False)
+
+    def said(res):
+        return [w for w in res.warnings if w.startswith("reflections: the built-in detector")]
+
+    assert len(said(whole)) == 1 and said(prev) == said(whole)
+    assert prev.steps[1].notes == whole.steps[1].notes
+
+
 def _standin_faces(monkeypatch, engine):
     """CodeFormer's weights are not here: each aligned face is restored by a fixed change
     (sharper, a little brighter) that the identity check accepts; detection (OpenCV's Haar
