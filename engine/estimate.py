@@ -11,11 +11,11 @@ Time comes from two sources, best first:
    per MP against 1.07-1.31 s per MP at 4-12 MP on a quiet machine). With one size only, the
    reference rate bounds the rest (see ``CostHistory.predict``). A step's first short run in an
    engine carries one-time set-up (see ``COLD_RUN_S``): it is counted once, not per megapixel.
-   The line is straight: a step whose rate differs from photo to photo (``deblur_builtin``'s
-   whole-photo FFTs, 2-4x slower on some padded sizes than others: 0.15-0.28 s/MP at 0.3 MP,
-   0.22-0.33 s/MP at 12 MP) was underestimated from small photos alone (0.40-0.55x at 12 MP);
-   such a step (``RATE_FLOOR_STEPS``) does not go below its reference rate beyond four times
-   the largest photo run here.
+   The line is straight: a step whose rate grows with the photo (``deblur_builtin``'s
+   whole-photo FFTs, about 0.10 s/MP at 0.3-1 MP and 0.15-0.26 s/MP at 12-24 MP: a bare FFT
+   pair's own cost per MP grows 2-4x over that range) was underestimated from small photos
+   alone (0.5-0.7x at 12 MP); such a step (``RATE_FLOOR_STEPS``) does not go below its
+   reference rate beyond four times the largest photo run here.
 2. **Reference**: seconds per megapixel of each step measured by ``bench/restore.py`` on one core
    of the 2-core AMD EPYC development machine (docs/PERFORMANCE.md, 2026-11-22; model steps at
    the real architecture sizes with random weights: time only). They are divided by the thread
@@ -55,10 +55,13 @@ REFERENCE_CPU_S_PER_MP: dict[tuple[str, str | None], float] = {
     ("denoise_builtin", None): 3.0,
     ("sharpen_builtin", None): 0.15,
     ("upscale_builtin", None): 0.2,
-    # (re-measured at 12 MP: 0.22-0.33 s/MP on two real photos resized, a 9 px kernel, Intel
-    # Xeon 2-core development machine, 1 thread, 2026-12-07; the 512² figure was 1.5. It is
-    # also the floor of a photo far larger than any run here: see RATE_FLOOR_STEPS)
-    ("deblur_builtin", None): 0.3,
+    # (re-measured with its FFTs at fast lengths: the step's seconds on a real photo resized to
+    # 12-24 MP, odd sizes included, a 9 px kernel, Intel Xeon 2-core development machine shared
+    # with other work, 1 thread, 2026-12-07: CPU time 0.15-0.19 s/MP at best, medians
+    # 0.18-0.26; it was 0.3 before, measured at 0.22-0.33 when the FFTs ran at the bare padded
+    # sizes. It is also the floor of a photo far larger than any run here: see
+    # RATE_FLOOR_STEPS)
+    ("deblur_builtin", None): 0.2,
     ("reflection_mask", None): 0.4,
     ("inpaint_builtin", None): 0.4,
     ("sr_realesrgan", "realesr-general-x4v3"): 52.0,
@@ -242,13 +245,16 @@ COLD_RUN_S = 1.0
 # it), and at most ``COLD_RUN_S`` of a cold one (``CostHistory.predict``).
 WARM_FIXED_S = 0.1
 
-# Steps whose seconds per megapixel on one photo say little of another's: the built-in
-# deblurring's whole-photo FFTs run 2-4x faster on some padded sizes than on others (a 9 px
-# kernel, 1 thread, 2026-12-07: one real photo resized to 0.3 MP took 0.15-0.23 s/MP and
-# 0.29-0.33 s/MP at 12 MP, another 0.25-0.28 and 0.22-0.28). From runs of small photos alone a
-# 12 MP estimate was 0.40-0.55x the time. For a photo more than ``CostHistory.SIZE_RATIO``
-# times the work of the largest run here, each megapixel beyond it costs at least the
-# reference rate (``CostHistory.predict``)
+# Steps whose seconds per megapixel on small photos say little of a large one's: the built-in
+# deblurring's whole-photo FFTs cost more per megapixel as the photo grows, also at fast FFT
+# lengths (its FFTs were rounded up to them, which took away the 1.7-2.2x differences between
+# photos of one size). The step's CPU seconds, a real photo resized, a 9 px kernel, 1 thread,
+# 2026-12-07 (a machine shared with other work): 0.098-0.104 s/MP at 0.3 and 1 MP (medians,
+# four shapes), 0.13 at 3 MP, 0.18-0.26 at 12 MP (1.86-4.79 s for 5290 x 2268; 0.15-0.19 at
+# best) and 0.21-0.23 at 18-24 MP. From runs of small photos alone a 12 MP estimate was
+# 0.5-0.7x the time. For a photo more than ``CostHistory.SIZE_RATIO`` times the work of the
+# largest run here, each megapixel beyond it costs at least the reference rate
+# (``CostHistory.predict``)
 RATE_FLOOR_STEPS = frozenset({"deblur_builtin"})
 
 
