@@ -101,6 +101,36 @@ _GUARD_BYTES_PER_PIXEL = 24
 _SAVE_BYTES_PER_PIXEL = 40
 
 
+# A preview (``JobRequest.region``) runs its steps on the part, but it holds the whole photo
+# (float32 RGB, and its alpha) and looks at it whole (``registry.WholePhoto``). Measured on a
+# 120-megapixel gradient PNG (12000 x 10000, peak resident memory, 2026-12-07), over the photo:
+# - a photo with transparent pixels is filled whole (``pipeline.fill_transparent``): the filled
+#   copy (12 B per pixel) stays for the job, ~10 B more while it is made
+PREVIEW_FILL_BYTES_PER_PIXEL = 24
+# - a step whose detector looks at the whole photo (below) sees a copy of it with the part as
+#   the steps before left it (12 B) and makes its own temporaries (the glare detector's
+#   full-size mask, ...): +1.3-1.4 GB at 120 MP
+PREVIEW_VIEW_BYTES_PER_PIXEL = 14
+PREVIEW_WHOLE_STEPS = frozenset({"reflection_mask", "face_codeformer", "text_fusion",
+                                 "denoise_builtin", "deblur_builtin"})
+
+
+def preview_whole_bytes(plan: Plan, size: tuple[int, int], *, alpha: bool,
+                        transparent: bool) -> tuple[int, int]:
+    """(held, work): what a preview of a photo of ``size`` = (height, width) has in memory
+    beyond the part its steps run on (``estimate_plan`` of the part): ``held``, the whole photo
+    as loaded (float32 RGB, and a float alpha when ``alpha``), already in memory when the
+    preview's memory is checked; ``work``, what looking at it whole adds (the figures above:
+    the transparent pixels filled when ``transparent``, a whole-photo view for a detector)."""
+    pixels = max(1, int(size[0]) * int(size[1]))
+    held = pixels * (_BYTES_PER_PIXEL + (4 if alpha else 0))
+    looks = any(s.enabled and s.name in PREVIEW_WHOLE_STEPS for s in plan.steps)
+    kept = _BYTES_PER_PIXEL if transparent else 0  # (the filled copy, for the whole job)
+    per_pixel = max(PREVIEW_FILL_BYTES_PER_PIXEL if transparent else 0,
+                    kept + (PREVIEW_VIEW_BYTES_PER_PIXEL if looks else 0))
+    return held, pixels * per_pixel
+
+
 def finish_bytes(pixels: int, out_pixels: int) -> int:
     """Memory after the last step, for a photo of ``pixels`` whose result has ``out_pixels``:
     the photo and the result, and the larger of the regression guard's and the save's

@@ -2800,6 +2800,25 @@ def _load_pixels(im, p: Path, limit: int, messages: list[str] | None = None) -> 
     """Pillow's decode. A TIFF's runs under ``_decoder_messages``: Pillow decodes a compressed
     TIFF with libtiff, whose default handler prints to stderr; what it says goes to
     ``messages`` and, when the decode fails, into the reason of the ``BadImage``."""
+    if im.format == "TIFF" and getattr(im, "_tile_size", im.size) != im.size:
+        # a TIFF turned by its orientation tag (5-8): Pillow gives the upright size at open
+        # and turns the pixels after decoding them, but its memory-mapped read of an
+        # uncompressed 8-bit grey, palette or RGBA one lays the stored rows out at the upright
+        # size (a garbled photo and thumbnail). Decoded by reading instead (no file name: no
+        # memory map), as every other TIFF is.
+        name = im.filename
+        im.filename = ""
+        try:
+            _load_pixels_now(im, p, messages)
+        finally:
+            im.filename = name
+    else:
+        _load_pixels_now(im, p, messages)
+    if im.size[0] * im.size[1] > limit:  # a frame can differ from the header
+        raise _too_large(p, im.size[0] * im.size[1], limit)
+
+
+def _load_pixels_now(im, p: Path, messages: list[str] | None) -> None:
     if im.format != "TIFF" or messages is None:
         im.load()
     else:
@@ -2815,8 +2834,6 @@ def _load_pixels(im, p: Path, limit: int, messages: list[str] | None = None) -> 
             raise BadImage(p, f"the file is damaged or unsupported ({text})") from None
         finally:
             messages.extend(m for m in said if m not in messages)
-    if im.size[0] * im.size[1] > limit:  # a frame can differ from the header
-        raise _too_large(p, im.size[0] * im.size[1], limit)
 
 
 _PNG_LATE_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"eXIf")  # what Pillow reads after IDAT
@@ -4893,7 +4910,7 @@ def load_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None)
     try:
         im = _open_image(p, max_pixels_default())
         with im:
-            im.load()
+            _load_pixels(im, p, max_pixels_default())
             orientation = exif_orientation(_raw_exif(im)) if im.format != "TIFF" else 1
             if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
                 rgba = im.convert("RGBA")

@@ -830,6 +830,8 @@ class MainWindow(QMainWindow):
         may still be queued) is kept."""
         paths = [it.path for it in self.model.items()]
         gen = self.loader.generation
+        # (a "Delete mask" made while they are read: the sidecar read may be older than it)
+        deleted_before = dict(self._mask_deleted_at)
         stores = dict(self._other_stores)
         if self.sidecars is not None:
             stores[self.sidecars.folder] = self.sidecars
@@ -866,8 +868,11 @@ class MainWindow(QMainWindow):
                 # diagnosed, but its plan was still on its way when the folder was left (a
                 # class chosen just before): made again when the photo is shown
                 st.plan_stale = sc.diagnosis is not None and sc.plan is None
-                # (a mask written as the folder was left may not be on disk yet: kept)
-                st.mask_path = Path(sc.mask) if has_mask and sc.mask else st.mask_path
+                # (a mask written as the folder was left may not be on disk yet: kept; one
+                # deleted since the sidecar was read does not come back)
+                deleted = self._mask_deleted_at.get(p) != deleted_before.get(p)
+                st.mask_path = (Path(sc.mask) if has_mask and sc.mask and not deleted
+                                else st.mask_path)
                 st.outputs = sc.outputs
                 st.output = Path(existing[-1]) if existing else None
                 self.model.update_item(p, diagnosis=sc.diagnosis,

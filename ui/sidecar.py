@@ -249,8 +249,9 @@ class SidecarStore:
         name>.mask.png`` in either folder its sidecars may be in) are deleted and its sidecar
         records no mask. The path the sidecar records, and ``also`` (one the caller knew), are
         deleted only when they are one of those files: a file anywhere else - a photo, a mask
-        saved elsewhere and recorded by hand, a result's mask - never is. Returns the files
-        deleted."""
+        saved elsewhere and recorded by hand, a result's mask - never is, nor a folder standing
+        at a mask file's name (a link there is deleted, not what it points to). Returns the
+        files deleted."""
         from engine.estimate import file_lock
 
         with self._lock:
@@ -263,7 +264,7 @@ class SidecarStore:
                 removed = []
                 for c in dict.fromkeys(_key(Path(n)) for n in named if n):
                     p = own.get(c)
-                    if p is None or _key(p) == _key(Path(photo)):
+                    if p is None or _key(p) == _key(Path(photo)) or _is_folder(p):
                         continue  # not a mask file Mend wrote for this photo: kept
                     try:
                         p.unlink()
@@ -328,6 +329,15 @@ def side_name(root: Path, name: str, ext: str) -> str:
     while keep and not fits(keep + tail):
         keep = keep[:-1]
     return keep + tail
+
+
+def _is_folder(path: Path) -> bool:
+    """A folder itself (not a link to one) stands where a mask file would: not Mend's file (a
+    mask is a PNG; it may hold anything) - it stays, and the sidecar forgets it."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _key(path: Path) -> str:

@@ -739,7 +739,7 @@ def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     whole = ctx.whole
     # a preview looks for faces in the whole photo, as the whole fix does (the same detection
     # view and scale, the same largest max_faces; a face the part's edge cuts is found whole)
-    seen = image if whole is None else whole.view(image)
+    seen = image if whole is None else whole.view(image, ctx.progress.check)
     faces, detector = detect_faces(seen, ctx.runtime, min_size=min_face,
                                    detector=str(params.get("face_detector", "auto")),
                                    score_threshold=float(params.get("face_score", 0.7)),

@@ -232,7 +232,8 @@ def detect_glare(image: np.ndarray, *, sensitivity: float = 1.0,
     if s < 1.0:
         m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
         step()
-        m = ((m > 127) * 255).astype(np.uint8)
+        # (in place: (m > 127) * 255 made an int64 copy, 8 bytes a pixel of the whole photo)
+        cv2.threshold(m, 127, 255, cv2.THRESH_BINARY, dst=m)
     return m
 
 
@@ -496,7 +497,7 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     # view, background and area cap follow the whole frame), and the mask is cut to the part
     part_shape = image.shape[:2]
     if ctx.whole is not None:
-        image = ctx.whole.view(image)
+        image = ctx.whole.view(image, ctx.progress.check)
     if detector == "yolo":
         mask, boxes = yolo_detect(image, rt)
         model = YOLO_ID

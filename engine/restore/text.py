@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,12 +310,34 @@ def match_tone(sr: np.ndarray, base: np.ndarray,
     return np.clip(sr + offset, 0.0, 1.0)
 
 
-def _over_background(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """``rgb`` over white where transparent, or over black when what is visible is light."""
-    a = np.clip(np.asarray(alpha, np.float32), 0.0, 1.0)[..., None]
-    visible = a[..., 0] > 0.5
-    light = bool(visible.any()) and float(rgb[visible].mean()) > 0.6
-    return rgb * a + (0.0 if light else 1.0) * (1.0 - a)
+_BG_BAND_ROWS = 256  # rows laid over the background at a time (_over_background)
+
+
+def _over_background(rgb: np.ndarray, alpha: np.ndarray,
+                     check: Callable[[], None] | None = None) -> np.ndarray:
+    """``rgb`` over white where transparent, or over black when what is visible is light.
+    Made in bands of rows with ``check`` (a progress's ``check``) between them: a preview lays
+    the whole photo over it, and a 120-megapixel photo took 10 s no cancel could stop (and
+    photo-sized float copies of the alpha and the products)."""
+    h = rgb.shape[0]
+    total, count = 0.0, 0
+    for y in range(0, h, _BG_BAND_ROWS):
+        if check is not None:
+            check()
+        visible = np.asarray(alpha[y:y + _BG_BAND_ROWS]) > 0.5
+        if visible.any():
+            total += float(rgb[y:y + _BG_BAND_ROWS][visible].sum(dtype=np.float64))
+            count += int(np.count_nonzero(visible)) * rgb.shape[2]
+    bg = 0.0 if count and total / count > 0.6 else 1.0
+    out = np.empty(rgb.shape, np.result_type(rgb.dtype, np.float32))
+    for y in range(0, h, _BG_BAND_ROWS):
+        if check is not None:
+            check()
+        a = np.clip(np.asarray(alpha[y:y + _BG_BAND_ROWS], np.float32), 0.0, 1.0)[..., None]
+        band = out[y:y + _BG_BAND_ROWS]
+        np.multiply(rgb[y:y + _BG_BAND_ROWS], a, out=band)
+        band += bg * (1.0 - a)
+    return out
 
 
 def _read_all(ocr: Any, crops: list[np.ndarray], ctx: StepContext,
@@ -481,7 +503,7 @@ def _detect_for_part(ocr: Any, whole: Any, det_max: int, det_tile: int,
     region is then cut by the part's edge)."""
     seen = whole.pixels
     if whole.alpha is not None and float(np.min(whole.alpha)) < 1.0:
-        seen = _over_background(seen, whole.alpha)
+        seen = _over_background(seen, whole.alpha, ctx.progress.check)
     x0, y0, x1, y1 = whole.box
     with _cancellable(ocr, ctx):
         quads = _detect_passes(ocr, seen, det_max, det_tile, ctx, near=whole.box)
@@ -817,9 +839,10 @@ def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) 
     alpha = ctx.artifacts.get("alpha")
     seen_src, seen_img = source, image
     if alpha is not None and float(np.min(alpha)) < 1.0:
-        seen_src = _over_background(source, alpha)
+        seen_src = _over_background(source, alpha, ctx.progress.check)
         seen_img = _over_background(image, resize_to(alpha[..., None], ow, oh)[..., 0]
-                                    if alpha.shape[:2] != (oh, ow) else alpha)
+                                    if alpha.shape[:2] != (oh, ow) else alpha,
+                                    ctx.progress.check)
     det_max, det_tile = int(params.get("det_max_side", 2048)), int(params.get("det_tile", 1280))
     if ctx.whole is None:
         quads = _detect_text(ocr, seen_src, det_max, det_tile, ctx)
