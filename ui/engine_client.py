@@ -468,6 +468,8 @@ class EngineClient(QObject):
         self.device: Any = None  # DeviceInfo once the engine has started
         # engine.estimate.CostHistory as last read in the engine thread (_Worker._read_history)
         self._history: Any = None
+        # what a retry sends (``set_retry_hook``); None: the same request again
+        self._retry_hook: Callable[[JobInfo, Any], Any] | None = None
         self._model_memory: dict[str, int] | None = None
         self._thread.finished.connect(self._worker.deleteLater)
         self._thread.start()
@@ -612,12 +614,23 @@ class EngineClient(QObject):
         if self._running is not None:
             self.cancel(self._running)
 
+    def set_retry_hook(self, hook: Callable[[JobInfo, Any], Any] | None) -> None:
+        """``hook(info, payload)`` of a job retried gives what its retry sends (None: the same
+        payload): the window's, which leaves out a reflection mask deleted since."""
+        self._retry_hook = hook
+
     def retry(self, job_id: int) -> int | None:
+        """Queue a cancelled or failed job again (once): its payload, or what the retry hook
+        makes of it. Returns the new job's id (None: not retried)."""
         job = self._jobs.get(job_id)
         if job is None or not job.info.state.finished or job.info.state is JobState.DONE \
                 or job.retried:
             return None
-        new_id = self._add(job.info.kind, job.info.path, job.payload, job.info.title)
+        payload = job.payload
+        if self._retry_hook is not None:
+            revised = self._retry_hook(job.info, payload)
+            payload = payload if revised is None else revised
+        new_id = self._add(job.info.kind, job.info.path, payload, job.info.title)
         job.retried = True
         self.resubmitted.emit(job_id, new_id)
         return new_id
@@ -637,6 +650,11 @@ class EngineClient(QObject):
     def job(self, job_id: int) -> JobInfo | None:
         j = self._jobs.get(job_id)
         return j.info if j else None
+
+    def request(self, job_id: int) -> JobRequest | None:
+        """The request a fix or preview job sends the engine (None for other jobs)."""
+        j = self._jobs.get(job_id)
+        return j.payload if j is not None and isinstance(j.payload, JobRequest) else None
 
     def queued_ids(self) -> list[int]:
         return list(self._order)

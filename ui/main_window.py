@@ -251,6 +251,9 @@ class MainWindow(QMainWindow):
         self._plan_save_timer.timeout.connect(self._save_edited_plans)
         self.client.resubmitted.connect(weak_slot(self, lambda w, old, new: w._on_resubmitted(
             old, new)))
+        # (weakly: the client outlives nothing of the window through it)
+        self.client.set_retry_hook(weak_slot(self, lambda w, info, payload: w._retry_request(
+            info, payload)))
 
         # thumbnails get a pool of their own: a folder switch drops the queued ones, and that must
         # never drop the window's other pool work (sidecar and mask saves, exports, viewer
@@ -1608,11 +1611,43 @@ class MainWindow(QMainWindow):
                         lambda m: self.set_status(f"Could not save the sidecar: {m}",
                                                   photo=path))
 
+    def _mask_gone(self, path: Path) -> bool:
+        """The photographer deleted ``path``'s reflection mask ("Delete mask") and has made none
+        since (saved, being written or edited): what a mask file of before would remove is
+        no longer wanted."""
+        path = Path(path)
+        deleted = self._mask_deleted_at.get(path)
+        if deleted is None:
+            return False
+        st = self.states.get(path)
+        if st is not None and (st.mask_path is not None or self._unsaved_mask(path) is not None):
+            return False
+        pending = self._mask_write_seq.get(path)  # (the deletion itself, or a write after it)
+        return (pending is None or pending == deleted) \
+            and self._mask_on_disk.get(path, 0) <= deleted
+
+    def _retry_request(self, info: JobInfo, payload: Any) -> Any:
+        """What the queue panel's Retry of a fix or preview sends (``EngineClient.retry``):
+        the same request, without its reflection mask when the photographer deleted it since
+        (a fix cancelled by the deletion read a file that is gone, or removed what is no
+        longer to be removed), so that it runs as a new fix of the photo would. None: as
+        it was."""
+        if not isinstance(payload, JobRequest) or payload.mask_path is None \
+                or not self._mask_gone(payload.path):
+            return None
+        path = Path(payload.path)
+        if info.kind is JobKind.RUN:
+            self.set_status(f"Retrying the fix of {path.name} without its reflection mask, "
+                            "which you deleted", photo=path)
+        return replace(payload, mask_path=None)
+
     def _on_resubmitted(self, old_id: int, new_id: int) -> None:
         """A job retried from the queue panel: its result is this photo's, like the first's."""
         info = self.client.job(new_id)
-        if old_id in self._mask_jobs:  # (the same request: the same mask file)
-            self._mask_jobs[new_id] = self._mask_jobs.pop(old_id)
+        self._mask_jobs.pop(old_id, None)
+        request = self.client.request(new_id)
+        if request is not None and _reads_mask(request):  # (cancelled by a "Delete mask")
+            self._mask_jobs[new_id] = Path(request.path)
         if info is not None and info.kind is JobKind.PREVIEW:
             if info.path is not None:  # (asked again: shown when it ends)
                 self._preview_jobs[new_id] = Path(info.path)
@@ -2034,8 +2069,12 @@ class MainWindow(QMainWindow):
         the mask still on its way is superseded (it writes nothing, or its file is deleted
         after it); the fixes and previews waiting for it, or queued or running to read the
         mask file, are cancelled: they were to remove what the photographer no longer wants
-        removed (a fix of a class chosen whose chain does not read it goes on). Fixes asked
-        meanwhile wait for the deletion, then run without a mask."""
+        removed (a fix of a class chosen whose chain does not read it goes on); their Retry
+        runs without the mask (``_retry_request``). Fixes asked meanwhile wait for the
+        deletion, then run without a mask. A mask file that cannot be deleted (a read-only
+        ``.mend``) stays, unused: the sidecar where Mend writes (the user data folder) records
+        no mask, and the status says so. When even that record cannot be written, nothing is
+        forgotten: the photo keeps its saved mask (and its plan is B's again), and says so."""
         path = Path(path)
         st = self._state(path)
         known, st.mask_path, st.mask_deleted = st.mask_path, None, True
@@ -2061,13 +2100,20 @@ class MainWindow(QMainWindow):
         lock = self._mask_write_locks.setdefault(path, threading.Lock())
         on_disk = self._mask_on_disk
 
-        def work() -> list[Path]:  # (in the pool; not the window's attributes)
-            with lock:
-                removed = store.forget_mask(path, also=known)
-                on_disk[path] = max(on_disk.get(path, 0), seq)
-                return removed
+        deleted_before = self._mask_deleted_at.get(path)
 
-        def done(_removed: list[Path]) -> None:
+        def work() -> list[tuple[Path, str]]:  # (in the pool; not the window's attributes)
+            kept: list[tuple[Path, str]] = []
+            with lock:
+                store.forget_mask(path, also=known, kept=kept)
+                on_disk[path] = max(on_disk.get(path, 0), seq)
+                return kept
+
+        def done(kept: list[tuple[Path, str]]) -> None:
+            if kept:  # (a read-only .mend: the sidecar where Mend writes says "no mask")
+                where, why = kept[0]
+                self.set_status(f"Deleted the reflection mask of {path.name}; its file "
+                                f"{where} stays ({why}) but is no longer used", photo=path)
             if seq != self._mask_write_seq.get(path):
                 return  # a mask made since is being written: the fixes wait for it
             self._mask_write_seq.pop(path, None)
@@ -2075,12 +2121,30 @@ class MainWindow(QMainWindow):
                 then(None)
 
         def failed(msg: str) -> None:
-            self.set_status(f"Could not delete the mask of {path.name}: {msg}", photo=path)
-            if seq == self._mask_write_seq.get(path):
-                self._mask_write_seq.pop(path, None)
-                if self._mask_waiters.pop(path, None):
-                    self.model.update_item(path, job_state=JobState.FAILED,
-                                           error=f"Could not delete the mask: {msg}")
+            # nothing was forgotten (its sidecar still records the mask, which is still there):
+            # the photo keeps it, unless a mask was made since (its write supersedes this)
+            latest = seq == self._mask_write_seq.get(path)
+            now = self.states.get(path)
+            keeps = latest and known is not None and now is not None and now.mask_path is None
+            self.set_status(f"Could not delete the mask of {path.name}: {msg}"
+                            + ("; the photo keeps its saved mask" if keeps else ""), photo=path)
+            if not latest:
+                return
+            self._mask_write_seq.pop(path, None)
+            if keeps:
+                if deleted_before is None:
+                    self._mask_deleted_at.pop(path, None)
+                else:
+                    self._mask_deleted_at[path] = deleted_before
+                now.mask_path, now.mask_deleted = known, False
+                if now.override is None and not now.plan_edited and not self._closing and (
+                        now.plan is not None or now.plan_job is not None):
+                    self._replan(path)  # (B's again: the mask decides it)
+                if path == self.current:
+                    self._show_state(path)
+            if self._mask_waiters.pop(path, None):
+                self.model.update_item(path, job_state=JobState.FAILED,
+                                       error=f"Could not delete the mask: {msg}")
 
         self.bg.run(work, done, failed)
         # the editor and the viewer show no mask of this photo any more

@@ -1,8 +1,10 @@
 """Non-destructive per-photo sidecars: diagnosis, plan, mask and outputs, restored on reopen.
 
 Beside the photos in ``<folder>/.mend/<photo name>.json`` (masks as ``<photo name>.mask.png``);
-when that folder is read-only, in the user data folder under a hash of the photo folder. A photo
-named near the file name limit gets its name shortened there, with a hash of the whole name.
+when that folder is read-only, in the user data folder under a hash of the photo folder (a
+read-only ``.mend`` is still read; what is recorded in the user data folder since overrides it).
+A photo named near the file name limit gets its name shortened there, with a hash of the whole
+name.
 """
 from __future__ import annotations
 
@@ -135,11 +137,14 @@ class SidecarStore:
             if beside_photos and _writable(beside):
                 root = beside
                 # sidecars kept in the user data folder while this folder was read-only are
-                # still read (until this photo's sidecar is written beside it)
+                # still read (while newer than this photo's sidecar beside it)
                 self._also = in_data
             else:
                 root = in_data
-                self._also = None
+                # a read-only .mend (a card, a shared folder, one made read-only since) is still
+                # read: what Mend records meanwhile goes to the user data folder, and overrides
+                # it (``load`` reads the newer of the two)
+                self._also = beside if beside_photos else None
             self._in_data = in_data
             self._root = root
             return root
@@ -159,6 +164,9 @@ class SidecarStore:
                         "%s instead", root, self._in_data)
             self._root, self._also = self._in_data, None
             root = self._root
+        also = self._also
+        if also is not None and also != self._in_data and not _own_folder(also, self.folder):
+            self._also = None  # (a read-only .mend made a link since: not this folder's)
         return root
 
     def path_for(self, photo: Path) -> Path:
@@ -176,16 +184,12 @@ class SidecarStore:
         return None if root is None else root / side_name(root, Path(photo).name, ".mask.png")
 
     def load(self, photo: Path) -> Sidecar | None:
-        p = self.path_for(photo)
+        """The photo's sidecar: the one where sidecars go now, or the one in the other folder
+        they may be in (the read-only ``.mend`` beside the photos, or the user data folder that
+        kept them while this folder was read-only) when that one is newer."""
+        p = self._newest(self.path_for(photo))
         try:
-            try:
-                text = p.read_text()
-            except FileNotFoundError:
-                if self._also is None:
-                    raise
-                p = self._also / p.name
-                text = p.read_text()
-            sc = Sidecar.from_json(json.loads(text))
+            sc = Sidecar.from_json(json.loads(p.read_text()))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -206,7 +210,33 @@ class SidecarStore:
             pass
         return sc
 
+    def _newest(self, p: Path) -> Path:
+        """``p`` (a sidecar where sidecars go now), or its namesake in the other folder they
+        may be in when that one was written later (or ``p`` is missing)."""
+        also = self._also
+        if also is None:
+            return p
+        q = also / p.name
+        try:
+            in_also = os.stat(q).st_mtime_ns
+        except OSError:
+            return p
+        try:
+            here = os.stat(p).st_mtime_ns
+        except OSError:
+            return q
+        return q if in_also > here else p
+
     def save(self, photo: Path, sc: Sidecar) -> None:
+        """Write ``sc`` where sidecars go now; a write that fails is logged, not raised."""
+        try:
+            self._write(photo, sc)
+        except OSError as e:
+            log.warning("could not write sidecar for %s: %s", photo, e)
+
+    def _write(self, photo: Path, sc: Sidecar) -> None:
+        """``save``, raising OSError when the sidecar cannot be written (nothing is written
+        when the photo's folder is gone)."""
         from engine.imageio import atomic_write_bytes
 
         if not self.folder.is_dir():
@@ -219,10 +249,7 @@ class SidecarStore:
             sc.source_size, sc.source_mtime_ns = st.st_size, st.st_mtime_ns
         except OSError:
             pass
-        try:
-            atomic_write_bytes(self.path_for(photo), json.dumps(sc.to_json(), indent=1).encode())
-        except OSError as e:
-            log.warning("could not write sidecar for %s: %s", photo, e)
+        atomic_write_bytes(self.path_for(photo), json.dumps(sc.to_json(), indent=1).encode())
 
     def update(self, photo: Path, *, keep_edited_plan: bool = False,
                add_outputs: list[str] | None = None, **changes: Any) -> Sidecar:
@@ -243,15 +270,22 @@ class SidecarStore:
             with file_lock(self._here() / _LOCK_STEM, SIDECAR_LOCK_WAIT):
                 return self._update(photo, keep_edited_plan, add_outputs, changes)
 
-    def forget_mask(self, photo: Path, also: Path | None = None) -> list[Path]:
+    def forget_mask(self, photo: Path, also: Path | None = None,
+                    kept: list[tuple[Path, str]] | None = None) -> list[Path]:
         """Forget the reflection mask the photographer made for ``photo`` (thread-safe, under
-        the same locks as ``update``): the mask files Mend wrote for it (``<photo
-        name>.mask.png`` in either folder its sidecars may be in) are deleted and its sidecar
-        records no mask. The path the sidecar records, and ``also`` (one the caller knew), are
-        deleted only when they are one of those files: a file anywhere else - a photo, a mask
-        saved elsewhere and recorded by hand, a result's mask - never is, nor a folder standing
-        at a mask file's name (a link there is deleted, not what it points to). Returns the
-        files deleted."""
+        the same locks as ``update``): its sidecar records no mask, and the mask files Mend
+        wrote for it (``<photo name>.mask.png`` in either folder its sidecars may be in) are
+        deleted. The path the sidecar records, and ``also`` (one the caller knew), are deleted
+        only when they are one of those files: a file anywhere else - a photo, a mask saved
+        elsewhere and recorded by hand, a result's mask - never is, nor a folder standing at a
+        mask file's name (a link there is deleted, not what it points to). Returns the files
+        deleted.
+
+        A mask file that cannot be deleted (one in a read-only ``.mend``) stays, unused: the
+        record of no mask is written where sidecars go now (the user data folder, for a
+        read-only folder), which overrides the one beside it; each such file and why it stays
+        is added to ``kept``. Raises OSError when the record cannot be written and the mask
+        file it names is still there (the photo keeps that mask)."""
         from engine.estimate import file_lock
 
         with self._lock:
@@ -259,9 +293,18 @@ class SidecarStore:
                 return []
             with file_lock(self._here() / _LOCK_STEM, SIDECAR_LOCK_WAIT):
                 sc = self.load(photo)
+                was = sc.mask if sc is not None else None
+                unrecorded: OSError | None = None
+                if sc is not None and (sc.mask is not None or "mask" in sc.extra):
+                    sc.mask = None
+                    sc.extra.pop("mask", None)
+                    try:  # (first: a mask file that then stays is not the photo's any more)
+                        self._write(photo, sc)
+                    except OSError as e:
+                        unrecorded = e
                 own = {_key(p): p for p in self._own_mask_files(photo)}
-                named = [*own.values(), sc.mask if sc is not None else None, also]
-                removed = []
+                named = [*own.values(), was, also]
+                removed, left = [], []
                 for c in dict.fromkeys(_key(Path(n)) for n in named if n):
                     p = own.get(c)
                     if p is None or _key(p) == _key(Path(photo)) or _is_folder(p):
@@ -270,11 +313,20 @@ class SidecarStore:
                         p.unlink()
                     except FileNotFoundError:
                         continue
+                    except OSError as e:
+                        left.append((p, e.strerror or str(e)))
+                        continue
                     removed.append(p)
-                if sc is not None and (sc.mask is not None or "mask" in sc.extra):
-                    sc.mask = None
-                    sc.extra.pop("mask", None)
-                    self.save(photo, sc)
+                if unrecorded is not None and was and os.path.lexists(was):
+                    # the record still names a mask that is still there: nothing is forgotten
+                    raise OSError(unrecorded.errno, "its sidecar cannot be written ("
+                                  f"{unrecorded.strerror or unrecorded}), so the mask it "
+                                  "records stays", unrecorded.filename)
+                for p, why in left:
+                    log.warning("the mask file %s of %s stays (%s); its sidecar records no "
+                                "mask", p, photo, why)
+                if kept is not None:
+                    kept.extend(left)
                 return removed
 
     def _own_mask_files(self, photo: Path) -> list[Path]:

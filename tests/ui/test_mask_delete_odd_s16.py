@@ -96,10 +96,10 @@ def test_a_mask_deleted_while_the_folder_is_listed_again_does_not_come_back(
             forgotten.wait(20)
         return sc
 
-    def forget_mask(self, photo, also=None):
+    def forget_mask(self, photo, also=None, **kw):
         forgetting.on = True
         try:
-            return real_forget(self, photo, also)
+            return real_forget(self, photo, also, **kw)
         finally:
             forgetting.on = False
             forgotten.set()
