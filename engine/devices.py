@@ -110,11 +110,32 @@ def available_memory() -> int:
         return system_memory() // 2
 
 
+def max_threads() -> int:
+    """The most threads ``MEND_THREADS`` may ask for: 4 x the logical CPUs, at least 8 (any
+    count a user would pick on a real machine is below). More only starts threads that wait
+    for a core: with 99999, OpenCV started ~32000 threads (the system's limit) and took 44 s
+    for a 4 MP blur, and torch's OpenMP failed to create its threads."""
+    return max(8, 4 * (os.cpu_count() or 1))
+
+
+@lru_cache(maxsize=8)
+def _warn_capped(asked: int, cap: int) -> None:
+    # (once per value: the thread count is read each time an engine or a decoder sets up)
+    log.warning("MEND_THREADS=%d is more than this machine can use; using %d threads "
+                "(4 x its %d logical CPUs, at least 8)", asked, cap, os.cpu_count() or 1)
+
+
 def cpu_threads() -> int:
-    """cores - 1 (at least 1): torch on all cores collapses when another process holds one."""
-    env = os.environ.get("MEND_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
+    """cores - 1 (at least 1): torch on all cores collapses when another process holds one.
+    ``MEND_THREADS`` (a positive whole number) sets it instead, capped at :func:`max_threads`
+    (with a warning in the log)."""
+    env = os.environ.get("MEND_THREADS", "").strip()
+    if env.isascii() and env.isdigit() and int(env) > 0:
+        asked, cap = int(env), max_threads()
+        if asked > cap:
+            _warn_capped(asked, cap)
+            return cap
+        return asked
     n = os.cpu_count() or 1
     return max(1, n - 1)
 

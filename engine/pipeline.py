@@ -276,22 +276,25 @@ class Engine:
                             "slow (swapping) or fail; close other programs first")
 
     def missing_models(self, plan: Plan) -> list[str]:
-        """Models the plan's enabled steps need that are not installed (models a step can do
-        without - ``profiles.OPTIONAL_MODELS`` - are not counted)."""
-        from .estimate import step_model
-        from .restore.profiles import OPTIONAL_MODELS, PROFILE_MODELS
+        """Models the plan's enabled steps need that are not installed (``plan_models``:
+        models a step can do without - ``profiles.OPTIONAL_MODELS`` - are not counted)."""
+        return sorted(m for m in plan_models(plan) if not self.runtime.is_available(m))
 
-        needed: list[str] = []
-        for step in plan.steps:
-            if not step.enabled:
+    def _require_models(self, plan: Plan) -> None:
+        """Raise, before any step runs, the error the first step lacking a model would raise
+        when it loads it (the store's: ``ModelMissing`` with how to install it, or the file
+        found damaged), naming every other model the plan lacks too (``_with_other_missing``).
+        A model a step would load only for what it finds (text regions, faces, a mask to fill)
+        counts: the plan needs it, and the steps before it may take minutes."""
+        for model_id in plan_models(plan):  # (in the order the steps would load them)
+            if self.runtime.is_available(model_id):
                 continue
-            chosen = step_model(step)
-            ids = [chosen] if chosen else list(get_step(step.name).models)
-            # optional models: only count those the plan's profile requires
-            wanted = PROFILE_MODELS.get(plan.profile, frozenset())
-            needed += [m for m in ids
-                       if m == chosen or (m in wanted and m not in OPTIONAL_MODELS)]
-        return sorted(m for m in dict.fromkeys(needed) if not self.runtime.is_available(m))
+            try:
+                # the check a step's load makes: raises what the step would (a damaged file:
+                # the store's own error, which says how to repair it)
+                self.runtime.path(model_id)
+            except ModelMissing as e:
+                raise self._with_other_missing(e, plan) from None
 
     def _resolve(self, request: JobRequest, photo: Photo, progress: Progress | None = None
                  ) -> tuple[Diagnosis, Plan, list[str], Diagnosis]:
@@ -329,6 +332,9 @@ class Engine:
     def run(self, request: JobRequest, progress: Progress | None = None) -> JobResult:
         """Restore one photo and write the result; the source file is only ever read.
 
+        A model the plan needs and the store lacks (``plan_models``) fails the job right after
+        the plan is made, before any step runs: ``ModelMissing`` naming every model missing.
+
         With ``request.region`` (a preview): the whole photo is diagnosed and planned (or
         ``request.diagnosis`` / ``request.plan`` reused), the steps run on the region plus
         ``PREVIEW_MARGIN`` px of context, whose result is trimmed off (at the chain's output
@@ -357,6 +363,8 @@ class Engine:
         diagnosis, plan, notes, made = self._resolve(request, photo,
                                                      progress.sub(_LOAD, _DIAG))
         warnings += notes
+        # a model the plan lacks fails the job now, not after the steps before it have run
+        self._require_models(plan)
         label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
         options = request.output
@@ -590,6 +598,29 @@ class Engine:
                                interpolation=cv2.INTER_LINEAR)
         return save_photo(image, dest, like=photo, options=options, alpha=alpha, record=record,
                           notes=notes)
+
+
+def plan_models(plan: Plan) -> list[str]:
+    """The models ``plan``'s enabled steps load, in the order they would load them: the model a
+    step's ``model`` parameter names (a Real-ESRGAN for ``sr_realesrgan`` and for
+    ``text_fusion``'s text regions) in place of the other choices its spec lists, and the
+    step's other models, except those it does without (``profiles.OPTIONAL_MODELS``: YuNet ->
+    the Haar faces, SAM and the YOLO slot -> the built-in glare detector). Whatever the plan's
+    profile: an edited plan's added step needs its model all the same."""
+    from .restore.profiles import OPTIONAL_MODELS
+    from .restore.sr import REALESRGAN_MODELS
+
+    needed: list[str] = []
+    for step in plan.steps:
+        if not step.enabled:
+            continue
+        spec = get_step(step.name)
+        ids = list(spec.models)
+        if "model" in spec.defaults:
+            chosen = str(step.params.get("model", spec.defaults["model"]))
+            ids = [chosen if m in REALESRGAN_MODELS else m for m in ids]
+        needed += [m for m in ids if m not in OPTIONAL_MODELS]
+    return list(dict.fromkeys(needed))
 
 
 # the steps that remove what a reflection mask covers (``reflection_mask`` only hands it on)

@@ -57,6 +57,23 @@ def install_test_model(store_root: Path, model_id: str, files: dict[str, Path],
     return st
 
 
+def install_stand_in(store_root: Path, model_id: str, store: ModelStore | None = None
+                     ) -> ModelStore:
+    """``model_id`` installed as a few bytes that are no model, under its release file names:
+    for a plan that needs the model (``Engine.run`` refuses a plan whose models are not
+    installed) run on a photo where its step never loads it - CodeFormer, which cannot be made
+    tiny, on a photo without a face. Were it loaded, the load would fail."""
+    base = store.manifest if store is not None else default_manifest()
+    folder = Path(store_root).parent / f"stand-in-{model_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for f in base.get(model_id).files:
+        path = folder / Path(f.name).name
+        path.write_bytes(b"not a model: " + model_id.encode())
+        files[f.name] = path
+    return install_test_model(store_root, model_id, files, store=store)
+
+
 def counting_hash(monkeypatch) -> list[int]:
     """The store's hash chunks, counted (one item each, at its cancel check): the returned
     list grows as ``ModelStore`` hashes."""

@@ -30,6 +30,7 @@ from engine.imageio import load_photo, read_record
 from engine.restore.profiles import PROFILES, build_plan, profile_models
 from engine.restore.reflection import SAM_ID
 from tests import warm_cli
+from tests.model_helpers import install_stand_in
 from tests.tiny_models import TINY_IDS, install_models, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +90,8 @@ _STORES: dict[str, tuple[Path, Path | None]] = {}
 
 def profile_store(profile: str, root: Path) -> tuple[Path, Path | None]:
     """The model store a user of ``profile`` has after ``mend models pull --profile``: the
-    profile's models (tiny ones; pp-ocr ships with rapidocr), and the manifest pinning them.
+    profile's models (tiny ones, CodeFormer a stand-in; pp-ocr ships with rapidocr), and the
+    manifest pinning them.
     ``builtin``: an empty store and the shipped manifest (None). Built once per session."""
     if profile not in _STORES:
         d = root / profile
@@ -99,6 +101,9 @@ def profile_store(profile: str, root: Path) -> tuple[Path, Path | None]:
         else:
             ids = [m for m in TINY_IDS if m in profile_models(profile)]
             store = install_models(d / "models", ids, root / "build")
+            # CodeFormer cannot be made tiny: a stand-in (no face in the photos: never loaded;
+            # a run refuses a plan whose models are not all installed)
+            store = install_stand_in(d / "models", "codeformer", store)
             _STORES[profile] = (d / "models", write_manifest(store, d / "models.json"))
     return _STORES[profile]
 

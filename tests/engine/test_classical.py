@@ -198,3 +198,51 @@ def test_chroma_noise_ratio_reads_a_large_photo_in_its_middle_square():
     got = chroma_noise_ratio(img)
     assert got == chroma_noise_ratio(middle)
     assert got < 0.2  # (noise in the brightness alone)
+
+
+def test_the_denoisers_strength_has_no_jump_at_any_sigma(monkeypatch):
+    """NLM's strengths jumped at sigma 8: h 0.8 sigma with half of it for the colour below, 1.05
+    sigma with all of it from 8 up (h 6.4 -> 8.4, colour 3.2 -> 8.4 between 7.998 and 8.0; a
+    colleague's photo read 23.40 dB at 7.998 and 26.10 at 8.0). Both now follow the sigma
+    continuously, for colour noise and for brightness noise alone (the colour strength for the
+    measured colour noise, ``chroma_strength``, is blended in), and are as before outside the
+    blend."""
+    import cv2
+
+    from engine.restore import classical
+
+    calls = []
+    real = cv2.fastNlMeansDenoisingColored
+
+    def spy(src, dst, h, h_color, *args):
+        calls.append((h, h_color))
+        return real(src, dst, h, h_color, *args)
+
+    monkeypatch.setattr(cv2, "fastNlMeansDenoisingColored", spy)
+    tiny = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    sigmas = np.round(np.arange(4.0, 14.0, 0.01), 2)
+    for ratio in (None, 0.1):  # (colour noise; brightness noise alone: chroma_strength 0.6)
+        calls.clear()
+        for s in sigmas:
+            classical.nlm_denoise(tiny, float(s), chroma_ratio=ratio)
+        h, hc = np.array(calls).T
+        # (per 0.01 of sigma: the old jump was 2.0 in h, 5.2 in the colour strength)
+        assert np.abs(np.diff(h)).max() < 0.1 and np.abs(np.diff(hc)).max() < 0.1
+        low, high = sigmas <= classical.NLM_RAMP[0], sigmas >= classical.NLM_RAMP[1]
+        np.testing.assert_allclose(h[low], 0.8 * sigmas[low])
+        np.testing.assert_allclose(hc[low], 0.4 * sigmas[low])
+        np.testing.assert_allclose(h[high], 1.05 * sigmas[high])
+        cs = classical.chroma_strength(ratio)
+        np.testing.assert_allclose(hc[high], cs * 1.05 * sigmas[high])
+
+
+def test_a_photo_just_below_and_just_above_sigma_8_is_denoised_alike(shared_images):
+    """A real photo with white noise of sigma 8: the result no longer changes with a sigma that
+    reads 7.99 instead of 8.01 (it changed by ~1 dB)."""
+    from engine.restore.classical import nlm_denoise
+
+    clean = _astronaut(shared_images)[128:384, 128:384]
+    noisy = np.clip(clean + np.random.default_rng(8).normal(0, 8 / 255, clean.shape), 0, 1)
+    noisy = noisy.astype(np.float32)
+    below, above = (_psnr(nlm_denoise(noisy, s), clean) for s in (7.99, 8.01))
+    assert abs(above - below) < 0.05, (below, above)

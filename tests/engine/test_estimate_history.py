@@ -168,7 +168,7 @@ def test_the_engine_records_invsr_per_sampling_step(tmp_path, monkeypatch):
         return StepOutput(image, "invsr-fake", "")
 
     monkeypatch.setitem(registry.STEPS, "sr_invsr",
-                        StepSpec("sr_invsr", fake_invsr, real.models, real.description,
+                        StepSpec("sr_invsr", fake_invsr, (), real.description,  # (no model)
                                  {**real.defaults, "steps": 4}))
     recorded = []
     h = CostHistory(tmp_path / "h.json")

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.api import Degradation, JobRequest, OutputOptions, Plan, Step
+from engine.api import Degradation, Diagnosis, JobRequest, OutputOptions, Plan, Step
 from engine.errors import Cancelled, ModelMissing
 from engine.imageio import load_photo, read_record
 from engine.pipeline import Engine
 from engine.progress import CancelToken, Progress
 from engine.understand import measure as M
-from tests.model_helpers import install_test_model
+from tests.model_helpers import install_stand_in, install_test_model
 from tests.tiny_models import write_nafnet_gopro
 
 
@@ -34,8 +34,11 @@ def _sha(p):
 
 @pytest.fixture()
 def nafnet_store(tmp_path):
-    return install_test_model(tmp_path / "store", "nafnet-gopro-w64",
-                              write_nafnet_gopro(tmp_path, seed=0))
+    """Chain C's laptop models: a tiny NAFNet and a stand-in CodeFormer (never loaded: the
+    photos have no face), as a run needs every model of its plan installed."""
+    store = install_test_model(tmp_path / "store", "nafnet-gopro-w64",
+                               write_nafnet_gopro(tmp_path, seed=0))
+    return install_stand_in(tmp_path / "store", "codeformer", store)
 
 
 def test_chain_c_laptop_runs_the_stored_model_and_records_it(tmp_path, nafnet_store):
@@ -94,6 +97,123 @@ def test_missing_model_is_a_clear_error(tmp_path):
                      profile="laptop")
     with pytest.raises(ModelMissing, match="nafnet-gopro-w64"):
         engine.run(req)
+
+
+# ------------------------------------------------------------------ models checked first
+_DIAG = Diagnosis(Degradation.A, {"A": 0.7, "B": 0.1, "C": 0.1, "D": 0.1})
+
+
+@pytest.fixture()
+def marks(monkeypatch):
+    """A step ``marks`` (no model) that records each run: put first in a plan, it says
+    whether the job got as far as running its steps."""
+    from engine.restore import registry
+    from engine.restore.registry import StepOutput, StepSpec
+
+    ran: list[tuple[int, int]] = []
+
+    def fn(image, params, ctx):
+        ran.append(image.shape[:2])
+        return StepOutput(image, "test:marks")
+
+    monkeypatch.setitem(registry.STEPS, "marks", StepSpec("marks", fn, (), "test step", {}))
+    return ran
+
+
+def _fails_before_the_steps(engine, src, out, plan, marks, region=None):
+    """The ModelMissing the job raised, after checking that no step ran and nothing was
+    written."""
+    said: list[str] = []
+    with pytest.raises(ModelMissing) as e:
+        engine.run(JobRequest(src, OutputOptions(out_dir=out), plan=plan, diagnosis=_DIAG,
+                              profile=plan.profile, guard=False, region=region),
+                   Progress(lambda f, m: said.append(m)))
+    assert marks == [] and not [m for m in said if m.startswith("step ")], said
+    assert not out.exists() or not any(out.iterdir())
+    return e.value
+
+
+def test_a_missing_model_fails_the_job_before_any_step_runs(tmp_path, marks):
+    """text_fusion's Real-ESRGAN on the laptop profile with an empty store: the steps before
+    it ran (an audit saw ~60 s of PP-OCR detection, the text step's own first part) and only
+    then did the job fail. Now the plan's models are checked first: the same error the step
+    gives when it loads the model, before any step, for a fix and a preview; with the model
+    installed (tiny) the same plan runs."""
+    from engine.restore.registry import StepContext, get_step
+    from tests.tiny_models import write_compact
+
+    src = _photo(tmp_path / "in.png")
+    out = tmp_path / "out"
+    plan = Plan(Degradation.A, "laptop",
+                (Step("marks"), Step("text_fusion", {"model": "realesr-general-x4v3"})))
+    engine = Engine("cpu", tile_size=64)
+    err = _fails_before_the_steps(engine, src, out, plan, marks)
+    preview = _fails_before_the_steps(engine, src, out, plan, marks, region=(8, 8, 72, 64))
+    # the step's own message (what sr_realesrgan raises when it loads that model)
+    ctx = StepContext(device=engine.device, progress=Progress(), runtime=engine.runtime)
+    with pytest.raises(ModelMissing) as by_step:
+        get_step("sr_realesrgan").fn(np.zeros((8, 8, 3), np.float32),
+                                     {"model": "realesr-general-x4v3"}, ctx)
+    assert str(err) == str(preview) == str(by_step.value)
+    assert err.model_ids == ("realesr-general-x4v3",)
+    assert "mend models pull realesr-general-x4v3" in str(err)
+    # (a dry run names it too: the text step's chosen model was not counted)
+    prepared = engine.prepare(JobRequest(src, OutputOptions(out_dir=out), plan=plan,
+                                         diagnosis=_DIAG, profile="laptop"))
+    assert any("realesr-general-x4v3" in w and "not installed" in w for w in prepared.warnings)
+
+    store = install_test_model(tmp_path / "store", "realesr-general-x4v3",
+                               write_compact(tmp_path / "build", num_feat=8, num_conv=2))
+    res = Engine("cpu", store, tile_size=64).run(
+        JobRequest(src, OutputOptions(out_dir=out), plan=plan, diagnosis=_DIAG,
+                   profile="laptop", guard=False))
+    assert marks == [(96, 128)] and [s.name for s in res.steps] == ["marks", "text_fusion"]
+
+
+def test_every_model_a_plan_lacks_is_named_before_any_step_runs(tmp_path, marks):
+    """Chain B on the laptop profile, an empty store: the glare detector ran, LaMa held its
+    unchecked mask, and NAFNet failed alone; LaMa's absence came out on the next fix. Now both
+    are named at once, before the first step; the optional SAM and YOLO are not asked for, and
+    an added model step counts whatever the plan's profile (an edited built-in plan)."""
+    src = _photo(tmp_path / "in.png")
+    out = tmp_path / "out"
+    engine = Engine("cpu", tile_size=64)
+    b = Plan(Degradation.B, "laptop", (Step("marks"), Step("reflection_mask", {"detector": "auto"}),
+                                       Step("inpaint_lama"), Step("dereflect_nafnet")))
+    err = _fails_before_the_steps(engine, src, out, b, marks)
+    assert err.model_ids == ("big-lama", "nafnet-sidd-w64")
+    assert "mend models pull big-lama nafnet-sidd-w64" in str(err)
+    edited = Plan(Degradation.A, "builtin", (Step("marks"), Step("denoise_builtin"),
+                                             Step("deblur_nafnet")))
+    assert _fails_before_the_steps(engine, src, out, edited, marks).model_ids == (
+        "nafnet-gopro-w64",)
+    # a disabled step's model, and models a step does without (SAM, YOLO, YuNet), do not count
+    ok = Plan(Degradation.B, "quality", (Step("marks"), Step("reflection_mask"),
+                                         Step("inpaint_builtin"),
+                                         Step("dereflect_nafnet", enabled=False)))
+    res = engine.run(JobRequest(src, OutputOptions(out_dir=out), plan=ok, diagnosis=_DIAG,
+                                profile="quality", guard=False))
+    assert marks and [s.name for s in res.steps] == ["marks", "reflection_mask",
+                                                     "inpaint_builtin"]
+
+
+def test_a_damaged_model_is_reported_before_any_step_runs(tmp_path, nafnet_store, marks):
+    """A model file damaged since it was installed: the store's own error (which says how to
+    repair it), before the steps, as the step would raise it when loading."""
+    from engine.errors import ChecksumMismatch
+
+    weights = nafnet_store.file_path("nafnet-gopro-w64", "NAFNet-GoPro-width64.pth")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    src = _photo(tmp_path / "in.png")
+    out = tmp_path / "out"
+    plan = Plan(Degradation.C, "laptop", (Step("marks"), Step("deblur_nafnet")))
+    with pytest.raises(ChecksumMismatch, match="nafnet-gopro-w64"):
+        Engine("cpu", nafnet_store).run(JobRequest(src, OutputOptions(out_dir=out), plan=plan,
+                                                   diagnosis=_DIAG, profile="laptop",
+                                                   guard=False))
+    assert marks == [] and (not out.exists() or not any(out.iterdir()))
 
 
 def test_user_mask_drives_chain_b_and_is_saved_with_the_job(tmp_path):

@@ -276,6 +276,10 @@ def _standin_faces(monkeypatch, engine):
 
     monkeypatch.setattr(face, "codeformer_fn", fn)
     monkeypatch.setattr(engine.runtime, "load_image_model", lambda model_id: None)
+    # (so CodeFormer counts as installed: a run checks its plan's models before any step)
+    installed = engine.runtime.is_available
+    monkeypatch.setattr(engine.runtime, "is_available",
+                        lambda model_id: model_id == "codeformer" or installed(model_id))
 
 
 def test_a_preview_finds_and_restores_faces_as_the_whole_fix(shared_images, engine, tmp_path,

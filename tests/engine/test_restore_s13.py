@@ -350,8 +350,11 @@ def test_builtin_deblurring_makes_no_needless_photo_sized_copies():
 def test_a_face_step_that_found_no_face_does_not_teach_the_time_estimate(tmp_path):
     """With no face, the face step only ran a detector (a fraction of a second): recorded, it
     told the next photo's estimate - one with faces, CodeFormer running on each - ~0 s."""
+    from tests.model_helpers import install_stand_in
+
     hist = CostHistory(tmp_path / "costs.json")
-    engine = Engine("cpu", history=hist)
+    # (the plan needs CodeFormer installed; with no face it is never loaded)
+    engine = Engine("cpu", install_stand_in(tmp_path / "store", "codeformer"), history=hist)
     src = _save(tmp_path / "no_face.png", _texture(120, 160))
     for _ in range(2):  # (the second run: any detector already loaded)
         res = _run(engine, src, tmp_path / "out", (Step("face_codeformer"),))
