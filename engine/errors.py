@@ -15,6 +15,11 @@ class BadImage(EngineError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class BadMask(BadImage):
+    """A reflection mask given with a job (``JobRequest.mask_path``) that cannot be read: gone
+    (deleted since), corrupt or unsupported. ``path`` is the mask's, not the photo's."""
+
+
 class ImageTooLarge(BadImage):
     """Over the pixel limit, or a decompression bomb."""
 

@@ -17,7 +17,15 @@ import numpy as np
 from . import __version__
 from .api import Degradation, Diagnosis, JobRequest, JobResult, OutputOptions, Plan, StepRecord
 from .devices import DeviceInfo, configure_opencv, configure_torch, select_device
-from .errors import EngineError, ModelMissing, OutOfMemory, SaveFailed, UsageError
+from .errors import (
+    BadImage,
+    BadMask,
+    EngineError,
+    ModelMissing,
+    OutOfMemory,
+    SaveFailed,
+    UsageError,
+)
 from .estimate import (
     CostHistory,
     Estimate,
@@ -390,7 +398,10 @@ class Engine:
         if request.mask_path is not None and uses_mask(plan):  # (else a warning says so)
             from .imageio import load_mask
 
-            mask = load_mask(request.mask_path, size)
+            try:
+                mask = load_mask(request.mask_path, size)
+            except BadImage as e:  # (named as the mask's: "this photo" it is not)
+                raise BadMask(e.path, e.reason) from None
             if box is not None:
                 mask = np.ascontiguousarray(mask[box[1]:box[3], box[0]:box[2]])
 

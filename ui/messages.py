@@ -24,6 +24,9 @@ def describe_error(exc: BaseException) -> str:
                 "or the CPU device.")
     if isinstance(exc, errors.ImageTooLarge):
         return f"This photo is too large to open safely: {exc.reason}."
+    if isinstance(exc, errors.BadMask):
+        return (f"Cannot read the reflection mask {exc.path}: {exc.reason}. Edit the mask again, "
+                "or choose a class in \u201cFix as\u201d to fix the photo without it.")
     if isinstance(exc, errors.BadImage):
         return f"Cannot read this photo: {exc.reason}."
     if isinstance(exc, errors.SaveFailed):

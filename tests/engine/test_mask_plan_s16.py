@@ -128,3 +128,34 @@ def test_the_built_in_fill_of_a_detected_mask_is_a_kept_original(shared_images, 
                                        label=Degradation.B, profile="builtin"))
     assert res.steps[1].notes.startswith("skipped") and res.kept_original
     assert res.artifacts["mask_path"].is_file()
+
+
+def test_a_mask_that_cannot_be_read_is_named_as_the_mask(tmp_path):
+    """A mask deleted (or damaged) after the job was asked for failed as "Cannot read this
+    photo: file not found": the photo was fine. The error is the mask's (``BadMask``, its
+    path), and the app says so."""
+    from engine.errors import BadImage, BadMask
+    from ui.messages import describe_error
+
+    src, _ = _photo_with_a_red_block(tmp_path / "p.png")
+    before = _sha(src)
+    plan = Plan(Degradation.B, "builtin", (Step("reflection_mask", {"detector": "builtin"}),
+                                           Step("inpaint_builtin")))
+    for name, content in (("gone.png", None), ("broken.png", b"not a png")):
+        mask = tmp_path / name
+        if content is not None:
+            mask.write_bytes(content)
+        out = tmp_path / f"out_{name}"
+        try:
+            Engine("cpu").run(JobRequest(src, OutputOptions(out_dir=out), plan=plan,
+                                         mask_path=mask))
+        except BadMask as e:
+            err = e
+        else:
+            raise AssertionError("the job ran with a mask it could not read")
+        assert isinstance(err, BadImage) and err.path == str(mask)
+        said = describe_error(err)
+        assert said.startswith(f"Cannot read the reflection mask {mask}") and "this photo" \
+            not in said
+        assert not out.exists() or not any(out.iterdir())
+    assert _sha(src) == before
