@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.ui.conftest import opened, write_photo
+from tests.ui.conftest import opened, painted, write_photo
 
 
 def _sha(p: Path) -> str:
@@ -73,11 +73,7 @@ def test_a_mask_deleted_while_the_folder_is_listed_again_does_not_come_back(
     win = window
     opened(qtbot, win, folder)
     target = folder / "a_noisy.jpg"
-    with qtbot.waitSignal(win.view_loaded, timeout=20000):
-        win.show_viewer(target)
-    win.show_mask_editor()
-    win.mask_doc.fill_polygon([(30, 20), (60, 20), (60, 50), (30, 50)])
-    win._write_mask(target, win.mask_doc)
+    win._write_mask(target, painted(qtbot, win, target))
     qtbot.waitUntil(lambda: win.bg.pending() == 0 and win.client.is_idle(), timeout=30000)
     st = win.states[target]
     saved = st.mask_path
