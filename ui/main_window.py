@@ -1319,7 +1319,8 @@ class MainWindow(QMainWindow):
         chain runs as it is). Returns whether it is made again."""
         st = self.states.get(Path(path))
         if (st is not None and not self._closing and st.mask_path is not None
-                and st.override is None and not st.plan_edited and st.plan_job is None and st.plan is not None
+                and st.override is None and not st.plan_edited and st.plan_job is None
+                and st.plan is not None
                 and st.plan.label is not Degradation.B):
             self._replan(path)
             return True

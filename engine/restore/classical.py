@@ -35,24 +35,24 @@ MIN_DENOISE_SIGMA = 1.5
 # 30.48 -> 31.29 dB at sigma 8, 30.05 -> 30.78 at 8.5, 29.72 -> 30.21 at 9; brightness noise
 # 30.42 -> 31.06, 29.90 -> 30.48, 29.54 -> 29.88; the true sigma 8: 31.07 -> 32.39 (white);
 # mean over 5-12: 30.73 -> 31.03 (white), 30.53 -> 30.76 (brightness); single photos lost up
-# to 0.82 dB (white noise, sigma 8-9). Not taken: a blend over 6-10 (the first idea) or 7-9, which cost the
-# brightness-only noise 0.10-0.19 dB at sigma 7 and the true sigma 7.5 0.2-0.34 dB; 6-8 and
-# 5-8 cost 0.15-0.67 dB at sigma 5-7.5. (8-10 was tried after those, on a new noise seed.)
+# to 0.82 dB (white noise, sigma 8-9). Not taken: a blend over 6-10 (the first idea) or 7-9,
+# which cost the brightness-only noise 0.10-0.19 dB at sigma 7 and the true sigma 7.5
+# 0.2-0.34 dB; 6-8 and 5-8 cost 0.15-0.67 dB at sigma 5-7.5. (8-10 was tried after those, on
+# a new noise seed.)
 NLM_LOW = (0.8, 0.5)
 NLM_HIGH_FACTOR = 1.05
 NLM_RAMP = (8.0, 10.0)
-# Colour strength of NLM from sigma NLM_RAMP[1] up (blended in from NLM_RAMP[0]: nlm_factors):
-# full (hColor = h) when the photo's chroma/luma noise ratio (chroma_noise_ratio) is at least
-# CHROMA_NOISE_FULL, LOW_CHROMA_STRENGTH * h at or below CHROMA_NOISE_LOW, linear between.
-# Measured (22 clean photos, 16 in colour, 320 px crops, seeded noise, sigma read by the analyzer; PSNR to the
-# clean photo, mean over 22): noise in the brightness alone, sigma 10: 28.85 -> 29.39 dB (up to
-# +2.2 dB on one photo), sigma 20: 25.06 -> 25.34; no photo lower (it read 0.00-0.32: one of
-# 32 kept the full strength). White, correlated and half-resolution colour noise (sigma 10-30)
-# read 0.46-0.97 and keep the full strength, so their results are unchanged: a fixed
-# lower strength (0.75 h) had left green/magenta specks on real sensor noise (NAFNet's noisy
-# demo photo) and cost correlated noise 0.29 dB; the half-resolution measurement keeps colour
-# noise coarser than a pixel (a 4:2:0 JPEG's), which the full-resolution one reads 0.08-0.23,
-# from being left in dark areas.
+# Colour strength of NLM from sigma NLM_RAMP[1] up (blended in from NLM_RAMP[0]: nlm_factors): full
+# (hColor = h) when the photo's chroma/luma noise ratio (chroma_noise_ratio) is at least
+# CHROMA_NOISE_FULL, LOW_CHROMA_STRENGTH * h at or below CHROMA_NOISE_LOW, linear between. Measured
+# (22 clean photos, 16 in colour, 320 px crops, seeded noise, sigma read by the analyzer; PSNR to
+# the clean photo, mean over 22): noise in the brightness alone, sigma 10: 28.85 -> 29.39 dB (up to
+# +2.2 dB on one photo), sigma 20: 25.06 -> 25.34; no photo lower (it read 0.00-0.32: one of 32 kept
+# the full strength). White, correlated and half-resolution colour noise (sigma 10-30) read
+# 0.46-0.97 and keep the full strength, so their results are unchanged: a fixed lower strength (0.75
+# h) had left green/magenta specks on real sensor noise (NAFNet's noisy demo photo) and cost
+# correlated noise 0.29 dB; the half-resolution measurement keeps colour noise coarser than a pixel
+# (a 4:2:0 JPEG's), which the full-resolution one reads 0.08-0.23, from being left in dark areas.
 CHROMA_NOISE_FULL = 0.3
 CHROMA_NOISE_LOW = 0.2
 LOW_CHROMA_STRENGTH = 0.6
