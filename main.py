@@ -79,9 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     app, _win = start(folder)
     code = app.exec()
     # the window has shut down (its jobs, saves and settings are done): a model load or a
-    # native call that a cancel abandoned is not waited for (engine/restore/registry.py)
-    registry = sys.modules.get("engine.restore.registry")
-    if argv is None and registry is not None:
+    # native call that a cancel abandoned is not waited for (engine/restore/registry.py), nor
+    # an engine thread the shutdown left running (Python's exit would abort on its QThread)
+    if argv is None:
+        from engine.restore import registry
+        from ui.engine_client import wait_for_stragglers
+
+        if wait_for_stragglers(0.5):
+            registry.exit_now(code)
         registry.exit_leaving_abandoned_calls(code)
     return code
 

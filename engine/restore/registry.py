@@ -288,7 +288,6 @@ def exit_leaving_abandoned_calls(code: int, grace: float = 0.2) -> None:
     standard streams and the log are flushed, then ``os._exit``. Nothing is lost: their results
     were dropped already, and Mend writes its files atomically (an unfinished temporary file
     is never a result). Returns, for the normal exit, when none are left."""
-    import os
     import time
 
     end = time.monotonic() + grace
@@ -297,6 +296,15 @@ def exit_leaving_abandoned_calls(code: int, grace: float = 0.2) -> None:
     if not abandoned_calls():
         return
     log.info("leaving %d abandoned call(s) running at exit", abandoned_calls())
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """Leave the process with ``code`` at once (``os._exit``) once the log and the standard
+    streams are flushed: for a program whose work is done but whose threads cannot be stopped
+    or waited for (``exit_leaving_abandoned_calls``; the app's engine thread left running)."""
+    import os
+
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -248,9 +248,11 @@ c.shutdown(timeout_ms=200)
 del c
 gc.collect()
 print("client deleted", flush=True)
+assert engine_client.wait_for_stragglers(0.0) == 1  # (its job sleeps on)
 end = time.monotonic() + 30
-while any(t.isRunning() for t, _ in engine_client._STRAGGLERS) and time.monotonic() < end:
-    app.processEvents(); time.sleep(0.05)
+while engine_client.wait_for_stragglers(0.05) and time.monotonic() < end:
+    app.processEvents()
+assert not engine_client._STRAGGLERS
 print("OK", flush=True)
 """
 
@@ -262,6 +264,39 @@ def test_deleting_a_client_whose_engine_thread_still_runs_does_not_abort(tmp_pat
                        text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "OK" in r.stdout
+
+
+def test_a_straggler_still_finishing_is_kept_until_its_thread_has_ended(qtbot):
+    """isRunning() turns False as soon as a thread begins to finish, before it has run its
+    finished() handlers (the worker's deleteLater): the straggler must be kept till then, as
+    dropping its last reference meanwhile deleted the objects from two threads (a crash)."""
+    from PySide6.QtCore import QObject, Qt, QThread
+
+    from ui import engine_client
+
+    thread, worker = QThread(), QObject()
+    finishing, release = threading.Event(), threading.Event()
+
+    def slow_finish():  # (runs in the finishing thread: a worker being deleted)
+        finishing.set()
+        release.wait(10)
+
+    thread.finished.connect(slow_finish, Qt.ConnectionType.DirectConnection)
+    thread.start()
+    engine_client._STRAGGLERS.append((thread, worker))
+    try:
+        thread.quit()
+        assert finishing.wait(10)
+        assert not thread.isRunning()  # (what the old check read as "ended")
+        assert engine_client.wait_for_stragglers(0.05) == 1
+        release.set()
+        assert engine_client.wait_for_stragglers(10) == 0
+        assert not engine_client._STRAGGLERS
+    finally:
+        release.set()
+        thread.wait(10000)
+        engine_client._STRAGGLERS[:] = [
+            s for s in engine_client._STRAGGLERS if s[0] is not thread]
 
 
 # -- 4b. a diagnosis gets the job's progress (and cancel token) --------------------------------
