@@ -219,10 +219,12 @@ class Engine:
         if region is not None:
             photo = _crop_photo(photo, context_box(region, (photo.height, photo.width)))
             whole_bytes = _preview_whole_bytes(plan, whole)
-        missing = self.missing_models(plan)
+        given_mask = request.mask_path is not None and uses_mask(plan)
+        missing = self.missing_models(plan, given_mask)
         if missing:
             warnings.append(f"this plan needs models that are not installed ({', '.join(missing)}); "
                             "install them with: mend models pull " + " ".join(missing))
+        warnings += [f"the run would stop: {e}" for e in _unmet_requirements(plan)]
         options = preview_options(request.output) if region is not None else request.output
         output = None
         if options.out_dir is not None:
@@ -283,18 +285,24 @@ class Engine:
             warnings.append(f"{what}, more than the {format_bytes(free)} free now: it may be "
                             "slow (swapping) or fail; close other programs first")
 
-    def missing_models(self, plan: Plan) -> list[str]:
+    def missing_models(self, plan: Plan, mask: bool = False) -> list[str]:
         """Models the plan's enabled steps need that are not installed (``plan_models``:
-        models a step can do without - ``profiles.OPTIONAL_MODELS`` - are not counted)."""
-        return sorted(m for m in plan_models(plan) if not self.runtime.is_available(m))
+        models a step can do without - ``profiles.OPTIONAL_MODELS`` - are not counted unless
+        its params choose them; ``mask``: the job gives a reflection mask)."""
+        return sorted(m for m in plan_models(plan, mask) if not self.runtime.is_available(m))
 
-    def _require_models(self, plan: Plan) -> None:
+    def _require_models(self, plan: Plan, mask: bool = False) -> None:
         """Raise, before any step runs, the error the first step lacking a model would raise
         when it loads it (the store's: ``ModelMissing`` with how to install it, or the file
         found damaged), naming every other model the plan lacks too (``_with_other_missing``).
         A model a step would load only for what it finds (text regions, faces, a mask to fill)
-        counts: the plan needs it, and the steps before it may take minutes."""
-        for model_id in plan_models(plan):  # (in the order the steps would load them)
+        counts: the plan needs it, and the steps before it may take minutes; so does one a
+        step's params choose explicitly (the SAM or YOLO glare detector, YuNet), and not one
+        a step whose params make it change nothing would not load (a strength of 0): see
+        ``plan_models``. Then what a step needs beyond the store (``StepSpec.requires``: the
+        PaddleOCR package): the error the step would raise when it starts. ``mask``: the job
+        gives a reflection mask (no detector runs)."""
+        for model_id in plan_models(plan, mask):  # (in the order the steps would load them)
             if self.runtime.is_available(model_id):
                 continue
             try:
@@ -302,7 +310,11 @@ class Engine:
                 # the store's own error, which says how to repair it)
                 self.runtime.path(model_id)
             except ModelMissing as e:
-                raise self._with_other_missing(e, plan) from None
+                raise self._with_other_missing(e, plan, mask) from None
+        for err in _unmet_requirements(plan):
+            if isinstance(err, ModelMissing):
+                raise self._with_other_missing(err, plan, mask) from None
+            raise err
 
     def _resolve(self, request: JobRequest, photo: Photo, progress: Progress | None = None
                  ) -> tuple[Diagnosis, Plan, list[str], Diagnosis]:
@@ -372,7 +384,9 @@ class Engine:
                                                      progress.sub(_LOAD, _DIAG))
         warnings += notes
         # a model the plan lacks fails the job now, not after the steps before it have run
-        self._require_models(plan)
+        # (a mask given to a plan that inpaints replaces the glare detector, which loads none)
+        given_mask = request.mask_path is not None and uses_mask(plan)
+        self._require_models(plan, given_mask)
         label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
         options = request.output
@@ -560,7 +574,8 @@ class Engine:
             with self.runtime.cancellable(ctx.progress.check):
                 return spec.fn(image, params, ctx)
         except ModelMissing as e:
-            raise self._with_other_missing(e, replace(plan, steps=tuple(rest))) from None
+            raise self._with_other_missing(e, replace(plan, steps=tuple(rest)),
+                                           ctx.mask is not None) from None
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -572,10 +587,12 @@ class Engine:
                           f"({self.device.name}); close other programs, choose a smaller tile "
                           "size or the CPU device")
 
-    def _with_other_missing(self, error: ModelMissing, rest: Plan) -> ModelMissing:
-        """``error`` naming also the other models ``rest`` needs and lacks."""
+    def _with_other_missing(self, error: ModelMissing, rest: Plan, mask: bool = False
+                            ) -> ModelMissing:
+        """``error`` naming also the other models ``rest`` needs and lacks (``mask``: the job
+        gives a reflection mask)."""
         try:
-            others = [m for m in self.missing_models(rest) if m not in error.model_ids]
+            others = [m for m in self.missing_models(rest, mask) if m not in error.model_ids]
         except EngineError:  # (a broken store or manifest: the error as it was)
             return error
         if not others:
@@ -611,13 +628,18 @@ class Engine:
                           notes=notes)
 
 
-def plan_models(plan: Plan) -> list[str]:
+def plan_models(plan: Plan, mask: bool = False) -> list[str]:
     """The models ``plan``'s enabled steps load, in the order they would load them: the model a
-    step's ``model`` parameter names (a Real-ESRGAN for ``sr_realesrgan`` and for
-    ``text_fusion``'s text regions) in place of the other choices its spec lists, and the
-    step's other models, except those it does without (``profiles.OPTIONAL_MODELS``: YuNet ->
-    the Haar faces, SAM and the YOLO slot -> the built-in glare detector). Whatever the plan's
-    profile: an edited plan's added step needs its model all the same."""
+    step's ``model`` parameter names (a Real-ESRGAN for ``sr_realesrgan``) in place of the
+    other choices its spec lists, and the step's other models, except those it does without
+    (``profiles.OPTIONAL_MODELS``: YuNet -> the Haar faces, SAM and the YOLO slot -> the
+    built-in glare detector). A step whose params decide what it loads says so itself
+    (``StepSpec.loads``): such an optional model chosen explicitly counts (``detector`` "sam"
+    or "yolo", ``face_detector`` "yunet"), a step whose strength makes it change nothing loads
+    none (``dereflect_nafnet`` at 0), the text step the models of the OCR backend it uses
+    (PP-OCR bundled with rapidocr; none of the store's for PaddleOCR) and its Real-ESRGAN.
+    ``mask``: the job gives a reflection mask, which the mask step uses instead of finding one.
+    Whatever the plan's profile: an edited plan's added step needs its model all the same."""
     from .restore.profiles import OPTIONAL_MODELS
     from .restore.sr import REALESRGAN_MODELS
 
@@ -626,12 +648,33 @@ def plan_models(plan: Plan) -> list[str]:
         if not step.enabled:
             continue
         spec = get_step(step.name)
+        params = {**spec.defaults, **step.params}
+        if spec.loads is not None:
+            needed += spec.loads(params, mask)
+            continue
         ids = list(spec.models)
         if "model" in spec.defaults:
-            chosen = str(step.params.get("model", spec.defaults["model"]))
+            chosen = str(params["model"])
             ids = [chosen if m in REALESRGAN_MODELS else m for m in ids]
         needed += [m for m in ids if m not in OPTIONAL_MODELS]
     return list(dict.fromkeys(needed))
+
+
+def _unmet_requirements(plan: Plan) -> list[EngineError]:
+    """What ``plan``'s enabled steps need beyond the store's models and lack
+    (``StepSpec.requires``: the PaddleOCR package): each the error its step would raise."""
+    unmet: list[EngineError] = []
+    for step in plan.steps:
+        if not step.enabled:
+            continue
+        spec = get_step(step.name)
+        if spec.requires is None:
+            continue
+        try:
+            spec.requires({**spec.defaults, **step.params})
+        except EngineError as e:
+            unmet.append(e)
+    return unmet
 
 
 # the steps that remove what a reflection mask covers (``reflection_mask`` only hands it on)

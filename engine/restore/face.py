@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 # one face detection (YuNet or the Haar cascade, ~0.5 s on a 1280-px view) runs at a time: a
 # cancelled job's detection is abandoned (call_cancellable) and may not overlap the next one
 _DETECT_SLOT = threading.Lock()
+# one reduction of a whole photo to the detection view at a time (a cancelled job's is
+# abandoned: see _detection_view)
+_VIEW_SLOT = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -112,18 +115,20 @@ def _detection_view(image: np.ndarray, max_side: int, check: Check | None = None
     The same bytes as ``resize(to_uint8(image)[..., ::-1])``, with one photo-sized uint8
     copy: ``to_uint8`` works in bands (it made three photo-sized float copies: 288 MB alive at
     once on a 12 MP photo), and the resize (per channel) runs on the RGB copy, so only the
-    small view is put in BGR order. ``check`` is called between the bands and before the
-    resize (a 12 MP photo took 0.3-0.45 s to get here)."""
+    small view is put in BGR order. ``check`` is called between the bands, and the resize (one
+    OpenCV call that cannot stop part-way: 0.17-0.27 s at 120 MP on an idle 2-core machine) is
+    abandoned on a cancel (:func:`call_cancellable`; a 12 MP photo took 0.3-0.45 s to get
+    here)."""
     import cv2
 
     rgb = to_uint8(image, check)
     h, w = rgb.shape[:2]
     s = min(1.0, max_side / max(h, w))
     if s < 1.0:
-        if check is not None:
-            check()
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
-        rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+        rgb = call_cancellable(lambda rgb=rgb: cv2.resize(rgb, (nw, nh),
+                                                          interpolation=cv2.INTER_AREA),
+                               check, slot=_VIEW_SLOT, name="mend-face-view")
         return np.ascontiguousarray(rgb[..., ::-1]), nw / w, nh / h
     return np.ascontiguousarray(rgb[..., ::-1]), 1.0, 1.0
 
@@ -726,12 +731,21 @@ def _faces_for_part(faces: list[Face], whole: Any, image: np.ndarray, seen: np.n
             (x0 - ex0, y0 - ey0, x1 - ex0, y1 - ey0))
 
 
+def _face_models(params: Mapping[str, Any], mask: bool) -> tuple[str, ...]:
+    """The models ``face_codeformer`` loads (``StepSpec.loads``): YuNet first when its
+    ``face_detector`` param chooses it (the step fails without it; ``auto`` uses it only when
+    installed, else the Haar cascade), then CodeFormer for the faces it finds."""
+    explicit = str(params.get("face_detector", "auto")) == "yunet"  # (as detect_faces reads it)
+    return ((YUNET_ID,) if explicit else ()) + (CODEFORMER_ID,)
+
+
 @register_step(
     "face_codeformer",
     models=(CODEFORMER_ID, YUNET_ID),
     description="Restore faces with CodeFormer (YuNet detection, FFHQ alignment, paste-back).",
     defaults={"fidelity": 0.7, "min_face": 48, "max_faces": 32, "face_detector": "auto",
               "face_score": 0.7},
+    loads=_face_models,
 )
 def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     min_face = int(params.get("min_face", 48))

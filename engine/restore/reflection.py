@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 # (call_cancellable) and ends before the next starts
 _TELEA_SLOT = threading.Lock()
 _LAMA_SLOT = threading.Lock()
+# one reduction of a whole photo for the glare detector at a time (a cancelled job's is
+# abandoned: see detect_glare)
+_REDUCE_SLOT = threading.Lock()
 
 
 # ------------------------------------------------------------------------- mask helpers
@@ -185,7 +188,8 @@ def detect_glare(image: np.ndarray, *, sensitivity: float = 1.0,
     are grown by 2 px to cover halos. When more than ``max_area`` of the frame is flagged,
     only the brightest regions up to that share are kept (a photo is not mostly
     reflection). ``sensitivity`` > 1 finds weaker glare. ``check`` (a progress's ``check``)
-    is called between the stages (a 12 MP photo took 0.9 s without a look at the cancel).
+    is called between the stages (a 12 MP photo took 0.9 s without a look at the cancel), and
+    the first reduction of a large photo is abandoned on a cancel (:func:`call_cancellable`).
     """
     import cv2
 
@@ -195,8 +199,12 @@ def detect_glare(image: np.ndarray, *, sensitivity: float = 1.0,
 
     h, w = image.shape[:2]
     s = min(1.0, DETECT_SIDE / max(h, w))
-    view = image if s >= 1.0 else cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
-                                             interpolation=cv2.INTER_AREA)
+    # (one whole-photo resize that nothing can stop part-way - 0.29-0.34 s at 120 MP on an idle
+    # 2-core machine, more on a busy one - is abandoned on a cancel)
+    view = image if s >= 1.0 else call_cancellable(
+        lambda: cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))),
+                           interpolation=cv2.INTER_AREA),
+        check, slot=_REDUCE_SLOT, name="mend-glare-view")
     step()
     view = np.clip(view.astype(np.float32), 0.0, 1.0)
     vh, vw = view.shape[:2]
@@ -458,11 +466,30 @@ def yolo_detect(image: np.ndarray, runtime: Any, conf: float = 0.25
 
 # ------------------------------------------------------------------------------ steps
 
+DETECTORS = ("auto", "yolo", "sam", "builtin")
+
+
+def _detector(params: Mapping[str, Any]) -> str:
+    """The ``detector`` param as ``reflection_mask`` reads it (any case)."""
+    return str(params.get("detector", "auto")).lower()
+
+
+def _mask_models(params: Mapping[str, Any], mask: bool) -> tuple[str, ...]:
+    """The models ``reflection_mask`` loads (``StepSpec.loads``): none with a given mask (it is
+    used as it is); the YOLO slot or SAM when the ``detector`` param chooses it (the step fails
+    without it), none for ``auto`` and ``builtin`` (``auto`` uses them only when installed; with
+    YOLO, SAM refines its boxes only when installed)."""
+    if mask:
+        return ()
+    return {"yolo": (YOLO_ID,), "sam": (SAM_ID,)}.get(_detector(params), ())
+
+
 @register_step(
     "reflection_mask",
     models=(YOLO_ID, SAM_ID),
     description="Find strong reflections / glare and build the editable removal mask.",
     defaults={"detector": "auto", "sensitivity": 1.0, "max_area": 0.35},
+    loads=_mask_models,
 )
 def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     given = image
@@ -473,8 +500,8 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
         ctx.progress.update(1.0, "using your mask")
         share = float((ctx.mask > 127).mean())
         return StepOutput(image, "user:mask", f"mask given by the user ({share:.1%} of the photo)")
-    detector = str(params.get("detector", "auto")).lower()
-    if detector not in ("auto", "yolo", "sam", "builtin"):
+    detector = _detector(params)
+    if detector not in DETECTORS:
         raise EngineError(f"unknown reflection detector {detector!r} (auto, yolo, sam, builtin)")
     rt = ctx.runtime
     have_yolo = rt is not None and rt.is_available(YOLO_ID)
@@ -841,11 +868,28 @@ def inpaint_builtin(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     return StepOutput(out, "builtin:telea", "masked regions filled")
 
 
+def _dereflect_strength(params: Mapping[str, Any]) -> float:
+    """``dereflect_nafnet``'s ``strength``, clipped to 0..1 (as the step blends)."""
+    return float(np.clip(params.get("strength", 1.0), 0.0, 1.0))
+
+
+def _dereflect_models(params: Mapping[str, Any], mask: bool) -> tuple[str, ...]:
+    """NAFNet, unless the strength is 0 (or below): the step then hands its input on
+    untouched and loads nothing (``StepSpec.loads``). A strength it cannot read counts: the
+    step says what is wrong with it."""
+    try:
+        off = _dereflect_strength(params) <= 0
+    except (TypeError, ValueError):
+        off = False
+    return () if off else (NAFNET_SIDD,)
+
+
 @register_step(
     "dereflect_nafnet",
     models=(NAFNET_SIDD,),
     description="NAFNet refinement for weak reflections (public SIDD weights: see notes).",
     defaults={"strength": 1.0, "tile": None},
+    loads=_dereflect_models,
 )
 def dereflect_nafnet(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext
                      ) -> StepOutput:
@@ -855,15 +899,17 @@ def dereflect_nafnet(image: np.ndarray, params: Mapping[str, Any], ctx: StepCont
     substitute is ``nafnet-sidd-w64``, NAFNet width 64 trained on SIDD real camera-noise
     denoising (MIT). It suppresses faint, low-contrast residue such as noise and smooth
     ghosting left after inpainting; it was never trained to separate a reflection layer and
-    will not remove a visible reflection. ``strength`` (0..1) blends it with its input.
+    will not remove a visible reflection. ``strength`` (0..1) blends it with its input; at 0
+    the step changes nothing and loads nothing (nor does the job need NAFNet installed).
     """
     from ..tiling import run_tiled, torch_fn
 
     tile = step_tile(params, ctx, "dereflect_nafnet")
-    strength = float(np.clip(params.get("strength", 1.0), 0.0, 1.0))
+    strength = _dereflect_strength(params)
     if strength <= 0:
         ctx.progress.update(1.0, "off")
-        return StepOutput(image, NAFNET_SIDD, "skipped: strength 0")
+        # (no model: the result's models do not name NAFNet, which may not be installed)
+        return StepOutput(image, "builtin:off", "skipped: strength 0 (NAFNet not loaded)")
     ctx.progress.update(0.0, "loading NAFNet")
     desc = ctx.runtime.load_image_model(NAFNET_SIDD)
     dtype = next(desc.model.parameters()).dtype

@@ -114,6 +114,9 @@ class StepOutput:
 
 
 StepFn = Callable[[np.ndarray, Mapping[str, Any], StepContext], StepOutput]
+# (params with the step's defaults merged in, whether the job gives a reflection mask) -> the
+# model ids the step loads, in the order it loads them
+LoadsFn = Callable[[Mapping[str, Any], bool], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,16 @@ class StepSpec:
     models: tuple[str, ...]  # model ids it may need (for packs and "what will download")
     description: str
     defaults: Mapping[str, Any]
+    # the models the step loads with these params (``pipeline.plan_models``: a job lacking one
+    # fails before any step runs), for a step whose params decide that: an explicit choice of
+    # a model it otherwise uses only when installed (a detector), none at a strength that
+    # changes nothing. None: every id of ``models`` but the optional ones
+    # (``profiles.OPTIONAL_MODELS``), the ``model`` param's choice in place of the others
+    loads: LoadsFn | None = None
+    # ``requires(params)`` raises, before any step runs, what the step would raise when it
+    # starts for what its params need that is no model of the store (a Python package: the
+    # PaddleOCR backend); None: nothing beyond its models
+    requires: Callable[[Mapping[str, Any]], None] | None = None
 
 
 STEPS: dict[str, StepSpec] = {}
@@ -134,12 +147,14 @@ def register_step(
     models: tuple[str, ...] = (),
     description: str = "",
     defaults: Mapping[str, Any] | None = None,
+    loads: LoadsFn | None = None,
+    requires: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Callable[[StepFn], StepFn]:
     def deco(fn: StepFn) -> StepFn:
         if name in STEPS:
             raise RuntimeError(f"step {name!r} registered twice")
         STEPS[name] = StepSpec(name, fn, tuple(models), description or (fn.__doc__ or "").strip(),
-                               dict(defaults or {}))
+                               dict(defaults or {}), loads, requires)
         return fn
 
     return deco

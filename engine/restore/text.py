@@ -70,6 +70,8 @@ class RapidOCRBackend:
     """PP-OCR (det + rec) through rapidocr's bundled ONNX models: no download."""
 
     name = "rapidocr"
+    # the store's model it loads: ``pp-ocr``, bundled with rapidocr (installed when it is)
+    model_id: str | None = "pp-ocr"
 
     def __init__(self, threads: int | None = None) -> None:
         try:
@@ -192,14 +194,26 @@ class PaddleOCRBackend:
     its models unless they are already cached."""
 
     name = "paddleocr"
+    # none of the store's: PaddleOCR's own models, which it fetches and keeps itself (rapidocr's
+    # bundled ``pp-ocr`` is not used)
+    model_id: str | None = None
+    _MISSING = "paddleocr is not installed (pip install paddleocr)"
 
     def __init__(self) -> None:
         try:
             from paddleocr import PaddleOCR
         except ImportError as e:
-            raise ModelMissing("pp-ocr", "paddleocr is not installed (pip install paddleocr)") \
-                from e
+            raise ModelMissing("pp-ocr", self._MISSING) from e
         self._ocr = PaddleOCR()
+
+    @classmethod
+    def require(cls) -> None:
+        """Raise what making one would raise when paddleocr is not installed (without
+        importing it)."""
+        import importlib.util
+
+        if importlib.util.find_spec("paddleocr") is None:
+            raise ModelMissing("pp-ocr", cls._MISSING)
 
     def detect(self, bgr: np.ndarray) -> list[np.ndarray]:
         res = self._ocr.predict(bgr)
@@ -225,12 +239,20 @@ class PaddleOCRBackend:
 BACKENDS = {"rapidocr": RapidOCRBackend, "paddleocr": PaddleOCRBackend}
 
 
-def get_ocr(ctx: StepContext, backend: str = "auto"):
+def ocr_backend(backend: str = "auto") -> str:
+    """The OCR backend a ``text_fusion`` ``ocr`` param names (any case): ``auto`` is rapidocr
+    (PaddleOCR downloads at construction: only when chosen); an unknown name is a
+    :class:`UsageError`."""
     backend = (backend or "auto").lower()
     if backend == "auto":
-        backend = "rapidocr"  # PaddleOCR downloads at construction: only when chosen
+        backend = "rapidocr"
     if backend not in BACKENDS:
         raise UsageError(f"unknown OCR backend {backend!r} (auto, rapidocr or paddleocr)")
+    return backend
+
+
+def get_ocr(ctx: StepContext, backend: str = "auto"):
+    backend = ocr_backend(backend)
     cls = BACKENDS[backend]
 
     def make():
@@ -812,6 +834,25 @@ def _line_region(line: TextLine, source: np.ndarray, image: np.ndarray, pad: flo
 
 
 # --------------------------------------------------------------------------- the step
+def _text_models(params: Mapping[str, Any], mask: bool) -> tuple[str, ...]:
+    """The models ``text_fusion`` loads (``StepSpec.loads``): its OCR backend's from the store
+    (rapidocr's bundled ``pp-ocr``; none for PaddleOCR, see :func:`_text_requires`), then the
+    Real-ESRGAN its ``model`` param names, for the text regions it finds."""
+    try:
+        ocr = BACKENDS[ocr_backend(str(params.get("ocr", "auto")))].model_id
+    except UsageError:  # (said before any step runs: _text_requires)
+        ocr = None
+    return tuple(m for m in (ocr, str(params.get("model", "realesrgan-x4plus"))) if m)
+
+
+def _text_requires(params: Mapping[str, Any]) -> None:
+    """What ``text_fusion`` raises when it starts for its ``ocr`` param (``StepSpec.requires``):
+    an unknown backend, or PaddleOCR chosen and not installed."""
+    require = getattr(BACKENDS[ocr_backend(str(params.get("ocr", "auto")))], "require", None)
+    if require is not None:
+        require()
+
+
 @register_step(
     "text_fusion",
     models=("pp-ocr", "realesrgan-x4plus"),
@@ -819,6 +860,8 @@ def _line_region(line: TextLine, source: np.ndarray, image: np.ndarray, pad: flo
                 "Real-ESRGAN and blend them into the result.",
     defaults={"ocr": "auto", "model": "realesrgan-x4plus", "pad": 0.3, "guard": True,
               "det_max_side": 2048, "det_tile": 1280},
+    loads=_text_models,
+    requires=_text_requires,
 )
 def text_fusion(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     model_id = str(params.get("model", "realesrgan-x4plus"))

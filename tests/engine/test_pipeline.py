@@ -120,11 +120,11 @@ def marks(monkeypatch):
     return ran
 
 
-def _fails_before_the_steps(engine, src, out, plan, marks, region=None):
-    """The ModelMissing the job raised, after checking that no step ran and nothing was
-    written."""
+def _fails_before_the_steps(engine, src, out, plan, marks, region=None, error=ModelMissing):
+    """The ModelMissing (or ``error``) the job raised, after checking that no step ran and
+    nothing was written."""
     said: list[str] = []
-    with pytest.raises(ModelMissing) as e:
+    with pytest.raises(error) as e:
         engine.run(JobRequest(src, OutputOptions(out_dir=out), plan=plan, diagnosis=_DIAG,
                               profile=plan.profile, guard=False, region=region),
                    Progress(lambda f, m: said.append(m)))
@@ -214,6 +214,200 @@ def test_a_damaged_model_is_reported_before_any_step_runs(tmp_path, nafnet_store
                                                    diagnosis=_DIAG, profile="laptop",
                                                    guard=False))
     assert marks == [] and (not out.exists() or not any(out.iterdir()))
+
+
+def test_a_step_at_strength_0_needs_and_loads_no_model(tmp_path, marks):
+    """dereflect_nafnet at strength 0 hands its input on untouched, but the plan still counted
+    NAFNet: a photographer who turned the step down to 0 because the model is missing got
+    "model 'nafnet-sidd-w64' is not installed" instead of a result. Now the job runs, the step
+    says it was skipped, and NAFNet is neither loaded nor named among the result's models; at
+    any strength above 0 it is still required before any step."""
+    from engine.pipeline import plan_models
+
+    src = _photo(tmp_path / "in.png")
+    out = tmp_path / "out"
+    engine = Engine("cpu", tile_size=64)  # (an empty store)
+
+    def plan(strength):
+        return Plan(Degradation.B, "laptop", (
+            Step("marks"), Step("reflection_mask", {"detector": "builtin"}),
+            Step("inpaint_builtin"), Step("sharpen_builtin", {"strength": 0.5}),
+            Step("dereflect_nafnet", {"strength": strength})))
+
+    for off in (0, 0.0, -0.5):  # (the step clips its strength to 0..1)
+        assert plan_models(plan(off)) == []
+        prepared = engine.prepare(JobRequest(src, OutputOptions(out_dir=out), plan=plan(off),
+                                             diagnosis=_DIAG, profile="laptop"))
+        assert not [w for w in prepared.warnings if "not installed" in w], prepared.warnings
+    res = engine.run(JobRequest(src, OutputOptions(out_dir=out), plan=plan(0), diagnosis=_DIAG,
+                                profile="laptop", guard=False))
+    step = {s.name: s for s in res.steps}["dereflect_nafnet"]
+    assert step.notes.startswith("skipped: strength 0") and step.model == "builtin:off"
+    assert "nafnet-sidd-w64" not in res.models and not res.kept_original
+    record = read_record(res.output)  # (what the file says was done: no NAFNet)
+    assert record["models"] == ["test:marks"] and record["steps"][-1]["model"] == "builtin:off"
+    assert not [k for k in engine.runtime.cached_keys() if "nafnet-sidd-w64" in str(k)]
+    marks.clear()
+    for on in (0.05, 1.0, None):  # (None: the step's default, 1.0)
+        p = plan(on) if on is not None else replace(
+            plan(0), steps=plan(0).steps[:4] + (Step("dereflect_nafnet"),))
+        assert plan_models(p) == ["nafnet-sidd-w64"]
+        err = _fails_before_the_steps(engine, src, tmp_path / "none", p, marks)
+        assert err.model_ids == ("nafnet-sidd-w64",)
+
+
+def test_an_optional_model_chosen_explicitly_is_required_before_any_step(tmp_path, marks):
+    """The glare detector's ``detector`` param set to "sam" or "yolo" (the plan editor's
+    choice; no profile plans either), or the face step's ``face_detector`` to "yunet": those
+    models were dropped from the plan's needs with the optional ones, so a job lacking the one
+    its user chose ran the steps before it and then failed (or, SAM with no glare found,
+    silently did without it). Now such a job fails before any step with the error the step
+    gives when it loads the model; "auto" (the default) still falls back quietly, and a given
+    mask, which the step uses instead of detecting, needs no detector."""
+    from engine.imageio import save_mask
+    from engine.pipeline import plan_models
+    from engine.restore.registry import StepContext, get_step
+
+    src = _photo(tmp_path / "in.png")
+    out, none = tmp_path / "out", tmp_path / "none"  # (the jobs that run, those that fail)
+    engine = Engine("cpu", tile_size=64)
+
+    def glare(detector):
+        return Plan(Degradation.B, "builtin", (Step("marks"),
+                                               Step("reflection_mask", {"detector": detector}),
+                                               Step("inpaint_builtin")))
+
+    ctx = StepContext(device=engine.device, progress=Progress(), runtime=engine.runtime)
+    # YOLO: the error the step raises when it loads the slot (which says how to fill it)
+    with pytest.raises(ModelMissing) as by_step:
+        get_step("reflection_mask").fn(np.zeros((8, 8, 3), np.float32), {"detector": "yolo"},
+                                       ctx)
+    for detector in ("yolo", "YOLO"):  # (the step reads it in any case)
+        err = _fails_before_the_steps(engine, src, none, glare(detector), marks)
+        assert err.model_ids == ("reflection-yolo",) and str(err) == str(by_step.value)
+        assert "MEND_REFLECTION_YOLO" in str(err)
+    # SAM: the store's error for it, as load_sam gets it
+    with pytest.raises(ModelMissing) as by_load:
+        engine.runtime.path("sam-vit-base")
+    err = _fails_before_the_steps(engine, src, none, glare("sam"), marks)
+    assert err.model_ids == ("sam-vit-base",) and str(err) == str(by_load.value)
+    assert "mend models pull sam-vit-base" in str(err)
+    # with a missing model after it: both named at once
+    both = replace(glare("sam"), steps=glare("sam").steps + (Step("deblur_nafnet"),))
+    err = _fails_before_the_steps(engine, src, none, both, marks)
+    assert err.model_ids == ("sam-vit-base", "nafnet-gopro-w64")
+    prepared = engine.prepare(JobRequest(src, OutputOptions(out_dir=out), plan=glare("sam"),
+                                         diagnosis=_DIAG, profile="builtin"))
+    assert any("sam-vit-base" in w and "not installed" in w for w in prepared.warnings)
+    # the default preference: the built-in glare detector, quietly
+    for detector in ("auto", "builtin"):
+        assert plan_models(glare(detector)) == []
+        res = engine.run(JobRequest(src, OutputOptions(out_dir=out), plan=glare(detector),
+                                    diagnosis=_DIAG, profile="builtin", guard=False))
+        assert marks and res.steps[1].model == "builtin:glare"
+        marks.clear()
+    # a mask given to the job: no detector runs, none is needed
+    mask = np.zeros((96, 128), np.uint8)
+    mask[30:50, 40:70] = 255
+    res = engine.run(JobRequest(src, OutputOptions(out_dir=out), plan=glare("sam"),
+                                diagnosis=_DIAG, profile="builtin", guard=False,
+                                mask_path=save_mask(mask, tmp_path / "mask.png")))
+    assert res.steps[1].model == "user:mask" and res.steps[2].notes == "masked regions filled"
+    marks.clear()
+
+    # YuNet chosen for the faces (CodeFormer installed: a stand-in, never loaded here)
+    store = install_stand_in(tmp_path / "store", "codeformer")
+    engine = Engine("cpu", store, tile_size=64)
+    faces = Plan(Degradation.C, "laptop", (Step("marks"), Step(
+        "face_codeformer", {"face_detector": "yunet"})))
+    ctx = StepContext(device=engine.device, progress=Progress(), runtime=engine.runtime)
+    with pytest.raises(ModelMissing) as by_step:
+        get_step("face_codeformer").fn(np.zeros((8, 8, 3), np.float32),
+                                       {"face_detector": "yunet"}, ctx)
+    err = _fails_before_the_steps(engine, src, none, faces, marks)
+    assert err.model_ids == ("yunet-2023mar",) and str(err) == str(by_step.value)
+    auto = Plan(Degradation.C, "laptop", (Step("marks"), Step("face_codeformer")))
+    assert plan_models(auto) == ["codeformer"]
+    res = engine.run(JobRequest(src, OutputOptions(out_dir=out), plan=auto, diagnosis=_DIAG,
+                                profile="laptop", guard=False))
+    assert marks and res.steps[1].model == "builtin:haar"
+
+
+def _paddleocr_module(installed: bool):
+    """What ``import paddleocr`` finds: nothing, or a PaddleOCR that finds no text."""
+    import importlib.machinery
+    import types
+
+    if not installed:
+        return None  # (sys.modules[name] = None: the import fails, find_spec finds nothing)
+
+    class PaddleOCR:
+        def predict(self, bgr):
+            return []
+
+    mod = types.ModuleType("paddleocr")
+    mod.__spec__ = importlib.machinery.ModuleSpec("paddleocr", None)
+    mod.PaddleOCR = PaddleOCR
+    return mod
+
+
+def test_the_text_step_needs_the_models_of_the_ocr_backend_it_uses(tmp_path, marks,
+                                                                    monkeypatch):
+    """The text step's ``ocr`` param "paddleocr": the plan required ``pp-ocr`` (rapidocr's
+    bundled models, which that backend never loads) and not PaddleOCR, so a job without
+    PaddleOCR ran the steps before it and then failed, and one with PaddleOCR but without
+    rapidocr failed on a model it does not use. Now the backend's own needs count: rapidocr's
+    ``pp-ocr``, or the paddleocr package, checked before any step with the step's own error;
+    an unknown backend is refused before any step too."""
+    import sys
+
+    from engine.errors import UsageError
+    from engine.models import store as store_mod
+    from engine.pipeline import plan_models
+    from engine.restore.text import PaddleOCRBackend
+    from tests.tiny_models import write_compact
+
+    src = _photo(tmp_path / "in.png")
+    out, none = tmp_path / "out", tmp_path / "none"  # (the jobs that run, those that fail)
+    store = install_test_model(tmp_path / "store", "realesr-general-x4v3",
+                               write_compact(tmp_path / "build", num_feat=8, num_conv=2))
+    engine = Engine("cpu", store, tile_size=64)
+
+    def text(ocr):
+        return Plan(Degradation.A, "laptop", (Step("marks"), Step(
+            "text_fusion", {"ocr": ocr, "model": "realesr-general-x4v3"})))
+
+    for ocr in ("auto", "rapidocr", "RapidOCR"):
+        assert plan_models(text(ocr)) == ["pp-ocr", "realesr-general-x4v3"]
+    for ocr in ("paddleocr", "PaddleOCR"):
+        assert plan_models(text(ocr)) == ["realesr-general-x4v3"]
+
+    # PaddleOCR not installed: the step's own error, before any step
+    monkeypatch.setitem(sys.modules, "paddleocr", _paddleocr_module(False))
+    with pytest.raises(ModelMissing) as by_step:
+        PaddleOCRBackend()
+    err = _fails_before_the_steps(engine, src, none, text("paddleocr"), marks)
+    assert str(err) == str(by_step.value) and "pip install paddleocr" in str(err)
+    prepared = engine.prepare(JobRequest(src, OutputOptions(out_dir=out),
+                                         plan=text("paddleocr"), diagnosis=_DIAG,
+                                         profile="laptop"))
+    assert any("the run would stop" in w and "paddleocr is not installed" in w
+               for w in prepared.warnings), prepared.warnings
+    err = _fails_before_the_steps(engine, src, none, text("tesseract"), marks, error=UsageError)
+    assert "unknown OCR backend 'tesseract'" in str(err)
+
+    # PaddleOCR installed, rapidocr not: the job runs (pp-ocr is not asked for)
+    monkeypatch.setitem(sys.modules, "paddleocr", _paddleocr_module(True))
+    monkeypatch.setattr(store_mod, "_package_present",
+                        lambda spec: spec.extra.get("package") != "rapidocr")
+    assert not engine.runtime.is_available("pp-ocr")
+    res = engine.run(JobRequest(src, OutputOptions(out_dir=out), plan=text("paddleocr"),
+                                diagnosis=_DIAG, profile="laptop", guard=False))
+    assert marks and res.steps[1].model == "paddleocr:pp-ocr"
+    assert res.steps[1].notes == "no text found"
+    marks.clear()
+    # (rapidocr's plan does need it)
+    assert _fails_before_the_steps(engine, src, none, text("auto"), marks).model_ids == ("pp-ocr",)
 
 
 def test_user_mask_drives_chain_b_and_is_saved_with_the_job(tmp_path):
