@@ -144,7 +144,7 @@ class StepEstimate:
     name: str
     model: str | None
     seconds: float | None
-    basis: str  # "measured" | "reference" | "unknown"
+    basis: str  # "measured" | "reference" | "unknown" | "off" (a strength of 0: no time)
 
 
 @dataclass(frozen=True)
@@ -245,6 +245,16 @@ def step_multiplier(name: str, params: Mapping[str, Any]) -> int:
         return max(1, int(params.get(key, default)))
     except (TypeError, ValueError):
         return max(1, default)
+
+
+def step_off(params: Mapping[str, Any]) -> bool:
+    """Whether a step with a ``strength`` parameter is turned off by it: every such step
+    (``denoise_builtin``, ``sharpen_builtin``, ``deblur_builtin``, ``dereflect_nafnet``) hands
+    its input on untouched at a strength of 0 or below."""
+    try:
+        return float(params.get("strength", 1.0)) <= 0
+    except (TypeError, ValueError):
+        return False
 
 
 def step_work_units(name: str, params: Mapping[str, Any], pixels: int) -> float:
@@ -671,6 +681,10 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
             spec_models, defaults = spec.models, dict(spec.defaults)
         except UsageError:  # an unknown step fails when the plan runs, not here
             spec_models, defaults = (), {}
+        if "strength" in defaults and step_off({**defaults, **step.params}):
+            # (it hands its input on untouched, loads and measures nothing: no time, no memory)
+            steps.append(StepEstimate(step.name, model, 0.0, "off"))
+            continue
         # (history and reference figures are per unit: per InvSR sampling step)
         units = work_units(step.name, pixels) * step_multiplier(step.name,
                                                                 {**defaults, **step.params})

@@ -345,8 +345,11 @@ def _tiled(image: np.ndarray, fn, ctx: StepContext, overlap: int = 32) -> np.nda
     defaults={"strength": 1.0, "sigma": None},
 )
 def denoise_builtin(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
-    sigma, source = _sigma_for(image, params, ctx)
     strength = float(params.get("strength", 1.0))
+    if strength <= 0:  # (nothing to measure either)
+        ctx.progress.update(1.0, "denoising off")
+        return StepOutput(image, "builtin:nlm", "skipped: strength 0")
+    sigma, source = _sigma_for(image, params, ctx)
     if sigma * strength < MIN_DENOISE_SIGMA:
         ctx.progress.update(1.0, "no visible noise")
         return StepOutput(image, "builtin:nlm",

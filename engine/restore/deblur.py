@@ -278,6 +278,12 @@ def _blur_estimate(params: Mapping[str, Any], ctx: StepContext) -> tuple[float |
 def deblur_builtin(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     from .classical import estimate_noise_sigma, unsharp_mask
 
+    # (first: at strength 0 the step changes nothing, neither the mild sharpening it falls back
+    # on when its blur estimate is not confident nor the deconvolution, and measures nothing)
+    strength = float(np.clip(_num(params.get("strength", 1.0)) or 0.0, 0.0, 1.0))
+    if strength <= 0:
+        ctx.progress.update(1.0, "deblurring off")
+        return StepOutput(image, "builtin:wiener", "skipped: strength 0")
     length, angle = _blur_estimate(params, ctx)
     if length is None or not math.isfinite(length) or length < MIN_BLUR_LENGTH:
         ctx.progress.update(1.0, "no measurable motion blur")
@@ -293,6 +299,7 @@ def deblur_builtin(image: np.ndarray, params: Mapping[str, Any], ctx: StepContex
         ok, why = blur_confidence(length, _num(est.get("motion_evidence")))
         if not ok:
             amount, radius = FALLBACK_SHARPEN
+            amount *= strength  # (the step's strength scales what it does, this too)
             ctx.progress.update(0.0, "blur estimate not confident: mild sharpening")
             out = unsharp_mask(image, amount, radius)
             ctx.progress.update(1.0, "sharpened")
@@ -310,10 +317,6 @@ def deblur_builtin(image: np.ndarray, params: Mapping[str, Any], ctx: StepContex
     nsr, lam = regularisation(sigma)
     if params.get("nsr") is not None:
         nsr = float(params["nsr"])
-    strength = float(np.clip(_num(params.get("strength", 1.0)) or 0.0, 0.0, 1.0))
-    if strength <= 0:
-        ctx.progress.update(1.0, "deblurring off")
-        return StepOutput(image, "builtin:wiener", "skipped: strength 0")
     psf = motion_psf(length, angle)
     ctx.progress.update(0.0, f"deconvolving {length:.0f} px motion blur")
     out = wiener_deconvolve(image, psf, nsr, ctx.progress, grad_weight=lam,

@@ -164,6 +164,24 @@ def test_deblur_builtin_trusts_only_confident_estimates():
     assert np.allclose(half.image, blurred + 0.5 * (out.image - blurred), atol=2e-3)
 
 
+def test_deblur_builtin_at_strength_0_changes_nothing_even_where_it_would_sharpen():
+    """Its fallback when the blur estimate is not confident (a mild unsharp mask) follows the
+    strength too: at 0 the photo is handed on untouched, at 0.5 half the sharpening."""
+    sharp = _scene()
+    blurred = cv2.filter2D(sharp, -1, motion_psf(11.0, 0.0), borderType=cv2.BORDER_REFLECT)
+    step = get_step("deblur_builtin").fn
+    weak = {"blur_length": 5.2, "blur_angle": 0.0, "motion_evidence": 7.0}  # not confident
+    full = step(blurred, {}, _ctx(diagnosis=_diag(**weak)))
+    assert full.notes.startswith("no deconvolution")
+    assert np.abs(full.image - blurred).max() > 0.01  # (it sharpens)
+    off = step(blurred, {"strength": 0.0}, _ctx(diagnosis=_diag(**weak)))
+    assert off.notes == "skipped: strength 0"
+    assert np.array_equal(off.image, blurred)
+    half = step(blurred, {"strength": 0.5}, _ctx(diagnosis=_diag(**weak)))
+    # (an unsharp mask is linear in its amount)
+    assert np.allclose(half.image, blurred + 0.5 * (full.image - blurred), atol=2e-3)
+
+
 def _five_smooth(n: int) -> bool:
     for f in (2, 3, 5):
         while n % f == 0:

@@ -67,6 +67,23 @@ def test_disabled_steps_and_passthrough_cost_nothing():
     assert "nothing to run" in est.describe()
 
 
+def test_steps_turned_off_by_a_strength_of_0_cost_no_time_and_no_model_memory():
+    memory = {"nafnet-sidd-w64": 400 << 20}
+    on = _plan(Step("reflection_mask"), Step("dereflect_nafnet"), Step("denoise_builtin"),
+               label=Degradation.B)
+    off = _plan(Step("reflection_mask"), Step("dereflect_nafnet", {"strength": 0}),
+                Step("denoise_builtin", {"strength": 0.0}), label=Degradation.B)
+    e_on = estimate_plan(on, (3000, 4000), device_kind="cpu", threads=1, model_memory=memory)
+    e_off = estimate_plan(off, (3000, 4000), device_kind="cpu", threads=1, model_memory=memory)
+    by_name = {s.name: s for s in e_off.steps}
+    assert by_name["dereflect_nafnet"].seconds == 0 and by_name["dereflect_nafnet"].basis == "off"
+    assert by_name["denoise_builtin"].seconds == 0
+    assert e_off.seconds == pytest.approx(
+        next(s.seconds for s in e_on.steps if s.name == "reflection_mask"))
+    assert e_off.seconds < e_on.seconds
+    assert e_off.peak_bytes < e_on.peak_bytes  # (NAFNet's weights are not loaded)
+
+
 def test_memory_counts_the_largest_model_and_the_upscaled_buffers():
     small = estimate_plan(_plan(Step("upscale_builtin", {"scale": 1})), (1000, 1000),
                           device_kind="cpu", threads=1)
