@@ -407,6 +407,10 @@ def _emit(signal_owner: QObject, name: str, *args: Any) -> bool:
     return True
 
 
+# what a retry hook returns for a job to be retried later, not now (``EngineClient.retry``)
+RETRY_LATER: Any = object()
+
+
 # engine threads that did not stop within shutdown()'s timeout: kept referenced until they end,
 # so that the client's destruction does not destroy a running QThread (which aborts the app)
 _STRAGGLERS: list[tuple[QThread, QObject]] = []
@@ -632,12 +636,15 @@ class EngineClient(QObject):
 
     def set_retry_hook(self, hook: Callable[[JobInfo, Any], Any] | None) -> None:
         """``hook(info, payload)`` of a job retried gives what its retry sends (None: the same
-        payload): the window's, which leaves out a reflection mask deleted since."""
+        payload; ``RETRY_LATER``: nothing yet, the hook's owner retries it again once it can
+        run): the window's, which leaves out a reflection mask deleted since, and retries a fix
+        once the mask painted since is written."""
         self._retry_hook = hook
 
     def retry(self, job_id: int) -> int | None:
         """Queue a cancelled or failed job again (once): its payload, or what the retry hook
-        makes of it. Returns the new job's id (None: not retried)."""
+        makes of it. Returns the new job's id (None: not retried, or not yet: the hook said
+        ``RETRY_LATER``)."""
         job = self._jobs.get(job_id)
         if job is None or not job.info.state.finished or job.info.state is JobState.DONE \
                 or job.retried:
@@ -645,6 +652,8 @@ class EngineClient(QObject):
         payload = job.payload
         if self._retry_hook is not None:
             revised = self._retry_hook(job.info, payload)
+            if revised is RETRY_LATER:
+                return None
             payload = payload if revised is None else revised
         new_id = self._add(job.info.kind, job.info.path, payload, job.info.title)
         job.retried = True

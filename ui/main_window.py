@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QPushButton,
     QSlider,
@@ -53,6 +54,7 @@ from .editor.canvas import Compare
 from .editor.mask import MaskDocument
 from .editor.mask_canvas import MaskCanvas
 from .engine_client import (
+    RETRY_LATER,
     DiagnoseOutcome,
     EngineClient,
     JobInfo,
@@ -240,6 +242,11 @@ class MainWindow(QMainWindow):
         self._mask_on_disk: dict[Path, int] = {}  # the write whose mask is on the disk
         self._mask_deleted_at: dict[Path, int] = {}  # the latest "Delete mask" (a write number)
         self._mask_jobs: dict[int, Path] = {}  # fixes and previews that read a mask file
+        # Retries of fixes that read a mask, waiting for the mask painted since to be written
+        # (job id -> its waiter in _mask_waiters, weakly: one dropped there is gone), and the
+        # mask written for each (job id -> path)
+        self._retries_waiting: dict[int, weakref.ref[Callable[[Path | None], None]]] = {}
+        self._retry_masks: dict[int, Path] = {}
         # "Preview fix here": the preview shown (one at a time: up to 4096 px a side after an
         # x4 chain), and the preview jobs queued, running or being decoded (job id -> photo);
         # one dropped from here (the plan changed, a fix finished) is thrown away when it ends
@@ -388,6 +395,8 @@ class MainWindow(QMainWindow):
             weak_slot(self, lambda w, *_: w._on_selection_changed()))
         self.grid.activated_path.connect(self.show_viewer)
         self.grid.folder_dropped.connect(self.open_folder)
+        self.grid.menu_requested.connect(
+            weak_slot(self, lambda w, _path, pos: w._show_grid_menu(pos)))
         self.grid.set_placeholder("Drop a folder of photos here, or File ▸ Open folder…")
         lay.addWidget(self.grid, 1)
         self.model.rowsInserted.connect(weak_slot(self, lambda w, *_: w._update_count()))
@@ -568,6 +577,24 @@ class MainWindow(QMainWindow):
         pm.addAction(self.discard_preview_action)
         self.cancel_all_action = pm.addAction("Cancel all jobs")
         self.cancel_all_action.triggered.connect(self.cancel_all)
+        pm.addSeparator()
+        # "Delete mask…" of the mask editor, also where the photo is picked (the browser):
+        # here and in the thumbnails' context menu, for the current photo when it has a mask
+        # of the photographer's
+        self.photo_delete_mask_action = pm.addAction("Delete &mask…")
+        self.photo_delete_mask_action.setToolTip(self.delete_mask_action.toolTip())
+        self.photo_delete_mask_action.triggered.connect(self._delete_mask_dialog)
+        pm.aboutToShow.connect(self._update_mask_actions)
+        self.photo_menu = pm
+        # the thumbnails' context menu: the photo right-clicked (made the current one)
+        self.grid_menu = QMenu(self)
+        self.grid_menu.addAction("View").triggered.connect(
+            weak_slot(self, lambda w: w.show_viewer()))
+        self.grid_menu.addAction("Edit mask").triggered.connect(self.show_mask_editor)
+        self.grid_menu.addAction(fx)
+        self.grid_menu.addSeparator()
+        self.grid_menu.addAction(self.photo_delete_mask_action)
+        self._update_mask_actions()
         vm = mb.addMenu("&View")
         self.space_action = vm.addAction("Toggle before/after")
         self.space_action.setShortcut(QKeySequence(Qt.Key.Key_Space))
@@ -645,6 +672,7 @@ class MainWindow(QMainWindow):
             if folder in p.parents:
                 self._state(p).mask_path = mask
         self.current = None
+        self._update_mask_actions()
         self.proxy.set_keep(None)
         self._view = None
         self.canvas.set_images(None, None)
@@ -926,9 +954,12 @@ class MainWindow(QMainWindow):
             self._show_state(path)
             if self.stack.currentIndex() == 1:
                 self.load_view(path)
+        else:
+            self._update_mask_actions()
 
     def _show_state(self, path: Path) -> None:
         st = self._state(path)
+        self._update_mask_actions()
         self.panel.set_record(st.record)
         if not st.record_read:
             self._read_record(path)
@@ -1628,19 +1659,64 @@ class MainWindow(QMainWindow):
             and self._mask_on_disk.get(path, 0) <= deleted
 
     def _retry_request(self, info: JobInfo, payload: Any) -> Any:
-        """What the queue panel's Retry of a fix or preview sends (``EngineClient.retry``):
-        the same request, without its reflection mask when the photographer deleted it since
-        (a fix cancelled by the deletion read a file that is gone, or removed what is no
-        longer to be removed), so that it runs as a new fix of the photo would. None: as
-        it was."""
-        if not isinstance(payload, JobRequest) or payload.mask_path is None \
-                or not self._mask_gone(payload.path):
+        """What the queue panel's Retry of a fix or preview sends (``EngineClient.retry``),
+        so that it runs as a new fix of the photo would: without its reflection mask when the
+        photographer deleted it since (a fix cancelled by the deletion read a file that is
+        gone, or removed what is no longer to be removed); with the photo's mask as painted
+        since when it reads one: once that mask is written (``RETRY_LATER``: queued at once,
+        it read the mask written before, as ``fix`` waits for it), and where it was written.
+        None: as it was."""
+        if not isinstance(payload, JobRequest) or payload.mask_path is None:
             return None
         path = Path(payload.path)
+        if self._mask_gone(path):
+            self._retry_masks.pop(info.id, None)
+            if info.kind is JobKind.RUN:
+                self.set_status(f"Retrying the fix of {path.name} without its reflection "
+                                "mask, which you deleted", photo=path)
+            return replace(payload, mask_path=None)
+        if not _reads_mask(payload):
+            return None  # (a class chosen whose chain reads no mask)
+        written = self._retry_masks.pop(info.id, None)  # (the mask it waited for)
+        if written is None:
+            doc = self._unsaved_mask(path)
+            if doc is not None or path in self._mask_waiters:
+                self._retry_after_mask(info, path, doc)
+                return RETRY_LATER
+            st = self.states.get(path)
+            written = st.mask_path if st is not None else None
+        return None if written in (None, payload.mask_path) \
+            else replace(payload, mask_path=written)
+
+    def _retry_after_mask(self, info: JobInfo, path: Path, doc: MaskDocument | None) -> None:
+        """Retry ``info``'s job once ``path``'s mask is written: ``doc``'s edits (written now),
+        or the write (or deletion) on its way. The photo shows as queued meanwhile; a second
+        Retry adds nothing; a deletion of the mask, a failed write or "Cancel all" drop it, as
+        they drop the fixes waiting for the mask (``fix``)."""
+        job_id = info.id
+        ref = self._retries_waiting.get(job_id)
+        waiting = ref() if ref is not None else None
+        if waiting is not None and waiting in self._mask_waiters.get(path, ()):
+            return
+
+        def retry(dest: Path | None) -> None:
+            self._retries_waiting.pop(job_id, None)
+            if dest is not None:
+                self._retry_masks[job_id] = dest
+            if self.client.retry(job_id) is None:
+                self._retry_masks.pop(job_id, None)
+
+        self._retries_waiting = {i: r for i, r in self._retries_waiting.items()
+                                 if r() is not None}  # (those dropped meanwhile)
+        self._retries_waiting[job_id] = weakref.ref(retry)
         if info.kind is JobKind.RUN:
-            self.set_status(f"Retrying the fix of {path.name} without its reflection mask, "
-                            "which you deleted", photo=path)
-        return replace(payload, mask_path=None)
+            self.model.update_item(path, job_state=JobState.QUEUED, error="")
+            self.set_status(f"Retrying the fix of {path.name} once its reflection mask is "
+                            "saved", photo=path)
+        if doc is not None:
+            self._write_mask(path, doc, retry)
+        else:
+            self._mask_waiters[path].append(retry)
 
     def _on_resubmitted(self, old_id: int, new_id: int) -> None:
         """A job retried from the queue panel: its result is this photo's, like the first's."""
@@ -1828,6 +1904,8 @@ class MainWindow(QMainWindow):
         busy_op, photo = object(), self.current
         doc.busy_changed.connect(weak_slot(self, lambda w, b: w._on_mask_busy(busy_op, photo, b)))
         doc.failed.connect(weak_slot(self, lambda w, msg: w.set_status(msg, photo=photo)))
+        # (edits not saved are a mask of the photographer's: "Delete mask…" in the Photo menu)
+        doc.undo.cleanChanged.connect(weak_slot(self, lambda w, _c: w._update_mask_actions()))
         doc.set_style(opacity=self.opacity_slider.value() / 100)
         if not readonly:
             st.mask_doc = doc
@@ -1968,6 +2046,7 @@ class MainWindow(QMainWindow):
         if on_done is not None:
             waiters.append(on_done)
         seq = self._mask_write_seq[path] = next(self._mask_write_ids)  # (the latest one)
+        self._update_mask_actions()
         # (in the pool; not the window's attributes: a write never holds the window)
         lock = self._mask_write_locks.setdefault(path, threading.Lock())
         on_disk = self._mask_on_disk
@@ -2005,6 +2084,7 @@ class MainWindow(QMainWindow):
                 if seq != self._mask_write_seq.get(path):
                     return  # a later write of this photo's mask follows: they wait for it
                 self._mask_write_seq.pop(path, None)
+                self._update_mask_actions()
                 for then in self._mask_waiters.pop(path, []):
                     then(p)
 
@@ -2016,6 +2096,7 @@ class MainWindow(QMainWindow):
                     self._mask_waiters.pop(path, None)
                     self.model.update_item(path, job_state=JobState.FAILED,
                                            error=f"Could not save the mask: {msg}")
+                self._update_mask_actions()
 
             self.bg.run(write, written, failed)
 
@@ -2039,10 +2120,29 @@ class MainWindow(QMainWindow):
 
     def has_own_mask(self, path: Path) -> bool:
         """``path`` has a reflection mask the photographer made: saved (or being written)
-        beside it, or edited and not saved yet."""
-        st = self.states.get(Path(path))
-        return st is not None and (st.mask_path is not None or Path(path) in self._mask_write_seq
-                                   or self._unsaved_mask(path) is not None)
+        beside it, or edited and not saved yet (a "Delete mask" on its way is no mask)."""
+        path = Path(path)
+        st = self.states.get(path)
+        writing = self._mask_write_seq.get(path)
+        return st is not None and (
+            st.mask_path is not None or self._unsaved_mask(path) is not None
+            or (writing is not None and writing != self._mask_deleted_at.get(path)))
+
+    def _update_mask_actions(self) -> None:
+        """"Delete mask…" of the Photo menu and the thumbnails' menu: only for a current photo
+        with a mask of the photographer's (asked again as those menus open)."""
+        action = getattr(self, "photo_delete_mask_action", None)  # (None: being built)
+        if action is not None:
+            cur = self.current
+            action.setEnabled(cur is not None and self.has_own_mask(cur))
+
+    def _show_grid_menu(self, pos: Any) -> None:
+        """The thumbnails' context menu, at ``pos`` (global), for the current photo (the grid
+        made the photo right-clicked the current one)."""
+        if self.current is None:
+            return
+        self._update_mask_actions()
+        self.grid_menu.popup(pos)
 
     def _delete_mask_dialog(self) -> None:
         """"Delete mask…": asks first (a deleted mask cannot be brought back)."""
@@ -2118,6 +2218,7 @@ class MainWindow(QMainWindow):
             if seq != self._mask_write_seq.get(path):
                 return  # a mask made since is being written: the fixes wait for it
             self._mask_write_seq.pop(path, None)
+            self._update_mask_actions()
             for then in self._mask_waiters.pop(path, []):
                 then(None)
 
@@ -2146,6 +2247,7 @@ class MainWindow(QMainWindow):
             if self._mask_waiters.pop(path, None):
                 self.model.update_item(path, job_state=JobState.FAILED,
                                        error=f"Could not delete the mask: {msg}")
+            self._update_mask_actions()
 
         self.bg.run(work, done, failed)
         # the editor and the viewer show no mask of this photo any more
@@ -2167,6 +2269,7 @@ class MainWindow(QMainWindow):
         if st.override is None and not st.plan_edited and (
                 st.plan is not None or st.plan_job is not None) and not self._closing:
             self._replan(path)
+        self._update_mask_actions()
         if path == self.current:
             self._show_state(path)
         diag = st.diagnosis

@@ -1,8 +1,10 @@
 """Non-destructive per-photo sidecars: diagnosis, plan, mask and outputs, restored on reopen.
 
 Beside the photos in ``<folder>/.mend/<photo name>.json`` (masks as ``<photo name>.mask.png``);
-when that folder is read-only, in the user data folder under a hash of the photo folder (a
-read-only ``.mend`` is still read; what is recorded in the user data folder since overrides it).
+when that folder is read-only, or sidecars are kept only in the user data folder
+(``beside_photos=False``), in the user data folder under a hash of the photo folder (the
+``.mend`` beside the photos is still read, never written; what is recorded in the user data
+folder since overrides it).
 A photo named near the file name limit gets its name shortened there, with a hash of the whole
 name.
 """
@@ -103,6 +105,8 @@ _KNOWN = frozenset(Sidecar()._known_json())
 
 class SidecarStore:
     def __init__(self, folder: Path, fallback_root: Path, *, beside_photos: bool = True) -> None:
+        """``beside_photos`` False: nothing is written in ``folder`` (sidecars and masks go to
+        the user data folder under ``fallback_root``); a ``.mend`` already there is read."""
         # (nothing is read from the disk here: a store is made on the GUI thread, when a folder
         # is opened or a job of another folder finishes; where its sidecars go is decided on its
         # first use, in the pool: on a network drive or a disk asleep a stat takes seconds)
@@ -127,24 +131,24 @@ class SidecarStore:
             # refuses; the bytes of a UTF-8 name are the same either way)
             h = hashlib.sha1(os.fsencode(self.folder.resolve())).hexdigest()[:16]
             in_data = self._fallback / h
-            beside_photos = self._beside_photos
-            if beside_photos and not _own_folder(beside, self.folder):
+            own = _own_folder(beside, self.folder)
+            if self._beside_photos and not own:
                 # a link (or junction) to another folder's .mend: writing there would replace
                 # that folder's sidecars and hand-painted masks (photo names repeat across cards)
                 log.warning("%s is a link to another folder; keeping this folder's sidecars in "
                             "%s instead", beside, in_data)
-                beside_photos = False
-            if beside_photos and _writable(beside):
+            if self._beside_photos and own and _writable(beside):
                 root = beside
                 # sidecars kept in the user data folder while this folder was read-only are
                 # still read (while newer than this photo's sidecar beside it)
                 self._also = in_data
             else:
                 root = in_data
-                # a read-only .mend (a card, a shared folder, one made read-only since) is still
+                # a .mend Mend does not write to - read-only (a card, a shared folder, one made
+                # read-only since), or sidecars kept only in the user data folder - is still
                 # read: what Mend records meanwhile goes to the user data folder, and overrides
-                # it (``load`` reads the newer of the two)
-                self._also = beside if beside_photos else None
+                # it (``load`` reads the newer of the two). Never another folder's (a link).
+                self._also = beside if own else None
             self._in_data = in_data
             self._root = root
             return root
@@ -281,10 +285,11 @@ class SidecarStore:
         mask file's name (a link there is deleted, not what it points to). Returns the files
         deleted.
 
-        A mask file that cannot be deleted (one in a read-only ``.mend``) stays, unused: the
-        record of no mask is written where sidecars go now (the user data folder, for a
-        read-only folder), which overrides the one beside it; each such file and why it stays
-        is added to ``kept``. Raises OSError when the record cannot be written and the mask
+        A mask file that cannot be deleted (one in a read-only ``.mend``), or is not to be (one
+        in the ``.mend`` beside the photos when sidecars are kept only in the user data folder),
+        stays, unused: the record of no mask is written where sidecars go now (the user data
+        folder then), which overrides the one beside it; each such file and why it stays is
+        added to ``kept``. Raises OSError when the record cannot be written and the mask
         file it names is still there (the photo keeps that mask)."""
         from engine.estimate import file_lock
 
@@ -309,6 +314,10 @@ class SidecarStore:
                     p = own.get(c)
                     if p is None or _key(p) == _key(Path(photo)) or _is_folder(p):
                         continue  # not a mask file Mend wrote for this photo: kept
+                    if self._kept_beside(p):
+                        if os.path.lexists(p):
+                            left.append((p, "Mend writes nothing in the photos' folder"))
+                        continue
                     try:
                         p.unlink()
                     except FileNotFoundError:
@@ -328,6 +337,13 @@ class SidecarStore:
                 if kept is not None:
                     kept.extend(left)
                 return removed
+
+    def _kept_beside(self, path: Path) -> bool:
+        """``path`` is in the ``.mend`` beside the photos and sidecars are kept only in the user
+        data folder (``beside_photos=False``): read, never written, nor deleted."""
+        also = self._also
+        return not self._beside_photos and also is not None and also != self._in_data \
+            and _key(path.parent) == _key(also)
 
     def _own_mask_files(self, photo: Path) -> list[Path]:
         """Where Mend writes ``photo``'s mask: beside the photos and in the user data folder."""

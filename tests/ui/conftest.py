@@ -184,7 +184,7 @@ def pool():
 
 
 @contextlib.contextmanager
-def built_window(qtbot, tmp_path, **settings):
+def built_window(qtbot, tmp_path, *, sidecars_beside_photos: bool = True, **settings):
     """A main window on the built-in engine (analyzer + builtin profile), results in tmp/out,
     with ``settings`` (AppSettings fields) on top; closed, its engine shut down, on exit."""
     from ui.engine_client import EngineClient
@@ -194,7 +194,8 @@ def built_window(qtbot, tmp_path, **settings):
     client = EngineClient(journal=tmp_path / "ui-data" / "queue.json")
     chosen = AppSettings(backend="builtin", profile="builtin", out_dir=str(tmp_path / "out"),
                          **settings)
-    win = MainWindow(client, chosen, ask_resume=False)
+    win = MainWindow(client, chosen, ask_resume=False,
+                     sidecars_beside_photos=sidecars_beside_photos)
     qtbot.addWidget(win)
     win.resize(1200, 800)
     win.show()
@@ -246,3 +247,22 @@ def folder(tmp_path) -> Path:
     write_photo(d / "b_clean.png", 96, 72, seed=2)
     write_photo(d / "c_smooth.jpg", 80, 60, seed=3)
     return d
+
+
+def masked_folder(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A folder ``card`` of two photos whose ``.mend`` holds the first one's sidecar and mask
+    (written when it could be): (folder, that photo, its mask file)."""
+    from engine.imageio import save_mask
+    from ui.settings import data_dir
+    from ui.sidecar import SidecarStore
+
+    folder = tmp_path / "card"
+    photo = write_photo(folder / "p.jpg", 96, 72, seed=1, kind="noisy")
+    write_photo(folder / "q.jpg", 80, 60, seed=3)
+    store = SidecarStore(folder, data_dir())
+    mask = np.zeros((72, 96), bool)
+    mask[20:50, 30:60] = True
+    where = save_mask(mask, store.mask_path_for(photo))
+    store.update(photo, mask=str(where), outputs=[])
+    assert where.parent == folder / ".mend"
+    return folder, photo, Path(where)

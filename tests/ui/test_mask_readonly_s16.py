@@ -12,11 +12,10 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from engine.api import Degradation
-from tests.ui.conftest import diagnosed, opened, painted, write_photo
+from tests.ui.conftest import diagnosed, masked_folder, opened, painted
 
 
 def _sha(p: Path) -> str:
@@ -50,24 +49,6 @@ def read_only(monkeypatch):
         d.chmod(0o755)
 
 
-def _masked_folder(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A folder whose ``.mend`` holds a photo's sidecar and mask (written when it could be)."""
-    from engine.imageio import save_mask
-    from ui.settings import data_dir
-    from ui.sidecar import SidecarStore
-
-    folder = tmp_path / "card"
-    photo = write_photo(folder / "p.jpg", 96, 72, seed=1, kind="noisy")
-    write_photo(folder / "q.jpg", 80, 60, seed=3)
-    store = SidecarStore(folder, data_dir())
-    mask = np.zeros((72, 96), bool)
-    mask[20:50, 30:60] = True
-    where = save_mask(mask, store.mask_path_for(photo))
-    store.update(photo, mask=str(where), outputs=[])
-    assert where.parent == folder / ".mend"
-    return folder, photo, Path(where)
-
-
 def test_a_read_only_mend_folder_is_read_and_overridden_in_user_data(tmp_path, read_only):
     """A read-only ``.mend`` was not read at all (its sidecars went unseen); now it is, and what
     Mend records meanwhile goes to the user data folder and wins over it, also once the folder
@@ -75,7 +56,7 @@ def test_a_read_only_mend_folder_is_read_and_overridden_in_user_data(tmp_path, r
     from ui.settings import data_dir
     from ui.sidecar import SidecarStore
 
-    folder, photo, mask = _masked_folder(tmp_path)
+    folder, photo, mask = masked_folder(tmp_path)
     read_only(folder / ".mend")
     read_only(folder)
     beside = {p.name: _sha(p) for p in (folder / ".mend").iterdir()}
@@ -100,7 +81,7 @@ def test_forget_mask_in_a_read_only_mend_records_it_where_mend_writes(tmp_path, 
     from ui.settings import data_dir
     from ui.sidecar import SidecarStore
 
-    folder, photo, mask = _masked_folder(tmp_path)
+    folder, photo, mask = masked_folder(tmp_path)
     before = _sha(mask)
     read_only(folder / ".mend")
     store = SidecarStore(folder, data_dir())
@@ -120,7 +101,7 @@ def test_forget_mask_fails_whole_when_nothing_can_be_recorded(tmp_path, read_onl
     from ui.settings import data_dir
     from ui.sidecar import SidecarStore
 
-    folder, photo, mask = _masked_folder(tmp_path)
+    folder, photo, mask = masked_folder(tmp_path)
     read_only(folder / ".mend")
 
     def refused(path, data):
@@ -143,7 +124,7 @@ def test_the_app_reads_a_read_only_mend_and_deletes_its_mask_for_good(
     """Opened read-only, the photo's mask comes back from ``.mend``; "Delete mask" says its
     file stays unused, and the folder opened again does not bring the mask back."""
     win = window
-    folder, photo, mask = _masked_folder(tmp_path)
+    folder, photo, mask = masked_folder(tmp_path)
     before = _sha(mask)
     read_only(folder / ".mend")
     read_only(folder)
@@ -201,7 +182,7 @@ def test_retry_of_a_fix_cancelled_by_the_mask_deletion_runs_without_it(
     the file left in a read-only ``.mend``, removed what the photographer no longer wanted
     removed). It runs as a new fix would: as diagnosed, without the mask."""
     win = window
-    folder, photo, mask = _masked_folder(tmp_path)
+    folder, photo, mask = masked_folder(tmp_path)
     if where == "read-only":
         read_only(folder / ".mend")
     opened(qtbot, win, folder)

@@ -3,8 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QModelIndex, QSize, QSortFilterProxyModel, Qt, Signal
-from PySide6.QtGui import QPainter, QPalette
+from PySide6.QtCore import (
+    QItemSelectionModel,
+    QModelIndex,
+    QSize,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QContextMenuEvent, QPainter, QPalette
 from PySide6.QtWidgets import QAbstractItemView, QListView
 
 from ..app import weak_slot
@@ -16,6 +23,7 @@ class ThumbnailGrid(QListView):
     activated_path = Signal(object)  # Path (double-click / Enter)
     current_path = Signal(object)  # Path | None
     folder_dropped = Signal(object)  # Path
+    menu_requested = Signal(object, object)  # Path, QPoint (global): its context menu
 
     def __init__(self, parent=None, cell: int = 176) -> None:
         super().__init__(parent)
@@ -115,6 +123,26 @@ class ThumbnailGrid(QListView):
             if self.visualRect(ix).intersects(vp):
                 out.append(ix.data(PathRole))
         return out
+
+    def contextMenuEvent(self, e) -> None:
+        """Right-click (or the menu key) on a photo: it becomes the current photo - the
+        selection stays when the photo is in it ("Fix selected" still fixes them all), else it
+        is selected alone - and ``menu_requested`` asks for its menu."""
+        mouse = e.reason() is QContextMenuEvent.Reason.Mouse
+        # (the menu key: the current photo's)
+        ix = self.indexAt(e.pos()) if mouse else self.currentIndex()
+        if not ix.isValid():
+            e.ignore()
+            return
+        sm = self.selectionModel()
+        if not sm.isSelected(ix):
+            self.setCurrentIndex(ix)
+        elif ix != self.currentIndex():
+            sm.setCurrentIndex(ix, QItemSelectionModel.SelectionFlag.NoUpdate)
+        pos = e.globalPos() if mouse else \
+            self.viewport().mapToGlobal(self.visualRect(ix).center())
+        self.menu_requested.emit(ix.data(PathRole), pos)
+        e.accept()
 
     def keyPressEvent(self, e) -> None:
         if e.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self.currentIndex().isValid():
