@@ -254,6 +254,9 @@ def run_speed(folder: Path, repeats: int = 5) -> dict:
             "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
+CORRELATED_NOISE = ("bayer", "blur 0.5", "blur 0.75", "blur 1.0")
+
+
 def run_synthetic(folder: Path, limit: int = 8) -> dict:
     """Known noise sigma / JPEG quality / motion-blur lines on clean photos; estimation errors."""
     import cv2
@@ -271,16 +274,28 @@ def run_synthetic(folder: Path, limit: int = 8) -> dict:
     jq_crop_err: list[float] = []
     rng_j = np.random.default_rng(13)  # crop offsets: its own stream (older figures unchanged)
     noise_rows = []
+    rng_c = np.random.default_rng(17)  # correlated noise: its own stream too
+    corr_err: dict[str, list[float]] = {k: [] for k in CORRELATED_NOISE}
+    corr_err_finest: dict[str, list[float]] = {k: [] for k in CORRELATED_NOISE}
     extent_rows: list[tuple[float, float]] = []
     rng_e = np.random.default_rng(11)  # its own stream: the older figures stay reproducible
     for path in sources:
         img = load_photo(path).pixels
         img = img[: min(img.shape[0], 512), : min(img.shape[1], 512)]
-        base_sigma = M.estimate_noise(img)
+        base_sigma = M.noise_sigma(img)
         for sigma in (5, 10, 15, 20, 30, 40, 50):
-            est = M.estimate_noise(S.add_noise(img, sigma, rng))
+            est = M.noise_sigma(S.add_noise(img, sigma, rng))
             noise_err.append(abs(est - sigma))
             noise_rows.append((sigma, round(est, 2), round(base_sigma, 2)))
+        # noise correlated between neighbouring pixels (a camera's), per-pixel sigma known: the
+        # analyzer's reading, and the finest scale's alone (what noise_sigma was until it read
+        # the coarser colour-opponent band too)
+        for kind in CORRELATED_NOISE:
+            for sigma in (5, 10, 15, 20, 25, 30):
+                noisy = S.add_bayer_noise(img, sigma, rng_c) if kind == "bayer" else \
+                    S.add_blurred_noise(img, sigma, float(kind.split()[1]), rng_c)
+                corr_err[kind].append(abs(M.noise_sigma(noisy) - sigma))
+                corr_err_finest[kind].append(abs(M.estimate_noise(noisy) - sigma))
         for q in (10, 20, 30, 40, 50, 60, 70, 80, 90, 95):
             j, tables = S.jpeg(img, q)
             qt, _ = M.quality_from_tables(tables)
@@ -314,6 +329,10 @@ def run_synthetic(folder: Path, limit: int = 8) -> dict:
         "photos": len(sources),
         "noise_sigma_mae_5_50": mae(noise_err),
         "noise_sigma_max_err": round(float(np.max(noise_err)), 2) if noise_err else None,
+        "noise_sigma_mae_correlated_5_30": mae([e for v in corr_err.values() for e in v]),
+        "noise_sigma_mae_correlated_5_30_by_kind": {k: mae(v) for k, v in corr_err.items()},
+        "noise_sigma_mae_correlated_5_30_finest_scale_only": mae(
+            [e for v in corr_err_finest.values() for e in v]),
         "jpeg_quality_mae_from_tables_10_95": mae(jq_tab_err),
         "jpeg_quality_mae_blind_pixels_10_95": mae(jq_blind_err),
         "jpeg_quality_mae_blind_cropped_off_grid_10_95": mae(jq_crop_err),
@@ -321,8 +340,11 @@ def run_synthetic(folder: Path, limit: int = 8) -> dict:
         "blur_angle_mae_deg": mae(bang_err),
         "blur_extent_line_and_shake": _extent_report(extent_rows),
         "notes": "noise added per channel (0-255 scale) on 8-bit clean photos whose own noise is "
-                 "not removed; blind JPEG: decoded as is (grid at 0,0) and cropped at a random "
-                 "1-7 px row and column offset after compression",
+                 "not removed; correlated noise: bilinear Bayer demosaicing of noise on the "
+                 "mosaic, and white noise blurred by a Gaussian of 0.5-1 px, both of the given "
+                 "per-pixel sigma (synthetic.add_bayer_noise, add_blurred_noise); blind JPEG: "
+                 "decoded as is (grid at 0,0) and cropped at a random 1-7 px row and column "
+                 "offset after compression",
     }
 
 

@@ -189,7 +189,7 @@ def _load(path: Path):
     return photo.pixels, photo
 
 
-MEASURE_VERSION = "5"  # bump when measure.py changes what it returns
+MEASURE_VERSION = "6"  # bump when measure.py changes what it returns
 
 
 def _measure_version() -> str:

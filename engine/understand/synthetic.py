@@ -20,6 +20,50 @@ def add_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nda
     return quantise(img + rng.normal(0.0, sigma / 255.0, img.shape).astype(np.float32))
 
 
+# per-pixel variance of bilinear-demosaiced unit white mosaic noise, pooled over R, G, B: a red
+# or blue pixel is a site (1/4 of them, variance 1), a mean of 2 sites (1/2, 1/2) or of 4 (1/4,
+# 1/4): 9/16; a green one a site (1/2) or a mean of 4: 5/8; pooled (9/16 + 5/8 + 9/16) / 3
+BAYER_NOISE_GAIN = math.sqrt(7.0 / 12.0)
+
+
+def add_bayer_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """A camera's noise: the photo sampled on a Bayer mosaic (R G / G B), white Gaussian noise
+    added to each site, clipped like a sensor's data, then demosaiced bilinearly (OpenCV's
+    ``COLOR_BayerBG2RGB`` on 16 bits). The noise is correlated between neighbouring pixels; its
+    per-pixel sigma, pooled over the channels, is ``sigma`` (0-255 scale) before clipping (the
+    sites' sigma is ``sigma / BAYER_NOISE_GAIN``). The noise-free result is the same call with
+    ``sigma`` 0. An odd last row or column is left out."""
+    h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
+    if h == 0 or w == 0:
+        raise ValueError("add_bayer_noise needs a photo of at least 2 x 2 pixels")
+    rgb = img[:h, :w, :3]
+    mosaic = np.empty((h, w), np.float32)
+    mosaic[0::2, 0::2] = rgb[0::2, 0::2, 0]
+    mosaic[0::2, 1::2] = rgb[0::2, 1::2, 1]
+    mosaic[1::2, 0::2] = rgb[1::2, 0::2, 1]
+    mosaic[1::2, 1::2] = rgb[1::2, 1::2, 2]
+    if sigma > 0:
+        mosaic += rng.normal(0.0, sigma / BAYER_NOISE_GAIN / 255.0, (h, w)).astype(np.float32)
+    raw = np.round(np.clip(mosaic, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    return quantise(cv2.cvtColor(raw, cv2.COLOR_BayerBG2RGB).astype(np.float32) / 65535.0)
+
+
+def add_blurred_noise(img: np.ndarray, sigma: float, blur: float,
+                      rng: np.random.Generator) -> np.ndarray:
+    """White Gaussian noise, independent per channel, blurred by a Gaussian of ``blur`` px (in-
+    camera smoothing) and rescaled to a per-pixel sigma of exactly ``sigma`` (0-255 scale,
+    pooled over the noise field) before it is added."""
+    noise = rng.normal(0.0, 1.0, img.shape).astype(np.float32)
+    if noise.ndim == 2:
+        noise = cv2.GaussianBlur(noise, (0, 0), blur, borderType=cv2.BORDER_REFLECT)
+    else:
+        noise = np.stack([cv2.GaussianBlur(np.ascontiguousarray(noise[..., c]), (0, 0), blur,
+                                           borderType=cv2.BORDER_REFLECT)
+                          for c in range(noise.shape[2])], axis=2)
+    rms = float(np.sqrt(np.mean(np.square(noise, dtype=np.float64))))
+    return quantise(img + noise * np.float32(sigma / 255.0 / max(rms, 1e-12)))
+
+
 def jpeg(img: np.ndarray, quality: int) -> tuple[np.ndarray, dict[int, list[int]]]:
     """Encode with libjpeg at ``quality``; returns the decoded pixels and the tables."""
     from PIL import Image

@@ -43,10 +43,74 @@ def clean():
 def test_noise_sigma_estimate(clean, sigma):
     noisy = S.add_noise(clean, sigma, np.random.default_rng(sigma))
     assert abs(M.estimate_noise(noisy) - sigma) <= max(2.0, 0.08 * sigma)
+    # the analyzer's reading (the finest scale's or the coarser colour one's) is as close
+    assert abs(M.noise_sigma(noisy) - sigma) <= max(2.0, 0.08 * sigma)
 
 
 def test_noise_on_clean_scene_is_low(clean):
     assert M.estimate_noise(clean) < 2.0
+    assert M.noise_sigma(clean) < 2.0
+
+
+def _correlated(clean, kind, sigma, rng):
+    if kind == "bayer":
+        return S.add_bayer_noise(clean, sigma, rng)
+    return S.add_blurred_noise(clean, sigma, float(kind.split()[1]), rng)
+
+
+@pytest.mark.parametrize("kind", ["bayer", "blur 0.5", "blur 0.75", "blur 1.0"])
+@pytest.mark.parametrize("sigma", [5, 15, 30])
+def test_correlated_noise_reads_its_per_pixel_sigma(clean, kind, sigma):
+    """A camera's noise is correlated between neighbouring pixels (demosaicing, in-camera
+    smoothing): the finest Haar band, all the analyzer read, holds a fraction of it (here
+    0.21-0.74 of the per-pixel sigma; Bayer 0.29-0.30). The coarser colour-opponent band reads it
+    (measured 0.94-1.19 of it on this scene)."""
+    noisy = _correlated(clean, kind, sigma, np.random.default_rng(sigma))
+    assert 0.85 * sigma <= M.noise_sigma(noisy) <= 1.3 * sigma
+    assert M.estimate_noise(noisy) < 0.8 * sigma  # (what it read before)
+
+
+def test_camera_noise_is_diagnosed_at_its_size(clean):
+    """Demosaiced sensor noise of per-pixel sigma 15 is diagnosed as such and flagged (it read
+    4.5, under the ``noise`` flag, so the built-in denoiser got a third of its strength)."""
+    from engine.understand.analyzer import NOISE_FLAG
+
+    d = analyze(S.add_bayer_noise(clean, 15, np.random.default_rng(3)))
+    assert 13.0 <= d.estimates["noise_sigma"] <= 19.0
+    assert d.estimates["noise_sigma"] >= NOISE_FLAG and "noise" in d.flags
+
+
+def test_brightness_noise_and_grey_photos_read_as_before(clean):
+    """The colour-opponent channels cancel what R, G and B share: a grey photo reads 0 there and
+    noise in the brightness alone (what in-camera colour noise reduction leaves) hardly moves
+    them, so both read the finest scale's estimate."""
+    rng = np.random.default_rng(5)
+    grey = np.repeat(S.add_noise(clean[..., :1], 12, rng), 3, axis=2)
+    assert M.estimate_colour_noise_coarse(grey) == 0.0
+    assert M.noise_sigma(grey) == M.estimate_noise(grey) == M.noise_sigma(grey[..., 0])
+    luma = S.quantise(clean + rng.normal(0, 12 / 255, clean.shape[:2])[..., None])
+    assert M.estimate_colour_noise_coarse(luma) < 2.0
+    assert M.noise_sigma(luma) == M.estimate_noise(luma)
+    assert abs(M.noise_sigma(luma) - 12) <= 1.5
+
+
+def test_bayer_and_blurred_noise_have_the_asked_per_pixel_sigma():
+    flat = np.full((256, 320, 3), 0.5, np.float32)
+    rng = np.random.default_rng(0)
+    base = S.add_bayer_noise(flat, 0, rng)
+    np.testing.assert_allclose(base, S.quantise(flat))  # a flat photo demosaics to itself
+    for sigma in (4, 20):
+        bayer = S.add_bayer_noise(flat, sigma, rng)
+        blurred = S.add_blurred_noise(flat, sigma, 0.75, rng)
+        for noisy in (bayer, blurred):
+            d = (noisy - flat)[2:-2, 2:-2] * 255
+            assert abs(float(np.sqrt(np.mean(d ** 2))) - sigma) <= 0.04 * sigma + 0.1
+        # neighbours share the noise: the horizontal lag-1 correlation is far from white's 0
+        d = (bayer - flat)[2:-2, 2:-2, 1]
+        rho = float(np.mean(d[:, 1:] * d[:, :-1]) / np.mean(d * d))
+        assert rho > 0.3
+    with pytest.raises(ValueError, match="at least 2 x 2"):
+        S.add_bayer_noise(flat[:1], 5, rng)
 
 
 @pytest.mark.parametrize("q", [10, 23, 50, 77, 95])
