@@ -32,6 +32,7 @@ from .estimate import (
     estimate_plan,
     manifest_model_memory,
     step_model,
+    step_scale,
     step_work_units,
 )
 from .imageio import Photo, load_photo
@@ -390,8 +391,9 @@ class Engine:
         label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
         options = request.output
-        whole = full = whole_bytes = None
+        whole = full = whole_bytes = context = None
         if box is not None:  # from here on the photo is the part the steps see
+            context, box = box, self._hold_faces(plan, photo, region, box, progress)
             full = photo
             photo = _crop_photo(photo, box)
             options = preview_options(options)
@@ -403,10 +405,11 @@ class Engine:
                            whole=whole_bytes)
         if full is not None:
             # (the chain's input as the whole fix has it - transparent pixels filled from the
-            # whole photo's - for the part and for the detectors that look at the whole photo)
-            filled = fill_transparent(full.pixels, full.alpha, progress.check)
-            whole = WholePhoto(filled, full.alpha, box)
-            del full, filled
+            # whole photo's - for the part, and the whole for a detector that looks at it:
+            # filled only if one does)
+            whole = WholePhoto(full.pixels, full.alpha, box, region,
+                               TransparentFill(full.pixels, full.alpha), context)
+            del full
 
         mask = None
         if request.mask_path is not None and uses_mask(plan):  # (else a warning says so)
@@ -422,7 +425,7 @@ class Engine:
         # the colour stored under fully transparent pixels is not image data (often black): the
         # steps' neighbourhoods would pull it into the visible edge as a dark or bright halo
         source = (fill_transparent(photo.pixels, photo.alpha, progress.check) if whole is None
-                  else np.ascontiguousarray(whole.part))
+                  else np.ascontiguousarray(whole.filled_part(progress.check)))
         image, records, ctx = self._run_steps(photo, source, plan, diagnosis, mask, progress,
                                               warnings, estimate, whole)
         # a black-and-white photo stays black and white: a model may tint it (InvSR's VAE,
@@ -499,6 +502,30 @@ class Engine:
             seconds=time.perf_counter() - t_start, artifacts=artifacts, region=region,
             kept_original=passthrough, diagnosed=made,
         )
+
+    def _hold_faces(self, plan: Plan, photo: Photo, region: tuple[int, int, int, int],
+                    box: tuple[int, int, int, int], progress: Progress
+                    ) -> tuple[int, int, int, int]:
+        """A preview's part (``box``) grown to hold whole the faces that reach its ``region``
+        when the plan upscales before its face step (``face.preview_face_box``): the face
+        step then restores them from the upscaled part, as the whole fix does from the
+        whole upscaled photo. Else ``box`` as it is."""
+        scale, face = 1, None
+        for step in plan.steps:
+            if not step.enabled:
+                continue
+            if step.name == "face_codeformer":
+                face = step if scale > 1 else None
+                break
+            scale *= step_scale(step)
+        if face is None or box == (0, 0, photo.width, photo.height):
+            return box
+        from .restore.face import preview_face_box
+
+        progress.update(_LOAD + _DIAG, "looking for faces around the part")
+        params = {**get_step(face.name).defaults, **face.params}
+        return preview_face_box(photo.pixels, region, box, params, self.runtime,
+                                PREVIEW_MARGIN, progress.check)
 
     def _run_steps(self, photo: Photo, source: np.ndarray, plan: Plan, diagnosis: Diagnosis,
                    mask: np.ndarray | None, progress: Progress, warnings: list[str],
@@ -906,102 +933,206 @@ def step_shares(estimate: Estimate | None, count: int) -> list[float]:
     return [x / total for x in raw]
 
 
-_FILL_BAND_ROWS = 256  # rows of a photo given the coarse colour at a time (fill_transparent)
+_FILL_BAND_ROWS = 256  # rows (or columns) of a photo worked on at a time (fill_transparent)
 _FILL_SLOT = threading.Lock()  # one whole-photo reduction of fill_transparent at a time
 
 
 def fill_transparent(rgb: np.ndarray, alpha: np.ndarray | None,
-                     check: Callable[[], None] | None = None) -> np.ndarray:
+                     check: Callable[[], None] | None = None,
+                     box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """``rgb`` with the colour under fully transparent pixels replaced by that of the nearest
     visible ones, spread smoothly (push-pull over an image pyramid). What a file stores there is
     arbitrary (usually black) and invisible; a step that looks at neighbourhoods would carry it
     into the visible edge. Visible and partly transparent pixels are untouched; without
-    transparent pixels ``rgb`` is returned as is, else a float32 copy.
+    transparent pixels ``rgb`` is returned as is, else a float32 copy. ``box`` (x0, y0, x1,
+    y1): only that part of the result (the same pixels), made without the whole photo's
+    (see :class:`TransparentFill`). ``check`` (a progress's ``check``) is called between the
+    bands and stages."""
+    return TransparentFill(rgb, alpha)(box, check)
 
-    Beside the copy it returns, the full-size work is a mask and one float plane (the pyramid's
-    first level is made from the copy, and its filled colour is brought back to full size in
-    bands of rows, where the holes are): a 120-megapixel photo took 40 s and 8.4 GB more than
-    the photo when each level was made whole (now 12-20 s and 1.8 GB on a busy 2-core machine).
-    ``check`` (a progress's ``check``) is called between the bands and stages; the first
-    halving (two whole-photo resizes) is abandoned on a cancel."""
-    if alpha is None:
-        return rgb
 
-    def step() -> None:
-        if check is not None:
-            check()
+class TransparentFill:
+    """``fill_transparent`` of one photo, of a part of it or of all of it: a preview's steps
+    need their part filled, and only a step that looks at the whole photo (faces, glare, text
+    lines, a measured noise level) the whole; the pyramid the fill is spread from (a quarter
+    of the photo's pixels and less, made from all of them) is made once for both.
 
-    hole = np.asarray(alpha) <= 0.5 / 255.0
-    step()
-    if not hole.any() or hole.all():
-        return rgb
-    import cv2
+    The fill at a transparent pixel is the level above full size brought up (bilinear): the
+    part's fill needs that level whole but only the part at full size. That level is made a
+    band of rows (or columns) at a time, the same values as the whole photo halved at once
+    (an exact halving in that direction: the photo's height, or else its width, is even);
+    when both are odd, from the whole photo at once (a cancel abandons it). Made whole, a
+    120-megapixel RGBA photo's fill took 40 s and 8.4 GB more than the photo; in bands of the
+    full-size work, 12-20 s and 1.8 GB. A 1280-px part of a synthetic 120-megapixel RGBA
+    (12632 x 9500, busy 2-core machine): 5.3 s where the whole fill took 11.9-13.7 s, and the
+    preview's peak memory 3.3 GB instead of 4.7; the whole made after the part (a detector
+    looks at it): 10.6-11.1 s for both."""
 
-    h, w = hole.shape
-    # level 0 of the pull: the visible colours (weight 1), 0 in the holes (weight 0); it is
-    # also the result, whose holes get the coarse colour below
-    weight = np.empty((h, w), np.float32)
-    out = np.empty((h, w, 3), np.float32)
-    for y0 in range(0, h, _FILL_BAND_ROWS):
-        y1 = min(h, y0 + _FILL_BAND_ROWS)
-        np.logical_not(hole[y0:y1], out=weight[y0:y1], casting="unsafe")
-        np.multiply(rgb[y0:y1], weight[y0:y1, :, None], out=out[y0:y1])
-        step()
-    # (the first halving is two whole-photo resizes: ~2 s at 120 MP on a busy machine, so
-    # it is abandoned on a cancel)
-    levels = [call_cancellable(functools.partial(_halved, out, weight), check,
-                               slot=_FILL_SLOT, name="mend-fill")]
-    del weight
-    while max(levels[-1][1].shape) > 1:  # pull: weighted means, halving down to one pixel
-        levels.append(_halved(*levels[-1]))
-    fill = None
-    for col, wt in reversed(levels):  # push: coarse colour where a level has too little weight
-        step()
-        own = col  # (in place: the levels are this function's own)
-        own /= np.maximum(wt, 1e-6)[..., None]
-        if fill is not None:
-            up = cv2.resize(fill, (wt.shape[1], wt.shape[0]),
-                            interpolation=cv2.INTER_LINEAR).reshape(own.shape)
-            step()
-            a = np.minimum(wt, 1.0)[..., None]
-            own *= a
-            step()
-            up *= 1.0 - a
-            step()
-            own += up
-            del up, a
-        fill = own
-    del levels, col, wt, own
-    step()
-    # level 0: a visible pixel keeps its colour (weight 1), a hole takes the level above's
-    # colour brought up (bilinear, as cv2.resize's INTER_LINEAR: the rows horizontally, then
-    # each output row from its two source rows), band by band where the holes are
-    fh = fill.shape[0]
-    scale_y = 1.0 / (h / fh)
-    rows_with_holes = np.flatnonzero(hole.any(axis=1))
-    for y0 in range(int(rows_with_holes[0]), int(rows_with_holes[-1]) + 1, _FILL_BAND_ROWS):
-        y1 = min(h, y0 + _FILL_BAND_ROWS)
-        band_hole = hole[y0:y1]
-        if not band_hole.any():
-            continue
-        fy = ((np.arange(y0, y1) + 0.5) * scale_y - 0.5).astype(np.float32)
-        sy = np.floor(fy).astype(np.int64)
-        f = (fy - sy)[:, None, None]
-        r0 = np.clip(sy, 0, fh - 1)
-        r1 = np.clip(sy + 1, 0, fh - 1)
-        lo, hi = int(r0.min()), int(r1.max()) + 1
-        rows = cv2.resize(np.ascontiguousarray(fill[lo:hi]), (w, hi - lo),
-                          interpolation=cv2.INTER_LINEAR).reshape(hi - lo, w, 3)
-        up = np.take(rows, r0 - lo, axis=0)  # rows[r0] * (1 - f) + rows[r1] * f, in place
-        up *= 1.0 - f
-        below = np.take(rows, r1 - lo, axis=0)
-        below *= f
-        up += below
-        np.clip(up, 0.0, 1.0, out=up)
-        np.copyto(out[y0:y1], up, where=band_hole[..., None])
-        del rows, up, below
-        step()
-    return out
+    def __init__(self, rgb: np.ndarray, alpha: np.ndarray | None) -> None:
+        self.rgb, self.alpha = rgb, alpha
+        self._hole: np.ndarray | None = None
+        self._empty: bool | None = None  # no transparent pixel, or no visible one: no fill
+        self._fill: np.ndarray | None = None  # the level above full size, filled
+        self._base: np.ndarray | None = None  # the whole full-size level (both sides odd)
+
+    def _holes(self, check: Callable[[], None] | None) -> bool:
+        """Whether there is anything to fill (the photo has transparent and visible pixels)."""
+        if self._empty is None:
+            if self.alpha is None:
+                self._empty = True
+            else:
+                self._hole = np.asarray(self.alpha) <= 0.5 / 255.0
+                if check is not None:
+                    check()
+                self._empty = not self._hole.any() or bool(self._hole.all())
+                if self._empty:
+                    self._hole = None
+        return not self._empty
+
+    def __call__(self, box: tuple[int, int, int, int] | None = None,
+                 check: Callable[[], None] | None = None) -> np.ndarray:
+        """The filled photo (``box``: that part of it)."""
+        rgb = self.rgb
+        if not self._holes(check):
+            return rgb if box is None else rgb[box[1]:box[3], box[0]:box[2]]
+        self._pyramid(check)
+        h, w = self._hole.shape
+        x0, y0, x1, y1 = (0, 0, w, h) if box is None else box
+        if self._base is not None:
+            out = self._base if box is None else self._base[y0:y1, x0:x1].copy()
+        else:
+            out = np.empty((y1 - y0, x1 - x0, 3), np.float32)
+            for r in range(y0, y1, _FILL_BAND_ROWS):
+                out[r - y0:r - y0 + _FILL_BAND_ROWS] = rgb[r:min(y1, r + _FILL_BAND_ROWS),
+                                                           x0:x1]
+                _call(check)
+        self._fill_holes(out, (x0, y0, x1, y1), check)
+        if box is None:  # (all of it made: its work is let go, made again if asked again)
+            self._fill = self._base = self._hole = self._empty = None
+        return out
+
+    def _pyramid(self, check: Callable[[], None] | None) -> None:
+        """The level above full size, filled: made once (push-pull: weighted means halving
+        down to one pixel, then the coarse colour where a level has too little weight)."""
+        if self._fill is not None:
+            return
+        import cv2
+
+        levels = [self._level_one(check)]
+        while max(levels[-1][1].shape) > 1:  # pull: weighted means, halving down to one pixel
+            levels.append(_halved(*levels[-1]))
+        fill = None
+        for col, wt in reversed(levels):  # push: coarse colour where a level has little weight
+            _call(check)
+            own = col  # (in place: the levels are this function's own)
+            own /= np.maximum(wt, 1e-6)[..., None]
+            if fill is not None:
+                up = cv2.resize(fill, (wt.shape[1], wt.shape[0]),
+                                interpolation=cv2.INTER_LINEAR).reshape(own.shape)
+                _call(check)
+                a = np.minimum(wt, 1.0)[..., None]
+                own *= a
+                _call(check)
+                up *= 1.0 - a
+                _call(check)
+                own += up
+                del up, a
+            fill = own
+        self._fill = fill
+
+    def _level_one(self, check: Callable[[], None] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(colour x weight, weight) of full size halved: the visible colours have weight 1,
+        the transparent pixels 0 (and no colour)."""
+        import cv2
+
+        rgb, hole = self.rgb, self._hole
+        h, w = hole.shape
+        size = (max(1, (w + 1) // 2), max(1, (h + 1) // 2))
+        if h % 2 and w % 2:
+            # both sides odd: no band halves exactly as the whole does; the full-size level is
+            # made in bands, halved whole (abandoned on a cancel), and kept as the result's base
+            weight = np.empty((h, w), np.float32)
+            out = np.empty((h, w, 3), np.float32)
+            for y0 in range(0, h, _FILL_BAND_ROWS):
+                y1 = min(h, y0 + _FILL_BAND_ROWS)
+                np.logical_not(hole[y0:y1], out=weight[y0:y1], casting="unsafe")
+                np.multiply(rgb[y0:y1], weight[y0:y1, :, None], out=out[y0:y1])
+                _call(check)
+            level = call_cancellable(functools.partial(_halved, out, weight), check,
+                                     slot=_FILL_SLOT, name="mend-fill")
+            self._base = out
+            return level
+        col = np.empty((size[1], size[0], 3), np.float32)
+        wt = np.empty((size[1], size[0]), np.float32)
+        rows = h % 2 == 0  # (bands of rows; else of columns, the width being even)
+        n = h if rows else w
+        for a in range(0, n, _FILL_BAND_ROWS):  # (an even number: the bands halve exactly)
+            b = min(n, a + _FILL_BAND_ROWS)
+            if rows:
+                part, there = (slice(a, b), slice(None)), (slice(a // 2, b // 2), slice(None))
+                dsize = (size[0], (b - a) // 2)
+            else:
+                part, there = (slice(None), slice(a, b)), (slice(None), slice(a // 2, b // 2))
+                dsize = ((b - a) // 2, size[1])
+            weight = np.logical_not(hole[part]).astype(np.float32)
+            colour = np.multiply(rgb[part], weight[..., None], dtype=np.float32)
+            col[there] = cv2.resize(colour, dsize, interpolation=cv2.INTER_AREA).reshape(
+                dsize[1], dsize[0], 3)
+            wt[there] = cv2.resize(weight, dsize, interpolation=cv2.INTER_AREA).reshape(
+                dsize[1], dsize[0])
+            _call(check)
+        return col, wt
+
+    def _fill_holes(self, out: np.ndarray, box: tuple[int, int, int, int],
+                    check: Callable[[], None] | None) -> None:
+        """Give the transparent pixels of ``out`` (the photo's part ``box``) the level above's
+        filled colour brought up (bilinear, as cv2.resize's INTER_LINEAR: the rows across the
+        photo's width, then each full-size row from its two rows), band by band where the
+        holes are. A part's rows are brought up in the bands of the whole photo's fill (from
+        its first row with holes): OpenCV's resampling of a row depends on the other rows it
+        is given (pairs of rows take another path), so other bands would give the part values
+        a hair (1e-7) off the whole's."""
+        import cv2
+
+        hole, fill = self._hole, self._fill
+        h, w = hole.shape
+        x0, y0, x1, y1 = box
+        fh = fill.shape[0]
+        scale_y = 1.0 / (h / fh)
+        with_holes = np.flatnonzero(hole.any(axis=1))
+        first, end = int(with_holes[0]), int(with_holes[-1]) + 1
+        start = first + max(0, (y0 - first) // _FILL_BAND_ROWS) * _FILL_BAND_ROWS
+        for b0 in range(start, min(end, y1), _FILL_BAND_ROWS):
+            b1 = min(h, b0 + _FILL_BAND_ROWS)
+            r0_, r1_ = max(b0, y0), min(b1, y1)  # (the band's rows in the part)
+            band_hole = hole[r0_:r1_, x0:x1]
+            if r1_ <= r0_ or not band_hole.any():
+                continue
+            fy = ((np.arange(b0, b1) + 0.5) * scale_y - 0.5).astype(np.float32)
+            sy = np.floor(fy).astype(np.int64)
+            f = (fy - sy)[:, None, None]
+            r0 = np.clip(sy, 0, fh - 1)
+            r1 = np.clip(sy + 1, 0, fh - 1)
+            lo, hi = int(r0.min()), int(r1.max()) + 1
+            rows = cv2.resize(np.ascontiguousarray(fill[lo:hi]), (w, hi - lo),
+                              interpolation=cv2.INTER_LINEAR).reshape(hi - lo, w, 3)
+            rows = rows[:, x0:x1]
+            inside = slice(r0_ - b0, r1_ - b0)
+            f = f[inside]
+            up = np.take(rows, r0[inside] - lo, axis=0)  # rows[r0] * (1 - f) + rows[r1] * f
+            up *= 1.0 - f
+            below = np.take(rows, r1[inside] - lo, axis=0)
+            below *= f
+            up += below
+            np.clip(up, 0.0, 1.0, out=up)
+            np.copyto(out[r0_ - y0:r1_ - y0], up, where=band_hole[..., None])
+            del rows, up, below
+            _call(check)
+
+
+def _call(check: Callable[[], None] | None) -> None:
+    if check is not None:
+        check()
 
 
 def _halved(col: np.ndarray, wt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -339,6 +339,9 @@ _HANDLERS: dict[JobKind, Callable[[Any, Any, Progress], Any]] = {
 
 
 _RUNS = (JobKind.RUN, JobKind.PREVIEW)  # the kinds whose steps teach the cost history
+# the kinds a preview runs before when they are queued (``EngineClient._queue_preview``): the
+# long work of many photos, not the quick jobs the photographer waits to see
+_BATCH = (JobKind.DIAGNOSE, JobKind.RUN)
 
 
 def wait_responsive(done: Callable[[], bool], timeout_ms: int) -> bool:
@@ -555,7 +558,8 @@ class EngineClient(QObject):
     # -- submitting -----------------------------------------------------------------------
     def submit(self, request: JobRequest) -> int:
         """Queue a restoration; returns the job id. A request with a ``region`` is a preview
-        (``JobKind.PREVIEW``): queued, cancelled and retried as any job, never journaled."""
+        (``JobKind.PREVIEW``): queued ahead of the diagnoses and fixes (``_queue_preview``),
+        cancelled and retried as any job, never journaled."""
         name = Path(request.path).name
         if getattr(request, "region", None) is not None:
             x0, y0, x1, y1 = request.region
@@ -608,12 +612,46 @@ class EngineClient(QObject):
         job_id = next(self._ids)
         info = JobInfo(job_id, kind, path, JobState.QUEUED, title=title)
         self._jobs[job_id] = _Job(info, payload)
-        self._order.append(job_id)
+        if kind is JobKind.PREVIEW:
+            self._queue_preview(job_id, path)
+        else:
+            self._order.append(job_id)
         self._batch_total += 1
         self.job_changed.emit(info)
         self._changed()
         self._pump()
         return job_id
+
+    def _queue_preview(self, job_id: int, path: Path | None) -> None:
+        """Queue a preview where the photographer expects it: it is quick feedback on the
+        part of the photo in view, so it runs next, before the diagnoses and fixes queued
+        (``_BATCH``: "Diagnose all" over a folder, "Fix selected"), which it would otherwise
+        wait for, behind the quick jobs asked before it (another preview, a click-select, a
+        re-plan). A diagnosis of its own photo queued meanwhile is what it needs: it goes
+        along, just before it, and the preview is given the diagnosis it makes
+        (``_give_diagnosis``) instead of diagnosing the photo again."""
+        order = self._order
+        at = next((i for i, jid in enumerate(order) if self._jobs[jid].info.kind in _BATCH),
+                  len(order))
+        # (after the previews queued before it, and the diagnoses that went along with them)
+        at = max([at] + [i + 1 for i, jid in enumerate(order)
+                         if self._jobs[jid].info.kind is JobKind.PREVIEW])
+        own = [jid for jid in order[at:] if self._jobs[jid].info.kind is JobKind.DIAGNOSE
+               and path is not None and self._jobs[jid].info.path == path]
+        for jid in own:
+            order.remove(jid)
+        order[at:at] = [*own, job_id]
+
+    def _give_diagnosis(self, diagnosed: int, path: Path, diagnosis: Diagnosis) -> None:
+        """The previews of ``path`` asked after the diagnosis job ``diagnosed`` was queued and
+        still queued are given the diagnosis it made (what the window now sends for that
+        photo): the engine neither diagnoses the photo again for them nor plans them from the
+        diagnosis the photo had before."""
+        for jid in self._order:
+            job = self._jobs[jid]
+            if jid > diagnosed and job.info.kind is JobKind.PREVIEW and job.info.path == path \
+                    and isinstance(job.payload, JobRequest):
+                job.payload = replace(job.payload, diagnosis=diagnosis)
 
     # -- queue control --------------------------------------------------------------------
     def cancel(self, job_id: int) -> None:
@@ -732,6 +770,8 @@ class EngineClient(QObject):
                 self._planned[job.info.path] = (result.plan, result.size)
                 while len(self._planned) > 5000:  # (oldest first)
                     self._planned.pop(next(iter(self._planned)))
+            if isinstance(result, DiagnoseOutcome) and job.info.path is not None:
+                self._give_diagnosis(job_id, job.info.path, result.diagnosis)
         self._running = None
         self._finish(job_id, JobState.DONE, "done", fraction=1.0)
         self.finished.emit(job_id, result)

@@ -1436,9 +1436,10 @@ class MainWindow(QMainWindow):
             # (else a newer choice's plan is on its way, or the photographer's edited chain
             # stays: a diagnosis made again does not undo the edits)
             if st.plan_job == job_id or (st.plan_job is None and not st.plan_edited):
-                # a preview asked before it showed another diagnosis's chain (one asked while
-                # the photo was diagnosed for the class chosen was planned as this is)
-                self._discard_preview(path, before=job_id if st.plan_job == job_id else None)
+                # a preview asked before it showed another diagnosis's chain; one asked while
+                # the photo was being diagnosed runs after it and is given this diagnosis
+                # (EngineClient._queue_preview): it shows this chain
+                self._discard_preview(path, before=job_id)
                 st.plan, st.plan_note, st.plan_job = result.plan, result.plan_error, None
                 st.plan_edited = st.plan_stale = False
             st.size = result.size or st.size

@@ -22,7 +22,8 @@
   unchanged, not as a 3x enlargement of 512 px.
 * Previews (``ctx.whole``): faces are looked for in the whole photo (the part as the steps
   before left it), and those that reach the part are restored from all their pixels
-  (:func:`_faces_for_part`), as the whole fix restores them.
+  (:func:`_faces_for_part`), as the whole fix restores them; after an upscale, from the
+  upscaled part, which the pipeline grows to hold them whole (:func:`preview_face_box`).
 Faces smaller than ``min_face`` pixels are skipped (too little to restore, and CodeFormer would
 invent a face).
 """
@@ -696,22 +697,57 @@ def codeformer_fn(descriptor: Any, device: Any, fidelity: float,
     return fn
 
 
-def _faces_for_part(faces: list[Face], whole: Any, image: np.ndarray, seen: np.ndarray
+def _meets(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
+
+
+def preview_face_box(pixels: np.ndarray, region: tuple[int, int, int, int],
+                     box: tuple[int, int, int, int], params: Mapping[str, Any], runtime: Any,
+                     margin: int, check: Check | None = None) -> tuple[int, int, int, int]:
+    """The part a preview's steps run on (``box``: the ``region`` shown and its margin of
+    context, x0, y0, x1, y1 source px) grown to hold whole, with ``margin`` px around it,
+    every face of the photo (``pixels``) whose restoration reaches the region: for a chain
+    that upscales before its face step (``params``: that step's), whose faces are restored
+    from the upscaled part alone (:func:`_faces_for_part`): a face the part's edge cut was
+    aligned and restored from the part's pixels and a mirror of them. Looked for as the face
+    step does (its detector, score, ``min_face``, largest ``max_faces``), in the photo before
+    the steps (as loaded: a transparent photo's pixels unfilled): the step finds its faces
+    again after them, and says which of those reaching the region the part still cuts."""
+    faces, _ = detect_faces(pixels, runtime, min_size=int(params.get("min_face", 48)),
+                            detector=str(params.get("face_detector", "auto")),
+                            score_threshold=float(params.get("face_score", 0.7)), check=check)
+    faces.sort(key=lambda f: f.size, reverse=True)
+    h, w = pixels.shape[:2]
+    x0, y0, x1, y1 = box
+    for f in faces[: int(params.get("max_faces", 32))]:
+        r = paste_region(face_matrix(f), (h, w))
+        if _meets(r, region):
+            x0, y0 = min(x0, max(0, r[0] - margin)), min(y0, max(0, r[1] - margin))
+            x1, y1 = max(x1, min(w, r[2] + margin)), max(y1, min(h, r[3] + margin))
+    return x0, y0, x1, y1
+
+
+def _faces_for_part(faces: list[Face], whole: Any, image: np.ndarray, seen: np.ndarray,
+                    warnings: list[str] | None = None
                     ) -> tuple[list[Face], np.ndarray, tuple[int, int, int, int] | None]:
     """A preview's faces (found in ``seen``, the whole photo of ``whole.view``) that reach its
-    part (their paste-back rectangle meets it), and where to restore them: (faces, work
+    part (their paste-back rectangle meets it; of a part grown to hold faces, the region and
+    its margin: ``whole.context``), and where to restore them: (faces, work
     image, place). At source scale ``work`` is the whole photo around the part and those
     faces (a face the part's edge cuts is aligned from all of its pixels, as in the whole fix)
     with the faces in its pixels, and ``place`` the part within it (x0, y0, x1, y1); after an
     upscale (``image`` at another scale than the source) the faces are moved into ``image``
-    itself (``place`` None): a face the part's edge cuts then has only the part's pixels."""
+    itself (``place`` None): the pipeline grew the part to hold whole the faces that reach
+    the previewed region (:func:`preview_face_box`); one the part's edge still cuts (not
+    found before the steps) has only the part's pixels, which ``warnings`` says."""
     x0, y0, x1, y1 = whole.box
     h, w = seen.shape[:2]
     reach = []
     for f in faces:
-        rx0, ry0, rx1, ry1 = paste_region(face_matrix(f), (h, w))
-        if rx0 < x1 and rx1 > x0 and ry0 < y1 and ry1 > y0:
-            reach.append((f, (rx0, ry0, rx1, ry1)))
+        r = paste_region(face_matrix(f), (h, w))
+        # (of the region and its margin: not the faces beyond, in a part grown for faces)
+        if _meets(r, whole.context or whole.box):
+            reach.append((f, r))
 
     def moved(f: Face, dx: float, dy: float, sx: float = 1.0, sy: float = 1.0) -> Face:
         b = f.box
@@ -721,6 +757,13 @@ def _faces_for_part(faces: list[Face], whole: Any, image: np.ndarray, seen: np.n
 
     sx, sy = whole.scale_of(image)
     if abs(sx - 1.0) > 1e-6 or abs(sy - 1.0) > 1e-6:
+        shown = whole.region or whole.box
+        cut = [f for f, r in reach if _meets(r, shown)
+               and (r[0] < x0 or r[1] < y0 or r[2] > x1 or r[3] > y1)]
+        if cut and warnings is not None:
+            warnings.append(f"{len(cut)} face(s) the previewed part's edge cuts were restored "
+                            "from the part's pixels only (after the upscale): the fix may "
+                            "restore them differently")
         return [moved(f, x0, y0, sx, sy) for f, _ in reach], image, None
     ex0 = min([x0] + [r[0] for _, r in reach])
     ey0 = min([y0] + [r[1] for _, r in reach])
@@ -764,7 +807,7 @@ def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     in_photo = len(faces)
     work, place = image, None
     if whole is not None:
-        faces, work, place = _faces_for_part(faces, whole, image, seen)
+        faces, work, place = _faces_for_part(faces, whole, image, seen, ctx.warnings)
     # in source pixels, as text_boxes (the viewer lays both over the original; a face step
     # after an x2/x4 upscale finds them in the upscaled image)
     src = ctx.artifacts.get("source")

@@ -32,23 +32,70 @@ CANCEL_POLL = 0.02
 _VIEW_BAND_ROWS = 512  # rows of the whole photo copied at a time (WholePhoto.view)
 
 
-@dataclass(frozen=True)
+# a preview's fill of the photo's transparent pixels: (box | None, check) -> that part of the
+# photo filled (None: all of it), as ``pipeline.TransparentFill`` makes it
+Fill = Callable[[tuple[int, int, int, int] | None, Callable[[], None] | None], np.ndarray]
+
+
 class WholePhoto:
     """A preview's whole photo (``JobRequest.region``): the steps run on the part ``box``
     (x0, y0, x1, y1, source px) of it, and a step whose detector looks at the whole photo in a
     whole-photo run (the glare mask, faces, text lines) looks at it here too, through
     :meth:`view`, and cuts what it found to the part (:meth:`to_part`), so that a face or a
     line the part's edge cuts, or a threshold that follows the whole photo's statistics, is
-    found as the real fix finds it."""
+    found as the real fix finds it.
 
-    pixels: np.ndarray  # float32 RGB (H, W, 3): the chain's input (transparent pixels filled)
-    alpha: np.ndarray | None  # float (H, W) or None
-    box: tuple[int, int, int, int]
+    ``pixels``: float32 RGB (H, W, 3), the chain's input (transparent pixels filled); with
+    ``fill``, the photo as loaded, whose transparent pixels ``fill`` fills as the whole fix
+    does, when asked: the part for the steps (:meth:`filled_part`), the whole only for a step
+    that looks at it (:meth:`filled`). A 120-megapixel transparent photo's whole fill took
+    17 s of a preview whose steps never looked beyond the part. ``region``: the part the
+    preview shows (within ``box``, which adds the context around it; None: all of ``box``);
+    ``context``: the region and its margin of context, when ``box`` was grown beyond them to
+    hold whole the faces a face step restores after an upscale (None: ``box``)."""
+
+    def __init__(self, pixels: np.ndarray, alpha: np.ndarray | None,
+                 box: tuple[int, int, int, int],
+                 region: tuple[int, int, int, int] | None = None,
+                 fill: Fill | None = None,
+                 context: tuple[int, int, int, int] | None = None) -> None:
+        self.alpha = alpha  # float (H, W) or None
+        self.box = tuple(int(v) for v in box)
+        self.region = region
+        self.context = context
+        self._fill = fill
+        self._photo: np.ndarray | None = pixels if fill is not None else None
+        self._whole: np.ndarray | None = None if fill is not None else pixels
+        self._part: np.ndarray | None = None
+
+    def filled(self, check: Callable[[], None] | None = None) -> np.ndarray:
+        """The whole photo as the chain's input (transparent pixels filled): filled at the
+        first call (``check`` between its bands), after which the photo as loaded is let go."""
+        if self._whole is None:
+            self._whole = self._fill(None, check)
+            self._photo = self._fill = None
+        return self._whole
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """:meth:`filled` (a step that looks at the whole photo should call that, with its
+        progress's ``check``: a large photo's fill takes seconds)."""
+        return self.filled()
+
+    def filled_part(self, check: Callable[[], None] | None = None) -> np.ndarray:
+        """The part ``box`` of :meth:`filled` (the same pixels), filled alone when the whole
+        has not been (always the same array)."""
+        if self._part is None:
+            x0, y0, x1, y1 = self.box
+            if self._whole is not None:
+                self._part = self._whole[y0:y1, x0:x1]
+            else:
+                self._part = self._fill(self.box, check)
+        return self._part
 
     @property
     def part(self) -> np.ndarray:
-        x0, y0, x1, y1 = self.box
-        return self.pixels[y0:y1, x0:x1]
+        return self.filled_part()
 
     def scale_of(self, image: np.ndarray) -> tuple[float, float]:
         """(sx, sy): ``image`` px per source px (a chain's x2 / x4 result)."""
@@ -63,20 +110,21 @@ class WholePhoto:
         steps before did not run there: a detector near the part's edge sees unprocessed
         pixels beyond it). The copy is made in bands of rows with ``check`` (a progress's
         ``check``) between them: a 120-megapixel photo's took 3.3 s no cancel could stop."""
-        part = self.part
+        part = self.filled_part(check)
+        whole = self.filled(check)
         if image is part or (image.shape == part.shape and np.array_equal(image, part)):
-            return self.pixels
+            return whole
         x0, y0, x1, y1 = self.box
         if image.shape[:2] != part.shape[:2]:
             import cv2
 
             image = cv2.resize(np.ascontiguousarray(image, np.float32), (x1 - x0, y1 - y0),
                                interpolation=cv2.INTER_AREA)
-        out = np.empty_like(self.pixels)
+        out = np.empty_like(whole)
         for r0 in range(0, out.shape[0], _VIEW_BAND_ROWS):
             if check is not None:
                 check()
-            out[r0:r0 + _VIEW_BAND_ROWS] = self.pixels[r0:r0 + _VIEW_BAND_ROWS]
+            out[r0:r0 + _VIEW_BAND_ROWS] = whole[r0:r0 + _VIEW_BAND_ROWS]
         out[y0:y1, x0:x1] = image
         return out
 

@@ -523,7 +523,7 @@ def _detect_for_part(ocr: Any, whole: Any, det_max: int, det_tile: int,
     tiles those near the part (:func:`_detect_passes` ``near``) - and those that reach the
     part, in the part's source pixels (a line the part's edge cuts is found whole; its
     region is then cut by the part's edge)."""
-    seen = whole.pixels
+    seen = whole.filled(ctx.progress.check)
     if whole.alpha is not None and float(np.min(whole.alpha)) < 1.0:
         seen = _over_background(seen, whole.alpha, ctx.progress.check)
     x0, y0, x1, y1 = whole.box

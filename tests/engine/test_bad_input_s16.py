@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 from engine import imageio as mio
 from engine.api import Degradation, JobRequest, OutputOptions, Plan, Step
 from engine.errors import BadImage, Cancelled, ImageTooLarge, OutOfMemory
-from engine.pipeline import Engine, context_box, fill_transparent
+from engine.pipeline import Engine, TransparentFill, context_box, fill_transparent
 
 H, W = 30, 40
 
@@ -102,6 +103,35 @@ def test_the_fill_is_the_push_pull_fill(shape):
     visible = alpha > 0
     assert got.dtype == np.float32 and np.array_equal(got[visible], rgb[visible])
     assert np.abs(got - _push_pull(rgb, alpha)).max() < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(101, 77), (100, 77), (101, 78), (515, 300), (2, 1),
+                                   (600, 513)])
+def test_a_part_of_the_fill_is_that_part_of_the_whole_fill(shape):
+    """A preview fills only its part when no step looks at the whole photo: the same pixels
+    as the whole fill's there, to the bit (whichever side of the photo is odd), single rows
+    at the photo's edge included; the whole made after parts of the same fill is the whole
+    fill."""
+    rng = np.random.default_rng(11)
+    h, w = shape
+    rgb = rng.random((h, w, 3), dtype=np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    alpha = (((yy - h / 2) / (0.4 * h + 1)) ** 2 + ((xx - w / 2) / (0.4 * w + 1)) ** 2 < 1)
+    alpha = np.where(rng.random(shape) > 0.9, 0.5, alpha).astype(np.float32)
+    alpha.flat[0], alpha.flat[-1] = 0.0, 1.0
+    whole = fill_transparent(rgb, alpha)
+    boxes = [(0, 0, w, h), (0, h - 1, w, h), (w // 2, h - 1, w, h), (0, 0, 1, 1),
+             (w // 3, h // 4, w - w // 5, h - h // 3)]
+    boxes += [(int(x0), int(y0), int(rng.integers(x0 + 1, w + 1)),
+               int(rng.integers(y0 + 1, h + 1)))
+              for x0, y0 in zip(rng.integers(0, w, 6), rng.integers(0, h, 6), strict=True)]
+    fill = TransparentFill(rgb, alpha)
+    for x0, y0, x1, y1 in boxes:
+        part = fill((x0, y0, x1, y1))
+        assert part.dtype == np.float32 and part.shape == (y1 - y0, x1 - x0, 3)
+        assert np.array_equal(part, whole[y0:y1, x0:x1]), (x0, y0, x1, y1)
+        assert np.array_equal(fill_transparent(rgb, alpha, box=(x0, y0, x1, y1)), part)
+    assert np.array_equal(fill(), whole)
 
 
 def test_the_fill_of_a_large_photo_makes_no_whole_size_levels_and_can_be_cancelled():
@@ -229,13 +259,13 @@ def test_a_preview_counts_the_whole_photo_it_holds_and_looks_at(tmp_path, monkey
     monkeypatch.setattr(devices, "system_memory", lambda: part_need + whole // 2)
     monkeypatch.setattr(devices, "available_memory", lambda: 1 << 40)
     filled = []
-    real_fill = fill_transparent
+    real_fill = TransparentFill.__call__  # (every fill: a part's, the whole's)
 
-    def spy(*a, **k):
+    def spy(self, *a, **k):
         filled.append(1)
-        return real_fill(*a, **k)
+        return real_fill(self, *a, **k)
 
-    monkeypatch.setattr("engine.pipeline.fill_transparent", spy)
+    monkeypatch.setattr(TransparentFill, "__call__", spy)
     out = tmp_path / "out"
     req = JobRequest(src, OutputOptions(out_dir=out, format="png"), plan=plan,
                      profile="builtin", backend="builtin", region=region)
@@ -285,3 +315,59 @@ def test_shared_odd_files_give_a_thumbnail_or_a_clear_error(shared_images):
         assert rgb.dtype == np.uint8 and rgb.ndim == 3 and max(rgb.shape[:2]) <= 128
         assert alpha is None or alpha.shape == rgb.shape[:2]
     assert seen >= 30
+
+
+def _cutout_photo(path, h: int = 600, w: int = 800) -> None:
+    """An RGBA cut-out: an ellipse of texture, black under the transparent pixels around it."""
+    rng = np.random.default_rng(3)
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[..., :3] = rng.integers(40, 220, (h, w, 3))
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy - h / 2) / (0.4 * h)) ** 2 + ((xx - w / 2) / (0.4 * w)) ** 2 < 1
+    rgba[..., 3] = np.where(inside, 255, 0)
+    rgba[~inside, :3] = 0
+    Image.fromarray(rgba, "RGBA").save(path)
+
+
+@pytest.mark.parametrize("plan", [SHARPEN, GLARE], ids=["sharpen", "glare"])
+def test_a_preview_fills_the_whole_photo_only_for_a_step_that_looks_at_it(tmp_path,
+                                                                          monkeypatch, plan):
+    """A transparent photo's preview filled the whole photo (a 120-megapixel one: 17 s of its
+    27 s, and a whole-photo copy held through the steps) when no step looked beyond its part
+    (a sharpening): now only the part is filled, the same pixels; a step that looks at the
+    whole photo (the glare detector) still has it filled. The preview is the whole fix's
+    pixels there."""
+    from engine import pipeline
+
+    src = tmp_path / "cut.png"
+    _cutout_photo(src)
+    region = (60, 200, 360, 420)  # (across the ellipse's left edge)
+    box = context_box(region, (600, 800))
+    made = []
+
+    def spy(real):
+        def fill(*a, **k):
+            out = real(*a, **k)
+            made.append(out.shape[:2])
+            return out
+        return fill
+
+    # (the old code's whole fill too: fill_transparent, as the pipeline called it)
+    monkeypatch.setattr(pipeline, "fill_transparent", spy(pipeline.fill_transparent))
+    monkeypatch.setattr(TransparentFill, "__call__", spy(TransparentFill.__call__),
+                        raising=False)
+    eng = Engine("cpu")
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out", format="png"), plan=plan,
+                     profile="builtin", backend="builtin", region=region, guard=False)
+    prev = eng.run(req)
+    part = (box[3] - box[1], box[2] - box[0])
+    if plan is SHARPEN:
+        assert made == [part]
+    else:
+        assert (600, 800) in made
+    whole = eng.run(replace(req, region=None, output=OutputOptions(out_dir=tmp_path / "whole",
+                                                                   format="png")))
+    x0, y0, x1, y1 = region
+    got, want = mio.load_photo(prev.output), mio.load_photo(whole.output)
+    assert np.array_equal(got.pixels, want.pixels[y0:y1, x0:x1])
+    assert np.array_equal(got.alpha, want.alpha[y0:y1, x0:x1])

@@ -260,19 +260,20 @@ def test_a_previews_unfilled_mask_warning_gives_the_whole_photos_share(shared_im
     assert prev.steps[1].notes == whole.steps[1].notes
 
 
-def _standin_faces(monkeypatch, engine):
+def _standin_faces(monkeypatch, engine, restore=None):
     """CodeFormer's weights are not here: each aligned face is restored by a fixed change
-    (sharper, a little brighter) that the identity check accepts; detection (OpenCV's Haar
-    cascade), alignment and paste-back are the real ones."""
+    (sharper, a little brighter; or ``restore``) that the identity check accepts; detection
+    (OpenCV's Haar cascade), alignment and paste-back are the real ones."""
     import cv2
 
     from engine.restore import face
 
+    def sharper(crop):
+        blur = cv2.GaussianBlur(crop, (0, 0), 2.0)
+        return np.clip(crop + 1.5 * (crop - blur) + 0.03, 0.0, 1.0)
+
     def fn(descriptor, device, fidelity, check=None):
-        def restore(crop):
-            blur = cv2.GaussianBlur(crop, (0, 0), 2.0)
-            return np.clip(crop + 1.5 * (crop - blur) + 0.03, 0.0, 1.0)
-        return restore
+        return restore or sharper
 
     monkeypatch.setattr(face, "codeformer_fn", fn)
     monkeypatch.setattr(engine.runtime, "load_image_model", lambda model_id: None)
@@ -304,6 +305,79 @@ def test_a_preview_finds_and_restores_faces_as_the_whole_fix(shared_images, engi
     assert np.abs(got - full[y0:y1, x0:x1]).max() <= 1.5 / 255
     assert sorted(prev.artifacts["face_boxes"]) == sorted(whole.artifacts["face_boxes"])
     assert "in the previewed part (2 in the whole photo)" in prev.steps[0].notes
+
+
+GROUP_FACES = ((754, 381, 946, 573), (504, 786, 672, 954))  # (Haar's boxes, source px)
+
+
+def _fixed_faces(monkeypatch):
+    """GROUP's two faces wherever a detector looks (at any scale of the photo: the whole fix
+    after an x2 upscale looks at 2594 x 3840 px, a preview at the photo's own pixels), so
+    that the whole fix and a preview align them alike: what differs is what they restore
+    them from. Returns the scales looked at."""
+    from engine.restore import face
+
+    seen = []
+
+    def detect(image, runtime=None, **kw):
+        k = image.shape[1] / 1297
+        seen.append(k)
+        return [face.Face(tuple(v * k for v in b), 5.0, None) for b in GROUP_FACES], "fixed"
+
+    monkeypatch.setattr(face, "detect_faces", detect)
+    return seen
+
+
+def _mixed(crop):
+    """A stand-in model whose every output pixel depends on the whole crop, as CodeFormer's
+    does (its transformer sees the whole face): a mirror of the crop blended in."""
+    return np.clip(0.8 * crop + 0.2 * crop[::-1, ::-1], 0.0, 1.0)
+
+
+X2_FACES = Plan(Degradation.A, "laptop", (Step("upscale_builtin", {"scale": 2}),
+                                          Step("face_codeformer")))
+CUT = (950, 237, 1297, 717)  # its margin's left edge (822) cuts the larger face (754..946)
+
+
+def test_after_an_upscale_a_face_the_parts_edge_cuts_is_restored_from_all_of_it(
+        shared_images, engine, tmp_path, monkeypatch):
+    """After an upscale the face step runs on the upscaled part: a face the part's edge cut
+    was aligned and restored from the part's pixels and a mirror of them (the crop's border),
+    with no warning. The preview's part now holds whole the faces that reach the region
+    (found before the steps), and the preview is the whole fix's pixels there."""
+    _standin_faces(monkeypatch, engine, _mixed)
+    scales = _fixed_faces(monkeypatch)
+    src = _photo(shared_images, GROUP)
+    whole = _run(engine, src, tmp_path, X2_FACES, guard=False)
+    prev = _run(engine, src, tmp_path, X2_FACES, region=CUT, guard=False)
+    assert 2.0 in scales and 1.0 in scales
+    x0, y0, x1, y1 = CUT
+    full = load_photo(whole.output).pixels
+    got = load_photo(prev.output).pixels
+    want = full[2 * y0:2 * y1, 2 * x0:2 * x1]
+    up = load_photo(_run(engine, src, tmp_path, Plan(Degradation.A, "builtin", (
+        Step("upscale_builtin", {"scale": 2}),)), region=CUT).output).pixels
+    assert (np.abs(want - up).max(-1) > 4 / 255).sum() > 5000  # (the face changed there)
+    assert np.abs(got - want).max() <= 1.5 / 255  # (up to 32 levels before)
+    assert not prev.warnings
+    # (the other face is beyond the region and its margin: not restored for the preview)
+    assert prev.artifacts["face_boxes"] == [list(GROUP_FACES[0])]
+    assert sorted(whole.artifacts["face_boxes"]) == sorted(map(list, GROUP_FACES))
+
+
+def test_a_face_the_upscaled_part_still_cuts_is_said(shared_images, engine, tmp_path,
+                                                      monkeypatch):
+    """A face the part's edge still cuts after the upscale (not found before the steps: the
+    photo is looked at again after them) is restored from the part's pixels only: the
+    preview says so."""
+    _standin_faces(monkeypatch, engine, _mixed)
+    _fixed_faces(monkeypatch)
+    monkeypatch.setattr(Engine, "_hold_faces", lambda self, plan, photo, region, box, p: box,
+                        raising=False)
+    prev = _run(engine, _photo(shared_images, GROUP), tmp_path, X2_FACES, region=CUT,
+                guard=False)
+    assert any(w.startswith("1 face(s) the previewed part's edge cuts were restored from the "
+                            "part's pixels only") for w in prev.warnings), prev.warnings
 
 
 @pytest.fixture(scope="module")

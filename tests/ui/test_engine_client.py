@@ -30,6 +30,7 @@ class TiledEngine:
         self.threads: set[int] = set()
         self.device = None
         self.runs: list[Path] = []
+        self.requests: list[JobRequest] = []
 
     def diagnose(self, path, backend="auto"):
         self.threads.add(threading.get_ident())
@@ -48,6 +49,7 @@ class TiledEngine:
             time.sleep(self.tile_seconds)
             progress.update((i + 1) / self.tiles, f"tile {i + 1}/{self.tiles}")
         self.runs.append(Path(request.path))
+        self.requests.append(request)
         d = self.diagnose(request.path)
         return JobResult(Path(request.path), None, d.label, d, self.plan(d))
 
@@ -237,3 +239,44 @@ def test_a_job_whose_engine_call_returned_is_done_even_if_cancelled_meanwhile(qt
     with qtbot.waitSignal(client.finished, timeout=5000):
         client.cancel(jid)
     assert client.job(jid).state is JobState.DONE
+
+
+def test_a_preview_runs_before_the_queued_diagnoses_and_fixes_with_its_photos_diagnosis(
+        qtbot, client):
+    """A preview is quick feedback on the part of the photo in view: it waited behind every
+    diagnosis "Diagnose all" had queued (and every fix). It runs next now, behind the quick
+    jobs asked before it; a diagnosis of its own photo queued meanwhile runs just before it,
+    and the preview is given that diagnosis (the engine does not diagnose the photo again)."""
+    eng = client.fake
+    eng.tiles, eng.tile_seconds = 1, 0.01
+    made = Diagnosis(Degradation.C, {"A": 0.1, "B": 0.1, "C": 0.7, "D": 0.1},
+                     estimates={"noise_sigma": 4.5})
+    diagnose = eng.diagnose
+    eng.diagnose = lambda path, backend="auto": made if Path(path).name == "c.jpg" \
+        else diagnose(path, backend)
+    gate = threading.Event()
+    started = []
+    client.job_changed.connect(
+        lambda i: started.append(i.id) if i.state is JobState.RUNNING else None)
+    held = client.call(lambda engine, progress: gate.wait(10), "hold the engine")
+    qtbot.waitUntil(lambda: client.running_id() == held, timeout=5000)
+    quick = client.call(lambda engine, progress: None, "Plan a.jpg", path=Path("/x/a.jpg"))
+    diagnoses = [client.diagnose(Path(f"/x/{n}.jpg")) for n in "abcd"]
+    fix = client.submit(JobRequest(Path("/x/e.jpg")))
+    preview = client.submit(JobRequest(Path("/x/c.jpg"), region=(0, 0, 10, 10)))
+    a, b, c, d = diagnoses
+    assert client.queued_ids() == [quick, c, preview, a, b, d, fix]
+    # a second preview follows the first; a re-plan asked now waits, as before, for the batch
+    other = client.submit(JobRequest(Path("/x/f.jpg"), region=(5, 5, 20, 20)))
+    replan = client.call(lambda engine, progress: None, "Plan b.jpg", path=Path("/x/b.jpg"))
+    assert client.queued_ids() == [quick, c, preview, other, a, b, d, fix, replan]
+    gate.set()
+    qtbot.waitUntil(client.is_idle, timeout=10000)
+    assert list(dict.fromkeys(started)) == [held, quick, c, preview, other, a, b, d, fix, replan]
+    # the preview was given the diagnosis its photo's job made; the other one had none made
+    by_path = {(r.path.name, r.region): r for r in eng.requests}
+    assert by_path["c.jpg", (0, 0, 10, 10)].diagnosis == made
+    assert by_path["f.jpg", (5, 5, 20, 20)].diagnosis is None
+    assert client.request(preview).diagnosis == made
+    assert all(client.job(j).state is JobState.DONE for j in started)
+    assert len(eng.requests) == 3  # (the fix and the two previews: one run each)

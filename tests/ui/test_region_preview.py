@@ -311,3 +311,33 @@ def test_a_preview_of_a_photo_never_diagnosed_keeps_the_diagnosis_it_made(qtbot,
     assert win.request_for(photo).diagnosis == st.diagnosis
     _shown(qtbot, win)
     _idle(qtbot, win)
+
+
+def test_a_preview_asked_during_diagnose_all_runs_next_and_is_shown(qtbot, win, tmp_path):
+    """"Diagnose all" queues a diagnosis of every photo of the folder: a preview asked then
+    waited for all of them, and once its own photo's diagnosis came it was cancelled (that
+    diagnosis dropped the previews of the photo asked after it too): never shown. Now it runs
+    right after its photo's diagnosis, before the others, with that diagnosis, and is shown."""
+    first = write_photo(tmp_path / "shoot" / "a.png", W, H, seed=1)
+    shown = write_photo(tmp_path / "shoot" / "b.png", W, H, seed=2)
+    last = write_photo(tmp_path / "shoot" / "c.png", W, H, seed=3)
+    _viewer(qtbot, win, shown, plan=None)
+    started = []
+    win.client.job_changed.connect(
+        lambda i: started.append(i.id) if i.state is JobState.RUNNING else None)
+    held = win.client.call(lambda engine, progress: _GATE.wait(30), "hold the engine")
+    qtbot.waitUntil(lambda: win.client.running_id() == held, timeout=20000)
+    diagnoses = {win._job_path[jid]: jid for jid in win.diagnose_all()}
+    assert set(diagnoses) == {first, shown, last}
+    assert win.states[shown].diagnosis is None
+    jid = win.preview_here()
+    _GATE.set()
+    _shown(qtbot, win)
+    _idle(qtbot, win)
+    assert win.client.job(jid).state is JobState.DONE and win._preview.job == jid
+    others = sorted(diagnoses[p] for p in (first, last))  # (in the order they were queued)
+    assert list(dict.fromkeys(started)) == [held, diagnoses[shown], jid, *others]
+    st = win.states[shown]
+    assert st.diagnosis is not None
+    assert win.client.request(jid).diagnosis == st.diagnosis  # (not diagnosed again)
+    assert "Preview of b.png" in win.status_label.text()
