@@ -129,7 +129,7 @@ def test_a_full_output_disk_stops_the_batch_with_one_message(tmp_path, small_dis
 
 
 _DRIVER = r"""
-import os, signal, sys, types
+import dataclasses, os, signal, sys, types
 import engine.imageio as mio
 import engine.pipeline as pl
 from engine import cli
@@ -155,7 +155,7 @@ def in_a_step(sig):
         def fn(image, params, ctx):
             os.kill(os.getpid(), sig)
             return spec.fn(image, params, ctx)
-        return types.SimpleNamespace(fn=fn, defaults=spec.defaults, models=spec.models)
+        return dataclasses.replace(spec, fn=fn)
     mio._atomic_write, pl.get_step = real_write, get_step
 
 

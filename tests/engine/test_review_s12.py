@@ -4,12 +4,12 @@ named on the command line."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +120,7 @@ def test_an_interrupt_swallowed_inside_a_step_stops_the_restore(tmp_path, monkey
             ctx.progress.update(0.5, "working")  # (the step's next cancel check)
             return spec.fn(image, params, ctx)
 
-        return types.SimpleNamespace(fn=fn, defaults=spec.defaults, models=spec.models)
+        return dataclasses.replace(spec, fn=fn)
 
     monkeypatch.setattr(pl, "get_step", get_step)
     out = tmp_path / "out"
