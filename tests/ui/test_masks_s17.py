@@ -264,14 +264,14 @@ def _is_the_new_mask(m: np.ndarray) -> bool:
     return bool(m[59, 80] > 127 and m[35, 45] < 128)
 
 
-def test_a_retry_waits_for_the_mask_being_written(qtbot, window, folder, monkeypatch):
-    """The mask painted again is being written (in the pool: here held back until the retry, if
-    queued at once, has run): the Retry is queued once it is written, and reads it."""
+def _repainted_mask_held(qtbot, win, folder, monkeypatch):
+    """A cancelled fix of a masked photo whose mask is then painted again and written (as
+    leaving the editor or a Fix of it does), the write held back in the pool until the returned
+    gate is set. Returns (photo, its state, the cancelled job, the gate)."""
     import engine.imageio
 
-    win = window
     opened(qtbot, win, folder)
-    target, _st, masked, doc = _cancelled_masked_fix(qtbot, win, folder)
+    target, st, masked, doc = _cancelled_masked_fix(qtbot, win, folder)
     _paint_elsewhere(doc)
     gate = threading.Event()
     real = engine.imageio.save_mask
@@ -281,7 +281,15 @@ def test_a_retry_waits_for_the_mask_being_written(qtbot, window, folder, monkeyp
         return real(*a, **k)
 
     monkeypatch.setattr(engine.imageio, "save_mask", held)
-    win._write_mask(target, doc)  # (as leaving the editor or a Fix of it does)
+    win._write_mask(target, doc)
+    return target, st, masked, gate
+
+
+def test_a_retry_waits_for_the_mask_being_written(qtbot, window, folder, monkeypatch):
+    """The mask painted again is being written (in the pool: here held back until the retry, if
+    queued at once, has run): the Retry is queued once it is written, and reads it."""
+    win = window
+    target, _st, masked, gate = _repainted_mask_held(qtbot, win, folder, monkeypatch)
     try:
         again = win.client.retry(masked)
         if again is not None:  # queued at once: it runs before the mask is written
@@ -358,21 +366,8 @@ def test_a_retry_waiting_for_its_mask_is_dropped_by_a_deletion(qtbot, window, fo
                                                                monkeypatch):
     """The mask it waits for is deleted before it is written: the retry does not run (as the
     fixes waiting for that mask), and the photo shows it cancelled."""
-    import engine.imageio
-
     win = window
-    opened(qtbot, win, folder)
-    target, st, masked, doc = _cancelled_masked_fix(qtbot, win, folder)
-    _paint_elsewhere(doc)
-    gate = threading.Event()
-    real = engine.imageio.save_mask
-
-    def held(*a, **k):
-        gate.wait(60)
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine.imageio, "save_mask", held)
-    win._write_mask(target, doc)
+    target, st, masked, gate = _repainted_mask_held(qtbot, win, folder, monkeypatch)
     try:
         assert win.client.retry(masked) is None
         win.delete_mask(target)
