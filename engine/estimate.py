@@ -247,16 +247,6 @@ def step_multiplier(name: str, params: Mapping[str, Any]) -> int:
         return max(1, default)
 
 
-def step_off(params: Mapping[str, Any]) -> bool:
-    """Whether a step with a ``strength`` parameter is turned off by it: every such step
-    (``denoise_builtin``, ``sharpen_builtin``, ``deblur_builtin``, ``dereflect_nafnet``) hands
-    its input on untouched at a strength of 0 or below."""
-    try:
-        return float(params.get("strength", 1.0)) <= 0
-    except (TypeError, ValueError):
-        return False
-
-
 def step_work_units(name: str, params: Mapping[str, Any], pixels: int) -> float:
     """What one run of a step costs in the history's units: ``work_units`` times
     ``step_multiplier`` (an InvSR run of 3 sampling steps is 3 units per megapixel)."""
@@ -674,14 +664,14 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
             continue
         model = step_model(step)
         from .errors import UsageError
-        from .restore.registry import get_step
+        from .restore.registry import get_step, turned_off
 
         try:
             spec = get_step(step.name)
             spec_models, defaults = spec.models, dict(spec.defaults)
         except UsageError:  # an unknown step fails when the plan runs, not here
             spec_models, defaults = (), {}
-        if "strength" in defaults and step_off({**defaults, **step.params}):
+        if turned_off({**defaults, **step.params}):
             # (it hands its input on untouched, loads and measures nothing: no time, no memory)
             steps.append(StepEstimate(step.name, model, 0.0, "off"))
             continue

@@ -40,7 +40,14 @@ import numpy as np
 
 from ..errors import EngineError
 from .classical import luminance, to_uint8
-from .registry import StepContext, StepOutput, call_cancellable, register_step, step_tile
+from .registry import (
+    StepContext,
+    StepOutput,
+    call_cancellable,
+    register_step,
+    step_tile,
+    turned_off,
+)
 
 YOLO_ID = "reflection-yolo"
 SAM_ID = "sam-vit-base"
@@ -874,14 +881,9 @@ def _dereflect_strength(params: Mapping[str, Any]) -> float:
 
 
 def _dereflect_models(params: Mapping[str, Any], mask: bool) -> tuple[str, ...]:
-    """NAFNet, unless the strength is 0 (or below): the step then hands its input on
-    untouched and loads nothing (``StepSpec.loads``). A strength it cannot read counts: the
-    step says what is wrong with it."""
-    try:
-        off = _dereflect_strength(params) <= 0
-    except (TypeError, ValueError):
-        off = False
-    return () if off else (NAFNET_SIDD,)
+    """NAFNet, unless the strength turns the step off (``registry.turned_off``): it then hands
+    its input on untouched and loads nothing (``StepSpec.loads``)."""
+    return () if turned_off(params) else (NAFNET_SIDD,)
 
 
 @register_step(

@@ -208,6 +208,18 @@ def register_step(
     return deco
 
 
+def turned_off(params: Mapping[str, Any]) -> bool:
+    """Whether a step with a ``strength`` (``params``: its defaults merged in) is turned off
+    by it (0 or below): every such step (``denoise_builtin``, ``sharpen_builtin``,
+    ``deblur_builtin``, ``dereflect_nafnet``) then hands its input on untouched, loading and
+    measuring nothing. A strength that cannot be read is not "off": the step says what is
+    wrong with it."""
+    try:
+        return float(params.get("strength", 1.0)) <= 0
+    except (TypeError, ValueError):
+        return False
+
+
 def get_step(name: str) -> StepSpec:
     _load_all()
     try:
