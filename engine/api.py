@@ -219,6 +219,8 @@ class JobResult:
     plan: Plan
     steps: tuple[StepRecord, ...] = ()
     warnings: tuple[str, ...] = ()
+    # the ids of the store's models the steps used (``pipeline.used_models``); what else made a
+    # step's result (a built-in method, a mask the user gave) is in that step's ``model``
     models: tuple[str, ...] = ()
     seconds: float = 0.0
     artifacts: Mapping[str, Any] = field(default_factory=dict)  # e.g. mask path, face/text boxes

@@ -225,7 +225,8 @@ class Engine:
         if missing:
             warnings.append(f"this plan needs models that are not installed ({', '.join(missing)}); "
                             "install them with: mend models pull " + " ".join(missing))
-        warnings += [f"the run would stop: {e}" for e in _unmet_requirements(plan)]
+        warnings += [f"the run would stop: {e}"
+                     for e in _unmet_requirements(plan, given_mask, self.runtime)]
         options = preview_options(request.output) if region is not None else request.output
         output = None
         if options.out_dir is not None:
@@ -300,9 +301,10 @@ class Engine:
         counts: the plan needs it, and the steps before it may take minutes; so does one a
         step's params choose explicitly (the SAM or YOLO glare detector, YuNet), and not one
         a step whose params make it change nothing would not load (a strength of 0): see
-        ``plan_models``. Then what a step needs beyond the store (``StepSpec.requires``: the
-        PaddleOCR package): the error the step would raise when it starts. ``mask``: the job
-        gives a reflection mask (no detector runs)."""
+        ``plan_models``. Then what a step needs beyond the store's models being installed
+        (``StepSpec.requires``: the PaddleOCR package; for an explicit YOLO detector
+        ultralytics and an ONNX export in its slot): the error the step would raise when it
+        starts. ``mask``: the job gives a reflection mask (no detector runs)."""
         for model_id in plan_models(plan, mask):  # (in the order the steps would load them)
             if self.runtime.is_available(model_id):
                 continue
@@ -312,7 +314,7 @@ class Engine:
                 self.runtime.path(model_id)
             except ModelMissing as e:
                 raise self._with_other_missing(e, plan, mask) from None
-        for err in _unmet_requirements(plan):
+        for err in _unmet_requirements(plan, mask, self.runtime):
             if isinstance(err, ModelMissing):
                 raise self._with_other_missing(err, plan, mask) from None
             raise err
@@ -434,7 +436,7 @@ class Engine:
         # no step changed a pixel (each handed on the very array it was given: a fill with
         # nothing it may fill, a sharpen of strength 0): the photo is kept as it is
         unchanged = image is source
-        models = tuple(dict.fromkeys(r.model for r in records if not r.model.startswith("builtin")))
+        models = used_models(records, self.store.manifest)
         artifacts = {k: v for k, v in ctx.artifacts.items() if k not in ("source", "alpha")}
         if box is not None:  # the margin of context goes: the region's result alone
             inner = (region[0] - box[0], region[1] - box[1], region[2] - box[0],
@@ -687,9 +689,21 @@ def plan_models(plan: Plan, mask: bool = False) -> list[str]:
     return list(dict.fromkeys(needed))
 
 
-def _unmet_requirements(plan: Plan) -> list[EngineError]:
-    """What ``plan``'s enabled steps need beyond the store's models and lack
-    (``StepSpec.requires``: the PaddleOCR package): each the error its step would raise."""
+def used_models(records: Any, known: Any) -> tuple[str, ...]:
+    """The ids of the store's models that the steps of ``records`` used, in order, once each
+    (``JobResult.models``, the record's ``models``): a step's ``model`` names them, "+"-joined
+    when it used several ("reflection-yolo+sam-vit-base", "builtin:glare+sam-vit-base"); the
+    rest of it - a built-in method ("builtin:telea"), what the user gave ("user:mask"), an OCR
+    backend ("paddleocr:pp-ocr") - is no id of the manifest ``known``, and only the step's own
+    record says it."""
+    return tuple(dict.fromkeys(m for r in records for m in r.model.split("+") if m in known))
+
+
+def _unmet_requirements(plan: Plan, mask: bool, runtime: Any) -> list[EngineError]:
+    """What ``plan``'s enabled steps need beyond the store's models being installed and lack
+    (``StepSpec.requires``: the PaddleOCR package; ultralytics and an ONNX file in the YOLO
+    slot for an explicit YOLO detector): each the error its step would raise. ``mask``: the job
+    gives a reflection mask; ``runtime``: the engine's, whose store the steps load from."""
     unmet: list[EngineError] = []
     for step in plan.steps:
         if not step.enabled:
@@ -698,7 +712,7 @@ def _unmet_requirements(plan: Plan) -> list[EngineError]:
         if spec.requires is None:
             continue
         try:
-            spec.requires({**spec.defaults, **step.params})
+            spec.requires({**spec.defaults, **step.params}, mask, runtime)
         except EngineError as e:
             unmet.append(e)
     return unmet

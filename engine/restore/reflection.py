@@ -30,6 +30,7 @@ runs NAFNet over the photo for weak reflections.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -72,8 +73,9 @@ log = logging.getLogger(__name__)
 # (call_cancellable) and ends before the next starts
 _TELEA_SLOT = threading.Lock()
 _LAMA_SLOT = threading.Lock()
-# one reduction of a whole photo for the glare detector at a time (a cancelled job's is
-# abandoned: see detect_glare)
+# one whole-photo resize of a detector at a time - the glare detector's view of the photo and
+# its mask brought back to full size, SAM's view and its masks (a cancelled job's is abandoned:
+# see detect_glare, _sam_run)
 _REDUCE_SLOT = threading.Lock()
 
 
@@ -196,7 +198,8 @@ def detect_glare(image: np.ndarray, *, sensitivity: float = 1.0,
     only the brightest regions up to that share are kept (a photo is not mostly
     reflection). ``sensitivity`` > 1 finds weaker glare. ``check`` (a progress's ``check``)
     is called between the stages (a 12 MP photo took 0.9 s without a look at the cancel), and
-    the first reduction of a large photo is abandoned on a cancel (:func:`call_cancellable`).
+    the reduction of a large photo and the mask's return to its full size are abandoned on a
+    cancel (:func:`call_cancellable`).
     """
     import cv2
 
@@ -245,10 +248,22 @@ def detect_glare(image: np.ndarray, *, sensitivity: float = 1.0,
         m = _cap_area(m, lift, max_area)
         step()
     if s < 1.0:
-        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        # (one whole-photo resize and threshold that nothing can stop part-way - 0.05-0.16 s
+        # at 120 MP, 0.24-0.43 s on a busy 2-core machine - is abandoned on a cancel)
+        m = call_cancellable(functools.partial(_full_size_glare, m, (w, h)), check,
+                             slot=_REDUCE_SLOT, name="mend-glare-mask")
         step()
-        # (in place: (m > 127) * 255 made an int64 copy, 8 bytes a pixel of the whole photo)
-        cv2.threshold(m, 127, 255, cv2.THRESH_BINARY, dst=m)
+    return m
+
+
+def _full_size_glare(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The glare detector's ``mask`` (uint8, at its view's size) at ``size`` (w, h): bilinear,
+    thresholded at 127 to 0 / 255."""
+    import cv2
+
+    m = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
+    # (in place: (m > 127) * 255 made an int64 copy, 8 bytes a pixel of the whole photo)
+    cv2.threshold(m, 127, 255, cv2.THRESH_BINARY, dst=m)
     return m
 
 
@@ -351,8 +366,12 @@ def load_sam(runtime: Any) -> tuple[Any, Any]:
 
 
 def _sam_run(image: np.ndarray, runtime: Any, *, boxes=None, points=None, labels=None,
-             multimask: bool = False, max_side: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Masks (N, K, H, W) bool and IoU scores (N, K) for N prompts at the image's size."""
+             multimask: bool = False, max_side: int = 2048, check: Check | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (N, K, h, w) bool and IoU scores (N, K) for N prompts, the masks at the size SAM
+    looked at the image (at most ``max_side`` px: :func:`_full_size` brings one to the image's).
+    ``check`` (a progress's ``check``): the reduction of a larger image (0.4 s at 120 MP) is
+    abandoned on a cancel."""
     import cv2
     import torch
     from PIL import Image
@@ -360,8 +379,9 @@ def _sam_run(image: np.ndarray, runtime: Any, *, boxes=None, points=None, labels
     model, proc = load_sam(runtime)
     h, w = image.shape[:2]
     s = min(1.0, max_side / max(h, w))
-    view = image if s >= 1.0 else cv2.resize(image, (round(w * s), round(h * s)),
-                                             interpolation=cv2.INTER_AREA)
+    view = image if s >= 1.0 else call_cancellable(
+        lambda: cv2.resize(image, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA),
+        check, slot=_REDUCE_SLOT, name="mend-sam-view")
     kw: dict[str, Any] = {}
     if boxes is not None:
         kw["input_boxes"] = [[[float(v) * s for v in b] for b in boxes]]
@@ -379,39 +399,57 @@ def _sam_run(image: np.ndarray, runtime: Any, *, boxes=None, points=None, labels
         out.pred_masks.float().cpu(), inputs["original_sizes"].cpu(),
         inputs["reshaped_input_sizes"].cpu())[0].numpy()
     scores = out.iou_scores[0].float().cpu().numpy()
-    if s < 1.0:
-        masks = np.stack([np.stack([cv2.resize(m.astype(np.uint8), (w, h),
-                                               interpolation=cv2.INTER_NEAREST) > 0
-                                    for m in mk]) for mk in masks])
-    return masks.astype(bool), scores
+    return masks.astype(bool, copy=False), scores
+
+
+def _full_size(mask: np.ndarray, shape: tuple[int, int], check: Check | None) -> np.ndarray:
+    """One of SAM's masks (bool, as :func:`_sam_run` gives it) at the image's ``shape`` (h, w),
+    nearest neighbour. At 120 MP one took 0.08-0.5 s: abandoned on a cancel."""
+    import cv2
+
+    if mask.shape == tuple(shape):
+        return mask
+    h, w = shape
+    return call_cancellable(
+        lambda: cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0,
+        check, slot=_REDUCE_SLOT, name="mend-sam-mask")
 
 
 def sam_mask_from_boxes(image: np.ndarray, boxes: list[tuple[float, float, float, float]],
-                        runtime: Any) -> np.ndarray:
+                        runtime: Any, check: Check | None = None) -> np.ndarray:
     """Union of SAM's masks for ``boxes`` (x0, y0, x1, y1), each clipped to its box.
-    uint8 (H, W), 255 = selected."""
+    uint8 (H, W), 255 = selected. ``check`` (a progress's ``check``) is called between the
+    boxes, and the whole-photo resizes are abandoned on a cancel (:func:`_sam_run`,
+    :func:`_full_size`)."""
     h, w = image.shape[:2]
     out = np.zeros((h, w), np.uint8)
     if not boxes:
         return out
-    masks, _ = _sam_run(image, runtime, boxes=boxes)
+    masks, _ = _sam_run(image, runtime, boxes=boxes, check=check)
     for (x0, y0, x1, y1), mk in zip(boxes, masks):
-        clip = np.zeros((h, w), bool)
-        clip[max(0, int(y0)):math.ceil(y1), max(0, int(x0)):math.ceil(x1)] = True
-        out[mk[0] & clip] = 255
+        if check is not None:
+            check()
+        # (only the box is written: a box-sized mask of the whole photo and a whole-photo AND
+        # with it per box did the same)
+        box = (slice(max(0, int(y0)), math.ceil(y1)), slice(max(0, int(x0)), math.ceil(x1)))
+        out[box][_full_size(mk[0], (h, w), check)[box]] = 255
     return out
 
 
 def sam_mask_from_points(image: np.ndarray, points: list[tuple[float, float]],
-                         labels: list[int] | None, runtime: Any) -> np.ndarray:
+                         labels: list[int] | None, runtime: Any,
+                         check: Check | None = None) -> np.ndarray:
     """Click-to-select for the mask editor: ``points`` (x, y) in image pixels, ``labels`` 1 =
-    include / 0 = exclude. Returns SAM's best mask (highest predicted IoU) as uint8, 255 = in."""
+    include / 0 = exclude. Returns SAM's best mask (highest predicted IoU) as uint8, 255 = in.
+    ``check``: as for :func:`sam_mask_from_boxes`."""
     if not points:
         return np.zeros(image.shape[:2], np.uint8)
     masks, scores = _sam_run(image, runtime, points=points, labels=labels,
-                             multimask=len(points) == 1)
+                             multimask=len(points) == 1, check=check)
     best = int(np.argmax(scores[0]))
-    return (masks[0, best] * 255).astype(np.uint8)
+    # (only the best mask at full size; uint8 throughout: bool * 255 was an int64 copy)
+    return np.where(_full_size(masks[0, best], image.shape[:2], check), np.uint8(255),
+                    np.uint8(0))
 
 
 # ------------------------------------------------------------------------------ YOLO
@@ -420,6 +458,22 @@ def _yolo_is_onnx(runtime: Any) -> bool:
     """Whether the slot holds an ONNX export (the only kind Mend loads: see yolo_detect)."""
     path = runtime.store.slot_path(YOLO_ID)
     return path is not None and path.suffix.lower() == ".onnx"
+
+
+def _not_onnx(name: str) -> EngineError:
+    """What the YOLO detector raises when its slot holds ``name``, no ONNX export."""
+    return EngineError(
+        f"the reflection detector slot holds {name}; it takes an ONNX export only "
+        "(yolo export model=best.pt format=onnx, then give Mend best.onnx): a .pt file is a "
+        "Python pickle that can run code when loaded, and Mend never loads one")
+
+
+def _no_ultralytics() -> EngineError:
+    """What the YOLO detector raises without the ``ultralytics`` package."""
+    return EngineError(
+        "the YOLO reflection detector needs the optional 'ultralytics' package "
+        "(pip install 'mend[yolo]' or pip install ultralytics); choose the built-in or "
+        "SAM detector instead")
 
 
 def yolo_detect(image: np.ndarray, runtime: Any, conf: float = 0.25
@@ -433,17 +487,11 @@ def yolo_detect(image: np.ndarray, runtime: Any, conf: float = 0.25
 
     weights = runtime.file(YOLO_ID)  # checked against the hash recorded at import
     if weights.suffix.lower() != ".onnx":
-        raise EngineError(
-            f"the reflection detector slot holds {weights.name}; it takes an ONNX export only "
-            "(yolo export model=best.pt format=onnx, then give Mend best.onnx): a .pt file is a "
-            "Python pickle that can run code when loaded, and Mend never loads one")
+        raise _not_onnx(weights.name)
     try:
         from ultralytics import YOLO
     except ImportError:
-        raise EngineError(
-            "the YOLO reflection detector needs the optional 'ultralytics' package "
-            "(pip install 'mend[yolo]' or pip install ultralytics); choose the built-in or "
-            "SAM detector instead") from None
+        raise _no_ultralytics() from None
     st = weights.stat()
     # a re-imported file (same name, other weights) is a new model: its mtime/size differ
     key = ("yolo", str(weights), st.st_size, st.st_mtime_ns)
@@ -491,12 +539,29 @@ def _mask_models(params: Mapping[str, Any], mask: bool) -> tuple[str, ...]:
     return {"yolo": (YOLO_ID,), "sam": (SAM_ID,)}.get(_detector(params), ())
 
 
+def _mask_requires(params: Mapping[str, Any], mask: bool, runtime: Any) -> None:
+    """What ``reflection_mask`` raises when it starts the YOLO detector its ``detector`` param
+    chooses explicitly (``StepSpec.requires``): the error of a slot holding no ONNX export, then
+    of a missing ``ultralytics`` (:func:`yolo_detect`). Nothing with a given mask (no detector
+    runs) nor for ``auto`` (it falls back to the built-in detector with a warning). An empty
+    slot is a missing model (``_mask_models``), which the pipeline reports before this."""
+    if mask or _detector(params) != "yolo":
+        return
+    if runtime is not None and runtime.is_available(YOLO_ID):
+        path = runtime.store.slot_path(YOLO_ID)
+        if path is not None and path.suffix.lower() != ".onnx":
+            raise _not_onnx(path.name)
+    if not _ultralytics_installed():
+        raise _no_ultralytics()
+
+
 @register_step(
     "reflection_mask",
     models=(YOLO_ID, SAM_ID),
     description="Find strong reflections / glare and build the editable removal mask.",
     defaults={"detector": "auto", "sensitivity": 1.0, "max_area": 0.35},
     loads=_mask_models,
+    requires=_mask_requires,
 )
 def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     given = image
@@ -538,7 +603,7 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
         notes.append(f"{len(boxes)} region(s) from YOLO")
         if have_sam and boxes:
             ctx.progress.update(0.5, "refining with SAM")
-            refined = sam_mask_from_boxes(image, boxes, rt)
+            refined = sam_mask_from_boxes(image, boxes, rt, check=ctx.progress.check)
             if refined.any():
                 mask = refined
                 model = f"{YOLO_ID}+{SAM_ID}"
@@ -550,10 +615,13 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
         model = "builtin:glare"
         if detector == "sam":
             boxes = mask_boxes(mask)
-            notes.append(f"{len(boxes)} glare region(s) refined by SAM")
-            ctx.progress.update(0.5, "refining with SAM")
-            mask = sam_mask_from_boxes(image, boxes, rt) if boxes else mask
-            model = f"builtin:glare+{SAM_ID}"
+            if boxes:
+                notes.append(f"{len(boxes)} glare region(s) refined by SAM")
+                ctx.progress.update(0.5, "refining with SAM")
+                mask = sam_mask_from_boxes(image, boxes, rt, check=ctx.progress.check)
+                model = f"builtin:glare+{SAM_ID}"
+            else:  # (SAM is given boxes only: not run, not named among the job's models)
+                notes.append("no glare region for SAM to refine")
     share = float((mask > 127).mean())  # (of the whole photo, in a preview too)
     if ctx.whole is not None:
         mask = ctx.whole.to_part(mask, part_shape)

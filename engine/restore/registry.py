@@ -157,7 +157,10 @@ class StepContext:
 @dataclass(frozen=True)
 class StepOutput:
     image: np.ndarray
-    model: str  # model id used, or "builtin:<method>"
+    # the id of the store's model it used ("+"-joined when several), else what made the result:
+    # "builtin:<method>" (a built-in method), "user:mask" (the mask the user gave), "<OCR
+    # backend>:pp-ocr"; only the ids go into the job's ``models`` (``pipeline.used_models``)
+    model: str
     notes: str = ""
 
 
@@ -165,6 +168,9 @@ StepFn = Callable[[np.ndarray, Mapping[str, Any], StepContext], StepOutput]
 # (params with the step's defaults merged in, whether the job gives a reflection mask) -> the
 # model ids the step loads, in the order it loads them
 LoadsFn = Callable[[Mapping[str, Any], bool], tuple[str, ...]]
+# (the same params, the same mask flag, the engine's model runtime) -> None, or raises what the
+# step would raise when it starts (``StepSpec.requires``)
+RequiresFn = Callable[[Mapping[str, Any], bool, Any], None]
 
 
 @dataclass(frozen=True)
@@ -180,10 +186,12 @@ class StepSpec:
     # changes nothing. None: every id of ``models`` but the optional ones
     # (``profiles.OPTIONAL_MODELS``), the ``model`` param's choice in place of the others
     loads: LoadsFn | None = None
-    # ``requires(params)`` raises, before any step runs, what the step would raise when it
-    # starts for what its params need that is no model of the store (a Python package: the
-    # PaddleOCR backend); None: nothing beyond its models
-    requires: Callable[[Mapping[str, Any]], None] | None = None
+    # ``requires(params, mask, runtime)`` raises, before any step runs, what the step would
+    # raise when it starts for what its params need beyond the store's models being installed
+    # (a Python package: the PaddleOCR backend, ultralytics for an explicit YOLO detector; the
+    # kind of file a slot holds: an ONNX export for YOLO); ``mask``: the job gives a reflection
+    # mask; ``runtime``: the engine's (its store). None: nothing beyond its models
+    requires: RequiresFn | None = None
 
 
 STEPS: dict[str, StepSpec] = {}
@@ -196,7 +204,7 @@ def register_step(
     description: str = "",
     defaults: Mapping[str, Any] | None = None,
     loads: LoadsFn | None = None,
-    requires: Callable[[Mapping[str, Any]], None] | None = None,
+    requires: RequiresFn | None = None,
 ) -> Callable[[StepFn], StepFn]:
     def deco(fn: StepFn) -> StepFn:
         if name in STEPS:

@@ -845,7 +845,7 @@ def _text_models(params: Mapping[str, Any], mask: bool) -> tuple[str, ...]:
     return tuple(m for m in (ocr, str(params.get("model", "realesrgan-x4plus"))) if m)
 
 
-def _text_requires(params: Mapping[str, Any]) -> None:
+def _text_requires(params: Mapping[str, Any], mask: bool = False, runtime: Any = None) -> None:
     """What ``text_fusion`` raises when it starts for its ``ocr`` param (``StepSpec.requires``):
     an unknown backend, or PaddleOCR chosen and not installed."""
     require = getattr(BACKENDS[ocr_backend(str(params.get("ocr", "auto")))], "require", None)

@@ -529,6 +529,163 @@ def test_the_glare_detector_and_the_noise_estimate_look_at_the_cancel(shared_ima
         R.detect_glare(img, check=token.check)
 
 
+def _glare_photo(h: int, w: int) -> np.ndarray:
+    """A textured photo with one soft glare blob (the glare detector finds it)."""
+    rng = np.random.default_rng(0)
+    small = cv2.GaussianBlur(rng.random((h // 8, w // 8, 3)).astype(np.float32), (0, 0), 2)
+    base = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    base = 0.15 + 0.45 * (base - base.min()) / (base.max() - base.min())
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = np.exp(-(((yy - h / 2) ** 2 + (xx - w / 3) ** 2) / (2 * (h / 16) ** 2)))
+    return np.clip(base + 1.2 * blob[..., None], 0, 1).astype(np.float32)
+
+
+@pytest.fixture
+def slow_resize(monkeypatch):
+    """``slow_resize(when)``: cv2.resize takes 1 s more for the calls ``when(image, dsize,
+    interpolation)`` picks (no cancel reaches inside an OpenCV call); returns the event set
+    when such a call starts and a switch (``[True]``) that turns the delay off."""
+    real = cv2.resize
+
+    def install(when):
+        started, slow = threading.Event(), [True]
+
+        def resize(image, dsize, *a, **kw):
+            interp = kw.get("interpolation", a[2] if len(a) > 2 else None)
+            if slow[0] and when(image, dsize, interp):
+                started.set()
+                time.sleep(1.0)
+            return real(image, dsize, *a, **kw)
+
+        monkeypatch.setattr(cv2, "resize", resize)
+        return started, slow
+
+    return install
+
+
+def _cancel_latency(fn, started: threading.Event) -> float:
+    """Seconds from a cancel 0.05 s into the slowed call ``started`` says began, to
+    ``fn(token)``'s Cancelled."""
+    token = CancelToken()
+    at: list[float] = []
+    th = _cancel_after(token, 0.05, at, started)
+    try:
+        with pytest.raises(Cancelled):
+            fn(token)
+        return time.perf_counter() - at[0]
+    finally:
+        th.join()
+
+
+def test_a_cancel_while_the_glare_mask_is_brought_to_full_size_stops_at_once(slow_resize,
+                                                                             monkeypatch):
+    """The glare detector's last stage, its mask brought back from its 1024-px view to the
+    whole photo (0.05-0.16 s at 120 MP, more on a busy machine), was one call no cancel could
+    stop: made to take 1 s here, the detector stopped 0.95 s after the cancel. Now it is
+    abandoned at once and ends in its own slot; the mask is that of one whole resize of the
+    view's mask, as before."""
+    from engine.restore import reflection as R
+
+    h, w = 1200, 1600
+    img = _glare_photo(h, w)
+    view = (round(h * R.DETECT_SIDE / w), R.DETECT_SIDE)
+    started, slow = slow_resize(lambda image, dsize, interp: image.dtype == np.uint8
+                                and image.shape[:2] == view and tuple(dsize) == (w, h))
+    latency = _cancel_latency(lambda token: R.detect_glare(img, check=token.check), started)
+    assert started.is_set() and latency < 0.3, latency
+    assert _no_worker_left() and not R._REDUCE_SLOT.locked()
+    slow[0] = False
+    seen: list[np.ndarray] = []  # (the view's mask, its last stage before the resize)
+    real_cap = R._cap_area
+
+    def cap(mask, strength, max_area):
+        seen.append(real_cap(mask, strength, max_area))
+        return seen[-1]
+
+    monkeypatch.setattr(R, "_cap_area", cap)
+    mask = R.detect_glare(img, check=CancelToken().check)
+    assert len(seen) == 1 and seen[0].shape == view and seen[0].any()
+    # (the formula of before: one resize of the whole mask, then > 127)
+    before = (cv2.resize(seen[0], (w, h), interpolation=cv2.INTER_LINEAR) > 127) * 255
+    assert mask.dtype == np.uint8 and np.array_equal(mask, before.astype(np.uint8))
+    assert np.array_equal(mask, R.detect_glare(img))  # (no check: in this thread)
+
+
+@pytest.fixture(scope="module")
+def sam_runtime(tmp_path_factory):
+    from tests.model_helpers import install_test_model, make_runtime
+    from tests.tiny_models import write_sam
+
+    d = tmp_path_factory.mktemp("sam")
+    return make_runtime(install_test_model(d / "store", "sam-vit-base", write_sam(d / "sam")))
+
+
+@pytest.mark.parametrize("resize", ["view", "mask"])
+def test_a_cancel_during_sams_resizes_stops_the_mask_step_at_once(slow_resize, sam_runtime,
+                                                                   resize):
+    """SAM looks at a photo larger than 2048 px at that size, and its masks are brought back
+    to the photo's: whole-photo resizes (0.4 s and 0.08-0.5 s per mask at 120 MP) with no
+    cancel looked at, nor between the boxes (SAM was given no ``check``). Made to take 1 s
+    here, the mask step stopped 0.95-1.04 s after the cancel, at its next progress update; now
+    at once, the resize abandoned in its slot."""
+    from engine.restore import reflection as R
+
+    h, w = 1000, 2400
+    img = _glare_photo(h, w)
+    sam_view = (round(h * 2048 / w), 2048)
+    if resize == "view":
+        def when(image, dsize, interp):
+            return image.dtype == np.float32 and image.shape[:2] == (h, w) and \
+                tuple(dsize) == sam_view[::-1]
+    else:
+        def when(image, dsize, interp):
+            return image.dtype == np.uint8 and image.shape[:2] == sam_view and \
+                tuple(dsize) == (w, h) and interp == cv2.INTER_NEAREST
+    started, slow = slow_resize(when)
+
+    def step(token):
+        ctx = _ctx(token)
+        ctx.runtime = sam_runtime
+        return get_step("reflection_mask").fn(img, {"detector": "sam"}, ctx)
+
+    latency = _cancel_latency(step, started)
+    assert started.is_set() and latency < 0.3, latency
+    assert _no_worker_left() and not R._REDUCE_SLOT.locked()
+    slow[0] = False
+    out = step(CancelToken())
+    assert out.model == "builtin:glare+sam-vit-base"
+
+
+def test_sams_masks_at_full_size_are_as_before(sam_runtime):
+    """The union of SAM's masks, each brought to the photo's size and clipped to its box, and
+    the best click-select mask: the same pixels as the whole-photo formulas of before."""
+    import math
+
+    from engine.restore import reflection as R
+
+    h, w = 1000, 2400
+    img = _glare_photo(h, w)
+    boxes = [(700.0, 350.5, 1000.0, 640.0), (0, 0, 2400, 1000), (2300.2, 10.0, 2400.0, 90.7)]
+    token = Recording()
+    got = R.sam_mask_from_boxes(img, boxes, sam_runtime, check=token.check)
+    assert len(token.times) >= len(boxes)
+    masks, _ = R._sam_run(img, sam_runtime, boxes=boxes)
+    assert masks.shape[-2:] == (round(h * 2048 / w), 2048)
+    before = np.zeros((h, w), np.uint8)
+    for (x0, y0, x1, y1), mk in zip(boxes, masks):
+        full = cv2.resize(mk[0].astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        clip = np.zeros((h, w), bool)
+        clip[max(0, int(y0)):math.ceil(y1), max(0, int(x0)):math.ceil(x1)] = True
+        before[full & clip] = 255
+    assert before.any() and np.array_equal(got, before)
+    points = [(850.0, 500.0)]
+    got = R.sam_mask_from_points(img, points, [1], sam_runtime, check=CancelToken().check)
+    masks, scores = R._sam_run(img, sam_runtime, points=points, labels=[1], multimask=True)
+    best = masks[0, int(np.argmax(scores[0]))]
+    before = (cv2.resize(best.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0)
+    assert got.dtype == np.uint8 and np.array_equal(got, (before * 255).astype(np.uint8))
+
+
 # --------------------------------------------------------------------------- NAFNet tile
 class _NoModels:
     def load_image_model(self, model_id):

@@ -244,8 +244,8 @@ def test_a_step_at_strength_0_needs_and_loads_no_model(tmp_path, marks):
     step = {s.name: s for s in res.steps}["dereflect_nafnet"]
     assert step.notes.startswith("skipped: strength 0") and step.model == "builtin:off"
     assert "nafnet-sidd-w64" not in res.models and not res.kept_original
-    record = read_record(res.output)  # (what the file says was done: no NAFNet)
-    assert record["models"] == ["test:marks"] and record["steps"][-1]["model"] == "builtin:off"
+    record = read_record(res.output)  # (what the file says was done: no NAFNet, no model)
+    assert record["models"] == [] and record["steps"][-1]["model"] == "builtin:off"
     assert not [k for k in engine.runtime.cached_keys() if "nafnet-sidd-w64" in str(k)]
     marks.clear()
     for on in (0.05, 1.0, None):  # (None: the step's default, 1.0)
@@ -408,6 +408,66 @@ def test_the_text_step_needs_the_models_of_the_ocr_backend_it_uses(tmp_path, mar
     marks.clear()
     # (rapidocr's plan does need it)
     assert _fails_before_the_steps(engine, src, none, text("auto"), marks).model_ids == ("pp-ocr",)
+
+
+@pytest.mark.parametrize("slot", ["best.pt", "best.onnx"])
+def test_an_explicit_yolo_detector_it_cannot_run_fails_before_any_step(tmp_path, marks,
+                                                                       monkeypatch, slot):
+    """The glare detector's ``detector`` "yolo" with weights in its slot that it cannot run
+    (a .pt pickle, which Mend never loads, or an ONNX export without the ultralytics package):
+    the slot counted as installed, so the job ran the steps before it and failed in the mask
+    step. Now it fails before any step with the step's own error (a dry run says the run would
+    stop); "auto" still falls back to the built-in detector with a warning, and a given mask,
+    which replaces the detector, needs neither."""
+    import sys
+
+    from engine.errors import EngineError
+    from engine.imageio import save_mask
+    from engine.models.store import ModelStore
+    from engine.restore.registry import StepContext, get_step
+
+    weights = tmp_path / slot
+    weights.write_bytes(b"not really weights")
+    monkeypatch.setenv("MEND_REFLECTION_YOLO", str(weights))
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # (not installed, whatever the venv)
+    src = _photo(tmp_path / "in.png")
+    out, none = tmp_path / "out", tmp_path / "none"  # (the jobs that run, those that fail)
+    engine = Engine("cpu", ModelStore(tmp_path / "store"), tile_size=64)
+    assert engine.runtime.is_available("reflection-yolo")
+    said = "ONNX export only" if slot == "best.pt" else "'ultralytics' package"
+
+    def glare(detector):
+        return Plan(Degradation.B, "builtin", (Step("marks"),
+                                               Step("reflection_mask", {"detector": detector}),
+                                               Step("inpaint_builtin")))
+
+    ctx = StepContext(device=engine.device, progress=Progress(), runtime=engine.runtime)
+    with pytest.raises(EngineError, match=said) as by_step:
+        get_step("reflection_mask").fn(np.zeros((8, 8, 3), np.float32), {"detector": "yolo"},
+                                       ctx)
+    for detector in ("yolo", "YOLO"):
+        err = _fails_before_the_steps(engine, src, none, glare(detector), marks,
+                                      error=EngineError)
+        assert type(err) is type(by_step.value) and str(err) == str(by_step.value)
+    prepared = engine.prepare(JobRequest(src, OutputOptions(out_dir=out), plan=glare("yolo"),
+                                         diagnosis=_DIAG, profile="builtin"))
+    assert f"the run would stop: {by_step.value}" in prepared.warnings, prepared.warnings
+    # "auto": the built-in detector, and the job's warnings say why the slot was not used
+    res = engine.run(JobRequest(src, OutputOptions(out_dir=out), plan=glare("auto"),
+                                diagnosis=_DIAG, profile="builtin", guard=False))
+    why = "not an ONNX export" if slot == "best.pt" else "ultralytics is not installed"
+    assert marks and res.steps[1].model == "builtin:glare"
+    assert [w for w in res.warnings if "reflection-yolo" in w and why in w], res.warnings
+    marks.clear()
+    # a mask given to the job: no detector runs
+    mask = np.zeros((96, 128), np.uint8)
+    mask[30:50, 40:70] = 255
+    request = JobRequest(src, OutputOptions(out_dir=out), plan=glare("yolo"), diagnosis=_DIAG,
+                         profile="builtin", guard=False,
+                         mask_path=save_mask(mask, tmp_path / "mask.png"))
+    assert not [w for w in engine.prepare(request).warnings if "would stop" in w]
+    res = engine.run(request)
+    assert marks and res.steps[2].notes == "masked regions filled"
 
 
 def test_user_mask_drives_chain_b_and_is_saved_with_the_job(tmp_path):

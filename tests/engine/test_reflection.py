@@ -337,3 +337,46 @@ def test_yolo_model_is_rebuilt_when_the_slot_file_is_imported_again(tmp_path, mo
         yolo_detect(img, rt)  # cached
     assert built == [b"first detector", b"second detector, same file name"]
     assert len([k for k in rt.cached_keys() if k[0] == "yolo"]) == 1  # the old one let go
+
+
+def test_the_jobs_models_are_model_ids_and_its_record_says_the_mask_was_the_users(tmp_path):
+    """``JobResult.models`` (the record's "models") listed each step's ``model`` that did not
+    start with "builtin": a mask the user gave put "user:mask" there, no model; SAM refining
+    the glare detector's boxes ("builtin:glare+sam-vit-base") was left out, and the step named
+    SAM when no glare was found and SAM never ran. Now ``models`` holds the ids of the store's
+    models the steps used, and each step's record still says what made its result (the
+    user's mask: "user:mask", and its notes)."""
+    from engine.api import JobRequest, OutputOptions, Plan, Step
+    from engine.imageio import read_record, save_mask
+    from engine.pipeline import Engine
+
+    store = install_test_model(tmp_path / "store", "sam-vit-base", write_sam(tmp_path / "sam"))
+    engine = Engine("cpu", store, tile_size=64)
+    img, _ = _with_glare(_textured(90, 120), 40, 60, 12)
+    src = tmp_path / "in.png"
+    cv2.imwrite(str(src), np.round(img[..., ::-1] * 255).astype(np.uint8))
+    diag = Diagnosis(Degradation.B, {"A": 0, "B": 1.0, "C": 0, "D": 0})
+    plan = Plan(Degradation.B, "builtin", (Step("reflection_mask", {"detector": "sam"}),
+                                           Step("inpaint_builtin", {"fill_detected": True})))
+
+    def run(**kw):
+        return engine.run(JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), plan=plan,
+                                     diagnosis=diag, profile="builtin", guard=False, **kw))
+
+    res = run()
+    assert res.steps[0].model == "builtin:glare+sam-vit-base"
+    assert res.models == ("sam-vit-base",) and not res.kept_original
+    assert read_record(res.output)["models"] == ["sam-vit-base"]
+    mask = np.zeros((90, 120), np.uint8)
+    mask[20:40, 30:60] = 255
+    res = run(mask_path=save_mask(mask, tmp_path / "mask.png"))
+    assert res.models == () and not res.kept_original
+    record = read_record(res.output)
+    assert record["models"] == []
+    assert record["steps"][0]["model"] == "user:mask"
+    assert record["steps"][0]["notes"].startswith("mask given by the user")
+    # no glare found: SAM (chosen) had nothing to refine, did not run and is not named
+    ctx = _ctx(engine.runtime)
+    out = get_step("reflection_mask").fn(_textured(seed=3), {"detector": "sam"}, ctx)
+    assert out.model == "builtin:glare" and "no glare region" in out.notes
+    assert not ctx.mask.any()
