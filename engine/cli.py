@@ -872,7 +872,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 class _Resume:
     """``--skip-existing``: each photo's result from an earlier run, found where this run would
     write it (``output_path_for``'s name before a ``_1``, ``_2``... clash suffix; the format
-    from the photo's extension, as nothing is decoded) when it is Mend's result of this photo:
+    from the photo's header, as the run's decode decides it - a PNG named ``.jpg`` gives a
+    ``.png`` - with nothing decoded) when it is Mend's result of this photo:
     it carries Mend's record, or it is the photo's own bytes (kept as it was). A name that
     several photos of this run share (``a.png`` and ``a.jpg`` with ``--format jpeg``) says
     nothing about which photo it came from - nor does a record - so those photos are restored
@@ -880,6 +881,8 @@ class _Resume:
 
     def __init__(self, photos: list[Path], rel: dict[Path, Path],
                  options: OutputOptions) -> None:
+        from .imageio import path_key
+
         self.targets: dict[Path, Path | None] = {}
         for path in photos:
             opts = options
@@ -892,15 +895,15 @@ class _Resume:
         names: dict[str, int] = {}
         for t in self.targets.values():
             if t is not None:
-                key = os.path.normcase(os.path.abspath(t))
+                key = path_key(t)
                 names[key] = names.get(key, 0) + 1
         self.shared = {k for k, n in names.items() if n > 1}
 
     def existing(self, path: Path) -> Path | None:
-        from .imageio import mend_output_kind
+        from .imageio import mend_output_kind, path_key
 
         dest = self.targets.get(path)
-        if dest is None or os.path.normcase(os.path.abspath(dest)) in self.shared:
+        if dest is None or path_key(dest) in self.shared:
             return None
         try:
             if not dest.is_file():
@@ -916,9 +919,10 @@ class _Resume:
 def _base_output(path: Path, options: OutputOptions) -> Path:
     """The name ``output_path_for`` gives ``path``'s result before a clash suffix: its answer
     is ``<stem><suffix>.<ext>``, or that name with ``_N`` when taken."""
-    from .imageio import output_path_for
+    from .imageio import output_path_for, source_format
 
-    free = output_path_for(path, options)
+    fmt = source_format(path) if options.format is None else None  # (--format decides)
+    free = output_path_for(path, options, source_format=fmt)
     if free.stem.endswith(options.suffix):
         return free
     return free.with_name(re.sub(r"_\d+$", "", free.stem) + free.suffix)
@@ -978,6 +982,7 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
     options = _output_options(args, args.output)
     said = _Warnings()
     setup = _RestoreSetup(args, photos, rel, options)
+    claimed: set[str] = set()  # the results of the photos before (``path_key``)
 
     def work(path: Path) -> tuple[dict[str, Any], str]:
         opts = options
@@ -988,6 +993,8 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
         if args.output is not None and rel[path] != Path():
             opts = replace(options, out_dir=args.output / rel[path])
         prep = setup.engine.prepare(_restore_request(args, path, opts))
+        if prep.output is not None:
+            prep = replace(prep, output=_dry_run_output(path, prep.output, opts, claimed))
         steps = ", ".join(s.name for s in prep.plan.steps if s.enabled)
         human = (f"{path}: {prep.plan.label.value} {prep.plan.label.short_name}, profile "
                  f"{prep.plan.profile}: {steps} — {prep.estimate.describe()}"
@@ -996,6 +1003,21 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
         return prep.to_json(), human
 
     return _for_each(photos, work, args, "planned", setup).exit_code(len(failed))
+
+
+def _dry_run_output(path: Path, output: Path, options: OutputOptions,
+                    claimed: set[str]) -> Path:
+    """Where the run would write ``path``'s result, ``output`` as ``prepare`` says (free now),
+    when the photos before it in the run are written first: a name one of them takes
+    (``claimed``) moves it on to the next ``_1``, ``_2``... (``a.jpg``, ``a.heic``: the run
+    writes ``a_mend.jpg`` and ``a_mend_1.jpg``). Claims the answer. (A ``--region`` preview
+    is one photo's: nothing is claimed before it.)"""
+    from .imageio import output_path_for, path_key
+
+    if path_key(output) in claimed:  # (the format is the one ``prepare`` found, by content)
+        output = output_path_for(path, replace(options, format=output.suffix), taken=claimed)
+    claimed.add(path_key(output))
+    return output
 
 
 class _RestoreSetup:

@@ -104,7 +104,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -120,7 +120,7 @@ RAW_EXTENSIONS = {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf"
                   ".orf", ".rw2", ".pef", ".srw", ".x3f", ".mrw", ".3fr", ".erf", ".kdc", ".dcr",
                   ".mos", ".iiq", ".rwl", ".raw"}
 PHOTO_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp", ".heic",
-                    ".heif", ".gif", ".jxl"} | RAW_EXTENSIONS
+                    ".heif", ".avif", ".gif", ".jxl"} | RAW_EXTENSIONS
 # RAW kinds (``Photo.format`` of a RAW source, see rawio.sniff)
 RAW_FORMATS = {"DNG", "CR2", "CR3", "NEF", "ARW", "RAF", "ORF", "RW2", "PEF", "SRW", "X3F", "MRW",
                "RWL", "3FR", "ERF", "DCR", "MOS", "IIQ", "RAW"}
@@ -145,7 +145,8 @@ _SOURCE_TO_OUT = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "TIFF": "tiff", "
                   "HEIF": "jpeg", "AVIF": "jpeg", "JXL": "png",
                   **{k: "tiff" for k in RAW_FORMATS}}
 _EXT_TO_OUT = {".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".png": "png", ".tif": "tiff",
-               ".tiff": "tiff", ".webp": "webp", ".heic": "jpeg", ".heif": "jpeg", ".jxl": "png",
+               ".tiff": "tiff", ".webp": "webp", ".heic": "jpeg", ".heif": "jpeg", ".avif": "jpeg",
+               ".jxl": "png",
                **{e: "tiff" for e in RAW_EXTENSIONS}}
 
 
@@ -275,11 +276,11 @@ def _jxl_bit_depth(p: Path) -> int | None:
 _JXL_MAX_BOXES = 4096  # boxes of a JPEG XL container looked at (headers only, bodies skipped)
 
 
-def _jxl_boxes(f: BinaryIO) -> Iterator[tuple[bytes, int, int | None]]:
+def _jxl_boxes(f: BinaryIO, pos: int = 12) -> Iterator[tuple[bytes, int, int | None]]:
     """(type, payload offset, payload size or None for "to the end of the file") of the first
-    ``_JXL_MAX_BOXES`` boxes of a JPEG XL container ``f``, after its signature box; each box's
-    header is read, its body skipped by its size. Seeks ``f``."""
-    pos = 12
+    ``_JXL_MAX_BOXES`` boxes of a JPEG XL container ``f``, after its signature box (or of any
+    ISOBMFF file, a HEIF's, from ``pos`` 0); each box's header is read, its body skipped by its
+    size. Seeks ``f``."""
     for _ in range(_JXL_MAX_BOXES):
         f.seek(pos)
         hdr = f.read(8)
@@ -351,6 +352,54 @@ def _unbrotli_xmp(p: Path, data: bytes, notes: list[str] | None) -> bytes | None
     if notes is not None:
         notes.append(msg)
     return None
+
+
+def _box_file_cut(p: Path) -> bool:
+    """Whether ``p``, an ISOBMFF file (a HEIF or AVIF: its first box is ``ftyp``), ends inside
+    one of its boxes: a download or copy cut short. libheif (1.23) decodes a grid image - a
+    phone's HEIC, 512-px tiles - whose last tiles' data is missing without a word, those
+    tiles green."""
+    try:
+        with open(p, "rb") as f:
+            end = os.fstat(f.fileno()).st_size
+            for i, (btype, start, n) in enumerate(_jxl_boxes(f, 0)):
+                if i == 0 and btype != b"ftyp":
+                    return False
+                if n is not None and start + n > end:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _tiff_ifd_cut(p: Path) -> bool:
+    """Whether ``p`` starts as a TIFF whose first IFD lies, in part, past the end of the file:
+    a scan or camera TIFF cut short (its IFD often comes last), which Pillow calls unknown."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8 or head[:4] not in (b"II*\x00", b"MM\x00*"):
+                return False
+            bo = "<" if head[:2] == b"II" else ">"
+            ifd = struct.unpack(bo + "I", head[4:])[0]
+            f.seek(ifd)
+            n = f.read(2)
+            end = os.fstat(f.fileno()).st_size
+    except (OSError, OverflowError):
+        return False
+    return len(n) < 2 or ifd + 2 + 12 * struct.unpack(bo + "H", n)[0] + 4 > end
+
+
+def _riff_cut(p: Path) -> bool:
+    """Whether ``p`` is a RIFF file (a WebP) shorter than its header says: cut short."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(12)
+            end = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    return (len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+            and 8 + struct.unpack("<I", head[4:8])[0] > end)
 
 
 def _jxl_codestream_start(f: BinaryIO, want: int) -> bytes:
@@ -482,6 +531,7 @@ def _check_path(p: Path) -> None:
 
 
 _BOMB_RE = re.compile(r"\((\d+) pixels\)")
+_TRUNCATED = "the file is truncated (incomplete download or copy?)"
 
 
 def _jxl_precheck(p: Path, limit: int) -> tuple[int, int, int] | None:
@@ -529,6 +579,9 @@ def _open_image(p: Path, limit: int):
                 im = Image.open(p)
             finally:
                 Image.MAX_IMAGE_PIXELS = old
+    if im.format in ("HEIF", "AVIF") and _box_file_cut(p):  # (decoded, it would look whole)
+        im.close()
+        raise BadImage(p, _TRUNCATED)
     w, h = im.size
     if w <= 0 or h <= 0:
         im.close()
@@ -561,7 +614,7 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, Image.UnidentifiedImageError):
         return "not a photo format Mend can read (the content is not a known image type)"
     if "truncated" in low or isinstance(e, EOFError):
-        return "the file is truncated (incomplete download or copy?)"
+        return _TRUNCATED
     if isinstance(e, PermissionError):
         return "permission denied"
     if isinstance(e, MemoryError):
@@ -579,6 +632,11 @@ def _fail(p: Path, e: BaseException) -> BadImage:
     if isinstance(e, Image.DecompressionBombError):
         m = _BOMB_RE.search(str(e))
         return _too_large(p, int(m.group(1)) if m else None, max_pixels_default())
+    if _box_file_cut(p) or _riff_cut(p):  # not "not a photo format Mend can read"
+        return BadImage(p, _TRUNCATED)
+    if _tiff_ifd_cut(p):  # (cut short before its IFD, or a damaged offset: no telling which)
+        return BadImage(p, "the file is truncated or damaged (its TIFF directory lies past "
+                           "the end of the file)")
     return BadImage(p, _reason(e))
 
 
@@ -3014,6 +3072,27 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         raise _fail(p, e) from None
 
 
+def source_format(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is by its content (``Photo.format``: "JPEG", "PNG", "HEIF", a RAW kind...)
+    from its header alone (no pixels decoded), or None when the header does not say (a file
+    that cannot be read: ``load_photo`` says why). The output format follows it, not the
+    extension (``output_path_for``'s ``source_format``)."""
+    p = Path(path)
+    try:
+        from . import rawio
+
+        kind = rawio.sniff(p)
+        if kind:
+            return kind
+        if _jxl_header(p) is not None:  # (its plugin decodes the whole photo to open it)
+            return "JXL"
+        with _pil().open(p) as im:
+            return im.format
+    except Exception as e:  # noqa: BLE001 - decoders raise many types; load_photo says why
+        log.debug("no format read from %s: %s", p, e)
+        return None
+
+
 def source_profile(path: str | os.PathLike[str]) -> bytes | None:
     """The RGB ICC profile ``load_photo`` gives the photo's pixels (``Photo.icc_profile``),
     read from the header alone (no pixels decoded), for the decoders that do not say
@@ -3664,13 +3743,14 @@ def _output_format(dest: Path, options: OutputOptions, like: Photo | None) -> st
 
 
 def output_path_for(src: str | os.PathLike[str], options: OutputOptions | None = None, *,
-                    source_format: str | None = None) -> Path:
+                    source_format: str | None = None, taken: Container[str] = ()) -> Path:
     """Where the result of ``src`` goes: ``<out_dir or src folder>/<stem><suffix>.<ext>``,
     with ``_1``, ``_2``... when taken; never the source itself.
 
     The format is ``options.format``, else that of the decoded source when ``source_format``
     (``Photo.format``) is given - a PNG misnamed ``.dng`` exports as ``.png``, a RAW as a TIFF -
-    else the one ``src``'s extension implies."""
+    else the one ``src``'s extension implies. ``taken`` holds more names (``path_key``) to
+    treat as taken: those a dry run gives the photos before ``src``, which the run writes."""
     options = options or OutputOptions()
     src = Path(src)
     if any(c in options.suffix for c in "/\\\0") or (os.altsep and os.altsep in options.suffix):
@@ -3683,11 +3763,16 @@ def output_path_for(src: str | os.PathLike[str], options: OutputOptions | None =
     dest = folder / f"{_fit_stem(src.stem, options.suffix, folder)}{tail}"
     for cand in _candidates(dest):
         try:
-            if not cand.exists() and not _same_file(cand, src):
+            if not cand.exists() and not _same_file(cand, src) and path_key(cand) not in taken:
                 return cand
         except OSError as e:  # (exists() raises for a name the file system refuses)
             raise SaveFailed(f"{cand}: cannot use this name ({e.strerror or e})") from None
     raise SaveFailed(f"{dest}: too many files with this name")  # pragma: no cover
+
+
+def path_key(path: str | os.PathLike[str]) -> str:
+    """``path`` as a key that names one file however it is written (absolute, normalised)."""
+    return os.path.normcase(os.path.abspath(path))
 
 
 def mask_path_for(result: str | os.PathLike[str]) -> Path:
@@ -4816,7 +4901,7 @@ def _photo_folders(top: Path, recursive: bool, skip: set[str],
     stack = [top]  # an explicit stack: no recursion limit on deep trees
     while stack:
         folder = stack.pop()
-        if os.path.normcase(os.path.abspath(folder)) in skip:
+        if path_key(folder) in skip:
             continue
         if skip_ids and folder is not top and folder_ids([folder]) & skip_ids:
             continue
@@ -4861,10 +4946,10 @@ def iter_photos(paths: Iterable[str | os.PathLike[str]], *, on_missing: str = "r
     out: list[Path] = []
     seen: set[str] = set()
     exclude = tuple(exclude)
-    skip = {os.path.normcase(os.path.abspath(e)) for e in exclude}
+    skip = {path_key(e) for e in exclude}
 
     def add(p: Path) -> None:
-        key = os.path.normcase(os.path.abspath(p))
+        key = path_key(p)
         if key not in seen:
             seen.add(key)
             out.append(p)

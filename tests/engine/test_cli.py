@@ -495,8 +495,8 @@ def test_a_damaged_file_gives_one_error_line_and_no_library_warnings(tmp_path):
     r = mend("classify", str(bad), "--backend", "builtin")
     assert r.returncode == 1
     assert r.stdout.strip().splitlines() == [
-        (f"{bad}: error: not a photo format Mend can read "
-         "(the content is not a known image type)")], r.stdout
+        (f"{bad}: error: the file is truncated or damaged (its TIFF directory lies past the end "
+         "of the file)")], r.stdout
     assert r.stderr == "", r.stderr
     dbg = mend("--debug", "classify", str(bad), "--backend", "builtin")
     assert dbg.returncode == 1 and "Corrupt EXIF data" in dbg.stderr
