@@ -16,10 +16,12 @@ import os
 import platform
 import re
 import signal
+import stat
 import sys
 import threading
 import time
 import traceback
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -114,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "Mend wrote are skipped either way")
     r.add_argument("--skip-existing", action="store_true",
                    help="resume a stopped batch: skip a photo whose result is already where "
-                        "this run would write it (a file Mend wrote, or the photo's own bytes)")
+                        "this run would write it (a file Mend wrote from this photo - its "
+                        "record names it - or the photo's own bytes)")
     r.add_argument("--dry-run", action="store_true",
                    help="diagnose and show each photo's plan with a time and memory estimate; "
                         "run nothing and write nothing")
@@ -797,6 +800,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if args.skip_existing:
             raise UsageError("--region writes a preview, not a result: --skip-existing does "
                              "not apply")
+    if args.output is not None:
+        _check_output_folder(args.output)  # (a dry run names results in it too)
     if args.dry_run:
         return _restore_dry_run(args)
     if args.output is None:
@@ -871,13 +876,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 class _Resume:
     """``--skip-existing``: each photo's result from an earlier run, found where this run would
-    write it (``output_path_for``'s name before a ``_1``, ``_2``... clash suffix; the format
-    from the photo's header, as the run's decode decides it - a PNG named ``.jpg`` gives a
-    ``.png`` - with nothing decoded) when it is Mend's result of this photo:
-    it carries Mend's record, or it is the photo's own bytes (kept as it was). A name that
-    several photos of this run share (``a.png`` and ``a.jpg`` with ``--format jpeg``) says
-    nothing about which photo it came from - nor does a record - so those photos are restored
-    as without the flag."""
+    write it - ``output_path_for``'s name ``<stem><suffix>.<ext>`` or one of its ``_1``,
+    ``_2``... clash names (the format from the photo's header, as the run's decode decides it:
+    a PNG named ``.jpg`` gives a ``.png``; nothing decoded) - when it is Mend's result of this
+    photo: its record names this photo (``"source"``: its file name and size, and its SHA-256
+    when two photos of the run aiming at that name have the same name and size), or it is the
+    photo's own bytes (kept as it was). So ``a.png`` and ``a.bmp``, whose results are
+    ``a_mend.png`` and ``a_mend_1.png``, each find their own. A result is one photo's only.
+
+    A record written by an earlier Mend names no photo: it counts (as it did) for a photo alone
+    in aiming at that name, at that name itself; photos that share a name cannot tell theirs,
+    and are restored again, as without the flag (``repeated`` counts them, said once). Headers
+    only are read (the record), and a photo's bytes when a byte copy has its size, or to tell
+    apart two photos of one name and size."""
 
     def __init__(self, photos: list[Path], rel: dict[Path, Path],
                  options: OutputOptions) -> None:
@@ -892,28 +903,158 @@ class _Resume:
                 self.targets[path] = _base_output(path, opts)
             except (EngineError, OSError):  # (the run reports it on that photo)
                 self.targets[path] = None
-        names: dict[str, int] = {}
-        for t in self.targets.values():
+        groups: dict[str, list[Path]] = {}  # the photos aiming at one name, in run order
+        for path, t in self.targets.items():
             if t is not None:
-                key = path_key(t)
-                names[key] = names.get(key, 0) + 1
-        self.shared = {k for k, n in names.items() if n > 1}
+                groups.setdefault(path_key(t), []).append(path)
+        self.found: dict[Path, Path] = {}
+        self.repeated: list[Path] = []  # restored again: the results there name no photo
+        names = _FolderNames()
+        for group in groups.values():
+            self._match(group, names.variants(self.targets[group[0]]))
 
     def existing(self, path: Path) -> Path | None:
-        from .imageio import mend_output_kind, path_key
+        return self.found.get(path)
 
-        dest = self.targets.get(path)
-        if dest is None or path_key(dest) in self.shared:
+    def _match(self, group: list[Path], results: list[Path]) -> None:
+        """Give each photo of ``group`` (aiming at one name) its result among ``results`` (the
+        files of that name and its clash names, in order), each result to one photo."""
+        from .imageio import mend_record
+
+        if not results:
+            return
+        dest = self.targets[group[0]]
+        base = results[0] if dest is not None and os.path.normcase(results[0].name) == \
+            os.path.normcase(dest.name) else None  # (the name itself, not a clash name)
+        free = list(results)
+        size = {p: _size(p) for p in group}
+
+        def take(photo: Path, result: Path) -> None:
+            self.found[photo] = result
+            free.remove(result)
+
+        for photo in group:  # kept as it was: the photo's own bytes (no record in them)
+            if size[photo] is None:
+                continue
+            for r in free:
+                if _size(r) == size[photo] and _same_bytes(r, photo):
+                    take(photo, r)
+                    break
+        if all(p in self.found for p in group):
+            return
+        records = {r: mend_record(r) for r in free}  # (headers only; None: not Mend's)
+        results = [r for r in free if records[r] is not None
+                   and records[r].get("kind") != "mask"]
+        hashes: dict[Path, str | None] = {}
+        for r in results:  # results whose record names their photo
+            src = records[r].get("source")
+            if not isinstance(src, dict):
+                continue
+            named = [p for p in group if p not in self.found and _names(src, p, size[p])]
+            if len(named) > 1 or (named and "name" not in src):
+                # one name and size, or a record naming no file (--no-metadata): bytes tell
+                for p in named:
+                    if p not in hashes:
+                        hashes[p] = _sha256(p)
+                named = [p for p in named if hashes[p] is not None
+                         and hashes[p] == src.get("sha256")]
+            if len(named) == 1:
+                take(named[0], r)
+        old = [r for r in results if r in free and "source" not in records[r]]
+        # (written by an earlier Mend: its record names no photo)
+        if len(group) == 1 and old and old[0] == base and group[0] not in self.found:
+            take(group[0], base)  # (the name is this photo's alone: as before)
+        elif old:
+            self.repeated += [p for p in group if p not in self.found]
+
+    def note(self) -> str | None:
+        """Said once when photos are restored again because the results under their names,
+        written by an earlier Mend, do not say which photo they came from."""
+        if not self.repeated:
             return None
-        try:
-            if not dest.is_file():
-                return None
-            if (dest.stat().st_size == path.stat().st_size
-                    and filecmp.cmp(dest, path, shallow=False)):
-                return dest  # the photo kept byte for byte (no record in it)
-        except OSError:
-            return None
-        return dest if mend_output_kind(dest) == "result" else None  # (headers only)
+        return (f"{len(self.repeated)} photo(s) restored again: the results under their "
+                "names here were written by an earlier version of Mend, whose record does not "
+                "say which photo each came from (photos sharing a name, such as a.png and "
+                "a.bmp, cannot tell theirs apart)")
+
+
+class _FolderNames:
+    """The files of output folders, listed once each: a result's name and its clash names."""
+
+    _CLASH = re.compile(r"^(?P<stem>.+)_(?P<n>[1-9]\d*)(?P<ext>\.[^.]*)$")
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, tuple[dict[str, str], dict[str, list[tuple[int, str]]]]] = {}
+
+    def variants(self, dest: Path) -> list[Path]:
+        """The files ``dest``, ``dest``'s ``<stem>_1<ext>``, ``_2``... that exist, in that
+        order (names compared as the file system does: ``os.path.normcase``)."""
+        names, clashes = self._listing(dest.parent)
+        base = os.path.normcase(dest.name)
+        out = [dest.parent / names[base]] if base in names else []
+        return out + [dest.parent / n for _i, n in sorted(clashes.get(base, ()))]
+
+    def _listing(self, folder: Path):
+        if folder not in self._folders:
+            names: dict[str, str] = {}
+            clashes: dict[str, list[tuple[int, str]]] = {}
+            try:
+                with os.scandir(folder) as it:
+                    for e in it:
+                        try:
+                            if not e.is_file():
+                                continue
+                        except OSError:
+                            continue
+                        key = os.path.normcase(e.name)
+                        names[key] = e.name
+                        m = self._CLASH.match(key)
+                        if m:
+                            clashes.setdefault(m["stem"] + m["ext"], []).append(
+                                (int(m["n"]), e.name))
+            except (OSError, ValueError):  # (no such folder yet: no results)
+                pass
+            self._folders[folder] = (names, clashes)
+        return self._folders[folder]
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except (OSError, ValueError):
+        return None
+
+
+def _sha256(path: Path) -> str | None:
+    from .imageio import file_sha256
+
+    try:
+        return file_sha256(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except (OSError, ValueError):
+        return False
+
+
+def _names(source: dict, photo: Path, size: int | None) -> bool:
+    """Whether a result's record ``source`` (``imageio.source_record``) has ``photo``'s name
+    (however the file system spells it: case, Unicode normalisation) and size; a record
+    without a name (``--no-metadata``): its size alone (its SHA-256 then decides)."""
+    from .imageio import record_name
+
+    def norm(name: str) -> str:
+        return unicodedata.normalize("NFC", name).casefold()
+
+    name = source.get("name")
+    if size is None or source.get("size") != size:
+        return False
+    return "name" not in source or (isinstance(name, str)
+                                    and norm(name) == norm(record_name(photo.name)))
 
 
 def _base_output(path: Path, options: OutputOptions) -> Path:
@@ -935,6 +1076,25 @@ def _already_restored(path: Path, output: Path) -> tuple[dict[str, Any], str]:
 
 def _tally(line: str) -> None:
     _emit({}, False, line)
+
+
+def _check_output_folder(out_dir: Path) -> None:
+    """Refuse an output folder that is a file (or lies below one), before any photo's work:
+    "cannot create the output folder X: File exists" would not say what is wrong."""
+    p = out_dir
+    while True:
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):  # (not there yet, or a file above it: its parent says)
+            if p.parent == p:
+                return
+            p = p.parent
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            return
+        where = "" if p == out_dir else f" (in the output folder's path {out_dir})"
+        raise UsageError(f"{p} is a file, not a folder{where}: choose a folder for the "
+                         "results with -o")
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -993,16 +1153,31 @@ def _restore_dry_run(args: argparse.Namespace) -> int:
         if args.output is not None and rel[path] != Path():
             opts = replace(options, out_dir=args.output / rel[path])
         prep = setup.engine.prepare(_restore_request(args, path, opts))
+        stops = prep.output is not None and _run_would_stop(setup.engine, prep, args)
         if prep.output is not None:
-            prep = replace(prep, output=_dry_run_output(path, prep.output, opts, claimed))
+            # (a photo whose run stops writes nothing: it takes no name from the next ones)
+            prep = replace(prep, output=None if stops else
+                           _dry_run_output(path, prep.output, opts, claimed))
         steps = ", ".join(s.name for s in prep.plan.steps if s.enabled)
+        where = (f" → {prep.output}" if prep.output is not None else
+                 " → nothing written (the run would stop)" if stops else "")
         human = (f"{path}: {prep.plan.label.value} {prep.plan.label.short_name}, profile "
-                 f"{prep.plan.profile}: {steps} — {prep.estimate.describe()}"
-                 + (f" → {prep.output}" if prep.output is not None else "")) + \
+                 f"{prep.plan.profile}: {steps} — {prep.estimate.describe()}{where}") + \
             said.lines(prep.warnings)
         return prep.to_json(), human
 
     return _for_each(photos, work, args, "planned", setup).exit_code(len(failed))
+
+
+def _run_would_stop(engine: Any, prep: Any, args: argparse.Namespace) -> bool:
+    """Whether the run of the job ``prep`` (``Engine.prepare``'s) would stop before writing
+    its result: a model its plan needs is not installed, or what ``prepare`` warns of as
+    "the run would stop" (a package a step needs, more memory than the machine has)."""
+    from .pipeline import uses_mask
+
+    given_mask = args.mask is not None and uses_mask(prep.plan)
+    return bool(engine.missing_models(prep.plan, given_mask)) or any(
+        w.startswith("the run would stop: ") for w in prep.warnings)
 
 
 def _dry_run_output(path: Path, output: Path, options: OutputOptions,
@@ -1010,8 +1185,9 @@ def _dry_run_output(path: Path, output: Path, options: OutputOptions,
     """Where the run would write ``path``'s result, ``output`` as ``prepare`` says (free now),
     when the photos before it in the run are written first: a name one of them takes
     (``claimed``) moves it on to the next ``_1``, ``_2``... (``a.jpg``, ``a.heic``: the run
-    writes ``a_mend.jpg`` and ``a_mend_1.jpg``). Claims the answer. (A ``--region`` preview
-    is one photo's: nothing is claimed before it.)"""
+    writes ``a_mend.jpg`` and ``a_mend_1.jpg``). Claims the answer: called only for a photo
+    whose run would write it (``_run_would_stop``). (A ``--region`` preview is one photo's:
+    nothing is claimed before it.)"""
     from .imageio import output_path_for, path_key
 
     if path_key(output) in claimed:  # (the format is the one ``prepare`` found, by content)
@@ -1037,6 +1213,12 @@ class _RestoreSetup:
         self.engine = Engine(args.device, tile_size=args.tile)
         self.resume = (_Resume(self._photos, self._rel, self._options) if args.skip_existing
                        else None)
+        note = self.resume.note() if self.resume is not None else None
+        if note:  # (once, before the photos' lines)
+            out = self._options.out_dir
+            _emit({"path": str(out), "note": note,
+                   "photos": [str(p) for p in self.resume.repeated]}, args.json,
+                  f"{out}: note: {note}")
 
 
 class _Warnings:

@@ -1090,6 +1090,10 @@ def _icc_space(icc: bytes | None) -> bytes | None:
 
 
 def _dpi_of(im) -> tuple[float, float] | None:
+    if im.format == "TIFF":
+        tags = getattr(im, "tag_v2", None)
+        if tags is not None and (282 not in tags or 283 not in tags):
+            return None  # (no resolution: Pillow's "dpi" (1, 1) is its own default)
     dpi = im.info.get("dpi")
     try:
         x, y = float(dpi[0]), float(dpi[1])
@@ -1448,12 +1452,17 @@ def _decode16_cv2(p: Path, w: int, h: int, messages: list[str] | None = None,
 _APNG_CHUNKS = (b"acTL", b"fcTL", b"fdAT")  # an animated PNG's own chunks
 
 
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
 def _png_still_bytes(p: Path) -> bytes | None:
     """The PNG ``p`` without its animation chunks: a plain PNG of its default image (IDAT),
     the picture Pillow, the thumbnails and the viewer show. OpenCV (4.14) decodes an animated
     PNG's first animation frame instead, which is another picture when the default image is
     not part of the animation. None when the file cannot be read or is too large for OpenCV's
-    buffer; a chunk cut short is passed on as it is (the decoder reports the damage)."""
+    buffer. A file cut short after its image data (in its animation frames: ``_png_cut``)
+    ends there, as a whole PNG of that image; one cut in its image data is passed on as it is
+    (the decoder reports the damage)."""
     try:
         if p.stat().st_size > _CV2_BUFFER_MAX:
             return None
@@ -1465,21 +1474,50 @@ def _png_still_bytes(p: Path) -> bytes | None:
     view = memoryview(data)
     parts = [view[:8]]
     i = 8
+    image_done = seen_idat = False
     while i < len(data):
-        if i + 12 > len(data):
-            parts.append(view[i:])
+        end = i + 12 + (struct.unpack(">I", view[i:i + 4])[0] if i + 8 <= len(data) else 0)
+        if i + 12 > len(data) or end > len(data):  # cut short here
+            if not image_done:
+                parts.append(view[i:])
             break
-        length, ctype = struct.unpack(">I4s", view[i:i + 8])
-        end = i + 12 + length
-        if end > len(data):
-            parts.append(view[i:])
-            break
+        ctype = bytes(view[i + 4:i + 8])
+        seen_idat = seen_idat or ctype == b"IDAT"
+        image_done = seen_idat and ctype != b"IDAT"
         if ctype not in _APNG_CHUNKS:
             parts.append(view[i:end])
         i = end
         if ctype == b"IEND":
-            break
+            return b"".join(parts)
+    if image_done:
+        parts.append(memoryview(_PNG_IEND))
     return b"".join(parts)
+
+
+def _png_cut(p: Path) -> bool:
+    """Whether the PNG ``p`` ends before its IEND chunk after its image data (an animated
+    PNG's default image whole, its animation frames cut short). Reads chunk headers only."""
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            f.seek(8)
+            pos, seen_idat, image_done = 8, False, False
+            for _ in range(_PNG_CHUNKS_MAX):
+                head = f.read(8)
+                if len(head) < 8:  # (at the end: no IEND)
+                    return image_done
+                length, ctype = struct.unpack(">I4s", head)
+                if ctype == b"IEND":
+                    return False
+                seen_idat = seen_idat or ctype == b"IDAT"
+                image_done = seen_idat and ctype != b"IDAT"
+                pos += 12 + length
+                if pos > size:
+                    return image_done
+                f.seek(pos)
+    except OSError:
+        return False
+    return False
 
 
 def _s15(x: float) -> bytes:
@@ -2612,6 +2650,8 @@ def _load(p: Path, limit: int) -> Photo:
             note = _frames_note(im, fmt, n_frames)
             if note:
                 info["frames_note"] = note
+            if fmt == "PNG" and _png_cut(p):  # (its still image is whole: it is what is read)
+                info["warnings"].append(APNG_CUT)
         is16 = _is_16bit_colour(im)  # needs the tile list, which load() clears
         grey = _opened_grey(im)  # (so does this)
         cmyk16 = _cmyk16_tiles(im)  # (so does a 16-bit CMYK TIFF's second decode)
@@ -2724,6 +2764,9 @@ def _load(p: Path, limit: int) -> Photo:
     )
 
 
+APNG_CUT = ("this animated PNG is cut short after its still image (incomplete download or "
+            "copy?): the still image is whole and is what Mend reads; what follows it - the "
+            "animation frames, the end of the file - is incomplete")
 CIFF_NOT_CARRIED = ("this JPEG's Canon CIFF block (where cameras of around 2000 kept the camera, "
                     "date and owner name) is not carried into the result: Mend writes EXIF, XMP "
                     "and IPTC")
@@ -3396,18 +3439,57 @@ def read_record(path: str | os.PathLike[str], *, header_only: bool = False) -> d
         raise _fail(p, e) from None
 
 
-def mend_output_kind(path: str | os.PathLike[str]) -> str | None:
-    """``"result"`` or ``"mask"`` when ``path`` was written by Mend (its record says so), else
-    None, also for a file that cannot be read (loading it reports that). A result Mend copied
-    byte for byte (nothing to fix, or the original kept) is the original's bytes and carries no
-    record: it is not recognised. Reads headers only."""
+def mend_record(path: str | os.PathLike[str]) -> dict | None:
+    """The record of a file Mend wrote (a result or a mask: its ``kind``), None for any other
+    file, also one that cannot be read (loading it reports that). Reads headers only."""
     try:
         rec = read_record(path, header_only=True)
     except EngineError:
         return None
     if not rec or not str(rec.get("software", "")).startswith("Mend"):
         return None
+    return rec
+
+
+def mend_output_kind(path: str | os.PathLike[str]) -> str | None:
+    """``"result"`` or ``"mask"`` when ``path`` was written by Mend (its record says so), else
+    None, also for a file that cannot be read (loading it reports that). A result Mend copied
+    byte for byte (nothing to fix, or the original kept) is the original's bytes and carries no
+    record: it is not recognised. Reads headers only."""
+    rec = mend_record(path)
+    if rec is None:
+        return None
     return "mask" if rec.get("kind") == "mask" else "result"
+
+
+def record_name(name: str) -> str:
+    """A file name as a result's record holds it (``source_record``): valid UTF-8 whatever the
+    name (the bytes of one that is not, as ``\\xNN`` escapes), the same on every run."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks (``OSError`` when it cannot be)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def source_record(path: str | os.PathLike[str], *, name: bool = True) -> dict | None:
+    """What a result's record says of the photo it was made from (its ``"source"``): the file's
+    name (``record_name``; no folder) unless ``name`` is False (``--no-metadata``: a file name
+    can say who or where), size in bytes and SHA-256 - which of several photos a result came
+    from when they share its name (``a.png`` and ``a.bmp`` both give ``a_mend.png``,
+    ``a_mend_1.png``: ``mend restore --skip-existing``). None when the file cannot be read."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        digest = file_sha256(p)
+    except (OSError, ValueError):
+        return None
+    named = {"name": record_name(p.name)} if name else {}
+    return {**named, "size": size, "sha256": digest}
 
 
 # --------------------------------------------------------------------------------------------
@@ -4796,6 +4878,12 @@ def _encode_tiff(rgb, a, meta: _Meta, options: OutputOptions) -> bytes:
             e[338] = short(2)  # unassociated alpha
         if meta.dpi:
             e[282], e[283], e[296] = rational(meta.dpi[0]), rational(meta.dpi[1]), short(2)
+        elif 282 not in e or 283 not in e:
+            # no resolution to say (--no-metadata, a source without one): said as a JPEG's
+            # JFIF says it - square pixels, no unit (X/YResolution 1, ResolutionUnit 1: TIFF
+            # requires the tags). Left out, Pillow reads 1 dpi (a print metres wide); GIMP,
+            # like Pillow, takes this as no resolution and uses its default
+            e[282], e[283], e[296] = rational(1), rational(1), short(1)
         if meta.xmp:
             e[700] = (1, len(meta.xmp), meta.xmp)
         if meta.icc:

@@ -482,6 +482,14 @@ class Engine:
             # (a preview's region is written afresh, never as a copy of the original's bytes)
             record["preview"] = True
             record["region"] = list(region)
+        # which photo it came from (name, size, SHA-256: --skip-existing tells apart the
+        # results of a.png and a.bmp, a_mend.png and a_mend_1.png; no name without metadata),
+        # when the file is still the one that was read
+        from .imageio import source_record
+
+        source = source_record(request.path, name=options.keep_metadata)
+        if source is not None and _file_state(request.path) == source_state:
+            record["source"] = source
         out = self._save(photo, image, options, record, passthrough and region is None,
                          warnings, source_state)
         if ctx.mask is not None and inpaints and region is None:

@@ -4,14 +4,17 @@ ones. A result counts when it is where this run would write it and is Mend's res
 photo: it carries Mend's record, or it is the photo's own bytes (kept as it was)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from engine import cli
-from engine.imageio import mend_output_kind
+from engine import imageio as mio
+from engine.imageio import mend_output_kind, read_record
 
 # a result written afresh (it carries Mend's record): the built-in chain, no guard
 RECORD = ("--plan", "A", "--profile", "builtin", "--no-guard")
@@ -133,12 +136,135 @@ def test_a_dry_run_shows_what_would_be_skipped(tmp_path, capsys):
     assert cli.main(["restore", str(shoot), "--dry-run", "--skip-existing"]) == 2
 
 
-def test_a_name_two_photos_share_is_not_taken_as_either_ones(tmp_path, capsys):
-    """a.png and a.jpg exported as PNG both aim at a_mend.png (the second gets _1): a record
-    does not say which photo it came from, so neither is skipped - as without the flag."""
+def test_photos_sharing_a_name_each_find_their_own_result(tmp_path, capsys):
+    """a.png and a.jpg exported as PNG both aim at a_mend.png (the second gets _1): each
+    result's record names its photo, so each is found (before, neither was skipped: a record
+    said nothing of its photo, and both were restored again, as _2 and _3, at every resume)."""
     shoot, out = tmp_path / "shoot", tmp_path / "out"
     _photos(shoot, ["a.png", "a.jpg"])
-    rc, _ = _restore(capsys, shoot, out, *RECORD, "--format", "png")
-    assert rc == 0 and len(_files(out)) == 2
+    rc, first = _restore(capsys, shoot, out, *RECORD, "--format", "png")
+    assert rc == 0 and _files(out) == ["a_mend.png", "a_mend_1.png"]
+    made = {Path(o["path"]).name: Path(o["output"]).name for o in first}
+    for o in first:  # (the record: the photo's name, size and SHA-256)
+        src = Path(o["path"])
+        assert read_record(o["output"])["source"] == {
+            "name": src.name, "size": src.stat().st_size,
+            "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
     rc, got = _restore(capsys, shoot, out, *RECORD, "--format", "png", "--skip-existing")
-    assert rc == 0 and not any("skipped" in o for o in got) and len(_files(out)) == 4
+    assert rc == 0 and {Path(o["path"]).name: Path(o["output"]).name for o in got} == made
+    assert all(o.get("skipped") == "already restored" for o in got)
+    assert _files(out) == ["a_mend.png", "a_mend_1.png"]
+    # the first one's result gone (the batch stopped before it): that photo alone is restored
+    gone = next(name for name, result in made.items() if result == "a_mend.png")
+    (out / "a_mend.png").unlink()
+    rc, got = _restore(capsys, shoot, out, *RECORD, "--format", "png", "--skip-existing")
+    assert rc == 0
+    assert {Path(o["path"]).name: o.get("skipped") for o in got} == {
+        gone: None, next(n for n in made if n != gone): "already restored"}
+    assert _files(out) == ["a_mend.png", "a_mend_1.png"]
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_same_stem_photos_in_the_output_folder_are_not_restored_again(tmp_path, capsys, kept):
+    """The audit's case: hopper.bmp and hopper.png restored into their own folder (-o the
+    input folder), nothing to fix: hopper_mend.png (the BMP's, written afresh as PNG) and
+    hopper_mend_1.png (the PNG's own bytes). Every --skip-existing run restored both again."""
+    shoot = tmp_path / "shoot"
+    _photos(shoot, ["hopper.bmp", "hopper.png", "other.png"])
+    how = COPY if kept else RECORD
+    rc, first = _restore(capsys, shoot, shoot, *how)
+    assert rc == 0
+    assert [Path(o["output"]).name for o in first] == [
+        "hopper_mend.png", "hopper_mend_1.png", "other_mend.png"]
+    if kept:  # (the PNG's result is its own bytes: no record)
+        assert (shoot / "hopper_mend_1.png").read_bytes() == (shoot / "hopper.png").read_bytes()
+    before = {p.name: p.read_bytes() for p in shoot.iterdir()}
+    for _ in range(2):
+        rc, got = _restore(capsys, shoot, shoot, *how, "--skip-existing")
+        assert rc == 0
+        done = [o for o in got if "path" in o and o.get("skipped") != "mend result"]
+        assert [(Path(o["path"]).name, o.get("skipped"), o.get("output")) for o in done] == [
+            (Path(o["path"]).name, "already restored", o["output"]) for o in first]
+        assert {p.name: p.read_bytes() for p in shoot.iterdir()} == before
+
+
+def test_a_result_naming_another_photo_is_not_this_ones(tmp_path, capsys):
+    """a_mend.png made from a.jpg (--format png) is not a.png's result: before, a.png restored
+    on its own was skipped, its name being taken by a file with Mend's record."""
+    shoot, out = tmp_path / "shoot", tmp_path / "out"
+    jpg, png = _photos(shoot, ["a.jpg", "a.png"])
+    rc, _ = _run(capsys, "restore", str(jpg), "-o", str(out), *RECORD, "--format", "png")
+    assert rc == 0 and _files(out) == ["a_mend.png"]
+    rc, lines = _run(capsys, "restore", str(png), "-o", str(out), *RECORD, "--skip-existing",
+                     "--json")
+    (got,) = _json(lines)
+    assert rc == 0 and "skipped" not in got and Path(got["output"]).name == "a_mend_1.png"
+    rc, lines = _run(capsys, "restore", str(jpg), str(png), "-o", str(out), *RECORD,
+                     "--format", "png", "--skip-existing", "--json")
+    assert rc == 0 and [Path(o["output"]).name for o in _json(lines)] == [
+        "a_mend.png", "a_mend_1.png"]  # (both found: by their records)
+
+
+def test_without_metadata_the_record_names_no_file_and_the_bytes_find_the_result(
+        tmp_path, capsys):
+    """--no-metadata drops names: the record's source is the photo's size and SHA-256 alone,
+    and a resume finds each same-stem photo's result by its bytes."""
+    shoot, out = tmp_path / "shoot", tmp_path / "out"
+    _photos(shoot, ["a.png", "a.jpg"])
+    rc, first = _restore(capsys, shoot, out, *RECORD, "--format", "png", "--no-metadata")
+    assert rc == 0 and _files(out) == ["a_mend.png", "a_mend_1.png"]
+    for o in first:
+        src = Path(o["path"])
+        assert read_record(o["output"])["source"] == {
+            "size": src.stat().st_size, "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}
+    rc, got = _restore(capsys, shoot, out, *RECORD, "--format", "png", "--no-metadata",
+                       "--skip-existing")
+    assert rc == 0 and [o.get("skipped") for o in got] == ["already restored"] * 2
+    assert {o["path"]: o["output"] for o in got} == {o["path"]: o["output"] for o in first}
+    assert _files(out) == ["a_mend.png", "a_mend_1.png"]
+
+
+def test_one_name_and_size_in_two_folders_is_told_apart_by_the_bytes(tmp_path, capsys):
+    """x/a.bmp and y/a.bmp (same size: uncompressed) both go to OUT: a_mend.png and
+    a_mend_1.png. Their records have one name and one size: the SHA-256 tells them apart."""
+    (x,) = _photos(tmp_path / "x", ["a.bmp"], seed=1)
+    (y,) = _photos(tmp_path / "y", ["a.bmp"], seed=2)
+    assert x.stat().st_size == y.stat().st_size and x.read_bytes() != y.read_bytes()
+    out = tmp_path / "out"
+    rc, lines = _run(capsys, "restore", str(x), str(y), "-o", str(out), *RECORD, "--json")
+    assert rc == 0 and [Path(o["output"]).name for o in _json(lines)] == [
+        "a_mend.png", "a_mend_1.png"]
+    (out / "a_mend.png").unlink()  # x's
+    rc, lines = _run(capsys, "restore", str(x), str(y), "-o", str(out), *RECORD, "--json",
+                     "--skip-existing")
+    got = _json(lines)
+    assert rc == 0 and [(o["path"], o.get("skipped"), Path(o["output"]).name) for o in got] == [
+        (str(x), None, "a_mend.png"), (str(y), "already restored", "a_mend_1.png")]
+
+
+def test_results_of_an_earlier_version_are_used_as_before_and_said(tmp_path, capsys,
+                                                                   monkeypatch):
+    """A record with no "source" (an earlier Mend's) counts, as it did, for a photo alone in
+    having its name; photos sharing a name cannot tell theirs: restored again, said once."""
+    shoot, out = tmp_path / "shoot", tmp_path / "out"
+    _photos(shoot, ["a.png", "a.jpg", "b.png"])
+    with monkeypatch.context() as m:  # what an earlier version wrote: no source in the record
+        m.setattr(mio, "source_record", lambda _path, **_kw: None)
+        rc, _ = _restore(capsys, shoot, out, *RECORD, "--format", "png")
+    assert rc == 0 and _files(out) == ["a_mend.png", "a_mend_1.png", "b_mend.png"]
+    assert "source" not in read_record(out / "a_mend.png")
+    rc, got = _restore(capsys, shoot, out, *RECORD, "--format", "png", "--skip-existing")
+    assert rc == 0
+    note, *rest = got
+    assert note["path"] == str(out) and note["photos"] == [str(shoot / "a.jpg"),
+                                                           str(shoot / "a.png")]
+    assert note["note"].startswith("2 photo(s) restored again: the results under their names "
+                                   "here were written by an earlier version of Mend")
+    assert [(Path(o["path"]).name, o.get("skipped")) for o in rest] == [
+        ("a.jpg", None), ("a.png", None), ("b.png", "already restored")]
+    # restored again, they carry their source now: the next resume finds them, no note
+    rc, got = _restore(capsys, shoot, out, *RECORD, "--format", "png", "--skip-existing")
+    assert rc == 0 and [o.get("skipped") for o in got] == ["already restored"] * 3
+    rc, lines = _run(capsys, "restore", str(shoot), "-o", str(out), *RECORD, "--format", "png",
+                     "--skip-existing")
+    assert rc == 0 and not any("note" in line for line in lines)

@@ -2,7 +2,9 @@
 short (decoded green where its data is missing, and written as a good result), other files cut
 short called "not a photo format", AVIF files left out of folders, a dry run naming one result
 for photos that the run writes under different names, and --skip-existing missing the result
-of a photo whose extension is not its format."""
+of a photo whose extension is not its format. Then what that audit left: a dry run taking a name
+for a photo whose run stops, ``-o`` naming a file, a TIFF without a resolution read as 1 dpi, and
+an animated PNG cut in its frames read at 8 bits with warnings that were not true."""
 from __future__ import annotations
 
 import hashlib
@@ -204,3 +206,162 @@ def test_skip_existing_finds_the_result_of_a_photo_misnamed_by_its_extension(tmp
         assert [(Path(o["path"]).name, o.get("skipped"), o["output"]) for o in got] == [
             (Path(o["path"]).name, "already restored", o["output"]) for o in first]
     assert {p.name: _sha(p) for p in out.iterdir()} == before  # no _1, nothing rewritten
+
+
+def _checker(path: Path, size: int = 128) -> None:
+    """A photo the analyzer calls D (clean): big flat squares, sharp edges."""
+    y, x = np.mgrid[0:size, 0:size]
+    g = ((x // 16 + y // 16) % 2 * 180 + 40).astype(np.uint8)
+    Image.fromarray(np.dstack([g, g // 2 + 60, 255 - g])).save(path)
+
+
+def test_a_dry_run_takes_no_name_for_a_photo_whose_run_would_stop(tmp_path, capsys):
+    """a.bmp needs a model that is not installed (its run stops, writing nothing) and a.png
+    has nothing to fix: the run writes a_mend.png for a.png, but the dry run gave a.bmp
+    a_mend.png and a.png a_mend_1.png."""
+    shoot, out = tmp_path / "shoot", tmp_path / "out"
+    _photos(shoot, [("a.bmp", "BMP")])  # (noise: class A, laptop's Real-ESRGAN)
+    _checker(shoot / "a.png")
+    rc, planned = _run(capsys, "restore", str(shoot), "-o", str(out), "--profile", "laptop",
+                       "--dry-run")
+    assert rc == 0 and [o["label"] for o in planned] == ["A", "D"]
+    assert "needs models that are not installed" in planned[0]["warnings"][0]
+    assert planned[0]["output"] is None  # (nothing written: no name taken)
+    assert planned[1]["output"] == str(out / "a_mend.png")
+    rc, done = _run(capsys, "restore", str(shoot), "-o", str(out), "--profile", "laptop")
+    assert rc == 1 and "is not installed" in done[0]["error"]
+    assert done[1]["output"] == planned[1]["output"] and _files(out) == ["a_mend.png"]
+    capsys.readouterr()
+    assert cli.main(["restore", str(shoot), "-o", str(out / "x"), "--profile", "laptop",
+                     "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("→ nothing written (the run would stop)")
+    assert lines[2].endswith(f"→ {out / 'x' / 'a_mend.png'}")
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_an_output_folder_that_is_a_file_is_a_usage_error(tmp_path, capsys, dry):
+    """``-o`` naming a file said "cannot create the output folder X: File exists"."""
+    shoot = tmp_path / "shoot"
+    _photos(shoot, [("a.png", "PNG")])
+    afile = tmp_path / "results.png"
+    afile.write_bytes(b"the photographer's")
+    extra = ["--dry-run"] if dry else []
+    for out in (afile, afile / "sub"):
+        rc = cli.main(["restore", str(shoot), "-o", str(out), *extra])
+        err = capsys.readouterr()
+        assert rc == 2 and err.out == ""  # (no photo looked at)
+        where = "" if out == afile else f" (in the output folder's path {out})"
+        assert err.err == (f"mend: {afile} is a file, not a folder{where}: choose a folder for "
+                           "the results with -o\n")
+    assert afile.read_bytes() == b"the photographer's" and _files(shoot) == ["a.png"]
+
+
+def _tiff_tags(path: Path) -> dict:
+    with Image.open(path) as im:
+        return {t: im.tag_v2.get(t) for t in (282, 283, 296)} | {"dpi": im.info.get("dpi")}
+
+
+def test_a_tiff_without_a_resolution_says_none_as_jpeg_and_png_do(tmp_path, capsys):
+    """--no-metadata drops the resolution (the README and --help say so): a JPEG's JFIF says
+    square pixels, no unit, a PNG has no pHYs - Pillow reads no dpi - but a TIFF had no
+    resolution tags at all, which Pillow reads as 1 dpi (a print metres wide), and Mend read
+    such a TIFF as a 1-dpi photo."""
+    src = tmp_path / "a.jpg"
+    _checker(src)
+    with Image.open(src) as im:
+        im.save(src, dpi=(300, 300), quality=95)
+    for fmt in ("jpeg", "png", "tiff"):
+        rc, (o,) = _run(capsys, "restore", str(src), "-o", str(tmp_path / fmt), *RECORD,
+                        "--no-metadata", "--format", fmt)
+        assert rc == 0
+        with Image.open(o["output"]) as im:
+            assert "dpi" not in im.info, (fmt, im.info.get("dpi"))
+        assert mio.load_photo(o["output"]).dpi is None
+    assert _tiff_tags(Path(o["output"])) == {282: 1.0, 283: 1.0, 296: 1, "dpi": None}
+    # with the metadata, the resolution is written as it was
+    rc, (o,) = _run(capsys, "restore", str(src), "-o", str(tmp_path / "kept"), *RECORD,
+                    "--format", "tiff")
+    assert rc == 0 and _tiff_tags(Path(o["output"])) == {282: 300.0, 283: 300.0, 296: 2,
+                                                         "dpi": (300.0, 300.0)}
+    # a TIFF with no resolution tags (Pillow writes none without dpi) is no 1-dpi photo
+    bare = tmp_path / "bare.tif"
+    _checker(bare)
+    with Image.open(bare) as im:
+        im.save(bare)
+    assert _tiff_tags(bare) == {282: None, 283: None, 296: None, "dpi": (1, 1)}
+    assert mio.load_photo(bare).dpi is None
+    rc, (o,) = _run(capsys, "restore", str(bare), "-o", str(tmp_path / "bare"), *RECORD,
+                    "--format", "jpeg")
+    with Image.open(o["output"]) as im:
+        assert rc == 0 and "dpi" not in im.info
+
+
+def _png_chunk(ctype: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return (struct.pack(">I", len(data)) + ctype + data
+            + struct.pack(">I", zlib.crc32(ctype + data) & 0xFFFFFFFF))
+
+
+def _apng16(w: int = 48, h: int = 32, frames: int = 2) -> tuple[bytes, np.ndarray]:
+    """A 16-bit RGB animated PNG whose still image (IDAT) is not part of its animation (as
+    Pillow's test file apng/mode_16bit.png), and that still image."""
+    import struct
+    import zlib
+
+    rng = np.random.default_rng(9)
+
+    def idat(px: np.ndarray) -> bytes:
+        rows = px.astype(">u2").reshape(h, w * 3).view(np.uint8)
+        return zlib.compress(b"".join(b"\x00" + r.tobytes() for r in rows))
+
+    still = (np.kron(rng.integers(0, 16, (h // 8, w // 8, 3)), np.ones((8, 8, 1))) * 4369
+             + rng.integers(0, 16, (h, w, 3))).astype(np.uint16)  # (16-bit levels)
+    data = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0,
+                                                                   0, 0))
+    data += _png_chunk(b"acTL", struct.pack(">II", frames, 0)) + _png_chunk(b"IDAT", idat(still))
+    seq = 0
+    for _ in range(frames):
+        frame = rng.integers(0, 65536, (h, w, 3), dtype=np.uint16)
+        data += _png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, w, h, 0, 0, 1, 10, 0, 0))
+        data += _png_chunk(b"fdAT", struct.pack(">I", seq + 1) + idat(frame))
+        seq += 2
+    return data + _png_chunk(b"IEND", b""), still
+
+
+def test_a_16bit_apng_cut_in_its_frames_is_read_whole_at_16_bits(tmp_path, capsys):
+    """Cut inside its animation frames, its still image whole: the 16-bit decoder was handed
+    the cut chunk, failed, and the photo was read at 8 bits with two warnings that were not
+    true - "damaged ... a grey or smeared band is possible" and "decoded with 8 bits, the
+    extra precision is lost" - while the result, the file copied as it was, lost nothing. Now
+    it is read at 16 bits and the warning says what is wrong: frames are missing."""
+    data, still = _apng16()
+    whole = tmp_path / "whole.png"
+    whole.write_bytes(data)
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    for n, cut in ((len(data) - 300, "in a frame's data"), (len(data) - 12, "before IEND")):
+        photo = shoot / "a.png"
+        photo.write_bytes(data[:n])
+        for p, warnings in ((whole, []), (photo, [mio.APNG_CUT])):
+            got = mio.load_photo(p)
+            assert got.bit_depth == 16 and got.info["warnings"] == warnings, cut
+            assert np.array_equal(np.round(got.pixels * 65535).astype(np.uint16), still), cut
+    rc, (o,) = _run(capsys, "restore", str(photo), "-o", str(tmp_path / "out"), "--plan", "D")
+    assert rc == 0 and o["warnings"] == [mio.APNG_CUT]
+    assert Path(o["output"]).read_bytes() == photo.read_bytes()  # (copied as it is)
+
+
+def test_an_8bit_apng_cut_in_its_frames_says_so_too(tmp_path):
+    frames = [Image.fromarray(np.full((24, 32, 3), v, np.uint8)) for v in (40, 120, 200)]
+    whole = tmp_path / "anim.png"
+    frames[0].save(whole, save_all=True, append_images=frames[1:], duration=100)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[:-20])
+    assert mio.load_photo(whole).info["warnings"] == []
+    got = mio.load_photo(cut)
+    assert got.info["warnings"] == [mio.APNG_CUT]
+    assert np.allclose(got.pixels * 255, 40)
