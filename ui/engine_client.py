@@ -83,6 +83,9 @@ class JobInfo:
     eta_seconds: float | None = None
     error: str = ""
     title: str = ""
+    # a finished job that will run again once something happens (``EngineClient.set_waiting``:
+    # a Retry waiting for its reflection mask to be written), and what: "" when none
+    waiting: str = ""
 
 
 @dataclass(frozen=True)
@@ -320,7 +323,9 @@ def _do_sam(engine: Any, payload: dict, progress: Progress) -> Any:
     photo = load_photo(payload["path"])
     pts = [(float(x), float(y)) for x, y, _ in payload["points"]]
     labels = [int(lab) for _, _, lab in payload["points"]]
-    mask = fn(photo.pixels, pts, labels, engine.runtime)
+    # (the job's cancel check: SAM's whole-photo resizes, 0.4 s and more at 120 MP, are
+    # abandoned on a cancel, as in the reflection step)
+    mask = fn(photo.pixels, pts, labels, engine.runtime, check=progress.check)
     progress.update(1.0, "selected")
     return mask
 
@@ -414,6 +419,14 @@ def _emit(signal_owner: QObject, name: str, *args: Any) -> bool:
 RETRY_LATER: Any = object()
 
 
+def run_title(path: Path, region: tuple[int, int, int, int] | None = None) -> str:
+    """How the queue names a fix of ``path`` (``region``: a preview of that part of it)."""
+    if region is None:
+        return f"Fix {Path(path).name}"
+    x0, y0, x1, y1 = region
+    return f"Preview {Path(path).name} ({x1 - x0} × {y1 - y0} px)"
+
+
 # engine threads that did not stop within shutdown()'s timeout: kept referenced until they end,
 # so that the client's destruction does not destroy a running QThread (which aborts the app)
 _STRAGGLERS: list[tuple[QThread, QObject]] = []
@@ -478,6 +491,9 @@ class EngineClient(QObject):
         self._durations: dict[JobKind, list[float]] = {}  # seconds of finished jobs, per kind
         # plan and size of each photo diagnosed here: what a queued run of it will cost
         self._planned: dict[Path, tuple[Plan, tuple[int, int]]] = {}
+        # the faces a preview of a photo looked for (engine.pipeline.preview_face_search) and
+        # found (its result's ``preview_faces``): a queued preview of it is costed with them
+        self._preview_faces: dict[Path, tuple[dict[str, Any], list[list[int]]]] = {}
         self._thread = QThread()
         self._thread.setObjectName("mend-engine")
         self._worker = _Worker(self._factory)
@@ -560,12 +576,11 @@ class EngineClient(QObject):
         """Queue a restoration; returns the job id. A request with a ``region`` is a preview
         (``JobKind.PREVIEW``): queued ahead of the diagnoses and fixes (``_queue_preview``),
         cancelled and retried as any job, never journaled."""
-        name = Path(request.path).name
-        if getattr(request, "region", None) is not None:
-            x0, y0, x1, y1 = request.region
-            return self._add(JobKind.PREVIEW, Path(request.path), request,
-                             f"Preview {name} ({x1 - x0} × {y1 - y0} px)")
-        return self._add(JobKind.RUN, Path(request.path), request, f"Fix {name}")
+        region = getattr(request, "region", None)
+        title = run_title(Path(request.path), region)
+        if region is not None:
+            return self._add(JobKind.PREVIEW, Path(request.path), request, title)
+        return self._add(JobKind.RUN, Path(request.path), request, title)
 
     def diagnose(self, path: Path, *, backend: str = "auto", profile: str = "auto",
                  label: Degradation | None = None) -> int:
@@ -695,8 +710,27 @@ class EngineClient(QObject):
             payload = payload if revised is None else revised
         new_id = self._add(job.info.kind, job.info.path, payload, job.info.title)
         job.retried = True
+        if job.info.waiting:  # (it waited for this: the new job is what is shown now)
+            self.set_waiting(job_id, None)
         self.resubmitted.emit(job_id, new_id)
         return new_id
+
+    def set_waiting(self, job_id: int, reason: str | None) -> None:
+        """Mark a cancelled or failed job as waiting to run again, with ``reason`` (what it
+        waits for: the queue panel shows it), or (None) not any more. A retry the retry hook
+        answered ``RETRY_LATER`` is marked so by the hook's owner, and unmarked by it when it
+        drops the retry; its retry unmarks it here. "Clear finished" keeps a waiting job (its
+        retry would be lost)."""
+        job = self._jobs.get(job_id)
+        if job is None or not job.info.state.finished or job.info.state is JobState.DONE \
+                or (reason and job.retried):
+            return
+        waiting = reason or ""
+        if waiting != job.info.waiting:
+            # (no job_changed: its state is as it was, and a thumbnail shows a job's state;
+            # the queue panel is rebuilt, listing waiting jobs after the queued ones)
+            job.info = replace(job.info, waiting=waiting)
+            self.queue_changed.emit()
 
     def move(self, job_id: int, delta: int) -> None:
         """Move a queued job ``delta`` places (negative: earlier)."""
@@ -729,7 +763,8 @@ class EngineClient(QObject):
         return self._running is None and not self._order
 
     def clear_finished(self) -> None:
-        for jid in [j for j, job in self._jobs.items() if job.info.state.finished]:
+        for jid in [j for j, job in self._jobs.items() if job.info.state.finished
+                    and not job.info.waiting]:
             del self._jobs[jid]
         self._changed()
 
@@ -772,10 +807,30 @@ class EngineClient(QObject):
                     self._planned.pop(next(iter(self._planned)))
             if isinstance(result, DiagnoseOutcome) and job.info.path is not None:
                 self._give_diagnosis(job_id, job.info.path, result.diagnosis)
+            self._keep_preview_faces(job, result)
         self._running = None
         self._finish(job_id, JobState.DONE, "done", fraction=1.0)
         self.finished.emit(job_id, result)
         self._pump()
+
+    def _keep_preview_faces(self, job: _Job, result: Any) -> None:
+        """Keep the faces a finished preview found in its photo (``_preview_faces``)."""
+        faces = getattr(result, "artifacts", {}).get("preview_faces") \
+            if job.info.kind is JobKind.PREVIEW and job.info.path is not None else None
+        if faces is None:
+            return
+        try:
+            from engine.pipeline import preview_face_search
+
+            search = preview_face_search(result.plan)
+        except Exception as e:  # noqa: BLE001 - an estimate is never worth a failure
+            log.debug("preview faces of %s not kept: %s", job.info.path, e)
+            return
+        if search is not None:
+            self._preview_faces.pop(job.info.path, None)
+            self._preview_faces[job.info.path] = (search, faces)
+            while len(self._preview_faces) > 500:  # (oldest first)
+                self._preview_faces.pop(next(iter(self._preview_faces)))
 
     @Slot(int, object)
     def _on_error(self, job_id: int, exc: BaseException) -> None:
@@ -865,11 +920,8 @@ class EngineClient(QObject):
             if plan is not None and planned is not None:
                 size = planned[1]
                 try:
-                    if job.info.kind is JobKind.PREVIEW:  # (its region and margin)
-                        from engine.pipeline import check_region, context_box
-
-                        x0, y0, x1, y1 = context_box(check_region(req.region, size)[0], size)
-                        size = (y1 - y0, x1 - x0)
+                    if job.info.kind is JobKind.PREVIEW:
+                        size = self._preview_size(req.path, plan, req.region, size)
                     est = self.estimate(plan, size)
                 except Exception as e:  # noqa: BLE001 - an estimate is never worth a failure
                     log.debug("no estimate for %s: %s", req.path, e)
@@ -878,6 +930,23 @@ class EngineClient(QObject):
                     return float(est.seconds)
         runs = self._durations.get(job.info.kind)
         return sum(runs) / len(runs) if runs else None
+
+    def _preview_size(self, path: Path, plan: Plan, region: Any, size: tuple[int, int]
+                      ) -> tuple[int, int]:
+        """(height, width) of the part a preview of ``region`` of the photo ``path`` (of
+        ``size``) will run its steps on: its region and margin, grown to hold the faces reaching
+        the region for a plan that upscales before its face step (``pipeline.preview_part``).
+        The faces are only known by looking for them, which the engine does when the preview
+        runs (not here, on the GUI thread): they are counted when an earlier preview of the
+        photo, looking for them alike, reported them; else the part counted is the region and
+        its margin (less than the run may process)."""
+        from engine.pipeline import check_region, preview_face_search, preview_part
+
+        known = self._preview_faces.get(Path(path))
+        faces = known[1] if known is not None and known[0] == preview_face_search(plan) \
+            else None
+        x0, y0, x1, y1 = preview_part(check_region(region, size)[0], size, faces)
+        return y1 - y0, x1 - x0
 
     def _changed(self) -> None:
         self.queue_changed.emit()

@@ -60,6 +60,7 @@ from .engine_client import (
     JobInfo,
     JobKind,
     JobState,
+    run_title,
     start_in,
     wait_responsive,
 )
@@ -247,6 +248,10 @@ class MainWindow(QMainWindow):
         # mask written for each (job id -> path)
         self._retries_waiting: dict[int, weakref.ref[Callable[[Path | None], None]]] = {}
         self._retry_masks: dict[int, Path] = {}
+        # the fixes and previews in _mask_waiters (not retries), each with its queue title: the
+        # Queue panel shows them (``_show_waiting``); one dropped there is gone from here
+        self._fixes_waiting: weakref.WeakKeyDictionary[Callable[[Path | None], None], str] = \
+            weakref.WeakKeyDictionary()
         # "Preview fix here": the preview shown (one at a time: up to 4096 px a side after an
         # x4 chain), and the preview jobs queued, running or being decoded (job id -> photo);
         # one dropped from here (the plan changed, a fix finished) is thrown away when it ends
@@ -1256,10 +1261,12 @@ class MainWindow(QMainWindow):
             def submit(dest: Path | None) -> None:  # (None: the mask was deleted)
                 self._submit(path, plan, label, dest, region)
 
+            self._fixes_waiting[submit] = run_title(path, region)
             if doc is not None:
                 self._write_mask(path, doc, submit)
             else:
                 waiting.append(submit)
+            self._show_waiting()
             return None
         return self._submit(path, plan, label, mask_path, region)
 
@@ -1270,6 +1277,7 @@ class MainWindow(QMainWindow):
             if waiting:
                 waiting.clear()  # (kept: a Fix clicked again meanwhile waits for that write)
                 self.model.update_item(path, job_state=JobState.CANCELLED, error="Cancelled.")
+        self._show_waiting()
         self.client.cancel_all()
 
     def _work_to_lose(self) -> int:
@@ -1718,6 +1726,32 @@ class MainWindow(QMainWindow):
             self._write_mask(path, doc, retry)
         else:
             self._mask_waiters[path].append(retry)
+        self._show_waiting()
+
+    def _show_waiting(self) -> None:
+        """Show in the Queue panel the work waiting for a photo's mask to be written (or
+        deleted), which the engine client does not hold: each Retry held back
+        (``_retry_after_mask``) marked on its job (``EngineClient.set_waiting``), the fixes and
+        previews asked meanwhile (``fix``) as lines of their own. Called wherever
+        ``_mask_waiters`` changes: what was dropped there since (the mask deleted, its write
+        failed, "Cancel all") is no longer shown; a retry queued unmarks its job itself."""
+        held = {id(fn): path for path, waiting in self._mask_waiters.items() for fn in waiting}
+        for job_id, ref in list(self._retries_waiting.items()):
+            fn = ref()
+            path = held.get(id(fn)) if fn is not None else None
+            if fn is None:
+                del self._retries_waiting[job_id]
+            self.client.set_waiting(job_id, None if path is None else self._wait_reason(path))
+        self.queue.set_waiting_work([
+            (title, self._wait_reason(path)) for path, waiting in self._mask_waiters.items()
+            for fn in waiting if (title := self._fixes_waiting.get(fn)) is not None])
+
+    def _wait_reason(self, path: Path) -> str:
+        """What a job waiting in ``_mask_waiters[path]`` waits for, as the Queue panel says."""
+        seq = self._mask_write_seq.get(path)
+        if seq is not None and seq == self._mask_deleted_at.get(path):
+            return "runs once its reflection mask is deleted, without it"
+        return "runs once its reflection mask is saved"
 
     def _on_resubmitted(self, old_id: int, new_id: int) -> None:
         """A job retried from the queue panel: its result is this photo's, like the first's."""
@@ -2088,6 +2122,7 @@ class MainWindow(QMainWindow):
                 self._update_mask_actions()
                 for then in self._mask_waiters.pop(path, []):
                     then(p)
+                self._show_waiting()
 
             def failed(msg: str) -> None:
                 doc.undo.resetClean()  # not written: still unsaved
@@ -2097,6 +2132,7 @@ class MainWindow(QMainWindow):
                     self._mask_waiters.pop(path, None)
                     self.model.update_item(path, job_state=JobState.FAILED,
                                            error=f"Could not save the mask: {msg}")
+                    self._show_waiting()
                 self._update_mask_actions()
 
             self.bg.run(write, written, failed)
@@ -2198,6 +2234,7 @@ class MainWindow(QMainWindow):
         seq = self._mask_write_seq[path] = next(self._mask_write_ids)
         self._mask_deleted_at[path] = seq
         self._mask_waiters[path] = []
+        self._show_waiting()
         store = self._store_for(path)
         lock = self._mask_write_locks.setdefault(path, threading.Lock())
         on_disk = self._mask_on_disk
@@ -2222,6 +2259,7 @@ class MainWindow(QMainWindow):
             self._update_mask_actions()
             for then in self._mask_waiters.pop(path, []):
                 then(None)
+            self._show_waiting()
 
         def failed(msg: str) -> None:
             # nothing was forgotten (its sidecar still records the mask, which is still there):
@@ -2248,6 +2286,7 @@ class MainWindow(QMainWindow):
             if self._mask_waiters.pop(path, None):
                 self.model.update_item(path, job_state=JobState.FAILED,
                                        error=f"Could not delete the mask: {msg}")
+                self._show_waiting()
             self._update_mask_actions()
 
         self.bg.run(work, done, failed)
@@ -2559,8 +2598,10 @@ class MainWindow(QMainWindow):
         # GUI callbacks are let go: they would keep the closed window alive
         self.bg.forget_pending()
         self.folder_bg.forget_pending()
-        # (so are the fixes waiting for a mask write: closures over the window)
+        # (so are the fixes waiting for a mask write: closures over the window; a client
+        # not the window's own shows the retries it held waiting no more)
         self._mask_waiters.clear()
+        self._show_waiting()
         # (the running thumbnails finish: they write the cache; the window keeps painting. A
         # close asked again meanwhile is ignored by Qt: the widget is closing)
         pool = self.thumb_pool

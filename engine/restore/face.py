@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -701,26 +701,35 @@ def _meets(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
 
 
-def preview_face_box(pixels: np.ndarray, region: tuple[int, int, int, int],
-                     box: tuple[int, int, int, int], params: Mapping[str, Any], runtime: Any,
-                     margin: int, check: Check | None = None) -> tuple[int, int, int, int]:
-    """The part a preview's steps run on (``box``: the ``region`` shown and its margin of
-    context, x0, y0, x1, y1 source px) grown to hold whole, with ``margin`` px around it,
-    every face of the photo (``pixels``) whose restoration reaches the region: for a chain
-    that upscales before its face step (``params``: that step's), whose faces are restored
-    from the upscaled part alone (:func:`_faces_for_part`): a face the part's edge cut was
-    aligned and restored from the part's pixels and a mirror of them. Looked for as the face
-    step does (its detector, score, ``min_face``, largest ``max_faces``), in the photo before
-    the steps (as loaded: a transparent photo's pixels unfilled): the step finds its faces
-    again after them, and says which of those reaching the region the part still cuts."""
+def preview_faces(pixels: np.ndarray, params: Mapping[str, Any], runtime: Any,
+                  check: Check | None = None) -> list[tuple[int, int, int, int]]:
+    """The faces of a photo (``pixels``) a preview's part must hold whole, for a chain that
+    upscales before its face step (``params``: that step's), whose faces are restored from the
+    upscaled part alone (:func:`_faces_for_part`): a face the part's edge cut was aligned and
+    restored from the part's pixels and a mirror of them. Each is the rectangle its
+    restoration is pasted back onto (x0, y0, x1, y1, source px). Looked for as the face step
+    does (its detector, score, ``min_face``, largest ``max_faces``), in the photo before the
+    steps (as loaded: a transparent photo's pixels unfilled): the step finds its faces again
+    after them, and says which of those reaching the region the part still cuts. The faces of
+    the whole photo: :func:`preview_face_box` takes those of any region from them."""
     faces, _ = detect_faces(pixels, runtime, min_size=int(params.get("min_face", 48)),
                             detector=str(params.get("face_detector", "auto")),
                             score_threshold=float(params.get("face_score", 0.7)), check=check)
     faces.sort(key=lambda f: f.size, reverse=True)
-    h, w = pixels.shape[:2]
+    shape = pixels.shape[:2]
+    return [paste_region(face_matrix(f), shape) for f in faces[: int(params.get("max_faces", 32))]]
+
+
+def preview_face_box(region: tuple[int, int, int, int], box: tuple[int, int, int, int],
+                     faces: Sequence[Sequence[int]], size: tuple[int, int], margin: int
+                     ) -> tuple[int, int, int, int]:
+    """The part a preview's steps run on (``box``: the ``region`` shown and its margin of
+    context, x0, y0, x1, y1 source px, in a photo of ``size`` = (h, w)) grown to hold whole,
+    with ``margin`` px around it, every one of ``faces`` (:func:`preview_faces`) whose
+    restoration reaches the region."""
+    h, w = size
     x0, y0, x1, y1 = box
-    for f in faces[: int(params.get("max_faces", 32))]:
-        r = paste_region(face_matrix(f), (h, w))
+    for r in faces:
         if _meets(r, region):
             x0, y0 = min(x0, max(0, r[0] - margin)), min(y0, max(0, r[1] - margin))
             x1, y1 = max(x1, min(w, r[2] + margin)), max(y1, min(h, r[3] + margin))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -372,12 +373,64 @@ def test_a_face_the_upscaled_part_still_cuts_is_said(shared_images, engine, tmp_
     preview says so."""
     _standin_faces(monkeypatch, engine, _mixed)
     _fixed_faces(monkeypatch)
-    monkeypatch.setattr(Engine, "_hold_faces", lambda self, plan, photo, region, box, p: box,
-                        raising=False)
+    monkeypatch.setattr(Engine, "_preview_faces", lambda self, plan, photo, box, p: None)
     prev = _run(engine, _photo(shared_images, GROUP), tmp_path, X2_FACES, region=CUT,
                 guard=False)
     assert any(w.startswith("1 face(s) the previewed part's edge cuts were restored from the "
                             "part's pixels only") for w in prev.warnings), prev.warnings
+
+
+def test_a_dry_run_of_a_preview_counts_the_part_grown_for_faces(shared_images, engine,
+                                                                  tmp_path, monkeypatch):
+    """The run grows a preview's part to hold whole the faces that reach its region (an
+    upscale before the face step); the dry run's time and memory estimate counted the region
+    and its margin only (here 475 x 736 px, where the run processed more). It looks for the
+    faces as the run does and counts the part the run processes; the run reports the faces
+    it found (``preview_faces``: what the app's queue costs a later preview of the photo
+    with)."""
+    from engine.restore import face
+
+    _standin_faces(monkeypatch, engine, _mixed)
+    _fixed_faces(monkeypatch)
+    src = _photo(shared_images, GROUP)
+    crops = []  # (the parts the run cut from the photo: its steps' part first)
+    real_crop = pipeline._crop_photo
+    monkeypatch.setattr(pipeline, "_crop_photo",
+                        lambda photo, box: crops.append(box) or real_crop(photo, box))
+    searched = []
+    real_faces = face.preview_faces
+    monkeypatch.setattr(face, "preview_faces",
+                        lambda *a, **k: searched.append(1) or real_faces(*a, **k))
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path, format="png"), plan=X2_FACES,
+                     profile="builtin", backend="builtin", region=CUT, guard=False)
+    run = engine.run(req)
+    x0, y0, x1, y1 = crops[0]
+    processed = (y1 - y0, x1 - x0)
+    photo = load_photo(src)
+    size = (photo.height, photo.width)
+    cx0, cy0, cx1, cy1 = context_box(CUT, size)
+    margin_only = (cy1 - cy0, cx1 - cx0)
+    assert margin_only == (736, 475) and processed[0] >= 736 and processed[1] > 475, processed
+    assert run.artifacts["preview_faces"] and crops[0] == pipeline.preview_part(
+        CUT, size, run.artifacts["preview_faces"])
+    searched.clear()
+    prep = engine.prepare(req)
+    held, work, _ = pipeline._preview_whole_bytes(X2_FACES, photo)
+    want = engine.estimate(X2_FACES, processed)
+    before = engine.estimate(X2_FACES, margin_only)  # (what the dry run counted)
+    assert prep.estimate.seconds == pytest.approx(want.seconds)
+    assert prep.estimate.peak_bytes == want.peak_bytes + held + work
+    assert prep.estimate.seconds > before.seconds
+    assert prep.estimate.peak_bytes > before.peak_bytes + held + work
+    assert len(searched) == 1  # (looked for once, as the run does)
+    # (a chain whose face step comes first grows no part: nothing is looked for)
+    searched.clear()
+    faces_first = Plan(Degradation.A, "laptop", (Step("face_codeformer"),
+                                                 Step("upscale_builtin", {"scale": 2})))
+    assert pipeline.preview_face_search(faces_first) is None
+    plain = engine.prepare(replace(req, plan=faces_first))
+    assert not searched and plain.estimate.seconds == pytest.approx(
+        engine.estimate(faces_first, margin_only).seconds)
 
 
 @pytest.fixture(scope="module")

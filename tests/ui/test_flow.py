@@ -173,8 +173,8 @@ def test_click_to_select_runs_in_the_engine_thread(qtbot, window, folder, monkey
 
     calls = []
 
-    def fake_sam(image, points, labels, runtime):
-        calls.append((threading.get_ident(), points, labels))
+    def fake_sam(image, points, labels, runtime, check=None):
+        calls.append((threading.get_ident(), points, labels, check))
         m = np.zeros(image.shape[:2], np.uint8)
         x, y = (round(float(v)) for v in points[0])
         m[max(0, y - 5):y + 5, max(0, x - 5):x + 5] = 255
@@ -197,6 +197,7 @@ def test_click_to_select_runs_in_the_engine_thread(qtbot, window, folder, monkey
     win._sam_click(40.0, 30.0, 1)
     qtbot.waitUntil(lambda: doc.full[30, 40] == 255, timeout=20000)
     assert calls and calls[0][0] != threading.get_ident() and calls[0][2] == [1]
+    assert callable(calls[0][3])  # (the job's cancel check: a cancel stops SAM's resizes)
     assert doc.undo.undoText() == "Click-select"
     win._sam_click(40.0, 30.0, 0)
     qtbot.waitUntil(lambda: doc.full[30, 40] == 0, timeout=20000)

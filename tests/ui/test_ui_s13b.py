@@ -91,7 +91,8 @@ def test_a_click_select_message_ends_with_its_job(qtbot, window, folder, monkeyp
     import numpy as np
 
     monkeypatch.setattr(reflection, "sam_mask_from_points",
-                        lambda image, points, labels, runtime: np.zeros(image.shape[:2], np.uint8))
+                        lambda image, points, labels, runtime, check=None:
+                        np.zeros(image.shape[:2], np.uint8))
     win = window
     opened(qtbot, win, folder)
     target = folder / "b_clean.png"

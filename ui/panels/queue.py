@@ -70,7 +70,18 @@ class QueuePanel(QWidget):
         client.job_changed.connect(self._on_job)
         client.overall_progress.connect(self._on_overall)
         self._items: dict[int, QListWidgetItem] = {}
+        # work the window holds back, not a job of the client yet (``set_waiting_work``)
+        self._waiting_work: list[tuple[str, str]] = []
         self.refresh()
+
+    def set_waiting_work(self, rows: list[tuple[str, str]]) -> None:
+        """Show ``rows`` (title, what it waits for) after the queued jobs: work the window
+        holds back until something happens (a fix asked while its reflection mask is being
+        written is queued once it is). Not jobs yet: nothing to select, move, cancel or retry
+        ("Cancel all" drops them)."""
+        if rows != self._waiting_work:
+            self._waiting_work = list(rows)
+            self.refresh()
 
     def _selected(self) -> list[int]:
         return [it.data(Qt.ItemDataRole.UserRole) for it in self.list.selectedItems()]
@@ -107,16 +118,20 @@ class QueuePanel(QWidget):
         if self.client.running_id() is not None:
             order.append(self.client.running_id())
         order += self.client.queued_ids()
-        order += sorted((i for i in infos if i not in order), reverse=True)
-        for jid in order:
-            info = infos.get(jid)
-            if info is None:
-                continue
-            it = QListWidgetItem(self._text(info))
-            it.setData(Qt.ItemDataRole.UserRole, jid)
-            it.setToolTip(info.error or info.message)
+        # (then what will run once something happens: jobs to be retried, work held back)
+        placed = set(order)
+        waiting = sorted(i for i, j in infos.items() if j.waiting and i not in placed)
+        placed.update(waiting)
+        rest = sorted((i for i in infos if i not in placed), reverse=True)
+        for jid in order + waiting:
+            self._add_item(infos.get(jid))
+        for title, reason in self._waiting_work:
+            it = QListWidgetItem(f"[waiting] {title} — {reason}")
+            it.setFlags(Qt.ItemFlag.ItemIsEnabled)  # (not selectable: no job to act on)
+            it.setToolTip(reason)
             self.list.addItem(it)
-            self._items[jid] = it
+        for jid in rest:
+            self._add_item(infos.get(jid))
         it = self._items.get(cur_id) if cur_id is not None else None
         if it is not None:  # (NoUpdate: the selection is restored as it was, just below)
             self.list.setCurrentItem(it, QItemSelectionModel.SelectionFlag.NoUpdate)
@@ -126,7 +141,18 @@ class QueuePanel(QWidget):
             self.overall.setValue(0)
             self.overall.setFormat("Idle")
 
+    def _add_item(self, info: JobInfo | None) -> None:
+        if info is None:
+            return
+        it = QListWidgetItem(self._text(info))
+        it.setData(Qt.ItemDataRole.UserRole, info.id)
+        it.setToolTip(_detail(info))
+        self.list.addItem(it)
+        self._items[info.id] = it
+
     def _text(self, j: JobInfo) -> str:
+        if j.waiting:  # (a cancelled or failed job whose retry waits: that is its news)
+            return f"[waiting] {j.title} — {j.waiting}"
         extra = ""
         if j.state is JobState.RUNNING:
             extra = f" — {j.fraction:.0%} {j.message} {format_eta(j.eta_seconds)}".rstrip()
@@ -138,7 +164,7 @@ class QueuePanel(QWidget):
         it = self._items.get(info.id)
         if it is not None:
             it.setText(self._text(info))
-            it.setToolTip(info.error or info.message)
+            it.setToolTip(_detail(info))
         self._show_detail()
 
     def _on_overall(self, fraction: float, eta) -> None:
@@ -150,6 +176,14 @@ class QueuePanel(QWidget):
         if it is None:
             self.detail.setText("")
             return
-        info = self.client.job(it.data(Qt.ItemDataRole.UserRole))
-        if info is not None:
-            self.detail.setText(info.error or info.message)
+        jid = it.data(Qt.ItemDataRole.UserRole)
+        info = self.client.job(jid) if jid is not None else None
+        self.detail.setText(_detail(info) if info is not None else it.toolTip())
+
+
+def _detail(info: JobInfo) -> str:
+    """What the panel says of a job beside its line: what it waits for, why it failed or was
+    cancelled, or its last message."""
+    if info.waiting:
+        return f"{info.waiting} ({info.error})" if info.error else info.waiting
+    return info.error or info.message
