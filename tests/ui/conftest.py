@@ -1,7 +1,8 @@
 """UI test fixtures: offscreen Qt, isolated settings/data/cache folders, small photo folders,
 and a guard that FAILS any test leaving a QThread (or a pool thread) running, or leaving a
 MainWindow / EngineClient / MaskDocument it built alive once the test's references are gone
-(a reference cycle: freed only by the garbage collector, or not at all)."""
+(a reference cycle: freed only by the garbage collector, or not at all). The keys and mouse
+buttons QTest leaves held in the application's input state are released after each test."""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,10 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from PySide6.QtCore import QCoreApplication, QEvent, QThread, QThreadPool
+from PySide6.QtCore import QCoreApplication, QEvent, Qt, QThread, QThreadPool
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QWidget
 
 from ui.editor.mask import MaskDocument
 from ui.engine_client import EngineClient
@@ -86,6 +90,61 @@ def _leftover_owners() -> tuple[list[str], list[str]]:
     return cyclic, sorted(type(o).__name__ for o in list(_owners))
 
 
+def _pool_name(pool: QThreadPool) -> str:
+    """Which pool: its owner's attribute (``EngineClient.pool``), and whether that client was
+    shut down already (work started after its ``shutdown()``, which nobody waits for)."""
+    owner = pool.parent()
+    found = getattr(owner, "__dict__", {}).items() if owner is not None else ()
+    attr = next((k for k, v in found if v is pool), None)
+    name = f"{type(owner).__name__}.{attr or '?'}" if owner is not None else repr(pool)
+    if getattr(owner, "_closed", False):
+        name += " (started after its client's shutdown())"
+    return name
+
+
+_BUTTONS = (Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton, Qt.MouseButton.MiddleButton,
+            Qt.MouseButton.BackButton, Qt.MouseButton.ForwardButton)
+
+
+def _held_input() -> tuple[Qt.KeyboardModifier, Qt.MouseButton]:
+    return QGuiApplication.keyboardModifiers(), QGuiApplication.mouseButtons()
+
+
+def _release_held_input() -> None:
+    """Release the modifiers and mouse buttons the application believes held.
+
+    Qt takes them from the last event QTest sends (QApplication::notify records a synthetic
+    event's modifiers and buttons as the application's): ``keyClick(w, key, Ctrl | Shift)`` ends
+    on Shift's release, which QTest sends carrying Shift, so Shift stays "held" for
+    every later test until some test sends another key or mouse event (Alt and Meta alike; a
+    ``mousePress`` without its release leaves its button). A table's ``selectRow`` with Shift
+    held extends a selection from an anchor there is none of, and selects nothing: a Models
+    dialog's Stop, acting on the selected rows, then stopped no verify (test_ui_s13b's
+    ``test_stop_stops_a_verify`` timed out after test_flow's Ctrl+Shift+Z)."""
+    mods, buttons = _held_input()
+    if mods == Qt.KeyboardModifier.NoModifier and buttons == Qt.MouseButton.NoButton:
+        return
+    sink = QWidget()  # (never shown: what these events reach does nothing with them)
+    if mods != Qt.KeyboardModifier.NoModifier:
+        QTest.keyRelease(sink, Qt.Key.Key_Shift)  # (its modifiers: none)
+    for b in _BUTTONS:
+        if buttons & b:
+            QTest.mouseRelease(sink, b)
+    del sink
+
+
+@pytest.fixture(autouse=True)
+def no_held_keys(qapp):
+    """Every test starts with no key nor mouse button held in Qt's input state (see
+    ``_release_held_input``): what one test's QTest events leave changes what the next test's
+    clicks and selections do."""
+    yield
+    _release_held_input()
+    mods, buttons = _held_input()
+    if mods != Qt.KeyboardModifier.NoModifier or buttons != Qt.MouseButton.NoButton:
+        pytest.fail(f"could not release what the test left held: {mods}, {buttons}")
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_threads(qapp, request):
     """Fail the test if it leaves a QThread running or a thread pool busy, or if a MainWindow /
@@ -100,11 +159,12 @@ def no_leftover_threads(qapp, request):
                 running.append(t.objectName() or repr(t))
         except RuntimeError:  # C++ object already deleted: not running
             continue
-    busy = []
+    busy, named = [], []
     for p in list(_pools):
         try:
             if p.activeThreadCount() > 0:
                 busy.append(p)
+                named.append(_pool_name(p))
         except RuntimeError:
             continue
     if running or busy:
@@ -116,7 +176,7 @@ def no_leftover_threads(qapp, request):
                 pass
         for p in busy:
             p.waitForDone(5000)
-        pytest.fail(f"test left threads running: QThreads {running}, busy pools {len(busy)}")
+        pytest.fail(f"test left threads running: QThreads {running}, busy pools {named}")
     if request.node.stash.get(_CALL_FAILED, False):
         _owners.clear()  # the failure's traceback keeps the test's locals: no leak check
         return

@@ -2,7 +2,8 @@
 is shown or another folder opened, an operation's when it ends (and never takes a newer message
 with it). A model's verify stops when Stop is clicked. Closing the window writes its layout
 off the GUI thread. A running job the engine stays silent about is logged with where the
-engine thread is (or, its end lost, as an error)."""
+engine thread is (or, its end lost, as an error). What a test's QTest events leave held (Shift
+after a Ctrl+Shift shortcut) is released before the next test: Stop found its row selected."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QPoint, QSettings, Qt
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QWidget
 
 from engine.restore import reflection
 from ui import engine_client
@@ -141,9 +145,28 @@ class _SlowVerifyStore(FakeStore):
         return SimpleNamespace(status="verified", corrupt=(), missing=())
 
 
+def test_a_shortcut_with_shift_leaves_shift_held(qtbot):
+    """(What the next test starts after) QTest's Ctrl+Shift+Z ends on Shift's release, which
+    carries Shift: Qt's input state keeps Shift held (test_flow's redo did so before
+    test_stop_stops_a_verify); a press without its release keeps its button. The conftest's
+    ``no_held_keys`` releases them once this test ends."""
+    w = QWidget()
+    qtbot.addWidget(w)
+    QTest.mousePress(w, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(1, 1))
+    QTest.keyClick(w, Qt.Key.Key_Z,  # (after: a mouse event sets the modifiers it carries)
+                   Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    # (should Qt stop leaving them held, this test and the conftest's release can go)
+    assert QGuiApplication.keyboardModifiers() == Qt.KeyboardModifier.ShiftModifier
+    assert QGuiApplication.mouseButtons() == Qt.MouseButton.LeftButton
+
+
 def test_stop_stops_a_verify(qtbot, monkeypatch):
+    # nothing held from the test before (a held Shift made selectRow select nothing)
+    assert QGuiApplication.keyboardModifiers() == Qt.KeyboardModifier.NoModifier
+    assert QGuiApplication.mouseButtons() == Qt.MouseButton.NoButton
     monkeypatch.setattr(ModelManagerDialog, "_start_recommendation", lambda self: None)
     client = EngineClient(lambda: None)
+    dlg = None
     try:
         store = _SlowVerifyStore()
         dlg = ModelManagerDialog(client, store)
@@ -154,6 +177,7 @@ def test_stop_stops_a_verify(qtbot, monkeypatch):
         assert store.threads[0] is not threading.main_thread()  # in the model pool
         shown = dlg.table.item(row, 4).text(), dlg.progress.isHidden()
         dlg.table.selectRow(row)
+        assert dlg.selected() == ["m1"]  # what Stop stops
         t0 = time.monotonic()
         dlg.cancel_btn.click()
         qtbot.waitUntil(lambda: client.model_pool.activeThreadCount() == 0, timeout=5000)
@@ -163,8 +187,11 @@ def test_stop_stops_a_verify(qtbot, monkeypatch):
         assert dlg.progress.isHidden()
         # (checked again in the pool once the verify ended)
         qtbot.waitUntil(lambda: dlg.table.item(row, 4).text() == "verified", timeout=5000)
-        dlg.close()
     finally:
+        # (closed first, a failure too: the verify's end, heard after the shutdown, would have
+        # the open dialog check its statuses in the shut-down client's pool)
+        if dlg is not None:
+            dlg.close()
         client.shutdown()
 
 
