@@ -79,6 +79,11 @@ _NLM_SLOT = threading.Lock()
 # but lost up to 4.2 dB on a flat photo at sigma 30 (blotches of noise). Real sensor noise is
 # not uniform: on NAFNet's noisy demo photo (sigma read 20.5) a third of the residual comes back
 # (22 % of its energy): its text is sharper, a fine grain stays on the paper.
+# Not taken (session 18, bench/denoise_detail.py sd-*, a rule written first; signal-dependent
+# Poisson-Gaussian noise, sRGB-encoded, Bayer and raw-like, 15 x 8 cases): a noise level function
+# per brightness (a variance-stabilising transform from it; NLM at its upper strength with a
+# per-pixel recovery threshold; the threshold from NLM's own residual per brightness): +0.06 to
+# +0.18 dB on such noise against +0.25 asked, the first two losing up to 4.6 dB on single cases.
 DETAIL_WINDOW = 1.5
 DETAIL_NOISE_FACTOR = 1.1
 DETAIL_GAIN_SMOOTH = 1.0
@@ -376,7 +381,11 @@ def _sigma_for(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -
             return float(est), "diagnosis"
         except (TypeError, ValueError):
             pass
-    # (a preview measures the whole photo's noise, as the whole fix does)
+    # (a preview measures the whole photo's noise, as the whole fix does). This reading
+    # (Immerkaer) takes correlated camera noise for a fraction of its size (Bayer: ~0.2-0.4 of
+    # it); measure.noise_sigma reads it at its size, but as this fallback it failed session 18's
+    # rule (bench/denoise_detail.py sd-fallback: +2.87 dB mean, single cases -2.5 dB, and it
+    # changes which noise-free photos are denoised), so it is kept.
     seen = image if ctx.whole is None else ctx.whole.view(image)
     return estimate_noise_sigma(seen, ctx.progress.check), "measured"
 

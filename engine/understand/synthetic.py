@@ -48,6 +48,66 @@ def add_bayer_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> 
     return quantise(cv2.cvtColor(raw, cv2.COLOR_BayerBG2RGB).astype(np.float32) / 65535.0)
 
 
+def _srgb_decode(c: np.ndarray) -> np.ndarray:
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def _srgb_encode(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x,
+                    1.055 * np.maximum(x, 0.0031308) ** (1 / 2.4) - 0.055).astype(np.float32)
+
+
+# read-noise variance of add_signal_dependent_noise, as a share of its shot-noise gain
+READ_NOISE_SHARE = 0.01
+
+
+def add_signal_dependent_noise(img: np.ndarray, strength: float, rng: np.random.Generator, *,
+                               linear: bool = True, bayer: bool = False) -> np.ndarray:
+    """A camera's signal-dependent (Poisson-Gaussian) noise: variance ``a * x + b`` at value
+    ``x`` (the shot noise Gaussian-approximated; ``b = READ_NOISE_SHARE * a``), independent per
+    channel, clipped to [0, 1], 8-bit quantised. ``linear``: added in linear light (the sRGB
+    values decoded) and encoded again, as a camera's sensor data is: the encoded photo is then
+    noisiest in the darks; otherwise added to the encoded values (raw-like, noisiest in the
+    brights). ``bayer``: added to a Bayer mosaic's sites (R G / G B; site sigma /
+    ``BAYER_NOISE_GAIN``) and demosaiced bilinearly on 16 bits (``add_bayer_noise``), before
+    the encoding; its noise-free reference is the same call with ``strength`` 0 (an odd last row
+    or column is left out). ``strength``: the per-pixel sigma (0-255) of the encoded result at
+    mid-grey (0.5) before clipping, which sets ``a``."""
+    c = np.asarray(img, np.float32)[..., :3] if img.ndim == 3 else np.asarray(img, np.float32)
+    mid = 0.5
+    s = strength / 255.0
+    if linear:  # the encoded sigma at mid-grey is the linear one times the encoding's slope
+        x0 = float(_srgb_decode(np.float32(mid)))
+        s /= 1.055 / 2.4 * x0 ** (1 / 2.4 - 1)
+        mid = x0
+    a = s * s / (mid + READ_NOISE_SHARE)
+    x = _srgb_decode(c) if linear else c
+    if bayer:
+        h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
+        if h == 0 or w == 0 or x.ndim != 3:
+            raise ValueError("add_signal_dependent_noise(bayer=True) needs an RGB photo of at "
+                             "least 2 x 2 pixels")
+        x = x[:h, :w]
+        m = np.empty((h, w), np.float32)
+        m[0::2, 0::2] = x[0::2, 0::2, 0]
+        m[0::2, 1::2] = x[0::2, 1::2, 1]
+        m[1::2, 0::2] = x[1::2, 0::2, 1]
+        m[1::2, 1::2] = x[1::2, 1::2, 2]
+        if strength > 0:
+            sd = np.sqrt(a * np.maximum(m, 0.0) + READ_NOISE_SHARE * a) / BAYER_NOISE_GAIN
+            m += (rng.normal(0.0, 1.0, m.shape) * sd).astype(np.float32)
+        raw = np.round(np.clip(m, 0.0, 1.0) * 65535.0).astype(np.uint16)
+        out = cv2.cvtColor(raw, cv2.COLOR_BayerBG2RGB).astype(np.float32) / 65535.0
+    else:
+        out = x.copy()
+        if strength > 0:
+            sd = np.sqrt(a * np.maximum(x, 0.0) + READ_NOISE_SHARE * a)
+            out += (rng.normal(0.0, 1.0, x.shape) * sd).astype(np.float32)
+        out = np.clip(out, 0.0, 1.0)
+    return quantise(_srgb_encode(out) if linear else out)
+
+
 def add_blurred_noise(img: np.ndarray, sigma: float, blur: float,
                       rng: np.random.Generator) -> np.ndarray:
     """White Gaussian noise, independent per channel, blurred by a Gaussian of ``blur`` px (in-

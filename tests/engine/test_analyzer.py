@@ -113,6 +113,30 @@ def test_bayer_and_blurred_noise_have_the_asked_per_pixel_sigma():
         S.add_bayer_noise(flat[:1], 5, rng)
 
 
+def test_signal_dependent_noise_has_the_asked_strength_and_shape():
+    """The denoiser study's camera noise (bench/denoise_detail.py, session 18): the per-pixel
+    sigma at mid-grey is the asked strength; added in linear light and encoded it is stronger in
+    the darks, added to the encoded values (raw-like) stronger in the brights; a mosaic's sites'
+    noise demosaics to about the same size."""
+    rng = np.random.default_rng(0)
+
+    def rms(level, **kw):
+        flat = np.full((128, 128, 3), level, np.float32)
+        d = (S.add_signal_dependent_noise(flat, 10, rng, **kw) - S.quantise(flat))[2:-2, 2:-2]
+        return float(np.sqrt(np.mean((d * 255) ** 2)))
+
+    for kw in ({}, {"linear": False}, {"bayer": True}):
+        assert abs(rms(0.5, **kw) - 10) <= 0.6, kw
+    assert rms(0.1) > 1.4 * rms(0.5) > 1.4 * 1.05 * rms(0.9)  # (15.7, 10.2, 8.9)
+    assert rms(0.1, linear=False) < 0.55 * rms(0.5, linear=False) < 0.55 * 0.8 * rms(
+        0.9, linear=False)  # (4.7, 10.0, 13.0)
+    flat = np.full((64, 64, 3), 0.3, np.float32)
+    np.testing.assert_allclose(S.add_signal_dependent_noise(flat, 0, rng, bayer=True),
+                               S.quantise(flat), atol=1 / 255)  # no noise: itself
+    with pytest.raises(ValueError, match="at least 2 x 2"):
+        S.add_signal_dependent_noise(flat[:1], 5, rng, bayer=True)
+
+
 @pytest.mark.parametrize("q", [10, 23, 50, 77, 95])
 def test_jpeg_quality_exact_from_tables(clean, q):
     pixels, tables = S.jpeg(clean, q)
