@@ -92,6 +92,7 @@ from .widgets import ElidedLabel, show_overflow_button
 log = logging.getLogger("mend.ui")
 
 _ENGINE_START = "engine start"  # the status line's operation while the engine starts
+_PICK_A_PHOTO = "pick a photo"  # "Fix selected" with none selected: said until one is picked
 # "Preview fix here" runs on the part of the photo in view, at most this many source px a side
 # (the square at the view's centre): a preview is meant to take seconds, not the photo's time
 PREVIEW_SIDE = 1024
@@ -131,6 +132,7 @@ class PhotoState:
     size: tuple[int, int] | None = None  # (height, width), known once diagnosed
     record: dict | None = None  # the Mend record in the file itself (a result Mend wrote)
     record_read: bool = False
+    size_read: bool = False  # its size was asked of the file's header (_read_size)
     mask_doc: Any = None  # the mask as edited in the editor (kept while the folder is open)
     # the photographer deleted their mask ("Delete mask"): the last result's mask (theirs, when
     # the fix used it) is neither shown nor edited until a new mask or fix comes
@@ -715,6 +717,9 @@ class MainWindow(QMainWindow):
         """List ``folder`` (with its subfolders when the toggle is on) off the GUI thread; a
         listing that arrives after another folder was opened (or the toggle flipped) is dropped.
         ``keep``: the photo to stay on when it is listed again (a re-listing of the same folder)."""
+        # the same folder listed again: each photo's file as it was listed before (size, date)
+        listed_before = ({it.path: (it.size, it.mtime_ns) for it in self.model.items()}
+                         if self.model.folder == folder else {})
         # the listing runs off the GUI thread (a folder on a network drive answers slowly);
         # the grid is empty and says so until it arrives
         self.model.set_folder(folder, [])  # (drops the old listing's queued thumbnails)
@@ -746,6 +751,10 @@ class MainWindow(QMainWindow):
             if gen != self.loader.generation:  # another folder was opened meanwhile
                 return
             self._end_listing()
+            for it in items:
+                was = listed_before.get(it.path)
+                if was is not None and was != (it.size, it.mtime_ns):
+                    self._forget_replaced(it.path)
             self.model.set_folder(folder, items)
             self._show_known_states()
             self._restore_sidecars(folder)
@@ -775,6 +784,19 @@ class MainWindow(QMainWindow):
                 self.set_status(f"Could not read {folder}: {message}", folder=folder)
 
         self.bg.run(work, listed, failed)
+
+    def _forget_replaced(self, path: Path) -> None:
+        """``path``'s file changed since it was listed (re-imported under its name, edited in
+        another program): it is another picture. What was known of the one before - its
+        diagnosis, plan, class chosen, results, mask and preview - goes, as its sidecar drops
+        it (``SidecarStore.load``); the sidecar is read again with the listing."""
+        st = self.states.pop(Path(path), None)
+        if st is None:
+            return
+        self._discard_preview(path)
+        doc = st.mask_doc  # (the editor's, if open on it, goes when the new picture shows)
+        if doc is not None and doc is not self.mask_doc and doc is not self.canvas.doc:
+            _delete_when_idle(doc)
 
     def _end_listing(self) -> None:
         self.folder_loading = False
@@ -894,10 +916,12 @@ class MainWindow(QMainWindow):
                 self._other_stores.setdefault(f, store)
             if gen != self.loader.generation:
                 return
+            restored = 0  # (those this window knew already are kept as they are: not these)
             for p, sc, has_mask, existing in found:
                 known = self.states.get(p)
                 if known is not None and (known.diagnosis is not None or known.output):
                     continue
+                restored += 1
                 st = self._state(p)
                 st.diagnosis, st.plan, st.plan_edited = sc.diagnosis, sc.plan, sc.plan_edited
                 st.override = _class_or_none(sc.override)
@@ -916,8 +940,8 @@ class MainWindow(QMainWindow):
                                        output=st.output)
                 if p == self.current:
                     self._show_state(p)
-            if found:
-                self.set_status(f"Restored {len(found)} photo(s) from their sidecars",
+            if restored:
+                self.set_status(f"Restored {restored} photo(s) from their sidecars",
                                 folder=folder)
 
         self.bg.run(read, apply)
@@ -952,6 +976,8 @@ class MainWindow(QMainWindow):
         if self._status_owner.photo is not None and self._status_owner.photo != path:
             self.set_status("")  # (it was about the photo shown before)
         self.current = path
+        if path is not None:
+            self.end_status(_PICK_A_PHOTO)
         self.proxy.set_keep(path)
         self.panel.set_photo_name(self.display_name(path) if path else None)
         self._on_selection_changed()
@@ -968,6 +994,8 @@ class MainWindow(QMainWindow):
         self.panel.set_record(st.record)
         if not st.record_read:
             self._read_record(path)
+        if st.size is None and not st.size_read:
+            self._read_size(path)
         if st.plan_stale and st.diagnosis is not None and st.plan_job is None:
             self._replan(path)
         self._follow_mask(path)  # (a mask recorded in the sidecar, with an older plan)
@@ -997,6 +1025,22 @@ class MainWindow(QMainWindow):
                 self.panel.set_record(record)
 
         self.bg.run(lambda: read_record(path, header_only=True), done, lambda _m: None)
+
+    def _read_size(self, path: Path) -> None:
+        """The photo's size, for its plan's estimate, when no diagnosis made here brought it
+        (one restored from its sidecar, a photo fixed without one): read from the file's
+        header off the GUI thread; the estimate is shown again while the photo is current."""
+        from engine.imageio import image_size
+
+        st = self._state(path)
+        st.size_read = True
+
+        def done(size: tuple[int, int]) -> None:
+            st.size = st.size or tuple(size)
+            if self.current == path:
+                self.panel.refresh_estimate()
+
+        self.bg.run(lambda: image_size(path), done, lambda _m: None)
 
     def select_path(self, path: Path) -> None:
         row = self.model.row_of(path)
@@ -1200,7 +1244,11 @@ class MainWindow(QMainWindow):
         """Queue every selected photo (each with its own chosen class and plan); returns the ids
         of the jobs queued now (a photo whose edited mask is written first follows a moment
         later)."""
-        return [jid for p in self.selected_paths() if (jid := self.fix(p)) is not None]
+        paths = self.selected_paths()
+        if not paths:  # (a folder just opened: nothing picked yet)
+            self.set_status("No photo selected: click a photo (Shift/Ctrl-click for more, "
+                            "Ctrl+A for all), then Fix selected", op=_PICK_A_PHOTO)
+        return [jid for p in paths if (jid := self.fix(p)) is not None]
 
     def request_for(self, path: Path, plan: Plan | None = None,
                     label: Degradation | None = None, mask_path: Path | None = None,
@@ -1308,7 +1356,7 @@ class MainWindow(QMainWindow):
         st = self._state(self.current)
         st.plan = plan or st.plan
         self.fix(self.current, st.plan, self.panel.override_label())
-        self.set_status(f"Queued {self.current.name}", photo=self.current)
+        self.set_status(f"Queued {self.display_name(self.current)}", photo=self.current)
 
     def _on_plan_edited(self, plan: Plan) -> None:
         """A step, a parameter or the order changed in the panel: that is the photo's chain now
@@ -1488,7 +1536,7 @@ class MainWindow(QMainWindow):
                     self.load_view(path)
             from .messages import describe_result
 
-            self.set_status(describe_result(path.name, result), photo=path)
+            self.set_status(describe_result(self.display_name(path), result), photo=path)
             self.fixed.emit(path)
         elif isinstance(result, Plan):
             if st.plan_job != job_id:
@@ -1541,8 +1589,8 @@ class MainWindow(QMainWindow):
         self._discard_preview(path, shown=False)
         jid = self.fix(path, region=region)
         x0, y0, x1, y1 = region
-        self.set_status(f"Previewing the fix of {path.name} on {x1 - x0} × {y1 - y0} px at "
-                        f"{x0},{y0}…", photo=path)
+        self.set_status(f"Previewing the fix of {self.display_name(path)} on {x1 - x0} × "
+                        f"{y1 - y0} px at {x0},{y0}…", photo=path)
         return jid
 
     def _keep_preview_diagnosis(self, result: Any) -> None:
@@ -1588,14 +1636,14 @@ class MainWindow(QMainWindow):
             self._preview = RegionPreview(path, region, image, job_id)
             self._show_region_preview(arrived=True)
             x0, y0, x1, y1 = region
-            self.set_status(f"Preview of {path.name} ({x1 - x0} × {y1 - y0} px at {x0},{y0}) "
-                            f"in {seconds:.1f} s: shown in the after pane, not saved — Fix "
-                            "runs the whole photo"
+            self.set_status(f"Preview of {self.display_name(path)} ({x1 - x0} × {y1 - y0} px at "
+                            f"{x0},{y0}) in {seconds:.1f} s: shown in the after pane, not saved "
+                            "— Fix runs the whole photo"
                             + (f" — {warnings[0]}" if warnings else ""), photo=path)
 
         def fail(message: str) -> None:
             if self._preview_jobs.pop(job_id, None) is not None:
-                self.set_status(f"Preview of {path.name}: {message}", photo=path)
+                self.set_status(f"Preview of {self.display_name(path)}: {message}", photo=path)
 
         self.bg.run(lambda: take_preview(out), done, fail)
 
@@ -1783,7 +1831,7 @@ class MainWindow(QMainWindow):
         if job_id in self._preview_jobs or (info is not None and info.kind is JobKind.PREVIEW):
             path = self._preview_jobs.pop(job_id, None)
             if path is not None and not self._closing:  # (else dropped: nobody asks for it)
-                self.set_status(f"Preview of {path.name}: {message}", photo=path)
+                self.set_status(f"Preview of {self.display_name(path)}: {message}", photo=path)
             return
         path = self._job_path.pop(job_id, None)
         if path is not None and info is not None and info.kind is JobKind.RUN:
@@ -1795,7 +1843,8 @@ class MainWindow(QMainWindow):
             if path == self.current:
                 self.panel.set_plan(st.plan, st.plan_note)
         self._sam_include.pop(job_id, None)
-        self.set_status(f"{path.name if path else 'Job'}: {message}", photo=path)
+        # (a subfolder's photo as the grid names it: two folders of a card hold IMG_0001.JPG)
+        self.set_status(f"{self.display_name(path) if path else 'Job'}: {message}", photo=path)
         if path == self.current:
             self.panel.set_status(message)
 
@@ -2360,8 +2409,9 @@ class MainWindow(QMainWindow):
         def checked(exists: bool) -> None:  # (asked in the pool: the result's disk may sleep)
             if exists:
                 self._export(path, output, dest)
-            else:
-                self.set_status("Nothing to export yet: fix the photo first", photo=path)
+            else:  # (deleted or moved outside Mend since it was written)
+                self.set_status(f"The result of {self.display_name(path)} is no longer on the "
+                                f"disk ({output}): fix the photo again to export it", photo=path)
 
         self.bg.run(output.exists, checked,
                     lambda m: self.set_status(f"Export failed: {m}", photo=path))

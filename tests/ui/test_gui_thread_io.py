@@ -129,7 +129,9 @@ def test_the_window_leaves_the_disk_to_its_pools(qtbot, window, folder, tmp_path
 
 
 def test_export_of_a_result_deleted_meanwhile_says_so(qtbot, window, folder, tmp_path):
-    """The result's existence is checked off the GUI thread now: still "Nothing to export"."""
+    """The result's existence is checked off the GUI thread. A result deleted (or moved)
+    outside Mend is said to be gone, and where it was: "Nothing to export yet: fix the photo
+    first" was said of a photo that was fixed."""
     win = window
     opened(qtbot, win, folder)
     a = folder / "b_clean.png"
@@ -137,9 +139,13 @@ def test_export_of_a_result_deleted_meanwhile_says_so(qtbot, window, folder, tmp
     with qtbot.waitSignal(win.fixed, timeout=90000):
         win.fix(a, label=Degradation.A)
     settle(qtbot, win)
-    win.states[a].output.unlink()
+    out = win.states[a].output
+    out.unlink()
     win.export_current(tmp_path / "exported" / "final.png")
-    qtbot.waitUntil(lambda: "Nothing to export" in win.status_label.text(), timeout=10000)
+    qtbot.waitUntil(lambda: "no longer on the disk" in win.status_label.text(), timeout=10000)
+    text = win.status_label.text()
+    assert text.startswith("The result of b_clean.png is no longer on the disk"), text
+    assert str(out) in text and "fix the photo again" in text
     assert not (tmp_path / "exported").exists()
 
 

@@ -134,6 +134,9 @@ class ModelManagerDialog(QDialog):
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         hh.setStretchLastSection(True)
+        # the status (is it installed?) shown next to the size, before the licences: their long
+        # texts pushed it out of view at the dialog's size (the column keeps its index)
+        hh.moveSection(COLUMNS.index("Status"), COLUMNS.index("Licence"))
         lay.addWidget(self.table, 1)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)

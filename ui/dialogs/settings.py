@@ -1,6 +1,7 @@
 """Settings dialog over AppSettings (saved with QSettings)."""
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 from PySide6.QtWidgets import (
@@ -108,7 +109,9 @@ class SettingsDialog(QDialog):
             self._orig, device=self.device.currentData(), precision=self.precision.currentData(),
             tile_size=self.tile.value(), threads=self.threads.value(),
             profile=self.profile.currentData(), backend=self.backend.currentData(),
-            out_dir=self.out_dir.text().strip(),
+            # ("~/Mend results" typed: the home folder's, not a folder named "~" wherever Mend
+            # was started from)
+            out_dir=os.path.expanduser(self.out_dir.text().strip()),
             # (a separator in the suffix would write results outside the output folder)
             suffix="".join(c for c in self.suffix.text().strip() if c not in "/\\:\0") or "_mend",
             format=self.format.currentData(), quality=self.quality.value(),

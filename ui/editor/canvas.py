@@ -237,7 +237,7 @@ class ImageCanvas(QWidget):
                 self._draw_photo(p, pane, self.before, self.before_proxy)
             elif name == "after":
                 self._draw_after(p, pane)
-            elif self.mode is Compare.SPLIT and self.before is not None:
+            elif self.mode is Compare.SPLIT and self.before is not None and self.has_after():
                 x = pane.left() + pane.width() * self.split
                 p.setClipRect(QRectF(pane.left(), pane.top(), x - pane.left(), pane.height()))
                 self._draw_photo(p, pane, self.before, self.before_proxy)
@@ -245,6 +245,7 @@ class ImageCanvas(QWidget):
                 self._draw_after(p, pane)
                 p.setClipRect(pane)
             elif self.mode is Compare.BEFORE or not self.has_after():
+                # (Split too, with nothing on its after side: a photo not fixed, shown whole)
                 self._draw_photo(p, pane, self.before, self.before_proxy)
             else:
                 self._draw_after(p, pane)
