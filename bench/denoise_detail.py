@@ -200,12 +200,13 @@ def prepare(sources: Path, which: str) -> list[dict]:
     return out
 
 
-def cached(sources: Path, which: str, cache: Path) -> list[dict]:
-    f = cache / f"{which}.pkl"
+def cached(sources: Path, which: str, cache: Path, sd: bool = False) -> list[dict]:
+    """``prepare``'s cases (``sd``: ``sd_prepare``'s), kept in ``cache`` once made."""
+    f = cache / f"{'sd_' if sd else ''}{which}.pkl"
     if f.is_file():
         with f.open("rb") as fh:
             return pickle.load(fh)
-    data = prepare(sources, which)
+    data = (sd_prepare if sd else prepare)(sources, which)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = f.with_suffix(".tmp")
     with tmp.open("wb") as fh:
@@ -467,17 +468,7 @@ def sd_prepare(sources: Path, which: str) -> list[dict]:
 
 
 def sd_cached(sources: Path, which: str, cache: Path) -> list[dict]:
-    f = cache / f"sd_{which}.pkl"
-    if f.is_file():
-        with f.open("rb") as fh:
-            return pickle.load(fh)
-    data = sd_prepare(sources, which)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    with tmp.open("wb") as fh:
-        pickle.dump(data, fh)
-    os.replace(tmp, f)
-    return data
+    return cached(sources, which, cache, sd=True)
 
 
 def nlf_estimate(image: np.ndarray, sigma: float, rmin: float, rmax: float,

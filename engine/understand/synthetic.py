@@ -33,19 +33,33 @@ def add_bayer_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> 
     per-pixel sigma, pooled over the channels, is ``sigma`` (0-255 scale) before clipping (the
     sites' sigma is ``sigma / BAYER_NOISE_GAIN``). The noise-free result is the same call with
     ``sigma`` 0. An odd last row or column is left out."""
+    mosaic = _mosaic(img, "add_bayer_noise")
+    if sigma > 0:
+        mosaic += rng.normal(0.0, sigma / BAYER_NOISE_GAIN / 255.0,
+                             mosaic.shape).astype(np.float32)
+    return quantise(_demosaic(mosaic))
+
+
+def _mosaic(img: np.ndarray, who: str) -> np.ndarray:
+    """The RGB photo ``img`` (0-1) sampled on a Bayer mosaic (R G / G B), float32; an odd last
+    row or column left out. ``who`` names the caller in the error for a photo too small."""
     h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
-    if h == 0 or w == 0:
-        raise ValueError("add_bayer_noise needs a photo of at least 2 x 2 pixels")
+    if h == 0 or w == 0 or img.ndim != 3:
+        raise ValueError(f"{who} needs an RGB photo of at least 2 x 2 pixels")
     rgb = img[:h, :w, :3]
     mosaic = np.empty((h, w), np.float32)
     mosaic[0::2, 0::2] = rgb[0::2, 0::2, 0]
     mosaic[0::2, 1::2] = rgb[0::2, 1::2, 1]
     mosaic[1::2, 0::2] = rgb[1::2, 0::2, 1]
     mosaic[1::2, 1::2] = rgb[1::2, 1::2, 2]
-    if sigma > 0:
-        mosaic += rng.normal(0.0, sigma / BAYER_NOISE_GAIN / 255.0, (h, w)).astype(np.float32)
+    return mosaic
+
+
+def _demosaic(mosaic: np.ndarray) -> np.ndarray:
+    """A Bayer ``mosaic`` (0-1) clipped like a sensor's data and demosaiced bilinearly (OpenCV's
+    ``COLOR_BayerBG2RGB`` on 16 bits): RGB float32, 0-1."""
     raw = np.round(np.clip(mosaic, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    return quantise(cv2.cvtColor(raw, cv2.COLOR_BayerBG2RGB).astype(np.float32) / 65535.0)
+    return cv2.cvtColor(raw, cv2.COLOR_BayerBG2RGB).astype(np.float32) / 65535.0
 
 
 def _srgb_decode(c: np.ndarray) -> np.ndarray:
@@ -84,21 +98,11 @@ def add_signal_dependent_noise(img: np.ndarray, strength: float, rng: np.random.
     a = s * s / (mid + READ_NOISE_SHARE)
     x = _srgb_decode(c) if linear else c
     if bayer:
-        h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
-        if h == 0 or w == 0 or x.ndim != 3:
-            raise ValueError("add_signal_dependent_noise(bayer=True) needs an RGB photo of at "
-                             "least 2 x 2 pixels")
-        x = x[:h, :w]
-        m = np.empty((h, w), np.float32)
-        m[0::2, 0::2] = x[0::2, 0::2, 0]
-        m[0::2, 1::2] = x[0::2, 1::2, 1]
-        m[1::2, 0::2] = x[1::2, 0::2, 1]
-        m[1::2, 1::2] = x[1::2, 1::2, 2]
+        m = _mosaic(x, "add_signal_dependent_noise(bayer=True)")
         if strength > 0:
             sd = np.sqrt(a * np.maximum(m, 0.0) + READ_NOISE_SHARE * a) / BAYER_NOISE_GAIN
             m += (rng.normal(0.0, 1.0, m.shape) * sd).astype(np.float32)
-        raw = np.round(np.clip(m, 0.0, 1.0) * 65535.0).astype(np.uint16)
-        out = cv2.cvtColor(raw, cv2.COLOR_BayerBG2RGB).astype(np.float32) / 65535.0
+        out = _demosaic(m)
     else:
         out = x.copy()
         if strength > 0:
