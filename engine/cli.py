@@ -1291,20 +1291,24 @@ def cmd_models(args: argparse.Namespace) -> int:
     if action in ("import", "pack"):
         from .models.packs import create_pack, import_pack, is_pack
 
+        line = None if as_json else _pack_progress("packing" if action == "pack" else
+                                                   "importing")
         try:
             if action == "pack":
-                dest = create_pack(args.profile, args.output, store,
-                                   progress=None if as_json else _pack_progress("packing"))
+                dest = create_pack(args.profile, args.output, store, progress=line)
                 _emit({"pack": str(dest)}, as_json, f"wrote {dest}")
                 return EXIT_OK
             if not args.path.exists():
                 raise UsageError(f"nothing to import at {args.path}")
             if is_pack(args.path):
-                rep = import_pack(args.path, store,
-                                  progress=None if as_json else _pack_progress("importing"))
+                rep = import_pack(args.path, store, progress=line)
             else:
                 rep = store.import_path(args.path, model_id=args.model_id)
-        except EngineError as e:
+        except BaseException as e:
+            if line is not None:
+                line.end()  # (the message after a failure or Ctrl+C starts its own line)
+            if not isinstance(e, EngineError):
+                raise
             if not as_json:
                 raise
             # like pull: a JSON error object on stdout, the exit code main() would give
@@ -1320,19 +1324,41 @@ def cmd_models(args: argparse.Namespace) -> int:
         return EXIT_FAILED if report["rejected"] else EXIT_OK  # any file refused: say so
     from .models.store import BUNDLED, UNPINNED, VERIFIED
 
+    ids = _ids_for(args)
+    # an id named that the model list lacks (a typo) is a usage error: nothing is done, not
+    # even for the other ids (a profile's ids are the profile's: one a mirror's manifest
+    # lacks fails alone, below)
+    unknown = [i for i in dict.fromkeys(args.ids) if i not in store.manifest]
+    if unknown:
+        for model_id in unknown:
+            try:
+                store.spec(model_id)
+            except UsageError as e:
+                _emit({"id": model_id, "error": str(e)}, as_json, f"{model_id}: error: {e}")
+        return EXIT_USAGE
     n_failed = 0
-    for model_id in _ids_for(args):
+    for model_id in ids:
         try:
             out: dict[str, Any] = {"id": model_id}
             if action == "pull":
-                store.pull(model_id, progress=None if as_json else _download_progress(model_id))
+                spec = store.spec(model_id)
+                if not spec.commercial_use and not store.is_installed(model_id):
+                    # (stderr: said before the download, the JSON on stdout stays as it is)
+                    print(f"{model_id}: licence {spec.license} - not for commercial use",
+                          file=sys.stderr, flush=True)
+                line = None if as_json else _download_progress(model_id)
+                try:
+                    store.pull(model_id, progress=line)
+                finally:
+                    if line is not None:
+                        line.end()  # (an error or Ctrl+C message starts its own line)
             elif action == "verify":
                 out = store.verify(model_id, repair=args.repair).to_json()
             elif action == "remove":
                 store.remove(model_id)
             status = out["status"] = store.status(model_id)
             human = f"{model_id}: {status}"
-            for key in ("corrupt", "missing", "stray", "repaired"):
+            for key in ("corrupt", "missing", "stray", "removed", "repaired"):
                 for name in out.get(key, ()):
                     human += f"\n  {key}: {name}"
             if action in ("pull", "verify") and status not in (VERIFIED, UNPINNED, BUNDLED):
@@ -1349,16 +1375,26 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _download_progress(model_id: str):
+    """A model download's progress line on a terminal (None otherwise); its ``end()`` ends a
+    line a failure or Ctrl+C left open."""
     if not sys.stderr.isatty():
         return None
+    state = {"open": False}
 
     def cb(p: Any) -> None:
         if p.total:
             print(f"\r{model_id}: {p.fraction:6.1%} of {p.total / 1e6:.0f} MB "
                   f"({p.speed / 1e6:.1f} MB/s) {p.file}", end="", file=sys.stderr, flush=True)
-            if p.done >= p.total:
+            state["open"] = p.done < p.total
+            if not state["open"]:
                 print(file=sys.stderr)
 
+    def end() -> None:
+        if state["open"]:
+            state["open"] = False
+            print(file=sys.stderr, flush=True)
+
+    cb.end = end  # type: ignore[attr-defined]
     return cb
 
 
@@ -1367,7 +1403,7 @@ def _pack_progress(verb: str, min_interval: float = 0.2):
     at most five updates a second, and a final newline."""
     if not sys.stderr.isatty():
         return None
-    last = [0.0, 0]  # time of the last update, length of the last line
+    last = [0.0, 0]  # time of the last update, length of the last line (0: no line open)
 
     def cb(done: int, total: int, name: str) -> None:
         now = time.monotonic()
@@ -1380,7 +1416,14 @@ def _pack_progress(verb: str, min_interval: float = 0.2):
         last[0], last[1] = now, len(line)
         if end:
             print(file=sys.stderr)
+            last[1] = 0
 
+    def close() -> None:  # a line a failure or Ctrl+C left open
+        if last[1]:
+            last[1] = 0
+            print(file=sys.stderr, flush=True)
+
+    cb.end = close  # type: ignore[attr-defined]
     return cb
 
 

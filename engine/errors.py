@@ -49,9 +49,10 @@ class ModelMissing(EngineError):
 
 
 class ChecksumMismatch(EngineError):
-    def __init__(self, name: str, expected: str, actual: str) -> None:
+    def __init__(self, name: str, expected: str, actual: str, hint: str = "") -> None:
         self.name, self.expected, self.actual = name, expected, actual
-        super().__init__(f"{name}: sha256 mismatch (expected {expected[:12]}…, got {actual[:12]}…)")
+        super().__init__(f"{name}: sha256 mismatch (expected {expected[:12]}…, got {actual[:12]}…)"
+                         + (f"; {hint}" if hint else ""))
 
 
 class DownloadError(EngineError):

@@ -424,8 +424,9 @@ def fetch(
     ignores ranges (200) restarts the file - unless the size it announces is not the pinned
     ``expected_size`` (a network login page, a proxy's error page): then the ``.part`` is kept
     and :class:`DownloadError` raised. A 206 must start where it was asked to (its
-    ``Content-Range``); one from byte 0 restarts the file. ``on_bytes(done, total)`` after every
-    chunk.
+    ``Content-Range``); one from byte 0 restarts the file. A 416 whose ``Content-Range`` states
+    another size than ``expected_size`` raises at once (the ``.part`` deleted): the host's file
+    is not the pinned one. ``on_bytes(done, total)`` after every chunk.
 
     Gives up with :class:`DownloadError` after ``retries`` failed attempts in a row; only bytes
     past the furthest point reached so far count as progress and reset that count (a host that
@@ -543,6 +544,11 @@ def fetch(
                 if (expected_size is None or have == expected_size) and size in (None, have):
                     return hasher.hexdigest()
                 part.unlink(missing_ok=True)
+                if expected_size is not None and size is not None and size != expected_size:
+                    # the host states its file's size and it is not the pinned one (a body of
+                    # unknown length that ended short, then this): starting over would only
+                    # fetch that file again, retries+1 times
+                    raise _wrong_size(size, expected_size, url) from e
                 hasher, have = hashlib.sha256(), 0
                 continue
             if e.code in (408, 425, 429, 500, 502, 503, 504) and attempt < retries:

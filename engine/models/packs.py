@@ -14,7 +14,8 @@ a slot's file (``reflection-yolo``: the user's own weights, which nobody can pin
 such a pack is refused, the slot is filled only by ``mend models import FILE --id ID``.
 Everything is extracted into a temporary folder inside the store root and hashed there; only
 when every file checks out are they moved into place. On any refusal nothing is left in the
-store. A damaged archive (bad CRC, truncated) is refused the same way.
+store. A damaged archive (bad CRC, truncated) is refused the same way. The temporary folder of
+an import that was killed is deleted by the next import (:func:`sweep_stale_imports`).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from typing import Any
 from ..errors import ChecksumMismatch, EngineError, ModelMissing, SaveFailed, UsageError
 from . import download as dl
 from .manifest import PROFILES, ManifestError, safe_relpath
-from .store import PART_SUFFIX, UNPINNED, VERIFIED, ImportReport, ModelStore
+from .store import PART_SUFFIX, UNPINNED, VERIFIED, ImportReport, ModelStore, _try_lock
 
 PACK_INDEX = "mend-pack.json"
 PACK_FORMAT = "mend-model-pack"
@@ -43,6 +44,10 @@ CHUNK = 1 << 20
 # the index lists files and manifest entries: a few kB per model. A bigger one is refused unread
 # (a 1.5 MB pack whose deflated index held 1.5 GB of spaces took 4.5 GB of memory to parse)
 MAX_INDEX_BYTES = 16 << 20
+# an import extracts into a hidden folder of the store root, locked by IMPORT_LOCK inside it
+IMPORT_PREFIX = ".import-pack-"
+IMPORT_LOCK = ".lock"
+STALE_AFTER = 60.0  # seconds
 
 PackProgress = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
@@ -292,8 +297,23 @@ def import_pack(path: str | Path, store: ModelStore,
         if not root_existed:
             _rmdir_quiet(store.root)
         raise PackRefused(p, f"not enough disk space ({need >> 20} MB needed, {free >> 20} MB free)")
-    tmp = Path(tempfile.mkdtemp(prefix=".import-pack-", dir=store.root))
+    sweep_stale_imports(store.root)
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=IMPORT_PREFIX, dir=store.root))
+    except OSError as e:
+        if not root_existed:
+            _rmdir_quiet(store.root)
+        raise _import_failed(p, store, e) from None
+    held = None
+
+    def clean_up() -> None:
+        if held is not None:
+            held.close()  # (before the folder goes: Windows deletes no open file)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    try:
+        held = open(tmp / IMPORT_LOCK, "a+b")  # noqa: SIM115 - closed by clean_up
+        _try_lock(held)  # (a new folder: nobody else has it) - see sweep_stale_imports
         done = 0
         staged = []
         with zipfile.ZipFile(p) as z:
@@ -319,13 +339,46 @@ def import_pack(path: str | Path, store: ModelStore,
         for e, out, digest in staged:
             store.install_file(e["model"], e["name"], out, sha256=digest, move=True)
             rep.imported.append((e["model"], e["name"]))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        clean_up()
         if not root_existed:
             shutil.rmtree(store.root, ignore_errors=True)
+        if isinstance(e, OSError):  # a full or read-only disk, the pack's drive gone...
+            raise _import_failed(p, store, e) from None
         raise
-    shutil.rmtree(tmp, ignore_errors=True)
+    clean_up()
     return rep
+
+
+def _import_failed(p: Path, store: ModelStore, e: OSError) -> SaveFailed:
+    detail = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+    return SaveFailed(f"could not import the pack {p} into {store.root} ({detail}); nothing was "
+                      "imported: free some space, check that the model folder can be written "
+                      "(or choose another with MEND_MODELS_DIR) and that the pack can be read")
+
+
+def sweep_stale_imports(root: Path) -> None:
+    """Delete the temporary folders of pack imports that ended without cleaning up (killed,
+    crashed, a power cut): hidden in the store, counted nowhere, they could hold GBs. A folder
+    whose import still holds its lock is left alone, and so is one changed in the last
+    ``STALE_AFTER`` seconds (an import just starting, before it has locked its folder)."""
+    try:
+        folders = [d for d in root.glob(IMPORT_PREFIX + "*")
+                   if d.is_dir() and not d.is_symlink()]
+    except OSError:
+        return
+    for d in folders:
+        try:
+            if time.time() - d.stat().st_mtime < STALE_AFTER:
+                continue
+            lock = d / IMPORT_LOCK
+            if lock.is_file():
+                with open(lock, "a+b") as fh:
+                    if not _try_lock(fh):
+                        continue  # an import running in another process
+        except OSError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _rmdir_quiet(p: Path) -> None:
@@ -340,13 +393,17 @@ def pull_profile(profile: str, store: ModelStore, progress: dl.ProgressFn | None
     """Download every model a profile needs, in one go, with resume; returns id -> status.
 
     ``progress`` gets :class:`DownloadProgress` whose ``done``/``total`` cover the whole
-    profile (``file_done``/``file_total`` the current file).
+    profile (``file_done``/``file_total`` the current file). A profile that does not fit on
+    the store's disk raises :class:`LocalDiskError` before any download.
     """
     if profile not in PROFILES:
         raise UsageError(f"unknown profile {profile!r} (builtin, laptop or quality)")
     specs = [s for s in store.manifest.for_profile(profile) if not s.bundled and not s.slot]
     need = {s.id: store.missing_bytes(s.id) for s in specs}
     total = sum(need.values())
+    if not dl.offline_mode():  # (offline, the first pull says why nothing can come)
+        # the whole profile must fit, not only its first models (each pull checks its own)
+        store.check_space(sum(store.space_needed(s.id) for s in specs), f"the {profile} profile")
     offset = 0
     out: dict[str, str] = {}
     for s in store.manifest.for_profile(profile):

@@ -581,7 +581,8 @@ class ModelStore:
         Weight files in the model's folder that the manifest does not list are deleted first
         (a loader could take them instead of the verified files; see :meth:`stray_files`) —
         unless the pull cannot happen: offline with files to fetch, it raises
-        :class:`OfflineError` having deleted nothing.
+        :class:`OfflineError` having deleted nothing, and with less free disk space than the
+        files still need (less what their ``.part`` files hold), :class:`LocalDiskError`.
         ``progress(DownloadProgress)`` per chunk; ``token`` (a CancelToken) cancels between
         chunks (the ``.part`` stays for a later resume).
         """
@@ -609,6 +610,8 @@ class ModelStore:
             raise OfflineError(
                 f"'{model_id}' is not installed and offline mode is on (MEND_OFFLINE=1): "
                 "import it from a folder or an offline pack (mend models import PATH)")
+        if todo:  # (before anything is deleted: a refused pull leaves the folder as it was)
+            self.check_space(self._bytes_to_write(model_id, todo), f"'{model_id}'")
         self._remove_strays(model_id, self.stray_files(model_id))
         if not todo:
             return self.status(model_id)
@@ -629,6 +632,47 @@ class ModelStore:
             self._download_file(model_id, f, progress, check, base, total, i, len(todo))
             base += f.size
         return self.status(model_id)
+
+    def _bytes_to_write(self, model_id: str, files: list[ModelFile]) -> int:
+        """Bytes a pull of ``files`` still adds to the disk: each file's size less what its
+        ``.part`` holds, less a damaged copy's (deleted before its download)."""
+        need = 0
+        for f in files:
+            dest = self.file_path(model_id, f.name)
+            part = dest.with_name(dest.name + PART_SUFFIX)
+            need += max(0, f.size - _file_size(part)) - _file_size(dest)
+        return need
+
+    def space_needed(self, model_id: str) -> int:
+        """Bytes ``pull`` would still add to the disk for this model (resumed ``.part`` files
+        counted as done); 0 when nothing is to be downloaded."""
+        spec = self.spec(model_id)
+        if spec.bundled or spec.slot:
+            return 0
+        state = self._read_state(model_id)
+        todo = [f for f in spec.files
+                if self._check_file(model_id, f, False, state).status not in (VERIFIED, UNPINNED)]
+        return self._bytes_to_write(model_id, todo)
+
+    def check_space(self, need: int, what: str) -> None:
+        """Raise :class:`LocalDiskError` when the store's disk has less free space than ``need``
+        bytes (``what``: the model or profile, for the message): a download that cannot fit
+        is refused before it starts, instead of filling the disk to its last byte and failing
+        there (a laptop's system disk, full, troubles every program on it)."""
+        if need <= 0:
+            return
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = shutil.disk_usage(probe).free
+        except OSError:
+            return  # (no answer: the download's own disk-full error stays the guard)
+        if need > free:
+            raise LocalDiskError(
+                f"not enough disk space to download {what}: {_mb(need)} to download, "
+                f"{_mb(free)} free on the disk of {self.root}; free some space (or choose "
+                "another folder with MEND_MODELS_DIR), then run the same command again")
 
     def _download_file(self, model_id: str, f: ModelFile, progress: dl.ProgressFn | None,
                        check: Callable[[], None] | None, base: int, total: int, index: int,
@@ -675,7 +719,11 @@ class ModelStore:
                                 "same command again")
         if f.sha256 and actual != f.sha256:
             part.unlink(missing_ok=True)
-            raise ChecksumMismatch(f"{model_id}/{f.name}", f.sha256, actual)
+            raise ChecksumMismatch(
+                f"{model_id}/{f.name}", f.sha256, actual,
+                "the download was deleted and nothing was installed; run the same command "
+                "again to download it afresh (the same mismatch again: the host serves another "
+                "file than the one Mend pins)")
         if f.size_exact and before.st_size != f.size:
             part.unlink(missing_ok=True)
             raise DownloadError(f"{model_id}/{f.name}: got {before.st_size} bytes, "
@@ -756,7 +804,9 @@ class ModelStore:
 
         A model folder that is a symbolic link (models kept on another disk) loses only the
         link: the folder it points to and its files are left in place (0 bytes freed), since
-        they may be shared or outside what Mend manages.
+        they may be shared or outside what Mend manages. A model another Mend process is
+        downloading is not removed (:class:`SaveFailed`): its ``.part`` would be deleted under
+        that download.
         """
         spec = self.spec(model_id)
         d = self._dir(spec.id)
@@ -768,8 +818,9 @@ class ModelStore:
                 return 0
             if not d.resolve().is_relative_to(self.root.resolve()):  # (not a link: see _dir)
                 raise SaveFailed(f"not removing {d}: it is not inside the model store")
-            freed = _tree_size(d)
-            shutil.rmtree(d)
+            with _no_downloads_in(d, model_id):
+                freed = _tree_size(d)
+                shutil.rmtree(d)
         except OSError as e:
             raise SaveFailed(f"cannot remove {d}: {e.strerror or e}") from None
         return freed
@@ -804,21 +855,30 @@ class ModelStore:
         self._make_dir(dest.parent)
         from ..imageio import replace_file
 
-        if move:
-            replace_file(src, dest)
-        else:
-            # created like a download (0666 less the umask: readable by whoever the user lets
-            # read their files), not mkstemp's owner-only 0600
-            tmp = str(dest.parent / f".import-{os.getpid()}-{os.urandom(4).hex()}{PART_SUFFIX}")
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            try:
-                shutil.copyfile(src, tmp)
-                if sha256_file(Path(tmp)) != actual:
-                    raise ChecksumMismatch(f"{model_id}/{name}", actual, sha256_file(Path(tmp)))
-                replace_file(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        try:
+            if move:
+                replace_file(src, dest)
+            else:
+                # created like a download (0666 less the umask: readable by whoever the user
+                # lets read their files), not mkstemp's owner-only 0600
+                tmp = str(dest.parent / f".import-{os.getpid()}-{os.urandom(4).hex()}"
+                                        f"{PART_SUFFIX}")
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                try:
+                    shutil.copyfile(src, tmp)
+                    if sha256_file(Path(tmp)) != actual:
+                        raise ChecksumMismatch(f"{model_id}/{name}", actual,
+                                               sha256_file(Path(tmp)))
+                    replace_file(tmp, dest)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        Path(tmp).unlink(missing_ok=True)
+                    raise
+        except OSError as e:  # a full or read-only disk, no permission, a source gone...
+            raise SaveFailed(
+                f"cannot import {src} as {model_id}/{name} ({_os_detail(e)}); free some space "
+                "or check that the model folder can be written (or choose another with "
+                "MEND_MODELS_DIR), then import it again") from None
         self._record(model_id, name, actual, pinned)
         if spec.slot:  # the file just imported is the slot's file from now on
             with self._lock:
@@ -871,7 +931,9 @@ class ModelStore:
             matches = by_size.get(cand.stat().st_size)
             if not matches:
                 continue
-            digest = sha256_file(cand)
+            digest = _source_sha(cand, rep)
+            if digest is None:
+                continue
             for spec, f in matches:
                 if f.sha256 != digest or (spec.id, f.name) in seen:
                     continue
@@ -899,7 +961,9 @@ class ModelStore:
         return rep
 
     def _import_single(self, p: Path, model_id: str | None, rep: ImportReport) -> None:
-        digest = sha256_file(p)
+        digest = _source_sha(p, rep)
+        if digest is None:
+            return
         for spec in ([self.spec(model_id)] if model_id else list(self.manifest)):
             if spec.slot and model_id:
                 if spec.loader == "yolo" and p.suffix.lower() != ".onnx":
@@ -916,8 +980,38 @@ class ModelStore:
                                           f.name.split("/")[-1] == p.name):
                     self._import_one(spec.id, f.name, p, digest, rep)
                     return
-        rep.rejected.append((str(p), ("not a file of any model Mend knows (sha256 "
-                                     f"{digest[:12]}…); pass the model id for unpinned files")))
+        rep.rejected.append((str(p), self._unknown_file_reason(p, model_id, digest)))
+
+    def _unknown_file_reason(self, p: Path, model_id: str | None, digest: str) -> str:
+        """Why a single file matched no model file: not the pinned file it is named like (or
+        of the model named), with how it differs - a copy cut short is the usual case - else a
+        ZIP archive cut short (an offline pack copied in part) or no known file at all."""
+        size = p.stat().st_size
+        specs = [self.spec(model_id)] if model_id else list(self.manifest)
+        if model_id and not specs[0].files:
+            return f"{model_id} takes no file: it comes with Mend (its Python package)"
+        named = [(s, f) for s in specs for f in s.files
+                 if f.pinned and f.name.split("/")[-1] == p.name]
+        if not named and model_id and len(specs[0].files) == 1 and specs[0].files[0].pinned:
+            named = [(specs[0], specs[0].files[0])]  # (a one-file model: a renamed copy)
+        if len(named) == 1:
+            spec, f = named[0]
+            if f.size_exact and size != f.size:
+                how = (f"it is {size:,} bytes, the pinned file {f.size:,} bytes"
+                       + (" (cut short: an interrupted download or copy?)" if size < f.size
+                          else ""))
+            else:
+                how = f"its sha256 {digest[:12]}… is not the pinned {(f.sha256 or '')[:12]}…"
+            return (f"not the file Mend pins for {spec.id}/{f.name}: {how}; get a complete "
+                    f"copy, or download it with: mend models pull {spec.id}")
+        if _damaged_zip(p):
+            return ("a ZIP archive that is cut short or damaged (an offline pack or a weights "
+                    "file copied only in part?): copy it again")
+        if model_id:
+            return (f"not a file of {model_id} (sha256 {digest[:12]}…); its files are: "
+                    + ", ".join(f.name for f in self.spec(model_id).files))
+        return (f"not a file of any model Mend knows (sha256 {digest[:12]}…); pass the model "
+                "id for unpinned files")
 
     def _import_one(self, model_id: str, name: str, src: Path, digest: str | None,
                     rep: ImportReport) -> None:
@@ -929,7 +1023,9 @@ class ModelStore:
             if fs.status in (VERIFIED, UNPINNED):
                 rep.skipped.append((model_id, name))
                 return
-        digest = digest or sha256_file(src)
+        digest = digest or _source_sha(src, rep)
+        if digest is None:
+            return
         try:
             self.install_file(model_id, name, src, sha256=None if spec.slot else digest)
         except ChecksumMismatch as e:
@@ -1015,6 +1111,33 @@ def _part_lock(part: Path):
             fh.close()
 
 
+@contextlib.contextmanager
+def _no_downloads_in(folder: Path, model_id: str):
+    """Hold the download lock (see :func:`_part_lock`) of every ``.part`` in ``folder`` while
+    the block runs, so that no Mend process writes one meanwhile; :class:`SaveFailed` naming
+    the file when another process is downloading it. (Windows: each lock is only tested -
+    a file another process holds open cannot be deleted there anyway.)"""
+    held = []
+    try:
+        for lock in sorted(folder.rglob("*" + PART_SUFFIX + LOCK_SUFFIX)):
+            try:
+                fh = open(lock, "a+b")  # noqa: SIM115 - closed below
+            except OSError:
+                continue  # (the removal itself then says what is wrong with the folder)
+            held.append(fh)
+            if not _try_lock(fh):
+                name = lock.name[:-len(PART_SUFFIX + LOCK_SUFFIX)]
+                raise SaveFailed(
+                    f"not removing '{model_id}': {name} is being downloaded by another Mend "
+                    "process; stop that download or wait for it to end, then remove it")
+            if os.name == "nt":
+                held.pop().close()
+        yield
+    finally:
+        for fh in held:
+            fh.close()
+
+
 def _package_present(spec: ModelSpec) -> bool:
     pkg = spec.extra.get("package")
     if not pkg:
@@ -1022,6 +1145,46 @@ def _package_present(spec: ModelSpec) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(pkg) is not None
+
+
+def _source_sha(p: Path, rep: ImportReport) -> str | None:
+    """The sha256 of a file offered for import; None, and ``p`` rejected with the reason, when
+    it cannot be read (no permission, a disk or network share gone...)."""
+    try:
+        return sha256_file(p)
+    except OSError as e:
+        rep.rejected.append((str(p), f"cannot be read ({_os_detail(e)})"))
+        return None
+
+
+def _damaged_zip(p: Path) -> bool:
+    """``p`` starts like a ZIP archive (an offline pack, a PyTorch ``.pth``) but cannot be
+    read as one: its end, with the archive's directory, is missing or damaged."""
+    import zipfile
+
+    try:
+        with open(p, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return False
+        return not zipfile.is_zipfile(p)
+    except OSError:
+        return False
+
+
+def _os_detail(e: OSError) -> str:
+    """An OSError as one short phrase: its reason and the file it names."""
+    return f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+
+
+def _file_size(p: Path) -> int:
+    try:
+        return p.stat().st_size if p.is_file() else 0
+    except OSError:
+        return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
 
 
 def _tree_size(d: Path) -> int:
