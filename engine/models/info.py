@@ -3,7 +3,6 @@ the UI's model manager."""
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from typing import Any
 
 from . import download as dl
@@ -50,13 +49,7 @@ def doctor_models(store: ModelStore | None = None) -> dict[str, Any]:
                        "optional_missing": [i for i in absent if i in OPTIONAL_MODELS],
                        "download_bytes": sum(store.missing_bytes(i) for i in absent)}
     usage = store.disk_usage()
-    probe = store.root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        free = shutil.disk_usage(probe).free
-    except OSError:
-        free = None
+    free = store.free_space()
     return {
         "root": str(store.root),
         "manifest": str(store.manifest.source) if store.manifest.source else None,

@@ -654,6 +654,17 @@ class ModelStore:
                 if self._check_file(model_id, f, False, state).status not in (VERIFIED, UNPINNED)]
         return self._bytes_to_write(model_id, todo)
 
+    def free_space(self) -> int | None:
+        """Free bytes on the disk of the store's folder (of its nearest existing parent while
+        it is not made yet); None when the system does not say."""
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            return shutil.disk_usage(probe).free
+        except OSError:
+            return None
+
     def check_space(self, need: int, what: str) -> None:
         """Raise :class:`LocalDiskError` when the store's disk has less free space than ``need``
         bytes (``what``: the model or profile, for the message): a download that cannot fit
@@ -661,12 +672,8 @@ class ModelStore:
         there (a laptop's system disk, full, troubles every program on it)."""
         if need <= 0:
             return
-        probe = self.root
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        try:
-            free = shutil.disk_usage(probe).free
-        except OSError:
+        free = self.free_space()
+        if free is None:
             return  # (no answer: the download's own disk-full error stays the guard)
         if need > free:
             raise LocalDiskError(

@@ -23,6 +23,7 @@ from engine.models import packs
 from engine.models import store as store_mod
 from engine.models.packs import create_pack, import_pack
 from engine.models.store import ModelStore
+from tests.engine.test_packs import _Tty
 from tests.model_helpers import LoopbackServer, install_test_model, served_store
 
 MID = "realesr-general-x4v3"
@@ -61,23 +62,6 @@ class _NoLength(LoopbackServer):
         h.close_connection = True
         h.end_headers()
         h.wfile.write(self.files[h.path])
-
-
-class _Tty:
-    """stderr as a terminal (what the CLI's progress lines write)."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    def isatty(self) -> bool:
-        return True
-
-    def write(self, s: str) -> int:
-        self.text += s
-        return len(s)
-
-    def flush(self) -> None:
-        pass
 
 
 # ---------------------------------------------------------------- downloads
