@@ -56,6 +56,9 @@ class JobKind(str, enum.Enum):
     # a run of part of a photo (``JobRequest.region``): no result of the photo, so not in the
     # crash journal (offered again after a crash it would be nobody's) nor the grid's badges
     PREVIEW = "preview"
+    # the reflection mask the ``reflection_mask`` step's detector finds in a photo, proposed
+    # in the mask editor (``EngineClient.detect_mask``): nothing is written
+    DETECT = "detect"
 
 
 class JobState(str, enum.Enum):
@@ -94,6 +97,18 @@ class DiagnoseOutcome:
     plan: Plan | None
     plan_error: str = ""
     size: tuple[int, int] | None = None  # (height, width) of the upright photo
+
+
+@dataclass(frozen=True)
+class ProposedMask:
+    """What the ``reflection_mask`` step's detection found in a photo (``_do_detect``)."""
+
+    mask: Any  # uint8 (H, W) of the upright photo, 255 = reflection to remove
+    detector: str  # what found it, as the step records it ("builtin:glare", "reflection-yolo")
+    share: float  # the part of the photo the mask covers (0-1)
+    warnings: tuple[str, ...] = ()
+    # the mask at the mask editor's proxy size (``editor.mask.mask_proxy``; None: its size)
+    proxy: Any = None
 
 
 @dataclass
@@ -330,6 +345,51 @@ def _do_sam(engine: Any, payload: dict, progress: Progress) -> Any:
     return mask
 
 
+def _do_detect(engine: Any, payload: dict, progress: Progress) -> ProposedMask:
+    """The ``reflection_mask`` step's detection alone, as a fix runs it (its params: the
+    payload's ``step``, else the B chain of the payload's ``profile``; its detector, ``auto``:
+    the YOLO slot when it holds an ONNX export, else the built-in glare detector, refined by
+    SAM when installed) on the whole photo, transparent pixels filled as for a fix. Nothing is
+    written; a model the detector's params choose and the store lacks fails it, as a fix."""
+    from engine.errors import ModelMissing
+    from engine.imageio import load_photo
+    from engine.pipeline import fill_transparent
+    from engine.restore.registry import StepContext, get_step
+
+    progress.update(0.02, "loading")
+    photo = load_photo(payload["path"])
+    step = payload.get("step")
+    if step is None:
+        from engine.restore.profiles import build_plan
+
+        profile, _notes = engine.resolve_profile(payload.get("profile", "auto"))
+        step = next(s for s in build_plan(Degradation.B, profile).steps
+                    if s.name == "reflection_mask")
+    spec = get_step("reflection_mask")
+    params = {**spec.defaults, **step.params}
+    missing = engine.missing_models(Plan(Degradation.B, "", (step,)))
+    if missing:
+        raise ModelMissing(tuple(missing))
+    if spec.requires is not None:
+        spec.requires(params, False, engine.runtime)
+    progress.update(0.15, "finding reflections")
+    source = fill_transparent(photo.pixels, photo.alpha, progress.check)
+    del photo
+    ctx = StepContext(device=engine.device, progress=progress.sub(0.2, 0.8),
+                      runtime=engine.runtime, tile_size=engine.tile_size)
+    # (a model's loading is abandoned on a cancel, as in a fix's step)
+    with engine.runtime.cancellable(progress.check):
+        out = spec.fn(source, params, ctx)
+    mask = ctx.mask
+    share = float((mask > 127).mean()) if mask is not None and mask.size else 0.0
+    from .editor.mask import mask_proxy
+
+    # (reduced here for the editor's preview: not on the GUI thread)
+    proxy = mask_proxy(mask) if mask is not None and mask.any() else None
+    progress.update(1.0, f"mask covers {share:.1%}")
+    return ProposedMask(mask, out.model, share, tuple(ctx.warnings), proxy)
+
+
 def _do_call(engine: Any, fn: Callable[[Any, Progress], Any], progress: Progress) -> Any:
     return fn(engine, progress)
 
@@ -340,6 +400,7 @@ _HANDLERS: dict[JobKind, Callable[[Any, Any, Progress], Any]] = {
     JobKind.PREVIEW: _do_run,
     JobKind.SAM: _do_sam,
     JobKind.CALL: _do_call,
+    JobKind.DETECT: _do_detect,
 }
 
 
@@ -419,12 +480,16 @@ def _emit(signal_owner: QObject, name: str, *args: Any) -> bool:
 RETRY_LATER: Any = object()
 
 
-def run_title(path: Path, region: tuple[int, int, int, int] | None = None) -> str:
-    """How the queue names a fix of ``path`` (``region``: a preview of that part of it)."""
+def run_title(path: Path, region: tuple[int, int, int, int] | None = None,
+              name: str | None = None) -> str:
+    """How the queue names a fix of ``path`` (``region``: a preview of that part of it);
+    ``name``: the photo's as the window's grid shows it ("100CANON/IMG_0001.JPG": two
+    subfolders hold an IMG_0001.JPG), else its file name."""
+    name = name or Path(path).name
     if region is None:
-        return f"Fix {Path(path).name}"
+        return f"Fix {name}"
     x0, y0, x1, y1 = region
-    return f"Preview {Path(path).name} ({x1 - x0} × {y1 - y0} px)"
+    return f"Preview {name} ({x1 - x0} × {y1 - y0} px)"
 
 
 # engine threads that did not stop within shutdown()'s timeout: kept referenced until they end,
@@ -572,25 +637,39 @@ class EngineClient(QObject):
                              model_memory=self._model_memory)
 
     # -- submitting -----------------------------------------------------------------------
-    def submit(self, request: JobRequest) -> int:
+    def submit(self, request: JobRequest, *, name: str | None = None) -> int:
         """Queue a restoration; returns the job id. A request with a ``region`` is a preview
         (``JobKind.PREVIEW``): queued ahead of the diagnoses and fixes (``_queue_preview``),
-        cancelled and retried as any job, never journaled."""
+        cancelled and retried as any job, never journaled. ``name``: the photo's in the job's
+        title (``run_title``; the window's grid names a subfolder's photo with its folder)."""
         region = getattr(request, "region", None)
-        title = run_title(Path(request.path), region)
+        title = run_title(Path(request.path), region, name)
         if region is not None:
             return self._add(JobKind.PREVIEW, Path(request.path), request, title)
         return self._add(JobKind.RUN, Path(request.path), request, title)
 
     def diagnose(self, path: Path, *, backend: str = "auto", profile: str = "auto",
-                 label: Degradation | None = None) -> int:
+                 label: Degradation | None = None, name: str | None = None) -> int:
         payload = {"path": Path(path), "backend": backend, "profile": profile, "label": label}
-        return self._add(JobKind.DIAGNOSE, Path(path), payload, f"Diagnose {Path(path).name}")
+        return self._add(JobKind.DIAGNOSE, Path(path), payload,
+                         f"Diagnose {name or Path(path).name}")
 
-    def sam_select(self, path: Path, points: list[tuple[float, float, int]]) -> int:
+    def sam_select(self, path: Path, points: list[tuple[float, float, int]], *,
+                   name: str | None = None) -> int:
         """Click-to-select: points are (x, y, 1=include/0=exclude) in full-resolution pixels."""
         return self._add(JobKind.SAM, Path(path), {"path": Path(path), "points": points},
-                         f"Select in {Path(path).name}")
+                         f"Select in {name or Path(path).name}")
+
+    def detect_mask(self, path: Path, *, step: Any = None, profile: str = "auto",
+                    name: str | None = None) -> int:
+        """Find the reflections in ``path`` as a fix's ``reflection_mask`` step does (``step``:
+        that step of the photo's plan, else the one of the B chain of ``profile``), for the
+        mask editor; the job's result is a ``ProposedMask``. A quick job the photographer
+        waits for: queued as a preview is, ahead of the diagnoses and fixes (``_queue_preview``).
+        """
+        payload = {"path": Path(path), "step": step, "profile": profile}
+        return self._add(JobKind.DETECT, Path(path), payload,
+                         f"Find reflections in {name or Path(path).name}")
 
     def call(self, fn: Callable[[Any, Progress], Any], title: str = "engine task", *,
              path: Path | None = None) -> int:
@@ -627,8 +706,8 @@ class EngineClient(QObject):
         job_id = next(self._ids)
         info = JobInfo(job_id, kind, path, JobState.QUEUED, title=title)
         self._jobs[job_id] = _Job(info, payload)
-        if kind is JobKind.PREVIEW:
-            self._queue_preview(job_id, path)
+        if kind in (JobKind.PREVIEW, JobKind.DETECT):
+            self._queue_preview(job_id, path if kind is JobKind.PREVIEW else None)
         else:
             self._order.append(job_id)
         self._batch_total += 1

@@ -60,6 +60,7 @@ from .engine_client import (
     JobInfo,
     JobKind,
     JobState,
+    ProposedMask,
     run_title,
     start_in,
     wait_responsive,
@@ -108,6 +109,21 @@ def _delete_when_idle(doc: MaskDocument) -> None:
         doc.deleteLater()
 
 
+def _detector_name(model: str) -> str:
+    """Who found a reflection mask, from the ``reflection_mask`` step's record of it."""
+    first, _, refined = model.partition("+")
+    who = {"builtin:glare": "the built-in glare detector",
+           "reflection-yolo": "your YOLO reflection detector"}.get(
+        first, f"the reflection detector ({first})")
+    return f"{who}, refined by SAM" if refined else who
+
+
+def _only_proposal(doc: MaskDocument) -> bool:
+    """``doc``'s one edit is the automatic mask laid in (``MainWindow._on_proposal``), as it
+    was found: the photographer has neither changed it nor undone it."""
+    return doc.proposed and doc.undo.count() == 1 and doc.undo.index() == 1
+
+
 def _reads_mask(request: JobRequest) -> bool:
     """The engine reads the request's mask file: its plan inpaints (with no plan: the class
     it runs is B's, as a mask with no class chosen makes it)."""
@@ -144,6 +160,11 @@ class PhotoState:
     # a fix: it is made again then, for the settings of then (another profile, models installed)
     plan_edited: bool = False
     plan_stale: bool = False  # made for other settings: made again when the photo is shown
+    # the automatic mask was looked for (the editor opened on the photo with no mask: see
+    # ``_propose_mask``) and found, found empty or not laid in: not looked for again
+    auto_mask: bool = False
+    # the result file found gone from the disk when the photo was shown (``_check_output``)
+    output_gone: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +249,11 @@ class MainWindow(QMainWindow):
         # once it opens (load_view), the editor staying on "pan" meanwhile
         self._tool_wanted: str | None = None
         self._sam_include: dict[int, bool] = {}
+        # the searches for a photo's automatic mask under way (``_propose_mask``): job id ->
+        # (photo, the editor's document it is for, weakly), and those cancelled or failed,
+        # which the Queue panel's Retry asks again for the same document
+        self._detect_jobs: dict[int, tuple[Path, weakref.ref[MaskDocument]]] = {}
+        self._detect_ended: dict[int, tuple[Path, weakref.ref[MaskDocument]]] = {}
         self._view: ViewImages | None = None
         self._view_token = 0
         # the latest view token, shared with the queued decodes: one superseded before it
@@ -674,6 +700,7 @@ class MainWindow(QMainWindow):
         for d in docs.values():  # the old folder's mask documents
             d.deleteLater()
         self._discard_preview(None)  # (nobody will look at the old folder's previews)
+        self._cancel_proposals()
         self.states.clear()
         for p, mask in saved.items():  # the same folder again: its masks are on their way
             if folder in p.parents:
@@ -735,12 +762,11 @@ class MainWindow(QMainWindow):
         self._listed_tree = recursive
         if recursive:
             scan = self._tree_scan = TreeScan()
-            out_dir = self.settings.out_dir
-            excl = (Path(out_dir),) if out_dir else ()
+            excl, beside = self.settings.excluded_folders()  # (the results' folders)
             self._listing_timer.start()
 
             def work() -> list:
-                return scan_tree(folder, exclude=excl, scan=scan)
+                return scan_tree(folder, exclude=excl, scan=scan, exclude_beside=beside)
         else:
             scan = self._tree_scan = None
 
@@ -861,13 +887,12 @@ class MainWindow(QMainWindow):
         self.set_status(f"No photos in {folder.name}", folder=folder)
         self.grid.set_placeholder(f"No photos in {folder.name}")
         gen = self.loader.generation
-        out_dir = self.settings.out_dir
-        excl = (Path(out_dir),) if out_dir else ()
+        excl, beside = self.settings.excluded_folders()  # (the results' folders)
 
         def count() -> tuple[int, bool]:
             scan = TreeScan()
             n = len(scan_tree(folder, exclude=excl, scan=scan, max_photos=1000,
-                              max_folders=5000))
+                              max_folders=5000, exclude_beside=beside))
             return n, scan.complete
 
         def done(counted: tuple[int, bool]) -> None:
@@ -976,6 +1001,7 @@ class MainWindow(QMainWindow):
         if self._status_owner.photo is not None and self._status_owner.photo != path:
             self.set_status("")  # (it was about the photo shown before)
         self.current = path
+        self._cancel_proposals(keep=path)  # (the editor's document of another photo)
         if path is not None:
             self.end_status(_PICK_A_PHOTO)
         self.proxy.set_keep(path)
@@ -1002,6 +1028,14 @@ class MainWindow(QMainWindow):
         self.panel.set_diagnosis(st.diagnosis)
         self.panel.show_override(st.override)
         self.panel.set_plan(st.plan, st.plan_note, why=self._plan_why(path))
+        self.panel.set_status(self._result_text(st))
+        self._check_output(path)
+
+    def _result_text(self, st: PhotoState) -> str:
+        """What the panel says of the photo's result: where it is, or that it is gone."""
+        if st.output is not None and st.output_gone == st.output:
+            return (f"The result is no longer on the disk ({st.output}): it was deleted or "
+                    "moved outside Mend; fix the photo again to make it again")
         msg = ""
         if st.output:
             kept = st.result is not None and st.result.output == st.output \
@@ -1009,7 +1043,31 @@ class MainWindow(QMainWindow):
             msg = f"Result{' (the original, unchanged)' if kept else ''}: {st.output}"
         if st.result and st.result.warnings:
             msg += "\n" + "\n".join(st.result.warnings)
-        self.panel.set_status(msg)
+        return msg
+
+    def _check_output(self, path: Path) -> None:
+        """Ask (in the pool: the disk may sleep, or be a network's) whether ``path``'s result
+        is still on the disk, each time the photo is shown (F5 shows it again); the panel says
+        so when it was deleted or moved outside Mend, as Export does (``_output_found``)."""
+        st = self.states.get(Path(path))
+        output = st.output if st is not None else None
+        if output is None:
+            return
+        self.bg.run(output.exists,
+                    weak_slot(self, lambda w, there: w._output_found(path, output, there)),
+                    lambda _m: None)
+
+    def _output_found(self, path: Path, output: Path, there: bool) -> None:
+        """``path``'s result ``output`` is (``there``) or is not on the disk: the panel says
+        so while the photo is shown and that result is still its latest."""
+        st = self.states.get(Path(path))
+        if st is None or st.output != output:
+            return
+        gone = None if there else output
+        if st.output_gone != gone:
+            st.output_gone = gone
+            if self.current == path:
+                self.panel.set_status(self._result_text(st))
 
     def _read_record(self, path: Path) -> None:
         """Whether the file is a result Mend wrote, and what was done (its header, off the GUI
@@ -1222,7 +1280,7 @@ class MainWindow(QMainWindow):
             # a class chosen for the photo stays chosen: its plan is built for that class (B
             # for a photo with a reflection mask and no class chosen)
             jid = self.client.diagnose(p, backend=s.backend, profile=s.profile,
-                                       label=self.plan_label(p))
+                                       label=self.plan_label(p), name=self.display_name(p))
             self._job_path[jid] = Path(p)
             ids.append(jid)
         return ids
@@ -1309,7 +1367,7 @@ class MainWindow(QMainWindow):
             def submit(dest: Path | None) -> None:  # (None: the mask was deleted)
                 self._submit(path, plan, label, dest, region)
 
-            self._fixes_waiting[submit] = run_title(path, region)
+            self._fixes_waiting[submit] = run_title(path, region, self.display_name(path))
             if doc is not None:
                 self._write_mask(path, doc, submit)
             else:
@@ -1340,7 +1398,9 @@ class MainWindow(QMainWindow):
                 mask_path: Path | None, region: tuple[int, int, int, int] | None = None
                 ) -> int:
         request = self.request_for(path, plan, label, mask_path, region)
-        jid = self.client.submit(request)
+        # (named in the Queue panel as the grid names it: two subfolders of a card hold an
+        # IMG_0001.JPG)
+        jid = self.client.submit(request, name=self.display_name(path))
         if _reads_mask(request):  # (cancelled when the photographer deletes the mask)
             self._mask_jobs[jid] = Path(path)
         if region is not None:  # a preview: the viewer's, not the photo's (no badge)
@@ -1458,7 +1518,8 @@ class MainWindow(QMainWindow):
             what += " (your reflection mask)"
         s = self.settings
         if st.diagnosis is None:
-            jid = self.client.diagnose(path, backend=s.backend, profile=s.profile, label=label)
+            jid = self.client.diagnose(path, backend=s.backend, profile=s.profile, label=label,
+                                       name=self.display_name(path))
             st.plan_note = f"Diagnosing, then planning as {what}…"
         else:
             diag, profile = st.diagnosis, s.profile
@@ -1466,12 +1527,15 @@ class MainWindow(QMainWindow):
             def replan(engine, progress):
                 return engine.plan(diag, label, profile)
 
-            jid = self.client.call(replan, f"Plan {path.name}", path=path)
+            jid = self.client.call(replan, f"Plan {self.display_name(path)}", path=path)
             st.plan_note = f"Planning as {what}…"
         self._job_path[jid] = path
         st.plan_job = jid
 
     def _on_finished(self, job_id: int, result: Any) -> None:
+        if job_id in self._detect_jobs:  # (the automatic mask for the editor)
+            self._on_proposal(job_id, result)
+            return
         info = self.client.job(job_id)
         self._mask_jobs.pop(job_id, None)
         if job_id in self._preview_jobs or (info is not None and info.kind is JobKind.PREVIEW) \
@@ -1510,6 +1574,7 @@ class MainWindow(QMainWindow):
             # asked after this fix was queued is still wanted)
             self._discard_preview(path, before=job_id)
             st.result, st.output, st.mask_deleted = result, result.output, False
+            st.output_gone = None  # (written again, maybe under the name of one deleted)
             # the photo's diagnosis stays Mend's: "Automatic" plans it, the badge shows it. The
             # class that ran (one chosen, or B for a reflection mask) is the result's
             # (``result.label``; ``result.diagnosis`` carries it)
@@ -1805,6 +1870,11 @@ class MainWindow(QMainWindow):
         """A job retried from the queue panel: its result is this photo's, like the first's."""
         info = self.client.job(new_id)
         self._mask_jobs.pop(old_id, None)
+        detect = self._detect_ended.pop(old_id, None)
+        if detect is not None:  # (the automatic mask, looked for again for its document)
+            self._detect_jobs[new_id] = detect
+            self._say_detecting(new_id, detect[0])
+            return
         request = self.client.request(new_id)
         if request is not None and _reads_mask(request):  # (cancelled by a "Delete mask")
             self._mask_jobs[new_id] = Path(request.path)
@@ -1826,6 +1896,9 @@ class MainWindow(QMainWindow):
                 self.panel.set_plan(st.plan, st.plan_note)
 
     def _on_failed(self, job_id: int, message: str) -> None:
+        if job_id in self._detect_jobs:
+            self._proposal_failed(job_id, message)
+            return
         info = self.client.job(job_id)
         self._mask_jobs.pop(job_id, None)
         if job_id in self._preview_jobs or (info is not None and info.kind is JobKind.PREVIEW):
@@ -1849,6 +1922,9 @@ class MainWindow(QMainWindow):
             self.panel.set_status(message)
 
     def _on_job_changed(self, info: JobInfo) -> None:
+        if info.id in self._detect_jobs and info.state is JobState.RUNNING \
+                and info.path is not None:
+            self._say_detecting(info.id, info.path, info.fraction)
         if info.kind is not JobKind.RUN or info.path is None:
             return
         self.model.update_item(info.path, job_state=info.state)
@@ -1887,7 +1963,11 @@ class MainWindow(QMainWindow):
         self.device = device
         # (weakly: the panel is the window's child, a bound method would make a cycle)
         self.panel.set_estimator(weak_slot(self, lambda w, plan: w._estimate_text(plan)))
-        if device is not None:
+        # said in place of "Starting the engine…" (or of nothing), never of another message:
+        # a job that started the engine (the mask editor's automatic mask) says how it goes,
+        # and "Saved the mask edits…" said as the folder was left stays
+        if device is not None and (self._status_owner.op == _ENGINE_START
+                                   or not self.status_label.text()):
             self.set_status(f"Engine ready on {device.name}")
         else:
             self.end_status(_ENGINE_START)
@@ -1999,6 +2079,105 @@ class MainWindow(QMainWindow):
         if readonly:
             self._readonly_doc = doc  # released when the canvas shows another document
         self._release_unedited(prev, prev_path)
+        if not readonly and arr is None and st.mask_path is None and not st.mask_deleted:
+            # no mask of the photographer's nor of a result (a photo not fixed yet, or fixed
+            # as another class): the editor starts from what the detector finds (after a
+            # "Delete mask" it starts empty, as asked)
+            self._propose_mask(self.current, doc)
+
+    def _propose_mask(self, path: Path, doc: MaskDocument) -> int | None:
+        """Look for the reflections in ``path`` for the editor's new, empty document ``doc``:
+        the ``reflection_mask`` step's detection as the photo's fix would run it (that step of
+        the photo's plan, else of the B chain of the profile in Settings), in the engine
+        thread, a job of the Queue panel (cancellable there; its progress in the status line).
+        Its mask is laid in once found, as an edit not saved (undoable), only if ``doc`` is
+        still the photo's and holds no edit (``_on_proposal``). Once per photo while the folder
+        is open; one cancelled or failed is asked again the next time the editor opens.
+        Returns the job id (None: looked for already, or under way)."""
+        st = self._state(path)
+        for jid, (p, ref) in list(self._detect_jobs.items()):
+            if p == path and ref() is doc:
+                return None  # (under way for this document)
+            if p == path:
+                self.client.cancel(jid)  # (for a document let go since: cancelled already)
+        if st.auto_mask:
+            return None
+        step = None
+        if st.plan is not None:  # (an edited chain's detector and sensitivity too)
+            step = next((s for s in st.plan.steps if s.name == "reflection_mask"
+                         and s.enabled), None)
+        name = self.display_name(path)
+        jid = self.client.detect_mask(path, step=step, profile=self.settings.profile, name=name)
+        self._detect_jobs[jid] = (Path(path), weakref.ref(doc))
+        self._say_detecting(jid, path)
+        return jid
+
+    def _say_detecting(self, job_id: int, path: Path, fraction: float | None = None) -> None:
+        """The status line while the automatic mask is looked for (unless another message
+        took its place: it is not taken back)."""
+        op = ("detect", job_id)
+        if fraction is not None and self._status_owner.op != op:
+            return
+        if fraction is not None:
+            where = f" {fraction:.0%}"
+        elif self.client.running_id() in (None, job_id):
+            where = ""
+        else:  # (it goes before the fixes and diagnoses queued, not before that one)
+            where = " (after the job running)"
+        self.set_status(f"Finding the reflections in {self.display_name(path)} for its "
+                        f"automatic mask…{where}", photo=path, op=op)
+
+    def _cancel_proposals(self, keep: Path | None = None) -> None:
+        """Cancel the searches for an automatic mask of every photo but ``keep``: their
+        document is gone or not shown (another photo, another folder)."""
+        for jid, (p, _ref) in list(self._detect_jobs.items()):
+            if p != keep:
+                self.client.cancel(jid)
+
+    def _on_proposal(self, job_id: int, found: ProposedMask) -> None:
+        """The automatic mask was found: laid into the document it was asked for, as an edit
+        not saved (Undo takes it away; a fix writes it first and uses it, as painted edits;
+        left untouched it is not written when the folder is left: ``_save_unsaved_masks``),
+        unless the document is gone or the photographer edited it meanwhile (then it is left
+        out, and said so)."""
+        path, ref = self._detect_jobs.pop(job_id)
+        op = ("detect", job_id)
+        doc, st = ref(), self.states.get(path)
+        if self._closing or doc is None or st is None or st.mask_doc is not doc:
+            self.end_status(op)  # (another folder, the mask deleted, the document let go)
+            return
+        st.auto_mask = True
+        name = self.display_name(path)
+        if doc.undo.count() or doc.stroking():
+            self.set_status(f"The automatic mask of {name} was not laid in: you edited the "
+                            "mask while it was looked for, and your edits stay", photo=path)
+            return
+        if not found.mask.any():
+            self.set_status(f"The reflection detector found nothing to remove in {name}: "
+                            "paint what is to be removed", photo=path)
+            return
+        doc.set_mask(found.mask, "Automatic mask", proxy=found.proxy)
+        doc.proposed = True
+        warn = f" — {found.warnings[0]}" if found.warnings else ""
+        self.set_status(f"Automatic mask of {name}: {_detector_name(found.detector)} marked "
+                        f"{found.share:.1%} of the photo; check it (Undo takes it away)" + warn,
+                        photo=path)
+        self._update_mask_actions()
+
+    def _proposal_failed(self, job_id: int, message: str) -> None:
+        """The search for an automatic mask was cancelled or failed: the editor stays as it
+        is (a Retry in the Queue panel looks again for the same document)."""
+        entry = self._detect_jobs.pop(job_id)
+        self._detect_ended[job_id] = entry
+        while len(self._detect_ended) > 50:  # (oldest first)
+            self._detect_ended.pop(next(iter(self._detect_ended)))
+        path = entry[0]
+        info = self.client.job(job_id)
+        if self._closing or (info is not None and info.state is JobState.CANCELLED):
+            self.end_status(("detect", job_id))
+            return
+        self.set_status(f"Could not find the reflections in {self.display_name(path)} for its "
+                        f"automatic mask: {message}", photo=path)
 
     def _set_canvas_doc(self, doc: MaskDocument | None) -> None:
         """Show ``doc`` on the canvas, releasing the read-only document it replaces (one per
@@ -2200,7 +2379,9 @@ class MainWindow(QMainWindow):
         saved = {}
         for path in list(self.states):
             doc = self._unsaved_mask(path)
-            if doc is not None:
+            # (the automatic mask untouched is nobody's choice: it is proposed again, never
+            # made the photo's mask - which its fix would fill unchecked - by leaving)
+            if doc is not None and not _only_proposal(doc):
                 saved[path] = self._write_mask(path, doc, now=True)
         return saved
 
@@ -2392,7 +2573,8 @@ class MainWindow(QMainWindow):
         if self.current is None:
             return
         # each click selects one object (a positive point); Shift/Alt-click removes it
-        jid = self.client.sam_select(self.current, [(x, y, 1)])
+        jid = self.client.sam_select(self.current, [(x, y, 1)],
+                                     name=self.display_name(self.current))
         self._job_path[jid] = self.current
         self._sam_include[jid] = bool(include)
         self.set_status("Selecting…", photo=self.current, op=("select", jid))
@@ -2407,6 +2589,7 @@ class MainWindow(QMainWindow):
         output = st.output
 
         def checked(exists: bool) -> None:  # (asked in the pool: the result's disk may sleep)
+            self._output_found(path, output, exists)  # (the panel says the same)
             if exists:
                 self._export(path, output, dest)
             else:  # (deleted or moved outside Mend since it was written)
@@ -2612,7 +2795,7 @@ class MainWindow(QMainWindow):
             " Queue them again?" if len(jobs) == n else f" Queue the other {len(jobs)} again?"))
         if r == QMessageBox.StandardButton.Yes:
             for req in jobs:  # (those whose photo is still there)
-                jid = self.client.submit(req)
+                jid = self.client.submit(req, name=self.display_name(Path(req.path)))
                 self._job_path[jid] = Path(req.path)
             # the crash's journals go once these jobs are in this Mend's own (in the pool)
             self.client.write_journal_then(lambda: release_journals(found, delete=True))

@@ -46,7 +46,9 @@ class AppSettings:
     threads: int = 0  # 0 = automatic (cores - 1)
     profile: str = "auto"  # auto | builtin | laptop | quality
     backend: str = "auto"  # classifier backend
-    out_dir: str = ""  # "" = "<photo folder>/mended"
+    # "" = "<photo folder>/mended"; a relative path ("results") is a folder beside each photo
+    # too ("<photo folder>/results"), never one of the folder Mend was started from
+    out_dir: str = ""
     suffix: str = "_mend"
     format: str = ""  # "" = same as source
     quality: int = 95
@@ -58,21 +60,39 @@ class AppSettings:
 
     def output_options(self, photo: Path, root: Path | None = None) -> OutputOptions:
         """Where and how ``photo``'s result is written. By default in ``mended`` beside the
-        photo; in the configured output folder, a photo of a subfolder of ``root`` (the folder
-        opened with its subfolders) goes to the same subfolder there, as with the CLI's ``-r``
+        photo, and in the output folder chosen in Settings when it is a relative path
+        ("results": ``<photo folder>/results``, as ``mended``; a photographer never sees the
+        folder Mend was started from, which a relative path meant before); in an absolute
+        output folder, a photo of a subfolder of ``root`` (the folder opened with its
+        subfolders) goes to the same subfolder there, as with the CLI's ``-r``
         (100CANON/IMG_0001.JPG and 101CANON/IMG_0001.JPG keep apart)."""
-        if self.out_dir:
+        beside = self.output_beside()
+        if beside is not None:
+            out = Path(photo).parent / beside
+        else:
             out = Path(self.out_dir)
             if root is not None:
                 try:
                     out = out / Path(photo).parent.relative_to(root)
                 except ValueError:
                     pass
-        else:
-            out = Path(photo).parent / "mended"
         return OutputOptions(out_dir=out, format=self.format or None, quality=int(self.quality),
                              bit_depth=int(self.bit_depth) or None,
                              keep_metadata=bool(self.keep_metadata), suffix=self.suffix or "_mend")
+
+    def output_beside(self) -> str | None:
+        """The results' folder beside each photo (``mended`` by default, or the relative
+        output folder chosen), as a relative path; None: one folder for every photo (an
+        absolute output folder)."""
+        if not self.out_dir:
+            return "mended"
+        return None if Path(self.out_dir).is_absolute() else os.path.normpath(self.out_dir)
+
+    def excluded_folders(self) -> tuple[tuple[Path, ...], tuple[str, ...]]:
+        """What a listing with subfolders leaves out as Mend's output (``scan_tree``): the
+        absolute output folder, and the folders of results beside each photo."""
+        beside = self.output_beside()
+        return ((), (beside,)) if beside is not None else ((Path(self.out_dir),), ())
 
     def apply_environment(self) -> None:
         """Settings the engine reads from the environment (threads, offline mode, precision).

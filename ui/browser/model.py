@@ -117,13 +117,15 @@ class TreeScan:
 
 
 def scan_tree(folder: Path, *, exclude: tuple[Path, ...] = (), scan: TreeScan | None = None,
-              max_photos: int = MAX_TREE_PHOTOS, max_folders: int = MAX_TREE_FOLDERS
-              ) -> list[PhotoItem]:
+              max_photos: int = MAX_TREE_PHOTOS, max_folders: int = MAX_TREE_FOLDERS,
+              exclude_beside: tuple[str, ...] = ()) -> list[PhotoItem]:
     """The photos in ``folder`` and all its subfolders, sorted by their path relative to
     ``folder`` (case-insensitive, folder by folder); a subfolder photo's ``rel`` is that path.
 
     Left out: hidden files and folders (``.mend`` sidecars), Mend's default output folders
-    (``mended``) and the folders in ``exclude`` (a configured output folder inside the tree),
+    (``mended``), the folders in ``exclude`` (a configured output folder inside the tree) and
+    those at the relative paths ``exclude_beside`` below every folder walked (a relative output
+    folder chosen in Settings, "results": each photo's results are in its folder's),
     symlinked folders (never followed; a folder reached twice, e.g. through a bind mount, is read
     once: no loop), and subfolders that cannot be read. ``folder`` itself that cannot be listed
     raises ``OSError``. The walk stops after ``max_photos`` photos or ``max_folders`` folders
@@ -170,6 +172,8 @@ def scan_tree(folder: Path, *, exclude: tuple[Path, ...] = (), scan: TreeScan | 
             continue
         scan.folders += 1
         scan.photos = len(items)
+        for rel in exclude_beside:  # (below this folder: "results", "out/mend" below "out")
+            skip.add(os.path.normcase(os.path.abspath(d / rel)))
         subfolders = [f for f in subfolders if f.name != OUTPUT_FOLDER
                       and os.path.normcase(os.path.abspath(f)) not in skip]
         # walked in name order: a listing cut at a limit holds the first folders

@@ -57,6 +57,10 @@ class SettingsDialog(QDialog):
                                ("CLIP", "clip"), ("Vision-language model", "vlm")], s.backend)
         self.out_dir = QLineEdit(s.out_dir)
         self.out_dir.setPlaceholderText("<photo folder>/mended")
+        self.out_dir.setToolTip(
+            "Empty: the results go to a folder “mended” beside each photo. A name or a relative "
+            "path (“results”) is a folder beside each photo too; a full path (or ~/…) gathers "
+            "every result there, a subfolder's photos in the same subfolder")
         browse = QPushButton("…")
         browse.clicked.connect(self._browse)
         out_row = QHBoxLayout()

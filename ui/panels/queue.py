@@ -1,7 +1,8 @@
 """The job queue: per-job progress, reorder, cancel, retry; overall progress with ETA."""
 from __future__ import annotations
 
-from PySide6.QtCore import QItemSelectionModel, Qt, QTimer
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt, QTimer
+from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import (
     QGridLayout,
     QLabel,
@@ -9,12 +10,52 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QVBoxLayout,
     QWidget,
 )
 
 from ..app import weak_slot
 from ..engine_client import EngineClient, JobInfo, JobState
+
+_DETAIL_ROLE = Qt.ItemDataRole.UserRole + 1  # what a line of work held back waits for
+_PARTS_ROLE = Qt.ItemDataRole.UserRole + 2  # a line's (state, title, what follows)
+_TEXT_MARGIN = 8  # px of an item's width its text does not get (the style's margins)
+
+
+def fit_line(head: str, title: str, tail: str, fm: QFontMetrics, width: int) -> str:
+    """``head + title + tail`` in ``width`` px: whole when it fits; else the head (the job's
+    state and percentage) whole, the title (the photo's name) cut in its middle - its folder's
+    start and its file name's end stay - to what is left once the tail (the job's message)
+    has its share, and the tail cut at its end."""
+    full = head + title + tail
+    if fm.horizontalAdvance(full) <= width:
+        return full
+    room = width - fm.horizontalAdvance(head)
+    if room <= fm.averageCharWidth() * 4:
+        return fm.elidedText(full, Qt.TextElideMode.ElideRight, max(0, width))
+    tail_w, title_w = fm.horizontalAdvance(tail), fm.horizontalAdvance(title)
+    t_room = min(title_w, max(room - tail_w, room * 2 // 3))
+    shown = title if title_w <= t_room else fm.elidedText(
+        title, Qt.TextElideMode.ElideMiddle, t_room)
+    rest = room - fm.horizontalAdvance(shown)
+    return head + shown + (tail if tail_w <= rest else fm.elidedText(
+        tail, Qt.TextElideMode.ElideRight, max(0, rest)))
+
+
+class _LineDelegate(QStyledItemDelegate):
+    """Draws a job's line of its parent (the list) cut to the list's width as ``fit_line``
+    cuts it."""
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        super().initStyleOption(option, index)
+        parts = index.data(_PARTS_ROLE)
+        view = self.parent()
+        if not parts or not isinstance(view, QListWidget):
+            return
+        width = min(option.rect.width(), view.viewport().width()) - _TEXT_MARGIN
+        option.text = fit_line(*parts, option.fontMetrics, width)
 
 
 def format_eta(seconds: float | None) -> str:
@@ -40,6 +81,13 @@ class QueuePanel(QWidget):
         lay.addWidget(self.overall)
         self.list = QListWidget()
         self.list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
+        # a long line (a subfolder photo's name) is cut to the panel's width, never scrolled
+        # sideways: each line starts with the job's state and percentage (``_parts``), which
+        # stay whole, the photo's name is cut in its middle (``_LineDelegate``); the whole
+        # line is in its tooltip
+        self.list.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setItemDelegate(_LineDelegate(self.list))
         lay.addWidget(self.list, 1)
         # (two rows: five buttons in one made the dock, and the window, 380 px wide at least)
         rows = QGridLayout()
@@ -127,8 +175,10 @@ class QueuePanel(QWidget):
             self._add_item(infos.get(jid))
         for title, reason in self._waiting_work:
             it = QListWidgetItem(f"[waiting] {title} — {reason}")
+            it.setData(_PARTS_ROLE, ("[waiting] ", title, f" — {reason}"))
             it.setFlags(Qt.ItemFlag.ItemIsEnabled)  # (not selectable: no job to act on)
-            it.setToolTip(reason)
+            it.setToolTip(it.text())  # (the whole line: cut in the list when long)
+            it.setData(_DETAIL_ROLE, reason)
             self.list.addItem(it)
         for jid in rest:
             self._add_item(infos.get(jid))
@@ -146,25 +196,33 @@ class QueuePanel(QWidget):
             return
         it = QListWidgetItem(self._text(info))
         it.setData(Qt.ItemDataRole.UserRole, info.id)
-        it.setToolTip(_detail(info))
+        it.setData(_PARTS_ROLE, self._parts(info))
+        it.setToolTip(_tip(it.text(), info))
         self.list.addItem(it)
         self._items[info.id] = it
 
     def _text(self, j: JobInfo) -> str:
+        return "".join(self._parts(j))
+
+    def _parts(self, j: JobInfo) -> tuple[str, str, str]:
+        """A job's line as (its state, its title, what follows): the list cuts a long one
+        to its width keeping the state whole (``fit_line``)."""
         if j.waiting:  # (a cancelled or failed job whose retry waits: that is its news)
-            return f"[waiting] {j.title} — {j.waiting}"
+            return "[waiting] ", j.title, f" — {j.waiting}"
+        if j.state is JobState.RUNNING:  # (its percentage first: a long name never hides it)
+            extra = f"{j.message} {format_eta(j.eta_seconds)}".strip()
+            return f"[running {j.fraction:.0%}] ", j.title, f" — {extra}" if extra else ""
         extra = ""
-        if j.state is JobState.RUNNING:
-            extra = f" — {j.fraction:.0%} {j.message} {format_eta(j.eta_seconds)}".rstrip()
-        elif j.state in (JobState.FAILED, JobState.CANCELLED):
+        if j.state in (JobState.FAILED, JobState.CANCELLED):
             extra = f" — {j.error}"
-        return f"[{j.state.value}] {j.title}{extra}"
+        return f"[{j.state.value}] ", j.title, extra
 
     def _on_job(self, info: JobInfo) -> None:
         it = self._items.get(info.id)
         if it is not None:
             it.setText(self._text(info))
-            it.setToolTip(_detail(info))
+            it.setData(_PARTS_ROLE, self._parts(info))
+            it.setToolTip(_tip(it.text(), info))
         self._show_detail()
 
     def _on_overall(self, fraction: float, eta) -> None:
@@ -178,7 +236,13 @@ class QueuePanel(QWidget):
             return
         jid = it.data(Qt.ItemDataRole.UserRole)
         info = self.client.job(jid) if jid is not None else None
-        self.detail.setText(_detail(info) if info is not None else it.toolTip())
+        self.detail.setText(_detail(info) if info is not None else it.data(_DETAIL_ROLE))
+
+
+def _tip(line: str, info: JobInfo) -> str:
+    """A job's tooltip: its whole line (cut in the list when long) and its detail."""
+    detail = _detail(info)
+    return f"{line}\n{detail}" if detail and detail not in line else line
 
 
 def _detail(info: JobInfo) -> str:
