@@ -23,7 +23,7 @@ from engine.models import packs
 from engine.models import store as store_mod
 from engine.models.packs import create_pack, import_pack
 from engine.models.store import ModelStore
-from tests.engine.test_packs import _Tty
+from tests.engine.test_packs import _tree, _Tty
 from tests.model_helpers import LoopbackServer, install_test_model, served_store
 
 MID = "realesr-general-x4v3"
@@ -32,13 +32,6 @@ NAME = "realesr-general-x4v3.pth"
 
 def _blob(n: int, seed: int = 1) -> bytes:
     return hashlib.sha256(str(seed).encode()).digest() * (n // 32) + b"x" * (n % 32)
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    if not root.exists():
-        return {}
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
 
 
 @pytest.fixture
