@@ -501,10 +501,12 @@ class Engine:
             record["region"] = list(region)
         # which photo it came from (name, size, SHA-256: --skip-existing tells apart the
         # results of a.png and a.bmp, a_mend.png and a_mend_1.png; no name without metadata),
-        # when the file is still the one that was read
+        # when the file is still the one that was read. Not a preview's: no resume looks for
+        # one, and its photo need not be read whole again for it
         from .imageio import source_record
 
-        source = source_record(request.path, name=options.keep_metadata)
+        source = source_record(request.path, name=options.keep_metadata) \
+            if region is None else None
         if source is not None and _file_state(request.path) == source_state:
             record["source"] = source
         out = self._save(photo, image, options, record, passthrough and region is None,

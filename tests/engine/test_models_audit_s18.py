@@ -23,15 +23,9 @@ from engine.models import packs
 from engine.models import store as store_mod
 from engine.models.packs import create_pack, import_pack
 from engine.models.store import ModelStore
+from tests.engine.test_models_s13 import MID, NAME, _blob
 from tests.engine.test_packs import _tree, _Tty
 from tests.model_helpers import LoopbackServer, install_test_model, served_store
-
-MID = "realesr-general-x4v3"
-NAME = "realesr-general-x4v3.pth"
-
-
-def _blob(n: int, seed: int = 1) -> bytes:
-    return hashlib.sha256(str(seed).encode()).digest() * (n // 32) + b"x" * (n % 32)
 
 
 @pytest.fixture
@@ -39,7 +33,6 @@ def server():
     s = LoopbackServer()
     yield s
     s.close()
-
 
 class _NoLength(LoopbackServer):
     """Sends a whole file with no Content-Length (the body ends with the connection, as many

@@ -151,6 +151,10 @@ def test_a_preview_never_takes_a_results_name_nor_touches_the_original(shared_im
         [real.output.name, p1.output.name, p2.output.name])
     assert read_record(p1.output)["region"] == [0, 0, 300, 200]
     assert "region" not in (read_record(real.output) or {})
+    # the result names its photo (--skip-existing); a preview, which no resume looks for, not
+    # (its photo is not read again to hash it)
+    assert read_record(real.output)["source"]["sha256"] == _sha(src)
+    assert "source" not in read_record(p1.output)
     assert p1.to_json()["region"] == [0, 0, 300, 200] and "region" not in real.to_json()
     # what the run would do, without running: the estimate is that of the region's part
     prep = engine.prepare(JobRequest(src, OutputOptions(out_dir=out), plan=SHARPEN,
