@@ -306,3 +306,22 @@ def test_a_name_suffix_with_a_folder_separator_is_refused(tmp_path):
     for bad in ("/../../escaped", "_a\\b"):
         with pytest.raises(SaveFailed, match="may not contain a folder separator"):
             output_path_for(tmp_path / "a.jpg", OutputOptions(out_dir=tmp_path, suffix=bad))
+
+
+def test_a_builtin_diagnosis_says_it_is_a_guess(qtbot):
+    """The built-in analyzer is right on about two in three real test photos (README): its
+    diagnosis says so beside the class; a VLM's does not carry the caveat."""
+    from ui.panels.diagnosis import DiagnosisPanel
+
+    panel = DiagnosisPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    scores = {"A": 0.1, "B": 0.6, "C": 0.2, "D": 0.1}
+    panel.set_diagnosis(Diagnosis(Degradation.B, scores, (), {}, "reflection cues", "builtin"))
+    assert panel.reliability.isVisible() and "Fix as" in panel.reliability.text()
+    panel.set_diagnosis(Diagnosis(Degradation.B, scores, (), {}, "paper prompt",
+                                  "vlm:qwen2.5-vl-7b"))
+    assert not panel.reliability.isVisible()
+    panel.set_diagnosis(Diagnosis(Degradation.B, scores, (), {}, "x", "builtin"))
+    panel.set_diagnosis(None)
+    assert not panel.reliability.isVisible()

@@ -56,6 +56,9 @@ ESTIMATE_NAMES = {
     "motion_evidence": ("Motion evidence", "{:.2f}"),
     "upscale_factor": ("Upscale factor", "{:.2g}×"),
 }
+BUILTIN_CAVEAT = ("Built-in analyzer: a quick guess, right on about two in three real test photos. "
+                  "Check the class (“Fix as”) before fixing; the VLM in Models is the paper's "
+                  "classifier.")
 HIDDEN_ESTIMATES = {"width", "height", "units", "jpeg_source"}
 # what each measurement means, for a photographer (the rows' tooltips)
 ESTIMATE_HELP = {
@@ -189,6 +192,13 @@ class DiagnosisPanel(QWidget):
         self.runner_up.setObjectName("dim")
         self.runner_up.setWordWrap(True)
         lay.addWidget(self.runner_up)
+        # the built-in analyzer's diagnoses are a guess (README: 57-71 % right on the real test
+        # sets): said where the class is, so the photographer checks it before fixing
+        self.reliability = QLabel(BUILTIN_CAVEAT)
+        self.reliability.setObjectName("dim")
+        self.reliability.setWordWrap(True)
+        self.reliability.hide()
+        lay.addWidget(self.reliability)
         # what Mend did to this file, when it is a result Mend wrote (its record, set_record)
         self.history = QLabel("")
         self.history.setObjectName("mendHistory")
@@ -324,6 +334,7 @@ class DiagnosisPanel(QWidget):
         self.diagnosis = d
         while self.est_form.rowCount():
             self.est_form.removeRow(0)
+        self.reliability.setVisible(d is not None and d.backend == "builtin")
         if d is None:
             self.label.setText("Not diagnosed yet")
             self.runner_up.setText("")
