@@ -240,8 +240,10 @@ def load_settings(qs: QSettings | SettingsFile | None = None) -> AppSettings:
                 kw[f.name] = str(v)
         except (TypeError, ValueError):
             continue
-    if "tile_size" in kw:  # a hand-edited value the engine would refuse: the dialog's range
-        kw["tile_size"] = min(4096, max(64, kw["tile_size"]))
+    if "tile_size" in kw:  # a hand-edited value the engine would refuse: the engine's range
+        from engine.pipeline import MAX_TILE, MIN_TILE
+
+        kw["tile_size"] = min(MAX_TILE, max(MIN_TILE, kw["tile_size"]))
     for name, (lo, hi) in _RANGES.items():
         if name in kw:
             kw[name] = min(hi, max(lo, kw[name]))

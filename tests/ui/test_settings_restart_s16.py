@@ -29,3 +29,20 @@ def test_other_settings_say_nothing_of_a_restart(qtbot, tmp_path):
     with built_window(qtbot, tmp_path) as win:
         win.apply_settings(replace(win.settings, quality=77))
         assert "restart" not in win.status_label.text()
+
+
+def test_the_tile_size_setting_takes_what_the_engine_takes(qtbot):
+    """The dialog offered 64-4096 px and a stored 8192 was cut to 4096, while the engine,
+    `--tile` and a plan's `tile` take 64-8192."""
+    from engine.pipeline import MAX_TILE, MIN_TILE
+    from ui.dialogs.settings import SettingsDialog
+    from ui.settings import AppSettings, load_settings, qsettings
+
+    dlg = SettingsDialog(AppSettings())
+    qtbot.addWidget(dlg)
+    assert (dlg.tile.minimum(), dlg.tile.maximum()) == (MIN_TILE, MAX_TILE) == (64, 8192)
+    qs = qsettings()
+    for stored, read in (("8192", 8192), ("9000", 8192), ("10", 64)):
+        qs.setValue("settings/tile_size", stored)
+        qs.sync()
+        assert load_settings().tile_size == read

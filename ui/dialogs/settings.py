@@ -44,7 +44,9 @@ class SettingsDialog(QDialog):
         self.precision = _combo([("Automatic", "auto"), ("fp32", "fp32"), ("fp16", "fp16"),
                                  ("bf16", "bf16")], s.precision)
         self.tile = QSpinBox()
-        self.tile.setRange(64, 4096)
+        from engine.pipeline import MAX_TILE, MIN_TILE  # (what --tile and a plan's tile take)
+
+        self.tile.setRange(MIN_TILE, MAX_TILE)
         self.tile.setSingleStep(64)
         self.tile.setValue(s.tile_size)
         self.threads = QSpinBox()
