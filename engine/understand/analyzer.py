@@ -1,11 +1,16 @@
 """The built-in analyzer: physical measurements + a small calibrated model (no download).
 
-The model is a multinomial logistic regression over standardised features, fitted by
-``scripts/fit_analyzer.py`` and stored in ``resources/analyzer_model.json``. Four of the
-features are the scores of a small patch CNN (``resources/analyzer_cnn.npz``, trained by
-``scripts/train_analyzer_cnn.py`` on synthetic degradations only, run in numpy).
+The scores come from a small patch CNN (``resources/analyzer_cnn.npz``: three seeds of one
+recipe, their log-probabilities averaged; trained by ``scripts/train_analyzer_cnn.py`` on
+synthetic degradations only, run in numpy). ``resources/analyzer_model.json`` (written by
+``scripts/fit_analyzer.py``) is a linear layer over features; the shipped one is of kind
+``cnn-scores``: the CNN's four scores with identity weights, so no real photo decides a label,
+and a temperature fitted on the labelled photos that is applied last (confidence only: a power
+of the scores keeps their order). The feature model the file format also holds (a logistic
+regression over the measurements) learnt the files rather than the degradations and is not
+shipped (docs/ANALYZER.md).
 
-One physical cross-check follows the model: a photo whose edges show less than
+Two physical checks follow the CNN, on its untempered scores. The first: a photo whose edges show less than
 ``MIN_MOTION_SMEAR`` px of blur in any direction (``blurextent.estimate_blur_extent``) is not a
 motion-blur photo, so class C's score is cut before the label is chosen. 3 px is a physical
 floor, not a fitted figure: the cepstral line estimator's own floor is 3.7 px, and a blur that
