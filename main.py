@@ -275,6 +275,9 @@ def _show_state(app, win, args, folder: Path) -> str:
     result = st.output.name if st is not None and st.output is not None else "none"
     if args.state == "mask":
         win.show_mask_editor()
+        # (a photo whose fix left no mask gets the automatic one as a background job: shown
+        # once it is laid in, not the empty editor before it)
+        _wait(app, win.client.is_idle, t, f"the automatic mask of {target.name}")
         if not (win.mask_action.isChecked() and win.mask_bar.isVisible()
                 and win.canvas.doc is not None):
             raise _ShotError(f"the mask editor did not open on {target.name}")
