@@ -1288,40 +1288,88 @@ def cmd_models(args: argparse.Namespace) -> int:
                 nc = "" if m["commercial_use"] else "  [non-commercial]"
                 print(f"{m['id']:<28} {m['status']:<14} {size / 1e6:>9.1f} MB  {m['license']}{nc}")
         return EXIT_OK
-    if action in ("import", "pack"):
-        from .models.packs import create_pack, import_pack, is_pack
+    # Ctrl+C and SIGTERM stop the work where it is (a download's .part is kept for a resume);
+    # with --json the last lines say what was stopped and what was not done (_models_stopped)
+    with _Signals() as sig:
+        if action in ("import", "pack"):
+            return _models_import_or_pack(args, store, action, as_json, sig)
+        return _models_each(args, store, action, as_json, sig)
 
-        line = None if as_json else _pack_progress("packing" if action == "pack" else
-                                                   "importing")
-        try:
-            if action == "pack":
-                dest = create_pack(args.profile, args.output, store, progress=line)
-                _emit({"pack": str(dest)}, as_json, f"wrote {dest}")
-                return EXIT_OK
-            if not args.path.exists():
-                raise UsageError(f"nothing to import at {args.path}")
-            if is_pack(args.path):
-                rep = import_pack(args.path, store, progress=line)
-            else:
-                rep = store.import_path(args.path, model_id=args.model_id)
-        except BaseException as e:
-            if line is not None:
-                line.end()  # (the message after a failure or Ctrl+C starts its own line)
-            if not isinstance(e, EngineError):
-                raise
-            if not as_json:
-                raise
-            # like pull: a JSON error object on stdout, the exit code main() would give
-            where = args.path if action == "import" else args.output
-            _emit({"path": str(where), "error": str(e)}, True, "")
-            return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
-        report = rep.to_json()
-        human = (f"imported {len(report['imported'])} file(s), skipped {len(report['skipped'])} "
-                 f"already installed, rejected {len(report['rejected'])}")
-        for r in report["rejected"]:
-            human += f"\n  rejected {r['path']}: {r['reason']}"
-        _emit(report, as_json, human)
-        return EXIT_FAILED if report["rejected"] else EXIT_OK  # any file refused: say so
+
+# what a stopped models command left: said with --json on the line of the model (or path) it
+# was working on ({stop}: "interrupted", "stopped by SIGTERM")
+_MODELS_STOPPED = {
+    "pull": "{stop}; what was downloaded is kept: run the same command again to resume",
+    "verify": "{stop} while it was checked; run the same command again",
+    "remove": "{stop} while it was removed (it may be removed in part); run the same command "
+              "again",
+    "import": "{stop}; the file being copied was not imported (files imported before it stay): "
+              "run the same command again",
+    "pack": "{stop}; no pack was written",
+}
+_MODELS_VERB = {"pull": "pulled", "verify": "verified", "remove": "removed"}
+
+
+def _models_stopped(lines: list[dict[str, Any]]) -> None:
+    """The last JSON lines of a models command a signal stopped; a reader gone meanwhile
+    (Ctrl+C reached ``| jq`` too) ends them quietly."""
+    try:
+        for obj in lines:
+            _emit(obj, True, "")
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _models_import_or_pack(args: argparse.Namespace, store: Any, action: str, as_json: bool,
+                           sig: _Signals) -> int:
+    from .models.packs import create_pack, import_pack, is_pack
+
+    where = args.path if action == "import" else args.output
+    line = None if as_json else _pack_progress("packing" if action == "pack" else
+                                               "importing")
+    try:
+        if action == "pack":
+            dest = create_pack(args.profile, args.output, store, progress=line)
+            sig.shield += 1  # (done: a signal now no longer cuts its line)
+            _emit({"pack": str(dest)}, as_json, f"wrote {dest}")
+            return EXIT_OK
+        if not args.path.exists():
+            raise UsageError(f"nothing to import at {args.path}")
+        if is_pack(args.path):
+            rep = import_pack(args.path, store, progress=line)
+        else:
+            rep = store.import_path(args.path, model_id=args.model_id)
+    except BaseException as e:
+        if line is not None:
+            line.end()  # (the message after a failure or Ctrl+C starts its own line)
+        if isinstance(e, KeyboardInterrupt):
+            sig.stopping = sig.stopped = True  # (further signals: ignored while it is said)
+            if as_json:
+                _models_stopped([{"path": str(where), "error": _MODELS_STOPPED[action].format(
+                    stop=_interrupted_text(e)), "interrupted": True}])
+            raise
+        if not isinstance(e, EngineError):
+            raise
+        if not as_json:
+            raise
+        # like pull: a JSON error object on stdout, the exit code main() would give
+        _emit({"path": str(where), "error": str(e)}, True, "")
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
+    report = rep.to_json()
+    human = (f"imported {len(report['imported'])} file(s), skipped {len(report['skipped'])} "
+             f"already installed, rejected {len(report['rejected'])}")
+    for r in report["rejected"]:
+        human += f"\n  rejected {r['path']}: {r['reason']}"
+    sig.shield += 1  # (done: a signal now no longer cuts its line)
+    _emit(report, as_json, human)
+    return EXIT_FAILED if report["rejected"] else EXIT_OK  # any file refused: say so
+
+
+def _models_each(args: argparse.Namespace, store: Any, action: str, as_json: bool,
+                 sig: _Signals) -> int:
+    """``models pull|verify|remove``: one line per model."""
+    from .models.download import offline_mode
     from .models.store import BUNDLED, UNPINNED, VERIFIED
 
     ids = _ids_for(args)
@@ -1336,42 +1384,86 @@ def cmd_models(args: argparse.Namespace) -> int:
             except UsageError as e:
                 _emit({"id": model_id, "error": str(e)}, as_json, f"{model_id}: error: {e}")
         return EXIT_USAGE
-    n_failed = 0
-    for model_id in ids:
+    done = 0  # models whose line is printed
+
+    def emit(obj: dict[str, Any], human: str) -> None:
+        """A model's line; a signal meanwhile is held back until it is printed whole."""
+        nonlocal done
+        sig.shield += 1
         try:
-            out: dict[str, Any] = {"id": model_id}
-            if action == "pull":
-                spec = store.spec(model_id)
-                if not spec.commercial_use and not store.is_installed(model_id):
-                    # (stderr: said before the download, the JSON on stdout stays as it is)
-                    print(f"{model_id}: licence {spec.license} - not for commercial use",
-                          file=sys.stderr, flush=True)
-                line = None if as_json else _download_progress(model_id)
-                try:
-                    store.pull(model_id, progress=line)
-                finally:
-                    if line is not None:
-                        line.end()  # (an error or Ctrl+C message starts its own line)
-            elif action == "verify":
-                out = store.verify(model_id, repair=args.repair).to_json()
-            elif action == "remove":
-                store.remove(model_id)
-            status = out["status"] = store.status(model_id)
-            human = f"{model_id}: {status}"
-            for key in ("corrupt", "missing", "stray", "removed", "repaired"):
-                for name in out.get(key, ()):
-                    human += f"\n  {key}: {name}"
-            if action in ("pull", "verify") and status not in (VERIFIED, UNPINNED, BUNDLED):
-                n_failed += 1  # damaged or incomplete: the command did not reach its goal
+            _emit(obj, as_json, human)
+            done += 1
+        finally:
+            sig.shield -= 1
+        sig.check()
+
+    try:
+        if action == "pull" and len(ids) > 1 and not offline_mode():
+            # all of them must fit, not only the first ones (each pull checks its own too);
+            # offline, each pull says why nothing can come
+            what = (f"the {args.profile} profile" if args.profile else "these models") + (
+                f" and {', '.join(args.ids)}" if args.profile and args.ids else "")
+            try:
+                store.check_space(sum(store.space_needed(i) for i in ids
+                                      if i in store.manifest), what)
+            except EngineError as e:
+                if not as_json:
+                    raise
+                for model_id in ids:  # (every model its line: none was pulled)
+                    emit({"id": model_id, "error": str(e), "not_run": True}, "")
+                return EXIT_FAILED
+        n_failed = 0
+        for model_id in ids:
+            try:
+                out: dict[str, Any] = {"id": model_id}
                 if action == "pull":
-                    out["error"] = (f"'{model_id}' is {status} after the download; run: "
-                                    f"mend models verify --repair {model_id}")
-                    human += f"\n  error: {out['error']}"
-            _emit(out, as_json, human)
-        except EngineError as e:
-            n_failed += 1
-            _emit({"id": model_id, "error": str(e)}, as_json, f"{model_id}: error: {e}")
-    return EXIT_FAILED if n_failed else EXIT_OK
+                    spec = store.spec(model_id)
+                    if not spec.commercial_use and not store.is_installed(model_id):
+                        # (stderr: said before the download, the JSON on stdout stays as it is)
+                        print(f"{model_id}: licence {spec.license} - not for commercial use",
+                              file=sys.stderr, flush=True)
+                    line = None if as_json else _download_progress(model_id)
+                    try:
+                        store.pull(model_id, progress=line)
+                    finally:
+                        if line is not None:
+                            line.end()  # (an error or Ctrl+C message starts its own line)
+                elif action == "verify":
+                    out = store.verify(model_id, repair=args.repair).to_json()
+                elif action == "remove":
+                    link = store.model_dir(model_id).is_symlink()
+                    out["freed"] = store.remove(model_id)
+                status = out["status"] = store.status(model_id)
+                human = f"{model_id}: {status}"
+                if action == "remove":  # (before: "X: missing", removed or not)
+                    human += (f" (removed: {out['freed'] / 1e6:.1f} MB freed)" if out["freed"]
+                              else " (removed the link; the folder it named was left as it is)"
+                              if link else " (it comes with Mend: nothing to remove)"
+                              if status == BUNDLED else " (nothing to remove)")
+                for key in ("corrupt", "missing", "stray", "removed", "repaired"):
+                    for name in out.get(key, ()):
+                        human += f"\n  {key}: {name}"
+                if action in ("pull", "verify") and status not in (VERIFIED, UNPINNED, BUNDLED):
+                    n_failed += 1  # damaged or incomplete: the command did not reach its goal
+                    if action == "pull":
+                        out["error"] = (f"'{model_id}' is {status} after the download; run: "
+                                        f"mend models verify --repair {model_id}")
+                        human += f"\n  error: {out['error']}"
+            except EngineError as e:
+                n_failed += 1
+                out, human = {"id": model_id, "error": str(e)}, f"{model_id}: error: {e}"
+            emit(out, human)
+        return EXIT_FAILED if n_failed else EXIT_OK
+    except KeyboardInterrupt as e:
+        sig.stopping = sig.stopped = True  # (further signals: ignored while it is said)
+        if as_json and done < len(ids):
+            stop = _interrupted_text(e)
+            _models_stopped(
+                [{"id": ids[done], "error": _MODELS_STOPPED[action].format(stop=stop),
+                  "interrupted": True}]
+                + [{"id": m, "error": f"not {_MODELS_VERB[action]} ({stop})", "not_run": True}
+                   for m in ids[done + 1:]])
+        raise
 
 
 def _download_progress(model_id: str):

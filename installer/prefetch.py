@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
     try:
         store = ModelStore(args.models_dir)
+        if args.models_dir is not None:  # (its messages name the option, not the variable)
+            store.root_option = "--models-dir"
         rows = profile_plan(store, args.profile)
         todo = sum(r["to_download"] for r in rows)
         say(f"profile {args.profile}: {len(rows)} models, {_mb(todo)} to download "

@@ -231,6 +231,10 @@ def _local_error(e: OSError, part: Path, url: str) -> LocalDiskError:
         return LocalDiskError(
             f"disk full while downloading to {part.parent} ({e.strerror or e}); free some space "
             f"and run the same command again to resume: {display_url(url)}")
+    if e.errno == errno.ENOENT:  # its folder deleted (or moved) under the download
+        return LocalDiskError(
+            f"cannot write the download to {part}: its folder was deleted or moved while it "
+            f"was being downloaded; run the same command again: {display_url(url)}")
     return LocalDiskError(
         f"cannot write the download to {part} ({e.strerror or e}); check that the model folder "
         f"can be written, then run the same command again to resume: {display_url(url)}")

@@ -35,7 +35,17 @@ from typing import Any
 from ..errors import ChecksumMismatch, EngineError, ModelMissing, SaveFailed, UsageError
 from . import download as dl
 from .manifest import PROFILES, ManifestError, safe_relpath
-from .store import PART_SUFFIX, UNPINNED, VERIFIED, ImportReport, ModelStore, _try_lock
+from .store import (
+    PART_SUFFIX,
+    UNPINNED,
+    VERIFIED,
+    ImportReport,
+    ModelStore,
+    _file_size,
+    _mb,
+    _try_lock,
+    short_of_space,
+)
 
 PACK_INDEX = "mend-pack.json"
 PACK_FORMAT = "mend-model-pack"
@@ -101,7 +111,8 @@ def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: Mo
     slot named explicitly raises UsageError. Every file is re-hashed while it is written; a
     missing or damaged model raises before the pack is renamed into place. ``dest`` must be
     a file name (UsageError for an existing folder); a place that cannot be written raises
-    :class:`SaveFailed`.
+    :class:`SaveFailed`, and so does a disk with less free space than the pack takes, before
+    anything is written.
     """
     ids, profile = _resolve_ids(profile_or_ids, store)
     plan: list[tuple[str, str, Path, str | None, bool]] = []
@@ -134,6 +145,13 @@ def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: Mo
                          f"{dest / ((profile or 'models') + '.mendpack.zip')}")
     part = dest.with_name(dest.name + PART_SUFFIX)
     total = sum(src.stat().st_size for _m, _n, src, _s, _p in plan)
+    size = _pack_size(plan, specs, total)
+    # (a .part an earlier attempt left is written over: its bytes are free for this one)
+    free = short_of_space(dest.parent, size - _file_size(part))
+    if free is not None:
+        raise SaveFailed(f"not enough disk space to write the pack {dest}: {_mb(size)} needed, "
+                         f"{_mb(free)} free on its disk; free some space or write the pack to "
+                         "another disk, then run the same command again")
     done = 0
     entries = []
     try:
@@ -177,6 +195,17 @@ def create_pack(profile_or_ids: str | Iterable[str], dest: str | Path, store: Mo
             part.unlink(missing_ok=True)
         raise
     return dest
+
+
+def _pack_size(plan: list[tuple[str, str, Path, str | None, bool]], specs: list[Any],
+               total: int) -> int:
+    """Bytes a pack of ``plan`` (``total`` bytes of files) takes, rounded up: each member's
+    ZIP headers (local, ZIP64, data descriptor, central directory: under 200 bytes, and its
+    name twice) and index entry (under 300 bytes, and its name twice), the manifest entries
+    and a few kB for the rest of the index and the archive's end records."""
+    names = sum(len(f"models/{mid}/{name}".encode()) for mid, name, *_ in plan)
+    models = len(json.dumps([_without_urls(s.to_json()) for s in specs], indent=1).encode())
+    return total + 500 * len(plan) + 4 * names + models + 4096
 
 
 def _is_symlink(info: zipfile.ZipInfo) -> bool:
@@ -354,7 +383,7 @@ def _import_failed(p: Path, store: ModelStore, e: OSError) -> SaveFailed:
     detail = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
     return SaveFailed(f"could not import the pack {p} into {store.root} ({detail}); nothing was "
                       "imported: free some space, check that the model folder can be written "
-                      "(or choose another with MEND_MODELS_DIR) and that the pack can be read")
+                      f"(or {store.other_folder_hint()}) and that the pack can be read")
 
 
 def sweep_stale_imports(root: Path) -> None:

@@ -7,6 +7,9 @@ was last verified.
   ``<file>.part.lock`` (one writer per file across processes), then hashes the ``.part`` on disk
   — the very file that is renamed — BEFORE the rename; a mismatch deletes the ``.part`` and
   raises :class:`ChecksumMismatch`.
+* ``import`` copies a file to a hidden ``.import-<pid>-<hex>.part`` beside its place, hashes
+  the copy and renames it; one an import killed midway left is deleted by the next import or
+  pull of that model (once its process no longer runs).
 * Pinned files are checked against the manifest hash; unpinned files get their hash recorded
   on first download/import and are checked against that record afterwards.
 * ``require`` (used at load time) does a cheap check (size + mtime recorded at verification);
@@ -32,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -66,6 +70,8 @@ PART_SUFFIX = ".part"
 LOCK_SUFFIX = ".lock"
 SLOT_KEY = "slot"  # state-file key of a slot model: the file chosen by the last explicit import
 BAD_KEY = "bad"  # a file record's size + mtime of the content last found damaged
+# a single file's import copies it to this hidden temp file, then renames it into place
+IMPORT_TEMP = re.compile(r"\.import-(\d+)-[0-9a-f]+" + re.escape(PART_SUFFIX))
 # files a loader may take weights from (transformers/diffusers look for these by name)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".index.json")
 
@@ -216,8 +222,12 @@ class ModelStore:
 
     def __init__(self, root: str | Path | None = None, manifest: Manifest | None = None, *,
                  allow_http_hosts: tuple[str, ...] = (), retries: int = 4,
-                 backoff: float = 1.0, timeout: float = 30.0) -> None:
+                 backoff: float = 1.0, timeout: float = 30.0,
+                 root_option: str | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_root()
+        # what chose the folder, named where a message says how to choose another: the
+        # caller's option for a ``root`` it was given (``--models-dir``), else MEND_MODELS_DIR
+        self.root_option = root_option if root is not None else "MEND_MODELS_DIR"
         self.manifest = manifest if manifest is not None else default_manifest()
         # plain-HTTP loopback hosts for test servers only; empty (HTTPS only) by default
         self.allow_http_hosts = tuple(allow_http_hosts)
@@ -248,14 +258,23 @@ class ModelStore:
     def file_path(self, model_id: str, name: str) -> Path:
         return self.model_dir(model_id) / safe_relpath(name)
 
+    def other_folder_hint(self) -> str:
+        """How to choose another model folder, as this one was chosen (for messages): with
+        MEND_MODELS_DIR, the caller's option (``--models-dir``), or in general terms when the
+        caller gave the folder and no option."""
+        if self.root_option:
+            return f"choose another folder with {self.root_option}"
+        return "choose another model folder"
+
     def _make_dir(self, d: Path) -> None:
         """Create a folder of the store; a clear :class:`SaveFailed` instead of an OSError
         (``MEND_MODELS_DIR`` naming a file, no permission...)."""
         try:
             d.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
+            check = f" (check {self.root_option})" if self.root_option else ""
             raise SaveFailed(f"cannot use the model folder {self.root}: {d} or a folder above it "
-                             "is a file, not a folder (check MEND_MODELS_DIR)") from None
+                             f"is a file, not a folder{check}") from None
         except OSError as e:
             raise SaveFailed(f"cannot create the model folder {d}: {e.strerror or e}") from None
 
@@ -611,6 +630,7 @@ class ModelStore:
                 f"'{model_id}' is not installed and offline mode is on (MEND_OFFLINE=1): "
                 "import it from a folder or an offline pack (mend models import PATH)")
         if todo:  # (before anything is deleted: a refused pull leaves the folder as it was)
+            _sweep_import_temps(self._dir(model_id), recursive=True)
             self.check_space(self._bytes_to_write(model_id, todo), f"'{model_id}'")
         self._remove_strays(model_id, self.stray_files(model_id))
         if not todo:
@@ -657,41 +677,35 @@ class ModelStore:
     def free_space(self) -> int | None:
         """Free bytes on the disk of the store's folder (of its nearest existing parent while
         it is not made yet); None when the system does not say."""
-        probe = self.root
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        try:
-            return shutil.disk_usage(probe).free
-        except OSError:
-            return None
+        return free_space(self.root)
 
     def check_space(self, need: int, what: str) -> None:
         """Raise :class:`LocalDiskError` when the store's disk has less free space than ``need``
         bytes (``what``: the model or profile, for the message): a download that cannot fit
         is refused before it starts, instead of filling the disk to its last byte and failing
         there (a laptop's system disk, full, troubles every program on it)."""
-        if need <= 0:
-            return
-        free = self.free_space()
-        if free is None:
-            return  # (no answer: the download's own disk-full error stays the guard)
-        if need > free:
+        free = short_of_space(self.root, need)
+        if free is not None:
             raise LocalDiskError(
                 f"not enough disk space to download {what}: {_mb(need)} to download, "
-                f"{_mb(free)} free on the disk of {self.root}; free some space (or choose "
-                "another folder with MEND_MODELS_DIR), then run the same command again")
+                f"{_mb(free)} free on the disk of {self.root}; free some space (or "
+                f"{self.other_folder_hint()}), then run the same command again")
 
     def _download_file(self, model_id: str, f: ModelFile, progress: dl.ProgressFn | None,
                        check: Callable[[], None] | None, base: int, total: int, index: int,
                        count: int) -> None:
         dest = self.file_path(model_id, f.name)
         part = dest.with_name(dest.name + PART_SUFFIX)
+        # each file checked again: the disk may have filled up since the model's check
+        self.check_space(self._bytes_to_write(model_id, [f]), f"{model_id}/{f.name}")
         self._make_dir(dest.parent)
         t0, d0 = time.monotonic(), None
         speed = 0.0
 
         def on_bytes(done: int, ftotal: int | None) -> None:
             nonlocal t0, d0, speed
+            if not os.path.exists(part):  # its folder deleted: every further byte is lost
+                raise _folder_gone(model_id, f.name, dest.parent)
             now = time.monotonic()
             if d0 is None:
                 t0, d0 = now, done
@@ -703,13 +717,16 @@ class ModelStore:
                 progress(dl.DownloadProgress(model_id, f.name, done, ftotal or f.size,
                                              base + done, total, speed, index, count))
 
-        with _part_lock(part):
-            actual = dl.fetch(f.url or "", part, allowed_hosts=self.manifest.hosts,
-                              allow_http_hosts=self.allow_http_hosts,
-                              expected_size=f.size if f.size_exact else None,
-                              on_bytes=on_bytes, check_cancel=check, retries=self.retries,
-                              backoff=self.backoff, timeout=self.timeout)
-            self._finish_download(model_id, f, part, dest, actual, check)
+        try:
+            with _part_lock(part, self.other_folder_hint()):
+                actual = dl.fetch(f.url or "", part, allowed_hosts=self.manifest.hosts,
+                                  allow_http_hosts=self.allow_http_hosts,
+                                  expected_size=f.size if f.size_exact else None,
+                                  on_bytes=on_bytes, check_cancel=check, retries=self.retries,
+                                  backoff=self.backoff, timeout=self.timeout)
+                self._finish_download(model_id, f, part, dest, actual, check)
+        except FileNotFoundError:  # (the .part, the folder: gone under the download)
+            raise _folder_gone(model_id, f.name, dest.parent) from None
 
     def _finish_download(self, model_id: str, f: ModelFile, part: Path, dest: Path,
                          received: str, check: Callable[[], None] | None = None) -> None:
@@ -794,7 +811,12 @@ class ModelStore:
                     f"cannot repair '{model_id}' in offline mode (MEND_OFFLINE=1): "
                     "import a good copy with: mend models import PATH")
             for name in rep.corrupt:
-                self.file_path(model_id, name).unlink(missing_ok=True)
+                path = self.file_path(model_id, name)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as e:  # a read-only disk, a file another user owns...
+                    raise SaveFailed(f"cannot delete the damaged {path}: "
+                                     f"{e.strerror or e}") from None
             self._forget(model_id, rep.corrupt)
             self.pull(model_id, progress, token)
             rep.repaired = rep.corrupt + rep.missing
@@ -860,6 +882,7 @@ class ModelStore:
             raise ChecksumMismatch(f"{model_id}/{name}", expected, actual)
         dest = self.file_path(model_id, name)
         self._make_dir(dest.parent)
+        _sweep_import_temps(dest.parent)
         from ..imageio import replace_file
 
         try:
@@ -884,8 +907,8 @@ class ModelStore:
         except OSError as e:  # a full or read-only disk, no permission, a source gone...
             raise SaveFailed(
                 f"cannot import {src} as {model_id}/{name} ({_os_detail(e)}); free some space "
-                "or check that the model folder can be written (or choose another with "
-                "MEND_MODELS_DIR), then import it again") from None
+                f"or check that the model folder can be written (or "
+                f"{self.other_folder_hint()}), then import it again") from None
         self._record(model_id, name, actual, pinned)
         if spec.slot:  # the file just imported is the slot's file from now on
             with self._lock:
@@ -1077,8 +1100,9 @@ def _same_file(fh: Any, path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _part_lock(part: Path):
+def _part_lock(part: Path, other_folder: str = "choose another folder with MEND_MODELS_DIR"):
     """One writer per ``.part`` file across processes (the app and ``mend models pull``).
+    ``other_folder``: how to choose another model folder (:meth:`ModelStore.other_folder_hint`).
 
     The lock is an OS lock on ``<part>.lock``. Only its holder removes that file, and does so
     while it still holds the lock; a process that locked a lock file removed meanwhile (opened
@@ -1094,8 +1118,8 @@ def _part_lock(part: Path):
         except OSError as e:  # a read-only disk, a folder another user owns...
             raise LocalDiskError(
                 f"cannot download {name}: the model folder {part.parent} cannot be written "
-                f"({e.strerror or e}); check its permissions and free space, or choose another "
-                "folder with MEND_MODELS_DIR") from None
+                f"({e.strerror or e}); check its permissions and free space, or "
+                f"{other_folder}") from None
         if not _try_lock(fh):
             fh.close()  # another process holds it: never touch its lock file
             raise DownloadError(f"{name} is being downloaded by another Mend process; "
@@ -1181,6 +1205,54 @@ def _damaged_zip(p: Path) -> bool:
 def _os_detail(e: OSError) -> str:
     """An OSError as one short phrase: its reason and the file it names."""
     return f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+
+
+def free_space(folder: Path) -> int | None:
+    """Free bytes on the disk of ``folder`` (of its nearest existing parent while it is not
+    made yet); None when the system does not say."""
+    probe = Path(os.path.abspath(folder))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def short_of_space(folder: Path, need: int) -> int | None:
+    """The free bytes on the disk of ``folder`` when they are fewer than ``need``, else None
+    (it fits, or the system does not say: then a write's own disk-full error is the guard)."""
+    if need <= 0:
+        return None
+    free = free_space(folder)
+    return free if free is not None and need > free else None
+
+
+def _sweep_import_temps(folder: Path, recursive: bool = False) -> None:
+    """Delete the temporary copies that single-file imports killed midway (``kill``, a crash,
+    the power) left in ``folder``: ``.import-<pid>-<hex>.part``, hidden, never resumed, counted
+    in the model's disk use. Only those whose process no longer runs, as the photos' temp files
+    (``imageio.sweep_partials``): a running import's copy is left alone."""
+    from ..imageio import _pid_alive
+
+    try:
+        found = list(folder.rglob(".import-*") if recursive else folder.glob(".import-*"))
+    except OSError:
+        return
+    for q in found:
+        m = IMPORT_TEMP.fullmatch(q.name)
+        if m is None or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            q.unlink()
+
+
+def _folder_gone(model_id: str, name: str, folder: Path) -> LocalDiskError:
+    """A download whose ``.part`` (with its folder, usually) was deleted or moved while it was
+    being written: by a file manager, another program, the user."""
+    return LocalDiskError(
+        f"{model_id}/{name}: the download was deleted while it was being written (the model "
+        f"folder {folder} deleted or moved?); nothing was installed: run the same command again")
 
 
 def _file_size(p: Path) -> int:

@@ -468,8 +468,14 @@ def _not_onnx(name: str) -> EngineError:
         "Python pickle that can run code when loaded, and Mend never loads one")
 
 
-def _no_ultralytics() -> EngineError:
-    """What the YOLO detector raises without the ``ultralytics`` package."""
+def _no_ultralytics(broken: str | None = None) -> EngineError:
+    """What the YOLO detector raises without the ``ultralytics`` package, or with one that is
+    installed but fails to import (``broken``: its error)."""
+    if broken:
+        return EngineError(
+            f"the YOLO reflection detector cannot run: the 'ultralytics' package is installed "
+            f"but broken ({broken}); reinstall it (pip install --force-reinstall ultralytics) "
+            "or choose the built-in or SAM detector instead")
     return EngineError(
         "the YOLO reflection detector needs the optional 'ultralytics' package "
         "(pip install 'mend[yolo]' or pip install ultralytics); choose the built-in or "
@@ -488,10 +494,10 @@ def yolo_detect(image: np.ndarray, runtime: Any, conf: float = 0.25
     weights = runtime.file(YOLO_ID)  # checked against the hash recorded at import
     if weights.suffix.lower() != ".onnx":
         raise _not_onnx(weights.name)
-    try:
-        from ultralytics import YOLO
-    except ImportError:
-        raise _no_ultralytics() from None
+    problem = _ultralytics_problem()
+    if problem is not None:
+        raise _no_ultralytics(problem or None)
+    from ultralytics import YOLO
     st = weights.stat()
     # a re-imported file (same name, other weights) is a new model: its mtime/size differ
     key = ("yolo", str(weights), st.st_size, st.st_mtime_ns)
@@ -551,8 +557,9 @@ def _mask_requires(params: Mapping[str, Any], mask: bool, runtime: Any) -> None:
         path = runtime.store.slot_path(YOLO_ID)
         if path is not None and path.suffix.lower() != ".onnx":
             raise _not_onnx(path.name)
-    if not _ultralytics_installed():
-        raise _no_ultralytics()
+    problem = _ultralytics_problem()
+    if problem is not None:
+        raise _no_ultralytics(problem or None)
 
 
 @register_step(
@@ -584,8 +591,10 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
         else:
             detector = "sam" if have_sam else "builtin"
             if have_yolo:  # your weights are there but cannot be used: say so, once per job
+                problem = _ultralytics_problem() if _yolo_is_onnx(rt) else None
                 why = ("it is not an ONNX export (yolo export model=best.pt format=onnx, then "
                        "give Mend best.onnx)" if not _yolo_is_onnx(rt) else
+                       f"the installed ultralytics is broken ({problem})" if problem else
                        "ultralytics is not installed (pip install 'mend[yolo]')")
                 ctx.warnings.append(f"your reflection detector ({YOLO_ID}) was not used: {why}; "
                                     f"the {'SAM-refined ' if have_sam else ''}built-in glare "
@@ -636,9 +645,22 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
 
 
 def _ultralytics_installed() -> bool:
-    import importlib.util
+    """Whether the ``ultralytics`` package is there and imports what the YOLO detector uses."""
+    return _ultralytics_problem() is None
 
-    return importlib.util.find_spec("ultralytics") is not None
+
+def _ultralytics_problem() -> str | None:
+    """None when ``from ultralytics import YOLO`` works; "" when the package is not installed;
+    else the error of an install that is there but broken (a dependency missing or of the
+    wrong version, a damaged file): finding the package is not enough, it is imported (once
+    it works, Python keeps it: later calls cost nothing)."""
+    try:
+        from ultralytics import YOLO  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - whatever a broken install raises
+        if isinstance(e, ModuleNotFoundError) and e.name == "ultralytics":
+            return ""  # (not its dependency: the package itself)
+        return f"{type(e).__name__}: {e}".strip()[:300]
+    return None
 
 
 def inpaint_regions(image: np.ndarray, mask: np.ndarray, fn: InpaintFn, *,
