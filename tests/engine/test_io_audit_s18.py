@@ -224,7 +224,8 @@ def test_a_dry_run_takes_no_name_for_a_photo_whose_run_would_stop(tmp_path, caps
     _checker(shoot / "a.png")
     rc, planned = _run(capsys, "restore", str(shoot), "-o", str(out), "--profile", "laptop",
                        "--dry-run")
-    assert rc == 0 and [o["label"] for o in planned] == ["A", "D"]
+    # (it exits as the run does: test_cli_s19)
+    assert rc == 1 and [o["label"] for o in planned] == ["A", "D"]
     assert "needs models that are not installed" in planned[0]["warnings"][0]
     assert planned[0]["output"] is None  # (nothing written: no name taken)
     assert planned[1]["output"] == str(out / "a_mend.png")
@@ -233,7 +234,7 @@ def test_a_dry_run_takes_no_name_for_a_photo_whose_run_would_stop(tmp_path, caps
     assert done[1]["output"] == planned[1]["output"] and _files(out) == ["a_mend.png"]
     capsys.readouterr()
     assert cli.main(["restore", str(shoot), "-o", str(out / "x"), "--profile", "laptop",
-                     "--dry-run"]) == 0
+                     "--dry-run"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("→ nothing written (the run would stop)")
     assert lines[2].endswith(f"→ {out / 'x' / 'a_mend.png'}")
