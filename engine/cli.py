@@ -30,7 +30,7 @@ from typing import Any, Self
 
 from . import __version__
 from .api import Degradation, JobRequest, OutputOptions
-from .errors import Cancelled, DeviceUnavailable, EngineError, SaveFailed, UsageError
+from .errors import Cancelled, DeviceUnavailable, EngineError, ModelMissing, SaveFailed, UsageError
 from .models.manifest import ManifestError
 
 log = logging.getLogger("mend")
@@ -665,14 +665,17 @@ def _per_input(exc: BaseException, path: Path, args: argparse.Namespace) -> str:
 
 
 def _for_each(photos: list[Path], work, args: argparse.Namespace,
-              verb: str = "done", prepare: Callable[[], None] | None = None) -> _Batch:
+              verb: str = "done", prepare: Callable[[], None] | None = None,
+              stops: Callable[[BaseException], str | None] | None = None) -> _Batch:
     """Run ``work(path) -> (json_obj, human_line)`` per photo; one bad photo never stops the
     run. Two things do: Ctrl+C / SIGTERM, and a save that finds the output's disk full or
     read-only (every later photo would fail the same way, after all its work). Then one
     message says so on stderr and, with ``--json``, each photo not run gets its line
     (``{"path", "error", "not_run": true}``), so that every input has one. ``prepare`` (the
     engine, the classifier: a VLM's import can take a while) runs first, under the same
-    rules: a signal there leaves every photo not run, each with its line."""
+    rules: a signal there leaves every photo not run, each with its line. ``stops``: why a
+    photo's failure means every later one would fail the same way (else ``_stop_reason``)."""
+    stops = stops or _stop_reason
     sig: _Signals = getattr(args, "signals", None) or _Signals()
     batch = _Batch()
     i = 0
@@ -699,7 +702,7 @@ def _for_each(photos: list[Path], work, args: argparse.Namespace,
                 else:
                     batch.failed += 1
                     _error_line(path, _per_input(failure, path, args), args.json)
-                    reason = _stop_reason(failure)
+                    reason = stops(failure)
                     batch.stop = f"stopped: {reason}" if reason else None
                 i += 1
             finally:
@@ -816,7 +819,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
                  + (f" — {why}" if why else ""))
         return obj, human
 
-    batch = _for_each(photos, work, args, "classified", prepare)
+    def stops(e: BaseException) -> str | None:
+        # the chosen backend's model missing: every photo would fail the same way (before,
+        # each of a folder's photos was decoded and said so, line after line); "auto" never
+        # raises it (it falls back to the analyzer)
+        if isinstance(e, ModelMissing):
+            return f"the {args.backend} backend's model is not installed (see above)"
+        return _stop_reason(e)
+
+    batch = _for_each(photos, work, args, "classified", prepare, stops)
     n_failed = len(failed) + batch.failed
     if not args.json and len(photos) + len(failed) + len(masks) > 1:  # a batch: its tally
         tally = " · ".join(f"{k} {Degradation(k).short_name} {n}" for k, n in counts.items())

@@ -333,3 +333,26 @@ def test_classify_skips_the_masks_mend_saved_and_says_its_class_once(tmp_path, c
     assert rc == 0 and _json(lines)[0] == {"path": str(mask), "skipped": "mend mask"}
     rc, lines, _ = _run(capsys, "classify", str(mask), "--json")  # named itself: classified
     assert rc == 0 and _json(lines)[0]["label"] in "ABCD"
+
+
+@pytest.mark.parametrize("backend", ["clip", "vlm"])
+def test_classify_with_a_backend_whose_model_is_missing_stops_at_the_first_photo(
+        tmp_path, capsys, monkeypatch, backend):
+    """Before: each photo of a folder was decoded and got the same long "not installed" error,
+    line after line. Now the first photo says it, the batch stops there (every later photo
+    would fail the same way) and each other photo gets its not-run line; exit code 1."""
+    from engine.imageio import load_photo
+
+    monkeypatch.setenv("MEND_MODELS_DIR", str(tmp_path / "no-models"))
+    photos = _photos(tmp_path / "in", ["a.png", "b.png", "c.png", "d.png", "e.png"])
+    loaded = []
+    monkeypatch.setattr("engine.imageio.load_photo",
+                        lambda p, *a, **kw: loaded.append(p) or load_photo(p, *a, **kw))
+    rc, out, err = _run(capsys, "classify", str(tmp_path / "in"), "--backend", backend,
+                        "--json")
+    lines = _json(out)
+    assert rc == 1 and [Path(o["path"]).name for o in lines] == [p.name for p in photos]
+    assert "is not installed" in lines[0]["error"] and "not_run" not in lines[0]
+    assert all(o.get("not_run") and "model is not installed" in o["error"] for o in lines[1:])
+    assert f"the {backend} backend's model is not installed" in err and "4 photo(s)" in err
+    assert len(loaded) <= 4  # (at most the first chunk decoded, not all five)
