@@ -697,6 +697,8 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
             seconds, basis = None, "unknown"
         steps.append(StepEstimate(step.name, model, seconds, basis))
         total = None if (total is None or seconds is None) else total + seconds
+        if step.name == "passthrough":  # (it hands its input on: no buffers of its own)
+            continue
         scale = step_scale(step)
         out_pixels = pixels * scale * scale
         buffers = (pixels + _BUFFERS * out_pixels) * _BYTES_PER_PIXEL
@@ -704,8 +706,14 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
         weights = max((int(model_memory.get(m, 0)) for m in ids), default=0)
         peak = max(peak, buffers + weights)
         pixels = out_pixels
-    if any(s.name != "passthrough" for s in steps):  # (passthrough: the file is copied)
+    if any(s.name != "passthrough" for s in steps):
         peak = PROCESS_BYTES + max(peak, finish_bytes(photo_pixels, pixels))
+    else:
+        # nothing to run (class D): the photo as loaded, then its file copied (written afresh
+        # in another format: pipeline._check_memory counts that). Its passthrough was counted
+        # as a step's buffers, 60 B a pixel: 3.9 GB for a 64.5-megapixel JPEG whose run
+        # peaked at 1.37 GB (this figure: 1.46 GB)
+        peak = PROCESS_BYTES + photo_pixels * _BYTES_PER_PIXEL
     return Estimate(total, int(peak), tuple(steps))
 
 

@@ -232,14 +232,15 @@ class Engine:
             # them: a detector pass on the photo, as the run makes before its steps (the dry
             # run of a 1297 x 1920 photo took 0.6-0.7 s instead of 0.3-0.4 s, Haar); not when
             # the run would stop before (a model missing: the part is the region and margin)
-            faces = None
+            found = None
             if not missing and not unmet:
                 try:
-                    faces = self._preview_faces(plan, photo, context_box(region, size),
+                    found = self._preview_faces(plan, photo, context_box(region, size),
                                                 Progress())
                 except EngineError as e:  # (what the run would fail with, said)
                     warnings.append(f"the run would stop: {e}")
-            photo = _crop_photo(photo, preview_part(region, size, faces))
+            photo = _crop_photo(photo, preview_part(region, size,
+                                                    found.rects if found else None))
             whole_bytes = _preview_whole_bytes(plan, whole)
         options = preview_options(request.output) if region is not None else request.output
         output = None
@@ -407,9 +408,10 @@ class Engine:
         label = plan.label
         progress.update(_LOAD + _DIAG, f"class {label.value}: {label.display_name}")
         options = request.output
-        whole = full = whole_bytes = context = faces = None
+        whole = full = whole_bytes = context = faces = found = None
         if box is not None:  # from here on the photo is the part the steps see
-            faces = self._preview_faces(plan, photo, box, progress)
+            found = self._preview_faces(plan, photo, box, progress)
+            faces = found.rects if found is not None else None
             context, box = box, preview_part(region, size, faces)
             full = photo
             photo = _crop_photo(photo, box)
@@ -424,8 +426,10 @@ class Engine:
             # (the chain's input as the whole fix has it - transparent pixels filled from the
             # whole photo's - for the part, and the whole for a detector that looks at it:
             # filled only if one does)
+            # (the faces found to grow the part: the face step restores them, not looking
+            # for them in the whole photo again)
             whole = WholePhoto(full.pixels, full.alpha, box, region,
-                               TransparentFill(full.pixels, full.alpha), context)
+                               TransparentFill(full.pixels, full.alpha), context, found)
             del full
 
         mask = None
@@ -474,6 +478,8 @@ class Engine:
         if not passthrough and request.guard:
             from .restore.guard import check
 
+            # (said: at 64.5 MP it takes ~9 s, the bar standing at the steps' end meanwhile)
+            progress.update(_LOAD + _DIAG + _STEPS, "checking the result")
             # inpainted regions are meant to change: fidelity is judged outside the mask
             # (whatever the class: an edited plan of another class may inpaint too)
             verdict = check(source, image, mask=ctx.mask if inpaints else None,
@@ -533,12 +539,12 @@ class Engine:
         )
 
     def _preview_faces(self, plan: Plan, photo: Photo, box: tuple[int, int, int, int],
-                       progress: Progress) -> list[tuple[int, int, int, int]] | None:
+                       progress: Progress) -> Any:
         """The faces of ``photo`` a preview's part (``box``: its region and margin) is to hold
-        whole (``face.preview_faces``), looked for when the plan upscales before its face step
-        (``preview_face_search``): the face step then restores them from the upscaled part,
-        as the whole fix does from the whole upscaled photo. None: not looked for (no such
-        step, or the part is the whole photo)."""
+        whole (``face.preview_faces``: a ``face.FaceSearch``, its ``rects``), looked for when
+        the plan upscales before its face step (``preview_face_search``): the face step then
+        restores them from the upscaled part, as the whole fix does from the whole upscaled
+        photo. None: not looked for (no such step, or the part is the whole photo)."""
         params = preview_face_search(plan)
         if params is None or box == (0, 0, photo.width, photo.height):
             return None

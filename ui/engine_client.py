@@ -432,6 +432,20 @@ def _pool_idle(pool: QThreadPool) -> bool:
     return pool.activeThreadCount() == 0
 
 
+def _pools_idle(pools: tuple[QThreadPool, ...]) -> bool:
+    return all(_pool_idle(p) for p in pools)
+
+
+def _deliver_reports() -> bool:
+    """On the GUI thread, deliver the events posted to it (what pool work reported before it
+    ended: a queued signal is posted before its task ends); True there, else False."""
+    app = QCoreApplication.instance()
+    if app is None or QThread.currentThread() != app.thread():
+        return False
+    QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
+    return True
+
+
 def start_in(pool: QThreadPool, fn: Callable[[], None]) -> None:
     """Run ``fn`` in ``pool`` (as a runnable that lets go of it once run, see ``_Task``)."""
     pool.start(_Task(fn))
@@ -598,6 +612,9 @@ class EngineClient(QObject):
         # model dialog opened meanwhile shows them
         self._downloads: dict[str, list[Any]] = {}
         self._closed = False
+        # shutdown() has waited for the pools: work started in them now would never be waited
+        # for (run_in_pool refuses it; model_task refuses from the shutdown's start)
+        self._pools_closed = False
         self._journal_cleared = False  # a normal quit: the journal offers nothing (clear_journal)
         self._journal_seq = 0
         self._journal_written = [0]  # newest snapshot on disk (shared with the pool's writers)
@@ -1125,7 +1142,12 @@ class EngineClient(QObject):
                                                      Any], *, download: bool = False) -> None:
         """Run ``fn(report, token)`` in the model pool; ``report(fraction, message)``.
         ``download``: the task downloads ``model_id`` (listed by ``model_downloads`` until it
-        ends, with its last progress)."""
+        ends, with its last progress). Refused (``RuntimeError``) once ``shutdown`` has begun:
+        it cancels the model tasks, and one queued after would run on (a whole download)
+        while the shutdown waits, or never."""
+        if self._closed:
+            raise RuntimeError(f"the engine client is shut down: the model task for "
+                               f"{model_id!r} was not started")
         token = CancelToken()
         tokens, lock = self._model_tokens, self._model_tokens_lock
         with lock:
@@ -1189,7 +1211,13 @@ class EngineClient(QObject):
         self.model_failed.emit(model_id, message)
 
     def run_in_pool(self, fn: Callable[[], None]) -> None:
-        """Decode / save work off the GUI thread (the thumbnail pool)."""
+        """Decode / save work off the GUI thread (the thumbnail pool). Work started while
+        ``shutdown`` waits (a finished job's sidecar) is waited for; once it has waited for the
+        pools it is refused (``RuntimeError``): nothing would wait for it (a save cut short by
+        the program's exit) and the pool goes with the client."""
+        if self._pools_closed:
+            raise RuntimeError("the engine client is shut down: no more work can be run in "
+                               "its pool")
         self.pool.start(_Task(fn))
 
     # -- shutdown -------------------------------------------------------------------------
@@ -1243,10 +1271,23 @@ class EngineClient(QObject):
             # destroying a running QThread aborts the process: keep it (and its worker) until
             # it ends; the engine drops the job at its next cancel check
             _STRAGGLERS.append((self._thread, self._worker))
-        for pool in (self.pool, self.model_pool):
-            if wait_responsive(functools.partial(_pool_idle, pool), timeout_ms):
+        # (both at once, and again when what their tasks reported before they ended - queued
+        # signals, delivered here - queues more, e.g. a save once a model task has ended: that
+        # is waited for too; from here on no work is taken)
+        pools = (self.pool, self.model_pool)
+        deadline = time.monotonic() + timeout_ms / 1000
+
+        def left_ms() -> int:
+            return max(0, round((deadline - time.monotonic()) * 1000))
+
+        idle = wait_responsive(functools.partial(_pools_idle, pools), timeout_ms)
+        while idle and _deliver_reports() and not _pools_idle(pools):
+            idle = wait_responsive(functools.partial(_pools_idle, pools), left_ms())
+        self._pools_closed = True
+        for pool in pools:
+            if idle:
                 pool.waitForDone(timeout_ms)  # (idle: joins its threads at once)
-            else:
+            elif not _pool_idle(pool):
                 log.error("the engine client's pool did not finish within %d ms", timeout_ms)
 
 

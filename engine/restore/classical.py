@@ -386,7 +386,7 @@ def _sigma_for(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -
     # it); measure.noise_sigma reads it at its size, but as this fallback it failed session 18's
     # rule (bench/denoise_detail.py sd-fallback: +2.87 dB mean, single cases -2.5 dB, and it
     # changes which noise-free photos are denoised), so it is kept.
-    seen = image if ctx.whole is None else ctx.whole.view(image)
+    seen = image if ctx.whole is None else ctx.whole.view(image, ctx.progress.check)
     return estimate_noise_sigma(seen, ctx.progress.check), "measured"
 
 
@@ -419,7 +419,7 @@ def denoise_builtin(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     colour = ""
     if sigma > NLM_RAMP[0]:  # (up to there the colour strength is half the brightness one)
         # measured once on the whole photo (a preview's too), not per tile
-        seen = image if ctx.whole is None else ctx.whole.view(image)
+        seen = image if ctx.whole is None else ctx.whole.view(image, ctx.progress.check)
         ratio = chroma_noise_ratio(seen, ctx.progress.check)
         if chroma_strength(ratio) < 1.0:
             colour = (f", colour strength {nlm_factors(sigma, ratio)[1]:.2f} "

@@ -312,8 +312,8 @@ def deblur_builtin(image: np.ndarray, params: Mapping[str, Any], ctx: StepContex
         length = MAX_BLUR_LENGTH
     sigma = _num(est.get("noise_sigma"))
     if sigma is None:  # (a preview measures the whole photo's noise, as the whole fix does)
-        sigma = estimate_noise_sigma(image if ctx.whole is None else ctx.whole.view(image),
-                                     ctx.progress.check)
+        seen = image if ctx.whole is None else ctx.whole.view(image, ctx.progress.check)
+        sigma = estimate_noise_sigma(seen, ctx.progress.check)
     nsr, lam = regularisation(sigma)
     if params.get("nsr") is not None:
         nsr = float(params["nsr"])

@@ -77,6 +77,9 @@ _LAMA_SLOT = threading.Lock()
 # its mask brought back to full size, SAM's view and its masks (a cancelled job's is abandoned:
 # see detect_glare, _sam_run)
 _REDUCE_SLOT = threading.Lock()
+# one SAM forward pass at a time (a cancelled job's is abandoned and stops at its next layer:
+# see _sam_run)
+_SAM_SLOT = threading.Lock()
 
 
 # ------------------------------------------------------------------------- mask helpers
@@ -370,13 +373,26 @@ def _sam_run(image: np.ndarray, runtime: Any, *, boxes=None, points=None, labels
              ) -> tuple[np.ndarray, np.ndarray]:
     """Masks (N, K, h, w) bool and IoU scores (N, K) for N prompts, the masks at the size SAM
     looked at the image (at most ``max_side`` px: :func:`_full_size` brings one to the image's).
-    ``check`` (a progress's ``check``): the reduction of a larger image (0.4 s at 120 MP) is
-    abandoned on a cancel."""
+    ``check`` (a progress's ``check``): the model's loading (``runtime.cancellable``: the mask
+    editor's click-to-select runs outside a step), the reduction of a larger image (0.4 s at
+    120 MP) and the forward pass are abandoned on a cancel. The forward pass is one model call:
+    sam-vit-base (random weights at its real size, a 12 MP photo) took 18-23 s on one thread
+    of the 2-core AMD EPYC, 2.0-4.1 s of it between two layers (in each of its four
+    global-attention blocks), and no cancel could stop it. It runs in a worker thread that a
+    cancel abandons at once (:func:`~engine.restore.registry.call_cancellable`: the job
+    returned 0.002-0.01 s after the cancel) and that stops before its next layer
+    (:func:`~engine.tiling.checking`: it ended 0.02-2.8 s after the cancel)."""
+    import contextlib
+
     import cv2
     import torch
     from PIL import Image
 
-    model, proc = load_sam(runtime)
+    from ..tiling import checking
+
+    cancellable = getattr(runtime, "cancellable", None)
+    with cancellable(check) if callable(cancellable) else contextlib.nullcontext():
+        model, proc = load_sam(runtime)
     h, w = image.shape[:2]
     s = min(1.0, max_side / max(h, w))
     view = image if s >= 1.0 else call_cancellable(
@@ -393,12 +409,16 @@ def _sam_run(image: np.ndarray, runtime: Any, *, boxes=None, points=None, labels
     param = next(model.parameters())
     inputs = {k: (v.to(param.device, dtype=param.dtype) if k == "pixel_values" else
                   v.to(param.device)) for k, v in inputs.items()}
-    with torch.inference_mode():
-        out = model(**inputs, multimask_output=multimask)
-    masks = proc.image_processor.post_process_masks(
-        out.pred_masks.float().cpu(), inputs["original_sizes"].cpu(),
-        inputs["reshaped_input_sizes"].cpu())[0].numpy()
-    scores = out.iou_scores[0].float().cpu().numpy()
+
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode(), checking(model, check):  # (in this thread: the worker's)
+            out = model(**inputs, multimask_output=multimask)
+        masks = proc.image_processor.post_process_masks(
+            out.pred_masks.float().cpu(), inputs["original_sizes"].cpu(),
+            inputs["reshaped_input_sizes"].cpu())[0].numpy()
+        return masks, out.iou_scores[0].float().cpu().numpy()
+
+    masks, scores = call_cancellable(run, check, slot=_SAM_SLOT, name="mend-sam")
     return masks.astype(bool, copy=False), scores
 
 

@@ -52,17 +52,21 @@ class WholePhoto:
     17 s of a preview whose steps never looked beyond the part. ``region``: the part the
     preview shows (within ``box``, which adds the context around it; None: all of ``box``);
     ``context``: the region and its margin of context, when ``box`` was grown beyond them to
-    hold whole the faces a face step restores after an upscale (None: ``box``)."""
+    hold whole the faces a face step restores after an upscale (None: ``box``); ``faces``:
+    the faces found in the whole photo to grow it (``face.FaceSearch``), which the face step
+    restores without looking for them again (None: it looks)."""
 
     def __init__(self, pixels: np.ndarray, alpha: np.ndarray | None,
                  box: tuple[int, int, int, int],
                  region: tuple[int, int, int, int] | None = None,
                  fill: Fill | None = None,
-                 context: tuple[int, int, int, int] | None = None) -> None:
+                 context: tuple[int, int, int, int] | None = None,
+                 faces: Any = None) -> None:
         self.alpha = alpha  # float (H, W) or None
         self.box = tuple(int(v) for v in box)
         self.region = region
         self.context = context
+        self.faces = faces
         self._fill = fill
         self._photo: np.ndarray | None = pixels if fill is not None else None
         self._whole: np.ndarray | None = None if fill is not None else pixels
@@ -96,6 +100,12 @@ class WholePhoto:
     @property
     def part(self) -> np.ndarray:
         return self.filled_part()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the whole photo (nothing filled for it)."""
+        held = self._whole if self._whole is not None else self._photo
+        return held.shape[:2]
 
     def scale_of(self, image: np.ndarray) -> tuple[float, float]:
         """(sx, sy): ``image`` px per source px (a chain's x2 / x4 result)."""

@@ -686,6 +686,111 @@ def test_sams_masks_at_full_size_are_as_before(sam_runtime):
     assert got.dtype == np.uint8 and np.array_equal(got, (before * 255).astype(np.uint8))
 
 
+@pytest.mark.parametrize("prompt", ["points", "boxes"])
+def test_a_cancel_during_sams_forward_pass_stops_it_at_once(sam_runtime, monkeypatch, prompt):
+    """SAM's forward pass was one model call in the job's thread with no cancel looked at:
+    sam-vit-base at its real size took 18-23 s on one thread, so a cancelled click-to-select
+    or mask step ran to its end. Now it runs in a worker a cancel abandons at once, which
+    stops before its next layer (here one layer is made to take 0.6 s: the mask decoder after
+    it never runs)."""
+    from engine.restore import reflection as R
+
+    model, _ = R.load_sam(sam_runtime)
+    layer, decoder = model.vision_encoder.layers[0], model.mask_decoder
+    started, decoded = threading.Event(), []
+    real_layer, real_decoder = layer.forward, decoder.forward
+
+    def slow_layer(*a, **k):
+        started.set()
+        time.sleep(0.6)
+        return real_layer(*a, **k)
+
+    monkeypatch.setattr(layer, "forward", slow_layer)
+    monkeypatch.setattr(decoder, "forward",
+                        lambda *a, **k: decoded.append(1) or real_decoder(*a, **k))
+    img = _glare_photo(96, 128)
+
+    def select(token):
+        if prompt == "points":
+            return R.sam_mask_from_points(img, [(40.0, 50.0)], [1], sam_runtime,
+                                          check=token.check)
+        return R.sam_mask_from_boxes(img, [(20.0, 30.0, 70.0, 80.0)], sam_runtime,
+                                     check=token.check)
+
+    latency = _cancel_latency(select, started)
+    assert started.is_set() and latency < 0.3, latency
+    assert _no_worker_left() and not R._SAM_SLOT.locked()
+    assert not decoded  # (the abandoned pass stopped at its next layer)
+    monkeypatch.setattr(layer, "forward", real_layer)
+    got = select(CancelToken())  # (the same masks as without a check: in this thread)
+    want = (R.sam_mask_from_points(img, [(40.0, 50.0)], [1], sam_runtime) if prompt == "points"
+            else R.sam_mask_from_boxes(img, [(20.0, 30.0, 70.0, 80.0)], sam_runtime))
+    assert decoded and np.array_equal(got, want)
+
+
+def test_a_cancel_while_click_to_select_loads_sam_is_honoured_at_once(tmp_path, monkeypatch):
+    """The mask editor's click-to-select calls SAM outside a step (no ``runtime.cancellable``
+    around it): its model's loading (seconds for the real 375 MB model) could not be
+    cancelled. Here the load is made to take 1 s."""
+    from transformers import SamModel
+
+    from engine.restore import reflection as R
+    from tests.model_helpers import install_test_model, make_runtime
+    from tests.tiny_models import write_sam
+
+    rt = make_runtime(install_test_model(tmp_path / "store", "sam-vit-base",
+                                         write_sam(tmp_path / "sam")))
+    started = threading.Event()
+    real = SamModel.from_pretrained.__func__
+
+    def slow_load(cls, *a, **k):
+        started.set()
+        time.sleep(1.0)
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(SamModel, "from_pretrained", classmethod(slow_load))
+    img = _glare_photo(96, 128)
+    latency = _cancel_latency(
+        lambda token: R.sam_mask_from_points(img, [(40.0, 50.0)], [1], rt, check=token.check),
+        started)
+    assert started.is_set() and latency < 0.3, latency
+    assert _no_worker_left()  # (the abandoned load ended; its model is cached)
+    assert R.sam_mask_from_points(img, [(40.0, 50.0)], [1], rt).shape == img.shape[:2]
+
+
+@pytest.mark.parametrize("step, params", [("denoise_builtin", {}),
+                                          ("denoise_builtin", {"sigma": 12.0}),
+                                          ("deblur_builtin", {"length": 9.0, "angle": 0.0})],
+                         ids=["denoise-sigma", "denoise-colour", "deblur-sigma"])
+def test_a_cancel_while_a_previews_step_looks_at_the_whole_photo_stops_it_at_once(step,
+                                                                                   params):
+    """A preview's built-in denoising (the noise level, or how noisy the colour is, measured
+    on the whole photo) and deblurring (the noise level) made their whole-photo view without
+    the job's cancel check: for a transparent 120-megapixel photo that view is its fill
+    (12-20 s) and a banded copy (3.3 s), which ran to their end. Here each of the view's
+    bands takes 0.05 s (1 s in all)."""
+    from engine.restore.registry import WholePhoto
+
+    started = threading.Event()
+
+    class SlowWhole(WholePhoto):
+        def view(self, image, check=None):
+            for _ in range(20):
+                started.set()
+                time.sleep(0.05)
+                if check is not None:
+                    check()
+            return super().view(image, check)
+
+    px = _glare_photo(128, 128)
+    whole = SlowWhole(px, None, (32, 32, 96, 96))
+    part = np.ascontiguousarray(px[32:96, 32:96])
+    latency = _cancel_latency(lambda token: get_step(step).fn(part, params,
+                                                              _ctx(token, whole=whole)),
+                              started)
+    assert started.is_set() and latency < 0.3, latency
+
+
 # --------------------------------------------------------------------------- NAFNet tile
 class _NoModels:
     def load_image_model(self, model_id):

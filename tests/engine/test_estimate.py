@@ -67,6 +67,22 @@ def test_disabled_steps_and_passthrough_cost_nothing():
     assert "nothing to run" in est.describe()
 
 
+def test_a_plan_with_nothing_to_run_counts_the_engine_and_the_photo_alone():
+    """Class D hands the photo on (its file copied): the passthrough was counted as a step
+    with image buffers, 60 bytes a pixel (3.9 GB for a 64.5-megapixel JPEG whose run peaked
+    at 1.37 GB, /usr/bin/time). Now the engine and the photo as loaded, 12 bytes a pixel."""
+    from engine.estimate import PROCESS_BYTES
+
+    d = _plan(Step("passthrough"), label=Degradation.D)
+    est = estimate_plan(d, (9274, 6955), device_kind="cpu", threads=1)
+    assert est.nothing_to_run and est.peak_bytes == PROCESS_BYTES + 9274 * 6955 * 12
+    # (a step beside it: counted as before, the passthrough adding nothing)
+    a = _plan(Step("sharpen_builtin"), label=Degradation.A)
+    both = _plan(Step("passthrough"), Step("sharpen_builtin"), label=Degradation.A)
+    assert estimate_plan(both, (3000, 4000), device_kind="cpu", threads=1).peak_bytes == \
+        estimate_plan(a, (3000, 4000), device_kind="cpu", threads=1).peak_bytes
+
+
 def test_steps_turned_off_by_a_strength_of_0_cost_no_time_and_no_model_memory():
     memory = {"nafnet-sidd-w64": 400 << 20}
     on = _plan(Step("reflection_mask"), Step("dereflect_nafnet"), Step("denoise_builtin"),

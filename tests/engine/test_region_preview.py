@@ -370,6 +370,33 @@ def test_after_an_upscale_a_face_the_parts_edge_cuts_is_restored_from_all_of_it(
     assert sorted(whole.artifacts["face_boxes"]) == sorted(map(list, GROUP_FACES))
 
 
+def test_a_preview_that_upscales_first_looks_for_faces_in_the_whole_photo_once(
+        shared_images, engine, tmp_path, monkeypatch):
+    """A preview whose plan upscales before its face step looked for faces in the whole photo
+    twice: before the steps (to grow its part to hold them) and again in the face step, on a
+    whole-photo copy with the upscaled part put back (0.4 s each with Haar here). The face
+    step now restores the faces found the first time: one detection, the same faces."""
+    from engine.restore import face
+
+    _standin_faces(monkeypatch, engine, _mixed)
+    looked = []
+    real = face.detect_faces
+    monkeypatch.setattr(face, "detect_faces",
+                        lambda image, *a, **k: looked.append(image.shape[:2]) or
+                        real(image, *a, **k))
+    src = _photo(shared_images, GROUP)
+    prev = _run(engine, src, tmp_path, X2_FACES, region=CUT, guard=False)
+    assert looked == [(1920, 1297)]  # (the whole photo, once)
+    assert "found by builtin:haar in the previewed part (2 in the whole photo)" in \
+        prev.steps[-1].notes and not prev.warnings
+    # (the faces restored: those found to grow the part, the one that reaches the region)
+    found = face.preview_faces(load_photo(src).pixels, pipeline.preview_face_search(X2_FACES),
+                               engine.runtime)
+    assert len(found.faces) == 2 and found.detector == "builtin:haar"
+    assert prev.artifacts["preview_faces"] == [list(r) for r in found.rects]
+    assert prev.artifacts["face_boxes"] == [[round(v) for v in found.faces[0].box]]
+
+
 def test_a_face_the_upscaled_part_still_cuts_is_said(shared_images, engine, tmp_path,
                                                       monkeypatch):
     """A face the part's edge still cuts after the upscale (not found before the steps: the

@@ -220,6 +220,50 @@ def test_shutdown_runs_the_pool_work_still_queued(qtbot, tmp_path):
     assert out.read_text() == "kept"
 
 
+def test_after_shutdown_pool_work_and_model_tasks_are_refused(qtbot, tmp_path):
+    """Work given to a client that has shut down was taken: a save in a pool nothing waits
+    for any more (cut short when the program exits), a model task (a whole download) on a
+    pool whose tasks were cancelled. Both are refused now, saying why; nothing starts."""
+    c = EngineClient(lambda: TiledEngine())
+    c.shutdown()
+    ran = []
+    with pytest.raises(RuntimeError, match="engine client is shut down"):
+        c.run_in_pool(lambda: ran.append("save"))
+    with pytest.raises(RuntimeError, match="engine client is shut down.*'x'"):
+        c.model_task("x", lambda report, token: ran.append("download"), download=True)
+    assert c.model_downloads() == {} and not c._model_tokens
+    c.pool.waitForDone(2000)
+    c.model_pool.waitForDone(2000)
+    assert not ran
+
+
+def test_pool_work_a_model_task_queues_while_shutdown_waits_is_waited_for(qtbot, tmp_path):
+    """A save queued while ``shutdown`` waits (here by a model task's end, reported to the GUI
+    thread) still runs before it returns: the pools are waited for together, so one queued in
+    the first pool while the second was waited for is not left behind."""
+    import weakref
+
+    c = EngineClient(lambda: TiledEngine())
+    ref = weakref.ref(c)
+    out = tmp_path / "saved.txt"
+    started = threading.Event()
+
+    def verify(report, token):
+        started.set()
+        time.sleep(0.3)  # (a step it finishes after the cancel)
+        return "ok"
+
+    def save():
+        time.sleep(0.1)
+        out.write_text("kept")
+
+    c.model_finished.connect(lambda *_: ref().run_in_pool(save))
+    c.model_task("m", verify)
+    assert started.wait(5)
+    c.shutdown()
+    assert out.read_text() == "kept"
+
+
 def test_a_job_whose_engine_call_returned_is_done_even_if_cancelled_meanwhile(qtbot, client):
     """The engine finishes a job once it is saving (its file is on disk): a cancel arriving
     then must not report the job as cancelled (the app would forget the result)."""
