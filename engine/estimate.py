@@ -20,12 +20,15 @@ Time comes from two sources, best first:
    of the 2-core AMD EPYC development machine (docs/PERFORMANCE.md, 2026-11-22; model steps at
    the real architecture sizes with random weights: time only). They are divided by the thread
    count (an optimistic, ideal scaling) and exist for CPUs only: a GPU has no estimate until its
-   first photo has run.
+   first photo has run. A model a step's ``model`` param chooses instead of its default (NAFNet
+   width 32, GFPGAN) costs the default's figure times its measured share
+   (``MODEL_COST_RATIO``) until it has run here; the history keeps each model's runs apart.
 
 Memory is the process itself (``PROCESS_BYTES``) plus the largest of: each step's image buffers
 (input, output at the step's scale and the tiler's accumulators) with the model it loads (the
-manifest's ``memory_mb``: weights + working memory), and what follows the last step - the photo
-and the result held while the regression guard measures them and the result is saved.
+manifest's ``memory_mb`` of the model its params choose: weights + working memory), and what
+follows the last step - the photo and the result held while the regression guard measures them
+and the result is saved.
 
 Pure Python: no torch import, cheap enough for the UI thread to call on every plan edit.
 """
@@ -81,6 +84,34 @@ REFERENCE_CPU_S_PER_PHOTO: dict[str, float] = {
     "face_codeformer": 19.0,  # one face (CodeFormer at 512²); photos without faces cost ~0
     "inpaint_lama": 10.6,  # one masked region crop
 }
+# A model a step's ``model`` param chooses instead of its default (``StepSpec.choices``): its
+# seconds as a share of the default's, by which the step's reference figure - and, until the
+# chosen model has run here, the default's figure from the runs here - is multiplied (a
+# choice with a figure of its own in REFERENCE_CPU_S_PER_MP, Real-ESRGAN's, has no share).
+# Measured: the networks at their full size with random weights, one 512 x 512 tile (a face
+# crop) each, torch 2.14 on one thread of the 2-core AMD EPYC development machine, CPU time
+# of the forward pass (the machine shared with other work, load average 2.4-3.8),
+# 2026-12-07 21:13-21:21 UTC, 4-7 runs alternating between the two networks:
+MODEL_COST_RATIO: dict[str, float] = {
+    # GoPro NAFNet width 32 / width 64 (7 pairs): 2.94-4.58 s / 9.87-11.7 s, ratio 0.28-0.41,
+    # median 0.30 (its parameters: 17.1 M / 67.9 M, a quarter; the narrow network keeps more
+    # of its time in what does not shrink with the width)
+    "nafnet-gopro-w32": 0.30,
+    "nafnet-reds-w64": 1.0,  # (GoPro width 64's architecture: other weights)
+    # SIDD NAFNet width 32 / width 64 (7 pairs): 3.83-5.42 s / 13.1-15.0 s, 0.29-0.36, median
+    # 0.32 (29.2 M / 116.0 M parameters)
+    "nafnet-sidd-w32": 0.32,
+    # GFPGAN v1.4 / CodeFormer (the defaults: w 0.7; GFPGAN without its noise drawn afresh, as
+    # face.gfpgan_fn calls it), one face crop (4 pairs): 5.61-5.72 s / 12.1-12.7 s, 0.45-0.47
+    # (86.4 M / 94.1 M parameters; the step's detection and paste-back, a small part of its
+    # reference, are scaled with it)
+    "gfpgan-v1.4": 0.46,
+}
+# history entries written before a step could choose its model have no model in their key:
+# they are runs of the step's default model
+_UNKEYED_BEFORE_CHOICES = {"deblur_nafnet": "nafnet-gopro-w64",
+                           "dereflect_nafnet": "nafnet-sidd-w64",
+                           "face_codeformer": "codeformer"}
 
 # memory of the image buffers per output pixel: input + output + the tiler's sum and weights
 _BYTES_PER_PIXEL = 3 * 4
@@ -202,10 +233,38 @@ def format_bytes(n: int) -> str:
 
 
 def step_model(step: Step) -> str | None:
-    """The model a step will use, from its params (Real-ESRGAN's choice matters 15x)."""
-    if step.name == "sr_realesrgan":
-        return str(step.params.get("model", "realesr-general-x4v3"))
-    return None
+    """The model a step will use when its ``model`` param chooses among models
+    (``StepSpec.choices``: Real-ESRGAN's choice matters 15x, NAFNet's width 3x): that param,
+    else the step's default; None for a step without such a choice (an unknown step too)."""
+    default = _default_model(step.name)
+    if default is None:
+        return None
+    value = step.params.get("model")
+    return str(default if value is None else value)
+
+
+def _default_model(name: str) -> str | None:
+    """The default of step ``name``'s ``model`` param when it chooses among models, else
+    None."""
+    from .errors import UsageError
+    from .restore.registry import get_step
+
+    try:
+        spec = get_step(name)
+    except UsageError:
+        return None
+    if "model" not in spec.choices:
+        return None
+    return str(spec.defaults.get("model"))
+
+
+def _step_memory_models(spec: Any, params: Mapping[str, Any]) -> list[str]:
+    """The models whose memory a step with ``params`` (its defaults merged in) may hold: what
+    its choice params choose (``StepSpec.choices``: the chosen NAFNet, face model, SAM) and
+    its models that are no choice's (YuNet beside the face model, the YOLO slot beside SAM)."""
+    chosen = [str(params[k]) for k in spec.choices if params.get(k) is not None]
+    offered = {m for values in spec.choices.values() for m in values}
+    return chosen + [m for m in spec.models if m not in offered]
 
 
 def step_scale(step: Step) -> int:
@@ -668,9 +727,10 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
 
         try:
             spec = get_step(step.name)
-            spec_models, defaults = spec.models, dict(spec.defaults)
+            defaults = dict(spec.defaults)
+            memory_ids = _step_memory_models(spec, {**defaults, **step.params})
         except UsageError:  # an unknown step fails when the plan runs, not here
-            spec_models, defaults = (), {}
+            defaults, memory_ids = {}, []
         if turned_off({**defaults, **step.params}):
             # (it hands its input on untouched, loads and measures nothing: no time, no memory)
             steps.append(StepEstimate(step.name, model, 0.0, "off"))
@@ -678,15 +738,8 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
         # (history and reference figures are per unit: per InvSR sampling step)
         units = work_units(step.name, pixels) * step_multiplier(step.name,
                                                                 {**defaults, **step.params})
-        ref = None
-        if device_kind == "cpu":
-            if step.name in PER_PHOTO_STEPS:
-                ref = REFERENCE_CPU_S_PER_PHOTO.get(step.name)
-            else:
-                ref = REFERENCE_CPU_S_PER_MP.get((step.name, model),
-                                                 REFERENCE_CPU_S_PER_MP.get((step.name, None)))
-            ref = None if ref is None else ref / threads
-        found = (history.predict(step.name, model, device_kind, threads, units, ref)
+        ref = _reference(step.name, model, device_kind, threads)
+        found = (_predict(history, step.name, model, device_kind, threads, units)
                  if history else None)
         seconds: float | None
         if found is not None:  # (fixed + rate x work from the runs here: CostHistory.predict)
@@ -702,8 +755,7 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
         scale = step_scale(step)
         out_pixels = pixels * scale * scale
         buffers = (pixels + _BUFFERS * out_pixels) * _BYTES_PER_PIXEL
-        ids = [model] if model else list(spec_models)
-        weights = max((int(model_memory.get(m, 0)) for m in ids), default=0)
+        weights = max((int(model_memory.get(m, 0)) for m in memory_ids), default=0)
         peak = max(peak, buffers + weights)
         pixels = out_pixels
     if any(s.name != "passthrough" for s in steps):
@@ -715,6 +767,47 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
         # peaked at 1.37 GB (this figure: 1.46 GB)
         peak = PROCESS_BYTES + photo_pixels * _BYTES_PER_PIXEL
     return Estimate(total, int(peak), tuple(steps))
+
+
+def _reference(name: str, model: str | None, device_kind: str, threads: int) -> float | None:
+    """Step ``name``'s reference seconds per unit with ``model`` (``step_model``) on
+    ``threads`` threads of a CPU: its own figure, else the step's times the model's
+    ``MODEL_COST_RATIO``; None on another device or without a figure."""
+    if device_kind != "cpu":
+        return None
+    if name in PER_PHOTO_STEPS:
+        ref = REFERENCE_CPU_S_PER_PHOTO.get(name)
+        if ref is not None:
+            ref *= MODEL_COST_RATIO.get(model or "", 1.0)
+    else:
+        ref = REFERENCE_CPU_S_PER_MP.get((name, model))
+        if ref is None:
+            ref = REFERENCE_CPU_S_PER_MP.get((name, None))
+            if ref is not None:
+                ref *= MODEL_COST_RATIO.get(model or "", 1.0)
+    return None if ref is None else ref / max(1, int(threads))
+
+
+def _predict(history: CostHistory, name: str, model: str | None, device_kind: str,
+             threads: int, units: float) -> tuple[float, str] | None:
+    """``history.predict`` for step ``name`` with ``model``: the runs of that model here; for
+    the step's default model also its runs recorded before the step could choose
+    (``_UNKEYED_BEFORE_CHOICES``); for another model with a ``MODEL_COST_RATIO`` and no runs
+    of its own, the default's figure times that share ("reference": derived, not measured)."""
+    ref = _reference(name, model, device_kind, threads)
+    found = history.predict(name, model, device_kind, threads, units, ref)
+    if found is not None or model is None:
+        return found
+    default = _default_model(name)
+    if model == default:
+        if _UNKEYED_BEFORE_CHOICES.get(name) == model:
+            return history.predict(name, None, device_kind, threads, units, ref)
+        return None
+    ratio = MODEL_COST_RATIO.get(model)
+    if ratio is None or default is None:
+        return None
+    base = _predict(history, name, default, device_kind, threads, units)
+    return None if base is None else (base[0] * ratio, "reference")
 
 
 def manifest_model_memory(manifest: Any = None) -> dict[str, int]:

@@ -683,8 +683,10 @@ class Engine:
 
 def plan_models(plan: Plan, mask: bool = False) -> list[str]:
     """The models ``plan``'s enabled steps load, in the order they would load them: the model a
-    step's ``model`` parameter names (a Real-ESRGAN for ``sr_realesrgan``) in place of the
-    other choices its spec lists, and the step's other models, except those it does without
+    step's ``model`` parameter chooses (``StepSpec.choices``: a Real-ESRGAN for
+    ``sr_realesrgan``, a NAFNet for ``deblur_nafnet``; one it does not offer is a
+    ``UsageError`` naming those it does) in place of the default its spec lists, and the
+    step's other models, except those it does without
     (``profiles.OPTIONAL_MODELS``: YuNet -> the Haar faces, SAM and the YOLO slot -> the
     built-in glare detector). A step whose params decide what it loads says so itself
     (``StepSpec.loads``): such an optional model chosen explicitly counts (``detector`` "sam"
@@ -694,7 +696,7 @@ def plan_models(plan: Plan, mask: bool = False) -> list[str]:
     ``mask``: the job gives a reflection mask, which the mask step uses instead of finding one.
     Whatever the plan's profile: an edited plan's added step needs its model all the same."""
     from .restore.profiles import OPTIONAL_MODELS
-    from .restore.sr import REALESRGAN_MODELS
+    from .restore.registry import param_choice
 
     needed: list[str] = []
     for step in plan.steps:
@@ -706,9 +708,9 @@ def plan_models(plan: Plan, mask: bool = False) -> list[str]:
             needed += spec.loads(params, mask)
             continue
         ids = list(spec.models)
-        if "model" in spec.defaults:
-            chosen = str(params["model"])
-            ids = [chosen if m in REALESRGAN_MODELS else m for m in ids]
+        if "model" in spec.choices:
+            chosen = param_choice(step.name, params)
+            ids = [chosen if m in spec.choices["model"] else m for m in ids]
         needed += [m for m in ids if m not in OPTIONAL_MODELS]
     return list(dict.fromkeys(needed))
 

@@ -9,7 +9,9 @@ Builders write into a folder and return ``{manifest file name: built path}``.
 ``install_models(store_root, ids, build_root)`` puts them into one store.
 
 CodeFormer cannot be made tiny (its fixed 512 input): chains that use ``face_codeformer`` are
-run on photos without faces, where the step finds none and loads no model. Tiny YuNet ONNX
+run on photos without faces, where the step finds none and loads no model. Nor can GFPGAN v1.4
+(spandrel builds it at its full size whatever the file holds): a slow test builds it at that
+size (tests/engine/test_alt_models.py). Tiny YuNet ONNX
 graphs of the 2023mar interface are built by ``tests/tiny_yunet.py``.
 """
 from __future__ import annotations
@@ -78,6 +80,20 @@ def write_nafnet_sidd(folder: Path, **kw) -> dict[str, Path]:
     return write_nafnet(folder, "NAFNet-SIDD-width64.pth", **kw)
 
 
+# the alternatives (``deblur_nafnet`` / ``dereflect_nafnet``'s ``model``): the same layout
+# under their release names (spandrel reads the width from the weights)
+def write_nafnet_gopro_w32(folder: Path, **kw) -> dict[str, Path]:
+    return write_nafnet(folder, "NAFNet-GoPro-width32.pth", **kw)
+
+
+def write_nafnet_reds(folder: Path, **kw) -> dict[str, Path]:
+    return write_nafnet(folder, "NAFNet-REDS-width64.pth", **kw)
+
+
+def write_nafnet_sidd_w32(folder: Path, **kw) -> dict[str, Path]:
+    return write_nafnet(folder, "NAFNet-SIDD-width32.pth", **kw)
+
+
 # ------------------------------------------------------------------ LaMa
 def write_big_lama(folder: Path, *, seed: int = 0) -> dict[str, Path]:
     """big-lama at its real architecture (spandrel reads no size from the weights, so it
@@ -127,6 +143,12 @@ def write_sam(folder: Path, *, seed: int = 0) -> dict[str, Path]:
                       mask_size={"longest_edge": s // 4},
                       mask_pad_size={"height": s // 4, "width": s // 4}).save_pretrained(folder)
     return {n: folder / n for n in ("config.json", "preprocessor_config.json", "model.safetensors")}
+
+
+def write_slimsam(folder: Path, *, seed: int = 1) -> dict[str, Path]:
+    """slimsam-50 (nielsr/slimsam-50-uniform): a transformers SamModel in the same Hugging
+    Face layout as sam-vit-base (its own tiny weights: another seed)."""
+    return write_sam(folder, seed=seed)
 
 
 # ------------------------------------------------------------------ InvSR + SD-Turbo
@@ -213,8 +235,12 @@ BUILDERS = {
     "realesrgan-x4plus": write_rrdb,
     "nafnet-gopro-w64": write_nafnet_gopro,
     "nafnet-sidd-w64": write_nafnet_sidd,
+    "nafnet-gopro-w32": write_nafnet_gopro_w32,
+    "nafnet-reds-w64": write_nafnet_reds,
+    "nafnet-sidd-w32": write_nafnet_sidd_w32,
     "big-lama": write_big_lama,
     "sam-vit-base": write_sam,
+    "slimsam-50": write_slimsam,
     "sd-turbo": lambda folder: write_sd_turbo(folder, fp16_variants=True),
     "invsr-noise-predictor-v5": write_invsr_noise_predictor,
 }

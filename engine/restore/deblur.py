@@ -1,9 +1,13 @@
 """Chain C motion deblurring: NAFNet (GoPro, width 64) tiled, or built-in deconvolution.
 
-``deblur_nafnet`` runs the public NAFNet-GoPro-width64 weights through spandrel, tile by tile
-(tiles padded to multiples of 16, the network's down-sampling factor). spandrel builds plain
-NAFNet; the GoPro release was evaluated with test-time local statistics (NAFNetLocal), which
-tiling approximates by keeping the global pooling local to a tile.
+``deblur_nafnet`` runs the public NAFNet deblurring weights through spandrel, tile by tile
+(tiles padded to multiples of 16, the network's down-sampling factor): its ``model`` param
+chooses NAFNet-GoPro-width64 (the default), NAFNet-GoPro-width32 (the same training at half the
+width: about 0.3x the time on a CPU, see ``engine.estimate.MODEL_COST_RATIO``) or
+NAFNet-REDS-width64 (trained on REDS, whose blurred frames are also JPEG-compressed).
+spandrel builds plain NAFNet (the width and blocks read from the weights); the releases were
+evaluated with test-time local statistics (NAFNetLocal), which tiling approximates by keeping
+the global pooling local to a tile.
 
 ``deblur_builtin`` needs no download. It deconvolves a linear motion kernel of the length and
 angle the analyzer measured (``diagnosis.estimates["blur_length"]`` px and ``"blur_angle"``
@@ -26,9 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from .registry import StepContext, StepOutput, register_step, step_tile
+from .registry import StepContext, StepOutput, param_choice, register_step, step_tile
 
 NAFNET_GOPRO = "nafnet-gopro-w64"
+# the weights ``deblur_nafnet`` can run (its ``model``), the default first
+DEBLUR_MODELS = (NAFNET_GOPRO, "nafnet-gopro-w32", "nafnet-reds-w64")
 MIN_BLUR_LENGTH = 3.0  # px: below this a linear-kernel deconvolution does more harm than good
 MAX_BLUR_LENGTH = 120.0
 # the analyzer's cepstral search starts at 3 px and reports ~3.7 px when it resolved nothing;
@@ -335,18 +341,21 @@ def deblur_builtin(image: np.ndarray, params: Mapping[str, Any], ctx: StepContex
 @register_step(
     "deblur_nafnet",
     models=(NAFNET_GOPRO,),
-    description="NAFNet motion deblurring (GoPro, width 64), tiled.",
-    defaults={"tile": None},
+    description="NAFNet motion deblurring, tiled (model: GoPro width 64, the lighter GoPro "
+                "width 32, or REDS width 64).",
+    defaults={"model": NAFNET_GOPRO, "tile": None},
+    choices={"model": DEBLUR_MODELS},
 )
 def deblur_nafnet(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     from ..tiling import run_tiled, torch_fn
 
+    model_id = param_choice("deblur_nafnet", params)
     tile = step_tile(params, ctx, "deblur_nafnet")
-    ctx.progress.update(0.0, "loading NAFNet")
-    desc = ctx.runtime.load_image_model(NAFNET_GOPRO)
+    ctx.progress.update(0.0, f"loading NAFNet ({model_id})")
+    desc = ctx.runtime.load_image_model(model_id)
     dtype = next(desc.model.parameters()).dtype
     out = run_tiled(image, torch_fn(desc, ctx.device, dtype, check=ctx.progress.check),
                     tile=tile, overlap=32,
                     pad_multiple=16, balance=True,
                     progress=ctx.progress, device=ctx.device)
-    return StepOutput(out, NAFNET_GOPRO, f"tiles of {tile} px")
+    return StepOutput(out, model_id, f"tiles of {tile} px")

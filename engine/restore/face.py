@@ -1,4 +1,5 @@
-"""Face restoration for chain C: detect, align to the FFHQ template, CodeFormer, paste back.
+"""Face restoration for chain C: detect, align to the FFHQ template, CodeFormer (or GFPGAN),
+paste back.
 
 * Detection: OpenCV YuNet (``cv2.FaceDetectorYN``) with the store's ``yunet-2023mar`` ONNX
   gives boxes and five landmarks; without it, OpenCV's bundled Haar cascade (no download)
@@ -9,7 +10,9 @@
   onto the 512x512 FFHQ template used by facexlib / GFPGAN / CodeFormer; with boxes only,
   the box is mapped onto the template's face area.
 * Restoration: CodeFormer (``spandrel_extra_arches``) on the aligned crop with the fidelity
-  weight ``w`` (0 = most enhancement, 1 = most faithful to the input).
+  weight ``w`` (0 = most enhancement, 1 = most faithful to the input), or, with the step's
+  ``model`` ``gfpgan-v1.4``, GFPGAN v1.4 (spandrel's GFPGANv1Clean) on the same crop, which
+  has no fidelity weight: ``fidelity`` is then not used (the step's notes say so).
 * Identity check: a restored face whose content (luma at 64 px) no longer matches the input
   face (the regression guard's PSNR/SSIM floors) is not pasted: that face stays as it was.
 * Paste-back: the restored crop is warped back with the inverse transform and blended with a
@@ -40,7 +43,7 @@ import numpy as np
 
 from ..errors import Cancelled, EngineError, UsageError
 from .classical import to_uint8
-from .registry import StepContext, StepOutput, call_cancellable, register_step
+from .registry import StepContext, StepOutput, call_cancellable, param_choice, register_step
 
 FACE_SIZE = 512
 # FFHQ five-point template at 512x512 (facexlib's ``face_template``): image-left eye,
@@ -57,6 +60,10 @@ _BOX_CENTER_IN_TEMPLATE = (256.0, 240.0 + (0.5 - 0.38) * _BOX_WIDTH_IN_TEMPLATE)
 
 YUNET_ID = "yunet-2023mar"
 CODEFORMER_ID = "codeformer"
+GFPGAN_ID = "gfpgan-v1.4"
+# the face models ``face_codeformer`` can run (its ``model``), the default first; both take
+# the 512 x 512 FFHQ-aligned crop in [-1, 1] (and both are non-commercial: see the manifest)
+FACE_MODELS = (CODEFORMER_ID, GFPGAN_ID)
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 
 RestoreFn = Callable[[np.ndarray], np.ndarray]
@@ -697,6 +704,58 @@ def codeformer_fn(descriptor: Any, device: Any, fidelity: float,
     return fn
 
 
+def gfpgan_fn(descriptor: Any, device: Any, check: Callable[[], None] | None = None
+              ) -> RestoreFn:
+    """GFPGAN (v1.4: spandrel's GFPGANv1Clean) on one aligned 512x512 crop (float RGB [0, 1]
+    in and out).
+
+    Like CodeFormer it works on [-1, 1] tensors (GFPGAN's own inference normalises with mean
+    0.5, std 0.5) and returns the restored face first. It has no fidelity weight. Its StyleGAN2
+    decoder adds noise maps, which GFPGAN's own inference draws afresh at each call: here the
+    checkpoint's stored maps are used (``randomize_noise=False``), so that a face comes out
+    the same every time (a preview as the fix, a job run twice).
+    """
+    import torch
+
+    from ..tiling import checking
+
+    model = getattr(descriptor, "model", descriptor)
+    param = next(model.parameters())
+    dev, dtype = param.device, param.dtype
+
+    def fn(face: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(face.transpose(2, 0, 1)))[None]
+        x = x.to(device=dev, dtype=dtype) * 2.0 - 1.0
+        with torch.inference_mode(), checking(model, check):  # (a cancel inside one face)
+            y = model(x, return_rgb=False, randomize_noise=False)
+            y = y[0] if isinstance(y, (tuple, list)) else y
+            y = (y.clamp(-1.0, 1.0) + 1.0) / 2.0
+        return y[0].float().permute(1, 2, 0).cpu().numpy()
+
+    return fn
+
+
+# the architecture spandrel finds in each face model's weights
+_FACE_ARCHES = {CODEFORMER_ID: "CodeFormer", GFPGAN_ID: "GFPGAN"}
+
+
+def face_model_fn(descriptor: Any, model_id: str, device: Any, fidelity: float,
+                  check: Callable[[], None] | None = None) -> RestoreFn:
+    """The restore function of ``model_id`` (one of ``FACE_MODELS``) as loaded
+    (``descriptor``): CodeFormer with its ``fidelity`` weight, or GFPGAN, which has none.
+    Weights spandrel found to be another architecture (a wrong file imported under the id)
+    are an :class:`EngineError`, not run with the other model's call."""
+    arch = getattr(getattr(descriptor, "architecture", None), "id", None)
+    want = _FACE_ARCHES[model_id]
+    if arch is not None and arch != want:
+        raise EngineError(f"{model_id}: its weights are a {arch} model, not {want}; "
+                          f"install the right file (mend models remove {model_id}, then "
+                          f"mend models pull {model_id})")
+    if model_id == GFPGAN_ID:
+        return gfpgan_fn(descriptor, device, check)
+    return codeformer_fn(descriptor, device, fidelity, check)
+
+
 def _meets(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
 
@@ -805,20 +864,29 @@ def _faces_for_part(faces: list[Face], whole: Any, image: np.ndarray, seen: np.n
 def _face_models(params: Mapping[str, Any], mask: bool) -> tuple[str, ...]:
     """The models ``face_codeformer`` loads (``StepSpec.loads``): YuNet first when its
     ``face_detector`` param chooses it (the step fails without it; ``auto`` uses it only when
-    installed, else the Haar cascade), then CodeFormer for the faces it finds."""
+    installed, else the Haar cascade), then its ``model`` (CodeFormer or GFPGAN; an unknown one
+    is a ``UsageError``) for the faces it finds."""
+    model_id = param_choice("face_codeformer", params)
     explicit = str(params.get("face_detector", "auto")) == "yunet"  # (as detect_faces reads it)
-    return ((YUNET_ID,) if explicit else ()) + (CODEFORMER_ID,)
+    return ((YUNET_ID,) if explicit else ()) + (model_id,)
 
 
 @register_step(
     "face_codeformer",
     models=(CODEFORMER_ID, YUNET_ID),
-    description="Restore faces with CodeFormer (YuNet detection, FFHQ alignment, paste-back).",
-    defaults={"fidelity": 0.7, "min_face": 48, "max_faces": 32, "face_detector": "auto",
-              "face_score": 0.7},
+    description="Restore faces with CodeFormer or GFPGAN v1.4 (model; fidelity is CodeFormer's "
+                "alone) after YuNet detection and FFHQ alignment, pasted back.",
+    defaults={"model": CODEFORMER_ID, "fidelity": 0.7, "min_face": 48, "max_faces": 32,
+              "face_detector": "auto", "face_score": 0.7},
     loads=_face_models,
+    choices={"model": FACE_MODELS},
 )
 def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
+    """Faces restored by the ``model`` param's model: CodeFormer (the default) with its
+    ``fidelity`` weight, or GFPGAN v1.4, to which ``fidelity`` does not apply (it is accepted
+    and not used; the step's notes say so). The step keeps its name whatever the model (saved
+    plans and results' records name it)."""
+    model_id = param_choice("face_codeformer", params)
     min_face = int(params.get("min_face", 48))
     ctx.progress.update(0.0, "looking for faces")
     whole = ctx.whole
@@ -865,9 +933,9 @@ def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
         return StepOutput(image, detector,
                           f"skipped: no face of at least {min_face} px found{where}")
     fidelity = float(params.get("fidelity", 0.7))
-    ctx.progress.update(0.05, "loading CodeFormer")
-    descriptor = ctx.runtime.load_image_model(CODEFORMER_ID)
-    fn = codeformer_fn(descriptor, ctx.device, fidelity, ctx.progress.check)
+    ctx.progress.update(0.05, f"loading {model_id}")
+    descriptor = ctx.runtime.load_image_model(model_id)
+    fn = face_model_fn(descriptor, model_id, ctx.device, fidelity, ctx.progress.check)
     kept: list[int] = []
     out = restore_faces(work, faces, fn, ctx.progress.sub(0.1, 0.9), kept_original=kept)
     if place is not None:  # the part, out of the work area
@@ -875,7 +943,9 @@ def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
         out = np.ascontiguousarray(out[py0:py1, px0:px1])
     ctx.artifacts["faces_kept_original"] = kept
     boxes = ", ".join(f"{int(f.size)} px" for f in faces)
-    notes = f"{len(faces)} face(s) ({boxes}) found by {detector}{where}, fidelity {fidelity:g}"
+    notes = f"{len(faces)} face(s) ({boxes}) found by {detector}{where}, " + (
+        f"fidelity {fidelity:g}" if model_id == CODEFORMER_ID else
+        f"restored by {model_id} (fidelity {fidelity:g} not used: it is CodeFormer's)")
     if found > in_photo:
         notes += f"; {found} found, the {in_photo} largest restored (max_faces)"
         ctx.warnings.append(f"{found} faces found: only the {in_photo} largest were restored "
@@ -883,4 +953,4 @@ def face_codeformer(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     if kept:
         notes += (f"; {len(kept)} kept as they were (the restored face was no longer the "
                   "same face)")
-    return StepOutput(out, CODEFORMER_ID, notes)
+    return StepOutput(out, model_id, notes)

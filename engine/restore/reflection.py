@@ -12,10 +12,10 @@ Mask proposal, ``reflection_mask`` (params ``detector``: auto | yolo | sam | bui
    ``MEND_REFLECTION_YOLO=/path/best.onnx`` or ``mend models import best.onnx --id
    reflection-yolo``. Only ONNX: a ``.pt`` is a Python pickle, which runs code when loaded (and
    ultralytics loads it with ``weights_only=False``); Mend never loads one.
-2. **SAM** (transformers ``SamModel``, ``sam-vit-base``) turns boxes (from YOLO or the
-   built-in detector) into pixel masks, and powers click-to-select in the mask editor
-   (:func:`sam_mask_from_points`). It replaces the paper's YOSO: promptable, maintained and
-   in transformers.
+2. **SAM** (transformers ``SamModel``: ``sam-vit-base``, or the pruned ``slimsam-50`` chosen by
+   the step's ``sam_model`` param) turns boxes (from YOLO or the built-in detector) into pixel
+   masks, and powers click-to-select in the mask editor (:func:`sam_mask_from_points`). It
+   replaces the paper's YOSO: promptable, maintained and in transformers.
 3. A **built-in glare detector** (no download, :func:`detect_glare`): very bright,
    low-saturation blobs (specular highlights) and bright, washed-out, low-texture patches that
    stand out from their surroundings (veiling glare).
@@ -45,6 +45,7 @@ from .registry import (
     StepContext,
     StepOutput,
     call_cancellable,
+    param_choice,
     register_step,
     step_tile,
     turned_off,
@@ -52,8 +53,16 @@ from .registry import (
 
 YOLO_ID = "reflection-yolo"
 SAM_ID = "sam-vit-base"
+# the SAM checkpoints ``reflection_mask`` can refine with (its ``sam_model``), the default
+# first: SlimSAM-50 is SAM ViT-B pruned to about a third of its size (nielsr/slimsam-50-uniform,
+# a transformers SamModel of the same interface)
+SAM_MODELS = (SAM_ID, "slimsam-50")
 LAMA_ID = "big-lama"
 NAFNET_SIDD = "nafnet-sidd-w64"
+# the weights ``dereflect_nafnet`` can run (its ``model``), the default first: NAFNet-SIDD at
+# width 64 or 32 (the same training at half the width, about 0.3x the time on a CPU: see
+# ``engine.estimate.MODEL_COST_RATIO``)
+DEREFLECT_MODELS = (NAFNET_SIDD, "nafnet-sidd-w32")
 
 PASTE_DILATE = 4  # px the inpainted area extends past the mask (covers halos); feathered
 DETECT_SIDE = 1024  # the glare detector works on a view at most this large
@@ -343,34 +352,35 @@ def mask_boxes(mask: np.ndarray, pad: int = 4) -> list[tuple[int, int, int, int]
 
 # ------------------------------------------------------------------------------ SAM
 
-def load_sam(runtime: Any) -> tuple[Any, Any]:
-    """(SamModel, SamProcessor) from the store's ``sam-vit-base`` folder, cached (per device
-    and dtype: the precision setting can change while the app runs)."""
+def load_sam(runtime: Any, model_id: str = SAM_ID) -> tuple[Any, Any]:
+    """(SamModel, SamProcessor) from the store's folder of ``model_id`` (one of
+    ``SAM_MODELS``), cached (per device and dtype: the precision setting can change while the
+    app runs)."""
     import torch
 
-    folder = runtime.path(SAM_ID)
-    dtype = runtime.dtype_for(SAM_ID) if hasattr(runtime, "dtype_for") else torch.float32
+    folder = runtime.path(model_id)
+    dtype = runtime.dtype_for(model_id) if hasattr(runtime, "dtype_for") else torch.float32
 
     def build():
         from transformers import SamModel, SamProcessor
 
         from ..models.loader import checkpoint_errors
 
-        with checkpoint_errors(f"{SAM_ID} ({folder})"):
+        with checkpoint_errors(f"{model_id} ({folder})"):
             model = SamModel.from_pretrained(str(folder), local_files_only=True,
                                              trust_remote_code=False)
         model = model.to(device=runtime.device.torch_device, dtype=dtype).eval()
         proc = SamProcessor.from_pretrained(str(folder), local_files_only=True)
         return model, proc
 
-    estimate = runtime.estimate_bytes(SAM_ID) if hasattr(runtime, "estimate_bytes") else None
-    return runtime.cached(("sam", SAM_ID, runtime.device.torch_device, str(dtype)), build, None,
-                          estimate=estimate, model_id=SAM_ID)
+    estimate = runtime.estimate_bytes(model_id) if hasattr(runtime, "estimate_bytes") else None
+    return runtime.cached(("sam", model_id, runtime.device.torch_device, str(dtype)), build,
+                          None, estimate=estimate, model_id=model_id)
 
 
 def _sam_run(image: np.ndarray, runtime: Any, *, boxes=None, points=None, labels=None,
-             multimask: bool = False, max_side: int = 2048, check: Check | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+             multimask: bool = False, max_side: int = 2048, check: Check | None = None,
+             model_id: str = SAM_ID) -> tuple[np.ndarray, np.ndarray]:
     """Masks (N, K, h, w) bool and IoU scores (N, K) for N prompts, the masks at the size SAM
     looked at the image (at most ``max_side`` px: :func:`_full_size` brings one to the image's).
     ``check`` (a progress's ``check``): the model's loading (``runtime.cancellable``: the mask
@@ -381,7 +391,8 @@ def _sam_run(image: np.ndarray, runtime: Any, *, boxes=None, points=None, labels
     global-attention blocks), and no cancel could stop it. It runs in a worker thread that a
     cancel abandons at once (:func:`~engine.restore.registry.call_cancellable`: the job
     returned 0.002-0.01 s after the cancel) and that stops before its next layer
-    (:func:`~engine.tiling.checking`: it ended 0.02-2.8 s after the cancel)."""
+    (:func:`~engine.tiling.checking`: it ended 0.02-2.8 s after the cancel). ``model_id``:
+    the SAM checkpoint (``SAM_MODELS``)."""
     import contextlib
 
     import cv2
@@ -392,7 +403,7 @@ def _sam_run(image: np.ndarray, runtime: Any, *, boxes=None, points=None, labels
 
     cancellable = getattr(runtime, "cancellable", None)
     with cancellable(check) if callable(cancellable) else contextlib.nullcontext():
-        model, proc = load_sam(runtime)
+        model, proc = load_sam(runtime, model_id)
     h, w = image.shape[:2]
     s = min(1.0, max_side / max(h, w))
     view = image if s >= 1.0 else call_cancellable(
@@ -436,16 +447,17 @@ def _full_size(mask: np.ndarray, shape: tuple[int, int], check: Check | None) ->
 
 
 def sam_mask_from_boxes(image: np.ndarray, boxes: list[tuple[float, float, float, float]],
-                        runtime: Any, check: Check | None = None) -> np.ndarray:
+                        runtime: Any, check: Check | None = None,
+                        model_id: str = SAM_ID) -> np.ndarray:
     """Union of SAM's masks for ``boxes`` (x0, y0, x1, y1), each clipped to its box.
     uint8 (H, W), 255 = selected. ``check`` (a progress's ``check``) is called between the
     boxes, and the whole-photo resizes are abandoned on a cancel (:func:`_sam_run`,
-    :func:`_full_size`)."""
+    :func:`_full_size`). ``model_id``: the SAM checkpoint (``SAM_MODELS``)."""
     h, w = image.shape[:2]
     out = np.zeros((h, w), np.uint8)
     if not boxes:
         return out
-    masks, _ = _sam_run(image, runtime, boxes=boxes, check=check)
+    masks, _ = _sam_run(image, runtime, boxes=boxes, check=check, model_id=model_id)
     for (x0, y0, x1, y1), mk in zip(boxes, masks):
         if check is not None:
             check()
@@ -458,14 +470,14 @@ def sam_mask_from_boxes(image: np.ndarray, boxes: list[tuple[float, float, float
 
 def sam_mask_from_points(image: np.ndarray, points: list[tuple[float, float]],
                          labels: list[int] | None, runtime: Any,
-                         check: Check | None = None) -> np.ndarray:
+                         check: Check | None = None, model_id: str = SAM_ID) -> np.ndarray:
     """Click-to-select for the mask editor: ``points`` (x, y) in image pixels, ``labels`` 1 =
     include / 0 = exclude. Returns SAM's best mask (highest predicted IoU) as uint8, 255 = in.
-    ``check``: as for :func:`sam_mask_from_boxes`."""
+    ``check``, ``model_id``: as for :func:`sam_mask_from_boxes`."""
     if not points:
         return np.zeros(image.shape[:2], np.uint8)
     masks, scores = _sam_run(image, runtime, points=points, labels=labels,
-                             multimask=len(points) == 1, check=check)
+                             multimask=len(points) == 1, check=check, model_id=model_id)
     best = int(np.argmax(scores[0]))
     # (only the best mask at full size; uint8 throughout: bool * 255 was an int64 copy)
     return np.where(_full_size(masks[0, best], image.shape[:2], check), np.uint8(255),
@@ -557,12 +569,14 @@ def _detector(params: Mapping[str, Any]) -> str:
 
 def _mask_models(params: Mapping[str, Any], mask: bool) -> tuple[str, ...]:
     """The models ``reflection_mask`` loads (``StepSpec.loads``): none with a given mask (it is
-    used as it is); the YOLO slot or SAM when the ``detector`` param chooses it (the step fails
-    without it), none for ``auto`` and ``builtin`` (``auto`` uses them only when installed; with
-    YOLO, SAM refines its boxes only when installed)."""
+    used as it is); the YOLO slot or SAM (its ``sam_model``: an unknown one is a
+    ``UsageError``) when the ``detector`` param chooses it (the step fails without it), none
+    for ``auto`` and ``builtin`` (``auto`` uses them only when installed; with YOLO, SAM
+    refines its boxes only when installed)."""
+    sam = param_choice("reflection_mask", params, "sam_model")
     if mask:
         return ()
-    return {"yolo": (YOLO_ID,), "sam": (SAM_ID,)}.get(_detector(params), ())
+    return {"yolo": (YOLO_ID,), "sam": (sam,)}.get(_detector(params), ())
 
 
 def _mask_requires(params: Mapping[str, Any], mask: bool, runtime: Any) -> None:
@@ -585,13 +599,16 @@ def _mask_requires(params: Mapping[str, Any], mask: bool, runtime: Any) -> None:
 @register_step(
     "reflection_mask",
     models=(YOLO_ID, SAM_ID),
-    description="Find strong reflections / glare and build the editable removal mask.",
-    defaults={"detector": "auto", "sensitivity": 1.0, "max_area": 0.35},
+    description="Find strong reflections / glare and build the editable removal mask "
+                "(sam_model: the SAM that refines it, sam-vit-base or the lighter slimsam-50).",
+    defaults={"detector": "auto", "sam_model": SAM_ID, "sensitivity": 1.0, "max_area": 0.35},
     loads=_mask_models,
     requires=_mask_requires,
+    choices={"sam_model": SAM_MODELS},
 )
 def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
     given = image
+    sam_id = param_choice("reflection_mask", params, "sam_model")
     if ctx.mask is not None:
         ctx.mask = _fit_mask(ctx.mask, image.shape[:2])
         ctx.artifacts["mask"] = ctx.mask
@@ -604,7 +621,7 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
         raise EngineError(f"unknown reflection detector {detector!r} (auto, yolo, sam, builtin)")
     rt = ctx.runtime
     have_yolo = rt is not None and rt.is_available(YOLO_ID)
-    have_sam = rt is not None and rt.is_available(SAM_ID)
+    have_sam = rt is not None and rt.is_available(sam_id)
     if detector == "auto":  # YOLO (+SAM) when configured, else built-in (+SAM when installed)
         if have_yolo and _ultralytics_installed() and _yolo_is_onnx(rt):
             detector = "yolo"
@@ -632,10 +649,11 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
         notes.append(f"{len(boxes)} region(s) from YOLO")
         if have_sam and boxes:
             ctx.progress.update(0.5, "refining with SAM")
-            refined = sam_mask_from_boxes(image, boxes, rt, check=ctx.progress.check)
+            refined = sam_mask_from_boxes(image, boxes, rt, check=ctx.progress.check,
+                                          model_id=sam_id)
             if refined.any():
                 mask = refined
-                model = f"{YOLO_ID}+{SAM_ID}"
+                model = f"{YOLO_ID}+{sam_id}"
                 notes.append("refined by SAM")
     else:
         mask = detect_glare(image, sensitivity=float(params.get("sensitivity", 1.0)),
@@ -647,8 +665,9 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
             if boxes:
                 notes.append(f"{len(boxes)} glare region(s) refined by SAM")
                 ctx.progress.update(0.5, "refining with SAM")
-                mask = sam_mask_from_boxes(image, boxes, rt, check=ctx.progress.check)
-                model = f"builtin:glare+{SAM_ID}"
+                mask = sam_mask_from_boxes(image, boxes, rt, check=ctx.progress.check,
+                                           model_id=sam_id)
+                model = f"builtin:glare+{sam_id}"
             else:  # (SAM is given boxes only: not run, not named among the job's models)
                 notes.append("no glare region for SAM to refine")
     share = float((mask > 127).mean())  # (of the whole photo, in a preview too)
@@ -991,17 +1010,21 @@ def _dereflect_strength(params: Mapping[str, Any]) -> float:
 
 
 def _dereflect_models(params: Mapping[str, Any], mask: bool) -> tuple[str, ...]:
-    """NAFNet, unless the strength turns the step off (``registry.turned_off``): it then hands
-    its input on untouched and loads nothing (``StepSpec.loads``)."""
-    return () if turned_off(params) else (NAFNET_SIDD,)
+    """The NAFNet of its ``model`` param (an unknown one is a ``UsageError``), unless the
+    strength turns the step off (``registry.turned_off``): it then hands its input on
+    untouched and loads nothing (``StepSpec.loads``)."""
+    model_id = param_choice("dereflect_nafnet", params)
+    return () if turned_off(params) else (model_id,)
 
 
 @register_step(
     "dereflect_nafnet",
     models=(NAFNET_SIDD,),
-    description="NAFNet refinement for weak reflections (public SIDD weights: see notes).",
-    defaults={"strength": 1.0, "tile": None},
+    description="NAFNet refinement for weak reflections (public SIDD weights, width 64 or the "
+                "lighter 32: see notes).",
+    defaults={"model": NAFNET_SIDD, "strength": 1.0, "tile": None},
     loads=_dereflect_models,
+    choices={"model": DEREFLECT_MODELS},
 )
 def dereflect_nafnet(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext
                      ) -> StepOutput:
@@ -1009,27 +1032,29 @@ def dereflect_nafnet(image: np.ndarray, params: Mapping[str, Any], ctx: StepCont
 
     Plainly: the paper's NAFNet weights for weak reflections are unpublished. The public
     substitute is ``nafnet-sidd-w64``, NAFNet width 64 trained on SIDD real camera-noise
-    denoising (MIT). It suppresses faint, low-contrast residue such as noise and smooth
+    denoising (MIT), or with ``model`` ``nafnet-sidd-w32`` the same training at width 32
+    (lighter). It suppresses faint, low-contrast residue such as noise and smooth
     ghosting left after inpainting; it was never trained to separate a reflection layer and
     will not remove a visible reflection. ``strength`` (0..1) blends it with its input; at 0
     the step changes nothing and loads nothing (nor does the job need NAFNet installed).
     """
     from ..tiling import run_tiled, torch_fn
 
+    model_id = param_choice("dereflect_nafnet", params)
     tile = step_tile(params, ctx, "dereflect_nafnet")
     strength = _dereflect_strength(params)
     if strength <= 0:
         ctx.progress.update(1.0, "off")
         # (no model: the result's models do not name NAFNet, which may not be installed)
         return StepOutput(image, "builtin:off", "skipped: strength 0 (NAFNet not loaded)")
-    ctx.progress.update(0.0, "loading NAFNet")
-    desc = ctx.runtime.load_image_model(NAFNET_SIDD)
+    ctx.progress.update(0.0, f"loading NAFNet ({model_id})")
+    desc = ctx.runtime.load_image_model(model_id)
     dtype = next(desc.model.parameters()).dtype
     out = run_tiled(image, torch_fn(desc, ctx.device, dtype, check=ctx.progress.check),
                     tile=tile, overlap=32,
                     pad_multiple=16, balance=True, progress=ctx.progress, device=ctx.device)
     if strength < 1.0:
         out = image + strength * (out - image)
-    return StepOutput(out, NAFNET_SIDD,
+    return StepOutput(out, model_id,
                       f"SIDD denoising weights as the weak-reflection stand-in, strength "
                       f"{strength:g}")

@@ -187,14 +187,17 @@ RequiresFn = Callable[[Mapping[str, Any], bool, Any], None]
 class StepSpec:
     name: str
     fn: StepFn
-    models: tuple[str, ...]  # model ids it may need (for packs and "what will download")
+    # model ids it may need with its default params (for packs and "what will download"); the
+    # other models a param may choose are its ``choices``
+    models: tuple[str, ...]
     description: str
     defaults: Mapping[str, Any]
     # the models the step loads with these params (``pipeline.plan_models``: a job lacking one
     # fails before any step runs), for a step whose params decide that: an explicit choice of
     # a model it otherwise uses only when installed (a detector), none at a strength that
     # changes nothing. None: every id of ``models`` but the optional ones
-    # (``profiles.OPTIONAL_MODELS``), the ``model`` param's choice in place of the others
+    # (``profiles.OPTIONAL_MODELS``), the ``model`` param's choice (``choices``) in place of
+    # the ids among its choices
     loads: LoadsFn | None = None
     # ``requires(params, mask, runtime)`` raises, before any step runs, what the step would
     # raise when it starts for what its params need beyond the store's models being installed
@@ -202,6 +205,11 @@ class StepSpec:
     # kind of file a slot holds: an ONNX export for YOLO); ``mask``: the job gives a reflection
     # mask; ``runtime``: the engine's (its store). None: nothing beyond its models
     requires: RequiresFn | None = None
+    # the values a param may take when it chooses among a fixed few, a model among its
+    # alternatives above all (``model``: the Real-ESRGAN, NAFNet or face model; ``sam_model``):
+    # ``param_choice`` checks them, ``pipeline.plan_models`` and the estimate follow the
+    # chosen model, the app's plan editor offers them. ``models`` lists only the defaults
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 STEPS: dict[str, StepSpec] = {}
@@ -215,12 +223,14 @@ def register_step(
     defaults: Mapping[str, Any] | None = None,
     loads: LoadsFn | None = None,
     requires: RequiresFn | None = None,
+    choices: Mapping[str, tuple[Any, ...]] | None = None,
 ) -> Callable[[StepFn], StepFn]:
     def deco(fn: StepFn) -> StepFn:
         if name in STEPS:
             raise RuntimeError(f"step {name!r} registered twice")
         STEPS[name] = StepSpec(name, fn, tuple(models), description or (fn.__doc__ or "").strip(),
-                               dict(defaults or {}), loads, requires)
+                               dict(defaults or {}), loads, requires,
+                               {k: tuple(v) for k, v in (choices or {}).items()})
         return fn
 
     return deco
@@ -236,6 +246,22 @@ def turned_off(params: Mapping[str, Any]) -> bool:
         return float(params.get("strength", 1.0)) <= 0
     except (TypeError, ValueError):
         return False
+
+
+def param_choice(name: str, params: Mapping[str, Any], key: str = "model") -> Any:
+    """Step ``name``'s param ``key`` (its default when absent or None), one of the values the
+    step's ``choices`` allow for it. A plan is data the user may edit: another value is a
+    :class:`UsageError` naming the choices (before any step runs: ``pipeline.plan_models``
+    asks the same of the ``model`` a step loads)."""
+    spec = STEPS[name]
+    allowed = spec.choices[key]
+    value = params.get(key)
+    if value is None:
+        value = spec.defaults.get(key)
+    if value in allowed:
+        return value
+    raise UsageError(f"step {name}: unknown {key} {value!r}; choose one of "
+                     f"{', '.join(str(v) for v in allowed)}")
 
 
 def get_step(name: str) -> StepSpec:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..tiling import model_tiling_hints, run_tiled, torch_fn
-from .registry import StepContext, StepOutput, register_step
+from .registry import StepContext, StepOutput, param_choice, register_step
 
 REALESRGAN_MODELS = ("realesr-general-x4v3", "realesrgan-x4plus", "realesrgan-x2plus",
                      "realesrgan-x4plus-anime-6b")
@@ -76,12 +76,10 @@ def realesrgan(image: np.ndarray, model_id: str, scale: int, ctx: StepContext,
     models=("realesr-general-x4v3", "realesrgan-x4plus"),
     description="Real-ESRGAN super-resolution (x1 restores at the same size, x2, x4), tiled.",
     defaults={"model": "realesr-general-x4v3", "scale": 1},
+    choices={"model": REALESRGAN_MODELS},
 )
 def sr_realesrgan(image: np.ndarray, params: Mapping[str, Any], ctx: StepContext) -> StepOutput:
-    model_id = str(params.get("model", "realesr-general-x4v3"))
-    if model_id not in REALESRGAN_MODELS:
-        raise UsageError(f"unknown Real-ESRGAN model {model_id!r}; "
-                         f"choose one of {', '.join(REALESRGAN_MODELS)}")
+    model_id = param_choice("sr_realesrgan", params)
     scale = _check_scale(params.get("scale", 1))
     ctx.progress.update(0.0, f"Real-ESRGAN ({model_id})")
     out = realesrgan(image, model_id, scale, ctx)

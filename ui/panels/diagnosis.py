@@ -158,6 +158,17 @@ def step_defaults(name: str) -> Mapping[str, Any]:
         return {}
 
 
+def step_choices(name: str) -> Mapping[str, tuple[Any, ...]]:
+    """The values the step's params choose among (a model among its alternatives), as the
+    engine checks them (``StepSpec.choices``); the editor offers ``CHOICES`` for the others."""
+    try:
+        from engine.restore.registry import get_step
+
+        return get_step(name).choices
+    except Exception:  # noqa: BLE001
+        return {}
+
+
 class DiagnosisPanel(QWidget):
     run_requested = Signal(object)  # Plan | None
     override_requested = Signal(object)  # Degradation | None (None = back to auto)
@@ -506,10 +517,12 @@ class DiagnosisPanel(QWidget):
         s = self.plan.steps[i]
         self.params_box.setTitle(f"Parameters · {s.name}")
         params = {**step_defaults(s.name), **s.params}
+        choices = step_choices(s.name)
         if not params:
             self.params_form.addRow(QLabel("This step has no parameters."))
         for key, value in params.items():
-            self.params_form.addRow(key.replace("_", " "), self._editor(i, key, value))
+            self.params_form.addRow(key.replace("_", " "),
+                                    self._editor(i, key, value, choices.get(key)))
 
     def _set_param(self, i: int, key: str, v: Any) -> None:
         if self.plan is None:
@@ -518,12 +531,15 @@ class DiagnosisPanel(QWidget):
         self.plan = self.plan.replace_step(i, Step(s.name, {**s.params, key: v}, s.enabled))
         self._edited()
 
-    def _editor(self, i: int, key: str, value: Any) -> QWidget:
+    def _editor(self, i: int, key: str, value: Any,
+                choices: tuple[Any, ...] | None = None) -> QWidget:
         setter = weak_slot(self, lambda p, v: p._set_param(i, key, v))
 
-        if key in CHOICES:
+        if choices is None:
+            choices = CHOICES.get(key)
+        if choices is not None:
             w = _narrow(QComboBox(), 10)
-            opts = list(CHOICES[key])
+            opts = list(choices)
             if value not in opts:
                 opts.append(value)
             for o in opts:
