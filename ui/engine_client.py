@@ -9,11 +9,13 @@ frozen dataclasses, numpy arrays or QImages. Nothing here blocks the GUI thread.
 from __future__ import annotations
 
 import enum
+import filecmp
 import functools
 import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import threading
@@ -120,6 +122,9 @@ class _Job:
     retried: bool = False  # a retry was queued already: a second click adds nothing
     heard: float = 0.0  # when the engine last reported on it (started, progress)
     stall_said: float = 0.0  # when the watchdog last logged it as silent
+    # when it was queued (wall clock, in the crash journal): a result of its photo written
+    # since then is its own (``result_since``)
+    queued_at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
@@ -1076,7 +1081,8 @@ class EngineClient(QObject):
         pending = [] if self._journal_cleared else [
             self._jobs[i] for i in ([self._running] if self._running else []) + self._order
             if i in self._jobs]
-        entries = [request_to_json(j.payload) for j in pending if j.info.kind is JobKind.RUN]
+        entries = [dict(request_to_json(j.payload), queued_at=j.queued_at) for j in pending
+                   if j.info.kind is JobKind.RUN]
         data = json.dumps({"version": 1, "jobs": entries}, indent=1).encode() if entries else None
         self._journal_seq += 1
         seq = self._journal_seq
@@ -1328,8 +1334,9 @@ def request_from_json(d: dict[str, Any]) -> JobRequest:
     )
 
 
-def read_journal_entries(path: Path) -> tuple[list[JobRequest], int]:
-    """The jobs in a journal and how many of its entries could not be read (another version's,
+def read_journal_jobs(path: Path) -> tuple[list[tuple[JobRequest, float | None]], int]:
+    """The jobs in a journal, each with when it was queued (None: not recorded, an earlier
+    version's journal), and how many of its entries could not be read (another version's,
     damaged). Raises OSError (unreadable) or ValueError (not a journal: truncated, corrupt)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     jobs_json = data.get("jobs", []) if isinstance(data, dict) else None
@@ -1338,11 +1345,61 @@ def read_journal_entries(path: Path) -> tuple[list[JobRequest], int]:
     jobs, bad = [], 0
     for j in jobs_json:
         try:
-            jobs.append(request_from_json(j))
+            queued = j.get("queued_at")
+            jobs.append((request_from_json(j),
+                         float(queued) if isinstance(queued, (int, float)) else None))
         except Exception as e:  # noqa: BLE001 - one entry of another version: the others stand
             log.warning("journal %s: skipping an entry that cannot be read: %s", path, str(e))
             bad += 1
     return jobs, bad
+
+
+def read_journal_entries(path: Path) -> tuple[list[JobRequest], int]:
+    """The jobs in a journal and how many of its entries could not be read (another version's,
+    damaged). Raises OSError (unreadable) or ValueError (not a journal: truncated, corrupt)."""
+    jobs, bad = read_journal_jobs(path)
+    return [request for request, _queued in jobs], bad
+
+
+def result_since(request: JobRequest, since: float) -> Path | None:
+    """The result of the fix ``request`` on the disk, written at ``since`` (when the job was
+    queued: wall clock) or later - what a crash left unsaid: the journal drops a finished job
+    a moment after the result is written, so a crash in between offered that fix again, and
+    ran it twice (``IMG_mend_1.jpg``). A file of the request's output folder named as the
+    engine names the photo's results (``<stem><suffix>``, then ``_1``, ``_2``... when taken;
+    any format) that is Mend's result of this very photo (its record's source has the photo's
+    size and SHA-256) or the photo's own bytes (nothing to fix, the original kept). None: none
+    (or it cannot be told). Reads the disk: off the GUI thread."""
+    from engine.imageio import file_sha256, mend_record
+
+    photo = Path(request.path)
+    options = request.output
+    folder = Path(options.out_dir) if options.out_dir else photo.parent
+    named = re.compile(re.escape(f"{photo.stem}{options.suffix}") + r"(_\d+)?\.[^.]+")
+    digest: str | None = None
+    try:
+        size = photo.stat().st_size
+        entries = sorted((e for e in os.scandir(folder) if named.fullmatch(e.name)),
+                         key=lambda e: e.name)
+        for e in entries:
+            st = e.stat()
+            if not e.is_file() or st.st_mtime < since:
+                continue  # (written before the job was queued: an earlier fix's)
+            record = mend_record(e.path)
+            if record is None:  # (kept as it was: the photo's bytes)
+                if st.st_size == size and filecmp.cmp(e.path, photo, shallow=False):
+                    return Path(e.path)
+                continue
+            source = record.get("source")
+            if record.get("kind") == "mask" or not isinstance(source, dict) \
+                    or source.get("size") != size:
+                continue
+            digest = digest or file_sha256(photo)
+            if source.get("sha256") == digest:
+                return Path(e.path)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def read_journal(path: Path) -> list[JobRequest]:

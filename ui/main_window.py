@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -14,9 +15,22 @@ from pathlib import Path
 from typing import Any
 
 import shiboken6
-from PySide6.QtCore import QByteArray, Qt, QThreadPool, QTimer, Signal
+from PySide6.QtCore import (
+    QByteArray,
+    QEvent,
+    QItemSelectionModel,
+    QObject,
+    Qt,
+    QThreadPool,
+    QTimer,
+    Signal,
+)
 from PySide6.QtGui import QAction, QActionGroup, QImage, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
+    QAbstractButton,
+    QAbstractItemView,
+    QAbstractSlider,
+    QApplication,
     QColorDialog,
     QComboBox,
     QDockWidget,
@@ -30,6 +44,7 @@ from PySide6.QtWidgets import (
     QSlider,
     QSpinBox,
     QStackedWidget,
+    QTabBar,
     QToolBar,
     QToolButton,
     QVBoxLayout,
@@ -94,10 +109,22 @@ log = logging.getLogger("mend.ui")
 
 _ENGINE_START = "engine start"  # the status line's operation while the engine starts
 _PICK_A_PHOTO = "pick a photo"  # "Fix selected" with none selected: said until one is picked
+_CANCELS = "cancelled jobs"  # the status line's jobs cancelled together (_say_cancelled)
+# seconds between two jobs' cancels said together: the running job's ends at its next cancel
+# check (a tile, a model layer: well under a second), after the queued ones'
+CANCELS_TOGETHER = 5.0
 # "Preview fix here" runs on the part of the photo in view, at most this many source px a side
 # (the square at the view's centre): a preview is meant to take seconds, not the photo's time
 PREVIEW_SIDE = 1024
 PREVIEWS = "previews"  # (in the user cache folder) where the engine writes them for the viewer
+# the keys of the viewer's shortcuts (space: before/after; left, right: the photos) that a control
+# reached with Tab uses itself - space presses a button, ticks a step, opens a list; left and
+# right move a tab bar's tab (the docks': Diagnosis / Queue) or a slider: see _ControlKeys
+_CONTROL_KEYS: dict[int, tuple[type, ...]] = {
+    Qt.Key.Key_Space: (QAbstractButton, QComboBox, QAbstractItemView),
+    Qt.Key.Key_Left: (QTabBar, QAbstractSlider),
+    Qt.Key.Key_Right: (QTabBar, QAbstractSlider),
+}
 
 
 def _delete_when_idle(doc: MaskDocument) -> None:
@@ -167,6 +194,13 @@ class PhotoState:
     output_gone: Path | None = None
 
 
+def _kept_original(st: PhotoState) -> bool:
+    """The photo's latest result is the original as it was (nothing to fix or to fill, or
+    the regression guard kept it), as far as this window knows (a fix made here)."""
+    return st.output is not None and st.result is not None \
+        and st.result.output == st.output and st.result.kept_original
+
+
 @dataclass(frozen=True)
 class RegionPreview:
     """A fix of part of a photo, shown over it in the viewer's after pane (never saved)."""
@@ -175,6 +209,28 @@ class RegionPreview:
     region: tuple[int, int, int, int]  # x0, y0, x1, y1: upright source px
     image: QImage  # sRGB, at the chain's output scale
     job: int  # the job that made it (a fix or a plan asked after it does not make it stale)
+
+
+class _ControlKeys(QObject):
+    """The window's filter of the keys its shortcuts take: a control the photographer reached
+    with Tab keeps the keys it uses (``MainWindow._control_keeps``) - space on "Fix this photo"
+    or "Diagnose" toggled before/after instead of pressing it, and left / right on the docks'
+    tab bar changed the photo (the Queue panel could not be reached from the keyboard). A
+    control clicked with the mouse leaves them to the viewer, as before (space after clicking
+    Fix compares). (A filter, not the window's own ``event``: a Python ``event`` of the window
+    kept it alive once deleted.)"""
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window)
+        self._window = weakref.ref(window)
+
+    def eventFilter(self, obj: QObject, e: QEvent) -> bool:
+        if e.type() == QEvent.Type.ShortcutOverride:
+            win = self._window()
+            if win is not None and win._control_keeps(e):
+                e.accept()
+                return True
+        return False
 
 
 def _centred(lo: int, hi: int, side: int) -> tuple[int, int]:
@@ -331,11 +387,14 @@ class MainWindow(QMainWindow):
         self.diag_dock, self.queue_dock = dock, qdock
 
         self._build_menus()
+        self.installEventFilter(_ControlKeys(self))  # (space, left, right: see _control_keeps)
         # mask tools and undo work from the keyboard even while their toolbar is hidden
         self.addActions([*self.tool_actions.values(), self.undo_action, self.redo_action])
         self.status_label = QLabel("")
         self.statusBar().addWidget(self.status_label, 1)
         self._status_owner = _StatusOwner()
+        self._cancelled: list[str] = []  # the jobs the status line says were cancelled
+        self._cancelled_at = 0.0  # (time.monotonic) when the last of them was
         self.eta_label = QLabel("")
         self.statusBar().addPermanentWidget(self.eta_label)
         # shown while the crash journal cannot be written (said once in the status line)
@@ -844,7 +903,8 @@ class MainWindow(QMainWindow):
         for p, st in self.states.items():
             if self.model.item(p) is not None and (st.diagnosis or st.output):
                 self.model.update_item(p, diagnosis=st.diagnosis, output=st.output,
-                                       job_state=JobState.DONE if st.output else None)
+                                       job_state=JobState.DONE if st.output else None,
+                                       kept=_kept_original(st))
         for jid, p in self._job_path.items():
             info = self.client.job(jid)
             if info is not None and info.kind is JobKind.RUN and self.model.item(p) is not None:
@@ -993,6 +1053,13 @@ class MainWindow(QMainWindow):
         # 100,000 photos, took 0.4 s on each selection change)
         n = sum(r.height() for r in sm.selection())
         cur = self.grid.currentIndex()
+        if n and not cur.isValid():
+            # (Ctrl+A with no photo picked yet - a folder just opened: the panel said "No photo
+            # selected" beside every photo selected, its Fix disabled) the first one selected
+            # is the one shown, as a click on it would make it; this is called again then
+            first = min((r.topLeft() for r in sm.selection()), key=lambda ix: ix.row())
+            sm.setCurrentIndex(first, QItemSelectionModel.SelectionFlag.NoUpdate)
+            return
         # (the photo shown is among them: as _override_targets decides)
         self.panel.set_selected_count(n if n > 1 and cur.isValid() and sm.isSelected(cur)
                                       and cur.data(PathRole) == self.current else 0)
@@ -1038,8 +1105,7 @@ class MainWindow(QMainWindow):
                     "moved outside Mend; fix the photo again to make it again")
         msg = ""
         if st.output:
-            kept = st.result is not None and st.result.output == st.output \
-                and st.result.kept_original
+            kept = _kept_original(st)
             msg = f"Result{' (the original, unchanged)' if kept else ''}: {st.output}"
         if st.result and st.result.warnings:
             msg += "\n" + "\n".join(st.result.warnings)
@@ -1238,7 +1304,9 @@ class MainWindow(QMainWindow):
             self.set_compare(Compare.BEFORE)
         else:
             back = getattr(self, "_last_mode", Compare.SPLIT)
-            self.set_compare(back if self.canvas.after is not None else Compare.AFTER)
+            # (a preview of part of the photo compares as a result does: split twice was
+            # split, before, after)
+            self.set_compare(back if self.canvas.has_after() else Compare.AFTER)
 
     def compare_mode(self) -> Compare:
         return Compare(self.compare.currentData())
@@ -1585,7 +1653,7 @@ class MainWindow(QMainWindow):
                 st.outputs = [o for o in st.outputs if o != str(result.output)] + [
                     str(result.output)]
             self.model.update_item(path, job_state=JobState.DONE, output=result.output,
-                                   diagnosis=diagnosis)
+                                   diagnosis=diagnosis, kept=_kept_original(st))
             # (the mask recorded in the sidecar stays unless this window knows the photo's:
             # a fix finishing after its folder was left erased the edited mask's record)
             mask = {"mask": str(st.mask_path)} if st.mask_path else {}
@@ -1917,9 +1985,30 @@ class MainWindow(QMainWindow):
                 self.panel.set_plan(st.plan, st.plan_note)
         self._sam_include.pop(job_id, None)
         # (a subfolder's photo as the grid names it: two folders of a card hold IMG_0001.JPG)
-        self.set_status(f"{self.display_name(path) if path else 'Job'}: {message}", photo=path)
+        name = self.display_name(path) if path else "Job"
+        if info is not None and info.state is JobState.CANCELLED:
+            self._say_cancelled(name, path)
+        else:
+            self.set_status(f"{name}: {message}", photo=path)
         if path == self.current:
             self.panel.set_status(message)
+
+    def _say_cancelled(self, name: str, path: Path | None) -> None:
+        """Say in the status line that the job of ``name`` was cancelled. Jobs cancelled
+        together (a batch's lines cancelled in the Queue panel, "Cancel all": within a few
+        seconds, nothing else said between them) are said together: the line named only the
+        last one ("IMG_0010.JPG: Cancelled." for twelve fixes cancelled)."""
+        now = time.monotonic()
+        if self._status_owner.op != _CANCELS or now - self._cancelled_at > CANCELS_TOGETHER:
+            self._cancelled = []
+        self._cancelled.append(name)
+        self._cancelled_at = now
+        n = len(self._cancelled)
+        if n == 1:
+            self.set_status(f"{name}: Cancelled.", photo=path, op=_CANCELS)
+            return
+        names = ", ".join(self._cancelled[:3]) + (f" and {n - 3} more" if n > 3 else "")
+        self.set_status(f"Cancelled {n} jobs: {names}", op=_CANCELS)
 
     def _on_job_changed(self, info: JobInfo) -> None:
         if info.id in self._detect_jobs and info.state is JobState.RUNNING \
@@ -2697,6 +2786,41 @@ class MainWindow(QMainWindow):
         show_about(self, self.device)
 
     # -- misc -----------------------------------------------------------------------------
+    def _control_keeps(self, e: Any) -> bool:
+        """Whether the key of the ShortcutOverride ``e`` goes to the focus widget rather than to
+        the viewer's shortcuts (``_ControlKeys``): a control that uses it, focused from the
+        keyboard (Qt marks the window so: the control shows its focus frame) - never the
+        photo's canvas, whose keys the shortcuts are."""
+        if e.modifiers() & ~Qt.KeyboardModifier.KeypadModifier:
+            return False
+        kinds = _CONTROL_KEYS.get(e.key())
+        if kinds is None or not self.testAttribute(Qt.WidgetAttribute.WA_KeyboardFocusChange):
+            return False
+        w = QApplication.focusWidget()
+        return w is not None and w is not self.canvas and isinstance(w, kinds) \
+            and self.isAncestorOf(w)
+
+    def focusNextPrevChild(self, next: bool) -> bool:
+        """Tab / Shift+Tab: the next control on the screen. Qt's focus chain also holds the
+        controls of a dock panel behind another's tab (Qt keeps it shown, moved off the
+        window): Tab from "Fix this photo" went through the Queue panel's list and buttons out
+        of sight, where space cancelled queued jobs or cleared the queue unseen. They are
+        passed over (the tab bar below the panels shows the Queue)."""
+        start = QApplication.focusWidget()
+        for _ in range(1000):  # (the chain once round, at most)
+            if not super().focusNextPrevChild(next):
+                return False
+            w = QApplication.focusWidget()
+            if w is None or w is start or not self._behind_a_tab(w):
+                return True
+        return True
+
+    def _behind_a_tab(self, w: QWidget) -> bool:
+        """``w`` is in a dock panel whose tab is not the one shown (docked, out of the window)."""
+        return any(d.isAncestorOf(w) and not d.isFloating()
+                   and not self.rect().intersects(d.geometry())
+                   for d in (self.diag_dock, self.queue_dock))
+
     def set_status(self, text: str, *, photo: Path | None = None, folder: Path | None = None,
                    op: object = None) -> None:
         """Say ``text`` in the status line, in place of what it said. A message belongs to what
@@ -2729,7 +2853,7 @@ class MainWindow(QMainWindow):
         """Offer the jobs a crash left unfinished; the journals and the photos they name (on a
         disk that may be asleep, or gone) are read in the pool. Only the journals of Mends that
         are gone: another one running now keeps its own (see engine_client.orphan_journals)."""
-        from .engine_client import orphan_journals, read_journal_entries
+        from .engine_client import orphan_journals, read_journal_jobs, result_since
 
         root, own = data_dir(), self.client.journal_path
 
@@ -2737,11 +2861,11 @@ class MainWindow(QMainWindow):
             from .messages import describe_error
 
             found = orphan_journals(root, own)
-            jobs: list[JobRequest] = []
+            jobs: list[tuple[JobRequest, float | None]] = []
             bad, unreadable = 0, []
             for p, _lock in found:
                 try:
-                    js, nbad = read_journal_entries(p)
+                    js, nbad = read_journal_jobs(p)
                 except (OSError, ValueError) as e:
                     # kept under another name (nothing deleted), not tripped over again
                     aside = p.with_name(p.stem + ".unreadable")
@@ -2755,10 +2879,20 @@ class MainWindow(QMainWindow):
                     continue
                 jobs += js
                 bad += nbad
-            here = [req for req in jobs if Path(req.path).exists()]
-            gone = [Path(req.path).name for req in jobs if not Path(req.path).exists()]
+            here, gone, done = [], [], []
+            for req, queued in jobs:
+                if not Path(req.path).exists():
+                    gone.append(Path(req.path).name)
+                    continue
+                # (its result written as Mend stopped, before the journal said so: not run
+                # twice)
+                result = result_since(req, queued) if queued is not None else None
+                if result is None:
+                    here.append(req)
+                else:
+                    done.append((Path(req.path), result))
             return {"found": found, "n": len(jobs) + bad, "jobs": here, "gone": gone,
-                    "bad": bad, "unreadable": unreadable}
+                    "bad": bad, "unreadable": unreadable, "done": done}
 
         self.bg.run(read, self._ask_resume, lambda _m: None)
 
@@ -2767,9 +2901,25 @@ class MainWindow(QMainWindow):
 
         found = offer["found"]
         n, jobs, gone, bad = offer["n"], offer["jobs"], offer["gone"], offer["bad"]
+        done: list[tuple[Path, Path]] = offer.get("done", [])
         for aside, why in offer["unreadable"]:
             self.set_status(f"The list of unfinished jobs could not be read ({why}); it was "
                             f"kept as {aside}")
+        finished = ""
+        if done:
+            # (recorded with the photo, in case Mend stopped before its sidecar said so)
+            for photo, result in done:
+                self._save_sidecar(photo, add_outputs=[str(result)])
+            names = ", ".join(p.name for p, _r in done[:5]) + ("…" if len(done) > 5 else "")
+            finished = (f"The fix of {names} had finished as Mend stopped: its result is kept "
+                        "and it is not run again." if len(done) == 1 else
+                        f"{len(done)} fixes had finished as Mend stopped ({names}): their "
+                        "results are kept and they are not run again.")
+            n -= len(done)
+            if not (n or gone or bad):
+                self.set_status(finished)
+                self.client.run_in_pool(lambda: release_journals(found, delete=True))
+                return
         if not n:
             self.client.run_in_pool(lambda: release_journals(found, delete=True))
             if not self.qs.value("firstRunDone"):
@@ -2780,7 +2930,7 @@ class MainWindow(QMainWindow):
                 QTimer.singleShot(200, weak_slot(
                     self, lambda w: None if w._closing else w.show_models(first_run=True)))
             return
-        text = f"Mend stopped with {n} unfinished job(s)."
+        text = f"Mend stopped with {n} unfinished job(s)." + (f" {finished}" if finished else "")
         if gone:
             names = ", ".join(gone[:5]) + ("…" if len(gone) > 5 else "")
             text += (f" {len(gone)} cannot run again: the photo was moved or deleted "
@@ -2811,9 +2961,14 @@ class MainWindow(QMainWindow):
             self.restoreState(s)
 
     def closeEvent(self, e) -> None:
-        if self._own_client and self._work_to_lose():
-            r = QMessageBox.question(self, "Quit Mend",
-                                     "Jobs are still running. Stop them and quit?")
+        lose = self._work_to_lose() if self._own_client else 0
+        if lose:
+            # (what quitting does to them: a quit is not a crash, nothing is offered again -
+            # the question said neither how many nor that)
+            r = QMessageBox.question(
+                self, "Quit Mend",
+                f"Jobs are still running ({lose} queued or running). Stop them and quit? "
+                "They are not offered again when Mend starts next.")
             if r != QMessageBox.StandardButton.Yes:
                 e.ignore()
                 return

@@ -196,7 +196,8 @@ def test_a_normal_quit_deletes_the_journal_off_the_gui_thread(
     qtbot.waitUntil(lambda: len(read_journal(journal)) == 1, timeout=10000)
     with gui_disk:
         assert win.close()
-    assert asked == ["Jobs are still running. Stop them and quit?"]
+    assert asked == [("Jobs are still running (1 queued or running). Stop them and quit? "
+                      "They are not offered again when Mend starts next.")]
     assert gui_disk.under(journal.parent) == []
     assert not journal.exists() and not Path(f"{journal}.lock").exists()
     assert not client._thread.isRunning()

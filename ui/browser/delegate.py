@@ -12,7 +12,7 @@ from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPixmap
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
 from ..engine_client import JobState
-from .model import DiagnosisRole, JobStateRole, MendKindRole, ThumbStateRole
+from .model import DiagnosisRole, JobStateRole, KeptRole, MendKindRole, ThumbStateRole
 
 CLASS_COLOURS = {
     "A": QColor("#4f9dde"),  # low quality: blue
@@ -28,6 +28,7 @@ STATE_COLOURS = {
     JobState.CANCELLED: QColor("#8a8f98"),
 }
 MEND_COLOUR = QColor("#5b6370")  # a file Mend wrote: neutral slate, apart from class colours
+KEPT_COLOUR = QColor("#8a7a4f")  # a result that is the original, unchanged: muted, not "done"
 CELL_BG = QColor("#26292e")  # opaque: no blending per cell
 
 
@@ -130,5 +131,8 @@ class ThumbnailDelegate(QStyledItemDelegate):
         state = index.data(JobStateRole)
         if state:  # job state chip, top-right
             st = JobState(state)
-            b = self._badge(st.value, STATE_COLOURS[st], self._font, dpr)
+            # (a result that is the original as it was: not a fix to look at, a photo to check)
+            kept = st is JobState.DONE and bool(index.data(KeptRole))
+            b = self._badge("unchanged" if kept else st.value,
+                            KEPT_COLOUR if kept else STATE_COLOURS[st], self._font, dpr)
             p.drawPixmap(pic.right() - int(b.width() / b.devicePixelRatio()) - 2, pic.y() + 2, b)

@@ -36,6 +36,7 @@ OutputRole = Qt.ItemDataRole.UserRole + 5
 ErrorRole = Qt.ItemDataRole.UserRole + 6
 ThumbStateRole = Qt.ItemDataRole.UserRole + 7  # "loading" | "ready" | "failed"
 MendKindRole = Qt.ItemDataRole.UserRole + 8  # "result" | "mask": a file Mend wrote, else ""
+KeptRole = Qt.ItemDataRole.UserRole + 9  # bool: its result is the original, unchanged
 
 BATCH = 256
 _NO_PARENT = QModelIndex()  # the root: the default parent of the list model's API
@@ -52,6 +53,9 @@ class PhotoItem:
     error: str = ""
     mend_kind: str = ""  # "result" / "mask" when Mend wrote the file (its record says so)
     rel: str = ""  # "100CANON/IMG_0001.JPG" for a photo in a subfolder of the opened folder
+    # its result is the original as it was (nothing to fix or to fill, or the regression guard
+    # kept it): its chip says "unchanged", not "done"
+    kept: bool = False
 
     @property
     def display_name(self) -> str:
@@ -293,6 +297,8 @@ class ThumbnailModel(QAbstractListModel):
                         else "\nA mask Mend saved")
             if it.error or it.path in self._failed:
                 tip += f"\n{it.error or self._failed[it.path]}"
+            if it.kept and it.job_state is JobState.DONE:
+                tip += "\nIts result is the original, unchanged"
             return tip
         if role == Qt.ItemDataRole.DecorationRole:
             return self._pixmap(it)
@@ -308,6 +314,8 @@ class ThumbnailModel(QAbstractListModel):
             return it.output
         if role == MendKindRole:
             return it.mend_kind
+        if role == KeptRole:
+            return it.kept
         if role == ErrorRole:
             return it.error or self._failed.get(it.path, "")
         if role == ThumbStateRole:
