@@ -697,7 +697,27 @@ class MainWindow(QMainWindow):
         prv = vm.addAction("Previous photo")
         prv.setShortcut(QKeySequence(Qt.Key.Key_Left))
         prv.triggered.connect(weak_slot(self, lambda w: w.step_photo(-1)))
-        self._viewer_only = [self.space_action, nxt, prv, self.preview_action]
+        # zoom and pan from the keyboard (the toolbar's Fit and 100 %, the wheel and a drag
+        # need the mouse): so a keyboard-only "Preview fix here" can choose its part
+        vm.addSeparator()
+        zoom_keys = [
+            ("Zoom in", ("Ctrl++", "Ctrl+="), lambda w: w.canvas.zoom_by(1.25)),
+            ("Zoom out", ("Ctrl+-",), lambda w: w.canvas.zoom_by(0.8)),
+            ("Fit", ("Ctrl+0",), lambda w: w.canvas.fit()),
+            ("100 %", ("Ctrl+1",), lambda w: w.canvas.actual_size()),
+            ("Pan left", ("Shift+Left",), lambda w: w.canvas.pan_by(-0.25, 0)),
+            ("Pan right", ("Shift+Right",), lambda w: w.canvas.pan_by(0.25, 0)),
+            ("Pan up", ("Shift+Up",), lambda w: w.canvas.pan_by(0, -0.25)),
+            ("Pan down", ("Shift+Down",), lambda w: w.canvas.pan_by(0, 0.25)),
+        ]
+        self.zoom_actions: dict[str, QAction] = {}
+        for text, keys, fn in zoom_keys:
+            a = vm.addAction(text)
+            a.setShortcuts([QKeySequence(k) for k in keys])
+            a.triggered.connect(weak_slot(self, fn))
+            self.zoom_actions[text] = a
+        self._viewer_only = [self.space_action, nxt, prv, self.preview_action,
+                             *self.zoom_actions.values()]
         bigger = vm.addAction("Bigger brush")
         bigger.setShortcut(QKeySequence("]"))
         bigger.triggered.connect(weak_slot(self, lambda w: w.size_slider.setValue(

@@ -299,3 +299,32 @@ def test_select_all_in_a_folder_just_opened_shows_the_first_photo(qtbot, window,
     assert win.panel.title.text() == "a_noisy.jpg" and win.panel.run_btn.isEnabled()
     assert win.panel.selection_note.text().startswith("3 photos selected")
     assert len(win.grid.selected_paths()) == 3  # (the selection stays whole)
+
+
+def test_the_viewer_zooms_and_pans_from_the_keyboard(qtbot, window, folder):
+    """No key zoomed or panned the viewer (Fit, 100 %, the wheel and a drag need the mouse), so
+    a keyboard-only "Preview fix here" could only take the fitted view's centre. Ctrl+= / Ctrl+-
+    zoom, Ctrl+0 fits, Ctrl+1 is 100 %, Shift+arrows pan; in the browser they are off (Shift+
+    arrows extend the grid's selection there)."""
+    win = window
+    opened(qtbot, win, folder)
+    assert not win.zoom_actions["Pan left"].isEnabled()  # (the browser: the grid's keys)
+    _in_viewer(qtbot, win, folder / "a_noisy.jpg")
+    c = win.canvas
+    fitted = c.zoom
+    QTest.keyClick(c, Qt.Key.Key_Equal, Qt.KeyboardModifier.ControlModifier)
+    assert c.zoom == pytest.approx(fitted * 1.25) and not c.fit_mode
+    centre = c.center
+    QTest.keyClick(c, Qt.Key.Key_Right, Qt.KeyboardModifier.ShiftModifier)
+    assert c.center.x() > centre.x() and c.center.y() == centre.y()
+    assert win.current == folder / "a_noisy.jpg"  # (not the next photo)
+    QTest.keyClick(c, Qt.Key.Key_Down, Qt.KeyboardModifier.ShiftModifier)
+    assert c.center.y() > centre.y()
+    QTest.keyClick(c, Qt.Key.Key_Minus, Qt.KeyboardModifier.ControlModifier)
+    assert c.zoom == pytest.approx(fitted)
+    QTest.keyClick(c, Qt.Key.Key_1, Qt.KeyboardModifier.ControlModifier)
+    assert c.zoom == pytest.approx(1.0 / max(1.0, c.devicePixelRatioF()))
+    QTest.keyClick(c, Qt.Key.Key_0, Qt.KeyboardModifier.ControlModifier)
+    assert c.fit_mode and c.zoom == pytest.approx(fitted)
+    win.show_browser()
+    assert not any(a.isEnabled() for a in win.zoom_actions.values())

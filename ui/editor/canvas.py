@@ -197,6 +197,16 @@ class ImageCanvas(QWidget):
         self.update()
         self.view_changed.emit()
 
+    def pan_by(self, fx: float, fy: float) -> None:
+        """Move the view by ``fx``, ``fy`` of the pane's width and height (the keyboard's pan:
+        positive = right / down, as dragging the photo the other way)."""
+        pane = self._panes()[0][0]
+        self.center = QPointF(self.center.x() + fx * pane.width() / self.zoom,
+                              self.center.y() + fy * pane.height() / self.zoom)
+        self.fit_mode = False
+        self.update()
+        self.view_changed.emit()
+
     def _pane_at(self, pos: QPointF) -> tuple[QRectF, str]:
         for pane, name in self._panes():
             if pane.contains(pos):
