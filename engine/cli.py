@@ -823,8 +823,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
         # the chosen backend's model missing: every photo would fail the same way (before,
         # each of a folder's photos was decoded and said so, line after line); "auto" never
         # raises it (it falls back to the analyzer)
-        if isinstance(e, ModelMissing):
-            return f"the {args.backend} backend's model is not installed (see above)"
+        if isinstance(e, ModelMissing):  # (or installed but missing a package it needs)
+            return (f"the {args.backend} backend's model "
+                    f"{'cannot be used' if getattr(e, 'package', None) else 'is not installed'}"
+                    " (see above)")
         return _stop_reason(e)
 
     batch = _for_each(photos, work, args, "classified", prepare, stops)

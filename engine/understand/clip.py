@@ -1,15 +1,23 @@
 """CLIP / SigLIP zero-shot diagnosis (the paper's related-work alternative).
 
 Each class has a prompt ensemble (resources/prompts/clip_prompts.json); a class's text
-embedding is the normalised mean of its prompts' normalised embeddings; scores are the softmax
-of the scaled cosine similarities. Weights come from the model store with
+embedding is the normalised mean of its prompts' normalised embeddings. CLIP's scores are the
+softmax of the scaled cosine similarities (it was trained with a softmax over the texts).
+SigLIP was trained with a sigmoid per image-text pair: each class's match probability is
+sigmoid(scale * cosine + bias), and the scores are those probabilities normalised to sum to 1
+(all four near 1, or near 0, is an even split, not a confident softmax); its prompts are
+padded to the full 64 tokens and encoded without a padding mask, as it was trained. SigLIP's
+tokenizer needs the ``sentencepiece`` package: without it the SigLIP model is passed over
+(a clear error when it is the only one). Weights come from the model store with
 ``local_files_only=True``. A cancel (``cancel_check``) is checked before every layer of the
 image encoder and between batches; loading (with the prompts' text embeddings) is not
 interrupted, so a cached model is always a whole one.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,10 +51,60 @@ def _features(out: Any):
     return out if hasattr(out, "norm") else out.pooler_output
 
 
+def is_siglip(model: Any) -> bool:
+    """A SigLIP (or SigLIP 2) checkpoint: sigmoid scores, max-length prompts, no padding mask."""
+    kind = str(getattr(getattr(model, "config", None), "model_type", "") or "")
+    return kind.startswith("siglip") or "siglip" in type(model).__name__.lower()
+
+
+def _installed(package: str) -> bool:
+    if package in sys.modules:  # (None there: known not to import)
+        return sys.modules[package] is not None
+    return importlib.util.find_spec(package) is not None
+
+
+def missing_package(runtime: Any, model_id: str) -> str | None:
+    """The package ``model_id``'s tokenizer needs that is not installed, else None: a
+    SentencePiece vocabulary (``spiece.model``) without a ``tokenizer.json`` (SigLIP's release)
+    is read by transformers through the ``sentencepiece`` package only."""
+    try:
+        names = {Path(f.name).name for f in runtime.store.spec(model_id).files}
+    except (KeyError, EngineError, AttributeError):
+        return None
+    if "spiece.model" in names and "tokenizer.json" not in names \
+            and not _installed("sentencepiece"):
+        return "sentencepiece"
+    return None
+
+
+class PackageMissing(ModelMissing):
+    """A model's files are installed but a package it needs to run is not."""
+
+    def __init__(self, model_id: str, package: str) -> None:
+        super().__init__(model_id)
+        self.package = package
+        Exception.__init__(self, f"model '{model_id}' is installed but cannot be used: its "
+                                 f"tokenizer needs the '{package}' package, which is not "
+                                 f"installed (pip install {package}); or use the built-in "
+                                 "analyzer")
+
+
 class _LoadedClip:
-    def __init__(self, model, processor, text_emb, logit_scale, model_id: str):
+    def __init__(self, model, processor, text_emb, logit_scale, model_id: str,
+                 logit_bias: float = 0.0, sigmoid: bool = False):
         self.model, self.processor = model, processor
         self.text_emb, self.logit_scale, self.model_id = text_emb, logit_scale, model_id
+        self.logit_bias, self.sigmoid = logit_bias, sigmoid
+
+    def probabilities(self, image_emb):
+        """Class scores (rows sum to 1) of normalised image embeddings: CLIP's softmax, or
+        SigLIP's per-class sigmoids normalised (in log space: no underflow to 0 / 0)."""
+        import torch
+
+        logits = self.logit_scale * image_emb @ self.text_emb.T + self.logit_bias
+        if self.sigmoid:
+            return torch.softmax(torch.nn.functional.logsigmoid(logits), dim=-1)
+        return torch.softmax(logits, dim=-1)
 
 
 def load_clip(runtime: Any, model_id: str, prompts: dict[str, list[str]]) -> _LoadedClip:
@@ -72,11 +130,15 @@ def load_clip(runtime: Any, model_id: str, prompts: dict[str, list[str]]) -> _Lo
                                               trust_remote_code=False, dtype=dtype)
             model.to(device.torch_device).eval()
         texts = [t for c in LETTERS for t in prompts[c]]
-        kw = {"padding": "max_length"} if "siglip" in type(model).__name__.lower() else \
-            {"padding": True}
+        sig = is_siglip(model)
+        # SigLIP: padded to its full length (64 tokens) and read without a padding mask (its
+        # text tower pools the last position, a pad, and was trained attending to the pads)
+        length = getattr(getattr(model.config, "text_config", None), "max_position_embeddings",
+                         None) or 64
+        kw = {"padding": "max_length", "max_length": int(length)} if sig else {"padding": True}
         tok = processor(text=texts, return_tensors="pt", truncation=True, **kw)
-        tok = {k: v.to(device.torch_device) for k, v in tok.items()
-               if k in ("input_ids", "attention_mask")}
+        keep = ("input_ids",) if sig else ("input_ids", "attention_mask")
+        tok = {k: v.to(device.torch_device) for k, v in tok.items() if k in keep}
         with torch.inference_mode():
             te = _features(model.get_text_features(**tok)).float()
         te = te / te.norm(dim=-1, keepdim=True)
@@ -87,7 +149,9 @@ def load_clip(runtime: Any, model_id: str, prompts: dict[str, list[str]]) -> _Lo
             per.append(m / m.norm())
             i += n
         scale = float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 100.0
-        return _LoadedClip(model, processor, torch.stack(per), scale, model_id)
+        bias = getattr(model, "logit_bias", None)
+        bias = float(bias.float().reshape(-1)[0].item()) if (sig and bias is not None) else 0.0
+        return _LoadedClip(model, processor, torch.stack(per), scale, model_id, bias, sig)
 
     mb = 0
     try:
@@ -109,10 +173,19 @@ class ClipClassifier(StoredModelClassifier):
     def pick_model(self) -> str:
         rt = self._rt()
         if self.model_id:
+            package = missing_package(rt, self.model_id)
+            if package and rt.is_available(self.model_id):
+                raise PackageMissing(self.model_id, package)
             return self.model_id
+        unusable = None
         for mid in MODEL_IDS:
             if rt.is_available(mid):
-                return mid
+                package = missing_package(rt, mid)
+                if package is None:
+                    return mid
+                unusable = unusable or PackageMissing(mid, package)
+        if unusable is not None:
+            raise unusable
         from ..models.store import install_hint
 
         raise self._not_installed(MODEL_IDS, ModelMissing(
@@ -141,8 +214,7 @@ class ClipClassifier(StoredModelClassifier):
                 ie = _features(loaded.model.get_image_features(
                     pixel_values=px.to(dev, dtype))).float()
             ie = ie / ie.norm(dim=-1, keepdim=True)
-            logits = loaded.logit_scale * ie @ loaded.text_emb.T
-            probs = torch.softmax(logits, dim=-1).cpu().numpy()
+            probs = loaded.probabilities(ie).cpu().numpy()
             for j, im in enumerate(chunk):
                 photo = photos[i + j]
                 sc = normalise_scores({c: float(p) for c, p in zip(LETTERS, probs[j])})

@@ -1,7 +1,8 @@
 """Qwen2.5-VL diagnosis: the paper's zero-shot prompt, and a structured (DU-VLM style) mode.
 
 "paper": the paper's prompt word for word (resources/prompts/paper_classify.txt); the class
-scores are the softmax of the logits of the answer-letter tokens A/B/C/D at the position where
+scores are the softmax of the logits of the answer-letter tokens A/B/C/D (each letter's
+spellings pooled: either case, with or without a leading space) at the position where
 the model writes its letter as a word of its own (the first generated token when it answers
 plainly; never the first letter of a word split into tokens), so every
 diagnosis has a confidence and a runner-up. The text is parsed tolerantly ("B.", "**C**",
@@ -183,6 +184,8 @@ def _first_json_object(text: str) -> dict[str, Any]:
                 raise VLMAnswerError(text, "a complete JSON object (the answer stops inside "
                                      "it: cut off)", truncated=True) from None
             continue
+        except (ValueError, RecursionError):  # an integer of over 4300 digits, nesting too
+            continue  # deep for Python's parser: no JSON that can be read
         if isinstance(obj, dict):
             return obj
         found_json = True
@@ -205,7 +208,7 @@ def _num(v: Any, default: float | None) -> float | None:
         return default
     try:
         x = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (a JSON integer beyond a float's range)
         return default
     return x if math.isfinite(x) else default
 
@@ -277,11 +280,13 @@ class _Loaded:
 
 
 def letter_token_ids(tokenizer) -> dict[str, list[int]]:
-    """Token ids that spell each answer letter on their own ("A", " A")."""
+    """Token ids that spell each answer letter on their own, in either case, with and without
+    a leading space ("A", " A", "a", " a": each a token of its own in Qwen2.5's vocabulary), so
+    an answer written "b" or "Answer: a" is scored where it stands, as the parser reads it."""
     out: dict[str, list[int]] = {}
     for c in LETTERS:
         ids = []
-        for s in (c, " " + c):
+        for s in (c, " " + c, c.lower(), " " + c.lower()):
             enc = tokenizer.encode(s, add_special_tokens=False)
             if len(enc) == 1 and enc[0] not in ids:
                 ids.append(int(enc[0]))
@@ -307,6 +312,18 @@ def vlm_dtype(runtime: Any, model_id: str):
             and precision() == "auto" and "bf16" in runtime.store.spec(model_id).dtypes):
         return torch.bfloat16
     return runtime.dtype_for(model_id, supports_half=True, supports_bf16=True)
+
+
+def vlm_bytes(runtime: Any, model_id: str, dtype: Any) -> int:
+    """Memory the VLM needs in ``dtype``, 0 when unknown: the manifest's figure is for its
+    released 16-bit weights (bf16: Qwen2.5-VL-3B 7.5 GB of files, 8.5 GB in the manifest), so
+    fp32 (the CPU's, MPS's) needs twice that."""
+    try:
+        mb = int(runtime.store.spec(model_id).memory_mb or 0)
+    except (KeyError, EngineError, AttributeError):
+        return 0
+    bits = getattr(dtype, "itemsize", 2) * 8
+    return (mb << 20) * bits // 16
 
 
 def load_vlm(runtime: Any, model_id: str) -> _Loaded:
@@ -342,12 +359,8 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
         return _Loaded(model, processor, letter_token_ids(processor.tokenizer), model_id,
                        device)
 
-    spec_mb = 0
-    try:
-        spec_mb = int(runtime.store.spec(model_id).memory_mb or 0)
-    except (KeyError, EngineError, AttributeError):
-        spec_mb = 0
-    return runtime.cached(key, build, (spec_mb << 20) if spec_mb else None, model_id=model_id)
+    need = vlm_bytes(runtime, model_id, dtype)
+    return runtime.cached(key, build, need or None, model_id=model_id)
 
 
 @contextlib.contextmanager
@@ -453,7 +466,8 @@ def letter_position(ids: Sequence[int], letter: str, letter_ids: Mapping[str, Se
                     tokenizer: Any) -> int | None:
     """Where the generated ``ids`` write ``letter`` as a word of its own: its first token
     that is a spelling of the letter and is not part of a word (the "C" of "Clearly", "B" of
-    "Bokeh" when a word is split into tokens), or None."""
+    "Bokeh" when a word is split into tokens), or None. A lower-case spelling counts only
+    where no word follows it ("Answer: a", "b."; not the article of "a photo")."""
     mine = set(letter_ids[letter])
 
     def text(i: int) -> str:
@@ -464,8 +478,13 @@ def letter_position(ids: Sequence[int], letter: str, letter_ids: Mapping[str, Se
             continue
         own = text(k)
         joined_before = own[:1].isalpha() and text(k - 1)[-1:].isalpha()
-        if not joined_before and not text(k + 1)[:1].isalpha():
-            return k
+        if joined_before or text(k + 1)[:1].isalpha():
+            continue
+        if own.strip().islower():
+            rest = tokenizer.decode(list(ids[k + 1:]), skip_special_tokens=True)
+            if rest.lstrip()[:1].isalpha():
+                continue
+        return k
     return None
 
 
@@ -532,10 +551,7 @@ class VLMClassifier(StoredModelClassifier):
         for mid in MODEL_IDS:
             if not rt.is_available(mid):
                 continue
-            try:
-                need = int(rt.store.spec(mid).memory_mb or 0) << 20
-            except (KeyError, EngineError, AttributeError):
-                need = 0
+            need = vlm_bytes(rt, mid, vlm_dtype(rt, mid))  # (fp32 on MPS and CPU: twice)
             if mid == MODEL_IDS[0] and need and budget < need and rt.is_available(MODEL_IDS[1]):
                 continue  # the 7B does not fit; the 3B is there
             return mid

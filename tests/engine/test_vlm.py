@@ -48,11 +48,14 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_qwen(folder: Path, rig: tuple[str, str] | None = None, seed: int = 0) -> Path:
+def build_tiny_qwen(folder: Path, rig: tuple[str, str] | None = None, seed: int = 0,
+                    space_letters: bool = False) -> Path:
     """A ~200k-parameter Qwen2.5-VL with a byte-level tokenizer and Qwen's special tokens,
     saved like a release (config, safetensors, tokenizer, processor). ``rig=(x, y)`` wires the
     output head so that every step emits token x or token y (which one depends on the input):
-    the final norm keeps one hidden unit, whose sign picks x (+) or y (-)."""
+    the final norm keeps one hidden unit, whose sign picks x (+) or y (-). ``space_letters``:
+    " A" ... " D" and " a" ... " d" are tokens of their own, as in Qwen2.5's vocabulary (else
+    a space and the letter are two byte tokens)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
         Qwen2_5_VLConfig,
@@ -67,7 +70,10 @@ def build_tiny_qwen(folder: Path, rig: tuple[str, str] | None = None, seed: int 
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    merges = [("\u0120", c) for c in "ABCDabcd"] if space_letters else []  # ("Ġ": a space)
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL])
@@ -163,10 +169,13 @@ def test_vlm_paper_mode_scores_and_letter(letter_runtime):
     assert d.label in (Degradation.B, Degradation.C)
     assert d.label.value == max(d.scores, key=d.scores.get)
     assert d.scores[d.label.value] > 0.5 and d.runner_up is not None
-    # scores are the softmax over the letters' logits: the rigged head gives A and D the same
-    # logit (0) and B, C opposite ones, so A == D and B * C == A * D
-    assert abs(d.scores["A"] - d.scores["D"]) < 1e-6
-    assert abs(d.scores["B"] * d.scores["C"] - d.scores["A"] * d.scores["D"]) < 1e-6
+    # scores are the softmax over the letters' logits, each letter's spellings pooled ("B" and
+    # "b" here: " B" is two byte tokens): the rigged head gives "B" and "C" opposite logits
+    # (x, -x) and every other spelling 0, so A == D == 2/Z, B == (e^x + 1)/Z and
+    # C == (e^-x + 1)/Z: (2B/A - 1) * (2C/A - 1) == 1
+    a = d.scores["A"]
+    assert abs(a - d.scores["D"]) < 1e-6
+    assert abs((2 * d.scores["B"] / a - 1) * (2 * d.scores["C"] / a - 1) - 1) < 1e-4
     # the analyzer's measurements ride along
     assert "noise_sigma" in d.estimates and d.estimates["vlm_model"] == "qwen2.5-vl-3b"
     assert d.estimates["vlm_mode"] == "paper"
@@ -337,7 +346,8 @@ def test_vlm_dtype_follows_the_precision_setting(letter_runtime, monkeypatch):
     from engine.understand.vlm import load_vlm, vlm_dtype
     from tests.model_helpers import fake_gpu
 
-    rt = ModelRuntime(fake_gpu(32 << 30), letter_runtime.store)
+    # (room for the three: 8.5 GB in bf16, 8.5 in fp16, 17 in fp32)
+    rt = ModelRuntime(fake_gpu(40 << 30), letter_runtime.store)
     got = {}
     for setting, dtype in (("auto", torch.bfloat16), ("fp32", torch.float32),
                            ("fp16", torch.float16), ("bf16", torch.bfloat16)):
@@ -405,6 +415,12 @@ def release_runtime(tmp_path_factory):
         "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}))
     (rel / "chat_template.json").write_text(json.dumps(
         {"chat_template": (src / "chat_template.jinja").read_text()}))
+    # the release's sampling settings (Qwen2.5-VL's generation_config.json), its token ids
+    gen = json.loads((src / "generation_config.json").read_text())
+    (rel / "generation_config.json").write_text(json.dumps({
+        "bos_token_id": gen["bos_token_id"], "pad_token_id": gen["pad_token_id"],
+        "eos_token_id": [gen["eos_token_id"], gen["pad_token_id"]], "do_sample": True,
+        "repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1}))
     return make_runtime(_install(root, rel))
 
 
@@ -695,3 +711,141 @@ def test_auto_does_not_answer_a_cancel_with_the_analyzer(letter_runtime):
         handle.remove()
         watch.remove()
     assert text_model == [] and _pre_hooks() == hooks
+
+
+# ----------------------------------------------------------------------------- issue 3 audit
+
+def test_the_model_reads_the_papers_prompt_word_for_word_after_the_image(letter_runtime,
+                                                                        monkeypatch):
+    """What reaches the model, decoded from its input ids: the image, then the paper's prompt
+    as it stands in the paper, then the assistant's turn; a batch of photos of different token
+    counts is padded on the left (a decoder-only model continues each row from its last
+    token)."""
+    from engine.understand.vlm import load_vlm
+
+    loaded = load_vlm(letter_runtime, "qwen2.5-vl-3b")
+    calls = _spy_generate(monkeypatch, loaded)
+    VLMClassifier(runtime=letter_runtime, max_new_tokens=1, with_measurements=False
+                  ).classify_batch([_img(1), _img(2, 40, 100)], [None, None])
+    ids, mask = calls[-1]["input_ids"], calls[-1]["attention_mask"]
+    assert bool(mask[:, -1].all()) and not bool(mask[:, 0].all())  # left padding
+    tok = loaded.processor.tokenizer
+    for row, m in zip(ids, mask):
+        text = tok.decode(row[m.bool()])
+        assert text.count(PAPER_PROMPT) == 1
+        after_image = text.split("<|vision_end|>", 1)[1]
+        assert after_image == PAPER_PROMPT + "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_decoding_is_greedy_and_quiet_under_a_releases_sampling_config(release_runtime,
+                                                                      monkeypatch, recwarn,
+                                                                      capfd):
+    """Qwen2.5-VL's own generation_config.json samples (do_sample, temperature 0.1, top_p,
+    top_k): the diagnosis decodes greedily all the same, gives the same scores every time,
+    and no sampling-flag warning is printed."""
+    from engine.understand.vlm import load_vlm
+
+    loaded = load_vlm(release_runtime, "qwen2.5-vl-3b")
+    assert loaded.model.generation_config.do_sample  # (the release's config was read)
+    calls = _spy_generate(monkeypatch, loaded)
+    clf = VLMClassifier(runtime=release_runtime, max_new_tokens=1, with_measurements=False)
+    a, b = clf.classify(_img(30)), clf.classify(_img(30))
+    assert a.scores == b.scores and a.label == b.label
+    assert all(c["do_sample"] is False and c["num_beams"] == 1 for c in calls)
+    said = " ".join(str(w.message) for w in recwarn) + capfd.readouterr().err
+    for flag in ("temperature", "top_p", "top_k", "do_sample"):
+        assert flag not in said, said
+
+
+@pytest.fixture(scope="module")
+def lower_runtime(tmp_path_factory):
+    """Qwen2.5's letter tokens (" A" ... " d" tokens of their own) and a model that writes its
+    answer letter in lower case ("b" or "c")."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("qwen_lower")
+    src = build_tiny_qwen(root / "src", rig=("b", "c"), space_letters=True)
+    return make_runtime(_install(root, src))
+
+
+def test_an_answer_letter_in_either_case_is_scored_where_it_stands(lower_runtime):
+    """Every spelling of a letter is one of its tokens: "A", " A", "a", " a". An answer "b"
+    (which the parser reads as B) was scored on the upper-case letters alone at its position:
+    an even 25 % each, the label from the words, the model's own odds lost."""
+    from engine.understand.vlm import letter_token_ids, load_vlm
+
+    tok = load_vlm(lower_runtime, "qwen2.5-vl-3b").processor.tokenizer
+    ids = letter_token_ids(tok)
+    for c in "ABCD":
+        spellings = [tok.encode(s, add_special_tokens=False)
+                     for s in (c, " " + c, c.lower(), " " + c.lower())]
+        assert all(len(x) == 1 for x in spellings)
+        assert sorted(ids[c]) == sorted(x[0] for x in spellings)
+    d = VLMClassifier(runtime=lower_runtime, max_new_tokens=1,
+                      with_measurements=False).classify(_img(0))
+    assert d.label.value in "BC" and "letter at generated position 0" in d.rationale
+    assert d.label.value == max(d.scores, key=d.scores.get) and d.confidence > 0.9
+
+
+@pytest.mark.parametrize("text,pos", [
+    ("Answer: a", 7), ("b.", 0), ("(c)", 1), (" D", 0), ("The answer is d", 12),
+    ("Super-resolution degradation, a noisy photo", None),  # "a": an article, not the letter
+])
+def test_a_lower_case_letter_counts_only_where_no_word_follows(lower_runtime, text, pos):
+    from engine.understand.vlm import load_vlm
+
+    loaded = load_vlm(lower_runtime, "qwen2.5-vl-3b")
+    ids = loaded.processor.tokenizer.encode(text, add_special_tokens=False)
+    logits = torch.randn(len(ids), len(loaded.processor.tokenizer),
+                         generator=torch.Generator().manual_seed(1))
+    _, scores, why = VLMClassifier(runtime=lower_runtime)._paper(
+        loaded, torch.tensor(ids), text, list(logits))
+    assert abs(sum(scores.values()) - 1) < 1e-6
+    if pos is None:
+        assert "read from the words" in why
+    else:
+        assert f"letter at generated position {pos}" in why
+
+
+def test_a_structured_answer_past_pythons_number_and_nesting_limits_is_no_crash():
+    """Integers too large for a float (OverflowError), of over 4300 digits (ValueError) and
+    nesting deeper than Python's parser goes (RecursionError) crashed the parser - an internal
+    error, and "auto" did not fall back to the analyzer. Now a value out of reach is dropped
+    as NaN is, and text that cannot be read is the answer's error."""
+    big = "1" + "0" * 400
+    p = parse_structured(json.dumps({"class": "A", "degradations": [{
+        "type": "noise", "severity": int(big), "params": {"noise_sigma": int(big),
+                                                          "jpeg_quality": 30}}]}))
+    assert p["degradations"] == [{"type": "noise", "severity": 0.5,
+                                  "params": {"jpeg_quality": 30.0}}]
+    for text in ('{"class": "A", "degradations": [{"type": "noise", "severity": 1'
+                 + "0" * 5000 + "}]}",
+                 '{"class": "A", "degradations": ' + "[" * 5000 + "]" * 5000 + "}"):
+        with pytest.raises(VLMAnswerError):
+            parse_structured(text)
+
+
+def test_the_model_is_chosen_by_its_memory_in_the_dtype_it_loads_in(letter_runtime, tmp_path):
+    """The manifest's memory figure is for the 16-bit weights; on MPS (and the CPU) the VLM
+    loads in fp32, twice that: with 30 GB to use, the 7B (17 GB in bf16, 34 GB in fp32) was
+    chosen on MPS and did not fit; the 3B is. A CUDA GPU loads bf16: the 7B fits there."""
+    import dataclasses
+
+    from engine.models.runtime import ModelRuntime
+    from engine.understand.vlm import load_vlm
+    from tests.model_helpers import fake_gpu, install_test_model
+
+    folder = letter_runtime.store.model_dir("qwen2.5-vl-3b")
+    files = {p.name: p for p in sorted(folder.iterdir())
+             if p.is_file() and not p.name.startswith(".")}
+    store = install_test_model(tmp_path / "store", "qwen2.5-vl-3b", files)
+    store = install_test_model(tmp_path / "store", "qwen2.5-vl-7b", files, store=store)
+    gpu = fake_gpu(30 << 30)
+    mps = dataclasses.replace(gpu, kind="mps", supports_bf16=False)
+    assert VLMClassifier(runtime=ModelRuntime(mps, store)).pick_model() == "qwen2.5-vl-3b"
+    assert VLMClassifier(runtime=ModelRuntime(gpu, store)).pick_model() == "qwen2.5-vl-7b"
+    # the cache counts what the loaded model takes in its dtype (fp32 on this CPU)
+    from engine.understand.vlm import vlm_bytes
+
+    rt = ModelRuntime(letter_runtime.device, store, budget=64 << 30)
+    load_vlm(rt, "qwen2.5-vl-3b")
+    assert rt.cached_bytes == vlm_bytes(rt, "qwen2.5-vl-3b", torch.float32) == 17000 << 20
