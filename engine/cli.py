@@ -1448,10 +1448,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         if as_json:
             print(_json_text(table))
         else:
+            from .models.store import Presence
+
             for m in table:
                 size = sum(f.get("size") or 0 for f in m["files"])
                 nc = "" if m["commercial_use"] else "  [non-commercial]"
                 print(f"{m['id']:<28} {m['status']:<14} {size / 1e6:>9.1f} MB  {m['license']}{nc}")
+                if "present" in m:  # partial: how much of it is here
+                    print(f"  {m['status']}: {Presence(**m['present']).describe()} on disk; "
+                          f"finish it with: mend models pull {m['id']}")
         return EXIT_OK
     # Ctrl+C and SIGTERM stop the work where it is (a download's .part is kept for a resume);
     # with --json the last lines say what was stopped and what was not done (_models_stopped)
@@ -1594,7 +1599,17 @@ def _models_each(args: argparse.Namespace, store: Any, action: str, as_json: boo
                         if line is not None:
                             line.end()  # (an error or Ctrl+C message starts its own line)
                 elif action == "verify":
-                    out = store.verify(model_id, repair=args.repair).to_json()
+                    # on a terminal: the hash's progress line, and a repair's download's
+                    line, down = ((None, None) if as_json else
+                                  (_download_progress(model_id, "checking"),
+                                   _download_progress(model_id)))
+                    try:
+                        out = store.verify(model_id, repair=args.repair, progress=down,
+                                           hash_progress=line).to_json()
+                    finally:
+                        for ln in (line, down):
+                            if ln is not None:
+                                ln.end()  # (an error or Ctrl+C message starts its own line)
                 elif action == "remove":
                     link = store.model_dir(model_id).is_symlink()
                     out["freed"] = store.remove(model_id)
@@ -1631,16 +1646,23 @@ def _models_each(args: argparse.Namespace, store: Any, action: str, as_json: boo
         raise
 
 
-def _download_progress(model_id: str):
-    """A model download's progress line on a terminal (None otherwise); its ``end()`` ends a
-    line a failure or Ctrl+C left open."""
+def _download_progress(model_id: str, verb: str = "", min_interval: float = 0.1):
+    """A model download's progress line on a terminal (None otherwise), or with ``verb`` that
+    of another pass over its bytes (``"checking"``: verify's hash); at most ten updates a
+    second (a hash reports a chunk every millisecond) and always the last. Its ``end()`` ends
+    a line a failure or Ctrl+C left open."""
     if not sys.stderr.isatty():
         return None
-    state = {"open": False}
+    state = {"open": False, "last": 0.0}
+    verb = f"{verb} " if verb else ""
 
     def cb(p: Any) -> None:
         if p.total:
-            print(f"\r{model_id}: {p.fraction:6.1%} of {p.total / 1e6:.0f} MB "
+            now = time.monotonic()
+            if p.done < p.total and state["open"] and now - state["last"] < min_interval:
+                return
+            state["last"] = now
+            print(f"\r{model_id}: {verb}{p.fraction:6.1%} of {p.total / 1e6:.0f} MB "
                   f"({p.speed / 1e6:.1f} MB/s) {p.file}", end="", file=sys.stderr, flush=True)
             state["open"] = p.done < p.total
             if not state["open"]:

@@ -7,13 +7,15 @@ from typing import Any
 
 from . import download as dl
 from .manifest import PROFILES
-from .store import BUNDLED, NOT_CONFIGURED, UNPINNED, VERIFIED, ModelStore
+from .store import BUNDLED, NOT_CONFIGURED, PARTIAL, UNPINNED, VERIFIED, ModelStore
 
 
 def models_table(store: ModelStore | None = None) -> list[dict[str, Any]]:
     """One row per manifest model: ``{"id", "task", "license", "commercial_use", "status",
     "files": [{"name", "size", "sha256", "pinned"}]}``. ``sha256`` is the pinned hash, or the
-    hash recorded at first download/import for an unpinned file (None until then)."""
+    hash recorded at first download/import for an unpinned file (None until then). A partial
+    model's row also says how much of it is on disk: ``"present": {"files_present", "files",
+    "bytes_present", "bytes"}`` (:class:`~.store.Presence`)."""
     store = store or ModelStore()
     rows = []
     for spec in store.manifest:
@@ -25,8 +27,11 @@ def models_table(store: ModelStore | None = None) -> list[dict[str, Any]]:
         else:
             files = [{"name": f.name, "size": f.size, "sha256": store.expected_sha(spec.id, f),
                       "pinned": f.pinned} for f in spec.files]
-        rows.append({"id": spec.id, "task": spec.task, "license": spec.license,
-                     "commercial_use": spec.commercial_use, "status": status, "files": files})
+        row = {"id": spec.id, "task": spec.task, "license": spec.license,
+               "commercial_use": spec.commercial_use, "status": status, "files": files}
+        if status == PARTIAL:
+            row["present"] = store.presence(spec.id).to_json()
+        rows.append(row)
     return rows
 
 

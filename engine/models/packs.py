@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import stat
 import tempfile
@@ -319,13 +320,9 @@ def import_pack(path: str | Path, store: ModelStore,
     if not todo:
         return rep
     need = sum(int(e["size"]) for e in todo)
+    _check_import_space(p, store, todo, need)  # (before anything is written)
     root_existed = store.root.exists()
     store._make_dir(store.root)
-    free = shutil.disk_usage(store.root).free
-    if free < need:
-        if not root_existed:
-            _rmdir_quiet(store.root)
-        raise PackRefused(p, f"not enough disk space ({need >> 20} MB needed, {free >> 20} MB free)")
     sweep_stale_imports(store.root)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=IMPORT_PREFIX, dir=store.root))
@@ -377,6 +374,44 @@ def import_pack(path: str | Path, store: ModelStore,
         raise
     clean_up()
     return rep
+
+
+def _check_import_space(p: Path, store: ModelStore, todo: list[dict[str, Any]],
+                        need: int) -> None:
+    """Refuse (:class:`PackRefused`) an import whose files do not fit: ``need`` bytes are
+    unpacked into the store's folder first; a model folder that links to another disk needs
+    room there too for its files, copied into it once checked."""
+    free = short_of_space(store.root, need)
+    if free is not None:
+        raise PackRefused(p, (
+            f"not enough disk space: its files take {_mb(need)}, {_mb(free)} free on the disk "
+            f"of {store.root}; free some space (or {store.other_folder_hint()}), then import "
+            "it again"))
+    root_dev = _device(store.root)
+    per_model: dict[str, int] = {}
+    for e in todo:
+        per_model[e["model"]] = per_model.get(e["model"], 0) + int(e["size"])
+    for mid, size in per_model.items():
+        folder = store.model_dir(mid)
+        if _device(folder) in (None, root_dev):
+            continue
+        free = short_of_space(folder, size)
+        if free is not None:
+            raise PackRefused(p, (
+                f"not enough disk space: {mid}'s files take {_mb(size)}, {_mb(free)} free on "
+                f"the disk of its folder {folder.resolve()}; free some space there, then "
+                "import it again"))
+
+
+def _device(folder: Path) -> int | None:
+    """The device of ``folder`` (of its nearest existing parent; through links), or None."""
+    probe = Path(os.path.abspath(folder))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return probe.stat().st_dev
+    except OSError:
+        return None
 
 
 def _import_failed(p: Path, store: ModelStore, e: OSError) -> SaveFailed:

@@ -6,7 +6,8 @@ was last verified.
 * ``pull`` downloads to ``<file>.part`` (Range resume, retries) while holding
   ``<file>.part.lock`` (one writer per file across processes), then hashes the ``.part`` on disk
   — the very file that is renamed — BEFORE the rename; a mismatch deletes the ``.part`` and
-  raises :class:`ChecksumMismatch`.
+  raises :class:`ChecksumMismatch`. A failed pull takes back the folders it made that it leaves
+  empty (one holding a ``.part`` kept for a resume stays); so does a failed import.
 * ``import`` copies a file to a hidden ``.import-<pid>-<hex>.part`` beside its place, hashes
   the copy and renames it; one an import killed midway left is deleted by the next import or
   pull of that model (once its process no longer runs).
@@ -32,6 +33,7 @@ was last verified.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -142,14 +144,43 @@ def default_root() -> Path:
     return Path(platformdirs.user_data_dir("Mend", appauthor=False)) / "models"
 
 
-def sha256_file(path: Path, check_cancel: Callable[[], None] | None = None) -> str:
+# a hash's progress: (file name, bytes of it hashed so far, its size)
+HashProgress = Callable[[str, int, int], None]
+
+
+def sha256_file(path: Path, check_cancel: Callable[[], None] | None = None,
+                on_bytes: Callable[[int], None] | None = None) -> str:
+    """sha256 of ``path``; ``check_cancel`` runs before each chunk, ``on_bytes(done)`` after."""
     h = hashlib.sha256()
+    done = 0
     with open(path, "rb") as f:
         while chunk := f.read(dl.CHUNK):
             if check_cancel:
                 check_cancel()
             h.update(chunk)
+            done += len(chunk)
+            if on_bytes:
+                on_bytes(done)
     return h.hexdigest()
+
+
+class _Rate:
+    """Bytes per second of a download or a hash, smoothed (measured every 0.2 s or more)."""
+
+    def __init__(self) -> None:
+        self.t0 = 0.0
+        self.d0: int | None = None
+        self.speed = 0.0
+
+    def update(self, done: int) -> float:
+        now = time.monotonic()
+        if self.d0 is None or done < self.d0:  # (the first report, or a new file's)
+            self.t0, self.d0 = now, done
+        elif now - self.t0 > 0.2:
+            inst = (done - self.d0) / (now - self.t0)
+            self.speed = inst if self.speed == 0 else 0.7 * self.speed + 0.3 * inst
+            self.t0, self.d0 = now, done
+        return self.speed
 
 
 _HASH_LOCKS: dict[str, threading.Lock] = {}
@@ -186,6 +217,27 @@ class FileStatus:
     expected_size: int
     sha256: str | None  # pinned hash, else the recorded one
     pinned: bool
+
+
+@dataclass(frozen=True)
+class Presence:
+    """How much of a model is on disk: its whole files, and its bytes (those of its whole
+    files and of its ``.part`` files) out of all it takes."""
+
+    files_present: int
+    files: int
+    bytes_present: int
+    bytes: int
+
+    def describe(self) -> str:
+        """E.g. ``2 of 3 files, 1.2 of 4.4 GB``."""
+        unit, div = ("GB", 1e9) if self.bytes >= 1e9 else ("MB", 1e6)
+        return (f"{self.files_present} of {self.files} file{'' if self.files == 1 else 's'}, "
+                f"{self.bytes_present / div:,.1f} of {self.bytes / div:,.1f} {unit}")
+
+    def to_json(self) -> dict[str, int]:
+        return {"files_present": self.files_present, "files": self.files,
+                "bytes_present": self.bytes_present, "bytes": self.bytes}
 
 
 @dataclass
@@ -429,7 +481,8 @@ class ModelStore:
     # ---------------------------------------------------------------- status
     def _check_file(self, model_id: str, f: ModelFile, deep: bool,
                     state: dict[str, Any],
-                    check_cancel: Callable[[], None] | None = None) -> FileStatus:
+                    check_cancel: Callable[[], None] | None = None,
+                    on_hash: HashProgress | None = None) -> FileStatus:
         path = self._dir(model_id) / safe_relpath(f.name)
         part = path.with_name(path.name + PART_SUFFIX)
         rec = state["files"].get(f.name)
@@ -457,7 +510,7 @@ class ModelStore:
                 if known is not None:
                     return known
             return self._hash_and_record(model_id, f, path, st, expected, good, state,
-                                         check_cancel)
+                                         check_cancel, on_hash)
 
     @staticmethod
     def _known(f: ModelFile, rec: dict[str, Any] | None, st: os.stat_result,
@@ -477,8 +530,14 @@ class ModelStore:
 
     def _hash_and_record(self, model_id: str, f: ModelFile, path: Path, st: os.stat_result,
                          expected: str | None, good: str, state: dict[str, Any],
-                         check_cancel: Callable[[], None] | None) -> FileStatus:
-        actual = sha256_file(path, check_cancel)
+                         check_cancel: Callable[[], None] | None,
+                         on_hash: HashProgress | None = None) -> FileStatus:
+        if on_hash is None:
+            actual = sha256_file(path, check_cancel)
+        else:
+            on_hash(f.name, 0, st.st_size)
+            actual = sha256_file(path, check_cancel,
+                                 lambda done: on_hash(f.name, done, st.st_size))
         if expected is None:  # unpinned and never seen: record it now
             self._try_record(model_id, f.name, actual, False, state)
             return FileStatus(f.name, UNPINNED, st.st_size, f.size, actual, False)
@@ -489,10 +548,11 @@ class ModelStore:
         return FileStatus(f.name, good, st.st_size, f.size, expected, f.pinned)
 
     def file_statuses(self, model_id: str, deep: bool = False,
-                      check_cancel: Callable[[], None] | None = None) -> list[FileStatus]:
+                      check_cancel: Callable[[], None] | None = None,
+                      on_hash: HashProgress | None = None) -> list[FileStatus]:
         """Each file's status; ``deep`` hashes every file, else only one not recorded or
         changed since (``check_cancel`` runs between the chunks of a hash: a multi-GB file
-        takes seconds)."""
+        takes seconds; ``on_hash(name, done, size)`` reports a hash's progress)."""
         spec = self.spec(model_id)
         state = self._read_state(model_id)
         if spec.slot:
@@ -505,8 +565,9 @@ class ModelStore:
                 return [FileStatus(p.name, UNPINNED, size, size, None, False)]
             # the hash recorded at import (or at first sight) is checked like an unpinned file's
             f = ModelFile(name=name, url=None, size=size, sha256=None, size_exact=False)
-            return [self._check_file(model_id, f, deep, state, check_cancel)]
-        return [self._check_file(model_id, f, deep, state, check_cancel) for f in spec.files]
+            return [self._check_file(model_id, f, deep, state, check_cancel, on_hash)]
+        return [self._check_file(model_id, f, deep, state, check_cancel, on_hash)
+                for f in spec.files]
 
     @staticmethod
     def _combine(statuses: list[str]) -> str:
@@ -538,6 +599,19 @@ class ModelStore:
         if status in (VERIFIED, UNPINNED) and self.stray_files(model_id):
             return CORRUPT  # unlisted weights a loader could take: not loadable as it is
         return status
+
+    def presence(self, model_id: str, token: Any = None) -> Presence:
+        """How much of the model is on disk (what "partial" means for it), by the same cheap
+        check as :meth:`status` (``token`` as there). A bundled model has no files."""
+        spec = self.spec(model_id)
+        fss = [] if spec.bundled else self.file_statuses(
+            model_id, check_cancel=token.check if token is not None else None)
+        whole = [fs for fs in fss if fs.status in (VERIFIED, UNPINNED)]
+        # (a whole file's own size: an unpinned file's in the manifest is an estimate)
+        return Presence(
+            len(whole), len(fss), sum(fs.size for fs in fss if fs.status != CORRUPT),
+            sum(fs.size if fs.status in (VERIFIED, UNPINNED) else max(fs.expected_size, fs.size)
+                for fs in fss))
 
     def missing_bytes(self, model_id: str) -> int:
         """Bytes ``pull`` would still fetch for this model (whole files, before resume)."""
@@ -631,7 +705,8 @@ class ModelStore:
                 "import it from a folder or an offline pack (mend models import PATH)")
         if todo:  # (before anything is deleted: a refused pull leaves the folder as it was)
             _sweep_import_temps(self._dir(model_id), recursive=True)
-            self.check_space(self._bytes_to_write(model_id, todo), f"'{model_id}'")
+            self.check_space(self._bytes_to_write(model_id, todo), f"'{model_id}'",
+                             self._dir(model_id))
         self._remove_strays(model_id, self.stray_files(model_id))
         if not todo:
             return self.status(model_id)
@@ -646,11 +721,20 @@ class ModelStore:
         total = sum(f.size for f in todo)
         base = 0
         check = token.check if token is not None else None
-        for i, f in enumerate(todo):
-            if not f.url:
-                raise DownloadError(f"{model_id}/{f.name} has no download address in the manifest")
-            self._download_file(model_id, f, progress, check, base, total, i, len(todo))
-            base += f.size
+        # a pull that fails (a wrong hash, the network, a Stop) takes back the folders it made
+        # that it leaves empty: a model folder with nothing in it is no trace to leave
+        made = [d for f in todo for d in _new_folders(self._dir(model_id),
+                                                      self.file_path(model_id, f.name).parent)]
+        try:
+            for i, f in enumerate(todo):
+                if not f.url:
+                    raise DownloadError(
+                        f"{model_id}/{f.name} has no download address in the manifest")
+                self._download_file(model_id, f, progress, check, base, total, i, len(todo))
+                base += f.size
+        except BaseException:
+            _remove_empty(made)  # (one holding a .part kept for a resume stays)
+            raise
         return self.status(model_id)
 
     def _bytes_to_write(self, model_id: str, files: list[ModelFile]) -> int:
@@ -679,16 +763,19 @@ class ModelStore:
         it is not made yet); None when the system does not say."""
         return free_space(self.root)
 
-    def check_space(self, need: int, what: str) -> None:
+    def check_space(self, need: int, what: str, folder: Path | None = None) -> None:
         """Raise :class:`LocalDiskError` when the store's disk has less free space than ``need``
         bytes (``what``: the model or profile, for the message): a download that cannot fit
         is refused before it starts, instead of filling the disk to its last byte and failing
-        there (a laptop's system disk, full, troubles every program on it)."""
-        free = short_of_space(self.root, need)
+        there (a laptop's system disk, full, troubles every program on it). ``folder``: the
+        model folder the download goes to, whose disk is checked instead (it may be a link to
+        another disk; until it is made, the store's disk)."""
+        where = folder if folder is not None and os.path.lexists(folder) else self.root
+        free = short_of_space(where, need)
         if free is not None:
             raise LocalDiskError(
                 f"not enough disk space to download {what}: {_mb(need)} to download, "
-                f"{_mb(free)} free on the disk of {self.root}; free some space (or "
+                f"{_mb(free)} free on the disk of {where}; free some space (or "
                 f"{self.other_folder_hint()}), then run the same command again")
 
     def _download_file(self, model_id: str, f: ModelFile, progress: dl.ProgressFn | None,
@@ -697,22 +784,15 @@ class ModelStore:
         dest = self.file_path(model_id, f.name)
         part = dest.with_name(dest.name + PART_SUFFIX)
         # each file checked again: the disk may have filled up since the model's check
-        self.check_space(self._bytes_to_write(model_id, [f]), f"{model_id}/{f.name}")
+        self.check_space(self._bytes_to_write(model_id, [f]), f"{model_id}/{f.name}",
+                         self._dir(model_id))
         self._make_dir(dest.parent)
-        t0, d0 = time.monotonic(), None
-        speed = 0.0
+        rate = _Rate()
 
         def on_bytes(done: int, ftotal: int | None) -> None:
-            nonlocal t0, d0, speed
             if not os.path.exists(part):  # its folder deleted: every further byte is lost
                 raise _folder_gone(model_id, f.name, dest.parent)
-            now = time.monotonic()
-            if d0 is None:
-                t0, d0 = now, done
-            elif now - t0 > 0.2:
-                inst = (done - d0) / (now - t0)
-                speed = inst if speed == 0 else 0.7 * speed + 0.3 * inst
-                t0, d0 = now, done
+            speed = rate.update(done)
             if progress:
                 progress(dl.DownloadProgress(model_id, f.name, done, ftotal or f.size,
                                              base + done, total, speed, index, count))
@@ -771,7 +851,8 @@ class ModelStore:
 
     # ---------------------------------------------------------------- verify / remove
     def verify(self, model_id: str, repair: bool = False,
-               progress: dl.ProgressFn | None = None, token: Any = None) -> VerifyReport:
+               progress: dl.ProgressFn | None = None, token: Any = None,
+               hash_progress: dl.ProgressFn | None = None) -> VerifyReport:
         """Full sha256 of every file; the report's status is that of this full check (a file
         found damaged is "corrupt" and loses its verification record, so the next load
         re-hashes it and refuses it). Weight files the manifest does not list are reported in
@@ -782,14 +863,20 @@ class ModelStore:
         slot's file (the user's own weights) is checked against the hash recorded at import
         but never repaired: import it again. ``token`` (a CancelToken) stops the hashing
         between chunks (``Cancelled``) as well as a repair's download.
+
+        ``hash_progress(DownloadProgress)`` after each chunk hashed: ``done``/``total`` are the
+        bytes of the model's files hashed so far and in all, ``file_done``/``file_total`` those
+        of the file being hashed (``progress`` is the repair's download's, as for :meth:`pull`).
         """
         spec = self.spec(model_id)
         rep = VerifyReport(model_id)
         if spec.bundled:
             rep.status = self.status(model_id)
             return rep
-        statuses = self.file_statuses(model_id, deep=True,
-                                      check_cancel=token.check if token is not None else None)
+        statuses = self.file_statuses(
+            model_id, deep=True, check_cancel=token.check if token is not None else None,
+            on_hash=None if hash_progress is None else self._hash_reporter(model_id,
+                                                                           hash_progress))
         for fs in statuses:
             if fs.status in (VERIFIED, UNPINNED):
                 rep.ok.append(fs.name)
@@ -827,6 +914,34 @@ class ModelStore:
         else:
             rep.status = status
         return rep
+
+    def _hash_reporter(self, model_id: str, progress: dl.ProgressFn) -> HashProgress:
+        """An ``on_hash`` for :meth:`file_statuses` (deep) that reports the hash of the whole
+        model to ``progress``, as a download's progress is reported."""
+        spec = self.spec(model_id)
+        if spec.slot:
+            p = self.slot_path(model_id)
+            sizes = [_file_size(p)] if p is not None and self._slot_name(spec, p) else []
+        else:  # (a pinned file of the wrong size is found damaged without being hashed)
+            sizes = []
+            for f in spec.files:
+                q = self._dir(model_id) / safe_relpath(f.name)
+                size = _file_size(q)
+                if q.is_file() and not (f.pinned and f.size_exact and size != f.size):
+                    sizes.append(size)
+        total, count = sum(sizes), len(sizes)
+        rate = _Rate()
+        at = {"name": None, "index": -1, "base": 0, "size": 0}
+
+        def on_hash(name: str, done: int, size: int) -> None:
+            if name != at["name"]:  # the next file
+                at["base"] += at["size"]
+                at.update(name=name, index=at["index"] + 1, size=size)
+            whole = at["base"] + done
+            progress(dl.DownloadProgress(model_id, name, done, size, whole, max(total, whole),
+                                         rate.update(whole), at["index"], max(count, 1)))
+
+        return on_hash
 
     def remove(self, model_id: str) -> int:
         """Delete the model's folder; returns the bytes freed.
@@ -881,40 +996,59 @@ class ModelStore:
         if expected and actual != expected:
             raise ChecksumMismatch(f"{model_id}/{name}", expected, actual)
         dest = self.file_path(model_id, name)
-        self._make_dir(dest.parent)
-        _sweep_import_temps(dest.parent)
-        from ..imageio import replace_file
-
+        made = _new_folders(self._dir(model_id), dest.parent)
         try:
-            if move:
-                replace_file(src, dest)
-            else:
-                # created like a download (0666 less the umask: readable by whoever the user
-                # lets read their files), not mkstemp's owner-only 0600
-                tmp = str(dest.parent / f".import-{os.getpid()}-{os.urandom(4).hex()}"
-                                        f"{PART_SUFFIX}")
-                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-                try:
-                    shutil.copyfile(src, tmp)
-                    if sha256_file(Path(tmp)) != actual:
-                        raise ChecksumMismatch(f"{model_id}/{name}", actual,
-                                               sha256_file(Path(tmp)))
-                    replace_file(tmp, dest)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        Path(tmp).unlink(missing_ok=True)
-                    raise
-        except OSError as e:  # a full or read-only disk, no permission, a source gone...
-            raise SaveFailed(
-                f"cannot import {src} as {model_id}/{name} ({_os_detail(e)}); free some space "
-                f"or check that the model folder can be written (or "
-                f"{self.other_folder_hint()}), then import it again") from None
+            self._make_dir(dest.parent)
+            _sweep_import_temps(dest.parent)
+            self._put_file(model_id, name, src, dest, actual, move)
+        except BaseException:
+            _remove_empty(made)  # (a failed import leaves no empty model folder behind)
+            raise
         self._record(model_id, name, actual, pinned)
         if spec.slot:  # the file just imported is the slot's file from now on
             with self._lock:
                 state = self._read_state(model_id)
                 state[SLOT_KEY] = name
                 _atomic_write_json(self._state_path(model_id), state)
+
+    def _put_file(self, model_id: str, name: str, src: Path, dest: Path, actual: str,
+                  move: bool) -> None:
+        """Move (``move``) or copy ``src`` to ``dest``; a copy goes to a temporary file beside
+        ``dest``, is hashed there (``actual`` expected) and renamed into place. A move to
+        another disk (a model folder that links to one) is such a copy."""
+        from ..imageio import replace_file
+
+        try:
+            if move:
+                try:
+                    replace_file(src, dest)
+                    return
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+            # created like a download (0666 less the umask: readable by whoever the user
+            # lets read their files), not mkstemp's owner-only 0600
+            tmp = str(dest.parent / f".import-{os.getpid()}-{os.urandom(4).hex()}"
+                                    f"{PART_SUFFIX}")
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            try:
+                shutil.copyfile(src, tmp)
+                if sha256_file(Path(tmp)) != actual:
+                    raise ChecksumMismatch(f"{model_id}/{name}", actual,
+                                           sha256_file(Path(tmp)))
+                replace_file(tmp, dest)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    Path(tmp).unlink(missing_ok=True)
+                raise
+            if move:
+                with contextlib.suppress(OSError):
+                    src.unlink()
+        except OSError as e:  # a full or read-only disk, no permission, a source gone...
+            raise SaveFailed(
+                f"cannot import {src} as {model_id}/{name} ({_os_detail(e)}); free some space "
+                f"or check that the model folder can be written (or "
+                f"{self.other_folder_hint()}), then import it again") from None
 
     def import_path(self, path: str | Path, model_id: str | None = None) -> ImportReport:
         """Import model files from a folder, a single file, or an offline pack (.zip).
@@ -1109,12 +1243,14 @@ def _part_lock(part: Path, other_folder: str = "choose another folder with MEND_
     just before the holder finished) sees it is no longer the file at that path and takes the
     new one, so two processes never both hold the lock. A refused process leaves the file alone.
     """
-    part.parent.mkdir(parents=True, exist_ok=True)
     lock = part.with_name(part.name + LOCK_SUFFIX)
     name = part.name[:-len(PART_SUFFIX)]
     for _ in range(20):
         try:
+            part.parent.mkdir(parents=True, exist_ok=True)
             fh = open(lock, "a+b")  # noqa: SIM115 - held for the whole download
+        except FileNotFoundError:  # its folder, new and empty, taken back meanwhile by a
+            continue  # failed pull or import of another process (see _remove_empty): again
         except OSError as e:  # a read-only disk, a folder another user owns...
             raise LocalDiskError(
                 f"cannot download {name}: the model folder {part.parent} cannot be written "
@@ -1253,6 +1389,27 @@ def _folder_gone(model_id: str, name: str, folder: Path) -> LocalDiskError:
     return LocalDiskError(
         f"{model_id}/{name}: the download was deleted while it was being written (the model "
         f"folder {folder} deleted or moved?); nothing was installed: run the same command again")
+
+
+def _new_folders(top: Path, leaf: Path) -> list[Path]:
+    """The folders from ``leaf`` up to ``top`` (``leaf`` is ``top`` or inside it) that do not
+    exist yet, deepest first: those that writing a file in ``leaf`` creates."""
+    out = []
+    d = leaf
+    while not os.path.lexists(d):
+        out.append(d)
+        if d == top or d == d.parent:
+            break
+        d = d.parent
+    return out
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` that are empty, deepest first (a folder holding anything -
+    a ``.part`` kept for a resume, another process's download - stays)."""
+    for d in sorted(set(folders), key=lambda q: len(q.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _file_size(p: Path) -> int:

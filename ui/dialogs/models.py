@@ -49,8 +49,12 @@ def human_size(n: float) -> str:
 
 def model_status(store: Any, model_id: str, token: CancelToken | None = None) -> str:
     """``store.status(model_id)``, which hashes a file not recorded yet (seconds for a GB);
-    ``token`` stops that hash between chunks (raises ``Cancelled``)."""
-    return store.status(model_id, token=token)
+    ``token`` stops that hash between chunks (raises ``Cancelled``). A partial model's says
+    how much of it is on disk: "partial: 2 of 3 files, 1.2 of 4.4 GB"."""
+    status = store.status(model_id, token=token)
+    if status == "partial":
+        status += ": " + store.presence(model_id, token=token).describe()
+    return status
 
 
 def profile_download(store: Any, profile: str,
@@ -221,7 +225,8 @@ class ModelManagerDialog(QDialog):
             status = self._status.get(model_id, CHECKING)
         it = self.table.item(row, 4)
         it.setText(status)
-        key = status.split(" ")[0] if status.startswith("downloading") else status
+        # ("downloading 40%", "partial: 2 of 3 files, …": coloured as downloading, partial)
+        key = status if status in STATUS_COLOURS else status.split(" ")[0].rstrip(":")
         it.setForeground(QColor(STATUS_COLOURS.get(key, "#e05a4f")))
 
     def _check_statuses(self, ids: list[str]) -> None:
