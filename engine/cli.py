@@ -30,7 +30,15 @@ from typing import Any, Self
 
 from . import __version__
 from .api import Degradation, JobRequest, OutputOptions
-from .errors import Cancelled, DeviceUnavailable, EngineError, ModelMissing, SaveFailed, UsageError
+from .errors import (
+    Cancelled,
+    DeviceUnavailable,
+    EngineError,
+    ModelMissing,
+    SaveFailed,
+    TorchMissing,
+    UsageError,
+)
 from .models.manifest import ManifestError
 
 log = logging.getLogger("mend")
@@ -827,6 +835,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
             return (f"the {args.backend} backend's model "
                     f"{'cannot be used' if getattr(e, 'package', None) else 'is not installed'}"
                     " (see above)")
+        if isinstance(e, TorchMissing):
+            return f"the {args.backend} backend's model cannot run without PyTorch (see above)"
         return _stop_reason(e)
 
     batch = _for_each(photos, work, args, "classified", prepare, stops)

@@ -173,6 +173,31 @@ def _cpu_info(threads: int) -> DeviceInfo:
     return DeviceInfo("cpu", f"CPU ({os.cpu_count()} cores)", threads, budget, total, False, False)
 
 
+def torch_missing_reason() -> str | None:
+    """Why PyTorch cannot be imported here (the end of a sentence: "... PyTorch, which {it}"),
+    else None. Looked up without importing it (~2 s): a torch that is there but broken fails
+    later, when it is imported, with its own error. The frozen lean app loads PyTorch from the
+    environment the installer makes (installer/pyinstaller/rth_mend_env.py), which left
+    ``MEND_RUNTIME_ENV_ERROR`` saying why it used none."""
+    import importlib.util
+
+    if "torch" in sys.modules:
+        if sys.modules["torch"] is not None:
+            return None
+    else:
+        try:
+            if importlib.util.find_spec("torch") is not None:
+                return None
+        except (ImportError, ValueError):
+            pass
+    if getattr(sys, "frozen", False):
+        why = os.environ.get("MEND_RUNTIME_ENV_ERROR") or "no environment was found"
+        return ("this app loads from the environment Mend's installer makes and could not "
+                f"({why}): run installer/bootstrap.py, or set MEND_ENV to that environment")
+    return (f"is not installed in this Python ({sys.executable}): install Mend's "
+            "requirements (pip install -r requirements.lock) or use installer/bootstrap.py")
+
+
 def _torch_available() -> bool:
     try:
         import torch  # noqa: F401

@@ -72,6 +72,20 @@ class DeviceUnavailable(EngineError):
     pass
 
 
+class TorchMissing(EngineError):
+    """Models that run on PyTorch were asked for where PyTorch cannot be imported: the frozen
+    app without the environment the installer makes, or a Python without it. ``reason``
+    says why and what to do."""
+
+    def __init__(self, model_ids: str | tuple[str, ...] | list[str], reason: str) -> None:
+        ids = (model_ids,) if isinstance(model_ids, str) else tuple(model_ids)
+        self.model_ids, self.reason = ids, reason
+        what = (f"model '{ids[0]}' runs" if len(ids) == 1 else
+                "models " + ", ".join(f"'{m}'" for m in ids) + " run")
+        super().__init__(f"{what} on PyTorch, which {reason}; the built-in methods need no "
+                         "PyTorch (profile builtin, the built-in analyzer)")
+
+
 class OutOfMemory(EngineError):
     pass
 

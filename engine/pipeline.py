@@ -148,8 +148,9 @@ class Engine:
         return (not missing, missing)
 
     def resolve_profile(self, profile: str = "auto") -> tuple[str, list[str]]:
-        """``auto`` -> the device's recommended profile when its models are installed, else builtin."""
-        from .restore.profiles import PROFILES, recommend_profile
+        """``auto`` -> the device's recommended profile when its models are installed (and
+        PyTorch, which they run on, can be imported), else builtin."""
+        from .restore.profiles import PROFILES, profile_models, recommend_profile
 
         if profile != "auto":
             if profile not in PROFILES:
@@ -158,7 +159,12 @@ class Engine:
         rec = recommend_profile(self.device)
         ok, missing = self.profile_available(rec)
         if ok:
-            return rec, []
+            check = getattr(self.runtime, "torch_missing", None)
+            err = check(sorted(profile_models(rec))) if check is not None else None
+            if err is None:
+                return rec, []
+            return "builtin", [(f"used the built-in methods instead of the '{rec}' profile: "
+                                f"its models run on PyTorch, which {err.reason}")]
         return "builtin", [
             (f"the '{rec}' profile's models are not installed ({', '.join(missing)}); used the "
              f"built-in methods instead (install them with: mend models pull --profile {rec})")
@@ -727,10 +733,17 @@ def used_models(records: Any, known: Any) -> tuple[str, ...]:
 
 def _unmet_requirements(plan: Plan, mask: bool, runtime: Any) -> list[EngineError]:
     """What ``plan``'s enabled steps need beyond the store's models being installed and lack
-    (``StepSpec.requires``: the PaddleOCR package; ultralytics and an ONNX file in the YOLO
-    slot for an explicit YOLO detector): each the error its step would raise. ``mask``: the job
+    (PyTorch for the models that run on it: ``TorchMissing``; ``StepSpec.requires``: the
+    PaddleOCR package; ultralytics and an ONNX file in the YOLO slot for an explicit YOLO
+    detector): each the error its step would raise. ``mask``: the job
     gives a reflection mask; ``runtime``: the engine's, whose store the steps load from."""
     unmet: list[EngineError] = []
+    # models that run on PyTorch where it cannot be imported (the frozen app without the
+    # environment the installer makes): the first load failed with an internal error
+    torch_missing = getattr(runtime, "torch_missing", None)
+    err = torch_missing(plan_models(plan, mask)) if torch_missing is not None else None
+    if err is not None:
+        unmet.append(err)
     for step in plan.steps:
         if not step.enabled:
             continue

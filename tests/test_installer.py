@@ -507,9 +507,11 @@ def test_os_errors_are_one_line_not_a_traceback(monkeypatch, tmp_path, capsys):
 # ---------------------------------------------------------------- frozen app: mend.spec
 
 
-def _exec_spec(monkeypatch, system: str) -> dict[str, list]:
+def _exec_spec(monkeypatch, system: str, torch_mode: str = "bundle") -> dict[str, list]:
     """Run installer/mend.spec as PyInstaller would on ``system``, with PyInstaller's building
-    blocks recorded instead of run; returns {"EXE": [...], "BUNDLE": [...], ...}."""
+    blocks recorded instead of run; returns {"EXE": [...], "BUNDLE": [...], ...} and, under
+    "collect_submodules", the packages whose submodules it asked for. ``torch_mode``
+    "external" (the lean bundle) walks over the standard library (~1 s)."""
     made: dict[str, list] = {}
 
     def block(kind):
@@ -525,11 +527,12 @@ def _exec_spec(monkeypatch, system: str) -> dict[str, list]:
     hooks = types.ModuleType("PyInstaller.utils.hooks")
     hooks.collect_data_files = lambda *a, **k: made.setdefault("collect_data_files", []).append(
         (a, k)) or []
-    hooks.collect_submodules = lambda *a, **k: []
+    hooks.collect_submodules = lambda *a, **k: made.setdefault(
+        "collect_submodules", []).append(a[0]) or []
     for name in ("PyInstaller", "PyInstaller.utils"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "PyInstaller.utils.hooks", hooks)
-    monkeypatch.setenv("MEND_DIST_TORCH", "bundle")  # skips the walk over the stdlib
+    monkeypatch.setenv("MEND_DIST_TORCH", torch_mode)  # (bundle skips the walk over the stdlib)
     monkeypatch.setattr(platform, "system", lambda: system)
     runpy.run_path(str(INSTALLER / "mend.spec"), run_name="__main__", init_globals={
         "SPECPATH": str(INSTALLER),
@@ -562,6 +565,28 @@ def test_spec_ships_the_haar_cascades_the_face_step_loads(monkeypatch):
     for name in (HAAR_FILE, HAAR_EYE_FILE):
         assert f"data/{name}" in cv2_files, name
         assert (Path(cv2.data.haarcascades) / name).is_file()  # and cv2 has it there
+
+
+def test_spec_bundles_whole_the_packages_it_shares_with_the_torch_stack(monkeypatch):
+    """The lean bundle's own copy of a package wins over the private environment's, with only
+    the submodules Mend reaches: transformers' ``from tqdm.auto import tqdm`` failed in the
+    frozen app (its tqdm had no ``auto``), so SigLIP could not load. Packages both sides use
+    are collected whole; the PyTorch stack itself stays out. The full bundle collects the
+    tokenizer packages transformers imports only by name (sentencepiece for SigLIP)."""
+    made = _exec_spec(monkeypatch, "Linux", "external")
+    (analysis,) = made["Analysis"]
+    whole = set(made["collect_submodules"])
+    for name in ("tqdm", "packaging", "PIL", "numpy", "yaml", "requests"):
+        assert name in whole, name
+    excluded = set(analysis.kwargs["excludes"])
+    assert {"torch", "transformers", "tokenizers", "huggingface_hub"} <= excluded
+    assert not whole & excluded and "sentencepiece" not in whole
+    made = _exec_spec(monkeypatch, "Linux", "bundle")
+    whole = set(made["collect_submodules"])
+    for name in ("sentencepiece", "tokenizers"):
+        if importlib.util.find_spec(name) is not None:
+            assert name in whole, name
+    assert "tqdm" not in whole  # (nothing comes from outside this bundle)
 
 
 # ---------------------------------------------------------------- licence, help text

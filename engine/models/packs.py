@@ -227,8 +227,12 @@ def _read_index(p: Path, z: zipfile.ZipFile) -> dict[str, Any]:
         raise PackRefused(p, f"unreadable {PACK_INDEX} ({e})") from None
     if not isinstance(index, dict) or index.get("format") != PACK_FORMAT:
         raise PackRefused(p, "not a Mend model pack")
-    if index.get("version") != PACK_VERSION:
-        raise PackRefused(p, f"pack version {index.get('version')!r} is not supported")
+    version = index.get("version")
+    if version != PACK_VERSION:
+        why = f"pack version {version!r} is not supported (this Mend reads version {PACK_VERSION}"
+        if type(version) is int and version > PACK_VERSION:
+            why += "; the pack was made by a newer Mend: update Mend to import it"
+        raise PackRefused(p, why + ")")
     if not isinstance(index.get("entries"), list):
         raise PackRefused(p, "the pack index has no entry list")
     return index
@@ -267,7 +271,8 @@ def check_pack(path: str | Path, store: ModelStore) -> list[dict[str, Any]]:
             if arc != f"models/{mid}/{name}":
                 raise PackRefused(p, f"entry {arc!r} does not match its model/name")
             if mid not in store.manifest:
-                raise PackRefused(p, f"unknown model {mid!r} (not in this Mend's model list)")
+                raise PackRefused(p, f"unknown model {mid!r} (not in this Mend's model list: a "
+                                     "pack made by a newer Mend? update Mend to import it)")
             spec = store.manifest.get(mid)
             sha = str(e.get("sha256", "")).lower()
             if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):

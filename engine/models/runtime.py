@@ -17,15 +17,19 @@ import logging
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..devices import DeviceInfo, configure_torch, empty_cache
-from ..errors import ModelMissing, UsageError
+from ..devices import DeviceInfo, configure_torch, empty_cache, torch_missing_reason
+from ..errors import ModelMissing, TorchMissing, UsageError
 from .store import ModelStore
 
 log = logging.getLogger(__name__)
+
+# the manifest's loaders that run on PyTorch (all but the ONNX ones and rapidocr's bundled
+# PP-OCR; ultralytics, the YOLO slot's, imports torch too)
+TORCH_LOADERS = frozenset({"spandrel", "transformers", "diffusers", "torch-state-dict", "yolo"})
 
 # one model load at a time in the process (every runtime's: the memory is the machine's). A
 # load that a cancelled job abandoned keeps it until it has ended, so the next load (which waits
@@ -98,6 +102,26 @@ class ModelRuntime:
             return self.store.is_installed(model_id)
         except UsageError:
             return False
+
+    def torch_missing(self, model_ids: Iterable[str]) -> TorchMissing | None:
+        """The error to raise when some of ``model_ids`` run on PyTorch (``TORCH_LOADERS``) and
+        it cannot be imported here (``devices.torch_missing_reason``), else None: said before
+        a job's steps or a diagnosis start, not an internal error at the first load."""
+        need = []
+        for mid in model_ids:
+            try:
+                if self.store.spec(mid).loader in TORCH_LOADERS:
+                    need.append(mid)
+            except UsageError:  # (an id the manifest does not know: the load says so)
+                continue
+        reason = torch_missing_reason() if need else None
+        return TorchMissing(need, reason) if reason else None
+
+    def require_torch(self, model_ids: Iterable[str]) -> None:
+        """Raise :meth:`torch_missing`'s error, if any."""
+        err = self.torch_missing(model_ids)
+        if err is not None:
+            raise err
 
     def path(self, model_id: str) -> Path:
         """The folder holding the model's files (cheap integrity check; raises ModelMissing or

@@ -199,6 +199,16 @@ class StoredModelClassifier:
     def pick_model(self) -> str:  # pragma: no cover - each backend chooses its own
         raise NotImplementedError
 
+    def _runs(self, model_id: str) -> str:
+        """``model_id``, once PyTorch, which every stored classifier runs on, is found
+        importable: else :class:`TorchMissing` (the frozen app without the environment the
+        installer makes), before a photo is decoded for it."""
+        check = getattr(self._rt(), "torch_missing", None)
+        err = check([model_id]) if check is not None else None
+        if err is not None:
+            raise err
+        return model_id
+
     def _not_installed(self, model_ids: tuple[str, ...], missing: EngineError) -> EngineError:
         """The error when none of ``model_ids`` can be used: a damaged or partly installed
         one's own (ModelFileCorrupt naming the file, "N of its files are missing", unlisted

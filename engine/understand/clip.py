@@ -173,16 +173,18 @@ class ClipClassifier(StoredModelClassifier):
     def pick_model(self) -> str:
         rt = self._rt()
         if self.model_id:
+            if not rt.is_available(self.model_id):
+                return self.model_id  # (its load says it is not installed)
             package = missing_package(rt, self.model_id)
-            if package and rt.is_available(self.model_id):
+            if package:
                 raise PackageMissing(self.model_id, package)
-            return self.model_id
+            return self._runs(self.model_id)
         unusable = None
         for mid in MODEL_IDS:
             if rt.is_available(mid):
                 package = missing_package(rt, mid)
                 if package is None:
-                    return mid
+                    return self._runs(mid)
                 unusable = unusable or PackageMissing(mid, package)
         if unusable is not None:
             raise unusable
@@ -194,13 +196,15 @@ class ClipClassifier(StoredModelClassifier):
 
     def classify_batch(self, images: list[np.ndarray], photos: list[Any | None],
                        batch_size: int = 8) -> list[Diagnosis]:
-        import torch
         from PIL import Image
 
         photos = photos_for(images, photos)
         rt = self._rt()
         self._check()
-        loaded = load_clip(rt, self.pick_model(), load_prompts())
+        model_id = self.pick_model()  # (PyTorch missing: said here, see _runs)
+        import torch
+
+        loaded = load_clip(rt, model_id, load_prompts())
         out = []
         dev = rt.device.torch_device
         dtype = next(loaded.model.parameters()).dtype

@@ -546,11 +546,12 @@ class VLMClassifier(StoredModelClassifier):
     def pick_model(self) -> str:
         rt = self._rt()
         if self.model_id:
-            return self.model_id
+            return self._runs(self.model_id)
         budget = int(getattr(rt.device, "memory_budget", 0))
         for mid in MODEL_IDS:
             if not rt.is_available(mid):
                 continue
+            self._runs(mid)  # (before vlm_dtype, which imports torch)
             need = vlm_bytes(rt, mid, vlm_dtype(rt, mid))  # (fp32 on MPS and CPU: twice)
             if mid == MODEL_IDS[0] and need and budget < need and rt.is_available(MODEL_IDS[1]):
                 continue  # the 7B does not fit; the 3B is there

@@ -195,6 +195,35 @@ def test_unknown_model_is_refused(source, pack, tmp_path):
     _refused(bad, _target(source, tmp_path / "e"))
 
 
+def test_a_pack_from_a_newer_mend_says_to_update(source, pack, tmp_path):
+    """A pack whose index is of a later format, or holds a model this Mend's list does not
+    know: refused whole, saying a newer Mend made it; an unknown older/odd version says only
+    which versions are read."""
+    def newer(index):
+        index["version"] = 2
+
+    dest = _target(source, tmp_path / "e")
+    msg = str(_refused(_rewrite(pack, tmp_path / "v2.zip", index_fn=newer), dest))
+    assert "pack version 2 is not supported (this Mend reads version 1; the pack was made by " \
+           "a newer Mend: update Mend to import it)" in msg, msg
+
+    def odd(index):
+        index["version"] = "1"
+
+    msg = str(_refused(_rewrite(pack, tmp_path / "odd.zip", index_fn=odd), dest))
+    assert "version '1' is not supported (this Mend reads version 1)" in msg
+    assert "newer Mend" not in msg
+
+    def rename(index):
+        for e in index["entries"]:
+            if e["model"] == "sam-vit-base":
+                e["model"] = "not-a-model"
+                e["path"] = e["path"].replace("sam-vit-base", "not-a-model")
+
+    msg = str(_refused(_rewrite(pack, tmp_path / "unknown.zip", index_fn=rename), dest))
+    assert "unknown model 'not-a-model'" in msg and "newer Mend" in msg
+
+
 def test_symlink_member_is_refused(source, pack, tmp_path):
     bad = _rewrite(pack, tmp_path / "bad.zip", symlink="models/sam-vit-base/link")
     assert "symbolic link" in str(_refused(bad, _target(source, tmp_path / "e")))
