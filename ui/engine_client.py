@@ -1402,6 +1402,31 @@ def result_since(request: JobRequest, since: float) -> Path | None:
     return None
 
 
+UNCHANGED_PROBE = 64 * 1024  # the bytes compared of a result without a record and its photo
+
+
+def result_kept_original(photo: Path, output: Path) -> bool:
+    """Whether ``output``, a result Mend wrote of ``photo`` (its sidecar or the crash journal
+    says so), is the photo as it was - nothing to fix, or the regression guard kept the
+    original -, from the file itself, as another session sees it: its record says so
+    (``kept_original``), or it carries none and holds the photo's bytes (Mend copies them then,
+    with no record; any result it writes otherwise carries its record: the same size and first
+    ``UNCHANGED_PROBE`` bytes tell that copy, without reading a big photo twice). False when it
+    cannot be told. Reads the disk: off the GUI thread."""
+    from engine.imageio import mend_record
+
+    try:
+        record = mend_record(output)
+        if record is not None:
+            return record.get("kind") != "mask" and record.get("kept_original") is True
+        if os.path.getsize(output) != os.path.getsize(photo):
+            return False
+        with open(output, "rb") as a, open(photo, "rb") as b:
+            return a.read(UNCHANGED_PROBE) == b.read(UNCHANGED_PROBE)
+    except (OSError, ValueError):
+        return False
+
+
 def read_journal(path: Path) -> list[JobRequest]:
     """Unfinished jobs left by a crash (empty when none or unreadable)."""
     try:

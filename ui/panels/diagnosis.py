@@ -575,10 +575,13 @@ class DiagnosisPanel(QWidget):
 
 class _VerticalScroll(QScrollArea):
     """A scroll area that scrolls vertically only: its widget is as wide as the area, which is
-    never narrower than the widget's minimum width (no part of it cut off at the right)."""
+    never narrower than the widget's minimum width (no part of it cut off at the right). No
+    Tab stop of its own: Tab went from the photos to it, a stop that shows nothing, before the
+    panel's first control (a control reached with Tab is scrolled into view all the same)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.setWidgetResizable(True)
         self.setFrameShape(QScrollArea.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
