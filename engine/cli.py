@@ -661,14 +661,14 @@ def _error_line(path: Path, message: str, as_json: bool) -> None:
 
 
 def _per_input(exc: BaseException, path: Path, args: argparse.Namespace) -> str:
-    """Message for one failed input; unexpected errors are logged with their traceback."""
+    """Message for one failed input; with ``--debug`` its traceback (once) on stderr: ``exc``'s
+    own, as this runs after its ``except`` block has ended (``print_exc`` and ``exc_info=True``
+    there found no exception: "NoneType: None")."""
     if isinstance(exc, EngineError):
         if args.debug:
-            traceback.print_exc()
+            traceback.print_exception(exc)
         return str(exc)
-    log.error("unexpected error on %s", path, exc_info=args.debug)
-    if args.debug:
-        traceback.print_exc()
+    log.error("unexpected error on %s", path, exc_info=exc if args.debug else None)
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
@@ -1660,10 +1660,11 @@ def _download_progress(model_id: str, verb: str = "", min_interval: float = 0.1)
     """A model download's progress line on a terminal (None otherwise), or with ``verb`` that
     of another pass over its bytes (``"checking"``: verify's hash); at most ten updates a
     second (a hash reports a chunk every millisecond) and always the last. Its ``end()`` ends
-    a line a failure or Ctrl+C left open."""
+    a line a failure or Ctrl+C left open. A line shorter than the one before it (the next,
+    shorter file's name; a slower speed) first blanks that one: no characters of it are left."""
     if not sys.stderr.isatty():
         return None
-    state = {"open": False, "last": 0.0}
+    state = {"open": False, "last": 0.0, "width": 0}  # width: the open line's length
     verb = f"{verb} " if verb else ""
 
     def cb(p: Any) -> None:
@@ -1672,9 +1673,13 @@ def _download_progress(model_id: str, verb: str = "", min_interval: float = 0.1)
             if p.done < p.total and state["open"] and now - state["last"] < min_interval:
                 return
             state["last"] = now
-            print(f"\r{model_id}: {verb}{p.fraction:6.1%} of {p.total / 1e6:.0f} MB "
-                  f"({p.speed / 1e6:.1f} MB/s) {p.file}", end="", file=sys.stderr, flush=True)
+            line = (f"{model_id}: {verb}{p.fraction:6.1%} of {p.total / 1e6:.0f} MB "
+                    f"({p.speed / 1e6:.1f} MB/s) {p.file}")
+            shorter = state["open"] and len(line) < state["width"]
+            blank = "\r" + " " * state["width"] if shorter else ""
+            print(f"{blank}\r{line}", end="", file=sys.stderr, flush=True)
             state["open"] = p.done < p.total
+            state["width"] = len(line)
             if not state["open"]:
                 print(file=sys.stderr)
 
@@ -1717,12 +1722,15 @@ def _pack_progress(verb: str, min_interval: float = 0.2):
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .devices import available_memory, select_device, system_memory
+    from .devices import available_memory, select_device, system_memory, torch_missing_reason
 
     info: dict[str, Any] = {"version": __version__, "python": platform.python_version(),
                             "platform": platform.platform(), "machine": platform.machine()}
     dev = select_device(args.device)
-    devices: dict[str, Any] = {"selected": dev.to_json(), "cuda": False, "mps": False}
+    # why PyTorch cannot be imported (None: it can): then the built-in methods are what runs
+    no_torch = torch_missing_reason()
+    devices: dict[str, Any] = {"selected": dev.to_json(), "cuda": False, "mps": False,
+                               "torch_missing": no_torch}
     try:
         import torch
 
@@ -1748,7 +1756,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         info["models"] = {"error": str(e)}
     from .restore.profiles import recommend_profile
 
-    info["recommended_profile"] = recommend_profile(dev)
+    # (as Engine.resolve_profile: without PyTorch, auto uses the built-in methods)
+    info["recommended_profile"] = "builtin" if no_torch else recommend_profile(dev)
     if args.json:
         print(_json_text(info))
     else:
@@ -1759,6 +1768,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def _doctor_lines(info: dict[str, Any]) -> list[str]:
     """``mend doctor``'s report as lines a person reads (``--json`` gives ``info`` itself)."""
     from .estimate import format_bytes
+    from .models.store import Presence
 
     def size(n: Any) -> str:
         return "unknown" if not isinstance(n, int) else format_bytes(n) if n else "0 MB"
@@ -1779,6 +1789,11 @@ def _doctor_lines(info: dict[str, Any]) -> list[str]:
         out.append(f"  note: {sel['note']}")
     out.append(f"  PyTorch {dev.get('torch')} · CUDA: {yes(dev.get('cuda'))} · "
                f"Apple MPS: {yes(dev.get('mps'))}")
+    no_torch = dev.get("torch_missing")
+    if no_torch:  # (TorchMissing's words)
+        out.append(f"  the models run on PyTorch, which {no_torch}")
+        out.append("  without it the built-in methods run: profile builtin and the built-in "
+                   "analyzer (what auto uses here)")
     mem = info["memory"]
     out.append(f"memory: {size(mem.get('available'))} available of {size(mem.get('total'))}")
     out.append(f"offline mode: {'on (MEND_OFFLINE)' if info['offline'] else 'off'}")
@@ -1800,27 +1815,37 @@ def _doctor_lines(info: dict[str, Any]) -> list[str]:
         if missing:
             out.append(f"  not installed: {len(missing)} (mend models list shows them all)")
         for model_id, st in models["problems"].items():
-            out.append(f"  {st}: {model_id} (repair it: mend models verify --repair "
-                       f"{model_id})")
+            present = models.get("present", {}).get(model_id)
+            if present is not None:  # partial: how much of it is here (as mend models list)
+                out.append(f"  {st}: {model_id}, {Presence(**present).describe()} on disk "
+                           f"(finish it with: mend models pull {model_id})")
+            else:
+                out.append(f"  {st}: {model_id} (repair it: mend models verify --repair "
+                           f"{model_id})")
         if models["not_configured"]:
             out.append(f"  not configured: {', '.join(models['not_configured'])}")
-        if not models.get("extra_arches", True):
+        if not models.get("extra_arches", True) and not no_torch:  # (no PyTorch: said above)
             out.append("  spandrel_extra_arches is not installed: CodeFormer and the other "
                        "non-commercial architectures cannot load")
         out.append("profiles:")
         for name, pr in models["profiles"].items():
+            lacking = (f"{len(pr['missing'])} model(s) missing ({', '.join(pr['missing'])})"
+                       if pr["missing"] else "")
             if pr["ready"]:
                 line = "ready"
+            elif pr.get("torch_missing"):
+                line = "not ready: its models run on PyTorch (see above)" + (
+                    f"; {lacking}" if lacking else "")
             else:
-                line = (f"not ready: {len(pr['missing'])} model(s) missing "
-                        f"({', '.join(pr['missing'])})")
+                line = f"not ready: {lacking}"
             if pr["optional_missing"]:
                 line += f"; optional, not installed: {', '.join(pr['optional_missing'])}"
             if pr["download_bytes"]:
                 line += (f"; {size(pr['download_bytes'])} to download "
                          f"(mend models pull --profile {name})")
             out.append(f"  {name:<8} {line}")
-    out.append(f"recommended profile: {info['recommended_profile']}")
+    rec = info["recommended_profile"]
+    out.append(f"recommended profile: {rec}" + (" (without PyTorch)" if no_torch else ""))
     return out
 
 

@@ -48,6 +48,21 @@ class ModelMissing(EngineError):
         super().__init__(msg)
 
 
+class PackageMissing(ModelMissing):
+    """A model's files are installed but a Python package it needs to run is not (SigLIP's
+    tokenizer without ``sentencepiece``: ``engine.understand.clip``). A ModelMissing, so that
+    a backend falls back as for a model that is not there; ``package`` names what to install
+    (downloading the model again does not help)."""
+
+    def __init__(self, model_id: str, package: str) -> None:
+        super().__init__(model_id)
+        self.package = package
+        Exception.__init__(self, f"model '{model_id}' is installed but cannot be used: its "
+                                 f"tokenizer needs the '{package}' package, which is not "
+                                 f"installed (pip install {package}); or use the built-in "
+                                 "analyzer")
+
+
 class ChecksumMismatch(EngineError):
     def __init__(self, name: str, expected: str, actual: str, hint: str = "") -> None:
         self.name, self.expected, self.actual = name, expected, actual

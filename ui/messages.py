@@ -13,6 +13,11 @@ def describe_error(exc: BaseException) -> str:
     """A short, readable sentence for ``exc``; unexpected errors are logged with a traceback."""
     if isinstance(exc, errors.Cancelled):
         return "Cancelled."
+    if isinstance(exc, errors.PackageMissing):  # (the model is there: not a download)
+        return (f"The model '{exc.model_id}' is installed, but the Python package "
+                f"'{exc.package}' it needs is missing. Install it into the Python environment "
+                f"Mend runs in (pip install {exc.package}), or choose the built-in analyzer "
+                "(Settings, Diagnosis).")
     if isinstance(exc, errors.ModelMissing):
         ids = getattr(exc, "model_ids", (exc.model_id,))
         what = (f"The model '{ids[0]}' is not installed" if len(ids) == 1 else

@@ -37,22 +37,32 @@ def models_table(store: ModelStore | None = None) -> list[dict[str, Any]]:
 
 def doctor_models(store: ModelStore | None = None) -> dict[str, Any]:
     """Store health for ``mend doctor --json``: root, offline mode, disk use and free space,
-    status per model, problems (corrupt/partial), and which profiles are ready."""
+    status per model, problems (corrupt/partial) and how much of a partial model is on disk
+    (``"present"``: id -> :class:`~.store.Presence`), and which profiles are ready. Where
+    PyTorch cannot be imported (``devices.torch_missing_reason``), a profile whose models run
+    on it is not ready (``"torch_missing": true``): ``Engine.resolve_profile`` would not use
+    it."""
+    from ..devices import torch_missing_reason
+    from ..restore.profiles import OPTIONAL_MODELS, profile_models
+    from .runtime import torch_model_ids
+
     store = store or ModelStore()
     statuses = {spec.id: store.status(spec.id) for spec in store.manifest}
     ok = {VERIFIED, UNPINNED, BUNDLED}
+    no_torch = torch_missing_reason() is not None
     profiles = {}
-    from ..restore.profiles import OPTIONAL_MODELS
-
     for p in PROFILES:
         need = [s.id for s in store.manifest.for_profile(p)]
         absent = [i for i in need if statuses[i] not in ok]
         missing = [i for i in absent if i not in OPTIONAL_MODELS]
+        # (the models resolve_profile checks, as it checks them)
+        blocked = no_torch and bool(torch_model_ids(store, sorted(profile_models(p))))
         # ready = what ``--profile auto`` judges: a step does without an optional model (YuNet
         # -> Haar faces, SAM -> the unrefined mask); pulling the profile fetches them all
-        profiles[p] = {"ready": not missing, "missing": missing,
+        profiles[p] = {"ready": not missing and not blocked, "missing": missing,
                        "optional_missing": [i for i in absent if i in OPTIONAL_MODELS],
-                       "download_bytes": sum(store.missing_bytes(i) for i in absent)}
+                       "download_bytes": sum(store.missing_bytes(i) for i in absent),
+                       "torch_missing": blocked}
     usage = store.disk_usage()
     free = store.free_space()
     return {
@@ -64,7 +74,17 @@ def doctor_models(store: ModelStore | None = None) -> dict[str, Any]:
         "models": statuses,
         "installed": [i for i, s in statuses.items() if s in ok],
         "problems": {i: s for i, s in statuses.items() if s in ("corrupt", "partial")},
+        "present": {i: store.presence(i).to_json() for i, s in statuses.items() if s == PARTIAL},
         "not_configured": [i for i, s in statuses.items() if s == NOT_CONFIGURED],
         "profiles": profiles,
-        "extra_arches": importlib.util.find_spec("spandrel_extra_arches") is not None,
+        "extra_arches": _importable("spandrel_extra_arches"),
     }
+
+
+def _importable(name: str) -> bool:
+    """Whether module ``name`` can be found, without importing it (an import hook that hides
+    it, or a broken package, may raise instead of answering None: then it cannot)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False

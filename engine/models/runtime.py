@@ -31,6 +31,19 @@ log = logging.getLogger(__name__)
 # PP-OCR; ultralytics, the YOLO slot's, imports torch too)
 TORCH_LOADERS = frozenset({"spandrel", "transformers", "diffusers", "torch-state-dict", "yolo"})
 
+
+def torch_model_ids(store: ModelStore, model_ids: Iterable[str]) -> list[str]:
+    """Those of ``model_ids`` that run on PyTorch (their loader is one of ``TORCH_LOADERS``),
+    in their order; an id the manifest does not know is left out (its load says so)."""
+    need = []
+    for mid in model_ids:
+        try:
+            if store.spec(mid).loader in TORCH_LOADERS:
+                need.append(mid)
+        except UsageError:
+            continue
+    return need
+
 # one model load at a time in the process (every runtime's: the memory is the machine's). A
 # load that a cancelled job abandoned keeps it until it has ended, so the next load (which waits
 # for it, watching its own job's cancel) never brings a second model into memory beside it
@@ -107,13 +120,7 @@ class ModelRuntime:
         """The error to raise when some of ``model_ids`` run on PyTorch (``TORCH_LOADERS``) and
         it cannot be imported here (``devices.torch_missing_reason``), else None: said before
         a job's steps or a diagnosis start, not an internal error at the first load."""
-        need = []
-        for mid in model_ids:
-            try:
-                if self.store.spec(mid).loader in TORCH_LOADERS:
-                    need.append(mid)
-            except UsageError:  # (an id the manifest does not know: the load says so)
-                continue
+        need = torch_model_ids(self.store, model_ids)
         reason = torch_missing_reason() if need else None
         return TorchMissing(need, reason) if reason else None
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..api import CLASSES, Degradation, Diagnosis, normalise_scores
-from ..errors import EngineError, ModelMissing
+from ..errors import EngineError, ModelMissing, PackageMissing
 from ..resources import resource
 from .base import StoredModelClassifier, model_rgb8, photos_for, register_classifier
 
@@ -75,18 +75,6 @@ def missing_package(runtime: Any, model_id: str) -> str | None:
             and not _installed("sentencepiece"):
         return "sentencepiece"
     return None
-
-
-class PackageMissing(ModelMissing):
-    """A model's files are installed but a package it needs to run is not."""
-
-    def __init__(self, model_id: str, package: str) -> None:
-        super().__init__(model_id)
-        self.package = package
-        Exception.__init__(self, f"model '{model_id}' is installed but cannot be used: its "
-                                 f"tokenizer needs the '{package}' package, which is not "
-                                 f"installed (pip install {package}); or use the built-in "
-                                 "analyzer")
 
 
 class _LoadedClip:

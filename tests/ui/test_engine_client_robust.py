@@ -152,7 +152,7 @@ class FakeStore:
         token.check()
         return "verified"
 
-    def verify(self, model_id, repair=False, progress=None, token=None):
+    def verify(self, model_id, repair=False, progress=None, token=None, hash_progress=None):
         return SimpleNamespace(status="partial", corrupt=(), missing=())
 
 

@@ -134,7 +134,7 @@ class _SlowVerifyStore(FakeStore):
     def status(self, model_id, token=None):
         return "verified"
 
-    def verify(self, model_id, repair=False, progress=None, token=None):
+    def verify(self, model_id, repair=False, progress=None, token=None, hash_progress=None):
         self.threads.append(threading.current_thread())
         self.started.set()
         end = time.monotonic() + 20

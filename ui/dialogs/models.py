@@ -34,8 +34,11 @@ COLUMNS = ("Model", "Task", "Size", "Licence", "Status", "Profiles")
 STATUS_COLOURS = {"verified": "#3fb27f", "bundled": "#3fb27f", "unpinned": "#e0a43a",
                   "partial": "#e0a43a", "corrupt": "#e05a4f", "missing": "#8a8f98",
                   "not configured": "#8a8f98", "downloading": "#3a8ee6", "verifying…": "#3a8ee6",
-                  "checking…": "#8a8f98"}
+                  "verifying": "#3a8ee6", "checking…": "#8a8f98"}
 CHECKING = "checking…"  # a model's status not known yet (being checked in the pool)
+# a verify's hash reports every 1 MB chunk (~1000 a second from a fast disk): passed on to the
+# dialog when the bar's value (0-1000) changes, at most 1001 times a verify, never behind it
+VERIFY_STEPS = 1000
 
 
 def human_size(n: float) -> str:
@@ -78,10 +81,11 @@ def profile_download(store: Any, profile: str,
 
 
 class _StatusSignals(QObject):
-    """What the status checks (in the pool) report back to the dialog."""
+    """What the status checks and the verifies (in the pools) report back to the dialog."""
 
     status = Signal(int, str, str)  # check number, model id, status
     ended = Signal(int)  # check number: every model's status was reported
+    verify = Signal(str, float, str)  # model id, fraction, text: a verify's hash progress
 
 
 class _StatusChecks:
@@ -119,12 +123,15 @@ class ModelManagerDialog(QDialog):
         self._downloading: dict[str, float] = {m: f for m, (f, _msg) in running.items()}
         # verifies queued or running (this dialog's): model id -> how many (a double click)
         self._verifying: dict[str, int] = {}
+        # the running verifies' hash progress, as last reported: model id -> (fraction, text)
+        self._verify_progress: dict[str, tuple[float, str]] = {}
         # each model's status as last checked (in the pool: see refresh)
         self._status: dict[str, str] = {}
         self._checks = _StatusChecks()
         self._status_signals = _StatusSignals()
         self._status_signals.status.connect(self._on_status)
         self._status_signals.ended.connect(self._on_statuses_ended)
+        self._status_signals.verify.connect(self._on_verify_progress)
         lay = QVBoxLayout(self)
         self.recommend = QLabel("Checking this computer…" if first_run else "")
         self.recommend.setWordWrap(True)
@@ -220,7 +227,8 @@ class ModelManagerDialog(QDialog):
         if model_id in self._downloading:
             status = f"downloading {self._downloading[model_id]:.0%}"
         elif model_id in self._verifying:
-            status = "verifying…"
+            shown = self._verify_progress.get(model_id)
+            status = f"verifying {shown[0]:.0%}" if shown else "verifying…"
         else:
             status = self._status.get(model_id, CHECKING)
         it = self.table.item(row, 4)
@@ -340,17 +348,30 @@ class ModelManagerDialog(QDialog):
 
     def verify(self, model_id: str) -> None:
         """Hash every file of ``model_id`` again, in the model pool (a model of several GB takes
-        minutes); Stop cancels it through the task's token, which the store's verify checks."""
-        store = self.store
+        minutes); Stop cancels it through the task's token, which the store's verify checks.
+        The hash's progress comes back by a signal, as a download's does (the dialog's own: a
+        download of the same model queued meanwhile reports through the client's), each time
+        the bar's value changes (``VERIFY_STEPS``): the bar and the row show how far it is."""
+        store, sig = self.store, self._status_signals
         self._verifying[model_id] = self._verifying.get(model_id, 0) + 1
 
         def work(report, token):
+            last = [-1]
+
+            def on_hash(dp) -> None:  # (in the pool's thread: queued to the GUI thread)
+                step = int(dp.fraction * VERIFY_STEPS)
+                if step == last[0]:
+                    return
+                last[0] = step
+                sig.verify.emit(model_id, dp.fraction, f"verifying {dp.fraction:.0%} · "
+                                f"{dp.file} {human_size(dp.done)} / {human_size(dp.total)}")
+
             # (its end always comes back as a "verify" result, an error too: a failure alone
             # would not say whether the model's verify or its download ended)
             try:
                 token.check()  # (stopped while it waited behind a download)
                 report(0.0, "verifying")
-                return ("verify", store.verify(model_id, token=token))
+                return ("verify", store.verify(model_id, token=token, hash_progress=on_hash))
             except Exception as e:  # noqa: BLE001 - said in the dialog, as a failure would be
                 return ("verify", e)
 
@@ -358,24 +379,34 @@ class ModelManagerDialog(QDialog):
         self._show_verifying()
 
     def _verify_ended(self, model_id: str) -> None:
+        self._verify_progress.pop(model_id, None)  # (a verify queued after it starts afresh)
         n = self._verifying.pop(model_id, 0)
         if n > 1:
             self._verifying[model_id] = n - 1
 
     def _show_verifying(self) -> None:
-        """Verifies under way: said in their rows, and, while no download shows its own, by a
-        busy bar (a verify reports no fraction) that Stop stops."""
+        """Verifies under way: said in their rows, and, while no download shows its own, by the
+        bar that Stop stops: the hash's progress of the verify that reported last, a busy bar
+        until one has."""
         for mid in self._verifying:
             r = self.row_of(mid)
             if r >= 0 and mid not in self._downloading:
-                self.table.item(r, 4).setText("verifying…")
+                self._show_status(r, mid)
         if self._downloading:
             return  # (the download's bar)
         if not self._verifying:
             self.progress.setVisible(False)
             self.progress.setRange(0, 1000)
             return
-        self.progress.setRange(0, 0)
+        shown = next(((m, p) for m, p in reversed(self._verify_progress.items())
+                      if m in self._verifying), None)
+        if shown is None:
+            self.progress.setRange(0, 0)
+        else:
+            mid, (fraction, message) = shown
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(fraction * VERIFY_STEPS))
+            self.progress.setFormat(f"{mid}: {message}")
         self.progress.setToolTip("Verifying " + ", ".join(self._verifying)
                                  + " (select it and click Stop to stop)")
         self.progress.setVisible(True)
@@ -425,6 +456,13 @@ class ModelManagerDialog(QDialog):
         if model_id in self._downloading:
             self._downloading[model_id] = fraction
             self._show_progress(model_id, fraction, message)
+
+    def _on_verify_progress(self, model_id: str, fraction: float, message: str) -> None:
+        if model_id not in self._verifying:
+            return  # (ended meanwhile)
+        self._verify_progress.pop(model_id, None)  # (the last reported: shown in the bar)
+        self._verify_progress[model_id] = (fraction, message)
+        self._show_verifying()
 
     def _show_progress(self, model_id: str, fraction: float, message: str) -> None:
         self.progress.setRange(0, 1000)
