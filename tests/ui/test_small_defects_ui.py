@@ -131,3 +131,28 @@ def test_a_16_bit_grey_tiffs_thumbnail_is_scaled_from_16_bits(tmp_path):
     want = ((g.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     assert np.array_equal(viewer[..., 0], want)
     assert np.array_equal(thumb, viewer)
+
+
+# ---------------------------------------------------------------- first-run recommendation
+def test_the_recommendation_without_pytorch_says_the_built_in_profile_is_used(
+        qtbot, tmp_path, monkeypatch):
+    """Where PyTorch cannot be imported (the frozen app without its environment), the model
+    manager's first-run line said "Recommended: the laptop profile" as if its models could run;
+    it says the built-in profile is what runs, and why, as ``mend doctor`` does."""
+    from engine import devices
+
+    reason = "is not installed in this Python (/x/python): install Mend's requirements"
+    monkeypatch.setattr(devices, "torch_missing_reason", lambda: reason)
+    client = EngineClient(lambda: None)
+    try:
+        dlg = ModelManagerDialog(client, store_mod.ModelStore(tmp_path / "store"))
+        qtbot.addWidget(dlg)
+        qtbot.waitUntil(lambda: "uses the" in dlg.recommend.text()
+                        or "Recommended" in dlg.recommend.text(), timeout=30000)
+        text = dlg.recommend.text()
+        assert "uses the built-in profile" in text and "Recommended" not in text
+        assert "run on PyTorch, which is not installed in this Python" in text
+        assert "can be downloaded now" in text  # (an empty store: its models are missing)
+        assert dlg.profile_btn.isEnabled()  # (they may be fetched before PyTorch is there)
+    finally:
+        client.shutdown()

@@ -2,6 +2,7 @@
 import an offline pack; and the first-run profile recommendation for this computer."""
 from __future__ import annotations
 
+import html
 import threading
 from pathlib import Path
 from typing import Any
@@ -439,14 +440,16 @@ class ModelManagerDialog(QDialog):
         store = self.store
 
         def work(report, token):
-            from engine.devices import select_device
+            from engine.devices import select_device, torch_missing_reason
             from engine.restore.profiles import recommend_profile
 
             token.check()  # (stopped while it waited behind a download)
             dev = select_device("auto")
             prof = recommend_profile(dev)
             missing, total = profile_download(store, prof, token)
-            return ("recommend", (dev, prof, missing, total))
+            # (without PyTorch the profile's models cannot run: auto uses the built-in
+            # methods, as Engine.resolve_profile and mend doctor say)
+            return ("recommend", (dev, prof, missing, total, torch_missing_reason()))
 
         self._recommending = True
         self.client.model_task("recommend", work)
@@ -483,9 +486,16 @@ class ModelManagerDialog(QDialog):
         self.progress.setVisible(bool(self._downloading))
         if kind == "recommend":
             self._recommending = False
-            dev, prof, missing, total = value
+            dev, prof, missing, total, no_torch = value
             self._recommended = missing
-            if missing:
+            if no_torch:
+                self.recommend.setText(
+                    f"<b>This computer ({dev.name}) uses the built-in profile:</b> the models "
+                    f"of the “{prof}” profile run on PyTorch, which {html.escape(no_torch)}. "
+                    + (f"They can be downloaded now ({len(missing)} model(s), "
+                       f"{human_size(total)}) and run once PyTorch is there." if missing else
+                       "They are installed and run once PyTorch is there."))
+            elif missing:
                 self.recommend.setText(
                     f"<b>Recommended for this computer ({dev.name}): the “{prof}” profile.</b> "
                     f"It would download {len(missing)} model(s), {human_size(total)}: "
