@@ -50,13 +50,34 @@ CLASSIFY_CHUNK = 4  # photos `classify` decodes and diagnoses at once with a mod
 
 _DASH_FILES: list[str] = []  # arguments of this run that start with "-" and name a file
 
+# characters a terminal takes as commands, which a file name may hold: C0 and C1 controls (ESC
+# starts sequences that set the window title, clear the screen, hide or recolour what follows)
+# and the bidirectional overrides that show text in another order than it has; line breaks are
+# Mend's own (a report's further lines)
+_CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e"
+                       "\u2066-\u2069]")
+
+
+def _terminal_text(text: str) -> str:
+    """``text`` as it may be printed: every control character that a name in it (a photo's, a
+    folder's) may hold shown as an escape (``\\x1b``), so a file named to move the cursor or
+    retitle the window never commands the terminal of whoever lists it."""
+    return _CONTROLS.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+
+
+class _TerminalFormatter(logging.Formatter):
+    """Log lines (which name photos and folders) with their control characters escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _terminal_text(super().format(record))
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own exit code is already 2
         self.print_usage(sys.stderr)
-        print(f"mend: error: {message}", file=sys.stderr)
+        print(f"mend: error: {_terminal_text(message)}", file=sys.stderr)
         if _DASH_FILES:  # "-photo.jpg" was taken for an option
-            name = _DASH_FILES[0]
+            name = _terminal_text(_DASH_FILES[0])
             print(f"mend: {name!r} is read as an option; to name the file, put -- before the "
                   f"files (mend ... -- {name}) or write it as ./{name}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
@@ -245,8 +266,10 @@ def _main(argv: Iterable[str] | None) -> int:
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
         except (AttributeError, ValueError):
             pass
+    log_handler = logging.StreamHandler(sys.stderr)
+    log_handler.setFormatter(_TerminalFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+                        handlers=[log_handler])
     # libraries' own warnings (Pillow's "Corrupt EXIF data" on a damaged file, deprecations)
     # are not the photographer's business: each photo's error or warnings say what matters.
     # --debug shows them.
@@ -292,14 +315,15 @@ def _main(argv: Iterable[str] | None) -> int:
 def _fail(e: BaseException | str, args: argparse.Namespace) -> None:
     if args.debug:
         traceback.print_exc()
-    print(f"mend: {e}", file=sys.stderr)
+    print(f"mend: {_terminal_text(str(e))}", file=sys.stderr)
 
 
 def _json_text(obj: Any) -> str:
     """One JSON line that the output can carry as it is: readable characters where stdout's
     encoding has them, else ``\\uXXXX`` escapes (an ASCII or cp1252 console: the stream's
     backslashreplace would write ``\\xe9`` or ``\\U0001f642``, which are not JSON) - also for a
-    file name that is not valid UTF-8 (its surrogate escapes)."""
+    file name that is not valid UTF-8 (its surrogate escapes). Control characters are escaped
+    (``json.dumps`` leaves C1 controls and bidirectional overrides as they are)."""
     text = json.dumps(obj, ensure_ascii=False)
     try:
         text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
@@ -307,13 +331,14 @@ def _json_text(obj: Any) -> str:
         return json.dumps(obj)
     except LookupError:
         pass
-    return text
+    # (only inside strings: JSON's own characters are printable ASCII)
+    return _CONTROLS.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
 
 
 def _emit(obj: dict[str, Any], as_json: bool, human: str) -> None:
     # one write per line: an interrupt arrives between two writes, never inside a JSON line
     try:
-        sys.stdout.write((_json_text(obj) if as_json else human) + "\n")
+        sys.stdout.write((_json_text(obj) if as_json else _terminal_text(human)) + "\n")
         sys.stdout.flush()
     except OSError as e:
         # Windows: a pipe whose reader has gone (`| more` closed) can raise EINVAL instead of
@@ -734,7 +759,7 @@ def _for_each(photos: list[Path], work, args: argparse.Namespace,
                 _emit({"path": str(path), "error": f"not {verb} ({batch.stop})",
                        "not_run": True}, True, "")
         tail = f": {len(rest)} photo(s) not {verb}" if rest else ""
-        print(f"mend: {batch.stop}{tail}", file=sys.stderr, flush=True)
+        print(f"mend: {_terminal_text(batch.stop)}{tail}", file=sys.stderr, flush=True)
     except BrokenPipeError:  # (the reader went too, e.g. Ctrl+C reached `| jq` as well)
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -1408,7 +1433,7 @@ def _stderr_progress(path: Path):
     written after "3% loading" on the same line."""
     if not sys.stderr.isatty():
         return None
-    name = path.name
+    name = _terminal_text(path.name)
     state = {"open": 0}  # the length of the line left open
 
     def cb(fraction: float, message: str) -> None:
@@ -1705,7 +1730,7 @@ def _pack_progress(verb: str, min_interval: float = 0.2):
         if not end and now - last[0] < min_interval:
             return
         frac = done / total if total else 1.0
-        line = f"{verb}: {frac:6.1%} of {total / 1e6:.0f} MB  {name}"[:160]
+        line = _terminal_text(f"{verb}: {frac:6.1%} of {total / 1e6:.0f} MB  {name}")[:160]
         print("\r" + line.ljust(last[1]), end="", file=sys.stderr, flush=True)
         last[0], last[1] = now, len(line)
         if end:
@@ -1761,7 +1786,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.json:
         print(_json_text(info))
     else:
-        print("\n".join(_doctor_lines(info)))
+        print(_terminal_text("\n".join(_doctor_lines(info))))
     return EXIT_OK
 
 

@@ -7,6 +7,13 @@ when that folder is read-only, or sidecars are kept only in the user data folder
 folder since overrides it).
 A photo named near the file name limit gets its name shortened there, with a hash of the whole
 name.
+
+A sidecar beside photos in a shared folder is anyone's: it is read only when it is a regular file
+of at most ``SIDECAR_MAX`` bytes (never a FIFO or device, which would block or never end), JSON
+nested past Python's stack is unreadable like any damaged sidecar, and the mask it names is
+taken only when it is one of the files Mend writes for that photo's mask (``_own_mask_files``),
+never another file (a photo, another user's file) that a fix would read as the mask; for another
+path the photo's own mask file is taken when there is one (a folder copied or moved).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from engine.api import Diagnosis, Plan
 
 log = logging.getLogger("mend.ui.sidecar")
 VERSION = 1
+SIDECAR_MAX = 8 << 20  # bytes: a sidecar holds a few kB
 # seconds an update waits for another process's lock on the folder's sidecars, then goes ahead
 # without it (a hung holder, a file system without locks: the exclusion is lost, not the update)
 SIDECAR_LOCK_WAIT = 5.0
@@ -191,16 +199,26 @@ class SidecarStore:
         """The photo's sidecar: the one where sidecars go now, or the one in the other folder
         they may be in (the read-only ``.mend`` beside the photos, or the user data folder that
         kept them while this folder was read-only) when that one is newer."""
+        from engine.rawio import _read_capped
+
         p = self._newest(self.path_for(photo))
         try:
-            sc = Sidecar.from_json(json.loads(p.read_text()))
+            sc = Sidecar.from_json(json.loads(_read_capped(p, SIDECAR_MAX)))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             # (the text only: a logged exception keeps its traceback's frames, and the
             # callers' through them)
             log.warning("ignoring unreadable sidecar %s: %s", p, str(e))
             return None
+        own = self._own_mask_files(photo) if sc.mask is not None else []
+        if sc.mask is not None and _key(Path(sc.mask)) not in {_key(q) for q in own}:
+            # (planted, or the folder was copied or moved: then its own mask file is the one)
+            found = next((q for q in own if q.is_file()), None)
+            log.warning("sidecar %s: its mask %s is not a mask file Mend writes for %s; %s",
+                        p, sc.mask, Path(photo).name,
+                        f"taking {found} instead" if found else "ignoring it")
+            sc.mask = str(found) if found else None
         try:  # the photo changed since (re-imported under the same name, edited elsewhere):
             # its diagnosis, plan, edited mask and results belonged to the old one
             st = Path(photo).stat()

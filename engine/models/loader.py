@@ -2,7 +2,10 @@
 image models (big-lama), and spandrel's architecture detection on the resulting state dict.
 
 Pickled ``.pth``/``.ckpt`` files are never unpickled with arbitrary globals: ``weights_only=True``
-only rebuilds tensors and plain containers.
+only rebuilds tensors and plain containers. A TorchScript archive holds code that
+``torch.jit.load`` runs (a scripted ``__setstate__``): its sha256 is checked right before it is
+loaded (the store's load-time check is of size and time only, which a file swapped for another
+of the same size, its time set back, passes).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import EngineError
+from ..errors import ChecksumMismatch, EngineError
 
 _EXTRA_LOCK = threading.Lock()
 _EXTRA_INSTALLED: bool | None = None
@@ -57,6 +60,18 @@ def checkpoint_errors(what: str) -> Iterator[None]:
             f"the model ({type(e).__name__}: {detail})") from e
 
 
+def refuse_remote_code() -> None:
+    """Make transformers refuse a model folder's own Python code (a config's ``auto_map``) at
+    once, wherever it looks for it. ``trust_remote_code=False`` does not reach every loader in
+    transformers (5.23): ``AutoProcessor`` and ``SamProcessor`` load their image processor and
+    tokenizer without it, and transformers then asks on the terminal whether to run the
+    folder's code ("Do you wish to run the custom code? [y/N]", 15 s) - a "y" runs it. With
+    that question's timeout at 0 it raises ValueError instead. Called before each load."""
+    import transformers.dynamic_module_utils as dmu
+
+    dmu.TIME_OUT_REMOTE_CODE = 0
+
+
 def install_extra_arches() -> bool:
     """Register spandrel_extra_arches (CodeFormer, ... — non-commercial licences) once.
 
@@ -99,24 +114,37 @@ def load_state_dict(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     raise UnsupportedModel(f"{p.name}: unsupported weights file type {ext!r}")
 
 
-def _torchscript_state_dict(p: Path, device: str) -> dict[str, Any]:
+def _torchscript_state_dict(p: Path, device: str, sha256: str | None = None) -> dict[str, Any]:
     import torch
 
-    # TorchScript archives hold weights plus TorchScript IR (no Python pickles of arbitrary
-    # classes); the file is hash-checked by the store before we get here.
+    from .store import sha256_file
+
+    # TorchScript archives hold weights plus TorchScript code, which torch.jit.load runs (a
+    # scripted __setstate__): with ``sha256`` the file is hashed right before it is loaded, so
+    # one changed on disk since its verification - same size and time, which the store's cheap
+    # check cannot tell - is refused, never run. (Hashed as a stream, then loaded from the
+    # file: a 204 MB archive, 0.11-0.15 s -> 0.23-0.37 s; loaded from the bytes hashed, 0.9 s and
+    # 580 MB more memory at its peak, for a swap timed into those 0.2 s only)
+    if sha256 is not None:
+        actual = sha256_file(p)
+        if actual != sha256:
+            raise ChecksumMismatch(
+                p.name, sha256, actual, "it changed on disk since it was verified and was not "
+                "loaded; repair it with: mend models verify --repair")
     module = torch.jit.load(str(p), map_location=device)
     return dict(module.state_dict())
 
 
-def spandrel_state_dict(path: str | Path) -> dict[str, Any]:
+def spandrel_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, Any]:
     """The state dict spandrel's registry expects (release wrappers such as ``params_ema``
-    unwrapped by spandrel's own canonicalisation)."""
+    unwrapped by spandrel's own canonicalisation). ``sha256``: the hash a TorchScript ``.pt``
+    must have (checked on the bytes it is loaded from)."""
     from spandrel import canonicalize_state_dict
 
     p = Path(path)
     if p.suffix.lower() == ".pt":
         try:
-            sd = _torchscript_state_dict(p, "cpu")
+            sd = _torchscript_state_dict(p, "cpu", sha256)
         except RuntimeError:
             sd = load_state_dict(p)
     else:
@@ -125,15 +153,15 @@ def spandrel_state_dict(path: str | Path) -> dict[str, Any]:
 
 
 def load_spandrel(path: str | Path, device: str = "cpu", dtype: Any = None,
-                  extra_arches: bool = True):
+                  extra_arches: bool = True, sha256: str | None = None):
     """A spandrel ``ModelDescriptor`` in eval mode on ``device`` (``dtype`` when given and the
-    model supports it)."""
+    model supports it). ``sha256``: as for :func:`spandrel_state_dict`."""
     import torch
     from spandrel import ModelLoader, UnsupportedModelError
 
     if extra_arches:
         install_extra_arches()
-    sd = spandrel_state_dict(path)
+    sd = spandrel_state_dict(path, sha256)
     try:
         with checkpoint_errors(Path(path).name):
             desc = ModelLoader("cpu").load_from_state_dict(sd)

@@ -9,7 +9,10 @@ Format: a ZIP archive (ZIP64, stored uncompressed — weights do not compress) h
 
 Import trusts nothing in the archive: every member must be listed in the index under a model id
 and file name the local manifest knows, with a safe relative path (no ``..``, no absolute path,
-no backslash, no symlink); pinned files must carry the manifest's own hash. A pack never carries
+no backslash, no symlink); pinned files must carry the manifest's own hash. A member that
+unpacks to more than ``MAX_RATIO`` times its stored bytes (a decompression bomb: a few hundred kB
+that unpack to gigabytes, under an unpinned file's name) is refused before anything is written;
+Mend writes packs uncompressed. A pack never carries
 a slot's file (``reflection-yolo``: the user's own weights, which nobody can pin a hash for);
 such a pack is refused, the slot is filled only by ``mend models import FILE --id ID``.
 Everything is extracted into a temporary folder inside the store root and hashed there; only
@@ -55,6 +58,10 @@ CHUNK = 1 << 20
 # the index lists files and manifest entries: a few kB per model. A bigger one is refused unread
 # (a 1.5 MB pack whose deflated index held 1.5 GB of spaces took 4.5 GB of memory to parse)
 MAX_INDEX_BYTES = 16 << 20
+# a member unpacking to more than this many times its stored bytes is refused (beyond a first MB):
+# Mend stores members as they are; configs and tokenizers deflate 3-10 times, deflate's limit is
+# about 1030 (a 300 KB member under an unpinned file's name unpacked to 300 MB, installed)
+MAX_RATIO = 100
 # an import extracts into a hidden folder of the store root, locked by IMPORT_LOCK inside it
 IMPORT_PREFIX = ".import-pack-"
 IMPORT_LOCK = ".lock"
@@ -225,6 +232,8 @@ def _read_index(p: Path, z: zipfile.ZipFile) -> dict[str, Any]:
         raise PackRefused(p, f"no {PACK_INDEX} inside: not a Mend model pack") from None
     except (ValueError, UnicodeDecodeError, zipfile.BadZipFile) as e:
         raise PackRefused(p, f"unreadable {PACK_INDEX} ({e})") from None
+    except RecursionError:  # (JSON nested deeper than Python's stack: no index of Mend's)
+        raise PackRefused(p, f"unreadable {PACK_INDEX} (nested too deeply)") from None
     if not isinstance(index, dict) or index.get("format") != PACK_FORMAT:
         raise PackRefused(p, "not a Mend model pack")
     version = index.get("version")
@@ -258,6 +267,9 @@ def check_pack(path: str | Path, store: ModelStore) -> list[dict[str, Any]]:
                 raise PackRefused(p, f"unsafe path {name!r} (path traversal)")
             if _is_symlink(info):
                 raise PackRefused(p, f"{name!r} is a symbolic link")
+            if info.file_size > max(1 << 20, MAX_RATIO * info.compress_size):
+                raise PackRefused(p, f"{name!r} unpacks to {info.file_size:,} bytes from "
+                                     f"{info.compress_size:,} (a decompression bomb?)")
             infos[name] = info
         listed: dict[str, dict[str, Any]] = {}
         for e in index["entries"]:

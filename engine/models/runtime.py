@@ -326,6 +326,8 @@ class ModelRuntime:
             raise UsageError(f"'{model_id}' is not an image model spandrel can load "
                              f"(loader {spec.loader})")
         weights = self.file(model_id)
+        # (the hash a TorchScript file's bytes are checked against as they are loaded)
+        sha = self.store.expected_sha(model_id, spec.get_file(None))
         key = ("image", model_id, self.device.torch_device, self.dtype_key(model_id))
 
         def build():
@@ -333,7 +335,7 @@ class ModelRuntime:
 
             from .loader import load_spandrel
 
-            desc = load_spandrel(weights, "cpu")
+            desc = load_spandrel(weights, "cpu", sha256=sha)
             dtype = self.dtype_for(model_id, desc.supports_half, desc.supports_bfloat16)
             if dtype != torch.float32:
                 desc.to(dtype)

@@ -17,9 +17,14 @@ was last verified.
   when that changed it re-hashes, and a changed file raises :class:`ModelFileCorrupt`. A file
   found damaged (by any check, ``verify``'s full hash included) loses its size + mtime record,
   so no later cheap check passes it: until it is repaired it stays corrupt.
+* A shard index (``*.index.json``, unpinned: its hash is only recorded) is corrupt when its
+  ``weight_map`` names a file the manifest does not list for the model: transformers and
+  diffusers load every file an index names, from anywhere (``/x.safetensors``,
+  ``../other/x.safetensors``), never hash-checked.
 * Only files the manifest lists are ever loaded: a model folder that also holds other
   weight-like files (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.onnx``,
-  ``*.index.json``), which transformers/diffusers could pick instead of the verified ones, is
+  ``*.index.json``), which transformers/diffusers could pick instead of the verified ones, or
+  Python code (``*.py``, which a config's ``auto_map`` names for transformers to run), is
   reported corrupt and ``require`` raises :class:`UnexpectedModelFiles`; ``verify --repair``
   and ``pull`` delete them.
 * ``MEND_OFFLINE=1``: nothing here opens a socket; ``pull`` raises :class:`OfflineError` (and
@@ -42,8 +47,8 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import (
@@ -74,8 +79,11 @@ SLOT_KEY = "slot"  # state-file key of a slot model: the file chosen by the last
 BAD_KEY = "bad"  # a file record's size + mtime of the content last found damaged
 # a single file's import copies it to this hidden temp file, then renames it into place
 IMPORT_TEMP = re.compile(r"\.import-(\d+)-[0-9a-f]+" + re.escape(PART_SUFFIX))
-# files a loader may take weights from (transformers/diffusers look for these by name)
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".index.json")
+# files a loader may take weights from (transformers/diffusers look for these by name), or code:
+# a config's ``auto_map`` names a ``.py`` of the model folder for transformers to import (Mend
+# never trusts it, but no model Mend runs has one: it can only be planted there)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".index.json", ".py")
+INDEX_SUFFIX = ".index.json"  # a sharded checkpoint's index: which file holds each tensor
 
 # model / file statuses
 MISSING = "missing"
@@ -92,7 +100,7 @@ class ModelFileCorrupt(ChecksumMismatch):
     """A model file no longer has the hash it had when verified (or the pinned one)."""
 
     def __init__(self, model_id: str, name: str, expected: str, actual: str,
-                 fix: str | None = None) -> None:
+                 fix: str | None = None, why: str | None = None) -> None:
         super().__init__(f"{model_id}/{name}", expected, actual)
         self.model_id = model_id
         self.file = name
@@ -100,10 +108,9 @@ class ModelFileCorrupt(ChecksumMismatch):
             fix = ("offline mode is on (MEND_OFFLINE=1): import a good copy with: "
                    "mend models import PATH" if dl.offline_mode() else
                    f"Repair it with: mend models pull {model_id} (or import a good copy)")
-        self.args = (
-            (f"model '{model_id}' is damaged: {name} changed since it was verified "
-             f"(sha256 expected {expected[:12]}…, got {actual[:12]}…). {fix}"),
-        )
+        why = why or (f"{name} changed since it was verified (sha256 expected "
+                      f"{expected[:12]}…, got {actual[:12]}…)")
+        self.args = (f"model '{model_id}' is damaged: {why}. {fix}",)
 
 
 class UnexpectedModelFiles(EngineError):
@@ -115,9 +122,9 @@ class UnexpectedModelFiles(EngineError):
         self.files = list(names)
         shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
         super().__init__(
-            f"model '{model_id}' was not loaded: its folder {folder} holds weight files that "
-            f"are not in Mend's model list and were never checked ({shown}); they could be "
-            f"loaded instead of the verified files. Remove them with: "
+            f"model '{model_id}' was not loaded: its folder {folder} holds weight or code "
+            f"files that are not in Mend's model list and were never checked ({shown}); they "
+            f"could be loaded instead of the verified files. Remove them with: "
             f"mend models verify --repair {model_id} (or delete them)")
 
 
@@ -131,7 +138,7 @@ def install_hint(model_id: str) -> str:
 
 
 def is_weight_file(name: str) -> bool:
-    """A file name a model loader may take weights from."""
+    """A file name a model loader may take weights (or, a ``.py``, code) from."""
     return name.lower().endswith(WEIGHT_SUFFIXES)
 
 
@@ -483,6 +490,39 @@ class ModelStore:
                     state: dict[str, Any],
                     check_cancel: Callable[[], None] | None = None,
                     on_hash: HashProgress | None = None) -> FileStatus:
+        fs = self._check_hash(model_id, f, deep, state, check_cancel, on_hash)
+        if fs.status in (VERIFIED, UNPINNED) and f.name.endswith(INDEX_SUFFIX) \
+                and self.unlisted_shards(model_id, f.name):
+            path = self._dir(model_id) / safe_relpath(f.name)
+            self._mark_bad(model_id, f, fs.sha256 or "", path.stat(), state)
+            return replace(fs, status=CORRUPT)
+        return fs
+
+    def unlisted_shards(self, model_id: str, name: str) -> list[str]:
+        """The files the shard index ``name`` of the model (``*.index.json``, as on disk) names
+        in its ``weight_map`` that the manifest does not list for the model: ``["<unreadable>"]``
+        for an index that is not one (transformers would not load it either)."""
+        spec = self.spec(model_id)
+        listed = {f.name for f in spec.files}
+        folder = PurePosixPath(name).parent
+        try:
+            data = json.loads((self._dir(model_id) / safe_relpath(name)).read_bytes())
+            shards = data["weight_map"].values()
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+            return ["<unreadable>"]
+        bad = set()
+        for shard in shards:
+            try:
+                if (folder / safe_relpath(shard)).as_posix() in listed:
+                    continue
+            except (ManifestError, TypeError):
+                pass
+            bad.add(str(shard))
+        return sorted(bad)
+
+    def _check_hash(self, model_id: str, f: ModelFile, deep: bool, state: dict[str, Any],
+                    check_cancel: Callable[[], None] | None = None,
+                    on_hash: HashProgress | None = None) -> FileStatus:
         path = self._dir(model_id) / safe_relpath(f.name)
         part = path.with_name(path.name + PART_SUFFIX)
         rec = state["files"].get(f.name)
@@ -655,7 +695,14 @@ class ModelStore:
             elif fs.status == CORRUPT:
                 path = self.file_path(model_id, f.name)
                 actual = sha256_file(path) if path.is_file() else ""
-                raise ModelFileCorrupt(model_id, f.name, fs.sha256 or "", actual or "size differs")
+                bad = (self.unlisted_shards(model_id, f.name)
+                       if actual and actual == fs.sha256 and f.name.endswith(INDEX_SUFFIX)
+                       else [])
+                why = (f"its shard index {f.name} names weight files that are not in Mend's "
+                       f"model list and were never checked ({', '.join(bad[:3])})"
+                       if bad else None)
+                raise ModelFileCorrupt(model_id, f.name, fs.sha256 or "", actual or "size differs",
+                                       why=why)
         if missing:
             fix = install_hint(model_id)
             if len(missing) == len(spec.files):

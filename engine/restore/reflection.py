@@ -364,13 +364,16 @@ def load_sam(runtime: Any, model_id: str = SAM_ID) -> tuple[Any, Any]:
     def build():
         from transformers import SamModel, SamProcessor
 
-        from ..models.loader import checkpoint_errors
+        from ..models.loader import checkpoint_errors, refuse_remote_code
 
+        refuse_remote_code()
         with checkpoint_errors(f"{model_id} ({folder})"):
             model = SamModel.from_pretrained(str(folder), local_files_only=True,
                                              trust_remote_code=False)
         model = model.to(device=runtime.device.torch_device, dtype=dtype).eval()
-        proc = SamProcessor.from_pretrained(str(folder), local_files_only=True)
+        with checkpoint_errors(f"{model_id} ({folder})"):
+            proc = SamProcessor.from_pretrained(str(folder), local_files_only=True,
+                                                trust_remote_code=False)
         return model, proc
 
     estimate = runtime.estimate_bytes(model_id) if hasattr(runtime, "estimate_bytes") else None

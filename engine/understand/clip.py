@@ -106,9 +106,10 @@ def load_clip(runtime: Any, model_id: str, prompts: dict[str, list[str]]) -> _Lo
         import torch
         from transformers import AutoModel, AutoProcessor
 
-        from ..models.loader import checkpoint_errors
+        from ..models.loader import checkpoint_errors, refuse_remote_code
         from .vlm import loading_memory
 
+        refuse_remote_code()
         # (a damaged tokenizer or config that passed the cheap check: the model's error)
         with checkpoint_errors(f"{model_id} ({folder})"):
             processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True,

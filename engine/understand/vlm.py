@@ -341,8 +341,9 @@ def load_vlm(runtime: Any, model_id: str) -> _Loaded:
         # transformers hands such kwargs to the tokenizer too, which passes them to every call
         # (overriding the image processor), and a release's preprocessor_config.json
         # (max_pixels 12845056) is copied into a ``size`` dict given there
-        from ..models.loader import checkpoint_errors
+        from ..models.loader import checkpoint_errors, refuse_remote_code
 
+        refuse_remote_code()
         # (a damaged config, tokenizer or chat template - same size and time, so the cheap
         # check passed - is the model's error, UnsupportedModel, not a UnicodeDecodeError)
         with checkpoint_errors(f"{model_id} ({folder})"):

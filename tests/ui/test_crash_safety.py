@@ -268,10 +268,10 @@ def test_a_newer_versions_sidecar_keeps_what_this_version_cannot_read(tmp_path):
     (photos / ".mend").mkdir()
     (photos / ".mend" / "a.jpg.json").write_text(json.dumps({
         "version": 3, "diagnosis": newer_diag, "outputs": [str(tmp_path / "a_mend.jpg")],
-        "mask": str(tmp_path / "m.png"), "albums": ["summer"], "rating": 4}))
+        "mask": str(photos / ".mend" / "a.jpg.mask.png"), "albums": ["summer"], "rating": 4}))
     sc = store.load(photo)
     assert sc is not None and sc.outputs == [str(tmp_path / "a_mend.jpg")]
-    assert sc.mask == str(tmp_path / "m.png") and sc.diagnosis is None
+    assert sc.mask == str(photos / ".mend" / "a.jpg.mask.png") and sc.diagnosis is None
     store.update(photo, override="A")
     d = json.loads((photos / ".mend" / "a.jpg.json").read_text())
     assert d["albums"] == ["summer"] and d["rating"] == 4 and d["diagnosis"] == newer_diag
