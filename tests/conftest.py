@@ -96,6 +96,22 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture
+def release():
+    """An event that stand-ins for long native calls (a model layer, an ONNX node, an OpenCV
+    call no cancel reaches) wait on instead of sleeping: ``release.wait(seconds)`` blocks as
+    ``time.sleep(seconds)`` does until the test sets it. A cancel test sets it once it has
+    measured the latency (the abandoned call then ends at once instead of sleeping on), and
+    at its teardown it is set in any case, so no abandoned stand-in outlives its test by more
+    than an instant. Never set before the latency is measured: until then a stand-in blocks
+    for its full time, as the slow call it stands for."""
+    import threading
+
+    ev = threading.Event()
+    yield ev
+    ev.set()
+
+
+@pytest.fixture
 def no_socket(monkeypatch):
     """Fail the test if anything opens a socket."""
     import socket

@@ -13,6 +13,9 @@ process.
 ``restore``/``doctor`` (whose real runs import torch when they choose the device) fork from a
 zygote that also imported torch; ``classify`` from one that did not (a real classify with the
 builtin backend never imports torch, and some engine code checks whether torch is loaded).
+``run(..., preload=MODULES)`` forks a ``restore``/``doctor`` from a zygote that imported those
+too (a zygote of its own): for tests whose runs all import the same heavy library - spandrel,
+whose architectures import torchvision and torch._dynamo (~2.5 s of each model run) - once.
 Each start environment has its own zygotes: only the variables in ``PER_RUN_ENV`` - read when
 a command runs, none by an import (checked: no engine module keeps their values) - may differ
 between a zygote and its runs; a zygote for another environment than this process's starts
@@ -83,13 +86,13 @@ def _start_env(env: dict) -> tuple:
 
 
 class _Zygote:
-    def __init__(self, kind: str, env: dict) -> None:
+    def __init__(self, kind: str, env: dict, preload: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.dir = tempfile.mkdtemp(prefix="mend-warm-cli-")
         self.path = os.path.join(self.dir, "sock")
         # stdin: a pipe that closes when this process ends (the zygote then exits)
-        self.proc = subprocess.Popen([sys.executable, __file__, self.path, kind], cwd=ROOT,
-                                     env=env, stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, __file__, self.path, kind, *preload],
+                                     cwd=ROOT, env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         line = self.proc.stdout.readline().decode(errors="replace").strip()
         self.proc.stdout.close()
@@ -156,47 +159,92 @@ class _Zygote:
 
 
 MAX_ZYGOTES = 3  # the least recently used one closes when another starts (~300 MB each)
-_ZYGOTES: dict[tuple, _Zygote] = {}  # (kind, start env) -> zygote, least recently used first
-_ASKED: dict[tuple, int] = {}  # (kind, start env) -> runs asked for
-_LOCK = threading.Lock()
+# (kind, preload, start env) -> zygote, least recently used first
+_ZYGOTES: dict[tuple, _Zygote] = {}
+_ASKED: dict[tuple, int] = {}  # (kind, preload, start env) -> runs asked for
+_STARTING: dict[tuple, threading.Event] = {}  # zygotes being started (set when there)
+_LOCK = threading.Lock()  # (not held while a zygote starts: the others serve meanwhile)
 _SUPPORTED = (sys.platform == "linux" and hasattr(os, "fork") and hasattr(socket, "send_fds")
               and os.environ.get("MEND_WARM_CLI", "1") != "0")
 
 
-def _zygote(kind: str, env: dict) -> _Zygote | None:
-    """The zygote for runs of ``kind`` in this start environment; None for the first run in
+def _zygote(kind: str, env: dict, preload: tuple[str, ...] = (), *,
+            asked: bool = True) -> _Zygote | None:
+    """The zygote for runs of ``kind`` (with ``preload`` imported too) in this start
+    environment, started (in this thread) if there is none; None for the first run in
     another environment than this process's (a one-off, e.g. a test of PYTHONIOENCODING, is
-    not worth a zygote)."""
-    key = (kind, _start_env(env))
+    not worth a zygote) unless not ``asked`` for a run (``prestart``). A zygote another thread
+    is starting is waited for."""
+    key = (kind, preload, _start_env(env))
     with _LOCK:
-        _ASKED[key] = _ASKED.get(key, 0) + 1
-        z = _ZYGOTES.pop(key, None)
-        if z is None:
-            if _ASKED[key] < 2 and key[1] != _start_env(os.environ):
+        if asked:
+            _ASKED[key] = _ASKED.get(key, 0) + 1
+            if (key not in _ZYGOTES and key not in _STARTING and _ASKED[key] < 2
+                    and key[2] != _start_env(os.environ)):
                 return None
-            while len(_ZYGOTES) >= MAX_ZYGOTES:
-                _ZYGOTES.pop(next(iter(_ZYGOTES))).close()
-            z = _Zygote(kind, env)
-        _ZYGOTES[key] = z
-        return z
+    while True:
+        with _LOCK:
+            z = _ZYGOTES.pop(key, None)
+            if z is not None:
+                _ZYGOTES[key] = z  # (now the most recently used)
+                return z
+            starting = _STARTING.get(key)
+            if starting is None:
+                starting = _STARTING[key] = threading.Event()
+                break
+        starting.wait()  # (then it is there, or its start failed: this thread tries)
+    z = None
+    try:
+        z = _Zygote(kind, env, preload)
+    finally:
+        with _LOCK:
+            if z is not None:
+                while len(_ZYGOTES) >= MAX_ZYGOTES:
+                    _ZYGOTES.pop(next(iter(_ZYGOTES))).close()
+                _ZYGOTES[key] = z
+            _STARTING.pop(key).set()
+    return z
+
+
+def _kind(args: list[str], preload: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
+    """(zygote kind, its extra modules) for a run of ``args``; None: it runs cold."""
+    command = _command(args)
+    if not _SUPPORTED or command not in WARM_COMMANDS:
+        return None
+    torch = command in TORCH_COMMANDS
+    return ("torch" if torch else "base"), (tuple(preload) if torch else ())
 
 
 def run(args: list[str] | tuple[str, ...], *, env: dict | None = None, cwd: Path = ROOT,
-        timeout: float | None = None, text: bool = True) -> subprocess.CompletedProcess:
+        timeout: float | None = None, text: bool = True,
+        preload: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """``subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True,
     text=text, timeout=timeout, cwd=cwd, env=env, check=False)``, started warm when it can be
-    (module docstring). ``env``: the whole environment (None: this process's)."""
+    (module docstring). ``env``: the whole environment (None: this process's). ``preload``:
+    modules a ``restore``/``doctor`` run's zygote imports besides its own (module
+    docstring)."""
     args = [str(a) for a in args]
     env = dict(os.environ if env is None else env)
     cmd = [sys.executable, "-m", "engine.cli", *args]
-    command = _command(args)
-    if _SUPPORTED and command in WARM_COMMANDS:
-        z = _zygote("torch" if command in TORCH_COMMANDS else "base", env)
+    kind = _kind(args, preload)
+    if kind is not None:
+        z = _zygote(kind[0], env, kind[1])
         if z is not None and z.ready:
             done = z.run(cmd, args, env, Path(cwd), timeout, text)
             if done is not None:
                 return done
     return _cold(cmd, env, Path(cwd), timeout, text)
+
+
+def prestart(args: list[str] | tuple[str, ...], *, env: dict | None = None,
+             preload: tuple[str, ...] = ()) -> None:
+    """Start now (in this thread) the zygote that ``run(args, env=env, preload=preload)``
+    forks from, if it is not there: a test can have it start while it prepares its runs. A
+    start it asked for, not a run: the one-off rule does not apply."""
+    args = [str(a) for a in args]
+    kind = _kind(args, preload)
+    if kind is not None:
+        _zygote(kind[0], dict(os.environ if env is None else env), kind[1], asked=False)
 
 
 def close() -> None:
@@ -208,11 +256,12 @@ def close() -> None:
 
 
 # ---------------------------------------------------------------- the zygote (this file run)
-def _preload(kind: str) -> str:
-    """Import the modules; '' or what went wrong (anything printed, a thread started)."""
+def _preload(kind: str, extra: tuple[str, ...] = ()) -> str:
+    """Import the modules (``extra`` too); '' or what went wrong (anything printed, a thread
+    started)."""
     import importlib
 
-    names = _PRELOAD_BASE + (_PRELOAD_TORCH if kind == "torch" else ())
+    names = _PRELOAD_BASE + (_PRELOAD_TORCH if kind == "torch" else ()) + tuple(extra)
     saved = os.dup(2)
     with tempfile.TemporaryFile() as log:
         os.dup2(log.fileno(), 2)
@@ -235,12 +284,12 @@ def _preload(kind: str) -> str:
     return problem
 
 
-def _serve(path: str, kind: str) -> dict:
+def _serve(path: str, kind: str, extra: tuple[str, ...] = ()) -> dict:
     """The zygote's loop; returns only in a forked run (its request), never in the zygote."""
     import select
 
     sys.path[0] = str(ROOT)  # (not tests/): engine imports from where `python -m` finds it
-    problem = _preload(kind)
+    problem = _preload(kind, extra)
     if problem:
         print(problem.replace("\n", " "), flush=True)
         raise SystemExit(0)
@@ -320,7 +369,7 @@ def _become(req: dict) -> None:
 
 
 if __name__ == "__main__":
-    _request = _serve(sys.argv[1], sys.argv[2])
+    _request = _serve(sys.argv[1], sys.argv[2], tuple(sys.argv[3:]))
     _become(_request)
     del _request
     import builtins

@@ -162,29 +162,32 @@ def test_the_face_detection_view_is_the_same_bytes_with_one_small_copy(shared_im
 
 
 class _SlowCascade:
-    """The face cascade, as slow as it is on a busy machine's 12 MP photo (seconds)."""
+    """The face cascade, as slow as it is on a busy machine's 12 MP photo (seconds, or until
+    ``release`` is set: tests/conftest.py)."""
 
-    def __init__(self, real, seconds: float) -> None:
-        self.real, self.seconds = real, seconds
+    def __init__(self, real, seconds: float, release: threading.Event) -> None:
+        self.real, self.seconds, self.release = real, seconds, release
 
     def detectMultiScale3(self, *a, **kw):  # (OpenCV's name)
-        time.sleep(self.seconds)  # (no cancel can reach inside an OpenCV call)
+        self.release.wait(self.seconds)  # (no cancel can reach inside an OpenCV call)
         return self.real.detectMultiScale3(*a, **kw)
 
 
-def test_a_cancel_during_face_detection_is_honoured_at_once(shared_images, monkeypatch):
+def test_a_cancel_during_face_detection_is_honoured_at_once(shared_images, monkeypatch,
+                                                            release):
     """The face step looked at the cancel token before and after the detection only: ~1.2 s
     (0.8-2.5 s measured on a 12 MP photo) passed before a cancel stopped it."""
     from engine.restore import face
 
     real = face._cascade("face", str(cv2.data.haarcascades) + "/" + face.HAAR_FILE)
-    monkeypatch.setitem(face._HAAR, "face", _SlowCascade(real, 1.5))
+    monkeypatch.setitem(face._HAAR, "face", _SlowCascade(real, 1.5, release))
     img = _read(shared_images, FACE_PHOTO)
     token = CancelToken()
     ctx = _ctx(token)
     step = get_step("face_codeformer")
     latency = _latency(lambda: step.fn(img, {"face_detector": "haar"}, ctx), token, 0.3)
     assert latency < 0.3, latency
+    release.set()  # (the abandoned detection ends now, not 1.2 s later)
     assert _no_worker_left()
 
 
@@ -203,7 +206,7 @@ def test_face_detection_on_a_12_mp_photo_looks_at_the_cancel_often(shared_images
 
 @pytest.mark.parametrize("detector", ["glare", "face"])
 def test_a_cancel_during_a_detectors_reduction_of_the_photo_stops_the_job_at_once(
-        tmp_path, monkeypatch, detector):
+        tmp_path, monkeypatch, release, detector):
     """The glare and face detectors begin with one resize of the whole photo to their working
     view (1024 / 1280 px), no cancel looked at during it: measured 0.29-0.34 s (glare, float)
     and 0.17-0.27 s (faces, uint8) at 120 MP on an idle 2-core machine, more on a busy one. Here
@@ -234,7 +237,7 @@ def test_a_cancel_during_a_detectors_reduction_of_the_photo_stops_the_job_at_onc
         if slow[0] and dsize is not None and max(dsize) == side and image.dtype == dtype \
                 and image.shape[:2] == (h, w):  # (the detector's reduction of the photo)
             started.set()
-            time.sleep(1.0)  # (no cancel reaches inside an OpenCV call)
+            release.wait(1.0)  # (no cancel reaches inside an OpenCV call)
         return real(image, dsize, *a, **kw)
 
     monkeypatch.setattr(cv2, "resize", resize)
@@ -255,6 +258,7 @@ def test_a_cancel_during_a_detectors_reduction_of_the_photo_stops_the_job_at_onc
     finally:
         th.join()
     assert started.is_set() and latency < 0.3, latency
+    release.set()  # (the abandoned resize ends now, not ~0.9 s later)
     assert not out.exists() or not any(out.iterdir())
     assert _no_worker_left()  # (the abandoned resize ended in its own time)
     slow[0] = False
@@ -305,7 +309,7 @@ def test_a_cancel_inside_builtin_inpainting_is_honoured_within_a_tile(shared_ima
     assert not R._TELEA_SLOT.locked()
 
 
-def test_a_cancel_during_a_long_lama_layer_is_honoured_at_once():
+def test_a_cancel_during_a_long_lama_layer_is_honoured_at_once(release):
     """LaMa looked at the cancel before each layer only: one layer of a 1024-px region took up
     to 1.7 s on a busy machine. The forward pass is abandoned at once and stops at its next
     layer; the next region waits for it."""
@@ -315,7 +319,7 @@ def test_a_cancel_during_a_long_lama_layer_is_honoured_at_once():
 
     class SlowLayer(torch.nn.Module):
         def forward(self, x):
-            time.sleep(1.0)  # (one long layer: no cancel reaches inside it)
+            release.wait(1.0)  # (one long layer: no cancel reaches inside it)
             return x
 
     class Net(torch.nn.Module):
@@ -342,6 +346,7 @@ def test_a_cancel_during_a_long_lama_layer_is_honoured_at_once():
     assert fn(crop, mask).shape == (64, 64, 3)
     latency = _latency(lambda: fn(crop, mask), token, 0.3)
     assert latency < 0.3, latency
+    release.set()  # (the long layer ends now, not 0.7 s later)
     t0 = time.perf_counter()
     assert _no_worker_left() and not R._LAMA_SLOT.locked()
     assert time.perf_counter() - t0 < 1.5  # (it stopped at the layer after the long one)
@@ -378,8 +383,8 @@ class _SlowSession:
     reduced copy of a 12 MP page (~2.7 s under load): ``RunOptions.terminate`` only stops a
     run between nodes. Counts the runs in progress at once."""
 
-    def __init__(self, real, seconds: float) -> None:
-        self.real, self.seconds = real, seconds
+    def __init__(self, real, seconds: float, release: threading.Event) -> None:
+        self.real, self.seconds, self.release = real, seconds, release
         self.lock = threading.Lock()
         self.running = self.most = 0
 
@@ -388,7 +393,7 @@ class _SlowSession:
             self.running += 1
             self.most = max(self.most, self.running)
         try:
-            time.sleep(self.seconds)  # the long node
+            self.release.wait(self.seconds)  # the long node (tests/conftest.py: release)
             if run_options is not None and run_options.terminate:
                 raise RuntimeError("Exiting due to terminate flag being set to true.")
             return self.real.run(output_names, input_feed, run_options)
@@ -401,7 +406,7 @@ class _SlowSession:
 
 
 @pytest.fixture
-def slow_ocr(monkeypatch):
+def slow_ocr(monkeypatch, release):
     pytest.importorskip("rapidocr")
     import engine.restore.text as T
 
@@ -409,7 +414,7 @@ def slow_ocr(monkeypatch):
     ocr.detect(np.full((64, 64, 3), 255, np.uint8))  # (loaded and routed)
     routed = ocr._engine.text_det.session.session
     assert isinstance(routed, T._RunOptionsSession)
-    slow = _SlowSession(routed._session, 1.5)
+    slow = _SlowSession(routed._session, 1.5, release)
     monkeypatch.setattr(routed, "_session", slow)
     return ocr, slow
 
@@ -467,12 +472,13 @@ def test_cancelled_ocr_runs_never_pile_up(slow_ocr):
                 ocr.detect(page)
 
         assert _latency(job, token, 0.5) < 0.3
+    slow.release.set()  # (the last abandoned run ends now, not ~1 s later)
     assert _no_worker_left()
     assert slow.most == 1
 
 
 # --------------------------------------------------------------------------- other steps
-def test_a_cancel_inside_a_non_local_means_tile_is_honoured_at_once(monkeypatch):
+def test_a_cancel_inside_a_non_local_means_tile_is_honoured_at_once(monkeypatch, release):
     """denoise_builtin looked at the cancel between its tiles only: one 608-px tile of OpenCV's
     NLM took up to 1.7 s on a busy machine (12 MP photo, 25 s run: max gap 1.67 s)."""
     from engine.restore import classical
@@ -480,7 +486,7 @@ def test_a_cancel_inside_a_non_local_means_tile_is_honoured_at_once(monkeypatch)
     real = classical.nlm_denoise
 
     def slow(*a, **kw):
-        time.sleep(1.5)  # (as a tile on a busy machine: no cancel reaches inside OpenCV)
+        release.wait(1.5)  # (as a tile on a busy machine: no cancel reaches inside OpenCV)
         return real(*a, **kw)
 
     monkeypatch.setattr(classical, "nlm_denoise", slow)
@@ -490,6 +496,7 @@ def test_a_cancel_inside_a_non_local_means_tile_is_honoured_at_once(monkeypatch)
     step = get_step("denoise_builtin")
     latency = _latency(lambda: step.fn(img, {"sigma": 10.0}, ctx), token, 0.3)
     assert latency < 0.3, latency
+    release.set()  # (the abandoned tile ends now, not 1.2 s later)
     assert _no_worker_left() and not classical._NLM_SLOT.locked()
 
 
@@ -541,10 +548,11 @@ def _glare_photo(h: int, w: int) -> np.ndarray:
 
 
 @pytest.fixture
-def slow_resize(monkeypatch):
-    """``slow_resize(when)``: cv2.resize takes 1 s more for the calls ``when(image, dsize,
-    interpolation)`` picks (no cancel reaches inside an OpenCV call); returns the event set
-    when such a call starts and a switch (``[True]``) that turns the delay off."""
+def slow_resize(monkeypatch, release):
+    """``slow_resize(when)``: cv2.resize takes 1 s more (or until ``release`` is set:
+    tests/conftest.py) for the calls ``when(image, dsize, interpolation)`` picks (no cancel
+    reaches inside an OpenCV call); returns the event set when such a call starts and a
+    switch (``[True]``) that turns the delay off."""
     real = cv2.resize
 
     def install(when):
@@ -554,7 +562,7 @@ def slow_resize(monkeypatch):
             interp = kw.get("interpolation", a[2] if len(a) > 2 else None)
             if slow[0] and when(image, dsize, interp):
                 started.set()
-                time.sleep(1.0)
+                release.wait(1.0)
             return real(image, dsize, *a, **kw)
 
         monkeypatch.setattr(cv2, "resize", resize)
@@ -578,7 +586,8 @@ def _cancel_latency(fn, started: threading.Event) -> float:
 
 
 def test_a_cancel_while_the_glare_mask_is_brought_to_full_size_stops_at_once(slow_resize,
-                                                                             monkeypatch):
+                                                                             monkeypatch,
+                                                                             release):
     """The glare detector's last stage, its mask brought back from its 1024-px view to the
     whole photo (0.05-0.16 s at 120 MP, more on a busy machine), was one call no cancel could
     stop: made to take 1 s here, the detector stopped 0.95 s after the cancel. Now it is
@@ -593,6 +602,7 @@ def test_a_cancel_while_the_glare_mask_is_brought_to_full_size_stops_at_once(slo
                                 and image.shape[:2] == view and tuple(dsize) == (w, h))
     latency = _cancel_latency(lambda token: R.detect_glare(img, check=token.check), started)
     assert started.is_set() and latency < 0.3, latency
+    release.set()  # (the abandoned resize ends now, not ~0.95 s later)
     assert _no_worker_left() and not R._REDUCE_SLOT.locked()
     slow[0] = False
     seen: list[np.ndarray] = []  # (the view's mask, its last stage before the resize)
@@ -622,7 +632,7 @@ def sam_runtime(tmp_path_factory):
 
 @pytest.mark.parametrize("resize", ["view", "mask"])
 def test_a_cancel_during_sams_resizes_stops_the_mask_step_at_once(slow_resize, sam_runtime,
-                                                                   resize):
+                                                                   release, resize):
     """SAM looks at a photo larger than 2048 px at that size, and its masks are brought back
     to the photo's: whole-photo resizes (0.4 s and 0.08-0.5 s per mask at 120 MP) with no
     cancel looked at, nor between the boxes (SAM was given no ``check``). Made to take 1 s
@@ -650,6 +660,7 @@ def test_a_cancel_during_sams_resizes_stops_the_mask_step_at_once(slow_resize, s
 
     latency = _cancel_latency(step, started)
     assert started.is_set() and latency < 0.3, latency
+    release.set()  # (the abandoned resize ends now, not ~0.95 s later)
     assert _no_worker_left() and not R._REDUCE_SLOT.locked()
     slow[0] = False
     out = step(CancelToken())
@@ -687,7 +698,8 @@ def test_sams_masks_at_full_size_are_as_before(sam_runtime):
 
 
 @pytest.mark.parametrize("prompt", ["points", "boxes"])
-def test_a_cancel_during_sams_forward_pass_stops_it_at_once(sam_runtime, monkeypatch, prompt):
+def test_a_cancel_during_sams_forward_pass_stops_it_at_once(sam_runtime, monkeypatch, release,
+                                                            prompt):
     """SAM's forward pass was one model call in the job's thread with no cancel looked at:
     sam-vit-base at its real size took 18-23 s on one thread, so a cancelled click-to-select
     or mask step ran to its end. Now it runs in a worker a cancel abandons at once, which
@@ -702,7 +714,7 @@ def test_a_cancel_during_sams_forward_pass_stops_it_at_once(sam_runtime, monkeyp
 
     def slow_layer(*a, **k):
         started.set()
-        time.sleep(0.6)
+        release.wait(0.6)
         return real_layer(*a, **k)
 
     monkeypatch.setattr(layer, "forward", slow_layer)
@@ -719,6 +731,7 @@ def test_a_cancel_during_sams_forward_pass_stops_it_at_once(sam_runtime, monkeyp
 
     latency = _cancel_latency(select, started)
     assert started.is_set() and latency < 0.3, latency
+    release.set()  # (the long layer ends now, not ~0.55 s later)
     assert _no_worker_left() and not R._SAM_SLOT.locked()
     assert not decoded  # (the abandoned pass stopped at its next layer)
     monkeypatch.setattr(layer, "forward", real_layer)
@@ -728,7 +741,8 @@ def test_a_cancel_during_sams_forward_pass_stops_it_at_once(sam_runtime, monkeyp
     assert decoded and np.array_equal(got, want)
 
 
-def test_a_cancel_while_click_to_select_loads_sam_is_honoured_at_once(tmp_path, monkeypatch):
+def test_a_cancel_while_click_to_select_loads_sam_is_honoured_at_once(tmp_path, monkeypatch,
+                                                                      release):
     """The mask editor's click-to-select calls SAM outside a step (no ``runtime.cancellable``
     around it): its model's loading (seconds for the real 375 MB model) could not be
     cancelled. Here the load is made to take 1 s."""
@@ -745,7 +759,7 @@ def test_a_cancel_while_click_to_select_loads_sam_is_honoured_at_once(tmp_path, 
 
     def slow_load(cls, *a, **k):
         started.set()
-        time.sleep(1.0)
+        release.wait(1.0)
         return real(cls, *a, **k)
 
     monkeypatch.setattr(SamModel, "from_pretrained", classmethod(slow_load))
@@ -754,6 +768,7 @@ def test_a_cancel_while_click_to_select_loads_sam_is_honoured_at_once(tmp_path, 
         lambda token: R.sam_mask_from_points(img, [(40.0, 50.0)], [1], rt, check=token.check),
         started)
     assert started.is_set() and latency < 0.3, latency
+    release.set()  # (the abandoned load goes on now, not ~0.95 s later)
     assert _no_worker_left()  # (the abandoned load ended; its model is cached)
     assert R.sam_mask_from_points(img, [(40.0, 50.0)], [1], rt).shape == img.shape[:2]
 

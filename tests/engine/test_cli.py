@@ -301,9 +301,11 @@ def test_models_import_and_pack_errors_exit_codes_and_json(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc to spot the export")
 def test_kill_9_during_export_leaves_no_partial_file(tmp_path):
     """A real `mend restore` is killed with SIGKILL while it holds a file open in the output
-    folder (i.e. during export): nothing partial may be left and the original is untouched."""
+    folder (i.e. during export): nothing partial may be left and the original is untouched.
+    The three attempts (each its own process and output folder) run at once."""
     import signal
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
 
@@ -312,10 +314,12 @@ def test_kill_9_during_export_leaves_no_partial_file(tmp_path):
     Image.fromarray(rng.integers(0, 256, (2400, 3200, 3), dtype=np.uint8)).save(
         src, compress_level=1)
     before = sha(src)
-    out = tmp_path / "out"
-    out.mkdir()
-    killed_during_export = 0
-    for attempt in range(3):
+
+    def attempt(n: int) -> bool:
+        """Whether attempt ``n`` killed its process during the export."""
+        out = tmp_path / f"out{n}"
+        out.mkdir()
+        killed = False
         proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "restore", str(src), "-o",
                                  str(out), "--plan", "D", "--format", "png", "--json"],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -327,9 +331,9 @@ def test_kill_9_during_export_leaves_no_partial_file(tmp_path):
             except OSError:
                 targets = []
             if any(t.startswith(str(out)) for t in targets):
-                time.sleep(0.05 * attempt)  # a little later into the write each time
+                time.sleep(0.05 * n)  # a little later into the write each time
                 proc.send_signal(signal.SIGKILL)
-                killed_during_export += 1
+                killed = True
                 break
             time.sleep(0.005)
         proc.wait(timeout=60)
@@ -340,9 +344,12 @@ def test_kill_9_during_export_leaves_no_partial_file(tmp_path):
             with Image.open(f) as im:
                 im.load()
                 assert im.size == (3200, 2400)
+        return killed
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        killed_during_export = sum(pool.map(attempt, range(3)))
     assert killed_during_export >= 1, "never caught the process during export"
     assert sha(src) == before
-
 
 
 def _tiny_photos(folder: Path, rels: list[str]) -> None:

@@ -210,17 +210,37 @@ sys.exit(code)
 """
 
 
+LATE_CASES = [("after", "SIGTERM"), ("exit", "SIGTERM"), ("exit", "SIGINT")]
+
+
+@pytest.fixture(scope="module")
+def late_signal_runs(tmp_path_factory):
+    """The three processes of the test below (each its own, with its own photos and output
+    folder: independent), started together on first use instead of one after the other.
+    (when, sig) -> (its folder, its photos, its process)."""
+    runs = {}
+    for when, sig in LATE_CASES:
+        d = tmp_path_factory.mktemp(f"late-{when}-{sig}")
+        src = _photos(d / "shoot", ["a.png", "b.png"])
+        runs[when, sig] = d, src, subprocess.Popen(
+            [sys.executable, "-c", _LATE, when, sig, str(d / "shoot"), str(d / "out")],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield runs
+    for _d, _src, proc in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 @pytest.mark.skipif(os.name != "posix", reason="signals a process sends itself")
-@pytest.mark.parametrize(("when", "sig"), [("after", "SIGTERM"), ("exit", "SIGTERM"),
-                                         ("exit", "SIGINT")])
-def test_a_signal_once_the_work_is_done_leaves_with_its_exit_code(tmp_path, when, sig):
+@pytest.mark.parametrize(("when", "sig"), LATE_CASES)
+def test_a_signal_once_the_work_is_done_leaves_with_its_exit_code(late_signal_runs, when, sig):
     """SIGTERM after the batch had finished killed the process without a word (exit -15: 143
     in a shell, "stopped by SIGTERM" for a batch that was not stopped), Ctrl+C there printed
     a traceback. Now the process leaves with the batch's own exit code, its output whole."""
-    src = _photos(tmp_path / "shoot", ["a.png", "b.png"])
-    r = subprocess.run([sys.executable, "-c", _LATE, when, sig, str(tmp_path / "shoot"),
-                        str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120, check=False)
+    tmp_path, src, proc = late_signal_runs[when, sig]
+    out, err = proc.communicate(timeout=120)
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert (r.returncode, r.stderr) == (0, "")
     assert r.stdout.splitlines()[-1] == f"2 photo(s) written to {tmp_path / 'out'}"
     assert _files(tmp_path / "out") == ["a_mend.png", "b_mend.png"]

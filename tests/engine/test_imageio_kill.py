@@ -36,14 +36,21 @@ while True:
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
 @pytest.mark.parametrize("mode", ["tmpfile", "named"])
 def test_kill_9_during_save(tmp_path, mode):
+    """Two writers, each killed at its own time in its own folder (the two processes run at
+    once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     rng = np.random.default_rng(0)
     src = tmp_path / "source.png"
     Image.fromarray((rng.random((130, 130, 3)) * 255).astype(np.uint8)).save(src)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for delay in (0.3, 1.7):  # before the first result is done; after a few
+
+    def killed(delay: float) -> tuple[Path, int | None]:
+        """(its output folder, its exit status) of a writer killed ``delay`` s after it is
+        ready."""
+        out_dir = tmp_path / f"out-{delay}"
+        out_dir.mkdir()
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), str(src), str(out_dir),
                                  mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=env, text=True)
@@ -55,7 +62,13 @@ def test_kill_9_during_save(tmp_path, mode):
             proc.wait(timeout=30)
             proc.stdout.close()
             proc.stderr.close()
-        assert proc.returncode == -signal.SIGKILL
+        return out_dir, proc.returncode
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # before the first result is done; after a few
+        runs = list(pool.map(killed, (0.3, 1.7)))
+    for out_dir, returncode in runs:
+        assert returncode == -signal.SIGKILL
         names = os.listdir(out_dir)
         parts = [n for n in names if n.endswith(".part")]
         if mode == "tmpfile" and mio._USE_O_TMPFILE:

@@ -25,6 +25,7 @@ from PIL import Image
 from engine import imageio as mio
 from engine.api import OutputOptions
 from engine.errors import BadImage, ImageTooLarge
+from tests import warm_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 rawpy = pytest.importorskip("rawpy", reason="the optional 'raw' extra (rawpy) is not installed")
@@ -826,9 +827,8 @@ def _sha(p: Path) -> str:
 
 
 def _mend(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True,
-                          text=True, timeout=240, cwd=ROOT, env=env, check=False)
+    """``python -m engine.cli ARGS`` in its own process, started warm (tests/warm_cli.py)."""
+    return warm_cli.run(args, timeout=240, cwd=ROOT)
 
 
 def test_cli_classify_and_restore_a_dng(dng, tmp_path):

@@ -27,8 +27,10 @@ needs_bytes_names = pytest.mark.skipif(sys.platform in ("win32", "darwin"),
 def mend(*args: str, cwd: Path | None = None, env: dict | None = None,
          timeout: int = 240) -> subprocess.CompletedProcess:
     """``python -m engine.cli ARGS`` in its own process (bytes out), started warm where its
-    environment allows (tests/warm_cli.py)."""
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    environment allows (tests/warm_cli.py): this process's environment (``env`` added), so
+    the runs that add nothing but ``cwd`` fork from the zygotes the other CLI tests use; those
+    of another encoding or locale are one-offs, started cold."""
+    e = dict(os.environ, PYTHONPATH=str(ROOT))
     e.update(env or {})
     return warm_cli.run(args, env=e, cwd=cwd or ROOT, timeout=timeout, text=False)
 

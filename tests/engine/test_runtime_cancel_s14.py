@@ -27,15 +27,16 @@ ROOT = Path(__file__).resolve().parents[2]
 LOAD = 1.2  # s: a slow model load (a real checkpoint on a laptop's disk)
 
 
-def _slowed(monkeypatch, owner, name: str, seconds: float = LOAD):
-    """``owner.name`` taking ``seconds`` more; returns (started event, call count list)."""
+def _slowed(monkeypatch, owner, name: str, release: threading.Event, seconds: float = LOAD):
+    """``owner.name`` taking ``seconds`` more (or until ``release`` is set: tests/conftest.py);
+    returns (started event, call count list)."""
     real = getattr(owner, name)
     started, calls = threading.Event(), []
 
     def slow(*a, **kw):
         calls.append(1)
         started.set()
-        time.sleep(seconds)
+        release.wait(seconds)
         return real(*a, **kw)
 
     monkeypatch.setattr(owner, name, slow)
@@ -47,7 +48,8 @@ def _runtime() -> ModelRuntime:
 
 
 # --------------------------------------------------------------------------- through the engine
-def test_a_cancel_while_a_step_loads_its_model_is_honoured_at_once(tmp_path, monkeypatch):
+def test_a_cancel_while_a_step_loads_its_model_is_honoured_at_once(tmp_path, monkeypatch,
+                                                                   release):
     """deblur_nafnet loading its weights (made 1.2 s slower): the job used to end ~0.9 s after a
     cancel 0.3 s into the load; now at once. The load ends in the background and is cached: the
     photo run again does not read the weights again."""
@@ -63,7 +65,7 @@ def test_a_cancel_while_a_step_loads_its_model_is_honoured_at_once(tmp_path, mon
     src = tmp_path / "in.png"
     Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
                     ).save(src)
-    started, calls = _slowed(monkeypatch, loader, "load_spandrel")
+    started, calls = _slowed(monkeypatch, loader, "load_spandrel", release)
     engine = Engine("cpu", store=store)
     plan = Plan(Degradation.C, "laptop", (Step("deblur_nafnet", {}),))
     req = JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), plan=plan, guard=False)
@@ -76,6 +78,7 @@ def test_a_cancel_while_a_step_loads_its_model_is_honoured_at_once(tmp_path, mon
     finally:
         th.join()
     assert latency < 0.2, latency
+    release.set()  # (the abandoned load goes on now, not 0.9 s later)
     assert _no_worker_left("mend-model-load")  # (the load went on to its end)
     assert [k[1] for k in engine.runtime.cached_keys()] == ["nafnet-gopro-w64"]
     res = engine.run(req)
@@ -84,7 +87,7 @@ def test_a_cancel_while_a_step_loads_its_model_is_honoured_at_once(tmp_path, mon
 
 
 def test_a_cancel_while_a_classifier_loads_its_model_is_honoured_at_once(tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, release):
     """The CLIP backend of a diagnosis (Engine.diagnose, as the app's diagnose jobs) loading
     its model: the cancel was seen after the load; now at once, and the model is cached."""
     pytest.importorskip("transformers")
@@ -98,7 +101,7 @@ def test_a_cancel_while_a_classifier_loads_its_model_is_honoured_at_once(tmp_pat
     src = build_tiny_clip(tmp_path / "src")
     files = {p.name: p for p in sorted(src.iterdir()) if p.is_file()}
     store = install_test_model(tmp_path / "store", "clip-vit-large-patch14", files)
-    started, calls = _slowed(monkeypatch, transformers.AutoModel, "from_pretrained")
+    started, calls = _slowed(monkeypatch, transformers.AutoModel, "from_pretrained", release)
     engine = Engine("cpu", store=store)
     photo = Photo(path=None, pixels=np.random.default_rng(1).random((48, 64, 3),
                                                                      dtype=np.float32),
@@ -113,6 +116,7 @@ def test_a_cancel_while_a_classifier_loads_its_model_is_honoured_at_once(tmp_pat
     finally:
         th.join()
     assert latency < 0.2, latency
+    release.set()  # (the abandoned load goes on now, not 0.9 s later)
     assert _no_worker_left("mend-model-load")
     assert engine.diagnose(photo, "clip").backend == "clip"
     assert len(calls) == 1
@@ -163,7 +167,7 @@ def test_an_abandoned_load_keeps_the_slot_and_is_cached():
     assert a == {"model": "a"} and "again" not in spans
 
 
-def test_an_abandoned_load_that_fails_is_remembered():
+def test_an_abandoned_load_that_fails_is_remembered(release):
     """The failure memo works for a load a cancel abandoned: damaged weights are not read
     again by the next photo's job."""
     from engine.models.loader import UnsupportedModel
@@ -174,7 +178,7 @@ def test_an_abandoned_load_that_fails_is_remembered():
     def damaged():
         reads.append(1)
         started.set()
-        time.sleep(0.5)
+        release.wait(0.5)
         raise UnsupportedModel("these weights cannot be read")
 
     token, at = CancelToken(), []
@@ -185,6 +189,7 @@ def test_an_abandoned_load_that_fails_is_remembered():
     finally:
         th.join()
     assert time.perf_counter() - at[0] < 0.1
+    release.set()  # (the abandoned load fails now, not 0.4 s later)
     assert _no_worker_left("mend-model-load")
     with rt.cancellable(CancelToken().check), \
             pytest.raises(UnsupportedModel, match="cannot be read"):

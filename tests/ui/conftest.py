@@ -272,6 +272,36 @@ def window(qtbot, tmp_path):
         yield win
 
 
+@pytest.fixture
+def held_steps(monkeypatch, release):
+    """Every restoration step wrapped: once ``held_steps.on`` is True, a step that starts sets
+    ``held_steps.started`` and waits for ``release`` (tests/conftest.py), looking at its job's
+    cancel meanwhile as a step does between its tiles, then runs as it is. A job so stays
+    running until the test has done what it does mid-run (a cancel, a folder removed),
+    however fast or slow the machine, instead of a photo made big enough to take seconds."""
+    import dataclasses
+    import threading
+    import types
+
+    from engine.restore import registry
+
+    registry._load_all()
+    state = types.SimpleNamespace(on=False, started=threading.Event())
+
+    def held(fn):
+        def step(image, params, ctx):
+            if state.on:
+                state.started.set()
+                while not release.wait(0.02):
+                    ctx.progress.check()  # (a cancel stops it)
+            return fn(image, params, ctx)
+        return step
+
+    for name, spec in list(registry.STEPS.items()):
+        monkeypatch.setitem(registry.STEPS, name, dataclasses.replace(spec, fn=held(spec.fn)))
+    return state
+
+
 def opened(qtbot, win, folder: Path) -> None:
     """Open a folder and wait for its listing, which arrives off the GUI thread."""
     win.open_folder(folder)

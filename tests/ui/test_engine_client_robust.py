@@ -228,7 +228,7 @@ def test_a_reopened_dialog_shows_the_running_download(qtbot, client, dialog_fact
 
 # -- 4. an engine thread that outlives shutdown() -----------------------------------------------
 _STRAGGLER_SCRIPT = r"""
-import gc, os, sys, time
+import gc, os, sys, threading, time
 sys.path.insert(0, {root!r})
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
 from PySide6.QtWidgets import QApplication
@@ -237,8 +237,9 @@ from ui import engine_client
 from ui.engine_client import EngineClient
 
 c = EngineClient(lambda: object())
+release = threading.Event()  # (set once the straggler is seen: it then ends at once)
 def slow(engine, progress):
-    time.sleep(2.0)  # a model load: no cancel check inside
+    release.wait(2.0)  # a model load: no cancel check inside
     progress.update(1.0, "x")
 c.call(slow, "slow")
 while c.running_id() is None:
@@ -249,6 +250,7 @@ del c
 gc.collect()
 print("client deleted", flush=True)
 assert engine_client.wait_for_stragglers(0.0) == 1  # (its job sleeps on)
+release.set()
 end = time.monotonic() + 30
 while engine_client.wait_for_stragglers(0.05) and time.monotonic() < end:
     app.processEvents()

@@ -205,13 +205,14 @@ def test_click_to_select_runs_in_the_engine_thread(qtbot, window, folder, monkey
     assert doc.full[30, 40] == 255
 
 
-def test_cancel_mid_job_leaves_the_sidecar_consistent(qtbot, window, tmp_path):
+def test_cancel_mid_job_leaves_the_sidecar_consistent(qtbot, window, tmp_path, held_steps):
     """Issue 7: a job cancelled while it runs changes neither the photo, its sidecar (still the
-    last complete JSON) nor the outputs; the job says cancelled."""
+    last complete JSON) nor the outputs; the job says cancelled. (The second job's step is
+    held until the cancel: ``held_steps``, instead of a 2 MP photo for a long denoise.)"""
     import json
 
-    d = tmp_path / "big"
-    photo = write_photo(d / "noisy.jpg", 1600, 1200, seed=4, kind="noisy")
+    d = tmp_path / "card"
+    photo = write_photo(d / "noisy.jpg", 320, 240, seed=4, kind="noisy")
     before = _sha(photo)
     win = window
     opened(qtbot, win, d)
@@ -225,6 +226,7 @@ def test_cancel_mid_job_leaves_the_sidecar_consistent(qtbot, window, tmp_path):
     saved = side.read_bytes()
     outputs = sorted((tmp_path / "out").iterdir())
 
+    held_steps.on = True  # (the second job cannot end before the cancel reaches it)
     (second,) = win.fix_selected()
     qtbot.waitUntil(lambda: win.client.job(second).state is JobState.RUNNING, timeout=30000)
     win.client.cancel(second)

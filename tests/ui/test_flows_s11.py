@@ -309,17 +309,20 @@ def test_an_export_is_named_for_the_format_it_is(qtbot, window, folder, tmp_path
 
 # -- a folder that goes away ----------------------------------------------------------------
 def test_a_job_finishing_after_its_folder_was_removed_does_not_create_it_again(
-        qtbot, window, tmp_path):
+        qtbot, window, tmp_path, held_steps, release):
     """The card's folder is deleted (or the card ejected) while a fix runs: recording the
-    result in the sidecar created the folder again, holding only .mend/noisy.jpg.json."""
+    result in the sidecar created the folder again, holding only .mend/noisy.jpg.json. (The
+    fix's step is held while the folder goes: ``held_steps``, instead of a 2 MP photo.)"""
     d = tmp_path / "card"
-    photo = write_photo(d / "noisy.jpg", 1600, 1200, seed=4, kind="noisy")
+    photo = write_photo(d / "noisy.jpg", 320, 240, seed=4, kind="noisy")
     win = window
     opened(qtbot, win, d)
     win.select_path(photo)
+    held_steps.on = True
     (jid,) = win.fix_selected()
-    qtbot.waitUntil(lambda: win.client.job(jid).fraction > 0.2, timeout=60000)
+    qtbot.waitUntil(held_steps.started.is_set, timeout=60000)  # (the photo read, a step runs)
     shutil.rmtree(d)
+    release.set()  # (the fix goes on to its end)
     settle(qtbot, win, 120000)
     win.client.pool.waitForDone(10000)
     assert win.client.job(jid).state is JobState.DONE

@@ -42,7 +42,8 @@ def sam_runtime(tmp_path_factory):
     return make_runtime(install_test_model(d / "store", "sam-vit-base", write_sam(d / "sam")))
 
 
-def test_a_cancelled_click_select_stops_at_once(qtbot, tmp_path, monkeypatch, sam_runtime):
+def test_a_cancelled_click_select_stops_at_once(qtbot, tmp_path, monkeypatch, sam_runtime,
+                                                 release):
     """SAM looks at a photo over 2048 px reduced to that size: a whole-photo resize (0.4 s at
     120 MP) that only the job's cancel check can abandon. Made to take 1 s here, a click-select
     job cancelled during it ran on to its next progress update, 1.07 s after the cancel (the
@@ -59,7 +60,7 @@ def test_a_cancelled_click_select_stops_at_once(qtbot, tmp_path, monkeypatch, sa
         if slow[0] and image.dtype == np.float32 and image.shape[:2] == (h, w) \
                 and tuple(dsize) == view:
             started.set()
-            time.sleep(1.0)
+            release.wait(1.0)  # (tests/conftest.py)
         return real(image, dsize, *a, **kw)
 
     monkeypatch.setattr(cv2, "resize", resize)
@@ -79,6 +80,7 @@ def test_a_cancelled_click_select_stops_at_once(qtbot, tmp_path, monkeypatch, sa
         assert client.job(jid).state is JobState.CANCELLED, what
         assert what == "Cancelled." and when - at < 0.3, (what, when - at)
         print(f"click-select stopped {when - at:.3f} s after the cancel")
+        release.set()  # (the abandoned resize ends now, not ~0.95 s later)
         # (the abandoned resize ends in its own time, in its slot)
         qtbot.waitUntil(lambda: not R._REDUCE_SLOT.locked(), timeout=10000)
         slow[0] = False

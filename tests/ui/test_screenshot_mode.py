@@ -27,12 +27,26 @@ def _folder(shared_images: Path, tmp_path: Path) -> Path:
     return d
 
 
-def _run(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+def _runs(*arg_lists: list[str], tmp: Path) -> list[subprocess.CompletedProcess]:
+    """``main.py ARGS`` for each list, the processes (independent: each has its own private
+    folder) started together; their results in the same order."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("MEND_UI_SETTINGS", "MEND_UI_DATA_DIR", "MEND_UI_CACHE_DIR")}
     env["TMPDIR"] = str(tmp)  # (where its private folder goes: looked at afterwards)
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=180, check=False)
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], env=env,
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for args in arg_lists]
+    done = []
+    try:
+        for args, proc in zip(arg_lists, procs, strict=True):
+            out, err = proc.communicate(timeout=180)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return done
 
 
 def test_screenshot_waits_for_the_listing_and_shows_the_state_asked(shared_images, tmp_path):
@@ -41,8 +55,10 @@ def test_screenshot_waits_for_the_listing_and_shows_the_state_asked(shared_image
     tmp.mkdir()
     browser, viewer = tmp_path / "browser.png", tmp_path / "viewer.png"
 
-    r = _run(["--screenshot", str(browser), "--open", str(folder), "--state", "browser",
-              "--size", "1024x640"], tmp)
+    r, v = _runs(["--screenshot", str(browser), "--open", str(folder), "--state", "browser",
+                  "--size", "1024x640"],
+                 ["--screenshot", str(viewer), "--open", str(folder), "--state", "viewer",
+                  "--photo", TREE, "--size", "1024x640"], tmp=tmp)
     assert r.returncode == 0, r.stderr
     # every photo listed, its thumbnail made and diagnosed before the picture was taken (the
     # listing used to arrive after it: an empty grid, nothing diagnosed)
@@ -50,8 +66,7 @@ def test_screenshot_waits_for_the_listing_and_shows_the_state_asked(shared_image
     assert "3 diagnosed, 3 thumbnails" in r.stderr, r.stderr
     assert Image.open(browser).size == (1024, 640)
 
-    r = _run(["--screenshot", str(viewer), "--open", str(folder), "--state", "viewer",
-              "--photo", TREE, "--size", "1024x640"], tmp)
+    r = v
     assert r.returncode == 0, r.stderr
     assert f"screenshot: viewer: {TREE} (diagnosed " in r.stderr, r.stderr
     assert "result none" not in r.stderr  # (fixed: the viewer compares it with the photo)
@@ -69,13 +84,17 @@ def test_screenshot_refuses_what_it_cannot_show(shared_images, tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     shot = tmp_path / "x.png"
-    r = _run(["--screenshot", str(shot), "--open", str(folder), "--size", "big"], tmp)
+    size, photo, mask = _runs(
+        ["--screenshot", str(shot), "--open", str(folder), "--size", "big"],
+        ["--screenshot", str(shot), "--open", str(folder), "--state", "viewer",
+         "--photo", "not-there.jpg"],
+        ["--screenshot", str(shot), "--state", "mask"], tmp=tmp)  # (no folder to show)
+    r = size
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "'big' is not a window size" in r.stderr
-    r = _run(["--screenshot", str(shot), "--open", str(folder), "--state", "viewer",
-              "--photo", "not-there.jpg"], tmp)
+    r = photo
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "--photo not-there.jpg: no such photo" in r.stderr and not shot.exists()
     assert not list(tmp.glob("mend-shot-*"))
-    r = _run(["--screenshot", str(shot), "--state", "mask"], tmp)  # (no folder to show)
+    r = mask
     assert r.returncode == 2 and "need a folder" in r.stderr and not shot.exists()
