@@ -27,13 +27,6 @@ from tests.engine.test_packs import _tree, _Tty
 from tests.model_helpers import LoopbackServer, install_test_model, served_store
 
 
-@pytest.fixture
-def server():
-    s = LoopbackServer()
-    yield s
-    s.close()
-
-
 def _jsons(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 

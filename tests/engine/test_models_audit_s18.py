@@ -28,12 +28,6 @@ from tests.engine.test_packs import _tree, _Tty
 from tests.model_helpers import LoopbackServer, install_test_model, served_store
 
 
-@pytest.fixture
-def server():
-    s = LoopbackServer()
-    yield s
-    s.close()
-
 class _NoLength(LoopbackServer):
     """Sends a whole file with no Content-Length (the body ends with the connection, as many
     CDNs and proxies answer); a Range request is answered as LoopbackServer does (206/416)."""

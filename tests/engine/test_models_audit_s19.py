@@ -34,13 +34,6 @@ from tests.model_helpers import LoopbackServer, install_test_model, served_store
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def server():
-    s = LoopbackServer()
-    yield s
-    s.close()
-
-
 def _jsons(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 

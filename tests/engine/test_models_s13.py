@@ -32,13 +32,6 @@ def _blob(n: int, seed: int = 1) -> bytes:
     return hashlib.sha256(str(seed).encode()).digest() * (n // 32) + b"x" * (n % 32)
 
 
-@pytest.fixture
-def server():
-    s = LoopbackServer()
-    yield s
-    s.close()
-
-
 def _part(store: ModelStore, mid: str = MID, name: str = NAME) -> Path:
     p = store.file_path(mid, name)
     return p.with_name(p.name + ".part")

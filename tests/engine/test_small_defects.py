@@ -20,7 +20,6 @@ from tests.engine.test_models_audit_s18 import _cli
 from tests.engine.test_models_s13 import MID
 from tests.engine.test_packs import _Tty
 from tests.engine.test_torch_missing import _mend, laptop_store  # noqa: F401 - a fixture
-from tests.model_helpers import LoopbackServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,13 +74,6 @@ def test_doctor_with_pytorch_is_as_before(capsys):
 
 
 # ---------------------------------------------------------------- 6. doctor and a partial model
-@pytest.fixture
-def server():
-    s = LoopbackServer()
-    yield s
-    s.close()
-
-
 def test_doctor_says_how_much_of_a_partial_model_is_there(server, tmp_path, monkeypatch,
                                                           capsys):
     """Before: "partial: <id> (repair it: ...)" only; now as ``mend models list``."""

@@ -10,17 +10,10 @@ import pytest
 from engine.errors import ChecksumMismatch, DownloadError, OfflineError
 from engine.models import download as dl
 from engine.models.store import ModelStore, default_root
-from tests.model_helpers import LoopbackServer, served_store
+from tests.model_helpers import served_store
 
 MID = "realesr-general-x4v3"
 NAME = "realesr-general-x4v3.pth"
-
-
-@pytest.fixture
-def server():
-    s = LoopbackServer()
-    yield s
-    s.close()
 
 
 def _blob(n: int, seed: int = 1) -> bytes:
