@@ -32,11 +32,13 @@ run: $(STAMP)
 	  echo "Results are in $$(pwd)/out/samples"; exit $$status; \
 	fi
 
+# (bytecode written even where the environment says not to: without it pytest rewrote every test
+# module and each `mend` subprocess of the tests compiled the engine again, ~10 s of CPU a run)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q
 
 test-all: $(STAMP)
-	MEND_SLOW=1 $(PY) -m pytest -q
+	PYTHONDONTWRITEBYTECODE= MEND_SLOW=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
