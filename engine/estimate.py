@@ -24,11 +24,18 @@ Time comes from two sources, best first:
    width 32, GFPGAN) costs the default's figure times its measured share
    (``MODEL_COST_RATIO``) until it has run here; the history keeps each model's runs apart.
 
+A step that runs a part costing per photo has that part apart (SAM's pass in
+``reflection_mask``: ``SAM_PASS``), counted only when the step will run it (``installed``); a
+step that will change nothing (a strength of 0, an inpainting step with no mask it will fill)
+costs nothing.
+
 Memory is the process itself (``PROCESS_BYTES``) plus the largest of: each step's image buffers
-(input, output at the step's scale and the tiler's accumulators) with the model it loads (the
-manifest's ``memory_mb`` of the model its params choose: weights + working memory), and what
-follows the last step - the photo and the result held while the regression guard measures them
-and the result is saved.
+(input, output at the step's scale and the tiler's accumulators; measured for some steps:
+``_STEP_BUFFERS``) with the model it loads (the manifest's ``memory_mb`` of the model its params
+choose: weights + working memory) and the share of the models earlier steps loaded that stays
+cached (``_RETAINED_SHARE``), and what follows the last step - the photo and the result held
+while the regression guard measures them and the result is saved. A plan that changes nothing
+keeps the photo (``Estimate.keeps_photo``: its file copied, nothing checked or saved).
 
 Pure Python: no torch import, cheap enough for the UI thread to call on every plan edit.
 """
@@ -42,7 +49,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +72,11 @@ REFERENCE_CPU_S_PER_MP: dict[tuple[str, str | None], float] = {
     # sizes. It is also the floor of a photo far larger than any run here: see
     # RATE_FLOOR_STEPS)
     ("deblur_builtin", None): 0.2,
-    ("reflection_mask", None): 0.4,
+    # (the glare detector works on a view of the photo at most 1024 px: 0.20-0.22 s at 1 and
+    # 12 MP, 0.28-0.81 s at 12-64 MP in whole `mend restore` jobs on a loaded machine,
+    # 2026-12-08; it was 0.4 s/MP from a 512² photo, 26 s at 64 MP. Per megapixel, the small
+    # photos' fixed part is left to the history; SAM's pass is its own figure: SAM_PASS)
+    ("reflection_mask", None): 0.02,
     ("inpaint_builtin", None): 0.4,
     ("sr_realesrgan", "realesr-general-x4v3"): 52.0,
     ("sr_realesrgan", "realesrgan-x4plus"): 510.0,  # untiled 160² crop: 12.98 s
@@ -77,13 +88,34 @@ REFERENCE_CPU_S_PER_MP: dict[tuple[str, str | None], float] = {
     # ~53 s per 128-px patch-step on one core, patches at stride 64: ~244 patches per LR MP
     ("sr_invsr", None): 12900.0,
 }
+# SAM's part of ``reflection_mask``, when it refines the detector's boxes (the step decides
+# that when it starts: ``reflection.mask_models_run``): its image encoder runs once per photo,
+# on the photo reduced to 1024 px whatever its size, its mask decoder once per box. The step
+# says how long it took (``PART_SECONDS``): the history keeps it apart, per photo, under this
+# name with the SAM checkpoint as its model, and the step's own entry without it (the glare
+# detector's ~0.2 s); the estimate adds it to the step's seconds when the step will run SAM.
+SAM_PASS = "reflection_mask:sam"
 # steps whose cost follows what they find (faces, masked regions), not the photo's size:
 # seconds per photo (history records them the same way)
-PER_PHOTO_STEPS = frozenset({"face_codeformer", "inpaint_lama"})
+PER_PHOTO_STEPS = frozenset({"face_codeformer", "inpaint_lama", SAM_PASS})
 REFERENCE_CPU_S_PER_PHOTO: dict[str, float] = {
     "face_codeformer": 19.0,  # one face (CodeFormer at 512²); photos without faces cost ~0
     "inpaint_lama": 10.6,  # one masked region crop
+    # SAM ViT-B refining 17-18 glare boxes: the step with the ``sam`` detector less the same
+    # step with the ``builtin`` one (0.20-0.22 s), a real reflection photo (windowseat
+    # bakery.jpg) resized to 1 and 12 MP, 3 runs each; sam-vit-base at its full size (93.7 M
+    # parameters) with random weights (normal, std 0.02), installed in a store and loaded by
+    # the real loader (``reflection.load_sam``), torch 2.14 on one thread of the 2-core AMD
+    # EPYC development machine (load average 1.6-2.4), 2026-12-08: 17.5-22.4 s, median 18.7,
+    # the same at both sizes. Of it, the encoder alone: 18.0-20.0 s of CPU time; the decoder
+    # and its masks ~0.2 s per box (the glare detector found a median of 2-8 boxes in the
+    # shared photos, 11-20 at the 90th percentile)
+    SAM_PASS: 19.0,
 }
+# what a step puts in its context's ``artifacts`` when part of its seconds belongs to another
+# history entry (``SAM_PASS``): a list of (history name, model, work units, seconds) that the
+# engine records apart and takes out of the step's own seconds
+PART_SECONDS = "part_seconds"
 # A model a step's ``model`` param chooses instead of its default (``StepSpec.choices``): its
 # seconds as a share of the default's, by which the step's reference figure - and, until the
 # chosen model has run here, the default's figure from the runs here - is multiplied (a
@@ -106,6 +138,11 @@ MODEL_COST_RATIO: dict[str, float] = {
     # (86.4 M / 94.1 M parameters; the step's detection and paste-back, a small part of its
     # reference, are scaled with it)
     "gfpgan-v1.4": 0.46,
+    # SlimSAM-50 / SAM ViT-B, refining 17-18 boxes (``SAM_PASS``, measured the same way, 6
+    # pairs; SlimSAM-50 as ViT-B with half its embedding and MLP channels, 28.0 M parameters:
+    # the manifest's 112 MB file): 10.0-13.6 s / 17.5-22.4 s, 0.54-0.63, median 0.58. Its
+    # encoder alone takes 0.49-0.54 of ViT-B's; the decoder, the same in both, does not shrink
+    "slimsam-50": 0.58,
 }
 # history entries written before a step could choose its model have no model in their key:
 # they are runs of the step's default model
@@ -116,20 +153,57 @@ _UNKEYED_BEFORE_CHOICES = {"deblur_nafnet": "nafnet-gopro-w64",
 # memory of the image buffers per output pixel: input + output + the tiler's sum and weights
 _BYTES_PER_PIXEL = 3 * 4
 _BUFFERS = 4
-# Peak resident memory of whole `builtin` jobs on a 24 MP photo (6000x4000 JPEG, /usr/bin/time
-# -f %M, 2026-12-06): A and C 2.16 GB (the peak is the save), B 3.06 GB (its inpainting step).
+# ... measured otherwise for some steps (their input included; 2026-12-08, the resident memory
+# of `Engine.run` sampled every 5 ms during the step, real photos resized to 12-64 MP):
+# - the inpainting steps: the copy they fill, each region's crop, its mask, the filled crop and
+#   the paste weights, where one region's crop (its context included) may be the whole photo.
+#   A `builtin` class B job with a mask of 30 % of a 24 MP photo (one block: one crop of nearly
+#   all of it) peaked at 2.20 GB, 73 B per pixel over the process (/usr/bin/time -f %M; the
+#   60 B of the other steps fell short)
+# - the built-in sharpening (64 MP) and denoising (12 MP): 28-29 B (tiled, one tile a thread),
+#   below the 44 B of the whole job's peak in the guard at 24-64 MP
+# (the built-in deconvolution, 53-58 B at 12-64 MP, keeps the 60 B of the others)
+_STEP_BUFFERS = {"inpaint_builtin": 6, "inpaint_lama": 6, "sharpen_builtin": 2,
+                 "denoise_builtin": 2}
+# ``reflection_mask`` hands its input on: beside it, the mask (1 B per pixel) and its
+# detector's full-size temporaries. A `builtin` class B job whose detected mask was held back
+# (the photo kept, its file copied) peaked 0.07-0.13 GB above a class D job of the same photo
+# size at 12-64 MP (/usr/bin/time -f %M, 2026-12-08): ~50 MB and 1.5 B per pixel for the
+# glare detector; SAM's full-size masks (a bool and a uint8 per box, one at a time) ~3 B,
+# YOLO's 8-bit copies of the photo ~7 B (not measured)
+_MASK_BYTES_PER_PIXEL = 8
+# A model an earlier step loaded stays cached (``ModelRuntime``, within its budget) while the
+# later steps run: this share of its ``memory_mb`` counts beside theirs. After its step, each
+# laptop model at its real size (random weights, one 512 px tile or face, a 512-1024 px LaMa
+# crop; 2026-12-08, one thread) still held 37-42 % of what its step had added (NAFNet GoPro
+# w64 0.65 GiB, SIDD w64 0.80, LaMa 0.53-0.68, CodeFormer 0.74, Real-ESRGAN Compact 0.18):
+# its weights and the allocator's kept blocks. (What a step adds, in a fresh `Engine.run` of
+# it alone on a 512 px photo: Compact 373 MB, NAFNet GoPro w64 1386 MB, SIDD w64 1911 MB,
+# CodeFormer 1576 MB, LaMa 876 MB, ~1450 MB on a 1024 px crop: the manifest's ``memory_mb``
+# of these were 350, 800, 1200, 1300 and 600, now 450, 1600, 2200, 1800 and 1700. The laptop
+# chains' jobs on a 512 x 512 photo peaked at 0.71-0.81x their estimates before.)
+_RETAINED_SHARE = 0.5
+# Peak resident memory of whole `builtin` jobs (real photos resized to 12, 24 and 64 MP,
+# /usr/bin/time -f %M of `mend restore` on one core, 2026-12-08), over the process: A, C (a
+# sharpening or a deconvolution) 44 B per pixel at 24-64 MP, the peak in the regression guard;
+# B filling a 1.9 % mask 56 B (the guard, with the mask); D 12 B (the photo; its file copied).
 # - the engine process before any photo: Python, NumPy, OpenCV, torch and the analyzer loaded
-#   (0.52-0.62 GB measured; a margin for the GUI's own share)
+#   (0.52-0.62 GB measured, 0.55-0.60 GiB in the fits of the runs above; a margin for the
+#   GUI's own share)
 PROCESS_BYTES = 700 << 20
 # - after the last step the photo and the result stay in memory (float32 RGB, 12 B per pixel
 #   each; a result the steps scaled is also brought back to the photo's size for the guard) and
-#   on top of them, one after the other:
+#   on top of them, one after the other (the resident memory of `Engine.run` sampled every
+#   5 ms, by phase, 12-64 MP, 2026-12-08):
 #   the regression guard's temporaries per photo pixel: the two lumas (8 B) and at most ~3
-#   float32 planes of one measurement (measured 0.48 GB at 24 MP: 20 B)
+#   float32 planes of one measurement (20-22 B measured); with an inpainting mask, which it
+#   weighs the photo with, 25-30 B (and the mask, 1 B)
 _GUARD_BYTES_PER_PIXEL = 24
-#   saving, per result pixel: conversion to 8/16 bit and the encoder (measured 0.93 GB at 24 MP
-#   for a JPEG: 39 B)
-_SAVE_BYTES_PER_PIXEL = 40
+_GUARD_MASK_BYTES_PER_PIXEL = 34
+#   saving, per result pixel: conversion to 8/16 bit and the encoder (JPEG 5-8 B, PNG 7 B,
+#   WebP 13 B, TIFF 16-bit 8 B, PNG 16-bit 17 B measured; it was 39 B for a JPEG on
+#   2026-12-06, before the save worked in bands)
+_SAVE_BYTES_PER_PIXEL = 24
 
 
 # A preview (``JobRequest.region``) runs its steps on the part, but it holds the whole photo
@@ -162,12 +236,14 @@ def preview_whole_bytes(plan: Plan, size: tuple[int, int], *, alpha: bool,
     return held, pixels * per_pixel
 
 
-def finish_bytes(pixels: int, out_pixels: int) -> int:
+def finish_bytes(pixels: int, out_pixels: int, mask: bool = False) -> int:
     """Memory after the last step, for a photo of ``pixels`` whose result has ``out_pixels``:
     the photo and the result, and the larger of the regression guard's and the save's
-    temporaries (see the figures above)."""
+    temporaries (see the figures above); ``mask``: an inpainting step filled a reflection
+    mask (held to the end, and weighed by the guard)."""
     held = (pixels + out_pixels + (pixels if out_pixels != pixels else 0)) * _BYTES_PER_PIXEL
-    return held + max(_GUARD_BYTES_PER_PIXEL * pixels, _SAVE_BYTES_PER_PIXEL * out_pixels)
+    guard = _GUARD_MASK_BYTES_PER_PIXEL + 1 if mask else _GUARD_BYTES_PER_PIXEL
+    return held + max(guard * pixels, _SAVE_BYTES_PER_PIXEL * out_pixels)
 
 
 @dataclass(frozen=True)
@@ -175,7 +251,9 @@ class StepEstimate:
     name: str
     model: str | None
     seconds: float | None
-    basis: str  # "measured" | "reference" | "unknown" | "off" (a strength of 0: no time)
+    # "measured" | "reference" | "unknown" | "off" (no time: a strength of 0, an inpainting
+    # step with no mask it will fill, the mask step handing on the job's mask)
+    basis: str
 
 
 @dataclass(frozen=True)
@@ -183,10 +261,17 @@ class Estimate:
     seconds: float | None  # None: at least one step has no figure on this device
     peak_bytes: int
     steps: tuple[StepEstimate, ...] = field(default_factory=tuple)
+    # no step will change the photo (nothing to run, steps turned off, a detected reflection
+    # mask no one has checked, which the inpainting steps hold back): the photo is kept as it
+    # is - its file copied, unless the output asks for another format (see
+    # ``pipeline._check_memory``) - with no result to check or save
+    keeps_photo: bool = False
 
     @property
     def basis(self) -> str:
         bases = {s.basis for s in self.steps if s.name != "passthrough"}
+        if len(bases) > 1:  # (a step that costs nothing says nothing of the others' figures)
+            bases.discard("off")
         if not bases:
             return "measured"
         if "unknown" in bases:
@@ -244,24 +329,56 @@ def step_model(step: Step) -> str | None:
 
 
 def _default_model(name: str) -> str | None:
-    """The default of step ``name``'s ``model`` param when it chooses among models, else
-    None."""
+    """The default of step ``name``'s ``model`` param when it chooses among models (of
+    ``SAM_PASS``: ``reflection_mask``'s ``sam_model``), else None."""
     from .errors import UsageError
     from .restore.registry import get_step
 
+    key = "model"
+    if name == SAM_PASS:
+        name, key = "reflection_mask", "sam_model"
     try:
         spec = get_step(name)
     except UsageError:
         return None
-    if "model" not in spec.choices:
+    if key not in spec.choices:
         return None
-    return str(spec.defaults.get("model"))
+    return str(spec.defaults.get(key))
 
 
-def _step_memory_models(spec: Any, params: Mapping[str, Any]) -> list[str]:
+def _step_parts(name: str, params: Mapping[str, Any],
+                installed: Collection[str] | None) -> list[tuple[str, str]]:
+    """The (history name, model) of the parts step ``name`` with ``params`` (its defaults
+    merged in) will run that cost apart from its own work: SAM's pass of ``reflection_mask``
+    when it will refine the boxes (``SAM_PASS``; ``installed`` as for ``estimate_plan``)."""
+    if name != "reflection_mask":
+        return []
+    from .restore.reflection import YOLO_ID, mask_models_run
+
+    return [(SAM_PASS, m) for m in mask_models_run(params, False, installed) if m != YOLO_ID]
+
+
+def _step_memory_models(spec: Any, params: Mapping[str, Any],
+                        installed: Collection[str] | None = None) -> list[str]:
     """The models whose memory a step with ``params`` (its defaults merged in) may hold: what
     its choice params choose (``StepSpec.choices``: the chosen NAFNet, face model, SAM) and
-    its models that are no choice's (YuNet beside the face model, the YOLO slot beside SAM)."""
+    its models that are no choice's (YuNet beside the face model, the YOLO slot beside SAM);
+    for ``reflection_mask`` those it will run (``reflection.mask_models_run``: none for the
+    built-in detector; ``installed`` as for ``estimate_plan``); for a step that says what it
+    loads and declares no choice, what it says (``StepSpec.loads``: the text step)."""
+    if spec.name == "reflection_mask":
+        from .restore.reflection import mask_models_run
+
+        return list(mask_models_run(params, False, installed))
+    if spec.loads is not None and not spec.choices:
+        # (its own param names the model it loads, no choice declared: the text step's
+        # Real-ESRGAN, the laptop's Compact counted as x4plus before - 1.2 GB for 0.45)
+        from .errors import UsageError
+
+        try:
+            return list(spec.loads(params, False))
+        except UsageError:  # (an unknown OCR backend: said before any step runs)
+            pass
     chosen = [str(params[k]) for k in spec.choices if params.get(k) is not None]
     offered = {m for values in spec.choices.values() for m in values}
     return chosen + [m for m in spec.models if m not in offered]
@@ -704,12 +821,24 @@ def _unlock_file(fh: Any) -> None:
 
 def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, threads: int,
                   history: CostHistory | None = None,
-                  model_memory: Mapping[str, int] | None = None) -> Estimate:
+                  model_memory: Mapping[str, int] | None = None,
+                  installed: Collection[str] | None = None, mask: bool = False) -> Estimate:
     """Seconds and peak bytes of running ``plan`` on a photo of ``size`` = (height, width).
 
     ``model_memory`` maps model ids to bytes (the manifest's estimates; see
-    :func:`manifest_model_memory`); models absent from it count as 0.
+    :func:`manifest_model_memory`); models absent from it count as 0. ``installed``: the ids
+    of the models installed here, for the models a step runs only when they are (SAM and the
+    YOLO slot in ``reflection_mask``: their time and memory); None (not known): they count
+    as installed. ``mask``: the job gives a reflection mask (the mask step hands it on, finding
+    none; the inpainting steps fill it). Without one, an inpainting step fills only a mask a
+    trained detector found (the YOLO slot) or, with its ``fill_detected``, the glare
+    detector's (``reflection._hold_unchecked``): otherwise it costs nothing, and a plan
+    whose steps all change nothing keeps the photo (``Estimate.keeps_photo``).
     """
+    from .pipeline import MASK_STEPS, uses_mask
+    from .restore.reflection import YOLO_ID, mask_models_run
+
+    mask = mask and uses_mask(plan)  # (a plan that inpaints nothing finds its own: the job's)
     h, w = size
     pixels = max(1, int(h) * int(w))
     photo_pixels = pixels
@@ -718,6 +847,10 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
     steps: list[StepEstimate] = []
     total: float | None = 0.0
     peak = 0
+    found_by: str | None = "user" if mask else None  # where the inpainting steps' mask is from
+    changes = False  # a step will change the photo
+    fills = False  # an inpainting step will fill a mask
+    cached: dict[str, int] = {}  # models earlier steps loaded: what they keep (_RETAINED_SHARE)
     for step in plan.steps:
         if not step.enabled:
             continue
@@ -725,48 +858,78 @@ def estimate_plan(plan: Plan, size: tuple[int, int], *, device_kind: str, thread
         from .errors import UsageError
         from .restore.registry import get_step, turned_off
 
+        params = dict(step.params)
         try:
             spec = get_step(step.name)
-            defaults = dict(spec.defaults)
-            memory_ids = _step_memory_models(spec, {**defaults, **step.params})
+            params = {**spec.defaults, **params}
+            memory_ids = _step_memory_models(spec, params, installed)
         except UsageError:  # an unknown step fails when the plan runs, not here
-            defaults, memory_ids = {}, []
-        if turned_off({**defaults, **step.params}):
+            memory_ids = []
+        if step.name == "reflection_mask" and mask:
+            # (it hands the job's mask on: no detector, no model)
+            steps.append(StepEstimate(step.name, model, 0.0, "off"))
+            peak = max(peak, pixels * (_BYTES_PER_PIXEL + _MASK_BYTES_PER_PIXEL))
+            continue
+        if step.name == "reflection_mask" and found_by != "user":
+            found_by = ("yolo" if YOLO_ID in mask_models_run(params, False, installed)
+                        else "glare")
+        holds = step.name in MASK_STEPS and not (
+            found_by in ("user", "yolo") or (found_by == "glare"
+                                             and bool(params.get("fill_detected", False))))
+        if turned_off(params) or holds:
             # (it hands its input on untouched, loads and measures nothing: no time, no memory)
             steps.append(StepEstimate(step.name, model, 0.0, "off"))
             continue
         # (history and reference figures are per unit: per InvSR sampling step)
-        units = work_units(step.name, pixels) * step_multiplier(step.name,
-                                                                {**defaults, **step.params})
-        ref = _reference(step.name, model, device_kind, threads)
-        found = (_predict(history, step.name, model, device_kind, threads, units)
-                 if history else None)
-        seconds: float | None
-        if found is not None:  # (fixed + rate x work from the runs here: CostHistory.predict)
-            seconds, basis = found
-        elif ref is not None:
-            seconds, basis = ref * units, "reference"
-        else:
-            seconds, basis = None, "unknown"
+        units = work_units(step.name, pixels) * step_multiplier(step.name, params)
+        seconds, basis = _seconds(history, step.name, model, device_kind, threads, units)
+        for part, part_model in _step_parts(step.name, params, installed):
+            more, how = _seconds(history, part, part_model, device_kind, threads,
+                                 work_units(part, pixels))
+            seconds = None if (seconds is None or more is None) else seconds + more
+            basis = ("unknown" if "unknown" in (basis, how) else
+                     "measured" if (basis, how) == ("measured", "measured") else "reference")
         steps.append(StepEstimate(step.name, model, seconds, basis))
         total = None if (total is None or seconds is None) else total + seconds
         if step.name == "passthrough":  # (it hands its input on: no buffers of its own)
             continue
+        weights = max((int(model_memory.get(m, 0)) for m in memory_ids), default=0)
+        weights += sum(b for m, b in cached.items() if m not in memory_ids)
+        cached.update((m, int(model_memory.get(m, 0) * _RETAINED_SHARE)) for m in memory_ids)
+        if step.name == "reflection_mask":  # (it hands its input on, with a mask)
+            peak = max(peak, pixels * (_BYTES_PER_PIXEL + _MASK_BYTES_PER_PIXEL) + weights)
+            continue
+        changes = True
+        fills = fills or step.name in MASK_STEPS
         scale = step_scale(step)
         out_pixels = pixels * scale * scale
-        buffers = (pixels + _BUFFERS * out_pixels) * _BYTES_PER_PIXEL
-        weights = max((int(model_memory.get(m, 0)) for m in memory_ids), default=0)
+        buffers = (pixels + _STEP_BUFFERS.get(step.name, _BUFFERS) * out_pixels) \
+            * _BYTES_PER_PIXEL
         peak = max(peak, buffers + weights)
         pixels = out_pixels
-    if any(s.name != "passthrough" for s in steps):
-        peak = PROCESS_BYTES + max(peak, finish_bytes(photo_pixels, pixels))
+    if changes:
+        peak = PROCESS_BYTES + max(peak, finish_bytes(photo_pixels, pixels, fills)
+                                   + sum(cached.values()))
     else:
-        # nothing to run (class D): the photo as loaded, then its file copied (written afresh
-        # in another format: pipeline._check_memory counts that). Its passthrough was counted
-        # as a step's buffers, 60 B a pixel: 3.9 GB for a 64.5-megapixel JPEG whose run
-        # peaked at 1.37 GB (this figure: 1.46 GB)
-        peak = PROCESS_BYTES + photo_pixels * _BYTES_PER_PIXEL
-    return Estimate(total, int(peak), tuple(steps))
+        # nothing to run (class D) or nothing that changes the photo: the photo as loaded,
+        # then its file copied (written afresh in another format: pipeline._check_memory
+        # counts that), beside a mask step's buffers. Its passthrough was counted as a step's
+        # buffers, 60 B a pixel: 3.9 GB for a 64.5-megapixel JPEG whose run peaked at 1.37 GB
+        # (this figure: 1.46 GB)
+        peak = PROCESS_BYTES + max(peak, photo_pixels * _BYTES_PER_PIXEL)
+    return Estimate(total, int(peak), tuple(steps), keeps_photo=not changes)
+
+
+def _seconds(history: CostHistory | None, name: str, model: str | None, device_kind: str,
+             threads: int, units: float) -> tuple[float | None, str]:
+    """(seconds, basis) of ``units`` work of step (or part) ``name`` with ``model``: from the
+    runs here (fixed + rate x work: ``CostHistory.predict``), else the reference figure, else
+    (None, "unknown")."""
+    found = _predict(history, name, model, device_kind, threads, units) if history else None
+    if found is not None:
+        return found
+    ref = _reference(name, model, device_kind, threads)
+    return (None, "unknown") if ref is None else (ref * units, "reference")
 
 
 def _reference(name: str, model: str | None, device_kind: str, threads: int) -> float | None:

@@ -27,6 +27,7 @@ from .errors import (
     UsageError,
 )
 from .estimate import (
+    PART_SECONDS,
     CostHistory,
     Estimate,
     estimate_plan,
@@ -201,12 +202,21 @@ class Engine:
         resolved, _ = self.resolve_profile(profile)
         return build_plan(label or diagnosis.label, resolved, diagnosis)
 
-    def estimate(self, plan: Plan, size: tuple[int, int]) -> Estimate:
+    def estimate(self, plan: Plan, size: tuple[int, int], mask: bool = False) -> Estimate:
         """Time and memory of ``plan`` on a photo of ``size`` = (height, width), before running
-        it (figures from earlier runs here, else reference CPU figures; see engine.estimate)."""
+        it (figures from earlier runs here, else reference CPU figures; see engine.estimate);
+        ``mask``: the job gives a reflection mask that the plan uses (``uses_mask``)."""
         return estimate_plan(plan, size, device_kind=self.device.kind,
                              threads=self.device.threads, history=self.history,
-                             model_memory=manifest_model_memory(self.store.manifest))
+                             model_memory=manifest_model_memory(self.store.manifest),
+                             installed=self.optional_installed(), mask=mask)
+
+    def optional_installed(self) -> set[str]:
+        """The models a step runs only when they are installed (SAM and the YOLO slot in
+        ``reflection_mask``) that are installed here: what the estimate counts of them."""
+        from .restore.reflection import SAM_MODELS, YOLO_ID
+
+        return {m for m in (*SAM_MODELS, YOLO_ID) if self.runtime.is_available(m)}
 
     def prepare(self, request: JobRequest) -> Prepared:
         """Everything ``run`` would decide for ``request`` - diagnosis, plan, warnings and an
@@ -254,8 +264,8 @@ class Engine:
             from .imageio import output_path_for
 
             output = output_path_for(photo.path, options, source_format=photo.format)
-        estimate = self.estimate(plan, (photo.height, photo.width))
-        if not (estimate.nothing_to_run and region is None and _copies_source(photo, options)):
+        estimate = self.estimate(plan, (photo.height, photo.width), given_mask)
+        if not (estimate.keeps_photo and region is None and _copies_source(photo, options)):
             from .imageio import afresh_notes
 
             # (written afresh: what the result lacks - pages after the first, a CIFF block)
@@ -285,13 +295,16 @@ class Engine:
         from .estimate import PROCESS_BYTES, finish_bytes, format_bytes
 
         need, total = estimate.peak_bytes, system_memory()
-        if estimate.nothing_to_run:
+        if estimate.keeps_photo:  # (nothing to run, or nothing that changes the photo)
             if options is None or (copy and _copies_source(photo, options)):
-                return  # the file is copied: the photo is already in memory, nothing more
-            # kept as it is but written afresh (another format or bit depth, no metadata):
-            # the save's conversion and encoder (a 60-megapixel JPEG to PNG peaked at 3.6 GB)
-            need = PROCESS_BYTES + finish_bytes(photo.width * photo.height,
-                                                photo.width * photo.height)
+                if estimate.nothing_to_run:
+                    return  # the file is copied: the photo is already in memory, nothing more
+            else:
+                # kept as it is but written afresh (another format or bit depth, no
+                # metadata): the save's conversion and encoder (a 60-megapixel JPEG to PNG
+                # peaked at 3.6 GB)
+                need = max(need, PROCESS_BYTES + finish_bytes(photo.width * photo.height,
+                                                              photo.width * photo.height))
         held, pixels = 0, photo.width * photo.height
         if whole is not None:
             held, work, pixels = whole
@@ -423,7 +436,7 @@ class Engine:
             photo = _crop_photo(photo, box)
             options = preview_options(options)
             whole_bytes = _preview_whole_bytes(plan, full)
-        estimate = self.estimate(plan, (photo.height, photo.width))
+        estimate = self.estimate(plan, (photo.height, photo.width), given_mask)
         # (a preview's part is written afresh, never copied; it holds and looks at the whole
         # photo: checked before that work is done)
         self._check_memory(estimate, photo, warnings, options, copy=region is None,
@@ -584,9 +597,12 @@ class Engine:
             offset += span
             ctx.progress.update(0.0, f"step {i + 1}/{len(steps)}: {step.name}")
             loaded = set(self.runtime.cached_keys())
+            ctx.artifacts.pop(PART_SECONDS, None)
             t0 = time.perf_counter()
             out = self._run_step(spec, image, params, ctx, plan, steps[i:])
             seconds = time.perf_counter() - t0
+            # (what of it a part with its own history entry took: SAM's pass of the mask step)
+            parts = ctx.artifacts.pop(PART_SECONDS, None) or []
             # a step that loaded a model (or started OCR) spent most of a small photo's time on
             # that, once: per megapixel it multiplied the next large photo's estimate (one
             # 100 x 75 px photo took a 24 MP photo's from 27 min to 7.2 h for deblur_nafnet,
@@ -605,15 +621,20 @@ class Engine:
                                                                 and np.isfinite(hi)):
                 raise EngineError(f"step {step.name} produced an invalid image {result.shape}")
             if step.name != "passthrough" and not out.notes.startswith("skipped") \
-                    and not first_load:
+                    and not str(out.model).startswith("user:") and not first_load:
                 # (a step that skipped its work took no time: it would teach the estimate that
-                # the step is nearly free)
+                # the step is nearly free; so would the mask step handing on the user's mask)
+                own = seconds
+                for part, part_model, units, part_seconds in parts:
+                    self.history.record(part, part_model, self.device.kind,
+                                        self.device.threads, units, part_seconds)
+                    own -= part_seconds
                 # (per unit of the step's cost parameter: per InvSR sampling step)
                 self.history.record(step.name, step_model(step), self.device.kind,
                                     self.device.threads,
                                     step_work_units(step.name, params,
                                                     image.shape[0] * image.shape[1]),
-                                    seconds)
+                                    max(own, 0.0))
             image = _clipped(result, image, lo, hi)
             records.append(StepRecord(step.name, out.model, seconds, out.notes))
             log.info("step %s (%s) %.2fs", step.name, out.model, seconds)

@@ -151,7 +151,8 @@ class _Worker(QObject):
     error = Signal(int, object)
     progressed = Signal(int, float, str, object)
     engine_ready = Signal(object)
-    history = Signal(object, object)  # CostHistory as read here, model memory figures
+    # CostHistory as read here, model memory figures, the optional models installed
+    history = Signal(object, object, object)
 
     def __init__(self, factory: EngineFactory, throttle: float = 0.05) -> None:
         super().__init__()
@@ -184,7 +185,16 @@ class _Worker(QObject):
         except Exception as e:  # noqa: BLE001 - an estimate is never worth a failure
             log.warning("could not read the step-cost history: %s", str(e))
             return
-        self.history.emit(history, memory)
+        # (SAM and the YOLO slot: the mask step runs them only when installed; None, not
+        # known, counts them as installed)
+        installed = None
+        finder = getattr(self._engine, "optional_installed", None)
+        if callable(finder):
+            try:
+                installed = finder()
+            except Exception as e:  # noqa: BLE001 - as above
+                log.warning("could not tell which optional models are installed: %s", str(e))
+        self.history.emit(history, memory, installed)
 
     @Slot(object)
     def execute(self, ticket: _Ticket) -> None:
@@ -594,6 +604,7 @@ class EngineClient(QObject):
         # what a retry sends (``set_retry_hook``); None: the same request again
         self._retry_hook: Callable[[JobInfo, Any], Any] | None = None
         self._model_memory: dict[str, int] | None = None
+        self._installed: set[str] | None = None  # (the optional models: see _read_history)
         self._thread.finished.connect(self._worker.deleteLater)
         self._thread.start()
         # photo decoding and thumbnails: never on the engine thread, never on the GUI thread
@@ -642,21 +653,22 @@ class EngineClient(QObject):
         self.device = device
         self.engine_ready.emit(device)
 
-    def _on_history(self, history: Any, memory: dict[str, int]) -> None:
-        self._history, self._model_memory = history, memory
+    def _on_history(self, history: Any, memory: dict[str, int], installed: Any) -> None:
+        self._history, self._model_memory, self._installed = history, memory, installed
         self.history_changed.emit()
 
-    def estimate(self, plan: Plan, size: tuple[int, int]) -> Any:
+    def estimate(self, plan: Plan, size: tuple[int, int], mask: bool = False) -> Any:
         """``engine.estimate.Estimate`` of ``plan`` on a photo of ``size``, or None before the
-        engine has started. Reads no disk (the history was read in the engine thread): fine
-        on the GUI thread."""
+        engine has started (``mask``: the job gives a reflection mask). Reads no disk (the
+        history was read in the engine thread): fine on the GUI thread."""
         if self.device is None:
             return None
         from engine.estimate import estimate_plan
 
         return estimate_plan(plan, size, device_kind=self.device.kind,
                              threads=self.device.threads, history=self._history,
-                             model_memory=self._model_memory)
+                             model_memory=self._model_memory, installed=self._installed,
+                             mask=mask)
 
     # -- submitting -----------------------------------------------------------------------
     def submit(self, request: JobRequest, *, name: str | None = None) -> int:
@@ -1023,7 +1035,7 @@ class EngineClient(QObject):
                 try:
                     if job.info.kind is JobKind.PREVIEW:
                         size = self._preview_size(req.path, plan, req.region, size)
-                    est = self.estimate(plan, size)
+                    est = self.estimate(plan, size, req.mask_path is not None)
                 except Exception as e:  # noqa: BLE001 - an estimate is never worth a failure
                     log.debug("no estimate for %s: %s", req.path, e)
                     est = None

@@ -2135,8 +2135,10 @@ class MainWindow(QMainWindow):
         """The diagnosis panel's estimate line for the current photo (None: not known yet)."""
         if self.current is None:
             return None
-        size = self._state(self.current).size
-        est = self.client.estimate(plan, size) if size else None
+        st = self._state(self.current)
+        # (a mask of the photo's, saved or being edited, is what its fix would fill)
+        mask = st.mask_path is not None or self._unsaved_mask(self.current) is not None
+        est = self.client.estimate(plan, st.size, mask) if st.size else None
         return None if est is None else est.describe()
 
     def _on_engine_ready(self, device: Any) -> None:

@@ -34,7 +34,8 @@ import functools
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -599,6 +600,30 @@ def _mask_requires(params: Mapping[str, Any], mask: bool, runtime: Any) -> None:
         raise _no_ultralytics(problem or None)
 
 
+def mask_models_run(params: Mapping[str, Any], mask: bool,
+                    installed: Collection[str] | None) -> tuple[str, ...]:
+    """The models ``reflection_mask`` with ``params`` (its defaults merged in) runs, as it
+    decides when it starts, for what the estimate counts (``engine.estimate``): none with a
+    given mask (``mask``) nor for the ``builtin`` detector; the YOLO slot for ``yolo``, and for
+    ``auto`` when installed; SAM (its ``sam_model``) for ``sam``, and for ``auto`` and ``yolo``
+    when installed (it refines the boxes of either detector). ``installed``: the ids of the
+    models installed here; None (not known): the optional ones count as installed. SAM runs
+    only on boxes: on a photo where the detector finds none it is not run after all (so is
+    YOLO's, when ``auto`` finds ultralytics missing or the slot holding no ONNX export). An
+    unknown ``sam_model`` is named as it is (the step refuses it when it starts)."""
+    if mask:
+        return ()
+    detector = _detector(params)
+    sam = str(params.get("sam_model") or SAM_ID)
+
+    def have(model_id: str) -> bool:
+        return installed is None or model_id in installed
+
+    yolo = detector == "yolo" or (detector == "auto" and have(YOLO_ID))
+    refine = detector == "sam" or (detector in ("auto", "yolo") and have(sam))
+    return ((YOLO_ID,) if yolo else ()) + ((sam,) if refine else ())
+
+
 @register_step(
     "reflection_mask",
     models=(YOLO_ID, SAM_ID),
@@ -652,8 +677,8 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
         notes.append(f"{len(boxes)} region(s) from YOLO")
         if have_sam and boxes:
             ctx.progress.update(0.5, "refining with SAM")
-            refined = sam_mask_from_boxes(image, boxes, rt, check=ctx.progress.check,
-                                          model_id=sam_id)
+            refined = _timed_sam(ctx, sam_id, lambda: sam_mask_from_boxes(
+                image, boxes, rt, check=ctx.progress.check, model_id=sam_id))
             if refined.any():
                 mask = refined
                 model = f"{YOLO_ID}+{sam_id}"
@@ -668,8 +693,8 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
             if boxes:
                 notes.append(f"{len(boxes)} glare region(s) refined by SAM")
                 ctx.progress.update(0.5, "refining with SAM")
-                mask = sam_mask_from_boxes(image, boxes, rt, check=ctx.progress.check,
-                                           model_id=sam_id)
+                mask = _timed_sam(ctx, sam_id, lambda: sam_mask_from_boxes(
+                    image, boxes, rt, check=ctx.progress.check, model_id=sam_id))
                 model = f"builtin:glare+{sam_id}"
             else:  # (SAM is given boxes only: not run, not named among the job's models)
                 notes.append("no glare region for SAM to refine")
@@ -684,6 +709,20 @@ def reflection_mask(image: np.ndarray, params: Mapping[str, Any], ctx: StepConte
     ctx.progress.update(1.0, f"mask covers {share:.1%}")
     notes.append(f"mask covers {share:.1%} of the photo")
     return StepOutput(given, model, "; ".join(notes))  # (its input, handed on: the part)
+
+
+def _timed_sam(ctx: StepContext, sam_id: str, run: Callable[[], np.ndarray]) -> np.ndarray:
+    """``run()`` (SAM refining the boxes), its seconds put in ``ctx.artifacts`` for the
+    engine's step-cost history (``estimate.PART_SECONDS``): SAM's pass costs per photo (its
+    encoder sees the photo at 1024 px), the glare detector's little, and the history keeps
+    them apart (``estimate.SAM_PASS``)."""
+    from ..estimate import PART_SECONDS, SAM_PASS
+
+    t0 = time.perf_counter()
+    out = run()
+    ctx.artifacts.setdefault(PART_SECONDS, []).append(
+        (SAM_PASS, sam_id, 1.0, time.perf_counter() - t0))
+    return out
 
 
 def _ultralytics_installed() -> bool:

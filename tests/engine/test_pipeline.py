@@ -794,3 +794,31 @@ def test_engine_cancel_reaches_inside_the_analyzer(tmp_path, monkeypatch, how):
     engine.run(JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), profile="builtin",
                           backend="builtin"), Progress())
     assert any((tmp_path / "out").iterdir())
+
+
+def test_a_plan_that_keeps_the_photo_needs_its_estimate_unless_the_file_is_written_afresh(
+        tmp_path, monkeypatch):
+    """A `builtin` class B plan whose detected mask no one has checked changes nothing (the
+    inpainting step holds it back): the photo is kept and its file copied. Its estimate is the
+    photo and the detector's mask (it was the fill's); written afresh in another format, the
+    save counts too, as for a class D photo."""
+    import engine.devices as dev
+    from engine.estimate import PROCESS_BYTES, finish_bytes
+
+    src = _photo(tmp_path / "in.png")
+    engine = Engine("cpu")
+    plan = Plan(Degradation.B, "builtin", (Step("reflection_mask", {"detector": "builtin"}),
+                                           Step("inpaint_builtin")))
+    req = JobRequest(src, OutputOptions(out_dir=tmp_path / "o"), plan=plan, profile="builtin")
+    est = engine.prepare(req).estimate
+    assert est.keeps_photo and not est.nothing_to_run
+    assert est.peak_bytes < PROCESS_BYTES + finish_bytes(96 * 128, 96 * 128)
+    monkeypatch.setattr(dev, "system_memory", lambda: est.peak_bytes)
+    monkeypatch.setattr(dev, "available_memory", lambda: est.peak_bytes)
+    assert not any("would stop" in w for w in engine.prepare(req).warnings)
+    res = engine.run(req)
+    assert res.kept_original and res.output.read_bytes() == src.read_bytes()  # (copied)
+    afresh = JobRequest(src, OutputOptions(out_dir=tmp_path / "j", format="jpeg"), plan=plan,
+                        profile="builtin")
+    assert any(w.startswith("the run would stop: this plan needs about")
+               for w in engine.prepare(afresh).warnings)

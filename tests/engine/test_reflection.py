@@ -380,3 +380,82 @@ def test_the_jobs_models_are_model_ids_and_its_record_says_the_mask_was_the_user
     out = get_step("reflection_mask").fn(_textured(seed=3), {"detector": "sam"}, ctx)
     assert out.model == "builtin:glare" and "no glare region" in out.notes
     assert not ctx.mask.any()
+
+
+def test_sams_pass_is_learned_apart_and_a_users_mask_teaches_the_mask_step_nothing(tmp_path):
+    """The mask step's seconds with SAM were recorded as the step's, per megapixel: SAM's pass
+    (its encoder sees the photo at 1024 px, ~19 s on a CPU core) then weighed on every later
+    photo's glare detection, and a large photo's estimate grew with it. Now the step says
+    what SAM took (``estimate.PART_SECONDS``) and the history keeps it apart, per photo
+    (``estimate.SAM_PASS``); a run handing on the user's mask (no detection) is not recorded
+    as one. The estimate counts SAM only where the step will run it (installed, for auto)."""
+    from engine.api import JobRequest, OutputOptions, Plan, Step
+    from engine.estimate import SAM_PASS, CostHistory
+    from engine.imageio import save_mask
+    from engine.pipeline import Engine
+
+    store = install_test_model(tmp_path / "store", "sam-vit-base", write_sam(tmp_path / "sam"))
+    history = CostHistory(tmp_path / "costs.json")
+    engine = Engine("cpu", store, tile_size=64, history=history)
+    threads = engine.device.threads
+    assert engine.optional_installed() == {"sam-vit-base"}
+    img, _ = _with_glare(_textured(90, 120), 40, 60, 12)
+    src = tmp_path / "in.png"
+    cv2.imwrite(str(src), np.round(img[..., ::-1] * 255).astype(np.uint8))
+    diag = Diagnosis(Degradation.B, {"A": 0, "B": 1.0, "C": 0, "D": 0})
+    plan = Plan(Degradation.B, "builtin", (Step("reflection_mask"),  # (auto: SAM installed)
+                                           Step("inpaint_builtin", {"fill_detected": True})))
+
+    def run(**kw):
+        return engine.run(JobRequest(src, OutputOptions(out_dir=tmp_path / "out"), plan=plan,
+                                     diagnosis=diag, profile="builtin", guard=False, **kw))
+
+    assert run().steps[0].model == "builtin:glare+sam-vit-base"  # (SAM's first load: not kept)
+    assert history.get(SAM_PASS, "sam-vit-base", "cpu", threads) is None
+    res = run()
+    assert res.steps[0].model == "builtin:glare+sam-vit-base"
+    sam = history.get(SAM_PASS, "sam-vit-base", "cpu", threads)  # (seconds per photo)
+    own = history.get("reflection_mask", None, "cpu", threads)  # (per megapixel)
+    assert sam is not None and own is not None and sam > 0 and own >= 0
+    mp = 90 * 120 / 1e6
+    assert sam + own * mp == pytest.approx(res.steps[0].seconds, rel=1e-6)
+    est = engine.estimate(plan, (90, 120)).steps[0]
+    assert est.basis == "measured" and est.seconds == pytest.approx(res.steps[0].seconds)
+    # the user's mask: the step hands it on, detects nothing, and the history is unchanged
+    mask = np.zeros((90, 120), np.uint8)
+    mask[20:40, 30:60] = 255
+    res = run(mask_path=save_mask(mask, tmp_path / "mask.png"))
+    assert res.steps[0].model == "user:mask"
+    assert history.get("reflection_mask", None, "cpu", threads) == own
+    assert history.get(SAM_PASS, "sam-vit-base", "cpu", threads) == sam
+    # without SAM installed, auto runs the glare detector alone: no SAM in its estimate
+    bare = Engine("cpu", ModelStore(tmp_path / "empty"), tile_size=64, history=history)
+    assert bare.optional_installed() == set()
+    assert bare.estimate(plan, (90, 120)).steps[0].seconds == pytest.approx(own * mp)
+
+
+@pytest.mark.parametrize("params", [{}, {"detector": "sam"}, {"detector": "builtin"},
+                                    {"detector": "yolo"}])
+@pytest.mark.parametrize("with_sam", [True, False])
+def test_what_the_estimate_says_the_mask_step_runs_is_what_it_runs(tmp_path, params, with_sam):
+    """``mask_models_run`` (what the estimate counts) against the step itself, with SAM
+    installed or not (the YOLO slot empty: an explicit ``yolo`` is counted, and fails)."""
+    from engine.errors import ModelMissing
+    from engine.restore.reflection import mask_models_run
+
+    store = (install_test_model(tmp_path / "store", "sam-vit-base",
+                                write_sam(tmp_path / "sam")) if with_sam
+             else ModelStore(tmp_path / "store"))
+    rt = make_runtime(store)
+    installed = {"sam-vit-base"} if with_sam else set()
+    full = {**get_step("reflection_mask").defaults, **params}
+    said = mask_models_run(full, False, installed)
+    assert mask_models_run(full, True, installed) == ()
+    img, _ = _with_glare(_textured(90, 120), 40, 60, 12)
+    if "reflection-yolo" in said or (not with_sam and "sam-vit-base" in said):
+        with pytest.raises((ModelMissing, EngineError)):  # (a chosen model missing)
+            get_step("reflection_mask").fn(img, full, _ctx(rt))
+        return
+    out = get_step("reflection_mask").fn(img, full, _ctx(rt))
+    assert ("sam-vit-base" in out.model) == ("sam-vit-base" in said), (out.model, said)
+    assert out.model.startswith("builtin:glare")
