@@ -19,7 +19,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from PySide6.QtCore import QCoreApplication, QEvent, Qt, QThread, QThreadPool
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QMessageBox, QWidget
 
 from ui.editor.mask import MaskDocument
 from ui.engine_client import EngineClient
@@ -270,6 +270,24 @@ def built_window(qtbot, tmp_path, *, sidecars_beside_photos: bool = True, **sett
 def window(qtbot, tmp_path):
     with built_window(qtbot, tmp_path) as win:
         yield win
+
+
+@pytest.fixture
+def answered_yes(monkeypatch) -> list[str]:
+    """Every question is answered Yes (its text kept); not a first run (no Models dialog)."""
+    from ui.settings import qsettings
+
+    qs = qsettings()
+    qs.setValue("firstRunDone", True)
+    qs.sync()
+    asked: list[str] = []
+
+    def question(parent, title, text, *a, **kw):
+        asked.append(text)
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(question))
+    return asked
 
 
 @pytest.fixture

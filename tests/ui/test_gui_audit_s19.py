@@ -15,7 +15,7 @@ import shiboken6
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication, QMessageBox, QTabBar
+from PySide6.QtWidgets import QApplication, QTabBar
 
 from engine.api import Degradation, Diagnosis, JobRequest, JobResult, Plan
 from ui.editor.canvas import Compare
@@ -165,25 +165,15 @@ def test_cancelling_a_batch_says_how_many_were_cancelled(qtbot, held_window, fol
 
 
 def test_a_fix_finished_as_mend_stopped_is_not_run_again(qtbot, tmp_path, folder,
-                                                        monkeypatch):
+                                                        answered_yes):
     """The crash journal drops a finished fix a moment after its result is written: Mend
     stopping in between offered that fix again, and ran it twice (a_noisy_mend_1.jpg beside
     a_noisy_mend.jpg). A result of the photo written since the job was queued is its own: the
     fix is not offered, its result is recorded with the photo; one written before (an earlier
     fix of the photo) does not count."""
     from engine.imageio import load_photo, save_photo, source_record
-    from ui.settings import qsettings
 
-    qs = qsettings()
-    qs.setValue("firstRunDone", True)
-    qs.sync()
-    asked: list[str] = []
-
-    def question(parent, title, text, *a, **kw):
-        asked.append(text)
-        return QMessageBox.StandardButton.Yes
-
-    monkeypatch.setattr(QMessageBox, "question", staticmethod(question))
+    asked = answered_yes
     settings = AppSettings(backend="builtin", profile="builtin", out_dir=str(tmp_path / "out"))
     fixed, earlier, kept = folder / "a_noisy.jpg", folder / "b_clean.png", folder / "c_smooth.jpg"
 

@@ -15,14 +15,14 @@ import pytest
 import shiboken6
 from PySide6.QtCore import QRect, Qt
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QAbstractScrollArea, QApplication, QMessageBox
+from PySide6.QtWidgets import QAbstractScrollArea, QApplication
 
 from engine.api import Degradation, Diagnosis, JobRequest
 from engine.errors import BadImage
 from ui.browser.model import PathRole
 from ui.engine_client import EngineClient, JobState, request_to_json
 from ui.main_window import MainWindow
-from ui.settings import AppSettings, data_dir, qsettings
+from ui.settings import AppSettings, data_dir
 from ui.sidecar import SidecarStore
 
 from .conftest import opened, write_photo
@@ -30,22 +30,6 @@ from .conftest import opened, write_photo
 
 def _settings(tmp_path: Path, **kw) -> AppSettings:
     return AppSettings(backend="builtin", profile="builtin", out_dir=str(tmp_path / "out"), **kw)
-
-
-@pytest.fixture
-def answered_yes(monkeypatch) -> list[str]:
-    """Every question is answered Yes (its text kept); not a first run (no Models dialog)."""
-    qs = qsettings()
-    qs.setValue("firstRunDone", True)
-    qs.sync()
-    asked: list[str] = []
-
-    def question(parent, title, text, *a, **kw):
-        asked.append(text)
-        return QMessageBox.StandardButton.Yes
-
-    monkeypatch.setattr(QMessageBox, "question", staticmethod(question))
-    return asked
 
 
 class _FailingEngine:
